@@ -1,0 +1,1 @@
+"""hil-sim: simulated municipal sensors, buses and faults for development, tests and the demo."""

@@ -1,0 +1,1 @@
+"""The city-run hub: enrolment, verified ingest, storage, fleet and open-data APIs."""
