@@ -1,0 +1,81 @@
+"""A crashing driver is restarted with capped backoff and never takes down the other devices."""
+
+import asyncio
+import logging
+
+from drivers.sdk import DeviceContext, Driver, Manifest
+from edge.supervise import DeviceRunner
+from edge.types import Channel, Reading
+
+
+class Ticker(Driver):
+    manifest = Manifest(name="ticker", version="1", summary="emits a counter every 10 ms")
+
+    def channels(self):
+        return [Channel(self.ctx.channel_id("n"))]
+
+    async def run(self, emit):
+        n = 0
+        while True:
+            await emit(Reading(self.ctx.channel_id("n"), n, n))
+            n += 1
+            await asyncio.sleep(0.01)
+
+
+class Flaky(Driver):
+    """Fails on its first three starts (like a sensor whose port is not there yet), then works."""
+
+    manifest = Manifest(name="flaky", version="1", summary="fails three times then works")
+    starts = 0
+
+    def channels(self):
+        return [Channel(self.ctx.channel_id("v"))]
+
+    async def run(self, emit):
+        type(self).starts += 1
+        if type(self).starts <= 3:
+            raise OSError(2, "No such file or directory: '/dev/ttyUSB9'")
+        while True:
+            await emit(Reading(self.ctx.channel_id("v"), 0, 1.0))
+            await asyncio.sleep(0.01)
+
+
+async def test_crashing_driver_is_restarted_and_isolated(caplog):
+    caplog.set_level(logging.DEBUG, logger="ocn.runtime")
+    got: dict[str, list[Reading]] = {"good": [], "flaky": []}
+
+    def sink(name):
+        async def emit(r):
+            got[name].append(r)
+
+        return emit
+
+    good = DeviceRunner("good", lambda: Ticker(DeviceContext("good", {})), sink("good"))
+    flaky = DeviceRunner(
+        "flaky", lambda: Flaky(DeviceContext("flaky", {})), sink("flaky"), backoff_initial=0.02, backoff_max=0.05
+    )
+    tasks = [asyncio.create_task(good.run()), asyncio.create_task(flaky.run())]
+    await asyncio.sleep(0.6)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+    assert flaky.restarts == 3 and flaky.failures == 3
+    assert not flaky.failing and got["flaky"], "the flaky device recovered and emits again"
+    assert len(got["good"]) >= 30, "the healthy device kept its pace while the other one crashed"
+    assert [r.value for r in got["good"]] == list(range(len(got["good"])))
+
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    recovered = [r for r in caplog.records if r.getMessage() == "device recovered"]
+    assert len(warnings) == 1, "one warning per outage, not one per retry"
+    assert warnings[0].device == "flaky" and "ttyUSB9" in warnings[0].error
+    assert len(recovered) == 1 and recovered[0].restarts == 3
+
+
+def test_backoff_doubles_and_is_capped():
+    runner = DeviceRunner("d", lambda: None, None, backoff_initial=1.0, backoff_max=60.0)  # type: ignore[arg-type]
+    ceilings = [1, 2, 4, 8, 16, 32, 60, 60, 60]
+    for attempt, ceiling in enumerate(ceilings):
+        delays = [runner.backoff(attempt) for _ in range(50)]
+        assert all(ceiling * 0.5 <= d <= ceiling for d in delays)
+    assert runner.backoff(10_000) <= 60.0
