@@ -1,0 +1,346 @@
+"""The hub's storage interface: what the hub keeps, independent of the database engine behind it."""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from edge.types import Channel, Reading
+
+__all__ = [
+    "Device",
+    "DeviceKey",
+    "EnrolError",
+    "EnrolOutcome",
+    "IncomingBatch",
+    "Notice",
+    "Store",
+    "StoreError",
+    "StoredChannel",
+    "StoredReading",
+    "TokenInfo",
+    "open_store",
+]
+
+
+class StoreError(Exception):
+    """The database URL or the database itself is unusable; the message says which and why."""
+
+
+class EnrolError(Exception):
+    """Enrolment refused; ``code`` is the OXP error code (bad_token, expired_token, used_token, conflict)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """What ingest needs to know about a key id: whose it is, the raw public key and whether it may send."""
+
+    device_id: str
+    key_id: bytes
+    public_key: bytes
+    status: str  # "active" | "pending" | "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class EnrolOutcome:
+    """A registered device: its id, key id and status ("active" or "pending")."""
+
+    device_id: str
+    key_id: bytes
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """An enrolment token as stored (never the token itself, only its hash)."""
+
+    token_id: int
+    uses_left: int
+    expires_ms: int
+    approve: bool
+    fleet: str
+    note: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingBatch:
+    """A verified batch ready to store: its identity, header facts and contents."""
+
+    device_id: str
+    key_id: bytes
+    boot_epoch: int
+    seq: int
+    created_ms: int
+    received_ms: int
+    policy_digest: bytes
+    codec: str
+    counters: Mapping[str, int]
+    channels: Sequence[Channel]
+    readings: Sequence[Reading]
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One gateway as the fleet view shows it."""
+
+    device_id: str
+    key_id: bytes
+    status: str
+    fleet: str
+    enrolled_ms: int
+    last_seen_ms: int | None
+    software_version: str
+    boot_epoch: int | None
+    last_seq: int | None
+    unclean_stops: int
+    readings_dropped: int
+    spool_batches: int | None
+    spool_bytes: int | None
+    policy_digest: str
+    config_digest: str
+    errors: tuple[str, ...]
+    counters: Mapping[str, int]
+    readings_stored: int
+    batches_stored: int
+    duplicates: int
+    status_ms: int | None
+    site: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredChannel:
+    """A channel the hub has seen from a device, with the numeric id open-data APIs use."""
+
+    id: int
+    device_id: str
+    channel: str
+    unit: str
+    kind: str
+    resolution: float | None
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReading:
+    """One stored reading with the numeric id open-data APIs use."""
+
+    id: int
+    channel_id: int
+    device_id: str
+    channel: str
+    ts_ms: int
+    value: int | float | str | bool
+    unit: str
+    quality: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A transparency notice a gateway published: what it senses, why, and under which policy."""
+
+    id: int
+    device_id: str
+    received_ms: int
+    notice: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Store(abc.ABC):
+    """Everything the hub stores.  One implementation per engine; all methods are safe to call concurrently.
+
+    Ingest is idempotent on (key id, boot epoch, sequence): :meth:`store_batch`
+    returns ``"stored"`` the first time and ``"duplicate"`` for every replay,
+    whichever hub process receives it.
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # enrolment and keys
+    @abc.abstractmethod
+    async def create_token(self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int) -> int: ...
+
+    @abc.abstractmethod
+    async def tokens(self) -> list[TokenInfo]: ...
+
+    @abc.abstractmethod
+    async def enrol(self, token_hash: bytes, *, device_id: str, public_key: bytes, key_id: bytes, software_version: str, now_ms: int) -> EnrolOutcome: ...
+
+    @abc.abstractmethod
+    async def device_key(self, key_id: bytes) -> DeviceKey | None: ...
+
+    @abc.abstractmethod
+    async def set_device_status(self, device_id: str, status: str, *, now_ms: int) -> bool: ...
+
+    # ingest
+    @abc.abstractmethod
+    async def store_batch(self, batch: IncomingBatch) -> str: ...
+
+    @abc.abstractmethod
+    async def record_status(self, device_id: str, report: Mapping[str, Any], *, received_ms: int) -> None: ...
+
+    @abc.abstractmethod
+    async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int) -> int: ...
+
+    # fleet
+    @abc.abstractmethod
+    async def devices(self) -> list[Device]: ...
+
+    @abc.abstractmethod
+    async def device(self, device_id: str) -> Device | None: ...
+
+    @abc.abstractmethod
+    async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]: ...
+
+    @abc.abstractmethod
+    async def set_desired(self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int) -> None: ...
+
+    @abc.abstractmethod
+    async def desired(self, scope: str, name: str) -> tuple[dict[str, Any], int] | None: ...
+
+    # open data
+    @abc.abstractmethod
+    async def channels(self, *, device_id: str | None = None, channel_id: int | None = None) -> list[StoredChannel]: ...
+
+    @abc.abstractmethod
+    async def readings(
+        self,
+        *,
+        device_id: str | None = None,
+        channel: str | None = None,
+        channel_id: int | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        where: tuple[str, Sequence[Any]] | None = None,
+        order: str = "ts_ms",
+        descending: bool = False,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[StoredReading]: ...
+
+    # admin secrets (hashed)
+    @abc.abstractmethod
+    async def get_setting(self, key: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def set_setting(self, key: str, value: str, *, only_if_absent: bool = False) -> bool: ...
+
+    @abc.abstractmethod
+    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int) -> None: ...
+
+    @abc.abstractmethod
+    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool: ...
+
+
+def dumps(value: Any) -> str:
+    """Canonical compact JSON for columns that hold documents."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL (SQLAlchemy's spelling)."""
+    if not url.startswith("sqlite:///"):
+        raise StoreError(f"--db {url!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
+    path = url[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:":
+        raise StoreError(f"--db {url!r}: expected a file path; the hub must keep what it acknowledges")
+    return path
+
+
+def postgres_schema(url: str) -> tuple[str, str | None]:
+    """Split an optional ``?schema=NAME`` off a PostgreSQL URL (the rest goes to asyncpg as is)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    schema = query.pop("schema", [None])[0]
+    rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
+    dsn = parts._replace(query=rest).geturl()
+    if schema is not None and not schema.replace("_", "").isalnum():
+        raise StoreError(f"--db {url!r}: schema {schema!r} must be letters, digits and '_'")
+    return dsn, schema
+
+
+async def open_store(url: str) -> Store:
+    """Open (and migrate) the store a URL names: ``sqlite:///path.db`` or ``postgresql://user@host/db[?schema=s]``."""
+    if url.startswith("sqlite:"):
+        from hub.store_sqlite import SQLiteStore
+
+        return await SQLiteStore.open(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        from hub.store_postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    raise StoreError(f"--db {url!r}: expected a sqlite:///path.db or postgresql://user@host/database URL")
+
+
+def value_columns(value: object) -> tuple[float | None, str | None]:
+    """How a reading's value is kept: numbers and bools in the numeric column, text in the text column."""
+    if isinstance(value, str):
+        return None, value
+    return float(value), None  # type: ignore[arg-type]
+
+
+def stored_value(num: float | None, txt: str | None, kind: str) -> int | float | str | bool:
+    """The reading value back from its columns, typed by the channel's kind."""
+    if txt is not None:
+        return txt
+    if kind == "bool":
+        return bool(num)
+    assert num is not None
+    return int(num) if num.is_integer() and abs(num) < 2**53 else num
+
+
+def _hex(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    return str(value or "")
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def status_columns(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The device columns a status report updates, from its fields (unknown or ill-typed fields are ignored)."""
+    errors = report.get("errors") or []
+    if not isinstance(errors, list | tuple):
+        errors = [errors]
+    return {
+        "software_version": str(report.get("software_version") or "")[:100],
+        "boot_epoch": _count(report.get("boot_epoch")),
+        "unclean_stops": _count(report.get("unclean_stops")),
+        "spool_batches": _count(report.get("spool_batches")),
+        "spool_bytes": _count(report.get("spool_bytes")),
+        "readings_dropped": _count(report.get("readings_dropped")),
+        "policy_digest": _hex(report.get("policy_digest")),
+        "config_digest": _hex(report.get("config_digest")),
+        "errors": dumps([str(e)[:500] for e in list(errors)[:50]]),
+    }
+
+
+def notice_location(notice: Mapping[str, Any]) -> tuple[str, float | None, float | None]:
+    """The gateway's public site name and pole position, if its transparency notice states them."""
+    site = notice.get("site")
+    lat, lon = notice.get("latitude"), notice.get("longitude")
+    location = notice.get("location")
+    if isinstance(location, Mapping):
+        site = site or location.get("site")
+        lat = lat if lat is not None else location.get("latitude")
+        lon = lon if lon is not None else location.get("longitude")
+    ok = isinstance(lat, int | float) and isinstance(lon, int | float) and -90 <= lat <= 90 and -180 <= lon <= 180
+    return (str(site or "")[:200], float(lat) if ok else None, float(lon) if ok else None)  # type: ignore[arg-type]

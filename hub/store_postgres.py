@@ -1,0 +1,319 @@
+"""The PostgreSQL store (asyncpg): many hub processes share one database; ingest stays exactly-once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from hub.schema import MIGRATIONS, migration_statements
+from hub.store import (
+    Device,
+    DeviceKey,
+    EnrolOutcome,
+    IncomingBatch,
+    Notice,
+    Store,
+    StoredChannel,
+    StoredReading,
+    StoreError,
+    TokenInfo,
+    dumps,
+    notice_location,
+    postgres_schema,
+    status_columns,
+    value_columns,
+)
+from hub.store_sql import (
+    DEVICE_COLUMNS,
+    decide_enrolment,
+    device_from_row,
+    reading_from_row,
+    readings_query,
+    status_change_allowed,
+)
+
+__all__ = ["PostgresStore"]
+
+log = logging.getLogger("ocn.hub.store")
+
+
+def _lock_key(schema: str | None) -> int:
+    """The advisory lock that serialises migrations of one schema across hub processes."""
+    digest = hashlib.sha256(f"ocn-hub-migrate:{schema or 'public'}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class PostgresStore(Store):
+    """The scale-out store: any number of stateless hub processes on one PostgreSQL database."""
+
+    def __init__(self, url: str, pool: Any) -> None:
+        self.url = url
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStore:
+        import asyncpg
+
+        dsn, schema = postgres_schema(url)
+        settings = {"search_path": schema} if schema else {}
+        try:
+            if schema:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                except asyncpg.UniqueViolationError:
+                    pass  # another hub process created it a moment ago
+                finally:
+                    await conn.close()
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, server_settings=settings)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise StoreError(f"--db {url!r}: cannot connect: {exc}") from exc
+        store = cls(url, pool)
+        await store._migrate(schema)
+        return store
+
+    async def _migrate(self, schema: str | None) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Every process takes the same lock before looking at the version, so
+            # concurrent starts apply each migration exactly once.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
+            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            for version, sql in MIGRATIONS:
+                if version > current:
+                    for statement in migration_statements("postgresql", sql):
+                        await conn.execute(statement)
+                    await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+                    log.info("applied schema migration", extra={"version": version, "engine": "postgresql"})
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # --- enrolment and keys -----------------------------------------------------------
+
+    async def create_token(self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int) -> int:
+        return await self._pool.fetchval(
+            "INSERT INTO tokens (hash, uses_left, expires_ms, approve, fleet, note, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            token_hash, uses, expires_ms, approve, fleet, note, now_ms,
+        )
+
+    async def tokens(self) -> list[TokenInfo]:
+        rows = await self._pool.fetch("SELECT id, uses_left, expires_ms, approve, fleet, note, created_ms FROM tokens ORDER BY id")
+        return [TokenInfo(*r) for r in rows]
+
+    async def enrol(self, token_hash: bytes, *, device_id: str, public_key: bytes, key_id: bytes, software_version: str, now_ms: int) -> EnrolOutcome:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Row locks on the token and the device serialise concurrent enrolments on any hub process.
+            token = await conn.fetchrow("SELECT id, uses_left, expires_ms, approve, fleet FROM tokens WHERE hash = $1 FOR UPDATE", token_hash)
+            existing = await conn.fetchrow("SELECT key_id, status FROM devices WHERE device_id = $1 FOR UPDATE", device_id)
+            revoked = await conn.fetchval("SELECT 1 FROM revoked_keys WHERE key_id = $1", key_id)
+            other = await conn.fetchval("SELECT device_id FROM devices WHERE key_id = $1", key_id)
+            decision = decide_enrolment(token, existing, bool(revoked), other, device_id=device_id, key_id=key_id, now_ms=now_ms)
+            if isinstance(decision, EnrolOutcome):
+                return decision
+            status, fleet = decision
+            await conn.execute(
+                "INSERT INTO devices (device_id, key_id, public_key, status, fleet, enrolled_ms, token_id, software_version)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id) DO UPDATE SET key_id = excluded.key_id,"
+                " public_key = excluded.public_key, status = excluded.status, fleet = excluded.fleet,"
+                " enrolled_ms = excluded.enrolled_ms, token_id = excluded.token_id, software_version = excluded.software_version",
+                device_id, key_id, public_key, status, fleet, now_ms, token[0], software_version,
+            )
+            await conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1", token[0])
+            return EnrolOutcome(device_id, key_id, status)
+
+    async def device_key(self, key_id: bytes) -> DeviceKey | None:
+        row = await self._pool.fetchrow("SELECT device_id, public_key, status FROM devices WHERE key_id = $1", key_id)
+        if row is not None:
+            return DeviceKey(row[0], key_id, bytes(row[1]), row[2])
+        owner = await self._pool.fetchval("SELECT device_id FROM revoked_keys WHERE key_id = $1", key_id)
+        return DeviceKey(owner, key_id, b"", "revoked") if owner else None
+
+    async def set_device_status(self, device_id: str, status: str, *, now_ms: int) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT key_id, status FROM devices WHERE device_id = $1 FOR UPDATE", device_id)
+            if row is None or not status_change_allowed(row[1], status):
+                return False
+            await conn.execute("UPDATE devices SET status = $1 WHERE device_id = $2", status, device_id)
+            if status == "revoked":
+                await conn.execute(
+                    "INSERT INTO revoked_keys (key_id, device_id, revoked_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    row[0], device_id, now_ms,
+                )
+            return True
+
+    # --- ingest -----------------------------------------------------------------------
+
+    async def store_batch(self, batch: IncomingBatch) -> str:
+        counters = dumps(dict(batch.counters))
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The primary key decides: whichever process inserts first stores the readings;
+            # the other waits on the row lock and then sees the conflict.
+            inserted = await conn.fetchval(
+                "INSERT INTO batches (key_id, boot_epoch, seq, device_id, created_ms, received_ms, readings, size, policy_digest, codec, counters)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING RETURNING 1",
+                batch.key_id, batch.boot_epoch, batch.seq, batch.device_id, batch.created_ms, batch.received_ms,
+                len(batch.readings), batch.size, batch.policy_digest.hex(), batch.codec, counters,
+            )
+            if inserted is None:
+                await conn.execute(
+                    "UPDATE devices SET duplicates = duplicates + 1, last_seen_ms = greatest(coalesce(last_seen_ms, 0), $1) WHERE device_id = $2",
+                    batch.received_ms, batch.device_id,
+                )
+                return "duplicate"
+            declared = {}
+            for ch in batch.channels:
+                declared[ch.id] = await conn.fetchval(
+                    "INSERT INTO channels (device_id, name, unit, kind, resolution, description) VALUES ($1, $2, $3, $4, $5, $6)"
+                    " ON CONFLICT (device_id, name) DO UPDATE SET unit = excluded.unit, kind = excluded.kind,"
+                    " resolution = excluded.resolution, description = excluded.description RETURNING id",
+                    batch.device_id, ch.id, ch.unit, ch.kind.value, ch.resolution, ch.description,
+                )
+            undeclared = {r.channel: r.unit for r in batch.readings if r.channel not in declared}
+            for name, unit in undeclared.items():
+                declared[name] = await conn.fetchval(
+                    "INSERT INTO channels (device_id, name, unit, kind, resolution, description) VALUES ($1, $2, $3, 'number', NULL, '')"
+                    " ON CONFLICT (device_id, name) DO UPDATE SET unit = channels.unit RETURNING id",
+                    batch.device_id, name, unit,
+                )
+            cids, times, nums, texts, quals = [], [], [], [], []
+            for r in batch.readings:
+                num, txt = value_columns(r.value)
+                cids.append(declared[r.channel])
+                times.append(r.ts_ms)
+                nums.append(num)
+                texts.append(txt)
+                quals.append(None if r.quality is None else int(r.quality))
+            await conn.execute(
+                "INSERT INTO readings (channel_id, ts_ms, num, txt, quality)"
+                " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::text[], $5::int2[])",
+                cids, times, nums, texts, quals,
+            )
+            await conn.execute(
+                "UPDATE devices SET readings_stored = readings_stored + $1, batches_stored = batches_stored + 1,"
+                " last_seen_ms = greatest(coalesce(last_seen_ms, 0), $2) WHERE device_id = $3",
+                len(batch.readings), batch.received_ms, batch.device_id,
+            )
+            await conn.execute(
+                "UPDATE devices SET boot_epoch = $1, last_seq = $2, counters = $3, policy_digest = $4,"
+                " unclean_stops = coalesce($5, unclean_stops), readings_dropped = coalesce($6, readings_dropped)"
+                " WHERE device_id = $7 AND (boot_epoch IS NULL OR boot_epoch < $1 OR (boot_epoch = $1 AND (last_seq IS NULL OR last_seq <= $2)))",
+                batch.boot_epoch, batch.seq, counters, batch.policy_digest.hex(),
+                batch.counters.get("unclean_stops"), batch.counters.get("readings_dropped"), batch.device_id,
+            )
+            return "stored"
+
+    async def record_status(self, device_id: str, report: Mapping[str, Any], *, received_ms: int) -> None:
+        cols = status_columns(report)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE devices SET software_version = $1, spool_batches = $2, spool_bytes = $3, config_digest = $4, errors = $5,"
+                " policy_digest = CASE WHEN $6 = '' THEN policy_digest ELSE $6 END,"
+                " unclean_stops = coalesce($7, unclean_stops), readings_dropped = coalesce($8, readings_dropped),"
+                " status_ms = $9, last_seen_ms = greatest(coalesce(last_seen_ms, 0), $9) WHERE device_id = $10",
+                cols["software_version"], cols["spool_batches"], cols["spool_bytes"], cols["config_digest"], cols["errors"],
+                cols["policy_digest"], cols["unclean_stops"], cols["readings_dropped"], received_ms, device_id,
+            )
+            if cols["boot_epoch"] is not None:
+                await conn.execute(
+                    "UPDATE devices SET boot_epoch = $1, last_seq = NULL WHERE device_id = $2 AND (boot_epoch IS NULL OR boot_epoch < $1)",
+                    cols["boot_epoch"], device_id,
+                )
+
+    async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int) -> int:
+        site, lat, lon = notice_location(notice)
+        async with self._pool.acquire() as conn, conn.transaction():
+            nid = await conn.fetchval(
+                "INSERT INTO notices (device_id, received_ms, notice) VALUES ($1, $2, $3) RETURNING id", device_id, received_ms, dumps(dict(notice))
+            )
+            if site or lat is not None:
+                await conn.execute("UPDATE devices SET site = $1, latitude = $2, longitude = $3 WHERE device_id = $4", site, lat, lon, device_id)
+            return nid
+
+    # --- fleet ------------------------------------------------------------------------
+
+    async def devices(self) -> list[Device]:
+        return [device_from_row(r) for r in await self._pool.fetch(f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY device_id")]
+
+    async def device(self, device_id: str) -> Device | None:
+        row = await self._pool.fetchrow(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1", device_id)
+        return device_from_row(row) if row else None
+
+    async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]:
+        if device_id is None:
+            rows = await self._pool.fetch("SELECT id, device_id, received_ms, notice FROM notices ORDER BY id DESC LIMIT $1", limit)
+        else:
+            rows = await self._pool.fetch(
+                "SELECT id, device_id, received_ms, notice FROM notices WHERE device_id = $1 ORDER BY id DESC LIMIT $2", device_id, limit
+            )
+        return [Notice(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    async def set_desired(self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int) -> None:
+        if document is None:
+            await self._pool.execute("DELETE FROM desired WHERE scope = $1 AND name = $2", scope, name)
+            return
+        await self._pool.execute(
+            "INSERT INTO desired (scope, name, document, updated_ms) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (scope, name) DO UPDATE SET document = excluded.document, updated_ms = excluded.updated_ms",
+            scope, name, dumps(dict(document)), now_ms,
+        )
+
+    async def desired(self, scope: str, name: str) -> tuple[dict[str, Any], int] | None:
+        row = await self._pool.fetchrow("SELECT document, updated_ms FROM desired WHERE scope = $1 AND name = $2", scope, name)
+        return (json.loads(row[0]), row[1]) if row else None
+
+    # --- open data --------------------------------------------------------------------
+
+    async def channels(self, *, device_id: str | None = None, channel_id: int | None = None) -> list[StoredChannel]:
+        rows = await self._pool.fetch(
+            "SELECT id, device_id, name, unit, kind, resolution, description FROM channels"
+            " WHERE ($1::text IS NULL OR device_id = $1) AND ($2::bigint IS NULL OR id = $2) ORDER BY id",
+            device_id, channel_id,
+        )
+        return [StoredChannel(*r) for r in rows]
+
+    async def readings(
+        self,
+        *,
+        device_id: str | None = None,
+        channel: str | None = None,
+        channel_id: int | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        where: tuple[str, Sequence[Any]] | None = None,
+        order: str = "ts_ms",
+        descending: bool = False,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[StoredReading]:
+        sql, params = readings_query(
+            "$", device_id=device_id, channel=channel, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms,
+            where=where, order=order, descending=descending, limit=limit, offset=offset,
+        )
+        return [reading_from_row(r) for r in await self._pool.fetch(sql, *params)]
+
+    # --- settings and one-time secrets ------------------------------------------------
+
+    async def get_setting(self, key: str) -> str | None:
+        return await self._pool.fetchval("SELECT value FROM settings WHERE key = $1", key)
+
+    async def set_setting(self, key: str, value: str, *, only_if_absent: bool = False) -> bool:
+        if only_if_absent:
+            done = await self._pool.fetchval("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1", key, value)
+            return done is not None
+        await self._pool.execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
+        return True
+
+    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int) -> None:
+        await self._pool.execute("INSERT INTO secrets (kind, hash, expires_ms) VALUES ($1, $2, $3)", kind, secret_hash, expires_ms)
+
+    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool:
+        if consume:
+            done = await self._pool.fetchval(
+                "DELETE FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3 RETURNING 1", kind, secret_hash, now_ms
+            )
+            return done is not None
+        return await self._pool.fetchval("SELECT 1 FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3", kind, secret_hash, now_ms) is not None

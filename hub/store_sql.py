@@ -1,0 +1,159 @@
+"""SQL text and rules both store engines share: enrolment decisions, row mapping, the readings query."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from edge.types import Channel
+from hub.store import Device, EnrolError, EnrolOutcome, IncomingBatch, StoredReading, stored_value
+
+__all__ = [
+    "DEVICE_COLUMNS",
+    "channel_map",
+    "decide_enrolment",
+    "device_from_row",
+    "reading_from_row",
+    "readings_query",
+    "status_change_allowed",
+]
+
+DEVICE_COLUMNS = (
+    "device_id, key_id, status, fleet, enrolled_ms, last_seen_ms, software_version, boot_epoch, last_seq,"
+    " unclean_stops, readings_dropped, spool_batches, spool_bytes, policy_digest, config_digest, errors,"
+    " counters, readings_stored, batches_stored, duplicates, status_ms, site, latitude, longitude"
+)
+
+
+def device_from_row(row: Sequence[Any]) -> Device:
+    """A Device from a row selected with DEVICE_COLUMNS (shared with the PostgreSQL store)."""
+    return Device(
+        device_id=row[0],
+        key_id=bytes(row[1]),
+        status=row[2],
+        fleet=row[3],
+        enrolled_ms=row[4],
+        last_seen_ms=row[5],
+        software_version=row[6],
+        boot_epoch=row[7],
+        last_seq=row[8],
+        unclean_stops=row[9],
+        readings_dropped=row[10],
+        spool_batches=row[11],
+        spool_bytes=row[12],
+        policy_digest=row[13],
+        config_digest=row[14],
+        errors=tuple(json.loads(row[15])),
+        counters=json.loads(row[16]),
+        readings_stored=row[17],
+        batches_stored=row[18],
+        duplicates=row[19],
+        status_ms=row[20],
+        site=row[21],
+        latitude=row[22],
+        longitude=row[23],
+    )
+
+
+def decide_enrolment(
+    token: Sequence[Any] | None,
+    existing: Sequence[Any] | None,
+    key_revoked: bool,
+    key_owner: str | None,
+    *,
+    device_id: str,
+    key_id: bytes,
+    now_ms: int,
+) -> EnrolOutcome | tuple[str, str]:
+    """The enrolment rules, shared by both engines.
+
+    Returns the outcome of an idempotent retry, or (status, fleet) for a new
+    registration; raises EnrolError when the hub must refuse.  ``token`` is
+    (id, uses_left, expires_ms, approve, fleet); ``existing`` is (key_id, status).
+    """
+    if token is None:
+        raise EnrolError("bad_token", "the enrolment token is not known to this hub")
+    if existing is not None and bytes(existing[0]) == key_id and existing[1] != "revoked":
+        # A device that lost the answer retries with the same key: same answer, no token use.
+        return EnrolOutcome(device_id, key_id, existing[1])
+    if token[2] <= now_ms:
+        raise EnrolError("expired_token", "the enrolment token has expired; ask city IT for a new one")
+    if token[1] <= 0:
+        raise EnrolError("used_token", "the enrolment token has been used up; ask city IT for a new one")
+    if key_revoked:
+        raise EnrolError("conflict", "this public key was revoked; generate a new key pair on the device")
+    if existing is not None and existing[1] != "revoked":
+        raise EnrolError("conflict", f"device id {device_id!r} is already enrolled with another key; revoke it first to replace its key")
+    if key_owner is not None and key_owner != device_id:
+        raise EnrolError("conflict", "this public key is already enrolled under another device id")
+    return ("active" if token[3] else "pending", token[4])
+
+
+def status_change_allowed(current: str, new: str) -> bool:
+    """Approve a pending device, or revoke any device that is not revoked yet; a revoked key stays revoked."""
+    return (current == "pending" and new == "active") or (new == "revoked" and current != "revoked")
+
+
+def channel_map(batch: IncomingBatch, channel_id: Callable[[Channel], int]) -> dict[str, int]:
+    """Numeric channel ids for every channel the batch declares or uses (an undeclared one is taken as declared bare)."""
+    ids = {ch.id: channel_id(ch) for ch in batch.channels}
+    for reading in batch.readings:
+        if reading.channel not in ids:
+            ids[reading.channel] = channel_id(Channel(reading.channel, unit=reading.unit))
+    return ids
+
+
+READING_SELECT = (
+    "SELECT r.id, r.channel_id, c.device_id, c.name, r.ts_ms, r.num, r.txt, c.unit, r.quality, c.kind"
+    " FROM readings r JOIN channels c ON c.id = r.channel_id"
+)
+
+ORDERABLE = {"ts_ms": "r.ts_ms", "id": "r.id", "value": "r.num"}
+
+
+def readings_query(
+    mark: str,
+    *,
+    device_id: str | None,
+    channel: str | None,
+    channel_id: int | None,
+    since_ms: int | None,
+    until_ms: int | None,
+    where: tuple[str, Sequence[Any]] | None,
+    order: str,
+    descending: bool,
+    limit: int,
+    offset: int,
+) -> tuple[str, list[Any]]:
+    """The SELECT for a readings query; ``mark`` is the engine's placeholder ("?" or "$")."""
+    clauses: list[str] = []
+    params: list[Any] = []
+
+    def param(value: Any) -> str:
+        params.append(value)
+        return "?" if mark == "?" else f"${len(params)}"
+
+    if device_id is not None:
+        clauses.append(f"c.device_id = {param(device_id)}")
+    if channel is not None:
+        clauses.append(f"c.name = {param(channel)}")
+    if channel_id is not None:
+        clauses.append(f"r.channel_id = {param(channel_id)}")
+    if since_ms is not None:
+        clauses.append(f"r.ts_ms >= {param(since_ms)}")
+    if until_ms is not None:
+        clauses.append(f"r.ts_ms < {param(until_ms)}")
+    if where is not None:
+        text, values = where
+        # The filter is written with "{}" where each value goes, so both engines can number them.
+        clauses.append("(" + text.format(*(param(v) for v in values)) + ")")
+    sql = READING_SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "")
+    direction = " DESC" if descending else ""
+    sql += f" ORDER BY {ORDERABLE[order]}{direction}, r.id{direction} LIMIT {param(int(limit))} OFFSET {param(int(offset))}"
+    return sql, params
+
+
+def reading_from_row(row: Sequence[Any]) -> StoredReading:
+    """A StoredReading from a row selected with READING_SELECT."""
+    return StoredReading(row[0], row[1], row[2], row[3], row[4], stored_value(row[5], row[6], row[9]), row[7], row[8])

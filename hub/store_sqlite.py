@@ -1,0 +1,437 @@
+"""The SQLite store: one writer thread that group-commits, a small pool of reader threads (WAL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from edge.types import Channel
+from hub.schema import MIGRATIONS, migration_statements
+from hub.store import (
+    DeviceKey,
+    EnrolOutcome,
+    IncomingBatch,
+    Notice,
+    Store,
+    StoredChannel,
+    StoredReading,
+    StoreError,
+    TokenInfo,
+    dumps,
+    sqlite_path,
+    notice_location,
+    status_columns,
+    value_columns,
+)
+from hub.store_sql import (
+    DEVICE_COLUMNS,
+    channel_map,
+    decide_enrolment,
+    device_from_row,
+    reading_from_row,
+    readings_query,
+    status_change_allowed,
+)
+
+__all__ = ["SQLiteStore"]
+
+log = logging.getLogger("ocn.hub.store")
+
+T = TypeVar("T")
+
+# Jobs waiting when the writer wakes are committed together: one fsync for many batches.
+MAX_GROUP = 200
+
+def _connect(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode = WAL")
+    # BEGIN IMMEDIATE takes the write lock first, so two processes starting together
+    # migrate one after the other and the second finds nothing left to do.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for version, sql in MIGRATIONS:
+            if version > current:
+                for statement in migration_statements("sqlite", sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                log.info("applied schema migration", extra={"version": version, "engine": "sqlite"})
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class SQLiteStore(Store):
+    """The zero-setup store: a single SQLite file in WAL mode."""
+
+    def __init__(self, url: str, path: str) -> None:
+        self.url = url
+        self.path = path
+        self._jobs: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hub-sqlite-read")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._channel_ids: dict[tuple[str, str], int] = {}
+
+    @classmethod
+    async def open(cls, url: str) -> SQLiteStore:
+        path = sqlite_path(url)
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise StoreError(f"--db {url!r}: directory {parent} does not exist")
+        store = cls(url, path)
+        try:
+            conn = await asyncio.to_thread(_connect, path)
+            await asyncio.to_thread(_migrate, conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"--db {url!r}: cannot open {path}: {exc}") from exc
+        conn.execute("PRAGMA synchronous = FULL")
+        store._writer = threading.Thread(target=store._write_loop, args=(conn,), name="hub-sqlite-writer", daemon=True)
+        store._writer.start()
+        return store
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(None)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            conn.close()
+        self._reader_conns.clear()
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                break
+            group = [first]
+            stop = False
+            while len(group) < MAX_GROUP:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                group.append(job)
+            outcomes: list[tuple[bool, Any]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for fn, _ in group:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        outcomes.append((True, fn(conn)))
+                        conn.execute("RELEASE job")
+                    except Exception as exc:  # noqa: BLE001 - handed to the awaiting caller
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                        self._channel_ids.clear()
+                        outcomes.append((False, exc))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._channel_ids.clear()
+                outcomes = [(False, exc)] * len(group)
+            for (_, future), (ok, value) in zip(group, outcomes, strict=True):
+                future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+            if stop:
+                break
+        conn.close()
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((fn, future))
+        return future
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def run() -> list[tuple[Any, ...]]:
+            return self._reader().execute(sql, params).fetchall()
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+
+    # --- enrolment and keys -----------------------------------------------------------
+
+    async def create_token(self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO tokens (hash, uses_left, expires_ms, approve, fleet, note, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (token_hash, uses, expires_ms, approve, fleet, note, now_ms),
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._write(run)
+
+    async def tokens(self) -> list[TokenInfo]:
+        rows = await self._read("SELECT id, uses_left, expires_ms, approve, fleet, note, created_ms FROM tokens ORDER BY id")
+        return [TokenInfo(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    async def enrol(self, token_hash: bytes, *, device_id: str, public_key: bytes, key_id: bytes, software_version: str, now_ms: int) -> EnrolOutcome:
+        def run(conn: sqlite3.Connection) -> EnrolOutcome:
+            token = conn.execute("SELECT id, uses_left, expires_ms, approve, fleet FROM tokens WHERE hash = ?", (token_hash,)).fetchone()
+            existing = conn.execute("SELECT key_id, status FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            revoked = conn.execute("SELECT 1 FROM revoked_keys WHERE key_id = ?", (key_id,)).fetchone()
+            other = conn.execute("SELECT device_id FROM devices WHERE key_id = ?", (key_id,)).fetchone()
+            decision = decide_enrolment(token, existing, bool(revoked), other[0] if other else None, device_id=device_id, key_id=key_id, now_ms=now_ms)
+            if isinstance(decision, EnrolOutcome):
+                return decision
+            status, fleet = decision
+            if existing is not None:
+                conn.execute(
+                    "UPDATE devices SET key_id = ?, public_key = ?, status = ?, fleet = ?, enrolled_ms = ?, token_id = ?, software_version = ? WHERE device_id = ?",
+                    (key_id, public_key, status, fleet, now_ms, token[0], software_version, device_id),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO devices (device_id, key_id, public_key, status, fleet, enrolled_ms, token_id, software_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (device_id, key_id, public_key, status, fleet, now_ms, token[0], software_version),
+                )
+            conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?", (token[0],))
+            return EnrolOutcome(device_id, key_id, status)
+
+        return await self._write(run)
+
+    async def device_key(self, key_id: bytes) -> DeviceKey | None:
+        rows = await self._read("SELECT device_id, public_key, status FROM devices WHERE key_id = ?", (key_id,))
+        if rows:
+            return DeviceKey(rows[0][0], key_id, bytes(rows[0][1]), rows[0][2])
+        rows = await self._read("SELECT device_id FROM revoked_keys WHERE key_id = ?", (key_id,))
+        return DeviceKey(rows[0][0], key_id, b"", "revoked") if rows else None
+
+    async def set_device_status(self, device_id: str, status: str, *, now_ms: int) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT key_id, status FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            if row is None or not status_change_allowed(row[1], status):
+                return False
+            conn.execute("UPDATE devices SET status = ? WHERE device_id = ?", (status, device_id))
+            if status == "revoked":
+                conn.execute("INSERT OR IGNORE INTO revoked_keys (key_id, device_id, revoked_ms) VALUES (?, ?, ?)", (row[0], device_id, now_ms))
+            return True
+
+        return await self._write(run)
+
+    # --- ingest -----------------------------------------------------------------------
+
+    def _channel_id(self, conn: sqlite3.Connection, device_id: str, channel: Channel) -> int:
+        key = (device_id, channel.id)
+        cid = self._channel_ids.get(key)
+        if cid is None:
+            conn.execute(
+                "INSERT INTO channels (device_id, name, unit, kind, resolution, description) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (device_id, name) DO UPDATE SET unit = excluded.unit, kind = excluded.kind,"
+                " resolution = excluded.resolution, description = excluded.description",
+                (device_id, channel.id, channel.unit, channel.kind.value, channel.resolution, channel.description),
+            )
+            cid = conn.execute("SELECT id FROM channels WHERE device_id = ? AND name = ?", key).fetchone()[0]
+            self._channel_ids[key] = cid
+        return cid
+
+    async def store_batch(self, batch: IncomingBatch) -> str:
+        def run(conn: sqlite3.Connection) -> str:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO batches (key_id, boot_epoch, seq, device_id, created_ms, received_ms, readings, size, policy_digest, codec, counters)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (batch.key_id, batch.boot_epoch, batch.seq, batch.device_id, batch.created_ms, batch.received_ms,
+                 len(batch.readings), batch.size, batch.policy_digest.hex(), batch.codec, dumps(dict(batch.counters))),
+            )
+            if cur.rowcount == 0:
+                conn.execute(
+                    "UPDATE devices SET duplicates = duplicates + 1, last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
+                    (batch.received_ms, batch.device_id),
+                )
+                return "duplicate"
+            ids = channel_map(batch, lambda ch: self._channel_id(conn, batch.device_id, ch))
+            conn.executemany(
+                "INSERT INTO readings (channel_id, ts_ms, num, txt, quality) VALUES (?, ?, ?, ?, ?)",
+                [(ids[r.channel], r.ts_ms, *value_columns(r.value), None if r.quality is None else int(r.quality)) for r in batch.readings],
+            )
+            conn.execute(
+                "UPDATE devices SET readings_stored = readings_stored + ?, batches_stored = batches_stored + 1,"
+                " last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
+                (len(batch.readings), batch.received_ms, batch.device_id),
+            )
+            unclean, dropped = batch.counters.get("unclean_stops"), batch.counters.get("readings_dropped")
+            # Counters are cumulative on the device: only the newest batch (by boot epoch, sequence) speaks for it.
+            conn.execute(
+                "UPDATE devices SET boot_epoch = ?, last_seq = ?, counters = ?, policy_digest = ?,"
+                " unclean_stops = coalesce(?, unclean_stops), readings_dropped = coalesce(?, readings_dropped)"
+                " WHERE device_id = ? AND (boot_epoch IS NULL OR boot_epoch < ? OR (boot_epoch = ? AND (last_seq IS NULL OR last_seq <= ?)))",
+                (batch.boot_epoch, batch.seq, dumps(dict(batch.counters)), batch.policy_digest.hex(), unclean, dropped,
+                 batch.device_id, batch.boot_epoch, batch.boot_epoch, batch.seq),
+            )
+            return "stored"
+
+        return await self._write(run)
+
+    async def record_status(self, device_id: str, report: Mapping[str, Any], *, received_ms: int) -> None:
+        cols = status_columns(report)
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE devices SET software_version = ?, spool_batches = ?, spool_bytes = ?, config_digest = ?, errors = ?,"
+                " policy_digest = CASE WHEN ? = '' THEN policy_digest ELSE ? END,"
+                " unclean_stops = coalesce(?, unclean_stops), readings_dropped = coalesce(?, readings_dropped),"
+                " status_ms = ?, last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
+                (cols["software_version"], cols["spool_batches"], cols["spool_bytes"], cols["config_digest"], cols["errors"],
+                 cols["policy_digest"], cols["policy_digest"], cols["unclean_stops"], cols["readings_dropped"],
+                 received_ms, received_ms, device_id),
+            )
+            if cols["boot_epoch"] is not None:
+                conn.execute(
+                    "UPDATE devices SET boot_epoch = ?, last_seq = NULL WHERE device_id = ? AND (boot_epoch IS NULL OR boot_epoch < ?)",
+                    (cols["boot_epoch"], device_id, cols["boot_epoch"]),
+                )
+
+        await self._write(run)
+
+    async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int) -> int:
+        site, lat, lon = notice_location(notice)
+
+        def run(conn: sqlite3.Connection) -> int:
+            cur = conn.execute("INSERT INTO notices (device_id, received_ms, notice) VALUES (?, ?, ?)", (device_id, received_ms, dumps(dict(notice))))
+            if site or lat is not None:
+                conn.execute("UPDATE devices SET site = ?, latitude = ?, longitude = ? WHERE device_id = ?", (site, lat, lon, device_id))
+            return int(cur.lastrowid or 0)
+
+        return await self._write(run)
+
+    # --- fleet ------------------------------------------------------------------------
+
+    async def devices(self) -> list[Device]:
+        rows = await self._read(f"SELECT {DEVICE_COLUMNS} FROM devices ORDER BY device_id")
+        return [device_from_row(r) for r in rows]
+
+    async def device(self, device_id: str) -> Device | None:
+        rows = await self._read(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,))
+        return device_from_row(rows[0]) if rows else None
+
+    async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]:
+        sql = "SELECT id, device_id, received_ms, notice FROM notices"
+        params: list[Any] = []
+        if device_id is not None:
+            sql += " WHERE device_id = ?"
+            params.append(device_id)
+        rows = await self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [Notice(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
+
+    async def set_desired(self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            if document is None:
+                conn.execute("DELETE FROM desired WHERE scope = ? AND name = ?", (scope, name))
+            else:
+                conn.execute(
+                    "INSERT INTO desired (scope, name, document, updated_ms) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (scope, name) DO UPDATE SET document = excluded.document, updated_ms = excluded.updated_ms",
+                    (scope, name, dumps(dict(document)), now_ms),
+                )
+
+        await self._write(run)
+
+    async def desired(self, scope: str, name: str) -> tuple[dict[str, Any], int] | None:
+        rows = await self._read("SELECT document, updated_ms FROM desired WHERE scope = ? AND name = ?", (scope, name))
+        return (json.loads(rows[0][0]), rows[0][1]) if rows else None
+
+    # --- open data --------------------------------------------------------------------
+
+    async def channels(self, *, device_id: str | None = None, channel_id: int | None = None) -> list[StoredChannel]:
+        sql = "SELECT id, device_id, name, unit, kind, resolution, description FROM channels WHERE 1 = 1"
+        params: list[Any] = []
+        if device_id is not None:
+            sql += " AND device_id = ?"
+            params.append(device_id)
+        if channel_id is not None:
+            sql += " AND id = ?"
+            params.append(channel_id)
+        rows = await self._read(sql + " ORDER BY id", params)
+        return [StoredChannel(*r) for r in rows]
+
+    async def readings(
+        self,
+        *,
+        device_id: str | None = None,
+        channel: str | None = None,
+        channel_id: int | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        where: tuple[str, Sequence[Any]] | None = None,
+        order: str = "ts_ms",
+        descending: bool = False,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[StoredReading]:
+        sql, params = readings_query(
+            "?", device_id=device_id, channel=channel, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms,
+            where=where, order=order, descending=descending, limit=limit, offset=offset,
+        )
+        rows = await self._read(sql, params)
+        return [reading_from_row(r) for r in rows]
+
+    # --- settings and one-time secrets ------------------------------------------------
+
+    async def get_setting(self, key: str) -> str | None:
+        rows = await self._read("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    async def set_setting(self, key: str, value: str, *, only_if_absent: bool = False) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            if only_if_absent:
+                return conn.execute("INSERT OR IGNORE INTO settings (key, value) VALUES (?, ?)", (key, value)).rowcount == 1
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+            return True
+
+        return await self._write(run)
+
+    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int) -> None:
+        await self._write(lambda conn: conn.execute("INSERT INTO secrets (kind, hash, expires_ms) VALUES (?, ?, ?)", (kind, secret_hash, expires_ms)))
+
+    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM secrets WHERE expires_ms <= ?", (now_ms,))
+            if consume:
+                return conn.execute("DELETE FROM secrets WHERE kind = ? AND hash = ?", (kind, secret_hash)).rowcount == 1
+            return conn.execute("SELECT 1 FROM secrets WHERE kind = ? AND hash = ?", (kind, secret_hash)).fetchone() is not None
+
+        if consume:
+            return await self._write(run)
+        rows = await self._read("SELECT 1 FROM secrets WHERE kind = ? AND hash = ? AND expires_ms > ?", (kind, secret_hash, now_ms))
+        return bool(rows)
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
