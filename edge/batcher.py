@@ -1,0 +1,270 @@
+"""Collects released readings into batches, seals them and stores each in the spool.
+
+A batch is sealed when the first of these happens:
+
+- a reading falls in the next span window (windows are aligned to the epoch,
+  so 5-minute batches cover 12:00–12:05, 12:05–12:10, …), or the wall clock
+  passes the end of the current window;
+- ``max_readings`` readings have been collected;
+- ``flush_interval`` has passed since the first unsealed reading arrived, so a
+  reading waits in memory (at risk of a power cut) for at most that long;
+- the policy digest changes (a batch carries exactly one digest);
+- ``flush()`` is awaited (shutdown).
+
+Sealing (encode, compress, sign) and the spool's fsync run in a worker thread
+so the event loop keeps reading sensors meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.protocol import BatchHeader, BatchTooLarge, key_id, seal_batch
+from edge.spool import Spool, SpoolError, StoredBatch
+from edge.types import Channel, Kind, Reading
+
+__all__ = ["Batcher", "BatcherCounters"]
+
+log = logging.getLogger("ocn.batcher")
+
+_STORE_RETRY_S = 5.0
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(slots=True)
+class BatcherCounters:
+    """Totals since the batcher started."""
+
+    readings_in: int = 0
+    readings_sealed: int = 0
+    batches_sealed: int = 0
+    bytes_sealed: int = 0
+    readings_refused: int = 0  # sealed, but the spool's refuse_newest quota turned the batch away
+    readings_unsealable: int = 0  # the codec rejected the batch; logged with the reason
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Readings waiting to be sealed into one batch."""
+
+    window: int
+    policy_digest: bytes
+    opened_at: float  # time.monotonic() of the first reading
+    readings: list[Reading] = field(default_factory=list)
+
+
+class Batcher:
+    """Turns a stream of readings into sealed batches in the spool."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        private_key: Ed25519PrivateKey,
+        spool: Spool,
+        boot_epoch: int,
+        policy_digest: bytes,
+        span_s: float = 300.0,
+        flush_interval_s: float = 30.0,
+        max_readings: int = 20000,
+        codec: str = "zstd",
+        channels: Iterable[Channel] = (),
+        clock_ms: Callable[[], int] = _now_ms,
+        on_stored: Callable[[StoredBatch], None] | None = None,
+    ) -> None:
+        if boot_epoch != spool.boot_epoch:
+            raise ValueError(f"boot_epoch {boot_epoch} differs from the spool's current epoch {spool.boot_epoch}")
+        if span_s <= 0 or flush_interval_s <= 0 or max_readings <= 0:
+            raise ValueError(
+                f"batch span {span_s!r} s, flush_interval {flush_interval_s!r} s and "
+                f"max_readings {max_readings!r} must all be above zero"
+            )
+        self.device_id = device_id
+        self.boot_epoch = boot_epoch
+        self.codec = codec
+        self.span_ms = int(span_s * 1000)
+        self.flush_interval_s = flush_interval_s
+        self.max_readings = max_readings
+        self.counters = BatcherCounters()
+        self._private_key = private_key
+        self._key_id = key_id(private_key.public_key())
+        self._spool = spool
+        self._policy_digest = policy_digest
+        self._clock_ms = clock_ms
+        self._on_stored = on_stored
+        self._channels: dict[str, Channel] = {}
+        self._undeclared_logged: set[str] = set()
+        self._open: _Pending | None = None
+        self._ready: deque[_Pending] = deque()
+        self._wake = asyncio.Event()
+        self._seal_lock = asyncio.Lock()
+        self._in_thread: asyncio.Future[StoredBatch | None] | None = None
+        self._in_thread_pending: _Pending | None = None
+        self._store_failing = False
+        self.set_channels(channels)
+
+    # -- input -------------------------------------------------------------------------
+
+    def set_channels(self, channels: Iterable[Channel]) -> None:
+        """Declare (more) channels; a re-declared id takes the new declaration from the next seal on."""
+        for channel in channels:
+            self._channels[channel.id] = channel
+
+    def set_policy_digest(self, digest: bytes) -> None:
+        """Readings from now on fall under a new policy; the open batch is closed under the old one."""
+        if digest != self._policy_digest:
+            self._close_open()
+            self._policy_digest = digest
+
+    def add(self, reading: Reading) -> None:
+        """Take one released reading; never blocks (sealing happens in `run` or `flush`)."""
+        window = reading.ts_ms // self.span_ms
+        pending = self._open
+        if pending is not None and window > pending.window:
+            self._close_open()
+            pending = None
+        if pending is None:
+            pending = self._open = _Pending(window, self._policy_digest, time.monotonic())
+        pending.readings.append(reading)
+        self.counters.readings_in += 1
+        if len(pending.readings) >= self.max_readings:
+            self._close_open()
+
+    @property
+    def unsealed(self) -> int:
+        """Readings held in memory, not yet in the spool."""
+        return sum(len(p.readings) for p in self._ready) + (len(self._open.readings) if self._open else 0)
+
+    # -- sealing -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Seal batches as their time comes, until cancelled; then await `flush`."""
+        while True:
+            timeout = self._time_to_close()
+            if not self._ready:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            if self._open is not None and self._time_to_close() <= 0:
+                self._close_open()
+            try:
+                await self._seal_ready()
+            except (OSError, sqlite3.Error, SpoolError) as exc:
+                if not self._store_failing:
+                    self._store_failing = True
+                    log.error("cannot store batches in the spool; readings kept in memory", extra={"error": str(exc)})
+                await asyncio.sleep(_STORE_RETRY_S)
+
+    async def flush(self) -> None:
+        """Seal and store everything collected so far (shutdown, or before a policy reload)."""
+        self._close_open()
+        await self._seal_ready()
+
+    def _time_to_close(self) -> float | None:
+        pending = self._open
+        if pending is None:
+            return None
+        by_flush = pending.opened_at + self.flush_interval_s - time.monotonic()
+        by_span = ((pending.window + 1) * self.span_ms - self._clock_ms()) / 1000
+        return max(0.0, min(by_flush, by_span))
+
+    def _close_open(self) -> None:
+        if self._open is not None and self._open.readings:
+            self._ready.append(self._open)
+            self._wake.set()
+        self._open = None
+
+    async def _seal_ready(self) -> None:
+        async with self._seal_lock:
+            if self._in_thread is not None:
+                # A seal whose awaiting task was cancelled is still writing: let it finish first.
+                orphan, self._in_thread = self._in_thread, None
+                try:
+                    await asyncio.shield(orphan)
+                except (OSError, sqlite3.Error, SpoolError):
+                    self._ready.appendleft(self._in_thread_pending)
+            while self._ready:
+                pending = self._in_thread_pending = self._ready.popleft()
+                self._in_thread = asyncio.ensure_future(asyncio.to_thread(self._seal_and_store, pending))
+                try:
+                    # Shielded: a cancelled run() must not abandon a batch half-way to the spool.
+                    stored = await asyncio.shield(self._in_thread)
+                except (OSError, sqlite3.Error, SpoolError):
+                    # The spool could not write (disk full, I/O error): keep the readings and try again later.
+                    self._ready.appendleft(pending)
+                    raise
+                finally:
+                    if self._in_thread.done():
+                        self._in_thread = None
+                if self._store_failing:
+                    self._store_failing = False
+                    log.info("spool writable again")
+                if stored is not None and self._on_stored is not None:
+                    self._on_stored(stored)
+
+    def _seal_and_store(self, pending: _Pending, readings: list[Reading] | None = None) -> StoredBatch | None:
+        readings = pending.readings if readings is None else readings
+        try:
+            channels = tuple(self._channel(cid, readings) for cid in sorted({r.channel for r in readings}))
+            header = BatchHeader(
+                device_id=self.device_id,
+                key_id=self._key_id,
+                boot_epoch=self.boot_epoch,
+                seq=self._spool.allocate_seq(),
+                policy_digest=pending.policy_digest,
+                codec=self.codec,
+                created_ms=self._clock_ms(),
+                counters=self._upstream_counters(),
+            )
+            data = seal_batch(header, channels, tuple(readings), self._private_key)
+        except BatchTooLarge:
+            if len(readings) < 2:
+                return self._unsealable(readings, "a single reading exceeds the batch size limit")
+            # Hard-to-compress values overflowed the 1 MiB batch limit: halve until each part fits.
+            half = len(readings) // 2
+            first = self._seal_and_store(pending, readings[:half])
+            return self._seal_and_store(pending, readings[half:]) or first
+        except Exception as exc:  # a codec bug or an impossible value must not stop the next batches
+            return self._unsealable(readings, f"{type(exc).__name__}: {exc}")
+        stored = self._spool.put(data, readings=len(readings))
+        self.counters.batches_sealed += 1
+        self.counters.bytes_sealed += len(data)
+        self.counters.readings_sealed += len(readings)
+        if stored is None:
+            self.counters.readings_refused += len(readings)
+        return stored
+
+    def _unsealable(self, readings: list[Reading], error: str) -> None:
+        self.counters.readings_unsealable += len(readings)
+        log.error("could not seal a batch: readings dropped", extra={"readings": len(readings), "error": error})
+        return None
+
+    def _upstream_counters(self) -> dict[str, int]:
+        counters = self._spool.counters()
+        counters["readings_unsealable"] = self.counters.readings_unsealable
+        return counters
+
+    def _channel(self, channel_id: str, readings: list[Reading]) -> Channel:
+        declared = self._channels.get(channel_id)
+        if declared is not None:
+            return declared
+        # Undeclared: travel without a resolution (floats), typed from the first value; logged once.
+        sample = next(r for r in readings if r.channel == channel_id)
+        kind = Kind.BOOL if isinstance(sample.value, bool) else Kind.STRING if isinstance(sample.value, str) else Kind.NUMBER
+        if channel_id not in self._undeclared_logged:
+            self._undeclared_logged.add(channel_id)
+            log.warning("reading of an undeclared channel: sent without a resolution", extra={"channel": channel_id})
+        return Channel(channel_id, unit=sample.unit, kind=kind)

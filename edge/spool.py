@@ -1,0 +1,478 @@
+"""The durable store-and-forward of sealed batches: fsync'd before `put` returns, deleted only when acked.
+
+One SQLite database in WAL mode with ``synchronous=FULL`` holds the batches
+(byte for byte as sealed), a quarantine for batches the hub permanently
+rejected, and a few persistent counters: the boot epoch, whether the last run
+stopped cleanly, and the loss counters that travel upstream.  A committed
+transaction survives ``kill -9`` and power loss; an interrupted one leaves no
+trace.  See docs/spool-and-uplink.md for the guarantees and the measurements
+behind the choice of SQLite over segment files.
+
+The methods are synchronous and thread-safe; callers on the event loop run the
+ones that commit (``put``, ``ack``, ``quarantine``) through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge.protocol import peek_header
+
+__all__ = ["BatchId", "BootInfo", "Spool", "SpoolError", "SpoolStats", "StoredBatch", "WHEN_FULL"]
+
+log = logging.getLogger("ocn.spool")
+
+WHEN_FULL = ("drop_oldest", "refuse_newest")
+
+_SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    key_id BLOB NOT NULL,
+    boot_epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    row INTEGER PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    key_id BLOB NOT NULL,
+    boot_epoch INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    stored_ms INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    quarantined_ms INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+# Persistent counters, all monotonic over the life of the spool file.
+_COUNTERS = (
+    "batches_dropped",
+    "readings_dropped",
+    "batches_quarantined",
+    "readings_quarantined",
+    "unclean_stops",
+)
+
+
+class SpoolError(Exception):
+    """The spool cannot be opened or used; the message names the file and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchId:
+    """A batch's identity on the wire: the hub acks exactly this."""
+
+    device_id: str
+    key_id: bytes
+    boot_epoch: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.device_id}/{self.key_id.hex()}/{self.boot_epoch}/{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """A sealed batch as the spool holds it; ``row`` orders batches oldest first."""
+
+    row: int
+    id: BatchId
+    readings: int
+    created_ms: int
+    stored_ms: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BootInfo:
+    """What `begin_boot` found: this run's epoch and whether the previous run stopped without saying so."""
+
+    boot_epoch: int
+    unclean_stop: bool
+    unclean_stops_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    """The spool at a glance, for the status line and the status report."""
+
+    batches: int
+    bytes: int
+    readings: int
+    oldest_age_s: float | None
+    max_bytes: int
+    when_full: str
+    batches_dropped: int
+    readings_dropped: int
+    batches_quarantined: int
+    readings_quarantined: int
+    quarantine_batches: int
+    unclean_stops: int
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Spool:
+    """Sealed batches on disk, oldest first, with a size quota and persistent loss counters."""
+
+    def __init__(
+        self,
+        path: Path,
+        conn: sqlite3.Connection,
+        *,
+        max_bytes: int,
+        when_full: str,
+        clock_ms: Callable[[], int],
+    ) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.when_full = when_full
+        self._conn = conn
+        self._lock = threading.Lock()
+        self._clock_ms = clock_ms
+        self._leased: set[int] = set()
+        self._boot_epoch: int | None = None
+        self._next_seq = 0
+        self._load_figures()
+
+    def _load_figures(self) -> None:
+        """Read the counters and totals kept in memory from what is committed on disk."""
+        conn = self._conn
+        self._counters = {name: 0 for name in _COUNTERS}
+        for name, value in conn.execute("SELECT name, value FROM meta"):
+            if name in self._counters:
+                self._counters[name] = value
+        self._bytes, self._batches, self._readings = conn.execute(
+            "SELECT COALESCE(SUM(LENGTH(data)), 0), COUNT(*), COALESCE(SUM(readings), 0) FROM batches"
+        ).fetchone()
+        self._quarantine_bytes, self._quarantine_batches = conn.execute(
+            "SELECT COALESCE(SUM(LENGTH(data)), 0), COUNT(*) FROM quarantine"
+        ).fetchone()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        when_full: str = "drop_oldest",
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> Spool:
+        """Open (creating if needed) the spool database at ``path``."""
+        path = Path(path)
+        if when_full not in WHEN_FULL:
+            raise SpoolError(f"spool when_full = {when_full!r}: expected one of {', '.join(WHEN_FULL)}")
+        if max_bytes <= 0:
+            raise SpoolError(f"spool max_size = {max_bytes!r} bytes: expected a size above zero, e.g. \"200MB\"")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise SpoolError(f"spool {path}: the filesystem does not support SQLite WAL mode (got {mode!r})")
+            # FULL: the WAL is fsync'd at every commit, so a batch is on disk before put() returns.
+            conn.execute("PRAGMA synchronous=FULL")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise SpoolError(
+                    f"spool {path}: schema version {version} was written by a newer ocn-edge; "
+                    f"this one reads version {_SCHEMA_VERSION}"
+                )
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            raise SpoolError(f"spool {path}: cannot open the spool database: {exc}") from exc
+        return cls(path, conn, max_bytes=max_bytes, when_full=when_full, clock_ms=clock_ms)
+
+    def close(self) -> None:
+        """Close the database; committed batches stay on disk."""
+        with self._lock:
+            self._conn.close()
+
+    # -- boots -------------------------------------------------------------------------
+
+    def begin_boot(self) -> BootInfo:
+        """Start a new boot epoch; a previous run that never called `mark_clean_shutdown` counts as unclean."""
+        with self._lock, self._transaction():
+            meta = dict(self._conn.execute("SELECT name, value FROM meta WHERE name IN ('boot_epoch', 'running')"))
+            epoch = meta.get("boot_epoch", 0) + 1
+            unclean = meta.get("running", 0) == 1
+            if unclean:
+                self._counters["unclean_stops"] += 1
+                self._set_meta("unclean_stops", self._counters["unclean_stops"])
+            self._set_meta("boot_epoch", epoch)
+            self._set_meta("running", 1)
+        self._boot_epoch = epoch
+        # A restart is always a new epoch, so (epoch, seq) never repeats without persisting seq per batch.
+        self._next_seq = 0
+        if unclean:
+            log.warning(
+                "previous run stopped uncleanly",
+                extra={"boot_epoch": epoch, "unclean_stops": self._counters["unclean_stops"]},
+            )
+        return BootInfo(epoch, unclean, self._counters["unclean_stops"])
+
+    def mark_clean_shutdown(self) -> None:
+        """Record that this run stopped on purpose, after its last batch was stored."""
+        with self._lock, self._transaction():
+            self._set_meta("running", 0)
+
+    @property
+    def boot_epoch(self) -> int:
+        """The epoch `begin_boot` started."""
+        if self._boot_epoch is None:
+            raise SpoolError(f"spool {self.path}: begin_boot() must be called before batches are sealed")
+        return self._boot_epoch
+
+    def allocate_seq(self) -> int:
+        """The next batch sequence number of this boot epoch; never handed out twice."""
+        _ = self.boot_epoch
+        with self._lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            return seq
+
+    # -- batches -----------------------------------------------------------------------
+
+    def put(self, data: bytes, *, readings: int) -> StoredBatch | None:
+        """Store a sealed batch durably; returns it, or None if the quota refused it (counted as dropped)."""
+        header = peek_header(data)
+        batch_id = BatchId(header.device_id, bytes(header.key_id), header.boot_epoch, header.seq)
+        size = len(data)
+        now = self._clock_ms()
+        with self._lock, self._transaction():
+            if not self._make_room(size):
+                self._count_drop(1, readings)
+                log.warning(
+                    "spool full: refused a new batch",
+                    extra={"batch": str(batch_id), "readings": readings, "max_bytes": self.max_bytes},
+                )
+                return None
+            cur = self._conn.execute(
+                "INSERT INTO batches (device_id, key_id, boot_epoch, seq, readings, created_ms, stored_ms, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (batch_id.device_id, batch_id.key_id, batch_id.boot_epoch, batch_id.seq, readings,
+                 header.created_ms, now, data),
+            )
+            row = cur.lastrowid
+            self._bytes += size
+            self._batches += 1
+            self._readings += readings
+        assert row is not None
+        return StoredBatch(row, batch_id, readings, header.created_ms, now, bytes(data))
+
+    def _make_room(self, size: int) -> bool:
+        """Apply the quota inside the caller's transaction; True if a batch of ``size`` bytes now fits."""
+        if self._used() + size <= self.max_bytes:
+            return True
+        if self.when_full == "refuse_newest" or size > self.max_bytes:
+            return False
+        # Quarantined batches will never be delivered: they go first, then the oldest pending ones.
+        for table in ("quarantine", "batches"):
+            rows = self._conn.execute(f"SELECT row, readings, LENGTH(data) FROM {table} ORDER BY row").fetchall()
+            for row, readings, length in rows:
+                if self._used() + size <= self.max_bytes:
+                    return True
+                if table == "batches" and row in self._leased:
+                    continue  # in flight: the hub may be storing it right now
+                self._conn.execute(f"DELETE FROM {table} WHERE row = ?", (row,))
+                if table == "quarantine":
+                    self._quarantine_bytes -= length
+                    self._quarantine_batches -= 1
+                else:
+                    self._bytes -= length
+                    self._batches -= 1
+                    self._readings -= readings
+                    self._count_drop(1, readings)
+                    log.warning("spool full: dropped the oldest batch", extra={"row": row, "readings": readings})
+        return self._used() + size <= self.max_bytes
+
+    def _used(self) -> int:
+        return self._bytes + self._quarantine_bytes
+
+    def _count_drop(self, batches: int, readings: int) -> None:
+        self._counters["batches_dropped"] += batches
+        self._counters["readings_dropped"] += readings
+        self._set_meta("batches_dropped", self._counters["batches_dropped"])
+        self._set_meta("readings_dropped", self._counters["readings_dropped"])
+
+    def oldest(self, limit: int = 1) -> list[StoredBatch]:
+        """The ``limit`` oldest batches waiting to be sent, leased ones included."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT row, device_id, key_id, boot_epoch, seq, readings, created_ms, stored_ms, data"
+                " FROM batches ORDER BY row LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [self._stored(r) for r in rows]
+
+    def lease_oldest(self) -> StoredBatch | None:
+        """The oldest batch not already leased, protected from `drop_oldest` until acked or released."""
+        with self._lock:
+            placeholders = ",".join("?" * len(self._leased))
+            where = f"WHERE row NOT IN ({placeholders})" if self._leased else ""
+            r = self._conn.execute(
+                "SELECT row, device_id, key_id, boot_epoch, seq, readings, created_ms, stored_ms, data"
+                f" FROM batches {where} ORDER BY row LIMIT 1",
+                tuple(self._leased),
+            ).fetchone()
+            if r is None:
+                return None
+            self._leased.add(r[0])
+        return self._stored(r)
+
+    def release(self, batch: StoredBatch) -> None:
+        """Give back a leased batch unsent; it stays first in line."""
+        with self._lock:
+            self._leased.discard(batch.row)
+
+    def ack(self, batch: StoredBatch, *, budget: tuple[int, int] | None = None) -> bool:
+        """Forget a batch the hub has durably stored; False if it was no longer in the spool.
+
+        ``budget`` = (UTC day number, bytes sent that day) is remembered in the same
+        commit, so the daily byte budget survives restarts without a write of its own.
+        """
+        with self._lock, self._transaction():
+            self._leased.discard(batch.row)
+            if budget is not None:
+                self._set_meta("budget_day", budget[0])
+                self._set_meta("budget_bytes", budget[1])
+            cur = self._conn.execute("DELETE FROM batches WHERE row = ?", (batch.row,))
+            if cur.rowcount == 0:
+                return False
+            self._bytes -= len(batch.data)
+            self._batches -= 1
+            self._readings -= batch.readings
+            return True
+
+    def quarantine(self, batch: StoredBatch, *, reason: str, detail: str) -> None:
+        """Move a batch the hub permanently rejected out of the send queue, keeping its bytes for inspection."""
+        now = self._clock_ms()
+        with self._lock, self._transaction():
+            self._leased.discard(batch.row)
+            cur = self._conn.execute(
+                "INSERT INTO quarantine SELECT row, device_id, key_id, boot_epoch, seq, readings, created_ms,"
+                " stored_ms, data, ?, ?, ? FROM batches WHERE row = ?",
+                (now, reason, detail, batch.row),
+            )
+            if cur.rowcount == 0:
+                return
+            self._conn.execute("DELETE FROM batches WHERE row = ?", (batch.row,))
+            self._bytes -= len(batch.data)
+            self._batches -= 1
+            self._readings -= batch.readings
+            self._quarantine_bytes += len(batch.data)
+            self._quarantine_batches += 1
+            self._counters["batches_quarantined"] += 1
+            self._counters["readings_quarantined"] += batch.readings
+            self._set_meta("batches_quarantined", self._counters["batches_quarantined"])
+            self._set_meta("readings_quarantined", self._counters["readings_quarantined"])
+        log.error(
+            "hub rejected a batch for good: quarantined",
+            extra={"batch": str(batch.id), "reason": reason, "readings": batch.readings},
+        )
+
+    def quarantined(self) -> list[tuple[StoredBatch, str, str]]:
+        """Quarantined batches, oldest first, with the hub's error code and detail."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT row, device_id, key_id, boot_epoch, seq, readings, created_ms, stored_ms, data, reason, detail"
+                " FROM quarantine ORDER BY row"
+            ).fetchall()
+        return [(self._stored(r[:9]), r[9], r[10]) for r in rows]
+
+    def budget_used(self, day: int) -> int:
+        """Bytes the uplink had sent on UTC day number ``day`` as of its last ack (0 for another day)."""
+        with self._lock:
+            meta = dict(self._conn.execute("SELECT name, value FROM meta WHERE name IN ('budget_day', 'budget_bytes')"))
+        return meta.get("budget_bytes", 0) if meta.get("budget_day") == day else 0
+
+    # -- figures -----------------------------------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """The persistent loss counters (totals over the spool's life) that travel in batch headers."""
+        with self._lock:
+            return dict(self._counters)
+
+    def stats(self) -> SpoolStats:
+        """Backlog, quota and loss counters for the status line and the status report."""
+        with self._lock:
+            oldest = self._conn.execute("SELECT created_ms FROM batches ORDER BY row LIMIT 1").fetchone()
+            age = None if oldest is None else max(0.0, (self._clock_ms() - oldest[0]) / 1000)
+            return SpoolStats(
+                batches=self._batches,
+                bytes=self._bytes,
+                readings=self._readings,
+                oldest_age_s=age,
+                max_bytes=self.max_bytes,
+                when_full=self.when_full,
+                batches_dropped=self._counters["batches_dropped"],
+                readings_dropped=self._counters["readings_dropped"],
+                batches_quarantined=self._counters["batches_quarantined"],
+                readings_quarantined=self._counters["readings_quarantined"],
+                quarantine_batches=self._quarantine_batches,
+                unclean_stops=self._counters["unclean_stops"],
+            )
+
+    def check(self) -> list[str]:
+        """SQLite's integrity check of the whole file: an empty list means intact."""
+        with self._lock:
+            result = [r[0] for r in self._conn.execute("PRAGMA integrity_check")]
+        return [] if result == ["ok"] else result
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn, on_rollback=self._load_figures)
+
+    def _set_meta(self, name: str, value: int) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    @staticmethod
+    def _stored(r: tuple) -> StoredBatch:  # type: ignore[type-arg]
+        return StoredBatch(r[0], BatchId(r[1], bytes(r[2]), r[3], r[4]), r[5], r[6], r[7], bytes(r[8]))
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT; on error ROLLBACK, then the in-memory figures are re-read from disk."""
+
+    def __init__(self, conn: sqlite3.Connection, *, on_rollback: Callable[[], None]) -> None:
+        self._conn = conn
+        self._on_rollback = on_rollback
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            self._on_rollback()

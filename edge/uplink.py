@@ -1,0 +1,403 @@
+"""Sends spooled batches to the hub oldest first, one in flight, and forgets each only when its ack names it.
+
+Every failure short of a permanent rejection is retried with capped
+exponential backoff and full jitter (``Retry-After`` wins for 429 and 503), so
+an outage of days ends with the backlog delivered oldest first.  A batch the
+hub rejects for good (400 malformed, 401 bad signature, 413 too large) moves
+to the spool's quarantine, counted and reported.  The hub is told about the
+spool backlog and the loss counters in a signed status report every few
+minutes.  Retry rules and the byte budget: docs/spool-and-uplink.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge import __version__
+from edge.protocol import MEDIA_TYPE, seal_status
+from edge.spool import Spool, StoredBatch
+
+__all__ = ["Uplink", "UplinkCounters", "UplinkError", "tls_context"]
+
+log = logging.getLogger("ocn.uplink")
+
+# A hub answers these for a batch that will never be accepted, however often it is sent.
+_PERMANENT = {400: "malformed", 401: "bad_signature", 413: "too_large"}
+_MAX_RETRY_AFTER_S = 86400.0
+_DAY_MS = 86_400_000
+
+
+class UplinkError(Exception):
+    """The uplink is configured in a way that cannot work; the message names the setting."""
+
+
+@dataclass(slots=True)
+class UplinkCounters:
+    """Totals since the uplink started."""
+
+    batches_sent: int = 0  # POSTs of a batch, retries included
+    batches_acked: int = 0
+    readings_acked: int = 0
+    batches_quarantined: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    status_sent: int = 0
+    last_error: str = ""
+    last_ack_ms: int = 0
+
+
+def tls_context(ca: str | Path | None) -> ssl.SSLContext:
+    """A client TLS context that trusts only ``ca`` (a PEM bundle), or the system store when None."""
+    if ca is None or str(ca) == "":
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise UplinkError(f"uplink ca = {str(ca)!r}: cannot read a PEM CA bundle there ({exc})") from exc
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Outcome:
+    """What one POST of a batch came to."""
+
+    ACKED = "acked"
+    REJECTED = "rejected"
+    RETRY = "retry"
+
+    def __init__(self, kind: str, error: str = "", *, code: str = "", retry_after: float | None = None) -> None:
+        self.kind = kind
+        self.error = error
+        self.code = code
+        self.retry_after = retry_after
+
+
+class Uplink:
+    """Delivers the spool to one hub over OXP v1 and reports the gateway's status there."""
+
+    def __init__(
+        self,
+        *,
+        spool: Spool,
+        hub_url: str,
+        private_key: Ed25519PrivateKey,
+        device_id: str,
+        ca: str | Path | None = None,
+        timeout_s: float = 30.0,
+        daily_budget: int = 0,
+        status_provider: Callable[[], Mapping[str, Any]] | None = None,
+        status_interval_s: float = 300.0,
+        on_desired: Callable[[Any, str], None] | None = None,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 300.0,
+        idle_poll_s: float = 5.0,
+        clock_ms: Callable[[], int] = _now_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not hub_url.startswith(("http://", "https://")):
+            raise UplinkError(f"uplink hub = {hub_url!r}: expected an http:// or https:// URL")
+        self.hub_url = hub_url.rstrip("/")
+        self.device_id = device_id
+        self.daily_budget = daily_budget
+        self.counters = UplinkCounters()
+        self.desired: Any = None
+        self.desired_etag = ""
+        self._spool = spool
+        self._private_key = private_key
+        self._ssl = tls_context(ca) if self.hub_url.startswith("https://") else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._status_provider = status_provider
+        self._status_interval_s = status_interval_s
+        self._on_desired = on_desired
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        self._idle_poll_s = idle_poll_s
+        self._clock_ms = clock_ms
+        self._rng = rng or random.Random()
+        self._session: aiohttp.ClientSession | None = None
+        self._wake = asyncio.Event()
+        self._attempt = 0
+        self._down_since: float | None = None
+        self._budget_day = -1
+        self._budget_used = 0
+        self._budget_logged = False
+
+    @property
+    def reachable(self) -> bool:
+        """False from the first failed delivery until the next ack."""
+        return self._down_since is None
+
+    def wake(self, _stored: StoredBatch | None = None) -> None:
+        """A batch was stored: send now instead of at the next poll (the batcher's ``on_stored``)."""
+        self._wake.set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver batches and send status reports until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._deliver_forever())
+            if self._status_interval_s > 0:
+                group.create_task(self._report_forever())
+
+    async def aclose(self) -> None:
+        """Close the HTTP session; unsent batches stay in the spool."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._timeout,
+                headers={"User-Agent": f"ocn-edge/{__version__}"},
+            )
+        return self._session
+
+    # -- batches -----------------------------------------------------------------------
+
+    async def _deliver_forever(self) -> None:
+        while True:
+            batch = await asyncio.to_thread(self._spool.lease_oldest)
+            if batch is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
+                except TimeoutError:
+                    pass
+                continue
+            try:
+                await self._deliver(batch)
+            finally:
+                self._spool.release(batch)
+
+    async def _deliver(self, batch: StoredBatch) -> None:
+        """Send one batch until it is acked or quarantined."""
+        while True:
+            await self._within_budget(len(batch.data))
+            outcome = await self._post_batch(batch)
+            if outcome.kind == _Outcome.ACKED:
+                await asyncio.to_thread(self._spool.ack, batch, budget=self._budget_state())
+                self.counters.batches_acked += 1
+                self.counters.readings_acked += batch.readings
+                self.counters.last_ack_ms = self._clock_ms()
+                self._recovered()
+                return
+            if outcome.kind == _Outcome.REJECTED:
+                await asyncio.to_thread(
+                    self._spool.quarantine, batch, reason=outcome.code, detail=outcome.error
+                )
+                self.counters.batches_quarantined += 1
+                self._recovered()
+                return
+            await self._back_off(outcome, batch)
+
+    async def _post_batch(self, batch: StoredBatch) -> _Outcome:
+        self.counters.batches_sent += 1
+        self.counters.bytes_sent += len(batch.data)
+        self._spend(len(batch.data))
+        url = f"{self.hub_url}/oxp/v1/batches"
+        try:
+            async with self._http().post(url, data=batch.data, headers={"Content-Type": MEDIA_TYPE}) as resp:
+                body = await resp.read()
+                return self._judge(batch, resp, body)
+        except TimeoutError:
+            return _Outcome(_Outcome.RETRY, "timed out waiting for the hub")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return _Outcome(_Outcome.RETRY, f"TLS certificate not trusted: {exc.certificate_error}")
+        except aiohttp.ClientError as exc:
+            return _Outcome(_Outcome.RETRY, f"{type(exc).__name__}: {exc}")
+        except OSError as exc:
+            return _Outcome(_Outcome.RETRY, f"{type(exc).__name__}: {exc}")
+
+    def _judge(self, batch: StoredBatch, resp: aiohttp.ClientResponse, body: bytes) -> _Outcome:
+        document = _json_object(body)
+        if resp.status == 200:
+            if document is None:
+                return _Outcome(_Outcome.RETRY, "hub answered 200 without a JSON ack")
+            if not _ack_names(document, batch):
+                return _Outcome(_Outcome.RETRY, "hub acked a different batch than the one sent")
+            return _Outcome(_Outcome.ACKED)
+        code = str(document.get("error", "")) if document else ""
+        detail = str(document.get("detail", "")) if document else body[:200].decode("utf-8", "replace")
+        if resp.status in _PERMANENT and (code or resp.status == 413):
+            return _Outcome(_Outcome.REJECTED, detail, code=code or _PERMANENT[resp.status])
+        retry_after = _retry_after(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
+        reason = f"hub answered {resp.status}" + (f" {code}" if code else "") + (f": {detail}" if detail else "")
+        return _Outcome(_Outcome.RETRY, reason, code=code, retry_after=retry_after)
+
+    async def _back_off(self, outcome: _Outcome, batch: StoredBatch) -> None:
+        self.counters.retries += 1
+        self.counters.last_error = outcome.error
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("hub unreachable; batches wait in the spool", extra={"hub": self.hub_url, "error": outcome.error})
+        else:
+            log.debug("retrying batch", extra={"batch": str(batch.id), "error": outcome.error})
+        if outcome.retry_after is not None:
+            # The hub said when: obey, spread by up to 10 % so a fleet does not return in step.
+            delay = outcome.retry_after * (1.0 + 0.1 * self._rng.random())
+        else:
+            ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2.0**self._attempt)
+            delay = self._rng.uniform(0.0, ceiling)  # "full jitter"
+        self._attempt += 1
+        await asyncio.sleep(delay)
+
+    def _recovered(self) -> None:
+        self._attempt = 0
+        if self._down_since is not None:
+            log.info(
+                "hub reachable again",
+                extra={"hub": self.hub_url, "down_s": round(time.monotonic() - self._down_since, 1)},
+            )
+            self._down_since = None
+
+    # -- daily byte budget -------------------------------------------------------------
+
+    def _today(self) -> int:
+        return self._clock_ms() // _DAY_MS
+
+    def _budget_state(self) -> tuple[int, int] | None:
+        return (self._budget_day, self._budget_used) if self.daily_budget > 0 else None
+
+    def _refresh_budget(self) -> None:
+        today = self._today()
+        if today != self._budget_day:
+            self._budget_day = today
+            self._budget_used = self._spool.budget_used(today)
+            self._budget_logged = False
+
+    def _spend(self, size: int) -> None:
+        if self.daily_budget > 0:
+            self._refresh_budget()
+            self._budget_used += size
+
+    async def _within_budget(self, size: int) -> None:
+        """Wait for the next UTC day if sending ``size`` bytes would overspend today's budget."""
+        if self.daily_budget <= 0:
+            return
+        while True:
+            self._refresh_budget()
+            # A batch larger than the whole budget still goes out first thing in the day, or it would block forever.
+            if self._budget_used == 0 or self._budget_used + size <= self.daily_budget:
+                return
+            if not self._budget_logged:
+                self._budget_logged = True
+                log.warning(
+                    "daily byte budget used up; sending resumes tomorrow (UTC)",
+                    extra={"budget_bytes": self.daily_budget, "used_bytes": self._budget_used},
+                )
+            until_midnight = ((self._budget_day + 1) * _DAY_MS - self._clock_ms()) / 1000
+            await asyncio.sleep(max(0.05, min(until_midnight, 60.0)))
+
+    # -- status reports ----------------------------------------------------------------
+
+    async def _report_forever(self) -> None:
+        while True:
+            await self.send_status()
+            await asyncio.sleep(self._status_interval_s * (0.9 + 0.2 * self._rng.random()))
+
+    def status_report(self) -> dict[str, Any]:
+        """The status report as it would be signed now: spool backlog, loss counters, boot epoch, digests."""
+        stats = self._spool.stats()
+        report: dict[str, Any] = {
+            "device_id": self.device_id,
+            "ts_ms": self._clock_ms(),
+            "software_version": __version__,
+            "boot_epoch": self._spool.boot_epoch,
+            "unclean_stops": stats.unclean_stops,
+            "spool_batches": stats.batches,
+            "spool_bytes": stats.bytes,
+            "readings_dropped": stats.readings_dropped,
+            "batches_dropped": stats.batches_dropped,
+            "batches_quarantined": stats.batches_quarantined,
+            "readings_quarantined": stats.readings_quarantined,
+            "policy_digest": b"",
+            "config_digest": b"",
+            "errors": [self.counters.last_error] if self._down_since is not None else [],
+        }
+        if self._status_provider is not None:
+            report.update(self._status_provider())
+        return report
+
+    async def send_status(self) -> bool:
+        """Send one signed status report; True if the hub took it.  Failures only wait for the next round."""
+        if self.daily_budget > 0:
+            self._refresh_budget()
+            if self._budget_used >= self.daily_budget:
+                return False
+        report = await asyncio.to_thread(self.status_report)
+        data = seal_status(report, device_id=self.device_id, private_key=self._private_key)
+        self._spend(len(data))
+        try:
+            async with self._http().post(
+                f"{self.hub_url}/oxp/v1/status", data=data, headers={"Content-Type": MEDIA_TYPE}
+            ) as resp:
+                body = await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.debug("status report not delivered", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return False
+        document = _json_object(body)
+        if resp.status != 200 or document is None or document.get("ok") is not True:
+            log.debug("status report refused", extra={"status": resp.status})
+            return False
+        self.counters.status_sent += 1
+        etag = str(document.get("etag", ""))
+        if etag != self.desired_etag:
+            self.desired, self.desired_etag = document.get("desired"), etag
+            if self._on_desired is not None:
+                self._on_desired(self.desired, etag)
+        return True
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _ack_names(ack: Mapping[str, Any], batch: StoredBatch) -> bool:
+    """True only if the ack identifies exactly this batch as durably stored."""
+    return (
+        ack.get("status") in ("stored", "duplicate")
+        and ack.get("device_id") == batch.id.device_id
+        and ack.get("key_id") == batch.id.key_id.hex()
+        and type(ack.get("boot_epoch")) is int
+        and ack.get("boot_epoch") == batch.id.boot_epoch
+        and type(ack.get("seq")) is int
+        and ack.get("seq") == batch.id.seq
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
