@@ -1,0 +1,141 @@
+"""Differential privacy with integers only: an exact discrete Laplace sampler and the epsilon budget accountant.
+
+The sampler is Algorithm 2 of Canonne, Kamath and Steinke, "The Discrete Gaussian for
+Differential Privacy" (NeurIPS 2020), built on their exact Bernoulli(exp(-γ)) sampler
+(Algorithm 1).  Every step draws uniform integers, so the output distribution is exactly
+P(x) ∝ exp(-|x|·s/t): no floating-point Laplace, whose rounding artefacts leak the input
+(Mironov, CCS 2012).  Randomness comes from ``random.SystemRandom`` (the kernel CSPRNG).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Protocol
+
+__all__ = ["Accountant", "IntegerSource", "bernoulli_exp", "discrete_laplace", "noise_scale", "variance"]
+
+
+class IntegerSource(Protocol):
+    """What the samplers need from a random source: ``randrange(n)`` uniform on 0..n-1."""
+
+    def randrange(self, stop: int, /) -> int: ...
+
+
+def _bernoulli_exp_at_most_1(rng: IntegerSource, num: int, den: int) -> bool:
+    """Bernoulli(exp(-num/den)) for 0 <= num/den <= 1 (CKS Algorithm 1, first case)."""
+    k = 1
+    while rng.randrange(den * k) < num:  # Bernoulli(γ / k)
+        k += 1
+    return k % 2 == 1
+
+
+def bernoulli_exp(rng: IntegerSource, num: int, den: int) -> bool:
+    """Bernoulli(exp(-num/den)) for any rational num/den >= 0, exactly."""
+    while num > den:
+        if not _bernoulli_exp_at_most_1(rng, 1, 1):
+            return False
+        num -= den
+    return _bernoulli_exp_at_most_1(rng, num, den)
+
+
+def discrete_laplace(rng: IntegerSource, t: int, s: int) -> int:
+    """One draw from the discrete Laplace distribution with scale t/s: P(x) ∝ exp(-|x|·s/t)."""
+    while True:
+        u = rng.randrange(t)
+        if not bernoulli_exp(rng, u, t):
+            continue
+        v = 0
+        while bernoulli_exp(rng, 1, 1):
+            v += 1
+        y = (u + t * v) // s
+        negative = rng.randrange(2) == 1
+        if negative and y == 0:
+            continue  # zero would otherwise be counted twice
+        return -y if negative else y
+
+
+def noise_scale(epsilon: float, sensitivity: int = 1) -> tuple[int, int]:
+    """The scale b = sensitivity/epsilon as an exact fraction (t, s), epsilon read as its decimal text."""
+    scale = Fraction(sensitivity) / Fraction(str(epsilon))
+    return scale.numerator, scale.denominator
+
+
+def variance(epsilon: float, sensitivity: int = 1) -> float:
+    """Variance of the discrete Laplace with scale b = sensitivity/epsilon: 2·e^(-1/b) / (1 - e^(-1/b))²."""
+    q = math.exp(-epsilon / sensitivity)
+    return 2 * q / (1 - q) ** 2
+
+
+@dataclass(slots=True)
+class _RuleSpend:
+    releases: int = 0
+    charged: Fraction = Fraction(0)
+
+
+class Accountant:
+    """Keeps the epsilon spent in the current budget period and refuses releases that would exceed it.
+
+    Periods are aligned to UTC midnight.  Spending uses basic sequential composition in
+    exact fractions.  A rule with ``max_windows = L`` counts each person in at most L
+    windows per period, so its releases beyond the L-th cost nothing more: one person's
+    privacy loss from that rule is at most L·epsilon however many windows are released.
+    """
+
+    def __init__(self, *, epsilon: float, period_ms: int, rng: IntegerSource | None = None) -> None:
+        self.total = Fraction(str(epsilon))
+        self.period_ms = period_ms
+        self.rng: IntegerSource = rng or random.SystemRandom()
+        self._period: int | None = None
+        self.spent = Fraction(0)
+        self.refused = 0
+        self._rules: dict[str, _RuleSpend] = {}
+
+    def period(self, now_ms: int) -> int:
+        return now_ms // self.period_ms
+
+    def _roll(self, now_ms: int) -> None:
+        p = self.period(now_ms)
+        if p != self._period:
+            self._period = p
+            self.spent = Fraction(0)
+            self.refused = 0
+            self._rules.clear()
+
+    def charge(self, rule: str, epsilon: float, now_ms: int, *, max_windows: int | None = None) -> bool:
+        """Spend ``epsilon`` for one release of ``rule``; False (and nothing spent) if the budget is short."""
+        self._roll(now_ms)
+        spend = self._rules.setdefault(rule, _RuleSpend())
+        cost = Fraction(str(epsilon))
+        if max_windows is not None and spend.releases >= max_windows:
+            cost = Fraction(0)
+        if self.spent + cost > self.total:
+            self.refused += 1
+            return False
+        self.spent += cost
+        spend.releases += 1
+        spend.charged += cost
+        return True
+
+    def noisy(self, value: int, epsilon: float) -> int:
+        """``value`` plus discrete Laplace noise of scale 1/epsilon (sensitivity 1)."""
+        t, s = noise_scale(epsilon)
+        return value + discrete_laplace(self.rng, t, s)
+
+    def exhausted(self, now_ms: int, epsilon: float) -> bool:
+        self._roll(now_ms)
+        return self.spent + Fraction(str(epsilon)) > self.total
+
+    def state(self, now_ms: int) -> dict[str, object]:
+        """What the stage reports: epsilon per period, spent, left, releases refused this period."""
+        self._roll(now_ms)
+        return {
+            "epsilon": float(self.total),
+            "period_ms": self.period_ms,
+            "period_start_ms": (self._period or 0) * self.period_ms,
+            "spent": float(self.spent),
+            "left": float(self.total - self.spent),
+            "refused": self.refused,
+        }
