@@ -1,0 +1,183 @@
+"""The one module that talks to pymodbus: open a Modbus TCP or RTU link and read from it.
+
+pymodbus changes its API between minor versions; it is pinned exactly in
+pyproject.toml and every other module goes through this one, so an upgrade
+touches this file only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.framer.rtu import FramerRTU
+
+__all__ = [
+    "EXCEPTION_MEANINGS",
+    "ExceptionReply",
+    "GarbledReply",
+    "LinkDown",
+    "LinkError",
+    "ModbusLink",
+    "NoReply",
+    "crc16",
+]
+
+# Modbus application protocol v1.1b3, section 7.
+EXCEPTION_MEANINGS = {
+    1: "illegal function: the device does not support this read",
+    2: "illegal data address: the device has no register at this address (check the profile's addresses)",
+    3: "illegal data value: the request is malformed (e.g. too many registers at once)",
+    4: "server device failure: the device failed while answering",
+    5: "acknowledge: the device accepted a long-running request",
+    6: "server device busy: retry later",
+    8: "memory parity error",
+    10: "gateway path unavailable: the Modbus gateway cannot reach that unit",
+    11: "gateway target device failed to respond: the unit behind the gateway is silent",
+}
+
+_READERS = {
+    "holding": "read_holding_registers",
+    "input": "read_input_registers",
+    "coil": "read_coils",
+    "discrete": "read_discrete_inputs",
+}
+
+# pymodbus logs every timeout at ERROR; our bus owner reports faults itself, once.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+class LinkError(Exception):
+    """A read failed; subclasses say how."""
+
+
+class LinkDown(LinkError):
+    """The port or TCP connection is not open."""
+
+
+class NoReply(LinkError):
+    """The unit sent nothing before the timeout."""
+
+
+class GarbledReply(LinkError):
+    """Bytes came back but no valid frame (bad CRC, wrong baud rate, or line noise)."""
+
+
+class ExceptionReply(LinkError):
+    """The unit answered with a Modbus exception code."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.meaning = EXCEPTION_MEANINGS.get(code, "unknown exception code")
+        super().__init__(f"exception code {code}: {self.meaning}")
+
+
+def crc16(frame: bytes) -> bytes:
+    """The Modbus RTU CRC of ``frame`` as the two bytes sent on the wire."""
+    return FramerRTU.compute_CRC(frame).to_bytes(2, "big")
+
+
+class ModbusLink:
+    """One open Modbus connection (TCP socket or RTU serial port), with byte counters."""
+
+    def __init__(
+        self,
+        kind: str,
+        *,
+        port: str = "",
+        host: str = "127.0.0.1",
+        tcp_port: int = 502,
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        timeout: float = 1.0,
+    ) -> None:
+        if kind not in ("tcp", "rtu"):
+            raise ValueError(f"kind = {kind!r}: expected 'tcp' or 'rtu'")
+        self.kind = kind
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self._received_during_request = 0
+        self._lost = asyncio.Event()
+        common = {
+            "timeout": timeout,
+            "retries": 0,  # the bus owner decides about retries and backoff
+            "reconnect_delay": 0,  # the bus owner reopens, with its own backoff and logging
+            "trace_packet": self._count,
+            "trace_connect": self._connected,
+        }
+        if kind == "tcp":
+            self._client = AsyncModbusTcpClient(host, port=tcp_port, **common)
+        else:
+            self._client = AsyncModbusSerialClient(
+                port, framer=FramerType.RTU, baudrate=baudrate, parity=parity, stopbits=stopbits,
+                bytesize=bytesize, **common,
+            )
+        # A silent unit must never make pymodbus drop a healthy shared connection.
+        self._client.set_max_no_responses(2**31)
+
+    def _count(self, sending: bool, data: bytes) -> bytes:
+        if sending:
+            self.bytes_out += len(data)
+        else:
+            self.bytes_in += len(data)
+            self._received_during_request += len(data)
+        return data
+
+    def _connected(self, up: bool) -> None:
+        if not up:
+            self._lost.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.connected
+
+    async def wait_lost(self) -> None:
+        """Return when the connection drops."""
+        await self._lost.wait()
+
+    async def open(self) -> None:
+        """Open the port or connection; raises LinkDown with the reason."""
+        self._lost.clear()
+        try:
+            ok = await self._client.connect()
+        except (OSError, ModbusException) as exc:
+            raise LinkDown(str(exc)) from exc
+        if not ok:
+            raise LinkDown("cannot open the port" if self.kind == "rtu" else "connection refused or timed out")
+
+    def close(self) -> None:
+        self._client.close()
+        self._lost.set()
+
+    async def read(self, function: str, unit: int, address: int, count: int, *,
+                   timeout: float) -> list[int] | list[bool]:
+        """Read ``count`` registers (or bits) from ``address`` of ``unit``; raises a LinkError subclass."""
+        if not self._client.connected:
+            raise LinkDown("not open")
+        # pymodbus has one timeout per client; the bus owner serialises requests, so setting it
+        # per request is safe and gives each unit its own timeout.
+        self._client.ctx.comm_params.timeout_connect = timeout
+        self._received_during_request = 0
+        reader = getattr(self._client, _READERS[function])
+        try:
+            reply = await reader(address, count=count, device_id=unit)
+        except ConnectionException as exc:
+            raise LinkDown(str(exc)) from exc
+        except ModbusException as exc:
+            if not self._client.connected:
+                raise LinkDown("connection lost") from exc
+            if self._received_during_request:
+                raise GarbledReply(f"{self._received_during_request} bytes but no valid reply frame") from exc
+            raise NoReply(f"no reply within {timeout:g} s") from exc
+        except asyncio.TimeoutError as exc:
+            raise NoReply(f"no reply within {timeout:g} s") from exc
+        if reply.isError():
+            raise ExceptionReply(reply.exception_code)
+        if function in ("coil", "discrete"):
+            return list(reply.bits[:count])
+        return list(reply.registers)

@@ -1,0 +1,136 @@
+"""The profile-based Modbus driver: polls a device's register map through its bus owner in the fewest requests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.modbus.adapter import ExceptionReply, LinkError
+from drivers.modbus.planner import ReadRequest, plan_reads
+from drivers.modbus.profile import Profile, ProfileError, load_profile, shipped_profiles
+from drivers.sdk import DeviceContext, Driver, Emit, Manifest, OptionError, OptionSpec
+from edge.types import Channel, Reading
+
+__all__ = ["ModbusDriver", "Poll"]
+
+
+@dataclass(slots=True)
+class Poll:
+    """What one poll cycle got: readings, and each request that failed with why."""
+
+    readings: list[Reading] = field(default_factory=list)
+    failures: list[tuple[ReadRequest, LinkError]] = field(default_factory=list)
+    skipped: list[ReadRequest] = field(default_factory=list)
+
+
+class ModbusDriver(Driver):
+    """Reads any Modbus device described by a profile (a shipped name or a path to a profile TOML)."""
+
+    manifest = Manifest(
+        name="modbus",
+        version="1.0.0",
+        summary="Modbus RTU/TCP devices described by a declarative register profile",
+        hardware=tuple(shipped_profiles()),
+        transport="modbus",
+        options={
+            "profile": OptionSpec(str, required=True,
+                                  help="a shipped profile name (see `ocn-edge drivers`) or a path to a profile TOML"),
+            "max_gap": OptionSpec(int, help="unused registers a request may read to save a request "
+                                            "(default: the profile's max_gap)"),
+            "timeout": OptionSpec(float, help="seconds to wait for this unit's reply (default: the bus timeout)"),
+        },
+    )
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().check_options(options)
+        try:
+            load_profile(out["profile"])
+        except ProfileError as exc:
+            raise OptionError("profile", out["profile"],
+                              f"a shipped profile ({', '.join(shipped_profiles())}) or a valid profile file; {exc}") from exc
+        if out["max_gap"] is not None and not 0 <= out["max_gap"] <= 125:
+            raise OptionError("max_gap", out["max_gap"], "0..125 registers")
+        if out["timeout"] is not None and not out["timeout"] > 0:
+            raise OptionError("timeout", out["timeout"], "seconds > 0, e.g. 0.5")
+        return out
+
+    def __init__(self, ctx: DeviceContext) -> None:
+        super().__init__(ctx)
+        options = self.check_options(ctx.options)
+        self.profile: Profile = load_profile(options["profile"])
+        self.timeout: float | None = options["timeout"]
+        if not isinstance(ctx.address, int) or not 1 <= ctx.address <= 247:
+            raise OptionError("address", ctx.address, "a Modbus unit id 1..247")
+        self.unit = ctx.address
+        max_gap = self.profile.max_gap if options["max_gap"] is None else options["max_gap"]
+        self.plan = plan_reads(self.profile.spans(), max_gap=max_gap, unreadable=self.profile.unreadable)
+        self._by_request = {
+            req: [r for r in self.profile.registers
+                  if r.function == req.function and req.address <= r.address and r.address + r.count <= req.end]
+            for req in self.plan
+        }
+        self._failing: dict[ReadRequest, str] = {}
+
+    def channels(self) -> Sequence[Channel]:
+        return [
+            Channel(self.ctx.channel_id(r.channel), unit=r.unit, kind=r.kind, resolution=r.resolution,
+                    description=r.description)
+            for r in self.profile.registers
+        ]
+
+    async def poll(self) -> Poll:
+        """Run the plan once.  After the unit fails to answer, the rest of the cycle is skipped:
+        a silent unit costs the bus at most one timeout per cycle."""
+        result = Poll()
+        bus = self.ctx.bus
+        for i, req in enumerate(self.plan):
+            try:
+                words = await bus.read(self.unit, req.function, req.address, req.count,
+                                       timeout=self.timeout, used=req.used)
+            except ExceptionReply as exc:
+                result.failures.append((req, exc))
+                continue
+            except LinkError as exc:
+                result.failures.append((req, exc))
+                result.skipped.extend(self.plan[i + 1:])
+                break
+            ts = self.ctx.clock_ms()
+            for reg in self._by_request[req]:
+                at = reg.address - req.address
+                value = reg.decode(words[at:at + reg.count])
+                if value is not None:
+                    result.readings.append(Reading(self.ctx.channel_id(reg.channel), ts, value, reg.unit))
+        return result
+
+    async def run(self, emit: Emit) -> None:
+        interval = self.ctx.poll_interval
+        next_at = time.monotonic()
+        while True:
+            result = await self.poll()
+            self._report(result)
+            for reading in result.readings:
+                await emit(reading)
+            next_at += interval
+            now = time.monotonic()
+            if next_at < now:  # a slow cycle skips the missed slots instead of bursting to catch up
+                next_at = now + interval - (now - next_at) % interval
+            await asyncio.sleep(next_at - now)
+
+    def _report(self, result: Poll) -> None:
+        """Log a failing request once when it starts failing and once when it recovers."""
+        failed = {req: str(exc) for req, exc in result.failures}
+        for req, why in failed.items():
+            if self._failing.get(req) != why:
+                self.ctx.logger.warning("%s: unit %d: %s %d..%d: %s", self.ctx.device_id, self.unit, req.function,
+                                        req.address, req.end - 1, why)
+        answered = set(self.plan) - set(failed) - set(result.skipped)
+        for req in list(self._failing):
+            if req in answered:
+                self.ctx.logger.info("%s: unit %d: %s %d..%d answers again", self.ctx.device_id, self.unit,
+                                     req.function, req.address, req.end - 1)
+                del self._failing[req]
+        self._failing.update(failed)

@@ -1,0 +1,135 @@
+"""What every streaming serial driver shares: configure on each new port session, read, decode, count bad frames."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from drivers.buses import BusDown
+from drivers.sdk import Driver, Emit
+from edge.types import Reading
+
+__all__ = ["Decoder", "DecoderStats", "StreamDriver"]
+
+
+@dataclass(slots=True)
+class DecoderStats:
+    """Counters a decoder keeps; none of them holds a decoded value."""
+
+    frames: int = 0
+    bad_checksum: int = 0
+    bad_frames: int = 0  # framed correctly but not understood (wrong length, unknown sentence, bad field)
+    garbage_bytes: int = 0  # bytes skipped while looking for the start of a frame
+
+
+class Decoder(abc.ABC):
+    """Turns a byte stream into frames, resynchronising after garbage and rejecting bad checksums."""
+
+    def __init__(self) -> None:
+        self.stats = DecoderStats()
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[object]:
+        """Add bytes from the port; returns the complete, valid frames now available, in order."""
+        self._buffer += data
+        frames: list[object] = []
+        while True:
+            frame = self._next()
+            if frame is None:
+                return frames
+            frames.append(frame)
+
+    @abc.abstractmethod
+    def _next(self) -> object | None:
+        """Take one valid frame off the front of ``self._buffer``, or None when more bytes are needed."""
+
+    def _skip(self, n: int) -> None:
+        self.stats.garbage_bytes += n
+        del self._buffer[:n]
+
+
+class StreamDriver(Driver):
+    """A device on its own serial bus that streams frames (or answers queries) which a Decoder understands.
+
+    Subclasses provide the decoder, the readings of one frame and, optionally,
+    the setup commands sent after every (re)open and the query sent each poll.
+    """
+
+    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(ctx)
+        self.options = self.check_options(ctx.options)
+        self.decoder = self.make_decoder()
+        self._configured_session = 0
+        self._bad_since: int | None = None
+
+    @abc.abstractmethod
+    def make_decoder(self) -> Decoder: ...
+
+    @abc.abstractmethod
+    def readings(self, frame: object, ts_ms: int) -> Sequence[Reading]:
+        """The readings one valid frame carries."""
+
+    def setup_commands(self) -> Sequence[bytes]:
+        """Commands sent after every open of the port (a replugged sensor forgets its mode)."""
+        return ()
+
+    def query_command(self) -> bytes | None:
+        """A command sent every poll interval to ask for a frame, or None for a device that streams by itself."""
+        return None
+
+    async def run(self, emit: Emit) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._drive())
+            await self._read(emit)
+
+    async def _drive(self) -> None:
+        bus = self.ctx.bus
+        query = self.query_command()
+        tick = self.ctx.poll_interval if query is not None else 1.0
+        while True:
+            session = await bus.wait_open()
+            with contextlib.suppress(BusDown):
+                if session != self._configured_session:
+                    for command in self.setup_commands():
+                        await bus.write(command)
+                        await asyncio.sleep(0.05)  # sensors need a moment between commands
+                    self._configured_session = session
+                if query is not None:
+                    await bus.write(query)
+            await asyncio.sleep(tick)
+
+    async def _read(self, emit: Emit) -> None:
+        bus = self.ctx.bus
+        while True:
+            data = await bus.receive()
+            bad_before = self._bad_count()
+            frames = self.decoder.feed(data)
+            self._report(bad_before, good=bool(frames))
+            for frame in frames:
+                for reading in self.readings(frame, self.ctx.clock_ms()):
+                    await emit(reading)
+
+    def _bad_count(self) -> int:
+        s = self.decoder.stats
+        return s.bad_checksum + s.bad_frames
+
+    def _report(self, bad_before: int, *, good: bool) -> None:
+        """Log once when bad frames start and once when good frames resume; never a frame's content."""
+        bad_now = self._bad_count()
+        s = self.decoder.stats
+        if bad_now > bad_before and self._bad_since is None:
+            self._bad_since = bad_before
+            self.ctx.logger.warning("%s: bad frames from the device (checksum errors %d, unreadable frames %d)",
+                                    self.ctx.device_id, s.bad_checksum, s.bad_frames)
+        elif good and bad_now == bad_before and self._bad_since is not None:
+            self.ctx.logger.info("%s: good frames again after %d bad ones", self.ctx.device_id,
+                                 bad_now - self._bad_since)
+            self._bad_since = None
+
+    def stats(self) -> dict[str, int]:
+        s = self.decoder.stats
+        return {"frames": s.frames, "bad_checksum": s.bad_checksum, "bad_frames": s.bad_frames,
+                "garbage_bytes": s.garbage_bytes}
