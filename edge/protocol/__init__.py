@@ -1,0 +1,70 @@
+"""The open exchange protocol (OXP/1): sealing and opening signed batches and status reports.
+
+Pure functions with no I/O and no asyncio (except the key-file helpers), shared by
+the gateway and the hub; docs/protocol.md is the normative specification.
+"""
+
+from edge.protocol.codec import CODECS, MAX_PAYLOAD_BYTES, ZSTD_LEVEL
+from edge.protocol.envelope import (
+    BATCH_CONTENT_TYPE,
+    MAX_BATCH_BYTES,
+    MAX_STATUS_BYTES,
+    MEDIA_TYPE,
+    OXP_VERSION,
+    STATUS_CONTENT_TYPE,
+    Batch,
+    BatchHeader,
+    BatchTooLarge,
+    open_batch,
+    open_status,
+    peek_header,
+    seal_batch,
+    seal_status,
+)
+from edge.protocol.errors import REASONS, ProtocolError
+from edge.protocol.keys import (
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+    KeyFileError,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+    raw_public_key,
+    write_keypair,
+)
+from edge.protocol.senml import senml_cbor, senml_json, to_senml
+
+__all__ = [
+    "BATCH_CONTENT_TYPE",
+    "CODECS",
+    "MAX_BATCH_BYTES",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_STATUS_BYTES",
+    "MEDIA_TYPE",
+    "OXP_VERSION",
+    "PRIVATE_KEY_FILE",
+    "PUBLIC_KEY_FILE",
+    "REASONS",
+    "STATUS_CONTENT_TYPE",
+    "ZSTD_LEVEL",
+    "Batch",
+    "BatchHeader",
+    "BatchTooLarge",
+    "KeyFileError",
+    "ProtocolError",
+    "generate_keypair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "open_batch",
+    "open_status",
+    "peek_header",
+    "raw_public_key",
+    "seal_batch",
+    "seal_status",
+    "senml_cbor",
+    "senml_json",
+    "to_senml",
+    "write_keypair",
+]

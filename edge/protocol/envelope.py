@@ -1,0 +1,304 @@
+"""The OXP/1 envelope: batches and status reports as COSE_Sign1 messages (RFC 9052) signed with Ed25519."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.protocol.codec import CODECS, decode_payload, encode_payload
+from edge.protocol.errors import ProtocolError
+from edge.protocol.keys import key_id
+from edge.types import Channel, Reading
+
+__all__ = [
+    "OXP_VERSION",
+    "MEDIA_TYPE",
+    "BATCH_CONTENT_TYPE",
+    "STATUS_CONTENT_TYPE",
+    "MAX_BATCH_BYTES",
+    "MAX_STATUS_BYTES",
+    "BatchHeader",
+    "Batch",
+    "BatchTooLarge",
+    "seal_batch",
+    "open_batch",
+    "peek_header",
+    "seal_status",
+    "open_status",
+]
+
+OXP_VERSION = 1
+MEDIA_TYPE = 'application/cose; cose-type="cose-sign1"'
+BATCH_CONTENT_TYPE = "application/vnd.ocn.oxp-batch"
+STATUS_CONTENT_TYPE = "application/vnd.ocn.oxp-status+cbor"
+MAX_BATCH_BYTES = 1024 * 1024
+MAX_STATUS_BYTES = 64 * 1024
+
+COSE_SIGN1_TAG = 18
+# COSE header labels (RFC 9052 §3.1) and the private-use label (< -65536) holding the OXP header.
+ALG, CONTENT_TYPE, KID = 1, 3, 4
+OXP_HEADER = -65537
+EDDSA, ED25519 = -8, -19
+# Labels inside the OXP header map.
+H_VERSION, H_DEVICE, H_BOOT, H_SEQ, H_POLICY, H_CODEC, H_CREATED, H_COUNTERS = range(8)
+
+DEVICE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+COUNTER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+UINT64_MAX = (1 << 64) - 1
+SIGNATURE_BYTES = 64
+
+
+class BatchTooLarge(ValueError):
+    """A sealed batch would exceed MAX_BATCH_BYTES; seal fewer readings per batch."""
+
+
+def _uint(name: str, value: object) -> None:
+    if type(value) is not int or not 0 <= value <= UINT64_MAX:
+        raise ValueError(f"batch header {name} = {value!r}: expected an integer from 0 to 2**64-1")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    """What a batch says about itself: signed, and readable without decompressing the payload.
+
+    (key_id, boot_epoch, seq) identifies the batch; ``counters`` carry loss
+    upstream (e.g. ``readings_dropped``, ``unclean_stops``).
+    """
+
+    device_id: str
+    key_id: bytes
+    boot_epoch: int
+    seq: int
+    policy_digest: bytes
+    codec: str
+    created_ms: int
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if type(self.device_id) is not str or not DEVICE_ID_RE.match(self.device_id):
+            raise ValueError(
+                f"batch header device_id = {self.device_id!r}: expected 1-64 lowercase letters, digits and '-'"
+                " (not starting or ending with '-')"
+            )
+        if type(self.key_id) is not bytes or len(self.key_id) != 8:
+            raise ValueError(f"batch header key_id = {self.key_id!r}: expected 8 bytes (see key_id())")
+        _uint("boot_epoch", self.boot_epoch)
+        _uint("seq", self.seq)
+        _uint("created_ms", self.created_ms)
+        if type(self.policy_digest) is not bytes or len(self.policy_digest) > 64:
+            raise ValueError(f"batch header policy_digest = {self.policy_digest!r}: expected at most 64 bytes")
+        if self.codec not in CODECS:
+            raise ValueError(f"batch header codec = {self.codec!r}: expected one of {', '.join(CODECS)}")
+        for name, count in self.counters.items():
+            if type(name) is not str or not COUNTER_RE.match(name):
+                raise ValueError(f"batch header counter name {name!r}: expected lowercase letters, digits and '_'")
+            _uint(f"counters[{name!r}]", count)
+
+    @property
+    def identity(self) -> tuple[bytes, int, int]:
+        """(key_id, boot_epoch, seq): what the hub deduplicates on and what its ack names."""
+        return (self.key_id, self.boot_epoch, self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A verified, decoded batch: its header, its channels and its readings (grouped per channel)."""
+
+    header: BatchHeader
+    channels: tuple[Channel, ...]
+    readings: tuple[Reading, ...]
+
+
+def _sig_structure(protected: bytes, payload: bytes) -> bytes:
+    # RFC 9052 §4.4: the bytes signed are the CBOR array ["Signature1", protected, external_aad, payload].
+    return cbor2.dumps(["Signature1", protected, b"", payload])
+
+
+def _sign(protected_map: dict, payload: bytes, private_key: Ed25519PrivateKey) -> bytes:
+    protected = cbor2.dumps(protected_map, canonical=True)
+    signature = private_key.sign(_sig_structure(protected, payload))
+    return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
+
+
+def seal_batch(
+    header: BatchHeader,
+    channels: Sequence[Channel],
+    readings: Iterable[Reading],
+    private_key: Ed25519PrivateKey,
+) -> bytes:
+    """Encode, compress and sign one batch; the bytes are stored and sent unchanged from then on."""
+    own_id = key_id(private_key)
+    if header.key_id != own_id:
+        raise ValueError(
+            f"batch header key_id {header.key_id.hex()} is not the id of the signing key ({own_id.hex()})"
+        )
+    payload = encode_payload(channels, readings, codec=header.codec)
+    oxp = {
+        H_VERSION: OXP_VERSION,
+        H_DEVICE: header.device_id,
+        H_BOOT: header.boot_epoch,
+        H_SEQ: header.seq,
+        H_POLICY: header.policy_digest,
+        H_CODEC: header.codec,
+        H_CREATED: header.created_ms,
+        H_COUNTERS: dict(header.counters),
+    }
+    sealed = _sign({ALG: EDDSA, CONTENT_TYPE: BATCH_CONTENT_TYPE, KID: header.key_id, OXP_HEADER: oxp}, payload, private_key)
+    if len(sealed) > MAX_BATCH_BYTES:
+        raise BatchTooLarge(
+            f"sealed batch is {len(sealed)} bytes, over the OXP/1 limit of {MAX_BATCH_BYTES}; seal fewer readings"
+        )
+    return sealed
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    protected: bytes
+    header: dict
+    payload: bytes
+    signature: bytes
+
+
+def _parse(data: bytes, *, limit: int, expected_type: str) -> _Message:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > limit:
+        raise ProtocolError("too_large", f"message is {len(data)} bytes, over the OXP/1 limit of {limit}")
+    if not data:
+        raise ProtocolError("truncated", "message is empty")
+    stream = io.BytesIO(data)
+    try:
+        outer = cbor2.CBORDecoder(stream).decode()
+    except cbor2.CBORDecodeEOF:
+        raise ProtocolError("truncated", f"message ends inside a CBOR item (only {len(data)} bytes)") from None
+    except (cbor2.CBORDecodeError, RecursionError) as exc:
+        raise ProtocolError("malformed", f"message is not CBOR ({exc})") from None
+    if stream.tell() != len(data):
+        raise ProtocolError("malformed", f"{len(data) - stream.tell()} bytes follow the COSE_Sign1 message")
+    if not (isinstance(outer, cbor2.CBORTag) and outer.tag == COSE_SIGN1_TAG):
+        raise ProtocolError("malformed", "message is not a tagged COSE_Sign1 (CBOR tag 18)")
+    parts = outer.value
+    if not (isinstance(parts, (list, tuple)) and len(parts) == 4):
+        raise ProtocolError("malformed", "COSE_Sign1 is not an array of 4 items")
+    protected, unprotected, payload, signature = parts
+    if not (isinstance(protected, bytes) and isinstance(unprotected, Mapping) and isinstance(payload, bytes)):
+        raise ProtocolError("malformed", "COSE_Sign1 items are not [bstr, map, bstr, bstr]")
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+        raise ProtocolError("malformed", f"signature is not {SIGNATURE_BYTES} bytes")
+    try:
+        header = cbor2.loads(protected)
+    except cbor2.CBORDecodeError as exc:
+        raise ProtocolError("malformed", f"protected header is not CBOR ({exc})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("malformed", "protected header is not a map")
+    if header.get(ALG) not in (EDDSA, ED25519):
+        raise ProtocolError("unsupported_algorithm", f"alg {header.get(ALG)!r}: OXP/1 uses EdDSA (-8) or Ed25519 (-19)")
+    kid = header.get(KID)
+    if not isinstance(kid, bytes) or len(kid) != 8:
+        raise ProtocolError("malformed", "protected header kid (label 4) is not 8 bytes")
+    content_type = header.get(CONTENT_TYPE)
+    if content_type != expected_type:
+        if content_type in (BATCH_CONTENT_TYPE, STATUS_CONTENT_TYPE):
+            raise ProtocolError("wrong_type", f"message is {content_type!r}, expected {expected_type!r}")
+        raise ProtocolError("malformed", f"content type {content_type!r}: expected {expected_type!r}")
+    oxp = header.get(OXP_HEADER)
+    if not isinstance(oxp, dict):
+        raise ProtocolError("malformed", f"protected header has no OXP header map (label {OXP_HEADER})")
+    if oxp.get(H_VERSION) != OXP_VERSION:
+        raise ProtocolError("unsupported_version", f"OXP version {oxp.get(H_VERSION)!r}: this implementation speaks {OXP_VERSION}")
+    return _Message(protected, header, payload, signature)
+
+
+def _verify(message: _Message, public_key: Ed25519PublicKey) -> None:
+    expected = key_id(public_key)
+    kid = message.header[KID]
+    if kid != expected:
+        raise ProtocolError(
+            "bad_signature", f"message is signed by key id {kid.hex()}, not by the given key (key id {expected.hex()})"
+        )
+    try:
+        public_key.verify(message.signature, _sig_structure(message.protected, message.payload))
+    except InvalidSignature:
+        raise ProtocolError("bad_signature", f"signature does not verify with key id {expected.hex()}") from None
+
+
+def _batch_header(message: _Message) -> BatchHeader:
+    oxp = message.header[OXP_HEADER]
+    codec = oxp.get(H_CODEC)
+    if type(codec) is str and codec not in CODECS:
+        raise ProtocolError("unsupported_codec", f"codec {codec!r}: this implementation knows {', '.join(CODECS)}")
+    counters = oxp.get(H_COUNTERS)
+    try:
+        return BatchHeader(
+            device_id=oxp.get(H_DEVICE),
+            key_id=message.header[KID],
+            boot_epoch=oxp.get(H_BOOT),
+            seq=oxp.get(H_SEQ),
+            policy_digest=oxp.get(H_POLICY),
+            codec=codec,
+            created_ms=oxp.get(H_CREATED),
+            counters=counters if isinstance(counters, dict) else {None: None},
+        )
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError("malformed", str(exc)) from None
+
+
+def peek_header(data: bytes) -> BatchHeader:
+    """The header of a batch WITHOUT verifying its signature: use it only to find the key to verify with."""
+    return _batch_header(_parse(data, limit=MAX_BATCH_BYTES, expected_type=BATCH_CONTENT_TYPE))
+
+
+def open_batch(data: bytes, public_key: Ed25519PublicKey) -> Batch:
+    """Verify a sealed batch with the device's public key, then decode it; raises ProtocolError."""
+    message = _parse(data, limit=MAX_BATCH_BYTES, expected_type=BATCH_CONTENT_TYPE)
+    _verify(message, public_key)
+    header = _batch_header(message)
+    channels, readings = decode_payload(message.payload, codec=header.codec)
+    return Batch(header, channels, readings)
+
+
+def seal_status(report: Mapping[str, Any], *, device_id: str, private_key: Ed25519PrivateKey) -> bytes:
+    """Sign a status report (a CBOR map; its ``device_id`` is set to ``device_id``)."""
+    if not DEVICE_ID_RE.match(device_id):
+        raise ValueError(f"device_id = {device_id!r}: expected lowercase letters, digits and '-'")
+    if report.get("device_id", device_id) != device_id:
+        raise ValueError(f"status report device_id {report['device_id']!r} differs from device_id {device_id!r}")
+    body = dict(report, device_id=device_id)
+    try:
+        payload = cbor2.dumps(body, canonical=True)
+    except cbor2.CBOREncodeError as exc:
+        raise ValueError(f"status report cannot be encoded as CBOR: {exc}") from None
+    protected = {
+        ALG: EDDSA,
+        CONTENT_TYPE: STATUS_CONTENT_TYPE,
+        KID: key_id(private_key),
+        OXP_HEADER: {H_VERSION: OXP_VERSION, H_DEVICE: device_id},
+    }
+    sealed = _sign(protected, payload, private_key)
+    if len(sealed) > MAX_STATUS_BYTES:
+        raise ValueError(f"status report is {len(sealed)} bytes, over the OXP/1 limit of {MAX_STATUS_BYTES}")
+    return sealed
+
+
+def open_status(data: bytes, public_key: Ed25519PublicKey) -> dict:
+    """Verify a signed status report and return its map; raises ProtocolError."""
+    message = _parse(data, limit=MAX_STATUS_BYTES, expected_type=STATUS_CONTENT_TYPE)
+    _verify(message, public_key)
+    try:
+        report = cbor2.loads(message.payload)
+    except cbor2.CBORDecodeError as exc:
+        raise ProtocolError("malformed", f"status report is not CBOR ({exc})") from None
+    if not isinstance(report, dict):
+        raise ProtocolError("malformed", "status report is not a map")
+    device_id = message.header[OXP_HEADER].get(H_DEVICE)
+    if report.get("device_id") != device_id:
+        raise ProtocolError("malformed", f"status report device_id {report.get('device_id')!r} differs from its header's {device_id!r}")
+    return report

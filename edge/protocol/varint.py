@@ -1,0 +1,122 @@
+"""Columns of LEB128 varints and zigzag-mapped signed integers, the building block of the OXP payload."""
+
+from __future__ import annotations
+
+from itertools import accumulate
+
+from edge.protocol.errors import ProtocolError
+
+__all__ = [
+    "pack_uvarints",
+    "unpack_uvarints",
+    "zigzag",
+    "unzigzag",
+    "delta",
+    "delta_of_delta",
+    "undelta",
+    "undelta_of_delta",
+    "wrap64",
+    "INT64_MIN",
+    "INT64_MAX",
+]
+
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+
+# Precomputed encodings of every value below 2**14 (one or two bytes): batches are
+# dominated by small deltas, and a table lookup beats a Python loop per value.
+_SMALL: list[bytes] = [bytes((v,)) for v in range(0x80)] + [
+    bytes(((v & 0x7F) | 0x80, v >> 7)) for v in range(0x80, 1 << 14)
+]
+_SMALL_LIMIT = 1 << 14
+
+
+def _long(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def pack_uvarints(values: list[int]) -> bytes:
+    """Unsigned LEB128 of each value (least significant 7-bit group first), concatenated."""
+    if not values:
+        return b""
+    top = max(values)
+    if top < 0x80:
+        return bytes(values)
+    small = _SMALL
+    if top < _SMALL_LIMIT:
+        return b"".join([small[v] for v in values])
+    return b"".join([small[v] if v < _SMALL_LIMIT else _long(v) for v in values])
+
+
+def unpack_uvarints(data: bytes, count: int, *, what: str) -> list[int]:
+    """Exactly ``count`` unsigned varints from ``data``; anything else is a ProtocolError naming ``what``."""
+    if len(data) == count and (not data or max(data) < 0x80):
+        return list(data)
+    out: list[int] = []
+    append = out.append
+    value = 0
+    shift = 0
+    for byte in data:
+        if byte < 0x80:
+            append(value | (byte << shift))
+            value = 0
+            shift = 0
+        else:
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if shift > 63:
+                raise ProtocolError("malformed", f"{what}: varint longer than 10 bytes")
+    if shift:
+        raise ProtocolError("malformed", f"{what}: last varint is cut off")
+    if len(out) != count:
+        raise ProtocolError("malformed", f"{what}: holds {len(out)} values, the series declares {count}")
+    return out
+
+
+def zigzag(values: list[int]) -> list[int]:
+    """Map signed 64-bit integers to unsigned: 0, -1, 1, -2 ... become 0, 1, 2, 3 ..."""
+    return [(v << 1) ^ (v >> 63) for v in values]
+
+
+def unzigzag(values: list[int]) -> list[int]:
+    """Inverse of :func:`zigzag`."""
+    return [(z >> 1) ^ -(z & 1) for z in values]
+
+
+def wrap64(values: list[int]) -> list[int]:
+    """The values in signed 64-bit two's-complement arithmetic (reduced modulo 2**64 into int64)."""
+    if values and (max(values) > INT64_MAX or min(values) < INT64_MIN):
+        return [((v + (1 << 63)) & 0xFFFF_FFFF_FFFF_FFFF) - (1 << 63) for v in values]
+    return values
+
+
+def delta(values: list[int]) -> list[int]:
+    """First value, then differences between neighbours, wrapping at 64 bits."""
+    if not values:
+        return []
+    return wrap64([values[0], *[b - a for a, b in zip(values, values[1:])]])
+
+
+def undelta(values: list[int]) -> list[int]:
+    """Inverse of :func:`delta`."""
+    return wrap64(list(accumulate(values)))
+
+
+def delta_of_delta(values: list[int]) -> list[int]:
+    """First value, first difference, then differences between consecutive differences, wrapping at 64 bits."""
+    if len(values) < 2:
+        return wrap64(list(values))
+    steps = wrap64([b - a for a, b in zip(values, values[1:])])
+    return wrap64([values[0], steps[0], *[b - a for a, b in zip(steps, steps[1:])]])
+
+
+def undelta_of_delta(values: list[int]) -> list[int]:
+    """Inverse of :func:`delta_of_delta`."""
+    if len(values) < 2:
+        return list(values)
+    return wrap64(list(accumulate([values[0], *wrap64(list(accumulate(values[1:])))])))

@@ -1,0 +1,178 @@
+"""The OXP/1 payload codec: lossless round trips at declared resolutions, and clear refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.protocol.codec import (
+    ENC_FLOAT,
+    ENC_SCALED,
+    decode_payload,
+    encode_body,
+    encode_payload,
+    resolution_parts,
+)
+from edge.protocol.errors import ProtocolError
+from edge.types import Channel, Kind, Quality, Reading
+
+import cbor2
+
+
+def roundtrip(channels, readings, codec="zstd"):
+    return decode_payload(encode_payload(channels, readings, codec=codec), codec=codec)
+
+
+def by_channel(readings):
+    return sorted(readings, key=lambda r: r.channel)
+
+
+@pytest.mark.parametrize("codec", ["zstd", "deflate"])
+def test_every_kind_round_trips_with_times_values_and_quality(channels, readings, codec):
+    decoded_channels, decoded = roundtrip(channels, readings, codec)
+    assert decoded_channels == channels
+    expected = [Reading(r.channel, r.ts_ms, r.value, next(c.unit for c in channels if c.id == r.channel), r.quality) for r in readings]
+    assert sorted(decoded, key=lambda r: (r.channel, r.ts_ms)) == sorted(expected, key=lambda r: (r.channel, r.ts_ms))
+
+
+def test_readings_keep_their_order_within_a_channel_even_when_time_goes_backwards():
+    ch = (Channel("a/x", resolution=1.0),)
+    times = [5_000, 3_000, 9_000, 9_000, 1]
+    _, decoded = roundtrip(ch, [Reading("a/x", t, i) for i, t in enumerate(times)])
+    assert [r.ts_ms for r in decoded] == times
+
+
+def test_values_are_quantized_to_the_declared_resolution():
+    ch = (Channel("pm-1/pm10", resolution=0.5),)
+    _, decoded = roundtrip(ch, [Reading("pm-1/pm10", 0, 12.26), Reading("pm-1/pm10", 1, 12.24)])
+    assert [r.value for r in decoded] == [12.5, 12.0]
+
+
+def test_decoded_values_equal_the_shortest_decimal_at_the_resolution():
+    ch = (Channel("m/e", resolution=0.001),)
+    values = [0.1 + 0.2, 1234.567, -0.003, 0.0]
+    _, decoded = roundtrip(ch, [Reading("m/e", i, v) for i, v in enumerate(values)])
+    assert [r.value for r in decoded] == [0.3, 1234.567, -0.003, 0.0]
+
+
+def test_float_channel_without_resolution_travels_as_exact_decimal_when_it_can():
+    ch = (Channel("gps-1/lon"),)
+    values = [-79.3957, -79.39571, -79.39569]
+    body = cbor2.loads(encode_body(ch, [Reading("gps-1/lon", i, v) for i, v in enumerate(values)]))
+    assert body[1][0][7][:3] == [ENC_SCALED, 1, -5]
+    _, decoded = roundtrip(ch, [Reading("gps-1/lon", i, v) for i, v in enumerate(values)])
+    assert [r.value for r in decoded] == values
+
+
+def test_float_channel_with_many_digits_falls_back_to_binary64_bit_exact():
+    ch = (Channel("x/y"),)
+    values = [math.pi, -math.e, 1e300, 5e-324, float("inf"), -0.0]
+    body = cbor2.loads(encode_body(ch, [Reading("x/y", i, v) for i, v in enumerate(values)]))
+    assert body[1][0][7][0] == ENC_FLOAT
+    _, decoded = roundtrip(ch, [Reading("x/y", i, v) for i, v in enumerate(values)])
+    assert [r.value for r in decoded] == values
+    assert math.copysign(1, decoded[-1].value) == -1
+
+
+def test_nan_survives_in_a_resolution_channel():
+    ch = (Channel("t/c", resolution=0.1),)
+    _, decoded = roundtrip(ch, [Reading("t/c", 0, 21.04), Reading("t/c", 1, float("nan"))])
+    assert decoded[0].value == 21.0 and math.isnan(decoded[1].value)
+
+
+def test_large_integers_round_trip_exactly():
+    ch = (Channel("m/energy", "Wh"),)
+    values = [2**62, -(2**63), 0, 2**63 - 1]
+    _, decoded = roundtrip(ch, [Reading("m/energy", i, v) for i, v in enumerate(values)])
+    assert [r.value for r in decoded] == values
+    assert all(type(r.value) is int for r in decoded)
+
+
+def test_integer_beyond_64_bits_is_refused_naming_the_channel():
+    with pytest.raises(ValueError, match="m/energy"):
+        encode_payload((Channel("m/energy"),), [Reading("m/energy", 0, 2**64)], codec="zstd")
+
+
+def test_value_of_the_wrong_kind_is_refused_naming_channel_and_value():
+    with pytest.raises(ValueError, match=r"'m/v'.*'high'.*number"):
+        encode_payload((Channel("m/v"),), [Reading("m/v", 0, "high")], codec="zstd")
+    with pytest.raises(ValueError, match=r"'d/o'.*1.*true or false"):
+        encode_payload((Channel("d/o", kind=Kind.BOOL),), [Reading("d/o", 0, 1)], codec="zstd")
+
+
+def test_reading_of_an_undeclared_channel_is_refused():
+    with pytest.raises(ValueError, match="'b/c'.*not among"):
+        encode_payload((Channel("a/b"),), [Reading("b/c", 0, 1)], codec="zstd")
+
+
+def test_reading_unit_that_contradicts_the_channel_is_refused():
+    with pytest.raises(ValueError, match="'kW'.*'W'"):
+        encode_payload((Channel("m/p", "W"),), [Reading("m/p", 0, 1, "kW")], codec="zstd")
+
+
+def test_unknown_codec_is_refused_when_encoding_and_decoding():
+    with pytest.raises(ValueError, match="lz4"):
+        encode_payload((), [], codec="lz4")
+    with pytest.raises(ProtocolError) as err:
+        decode_payload(b"\x00", codec="lz4")
+    assert err.value.reason == "unsupported_codec"
+
+
+def test_resolution_is_carried_as_an_exact_decimal():
+    assert resolution_parts(0.1) == (1, -1)
+    assert resolution_parts(0.25) == (25, -2)
+    assert resolution_parts(100.0) == (1, 2)
+    assert resolution_parts(1e-7) == (1, -7)
+
+
+def test_empty_batch_round_trips():
+    assert roundtrip((), []) == ((), ())
+
+
+def test_decompression_bomb_is_refused_as_too_large():
+    import zstandard
+
+    bomb = zstandard.ZstdCompressor().compress(b"\x00" * (33 * 1024 * 1024))
+    with pytest.raises(ProtocolError) as err:
+        decode_payload(bomb, codec="zstd")
+    assert err.value.reason == "too_large"
+
+
+def test_garbage_payload_is_malformed_not_a_crash():
+    with pytest.raises(ProtocolError) as err:
+        decode_payload(b"not zstd at all", codec="zstd")
+    assert err.value.reason == "malformed"
+
+
+number = st.one_of(
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    times=st.lists(st.integers(min_value=0, max_value=2**45), min_size=0, max_size=40),
+    data=st.data(),
+)
+def test_any_numbers_strings_and_bools_round_trip(times, data):
+    ch = (Channel("a/n"), Channel("a/s", kind=Kind.STRING), Channel("a/b", kind=Kind.BOOL))
+    readings = []
+    for t in times:
+        which = data.draw(st.sampled_from(ch))
+        value = {
+            Kind.NUMBER: number,
+            Kind.STRING: st.text(max_size=8),
+            Kind.BOOL: st.booleans(),
+        }[which.kind]
+        quality = data.draw(st.one_of(st.none(), st.sampled_from(list(Quality))))
+        readings.append(Reading(which.id, t, data.draw(value), "", quality))
+    decoded_channels, decoded = roundtrip(ch, readings)
+    assert decoded_channels == ch
+    assert by_channel(decoded) == by_channel(readings)
+    for a, b in zip(by_channel(decoded), by_channel(readings)):
+        if type(b.value) is float:
+            assert math.copysign(1.0, a.value) == math.copysign(1.0, b.value)
