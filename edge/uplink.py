@@ -304,7 +304,7 @@ class Uplink:
                     extra={"budget_bytes": self.daily_budget, "used_bytes": self._budget_used},
                 )
             until_midnight = ((self._budget_day + 1) * _DAY_MS - self._clock_ms()) / 1000
-            await asyncio.sleep(max(0.05, min(until_midnight, 60.0)))
+            await asyncio.sleep(max(0.05, min(until_midnight, 1.0)))
 
     # -- status reports ----------------------------------------------------------------
 

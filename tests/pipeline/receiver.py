@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ class Receiver:
     batches: dict[tuple[bytes, int, int], Batch] = field(default_factory=dict)
     posts: Counter[tuple[bytes, int, int]] = field(default_factory=Counter)
     behaviours: list[str] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
     status_reports: list[dict[str, Any]] = field(default_factory=list)
     url: str = ""
     _runner: web.AppRunner | None = None
@@ -76,6 +78,7 @@ class Receiver:
     def _next(self) -> str:
         behaviour = self.schedule.pop(0) if self.schedule else self.default
         self.behaviours.append(behaviour)
+        self.times.append(time.monotonic())
         return behaviour
 
     async def _batches(self, request: web.Request) -> web.StreamResponse:

@@ -1,0 +1,177 @@
+"""The batcher seals released readings into batches by span, size, flush interval and policy, into the spool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from edge.batcher import Batcher
+from edge.protocol import open_batch
+from edge.spool import Spool
+from edge.types import Channel, Kind, Reading
+
+T0 = 1_790_000_000_000 - 1_790_000_000_000 % 300_000  # the start of a 5-minute window
+VOLTAGE = Channel("meter-1/voltage", unit="V", resolution=0.1)
+
+
+def make_batcher(spool, device_key, **options) -> Batcher:
+    settings = dict(
+        device_id="pole-0042",
+        private_key=device_key,
+        spool=spool,
+        boot_epoch=spool.boot_epoch,
+        policy_digest=b"\x01" * 32,
+        span_s=300,
+        flush_interval_s=30,
+        max_readings=20000,
+        codec="zstd",
+        channels=[VOLTAGE],
+        clock_ms=lambda: T0 + 1000,
+    )
+    settings.update(options)
+    return Batcher(**settings)
+
+
+def stored(spool, device_key):
+    return [open_batch(b.data, device_key.public_key()) for b in spool.oldest(1000)]
+
+
+def volts(n, *, start=T0, step=1000):
+    return [Reading(VOLTAGE.id, start + i * step, 230.0 + i % 5 / 10, "V") for i in range(n)]
+
+
+async def test_a_batch_is_sealed_as_soon_as_max_readings_are_collected(spool, device_key):
+    batcher = make_batcher(spool, device_key, max_readings=100)
+    task = asyncio.create_task(batcher.run())
+    for r in volts(250):
+        batcher.add(r)
+    for _ in range(100):
+        if spool.stats().batches == 2:
+            break
+        await asyncio.sleep(0.02)
+    task.cancel()
+    assert [len(b.readings) for b in stored(spool, device_key)] == [100, 100]
+    assert batcher.unsealed == 50
+
+
+async def test_readings_wait_in_memory_no_longer_than_the_flush_interval(spool, device_key):
+    batcher = make_batcher(spool, device_key, flush_interval_s=0.2)
+    task = asyncio.create_task(batcher.run())
+    for r in volts(3):
+        batcher.add(r)
+    await asyncio.sleep(0.1)
+    assert spool.stats().batches == 0
+    await asyncio.sleep(0.4)
+    task.cancel()
+    assert [len(b.readings) for b in stored(spool, device_key)] == [3]
+
+
+async def test_a_reading_in_the_next_span_window_closes_the_current_batch(spool, device_key):
+    batcher = make_batcher(spool, device_key, span_s=60)
+    for r in volts(3, start=T0 + 57_000) + volts(2, start=T0 + 60_000):
+        batcher.add(r)
+    await batcher.flush()
+    batches = stored(spool, device_key)
+    assert [[r.ts_ms for r in b.readings] for b in batches] == [
+        [T0 + 57_000, T0 + 58_000, T0 + 59_000],
+        [T0 + 60_000, T0 + 61_000],
+    ]
+
+
+async def test_the_batch_is_sealed_when_the_clock_passes_the_end_of_its_span(spool, device_key):
+    now = [T0 + 59_900]
+    batcher = make_batcher(spool, device_key, span_s=60, clock_ms=lambda: now[0])
+    task = asyncio.create_task(batcher.run())
+    batcher.add(Reading(VOLTAGE.id, T0 + 59_000, 231.0))
+    await asyncio.sleep(0.05)
+    assert spool.stats().batches == 0
+    now[0] = T0 + 60_000
+    await asyncio.sleep(0.3)
+    task.cancel()
+    assert spool.stats().batches == 1
+
+
+async def test_flush_seals_everything_collected_and_keeps_every_value(spool, device_key):
+    batcher = make_batcher(spool, device_key)
+    readings = volts(10)
+    for r in readings:
+        batcher.add(r)
+    await batcher.flush()
+    [batch] = stored(spool, device_key)
+    assert [(r.channel, r.ts_ms, r.value) for r in batch.readings] == [(r.channel, r.ts_ms, r.value) for r in readings]
+    assert batch.header.device_id == "pole-0042"
+    assert (batch.header.boot_epoch, batch.header.seq) == (spool.boot_epoch, 0)
+    assert (batcher.counters.readings_in, batcher.counters.batches_sealed) == (10, 1)
+    assert batcher.counters.bytes_sealed == len(spool.oldest(1)[0].data)
+
+
+async def test_a_new_policy_digest_starts_a_new_batch(spool, device_key):
+    batcher = make_batcher(spool, device_key)
+    for r in volts(2):
+        batcher.add(r)
+    batcher.set_policy_digest(b"\x02" * 32)
+    for r in volts(3, start=T0 + 5000):
+        batcher.add(r)
+    await batcher.flush()
+    batches = stored(spool, device_key)
+    assert [(b.header.policy_digest, len(b.readings)) for b in batches] == [(b"\x01" * 32, 2), (b"\x02" * 32, 3)]
+
+
+async def test_channels_declared_at_run_time_travel_with_their_resolution(spool, device_key):
+    batcher = make_batcher(spool, device_key)
+    pm = Channel("pm-1/pm2_5", unit="ug/m3", resolution=0.1)
+    batcher.set_channels([pm])
+    batcher.add(Reading(pm.id, T0, 12.3, "ug/m3"))
+    await batcher.flush()
+    [batch] = stored(spool, device_key)
+    assert batch.channels == (pm,)
+
+
+async def test_an_undeclared_channel_is_still_sealed_without_a_resolution(spool, device_key):
+    batcher = make_batcher(spool, device_key)
+    batcher.add(Reading("door-1/open", T0, True))
+    await batcher.flush()
+    [batch] = stored(spool, device_key)
+    assert [(c.id, c.kind, c.resolution) for c in batch.channels] == [("door-1/open", Kind.BOOL, None)]
+    assert batch.readings[0].value is True
+
+
+async def test_loss_counted_by_the_spool_travels_in_the_next_batch_header(tmp_path, device_key):
+    spool = Spool.open(tmp_path / "spool.db", max_bytes=1, when_full="refuse_newest")
+    spool.begin_boot()
+    batcher = make_batcher(spool, device_key)
+    for r in volts(20):
+        batcher.add(r)
+    await batcher.flush()
+    assert batcher.counters.readings_refused == 20
+    spool.max_bytes = 1_000_000
+    batcher.add(Reading(VOLTAGE.id, T0 + 60_000, 230.0))
+    await batcher.flush()
+    [batch] = stored(spool, device_key)
+    assert batch.header.counters["readings_dropped"] == 20
+    assert batch.header.counters["batches_dropped"] == 1
+
+
+async def test_a_batch_over_the_size_limit_is_split_rather_than_lost(spool, device_key):
+    note = Channel("cam-1/note", kind=Kind.STRING)
+    batcher = make_batcher(spool, device_key, channels=[note])
+    readings = [Reading(note.id, T0 + i, os.urandom(15000).hex()) for i in range(100)]
+    for r in readings:
+        batcher.add(r)
+    await batcher.flush()
+    batches = stored(spool, device_key)
+    assert len(batches) >= 2
+    assert [r.value for b in batches for r in b.readings] == [r.value for r in readings]
+    assert batcher.counters.readings_unsealable == 0
+
+
+async def test_cancelling_run_mid_seal_still_stores_the_batch(spool, device_key):
+    batcher = make_batcher(spool, device_key, max_readings=5000)
+    task = asyncio.create_task(batcher.run())
+    for r in volts(5000):
+        batcher.add(r)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0.001)
+    task.cancel()
+    await batcher.flush()
+    assert sum(b.readings for b in spool.oldest(100)) == 5000

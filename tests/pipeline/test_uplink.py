@@ -1,0 +1,218 @@
+"""The uplink delivers spooled batches to a real OXP receiver on loopback and forgets each only on its ack."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+import pytest
+
+from edge.spool import Spool
+from edge.uplink import Uplink, UplinkError
+from tests.pipeline.conftest import seal_readings
+from tests.pipeline.receiver import Receiver
+from tests.pipeline.tlsca import make_ca
+
+
+def make_uplink(spool, device_key, url, **options) -> Uplink:
+    settings = dict(
+        spool=spool,
+        hub_url=url,
+        private_key=device_key,
+        device_id="pole-0042",
+        timeout_s=2.0,
+        status_interval_s=0,
+        backoff_initial_s=0.01,
+        backoff_max_s=0.05,
+        idle_poll_s=0.05,
+    )
+    settings.update(options)
+    return Uplink(**settings)
+
+
+def fill(spool, device_key, batches, readings=10):
+    return [spool.put(seal_readings(device_key, spool, readings), readings=readings) for _ in range(batches)]
+
+
+async def deliver(uplink, spool, *, timeout=10.0):
+    """Run the uplink until the spool is empty."""
+    task = asyncio.create_task(uplink.run())
+    try:
+        async with asyncio.timeout(timeout):
+            while spool.stats().batches:
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await uplink.aclose()
+
+
+async def test_batches_are_delivered_oldest_first_and_forgotten_once_acked(spool, device_key, receiver):
+    stored = fill(spool, device_key, 5)
+    uplink = make_uplink(spool, device_key, receiver.url)
+    await deliver(uplink, spool)
+    assert list(receiver.batches) == [(b.id.key_id, b.id.boot_epoch, b.id.seq) for b in stored]
+    assert (uplink.counters.batches_acked, uplink.counters.readings_acked) == (5, 50)
+    assert uplink.counters.bytes_sent == sum(len(b.data) for b in stored)
+
+
+@pytest.mark.parametrize("fault", ["fail", "garbage", "wrong_ack", "reset", "busy", "rate"])
+async def test_a_failed_delivery_keeps_the_batch_and_sends_it_again(spool, device_key, receiver, fault):
+    receiver.schedule = [fault, fault]
+    [batch] = fill(spool, device_key, 1)
+    uplink = make_uplink(spool, device_key, receiver.url)
+    await deliver(uplink, spool)
+    assert receiver.behaviours == [fault, fault, "ok"]
+    assert list(receiver.batches) == [(batch.id.key_id, batch.id.boot_epoch, batch.id.seq)]
+    assert uplink.counters.retries == 2
+
+
+async def test_a_batch_stored_but_not_acked_is_resent_and_stored_once(spool, device_key, receiver):
+    receiver.schedule = ["store_then_garbage"]
+    fill(spool, device_key, 1)
+    uplink = make_uplink(spool, device_key, receiver.url)
+    await deliver(uplink, spool)
+    assert len(receiver.batches) == 1
+    assert list(receiver.posts.values()) == [2]
+
+
+async def test_a_stalled_hub_times_out_and_the_batch_is_sent_again(spool, device_key, receiver):
+    receiver.schedule = ["stall"]
+    fill(spool, device_key, 1)
+    uplink = make_uplink(spool, device_key, receiver.url, timeout_s=0.3)
+    await deliver(uplink, spool)
+    assert receiver.behaviours == ["stall", "ok"]
+    assert "timed out" in uplink.counters.last_error
+
+
+async def test_retry_after_of_a_busy_hub_is_honoured(spool, device_key, receiver):
+    receiver.schedule = ["busy"]
+    receiver.retry_after = "1"
+    fill(spool, device_key, 1)
+    uplink = make_uplink(spool, device_key, receiver.url)
+    await deliver(uplink, spool)
+    assert receiver.times[1] - receiver.times[0] >= 1.0
+
+
+async def test_a_permanently_rejected_batch_is_quarantined_and_the_next_one_goes_out(spool, device_key, receiver):
+    receiver.schedule = ["reject"]
+    rejected, accepted = fill(spool, device_key, 2)
+    uplink = make_uplink(spool, device_key, receiver.url)
+    await deliver(uplink, spool)
+    assert list(receiver.batches) == [(accepted.id.key_id, accepted.id.boot_epoch, accepted.id.seq)]
+    [(kept, reason, _)] = spool.quarantined()
+    assert (kept.data, reason) == (rejected.data, "malformed")
+    assert uplink.counters.batches_quarantined == 1
+    assert spool.stats().readings_quarantined == 10
+
+
+async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(spool, device_key, receiver, caplog):
+    receiver.schedule = ["fail"] * 6
+    fill(spool, device_key, 3)
+    uplink = make_uplink(spool, device_key, receiver.url)
+    with caplog.at_level(logging.INFO, logger="ocn.uplink"):
+        await deliver(uplink, spool)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert messages == ["hub unreachable; batches wait in the spool", "hub reachable again"]
+
+
+async def test_a_hub_that_is_down_for_a_while_gets_the_backlog_oldest_first(spool, device_key):
+    receiver = Receiver()
+    receiver.trust(device_key.public_key())
+    url = await receiver.start()
+    await receiver.stop()  # the port is now closed: connection refused
+    stored = fill(spool, device_key, 4)
+    uplink = make_uplink(spool, device_key, url)
+    task = asyncio.create_task(uplink.run())
+    await asyncio.sleep(0.5)
+    assert not uplink.reachable and spool.stats().batches == 4
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await uplink.aclose()
+
+    await receiver.start()
+    await deliver(make_uplink(spool, device_key, receiver.url), spool)
+    await receiver.stop()
+    assert [seq for _, _, seq in receiver.batches] == [b.id.seq for b in stored]
+
+
+async def test_the_daily_byte_budget_holds_batches_until_the_next_utc_day(spool, device_key, receiver):
+    day_ms = 86_400_000
+    now = [20_000 * day_ms + day_ms - 5_000]
+    stored = fill(spool, device_key, 3)
+    budget = len(stored[0].data) + len(stored[1].data) // 2
+    uplink = make_uplink(spool, device_key, receiver.url, daily_budget=budget, clock_ms=lambda: now[0])
+    task = asyncio.create_task(uplink.run())
+    await asyncio.sleep(0.5)
+    assert len(receiver.batches) == 1
+    now[0] += 10_000  # past midnight
+    await asyncio.sleep(1.5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await uplink.aclose()
+    assert len(receiver.batches) == 2
+    assert spool.budget_used(20_001) == len(stored[1].data)
+
+
+async def test_the_status_report_is_signed_and_carries_backlog_loss_and_boot(spool, device_key, receiver):
+    fill(spool, device_key, 2)
+    uplink = make_uplink(
+        spool, device_key, receiver.url, status_provider=lambda: {"policy_digest": b"\x07" * 32}
+    )
+    assert await uplink.send_status() is True
+    await uplink.aclose()
+    [report] = receiver.status_reports
+    assert report["device_id"] == "pole-0042"
+    assert (report["spool_batches"], report["boot_epoch"], report["unclean_stops"]) == (2, 1, 0)
+    assert report["readings_dropped"] == 0
+    assert report["policy_digest"] == b"\x07" * 32
+    assert uplink.counters.status_sent == 1
+
+
+async def test_tls_with_the_configured_ca_delivers(spool, device_key, tmp_path):
+    ca, cert, key = make_ca(tmp_path, "city")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    receiver = Receiver()
+    receiver.trust(device_key.public_key())
+    url = await receiver.start(ssl_context=server_tls)
+    try:
+        fill(spool, device_key, 2)
+        await deliver(make_uplink(spool, device_key, url, ca=ca), spool)
+    finally:
+        await receiver.stop()
+    assert url.startswith("https://") and len(receiver.batches) == 2
+
+
+async def test_tls_with_a_hub_certificate_from_another_ca_is_refused_and_loses_nothing(spool, device_key, tmp_path):
+    _, cert, key = make_ca(tmp_path, "impostor")
+    city_ca, _, _ = make_ca(tmp_path, "city")
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    receiver = Receiver()
+    receiver.trust(device_key.public_key())
+    url = await receiver.start(ssl_context=server_tls)
+    [batch] = fill(spool, device_key, 1)
+    uplink = make_uplink(spool, device_key, url, ca=city_ca)
+    task = asyncio.create_task(uplink.run())
+    try:
+        await asyncio.sleep(0.5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await uplink.aclose()
+        await receiver.stop()
+    assert receiver.batches == {}
+    assert "certificate" in uplink.counters.last_error.lower()
+    assert [b.data for b in spool.oldest(5)] == [batch.data]
+
+
+def test_a_missing_ca_file_is_named_in_the_error(spool, device_key, tmp_path):
+    with pytest.raises(UplinkError, match="uplink ca = .*nowhere.pem"):
+        make_uplink(spool, device_key, "https://127.0.0.1:1/", ca=tmp_path / "nowhere.pem")
+
+
+def test_a_hub_url_without_a_scheme_is_refused(spool, device_key):
+    with pytest.raises(UplinkError, match="expected an http:// or https:// URL"):
+        make_uplink(spool, device_key, "127.0.0.1:8443")
