@@ -1,0 +1,78 @@
+"""`ocn-edge check CONFIG`, run as the installed console script: exit 0 and the effective config, or exit 2 and every problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+OCN_EDGE = Path(sys.executable).with_name("ocn-edge")
+
+# No devices: valid whichever drivers happen to be installed.
+VALID = """\
+[gateway]
+id = "pole-0042"
+site = "King St W & Spadina Ave"
+
+[batch]
+span = "10m"
+"""
+
+
+def check(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(OCN_EDGE), "check", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    (tmp_path / "policy.toml").write_text("")
+    return tmp_path
+
+
+def test_a_valid_file_exits_0_and_prints_the_effective_config(site: Path) -> None:
+    (site / "gateway.toml").write_text(VALID)
+    result = check("gateway.toml", cwd=site)
+    assert result.returncode == 0, result.stderr
+    effective = tomllib.loads(result.stdout)
+    assert effective["batch"] == {"span": "10m", "flush_interval": "30s", "max_readings": 20000, "codec": "zstd"}
+    assert effective["privacy"]["policy"] == str(site / "policy.toml")
+    assert result.stderr == "gateway.toml: valid (0 buses, 0 of 0 devices enabled)\n"
+
+
+def test_quiet_prints_nothing_for_a_valid_file(site: Path) -> None:
+    (site / "gateway.toml").write_text(VALID)
+    result = check("--quiet", "gateway.toml", cwd=site)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_an_invalid_file_exits_2_and_lists_every_problem_on_stderr(site: Path) -> None:
+    (site / "gateway.toml").write_text('[gateway]\nid = "pole-0042"\nsit = "x"\n[spool]\nmax_size = 200\n')
+    result = check("gateway.toml", cwd=site)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        'gateway.toml: gateway.sit: unknown key; did you mean "site"?',
+        'gateway.toml: spool.max_size = 200: expected a size like "200MB"',
+        "gateway.toml: 2 problems; the gateway will not start",
+    ]
+
+
+def test_a_missing_file_exits_2(site: Path) -> None:
+    result = check("nowhere.toml", cwd=site)
+    assert (result.returncode, result.stderr) == (2, "nowhere.toml: no such file\nnowhere.toml: 1 problem; the gateway will not start\n")
+
+
+def test_the_printed_effective_config_passes_the_check_itself(site: Path) -> None:
+    (site / "gateway.toml").write_text(VALID)
+    (site / "effective.toml").write_text(check("gateway.toml", cwd=site).stdout)
+    again = check("effective.toml", cwd=site)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[1:] == check("gateway.toml", cwd=site).stdout.splitlines()[1:]
+
+
+def test_check_is_listed_in_the_command_help(site: Path) -> None:
+    result = subprocess.run([str(OCN_EDGE), "--help"], capture_output=True, text=True, timeout=60)
+    assert "validate a gateway config file and print the effective settings" in result.stdout
