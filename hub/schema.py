@@ -48,6 +48,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             spool_bytes BIGINT,
             policy_digest TEXT NOT NULL DEFAULT '',
             config_digest TEXT NOT NULL DEFAULT '',
+            applied_etag TEXT NOT NULL DEFAULT '',
             errors TEXT NOT NULL DEFAULT '[]',
             counters TEXT NOT NULL DEFAULT '{{}}',
             readings_stored BIGINT NOT NULL DEFAULT 0,

@@ -109,6 +109,7 @@ class Device:
     spool_bytes: int | None
     policy_digest: str
     config_digest: str
+    applied_etag: str
     errors: tuple[str, ...]
     counters: Mapping[str, int]
     readings_stored: int
@@ -329,6 +330,7 @@ def status_columns(report: Mapping[str, Any]) -> dict[str, Any]:
         "readings_dropped": _count(report.get("readings_dropped")),
         "policy_digest": _hex(report.get("policy_digest")),
         "config_digest": _hex(report.get("config_digest")),
+        "applied_etag": str(report.get("applied_etag") or "")[:100],
         "errors": dumps([str(e)[:500] for e in list(errors)[:50]]),
     }
 

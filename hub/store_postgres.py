@@ -213,9 +213,9 @@ class PostgresStore(Store):
                 "UPDATE devices SET software_version = $1, spool_batches = $2, spool_bytes = $3, config_digest = $4, errors = $5,"
                 " policy_digest = CASE WHEN $6 = '' THEN policy_digest ELSE $6 END,"
                 " unclean_stops = coalesce($7, unclean_stops), readings_dropped = coalesce($8, readings_dropped),"
-                " status_ms = $9, last_seen_ms = greatest(coalesce(last_seen_ms, 0), $9) WHERE device_id = $10",
+                " status_ms = $9, last_seen_ms = greatest(coalesce(last_seen_ms, 0), $9), applied_etag = $11 WHERE device_id = $10",
                 cols["software_version"], cols["spool_batches"], cols["spool_bytes"], cols["config_digest"], cols["errors"],
-                cols["policy_digest"], cols["unclean_stops"], cols["readings_dropped"], received_ms, device_id,
+                cols["policy_digest"], cols["unclean_stops"], cols["readings_dropped"], received_ms, device_id, cols["applied_etag"],
             )
             if cols["boot_epoch"] is not None:
                 await conn.execute(

@@ -21,7 +21,7 @@ __all__ = [
 
 DEVICE_COLUMNS = (
     "device_id, key_id, status, fleet, enrolled_ms, last_seen_ms, software_version, boot_epoch, last_seq,"
-    " unclean_stops, readings_dropped, spool_batches, spool_bytes, policy_digest, config_digest, errors,"
+    " unclean_stops, readings_dropped, spool_batches, spool_bytes, policy_digest, config_digest, applied_etag, errors,"
     " counters, readings_stored, batches_stored, duplicates, status_ms, site, latitude, longitude"
 )
 
@@ -44,15 +44,16 @@ def device_from_row(row: Sequence[Any]) -> Device:
         spool_bytes=row[12],
         policy_digest=row[13],
         config_digest=row[14],
-        errors=tuple(json.loads(row[15])),
-        counters=json.loads(row[16]),
-        readings_stored=row[17],
-        batches_stored=row[18],
-        duplicates=row[19],
-        status_ms=row[20],
-        site=row[21],
-        latitude=row[22],
-        longitude=row[23],
+        applied_etag=row[15],
+        errors=tuple(json.loads(row[16])),
+        counters=json.loads(row[17]),
+        readings_stored=row[18],
+        batches_stored=row[19],
+        duplicates=row[20],
+        status_ms=row[21],
+        site=row[22],
+        latitude=row[23],
+        longitude=row[24],
     )
 
 

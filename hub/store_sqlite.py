@@ -299,11 +299,11 @@ class SQLiteStore(Store):
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE devices SET software_version = ?, spool_batches = ?, spool_bytes = ?, config_digest = ?, errors = ?,"
+                "UPDATE devices SET software_version = ?, spool_batches = ?, spool_bytes = ?, config_digest = ?, applied_etag = ?, errors = ?,"
                 " policy_digest = CASE WHEN ? = '' THEN policy_digest ELSE ? END,"
                 " unclean_stops = coalesce(?, unclean_stops), readings_dropped = coalesce(?, readings_dropped),"
                 " status_ms = ?, last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
-                (cols["software_version"], cols["spool_batches"], cols["spool_bytes"], cols["config_digest"], cols["errors"],
+                (cols["software_version"], cols["spool_batches"], cols["spool_bytes"], cols["config_digest"], cols["applied_etag"], cols["errors"],
                  cols["policy_digest"], cols["policy_digest"], cols["unclean_stops"], cols["readings_dropped"],
                  received_ms, received_ms, device_id),
             )

@@ -6,9 +6,12 @@ import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from hub.app import RunningHub, run_hub
 from hub.store import Store, open_store
+from tests.hub.gateways import SimGateway, enrol
 from tests.helpers.tools import require_postgres
 
 
@@ -50,3 +53,24 @@ async def store(db_url: str) -> AsyncIterator[Store]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def running_hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
+    """A hub on SQLite, listening on an ephemeral loopback port."""
+    async with run_hub(listen="127.0.0.1:0", state_dir=tmp_path / "hub", admin_token="admin-secret") as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def gateway(running_hub: RunningHub, http: aiohttp.ClientSession) -> SimGateway:
+    """An enrolled, active gateway."""
+    gw = SimGateway("pole-0042")
+    await enrol(http, running_hub.url, gw, await running_hub.create_token())
+    return gw

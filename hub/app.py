@@ -1,0 +1,181 @@
+"""Assemble and run one hub process: the aiohttp application, its store and its background duties."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from hub.auth import Admin
+from hub.fleet import check_desired, load_or_create_signing_key
+from hub.ratelimit import RateLimiter
+from hub.state import HUB, Hub, KeyCache
+from hub.store import Store, StoreError, open_store
+from hub.tokens import create_token
+
+__all__ = ["RunningHub", "build_app", "parse_listen", "run_hub"]
+
+log = logging.getLogger("ocn.hub")
+
+MAX_REQUEST_BYTES = 1024 * 1024 + 4096
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8443`` for IPv6) as (host, port); the message names what would be accepted."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:8443 (port 0 picks a free one)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, StoreError, ConnectionError]
+    try:
+        import asyncpg
+
+        errors += [asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+UNAVAILABLE = _unavailable_errors()
+
+
+@web.middleware
+async def database_down(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """A database outage answers 503 with Retry-After, logged once when it starts and once when it ends."""
+    app_state = request.app
+    try:
+        response = await handler(request)
+    except UNAVAILABLE as exc:
+        if not app_state.get(_DOWN, False):
+            log.error("database unavailable; answering 503", extra={"error": f"{type(exc).__name__}: {exc}"})
+            app_state[_DOWN] = True
+        return web.json_response({"error": "unavailable", "detail": "the hub's database is unavailable; retry later"}, status=503, headers={"Retry-After": "10"})
+    if app_state.get(_DOWN, False):
+        app_state[_DOWN] = False
+        log.info("database available again")
+    return response
+
+
+_DOWN = web.AppKey("database_down", bool)
+
+
+def build_app(hub: Hub) -> web.Application:
+    """The aiohttp application for one hub process."""
+    from hub import dashboard, opendata, oxp, sensorthings
+
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[database_down])
+    app[HUB] = hub
+    app[_DOWN] = False
+    app.add_routes(oxp.routes)
+    app.add_routes(dashboard.routes)
+    app.add_routes(opendata.routes)
+    app.add_routes(sensorthings.routes)
+    return app
+
+
+@dataclass
+class RunningHub:
+    """A hub running in this process (tests, the demo, the bench)."""
+
+    url: str
+    hub: Hub
+    admin_token: str | None
+
+    @property
+    def store(self) -> Store:
+        return self.hub.store
+
+    async def create_token(self, *, uses: int = 1, expires_s: float = 86400, approve: bool = True, fleet: str = "default", note: str = "") -> str:
+        """An enrolment token (pre-approving by default here, unlike the CLI)."""
+        return await create_token(self.hub.store, uses=uses, expires_s=expires_s, approve=approve, fleet=fleet, note=note)
+
+    async def counters(self, device_id: str) -> dict[str, int]:
+        """readings_stored, batches_stored and duplicates for one device (zeros if unknown)."""
+        device = await self.hub.store.device(device_id)
+        if device is None:
+            return {"readings_stored": 0, "batches_stored": 0, "duplicates": 0}
+        return {"readings_stored": device.readings_stored, "batches_stored": device.batches_stored, "duplicates": device.duplicates}
+
+    async def totals(self) -> dict[str, int]:
+        """The same counters summed over every device."""
+        totals = {"devices": 0, "readings_stored": 0, "batches_stored": 0, "duplicates": 0}
+        for device in await self.hub.store.devices():
+            totals["devices"] += 1
+            totals["readings_stored"] += device.readings_stored
+            totals["batches_stored"] += device.batches_stored
+            totals["duplicates"] += device.duplicates
+        return totals
+
+    async def set_desired(self, scope: str, name: str, document: Mapping[str, Any] | None) -> None:
+        """Set (or clear, with None) the desired document of a fleet (scope "fleet") or a device (scope "device")."""
+        if scope not in ("fleet", "device"):
+            raise ValueError(f"scope {scope!r}: expected 'fleet' or 'device'")
+        await self.hub.store.set_desired(scope, name, None if document is None else check_desired(document), now_ms=time.time_ns() // 1_000_000)
+
+    async def set_device_status(self, device_id: str, status: str) -> bool:
+        """Approve ("active") a pending device or revoke ("revoked") one; False if nothing changed."""
+        changed = await self.hub.store.set_device_status(device_id, status, now_ms=time.time_ns() // 1_000_000)
+        self.hub.keys.forget()
+        return changed
+
+    async def login_link(self) -> str:
+        """A one-time link that opens an admin session in a browser (valid 10 minutes)."""
+        return await self.hub.admin.login_link(self.url)
+
+
+@asynccontextmanager
+async def run_hub(
+    *,
+    listen: str = "127.0.0.1:0",
+    db: str | None = None,
+    state_dir: str | Path | None = None,
+    admin_token: str | None = None,
+    rate: float = 50.0,
+    burst: int = 200,
+    stale_after_s: float = 900.0,
+    key_cache_s: float = 5.0,
+) -> AsyncIterator[RunningHub]:
+    """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key)."""
+    if state_dir is None:
+        raise ValueError("run_hub: state_dir is required (it holds the hub's signing key and, by default, its database)")
+    state = Path(state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    host, port = parse_listen(listen)
+    store = await open_store(db or f"sqlite:///{state / 'hub.db'}")
+    runner: web.AppRunner | None = None
+    try:
+        admin = Admin(store)
+        generated = await admin.setup(admin_token)
+        hub = Hub(
+            store=store,
+            admin=admin,
+            signing_key=load_or_create_signing_key(state / "hub.key"),
+            limiter=RateLimiter(rate=rate, burst=burst),
+            keys=KeyCache(store, ttl_s=key_cache_s),
+            stale_after_ms=int(stale_after_s * 1000),
+        )
+        app = build_app(hub)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        bound = runner.addresses[0]
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        url = f"http://{shown}:{bound[1]}"
+        hub.public_url = url
+        log.info("hub listening", extra={"url": url, "db": store.url.split("@")[-1]})
+        yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await store.close()

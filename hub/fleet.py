@@ -1,0 +1,135 @@
+"""Desired configuration and policy per fleet and per device: merging, signing, ETags and drift."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import cbor2
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.protocol import key_id
+from hub.store import Device, Store, dumps
+
+__all__ = [
+    "DesiredError",
+    "check_desired",
+    "desired_document",
+    "drift",
+    "load_or_create_signing_key",
+    "merge",
+    "sign_document",
+    "verify_document",
+]
+
+PARTS = ("config", "policy")
+
+
+class DesiredError(ValueError):
+    """A desired document is not acceptable; the message names the field and what would be accepted."""
+
+
+def check_desired(document: object) -> dict[str, Any]:
+    """Validate a desired document as city IT submits it: {"config": {...}, "policy": {...}}, either part optional."""
+    if not isinstance(document, Mapping):
+        raise DesiredError(f"desired document: expected a JSON object with 'config' and/or 'policy', got {type(document).__name__}")
+    unknown = sorted(set(document) - set(PARTS))
+    if unknown:
+        raise DesiredError(f"desired document: unknown field(s) {', '.join(map(repr, unknown))}; expected 'config' and/or 'policy'")
+    for part in PARTS:
+        if part in document and not isinstance(document[part], Mapping):
+            raise DesiredError(f"desired document field {part!r}: expected a JSON object (the TOML file's tables), got {document[part]!r}")
+    return dict(document)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; anything else in ``override`` (values, arrays) replaces what ``base`` had."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def part_digest(part: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of deterministic CBOR of a part: for a policy, the same digest the gateway reports."""
+    return hashlib.sha256(cbor2.dumps(part, canonical=True)).hexdigest()
+
+
+async def desired_document(store: Store, device: Device) -> tuple[dict[str, Any] | None, str]:
+    """The effective desired document for a device (fleet's, overridden by the device's) and its ETag ("" if none)."""
+    fleet = await store.desired("fleet", device.fleet)
+    own = await store.desired("device", device.device_id)
+    if fleet is None and own is None:
+        return None, ""
+    merged = merge(fleet[0] if fleet else {}, own[0] if own else {})
+    document: dict[str, Any] = {"device_id": device.device_id, "fleet": device.fleet}
+    for part in PARTS:
+        if part in merged:
+            document[part] = merged[part]
+            document[f"{part}_digest"] = part_digest(merged[part])
+    etag = hashlib.sha256(dumps(document).encode()).hexdigest()[:32]
+    document["etag"] = etag
+    return document, etag
+
+
+def sign_document(document: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The signed form sent to the gateway: Ed25519 over the canonical JSON bytes of ``document``."""
+    signature = private_key.sign(dumps(document).encode())
+    return {
+        "document": dict(document),
+        "alg": "Ed25519",
+        "key_id": key_id(private_key).hex(),
+        "signature": base64.urlsafe_b64encode(signature).rstrip(b"=").decode(),
+    }
+
+
+def verify_document(signed: Mapping[str, Any], public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """The document inside a signed desired document, after checking its signature (raises InvalidSignature)."""
+    signature = base64.urlsafe_b64decode(str(signed["signature"]) + "==")
+    public_key.verify(signature, dumps(signed["document"]).encode())
+    return dict(signed["document"])
+
+
+def drift(device: Device, document: Mapping[str, Any] | None) -> list[str]:
+    """What the device reports differently from what is desired: [] when in step."""
+    if document is None:
+        return []
+    found = []
+    if "policy" in document and device.policy_digest != document["policy_digest"]:
+        found.append("policy")
+    if "config" in document and device.applied_etag != document["etag"]:
+        found.append("config")
+    return found
+
+
+def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The hub's Ed25519 key for desired documents; created (mode 0600) on first start, shared by hub replicas."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        key = Ed25519PrivateKey.generate()
+        with os.fdopen(fd, "wb") as out:
+            out.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+            out.flush()
+            os.fsync(out.fileno())
+        return key
+    for _ in range(50):
+        data = path.read_bytes()
+        if data:  # another process may be between creating and writing the file
+            break
+        time.sleep(0.02)
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path}: holds a {type(key).__name__}; the hub signing key must be Ed25519")
+    return key

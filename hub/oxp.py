@@ -1,0 +1,233 @@
+"""The OXP v1 endpoints a gateway talks to: enrol, batches, status and transparency notices."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge.protocol import MAX_BATCH_BYTES, MAX_STATUS_BYTES, ProtocolError, key_id, open_batch, open_status, peek_header
+from hub.auth import secret_hash
+from hub.fleet import desired_document, sign_document
+from hub.state import HUB, Hub
+from hub.store import DeviceKey, EnrolError, IncomingBatch
+
+__all__ = ["routes", "MAX_NOTICE_BYTES"]
+
+log = logging.getLogger("ocn.hub.oxp")
+
+COSE_MEDIA = "application/cose"
+MAX_NOTICE_BYTES = 256 * 1024
+MAX_ENROL_BYTES = 16 * 1024
+DEVICE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+routes = web.RouteTableDef()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def problem(status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> web.Response:
+    """An OXP error answer: JSON {"error": code, "detail": sentence}."""
+    return web.json_response({"error": code, "detail": detail, **extra}, status=status, headers=headers)
+
+
+def protocol_problem(exc: ProtocolError) -> web.Response:
+    if exc.reason == "too_large":
+        return problem(413, "too_large", exc.detail)
+    if exc.reason == "bad_signature":
+        return problem(401, "bad_signature", exc.detail)
+    return problem(400, "malformed", exc.detail, reason=exc.reason)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | web.Response:
+    """The request body, or a 415/413 answer; never reads more than ``limit`` + 1 bytes."""
+    if request.content_type != COSE_MEDIA:
+        return problem(415, "unsupported_media_type", f"Content-Type {request.content_type!r}: expected {COSE_MEDIA}; cose-type=\"cose-sign1\"")
+    if request.content_length is not None and request.content_length > limit:
+        return problem(413, "too_large", f"body is {request.content_length} bytes, over the limit of {limit}")
+    data = await request.content.read(limit + 1)
+    if len(data) > limit:
+        return problem(413, "too_large", f"body is over the limit of {limit} bytes")
+    return data
+
+
+def public_key_of(device: DeviceKey) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(device.public_key)
+
+
+def refuse_device(device: DeviceKey | None, kid: bytes) -> web.Response | None:
+    """403 unless the key belongs to an active device."""
+    if device is None:
+        return problem(403, "unknown_device", f"key id {kid.hex()} is not enrolled at this hub; enrol with `ocn-edge enrol`")
+    if device.status == "revoked":
+        return problem(403, "revoked", f"key id {kid.hex()} of device {device.device_id!r} was revoked by city IT")
+    if device.status != "active":
+        return problem(403, "unknown_device", f"device {device.device_id!r} is enrolled but awaits approval by city IT")
+    return None
+
+
+async def signed_sender(hub: Hub, data: bytes) -> tuple[DeviceKey, dict[str, Any]] | web.Response:
+    """Verify a signed status-type message (status report or notice) and find its active sender."""
+    try:
+        kid = _status_kid(data)
+    except ProtocolError as exc:
+        return protocol_problem(exc)
+    device = await hub.keys.get(kid)
+    refusal = refuse_device(device, kid)
+    if refusal is not None:
+        return refusal
+    assert device is not None
+    try:
+        report = open_status(data, public_key_of(device))
+    except ProtocolError as exc:
+        return protocol_problem(exc)
+    if report.get("device_id") != device.device_id:
+        return problem(400, "malformed", f"message names device {report.get('device_id')!r} but is signed by {device.device_id!r}")
+    return device, report
+
+
+def _status_kid(data: bytes) -> bytes:
+    """The key id in a COSE_Sign1 protected header, read before verification only to find the key."""
+    import cbor2
+
+    try:
+        outer = cbor2.loads(data)
+        protected = cbor2.loads(outer.value[0])
+        kid = protected[4]
+    except Exception:  # noqa: BLE001 - any shape problem is a malformed message
+        raise ProtocolError("malformed", "body is not a COSE_Sign1 message with a key id (label 4)") from None
+    if not isinstance(kid, bytes) or len(kid) != 8:
+        raise ProtocolError("malformed", "protected header kid (label 4) is not 8 bytes")
+    return kid
+
+
+@routes.post("/oxp/v1/batches")
+async def post_batch(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    data = await read_body(request, MAX_BATCH_BYTES)
+    if isinstance(data, web.Response):
+        return data
+    try:
+        header = peek_header(data)
+    except ProtocolError as exc:
+        return protocol_problem(exc)
+    device = await hub.keys.get(header.key_id)
+    refusal = refuse_device(device, header.key_id)
+    if refusal is not None:
+        return refusal
+    assert device is not None
+    wait = hub.limiter.check(device.device_id)
+    if wait > 0:
+        return problem(429, "rate_limited", f"device {device.device_id!r} sends faster than this hub allows; retry later",
+                       headers={"Retry-After": hub.limiter.retry_after(wait)})
+    try:
+        batch = open_batch(data, public_key_of(device))
+    except ProtocolError as exc:
+        return protocol_problem(exc)
+    h = batch.header
+    if h.device_id != device.device_id:
+        return problem(400, "malformed", f"batch names device {h.device_id!r} but key id {h.key_id.hex()} is enrolled as {device.device_id!r}")
+    status = await hub.store.store_batch(
+        IncomingBatch(
+            device_id=device.device_id, key_id=h.key_id, boot_epoch=h.boot_epoch, seq=h.seq, created_ms=h.created_ms,
+            received_ms=now_ms(), policy_digest=h.policy_digest, codec=h.codec, counters=h.counters,
+            channels=batch.channels, readings=batch.readings, size=len(data),
+        )
+    )
+    return web.json_response({"device_id": device.device_id, "key_id": h.key_id.hex(), "boot_epoch": h.boot_epoch, "seq": h.seq, "status": status})
+
+
+@routes.post("/oxp/v1/enrol")
+async def post_enrol(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    if request.content_type != "application/json":
+        return problem(415, "unsupported_media_type", f"Content-Type {request.content_type!r}: expected application/json")
+    raw = await request.content.read(MAX_ENROL_BYTES + 1)
+    if len(raw) > MAX_ENROL_BYTES:
+        return problem(413, "too_large", f"enrolment request is over {MAX_ENROL_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return problem(400, "malformed", "enrolment request is not JSON")
+    if not isinstance(body, dict):
+        return problem(400, "malformed", "enrolment request is not a JSON object")
+    token, device_id, public_b64 = body.get("token"), body.get("device_id"), body.get("public_key")
+    version = body.get("software_version", "")
+    if not isinstance(token, str) or not token:
+        return problem(400, "malformed", "field 'token': expected the enrolment token city IT gave you")
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
+        return problem(400, "malformed", f"field 'device_id' = {device_id!r}: expected 1-64 lowercase letters, digits and '-'")
+    if not isinstance(version, str) or len(version) > 100:
+        return problem(400, "malformed", "field 'software_version': expected a string of at most 100 characters")
+    try:
+        raw_key = base64.urlsafe_b64decode(str(public_b64) + "=" * (-len(str(public_b64)) % 4))
+        public_key = Ed25519PublicKey.from_public_bytes(raw_key)
+    except (binascii.Error, ValueError):
+        return problem(400, "malformed", "field 'public_key': expected base64url of the raw 32-byte Ed25519 public key")
+    kid = key_id(public_key)
+    try:
+        outcome = await hub.store.enrol(secret_hash(token), device_id=device_id, public_key=raw_key, key_id=kid, software_version=version, now_ms=now_ms())
+    except EnrolError as exc:
+        return problem(409 if exc.code == "conflict" else 401, exc.code, exc.detail)
+    hub.keys.forget(kid)
+    log.info("device enrolled", extra={"device": device_id, "key_id": kid.hex(), "status": outcome.status})
+    return web.json_response({"device_id": outcome.device_id, "key_id": outcome.key_id.hex(), "status": outcome.status}, status=201)
+
+
+@routes.post("/oxp/v1/status")
+async def post_status(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    data = await read_body(request, MAX_STATUS_BYTES)
+    if isinstance(data, web.Response):
+        return data
+    sender = await signed_sender(hub, data)
+    if isinstance(sender, web.Response):
+        return sender
+    device_key, report = sender
+    await hub.store.record_status(device_key.device_id, report, received_ms=now_ms())
+    device = await hub.store.device(device_key.device_id)
+    assert device is not None
+    document, etag = await desired_document(hub.store, device)
+    unchanged = document is None or request.headers.get("If-None-Match", "").strip('"') == etag
+    desired = None if unchanged else sign_document(document, hub.signing_key)  # type: ignore[arg-type]
+    return web.json_response({"ok": True, "desired": desired, "etag": etag}, headers={"ETag": f'"{etag}"'} if etag else None)
+
+
+@routes.post("/oxp/v1/notice")
+async def post_notice(request: web.Request) -> web.Response:
+    """A transparency notice: a signed COSE_Sign1 status-type message whose map carries ``notice`` (the JSON object)."""
+    hub = request.app[HUB]
+    data = await read_body(request, MAX_NOTICE_BYTES)
+    if isinstance(data, web.Response):
+        return data
+    sender = await signed_sender(hub, data)
+    if isinstance(sender, web.Response):
+        return sender
+    device_key, message = sender
+    notice = message.get("notice")
+    if not isinstance(notice, dict):
+        return problem(400, "malformed", "field 'notice': expected the transparency notice as a map")
+    try:
+        json.dumps(notice)
+    except (TypeError, ValueError):
+        return problem(400, "malformed", "field 'notice': expected JSON-compatible values only")
+    notice_id = await hub.store.add_notice(device_key.device_id, notice, received_ms=now_ms())
+    return web.json_response({"ok": True, "id": notice_id})
+
+
+@routes.get("/oxp/v1/hub-key")
+async def get_hub_key(request: web.Request) -> web.Response:
+    """The public key desired documents are signed with (PEM), for gateways to pin."""
+    key = request.app[HUB].signing_key.public_key()
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return web.Response(body=pem, content_type="application/x-pem-file", headers={"X-Key-Id": key_id(key).hex()})
