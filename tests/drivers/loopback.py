@@ -21,7 +21,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 __all__ = ["BusConfig", "NullModem", "RegisterStore", "SerialPeer", "float32_words", "modbus_rtu_server",
-           "modbus_tcp_server"]
+           "modbus_tcp_server", "serve_profile", "words_for"]
 
 _FC = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 
@@ -64,10 +64,10 @@ class RegisterStore:
 
     # The pymodbus server calls these on its context.
     async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1):  # noqa: N802
-        if device_id not in self.units or device_id in self.dead:
-            raise NoSuchIdException(f"no unit {device_id}")
         function = _FC[func_code]
         self.requests.append((device_id, function, address, count))
+        if device_id not in self.units or device_id in self.dead:
+            raise NoSuchIdException(f"no unit {device_id}")
         allowed = self.readable.get(device_id, {}).get(function)
         if allowed is not None and not (address in allowed and address + count - 1 in allowed):
             return ExcCodes.ILLEGAL_ADDRESS
@@ -86,9 +86,9 @@ def _placeholder() -> SimDevice:
     return SimDevice(1, simdata=[SimData(0, values=[0], datatype=DataType.REGISTERS)])
 
 
-async def modbus_tcp_server(store: RegisterStore) -> tuple[ModbusTcpServer, int]:
-    """A pymodbus TCP server on 127.0.0.1, ephemeral port, serving ``store``; returns it and its port."""
-    server = ModbusTcpServer(_placeholder(), address=("127.0.0.1", 0), ignore_missing_devices=True)
+async def modbus_tcp_server(store: RegisterStore, *, port: int = 0) -> tuple[ModbusTcpServer, int]:
+    """A pymodbus TCP server on 127.0.0.1 (an ephemeral port unless given) serving ``store``; returns it and its port."""
+    server = ModbusTcpServer(_placeholder(), address=("127.0.0.1", port), ignore_missing_devices=True)
     server.context = store  # the request handler reads and writes through server.context
     await server.serve_forever(background=True)
     port = server.transport.sockets[0].getsockname()[1]
@@ -183,3 +183,30 @@ class SerialPeer:
         async with asyncio.timeout(timeout):
             while data not in self.received:
                 await asyncio.sleep(0.01)
+
+
+def words_for(register, value: float | int | bool) -> list[int] | list[bool]:  # noqa: ANN001
+    """The raw words a device holds for ``value`` of a profile register (big-endian profiles only)."""
+    from drivers.modbus.profile import TYPES
+
+    if register.type == "bool":
+        return [bool(value)]
+    raw = value if register.bit is not None else (value - register.offset) / register.scale
+    fmt = TYPES[register.type][1]
+    if register.bit is not None:
+        packed = struct.pack(fmt, int(bool(raw)) << register.bit)
+    else:
+        packed = struct.pack(fmt, raw if "f" in fmt or "d" in fmt else round(raw))
+    return [int.from_bytes(packed[i : i + 2], "big") for i in range(0, len(packed), 2)]
+
+
+def serve_profile(store: RegisterStore, unit: int, profile, values: dict[str, float | int | bool]) -> None:  # noqa: ANN001
+    """Put ``values`` (by channel name) into ``unit``'s tables where ``profile`` says they live."""
+    for reg in profile.registers:
+        if reg.channel in values:
+            words = words_for(reg, values[reg.channel])
+            if reg.bit is not None:  # bits share a register: OR them in
+                table = store.units.setdefault(unit, {})
+                words = [table.get((reg.function, reg.address), 0) | words[0]]
+            store.set_words(unit, reg.function, reg.address, words)
+    store.units.setdefault(unit, {})

@@ -1,0 +1,221 @@
+"""The Modbus driver and bus owner against real Modbus TCP and RTU servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import pytest
+
+from drivers.buses import UnitBackingOff, create_bus
+from drivers.modbus.adapter import ExceptionReply, GarbledReply, NoReply, crc16
+from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.profile import load_profile
+from drivers.sdk import DeviceContext, OptionError
+from tests.drivers.conftest import running
+from tests.drivers.loopback import BusConfig, modbus_tcp_server, serve_profile
+from tests.drivers.test_planner import minimum_requests
+
+SDM630 = {"voltage_l1": 231.5, "current_l2": 4.25, "power_total": 2875.0, "frequency": 50.02,
+          "import_energy": 12345.5, "total_energy": 13000.25}
+
+
+def driver_for(bus, unit: int, profile: str, **options) -> ModbusDriver:
+    ctx = DeviceContext(device_id=f"meter-{unit}", options={"profile": profile, **options}, bus=bus, address=unit,
+                        poll_interval=0.2)
+    return ModbusDriver(ctx)
+
+
+async def test_sdm630_poll_issues_the_minimum_transactions_for_the_125_register_limit_with_gap_fill(store, tcp_bus):
+    profile = load_profile("eastron-sdm630")
+    serve_profile(store, 1, profile, SDM630)
+    driver = driver_for(tcp_bus, 1, "eastron-sdm630")
+    result = await driver.poll()
+    minimum = minimum_requests(profile.spans(), max_gap=profile.max_gap, limit=125,
+                               holes=list(profile.unreadable.get("input", ())))
+    assert len(store.requests) == minimum == 4
+    assert all(count <= 125 for _, _, _, count in store.requests)
+    assert not result.failures
+    values = {r.channel: r.value for r in result.readings}
+    for name, value in SDM630.items():
+        assert values[f"meter-1/{name}"] == pytest.approx(value, rel=1e-6)
+    assert len(result.readings) == len(profile.registers)
+
+
+async def test_readings_carry_the_profile_units_and_gateway_wide_channel_ids(store, tcp_bus):
+    serve_profile(store, 1, load_profile("eastron-sdm630"), SDM630)
+    driver = driver_for(tcp_bus, 1, "eastron-sdm630")
+    result = await driver.poll()
+    units = {r.channel: r.unit for r in result.readings}
+    assert units["meter-1/voltage_l1"] == "V"
+    assert units["meter-1/import_energy"] == "kWh"
+    declared = {c.id for c in driver.channels()}
+    assert {r.channel for r in result.readings} <= declared
+
+
+@pytest.mark.parametrize(("profile", "values"), [
+    ("eastron-sdm120", {"voltage": 229.9, "power": 512.5, "frequency": 49.98, "total_energy": 1500.125}),
+    ("hilsim-weather", {"temperature": -3.4, "humidity": 87.5, "pressure": 1013.2, "wind_speed": 3.21,
+                        "wind_direction": 270, "rain": 123456.7, "heater_on": True}),
+    ("hilsim-water-level", {"level": 2.345, "water_temperature": 11.25, "out_of_range": True,
+                            "measurements": 100000, "supply_voltage": 12.05}),
+])
+async def test_each_shipped_profile_reads_its_documented_values(store, rtu_bus, profile, values):
+    serve_profile(store, 7, load_profile(profile), values)
+    result = await driver_for(rtu_bus, 7, profile).poll()
+    assert not result.failures
+    got = {r.channel.split("/", 1)[1]: r.value for r in result.readings}
+    for name, value in values.items():
+        assert got[name] == pytest.approx(value, abs=1e-3), name
+    assert got.get("sensor_fault", False) is False
+
+
+async def test_an_exception_reply_is_reported_with_its_meaning_and_the_other_requests_still_run(store, tcp_bus):
+    profile = load_profile("eastron-sdm630")
+    serve_profile(store, 1, profile, SDM630)
+    store.readable[1] = {"input": range(0, 0x100)}  # this meter variant lacks the total-energy block
+    result = await driver_for(tcp_bus, 1, "eastron-sdm630").poll()
+    [(request, error)] = result.failures
+    assert request.address == 0x156
+    assert isinstance(error, ExceptionReply) and error.code == 2
+    assert "illegal data address" in str(error)
+    assert "meter-1/voltage_l1" in {r.channel for r in result.readings}
+    assert tcp_bus.stats()["exceptions"] == 1
+
+
+async def test_a_dead_unit_on_a_three_unit_rtu_bus_delays_the_others_by_at_most_one_timeout_per_cycle(store, rtu_bus):
+    profile = load_profile("eastron-sdm120")
+    for unit in (1, 2, 3):
+        serve_profile(store, unit, profile, {"voltage": 230.0 + unit})
+    drivers = {unit: driver_for(rtu_bus, unit, "eastron-sdm120") for unit in (1, 2, 3)}
+
+    async def cycle() -> dict[int, float]:
+        async def timed(unit: int) -> tuple[int, float]:
+            began = time.monotonic()
+            await drivers[unit].poll()
+            return unit, time.monotonic() - began
+        return dict(await asyncio.gather(*(timed(u) for u in (1, 2, 3))))
+
+    healthy = max(max(t.values()) for t in [await cycle() for _ in range(3)])
+    store.dead.add(2)
+    store.requests.clear()
+    timeout = rtu_bus.timeout
+    for _ in range(6):
+        before = len(store.requests)
+        times = await cycle()
+        to_dead_unit = [r for r in store.requests[before:] if r[0] == 2]
+        assert len(to_dead_unit) <= 1, "a dead unit may cost at most one transaction (one timeout) per cycle"
+        for unit in (1, 3):
+            assert times[unit] <= healthy + timeout + 0.1, (unit, times[unit], healthy)
+        await asyncio.sleep(0.1)
+    assert len([r for r in store.requests if r[0] == 2]) < 6, "backoff skips the dead unit on some cycles"
+    stats = rtu_bus.stats()
+    assert stats["units"][2]["state"] == "backing-off"
+    assert stats["units"][1]["timeouts"] == stats["units"][3]["timeouts"] == 0
+
+
+async def test_a_unit_that_dies_and_comes_back_is_read_again_and_logged_once_each_way(store, tcp_bus, caplog):
+    serve_profile(store, 1, load_profile("eastron-sdm120"), {"voltage": 230.0})
+    driver = driver_for(tcp_bus, 1, "eastron-sdm120")
+    readings: list = []
+
+    async def emit(reading):
+        readings.append((time.monotonic(), reading))
+
+    caplog.set_level(logging.INFO)
+    task = asyncio.create_task(driver.run(emit))
+    try:
+        await asyncio.sleep(0.5)
+        assert readings
+        store.dead.add(1)
+        await asyncio.sleep(1.5)
+        died_at = time.monotonic()
+        store.dead.discard(1)
+        async with asyncio.timeout(3):
+            while not readings or readings[-1][0] < died_at:
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    stopped = [r for r in caplog.records if "stopped answering" in r.getMessage()]
+    back = [r for r in caplog.records if "answers again" in r.getMessage() and "unit 1" in r.getMessage()]
+    assert len(stopped) == 1
+    assert len([r for r in back if r.name == "ocn.bus"]) == 1
+
+
+async def test_a_silent_unit_is_skipped_without_touching_the_bus_while_it_backs_off(store, tcp_bus):
+    with pytest.raises(NoReply):
+        await tcp_bus.read(9, "holding", 0, 1)
+    sent = len(store.requests)
+    with pytest.raises(UnitBackingOff):
+        await tcp_bus.read(9, "holding", 0, 1)
+    assert len(store.requests) == sent
+
+
+async def test_the_bus_counts_requests_bytes_and_registers_read_versus_used(store, tcp_bus):
+    serve_profile(store, 1, load_profile("eastron-sdm630"), SDM630)
+    await driver_for(tcp_bus, 1, "eastron-sdm630").poll()
+    stats = tcp_bus.stats()
+    assert stats["requests"] == 4
+    assert stats["registers_read"] == 80 + 6 + 2 + 4
+    assert stats["registers_used"] == 2 * len(load_profile("eastron-sdm630").registers)
+    assert stats["bytes_out"] == 4 * 12  # MBAP 7 + PDU 5
+    assert stats["bytes_in"] == 4 * 9 + 2 * stats["registers_read"]
+    assert 0 < stats["utilisation"] <= 1
+
+
+async def test_a_reply_with_a_bad_crc_counts_as_a_crc_error_not_a_silence(rtu_line):
+    bus = create_bus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
+    fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    loop = asyncio.get_running_loop()
+
+    def answer_with_bad_crc() -> None:
+        request = os.read(fd, 64)
+        frame = bytes([request[0], 3, 2, 0x12, 0x34])
+        good = crc16(frame)
+        os.write(fd, frame + bytes([good[0] ^ 0xFF, good[1]]))
+
+    loop.add_reader(fd, answer_with_bad_crc)
+    try:
+        async with running(bus):
+            with pytest.raises(GarbledReply):
+                await bus.read(1, "holding", 0, 1)
+            assert bus.stats()["crc_errors"] == 1
+            assert bus.stats()["timeouts"] == 0
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def test_a_modbus_tcp_bus_reconnects_when_the_server_comes_back(store):
+    server, port = await modbus_tcp_server(store)
+    serve_profile(store, 1, load_profile("hilsim-water-level"), {"level": 1.0})
+    bus = create_bus(BusConfig(type="modbus-tcp", tcp_port=port, timeout=0.3), reopen_max=0.3)
+    driver = driver_for(bus, 1, "hilsim-water-level")
+    async with running(bus):
+        assert (await driver.poll()).readings
+        await server.shutdown()
+        async with asyncio.timeout(3):
+            while bus.link.connected:
+                await asyncio.sleep(0.02)
+        assert (await driver.poll()).failures
+        server2, _ = await modbus_tcp_server(store, port=port)
+        try:
+            async with asyncio.timeout(5):
+                while not bus.link.connected:
+                    await asyncio.sleep(0.05)
+            assert (await driver.poll()).readings
+        finally:
+            await server2.shutdown()
+
+
+def test_the_driver_rejects_a_unit_id_outside_1_to_247():
+    with pytest.raises(OptionError, match=r"address = 0: expected a Modbus unit id 1..247"):
+        driver_for(None, 0, "eastron-sdm120")
+
+
+def test_an_unknown_profile_option_names_the_shipped_profiles():
+    with pytest.raises(OptionError, match=r"profile = 'sdm630': expected a shipped profile \(.*eastron-sdm630"):
+        ModbusDriver.check_options({"profile": "sdm630"})
