@@ -16,7 +16,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from types import MappingProxyType
 from typing import Any
 
@@ -61,6 +61,7 @@ __all__ = [
     "UplinkConfig",
     "config_digest",
     "effective_toml",
+    "gateway_schema",
     "load_config",
     "parse_config",
 ]
@@ -373,15 +374,22 @@ def _device_fits_driver(ctx: Context, where: str, device: Any, driver_cls: type[
         ctx.report_value(join(where, "address"), address, f'only Modbus devices have an address; driver "{driver}" is not one')
 
 
+def _is_path_option(kind: object) -> bool:
+    return isinstance(kind, type) and issubclass(kind, PurePath)
+
+
 def _check_options(driver_cls: type[Driver], options: dict[str, Any], ctx: Context, where: str) -> Any:
     """The driver's completed options, or INVALID after reporting every problem the driver lets us find."""
     specs = driver_cls.manifest.options
     known: dict[str, Any] = {}
     for key, value in options.items():
-        if key in specs:
-            known[key] = value
-        else:
+        if key not in specs:
             ctx.unknown(join(where, key), key, specs)
+        elif _is_path_option(specs[key].type) and isinstance(value, str) and value:
+            # A path option means a file next to the config, like every other path in it.
+            known[key] = Path(os.path.normpath(ctx.base_dir / Path(value).expanduser()))
+        else:
+            known[key] = value
     clean = len(known) == len(options)
     reported: set[str] = set()
     # Driver.check_options stops at the first bad option: set it aside and ask again, to report them all.
@@ -431,7 +439,8 @@ def _bus_not_double_booked(ctx: Context, bus_name: str, bus: Any, on_bus: list[t
 # -- the schema -------------------------------------------------------------------
 
 
-def _schema(driver_lookup: DriverLookup) -> Table:
+def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
+    """The schema of the gateway config file; ``driver_lookup`` finds a device's driver class by name."""
     gateway = Table(
         {
             "id": Field(_DEVICE_ID),
@@ -547,7 +556,7 @@ def parse_config(text: str, *, path: str | os.PathLike[str], driver_lookup: Driv
     except tomllib.TOMLDecodeError as err:
         raise ConfigError([_syntax_problem(source, err)]) from None
     ctx = Context(source=source, base_dir=Path(os.path.abspath(Path(path).parent)))
-    values = _schema(driver_lookup).convert(document, ctx, "")
+    values = gateway_schema(driver_lookup=driver_lookup).convert(document, ctx, "")
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return GatewayConfig(path=Path(path), **values)
@@ -583,8 +592,7 @@ def load_config(path: str | os.PathLike[str], *, driver_lookup: DriverLookup = l
 
 def effective_toml(cfg: GatewayConfig) -> str:
     """The effective config as TOML: every default filled in, every path absolute; it loads back equal."""
-    # The driver lookup is never reached: dumping reads the converted values only.
-    document = _schema(load_driver).dump(cfg)
+    document = gateway_schema().dump(cfg)  # dumping reads converted values only: no driver is looked up
     header = f"# Effective configuration of {cfg.path}: every default filled in, every path absolute.\n\n"
     return header + dumps_toml(document)
 

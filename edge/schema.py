@@ -449,15 +449,23 @@ class FilePath(Type):
         return "" if self._optional else None
 
 
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    """A host and a TCP port, written "host:port" ("[::1]:8080" for an IPv6 address)."""
+class HostPort(str):
+    """A host and a TCP port: the text "host:port" as written ("[::1]:8080" for IPv6), with ``host`` and ``port`` parsed.
+
+    A ``str`` so that code treating the setting as the text it is keeps working.
+    """
 
     host: str
     port: int
 
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+    def __new__(cls, host: str, port: int) -> HostPort:
+        self = super().__new__(cls, f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        self.host = host
+        self.port = port
+        return self
+
+    def __repr__(self) -> str:
+        return f"HostPort({self.host!r}, {self.port!r})"
 
 
 _ADDRESS = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})")
@@ -603,17 +611,17 @@ class ArrayOf(Type):
     """An array of tables (``[[devices]]``), converted to a tuple."""
 
     def __init__(self, item: Table, *, expected: str) -> None:
-        self._item = item
+        self.item = item
         self.expected = expected
 
     def convert(self, raw: Any, ctx: Context, path: str) -> Any:
         if not isinstance(raw, list):
             ctx.invalid(path, raw, self.expected)
             return INVALID
-        return tuple(self._item.convert(item, ctx, join(path, i)) for i, item in enumerate(raw))
+        return tuple(self.item.convert(item, ctx, join(path, i)) for i, item in enumerate(raw))
 
     def dump(self, value: Any) -> Any:
-        return [self._item.dump(item) for item in value]
+        return [self.item.dump(item) for item in value]
 
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")

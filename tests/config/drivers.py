@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from drivers.registry import UnknownDriver
 from drivers.sdk import Driver, Emit, Manifest, OptionSpec
@@ -36,7 +37,11 @@ class Meter(Driver):
         version="1.0",
         summary="energy meter on a Modbus line",
         transport="modbus",
-        options={"profile": OptionSpec(str, required=True), "phases": OptionSpec(int, 3, choices=(1, 3))},
+        options={
+            "profile": OptionSpec(str, required=True),
+            "phases": OptionSpec(int, 3, choices=(1, 3)),
+            "calibration": OptionSpec(Path, help="a file of per-phase correction factors"),
+        },
     )
 
     def channels(self) -> Sequence[Channel]:

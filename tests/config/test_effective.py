@@ -48,6 +48,7 @@ poll_interval = "2s500ms"
 [devices.options]
 profile = "eastron-sdm630"
 phases = 1
+calibration = "cal/meter-1.toml"
 
 [[devices]]
 name = "up"
@@ -137,7 +138,11 @@ def test_the_effective_config_shows_every_key_with_human_units(load: Load, confi
     assert document["buses"][0]["timeout"] == "1m30s"
     assert document["buses"][0]["frame_gap"] == "0.0015s"
     assert document["devices"][0]["poll_interval"] == "2s500ms"
-    assert document["devices"][0]["options"] == {"profile": "eastron-sdm630", "phases": 1}
+    assert document["devices"][0]["options"] == {
+        "profile": "eastron-sdm630",
+        "phases": 1,
+        "calibration": str(config_dir / "cal/meter-1.toml"),
+    }
     assert document["spool"]["max_size"] == "1GiB"
     assert document["uplink"]["key"] == str(config_dir / "keys/device.key")
     assert document["uplink"]["ca"] == ""
@@ -150,3 +155,12 @@ def test_the_config_digest_changes_with_any_setting(load: Load) -> None:
     assert config_digest(load(GATEWAY)) == first
     assert config_digest(load(GATEWAY + "[batch]\nspan = \"10m\"\n")) != first
     assert len(first) == 32
+
+
+def test_a_path_option_of_a_driver_resolves_next_to_the_config_file(load: Load, config_dir: Path) -> None:
+    assert load(FULL).devices[0].options["calibration"] == config_dir / "cal/meter-1.toml"
+
+
+def test_the_local_api_address_keeps_its_text_and_gives_host_and_port(load: Load) -> None:
+    listen = load(FULL).local_api.listen
+    assert (listen, listen.host, listen.port) == ("[::1]:8081", "::1", 8081)
