@@ -13,6 +13,7 @@ from edge import __version__
 # `set_defaults(func=handler)`; a handler takes the parsed args and returns an exit status.
 COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.gateway",
+    "hilsim.cli",
     "edge.commands.check",
     "edge.commands.policy",
 )

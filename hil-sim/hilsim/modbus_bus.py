@@ -1,0 +1,192 @@
+"""Modbus buses: an RS-485 RTU line on a pty shared by several units, and a Modbus TCP server on 127.0.0.1.
+
+The RTU line behaves like a multi-drop wire: a frame ends after 3.5 character
+times of silence; a frame with a bad CRC or for a unit nobody has gets no reply
+at all; the addressed unit answers after its response delay and the line's
+inter-frame gap, its bytes paced at the baud rate and passed through the unit's
+fault timeline (bad CRC, split, partial, noise, late, dropped, exception).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from hilsim.modbus_adapter import NoReply, Read, TcpServer, answer_pdu, crc16, exception_pdu
+from hilsim.modbus_devices import ModbusDevice
+from hilsim.ports import VirtualPort
+
+__all__ = ["RtuLine", "TcpBus", "TCP_FAULTS", "bits_per_character"]
+
+log = logging.getLogger("hilsim.modbus")
+
+
+def bits_per_character(*, parity: str, stopbits: int, bytesize: int = 8) -> int:
+    """Bits one character takes on the wire: start + data + parity + stop."""
+    return 1 + bytesize + (0 if parity == "N" else 1) + stopbits
+
+
+class RtuLine:
+    """One RS-485 Modbus RTU line on a pty; `link` is the path a gateway opens."""
+
+    def __init__(
+        self, *, name: str, link: Path, baudrate: int, parity: str = "N", stopbits: int = 1,
+        frame_gap: float | None = None,
+    ) -> None:
+        self.name = name
+        self.units: dict[int, ModbusDevice] = {}
+        self.port = VirtualPort(link=link, baudrate=baudrate,
+                                bits_per_byte=bits_per_character(parity=parity, stopbits=stopbits),
+                                on_data=self._on_data)
+        # Modbus over serial line v1.02 §2.5.1.1: t3.5 is fixed at 1.75 ms above 19200 baud.
+        self.t35 = 3.5 * self.port.byte_time if baudrate <= 19200 else 0.00175
+        self.frame_gap = self.t35 if frame_gap is None else frame_gap
+        self.baudrate, self.parity, self.stopbits = baudrate, parity, stopbits
+        self._rx = bytearray()
+        self._end_of_frame: asyncio.TimerHandle | None = None
+        self._frames: asyncio.Queue[bytes] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, device: ModbusDevice) -> None:
+        if device.unit in self.units:
+            raise ValueError(f"bus {self.name!r}: unit {device.unit} is used by {self.units[device.unit].name!r} "
+                             f"and {device.name!r}; expected one device per unit id")
+        self.units[device.unit] = device
+
+    async def start(self) -> None:
+        self.port.plug()
+        self._task = asyncio.create_task(self._serve(), name=f"hilsim:rtu:{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self.port.unplug()
+
+    def _on_data(self, data: bytes) -> None:
+        self._rx += data
+        if self._end_of_frame is not None:
+            self._end_of_frame.cancel()
+        # The event loop cannot time below about a millisecond, so silence shorter than that is not a frame end.
+        self._end_of_frame = asyncio.get_running_loop().call_later(max(self.t35, 0.002), self._frame_ended)
+
+    def _frame_ended(self) -> None:
+        self._end_of_frame = None
+        frame, self._rx = bytes(self._rx), bytearray()
+        self._frames.put_nowait(frame)
+
+    async def _serve(self) -> None:
+        while True:
+            frame = await self._frames.get()
+            try:
+                await self._answer(frame)
+            except Exception:
+                log.exception("bus %s: failed answering a frame", self.name)
+
+    async def _answer(self, frame: bytes) -> None:
+        if len(frame) < 4 or crc16(frame[:-2]) != frame[-2:]:
+            return  # a corrupted request is ignored by every slave on the line
+        device = self.units.get(frame[0])
+        if device is None or not device.present:
+            return  # nobody has this unit id: the line stays silent
+        device.advance()
+        hits = device.faults.draw(device.clock.t(), device.next_frame())
+        if "drop_reply" in hits:
+            return
+        pdu = frame[1:-2]
+        if "exception" in hits:
+            response = exception_pdu(pdu[0], hits["exception"].code)
+        else:
+            response = await answer_pdu(pdu, unit_id=device.unit, read=device.read)
+        if response is None:
+            return
+        # The request's own wire time: the pty delivered it at once, a wire would not have.
+        delay = len(frame) * self.port.byte_time + device.response_delay
+        if "late_reply" in hits:
+            delay += hits["late_reply"].delay
+        await asyncio.sleep(delay)
+        await self.port.idle(self.frame_gap)
+        reply = bytes([device.unit]) + response
+        reply += crc16(reply)
+        if "line_noise" in hits:
+            await self.port.write(device.faults.randbytes(device.faults.randint(1, hits["line_noise"].burst)))
+            await asyncio.sleep(self.t35)
+        if "bad_checksum" in hits:
+            reply = reply[:-2] + bytes([reply[-2] ^ 0xA5, reply[-1]])
+        if "partial_frame" in hits:
+            reply = reply[: device.faults.randint(1, len(reply) - 1)]
+        if "split_frame" in hits:
+            cut = device.faults.randint(1, len(reply) - 1)
+            await self.port.write(reply[:cut])
+            await asyncio.sleep(hits["split_frame"].gap)
+            await self.port.write(reply[cut:])
+        else:
+            await self.port.write(reply)
+
+
+class TcpBus:
+    """A Modbus TCP server on 127.0.0.1 serving several unit ids; a `disconnect` fault stops and restarts it."""
+
+    def __init__(self, *, name: str, port: int = 0) -> None:
+        self.name = name
+        self.units: dict[int, ModbusDevice] = {}
+        self.server = TcpServer(lookup=self._lookup, port=port)
+        self._down: set[str] = set()
+
+    @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def add(self, device: ModbusDevice) -> None:
+        if device.unit in self.units:
+            raise ValueError(f"bus {self.name!r}: unit {device.unit} is used by {self.units[device.unit].name!r} "
+                             f"and {device.name!r}; expected one device per unit id")
+        self.units[device.unit] = device
+        device.disconnect = lambda d=device: self._power(d, up=False)  # type: ignore[method-assign]
+        device.reconnect = lambda d=device: self._power(d, up=True)  # type: ignore[method-assign]
+
+    async def _power(self, device: ModbusDevice, *, up: bool) -> None:
+        device.present = up
+        was_down = bool(self._down)
+        (self._down.discard if up else self._down.add)(device.name)
+        if was_down and not self._down:
+            await self.server.start()
+        elif not was_down and self._down:
+            await self.server.stop()
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    def _lookup(self, unit: int) -> Read | None:
+        device = self.units.get(unit)
+        if device is None or not device.present:
+            return None
+
+        async def read(function_code: int, address: int, count: int) -> Sequence[int] | int:
+            device.advance()
+            hits = device.faults.draw(device.clock.t(), device.next_frame())
+            if "drop_reply" in hits:
+                raise NoReply
+            delay = device.response_delay + (hits["late_reply"].delay if "late_reply" in hits else 0.0)
+            if delay:
+                await asyncio.sleep(delay)
+            if "exception" in hits:
+                return hits["exception"].code
+            return await device.read(function_code, address, count)
+
+        return read
+
+
+TCP_FAULTS = ("drop_reply", "late_reply", "exception", "disconnect", "stuck_value")
