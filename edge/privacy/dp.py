@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Protocol
 
@@ -70,53 +70,56 @@ def variance(epsilon: float, sensitivity: int = 1) -> float:
 
 
 @dataclass(slots=True)
-class _RuleSpend:
-    releases: int = 0
-    charged: Fraction = Fraction(0)
+class _PeriodSpend:
+    spent: Fraction = Fraction(0)
+    refused: int = 0
+    releases: dict[str, int] = field(default_factory=dict)  # per rule, for max_windows
 
 
 class Accountant:
-    """Keeps the epsilon spent in the current budget period and refuses releases that would exceed it.
+    """Keeps the epsilon spent per budget period and refuses releases that would exceed it.
 
-    Periods are aligned to UTC midnight.  Spending uses basic sequential composition in
-    exact fractions.  A rule with ``max_windows = L`` counts each person in at most L
-    windows per period, so its releases beyond the L-th cost nothing more: one person's
-    privacy loss from that rule is at most L·epsilon however many windows are released.
+    A release is charged to the period its window starts in (periods align to UTC
+    midnight), so a window closed late never spends the next period's budget.
+    Spending uses basic sequential composition in exact fractions.  A rule with
+    ``max_windows = L`` counts each person in at most L windows per period, so its
+    releases beyond the L-th cost nothing more: one person's privacy loss from that rule
+    is at most L·epsilon however many windows are released.
     """
+
+    KEEP_PERIODS = 3  # older periods are closed: a release charged to one is refused
 
     def __init__(self, *, epsilon: float, period_ms: int, rng: IntegerSource | None = None) -> None:
         self.total = Fraction(str(epsilon))
         self.period_ms = period_ms
         self.rng: IntegerSource = rng or random.SystemRandom()
-        self._period: int | None = None
-        self.spent = Fraction(0)
-        self.refused = 0
-        self._rules: dict[str, _RuleSpend] = {}
+        self._periods: dict[int, _PeriodSpend] = {}
 
-    def period(self, now_ms: int) -> int:
-        return now_ms // self.period_ms
+    def period(self, ts_ms: int) -> int:
+        return ts_ms // self.period_ms
 
-    def _roll(self, now_ms: int) -> None:
-        p = self.period(now_ms)
-        if p != self._period:
-            self._period = p
-            self.spent = Fraction(0)
-            self.refused = 0
-            self._rules.clear()
+    def _spend(self, ts_ms: int) -> _PeriodSpend | None:
+        p = self.period(ts_ms)
+        if p not in self._periods:
+            if self._periods and p <= max(self._periods) - self.KEEP_PERIODS:
+                return None
+            self._periods[p] = _PeriodSpend()
+            for old in [q for q in self._periods if q <= max(self._periods) - self.KEEP_PERIODS]:
+                del self._periods[old]
+        return self._periods[p]
 
-    def charge(self, rule: str, epsilon: float, now_ms: int, *, max_windows: int | None = None) -> bool:
-        """Spend ``epsilon`` for one release of ``rule``; False (and nothing spent) if the budget is short."""
-        self._roll(now_ms)
-        spend = self._rules.setdefault(rule, _RuleSpend())
-        cost = Fraction(str(epsilon))
-        if max_windows is not None and spend.releases >= max_windows:
-            cost = Fraction(0)
-        if self.spent + cost > self.total:
-            self.refused += 1
+    def charge(self, rule: str, epsilon: float, ts_ms: int, *, max_windows: int | None = None) -> bool:
+        """Spend ``epsilon`` for one release of ``rule`` in the period of ``ts_ms``; False if the budget is short."""
+        spend = self._spend(ts_ms)
+        if spend is None:
             return False
-        self.spent += cost
-        spend.releases += 1
-        spend.charged += cost
+        done = spend.releases.get(rule, 0)
+        cost = Fraction(0) if max_windows is not None and done >= max_windows else Fraction(str(epsilon))
+        if spend.spent + cost > self.total:
+            spend.refused += 1
+            return False
+        spend.spent += cost
+        spend.releases[rule] = done + 1
         return True
 
     def noisy(self, value: int, epsilon: float) -> int:
@@ -124,18 +127,18 @@ class Accountant:
         t, s = noise_scale(epsilon)
         return value + discrete_laplace(self.rng, t, s)
 
-    def exhausted(self, now_ms: int, epsilon: float) -> bool:
-        self._roll(now_ms)
-        return self.spent + Fraction(str(epsilon)) > self.total
+    def exhausted(self, ts_ms: int, epsilon: float) -> bool:
+        spend = self._spend(ts_ms)
+        return spend is None or spend.spent + Fraction(str(epsilon)) > self.total
 
-    def state(self, now_ms: int) -> dict[str, object]:
-        """What the stage reports: epsilon per period, spent, left, releases refused this period."""
-        self._roll(now_ms)
+    def state(self, ts_ms: int) -> dict[str, object]:
+        """The period containing ``ts_ms``: epsilon per period, spent, left, releases refused."""
+        spend = self._spend(ts_ms) or _PeriodSpend(spent=self.total)
         return {
             "epsilon": float(self.total),
             "period_ms": self.period_ms,
-            "period_start_ms": (self._period or 0) * self.period_ms,
-            "spent": float(self.spent),
-            "left": float(self.total - self.spent),
-            "refused": self.refused,
+            "period_start_ms": self.period(ts_ms) * self.period_ms,
+            "spent": float(spend.spent),
+            "left": float(self.total - spend.spent),
+            "refused": spend.refused,
         }

@@ -345,7 +345,7 @@ class PrivacyStage:
             return self._summarise(plan, start, window)
         count = window.close()  # type: ignore[union-attr]
         if rule.epsilon is not None and self._accountant is not None:
-            if not self._accountant.charge(plan.channel.id, rule.epsilon, now_ms, max_windows=rule.max_windows):
+            if not self._accountant.charge(plan.channel.id, rule.epsilon, start, max_windows=rule.max_windows):
                 self._budget_refused += 1
                 return self._release(Reading(f"{_device(plan.channel.id)}/{BUDGET_CHANNEL}", start, True))
             count = self._accountant.noisy(count, rule.epsilon)

@@ -1,0 +1,180 @@
+"""What each rule lets out of the privacy stage, and default deny."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.privacy import PrivacyStage
+from edge.types import Channel, Kind, Quality, Reading
+
+from .support import GPS_CHANNELS, MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
+
+PM = Channel("pm-1/pm2_5", unit="ug/m3", resolution=0.1)
+TEMP = Channel("weather-1/temperature", unit="Cel", resolution=0.1)
+
+
+def stage(body: str, channels, clock: Clock | None = None) -> PrivacyStage:
+    return PrivacyStage(make_policy(body), channels, clock_ms=clock or Clock())
+
+
+def test_a_channel_the_policy_does_not_name_never_leaves() -> None:
+    s = stage('[channels."pm-1/pm2_5"]\nrule = "keep"\n', [PM, TEMP])
+    assert s.process(Reading("weather-1/temperature", MIDNIGHT_MS, 21.5)) == []
+    assert [c.id for c in s.output_channels()] == ["pm-1/pm2_5"]
+    assert s.stats()["dropped"] == {"default_deny": 1}
+
+
+def test_an_undeclared_channel_never_leaves_even_if_a_glob_would_keep_it() -> None:
+    s = stage('[channels."*"]\nrule = "keep"\n', [PM])
+    assert s.process(Reading("rogue/value", MIDNIGHT_MS, 1)) == []
+
+
+def test_drop_releases_nothing_and_is_counted_by_reason() -> None:
+    s = stage('[channels."ped-1/*"]\nrule = "drop"\n', PED_CHANNELS)
+    assert s.process(Reading("ped-1/rssi", MIDNIGHT_MS, -70)) == []
+    assert s.stats()["dropped"] == {"drop": 1}
+
+
+def test_keep_releases_the_reading_unchanged() -> None:
+    s = stage('[channels."pm-1/pm2_5"]\nrule = "keep"\n', [PM])
+    r = Reading("pm-1/pm2_5", MIDNIGHT_MS + 5, 12.3, "ug/m3", Quality.SUSPECT)
+    assert s.process(r) == [r]
+
+
+def test_quantize_rounds_to_the_step_and_declares_it_as_resolution() -> None:
+    s = stage('[channels."weather-1/temperature"]\nrule = "quantize"\nstep = 0.5\n', [TEMP])
+    assert [r.value for r in s.process(Reading(TEMP.id, MIDNIGHT_MS, 21.26))] == [21.5]
+    assert [r.value for r in s.process(Reading(TEMP.id, MIDNIGHT_MS, 21.24))] == [21.0]
+    assert s.output_channels()[0].resolution == 0.5
+
+
+def test_quantize_drops_a_value_that_is_not_a_number() -> None:
+    s = stage('[channels."weather-1/temperature"]\nrule = "quantize"\nstep = 0.5\n', [TEMP])
+    assert s.process(Reading(TEMP.id, MIDNIGHT_MS, float("nan"))) == []
+    assert s.stats()["dropped"] == {"bad_value": 1}
+
+
+def test_round_time_floors_the_timestamp_to_the_step() -> None:
+    s = stage('[channels."pm-1/pm2_5"]\nrule = "round_time"\nstep = "1m"\n', [PM])
+    (out,) = s.process(Reading(PM.id, MIDNIGHT_MS + 119_999, 5.0))
+    assert out.ts_ms == MIDNIGHT_MS + 60_000
+
+
+def test_aggregate_releases_only_window_summaries_at_the_window_start_when_the_window_closes() -> None:
+    clock = Clock()
+    s = stage('[channels."weather-1/*"]\nrule = "aggregate"\nwindow = "5m"\nfunctions = ["mean", "min", "max", "count", "sum", "last"]\n', [TEMP], clock)
+    for i, v in enumerate([20.0, 22.0, 21.0]):
+        assert s.process(Reading(TEMP.id, MIDNIGHT_MS + i * 60_000, v)) == []
+    assert s.tick(MIDNIGHT_MS + 299_999) == []
+    out = {r.channel: r.value for r in s.tick(MIDNIGHT_MS + 300_000)}
+    assert out == {
+        "weather-1/temperature.mean_5m": 21.0,
+        "weather-1/temperature.min_5m": 20.0,
+        "weather-1/temperature.max_5m": 22.0,
+        "weather-1/temperature.count_5m": 3,
+        "weather-1/temperature.sum_5m": 63.0,
+        "weather-1/temperature.last_5m": 21.0,
+    }
+    assert {r.ts_ms for r in s.tick(MIDNIGHT_MS + 300_000)} == set()
+    assert [c.id for c in s.output_channels()] == list(out)
+
+
+def test_aggregate_windows_align_to_utc_boundaries_not_to_the_first_reading() -> None:
+    s = stage('[channels."weather-1/*"]\nrule = "aggregate"\nwindow = "1h"\n', [TEMP])
+    s.process(Reading(TEMP.id, MIDNIGHT_MS + 59 * 60_000, 1.0))
+    s.process(Reading(TEMP.id, MIDNIGHT_MS + 61 * 60_000, 3.0))
+    out = s.tick(MIDNIGHT_MS + 2 * 3_600_000)
+    assert [(r.ts_ms - MIDNIGHT_MS, r.value) for r in out] == [(0, 1.0), (3_600_000, 3.0)]
+
+
+def test_a_reading_for_an_already_released_window_is_dropped_as_late() -> None:
+    s = stage('[channels."weather-1/*"]\nrule = "aggregate"\nwindow = "5m"\n', [TEMP])
+    s.process(Reading(TEMP.id, MIDNIGHT_MS, 1.0))
+    s.tick(MIDNIGHT_MS + 300_000)
+    assert s.process(Reading(TEMP.id, MIDNIGHT_MS + 1000, 9.0)) == []
+    assert s.stats()["dropped"] == {"late": 1}
+
+
+def test_aggregate_leaves_out_readings_the_device_marked_bad() -> None:
+    s = stage('[channels."weather-1/*"]\nrule = "aggregate"\nwindow = "5m"\n', [TEMP])
+    s.process(Reading(TEMP.id, MIDNIGHT_MS, 1.0))
+    s.process(Reading(TEMP.id, MIDNIGHT_MS, 999.0, quality=Quality.BAD))
+    assert [r.value for r in s.flush(MIDNIGHT_MS + 1000)] == [1.0]
+
+
+def test_flush_releases_partial_windows_at_shutdown() -> None:
+    s = stage('[channels."weather-1/*"]\nrule = "aggregate"\nwindow = "1h"\n', [TEMP])
+    s.process(Reading(TEMP.id, MIDNIGHT_MS + 10, 4.0))
+    assert [(r.channel, r.ts_ms, r.value) for r in s.flush(MIDNIGHT_MS + 60_000)] == [
+        ("weather-1/temperature.mean_1h", MIDNIGHT_MS, 4.0)
+    ]
+
+
+GRID = """
+[channels."gps-1/*"]
+rule = "generalize_location"
+grid = "250m"
+"""
+
+
+def test_generalize_location_releases_the_centre_of_the_grid_cell() -> None:
+    s = stage(GRID, GPS_CHANNELS)
+    (lat,) = s.process(Reading("gps-1/latitude", MIDNIGHT_MS, 43.6452123))
+    (lon,) = s.process(Reading("gps-1/longitude", MIDNIGHT_MS, -79.3957123))
+    cell_lat = 250 / 111_320
+    assert abs(lat.value - 43.6452123) <= cell_lat / 2 + 1e-7
+    assert lat.value != 43.6452123 and lon.value != -79.3957123
+    # a nearby position in the same cell gives the same output
+    (lat2,) = s.process(Reading("gps-1/latitude", MIDNIGHT_MS, lat.value + cell_lat / 4))
+    assert lat2.value == lat.value
+    assert not any(c.personal for c in s.output_channels())
+
+
+def test_grid_cells_are_about_as_wide_as_asked_on_the_ground() -> None:
+    import math
+
+    s = stage(GRID, GPS_CHANNELS)
+    s.process(Reading("gps-1/latitude", MIDNIGHT_MS, 43.6452))
+    lons = {s.process(Reading("gps-1/longitude", MIDNIGHT_MS, -79.4 + i * 1e-5))[0].value for i in range(2000)}
+    steps = sorted(b - a for a, b in zip(sorted(lons), sorted(lons)[1:]))
+    metres = steps[0] * 111_320 * math.cos(math.radians(43.6452))
+    assert 240 < metres < 260
+
+
+def test_generalize_location_by_geohash_uses_the_geohash_cell_of_each_axis() -> None:
+    s = stage('[channels."gps-1/*"]\nrule = "generalize_location"\ngeohash = 5\n', GPS_CHANNELS)
+    (lat,) = s.process(Reading("gps-1/latitude", MIDNIGHT_MS, 43.6452))
+    (lon,) = s.process(Reading("gps-1/longitude", MIDNIGHT_MS, -79.3957))
+    # geohash "dpz83": 12 latitude bits and 13 longitude bits
+    assert lat.value == pytest.approx(-90 + (int((43.6452 + 90) / (180 / 4096)) + 0.5) * 180 / 4096, abs=1e-7)
+    assert lon.value == pytest.approx(-180 + (int((-79.3957 + 180) / (360 / 8192)) + 0.5) * 360 / 8192, abs=1e-7)
+
+
+def test_generalize_location_needs_to_know_the_axis() -> None:
+    from edge.privacy import PolicyError
+
+    odd = [Channel("gps-1/northing", unit="m", personal=True)]
+    with pytest.raises(PolicyError, match='set axis = "latitude" or axis = "longitude"'):
+        stage('[channels."gps-1/*"]\nrule = "generalize_location"\ngrid = "1km"\n', odd)
+
+
+def test_pseudonymize_releases_a_hex_pseudonym_of_the_configured_bits_on_a_non_personal_string_channel() -> None:
+    s = stage('[channels."ped-1/mac"]\nrule = "pseudonymize"\nbits = 64\n', PED_CHANNELS)
+    (a,) = s.process(Reading("ped-1/mac", MIDNIGHT_MS, "aa:bb:cc:dd:ee:01"))
+    (b,) = s.process(Reading("ped-1/mac", MIDNIGHT_MS + 1, "aa:bb:cc:dd:ee:01"))
+    (c,) = s.process(Reading("ped-1/mac", MIDNIGHT_MS + 2, "aa:bb:cc:dd:ee:02"))
+    assert len(a.value) == 16 and int(a.value, 16) >= 0
+    assert a.value == b.value != c.value
+    (out,) = s.output_channels()
+    assert (out.id, out.kind, out.personal) == ("ped-1/mac", Kind.STRING, False)
+
+
+def test_budget_channel_is_declared_for_each_device_with_a_noisy_count() -> None:
+    s = stage(
+        '[privacy_budget]\nepsilon = 1.0\n[channels."ped-1/mac"]\nrule = "count_distinct"\nwindow = "15m"\nepsilon = 0.5\n',
+        PED_CHANNELS,
+    )
+    assert [(c.id, c.kind) for c in s.output_channels()] == [
+        ("ped-1/mac.distinct_15m", Kind.NUMBER),
+        ("ped-1/privacy.budget_exhausted", Kind.BOOL),
+    ]
