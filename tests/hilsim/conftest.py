@@ -1,0 +1,3 @@
+"""hil-sim's own tests use the fixtures hil-sim offers every test package."""
+
+from hilsim.pytest_plugin import hilsim_run, uplink_proxy  # noqa: F401
