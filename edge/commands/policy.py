@@ -129,7 +129,12 @@ def _check(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         return _fail(exc.problems)
     print(f"{args.policy}: {len(policy.rules)} rules, digest {policy.digest.hex()}")
-    print(f"signed by governance key {policy.signed_by}" if policy.signed_by else "signature: not checked (no --governance-key)" if not args.governance_key else "signature: none")
+    if policy.signed_by:
+        print(f"signature: valid, governance key {policy.signed_by}")
+    elif args.governance_key:
+        print("signature: none (the policy is not signed)")
+    else:
+        print("signature: not checked (give --governance-key to check it)")
     if args.config:
         try:
             channels = _declared_channels(_load_config(args.config))
