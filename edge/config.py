@@ -210,6 +210,8 @@ def _name(example: str, noun: str) -> Str:
     return Str(expected=f'a {noun} like "{example}"', pattern=_NAME_PATTERN, rule=_NAME_RULE, max_length=64)
 
 
+_DEVICE_KEYS = ("name", "driver", "bus", "address", "poll_interval", "enabled")
+
 # -- cross-field rules ----------------------------------------------------------
 
 
@@ -383,7 +385,10 @@ def _check_options(driver_cls: type[Driver], options: dict[str, Any], ctx: Conte
     specs = driver_cls.manifest.options
     known: dict[str, Any] = {}
     for key, value in options.items():
-        if key not in specs:
+        if key not in specs and key in _DEVICE_KEYS:
+            # TOML puts every key after [devices.options] into the options table: a classic slip.
+            ctx.report(join(where, key), f'unknown option; "{key}" is a device setting: move it above [devices.options]')
+        elif key not in specs:
             ctx.unknown(join(where, key), key, specs)
         elif _is_path_option(specs[key].type) and isinstance(value, str) and value:
             # A path option means a file next to the config, like every other path in it.

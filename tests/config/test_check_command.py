@@ -1,4 +1,4 @@
-"""`ocn-edge check CONFIG`, run as the installed console script: exit 0 and the effective config, or exit 2 and every problem."""
+"""`ocn-edge check CONFIG`: exit 0 and the effective config, or exit 2 and every problem (exit codes via the real console script)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from edge.cli import main
 
 OCN_EDGE = Path(sys.executable).with_name("ocn-edge")
 
@@ -42,10 +44,11 @@ def test_a_valid_file_exits_0_and_prints_the_effective_config(site: Path) -> Non
     assert result.stderr == "gateway.toml: valid (0 buses, 0 of 0 devices enabled)\n"
 
 
-def test_quiet_prints_nothing_for_a_valid_file(site: Path) -> None:
+def test_quiet_prints_nothing_for_a_valid_file(site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     (site / "gateway.toml").write_text(VALID)
-    result = check("--quiet", "gateway.toml", cwd=site)
-    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    monkeypatch.chdir(site)
+    assert main(["check", "--quiet", "gateway.toml"]) == 0
+    assert capsys.readouterr() == ("", "")
 
 
 def test_an_invalid_file_exits_2_and_lists_every_problem_on_stderr(site: Path) -> None:
@@ -65,14 +68,20 @@ def test_a_missing_file_exits_2(site: Path) -> None:
     assert (result.returncode, result.stderr) == (2, "nowhere.toml: no such file\nnowhere.toml: 1 problem; the gateway will not start\n")
 
 
-def test_the_printed_effective_config_passes_the_check_itself(site: Path) -> None:
+def test_the_printed_effective_config_passes_the_check_itself(
+    site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     (site / "gateway.toml").write_text(VALID)
-    (site / "effective.toml").write_text(check("gateway.toml", cwd=site).stdout)
-    again = check("effective.toml", cwd=site)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[1:] == check("gateway.toml", cwd=site).stdout.splitlines()[1:]
+    monkeypatch.chdir(site)
+    assert main(["check", "gateway.toml"]) == 0
+    effective = capsys.readouterr().out
+    (site / "effective.toml").write_text(effective)
+    assert main(["check", "effective.toml"]) == 0
+    again = capsys.readouterr().out
+    assert again.splitlines()[1:] == effective.splitlines()[1:]  # the first line is a comment naming the file
 
 
-def test_check_is_listed_in_the_command_help(site: Path) -> None:
-    result = subprocess.run([str(OCN_EDGE), "--help"], capture_output=True, text=True, timeout=60)
-    assert "validate a gateway config file and print the effective settings" in result.stdout
+def test_check_is_listed_in_the_command_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "validate a gateway config file and print the effective settings" in capsys.readouterr().out

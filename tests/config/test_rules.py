@@ -214,3 +214,11 @@ def test_a_ca_bundle_with_a_plain_http_hub_is_pointed_out(problems: Problems, co
         f'gateway.toml: uplink.ca = "{config_dir / "ca.pem"}": a CA bundle applies only to an https hub;'
         ' hub is "http://hub.example.org/"'
     ]
+
+
+def test_a_device_setting_written_below_its_options_table_says_to_move_it(problems: Problems) -> None:
+    text = GATEWAY + RTU + meter("meter-1") + 'poll_interval = "5s"\n'
+    assert problems(text) == [
+        'gateway.toml: devices[0].options.poll_interval: unknown option; "poll_interval" is a device setting:'
+        " move it above [devices.options]"
+    ]
