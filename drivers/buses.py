@@ -121,6 +121,7 @@ class ModbusBus:
             self.what = f"Modbus RTU bus {config.name!r} ({config.port})"
         self._reopen = _Reopener(self.what, reopen_max)
         self._lock = asyncio.Lock()
+        self._open = asyncio.Event()
         self._last_frame_end = 0.0
         self._units: dict[int, _Unit] = {}
         self._started = time.monotonic()
@@ -139,11 +140,18 @@ class ModbusBus:
                     await asyncio.sleep(self._reopen.failed(str(exc)))
                     continue
                 self._reopen.opened()
+                self._open.set()
                 await self.link.wait_lost()
+                self._open.clear()
                 self._reopen.failed("connection lost")
                 self.link.close()
         finally:
+            self._open.clear()
             self.link.close()
+
+    async def wait_open(self) -> None:
+        """Wait until the line is open (drivers call this once before their first poll)."""
+        await self._open.wait()
 
     async def read(self, unit: int, function: str, address: int, count: int, *,
                    timeout: float | None = None, used: int | None = None) -> list[int] | list[bool]:

@@ -119,13 +119,21 @@ class ModbusLink:
             )
         # A silent unit must never make pymodbus drop a healthy shared connection.
         self._client.set_max_no_responses(2**31)
+        # pymodbus traces its whole receive buffer on every arrival, so incoming bytes are
+        # counted where they arrive instead.
+        protocol = self._client.ctx
+        arrive = protocol.datagram_received
+
+        def received(data: bytes, addr: tuple | None) -> None:
+            self.bytes_in += len(data)
+            self._received_during_request += len(data)
+            arrive(data, addr)
+
+        protocol.datagram_received = received
 
     def _count(self, sending: bool, data: bytes) -> bytes:
         if sending:
             self.bytes_out += len(data)
-        else:
-            self.bytes_in += len(data)
-            self._received_during_request += len(data)
         return data
 
     def _connected(self, up: bool) -> None:

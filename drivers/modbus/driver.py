@@ -108,6 +108,7 @@ class ModbusDriver(Driver):
 
     async def run(self, emit: Emit) -> None:
         interval = self.ctx.poll_interval
+        await self.ctx.bus.wait_open()  # no "not open" warning for the moments before the line first opens
         next_at = time.monotonic()
         while True:
             result = await self.poll()
