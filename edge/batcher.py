@@ -18,6 +18,7 @@ so the event loop keeps reading sensors meanwhile.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import time
@@ -36,6 +37,8 @@ __all__ = ["Batcher", "BatcherCounters"]
 log = logging.getLogger("ocn.batcher")
 
 _STORE_RETRY_S = 5.0
+# Closed batches allowed to wait for the sealing thread before `add` seals them itself.
+_MAX_READY = 4
 
 
 def _now_ms() -> int:
@@ -127,8 +130,14 @@ class Batcher:
             self._close_open()
             self._policy_digest = digest
 
-    def add(self, reading: Reading) -> None:
-        """Take one released reading; never blocks (sealing happens in `run` or `flush`)."""
+    async def add(self, reading: Reading) -> None:
+        """Take one released reading; waits only when sealed-but-unstored batches pile up (backpressure)."""
+        self.add_nowait(reading)
+        if len(self._ready) > _MAX_READY:
+            await self._seal_ready()
+
+    def add_nowait(self, reading: Reading) -> None:
+        """Take one released reading without waiting (sealing happens in `run`, `flush` or the next `add`)."""
         window = reading.ts_ms // self.span_ms
         pending = self._open
         if pending is not None and window > pending.window:
@@ -140,6 +149,10 @@ class Batcher:
         self.counters.readings_in += 1
         if len(pending.readings) >= self.max_readings:
             self._close_open()
+
+    def stats(self) -> dict[str, int]:
+        """Counters and the readings still in memory, for the status line and the local API."""
+        return dict(dataclasses.asdict(self.counters), unsealed=self.unsealed)
 
     @property
     def unsealed(self) -> int:

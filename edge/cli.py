@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hilsim.cli",
     "edge.commands.check",
     "edge.commands.policy",
+    "edge.commands.enrol",
 )
 
 DESCRIPTION = """\

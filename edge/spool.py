@@ -14,14 +14,17 @@ ones that commit (``put``, ``ack``, ``quarantine``) through ``asyncio.to_thread`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from edge.protocol import peek_header
 
@@ -173,7 +176,7 @@ class Spool:
         ).fetchone()
 
     @classmethod
-    def open(
+    async def open(
         cls,
         path: str | os.PathLike[str],
         *,
@@ -182,6 +185,18 @@ class Spool:
         clock_ms: Callable[[], int] = _now_ms,
     ) -> Spool:
         """Open (creating if needed) the spool database at ``path``."""
+        return await asyncio.to_thread(cls.open_blocking, path, max_bytes=max_bytes, when_full=when_full, clock_ms=clock_ms)
+
+    @classmethod
+    def open_blocking(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        when_full: str = "drop_oldest",
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> Spool:
+        """`open` for code without an event loop (tools, benchmarks)."""
         path = Path(path)
         if when_full not in WHEN_FULL:
             raise SpoolError(f"spool when_full = {when_full!r}: expected one of {', '.join(WHEN_FULL)}")
@@ -207,15 +222,23 @@ class Spool:
             raise SpoolError(f"spool {path}: cannot open the spool database: {exc}") from exc
         return cls(path, conn, max_bytes=max_bytes, when_full=when_full, clock_ms=clock_ms)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the database; committed batches stay on disk."""
+        await asyncio.to_thread(self.close_blocking)
+
+    def close_blocking(self) -> None:
+        """`close` for code without an event loop."""
         with self._lock:
             self._conn.close()
 
     # -- boots -------------------------------------------------------------------------
 
-    def begin_boot(self) -> BootInfo:
+    async def begin_boot(self) -> BootInfo:
         """Start a new boot epoch; a previous run that never called `mark_clean_shutdown` counts as unclean."""
+        return await asyncio.to_thread(self.begin_boot_blocking)
+
+    def begin_boot_blocking(self) -> BootInfo:
+        """`begin_boot` for code without an event loop."""
         with self._lock, self._transaction():
             meta = dict(self._conn.execute("SELECT name, value FROM meta WHERE name IN ('boot_epoch', 'running')"))
             epoch = meta.get("boot_epoch", 0) + 1
@@ -235,8 +258,12 @@ class Spool:
             )
         return BootInfo(epoch, unclean, self._counters["unclean_stops"])
 
-    def mark_clean_shutdown(self) -> None:
+    async def mark_clean_shutdown(self) -> None:
         """Record that this run stopped on purpose, after its last batch was stored."""
+        await asyncio.to_thread(self.mark_clean_shutdown_blocking)
+
+    def mark_clean_shutdown_blocking(self) -> None:
+        """`mark_clean_shutdown` for code without an event loop."""
         with self._lock, self._transaction():
             self._set_meta("running", 0)
 
@@ -417,8 +444,12 @@ class Spool:
         with self._lock:
             return dict(self._counters)
 
-    def stats(self) -> SpoolStats:
-        """Backlog, quota and loss counters for the status line and the status report."""
+    def stats(self) -> dict[str, Any]:
+        """Backlog, quota and loss counters for the status line and the status report (the fields of SpoolStats)."""
+        return dataclasses.asdict(self.stats_record())
+
+    def stats_record(self) -> SpoolStats:
+        """`stats` as a typed record."""
         with self._lock:
             oldest = self._conn.execute("SELECT created_ms FROM batches ORDER BY row LIMIT 1").fetchone()
             age = None if oldest is None else max(0.0, (self._clock_ms() - oldest[0]) / 1000)

@@ -12,6 +12,7 @@ minutes.  Retry rules and the byte budget: docs/spool-and-uplink.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -135,6 +136,10 @@ class Uplink:
         self._budget_day = -1
         self._budget_used = 0
         self._budget_logged = False
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the status line and the local API."""
+        return dict(dataclasses.asdict(self.counters), reachable=self.reachable, hub=self.hub_url)
 
     @property
     def reachable(self) -> bool:
@@ -315,7 +320,7 @@ class Uplink:
 
     def status_report(self) -> dict[str, Any]:
         """The status report as it would be signed now: spool backlog, loss counters, boot epoch, digests."""
-        stats = self._spool.stats()
+        stats = self._spool.stats_record()
         report: dict[str, Any] = {
             "device_id": self.device_id,
             "ts_ms": self._clock_ms(),

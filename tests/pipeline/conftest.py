@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,11 +19,11 @@ def device_key() -> Ed25519PrivateKey:
 
 
 @pytest.fixture
-def spool(tmp_path) -> Iterator[Spool]:
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=50_000_000)
-    spool.begin_boot()
+async def spool(tmp_path) -> AsyncIterator[Spool]:
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=50_000_000)
+    await spool.begin_boot()
     yield spool
-    spool.close()
+    await spool.close()
 
 
 @pytest.fixture

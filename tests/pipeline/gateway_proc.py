@@ -29,8 +29,8 @@ COUNTER = Channel("gen-1/counter", unit="count", resolution=1.0)
 
 async def main(state_dir: Path, hub_url: str, stop_after: float | None) -> int:
     key = load_private_key(state_dir / "device.key")
-    spool = Spool.open(state_dir / "spool.db", max_bytes=100_000_000)
-    boot = spool.begin_boot()
+    spool = await Spool.open(state_dir / "spool.db", max_bytes=100_000_000)
+    boot = await spool.begin_boot()
     log_fd = os.open(state_dir / "sealed.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     uplink = Uplink(
         spool=spool,
@@ -64,19 +64,19 @@ async def main(state_dir: Path, hub_url: str, stop_after: float | None) -> int:
     start = time.monotonic()
     n = 0
     while stop_after is None or time.monotonic() - start < stop_after:
-        batcher.add(Reading(COUNTER.id, time.time_ns() // 1_000_000, boot.boot_epoch * 1_000_000 + n))
+        batcher.add_nowait(Reading(COUNTER.id, time.time_ns() // 1_000_000, boot.boot_epoch * 1_000_000 + n))
         n += 1
         await asyncio.sleep(0.001)
     tasks[0].cancel()
     await batcher.flush()
-    while spool.stats().batches:
+    while spool.stats()["batches"]:
         await asyncio.sleep(0.02)
     await uplink.send_status()
     tasks[1].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await uplink.aclose()
-    spool.mark_clean_shutdown()
-    spool.close()
+    await spool.mark_clean_shutdown()
+    await spool.close()
     return 0
 
 

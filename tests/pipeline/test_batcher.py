@@ -44,9 +44,9 @@ async def test_a_batch_is_sealed_as_soon_as_max_readings_are_collected(spool, de
     batcher = make_batcher(spool, device_key, max_readings=100)
     task = asyncio.create_task(batcher.run())
     for r in volts(250):
-        batcher.add(r)
+        batcher.add_nowait(r)
     for _ in range(100):
-        if spool.stats().batches == 2:
+        if spool.stats()["batches"] == 2:
             break
         await asyncio.sleep(0.02)
     task.cancel()
@@ -58,9 +58,9 @@ async def test_readings_wait_in_memory_no_longer_than_the_flush_interval(spool, 
     batcher = make_batcher(spool, device_key, flush_interval_s=0.2)
     task = asyncio.create_task(batcher.run())
     for r in volts(3):
-        batcher.add(r)
+        batcher.add_nowait(r)
     await asyncio.sleep(0.1)
-    assert spool.stats().batches == 0
+    assert spool.stats()["batches"] == 0
     await asyncio.sleep(0.4)
     task.cancel()
     assert [len(b.readings) for b in stored(spool, device_key)] == [3]
@@ -69,7 +69,7 @@ async def test_readings_wait_in_memory_no_longer_than_the_flush_interval(spool, 
 async def test_a_reading_in_the_next_span_window_closes_the_current_batch(spool, device_key):
     batcher = make_batcher(spool, device_key, span_s=60)
     for r in volts(3, start=T0 + 57_000) + volts(2, start=T0 + 60_000):
-        batcher.add(r)
+        batcher.add_nowait(r)
     await batcher.flush()
     batches = stored(spool, device_key)
     assert [[r.ts_ms for r in b.readings] for b in batches] == [
@@ -82,20 +82,20 @@ async def test_the_batch_is_sealed_when_the_clock_passes_the_end_of_its_span(spo
     now = [T0 + 59_900]
     batcher = make_batcher(spool, device_key, span_s=60, clock_ms=lambda: now[0])
     task = asyncio.create_task(batcher.run())
-    batcher.add(Reading(VOLTAGE.id, T0 + 59_000, 231.0))
+    batcher.add_nowait(Reading(VOLTAGE.id, T0 + 59_000, 231.0))
     await asyncio.sleep(0.05)
-    assert spool.stats().batches == 0
+    assert spool.stats()["batches"] == 0
     now[0] = T0 + 60_000
     await asyncio.sleep(0.3)
     task.cancel()
-    assert spool.stats().batches == 1
+    assert spool.stats()["batches"] == 1
 
 
 async def test_flush_seals_everything_collected_and_keeps_every_value(spool, device_key):
     batcher = make_batcher(spool, device_key)
     readings = volts(10)
     for r in readings:
-        batcher.add(r)
+        batcher.add_nowait(r)
     await batcher.flush()
     [batch] = stored(spool, device_key)
     assert [(r.channel, r.ts_ms, r.value) for r in batch.readings] == [(r.channel, r.ts_ms, r.value) for r in readings]
@@ -108,10 +108,10 @@ async def test_flush_seals_everything_collected_and_keeps_every_value(spool, dev
 async def test_a_new_policy_digest_starts_a_new_batch(spool, device_key):
     batcher = make_batcher(spool, device_key)
     for r in volts(2):
-        batcher.add(r)
+        batcher.add_nowait(r)
     batcher.set_policy_digest(b"\x02" * 32)
     for r in volts(3, start=T0 + 5000):
-        batcher.add(r)
+        batcher.add_nowait(r)
     await batcher.flush()
     batches = stored(spool, device_key)
     assert [(b.header.policy_digest, len(b.readings)) for b in batches] == [(b"\x01" * 32, 2), (b"\x02" * 32, 3)]
@@ -121,7 +121,7 @@ async def test_channels_declared_at_run_time_travel_with_their_resolution(spool,
     batcher = make_batcher(spool, device_key)
     pm = Channel("pm-1/pm2_5", unit="ug/m3", resolution=0.1)
     batcher.set_channels([pm])
-    batcher.add(Reading(pm.id, T0, 12.3, "ug/m3"))
+    batcher.add_nowait(Reading(pm.id, T0, 12.3, "ug/m3"))
     await batcher.flush()
     [batch] = stored(spool, device_key)
     assert batch.channels == (pm,)
@@ -129,7 +129,7 @@ async def test_channels_declared_at_run_time_travel_with_their_resolution(spool,
 
 async def test_an_undeclared_channel_is_still_sealed_without_a_resolution(spool, device_key):
     batcher = make_batcher(spool, device_key)
-    batcher.add(Reading("door-1/open", T0, True))
+    batcher.add_nowait(Reading("door-1/open", T0, True))
     await batcher.flush()
     [batch] = stored(spool, device_key)
     assert [(c.id, c.kind, c.resolution) for c in batch.channels] == [("door-1/open", Kind.BOOL, None)]
@@ -137,15 +137,15 @@ async def test_an_undeclared_channel_is_still_sealed_without_a_resolution(spool,
 
 
 async def test_loss_counted_by_the_spool_travels_in_the_next_batch_header(tmp_path, device_key):
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=1, when_full="refuse_newest")
-    spool.begin_boot()
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1, when_full="refuse_newest")
+    await spool.begin_boot()
     batcher = make_batcher(spool, device_key)
     for r in volts(20):
-        batcher.add(r)
+        batcher.add_nowait(r)
     await batcher.flush()
     assert batcher.counters.readings_refused == 20
     spool.max_bytes = 1_000_000
-    batcher.add(Reading(VOLTAGE.id, T0 + 60_000, 230.0))
+    batcher.add_nowait(Reading(VOLTAGE.id, T0 + 60_000, 230.0))
     await batcher.flush()
     [batch] = stored(spool, device_key)
     assert batch.header.counters["readings_dropped"] == 20
@@ -157,7 +157,7 @@ async def test_a_batch_over_the_size_limit_is_split_rather_than_lost(spool, devi
     batcher = make_batcher(spool, device_key, channels=[note])
     readings = [Reading(note.id, T0 + i, os.urandom(15000).hex()) for i in range(100)]
     for r in readings:
-        batcher.add(r)
+        batcher.add_nowait(r)
     await batcher.flush()
     batches = stored(spool, device_key)
     assert len(batches) >= 2
@@ -169,7 +169,7 @@ async def test_cancelling_run_mid_seal_still_stores_the_batch(spool, device_key)
     batcher = make_batcher(spool, device_key, max_readings=5000)
     task = asyncio.create_task(batcher.run())
     for r in volts(5000):
-        batcher.add(r)
+        batcher.add_nowait(r)
     await asyncio.sleep(0)
     await asyncio.sleep(0.001)
     task.cancel()

@@ -57,12 +57,12 @@ async def test_sigkill_while_writing_and_sending_loses_and_duplicates_nothing(tm
     assert max(values.values()) == 1, "a reading reached the hub twice"
     assert sum(promised.values()) <= len(values)
 
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=100_000_000)
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=100_000_000)
     assert spool.check() == []
-    assert spool.stats().batches == 0
+    assert spool.stats()["batches"] == 0
     assert spool.counters()["unclean_stops"] == KILLS
     last = receiver.status_reports[-1]
     assert (last["boot_epoch"], last["unclean_stops"]) == (KILLS + 1, KILLS)
     last_run = [b for (_, epoch, _), b in receiver.batches.items() if epoch == KILLS + 1]
     assert last_run and all(b.header.counters["unclean_stops"] == KILLS for b in last_run)
-    spool.close()
+    await spool.close()

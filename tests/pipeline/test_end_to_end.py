@@ -50,14 +50,14 @@ async def test_every_reading_arrives_exactly_once_through_a_misbehaving_hub(spoo
     for step in range(600):
         for i, channel in enumerate(channels):
             reading = Reading(channel.id, t0 + step * 100, float(step * 10 + i), "W")
-            batcher.add(reading)
+            batcher.add_nowait(reading)
             sent.append((reading.channel, reading.ts_ms, reading.value))
         if step % 20 == 0:
             await asyncio.sleep(0.02)
     tasks[0].cancel()
     await batcher.flush()
     async with asyncio.timeout(60):
-        while spool.stats().batches:
+        while spool.stats()["batches"]:
             await asyncio.sleep(0.05)
     tasks[1].cancel()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -8,21 +8,21 @@ from edge.spool import Spool, SpoolError
 from tests.pipeline.conftest import seal_readings
 
 
-def test_a_stored_batch_is_there_after_reopening_without_a_clean_shutdown(tmp_path, device_key):
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
-    spool.begin_boot()
+async def test_a_stored_batch_is_there_after_reopening_without_a_clean_shutdown(tmp_path, device_key):
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    await spool.begin_boot()
     data = seal_readings(device_key, spool, 10)
     spool.put(data, readings=10)
-    spool.close()
+    await spool.close()
 
-    reopened = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    reopened = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
     [batch] = reopened.oldest(5)
     assert batch.data == data
     assert batch.readings == 10
     assert reopened.check() == []
 
 
-def test_batches_come_out_oldest_first(spool, device_key):
+async def test_batches_come_out_oldest_first(spool, device_key):
     sent = [seal_readings(device_key, spool, 3) for _ in range(4)]
     for data in sent:
         spool.put(data, readings=3)
@@ -30,57 +30,57 @@ def test_batches_come_out_oldest_first(spool, device_key):
     assert [b.id.seq for b in spool.oldest(10)] == [0, 1, 2, 3]
 
 
-def test_ack_forgets_only_the_named_batch(spool, device_key):
+async def test_ack_forgets_only_the_named_batch(spool, device_key):
     first = spool.put(seal_readings(device_key, spool, 2), readings=2)
     second = spool.put(seal_readings(device_key, spool, 2), readings=2)
     assert spool.ack(first) is True
     assert [b.row for b in spool.oldest(10)] == [second.row]
     assert spool.ack(first) is False
-    assert spool.stats().batches == 1
+    assert spool.stats()["batches"] == 1
 
 
-def test_a_new_boot_epoch_starts_each_run_and_sequence_numbers_restart(tmp_path, device_key):
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
-    assert spool.begin_boot().boot_epoch == 1
+async def test_a_new_boot_epoch_starts_each_run_and_sequence_numbers_restart(tmp_path, device_key):
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    assert (await spool.begin_boot()).boot_epoch == 1
     assert [spool.allocate_seq() for _ in range(3)] == [0, 1, 2]
-    spool.mark_clean_shutdown()
-    spool.close()
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
-    boot = spool.begin_boot()
+    await spool.mark_clean_shutdown()
+    await spool.close()
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    boot = await spool.begin_boot()
     assert (boot.boot_epoch, boot.unclean_stop, boot.unclean_stops_total) == (2, False, 0)
     assert spool.allocate_seq() == 0
 
 
-def test_a_run_that_never_marked_a_clean_shutdown_counts_as_an_unclean_stop(tmp_path):
+async def test_a_run_that_never_marked_a_clean_shutdown_counts_as_an_unclean_stop(tmp_path):
     for _ in range(2):
-        spool = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
-        spool.begin_boot()
-        spool.close()
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
-    boot = spool.begin_boot()
+        spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+        await spool.begin_boot()
+        await spool.close()
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    boot = await spool.begin_boot()
     assert (boot.boot_epoch, boot.unclean_stop, boot.unclean_stops_total) == (3, True, 2)
     assert spool.counters()["unclean_stops"] == 2
 
 
-def test_drop_oldest_makes_room_and_counts_the_dropped_readings_persistently(tmp_path, device_key):
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
-    spool.begin_boot()
+async def test_drop_oldest_makes_room_and_counts_the_dropped_readings_persistently(tmp_path, device_key):
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    await spool.begin_boot()
     batches = [seal_readings(device_key, spool, 50 + i) for i in range(5)]
     spool.max_bytes = sum(len(b) for b in batches[:3])
     for i, data in enumerate(batches):
         spool.put(data, readings=50 + i)
     kept = [b.data for b in spool.oldest(10)]
     assert kept == batches[2:]
-    assert spool.stats().bytes <= spool.max_bytes
-    spool.close()
-    reopened = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    assert spool.stats()["bytes"] <= spool.max_bytes
+    await spool.close()
+    reopened = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
     assert reopened.counters()["batches_dropped"] == 2
     assert reopened.counters()["readings_dropped"] == 50 + 51
 
 
-def test_refuse_newest_keeps_the_old_batches_and_counts_the_refused_one(tmp_path, device_key):
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000, when_full="refuse_newest")
-    spool.begin_boot()
+async def test_refuse_newest_keeps_the_old_batches_and_counts_the_refused_one(tmp_path, device_key):
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000, when_full="refuse_newest")
+    await spool.begin_boot()
     first, second = seal_readings(device_key, spool, 40), seal_readings(device_key, spool, 41)
     spool.max_bytes = len(first) + len(second) // 2
     assert spool.put(first, readings=40) is not None
@@ -89,9 +89,9 @@ def test_refuse_newest_keeps_the_old_batches_and_counts_the_refused_one(tmp_path
     assert spool.counters()["readings_dropped"] == 41
 
 
-def test_drop_oldest_spares_the_batch_being_sent(tmp_path, device_key):
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
-    spool.begin_boot()
+async def test_drop_oldest_spares_the_batch_being_sent(tmp_path, device_key):
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    await spool.begin_boot()
     batches = [seal_readings(device_key, spool, 30) for _ in range(3)]
     spool.put(batches[0], readings=30)
     spool.put(batches[1], readings=30)
@@ -101,34 +101,34 @@ def test_drop_oldest_spares_the_batch_being_sent(tmp_path, device_key):
     assert [b.data for b in spool.oldest(10)] == [in_flight.data, batches[2]]
 
 
-def test_a_quarantined_batch_leaves_the_queue_is_kept_and_counted(spool, device_key):
+async def test_a_quarantined_batch_leaves_the_queue_is_kept_and_counted(spool, device_key):
     batch = spool.put(seal_readings(device_key, spool, 7), readings=7)
     spool.quarantine(batch, reason="malformed", detail="payload is not OXP/1")
     assert spool.oldest(10) == []
     [(kept, reason, detail)] = spool.quarantined()
     assert (kept.data, reason, detail) == (batch.data, "malformed", "payload is not OXP/1")
     stats = spool.stats()
-    assert (stats.batches_quarantined, stats.readings_quarantined, stats.quarantine_batches) == (1, 7, 1)
+    assert (stats["batches_quarantined"], stats["readings_quarantined"], stats["quarantine_batches"]) == (1, 7, 1)
 
 
-def test_stats_report_the_backlog_and_the_age_of_the_oldest_batch(tmp_path, device_key):
+async def test_stats_report_the_backlog_and_the_age_of_the_oldest_batch(tmp_path, device_key):
     now = [1_790_000_100_000]
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=1_000_000, clock_ms=lambda: now[0])
-    spool.begin_boot()
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000, clock_ms=lambda: now[0])
+    await spool.begin_boot()
     data = seal_readings(device_key, spool, 12, start_ms=1_790_000_000_000)
     spool.put(data, readings=12)
     stats = spool.stats()
-    assert (stats.batches, stats.bytes, stats.readings) == (1, len(data), 12)
-    assert stats.oldest_age_s == pytest.approx(100.0)
+    assert (stats["batches"], stats["bytes"], stats["readings"]) == (1, len(data), 12)
+    assert stats["oldest_age_s"] == pytest.approx(100.0)
 
 
-def test_an_unknown_when_full_policy_is_refused_with_the_accepted_values(tmp_path):
+async def test_an_unknown_when_full_policy_is_refused_with_the_accepted_values(tmp_path):
     with pytest.raises(SpoolError, match="when_full = 'drop_newest': expected one of drop_oldest, refuse_newest"):
-        Spool.open(tmp_path / "spool.db", max_bytes=1000, when_full="drop_newest")
+        await Spool.open(tmp_path / "spool.db", max_bytes=1000, when_full="drop_newest")
 
 
-def test_a_file_that_is_not_a_spool_is_refused_naming_it(tmp_path):
+async def test_a_file_that_is_not_a_spool_is_refused_naming_it(tmp_path):
     path = tmp_path / "spool.db"
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(SpoolError, match=str(path)):
-        Spool.open(path, max_bytes=1000)
+        await Spool.open(path, max_bytes=1000)

@@ -40,7 +40,7 @@ async def deliver(uplink, spool, *, timeout=10.0):
     task = asyncio.create_task(uplink.run())
     try:
         async with asyncio.timeout(timeout):
-            while spool.stats().batches:
+            while spool.stats()["batches"]:
                 await asyncio.sleep(0.02)
     finally:
         task.cancel()
@@ -104,7 +104,7 @@ async def test_a_permanently_rejected_batch_is_quarantined_and_the_next_one_goes
     [(kept, reason, _)] = spool.quarantined()
     assert (kept.data, reason) == (rejected.data, "malformed")
     assert uplink.counters.batches_quarantined == 1
-    assert spool.stats().readings_quarantined == 10
+    assert spool.stats()["readings_quarantined"] == 10
 
 
 async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(spool, device_key, receiver, caplog):
@@ -126,7 +126,7 @@ async def test_a_hub_that_is_down_for_a_while_gets_the_backlog_oldest_first(spoo
     uplink = make_uplink(spool, device_key, url)
     task = asyncio.create_task(uplink.run())
     await asyncio.sleep(0.5)
-    assert not uplink.reachable and spool.stats().batches == 4
+    assert not uplink.reachable and spool.stats()["batches"] == 4
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await uplink.aclose()
@@ -208,11 +208,11 @@ async def test_tls_with_a_hub_certificate_from_another_ca_is_refused_and_loses_n
     assert [b.data for b in spool.oldest(5)] == [batch.data]
 
 
-def test_a_missing_ca_file_is_named_in_the_error(spool, device_key, tmp_path):
+async def test_a_missing_ca_file_is_named_in_the_error(spool, device_key, tmp_path):
     with pytest.raises(UplinkError, match="uplink ca = .*nowhere.pem"):
         make_uplink(spool, device_key, "https://127.0.0.1:1/", ca=tmp_path / "nowhere.pem")
 
 
-def test_a_hub_url_without_a_scheme_is_refused(spool, device_key):
+async def test_a_hub_url_without_a_scheme_is_refused(spool, device_key):
     with pytest.raises(UplinkError, match="expected an http:// or https:// URL"):
         make_uplink(spool, device_key, "127.0.0.1:8443")
