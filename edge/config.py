@@ -230,7 +230,9 @@ def _bus_connection(values: dict[str, Any], ctx: Context, path: str) -> None:
         if values["port"] is None:
             ctx.report(join(path, "port"), f'missing; a "{kind}" bus needs a serial port like "/dev/ttyUSB0"')
         if values["host"] not in (None, INVALID):
-            ctx.report_value(join(path, "host"), values["host"], f'only a "modbus-tcp" bus has a host; this bus is "{kind}"')
+            ctx.report_value(
+                join(path, "host"), values["host"], f'only a "modbus-tcp" bus has a host; this bus is "{kind}"'
+            )
     else:
         if values["host"] is None:
             ctx.report(join(path, "host"), f'missing; a "{kind}" bus needs a host like "192.168.1.20"')
@@ -265,7 +267,9 @@ def _unique_names(section: str) -> Callable[[dict[str, Any], Context, str], None
                 continue
             if name in first:
                 ctx.report_value(
-                    join(join(section, i), "name"), name, f"already the name of {section}[{first[name]}]; names must be unique"
+                    join(join(section, i), "name"),
+                    name,
+                    f"already the name of {section}[{first[name]}]; names must be unique",
                 )
             else:
                 first[name] = i
@@ -355,7 +359,9 @@ def _device_fits_driver(ctx: Context, where: str, device: Any, driver_cls: type[
     bus_name, address = value_of(device, "bus"), value_of(device, "address")
     if transport not in TRANSPORT_BUSES:
         known = _quoted_list(list(TRANSPORT_BUSES))
-        ctx.report(join(where, "driver"), f'driver "{driver}" declares transport "{transport}"; this gateway knows {known}')
+        ctx.report(
+            join(where, "driver"), f'driver "{driver}" declares transport "{transport}"; this gateway knows {known}'
+        )
         return
     fitting = TRANSPORT_BUSES[transport]
     if not fitting:
@@ -367,13 +373,17 @@ def _device_fits_driver(ctx: Context, where: str, device: Any, driver_cls: type[
         bus_type = value_of(buses[bus_name], "type")
         if isinstance(bus_type, str) and bus_type not in fitting:
             ctx.report_value(
-                join(where, "bus"), bus_name, f'driver "{driver}" needs a {_needs_text(fitting)}, but this is a "{bus_type}" bus'
+                join(where, "bus"),
+                bus_name,
+                f'driver "{driver}" needs a {_needs_text(fitting)}, but this is a "{bus_type}" bus',
             )
     if transport == "modbus":
         if address is None:
             ctx.report(join(where, "address"), f'missing; driver "{driver}" needs a Modbus unit id from 1 to 247')
     elif isinstance(address, int):
-        ctx.report_value(join(where, "address"), address, f'only Modbus devices have an address; driver "{driver}" is not one')
+        ctx.report_value(
+            join(where, "address"), address, f'only Modbus devices have an address; driver "{driver}" is not one'
+        )
 
 
 def _is_path_option(kind: object) -> bool:
@@ -387,7 +397,9 @@ def _check_options(driver_cls: type[Driver], options: dict[str, Any], ctx: Conte
     for key, value in options.items():
         if key not in specs and key in _DEVICE_KEYS:
             # TOML puts every key after [devices.options] into the options table: a classic slip.
-            ctx.report(join(where, key), f'unknown option; "{key}" is a device setting: move it above [devices.options]')
+            ctx.report(
+                join(where, key), f'unknown option; "{key}" is a device setting: move it above [devices.options]'
+            )
         elif key not in specs:
             ctx.unknown(join(where, key), key, specs)
         elif _is_path_option(specs[key].type) and isinstance(value, str) and value:
@@ -425,7 +437,8 @@ def _bus_not_double_booked(ctx: Context, bus_name: str, bus: Any, on_bus: list[t
             ctx.report_value(
                 join(join("devices", i), "bus"),
                 bus_name,
-                f"serial bus already carries devices[{first}]; a serial bus carries one device (use enabled = false for spares)",
+                f"serial bus already carries devices[{first}]; "
+                "a serial bus carries one device (use enabled = false for spares)",
             )
         return
     seen: dict[int, int] = {}
@@ -435,7 +448,9 @@ def _bus_not_double_booked(ctx: Context, bus_name: str, bus: Any, on_bus: list[t
             continue
         if address in seen:
             ctx.report_value(
-                join(join("devices", i), "address"), address, f'already used on bus "{bus_name}" by devices[{seen[address]}]'
+                join(join("devices", i), "address"),
+                address,
+                f'already used on bus "{bus_name}" by devices[{seen[address]}]',
             )
         else:
             seen[address] = i
@@ -468,7 +483,9 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
             "parity": Field(Choice("N", "E", "O"), "N"),
             "stopbits": Field(Choice(1, 1.5, 2), 1),
             "bytesize": Field(Int(minimum=5, maximum=8), 8),
-            "host": Field(Str(expected='a host name or IP address like "192.168.1.20"', pattern=r"[A-Za-z0-9.:-]+"), None),
+            "host": Field(
+                Str(expected='a host name or IP address like "192.168.1.20"', pattern=r"[A-Za-z0-9.:-]+"), None
+            ),
             "tcp_port": Field(Int(minimum=1, maximum=65535), 502),
             "timeout": Field(Duration(at_least="1ms"), "500ms"),
             "frame_gap": Field(Duration(), "5ms"),
@@ -550,10 +567,14 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
     )
 
 
-_TOML_POSITION = re.compile(r"^(?P<message>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$", re.S)
+_TOML_POSITION = re.compile(
+    r"^(?P<message>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$", re.S
+)
 
 
-def parse_config(text: str, *, path: str | os.PathLike[str], driver_lookup: DriverLookup = load_driver) -> GatewayConfig:
+def parse_config(
+    text: str, *, path: str | os.PathLike[str], driver_lookup: DriverLookup = load_driver
+) -> GatewayConfig:
     """Validate config ``text`` as if read from ``path`` (relative paths resolve next to it); raise ConfigError."""
     source = str(path)
     try:

@@ -109,7 +109,7 @@ def render(value: Any, *, limit: int = 80) -> str:
 
 
 def join(path: str, key: str | int) -> str:
-    """The key path of a child: ``join("devices", 2)`` is ``devices[2]``, ``join("gateway", "id")`` is ``gateway.id``."""
+    """The key path of a child: ``join("devices", 2)`` is ``devices[2]``, ``join("gateway", "id")`` ``gateway.id``."""
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
@@ -286,7 +286,13 @@ class Choice(Type):
         raise self.fail()
 
 
-_DURATION_UNITS = {"d": Decimal(86_400_000), "h": Decimal(3_600_000), "m": Decimal(60_000), "s": Decimal(1000), "ms": Decimal(1)}
+_DURATION_UNITS = {
+    "d": Decimal(86_400_000),
+    "h": Decimal(3_600_000),
+    "m": Decimal(60_000),
+    "s": Decimal(1000),
+    "ms": Decimal(1),
+}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|d|h|m|s)")
 _DURATION_ORDER = list(_DURATION_UNITS)
 
@@ -386,7 +392,15 @@ def format_size(size: int) -> str:
     """The shortest size string that :func:`parse_size` reads back as exactly ``size`` bytes."""
     if size == 0:
         return "0"
-    for unit, factor in (("TB", 1000**4), ("GB", 1000**3), ("MB", 1000**2), ("KB", 1000), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+    for unit, factor in (
+        ("TB", 1000**4),
+        ("GB", 1000**3),
+        ("MB", 1000**2),
+        ("KB", 1000),
+        ("GiB", 1024**3),
+        ("MiB", 1024**2),
+        ("KiB", 1024),
+    ):
         if size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size}B"
@@ -450,7 +464,7 @@ class FilePath(Type):
 
 
 class HostPort(str):
-    """A host and a TCP port: the text "host:port" as written ("[::1]:8080" for IPv6), with ``host`` and ``port`` parsed.
+    """A host and a TCP port: the text "host:port" ("[::1]:8080" for IPv6), with ``host`` and ``port`` parsed.
 
     A ``str`` so that code treating the setting as the text it is keeps working.
     """
@@ -472,7 +486,7 @@ _ADDRESS = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):
 
 
 class Address(Type):
-    """"host:port" converted to a :class:`HostPort`."""
+    """ "host:port" converted to a :class:`HostPort`."""
 
     expected = 'an address like "127.0.0.1:8080"'
 
@@ -642,7 +656,9 @@ def _inline(value: Any) -> str:
     if isinstance(value, str):
         return _string(value)
     if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+        return (
+            repr(value) if math.isfinite(value) else ("nan" if math.isnan(value) else ("inf" if value > 0 else "-inf"))
+        )
     if isinstance(value, int):
         return str(value)
     if isinstance(value, (datetime.date, datetime.time)):

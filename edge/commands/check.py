@@ -7,7 +7,7 @@ import sys
 
 from edge.config import ConfigError, effective_toml, load_config
 
-__all__ = ["register", "check"]
+__all__ = ["check", "register"]
 
 EXIT_OK = 0
 EXIT_INVALID = 2

@@ -1,4 +1,4 @@
-"""`ocn-edge check CONFIG`: exit 0 and the effective config, or exit 2 and every problem (exit codes via the real console script)."""
+"""`ocn-edge check CONFIG`: exit 0 and the effective config, or exit 2 and every problem."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def test_a_valid_file_exits_0_and_prints_the_effective_config(site: Path) -> Non
     assert result.stderr == "gateway.toml: valid (0 buses, 0 of 0 devices enabled)\n"
 
 
-def test_quiet_prints_nothing_for_a_valid_file(site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_quiet_prints_nothing_for_a_valid_file(
+    site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     (site / "gateway.toml").write_text(VALID)
     monkeypatch.chdir(site)
     assert main(["check", "--quiet", "gateway.toml"]) == 0
@@ -65,7 +67,10 @@ def test_an_invalid_file_exits_2_and_lists_every_problem_on_stderr(site: Path) -
 
 def test_a_missing_file_exits_2(site: Path) -> None:
     result = check("nowhere.toml", cwd=site)
-    assert (result.returncode, result.stderr) == (2, "nowhere.toml: no such file\nnowhere.toml: 1 problem; the gateway will not start\n")
+    assert (result.returncode, result.stderr) == (
+        2,
+        "nowhere.toml: no such file\nnowhere.toml: 1 problem; the gateway will not start\n",
+    )
 
 
 def test_the_printed_effective_config_passes_the_check_itself(

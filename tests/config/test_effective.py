@@ -81,17 +81,31 @@ def test_missing_sections_and_keys_take_the_documented_defaults(load: Load) -> N
     assert (cfg.gateway.site, cfg.gateway.latitude, cfg.gateway.log_level) == ("", None, "info")
     assert cfg.gateway.state_dir == Path("/var/lib/ocn-edge")
     assert (cfg.buses, cfg.devices) == ((), ())
-    assert (cfg.batch.span, cfg.batch.flush_interval, cfg.batch.max_readings, cfg.batch.codec) == (300.0, 30.0, 20000, "zstd")
+    assert (cfg.batch.span, cfg.batch.flush_interval, cfg.batch.max_readings, cfg.batch.codec) == (
+        300.0,
+        30.0,
+        20000,
+        "zstd",
+    )
     assert (cfg.spool.max_size, cfg.spool.when_full) == (200_000_000, "drop_oldest")
     assert (cfg.uplink.hub, cfg.uplink.ca, cfg.uplink.timeout, cfg.uplink.daily_budget) == ("", None, 30.0, 0)
     assert cfg.local_api.enabled and cfg.local_api.listen == HostPort("127.0.0.1", 8080)
 
 
 def test_bus_and_device_defaults_are_filled_in(load: Load) -> None:
-    cfg = load(GATEWAY + '[[buses]]\nname = "b"\ntype = "modbus-tcp"\nhost = "10.0.0.5"\n'
-               '[[devices]]\nname = "m"\ndriver = "meter"\nbus = "b"\naddress = 3\noptions = { profile = "p" }\n')
+    cfg = load(
+        GATEWAY + '[[buses]]\nname = "b"\ntype = "modbus-tcp"\nhost = "10.0.0.5"\n'
+        '[[devices]]\nname = "m"\ndriver = "meter"\nbus = "b"\naddress = 3\noptions = { profile = "p" }\n'
+    )
     bus, device = cfg.buses[0], cfg.devices[0]
-    assert (bus.tcp_port, bus.timeout, bus.frame_gap, bus.baudrate, bus.parity, bus.bytesize) == (502, 0.5, 0.005, 9600, "N", 8)
+    assert (bus.tcp_port, bus.timeout, bus.frame_gap, bus.baudrate, bus.parity, bus.bytesize) == (
+        502,
+        0.5,
+        0.005,
+        9600,
+        "N",
+        8,
+    )
     assert (device.poll_interval, device.enabled) == (10.0, True)
 
 
@@ -111,8 +125,10 @@ def test_the_device_key_defaults_to_the_state_directory(load: Load, config_dir: 
 
 
 def test_the_config_is_frozen(load: Load) -> None:
-    cfg = load(GATEWAY + '[[buses]]\nname = "b"\ntype = "serial"\nport = "/dev/ttyS0"\n'
-               '[[devices]]\nname = "d"\ndriver = "dust"\nbus = "b"\n')
+    cfg = load(
+        GATEWAY + '[[buses]]\nname = "b"\ntype = "serial"\nport = "/dev/ttyS0"\n'
+        '[[devices]]\nname = "d"\ndriver = "dust"\nbus = "b"\n'
+    )
     for change in (lambda: setattr(cfg.batch, "span", 1.0), lambda: cfg.devices[0].options.__setitem__("mode", "x")):
         try:
             change()
@@ -130,7 +146,9 @@ def test_the_effective_config_loads_back_to_the_same_config(load: Load, config_d
 def test_the_effective_config_loads_back_the_same_from_any_directory(load: Load) -> None:
     cfg = load(GATEWAY)
     elsewhere = Path("/elsewhere/gateway.toml")
-    assert parse_config(effective_toml(cfg), path=elsewhere, driver_lookup=lookup) == dataclasses.replace(cfg, path=elsewhere)
+    assert parse_config(effective_toml(cfg), path=elsewhere, driver_lookup=lookup) == dataclasses.replace(
+        cfg, path=elsewhere
+    )
 
 
 def test_the_effective_config_shows_every_key_with_human_units(load: Load, config_dir: Path) -> None:
@@ -147,13 +165,17 @@ def test_the_effective_config_shows_every_key_with_human_units(load: Load, confi
     assert document["uplink"]["key"] == str(config_dir / "keys/device.key")
     assert document["uplink"]["ca"] == ""
     assert document["local_api"]["listen"] == "[::1]:8081"
-    assert document["privacy"] == {"policy": str(config_dir / "policy.toml"), "require_signed": False, "governance_key": ""}
+    assert document["privacy"] == {
+        "policy": str(config_dir / "policy.toml"),
+        "require_signed": False,
+        "governance_key": "",
+    }
 
 
 def test_the_config_digest_changes_with_any_setting(load: Load) -> None:
     first = config_digest(load(GATEWAY))
     assert config_digest(load(GATEWAY)) == first
-    assert config_digest(load(GATEWAY + "[batch]\nspan = \"10m\"\n")) != first
+    assert config_digest(load(GATEWAY + '[batch]\nspan = "10m"\n')) != first
     assert len(first) == 32
 
 

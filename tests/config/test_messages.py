@@ -33,7 +33,9 @@ poll_interval = "fast"
 
 
 def test_a_bad_duration_names_file_key_value_and_what_is_expected(problems: Problems) -> None:
-    assert problems(THREE_DEVICES) == ['gateway.toml: devices[2].poll_interval = "fast": expected a duration like "10s"']
+    assert problems(THREE_DEVICES) == [
+        'gateway.toml: devices[2].poll_interval = "fast": expected a duration like "10s"'
+    ]
 
 
 def test_a_number_where_a_duration_belongs_is_refused_not_guessed(problems: Problems) -> None:
@@ -136,7 +138,9 @@ def test_a_table_where_an_array_of_tables_belongs_shows_the_right_syntax(problem
 
 
 def test_a_toml_syntax_error_gives_line_and_column(problems: Problems) -> None:
-    assert problems('[gateway]\nid = "pole-0042"\nsite = King St W\n') == ["gateway.toml: line 3, column 8: Invalid value"]
+    assert problems('[gateway]\nid = "pole-0042"\nsite = King St W\n') == [
+        "gateway.toml: line 3, column 8: Invalid value"
+    ]
 
 
 def test_every_problem_is_reported_not_just_the_first(problems: Problems) -> None:
@@ -168,7 +172,8 @@ codec = "gzip"
 spn = "5m"
 """
     assert problems(text) == [
-        "gateway.toml: gateway.id = \"Pole 42\": expected a device id like \"pole-0042\" (lowercase letters, digits and '-', at most 63)",
+        'gateway.toml: gateway.id = "Pole 42": expected a device id like "pole-0042"'
+        " (lowercase letters, digits and '-', at most 63)",
         'gateway.toml: gateway.log_level = "verbose": expected one of "debug", "info", "warning", "error"',
         'gateway.toml: buses[0].baudrate = "9600": expected a whole number from 50 to 4000000',
         'gateway.toml: buses[0].port: missing; a "modbus-rtu" bus needs a serial port like "/dev/ttyUSB0"',

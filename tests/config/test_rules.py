@@ -31,7 +31,10 @@ host = "192.168.1.20"
 
 
 def meter(name: str, *, bus: str = "rs485-1", address: int = 1, extra: str = "") -> str:
-    return f'\n[[devices]]\nname = "{name}"\ndriver = "meter"\nbus = "{bus}"\naddress = {address}\n{extra}[devices.options]\nprofile = "sdm630"\n'
+    return (
+        f'\n[[devices]]\nname = "{name}"\ndriver = "meter"\nbus = "{bus}"\naddress = {address}\n{extra}'
+        '[devices.options]\nprofile = "sdm630"\n'
+    )
 
 
 def dust(name: str, *, bus: str = "ttyAMA0", extra: str = "") -> str:
@@ -134,7 +137,11 @@ def test_a_driver_without_a_transport_takes_no_bus(problems: Problems) -> None:
 
 
 def test_a_modbus_device_needs_an_address(problems: Problems) -> None:
-    text = GATEWAY + RTU + '\n[[devices]]\nname = "m"\ndriver = "meter"\nbus = "rs485-1"\n[devices.options]\nprofile = "x"\n'
+    text = (
+        GATEWAY
+        + RTU
+        + '\n[[devices]]\nname = "m"\ndriver = "meter"\nbus = "rs485-1"\n[devices.options]\nprofile = "x"\n'
+    )
     assert problems(text) == [
         'gateway.toml: devices[0].address: missing; driver "meter" needs a Modbus unit id from 1 to 247'
     ]

@@ -59,7 +59,9 @@ def test_strings_that_are_not_sizes_are_refused(text: str) -> None:
         parse_size(text)
 
 
-@pytest.mark.parametrize("seconds", [0.0, 0.005, 0.5, 1.0, 10.0, 90.0, 300.0, 3600.0, 86400.0, 93784.005, 0.0015, 1e-06])
+@pytest.mark.parametrize(
+    "seconds", [0.0, 0.005, 0.5, 1.0, 10.0, 90.0, 300.0, 3600.0, 86400.0, 93784.005, 0.0015, 1e-06]
+)
 def test_a_printed_duration_reads_back_as_the_same_number(seconds: float) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
 
