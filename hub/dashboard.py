@@ -1,4 +1,276 @@
-"""placeholder"""
+"""The dashboard: public home and transparency register, admin fleet table and device pages (server-rendered)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jinja2
 from aiohttp import web
 
+from hub.charts import line_chart
+from hub.fleet import DesiredError, check_desired, desired_document, drift
+from hub.state import HUB, Hub
+from hub.store import Device
+from hub.tokens import create_token
+
+__all__ = ["routes", "device_health"]
+
 routes = web.RouteTableDef()
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("hub", "templates"),
+    autoescape=jinja2.select_autoescape(["html"]),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+CHART_POINTS = 500
+CHART_CHANNELS = 16
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def ago(ts_ms: int | None, now: int) -> str:
+    """'42 s ago', '5 min ago', '3 h ago', '2 d ago' or 'never'."""
+    if ts_ms is None:
+        return "never"
+    seconds = max(0, (now - ts_ms) // 1000)
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def utc(ts_ms: int | None) -> str:
+    if ts_ms is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts_ms / 1000)) + " UTC"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+_templates.filters.update(ago=ago, utc=utc, size=size)
+
+
+def device_health(device: Device, *, now: int, stale_after_ms: int) -> str:
+    """One word a person can scan for: revoked, pending, silent (never seen), stale, degraded (errors or loss) or ok."""
+    if device.status in ("revoked", "pending"):
+        return device.status
+    if device.last_seen_ms is None:
+        return "silent"
+    if now - device.last_seen_ms > stale_after_ms:
+        return "stale"
+    if device.errors:
+        return "degraded"
+    return "ok"
+
+
+def render(request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:
+    html = _templates.get_template(name).render(path=request.path, **context)
+    return web.Response(text=html, content_type="text/html", status=status, headers={"Cache-Control": "no-store"})
+
+
+# --- public pages ---------------------------------------------------------------------
+
+
+@routes.get("/")
+async def home(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    devices = await hub.store.devices()
+    return render(request, "home.html", devices=len([d for d in devices if d.status == "active"]))
+
+
+@routes.get("/transparency")
+async def transparency(request: web.Request) -> web.Response:
+    notices = await request.app[HUB].store.notices()
+    latest: dict[str, Any] = {}
+    for notice in notices:  # newest first: keep each gateway's current notice
+        latest.setdefault(notice.device_id, notice)
+    return render(request, "transparency.html", notices=sorted(latest.values(), key=lambda n: n.device_id))
+
+
+@routes.get("/transparency.json")
+async def transparency_json(request: web.Request) -> web.Response:
+    notices = await request.app[HUB].store.notices(limit=1000)
+    return web.json_response(
+        {"notices": [{"id": n.id, "device_id": n.device_id, "received_ms": n.received_ms, "notice": n.notice} for n in notices]}
+    )
+
+
+# --- login ----------------------------------------------------------------------------
+
+
+@routes.get("/login")
+async def login_form(request: web.Request) -> web.Response:
+    return render(request, "login.html", next=_safe_next(request.query.get("next", "/fleet")), error="")
+
+
+@routes.post("/login")
+async def login(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    form = await request.post()
+    target = _safe_next(str(form.get("next", "/fleet")))
+    if not hub.admin.token_ok(str(form.get("token", ""))):
+        return render(request, "login.html", next=target, error="That is not the admin token of this hub.", status=401)
+    response = web.HTTPSeeOther(target)
+    await hub.admin.start_session(response, secure=request.secure)
+    raise response
+
+
+@routes.get("/login/{code}")
+async def login_link(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    if not await hub.admin.use_login_link(request.match_info["code"]):
+        return render(request, "login.html", next="/fleet", error="That login link was used already or has expired.", status=401)
+    response = web.HTTPSeeOther("/fleet")
+    await hub.admin.start_session(response, secure=request.secure)
+    raise response
+
+
+def _safe_next(target: str) -> str:
+    # Only local paths: a login form must not become an open redirect.
+    return target if target.startswith("/") and not target.startswith("//") else "/fleet"
+
+
+# --- admin pages ----------------------------------------------------------------------
+
+
+async def fleet_rows(hub: Hub) -> list[dict[str, Any]]:
+    now = now_ms()
+    rows = []
+    for device in await hub.store.devices():
+        document, _ = await desired_document(hub.store, device)
+        rows.append({"d": device, "health": device_health(device, now=now, stale_after_ms=hub.stale_after_ms), "drift": drift(device, document), "now": now})
+    return rows
+
+
+@routes.get("/fleet")
+async def fleet(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await hub.admin.require(request)
+    rows = await fleet_rows(hub)
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["health"]] = counts.get(row["health"], 0) + 1
+    totals = {
+        "devices": len(rows),
+        "readings": sum(r["d"].readings_stored for r in rows),
+        "dropped": sum(r["d"].readings_dropped for r in rows),
+        "duplicates": sum(r["d"].duplicates for r in rows),
+    }
+    return render(request, "fleet.html", rows=rows, counts=counts, totals=totals, stale_min=hub.stale_after_ms // 60000)
+
+
+@routes.get("/fleet/devices/{device_id}")
+async def device_page(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await hub.admin.require(request)
+    device = await hub.store.device(request.match_info["device_id"])
+    if device is None:
+        return render(request, "message.html", title="No such device", message=f"No device {request.match_info['device_id']!r} is enrolled at this hub.", status=404)
+    document, etag = await desired_document(hub.store, device)
+    charts = []
+    for channel in (await hub.store.channels(device_id=device.device_id))[:CHART_CHANNELS]:
+        if channel.kind == "string":
+            continue
+        recent = await hub.store.readings(channel_id=channel.id, descending=True, limit=CHART_POINTS)
+        points = [(r.ts_ms, float(r.value)) for r in reversed(recent)]
+        latest = recent[0] if recent else None
+        charts.append({"channel": channel, "svg": line_chart(points, title=channel.channel, unit=channel.unit), "latest": latest, "count": len(recent)})
+    notices = await hub.store.notices(device_id=device.device_id, limit=1)
+    own = await hub.store.desired("device", device.device_id)
+    return render(
+        request,
+        "device.html",
+        d=device,
+        now=now_ms(),
+        health=device_health(device, now=now_ms(), stale_after_ms=hub.stale_after_ms),
+        drift=drift(device, document),
+        desired=json.dumps(document, indent=2, sort_keys=True) if document else "",
+        own_desired=json.dumps(own[0], indent=2, sort_keys=True) if own else "",
+        etag=etag,
+        charts=charts,
+        notice=notices[0] if notices else None,
+    )
+
+
+@routes.post("/fleet/devices/{device_id}/{action:approve|revoke}")
+async def device_action(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await hub.admin.require(request)
+    device_id = request.match_info["device_id"]
+    status = "active" if request.match_info["action"] == "approve" else "revoked"
+    await hub.store.set_device_status(device_id, status, now_ms=now_ms())
+    hub.keys.forget()
+    raise web.HTTPSeeOther(f"/fleet/devices/{device_id}")
+
+
+# --- admin JSON API (for scripts; the CLI works on the database directly) ---------------
+
+
+def _device_json(device: Device, health: str, drifts: list[str]) -> dict[str, Any]:
+    return {
+        "device_id": device.device_id, "status": device.status, "health": health, "fleet": device.fleet, "key_id": device.key_id.hex(),
+        "last_seen_ms": device.last_seen_ms, "software_version": device.software_version, "boot_epoch": device.boot_epoch,
+        "last_seq": device.last_seq, "unclean_stops": device.unclean_stops, "readings_dropped": device.readings_dropped,
+        "spool_batches": device.spool_batches, "spool_bytes": device.spool_bytes, "policy_digest": device.policy_digest,
+        "config_digest": device.config_digest, "applied_etag": device.applied_etag, "errors": list(device.errors),
+        "readings_stored": device.readings_stored, "batches_stored": device.batches_stored, "duplicates": device.duplicates,
+        "drift": drifts,
+    }
+
+
+@routes.get("/admin/api/devices")
+async def api_devices(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await hub.admin.require(request)
+    return web.json_response({"devices": [_device_json(r["d"], r["health"], r["drift"]) for r in await fleet_rows(hub)]})
+
+
+@routes.put("/admin/api/desired/{scope:fleet|device}/{name}")
+async def api_set_desired(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await hub.admin.require(request)
+    try:
+        document = check_desired(await request.json())
+    except (ValueError, DesiredError) as exc:
+        return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
+    await hub.store.set_desired(request.match_info["scope"], request.match_info["name"], document, now_ms=now_ms())
+    return web.json_response({"ok": True})
+
+
+@routes.delete("/admin/api/desired/{scope:fleet|device}/{name}")
+async def api_clear_desired(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await hub.admin.require(request)
+    await hub.store.set_desired(request.match_info["scope"], request.match_info["name"], None, now_ms=now_ms())
+    return web.json_response({"ok": True})
+
+
+@routes.post("/admin/api/tokens")
+async def api_create_token(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await hub.admin.require(request)
+    try:
+        body: Mapping[str, Any] = await request.json()
+        token = await create_token(
+            hub.store, uses=int(body.get("uses", 1)), expires_s=float(body.get("expires_s", 7 * 86400)),
+            approve=bool(body.get("approve", False)), fleet=str(body.get("fleet", "default")), note=str(body.get("note", "")),
+        )
+    except (ValueError, TypeError, AttributeError) as exc:
+        return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
+    return web.json_response({"token": token}, status=201)

@@ -1,4 +1,161 @@
-"""placeholder"""
+"""Open-data exports of stored readings: CSV and SenML (RFC 8428) JSON and CBOR, filtered by device, channel and time."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import cbor2
 from aiohttp import web
 
+from edge.protocol.senml import SENML_CBOR_LABELS
+from hub.state import HUB
+from hub.store import StoredReading
+
+__all__ = ["routes", "parse_time", "to_senml_records"]
+
 routes = web.RouteTableDef()
+
+DEFAULT_LIMIT = 10_000
+MAX_LIMIT = 100_000
+
+
+class QueryError(ValueError):
+    """A query parameter is wrong; the message names it, its value and what would be accepted."""
+
+
+def parse_time(name: str, text: str | None) -> int | None:
+    """A time parameter as UTC milliseconds: ISO 8601 (``2026-11-27T03:00:00Z``) or integer milliseconds."""
+    if text is None or text == "":
+        return None
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(f"{name}={text!r}: expected ISO 8601 like 2026-11-27T03:00:00Z or milliseconds since 1970") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def _int(name: str, text: str | None, default: int, *, high: int) -> int:
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or int(text) > high:
+        raise QueryError(f"{name}={text!r}: expected a whole number from 0 to {high}")
+    return int(text)
+
+
+async def _query(request: web.Request) -> tuple[list[StoredReading], int, int]:
+    q = request.query
+    limit = _int("limit", q.get("limit"), DEFAULT_LIMIT, high=MAX_LIMIT)
+    offset = _int("offset", q.get("offset"), 0, high=2**62)
+    rows = await request.app[HUB].store.readings(
+        device_id=q.get("device") or None, channel=q.get("channel") or None,
+        since_ms=parse_time("since", q.get("since")), until_ms=parse_time("until", q.get("until")),
+        limit=limit, offset=offset,
+    )
+    return rows, limit, offset
+
+
+def _next_link(request: web.Request, rows: Sequence[Any], limit: int, offset: int) -> dict[str, str]:
+    if len(rows) < limit:
+        return {}
+    url = request.url.update_query(offset=str(offset + limit))
+    return {"Link": f'<{url}>; rel="next"'}
+
+
+def to_senml_records(rows: Sequence[StoredReading]) -> list[dict[str, Any]]:
+    """SenML records; each run of one device's readings starts with its base name and base time (as the gateway's view)."""
+    records: list[dict[str, Any]] = []
+    device, base_ms = None, 0
+    for r in rows:
+        record: dict[str, Any] = {}
+        if r.device_id != device:
+            device, base_ms = r.device_id, r.ts_ms
+            record.update({"bn": f"urn:dev:ocn:{device}:", "bt": base_ms / 1000})
+        record["n"] = r.channel
+        if r.unit:
+            record["u"] = r.unit
+        if isinstance(r.value, bool):
+            record["vb"] = r.value
+        elif isinstance(r.value, str):
+            record["vs"] = r.value
+        else:
+            record["v"] = r.value
+        if r.ts_ms != base_ms:
+            record["t"] = (r.ts_ms - base_ms) / 1000
+        if r.quality is not None:
+            record["q"] = r.quality
+        records.append(record)
+    return records
+
+
+def _bad(exc: QueryError) -> web.Response:
+    return web.json_response({"error": "bad_query", "detail": str(exc)}, status=400)
+
+
+@routes.get("/data")
+async def index(request: web.Request) -> web.Response:
+    channels = await request.app[HUB].store.channels()
+    lines = [
+        "<!doctype html><html lang=en><meta charset=utf-8><title>Open data · OCN hub</title>",
+        "<body style='font-family:system-ui,sans-serif;margin:24px'><h1>Open data</h1>",
+        "<p>Readings as <a href='/data/readings.csv'>CSV</a>, <a href='/data/readings.senml.json'>SenML JSON</a> or "
+        "<a href='/data/readings.senml.cbor'>SenML CBOR</a>. Filter with <code>device</code>, <code>channel</code>, "
+        "<code>since</code>, <code>until</code> (ISO 8601 or epoch milliseconds), <code>limit</code> (max 100000) and "
+        "<code>offset</code>; a full page carries a <code>Link: rel=next</code> header. "
+        "The same data as an OGC <a href='/sta/v1.1'>SensorThings API</a>.</p><table border=1 cellpadding=4>"
+        "<tr><th>Gateway</th><th>Channel</th><th>Unit</th><th>Download</th></tr>",
+    ]
+    from markupsafe import escape
+
+    for c in channels:
+        link = f"device={escape(c.device_id)}&channel={escape(c.channel)}"
+        lines.append(
+            f"<tr><td>{escape(c.device_id)}</td><td>{escape(c.channel)}</td><td>{escape(c.unit)}</td>"
+            f"<td><a href='/data/readings.csv?{link}'>CSV</a> · <a href='/data/readings.senml.json?{link}'>SenML</a></td></tr>"
+        )
+    lines.append("</table></body></html>")
+    return web.Response(text="".join(lines), content_type="text/html")
+
+
+@routes.get("/data/readings.csv")
+async def readings_csv(request: web.Request) -> web.Response:
+    try:
+        rows, limit, offset = await _query(request)
+    except QueryError as exc:
+        return _bad(exc)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["device_id", "channel", "time", "ts_ms", "value", "unit", "quality"])
+    for r in rows:
+        stamp = datetime.fromtimestamp(r.ts_ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        value = ("true" if r.value else "false") if isinstance(r.value, bool) else r.value
+        writer.writerow([r.device_id, r.channel, stamp, r.ts_ms, value, r.unit, "" if r.quality is None else r.quality])
+    return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8", headers=_next_link(request, rows, limit, offset))
+
+
+@routes.get("/data/readings.senml.json")
+async def readings_senml_json(request: web.Request) -> web.Response:
+    try:
+        rows, limit, offset = await _query(request)
+    except QueryError as exc:
+        return _bad(exc)
+    body = json.dumps(to_senml_records(rows), ensure_ascii=False)
+    return web.Response(text=body, content_type="application/senml+json", headers=_next_link(request, rows, limit, offset))
+
+
+@routes.get("/data/readings.senml.cbor")
+async def readings_senml_cbor(request: web.Request) -> web.Response:
+    try:
+        rows, limit, offset = await _query(request)
+    except QueryError as exc:
+        return _bad(exc)
+    records = [{SENML_CBOR_LABELS.get(k, k): v for k, v in record.items()} for record in to_senml_records(rows)]
+    return web.Response(body=cbor2.dumps(records), content_type="application/senml+cbor", headers=_next_link(request, rows, limit, offset))
