@@ -74,9 +74,10 @@ class PedestrianCounter(SerialDevice):
         self.hear_p = 1.0 / max(1.0, parse_duration(self.options["hear_every"], field="hear_every"))
         self.emitted: set[str] = set()
         self._passers: list[tuple[int, str, str, float]] = []  # (leave tick, mac, radio, distance)
-        self._lines: list[bytes] = []
+        self.outbox: list[bytes] = []  # lines computed for past ticks, waiting to go on the line
         self._sightings = 0
         self._up_since = 0
+        self._arrivals: dict[tuple[str, int], float] = {}
         self._phones = [self._phone(i, regular=True) for i in range(int(self.options["regulars"]))] + [
             self._phone(i, regular=False) for i in range(int(self.options["randomisers"]))
         ]
@@ -95,10 +96,12 @@ class PedestrianCounter(SerialDevice):
 
     def _present(self, phone: _Phone, tick: int) -> bool:
         day, phase = divmod(tick / self.day_s, 1.0)
-        rng = random.Random(f"{self.seed}:{self.name}:day:{phone.mac or phone.index}:{int(day)}")
-        if rng.random() < 0.15:
-            return False  # a day off
-        start = phone.arrival + rng.gauss(0.0, 0.01)
+        key = (phone.mac or str(phone.index), int(day))
+        if (start := self._arrivals.get(key)) is None:
+            rng = random.Random(f"{self.seed}:{self.name}:day:{key[0]}:{key[1]}")
+            # 15% of days off (start past the end of the day); otherwise the usual time give or take.
+            start = 2.0 if rng.random() < 0.15 else phone.arrival + rng.gauss(0.0, 0.01)
+            self._arrivals[key] = start
         return start <= phase < start + phone.stay
 
     def _address(self, phone: _Phone, tick: int) -> str:
@@ -128,23 +131,23 @@ class PedestrianCounter(SerialDevice):
                 rssi = int(-38 - 50 * distance - abs(rng.gauss(0.0, 4.0)))
                 seen.append((base_ms + rng.randint(0, 999), radio, mac, max(-99, rssi)))
         for ts_ms, radio, mac, rssi in sorted(seen):
-            self._lines.append(f"SEEN {ts_ms} {radio} {mac} {rssi}\r\n".encode("ascii"))
+            self.outbox.append(f"SEEN {ts_ms} {radio} {mac} {rssi}\r\n".encode("ascii"))
         self._sightings += len(seen)
         if tick % _HEARTBEAT_EVERY == 0:
-            self._lines.append(f"HB {base_ms} {self._sightings} {tick - self._up_since}\r\n".encode("ascii"))
+            self.outbox.append(f"HB {base_ms} {self._sightings} {tick - self._up_since}\r\n".encode("ascii"))
 
     async def power_up(self) -> None:
-        self._lines.clear()
+        self.outbox.clear()
         self._sightings = 0
         self._up_since = max(0, self.tick)
         await self.transmit(f"HELLO {_MODEL} {_FIRMWARE} {PROTOCOL_VERSION}\r\n".encode("ascii"))
 
     async def disconnect(self) -> None:
         await super().disconnect()
-        self._lines.clear()
+        self.outbox.clear()
 
     async def every_step(self) -> None:
-        lines, self._lines = self._lines, []
+        lines, self.outbox = self.outbox, []
         for line in lines:
             if line.startswith(b"SEEN"):
                 self.emitted.add(line.split(b" ")[3].decode("ascii"))

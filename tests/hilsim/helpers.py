@@ -11,6 +11,7 @@ from pathlib import Path
 
 def write_scenario(tmp_path: Path, text: str, name: str = "scenario.toml") -> Path:
     path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 
