@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.check",
     "edge.commands.policy",
     "edge.commands.enrol",
+    "hub.cli",
 )
 
 DESCRIPTION = """\

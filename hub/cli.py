@@ -1,0 +1,305 @@
+"""`ocn-edge hub`: run the hub, and manage enrolment tokens, devices and desired configuration."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+import time
+import tomllib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "parse_duration_s"]
+
+DEFAULT_STATE_DIR = "ocn-hub"
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration_s(option: str, text: str) -> float:
+    """'500ms', '10s', '5m', '12h', '7d' as seconds; the error names the option and what is accepted."""
+    m = DURATION.match(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{option} {text!r}: expected a number and a unit, like 30s, 15m, 12h or 7d")
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def _duration(option: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        return parse_duration_s(option, text)
+
+    return parse
+
+
+def _store_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, metavar="URL",
+                        help="sqlite:///path.db or postgresql://user@host/db (default: SQLite in the state directory)")
+    common.add_argument("--state-dir", default=argparse.SUPPRESS, metavar="DIR",
+                        help=f"holds the hub signing key and the default SQLite database (default: ./{DEFAULT_STATE_DIR}, or $OCN_HUB_STATE_DIR)")
+    return common
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(getattr(args, "state_dir", None) or os.environ.get("OCN_HUB_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def _db(args: argparse.Namespace) -> str:
+    return getattr(args, "db", None) or os.environ.get("OCN_HUB_DB") or f"sqlite:///{(_state_dir(args) / 'hub.db').resolve()}"
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    common = _store_options()
+    hub = sub.add_parser(
+        "hub", parents=[common], help="run the city hub (enrolment, ingest, fleet dashboard, open data)",
+        description="Run the OCN hub. Without a sub-command it serves until stopped (SIGTERM or Ctrl-C).",
+    )
+    hub.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:8443)")
+    hub.add_argument("--admin-token", default=os.environ.get("OCN_HUB_ADMIN_TOKEN"), metavar="TOKEN",
+                     help="admin token for the dashboard (default: $OCN_HUB_ADMIN_TOKEN, else generated and printed at first start)")
+    hub.add_argument("--rate", type=float, default=50.0, metavar="N", help="batches per second each device may send (default 50)")
+    hub.add_argument("--burst", type=int, default=200, metavar="N", help="batches a device may send at once above its rate (default 200)")
+    hub.add_argument("--stale-after", type=_duration("--stale-after"), default=900.0, metavar="DURATION",
+                     help="a device unheard of for this long is shown as stale (default 15m)")
+    hub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    hub.set_defaults(func=_serve)
+    commands = hub.add_subparsers(title="hub commands", metavar="COMMAND")
+
+    group = commands.add_parser("token", help="enrolment tokens")
+    group.set_defaults(func=_usage(group))
+    token = group.add_subparsers(title="token commands", metavar="COMMAND")
+    create = token.add_parser("create", parents=[common], help="create an enrolment token and print it (shown only once)")
+    create.add_argument("--uses", type=int, default=1, metavar="N", help="how many devices may enrol with it (default 1)")
+    create.add_argument("--expires", type=_duration("--expires"), default=7 * 86400.0, metavar="DURATION", help="valid for (default 7d)")
+    create.add_argument("--approve", action="store_true", help="devices enrolled with it are active at once (default: pending until approved)")
+    create.add_argument("--fleet", default="default", help="fleet the devices join (default 'default')")
+    create.add_argument("--note", default="", help="what the token is for, shown in `token list`")
+    create.set_defaults(func=_token_create)
+    listing = token.add_parser("list", parents=[common], help="list enrolment tokens (never the tokens themselves)")
+    listing.set_defaults(func=_token_list)
+
+    group = commands.add_parser("device", help="enrolled devices")
+    group.set_defaults(func=_usage(group))
+    device = group.add_subparsers(title="device commands", metavar="COMMAND")
+    dlist = device.add_parser("list", parents=[common], help="list devices with their health")
+    dlist.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dlist.set_defaults(func=_device_list)
+    for name, status, text in (("revoke", "revoked", "revoke a device: its key is refused from now on"), ("approve", "active", "approve a pending device")):
+        action = device.add_parser(name, parents=[common], help=text)
+        action.add_argument("device_id")
+        action.set_defaults(func=_device_status, status=status)
+
+    group = commands.add_parser("desired", help="desired configuration and policy")
+    group.set_defaults(func=_usage(group))
+    desired = group.add_subparsers(title="desired commands", metavar="COMMAND")
+    dset = desired.add_parser("set", parents=[common], help="set the desired document of a fleet or a device from a JSON or TOML file")
+    target = dset.add_mutually_exclusive_group(required=True)
+    target.add_argument("--fleet", metavar="NAME")
+    target.add_argument("--device", metavar="DEVICE_ID")
+    dset.add_argument("file", help='JSON or TOML with a "config" and/or a "policy" table')
+    dset.set_defaults(func=_desired_set)
+    dclear = desired.add_parser("clear", parents=[common], help="remove the desired document of a fleet or a device")
+    target = dclear.add_mutually_exclusive_group(required=True)
+    target.add_argument("--fleet", metavar="NAME")
+    target.add_argument("--device", metavar="DEVICE_ID")
+    dclear.set_defaults(func=_desired_clear)
+
+    link = commands.add_parser("login-link", parents=[common], help="print a one-time link that opens an admin session (10 minutes)")
+    link.add_argument("--url", default="http://127.0.0.1:8443", help="the hub's address as your browser reaches it")
+    link.set_defaults(func=_login_link)
+
+
+def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    return show
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int:
+    from hub.store import StoreError, open_store
+
+    async def run() -> int:
+        try:
+            store = await open_store(_db(args))
+        except StoreError as exc:
+            print(f"ocn-edge hub: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return await work(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from hub.tokens import create_token
+
+    async def work(store: Any) -> int:
+        try:
+            token = await create_token(store, uses=args.uses, expires_s=args.expires, approve=args.approve, fleet=args.fleet, note=args.note)
+        except ValueError as exc:
+            print(f"ocn-edge hub token create: {exc}", file=sys.stderr)
+            return 2
+        print(token)
+        state = "active at once" if args.approve else "pending until approved"
+        print(f"# for {args.uses} device(s), fleet {args.fleet!r}, expires in {args.expires / 3600:g} h; devices will be {state}.", file=sys.stderr)
+        print("# This is the only time the token is shown. On the gateway: ocn-edge enrol --token TOKEN ...", file=sys.stderr)
+        return 0
+
+    _state_dir(args).mkdir(parents=True, exist_ok=True)
+    return _with_store(args, work)
+
+
+def _token_list(args: argparse.Namespace) -> int:
+    async def work(store: Any) -> int:
+        now = _now_ms()
+        print(f"{'id':>4}  {'uses left':>9}  {'expires (UTC)':<20} {'approve':<8} {'fleet':<12} note")
+        for t in await store.tokens():
+            expires = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t.expires_ms / 1000)) + (" (expired)" if t.expires_ms <= now else "")
+            print(f"{t.token_id:>4}  {t.uses_left:>9}  {expires:<20} {'yes' if t.approve else 'no':<8} {t.fleet:<12} {t.note}")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _device_list(args: argparse.Namespace) -> int:
+    from hub.dashboard import ago, device_health
+
+    async def work(store: Any) -> int:
+        now = _now_ms()
+        devices = await store.devices()
+        stale_ms = 900_000
+        if args.json:
+            rows = [{"device_id": d.device_id, "status": d.status, "health": device_health(d, now=now, stale_after_ms=stale_ms), "fleet": d.fleet,
+                     "last_seen_ms": d.last_seen_ms, "software_version": d.software_version, "readings_stored": d.readings_stored,
+                     "readings_dropped": d.readings_dropped, "duplicates": d.duplicates, "spool_batches": d.spool_batches} for d in devices]
+            print(json.dumps(rows, indent=2))
+            return 0
+        print(f"{'device':<24} {'health':<9} {'fleet':<12} {'last seen':<12} {'software':<10} {'stored':>10} {'lost':>8}")
+        for d in devices:
+            print(f"{d.device_id:<24} {device_health(d, now=now, stale_after_ms=stale_ms):<9} {d.fleet:<12} {ago(d.last_seen_ms, now):<12} "
+                  f"{d.software_version or '-':<10} {d.readings_stored:>10} {d.readings_dropped:>8}")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _device_status(args: argparse.Namespace) -> int:
+    async def work(store: Any) -> int:
+        device = await store.device(args.device_id)
+        if device is None:
+            print(f"ocn-edge hub device: no device {args.device_id!r} is enrolled (see `ocn-edge hub device list`)", file=sys.stderr)
+            return 1
+        if not await store.set_device_status(args.device_id, args.status, now_ms=_now_ms()):
+            print(f"ocn-edge hub device: {args.device_id} is {device.status}; nothing to change", file=sys.stderr)
+            return 1
+        print(f"{args.device_id}: {device.status} -> {args.status}"
+              + (" (other hub processes refuse its key within 5 s)" if args.status == "revoked" else ""))
+        return 0
+
+    return _with_store(args, work)
+
+
+def _read_document(path: str) -> dict[str, Any]:
+    from hub.fleet import check_desired
+
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        document = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {exc}") from None
+    try:
+        return check_desired(document)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _desired_set(args: argparse.Namespace) -> int:
+    try:
+        document = _read_document(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"ocn-edge hub desired set: {exc}", file=sys.stderr)
+        return 2
+    scope, name = ("fleet", args.fleet) if args.fleet else ("device", args.device)
+
+    async def work(store: Any) -> int:
+        await store.set_desired(scope, name, document, now_ms=_now_ms())
+        print(f"desired {', '.join(sorted(document))} set for {scope} {name!r}; devices receive it at their next status report")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _desired_clear(args: argparse.Namespace) -> int:
+    scope, name = ("fleet", args.fleet) if args.fleet else ("device", args.device)
+
+    async def work(store: Any) -> int:
+        await store.set_desired(scope, name, None, now_ms=_now_ms())
+        print(f"desired document of {scope} {name!r} cleared")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _login_link(args: argparse.Namespace) -> int:
+    from hub.auth import Admin
+
+    async def work(store: Any) -> int:
+        print(await Admin(store).login_link(args.url))
+        return 0
+
+    return _with_store(args, work)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from hub.app import parse_listen, run_hub
+    from hub.store import StoreError
+
+    try:
+        from edge.logs import setup_logging
+
+        setup_logging(args.log_level)
+    except ImportError:
+        import logging
+
+        logging.basicConfig(level=args.log_level.upper())
+    try:
+        parse_listen(args.listen)
+    except ValueError as exc:
+        print(f"ocn-edge hub: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            async with run_hub(listen=args.listen, db=_db(args), state_dir=_state_dir(args), admin_token=args.admin_token,
+                               rate=args.rate, burst=args.burst, stale_after_s=args.stale_after) as running:
+                if running.admin_token and not args.admin_token:
+                    print(f"Admin token (shown once, stored hashed): {running.admin_token}", file=sys.stderr, flush=True)
+                print(f"OCN hub serving on {running.url}  (dashboard {running.url}/fleet)", file=sys.stderr, flush=True)
+                await stop.wait()
+        except StoreError as exc:
+            print(f"ocn-edge hub: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"ocn-edge hub: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    return asyncio.run(serve())
