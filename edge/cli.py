@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.policy",
     "edge.commands.enrol",
     "hub.cli",
+    "drivers.cli",
 )
 
 DESCRIPTION = """\

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from drivers.modbus.adapter import ExceptionReply, LinkError
@@ -36,8 +37,10 @@ class ModbusDriver(Driver):
         hardware=tuple(shipped_profiles()),
         transport="modbus",
         options={
-            "profile": OptionSpec(str, required=True,
-                                  help="a shipped profile name (see `ocn-edge drivers`) or a path to a profile TOML"),
+            "profile": OptionSpec(str, help="a shipped profile name (see `ocn-edge drivers modbus`) or an absolute "
+                                            "path to a profile TOML"),
+            "profile_file": OptionSpec(Path, help="your own profile TOML; a relative path is relative to the "
+                                                  "gateway config file"),
             "max_gap": OptionSpec(int, help="unused registers a request may read to save a request "
                                             "(default: the profile's max_gap)"),
             "timeout": OptionSpec(float, help="seconds to wait for this unit's reply (default: the bus timeout)"),
@@ -47,11 +50,16 @@ class ModbusDriver(Driver):
     @classmethod
     def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         out = super().check_options(options)
-        try:
-            load_profile(out["profile"])
-        except ProfileError as exc:
+        shipped = ", ".join(shipped_profiles())
+        if (out["profile"] is None) == (out["profile_file"] is None):
             raise OptionError("profile", out["profile"],
-                              f"a shipped profile ({', '.join(shipped_profiles())}) or a valid profile file; {exc}") from exc
+                              f"either profile (a shipped profile: {shipped}) or profile_file, not both or neither")
+        option = "profile" if out["profile"] is not None else "profile_file"
+        try:
+            load_profile(out[option])
+        except ProfileError as exc:
+            expected = f"a shipped profile ({shipped}) or a valid profile file" if option == "profile" else "a valid profile"
+            raise OptionError(option, out[option], f"{expected}; {exc}") from exc
         if out["max_gap"] is not None and not 0 <= out["max_gap"] <= 125:
             raise OptionError("max_gap", out["max_gap"], "0..125 registers")
         if out["timeout"] is not None and not out["timeout"] > 0:
@@ -61,7 +69,7 @@ class ModbusDriver(Driver):
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
         options = self.check_options(ctx.options)
-        self.profile: Profile = load_profile(options["profile"])
+        self.profile: Profile = load_profile(options["profile"] or options["profile_file"])
         self.timeout: float | None = options["timeout"]
         if not isinstance(ctx.address, int) or not 1 <= ctx.address <= 247:
             raise OptionError("address", ctx.address, "a Modbus unit id 1..247")

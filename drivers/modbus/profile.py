@@ -140,7 +140,11 @@ def shipped_profiles() -> dict[str, Path]:
 def load_profile(name_or_path: str | Path) -> Profile:
     """Load a shipped profile by name (``eastron-sdm630``) or any profile TOML by path."""
     shipped = shipped_profiles()
-    if isinstance(name_or_path, str) and name_or_path in shipped:
+    if isinstance(name_or_path, Path):
+        path = name_or_path
+        if not path.is_file():
+            raise ProfileError(f"{path}: no such profile file")
+    elif name_or_path in shipped:
         path = shipped[name_or_path]
     else:
         path = Path(name_or_path)

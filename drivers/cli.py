@@ -1,0 +1,507 @@
+"""Technician and integrator commands: `drivers`, `driver new`, `ports`, `scan`, `read`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from drivers.buses import UnitBackingOff, create_bus
+from drivers.modbus.adapter import (
+    ExceptionReply,
+    GarbledReply,
+    LinkDown,
+    LinkError,
+    ModbusLink,
+    NoReply,
+)
+from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.profile import ProfileError, load_profile, shipped_profiles
+from drivers.registry import UnknownDriver, available, load_driver
+from drivers.scaffold import ScaffoldError, scaffold
+from drivers.sdk import DeviceContext, Driver, OptionError
+from drivers.testing import BusSettings
+from edge.types import Reading
+
+__all__ = ["register"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+COMMON_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+BY_ID = Path("/dev/serial/by-id")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    raw = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("drivers", help="list the installed drivers and Modbus profiles", formatter_class=raw,
+                       description="List the installed drivers (built in and pip-installed) and the shipped Modbus "
+                                   "profiles.\nWith a NAME, show that driver's options, or that profile's registers.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a driver name or a Modbus profile name")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    p.set_defaults(func=cmd_drivers)
+
+    p = sub.add_parser("driver", help="driver development: `ocn-edge driver new NAME`")
+    driver_sub = p.add_subparsers(title="commands", metavar="COMMAND")
+    new = driver_sub.add_parser("new", help="write a new driver package with a working test against hil-sim",
+                                formatter_class=raw, description=(
+                                    "Write ./ocn-edge-driver-NAME/: a pip-installable package registering driver NAME "
+                                    "under the\nocn_edge.drivers entry-point group, and a test against hil-sim. "
+                                    "See docs/drivers.md."))
+    new.add_argument("name", metavar="NAME", help="the driver name, e.g. acme-flowmeter")
+    new.add_argument("--dir", default=".", help="where to create the package (default: the current directory)")
+    new.set_defaults(func=cmd_driver_new)
+    p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
+
+    p = sub.add_parser("ports", help="list serial ports with their stable /dev/serial/by-id names",
+                       formatter_class=raw, description=(
+                           "List serial ports. Put the /dev/serial/by-id name in the gateway config: it stays the "
+                           "same\nwhen adapters are replugged in another order, /dev/ttyUSB0 does not."))
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    p.set_defaults(func=cmd_ports)
+
+    p = sub.add_parser("scan", help="probe a Modbus bus and report which unit ids answer", formatter_class=raw,
+                       description=(
+                           "Probe a Modbus bus: send one small read to each unit id and report who answers.\n"
+                           "A unit answering with an exception is there too. Each silent unit costs one timeout.\n\n"
+                           "  ocn-edge scan --port /dev/serial/by-id/usb-FTDI-if00-port0 --baud 9600,19200\n"
+                           "  ocn-edge scan --tcp 192.0.2.10:502 --units 1-10"))
+    _bus_arguments(p, multi_baud=True)
+    p.add_argument("--units", default="1-247", help="unit ids to try: '1-247', '1,2,10-20' (default 1-247)")
+    p.add_argument("--register", default="holding:0",
+                   help="what to read: FUNCTION:ADDRESS, function holding|input|coil|discrete (default holding:0)")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("read", help="read one device once and print each channel, or a diagnosis",
+                       formatter_class=raw, description=(
+                           "Read one device once with its driver and print every channel with value and unit,\n"
+                           "or say what is wrong: no reply, wrong baud rate (CRC errors), an exception code.\n"
+                           "Personal values (MAC addresses, exact positions) are shown masked.\n\n"
+                           "  ocn-edge read --config /etc/ocn-edge/gateway.toml meter-1\n"
+                           "  ocn-edge read --port /dev/ttyUSB0 --baud 9600 --unit 1 --profile eastron-sdm630\n"
+                           "  ocn-edge read --tcp 127.0.0.1:5020 --unit 1 --profile eastron-sdm120\n"
+                           "  ocn-edge read --port /dev/ttyUSB1 --driver sds011 --option mode=query"))
+    p.add_argument("device", nargs="?", metavar="DEVICE", help="a device name from --config")
+    p.add_argument("--config", help="the gateway config to take DEVICE's driver, bus and options from")
+    _bus_arguments(p, multi_baud=False)
+    p.add_argument("--unit", type=int, help="Modbus unit id 1..247")
+    p.add_argument("--profile", help="a shipped Modbus profile name or a profile TOML path (implies --driver modbus)")
+    p.add_argument("--driver", help="a driver name (see `ocn-edge drivers`)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a driver option (repeatable)")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a streaming device (default 5)")
+    p.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    p.set_defaults(func=cmd_read)
+
+
+def _bus_arguments(p: argparse.ArgumentParser, *, multi_baud: bool) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--port", help="serial port (RS-485 adapter), e.g. /dev/serial/by-id/...")
+    where.add_argument("--tcp", metavar="HOST[:PORT]", help="Modbus TCP server or gateway (port 502 by default)")
+    if multi_baud:
+        p.add_argument("--baud", default="9600",
+                       help="baud rate(s) to try, comma-separated, or 'all' for " + ",".join(map(str, COMMON_BAUDS)))
+    else:
+        p.add_argument("--baud", type=int, default=9600, help="baud rate (default 9600)")
+    p.add_argument("--parity", choices=("N", "E", "O"), default="N", help="parity (default N)")
+    p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="stop bits (default 1)")
+    p.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for each reply (default 0.5)")
+
+
+def _fail(message: str, status: int = EXIT_USAGE) -> int:
+    print(f"ocn-edge: {message}", file=sys.stderr)
+    return status
+
+
+def _tcp(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":") if ":" in value else (value, "", "502")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--tcp {value!r}: expected HOST or HOST:PORT with a port 1..65535")
+    return host or "127.0.0.1", int(port)
+
+
+# --- drivers -----------------------------------------------------------------------------------
+
+def cmd_drivers(args: argparse.Namespace) -> int:
+    installed: dict[str, Any] = {}
+    broken: dict[str, str] = {}
+    for name in sorted(available()):
+        try:
+            installed[name] = load_driver(name)
+        except Exception as exc:  # a broken third-party package must not hide the others
+            broken[name] = f"{type(exc).__name__}: {exc}"
+    profiles = shipped_profiles()
+    if args.name:
+        return _describe(args.name, installed, profiles, as_json=args.json)
+    if args.json:
+        print(json.dumps({
+            "drivers": {n: _manifest_dict(c) for n, c in installed.items()},
+            "broken": broken,
+            "profiles": {n: load_profile(n).description for n in profiles},
+        }, indent=2))
+        return EXIT_OK
+    print("Installed drivers:")
+    for name, cls in installed.items():
+        m = cls.manifest
+        print(f"  {name:<20} {m.version:<8} {m.transport:<7} {m.summary}")
+    for name, why in broken.items():
+        print(f"  {name:<20} BROKEN   cannot load: {why}")
+    print("\nModbus profiles (driver = \"modbus\", option profile = NAME):")
+    for name in profiles:
+        p = load_profile(name)
+        print(f"  {name:<20} {len(p.registers):>3} values  {p.manufacturer} {p.model}".rstrip())
+    print("\nDetails: ocn-edge drivers NAME")
+    return EXIT_OK
+
+
+def _manifest_dict(cls: type[Driver]) -> dict[str, Any]:
+    m = cls.manifest
+    return {"name": m.name, "version": m.version, "summary": m.summary, "hardware": list(m.hardware),
+            "transport": m.transport,
+            "options": {k: {"type": s.type.__name__, "default": None if s.default is None else str(s.default),
+                            "required": s.required, "choices": [str(c) for c in s.choices], "help": s.help}
+                        for k, s in m.options.items()}}
+
+
+def _describe(name: str, installed: dict[str, Any], profiles: dict[str, Path], *, as_json: bool) -> int:
+    if name in installed:
+        info = _manifest_dict(installed[name])
+        if as_json:
+            print(json.dumps(info, indent=2))
+            return EXIT_OK
+        print(f"{info['name']} {info['version']}: {info['summary']}")
+        print(f"  transport: {info['transport']}")
+        if info["hardware"]:
+            print(f"  hardware:  {', '.join(info['hardware'])}")
+        print("  options:" if info["options"] else "  options:   none")
+        for key, spec in info["options"].items():
+            extra = f"one of {', '.join(spec['choices'])}; " if spec["choices"] else ""
+            default = ("required" if spec["required"] else "optional" if spec["default"] is None
+                       else f"default {spec['default']}")
+            print(f"    {key} ({spec['type']}; {extra}{default}): {spec['help']}")
+        return EXIT_OK
+    if name in profiles:
+        p = load_profile(name)
+        if as_json:
+            print(json.dumps({"name": p.name, "manufacturer": p.manufacturer, "model": p.model,
+                              "registers": [{"channel": r.channel, "function": r.function, "address": r.address,
+                                             "type": r.type, "unit": r.unit} for r in p.registers]}, indent=2))
+            return EXIT_OK
+        print(f"{p.name}: {p.manufacturer} {p.model} — {p.description}  ({p.source})")
+        for r in p.registers:
+            print(f"  {r.channel:<24} {r.function:<8} {r.address:>5} (0x{r.address:04X})  {r.type:<8} {r.unit}")
+        return EXIT_OK
+    return _fail(f"no installed driver or shipped profile named {name!r} "
+                 f"(drivers: {', '.join(installed)}; profiles: {', '.join(profiles)})")
+
+
+def cmd_driver_new(args: argparse.Namespace) -> int:
+    try:
+        root = scaffold(args.name, Path(args.dir))
+    except ScaffoldError as exc:
+        return _fail(str(exc))
+    print(f"Wrote {root}\n\nNext:\n  cd {root}\n  pip install --no-build-isolation -e .\n"
+          f"  ocn-edge drivers            # lists {args.name!r}\n  pytest tests                # runs against hil-sim")
+    return EXIT_OK
+
+
+# --- ports -------------------------------------------------------------------------------------
+
+def cmd_ports(args: argparse.Namespace) -> int:
+    from serial.tools import list_ports
+
+    stable: dict[str, str] = {}
+    if BY_ID.is_dir():
+        for link in sorted(BY_ID.iterdir()):
+            stable[os.path.realpath(link)] = str(link)
+    ports = []
+    for p in sorted(list_ports.comports(), key=lambda p: p.device):
+        ports.append({
+            "device": p.device,
+            "by_id": stable.get(os.path.realpath(p.device)),
+            "description": None if p.description in (None, "n/a") else p.description,
+            "usb": f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None,
+            "manufacturer": p.manufacturer,
+            "serial_number": p.serial_number,
+        })
+    if args.json:
+        print(json.dumps({"ports": ports}, indent=2))
+        return EXIT_OK
+    if not ports:
+        print("No serial ports found. Is the adapter plugged in? (`dmesg | tail` shows what the kernel saw.)")
+        return EXIT_OK
+    for p in ports:
+        print(p["device"])
+        print(f"  stable name: {p['by_id'] or '(none: not a USB adapter, or no udev by-id link)'}")
+        details = [x for x in (p["description"], p["manufacturer"], p["usb"] and f"USB {p['usb']}",
+                               p["serial_number"] and f"serial {p['serial_number']}") if x]
+        if details:
+            print(f"  {', '.join(details)}")
+    if any(p["by_id"] for p in ports):
+        print("\nUse the stable name as `port` in the gateway config: it survives replugging in another order.")
+    return EXIT_OK
+
+
+# --- scan --------------------------------------------------------------------------------------
+
+def _units(text: str) -> list[int]:
+    units: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        if not first.isdigit() or (last and not last.isdigit()):
+            raise ValueError(f"--units {text!r}: expected ids like '1-247' or '1,2,10-20'")
+        lo, hi = int(first), int(last or first)
+        if not 1 <= lo <= hi <= 247:
+            raise ValueError(f"--units {text!r}: unit ids are 1..247")
+        units.extend(range(lo, hi + 1))
+    return units
+
+
+def _register_arg(text: str) -> tuple[str, int]:
+    function, _, address = text.partition(":")
+    if function not in ("holding", "input", "coil", "discrete") or not address.isdigit() or int(address) > 0xFFFF:
+        raise ValueError(f"--register {text!r}: expected FUNCTION:ADDRESS, e.g. holding:0 or input:0")
+    return function, int(address)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    try:
+        units = _units(args.units)
+        function, address = _register_arg(args.register)
+        tcp = _tcp(args.tcp) if args.tcp else None
+        if tcp is None and not args.port:
+            raise ValueError("say which bus: --port DEVICE (Modbus RTU) or --tcp HOST[:PORT]")
+        bauds = [0] if tcp else (list(COMMON_BAUDS) if args.baud == "all"
+                                 else [int(b) for b in args.baud.split(",") if b.strip()])
+    except ValueError as exc:
+        return _fail(str(exc))
+    found = asyncio.run(_scan(tcp, args, bauds, units, function, address))
+    if found is None:
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps({"found": found}, indent=2))
+    elif not found:
+        print("No unit answered. Check power, A/B wiring (try swapping), termination, baud rate and parity.")
+    return EXIT_OK if found else EXIT_FAILED
+
+
+async def _scan(tcp: tuple[str, int] | None, args: argparse.Namespace, bauds: list[int], units: list[int],
+                function: str, address: int) -> list[dict[str, Any]] | None:
+    found: list[dict[str, Any]] = []
+    for baud in bauds:
+        if tcp:
+            link = ModbusLink("tcp", host=tcp[0], tcp_port=tcp[1], timeout=args.timeout)
+            where = f"{tcp[0]}:{tcp[1]}"
+        else:
+            link = ModbusLink("rtu", port=args.port, baudrate=baud, parity=args.parity, stopbits=args.stopbits,
+                              timeout=args.timeout)
+            where = f"{args.port} at {baud} 8{args.parity}{args.stopbits}"
+        try:
+            await link.open()
+        except LinkDown as exc:
+            print(f"cannot open {where}: {exc}", file=sys.stderr)
+            return None
+        garbled = 0
+        if not args.json:
+            print(f"Scanning {where}, units {units[0]}..{units[-1]} ({len(units)} ids, {args.timeout:g} s each):")
+        try:
+            for unit in units:
+                began = time.monotonic()
+                try:
+                    values = await link.read(function, unit, address, 1, timeout=args.timeout)
+                except NoReply:
+                    continue
+                except GarbledReply:
+                    garbled += 1
+                    continue
+                except ExceptionReply as exc:
+                    entry = {"unit": unit, "baud": baud or None, "answer": f"exception {exc.code}: {exc.meaning}"}
+                except LinkDown as exc:
+                    print(f"lost {where}: {exc}", file=sys.stderr)
+                    return None
+                else:
+                    entry = {"unit": unit, "baud": baud or None, "answer": f"{function} {address} = {values[0]}"}
+                entry["reply_ms"] = round((time.monotonic() - began) * 1000, 1)
+                found.append(entry)
+                if not args.json:
+                    print(f"  unit {unit:>3} answers ({entry['reply_ms']} ms): {entry['answer']}")
+        finally:
+            link.close()
+        if garbled and not args.json:
+            print(f"  {garbled} replies at {baud} baud were corrupt (CRC errors): devices are there but at another "
+                  "baud rate or parity; try --baud all")
+    return found
+
+
+# --- read --------------------------------------------------------------------------------------
+
+def _mask(reading: Reading, personal: set[str]) -> str:
+    if reading.channel in personal:
+        return "<personal value, not shown>"
+    return str(reading.value)
+
+
+def _diagnose(exc: LinkError, unit: int | None, request: Any = None) -> str:
+    span = f" ({request.function} {request.address}..{request.end - 1})" if request is not None else ""
+    if isinstance(exc, ExceptionReply):
+        return f"unit {unit} answered exception {exc.code}{span}: {exc.meaning}"
+    if isinstance(exc, GarbledReply):
+        return (f"unit {unit}: corrupt replies (CRC errors){span}: most likely the wrong baud rate or parity; "
+                "find the right one with `ocn-edge scan --baud all`")
+    if isinstance(exc, (NoReply, UnitBackingOff)):
+        return (f"no reply from unit {unit}{span}: check the unit id (`ocn-edge scan`), baud rate and parity, "
+                "A/B wiring (try swapping), termination and power")
+    return f"bus not open: {exc}"
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    try:
+        plan = _read_plan(args)
+    except (ValueError, OptionError, ProfileError, UnknownDriver) as exc:
+        return _fail(str(exc))
+    return asyncio.run(_read(plan, as_json=args.json, wait=args.wait))
+
+
+def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
+    if args.config:
+        from edge.config import ConfigError, load_config
+
+        if not args.device:
+            raise ValueError("--config needs a DEVICE name from that file")
+        try:
+            cfg = load_config(args.config)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        devices = {d.name: d for d in cfg.devices}
+        if args.device not in devices:
+            raise ValueError(f"{args.config}: no device named {args.device!r} (devices: {', '.join(devices)})")
+        device = devices[args.device]
+        bus = next((b for b in cfg.buses if b.name == device.bus), None)
+        return {"driver": load_driver(device.driver), "bus": bus, "device": device.name,
+                "options": dict(device.options), "address": device.address}
+    if args.device:
+        raise ValueError("a DEVICE name needs --config; otherwise give --port/--tcp and --profile or --driver")
+    options: dict[str, Any] = {}
+    for item in args.option:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        options[key] = _option_value(value)
+    driver_name = args.driver or ("modbus" if args.profile else None)
+    if driver_name is None:
+        raise ValueError("say how to read the device: --profile NAME (Modbus) or --driver NAME")
+    if args.profile:
+        options["profile" if args.profile in shipped_profiles() or Path(args.profile).is_absolute()
+                else "profile_file"] = args.profile if args.profile in shipped_profiles() else Path(args.profile).resolve()
+    cls = load_driver(driver_name)
+    transport = cls.manifest.transport
+    if args.tcp:
+        host, port = _tcp(args.tcp)
+        bus = BusSettings(name="cli", type="modbus-tcp", host=host, tcp_port=port, timeout=args.timeout)
+    elif args.port:
+        bus = BusSettings(name="cli", type="modbus-rtu" if transport == "modbus" else "serial", port=args.port,
+                          baudrate=args.baud, parity=args.parity, stopbits=args.stopbits, timeout=args.timeout)
+    else:
+        raise ValueError("say which bus: --port DEVICE or --tcp HOST[:PORT]")
+    if transport == "modbus" and args.unit is None:
+        raise ValueError("a Modbus device needs --unit (1..247); `ocn-edge scan` finds it")
+    cls.check_options(options)
+    return {"driver": cls, "bus": bus, "device": "device", "options": options, "address": args.unit}
+
+
+def _option_value(text: str) -> Any:
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text, text)
+
+
+async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
+    cls: type[Driver] = plan["driver"]
+    bus = create_bus(plan["bus"], reopen_max=1.0)
+    ctx = DeviceContext(device_id=plan["device"], options=plan["options"], bus=bus, address=plan["address"],
+                        poll_interval=1.0)
+    driver = cls(ctx)
+    channels = {c.id: c for c in driver.channels()}
+    personal = {c.id for c in channels.values() if c.personal}
+    owner = asyncio.create_task(bus.run())
+    problems: list[str] = []
+    readings: list[Reading] = []
+    try:
+        try:
+            await asyncio.wait_for(bus.wait_open(), min(wait, 3.0))
+        except TimeoutError:
+            problems.append(f"cannot open {bus.what}: the port or server is not there (see `ocn-edge ports`)")
+        else:
+            if isinstance(driver, ModbusDriver):
+                result = await driver.poll()
+                readings = result.readings
+                problems = [_diagnose(exc, driver.unit, req) for req, exc in result.failures]
+                if result.skipped:
+                    problems.append(f"{len(result.skipped)} more request(s) not sent after the unit went silent")
+            else:
+                readings = await _stream(driver, channels, wait)
+                stats = getattr(driver, "stats", dict)()
+                if not readings:
+                    problems.append(_stream_diagnosis(bus.stats(), stats, wait))
+                elif stats.get("bad_checksum") or stats.get("bad_frames"):
+                    problems.append(f"some frames were bad: {stats}")
+    finally:
+        owner.cancel()
+        await asyncio.gather(owner, return_exceptions=True)
+    latest = {r.channel: r for r in readings}
+    if as_json:
+        print(json.dumps({"device": plan["device"], "driver": cls.manifest.name,
+                          "readings": [{"channel": r.channel, "value": _mask(r, personal) if r.channel in personal
+                                        else r.value, "unit": r.unit} for r in latest.values()],
+                          "problems": problems}, indent=2))
+    else:
+        width = max((len(c) for c in latest), default=0)
+        for r in latest.values():
+            print(f"{r.channel:<{width}}  {_mask(r, personal)} {r.unit}".rstrip())
+        for problem in problems:
+            print(f"problem: {problem}", file=sys.stderr)
+    return EXIT_OK if latest and not problems else EXIT_FAILED
+
+
+async def _stream(driver: Driver, channels: dict[str, Any], wait: float) -> list[Reading]:
+    """Run a streaming driver until every channel was seen, or ~1 s of frames after the first, or ``wait`` s."""
+    got: list[Reading] = []
+
+    async def emit(reading: Reading) -> None:
+        got.append(reading)
+
+    task = asyncio.create_task(driver.run(emit))
+    deadline = time.monotonic() + wait
+    first_at: float | None = None
+    try:
+        while time.monotonic() < deadline:
+            if got and first_at is None:
+                first_at = time.monotonic()
+            # Not every frame fills every channel (GGA vs RMC, a pedestrian counter with nobody around).
+            if first_at is not None and ({r.channel for r in got} >= set(channels)
+                                         or time.monotonic() - first_at > 1.2):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return got
+
+
+def _stream_diagnosis(bus_stats: dict[str, Any], stats: dict[str, Any], wait: float) -> str:
+    if not bus_stats.get("bytes_in"):
+        return (f"nothing received in {wait:g} s: check the port, the wiring (TX/RX crossed?) and that the sensor "
+                "has power")
+    if stats.get("frames", 0) == 0 and (stats.get("garbage_bytes") or stats.get("bad_checksum")):
+        return (f"{bus_stats['bytes_in']} bytes received but no valid frame: most likely the wrong baud rate, "
+                "or a different device on this port")
+    return f"no readings in {wait:g} s (decoder counters: {stats})"
+
