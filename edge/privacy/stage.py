@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -16,6 +17,8 @@ from edge.privacy.policy import DAY_MS, Policy, PolicyError, Rule, axis_of
 from edge.types import Channel, Kind, Quality, Reading
 
 __all__ = ["BUDGET_CHANNEL", "PrivacyStage", "aggregate_channel_id", "distinct_channel_id", "window_label"]
+
+log = logging.getLogger("ocn.privacy")
 
 # One per device that has a differentially private rule: true at the start of each window
 # whose count was not released because the epsilon budget of the period was spent.
@@ -135,6 +138,7 @@ class PrivacyStage:
         self._dropped: Counter[str] = Counter()
         self._suppressed = 0
         self._budget_refused = 0
+        self._budget_spent_logged = False
         start = self._clock()
         for channel in channels:
             rule = policy.rule_for(channel.id)
@@ -347,7 +351,16 @@ class PrivacyStage:
         if rule.epsilon is not None and self._accountant is not None:
             if not self._accountant.charge(plan.channel.id, rule.epsilon, start, max_windows=rule.max_windows):
                 self._budget_refused += 1
+                if not self._budget_spent_logged:
+                    self._budget_spent_logged = True
+                    log.warning(
+                        "privacy budget of the period spent: counts withheld until the next period",
+                        extra={"epsilon": self._accountant.state(start)["epsilon"], "channel": plan.channel.id},
+                    )
                 return self._release(Reading(f"{_device(plan.channel.id)}/{BUDGET_CHANNEL}", start, True))
+            if self._budget_spent_logged:
+                self._budget_spent_logged = False
+                log.info("privacy budget renewed: counts published again", extra={"channel": plan.channel.id})
             count = self._accountant.noisy(count, rule.epsilon)
         if count < rule.k:
             self._suppressed += 1

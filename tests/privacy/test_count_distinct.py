@@ -91,6 +91,20 @@ def test_releases_stop_when_the_budget_is_spent_and_the_batch_says_so() -> None:
     assert (budget["spent"], budget["left"], budget["exhausted"], budget["refused"]) == (1.0, 0.0, True, 2)
 
 
+def test_a_spent_budget_is_logged_once_and_its_renewal_once(caplog) -> None:
+    clock = Clock()
+    s = counting_stage("epsilon = 0.5\n", k=1, budget=BUDGET, clock=clock)
+    with caplog.at_level("INFO", logger="ocn.privacy"):
+        for w in range(6):
+            s.tick(clock.advance(WINDOW))
+        clock.now_ms = MIDNIGHT_MS + DAY
+        s.tick(clock.advance(WINDOW))
+    assert [r.getMessage() for r in caplog.records] == [
+        "privacy budget of the period spent: counts withheld until the next period",
+        "privacy budget renewed: counts published again",
+    ]
+
+
 def test_a_new_budget_period_starts_at_utc_midnight() -> None:
     clock = Clock()
     s = counting_stage("epsilon = 0.5\n", k=1, budget=BUDGET, clock=clock)
