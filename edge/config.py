@@ -244,6 +244,12 @@ def _bus_connection(values: dict[str, Any], ctx: Context, path: str) -> None:
             )
 
 
+def _bus_unused_keys(bus: BusConfig) -> tuple[str, ...]:
+    if bus.type == "modbus-tcp":
+        return ("port", "baudrate", "parity", "stopbits", "bytesize")
+    return ("host", "tcp_port")
+
+
 def _signature_needs_key(values: dict[str, Any], ctx: Context, path: str) -> None:
     if values["require_signed"] is True and values["governance_key"] is None:
         ctx.report(join(path, "governance_key"), "missing; require_signed = true needs the governance public key")
@@ -492,6 +498,7 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
         },
         into=BusConfig,
         rules=(_bus_connection,),
+        unused=_bus_unused_keys,
     )
     device = Table(
         {

@@ -109,7 +109,7 @@ def render(value: Any, *, limit: int = 80) -> str:
 
 
 def join(path: str, key: str | int) -> str:
-    """The key path of a child: ``join("devices", 2)`` is ``devices[2]``, ``join("gateway", "id")`` ``gateway.id``."""
+    """The key path of a child: `devices[2]` for an index, `gateway.id` for a key."""
     if isinstance(key, int):
         return f"{path}[{key}]"
     return f"{path}.{key}" if path else key
@@ -278,12 +278,14 @@ class Choice(Type):
 
     def parse(self, raw: Any, ctx: Context) -> Any:
         for choice in self.choices:
-            same_kind = isinstance(raw, str) == isinstance(choice, str) and isinstance(raw, bool) == isinstance(
-                choice, bool
-            )
-            if same_kind and raw == choice:
+            if _same_kind(raw, choice) and raw == choice:
                 return choice
         raise self.fail()
+
+
+def _same_kind(a: Any, b: Any) -> bool:
+    # Python says 1 == 1.0 == True; TOML files must not: "1" is not 1 and true is not 1.
+    return isinstance(a, str) == isinstance(b, str) and isinstance(a, bool) == isinstance(b, bool)
 
 
 _DURATION_UNITS = {
@@ -318,7 +320,7 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest duration string that :func:`parse_duration` reads back as exactly ``seconds``."""
+    """A duration string in the largest units that fit, which :func:`parse_duration` reads back as exactly ``seconds``."""
     exact = Decimal(repr(float(seconds)))
     ms = exact * 1000
     if ms != ms.to_integral_value():
@@ -389,7 +391,7 @@ def parse_size(text: str) -> int:
 
 
 def format_size(size: int) -> str:
-    """The shortest size string that :func:`parse_size` reads back as exactly ``size`` bytes."""
+    """A size string in the largest unit that divides it, which :func:`parse_size` reads back as exactly ``size``."""
     if size == 0:
         return "0"
     for unit, factor in (
@@ -567,7 +569,9 @@ class Table(Type):
 
     Converts to ``into(**values)`` (a dict without ``into``).  When anything in the
     table had a problem, converts to :class:`Broken` instead so that rules further
-    up can still look at the keys that were fine.
+    up can still look at the keys that were fine.  ``unused(value)`` names keys that
+    do not apply to a converted value (a serial line's baud rate on a TCP bus); they
+    are printed only when set to something other than their default.
     """
 
     expected = "a table"
@@ -579,10 +583,12 @@ class Table(Type):
         into: Callable[..., Any] | None = None,
         rules: Sequence[Rule] = (),
         expected: str = "a table",
+        unused: Callable[[Any], Iterable[str]] | None = None,
     ) -> None:
         self.fields = dict(fields)
         self._into = into
         self._rules = tuple(rules)
+        self._unused = unused
         self.expected = expected
 
     def convert(self, raw: Any, ctx: Context, path: str) -> Any:
@@ -613,12 +619,21 @@ class Table(Type):
 
     def dump(self, value: Any) -> Any:
         out: dict[str, Any] = {}
+        unused = set(self._unused(value)) if self._unused is not None else set()
         for name, spec in self.fields.items():
             item = value_of(value, name)
+            if name in unused and item == _default_value(spec):
+                continue
             dumped = spec.type.dump_unset() if item is None else spec.type.dump(item)
             if dumped is not None:
                 out[name] = dumped
         return out
+
+
+def _default_value(spec: Field) -> Any:
+    if spec.default is REQUIRED or spec.default is None:
+        return None
+    return spec.type.convert(spec.default, Context(source="", base_dir=Path.cwd()), "")
 
 
 class ArrayOf(Type):

@@ -172,6 +172,35 @@ def test_the_effective_config_shows_every_key_with_human_units(load: Load, confi
     }
 
 
+def test_the_effective_config_leaves_out_line_settings_a_bus_type_does_not_use(load: Load, config_dir: Path) -> None:
+    buses = tomllib.loads(effective_toml(load(FULL)))["buses"]
+    assert buses[0] == {
+        "name": "rs485-1",
+        "type": "modbus-rtu",
+        "port": "/dev/ttyUSB0",
+        "baudrate": 19200,
+        "parity": "E",
+        "stopbits": 1.5,
+        "bytesize": 8,
+        "timeout": "1m30s",
+        "frame_gap": "0.0015s",
+    }
+    assert buses[1] == {
+        "name": "plc",
+        "type": "modbus-tcp",
+        "host": "::1",
+        "tcp_port": 5020,
+        "timeout": "500ms",
+        "frame_gap": "5ms",
+    }
+
+
+def test_a_setting_the_bus_type_ignores_is_still_printed_when_it_was_changed(load: Load) -> None:
+    cfg = load(GATEWAY + '[[buses]]\nname = "plc"\ntype = "modbus-tcp"\nhost = "10.0.0.5"\nbaudrate = 19200\n')
+    assert tomllib.loads(effective_toml(cfg))["buses"][0]["baudrate"] == 19200
+    assert parse_config(effective_toml(cfg), path="gateway.toml", driver_lookup=lookup) == cfg
+
+
 def test_the_config_digest_changes_with_any_setting(load: Load) -> None:
     first = config_digest(load(GATEWAY))
     assert config_digest(load(GATEWAY)) == first

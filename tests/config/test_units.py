@@ -1,10 +1,14 @@
-"""Durations and sizes: the human strings a technician writes, and the ones that are refused."""
+"""Durations, sizes and TOML text: what a technician writes, what is refused, and what the gateway prints back."""
 
 from __future__ import annotations
 
-import pytest
+import tomllib
 
-from edge.schema import format_duration, format_size, parse_duration, parse_size
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edge.schema import dumps_toml, format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -77,3 +81,19 @@ def test_a_printed_size_reads_back_as_the_same_number(size: int) -> None:
 
 def test_sizes_print_in_decimal_units_when_they_fit() -> None:
     assert [format_size(n) for n in (200_000_000, 1_048_576, 1001)] == ["200MB", "1MiB", "1001B"]
+
+
+@given(st.floats(min_value=0, max_value=1e12, allow_nan=False))
+def test_any_duration_prints_and_reads_back_exactly(seconds: float) -> None:
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
+@given(st.integers(min_value=0, max_value=10**16))
+def test_any_size_prints_and_reads_back_exactly(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+
+
+@given(st.text(), st.text(min_size=1))
+def test_any_text_value_and_key_survive_the_toml_writer(value: str, key: str) -> None:
+    document = {"gateway": {"site": value}, "devices": [{"options": {key: [value, 1, 2.5, True]}}]}
+    assert tomllib.loads(dumps_toml(document)) == document
