@@ -320,7 +320,7 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration string in the largest units that fit, which :func:`parse_duration` reads back as exactly ``seconds``."""
+    """``seconds`` in the largest units that fit, as a string :func:`parse_duration` reads back exactly."""
     exact = Decimal(repr(float(seconds)))
     ms = exact * 1000
     if ms != ms.to_integral_value():
