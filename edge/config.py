@@ -117,7 +117,11 @@ class BusConfig:
 
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
-    """One [[devices]] entry; ``options`` are already checked and completed by the device's driver."""
+    """One [[devices]] entry; ``options`` are checked by the device's driver, with its defaults filled in.
+
+    Options the driver leaves unset (default None) are absent, so passing ``options``
+    to ``Driver.check_options`` again gives the same result: the runtime does that.
+    """
 
     name: str
     driver: str
@@ -321,7 +325,9 @@ def _devices_fit(driver_lookup: DriverLookup) -> Callable[[dict[str, Any], Conte
                 if isinstance(options, dict):
                     completed = _check_options(driver_cls, options, ctx, join(where, "options"))
                     if completed is not INVALID and isinstance(device, DeviceConfig):
-                        checked[i] = dataclasses.replace(device, options=MappingProxyType(completed))
+                        # Unset options are left out, so the runtime's own check_options call fills them again.
+                        kept = {key: value for key, value in completed.items() if value is not None}
+                        checked[i] = dataclasses.replace(device, options=MappingProxyType(kept))
             if value_of(device, "enabled") is not False and isinstance(bus_name, str) and bus_name in buses:
                 users.setdefault(bus_name, []).append((i, device))
         for bus_name, on_bus in users.items():

@@ -9,7 +9,7 @@ from drivers.registry import UnknownDriver
 from drivers.sdk import Driver, Emit, Manifest, OptionSpec
 from edge.types import Channel, Reading
 
-__all__ = ["DRIVERS", "lookup"]
+__all__ = ["DRIVERS", "DustSensor", "Meter", "Uptime", "lookup"]
 
 
 class DustSensor(Driver):

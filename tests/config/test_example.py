@@ -5,6 +5,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+from drivers.registry import load_driver
 from edge.config import effective_toml, gateway_schema, load_config, parse_config
 from edge.schema import ArrayOf, Table
 
@@ -32,3 +33,9 @@ def test_the_example_config_sets_every_key_so_a_technician_sees_them_all() -> No
 def test_the_example_config_round_trips_through_its_effective_form() -> None:
     cfg = load_config(EXAMPLE)
     assert parse_config(effective_toml(cfg), path=EXAMPLE) == cfg
+
+
+def test_every_device_of_the_example_gets_options_its_driver_accepts_at_start_up() -> None:
+    # The runtime hands each device's options to its driver's check_options again when it starts.
+    for device in load_config(EXAMPLE).devices:
+        assert load_driver(device.driver).check_options(device.options), device.name

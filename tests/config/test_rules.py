@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from edge.config import GatewayConfig
 from tests.config.conftest import GATEWAY
+from tests.config.drivers import Meter
 
 Problems = Callable[[str], list[str]]
 Load = Callable[[str], GatewayConfig]
@@ -201,6 +202,12 @@ def test_a_missing_required_driver_option_is_reported(problems: Problems) -> Non
 def test_driver_options_come_back_completed_by_the_driver(load: Load) -> None:
     cfg = load(GATEWAY + SERIAL + dust("pm-1", extra='[devices.options]\nmode = "query"\n'))
     assert dict(cfg.devices[0].options) == {"mode": "query", "warmup": 30}
+
+
+def test_loaded_options_pass_the_drivers_check_again_unchanged(load: Load) -> None:
+    options = load(GATEWAY + RTU + meter("meter-1")).devices[0].options
+    assert dict(options) == {"profile": "sdm630", "phases": 3}
+    assert Meter.check_options(options) == {"profile": "sdm630", "phases": 3, "calibration": None}
 
 
 def test_latitude_without_longitude_is_refused(problems: Problems) -> None:
