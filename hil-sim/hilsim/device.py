@@ -51,7 +51,30 @@ class SimDevice:
     profile: ClassVar[str | None] = None
     fault_kinds: ClassVar[tuple[str, ...]] = ()
     quantities: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    options_spec: ClassVar[Mapping[str, Any]] = {}
+    options_spec: ClassVar[Mapping[str, Any]] = {}  # option -> default (its type is the accepted type)
+    option_choices: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
+    extra_quantities: ClassVar[tuple[str, ...]] = ()  # quantities a scenario may model besides `quantities`
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any], *, where: str) -> None:
+        """Raise ValueError naming `where`, the option, the value and what is accepted."""
+        for key, value in options.items():
+            if key not in cls.options_spec:
+                raise ValueError(f"{where}.{key}: unknown option of {cls.kind}; expected one of "
+                                 f"{', '.join(cls.options_spec) or 'none'}")
+            default = cls.options_spec[key]
+            expected = (int, float) if isinstance(default, float) else type(default)
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+                raise ValueError(f"{where}.{key} = {value!r}: expected a {type(default).__name__} "
+                                 f"like {default!r}")
+            if key in cls.option_choices and value not in cls.option_choices[key]:
+                raise ValueError(f"{where}.{key} = {value!r}: expected one of "
+                                 f"{', '.join(repr(c) for c in cls.option_choices[key])}")
+
+    @classmethod
+    def modelled(cls) -> tuple[str, ...]:
+        """Every quantity a scenario may give a value model for."""
+        return (*cls.quantities, *cls.extra_quantities)
 
     def __init__(
         self,

@@ -34,6 +34,11 @@ class ModbusDevice(SimDevice):
     register_map: ClassVar[RegisterMap]
     fault_kinds = MODBUS_FAULTS
 
+    @classmethod
+    def modelled(cls) -> tuple[str, ...]:
+        """Model inputs plus every register of the map (a scenario may drive any register directly)."""
+        return tuple(dict.fromkeys((*cls.quantities, *cls.extra_quantities, *cls.register_map.names())))
+
     def __init__(self, *, unit: int, response_delay: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.unit = unit

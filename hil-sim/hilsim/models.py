@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import bisect
 import csv
+import functools
 import math
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Any, Protocol
 
 from hilsim.durations import parse_duration
 
-__all__ = ["Model", "Constant", "Diurnal", "Counter", "Replay", "build_model", "noise_rng", "MODEL_KINDS"]
+__all__ = ["Model", "Constant", "Diurnal", "Counter", "Replay", "build_model", "dataset_path", "noise_rng", "MODEL_KINDS"]
 
 MODEL_KINDS = ("constant", "diurnal", "counter", "replay")
 
@@ -101,31 +103,16 @@ class Replay:
         self.speed = speed
         self.scale = scale
         self.offset = offset
+        trace_times, columns = _read_trace(path, delimiter, time_column)
+        if column not in columns:
+            raise ValueError(f"replay file {str(path)!r}: column {column!r} is not a numeric column of the file; "
+                             f"expected one of {', '.join(columns)}")
         times: list[float] = []
         values: list[float] = []
-        try:
-            handle = path.open(newline="", encoding="utf-8")
-        except OSError as exc:
-            raise ValueError(f"replay file {str(path)!r}: cannot be read ({exc.strerror})") from exc
-        with handle:
-            reader = csv.DictReader(handle, delimiter=delimiter)
-            header = reader.fieldnames or []
-            for needed in (column, time_column):
-                if needed not in header:
-                    raise ValueError(
-                        f"replay file {str(path)!r}: column {needed!r} not found; the file has {', '.join(header)}"
-                    )
-            for line_no, row in enumerate(reader, start=2):
-                cell = (row.get(column) or "").strip()
-                if not cell:
-                    continue
-                try:
-                    values.append(float(cell))
-                except ValueError:
-                    raise ValueError(
-                        f"replay file {str(path)!r} line {line_no}: column {column!r} = {cell!r} is not a number"
-                    ) from None
-                times.append(_parse_time(row[time_column], path=path, line_no=line_no))
+        for t, cell in zip(trace_times, columns[column]):
+            if cell is not None:
+                times.append(t)
+                values.append(cell)
         if not values:
             raise ValueError(f"replay file {str(path)!r}: column {column!r} has no values")
         self._times = times
@@ -137,6 +124,36 @@ class Replay:
         trace_t = self._times[0] + ((self._start - self._times[0]) + tick * self.speed) % self._span
         index = max(0, bisect.bisect_right(self._times, trace_t) - 1)
         return self._values[index] * self.scale + self.offset
+
+
+@functools.lru_cache(maxsize=16)
+def _read_trace(path: Path, delimiter: str, time_column: str) -> tuple[list[float], dict[str, list[float | None]]]:
+    """Every row's time and every numeric column of a CSV trace (None for an empty cell); read once per run."""
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"replay file {str(path)!r}: cannot be read ({exc.strerror})") from exc
+    with handle:
+        reader = csv.reader(handle, delimiter=delimiter)
+        header = next(reader, [])
+        if time_column not in header:
+            raise ValueError(f"replay file {str(path)!r}: column {time_column!r} not found; "
+                             f"the file has {', '.join(header)}")
+        time_index = header.index(time_column)
+        times: list[float] = []
+        cells: list[list[str]] = []
+        for line_no, row in enumerate(reader, start=2):
+            times.append(_parse_time(row[time_index], path=path, line_no=line_no))
+            cells.append(row)
+    columns: dict[str, list[float | None]] = {}
+    for index, name in enumerate(header):
+        if index == time_index:
+            continue
+        try:
+            columns[name] = [float(row[index]) if index < len(row) and row[index].strip() else None for row in cells]
+        except ValueError:
+            continue  # a text column (sensor type, ids): not replayable, so not offered
+    return times, columns
 
 
 def _parse_time(cell: str, *, path: Path, line_no: int) -> float:
@@ -154,6 +171,21 @@ def _parse_time(cell: str, *, path: Path, line_no: int) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()
+
+
+def dataset_path(text: str) -> Path:
+    """A replay file's path with `$VARIABLES` expanded; `$OCN_DATASETS` defaults to the shared datasets.
+
+    The shared datasets sit beside the repository (``../shared/datasets``), read
+    in place, never copied in; set OCN_DATASETS to point elsewhere.
+    """
+    environment = dict(os.environ)
+    environment.setdefault("OCN_DATASETS", str(Path(__file__).resolve().parents[3] / "shared" / "datasets"))
+    for name, value in environment.items():
+        text = text.replace("${" + name + "}", value)
+        if text.startswith("$" + name + "/") or text == "$" + name:
+            text = value + text[len(name) + 1 :]
+    return Path(text).expanduser()
 
 
 def build_model(spec: Mapping[str, Any], *, seed: int, name: str, where: str, base_dir: Path) -> Model:
@@ -178,7 +210,7 @@ def build_model(spec: Mapping[str, Any], *, seed: int, name: str, where: str, ba
         if kind == "counter":
             return Counter(start=float(spec.get("start", 0.0)), rate_per_hour=float(spec["rate_per_hour"]))
         if kind == "replay":
-            path = Path(spec["file"])
+            path = dataset_path(str(spec["file"]))
             return Replay(
                 path if path.is_absolute() else base_dir / path,
                 column=str(spec["column"]),

@@ -157,10 +157,17 @@ def load_scenario(scenario: str | Path) -> Scenario:
             unit = device.get("unit")
             if not isinstance(unit, int) or not 1 <= unit <= 247:
                 raise ScenarioError(f"{where}.unit = {unit!r}: expected a Modbus unit id from 1 to 247")
-        for key in device.get("options", {}):
-            if key not in cls.options_spec:
-                raise ScenarioError(f"{where}.options.{key}: unknown option of {kind}; expected one of "
-                                    f"{', '.join(cls.options_spec) or 'none'}")
+        try:
+            cls.check_options(device.get("options", {}), where=f"{where}.options")
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from None
+        for quantity, model in device.get("values", {}).items():
+            if quantity not in cls.modelled():
+                raise ScenarioError(f"{where}.values.{quantity}: {kind} has no such quantity; expected one of "
+                                    f"{', '.join(cls.modelled()) or 'none'}")
+            if not isinstance(model, dict):
+                raise ScenarioError(f"{where}.values.{quantity} = {model!r}: expected a table like "
+                                    f"{{ value = 1.5 }} or {{ model = \"diurnal\", mean = 12 }}")
         bus_type = next((b.get("type") for b in buses if b.get("name") == device.get("bus")), None)
         allowed = TCP_FAULTS if bus_type == "modbus-tcp" else cls.fault_kinds
         try:

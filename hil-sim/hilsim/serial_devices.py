@@ -119,6 +119,7 @@ class Sds011(SerialDevice):
         "pm10": {"model": "diurnal", "mean": 16.0, "amplitude": 6.0, "peak": "08:30", "noise": 2.0, "min": 0.0},
     }
     options_spec = {"mode": "active", "device_id": 0xA160, "firmware": "18-11-16"}
+    option_choices = {"mode": ("active", "query")}
 
     async def power_up(self) -> None:
         self.query_mode = self.options["mode"] == "query"
@@ -212,6 +213,7 @@ class Pms5003(SerialDevice):
         "pm10": {"model": "diurnal", "mean": 14.0, "amplitude": 5.0, "peak": "08:30", "noise": 1.8, "min": 0.0},
     }
     options_spec = {"mode": "active", "interval": 1.0}
+    option_choices = {"mode": ("active", "passive")}
 
     async def power_up(self) -> None:
         self.passive = self.options["mode"] == "passive"

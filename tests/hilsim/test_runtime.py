@@ -139,6 +139,6 @@ def test_replay_of_a_missing_column_names_the_file_and_the_columns(tmp_path):
 
     trace = tmp_path / "trace.csv"
     trace.write_text("t,a\n1,2\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"column 'b' not found; the file has t, a"):
+    with pytest.raises(ValueError, match=r"column 'b' is not a numeric column of the file; expected one of a"):
         build_model({"model": "replay", "file": str(trace), "column": "b", "time_column": "t"},
                     seed=1, name="x", where="devices[0].values.v", base_dir=tmp_path)
