@@ -196,6 +196,11 @@ class GatewayConfig:
         """The bus called ``name``, or None."""
         return next((bus for bus in self.buses if bus.name == name), None)
 
+    @property
+    def digest(self) -> bytes:
+        """:func:`config_digest` of this config: the ``config_digest`` of status reports."""
+        return config_digest(self)
+
 
 # -- the pieces ---------------------------------------------------------------
 

@@ -208,6 +208,16 @@ def test_the_config_digest_changes_with_any_setting(load: Load) -> None:
     assert len(first) == 32
 
 
+def test_the_config_carries_its_digest_for_status_reports(load: Load) -> None:
+    cfg = load(GATEWAY)
+    assert cfg.digest == config_digest(cfg)
+
+
+def test_a_bus_is_found_by_name(load: Load) -> None:
+    cfg = load(GATEWAY + '[[buses]]\nname = "b"\ntype = "serial"\nport = "/dev/ttyS0"\n')
+    assert (cfg.bus_named("b"), cfg.bus_named("c")) == (cfg.buses[0], None)
+
+
 def test_a_path_option_of_a_driver_resolves_next_to_the_config_file(load: Load, config_dir: Path) -> None:
     assert load(FULL).devices[0].options["calibration"] == config_dir / "cal/meter-1.toml"
 
