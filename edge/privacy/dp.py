@@ -9,6 +9,7 @@ P(x) ∝ exp(-|x|·s/t): no floating-point Laplace, whose rounding artefacts lea
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ def discrete_laplace(rng: IntegerSource, t: int, s: int) -> int:
         return -y if negative else y
 
 
+@functools.lru_cache(maxsize=64)
 def noise_scale(epsilon: float, sensitivity: int = 1) -> tuple[int, int]:
     """The scale b = sensitivity/epsilon as an exact fraction (t, s), epsilon read as its decimal text."""
     scale = Fraction(sensitivity) / Fraction(str(epsilon))

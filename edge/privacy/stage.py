@@ -132,6 +132,7 @@ class PrivacyStage:
             else None
         )
         self._plans: dict[str, _Plan] = {}
+        self._denied: dict[str, str] = {}  # declared channels that never leave -> reason
         self._last_latitude: dict[str, float] = {}
         self._in = 0
         self._released = 0
@@ -143,6 +144,7 @@ class PrivacyStage:
         for channel in channels:
             rule = policy.rule_for(channel.id)
             if rule is None or rule.rule == "drop":
+                self._denied[channel.id] = "default_deny" if rule is None else "drop"
                 continue
             plan = _Plan(channel=channel, rule=rule)
             if rule.rule == "count_distinct":
@@ -231,14 +233,12 @@ class PrivacyStage:
         self._in += 1
         plan = self._plans.get(reading.channel)
         if plan is None:
-            rule = self.policy.rule_for(reading.channel)
-            self._drop("drop" if rule is not None and rule.rule == "drop" else "default_deny")
-            return []
+            return self._drop(self._denied.get(reading.channel, "default_deny"))
         rule = plan.rule
         unit = reading.unit or plan.channel.unit
         value = reading.value
         if rule.rule == "keep":
-            return self._release(Reading(reading.channel, reading.ts_ms, value, unit, reading.quality))
+            return self._release(reading if reading.unit == unit else replace(reading, unit=unit))
         if rule.rule == "round_time":
             ts = reading.ts_ms - reading.ts_ms % rule.time_step_ms  # type: ignore[operator]
             return self._release(Reading(reading.channel, ts, value, unit, reading.quality))
