@@ -213,3 +213,15 @@ def test_messages_name_the_file_the_way_the_user_gave_it(config_dir: Path) -> No
     with pytest.raises(ConfigError) as caught:
         load_config("site/gateway.toml", driver_lookup=lookup)
     assert caught.value.problems == ['site/gateway.toml: batch.codec = "gzip": expected one of "zstd", "deflate"']
+
+
+def test_a_multi_line_value_is_shown_on_one_line(problems: Problems) -> None:
+    assert problems('[gateway]\nid = """pole\n0042"""\n') == [
+        'gateway.toml: gateway.id = "pole\\n0042": expected a device id like "pole-0042"'
+        " (lowercase letters, digits and '-', at most 63)"
+    ]
+
+
+def test_a_long_value_is_shortened_in_the_message(problems: Problems) -> None:
+    [message] = problems(GATEWAY + f"[batch]\ncodec = {'x' * 200!r}\n")
+    assert message == f'gateway.toml: batch.codec = "{"x" * 78}…: expected one of "zstd", "deflate"'
