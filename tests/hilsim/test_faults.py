@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from hilsim.faults import Fault
+from hilsim.modbus_adapter import crc16
 from hilsim.scenario import ScenarioError, load_scenario
 from tests.hilsim.helpers import RawPort, write_scenario
 
@@ -88,4 +91,116 @@ def test_fault_a_device_cannot_suffer_is_rejected(tmp_path):
                                     '[[devices]]\nname = "m"\nkind = "eastron-sdm120"\nbus = "t"\nunit = 1\n'
                                     '[[devices.faults]]\nkind = "bad_checksum"\n')
     with pytest.raises(ScenarioError, match="this device supports drop_reply"):
+        load_scenario(path)
+
+
+RTU_FAULTS = """
+[[buses]]
+name = "line"
+type = "modbus-rtu"
+[[devices]]
+name = "m"
+kind = "eastron-sdm120"
+bus = "line"
+unit = 3
+response_delay = "2ms"
+[[devices.faults]]
+kind = "{kind}"
+{extra}
+"""
+
+
+async def _one_rtu_reply(hilsim_run, tmp_path, kind: str, extra: str = "") -> bytes:
+    sim = await hilsim_run(write_scenario(tmp_path, RTU_FAULTS.format(kind=kind, extra=extra)))
+    port = RawPort(sim.endpoints["m"].path)
+    try:
+        request = bytes([3, 4, 0, 0, 0, 2])
+        port.write(request + crc16(request))
+        return await port.read_for(0.5)
+    finally:
+        port.close()
+
+
+async def test_rtu_bad_checksum_fault_sends_a_full_frame_with_a_wrong_crc(hilsim_run, tmp_path):
+    reply = await _one_rtu_reply(hilsim_run, tmp_path, "bad_checksum")
+    assert len(reply) == 9 and reply[:3] == bytes([3, 4, 4])
+    assert crc16(reply[:-2]) != reply[-2:]
+
+
+async def test_rtu_partial_frame_fault_sends_only_the_start_of_the_reply(hilsim_run, tmp_path):
+    reply = await _one_rtu_reply(hilsim_run, tmp_path, "partial_frame")
+    assert 1 <= len(reply) < 9 and reply[0] == 3
+
+
+async def test_rtu_drop_reply_fault_keeps_the_line_silent(hilsim_run, tmp_path):
+    reply = await _one_rtu_reply(hilsim_run, tmp_path, "drop_reply")
+    assert reply == b""
+
+
+async def test_rtu_split_frame_fault_pauses_inside_the_reply(hilsim_run, tmp_path):
+    sim = await hilsim_run(write_scenario(tmp_path, RTU_FAULTS.format(kind="split_frame", extra='gap = "100ms"')))
+    port = RawPort(sim.endpoints["m"].path)
+    try:
+        request = bytes([3, 4, 0, 0, 0, 2])
+        port.write(request + crc16(request))
+        reply, stamps = await port.read_exactly(9)
+    finally:
+        port.close()
+    assert crc16(reply[:-2]) == reply[-2:]  # all the bytes arrive, intact
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert max(gaps) >= 0.09  # but with a silence mid-frame that a strict t3.5 receiver treats as a frame end
+
+
+async def test_gps_no_fix_fault_reports_fix_quality_zero_and_void_status(hilsim_run, tmp_path):
+    text = '[[devices]]\nname = "gps"\nkind = "nmea-gps"\n[[devices.faults]]\nkind = "no_fix"\n'
+    sim = await hilsim_run(write_scenario(tmp_path, text))
+    port = RawPort(sim.endpoints["gps"].path)
+    try:
+        data = await port.read_for(1.3)
+    finally:
+        port.close()
+    lines = [line for line in data.decode("ascii").split("\r\n") if line.startswith("$")]
+    assert lines
+    for line in lines:
+        fields = line.split(",")
+        if fields[0] == "$GPGGA":
+            assert fields[6] == "0" and fields[2] == ""
+        else:
+            assert fields[2] == "V"
+
+
+async def test_stuck_value_fault_freezes_the_readings(hilsim_run, tmp_path):
+    text = """
+[[buses]]
+name = "t"
+type = "modbus-tcp"
+[[devices]]
+name = "m"
+kind = "eastron-sdm120"
+bus = "t"
+unit = 1
+[devices.values]
+voltage = { model = "counter", start = 200.0, rate_per_hour = 36000.0 }
+[[devices.faults]]
+kind = "stuck_value"
+at = "1s"
+"""
+    sim = await hilsim_run(write_scenario(tmp_path, text))
+    device = sim.device("m")
+    await asyncio.sleep(1.2)
+    frozen = device.values["voltage"]
+    await asyncio.sleep(1.0)
+    device.advance()
+    assert device.values["voltage"] == frozen
+
+
+def test_an_option_of_the_wrong_type_is_rejected_with_what_is_accepted(tmp_path):
+    path = write_scenario(tmp_path, '[[devices]]\nname = "pm"\nkind = "sds011"\n[devices.options]\nmode = "sometimes"\n')
+    with pytest.raises(ScenarioError, match=r"devices\[0\]\.options\.mode = 'sometimes': expected one of 'active', 'query'"):
+        load_scenario(path)
+
+
+def test_a_quantity_the_device_does_not_have_is_rejected(tmp_path):
+    path = write_scenario(tmp_path, '[[devices]]\nname = "pm"\nkind = "sds011"\n[devices.values]\npm4 = { value = 1 }\n')
+    with pytest.raises(ScenarioError, match=r"devices\[0\]\.values\.pm4: sds011 has no such quantity; expected one of pm2_5, pm10"):
         load_scenario(path)
