@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import math
 import os
 import sys
 import time
@@ -340,9 +342,14 @@ async def _scan(tcp: tuple[str, int] | None, args: argparse.Namespace, bauds: li
 
 # --- read --------------------------------------------------------------------------------------
 
-def _mask(reading: Reading, personal: set[str]) -> str:
-    if reading.channel in personal:
+def _shown(reading: Reading, channels: dict[str, Any]) -> str:
+    """The value as a technician reads it: personal values masked, numbers to the channel's resolution."""
+    channel = channels.get(reading.channel)
+    if channel is not None and channel.personal:
         return "<personal value, not shown>"
+    if isinstance(reading.value, float) and channel is not None and channel.resolution:
+        decimals = max(0, -math.floor(math.log10(channel.resolution)))
+        return f"{reading.value:.{decimals}f}"
     return str(reading.value)
 
 
@@ -360,6 +367,8 @@ def _diagnose(exc: LinkError, unit: int | None, request: Any = None) -> str:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
+    # The diagnosis printed at the end says it better than the runtime's fault log lines.
+    logging.getLogger("ocn").setLevel(logging.ERROR)
     try:
         plan = _read_plan(args)
     except (ValueError, OptionError, ProfileError, UnknownDriver) as exc:
@@ -459,13 +468,13 @@ async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
     latest = {r.channel: r for r in readings}
     if as_json:
         print(json.dumps({"device": plan["device"], "driver": cls.manifest.name,
-                          "readings": [{"channel": r.channel, "value": _mask(r, personal) if r.channel in personal
+                          "readings": [{"channel": r.channel, "value": _shown(r, channels) if r.channel in personal
                                         else r.value, "unit": r.unit} for r in latest.values()],
                           "problems": problems}, indent=2))
     else:
         width = max((len(c) for c in latest), default=0)
         for r in latest.values():
-            print(f"{r.channel:<{width}}  {_mask(r, personal)} {r.unit}".rstrip())
+            print(f"{r.channel:<{width}}  {_shown(r, channels)} {r.unit}".rstrip())
         for problem in problems:
             print(f"problem: {problem}", file=sys.stderr)
     return EXIT_OK if latest and not problems else EXIT_FAILED

@@ -105,6 +105,9 @@ class Driver(abc.ABC):
                 out[key] = spec.default
                 continue
             value = options[key]
+            if value is None and spec.default is None and not spec.required:
+                out[key] = None  # an unset optional option; keeps check_options idempotent
+                continue
             if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, spec.type) or (spec.type is int and isinstance(value, bool)):

@@ -29,7 +29,7 @@ __all__ = [
 # Modbus application protocol v1.1b3, section 7.
 EXCEPTION_MEANINGS = {
     1: "illegal function: the device does not support this read",
-    2: "illegal data address: the device has no register at this address (check the profile's addresses)",
+    2: "illegal data address: the device has no register at this address",
     3: "illegal data value: the request is malformed (e.g. too many registers at once)",
     4: "server device failure: the device failed while answering",
     5: "acknowledge: the device accepted a long-running request",

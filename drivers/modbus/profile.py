@@ -112,7 +112,8 @@ class Register:
             return None  # meters answer NaN for a quantity they do not measure
         if self.scale == 1.0 and self.offset == 0.0:
             return value
-        return value * self.scale + self.offset
+        # round away binary noise of the scaling (1012.8000000000001 -> 1012.8), far below any resolution
+        return round(value * self.scale + self.offset, 9)
 
 
 @dataclass(frozen=True, slots=True)
