@@ -88,6 +88,7 @@ class Gateway:
         self.uplink: Any = None
         self.boot: Any = None
         self.key_id = b""
+        self.spool_stats_at_stop: dict[str, Any] | None = None
         self._stopped = False
 
     # -- assembly ---------------------------------------------------------------------------
@@ -303,8 +304,12 @@ class Gateway:
 
     # -- shutdown ---------------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        """Stop reading, push everything in memory through privacy and the batcher into the spool."""
+    async def stop(self, *, drain_timeout_s: float = 0.0) -> None:
+        """Stop reading, push everything in memory through privacy and the batcher into the spool.
+
+        With ``drain_timeout_s`` the uplink keeps sending for up to that long, until the
+        spool is empty; what is left stays in the spool for the next start.
+        """
         if self._stopped:
             return
         self._stopped = True
@@ -322,18 +327,27 @@ class Gateway:
             while not self.released.empty():
                 await self.batcher.add(self.released.get_nowait())
             await self.batcher.flush()
+        if self.uplink is not None and drain_timeout_s > 0:
+            await self._drain(drain_timeout_s)
         await _cancel(self._service_tasks)
         if self.uplink is not None:
             await self.uplink.aclose()
         if self._local_api_runner is not None:
             await self._local_api_runner.cleanup()
         if self.spool is not None:
+            self.spool_stats_at_stop = self.spool.stats()
             await self.spool.mark_clean_shutdown()
             await self.spool.close()
         for bus in self.buses.values():
             with contextlib.suppress(Exception):
                 await bus.aclose()
         log.info("stopped cleanly", extra=_summary_fields(self))
+
+    async def _drain(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        self.uplink.wake()
+        while self.spool.stats()["batches"] > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _release_nowait(self, out: list[Reading]) -> None:
         # During shutdown nothing consumes the released queue concurrently: hand straight to the batcher.
