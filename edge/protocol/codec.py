@@ -146,14 +146,27 @@ def _number_values(channel: Channel, values: list) -> list:
         if values and (max(values) > INT64_MAX or min(values) < INT64_MIN):
             raise ValueError(f"channel {channel.id!r}: integer value outside the signed 64-bit range")
         return [ENC_SCALED, 1, 0, pack_uvarints(zigzag(delta(values)))]
+    floats_only = [v for v in values if type(v) is not int]
     # -0.0 equals 0.0 but would lose its sign as a scaled integer; binary64 keeps it.
-    negative_zero = 0 in values and any(v == 0 and math.copysign(1.0, v) < 0 for v in values)
-    places = None if negative_zero else _exact_decimals(values)
-    if places is not None and places > 0:
+    negative_zero = 0 in floats_only and any(v == 0 and math.copysign(1.0, v) < 0 for v in floats_only)
+    places = None if negative_zero else _exact_decimals(floats_only)
+    if places == 0:
+        # Integral floats among ints travel as integers, so big ints stay exact.
+        ints = [int(v) for v in values]
+        if max(ints) <= INT64_MAX and min(ints) >= INT64_MIN:
+            return [ENC_SCALED, 1, 0, pack_uvarints(zigzag(delta(ints)))]
+        places = None
+    floats = [float(v) for v in values]
+    if len(floats_only) != len(values) and any(type(v) is int and f != v for f, v in zip(floats, values)):
+        raise ValueError(
+            f"channel {channel.id!r}: mixes integers beyond 2**53 with fractional values, which no single"
+            " encoding carries exactly; declare a resolution for the channel"
+        )
+    if places is not None:
         ks = _quantize(values, 1, -places, channel.id)
         if ks is not None:
             return [ENC_SCALED, 1, -places, pack_uvarints(zigzag(delta(ks)))]
-    return [ENC_FLOAT, _float_column([float(v) for v in values])]
+    return [ENC_FLOAT, _float_column(floats)]
 
 
 def _string_values(channel: Channel, values: list) -> list:

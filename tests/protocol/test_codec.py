@@ -96,6 +96,17 @@ def test_integer_beyond_64_bits_is_refused_naming_the_channel():
         encode_payload((Channel("m/energy"),), [Reading("m/energy", 0, 2**64)], codec="zstd")
 
 
+def test_integers_mixed_with_integral_floats_stay_exact_integers():
+    ch = (Channel("m/n"),)
+    _, decoded = roundtrip(ch, [Reading("m/n", 0, 2**53 + 1), Reading("m/n", 1, 7.0)])
+    assert [r.value for r in decoded] == [2**53 + 1, 7]
+
+
+def test_huge_integers_mixed_with_fractions_are_refused_rather_than_rounded():
+    with pytest.raises(ValueError, match="'m/n'.*declare a resolution"):
+        encode_payload((Channel("m/n"),), [Reading("m/n", 0, 2**53 + 1), Reading("m/n", 1, 0.123456789012)], codec="zstd")
+
+
 def test_value_of_the_wrong_kind_is_refused_naming_channel_and_value():
     with pytest.raises(ValueError, match=r"'m/v'.*'high'.*number"):
         encode_payload((Channel("m/v"),), [Reading("m/v", 0, "high")], codec="zstd")
@@ -148,7 +159,7 @@ def test_garbage_payload_is_malformed_not_a_crash():
 
 
 number = st.one_of(
-    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-(2**53), max_value=2**53),
     st.floats(allow_nan=False),
 )
 
