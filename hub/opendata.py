@@ -55,11 +55,13 @@ async def _query(request: web.Request) -> tuple[list[StoredReading], int, int]:
     q = request.query
     limit = _int("limit", q.get("limit"), DEFAULT_LIMIT, high=MAX_LIMIT)
     offset = _int("offset", q.get("offset"), 0, high=2**62)
-    rows = await request.app[HUB].store.readings(
-        device_id=q.get("device") or None, channel=q.get("channel") or None,
-        since_ms=parse_time("since", q.get("since")), until_ms=parse_time("until", q.get("until")),
-        limit=limit, offset=offset,
-    )
+    since_ms, until_ms = parse_time("since", q.get("since")), parse_time("until", q.get("until"))
+    try:
+        rows = await request.app[HUB].store.readings(
+            device_id=q.get("device") or None, channel=q.get("channel") or None, since_ms=since_ms, until_ms=until_ms, limit=limit, offset=offset
+        )
+    except ValueError as exc:
+        raise QueryError(f"limit/offset: {exc}") from None
     return rows, limit, offset
 
 

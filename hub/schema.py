@@ -88,15 +88,16 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             description TEXT NOT NULL,
             UNIQUE (device_id, name)
         );
-        CREATE TABLE readings (
+        CREATE TABLE chunks (
             id {id},
             channel_id BIGINT NOT NULL,
-            ts_ms BIGINT NOT NULL,
-            num DOUBLE PRECISION,
-            txt TEXT,
-            quality SMALLINT
+            first_ms BIGINT NOT NULL,
+            last_ms BIGINT NOT NULL,
+            count INTEGER NOT NULL,
+            data {blob} NOT NULL
         );
-        CREATE INDEX readings_by_channel_time ON readings (channel_id, ts_ms);
+        CREATE INDEX chunks_by_channel_first ON chunks (channel_id, first_ms);
+        CREATE INDEX chunks_by_channel_last ON chunks (channel_id, last_ms);
         CREATE TABLE notices (
             id {id},
             device_id TEXT NOT NULL,

@@ -154,7 +154,7 @@ class Catalog:
 
     async def one(self, entity_set: str, key: Any) -> Any:
         if entity_set == "Observations":
-            rows = await self.store.readings(where=("r.id = {}", [int(key)]), limit=1)
+            rows = await self.store.readings(reading_id=int(key), limit=1)
             if not rows or rows[0].channel_id not in self.channel_by_id:
                 raise StaError(404, f"Observations({key}) does not exist")
             return rows[0]
@@ -226,13 +226,12 @@ class Catalog:
     # --- collections ------------------------------------------------------------------
 
     async def observations(self, options: Options, *, channel_id: int | None) -> tuple[list[tuple[Any, Any]], bool]:
-        where = None
+        match, since, until = None, None, None
         if options.filter:
             try:
-                text, params = compile_filter(options.filter)
+                match, since, until = compile_filter(options.filter)
             except FilterError as exc:
                 raise StaError(400, str(exc)) from None
-            where = (text, params)
         order, descending = "ts_ms", False
         if options.orderby:
             first = split_top_level(options.orderby, ",")[0].split()
@@ -240,7 +239,11 @@ class Catalog:
             if not order or (len(first) > 1 and first[1].lower() not in ("asc", "desc")):
                 raise StaError(400, f"$orderby={options.orderby!r}: expected phenomenonTime, resultTime, result or @iot.id, then asc or desc")
             descending = len(first) > 1 and first[1].lower() == "desc"
-        rows = await self.store.readings(channel_id=channel_id, where=where, order=order, descending=descending, limit=options.top + 1, offset=options.skip)
+        try:
+            rows = await self.store.readings(channel_id=channel_id, since_ms=since, until_ms=until, match=match, order=order,
+                                             descending=descending, limit=options.top + 1, offset=options.skip)
+        except ValueError as exc:
+            raise StaError(400, f"$top/$skip: {exc}") from None
         rows = [r for r in rows if r.channel_id in self.channel_by_id]
         return [(r.id, r) for r in rows[: options.top]], len(rows) > options.top
 

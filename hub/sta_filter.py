@@ -1,19 +1,23 @@
-"""The OData `$filter` subset SensorThings clients send for Observations, turned into a safe SQL condition.
+"""The OData `$filter` subset SensorThings clients send for Observations, turned into a predicate.
 
 Supported: ``phenomenonTime``/``resultTime`` and ``result`` compared with ``eq ne gt ge lt le``
 to numbers, ISO 8601 times, quoted strings or true/false; combined with ``and``, ``or``,
-``not`` and parentheses.  Values always travel as query parameters, never as SQL text.
+``not`` and parentheses.  The filter becomes a predicate over stored readings, plus the
+time range its top-level ``and`` implies, so the store reads only the chunks that matter.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
+
+from hub.store import StoredReading
 
 __all__ = ["FilterError", "compile_filter"]
 
-OPERATORS = {"eq": "=", "ne": "<>", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+OPERATORS = ("eq", "ne", "gt", "ge", "lt", "le")
 MIRROR = {"eq": "eq", "ne": "ne", "gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
 FIELDS = {"phenomenonTime": "time", "resultTime": "time", "result": "result", "id": "id", "@iot.id": "id"}
 
@@ -52,7 +56,6 @@ class _Parser:
         self.text = text
         self.tokens = _tokens(text)
         self.pos = 0
-        self.params: list[Any] = []
         self.depth = 0
 
     def peek(self) -> tuple[str, str] | None:
@@ -72,25 +75,25 @@ class _Parser:
             return True
         return False
 
-    def parse(self) -> str:
+    def parse(self) -> tuple[Any, ...]:
         sql = self.disjunction()
         if self.peek() is not None:
             raise FilterError(f"$filter={self.text!r}: unexpected {self.peek()[1]!r}")  # type: ignore[index]
         return sql
 
-    def disjunction(self) -> str:
+    def disjunction(self) -> tuple[Any, ...]:
         parts = [self.conjunction()]
         while self.word("or"):
             parts.append(self.conjunction())
-        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+        return parts[0] if len(parts) == 1 else ("or", parts)
 
-    def conjunction(self) -> str:
+    def conjunction(self) -> tuple[Any, ...]:
         parts = [self.negation()]
         while self.word("and"):
             parts.append(self.negation())
-        return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+        return parts[0] if len(parts) == 1 else ("and", parts)
 
-    def negation(self) -> str:
+    def negation(self) -> tuple[Any, ...]:
         self.depth += 1
         if self.depth > 64:
             raise FilterError("$filter: nested deeper than 64 levels")
@@ -99,16 +102,16 @@ class _Parser:
         finally:
             self.depth -= 1
 
-    def _negation(self) -> str:
+    def _negation(self) -> tuple[Any, ...]:
         if self.word("not"):
-            return f"NOT ({self.negation()})"
+            return ("not", self.negation())
         token = self.peek()
         if token is not None and token[0] == "lp":
             self.take()
             inner = self.disjunction()
             if self.take()[0] != "rp":
                 raise FilterError(f"$filter={self.text!r}: expected ')'")
-            return f"({inner})"
+            return inner
         return self.comparison()
 
     def operand(self) -> tuple[str, Any]:
@@ -128,7 +131,7 @@ class _Parser:
             f"$filter={self.text!r}: {text!r} is not supported; use phenomenonTime, resultTime or result with eq, ne, gt, ge, lt, le"
         )
 
-    def comparison(self) -> str:
+    def comparison(self) -> tuple[Any, ...]:
         left = self.operand()
         op_token = self.take()
         if op_token[0] != "word" or op_token[1] not in OPERATORS:
@@ -143,28 +146,81 @@ class _Parser:
         if field == "time":
             if kind not in ("time", "num"):
                 raise FilterError(f"$filter={self.text!r}: phenomenonTime compares with an ISO 8601 time like 2026-11-27T03:00:00Z")
-            column = "r.ts_ms"
             value = int(value)
         elif field == "id":
-            column = "r.id"
+            if kind != "num":
+                raise FilterError(f"$filter={self.text!r}: @iot.id compares with a number")
             value = int(value)
-        elif kind == "str":
-            column = "r.txt"
-        elif kind in ("num", "bool"):
-            column = "r.num"
-            value = float(value)
-        else:
+        elif kind not in ("str", "num", "bool"):
             raise FilterError(f"$filter={self.text!r}: result compares with a number, a quoted string or true/false")
-        self.params.append(value)
-        return f"{column} {OPERATORS[op]} {{}}"
+        return ("cmp", field, op, value)
 
 
-def compile_filter(text: str) -> tuple[str, list[Any]]:
-    """SQL condition text (a ``{}`` where each parameter goes) and its parameters."""
+COMPARE = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+}
+
+
+def _predicate(node: tuple[Any, ...]) -> Callable[[StoredReading], bool]:
+    kind = node[0]
+    if kind == "and":
+        parts = [_predicate(n) for n in node[1]]
+        return lambda r: all(p(r) for p in parts)
+    if kind == "or":
+        parts = [_predicate(n) for n in node[1]]
+        return lambda r: any(p(r) for p in parts)
+    if kind == "not":
+        inner = _predicate(node[1])
+        return lambda r: not inner(r)
+    _, field, op, value = node
+    compare = COMPARE[op]
+    if field == "time":
+        return lambda r: compare(r.ts_ms, value)
+    if field == "id":
+        return lambda r: compare(r.id, value)
+
+    def on_result(r: StoredReading) -> bool:
+        # A number never equals a string: comparing across kinds is simply false, as in OData.
+        result = r.value
+        if isinstance(value, str) != isinstance(result, str):
+            return op == "ne"
+        try:
+            return bool(compare(result, value))
+        except TypeError:
+            return False
+
+    return on_result
+
+
+def _time_range(node: tuple[Any, ...]) -> tuple[int | None, int | None]:
+    """[since, until) implied by the comparisons on time joined by the top-level ``and``."""
+    since, until = None, None
+    parts = node[1] if node[0] == "and" else [node]
+    for part in parts:
+        if part[0] != "cmp" or part[1] != "time":
+            continue
+        _, _, op, value = part
+        low = {"gt": value + 1, "ge": value, "eq": value}.get(op)
+        high = {"lt": value, "le": value + 1, "eq": value + 1}.get(op)
+        if low is not None:
+            since = low if since is None else max(since, low)
+        if high is not None:
+            until = high if until is None else min(until, high)
+    return since, until
+
+
+def compile_filter(text: str) -> tuple[Callable[[StoredReading], bool], int | None, int | None]:
+    """A predicate over stored readings and the [since, until) milliseconds it implies (None: open)."""
     if len(text) > 2000:
-        raise FilterError("$filter: longer than 2000 characters")
+        raise FilterError(f"$filter: longer than 2000 characters. {HINT}")
     try:
-        parser = _Parser(text)
-        return parser.parse(), parser.params
+        tree = _Parser(text).parse()
     except FilterError as exc:
         raise FilterError(f"{exc}. {HINT}") from None
+    since, until = _time_range(tree)
+    return _predicate(tree), since, until

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -226,12 +226,14 @@ class Store(abc.ABC):
         channel_id: int | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
-        where: tuple[str, Sequence[Any]] | None = None,
+        reading_id: int | None = None,
+        match: Callable[[StoredReading], bool] | None = None,
         order: str = "ts_ms",
         descending: bool = False,
         limit: int = 1000,
         offset: int = 0,
-    ) -> list[StoredReading]: ...
+    ) -> list[StoredReading]:
+        """Readings in ``order`` ("ts_ms", "id" or "value"), filtered by device, channel, time [since, until) and ``match``."""
 
     # admin secrets (hashed)
     @abc.abstractmethod
@@ -285,23 +287,6 @@ async def open_store(url: str) -> Store:
 
         return await PostgresStore.open(url)
     raise StoreError(f"--db {url!r}: expected a sqlite:///path.db or postgresql://user@host/database URL")
-
-
-def value_columns(value: object) -> tuple[float | None, str | None]:
-    """How a reading's value is kept: numbers and bools in the numeric column, text in the text column."""
-    if isinstance(value, str):
-        return None, value
-    return float(value), None  # type: ignore[arg-type]
-
-
-def stored_value(num: float | None, txt: str | None, kind: str) -> int | float | str | bool:
-    """The reading value back from its columns, typed by the channel's kind."""
-    if txt is not None:
-        return txt
-    if kind == "bool":
-        return bool(num)
-    assert num is not None
-    return int(num) if num.is_integer() and abs(num) < 2**53 else num
 
 
 def _hex(value: object) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hub.schema import MIGRATIONS, migration_statements
@@ -24,16 +24,9 @@ from hub.store import (
     notice_location,
     postgres_schema,
     status_columns,
-    value_columns,
 )
-from hub.store_sql import (
-    DEVICE_COLUMNS,
-    decide_enrolment,
-    device_from_row,
-    reading_from_row,
-    readings_query,
-    status_change_allowed,
-)
+from hub.chunks import CHUNK_PAGE, Collector, chunk_query, encode_chunks, split_reading_id
+from hub.store_sql import DEVICE_COLUMNS, decide_enrolment, device_from_row, status_change_allowed
 
 __all__ = ["PostgresStore"]
 
@@ -179,19 +172,8 @@ class PostgresStore(Store):
                     " ON CONFLICT (device_id, name) DO UPDATE SET unit = channels.unit RETURNING id",
                     batch.device_id, name, unit,
                 )
-            cids, times, nums, texts, quals = [], [], [], [], []
-            for r in batch.readings:
-                num, txt = value_columns(r.value)
-                cids.append(declared[r.channel])
-                times.append(r.ts_ms)
-                nums.append(num)
-                texts.append(txt)
-                quals.append(None if r.quality is None else int(r.quality))
-            await conn.execute(
-                "INSERT INTO readings (channel_id, ts_ms, num, txt, quality)"
-                " SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::text[], $5::int2[])",
-                cids, times, nums, texts, quals,
-            )
+            rows = [(declared[name], *chunk) for name, chunks in encode_chunks(batch.readings).items() for chunk in chunks]
+            await conn.executemany("INSERT INTO chunks (channel_id, first_ms, last_ms, count, data) VALUES ($1, $2, $3, $4, $5)", rows)
             await conn.execute(
                 "UPDATE devices SET readings_stored = readings_stored + $1, batches_stored = batches_stored + 1,"
                 " last_seen_ms = greatest(coalesce(last_seen_ms, 0), $2) WHERE device_id = $3",
@@ -283,17 +265,24 @@ class PostgresStore(Store):
         channel_id: int | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
-        where: tuple[str, Sequence[Any]] | None = None,
+        reading_id: int | None = None,
+        match: Callable[[StoredReading], bool] | None = None,
         order: str = "ts_ms",
         descending: bool = False,
         limit: int = 1000,
         offset: int = 0,
     ) -> list[StoredReading]:
-        sql, params = readings_query(
-            "$", device_id=device_id, channel=channel, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms,
-            where=where, order=order, descending=descending, limit=limit, offset=offset,
-        )
-        return [reading_from_row(r) for r in await self._pool.fetch(sql, *params)]
+        chunk_id, position = split_reading_id(reading_id) if reading_id is not None else (None, None)
+        collector = Collector(since_ms=since_ms, until_ms=until_ms, match=match, order=order, descending=descending,
+                              offset=offset, limit=limit, position=position)
+        sql, params = chunk_query("$", device_id=device_id, channel=channel, channel_id=channel_id, since_ms=since_ms,
+                                  until_ms=until_ms, chunk_id=chunk_id, order=order, descending=descending)
+        start = 0
+        while True:
+            rows = await self._pool.fetch(f"{sql} LIMIT {CHUNK_PAGE} OFFSET {start}", *params)
+            if not collector.feed(rows) or len(rows) < CHUNK_PAGE:
+                return collector.page()
+            start += CHUNK_PAGE
 
     # --- settings and one-time secrets ------------------------------------------------
 

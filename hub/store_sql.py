@@ -7,15 +7,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from edge.types import Channel
-from hub.store import Device, EnrolError, EnrolOutcome, IncomingBatch, StoredReading, stored_value
+from hub.store import Device, EnrolError, EnrolOutcome, IncomingBatch
 
 __all__ = [
     "DEVICE_COLUMNS",
     "channel_map",
     "decide_enrolment",
     "device_from_row",
-    "reading_from_row",
-    "readings_query",
     "status_change_allowed",
 ]
 
@@ -103,58 +101,3 @@ def channel_map(batch: IncomingBatch, channel_id: Callable[[Channel], int]) -> d
         if reading.channel not in ids:
             ids[reading.channel] = channel_id(Channel(reading.channel, unit=reading.unit))
     return ids
-
-
-READING_SELECT = (
-    "SELECT r.id, r.channel_id, c.device_id, c.name, r.ts_ms, r.num, r.txt, c.unit, r.quality, c.kind"
-    " FROM readings r JOIN channels c ON c.id = r.channel_id"
-)
-
-ORDERABLE = {"ts_ms": "r.ts_ms", "id": "r.id", "value": "r.num"}
-
-
-def readings_query(
-    mark: str,
-    *,
-    device_id: str | None,
-    channel: str | None,
-    channel_id: int | None,
-    since_ms: int | None,
-    until_ms: int | None,
-    where: tuple[str, Sequence[Any]] | None,
-    order: str,
-    descending: bool,
-    limit: int,
-    offset: int,
-) -> tuple[str, list[Any]]:
-    """The SELECT for a readings query; ``mark`` is the engine's placeholder ("?" or "$")."""
-    clauses: list[str] = []
-    params: list[Any] = []
-
-    def param(value: Any) -> str:
-        params.append(value)
-        return "?" if mark == "?" else f"${len(params)}"
-
-    if device_id is not None:
-        clauses.append(f"c.device_id = {param(device_id)}")
-    if channel is not None:
-        clauses.append(f"c.name = {param(channel)}")
-    if channel_id is not None:
-        clauses.append(f"r.channel_id = {param(channel_id)}")
-    if since_ms is not None:
-        clauses.append(f"r.ts_ms >= {param(since_ms)}")
-    if until_ms is not None:
-        clauses.append(f"r.ts_ms < {param(until_ms)}")
-    if where is not None:
-        text, values = where
-        # The filter is written with "{}" where each value goes, so both engines can number them.
-        clauses.append("(" + text.format(*(param(v) for v in values)) + ")")
-    sql = READING_SELECT + (" WHERE " + " AND ".join(clauses) if clauses else "")
-    direction = " DESC" if descending else ""
-    sql += f" ORDER BY {ORDERABLE[order]}{direction}, r.id{direction} LIMIT {param(int(limit))} OFFSET {param(int(offset))}"
-    return sql, params
-
-
-def reading_from_row(row: Sequence[Any]) -> StoredReading:
-    """A StoredReading from a row selected with READING_SELECT."""
-    return StoredReading(row[0], row[1], row[2], row[3], row[4], stored_value(row[5], row[6], row[9]), row[7], row[8])

@@ -29,17 +29,9 @@ from hub.store import (
     sqlite_path,
     notice_location,
     status_columns,
-    value_columns,
 )
-from hub.store_sql import (
-    DEVICE_COLUMNS,
-    channel_map,
-    decide_enrolment,
-    device_from_row,
-    reading_from_row,
-    readings_query,
-    status_change_allowed,
-)
+from hub.chunks import Collector, chunk_query, collect_pages, encode_chunks, split_reading_id
+from hub.store_sql import DEVICE_COLUMNS, channel_map, decide_enrolment, device_from_row, status_change_allowed
 
 __all__ = ["SQLiteStore"]
 
@@ -273,8 +265,8 @@ class SQLiteStore(Store):
                 return "duplicate"
             ids = channel_map(batch, lambda ch: self._channel_id(conn, batch.device_id, ch))
             conn.executemany(
-                "INSERT INTO readings (channel_id, ts_ms, num, txt, quality) VALUES (?, ?, ?, ?, ?)",
-                [(ids[r.channel], r.ts_ms, *value_columns(r.value), None if r.quality is None else int(r.quality)) for r in batch.readings],
+                "INSERT INTO chunks (channel_id, first_ms, last_ms, count, data) VALUES (?, ?, ?, ?, ?)",
+                [(ids[name], *chunk) for name, chunks in encode_chunks(batch.readings).items() for chunk in chunks],
             )
             conn.execute(
                 "UPDATE devices SET readings_stored = readings_stored + ?, batches_stored = batches_stored + 1,"
@@ -384,18 +376,24 @@ class SQLiteStore(Store):
         channel_id: int | None = None,
         since_ms: int | None = None,
         until_ms: int | None = None,
-        where: tuple[str, Sequence[Any]] | None = None,
+        reading_id: int | None = None,
+        match: Callable[[StoredReading], bool] | None = None,
         order: str = "ts_ms",
         descending: bool = False,
         limit: int = 1000,
         offset: int = 0,
     ) -> list[StoredReading]:
-        sql, params = readings_query(
-            "?", device_id=device_id, channel=channel, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms,
-            where=where, order=order, descending=descending, limit=limit, offset=offset,
-        )
-        rows = await self._read(sql, params)
-        return [reading_from_row(r) for r in rows]
+        chunk_id, position = split_reading_id(reading_id) if reading_id is not None else (None, None)
+        collector = Collector(since_ms=since_ms, until_ms=until_ms, match=match, order=order, descending=descending,
+                              offset=offset, limit=limit, position=position)
+        sql, params = chunk_query("?", device_id=device_id, channel=channel, channel_id=channel_id, since_ms=since_ms,
+                                  until_ms=until_ms, chunk_id=chunk_id, order=order, descending=descending)
+
+        def run() -> list[StoredReading]:
+            conn = self._reader()
+            return collect_pages(lambda limit, offset: conn.execute(f"{sql} LIMIT {limit} OFFSET {offset}", params).fetchall(), collector)
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
 
     # --- settings and one-time secrets ------------------------------------------------
 

@@ -37,7 +37,7 @@ async def test_csv_export_filters_by_device_channel_and_time(with_data: RunningH
         assert resp.content_type == "text/csv"
         rows = list(csv.DictReader(io.StringIO(await resp.text())))
     assert len(rows) == 10
-    assert rows[0] == {"device_id": "pole-0042", "channel": "meter-1/voltage_l1", "time": "2026-09-21T14:14:20.000Z", "ts_ms": str(T0 + 60_000), "value": "230", "unit": "V", "quality": ""}
+    assert rows[0] == {"device_id": "pole-0042", "channel": "meter-1/voltage_l1", "time": "2026-09-21T14:14:20.000Z", "ts_ms": str(T0 + 60_000), "value": "230.0", "unit": "V", "quality": ""}
 
 
 async def test_a_full_export_page_links_to_the_next_page(with_data: RunningHub, http: aiohttp.ClientSession) -> None:

@@ -202,3 +202,30 @@ async def test_a_setting_written_only_if_absent_keeps_the_first_value(store: Sto
     assert await store.set_setting("admin_token_sha256", "first", only_if_absent=True)
     assert not await store.set_setting("admin_token_sha256", "second", only_if_absent=True)
     assert await store.get_setting("admin_token_sha256") == "first"
+
+
+async def test_readings_from_overlapping_batches_come_back_in_time_order_page_by_page(store: Store) -> None:
+    key_id = await enrolled(store)
+    # Batches arrive out of order and overlap in time, as after a gateway's spool catches up.
+    for seq in (5, 1, 3, 2, 4):
+        await store.store_batch(batch(key_id, seq=seq, n=600))
+    everything = await store.readings(channel="pm-1/pm2_5", limit=10_000)
+    assert [r.ts_ms for r in everything] == sorted(r.ts_ms for r in everything) and len(everything) == 3000
+    pages = [await store.readings(channel="pm-1/pm2_5", limit=700, offset=start) for start in range(0, 3000, 700)]
+    assert [r.id for page in pages for r in page] == [r.id for r in everything]
+    newest = await store.readings(channel="pm-1/pm2_5", descending=True, limit=5)
+    assert [r.ts_ms for r in newest] == sorted((r.ts_ms for r in everything), reverse=True)[:5]
+
+
+async def test_a_reading_is_found_again_by_its_id(store: Store) -> None:
+    key_id = await enrolled(store)
+    await store.store_batch(batch(key_id, seq=1, n=4))
+    some = (await store.readings(channel="pm-1/pm2_5"))[2]
+    assert await store.readings(reading_id=some.id) == [some]
+
+
+async def test_readings_can_be_filtered_and_ordered_by_value(store: Store) -> None:
+    key_id = await enrolled(store)
+    await store.store_batch(batch(key_id, seq=1, n=10))
+    top = await store.readings(channel="pm-1/pm2_5", match=lambda r: r.value < 15, order="value", descending=True, limit=2)
+    assert [r.value for r in top] == [14.5, 13.5]

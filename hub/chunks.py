@@ -1,0 +1,194 @@
+"""How readings are kept: one compact chunk per channel per batch, and the query that reads them back in order.
+
+A row per reading costs more than the rest of ingest together (on a Raspberry Pi class
+or small cloud machine SQLite inserts well under 100,000 indexed rows a second), while a
+batch already groups a channel's readings.  So each batch stores one row per channel:
+its time range, its count and a CBOR array of time offsets, values and quality flags.
+Queries select the chunks whose time range overlaps, decode them and merge in order,
+stopping as soon as no further chunk can change the page asked for.
+A reading's id is ``chunk id * 65536 + position`` (``MAX_CHUNK`` readings per chunk).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import cbor2
+
+from edge.types import Reading
+from hub.store import StoredReading
+
+__all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "chunk_query", "encode_chunks", "split_reading_id"]
+
+MAX_CHUNK = 65536
+# offset + limit of one query: deeper pages must narrow the time range instead.
+MAX_WINDOW = 1_000_000
+CHUNK_PAGE = 256
+
+Match = Callable[[StoredReading], bool]
+
+
+def encode_chunks(readings: Iterable[Reading]) -> dict[str, list[tuple[int, int, int, bytes]]]:
+    """Per channel: (first_ms, last_ms, count, data) for each chunk of at most MAX_CHUNK readings."""
+    by_channel: dict[str, list[Reading]] = {}
+    for r in readings:
+        by_channel.setdefault(r.channel, []).append(r)
+    out: dict[str, list[tuple[int, int, int, bytes]]] = {}
+    for channel, rows in by_channel.items():
+        out[channel] = []
+        for start in range(0, len(rows), MAX_CHUNK):
+            part = rows[start : start + MAX_CHUNK]
+            first = min(r.ts_ms for r in part)
+            qualities = [None if r.quality is None else int(r.quality) for r in part]
+            data = cbor2.dumps([[r.ts_ms - first for r in part], [r.value for r in part], qualities if any(q is not None for q in qualities) else None])
+            out[channel].append((first, max(r.ts_ms for r in part), len(part), data))
+    return out
+
+
+def split_reading_id(reading_id: int) -> tuple[int, int]:
+    """(chunk id, position) of a reading id."""
+    return reading_id >> 16, reading_id & 0xFFFF
+
+
+def chunk_query(
+    mark: str,
+    *,
+    device_id: str | None,
+    channel: str | None,
+    channel_id: int | None,
+    since_ms: int | None,
+    until_ms: int | None,
+    chunk_id: int | None,
+    order: str,
+    descending: bool,
+) -> tuple[str, list[Any]]:
+    """SELECT of the chunks that may hold matching readings, in the order the Collector reads them.
+
+    ``mark`` is the engine's placeholder style ("?" or "$"); the caller appends LIMIT/OFFSET.
+    """
+    clauses, params = [], []
+
+    def param(value: Any) -> str:
+        params.append(value)
+        return "?" if mark == "?" else f"${len(params)}"
+
+    if device_id is not None:
+        clauses.append(f"c.device_id = {param(device_id)}")
+    if channel is not None:
+        clauses.append(f"c.name = {param(channel)}")
+    if channel_id is not None:
+        clauses.append(f"k.channel_id = {param(channel_id)}")
+    if since_ms is not None:
+        clauses.append(f"k.last_ms >= {param(since_ms)}")
+    if until_ms is not None:
+        clauses.append(f"k.first_ms < {param(until_ms)}")
+    if chunk_id is not None:
+        clauses.append(f"k.id = {param(chunk_id)}")
+    sql = (
+        "SELECT k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.last_ms, k.data"
+        " FROM chunks k JOIN channels c ON c.id = k.channel_id"
+    )
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    if order == "ts_ms":
+        sql += " ORDER BY k.last_ms DESC, k.id DESC" if descending else " ORDER BY k.first_ms, k.id"
+    else:
+        sql += " ORDER BY k.id DESC" if descending and order == "id" else " ORDER BY k.id"
+    return sql, params
+
+
+def _value_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, bool):
+        return (1, int(value))
+    if isinstance(value, int | float):
+        return (0, value)
+    return (2, str(value))
+
+
+class Collector:
+    """Merges decoded chunks into one ordered page: ``feed`` chunk rows until it says stop, then ``page``."""
+
+    def __init__(
+        self,
+        *,
+        since_ms: int | None,
+        until_ms: int | None,
+        match: Match | None,
+        order: str,
+        descending: bool,
+        offset: int,
+        limit: int,
+        position: int | None = None,
+    ) -> None:
+        if order not in ("ts_ms", "id", "value"):
+            raise ValueError(f"order {order!r}: expected ts_ms, id or value")
+        if offset + limit > MAX_WINDOW:
+            raise ValueError(f"offset + limit = {offset + limit}: at most {MAX_WINDOW}; narrow the time range to page deeper")
+        self.since_ms, self.until_ms, self.match = since_ms, until_ms, match
+        self.order, self.descending = order, descending
+        self.offset, self.limit, self.need = offset, limit, offset + limit
+        self.position = position
+        self.items: list[StoredReading] = []
+        self.bound: int | None = None
+
+    def _key(self, r: StoredReading) -> tuple[Any, ...]:
+        if self.order == "ts_ms":
+            return (r.ts_ms, r.id)
+        if self.order == "id":
+            return (r.id,)
+        return (_value_key(r.value), r.id)
+
+    def _trim(self) -> None:
+        self.items.sort(key=self._key, reverse=self.descending)
+        del self.items[self.need :]
+        if len(self.items) >= self.need and self.need > 0 and self.order != "value":
+            last = self.items[-1]
+            self.bound = last.ts_ms if self.order == "ts_ms" else last.id
+
+    def finished_before(self, first_ms: int, last_ms: int, chunk_id: int) -> bool:
+        """True when this chunk, and every chunk after it in query order, cannot enter the page."""
+        if self.need == 0:
+            return True
+        if self.bound is None:
+            return False
+        if self.order == "ts_ms":
+            return last_ms < self.bound if self.descending else first_ms > self.bound
+        return (chunk_id << 16 | 0xFFFF) < self.bound if self.descending else chunk_id << 16 > self.bound
+
+    def feed(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """Add chunk rows (as selected by chunk_query); False once no later chunk can matter."""
+        for chunk_id, channel_id, device_id, name, unit, first_ms, last_ms, data in rows:
+            if self.finished_before(first_ms, last_ms, chunk_id):
+                return False
+            offsets, values, qualities = cbor2.loads(bytes(data))
+            base_id = chunk_id << 16
+            positions: Iterable[int] = range(len(values)) if self.position is None else [self.position]
+            for i in positions:
+                if i >= len(values):
+                    continue
+                ts = first_ms + offsets[i]
+                if (self.since_ms is not None and ts < self.since_ms) or (self.until_ms is not None and ts >= self.until_ms):
+                    continue
+                reading = StoredReading(base_id | i, channel_id, device_id, name, ts, values[i], unit, None if qualities is None else qualities[i])
+                if self.match is None or self.match(reading):
+                    self.items.append(reading)
+            if len(self.items) >= 2 * self.need:
+                self._trim()
+            elif self.bound is None and len(self.items) >= self.need:
+                self._trim()
+        return True
+
+    def page(self) -> list[StoredReading]:
+        self._trim()
+        return self.items[self.offset : self.offset + self.limit]
+
+
+def collect_pages(fetch_page: Callable[[int, int], list[Any]], collector: Collector) -> list[StoredReading]:
+    """Run a collector over chunk pages fetched synchronously (``fetch_page(limit, offset)``)."""
+    for start in itertools.count(0, CHUNK_PAGE):
+        rows = fetch_page(CHUNK_PAGE, start)
+        if not collector.feed(rows) or len(rows) < CHUNK_PAGE:
+            break
+    return collector.page()
