@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge.config import ConfigError, effective_toml, load_config
+from edge.config import ConfigError, GatewayConfig, effective_toml, load_config
+from edge.privacy import PolicyError, load_policy
 
 __all__ = ["check", "register"]
 
@@ -21,7 +22,10 @@ the value found and what would be accepted, for example:
 
   gateway.toml: devices[2].poll_interval = "fast": expected a duration like "10s"
 
-When the file is valid, the effective config is printed: every setting the
+The privacy policy the file names is checked too (as `ocn-edge policy check`
+does), since the gateway does not start with a bad policy either.
+
+When both are valid, the effective config is printed: every setting the
 gateway will use, defaults filled in and paths made absolute. It is itself a
 valid config file.
 
@@ -47,7 +51,8 @@ def check(args: argparse.Namespace) -> int:
     """Validate ``args.config``: the effective config to stdout (exit 0), or every problem to stderr (exit 2)."""
     try:
         cfg = load_config(args.config)
-    except ConfigError as err:
+        _check_policy(cfg)
+    except (ConfigError, PolicyError) as err:
         for problem in err.problems:
             print(problem, file=sys.stderr)
         count = len(err.problems)
@@ -61,3 +66,12 @@ def check(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return EXIT_OK
+
+
+def _check_policy(cfg: GatewayConfig) -> None:
+    """Load the policy the way the gateway does at start-up; PolicyError lists its problems."""
+    load_policy(
+        cfg.privacy.policy,
+        governance_key=cfg.privacy.governance_key,
+        require_signed=cfg.privacy.require_signed,
+    )

@@ -28,9 +28,23 @@ def check(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(OCN_EDGE), "check", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
+POLICY = """\
+[policy]
+name = "Test street policy"
+version = "1"
+organisation = "City IT"
+contact = "privacy@city.example"
+purpose = "Air quality"
+
+[channels."pm-1/pm2_5"]
+rule = "keep"
+purpose = "Air quality"
+"""
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
-    (tmp_path / "policy.toml").write_text("")
+    (tmp_path / "policy.toml").write_text(POLICY)
     return tmp_path
 
 
@@ -62,6 +76,21 @@ def test_an_invalid_file_exits_2_and_lists_every_problem_on_stderr(site: Path) -
         'gateway.toml: gateway.sit: unknown key; did you mean "site"?',
         'gateway.toml: spool.max_size = 200: expected a size like "200MB"',
         "gateway.toml: 2 problems; the gateway will not start",
+    ]
+
+
+def test_a_bad_policy_named_by_a_valid_config_exits_2_with_the_policys_problems(
+    site: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (site / "gateway.toml").write_text(VALID)
+    (site / "policy.toml").write_text(POLICY.replace('contact = "privacy@city.example"\n', ""))
+    monkeypatch.chdir(site)
+    assert main(["check", "gateway.toml"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        "policy.toml: policy.contact is missing: the public notice must say who is accountable and why",
+        "gateway.toml: 1 problem; the gateway will not start",
     ]
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from drivers.registry import load_driver
+from edge.cli import main
 from edge.config import effective_toml, gateway_schema, load_config, parse_config
 from edge.schema import ArrayOf, Table
 
@@ -40,3 +43,7 @@ def test_every_device_of_the_example_gets_options_its_driver_accepts_at_start_up
     for device in load_config(EXAMPLE).devices:
         completed = load_driver(device.driver).check_options(device.options)
         assert {k: v for k, v in completed.items() if v is not None} == device.options, device.name
+
+
+def test_the_example_config_passes_ocn_edge_check_policy_included(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--quiet", str(EXAMPLE)]) == 0, capsys.readouterr().err
