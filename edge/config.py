@@ -417,6 +417,8 @@ def _check_options(driver_cls: type[Driver], options: dict[str, Any], ctx: Conte
             ctx.report(
                 join(where, key), f'unknown option; "{key}" is a device setting: move it above [devices.options]'
             )
+        elif not specs:
+            ctx.report(join(where, key), f'unknown option; driver "{driver_cls.manifest.name}" takes no options')
         elif key not in specs:
             ctx.unknown(join(where, key), key, specs)
         elif _is_path_option(specs[key].type) and isinstance(value, str) and value:

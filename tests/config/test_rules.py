@@ -204,6 +204,12 @@ def test_driver_options_come_back_completed_by_the_driver(load: Load) -> None:
     assert dict(cfg.devices[0].options) == {"mode": "query", "warmup": 30}
 
 
+def test_an_option_for_a_driver_without_options_says_so(problems: Problems) -> None:
+    assert problems(GATEWAY + '[[devices]]\nname = "up"\ndriver = "uptime"\noptions = { every = "1s" }\n') == [
+        'gateway.toml: devices[0].options.every: unknown option; driver "uptime" takes no options'
+    ]
+
+
 def test_loaded_options_pass_the_drivers_check_again_unchanged(load: Load) -> None:
     options = load(GATEWAY + RTU + meter("meter-1")).devices[0].options
     assert dict(options) == {"profile": "sdm630", "phases": 3}
