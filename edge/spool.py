@@ -28,7 +28,7 @@ from typing import Any
 
 from edge.protocol import peek_header
 
-__all__ = ["BatchId", "BootInfo", "Spool", "SpoolError", "SpoolStats", "StoredBatch", "WHEN_FULL"]
+__all__ = ["ACK_DELAY_S", "ACK_GROUP", "BatchId", "BootInfo", "Spool", "SpoolError", "SpoolStats", "StoredBatch", "WHEN_FULL"]
 
 log = logging.getLogger("ocn.spool")
 
@@ -36,9 +36,13 @@ WHEN_FULL = ("drop_oldest", "refuse_newest")
 
 _SCHEMA_VERSION = 1
 
+# Acked batches are deleted with the next commit, or after this many acks / seconds, whichever comes first.
+ACK_GROUP = 32
+ACK_DELAY_S = 2.0
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
-    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    row INTEGER PRIMARY KEY,
     device_id TEXT NOT NULL,
     key_id BLOB NOT NULL,
     boot_epoch INTEGER NOT NULL,
@@ -50,6 +54,7 @@ CREATE TABLE IF NOT EXISTS batches (
 );
 CREATE TABLE IF NOT EXISTS quarantine (
     row INTEGER PRIMARY KEY,
+    batch_row INTEGER NOT NULL,
     device_id TEXT NOT NULL,
     key_id BLOB NOT NULL,
     boot_epoch INTEGER NOT NULL,
@@ -157,6 +162,10 @@ class Spool:
         self._lock = threading.Lock()
         self._clock_ms = clock_ms
         self._leased: set[int] = set()
+        # Acked batches whose DELETE rides on the next commit: (bytes, readings) per row.
+        self._acked: dict[int, tuple[int, int]] = {}
+        self._acked_since = 0.0
+        self._pending_budget: tuple[int, int] | None = None
         self._boot_epoch: int | None = None
         self._next_seq = 0
         self._load_figures()
@@ -174,6 +183,10 @@ class Spool:
         self._quarantine_bytes, self._quarantine_batches = conn.execute(
             "SELECT COALESCE(SUM(LENGTH(data)), 0), COUNT(*) FROM quarantine"
         ).fetchone()
+        for size, readings in self._acked.values():
+            self._bytes -= size
+            self._batches -= 1
+            self._readings -= readings
 
     @classmethod
     async def open(
@@ -227,7 +240,8 @@ class Spool:
         await asyncio.to_thread(self.close_blocking)
 
     def close_blocking(self) -> None:
-        """`close` for code without an event loop."""
+        """`close` for code without an event loop; pending ack deletions are committed first."""
+        self.flush_acks()
         with self._lock:
             self._conn.close()
 
@@ -352,19 +366,19 @@ class Spool:
             rows = self._conn.execute(
                 "SELECT row, device_id, key_id, boot_epoch, seq, readings, created_ms, stored_ms, data"
                 " FROM batches ORDER BY row LIMIT ?",
-                (limit,),
+                (limit + len(self._acked),),
             ).fetchall()
-        return [self._stored(r) for r in rows]
+            return [self._stored(r) for r in rows if r[0] not in self._acked][:limit]
 
     def lease_oldest(self) -> StoredBatch | None:
         """The oldest batch not already leased, protected from `drop_oldest` until acked or released."""
         with self._lock:
-            placeholders = ",".join("?" * len(self._leased))
-            where = f"WHERE row NOT IN ({placeholders})" if self._leased else ""
+            skip = tuple(self._leased | self._acked.keys())
+            where = f"WHERE row NOT IN ({','.join('?' * len(skip))})" if skip else ""
             r = self._conn.execute(
                 "SELECT row, device_id, key_id, boot_epoch, seq, readings, created_ms, stored_ms, data"
                 f" FROM batches {where} ORDER BY row LIMIT 1",
-                tuple(self._leased),
+                skip,
             ).fetchone()
             if r is None:
                 return None
@@ -379,21 +393,53 @@ class Spool:
     def ack(self, batch: StoredBatch, *, budget: tuple[int, int] | None = None) -> bool:
         """Forget a batch the hub has durably stored; False if it was no longer in the spool.
 
-        ``budget`` = (UTC day number, bytes sent that day) is remembered in the same
-        commit, so the daily byte budget survives restarts without a write of its own.
+        The DELETE is committed together with the next write (a put, usually), or
+        once `ACK_GROUP` acks or `ACK_DELAY_S` seconds have piled up, or by
+        `flush_acks`: a commit of its own per ack would double the bytes written
+        per batch.  If the gateway dies before that commit the batch is sent again
+        and the hub, which deduplicates on identity, answers "duplicate".
+
+        ``budget`` = (UTC day number, bytes sent that day) is remembered with the
+        same commit, so the daily byte budget survives restarts at no extra write.
         """
-        with self._lock, self._transaction():
+        with self._lock:
             self._leased.discard(batch.row)
             if budget is not None:
-                self._set_meta("budget_day", budget[0])
-                self._set_meta("budget_bytes", budget[1])
-            cur = self._conn.execute("DELETE FROM batches WHERE row = ?", (batch.row,))
-            if cur.rowcount == 0:
+                self._pending_budget = budget
+            if batch.row in self._acked:
                 return False
-            self._bytes -= len(batch.data)
+            present = self._conn.execute("SELECT LENGTH(data), readings FROM batches WHERE row = ?", (batch.row,)).fetchone()
+            if present is None:
+                return False
+            if not self._acked:
+                self._acked_since = time.monotonic()
+            self._acked[batch.row] = (present[0], present[1])
+            self._bytes -= present[0]
             self._batches -= 1
-            self._readings -= batch.readings
-            return True
+            self._readings -= present[1]
+            due = len(self._acked) >= ACK_GROUP or time.monotonic() - self._acked_since >= ACK_DELAY_S
+        if due:
+            self.flush_acks()
+        return True
+
+    def flush_acks(self) -> None:
+        """Commit the deletions of acked batches now (the uplink calls this when it runs out of batches)."""
+        with self._lock:
+            if self._acked or self._pending_budget is not None:
+                with self._transaction():
+                    pass
+
+    def _commit_acks(self) -> None:
+        """Inside a write transaction: delete the acked batches and record the byte budget."""
+        if self._acked:
+            self._conn.executemany("DELETE FROM batches WHERE row = ?", [(row,) for row in self._acked])
+        if self._pending_budget is not None:
+            self._set_meta("budget_day", self._pending_budget[0])
+            self._set_meta("budget_bytes", self._pending_budget[1])
+
+    def _acks_committed(self) -> None:
+        self._acked.clear()
+        self._pending_budget = None
 
     def quarantine(self, batch: StoredBatch, *, reason: str, detail: str) -> None:
         """Move a batch the hub permanently rejected out of the send queue, keeping its bytes for inspection."""
@@ -401,7 +447,9 @@ class Spool:
         with self._lock, self._transaction():
             self._leased.discard(batch.row)
             cur = self._conn.execute(
-                "INSERT INTO quarantine SELECT row, device_id, key_id, boot_epoch, seq, readings, created_ms,"
+                "INSERT INTO quarantine (batch_row, device_id, key_id, boot_epoch, seq, readings, created_ms,"
+                " stored_ms, data, quarantined_ms, reason, detail)"
+                " SELECT row, device_id, key_id, boot_epoch, seq, readings, created_ms,"
                 " stored_ms, data, ?, ?, ? FROM batches WHERE row = ?",
                 (now, reason, detail, batch.row),
             )
@@ -434,6 +482,8 @@ class Spool:
     def budget_used(self, day: int) -> int:
         """Bytes the uplink had sent on UTC day number ``day`` as of its last ack (0 for another day)."""
         with self._lock:
+            if self._pending_budget is not None:
+                return self._pending_budget[1] if self._pending_budget[0] == day else 0
             meta = dict(self._conn.execute("SELECT name, value FROM meta WHERE name IN ('budget_day', 'budget_bytes')"))
         return meta.get("budget_bytes", 0) if meta.get("budget_day") == day else 0
 
@@ -451,8 +501,11 @@ class Spool:
     def stats_record(self) -> SpoolStats:
         """`stats` as a typed record."""
         with self._lock:
-            oldest = self._conn.execute("SELECT created_ms FROM batches ORDER BY row LIMIT 1").fetchone()
-            age = None if oldest is None else max(0.0, (self._clock_ms() - oldest[0]) / 1000)
+            waiting = self._conn.execute(
+                "SELECT row, created_ms FROM batches ORDER BY row LIMIT ?", (1 + len(self._acked),)
+            ).fetchall()
+            oldest = next((created for row, created in waiting if row not in self._acked), None)
+            age = None if oldest is None else max(0.0, (self._clock_ms() - oldest) / 1000)
             return SpoolStats(
                 batches=self._batches,
                 bytes=self._bytes,
@@ -477,7 +530,9 @@ class Spool:
     # -- internals ---------------------------------------------------------------------
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._conn, on_rollback=self._load_figures)
+        return _Transaction(
+            self._conn, on_begin=self._commit_acks, on_commit=self._acks_committed, on_rollback=self._load_figures
+        )
 
     def _set_meta(self, name: str, value: int) -> None:
         self._conn.execute(
@@ -491,18 +546,39 @@ class Spool:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT; on error ROLLBACK, then the in-memory figures are re-read from disk."""
+    """BEGIN IMMEDIATE, pending ack deletions, the caller's writes, COMMIT; on error ROLLBACK and re-read figures."""
 
-    def __init__(self, conn: sqlite3.Connection, *, on_rollback: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        on_begin: Callable[[], None],
+        on_commit: Callable[[], None],
+        on_rollback: Callable[[], None],
+    ) -> None:
         self._conn = conn
+        self._on_begin = on_begin
+        self._on_commit = on_commit
         self._on_rollback = on_rollback
 
     def __enter__(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._on_begin()
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                self._on_rollback()
+                raise
+            self._on_commit()
         else:
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")

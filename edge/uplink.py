@@ -181,6 +181,7 @@ class Uplink:
         while True:
             batch = await asyncio.to_thread(self._spool.lease_oldest)
             if batch is None:
+                await asyncio.to_thread(self._spool.flush_acks)
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)

@@ -7,7 +7,10 @@ import stat
 import sys
 from pathlib import Path
 
-from edge.protocol import key_id, load_private_key
+import pytest
+
+from edge.enrol import EnrolError, enrol
+from edge.protocol import key_id, load_private_key, write_keypair
 from edge.spool import Spool
 from edge.uplink import Uplink
 from hub.app import run_hub
@@ -75,29 +78,34 @@ async def test_an_enrolled_gateway_delivers_batches_the_hub_stores(tmp_path):
 async def test_a_used_token_is_refused_with_what_to_do(tmp_path):
     async with run_hub(state_dir=tmp_path / "hub") as hub:
         token = await hub.create_token(uses=1)
-        config = write_config(tmp_path, hub.url)
-        assert (await ocn_edge("enrol", str(config), "--token", token))[0] == 0
-        (tmp_path / "other").mkdir()
-        other = write_config(tmp_path / "other", hub.url, "pole-0043")
-        code, _, err = await ocn_edge("enrol", str(other), "--token", token)
-    assert code == 1
-    assert "the hub refused the enrolment token" in err
-    assert "ask city IT for a new token" in err
+        await enrol(hub_url=hub.url, token=token, device_id="pole-0042", key_path=tmp_path / "a" / "device.key")
+        with pytest.raises(EnrolError, match="the hub refused the enrolment token .*ask city IT for a new token"):
+            await enrol(hub_url=hub.url, token=token, device_id="pole-0043", key_path=tmp_path / "b" / "device.key")
 
 
 async def test_a_device_id_enrolled_with_another_key_is_reported_as_a_conflict(tmp_path):
     async with run_hub(state_dir=tmp_path / "hub") as hub:
-        config = write_config(tmp_path, hub.url)
-        assert (await ocn_edge("enrol", str(config), "--token", await hub.create_token()))[0] == 0
-        for name in ("device.key", "device.pub"):
-            (tmp_path / "state" / name).unlink()
-        code, _, err = await ocn_edge("enrol", str(config), "--token", await hub.create_token())
-    assert code == 1
-    assert "'pole-0042' is already enrolled at the hub with another key" in err
+        await enrol(hub_url=hub.url, token=await hub.create_token(), device_id="pole-0042", key_path=tmp_path / "a" / "device.key")
+        with pytest.raises(EnrolError, match="'pole-0042' is already enrolled at the hub with another key"):
+            await enrol(
+                hub_url=hub.url, token=await hub.create_token(), device_id="pole-0042", key_path=tmp_path / "b" / "device.key"
+            )
+
+
+async def test_an_existing_device_key_is_kept_and_enrolled(tmp_path, device_key):
+    write_keypair(tmp_path, private_key=device_key)
+    async with run_hub(state_dir=tmp_path / "hub") as hub:
+        result = await enrol(hub_url=hub.url, token=await hub.create_token(), device_id="pole-0042", key_path=tmp_path / "device.key")
+    assert (result.key_created, result.key_id) == (False, key_id(device_key).hex())
 
 
 async def test_an_unreachable_hub_is_named_in_the_error(tmp_path):
+    with pytest.raises(EnrolError, match=r"cannot reach the hub at http://127.0.0.1:9/ .*check \[uplink\] hub"):
+        await enrol(hub_url="http://127.0.0.1:9/", token="t0k3n", device_id="pole-0042", key_path=tmp_path / "device.key")
+
+
+async def test_the_command_explains_a_refusal_and_exits_1(tmp_path):
     config = write_config(tmp_path, "http://127.0.0.1:9/")
     code, _, err = await ocn_edge("enrol", str(config), "--token", "t0k3n")
     assert code == 1
-    assert "cannot reach the hub at http://127.0.0.1:9/" in err
+    assert f"{config}: enrolment failed: cannot reach the hub at http://127.0.0.1:9/" in err

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.spool import Spool, SpoolError
+from edge.spool import ACK_GROUP, Spool, SpoolError
 from tests.pipeline.conftest import seal_readings
 
 
@@ -132,3 +132,28 @@ async def test_a_file_that_is_not_a_spool_is_refused_naming_it(tmp_path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(SpoolError, match=str(path)):
         await Spool.open(path, max_bytes=1000)
+
+
+async def test_acks_are_committed_in_groups_with_the_next_write(tmp_path, device_key):
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=10_000_000)
+    await spool.begin_boot()
+    stored = [spool.put(seal_readings(device_key, spool, 2), readings=2) for _ in range(ACK_GROUP + 1)]
+    observer = await Spool.open(tmp_path / "spool.db", max_bytes=10_000_000)
+    for batch in stored[: ACK_GROUP - 1]:
+        spool.ack(batch)
+    assert len(spool.oldest(100)) == 2
+    assert len(observer.oldest(100)) == ACK_GROUP + 1  # not yet on disk: a crash now means a resend
+    spool.ack(stored[ACK_GROUP - 1])
+    assert len(observer.oldest(100)) == 1
+    await observer.close()
+    await spool.close()
+
+
+async def test_an_acked_batch_is_not_offered_again_before_its_delete_is_committed(spool, device_key):
+    first = spool.put(seal_readings(device_key, spool, 2), readings=2)
+    second = spool.put(seal_readings(device_key, spool, 2), readings=2)
+    assert spool.lease_oldest() == first
+    spool.ack(first)
+    assert spool.lease_oldest() == second
+    assert spool.stats()["batches"] == 1
+    assert spool.ack(first) is False
