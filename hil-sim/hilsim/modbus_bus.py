@@ -14,11 +14,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from hilsim.device import SimClock
+from hilsim.faults import FaultTimeline
 from hilsim.modbus_adapter import NoReply, Read, TcpServer, answer_pdu, crc16, exception_pdu
 from hilsim.modbus_devices import ModbusDevice
 from hilsim.ports import VirtualPort
 
-__all__ = ["RtuLine", "TcpBus", "TCP_FAULTS", "bits_per_character"]
+__all__ = ["RtuLine", "TcpBus", "RTU_LINE_FAULTS", "TCP_FAULTS", "bits_per_character"]
 
 log = logging.getLogger("hilsim.modbus")
 
@@ -33,9 +35,11 @@ class RtuLine:
 
     def __init__(
         self, *, name: str, link: Path, baudrate: int, parity: str = "N", stopbits: int = 1,
-        frame_gap: float | None = None,
+        frame_gap: float | None = None, faults: FaultTimeline | None = None, clock: SimClock | None = None,
     ) -> None:
         self.name = name
+        self.faults = faults
+        self.clock = clock
         self.units: dict[int, ModbusDevice] = {}
         self.port = VirtualPort(link=link, baudrate=baudrate,
                                 bits_per_byte=bits_per_character(parity=parity, stopbits=stopbits),
@@ -47,7 +51,7 @@ class RtuLine:
         self._rx = bytearray()
         self._end_of_frame: asyncio.TimerHandle | None = None
         self._frames: asyncio.Queue[bytes] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def add(self, device: ModbusDevice) -> None:
         if device.unit in self.units:
@@ -57,16 +61,33 @@ class RtuLine:
 
     async def start(self) -> None:
         self.port.plug()
-        self._task = asyncio.create_task(self._serve(), name=f"hilsim:rtu:{self.name}")
+        self._tasks = [asyncio.create_task(self._serve(), name=f"hilsim:rtu:{self.name}")]
+        if self.faults is not None and self.faults.faults:
+            self._tasks.append(asyncio.create_task(self._follow_faults(), name=f"hilsim:rtu:{self.name}:faults"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
         self.port.unplug()
+
+    async def _follow_faults(self) -> None:
+        """Unplug the whole line (the USB RS-485 adapter) during `disconnect` windows of the bus."""
+        assert self.faults is not None and self.clock is not None
+        while True:
+            down = self.faults.windows("disconnect", self.clock.t())
+            if down and self.port.present:
+                log.info("bus %s: adapter unplugged (fault)", self.name)
+                self.port.unplug()
+                self._rx.clear()
+            elif not down and not self.port.present:
+                log.info("bus %s: adapter plugged back in", self.name)
+                self.port.plug()
+            await asyncio.sleep(0.05)
 
     def _on_data(self, data: bytes) -> None:
         self._rx += data
@@ -190,3 +211,4 @@ class TcpBus:
 
 
 TCP_FAULTS = ("drop_reply", "late_reply", "exception", "disconnect", "stuck_value")
+RTU_LINE_FAULTS = ("disconnect",)

@@ -20,7 +20,7 @@ from typing import Any
 from hilsim.device import SimClock, SimDevice
 from hilsim.durations import parse_duration
 from hilsim.faults import FaultTimeline, parse_faults
-from hilsim.modbus_bus import TCP_FAULTS, RtuLine, TcpBus
+from hilsim.modbus_bus import RTU_LINE_FAULTS, TCP_FAULTS, RtuLine, TcpBus
 from hilsim.modbus_devices import ModbusDevice, Sdm120, Sdm630, WaterLevel, WeatherStation
 from hilsim.models import build_model
 from hilsim.netproxy import ProxyStep, UplinkProxy
@@ -131,9 +131,14 @@ def load_scenario(scenario: str | Path) -> Scenario:
     bus_names = {bus.get("name") for bus in buses}
     for index, bus in enumerate(buses):
         where = f"{path}: buses[{index}]"
-        _check_keys(bus, {"name", "type", "baudrate", "parity", "stopbits", "frame_gap", "port"}, where=where)
+        _check_keys(bus, {"name", "type", "baudrate", "parity", "stopbits", "frame_gap", "port", "faults"}, where=where)
         if bus.get("type") not in BUS_TYPES:
             raise ScenarioError(f"{where}.type = {bus.get('type')!r}: expected one of {', '.join(BUS_TYPES)}")
+        try:
+            parse_faults(bus.get("faults", ()), where=f"{where}.faults",
+                         allowed=RTU_LINE_FAULTS if bus["type"] == "modbus-rtu" else ())
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from None
         if bus.get("parity", "N") not in PARITIES:
             raise ScenarioError(f"{where}.parity = {bus.get('parity')!r}: expected one of {', '.join(PARITIES)}")
     for index, device in enumerate(devices):
@@ -320,7 +325,10 @@ def _build(scenario: Scenario, sim: Simulation) -> list[Any]:
             sim.rtu_lines[bus["name"]] = RtuLine(
                 name=bus["name"], link=sim.run_dir / f"ttyRS485-{bus['name']}", baudrate=int(bus.get("baudrate", 9600)),
                 parity=bus.get("parity", "N"), stopbits=int(bus.get("stopbits", 1)),
-                frame_gap=None if gap is None else parse_duration(gap, field=f"{where}: buses.{bus['name']}.frame_gap"))
+                frame_gap=None if gap is None else parse_duration(gap, field=f"{where}: buses.{bus['name']}.frame_gap"),
+                faults=FaultTimeline(f"bus:{bus['name']}", parse_faults(bus.get("faults", ()), where="buses.faults",
+                                                                         allowed=RTU_LINE_FAULTS), sim.seed),
+                clock=sim.clock)
         else:
             sim.tcp_buses[bus["name"]] = TcpBus(name=bus["name"], port=int(bus.get("port", 0)))
     for index, spec in enumerate(scenario.devices):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -204,3 +205,21 @@ def test_a_quantity_the_device_does_not_have_is_rejected(tmp_path):
     path = write_scenario(tmp_path, '[[devices]]\nname = "pm"\nkind = "sds011"\n[devices.values]\npm4 = { value = 1 }\n')
     with pytest.raises(ScenarioError, match=r"devices\[0\]\.values\.pm4: sds011 has no such quantity; expected one of pm2_5, pm10"):
         load_scenario(path)
+
+
+async def test_rtu_line_disconnect_fault_unplugs_the_adapter_and_plugs_it_back(hilsim_run, tmp_path):
+    text = RTU_FAULTS.format(kind="drop_reply", extra='probability = 0.0').replace(
+        'type = "modbus-rtu"\n', 'type = "modbus-rtu"\n[[buses.faults]]\nkind = "disconnect"\nat = "1s"\nduration = "1s"\n')
+    sim = await hilsim_run(write_scenario(tmp_path, text))
+    path = sim.endpoints["m"].path
+    await asyncio.sleep(1.3)
+    assert not os.path.exists(path)
+    await asyncio.sleep(1.0)
+    port = RawPort(path)
+    try:
+        request = bytes([3, 4, 0, 0, 0, 2])
+        port.write(request + crc16(request))
+        reply, _ = await port.read_exactly(9)
+    finally:
+        port.close()
+    assert reply[:3] == bytes([3, 4, 4])
