@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from edge.config import ConfigError, GatewayConfig, effective_toml, load_config
-from edge.privacy import PolicyError, load_policy
 
 __all__ = ["check", "register"]
 
@@ -49,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def check(args: argparse.Namespace) -> int:
     """Validate ``args.config``: the effective config to stdout (exit 0), or every problem to stderr (exit 2)."""
+    from edge.privacy import PolicyError  # imported here so `ocn-edge --help` stays quick on a Pi
+
     try:
         cfg = load_config(args.config)
         _check_policy(cfg)
@@ -70,6 +71,8 @@ def check(args: argparse.Namespace) -> int:
 
 def _check_policy(cfg: GatewayConfig) -> None:
     """Load the policy the way the gateway does at start-up; PolicyError lists its problems."""
+    from edge.privacy import load_policy
+
     load_policy(
         cfg.privacy.policy,
         governance_key=cfg.privacy.governance_key,
