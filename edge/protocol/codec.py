@@ -70,8 +70,11 @@ def _scaled_value(mantissa: int, exponent: int, k: int) -> int | float:
     return k * mantissa / 10**-exponent
 
 
-def _quantize(values: list, mantissa: int, exponent: int, channel: str) -> list[int] | None:
-    """Integers k with k * mantissa * 10**exponent nearest each value; None if a value is not finite."""
+def _quantize(values: list, mantissa: int, exponent: int, channel: str, *, strict: bool = True) -> list[int] | None:
+    """Integers k with k * mantissa * 10**exponent nearest each value.
+
+    None if a value is not finite, or (unless ``strict``) if a k exceeds 64 bits.
+    """
     try:
         if exponent >= 0:
             step = mantissa * 10**exponent
@@ -85,7 +88,9 @@ def _quantize(values: list, mantissa: int, exponent: int, channel: str) -> list[
     except (OverflowError, ValueError):
         return None
     if ks and (max(ks) > INT64_MAX or min(ks) < INT64_MIN):
-        raise ValueError(f"channel {channel!r}: a value scaled by its resolution exceeds 64 bits")
+        if strict:
+            raise ValueError(f"channel {channel!r}: a value scaled by its resolution exceeds 64 bits")
+        return None
     return ks
 
 
@@ -163,7 +168,7 @@ def _number_values(channel: Channel, values: list) -> list:
             " encoding carries exactly; declare a resolution for the channel"
         )
     if places is not None:
-        ks = _quantize(values, 1, -places, channel.id)
+        ks = _quantize(values, 1, -places, channel.id, strict=False)
         if ks is not None:
             return [ENC_SCALED, 1, -places, pack_uvarints(zigzag(delta(ks)))]
     return [ENC_FLOAT, _float_column(floats)]
