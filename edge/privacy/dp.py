@@ -10,11 +10,17 @@ P(x) ∝ exp(-|x|·s/t): no floating-point Laplace, whose rounding artefacts lea
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Protocol
+
+log = logging.getLogger("ocn.privacy")
 
 __all__ = ["Accountant", "IntegerSource", "bernoulli_exp", "discrete_laplace", "noise_scale", "variance"]
 
@@ -87,15 +93,60 @@ class Accountant:
     ``max_windows = L`` counts each person in at most L windows per period, so its
     releases beyond the L-th cost nothing more: one person's privacy loss from that rule
     is at most L·epsilon however many windows are released.
+
+    With ``state_path`` the epsilon spent per period survives a restart (a small JSON
+    file, replaced atomically after each release).  Release counts for ``max_windows``
+    start again after a restart, because the bounding key does too: the releases after
+    a restart are charged again, so the charge still covers every person's loss.  An
+    unreadable state file counts as a spent budget up to the period it was last written.
     """
 
     KEEP_PERIODS = 3  # older periods are closed: a release charged to one is refused
 
-    def __init__(self, *, epsilon: float, period_ms: int, rng: IntegerSource | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        epsilon: float,
+        period_ms: int,
+        rng: IntegerSource | None = None,
+        state_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.total = Fraction(str(epsilon))
         self.period_ms = period_ms
         self.rng: IntegerSource = rng or random.SystemRandom()
         self._periods: dict[int, _PeriodSpend] = {}
+        self._state_path = Path(state_path) if state_path is not None else None
+        if self._state_path is not None and self._state_path.exists():
+            self._load(self._state_path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            if document.get("period_ms") != self.period_ms:
+                raise ValueError(f"period_ms {document.get('period_ms')!r} is not {self.period_ms}")
+            for period, entry in document["periods"].items():
+                self._periods[int(period)] = _PeriodSpend(spent=Fraction(entry["spent"]), refused=int(entry["refused"]))
+        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
+            last = int(path.stat().st_mtime * 1000) // self.period_ms
+            self._periods = {p: _PeriodSpend(spent=self.total) for p in range(last - self.KEEP_PERIODS + 1, last + 1)}
+            log.warning(
+                "privacy budget state unreadable: treating the budget as spent until the next period",
+                extra={"path": str(path), "error": str(exc)},
+            )
+
+    def _save(self) -> None:
+        if self._state_path is None:
+            return
+        document = {
+            "period_ms": self.period_ms,
+            "periods": {str(p): {"spent": str(s.spent), "refused": s.refused} for p, s in self._periods.items()},
+        }
+        tmp = self._state_path.with_name(self._state_path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(document, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._state_path)
 
     def period(self, ts_ms: int) -> int:
         return ts_ms // self.period_ms
@@ -119,9 +170,11 @@ class Accountant:
         cost = Fraction(0) if max_windows is not None and done >= max_windows else Fraction(str(epsilon))
         if spend.spent + cost > self.total:
             spend.refused += 1
+            self._save()
             return False
         spend.spent += cost
         spend.releases[rule] = done + 1
+        self._save()
         return True
 
     def noisy(self, value: int, epsilon: float) -> int:

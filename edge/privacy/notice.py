@@ -12,9 +12,13 @@ from edge.privacy.explain import describe_rule, human_duration, processes
 from edge.privacy.policy import Policy
 from edge.types import Channel
 
-__all__ = ["NOTICE_SCHEMA", "TECHNOLOGY", "build_notice", "render_notice_html"]
+__all__ = ["DEFAULT_STORAGE", "NOTICE_SCHEMA", "TECHNOLOGY", "build_notice", "render_notice_html"]
 
 NOTICE_SCHEMA = "ocn-edge/notice/v1"
+DEFAULT_STORAGE = (
+    "Only what this policy releases is stored: on this gateway until the city's hub confirms it has it, "
+    "then on the hub."
+)
 
 # What each driver is, in DTPR "technology type" words a passer-by recognises.
 TECHNOLOGY = {
@@ -110,6 +114,8 @@ def build_notice(
         "default": "Anything the policy does not name never leaves the device and is never stored.",
         "process": sorted(all_processes),
         "retention": policy.retention or "Not stated in the policy.",
+        "storage": policy.storage or DEFAULT_STORAGE,
+        "access": policy.access or "Not stated in the policy.",
         "pseudonym_key_rotation": human_duration(policy.rotate_ms),
         "privacy_budget": (
             {"epsilon": policy.budget.epsilon, "period": human_duration(policy.budget.period_ms)} if policy.budget else None

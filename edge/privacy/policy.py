@@ -140,6 +140,8 @@ class Policy:
     contact: str = ""
     purpose: str = ""
     retention: str = ""
+    storage: str = ""
+    access: str = ""
     rotate_ms: int = DAY_MS
     rotate_offset_ms: int = 0
     budget: Budget | None = None
@@ -369,7 +371,7 @@ def parse_policy(text: str, *, path: str = "policy.toml") -> Policy:
         if key not in known:
             problems.append(f"{file}: {key}: unknown section (sections: {', '.join(sorted(known))})")
     head = _Reader(file, "policy", document.get("policy", {}), problems)
-    meta = {k: head.text(k) for k in ("name", "version", "organisation", "contact", "purpose", "retention")}
+    meta = {k: head.text(k) for k in ("name", "version", "organisation", "contact", "purpose", "retention", "storage", "access")}
     for key in head.table:
         if key not in meta:
             head.bad(key, head.table[key], "no such setting (settings: " + ", ".join(meta) + ")")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -108,7 +109,9 @@ class PrivacyStage:
     release from ``tick`` when a window closes (windows align to UTC boundaries, a
     released reading carries the window's start time) and from ``flush`` at shutdown.
     Raw values live only in this object's memory; count_distinct keeps keyed digests,
-    not the values, under a key destroyed when the window closes.
+    not the values, under a key destroyed when the window closes.  ``budget_state`` (a
+    file in the state directory) keeps the epsilon spent across restarts; it holds
+    numbers only.
     """
 
     def __init__(
@@ -118,6 +121,7 @@ class PrivacyStage:
         *,
         clock_ms: Callable[[], int] | None = None,
         rng: IntegerSource | None = None,
+        budget_state: str | os.PathLike[str] | None = None,
     ) -> None:
         problems = policy.check_channels(channels)
         if problems:
@@ -127,7 +131,12 @@ class PrivacyStage:
         self._rng: IntegerSource = rng or random.SystemRandom()
         self._pseudonyms = RotatingKey(period_ms=policy.rotate_ms, offset_ms=policy.rotate_offset_ms)
         self._accountant = (
-            Accountant(epsilon=policy.budget.epsilon, period_ms=policy.budget.period_ms, rng=self._rng)
+            Accountant(
+                epsilon=policy.budget.epsilon,
+                period_ms=policy.budget.period_ms,
+                rng=self._rng,
+                state_path=budget_state,
+            )
             if policy.budget
             else None
         )

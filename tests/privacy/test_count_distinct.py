@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -146,3 +148,31 @@ def test_the_window_key_is_destroyed_when_the_window_closes() -> None:
     window = plan.windows[MIDNIGHT_MS]
     s.tick(MIDNIGHT_MS + WINDOW)
     assert window.key.destroyed and not window.seen and not any(window.key._key)
+
+
+def test_the_epsilon_spent_survives_a_restart_when_given_a_state_file(tmp_path) -> None:
+    state = tmp_path / "privacy-budget.json"
+    policy = make_policy(BUDGET + '[channels."ped-1/mac"]\nrule = "count_distinct"\nwindow = "15m"\nk = 1\nepsilon = 0.25\n')
+    clock = Clock()
+    first = PrivacyStage(policy, PED_CHANNELS, clock_ms=clock, budget_state=state)
+    for _ in range(3):
+        first.tick(clock.advance(WINDOW))
+    second = PrivacyStage(policy, PED_CHANNELS, clock_ms=clock, budget_state=state)
+    out = []
+    for _ in range(2):
+        out += second.tick(clock.advance(WINDOW))
+    # three windows spent 0.75 before the restart; the fourth spends the rest, the fifth is refused
+    assert (out[-1].channel, out[-1].ts_ms - MIDNIGHT_MS) == ("ped-1/privacy.budget_exhausted", 4 * WINDOW)
+    assert second.stats()["budget"]["spent"] == 1.0
+
+
+def test_an_unreadable_budget_state_counts_as_spent_until_the_next_period(tmp_path, caplog) -> None:
+    state = tmp_path / "privacy-budget.json"
+    state.write_text("{not json")
+    policy = make_policy(BUDGET + '[channels."ped-1/mac"]\nrule = "count_distinct"\nwindow = "15m"\nk = 1\nepsilon = 0.25\n')
+    now = time.time_ns() // 1_000_000
+    os.utime(state, (now / 1000, now / 1000))
+    clock = Clock(now - now % WINDOW)
+    stage = PrivacyStage(policy, PED_CHANNELS, clock_ms=clock, budget_state=state)
+    assert stage.budget_exhausted()
+    assert "privacy budget state unreadable" in caplog.text

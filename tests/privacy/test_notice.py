@@ -67,6 +67,8 @@ def test_the_notice_names_place_accountable_organisation_purpose_and_retention(n
     assert notice["accountable"] == {"organisation": "City of Testing", "contact": "privacy@testing.example"}
     assert notice["purpose"] == "Testing the privacy stage"
     assert notice["retention"] == "Two years on the hub."
+    assert notice["storage"].startswith("Only what this policy releases is stored")
+    assert notice["access"] == "Not stated in the policy."
     assert [t["type"] for t in notice["technology"]][0].startswith("Wi-Fi / Bluetooth device counter")
 
 
