@@ -181,6 +181,17 @@ def load_scenario(scenario: str | Path) -> Scenario:
             raise ScenarioError(str(exc)) from None
     uplink = data.get("uplink", {})
     _check_keys(uplink, {"hub", "schedule"}, where=f"{path}: uplink")
+    hub = uplink.get("hub", "")
+    if hub and not (isinstance(hub, str) and hub.startswith("http://127.0.0.1:")):
+        raise ScenarioError(f"{path}: uplink.hub = {hub!r}: expected a hub on this machine like "
+                            f"\"http://127.0.0.1:8443/\"")
+    for index, step in enumerate(uplink.get("schedule", ())):
+        where = f"{path}: uplink.schedule[{index}]"
+        _check_keys(step, {"at", "mode", "delay", "rate"}, where=where)
+        try:
+            _proxy_step(step, where=where)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ScenarioError(f"{where}: {exc}") from None
     seed = head.get("seed", 0)
     if not isinstance(seed, int):
         raise ScenarioError(f"{path}: scenario.seed = {seed!r}: expected a whole number")
@@ -316,6 +327,11 @@ class Simulation:
         return "\n".join(out)
 
 
+def _proxy_step(step: Mapping[str, Any], *, where: str) -> ProxyStep:
+    return ProxyStep(parse_duration(step.get("at", 0), field=f"{where}.at"), step.get("mode", "pass"),
+                     parse_duration(step.get("delay", "500ms"), field=f"{where}.delay"), int(step.get("rate", 4096)))
+
+
 def _build(scenario: Scenario, sim: Simulation) -> list[Any]:
     """Create buses and devices; returns what must be started, buses after their devices."""
     where = str(scenario.path)
@@ -386,9 +402,7 @@ async def run_scenario(
         if upstream:
             host_port = upstream.split("//", 1)[-1].rstrip("/")
             host, _, port = host_port.rpartition(":")
-            schedule = [ProxyStep(parse_duration(s.get("at", 0), field="uplink.schedule.at"), s["mode"],
-                                  parse_duration(s.get("delay", "500ms"), field="uplink.schedule.delay"),
-                                  int(s.get("rate", 4096))) for s in scenario.uplink.get("schedule", ())]
+            schedule = [_proxy_step(step, where="uplink.schedule") for step in scenario.uplink.get("schedule", ())]
             sim.proxy = UplinkProxy(upstream_host=host or "127.0.0.1", upstream_port=int(port), schedule=schedule)
             parts.append(sim.proxy)
         started = []

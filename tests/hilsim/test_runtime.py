@@ -142,3 +142,17 @@ def test_replay_of_a_missing_column_names_the_file_and_the_columns(tmp_path):
     with pytest.raises(ValueError, match=r"column 'b' is not a numeric column of the file; expected one of a"):
         build_model({"model": "replay", "file": str(trace), "column": "b", "time_column": "t"},
                     seed=1, name="x", where="devices[0].values.v", base_dir=tmp_path)
+
+
+async def test_scenario_uplink_schedule_drives_the_proxy(hilsim_run, tmp_path):
+    text = '[uplink]\nhub = "http://127.0.0.1:9/"\nschedule = [{ at = "0s", mode = "blackhole" }]\n'
+    sim = await hilsim_run(write_scenario(tmp_path, text))
+    await asyncio.sleep(0.1)
+    assert sim.proxy is not None and sim.proxy.mode == "blackhole"
+    assert tomllib.loads(sim.gateway_config_toml(state_dir=tmp_path))["uplink"]["hub"] == sim.proxy.url
+
+
+def test_unknown_proxy_mode_in_a_scenario_is_rejected(tmp_path):
+    path = write_scenario(tmp_path, '[uplink]\nhub = "http://127.0.0.1:9/"\nschedule = [{ mode = "flaky" }]\n')
+    with pytest.raises(ScenarioError, match=r"uplink\.schedule\[0\]: uplink proxy mode = 'flaky': expected one of"):
+        load_scenario(path)
