@@ -128,9 +128,9 @@ class RunningHub:
         self.hub.keys.forget()
         return changed
 
-    async def login_link(self) -> str:
-        """A one-time link that opens an admin session in a browser (valid 10 minutes)."""
-        return await self.hub.admin.login_link(self.url)
+    async def login_link(self, *, next_path: str = "/fleet") -> str:
+        """A one-time link that opens an admin session in a browser (valid 10 minutes), then shows ``next_path``."""
+        return await self.hub.admin.login_link(self.url, next_path=next_path)
 
 
 @asynccontextmanager

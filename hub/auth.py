@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -76,11 +77,12 @@ class Admin:
         await self.store.add_secret("session", secret_hash(session), expires_ms=now_ms() + SESSION_MS)
         response.set_cookie(SESSION_COOKIE, session, max_age=SESSION_MS // 1000, httponly=True, samesite="Strict", secure=secure, path="/")
 
-    async def login_link(self, base_url: str) -> str:
-        """A one-time link (valid 10 minutes) that opens an admin session in a browser."""
+    async def login_link(self, base_url: str, *, next_path: str = "/fleet") -> str:
+        """A one-time link (valid 10 minutes) that opens an admin session in a browser, then shows ``next_path``."""
         code = secrets.token_urlsafe(24)
         await self.store.add_secret("login", secret_hash(code), expires_ms=now_ms() + LOGIN_LINK_MS)
-        return f"{base_url.rstrip('/')}/login/{code}"
+        suffix = "" if next_path == "/fleet" else f"?next={quote(next_path)}"
+        return f"{base_url.rstrip('/')}/login/{code}{suffix}"
 
     async def use_login_link(self, code: str) -> bool:
         return await self.store.use_secret("login", secret_hash(code), now_ms=now_ms(), consume=True)

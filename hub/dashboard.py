@@ -47,6 +47,15 @@ def ago(ts_ms: int | None, now: int) -> str:
     return f"{seconds} s ago"
 
 
+def span(ms: int) -> str:
+    """A duration as a person says it: '45 s', '15 min', '2 h'."""
+    seconds = ms // 1000
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def utc(ts_ms: int | None) -> str:
     if ts_ms is None:
         return "—"
@@ -136,7 +145,7 @@ async def login_link(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     if not await hub.admin.use_login_link(request.match_info["code"]):
         return render(request, "login.html", next="/fleet", error="That login link was used already or has expired.", status=401)
-    response = web.HTTPSeeOther("/fleet")
+    response = web.HTTPSeeOther(_safe_next(request.query.get("next", "/fleet")))
     await hub.admin.start_session(response, secure=request.secure)
     raise response
 
@@ -172,7 +181,7 @@ async def fleet(request: web.Request) -> web.Response:
         "dropped": sum(r["d"].readings_dropped for r in rows),
         "duplicates": sum(r["d"].duplicates for r in rows),
     }
-    return render(request, "fleet.html", rows=rows, counts=counts, totals=totals, stale_min=hub.stale_after_ms // 60000)
+    return render(request, "fleet.html", rows=rows, counts=counts, totals=totals, stale_after=span(hub.stale_after_ms))
 
 
 @routes.get("/fleet/devices/{device_id}")

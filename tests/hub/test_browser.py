@@ -1,0 +1,83 @@
+"""The dashboard in a real headless Chromium: what a person sees on the fleet page and a device page."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from hub.app import RunningHub, run_hub
+from tests.helpers.tools import require_tool
+from tests.hub.gateways import SimGateway, enrol, post_cose
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+async def chromium(binary: str, profile: Path, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--window-size=1500,1000", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=90)
+    assert proc.returncode == 0, f"chromium exited with {proc.returncode}"
+    return out.decode()
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> RunningHub:
+    """Three gateways with real data: one live but reporting an error, one stale (silent for over 2 s), one pending approval."""
+    async with run_hub(state_dir=tmp_path / "hub", admin_token="admin-secret", stale_after_s=2.0) as hub, aiohttp.ClientSession() as http:
+        quiet, busy, waiting = SimGateway("pole-quiet"), SimGateway("pole-busy"), SimGateway("pole-waiting")
+        for gw in (quiet, busy):
+            await enrol(http, hub.url, gw, await hub.create_token())
+        await enrol(http, hub.url, waiting, await hub.create_token(approve=False))
+        await post_cose(http, f"{hub.url}/oxp/v1/batches", quiet.batch(1))
+        await asyncio.sleep(2.5)
+        for seq in range(1, 6):
+            await post_cose(http, f"{hub.url}/oxp/v1/batches", busy.batch(seq, n=90))
+
+        async def keep_reporting() -> None:
+            # A live gateway keeps reporting while the browser starts, so only the quiet one goes stale.
+            while True:
+                await post_cose(http, f"{hub.url}/oxp/v1/status", busy.status(software_version="1.4.2", spool_batches=2, errors=["pm-1: no answer for 30 s"]))
+                await asyncio.sleep(0.3)
+
+        reporter = asyncio.create_task(keep_reporting())
+        try:
+            yield hub
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+
+
+async def test_the_fleet_page_shows_each_gateway_with_stale_ones_highlighted(fleet: RunningHub, tmp_path: Path) -> None:
+    binary = require_tool("chromium")
+    dom = await chromium(binary, tmp_path / "profile", "--dump-dom", await fleet.login_link())
+    rows = {m.group(2): m.group(1) for m in re.finditer(r'<tr class="(\w+)">\s*<td data-value="([\w-]+)"', dom)}
+    assert rows == {"pole-busy": "degraded", "pole-quiet": "stale", "pole-waiting": "pending"}
+    assert '<span class="badge stale">stale</span>' in dom
+    assert "pm-1: no answer for 30 s" in dom and "1.4.2" in dom
+    assert re.search(r'<div class="value">1</div><div class="label">stale', dom)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "hub-fleet.png"
+    await chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", await fleet.login_link())
+    assert shot.stat().st_size > 10_000
+
+
+async def test_the_device_page_draws_recent_readings_as_charts(fleet: RunningHub, tmp_path: Path) -> None:
+    binary = require_tool("chromium")
+    dom = await chromium(binary, tmp_path / "profile", "--dump-dom", await fleet.login_link(next_path="/fleet/devices/pole-busy"))
+    assert "<h1>pole-busy" in dom
+    titles = re.findall(r'<svg class="chart" role="img" aria-label="([^"]+)"', dom)
+    assert titles == ["meter-1/voltage_l1 (V)", "meter-1/power (W)", "pm-1/pm2_5 (ug/m3)", "door-1/open"]
+    polyline = re.search(r'<polyline points="([^"]+)"', dom)
+    assert polyline is not None and len(polyline.group(1).split()) == 150  # 5 batches x 30 voltage readings
+    assert "150 most recent readings" in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "hub-device.png"
+    await chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", await fleet.login_link(next_path="/fleet/devices/pole-busy"))
+    assert shot.stat().st_size > 10_000
