@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.enrol",
     "hub.cli",
     "drivers.cli",
+    "edge.commands.oxp",
 )
 
 DESCRIPTION = """\

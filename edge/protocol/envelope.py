@@ -30,6 +30,7 @@ __all__ = [
     "seal_batch",
     "open_batch",
     "peek_header",
+    "decode_unverified",
     "seal_status",
     "open_status",
 ]
@@ -260,6 +261,14 @@ def open_batch(data: bytes, public_key: Ed25519PublicKey) -> Batch:
     """Verify a sealed batch with the device's public key, then decode it; raises ProtocolError."""
     message = _parse(data, limit=MAX_BATCH_BYTES, expected_type=BATCH_CONTENT_TYPE)
     _verify(message, public_key)
+    header = _batch_header(message)
+    channels, readings = decode_payload(message.payload, codec=header.codec)
+    return Batch(header, channels, readings)
+
+
+def decode_unverified(data: bytes) -> Batch:
+    """Decode a batch WITHOUT verifying its signature: for inspection tools only, never for accepting data."""
+    message = _parse(data, limit=MAX_BATCH_BYTES, expected_type=BATCH_CONTENT_TYPE)
     header = _batch_header(message)
     channels, readings = decode_payload(message.payload, codec=header.codec)
     return Batch(header, channels, readings)
