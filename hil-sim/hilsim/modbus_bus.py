@@ -172,13 +172,12 @@ class TcpBus:
             raise ValueError(f"bus {self.name!r}: unit {device.unit} is used by {self.units[device.unit].name!r} "
                              f"and {device.name!r}; expected one device per unit id")
         self.units[device.unit] = device
-        device.disconnect = lambda d=device: self._power(d, up=False)  # type: ignore[method-assign]
-        device.reconnect = lambda d=device: self._power(d, up=True)  # type: ignore[method-assign]
+        device.on_power = self._power_changed
 
-    async def _power(self, device: ModbusDevice, *, up: bool) -> None:
-        device.present = up
+    async def _power_changed(self, device: ModbusDevice) -> None:
+        # A Modbus TCP device is its server: while any unit on it is down, nobody answers on the port.
         was_down = bool(self._down)
-        (self._down.discard if up else self._down.add)(device.name)
+        (self._down.discard if device.present else self._down.add)(device.name)
         if was_down and not self._down:
             await self.server.start()
         elif not was_down and self._down:

@@ -9,7 +9,7 @@ physically consistent unless the scenario models them directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 from hilsim.device import SimDevice
@@ -44,6 +44,7 @@ class ModbusDevice(SimDevice):
         self.unit = unit
         self.response_delay = response_delay
         self.present = True
+        self.on_power: Callable[[ModbusDevice], Awaitable[None]] | None = None  # set by the bus it is on
         self.image: list[int] = [0] * self.register_map.size
         self.totals: dict[str, float] = {}
 
@@ -72,9 +73,13 @@ class ModbusDevice(SimDevice):
 
     async def disconnect(self) -> None:
         self.present = False
+        if self.on_power is not None:
+            await self.on_power(self)
 
     async def reconnect(self) -> None:
         self.present = True
+        if self.on_power is not None:
+            await self.on_power(self)
 
 
 class Sdm630(ModbusDevice):

@@ -271,3 +271,26 @@ duration = "1s"
     reply = await asyncio.wait_for(reader.read(100), timeout=2)
     writer.close()
     assert reply[6:9] == bytes([1, 4, 4])
+
+
+async def test_tcp_drop_reply_fault_leaves_the_master_waiting(hilsim_run, tmp_path):
+    scenario = write_scenario(tmp_path, """
+[[buses]]
+name = "tcp"
+type = "modbus-tcp"
+[[devices]]
+name = "m"
+kind = "eastron-sdm120"
+bus = "tcp"
+unit = 1
+[[devices.faults]]
+kind = "drop_reply"
+""")
+    sim = await hilsim_run(scenario)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sim.endpoints["m"].port)
+    try:
+        writer.write(struct.pack(">HHHBBHH", 1, 0, 6, 1, 4, 0, 2))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(reader.read(100), timeout=0.6)
+    finally:
+        writer.close()
