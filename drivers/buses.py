@@ -153,6 +153,11 @@ class ModbusBus:
         """Wait until the line is open (drivers call this once before their first poll)."""
         await self._open.wait()
 
+    async def aclose(self) -> None:
+        """Close the line now (the runtime calls this at shutdown, after cancelling run())."""
+        self._open.clear()
+        self.link.close()
+
     async def read(self, unit: int, function: str, address: int, count: int, *,
                    timeout: float | None = None, used: int | None = None) -> list[int] | list[bool]:
         """Read ``count`` registers (bits for coil/discrete) of ``unit`` from ``address``.
@@ -323,6 +328,10 @@ class SerialBus:
             except (OSError, serial.SerialException):
                 pass
             self._port = None
+
+    async def aclose(self) -> None:
+        """Close the port now (the runtime calls this at shutdown, after cancelling run())."""
+        self._close(asyncio.get_running_loop())
 
     async def wait_open(self) -> int:
         """Wait until the port is open; returns the current session number."""

@@ -367,13 +367,18 @@ def _diagnose(exc: LinkError, unit: int | None, request: Any = None) -> str:
 
 
 def cmd_read(args: argparse.Namespace) -> int:
-    # The diagnosis printed at the end says it better than the runtime's fault log lines.
-    logging.getLogger("ocn").setLevel(logging.ERROR)
     try:
         plan = _read_plan(args)
     except (ValueError, OptionError, ProfileError, UnknownDriver) as exc:
         return _fail(str(exc))
-    return asyncio.run(_read(plan, as_json=args.json, wait=args.wait))
+    # The diagnosis printed at the end says it better than the runtime's fault log lines.
+    ocn = logging.getLogger("ocn")
+    level = ocn.level
+    ocn.setLevel(logging.ERROR)
+    try:
+        return asyncio.run(_read(plan, as_json=args.json, wait=args.wait))
+    finally:
+        ocn.setLevel(level)
 
 
 def _read_plan(args: argparse.Namespace) -> dict[str, Any]:

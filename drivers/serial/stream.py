@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from drivers.buses import BusDown
-from drivers.sdk import Driver, Emit
+from drivers.sdk import DeviceContext, Driver, Emit
 from edge.types import Reading
 
 __all__ = ["Decoder", "DecoderStats", "StreamDriver"]
@@ -58,7 +58,7 @@ class StreamDriver(Driver):
     the setup commands sent after every (re)open and the query sent each poll.
     """
 
-    def __init__(self, ctx) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
         self.options = self.check_options(ctx.options)
         self.decoder = self.make_decoder()

@@ -122,12 +122,12 @@ async def test_read_of_a_streaming_sensor_masks_personal_values(tmp_path):
     proc = await asyncio.create_subprocess_exec(
         OCN_EDGE, "read", "--port", peer.path, "--baud", "115200", "--driver", "pedestrian-counter", "--wait", "5",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    done = asyncio.create_task(proc.communicate())
     try:
-        for _ in range(40):
-            await asyncio.sleep(0.1)
-            if os.path.exists(peer.path):
-                peer.write(f"SEEN 1764205200123 wifi {MAC} -67\r\n".encode())
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        while not done.done():  # the counter keeps hearing the phone until the command has read it
+            peer.write(f"SEEN 1764205200123 wifi {MAC} -67\r\n".encode())
+            await asyncio.wait([done], timeout=0.2)
+        out, err = await done
     finally:
         peer.unplug()
     text = out.decode() + err.decode()
