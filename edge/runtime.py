@@ -120,16 +120,16 @@ class Gateway:
         """Open the spool, load keys and policy, build every stage and start their tasks."""
         from edge.batcher import Batcher
         from edge.privacy import PrivacyStage, load_policy
-        from edge.protocol import key_id, load_private_key, write_keypair
+        from edge.enrol import ensure_device_key
+        from edge.protocol import key_id, load_private_key
         from edge.spool import Spool
 
         cfg = self.config
         state = Path(cfg.gateway.state_dir)
         state.mkdir(parents=True, exist_ok=True)
 
-        key_path = Path(cfg.uplink.key)
-        if not key_path.exists():
-            write_keypair(key_path.parent, name=key_path.stem)
+        key_path, created = ensure_device_key(Path(cfg.uplink.key))
+        if created:
             log.info("created device key", extra={"path": str(key_path)})
         private_key = load_private_key(key_path)
         self.key_id = key_id(private_key.public_key())
@@ -140,7 +140,7 @@ class Gateway:
             require_signed=cfg.privacy.require_signed,
         )
 
-        self.spool = await Spool.open(state / "spool", max_bytes=cfg.spool.max_size, when_full=cfg.spool.when_full)
+        self.spool = await Spool.open(state / "spool.db", max_bytes=cfg.spool.max_size, when_full=cfg.spool.when_full)
         self.boot = await self.spool.begin_boot()
         if self.boot.unclean_stop:
             log.warning("previous run did not stop cleanly", extra={"boot_epoch": self.boot.boot_epoch})
@@ -148,19 +148,6 @@ class Gateway:
         self._build_devices()
         channels = [c for d in self.devices for c in d.channels]
         self.privacy = PrivacyStage(policy, channels, clock_ms=self._clock_ms)
-        self.batcher = Batcher(
-            device_id=cfg.gateway.id,
-            private_key=private_key,
-            spool=self.spool,
-            boot_epoch=self.boot.boot_epoch,
-            policy_digest=policy.digest,
-            channels=self.privacy.output_channels(),
-            span_s=cfg.batch.span,
-            flush_interval_s=cfg.batch.flush_interval,
-            max_readings=cfg.batch.max_readings,
-            codec=cfg.batch.codec,
-            clock_ms=self._clock_ms,
-        )
         if cfg.uplink.hub:
             from edge.uplink import Uplink
 
@@ -175,6 +162,20 @@ class Gateway:
                 status_provider=self.status_report,
             )
 
+        self.batcher = Batcher(
+            device_id=cfg.gateway.id,
+            private_key=private_key,
+            spool=self.spool,
+            boot_epoch=self.boot.boot_epoch,
+            policy_digest=policy.digest,
+            channels=self.privacy.output_channels(),
+            span_s=cfg.batch.span,
+            flush_interval_s=cfg.batch.flush_interval,
+            max_readings=cfg.batch.max_readings,
+            codec=cfg.batch.codec,
+            clock_ms=self._clock_ms,
+            on_stored=self.uplink.wake if self.uplink is not None else None,
+        )
         for name, bus in self.buses.items():
             self._bus_tasks.append(asyncio.create_task(bus.run(), name=f"bus:{name}"))
         for dev in self.devices:

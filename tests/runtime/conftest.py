@@ -1,0 +1,1 @@
+from hilsim.pytest_plugin import hilsim_run  # noqa: F401
