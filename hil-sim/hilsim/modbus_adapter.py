@@ -15,7 +15,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerRTU
-from pymodbus.pdu import DecodePDU, ExceptionResponse
+from pymodbus.pdu import DecodePDU
 from pymodbus.server import ModbusTcpServer
 
 __all__ = ["Read", "NoReply", "crc16", "answer_pdu", "exception_pdu", "TcpServer"]

@@ -71,7 +71,8 @@ class PedestrianCounter(SerialDevice):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.day_s = parse_duration(self.options["day_length"], field=f"devices.{self.name}.options.day_length")
-        self.hear_p = 1.0 / max(1.0, parse_duration(self.options["hear_every"], field="hear_every"))
+        self.hear_p = 1.0 / max(1.0, parse_duration(self.options["hear_every"],
+                                                        field=f"devices.{self.name}.options.hear_every"))
         self.emitted: set[str] = set()
         self._passers: list[tuple[int, str, str, float]] = []  # (leave tick, mac, radio, distance)
         self.outbox: list[bytes] = []  # lines computed for past ticks, waiting to go on the line

@@ -5,7 +5,6 @@ from __future__ import annotations
 import array
 import asyncio
 import fcntl
-import logging
 import os
 import termios
 import tty
@@ -13,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["VirtualPort"]
-
-log = logging.getLogger("hilsim.port")
 
 # Bytes waiting unread in the gateway's input queue beyond which nobody is
 # listening: a real UART with no reader loses them, so we discard them too.
