@@ -216,3 +216,25 @@ async def test_a_missing_ca_file_is_named_in_the_error(spool, device_key, tmp_pa
 async def test_a_hub_url_without_a_scheme_is_refused(spool, device_key):
     with pytest.raises(UplinkError, match="expected an http:// or https:// URL"):
         make_uplink(spool, device_key, "127.0.0.1:8443")
+
+
+async def test_a_gateway_the_hub_does_not_know_keeps_its_batches_until_enrolled(spool, device_key):
+    receiver = Receiver()
+    url = await receiver.start()
+    stored = fill(spool, device_key, 2)
+    uplink = make_uplink(spool, device_key, url)
+    task = asyncio.create_task(uplink.run())
+    try:
+        await asyncio.sleep(0.3)
+        assert spool.stats()["batches"] == 2 and spool.quarantined() == []
+        assert "403 unknown_device" in uplink.counters.last_error
+        receiver.trust(device_key.public_key())
+        async with asyncio.timeout(10):
+            while spool.stats()["batches"]:
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await uplink.aclose()
+        await receiver.stop()
+    assert [seq for _, _, seq in receiver.batches] == [b.id.seq for b in stored]
