@@ -166,6 +166,7 @@ class Spool:
         self._acked: dict[int, tuple[int, int]] = {}
         self._acked_since = 0.0
         self._pending_budget: tuple[int, int] | None = None
+        self._full = False  # logged once when the quota starts dropping, once when there is room again
         self._boot_epoch: int | None = None
         self._next_seq = 0
         self._load_figures()
@@ -307,10 +308,6 @@ class Spool:
         with self._lock, self._transaction():
             if not self._make_room(size):
                 self._count_drop(1, readings)
-                log.warning(
-                    "spool full: refused a new batch",
-                    extra={"batch": str(batch_id), "readings": readings, "max_bytes": self.max_bytes},
-                )
                 return None
             cur = self._conn.execute(
                 "INSERT INTO batches (device_id, key_id, boot_epoch, seq, readings, created_ms, stored_ms, data)"
@@ -328,28 +325,47 @@ class Spool:
     def _make_room(self, size: int) -> bool:
         """Apply the quota inside the caller's transaction; True if a batch of ``size`` bytes now fits."""
         if self._used() + size <= self.max_bytes:
+            if self._full:
+                self._full = False
+                log.info("spool has room again", extra=self._loss_fields())
             return True
+        if not self._full:
+            self._full = True
+            log.warning(f"spool full: {self.when_full.replace('_', ' ')} batches until there is room", extra=self._loss_fields())
         if self.when_full == "refuse_newest" or size > self.max_bytes:
             return False
         # Quarantined batches will never be delivered: they go first, then the oldest pending ones.
         for table in ("quarantine", "batches"):
-            rows = self._conn.execute(f"SELECT row, readings, LENGTH(data) FROM {table} ORDER BY row").fetchall()
-            for row, readings, length in rows:
-                if self._used() + size <= self.max_bytes:
-                    return True
-                if table == "batches" and row in self._leased:
-                    continue  # in flight: the hub may be storing it right now
-                self._conn.execute(f"DELETE FROM {table} WHERE row = ?", (row,))
-                if table == "quarantine":
-                    self._quarantine_bytes -= length
-                    self._quarantine_batches -= 1
-                else:
-                    self._bytes -= length
-                    self._batches -= 1
-                    self._readings -= readings
-                    self._count_drop(1, readings)
-                    log.warning("spool full: dropped the oldest batch", extra={"row": row, "readings": readings})
+            after = 0
+            while self._used() + size > self.max_bytes:
+                rows = self._conn.execute(
+                    f"SELECT row, readings, LENGTH(data) FROM {table} WHERE row > ? ORDER BY row LIMIT 64", (after,)
+                ).fetchall()
+                if not rows:
+                    break
+                for row, readings, length in rows:
+                    after = row
+                    if self._used() + size <= self.max_bytes:
+                        break
+                    if table == "batches" and row in self._leased:
+                        continue  # in flight: the hub may be storing it right now
+                    self._conn.execute(f"DELETE FROM {table} WHERE row = ?", (row,))
+                    if table == "quarantine":
+                        self._quarantine_bytes -= length
+                        self._quarantine_batches -= 1
+                    else:
+                        self._bytes -= length
+                        self._batches -= 1
+                        self._readings -= readings
+                        self._count_drop(1, readings)
         return self._used() + size <= self.max_bytes
+
+    def _loss_fields(self) -> dict[str, int]:
+        return {
+            "max_bytes": self.max_bytes,
+            "batches_dropped": self._counters["batches_dropped"],
+            "readings_dropped": self._counters["readings_dropped"],
+        }
 
     def _used(self) -> int:
         return self._bytes + self._quarantine_bytes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from edge.spool import ACK_GROUP, Spool, SpoolError
@@ -157,3 +159,21 @@ async def test_an_acked_batch_is_not_offered_again_before_its_delete_is_committe
     assert spool.lease_oldest() == second
     assert spool.stats()["batches"] == 1
     assert spool.ack(first) is False
+
+
+async def test_a_full_spool_is_logged_once_when_it_fills_and_once_when_it_has_room(tmp_path, device_key, caplog):
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    await spool.begin_boot()
+    batches = [seal_readings(device_key, spool, 20) for _ in range(6)]
+    spool.max_bytes = len(batches[0]) * 2 + 10
+    with caplog.at_level(logging.INFO, logger="ocn.spool"):
+        stored = [spool.put(data, readings=20) for data in batches]
+        for batch in stored[-2:]:
+            spool.ack(batch)
+        spool.put(seal_readings(device_key, spool, 20), readings=20)
+    assert [r.getMessage() for r in caplog.records] == [
+        "spool full: drop oldest batches until there is room",
+        "spool has room again",
+    ]
+    assert spool.counters()["batches_dropped"] == 4
+    await spool.close()
