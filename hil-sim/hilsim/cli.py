@@ -32,11 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sim.add_argument("--hub", metavar="URL", help="put the uplink proxy in front of this hub, e.g. http://127.0.0.1:8443/")
     sim.add_argument("--state-dir", metavar="DIR", default="state",
                      help="state_dir written into --write-config (default: %(default)s)")
+    sim.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                     help="fault windows opening and closing are logged at info, to stderr (default: %(default)s)")
     sim.set_defaults(func=_sim)
 
 
 def _sim(args: argparse.Namespace) -> int:
+    from edge.logs import setup_logging
     from hilsim.scenario import ScenarioError, load_scenario
+
+    setup_logging(args.log_level, stream=sys.stderr)  # stdout carries only the endpoints
 
     try:
         scenario = load_scenario(args.scenario)

@@ -131,12 +131,20 @@ class SimDevice:
 
     async def _run(self) -> None:
         disconnected = False
+        open_windows: set[str] = set()
         while True:
             self.advance()
-            down = self.faults.windows("disconnect", self.clock.t())
+            now = self.clock.t()
+            # Once when a fault window opens and once when it closes: never a line per frame.
+            active = {fault.kind for fault in self.faults.faults if fault.active(now)}
+            for kind in sorted(active - open_windows):
+                log.info("%s: fault %s begins", self.name, kind)
+            for kind in sorted(open_windows - active):
+                log.info("%s: fault %s ends", self.name, kind)
+            open_windows = active
+            down = "disconnect" in active
             if down != disconnected:
                 disconnected = down
-                log.info("%s: %s", self.name, "disconnected (fault)" if down else "reconnected")
                 await (self.disconnect() if down else self.reconnect())
             if not disconnected:
                 await self.every_step()
