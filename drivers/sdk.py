@@ -15,6 +15,8 @@ __all__ = ["DeviceContext", "Driver", "DriverError", "Emit", "Manifest", "Option
 
 Emit = Callable[[Reading], Awaitable[None]]
 
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
 
 class DriverError(Exception):
     """A device failed in a way the driver cannot recover from by itself; the supervisor restarts it."""
@@ -111,7 +113,7 @@ class Driver(abc.ABC):
             if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, spec.type) or (spec.type is int and isinstance(value, bool)):
-                raise OptionError(key, value, f"a {spec.type.__name__}")
+                raise OptionError(key, value, _TYPE_NAMES.get(spec.type, f"a {spec.type.__name__}"))
             if spec.choices and value not in spec.choices:
                 raise OptionError(key, value, "one of " + ", ".join(repr(c) for c in spec.choices))
             out[key] = value

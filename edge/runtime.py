@@ -219,8 +219,8 @@ class Gateway:
         app = create_app(notice_html=render_notice_html(notice), notice_json=notice, status=self.status)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        host, _, port = self.config.local_api.listen.rpartition(":")
-        site = web.TCPSite(runner, host or "127.0.0.1", int(port))
+        listen = self.config.local_api.listen
+        site = web.TCPSite(runner, listen.host, listen.port)
         await site.start()
         self._local_api_runner = runner
         log.info("local API listening", extra={"listen": self.config.local_api.listen})

@@ -188,7 +188,7 @@ def test_every_bad_driver_option_is_reported(problems: Problems) -> None:
     assert problems(text) == [
         'gateway.toml: devices[0].options.mod: unknown key; did you mean "mode"?',
         "gateway.toml: devices[0].options.mode = \"turbo\": expected one of 'active', 'query'",
-        'gateway.toml: devices[0].options.warmup = "30s": expected a int',
+        'gateway.toml: devices[0].options.warmup = "30s": expected an integer',
     ]
 
 
