@@ -9,13 +9,13 @@ import time
 
 import pytest
 
-from drivers.buses import UnitBackingOff, create_bus
+from drivers.buses import BusDown, UnitBackingOff, create_bus
 from drivers.modbus.adapter import ExceptionReply, GarbledReply, NoReply, crc16
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import load_profile
 from drivers.sdk import DeviceContext, OptionError
 from tests.drivers.conftest import running
-from tests.drivers.loopback import BusConfig, modbus_tcp_server, serve_profile
+from tests.drivers.loopback import BusConfig, SerialPeer, modbus_tcp_server, serve_profile
 from tests.drivers.test_planner import minimum_requests
 
 SDM630 = {"voltage_l1": 231.5, "current_l2": 4.25, "power_total": 2875.0, "frequency": 50.02,
@@ -219,3 +219,26 @@ def test_the_driver_rejects_a_unit_id_outside_1_to_247():
 def test_an_unknown_profile_option_names_the_shipped_profiles():
     with pytest.raises(OptionError, match=r"profile = 'sdm630': expected a shipped profile \(.*eastron-sdm630"):
         ModbusDriver.check_options({"profile": "sdm630"})
+
+
+async def test_an_rtu_adapter_that_is_unplugged_and_replugged_is_reopened_and_logged_once_each_way(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    peer = SerialPeer(tmp_path)
+    bus = create_bus(BusConfig(type="modbus-rtu", port=peer.path, timeout=0.2), reopen_max=0.2)
+    async with running(bus):
+        peer.unplug()
+        async with asyncio.timeout(3):
+            while bus.link.connected:
+                await asyncio.sleep(0.02)
+        with pytest.raises(BusDown):
+            await bus.read(1, "holding", 0, 1)
+        await asyncio.sleep(0.6)  # several reopen attempts fail while the adapter is away
+        peer.replug()
+        await asyncio.wait_for(bus.wait_open(), 3)
+        with pytest.raises(NoReply):  # nobody answers on the new pty, but the request went out on it
+            await bus.read(1, "holding", 0, 1)
+        await peer.wait_received(bytes.fromhex("01 03 00 00 00 01 84 0A"))
+    peer.unplug()
+    lost = [r for r in caplog.records if "unavailable" in r.getMessage()]
+    back = [r for r in caplog.records if "back after" in r.getMessage()]
+    assert len(lost) == 1 and len(back) == 1
