@@ -145,6 +145,7 @@ class Batcher:
             pending = None
         if pending is None:
             pending = self._open = _Pending(window, self._policy_digest, time.monotonic())
+            self._wake.set()  # arm run()'s flush_interval timer for the new batch
         pending.readings.append(reading)
         self.counters.readings_in += 1
         if len(pending.readings) >= self.max_readings:

@@ -66,6 +66,16 @@ async def test_readings_wait_in_memory_no_longer_than_the_flush_interval(spool, 
     assert [len(b.readings) for b in stored(spool, device_key)] == [3]
 
 
+async def test_the_flush_interval_also_holds_for_the_first_reading_after_a_quiet_time(spool, device_key):
+    batcher = make_batcher(spool, device_key, flush_interval_s=0.2)
+    task = asyncio.create_task(batcher.run())
+    await asyncio.sleep(0.1)  # run() is idle, waiting without a deadline
+    await batcher.add(volts(1)[0])
+    await asyncio.sleep(0.5)
+    task.cancel()
+    assert spool.stats()["batches"] == 1
+
+
 async def test_a_reading_in_the_next_span_window_closes_the_current_batch(spool, device_key):
     batcher = make_batcher(spool, device_key, span_s=60)
     for r in volts(3, start=T0 + 57_000) + volts(2, start=T0 + 60_000):
