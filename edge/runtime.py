@@ -28,11 +28,15 @@ from edge.notify import Notifier, watchdog_loop
 from edge.supervise import DeviceRunner
 from edge.types import Channel, Reading
 
-__all__ = ["Gateway", "PipelineCounters", "run_gateway"]
+__all__ = ["Gateway", "PipelineCounters", "StartError", "run_gateway"]
 
 log = logging.getLogger("ocn.runtime")
 
 QUEUE_SIZE = 10_000
+
+
+class StartError(Exception):
+    """The gateway cannot start: a file it needs is missing or invalid. The message says which and why."""
 
 
 def wall_clock_ms() -> int:
@@ -380,13 +384,20 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
 
 async def run_gateway(config: GatewayConfig, *, stop: asyncio.Event | None = None, **kwargs: Any) -> Gateway:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut down cleanly. Returns the stopped gateway."""
+    from edge.enrol import EnrolError
+    from edge.privacy import PolicyError
+    from edge.spool import SpoolError
+
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gateway = Gateway(config, **kwargs)
     try:
-        await gateway.start()
+        try:
+            await gateway.start()
+        except (PolicyError, EnrolError, SpoolError) as exc:
+            raise StartError(str(exc)) from None
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

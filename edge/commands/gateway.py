@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _run(args: argparse.Namespace) -> int:
     from edge.config import ConfigError, load_config
     from edge.logs import setup_logging
-    from edge.runtime import run_gateway
+    from edge.runtime import StartError, run_gateway
 
     try:
         config = load_config(args.config)
@@ -50,7 +50,11 @@ def _run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(args.log_level or config.gateway.log_level)
-    asyncio.run(run_gateway(config))
+    try:
+        asyncio.run(run_gateway(config))
+    except StartError as exc:
+        print(f"ocn-edge run: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
