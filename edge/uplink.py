@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import random
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ log = logging.getLogger("ocn.uplink")
 _PERMANENT = {400: "malformed", 401: "bad_signature", 413: "too_large"}
 _MAX_RETRY_AFTER_S = 86400.0
 _DAY_MS = 86_400_000
+_SPOOL_RETRY_S = 5.0
 
 
 class UplinkError(Exception):
@@ -178,20 +180,31 @@ class Uplink:
     # -- batches -----------------------------------------------------------------------
 
     async def _deliver_forever(self) -> None:
+        spool_failing = False
         while True:
-            batch = await asyncio.to_thread(self._spool.lease_oldest)
-            if batch is None:
-                await asyncio.to_thread(self._spool.flush_acks)
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
-                except TimeoutError:
-                    pass
-                continue
+            self._wake.clear()
             try:
-                await self._deliver(batch)
-            finally:
-                self._spool.release(batch)
+                batch = await asyncio.to_thread(self._spool.lease_oldest)
+                if spool_failing:
+                    spool_failing = False
+                    log.info("spool usable again; delivery resumed")
+                if batch is None:
+                    await asyncio.to_thread(self._spool.flush_acks)
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
+                    except TimeoutError:
+                        pass
+                    continue
+                try:
+                    await self._deliver(batch)
+                finally:
+                    self._spool.release(batch)
+            except (OSError, sqlite3.Error) as exc:
+                # The spool cannot be read or written (I/O error, disk full): the batches stay where they are.
+                if not spool_failing:
+                    log.error("cannot read or update the spool; delivery paused", extra={"error": str(exc)})
+                spool_failing = True
+                await asyncio.sleep(_SPOOL_RETRY_S)
 
     async def _deliver(self, batch: StoredBatch) -> None:
         """Send one batch until it is acked or quarantined."""
@@ -315,8 +328,17 @@ class Uplink:
     # -- status reports ----------------------------------------------------------------
 
     async def _report_forever(self) -> None:
+        report_failing = False
         while True:
-            await self.send_status()
+            try:
+                await self.send_status()
+            except (ValueError, TypeError) as exc:
+                # A status field that cannot be encoded is a bug to fix, not a reason to stop sending batches.
+                if not report_failing:
+                    log.error("cannot build the status report", extra={"error": str(exc)})
+                report_failing = True
+            else:
+                report_failing = False
             await asyncio.sleep(self._status_interval_s * (0.9 + 0.2 * self._rng.random()))
 
     def status_report(self) -> dict[str, Any]:
