@@ -1,4 +1,4 @@
-"""Spool benchmark: bytes written to disk and fsyncs per stored batch and per reading, and batches per second.
+"""Spool and uplink benchmark: disk bytes and fsyncs per batch and per reading; batches per second stored and sent.
 
     .venv/bin/python -m bench.spool [--hours N]
 
@@ -11,12 +11,14 @@ this process (pages dirtied, so a 100-byte commit that dirties a page costs
 4096; the ext4 journal is extra and not counted); fsyncs are counted with
 strace when it is installed.  The same lifecycle is measured on a minimal
 append-only segment file (record + fdatasync per put, an ack record +
-fdatasync per ack) — the alternative design — for comparison.
+fdatasync per ack, and with acks grouped as the spool groups them) — the
+alternative design, reduced to its writes — for comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import os
 import re
@@ -29,16 +31,20 @@ import zlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from edge.protocol import BatchHeader, generate_keypair, key_id, seal_batch
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.protocol import BatchHeader, generate_keypair, key_id, open_batch, seal_batch
 from edge.spool import Spool
 from edge.types import Channel, Reading
+from edge.uplink import Uplink
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 if not DATASETS.exists():
     DATASETS = Path("/work/shared/datasets")
 METER = DATASETS / "ampds2_Electricity_B1E-11.csv"
 WEATHER = DATASETS / "data_gov_sg_weather_station_S43_2017-02_1min.csv"
-SPANS = (("30 s (flush_interval)", 30), ("5 min", 300), ("1 h", 3600))
+SPANS = (("30 s", 30), ("5 min", 300), ("1 h", 3600))
 MAX_BATCHES = 1500
 
 
@@ -74,9 +80,11 @@ def load_readings(hours: float) -> tuple[list[Channel], list[Reading]]:
     return channels, readings
 
 
-def seal_all(channels: list[Channel], readings: list[Reading], span_s: int) -> list[tuple[bytes, int]]:
+def seal_all(
+    channels: list[Channel], readings: list[Reading], span_s: int, key: Ed25519PrivateKey | None = None
+) -> list[tuple[bytes, int]]:
     """The batches a gateway would seal at this span, with their reading counts."""
-    key = generate_keypair()
+    key = key or generate_keypair()
     by_id = {c.id: c for c in channels}
     windows: dict[int, list[Reading]] = {}
     for r in readings:
@@ -122,7 +130,22 @@ def run_segments(batches: list[tuple[bytes, int]], directory: Path) -> None:
     os.close(acks)
 
 
-ENGINES = {"sqlite-wal": run_sqlite, "segments": run_segments}
+def run_segments_grouped(batches: list[tuple[bytes, int]], directory: Path) -> None:
+    """The segment design at its leanest: acks written with the next put's fdatasync, as the SQLite spool does."""
+    seg = os.open(directory / "segment-000001", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    acks = os.open(directory / "acks", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    for seq, (data, _) in enumerate(batches):
+        if seq:
+            os.write(acks, (seq - 1).to_bytes(8, "big") + zlib.crc32(b"").to_bytes(4, "big"))
+        os.write(seg, len(data).to_bytes(4, "big") + zlib.crc32(data).to_bytes(4, "big") + data)
+        os.fdatasync(seg)
+        if seq % 32 == 0:
+            os.fdatasync(acks)
+    os.close(seg)
+    os.close(acks)
+
+
+ENGINES = {"sqlite-wal": run_sqlite, "segments": run_segments, "segments-grouped": run_segments_grouped}
 
 
 def measure(engine: str, batches: list[tuple[bytes, int]]) -> tuple[float, float]:
@@ -151,6 +174,44 @@ def count_fsyncs(engine: str, span_s: int, hours: float) -> int | None:
     return sum(int(m.group(1)) for m in re.finditer(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?f(?:data)?sync$", text, re.M))
 
 
+async def uplink_rate(batches: list[tuple[bytes, int]], key: Ed25519PrivateKey) -> tuple[float, float]:
+    """(batches/s, readings/s) delivered by the uplink, one batch in flight, to a verifying receiver on loopback."""
+    public = key.public_key()
+
+    async def ingest(request: web.Request) -> web.Response:
+        data = await request.read()
+        h = open_batch(data, public).header
+        return web.json_response({"device_id": h.device_id, "key_id": h.key_id.hex(), "boot_epoch": h.boot_epoch,
+                                  "seq": h.seq, "status": "stored"})
+
+    app = web.Application(client_max_size=2 << 20)
+    app.router.add_post("/oxp/v1/batches", ingest)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    directory = Path(tempfile.mkdtemp(prefix="ocn-uplink-bench-", dir=os.environ.get("OCN_BENCH_DIR")))
+    spool = await Spool.open(directory / "spool.db", max_bytes=1 << 30)
+    await spool.begin_boot()
+    for data, n in batches:
+        spool.put(data, readings=n)
+    uplink = Uplink(spool=spool, hub_url=f"http://127.0.0.1:{port}/", private_key=key, device_id="pole-0042",
+                    status_interval_s=0)
+    t0 = time.perf_counter()
+    task = asyncio.create_task(uplink.run())
+    while spool.stats()["batches"]:
+        await asyncio.sleep(0.01)
+    seconds = time.perf_counter() - t0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await uplink.aclose()
+    await spool.close()
+    await runner.cleanup()
+    shutil.rmtree(directory)
+    return len(batches) / seconds, sum(n for _, n in batches) / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hours", type=float, default=24 * 30, help="hours of data to use (default: 30 days)")
@@ -166,7 +227,7 @@ def main() -> None:
         return
     print(f"{len(readings)} readings of {len(channels)} channels ({METER.name}, {WEATHER.name}); "
           f"each batch stored, then acked and deleted; disk = write_bytes (4 KiB pages), journal not counted")
-    print(f"{'span':<22}{'engine':<12}{'batches':>8}{'rdg/batch':>10}{'B/batch':>9}"
+    print(f"{'span':<22}{'engine':<18}{'batches':>8}{'rdg/batch':>10}{'B/batch':>9}"
           f"{'disk B/batch':>13}{'disk B/rdg':>11}{'fsync/batch':>12}{'batches/s':>10}")
     for label, span_s in SPANS:
         batches = seal_all(channels, readings, span_s)
@@ -176,8 +237,13 @@ def main() -> None:
             disk, seconds = measure(engine, batches)
             fsyncs = count_fsyncs(engine, span_s, args.hours)
             fs = f"{fsyncs / len(batches):.2f}" if fsyncs is not None else "n/a"
-            print(f"{label:<22}{engine:<12}{len(batches):>8}{n_readings / len(batches):>10.0f}{size / len(batches):>9.0f}"
+            print(f"{label:<22}{engine:<18}{len(batches):>8}{n_readings / len(batches):>10.0f}{size / len(batches):>9.0f}"
                   f"{disk / len(batches):>13.0f}{disk / n_readings:>11.2f}{fs:>12}{len(batches) / seconds:>10.0f}")
+    key = generate_keypair()
+    print("\nuplink, one batch in flight, to a verifying aiohttp receiver on 127.0.0.1 (spool acks included)")
+    for label, span_s in SPANS[1:]:
+        rate, readings_rate = asyncio.run(uplink_rate(seal_all(channels, readings, span_s, key)[:500], key))
+        print(f"{label:<22}{rate:>8.0f} batches/s {readings_rate:>10.0f} readings/s")
 
 
 if __name__ == "__main__":
