@@ -402,6 +402,9 @@ async def run_scenario(
         if upstream:
             host_port = upstream.split("//", 1)[-1].rstrip("/")
             host, _, port = host_port.rpartition(":")
+            if not port.isdigit():
+                raise ScenarioError(f"hub = {upstream!r}: expected a hub URL with a port, like "
+                                    f"\"http://127.0.0.1:8443/\"")
             schedule = [_proxy_step(step, where="uplink.schedule") for step in scenario.uplink.get("schedule", ())]
             sim.proxy = UplinkProxy(upstream_host=host or "127.0.0.1", upstream_port=int(port), schedule=schedule)
             parts.append(sim.proxy)
