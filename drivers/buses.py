@@ -184,13 +184,13 @@ class ModbusBus:
             self.requests += 1
             try:
                 values = await self.link.read(function, unit, address, count, timeout=timeout or self.timeout)
-            except NoReply:
+            except NoReply as exc:
                 state.timeouts += 1
-                self._unit_failed(unit, state)
+                self._unit_failed(unit, state, exc)
                 raise
-            except GarbledReply:
+            except GarbledReply as exc:
                 state.crc_errors += 1
-                self._unit_failed(unit, state)
+                self._unit_failed(unit, state, exc)
                 raise
             except ExceptionReply:
                 state.exceptions += 1
@@ -204,9 +204,10 @@ class ModbusBus:
             self.registers_used += count if used is None else used
             return values
 
-    def _unit_failed(self, unit: int, state: _Unit) -> None:
+    def _unit_failed(self, unit: int, state: _Unit, why: LinkError) -> None:
         if state.failures_in_a_row == 0:
-            log.warning("%s: unit %d stopped answering; backing off up to %gs", self.what, unit, self.unit_backoff_max)
+            log.warning("%s: unit %d stopped answering (%s); backing off up to %gs", self.what, unit, why,
+                        self.unit_backoff_max)
         state.failures_in_a_row += 1
         backoff = min(self.unit_backoff_max, self.timeout * 2 ** (state.failures_in_a_row - 1))
         state.skip_until = time.monotonic() + backoff

@@ -207,7 +207,7 @@ def cmd_driver_new(args: argparse.Namespace) -> int:
         root = scaffold(args.name, Path(args.dir))
     except ScaffoldError as exc:
         return _fail(str(exc))
-    print(f"Wrote {root}\n\nNext:\n  cd {root}\n  pip install --no-build-isolation -e .\n"
+    print(f"Wrote {root}\n\nNext:\n  cd {root}\n  pip install .\n"
           f"  ocn-edge drivers            # lists {args.name!r}\n  pytest tests                # runs against hil-sim")
     return EXIT_OK
 

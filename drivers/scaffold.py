@@ -151,7 +151,8 @@ An OCN Edge driver, made with `ocn-edge driver new {name}`. The walkthrough is i
 OCN Edge's `docs/drivers.md`.
 
 ```sh
-pip install --no-build-isolation -e .     # into the gateway's environment
+pip install .                             # into the gateway's environment
+                                          # (offline: pip install --no-build-isolation .)
 ocn-edge drivers                          # lists "{name}"
 pytest tests                              # runs against hil-sim
 ```

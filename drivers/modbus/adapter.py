@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -151,6 +152,8 @@ class ModbusLink:
     async def open(self) -> None:
         """Open the port or connection; raises LinkDown with the reason."""
         self._lost.clear()
+        if self.kind == "rtu" and not os.path.exists(self._client.comm_params.host):
+            raise LinkDown(f"{self._client.comm_params.host}: no such device (adapter unplugged?)")
         try:
             ok = await self._client.connect()
         except (OSError, ModbusException) as exc:

@@ -130,8 +130,10 @@ class ModbusDriver(Driver):
             await asyncio.sleep(next_at - now)
 
     def _report(self, result: Poll) -> None:
-        """Log a failing request once when it starts failing and once when it recovers."""
-        failed = {req: str(exc) for req, exc in result.failures}
+        """Log a request the unit refuses once when it starts and once when it recovers.
+
+        A silent unit or a lost line is the bus owner's to log (once, for every device on it)."""
+        failed = {req: str(exc) for req, exc in result.failures if isinstance(exc, ExceptionReply)}
         for req, why in failed.items():
             if self._failing.get(req) != why:
                 self.ctx.logger.warning("%s: unit %d: %s %d..%d: %s", self.ctx.device_id, self.unit, req.function,
