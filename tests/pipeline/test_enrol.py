@@ -52,7 +52,7 @@ async def test_enrol_creates_a_private_key_only_its_owner_can_read_and_prints_th
     assert "created device key" in out
 
 
-async def test_an_enrolled_gateway_delivers_batches_the_hub_stores(tmp_path):
+async def test_an_enrolled_gateway_delivers_batches_and_status_the_hub_takes(tmp_path):
     async with run_hub(state_dir=tmp_path / "hub") as hub:
         config = write_config(tmp_path, hub.url)
         code, _, err = await ocn_edge("enrol", str(config), "--token", await hub.create_token())
@@ -69,10 +69,12 @@ async def test_an_enrolled_gateway_delivers_batches_the_hub_stores(tmp_path):
                 await asyncio.sleep(0.05)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        status_taken = await uplink.send_status()
         await uplink.aclose()
         await spool.close()
         counters = await hub.counters("pole-0042")
     assert (counters["batches_stored"], counters["readings_stored"]) == (3, 60)
+    assert status_taken
 
 
 async def test_a_used_token_is_refused_with_what_to_do(tmp_path):

@@ -157,8 +157,13 @@ async def test_the_daily_byte_budget_holds_batches_until_the_next_utc_day(spool,
 
 async def test_the_status_report_is_signed_and_carries_backlog_loss_and_boot(spool, device_key, receiver):
     fill(spool, device_key, 2)
+    desired = []
     uplink = make_uplink(
-        spool, device_key, receiver.url, status_provider=lambda: {"policy_digest": b"\x07" * 32}
+        spool,
+        device_key,
+        receiver.url,
+        status_provider=lambda: {"policy_digest": b"\x07" * 32},
+        on_desired=lambda document, etag: desired.append((document, etag)),
     )
     assert await uplink.send_status() is True
     await uplink.aclose()
@@ -168,6 +173,7 @@ async def test_the_status_report_is_signed_and_carries_backlog_loss_and_boot(spo
     assert report["readings_dropped"] == 0
     assert report["policy_digest"] == b"\x07" * 32
     assert uplink.counters.status_sent == 1
+    assert desired == [(None, "e0")]
 
 
 async def test_tls_with_the_configured_ca_delivers(spool, device_key, tmp_path):
