@@ -6,12 +6,10 @@ the gateway and the hub; docs/protocol.md is the normative specification.
 
 from edge.protocol.codec import CODECS, MAX_PAYLOAD_BYTES, ZSTD_LEVEL
 from edge.protocol.envelope import (
-    BATCH_CONTENT_TYPE,
     MAX_BATCH_BYTES,
     MAX_STATUS_BYTES,
     MEDIA_TYPE,
     OXP_VERSION,
-    STATUS_CONTENT_TYPE,
     Batch,
     BatchHeader,
     BatchTooLarge,
@@ -37,7 +35,6 @@ from edge.protocol.keys import (
 from edge.protocol.senml import senml_cbor, senml_json, to_senml
 
 __all__ = [
-    "BATCH_CONTENT_TYPE",
     "CODECS",
     "MAX_BATCH_BYTES",
     "MAX_PAYLOAD_BYTES",
@@ -47,7 +44,6 @@ __all__ = [
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
     "REASONS",
-    "STATUS_CONTENT_TYPE",
     "ZSTD_LEVEL",
     "Batch",
     "BatchHeader",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import zlib
@@ -53,10 +54,12 @@ ENC_SCALED = 0  # [0, mantissa, exponent, zigzag-delta varints]: value = k * man
 ENC_FLOAT = 1  # [1, n x 8 bytes]: IEEE 754 binary64 bit patterns, each XORed with the previous one
 ENC_STRING = 2  # [2, [dictionary...], index varints]
 ENC_BOOL = 3  # [3, bit-packed, least significant bit first]
+ENC_SCALED_DOD = 4  # [4, mantissa, exponent, zigzag delta-of-delta varints]: for smooth series (counters, tracks)
 
 _MAX_PLACES = 9  # beyond nine decimals a float channel travels as binary64
 
 
+@functools.lru_cache(maxsize=1024)
 def resolution_parts(resolution: float) -> tuple[int, int]:
     """(mantissa, exponent) with mantissa * 10**exponent equal to the shortest decimal of ``resolution``."""
     sign, digits, exponent = Decimal(repr(resolution)).normalize().as_tuple()
@@ -135,6 +138,15 @@ def _unfloat_column(data: bytes, count: int, channel: str) -> list[float]:
     return list(struct.unpack(f">{count}d", struct.pack(f">{count}Q", *bits)))
 
 
+def _scaled(mantissa: int, exponent: int, ks: list[int]) -> list:
+    """The scaled column, delta or delta-of-delta, whichever leaves the smaller numbers to store."""
+    steps = delta(ks)
+    curvature = delta_of_delta(ks)
+    if len(ks) > 2 and sum(map(abs, curvature)) < sum(map(abs, steps)):
+        return [ENC_SCALED_DOD, mantissa, exponent, pack_uvarints(zigzag(curvature))]
+    return [ENC_SCALED, mantissa, exponent, pack_uvarints(zigzag(steps))]
+
+
 def _number_values(channel: Channel, values: list) -> list:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -146,11 +158,11 @@ def _number_values(channel: Channel, values: list) -> list:
             quantized = [_scaled_value(mantissa, exponent, _quantize([v], mantissa, exponent, channel.id)[0])
                          if math.isfinite(v) else v for v in values]
             return [ENC_FLOAT, _float_column(quantized)]
-        return [ENC_SCALED, mantissa, exponent, pack_uvarints(zigzag(delta(ks)))]
+        return _scaled(mantissa, exponent, ks)
     if all(type(v) is int for v in values):
         if values and (max(values) > INT64_MAX or min(values) < INT64_MIN):
             raise ValueError(f"channel {channel.id!r}: integer value outside the signed 64-bit range")
-        return [ENC_SCALED, 1, 0, pack_uvarints(zigzag(delta(values)))]
+        return _scaled(1, 0, values)
     floats_only = [v for v in values if type(v) is not int]
     # -0.0 equals 0.0 but would lose its sign as a scaled integer; binary64 keeps it.
     negative_zero = 0 in floats_only and any(v == 0 and math.copysign(1.0, v) < 0 for v in floats_only)
@@ -159,7 +171,7 @@ def _number_values(channel: Channel, values: list) -> list:
         # Integral floats among ints travel as integers, so big ints stay exact.
         ints = [int(v) for v in values]
         if max(ints) <= INT64_MAX and min(ints) >= INT64_MIN:
-            return [ENC_SCALED, 1, 0, pack_uvarints(zigzag(delta(ints)))]
+            return _scaled(1, 0, ints)
         places = None
     floats = [float(v) for v in values]
     if len(floats_only) != len(values) and any(type(v) is int and f != v for f, v in zip(floats, values)):
@@ -170,7 +182,7 @@ def _number_values(channel: Channel, values: list) -> list:
     if places is not None:
         ks = _quantize(values, 1, -places, channel.id, strict=False)
         if ks is not None:
-            return [ENC_SCALED, 1, -places, pack_uvarints(zigzag(delta(ks)))]
+            return _scaled(1, -places, ks)
     return [ENC_FLOAT, _float_column(floats)]
 
 
@@ -207,6 +219,15 @@ def _quality_column(qualities: list) -> bytes:
     return pack_uvarints(pairs)
 
 
+def _times(times: list[int], t0: int, index: int, sent: dict[bytes, int]) -> bytes | int:
+    """The series' time column, or the index of an earlier series with the very same times."""
+    column = pack_uvarints(zigzag(delta_of_delta(wrap64([t - t0 for t in times]))))
+    if column and column in sent:
+        return sent[column]
+    sent[column] = index
+    return column
+
+
 def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> bytes:
     """The uncompressed OXP/1 body (a CBOR array) for these channels and readings."""
     groups: dict[str, list[Reading]] = {}
@@ -231,7 +252,8 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
         series.append((channel, group, [r.ts_ms for r in group]))
     t0 = min((min(times) for _, _, times in series if times), default=0)
     body_series = []
-    for channel, group, times in series:
+    time_columns: dict[bytes, int] = {}  # a column already sent -> the index of its series
+    for index, (channel, group, times) in enumerate(series):
         if times and not (all(type(t) is int for t in times) and INT64_MIN <= min(times) and max(times) <= INT64_MAX):
             bad = next(t for t in times if type(t) is not int or not INT64_MIN <= t <= INT64_MAX)
             raise ValueError(f"channel {channel.id!r}: ts_ms {bad!r} is not a signed 64-bit integer of milliseconds")
@@ -244,7 +266,7 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
                 FLAG_PERSONAL if channel.personal else 0,
                 None if channel.resolution is None else list(resolution_parts(channel.resolution)),
                 len(group),
-                pack_uvarints(zigzag(delta_of_delta(wrap64([t - t0 for t in times])))),
+                _times(times, t0, index, time_columns),
                 _VALUE_ENCODERS[channel.kind](channel, [r.value for r in group]),
                 _quality_column(qualities) if any(q is not None for q in qualities) else b"",
             ]
@@ -252,12 +274,16 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
     return cbor2.dumps([t0, body_series])
 
 
-def compress(body: bytes, codec: str) -> bytes:
-    """The body compressed with ``codec`` ("zstd": one zstd frame with its content size; "deflate": a zlib stream)."""
+def compress(body: bytes, codec: str, *, level: int | None = None) -> bytes:
+    """The body compressed with ``codec`` ("zstd": one zstd frame with its content size; "deflate": a zlib stream).
+
+    ``level`` overrides the pinned level (ZSTD_LEVEL, DEFLATE_LEVEL); the test vectors assume the pinned one.
+    """
     if codec == "zstd":
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=False).compress(body)
+        zstd_level = ZSTD_LEVEL if level is None else level
+        return zstandard.ZstdCompressor(level=zstd_level, write_content_size=True, write_checksum=False).compress(body)
     if codec == "deflate":
-        return zlib.compress(body, DEFLATE_LEVEL)
+        return zlib.compress(body, DEFLATE_LEVEL if level is None else level)
     raise ValueError(f"codec {codec!r}: expected one of {', '.join(CODECS)}")
 
 
@@ -306,13 +332,14 @@ def _decode_values(enc: object, kind: Kind, count: int, name: str) -> list:
     if not isinstance(enc, list) or not enc or type(enc[0]) is not int:
         raise _fail(f"series {name!r}: value column is not [encoding, ...]")
     code = enc[0]
-    if code == ENC_SCALED and kind is Kind.NUMBER and len(enc) == 4:
+    if code in (ENC_SCALED, ENC_SCALED_DOD) and kind is Kind.NUMBER and len(enc) == 4:
         _, mantissa, exponent, column = enc
         if type(mantissa) is not int or mantissa < 1 or type(exponent) is not int or not isinstance(column, bytes):
-            raise _fail(f"series {name!r}: scaled column needs [0, mantissa >= 1, exponent, bytes]")
+            raise _fail(f"series {name!r}: scaled column needs [{code}, mantissa >= 1, exponent, bytes]")
         if not -30 <= exponent <= 30:
             raise _fail(f"series {name!r}: exponent {exponent} outside -30..30")
-        ks = undelta(unzigzag(unpack_uvarints(column, count, what=f"series {name!r} values")))
+        restore = undelta if code == ENC_SCALED else undelta_of_delta
+        ks = restore(unzigzag(unpack_uvarints(column, count, what=f"series {name!r} values")))
         if exponent >= 0:
             step = mantissa * 10**exponent
             return [k * step for k in ks]
@@ -374,14 +401,15 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     t0, raw_series = doc
     channels: list[Channel] = []
     readings: list[Reading] = []
+    all_stamps: list[list[int]] = []
     for s in raw_series:
         if not (isinstance(s, list) and len(s) == 9):
             raise _fail("a series is not a 9-element array")
         name, unit, kind_code, flags, resolution, count, times, values, quality = s
         if type(name) is not str or type(unit) is not str or type(count) is not int or count < 0:
             raise _fail(f"series {name!r}: channel id, unit or count has the wrong type")
-        if kind_code not in KINDS or type(flags) is not int or not isinstance(times, bytes) or not isinstance(quality, bytes):
-            raise _fail(f"series {name!r}: kind, flags, times or quality has the wrong type")
+        if kind_code not in KINDS or type(flags) is not int or not isinstance(quality, bytes):
+            raise _fail(f"series {name!r}: kind, flags or quality has the wrong type")
         kind = KINDS[kind_code]
         res: float | None = None
         if resolution is not None:
@@ -394,14 +422,20 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
             channel = Channel(name, unit, kind, res, bool(flags & FLAG_PERSONAL))
         except ValueError as exc:
             raise _fail(str(exc)) from None
-        stamps = undelta_of_delta(unzigzag(unpack_uvarints(times, count, what=f"series {name!r} times")))
+        if isinstance(times, bytes):
+            stamps = wrap64([t0 + t for t in undelta_of_delta(unzigzag(unpack_uvarints(times, count, what=f"series {name!r} times")))])
+        elif type(times) is int and 0 <= times < len(all_stamps) and len(all_stamps[times]) == count:
+            stamps = all_stamps[times]
+        else:
+            raise _fail(f"series {name!r}: times is neither a column nor the index of an earlier series of {count} readings")
+        all_stamps.append(stamps)
         vals = _decode_values(values, kind, count, name)
         quals = _decode_quality(quality, count, name)
         channels.append(channel)
         if quality:
-            readings += map(Reading, [name] * count, wrap64([t0 + t for t in stamps]), vals, [unit] * count, quals)
+            readings += map(Reading, [name] * count, stamps, vals, [unit] * count, quals)
         else:
-            readings += map(Reading, [name] * count, wrap64([t0 + t for t in stamps]), vals, [unit] * count)
+            readings += map(Reading, [name] * count, stamps, vals, [unit] * count)
     return tuple(channels), tuple(readings)
 
 

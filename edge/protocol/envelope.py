@@ -20,8 +20,6 @@ from edge.types import Channel, Reading
 __all__ = [
     "OXP_VERSION",
     "MEDIA_TYPE",
-    "BATCH_CONTENT_TYPE",
-    "STATUS_CONTENT_TYPE",
     "MAX_BATCH_BYTES",
     "MAX_STATUS_BYTES",
     "BatchHeader",
@@ -37,18 +35,30 @@ __all__ = [
 
 OXP_VERSION = 1
 MEDIA_TYPE = 'application/cose; cose-type="cose-sign1"'
-BATCH_CONTENT_TYPE = "application/vnd.ocn.oxp-batch"
-STATUS_CONTENT_TYPE = "application/vnd.ocn.oxp-status+cbor"
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_STATUS_BYTES = 64 * 1024
 
 COSE_SIGN1_TAG = 18
-# COSE header labels (RFC 9052 §3.1) and the private-use label (< -65536) holding the OXP header.
-ALG, CONTENT_TYPE, KID = 1, 3, 4
-OXP_HEADER = -65537
+# COSE header labels (RFC 9052 §3.1), and the private-use labels (< -65536) holding the OXP
+# header: which of the two is present says whether the message is a batch or a status report.
+ALG, CRIT, KID = 1, 2, 4
+OXP_BATCH = -65537
+OXP_STATUS = -65538
+MESSAGE_TYPES = {OXP_BATCH: "batch", OXP_STATUS: "status report"}
 EDDSA, ED25519 = -8, -19
 # Labels inside the OXP header map.
 H_VERSION, H_DEVICE, H_BOOT, H_SEQ, H_POLICY, H_CODEC, H_CREATED, H_COUNTERS = range(8)
+# Counters every gateway sends travel under small integer labels (a batch is sent thousands of
+# times a day); any other counter name travels as text.
+COUNTER_LABELS = {
+    "readings_dropped": 0,
+    "batches_dropped": 1,
+    "unclean_stops": 2,
+    "readings_quarantined": 3,
+    "batches_quarantined": 4,
+    "readings_unsealable": 5,
+}
+COUNTER_NAMES = {label: name for name, label in COUNTER_LABELS.items()}
 
 DEVICE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 COUNTER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -149,9 +159,9 @@ def seal_batch(
         H_POLICY: header.policy_digest,
         H_CODEC: header.codec,
         H_CREATED: header.created_ms,
-        H_COUNTERS: dict(header.counters),
+        H_COUNTERS: {COUNTER_LABELS.get(name, name): count for name, count in header.counters.items()},
     }
-    sealed = _sign({ALG: EDDSA, CONTENT_TYPE: BATCH_CONTENT_TYPE, KID: header.key_id, OXP_HEADER: oxp}, payload, private_key)
+    sealed = _sign({ALG: EDDSA, KID: header.key_id, OXP_BATCH: oxp}, payload, private_key)
     if len(sealed) > MAX_BATCH_BYTES:
         raise BatchTooLarge(
             f"sealed batch is {len(sealed)} bytes, over the OXP/1 limit of {MAX_BATCH_BYTES}; seal fewer readings"
@@ -167,7 +177,7 @@ class _Message:
     signature: bytes
 
 
-def _parse(data: bytes, *, limit: int, expected_type: str) -> _Message:
+def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -205,14 +215,16 @@ def _parse(data: bytes, *, limit: int, expected_type: str) -> _Message:
     kid = header.get(KID)
     if not isinstance(kid, bytes) or len(kid) != 8:
         raise ProtocolError("malformed", "protected header kid (label 4) is not 8 bytes")
-    content_type = header.get(CONTENT_TYPE)
-    if content_type != expected_type:
-        if content_type in (BATCH_CONTENT_TYPE, STATUS_CONTENT_TYPE):
-            raise ProtocolError("wrong_type", f"message is {content_type!r}, expected {expected_type!r}")
-        raise ProtocolError("malformed", f"content type {content_type!r}: expected {expected_type!r}")
-    oxp = header.get(OXP_HEADER)
+    if CRIT in header:
+        raise ProtocolError("malformed", "protected header has crit (label 2); OXP/1 messages carry none")
+    present = [label for label in MESSAGE_TYPES if label in header]
+    if len(present) != 1:
+        raise ProtocolError("malformed", f"protected header needs exactly one OXP header map (label {OXP_BATCH} or {OXP_STATUS})")
+    if present[0] != expected:
+        raise ProtocolError("wrong_type", f"message is a {MESSAGE_TYPES[present[0]]}, expected a {MESSAGE_TYPES[expected]}")
+    oxp = header[expected]
     if not isinstance(oxp, dict):
-        raise ProtocolError("malformed", f"protected header has no OXP header map (label {OXP_HEADER})")
+        raise ProtocolError("malformed", f"OXP header (label {expected}) is not a map")
     if oxp.get(H_VERSION) != OXP_VERSION:
         raise ProtocolError("unsupported_version", f"OXP version {oxp.get(H_VERSION)!r}: this implementation speaks {OXP_VERSION}")
     return _Message(protected, header, payload, signature)
@@ -232,7 +244,7 @@ def _verify(message: _Message, public_key: Ed25519PublicKey) -> None:
 
 
 def _batch_header(message: _Message) -> BatchHeader:
-    oxp = message.header[OXP_HEADER]
+    oxp = message.header[OXP_BATCH]
     codec = oxp.get(H_CODEC)
     if type(codec) is str and codec not in CODECS:
         raise ProtocolError("unsupported_codec", f"codec {codec!r}: this implementation knows {', '.join(CODECS)}")
@@ -246,20 +258,30 @@ def _batch_header(message: _Message) -> BatchHeader:
             policy_digest=oxp.get(H_POLICY),
             codec=codec,
             created_ms=oxp.get(H_CREATED),
-            counters=counters if isinstance(counters, dict) else {None: None},
+            counters=_counter_names(counters),
         )
     except (ValueError, TypeError) as exc:
         raise ProtocolError("malformed", str(exc)) from None
 
 
+def _counter_names(counters: object) -> dict:
+    if not isinstance(counters, dict):
+        raise ValueError("batch header counters is not a map")
+    # An integer label this version does not know keeps a readable name, so newer senders still decode.
+    return {
+        (COUNTER_NAMES.get(label, f"counter_{label}") if type(label) is int and label >= 0 else label): count
+        for label, count in counters.items()
+    }
+
+
 def peek_header(data: bytes) -> BatchHeader:
     """The header of a batch WITHOUT verifying its signature: use it only to find the key to verify with."""
-    return _batch_header(_parse(data, limit=MAX_BATCH_BYTES, expected_type=BATCH_CONTENT_TYPE))
+    return _batch_header(_parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH))
 
 
 def open_batch(data: bytes, public_key: Ed25519PublicKey) -> Batch:
     """Verify a sealed batch with the device's public key, then decode it; raises ProtocolError."""
-    message = _parse(data, limit=MAX_BATCH_BYTES, expected_type=BATCH_CONTENT_TYPE)
+    message = _parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH)
     _verify(message, public_key)
     header = _batch_header(message)
     channels, readings = decode_payload(message.payload, codec=header.codec)
@@ -268,7 +290,7 @@ def open_batch(data: bytes, public_key: Ed25519PublicKey) -> Batch:
 
 def decode_unverified(data: bytes) -> Batch:
     """Decode a batch WITHOUT verifying its signature: for inspection tools only, never for accepting data."""
-    message = _parse(data, limit=MAX_BATCH_BYTES, expected_type=BATCH_CONTENT_TYPE)
+    message = _parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH)
     header = _batch_header(message)
     channels, readings = decode_payload(message.payload, codec=header.codec)
     return Batch(header, channels, readings)
@@ -287,9 +309,8 @@ def seal_status(report: Mapping[str, Any], *, device_id: str, private_key: Ed255
         raise ValueError(f"status report cannot be encoded as CBOR: {exc}") from None
     protected = {
         ALG: EDDSA,
-        CONTENT_TYPE: STATUS_CONTENT_TYPE,
         KID: key_id(private_key),
-        OXP_HEADER: {H_VERSION: OXP_VERSION, H_DEVICE: device_id},
+        OXP_STATUS: {H_VERSION: OXP_VERSION, H_DEVICE: device_id},
     }
     sealed = _sign(protected, payload, private_key)
     if len(sealed) > MAX_STATUS_BYTES:
@@ -299,7 +320,7 @@ def seal_status(report: Mapping[str, Any], *, device_id: str, private_key: Ed255
 
 def open_status(data: bytes, public_key: Ed25519PublicKey) -> dict:
     """Verify a signed status report and return its map; raises ProtocolError."""
-    message = _parse(data, limit=MAX_STATUS_BYTES, expected_type=STATUS_CONTENT_TYPE)
+    message = _parse(data, limit=MAX_STATUS_BYTES, expected=OXP_STATUS)
     _verify(message, public_key)
     try:
         report = cbor2.loads(message.payload)
@@ -307,7 +328,7 @@ def open_status(data: bytes, public_key: Ed25519PublicKey) -> dict:
         raise ProtocolError("malformed", f"status report is not CBOR ({exc})") from None
     if not isinstance(report, dict):
         raise ProtocolError("malformed", "status report is not a map")
-    device_id = message.header[OXP_HEADER].get(H_DEVICE)
+    device_id = message.header[OXP_STATUS].get(H_DEVICE)
     if report.get("device_id") != device_id:
         raise ProtocolError("malformed", f"status report device_id {report.get('device_id')!r} differs from its header's {device_id!r}")
     return report

@@ -9,7 +9,6 @@ from pycose.keys.curves import Ed25519
 from pycose.messages import Sign1Message
 
 from edge.protocol import (
-    BATCH_CONTENT_TYPE,
     MAX_BATCH_BYTES,
     BatchHeader,
     BatchTooLarge,
@@ -66,8 +65,16 @@ def test_signature_structure_is_exactly_rfc_9052_sig_structure(device_key, heade
     device_key.public_key().verify(signature, sig_structure)
     assert cbor2.loads(protected)[1] == -8
     assert cbor2.loads(protected)[4] == key_id(device_key)
-    assert cbor2.loads(protected)[3] == BATCH_CONTENT_TYPE
+    assert -65537 in cbor2.loads(protected)
     assert dict(unprotected) == {}
+
+
+def test_known_counters_travel_under_integer_labels_and_others_by_name(device_key, header):
+    counted = BatchHeader(**{**{n: getattr(header, n) for n in BatchHeader.__dataclass_fields__},
+                             "counters": {"readings_dropped": 5, "unclean_stops": 1, "modem_resets": 2}})
+    sealed = seal_batch(counted, (), [], device_key)
+    assert cbor2.loads(cbor2.loads(sealed).value[0])[-65537][7] == {0: 5, 2: 1, "modem_resets": 2}
+    assert open_batch(sealed, device_key.public_key()).header.counters == counted.counters
 
 
 def test_header_is_readable_without_the_key(device_key, header, channels, readings):
