@@ -55,10 +55,13 @@ async def read_body(request: web.Request, limit: int) -> bytes | web.Response:
         return problem(415, "unsupported_media_type", f"Content-Type {request.content_type!r}: expected {COSE_MEDIA}; cose-type=\"cose-sign1\"")
     if request.content_length is not None and request.content_length > limit:
         return problem(413, "too_large", f"body is {request.content_length} bytes, over the limit of {limit}")
-    data = await request.content.read(limit + 1)
-    if len(data) > limit:
-        return problem(413, "too_large", f"body is over the limit of {limit} bytes")
-    return data
+    parts, size = [], 0
+    async for part in request.content.iter_chunked(64 * 1024):
+        size += len(part)
+        if size > limit:
+            return problem(413, "too_large", f"body is over the limit of {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
 
 
 def public_key_of(device: DeviceKey) -> Ed25519PublicKey:
@@ -152,7 +155,9 @@ async def post_enrol(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     if request.content_type != "application/json":
         return problem(415, "unsupported_media_type", f"Content-Type {request.content_type!r}: expected application/json")
-    raw = await request.content.read(MAX_ENROL_BYTES + 1)
+    if request.content_length is not None and request.content_length > MAX_ENROL_BYTES:
+        return problem(413, "too_large", f"enrolment request is over {MAX_ENROL_BYTES} bytes")
+    raw = await request.read()
     if len(raw) > MAX_ENROL_BYTES:
         return problem(413, "too_large", f"enrolment request is over {MAX_ENROL_BYTES} bytes")
     try:
