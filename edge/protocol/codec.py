@@ -48,13 +48,16 @@ MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
 
 KIND_CODES = {Kind.NUMBER: 0, Kind.STRING: 1, Kind.BOOL: 2}
 KINDS = {code: kind for kind, code in KIND_CODES.items()}
-FLAG_PERSONAL = 1
+PERSONAL = 4  # added to the kind code of a channel marked personal
 
-ENC_SCALED = 0  # [0, mantissa, exponent, zigzag-delta varints]: value = k * mantissa * 10**exponent
-ENC_FLOAT = 1  # [1, n x 8 bytes]: IEEE 754 binary64 bit patterns, each XORed with the previous one
-ENC_STRING = 2  # [2, [dictionary...], index varints]
-ENC_BOOL = 3  # [3, bit-packed, least significant bit first]
-ENC_SCALED_DOD = 4  # [4, mantissa, exponent, zigzag delta-of-delta varints]: for smooth series (counters, tracks)
+# Value encodings (docs/protocol.md, "Value columns"); k are integers, value = k * scale.
+ENC_RES_DELTA = 0  # [0, column]: scale = the channel's declared resolution; zigzag deltas of k
+ENC_RES_DOD = 1  # [1, column]: the same with delta-of-delta, for smooth series (counters, tracks)
+ENC_DEC_DELTA = 2  # [2, e, column]: scale = 10**e (exact decimals of a channel without resolution)
+ENC_DEC_DOD = 3  # [3, e, column]: the same with delta-of-delta
+ENC_FLOAT = 4  # [4, n x 8 bytes]: IEEE 754 binary64 bit patterns, each XORed with the previous one
+ENC_STRING = 5  # [5, [dictionary...], index varints]
+ENC_BOOL = 6  # [6, bit-packed, least significant bit first]
 
 _MAX_PLACES = 9  # beyond nine decimals a float channel travels as binary64
 
@@ -138,13 +141,18 @@ def _unfloat_column(data: bytes, count: int, channel: str) -> list[float]:
     return list(struct.unpack(f">{count}d", struct.pack(f">{count}Q", *bits)))
 
 
-def _scaled(mantissa: int, exponent: int, ks: list[int]) -> list:
-    """The scaled column, delta or delta-of-delta, whichever leaves the smaller numbers to store."""
+def _scaled(ks: list[int], exponent: int | None = None) -> list:
+    """The column of k, delta or delta-of-delta, whichever leaves the smaller numbers to store.
+
+    ``exponent`` None means the scale is the channel's declared resolution; else 10**exponent.
+    """
     steps = delta(ks)
     curvature = delta_of_delta(ks)
-    if len(ks) > 2 and sum(map(abs, curvature)) < sum(map(abs, steps)):
-        return [ENC_SCALED_DOD, mantissa, exponent, pack_uvarints(zigzag(curvature))]
-    return [ENC_SCALED, mantissa, exponent, pack_uvarints(zigzag(steps))]
+    smooth = len(ks) > 2 and sum(map(abs, curvature)) < sum(map(abs, steps))
+    column = pack_uvarints(zigzag(curvature if smooth else steps))
+    if exponent is None:
+        return [ENC_RES_DOD if smooth else ENC_RES_DELTA, column]
+    return [ENC_DEC_DOD if smooth else ENC_DEC_DELTA, exponent, column]
 
 
 def _number_values(channel: Channel, values: list) -> list:
@@ -158,11 +166,11 @@ def _number_values(channel: Channel, values: list) -> list:
             quantized = [_scaled_value(mantissa, exponent, _quantize([v], mantissa, exponent, channel.id)[0])
                          if math.isfinite(v) else v for v in values]
             return [ENC_FLOAT, _float_column(quantized)]
-        return _scaled(mantissa, exponent, ks)
+        return _scaled(ks)
     if all(type(v) is int for v in values):
         if values and (max(values) > INT64_MAX or min(values) < INT64_MIN):
             raise ValueError(f"channel {channel.id!r}: integer value outside the signed 64-bit range")
-        return _scaled(1, 0, values)
+        return _scaled(values, 0)
     floats_only = [v for v in values if type(v) is not int]
     # -0.0 equals 0.0 but would lose its sign as a scaled integer; binary64 keeps it.
     negative_zero = 0 in floats_only and any(v == 0 and math.copysign(1.0, v) < 0 for v in floats_only)
@@ -171,7 +179,7 @@ def _number_values(channel: Channel, values: list) -> list:
         # Integral floats among ints travel as integers, so big ints stay exact.
         ints = [int(v) for v in values]
         if max(ints) <= INT64_MAX and min(ints) >= INT64_MIN:
-            return _scaled(1, 0, ints)
+            return _scaled(ints, 0)
         places = None
     floats = [float(v) for v in values]
     if len(floats_only) != len(values) and any(type(v) is int and f != v for f, v in zip(floats, values)):
@@ -182,7 +190,7 @@ def _number_values(channel: Channel, values: list) -> list:
     if places is not None:
         ks = _quantize(values, 1, -places, channel.id, strict=False)
         if ks is not None:
-            return _scaled(1, -places, ks)
+            return _scaled(ks, -places)
     return [ENC_FLOAT, _float_column(floats)]
 
 
@@ -217,6 +225,14 @@ def _quality_column(qualities: list) -> bytes:
             pairs += (i - last, int(q))
             last = i
     return pack_uvarints(pairs)
+
+
+def _resolution_item(resolution: float | None) -> None | int | list[int]:
+    """null, an exponent e for 10**e, or [mantissa, exponent] for any other decimal step."""
+    if resolution is None:
+        return None
+    mantissa, exponent = resolution_parts(resolution)
+    return exponent if mantissa == 1 else [mantissa, exponent]
 
 
 def _times(times: list[int], t0: int, index: int, sent: dict[bytes, int]) -> bytes | int:
@@ -257,20 +273,19 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
         if times and not (all(type(t) is int for t in times) and INT64_MIN <= min(times) and max(times) <= INT64_MAX):
             bad = next(t for t in times if type(t) is not int or not INT64_MIN <= t <= INT64_MAX)
             raise ValueError(f"channel {channel.id!r}: ts_ms {bad!r} is not a signed 64-bit integer of milliseconds")
+        entry = [
+            channel.id,
+            channel.unit,
+            KIND_CODES[channel.kind] + (PERSONAL if channel.personal else 0),
+            _resolution_item(channel.resolution),
+            len(group),
+            _times(times, t0, index, time_columns),
+            _VALUE_ENCODERS[channel.kind](channel, [r.value for r in group]),
+        ]
         qualities = [r.quality for r in group]
-        body_series.append(
-            [
-                channel.id,
-                channel.unit,
-                KIND_CODES[channel.kind],
-                FLAG_PERSONAL if channel.personal else 0,
-                None if channel.resolution is None else list(resolution_parts(channel.resolution)),
-                len(group),
-                _times(times, t0, index, time_columns),
-                _VALUE_ENCODERS[channel.kind](channel, [r.value for r in group]),
-                _quality_column(qualities) if any(q is not None for q in qualities) else b"",
-            ]
-        )
+        if any(q is not None for q in qualities):
+            entry.append(_quality_column(qualities))
+        body_series.append(entry)
     return cbor2.dumps([t0, body_series])
 
 
@@ -328,17 +343,23 @@ def _fail(detail: str) -> ProtocolError:
     return ProtocolError("malformed", detail)
 
 
-def _decode_values(enc: object, kind: Kind, count: int, name: str) -> list:
+def _decode_values(enc: object, kind: Kind, resolution: tuple[int, int] | None, count: int, name: str) -> list:
     if not isinstance(enc, list) or not enc or type(enc[0]) is not int:
         raise _fail(f"series {name!r}: value column is not [encoding, ...]")
     code = enc[0]
-    if code in (ENC_SCALED, ENC_SCALED_DOD) and kind is Kind.NUMBER and len(enc) == 4:
-        _, mantissa, exponent, column = enc
-        if type(mantissa) is not int or mantissa < 1 or type(exponent) is not int or not isinstance(column, bytes):
-            raise _fail(f"series {name!r}: scaled column needs [{code}, mantissa >= 1, exponent, bytes]")
-        if not -30 <= exponent <= 30:
-            raise _fail(f"series {name!r}: exponent {exponent} outside -30..30")
-        restore = undelta if code == ENC_SCALED else undelta_of_delta
+    if kind is Kind.NUMBER and code in (ENC_RES_DELTA, ENC_RES_DOD, ENC_DEC_DELTA, ENC_DEC_DOD):
+        if code in (ENC_RES_DELTA, ENC_RES_DOD):
+            if resolution is None or len(enc) != 2:
+                raise _fail(f"series {name!r}: encoding {code} needs [{code}, bytes] and a declared resolution")
+            mantissa, exponent = resolution
+        else:
+            if len(enc) != 3 or type(enc[1]) is not int or not -30 <= enc[1] <= 30:
+                raise _fail(f"series {name!r}: encoding {code} needs [{code}, exponent -30..30, bytes]")
+            mantissa, exponent = 1, enc[1]
+        column = enc[-1]
+        if not isinstance(column, bytes):
+            raise _fail(f"series {name!r}: value column is not a byte string")
+        restore = undelta if code in (ENC_RES_DELTA, ENC_DEC_DELTA) else undelta_of_delta
         ks = restore(unzigzag(unpack_uvarints(column, count, what=f"series {name!r} values")))
         if exponent >= 0:
             step = mantissa * 10**exponent
@@ -352,7 +373,7 @@ def _decode_values(enc: object, kind: Kind, count: int, name: str) -> list:
     if code == ENC_STRING and kind is Kind.STRING and len(enc) == 3:
         _, words, column = enc
         if not isinstance(words, list) or not all(type(w) is str for w in words) or not isinstance(column, bytes):
-            raise _fail(f"series {name!r}: string column needs [2, [text...], bytes]")
+            raise _fail(f"series {name!r}: string column needs [{ENC_STRING}, [text...], bytes]")
         indexes = unpack_uvarints(column, count, what=f"series {name!r} string indexes")
         if indexes and max(indexes) >= len(words):
             raise _fail(f"series {name!r}: string index {max(indexes)} beyond its {len(words)}-entry dictionary")
@@ -388,6 +409,20 @@ def _count_varints(column: bytes) -> int:
     return sum(1 for b in column if b < 0x80)
 
 
+def _resolution_parts_of(item: object, name: str) -> tuple[int, int] | None:
+    if item is None:
+        return None
+    if type(item) is int:
+        mantissa, exponent = 1, item
+    elif isinstance(item, list) and len(item) == 2 and all(type(x) is int for x in item):
+        mantissa, exponent = item
+    else:
+        raise _fail(f"series {name!r}: resolution is not null, an exponent or [mantissa, exponent]")
+    if mantissa < 1 or not -30 <= exponent <= 30:
+        raise _fail(f"series {name!r}: resolution {item!r} out of range")
+    return mantissa, exponent
+
+
 def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     """Channels and readings from an uncompressed OXP/1 body; readings come grouped per channel."""
     try:
@@ -403,36 +438,34 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     readings: list[Reading] = []
     all_stamps: list[list[int]] = []
     for s in raw_series:
-        if not (isinstance(s, list) and len(s) == 9):
-            raise _fail("a series is not a 9-element array")
-        name, unit, kind_code, flags, resolution, count, times, values, quality = s
+        if not (isinstance(s, list) and len(s) in (7, 8)):
+            raise _fail("a series is not an array of 7 or 8 items")
+        name, unit, kind_code, resolution, count, times, values = s[:7]
+        quality = s[7] if len(s) == 8 else b""
         if type(name) is not str or type(unit) is not str or type(count) is not int or count < 0:
             raise _fail(f"series {name!r}: channel id, unit or count has the wrong type")
-        if kind_code not in KINDS or type(flags) is not int or not isinstance(quality, bytes):
-            raise _fail(f"series {name!r}: kind, flags or quality has the wrong type")
-        kind = KINDS[kind_code]
-        res: float | None = None
-        if resolution is not None:
-            if not (isinstance(resolution, list) and len(resolution) == 2 and all(type(x) is int for x in resolution)):
-                raise _fail(f"series {name!r}: resolution is not [mantissa, exponent]")
-            if resolution[0] < 1 or not -30 <= resolution[1] <= 30:
-                raise _fail(f"series {name!r}: resolution {resolution} out of range")
-            res = float(_scaled_value(resolution[0], resolution[1], 1))
+        if type(kind_code) is not int or kind_code & ~PERSONAL not in KINDS or not isinstance(quality, bytes):
+            raise _fail(f"series {name!r}: kind {kind_code!r} or quality has the wrong type")
+        kind = KINDS[kind_code & ~PERSONAL]
+        parts = _resolution_parts_of(resolution, name)
         try:
-            channel = Channel(name, unit, kind, res, bool(flags & FLAG_PERSONAL))
+            channel = Channel(
+                name, unit, kind, None if parts is None else float(_scaled_value(*parts, 1)), bool(kind_code & PERSONAL)
+            )
         except ValueError as exc:
             raise _fail(str(exc)) from None
         if isinstance(times, bytes):
-            stamps = wrap64([t0 + t for t in undelta_of_delta(unzigzag(unpack_uvarints(times, count, what=f"series {name!r} times")))])
+            relative = undelta_of_delta(unzigzag(unpack_uvarints(times, count, what=f"series {name!r} times")))
+            stamps = wrap64([t0 + t for t in relative])
         elif type(times) is int and 0 <= times < len(all_stamps) and len(all_stamps[times]) == count:
             stamps = all_stamps[times]
         else:
             raise _fail(f"series {name!r}: times is neither a column nor the index of an earlier series of {count} readings")
         all_stamps.append(stamps)
-        vals = _decode_values(values, kind, count, name)
-        quals = _decode_quality(quality, count, name)
+        vals = _decode_values(values, kind, parts, count, name)
         channels.append(channel)
         if quality:
+            quals = _decode_quality(quality, count, name)
             readings += map(Reading, [name] * count, stamps, vals, [unit] * count, quals)
         else:
             readings += map(Reading, [name] * count, stamps, vals, [unit] * count)

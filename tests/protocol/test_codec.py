@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from edge.protocol.codec import (
     ENC_FLOAT,
-    ENC_SCALED,
+    ENC_DEC_DELTA,
+    ENC_DEC_DOD,
     decode_payload,
     encode_body,
     encode_payload,
@@ -62,7 +63,7 @@ def test_float_channel_without_resolution_travels_as_exact_decimal_when_it_can()
     ch = (Channel("gps-1/lon"),)
     values = [-79.3957, -79.39571, -79.39569]
     body = cbor2.loads(encode_body(ch, [Reading("gps-1/lon", i, v) for i, v in enumerate(values)]))
-    assert body[1][0][7][:3] == [ENC_SCALED, 1, -5]
+    assert body[1][0][6][0] in (ENC_DEC_DELTA, ENC_DEC_DOD) and body[1][0][6][1] == -5
     _, decoded = roundtrip(ch, [Reading("gps-1/lon", i, v) for i, v in enumerate(values)])
     assert [r.value for r in decoded] == values
 
@@ -71,7 +72,7 @@ def test_float_channel_with_many_digits_falls_back_to_binary64_bit_exact():
     ch = (Channel("x/y"),)
     values = [math.pi, -math.e, 1e300, 5e-324, float("inf"), -0.0]
     body = cbor2.loads(encode_body(ch, [Reading("x/y", i, v) for i, v in enumerate(values)]))
-    assert body[1][0][7][0] == ENC_FLOAT
+    assert body[1][0][6][0] == ENC_FLOAT
     _, decoded = roundtrip(ch, [Reading("x/y", i, v) for i, v in enumerate(values)])
     assert [r.value for r in decoded] == values
     assert math.copysign(1, decoded[-1].value) == -1
@@ -130,6 +131,35 @@ def test_unknown_codec_is_refused_when_encoding_and_decoding():
     with pytest.raises(ProtocolError) as err:
         decode_payload(b"\x00", codec="lz4")
     assert err.value.reason == "unsupported_codec"
+
+
+def test_smooth_series_use_delta_of_delta_and_noisy_ones_plain_delta():
+    from edge.protocol.codec import ENC_RES_DELTA, ENC_RES_DOD
+
+    ch = (Channel("m/energy", "Wh", resolution=1.0), Channel("m/volts", "V", resolution=0.1))
+    readings = [Reading("m/energy", i, 1000 + 37 * i) for i in range(20)]
+    readings += [Reading("m/volts", i, 230 + (0.3 if i % 2 else -0.2)) for i in range(20)]
+    series = cbor2.loads(encode_body(ch, readings))[1]
+    assert [s[6][0] for s in series] == [ENC_RES_DOD, ENC_RES_DELTA]
+    _, decoded = roundtrip(ch, readings)
+    assert [r.value for r in decoded][:3] == [1000, 1037, 1074]
+
+
+def test_series_with_identical_times_share_one_time_column():
+    ch = (Channel("m/a"), Channel("m/b"))
+    readings = [Reading(c.id, 1000 * i + (i % 3), i) for i in range(10) for c in ch]
+    series = cbor2.loads(encode_body(ch, readings))[1]
+    assert isinstance(series[0][5], bytes) and series[1][5] == 0
+    _, decoded = roundtrip(ch, readings)
+    assert [r.ts_ms for r in decoded if r.channel == "m/b"] == [1000 * i + (i % 3) for i in range(10)]
+
+
+def test_a_time_reference_to_a_later_series_is_malformed():
+    body = cbor2.dumps([0, [["a/b", "", 0, None, 1, 1, [2, 0, b"\x00"]], ["a/c", "", 0, None, 1, b"\x00", [2, 0, b"\x00"]]]])
+    from edge.protocol.codec import decode_body
+
+    with pytest.raises(ProtocolError, match="times"):
+        decode_body(body)
 
 
 def test_resolution_is_carried_as_an_exact_decimal():
