@@ -40,6 +40,8 @@ _PERMANENT = {400: "malformed", 401: "bad_signature", 413: "too_large"}
 _MAX_RETRY_AFTER_S = 86400.0
 _DAY_MS = 86_400_000
 _SPOOL_RETRY_S = 5.0
+# An ack is a few hundred bytes; a reply larger than this is garbage and is not read further.
+_MAX_REPLY_BYTES = 64 * 1024
 
 
 class UplinkError(Exception):
@@ -234,7 +236,7 @@ class Uplink:
         url = f"{self.hub_url}/oxp/v1/batches"
         try:
             async with self._http().post(url, data=batch.data, headers={"Content-Type": MEDIA_TYPE}) as resp:
-                body = await resp.read()
+                body = await resp.content.read(_MAX_REPLY_BYTES)
                 return self._judge(batch, resp, body)
         except TimeoutError:
             return _Outcome(_Outcome.RETRY, "timed out waiting for the hub")
@@ -377,7 +379,7 @@ class Uplink:
             async with self._http().post(
                 f"{self.hub_url}/oxp/v1/status", data=data, headers={"Content-Type": MEDIA_TYPE}
             ) as resp:
-                body = await resp.read()
+                body = await resp.content.read(_MAX_REPLY_BYTES)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.debug("status report not delivered", extra={"error": f"{type(exc).__name__}: {exc}"})
             return False
