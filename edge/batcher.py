@@ -134,7 +134,12 @@ class Batcher:
         """Take one released reading; waits only when sealed-but-unstored batches pile up (backpressure)."""
         self.add_nowait(reading)
         if len(self._ready) > _MAX_READY:
-            await self._seal_ready()
+            try:
+                await self._seal_ready()
+            except (OSError, sqlite3.Error, SpoolError) as exc:
+                # The spool cannot take batches: hold this caller back rather than grow memory without bound.
+                self._store_failed(exc)
+                await asyncio.sleep(_STORE_RETRY_S)
 
     def add_nowait(self, reading: Reading) -> None:
         """Take one released reading without waiting (sealing happens in `run`, `flush` or the next `add`)."""
@@ -177,10 +182,13 @@ class Batcher:
             try:
                 await self._seal_ready()
             except (OSError, sqlite3.Error, SpoolError) as exc:
-                if not self._store_failing:
-                    self._store_failing = True
-                    log.error("cannot store batches in the spool; readings kept in memory", extra={"error": str(exc)})
+                self._store_failed(exc)
                 await asyncio.sleep(_STORE_RETRY_S)
+
+    def _store_failed(self, exc: Exception) -> None:
+        if not self._store_failing:
+            self._store_failing = True
+            log.error("cannot store batches in the spool; readings kept in memory", extra={"error": str(exc)})
 
     async def flush(self) -> None:
         """Seal and store everything collected so far (shutdown, or before a policy reload)."""

@@ -8,7 +8,6 @@ import ssl
 
 import pytest
 
-from edge.spool import Spool
 from edge.uplink import Uplink, UplinkError
 from tests.pipeline.conftest import seal_readings
 from tests.pipeline.receiver import Receiver
