@@ -77,7 +77,9 @@ async def enrol(
     ssl_context = tls_context(ca) if url.startswith("https://") else False
     try:
         async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout_s), connector=aiohttp.TCPConnector(ssl=ssl_context)
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            connector=aiohttp.TCPConnector(ssl=ssl_context),
+            trust_env=True,
         ) as session:
             async with session.post(url, json=body) as resp:
                 status, text = resp.status, await resp.text(errors="replace")

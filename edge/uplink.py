@@ -172,8 +172,10 @@ class Uplink:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
+            # trust_env: a city network that only lets traffic out through a proxy sets HTTPS_PROXY.
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                trust_env=True,
                 timeout=self._timeout,
                 headers={"User-Agent": f"ocn-edge/{__version__}"},
             )
@@ -354,6 +356,7 @@ class Uplink:
             "unclean_stops": stats.unclean_stops,
             "spool_batches": stats.batches,
             "spool_bytes": stats.bytes,
+            "spool_oldest_age_s": stats.oldest_age_s,
             "readings_dropped": stats.readings_dropped,
             "batches_dropped": stats.batches_dropped,
             "batches_quarantined": stats.batches_quarantined,
