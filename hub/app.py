@@ -52,21 +52,18 @@ UNAVAILABLE = _unavailable_errors()
 @web.middleware
 async def database_down(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """A database outage answers 503 with Retry-After, logged once when it starts and once when it ends."""
-    app_state = request.app
+    hub = request.app[HUB]
     try:
         response = await handler(request)
     except UNAVAILABLE as exc:
-        if not app_state.get(_DOWN, False):
+        if not hub.database_down:
             log.error("database unavailable; answering 503", extra={"error": f"{type(exc).__name__}: {exc}"})
-            app_state[_DOWN] = True
+            hub.database_down = True
         return web.json_response({"error": "unavailable", "detail": "the hub's database is unavailable; retry later"}, status=503, headers={"Retry-After": "10"})
-    if app_state.get(_DOWN, False):
-        app_state[_DOWN] = False
+    if hub.database_down:
+        hub.database_down = False
         log.info("database available again")
     return response
-
-
-_DOWN = web.AppKey("database_down", bool)
 
 
 def build_app(hub: Hub) -> web.Application:
@@ -75,7 +72,6 @@ def build_app(hub: Hub) -> web.Application:
 
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[database_down])
     app[HUB] = hub
-    app[_DOWN] = False
     app.add_routes(oxp.routes)
     app.add_routes(dashboard.routes)
     app.add_routes(opendata.routes)
@@ -172,7 +168,6 @@ async def run_hub(
         bound = runner.addresses[0]
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         url = f"http://{shown}:{bound[1]}"
-        hub.public_url = url
         log.info("hub listening", extra={"url": url, "db": store.url.split("@")[-1]})
         yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated)
     finally:

@@ -161,8 +161,9 @@ def _safe_next(target: str) -> str:
 async def fleet_rows(hub: Hub) -> list[dict[str, Any]]:
     now = now_ms()
     rows = []
+    known: dict[tuple[str, str], Any] = {}
     for device in await hub.store.devices():
-        document, _ = await desired_document(hub.store, device)
+        document, _ = await desired_document(hub.store, device, known=known)
         rows.append({"d": device, "health": device_health(device, now=now, stale_after_ms=hub.stale_after_ms), "drift": drift(device, document), "now": now})
     return rows
 

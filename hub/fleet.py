@@ -64,10 +64,18 @@ def part_digest(part: Mapping[str, Any]) -> str:
     return hashlib.sha256(cbor2.dumps(part, canonical=True)).hexdigest()
 
 
-async def desired_document(store: Store, device: Device) -> tuple[dict[str, Any] | None, str]:
-    """The effective desired document for a device (fleet's, overridden by the device's) and its ETag ("" if none)."""
-    fleet = await store.desired("fleet", device.fleet)
-    own = await store.desired("device", device.device_id)
+async def desired_document(
+    store: Store, device: Device, *, known: dict[tuple[str, str], tuple[dict[str, Any], int] | None] | None = None
+) -> tuple[dict[str, Any] | None, str]:
+    """The effective desired document for a device (fleet's, overridden by the device's) and its ETag ("" if none).
+
+    ``known`` remembers documents already read, for callers that look at many devices at once.
+    """
+    known = {} if known is None else known
+    for key in (("fleet", device.fleet), ("device", device.device_id)):
+        if key not in known:
+            known[key] = await store.desired(*key)
+    fleet, own = known[("fleet", device.fleet)], known[("device", device.device_id)]
     if fleet is None and own is None:
         return None, ""
     merged = merge(fleet[0] if fleet else {}, own[0] if own else {})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -55,8 +55,7 @@ class Hub:
     limiter: RateLimiter
     keys: KeyCache
     stale_after_ms: int = 15 * 60 * 1000
-    public_url: str = ""
-    started_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+    database_down: bool = False
 
 
 HUB = web.AppKey("hub", Hub)

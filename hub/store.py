@@ -169,27 +169,32 @@ class Store(abc.ABC):
     url: str
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Finish pending writes and release the database."""
 
     # enrolment and keys
     @abc.abstractmethod
     async def create_token(self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int) -> int: ...
 
     @abc.abstractmethod
-    async def tokens(self) -> list[TokenInfo]: ...
+    async def tokens(self) -> list[TokenInfo]:
+        """Every enrolment token (as stored: hashed), oldest first."""
 
     @abc.abstractmethod
     async def enrol(self, token_hash: bytes, *, device_id: str, public_key: bytes, key_id: bytes, software_version: str, now_ms: int) -> EnrolOutcome: ...
 
     @abc.abstractmethod
-    async def device_key(self, key_id: bytes) -> DeviceKey | None: ...
+    async def device_key(self, key_id: bytes) -> DeviceKey | None:
+        """Who a key id belongs to and whether it may send (a revoked key stays known as revoked)."""
 
     @abc.abstractmethod
-    async def set_device_status(self, device_id: str, status: str, *, now_ms: int) -> bool: ...
+    async def set_device_status(self, device_id: str, status: str, *, now_ms: int) -> bool:
+        """Approve ("active") a pending device or revoke ("revoked") any; False if that change is not allowed."""
 
     # ingest
     @abc.abstractmethod
-    async def store_batch(self, batch: IncomingBatch) -> str: ...
+    async def store_batch(self, batch: IncomingBatch) -> str:
+        """Store a verified batch once: "stored" the first time, "duplicate" for every replay."""
 
     @abc.abstractmethod
     async def record_status(self, device_id: str, report: Mapping[str, Any], *, received_ms: int) -> None: ...
@@ -199,10 +204,12 @@ class Store(abc.ABC):
 
     # fleet
     @abc.abstractmethod
-    async def devices(self) -> list[Device]: ...
+    async def devices(self) -> list[Device]:
+        """Every enrolled device, by id."""
 
     @abc.abstractmethod
-    async def device(self, device_id: str) -> Device | None: ...
+    async def device(self, device_id: str) -> Device | None:
+        """One device, or None if it is not enrolled."""
 
     @abc.abstractmethod
     async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]: ...
@@ -211,7 +218,8 @@ class Store(abc.ABC):
     async def set_desired(self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int) -> None: ...
 
     @abc.abstractmethod
-    async def desired(self, scope: str, name: str) -> tuple[dict[str, Any], int] | None: ...
+    async def desired(self, scope: str, name: str) -> tuple[dict[str, Any], int] | None:
+        """The desired document of a fleet or device and when it was set, or None."""
 
     # open data
     @abc.abstractmethod
@@ -246,7 +254,8 @@ class Store(abc.ABC):
     async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int) -> None: ...
 
     @abc.abstractmethod
-    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool: ...
+    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool:
+        """True if an unexpired secret (session, login link) with this hash exists; ``consume`` deletes it."""
 
 
 def dumps(value: Any) -> str:
