@@ -217,7 +217,7 @@ def load_nmea() -> Source:
     day = datetime(2026, 8, 5, tzinfo=UTC)
     for line in (DATASETS / "gpsd_quectel-l76k-nmea.log").read_text().splitlines():
         fields = line.split("*")[0].split(",")
-        if not fields[0].startswith("$") or len(fields) < 10:
+        if not fields[0].endswith(("GGA", "RMC")) or len(fields) < 10:
             continue
         stamp = fields[1]
         if not stamp:
@@ -318,6 +318,26 @@ def print_sizes(sources: list[Source]) -> None:
             print(f"{source.name:46} {label:6} {n:>9} " + " ".join(f"{total[f] / n:>17.2f}" for f in formats))
 
 
+def fixed_cost(source: Source) -> None:
+    """Where the bytes of a batch go: envelope, channel table, readings."""
+    print(f"\nWhere the bytes go, {source.name} (averages per batch)\n")
+    print(f"{'span':6} {'readings':>9} {'sealed B':>9} {'envelope B':>11} {'table B':>8} {'data B/rd':>10}")
+    for label, span in SPANS:
+        groups = windows(source, span)
+        sealed = envelope = table = 0
+        for seq, group in enumerate(groups, 1):
+            channels = _channels_of(source, group)
+            data = seal_batch(_header(seq, "zstd", group[-1].ts_ms), channels, group, KEY)
+            payload = oxp_codec.compress(oxp_codec.encode_body(channels, group), "zstd")
+            # the table alone: the same channels, one reading each at the batch's first time
+            first = [Reading(c.id, group[0].ts_ms, next(r.value for r in group if r.channel == c.id), c.unit) for c in channels]
+            table += len(oxp_codec.compress(oxp_codec.encode_body(channels, first), "zstd"))
+            sealed += len(data)
+            envelope += len(data) - len(payload)
+        n, b = len(source.readings), len(groups)
+        print(f"{label:6} {n / b:>9.0f} {sealed / b:>9.0f} {envelope / b:>11.0f} {table / b:>8.0f} {(sealed - envelope - table) / n:>10.2f}")
+
+
 def throughput(source: Source, span_s: int, repeats: int) -> tuple[float, float]:
     """Readings per second sealing (encode, compress, sign) and opening (verify, decompress, decode)."""
     batches = windows(source, span_s)
@@ -371,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         sources += [load_ampds2(), load_sds011(), load_dht22(), load_weather(), load_fremont(), load_gotrack(), load_nmea()]
     print_sizes(sources)
+
+    for source in (station, station_no_gps):
+        fixed_cost(source)
 
     print(f"\nThroughput on one core (one Python thread), {station.name}, best of 3\n")
     for label, span in SPANS:

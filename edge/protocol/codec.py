@@ -232,6 +232,8 @@ def _resolution_item(resolution: float | None) -> None | int | list[int]:
     if resolution is None:
         return None
     mantissa, exponent = resolution_parts(resolution)
+    if not -30 <= exponent <= 30:
+        raise ValueError(f"resolution {resolution!r}: OXP/1 carries steps from 1e-30 to 1e30")
     return exponent if mantissa == 1 else [mantissa, exponent]
 
 
@@ -382,6 +384,8 @@ def _decode_values(enc: object, kind: Kind, resolution: tuple[int, int] | None, 
         if len(enc[1]) != (count + 7) // 8:
             raise _fail(f"series {name!r}: bool column is {len(enc[1])} bytes, expected {(count + 7) // 8}")
         bits = int.from_bytes(enc[1], "little")
+        if bits >> count:
+            raise _fail(f"series {name!r}: bool column sets bits beyond its {count} readings")
         return [bool((bits >> i) & 1) for i in range(count)]
     raise _fail(f"series {name!r}: value encoding {code!r} is not valid for a {kind.value} channel")
 
@@ -394,7 +398,9 @@ def _decode_quality(column: bytes, count: int, name: str) -> list[Quality | None
     if len(pairs) % 2:
         raise _fail(f"series {name!r}: quality column has an odd number of varints")
     index = 0
-    for step, code in zip(pairs[::2], pairs[1::2]):
+    for n, (step, code) in enumerate(zip(pairs[::2], pairs[1::2])):
+        if n and not step:
+            raise _fail(f"series {name!r}: quality column flags reading {index} twice")
         index += step
         if index >= count:
             raise _fail(f"series {name!r}: quality flag for reading {index} of {count}")
