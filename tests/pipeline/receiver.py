@@ -14,7 +14,8 @@ request takes the next behaviour from ``schedule`` (then ``default``):
 - ``rate``: 429 with Retry-After;
 - ``wrong_ack``: 200 with an ack naming another sequence number;
 - ``reset``: drop the connection without answering;
-- ``reject``: 400 malformed (a permanent rejection).
+- ``reject``: 400 malformed (a permanent rejection);
+- ``too_large``: 413 with an HTML body, as a proxy in front of the hub would answer.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class Receiver:
                 status=503 if behaviour == "busy" else 429,
                 headers={"Retry-After": self.retry_after},
             )
+        if behaviour == "too_large":
+            return web.Response(status=413, text="<html>413 Request Entity Too Large</html>", content_type="text/html")
         if behaviour == "reject":
             return web.json_response({"error": "malformed", "detail": "payload is not OXP/1"}, status=400)
         if behaviour == "garbage":

@@ -8,6 +8,7 @@ import ssl
 
 import pytest
 
+from edge.spool import Spool
 from edge.uplink import Uplink, UplinkError
 from tests.pipeline.conftest import seal_readings
 from tests.pipeline.receiver import Receiver
@@ -94,14 +95,17 @@ async def test_retry_after_of_a_busy_hub_is_honoured(spool, device_key, receiver
     assert receiver.times[1] - receiver.times[0] >= 1.0
 
 
-async def test_a_permanently_rejected_batch_is_quarantined_and_the_next_one_goes_out(spool, device_key, receiver):
-    receiver.schedule = ["reject"]
+@pytest.mark.parametrize(("rejection", "reason"), [("reject", "malformed"), ("too_large", "too_large")])
+async def test_a_permanently_rejected_batch_is_quarantined_and_the_next_one_goes_out(
+    spool, device_key, receiver, rejection, reason
+):
+    receiver.schedule = [rejection]
     rejected, accepted = fill(spool, device_key, 2)
     uplink = make_uplink(spool, device_key, receiver.url)
     await deliver(uplink, spool)
     assert list(receiver.batches) == [(accepted.id.key_id, accepted.id.boot_epoch, accepted.id.seq)]
-    [(kept, reason, _)] = spool.quarantined()
-    assert (kept.data, reason) == (rejected.data, "malformed")
+    [(kept, kept_reason, _)] = spool.quarantined()
+    assert (kept.data, kept_reason) == (rejected.data, reason)
     assert uplink.counters.batches_quarantined == 1
     assert spool.stats()["readings_quarantined"] == 10
 
@@ -243,3 +247,17 @@ async def test_a_gateway_the_hub_does_not_know_keeps_its_batches_until_enrolled(
         await uplink.aclose()
         await receiver.stop()
     assert [seq for _, _, seq in receiver.batches] == [b.id.seq for b in stored]
+
+
+async def test_the_bytes_sent_today_survive_a_restart(tmp_path, device_key, receiver):
+    day_ms = 86_400_000
+    now = 20_000 * day_ms + 3_600_000
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    await spool.begin_boot()
+    [batch] = fill(spool, device_key, 1)
+    await deliver(make_uplink(spool, device_key, receiver.url, daily_budget=10_000, clock_ms=lambda: now), spool)
+    await spool.close()
+    reopened = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    assert reopened.budget_used(20_000) == len(batch.data)
+    assert reopened.budget_used(20_001) == 0
+    await reopened.close()
