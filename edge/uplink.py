@@ -40,6 +40,7 @@ _PERMANENT = {400: "malformed", 401: "bad_signature", 413: "too_large"}
 _MAX_RETRY_AFTER_S = 86400.0
 _DAY_MS = 86_400_000
 _SPOOL_RETRY_S = 5.0
+_OUTAGE_LOG_S = 300.0
 # An ack is a few hundred bytes; a reply larger than this is garbage and is not read further.
 _MAX_REPLY_BYTES = 64 * 1024
 
@@ -137,6 +138,9 @@ class Uplink:
         self._wake = asyncio.Event()
         self._attempt = 0
         self._down_since: float | None = None
+        self._outage_logged = False
+        self._last_outage_log = -_OUTAGE_LOG_S
+        self._outages_not_logged = 0
         self._budget_day = -1
         self._budget_used = 0
         self._budget_logged = False
@@ -268,11 +272,21 @@ class Uplink:
     async def _back_off(self, outcome: _Outcome, batch: StoredBatch) -> None:
         self.counters.retries += 1
         self.counters.last_error = outcome.error
+        now = time.monotonic()
         if self._down_since is None:
-            self._down_since = time.monotonic()
-            log.warning("hub unreachable; batches wait in the spool", extra={"hub": self.hub_url, "error": outcome.error})
-        else:
-            log.debug("retrying batch", extra={"batch": str(batch.id), "error": outcome.error})
+            self._down_since = now
+            # A flapping hub would log an outage every few seconds: at most one report per _OUTAGE_LOG_S.
+            self._outage_logged = now - self._last_outage_log >= _OUTAGE_LOG_S
+            if self._outage_logged:
+                self._last_outage_log = now
+                log.warning(
+                    "hub unreachable; batches wait in the spool",
+                    extra={"hub": self.hub_url, "error": outcome.error, "outages_not_logged": self._outages_not_logged},
+                )
+                self._outages_not_logged = 0
+            else:
+                self._outages_not_logged += 1
+        log.debug("retrying batch", extra={"batch": str(batch.id), "error": outcome.error})
         if outcome.retry_after is not None:
             # The hub said when: obey, spread by up to 10 % so a fleet does not return in step.
             delay = outcome.retry_after * (1.0 + 0.1 * self._rng.random())
@@ -285,10 +299,11 @@ class Uplink:
     def _recovered(self) -> None:
         self._attempt = 0
         if self._down_since is not None:
-            log.info(
-                "hub reachable again",
-                extra={"hub": self.hub_url, "down_s": round(time.monotonic() - self._down_since, 1)},
-            )
+            if self._outage_logged:
+                log.info(
+                    "hub reachable again",
+                    extra={"hub": self.hub_url, "down_s": round(time.monotonic() - self._down_since, 1)},
+                )
             self._down_since = None
 
     # -- daily byte budget -------------------------------------------------------------

@@ -120,6 +120,17 @@ async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(spo
     assert messages == ["hub unreachable; batches wait in the spool", "hub reachable again"]
 
 
+async def test_a_flapping_hub_is_not_a_log_storm(spool, device_key, receiver, caplog):
+    receiver.schedule = ["fail", "ok"] * 5
+    fill(spool, device_key, 6)
+    uplink = make_uplink(spool, device_key, receiver.url)
+    with caplog.at_level(logging.INFO, logger="ocn.uplink"):
+        await deliver(uplink, spool)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert messages == ["hub unreachable; batches wait in the spool", "hub reachable again"]
+    assert uplink.counters.retries == 5
+
+
 async def test_a_hub_that_is_down_for_a_while_gets_the_backlog_oldest_first(spool, device_key):
     receiver = Receiver()
     receiver.trust(device_key.public_key())
