@@ -39,6 +39,7 @@ _SCHEMA_VERSION = 1
 # Acked batches are deleted with the next commit, or after this many acks / seconds, whichever comes first.
 ACK_GROUP = 32
 ACK_DELAY_S = 2.0
+_QUARANTINE_LOG_S = 300.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches (
@@ -166,6 +167,7 @@ class Spool:
         self._acked: dict[int, tuple[int, int]] = {}
         self._acked_since = 0.0
         self._pending_budget: tuple[int, int] | None = None
+        self._last_quarantine_log = -_QUARANTINE_LOG_S
         self._full = False  # logged once when the quota starts dropping, once when there is room again
         self._boot_epoch: int | None = None
         self._next_seq = 0
@@ -481,10 +483,19 @@ class Spool:
             self._counters["readings_quarantined"] += batch.readings
             self._set_meta("batches_quarantined", self._counters["batches_quarantined"])
             self._set_meta("readings_quarantined", self._counters["readings_quarantined"])
-        log.error(
-            "hub rejected a batch for good: quarantined",
-            extra={"batch": str(batch.id), "reason": reason, "readings": batch.readings},
-        )
+        now_s = time.monotonic()
+        if now_s - self._last_quarantine_log >= _QUARANTINE_LOG_S:
+            # One line per batch would flood the log if the hub rejects everything (a key mismatch, say).
+            log.error(
+                "hub rejected a batch for good: quarantined",
+                extra={
+                    "batch": str(batch.id),
+                    "reason": reason,
+                    "readings": batch.readings,
+                    "batches_quarantined": self._counters["batches_quarantined"],
+                },
+            )
+            self._last_quarantine_log = now_s
 
     def quarantined(self) -> list[tuple[StoredBatch, str, str]]:
         """Quarantined batches, oldest first, with the hub's error code and detail."""
