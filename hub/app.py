@@ -40,7 +40,12 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
     try:
         import asyncpg
 
-        errors += [asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError]
+        errors += [
+            asyncpg.PostgresConnectionError,  # the connection broke
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.OperatorInterventionError,  # server shutting down or restarting
+            asyncpg.exceptions.InsufficientResourcesError,  # disk full, too many connections
+        ]
     except ImportError:
         pass
     return tuple(errors)

@@ -51,7 +51,10 @@ class PostgresStore(Store):
         import asyncpg
 
         dsn, schema = postgres_schema(url)
-        settings = {"search_path": schema} if schema else {}
+        # The application name lets a DBA see (and tests find) the hub's connections.
+        settings = {"application_name": f"ocn-hub:{schema or 'public'}"}
+        if schema:
+            settings["search_path"] = schema
         try:
             if schema:
                 conn = await asyncpg.connect(dsn)

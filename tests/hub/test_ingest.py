@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from urllib.parse import urlsplit
+
 import aiohttp
 
 from edge.protocol import MEDIA_TYPE
@@ -123,3 +126,72 @@ async def test_a_signed_notice_is_published_in_the_transparency_register(running
     async with http.get(f"{running_hub.url}/transparency.json") as resp:
         register = await resp.json()
     assert register["notices"][0]["device_id"] == "pole-0042" and register["notices"][0]["notice"] == notice
+
+
+class PostgresLink:
+    """A TCP relay between the hub and PostgreSQL on loopback, so a test can cut the database off and bring it back."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.server: asyncio.base_events.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def up(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.close()
+        await self.server.wait_closed()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_a_database_outage_answers_503_with_retry_after_and_the_hub_recovers(postgres_url: tuple[str, str, str], tmp_path, http: aiohttp.ClientSession) -> None:
+    from hub.app import run_hub
+    from tests.hub.conftest import drop_schema
+
+    url, dsn, schema = postgres_url
+    parts = urlsplit(url)
+    link = PostgresLink((parts.hostname or "127.0.0.1", parts.port or 5432))
+    await link.up()
+    credentials = (parts.username or "postgres") + (f":{parts.password}" if parts.password else "")
+    relayed = parts._replace(netloc=f"{credentials}@127.0.0.1:{link.port}").geturl()
+    try:
+        async with run_hub(state_dir=tmp_path, db=relayed, admin_token="x") as hub:
+            gw = SimGateway("pole-1")
+            await enrol(http, hub.url, gw, await hub.create_token())
+            assert (await post_cose(http, f"{hub.url}/oxp/v1/batches", gw.batch(0)))[0] == 200
+            await link.down()
+            status, body, headers = await post_cose(http, f"{hub.url}/oxp/v1/batches", gw.batch(1))
+            assert (status, body["error"], headers["Retry-After"]) == (503, "unavailable", "10")
+            await link.up()
+            for _ in range(20):  # the pool reconnects on its own
+                status, ack, _ = await post_cose(http, f"{hub.url}/oxp/v1/batches", gw.batch(1))
+                if status == 200:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 200 and ack["status"] == "stored"
+            assert (await hub.counters("pole-1"))["batches_stored"] == 2
+    finally:
+        if link.server is not None and link.server.is_serving():
+            await link.down()
+        await drop_schema(dsn, schema)
