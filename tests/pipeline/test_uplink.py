@@ -21,7 +21,7 @@ def make_uplink(spool, device_key, url, **options) -> Uplink:
         hub_url=url,
         private_key=device_key,
         device_id="pole-0042",
-        timeout_s=2.0,
+        timeout_s=10.0,
         status_interval_s=0,
         backoff_initial_s=0.01,
         backoff_max_s=0.05,
