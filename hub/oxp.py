@@ -125,7 +125,19 @@ async def post_batch(request: web.Request) -> web.Response:
     except ProtocolError as exc:
         return protocol_problem(exc)
     device = await hub.keys.get(header.key_id)
-    refusal = refuse_device(device, header.key_id)
+    answer = await ingest(hub, data, device, header.key_id)
+    if device is not None:
+        if answer.status == 200:
+            hub.faults.cleared(device.device_id)
+        elif answer.status != 429:  # a device catching up hits its limit by design: not a fault
+            body = json.loads(answer.body)  # type: ignore[arg-type]
+            hub.faults.failed(device.device_id, body["error"], body["detail"])
+    return answer
+
+
+async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) -> web.Response:
+    """Verify, decode and store one batch from the holder of ``kid``; the OXP answer."""
+    refusal = refuse_device(device, kid)
     if refusal is not None:
         return refusal
     assert device is not None

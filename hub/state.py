@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.auth import Admin
+from hub.faults import DeviceFaults
 from hub.ratelimit import RateLimiter
 from hub.store import DeviceKey, Store
 
@@ -54,6 +55,7 @@ class Hub:
     signing_key: Ed25519PrivateKey
     limiter: RateLimiter
     keys: KeyCache
+    faults: DeviceFaults = field(default_factory=DeviceFaults)
     stale_after_ms: int = 15 * 60 * 1000
     database_down: bool = False
 
