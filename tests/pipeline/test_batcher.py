@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from edge.batcher import Batcher
 from edge.protocol import open_batch
@@ -36,6 +37,12 @@ def stored(spool, device_key):
     return [open_batch(b.data, device_key.public_key()) for b in spool.oldest(1000)]
 
 
+async def wait_for_batches(spool, count, *, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while spool.stats()["batches"] < count:
+            await asyncio.sleep(0.02)
+
+
 def volts(n, *, start=T0, step=1000):
     return [Reading(VOLTAGE.id, start + i * step, 230.0 + i % 5 / 10, "V") for i in range(n)]
 
@@ -45,24 +52,23 @@ async def test_a_batch_is_sealed_as_soon_as_max_readings_are_collected(spool, de
     task = asyncio.create_task(batcher.run())
     for r in volts(250):
         batcher.add_nowait(r)
-    for _ in range(100):
-        if spool.stats()["batches"] == 2:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_batches(spool, 2)
     task.cancel()
     assert [len(b.readings) for b in stored(spool, device_key)] == [100, 100]
     assert batcher.unsealed == 50
 
 
 async def test_readings_wait_in_memory_no_longer_than_the_flush_interval(spool, device_key):
-    batcher = make_batcher(spool, device_key, flush_interval_s=0.2)
+    batcher = make_batcher(spool, device_key, flush_interval_s=1.0)
     task = asyncio.create_task(batcher.run())
+    started = time.monotonic()
     for r in volts(3):
         batcher.add_nowait(r)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)
     assert spool.stats()["batches"] == 0
-    await asyncio.sleep(0.4)
+    await wait_for_batches(spool, 1)
     task.cancel()
+    assert 1.0 <= time.monotonic() - started < 3.0
     assert [len(b.readings) for b in stored(spool, device_key)] == [3]
 
 
@@ -71,9 +77,8 @@ async def test_the_flush_interval_also_holds_for_the_first_reading_after_a_quiet
     task = asyncio.create_task(batcher.run())
     await asyncio.sleep(0.1)  # run() is idle, waiting without a deadline
     await batcher.add(volts(1)[0])
-    await asyncio.sleep(0.5)
+    await wait_for_batches(spool, 1)
     task.cancel()
-    assert spool.stats()["batches"] == 1
 
 
 async def test_a_reading_in_the_next_span_window_closes_the_current_batch(spool, device_key):
