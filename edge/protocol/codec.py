@@ -9,6 +9,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from itertools import accumulate
+from operator import attrgetter
 
 import cbor2
 import zstandard
@@ -19,6 +20,7 @@ from edge.protocol.varint import (
     INT64_MIN,
     delta,
     delta_of_delta,
+    delta_of_steps,
     pack_uvarints,
     undelta,
     undelta_of_delta,
@@ -147,7 +149,7 @@ def _scaled(ks: list[int], exponent: int | None = None) -> list:
     ``exponent`` None means the scale is the channel's declared resolution; else 10**exponent.
     """
     steps = delta(ks)
-    curvature = delta_of_delta(ks)
+    curvature = delta_of_steps(steps)
     smooth = len(ks) > 2 and sum(map(abs, curvature)) < sum(map(abs, steps))
     column = pack_uvarints(zigzag(curvature if smooth else steps))
     if exponent is None:
@@ -155,10 +157,14 @@ def _scaled(ks: list[int], exponent: int | None = None) -> list:
     return [ENC_DEC_DOD if smooth else ENC_DEC_DELTA, exponent, column]
 
 
+_NUMBER_TYPES = {int, float}
+
+
 def _number_values(channel: Channel, values: list) -> list:
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ValueError(f"channel {channel.id!r}: value {v!r} is not a number (the channel kind is number)")
+    if not set(map(type, values)) <= _NUMBER_TYPES:
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"channel {channel.id!r}: value {v!r} is not a number (the channel kind is number)")
     if channel.resolution is not None:
         mantissa, exponent = resolution_parts(channel.resolution)
         ks = _quantize(values, mantissa, exponent, channel.id)
@@ -167,7 +173,7 @@ def _number_values(channel: Channel, values: list) -> list:
                          if math.isfinite(v) else v for v in values]
             return [ENC_FLOAT, _float_column(quantized)]
         return _scaled(ks)
-    if all(type(v) is int for v in values):
+    if not values or set(map(type, values)) == {int}:
         if values and (max(values) > INT64_MAX or min(values) < INT64_MIN):
             raise ValueError(f"channel {channel.id!r}: integer value outside the signed 64-bit range")
         return _scaled(values, 0)
@@ -246,6 +252,12 @@ def _times(times: list[int], t0: int, index: int, sent: dict[bytes, int]) -> byt
     return column
 
 
+_unit_of = attrgetter("unit")
+_time_of = attrgetter("ts_ms")
+_value_of = attrgetter("value")
+_quality_of = attrgetter("quality")
+
+
 def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> bytes:
     """The uncompressed OXP/1 body (a CBOR array) for these channels and readings."""
     groups: dict[str, list[Reading]] = {}
@@ -261,18 +273,17 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
     series = []
     for channel in channels:
         group = groups[channel.id]
-        unit = channel.unit
-        for r in group:
-            if r.unit and r.unit != unit:
-                raise ValueError(
-                    f"channel {channel.id!r}: reading unit {r.unit!r} differs from the declared unit {unit!r}"
-                )
-        series.append((channel, group, [r.ts_ms for r in group]))
+        units = set(map(_unit_of, group)) - {"", channel.unit}
+        if units:
+            raise ValueError(
+                f"channel {channel.id!r}: reading unit {units.pop()!r} differs from the declared unit {channel.unit!r}"
+            )
+        series.append((channel, group, list(map(_time_of, group))))
     t0 = min((min(times) for _, _, times in series if times), default=0)
     body_series = []
     time_columns: dict[bytes, int] = {}  # a column already sent -> the index of its series
     for index, (channel, group, times) in enumerate(series):
-        if times and not (all(type(t) is int for t in times) and INT64_MIN <= min(times) and max(times) <= INT64_MAX):
+        if times and not (set(map(type, times)) == {int} and INT64_MIN <= min(times) and max(times) <= INT64_MAX):
             bad = next(t for t in times if type(t) is not int or not INT64_MIN <= t <= INT64_MAX)
             raise ValueError(f"channel {channel.id!r}: ts_ms {bad!r} is not a signed 64-bit integer of milliseconds")
         entry = [
@@ -282,10 +293,10 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
             _resolution_item(channel.resolution),
             len(group),
             _times(times, t0, index, time_columns),
-            _VALUE_ENCODERS[channel.kind](channel, [r.value for r in group]),
+            _VALUE_ENCODERS[channel.kind](channel, list(map(_value_of, group))),
         ]
-        qualities = [r.quality for r in group]
-        if any(q is not None for q in qualities):
+        qualities = list(map(_quality_of, group))
+        if qualities.count(None) != len(qualities):
             entry.append(_quality_column(qualities))
         body_series.append(entry)
     return cbor2.dumps([t0, body_series])

@@ -13,6 +13,7 @@ __all__ = [
     "unzigzag",
     "delta",
     "delta_of_delta",
+    "delta_of_steps",
     "undelta",
     "undelta_of_delta",
     "wrap64",
@@ -95,11 +96,20 @@ def wrap64(values: list[int]) -> list[int]:
     return values
 
 
+def _small(values: list[int]) -> bool:
+    # Within +-2**61 no difference or difference of differences can leave int64: skip wrapping.
+    return not values or (-_SAFE < min(values) and max(values) < _SAFE)
+
+
+_SAFE = 1 << 61
+
+
 def delta(values: list[int]) -> list[int]:
     """First value, then differences between neighbours, wrapping at 64 bits."""
     if not values:
         return []
-    return wrap64([values[0], *[b - a for a, b in zip(values, values[1:])]])
+    steps = [values[0], *[b - a for a, b in zip(values, values[1:])]]
+    return steps if _small(values) else wrap64(steps)
 
 
 def undelta(values: list[int]) -> list[int]:
@@ -111,8 +121,18 @@ def delta_of_delta(values: list[int]) -> list[int]:
     """First value, first difference, then differences between consecutive differences, wrapping at 64 bits."""
     if len(values) < 2:
         return wrap64(list(values))
+    if _small(values):
+        steps = [b - a for a, b in zip(values, values[1:])]
+        return [values[0], steps[0], *[b - a for a, b in zip(steps, steps[1:])]]
     steps = wrap64([b - a for a, b in zip(values, values[1:])])
     return wrap64([values[0], steps[0], *[b - a for a, b in zip(steps, steps[1:])]])
+
+
+def delta_of_steps(steps: list[int]) -> list[int]:
+    """delta_of_delta(values) computed from delta(values), saving a pass when both are needed."""
+    if len(steps) < 2:
+        return list(steps)
+    return [steps[0], *delta(steps[1:])]
 
 
 def undelta_of_delta(values: list[int]) -> list[int]:

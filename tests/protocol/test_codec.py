@@ -217,3 +217,22 @@ def test_any_numbers_strings_and_bools_round_trip(times, data):
     for a, b in zip(by_channel(decoded), by_channel(readings)):
         if type(b.value) is float:
             assert math.copysign(1.0, a.value) == math.copysign(1.0, b.value)
+
+
+def test_corrupted_bodies_raise_protocol_error_and_nothing_else():
+    import random
+
+    from edge.protocol.codec import decode_body
+    from edge.protocol.vectors import _every_kind, _reference_station
+
+    rng = random.Random(5)
+    bodies = [encode_body(*make()[1:]) for make in (_every_kind, _reference_station)]
+    for _ in range(3000):
+        body = bytearray(rng.choice(bodies))
+        for _ in range(rng.randint(1, 3)):
+            spot = rng.randrange(len(body))
+            body[spot] = rng.randrange(256)
+        try:
+            decode_body(bytes(body))
+        except ProtocolError:
+            pass
