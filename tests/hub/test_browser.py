@@ -81,3 +81,69 @@ async def test_the_device_page_draws_recent_readings_as_charts(fleet: RunningHub
     shot = ARTIFACTS / "hub-device.png"
     await chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", await fleet.login_link(next_path="/fleet/devices/pole-busy"))
     assert shot.stat().st_size > 10_000
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over aiohttp's websocket: navigate and evaluate."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.next_id = 0
+
+    async def send(self, method: str, **params: object) -> dict:
+        self.next_id += 1
+        await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
+        while True:
+            message = await asyncio.wait_for(self.ws.receive_json(), timeout=30)
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message["result"]
+
+    async def evaluate(self, expression: str) -> object:
+        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+    async def open(self, url: str, path: str) -> None:
+        await self.send("Page.navigate", url=url)
+        for _ in range(300):
+            if await self.evaluate(f"document.readyState === 'complete' && location.pathname === {path!r}"):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{path} did not load")
+
+
+async def test_the_fleet_table_filters_and_sorts_in_the_browser(fleet: RunningHub, tmp_path: Path) -> None:
+    binary = require_tool("chromium")
+    profile = tmp_path / "profile"
+    proc = await asyncio.create_subprocess_exec(
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(300):
+            if port_file.exists() and port_file.read_text().count("\n") >= 1:
+                break
+            await asyncio.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                page = next(t for t in await resp.json() if t["type"] == "page")
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                tools = DevTools(ws)
+                await tools.open(await fleet.login_link(), "/fleet")
+                visible = "Array.from(document.querySelectorAll('#fleet tbody tr')).filter(r => !r.hidden).map(r => r.cells[0].dataset.value)"
+                assert await tools.evaluate(visible) == ["pole-busy", "pole-quiet", "pole-waiting"]
+                await tools.evaluate("const f = document.getElementById('filter'); f.value = 'STALE'; f.dispatchEvent(new Event('input'))")
+                assert await tools.evaluate(visible) == ["pole-quiet"]
+                await tools.evaluate("const g = document.getElementById('filter'); g.value = ''; g.dispatchEvent(new Event('input'))")
+                header = "Array.from(document.querySelectorAll('#fleet thead th')).find(th => th.textContent === 'Readings stored')"
+                await tools.evaluate(f"{header}.click()")
+                assert await tools.evaluate(visible) == ["pole-waiting", "pole-quiet", "pole-busy"]
+                await tools.evaluate(f"{header}.click()")
+                assert await tools.evaluate(visible) == ["pole-busy", "pole-quiet", "pole-waiting"]
+                assert await tools.evaluate(f"{header}.getAttribute('aria-sort')") == "descending"
+    finally:
+        proc.terminate()
+        await proc.wait()
