@@ -35,6 +35,12 @@ def fill(spool, device_key, batches, readings=10):
     return [spool.put(seal_readings(device_key, spool, readings), readings=readings) for _ in range(batches)]
 
 
+async def until(condition, *, timeout=10.0):
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
 async def deliver(uplink, spool, *, timeout=10.0):
     """Run the uplink until the spool is empty."""
     task = asyncio.create_task(uplink.run())
@@ -139,7 +145,7 @@ async def test_a_hub_that_is_down_for_a_while_gets_the_backlog_oldest_first(spoo
     stored = fill(spool, device_key, 4)
     uplink = make_uplink(spool, device_key, url)
     task = asyncio.create_task(uplink.run())
-    await asyncio.sleep(0.5)
+    await until(lambda: uplink.counters.retries >= 2)
     assert not uplink.reachable and spool.stats()["batches"] == 4
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
@@ -158,10 +164,12 @@ async def test_the_daily_byte_budget_holds_batches_until_the_next_utc_day(spool,
     budget = len(stored[0].data) + len(stored[1].data) // 2
     uplink = make_uplink(spool, device_key, receiver.url, daily_budget=budget, clock_ms=lambda: now[0])
     task = asyncio.create_task(uplink.run())
-    await asyncio.sleep(0.5)
+    await until(lambda: len(receiver.batches) == 1)
+    await asyncio.sleep(0.3)
     assert len(receiver.batches) == 1
     now[0] += 10_000  # past midnight
-    await asyncio.sleep(1.5)
+    await until(lambda: len(receiver.batches) == 2)
+    await asyncio.sleep(0.3)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await uplink.aclose()
@@ -217,7 +225,7 @@ async def test_tls_with_a_hub_certificate_from_another_ca_is_refused_and_loses_n
     uplink = make_uplink(spool, device_key, url, ca=city_ca)
     task = asyncio.create_task(uplink.run())
     try:
-        await asyncio.sleep(0.5)
+        await until(lambda: uplink.counters.retries >= 1)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -245,7 +253,7 @@ async def test_a_gateway_the_hub_does_not_know_keeps_its_batches_until_enrolled(
     uplink = make_uplink(spool, device_key, url)
     task = asyncio.create_task(uplink.run())
     try:
-        await asyncio.sleep(0.3)
+        await until(lambda: uplink.counters.retries >= 2)
         assert spool.stats()["batches"] == 2 and spool.quarantined() == []
         assert "403 unknown_device" in uplink.counters.last_error
         receiver.trust(device_key.public_key())
