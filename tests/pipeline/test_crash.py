@@ -28,6 +28,14 @@ async def start_gateway(state_dir: Path, url: str, *extra: str) -> asyncio.subpr
     return proc
 
 
+async def stored_in(state_dir: Path, epoch: int) -> None:
+    """Wait until the gateway of boot epoch ``epoch`` has stored a batch, so each kill hits a working gateway."""
+    log = state_dir / "sealed.log"
+    async with asyncio.timeout(30):
+        while not (log.exists() and any(line.startswith(f"{epoch} ") for line in log.read_text().splitlines())):
+            await asyncio.sleep(0.02)
+
+
 async def test_sigkill_while_writing_and_sending_loses_and_duplicates_nothing(tmp_path):
     _, public_path = write_keypair(tmp_path)
     receiver = Receiver(latency_s=(0.0, 0.03))
@@ -35,9 +43,10 @@ async def test_sigkill_while_writing_and_sending_loses_and_duplicates_nothing(tm
     url = await receiver.start()
     rng = random.Random(9)
     try:
-        for _ in range(KILLS):
+        for epoch in range(1, KILLS + 1):
             proc = await start_gateway(tmp_path, url)
-            await asyncio.sleep(rng.uniform(0.4, 0.9))
+            await stored_in(tmp_path, epoch)
+            await asyncio.sleep(rng.uniform(0.1, 0.5))
             proc.send_signal(signal.SIGKILL)
             assert await proc.wait() == -signal.SIGKILL
         proc = await start_gateway(tmp_path, url, "--stop-after", "0.5")
