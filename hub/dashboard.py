@@ -162,9 +162,11 @@ async def fleet_rows(hub: Hub) -> list[dict[str, Any]]:
     now = now_ms()
     rows = []
     known: dict[tuple[str, str], Any] = {}
+    refused = hub.faults.failing()
     for device in await hub.store.devices():
         document, _ = await desired_document(hub.store, device, known=known)
-        rows.append({"d": device, "health": device_health(device, now=now, stale_after_ms=hub.stale_after_ms), "drift": drift(device, document), "now": now})
+        rows.append({"d": device, "health": device_health(device, now=now, stale_after_ms=hub.stale_after_ms), "drift": drift(device, document),
+                     "now": now, "refused": refused.get(device.device_id)})
     return rows
 
 
@@ -213,6 +215,7 @@ async def device_page(request: web.Request) -> web.Response:
         desired=json.dumps(document, indent=2, sort_keys=True) if document else "",
         own_desired=json.dumps(own[0], indent=2, sort_keys=True) if own else "",
         etag=etag,
+        refused=hub.faults.failing().get(device.device_id),
         charts=charts,
         notice=notices[0] if notices else None,
     )
@@ -232,7 +235,7 @@ async def device_action(request: web.Request) -> web.Response:
 # --- admin JSON API (for scripts; the CLI works on the database directly) ---------------
 
 
-def _device_json(device: Device, health: str, drifts: list[str]) -> dict[str, Any]:
+def _device_json(device: Device, health: str, drifts: list[str], refused: str | None) -> dict[str, Any]:
     return {
         "device_id": device.device_id, "status": device.status, "health": health, "fleet": device.fleet, "key_id": device.key_id.hex(),
         "last_seen_ms": device.last_seen_ms, "software_version": device.software_version, "boot_epoch": device.boot_epoch,
@@ -240,7 +243,7 @@ def _device_json(device: Device, health: str, drifts: list[str]) -> dict[str, An
         "spool_batches": device.spool_batches, "spool_bytes": device.spool_bytes, "policy_digest": device.policy_digest,
         "config_digest": device.config_digest, "applied_etag": device.applied_etag, "errors": list(device.errors),
         "readings_stored": device.readings_stored, "batches_stored": device.batches_stored, "duplicates": device.duplicates,
-        "drift": drifts,
+        "drift": drifts, "refused": refused,
     }
 
 
@@ -248,7 +251,7 @@ def _device_json(device: Device, health: str, drifts: list[str]) -> dict[str, An
 async def api_devices(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await hub.admin.require(request)
-    return web.json_response({"devices": [_device_json(r["d"], r["health"], r["drift"]) for r in await fleet_rows(hub)]})
+    return web.json_response({"devices": [_device_json(r["d"], r["health"], r["drift"], r["refused"]) for r in await fleet_rows(hub)]})
 
 
 @routes.put("/admin/api/desired/{scope:fleet|device}/{name}")

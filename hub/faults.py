@@ -29,5 +29,5 @@ class DeviceFaults:
             log.info("device batches accepted again", extra={"device": device_id, "after_error": code, "refused": count})
 
     def failing(self) -> dict[str, str]:
-        """Device id → error code of every device whose last batch was refused."""
+        """Device id → error code of every device whose last batch this process refused (shown on the dashboard)."""
         return {device: code for device, (code, _) in self._failing.items()}

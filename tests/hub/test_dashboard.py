@@ -86,3 +86,11 @@ async def test_desired_config_set_through_the_admin_api_shows_as_drift_until_the
 async def test_a_desired_document_with_an_unknown_part_is_refused_naming_it(running_hub: RunningHub, http: aiohttp.ClientSession) -> None:
     async with http.put(f"{running_hub.url}/admin/api/desired/fleet/default", json={"confg": {}}, headers={"Authorization": "Bearer admin-secret"}) as resp:
         assert resp.status == 400 and "'confg'" in (await resp.json())["detail"]
+
+
+async def test_a_device_whose_batches_are_refused_says_so_in_the_fleet_view(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    forged = bytearray(gateway.batch(1))
+    forged[-10] ^= 0x01
+    await post_cose(http, f"{running_hub.url}/oxp/v1/batches", bytes(forged))
+    async with http.get(f"{running_hub.url}/admin/api/devices", headers={"Authorization": "Bearer admin-secret"}) as resp:
+        assert (await resp.json())["devices"][0]["refused"] == "bad_signature"
