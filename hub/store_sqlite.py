@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -144,7 +145,8 @@ class SQLiteStore(Store):
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # the writer must outlive a failed group
+                        conn.execute("ROLLBACK")
                 self._channel_ids.clear()
                 outcomes = [(False, exc)] * len(group)
             for (_, future), (ok, value) in zip(group, outcomes, strict=True):
