@@ -243,13 +243,26 @@ def _resolution_item(resolution: float | None) -> None | int | list[int]:
     return exponent if mantissa == 1 else [mantissa, exponent]
 
 
-def _times(times: list[int], t0: int, index: int, sent: dict[bytes, int]) -> bytes | int:
-    """The series' time column, or the index of an earlier series with the very same times."""
-    column = pack_uvarints(zigzag(delta_of_delta(wrap64([t - t0 for t in times]))))
-    if column and column in sent:
-        return sent[column]
-    sent[column] = index
-    return column
+def _times(times: list[int], t0: int, index: int, sent: dict[tuple, int]) -> bytes | int | list:
+    """The series' time column, or the index of an earlier series with the very same times.
+
+    Times that are all whole seconds (or tenths, hundredths) after t0 are stored in that unit,
+    so a series with jitter of whole seconds costs one byte per reading, not two or three.
+    """
+    relative = wrap64([t - t0 for t in times])
+    exponent = 0
+    for candidate in (3, 2, 1):
+        time_unit = 10**candidate
+        if any(relative) and not any(map(time_unit.__rmod__, relative)):
+            exponent = candidate
+            relative = [t // time_unit for t in relative]
+            break
+    column = pack_uvarints(zigzag(delta_of_delta(relative)))
+    key = (exponent, column)
+    if column and key in sent:
+        return sent[key]
+    sent[key] = index
+    return [exponent, column] if exponent else column
 
 
 _unit_of = attrgetter("unit")
@@ -281,7 +294,7 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
         series.append((channel, group, list(map(_time_of, group))))
     t0 = min((min(times) for _, _, times in series if times), default=0)
     body_series = []
-    time_columns: dict[bytes, int] = {}  # a column already sent -> the index of its series
+    time_columns: dict[tuple, int] = {}  # a column already sent -> the index of its series
     for index, (channel, group, times) in enumerate(series):
         if times and not (set(map(type, times)) == {int} and INT64_MIN <= min(times) and max(times) <= INT64_MAX):
             bad = next(t for t in times if type(t) is not int or not INT64_MIN <= t <= INT64_MAX)
@@ -471,7 +484,11 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
             )
         except ValueError as exc:
             raise _fail(str(exc)) from None
-        if isinstance(times, bytes):
+        if isinstance(times, list) and len(times) == 2 and times[0] in (1, 2, 3) and isinstance(times[1], bytes):
+            time_unit = 10 ** times[0]
+            relative = undelta_of_delta(unzigzag(unpack_uvarints(times[1], count, what=f"series {name!r} times")))
+            stamps = wrap64([t0 + t * time_unit for t in relative])
+        elif isinstance(times, bytes):
             relative = undelta_of_delta(unzigzag(unpack_uvarints(times, count, what=f"series {name!r} times")))
             stamps = wrap64([t0 + t for t in relative])
         elif type(times) is int and 0 <= times < len(all_stamps) and len(all_stamps[times]) == count:

@@ -154,6 +154,24 @@ def test_series_with_identical_times_share_one_time_column():
     assert [r.ts_ms for r in decoded if r.channel == "m/b"] == [1000 * i + (i % 3) for i in range(10)]
 
 
+def test_times_in_whole_seconds_are_stored_in_seconds():
+    ch = (Channel("pm-1/pm10", resolution=0.1),)
+    times = [1_767_225_600_000 + s * 1000 for s in (0, 148, 297, 463, 611)]
+    readings = [Reading("pm-1/pm10", t, 5.0) for t in times]
+    series = cbor2.loads(encode_body(ch, readings))[1]
+    assert series[0][5][0] == 3
+    assert len(series[0][5][1]) == 6  # one byte a reading, two for the first step of 148 s
+    assert [r.ts_ms for r in roundtrip(ch, readings)[1]] == times
+
+
+def test_a_time_unit_other_than_10_100_or_1000_ms_is_malformed():
+    from edge.protocol.codec import decode_body
+
+    body = cbor2.dumps([0, [["a/b", "", 0, None, 1, [4, b"\x00"], [2, 0, b"\x00"]]]])
+    with pytest.raises(ProtocolError, match="times"):
+        decode_body(body)
+
+
 def test_a_time_reference_to_a_later_series_is_malformed():
     body = cbor2.dumps([0, [["a/b", "", 0, None, 1, 1, [2, 0, b"\x00"]], ["a/c", "", 0, None, 1, b"\x00", [2, 0, b"\x00"]]]])
     from edge.protocol.codec import decode_body
