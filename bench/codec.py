@@ -320,7 +320,9 @@ def print_sizes(sources: list[Source]) -> None:
 
 def fixed_cost(source: Source) -> None:
     """Where the bytes of a batch go: envelope, channel table, readings."""
-    print(f"\nWhere the bytes go, {source.name} (averages per batch)\n")
+    print(f"\nWhere the bytes go, {source.name} (averages per batch)")
+    print("  envelope: COSE structure, protected header, signature; table: the payload of the same")
+    print("  channels with one reading each (channel table plus first values); data: the rest\n")
     print(f"{'span':6} {'readings':>9} {'sealed B':>9} {'envelope B':>11} {'table B':>8} {'data B/rd':>10}")
     for label, span in SPANS:
         groups = windows(source, span)
