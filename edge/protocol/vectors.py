@@ -120,10 +120,6 @@ CASES = {
 }
 
 
-def _jsonable(value: object) -> object:
-    return value
-
-
 def reading_to_json(r: Reading) -> dict:
     doc: dict = {"channel": r.channel, "ts_ms": r.ts_ms, "value": r.value}
     if r.unit:
