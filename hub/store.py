@@ -333,10 +333,11 @@ def notice_location(notice: Mapping[str, Any]) -> tuple[str, float | None, float
     """The gateway's public site name and pole position, if its transparency notice states them."""
     site = notice.get("site")
     lat, lon = notice.get("latitude"), notice.get("longitude")
-    location = notice.get("location")
-    if isinstance(location, Mapping):
-        site = site or location.get("site")
-        lat = lat if lat is not None else location.get("latitude")
-        lon = lon if lon is not None else location.get("longitude")
+    for key in ("place", "location"):  # the notice's "place" table (edge.privacy.build_notice), or "location"
+        table = notice.get(key)
+        if isinstance(table, Mapping):
+            site = site or table.get("site")
+            lat = lat if lat is not None else table.get("latitude")
+            lon = lon if lon is not None else table.get("longitude")
     ok = isinstance(lat, int | float) and isinstance(lon, int | float) and -90 <= lat <= 90 and -180 <= lon <= 180
     return (str(site or "")[:200], float(lat) if ok else None, float(lon) if ok else None)  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ import pytest
 from hub.app import RunningHub, run_hub
 from tests.helpers.tools import require_tool
 from tests.hub.gateways import SimGateway, enrol, post_cose
+from tests.hub.test_dashboard import NOTICE
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -39,6 +40,7 @@ async def fleet(tmp_path: Path) -> RunningHub:
         await asyncio.sleep(2.5)
         for seq in range(1, 6):
             await post_cose(http, f"{hub.url}/oxp/v1/batches", busy.batch(seq, n=90))
+        await post_cose(http, f"{hub.url}/oxp/v1/notice", busy.notice({**NOTICE, "place": {**NOTICE["place"], "gateway_id": "pole-busy"}}))
 
         async def keep_reporting() -> None:
             # A live gateway keeps reporting while the browser starts, so only the quiet one goes stale.
@@ -81,6 +83,15 @@ async def test_the_device_page_draws_recent_readings_as_charts(fleet: RunningHub
     shot = ARTIFACTS / "hub-device.png"
     await chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", await fleet.login_link(next_path="/fleet/devices/pole-busy"))
     assert shot.stat().st_size > 10_000
+
+
+async def test_the_public_transparency_register_needs_no_sign_in(fleet: RunningHub, tmp_path: Path) -> None:
+    binary = require_tool("chromium")
+    dom = await chromium(binary, tmp_path / "profile", "--dump-dom", f"{fleet.url}/transparency")
+    assert '<h2 id="pole-busy">Queen St &amp; Bay</h2>' in dom
+    assert "Fine particles" in dom and "5-minute average" in dom and "City of Toronto" in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    await chromium(binary, tmp_path / "profile2", f"--screenshot={ARTIFACTS / 'hub-transparency.png'}", f"{fleet.url}/transparency")
 
 
 class DevTools:

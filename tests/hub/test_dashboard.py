@@ -64,11 +64,32 @@ async def test_revoking_from_the_device_page_stops_ingest_at_once(running_hub: R
     assert (status, body["error"]) == (403, "revoked")
 
 
+NOTICE = {  # the shape edge.privacy.build_notice produces
+    "schema": "ocn-notice/1",
+    "place": {"gateway_id": "pole-0042", "site": "Queen St & Bay", "latitude": 43.6525, "longitude": -79.3817},
+    "accountable": {"organisation": "City of Toronto", "contact": "privacy@toronto.example"},
+    "purpose": "Air quality on busy streets",
+    "data": [{"channel": "pm-1/pm2_5", "device": "pm-1", "what": "Fine particles", "unit": "ug/m3", "personal": False,
+              "process": ["aggregated"], "leaves_as": "5-minute average", "purpose": "air quality"}],
+    "withheld": ["pm-1/raw"],
+    "retention": "2 years",
+    "policy": {"name": "downtown", "version": "3", "digest": "ab" * 32, "signed_by": "city-privacy-office"},
+}
+
+
 async def test_the_transparency_register_is_public(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
-    await post_cose(http, f"{running_hub.url}/oxp/v1/notice", gateway.notice({"site": "Queen St & Bay", "operator": "City IT", "sensors": [{"channel": "pm-1/pm2_5", "purpose": "air quality"}]}))
+    await post_cose(http, f"{running_hub.url}/oxp/v1/notice", gateway.notice(NOTICE))
     async with http.get(f"{running_hub.url}/transparency") as resp:
         page = await resp.text()
-    assert resp.status == 200 and "Queen St &amp; Bay" in page and "air quality" in page
+    assert resp.status == 200
+    for text in ("Queen St &amp; Bay", "City of Toronto", "Fine particles", "5-minute average", "pm-1/raw", "2 years", "signed by city-privacy-office"):
+        assert text in page, text
+
+
+async def test_a_notice_gives_the_gateway_its_public_position(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    await post_cose(http, f"{running_hub.url}/oxp/v1/notice", gateway.notice(NOTICE))
+    device = await running_hub.store.device("pole-0042")
+    assert device is not None and (device.site, device.latitude, device.longitude) == ("Queen St & Bay", 43.6525, -79.3817)
 
 
 async def test_desired_config_set_through_the_admin_api_shows_as_drift_until_the_gateway_applies_it(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
