@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,12 +59,15 @@ class StreamDriver(Driver):
     the setup commands sent after every (re)open and the query sent each poll.
     """
 
+    RECOVERY_S = 60.0  # bad frames are "over" after this long with only good ones
+
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
         self.options = self.check_options(ctx.options)
         self.decoder = self.make_decoder()
         self._configured_session = 0
-        self._bad_since: int | None = None
+        self._bad_since: int | None = None  # bad-frame count when the current fault began
+        self._last_bad_at = 0.0
 
     @abc.abstractmethod
     def make_decoder(self) -> Decoder: ...
@@ -117,16 +121,23 @@ class StreamDriver(Driver):
         return s.bad_checksum + s.bad_frames
 
     def _report(self, bad_before: int, *, good: bool) -> None:
-        """Log once when bad frames start and once when good frames resume; never a frame's content."""
+        """Log once when bad frames start and once when only good frames came for RECOVERY_S; never content.
+
+        The quiet period keeps a line with intermittent noise from logging every time a good
+        frame slips between two bad ones.
+        """
         bad_now = self._bad_count()
+        now = time.monotonic()
         s = self.decoder.stats
-        if bad_now > bad_before and self._bad_since is None:
-            self._bad_since = bad_before
-            self.ctx.logger.warning("%s: bad frames from the device (checksum errors %d, unreadable frames %d)",
-                                    self.ctx.device_id, s.bad_checksum, s.bad_frames)
-        elif good and bad_now == bad_before and self._bad_since is not None:
-            self.ctx.logger.info("%s: good frames again after %d bad ones", self.ctx.device_id,
-                                 bad_now - self._bad_since)
+        if bad_now > bad_before:
+            self._last_bad_at = now
+            if self._bad_since is None:
+                self._bad_since = bad_before
+                self.ctx.logger.warning("%s: bad frames from the device (checksum errors %d, unreadable frames %d)",
+                                        self.ctx.device_id, s.bad_checksum, s.bad_frames)
+        elif good and self._bad_since is not None and now - self._last_bad_at >= self.RECOVERY_S:
+            self.ctx.logger.info("%s: only good frames for %gs, after %d bad ones", self.ctx.device_id,
+                                 self.RECOVERY_S, bad_now - self._bad_since)
             self._bad_since = None
 
     def stats(self) -> dict[str, int]:

@@ -266,3 +266,18 @@ async def test_a_serial_bus_waits_for_a_port_that_is_not_there_yet(tmp_path):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_intermittent_bad_frames_are_logged_once_not_each_time_a_good_frame_slips_between(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    corrupt = bytearray(SDS011_REPLY)
+    corrupt[3] ^= 0x01
+    async with serial_device(tmp_path, sds011.Sds011Driver, options={"mode": "active"}) as (peer, _, driver, readings):
+        for n in range(1, 21):
+            peer.write(bytes(corrupt))
+            peer.write(SDS011_REPLY)
+            await wait_for(lambda n=n: len(readings) == 2 * n)
+        assert driver.stats()["bad_checksum"] == 20
+    bad_frame_lines = [r for r in caplog.records if r.name == "ocn.driver"]
+    assert len(bad_frame_lines) == 1
+    assert "bad frames" in bad_frame_lines[0].getMessage()
