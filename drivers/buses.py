@@ -24,6 +24,9 @@ __all__ = [
 
 log = logging.getLogger("ocn.bus")
 
+# A unit that fails again within this long of recovering is flapping: logged once, not per transition.
+FLAP_S = 60.0
+
 
 class BusConfigLike(Protocol):
     """What a bus owner needs from the gateway config's ``[[buses]]`` entry."""
@@ -95,10 +98,13 @@ class _Unit:
     exceptions: int = 0
     failures_in_a_row: int = 0
     skip_until: float = 0.0
+    recovered_at: float = -FLAP_S
+    last_failure_at: float = 0.0
+    flapping: bool = False
 
     @property
     def state(self) -> str:
-        return "backing-off" if self.failures_in_a_row else "ok"
+        return "backing-off" if self.failures_in_a_row else "intermittent" if self.flapping else "ok"
 
 
 class ModbusBus:
@@ -205,17 +211,31 @@ class ModbusBus:
             return values
 
     def _unit_failed(self, unit: int, state: _Unit, why: LinkError) -> None:
-        if state.failures_in_a_row == 0:
-            log.warning("%s: unit %d stopped answering (%s); backing off up to %gs", self.what, unit, why,
-                        self.unit_backoff_max)
+        now = time.monotonic()
+        state.last_failure_at = now
+        if state.failures_in_a_row == 0 and not state.flapping:
+            if now - state.recovered_at < FLAP_S:
+                # It failed again soon after recovering: say so once, then stay quiet until it is steady.
+                state.flapping = True
+                log.warning("%s: unit %d answers only intermittently (%s); next note when steady for %gs",
+                            self.what, unit, why, FLAP_S)
+            else:
+                log.warning("%s: unit %d stopped answering (%s); backing off up to %gs", self.what, unit, why,
+                            self.unit_backoff_max)
         state.failures_in_a_row += 1
         backoff = min(self.unit_backoff_max, self.timeout * 2 ** (state.failures_in_a_row - 1))
-        state.skip_until = time.monotonic() + backoff
+        state.skip_until = now + backoff
 
     def _unit_answered(self, unit: int, state: _Unit) -> None:
+        now = time.monotonic()
         state.replies += 1
-        if state.failures_in_a_row:
+        if state.flapping:
+            if now - state.last_failure_at >= FLAP_S:
+                log.info("%s: unit %d steady again", self.what, unit)
+                state.flapping = False
+        elif state.failures_in_a_row:
             log.info("%s: unit %d answers again", self.what, unit)
+            state.recovered_at = now
         state.failures_in_a_row = 0
         state.skip_until = 0.0
 

@@ -242,3 +242,20 @@ async def test_an_rtu_adapter_that_is_unplugged_and_replugged_is_reopened_and_lo
     lost = [r for r in caplog.records if "unavailable" in r.getMessage()]
     back = [r for r in caplog.records if "back after" in r.getMessage()]
     assert len(lost) == 1 and len(back) == 1
+
+
+async def test_a_unit_that_answers_intermittently_is_logged_once_not_at_every_transition(store, tcp_bus, caplog):
+    caplog.set_level(logging.INFO)
+    serve_profile(store, 1, load_profile("hilsim-water-level"), {"level": 1.0})
+    driver = driver_for(tcp_bus, 1, "hilsim-water-level")
+    for _ in range(4):
+        store.dead.add(1)
+        assert (await driver.poll()).failures
+        store.dead.discard(1)
+        await asyncio.sleep(0.35)  # the backoff after one failure is one timeout (0.3 s)
+        assert (await driver.poll()).readings
+    messages = [r.getMessage() for r in caplog.records if r.name == "ocn.bus"]
+    assert len([m for m in messages if "stopped answering" in m]) == 1
+    assert len([m for m in messages if "answers again" in m]) == 1
+    assert len([m for m in messages if "intermittently" in m]) == 1
+    assert tcp_bus.stats()["units"][1]["state"] == "intermittent"
