@@ -66,7 +66,8 @@ def build_notice(
                 {
                     "channel": channel.id,
                     "device": channel.id.rsplit("/", 1)[0],
-                    "what": channel.description or channel.id.rsplit("/", 1)[-1],
+                    # drivers' notes to engineers come in parentheses; the public sees the name
+                    "what": channel.description.split(" (")[0] or channel.id.rsplit("/", 1)[-1],
                     "unit": channel.unit,
                     "personal": channel.personal,
                     "process": labels,
@@ -84,6 +85,7 @@ def build_notice(
             data.append(
                 {
                     "channel": rule.pattern,
+                    "device": rule.pattern.rsplit("/", 1)[0],
                     "process": labels,
                     "leaves_as": describe_rule(rule, policy),
                     "purpose": rule.purpose or policy.purpose,

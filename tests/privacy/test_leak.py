@@ -18,6 +18,7 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from edge.config import load_config
@@ -228,7 +229,11 @@ async def test_no_mac_address_or_exact_position_leaves_the_gateway_in_any_form(h
                 while not any(kind == "batch" for kind, _ in hub.bodies):
                     await asyncio.sleep(0.1)
         finally:
-            await gateway.stop()
+            try:
+                async with asyncio.timeout(30):
+                    await gateway.stop()
+            except TimeoutError:
+                pytest.fail("Gateway.stop() did not return within 30 s (a stage ignored cancellation)", pytrace=False)
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
