@@ -176,6 +176,10 @@ def _encode(args: argparse.Namespace) -> int:
         key = load_private_key(args.key)
     except KeyFileError as exc:
         return _fail(str(exc))
+    try:
+        BatchHeader(args.device_id, key_id(key), args.boot_epoch, args.first_seq, b"", args.codec, 0)
+    except ValueError as exc:
+        return _fail(f"{exc} (check --device-id, --boot-epoch and --first-seq)")
     resolutions: dict[str, float] = {}
     for item in args.resolution:
         channel, _, step = item.partition("=")

@@ -92,6 +92,11 @@ def test_encode_rejects_a_malformed_resolution_option(keys, csv_file, tmp_path, 
     assert "CHANNEL=STEP" in capsys.readouterr().err
 
 
+def test_encode_rejects_an_invalid_device_id_naming_the_option(keys, csv_file, tmp_path, capsys):
+    assert encode(keys, csv_file, tmp_path / "out", "--device-id", "Pole 42") == 2
+    assert "device_id = 'Pole 42'" in capsys.readouterr().err
+
+
 def test_inspect_prints_header_and_series_and_exits_0_when_the_signature_is_valid(keys, csv_file, tmp_path, capsys):
     encode(keys, csv_file, tmp_path / "out")
     capsys.readouterr()
