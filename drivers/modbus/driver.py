@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import difflib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,11 +56,16 @@ class ModbusDriver(Driver):
             raise OptionError("profile", out["profile"],
                               f"either profile (a shipped profile: {shipped}) or profile_file, not both or neither")
         option = "profile" if out["profile"] is not None else "profile_file"
+        value = out[option]
+        if option == "profile" and value not in shipped_profiles() and not Path(value).is_file():
+            near = difflib.get_close_matches(value, shipped_profiles(), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise OptionError(option, value, f"a shipped profile: {shipped}{hint}; or an absolute path to a profile "
+                                             "TOML (or use profile_file)")
         try:
-            load_profile(out[option])
+            load_profile(value)
         except ProfileError as exc:
-            expected = f"a shipped profile ({shipped}) or a valid profile file" if option == "profile" else "a valid profile"
-            raise OptionError(option, out[option], f"{expected}; {exc}") from exc
+            raise OptionError(option, value, f"a valid profile; {exc}") from exc
         if out["max_gap"] is not None and not 0 <= out["max_gap"] <= 125:
             raise OptionError("max_gap", out["max_gap"], "0..125 registers")
         if out["timeout"] is not None and not out["timeout"] > 0:

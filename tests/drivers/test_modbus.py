@@ -216,9 +216,23 @@ def test_the_driver_rejects_a_unit_id_outside_1_to_247():
         driver_for(None, 0, "eastron-sdm120")
 
 
-def test_an_unknown_profile_option_names_the_shipped_profiles():
-    with pytest.raises(OptionError, match=r"profile = 'sdm630': expected a shipped profile \(.*eastron-sdm630"):
-        ModbusDriver.check_options({"profile": "sdm630"})
+def test_an_unknown_profile_option_names_the_shipped_profiles_and_the_nearest():
+    with pytest.raises(OptionError, match=r"profile = 'eastron-sdm63': expected a shipped profile: .*eastron-sdm630.*"
+                                          r"\(did you mean 'eastron-sdm630'\?\)"):
+        ModbusDriver.check_options({"profile": "eastron-sdm63"})
+
+
+def test_a_broken_profile_file_is_reported_with_its_own_error(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[profile]\nname = "x"\n[[registers]]\nchannel = "a"\nfunction = "holding"\naddress = 1\ntype = "int17"\n')
+    with pytest.raises(OptionError, match=r"profile_file = .*: expected a valid profile; .*mine.toml: registers\[0\] "
+                                          r"\(channel 'a'\).type = 'int17'"):
+        ModbusDriver.check_options({"profile_file": path})
+
+
+def test_a_profile_must_be_given_one_way():
+    with pytest.raises(OptionError, match=r"either profile .* or profile_file, not both or neither"):
+        ModbusDriver.check_options({})
 
 
 async def test_an_rtu_adapter_that_is_unplugged_and_replugged_is_reopened_and_logged_once_each_way(tmp_path, caplog):
