@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import random
+import sys
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -132,11 +132,10 @@ def main() -> None:
             inputs[rule] = ("5,000 phones", macs)
         else:
             inputs[rule] = ("SDS011 PM2.5", pm)
-    print(f"privacy stage, CPU time per reading (best of {args.repeat}, one core, Python {__import__('sys').version.split()[0]})")
+    print(f"privacy stage, CPU time per reading (best of {args.repeat}, one core, Python {sys.version.split()[0]})")
     print(f"{'rule':<40} {'input':<14} {'readings':>9} {'µs/reading':>11} {'readings/s':>11}")
     for rule, (label, readings) in inputs.items():
-        seconds: Callable[[], float] = lambda: run(rule, readings, args.repeat)  # noqa: E731
-        per = seconds()
+        per = run(rule, readings, args.repeat)
         print(f"{rule:<40} {label:<14} {len(readings):>9,} {per * 1e6:>11.2f} {1 / per:>11,.0f}")
     print()
     print("discrete Laplace sampler (exact, integer-only, SystemRandom), per draw")

@@ -23,6 +23,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Rule",
+    "axis_of",
     "canonical_encoding",
     "parse_distance_m",
     "parse_duration_ms",
@@ -181,7 +182,7 @@ class Policy:
                         f"{where}: {channel.id} carries {channel.kind.value} values; functions {bad} need numbers "
                         f"(count and last work on any value)"
                     )
-            if rule.rule == "generalize_location" and _axis(rule, channel.id) is None:
+            if rule.rule == "generalize_location" and axis_of(rule, channel.id) is None:
                 problems.append(
                     f'{where}: cannot tell whether {channel.id} is a latitude or a longitude; set axis = "latitude" '
                     f'or axis = "longitude"'
@@ -194,7 +195,8 @@ class Policy:
         return [r.pattern for r in self.rules if r.pattern not in used]
 
 
-def _axis(rule: Rule, channel_id: str) -> str | None:
+def axis_of(rule: Rule, channel_id: str) -> str | None:
+    """Whether a generalize_location rule treats ``channel_id`` as latitude or longitude (None: cannot tell)."""
     if rule.axis:
         return rule.axis
     local = channel_id.rsplit("/", 1)[-1].lower()
@@ -203,11 +205,6 @@ def _axis(rule: Rule, channel_id: str) -> str | None:
     if local in ("lon", "lng", "longitude") or local.endswith(("_lon", "_lng", "_longitude")):
         return "longitude"
     return None
-
-
-def axis_of(rule: Rule, channel_id: str) -> str | None:
-    """Whether a generalize_location rule treats ``channel_id`` as latitude or longitude."""
-    return _axis(rule, channel_id)
 
 
 def _no_datetimes(value: Any, where: str, problems: list[str]) -> None:

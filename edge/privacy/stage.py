@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -52,9 +53,14 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+@functools.lru_cache(maxsize=256)
+def _decimals(step: float) -> int:
+    # enough decimals to show any multiple of step, few enough to drop float noise (0.1 * 3)
+    return max(0, min(12, -math.floor(math.log10(step)) + 6))
+
+
 def _round_to_step(value: float, step: float) -> float:
-    decimals = max(0, min(12, -math.floor(math.log10(step)) + 6))
-    return round(round(value / step) * step, decimals)
+    return round(round(value / step) * step, _decimals(step))
 
 
 @dataclass(slots=True)
@@ -331,9 +337,9 @@ class PrivacyStage:
                 opened = [s for s in plan.windows]
                 first = min(opened) if opened else (plan.closed_until or current)
                 first = max(first, current - DAY_MS)
-                for s in range(first, current, rule.window_ms):
-                    plan.windows.setdefault(s, _Distinct(EphemeralKey()))
-                plan.windows.setdefault(current, _Distinct(EphemeralKey()))
+                for s in range(first, current + 1, rule.window_ms):
+                    if s not in plan.windows:
+                        plan.windows[s] = _Distinct(EphemeralKey())
             for s in sorted(w for w in plan.windows if w + rule.window_ms <= now_ms):
                 out.extend(self._close(plan, s, now_ms))
         return out
