@@ -210,7 +210,7 @@ def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
         raise ProtocolError("malformed", f"protected header is not CBOR ({exc})") from None
     if not isinstance(header, dict):
         raise ProtocolError("malformed", "protected header is not a map")
-    if header.get(ALG) not in (EDDSA, ED25519):
+    if type(header.get(ALG)) is not int or header[ALG] not in (EDDSA, ED25519):
         raise ProtocolError("unsupported_algorithm", f"alg {header.get(ALG)!r}: OXP/1 uses EdDSA (-8) or Ed25519 (-19)")
     kid = header.get(KID)
     if not isinstance(kid, bytes) or len(kid) != 8:
@@ -225,7 +225,7 @@ def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
     oxp = header[expected]
     if not isinstance(oxp, dict):
         raise ProtocolError("malformed", f"OXP header (label {expected}) is not a map")
-    if oxp.get(H_VERSION) != OXP_VERSION:
+    if type(oxp.get(H_VERSION)) is not int or oxp[H_VERSION] != OXP_VERSION:
         raise ProtocolError("unsupported_version", f"OXP version {oxp.get(H_VERSION)!r}: this implementation speaks {OXP_VERSION}")
     return _Message(protected, header, payload, signature)
 
