@@ -263,3 +263,19 @@ response_delay = "1ms"
     assert {r.channel for r in result.readings} == {c.id for c in driver.channels()}
     assert bus.stats()["requests"] == minimum_requests(p.spans(), max_gap=p.max_gap, limit=125,
                                                        holes=[h for hs in p.unreadable.values() for h in hs])
+
+
+@pytest.mark.parametrize(("kind", "driver", "options", "channel"), [
+    ("sds011", "sds011", {"mode": "query"}, "dev-1/pm2_5"),
+    ("pms5003", "pms5003", {"mode": "active"}, "dev-1/pm2_5"),
+])
+async def test_the_other_reporting_mode_works_against_the_simulated_sensor(tmp_path, kind, driver, options, channel):
+    from drivers.testing import bus_settings_for, running_device
+
+    text = f'[scenario]\nname = "mode"\nseed = 3\n[[devices]]\nname = "pm"\nkind = "{kind}"\n'
+    async with hilsim.run_scenario(scenario_file(tmp_path, text), run_dir=tmp_path / "run") as sim:
+        async with running_device(driver, bus=bus_settings_for(sim.endpoints["pm"]), options=options,
+                                  poll_interval=0.3) as device:
+            readings = await device.wait_for_readings(4, timeout=5)
+    assert channel in {r.channel for r in readings}
+    assert all(0 <= r.value < 1000 for r in readings if r.channel == channel)
