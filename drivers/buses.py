@@ -16,7 +16,11 @@ from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkDown, LinkE
 __all__ = [
     "BusConfigLike",
     "BusDown",
+    "ExceptionReply",
+    "GarbledReply",
+    "LinkError",
     "ModbusBus",
+    "NoReply",
     "SerialBus",
     "UnitBackingOff",
     "create_bus",

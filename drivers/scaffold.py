@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import asyncio
 
-from drivers.modbus.adapter import LinkError
+from drivers.buses import LinkError
 from drivers.sdk import Driver, Emit, Manifest, OptionSpec
 from edge.types import Channel, Reading
 
