@@ -189,3 +189,20 @@ def test_ports_shows_the_stable_by_id_name_of_each_port(tmp_path, monkeypatch, c
     assert main(["ports", "--json"]) == 0
     listed = {p["device"]: p for p in json.loads(capsys.readouterr().out)["ports"]}
     assert listed[ports[0].device]["by_id"] == str(by_id / "usb-FTDI_FT232R_USB_UART_A10KXYZ-if00-port0")
+
+
+async def test_read_takes_driver_bus_and_options_from_the_gateway_config(tmp_path):
+    import hilsim
+
+    scenario = tmp_path / "one.toml"
+    scenario.write_text('[scenario]\nname = "one"\nseed = 1\n[[buses]]\nname = "rs485-1"\ntype = "modbus-rtu"\n'
+                        '[[devices]]\nname = "level-1"\nkind = "hilsim-water-level"\nbus = "rs485-1"\nunit = 20\n')
+    (tmp_path / "policy.toml").write_text((Path(__file__).parents[2] / "policies" / "demo.toml").read_text())
+    async with hilsim.run_scenario(scenario, run_dir=tmp_path / "run") as sim:
+        (tmp_path / "gateway.toml").write_text(sim.gateway_config_toml(state_dir=tmp_path / "state"))
+        code, out, err = await ocn_edge("read", "--config", str(tmp_path / "gateway.toml"), "level-1")
+    assert code == 0, err
+    lines = dict(line.split(None, 1) for line in out.splitlines())
+    assert lines["level-1/supply_voltage"].endswith(" V")
+    assert set(lines) == {f"level-1/{c}" for c in ("level", "water_temperature", "sensor_fault", "out_of_range",
+                                                   "measurements", "supply_voltage")}
