@@ -228,3 +228,19 @@ def test_invalid_header_fields_are_refused_naming_the_field(header, field, value
     fields = {name: getattr(header, name) for name in BatchHeader.__dataclass_fields__}
     with pytest.raises(ValueError, match=message):
         BatchHeader(**{**fields, field: value})
+
+
+def test_an_unknown_integer_counter_label_is_kept_under_a_readable_name(device_key, header):
+    protected = cbor2.loads(cbor2.loads(seal_batch(header, (), [], device_key)).value[0])
+    protected[-65537][7] = {0: 3, 9: 12}
+    payload = cbor2.loads(seal_batch(header, (), [], device_key)).value[2]
+    opened = open_batch(resign(device_key, protected, payload), device_key.public_key())
+    assert opened.header.counters == {"readings_dropped": 3, "counter_9": 12}
+
+
+def test_decode_unverified_reads_a_batch_whose_signature_is_wrong(device_key, header, channels, readings):
+    from edge.protocol import decode_unverified
+
+    sealed = bytearray(seal_batch(header, channels, readings, device_key))
+    sealed[-1] ^= 1  # the last signature byte
+    assert len(decode_unverified(bytes(sealed)).readings) == len(readings)
