@@ -24,11 +24,12 @@ from drivers.registry import load_driver
 from drivers.sdk import DeviceContext, Driver
 from edge import __version__
 from edge.config import GatewayConfig
+from edge.desired import DesiredChange, DesiredError, DesiredState, overlay_config
 from edge.notify import Notifier, watchdog_loop
 from edge.supervise import DeviceRunner
 from edge.types import Channel, Reading
 
-__all__ = ["Gateway", "PipelineCounters", "StartError", "run_gateway"]
+__all__ = ["Gateway", "PipelineCounters", "Reload", "StartError", "run_gateway"]
 
 log = logging.getLogger("ocn.runtime")
 
@@ -52,6 +53,16 @@ class PipelineCounters:
     started_monotonic: float = field(default_factory=time.monotonic)
 
 
+@dataclass(frozen=True)
+class Reload:
+    """A validated desired config (and policy) waiting to replace the running pipeline."""
+
+    config: GatewayConfig
+    policy: Any
+    change: DesiredChange
+    policy_toml: str | None
+
+
 @dataclass
 class _Device:
     config: Any
@@ -71,8 +82,14 @@ class Gateway:
         driver_lookup: Callable[[str], type[Driver]] = load_driver,
         clock_ms: Callable[[], int] = wall_clock_ms,
         notifier: Notifier | None = None,
+        policy: Any = None,
+        desired: DesiredState | None = None,
+        request_reload: Callable[[Reload], None] | None = None,
     ) -> None:
         self.config = config
+        self.policy = policy  # None: load [privacy].policy at start
+        self.desired = desired or DesiredState(config.gateway.state_dir, device_id=config.gateway.id)
+        self._request_reload = request_reload
         self._driver_lookup = driver_lookup
         self._clock_ms = clock_ms
         self.notifier = notifier or Notifier()
@@ -138,11 +155,13 @@ class Gateway:
         private_key = load_private_key(key_path)
         self.key_id = key_id(private_key.public_key())
 
-        policy = load_policy(
-            cfg.privacy.policy,
-            governance_key=cfg.privacy.governance_key or None,
-            require_signed=cfg.privacy.require_signed,
-        )
+        if self.policy is None:
+            self.policy = load_policy(
+                cfg.privacy.policy,
+                governance_key=cfg.privacy.governance_key or None,
+                require_signed=cfg.privacy.require_signed,
+            )
+        policy = self.policy
 
         self.spool = await Spool.open(state / "spool.db", max_bytes=cfg.spool.max_size, when_full=cfg.spool.when_full)
         self.boot = await self.spool.begin_boot()
@@ -151,7 +170,10 @@ class Gateway:
 
         self._build_devices()
         channels = [c for d in self.devices for c in d.channels]
-        self.privacy = PrivacyStage(policy, channels, clock_ms=self._clock_ms)
+        # The epsilon spent survives restarts and policy swaps: a restart must not refill the budget.
+        self.privacy = PrivacyStage(
+            policy, channels, clock_ms=self._clock_ms, budget_state=state / "privacy-budget.json"
+        )
         if cfg.uplink.hub:
             from edge.uplink import Uplink
 
@@ -164,6 +186,7 @@ class Gateway:
                 timeout_s=cfg.uplink.timeout,
                 daily_budget=cfg.uplink.daily_budget,
                 status_provider=self.status_report,
+                on_desired=self._on_desired,
             )
 
         self.batcher = Batcher(
@@ -303,22 +326,133 @@ class Gateway:
             "spool_bytes": spool.get("bytes", 0),
             "readings_dropped": spool.get("readings_dropped", 0),
             "policy_digest": self.privacy.policy.digest if self.privacy else b"",
-            "config_digest": getattr(self.config, "digest", b""),
-            "errors": [f"{d.config.name}: {d.runner.last_error}" for d in self.devices if d.runner and d.runner.failing],
+            "config_digest": self.config.digest,
+            "applied_etag": self.desired.applied_etag,
+            "errors": [f"{d.config.name}: {d.runner.last_error}" for d in self.devices if d.runner and d.runner.failing]
+            + ([self.desired.last_error] if self.desired.last_error else []),
         }
+
+    # -- desired state from the hub ---------------------------------------------------------
+
+    def _on_desired(self, signed: Any, etag: str) -> None:
+        if signed is None or etag == self.desired.applied_etag or self._stopped:
+            return
+        task = asyncio.create_task(self._apply_desired(signed, etag), name="desired")
+        self._service_tasks.append(task)
+
+    async def _apply_desired(self, signed: Any, etag: str) -> None:
+        """Verify and validate the hub's desired document, then apply it whole or not at all."""
+        try:
+            change = self.desired.verify(signed, etag, await self._hub_key())
+            policy, policy_toml = self._desired_policy(change)
+            config = self._desired_config(change)
+        except DesiredError as exc:
+            self.desired.record_failure(etag, str(exc))
+            return
+        if config is not None:
+            if self._request_reload is None:
+                self.desired.record_failure(etag, "this gateway cannot restart its pipeline in place")
+                return
+            self._request_reload(Reload(config, policy or self.policy, change, policy_toml))
+            return
+        if policy is not None:
+            self.swap_policy(policy)
+        self.desired.record_success(change, policy_toml=policy_toml, config=None)
+
+    async def _hub_key(self) -> Any:
+        key = self.desired.hub_key()
+        if key is not None:
+            return key
+        import aiohttp
+
+        from edge.uplink import tls_context
+
+        url = self.config.uplink.hub.rstrip("/") + "/oxp/v1/hub-key"
+        ssl = tls_context(self.config.uplink.ca or None) if url.startswith("https://") else False
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.uplink.timeout)) as http:
+                async with http.get(url, ssl=ssl) as resp:
+                    if resp.status != 200:
+                        raise DesiredError(f"GET {url} answered {resp.status}; cannot pin the hub's key yet")
+                    pem = await resp.read()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise DesiredError(f"cannot fetch the hub's key from {url}: {exc}") from None
+        try:
+            return self.desired.pin_hub_key(pem)
+        except ValueError as exc:
+            raise DesiredError(f"the hub's key from {url} is not a PEM public key: {exc}") from None
+
+    def _desired_policy(self, change: DesiredChange) -> tuple[Any, str | None]:
+        from edge.privacy import PolicyError, PrivacyStage, parse_policy
+        from edge.schema import dumps_toml
+
+        if change.policy is None:
+            return None, None
+        if self.config.privacy.require_signed:
+            raise DesiredError(
+                "privacy.require_signed = true: a policy must arrive as a file signed by the governance key, "
+                "so the hub's policy was not applied"
+            )
+        text = dumps_toml(change.policy)
+        try:
+            policy = parse_policy(text, path="desired-policy.toml")
+            # Validate against the channels the devices declare before anything changes.
+            PrivacyStage(policy, [c for d in self.devices for c in d.channels], clock_ms=self._clock_ms)
+        except PolicyError as exc:
+            raise DesiredError("; ".join(exc.problems) if hasattr(exc, "problems") else str(exc)) from None
+        return policy, text
+
+    def _desired_config(self, change: DesiredChange) -> GatewayConfig | None:
+        from edge.config import ConfigError, effective_toml, parse_config
+        from edge.schema import dumps_toml
+
+        if change.config is None:
+            return None
+        merged = overlay_config(effective_toml(self.config), change.config)
+        try:
+            return parse_config(dumps_toml(merged), path=self.config.path)
+        except ConfigError as exc:
+            raise DesiredError("; ".join(exc.problems)) from None
+
+    def swap_policy(self, policy: Any) -> None:
+        """Put a validated policy in force between two readings.
+
+        Synchronous on purpose: nothing else runs on the loop meanwhile, so every
+        reading is handled by exactly one of the two policies.  What the old policy
+        released is handed to the batcher before the batch's policy digest changes.
+        """
+        from edge.privacy import PrivacyStage
+
+        channels = [c for d in self.devices for c in d.channels]
+        state = Path(self.config.gateway.state_dir)
+        new = PrivacyStage(policy, channels, clock_ms=self._clock_ms, budget_state=state / "privacy-budget.json")
+        old, self.privacy = self.privacy, new
+        while not self.released.empty():
+            self.batcher.add_nowait(self.released.get_nowait())
+        for reading in old.flush(self._clock_ms()):
+            self.counters.readings_released += 1
+            self.batcher.add_nowait(reading)
+        self.batcher.set_channels(new.output_channels())
+        self.batcher.set_policy_digest(policy.digest)
+        self.policy = policy
+        log.info("policy swapped", extra={"policy": policy.digest.hex()[:16], "previous": old.policy.digest.hex()[:16]})
 
     # -- shutdown ---------------------------------------------------------------------------
 
-    async def stop(self, *, drain_timeout_s: float = 0.0) -> None:
+    async def stop(self, *, drain_timeout_s: float = 0.0, reloading: bool = False) -> None:
         """Stop reading, push everything in memory through privacy and the batcher into the spool.
 
         With ``drain_timeout_s`` the uplink keeps sending for up to that long, until the
-        spool is empty; what is left stays in the spool for the next start.
+        spool is empty; what is left stays in the spool for the next start.  With
+        ``reloading`` systemd hears RELOADING=1 instead of STOPPING=1.
         """
         if self._stopped:
             return
         self._stopped = True
-        self.notifier.stopping()
+        if reloading:
+            self.notifier.send("RELOADING=1")
+        else:
+            self.notifier.stopping()
         log.info("stopping: flushing readings in memory to the spool")
         await _cancel(self._device_tasks)
         await _cancel(self._bus_tasks)
@@ -372,18 +506,30 @@ def _summary_fields(gw: Gateway) -> dict[str, Any]:
     return fields
 
 
+STOP_TIMEOUT_S = 10.0
+
+
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel tasks and wait for them, but never let one that ignores cancellation hang the shutdown."""
     for t in tasks:
         t.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    for task, result in zip(tasks, results, strict=True):
-        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
-            log.error("task ended with an error", extra={"task": task.get_name(), "error": repr(result)[:300]})
+    if tasks:
+        _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+        for task in stuck:
+            log.error("task did not stop when cancelled; leaving it behind", extra={"task": task.get_name()})
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("task ended with an error", extra={"task": task.get_name(), "error": repr(task.exception())[:300]})
     tasks.clear()
 
 
 async def run_gateway(config: GatewayConfig, *, stop: asyncio.Event | None = None, **kwargs: Any) -> Gateway:
-    """Run until SIGTERM/SIGINT (or `stop` is set), then shut down cleanly. Returns the stopped gateway."""
+    """Run until SIGTERM/SIGINT (or `stop` is set), then shut down cleanly. Returns the stopped gateway.
+
+    A desired config from the hub restarts the pipeline in this process: the running one
+    is stopped (memory flushed to the spool), the new one started; if it fails to start,
+    the last good config is started again and the failure reported upstream.
+    """
     from edge.enrol import EnrolError
     from edge.privacy import PolicyError
     from edge.spool import SpoolError
@@ -392,15 +538,65 @@ async def run_gateway(config: GatewayConfig, *, stop: asyncio.Event | None = Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gateway = Gateway(config, **kwargs)
+    desired = DesiredState(config.gateway.state_dir, device_id=config.gateway.id)
+    reloads: asyncio.Queue[Reload] = asyncio.Queue()
+    config, policy = _last_applied(config, desired)
+
+    def make(cfg: GatewayConfig, pol: Any) -> Gateway:
+        return Gateway(cfg, policy=pol, desired=desired, request_reload=reloads.put_nowait, **kwargs)
+
+    gateway = make(config, policy)
     try:
         try:
             await gateway.start()
         except (PolicyError, EnrolError, SpoolError) as exc:
             raise StartError(str(exc)) from None
-        await stop.wait()
+        while True:
+            stopping = asyncio.ensure_future(stop.wait())
+            reloading = asyncio.ensure_future(reloads.get())
+            done, _ = await asyncio.wait({stopping, reloading}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            reloading.cancel()
+            if stopping in done:
+                break
+            request = reloading.result()
+            log.info("applying the hub's desired config: restarting the pipeline", extra={"etag": request.change.etag})
+            await gateway.stop(reloading=True)
+            candidate = make(request.config, request.policy)
+            try:
+                await candidate.start()
+            except Exception as exc:  # noqa: BLE001 - whatever broke, the last good config comes back
+                await candidate.stop(reloading=True)
+                desired.record_failure(request.change.etag, f"the new config did not start: {exc}")
+                gateway = make(gateway.config, gateway.policy)
+                await gateway.start()
+            else:
+                desired.record_success(request.change, policy_toml=request.policy_toml, config=request.change.config)
+                gateway = candidate
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await gateway.stop()
     return gateway
+
+
+def _last_applied(config: GatewayConfig, desired: DesiredState) -> tuple[GatewayConfig, Any]:
+    """The config and policy to start with: the hub's last applied ones when they still validate."""
+    from edge.config import ConfigError, effective_toml, parse_config
+    from edge.privacy import PolicyError, parse_policy
+    from edge.schema import dumps_toml
+
+    overlay = desired.saved_config_overlay()
+    if overlay is not None:
+        try:
+            config = parse_config(dumps_toml(overlay_config(effective_toml(config), overlay)), path=config.path)
+        except ConfigError as exc:
+            desired.record_failure(desired.applied_etag, "the saved desired config no longer validates: " + "; ".join(exc.problems))
+    policy = None
+    saved = desired.saved_policy_path()
+    if saved is not None and not config.privacy.require_signed:
+        try:
+            policy = parse_policy(saved.read_text(), path=str(saved))
+        except PolicyError as exc:
+            desired.record_failure(desired.applied_etag, f"the saved desired policy no longer validates: {exc}")
+    return config, policy
