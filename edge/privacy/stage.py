@@ -169,11 +169,11 @@ class PrivacyStage:
                 if rule.max_windows is not None and policy.budget is not None:
                     plan.bounding_key = RotatingKey(period_ms=policy.budget.period_ms)
             self._plans[channel.id] = plan
-        self._outputs = self._output_channels(channels)
+        self._outputs = self._output_channels()
 
     # -- what leaves -------------------------------------------------------------------
 
-    def _output_channels(self, channels: Sequence[Channel]) -> list[Channel]:
+    def _output_channels(self) -> list[Channel]:
         out: list[Channel] = []
         dp_devices: list[str] = []
         for plan in self._plans.values():
