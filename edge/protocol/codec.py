@@ -467,6 +467,7 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     channels: list[Channel] = []
     readings: list[Reading] = []
     all_stamps: list[list[int]] = []
+    seen: set[str] = set()
     for s in raw_series:
         if not (isinstance(s, list) and len(s) in (7, 8)):
             raise _fail("a series is not an array of 7 or 8 items")
@@ -476,6 +477,9 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
             raise _fail(f"series {name!r}: channel id, unit or count has the wrong type")
         if type(kind_code) is not int or kind_code & ~PERSONAL not in KINDS or not isinstance(quality, bytes):
             raise _fail(f"series {name!r}: kind {kind_code!r} or quality has the wrong type")
+        if name in seen:
+            raise _fail(f"series {name!r} appears twice in one batch")
+        seen.add(name)
         kind = KINDS[kind_code & ~PERSONAL]
         parts = _resolution_parts_of(resolution, name)
         try:

@@ -172,6 +172,14 @@ def test_a_time_unit_other_than_10_100_or_1000_ms_is_malformed():
         decode_body(body)
 
 
+def test_a_channel_appearing_twice_is_malformed():
+    from edge.protocol.codec import decode_body
+
+    series = ["a/b", "", 0, None, 1, b"\x00", [2, 0, b"\x00"]]
+    with pytest.raises(ProtocolError, match="twice"):
+        decode_body(cbor2.dumps([0, [series, series]]))
+
+
 def test_a_time_reference_to_a_later_series_is_malformed():
     body = cbor2.dumps([0, [["a/b", "", 0, None, 1, 1, [2, 0, b"\x00"]], ["a/c", "", 0, None, 1, b"\x00", [2, 0, b"\x00"]]]])
     from edge.protocol.codec import decode_body
