@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.privacy import PrivacyStage
+from edge.privacy.location import geohash_cell_deg, snap
 from edge.types import Channel, Kind, Quality, Reading
 
 from .support import GPS_CHANNELS, MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
@@ -178,3 +181,16 @@ def test_budget_channel_is_declared_for_each_device_with_a_noisy_count() -> None
         ("ped-1/mac.distinct_15m", Kind.NUMBER),
         ("ped-1/privacy.budget_exhausted", Kind.BOOL),
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    value=st.floats(min_value=-89.999, max_value=89.999, allow_nan=False),
+    precision=st.integers(min_value=1, max_value=12),
+    axis=st.sampled_from(["latitude", "longitude"]),
+)
+def test_a_geohash_cell_centre_is_within_half_a_cell_and_stable(value: float, precision: int, axis: str) -> None:
+    cell = geohash_cell_deg(precision, axis)
+    centre = snap(value, cell, axis)
+    assert abs(centre - value) <= cell / 2 + 1e-7
+    assert snap(centre, cell, axis) == centre  # generalising twice changes nothing
