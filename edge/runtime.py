@@ -523,7 +523,13 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     tasks.clear()
 
 
-async def run_gateway(config: GatewayConfig, *, stop: asyncio.Event | None = None, **kwargs: Any) -> Gateway:
+async def run_gateway(
+    config: GatewayConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    started: Callable[[Gateway], None] | None = None,
+    **kwargs: Any,
+) -> Gateway:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut down cleanly. Returns the stopped gateway.
 
     A desired config from the hub restarts the pipeline in this process: the running one
@@ -551,6 +557,8 @@ async def run_gateway(config: GatewayConfig, *, stop: asyncio.Event | None = Non
             await gateway.start()
         except (PolicyError, EnrolError, SpoolError) as exc:
             raise StartError(str(exc)) from None
+        if started is not None:
+            started(gateway)
         while True:
             stopping = asyncio.ensure_future(stop.wait())
             reloading = asyncio.ensure_future(reloads.get())
@@ -573,6 +581,8 @@ async def run_gateway(config: GatewayConfig, *, stop: asyncio.Event | None = Non
             else:
                 desired.record_success(request.change, policy_toml=request.policy_toml, config=request.change.config)
                 gateway = candidate
+            if started is not None:
+                started(gateway)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

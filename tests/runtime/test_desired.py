@@ -1,0 +1,179 @@
+"""The hub's desired policy and config reach a running gateway: applied whole, or refused with the last good kept."""
+
+from __future__ import annotations
+
+import asyncio
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from edge.config import load_config
+from edge.enrol import enrol
+from edge.runtime import Gateway, run_gateway
+from hub.app import run_hub
+
+SCENARIO = """
+[scenario]
+name = "desired-test"
+seed = 3
+latitude = 43.6452
+longitude = -79.3957
+
+[[devices]]
+name = "pm-1"
+kind = "sds011"
+poll_interval = "1s"
+[devices.options]
+mode = "active"
+"""
+
+POLICY = """
+[policy]
+name = "air quality, kept"
+version = "1"
+organisation = "Test city"
+contact = "it@test.example"
+purpose = "testing desired state"
+retention = "none"
+
+[channels."pm-1/*"]
+rule = "keep"
+purpose = "air quality"
+"""
+
+QUANTIZED = tomllib.loads(
+    POLICY.replace('version = "1"', 'version = "2"').replace('rule = "keep"', 'rule = "quantize"\nstep = 5.0')
+)
+
+
+@pytest.fixture
+async def setup(hilsim_run, tmp_path):
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(SCENARIO)
+    sim = await hilsim_run(scenario)
+    (tmp_path / "policy.toml").write_text(POLICY)
+    async with run_hub(listen="127.0.0.1:0", state_dir=tmp_path / "hub") as hub:
+        text = sim.gateway_config_toml(state_dir=tmp_path / "state", hub=hub.url, gateway_id="pole-7", policy="policy.toml")
+        config_path = tmp_path / "gateway.toml"
+        config_path.write_text(text.replace('flush_interval = "30s"', 'flush_interval = "1s"'))
+        config = load_config(config_path)
+        await enrol(hub_url=hub.url, token=await hub.create_token(), device_id="pole-7", key_path=Path(config.uplink.key))
+        yield hub, config
+
+
+async def _until(predicate, timeout=20.0):
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_desired_policy_is_swapped_in_and_reported_back(setup):
+    hub, config = setup
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        old_digest = gateway.policy.digest
+        await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
+        await gateway.uplink.send_status()
+        await _until(lambda: gateway.desired.applied_etag != "")
+        swapped_ms = gateway._clock_ms()
+        assert gateway.policy.digest != old_digest
+        await _until(lambda: gateway.batcher.stats()["batches_sealed"] >= 2)
+        await gateway.uplink.send_status()
+        device = await hub.store.device("pole-7")
+        assert device.policy_digest == gateway.policy.digest.hex(), "the hub sees the policy now in force"
+        assert device.applied_etag == gateway.desired.applied_etag
+        assert device.errors == ()
+    finally:
+        await gateway.stop(drain_timeout_s=10)
+    stored = await hub.store.readings(device_id="pole-7", channel="pm-1/pm2_5", limit=100_000)
+    after = [r.value for r in stored if r.ts_ms > swapped_ms]
+    assert len(after) >= 2, "readings kept flowing after the swap"
+    assert all(float(v) % 5 == 0 for v in after), f"released under the new policy: quantized to 5 ({after})"
+
+
+async def test_a_policy_that_does_not_validate_is_refused_and_the_old_one_stays(setup, tmp_path):
+    hub, config = setup
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        good = gateway.policy.digest
+        bad = dict(QUANTIZED)
+        bad["channels"] = {"pm-1/*": {"rule": "quantize", "step": -1.0, "purpose": "x"}}
+        await hub.set_desired("device", "pole-7", {"policy": bad})
+        await gateway.uplink.send_status()
+        await _until(lambda: gateway.desired.last_error != "")
+        assert gateway.policy.digest == good
+        assert "step" in gateway.desired.last_error
+        await gateway.uplink.send_status()
+        device = await hub.store.device("pole-7")
+        assert any("not applied" in e for e in device.errors), device.errors
+        assert device.policy_digest == good.hex()
+    finally:
+        await gateway.stop()
+
+
+async def test_a_document_not_signed_by_the_pinned_hub_key_is_refused(setup):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    hub, config = setup
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        impostor = Ed25519PrivateKey.generate().public_key()
+        gateway.desired.pin_hub_key(
+            impostor.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        good = gateway.policy.digest
+        await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
+        await gateway.uplink.send_status()
+        await _until(lambda: gateway.desired.last_error != "")
+        assert "signature" in gateway.desired.last_error
+        assert gateway.policy.digest == good
+    finally:
+        await gateway.stop()
+
+
+async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(setup):
+    hub, config = setup
+    stop = asyncio.Event()
+    running: list[Gateway] = []
+    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
+    try:
+        await _until(lambda: running)
+        first = running[0]
+        assert first.config.batch.max_readings == 20000
+        await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 7}}})
+        await first.uplink.send_status()
+        await _until(lambda: len(running) == 2)
+        second = running[1]
+        assert second.config.batch.max_readings == 7
+        assert second.desired.applied_etag
+        assert second.boot.boot_epoch == first.boot.boot_epoch + 1
+        await asyncio.sleep(2)
+    finally:
+        stop.set()
+        last = await task
+    released = running[0].counters.readings_released + running[1].counters.readings_released
+    spooled = (last.spool_stats_at_stop or {}).get("readings", 0)
+    stored = (await hub.counters("pole-7"))["readings_stored"]
+    assert stored + spooled == released, "every reading is at the hub or in the spool, once"
+
+
+async def test_a_desired_config_that_does_not_validate_keeps_the_running_pipeline(setup):
+    hub, config = setup
+    stop = asyncio.Event()
+    running: list[Gateway] = []
+    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
+    try:
+        await _until(lambda: running)
+        await hub.set_desired("device", "pole-7", {"config": {"batch": {"span": "soon"}}})
+        await running[0].uplink.send_status()
+        await _until(lambda: running[0].desired.last_error != "")
+        assert 'batch.span = "soon"' in running[0].desired.last_error
+        assert len(running) == 1, "nothing was restarted"
+    finally:
+        stop.set()
+        await task
