@@ -172,8 +172,11 @@ class Batcher:
         while True:
             timeout = self._time_to_close()
             if not self._ready:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancel that arrives just as the event is set, and shutdown would hang.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
             self._wake.clear()

@@ -85,7 +85,8 @@ async def _run(state: Path, *, duration: float | None, scenario: str, seed: int,
                     if duration is not None and time.monotonic() - started >= duration:
                         break
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            await stop.wait()
                     if live:
                         acked = (await hub.counters(config.gateway.id))["readings_stored"]
                         _status_line(gateway, acked, time.monotonic() - started)

@@ -198,8 +198,11 @@ class Uplink:
                     log.info("spool usable again; delivery resumed")
                 if batch is None:
                     await asyncio.to_thread(self._spool.flush_acks)
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                    # cancel that arrives just as the event is set, and shutdown would hang.
                     try:
-                        await asyncio.wait_for(self._wake.wait(), self._idle_poll_s)
+                        async with asyncio.timeout(self._idle_poll_s):
+                            await self._wake.wait()
                     except TimeoutError:
                         pass
                     continue

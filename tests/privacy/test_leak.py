@@ -147,15 +147,6 @@ class Hub:
         return web.json_response({"ok": True, "desired": None, "etag": "0"})
 
 
-async def _recancel() -> None:
-    """Repeat the cancel to every task that was asked to stop but is still running."""
-    while True:
-        await asyncio.sleep(1.0)
-        for task in asyncio.all_tasks():
-            if task.cancelling() and not task.done():
-                task.cancel()
-
-
 def decoded(data: bytes, public_key) -> bytes:
     """A sealed batch or status report, opened, as text: what a reader of the data would see."""
     try:
@@ -238,17 +229,11 @@ async def test_no_mac_address_or_exact_position_leaves_the_gateway_in_any_form(h
                 while not any(kind == "batch" for kind, _ in hub.bodies):
                     await asyncio.sleep(0.1)
         finally:
-            # Python 3.11's asyncio.wait_for drops a cancel that races the event it waits on,
-            # which the uplink's idle wait can meet at shutdown; a repeated cancel still stops
-            # it, so the leak scan is not held hostage by that (separately reported) race.
-            nudge = asyncio.create_task(_recancel())
             try:
                 async with asyncio.timeout(60):
                     await gateway.stop()
             except TimeoutError:
                 pytest.fail("Gateway.stop() did not return within 60 s", pytrace=False)
-            finally:
-                nudge.cancel()
     finally:
         for handler in list(root.handlers):
             root.removeHandler(handler)
