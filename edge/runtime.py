@@ -103,6 +103,8 @@ class Gateway:
         self._stage_tasks: list[asyncio.Task[None]] = []
         self._service_tasks: list[asyncio.Task[None]] = []
         self._local_api_runner: Any = None
+        self._notice_changed = asyncio.Event()
+        self._notice_cache: tuple[bytes, dict[str, Any]] | None = None
         self.spool: Any = None
         self.privacy: Any = None
         self.batcher: Any = None
@@ -216,6 +218,8 @@ class Gateway:
         ]
         if self.uplink is not None:
             self._service_tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+            self._service_tasks.append(asyncio.create_task(self._publish_notice(), name="notice"))
+            self._notice_changed.set()
         self._service_tasks.append(asyncio.create_task(watchdog_loop(self.notifier), name="watchdog"))
         if cfg.local_api.enabled:
             await self._start_local_api(policy)
@@ -236,14 +240,34 @@ class Gateway:
     def _driver_factory(self, dev: _Device) -> Callable[[], Driver]:
         return lambda: dev.driver_cls(dev.context)
 
+    def notice(self) -> dict[str, Any]:
+        """The transparency notice for the policy in force now (rebuilt when the policy changes)."""
+        from edge.privacy import build_notice
+
+        if self._notice_cache is None or self._notice_cache[0] != self.policy.digest:
+            channels = [c for d in self.devices for c in d.channels]
+            self._notice_cache = (self.policy.digest, build_notice(self.policy, self.config, channels=channels))
+        return self._notice_cache[1]
+
+    async def _publish_notice(self) -> None:
+        """Send the notice to the hub's public register at start and after each policy change, until it lands."""
+        attempt = 0
+        while True:
+            await self._notice_changed.wait()
+            if await self.uplink.send_notice(self.notice()):
+                self._notice_changed.clear()
+                attempt = 0
+                continue
+            attempt += 1
+            await asyncio.sleep(min(300.0, 2.0 ** min(attempt, 9)))
+
     async def _start_local_api(self, policy: Any) -> None:
         from aiohttp import web
 
         from edge.localapi import create_app
-        from edge.privacy import build_notice, render_notice_html
+        from edge.privacy import render_notice_html
 
-        notice = build_notice(policy, self.config)
-        app = create_app(notice_html=render_notice_html(notice), notice_json=notice, status=self.status)
+        app = create_app(notice_html=lambda: render_notice_html(self.notice()), notice_json=self.notice, status=self.status)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         listen = self.config.local_api.listen
@@ -435,6 +459,7 @@ class Gateway:
         self.batcher.set_channels(new.output_channels())
         self.batcher.set_policy_digest(policy.digest)
         self.policy = policy
+        self._notice_changed.set()
         log.info("policy swapped", extra={"policy": policy.digest.hex()[:16], "previous": old.policy.digest.hex()[:16]})
 
     # -- shutdown ---------------------------------------------------------------------------

@@ -416,6 +416,28 @@ class Uplink:
                 self._on_desired(self.desired, etag)
         return True
 
+    async def send_notice(self, notice: Mapping[str, Any]) -> bool:
+        """Publish the transparency notice to the hub's public register; True if the hub took it."""
+        data = seal_status(
+            {"device_id": self.device_id, "ts_ms": self._clock_ms(), "notice": dict(notice)},
+            device_id=self.device_id,
+            private_key=self._private_key,
+        )
+        self._spend(len(data))
+        try:
+            async with self._http().post(
+                f"{self.hub_url}/oxp/v1/notice", data=data, headers={"Content-Type": MEDIA_TYPE}
+            ) as resp:
+                body = await resp.read()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            log.debug("notice not delivered", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return False
+        document = _json_object(body)
+        if resp.status != 200 or document is None or document.get("ok") is not True:
+            log.debug("notice refused", extra={"status": resp.status})
+            return False
+        return True
+
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:

@@ -177,3 +177,26 @@ async def test_a_desired_config_that_does_not_validate_keeps_the_running_pipelin
     finally:
         stop.set()
         await task
+
+
+async def test_the_transparency_notice_reaches_the_hub_register_and_follows_a_policy_swap(setup):
+    hub, config = setup
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        await _until(lambda: not gateway._notice_changed.is_set())
+        notices = await hub.store.notices(device_id="pole-7")
+        assert len(notices) == 1
+        first = notices[0].notice
+        assert first["place"]["gateway_id"] == "pole-7"
+        assert first["policy"]["digest"] == gateway.policy.digest.hex()
+        await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
+        await gateway.uplink.send_status()
+        await _until(lambda: gateway.desired.applied_etag != "")
+        await _until(lambda: not gateway._notice_changed.is_set())
+        notices = await hub.store.notices(device_id="pole-7")
+        assert len(notices) == 2, "a new policy publishes a new notice"
+        digests = {n.notice["policy"]["digest"] for n in notices}
+        assert digests == {first["policy"]["digest"], gateway.policy.digest.hex()}
+    finally:
+        await gateway.stop()
