@@ -90,6 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     device = group.add_subparsers(title="device commands", metavar="COMMAND")
     dlist = device.add_parser("list", parents=[common], help="list devices with their health")
     dlist.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    dlist.add_argument("--stale-after", type=_duration("--stale-after"), default=900.0, metavar="DURATION",
+                       help="a device unheard of for this long is stale (default 15m, as the hub's)")
     dlist.set_defaults(func=_device_list)
     for name, status, text in (("revoke", "revoked", "revoke a device: its key is refused from now on"), ("approve", "active", "approve a pending device")):
         action = device.add_parser(name, parents=[common], help=text)
@@ -182,7 +184,7 @@ def _device_list(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         now = _now_ms()
         devices = await store.devices()
-        stale_ms = 900_000
+        stale_ms = int(args.stale_after * 1000)
         if args.json:
             rows = [{"device_id": d.device_id, "status": d.status, "health": device_health(d, now=now, stale_after_ms=stale_ms), "fleet": d.fleet,
                      "last_seen_ms": d.last_seen_ms, "software_version": d.software_version, "readings_stored": d.readings_stored,
