@@ -50,7 +50,7 @@ def protocol_problem(exc: ProtocolError) -> web.Response:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes | web.Response:
-    """The request body, or a 415/413 answer; never reads more than ``limit`` + 1 bytes."""
+    """The whole request body, or a 415/413 answer; stops reading as soon as the body passes ``limit``."""
     if request.content_type != COSE_MEDIA:
         return problem(415, "unsupported_media_type", f"Content-Type {request.content_type!r}: expected {COSE_MEDIA}; cose-type=\"cose-sign1\"")
     if request.content_length is not None and request.content_length > limit:

@@ -206,3 +206,21 @@ async def test_a_device_sending_bad_batches_is_logged_once_when_it_starts_and_on
     await post_cose(http, f"{running_hub.url}/oxp/v1/batches", gateway.batch(1))
     lines = [(r.getMessage(), getattr(r, "error", None) or getattr(r, "after_error", None)) for r in caplog.records if r.name == "ocn.hub.ingest"]
     assert lines == [("device batches refused", "bad_signature"), ("device batches accepted again", "bad_signature")]
+
+
+async def test_a_batch_of_hundreds_of_kilobytes_arrives_whole_and_is_stored(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    import random
+
+    from edge.protocol import BatchHeader, seal_batch
+    from edge.types import Channel, Reading
+
+    rng = random.Random(1)
+    channel = Channel("meter-1/noise", unit="V")  # no resolution: raw floats, which barely compress
+    readings = [Reading(channel.id, 1_790_000_000_000 + i, rng.random(), "V") for i in range(40_000)]
+    header = BatchHeader(device_id="pole-0042", key_id=gateway.key_id, boot_epoch=1, seq=9, policy_digest=b"", codec="zstd", created_ms=1)
+    data = seal_batch(header, [channel], readings, gateway.private_key)
+    assert len(data) > 200_000
+    status, ack, _ = await post_cose(http, f"{running_hub.url}/oxp/v1/batches", data)
+    assert (status, ack["status"]) == (200, "stored")
+    stored = await running_hub.store.readings(channel="meter-1/noise", limit=100_000)
+    assert [r.value for r in stored] == [r.value for r in readings]
