@@ -387,26 +387,38 @@ class Uplink:
             report.update(self._status_provider())
         return report
 
-    async def send_status(self) -> bool:
-        """Send one signed status report; True if the hub took it.  Failures only wait for the next round."""
-        if self.daily_budget > 0:
-            self._refresh_budget()
-            if self._budget_used >= self.daily_budget:
-                return False
-        report = await asyncio.to_thread(self.status_report)
-        data = seal_status(report, device_id=self.device_id, private_key=self._private_key)
+    def _over_budget(self) -> bool:
+        if self.daily_budget <= 0:
+            return False
+        self._refresh_budget()
+        return self._budget_used >= self.daily_budget
+
+    async def _post_signed(self, path: str, message: Mapping[str, Any], what: str) -> dict[str, Any] | None:
+        """Seal ``message`` as a signed OXP status-type message, POST it, and return the hub's JSON
+        answer when it says ok; None (logged at debug: the caller retries later) otherwise."""
+        data = seal_status(message, device_id=self.device_id, private_key=self._private_key)
         self._spend(len(data))
         try:
             async with self._http().post(
-                f"{self.hub_url}/oxp/v1/status", data=data, headers={"Content-Type": MEDIA_TYPE}
+                f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE}
             ) as resp:
                 body = await resp.content.read(_MAX_REPLY_BYTES)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.debug("status report not delivered", extra={"error": f"{type(exc).__name__}: {exc}"})
-            return False
+            log.debug(f"{what} not delivered", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return None
         document = _json_object(body)
         if resp.status != 200 or document is None or document.get("ok") is not True:
-            log.debug("status report refused", extra={"status": resp.status})
+            log.debug(f"{what} refused", extra={"status": resp.status})
+            return None
+        return document
+
+    async def send_status(self) -> bool:
+        """Send one signed status report; True if the hub took it.  Failures only wait for the next round."""
+        if self._over_budget():
+            return False
+        report = await asyncio.to_thread(self.status_report)
+        document = await self._post_signed("/oxp/v1/status", report, "status report")
+        if document is None:
             return False
         self.counters.status_sent += 1
         etag = str(document.get("etag", ""))
@@ -418,25 +430,10 @@ class Uplink:
 
     async def send_notice(self, notice: Mapping[str, Any]) -> bool:
         """Publish the transparency notice to the hub's public register; True if the hub took it."""
-        data = seal_status(
-            {"device_id": self.device_id, "ts_ms": self._clock_ms(), "notice": dict(notice)},
-            device_id=self.device_id,
-            private_key=self._private_key,
-        )
-        self._spend(len(data))
-        try:
-            async with self._http().post(
-                f"{self.hub_url}/oxp/v1/notice", data=data, headers={"Content-Type": MEDIA_TYPE}
-            ) as resp:
-                body = await resp.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.debug("notice not delivered", extra={"error": f"{type(exc).__name__}: {exc}"})
+        if self._over_budget():
             return False
-        document = _json_object(body)
-        if resp.status != 200 or document is None or document.get("ok") is not True:
-            log.debug("notice refused", extra={"status": resp.status})
-            return False
-        return True
+        message = {"device_id": self.device_id, "ts_ms": self._clock_ms(), "notice": dict(notice)}
+        return await self._post_signed("/oxp/v1/notice", message, "notice") is not None
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:
