@@ -113,6 +113,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        # Exports across every channel in time order walk this index instead of sorting all chunks.
+        """
+        CREATE INDEX chunks_by_first ON chunks (first_ms, id);
+        """,
+    ),
 )
 
 _ENGINE = {

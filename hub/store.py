@@ -172,6 +172,10 @@ class Store(abc.ABC):
     async def close(self) -> None:
         """Finish pending writes and release the database."""
 
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The number of the newest schema migration applied."""
+
     # enrolment and keys
     @abc.abstractmethod
     async def create_token(self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int) -> int: ...

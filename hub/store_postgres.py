@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hub.schema import MIGRATIONS, migration_statements
+from hub import schema
 from hub.store import (
     Device,
     DeviceKey,
@@ -33,9 +33,9 @@ __all__ = ["PostgresStore"]
 log = logging.getLogger("ocn.hub.store")
 
 
-def _lock_key(schema: str | None) -> int:
+def _lock_key(search_path: str | None) -> int:
     """The advisory lock that serialises migrations of one schema across hub processes."""
-    digest = hashlib.sha256(f"ocn-hub-migrate:{schema or 'public'}".encode()).digest()
+    digest = hashlib.sha256(f"ocn-hub-migrate:{search_path or 'public'}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
@@ -50,16 +50,16 @@ class PostgresStore(Store):
     async def open(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStore:
         import asyncpg
 
-        dsn, schema = postgres_schema(url)
+        dsn, search_path = postgres_schema(url)
         # The application name lets a DBA see (and tests find) the hub's connections.
-        settings = {"application_name": f"ocn-hub:{schema or 'public'}"}
-        if schema:
-            settings["search_path"] = schema
+        settings = {"application_name": f"ocn-hub:{search_path or 'public'}"}
+        if search_path:
+            settings["search_path"] = search_path
         try:
-            if schema:
+            if search_path:
                 conn = await asyncpg.connect(dsn)
                 try:
-                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{search_path}"')
                 except asyncpg.UniqueViolationError:
                     pass  # another hub process created it a moment ago
                 finally:
@@ -68,25 +68,28 @@ class PostgresStore(Store):
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"--db {url!r}: cannot connect: {exc}") from exc
         store = cls(url, pool)
-        await store._migrate(schema)
+        await store._migrate(search_path)
         return store
 
-    async def _migrate(self, schema: str | None) -> None:
+    async def _migrate(self, search_path: str | None) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
             # Every process takes the same lock before looking at the version, so
             # concurrent starts apply each migration exactly once.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(schema))
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(search_path))
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-            for version, sql in MIGRATIONS:
+            for version, sql in schema.MIGRATIONS:
                 if version > current:
-                    for statement in migration_statements("postgresql", sql):
+                    for statement in schema.migration_statements("postgresql", sql):
                         await conn.execute(statement)
                     await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
                     log.info("applied schema migration", extra={"version": version, "engine": "postgresql"})
 
     async def close(self) -> None:
         await self._pool.close()
+
+    async def schema_version(self) -> int:
+        return await self._pool.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
 
     # --- enrolment and keys -----------------------------------------------------------
 

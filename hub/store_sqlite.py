@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from edge.types import Channel
-from hub.schema import MIGRATIONS, migration_statements
+from hub import schema
 from hub.store import (
     DeviceKey,
     EnrolOutcome,
@@ -59,9 +59,9 @@ def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
         current = row[0] or 0
-        for version, sql in MIGRATIONS:
+        for version, sql in schema.MIGRATIONS:
             if version > current:
-                for statement in migration_statements("sqlite", sql):
+                for statement in schema.migration_statements("sqlite", sql):
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 log.info("applied schema migration", extra={"version": version, "engine": "sqlite"})
@@ -110,6 +110,10 @@ class SQLiteStore(Store):
         for conn in self._reader_conns:
             conn.close()
         self._reader_conns.clear()
+
+    async def schema_version(self) -> int:
+        rows = await self._read("SELECT coalesce(max(version), 0) FROM schema_version")
+        return int(rows[0][0])
 
     # --- plumbing ---------------------------------------------------------------------
 

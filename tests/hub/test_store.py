@@ -229,3 +229,23 @@ async def test_readings_can_be_filtered_and_ordered_by_value(store: Store) -> No
     await store.store_batch(batch(key_id, seq=1, n=10))
     top = await store.readings(channel="pm-1/pm2_5", match=lambda r: r.value < 15, order="value", descending=True, limit=2)
     assert [r.value for r in top] == [14.5, 13.5]
+
+
+async def test_a_store_migrated_to_an_older_version_is_brought_up_to_date(db_url: str) -> None:
+    from hub import schema
+
+    latest = schema.MIGRATIONS
+    schema.MIGRATIONS = latest[:1]
+    try:
+        old = await open_store(db_url)
+        assert await old.schema_version() == 1
+        await old.close()
+    finally:
+        schema.MIGRATIONS = latest
+    current = await open_store(db_url)
+    try:
+        assert await current.schema_version() == latest[-1][0]
+        key_id = await enrolled(current)
+        assert await current.store_batch(batch(key_id, seq=1)) == "stored"
+    finally:
+        await current.close()
