@@ -33,6 +33,7 @@ import argparse
 import csv
 import gzip
 import json
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol import Batch, BatchHeader, key_id, open_batch, seal_batch, senml_cbor, to_senml
+from edge.privacy.load import load_policy
+from edge.privacy.stage import PrivacyStage
 from edge.protocol import codec as oxp_codec
 from edge.types import Channel, Reading
 
@@ -258,6 +261,29 @@ def reference_station(hours: float, *, with_gps: bool = True) -> Source:
     return Source(name, channels, readings)
 
 
+DEMO_POLICY = Path(__file__).resolve().parents[1] / "policies" / "demo.toml"
+
+
+def as_released(source: Source, policy_path: Path = DEMO_POLICY) -> Source:
+    """The readings of ``source`` as they leave the gateway: run through the real privacy stage under a policy.
+
+    Under policies/demo.toml the GPS is generalized to the centre of its 250 m grid cell and
+    the meter is released as 5-minute mean/min/max; particulate and weather pass unchanged.
+    """
+    policy = load_policy(policy_path)
+    clock = [source.readings[0].ts_ms if source.readings else 0]
+    stage = PrivacyStage(policy, source.channels, clock_ms=lambda: clock[0], rng=random.Random(1))
+    released: list[Reading] = []
+    for r in source.readings:
+        clock[0] = r.ts_ms
+        released += stage.tick(r.ts_ms)
+        released += stage.process(r)
+    released += stage.flush(clock[0])
+    released.sort(key=lambda r: r.ts_ms)
+    name = source.name.replace("reference station", "as released (demo policy)")
+    return Source(name, list(stage.output_channels()), released)
+
+
 def windows(source: Source, span_s: int) -> list[list[Reading]]:
     span = span_s * 1000
     groups: dict[int, list[Reading]] = {}
@@ -389,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
 
     station = reference_station(args.hours)
     station_no_gps = reference_station(args.hours, with_gps=False)
-    sources = [station, station_no_gps]
+    sources = [station, as_released(station), station_no_gps]
     if not args.quick:
         sources += [load_ampds2(), load_sds011(), load_dht22(), load_weather(), load_fremont(), load_gotrack(), load_nmea()]
     print_sizes(sources)

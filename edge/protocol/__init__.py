@@ -1,4 +1,4 @@
-"""The open exchange protocol (OXP/1): sealing and opening signed batches and status reports.
+"""The open exchange protocol (OXP/2): sealing and opening signed batches and status reports.
 
 Pure functions with no I/O and no asyncio (except the key-file helpers), shared by
 the gateway and the hub; docs/protocol.md is the normative specification.

@@ -1,4 +1,4 @@
-"""The OXP/1 payload: readings as columnar per-channel series, then zstd or deflate (pure functions)."""
+"""The OXP/2 payload: readings as columnar per-channel series, then zstd or deflate (pure functions)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from operator import attrgetter
 import cbor2
 import zstandard
 
+from edge.protocol.dictionary import DICTIONARY, UNIT_CODES, UNITS
 from edge.protocol.errors import ProtocolError
 from edge.protocol.varint import (
     INT64_MAX,
@@ -239,7 +240,7 @@ def _resolution_item(resolution: float | None) -> None | int | list[int]:
         return None
     mantissa, exponent = resolution_parts(resolution)
     if not -30 <= exponent <= 30:
-        raise ValueError(f"resolution {resolution!r}: OXP/1 carries steps from 1e-30 to 1e30")
+        raise ValueError(f"resolution {resolution!r}: OXP/2 carries steps from 1e-30 to 1e30")
     return exponent if mantissa == 1 else [mantissa, exponent]
 
 
@@ -271,8 +272,16 @@ _value_of = attrgetter("value")
 _quality_of = attrgetter("quality")
 
 
+def _split_id(channel_id: str, devices: dict[str, int]) -> tuple[int, str]:
+    """(device index, name) of a channel id "<device>/<name>"; an id without "/" goes under device ""."""
+    device, slash, name = channel_id.partition("/")
+    if not slash:
+        device, name = "", channel_id
+    return devices.setdefault(device, len(devices)), name
+
+
 def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> bytes:
-    """The uncompressed OXP/1 body (a CBOR array) for these channels and readings."""
+    """The uncompressed OXP/2 body (a CBOR array) for these channels and readings."""
     groups: dict[str, list[Reading]] = {}
     for channel in channels:
         if channel.id in groups:
@@ -294,15 +303,17 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
         series.append((channel, group, list(map(_time_of, group))))
     t0 = min((min(times) for _, _, times in series if times), default=0)
     body_series = []
+    devices: dict[str, int] = {}
     time_columns: dict[tuple, int] = {}  # a column already sent -> the index of its series
     for index, (channel, group, times) in enumerate(series):
         if times and not (set(map(type, times)) == {int} and INT64_MIN <= min(times) and max(times) <= INT64_MAX):
             bad = next(t for t in times if type(t) is not int or not INT64_MIN <= t <= INT64_MAX)
             raise ValueError(f"channel {channel.id!r}: ts_ms {bad!r} is not a signed 64-bit integer of milliseconds")
+        device, name = _split_id(channel.id, devices)
         entry = [
-            channel.id,
-            channel.unit,
-            KIND_CODES[channel.kind] + (PERSONAL if channel.personal else 0),
+            device * 8 + KIND_CODES[channel.kind] + (PERSONAL if channel.personal else 0),
+            name,
+            UNIT_CODES.get(channel.unit, channel.unit),
             _resolution_item(channel.resolution),
             len(group),
             _times(times, t0, index, time_columns),
@@ -312,19 +323,36 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
         if qualities.count(None) != len(qualities):
             entry.append(_quality_column(qualities))
         body_series.append(entry)
-    return cbor2.dumps([t0, body_series])
+    return cbor2.dumps([t0, list(devices), body_series])
+
+
+_ZSTD_DICTIONARY = zstandard.ZstdCompressionDict(DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+_ZSTD_DICTIONARY.precompute_compress(level=ZSTD_LEVEL)
 
 
 def compress(body: bytes, codec: str, *, level: int | None = None) -> bytes:
-    """The body compressed with ``codec`` ("zstd": one zstd frame with its content size; "deflate": a zlib stream).
+    """The body compressed with ``codec`` and the OXP dictionary (docs/protocol.md §6.1).
 
-    ``level`` overrides the pinned level (ZSTD_LEVEL, DEFLATE_LEVEL); the test vectors assume the pinned one.
+    "zstd": one zstd frame with its content size, the dictionary as raw content; "deflate": a
+    zlib stream with the dictionary preset. ``level`` overrides the pinned level (ZSTD_LEVEL,
+    DEFLATE_LEVEL); the test vectors assume the pinned one.
     """
     if codec == "zstd":
-        zstd_level = ZSTD_LEVEL if level is None else level
-        return zstandard.ZstdCompressor(level=zstd_level, write_content_size=True, write_checksum=False).compress(body)
+        if level is None or level == ZSTD_LEVEL:
+            dictionary = _ZSTD_DICTIONARY
+        else:
+            dictionary = zstandard.ZstdCompressionDict(DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        compressor = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL if level is None else level,
+            dict_data=dictionary,
+            write_content_size=True,
+            write_checksum=False,
+            write_dict_id=False,
+        )
+        return compressor.compress(body)
     if codec == "deflate":
-        return zlib.compress(body, DEFLATE_LEVEL if level is None else level)
+        deflater = zlib.compressobj(DEFLATE_LEVEL if level is None else level, zdict=DICTIONARY)
+        return deflater.compress(body) + deflater.flush()
     raise ValueError(f"codec {codec!r}: expected one of {', '.join(CODECS)}")
 
 
@@ -340,12 +368,12 @@ def decompress(data: bytes, codec: str) -> bytes:
         if size > MAX_PAYLOAD_BYTES:
             raise ProtocolError("too_large", f"payload decompresses to {size} bytes, over {MAX_PAYLOAD_BYTES}")
         try:
-            body = zstandard.ZstdDecompressor().decompress(data, max_output_size=MAX_PAYLOAD_BYTES)
+            body = zstandard.ZstdDecompressor(dict_data=_ZSTD_DICTIONARY).decompress(data, max_output_size=MAX_PAYLOAD_BYTES)
         except zstandard.ZstdError as exc:
             raise ProtocolError("malformed", f"zstd payload does not decompress ({exc})") from None
         return body
     if codec == "deflate":
-        inflater = zlib.decompressobj()
+        inflater = zlib.decompressobj(zdict=DICTIONARY)
         try:
             body = inflater.decompress(data, MAX_PAYLOAD_BYTES + 1)
         except zlib.error as exc:
@@ -361,7 +389,7 @@ def decompress(data: bytes, codec: str) -> bytes:
 
 
 def encode_payload(channels: Sequence[Channel], readings: Iterable[Reading], *, codec: str) -> bytes:
-    """The compressed OXP/1 payload for these channels and readings."""
+    """The compressed OXP/2 payload for these channels and readings."""
     return compress(encode_body(channels, readings), codec)
 
 
@@ -454,16 +482,18 @@ def _resolution_parts_of(item: object, name: str) -> tuple[int, int] | None:
 
 
 def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
-    """Channels and readings from an uncompressed OXP/1 body; readings come grouped per channel."""
+    """Channels and readings from an uncompressed OXP/2 body; readings come grouped per channel."""
     try:
         doc = cbor2.loads(body)
     except cbor2.CBORDecodeEOF:
         raise ProtocolError("truncated", "payload body ends inside a CBOR item") from None
     except (cbor2.CBORDecodeError, RecursionError) as exc:
         raise _fail(f"payload body is not CBOR ({exc})") from None
-    if not (isinstance(doc, list) and len(doc) == 2 and type(doc[0]) is int and isinstance(doc[1], list)):
-        raise _fail("payload body is not [base time, [series...]]")
-    t0, raw_series = doc
+    if not (isinstance(doc, list) and len(doc) == 3 and type(doc[0]) is int and isinstance(doc[2], list)):
+        raise _fail("payload body is not [base time, [device...], [series...]]")
+    t0, devices, raw_series = doc
+    if not (isinstance(devices, list) and all(type(d) is str for d in devices)):
+        raise _fail("payload body devices is not an array of text strings")
     channels: list[Channel] = []
     readings: list[Reading] = []
     all_stamps: list[list[int]] = []
@@ -471,11 +501,18 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     for s in raw_series:
         if not (isinstance(s, list) and len(s) in (7, 8)):
             raise _fail("a series is not an array of 7 or 8 items")
-        name, unit, kind_code, resolution, count, times, values = s[:7]
+        head, short_name, unit, resolution, count, times, values = s[:7]
         quality = s[7] if len(s) == 8 else b""
-        if type(name) is not str or type(unit) is not str or type(count) is not int or count < 0:
-            raise _fail(f"series {name!r}: channel id, unit or count has the wrong type")
-        if type(kind_code) is not int or kind_code & ~PERSONAL not in KINDS or not isinstance(quality, bytes):
+        if type(head) is not int or head < 0 or head >> 3 >= len(devices) or type(short_name) is not str:
+            raise _fail(f"series {short_name!r}: head {head!r} names no listed device, or the name is not text")
+        device = devices[head >> 3]
+        name = f"{device}/{short_name}" if device else short_name
+        kind_code = head & 7
+        if type(unit) is int and 0 <= unit < len(UNITS):
+            unit = UNITS[unit]
+        if type(unit) is not str or type(count) is not int or count < 0:
+            raise _fail(f"series {name!r}: unit {unit!r} is not a registered code or text, or count has the wrong type")
+        if kind_code & ~PERSONAL not in KINDS or not isinstance(quality, bytes):
             raise _fail(f"series {name!r}: kind {kind_code!r} or quality has the wrong type")
         if name in seen:
             raise _fail(f"series {name!r} appears twice in one batch")

@@ -1,4 +1,4 @@
-"""The OXP/1 envelope: batches and status reports as COSE_Sign1 messages (RFC 9052) signed with Ed25519."""
+"""The OXP/2 envelope: batches and status reports as COSE_Sign1 messages (RFC 9052) signed with Ed25519."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ __all__ = [
     "open_status",
 ]
 
-OXP_VERSION = 1
+OXP_VERSION = 2
 MEDIA_TYPE = 'application/cose; cose-type="cose-sign1"'
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_STATUS_BYTES = 64 * 1024
@@ -59,6 +59,9 @@ COUNTER_LABELS = {
     "readings_unsealable": 5,
 }
 COUNTER_NAMES = {label: name for name, label in COUNTER_LABELS.items()}
+# The codec travels as a small integer (docs/protocol.md §6.1).
+CODEC_LABELS = {"zstd": 1, "deflate": 2}
+CODEC_NAMES = {label: name for name, label in CODEC_LABELS.items()}
 
 DEVICE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 COUNTER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -157,14 +160,15 @@ def seal_batch(
         H_BOOT: header.boot_epoch,
         H_SEQ: header.seq,
         H_POLICY: header.policy_digest,
-        H_CODEC: header.codec,
+        H_CODEC: CODEC_LABELS[header.codec],
         H_CREATED: header.created_ms,
-        H_COUNTERS: {COUNTER_LABELS.get(name, name): count for name, count in header.counters.items()},
     }
+    if header.counters:  # absent means no counters: two bytes saved on every batch of a healthy device
+        oxp[H_COUNTERS] = {COUNTER_LABELS.get(name, name): count for name, count in header.counters.items()}
     sealed = _sign({ALG: EDDSA, KID: header.key_id, OXP_BATCH: oxp}, payload, private_key)
     if len(sealed) > MAX_BATCH_BYTES:
         raise BatchTooLarge(
-            f"sealed batch is {len(sealed)} bytes, over the OXP/1 limit of {MAX_BATCH_BYTES}; seal fewer readings"
+            f"sealed batch is {len(sealed)} bytes, over the OXP/2 limit of {MAX_BATCH_BYTES}; seal fewer readings"
         )
     return sealed
 
@@ -182,7 +186,7 @@ def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
         raise TypeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) > limit:
-        raise ProtocolError("too_large", f"message is {len(data)} bytes, over the OXP/1 limit of {limit}")
+        raise ProtocolError("too_large", f"message is {len(data)} bytes, over the OXP/2 limit of {limit}")
     if not data:
         raise ProtocolError("truncated", "message is empty")
     stream = io.BytesIO(data)
@@ -211,12 +215,12 @@ def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
     if not isinstance(header, dict):
         raise ProtocolError("malformed", "protected header is not a map")
     if type(header.get(ALG)) is not int or header[ALG] not in (EDDSA, ED25519):
-        raise ProtocolError("unsupported_algorithm", f"alg {header.get(ALG)!r}: OXP/1 uses EdDSA (-8) or Ed25519 (-19)")
+        raise ProtocolError("unsupported_algorithm", f"alg {header.get(ALG)!r}: OXP/2 uses EdDSA (-8) or Ed25519 (-19)")
     kid = header.get(KID)
     if not isinstance(kid, bytes) or len(kid) != 8:
         raise ProtocolError("malformed", "protected header kid (label 4) is not 8 bytes")
     if CRIT in header:
-        raise ProtocolError("malformed", "protected header has crit (label 2); OXP/1 messages carry none")
+        raise ProtocolError("malformed", "protected header has crit (label 2); OXP/2 messages carry none")
     present = [label for label in MESSAGE_TYPES if label in header]
     if len(present) != 1:
         raise ProtocolError("malformed", f"protected header needs exactly one OXP header map (label {OXP_BATCH} or {OXP_STATUS})")
@@ -245,10 +249,15 @@ def _verify(message: _Message, public_key: Ed25519PublicKey) -> None:
 
 def _batch_header(message: _Message) -> BatchHeader:
     oxp = message.header[OXP_BATCH]
-    codec = oxp.get(H_CODEC)
-    if type(codec) is str and codec not in CODECS:
-        raise ProtocolError("unsupported_codec", f"codec {codec!r}: this implementation knows {', '.join(CODECS)}")
-    counters = oxp.get(H_COUNTERS)
+    label = oxp.get(H_CODEC)
+    if type(label) is not int:
+        raise ProtocolError("malformed", f"batch header codec {label!r} is not an integer")
+    if label not in CODEC_NAMES:
+        raise ProtocolError(
+            "unsupported_codec", f"codec {label}: this implementation knows 1 (zstd) and 2 (deflate)"
+        )
+    codec = CODEC_NAMES[label]
+    counters = oxp.get(H_COUNTERS, {})
     try:
         return BatchHeader(
             device_id=oxp.get(H_DEVICE),
@@ -314,7 +323,7 @@ def seal_status(report: Mapping[str, Any], *, device_id: str, private_key: Ed255
     }
     sealed = _sign(protected, payload, private_key)
     if len(sealed) > MAX_STATUS_BYTES:
-        raise ValueError(f"status report is {len(sealed)} bytes, over the OXP/1 limit of {MAX_STATUS_BYTES}")
+        raise ValueError(f"status report is {len(sealed)} bytes, over the OXP/2 limit of {MAX_STATUS_BYTES}")
     return sealed
 
 

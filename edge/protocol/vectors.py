@@ -1,4 +1,4 @@
-"""The OXP/1 test vectors: built from fixed inputs and a fixed key seed; ``python -m edge.protocol.vectors DIR`` writes them."""
+"""The OXP/2 test vectors: built from fixed inputs and a fixed key seed; ``python -m edge.protocol.vectors DIR`` writes them."""
 
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ def write_vectors(directory: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the OXP/1 test vectors (docs/protocol/vectors/).")
+    parser = argparse.ArgumentParser(description="Write the OXP/2 test vectors (docs/protocol/vectors/).")
     parser.add_argument("directory", type=Path, nargs="?", default=Path("docs/protocol/vectors"))
     args = parser.parse_args(argv)
     for path in write_vectors(args.directory):

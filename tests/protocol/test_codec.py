@@ -63,7 +63,7 @@ def test_float_channel_without_resolution_travels_as_exact_decimal_when_it_can()
     ch = (Channel("gps-1/lon"),)
     values = [-79.3957, -79.39571, -79.39569]
     body = cbor2.loads(encode_body(ch, [Reading("gps-1/lon", i, v) for i, v in enumerate(values)]))
-    assert body[1][0][6][0] in (ENC_DEC_DELTA, ENC_DEC_DOD) and body[1][0][6][1] == -5
+    assert body[2][0][6][0] in (ENC_DEC_DELTA, ENC_DEC_DOD) and body[2][0][6][1] == -5
     _, decoded = roundtrip(ch, [Reading("gps-1/lon", i, v) for i, v in enumerate(values)])
     assert [r.value for r in decoded] == values
 
@@ -72,7 +72,7 @@ def test_float_channel_with_many_digits_falls_back_to_binary64_bit_exact():
     ch = (Channel("x/y"),)
     values = [math.pi, -math.e, 1e300, 5e-324, float("inf"), -0.0]
     body = cbor2.loads(encode_body(ch, [Reading("x/y", i, v) for i, v in enumerate(values)]))
-    assert body[1][0][6][0] == ENC_FLOAT
+    assert body[2][0][6][0] == ENC_FLOAT
     _, decoded = roundtrip(ch, [Reading("x/y", i, v) for i, v in enumerate(values)])
     assert [r.value for r in decoded] == values
     assert math.copysign(1, decoded[-1].value) == -1
@@ -139,7 +139,7 @@ def test_smooth_series_use_delta_of_delta_and_noisy_ones_plain_delta():
     ch = (Channel("m/energy", "Wh", resolution=1.0), Channel("m/volts", "V", resolution=0.1))
     readings = [Reading("m/energy", i, 1000 + 37 * i) for i in range(20)]
     readings += [Reading("m/volts", i, 230 + (0.3 if i % 2 else -0.2)) for i in range(20)]
-    series = cbor2.loads(encode_body(ch, readings))[1]
+    series = cbor2.loads(encode_body(ch, readings))[2]
     assert [s[6][0] for s in series] == [ENC_RES_DOD, ENC_RES_DELTA]
     _, decoded = roundtrip(ch, readings)
     assert [r.value for r in decoded][:3] == [1000, 1037, 1074]
@@ -148,7 +148,7 @@ def test_smooth_series_use_delta_of_delta_and_noisy_ones_plain_delta():
 def test_series_with_identical_times_share_one_time_column():
     ch = (Channel("m/a"), Channel("m/b"))
     readings = [Reading(c.id, 1000 * i + (i % 3), i) for i in range(10) for c in ch]
-    series = cbor2.loads(encode_body(ch, readings))[1]
+    series = cbor2.loads(encode_body(ch, readings))[2]
     assert isinstance(series[0][5], bytes) and series[1][5] == 0
     _, decoded = roundtrip(ch, readings)
     assert [r.ts_ms for r in decoded if r.channel == "m/b"] == [1000 * i + (i % 3) for i in range(10)]
@@ -158,7 +158,7 @@ def test_times_in_whole_seconds_are_stored_in_seconds():
     ch = (Channel("pm-1/pm10", resolution=0.1),)
     times = [1_767_225_600_000 + s * 1000 for s in (0, 148, 297, 463, 611)]
     readings = [Reading("pm-1/pm10", t, 5.0) for t in times]
-    series = cbor2.loads(encode_body(ch, readings))[1]
+    series = cbor2.loads(encode_body(ch, readings))[2]
     assert series[0][5][0] == 3
     assert len(series[0][5][1]) == 6  # one byte a reading, two for the first step of 148 s
     assert [r.ts_ms for r in roundtrip(ch, readings)[1]] == times
@@ -167,7 +167,7 @@ def test_times_in_whole_seconds_are_stored_in_seconds():
 def test_a_time_unit_other_than_10_100_or_1000_ms_is_malformed():
     from edge.protocol.codec import decode_body
 
-    body = cbor2.dumps([0, [["a/b", "", 0, None, 1, [4, b"\x00"], [2, 0, b"\x00"]]]])
+    body = cbor2.dumps([0, ["a"], [[0, "b", "", None, 1, [4, b"\x00"], [2, 0, b"\x00"]]]])
     with pytest.raises(ProtocolError, match="times"):
         decode_body(body)
 
@@ -175,13 +175,13 @@ def test_a_time_unit_other_than_10_100_or_1000_ms_is_malformed():
 def test_a_channel_appearing_twice_is_malformed():
     from edge.protocol.codec import decode_body
 
-    series = ["a/b", "", 0, None, 1, b"\x00", [2, 0, b"\x00"]]
+    series = [0, "b", "", None, 1, b"\x00", [2, 0, b"\x00"]]
     with pytest.raises(ProtocolError, match="twice"):
-        decode_body(cbor2.dumps([0, [series, series]]))
+        decode_body(cbor2.dumps([0, ["a"], [series, series]]))
 
 
 def test_a_time_reference_to_a_later_series_is_malformed():
-    body = cbor2.dumps([0, [["a/b", "", 0, None, 1, 1, [2, 0, b"\x00"]], ["a/c", "", 0, None, 1, b"\x00", [2, 0, b"\x00"]]]])
+    body = cbor2.dumps([0, ["a"], [[0, "b", "", None, 1, 1, [2, 0, b"\x00"]], [0, "c", "", None, 1, b"\x00", [2, 0, b"\x00"]]]])
     from edge.protocol.codec import decode_body
 
     with pytest.raises(ProtocolError, match="times"):

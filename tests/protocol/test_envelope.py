@@ -160,15 +160,15 @@ def test_another_algorithm_is_rejected(device_key, header):
 
 def test_a_future_version_is_rejected_as_unsupported(device_key, header):
     protected = cbor2.loads(cbor2.loads(seal_batch(header, (), [], device_key)).value[0])
-    protected[-65537][0] = 2
-    with pytest.raises(ProtocolError, match="version 2") as err:
+    protected[-65537][0] = 3
+    with pytest.raises(ProtocolError, match="version 3") as err:
         open_batch(resign(device_key, protected, b""), device_key.public_key())
     assert reason(err) == "unsupported_version"
 
 
 def test_an_unknown_codec_is_rejected_as_unsupported(device_key, header):
     protected = cbor2.loads(cbor2.loads(seal_batch(header, (), [], device_key)).value[0])
-    protected[-65537][5] = "brotli"
+    protected[-65537][5] = 9
     with pytest.raises(ProtocolError) as err:
         open_batch(resign(device_key, protected, b""), device_key.public_key())
     assert reason(err) == "unsupported_codec"
