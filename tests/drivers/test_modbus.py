@@ -108,7 +108,8 @@ async def test_a_dead_unit_on_a_three_unit_rtu_bus_delays_the_others_by_at_most_
         to_dead_unit = [r for r in store.requests[before:] if r[0] == 2]
         assert len(to_dead_unit) <= 1, "a dead unit may cost at most one transaction (one timeout) per cycle"
         for unit in (1, 3):
-            assert times[unit] <= healthy + timeout + 0.1, (unit, times[unit], healthy)
+            # Slack below one more timeout: scheduling on a loaded machine, never a second timeout.
+            assert times[unit] <= healthy + timeout + 0.6 * timeout, (unit, times[unit], healthy)
         await asyncio.sleep(0.1)
     assert len([r for r in store.requests if r[0] == 2]) < 6, "backoff skips the dead unit on some cycles"
     stats = rtu_bus.stats()
