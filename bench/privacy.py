@@ -19,15 +19,13 @@ import random
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from edge.privacy import PrivacyStage, parse_policy
 from edge.privacy.dp import discrete_laplace, noise_scale
 from edge.types import Channel, Kind, Reading
+from hilsim.models import datasets_dir
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-if not DATASETS.exists():
-    DATASETS = Path("/work/shared/datasets")
+DATASETS = datasets_dir()
 SDS011 = DATASETS / "sensor_community_sds011_8554_aberdeen_2019-01-10_2019-03-12.csv"
 GPS = DATASETS / "go_track_trackspoints.csv"
 

@@ -38,10 +38,9 @@ from edge.protocol import BatchHeader, generate_keypair, key_id, open_batch, sea
 from edge.spool import Spool
 from edge.types import Channel, Reading
 from edge.uplink import Uplink
+from hilsim.models import datasets_dir
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-if not DATASETS.exists():
-    DATASETS = Path("/work/shared/datasets")
+DATASETS = datasets_dir()
 METER = DATASETS / "ampds2_Electricity_B1E-11.csv"
 WEATHER = DATASETS / "data_gov_sg_weather_station_S43_2017-02_1min.csv"
 SPANS = (("30 s", 30), ("5 min", 300), ("1 h", 3600))

@@ -173,6 +173,11 @@ def _parse_time(cell: str, *, path: Path, line_no: int) -> float:
     return moment.timestamp()
 
 
+def datasets_dir() -> Path:
+    """Where the shared real-sensor datasets are: $OCN_DATASETS, else ``../shared/datasets`` beside the repository."""
+    return Path(os.environ.get("OCN_DATASETS") or Path(__file__).resolve().parents[3] / "shared" / "datasets")
+
+
 def dataset_path(text: str) -> Path:
     """A replay file's path with `$VARIABLES` expanded; `$OCN_DATASETS` defaults to the shared datasets.
 
@@ -180,7 +185,7 @@ def dataset_path(text: str) -> Path:
     in place, never copied in; set OCN_DATASETS to point elsewhere.
     """
     environment = dict(os.environ)
-    environment.setdefault("OCN_DATASETS", str(Path(__file__).resolve().parents[3] / "shared" / "datasets"))
+    environment.setdefault("OCN_DATASETS", str(datasets_dir()))
     for name, value in environment.items():
         text = text.replace("${" + name + "}", value)
         if text.startswith("$" + name + "/") or text == "$" + name:

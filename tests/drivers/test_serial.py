@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +14,8 @@ from drivers.serial import pms5003, sds011
 from drivers.serial.nmea import NmeaDecoder, NmeaDriver
 from drivers.serial.pedestrian import PedestrianCounterDriver, PedestrianDecoder
 from tests.drivers.loopback import BusConfig, SerialPeer
+from tests.helpers.datasets import dataset
 
-NMEA_LOG = Path("/work/shared/datasets/gpsd_quectel-l76k-nmea.log")
 
 # Datasheet example (Laser Dust Sensor Control Protocol V1.3, "query data command"), device id A1 60.
 SDS011_QUERY = bytes.fromhex("AA B4 04 00 00 00 00 00 00 00 00 00 00 00 00 FF FF 02 AB")
@@ -179,7 +178,7 @@ def test_nmea_counts_bad_checksums_and_resyncs_after_a_cut_sentence():
 
 def test_nmea_decodes_a_real_receiver_log_without_a_single_bad_frame():
     decoder = NmeaDecoder()
-    data = NMEA_LOG.read_bytes()
+    data = dataset("gpsd_quectel-l76k-nmea.log").read_bytes()
     frames = []
     for i in range(0, len(data), 61):  # odd-sized reads split sentences everywhere
         frames += decoder.feed(data[i : i + 61])

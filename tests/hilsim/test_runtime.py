@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hilsim.scenario import ScenarioError, available_scenarios, load_scenario
+from tests.helpers.datasets import dataset
 from tests.hilsim.helpers import write_scenario
 
 
@@ -109,12 +110,8 @@ def test_modbus_device_on_an_undefined_bus_is_rejected(tmp_path):
         load_scenario(path)
 
 
-AMPDS2 = Path("/work/shared/datasets/ampds2_Electricity_B1E-11.csv")
-
-
 async def test_replay_drives_a_meter_from_a_recorded_trace(hilsim_run, tmp_path):
-    if not AMPDS2.exists():
-        pytest.skip("the shared datasets are not on this machine")
+    AMPDS2 = dataset("ampds2_Electricity_B1E-11.csv")
     text = f"""
 [[buses]]
 name = "t"

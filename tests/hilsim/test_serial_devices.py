@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hilsim.serial_devices import nmea_sentence
+from tests.helpers.datasets import dataset
 from tests.hilsim.helpers import RawPort, write_scenario
 
 SDS011_QUERY = """
@@ -127,9 +128,7 @@ async def test_pms5003_passive_read_returns_a_32_byte_frame_with_its_check_code(
 
 
 def test_nmea_checksum_matches_a_real_receivers_capture():
-    capture = Path("/work/shared/datasets/gpsd_quectel-l76k-nmea.log")
-    if not capture.exists():
-        pytest.skip("the shared datasets are not on this machine")
+    capture = dataset("gpsd_quectel-l76k-nmea.log")
     sentences = [line for line in capture.read_text().splitlines() if line.startswith("$")][:200]
     assert sentences
     for line in sentences:
