@@ -6,7 +6,7 @@ import hashlib
 
 import cbor2
 
-__all__ = ["UNITS", "UNIT_CODES", "CHANNEL_NAMES", "DEVICE_NAMES", "DICTIONARY", "DICTIONARY_SHA256", "build_dictionary"]
+__all__ = ["UNITS", "UNIT_CODES", "CHANNEL_NAMES", "DEVICE_NAMES", "SUFFIXES", "DICTIONARY", "DICTIONARY_SHA256", "build_dictionary"]
 
 # Unit symbols travel as one-byte codes: the index in this list (0 is "no unit"). The SenML
 # registry (RFC 8428 §12.1 and its IANA additions) in registry order, then the symbols the
@@ -21,7 +21,7 @@ UNITS: tuple[str, ...] = (
     "count", "/", "%", "%RH", "%EL", "EL", "1/s", "1/min", "beat/min", "beats", "S/m",
     # RFC 8798 additions
     "B", "VA", "VAs", "var", "vars", "J/m", "kg/m3", "deg",
-    # secondary units (RFC 8798 §4): kilo-, milli- and hour-based forms meters and sensors report
+    # kilo-, milli- and hour-based forms meters and sensors report (many are SenML secondary units)
     "ms", "min", "h", "MHz", "kW", "kVA", "kvar", "Ah", "Wh", "kWh", "varh", "kvarh", "VAh", "kVAh",
     "Wh/km", "KiB", "GB", "Mbit/s", "B/s", "MB/s", "mV", "mA", "dBm", "ug/m3", "mm/h", "m/h", "cm",
     "km", "km/h", "ppm", "ppb",
@@ -54,18 +54,29 @@ DEVICE_NAMES: tuple[str, ...] = (
     "counter-1", "noise-1", "air-1", "water-1", "th-1", "gps-1", "weather-1", "pm-1", "meter-1",
 )
 
+# What the privacy stage appends to a channel name it releases as a window summary
+# ("<channel>.mean_5m", edge.privacy.stage.aggregate_channel_id) or a distinct count.
+SUFFIXES: tuple[str, ...] = tuple(
+    f".{function}_{window}"
+    for window in ("1h", "15m", "1m", "5m")
+    for function in ("distinct", "count", "sum", "max", "min", "mean")
+)
+
 
 def build_dictionary() -> bytes:
-    """The dictionary bytes: each unit symbol, device name and channel name as a CBOR text string, in list order.
+    """The dictionary bytes: unit symbols and device names as CBOR text strings, summary suffixes as bare
+    UTF-8, then channel names as CBOR text strings, each list in order.
 
     As raw content (no zstd dictionary header), it lets the first occurrence of a common
     name in a batch cost a short back-reference instead of its letters.
     """
     parts = [cbor2.dumps(unit) for unit in UNITS[1:]]
     parts += [cbor2.dumps(name) for name in DEVICE_NAMES]
+    parts += [suffix.encode() for suffix in SUFFIXES]
     parts += [cbor2.dumps(name) for name in CHANNEL_NAMES]
     return b"".join(parts)
 
 
 DICTIONARY = build_dictionary()
 DICTIONARY_SHA256 = hashlib.sha256(DICTIONARY).hexdigest()
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol.codec import ZSTD_LEVEL, decompress, encode_body
-from edge.protocol.envelope import Batch, BatchHeader, open_batch, seal_batch, seal_status
+from edge.protocol.dictionary import DICTIONARY, DICTIONARY_SHA256, UNITS
+from edge.protocol.envelope import OXP_VERSION, Batch, BatchHeader, open_batch, seal_batch, seal_status
 from edge.protocol.keys import key_id, raw_public_key
 from edge.protocol.senml import to_senml
 from edge.types import Channel, Kind, Quality, Reading
@@ -184,7 +186,7 @@ def _batch_vector(name: str, key: Ed25519PrivateKey) -> tuple[dict, bytes]:
     doc = {
         "name": name,
         "description": description,
-        "oxp_version": 1,
+        "oxp_version": OXP_VERSION,
         "key": _key_json(key),
         "input": {
             "header": _header_to_json(header),
@@ -252,7 +254,7 @@ def _status_vector(key: Ed25519PrivateKey) -> tuple[dict, bytes]:
     return {
         "name": "status-report",
         "description": "A signed status report; byte-string fields are shown here as hex.",
-        "oxp_version": 1,
+        "oxp_version": OXP_VERSION,
         "key": _key_json(key),
         "input": {"device_id": "pole-0042", "report": as_json},
         "expected": {"status_hex": sealed.hex(), "status_bytes": len(sealed)},
@@ -273,7 +275,20 @@ def build_vectors() -> dict[str, str]:
     files["status-report.json"] = json.dumps(status_doc, indent=2, ensure_ascii=False) + "\n"
     rejections = _rejections(key, other, sealed_by_name["reference-station-5min"], status)
     files["rejections.json"] = json.dumps(rejections, indent=2, ensure_ascii=False) + "\n"
+    files["oxp-dictionary.json"] = json.dumps(_dictionary_doc(), indent=2, ensure_ascii=False) + "\n"
     return files
+
+
+def _dictionary_doc() -> dict:
+    return {
+        "name": "oxp-dictionary",
+        "description": "The OXP/2 compression dictionary (docs/protocol.md Appendix B) and the unit codes (Appendix A).",
+        "oxp_version": OXP_VERSION,
+        "dictionary_bytes": len(DICTIONARY),
+        "dictionary_sha256": DICTIONARY_SHA256,
+        "dictionary_base64": base64.b64encode(DICTIONARY).decode(),
+        "unit_codes": {str(code): unit for code, unit in enumerate(UNITS)},
+    }
 
 
 def write_vectors(directory: Path) -> list[Path]:

@@ -61,7 +61,7 @@ def test_unit_codes_are_unique_and_zero_means_no_unit():
 
 def test_the_dictionary_is_rebuilt_from_its_lists_to_the_published_digest():
     assert build_dictionary() == DICTIONARY
-    assert DICTIONARY_SHA256 == "85ca50de55bc2445b7c26593e3c43c9e96c93e160bf3deb8621f651c4112356f"
+    assert DICTIONARY_SHA256 == "e8100e1a81312b02739cea9df2345469a9274b90e07ed8eb44b1b4c64270ae2b"
 
 
 def test_the_dictionary_makes_the_first_batch_of_common_channels_smaller():
@@ -92,3 +92,25 @@ def test_the_codec_travels_as_a_small_integer_and_empty_counters_are_left_out(de
     oxp = cbor2.loads(cbor2.loads(sealed).value[0])[-65537]
     assert oxp[5] == 1 and 7 not in oxp
     assert open_batch(sealed, device_key.public_key()).header.counters == {}
+
+
+def test_the_spec_appendix_publishes_these_dictionary_bytes_and_unit_codes():
+    import base64
+    from pathlib import Path
+
+    spec = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text(encoding="utf-8")
+    appendix = spec[spec.index("## Appendix B"):spec.index("## Appendix C")]
+    published = "".join(appendix.split("```")[1].split())
+    assert base64.b64decode(published) == DICTIONARY
+    assert DICTIONARY_SHA256 in appendix and f"**{len(DICTIONARY)} bytes**" in appendix
+    units = spec[spec.index("## Appendix A"):spec.index("## Appendix B")]
+    for code, unit in enumerate(UNITS[1:], start=1):
+        assert f"| {code} `{unit}` |" in units
+
+
+def test_a_deflate_payload_names_the_dictionary_by_its_adler32():
+    import zlib
+
+    payload = compress(encode_body((), []), "deflate")
+    assert payload[1] & 0x20  # FDICT
+    assert payload[2:6] == zlib.adler32(DICTIONARY).to_bytes(4, "big")
