@@ -10,6 +10,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -51,7 +52,16 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    conn.execute("PRAGMA journal_mode = WAL")
+    # Switching a new file to WAL needs an exclusive lock, which SQLite may refuse at once
+    # (without waiting) while another process is migrating; it is retried, never skipped.
+    for attempt in range(100):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or attempt == 99:
+                raise
+            time.sleep(0.05 + 0.01 * attempt)
     # BEGIN IMMEDIATE takes the write lock first, so two processes starting together
     # migrate one after the other and the second finds nothing left to do.
     conn.execute("BEGIN IMMEDIATE")
