@@ -68,7 +68,7 @@ async def test_drop_oldest_makes_room_and_counts_the_dropped_readings_persistent
     spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
     await spool.begin_boot()
     batches = [seal_readings(device_key, spool, 50 + i) for i in range(5)]
-    spool.max_bytes = sum(len(b) for b in batches[:3])
+    spool.max_bytes = sum(len(b) for b in batches[2:])  # room for exactly the newest three
     for i, data in enumerate(batches):
         spool.put(data, readings=50 + i)
     kept = [b.data for b in spool.oldest(10)]
