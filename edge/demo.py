@@ -80,6 +80,8 @@ async def _run(state: Path, *, duration: float | None, scenario: str, seed: int,
             await gateway.start()
             if live:
                 print(f"demo: {len(gateway.devices)} simulated devices -> gateway -> hub at {hub.url} (Ctrl-C to stop)")
+                print(f"      fleet dashboard (one-time login link, 10 minutes): {await hub.login_link()}")
+                print(f"      public transparency register: {hub.url}/transparency")
             try:
                 while not stop.is_set():
                     if duration is not None and time.monotonic() - started >= duration:
