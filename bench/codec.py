@@ -25,6 +25,12 @@ a GPS (Go!Track trajectories laid end to end, latitude/longitude every ~6 s at
 the 1e-7 degree resolution the nmea-gps driver declares: a moving receiver,
 the hardest case for the codec; the figures are also shown without it).
 Resolutions are the decimals the source wrote (as `ocn-edge oxp encode` infers).
+
+"as released (demo policy)" is the same station after the real privacy stage
+(edge.privacy.PrivacyStage) under policies/demo.toml, i.e. what actually leaves
+the gateway: the GPS generalized to the centre of its 250 m grid cell, the meter
+released as 5-minute mean/min/max, particulate and weather unchanged. The raw
+station above is the worst case (a moving GPS at 1e-7 degrees); both are shown.
 """
 
 from __future__ import annotations

@@ -250,6 +250,12 @@ def _times(times: list[int], t0: int, index: int, sent: dict[tuple, int]) -> byt
     Times that are all whole seconds (or tenths, hundredths) after t0 are stored in that unit,
     so a series with jitter of whole seconds costs one byte per reading, not two or three.
     """
+    # Equal times give equal columns and a column decodes to one list of times, so looking
+    # the times up first skips encoding the columns a meter's channels share.
+    key = tuple(times)
+    if key and key in sent:
+        return sent[key]
+    sent[key] = index
     relative = wrap64([t - t0 for t in times])
     exponent = 0
     for candidate in (3, 2, 1):
@@ -259,10 +265,6 @@ def _times(times: list[int], t0: int, index: int, sent: dict[tuple, int]) -> byt
             relative = [t // time_unit for t in relative]
             break
     column = pack_uvarints(zigzag(delta_of_delta(relative)))
-    key = (exponent, column)
-    if column and key in sent:
-        return sent[key]
-    sent[key] = index
     return [exponent, column] if exponent else column
 
 
