@@ -39,6 +39,10 @@ async def run_demo(
 
     # Warnings and errors go to stderr; stdout carries the status line and the summary.
     setup_logging("warning", stream=sys.stderr)
+    if state_dir and Path(state_dir).exists() and any(Path(state_dir).iterdir()):
+        # The summary counts what this run did at the hub: a hub from an earlier run would blur it.
+        print(f"ocn-edge demo: --state-dir {state_dir} is not empty; give a new or empty directory", file=sys.stderr)
+        return 2
     with contextlib.ExitStack() as stack:
         state = Path(state_dir) if state_dir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ocn-demo-")))
         state.mkdir(parents=True, exist_ok=True)

@@ -1,41 +1,64 @@
 """Applies the hub's desired policy and config: verify, validate, swap in whole — or keep the last good one.
 
-The hub sends a desired document (see docs/fleet.md) in its answer to a status report,
-signed with the hub's key.  The gateway pins that key on first use (fetched over the
-uplink's verified TLS connection) and keeps it in ``<state_dir>/hub.pub``.
+The hub sends a desired document (format in docs/fleet.md) in its answer to a status
+report, signed with the hub's key.  The gateway pins that key on first use — only over
+https or on loopback, so nobody on the path can plant their own — and keeps it in
+``<state_dir>/hub.pub``.
 
-- A desired **policy** is validated against the channels the devices declare, then
-  swapped into the privacy stage between two readings: windows open under the old
-  policy are closed and released under the old policy's digest, and every reading
-  after the swap falls under the new one.  The epsilon budget spent today carries over.
-- A desired **config** is merged over the effective local config, validated like a
-  file, and applied by a clean restart of the pipeline inside the process (memory is
-  flushed to the spool first, so no reading is lost).  If the new config fails to
-  start, the last good one is started again.
+What the gateway runs is always: the local config file, with the hub's desired config
+tables laid over it, and the hub's desired policy if there is one, else the policy file
+the config names.  A new document (or a cleared one: ETag "") is turned into that target
+and compared with what runs:
 
-Either way the outcome is remembered (``<state_dir>/desired/``) and reported upstream:
-the applied ETag and policy digest on success, the reason on failure.
+- only the **policy** differs: the privacy stage is swapped between two readings
+  (``Gateway.swap_policy``);
+- the **config** differs: the pipeline is restarted inside the process with the new
+  config (memory flushed to the spool first); if it does not start, the last good one
+  is started again.
+
+A document that cannot be applied is refused whole, and its ETag is remembered so it
+is not tried again until city IT changes it.  Outcomes travel upstream in the status
+report: the applied ETag and the policy digest, or the reason for a refusal.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-__all__ = ["DesiredChange", "DesiredError", "DesiredState", "canonical_json", "merge_tables"]
+if TYPE_CHECKING:
+    from edge.config import GatewayConfig
+    from edge.runtime import Gateway
+
+__all__ = [
+    "DesiredApplier",
+    "DesiredChange",
+    "DesiredError",
+    "DesiredState",
+    "Reload",
+    "canonical_json",
+    "merge_tables",
+    "overlay_config",
+]
 
 log = logging.getLogger("ocn.desired")
+
+# What a desired config may not change: the gateway's identity and where its keys and spool live.
+FIXED_KEYS = (("gateway", "id"), ("gateway", "state_dir"), ("uplink", "key"))
 
 
 class DesiredError(Exception):
@@ -44,11 +67,21 @@ class DesiredError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class DesiredChange:
-    """A verified desired document, split into what it asks to change."""
+    """A verified desired document, split into what it asks for (None: the local one)."""
 
     etag: str
     policy: Mapping[str, Any] | None
     config: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Reload:
+    """A validated config (and policy, None = the file the config names) to replace the running pipeline."""
+
+    config: GatewayConfig
+    policy: Any
+    change: DesiredChange
+    policy_toml: str | None
 
 
 def canonical_json(value: Any) -> bytes:
@@ -67,6 +100,11 @@ def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[s
     return merged
 
 
+def overlay_config(base_toml: str, overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """The effective config's tables with the hub's desired tables laid over them."""
+    return merge_tables(tomllib.loads(base_toml), overlay)
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:
@@ -76,71 +114,103 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class DesiredState:
-    """What the hub asked for, what was applied, and the hub key that vouches for it; survives restarts."""
+    """What the hub asked for, what was applied or refused, and the pinned hub key; survives restarts."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, device_id: str) -> None:
         self.dir = Path(state_dir) / "desired"
         self.hub_key_path = Path(state_dir) / "hub.pub"
         self.device_id = device_id
         self.applied_etag = ""
+        self.refused_etag = ""
         self.last_error = ""
-        self._failed_etag = ""
         self._load()
 
     # -- persistence ------------------------------------------------------------------------
 
-    def _load(self) -> None:
+    def _read(self, name: str) -> dict[str, Any]:
         try:
-            record = json.loads((self.dir / "applied.json").read_text())
+            record = json.loads((self.dir / name).read_text())
         except (FileNotFoundError, ValueError):
-            return
-        self.applied_etag = str(record.get("etag", ""))
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _load(self) -> None:
+        self.applied_etag = str(self._read("applied.json").get("etag", ""))
+        refused = self._read("refused.json")
+        self.refused_etag = str(refused.get("etag", ""))
+        self.last_error = str(refused.get("error", ""))
 
     def saved_policy_path(self) -> Path | None:
-        """The last desired policy applied, as a TOML file the gateway starts with (None if there is none)."""
+        """The hub's policy last applied, as a TOML file (None: the config's own policy file is in force)."""
         path = self.dir / "policy.toml"
         return path if path.exists() else None
 
     def saved_config_overlay(self) -> Mapping[str, Any] | None:
-        """The last desired config applied (the hub's tables), to lay over the local file at start."""
-        try:
-            return json.loads((self.dir / "config.json").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        """The hub's config tables last applied, laid over the local file at start (None if there are none)."""
+        record = self._read("config.json")
+        return record or None
 
-    def record_success(self, change: DesiredChange, *, policy_toml: str | None, config: Mapping[str, Any] | None) -> None:
+    def record_success(self, change: DesiredChange, *, policy_toml: str | None) -> None:
+        """Remember what is in force now; a part the document leaves out reverts to the local file."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        if policy_toml is not None:
-            _write_atomically(self.dir / "policy.toml", policy_toml.encode())
-        if config is not None:
-            _write_atomically(self.dir / "config.json", canonical_json(config))
+        for name, content in (
+            ("policy.toml", policy_toml.encode() if policy_toml is not None else None),
+            ("config.json", canonical_json(change.config) if change.config is not None else None),
+        ):
+            if content is None:
+                (self.dir / name).unlink(missing_ok=True)
+            else:
+                _write_atomically(self.dir / name, content)
         _write_atomically(self.dir / "applied.json", canonical_json({"etag": change.etag}))
+        (self.dir / "refused.json").unlink(missing_ok=True)
         self.applied_etag = change.etag
+        self.refused_etag = ""
         self.last_error = ""
-        self._failed_etag = ""
-        log.info("desired state applied", extra={"etag": change.etag})
+        log.info("desired state applied", extra={"etag": change.etag or "(local config)"})
 
     def record_failure(self, etag: str, reason: str) -> None:
-        """Keep the last good state; report the reason upstream, logged once per desired document."""
+        """Keep the last good state; remember the refusal and report it upstream, logged once per document."""
         self.last_error = f"desired {etag or 'document'} not applied: {reason}"[:500]
-        if etag != self._failed_etag:
-            self._failed_etag = etag
+        if etag != self.refused_etag:
             log.warning("desired state refused; keeping the last good one", extra={"etag": etag, "reason": reason})
+        self.refused_etag = etag
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_atomically(self.dir / "refused.json", canonical_json({"etag": etag, "error": self.last_error}))
+        except OSError as exc:  # the refusal is still held in memory and reported
+            log.warning("cannot record the refusal on disk", extra={"error": str(exc)})
 
     # -- the hub key ------------------------------------------------------------------------
 
     def hub_key(self) -> Ed25519PublicKey | None:
         try:
-            key = serialization.load_pem_public_key(self.hub_key_path.read_bytes())
+            pem = self.hub_key_path.read_bytes()
         except FileNotFoundError:
             return None
+        try:
+            key = serialization.load_pem_public_key(pem)
+        except ValueError as exc:
+            raise DesiredError(f"{self.hub_key_path}: not a PEM public key ({exc}); delete it to pin the hub's key again") from None
         if not isinstance(key, Ed25519PublicKey):
             raise DesiredError(f"{self.hub_key_path}: not an Ed25519 public key")
         return key
 
     def pin_hub_key(self, pem: bytes) -> Ed25519PublicKey:
-        key = serialization.load_pem_public_key(pem)
+        try:
+            key = serialization.load_pem_public_key(pem)
+        except ValueError as exc:
+            raise DesiredError(f"the hub's key is not a PEM public key: {exc}") from None
         if not isinstance(key, Ed25519PublicKey):
             raise DesiredError("the hub's key is not an Ed25519 public key")
         self.hub_key_path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +241,147 @@ class DesiredState:
         return DesiredChange(etag=etag, policy=policy, config=config)
 
 
-def overlay_config(base_toml: str, overlay: Mapping[str, Any]) -> dict[str, Any]:
-    """The effective config's tables with the hub's desired tables laid over them."""
-    return merge_tables(tomllib.loads(base_toml), overlay)
+class DesiredApplier:
+    """Turns the hub's desired documents into a policy swap or a pipeline reload for one running gateway.
+
+    Documents are applied one at a time and only the newest waiting one is applied, so
+    two documents arriving close together can never land in the wrong order.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        state: DesiredState,
+        base_config: GatewayConfig,
+        request_reload: Callable[[Reload], None] | None,
+    ) -> None:
+        self.gateway = gateway
+        self.state = state
+        self.base_config = base_config
+        self._request_reload = request_reload
+        self._latest: tuple[Any, str] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._reload_requested: str | None = None  # the ETag whose reload the supervisor is about to do
+
+    def on_desired(self, signed: Any, etag: str) -> None:
+        """The uplink's callback for a new ETag in a status answer ("" = the hub holds no document)."""
+        if self.gateway.stopped:
+            return
+        if etag and etag in (self.state.applied_etag, self.state.refused_etag, self._reload_requested):
+            return
+        if not etag and not self.state.applied_etag:
+            return  # nothing desired, nothing applied: already on the local config
+        self._latest = (signed, etag)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._apply_newest(), name="desired")
+            self.gateway.track(self._task)
+
+    async def _apply_newest(self) -> None:
+        while self._latest is not None:
+            signed, etag = self._latest
+            self._latest = None
+            try:
+                await self._apply(signed, etag)
+            except DesiredError as exc:
+                self.state.record_failure(etag, str(exc))
+            except Exception as exc:  # noqa: BLE001 - whatever it was, the last good state stays and it is reported
+                self.state.record_failure(etag, f"{type(exc).__name__}: {exc}")
+
+    async def _apply(self, signed: Any, etag: str) -> None:
+        if etag:
+            change = self.state.verify(signed, etag, await self._hub_key())
+        else:
+            change = DesiredChange(etag="", policy=None, config=None)  # cleared: back to the local config
+        gw = self.gateway
+        config = self._target_config(change)
+        policy, policy_toml = self._target_policy(change, config)
+        if config.digest != gw.config.digest:
+            if self._request_reload is None:
+                raise DesiredError("this gateway cannot restart its pipeline in place")
+            keep = policy if policy is not None else (gw.policy if config.privacy == gw.config.privacy and not self.state.saved_policy_path() else None)
+            self._reload_requested = etag
+            self._request_reload(Reload(config, keep, change, policy_toml))
+            return
+        if policy is None:
+            policy = self._local_policy(config)
+        if policy.digest != gw.policy.digest:
+            gw.swap_policy(policy)
+        self.state.record_success(change, policy_toml=policy_toml)
+
+    def _target_config(self, change: DesiredChange) -> GatewayConfig:
+        from edge.config import ConfigError, effective_toml, parse_config
+        from edge.schema import dumps_toml
+
+        if change.config is None:
+            return self.base_config
+        for table, key in FIXED_KEYS:
+            part = change.config.get(table)
+            if isinstance(part, Mapping) and key in part:
+                raise DesiredError(f"a desired config may not change {table}.{key} (the gateway's identity and keys stay local)")
+        merged = overlay_config(effective_toml(self.base_config), change.config)
+        try:
+            return parse_config(dumps_toml(merged), path=self.base_config.path)
+        except ConfigError as exc:
+            raise DesiredError("desired config: " + "; ".join(exc.problems)) from None
+
+    def _target_policy(self, change: DesiredChange, config: GatewayConfig) -> tuple[Any, str | None]:
+        from edge.privacy import PolicyError, parse_policy
+        from edge.schema import dumps_toml
+
+        if change.policy is None:
+            return None, None
+        if config.privacy.require_signed:
+            raise DesiredError(
+                "privacy.require_signed = true: a policy must arrive as a file signed by the governance key, "
+                "so the hub's policy was not applied"
+            )
+        text = dumps_toml(change.policy)
+        try:
+            policy = parse_policy(text, path="desired-policy.toml")
+            if config.digest == self.gateway.config.digest:
+                # Same devices: check the policy against their channels before anything changes.
+                self.gateway.check_policy(policy)
+        except PolicyError as exc:
+            raise DesiredError("desired policy: " + "; ".join(exc.problems)) from None
+        return policy, text
+
+    def _local_policy(self, config: GatewayConfig) -> Any:
+        from edge.privacy import PolicyError, load_policy
+
+        try:
+            policy = load_policy(
+                config.privacy.policy,
+                governance_key=config.privacy.governance_key or None,
+                require_signed=config.privacy.require_signed,
+            )
+            self.gateway.check_policy(policy)
+        except PolicyError as exc:
+            raise DesiredError("the local policy: " + "; ".join(exc.problems)) from None
+        return policy
+
+    async def _hub_key(self) -> Ed25519PublicKey:
+        key = self.state.hub_key()
+        if key is not None:
+            return key
+        import aiohttp
+
+        from edge.uplink import tls_context
+
+        cfg = self.gateway.config.uplink
+        url = cfg.hub.rstrip("/") + "/oxp/v1/hub-key"
+        if not (url.startswith("https://") or _is_loopback(url)):
+            raise DesiredError(
+                f"uplink hub {cfg.hub!r} is plain http: the hub's key is pinned only over https (or on loopback), "
+                "so desired documents are not applied"
+            )
+        ssl = tls_context(cfg.ca or None) if url.startswith("https://") else False
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=cfg.timeout)) as http:
+                async with http.get(url, ssl=ssl) as resp:
+                    if resp.status != 200:
+                        raise DesiredError(f"GET {url} answered {resp.status}; cannot pin the hub's key yet")
+                    pem = await resp.content.read(16_384)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise DesiredError(f"cannot fetch the hub's key from {url}: {exc}") from None
+        return self.state.pin_hub_key(pem)

@@ -5,12 +5,14 @@
 Every arrow out of a driver is a bounded queue, so a slow stage pushes back on the
 drivers instead of growing memory.  Each bus owner, device, stage, the uplink, the
 local API and the systemd watchdog is its own task; a failing driver is restarted
-by its DeviceRunner and never takes another task down.
+by its DeviceRunner and never takes another task down.  A stage task that dies is
+a bug: the gateway then stops cleanly and exits non-zero so systemd restarts it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -24,16 +26,17 @@ from drivers.registry import load_driver
 from drivers.sdk import DeviceContext, Driver
 from edge import __version__
 from edge.config import GatewayConfig
-from edge.desired import DesiredChange, DesiredError, DesiredState, overlay_config
+from edge.desired import DesiredApplier, DesiredState, Reload, overlay_config
 from edge.notify import Notifier, watchdog_loop
 from edge.supervise import DeviceRunner
 from edge.types import Channel, Reading
 
-__all__ = ["Gateway", "PipelineCounters", "Reload", "StartError", "run_gateway"]
+__all__ = ["Gateway", "PipelineCounters", "StartError", "run_gateway"]
 
 log = logging.getLogger("ocn.runtime")
 
 QUEUE_SIZE = 10_000
+STOP_TIMEOUT_S = 10.0  # for all tasks together: systemd's TimeoutStopSec is 30 s
 
 
 class StartError(Exception):
@@ -50,17 +53,8 @@ class PipelineCounters:
 
     readings_read: int = 0
     readings_released: int = 0
+    readings_failed: int = 0  # readings a stage could not handle (a bug or an impossible value), dropped
     started_monotonic: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True)
-class Reload:
-    """A validated desired config (and policy) waiting to replace the running pipeline."""
-
-    config: GatewayConfig
-    policy: Any
-    change: DesiredChange
-    policy_toml: str | None
 
 
 @dataclass
@@ -73,7 +67,7 @@ class _Device:
 
 
 class Gateway:
-    """One running gateway: call ``await start()``, then ``await stop()`` (which flushes to the spool)."""
+    """One running pipeline: ``await start()``, then ``await stop()`` (which flushes memory to the spool)."""
 
     def __init__(
         self,
@@ -84,18 +78,28 @@ class Gateway:
         notifier: Notifier | None = None,
         policy: Any = None,
         desired: DesiredState | None = None,
+        base_config: GatewayConfig | None = None,
         request_reload: Callable[[Reload], None] | None = None,
+        fallback_to_local_policy: bool = False,
     ) -> None:
         self.config = config
         self.policy = policy  # None: load [privacy].policy at start
+        # True when `policy` is the hub's saved one: if it no longer fits the devices, run the local one.
+        self._fallback_to_local_policy = fallback_to_local_policy
         self.desired = desired or DesiredState(config.gateway.state_dir, device_id=config.gateway.id)
-        self._request_reload = request_reload
+        self.applier = DesiredApplier(
+            self, state=self.desired, base_config=base_config or config, request_reload=request_reload
+        )
         self._driver_lookup = driver_lookup
         self._clock_ms = clock_ms
         self.notifier = notifier or Notifier()
         self.counters = PipelineCounters()
         self.readings: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_SIZE)
         self.released: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_SIZE)
+        # Released by the privacy stage but not yet in the released queue (it was full):
+        # kept here so a cancel or a policy swap can never lose or mislabel them.
+        self._unreleased: collections.deque[Reading] = collections.deque()
+        self._release_lock = asyncio.Lock()
         self.buses: dict[str, Any] = {}
         self.devices: list[_Device] = []
         self._bus_tasks: list[asyncio.Task[None]] = []
@@ -105,6 +109,7 @@ class Gateway:
         self._local_api_runner: Any = None
         self._notice_changed = asyncio.Event()
         self._notice_cache: tuple[bytes, dict[str, Any]] | None = None
+        self._failed_channels: set[str] = set()
         self.spool: Any = None
         self.privacy: Any = None
         self.batcher: Any = None
@@ -112,7 +117,8 @@ class Gateway:
         self.boot: Any = None
         self.key_id = b""
         self.spool_stats_at_stop: dict[str, Any] | None = None
-        self._stopped = False
+        self.fatal = asyncio.Event()  # a pipeline task died: run_gateway stops and exits non-zero
+        self.stopped = False
 
     # -- assembly ---------------------------------------------------------------------------
 
@@ -139,11 +145,26 @@ class Gateway:
             channels = list(cls(ctx).channels())
             self.devices.append(_Device(dev, cls, ctx, channels))
 
+    def channels(self) -> list[Channel]:
+        """Every channel the configured devices declare (what the privacy policy is checked against)."""
+        return [c for d in self.devices for c in d.channels]
+
+    def _privacy_stage(self, policy: Any, *, budget: bool = True) -> Any:
+        from edge.privacy import PrivacyStage
+
+        # The epsilon spent survives restarts and policy swaps: a restart must not refill the budget.
+        state = Path(self.config.gateway.state_dir) / "privacy-budget.json"
+        return PrivacyStage(policy, self.channels(), clock_ms=self._clock_ms, budget_state=state if budget else None)
+
+    def check_policy(self, policy: Any) -> None:
+        """Raise PolicyError if ``policy`` does not fit this gateway's channels; changes nothing."""
+        self._privacy_stage(policy, budget=False)
+
     async def start(self) -> None:
         """Open the spool, load keys and policy, build every stage and start their tasks."""
         from edge.batcher import Batcher
-        from edge.privacy import PrivacyStage, load_policy
         from edge.enrol import ensure_device_key
+        from edge.privacy import PolicyError, load_policy
         from edge.protocol import key_id, load_private_key
         from edge.spool import Spool
 
@@ -157,13 +178,15 @@ class Gateway:
         private_key = load_private_key(key_path)
         self.key_id = key_id(private_key.public_key())
 
-        if self.policy is None:
-            self.policy = load_policy(
+        def local_policy() -> Any:
+            return load_policy(
                 cfg.privacy.policy,
                 governance_key=cfg.privacy.governance_key or None,
                 require_signed=cfg.privacy.require_signed,
             )
-        policy = self.policy
+
+        if self.policy is None:
+            self.policy = local_policy()
 
         self.spool = await Spool.open(state / "spool.db", max_bytes=cfg.spool.max_size, when_full=cfg.spool.when_full)
         self.boot = await self.spool.begin_boot()
@@ -171,11 +194,19 @@ class Gateway:
             log.warning("previous run did not stop cleanly", extra={"boot_epoch": self.boot.boot_epoch})
 
         self._build_devices()
-        channels = [c for d in self.devices for c in d.channels]
-        # The epsilon spent survives restarts and policy swaps: a restart must not refill the budget.
-        self.privacy = PrivacyStage(
-            policy, channels, clock_ms=self._clock_ms, budget_state=state / "privacy-budget.json"
-        )
+        try:
+            self.privacy = self._privacy_stage(self.policy)
+        except PolicyError as exc:
+            if not self._fallback_to_local_policy:
+                raise
+            self.desired.record_failure(
+                self.desired.applied_etag,
+                f"the hub's policy ({self.desired.saved_policy_path()}) does not fit these devices: "
+                + "; ".join(exc.problems) + f"; running {cfg.privacy.policy} instead",
+            )
+            self.policy = local_policy()
+            self.privacy = self._privacy_stage(self.policy)
+        policy = self.policy
         if cfg.uplink.hub:
             from edge.uplink import Uplink
 
@@ -188,7 +219,7 @@ class Gateway:
                 timeout_s=cfg.uplink.timeout,
                 daily_budget=cfg.uplink.daily_budget,
                 status_provider=self.status_report,
-                on_desired=self._on_desired,
+                on_desired=self.applier.on_desired,
             )
 
         self.batcher = Batcher(
@@ -205,24 +236,27 @@ class Gateway:
             clock_ms=self._clock_ms,
             on_stored=self.uplink.wake if self.uplink is not None else None,
         )
+        if cfg.local_api.enabled:
+            await self._start_local_api()
         for name, bus in self.buses.items():
             self._bus_tasks.append(asyncio.create_task(bus.run(), name=f"bus:{name}"))
         for dev in self.devices:
-            dev.runner = DeviceRunner(dev.config.name, self._driver_factory(dev), self._emit)
+            personal = any(c.personal for c in dev.channels)
+            dev.runner = DeviceRunner(dev.config.name, self._driver_factory(dev), self._emit, personal=personal)
             self._device_tasks.append(asyncio.create_task(dev.runner.run(), name=f"device:{dev.config.name}"))
-        self._stage_tasks = [
-            asyncio.create_task(self._privacy_loop(), name="stage:privacy"),
-            asyncio.create_task(self._privacy_ticks(), name="stage:privacy-windows"),
-            asyncio.create_task(self._batcher_loop(), name="stage:batcher"),
-            asyncio.create_task(self.batcher.run(), name="stage:batcher-timer"),
-        ]
+        for coro, name in (
+            (self._privacy_loop(), "stage:privacy"),
+            (self._privacy_ticks(), "stage:privacy-windows"),
+            (self._batcher_loop(), "stage:batcher"),
+            (self.batcher.run(), "stage:batcher-timer"),
+        ):
+            self._stage_tasks.append(self.track(asyncio.create_task(coro, name=name), into=None))
         if self.uplink is not None:
-            self._service_tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
-            self._service_tasks.append(asyncio.create_task(self._publish_notice(), name="notice"))
+            self.track(asyncio.create_task(self.uplink.run(), name="uplink"))
+            self.track(asyncio.create_task(self._publish_notice(), name="notice"))
             self._notice_changed.set()
+        # Not tracked: without WATCHDOG_USEC the watchdog loop has nothing to do and returns.
         self._service_tasks.append(asyncio.create_task(watchdog_loop(self.notifier), name="watchdog"))
-        if cfg.local_api.enabled:
-            await self._start_local_api(policy)
 
         log.info(
             "gateway running",
@@ -237,6 +271,26 @@ class Gateway:
         )
         self.notifier.ready(f"{len(self.devices)} devices running")
 
+    def track(self, task: asyncio.Task[Any], *, into: list[asyncio.Task[Any]] | None | bool = True) -> asyncio.Task[Any]:
+        """Watch a long-running task: if it dies (not cancelled) the gateway is failing.
+
+        Tasks are kept in the service list (stopped after the flush) unless ``into`` is None.
+        """
+        task.add_done_callback(self._task_done)
+        if into is True:
+            self._service_tasks.append(task)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or self.stopped or task.get_name() == "desired":
+            return
+        exc = task.exception()
+        log.error(
+            "pipeline task stopped; stopping the gateway so it is restarted",
+            extra={"task": task.get_name(), "error": repr(exc)[:300] if exc else "returned"},
+        )
+        self.fatal.set()
+
     def _driver_factory(self, dev: _Device) -> Callable[[], Driver]:
         return lambda: dev.driver_cls(dev.context)
 
@@ -245,8 +299,7 @@ class Gateway:
         from edge.privacy import build_notice
 
         if self._notice_cache is None or self._notice_cache[0] != self.policy.digest:
-            channels = [c for d in self.devices for c in d.channels]
-            self._notice_cache = (self.policy.digest, build_notice(self.policy, self.config, channels=channels))
+            self._notice_cache = (self.policy.digest, build_notice(self.policy, self.config, channels=self.channels()))
         return self._notice_cache[1]
 
     async def _publish_notice(self) -> None:
@@ -254,27 +307,33 @@ class Gateway:
         attempt = 0
         while True:
             await self._notice_changed.wait()
-            if await self.uplink.send_notice(self.notice()):
+            digest = self.policy.digest
+            # Cleared only if the policy did not change while the notice was on its way.
+            if await self.uplink.send_notice(self.notice()) and self.policy.digest == digest:
                 self._notice_changed.clear()
                 attempt = 0
                 continue
             attempt += 1
             await asyncio.sleep(min(300.0, 2.0 ** min(attempt, 9)))
 
-    async def _start_local_api(self, policy: Any) -> None:
+    async def _start_local_api(self) -> None:
         from aiohttp import web
 
         from edge.localapi import create_app
         from edge.privacy import render_notice_html
 
         app = create_app(notice_html=lambda: render_notice_html(self.notice()), notice_json=self.notice, status=self.status)
-        runner = web.AppRunner(app, access_log=None)
+        self._local_api_runner = runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         listen = self.config.local_api.listen
-        site = web.TCPSite(runner, listen.host, listen.port)
-        await site.start()
-        self._local_api_runner = runner
-        log.info("local API listening", extra={"listen": self.config.local_api.listen})
+        try:
+            await web.TCPSite(runner, listen.host, listen.port).start()
+        except OSError as exc:
+            raise StartError(
+                f"local_api.listen = {str(listen)!r}: cannot listen there ({exc.strerror or exc}); "
+                "change [local_api] listen or set enabled = false"
+            ) from None
+        log.info("local API listening", extra={"listen": str(listen)})
 
     # -- the stages -------------------------------------------------------------------------
 
@@ -283,14 +342,31 @@ class Gateway:
         await self.readings.put(reading)
 
     async def _release(self, out: list[Reading]) -> None:
-        for r in out:
-            self.counters.readings_released += 1
-            await self.released.put(r)
+        self.counters.readings_released += len(out)
+        self._unreleased.extend(out)
+        async with self._release_lock:
+            while self._unreleased:
+                await self.released.put(self._unreleased[0])
+                self._unreleased.popleft()
+
+    def _process(self, reading: Reading) -> list[Reading]:
+        """One reading through the privacy stage; a reading it cannot handle is dropped and counted, not fatal."""
+        try:
+            return self.privacy.process(reading)
+        except Exception as exc:  # noqa: BLE001 - one bad value must not stop every other reading
+            self.counters.readings_failed += 1
+            if reading.channel not in self._failed_channels:  # once per channel; never the value
+                self._failed_channels.add(reading.channel)
+                log.error(
+                    "privacy stage cannot handle a reading; dropped",
+                    extra={"channel": reading.channel, "error": type(exc).__name__},
+                )
+            return []
 
     async def _privacy_loop(self) -> None:
         while True:
             reading = await self.readings.get()
-            await self._release(self.privacy.process(reading))
+            await self._release(self._process(reading))
 
     async def _privacy_ticks(self) -> None:
         while True:
@@ -314,7 +390,8 @@ class Gateway:
             "boot_epoch": self.boot.boot_epoch if self.boot else None,
             "readings_read": self.counters.readings_read,
             "readings_released": self.counters.readings_released,
-            "queues": {"readings": self.readings.qsize(), "released": self.released.qsize()},
+            "readings_failed": self.counters.readings_failed,
+            "queues": {"readings": self.readings.qsize(), "released": self.released.qsize() + len(self._unreleased)},
             "devices": {
                 d.config.name: {
                     "driver": d.config.driver,
@@ -340,6 +417,13 @@ class Gateway:
     def status_report(self) -> dict[str, Any]:
         """The fields of the signed status report the uplink sends to the hub."""
         spool = self.spool.stats() if self.spool else {}
+        errors = [f"{d.config.name}: {d.runner.last_error}" for d in self.devices if d.runner and d.runner.failing]
+        if self.uplink is not None and not self.uplink.reachable and self.uplink.counters.last_error:
+            errors.append(f"uplink: {self.uplink.counters.last_error}")
+        if self.desired.last_error:
+            errors.append(self.desired.last_error)
+        if self.counters.readings_failed:
+            errors.append(f"privacy stage dropped {self.counters.readings_failed} readings it could not handle")
         return {
             "device_id": self.config.gateway.id,
             "ts_ms": self._clock_ms(),
@@ -349,116 +433,44 @@ class Gateway:
             "spool_batches": spool.get("batches", 0),
             "spool_bytes": spool.get("bytes", 0),
             "readings_dropped": spool.get("readings_dropped", 0),
-            "policy_digest": self.privacy.policy.digest if self.privacy else b"",
+            "policy_digest": self.policy.digest if self.policy is not None else b"",
             "config_digest": self.config.digest,
             "applied_etag": self.desired.applied_etag,
-            "errors": [f"{d.config.name}: {d.runner.last_error}" for d in self.devices if d.runner and d.runner.failing]
-            + ([self.desired.last_error] if self.desired.last_error else []),
+            "errors": errors,
         }
 
-    # -- desired state from the hub ---------------------------------------------------------
+    # -- policy swap ------------------------------------------------------------------------
 
-    def _on_desired(self, signed: Any, etag: str) -> None:
-        if signed is None or etag == self.desired.applied_etag or self._stopped:
-            return
-        task = asyncio.create_task(self._apply_desired(signed, etag), name="desired")
-        self._service_tasks.append(task)
-
-    async def _apply_desired(self, signed: Any, etag: str) -> None:
-        """Verify and validate the hub's desired document, then apply it whole or not at all."""
-        try:
-            change = self.desired.verify(signed, etag, await self._hub_key())
-            policy, policy_toml = self._desired_policy(change)
-            config = self._desired_config(change)
-        except DesiredError as exc:
-            self.desired.record_failure(etag, str(exc))
-            return
-        if config is not None:
-            if self._request_reload is None:
-                self.desired.record_failure(etag, "this gateway cannot restart its pipeline in place")
-                return
-            self._request_reload(Reload(config, policy or self.policy, change, policy_toml))
-            return
-        if policy is not None:
-            self.swap_policy(policy)
-        self.desired.record_success(change, policy_toml=policy_toml, config=None)
-
-    async def _hub_key(self) -> Any:
-        key = self.desired.hub_key()
-        if key is not None:
-            return key
-        import aiohttp
-
-        from edge.uplink import tls_context
-
-        url = self.config.uplink.hub.rstrip("/") + "/oxp/v1/hub-key"
-        ssl = tls_context(self.config.uplink.ca or None) if url.startswith("https://") else False
-        try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.uplink.timeout)) as http:
-                async with http.get(url, ssl=ssl) as resp:
-                    if resp.status != 200:
-                        raise DesiredError(f"GET {url} answered {resp.status}; cannot pin the hub's key yet")
-                    pem = await resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise DesiredError(f"cannot fetch the hub's key from {url}: {exc}") from None
-        try:
-            return self.desired.pin_hub_key(pem)
-        except ValueError as exc:
-            raise DesiredError(f"the hub's key from {url} is not a PEM public key: {exc}") from None
-
-    def _desired_policy(self, change: DesiredChange) -> tuple[Any, str | None]:
-        from edge.privacy import PolicyError, PrivacyStage, parse_policy
-        from edge.schema import dumps_toml
-
-        if change.policy is None:
-            return None, None
-        if self.config.privacy.require_signed:
-            raise DesiredError(
-                "privacy.require_signed = true: a policy must arrive as a file signed by the governance key, "
-                "so the hub's policy was not applied"
-            )
-        text = dumps_toml(change.policy)
-        try:
-            policy = parse_policy(text, path="desired-policy.toml")
-            # Validate against the channels the devices declare before anything changes.
-            PrivacyStage(policy, [c for d in self.devices for c in d.channels], clock_ms=self._clock_ms)
-        except PolicyError as exc:
-            raise DesiredError("; ".join(exc.problems) if hasattr(exc, "problems") else str(exc)) from None
-        return policy, text
-
-    def _desired_config(self, change: DesiredChange) -> GatewayConfig | None:
-        from edge.config import ConfigError, effective_toml, parse_config
-        from edge.schema import dumps_toml
-
-        if change.config is None:
-            return None
-        merged = overlay_config(effective_toml(self.config), change.config)
-        try:
-            return parse_config(dumps_toml(merged), path=self.config.path)
-        except ConfigError as exc:
-            raise DesiredError("; ".join(exc.problems)) from None
+    def _hand_released_to_batcher(self) -> None:
+        """Everything the privacy stage released so far, in order, straight into the batcher."""
+        while not self.released.empty():
+            self.batcher.add_nowait(self.released.get_nowait())
+        while self._unreleased:
+            self.batcher.add_nowait(self._unreleased.popleft())
 
     def swap_policy(self, policy: Any) -> None:
         """Put a validated policy in force between two readings.
 
         Synchronous on purpose: nothing else runs on the loop meanwhile, so every
         reading is handled by exactly one of the two policies.  What the old policy
-        released is handed to the batcher before the batch's policy digest changes.
+        released (including its last, closing windows) reaches the batcher before the
+        policy digest changes, and the old stage charges its last releases to the
+        budget file before the new stage reads it.
         """
-        from edge.privacy import PrivacyStage
-
-        channels = [c for d in self.devices for c in d.channels]
-        state = Path(self.config.gateway.state_dir)
-        new = PrivacyStage(policy, channels, clock_ms=self._clock_ms, budget_state=state / "privacy-budget.json")
-        old, self.privacy = self.privacy, new
-        while not self.released.empty():
-            self.batcher.add_nowait(self.released.get_nowait())
-        for reading in old.flush(self._clock_ms()):
-            self.counters.readings_released += 1
+        self.check_policy(policy)
+        self._hand_released_to_batcher()
+        old = self.privacy
+        closing = old.flush(self._clock_ms())
+        self.counters.readings_released += len(closing)
+        for reading in closing:
             self.batcher.add_nowait(reading)
-        self.batcher.set_channels(new.output_channels())
-        self.batcher.set_policy_digest(policy.digest)
+        self.privacy = self._privacy_stage(policy)
         self.policy = policy
+        if hasattr(self.batcher, "set_policy"):
+            self.batcher.set_policy(policy.digest, self.privacy.output_channels())
+        else:
+            self.batcher.set_policy_digest(policy.digest)
+            self.batcher.set_channels(self.privacy.output_channels())
         self._notice_changed.set()
         log.info("policy swapped", extra={"policy": policy.digest.hex()[:16], "previous": old.policy.digest.hex()[:16]})
 
@@ -469,43 +481,60 @@ class Gateway:
 
         With ``drain_timeout_s`` the uplink keeps sending for up to that long, until the
         spool is empty; what is left stays in the spool for the next start.  With
-        ``reloading`` systemd hears RELOADING=1 instead of STOPPING=1.
+        ``reloading`` systemd hears RELOADING=1 instead of STOPPING=1.  Each step runs
+        even when an earlier one failed, and waiting for tasks is bounded in total.
         """
-        if self._stopped:
+        if self.stopped:
             return
-        self._stopped = True
-        if reloading:
-            self.notifier.send("RELOADING=1")
-        else:
-            self.notifier.stopping()
+        self.stopped = True
+        self.notifier.send("RELOADING=1" if reloading else "STOPPING=1")
         log.info("stopping: flushing readings in memory to the spool")
-        await _cancel(self._device_tasks)
-        await _cancel(self._bus_tasks)
-        await _cancel(self._stage_tasks)
-        # The queues now hold what the drivers emitted but the stages had not yet taken.
-        if self.privacy is not None:
-            while not self.readings.empty():
-                await self._release_nowait(self.privacy.process(self.readings.get_nowait()))
-            await self._release_nowait(self.privacy.flush(self._clock_ms()))
-        if self.batcher is not None:
-            while not self.released.empty():
-                await self.batcher.add(self.released.get_nowait())
-            await self.batcher.flush()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        await _cancel(self._device_tasks, deadline)
+        await _cancel(self._bus_tasks, deadline)
+        await _cancel(self._stage_tasks, deadline)
+        with _step("flush readings in memory to the spool"):
+            await self._flush_memory()
         if self.uplink is not None and drain_timeout_s > 0:
-            await self._drain(drain_timeout_s)
-        await _cancel(self._service_tasks)
+            with _step("drain the spool to the hub"):
+                await self._drain(drain_timeout_s)
+        await _cancel(self._service_tasks, deadline)
         if self.uplink is not None:
-            await self.uplink.aclose()
+            with _step("close the uplink"):
+                await self.uplink.aclose()
         if self._local_api_runner is not None:
-            await self._local_api_runner.cleanup()
+            with _step("close the local API"):
+                await self._local_api_runner.cleanup()
         if self.spool is not None:
-            self.spool_stats_at_stop = self.spool.stats()
-            await self.spool.mark_clean_shutdown()
-            await self.spool.close()
-        for bus in self.buses.values():
-            with contextlib.suppress(Exception):
+            with _step("close the spool"):
+                self.spool_stats_at_stop = self.spool.stats()
+                await self.spool.mark_clean_shutdown()
+                await self.spool.close()
+        for name, bus in self.buses.items():
+            with _step(f"close bus {name}"):
                 await bus.aclose()
         log.info("stopped cleanly", extra=_summary_fields(self))
+
+    async def _flush_memory(self) -> None:
+        # Oldest first: what was released, then what the privacy stage had not yet taken,
+        # then the windows still open.  Nothing consumes the queues concurrently now.
+        if self.batcher is None:
+            return
+        self._hand_released_to_batcher()
+        if self.privacy is not None:
+            while not self.readings.empty():
+                out = self._process(self.readings.get_nowait())
+                self.counters.readings_released += len(out)
+                for r in out:
+                    self.batcher.add_nowait(r)
+            closing = self.privacy.flush(self._clock_ms())
+            self.counters.readings_released += len(closing)
+            for r in closing:
+                self.batcher.add_nowait(r)
+        await self.batcher.flush()
+        left = self.batcher.unsealed
+        if left:
+            log.error("readings could not be stored in the spool at shutdown", extra={"readings": left})
 
     async def _drain(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -513,11 +542,14 @@ class Gateway:
         while self.spool.stats()["batches"] > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
-    async def _release_nowait(self, out: list[Reading]) -> None:
-        # During shutdown nothing consumes the released queue concurrently: hand straight to the batcher.
-        for r in out:
-            self.counters.readings_released += 1
-            await self.batcher.add(r)
+
+@contextlib.contextmanager
+def _step(what: str):  # type: ignore[no-untyped-def]
+    """One shutdown step: a failure is logged and the next steps still run."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - shutdown goes on whatever one step did
+        log.error("shutdown step failed", extra={"step": what, "error": f"{type(exc).__name__}: {exc}"[:300]})
 
 
 def _summary_fields(gw: Gateway) -> dict[str, Any]:
@@ -526,20 +558,16 @@ def _summary_fields(gw: Gateway) -> dict[str, Any]:
         "readings_released": gw.counters.readings_released,
     }
     if gw.batcher is not None:
-        stats = gw.batcher.stats()
-        fields["batches_sealed"] = stats.get("batches_sealed", 0)
+        fields["batches_sealed"] = gw.batcher.stats().get("batches_sealed", 0)
     return fields
 
 
-STOP_TIMEOUT_S = 10.0
-
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel tasks and wait for them, but never let one that ignores cancellation hang the shutdown."""
+async def _cancel(tasks: list[asyncio.Task[Any]], deadline: float) -> None:
+    """Cancel tasks and wait for them until ``deadline``: one that ignores cancellation cannot hang shutdown."""
     for t in tasks:
         t.cancel()
     if tasks:
-        _, stuck = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_S)
+        _, stuck = await asyncio.wait(tasks, timeout=max(0.1, deadline - time.monotonic()))
         for task in stuck:
             log.error("task did not stop when cancelled; leaving it behind", extra={"task": task.get_name()})
     for task in tasks:
@@ -557,62 +585,84 @@ async def run_gateway(
 ) -> Gateway:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut down cleanly. Returns the stopped gateway.
 
-    A desired config from the hub restarts the pipeline in this process: the running one
-    is stopped (memory flushed to the spool), the new one started; if it fails to start,
-    the last good config is started again and the failure reported upstream.
+    ``config`` is the local file's config; the hub's last applied desired config and
+    policy are laid over it (``<state_dir>/desired/``) when they still validate.  A new
+    desired config restarts the pipeline in this process: the running one is stopped
+    (memory flushed to the spool), the new one started; if it fails to start, the last
+    good one is started again and the failure reported upstream.  If a pipeline task
+    dies, the gateway stops cleanly and ``gateway.fatal`` is set (exit non-zero).
     """
     from edge.enrol import EnrolError
     from edge.privacy import PolicyError
     from edge.spool import SpoolError
+    from edge.uplink import UplinkError
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    notifier = kwargs.pop("notifier", None) or Notifier()
     desired = DesiredState(config.gateway.state_dir, device_id=config.gateway.id)
     reloads: asyncio.Queue[Reload] = asyncio.Queue()
-    config, policy = _last_applied(config, desired)
+    running_config, policy = _last_applied(config, desired)
 
-    def make(cfg: GatewayConfig, pol: Any) -> Gateway:
-        return Gateway(cfg, policy=pol, desired=desired, request_reload=reloads.put_nowait, **kwargs)
+    def make(cfg: GatewayConfig, pol: Any, *, fallback: bool = False) -> Gateway:
+        return Gateway(
+            cfg, policy=pol, desired=desired, base_config=config, request_reload=reloads.put_nowait,
+            notifier=notifier, fallback_to_local_policy=fallback, **kwargs,
+        )
 
-    gateway = make(config, policy)
+    gateway = make(running_config, policy, fallback=policy is not None)
     try:
         try:
             await gateway.start()
-        except (PolicyError, EnrolError, SpoolError) as exc:
+        except (PolicyError, EnrolError, SpoolError, UplinkError) as exc:
             raise StartError(str(exc)) from None
         if started is not None:
             started(gateway)
         while True:
-            stopping = asyncio.ensure_future(stop.wait())
-            reloading = asyncio.ensure_future(reloads.get())
-            done, _ = await asyncio.wait({stopping, reloading}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            reloading.cancel()
-            if stopping in done:
+            waits = {
+                asyncio.ensure_future(stop.wait()): "stop",
+                asyncio.ensure_future(gateway.fatal.wait()): "fatal",
+                asyncio.ensure_future(reloads.get()): "reload",
+            }
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for fut in pending:
+                fut.cancel()
+            outcome = {waits[f]: f for f in done}
+            if "stop" in outcome or "fatal" in outcome:
                 break
-            request = reloading.result()
-            log.info("applying the hub's desired config: restarting the pipeline", extra={"etag": request.change.etag})
-            await gateway.stop(reloading=True)
-            candidate = make(request.config, request.policy)
-            try:
-                await candidate.start()
-            except Exception as exc:  # noqa: BLE001 - whatever broke, the last good config comes back
-                await candidate.stop(reloading=True)
-                desired.record_failure(request.change.etag, f"the new config did not start: {exc}")
-                gateway = make(gateway.config, gateway.policy)
-                await gateway.start()
-            else:
-                desired.record_success(request.change, policy_toml=request.policy_toml, config=request.change.config)
-                gateway = candidate
+            request = outcome["reload"].result()
+            gateway = await _reload(gateway, request, make, desired)
             if started is not None:
                 started(gateway)
     finally:
+        await gateway.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-        await gateway.stop()
+        notifier.close()
     return gateway
+
+
+async def _reload(
+    gateway: Gateway, request: Reload, make: Callable[[GatewayConfig, Any], Gateway], desired: DesiredState
+) -> Gateway:
+    """Replace the running pipeline with one for ``request``; on failure bring the last good one back."""
+    log.info("applying the hub's desired config: restarting the pipeline", extra={"etag": request.change.etag or "(local)"})
+    await gateway.stop(reloading=True)
+    candidate = make(request.config, request.policy)
+    try:
+        await candidate.start()
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the last good config comes back
+        await candidate.stop(reloading=True)
+        desired.record_failure(request.change.etag, f"the new config did not start: {exc}")
+        previous = make(gateway.config, gateway.policy)
+        await previous.start()
+        return previous
+    desired.record_success(request.change, policy_toml=request.policy_toml)
+    if request.config.gateway.log_level != gateway.config.gateway.log_level:
+        logging.getLogger().setLevel(request.config.gateway.log_level.upper())
+    return candidate
 
 
 def _last_applied(config: GatewayConfig, desired: DesiredState) -> tuple[GatewayConfig, Any]:
@@ -626,12 +676,14 @@ def _last_applied(config: GatewayConfig, desired: DesiredState) -> tuple[Gateway
         try:
             config = parse_config(dumps_toml(overlay_config(effective_toml(config), overlay)), path=config.path)
         except ConfigError as exc:
-            desired.record_failure(desired.applied_etag, "the saved desired config no longer validates: " + "; ".join(exc.problems))
+            desired.record_failure(
+                desired.applied_etag, "the saved desired config no longer validates: " + "; ".join(exc.problems)
+            )
     policy = None
     saved = desired.saved_policy_path()
     if saved is not None and not config.privacy.require_signed:
         try:
             policy = parse_policy(saved.read_text(), path=str(saved))
         except PolicyError as exc:
-            desired.record_failure(desired.applied_etag, f"the saved desired policy no longer validates: {exc}")
+            desired.record_failure(desired.applied_etag, f"the saved desired policy {saved} no longer validates: {exc}")
     return config, policy

@@ -121,7 +121,8 @@ class Uplink:
         self.daily_budget = daily_budget
         self.counters = UplinkCounters()
         self.desired: Any = None
-        self.desired_etag = ""
+        # None until the first answer: even an empty ETag ("the hub holds no document") is news then.
+        self.desired_etag: str | None = None
         self._spool = spool
         self._private_key = private_key
         self._ssl = tls_context(ca) if self.hub_url.startswith("https://") else None

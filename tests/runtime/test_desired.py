@@ -200,3 +200,114 @@ async def test_the_transparency_notice_reaches_the_hub_register_and_follows_a_po
         assert digests == {first["policy"]["digest"], gateway.policy.digest.hex()}
     finally:
         await gateway.stop()
+
+
+async def test_a_desired_config_that_fails_to_start_is_tried_once_and_the_last_good_one_runs(setup, tmp_path):
+    import socket
+
+    hub, config = setup
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    stop = asyncio.Event()
+    running: list[Gateway] = []
+    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
+    try:
+        await _until(lambda: running)
+        await hub.set_desired(
+            "device", "pole-7", {"config": {"local_api": {"enabled": True, "listen": f"127.0.0.1:{port}"}}}
+        )
+        await running[0].uplink.send_status()
+        await _until(lambda: len(running) == 2)
+        restored = running[1]
+        assert restored.config.digest == config.digest, "the last good config runs again"
+        assert "cannot listen there" in restored.desired.last_error
+        for _ in range(3):  # the hub keeps answering with the same document
+            await restored.uplink.send_status()
+            await asyncio.sleep(0.3)
+        assert len(running) == 2, "a refused document is not tried again"
+        device = await hub.store.device("pole-7")
+        assert any("cannot listen there" in e for e in device.errors)
+    finally:
+        stop.set()
+        await task
+        taken.close()
+
+
+async def test_clearing_the_desired_config_at_the_hub_returns_the_gateway_to_its_local_config(setup):
+    hub, config = setup
+    stop = asyncio.Event()
+    running: list[Gateway] = []
+    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
+    try:
+        await _until(lambda: running)
+        await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 7}}})
+        await running[0].uplink.send_status()
+        await _until(lambda: len(running) == 2)
+        assert running[1].config.batch.max_readings == 7
+        await hub.set_desired("device", "pole-7", None)
+        await running[1].uplink.send_status()
+        await _until(lambda: len(running) == 3)
+        assert running[2].config.batch.max_readings == 20000
+        assert running[2].desired.applied_etag == ""
+        assert running[2].desired.saved_config_overlay() is None
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_restart_keeps_the_hubs_last_applied_config(setup):
+    hub, config = setup
+    await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 9}}})
+    stop = asyncio.Event()
+    running: list[Gateway] = []
+    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
+    await _until(lambda: running)
+    await running[0].uplink.send_status()
+    await _until(lambda: len(running) == 2)
+    stop.set()
+    await task
+    stop, again = asyncio.Event(), []
+    task = asyncio.create_task(run_gateway(config, stop=stop, started=again.append))
+    try:
+        await _until(lambda: again)
+        assert again[0].config.batch.max_readings == 9, "the hub's config is in force from the first second"
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_desired_config_may_not_change_the_gateway_identity(setup):
+    hub, config = setup
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        await hub.set_desired("device", "pole-7", {"config": {"gateway": {"id": "pole-8"}}})
+        await gateway.uplink.send_status()
+        await _until(lambda: gateway.desired.last_error != "")
+        assert "may not change gateway.id" in gateway.desired.last_error
+    finally:
+        await gateway.stop()
+
+
+async def test_a_reading_the_privacy_stage_cannot_handle_is_dropped_and_counted_not_fatal(setup):
+    from edge.privacy import parse_policy
+    from edge.schema import dumps_toml
+    from edge.types import Reading
+
+    hub, config = setup
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        fine = dict(QUANTIZED, channels={"pm-1/*": {"rule": "quantize", "step": 0.001, "purpose": "air quality"}})
+        gateway.swap_policy(parse_policy(dumps_toml(fine)))
+        # 1e308 / 0.001 overflows a float: the kind of value a broken sensor sends once.
+        await gateway.readings.put(Reading("pm-1/pm2_5", gateway._clock_ms(), 1e308, "ug/m3"))
+        await _until(lambda: gateway.counters.readings_failed == 1)
+        before = gateway.counters.readings_released
+        await _until(lambda: gateway.counters.readings_released > before)
+        assert not gateway.fatal.is_set()
+        assert any("could not handle" in e for e in gateway.status_report()["errors"])
+    finally:
+        await gateway.stop()
