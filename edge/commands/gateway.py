@@ -51,11 +51,12 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or config.gateway.log_level)
     try:
-        asyncio.run(run_gateway(config))
+        gateway = asyncio.run(run_gateway(config))
     except StartError as exc:
         print(f"ocn-edge run: {exc}", file=sys.stderr)
         return 2
-    return 0
+    # A pipeline task died: exit non-zero so systemd (Restart=always) starts a fresh process.
+    return 1 if gateway.fatal.is_set() else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
