@@ -8,7 +8,10 @@ A batch is sealed when the first of these happens:
 - ``max_readings`` readings have been collected;
 - ``flush_interval`` has passed since the first unsealed reading arrived, so a
   reading waits in memory (at risk of a power cut) for at most that long;
-- the policy digest changes (a batch carries exactly one digest);
+- the policy digest changes (a batch carries exactly one digest), or an
+  already declared channel is declared differently (a batch is sealed with the
+  declarations in force when its readings were added, so a policy swap never
+  re-quantizes or re-types readings the old policy released);
 - ``flush()`` is awaited (shutdown).
 
 Sealing (encode, compress, sign) and the spool's fsync run in a worker thread
@@ -23,7 +26,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -63,8 +66,12 @@ class _Pending:
 
     window: int
     policy_digest: bytes
+    # The channel table in force while readings were added; never mutated, only replaced.
+    channels: Mapping[str, Channel]
     opened_at: float  # time.monotonic() of the first reading
     readings: list[Reading] = field(default_factory=list)
+    # Channels that had readings here before any declaration: declaring one later closes the batch.
+    undeclared: set[str] = field(default_factory=set)
 
 
 class Batcher:
@@ -120,15 +127,37 @@ class Batcher:
     # -- input -------------------------------------------------------------------------
 
     def set_channels(self, channels: Iterable[Channel]) -> None:
-        """Declare (more) channels; a re-declared id takes the new declaration from the next seal on."""
-        for channel in channels:
-            self._channels[channel.id] = channel
+        """Declare (more) channels for the readings added from now on.
+
+        New ids join the open batch; a changed declaration of a known id closes the
+        open batch first, so what it holds is sealed as declared when it was added.
+        """
+        self._switch(self._policy_digest, channels)
 
     def set_policy_digest(self, digest: bytes) -> None:
         """Readings from now on fall under a new policy; the open batch is closed under the old one."""
-        if digest != self._policy_digest:
+        self._switch(digest, ())
+
+    def set_policy(self, digest: bytes, channels: Iterable[Channel]) -> None:
+        """Put a new policy in force between two readings: its digest and its channel declarations together.
+
+        The open batch is closed under the old digest and declarations if either
+        changes; ``channels`` are merged into the table like `set_channels` does.
+        """
+        self._switch(digest, channels)
+
+    def _switch(self, digest: bytes, channels: Iterable[Channel]) -> None:
+        table = dict(self._channels)
+        for channel in channels:
+            table[channel.id] = channel
+        pending = self._open
+        if pending is not None and (digest != pending.policy_digest or _redeclares(pending, table)):
             self._close_open()
-            self._policy_digest = digest
+        # Copy-on-write: batches already closed keep the table they were collected under.
+        self._channels = table
+        self._policy_digest = digest
+        if self._open is not None:
+            self._open.channels = table  # only new ids were added: nothing collected so far changes
 
     async def add(self, reading: Reading) -> None:
         """Take one released reading; waits only when sealed-but-unstored batches pile up (backpressure)."""
@@ -149,8 +178,10 @@ class Batcher:
             self._close_open()
             pending = None
         if pending is None:
-            pending = self._open = _Pending(window, self._policy_digest, time.monotonic())
+            pending = self._open = _Pending(window, self._policy_digest, self._channels, time.monotonic())
             self._wake.set()  # arm run()'s flush_interval timer for the new batch
+        if reading.channel not in pending.channels:
+            pending.undeclared.add(reading.channel)
         pending.readings.append(reading)
         self.counters.readings_in += 1
         if len(pending.readings) >= self.max_readings:
@@ -243,7 +274,9 @@ class Batcher:
     def _seal_and_store(self, pending: _Pending, readings: list[Reading] | None = None) -> StoredBatch | None:
         readings = pending.readings if readings is None else readings
         try:
-            channels = tuple(self._channel(cid, readings) for cid in sorted({r.channel for r in readings}))
+            channels = tuple(
+                self._channel(cid, readings, pending.channels) for cid in sorted({r.channel for r in readings})
+            )
             header = BatchHeader(
                 device_id=self.device_id,
                 key_id=self._key_id,
@@ -282,8 +315,8 @@ class Batcher:
         counters["readings_unsealable"] = self.counters.readings_unsealable
         return counters
 
-    def _channel(self, channel_id: str, readings: list[Reading]) -> Channel:
-        declared = self._channels.get(channel_id)
+    def _channel(self, channel_id: str, readings: list[Reading], table: Mapping[str, Channel]) -> Channel:
+        declared = table.get(channel_id)
         if declared is not None:
             return declared
         # Undeclared: travel without a resolution (floats), typed from the first value; logged once.
@@ -293,3 +326,10 @@ class Batcher:
             self._undeclared_logged.add(channel_id)
             log.warning("reading of an undeclared channel: sent without a resolution", extra={"channel": channel_id})
         return Channel(channel_id, unit=sample.unit, kind=kind)
+
+
+def _redeclares(pending: _Pending, table: Mapping[str, Channel]) -> bool:
+    """Whether ``table`` declares differently a channel the pending batch may already hold readings of."""
+    if any(cid in table for cid in pending.undeclared):
+        return True
+    return any(table[cid] != declared for cid, declared in pending.channels.items())

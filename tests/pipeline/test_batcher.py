@@ -190,3 +190,98 @@ async def test_cancelling_run_mid_seal_still_stores_the_batch(spool, device_key)
     task.cancel()
     await batcher.flush()
     assert sum(b.readings for b in spool.oldest(100)) == 5000
+
+
+PM = Channel("pm-1/pm2_5", unit="ug/m3", resolution=0.1)
+PM_COARSE = Channel("pm-1/pm2_5", unit="ug/m3", resolution=5.0)
+OLD_POLICY, NEW_POLICY = b"\x01" * 32, b"\x02" * 32
+
+
+def pm(values, *, start=T0):
+    return [Reading(PM.id, start + i * 1000, v, "ug/m3") for i, v in enumerate(values)]
+
+
+def as_stored(batches):
+    """Digest, channel declarations and values of each stored batch, values rounded past float noise."""
+    return [
+        (
+            b.header.policy_digest,
+            b.channels,
+            [round(r.value, 6) if isinstance(r.value, float) else r.value for r in b.readings],
+        )
+        for b in batches
+    ]
+
+
+async def test_a_policy_swap_seals_earlier_readings_with_the_old_resolution_and_digest(spool, device_key):
+    batcher = make_batcher(spool, device_key, channels=[PM])
+    for r in pm([12.3, 12.4, 12.5, 12.6, 12.7]):
+        batcher.add_nowait(r)
+    batcher.set_policy(NEW_POLICY, [PM_COARSE])
+    for r in pm([12.3, 12.7], start=T0 + 10_000):
+        batcher.add_nowait(r)
+    await batcher.flush()
+    assert as_stored(stored(spool, device_key)) == [
+        (OLD_POLICY, (PM,), [12.3, 12.4, 12.5, 12.6, 12.7]),
+        (NEW_POLICY, (PM_COARSE,), [10, 15]),
+    ]
+
+
+async def test_re_declaring_channels_then_the_digest_keeps_earlier_readings_as_released(spool, device_key):
+    batcher = make_batcher(spool, device_key, channels=[PM])
+    for r in pm([12.3, 12.7]):
+        batcher.add_nowait(r)
+    batcher.set_channels([PM_COARSE])  # the runtime's order at a policy swap
+    batcher.set_policy_digest(NEW_POLICY)
+    batcher.add_nowait(pm([12.7], start=T0 + 10_000)[0])
+    await batcher.flush()
+    assert as_stored(stored(spool, device_key)) == [
+        (OLD_POLICY, (PM,), [12.3, 12.7]),
+        (NEW_POLICY, (PM_COARSE,), [15]),
+    ]
+
+
+async def test_a_batch_closed_but_not_yet_sealed_keeps_the_declarations_it_was_collected_under(spool, device_key):
+    batcher = make_batcher(spool, device_key, channels=[PM], max_readings=2)
+    for r in pm([12.3, 12.4]):
+        batcher.add_nowait(r)  # full: closed, waiting for the sealing thread
+    assert batcher.unsealed == 2 and spool.stats()["batches"] == 0
+    batcher.set_policy(NEW_POLICY, [PM_COARSE])
+    await batcher.flush()
+    assert as_stored(stored(spool, device_key)) == [(OLD_POLICY, (PM,), [12.3, 12.4])]
+
+
+async def test_a_channel_changing_from_number_to_string_seals_both_batches(spool, device_key):
+    status = Channel("pm-1/status", kind=Kind.NUMBER, resolution=1.0)
+    batcher = make_batcher(spool, device_key, channels=[status])
+    batcher.add_nowait(Reading(status.id, T0, 3))
+    retyped = Channel(status.id, kind=Kind.STRING)
+    batcher.set_channels([retyped])
+    batcher.add_nowait(Reading(status.id, T0 + 1000, "warming up"))
+    await batcher.flush()
+    assert as_stored(stored(spool, device_key)) == [
+        (OLD_POLICY, (status,), [3]),
+        (OLD_POLICY, (retyped,), ["warming up"]),
+    ]
+    assert batcher.counters.readings_unsealable == 0
+
+
+async def test_declaring_only_new_channels_keeps_the_open_batch(spool, device_key):
+    batcher = make_batcher(spool, device_key)
+    batcher.add_nowait(Reading(VOLTAGE.id, T0, 230.1, "V"))
+    batcher.set_channels([VOLTAGE, PM])  # VOLTAGE unchanged, PM new
+    batcher.add_nowait(pm([12.3], start=T0 + 1000)[0])
+    await batcher.flush()
+    assert as_stored(stored(spool, device_key)) == [(OLD_POLICY, (VOLTAGE, PM), [230.1, 12.3])]
+
+
+async def test_declaring_a_channel_that_already_arrived_undeclared_closes_the_batch(spool, device_key):
+    batcher = make_batcher(spool, device_key)
+    batcher.add_nowait(Reading(PM.id, T0, 12.34, "ug/m3"))
+    batcher.set_channels([PM_COARSE])
+    batcher.add_nowait(Reading(PM.id, T0 + 1000, 12.34, "ug/m3"))
+    await batcher.flush()
+    assert as_stored(stored(spool, device_key)) == [
+        (OLD_POLICY, (Channel(PM.id, unit="ug/m3"),), [12.34]),
+        (OLD_POLICY, (PM_COARSE,), [10]),
+    ]
