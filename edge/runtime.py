@@ -466,11 +466,7 @@ class Gateway:
             self.batcher.add_nowait(reading)
         self.privacy = self._privacy_stage(policy)
         self.policy = policy
-        if hasattr(self.batcher, "set_policy"):
-            self.batcher.set_policy(policy.digest, self.privacy.output_channels())
-        else:
-            self.batcher.set_policy_digest(policy.digest)
-            self.batcher.set_channels(self.privacy.output_channels())
+        self.batcher.set_policy(policy.digest, self.privacy.output_channels())
         self._notice_changed.set()
         log.info("policy swapped", extra={"policy": policy.digest.hex()[:16], "previous": old.policy.digest.hex()[:16]})
 

@@ -259,11 +259,11 @@ async def test_clearing_the_desired_config_at_the_hub_returns_the_gateway_to_its
 
 async def test_a_restart_keeps_the_hubs_last_applied_config(setup):
     hub, config = setup
-    await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 9}}})
     stop = asyncio.Event()
     running: list[Gateway] = []
     task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
     await _until(lambda: running)
+    await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 9}}})
     await running[0].uplink.send_status()
     await _until(lambda: len(running) == 2)
     stop.set()
