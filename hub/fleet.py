@@ -14,6 +14,8 @@ import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+# The gateway verifies and merges with the very same functions: one definition of the bytes signed.
+from edge.desired import canonical_json, merge_tables
 from edge.protocol import key_id
 from hub.store import Device, Store, dumps
 
@@ -23,7 +25,6 @@ __all__ = [
     "desired_document",
     "drift",
     "load_or_create_signing_key",
-    "merge",
     "sign_document",
     "verify_document",
 ]
@@ -48,17 +49,6 @@ def check_desired(document: object) -> dict[str, Any]:
     return dict(document)
 
 
-def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Tables merge key by key; anything else in ``override`` (values, arrays) replaces what ``base`` had."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def part_digest(part: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of deterministic CBOR of a part: for a policy, the same digest the gateway reports."""
     return hashlib.sha256(cbor2.dumps(part, canonical=True)).hexdigest()
@@ -78,7 +68,7 @@ async def desired_document(
     fleet, own = known[("fleet", device.fleet)], known[("device", device.device_id)]
     if fleet is None and own is None:
         return None, ""
-    merged = merge(fleet[0] if fleet else {}, own[0] if own else {})
+    merged = merge_tables(fleet[0] if fleet else {}, own[0] if own else {})
     document: dict[str, Any] = {"device_id": device.device_id, "fleet": device.fleet}
     for part in PARTS:
         if part in merged:
@@ -91,7 +81,7 @@ async def desired_document(
 
 def sign_document(document: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
     """The signed form sent to the gateway: Ed25519 over the canonical JSON bytes of ``document``."""
-    signature = private_key.sign(dumps(document).encode())
+    signature = private_key.sign(canonical_json(document))
     return {
         "document": dict(document),
         "alg": "Ed25519",
@@ -103,7 +93,7 @@ def sign_document(document: Mapping[str, Any], private_key: Ed25519PrivateKey) -
 def verify_document(signed: Mapping[str, Any], public_key: Ed25519PublicKey) -> dict[str, Any]:
     """The document inside a signed desired document, after checking its signature (raises InvalidSignature)."""
     signature = base64.urlsafe_b64decode(str(signed["signature"]) + "==")
-    public_key.verify(signature, dumps(signed["document"]).encode())
+    public_key.verify(signature, canonical_json(signed["document"]))
     return dict(signed["document"])
 
 
