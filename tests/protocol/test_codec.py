@@ -1,4 +1,4 @@
-"""The OXP/1 payload codec: lossless round trips at declared resolutions, and clear refusals."""
+"""The OXP/2 payload codec: lossless round trips at declared resolutions, and clear refusals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The OXP/1 envelope: COSE_Sign1 batches and status reports that any COSE library verifies."""
+"""The OXP/2 envelope: COSE_Sign1 batches and status reports that any COSE library verifies."""
 
 from __future__ import annotations
 
