@@ -12,6 +12,7 @@ from pathlib import Path
 from edge.protocol import (
     CODECS,
     MAX_BATCH_BYTES,
+    OXP_VERSION,
     Batch,
     BatchHeader,
     BatchTooLarge,
@@ -331,7 +332,7 @@ def _inspect(args: argparse.Namespace) -> int:
             ]
         print(json.dumps(doc, indent=2, ensure_ascii=False))
     else:
-        print(f"{args.file}: OXP/1 batch, {len(batch.readings)} readings in {len(batch.channels)} series, {verdict}")
+        print(f"{args.file}: OXP/{OXP_VERSION} batch, {len(batch.readings)} readings in {len(batch.channels)} series, {verdict}")
         for name, value in header.items():
             print(f"  {name:14} {value}")
         for s in _series(batch):

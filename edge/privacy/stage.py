@@ -53,6 +53,11 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _mean_resolution(channel: Channel) -> float | None:
+    """A mean is kept to one decimal more than the readings it summarises: more would be float noise."""
+    return None if channel.resolution is None else channel.resolution / 10
+
+
 @functools.lru_cache(maxsize=256)
 def _decimals(step: float) -> int:
     # enough decimals to show any multiple of step, few enough to drop float noise (0.1 * 3)
@@ -203,7 +208,7 @@ class PrivacyStage:
                         unit, kind, res = ch.unit, ch.kind, ch.resolution
                     else:
                         unit, kind = ch.unit, Kind.NUMBER
-                        res = None if fn == "mean" else ch.resolution
+                        res = _mean_resolution(ch) if fn == "mean" else ch.resolution
                     if rule.step is not None and fn not in ("count",) and kind is Kind.NUMBER:
                         res = rule.step
                     out.append(
@@ -394,6 +399,8 @@ class PrivacyStage:
                 value = s.last
             elif fn == "mean":
                 value = s.total / s.count
+                if rule.step is None and ch.resolution is not None:
+                    value = _round_to_step(value, _mean_resolution(ch))  # type: ignore[arg-type]
             elif fn == "sum":
                 value = s.total
             elif fn == "min":

@@ -104,7 +104,7 @@ class Receiver:
         if behaviour == "too_large":
             return web.Response(status=413, text="<html>413 Request Entity Too Large</html>", content_type="text/html")
         if behaviour == "reject":
-            return web.json_response({"error": "malformed", "detail": "payload is not OXP/1"}, status=400)
+            return web.json_response({"error": "malformed", "detail": "payload is not an OXP batch"}, status=400)
         if behaviour == "garbage":
             return web.Response(status=200, body=b"\x00\xffnot json")
         try:

@@ -194,3 +194,14 @@ def test_a_geohash_cell_centre_is_within_half_a_cell_and_stable(value: float, pr
     centre = snap(value, cell, axis)
     assert abs(centre - value) <= cell / 2 + 1e-7
     assert snap(centre, cell, axis) == centre  # generalising twice changes nothing
+
+
+def test_a_mean_is_kept_to_a_tenth_of_the_declared_resolution() -> None:
+    clock = Clock()
+    s = stage('[channels."weather-1/*"]\nrule = "aggregate"\nwindow = "5m"\nfunctions = ["mean"]\n', [TEMP], clock)
+    [mean_channel] = s.output_channels()
+    assert mean_channel.resolution == pytest.approx(TEMP.resolution / 10)
+    for i, value in enumerate((20.1, 20.2, 20.2)):
+        s.process(Reading(TEMP.id, MIDNIGHT_MS + i * 60_000, value))
+    [mean] = s.tick(MIDNIGHT_MS + 300_000)
+    assert mean.value == 20.17  # 20.1666… to a hundredth, not a float's 16 digits
