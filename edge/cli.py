@@ -12,13 +12,14 @@ from edge import __version__
 # Each module defines `register(subparsers)`, adding its sub-commands with
 # `set_defaults(func=handler)`; a handler takes the parsed args and returns an exit status.
 COMMAND_MODULES: tuple[str, ...] = (
+    # In the order a technician meets them: run a gateway, commission it, then the tools.
     "edge.commands.gateway",
-    "hilsim.cli",
     "edge.commands.check",
-    "edge.commands.policy",
     "edge.commands.enrol",
-    "hub.cli",
     "drivers.cli",
+    "edge.commands.policy",
+    "hilsim.cli",
+    "hub.cli",
     "edge.commands.oxp",
 )
 
