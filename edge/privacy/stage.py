@@ -161,6 +161,7 @@ class PrivacyStage:
         self._budget_refused = 0
         self._budget_spent_logged = False
         start = self._clock()
+        self._born_ms = start
         for channel in channels:
             rule = policy.rule_for(channel.id)
             if rule is None or rule.rule == "drop":
@@ -365,8 +366,11 @@ class PrivacyStage:
         rule, window = plan.rule, plan.windows.pop(start)
         end = start + rule.window_ms  # type: ignore[operator]
         plan.closed_until = max(plan.closed_until or end, end)
+        # A window this stage did not see whole (it started, stopped or changed policy inside
+        # it) is released flagged, so a reader can tell it from the full window's value.
+        quality = Quality.SUSPECT if start < self._born_ms or now_ms < end else None
         if isinstance(window, _Summary):
-            return self._summarise(plan, start, window)
+            return self._summarise(plan, start, window, quality)
         count = window.close()  # type: ignore[union-attr]
         if rule.epsilon is not None and self._accountant is not None:
             if not self._accountant.charge(plan.channel.id, rule.epsilon, start, max_windows=rule.max_windows):
@@ -385,9 +389,9 @@ class PrivacyStage:
         if count < rule.k:
             self._suppressed += 1
             return []
-        return self._release(Reading(distinct_channel_id(plan.channel.id, rule.window_ms), start, count))  # type: ignore[arg-type]
+        return self._release(Reading(distinct_channel_id(plan.channel.id, rule.window_ms), start, count, "", quality))  # type: ignore[arg-type]
 
-    def _summarise(self, plan: _Plan, start: int, s: _Summary) -> list[Reading]:
+    def _summarise(self, plan: _Plan, start: int, s: _Summary, quality: Quality | None = None) -> list[Reading]:
         rule, ch = plan.rule, plan.channel
         out: list[Reading] = []
         if s.count == 0:
@@ -410,7 +414,7 @@ class PrivacyStage:
             if rule.step is not None and fn != "count" and _is_number(value):
                 value = _round_to_step(float(value), rule.step)  # type: ignore[arg-type]
             unit = "" if fn == "count" else ch.unit
-            out.append(Reading(aggregate_channel_id(ch.id, fn, rule.window_ms), start, value, unit))  # type: ignore[arg-type]
+            out.append(Reading(aggregate_channel_id(ch.id, fn, rule.window_ms), start, value, unit, quality))  # type: ignore[arg-type]
         return self._release(*out)
 
     # -- accounting --------------------------------------------------------------------

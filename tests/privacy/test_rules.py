@@ -205,3 +205,14 @@ def test_a_mean_is_kept_to_a_tenth_of_the_declared_resolution() -> None:
         s.process(Reading(TEMP.id, MIDNIGHT_MS + i * 60_000, value))
     [mean] = s.tick(MIDNIGHT_MS + 300_000)
     assert mean.value == 20.17  # 20.1666… to a hundredth, not a float's 16 digits
+
+
+def test_a_window_the_stage_did_not_see_whole_is_released_flagged_suspect() -> None:
+    clock = Clock(MIDNIGHT_MS + 60_000)  # the gateway starts one minute into a 5-minute window
+    s = stage('[channels."weather-1/*"]\nrule = "aggregate"\nwindow = "5m"\nfunctions = ["mean"]\n', [TEMP], clock)
+    for t in (90_000, 390_000, 690_000):
+        s.process(Reading(TEMP.id, MIDNIGHT_MS + t, 20.0))
+    [first] = s.tick(MIDNIGHT_MS + 300_000)
+    [full] = s.tick(MIDNIGHT_MS + 600_000)
+    [last] = s.flush(MIDNIGHT_MS + 700_000)  # stopped inside the third window
+    assert (first.quality, full.quality, last.quality) == (Quality.SUSPECT, None, Quality.SUSPECT)
