@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
+import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -144,15 +145,38 @@ def _unfloat_column(data: bytes, count: int, channel: str) -> list[float]:
     return list(struct.unpack(f">{count}d", struct.pack(f">{count}Q", *bits)))
 
 
+def _column(ks: Sequence[int]) -> tuple[bool, bytes]:
+    """(smooth, column): ks as zigzag deltas, or delta-of-deltas when those leave smaller numbers to store."""
+    n = len(ks)
+    if n and -_SPREAD < min(ks) and max(ks) < _SPREAD:
+        # Neither a difference nor a difference of differences can wrap at 64 bits here, so the
+        # one-pass form equals delta / delta_of_steps exactly.
+        first = ks[0]
+        steps = [b - a for a, b in zip(ks, ks[1:])]
+        if n > 2:
+            curve = [b - a for a, b in zip(steps, steps[1:])]
+            smooth = abs(steps[0]) + sum(map(abs, curve)) < sum(map(abs, steps))
+            column = [first, steps[0], *curve] if smooth else [first, *steps]
+        else:
+            smooth = False
+            column = [first, *steps]
+        return smooth, pack_uvarints([(v << 1) ^ (v >> 63) for v in column])
+    steps = delta(ks)
+    curvature = delta_of_steps(steps)
+    smooth = n > 2 and sum(map(abs, curvature)) < sum(map(abs, steps))
+    return smooth, pack_uvarints(zigzag(curvature if smooth else steps))
+
+
+# Within +-2**60 every difference stays within +-2**61, the range delta() never wraps.
+_SPREAD = 1 << 60
+
+
 def _scaled(ks: list[int], exponent: int | None = None) -> list:
     """The column of k, delta or delta-of-delta, whichever leaves the smaller numbers to store.
 
     ``exponent`` None means the scale is the channel's declared resolution; else 10**exponent.
     """
-    steps = delta(ks)
-    curvature = delta_of_steps(steps)
-    smooth = len(ks) > 2 and sum(map(abs, curvature)) < sum(map(abs, steps))
-    column = pack_uvarints(zigzag(curvature if smooth else steps))
+    smooth, column = _column(ks)
     if exponent is None:
         return [ENC_RES_DOD if smooth else ENC_RES_DELTA, column]
     return [ENC_DEC_DOD if smooth else ENC_DEC_DELTA, exponent, column]
@@ -252,20 +276,31 @@ def _times(times: list[int], t0: int, index: int, sent: dict[tuple, int]) -> byt
     """
     # Equal times give equal columns and a column decodes to one list of times, so looking
     # the times up first skips encoding the columns a meter's channels share.
-    key = tuple(times)
+    key = times if type(times) is tuple else tuple(times)
     if key and key in sent:
         return sent[key]
     sent[key] = index
     relative = wrap64([t - t0 for t in times])
     exponent = 0
-    for candidate in (3, 2, 1):
-        time_unit = 10**candidate
-        if any(relative) and not any(map(time_unit.__rmod__, relative)):
-            exponent = candidate
-            relative = [t // time_unit for t in relative]
-            break
-    column = pack_uvarints(zigzag(delta_of_delta(relative)))
+    # The largest unit of 1 s, 100 ms, 10 ms dividing every time (none when all are t0).
+    common = math.gcd(*relative)
+    if common:
+        for candidate, time_unit in _TIME_UNITS:
+            if not common % time_unit:
+                exponent = candidate
+                relative = [t // time_unit for t in relative]
+                break
+    if relative and -_SPREAD < min(relative) and max(relative) < _SPREAD:
+        steps = [b - a for a, b in zip(relative, relative[1:])]
+        if steps:
+            relative = [relative[0], steps[0], *[b - a for a, b in zip(steps, steps[1:])]]
+        column = pack_uvarints([(v << 1) ^ (v >> 63) for v in relative])
+    else:
+        column = pack_uvarints(zigzag(delta_of_delta(relative)))
     return [exponent, column] if exponent else column
+
+
+_TIME_UNITS = ((3, 1000), (2, 100), (1, 10))
 
 
 _unit_of = attrgetter("unit")
@@ -282,54 +317,156 @@ def _split_id(channel_id: str, devices: dict[str, int]) -> tuple[int, str]:
     return devices.setdefault(device, len(devices)), name
 
 
+class _Table:
+    """What a batch's channel declarations encode to, worked out once per distinct channel tuple."""
+
+    __slots__ = ("channels", "ids", "devices", "series")
+
+    def __init__(self, channels: Sequence[Channel]) -> None:
+        ids: list[str] = []
+        for channel in channels:
+            if channel.id in ids:
+                raise ValueError(f"channel {channel.id!r} is declared twice in one batch")
+            ids.append(channel.id)
+        devices: dict[str, int] = {}
+        series = []
+        for channel in channels:
+            device, name = _split_id(channel.id, devices)
+            try:
+                resolution: object = _resolution_item(channel.resolution)
+            except ValueError as exc:  # raised when the series is reached, as if worked out there
+                resolution = exc
+            parts = None
+            if channel.kind is Kind.NUMBER and channel.resolution is not None and not isinstance(resolution, ValueError):
+                parts = resolution_parts(channel.resolution)
+            series.append((
+                channel,
+                device * 8 + KIND_CODES[channel.kind] + (PERSONAL if channel.personal else 0),
+                name,
+                UNIT_CODES.get(channel.unit, channel.unit),
+                resolution,
+                frozenset(("", channel.unit)),
+                _VALUE_ENCODERS[channel.kind],
+                parts,
+            ))
+        self.channels = tuple(channels)
+        self.ids = tuple(ids)
+        self.devices = list(devices)
+        self.series = tuple(series)
+
+
+_TABLES: dict[tuple, _Table] = {}
+_TABLES_MAX = 64  # a gateway has a handful of channel sets; a hub decoding many never encodes
+
+
+def _table(channels: Sequence[Channel]) -> _Table:
+    # Keyed by the ids (their hashes are cached), then checked against the very declarations:
+    # the same ids may come with another unit or resolution after a configuration change.
+    channels = tuple(channels)
+    key = tuple(map(_id_of, channels))
+    table = _TABLES.get(key)
+    if table is None or table.channels != channels:
+        table = _Table(channels)
+        if len(_TABLES) >= _TABLES_MAX:
+            _TABLES.clear()
+        _TABLES[key] = table
+    return table
+
+
+_id_of = attrgetter("id")
+
+
+_columns_of = attrgetter("ts_ms", "value", "quality", "unit")
+
+
+def _resolution_values(channel: Channel, values: Sequence, parts: tuple[int, int]) -> list:
+    """_number_values for a channel with a resolution, with the usual case done in one pass."""
+    mantissa, exponent = parts
+    if exponent < 0 and mantissa == 1 and set(map(type, values)) <= _NUMBER_TYPES:
+        scale = 10**-exponent
+        try:
+            ks = [round(v * scale) for v in values]
+        except (OverflowError, ValueError):
+            return _number_values(channel, values)
+        if ks and INT64_MIN <= min(ks) and max(ks) <= INT64_MAX:
+            smooth, column = _column(ks)
+            return [ENC_RES_DOD if smooth else ENC_RES_DELTA, column]
+    return _number_values(channel, values)
+
+
 def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> bytes:
     """The uncompressed OXP/2 body (a CBOR array) for these channels and readings."""
-    groups: dict[str, list[Reading]] = {}
-    for channel in channels:
-        if channel.id in groups:
-            raise ValueError(f"channel {channel.id!r} is declared twice in one batch")
-        groups[channel.id] = []
+    table = _table(channels)
+    groups: list[list[Reading]] = [[] for _ in table.ids]
+    add = dict(zip(table.ids, [group.append for group in groups]))
     try:
         for r in readings:
-            groups[r.channel].append(r)
+            add[r.channel](r)
     except KeyError as exc:
         raise ValueError(f"reading of channel {exc.args[0]!r}, which is not among the batch's channels") from None
-    series = []
-    for channel in channels:
-        group = groups[channel.id]
-        units = set(map(_unit_of, group)) - {"", channel.unit}
-        if units:
-            raise ValueError(
-                f"channel {channel.id!r}: reading unit {units.pop()!r} differs from the declared unit {channel.unit!r}"
-            )
-        series.append((channel, group, list(map(_time_of, group))))
-    t0 = min((min(times) for _, _, times in series if times), default=0)
+    columns = []
+    t0 = None
+    for (channel, _, _, _, _, units_allowed, _, _), group in zip(table.series, groups):
+        if not group:
+            columns.append(((), (), (), None))
+            continue
+        times, values, qualities, units = zip(*map(_columns_of, group))
+        units = set(units)
+        if not units <= units_allowed:
+            unit = (units - units_allowed).pop()
+            raise ValueError(f"channel {channel.id!r}: reading unit {unit!r} differs from the declared unit {channel.unit!r}")
+        first = min(times)
+        if t0 is None or first < t0:
+            t0 = first
+        columns.append((times, values, qualities, first))
+    if t0 is None:
+        t0 = 0
     body_series = []
-    devices: dict[str, int] = {}
     time_columns: dict[tuple, int] = {}  # a column already sent -> the index of its series
-    for index, (channel, group, times) in enumerate(series):
-        if times and not (set(map(type, times)) == {int} and INT64_MIN <= min(times) and max(times) <= INT64_MAX):
+    for index, ((channel, head, name, unit, resolution, _, encoder, parts), (times, values, qualities, first)) in enumerate(
+        zip(table.series, columns)
+    ):
+        if times and not (set(map(type, times)) == {int} and INT64_MIN <= first and max(times) <= INT64_MAX):
             bad = next(t for t in times if type(t) is not int or not INT64_MIN <= t <= INT64_MAX)
             raise ValueError(f"channel {channel.id!r}: ts_ms {bad!r} is not a signed 64-bit integer of milliseconds")
-        device, name = _split_id(channel.id, devices)
+        if isinstance(resolution, ValueError):
+            raise ValueError(*resolution.args)
         entry = [
-            device * 8 + KIND_CODES[channel.kind] + (PERSONAL if channel.personal else 0),
+            head,
             name,
-            UNIT_CODES.get(channel.unit, channel.unit),
-            _resolution_item(channel.resolution),
-            len(group),
+            unit,
+            resolution,
+            len(times),
             _times(times, t0, index, time_columns),
-            _VALUE_ENCODERS[channel.kind](channel, list(map(_value_of, group))),
+            _resolution_values(channel, values, parts) if parts is not None else encoder(channel, list(values)),
         ]
-        qualities = list(map(_quality_of, group))
         if qualities.count(None) != len(qualities):
             entry.append(_quality_column(qualities))
         body_series.append(entry)
-    return cbor2.dumps([t0, list(devices), body_series])
+    return cbor2.dumps([t0, table.devices, body_series])
 
 
 _ZSTD_DICTIONARY = zstandard.ZstdCompressionDict(DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 _ZSTD_DICTIONARY.precompute_compress(level=ZSTD_LEVEL)
+
+
+# A ZstdCompressor may be reused (each compress() call starts a fresh frame) but not shared
+# between threads, and the batcher seals in a worker thread: one per thread.
+_zstd_local = threading.local()
+
+
+def _zstd_compressor() -> zstandard.ZstdCompressor:
+    try:
+        return _zstd_local.compressor
+    except AttributeError:
+        _zstd_local.compressor = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL,
+            dict_data=_ZSTD_DICTIONARY,
+            write_content_size=True,
+            write_checksum=False,
+            write_dict_id=False,
+        )
+        return _zstd_local.compressor
 
 
 def compress(body: bytes, codec: str, *, level: int | None = None) -> bytes:
@@ -341,12 +478,10 @@ def compress(body: bytes, codec: str, *, level: int | None = None) -> bytes:
     """
     if codec == "zstd":
         if level is None or level == ZSTD_LEVEL:
-            dictionary = _ZSTD_DICTIONARY
-        else:
-            dictionary = zstandard.ZstdCompressionDict(DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+            return _zstd_compressor().compress(body)
         compressor = zstandard.ZstdCompressor(
-            level=ZSTD_LEVEL if level is None else level,
-            dict_data=dictionary,
+            level=level,
+            dict_data=zstandard.ZstdCompressionDict(DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT),
             write_content_size=True,
             write_checksum=False,
             write_dict_id=False,
