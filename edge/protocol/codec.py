@@ -9,8 +9,8 @@ import threading
 import zlib
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from itertools import accumulate
-from operator import attrgetter
+from itertools import accumulate, repeat
+from operator import attrgetter, mul, sub
 
 import cbor2
 import zstandard
@@ -152,9 +152,9 @@ def _column(ks: Sequence[int]) -> tuple[bool, bytes]:
         # Neither a difference nor a difference of differences can wrap at 64 bits here, so the
         # one-pass form equals delta / delta_of_steps exactly.
         first = ks[0]
-        steps = [b - a for a, b in zip(ks, ks[1:])]
+        steps = list(map(sub, ks[1:], ks))
         if n > 2:
-            curve = [b - a for a, b in zip(steps, steps[1:])]
+            curve = list(map(sub, steps[1:], steps))
             smooth = abs(steps[0]) + sum(map(abs, curve)) < sum(map(abs, steps))
             column = [first, steps[0], *curve] if smooth else [first, *steps]
         else:
@@ -291,9 +291,9 @@ def _times(times: list[int], t0: int, index: int, sent: dict[tuple, int]) -> byt
                 relative = [t // time_unit for t in relative]
                 break
     if relative and -_SPREAD < min(relative) and max(relative) < _SPREAD:
-        steps = [b - a for a, b in zip(relative, relative[1:])]
+        steps = list(map(sub, relative[1:], relative))
         if steps:
-            relative = [relative[0], steps[0], *[b - a for a, b in zip(steps, steps[1:])]]
+            relative = [relative[0], steps[0], *map(sub, steps[1:], steps)]
         column = pack_uvarints([(v << 1) ^ (v >> 63) for v in relative])
     else:
         column = pack_uvarints(zigzag(delta_of_delta(relative)))
@@ -385,7 +385,7 @@ def _resolution_values(channel: Channel, values: Sequence, parts: tuple[int, int
     if exponent < 0 and mantissa == 1 and set(map(type, values)) <= _NUMBER_TYPES:
         scale = 10**-exponent
         try:
-            ks = [round(v * scale) for v in values]
+            ks = list(map(round, map(mul, values, repeat(scale))))
         except (OverflowError, ValueError):
             return _number_values(channel, values)
         if ks and INT64_MIN <= min(ks) and max(ks) <= INT64_MAX:
