@@ -493,6 +493,14 @@ def compress(body: bytes, codec: str, *, level: int | None = None) -> bytes:
     raise ValueError(f"codec {codec!r}: expected one of {', '.join(CODECS)}")
 
 
+def _zstd_decompressor() -> zstandard.ZstdDecompressor:
+    try:
+        return _zstd_local.decompressor
+    except AttributeError:
+        _zstd_local.decompressor = zstandard.ZstdDecompressor(dict_data=_ZSTD_DICTIONARY)
+        return _zstd_local.decompressor
+
+
 def decompress(data: bytes, codec: str) -> bytes:
     """Inverse of :func:`compress`, refusing bodies larger than MAX_PAYLOAD_BYTES."""
     if codec == "zstd":
@@ -505,7 +513,7 @@ def decompress(data: bytes, codec: str) -> bytes:
         if size > MAX_PAYLOAD_BYTES:
             raise ProtocolError("too_large", f"payload decompresses to {size} bytes, over {MAX_PAYLOAD_BYTES}")
         try:
-            body = zstandard.ZstdDecompressor(dict_data=_ZSTD_DICTIONARY).decompress(data, max_output_size=MAX_PAYLOAD_BYTES)
+            body = _zstd_decompressor().decompress(data, max_output_size=MAX_PAYLOAD_BYTES)
         except zstandard.ZstdError as exc:
             raise ProtocolError("malformed", f"zstd payload does not decompress ({exc})") from None
         return body
