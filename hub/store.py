@@ -229,7 +229,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def channels(self, *, device_id: str | None = None, channel_id: int | None = None) -> list[StoredChannel]: ...
 
-    @abc.abstractmethod
     async def readings(
         self,
         *,
@@ -246,6 +245,21 @@ class Store(abc.ABC):
         offset: int = 0,
     ) -> list[StoredReading]:
         """Readings in ``order`` ("ts_ms", "id" or "value"), filtered by device, channel, time [since, until) and ``match``."""
+        from hub.chunks import Collector, chunk_query, split_reading_id  # chunks imports this module
+
+        chunk_id, position = split_reading_id(reading_id) if reading_id is not None else (None, None)
+        collector = Collector(since_ms=since_ms, until_ms=until_ms, match=match, order=order, descending=descending,
+                              offset=offset, limit=limit, position=position)
+        sql, params = chunk_query(self.placeholder, device_id=device_id, channel=channel, channel_id=channel_id,
+                                  since_ms=since_ms, until_ms=until_ms, chunk_id=chunk_id, order=order,
+                                  descending=descending)
+        return await self._collect_chunks(sql, params, collector)
+
+    placeholder: str  # the SQL parameter style chunk_query writes: "?" (SQLite) or "$" (PostgreSQL)
+
+    @abc.abstractmethod
+    async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Any) -> list[StoredReading]:
+        """Feed ``collector`` the chunk rows of ``sql`` page by page until it has its page; return that page."""
 
     # admin secrets (hashed)
     @abc.abstractmethod

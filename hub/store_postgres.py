@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hub import schema
@@ -25,7 +25,7 @@ from hub.store import (
     postgres_schema,
     status_columns,
 )
-from hub.chunks import CHUNK_PAGE, Collector, chunk_query, encode_chunks, split_reading_id
+from hub.chunks import CHUNK_PAGE, Collector, encode_chunks
 from hub.store_sql import DEVICE_COLUMNS, decide_enrolment, device_from_row, status_change_allowed
 
 __all__ = ["PostgresStore"]
@@ -41,6 +41,8 @@ def _lock_key(search_path: str | None) -> int:
 
 class PostgresStore(Store):
     """The scale-out store: any number of stateless hub processes on one PostgreSQL database."""
+
+    placeholder = "$"
 
     def __init__(self, url: str, pool: Any) -> None:
         self.url = url
@@ -263,26 +265,7 @@ class PostgresStore(Store):
         )
         return [StoredChannel(*r) for r in rows]
 
-    async def readings(
-        self,
-        *,
-        device_id: str | None = None,
-        channel: str | None = None,
-        channel_id: int | None = None,
-        since_ms: int | None = None,
-        until_ms: int | None = None,
-        reading_id: int | None = None,
-        match: Callable[[StoredReading], bool] | None = None,
-        order: str = "ts_ms",
-        descending: bool = False,
-        limit: int = 1000,
-        offset: int = 0,
-    ) -> list[StoredReading]:
-        chunk_id, position = split_reading_id(reading_id) if reading_id is not None else (None, None)
-        collector = Collector(since_ms=since_ms, until_ms=until_ms, match=match, order=order, descending=descending,
-                              offset=offset, limit=limit, position=position)
-        sql, params = chunk_query("$", device_id=device_id, channel=channel, channel_id=channel_id, since_ms=since_ms,
-                                  until_ms=until_ms, chunk_id=chunk_id, order=order, descending=descending)
+    async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Collector) -> list[StoredReading]:
         start = 0
         while True:
             rows = await self._pool.fetch(f"{sql} LIMIT {CHUNK_PAGE} OFFSET {start}", *params)

@@ -32,7 +32,7 @@ from hub.store import (
     notice_location,
     status_columns,
 )
-from hub.chunks import Collector, chunk_query, collect_pages, encode_chunks, split_reading_id
+from hub.chunks import Collector, collect_pages, encode_chunks
 from hub.store_sql import DEVICE_COLUMNS, channel_map, decide_enrolment, device_from_row, status_change_allowed
 
 __all__ = ["SQLiteStore"]
@@ -83,6 +83,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
 
 class SQLiteStore(Store):
     """The zero-setup store: a single SQLite file in WAL mode."""
+
+    placeholder = "?"
 
     def __init__(self, url: str, path: str) -> None:
         self.url = url
@@ -384,27 +386,7 @@ class SQLiteStore(Store):
         rows = await self._read(sql + " ORDER BY id", params)
         return [StoredChannel(*r) for r in rows]
 
-    async def readings(
-        self,
-        *,
-        device_id: str | None = None,
-        channel: str | None = None,
-        channel_id: int | None = None,
-        since_ms: int | None = None,
-        until_ms: int | None = None,
-        reading_id: int | None = None,
-        match: Callable[[StoredReading], bool] | None = None,
-        order: str = "ts_ms",
-        descending: bool = False,
-        limit: int = 1000,
-        offset: int = 0,
-    ) -> list[StoredReading]:
-        chunk_id, position = split_reading_id(reading_id) if reading_id is not None else (None, None)
-        collector = Collector(since_ms=since_ms, until_ms=until_ms, match=match, order=order, descending=descending,
-                              offset=offset, limit=limit, position=position)
-        sql, params = chunk_query("?", device_id=device_id, channel=channel, channel_id=channel_id, since_ms=since_ms,
-                                  until_ms=until_ms, chunk_id=chunk_id, order=order, descending=descending)
-
+    async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Collector) -> list[StoredReading]:
         def run() -> list[StoredReading]:
             conn = self._reader()
             return collect_pages(lambda limit, offset: conn.execute(f"{sql} LIMIT {limit} OFFSET {offset}", params).fetchall(), collector)
