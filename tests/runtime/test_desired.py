@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -68,11 +70,34 @@ async def _until(predicate, timeout=20.0):
             await asyncio.sleep(0.05)
 
 
-async def test_a_desired_policy_is_swapped_in_and_reported_back(setup):
-    hub, config = setup
+@contextlib.asynccontextmanager
+async def running_gateway(config, *, drain_timeout_s: float = 0.0) -> AsyncIterator[Gateway]:
+    """One pipeline, started and (whatever the test did) stopped."""
     gateway = Gateway(config)
     await gateway.start()
     try:
+        yield gateway
+    finally:
+        await gateway.stop(drain_timeout_s=drain_timeout_s)
+
+
+@contextlib.asynccontextmanager
+async def supervised(config) -> AsyncIterator[list[Gateway]]:
+    """`ocn-edge run` in-process: yields every pipeline it starts, in order (a reload appends one)."""
+    stop = asyncio.Event()
+    running: list[Gateway] = []
+    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
+    try:
+        await _until(lambda: running)
+        yield running
+    finally:
+        stop.set()
+        await task
+
+
+async def test_a_desired_policy_is_swapped_in_and_reported_back(setup):
+    hub, config = setup
+    async with running_gateway(config, drain_timeout_s=10) as gateway:
         old_digest = gateway.policy.digest
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
         await gateway.uplink.send_status()
@@ -85,8 +110,6 @@ async def test_a_desired_policy_is_swapped_in_and_reported_back(setup):
         assert device.policy_digest == gateway.policy.digest.hex(), "the hub sees the policy now in force"
         assert device.applied_etag == gateway.desired.applied_etag
         assert device.errors == ()
-    finally:
-        await gateway.stop(drain_timeout_s=10)
     stored = await hub.store.readings(device_id="pole-7", channel="pm-1/pm2_5", limit=100_000)
     after = [r.value for r in stored if r.ts_ms > swapped_ms]
     assert len(after) >= 2, "readings kept flowing after the swap"
@@ -95,9 +118,7 @@ async def test_a_desired_policy_is_swapped_in_and_reported_back(setup):
 
 async def test_a_policy_that_does_not_validate_is_refused_and_the_old_one_stays(setup, tmp_path):
     hub, config = setup
-    gateway = Gateway(config)
-    await gateway.start()
-    try:
+    async with running_gateway(config) as gateway:
         good = gateway.policy.digest
         bad = dict(QUANTIZED)
         bad["channels"] = {"pm-1/*": {"rule": "quantize", "step": -1.0, "purpose": "x"}}
@@ -110,8 +131,6 @@ async def test_a_policy_that_does_not_validate_is_refused_and_the_old_one_stays(
         device = await hub.store.device("pole-7")
         assert any("not applied" in e for e in device.errors), device.errors
         assert device.policy_digest == good.hex()
-    finally:
-        await gateway.stop()
 
 
 async def test_a_document_not_signed_by_the_pinned_hub_key_is_refused(setup):
@@ -119,9 +138,7 @@ async def test_a_document_not_signed_by_the_pinned_hub_key_is_refused(setup):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     hub, config = setup
-    gateway = Gateway(config)
-    await gateway.start()
-    try:
+    async with running_gateway(config) as gateway:
         impostor = Ed25519PrivateKey.generate().public_key()
         gateway.desired.pin_hub_key(
             impostor.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -132,17 +149,11 @@ async def test_a_document_not_signed_by_the_pinned_hub_key_is_refused(setup):
         await _until(lambda: gateway.desired.last_error != "")
         assert "signature" in gateway.desired.last_error
         assert gateway.policy.digest == good
-    finally:
-        await gateway.stop()
 
 
 async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(setup):
     hub, config = setup
-    stop = asyncio.Event()
-    running: list[Gateway] = []
-    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
-    try:
-        await _until(lambda: running)
+    async with supervised(config) as running:
         first = running[0]
         assert first.config.batch.max_readings == 20000
         await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 7}}})
@@ -153,9 +164,7 @@ async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(se
         assert second.desired.applied_etag
         assert second.boot.boot_epoch == first.boot.boot_epoch + 1
         await asyncio.sleep(2)
-    finally:
-        stop.set()
-        last = await task
+    last = running[-1]  # the pipeline that ran last, now stopped
     released = running[0].counters.readings_released + running[1].counters.readings_released
     spooled = (last.spool_stats_at_stop or {}).get("readings", 0)
     stored = (await hub.counters("pole-7"))["readings_stored"]
@@ -164,26 +173,17 @@ async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(se
 
 async def test_a_desired_config_that_does_not_validate_keeps_the_running_pipeline(setup):
     hub, config = setup
-    stop = asyncio.Event()
-    running: list[Gateway] = []
-    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
-    try:
-        await _until(lambda: running)
+    async with supervised(config) as running:
         await hub.set_desired("device", "pole-7", {"config": {"batch": {"span": "soon"}}})
         await running[0].uplink.send_status()
         await _until(lambda: running[0].desired.last_error != "")
         assert 'batch.span = "soon"' in running[0].desired.last_error
         assert len(running) == 1, "nothing was restarted"
-    finally:
-        stop.set()
-        await task
 
 
 async def test_the_transparency_notice_reaches_the_hub_register_and_follows_a_policy_swap(setup):
     hub, config = setup
-    gateway = Gateway(config)
-    await gateway.start()
-    try:
+    async with running_gateway(config) as gateway:
         await _until(lambda: not gateway._notice_changed.is_set())
         notices = await hub.store.notices(device_id="pole-7")
         assert len(notices) == 1
@@ -198,8 +198,6 @@ async def test_the_transparency_notice_reaches_the_hub_register_and_follows_a_po
         assert len(notices) == 2, "a new policy publishes a new notice"
         digests = {n.notice["policy"]["digest"] for n in notices}
         assert digests == {first["policy"]["digest"], gateway.policy.digest.hex()}
-    finally:
-        await gateway.stop()
 
 
 async def test_a_desired_config_that_fails_to_start_is_tried_once_and_the_last_good_one_runs(setup, tmp_path):
@@ -210,38 +208,29 @@ async def test_a_desired_config_that_fails_to_start_is_tried_once_and_the_last_g
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
-    stop = asyncio.Event()
-    running: list[Gateway] = []
-    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
     try:
-        await _until(lambda: running)
-        await hub.set_desired(
-            "device", "pole-7", {"config": {"local_api": {"enabled": True, "listen": f"127.0.0.1:{port}"}}}
-        )
-        await running[0].uplink.send_status()
-        await _until(lambda: len(running) == 2)
-        restored = running[1]
-        assert restored.config.digest == config.digest, "the last good config runs again"
-        assert "cannot listen there" in restored.desired.last_error
-        for _ in range(3):  # the hub keeps answering with the same document
-            await restored.uplink.send_status()
-            await asyncio.sleep(0.3)
-        assert len(running) == 2, "a refused document is not tried again"
-        device = await hub.store.device("pole-7")
-        assert any("cannot listen there" in e for e in device.errors)
+        async with supervised(config) as running:
+            await hub.set_desired(
+                "device", "pole-7", {"config": {"local_api": {"enabled": True, "listen": f"127.0.0.1:{port}"}}}
+            )
+            await running[0].uplink.send_status()
+            await _until(lambda: len(running) == 2)
+            restored = running[1]
+            assert restored.config.digest == config.digest, "the last good config runs again"
+            assert "cannot listen there" in restored.desired.last_error
+            for _ in range(3):  # the hub keeps answering with the same document
+                await restored.uplink.send_status()
+                await asyncio.sleep(0.3)
+            assert len(running) == 2, "a refused document is not tried again"
+            device = await hub.store.device("pole-7")
+            assert any("cannot listen there" in e for e in device.errors)
     finally:
-        stop.set()
-        await task
         taken.close()
 
 
 async def test_clearing_the_desired_config_at_the_hub_returns_the_gateway_to_its_local_config(setup):
     hub, config = setup
-    stop = asyncio.Event()
-    running: list[Gateway] = []
-    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
-    try:
-        await _until(lambda: running)
+    async with supervised(config) as running:
         await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 7}}})
         await running[0].uplink.send_status()
         await _until(lambda: len(running) == 2)
@@ -252,43 +241,25 @@ async def test_clearing_the_desired_config_at_the_hub_returns_the_gateway_to_its
         assert running[2].config.batch.max_readings == 20000
         assert running[2].desired.applied_etag == ""
         assert running[2].desired.saved_config_overlay() is None
-    finally:
-        stop.set()
-        await task
 
 
 async def test_a_restart_keeps_the_hubs_last_applied_config(setup):
     hub, config = setup
-    stop = asyncio.Event()
-    running: list[Gateway] = []
-    task = asyncio.create_task(run_gateway(config, stop=stop, started=running.append))
-    await _until(lambda: running)
-    await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 9}}})
-    await running[0].uplink.send_status()
-    await _until(lambda: len(running) == 2)
-    stop.set()
-    await task
-    stop, again = asyncio.Event(), []
-    task = asyncio.create_task(run_gateway(config, stop=stop, started=again.append))
-    try:
-        await _until(lambda: again)
+    async with supervised(config) as running:
+        await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 9}}})
+        await running[0].uplink.send_status()
+        await _until(lambda: len(running) == 2)
+    async with supervised(config) as again:
         assert again[0].config.batch.max_readings == 9, "the hub's config is in force from the first second"
-    finally:
-        stop.set()
-        await task
 
 
 async def test_a_desired_config_may_not_change_the_gateway_identity(setup):
     hub, config = setup
-    gateway = Gateway(config)
-    await gateway.start()
-    try:
+    async with running_gateway(config) as gateway:
         await hub.set_desired("device", "pole-7", {"config": {"gateway": {"id": "pole-8"}}})
         await gateway.uplink.send_status()
         await _until(lambda: gateway.desired.last_error != "")
         assert "may not change gateway.id" in gateway.desired.last_error
-    finally:
-        await gateway.stop()
 
 
 async def test_a_reading_the_privacy_stage_cannot_handle_is_dropped_and_counted_not_fatal(setup):
@@ -297,9 +268,7 @@ async def test_a_reading_the_privacy_stage_cannot_handle_is_dropped_and_counted_
     from edge.types import Reading
 
     hub, config = setup
-    gateway = Gateway(config)
-    await gateway.start()
-    try:
+    async with running_gateway(config) as gateway:
         fine = dict(QUANTIZED, channels={"pm-1/*": {"rule": "quantize", "step": 0.001, "purpose": "air quality"}})
         gateway.swap_policy(parse_policy(dumps_toml(fine)))
         # 1e308 / 0.001 overflows a float: the kind of value a broken sensor sends once.
@@ -309,5 +278,3 @@ async def test_a_reading_the_privacy_stage_cannot_handle_is_dropped_and_counted_
         await _until(lambda: gateway.counters.readings_released > before)
         assert not gateway.fatal.is_set()
         assert any("could not handle" in e for e in gateway.status_report()["errors"])
-    finally:
-        await gateway.stop()
