@@ -82,6 +82,18 @@ class ModbusDevice(SimDevice):
             await self.on_power(self)
 
 
+def _energy_counters(meter: ModbusDevice, out: dict[str, float], power_w: float, reactive_var: float) -> dict[str, float]:
+    """An Eastron meter's energy registers: import counters integrate the power, nothing is exported."""
+    out.setdefault("import_kwh", meter.integrate("import_kwh", power_w / 1000.0, float(meter.options["import_kwh"])))
+    out.setdefault("export_kwh", 0.0)
+    out.setdefault("import_kvarh", meter.integrate("import_kvarh", reactive_var / 1000.0,
+                                                   float(meter.options["import_kvarh"])))
+    out.setdefault("export_kvarh", 0.0)
+    out.setdefault("total_kwh", out["import_kwh"] + out["export_kwh"])
+    out.setdefault("total_kvarh", out["import_kvarh"] + out["export_kvarh"])
+    return out
+
+
 class Sdm630(ModbusDevice):
     """Eastron SDM630 three-phase meter (input registers, float32)."""
 
@@ -119,15 +131,7 @@ class Sdm630(ModbusDevice):
             out.setdefault(f"voltage_l{a}_l{b}", math.sqrt(va * va + vb * vb + va * vb))
         ia, ib, ic = (out[f"current_l{p}"] for p in phases)
         out.setdefault("current_neutral", math.sqrt(max(0.0, ia * ia + ib * ib + ic * ic - ia * ib - ib * ic - ic * ia)))
-        out.setdefault("import_kwh", self.integrate("import_kwh", out["power_total"] / 1000.0,
-                                                    float(self.options["import_kwh"])))
-        out.setdefault("export_kwh", 0.0)
-        out.setdefault("import_kvarh", self.integrate("import_kvarh", out["reactive_power_total"] / 1000.0,
-                                                      float(self.options["import_kvarh"])))
-        out.setdefault("export_kvarh", 0.0)
-        out.setdefault("total_kwh", out["import_kwh"] + out["export_kwh"])
-        out.setdefault("total_kvarh", out["import_kvarh"] + out["export_kvarh"])
-        return out
+        return _energy_counters(self, out, out["power_total"], out["reactive_power_total"])
 
 
 class Sdm120(ModbusDevice):
@@ -152,15 +156,7 @@ class Sdm120(ModbusDevice):
         out.setdefault("power", v * i * pf)
         out.setdefault("reactive_power", math.sqrt(max(0.0, out["apparent_power"] ** 2 - out["power"] ** 2)))
         out.setdefault("phase_angle", math.degrees(math.acos(max(-1.0, min(1.0, pf)))))
-        out.setdefault("import_kwh", self.integrate("import_kwh", out["power"] / 1000.0,
-                                                    float(self.options["import_kwh"])))
-        out.setdefault("export_kwh", 0.0)
-        out.setdefault("import_kvarh", self.integrate("import_kvarh", out["reactive_power"] / 1000.0,
-                                                      float(self.options["import_kvarh"])))
-        out.setdefault("export_kvarh", 0.0)
-        out.setdefault("total_kwh", out["import_kwh"] + out["export_kwh"])
-        out.setdefault("total_kvarh", out["import_kvarh"] + out["export_kvarh"])
-        return out
+        return _energy_counters(self, out, out["power"], out["reactive_power"])
 
 
 class WeatherStation(ModbusDevice):
