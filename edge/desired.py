@@ -275,7 +275,7 @@ class DesiredApplier:
         self._latest = (signed, etag)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._apply_newest(), name="desired")
-            self.gateway.track(self._task)
+            self.gateway.keep_until_stop(self._task)
 
     async def _apply_newest(self) -> None:
         while self._latest is not None:

@@ -250,10 +250,10 @@ class Gateway:
             (self._batcher_loop(), "stage:batcher"),
             (self.batcher.run(), "stage:batcher-timer"),
         ):
-            self._stage_tasks.append(self.track(asyncio.create_task(coro, name=name), into=None))
+            self._watch(asyncio.create_task(coro, name=name), self._stage_tasks)
         if self.uplink is not None:
-            self.track(asyncio.create_task(self.uplink.run(), name="uplink"))
-            self.track(asyncio.create_task(self._publish_notice(), name="notice"))
+            self._watch(asyncio.create_task(self.uplink.run(), name="uplink"), self._service_tasks)
+            self._watch(asyncio.create_task(self._publish_notice(), name="notice"), self._service_tasks)
             self._notice_changed.set()
         # Not tracked: without WATCHDOG_USEC the watchdog loop has nothing to do and returns.
         self._service_tasks.append(asyncio.create_task(watchdog_loop(self.notifier), name="watchdog"))
@@ -271,18 +271,17 @@ class Gateway:
         )
         self.notifier.ready(f"{len(self.devices)} devices running")
 
-    def track(self, task: asyncio.Task[Any], *, into: list[asyncio.Task[Any]] | None | bool = True) -> asyncio.Task[Any]:
-        """Watch a long-running task: if it dies (not cancelled) the gateway is failing.
-
-        Tasks are kept in the service list (stopped after the flush) unless ``into`` is None.
-        """
+    def _watch(self, task: asyncio.Task[Any], tasks: list[asyncio.Task[Any]]) -> None:
+        """Keep a task that must run until the gateway stops: if it ends before that, the gateway is failing."""
         task.add_done_callback(self._task_done)
-        if into is True:
-            self._service_tasks.append(task)
-        return task
+        tasks.append(task)
+
+    def keep_until_stop(self, task: asyncio.Task[Any]) -> None:
+        """A short-lived task (e.g. applying a desired document): cancelled at stop if still running."""
+        self._service_tasks.append(task)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled() or self.stopped or task.get_name() == "desired":
+        if task.cancelled() or self.stopped:
             return
         exc = task.exception()
         log.error(
