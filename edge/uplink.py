@@ -183,6 +183,9 @@ class Uplink:
                 trust_env=True,
                 timeout=self._timeout,
                 headers={"User-Agent": f"ocn-edge/{__version__}"},
+                # The hub answers small JSON and no content negotiation happens: Accept and
+                # Accept-Encoding would only add 45 bytes to every batch on a metered link.
+                skip_auto_headers=("Accept", "Accept-Encoding"),
             )
         return self._session
 
