@@ -13,7 +13,8 @@ None of these variants is OXP; they exist here so that the trade-off is decided 
                        OPC UA DataSetMetaData do; batches decode given that table
   key-frame dictionary each batch compressed against the body of the last self-contained
                        batch (a key frame every hour, counted as a normal OXP/2 batch);
-                       batches decode given their key frame
+                       batches decode given their key frame (at 1-hour spans every batch is
+                       a key frame, so the figure equals OXP/2's)
   chained              each batch compressed against the previous batch's body (table by
                        reference too); a batch decodes only given the whole chain before it
 
