@@ -267,7 +267,7 @@ def reference_station(hours: float, *, with_gps: bool = True) -> Source:
     return Source(name, channels, readings)
 
 
-DEMO_POLICY = Path(__file__).resolve().parents[1] / "policies" / "demo.toml"
+DEMO_POLICY = Path(__file__).resolve().parents[1] / "edge" / "privacy" / "policies" / "demo.toml"
 
 
 def as_released(source: Source, policy_path: Path = DEMO_POLICY) -> Source:

@@ -18,8 +18,9 @@ __all__ = ["run_demo", "DEMO_POLICY"]
 
 log = logging.getLogger("ocn.demo")
 
-# The demo's policy ships in the source tree beside the example policies (policies/).
-DEMO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "demo.toml"
+# The demo's policy is package data beside the example policies, so an installed wheel has it too;
+# `policies/` at the top of the source tree is a symlink to the same directory.
+DEMO_POLICY = Path(__file__).resolve().parent / "privacy" / "policies" / "demo.toml"
 
 # Short batches so readings reach the hub within seconds; a pole would use minutes.
 DEMO_BATCH_SPAN_S = 10.0
