@@ -36,7 +36,9 @@ async def run_demo(
     state_dir: str | None = None,
     seed: int = 1,
 ) -> int:
+    from edge.config import ConfigError
     from edge.logs import setup_logging
+    from hilsim import ScenarioError
 
     # Warnings and errors go to stderr; stdout carries the status line and the summary.
     setup_logging("warning", stream=sys.stderr)
@@ -47,7 +49,13 @@ async def run_demo(
     with contextlib.ExitStack() as stack:
         state = Path(state_dir) if state_dir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ocn-demo-")))
         state.mkdir(parents=True, exist_ok=True)
-        summary = await _run(state, duration=duration, scenario=scenario, seed=seed, live=not as_json)
+        try:
+            summary = await _run(state, duration=duration, scenario=scenario, seed=seed, live=not as_json)
+        except (ScenarioError, ConfigError) as exc:
+            # A scenario that cannot start (unknown name, bad field, a replay file not found) or a gateway
+            # config it cannot load: say which file and field, without a traceback.
+            print(f"ocn-edge demo: {exc}", file=sys.stderr)
+            return 2
     if as_json:
         print(json.dumps(summary, separators=(",", ":")))
     else:

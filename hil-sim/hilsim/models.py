@@ -173,19 +173,36 @@ def _parse_time(cell: str, *, path: Path, line_no: int) -> float:
     return moment.timestamp()
 
 
-def datasets_dir() -> Path:
-    """Where the shared real-sensor datasets are: $OCN_DATASETS, else ``../shared/datasets`` beside the repository."""
-    return Path(os.environ.get("OCN_DATASETS") or Path(__file__).resolve().parents[3] / "shared" / "datasets")
+def datasets_dir() -> Path | None:
+    """Where the shared real-sensor datasets are: $OCN_DATASETS, else ``../shared/datasets`` beside a source checkout.
+
+    None when OCN_DATASETS is not set and hilsim is not running from a source
+    checkout: an installed package has no repository beside it to look in.
+    """
+    if os.environ.get("OCN_DATASETS"):
+        return Path(os.environ["OCN_DATASETS"])
+    package = Path(__file__).resolve().parent
+    checkout = package.parent.parent
+    if package.parent.name == "hil-sim" and (checkout / "pyproject.toml").is_file():
+        return checkout.parent / "shared" / "datasets"
+    return None
 
 
 def dataset_path(text: str) -> Path:
     """A replay file's path with `$VARIABLES` expanded; `$OCN_DATASETS` defaults to the shared datasets.
 
     The shared datasets sit beside the repository (``../shared/datasets``), read
-    in place, never copied in; set OCN_DATASETS to point elsewhere.
+    in place, never copied in; set OCN_DATASETS to point elsewhere.  An installed
+    package has no repository beside it, so there a path naming `$OCN_DATASETS`
+    needs the variable set, and says so.
     """
     environment = dict(os.environ)
-    environment.setdefault("OCN_DATASETS", str(datasets_dir()))
+    if not environment.get("OCN_DATASETS") and ("$OCN_DATASETS" in text or "${OCN_DATASETS}" in text):
+        shared = datasets_dir()
+        if shared is None:
+            raise ValueError(f"replay file {text!r}: OCN_DATASETS is not set and this installed hilsim has no source "
+                             f"checkout beside it (../shared/datasets); set OCN_DATASETS to the datasets directory")
+        environment["OCN_DATASETS"] = str(shared)
     for name, value in environment.items():
         text = text.replace("${" + name + "}", value)
         if text.startswith("$" + name + "/") or text == "$" + name:
