@@ -20,7 +20,7 @@ import cbor2
 from edge.types import Reading
 from hub.store import StoredReading
 
-__all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "chunk_query", "encode_chunks", "split_reading_id"]
+__all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "Counter", "chunk_query", "count_query", "encode_chunks", "split_reading_id"]
 
 MAX_CHUNK = 65536
 # offset + limit of one query: deeper pages must narrow the time range instead.
@@ -97,6 +97,68 @@ def chunk_query(
     else:
         sql += " ORDER BY k.id DESC" if descending and order == "id" else " ORDER BY k.id"
     return sql, params
+
+
+def count_query(mark: str, *, channel_id: int | None, since_ms: int | None, until_ms: int | None) -> tuple[str, list[Any]]:
+    """SELECT of the chunks that may hold readings of ``channel_id`` in [since, until), with their counts, for a Counter."""
+    clauses, params = [], []
+
+    def param(value: Any) -> str:
+        params.append(value)
+        return "?" if mark == "?" else f"${len(params)}"
+
+    if channel_id is not None:
+        clauses.append(f"k.channel_id = {param(channel_id)}")
+    if since_ms is not None:
+        clauses.append(f"k.last_ms >= {param(since_ms)}")
+    if until_ms is not None:
+        clauses.append(f"k.first_ms < {param(until_ms)}")
+    sql = (
+        "SELECT k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.last_ms, k.count, k.data"
+        " FROM chunks k JOIN channels c ON c.id = k.channel_id"
+    )
+    if clauses:
+        sql += " WHERE " + " AND ".join(clauses)
+    return sql + " ORDER BY k.id", params
+
+
+class Counter:
+    """Counts the readings in [since, until) that ``match``: chunks wholly inside count without decoding when nothing else is asked.
+
+    Stops once more than ``cap`` readings had to be decoded (``exceeded``), so a count over a
+    huge store with a predicate on values costs at most what paging to the end would.
+    """
+
+    def __init__(self, *, since_ms: int | None, until_ms: int | None, match: Match | None, cap: int = MAX_WINDOW) -> None:
+        self.since_ms, self.until_ms, self.match, self.cap = since_ms, until_ms, match, cap
+        self.total = 0
+        self.decoded = 0
+        self.exceeded = False
+
+    def feed(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """Add chunk rows (as selected by count_query); False once the cap is passed."""
+        for chunk_id, channel_id, device_id, name, unit, first_ms, last_ms, count, data in rows:
+            inside = (self.since_ms is None or first_ms >= self.since_ms) and (self.until_ms is None or last_ms < self.until_ms)
+            if inside and self.match is None:
+                self.total += count
+                continue
+            self.decoded += count
+            if self.decoded > self.cap:
+                self.exceeded = True
+                return False
+            offsets, values, qualities = cbor2.loads(bytes(data))
+            for i, offset in enumerate(offsets):
+                ts = first_ms + offset
+                if (self.since_ms is not None and ts < self.since_ms) or (self.until_ms is not None and ts >= self.until_ms):
+                    continue
+                if self.match is None or self.match(
+                    StoredReading(chunk_id << 16 | i, channel_id, device_id, name, ts, values[i], unit, None if qualities is None else qualities[i])
+                ):
+                    self.total += 1
+        return True
+
+    def page(self) -> list[StoredReading]:
+        return []
 
 
 def _value_key(value: Any) -> tuple[int, Any]:

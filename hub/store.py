@@ -255,6 +255,23 @@ class Store(abc.ABC):
                                   descending=descending)
         return await self._collect_chunks(sql, params, collector)
 
+    async def count_readings(
+        self,
+        *,
+        channel_id: int | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        match: Callable[[StoredReading], bool] | None = None,
+        cap: int | None = None,
+    ) -> int | None:
+        """How many readings of a channel (or all) in [since, until) ``match``; None if more than ``cap`` had to be decoded."""
+        from hub.chunks import MAX_WINDOW, Counter, count_query
+
+        counter = Counter(since_ms=since_ms, until_ms=until_ms, match=match, cap=MAX_WINDOW if cap is None else cap)
+        sql, params = count_query(self.placeholder, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms)
+        await self._collect_chunks(sql, params, counter)
+        return None if counter.exceeded else counter.total
+
     placeholder: str  # the SQL parameter style chunk_query writes: "?" (SQLite) or "$" (PostgreSQL)
 
     @abc.abstractmethod
