@@ -3,18 +3,38 @@
 Mapping: a gateway is a Thing (its pole position its Location); each channel a Datastream;
 each gateway's device (the channel id prefix, e.g. ``pm-1``) a Sensor; the channel name
 (``pm2_5``) an ObservedProperty; each stored reading an Observation.
+
+Query options follow OGC 18-088 §9.3: ``$expand`` (nested, with options), ``$select``,
+``$filter`` (hub.sta_filter), ``$orderby`` (several keys), ``$top``, ``$skip`` and
+``$count`` on every entity set.  Small sets (Things, Datastreams, …) are filtered and sorted
+in memory; Observations come from the store, which is given the time range and the
+channel a filter implies, so a filtered query over a big store reads only those chunks.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
-from hub.sta_filter import FilterError, compile_filter
+from hub.sta_filter import (
+    FilterError,
+    Getter,
+    Many,
+    Node,
+    compile_predicate,
+    compile_value,
+    conjuncts,
+    parse_filter,
+    parse_orderby,
+    paths,
+    strip_prefix,
+    time_range,
+)
 from hub.state import HUB
 from hub.store import Device, Store, StoredChannel, StoredReading
 
@@ -26,6 +46,8 @@ PREFIX = "/sta/v1.1"
 SETS = ("Things", "Locations", "Datastreams", "Sensors", "ObservedProperties", "Observations")
 DEFAULT_TOP = 100
 MAX_TOP = 10_000
+# Orderings of Observations beyond their first key are sorted here; the ties of the page's last value are fetched whole, up to this.
+MAX_TIES = 100_000
 SEGMENT = re.compile(r"(?P<name>[A-Za-z]+)(?:\((?P<id>'(?:[^']|'')*'|\d+)\))?")
 OBSERVATION_TYPES = {
     "number": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
@@ -41,6 +63,22 @@ NAVIGATION = {
     "ObservedProperties": {"Datastreams": ("Datastreams", True)},
     "Observations": {"Datastream": ("Datastreams", False)},
 }
+# The properties each entity type carries here and their types in $filter ("json": has sub-properties).
+PROPERTIES = {
+    "Things": {"name": "str", "description": "str", "properties": "json"},
+    "Locations": {"name": "str", "description": "str", "encodingType": "str", "location": "json"},
+    "Datastreams": {"name": "str", "description": "str", "observationType": "str", "unitOfMeasurement": "json", "properties": "json"},
+    "Sensors": {"name": "str", "description": "str", "encodingType": "str", "metadata": "str"},
+    "ObservedProperties": {"name": "str", "definition": "str", "description": "str"},
+    "Observations": {"phenomenonTime": "time", "resultTime": "time", "result": "any", "resultQuality": "str"},
+}
+NUMERIC_IDS = {"Datastreams", "Observations"}
+ID_NAMES = ("@iot.id", "id")
+SELF_LINK_NAMES = ("@iot.selfLink", "selfLink")
+TIME_PATHS = (("phenomenonTime",), ("resultTime",))
+# What an Observation $orderby key sorts on in the store.
+OBSERVATION_ORDER = {"phenomenonTime": "ts_ms", "resultTime": "ts_ms", "result": "value", "@iot.id": "id", "id": "id"}
+QUERY_OPTIONS = ("$top", "$skip", "$count", "$filter", "$orderby", "$expand", "$select")
 
 
 class StaError(Exception):
@@ -66,24 +104,52 @@ def sensor_parts(channel: StoredChannel) -> tuple[str, str]:
     return device, name or device
 
 
+def key_of(entity_set: str, obj: Any) -> Any:
+    """The ``@iot.id`` of an entity object as Catalog.members gives it."""
+    if entity_set in ("Things", "Locations"):
+        return obj.device_id
+    if entity_set in ("Datastreams", "Observations"):
+        return obj.id
+    if entity_set == "Sensors":
+        return f"{obj[0]}:{obj[1]}"
+    return obj
+
+
 class Options:
-    """The query options of one collection: $top, $skip, $orderby, $filter, $expand, $count."""
+    """The query options of one collection or entity: $top, $skip, $count, $filter, $orderby, $expand, $select."""
 
-    def __init__(self, raw: dict[str, str]) -> None:
+    def __init__(self, raw: dict[str, str], *, where: str = "") -> None:
         self.raw = raw
-        self.top = self._int("$top", DEFAULT_TOP, MAX_TOP)
-        self.skip = self._int("$skip", 0, 2**62)
-        self.count = raw.get("$count", "false").lower() == "true"
-        self.filter = raw.get("$filter")
-        self.orderby = raw.get("$orderby", "")
+        for name in raw:
+            if name.startswith("$") and name not in QUERY_OPTIONS:
+                raise StaError(400, f"{where}{name}: not supported here; query options are {', '.join(QUERY_OPTIONS)}")
+        self.top = self._int("$top", DEFAULT_TOP)
+        self.skip = self._int("$skip", 0)
+        # OGC 18-088 §9.3.3.3: a $top above the server's page size is replaced by the page size.
+        self.top = min(self.top, MAX_TOP)
+        count = raw.get("$count", "false")
+        if count not in ("true", "false"):
+            raise StaError(400, f"{where}$count={count!r}: expected true or false")
+        self.count = count == "true"
+        text = raw.get("$filter")
+        self.filter: Node | None = parse_filter(text) if text else None
+        text = raw.get("$orderby")
+        self.orderby: list[tuple[Node, bool]] = parse_orderby(text) if text else []
         self.expand = split_top_level(raw.get("$expand", ""), ",")
+        select = raw.get("$select")
+        self.select: list[tuple[str, ...]] | None = None
+        if select is not None:
+            items = split_top_level(select, ",")
+            if not items:
+                raise StaError(400, f"{where}$select: empty; list properties, e.g. $select=name,description")
+            self.select = None if "*" in items else [tuple(item.split("/")) for item in items]
 
-    def _int(self, name: str, default: int, high: int) -> int:
+    def _int(self, name: str, default: int) -> int:
         text = self.raw.get(name)
         if text is None:
             return default
-        if not text.isdigit() or int(text) > high:
-            raise StaError(400, f"{name}={text!r}: expected a whole number from 0 to {high}")
+        if re.fullmatch(r"[0-9]{1,18}", text) is None:
+            raise StaError(400, f"{name}={text!r}: expected a whole number, 0 or more")
         return int(text)
 
 
@@ -107,15 +173,61 @@ def split_top_level(text: str, sep: str) -> list[str]:
 def parse_expand_item(item: str) -> tuple[list[str], dict[str, str]]:
     """``Datastreams/Observations($top=3;$orderby=phenomenonTime desc)`` → (path, options of the last step)."""
     options: dict[str, str] = {}
-    if "(" in item and item.endswith(")"):
+    if "(" in item:
         head, _, inner = item.partition("(")
+        if not inner.endswith(")"):
+            raise StaError(400, f"$expand={item!r}: options in parentheses look like Observations($top=5;$orderby=phenomenonTime desc)")
         for part in split_top_level(inner[:-1], ";"):
             name, eq, value = part.partition("=")
             if not eq:
                 raise StaError(400, f"$expand={item!r}: options in parentheses look like $top=5;$orderby=phenomenonTime desc")
             options[name.strip()] = value.strip()
         item = head
-    return [step for step in item.split("/") if step], options
+    return [step.strip() for step in item.split("/") if step.strip()], options
+
+
+def grouped_expand(entity_set: str, items: list[str]) -> dict[str, dict[str, str]]:
+    """$expand items by the navigation property they start with, each with the options for its target.
+
+    ``Datastreams/Thing,Datastreams/Sensor`` becomes one expansion of Datastreams that itself
+    expands Thing and Sensor, as OData merges them.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        path, raw = parse_expand_item(item)
+        if not path:
+            raise StaError(400, f"$expand={item!r}: name a navigation property of {entity_set}: {', '.join(NAVIGATION[entity_set])}")
+        nav = path[0]
+        if nav not in NAVIGATION[entity_set]:
+            raise StaError(400, f"$expand={item!r}: {entity_set} can expand {', '.join(NAVIGATION[entity_set])}")
+        if len(path) > 1:
+            inner = "/".join(path[1:]) + (f"({';'.join(f'{k}={v}' for k, v in raw.items())})" if raw else "")
+            raw = {"$expand": inner}
+        merged = out.setdefault(nav, {})
+        for name, value in raw.items():
+            merged[name] = f"{merged[name]},{value}" if name == "$expand" and name in merged else value
+    return out
+
+
+def sort_key(value: Any) -> tuple[Any, ...]:
+    """Orders any value: nulls first, then numbers, booleans, strings (OGC 18-088: nulls before values ascending)."""
+    if isinstance(value, Many):
+        value = value[0] if value else None
+    if value is None:
+        return (0,)
+    if value is True or value is False:
+        return (1, 1, int(value))
+    if isinstance(value, int | float):
+        return (1, 0, value)
+    return (1, 2, str(value))
+
+
+def sort_by(items: list[Any], keys: list[tuple[Callable[[Any], Any], bool]]) -> list[Any]:
+    """Stable sort on several keys, each ascending or descending (last key first, Python's sort is stable)."""
+    out = list(items)
+    for getter, descending in reversed(keys):
+        out.sort(key=lambda item, g=getter: sort_key(g(item)), reverse=descending)
+    return out
 
 
 class Catalog:
@@ -127,6 +239,9 @@ class Catalog:
         self.devices = {d.device_id: d for d in devices if d.status != "pending"}
         self.channels = [c for c in channels if c.device_id in self.devices]
         self.channel_by_id = {c.id: c for c in self.channels}
+        # Channels of devices not shown (pending) must not leak through an unrestricted Observations query.
+        self.hidden_channels = len(self.channels) < len(channels)
+        self.rendered: dict[tuple[str, Any], dict[str, Any]] = {}
 
     @classmethod
     async def load(cls, store: Store, base: str) -> Catalog:
@@ -154,7 +269,9 @@ class Catalog:
 
     async def one(self, entity_set: str, key: Any) -> Any:
         if entity_set == "Observations":
-            rows = await self.store.readings(reading_id=int(key), limit=1)
+            if not isinstance(key, int):
+                raise StaError(404, f"Observations({key_text(key)}) does not exist; Observation ids are numbers")
+            rows = await self.store.readings(reading_id=key, limit=1)
             if not rows or rows[0].channel_id not in self.channel_by_id:
                 raise StaError(404, f"Observations({key}) does not exist")
             return rows[0]
@@ -163,30 +280,30 @@ class Catalog:
                 return obj
         raise StaError(404, f"{entity_set}({key_text(key)}) does not exist")
 
-    def related(self, entity_set: str, obj: Any, nav: str) -> tuple[str, list[tuple[Any, Any]] | None]:
-        """The target set and members of a navigation (None for Observations, which come from the store)."""
+    def related(self, entity_set: str, obj: Any, nav: str) -> list[tuple[Any, Any]] | None:
+        """The members a navigation leads to (None for Observations, which come from the store)."""
         target, _ = NAVIGATION[entity_set][nav]
         if target == "Observations":
-            return target, None
+            return None
         if entity_set == "Things" and nav == "Datastreams":
-            return target, [(c.id, c) for c in self.channels if c.device_id == obj.device_id]
+            return [(c.id, c) for c in self.channels if c.device_id == obj.device_id]
         if entity_set == "Things" and nav == "Locations":
-            return target, [(obj.device_id, obj)] if obj.latitude is not None else []
+            return [(obj.device_id, obj)] if obj.latitude is not None else []
         if entity_set == "Locations":
-            return target, [(obj.device_id, obj)]
+            return [(obj.device_id, obj)]
         if entity_set == "Datastreams":
-            device_id, sensor = obj.device_id, sensor_parts(obj)[0]
-            single = {"Thing": (device_id, self.devices[device_id]), "Sensor": (f"{device_id}:{sensor}", (device_id, sensor)),
-                      "ObservedProperty": (sensor_parts(obj)[1], sensor_parts(obj)[1])}[nav]
-            return target, [single]
+            device_id, (sensor, prop) = obj.device_id, sensor_parts(obj)
+            if nav == "Thing":
+                return [(device_id, self.devices[device_id])]
+            if nav == "Sensor":
+                return [(f"{device_id}:{sensor}", (device_id, sensor))]
+            return [(prop, prop)]
         if entity_set == "Sensors":
-            return target, [(c.id, c) for c in self.channels if c.device_id == obj[0] and sensor_parts(c)[0] == obj[1]]
+            return [(c.id, c) for c in self.channels if c.device_id == obj[0] and sensor_parts(c)[0] == obj[1]]
         if entity_set == "ObservedProperties":
-            return target, [(c.id, c) for c in self.channels if sensor_parts(c)[1] == obj]
-        if entity_set == "Observations":
-            channel = self.channel_by_id[obj.channel_id]
-            return target, [(channel.id, channel)]
-        raise StaError(404, f"{entity_set} has no navigation property {nav!r}")
+            return [(c.id, c) for c in self.channels if sensor_parts(c)[1] == obj]
+        channel = self.channel_by_id[obj.channel_id]
+        return [(channel.id, channel)]
 
     # --- JSON of each entity type -----------------------------------------------------
 
@@ -194,6 +311,10 @@ class Catalog:
         return f"{self.base}/{entity_set}({key_text(key)})"
 
     def render(self, entity_set: str, key: Any, obj: Any) -> dict[str, Any]:
+        """The full JSON of one entity (kept for the request: filters and expansions read it again)."""
+        cached = self.rendered.get((entity_set, key))
+        if cached is not None:
+            return cached
         self_link = self.link(entity_set, key)
         out: dict[str, Any] = {"@iot.id": key, "@iot.selfLink": self_link}
         if entity_set == "Things":
@@ -217,95 +338,276 @@ class Catalog:
         elif entity_set == "Observations":
             r: StoredReading = obj
             out.update(phenomenonTime=iso(r.ts_ms), resultTime=iso(r.ts_ms), result=r.value)
-            if r.quality is not None:
-                out["resultQuality"] = ["good", "suspect", "bad"][r.quality] if 0 <= r.quality <= 2 else str(r.quality)
+            quality = quality_text(r)
+            if quality is not None:
+                out["resultQuality"] = quality
         for nav in NAVIGATION[entity_set]:
             out[f"{nav}@iot.navigationLink"] = f"{self_link}/{nav}"
+        if entity_set != "Observations":
+            self.rendered[(entity_set, key)] = out
         return out
+
+    # --- what a $filter / $orderby path means -----------------------------------------
+
+    def resolver(self, entity_set: str) -> Callable[[tuple[str, ...]], tuple[Getter, str]]:
+        return lambda path: self.resolve_path(entity_set, path)
+
+    def resolve_path(self, entity_set: str, path: tuple[str, ...]) -> tuple[Getter, str]:
+        """The getter and type of a property path on ``entity_set`` (through navigation properties where cheap)."""
+        head, rest = path[0], path[1:]
+        shown = "/".join(path)
+        if head in NAVIGATION[entity_set]:
+            target, many = NAVIGATION[entity_set][head]
+            if not rest:
+                raise FilterError(f"{shown} is a navigation property; name one of its properties, e.g. {head}/@iot.id")
+            if target == "Observations":
+                raise FilterError(f"{shown}: paths into Observations are not supported in a $filter on {entity_set}; "
+                                  f"query Observations with a Datastream/… condition instead")
+            inner, kind = self.resolve_path(target, rest)
+            if entity_set == "Observations":
+                channels = self.channel_by_id
+                return (lambda r: inner(channels[r.channel_id])), kind
+
+            def follow(obj: Any) -> Any:
+                members = self.related(entity_set, obj, head) or []
+                if many:
+                    return Many(inner(o) for _, o in members)
+                return inner(members[0][1]) if members else None
+
+            return follow, kind
+        if head in ID_NAMES:
+            if rest:
+                raise FilterError(f"{shown}: @iot.id has no sub-properties")
+            if entity_set == "Observations":
+                return (lambda r: r.id), "num"
+            return (lambda obj: key_of(entity_set, obj)), "num" if entity_set in NUMERIC_IDS else "str"
+        kind = PROPERTIES[entity_set].get(head)
+        if kind is None:
+            hint = ", ".join([*PROPERTIES[entity_set], "@iot.id", *(f"{n}/…" for n in NAVIGATION[entity_set] if NAVIGATION[entity_set][n][0] != "Observations")])
+            raise FilterError(f"{entity_set} have no property {head!r}; expected one of {hint}")
+        if rest and kind != "json":
+            raise FilterError(f"{shown}: {head} has no sub-properties")
+        if entity_set == "Observations":
+            if head in ("phenomenonTime", "resultTime"):
+                return (lambda r: r.ts_ms), "time"
+            if head == "result":
+                return (lambda r: r.value), "any"
+            return quality_text, "str"
+
+        def dig(obj: Any) -> Any:
+            value: Any = self.render(entity_set, key_of(entity_set, obj), obj)
+            for step in path:
+                value = value.get(step) if isinstance(value, dict) else None
+            return value
+
+        return dig, "any" if rest else kind
+
+    def predicate(self, entity_set: str, tree: Node) -> Callable[[Any], bool]:
+        return compile_predicate(tree, self.resolver(entity_set))
+
+    def order_keys(self, entity_set: str, orderby: list[tuple[Node, bool]]) -> list[tuple[Getter, bool]]:
+        return [(compile_value(expression, self.resolver(entity_set))[0], descending) for expression, descending in orderby]
 
     # --- collections ------------------------------------------------------------------
 
-    async def observations(self, options: Options, *, channel_id: int | None) -> tuple[list[tuple[Any, Any]], bool]:
-        match, since, until = None, None, None
-        if options.filter:
-            try:
-                match, since, until = compile_filter(options.filter)
-            except FilterError as exc:
-                raise StaError(400, str(exc)) from None
-        order, descending = "ts_ms", False
+    def select_members(self, entity_set: str, members: list[tuple[Any, Any]], options: Options) -> tuple[list[tuple[Any, Any]], bool, int]:
+        """$filter, $orderby, $skip and $top over a small set: (page, more after it, count matching)."""
+        if options.filter is not None:
+            keep = self.predicate(entity_set, options.filter)
+            members = [m for m in members if keep(m[1])]
+        # Without $orderby, by @iot.id: a stable order across pages (OGC 18-088 §9.3.3.3).
+        members = sorted(members, key=lambda m: sort_key(m[0]))
         if options.orderby:
-            first = split_top_level(options.orderby, ",")[0].split()
-            order = {"phenomenonTime": "ts_ms", "resultTime": "ts_ms", "result": "value", "@iot.id": "id", "id": "id"}.get(first[0], "")
-            if not order or (len(first) > 1 and first[1].lower() not in ("asc", "desc")):
-                raise StaError(400, f"$orderby={options.orderby!r}: expected phenomenonTime, resultTime, result or @iot.id, then asc or desc")
-            descending = len(first) > 1 and first[1].lower() == "desc"
+            keys = [(lambda m, g=getter: g(m[1]), descending) for getter, descending in self.order_keys(entity_set, options.orderby)]
+            members = sort_by(members, keys)
+        chosen = members[options.skip : options.skip + options.top]
+        return chosen, options.skip + options.top < len(members), len(members)
+
+    def observation_query(self, options: Options, channel_id: int | None) -> dict[str, Any] | None:
+        """What to ask the store for: channel, time range and predicate; None when nothing can match."""
+        since, until = (None, None) if options.filter is None else time_range(options.filter, TIME_PATHS)
+        allowed: set[int] | None = {channel_id} if channel_id is not None else None
+        rest: list[Node] = []
+        for part in conjuncts(options.filter) if options.filter is not None else []:
+            read = list(paths(part))
+            if read and all(p[0] == "Datastream" and len(p) > 1 for p in read):
+                # A condition on the Datastream alone picks channels: decide it once per channel, not per reading.
+                keep = self.predicate("Datastreams", strip_prefix(part, "Datastream"))
+                chosen = {c.id for c in self.channels if keep(c)}
+                allowed = chosen if allowed is None else allowed & chosen
+            elif time_range(part, TIME_PATHS) == (None, None):
+                rest.append(part)
+            # else: a time comparison the store applies exactly through [since, until)
+        if allowed is None and self.hidden_channels:
+            allowed = set(self.channel_by_id)
+        if allowed is not None:
+            allowed &= set(self.channel_by_id)
+            if not allowed:
+                return None
+        if since is not None and until is not None and since >= until:
+            return None
+        tree: Node | None = None
+        for part in rest:
+            tree = part if tree is None else ("and", tree, part)
+        match = self.predicate("Observations", tree) if tree is not None else None
+        store_channel = next(iter(allowed)) if allowed is not None and len(allowed) == 1 else None
+        if allowed is not None and store_channel is None:
+            inner, members = match, allowed
+            match = (lambda r: r.channel_id in members and inner(r)) if inner is not None else (lambda r: r.channel_id in members)
+        return {"channel_id": store_channel, "since_ms": since, "until_ms": until, "match": match}
+
+    async def observations(self, options: Options, *, channel_id: int | None) -> tuple[list[tuple[Any, Any]], bool, int | None]:
+        """One page of Observations: (page, more after it, count matching if $count=true)."""
+        query = self.observation_query(options, channel_id)
+        if query is None:
+            return [], False, 0
+        keys = observation_order(options.orderby)
+        window = options.skip + options.top + 1
         try:
-            rows = await self.store.readings(channel_id=channel_id, since_ms=since, until_ms=until, match=match, order=order,
-                                             descending=descending, limit=options.top + 1, offset=options.skip)
+            if len(keys) == 1 or (keys[1] == ("id", keys[0][1])):
+                order, descending = keys[0]
+                rows = await self.store.readings(**query, order=order, descending=descending, limit=options.top + 1, offset=options.skip)
+            else:
+                rows = (await self.sorted_observations(query, keys, window))[options.skip :]
         except ValueError as exc:
             raise StaError(400, f"$top/$skip: {exc}") from None
-        rows = [r for r in rows if r.channel_id in self.channel_by_id]
-        return [(r.id, r) for r in rows[: options.top]], len(rows) > options.top
+        count = None
+        if options.count:
+            count = await self.store.count_readings(**query)
+            if count is None:
+                raise StaError(400, "$count=true: more than a million Observations would have to be examined; "
+                                    "narrow the $filter with phenomenonTime (or count without a condition on result)")
+        return [(r.id, r) for r in rows[: options.top]], len(rows) > options.top, count
 
-    def page(self, members: list[tuple[Any, Any]], options: Options) -> tuple[list[tuple[Any, Any]], bool]:
-        if options.filter:
-            raise StaError(400, "$filter is served on Observations (phenomenonTime, resultTime, result); other sets are small, fetch them whole")
-        if options.orderby:
-            field, _, direction = options.orderby.partition(" ")
-            if field not in ("@iot.id", "id", "name"):
-                raise StaError(400, f"$orderby={options.orderby!r}: on this set expected @iot.id or name, then asc or desc")
-            members = sorted(members, key=lambda m: m[0], reverse=direction.strip().lower() == "desc")
-        chosen = members[options.skip : options.skip + options.top]
-        return chosen, options.skip + options.top < len(members)
+    async def sorted_observations(self, query: dict[str, Any], keys: list[tuple[str, bool]], window: int) -> list[StoredReading]:
+        """The first ``window`` Observations in a several-key order the store cannot give: the store orders by
+        the first key; the rows tied with the window's last value are fetched whole and everything is sorted here."""
+        first, descending = keys[0]
+        rows = await self.store.readings(**query, order=first, descending=descending, limit=window)
+        getters = [(OBSERVATION_FIELD[field], desc) for field, desc in keys]
+        if len(rows) < window:
+            return sort_by(rows, getters)[:window]
+        boundary = OBSERVATION_FIELD[first](rows[-1])
+        before = [r for r in rows if OBSERVATION_FIELD[first](r) != boundary]
+        tied = dict(query)
+        if first == "ts_ms":
+            tied.update(since_ms=boundary, until_ms=boundary + 1)
+        else:
+            inner = query["match"]
+            field = OBSERVATION_FIELD[first]
+            tied["match"] = (lambda r: field(r) == boundary and inner(r)) if inner is not None else (lambda r: field(r) == boundary)
+        ties = await self.store.readings(**tied, order="id", limit=MAX_TIES + 1)
+        if len(ties) > MAX_TIES:
+            raise StaError(400, f"$orderby: more than {MAX_TIES} Observations share one {first} value; add a $filter or order by @iot.id")
+        return (sort_by(before, getters) + sort_by(ties, getters))[:window]
 
     async def collection(self, entity_set: str, members: list[tuple[Any, Any]] | None, options: Options, *, url: str, channel_id: int | None = None) -> dict[str, Any]:
         if members is None:
-            chosen, more = await self.observations(options, channel_id=channel_id)
-            total = None
+            chosen, more, total = await self.observations(options, channel_id=channel_id)
         else:
-            chosen, more = self.page(members, options)
-            total = len(members)
+            chosen, more, total = self.select_members(entity_set, members, options)
         out: dict[str, Any] = {}
-        if options.count and total is not None:
+        if options.count:
             out["@iot.count"] = total
-        out["value"] = [await self.expanded(entity_set, key, obj, options.expand) for key, obj in chosen]
         if more:
             out["@iot.nextLink"] = next_link(url, options)
+        out["value"] = [await self.expanded(entity_set, key, obj, options) for key, obj in chosen]
         return out
 
-    async def expanded(self, entity_set: str, key: Any, obj: Any, expand: Sequence[str]) -> dict[str, Any]:
-        entity = self.render(entity_set, key, obj)
-        for item in expand:
-            path, raw = parse_expand_item(item)
-            if not path:
-                continue
-            nav, rest = path[0], path[1:]
-            if nav not in NAVIGATION[entity_set]:
-                raise StaError(400, f"$expand={item!r}: {entity_set} can expand {', '.join(NAVIGATION[entity_set])}")
+    async def expanded(self, entity_set: str, key: Any, obj: Any, options: Options) -> dict[str, Any]:
+        """One entity with its $expand and $select applied."""
+        entity = dict(self.render(entity_set, key, obj))
+        expanded: list[str] = []
+        for nav, raw in grouped_expand(entity_set, options.expand).items():
             target, many = NAVIGATION[entity_set][nav]
-            options = Options(raw if not rest else {})
-            nested = ["/".join(rest) + (f"({';'.join(f'{k}={v}' for k, v in raw.items())})" if raw else "")] if rest else options.expand
-            _, members = self.related(entity_set, obj, nav)
+            nested = Options(raw, where=f"$expand={nav}(…): ")
+            members = self.related(entity_set, obj, nav)
             nav_url = f"{self.link(entity_set, key)}/{nav}"
             if members is None:
-                chosen, more = await self.observations(options, channel_id=obj.id)
+                chosen, more, total = await self.observations(nested, channel_id=obj.id)
             elif many:
-                chosen, more = self.page(members, options)
+                chosen, more, total = self.select_members(target, members, nested)
             else:
-                chosen, more = members, False
+                chosen, more, total = members, False, len(members)
             values = [await self.expanded(target, k, o, nested) for k, o in chosen]
+            expanded.append(nav)
             if many:
+                if nested.count:
+                    entity[f"{nav}@iot.count"] = total
                 entity[nav] = values
                 if more:
-                    entity[f"{nav}@iot.nextLink"] = next_link(nav_url, options)
+                    entity[f"{nav}@iot.nextLink"] = next_link(nav_url, nested)
             else:
                 entity[nav] = values[0] if values else None
-        return entity
+        if options.select is None:
+            return entity
+        return select_properties(entity_set, entity, options.select, expanded)
+
+
+def quality_text(r: StoredReading) -> str | None:
+    if r.quality is None:
+        return None
+    return ["good", "suspect", "bad"][r.quality] if 0 <= r.quality <= 2 else str(r.quality)
+
+
+OBSERVATION_FIELD: dict[str, Callable[[StoredReading], Any]] = {"ts_ms": lambda r: r.ts_ms, "value": lambda r: r.value, "id": lambda r: r.id}
+
+
+def observation_order(orderby: list[tuple[Node, bool]]) -> list[tuple[str, bool]]:
+    """$orderby on Observations as store fields (ts_ms, value, id), redundant keys dropped; default phenomenonTime."""
+    keys: list[tuple[str, bool]] = []
+    for expression, descending in orderby:
+        name = expression[1][0] if expression[0] == "path" and len(expression[1]) == 1 else None
+        field = OBSERVATION_ORDER.get(name or "")
+        if field is None:
+            raise FilterError(f"$orderby on Observations takes phenomenonTime, resultTime, result or @iot.id (each asc or desc), "
+                              f"not {'/'.join(expression[1]) if expression[0] == 'path' else 'an expression'}")
+        if field not in (f for f, _ in keys):
+            keys.append((field, descending))
+        if field == "id":
+            break
+    return keys or [("ts_ms", False)]
+
+
+def select_properties(entity_set: str, entity: dict[str, Any], select: list[tuple[str, ...]], expanded: list[str]) -> dict[str, Any]:
+    """The selected properties of a rendered entity, plus every expanded navigation property (OGC 18-088 §9.3.2.2)."""
+    out: dict[str, Any] = {}
+    for path in select:
+        head = path[0]
+        if head in ID_NAMES and len(path) == 1:
+            out["@iot.id"] = entity["@iot.id"]
+        elif head in SELF_LINK_NAMES and len(path) == 1:
+            out["@iot.selfLink"] = entity["@iot.selfLink"]
+        elif head in NAVIGATION[entity_set]:
+            if len(path) > 1:
+                raise StaError(400, f"$select={'/'.join(path)}: select inside the expansion instead, e.g. $expand={head}($select={'/'.join(path[1:])})")
+            if head not in expanded:
+                out[f"{head}@iot.navigationLink"] = entity[f"{head}@iot.navigationLink"]
+        elif head in PROPERTIES[entity_set]:
+            if len(path) > 1 and PROPERTIES[entity_set][head] != "json":
+                raise StaError(400, f"$select={'/'.join(path)}: {head} has no sub-properties")
+            if head not in entity:
+                continue
+            if len(path) == 1:
+                out[head] = entity[head]
+                continue
+            source, target = entity, out
+            for step in path[:-1]:
+                source = source.get(step) if isinstance(source, dict) else None
+                target = target.setdefault(step, {})
+            if isinstance(source, dict) and path[-1] in source and isinstance(target, dict):
+                target[path[-1]] = source[path[-1]]
+        else:
+            names = ", ".join(["@iot.id", "@iot.selfLink", *PROPERTIES[entity_set], *NAVIGATION[entity_set]])
+            raise StaError(400, f"$select: {entity_set} have no property {head!r}; expected one of {names}")
+    for nav in expanded:
+        for name in (f"{nav}@iot.count", nav, f"{nav}@iot.nextLink"):
+            if name in entity:
+                out[name] = entity[name]
+    return out
 
 
 def next_link(url: str, options: Options) -> str:
-    from yarl import URL
-
     query = dict(options.raw)
     query["$skip"] = str(options.skip + options.top)
     query["$top"] = str(options.top)
@@ -347,11 +649,13 @@ async def resolve(catalog: Catalog, steps: list[tuple[str, Any]], options: Optio
         if nav not in NAVIGATION[entity_set]:
             raise StaError(404, f"{entity_set} has no navigation property {nav!r}; expected {', '.join(NAVIGATION[entity_set])}")
         target, many = NAVIGATION[entity_set][nav]
-        _, members = catalog.related(entity_set, obj, nav)
+        members = catalog.related(entity_set, obj, nav)
         if many and nav_key is None and position == len(steps):
             return await catalog.collection(target, members, options, url=url, channel_id=obj.id if members is None else None)
         if members is None:
             obj = await catalog.one(target, nav_key)
+            if obj.channel_id != key:
+                raise StaError(404, f"{nav}({key_text(nav_key)}) is not related to {entity_set}({key_text(key)})")
             key = nav_key
         else:
             match = [(k, o) for k, o in members if nav_key is None or k == nav_key]
@@ -359,7 +663,7 @@ async def resolve(catalog: Catalog, steps: list[tuple[str, Any]], options: Optio
                 raise StaError(404, f"{nav}({key_text(nav_key)}) is not related to {entity_set}({key_text(key)})")
             key, obj = match[0]
         entity_set = target
-    return await catalog.expanded(entity_set, key, obj, options.expand)
+    return await catalog.expanded(entity_set, key, obj, options)
 
 
 @routes.get(PREFIX)
@@ -382,6 +686,8 @@ async def entity(request: web.Request) -> web.Response:
         options = Options(dict(request.query))
         catalog = await Catalog.load(request.app[HUB].store, base)
         body = await resolve(catalog, steps, options, f"{base}/{request.match_info['path']}")
+    except FilterError as exc:
+        return web.json_response({"code": 400, "type": "error", "message": str(exc)}, status=400)
     except StaError as exc:
         return web.json_response({"code": exc.status, "type": "error", "message": exc.detail}, status=exc.status)
     return web.json_response(body)
