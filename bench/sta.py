@@ -1,0 +1,127 @@
+"""SensorThings query latency over a large store: what a time filter, a Datastream filter, several order keys and $count cost.
+
+Fills a hub's store (SQLite, and PostgreSQL when ``--postgres DSN`` is given) with one
+gateway's readings, then times typical integrator queries over real HTTP to the hub
+in this process.  Prints the median of a few runs per query; nothing passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import secrets
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from edge.protocol import generate_keypair, key_id, raw_public_key
+from edge.types import Channel, Reading
+from hub.app import run_hub
+from hub.store import IncomingBatch
+
+T0 = 1_790_000_000_000
+CHANNELS = [Channel(f"meter-1/{name}", unit=unit, resolution=0.1) for name, unit in (("voltage", "V"), ("current", "A"), ("power", "W"), ("frequency", "Hz"))]
+
+
+async def fill(store: object, device_id: str, key: bytes, *, batches: int, per_channel: int) -> int:
+    """Store ``batches`` batches of ``per_channel`` one-second readings per channel; the number of readings."""
+    total = 0
+    for seq in range(batches):
+        start = T0 + seq * per_channel * 1000
+        readings = [
+            Reading(ch.id, start + i * 1000, round(200 + (seq * 7 + i * 13 + n * 31) % 600 / 10, 1), ch.unit)
+            for i in range(per_channel)
+            for n, ch in enumerate(CHANNELS)
+        ]
+        await store.store_batch(IncomingBatch(  # type: ignore[attr-defined]
+            device_id=device_id, key_id=key, boot_epoch=1, seq=seq, created_ms=start, received_ms=start, policy_digest=b"\x01" * 32,
+            codec="zstd", counters={}, channels=CHANNELS, readings=readings,
+        ))
+        total += len(readings)
+    return total
+
+
+async def timed(http: aiohttp.ClientSession, url: str, runs: int) -> tuple[float, int]:
+    """Median milliseconds of ``runs`` GETs and the number of values in the answer."""
+    times, count = [], 0
+    for _ in range(runs):
+        started = time.perf_counter()
+        async with http.get(url) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+        times.append((time.perf_counter() - started) * 1000)
+        count = len(body["value"])
+    return statistics.median(times), count
+
+
+async def run_one(db: str | None, label: str, *, batches: int, per_channel: int, runs: int) -> None:
+    with tempfile.TemporaryDirectory() as state:
+        async with run_hub(db=db, state_dir=Path(state), admin_token=secrets.token_hex(8)) as hub:
+            private = generate_keypair()
+            async with aiohttp.ClientSession() as http:
+                token = await hub.create_token()
+                public = base64.urlsafe_b64encode(raw_public_key(private)).rstrip(b"=").decode()
+                async with http.post(f"{hub.url}/oxp/v1/enrol", json={"token": token, "device_id": "bench-0001", "public_key": public, "software_version": "bench"}) as resp:
+                    assert resp.status == 201, await resp.text()
+                started = time.perf_counter()
+                readings = await fill(hub.store, "bench-0001", key_id(private), batches=batches, per_channel=per_channel)
+                print(f"{label}: stored {readings:,} readings in {batches * len(CHANNELS):,} chunks in {time.perf_counter() - started:.1f} s")
+                sta = f"{hub.url}/sta/v1.1"
+                async with http.get(f"{sta}/Datastreams?$filter=endswith(name, 'power')") as resp:
+                    power = (await resp.json())["value"][0]["@iot.id"]
+                end = T0 + batches * per_channel * 1000
+                last_hour = f"phenomenonTime ge {iso(end - 3_600_000)} and phenomenonTime lt {iso(end)}"
+                queries = {
+                    "newest 100 (no filter, phenomenonTime desc)": "Observations?$orderby=phenomenonTime desc",
+                    "last hour, all streams": f"Observations?$filter={last_hour}&$top=1000",
+                    "last hour, Datastream/name filter": f"Observations?$filter={last_hour} and Datastream/name eq 'bench-0001/meter-1/power'&$top=1000",
+                    "last hour, result gt 250, $count": f"Observations?$filter={last_hour} and result gt 250&$count=true&$top=1000",
+                    "last hour, result desc, phenomenonTime desc": f"Datastreams({power})/Observations?$filter={last_hour}&$orderby=result desc,phenomenonTime desc&$top=10",
+                    "newest 100 of one stream by Datastream/name": "Observations?$filter=Datastream/name eq 'bench-0001/meter-1/power'&$orderby=phenomenonTime desc",
+                    "$count=true, no filter": "Observations?$count=true&$top=1",
+                    "result gt 259.9 (matches none: a full scan)": "Observations?$filter=result gt 259.9",
+                }
+                print(f"{'query':<50} {'ms (median)':>12} {'values':>7}")
+                for name, query in queries.items():
+                    ms, count = await timed(http, f"{sta}/{query}", runs)
+                    print(f"{name:<50} {ms:>12.1f} {count:>7}")
+
+
+def iso(ts_ms: int) -> str:
+    from hub.sensorthings import iso as hub_iso
+
+    return hub_iso(ts_ms)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--batches", type=int, default=500, help="batches stored (default 500)")
+    parser.add_argument("--per-channel", type=int, default=600, help="readings per channel per batch (default 600: ten minutes)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per query (default 5)")
+    parser.add_argument("--postgres", metavar="DSN", help="also run on this PostgreSQL (a fresh schema, dropped after)")
+    args = parser.parse_args()
+    asyncio.run(run_one(None, "sqlite", batches=args.batches, per_channel=args.per_channel, runs=args.runs))
+    if args.postgres:
+        schema = f"bench_sta_{secrets.token_hex(4)}"
+        try:
+            asyncio.run(run_one(f"{args.postgres}?schema={schema}", "postgresql", batches=args.batches, per_channel=args.per_channel, runs=args.runs))
+        finally:
+            asyncio.run(drop_schema(args.postgres, schema))
+
+
+async def drop_schema(dsn: str, schema: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    main()
