@@ -10,17 +10,22 @@ behind the choice of SQLite over segment files.
 
 The methods are synchronous and thread-safe; callers on the event loop run the
 ones that commit (``put``, ``ack``, ``quarantine``) through ``asyncio.to_thread``.
+``stats`` answers from figures kept in memory, so the event loop never waits on the
+database for it.  A write the disk refuses (full, I/O error) is logged once, with
+the path and the free space, and once more when a write succeeds again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +176,10 @@ class Spool:
         self._full = False  # logged once when the quota starts dropping, once when there is room again
         self._boot_epoch: int | None = None
         self._next_seq = 0
+        # Since when the disk has refused writes (None: it takes them), and when pending ack deletions were last tried.
+        self._write_failing_since: float | None = None
+        self._write_failures = 0
+        self._last_ack_flush = 0.0
         self._load_figures()
 
     def _load_figures(self) -> None:
@@ -190,6 +199,15 @@ class Spool:
             self._bytes -= size
             self._batches -= 1
             self._readings -= readings
+        self._find_oldest()
+
+    def _find_oldest(self, after: int = 0) -> None:
+        """Set ``_oldest`` to (row, created_ms) of the first waiting batch past row ``after`` (the caller holds the lock
+        or owns the spool alone); every batch before ``after`` must already be gone or acked."""
+        rows = self._conn.execute(
+            "SELECT row, created_ms FROM batches WHERE row > ? ORDER BY row LIMIT ?", (after, 1 + len(self._acked))
+        ).fetchall()
+        self._oldest: tuple[int, int] | None = next(((row, created) for row, created in rows if row not in self._acked), None)
 
     @classmethod
     async def open(
@@ -232,10 +250,11 @@ class Spool:
                     f"spool {path}: schema version {version} was written by a newer ocn-edge; "
                     f"this one reads version {_SCHEMA_VERSION}"
                 )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-        except sqlite3.DatabaseError as exc:
-            raise SpoolError(f"spool {path}: cannot open the spool database: {exc}") from exc
+            if version == 0:  # a new file: an existing spool is opened without writing anything
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise SpoolError(f"spool {path}: cannot open the spool database: {_storage_problem(exc, path)}") from exc
         return cls(path, conn, max_bytes=max_bytes, when_full=when_full, clock_ms=clock_ms)
 
     async def close(self) -> None:
@@ -255,16 +274,27 @@ class Spool:
         return await asyncio.to_thread(self.begin_boot_blocking)
 
     def begin_boot_blocking(self) -> BootInfo:
-        """`begin_boot` for code without an event loop."""
-        with self._lock, self._transaction():
-            meta = dict(self._conn.execute("SELECT name, value FROM meta WHERE name IN ('boot_epoch', 'running')"))
-            epoch = meta.get("boot_epoch", 0) + 1
-            unclean = meta.get("running", 0) == 1
-            if unclean:
-                self._counters["unclean_stops"] += 1
-                self._set_meta("unclean_stops", self._counters["unclean_stops"])
-            self._set_meta("boot_epoch", epoch)
-            self._set_meta("running", 1)
+        """`begin_boot` for code without an event loop.
+
+        Raises SpoolError naming the file and the problem when the disk refuses the
+        write (full, read-only, failing): without a recorded epoch no batch can be
+        given an identity the hub has not seen, so the gateway must not start.
+        """
+        try:
+            with self._lock, self._transaction():
+                meta = dict(self._conn.execute("SELECT name, value FROM meta WHERE name IN ('boot_epoch', 'running')"))
+                epoch = meta.get("boot_epoch", 0) + 1
+                unclean = meta.get("running", 0) == 1
+                if unclean:
+                    self._counters["unclean_stops"] += 1
+                    self._set_meta("unclean_stops", self._counters["unclean_stops"])
+                self._set_meta("boot_epoch", epoch)
+                self._set_meta("running", 1)
+        except (OSError, sqlite3.Error) as exc:
+            raise SpoolError(
+                f"spool {self.path}: cannot record the start of this run: {_storage_problem(exc, self.path)}; "
+                "nothing is read from the sensors until it can (the batches already in the spool are safe)"
+            ) from exc
         self._boot_epoch = epoch
         # A restart is always a new epoch, so (epoch, seq) never repeats without persisting seq per batch.
         self._next_seq = 0
@@ -281,7 +311,7 @@ class Spool:
 
     def mark_clean_shutdown_blocking(self) -> None:
         """`mark_clean_shutdown` for code without an event loop."""
-        with self._lock, self._transaction():
+        with self._lock, self._writing():
             self._set_meta("running", 0)
 
     @property
@@ -307,7 +337,7 @@ class Spool:
         batch_id = BatchId(header.device_id, bytes(header.key_id), header.boot_epoch, header.seq)
         size = len(data)
         now = self._clock_ms()
-        with self._lock, self._transaction():
+        with self._lock, self._writing():
             if not self._make_room(size):
                 self._count_drop(1, readings)
                 return None
@@ -321,6 +351,8 @@ class Spool:
             self._bytes += size
             self._batches += 1
             self._readings += readings
+            if self._oldest is None:
+                self._oldest = (row, header.created_ms)
         assert row is not None
         return StoredBatch(row, batch_id, readings, header.created_ms, now, bytes(data))
 
@@ -360,6 +392,8 @@ class Spool:
                         self._batches -= 1
                         self._readings -= readings
                         self._count_drop(1, readings)
+                        if self._oldest is not None and self._oldest[0] == row:
+                            self._find_oldest(row)
         return self._used() + size <= self.max_bytes
 
     def _loss_fields(self) -> dict[str, int]:
@@ -419,6 +453,9 @@ class Spool:
 
         ``budget`` = (UTC day number, bytes sent that day) is remembered with the
         same commit, so the daily byte budget survives restarts at no extra write.
+
+        A disk that refuses that commit (full) does not make the ack fail: the batch
+        is forgotten in memory at once and its deletion tried again later.
         """
         with self._lock:
             self._leased.discard(batch.row)
@@ -435,17 +472,34 @@ class Spool:
             self._bytes -= present[0]
             self._batches -= 1
             self._readings -= present[1]
+            if self._oldest is not None and self._oldest[0] == batch.row:
+                self._find_oldest(batch.row)
             due = len(self._acked) >= ACK_GROUP or time.monotonic() - self._acked_since >= ACK_DELAY_S
         if due:
             self.flush_acks()
         return True
 
-    def flush_acks(self) -> None:
-        """Commit the deletions of acked batches now (the uplink calls this when it runs out of batches)."""
+    def flush_acks(self) -> bool:
+        """Commit the deletions of acked batches now (the uplink calls this when it runs out of batches).
+
+        False if the disk refused (logged once): the deletions stay pending, are tried
+        again at most every `ACK_DELAY_S` while the disk keeps refusing, and ride on
+        the next commit that succeeds.  Until then an acked batch is only at risk of
+        being sent once more after a restart, which the hub answers with "duplicate".
+        """
         with self._lock:
-            if self._acked or self._pending_budget is not None:
-                with self._transaction():
+            if not self._acked and self._pending_budget is None:
+                return True
+            now = time.monotonic()
+            if self._write_failing_since is not None and now - self._last_ack_flush < ACK_DELAY_S:
+                return False
+            self._last_ack_flush = now
+            try:
+                with self._writing():
                     pass
+            except (OSError, sqlite3.Error):
+                return False
+        return True
 
     def _commit_acks(self) -> None:
         """Inside a write transaction: delete the acked batches and record the byte budget."""
@@ -462,7 +516,7 @@ class Spool:
     def quarantine(self, batch: StoredBatch, *, reason: str, detail: str) -> None:
         """Move a batch the hub permanently rejected out of the send queue, keeping its bytes for inspection."""
         now = self._clock_ms()
-        with self._lock, self._transaction():
+        with self._lock, self._writing():
             self._leased.discard(batch.row)
             cur = self._conn.execute(
                 "INSERT INTO quarantine (batch_row, device_id, key_id, boot_epoch, seq, readings, created_ms,"
@@ -474,6 +528,8 @@ class Spool:
             if cur.rowcount == 0:
                 return
             self._conn.execute("DELETE FROM batches WHERE row = ?", (batch.row,))
+            if self._oldest is not None and self._oldest[0] == batch.row:
+                self._find_oldest(batch.row)
             self._bytes -= len(batch.data)
             self._batches -= 1
             self._readings -= batch.readings
@@ -526,27 +582,29 @@ class Spool:
         return dataclasses.asdict(self.stats_record())
 
     def stats_record(self) -> SpoolStats:
-        """`stats` as a typed record."""
-        with self._lock:
-            waiting = self._conn.execute(
-                "SELECT row, created_ms FROM batches ORDER BY row LIMIT ?", (1 + len(self._acked),)
-            ).fetchall()
-            oldest = next((created for row, created in waiting if row not in self._acked), None)
-            age = None if oldest is None else max(0.0, (self._clock_ms() - oldest) / 1000)
-            return SpoolStats(
-                batches=self._batches,
-                bytes=self._bytes,
-                readings=self._readings,
-                oldest_age_s=age,
-                max_bytes=self.max_bytes,
-                when_full=self.when_full,
-                batches_dropped=self._counters["batches_dropped"],
-                readings_dropped=self._counters["readings_dropped"],
-                batches_quarantined=self._counters["batches_quarantined"],
-                readings_quarantined=self._counters["readings_quarantined"],
-                quarantine_batches=self._quarantine_batches,
-                unclean_stops=self._counters["unclean_stops"],
-            )
+        """`stats` as a typed record, from the figures kept in memory.
+
+        No lock and no query: the event loop asks for this every few seconds and must
+        not wait behind a commit's fsync.  While a write is under way the figures may
+        be one batch behind; the counters are always the committed ones or newer.
+        """
+        oldest = self._oldest
+        age = None if oldest is None else max(0.0, (self._clock_ms() - oldest[1]) / 1000)
+        counters = dict(self._counters)
+        return SpoolStats(
+            batches=self._batches,
+            bytes=self._bytes,
+            readings=self._readings,
+            oldest_age_s=age,
+            max_bytes=self.max_bytes,
+            when_full=self.when_full,
+            batches_dropped=counters["batches_dropped"],
+            readings_dropped=counters["readings_dropped"],
+            batches_quarantined=counters["batches_quarantined"],
+            readings_quarantined=counters["readings_quarantined"],
+            quarantine_batches=self._quarantine_batches,
+            unclean_stops=counters["unclean_stops"],
+        )
 
     def check(self) -> list[str]:
         """SQLite's integrity check of the whole file: an empty list means intact."""
@@ -555,6 +613,33 @@ class Spool:
         return [] if result == ["ok"] else result
 
     # -- internals ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write transaction whose failure (disk full, I/O error) is logged once per episode, its recovery once."""
+        try:
+            with self._transaction():
+                yield
+        except (OSError, sqlite3.Error) as exc:
+            self._write_failures += 1
+            if self._write_failing_since is None:
+                self._write_failing_since = time.monotonic()
+                log.error(
+                    "spool cannot write: new batches wait in memory, acknowledged ones are deleted later",
+                    extra={"path": str(self.path), "error": _storage_problem(exc, self.path)},
+                )
+            raise
+        if self._write_failing_since is not None:
+            log.info(
+                "spool writable again",
+                extra={
+                    "path": str(self.path),
+                    "failed_s": round(time.monotonic() - self._write_failing_since, 1),
+                    "failed_writes": self._write_failures,
+                },
+            )
+            self._write_failing_since = None
+            self._write_failures = 0
 
     def _transaction(self) -> _Transaction:
         return _Transaction(
@@ -570,6 +655,31 @@ class Spool:
     @staticmethod
     def _stored(r: tuple) -> StoredBatch:  # type: ignore[type-arg]
         return StoredBatch(r[0], BatchId(r[1], bytes(r[2]), r[3], r[4]), r[5], r[6], r[7], bytes(r[8]))
+
+
+# Below this much free space SQLite cannot grow its write-ahead log or shared-memory index by a page.
+_NEARLY_FULL = 64 * 1024
+
+
+def _storage_problem(exc: BaseException, path: Path) -> str:
+    """What went wrong writing ``path``, in words a technician can act on (a full disk says how full).
+
+    A full filesystem does not always come back as SQLITE_FULL or ENOSPC (growing the
+    shared-memory index fails as a "disk I/O error"), so the free space decides too.
+    """
+    try:
+        fs = os.statvfs(path.parent)
+        free: int | None = fs.f_bavail * fs.f_frsize
+        size = fs.f_blocks * fs.f_frsize
+    except OSError:
+        free = size = None
+    code = getattr(exc, "sqlite_errorcode", None)
+    full = code == sqlite3.SQLITE_FULL or getattr(exc, "errno", None) == errno.ENOSPC
+    if full or (free is not None and free < _NEARLY_FULL):
+        room = "free space unknown" if free is None else f"{free} bytes free of {size}"
+        return f"the filesystem holding {path.parent} is full ({room}); free space there (old logs, core dumps)"
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{type(exc).__name__}: {exc}" + (f" ({name})" if name else "")
 
 
 class _Transaction:
