@@ -16,6 +16,12 @@ A batch is sealed when the first of these happens:
 
 Sealing (encode, compress, sign) and the spool's fsync run in a worker thread
 so the event loop keeps reading sensors meanwhile.
+
+A batch is sealed once, with the next sequence number, and stored byte for byte:
+when the spool cannot write (disk full), the sealed batch waits in memory and the
+same bytes, with the same sequence number, are stored when it can, so the hub never
+sees a gap that is not a loss.  While the spool refuses, `add` holds its caller back
+once a few batches wait, so memory stays bounded (docs/spool-and-uplink.md, "Full disk").
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -39,8 +45,9 @@ __all__ = ["Batcher", "BatcherCounters"]
 
 log = logging.getLogger("ocn.batcher")
 
-_STORE_RETRY_S = 5.0
-# Closed batches allowed to wait for the sealing thread before `add` seals them itself.
+# Closed batches allowed to wait for the spool before `add` seals them itself, and, while
+# the spool cannot write, before `add` waits for it: memory then holds at most
+# _MAX_READY + 2 batches (the one `add` closed, and the one the flush timer closed).
 _MAX_READY = 4
 
 
@@ -72,6 +79,16 @@ class _Pending:
     readings: list[Reading] = field(default_factory=list)
     # Channels that had readings here before any declaration: declaring one later closes the batch.
     undeclared: set[str] = field(default_factory=set)
+    # Once sealed: the parts (bytes, readings) not yet in the spool, oldest first.  A store
+    # that fails keeps them, so the retry stores the same bytes under the same sequence numbers.
+    sealed: deque[tuple[bytes, int]] | None = None
+    # Stored by the worker thread, not yet announced through ``on_stored`` on the event loop.
+    stored: deque[StoredBatch] = field(default_factory=deque)
+
+    @property
+    def held(self) -> int:
+        """Readings of this batch not yet in the spool."""
+        return len(self.readings) if self.sealed is None else sum(n for _, n in self.sealed)
 
 
 class Batcher:
@@ -92,6 +109,7 @@ class Batcher:
         channels: Iterable[Channel] = (),
         clock_ms: Callable[[], int] = _now_ms,
         on_stored: Callable[[StoredBatch], None] | None = None,
+        store_retry_s: float = 5.0,
     ) -> None:
         if boot_epoch != spool.boot_epoch:
             raise ValueError(f"boot_epoch {boot_epoch} differs from the spool's current epoch {spool.boot_epoch}")
@@ -119,9 +137,11 @@ class Batcher:
         self._ready: deque[_Pending] = deque()
         self._wake = asyncio.Event()
         self._seal_lock = asyncio.Lock()
-        self._in_thread: asyncio.Future[StoredBatch | None] | None = None
+        self._in_thread: asyncio.Future[None] | None = None
         self._in_thread_pending: _Pending | None = None
-        self._store_failing = False
+        self._store_retry_s = store_retry_s
+        # A sequence number taken from the spool but not used (the batch could not be sealed): the next batch gets it.
+        self._spare_seq: int | None = None
         self.set_channels(channels)
 
     # -- input -------------------------------------------------------------------------
@@ -160,15 +180,20 @@ class Batcher:
             self._open.channels = table  # only new ids were added: nothing collected so far changes
 
     async def add(self, reading: Reading) -> None:
-        """Take one released reading; waits only when sealed-but-unstored batches pile up (backpressure)."""
+        """Take one released reading; waits only when closed-but-unstored batches pile up (backpressure).
+
+        While the spool cannot write, that wait lasts until it can: the caller (and,
+        through the bounded queues before it, the drivers) is held back rather than
+        memory growing without bound.
+        """
         self.add_nowait(reading)
-        if len(self._ready) > _MAX_READY:
+        # The batch in the sealing thread counts: a failed store puts it back in line.
+        while len(self._ready) + (self._in_thread is not None) > _MAX_READY:
             try:
                 await self._seal_ready()
             except (OSError, sqlite3.Error, SpoolError) as exc:
-                # The spool cannot take batches: hold this caller back rather than grow memory without bound.
-                self._store_failed(exc)
-                await asyncio.sleep(_STORE_RETRY_S)
+                log.debug("spool refused a batch; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(self._store_retry_s)
 
     def add_nowait(self, reading: Reading) -> None:
         """Take one released reading without waiting (sealing happens in `run`, `flush` or the next `add`)."""
@@ -193,8 +218,10 @@ class Batcher:
 
     @property
     def unsealed(self) -> int:
-        """Readings held in memory, not yet in the spool."""
-        return sum(len(p.readings) for p in self._ready) + (len(self._open.readings) if self._open else 0)
+        """Readings held in memory, not yet in the spool (sealed batches waiting for the spool included)."""
+        held = sum(p.held for p in self._ready) + (len(self._open.readings) if self._open else 0)
+        busy = self._in_thread_pending if self._in_thread is not None else None
+        return held + (busy.held if busy is not None else 0)
 
     # -- sealing -----------------------------------------------------------------------
 
@@ -216,13 +243,9 @@ class Batcher:
             try:
                 await self._seal_ready()
             except (OSError, sqlite3.Error, SpoolError) as exc:
-                self._store_failed(exc)
-                await asyncio.sleep(_STORE_RETRY_S)
-
-    def _store_failed(self, exc: Exception) -> None:
-        if not self._store_failing:
-            self._store_failing = True
-            log.error("cannot store batches in the spool; readings kept in memory", extra={"error": str(exc)})
+                # The spool has logged the failure (once); the batches wait here and are stored when it can.
+                log.debug("spool refused a batch; retrying", extra={"error": str(exc)})
+                await asyncio.sleep(self._store_retry_s)
 
     async def flush(self) -> None:
         """Seal and store everything collected so far (shutdown, or before a policy reload)."""
@@ -248,74 +271,102 @@ class Batcher:
             if self._in_thread is not None:
                 # A seal whose awaiting task was cancelled is still writing: let it finish first.
                 orphan, self._in_thread = self._in_thread, None
+                pending = self._in_thread_pending
+                assert pending is not None
                 try:
                     await asyncio.shield(orphan)
                 except (OSError, sqlite3.Error, SpoolError):
-                    self._ready.appendleft(self._in_thread_pending)
+                    self._ready.appendleft(pending)
+                finally:
+                    self._announce(pending)
             while self._ready:
                 pending = self._in_thread_pending = self._ready.popleft()
                 self._in_thread = asyncio.ensure_future(asyncio.to_thread(self._seal_and_store, pending))
                 try:
                     # Shielded: a cancelled run() must not abandon a batch half-way to the spool.
-                    stored = await asyncio.shield(self._in_thread)
+                    await asyncio.shield(self._in_thread)
                 except (OSError, sqlite3.Error, SpoolError):
-                    # The spool could not write (disk full, I/O error): keep the readings and try again later.
+                    # The spool could not write (disk full, I/O error): keep what is not stored and try again later.
                     self._ready.appendleft(pending)
                     raise
                 finally:
                     if self._in_thread.done():
                         self._in_thread = None
-                if self._store_failing:
-                    self._store_failing = False
-                    log.info("spool writable again")
-                if stored is not None and self._on_stored is not None:
-                    self._on_stored(stored)
+                    self._announce(pending)
 
-    def _seal_and_store(self, pending: _Pending, readings: list[Reading] | None = None) -> StoredBatch | None:
-        readings = pending.readings if readings is None else readings
-        try:
-            channels = tuple(
-                self._channel(cid, readings, pending.channels) for cid in sorted({r.channel for r in readings})
-            )
-            header = BatchHeader(
-                device_id=self.device_id,
-                key_id=self._key_id,
-                boot_epoch=self.boot_epoch,
-                seq=self._spool.allocate_seq(),
-                policy_digest=pending.policy_digest,
-                codec=self.codec,
-                created_ms=self._clock_ms(),
-                counters=self._upstream_counters(),
-            )
-            data = seal_batch(header, channels, tuple(readings), self._private_key)
-        except BatchTooLarge:
-            if len(readings) < 2:
-                return self._unsealable(readings, "a single reading exceeds the batch size limit")
-            # Hard-to-compress values overflowed the 1 MiB batch limit: halve until each part fits.
-            half = len(readings) // 2
-            first = self._seal_and_store(pending, readings[:half])
-            return self._seal_and_store(pending, readings[half:]) or first
-        except Exception as exc:  # a codec bug or an impossible value must not stop the next batches
-            return self._unsealable(readings, f"{type(exc).__name__}: {exc}")
-        stored = self._spool.put(data, readings=len(readings))
-        self.counters.batches_sealed += 1
-        self.counters.bytes_sealed += len(data)
-        self.counters.readings_sealed += len(readings)
-        if stored is None:
-            self.counters.readings_refused += len(readings)
-        return stored
+    def _announce(self, pending: _Pending) -> None:
+        while pending.stored:
+            stored = pending.stored.popleft()
+            if self._on_stored is not None:
+                self._on_stored(stored)
 
-    def _unsealable(self, readings: list[Reading], error: str) -> None:
+    def _seal_and_store(self, pending: _Pending) -> None:
+        """In a worker thread: seal the batch (once), then store its parts in order until one fails."""
+        if pending.sealed is None:
+            pending.sealed = self._seal(pending)
+            pending.readings = []  # the sealed bytes are what is kept from now on
+        while pending.sealed:
+            data, count = pending.sealed[0]
+            stored = self._spool.put(data, readings=count)
+            pending.sealed.popleft()
+            self.counters.batches_sealed += 1
+            self.counters.bytes_sealed += len(data)
+            self.counters.readings_sealed += count
+            if stored is None:
+                self.counters.readings_refused += count
+            else:
+                pending.stored.append(stored)
+
+    def _seal(self, pending: _Pending) -> deque[tuple[bytes, int]]:
+        """The batch as sealed parts (one, unless it overflows the size limit), each with the next sequence number."""
+        parts: deque[tuple[bytes, int]] = deque()
+        todo: list[Sequence[Reading]] = [pending.readings]
+        while todo:
+            readings = todo.pop()
+            seq = self._spare_seq if self._spare_seq is not None else self._spool.allocate_seq()
+            # Until this part is sealed its number is spare: a part that cannot be sealed must not leave a gap.
+            self._spare_seq = seq
+            try:
+                data = self._seal_part(pending, readings, seq)
+            except BatchTooLarge:
+                if len(readings) < 2:
+                    self._unsealable(readings, "a single reading exceeds the batch size limit")
+                else:
+                    # Hard-to-compress values overflowed the 1 MiB batch limit: halve until each part fits.
+                    half = len(readings) // 2
+                    todo += [readings[half:], readings[:half]]
+                continue
+            except Exception as exc:  # a codec bug or an impossible value must not stop the next batches
+                self._unsealable(readings, f"{type(exc).__name__}: {exc}")
+                continue
+            self._spare_seq = None
+            parts.append((data, len(readings)))
+        return parts
+
+    def _seal_part(self, pending: _Pending, readings: Sequence[Reading], seq: int) -> bytes:
+        channels = tuple(self._channel(cid, readings, pending.channels) for cid in sorted({r.channel for r in readings}))
+        header = BatchHeader(
+            device_id=self.device_id,
+            key_id=self._key_id,
+            boot_epoch=self.boot_epoch,
+            seq=seq,
+            policy_digest=pending.policy_digest,
+            codec=self.codec,
+            created_ms=self._clock_ms(),
+            counters=self._upstream_counters(),
+        )
+        return seal_batch(header, channels, tuple(readings), self._private_key)
+
+    def _unsealable(self, readings: Sequence[Reading], error: str) -> None:
         self.counters.readings_unsealable += len(readings)
         log.error("could not seal a batch: readings dropped", extra={"readings": len(readings), "error": error})
-        return None
 
     def _upstream_counters(self) -> dict[str, int]:
         counters = self._spool.counters()
         counters["readings_unsealable"] = self.counters.readings_unsealable
         return counters
 
-    def _channel(self, channel_id: str, readings: list[Reading], table: Mapping[str, Channel]) -> Channel:
+    def _channel(self, channel_id: str, readings: Sequence[Reading], table: Mapping[str, Channel]) -> Channel:
         declared = table.get(channel_id)
         if declared is not None:
             return declared
