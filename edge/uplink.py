@@ -197,9 +197,6 @@ class Uplink:
             self._wake.clear()
             try:
                 batch = await asyncio.to_thread(self._spool.lease_oldest)
-                if spool_failing:
-                    spool_failing = False
-                    log.info("spool usable again; delivery resumed")
                 if batch is None:
                     await asyncio.to_thread(self._spool.flush_acks)
                     # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
@@ -214,8 +211,14 @@ class Uplink:
                     await self._deliver(batch)
                 finally:
                     self._spool.release(batch)
+                # Only a batch taken to its end (acked, or quarantined: a write) shows the spool usable;
+                # a read that works while writes fail would announce a recovery every retry.
+                if spool_failing:
+                    spool_failing = False
+                    log.info("spool usable again; delivery resumed")
             except (OSError, sqlite3.Error) as exc:
                 # The spool cannot be read or written (I/O error, disk full): the batches stay where they are.
+                # An ack never lands here: the spool keeps its deletion pending until the disk takes it.
                 if not spool_failing:
                     log.error("cannot read or update the spool; delivery paused", extra={"error": str(exc)})
                 spool_failing = True
