@@ -79,6 +79,7 @@ TIME_PATHS = (("phenomenonTime",), ("resultTime",))
 # What an Observation $orderby key sorts on in the store.
 OBSERVATION_ORDER = {"phenomenonTime": "ts_ms", "resultTime": "ts_ms", "result": "value", "@iot.id": "id", "id": "id"}
 QUERY_OPTIONS = ("$top", "$skip", "$count", "$filter", "$orderby", "$expand", "$select")
+MAX_EXPAND_DEPTH = 6
 
 
 class StaError(Exception):
@@ -118,8 +119,11 @@ def key_of(entity_set: str, obj: Any) -> Any:
 class Options:
     """The query options of one collection or entity: $top, $skip, $count, $filter, $orderby, $expand, $select."""
 
-    def __init__(self, raw: dict[str, str], *, where: str = "") -> None:
+    def __init__(self, raw: dict[str, str], *, where: str = "", depth: int = 0) -> None:
         self.raw = raw
+        self.depth = depth
+        if depth > MAX_EXPAND_DEPTH:
+            raise StaError(400, f"$expand: nested deeper than {MAX_EXPAND_DEPTH} levels")
         for name in raw:
             if name.startswith("$") and name not in QUERY_OPTIONS:
                 raise StaError(400, f"{where}{name}: not supported here; query options are {', '.join(QUERY_OPTIONS)}")
@@ -520,7 +524,7 @@ class Catalog:
         expanded: list[str] = []
         for nav, raw in grouped_expand(entity_set, options.expand).items():
             target, many = NAVIGATION[entity_set][nav]
-            nested = Options(raw, where=f"$expand={nav}(…): ")
+            nested = Options(raw, where=f"$expand={nav}(…): ", depth=options.depth + 1)
             members = self.related(entity_set, obj, nav)
             nav_url = f"{self.link(entity_set, key)}/{nav}"
             if members is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+import random
 import re
 from pathlib import Path
 from typing import Any
@@ -349,6 +350,31 @@ async def test_the_documented_example_queries_answer(sta: RunningHub, http: aioh
     for example in examples:
         page = await get(http, sta.url + example.replace("Datastreams(7)", f"Datastreams({pm})"))
         assert "value" in page
+
+
+async def test_any_query_answers_200_400_or_404_and_never_fails(sta: RunningHub, http: aiohttp.ClientSession) -> None:
+    rng = random.Random(18088)
+    paths = ["Things", "Locations", "Datastreams", "Sensors", "ObservedProperties", "Observations", "Things('pole-0042')", "Datastreams(1)/Observations"]
+    options = {
+        "$filter": lambda: " ".join(rng.choice(FILTER_WORDS) for _ in range(rng.randrange(1, 9))),
+        "$select": lambda: ",".join(rng.choice(["name", "@iot.id", "result", "Datastreams", "properties/fleet", "x", "*", ""]) for _ in range(rng.randrange(1, 4))),
+        "$orderby": lambda: ",".join(rng.choice(["name", "result desc", "phenomenonTime", "@iot.id asc", "Thing/name", "length(name)", "("]) for _ in range(rng.randrange(1, 3))),
+        "$expand": lambda: rng.choice(["Datastreams", "Datastreams/Observations($top=1)", "Thing($select=name)", "Datastream", "Locations(", "Observations($filter=result gt 5;$count=true)"]),
+        "$top": lambda: rng.choice(["0", "1", "5", "x", "-1", "99999999999999999999"]),
+        "$skip": lambda: rng.choice(["0", "3", "1000001"]),
+        "$count": lambda: rng.choice(["true", "false", "TRUE"]),
+    }
+    statuses: dict[int, int] = {}
+    for _ in range(150):
+        chosen = {name: make() for name, make in options.items() if rng.random() < 0.4}
+        url = URL(f"{sta.url}{STA}/{rng.choice(paths)}", encoded=True).update_query(chosen)
+        async with http.get(url) as resp:
+            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            assert resp.status in (200, 400, 404), (str(url), await resp.text())
+    assert statuses.get(200) and statuses.get(400)
+    deep = "Datastreams(" + "$expand=Thing($expand=Datastreams(" * 4 + ")" * 8 + ")"
+    status, message = await error(http, f"{sta.url}{STA}/Things?$expand={deep}")
+    assert status == 400 and "nested deeper than" in message
 
 
 # --- the parser takes anything -------------------------------------------------------
