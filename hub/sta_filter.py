@@ -2,9 +2,9 @@
 
 Follows OGC 18-088 §9.3.3.5 (built-in operators and functions, after OData 4.0 URL
 conventions §5.1.1): ``eq ne gt ge lt le``, ``and or not``, ``add sub mul div mod``,
-parentheses, string, date, math and instant functions, literals ('strings' with ''
-escaping, numbers, ISO 8601 times, true/false/null) and property paths, which may pass
-through navigation properties (``Datastream/Thing/name``).  The caller says what a path
+parentheses, string, date, math, instant and point geometry functions, literals ('strings'
+with '' escaping, numbers, ISO 8601 times, true/false/null, WKT ``geography'POINT (x y)'``)
+and property paths, which may pass through navigation properties (``Datastream/Thing/name``).  The caller says what a path
 means for its entity set (a ``Resolve``); this module knows no entity type.
 
 A path through a navigation property that leads to several entities (``Datastreams/name``
@@ -215,9 +215,9 @@ class _Parser:
         if kind == "time":
             return ("lit", "time", parse_time(text))
         if kind == "typed":
-            prefix = text.split("'", 1)[0]
+            prefix, _, body = text.partition("'")
             if prefix in ("geography", "geometry"):
-                raise FilterError(f"{prefix} literals are not supported (no geospatial functions here)")
+                return ("lit", "geo", parse_wkt(body[:-1].replace("''", "'")))
             raise FilterError(f"{prefix}'…' literals are not supported; use strings, numbers, ISO 8601 times, true, false or null")
         if kind == "word":
             if text in ("true", "false"):
@@ -371,6 +371,145 @@ def _literal_ms(node: Node) -> int | None:
 MIRROR = {"eq": "eq", "ne": "ne", "gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
 
 
+# --- geometry (points, line strings and polygons in plain coordinates, as WKT and GeoJSON) --
+
+WKT = re.compile(r"\s*(POINT|LINESTRING|POLYGON)\s*(\(.*\))\s*", re.IGNORECASE | re.DOTALL)
+NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+
+
+def _positions(text: str) -> list[list[float]]:
+    out = []
+    for pair in text.split(","):
+        numbers = pair.split()
+        if len(numbers) != 2 or not all(NUMBER.fullmatch(n) for n in numbers):
+            raise FilterError(f"{pair.strip()!r} is not a position; WKT positions are 'x y' (longitude latitude)")
+        out.append([float(numbers[0]), float(numbers[1])])
+    return out
+
+
+def parse_wkt(text: str) -> dict[str, Any]:
+    """A WKT POINT, LINESTRING or POLYGON as a GeoJSON geometry."""
+    m = WKT.fullmatch(text)
+    if m is None:
+        raise FilterError(f"geography'{text[:60]}': expected WKT POINT (x y), LINESTRING (x y, …) or POLYGON ((x y, …))")
+    kind, body = m.group(1).upper(), m.group(2).strip()[1:-1].strip()
+    if kind == "POINT":
+        points = _positions(body)
+        if len(points) != 1:
+            raise FilterError(f"geography'{text[:60]}': a POINT has one position")
+        return {"type": "Point", "coordinates": points[0]}
+    if kind == "LINESTRING":
+        line = _positions(body)
+        if len(line) < 2:
+            raise FilterError(f"geography'{text[:60]}': a LINESTRING has two positions or more")
+        return {"type": "LineString", "coordinates": line}
+    rings = re.findall(r"\(([^()]*)\)", body)
+    if not rings or re.sub(r"\([^()]*\)|[\s,]", "", body):
+        raise FilterError(f"geography'{text[:60]}': a POLYGON is ((x y, …), …): rings in parentheses")
+    polygon = [_positions(ring) for ring in rings]
+    if any(len(ring) < 4 or ring[0] != ring[-1] for ring in polygon):
+        raise FilterError(f"geography'{text[:60]}': each POLYGON ring closes (first position = last) and has four positions or more")
+    return {"type": "Polygon", "coordinates": polygon}
+
+
+def _shape(value: Any) -> tuple[str, Any] | None:
+    """(type, coordinates) of a GeoJSON geometry this module understands, or None."""
+    if not isinstance(value, dict) or value.get("type") not in ("Point", "LineString", "Polygon"):
+        return None
+    coordinates = value.get("coordinates")
+
+    def position(p: Any) -> bool:
+        return isinstance(p, list) and len(p) >= 2 and all(_kind(c) == "num" for c in p[:2])
+
+    kind = value["type"]
+    if kind == "Point" and position(coordinates):
+        return kind, coordinates
+    if kind == "LineString" and isinstance(coordinates, list) and len(coordinates) >= 2 and all(position(p) for p in coordinates):
+        return kind, coordinates
+    if kind == "Polygon" and isinstance(coordinates, list) and coordinates and all(
+        isinstance(r, list) and len(r) >= 4 and all(position(p) for p in r) for r in coordinates
+    ):
+        return kind, coordinates
+    return None
+
+
+def _on_segment(p: list[float], a: list[float], b: list[float]) -> bool:
+    cross = (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+    return abs(cross) <= 1e-12 and min(a[0], b[0]) <= p[0] <= max(a[0], b[0]) and min(a[1], b[1]) <= p[1] <= max(a[1], b[1])
+
+
+def _in_ring(p: list[float], ring: list[list[float]]) -> bool:
+    """Ray casting; a point on the ring counts as inside."""
+    inside = False
+    for a, b in zip(ring, ring[1:]):
+        if _on_segment(p, a, b):
+            return True
+        if (a[1] > p[1]) != (b[1] > p[1]) and p[0] < a[0] + (p[1] - a[1]) * (b[0] - a[0]) / (b[1] - a[1]):
+            inside = not inside
+    return inside
+
+
+def _point_in(point: list[float], shape: tuple[str, Any]) -> bool:
+    kind, coordinates = shape
+    if kind == "Point":
+        return point[:2] == coordinates[:2]
+    if kind == "LineString":
+        return any(_on_segment(point, a, b) for a, b in zip(coordinates, coordinates[1:]))
+    outer, *holes = coordinates
+    return _in_ring(point, outer) and not any(_in_ring(point, hole) and not any(_on_segment(point, a, b) for a, b in zip(hole, hole[1:])) for hole in holes)
+
+
+def _geometry(f: Callable[..., Any]) -> Callable[..., Any]:
+    """A geometry function of points (against any shape); None when an argument is not a geometry it handles."""
+
+    def run(*values: Any) -> Any:
+        shapes = [_shape(v) for v in values]
+        if any(shape is None for shape in shapes):
+            return None
+        return f(*shapes)
+
+    return run
+
+
+def _intersects(a: tuple[str, Any], b: tuple[str, Any]) -> bool | None:
+    if a[0] == "Point":
+        return _point_in(a[1], b)
+    if b[0] == "Point":
+        return _point_in(b[1], a)
+    return None
+
+
+def _distance(a: tuple[str, Any], b: tuple[str, Any]) -> float | None:
+    if a[0] == "Point" and b[0] == "Point":
+        return math.hypot(a[1][0] - b[1][0], a[1][1] - b[1][1])
+    return None
+
+
+def _length(a: tuple[str, Any]) -> float | None:
+    if a[0] != "LineString":
+        return None
+    return sum(math.hypot(q[0] - p[0], q[1] - p[1]) for p, q in zip(a[1], a[1][1:]))
+
+
+def _within(a: tuple[str, Any], b: tuple[str, Any]) -> bool | None:
+    return _point_in(a[1], b) if a[0] == "Point" else None
+
+
+def _contains(a: tuple[str, Any], b: tuple[str, Any]) -> bool | None:
+    return _point_in(b[1], a) if b[0] == "Point" else None
+
+
+def _equals(a: tuple[str, Any], b: tuple[str, Any]) -> bool | None:
+    if a[0] == b[0] == "Point":
+        return a[1][:2] == b[1][:2]
+    return None
+
+
+def _disjoint(a: tuple[str, Any], b: tuple[str, Any]) -> bool | None:
+    hit = _intersects(a, b)
+    return None if hit is None else not hit
+
+
 # --- run-time semantics ---------------------------------------------------------------
 
 
@@ -514,6 +653,14 @@ FUNCTIONS: dict[str, tuple[tuple[str, ...], str, Callable[..., Any]]] = {
     "meets": (("time", "time"), "bool", lambda a, b: compare("eq", a, b)),
     "starts": (("time", "time"), "bool", lambda a, b: compare("eq", a, b)),
     "finishes": (("time", "time"), "bool", lambda a, b: compare("eq", a, b)),
+    "geo.distance": (("geo", "geo"), "num", _geometry(_distance)),
+    "geo.length": (("geo",), "num", _geometry(_length)),
+    "geo.intersects": (("geo", "geo"), "bool", _geometry(_intersects)),
+    "st_equals": (("geo", "geo"), "bool", _geometry(_equals)),
+    "st_disjoint": (("geo", "geo"), "bool", _geometry(_disjoint)),
+    "st_intersects": (("geo", "geo"), "bool", _geometry(_intersects)),
+    "st_within": (("geo", "geo"), "bool", _geometry(_within)),
+    "st_contains": (("geo", "geo"), "bool", _geometry(_contains)),
     "round": (("num",), "num", _number(_round)),
     "floor": (("num",), "num", _number(math.floor)),
     "ceiling": (("num",), "num", _number(math.ceil)),
@@ -521,11 +668,8 @@ FUNCTIONS: dict[str, tuple[tuple[str, ...], str, Callable[..., Any]]] = {
 UNSUPPORTED_FUNCTIONS = {
     "during": "needs a time interval, and this server keeps only instants",
     "overlaps": "needs a time interval, and this server keeps only instants",
-    "geo.distance": "geospatial functions are not supported",
-    "geo.length": "geospatial functions are not supported",
-    "geo.intersects": "geospatial functions are not supported",
-    **{f"st_{name}": "spatial relationship functions are not supported"
-       for name in ("equals", "disjoint", "touches", "within", "overlaps", "crosses", "intersects", "contains", "relate")},
+    **{f"st_{name}": "only st_equals, st_disjoint, st_intersects, st_within and st_contains are supported"
+       for name in ("touches", "overlaps", "crosses", "relate")},
 }
 SUPPORTED_FUNCTIONS = ", ".join(FUNCTIONS)
 
@@ -547,6 +691,8 @@ def _apply(f: Callable[..., Any], values: list[Any]) -> Any:
 
 
 def _fits(expected: str, actual: str) -> bool:
+    if expected == "geo":
+        return actual in ("any", "null", "geo", "json")
     return actual in ("any", "null", expected) or (expected == "num" and actual == "time") or (expected == "time" and actual == "num")
 
 
@@ -657,6 +803,8 @@ def _compile_comparison(node: Node, resolve: Resolve) -> Callable[[Any], bool]:
         right, right_type = _as_time(right_node, right, right_type)
     if right_type == "time" and left_type == "str":
         left, left_type = _as_time(left_node, left, left_type)
+    if "geo" in (left_type, right_type):
+        raise FilterError("compare geometries with st_equals(…) or geo.intersects(…), not with an operator")
     if "json" in (left_type, right_type):
         raise FilterError("compare a property inside an object (e.g. properties/fleet or unitOfMeasurement/symbol), not the object")
     known = {left_type, right_type} - {"any", "null"}

@@ -101,8 +101,8 @@ async def test_sensorthings_navigates_sensors_and_observed_properties(with_data:
 
 
 async def test_sensorthings_answers_an_unsupported_filter_with_400_saying_what_works(with_data: RunningHub, http: aiohttp.ClientSession) -> None:
-    async with http.get(f"{with_data.url}{STA}/Things?$filter=geo.distance(Locations/location, 1) lt 5") as resp:
-        assert resp.status == 400 and "geo.distance() is not supported" in (await resp.json())["message"]
+    async with http.get(f"{with_data.url}{STA}/Things?$filter=st_touches(Locations/location, geography'POINT(1 2)')") as resp:
+        assert resp.status == 400 and "st_touches() is not supported" in (await resp.json())["message"]
 
 
 async def test_sensorthings_answers_an_unknown_entity_with_404(with_data: RunningHub, http: aiohttp.ClientSession) -> None:

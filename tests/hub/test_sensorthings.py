@@ -154,6 +154,12 @@ async def test_select_of_an_unknown_property_is_a_400_naming_it(sta: RunningHub,
         ("ObservedProperties?$filter=indexof(name, '_') ge 0 and substring(name, 0, 2) eq 'pm'", ["pm2_5"]),
         ("ObservedProperties?$filter=concat(name, '!') eq 'power!' or trim(' open ') eq name", ["open", "power"]),
         ("Things?$filter=name eq 'o''brien' or contains(name, '43')", ["pole-0043"]),
+        ("Things?$filter=st_within(Locations/location, geography'POLYGON ((-80 43, -79 43, -79 44, -80 44, -80 43))')", ["pole-0042"]),
+        ("Things?$filter=geo.intersects(Locations/location, geography'POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0))')", []),
+        ("Locations?$filter=geo.distance(location, geography'POINT (-79.3957 43.6452)') lt 0.001", ["King St W"]),
+        ("Locations?$filter=st_equals(location, geography'POINT(-79.3957 43.6452)') and st_disjoint(location, geography'POINT(0 0)')", ["King St W"]),
+        ("Locations?$filter=st_contains(geography'POLYGON((-80 43,-79 43,-79 44,-80 44,-80 43),(-79.5 43.6,-79.3 43.6,-79.3 43.7,-79.5 43.7,-79.5 43.6))', location)", []),
+        ("Locations?$filter=geo.length(geography'LINESTRING (0 0, 3 4)') eq 5", ["King St W"]),
     ],
 )
 async def test_filter_works_on_every_entity_set(sta: RunningHub, http: aiohttp.ClientSession, query: str, expected: list[str]) -> None:
@@ -211,8 +217,10 @@ async def test_a_navigation_only_filter_is_decided_per_channel_and_the_time_rang
         ("colour eq 'red'", "no property 'colour'"),
         ("Datastream/colour eq 'red'", "no property 'colour'"),
         ("FeatureOfInterest/name eq 'x'", "no property 'FeatureOfInterest'"),
-        ("geo.intersects(Datastream/name, 'x')", "geo.intersects() is not supported"),
-        ("st_within(result, geography'POINT(1 2)')", "geography literals are not supported"),
+        ("geo.intersects(Datastream/name, 'x')", "geo.intersects(): argument 1 must be a geo, got a str"),
+        ("st_relate(result, geography'POINT(1 2)', 'T********')", "st_relate() is not supported"),
+        ("st_within(result, geography'CIRCLE(1 2)')", "expected WKT POINT (x y)"),
+        ("st_within(result, geography'POLYGON((0 0, 1 0, 1 1))')", "each POLYGON ring closes"),
         ("during(phenomenonTime, 2026-01-01T00:00:00Z/2026-02-01T00:00:00Z)", "time intervals are not supported"),
         ("frobnicate(result) eq 1", "unknown function frobnicate()"),
         ("result Eq 5", "operators are lower case"),
@@ -384,6 +392,7 @@ FILTER_WORDS = [
     "unitOfMeasurement/symbol", "@iot.id", "eq", "ne", "gt", "ge", "lt", "le", "and", "or", "not", "add", "sub", "mul", "div", "mod",
     "(", ")", ",", "-", "'x'", "''''", "'", "0", "1.5", "1e308", "99999999999999999999999", "2026-09-21T14:15:00Z", "2026-02-30",
     "true", "false", "null", "substringof(", "length(", "year(", "round(", "concat(", "substring(", "now()", "geo.distance(", "desc", "asc",
+    "st_within(", "location", "Locations/location", "geography'POINT(1 2)'", "geography'POLYGON((0 0, 1 0, 1 1, 0 0))'", "geography'POINT(", "geography'LINESTRING(0 0)'",
 ]
 filter_texts = st.one_of(st.text(max_size=60), st.lists(st.sampled_from(FILTER_WORDS), max_size=14).map(" ".join))
 
