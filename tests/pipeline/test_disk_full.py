@@ -8,6 +8,7 @@ seals and sends to a real receiving hub on loopback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sqlite3
@@ -22,6 +23,7 @@ from edge.batcher import Batcher
 from edge.protocol import load_public_key, open_batch, write_keypair
 from edge.spool import Spool, SpoolError
 from edge.types import Channel, Kind, Reading
+from edge.uplink import Uplink
 from tests.pipeline.conftest import seal_readings
 from tests.pipeline.receiver import Receiver
 from tests.pipeline.small_disk import SmallDisk, small_disk
@@ -276,3 +278,40 @@ async def test_a_run_that_cannot_record_its_start_on_a_full_disk_is_refused_and_
     assert (await restarted.begin_boot()).boot_epoch == 2
     await restarted.close()
     await running.close()
+
+
+async def test_a_rejected_batch_that_cannot_be_quarantined_on_a_full_disk_pauses_delivery_with_one_line(
+    disk, device_key, caplog
+):
+    caplog.set_level(logging.INFO)
+    spool = await Spool.open(disk.path / "spool.db", max_bytes=1_000_000)
+    await spool.begin_boot()
+    for _ in range(3):
+        spool.put(seal_readings(device_key, spool, 10), readings=10)
+    receiver = Receiver(default="reject")
+    receiver.trust(device_key.public_key())
+    await receiver.start()
+    uplink = Uplink(
+        spool=spool, hub_url=receiver.url, private_key=device_key, device_id="pole-0042",
+        status_interval_s=0, backoff_initial_s=0.01, backoff_max_s=0.05, idle_poll_s=0.05,
+    )
+    disk.fill()
+    task = asyncio.create_task(uplink.run())
+    try:
+        await until(lambda: any("delivery paused" in r.getMessage() for r in caplog.records))
+        await asyncio.sleep(0.5)
+        assert len(receiver.behaviours) == 1, "the rejected batch was sent again while it could not be quarantined"
+        disk.free()
+        await until(lambda: spool.stats()["quarantine_batches"] == 3, timeout=20)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await uplink.aclose()
+        await receiver.stop()
+    messages = Counter(r.getMessage() for r in caplog.records if r.name in ("ocn.spool", "ocn.uplink"))
+    assert messages["cannot read or update the spool; delivery paused"] == 1
+    assert messages["spool usable again; delivery resumed"] == 1
+    assert messages[WRITABLE_AGAIN] == 1
+    assert sum(m.startswith(CANNOT_WRITE) for m in messages.elements()) == 1
+    assert spool.stats()["batches"] == 0 and spool.check() == []
+    await spool.close()
