@@ -75,3 +75,21 @@ def test_a_non_ed25519_key_is_refused_with_what_it_is(tmp_path):
 
 def test_generated_keys_differ():
     assert key_id(generate_keypair()) != key_id(generate_keypair())
+
+
+def test_a_key_pair_that_does_not_fit_on_a_full_disk_leaves_no_file_behind_and_fits_once_there_is_room(tmp_path):
+    from edge.enrol import EnrolError, ensure_device_key
+    from tests.pipeline.small_disk import small_disk
+
+    with small_disk(tmp_path / "disk", size=1 << 20) as disk:
+        state = disk.path / "state"
+        state.mkdir()
+        disk.fill()
+        with pytest.raises(EnrolError, match=r"cannot create the device key there .*No space left on device"):
+            ensure_device_key(state / "device.key")
+        # No half-written key (which would look like a corrupt key at the next start) and no temporary file.
+        assert sorted(p.name for p in state.iterdir()) == []
+        disk.free()
+        created_path, created = ensure_device_key(state / "device.key")
+        assert created and load_private_key(created_path) is not None
+        assert sorted(p.name for p in state.iterdir()) == ["device.key", "device.pub"]
