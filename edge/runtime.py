@@ -119,6 +119,7 @@ class Gateway:
         self.spool_stats_at_stop: dict[str, Any] | None = None
         self.fatal = asyncio.Event()  # a pipeline task died: run_gateway stops and exits non-zero
         self.stopped = False
+        self.running = False  # true once start() has completed
 
     # -- assembly ---------------------------------------------------------------------------
 
@@ -269,6 +270,7 @@ class Gateway:
                 "policy": policy.digest.hex()[:16],
             },
         )
+        self.running = True
         self.notifier.ready(f"{len(self.devices)} devices running")
 
     def _watch(self, task: asyncio.Task[Any], tasks: list[asyncio.Task[Any]]) -> None:
@@ -483,7 +485,8 @@ class Gateway:
             return
         self.stopped = True
         self.notifier.send("RELOADING=1" if reloading else "STOPPING=1")
-        log.info("stopping: flushing readings in memory to the spool")
+        if self.running:
+            log.info("stopping: flushing readings in memory to the spool")
         deadline = time.monotonic() + STOP_TIMEOUT_S
         await _cancel(self._device_tasks, deadline)
         await _cancel(self._bus_tasks, deadline)
@@ -508,7 +511,11 @@ class Gateway:
         for name, bus in self.buses.items():
             with _step(f"close bus {name}"):
                 await bus.aclose()
-        log.info("stopped cleanly", extra=_summary_fields(self))
+        if self.running:
+            log.info("stopped cleanly", extra=_summary_fields(self))
+        else:
+            # A start that failed part-way: what it had opened is closed again, nothing ran.
+            log.info("start abandoned; what it had opened is closed")
 
     async def _flush_memory(self) -> None:
         # Oldest first: what was released, then what the privacy stage had not yet taken,

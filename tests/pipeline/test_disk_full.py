@@ -259,6 +259,8 @@ async def test_a_gateway_started_on_a_full_disk_exits_naming_the_spool_and_the_f
     assert message.startswith(f"ocn-edge run: spool {state / 'spool.db'}: ")
     assert f"the filesystem holding {state} is full (0 bytes free of {DISK_BYTES})" in message
     assert "Traceback" not in (out + err).decode()
+    # It never ran, so it must not claim to have stopped cleanly.
+    assert "stopped cleanly" not in out.decode() and "start abandoned" in out.decode()
 
 
 async def test_a_run_that_cannot_record_its_start_on_a_full_disk_is_refused_and_the_spool_stays_intact(disk, device_key):
