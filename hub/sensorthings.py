@@ -29,6 +29,7 @@ from hub.sta_filter import (
     compile_predicate,
     compile_value,
     conjuncts,
+    many as flat,
     parse_filter,
     parse_orderby,
     paths,
@@ -375,7 +376,7 @@ class Catalog:
             def follow(obj: Any) -> Any:
                 members = self.related(entity_set, obj, head) or []
                 if many:
-                    return Many(inner(o) for _, o in members)
+                    return flat(inner(o) for _, o in members)
                 return inner(members[0][1]) if members else None
 
             return follow, kind

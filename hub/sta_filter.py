@@ -19,6 +19,7 @@ nothing else escapes, whatever the text (tests/hub/test_sensorthings.py fuzzes t
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time as _time
@@ -35,6 +36,7 @@ __all__ = [
     "compile_predicate",
     "compile_value",
     "conjuncts",
+    "many",
     "parse_filter",
     "parse_orderby",
     "paths",
@@ -44,6 +46,9 @@ __all__ = [
 
 MAX_LENGTH = 2000
 MAX_DEPTH = 48
+# Combining two to-many paths in one operation takes every pair of their values, and chaining such
+# operations multiplies again (4 Datastreams added to themselves 10 times are 4**10 sums): bounded here.
+MAX_COMBINATIONS = 1000
 
 Node = tuple[Any, ...]
 Getter = Callable[[Any], Any]
@@ -74,6 +79,26 @@ class FilterError(ValueError):
 
 class Many(tuple):  # type: ignore[type-arg]
     """The values a path takes through a navigation property leading to several entities (true if any matches)."""
+
+
+def many(values: Iterable[Any]) -> Many:
+    """The values of a multi-valued expression, flat: a Many never holds a Many."""
+    out: list[Any] = []
+    for value in values:
+        if isinstance(value, Many):
+            out.extend(value)
+        else:
+            out.append(value)
+    return Many(out)
+
+
+def _combinations(values: Iterable[Any]) -> Iterable[tuple[Any, ...]]:
+    """Every choice of one value per operand (a Many stands for each of its values); FilterError beyond MAX_COMBINATIONS."""
+    choices = [value if isinstance(value, Many) else (value,) for value in values]
+    if sum(isinstance(c, Many) for c in choices) > 1 and math.prod(len(c) for c in choices) > MAX_COMBINATIONS:
+        raise FilterError(f"an operation combines two to-many paths (e.g. Datastreams/…) into more than {MAX_COMBINATIONS} pairs "
+                          "of values; compare each such path with a literal instead")
+    return itertools.product(*choices)
 
 
 # --- reading the text -----------------------------------------------------------------
@@ -536,10 +561,8 @@ OPERATIONS: dict[str, Callable[[Any, Any], bool]] = {
 
 
 def compare(op: str, a: Any, b: Any) -> bool:
-    if isinstance(a, Many):
-        return any(compare(op, x, b) for x in a)
-    if isinstance(b, Many):
-        return any(compare(op, a, y) for y in b)
+    if isinstance(a, Many) or isinstance(b, Many):
+        return any(compare(op, x, y) for x, y in _combinations((a, b)))
     ka, kb = _kind(a), _kind(b)
     if ka is None or kb is None:
         return (ka == kb) if op == "eq" else (ka != kb) if op == "ne" else False
@@ -554,10 +577,8 @@ def _truncated(a: int, b: int) -> int:
 
 
 def arithmetic(op: str, a: Any, b: Any) -> Any:
-    if isinstance(a, Many):
-        return Many(arithmetic(op, x, b) for x in a)
-    if isinstance(b, Many):
-        return Many(arithmetic(op, a, y) for y in b)
+    if isinstance(a, Many) or isinstance(b, Many):
+        return Many(arithmetic(op, x, y) for x, y in _combinations((a, b)))
     if _kind(a) != "num" or _kind(b) != "num":
         return None
     try:
@@ -679,9 +700,8 @@ def time_ms() -> int:
 
 
 def _apply(f: Callable[..., Any], values: list[Any]) -> Any:
-    for i, value in enumerate(values):
-        if isinstance(value, Many):
-            return Many(_apply(f, values[:i] + [v] + values[i + 1 :]) for v in value)
+    if any(isinstance(v, Many) for v in values):
+        return Many(_apply(f, list(choice)) for choice in _combinations(values))
     if any(v is None for v in values):
         return None
     return f(*values)

@@ -160,11 +160,28 @@ async def test_select_of_an_unknown_property_is_a_400_naming_it(sta: RunningHub,
         ("Locations?$filter=st_equals(location, geography'POINT(-79.3957 43.6452)') and st_disjoint(location, geography'POINT(0 0)')", ["King St W"]),
         ("Locations?$filter=st_contains(geography'POLYGON((-80 43,-79 43,-79 44,-80 44,-80 43),(-79.5 43.6,-79.3 43.6,-79.3 43.7,-79.5 43.7,-79.5 43.6))', location)", []),
         ("Locations?$filter=geo.length(geography'LINESTRING (0 0, 3 4)') eq 5", ["King St W"]),
+        ("Things?$filter=startswith(concat(Datastreams/name, Datastreams/name), 'pole-0043/')", ["pole-0043"]),
+        ("Locations?$filter=endswith(concat(Things/Datastreams/name, Things/name), 'openpole-0042')", ["King St W"]),
+        ("Locations?$filter=Things/Datastreams/name eq 'pole-0042/door-1/open'", ["King St W"]),
     ],
 )
 async def test_filter_works_on_every_entity_set(sta: RunningHub, http: aiohttp.ClientSession, query: str, expected: list[str]) -> None:
     page = await get(http, f"{sta.url}{STA}/{query}")
     assert sorted(v["name"] for v in page["value"]) == sorted(expected)
+
+
+async def test_combining_to_many_paths_is_bounded(sta: RunningHub, http: aiohttp.ClientSession) -> None:
+    # Each Thing has 4 Datastreams or more: every `add` of another Datastreams/… path multiplies the values
+    # to compute by 4 (4**20 for 20 terms), so past MAX_COMBINATIONS pairs the filter is refused, not run.
+    resolution = "Datastreams/properties/resolution"
+    few = await get(http, f"{sta.url}{STA}/Things?$filter={' add '.join([resolution] * 2)} gt 0")
+    assert sorted(t["name"] for t in few["value"]) == ["pole-0042", "pole-0043"]
+    for terms in (6, 20):
+        status, message = await error(http, f"{sta.url}{STA}/Things?$filter={' add '.join([resolution] * terms)} gt 0")
+        assert status == 400 and "more than 1000 pairs" in message
+    status, message = await error(http, f"{sta.url}{STA}/Things?$filter=concat(concat(concat(concat(concat(Datastreams/name, "
+                                        "Datastreams/name), Datastreams/name), Datastreams/name), Datastreams/name), Datastreams/name) eq 'x'")
+    assert status == 400 and "more than 1000 pairs" in message
 
 
 async def test_filter_on_observations_through_navigation_and_functions(sta: RunningHub, http: aiohttp.ClientSession) -> None:
