@@ -71,6 +71,8 @@ ARITHMETIC = ("add", "sub", "mul", "div", "mod")
 KEYWORDS = {"and", "or", "not", *COMPARISONS, *ARITHMETIC, "asc", "desc"}
 MIN_MS = -62135596800000  # 0001-01-01T00:00:00Z
 MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+# A time range goes to SQLite and PostgreSQL as 64-bit integers; stored times lie far inside this.
+RANGE_LIMIT_MS = 2**62
 
 
 class FilterError(ValueError):
@@ -373,6 +375,7 @@ def time_range(node: Node, time_paths: Iterable[tuple[str, ...]]) -> tuple[int |
         value = _literal_ms(right)
         if value is None:
             continue
+        value = max(-RANGE_LIMIT_MS, min(RANGE_LIMIT_MS, value))
         low = {"gt": value + 1, "ge": value, "eq": value}.get(op)
         high = {"lt": value, "le": value + 1, "eq": value + 1}.get(op)
         if low is not None:

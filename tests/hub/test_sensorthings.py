@@ -259,6 +259,20 @@ async def test_an_unsupported_or_wrong_filter_is_a_400_naming_the_construct(sta:
     assert status == 400 and named in message, message
 
 
+async def test_a_time_beyond_64_bits_is_an_empty_or_whole_range_not_an_error(sta: RunningHub, http: aiohttp.ClientSession) -> None:
+    # Whole numbers compare with times as milliseconds; the time range they imply reaches SQL as 64-bit integers.
+    total = len(expected_readings())
+    for condition, want in {
+        "phenomenonTime gt 99999999999999999999999": 0,
+        "phenomenonTime le 9223372036854775807": total,
+        "resultTime lt -99999999999999999999999": 0,
+        "phenomenonTime ge -9223372036854775809 and phenomenonTime ne 0": total,
+        "phenomenonTime eq 92233720368547758070": 0,
+    }.items():
+        page = await get(http, f"{sta.url}{STA}/Observations?$filter={condition}&$count=true&$top=1")
+        assert page["@iot.count"] == want and len(page["value"]) == min(want, 1), condition
+
+
 async def test_filter_and_order_inside_an_expansion_of_observations(sta: RunningHub, http: aiohttp.ClientSession) -> None:
     ids = await stream_ids(http, sta)
     stream = await get(http, f"{sta.url}{STA}/Datastreams({ids['pole-0043/pm-1/pm2_5']})?$expand=Observations($filter=result ge 6;$orderby=result desc;$count=true;$top=2)")
