@@ -58,7 +58,8 @@ class UplinkCounters:
     readings_acked: int = 0
     batches_quarantined: int = 0
     retries: int = 0
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # batch bytes, retries included
+    overhead_bytes: int = 0  # HTTP request headers and the hub's whole answers, both ways
     status_sent: int = 0
     last_error: str = ""
     last_ack_ms: int = 0
@@ -253,6 +254,7 @@ class Uplink:
         try:
             async with self._http().post(url, data=batch.data, headers={"Content-Type": MEDIA_TYPE}) as resp:
                 body = await resp.content.read(_MAX_REPLY_BYTES)
+                self._spend_framing(resp, len(body))
                 return self._judge(batch, resp, body)
         except TimeoutError:
             return _Outcome(_Outcome.RETRY, "timed out waiting for the hub")
@@ -330,6 +332,20 @@ class Uplink:
             self._budget_day = today
             self._budget_used = self._spool.budget_used(today)
             self._budget_logged = False
+
+    def _spend_framing(self, resp: aiohttp.ClientResponse, body_bytes: int) -> None:
+        """Count what HTTP carried around a message: the request line and headers, and the whole answer.
+
+        On a metered link they are billed like the batch (about 380 bytes an exchange with the
+        reference hub). TLS records, TCP and IP headers are not counted.
+        """
+        info = resp.request_info
+        sent = len(f"{info.method} {info.url.raw_path_qs} HTTP/1.1\r\n") + 2
+        sent += sum(len(name) + len(value) + 4 for name, value in info.headers.items())
+        received = len(f"HTTP/{resp.version.major}.{resp.version.minor} {resp.status} {resp.reason or ''}\r\n") + 2
+        received += sum(len(name) + len(value) + 4 for name, value in resp.raw_headers) + body_bytes
+        self.counters.overhead_bytes += sent + received
+        self._spend(sent + received)
 
     def _spend(self, size: int) -> None:
         if self.daily_budget > 0:
@@ -410,6 +426,7 @@ class Uplink:
                 f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE}
             ) as resp:
                 body = await resp.content.read(_MAX_REPLY_BYTES)
+                self._spend_framing(resp, len(body))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             log.debug(f"{what} not delivered", extra={"error": f"{type(exc).__name__}: {exc}"})
             return None

@@ -50,6 +50,8 @@ class UplinkProxy:
         self.step = ProxyStep(0.0, "pass")
         self.port = 0
         self.connections = 0
+        self.bytes_up = 0  # gateway -> hub, forwarded
+        self.bytes_down = 0  # hub -> gateway, forwarded
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -129,8 +131,8 @@ class UplinkProxy:
             self._writers.discard(writer)
             return
         self._writers.add(up_writer)
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(source, sink))
+        for source, sink, direction in ((reader, up_writer, "up"), (up_reader, writer, "down")):
+            task = asyncio.create_task(self._pump(source, sink, direction))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -141,12 +143,16 @@ class UplinkProxy:
         writer.close()
         self._writers.discard(writer)
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, direction: str) -> None:
         try:
             while chunk := await source.read(65536):
                 step = self.step
                 if step.mode == "blackhole":
                     continue
+                if direction == "up":
+                    self.bytes_up += len(chunk)
+                else:
+                    self.bytes_down += len(chunk)
                 if step.mode == "delay":
                     await asyncio.sleep(step.delay)
                 if step.mode == "throttle":

@@ -167,6 +167,7 @@ async def test_the_daily_byte_budget_holds_batches_until_the_next_utc_day(spool,
     await until(lambda: len(receiver.batches) == 1)
     await asyncio.sleep(0.3)
     assert len(receiver.batches) == 1
+    overhead_of_first = uplink.counters.overhead_bytes
     now[0] += 10_000  # past midnight
     await until(lambda: len(receiver.batches) == 2)
     await asyncio.sleep(0.3)
@@ -174,7 +175,25 @@ async def test_the_daily_byte_budget_holds_batches_until_the_next_utc_day(spool,
     await asyncio.gather(task, return_exceptions=True)
     await uplink.aclose()
     assert len(receiver.batches) == 2
-    assert spool.budget_used(20_001) == len(stored[1].data)
+    # The second day paid for the second batch and the HTTP around it.
+    assert spool.budget_used(20_001) == len(stored[1].data) + uplink.counters.overhead_bytes - overhead_of_first
+
+
+async def test_the_daily_byte_budget_counts_every_byte_http_carried_both_ways(spool, device_key, receiver):
+    from hilsim.netproxy import UplinkProxy
+
+    day_ms = 86_400_000
+    stored = fill(spool, device_key, 4)
+    async with UplinkProxy(upstream_port=int(receiver.url.rstrip("/").rsplit(":", 1)[1])) as link:
+        uplink = make_uplink(spool, device_key, link.url, daily_budget=10_000_000, clock_ms=lambda: 20_000 * day_ms)
+        await deliver(uplink, spool)
+        assert await uplink.send_status()
+    batches = sum(len(b.data) for b in stored)
+    # What the proxy forwarded is what a metered link bills (before TLS): batches, status report,
+    # request headers and every answer. The budget counts exactly that, not only the batches.
+    assert uplink._budget_used == link.bytes_up + link.bytes_down
+    assert uplink.counters.bytes_sent == batches
+    assert uplink.counters.overhead_bytes > 5 * 300  # headers and answers: a few hundred bytes an exchange
 
 
 async def test_the_status_report_is_signed_and_carries_backlog_loss_and_boot(spool, device_key, receiver):
@@ -274,9 +293,10 @@ async def test_the_bytes_sent_today_survive_a_restart(tmp_path, device_key, rece
     spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
     await spool.begin_boot()
     [batch] = fill(spool, device_key, 1)
-    await deliver(make_uplink(spool, device_key, receiver.url, daily_budget=10_000, clock_ms=lambda: now), spool)
+    uplink = make_uplink(spool, device_key, receiver.url, daily_budget=10_000, clock_ms=lambda: now)
+    await deliver(uplink, spool)
     await spool.close()
     reopened = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
-    assert reopened.budget_used(20_000) == len(batch.data)
+    assert reopened.budget_used(20_000) == len(batch.data) + uplink.counters.overhead_bytes
     assert reopened.budget_used(20_001) == 0
     await reopened.close()
