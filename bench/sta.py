@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bench.hub import drop_schema
 from edge.protocol import generate_keypair, key_id, raw_public_key
 from edge.types import Channel, Reading
 from hub.app import run_hub
@@ -112,15 +113,6 @@ def main() -> None:
         finally:
             asyncio.run(drop_schema(args.postgres, schema))
 
-
-async def drop_schema(dsn: str, schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 if __name__ == "__main__":
