@@ -81,6 +81,9 @@ TIME_PATHS = (("phenomenonTime",), ("resultTime",))
 OBSERVATION_ORDER = {"phenomenonTime": "ts_ms", "resultTime": "ts_ms", "result": "value", "@iot.id": "id", "id": "id"}
 QUERY_OPTIONS = ("$top", "$skip", "$count", "$filter", "$orderby", "$expand", "$select")
 MAX_EXPAND_DEPTH = 6
+# Entities one response may hold, expansions included: each nested $expand multiplies by its $top
+# (Observations → Datastream → Observations … is 10,000**3 at the page size), so a response is capped.
+MAX_ENTITIES = 50_000
 
 
 class StaError(Exception):
@@ -247,6 +250,7 @@ class Catalog:
         # Channels of devices not shown (pending) must not leak through an unrestricted Observations query.
         self.hidden_channels = len(self.channels) < len(channels)
         self.rendered: dict[tuple[str, Any], dict[str, Any]] = {}
+        self.entities = 0
 
     @classmethod
     async def load(cls, store: Store, base: str) -> Catalog:
@@ -521,6 +525,10 @@ class Catalog:
 
     async def expanded(self, entity_set: str, key: Any, obj: Any, options: Options) -> dict[str, Any]:
         """One entity with its $expand and $select applied."""
+        self.entities += 1
+        if self.entities > MAX_ENTITIES:
+            raise StaError(400, f"the response would hold more than {MAX_ENTITIES} entities, expansions included; "
+                                "use a smaller $top inside $expand and follow each expansion's @iot.nextLink")
         entity = dict(self.render(entity_set, key, obj))
         expanded: list[str] = []
         for nav, raw in grouped_expand(entity_set, options.expand).items():

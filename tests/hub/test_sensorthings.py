@@ -287,6 +287,19 @@ async def test_filter_paths_into_observations_from_other_sets_are_refused(sta: R
     assert status == 400 and "paths into Observations are not supported" in message
 
 
+async def test_a_response_holds_a_bounded_number_of_entities_however_expansions_nest(
+    sta: RunningHub, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each nested $expand multiplies by its $top: Observations → Datastream → Observations … is 10,000**3 at the page size.
+    import hub.sensorthings
+
+    monkeypatch.setattr(hub.sensorthings, "MAX_ENTITIES", 200)
+    small = await get(http, f"{sta.url}{STA}/Datastreams?$expand=Observations($top=2;$expand=Datastream)")
+    assert sum(1 + 2 * len(d["Observations"]) for d in small["value"]) <= 200
+    status, message = await error(http, f"{sta.url}{STA}/Datastreams?$expand=Observations($expand=Datastream($expand=Observations))")
+    assert status == 400 and "more than 200 entities" in message and "$top inside $expand" in message
+
+
 # --- $orderby, $count, paging --------------------------------------------------------
 
 
