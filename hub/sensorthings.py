@@ -311,8 +311,9 @@ class Catalog:
             return [(c.id, c) for c in self.channels if c.device_id == obj[0] and sensor_parts(c)[0] == obj[1]]
         if entity_set == "ObservedProperties":
             return [(c.id, c) for c in self.channels if sensor_parts(c)[1] == obj]
-        channel = self.channel_by_id[obj.channel_id]
-        return [(channel.id, channel)]
+        # A channel that appeared after this request loaded the catalog is not part of its view.
+        channel = self.channel_by_id.get(obj.channel_id)
+        return [] if channel is None else [(channel.id, channel)]
 
     # --- JSON of each entity type -----------------------------------------------------
 
@@ -375,7 +376,12 @@ class Catalog:
             inner, kind = self.resolve_path(target, rest)
             if entity_set == "Observations":
                 channels = self.channel_by_id
-                return (lambda r: inner(channels[r.channel_id])), kind
+
+                def through_channel(r: StoredReading) -> Any:
+                    channel = channels.get(r.channel_id)  # None: a channel newer than this request's catalog
+                    return None if channel is None else inner(channel)
+
+                return through_channel, kind
 
             def follow(obj: Any) -> Any:
                 members = self.related(entity_set, obj, head) or []

@@ -273,6 +273,23 @@ async def test_a_time_beyond_64_bits_is_an_empty_or_whole_range_not_an_error(sta
         assert page["@iot.count"] == want and len(page["value"]) == min(want, 1), condition
 
 
+async def test_readings_of_a_channel_newer_than_the_requests_catalog_do_not_break_it(sta: RunningHub, http: aiohttp.ClientSession) -> None:
+    # A request loads devices and channels once, then reads the store: a gateway may add channels in between.
+    catalog = await Catalog.load(sta.store, f"{sta.url}{STA}")
+    newcomer = SimGateway("pole-0044")
+    await enrol(http, sta.url, newcomer, await sta.create_token())
+    status, body, _ = await post_cose(http, f"{sta.url}/oxp/v1/batches", newcomer.batch(1, n=30))
+    assert status == 200, body
+    options = Options({"$filter": "Datastream/Thing/name eq 'pole-0044' or result lt 0", "$top": "1000", "$expand": "Datastream"})
+    page, more, _ = await catalog.observations(options, channel_id=None)
+    assert page == [] and not more  # pole-0044 is not in this request's view of the Things
+    everything, _, _ = await catalog.observations(Options({"$top": "1000"}), channel_id=None)
+    newer = [obj for _, obj in everything if obj.channel_id not in catalog.channel_by_id]
+    assert len(newer) == 30
+    for reading in newer:
+        assert (await catalog.expanded("Observations", reading.id, reading, Options({"$expand": "Datastream"})))["Datastream"] is None
+
+
 async def test_filter_and_order_inside_an_expansion_of_observations(sta: RunningHub, http: aiohttp.ClientSession) -> None:
     ids = await stream_ids(http, sta)
     stream = await get(http, f"{sta.url}{STA}/Datastreams({ids['pole-0043/pm-1/pm2_5']})?$expand=Observations($filter=result ge 6;$orderby=result desc;$count=true;$top=2)")
