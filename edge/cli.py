@@ -14,6 +14,7 @@ from edge import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     # In the order a technician meets them: run a gateway, commission it, then the tools.
     "edge.commands.gateway",
+    "edge.commands.init",
     "edge.commands.check",
     "edge.commands.enrol",
     "drivers.cli",
@@ -29,6 +30,7 @@ the device, and syncs signed batches to a city-run hub.
 
 Start here:
   ocn-edge demo                 run simulated sensors -> gateway -> hub on this machine
+  ocn-edge init /etc/ocn-edge   write a commented gateway.toml and a policy.toml to start from
   ocn-edge check gateway.toml   validate a gateway config and print the effective settings
   ocn-edge run gateway.toml     run the gateway (what the systemd service does)
 """

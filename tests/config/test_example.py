@@ -12,7 +12,7 @@ from edge.cli import main
 from edge.config import effective_toml, gateway_schema, load_config, parse_config
 from edge.schema import ArrayOf, Table
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gateway.toml"  # a link to edge/examples/
 
 
 def test_the_example_config_loads_with_the_installed_drivers() -> None:

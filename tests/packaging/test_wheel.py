@@ -167,6 +167,16 @@ def test_shipped_drivers_profiles_and_policy_load_from_the_install(installed, tm
     assert "<html" in (tmp_path / "notice.html").read_text().lower()
 
 
+def test_init_writes_starting_files_that_check_from_the_install(installed, tmp_path):
+    target = tmp_path / "etc" / "ocn-edge"
+    done = installed.run("init", str(target))
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["gateway.toml", "policy.toml"]
+    checked = installed.run("check", str(target / "gateway.toml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f'policy = "{target / "policy.toml"}"' in checked.stdout
+
+
 def test_keygen_and_oxp_seal_and_verify_a_batch(installed, tmp_path):
     assert installed.run("keygen", "--out", str(tmp_path / "keys")).returncode == 0
     readings = tmp_path / "readings.csv"

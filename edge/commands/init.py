@@ -1,0 +1,92 @@
+"""`ocn-edge init DIR`: write a commented gateway config and a policy to start from.
+
+The files come from the installed package (`edge/examples/gateway.toml`, the demo policy
+in `edge/privacy/policies/`), so a technician on a pole has them without a source checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+__all__ = ["EXAMPLE_CONFIG", "init", "register", "starter_files"]
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "gateway.toml"
+
+HELP = "write a commented gateway.toml and a policy.toml to start from"
+DESCRIPTION = """\
+Write the two files a new gateway needs into DIR (default /etc/ocn-edge):
+
+  gateway.toml   every setting, commented; change what is marked CHANGE
+  policy.toml    the demo privacy policy, to replace with the city's own
+
+Existing files are never replaced unless --force is given. Then:
+
+  ocn-edge check DIR/gateway.toml
+"""
+
+_POLICY_LINE = re.compile(r'^policy = "[^"]*"[^\n]*$', re.MULTILINE)
+_POLICY_SETTING = 'policy = "policy.toml"             # CHANGE: the city\'s policy; policy.toml next to this file is the demo one'
+_POLICY_PREAMBLE = """\
+# Written by `ocn-edge init`: the demo policy, to start from. Replace it with the policy
+# your city's privacy office publishes (`ocn-edge policy explain` shows what a policy lets
+# leave the pole). Anything a policy does not name never leaves the gateway.
+#
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("init", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", metavar="DIR", nargs="?", default="/etc/ocn-edge", help="where to write them (default /etc/ocn-edge)")
+    parser.add_argument("--force", action="store_true", help="replace files that already exist")
+    parser.set_defaults(func=init)
+
+
+def starter_files() -> dict[str, str]:
+    """File name -> text of the files `init` writes."""
+    from edge.demo import DEMO_POLICY
+
+    example = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    config, replaced = _POLICY_LINE.subn(_POLICY_SETTING, example, count=1)
+    if replaced != 1:  # the example lost its policy line: a packaging bug, not the user's
+        raise RuntimeError(f"{EXAMPLE_CONFIG}: no `policy = ...` line to point at policy.toml")
+    return {"gateway.toml": config, "policy.toml": _POLICY_PREAMBLE + DEMO_POLICY.read_text(encoding="utf-8")}
+
+
+def init(args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    files = starter_files()
+    there = [name for name in files if (target / name).exists()]
+    if there and not args.force:
+        for name in there:
+            print(f"ocn-edge init: {target / name} already exists; nothing written (--force replaces it)", file=sys.stderr)
+        return 2
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            _write(target / name, text)
+    except OSError as exc:
+        print(f"ocn-edge init: cannot write into {target}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    for name in files:
+        print(f"wrote {target / name}")
+    print(f"next: change what is marked CHANGE in {target / 'gateway.toml'}, then run\n"
+          f"  ocn-edge check {target / 'gateway.toml'}")
+    return 0
+
+
+def _write(path: Path, text: str) -> None:
+    """Whole or not at all: a half-written config must never be left where the service reads it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

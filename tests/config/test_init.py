@@ -1,0 +1,52 @@
+"""`ocn-edge init DIR`: the starting files a technician gets on a pole, without a source checkout."""
+
+from __future__ import annotations
+
+import stat
+
+from edge.cli import main
+from edge.commands.init import EXAMPLE_CONFIG
+from edge.config import load_config
+from edge.demo import DEMO_POLICY
+from edge.privacy import load_policy
+
+
+def test_init_writes_a_config_that_checks_and_names_the_policy_written_beside_it(tmp_path, capsys):
+    target = tmp_path / "etc" / "ocn-edge"
+    assert main(["init", str(target)]) == 0
+    assert sorted(p.name for p in target.iterdir()) == ["gateway.toml", "policy.toml"]
+    out = capsys.readouterr().out
+    assert f"ocn-edge check {target / 'gateway.toml'}" in out
+
+    cfg = load_config(target / "gateway.toml")
+    assert cfg.privacy.policy == target / "policy.toml"
+    # The written policy is the demo one (same digest), with a preamble saying to replace it.
+    assert load_policy(target / "policy.toml").digest == load_policy(DEMO_POLICY).digest
+    assert (target / "policy.toml").read_text().startswith("# Written by `ocn-edge init`")
+    # Everything but the policy line is the commented example, CHANGE marks included.
+    written = (target / "gateway.toml").read_text().splitlines()
+    example = EXAMPLE_CONFIG.read_text().splitlines()
+    assert [a for a, b in zip(written, example) if a != b] == [next(line for line in written if line.startswith("policy = "))]
+    assert main(["check", "--quiet", str(target / "gateway.toml")]) == 0
+    assert stat.S_IMODE((target / "gateway.toml").stat().st_mode) & 0o002 == 0
+
+
+def test_init_never_replaces_a_file_unless_forced(tmp_path, capsys):
+    (tmp_path / "gateway.toml").write_text("# the technician's own\n")
+    assert main(["init", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'gateway.toml'} already exists; nothing written (--force replaces it)" in err
+    assert (tmp_path / "gateway.toml").read_text() == "# the technician's own\n"
+    assert not (tmp_path / "policy.toml").exists()  # all or nothing
+
+    assert main(["init", "--force", str(tmp_path)]) == 0
+    assert load_config(tmp_path / "gateway.toml").gateway.id == "pole-0042"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml", "policy.toml"]  # no temporary files left
+
+
+def test_init_into_a_place_it_cannot_write_says_so_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["init", str(blocker / "ocn-edge")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ocn-edge init: cannot write into {blocker / 'ocn-edge'}: ")
