@@ -502,15 +502,16 @@ class Catalog:
         getters = [(OBSERVATION_FIELD[field], desc) for field, desc in keys]
         if len(rows) < window:
             return sort_by(rows, getters)[:window]
-        boundary = OBSERVATION_FIELD[first](rows[-1])
-        before = [r for r in rows if OBSERVATION_FIELD[first](r) != boundary]
+        field = OBSERVATION_FIELD[first]
+        # Tied means equal in the sort order, not ==: True == 1 and False == 0, yet bools sort after every number.
+        boundary = sort_key(field(rows[-1]))
+        before = [r for r in rows if sort_key(field(r)) != boundary]
         tied = dict(query)
         if first == "ts_ms":
-            tied.update(since_ms=boundary, until_ms=boundary + 1)
+            tied.update(since_ms=rows[-1].ts_ms, until_ms=rows[-1].ts_ms + 1)
         else:
             inner = query["match"]
-            field = OBSERVATION_FIELD[first]
-            tied["match"] = (lambda r: field(r) == boundary and inner(r)) if inner is not None else (lambda r: field(r) == boundary)
+            tied["match"] = lambda r: sort_key(field(r)) == boundary and (inner is None or inner(r))
         ties = await self.store.readings(**tied, order="id", limit=MAX_TIES + 1)
         if len(ties) > MAX_TIES:
             raise StaError(400, f"$orderby: more than {MAX_TIES} Observations share one {first} value; add a $filter or order by @iot.id")

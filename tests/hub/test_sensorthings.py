@@ -17,6 +17,7 @@ from yarl import URL
 from hub.app import RunningHub, run_hub
 from hub.sensorthings import Catalog, Options
 from hub.sta_filter import FilterError, compile_predicate, compile_value, parse_filter, parse_orderby
+from edge.types import Reading
 from tests.hub.gateways import T0, SimGateway, enrol, post_cose
 
 STA = "/sta/v1.1"
@@ -348,6 +349,29 @@ async def test_orderby_with_several_keys_on_observations_pages_through_ties(sta:
     want.sort(key=lambda r: r["ts"], reverse=True)
     want.sort(key=lambda r: r["value"])
     assert [(o["result"], o["phenomenonTime"]) for o in ascending] == [(r["value"], iso(r["ts"])) for r in want]
+
+
+class ZeroOneGateway(SimGateway):
+    """Sends 0 and 1 on a number channel and False and True on a bool channel: equal under ==, apart in the order."""
+
+    def readings(self, seq: int, n: int) -> list[Reading]:
+        values = [("meter-1/power", 1.0, "W"), ("door-1/open", True, ""), ("meter-1/power", 0.0, "W"), ("door-1/open", False, "")]
+        return [Reading(channel, T0 + seq * 60_000 + i * 1000, value, unit) for i, (channel, value, unit) in enumerate(values * 3)]
+
+
+@pytest.mark.parametrize("top", [1, 2, 5])
+async def test_orderby_result_then_time_pages_numbers_and_bools_apart(db_url: str, tmp_path: Path, http: aiohttp.ClientSession, top: int) -> None:
+    gateway = ZeroOneGateway("pole-0045")
+    async with run_hub(db=db_url, state_dir=tmp_path / "hub", admin_token="admin-secret") as running:
+        await enrol(http, running.url, gateway, await running.create_token())
+        status, body, _ = await post_cose(http, f"{running.url}/oxp/v1/batches", gateway.batch(1))
+        assert status == 200, body
+        got, _ = await every_page(http, f"{running.url}{STA}/Observations?$orderby=result,phenomenonTime desc&$top={top}")
+    sent = gateway.readings(1, 0)
+    # Numbers before booleans (the store's order of result); within equal results the latest first.
+    want = sorted(sent, key=lambda r: -r.ts_ms)
+    want.sort(key=lambda r: (isinstance(r.value, bool), r.value))
+    assert [(o["result"], o["phenomenonTime"]) for o in got] == [(r.value, iso(r.ts_ms)) for r in want]
 
 
 async def test_count_agrees_with_the_filter_on_every_set(sta: RunningHub, http: aiohttp.ClientSession) -> None:
