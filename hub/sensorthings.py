@@ -251,6 +251,7 @@ class Catalog:
         self.hidden_channels = len(self.channels) < len(channels)
         self.rendered: dict[tuple[str, Any], dict[str, Any]] = {}
         self.entities = 0
+        self.observation_pages: dict[tuple[Any, ...], tuple[list[tuple[Any, Any]], bool, int | None]] = {}
 
     @classmethod
     async def load(cls, store: Store, base: str) -> Catalog:
@@ -472,7 +473,18 @@ class Catalog:
         return {"channel_id": store_channel, "since_ms": since, "until_ms": until, "match": match}
 
     async def observations(self, options: Options, *, channel_id: int | None) -> tuple[list[tuple[Any, Any]], bool, int | None]:
-        """One page of Observations: (page, more after it, count matching if $count=true)."""
+        """One page of Observations: (page, more after it, count matching if $count=true).
+
+        Asked once per request for the same Datastream and options: nested expansions that come back
+        to a Datastream (Observations($expand=Datastream($expand=Observations(…)))) ask again for every
+        entity above them, and each answer may decode up to a million readings.
+        """
+        key = (channel_id, options.raw.get("$filter"), options.raw.get("$orderby"), options.top, options.skip, options.count)
+        if key not in self.observation_pages:
+            self.observation_pages[key] = await self.fetch_observations(options, channel_id=channel_id)
+        return self.observation_pages[key]
+
+    async def fetch_observations(self, options: Options, *, channel_id: int | None) -> tuple[list[tuple[Any, Any]], bool, int | None]:
         query = self.observation_query(options, channel_id)
         if query is None:
             return [], False, 0

@@ -318,6 +318,27 @@ async def test_a_response_holds_a_bounded_number_of_entities_however_expansions_
     assert status == 400 and "more than 200 entities" in message and "$top inside $expand" in message
 
 
+async def test_expansions_that_come_back_to_a_datastream_read_its_observations_once(
+    sta: RunningHub, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each inner Observations($count=true;$filter=…) may decode a million readings: asked for every outer Observation,
+    # a $top of 10,000 would multiply that by 10,000.
+    ids = await stream_ids(http, sta)
+    pm = ids["pole-0042/pm-1/pm2_5"]
+    calls = {"readings": 0, "count_readings": 0}
+    for name in calls:
+        def counted(*args: Any, _real: Any = getattr(sta.store, name), _name: str = name, **kwargs: Any) -> Any:
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(sta.store, name, counted)
+    inner = "$top=1;$count=true;$filter=result gt 5"
+    stream = await get(http, f"{sta.url}{STA}/Datastreams({pm})?$expand=Observations($top=8;$expand=Datastream($expand=Observations({inner})))")
+    want = sum(1 for r in expected_readings() if r["name"] == "pole-0042/pm-1/pm2_5" and r["value"] > 5)
+    assert len(stream["Observations"]) == 8
+    assert all(o["Datastream"]["Observations@iot.count"] == want for o in stream["Observations"])
+    assert calls == {"readings": 2, "count_readings": 1}  # the outer page, and the inner page and count once
+
+
 # --- $orderby, $count, paging --------------------------------------------------------
 
 
