@@ -14,6 +14,7 @@ import secrets
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -22,6 +23,7 @@ from bench.hub import drop_schema
 from edge.protocol import generate_keypair, key_id, raw_public_key
 from edge.types import Channel, Reading
 from hub.app import run_hub
+from hub.sensorthings import Catalog, Options
 from hub.store import IncomingBatch
 
 T0 = 1_790_000_000_000
@@ -90,6 +92,33 @@ async def run_one(db: str | None, label: str, *, batches: int, per_channel: int,
                 for name, query in queries.items():
                     ms, count = await timed(http, f"{sta}/{query}", runs)
                     print(f"{name:<50} {ms:>12.1f} {count:>7}")
+                await fleet_filters(hub.store, sta, gateways=1000, runs=runs)
+
+
+async def fleet_filters(store: object, base: str, *, gateways: int, runs: int) -> None:
+    """$filter through Datastreams/… on the small sets of a fleet of ``gateways`` gateways (4 channels each), in memory.
+
+    These run on the hub's event loop, so their cost is time every other request waits.
+    """
+    real = await Catalog.load(store, base)  # type: ignore[arg-type]
+    device = next(iter(real.devices.values()))
+    devices = [replace(device, device_id=f"pole-{n:04d}") for n in range(gateways)]
+    channels = [replace(c, id=n * 10 + i, device_id=f"pole-{n:04d}") for n in range(gateways) for i, c in enumerate(real.channels)]
+    fleet = Catalog(real.store, base, devices, channels)
+    print(f"small sets, {gateways:,} gateways x {len(real.channels)} channels (in memory, on the event loop)")
+    for entity_set, condition in [
+        ("Things", "Datastreams/name eq 'pole-0123/meter-1/power'"),
+        ("Sensors", "Datastreams/Thing/name eq 'pole-0007'"),
+        ("ObservedProperties", "Datastreams/unitOfMeasurement/symbol eq 'W'"),
+        ("Things", " or ".join(f"Datastreams/name eq 'pole-{n:04d}/meter-1/power'" for n in range(20))),
+    ]:
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            chosen, _, _ = fleet.select_members(entity_set, fleet.members(entity_set), Options({"$filter": condition, "$top": "10000"}))
+            times.append((time.perf_counter() - started) * 1000)
+        shown = f"{entity_set}?$filter={condition}"
+        print(f"{shown[:50]:<50} {statistics.median(times):>12.1f} {len(chosen):>7}")
 
 
 def iso(ts_ms: int) -> str:

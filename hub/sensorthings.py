@@ -249,6 +249,13 @@ class Catalog:
         self.channel_by_id = {c.id: c for c in self.channels}
         # Channels of devices not shown (pending) must not leak through an unrestricted Observations query.
         self.hidden_channels = len(self.channels) < len(channels)
+        # The Datastreams of each Thing, Sensor and ObservedProperty, found once: a $filter path such as
+        # Datastreams/name follows them for every entity, and a scan of all channels each time is quadratic in the fleet.
+        self.streams_of: dict[tuple[str, Any], list[tuple[Any, Any]]] = {}
+        for c in self.channels:
+            sensor, prop = sensor_parts(c)
+            for owner in (("Things", c.device_id), ("Sensors", (c.device_id, sensor)), ("ObservedProperties", prop)):
+                self.streams_of.setdefault(owner, []).append((c.id, c))
         self.rendered: dict[tuple[str, Any], dict[str, Any]] = {}
         self.entities = 0
         self.observation_pages: dict[tuple[Any, ...], tuple[list[tuple[Any, Any]], bool, int | None]] = {}
@@ -296,7 +303,7 @@ class Catalog:
         if target == "Observations":
             return None
         if entity_set == "Things" and nav == "Datastreams":
-            return [(c.id, c) for c in self.channels if c.device_id == obj.device_id]
+            return self.streams_of.get(("Things", obj.device_id), [])
         if entity_set == "Things" and nav == "Locations":
             return [(obj.device_id, obj)] if obj.latitude is not None else []
         if entity_set == "Locations":
@@ -309,9 +316,9 @@ class Catalog:
                 return [(f"{device_id}:{sensor}", (device_id, sensor))]
             return [(prop, prop)]
         if entity_set == "Sensors":
-            return [(c.id, c) for c in self.channels if c.device_id == obj[0] and sensor_parts(c)[0] == obj[1]]
+            return self.streams_of.get(("Sensors", tuple(obj)), [])
         if entity_set == "ObservedProperties":
-            return [(c.id, c) for c in self.channels if sensor_parts(c)[1] == obj]
+            return self.streams_of.get(("ObservedProperties", obj), [])
         # A channel that appeared after this request loaded the catalog is not part of its view.
         channel = self.channel_by_id.get(obj.channel_id)
         return [] if channel is None else [(channel.id, channel)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 import random
 import re
 from pathlib import Path
@@ -337,6 +338,37 @@ async def test_expansions_that_come_back_to_a_datastream_read_its_observations_o
     assert len(stream["Observations"]) == 8
     assert all(o["Datastream"]["Observations@iot.count"] == want for o in stream["Observations"])
     assert calls == {"readings": 2, "count_readings": 1}  # the outer page, and the inner page and count once
+
+
+async def test_a_filter_through_datastreams_looks_up_each_entitys_datastreams_not_every_channel(
+    sta: RunningHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fleet of 600 gateways with 4 channels each: following Datastreams/… from each Thing, Sensor or
+    # ObservedProperty by scanning every channel would be 600 × 2,400 steps per path, on the hub's event loop.
+    import hub.sensorthings
+
+    real = await Catalog.load(sta.store, f"{sta.url}{STA}")
+    device = next(iter(real.devices.values()))
+    devices = [replace(device, device_id=f"pole-{n:04d}") for n in range(600)]
+    channels = [replace(c, id=n * 10 + i, device_id=f"pole-{n:04d}") for n in range(600) for i, c in enumerate(real.channels[:4])]
+    fleet = Catalog(sta.store, real.base, devices, channels)
+    members = {name: fleet.members(name) for name in ("Things", "Sensors", "ObservedProperties")}
+    looked_at = {"channels": 0}
+    real_parts = hub.sensorthings.sensor_parts
+
+    def counted(channel: Any) -> tuple[str, str]:
+        looked_at["channels"] += 1
+        return real_parts(channel)
+
+    monkeypatch.setattr(hub.sensorthings, "sensor_parts", counted)
+    for entity_set, condition, want in [
+        ("Things", "Datastreams/name eq 'pole-0123/meter-1/power'", 1),
+        ("Sensors", "Datastreams/Thing/name eq 'pole-0007'", len({c.channel.split('/')[0] for c in channels if c.device_id == "pole-0007"})),
+        ("ObservedProperties", "Datastreams/Thing/name eq 'pole-0599' and Datastreams/unitOfMeasurement/symbol eq 'W'", 1),
+    ]:
+        chosen, _, total = fleet.select_members(entity_set, members[entity_set], Options({"$filter": condition, "$top": "1000"}))
+        assert total == len(chosen) == want, condition
+    assert looked_at["channels"] <= 4 * len(channels)  # a few lookups per Datastream, not one per pair
 
 
 # --- $orderby, $count, paging --------------------------------------------------------
