@@ -46,6 +46,7 @@ _READERS = {
     "coil": "read_coils",
     "discrete": "read_discrete_inputs",
 }
+_FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 # pymodbus logs every timeout at ERROR; our bus owner reports faults itself, once.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -175,8 +176,23 @@ class ModbusLink:
         self._client.ctx.comm_params.timeout_connect = timeout
         self._received_during_request = 0
         reader = getattr(self._client, _READERS[function])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
             reply = await reader(address, count=count, device_id=unit)
+            strays = 0
+            while (why := _mismatch(reply, function, count)) is not None:
+                # RTU frames carry no transaction id: a unit's late reply to an earlier request of
+                # ours arrives as if it answered this one.  pymodbus checks only the unit id, so a
+                # reply of another function or length is set aside here and the real one awaited.
+                strays += 1
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise GarbledReply(f"{why}; no reply to this request within {timeout:g} s")
+                try:
+                    reply = await self._next_reply(remaining)
+                except asyncio.TimeoutError as exc:
+                    raise GarbledReply(f"{why}; no reply to this request within {timeout:g} s") from exc
         except ConnectionException as exc:
             raise LinkDown(str(exc)) from exc
         except ModbusException as exc:
@@ -192,3 +208,28 @@ class ModbusLink:
         if function in ("coil", "discrete"):
             return list(reply.bits[:count])
         return list(reply.registers)
+
+    async def _next_reply(self, timeout: float) -> object:
+        """The next frame from the unit last asked (pymodbus 3.16 hands each frame to ``response_future``)."""
+        protocol = self._client.ctx
+        protocol.response_future = asyncio.get_running_loop().create_future()
+        return await asyncio.wait_for(protocol.response_future, timeout)
+
+
+def _mismatch(reply: object, function: str, count: int) -> str | None:
+    """Why ``reply`` cannot be the answer to a read of ``count`` of ``function``, or None if it can be."""
+    code = _FUNCTION_CODES[function]
+    got = getattr(reply, "function_code", None)
+    if got is None or got & 0x7F != code:
+        return f"a reply to function {got} (an earlier request) instead of function {code}"
+    if reply.isError():  # type: ignore[attr-defined]
+        return None
+    if function in ("coil", "discrete"):
+        bits = len(reply.bits)  # type: ignore[attr-defined]
+        if bits != 8 * ((count + 7) // 8):
+            return f"a reply with {bits // 8} data bytes to a read of {count} bits (an earlier request's reply?)"
+        return None
+    registers = len(reply.registers)  # type: ignore[attr-defined]
+    if registers != count:
+        return f"a reply with {registers} registers to a read of {count} (an earlier request's reply?)"
+    return None

@@ -279,3 +279,48 @@ async def test_the_other_reporting_mode_works_against_the_simulated_sensor(tmp_p
             readings = await device.wait_for_readings(4, timeout=5)
     assert channel in {r.channel for r in readings}
     assert all(0 <= r.value < 1000 for r in readings if r.channel == channel)
+
+
+LATE_REPLY = """
+[scenario]
+name = "late-reply"
+seed = 5
+
+[[buses]]
+name = "rs485-1"
+type = "modbus-rtu"
+baudrate = 38400
+
+[[devices]]
+name = "meter-1"
+kind = "eastron-sdm120"
+bus = "rs485-1"
+unit = 1
+response_delay = "2ms"
+[[devices.faults]]
+kind = "late_reply"
+at = "0s"
+duration = "100ms"
+every = "1500ms"
+delay = "500ms"
+"""
+
+
+async def test_a_late_rtu_reply_is_never_taken_as_the_answer_to_the_next_request(tmp_path):
+    # The meter answers some requests 0.5 s late, after the gateway's 0.2 s timeout.  RTU frames carry no
+    # transaction id: the late reply lands while the next request waits, and the meter's answer to that
+    # one while the request after it waits.  A reply of the wrong length belongs to another request.
+    async with hilsim.run_scenario(scenario_file(tmp_path, LATE_REPLY), run_dir=tmp_path / "run") as sim:
+        async with gateway_on(sim, poll_interval=0.05, timeout=0.2) as (buses, drivers, readings):
+            await asyncio.sleep(3.2)
+        late = [kind for _, _, kind in sim.fault_log() if kind == "late_reply"]
+    stats = buses["rs485-1"].stats()["units"][1]
+    assert late and stats["timeouts"] >= 1, (late, stats)
+    values: dict[str, list[float]] = {}
+    for _, r in readings["meter-1"]:
+        values.setdefault(r.channel.split("/", 1)[1], []).append(r.value)
+    assert len(values["frequency"]) >= 10
+    assert all(49 < v < 51 for v in values["frequency"]), sorted(set(values["frequency"]))
+    assert all(200 < v < 260 for v in values["voltage"]), sorted(set(values["voltage"]))
+    energy = values["total_energy"]
+    assert energy == sorted(energy) and energy[0] > 100, energy  # a meter's energy register only grows
