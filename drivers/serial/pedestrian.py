@@ -16,6 +16,7 @@ MAX_LINE = 200
 _SEEN = re.compile(rb"SEEN (\d{1,16}) (wifi|ble) ((?:[0-9a-f]{2}:){5}[0-9a-f]{2}) (-\d{1,3})")
 _HB = re.compile(rb"HB (\d{1,16}) (\d{1,20}) (\d{1,20})")
 _HELLO = re.compile(rb"HELLO (\S{1,64}) (\S{1,64}) (\d{1,4})")
+_STARTS = (b"SEEN ", b"HB ", b"HELLO ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,13 @@ class PedestrianDecoder(Decoder):
             del buf[: end + 1]
             if not line:
                 continue
+            # Noise, or a line cut short, runs into the next line with no line end between them:
+            # the last line start in it is where the intact line begins.
+            start = max(line.rfind(keyword) for keyword in _STARTS)
+            if start > 0:
+                self.stats.bad_frames += 1
+                self.stats.garbage_bytes += start
+                line = line[start:]
             if m := _SEEN.fullmatch(line):
                 self.stats.frames += 1
                 return Sighting(int(m[1]), m[2].decode(), m[3].decode(), int(m[4]))

@@ -209,6 +209,23 @@ async def test_pedestrian_counter_emits_mac_rssi_and_radio_per_sighting_and_skip
     assert [c.id for c in driver.channels() if c.personal] == ["dev-1/mac"]
 
 
+async def test_pedestrian_counter_keeps_a_sighting_that_follows_noise_or_a_cut_line_on_the_same_line(tmp_path):
+    # Line noise has no line end of its own, and a line cut short loses its CRLF: either runs into the
+    # next line.  The intact line at the end is still a sighting (a count of people must not drop).
+    noise = bytes([0x00, 0x8F, 0xAA, 0x53, 0x45, 0xFF, 0x0D])  # binary junk, a stray "SE" and a CR
+    lines = (noise + f"SEEN 1764205200123 wifi {MACS[0]} -67\r\n".encode()
+             + f"SEEN 1764205200200 wifi {MACS[0][:8]}".encode()  # cut off mid-MAC
+             + f"SEEN 1764205200456 ble {MACS[1]} -80\r\n".encode()
+             + b"\x13\x37HB 1764205210000 42 10\r\n")
+    async with serial_device(tmp_path, PedestrianCounterDriver, baudrate=115200) as (peer, _, driver, readings):
+        peer.write(lines)
+        await wait_for(lambda: driver.stats()["frames"] == 3)
+        await asyncio.sleep(0.05)
+    assert [r.value for r in readings if r.channel == "dev-1/mac"] == MACS
+    assert [r.value for r in readings if r.channel == "dev-1/rssi"] == [-67, -80]
+    assert driver.stats()["bad_frames"] == 3
+
+
 async def test_no_personal_value_reaches_a_log_even_at_debug(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     bad_checksum_gga = nmea("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,").replace(b"4807", b"4808")
