@@ -258,6 +258,7 @@ class Catalog:
                 self.streams_of.setdefault(owner, []).append((c.id, c))
         self.rendered: dict[tuple[str, Any], dict[str, Any]] = {}
         self.entities = 0
+        self.compiled: dict[tuple[Any, ...], Any] = {}
         self.observation_pages: dict[tuple[Any, ...], tuple[list[tuple[Any, Any]], bool, int | None]] = {}
 
     @classmethod
@@ -425,11 +426,28 @@ class Catalog:
 
         return dig, "any" if rest else kind
 
+    # Parsed and compiled once per request: an expansion's options apply to every entity it hangs from
+    # (10,000 Observations each expanding Datastream(…) would parse and compile its $filter 10,000 times).
+
     def predicate(self, entity_set: str, tree: Node) -> Callable[[Any], bool]:
-        return compile_predicate(tree, self.resolver(entity_set))
+        key = ("predicate", entity_set, repr(tree))  # a tree may hold a dict (a WKT literal): its repr is the key
+        if key not in self.compiled:
+            self.compiled[key] = compile_predicate(tree, self.resolver(entity_set))
+        return self.compiled[key]  # type: ignore[no-any-return]
 
     def order_keys(self, entity_set: str, orderby: list[tuple[Node, bool]]) -> list[tuple[Getter, bool]]:
-        return [(compile_value(expression, self.resolver(entity_set))[0], descending) for expression, descending in orderby]
+        key = ("order", entity_set, repr(orderby))
+        if key not in self.compiled:
+            self.compiled[key] = [(compile_value(expression, self.resolver(entity_set))[0], descending) for expression, descending in orderby]
+        return self.compiled[key]  # type: ignore[no-any-return]
+
+    def expansions(self, entity_set: str, options: Options) -> list[tuple[str, Options]]:
+        """The navigation properties ``options`` expands on ``entity_set``, each with its own options."""
+        key = ("expand", entity_set, tuple(options.expand), options.depth)
+        if key not in self.compiled:
+            self.compiled[key] = [(nav, Options(raw, where=f"$expand={nav}(…): ", depth=options.depth + 1))
+                                  for nav, raw in grouped_expand(entity_set, options.expand).items()]
+        return self.compiled[key]  # type: ignore[no-any-return]
 
     # --- collections ------------------------------------------------------------------
 
@@ -557,9 +575,8 @@ class Catalog:
                                 "use a smaller $top inside $expand and follow each expansion's @iot.nextLink")
         entity = dict(self.render(entity_set, key, obj))
         expanded: list[str] = []
-        for nav, raw in grouped_expand(entity_set, options.expand).items():
+        for nav, nested in self.expansions(entity_set, options):
             target, many = NAVIGATION[entity_set][nav]
-            nested = Options(raw, where=f"$expand={nav}(…): ", depth=options.depth + 1)
             members = self.related(entity_set, obj, nav)
             nav_url = f"{self.link(entity_set, key)}/{nav}"
             if members is None:

@@ -371,6 +371,24 @@ async def test_a_filter_through_datastreams_looks_up_each_entitys_datastreams_no
     assert looked_at["channels"] <= 4 * len(channels)  # a few lookups per Datastream, not one per pair
 
 
+async def test_an_expansions_options_are_parsed_and_compiled_once_per_request(
+    sta: RunningHub, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # They apply to every entity the expansion hangs from: 10,000 of them would parse a 2,000-character $filter 10,000 times.
+    import hub.sensorthings
+
+    calls = {"parse_filter": 0, "compile_predicate": 0}
+    for name in calls:
+        def counted(*args: Any, _real: Any = getattr(hub.sensorthings, name), _name: str = name) -> Any:
+            calls[_name] += 1
+            return _real(*args)
+        monkeypatch.setattr(hub.sensorthings, name, counted)
+    streams = await get(http, f"{sta.url}{STA}/Datastreams?$expand=Thing($expand=Datastreams($filter=endswith(name, 'power');$select=name))")
+    assert len(streams["value"]) == 8
+    assert all([d["name"] for d in s["Thing"]["Datastreams"]] == [f"{s['Thing']['name']}/meter-1/power"] for s in streams["value"])
+    assert calls == {"parse_filter": 1, "compile_predicate": 1}
+
+
 # --- $orderby, $count, paging --------------------------------------------------------
 
 
