@@ -60,6 +60,7 @@ class StreamDriver(Driver):
     """
 
     RECOVERY_S = 60.0  # bad frames are "over" after this long with only good ones
+    SILENCE_S = 30.0  # no valid frame for this long (at least three polls of a queried device) is logged once
 
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
@@ -68,6 +69,9 @@ class StreamDriver(Driver):
         self._configured_session = 0
         self._bad_since: int | None = None  # bad-frame count when the current fault began
         self._last_bad_at = 0.0
+        self._last_frame_at = time.monotonic()
+        self._bytes_at_last_frame = 0
+        self._silent_since: float | None = None
 
     @abc.abstractmethod
     def make_decoder(self) -> Decoder: ...
@@ -87,6 +91,7 @@ class StreamDriver(Driver):
     async def run(self, emit: Emit) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._drive())
+            tasks.create_task(self._watch())
             await self._read(emit)
 
     async def _drive(self) -> None:
@@ -105,12 +110,46 @@ class StreamDriver(Driver):
                     await bus.write(query)
             await asyncio.sleep(tick)
 
+    async def _watch(self) -> None:
+        """Log once when the open port has delivered no valid frame for a while, and once when frames return.
+
+        Pure garbage (a wrong baud rate, swapped wires) or silence (a dead sensor) would otherwise
+        go unreported: neither ever makes a frame with a bad checksum.  A closed port is the bus
+        owner's to report, so time with the port closed does not count.
+        """
+        bus = self.ctx.bus
+        polls = 3 * self.ctx.poll_interval if self.query_command() is not None else 0.0
+        while True:
+            limit = max(self.SILENCE_S, polls)
+            await asyncio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            if not bus.is_open:
+                self._last_frame_at = now
+                self._bytes_at_last_frame = bus.bytes_in
+            elif self._silent_since is None and now - self._last_frame_at >= limit:
+                self._silent_since = self._last_frame_at
+                received = bus.bytes_in - self._bytes_at_last_frame
+                hint = "garbage: check the baud rate and wiring" if received else "check power, wiring and the port"
+                self.ctx.logger.warning("%s: no valid frame for %gs (%d bytes received, %s)", self.ctx.device_id,
+                                        round(now - self._last_frame_at, 1), received, hint)
+
+    def _framed(self) -> None:
+        now = time.monotonic()
+        if self._silent_since is not None:
+            self.ctx.logger.info("%s: valid frames again after %.0fs", self.ctx.device_id, now - self._silent_since)
+            self._silent_since = None
+        self._last_frame_at = now
+        self._bytes_at_last_frame = self.ctx.bus.bytes_in
+
     async def _read(self, emit: Emit) -> None:
         bus = self.ctx.bus
         while True:
             data = await bus.receive()
             bad_before = self._bad_count()
+            frames_before = self.decoder.stats.frames
             frames = self.decoder.feed(data)
+            if self.decoder.stats.frames > frames_before:
+                self._framed()
             self._report(bad_before, good=bool(frames))
             for frame in frames:
                 for reading in self.readings(frame, self.ctx.clock_ms()):

@@ -297,3 +297,27 @@ async def test_intermittent_bad_frames_are_logged_once_not_each_time_a_good_fram
     bad_frame_lines = [r for r in caplog.records if r.name == "ocn.driver"]
     assert len(bad_frame_lines) == 1
     assert "bad frames" in bad_frame_lines[0].getMessage()
+
+
+async def test_a_line_of_only_garbage_or_silence_is_logged_once_and_its_end_once(tmp_path, caplog):
+    # A wrong baud rate gives bytes that never frame (no bad checksum either); a dead sensor gives nothing.
+    # Either is said once, however long it lasts, and the return of valid frames once.
+    caplog.set_level(logging.INFO)
+    async with serial_device(tmp_path, sds011.Sds011Driver, options={"mode": "active"}) as (peer, bus, driver, readings):
+        driver.SILENCE_S = 0.3
+        peer.write(SDS011_REPLY)
+        await wait_for(lambda: len(readings) == 2)
+        for _ in range(12):  # 1.2 s of garbage: four silence periods
+            peer.write(bytes(range(0x10, 0x30)))
+            await asyncio.sleep(0.1)
+        await wait_for(lambda: bus.stats()["bytes_in"] >= 10 + 12 * 32)
+        peer.write(SDS011_REPLY)
+        await wait_for(lambda: len(readings) == 4)
+        await asyncio.sleep(1.2)  # silence: said once more
+        peer.write(SDS011_REPLY)
+        await wait_for(lambda: len(readings) == 6)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ocn.driver"]
+    silent = [m for m in lines if "no valid frame" in m]
+    again = [m for m in lines if "valid frames again" in m]
+    assert len(silent) == 2 and len(again) == 2, lines
+    assert "bytes received, garbage" in silent[0] and "(0 bytes received" in silent[1], silent
