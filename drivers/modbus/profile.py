@@ -47,7 +47,7 @@ ORDERS = ("big", "little")
 _PROFILE_KEYS = {"name", "manufacturer", "model", "description", "max_gap", "byte_order", "word_order"}
 _REGISTER_KEYS = {
     "channel", "function", "address", "type", "unit", "resolution", "scale", "offset",
-    "byte_order", "word_order", "bit", "bits", "length", "description",
+    "byte_order", "word_order", "bit", "bits", "length", "description", "missing",
 }
 _UNREADABLE_KEYS = {"function", "first", "last"}
 
@@ -74,6 +74,7 @@ class Register:
     bits: tuple[int, int] | None = None
     length: int = 0
     description: str = ""
+    missing: tuple[int, ...] = ()  # raw register contents (unsigned) the device sends for "no value"
 
     @property
     def count(self) -> int:
@@ -96,12 +97,16 @@ class Register:
         """The value of this register from its raw words (bits for coils); None if the device says "no value"."""
         if self.type == "bool":
             return bool(words[0])
-        ordered = list(words) if self.word_order == "big" else list(reversed(words))
+        # Word order is how a number spreads over registers; text always runs in register order.
+        in_order = self.word_order == "big" or self.type == "string"
+        ordered = list(words) if in_order else list(reversed(words))
         raw = b"".join(int(w).to_bytes(2, "big") for w in ordered)
         if self.byte_order == "little":
             raw = b"".join(raw[i + 1 : i + 2] + raw[i : i + 1] for i in range(0, len(raw), 2))
         if self.type == "string":
             return raw.split(b"\0", 1)[0].decode("ascii", errors="replace").strip()
+        if self.missing and int.from_bytes(raw, "big") in self.missing:
+            return None  # the device's "no value" (e.g. 0xFFFF, 0x8000): not a reading
         (value,) = struct.unpack(TYPES[self.type][1], raw)
         if self.bit is not None:
             return bool((value >> self.bit) & 1)
@@ -112,8 +117,11 @@ class Register:
             return None  # meters answer NaN for a quantity they do not measure
         if self.scale == 1.0 and self.offset == 0.0:
             return value
+        scaled = value * self.scale + self.offset
+        if not math.isfinite(scaled):
+            return None  # a huge float64 times the scale overflows: no number to report
         # round away binary noise of the scaling (1012.8000000000001 -> 1012.8), far below any resolution
-        return round(value * self.scale + self.offset, 9)
+        return round(scaled, 9)
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,8 +267,15 @@ def _register(raw: Any, i: int, source: str, defaults: Mapping[str, str]) -> Reg
             )
         bits = (bits_raw[0], bits_raw[1])
     resolution = _get(raw, "resolution", float, source, where, default=None)
-    if resolution is not None and not resolution > 0:
+    if resolution is not None and not (resolution > 0 and math.isfinite(resolution)):
         raise ProfileError(f"{source}: {where}.resolution = {resolution}: expected a step > 0, e.g. 0.1")
+    scale = _get(raw, "scale", float, source, where, default=1.0)
+    if not (math.isfinite(scale) and scale != 0):
+        raise ProfileError(f"{source}: {where}.scale = {scale}: expected a finite number other than 0, e.g. 0.1")
+    offset = _get(raw, "offset", float, source, where, default=0.0)
+    if not math.isfinite(offset):
+        raise ProfileError(f"{source}: {where}.offset = {offset}: expected a finite number, e.g. -40.0")
+    missing = _missing(raw, type_, width, source, where)
     reg = Register(
         channel=channel,
         function=function,
@@ -268,21 +283,42 @@ def _register(raw: Any, i: int, source: str, defaults: Mapping[str, str]) -> Reg
         type=type_,
         unit=_get(raw, "unit", str, source, where, default=""),
         resolution=resolution,
-        scale=_get(raw, "scale", float, source, where, default=1.0),
-        offset=_get(raw, "offset", float, source, where, default=0.0),
+        scale=scale,
+        offset=offset,
         byte_order=_choice(raw, "byte_order", ORDERS, source, where, defaults["byte_order"]),
         word_order=_choice(raw, "word_order", ORDERS, source, where, defaults["word_order"]),
         bit=bit,
         bits=bits,
         length=length,
         description=_get(raw, "description", str, source, where, default=""),
+        missing=missing,
     )
     limit = MAX_BITS if bit_table else MAX_REGISTERS
     if reg.count > limit:
         raise ProfileError(f"{source}: {where}: occupies {reg.count} addresses, more than one request can read")
+    if address + reg.count - 1 > 0xFFFF:
+        raise ProfileError(f"{source}: {where}.address = {address}: a {type_} occupies {reg.count} addresses, "
+                           f"so it must start at {0x10000 - reg.count} or below")
     if reg.kind is not Kind.NUMBER and resolution is not None:
         raise ProfileError(f"{source}: {where}.resolution: only number values have a resolution")
     return reg
+
+
+def _missing(raw: Mapping[str, Any], type_: str, width: int, source: str, where: str) -> tuple[int, ...]:
+    """The ``missing`` sentinel(s) as unsigned raw contents; -1 and 0xFFFF are the same int16 sentinel."""
+    if "missing" not in raw:
+        return ()
+    value = raw["missing"]
+    values = value if isinstance(value, list) else [value]
+    ok = (type_.startswith(("int", "uint")) and values
+          and all(type(v) is int and -(1 << (width - 1)) <= v < (1 << width) for v in values))
+    if not ok:
+        raise ProfileError(
+            f"{source}: {where}.missing = {value!r}: expected the raw value (or a list of them) the device sends "
+            f"for \"no value\", e.g. 0xFFFF, on an integer register (-{1 << (width - 1)}..{(1 << width) - 1} "
+            f"for {type_})"
+        )
+    return tuple(sorted({v & ((1 << width) - 1) for v in values}))
 
 
 def _only(table: Mapping[str, Any], known: set[str], source: str, prefix: str) -> None:

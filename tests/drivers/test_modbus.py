@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 import time
 
 import pytest
@@ -15,7 +16,7 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import load_profile
 from drivers.sdk import DeviceContext, OptionError
 from tests.drivers.conftest import running
-from tests.drivers.loopback import BusConfig, SerialPeer, modbus_tcp_server, serve_profile
+from tests.drivers.loopback import BusConfig, SerialPeer, float32_words, modbus_tcp_server, serve_profile
 from tests.drivers.test_planner import minimum_requests
 
 SDM630 = {"voltage_l1": 231.5, "current_l2": 4.25, "power_total": 2875.0, "frequency": 50.02,
@@ -274,3 +275,68 @@ async def test_a_unit_that_answers_intermittently_is_logged_once_not_at_every_tr
     assert len([m for m in messages if "answers again" in m]) == 1
     assert len([m for m in messages if "intermittently" in m]) == 1
     assert tcp_bus.stats()["units"][1]["state"] == "intermittent"
+
+
+
+CDAB_METER = """
+[profile]
+name = "cdab-meter"
+word_order = "little"          # floats come low word first (CDAB), as on many meters
+
+[[registers]]
+channel = "power"
+function = "holding"
+address = 0
+type = "float32"
+unit = "W"
+
+[[registers]]
+channel = "model"
+function = "holding"
+address = 2
+type = "string"
+length = 4
+"""
+
+SENTINELS = """
+[[registers]]
+channel = "temperature"
+function = "holding"
+address = 6
+type = "int16"
+scale = 0.1
+unit = "Cel"
+missing = 0x8000               # the probe is disconnected
+
+[[registers]]
+channel = "humidity"
+function = "holding"
+address = 7
+type = "uint16"
+unit = "%RH"
+missing = [0xFFFF, 0xFFFE]
+"""
+
+
+def driver_from_text(tmp_path, bus, text: str) -> ModbusDriver:
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    return ModbusDriver(DeviceContext(device_id="m", options={"profile_file": path}, bus=bus, address=4))
+
+
+async def test_a_profile_with_low_word_first_floats_still_reads_its_text_in_register_order(store, tcp_bus, tmp_path):
+    hi, lo = float32_words(1234.5)
+    store.set_words(4, "holding", 0, [lo, hi, *struct.unpack(">4H", b"SDM-630\0")])
+    got = {r.channel: r.value for r in (await driver_from_text(tmp_path, tcp_bus, CDAB_METER).poll()).readings}
+    assert got == {"m/power": 1234.5, "m/model": "SDM-630"}
+
+
+async def test_a_raw_value_the_profile_declares_missing_gives_no_reading(store, tcp_bus, tmp_path):
+    store.set_words(4, "holding", 0, [0, 0, 0, 0, 0, 0, 0xFF38, 55])
+    driver = driver_from_text(tmp_path, tcp_bus, CDAB_METER + SENTINELS)
+    got = {r.channel: r.value for r in (await driver.poll()).readings}
+    assert got["m/temperature"] == -20.0 and got["m/humidity"] == 55
+    store.set_words(4, "holding", 6, [0x8000, 0xFFFE])  # probe unplugged, humidity sensor failed
+    got = {r.channel: r.value for r in (await driver.poll()).readings}
+    assert "m/temperature" not in got and "m/humidity" not in got
+    assert got["m/power"] == 0.0

@@ -133,3 +133,43 @@ def test_a_profile_loads_from_a_path(tmp_path):
     path = tmp_path / "mine.toml"
     path.write_text(profile('[[registers]]\nchannel = "v"\nfunction = "holding"\naddress = 3\ntype = "int16"\n'))
     assert load_profile(str(path)).registers[0].address == 3
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("scale = nan", r"registers\[0\] \(channel 'v'\).scale = nan: expected a finite number other than 0"),
+    ("scale = 0", r"registers\[0\] \(channel 'v'\).scale = 0.0: expected a finite number other than 0"),
+    ("offset = inf", r"registers\[0\] \(channel 'v'\).offset = inf: expected a finite number"),
+    ("resolution = inf", r"registers\[0\] \(channel 'v'\).resolution = inf: expected a step > 0"),
+    ("missing = 0x10000", r"registers\[0\] \(channel 'v'\).missing = 65536: expected the raw value .* "
+                          r"\(-32768..65535 for uint16\)"),
+    ("missing = []", r"registers\[0\] \(channel 'v'\).missing = \[\]: expected the raw value"),
+    ("missing = 1.5", r"registers\[0\] \(channel 'v'\).missing = 1.5: expected the raw value"),
+])
+def test_a_value_that_cannot_scale_or_mark_a_reading_is_rejected_naming_field_and_value(line, message):
+    text = profile(f'[[registers]]\nchannel = "v"\nfunction = "holding"\naddress = 0\ntype = "uint16"\n{line}\n')
+    with pytest.raises(ProfileError, match="^x.toml: " + message):
+        parse_profile(text, source="x.toml")
+
+
+def test_missing_is_for_integer_registers_only():
+    text = profile('[[registers]]\nchannel = "v"\nfunction = "input"\naddress = 0\ntype = "float32"\nmissing = 0\n')
+    with pytest.raises(ProfileError, match=r"missing = 0: expected .* on an integer register"):
+        parse_profile(text, source="x.toml")
+
+
+def test_a_value_may_not_run_past_the_last_address():
+    text = profile('[[registers]]\nchannel = "v"\nfunction = "input"\naddress = 65535\ntype = "uint32"\n')
+    with pytest.raises(ProfileError, match=r"address = 65535: a uint32 occupies 2 addresses, so it must start at "
+                                           r"65534 or below"):
+        parse_profile(text, source="x.toml")
+
+
+def test_a_signed_sentinel_and_its_unsigned_spelling_are_the_same_raw_value():
+    text = profile('[[registers]]\nchannel = "t"\nfunction = "holding"\naddress = 0\ntype = "int16"\nmissing = -1\n')
+    reg = parse_profile(text, source="x.toml").registers[0]
+    assert reg.decode([0xFFFF]) is None and reg.decode([0xFFFE]) == -2
+
+
+def test_a_float64_that_overflows_when_scaled_is_no_value():
+    words = list(struct.unpack(">HHHH", struct.pack(">d", 1e308)))
+    assert Register("e", "holding", 0, "float64", scale=10.0).decode(words) is None
