@@ -144,7 +144,7 @@ class ModbusDriver(Driver):
             if self._failing.get(req) != why:
                 self.ctx.logger.warning("%s: unit %d: %s %d..%d: %s", self.ctx.device_id, self.unit, req.function,
                                         req.address, req.end - 1, why)
-        answered = set(self.plan) - set(failed) - set(result.skipped)
+        answered = set(self.plan) - {req for req, _ in result.failures} - set(result.skipped)
         for req in list(self._failing):
             if req in answered:
                 self.ctx.logger.info("%s: unit %d: %s %d..%d answers again", self.ctx.device_id, self.unit,

@@ -340,3 +340,19 @@ async def test_a_raw_value_the_profile_declares_missing_gives_no_reading(store, 
     got = {r.channel: r.value for r in (await driver.poll()).readings}
     assert "m/temperature" not in got and "m/humidity" not in got
     assert got["m/power"] == 0.0
+
+
+async def test_a_refused_block_is_not_reported_answering_again_when_the_unit_falls_silent(store, tcp_bus, caplog):
+    caplog.set_level(logging.INFO)
+    serve_profile(store, 1, load_profile("eastron-sdm120"), {"voltage": 230.0})
+    store.readable[1] = {"input": range(0x40, 0x200)}  # the first block (0..37) is refused with exception 02
+    driver = driver_for(tcp_bus, 1, "eastron-sdm120")
+    for _ in range(3):
+        driver._report(await driver.poll())
+        store.dead.add(1)  # silent: the refused block gets no answer at all, let alone a good one
+        driver._report(await driver.poll())
+        store.dead.discard(1)
+        await asyncio.sleep(0.35)  # past the unit's backoff
+    messages = [r.getMessage() for r in caplog.records if r.name == "ocn.driver"]
+    assert len([m for m in messages if "illegal data address" in m]) == 1, messages
+    assert not [m for m in messages if "answers again" in m], messages
