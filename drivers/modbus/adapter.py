@@ -13,7 +13,7 @@ import os
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException, NotImplementedException
 from pymodbus.framer.rtu import FramerRTU
 
 __all__ = [
@@ -82,6 +82,40 @@ def crc16(frame: bytes) -> bytes:
     return FramerRTU.compute_CRC(frame).to_bytes(2, "big")
 
 
+class _HuntingFramerRTU(FramerRTU):
+    """pymodbus's RTU framer, but a failed CRC costs one byte, not the whole buffer.
+
+    pymodbus 3.16 takes the first byte pair that looks like a unit id and a function code
+    as a frame start and, when that "frame" fails its CRC, drops everything received.  On a
+    noisy line the byte before a real reply usually looks like a start (the reply's unit id,
+    1..24, reads as a function code), so one stray byte of noise cost the whole reply.  This
+    decoder tries every start, takes the first complete frame whose CRC holds, and keeps
+    the bytes from the earliest start that is still waiting for the rest of its frame.
+    """
+
+    def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
+        pending: int | None = None
+        for start in range(len(data) - self.MIN_SIZE + 1):
+            candidate = data[start:]
+            try:
+                pdu_class = self.decoder.lookupPduClass(candidate)
+                size = pdu_class.calculateRtuFrameSize(candidate) if pdu_class else None
+            except NotImplementedException:
+                continue
+            if size is None:
+                continue  # not a function code a reply can carry
+            if size == 0 or size > len(candidate):
+                if pending is None:
+                    pending = start  # may be a frame still arriving
+                continue
+            body, crc = candidate[: size - 2], candidate[size - 2 : size]
+            if FramerRTU.check_CRC(body, int.from_bytes(crc, "big")):
+                return start + size, candidate[0], 0, body[1:]
+        if pending is None:
+            pending = max(0, len(data) - self.MIN_SIZE + 1)  # the tail may be the start of a frame
+        return pending, 0, 0, self.EMPTY
+
+
 class ModbusLink:
     """One open Modbus connection (TCP socket or RTU serial port), with byte counters."""
 
@@ -119,6 +153,7 @@ class ModbusLink:
                 port, framer=FramerType.RTU, baudrate=baudrate, parity=parity, stopbits=stopbits,
                 bytesize=bytesize, **common,
             )
+            self._client.ctx.framer = _HuntingFramerRTU(self._client.ctx.framer.decoder)
         # A silent unit must never make pymodbus drop a healthy shared connection.
         self._client.set_max_no_responses(2**31)
         # pymodbus traces its whole receive buffer on every arrival, so incoming bytes are

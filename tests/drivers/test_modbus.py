@@ -356,3 +356,24 @@ async def test_a_refused_block_is_not_reported_answering_again_when_the_unit_fal
     messages = [r.getMessage() for r in caplog.records if r.name == "ocn.driver"]
     assert len([m for m in messages if "illegal data address" in m]) == 1, messages
     assert not [m for m in messages if "answers again" in m], messages
+
+
+async def test_an_rtu_reply_behind_noise_and_another_units_frame_in_one_read_is_still_found(rtu_line):
+    bus = create_bus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
+    fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    loop = asyncio.get_running_loop()
+
+    def answer_behind_junk() -> None:
+        request = os.read(fd, 64)
+        other = bytes([9, 3, 2, 0xBE, 0xEF])
+        mine = bytes([request[0], 3, 2, 0x12, 0x34])
+        os.write(fd, b"\x05\x01\x03\xfa" + other + crc16(other) + mine + crc16(mine))
+
+    loop.add_reader(fd, answer_behind_junk)
+    try:
+        async with running(bus):
+            assert await bus.read(1, "holding", 0, 1) == [0x1234]
+            assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
