@@ -192,8 +192,10 @@ class ModbusBus:
             began = time.monotonic()
             state.requests += 1
             self.requests += 1
+            # The timeout is how long the unit may take to answer; the bytes' own time on a slow line is added.
+            wait = (timeout or self.timeout) + self._wire_time(function, count)
             try:
-                values = await self.link.read(function, unit, address, count, timeout=timeout or self.timeout)
+                values = await self.link.read(function, unit, address, count, timeout=wait)
             except NoReply as exc:
                 state.timeouts += 1
                 self._unit_failed(unit, state, exc)
@@ -213,6 +215,14 @@ class ModbusBus:
             self.registers_read += count
             self.registers_used += count if used is None else used
             return values
+
+    def _wire_time(self, function: str, count: int) -> float:
+        """Seconds an RTU read request and its reply spend on the wire (0 for TCP)."""
+        if self.config.type != "modbus-rtu":
+            return 0.0
+        data = (count + 7) // 8 if function in ("coil", "discrete") else 2 * count
+        request, reply = 8, 5 + data  # unit, function, address, count, CRC / unit, function, byte count, data, CRC
+        return (request + reply) * _bits_per_char(self.config) / self.config.baudrate
 
     def _unit_failed(self, unit: int, state: _Unit, why: LinkError) -> None:
         now = time.monotonic()

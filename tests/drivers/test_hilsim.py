@@ -365,3 +365,34 @@ async def test_noise_before_every_rtu_reply_costs_no_reply(tmp_path, caplog):
     assert not [r for r in caplog.records if r.name == "ocn.bus"]
     temperatures = [r.value for _, r in readings["weather-1"] if r.channel == "weather-1/temperature"]
     assert len(temperatures) >= stats["replies"] - 1  # the last reply may be cut off by the end of the test
+
+
+SLOW_LINE = """
+[scenario]
+name = "slow-line"
+seed = 2
+
+[[buses]]
+name = "rs485-1"
+type = "modbus-rtu"
+baudrate = 4800
+
+[[devices]]
+name = "meter-1"
+kind = "eastron-sdm630"
+bus = "rs485-1"
+unit = 1
+response_delay = "20ms"
+"""
+
+
+async def test_the_reply_timeout_does_not_count_the_replys_own_time_on_a_slow_line(tmp_path):
+    # The SDM630's first request reads 80 registers: 173 bytes, 0.36 s on the wire at 4800 baud.  A meter that
+    # answers within 20 ms is not silent because its long answer takes longer than the 0.25 s timeout to send.
+    async with hilsim.run_scenario(scenario_file(tmp_path, SLOW_LINE), run_dir=tmp_path / "run") as sim:
+        async with gateway_on(sim, poll_interval=0.5, timeout=0.25) as (buses, drivers, readings):
+            async with asyncio.timeout(5):
+                while len({r.channel for _, r in readings["meter-1"]}) < len(drivers["meter-1"].channels()):
+                    await asyncio.sleep(0.05)
+    stats = buses["rs485-1"].stats()["units"][1]
+    assert stats["timeouts"] == 0, stats
