@@ -297,6 +297,8 @@ class SerialBus:
         self.bytes_in = 0
         self.bytes_out = 0
         self.losses = 0
+        self.dropped_bytes = 0
+        self._dropping = False
         self._reopen = _Reopener(self.what, reopen_max)
         self._port: serial.Serial | None = None
         self._chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1024)
@@ -348,7 +350,14 @@ class SerialBus:
             return
         self.bytes_in += len(data)
         if self._chunks.full():
-            self._chunks.get_nowait()  # a stalled driver loses the oldest bytes, not the newest
+            # A stalled driver loses the oldest bytes, not the newest; said once per stall.
+            self.dropped_bytes += len(self._chunks.get_nowait())
+            if not self._dropping:
+                self._dropping = True
+                log.warning("%s: the driver is not keeping up; dropping the oldest received bytes", self.what)
+        elif self._dropping and self._chunks.qsize() < self._chunks.maxsize // 2:
+            self._dropping = False
+            log.info("%s: the driver keeps up again; %d bytes dropped so far", self.what, self.dropped_bytes)
         self._chunks.put_nowait(data)
 
     def _close(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -397,6 +406,7 @@ class SerialBus:
             "open": self.is_open,
             "session": self.session,
             "losses": self.losses,
+            "dropped_bytes": self.dropped_bytes,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "wire_utilisation": round(wire_s / elapsed, 4),

@@ -321,3 +321,28 @@ async def test_a_line_of_only_garbage_or_silence_is_logged_once_and_its_end_once
     again = [m for m in lines if "valid frames again" in m]
     assert len(silent) == 2 and len(again) == 2, lines
     assert "bytes received, garbage" in silent[0] and "(0 bytes received" in silent[1], silent
+
+
+async def test_bytes_a_stalled_driver_cannot_take_are_counted_and_said_once(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    peer = SerialPeer(tmp_path)
+    bus = SerialBus(BusConfig(type="serial", port=peer.path, baudrate=115200))
+    task = asyncio.create_task(bus.run())
+    try:
+        await asyncio.wait_for(bus.wait_open(), 3)
+        chunk = b"SEEN 1 wifi 3c:22:fb:10:4e:a1 -67\r\n"
+        async with asyncio.timeout(10):  # nobody receives: the bus's queue fills, then it drops
+            while bus.stats()["dropped_bytes"] < 200 * len(chunk):
+                peer.write(chunk)
+                await asyncio.sleep(0.0005)
+        for _ in range(800):  # the driver catches up
+            await bus.receive()
+        peer.write(chunk)
+        await wait_for(lambda: any("keeps up again" in r.getMessage() for r in caplog.records))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        peer.unplug()
+    messages = [r.getMessage() for r in caplog.records if r.name == "ocn.bus"]
+    assert len([m for m in messages if "not keeping up" in m]) == 1, messages
+    assert len([m for m in messages if "keeps up again" in m]) == 1, messages
