@@ -248,6 +248,9 @@ class ModbusLink:
         """The next frame from the unit last asked (pymodbus 3.16 hands each frame to ``response_future``)."""
         protocol = self._client.ctx
         protocol.response_future = asyncio.get_running_loop().create_future()
+        if protocol.recv_buffer:  # the reply may have come in the same read as the stray one
+            used = protocol.callback_data(protocol.recv_buffer, None)
+            protocol.recv_buffer = protocol.recv_buffer[used:]
         return await asyncio.wait_for(protocol.response_future, timeout)
 
 

@@ -377,3 +377,23 @@ async def test_an_rtu_reply_behind_noise_and_another_units_frame_in_one_read_is_
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+
+
+async def test_an_rtu_reply_arriving_in_one_read_with_a_stray_reply_to_an_earlier_request_is_taken(rtu_line):
+    bus = create_bus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
+    fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    loop = asyncio.get_running_loop()
+
+    def answer_after_a_stray_reply() -> None:
+        request = os.read(fd, 64)
+        stray = bytes([request[0], 3, 2, 0xDE, 0xAD])  # one register: the answer to some earlier read
+        mine = bytes([request[0], 3, 4, 0x12, 0x34, 0x56, 0x78])
+        os.write(fd, stray + crc16(stray) + mine + crc16(mine))
+
+    loop.add_reader(fd, answer_after_a_stray_reply)
+    try:
+        async with running(bus):
+            assert await bus.read(1, "holding", 0, 2) == [0x1234, 0x5678]
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
