@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivers.buses import FLAP_S
 from drivers.modbus.adapter import ExceptionReply, LinkError
 from drivers.modbus.planner import ReadRequest, plan_reads
 from drivers.modbus.profile import Profile, ProfileError, load_profile, shipped_profiles
@@ -88,6 +89,8 @@ class ModbusDriver(Driver):
             for req in self.plan
         }
         self._failing: dict[ReadRequest, str] = {}
+        self._recovered_at: dict[ReadRequest, float] = {}
+        self._flapping: dict[ReadRequest, float] = {}  # request -> when it was last refused
 
     def channels(self) -> Sequence[Channel]:
         return [
@@ -138,16 +141,34 @@ class ModbusDriver(Driver):
     def _report(self, result: Poll) -> None:
         """Log a request the unit refuses once when it starts and once when it recovers.
 
+        A request refused again within FLAP_S of recovering (a busy unit: exception 06 now and
+        then) is logged once as refused intermittently, and once more when steady for FLAP_S.
         A silent unit or a lost line is the bus owner's to log (once, for every device on it)."""
+        now = time.monotonic()
         failed = {req: str(exc) for req, exc in result.failures if isinstance(exc, ExceptionReply)}
+        where = f"{self.ctx.device_id}: unit {self.unit}"
         for req, why in failed.items():
-            if self._failing.get(req) != why:
-                self.ctx.logger.warning("%s: unit %d: %s %d..%d: %s", self.ctx.device_id, self.unit, req.function,
-                                        req.address, req.end - 1, why)
+            span = f"{req.function} {req.address}..{req.end - 1}"
+            if req in self._flapping:
+                self._flapping[req] = now
+            elif req not in self._failing and now - self._recovered_at.get(req, -FLAP_S) < FLAP_S:
+                self._flapping[req] = now
+                self.ctx.logger.warning("%s: %s is refused intermittently (%s); next note when steady for %gs",
+                                        where, span, why, FLAP_S)
+            elif self._failing.get(req) != why:
+                self.ctx.logger.warning("%s: %s: %s", where, span, why)
+            self._failing[req] = why
         answered = set(self.plan) - {req for req, _ in result.failures} - set(result.skipped)
         for req in list(self._failing):
-            if req in answered:
-                self.ctx.logger.info("%s: unit %d: %s %d..%d answers again", self.ctx.device_id, self.unit,
-                                     req.function, req.address, req.end - 1)
-                del self._failing[req]
-        self._failing.update(failed)
+            if req not in answered:
+                continue
+            span = f"{req.function} {req.address}..{req.end - 1}"
+            if req in self._flapping:
+                if now - self._flapping[req] < FLAP_S:
+                    continue
+                self.ctx.logger.info("%s: %s steady again", where, span)
+                del self._flapping[req]
+            else:
+                self.ctx.logger.info("%s: %s answers again", where, span)
+                self._recovered_at[req] = now
+            del self._failing[req]

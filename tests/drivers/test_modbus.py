@@ -397,3 +397,19 @@ async def test_an_rtu_reply_arriving_in_one_read_with_a_stray_reply_to_an_earlie
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+
+
+async def test_a_block_refused_now_and_then_is_logged_once_as_intermittent_not_at_every_flip(store, tcp_bus, caplog):
+    caplog.set_level(logging.INFO)
+    serve_profile(store, 1, load_profile("eastron-sdm120"), {"voltage": 230.0})
+    driver = driver_for(tcp_bus, 1, "eastron-sdm120")
+    for cycle in range(10):  # a busy meter refuses its first block on every other poll
+        store.readable[1] = {"input": range(0x40, 0x200)} if cycle % 2 == 0 else {}
+        result = await driver.poll()
+        assert result.readings
+        driver._report(result)
+    messages = [r.getMessage() for r in caplog.records if r.name == "ocn.driver"]
+    assert len(messages) == 3, messages
+    assert "illegal data address" in messages[0]
+    assert messages[1].endswith("input 0..37 answers again")
+    assert "refused intermittently" in messages[2]
