@@ -207,8 +207,6 @@ def _differential_cases() -> list[tuple[str, dict]]:
         ("deflate-without-fdict", {"body": ok_body, "fdict": False}),
         ("counter-sent-by-name", {"body": ok_body, "counters": {"readings_dropped": 5, 9: 1}}),
         ("resolution-on-a-string", {"body": [0, [""], [[1, "x", 0, -1, 0, b"", [5, [], b""]]]]}),
-        ("over-a-million-readings", {"body": [0, [""], [[2, "b", 0, None, 1_000_001, b"\x00" * 1_000_001,
-                                                         [6, b"\x00" * 125_001]]]]}),
         ("t0-and-times-wrap", {"body": [2**63 - 1, [""], [[0, "x", 0, None, 2, b"\x02\x02", [2, 0, b"\x00\x00"]]]]}),
         ("scaled-beyond-int64", {"body": [0, [""], [[0, "x", 0, [7, 30], 1, b"\x00", [0, b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01"]]]]}),
     ]
