@@ -36,7 +36,8 @@ const malformed = (detail) => fail('malformed', detail);
 // ---------------------------------------------------------------- CBOR (RFC 8949), decode only
 // Integers come back as BigInt, byte strings as Buffer, text as string, arrays as arrays,
 // maps as CborMap (ordered entries; duplicate keys refused), tags as CborTag, floats as
-// CborFloat, simple values as true/false/null/undefined. Only definite lengths (§2).
+// CborFloat, simple values as true/false/null/undefined. Senders use definite lengths (§2);
+// like any well-formed encoding, indefinite lengths are accepted (a receiver need not check).
 
 class CborMap {
   constructor(entries) { this.entries = entries; }
@@ -72,7 +73,7 @@ function cborDecode(buf, pos, eofReason, depth = 0) {
   else if (ai === 25) { need(2); arg = BigInt(buf.readUInt16BE(pos)); pos += 2; }
   else if (ai === 26) { need(4); arg = BigInt(buf.readUInt32BE(pos)); pos += 4; }
   else if (ai === 27) { need(8); arg = buf.readBigUInt64BE(pos); pos += 8; }
-  else if (ai === 31) malformed('indefinite-length CBOR item (OXP uses definite lengths, §2)');
+  else if (ai === 31) return cborIndefinite(buf, pos, major, eofReason, depth);
   else malformed(`reserved CBOR additional information ${ai}`);
 
   switch (major) {
@@ -119,6 +120,44 @@ function cborDecode(buf, pos, eofReason, depth = 0) {
     }
   }
   throw new Error('unreachable');
+}
+
+const BREAK = Symbol('break');
+
+function cborIndefinite(buf, pos, major, eofReason, depth) {
+  const next = () => {
+    if (pos >= buf.length) fail(eofReason, 'indefinite-length CBOR item runs past the end of its bytes');
+    if (buf[pos] === 0xff) { pos += 1; return BREAK; }
+    let v; [v, pos] = cborDecode(buf, pos, eofReason, depth + 1); return v;
+  };
+  if (major === 2 || major === 3) {
+    // Chunks of the same major type with definite lengths (RFC 8949 §3.2.3).
+    const chunks = [];
+    for (;;) {
+      if (pos < buf.length && buf[pos] !== 0xff && (buf[pos] >> 5 !== major || (buf[pos] & 31) === 31)) malformed('bad chunk in an indefinite-length string');
+      const c = next();
+      if (c === BREAK) break;
+      chunks.push(major === 2 ? c : Buffer.from(c, 'utf8'));
+    }
+    const all = Buffer.concat(chunks);
+    return [major === 2 ? all : utf8.decode(all), pos];
+  }
+  if (major === 4) {
+    const out = [];
+    for (let v = next(); v !== BREAK; v = next()) out.push(v);
+    return [out, pos];
+  }
+  if (major === 5) {
+    const entries = [];
+    for (let k = next(); k !== BREAK; k = next()) {
+      const v = next();
+      if (v === BREAK) malformed('indefinite-length map ends after a key');
+      if (entries.some(([k2]) => keyEq(k2, k))) malformed('CBOR map with a duplicate key');
+      entries.push([k, v]);
+    }
+    return [new CborMap(entries), pos];
+  }
+  malformed(`indefinite length on CBOR major type ${major}`);
 }
 
 function halfToNumber(h) {

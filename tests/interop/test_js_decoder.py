@@ -207,6 +207,9 @@ def _differential_cases() -> list[tuple[str, dict]]:
         ("deflate-without-fdict", {"body": ok_body, "fdict": False}),
         ("counter-sent-by-name", {"body": ok_body, "counters": {"readings_dropped": 5, 9: 1}}),
         ("resolution-on-a-string", {"body": [0, [""], [[1, "x", 0, -1, 0, b"", [5, [], b""]]]]}),
+        ("indefinite-lengths", {"body_bytes": lambda _: bytes.fromhex("8300816 09f870061780 0f6015f4100ff83020041 02ff".replace(" ", ""))}),
+        ("not-preferred-ints", {"body_bytes": lambda _: bytes.fromhex("831b00000000000003e88160818700617800f6"
+                                                                       "18014100830239000041 02".replace(" ", ""))}),
         ("t0-and-times-wrap", {"body": [2**63 - 1, [""], [[0, "x", 0, None, 2, b"\x02\x02", [2, 0, b"\x00\x00"]]]]}),
         ("scaled-beyond-int64", {"body": [0, [""], [[0, "x", 0, [7, 30], 1, b"\x00", [0, b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01"]]]]}),
     ]
