@@ -16,7 +16,7 @@ import cbor2
 import zstandard
 
 from edge.protocol.dictionary import DICTIONARY, UNIT_CODES, UNITS
-from edge.protocol.errors import ProtocolError
+from edge.protocol.errors import ProtocolError, show
 from edge.protocol.varint import (
     INT64_MAX,
     INT64_MIN,
@@ -37,6 +37,7 @@ __all__ = [
     "CODECS",
     "ZSTD_LEVEL",
     "MAX_PAYLOAD_BYTES",
+    "MAX_READINGS",
     "encode_payload",
     "decode_payload",
     "resolution_parts",
@@ -49,6 +50,11 @@ DEFLATE_LEVEL = 9
 CODECS = ("zstd", "deflate")
 # A decompressed body may not exceed this: a 1 MiB batch must not become a memory bomb.
 MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
+# Readings in one batch (the sum of its series' counts). Without it a 32 MiB body of shared
+# time columns and bool bits declares hundreds of millions of readings, gigabytes once decoded;
+# a gateway seals at most [batch] max_readings = 1,000,000.
+MAX_READINGS = 1_000_000
+UINT64_MAX = (1 << 64) - 1
 
 KIND_CODES = {Kind.NUMBER: 0, Kind.STRING: 1, Kind.BOOL: 2}
 KINDS = {code: kind for kind, code in KIND_CODES.items()}
@@ -139,7 +145,7 @@ def _float_column(values: Sequence[float]) -> bytes:
 
 def _unfloat_column(data: bytes, count: int, channel: str) -> list[float]:
     if len(data) != 8 * count:
-        raise ProtocolError("malformed", f"series {channel!r}: float column is {len(data)} bytes, expected {8 * count}")
+        raise ProtocolError("malformed", f"series {show(channel)}: float column is {len(data)} bytes, expected {8 * count}")
     xored = struct.unpack(f">{count}Q", data)
     bits = list(accumulate(xored, lambda a, b: a ^ b))
     return list(struct.unpack(f">{count}d", struct.pack(f">{count}Q", *bits)))
@@ -194,8 +200,12 @@ def _number_values(channel: Channel, values: list) -> list:
         mantissa, exponent = resolution_parts(channel.resolution)
         ks = _quantize(values, mantissa, exponent, channel.id)
         if ks is None:  # a nan or infinity: keep it, but still quantize the finite values
-            quantized = [_scaled_value(mantissa, exponent, _quantize([v], mantissa, exponent, channel.id)[0])
-                         if math.isfinite(v) else v for v in values]
+            quantized = []
+            for v in values:
+                k = _quantize([v], mantissa, exponent, channel.id) if math.isfinite(v) else None
+                if k is None and math.isfinite(v):  # v / step overflowed the float range
+                    raise ValueError(f"channel {channel.id!r}: a value scaled by its resolution exceeds 64 bits")
+                quantized.append(v if k is None else _scaled_value(mantissa, exponent, k[0]))
             return [ENC_FLOAT, _float_column(quantized)]
         return _scaled(ks)
     if not values or set(map(type, values)) == {int}:
@@ -544,22 +554,22 @@ def _fail(detail: str) -> ProtocolError:
 
 def _decode_values(enc: object, kind: Kind, resolution: tuple[int, int] | None, count: int, name: str) -> list:
     if not isinstance(enc, list) or not enc or type(enc[0]) is not int:
-        raise _fail(f"series {name!r}: value column is not [encoding, ...]")
+        raise _fail(f"series {show(name)}: value column is not [encoding, ...]")
     code = enc[0]
     if kind is Kind.NUMBER and code in (ENC_RES_DELTA, ENC_RES_DOD, ENC_DEC_DELTA, ENC_DEC_DOD):
         if code in (ENC_RES_DELTA, ENC_RES_DOD):
             if resolution is None or len(enc) != 2:
-                raise _fail(f"series {name!r}: encoding {code} needs [{code}, bytes] and a declared resolution")
+                raise _fail(f"series {show(name)}: encoding {code} needs [{code}, bytes] and a declared resolution")
             mantissa, exponent = resolution
         else:
             if len(enc) != 3 or type(enc[1]) is not int or not -30 <= enc[1] <= 30:
-                raise _fail(f"series {name!r}: encoding {code} needs [{code}, exponent -30..30, bytes]")
+                raise _fail(f"series {show(name)}: encoding {code} needs [{code}, exponent -30..30, bytes]")
             mantissa, exponent = 1, enc[1]
         column = enc[-1]
         if not isinstance(column, bytes):
-            raise _fail(f"series {name!r}: value column is not a byte string")
+            raise _fail(f"series {show(name)}: value column is not a byte string")
         restore = undelta if code in (ENC_RES_DELTA, ENC_DEC_DELTA) else undelta_of_delta
-        ks = restore(unzigzag(unpack_uvarints(column, count, what=f"series {name!r} values")))
+        ks = restore(unzigzag(unpack_uvarints(column, count, what=f"series {show(name)} values")))
         if exponent >= 0:
             step = mantissa * 10**exponent
             return [k * step for k in ks]
@@ -572,39 +582,39 @@ def _decode_values(enc: object, kind: Kind, resolution: tuple[int, int] | None, 
     if code == ENC_STRING and kind is Kind.STRING and len(enc) == 3:
         _, words, column = enc
         if not isinstance(words, list) or not all(type(w) is str for w in words) or not isinstance(column, bytes):
-            raise _fail(f"series {name!r}: string column needs [{ENC_STRING}, [text...], bytes]")
-        indexes = unpack_uvarints(column, count, what=f"series {name!r} string indexes")
+            raise _fail(f"series {show(name)}: string column needs [{ENC_STRING}, [text...], bytes]")
+        indexes = unpack_uvarints(column, count, what=f"series {show(name)} string indexes")
         if indexes and max(indexes) >= len(words):
-            raise _fail(f"series {name!r}: string index {max(indexes)} beyond its {len(words)}-entry dictionary")
+            raise _fail(f"series {show(name)}: string index {max(indexes)} beyond its {len(words)}-entry dictionary")
         return [words[i] for i in indexes]
     if code == ENC_BOOL and kind is Kind.BOOL and len(enc) == 2 and isinstance(enc[1], bytes):
         if len(enc[1]) != (count + 7) // 8:
-            raise _fail(f"series {name!r}: bool column is {len(enc[1])} bytes, expected {(count + 7) // 8}")
+            raise _fail(f"series {show(name)}: bool column is {len(enc[1])} bytes, expected {(count + 7) // 8}")
         bits = int.from_bytes(enc[1], "little")
         if bits >> count:
-            raise _fail(f"series {name!r}: bool column sets bits beyond its {count} readings")
+            raise _fail(f"series {show(name)}: bool column sets bits beyond its {count} readings")
         return [bool((bits >> i) & 1) for i in range(count)]
-    raise _fail(f"series {name!r}: value encoding {code!r} is not valid for a {kind.value} channel")
+    raise _fail(f"series {show(name)}: value encoding {show(code)} is not valid for a {kind.value} channel")
 
 
 def _decode_quality(column: bytes, count: int, name: str) -> list[Quality | None]:
     qualities: list[Quality | None] = [None] * count
     if not column:
         return qualities
-    pairs = unpack_uvarints(column, _count_varints(column), what=f"series {name!r} quality")
+    pairs = unpack_uvarints(column, _count_varints(column), what=f"series {show(name)} quality")
     if len(pairs) % 2:
-        raise _fail(f"series {name!r}: quality column has an odd number of varints")
+        raise _fail(f"series {show(name)}: quality column has an odd number of varints")
     index = 0
     for n, (step, code) in enumerate(zip(pairs[::2], pairs[1::2])):
         if n and not step:
-            raise _fail(f"series {name!r}: quality column flags reading {index} twice")
+            raise _fail(f"series {show(name)}: quality column flags reading {index} twice")
         index += step
         if index >= count:
-            raise _fail(f"series {name!r}: quality flag for reading {index} of {count}")
+            raise _fail(f"series {show(name)}: quality flag for reading {index} of {count}")
         try:
             qualities[index] = Quality(code)
         except ValueError:
-            raise _fail(f"series {name!r}: quality code {code} is not 0 (good), 1 (suspect) or 2 (bad)") from None
+            raise _fail(f"series {show(name)}: quality code {code} is not 0 (good), 1 (suspect) or 2 (bad)") from None
     return qualities
 
 
@@ -620,9 +630,9 @@ def _resolution_parts_of(item: object, name: str) -> tuple[int, int] | None:
     elif isinstance(item, list) and len(item) == 2 and all(type(x) is int for x in item):
         mantissa, exponent = item
     else:
-        raise _fail(f"series {name!r}: resolution is not null, an exponent or [mantissa, exponent]")
-    if mantissa < 1 or not -30 <= exponent <= 30:
-        raise _fail(f"series {name!r}: resolution {item!r} out of range")
+        raise _fail(f"series {show(name)}: resolution is not null, an exponent or [mantissa, exponent]")
+    if not 1 <= mantissa <= UINT64_MAX or not -30 <= exponent <= 30:
+        raise _fail(f"series {show(name)}: resolution {show(item)} out of range")
     return mantissa, exponent
 
 
@@ -636,6 +646,8 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
         raise _fail(f"payload body is not CBOR ({exc})") from None
     if not (isinstance(doc, list) and len(doc) == 3 and type(doc[0]) is int and isinstance(doc[2], list)):
         raise _fail("payload body is not [base time, [device...], [series...]]")
+    if not INT64_MIN <= doc[0] <= INT64_MAX:
+        raise _fail(f"payload body base time {show(doc[0])} is not a signed 64-bit integer")
     t0, devices, raw_series = doc
     if not (isinstance(devices, list) and all(type(d) is str for d in devices)):
         raise _fail("payload body devices is not an array of text strings")
@@ -643,24 +655,28 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     readings: list[Reading] = []
     all_stamps: list[list[int]] = []
     seen: set[str] = set()
+    total = 0
     for s in raw_series:
         if not (isinstance(s, list) and len(s) in (7, 8)):
             raise _fail("a series is not an array of 7 or 8 items")
         head, short_name, unit, resolution, count, times, values = s[:7]
         quality = s[7] if len(s) == 8 else b""
         if type(head) is not int or head < 0 or head >> 3 >= len(devices) or type(short_name) is not str:
-            raise _fail(f"series {short_name!r}: head {head!r} names no listed device, or the name is not text")
+            raise _fail(f"series {show(short_name)}: head {show(head)} names no listed device, or the name is not text")
         device = devices[head >> 3]
         name = f"{device}/{short_name}" if device else short_name
         kind_code = head & 7
         if type(unit) is int and 0 <= unit < len(UNITS):
             unit = UNITS[unit]
         if type(unit) is not str or type(count) is not int or count < 0:
-            raise _fail(f"series {name!r}: unit {unit!r} is not a registered code or text, or count has the wrong type")
+            raise _fail(f"series {show(name)}: unit {show(unit)} is not a registered code or text, or count has the wrong type")
         if kind_code & ~PERSONAL not in KINDS or not isinstance(quality, bytes):
-            raise _fail(f"series {name!r}: kind {kind_code!r} or quality has the wrong type")
+            raise _fail(f"series {show(name)}: kind {kind_code!r} or quality has the wrong type")
+        total += count
+        if total > MAX_READINGS:
+            raise ProtocolError("too_large", f"payload body declares more than {MAX_READINGS} readings")
         if name in seen:
-            raise _fail(f"series {name!r} appears twice in one batch")
+            raise _fail(f"series {show(name)} appears twice in one batch")
         seen.add(name)
         kind = KINDS[kind_code & ~PERSONAL]
         parts = _resolution_parts_of(resolution, name)
@@ -670,17 +686,17 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
             )
         except ValueError as exc:
             raise _fail(str(exc)) from None
-        if isinstance(times, list) and len(times) == 2 and times[0] in (1, 2, 3) and isinstance(times[1], bytes):
+        if isinstance(times, list) and len(times) == 2 and type(times[0]) is int and 1 <= times[0] <= 3 and isinstance(times[1], bytes):
             time_unit = 10 ** times[0]
-            relative = undelta_of_delta(unzigzag(unpack_uvarints(times[1], count, what=f"series {name!r} times")))
+            relative = undelta_of_delta(unzigzag(unpack_uvarints(times[1], count, what=f"series {show(name)} times")))
             stamps = wrap64([t0 + t * time_unit for t in relative])
         elif isinstance(times, bytes):
-            relative = undelta_of_delta(unzigzag(unpack_uvarints(times, count, what=f"series {name!r} times")))
+            relative = undelta_of_delta(unzigzag(unpack_uvarints(times, count, what=f"series {show(name)} times")))
             stamps = wrap64([t0 + t for t in relative])
         elif type(times) is int and 0 <= times < len(all_stamps) and len(all_stamps[times]) == count:
             stamps = all_stamps[times]
         else:
-            raise _fail(f"series {name!r}: times is neither a column nor the index of an earlier series of {count} readings")
+            raise _fail(f"series {show(name)}: times is neither a column nor the index of an earlier series of {count} readings")
         all_stamps.append(stamps)
         vals = _decode_values(values, kind, parts, count, name)
         channels.append(channel)

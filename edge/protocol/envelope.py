@@ -12,8 +12,8 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.protocol.codec import CODECS, decode_payload, encode_payload
-from edge.protocol.errors import ProtocolError
+from edge.protocol.codec import CODECS, MAX_READINGS, decode_payload, encode_payload
+from edge.protocol.errors import ProtocolError, show
 from edge.protocol.keys import key_id
 from edge.types import Channel, Reading
 
@@ -75,7 +75,7 @@ class BatchTooLarge(ValueError):
 
 def _uint(name: str, value: object) -> None:
     if type(value) is not int or not 0 <= value <= UINT64_MAX:
-        raise ValueError(f"batch header {name} = {value!r}: expected an integer from 0 to 2**64-1")
+        raise ValueError(f"batch header {name} = {show(value)}: expected an integer from 0 to 2**64-1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,22 +98,22 @@ class BatchHeader:
     def __post_init__(self) -> None:
         if type(self.device_id) is not str or not DEVICE_ID_RE.match(self.device_id):
             raise ValueError(
-                f"batch header device_id = {self.device_id!r}: expected 1-64 lowercase letters, digits and '-'"
+                f"batch header device_id = {show(self.device_id)}: expected 1-64 lowercase letters, digits and '-'"
                 " (not starting or ending with '-')"
             )
         if type(self.key_id) is not bytes or len(self.key_id) != 8:
-            raise ValueError(f"batch header key_id = {self.key_id!r}: expected 8 bytes (see key_id())")
+            raise ValueError(f"batch header key_id = {show(self.key_id)}: expected 8 bytes (see key_id())")
         _uint("boot_epoch", self.boot_epoch)
         _uint("seq", self.seq)
         _uint("created_ms", self.created_ms)
         if type(self.policy_digest) is not bytes or len(self.policy_digest) > 64:
-            raise ValueError(f"batch header policy_digest = {self.policy_digest!r}: expected at most 64 bytes")
+            raise ValueError(f"batch header policy_digest = {show(self.policy_digest)}: expected at most 64 bytes")
         if self.codec not in CODECS:
-            raise ValueError(f"batch header codec = {self.codec!r}: expected one of {', '.join(CODECS)}")
+            raise ValueError(f"batch header codec = {show(self.codec)}: expected one of {', '.join(CODECS)}")
         for name, count in self.counters.items():
             if type(name) is not str or not COUNTER_RE.match(name):
-                raise ValueError(f"batch header counter name {name!r}: expected lowercase letters, digits and '_'")
-            _uint(f"counters[{name!r}]", count)
+                raise ValueError(f"batch header counter name {show(name)}: expected lowercase letters, digits and '_'")
+            _uint(f"counters[{show(name)}]", count)
 
     @property
     def identity(self) -> tuple[bytes, int, int]:
@@ -153,6 +153,10 @@ def seal_batch(
         raise ValueError(
             f"batch header key_id {header.key_id.hex()} is not the id of the signing key ({own_id.hex()})"
         )
+    if not isinstance(readings, Sequence):
+        readings = tuple(readings)
+    if len(readings) > MAX_READINGS:
+        raise BatchTooLarge(f"{len(readings)} readings, over the OXP/2 limit of {MAX_READINGS} per batch; seal fewer readings")
     payload = encode_payload(channels, readings, codec=header.codec)
     oxp = {
         H_VERSION: OXP_VERSION,
@@ -210,12 +214,12 @@ def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
         raise ProtocolError("malformed", f"signature is not {SIGNATURE_BYTES} bytes")
     try:
         header = cbor2.loads(protected)
-    except cbor2.CBORDecodeError as exc:
+    except (cbor2.CBORDecodeError, RecursionError) as exc:
         raise ProtocolError("malformed", f"protected header is not CBOR ({exc})") from None
     if not isinstance(header, dict):
         raise ProtocolError("malformed", "protected header is not a map")
     if type(header.get(ALG)) is not int or header[ALG] not in (EDDSA, ED25519):
-        raise ProtocolError("unsupported_algorithm", f"alg {header.get(ALG)!r}: OXP/2 uses EdDSA (-8) or Ed25519 (-19)")
+        raise ProtocolError("unsupported_algorithm", f"alg {show(header.get(ALG))}: OXP/2 uses EdDSA (-8) or Ed25519 (-19)")
     kid = header.get(KID)
     if not isinstance(kid, bytes) or len(kid) != 8:
         raise ProtocolError("malformed", "protected header kid (label 4) is not 8 bytes")
@@ -230,7 +234,7 @@ def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
     if not isinstance(oxp, dict):
         raise ProtocolError("malformed", f"OXP header (label {expected}) is not a map")
     if type(oxp.get(H_VERSION)) is not int or oxp[H_VERSION] != OXP_VERSION:
-        raise ProtocolError("unsupported_version", f"OXP version {oxp.get(H_VERSION)!r}: this implementation speaks {OXP_VERSION}")
+        raise ProtocolError("unsupported_version", f"OXP version {show(oxp.get(H_VERSION))}: this implementation speaks {OXP_VERSION}")
     return _Message(protected, header, payload, signature)
 
 
@@ -251,10 +255,10 @@ def _batch_header(message: _Message) -> BatchHeader:
     oxp = message.header[OXP_BATCH]
     label = oxp.get(H_CODEC)
     if type(label) is not int:
-        raise ProtocolError("malformed", f"batch header codec {label!r} is not an integer")
+        raise ProtocolError("malformed", f"batch header codec {show(label)} is not an integer")
     if label not in CODEC_NAMES:
         raise ProtocolError(
-            "unsupported_codec", f"codec {label}: this implementation knows 1 (zstd) and 2 (deflate)"
+            "unsupported_codec", f"codec {show(label)}: this implementation knows 1 (zstd) and 2 (deflate)"
         )
     codec = CODEC_NAMES[label]
     counters = oxp.get(H_COUNTERS, {})
@@ -333,11 +337,11 @@ def open_status(data: bytes, public_key: Ed25519PublicKey) -> dict:
     _verify(message, public_key)
     try:
         report = cbor2.loads(message.payload)
-    except cbor2.CBORDecodeError as exc:
+    except (cbor2.CBORDecodeError, RecursionError) as exc:
         raise ProtocolError("malformed", f"status report is not CBOR ({exc})") from None
     if not isinstance(report, dict):
         raise ProtocolError("malformed", "status report is not a map")
     device_id = message.header[OXP_STATUS].get(H_DEVICE)
     if report.get("device_id") != device_id:
-        raise ProtocolError("malformed", f"status report device_id {report.get('device_id')!r} differs from its header's {device_id!r}")
+        raise ProtocolError("malformed", f"status report device_id {show(report.get('device_id'))} differs from its header's {show(device_id)}")
     return report
