@@ -437,6 +437,19 @@ function zstdFrameContentSize(payload) {
   else if (fcsSize === 4) fcs = BigInt(payload.readUInt32LE(pos));
   else fcs = payload.readBigUInt64LE(pos);
   if (fcs > BigInt(MAX_BODY)) fail('too_large', `zstd frame declares ${fcs} bytes, over 32 MiB`);
+  // Walk the block headers (RFC 8878 §3.1.1.2) to find where the frame ends: nothing may follow.
+  pos += fcsSize;
+  for (let last = 0; !last;) {
+    if (pos + 3 > payload.length) malformed('zstd frame ends inside its blocks');
+    const bh = payload[pos] | (payload[pos + 1] << 8) | (payload[pos + 2] << 16);
+    last = bh & 1;
+    const type = (bh >> 1) & 3, size = bh >>> 3;
+    if (type === 3) malformed('zstd block of the reserved type');
+    pos += 3 + (type === 1 ? 1 : size);
+  }
+  if ((fhd >> 2) & 1) pos += 4; // Content_Checksum
+  if (pos > payload.length) malformed('zstd frame ends inside its blocks');
+  if (pos !== payload.length) malformed(`${payload.length - pos} bytes after the zstd frame`);
   return Number(fcs);
 }
 
