@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // An independent OXP/2 decoder, written from docs/protocol.md and the test vectors only
-// (never from edge/protocol/ or hub/), to show that the spec is implementable as written.
+// (not from edge/protocol/ or hub/), to show that the spec is implementable as written.
+// Where the spec was silent, the answer the reference gives was added to the spec (§4.3 and
+// others) and this decoder follows the spec; docs/protocol/vectors/README.md lists them.
 // Node.js standard library only: node:crypto (Ed25519), node:zlib (inflate with a preset
 // dictionary), node:fs. Node's stdlib has no zstd, so for codec 1 this decoder verifies the
 // signature over the compressed payload, reads the zstd frame header (size limit, declared
