@@ -63,12 +63,15 @@ def chunk_query(
     chunk_id: int | None,
     order: str,
     descending: bool,
+    include_personal: bool = False,
 ) -> tuple[str, list[Any]]:
     """SELECT of the chunks that may hold matching readings, in the order the Collector reads them.
 
     ``mark`` is the engine's placeholder style ("?" or "$"); the caller appends LIMIT/OFFSET.
+    Chunks of personal channels are left out unless ``include_personal``.
     """
-    clauses, params = [], []
+    clauses: list[str] = [] if include_personal else ["NOT c.personal"]
+    params: list[Any] = []
 
     def param(value: Any) -> str:
         params.append(value)
@@ -99,9 +102,15 @@ def chunk_query(
     return sql, params
 
 
-def count_query(mark: str, *, channel_id: int | None, since_ms: int | None, until_ms: int | None) -> tuple[str, list[Any]]:
-    """SELECT of the chunks that may hold readings of ``channel_id`` in [since, until), with their counts, for a Counter."""
-    clauses, params = [], []
+def count_query(
+    mark: str, *, channel_id: int | None, since_ms: int | None, until_ms: int | None, include_personal: bool = False
+) -> tuple[str, list[Any]]:
+    """SELECT of the chunks that may hold readings of ``channel_id`` in [since, until), with their counts, for a Counter.
+
+    Chunks of personal channels are left out unless ``include_personal``.
+    """
+    clauses: list[str] = [] if include_personal else ["NOT c.personal"]
+    params: list[Any] = []
 
     def param(value: Any) -> str:
         params.append(value)

@@ -196,7 +196,14 @@ async def device_page(request: web.Request) -> web.Response:
         return render(request, "message.html", title="No such device", message=f"No device {request.match_info['device_id']!r} is enrolled at this hub.", status=404)
     document, etag = await desired_document(hub.store, device)
     charts = []
-    for channel in (await hub.store.channels(device_id=device.device_id))[:CHART_CHANNELS]:
+    personal = []
+    for channel in (await hub.store.channels(device_id=device.device_id, include_personal=True))[:CHART_CHANNELS]:
+        if channel.personal:
+            # City IT sees that the hub keeps it and how much, never its values: the notice states its legal basis,
+            # and a browser session is not where a lawful request for those values should be answered.
+            count = await hub.store.count_readings(channel_id=channel.id, include_personal=True)
+            personal.append({"channel": channel, "count": count})
+            continue
         if channel.kind == "string":
             continue
         recent = await hub.store.readings(channel_id=channel.id, descending=True, limit=CHART_POINTS)
@@ -217,6 +224,7 @@ async def device_page(request: web.Request) -> web.Response:
         etag=etag,
         refused=hub.faults.failing().get(device.device_id),
         charts=charts,
+        personal=personal,
         notice=notices[0] if notices else None,
     )
 

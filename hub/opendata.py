@@ -1,4 +1,7 @@
-"""Open-data exports of stored readings: CSV and SenML (RFC 8428) JSON and CBOR, filtered by device, channel and time."""
+"""Open-data exports of stored readings: CSV and SenML (RFC 8428) JSON and CBOR, filtered by device, channel and time.
+
+Personal channels (OXP kind + 4) are never listed or exported: the store leaves them out of these queries.
+"""
 
 from __future__ import annotations
 

@@ -120,6 +120,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX chunks_by_first ON chunks (first_ms, id);
         """,
     ),
+    (
+        3,
+        # A channel a batch flagged personal (OXP kind + 4) is never published; the flag is
+        # sticky (store_batch only ever sets it), so existing channels start as not personal.
+        """
+        ALTER TABLE channels ADD COLUMN personal BOOLEAN NOT NULL DEFAULT FALSE;
+        """,
+    ),
 )
 
 _ENGINE = {

@@ -9,6 +9,9 @@ Query options follow OGC 18-088 §9.3: ``$expand`` (nested, with options), ``$se
 ``$count`` on every entity set.  Small sets (Things, Datastreams, …) are filtered and sorted
 in memory; Observations come from the store, which is given the time range and the
 channel a filter implies, so a filtered query over a big store reads only those chunks.
+
+Personal channels (OXP kind + 4) are no part of this view: the store leaves them and their
+readings out of every query made here, counts and filters included.
 """
 
 from __future__ import annotations

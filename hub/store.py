@@ -123,7 +123,10 @@ class Device:
 
 @dataclass(frozen=True, slots=True)
 class StoredChannel:
-    """A channel the hub has seen from a device, with the numeric id open-data APIs use."""
+    """A channel the hub has seen from a device, with the numeric id open-data APIs use.
+
+    ``personal``: some batch flagged it personal (OXP kind + 4); it stays so, and is never published.
+    """
 
     id: int
     device_id: str
@@ -132,6 +135,7 @@ class StoredChannel:
     kind: str
     resolution: float | None
     description: str
+    personal: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +168,13 @@ class Store(abc.ABC):
     Ingest is idempotent on (key id, boot epoch, sequence): :meth:`store_batch`
     returns ``"stored"`` the first time and ``"duplicate"`` for every replay,
     whichever hub process receives it.
+
+    Personal channels (OXP §6.2 kind + 4) are left out of :meth:`channels`,
+    :meth:`readings` and :meth:`count_readings` unless the caller passes
+    ``include_personal=True``: the filter is in the SQL, so a public route that
+    forgets about the flag still publishes nothing personal.  A channel is marked
+    in the same transaction that stores its first personal batch, before any of
+    that batch's readings can be read, and is never unmarked.
     """
 
     url: str
@@ -198,7 +209,10 @@ class Store(abc.ABC):
     # ingest
     @abc.abstractmethod
     async def store_batch(self, batch: IncomingBatch) -> str:
-        """Store a verified batch once: "stored" the first time, "duplicate" for every replay."""
+        """Store a verified batch once: "stored" the first time, "duplicate" for every replay.
+
+        Marks each channel the batch declares personal as personal for good, in the same transaction.
+        """
 
     @abc.abstractmethod
     async def record_status(self, device_id: str, report: Mapping[str, Any], *, received_ms: int) -> None: ...
@@ -227,7 +241,8 @@ class Store(abc.ABC):
 
     # open data
     @abc.abstractmethod
-    async def channels(self, *, device_id: str | None = None, channel_id: int | None = None) -> list[StoredChannel]: ...
+    async def channels(self, *, device_id: str | None = None, channel_id: int | None = None, include_personal: bool = False) -> list[StoredChannel]:
+        """Channels by id; personal ones only with ``include_personal`` (never on a public route)."""
 
     async def readings(
         self,
@@ -243,8 +258,12 @@ class Store(abc.ABC):
         descending: bool = False,
         limit: int = 1000,
         offset: int = 0,
+        include_personal: bool = False,
     ) -> list[StoredReading]:
-        """Readings in ``order`` ("ts_ms", "id" or "value"), filtered by device, channel, time [since, until) and ``match``."""
+        """Readings in ``order`` ("ts_ms", "id" or "value"), filtered by device, channel, time [since, until) and ``match``.
+
+        Readings of personal channels only with ``include_personal`` (never on a public route).
+        """
         from hub.chunks import Collector, chunk_query, split_reading_id  # chunks imports this module
 
         chunk_id, position = split_reading_id(reading_id) if reading_id is not None else (None, None)
@@ -252,7 +271,7 @@ class Store(abc.ABC):
                               offset=offset, limit=limit, position=position)
         sql, params = chunk_query(self.placeholder, device_id=device_id, channel=channel, channel_id=channel_id,
                                   since_ms=since_ms, until_ms=until_ms, chunk_id=chunk_id, order=order,
-                                  descending=descending)
+                                  descending=descending, include_personal=include_personal)
         return await self._collect_chunks(sql, params, collector)
 
     async def count_readings(
@@ -263,12 +282,17 @@ class Store(abc.ABC):
         until_ms: int | None = None,
         match: Callable[[StoredReading], bool] | None = None,
         cap: int | None = None,
+        include_personal: bool = False,
     ) -> int | None:
-        """How many readings of a channel (or all) in [since, until) ``match``; None if more than ``cap`` had to be decoded."""
+        """How many readings of a channel (or all) in [since, until) ``match``; None if more than ``cap`` had to be decoded.
+
+        Readings of personal channels count only with ``include_personal``.
+        """
         from hub.chunks import MAX_WINDOW, Counter, count_query
 
         counter = Counter(since_ms=since_ms, until_ms=until_ms, match=match, cap=MAX_WINDOW if cap is None else cap)
-        sql, params = count_query(self.placeholder, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms)
+        sql, params = count_query(self.placeholder, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms,
+                                  include_personal=include_personal)
         await self._collect_chunks(sql, params, counter)
         return None if counter.exceeded else counter.total
 

@@ -167,11 +167,13 @@ class PostgresStore(Store):
                 return "duplicate"
             declared = {}
             for ch in batch.channels:
+                # The personal flag is only ever set (sticky), in this transaction, before the readings below are visible.
                 declared[ch.id] = await conn.fetchval(
-                    "INSERT INTO channels (device_id, name, unit, kind, resolution, description) VALUES ($1, $2, $3, $4, $5, $6)"
+                    "INSERT INTO channels (device_id, name, unit, kind, resolution, description, personal) VALUES ($1, $2, $3, $4, $5, $6, $7)"
                     " ON CONFLICT (device_id, name) DO UPDATE SET unit = excluded.unit, kind = excluded.kind,"
-                    " resolution = excluded.resolution, description = excluded.description RETURNING id",
-                    batch.device_id, ch.id, ch.unit, ch.kind.value, ch.resolution, ch.description,
+                    " resolution = excluded.resolution, description = excluded.description,"
+                    " personal = channels.personal OR excluded.personal RETURNING id",
+                    batch.device_id, ch.id, ch.unit, ch.kind.value, ch.resolution, ch.description, ch.personal,
                 )
             undeclared = {r.channel: r.unit for r in batch.readings if r.channel not in declared}
             for name, unit in undeclared.items():
@@ -257,11 +259,11 @@ class PostgresStore(Store):
 
     # --- open data --------------------------------------------------------------------
 
-    async def channels(self, *, device_id: str | None = None, channel_id: int | None = None) -> list[StoredChannel]:
+    async def channels(self, *, device_id: str | None = None, channel_id: int | None = None, include_personal: bool = False) -> list[StoredChannel]:
         rows = await self._pool.fetch(
-            "SELECT id, device_id, name, unit, kind, resolution, description FROM channels"
-            " WHERE ($1::text IS NULL OR device_id = $1) AND ($2::bigint IS NULL OR id = $2) ORDER BY id",
-            device_id, channel_id,
+            "SELECT id, device_id, name, unit, kind, resolution, description, personal FROM channels"
+            " WHERE ($1::text IS NULL OR device_id = $1) AND ($2::bigint IS NULL OR id = $2) AND ($3 OR NOT personal) ORDER BY id",
+            device_id, channel_id, include_personal,
         )
         return [StoredChannel(*r) for r in rows]
 

@@ -94,7 +94,8 @@ class SQLiteStore(Store):
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hub-sqlite-read")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
-        self._channel_ids: dict[tuple[str, str], int] = {}
+        # (device, channel) → (id, personal) as this process last wrote or read them.
+        self._channel_ids: dict[tuple[str, str], tuple[int, bool]] = {}
 
     @classmethod
     async def open(cls, url: str) -> SQLiteStore:
@@ -255,17 +256,21 @@ class SQLiteStore(Store):
 
     def _channel_id(self, conn: sqlite3.Connection, device_id: str, channel: Channel) -> int:
         key = (device_id, channel.id)
-        cid = self._channel_ids.get(key)
-        if cid is None:
+        cached = self._channel_ids.get(key)
+        # A cached channel not known to be personal is written again when a batch flags it: it must be
+        # marked before this batch's readings are committed.  The flag is only ever set (sticky).
+        if cached is None or (channel.personal and not cached[1]):
             conn.execute(
-                "INSERT INTO channels (device_id, name, unit, kind, resolution, description) VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO channels (device_id, name, unit, kind, resolution, description, personal) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (device_id, name) DO UPDATE SET unit = excluded.unit, kind = excluded.kind,"
-                " resolution = excluded.resolution, description = excluded.description",
-                (device_id, channel.id, channel.unit, channel.kind.value, channel.resolution, channel.description),
+                " resolution = excluded.resolution, description = excluded.description,"
+                " personal = channels.personal OR excluded.personal",
+                (device_id, channel.id, channel.unit, channel.kind.value, channel.resolution, channel.description, channel.personal),
             )
-            cid = conn.execute("SELECT id FROM channels WHERE device_id = ? AND name = ?", key).fetchone()[0]
-            self._channel_ids[key] = cid
-        return cid
+            cid, personal = conn.execute("SELECT id, personal FROM channels WHERE device_id = ? AND name = ?", key).fetchone()
+            cached = (cid, bool(personal))
+            self._channel_ids[key] = cached
+        return cached[0]
 
     async def store_batch(self, batch: IncomingBatch) -> str:
         def run(conn: sqlite3.Connection) -> str:
@@ -374,8 +379,10 @@ class SQLiteStore(Store):
 
     # --- open data --------------------------------------------------------------------
 
-    async def channels(self, *, device_id: str | None = None, channel_id: int | None = None) -> list[StoredChannel]:
-        sql = "SELECT id, device_id, name, unit, kind, resolution, description FROM channels WHERE 1 = 1"
+    async def channels(self, *, device_id: str | None = None, channel_id: int | None = None, include_personal: bool = False) -> list[StoredChannel]:
+        sql = "SELECT id, device_id, name, unit, kind, resolution, description, personal FROM channels WHERE 1 = 1"
+        if not include_personal:
+            sql += " AND NOT personal"
         params: list[Any] = []
         if device_id is not None:
             sql += " AND device_id = ?"
@@ -384,7 +391,7 @@ class SQLiteStore(Store):
             sql += " AND id = ?"
             params.append(channel_id)
         rows = await self._read(sql + " ORDER BY id", params)
-        return [StoredChannel(*r) for r in rows]
+        return [StoredChannel(*r[:7], personal=bool(r[7])) for r in rows]
 
     async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Collector) -> list[StoredReading]:
         def run() -> list[StoredReading]:
