@@ -115,6 +115,7 @@ class Accountant:
         self.period_ms = period_ms
         self.rng: IntegerSource = rng or random.SystemRandom()
         self._periods: dict[int, _PeriodSpend] = {}
+        self._save_failed = False  # logged once per outage
         self._state_path = Path(state_path) if state_path is not None else None
         if self._state_path is not None and self._state_path.exists():
             self._load(self._state_path)
@@ -125,8 +126,11 @@ class Accountant:
             if document.get("period_ms") != self.period_ms:
                 raise ValueError(f"period_ms {document.get('period_ms')!r} is not {self.period_ms}")
             for period, entry in document["periods"].items():
-                self._periods[int(period)] = _PeriodSpend(spent=Fraction(entry["spent"]), refused=int(entry["refused"]))
-        except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError) as exc:
+                spent = Fraction(entry["spent"])
+                if spent < 0:
+                    raise ValueError(f"period {period}: negative epsilon spent {entry['spent']!r}")
+                self._periods[int(period)] = _PeriodSpend(spent=spent, refused=int(entry["refused"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
             last = int(path.stat().st_mtime * 1000) // self.period_ms
             self._periods = {p: _PeriodSpend(spent=self.total) for p in range(last - self.KEEP_PERIODS + 1, last + 1)}
             log.warning(
@@ -134,19 +138,36 @@ class Accountant:
                 extra={"path": str(path), "error": str(exc)},
             )
 
-    def _save(self) -> None:
+    def _save(self) -> bool:
+        """Write the state file; False (logged once per outage) if it cannot be written."""
         if self._state_path is None:
-            return
+            return True
+        try:
+            self._write(self._state_path)
+        except OSError as exc:
+            if not self._save_failed:
+                self._save_failed = True
+                log.warning(
+                    "privacy budget state cannot be written: noisy counts withheld until it can",
+                    extra={"path": str(self._state_path), "error": type(exc).__name__},
+                )
+            return False
+        if self._save_failed:
+            self._save_failed = False
+            log.info("privacy budget state written again", extra={"path": str(self._state_path)})
+        return True
+
+    def _write(self, path: Path) -> None:
         document = {
             "period_ms": self.period_ms,
             "periods": {str(p): {"spent": str(s.spent), "refused": s.refused} for p, s in self._periods.items()},
         }
-        tmp = self._state_path.with_name(self._state_path.name + ".tmp")
+        tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(document, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self._state_path)
+        os.replace(tmp, path)
 
     def period(self, ts_ms: int) -> int:
         return ts_ms // self.period_ms
@@ -174,7 +195,13 @@ class Accountant:
             return False
         spend.spent += cost
         spend.releases[rule] = done + 1
-        self._save()
+        if not self._save():
+            # A release the file does not remember would be forgotten at a restart, which would
+            # then grant its epsilon again: without a durable record there is no release.
+            spend.spent -= cost
+            spend.releases[rule] = done
+            spend.refused += 1
+            return False
         return True
 
     def noisy(self, value: int, epsilon: float) -> int:

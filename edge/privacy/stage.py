@@ -68,6 +68,15 @@ def _round_to_step(value: float, step: float) -> float:
     return round(round(value / step) * step, _decimals(step))
 
 
+def _fits(kind: Kind, value: object) -> bool:
+    """Whether ``value`` is of the declared ``kind``: a value of another kind never leaves as is."""
+    if kind is Kind.NUMBER:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is Kind.STRING:
+        return isinstance(value, str)
+    return isinstance(value, bool)
+
+
 @dataclass(slots=True)
 class _Summary:
     count: int = 0
@@ -258,6 +267,11 @@ class PrivacyStage:
         rule = plan.rule
         unit = reading.unit or plan.channel.unit
         value = reading.value
+        if rule.rule in ("keep", "round_time", "aggregate") and not _fits(plan.channel.kind, value):
+            # A driver sending a value of another kind than it declared (a string on a number
+            # channel) is not trusted to have declared it right: it would leave unchanged, and
+            # the batcher's refusal would carry it into a log line.
+            return self._drop("bad_value")
         if rule.rule == "keep":
             return self._release(reading if reading.unit == unit else replace(reading, unit=unit))
         if rule.rule == "round_time":
@@ -403,16 +417,24 @@ class PrivacyStage:
                 value = s.last
             elif fn == "mean":
                 value = s.total / s.count
-                if rule.step is None and ch.resolution is not None:
-                    value = _round_to_step(value, _mean_resolution(ch))  # type: ignore[arg-type]
             elif fn == "sum":
                 value = s.total
             elif fn == "min":
                 value = s.low
             else:
                 value = s.high
-            if rule.step is not None and fn != "count" and _is_number(value):
-                value = _round_to_step(float(value), rule.step)  # type: ignore[arg-type]
+            try:
+                if fn == "mean" and not math.isfinite(value):  # type: ignore[arg-type]
+                    raise OverflowError("the sum of the window's values overflowed: it has no float mean")
+                if fn == "mean" and rule.step is None and ch.resolution is not None:
+                    value = _round_to_step(value, _mean_resolution(ch))  # type: ignore[arg-type]
+                if rule.step is not None and fn != "count" and _is_number(value):
+                    value = _round_to_step(float(value), rule.step)  # type: ignore[arg-type]
+            except OverflowError:
+                # Beyond the float range (in steps): this summary is left out, the others and the
+                # next windows are not (it raised out of tick() and stopped the gateway).
+                self._dropped["bad_value"] += 1
+                continue
             unit = "" if fn == "count" else ch.unit
             out.append(Reading(aggregate_channel_id(ch.id, fn, rule.window_ms), start, value, unit, quality))  # type: ignore[arg-type]
         return self._release(*out)

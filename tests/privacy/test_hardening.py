@@ -1,0 +1,130 @@
+"""Found in review: values of an undeclared kind, float overflow in windows, an unwritable or misshapen budget file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import pytest
+
+from edge.privacy import PrivacyStage
+from edge.types import Channel, Kind, Reading
+
+from .support import MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
+
+WINDOW = 900_000
+TEMP = Channel("weather-1/temperature", unit="Cel", resolution=0.1)
+DOOR = Channel("door-1/open", kind=Kind.BOOL)
+NAME = Channel("door-1/label", kind=Kind.STRING)
+BUDGET = '[privacy_budget]\nepsilon = 1.0\nperiod = "1d"\n'
+COUNTING = BUDGET + '[channels."ped-1/mac"]\nrule = "count_distinct"\nwindow = "15m"\nk = 1\nepsilon = 0.25\n'
+
+
+@pytest.mark.parametrize(
+    ("channel", "wrong", "right"),
+    [
+        (TEMP, "02:00:00:00:00:01", 21.5),  # a MAC on a number channel
+        (TEMP, True, 21),
+        (DOOR, 1, False),
+        (NAME, 42, "front"),
+    ],
+)
+@pytest.mark.parametrize("rule", ['rule = "keep"', 'rule = "round_time"\nstep = "1m"'])
+def test_a_value_of_another_kind_than_declared_never_leaves(channel, wrong, right, rule) -> None:
+    # Released as is, it would make the batcher refuse the whole batch and log the value.
+    stage = PrivacyStage(make_policy(f'[channels."{channel.id}"]\n{rule}\n'), [channel], clock_ms=Clock())
+    assert stage.process(Reading(channel.id, MIDNIGHT_MS, wrong)) == []
+    assert stage.stats()["dropped"] == {"bad_value": 1}
+    assert [r.value for r in stage.process(Reading(channel.id, MIDNIGHT_MS, right))] == [right]
+
+
+def test_an_aggregate_of_last_values_keeps_out_values_of_another_kind() -> None:
+    clock = Clock()
+    stage = PrivacyStage(
+        make_policy('[channels."weather-1/temperature"]\nrule = "aggregate"\nwindow = "15m"\nfunctions = ["last", "count"]\n'),
+        [TEMP],
+        clock_ms=clock,
+    )
+    stage.process(Reading(TEMP.id, MIDNIGHT_MS + 1, 20.5))
+    stage.process(Reading(TEMP.id, MIDNIGHT_MS + 2, "02:00:00:00:00:01"))
+    out = {r.channel: r.value for r in stage.tick(clock.advance(WINDOW))}
+    assert out == {f"{TEMP.id}.last_15m": 20.5, f"{TEMP.id}.count_15m": 1}
+
+
+def test_a_window_whose_sum_overflows_releases_its_other_summaries_and_the_stage_goes_on() -> None:
+    # Two readings of 1e308 made the mean infinite and its rounding raise OverflowError in tick():
+    # the runtime's window task died and the gateway stopped.
+    clock = Clock()
+    stage = PrivacyStage(
+        make_policy(
+            '[channels."weather-1/temperature"]\nrule = "aggregate"\nwindow = "15m"\n'
+            'functions = ["mean", "min", "max", "count"]\n'
+        ),
+        [TEMP],
+        clock_ms=clock,
+    )
+    for i in range(2):
+        stage.process(Reading(TEMP.id, MIDNIGHT_MS + i, 1e308))
+    out = {r.channel: r.value for r in stage.tick(clock.advance(WINDOW))}
+    assert out == {f"{TEMP.id}.min_15m": 1e308, f"{TEMP.id}.max_15m": 1e308, f"{TEMP.id}.count_15m": 2}
+    assert stage.stats()["dropped"] == {"bad_value": 1}
+    stage.process(Reading(TEMP.id, clock.now_ms + 1, 20.0))
+    assert [r.value for r in stage.tick(clock.advance(WINDOW)) if r.channel.endswith("mean_15m")] == [20.0]
+
+
+def test_a_summary_beyond_the_float_range_at_its_step_is_left_out_and_the_others_released() -> None:
+    clock = Clock()
+    stage = PrivacyStage(
+        make_policy('[channels."weather-1/temperature"]\nrule = "aggregate"\nwindow = "15m"\nfunctions = ["sum", "count"]\nstep = 1e-10\n'),
+        [TEMP],
+        clock_ms=clock,
+    )
+    stage.process(Reading(TEMP.id, MIDNIGHT_MS, 1e300))
+    assert [(r.channel, r.value) for r in stage.tick(clock.advance(WINDOW))] == [(f"{TEMP.id}.count_15m", 1)]
+    assert stage.stats()["dropped"] == {"bad_value": 1}
+
+
+def test_an_unwritable_budget_file_withholds_counts_says_so_once_and_the_stage_goes_on(tmp_path, caplog) -> None:
+    # The state directory cannot take the file (here: its parent is a regular file, which no
+    # permission, root's included, lets one write under). The release was made and then the
+    # save raised inside tick(): the gateway stopped, or, had it gone on, a restart would have
+    # forgotten the release and granted its epsilon again.
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    state = blocker / "privacy-budget.json"
+    clock = Clock()
+    stage = PrivacyStage(make_policy(COUNTING), PED_CHANNELS, clock_ms=clock, budget_state=state)
+    caplog.set_level(logging.INFO, logger="ocn.privacy")
+    out = []
+    for _ in range(3):
+        out += stage.tick(clock.advance(WINDOW))
+    assert [r.channel for r in out] == ["ped-1/privacy.budget_exhausted"] * 3
+    assert stage.stats()["budget"]["spent"] == 0.0
+    assert caplog.text.count("privacy budget state cannot be written") == 1
+    blocker.unlink()
+    blocker.mkdir()
+    out = stage.tick(clock.advance(WINDOW))
+    assert [r.channel for r in out] == ["ped-1/mac.distinct_15m"] or out == []  # k = 1: a noisy 0 may be withheld
+    assert json.loads(state.read_text())["periods"][str(MIDNIGHT_MS // 86_400_000)]["spent"] == "1/4"
+    assert "privacy budget state written again" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[]",
+        '{"period_ms": 86400000, "periods": []}',
+        '{"period_ms": 86400000, "periods": {"20784": ["0"]}}',
+        '{"period_ms": 86400000, "periods": {"20784": {"spent": "-100", "refused": 0}}}',
+    ],
+)
+def test_a_misshapen_budget_file_counts_as_spent_not_as_a_crash_or_a_bonus(tmp_path, caplog, content) -> None:
+    state = tmp_path / "privacy-budget.json"
+    state.write_text(content)
+    clock = Clock(MIDNIGHT_MS + 10 * WINDOW)
+    assert MIDNIGHT_MS // 86_400_000 == 20784
+    os.utime(state, ((MIDNIGHT_MS + WINDOW) / 1000, (MIDNIGHT_MS + WINDOW) / 1000))
+    stage = PrivacyStage(make_policy(COUNTING), PED_CHANNELS, clock_ms=clock, budget_state=state)
+    assert stage.budget_exhausted()
+    assert "privacy budget state unreadable" in caplog.text
