@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,14 +43,22 @@ def _coordinate(value: str, hemisphere: str, degree_digits: int) -> float | None
         return None
     degrees = int(value[:degree_digits])
     minutes = float(value[degree_digits:])
+    # The XOR checksum lets one corrupted sentence in 256 through: reject what no place on Earth has.
     if not (0 <= minutes < 60 and hemisphere in ("N", "S", "E", "W")):
         raise ValueError("coordinate out of range")
     result = degrees + minutes / 60
+    if not 0 <= result <= (90 if degree_digits == 2 else 180):
+        raise ValueError("coordinate out of range")
     return -result if hemisphere in ("S", "W") else result
 
 
 def _float(value: str) -> float | None:
-    return float(value) if value else None
+    if not value:
+        return None
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("not a number")
+    return number
 
 
 class NmeaDecoder(Decoder):

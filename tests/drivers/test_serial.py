@@ -176,6 +176,19 @@ def test_nmea_counts_bad_checksums_and_resyncs_after_a_cut_sentence():
     assert decoder.stats.bad_checksum == 1
 
 
+@pytest.mark.parametrize("body", [
+    "GPGGA,123519,9907.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,",  # latitude 99 degrees
+    "GPGGA,123519,4807.038,N,19131.000,E,1,08,0.9,545.4,M,46.9,M,,",  # longitude 191 degrees
+    "GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,nan,M,46.9,M,,",  # altitude not a number
+    "GPRMC,123519,A,4807.038,N,01131.000,E,inf,084.4,230394,003.1,W",  # speed infinite
+])
+def test_nmea_a_sentence_with_a_valid_checksum_but_an_impossible_value_is_a_bad_frame(body):
+    # The 8-bit XOR checksum passes one corrupted sentence in 256: what no receiver can mean is refused.
+    decoder = NmeaDecoder()
+    assert decoder.feed(nmea(body)) == []
+    assert decoder.stats.bad_frames == 1 and decoder.stats.frames == 0
+
+
 def test_nmea_decodes_a_real_receiver_log_without_a_single_bad_frame():
     decoder = NmeaDecoder()
     data = dataset("gpsd_quectel-l76k-nmea.log").read_bytes()
