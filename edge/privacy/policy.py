@@ -51,6 +51,10 @@ _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000
 _DISTANCE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|km)\s*$")
 _TIME_OF_DAY_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 DAY_MS = 86_400_000
+# The smallest cell generalize_location may put a personal position in. A GNSS fix is good to a
+# few metres: a 1 m grid or a 12-character geohash (2 cm) releases the position as it is, which
+# takes keep with allow_personal and a legal_basis (and says so on the notice).
+MIN_PERSONAL_CELL_M = 100.0
 
 
 class PolicyError(ValueError):
@@ -182,6 +186,13 @@ class Policy:
                         f"{where}: {channel.id} carries {channel.kind.value} values; functions {bad} need numbers "
                         f"(count and last work on any value)"
                     )
+            if rule.rule == "generalize_location" and channel.personal and _cell_m(rule) < MIN_PERSONAL_CELL_M:
+                cell = f'grid = "{rule.grid_m:g}m"' if rule.grid_m is not None else f"geohash = {rule.geohash}"
+                problems.append(
+                    f"{where}: {channel.id} is personal; {cell} makes cells of about {_cell_m(rule):.3g} m, too "
+                    f'small to hide the exact position: use cells of at least {MIN_PERSONAL_CELL_M:g} m (grid = "100m" '
+                    f"or more, geohash = 7 or less), or keep with allow_personal = true and a legal_basis"
+                )
             if rule.rule == "generalize_location" and axis_of(rule, channel.id) is None:
                 problems.append(
                     f'{where}: cannot tell whether {channel.id} is a latitude or a longitude; set axis = "latitude" '
@@ -193,6 +204,14 @@ class Policy:
         """Patterns that decide no declared channel (a typo, or a device not configured here)."""
         used = {rule.pattern for rule in map(self.rule_for, (c.id for c in channels)) if rule is not None}
         return [r.pattern for r in self.rules if r.pattern not in used]
+
+
+def _cell_m(rule: Rule) -> float:
+    """The side of a generalize_location cell on the ground, in metres (north to south for a geohash)."""
+    if rule.grid_m is not None:
+        return rule.grid_m
+    lat_bits = 5 * (rule.geohash or 12) // 2
+    return 180.0 / (1 << lat_bits) * 111_320.0
 
 
 def axis_of(rule: Rule, channel_id: str) -> str | None:

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from edge.privacy import PrivacyStage
+from edge.privacy import PolicyError, PrivacyStage
 from edge.types import Channel, Kind, Reading
 
-from .support import MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
+from .support import GPS_CHANNELS, MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
 
 WINDOW = 900_000
 TEMP = Channel("weather-1/temperature", unit="Cel", resolution=0.1)
@@ -128,3 +128,23 @@ def test_a_misshapen_budget_file_counts_as_spent_not_as_a_crash_or_a_bonus(tmp_p
     stage = PrivacyStage(make_policy(COUNTING), PED_CHANNELS, clock_ms=clock, budget_state=state)
     assert stage.budget_exhausted()
     assert "privacy budget state unreadable" in caplog.text
+
+
+@pytest.mark.parametrize("cell", ['grid = "1m"', 'grid = "99m"', "geohash = 8", "geohash = 12"])
+def test_a_personal_position_in_cells_too_small_to_hide_it_is_refused(cell) -> None:
+    # geohash = 12 is a 2 cm cell: the "generalised" position equalled the exact one to 7 decimals,
+    # without the allow_personal and legal_basis that keep needs for the same release.
+    policy = make_policy(f'[channels."gps-1/*"]\nrule = "generalize_location"\n{cell}\n')
+    with pytest.raises(PolicyError) as err:
+        PrivacyStage(policy, GPS_CHANNELS, clock_ms=Clock())
+    assert len(err.value.problems) == 2  # latitude and longitude, each named
+    assert all("too small to hide the exact position" in p and "gps-1/" in p for p in err.value.problems)
+    # the same cells on a position that is not personal (a fixed asset) are fine
+    assert policy.check_channels([Channel("buoy-1/latitude", unit="lat")]) == []
+
+
+@pytest.mark.parametrize("cell", ['grid = "100m"', 'grid = "1.5km"', "geohash = 7", "geohash = 1"])
+def test_a_personal_position_in_cells_of_at_least_100_m_is_accepted(cell) -> None:
+    stage = PrivacyStage(make_policy(f'[channels."gps-1/*"]\nrule = "generalize_location"\n{cell}\n'), GPS_CHANNELS, clock_ms=Clock())
+    released = stage.process(Reading("gps-1/latitude", MIDNIGHT_MS, 43.6452123))
+    assert len(released) == 1 and released[0].value != 43.6452123
