@@ -110,15 +110,27 @@ class _Distinct:
 
 
 @dataclass(slots=True)
+class _Bound:
+    """Contribution bounding for one budget period: how many windows each person counted in, keyed."""
+
+    key: EphemeralKey
+    windows: Counter[bytes] = field(default_factory=Counter)
+
+    def destroy(self) -> None:
+        self.windows.clear()
+        self.key.destroy()
+
+
+@dataclass(slots=True)
 class _Plan:
     channel: Channel
     rule: Rule
     windows: dict[int, object] = field(default_factory=dict)  # window start -> _Summary | _Distinct
     closed_until: int | None = None  # readings before this time belong to released windows
-    # count_distinct contribution bounding: windows each person counted in this budget period
-    bounding_key: RotatingKey | None = None
-    contributions: Counter[bytes] = field(default_factory=Counter)
-    bounding_period: int | None = None
+    # count_distinct contribution bounding (max_windows): per budget period of the window
+    # start, the period the accountant charges the window's release to
+    bounding: bool = False
+    bounds: dict[int, _Bound] = field(default_factory=dict)
 
 
 class PrivacyStage:
@@ -182,7 +194,7 @@ class PrivacyStage:
                 # window appears never depends on who walked past.
                 plan.windows[start - start % rule.window_ms] = _Distinct(EphemeralKey())
                 if rule.max_windows is not None and policy.budget is not None:
-                    plan.bounding_key = RotatingKey(period_ms=policy.budget.period_ms)
+                    plan.bounding = True
             self._plans[channel.id] = plan
         self._outputs = self._output_channels()
 
@@ -326,16 +338,17 @@ class PrivacyStage:
         digest = window.key.digest(str(value).encode("utf-8"))[:16]  # type: ignore[union-attr]
         if digest in window.seen:  # type: ignore[union-attr]
             return []  # each value counts once per window
-        if plan.bounding_key is not None and self.policy.budget is not None:
-            now = self._clock()
-            period = now // self.policy.budget.period_ms
-            if period != plan.bounding_period:
-                plan.contributions.clear()
-                plan.bounding_period = period
-            tag = plan.bounding_key.key(now).digest(str(value).encode("utf-8"))[:16]
-            if plan.contributions[tag] >= rule.max_windows:  # type: ignore[operator]
+        if plan.bounding and self.policy.budget is not None:
+            # The period of the window, not of the clock: a reading stamped 23:59:59.9 and
+            # handled after midnight belongs to yesterday's windows, charged to yesterday.
+            period = start // self.policy.budget.period_ms
+            bound = plan.bounds.get(period)
+            if bound is None:
+                bound = plan.bounds[period] = _Bound(EphemeralKey())
+            tag = bound.key.digest(str(value).encode("utf-8"))[:16]
+            if bound.windows[tag] >= rule.max_windows:  # type: ignore[operator]
                 return self._drop("contribution_bound")
-            plan.contributions[tag] += 1
+            bound.windows[tag] += 1
         window.seen.add(digest)  # type: ignore[union-attr]
         return []
 
@@ -349,8 +362,6 @@ class PrivacyStage:
             rule = plan.rule
             if rule.window_ms is None:
                 continue
-            if plan.bounding_key is not None:
-                plan.bounding_key.expire(now_ms)
             current = now_ms - now_ms % rule.window_ms
             if rule.rule == "count_distinct":
                 # fill the gap with empty windows, up to one day back, so none goes missing
@@ -362,6 +373,11 @@ class PrivacyStage:
                         plan.windows[s] = _Distinct(EphemeralKey())
             for s in sorted(w for w in plan.windows if w + rule.window_ms <= now_ms):
                 out.extend(self._close(plan, s, now_ms))
+            if plan.bounds and plan.closed_until is not None:
+                # a period whose windows are all closed takes no more readings: its key dies
+                period_ms = self.policy.budget.period_ms  # type: ignore[union-attr]
+                for period in [p for p in plan.bounds if (p + 1) * period_ms <= plan.closed_until]:
+                    plan.bounds.pop(period).destroy()
         return out
 
     def flush(self, now_ms: int) -> list[Reading]:
@@ -370,9 +386,9 @@ class PrivacyStage:
         for plan in self._plans.values():
             for s in sorted(plan.windows):
                 out.extend(self._close(plan, s, now_ms))
-            if plan.bounding_key is not None:
-                plan.bounding_key.destroy()
-                plan.contributions.clear()
+            for bound in plan.bounds.values():
+                bound.destroy()
+            plan.bounds.clear()
         self._pseudonyms.destroy()
         return out
 

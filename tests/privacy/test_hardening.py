@@ -148,3 +148,27 @@ def test_a_personal_position_in_cells_of_at_least_100_m_is_accepted(cell) -> Non
     stage = PrivacyStage(make_policy(f'[channels."gps-1/*"]\nrule = "generalize_location"\n{cell}\n'), GPS_CHANNELS, clock_ms=Clock())
     released = stage.process(Reading("gps-1/latitude", MIDNIGHT_MS, 43.6452123))
     assert len(released) == 1 and released[0].value != 43.6452123
+
+
+def test_contribution_bounding_counts_a_reading_in_the_period_of_its_window_not_of_the_clock() -> None:
+    # The accountant charges a window's release to the period its window starts in, and charges
+    # only max_windows releases per period. Bounding by the clock's period let a device seen at
+    # 23:59:59.9, handled just after midnight, count in a third window of yesterday (its counter
+    # was already reset for today): a person in more windows than were charged.
+    day = 86_400_000
+    clock = Clock(MIDNIGHT_MS + day - 4 * WINDOW)  # 23:00
+    body = BUDGET.replace("1.0", "100.0") + (
+        '[channels."ped-1/mac"]\nrule = "count_distinct"\nwindow = "15m"\nk = 1\nepsilon = 1.0\nmax_windows = 2\n'
+    )
+    stage = PrivacyStage(make_policy(body), PED_CHANNELS, clock_ms=clock)
+    for _ in range(2):  # 23:00 and 23:15: the device's two windows of the day
+        stage.process(Reading("ped-1/mac", clock.now_ms + 1, "02:00:00:00:00:01"))
+        stage.tick(clock.advance(WINDOW))
+    stage.tick(clock.advance(WINDOW))  # 23:45
+    clock.advance(WINDOW + 500)  # 00:00:00.5, before the next tick closes the 23:45 window
+    stage.process(Reading("ped-1/mac", MIDNIGHT_MS + day - 100, "02:00:00:00:00:01"))
+    assert stage.stats()["dropped"] == {"contribution_bound": 1}
+    stage.tick(clock.now_ms)
+    # today is a new period: the device counts again, under a new key
+    stage.process(Reading("ped-1/mac", clock.now_ms, "02:00:00:00:00:01"))
+    assert stage.stats()["dropped"] == {"contribution_bound": 1}
