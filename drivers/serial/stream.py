@@ -61,6 +61,7 @@ class StreamDriver(Driver):
 
     RECOVERY_S = 60.0  # bad frames are "over" after this long with only good ones
     SILENCE_S = 30.0  # no valid frame for this long (at least three polls of a queried device) is logged once
+    FLAP_S = 60.0  # silent again this soon after frames returned: intermittent, logged once until steady this long
 
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
@@ -72,6 +73,8 @@ class StreamDriver(Driver):
         self._last_frame_at = time.monotonic()
         self._bytes_at_last_frame = 0
         self._silent_since: float | None = None
+        self._frames_back_at = -self.FLAP_S
+        self._flapping_since: float | None = None  # when the latest silence began, while intermittent
 
     @abc.abstractmethod
     def make_decoder(self) -> Decoder: ...
@@ -130,14 +133,27 @@ class StreamDriver(Driver):
                 self._silent_since = self._last_frame_at
                 received = bus.bytes_in - self._bytes_at_last_frame
                 hint = "garbage: check the baud rate and wiring" if received else "check power, wiring and the port"
-                self.ctx.logger.warning("%s: no valid frame for %gs (%d bytes received, %s)", self.ctx.device_id,
-                                        round(now - self._last_frame_at, 1), received, hint)
+                if self._flapping_since is not None:
+                    self._flapping_since = now
+                elif now - self._frames_back_at < self.FLAP_S:
+                    self._flapping_since = now
+                    self.ctx.logger.warning("%s: valid frames come only intermittently (%d bytes received, %s); "
+                                            "next note when steady for %gs", self.ctx.device_id, received, hint,
+                                            self.FLAP_S)
+                else:
+                    self.ctx.logger.warning("%s: no valid frame for %gs (%d bytes received, %s)", self.ctx.device_id,
+                                            round(now - self._last_frame_at, 1), received, hint)
 
     def _framed(self) -> None:
         now = time.monotonic()
-        if self._silent_since is not None:
+        if self._flapping_since is not None:
+            if now - self._flapping_since >= self.FLAP_S:
+                self.ctx.logger.info("%s: valid frames steady again", self.ctx.device_id)
+                self._flapping_since = None
+        elif self._silent_since is not None:
             self.ctx.logger.info("%s: valid frames again after %.0fs", self.ctx.device_id, now - self._silent_since)
-            self._silent_since = None
+            self._frames_back_at = now
+        self._silent_since = None
         self._last_frame_at = now
         self._bytes_at_last_frame = self.ctx.bus.bytes_in
 

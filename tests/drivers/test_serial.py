@@ -318,6 +318,7 @@ async def test_a_line_of_only_garbage_or_silence_is_logged_once_and_its_end_once
     caplog.set_level(logging.INFO)
     async with serial_device(tmp_path, sds011.Sds011Driver, options={"mode": "active"}) as (peer, bus, driver, readings):
         driver.SILENCE_S = 0.3
+        driver.FLAP_S = 0.2  # the second silence is a new outage, not the line flapping
         peer.write(SDS011_REPLY)
         await wait_for(lambda: len(readings) == 2)
         for _ in range(12):  # 1.2 s of garbage: four silence periods
@@ -359,3 +360,21 @@ async def test_bytes_a_stalled_driver_cannot_take_are_counted_and_said_once(tmp_
     messages = [r.getMessage() for r in caplog.records if r.name == "ocn.bus"]
     assert len([m for m in messages if "not keeping up" in m]) == 1, messages
     assert len([m for m in messages if "keeps up again" in m]) == 1, messages
+
+
+async def test_a_sensor_that_falls_silent_again_and_again_is_logged_once_as_intermittent(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    async with serial_device(tmp_path, sds011.Sds011Driver, options={"mode": "active"}) as (peer, _, driver, readings):
+        driver.SILENCE_S, driver.FLAP_S = 0.2, 0.8
+        for n in range(1, 6):  # a frame, then silence well past SILENCE_S, five times
+            peer.write(SDS011_REPLY)
+            await wait_for(lambda n=n: len(readings) == 2 * n)
+            await asyncio.sleep(1.1 if n == 1 else 0.4)
+        for n in range(6, 20):  # then steady: a frame every 0.1 s for longer than FLAP_S
+            peer.write(SDS011_REPLY)
+            await wait_for(lambda n=n: len(readings) == 2 * n)
+            await asyncio.sleep(0.1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "ocn.driver"]
+    assert len(lines) == 4, lines
+    assert "no valid frame" in lines[0] and "valid frames again" in lines[1]
+    assert "only intermittently" in lines[2] and "steady again" in lines[3]
