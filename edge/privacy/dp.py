@@ -101,7 +101,12 @@ class Accountant:
     unreadable state file counts as a spent budget up to the period it was last written.
     """
 
-    KEEP_PERIODS = 3  # older periods are closed: a release charged to one is refused
+    KEEP_PERIODS = 3  # periods an unreadable state file counts as spent, up to the one it was written in
+    # Periods remembered. Beyond it the lowest is forgotten and every period up to it refused
+    # (``floor``): a period is either remembered whole or closed. Forgetting the lowest, not
+    # those far below the highest, keeps one window charged to a far-future period (a clock
+    # that jumped years ahead for a minute) from closing today's period for years.
+    MAX_PERIODS = 8
 
     def __init__(
         self,
@@ -115,6 +120,7 @@ class Accountant:
         self.period_ms = period_ms
         self.rng: IntegerSource = rng or random.SystemRandom()
         self._periods: dict[int, _PeriodSpend] = {}
+        self._floor: int | None = None  # periods below it were forgotten: releases charged to them are refused
         self._save_failed = False  # logged once per outage
         self._state_path = Path(state_path) if state_path is not None else None
         if self._state_path is not None and self._state_path.exists():
@@ -130,9 +136,16 @@ class Accountant:
                 if spent < 0:
                     raise ValueError(f"period {period}: negative epsilon spent {entry['spent']!r}")
                 self._periods[int(period)] = _PeriodSpend(spent=spent, refused=int(entry["refused"]))
+            floor = document.get("floor")
+            if floor is None and self._periods:
+                floor = min(self._periods)  # written before the floor was: what lay below is unknown
+            if floor is not None and type(floor) is not int:
+                raise ValueError(f"floor {floor!r} is not an integer")
+            self._floor = floor
         except (OSError, ValueError, KeyError, TypeError, AttributeError, ZeroDivisionError) as exc:
             last = int(path.stat().st_mtime * 1000) // self.period_ms
             self._periods = {p: _PeriodSpend(spent=self.total) for p in range(last - self.KEEP_PERIODS + 1, last + 1)}
+            self._floor = last - self.KEEP_PERIODS + 1
             log.warning(
                 "privacy budget state unreadable: treating the budget as spent until the next period",
                 extra={"path": str(path), "error": str(exc)},
@@ -160,6 +173,7 @@ class Accountant:
     def _write(self, path: Path) -> None:
         document = {
             "period_ms": self.period_ms,
+            "floor": self._floor,
             "periods": {str(p): {"spent": str(s.spent), "refused": s.refused} for p, s in self._periods.items()},
         }
         tmp = path.with_name(path.name + ".tmp")
@@ -172,14 +186,25 @@ class Accountant:
     def period(self, ts_ms: int) -> int:
         return ts_ms // self.period_ms
 
+    def _lookup(self, ts_ms: int) -> _PeriodSpend | None:
+        """The spending of the period of ``ts_ms`` (None: forgotten, closed); does not record a new period."""
+        p = self.period(ts_ms)
+        if self._floor is not None and p < self._floor:
+            return None
+        return self._periods.get(p) or _PeriodSpend()
+
     def _spend(self, ts_ms: int) -> _PeriodSpend | None:
         p = self.period(ts_ms)
+        if self._floor is not None and p < self._floor:
+            return None
         if p not in self._periods:
-            if self._periods and p <= max(self._periods) - self.KEEP_PERIODS:
-                return None
             self._periods[p] = _PeriodSpend()
-            for old in [q for q in self._periods if q <= max(self._periods) - self.KEEP_PERIODS]:
-                del self._periods[old]
+            while len(self._periods) > self.MAX_PERIODS:
+                lowest = min(self._periods)
+                del self._periods[lowest]
+                self._floor = lowest + 1
+            if p not in self._periods:  # it was the lowest itself
+                return None
         return self._periods[p]
 
     def charge(self, rule: str, epsilon: float, ts_ms: int, *, max_windows: int | None = None) -> bool:
@@ -210,12 +235,12 @@ class Accountant:
         return value + discrete_laplace(self.rng, t, s)
 
     def exhausted(self, ts_ms: int, epsilon: float) -> bool:
-        spend = self._spend(ts_ms)
+        spend = self._lookup(ts_ms)
         return spend is None or spend.spent + Fraction(str(epsilon)) > self.total
 
     def state(self, ts_ms: int) -> dict[str, object]:
         """The period containing ``ts_ms``: epsilon per period, spent, left, releases refused."""
-        spend = self._spend(ts_ms) or _PeriodSpend(spent=self.total)
+        spend = self._lookup(ts_ms) or _PeriodSpend(spent=self.total)
         return {
             "epsilon": float(self.total),
             "period_ms": self.period_ms,

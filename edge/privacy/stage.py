@@ -131,6 +131,7 @@ class _Plan:
     # start, the period the accountant charges the window's release to
     bounding: bool = False
     bounds: dict[int, _Bound] = field(default_factory=dict)
+    seen_whole_from: int = 0  # windows starting before this were not seen whole (clock stepped back)
 
 
 class PrivacyStage:
@@ -358,11 +359,15 @@ class PrivacyStage:
         """Release every window that ended at or before ``now_ms``; retire expired keys."""
         self._pseudonyms.expire(now_ms)
         out: list[Reading] = []
+        stepped_back: list[str] = []
         for plan in self._plans.values():
             rule = plan.rule
             if rule.window_ms is None:
                 continue
             current = now_ms - now_ms % rule.window_ms
+            if plan.closed_until is not None and plan.closed_until > now_ms + rule.window_ms:
+                out.extend(self._restart_windows(plan, current, now_ms))
+                stepped_back.append(plan.channel.id)
             if rule.rule == "count_distinct":
                 # fill the gap with empty windows, up to one day back, so none goes missing
                 opened = [s for s in plan.windows]
@@ -378,6 +383,31 @@ class PrivacyStage:
                 period_ms = self.policy.budget.period_ms  # type: ignore[union-attr]
                 for period in [p for p in plan.bounds if (p + 1) * period_ms <= plan.closed_until]:
                     plan.bounds.pop(period).destroy()
+        if stepped_back:
+            log.warning(
+                "clock stepped back over released windows: open windows closed early (flagged suspect), "
+                "windows start again from now",
+                extra={"channels": ",".join(stepped_back), "now_ms": now_ms},
+            )
+        return out
+
+    def _restart_windows(self, plan: _Plan, current: int, now_ms: int) -> list[Reading]:
+        """The clock went back over windows already released: start the windows again from ``current``.
+
+        Otherwise every reading stamped by the corrected clock would be dropped as late (and
+        no count_distinct window released) until the clock caught up with where it had been,
+        years for a clock that had jumped ahead. The windows still open are closed now (k
+        and the budget apply; flagged suspect), so each reading is still in one release only.
+        """
+        out: list[Reading] = []
+        for s in sorted(plan.windows):
+            out.extend(self._close(plan, s, now_ms))
+        plan.closed_until = current
+        plan.seen_whole_from = current + plan.rule.window_ms  # type: ignore[operator]
+        if plan.bounds:
+            keep = current // self.policy.budget.period_ms  # type: ignore[union-attr]
+            for period in [p for p in plan.bounds if p != keep]:  # all their windows are closed
+                plan.bounds.pop(period).destroy()
         return out
 
     def flush(self, now_ms: int) -> list[Reading]:
@@ -398,7 +428,7 @@ class PrivacyStage:
         plan.closed_until = max(plan.closed_until or end, end)
         # A window this stage did not see whole (it started, stopped or changed policy inside
         # it) is released flagged, so a reader can tell it from the full window's value.
-        quality = Quality.SUSPECT if start < self._born_ms or now_ms < end else None
+        quality = Quality.SUSPECT if start < self._born_ms or start < plan.seen_whole_from or now_ms < end else None
         if isinstance(window, _Summary):
             return self._summarise(plan, start, window, quality)
         count = window.close()  # type: ignore[union-attr]

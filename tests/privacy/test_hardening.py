@@ -172,3 +172,77 @@ def test_contribution_bounding_counts_a_reading_in_the_period_of_its_window_not_
     # today is a new period: the device counts again, under a new key
     stage.process(Reading("ped-1/mac", clock.now_ms, "02:00:00:00:00:01"))
     assert stage.stats()["dropped"] == {"contribution_bound": 1}
+
+
+TEN_YEARS = 10 * 365 * 86_400_000
+
+
+def test_after_the_clock_jumped_ahead_and_back_windows_are_released_again(caplog) -> None:
+    # A clock that jumped ten years ahead for one tick (a bad RTC, then NTP) left every window
+    # "released" up to 2036: each later reading was dropped as late and no count was published
+    # until then. Now the windows start again from the corrected time.
+    body = (
+        '[channels."ped-1/mac"]\nrule = "count_distinct"\nwindow = "15m"\nk = 1\n'
+        '[channels."weather-1/temperature"]\nrule = "aggregate"\nwindow = "15m"\n'
+    )
+    clock = Clock(MIDNIGHT_MS + 60_000)
+    stage = PrivacyStage(make_policy(body), [*PED_CHANNELS, TEMP], clock_ms=clock)
+    stage.tick(clock.advance(WINDOW))
+    clock.now_ms += TEN_YEARS
+    stage.tick(clock.now_ms)
+    clock.now_ms -= TEN_YEARS
+    stage.tick(clock.advance(1000))
+    assert caplog.text.count("clock stepped back") == 1
+    released = []
+    for w in range(2):
+        for i in range(3):
+            stage.process(Reading("ped-1/mac", clock.now_ms, f"02:00:00:00:00:0{i}"))
+        stage.process(Reading(TEMP.id, clock.now_ms, 20.0 + w))
+        released += stage.tick(clock.advance(WINDOW))
+    assert [(r.channel, r.value, r.quality) for r in released] == [
+        ("ped-1/mac.distinct_15m", 3, 1),  # its window was closed early and restarted: not seen whole
+        (f"{TEMP.id}.mean_15m", 20.0, None),  # nothing of it was released in the jump: nothing to restart
+        ("ped-1/mac.distinct_15m", 3, None),
+        (f"{TEMP.id}.mean_15m", 21.0, None),
+    ]
+    assert "late" not in stage.stats()["dropped"]
+    assert caplog.text.count("clock stepped back") == 1
+
+
+def test_a_release_charged_to_a_far_future_period_does_not_close_todays_budget(tmp_path) -> None:
+    # The accountant forgot every period more than 3 below the highest it had seen, and refused
+    # them: one window charged to 2036 withheld every count until 2036, across restarts too.
+    state = tmp_path / "privacy-budget.json"
+    clock = Clock(MIDNIGHT_MS + 60_000)
+    stage = PrivacyStage(make_policy(COUNTING), PED_CHANNELS, clock_ms=clock, budget_state=state)
+    stage.tick(clock.advance(WINDOW))  # 0.25 of today's 1.0 spent
+    clock.now_ms += TEN_YEARS
+    stage.tick(clock.now_ms)
+    clock.now_ms -= TEN_YEARS
+    stage.tick(clock.advance(1000))
+    restarted = PrivacyStage(make_policy(COUNTING), PED_CHANNELS, clock_ms=clock, budget_state=state)
+    assert not restarted.budget_exhausted()
+    out = []
+    for _ in range(4):
+        out += restarted.tick(clock.advance(WINDOW))
+    # today had 0.25 + 0.25 (the window closed early when the clock came back) spent: two more
+    # releases fit, then the budget is spent: today's record was kept, not forgotten
+    assert [r.channel.endswith("budget_exhausted") for r in out if r.channel.endswith(("exhausted", "15m"))][-2:] == [True, True]
+    assert restarted.stats()["budget"]["spent"] == 1.0
+
+
+def test_the_accountant_forgets_only_its_lowest_periods_and_refuses_them_afterwards(tmp_path) -> None:
+    from edge.privacy.dp import Accountant
+
+    day = 86_400_000
+    state = tmp_path / "budget.json"
+    accountant = Accountant(epsilon=1.0, period_ms=day, state_path=state)
+    first = MIDNIGHT_MS
+    for d in range(Accountant.MAX_PERIODS + 1):
+        assert accountant.charge("a", 0.5, first + d * day)
+    assert not accountant.charge("a", 0.5, first)  # forgotten: closed, refused
+    assert accountant.charge("a", 0.5, first + 100 * day)  # never charged: a fresh period
+    again = Accountant(epsilon=1.0, period_ms=day, state_path=state)
+    assert not again.charge("a", 0.5, first)  # the floor survives a restart
+    assert again.charge("a", 0.5, first + Accountant.MAX_PERIODS * day)  # 0.5 + 0.5: still fits
+    assert not again.charge("a", 0.5, first + Accountant.MAX_PERIODS * day)
