@@ -24,6 +24,7 @@ __all__ = [
     "LinkError",
     "ModbusLink",
     "NoReply",
+    "UnitUnreachable",
     "crc16",
 ]
 
@@ -66,6 +67,15 @@ class NoReply(LinkError):
 
 class GarbledReply(LinkError):
     """Bytes came back but no valid frame (bad CRC, wrong baud rate, or line noise)."""
+
+
+class UnitUnreachable(NoReply):
+    """A Modbus gateway answered for the unit that it cannot reach it (exception 0A or 0B): a silent unit."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        self.meaning = EXCEPTION_MEANINGS[code]
+        super().__init__(f"exception code {code}: {self.meaning}")
 
 
 class ExceptionReply(LinkError):
@@ -239,6 +249,8 @@ class ModbusLink:
         except asyncio.TimeoutError as exc:
             raise NoReply(f"no reply within {timeout:g} s") from exc
         if reply.isError():
+            if reply.exception_code in (10, 11):
+                raise UnitUnreachable(reply.exception_code)
             raise ExceptionReply(reply.exception_code)
         if function in ("coil", "discrete"):
             return list(reply.bits[:count])

@@ -56,6 +56,7 @@ class RegisterStore:
     readable: dict[int, dict[str, range]] = field(default_factory=dict)
     dead: set[int] = field(default_factory=set)
     requests: list[tuple[int, str, int, int]] = field(default_factory=list)
+    gateway: bool = False  # a TCP-to-RTU gateway: a unit that is not there gets exception 0B, not silence
 
     def set_words(self, unit: int, function: str, address: int, words: Iterable[int | bool]) -> None:
         table = self.units.setdefault(unit, {})
@@ -67,6 +68,8 @@ class RegisterStore:
         function = _FC[func_code]
         self.requests.append((device_id, function, address, count))
         if device_id not in self.units or device_id in self.dead:
+            if self.gateway:
+                return ExcCodes.GATEWAY_NO_RESPONSE
             raise NoSuchIdException(f"no unit {device_id}")
         allowed = self.readable.get(device_id, {}).get(function)
         if allowed is not None and not (address in allowed and address + count - 1 in allowed):

@@ -118,6 +118,21 @@ async def test_scan_says_when_nobody_answers():
     assert "No unit answered" in out
 
 
+async def test_scan_through_a_tcp_gateway_does_not_count_its_no_such_unit_exceptions_as_units():
+    # A Modbus TCP-to-RTU gateway answers for every unit id: exception 0B ("target device failed to
+    # respond") or 0A for the ones behind it that are not there.  Only the units that answer are found.
+    store = RegisterStore(gateway=True)
+    serve_profile(store, 2, load_profile("hilsim-water-level"), {"level": 1.5})
+    server, port = await modbus_tcp_server(store)
+    try:
+        code, out, err = await ocn_edge("scan", "--tcp", f"127.0.0.1:{port}", "--units", "1-4", "--timeout", "0.1",
+                                        "--json")
+    finally:
+        await server.shutdown()
+    assert code == 0, err
+    assert [f["unit"] for f in json.loads(out)["found"]] == [2]
+
+
 async def test_read_of_a_streaming_sensor_masks_personal_values(tmp_path):
     peer = SerialPeer(tmp_path)
     proc = await asyncio.create_subprocess_exec(

@@ -16,7 +16,14 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import load_profile
 from drivers.sdk import DeviceContext, OptionError
 from tests.drivers.conftest import running
-from tests.drivers.loopback import BusConfig, SerialPeer, float32_words, modbus_tcp_server, serve_profile
+from tests.drivers.loopback import (
+    BusConfig,
+    RegisterStore,
+    SerialPeer,
+    float32_words,
+    modbus_tcp_server,
+    serve_profile,
+)
 from tests.drivers.test_planner import minimum_requests
 
 SDM630 = {"voltage_l1": 231.5, "current_l2": 4.25, "power_total": 2875.0, "frequency": 50.02,
@@ -413,3 +420,28 @@ async def test_a_block_refused_now_and_then_is_logged_once_as_intermittent_not_a
     assert "illegal data address" in messages[0]
     assert messages[1].endswith("input 0..37 answers again")
     assert "refused intermittently" in messages[2]
+
+
+async def test_a_unit_a_tcp_gateway_cannot_reach_is_a_silent_unit_not_a_refused_block(caplog):
+    # Exception 0B from a TCP-to-RTU gateway means the unit behind it did not answer: the cycle stops at the
+    # first request and the unit backs off, as for a timeout; not every block refused and logged one by one.
+    caplog.set_level(logging.INFO)
+    store = RegisterStore(gateway=True)
+    serve_profile(store, 1, load_profile("eastron-sdm120"), {"voltage": 230.0})
+    store.dead.add(1)
+    server, port = await modbus_tcp_server(store)
+    bus = create_bus(BusConfig(type="modbus-tcp", tcp_port=port, timeout=0.3), unit_backoff_max=0.6)
+    try:
+        async with running(bus):
+            driver = driver_for(bus, 1, "eastron-sdm120")
+            for cycle in range(3):
+                result = await driver.poll()
+                driver._report(result)
+                assert not result.readings and len(result.failures) == 1 and len(result.skipped) == 2
+                assert isinstance(result.failures[0][1], NoReply if cycle == 0 else UnitBackingOff)
+            assert len(store.requests) == 1, "the unit is skipped while it backs off"
+            assert bus.stats()["units"][1]["state"] == "backing-off"
+    finally:
+        await server.shutdown()
+    messages = [r.getMessage() for r in caplog.records if r.name in ("ocn.bus", "ocn.driver")]
+    assert len(messages) == 1 and "stopped answering (exception code 11" in messages[0], messages
