@@ -136,9 +136,10 @@ class Accountant:
                 if spent < 0:
                     raise ValueError(f"period {period}: negative epsilon spent {entry['spent']!r}")
                 self._periods[int(period)] = _PeriodSpend(spent=spent, refused=int(entry["refused"]))
-            floor = document.get("floor")
-            if floor is None and self._periods:
-                floor = min(self._periods)  # written before the floor was: what lay below is unknown
+            if "floor" in document:
+                floor = document["floor"]
+            else:  # written before the floor was: what lay below its periods is unknown
+                floor = min(self._periods) if self._periods else None
             if floor is not None and type(floor) is not int:
                 raise ValueError(f"floor {floor!r} is not an integer")
             self._floor = floor

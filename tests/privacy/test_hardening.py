@@ -246,3 +246,18 @@ def test_the_accountant_forgets_only_its_lowest_periods_and_refuses_them_afterwa
     assert not again.charge("a", 0.5, first)  # the floor survives a restart
     assert again.charge("a", 0.5, first + Accountant.MAX_PERIODS * day)  # 0.5 + 0.5: still fits
     assert not again.charge("a", 0.5, first + Accountant.MAX_PERIODS * day)
+
+
+def test_the_floor_is_kept_as_written_and_derived_for_files_written_before_it(tmp_path) -> None:
+    from edge.privacy.dp import Accountant
+
+    day = 86_400_000
+    p = MIDNIGHT_MS // day
+    state = tmp_path / "budget.json"
+    Accountant(epsilon=1.0, period_ms=day, state_path=state).charge("a", 0.5, MIDNIGHT_MS)
+    assert json.loads(state.read_text())["floor"] is None  # nothing forgotten yet
+    assert Accountant(epsilon=1.0, period_ms=day, state_path=state).charge("a", 0.5, MIDNIGHT_MS - day)
+    state.write_text(json.dumps({"period_ms": day, "periods": {str(p): {"spent": "1/2", "refused": 0}}}))
+    older = Accountant(epsilon=1.0, period_ms=day, state_path=state)
+    assert not older.charge("a", 0.5, MIDNIGHT_MS - day)  # an old file may have forgotten what lay below
+    assert older.charge("a", 0.5, MIDNIGHT_MS) and not older.charge("a", 0.5, MIDNIGHT_MS)
