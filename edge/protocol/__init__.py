@@ -4,7 +4,7 @@ Pure functions with no I/O and no asyncio (except the key-file helpers), shared 
 the gateway and the hub; docs/protocol.md is the normative specification.
 """
 
-from edge.protocol.codec import CODECS, MAX_PAYLOAD_BYTES, ZSTD_LEVEL
+from edge.protocol.codec import CODECS, MAX_PAYLOAD_BYTES, MAX_READINGS, ZSTD_LEVEL
 from edge.protocol.envelope import (
     MAX_BATCH_BYTES,
     MAX_STATUS_BYTES,
@@ -38,6 +38,7 @@ __all__ = [
     "CODECS",
     "MAX_BATCH_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "MAX_READINGS",
     "MAX_STATUS_BYTES",
     "MEDIA_TYPE",
     "OXP_VERSION",

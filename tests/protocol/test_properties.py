@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edge.protocol import (
+    MAX_READINGS,
     MAX_BATCH_BYTES,
     BatchHeader,
     BatchTooLarge,
@@ -32,7 +33,7 @@ from edge.protocol import (
     seal_batch,
     seal_status,
 )
-from edge.protocol.codec import MAX_READINGS, compress, decode_body, decode_payload, encode_body, encode_payload
+from edge.protocol.codec import compress, decode_body, decode_payload, encode_body, encode_payload
 from edge.protocol.envelope import ALG, EDDSA, H_CODEC, H_VERSION, KID, OXP_BATCH, OXP_STATUS, _sign
 from edge.protocol.errors import MAX_DETAIL_CHARS
 from edge.protocol.varint import INT64_MAX, INT64_MIN
