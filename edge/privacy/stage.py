@@ -216,9 +216,13 @@ class PrivacyStage:
                 out.append(replace(ch, personal=False, description=how or f"centre of its {cell} cell"))
             elif rule.rule == "pseudonymize":
                 out.append(
+                    # Still personal: a pseudonym singles out one device for a whole key period
+                    # (pseudonymised data is personal data, GDPR recital 26). The hub stores it
+                    # for the city's stated purpose and never publishes it (OXP §11).
                     Channel(
                         ch.id,
                         kind=Kind.STRING,
+                        personal=True,
                         description=how or f"pseudonym: keyed hash, {rule.bits} bits, key renewed every "
                         f"{window_label(self.policy.rotate_ms)}",
                     )
