@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol import BatchHeader, BatchTooLarge, key_id, seal_batch
+from edge.protocol.codec import encode_body
 from edge.spool import Spool, SpoolError, StoredBatch
 from edge.types import Channel, Kind, Reading
 
@@ -133,6 +134,7 @@ class Batcher:
         self._on_stored = on_stored
         self._channels: dict[str, Channel] = {}
         self._undeclared_logged: set[str] = set()
+        self._unsealable_logged: set[tuple[str, str]] = set()  # (channel, error kind) already said
         self._open: _Pending | None = None
         self._ready: deque[_Pending] = deque()
         self._wake = asyncio.Event()
@@ -337,7 +339,18 @@ class Batcher:
                     todo += [readings[half:], readings[:half]]
                 continue
             except Exception as exc:  # a codec bug or an impossible value must not stop the next batches
-                self._unsealable(readings, f"{type(exc).__name__}: {exc}")
+                if len(readings) < 2:
+                    self._unsealable(readings, exc)
+                    continue
+                # Leave out only the readings that cannot be encoded and seal the rest as one batch;
+                # when no single reading is at fault (values that only clash together), halve.
+                bad = self._unencodable(pending, readings)
+                if bad:
+                    self._unsealable([readings[i] for i in sorted(bad)], exc)
+                    todo.append([r for i, r in enumerate(readings) if i not in bad])
+                else:
+                    half = len(readings) // 2
+                    todo += [readings[half:], readings[:half]]
                 continue
             self._spare_seq = None
             parts.append((data, len(readings)))
@@ -357,9 +370,41 @@ class Batcher:
         )
         return seal_batch(header, channels, tuple(readings), self._private_key)
 
-    def _unsealable(self, readings: Sequence[Reading], error: str) -> None:
+    def _unencodable(self, pending: _Pending, readings: Sequence[Reading]) -> set[int]:
+        """Indexes of the readings that cannot be encoded even alone, found by bisection (no signing)."""
+        bad: set[int] = set()
+        todo = [list(range(len(readings)))]
+        while todo:
+            part = todo.pop()
+            subset = [readings[i] for i in part]
+            try:
+                channels = tuple(self._channel(cid, subset, pending.channels) for cid in sorted({r.channel for r in subset}))
+                encode_body(channels, subset)
+            except Exception:  # noqa: BLE001 - whatever the codec refuses, the search narrows it down
+                if len(part) == 1:
+                    bad.add(part[0])
+                else:
+                    todo += [part[: len(part) // 2], part[len(part) // 2 :]]
+        return bad
+
+    def _unsealable(self, readings: Sequence[Reading], error: str | Exception) -> None:
+        """Count readings that cannot be sealed; say so once per channel and kind of error.
+
+        The log names the channels and the error's kind, never its text: a codec message
+        can quote the value, and a value has no place in a log.
+        """
         self.counters.readings_unsealable += len(readings)
-        log.error("could not seal a batch: readings dropped", extra={"readings": len(readings), "error": error})
+        kind = error if isinstance(error, str) else type(error).__name__
+        channels = sorted({r.channel for r in readings})
+        new = [c for c in channels if (c, kind) not in self._unsealable_logged]
+        if new:
+            self._unsealable_logged.update((c, kind) for c in new)
+            log.error(
+                "readings that cannot be sealed are left out (counted upstream as readings_unsealable)",
+                extra={"readings": len(readings), "channels": ",".join(channels), "error": kind},
+            )
+        else:
+            log.debug("readings that cannot be sealed are left out", extra={"readings": len(readings), "error": kind})
 
     def _upstream_counters(self) -> dict[str, int]:
         counters = self._spool.counters()

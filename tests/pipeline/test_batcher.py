@@ -180,6 +180,34 @@ async def test_a_batch_over_the_size_limit_is_split_rather_than_lost(spool, devi
     assert batcher.counters.readings_unsealable == 0
 
 
+async def test_a_value_the_codec_cannot_carry_loses_only_itself_and_is_said_once_without_the_value(spool, device_key, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    batcher = make_batcher(spool, device_key)
+    good = volts(40)
+    # 1e300 V at a 0.1 V resolution is beyond 64-bit scaled integers: the codec refuses it.
+    impossible = [Reading(VOLTAGE.id, T0 + 500 + i, 1e300, "V") for i in range(2)]
+    for r in good[:20] + impossible[:1] + good[20:] + impossible[1:]:
+        batcher.add_nowait(r)
+    await batcher.flush()
+    [batch] = stored(spool, device_key)  # one batch: the rest was not split up
+    assert sorted((r.ts_ms, r.value) for r in batch.readings) == sorted((r.ts_ms, r.value) for r in good)
+    assert batcher.counters.readings_unsealable == 2
+    assert batch.header.counters["readings_unsealable"] == 2  # the loss travels with the rest of its batch
+
+    for r in [Reading(VOLTAGE.id, T0 + 300_000, 1e300, "V"), *volts(3, start=T0 + 300_001)]:
+        batcher.add_nowait(r)
+    await batcher.flush()
+    batches = stored(spool, device_key)
+    assert [len(b.readings) for b in batches] == [40, 3]
+    assert batches[1].header.counters["readings_unsealable"] == 3
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]  # said once, not once per batch
+    assert errors[0].channels == VOLTAGE.id
+    assert not any("1e+300" in r.getMessage() or "1e+300" in str(r.__dict__) for r in caplog.records)
+
+
 async def test_cancelling_run_mid_seal_still_stores_the_batch(spool, device_key):
     batcher = make_batcher(spool, device_key, max_readings=5000)
     task = asyncio.create_task(batcher.run())
