@@ -511,6 +511,19 @@ def _zstd_decompressor() -> zstandard.ZstdDecompressor:
         return _zstd_local.decompressor
 
 
+def _zstd_frame_end(data: bytes) -> int:
+    """Where the (already decoded, hence well-formed) zstd frame at the start of ``data`` ends (RFC 8878 §3.1.1)."""
+    at = zstandard.frame_header_size(data)
+    checksum = (data[4] >> 2) & 1  # Frame_Header_Descriptor: Content_Checksum_flag
+    while True:
+        header = int.from_bytes(data[at : at + 3], "little")
+        at += 3
+        last, block_type, size = header & 1, (header >> 1) & 3, header >> 3
+        at += 1 if block_type == 1 else size  # an RLE block stores its one byte
+        if last:
+            return at + 4 * checksum
+
+
 def decompress(data: bytes, codec: str) -> bytes:
     """Inverse of :func:`compress`, refusing bodies larger than MAX_PAYLOAD_BYTES."""
     if codec == "zstd":
@@ -526,6 +539,9 @@ def decompress(data: bytes, codec: str) -> bytes:
             body = _zstd_decompressor().decompress(data, max_output_size=MAX_PAYLOAD_BYTES)
         except zstandard.ZstdError as exc:
             raise ProtocolError("malformed", f"zstd payload does not decompress ({exc})") from None
+        end = _zstd_frame_end(data)
+        if end != len(data):
+            raise ProtocolError("malformed", f"{len(data) - end} bytes follow the zstd frame")
         return body
     if codec == "deflate":
         inflater = zlib.decompressobj(zdict=DICTIONARY)

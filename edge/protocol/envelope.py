@@ -185,6 +185,61 @@ class _Message:
     signature: bytes
 
 
+_MAP_NESTING = 8  # protected header -> OXP header -> counters: three levels are used
+
+
+def _protected_map(protected: bytes) -> object:
+    """The protected header decoded strictly: a label given twice in any map, or bytes after
+    the header, make it malformed (RFC 9052 §3; cbor2 alone keeps the last duplicate)."""
+    stream = io.BytesIO(protected)
+    decoder = cbor2.CBORDecoder(stream)
+
+    def item(depth: int) -> object:
+        at = stream.tell()
+        if at >= len(protected):
+            raise cbor2.CBORDecodeEOF("the protected header ends inside a map")
+        initial = protected[at]
+        if initial >> 5 != 5:  # not a map: cbor2 reads it whole
+            return decoder.decode()
+        if depth >= _MAP_NESTING:
+            raise ProtocolError("malformed", f"protected header nests maps more than {_MAP_NESTING} deep")
+        stream.seek(at + 1)
+        extra = initial & 0x1F
+        if extra < 24:
+            count: int | None = extra
+        elif extra <= 27:
+            width = 1 << (extra - 24)
+            count = int.from_bytes(stream.read(width), "big")
+        elif extra == 31:
+            count = None  # indefinite length, ended by a break byte
+        else:
+            raise ProtocolError("malformed", "protected header has a map with a reserved length encoding")
+        out: dict[object, object] = {}
+        index = 0
+        while count is None or index < count:
+            if count is None and protected[stream.tell() : stream.tell() + 1] == b"\xff":
+                stream.seek(stream.tell() + 1)
+                break
+            key = item(depth + 1)
+            try:
+                duplicate = key in out
+            except TypeError:
+                raise ProtocolError("malformed", f"protected header has a label of type {type(key).__name__}") from None
+            if duplicate:
+                raise ProtocolError("malformed", f"protected header gives label {show(key)} twice")
+            out[key] = item(depth + 1)
+            index += 1
+        return out
+
+    try:
+        header = item(0)
+    except RecursionError:
+        raise ProtocolError("malformed", "protected header nests too deeply") from None
+    if stream.tell() != len(protected):
+        raise ProtocolError("malformed", f"{len(protected) - stream.tell()} bytes follow the protected header's map")
+    return header
+
+
 def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"expected bytes, got {type(data).__name__}")
@@ -213,8 +268,8 @@ def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
         raise ProtocolError("malformed", f"signature is not {SIGNATURE_BYTES} bytes")
     try:
-        header = cbor2.loads(protected)
-    except (cbor2.CBORDecodeError, RecursionError) as exc:
+        header = _protected_map(protected)
+    except cbor2.CBORDecodeError as exc:
         raise ProtocolError("malformed", f"protected header is not CBOR ({exc})") from None
     if not isinstance(header, dict):
         raise ProtocolError("malformed", "protected header is not a map")

@@ -64,6 +64,8 @@ def unpack_uvarints(data: bytes, count: int, *, what: str) -> list[int]:
     shift = 0
     for byte in data:
         if byte < 0x80:
+            if shift == 63 and byte > 1:
+                raise ProtocolError("malformed", f"{what}: varint of 2**64 or more")
             append(value | (byte << shift))
             value = 0
             shift = 0

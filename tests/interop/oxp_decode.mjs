@@ -200,6 +200,7 @@ const COUNTER_LABELS = ['readings_dropped', 'batches_dropped', 'unclean_stops',
   'readings_quarantined', 'batches_quarantined', 'readings_unsealable'];
 const MAX_BATCH = 1048576;          // §6.7
 const MAX_STATUS = 65536;           // §6.7
+const MAX_READINGS = 1000000n;  // §6.7: readings in one batch
 const MAX_BODY = 32 * 1024 * 1024;  // §6.1, §6.7
 
 // Unit codes, Appendix A (typed from the table in the spec; --selftest compares it with
@@ -574,6 +575,7 @@ function decodeBody(body) {
   if (!Array.isArray(devices) || !devices.every((d) => typeof d === 'string')) malformed('devices is not [* tstr]');
   if (!Array.isArray(series)) malformed('series is not an array');
   const channels = [], readings = [], seen = new Set(), timeCols = [];
+  let total = 0n;
   series.forEach((s, idx) => {
     if (!Array.isArray(s) || (s.length !== 7 && s.length !== 8)) malformed(`series ${idx} is not an array of 7 or 8`);
     const [head, name, unit, res, count, times, values, quality] = s;
@@ -597,6 +599,8 @@ function decodeBody(body) {
     const resolution = decodeResolution(res);
     if (resolution !== null && kind !== 'number') malformed(`series ${idx}: a ${kind} channel with a resolution`);
     if (!isUint64(count)) malformed(`series ${idx}: count is not a uint`);
+    total += count;  // §6.7: checked against the running total before the series' columns
+    if (total > MAX_READINGS) fail('too_large', `payload body declares more than ${MAX_READINGS} readings`);
     // A column of n readings needs at least n/8 body bytes (bools): a larger count is a lie.
     if (count > 8n * BigInt(MAX_BODY)) malformed(`series ${idx}: count ${count} cannot fit a 32 MiB body`);
     const n = Number(count);

@@ -213,6 +213,12 @@ def _differential_cases() -> list[tuple[str, dict]]:
                                                                        "18014100830239000041 02".replace(" ", ""))}),
         ("t0-and-times-wrap", {"body": [2**63 - 1, [""], [[0, "x", 0, None, 2, b"\x02\x02", [2, 0, b"\x00\x00"]]]]}),
         ("scaled-beyond-int64", {"body": [0, [""], [[0, "x", 0, [7, 30], 1, b"\x00", [0, b"\xfe\xff\xff\xff\xff\xff\xff\xff\xff\x01"]]]]}),
+        # Where the reference used to be laxer than the spec (found by this decoder):
+        ("varint-of-2-to-the-64", {"body": [0, [""], [[0, "x", 0, None, 1, b"\x00", [2, 0, b"\xff" * 9 + b"\x7f"]]]]}),
+        ("varint-just-below-2-to-the-64", {"body": [0, [""], [[0, "x", 0, None, 1, b"\x00", [2, 0, b"\xff" * 9 + b"\x01"]]]]}),
+        ("protected-label-twice", {"body": ok_body, "protected_bytes": lambda p: bytes([p[0] + 1]) + p[1:] + b"\x01\x27"}),
+        ("bytes-after-the-protected-map", {"body": ok_body, "protected_bytes": lambda p: p + b"\x00"}),
+        ("more-readings-than-the-limit", {"body": [0, [""], [[2, "x", 0, None, 1_000_001, b"", [6, b""]]]]}),
     ]
 
 
@@ -253,6 +259,7 @@ def _build(case: dict, vec: dict) -> tuple[bytes, str]:
     kid = bytes.fromhex(rej["keys"]["device"]["key_id"])
     label = -65538 if case.get("status") else -65537
     protected = cbor2.dumps({1: -8, 4: kid, label: header}, canonical=True)
+    protected = case.get("protected_bytes", lambda p: p)(protected)
     if case.get("status"):
         payload = cbor2.dumps({"device_id": "pole-0042"}, canonical=True)
     tbs = cbor2.dumps(["Signature1", protected, b"", payload])
@@ -295,8 +302,11 @@ def test_the_js_decoder_finds_the_end_of_a_zstd_frame(
     node: str, tmp_path: Path, checksum: bool, tail: bytes, reason: str | None
 ) -> None:
     """Without a zstd decompressor it still walks the frame's block headers: the declared size
-    must be the body's, and nothing may follow the frame (§6.1). (edge.protocol ignores bytes
-    after a zstd frame: a difference reported with the spec fix, not asserted here.)"""
+    must be the body's, and nothing may follow the frame (§6.1); edge.protocol agrees."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from edge.protocol import ProtocolError, open_batch
+
     body = cbor2.dumps([1000, ["d-1"], [[1, "s", 0, None, 2, b"\x00\x02", [5, ["a"], b"\x00\x00"]]]])
     data, pub_hex = _build({"body": cbor2.loads(body), "zstd": {"checksum": checksum, "tail": tail}}, {})
     f = tmp_path / "z.cbor"
@@ -310,3 +320,10 @@ def test_the_js_decoder_finds_the_end_of_a_zstd_frame(
         assert code == 2
         assert out["rejected"] == reason
         assert "after the zstd frame" in out["detail"]
+    public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(pub_hex))
+    if reason is None:
+        assert [r.value for r in open_batch(data, public).readings] == ["a", "a"]
+    else:
+        with pytest.raises(ProtocolError) as refused:
+            open_batch(data, public)
+        assert refused.value.reason == reason and "follow the zstd frame" in refused.value.detail
