@@ -187,7 +187,10 @@ async def test_the_daily_byte_budget_counts_every_byte_http_carried_both_ways(sp
     async with UplinkProxy(upstream_port=int(receiver.url.rstrip("/").rsplit(":", 1)[1])) as link:
         uplink = make_uplink(spool, device_key, link.url, daily_budget=10_000_000, clock_ms=lambda: 20_000 * day_ms)
         await deliver(uplink, spool)
-        assert await uplink.send_status()
+        try:
+            assert await uplink.send_status()
+        finally:
+            await uplink.aclose()
     batches = sum(len(b.data) for b in stored)
     # What the proxy forwarded is what a metered link bills (before TLS): batches, status report,
     # request headers and every answer. The budget counts exactly that, not only the batches.
