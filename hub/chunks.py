@@ -52,6 +52,42 @@ def split_reading_id(reading_id: int) -> tuple[int, int]:
     return reading_id >> 16, reading_id & 0xFFFF
 
 
+def _chunks_where(
+    mark: str,
+    *,
+    include_personal: bool,
+    device_id: str | None = None,
+    channel: str | None = None,
+    channel_id: int | None = None,
+    since_ms: int | None = None,
+    until_ms: int | None = None,
+    chunk_id: int | None = None,
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (with its leading space, or "") over ``chunks k JOIN channels c`` and its parameters.
+
+    ``mark`` is the engine's placeholder style ("?" or "$"). Chunks of personal channels are
+    left out unless ``include_personal``.
+    """
+    clauses: list[str] = [] if include_personal else ["NOT c.personal"]
+    params: list[Any] = []
+    conditions = (
+        ("c.device_id = ", device_id),
+        ("c.name = ", channel),
+        ("k.channel_id = ", channel_id),
+        ("k.last_ms >= ", since_ms),
+        ("k.first_ms < ", until_ms),
+        ("k.id = ", chunk_id),
+    )
+    for test, value in conditions:
+        if value is not None:
+            params.append(value)
+            clauses.append(test + ("?" if mark == "?" else f"${len(params)}"))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+_CHUNKS_FROM = " FROM chunks k JOIN channels c ON c.id = k.channel_id"
+
+
 def chunk_query(
     mark: str,
     *,
@@ -70,31 +106,11 @@ def chunk_query(
     ``mark`` is the engine's placeholder style ("?" or "$"); the caller appends LIMIT/OFFSET.
     Chunks of personal channels are left out unless ``include_personal``.
     """
-    clauses: list[str] = [] if include_personal else ["NOT c.personal"]
-    params: list[Any] = []
-
-    def param(value: Any) -> str:
-        params.append(value)
-        return "?" if mark == "?" else f"${len(params)}"
-
-    if device_id is not None:
-        clauses.append(f"c.device_id = {param(device_id)}")
-    if channel is not None:
-        clauses.append(f"c.name = {param(channel)}")
-    if channel_id is not None:
-        clauses.append(f"k.channel_id = {param(channel_id)}")
-    if since_ms is not None:
-        clauses.append(f"k.last_ms >= {param(since_ms)}")
-    if until_ms is not None:
-        clauses.append(f"k.first_ms < {param(until_ms)}")
-    if chunk_id is not None:
-        clauses.append(f"k.id = {param(chunk_id)}")
-    sql = (
-        "SELECT k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.last_ms, k.data"
-        " FROM chunks k JOIN channels c ON c.id = k.channel_id"
+    where, params = _chunks_where(
+        mark, include_personal=include_personal, device_id=device_id, channel=channel, channel_id=channel_id,
+        since_ms=since_ms, until_ms=until_ms, chunk_id=chunk_id,
     )
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
+    sql = "SELECT k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.last_ms, k.data" + _CHUNKS_FROM + where
     if order == "ts_ms":
         sql += " ORDER BY k.last_ms DESC, k.id DESC" if descending else " ORDER BY k.first_ms, k.id"
     else:
@@ -109,26 +125,11 @@ def count_query(
 
     Chunks of personal channels are left out unless ``include_personal``.
     """
-    clauses: list[str] = [] if include_personal else ["NOT c.personal"]
-    params: list[Any] = []
-
-    def param(value: Any) -> str:
-        params.append(value)
-        return "?" if mark == "?" else f"${len(params)}"
-
-    if channel_id is not None:
-        clauses.append(f"k.channel_id = {param(channel_id)}")
-    if since_ms is not None:
-        clauses.append(f"k.last_ms >= {param(since_ms)}")
-    if until_ms is not None:
-        clauses.append(f"k.first_ms < {param(until_ms)}")
-    sql = (
-        "SELECT k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.last_ms, k.count, k.data"
-        " FROM chunks k JOIN channels c ON c.id = k.channel_id"
+    where, params = _chunks_where(
+        mark, include_personal=include_personal, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms
     )
-    if clauses:
-        sql += " WHERE " + " AND ".join(clauses)
-    return sql + " ORDER BY k.id", params
+    sql = "SELECT k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.last_ms, k.count, k.data" + _CHUNKS_FROM
+    return sql + where + " ORDER BY k.id", params
 
 
 class Counter:
