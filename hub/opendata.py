@@ -16,6 +16,7 @@ import cbor2
 from aiohttp import web
 
 from edge.protocol.senml import SENML_CBOR_LABELS
+from hub.sta_filter import utc_ms
 from hub.state import HUB
 from hub.store import StoredReading
 
@@ -43,7 +44,7 @@ def parse_time(name: str, text: str | None) -> int | None:
         raise QueryError(f"{name}={text!r}: expected ISO 8601 like 2026-11-27T03:00:00Z or milliseconds since 1970") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
+    return utc_ms(moment)
 
 
 def _int(name: str, text: str | None, default: int, *, high: int) -> int:

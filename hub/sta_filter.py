@@ -24,7 +24,7 @@ import math
 import re
 import time as _time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 __all__ = [
@@ -106,6 +106,18 @@ def _combinations(values: Iterable[Any]) -> Iterable[tuple[Any, ...]]:
 # --- reading the text -----------------------------------------------------------------
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def utc_ms(moment: datetime) -> int:
+    """Whole milliseconds since 1970 of an aware datetime, exactly (floor), before 1970 too.
+
+    ``int(moment.timestamp() * 1000)`` goes through a float and truncates toward zero:
+    1969-12-31T23:59:59.999Z came out as 0 instead of -1.
+    """
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
 def parse_time(text: str) -> int:
     """Milliseconds since 1970 of an ISO 8601 date or time (no zone: UTC)."""
     if "/" in text:
@@ -117,7 +129,7 @@ def parse_time(text: str) -> int:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     try:
-        return int(moment.timestamp() * 1000)
+        return utc_ms(moment)
     except (OverflowError, ValueError, OSError):
         raise FilterError(f"{text!r}: time out of range") from None
 
@@ -666,7 +678,7 @@ FUNCTIONS: dict[str, tuple[tuple[str, ...], str, Callable[..., Any]]] = {
     "minute": (("time",), "num", _date_part(lambda d: d.minute)),
     "second": (("time",), "num", _date_part(lambda d: d.second)),
     "fractionalseconds": (("time",), "num", _date_part(lambda d: d.microsecond / 1e6)),
-    "date": (("time",), "time", _date_part(lambda d: int(d.replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 1000))),
+    "date": (("time",), "time", _date_part(lambda d: utc_ms(d.replace(hour=0, minute=0, second=0, microsecond=0)))),
     "time": (("time",), "str", _date_part(lambda d: d.strftime("%H:%M:%S.") + f"{d.microsecond // 1000:03d}")),
     "totaloffsetminutes": (("time",), "num", _date_part(lambda d: 0)),
     "now": ((), "time", lambda: time_ms()),

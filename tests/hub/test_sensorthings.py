@@ -588,3 +588,23 @@ async def test_any_filter_compiles_and_evaluates_without_raising_on_every_set(st
 
     run()
     assert evaluated["rows"] > 0
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("2004-07-02T11:16:25.972Z", 1_088_766_985_972),  # through a float: ...971
+        ("2038-11-01T17:53:46.792Z", 2_172_246_826_792),  # through a float: ...791
+        ("1969-12-31T23:59:59.9995Z", -1),  # a float truncated toward zero: 0
+        ("1960-01-01T00:00:00.001Z", -315_619_199_999),
+        ("2026-11-27T03:00:00.001Z", 1_795_748_400_001),
+        ("2026-11-27T04:00:00.001+01:00", 1_795_748_400_001),
+        ("2262-04-11T23:47:16.854Z", 9_223_372_036_854),
+    ],
+)
+def test_times_in_filters_and_export_ranges_are_exact_milliseconds(text: str, ms: int) -> None:
+    from hub.opendata import parse_time as export_time
+    from hub.sta_filter import parse_time
+
+    assert parse_time(text) == ms
+    assert export_time("since", text) == ms
