@@ -112,8 +112,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 def utc_ms(moment: datetime) -> int:
     """Whole milliseconds since 1970 of an aware datetime, exactly (floor), before 1970 too.
 
-    ``int(moment.timestamp() * 1000)`` goes through a float and truncates toward zero:
-    1969-12-31T23:59:59.999Z came out as 0 instead of -1.
+    ``int(moment.timestamp() * 1000)`` goes through a float and truncates: about one time in
+    a hundred came out a millisecond early (2004-07-02T11:16:25.972Z as ...971).
     """
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
