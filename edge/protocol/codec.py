@@ -512,16 +512,28 @@ def _zstd_decompressor() -> zstandard.ZstdDecompressor:
 
 
 def _zstd_frame_end(data: bytes) -> int:
-    """Where the (already decoded, hence well-formed) zstd frame at the start of ``data`` ends (RFC 8878 §3.1.1)."""
+    """Where the zstd frame at the start of ``data`` ends (RFC 8878 §3.1.1); ProtocolError if it is cut off.
+
+    zstd having decoded the frame is no proof that its blocks are whole: a frame that declares
+    0 bytes of content decodes to b"" without its blocks being read. Every step is therefore
+    bounded by the data, or a cut-off block header would walk on forever past the end.
+    """
     at = zstandard.frame_header_size(data)
     checksum = (data[4] >> 2) & 1  # Frame_Header_Descriptor: Content_Checksum_flag
     while True:
+        if at + 3 > len(data):
+            raise ProtocolError("malformed", "zstd frame ends inside its blocks")
         header = int.from_bytes(data[at : at + 3], "little")
         at += 3
         last, block_type, size = header & 1, (header >> 1) & 3, header >> 3
+        if block_type == 3:
+            raise ProtocolError("malformed", "zstd block of the reserved type")
         at += 1 if block_type == 1 else size  # an RLE block stores its one byte
         if last:
-            return at + 4 * checksum
+            at += 4 * checksum
+            if at > len(data):
+                raise ProtocolError("malformed", "zstd frame ends inside its blocks")
+            return at
 
 
 def decompress(data: bytes, codec: str) -> bytes:

@@ -262,3 +262,41 @@ def test_corrupted_bodies_raise_protocol_error_and_nothing_else():
             decode_body(bytes(body))
         except ProtocolError:
             pass
+
+
+# A frame that declares 0 bytes of content decodes to b"" in zstd without its blocks being read;
+# finding where such a frame ends must stop at the end of the data, not walk on past it forever.
+_CUT_OFF_ZSTD = {
+    "block header cut off": "28b52ffd20006e16",
+    "one byte after the frame header": "28b52ffd200001",
+    "last raw block longer than the data": "28b52ffd2000" + (1000 << 3 | 1).to_bytes(3, "little").hex() + "00",
+    "checksum cut off": "28b52ffd2400" + (0 << 3 | 1).to_bytes(3, "little").hex() + "aabb",
+    "block of the reserved type": "28b52ffd2000" + (3 << 1 | 1).to_bytes(3, "little").hex(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_CUT_OFF_ZSTD))
+def test_a_zstd_frame_that_zstd_accepts_but_that_is_cut_off_is_malformed_and_never_hangs(name):
+    import subprocess
+    import sys
+
+    # In a child process: before the fix this looped forever, and a test must fail, not hang.
+    script = (
+        "import sys\n"
+        "from edge.protocol.codec import decompress\n"
+        "from edge.protocol.errors import ProtocolError\n"
+        "try:\n"
+        f"    decompress(bytes.fromhex({_CUT_OFF_ZSTD[name]!r}), 'zstd')\n"
+        "except ProtocolError as exc:\n"
+        "    print(exc.reason, '|', exc.detail)\n"
+        "else:\n"
+        "    print('accepted')\n"
+    )
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"decompress never returned on a zstd frame with its {name}")
+    assert done.returncode == 0, done.stderr
+    reason, detail = done.stdout.strip().split(" | ")
+    assert reason == "malformed"
+    assert detail in ("zstd frame ends inside its blocks", "zstd block of the reserved type")
