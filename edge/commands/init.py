@@ -7,6 +7,7 @@ in `edge/privacy/policies/`), so a technician on a pole has them without a sourc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
@@ -64,11 +65,21 @@ def init(args: argparse.Namespace) -> int:
         for name in there:
             print(f"ocn-edge init: {target / name} already exists; nothing written (--force replaces it)", file=sys.stderr)
         return 2
+    created: list[Path] = []
     try:
         target.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
-            _write(target / name, text)
+            path = target / name
+            existed = path.exists()
+            _write(path, text)
+            if not existed:
+                created.append(path)
     except OSError as exc:
+        # All or nothing: a gateway.toml left without its policy.toml would fail `check`, and the
+        # next `init` would refuse to write over it without --force.
+        for path in created:
+            with contextlib.suppress(OSError):
+                path.unlink()
         print(f"ocn-edge init: cannot write into {target}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     for name in files:
@@ -88,5 +99,6 @@ def _write(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the error to report is the one that stopped the write
+            tmp.unlink()
         raise

@@ -50,3 +50,18 @@ def test_init_into_a_place_it_cannot_write_says_so_in_one_line(tmp_path, capsys)
     assert main(["init", str(blocker / "ocn-edge")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"ocn-edge init: cannot write into {blocker / 'ocn-edge'}: ")
+
+
+def test_init_that_fails_after_writing_one_file_leaves_neither_and_can_be_run_again(tmp_path, capsys):
+    # The policy's temporary file cannot be made (a directory is in the way): gateway.toml is
+    # written first, and must not be left behind pointing at a policy.toml that is not there.
+    blocker = tmp_path / ".policy.toml.tmp"
+    blocker.mkdir()
+    assert main(["init", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ocn-edge init: cannot write into {tmp_path}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".policy.toml.tmp"]
+
+    blocker.rmdir()
+    assert main(["init", str(tmp_path)]) == 0  # no --force needed: nothing of the failed run is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.toml", "policy.toml"]
