@@ -339,11 +339,18 @@ class Uplink:
         On a metered link they are billed like the batch (about 380 bytes an exchange with the
         reference hub). TLS records, TCP and IP headers are not counted.
         """
-        info = resp.request_info
-        sent = len(f"{info.method} {info.url.raw_path_qs} HTTP/1.1\r\n") + 2
-        sent += sum(len(name) + len(value) + 4 for name, value in info.headers.items())
-        received = len(f"HTTP/{resp.version.major}.{resp.version.minor} {resp.status} {resp.reason or ''}\r\n") + 2
-        received += sum(len(name) + len(value) + 4 for name, value in resp.raw_headers) + body_bytes
+        sent = received = 0
+        # A redirect (a hub moved behind a 307/308) is one more exchange each: its request, the
+        # message sent again (counted here; the first copy was counted before sending) and its answer.
+        for hop, answer in enumerate((*resp.history, resp)):
+            info = answer.request_info
+            sent += len(f"{info.method} {info.url.raw_path_qs} HTTP/1.1\r\n") + 2
+            sent += sum(len(name) + len(value) + 4 for name, value in info.headers.items())
+            if hop:
+                sent += _content_length(info.headers)
+            received += len(f"HTTP/{answer.version.major}.{answer.version.minor} {answer.status} {answer.reason or ''}\r\n") + 2
+            received += sum(len(name) + len(value) + 4 for name, value in answer.raw_headers)
+            received += body_bytes if answer is resp else _content_length(answer.headers)
         self.counters.overhead_bytes += sent + received
         self._spend(sent + received)
 
@@ -479,6 +486,14 @@ def _ack_names(ack: Mapping[str, Any], batch: StoredBatch) -> bool:
         and type(ack.get("seq")) is int
         and ack.get("seq") == batch.id.seq
     )
+
+
+def _content_length(headers: Mapping[str, str]) -> int:
+    """The Content-Length a message declares, 0 if none or unreadable."""
+    try:
+        return max(0, int(headers.get("Content-Length", "0")))
+    except ValueError:
+        return 0
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -303,3 +303,37 @@ async def test_the_bytes_sent_today_survive_a_restart(tmp_path, device_key, rece
     assert reopened.budget_used(20_000) == len(batch.data) + uplink.counters.overhead_bytes
     assert reopened.budget_used(20_001) == 0
     await reopened.close()
+
+
+async def test_the_daily_byte_budget_counts_a_redirected_exchange_both_times(spool, device_key, receiver):
+    # A hub moved behind a 308 (permanent, the body is sent again): each batch crosses the
+    # link twice. The budget must count both legs, as the metered link bills them.
+    from aiohttp import web
+    from hilsim.netproxy import UplinkProxy
+
+    day_ms = 86_400_000
+    receiver_port = int(receiver.url.rstrip("/").rsplit(":", 1)[1])
+    async with UplinkProxy(upstream_port=receiver_port) as new_home:
+
+        async def moved(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(status=308, headers={"Location": f"{new_home.url.rstrip('/')}{request.path}"})
+
+        app = web.Application()
+        app.router.add_post("/oxp/v1/batches", moved)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        old_port = site._server.sockets[0].getsockname()[1]
+        try:
+            async with UplinkProxy(upstream_port=old_port) as old_home:
+                stored = fill(spool, device_key, 3)
+                uplink = make_uplink(spool, device_key, old_home.url, daily_budget=10_000_000, clock_ms=lambda: 20_000 * day_ms)
+                await deliver(uplink, spool)
+        finally:
+            await runner.cleanup()
+    assert len(receiver.batches) == 3
+    billed = old_home.bytes_up + old_home.bytes_down + new_home.bytes_up + new_home.bytes_down
+    assert new_home.bytes_up > sum(len(b.data) for b in stored)  # every batch did travel twice
+    assert uplink._budget_used == billed
