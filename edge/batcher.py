@@ -347,7 +347,9 @@ class Batcher:
                 bad = self._unencodable(pending, readings)
                 if bad:
                     self._unsealable([readings[i] for i in sorted(bad)], exc)
-                    todo.append([r for i, r in enumerate(readings) if i not in bad])
+                    rest = [r for i, r in enumerate(readings) if i not in bad]
+                    if rest:  # none left: no batch of nothing (its number stays spare for the next)
+                        todo.append(rest)
                 else:
                     half = len(readings) // 2
                     todo += [readings[half:], readings[:half]]

@@ -313,3 +313,18 @@ async def test_declaring_a_channel_that_already_arrived_undeclared_closes_the_ba
         (OLD_POLICY, (Channel(PM.id, unit="ug/m3"),), [12.34]),
         (OLD_POLICY, (PM_COARSE,), [10]),
     ]
+
+
+async def test_a_batch_of_only_values_the_codec_cannot_carry_seals_nothing_and_leaves_no_gap(spool, device_key):
+    batcher = make_batcher(spool, device_key)
+    for i in range(3):
+        batcher.add_nowait(Reading(VOLTAGE.id, T0 + i, 1e300, "V"))
+    await batcher.flush()
+    assert stored(spool, device_key) == []  # no empty batch to pay for on a metered link
+    assert batcher.counters.readings_unsealable == 3
+    for r in volts(2, start=T0 + 300_000):
+        batcher.add_nowait(r)
+    await batcher.flush()
+    [batch] = stored(spool, device_key)
+    assert len(batch.readings) == 2 and batch.header.counters["readings_unsealable"] == 3
+    assert batch.header.seq == spool.allocate_seq() - 1  # the number the lost batch had, not one after it
