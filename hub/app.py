@@ -72,8 +72,10 @@ async def database_down(request: web.Request, handler: Callable[[web.Request], A
 
 
 async def short_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """``Server: ocn-hub`` instead of aiohttp's "Python/3.x aiohttp/3.x": it tells an attacker
-    nothing about versions, and a gateway on a metered link reads it once per batch."""
+    """``Server: ocn-hub`` instead of aiohttp's "Python/3.x aiohttp/3.x" on every answer the
+    application makes (404s and middleware answers included): a gateway on a metered link reads
+    it once per batch. Not a hiding place for versions: the 400 aiohttp's HTTP parser sends for
+    bytes that are not HTTP never reaches the application and still names them."""
     response.headers["Server"] = "ocn-hub"
 
 
