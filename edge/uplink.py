@@ -59,7 +59,7 @@ class UplinkCounters:
     batches_quarantined: int = 0
     retries: int = 0
     bytes_sent: int = 0  # batch bytes, retries included
-    overhead_bytes: int = 0  # HTTP request headers and the hub's whole answers, both ways
+    overhead_bytes: int = 0  # all else carried, both ways: status reports, notices, HTTP headers, the hub's answers
     status_sent: int = 0
     last_error: str = ""
     last_ack_ms: int = 0
@@ -427,6 +427,7 @@ class Uplink:
         """Seal ``message`` as a signed OXP status-type message, POST it, and return the hub's JSON
         answer when it says ok; None (logged at debug: the caller retries later) otherwise."""
         data = seal_status(message, device_id=self.device_id, private_key=self._private_key)
+        self.counters.overhead_bytes += len(data)
         self._spend(len(data))
         try:
             async with self._http().post(

@@ -197,6 +197,8 @@ async def test_the_daily_byte_budget_counts_every_byte_http_carried_both_ways(sp
     assert uplink._budget_used == link.bytes_up + link.bytes_down
     assert uplink.counters.bytes_sent == batches
     assert uplink.counters.overhead_bytes > 5 * 300  # headers and answers: a few hundred bytes an exchange
+    # The two parts the local API shows add up to what the link carried: the status report is overhead.
+    assert uplink.counters.bytes_sent + uplink.counters.overhead_bytes == link.bytes_up + link.bytes_down
 
 
 async def test_the_status_report_is_signed_and_carries_backlog_loss_and_boot(spool, device_key, receiver):
