@@ -659,7 +659,13 @@ async def _reload(
         await candidate.stop(reloading=True)
         desired.record_failure(request.change.etag, f"the new config did not start: {exc}")
         previous = make(gateway.config, gateway.policy)
-        await previous.start()
+        try:
+            await previous.start()
+        except BaseException:
+            # Not even the last good pipeline starts: close what it opened (spool, local API)
+            # before the error ends the gateway, so the spool is not taken for a crash.
+            await previous.stop(reloading=True)
+            raise
         return previous
     desired.record_success(request.change, policy_toml=request.policy_toml)
     if request.config.gateway.log_level != gateway.config.gateway.log_level:
