@@ -9,14 +9,14 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import cbor2
 from aiohttp import web
 
 from edge.protocol.senml import SENML_CBOR_LABELS
-from hub.sta_filter import utc_ms
+from hub.sta_filter import iso_ms
 from hub.state import HUB
 from hub.store import StoredReading
 
@@ -26,6 +26,8 @@ routes = web.RouteTableDef()
 
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 100_000
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 class QueryError(ValueError):
@@ -39,12 +41,9 @@ def parse_time(name: str, text: str | None) -> int | None:
     if text.lstrip("-").isdigit():
         return int(text)
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        return iso_ms(text)
+    except (ValueError, OverflowError):
         raise QueryError(f"{name}={text!r}: expected ISO 8601 like 2026-11-27T03:00:00Z or milliseconds since 1970") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return utc_ms(moment)
 
 
 def _int(name: str, text: str | None, default: int, *, high: int) -> int:
@@ -141,7 +140,7 @@ async def readings_csv(request: web.Request) -> web.Response:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["device_id", "channel", "time", "ts_ms", "value", "unit", "quality"])
     for r in rows:
-        stamp = datetime.fromtimestamp(r.ts_ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        stamp = (_EPOCH + timedelta(milliseconds=r.ts_ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         value = ("true" if r.value else "false") if isinstance(r.value, bool) else r.value
         writer.writerow([r.device_id, r.channel, stamp, r.ts_ms, value, r.unit, "" if r.quality is None else r.quality])
     return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8", headers=_next_link(request, rows, limit, offset))

@@ -118,19 +118,23 @@ def utc_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
+def iso_ms(text: str) -> int:
+    """Milliseconds since 1970 of an ISO 8601 date or time (no zone: UTC); ValueError if it is none."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return utc_ms(moment)
+
+
 def parse_time(text: str) -> int:
     """Milliseconds since 1970 of an ISO 8601 date or time (no zone: UTC)."""
     if "/" in text:
         raise FilterError(f"{text!r}: time intervals are not supported; compare with start and end instants")
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return iso_ms(text)
     except ValueError:
         raise FilterError(f"{text!r} is not a valid ISO 8601 time (e.g. 2026-11-27T03:00:00Z)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    try:
-        return utc_ms(moment)
-    except (OverflowError, ValueError, OSError):
+    except OverflowError:
         raise FilterError(f"{text!r}: time out of range") from None
 
 
