@@ -6,12 +6,9 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import sqlite3
 import sys
 from pathlib import Path
-
-import pytest
 
 from edge.protocol import load_public_key, open_batch
 
@@ -58,16 +55,6 @@ purpose = "air quality"
 rule = "keep"
 purpose = "energy"
 """
-
-
-@pytest.fixture
-def notify_socket(tmp_path):
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.setblocking(False)
-    yield str(path), sock
-    sock.close()
 
 
 async def _start_gateway(hilsim_run, tmp_path: Path, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, Path]:

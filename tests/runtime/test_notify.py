@@ -4,19 +4,7 @@ import asyncio
 import os
 import socket
 
-import pytest
-
 from edge.notify import Notifier, watchdog_loop
-
-
-@pytest.fixture
-def notify_socket(tmp_path):
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.setblocking(False)
-    yield str(path), sock
-    sock.close()
 
 
 def drain(sock):
