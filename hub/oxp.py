@@ -87,8 +87,13 @@ def refuse_device(device: DeviceKey | None, kid: bytes) -> web.Response | None:
     return None
 
 
-async def signed_sender(hub: Hub, data: bytes) -> tuple[DeviceKey, dict[str, Any]] | web.Response:
-    """Verify a signed status-type message (status report or notice) and find its active sender."""
+async def signed_sender(request: web.Request, limit: int) -> tuple[DeviceKey, dict[str, Any]] | web.Response:
+    """Read a signed status-type message (status report or notice) of at most ``limit`` bytes,
+    verify it and find its active sender; or the error answer."""
+    hub = request.app[HUB]
+    data = await read_body(request, limit)
+    if isinstance(data, web.Response):
+        return data
     try:
         kid = _status_kid(data)
     except ProtocolError as exc:
@@ -212,10 +217,7 @@ async def post_enrol(request: web.Request) -> web.Response:
 @routes.post("/oxp/v1/status")
 async def post_status(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    data = await read_body(request, MAX_STATUS_BYTES)
-    if isinstance(data, web.Response):
-        return data
-    sender = await signed_sender(hub, data)
+    sender = await signed_sender(request, MAX_STATUS_BYTES)
     if isinstance(sender, web.Response):
         return sender
     device_key, report = sender
@@ -232,10 +234,7 @@ async def post_status(request: web.Request) -> web.Response:
 async def post_notice(request: web.Request) -> web.Response:
     """A transparency notice: a signed COSE_Sign1 status-type message whose map carries ``notice`` (the JSON object)."""
     hub = request.app[HUB]
-    data = await read_body(request, MAX_NOTICE_BYTES)
-    if isinstance(data, web.Response):
-        return data
-    sender = await signed_sender(hub, data)
+    sender = await signed_sender(request, MAX_NOTICE_BYTES)
     if isinstance(sender, web.Response):
         return sender
     device_key, message = sender
