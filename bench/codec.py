@@ -53,11 +53,11 @@ from edge.protocol import Batch, BatchHeader, key_id, open_batch, seal_batch, se
 from edge.privacy.load import load_policy
 from edge.privacy.stage import PrivacyStage
 from edge.protocol import codec as oxp_codec
+from edge.demo import DEMO_POLICY
 from edge.types import Channel, Reading
+from hilsim.models import datasets_dir
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-if not DATASETS.exists():
-    DATASETS = Path("/work/shared/datasets")
+DATASETS = datasets_dir()  # $OCN_DATASETS, else ../shared/datasets beside the checkout
 SPANS = (("5 min", 300), ("1 h", 3600))
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 UTC = timezone.utc
@@ -102,25 +102,26 @@ def _iso_ms(text: str, tz: timezone = UTC) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=tz).timestamp() * 1000)
 
 
-def load_sds011() -> Source:
-    with (DATASETS / "sensor_community_sds011_8554_aberdeen_2019-01-10_2019-03-12.csv").open() as f:
+def _sensor_community(file: str, columns: dict[str, tuple[str, str]], name: str) -> Source:
+    """A Sensor.Community archive CSV (semicolon-separated, UTC ISO timestamps)."""
+    with (DATASETS / file).open() as f:
         rows = list(csv.DictReader(f, delimiter=";"))
-    return _columns(
-        rows,
-        time_ms=lambda r: _iso_ms(r["timestamp"]),
-        columns={"P1": ("pm-1/pm10", "ug/m3"), "P2": ("pm-1/pm2_5", "ug/m3")},
-        name="SDS011 Aberdeen (2 ch, ~150 s)",
+    return _columns(rows, time_ms=lambda r: _iso_ms(r["timestamp"]), columns=columns, name=name)
+
+
+def load_sds011() -> Source:
+    return _sensor_community(
+        "sensor_community_sds011_8554_aberdeen_2019-01-10_2019-03-12.csv",
+        {"P1": ("pm-1/pm10", "ug/m3"), "P2": ("pm-1/pm2_5", "ug/m3")},
+        "SDS011 Aberdeen (2 ch, ~150 s)",
     )
 
 
 def load_dht22() -> Source:
-    with (DATASETS / "sensor_community_dht22_8555_aberdeen_2019-01-10_2019-03-12.csv").open() as f:
-        rows = list(csv.DictReader(f, delimiter=";"))
-    return _columns(
-        rows,
-        time_ms=lambda r: _iso_ms(r["timestamp"]),
-        columns={"temperature": ("th-1/temperature", "Cel"), "humidity": ("th-1/humidity", "%RH")},
-        name="DHT22 Aberdeen (2 ch, ~150 s)",
+    return _sensor_community(
+        "sensor_community_dht22_8555_aberdeen_2019-01-10_2019-03-12.csv",
+        {"temperature": ("th-1/temperature", "Cel"), "humidity": ("th-1/humidity", "%RH")},
+        "DHT22 Aberdeen (2 ch, ~150 s)",
     )
 
 
@@ -267,7 +268,6 @@ def reference_station(hours: float, *, with_gps: bool = True) -> Source:
     return Source(name, channels, readings)
 
 
-DEMO_POLICY = Path(__file__).resolve().parents[1] / "edge" / "privacy" / "policies" / "demo.toml"
 
 
 def as_released(source: Source, policy_path: Path = DEMO_POLICY) -> Source:

@@ -31,8 +31,9 @@ import aiohttp
 
 from edge.protocol import MEDIA_TYPE, BatchHeader, generate_keypair, key_id, raw_public_key, seal_batch
 from edge.types import Channel, Reading
+from hilsim.models import datasets_dir
 
-DATASET = Path("/work/shared/datasets/ampds2_Electricity_B1E-11.csv")
+DATASET = datasets_dir() / "ampds2_Electricity_B1E-11.csv"  # $OCN_DATASETS, else ../shared/datasets
 COLUMNS = {"V": ("V", 0.1), "I": ("A", 0.1), "f": ("Hz", 0.01), "DPF": ("/", 0.01), "APF": ("/", 0.01), "P": ("W", 1.0),
            "Pt": ("Wh", 1.0), "Q": ("var", 1.0), "Qt": ("varh", 1.0), "S": ("VA", 1.0), "St": ("VAh", 1.0)}
 SERVING = re.compile(r"OCN hub serving on (http://\S+)")
