@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 
 from edge.types import Reading
 from hub.store import StoredReading
 
-__all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "Counter", "chunk_query", "count_query", "encode_chunks", "split_reading_id"]
+__all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "Counter", "chunk_query", "count_query", "encode_chunks", "outside_query",
+           "quarantine_plan", "split_chunk", "split_reading_id"]
 
 MAX_CHUNK = 65536
 # offset + limit of one query: deeper pages must narrow the time range instead.
@@ -28,6 +29,13 @@ MAX_WINDOW = 1_000_000
 CHUNK_PAGE = 256
 
 Match = Callable[[StoredReading], bool]
+
+
+def _chunk(times: Sequence[int], values: Sequence[Any], qualities: Sequence[int | None]) -> tuple[int, int, int, bytes]:
+    """(first_ms, last_ms, count, data) of one chunk's readings."""
+    first = min(times)
+    data = cbor2.dumps([[t - first for t in times], list(values), list(qualities) if any(q is not None for q in qualities) else None])
+    return first, max(times), len(times), data
 
 
 def encode_chunks(readings: Iterable[Reading]) -> dict[str, list[tuple[int, int, int, bytes]]]:
@@ -40,11 +48,64 @@ def encode_chunks(readings: Iterable[Reading]) -> dict[str, list[tuple[int, int,
         out[channel] = []
         for start in range(0, len(rows), MAX_CHUNK):
             part = rows[start : start + MAX_CHUNK]
-            first = min(r.ts_ms for r in part)
-            qualities = [None if r.quality is None else int(r.quality) for r in part]
-            data = cbor2.dumps([[r.ts_ms - first for r in part], [r.value for r in part], qualities if any(q is not None for q in qualities) else None])
-            out[channel].append((first, max(r.ts_ms for r in part), len(part), data))
+            out[channel].append(_chunk([r.ts_ms for r in part], [r.value for r in part], [None if r.quality is None else int(r.quality) for r in part]))
     return out
+
+
+def split_chunk(
+    first_ms: int, data: bytes, fault: Callable[[int], str | None]
+) -> tuple[tuple[int, int, int, bytes] | None, list[tuple[list[Any], str]]]:
+    """A stored chunk without the readings whose time has a ``fault`` (None: no reading left), and those readings.
+
+    Each refused reading is ``[ts_ms, value, quality]`` with its reason.  The readings kept move
+    up to fill the gaps, so their ids (chunk id × 65536 + position) change.
+    """
+    offsets, values, qualities = cbor2.loads(bytes(data))
+    kept: tuple[list[int], list[Any], list[int | None]] = ([], [], [])
+    refused: list[tuple[list[Any], str]] = []
+    for i, offset in enumerate(offsets):
+        ts, quality = first_ms + offset, None if qualities is None else qualities[i]
+        reason = fault(ts)
+        if reason is None:
+            kept[0].append(ts)
+            kept[1].append(values[i])
+            kept[2].append(quality)
+        else:
+            refused.append(([ts, values[i], quality], reason))
+    return (_chunk(*kept) if kept[0] else None), refused
+
+
+def outside_query(mark: str) -> str:
+    """SELECT of the chunks holding a reading before the first parameter or after the second, for quarantine_plan.
+
+    ``mark`` is the engine's placeholder style ("?" or "$").
+    """
+    low, high = ("?", "?") if mark == "?" else ("$1", "$2")
+    return ("SELECT k.id, c.device_id, c.name, c.unit, k.first_ms, k.data" + _CHUNKS_FROM
+            + f" WHERE k.first_ms < {low} OR k.last_ms > {high} ORDER BY k.id")
+
+
+class QuarantinePlan(NamedTuple):
+    """What moving stored readings into quarantine writes: chunks to rewrite or delete, and quarantine rows."""
+
+    rewrite: list[tuple[int, int, int, bytes, int]]  # (first_ms, last_ms, count, data, chunk id)
+    delete: list[tuple[int]]  # (chunk id,)
+    quarantine: list[tuple[str, str, str, bytes, str, int]]  # (device_id, channel, unit, reading, reason, received_ms)
+
+
+def quarantine_plan(rows: Iterable[Sequence[Any]], fault: Callable[[int], str | None], *, now_ms: int) -> QuarantinePlan:
+    """The plan that takes every reading whose time has a ``fault`` out of the chunk rows of outside_query."""
+    plan = QuarantinePlan([], [], [])
+    for chunk_id, device_id, channel, unit, first_ms, data in rows:
+        kept, refused = split_chunk(first_ms, data, fault)
+        if not refused:
+            continue
+        plan.quarantine.extend((device_id, channel, unit, cbor2.dumps(reading), reason, now_ms) for reading, reason in refused)
+        if kept is None:
+            plan.delete.append((chunk_id,))
+        else:
+            plan.rewrite.append((*kept, chunk_id))
+    return plan
 
 
 def split_reading_id(reading_id: int) -> tuple[int, int]:

@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.protocol import MAX_BATCH_BYTES, MAX_STATUS_BYTES, ProtocolError, key_id, open_batch, open_status, peek_header
 from hub.auth import secret_hash
+from hub.bounds import split_readings
 from hub.fleet import desired_document, sign_document
 from hub.state import HUB, Hub
 from hub.store import DeviceKey, EnrolError, IncomingBatch
@@ -165,14 +167,19 @@ async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) ->
     h = batch.header
     if h.device_id != device.device_id:
         return problem(400, "malformed", f"batch names device {h.device_id!r} but key id {h.key_id.hex()} is enrolled as {device.device_id!r}")
+    received = now_ms()
+    kept, quarantined = split_readings(batch.readings, created_ms=h.created_ms, now_ms=received)
     status = await hub.store.store_batch(
         IncomingBatch(
             device_id=device.device_id, key_id=h.key_id, boot_epoch=h.boot_epoch, seq=h.seq, created_ms=h.created_ms,
-            received_ms=now_ms(), policy_digest=h.policy_digest, codec=h.codec, counters=h.counters,
-            channels=batch.channels, readings=batch.readings, size=len(data),
+            received_ms=received, policy_digest=h.policy_digest, codec=h.codec, counters=h.counters,
+            channels=batch.channels, readings=kept, size=len(data), quarantined=quarantined,
         )
     )
-    return compact_json({"device_id": device.device_id, "key_id": h.key_id.hex(), "boot_epoch": h.boot_epoch, "seq": h.seq, "status": status})
+    ack: dict[str, Any] = {"device_id": device.device_id, "key_id": h.key_id.hex(), "boot_epoch": h.boot_epoch, "seq": h.seq, "status": status}
+    if status == "stored" and quarantined:  # OXP §8.5: readings kept apart, by reason; said by the ack that stored the batch
+        ack["quarantined"] = dict(sorted(Counter(q.reason for q in quarantined).items()))
+    return compact_json(ack)
 
 
 @routes.post("/oxp/v1/enrol")

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from edge.types import Channel, Reading
+from hub.bounds import Quarantined
 
 __all__ = [
     "Device",
@@ -74,7 +75,7 @@ class TokenInfo:
 
 @dataclass(frozen=True, slots=True)
 class IncomingBatch:
-    """A verified batch ready to store: its identity, header facts and contents."""
+    """A verified batch ready to store: its identity, header facts, the readings to store and those to quarantine (hub.bounds)."""
 
     device_id: str
     key_id: bytes
@@ -88,6 +89,7 @@ class IncomingBatch:
     channels: Sequence[Channel]
     readings: Sequence[Reading]
     size: int = 0
+    quarantined: Sequence[Quarantined] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,8 +213,14 @@ class Store(abc.ABC):
     async def store_batch(self, batch: IncomingBatch) -> str:
         """Store a verified batch once: "stored" the first time, "duplicate" for every replay.
 
-        Marks each channel the batch declares personal as personal for good, in the same transaction.
+        Its ``readings`` go among the readings and its ``quarantined`` ones into quarantine, in one
+        transaction, so a replay quarantines nothing twice.  Marks each channel the batch declares
+        personal as personal for good, in the same transaction.
         """
+
+    @abc.abstractmethod
+    async def quarantined(self, device_id: str) -> dict[str, int]:
+        """How many of a device's readings are quarantined, by reason (OXP §8.5); empty if none."""
 
     @abc.abstractmethod
     async def record_status(self, device_id: str, report: Mapping[str, Any], *, received_ms: int) -> None: ...

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,10 +25,18 @@ from hub.store import (
     dumps,
     notice_location,
     postgres_schema,
-    status_columns,
 )
-from hub.chunks import CHUNK_PAGE, Collector, encode_chunks
-from hub.store_sql import DEVICE_COLUMNS, decide_enrolment, device_from_row, status_change_allowed
+from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
+from hub.chunks import CHUNK_PAGE, Collector, encode_chunks, outside_query, quarantine_plan
+from hub.store_sql import (
+    DEVICE_COLUMNS,
+    decide_enrolment,
+    device_from_row,
+    quarantine_rows,
+    status_change_allowed,
+    status_row,
+    to_uint_column,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -38,6 +47,19 @@ def _lock_key(search_path: str | None) -> int:
     """The advisory lock that serialises migrations of one schema across hub processes."""
     digest = hashlib.sha256(f"ocn-hub-migrate:{search_path or 'public'}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def _quarantine_stored(conn: Any) -> None:
+    """Move the readings already stored outside the time bounds into quarantine (schema migration 4)."""
+    now = time.time_ns() // 1_000_000
+    rows = await conn.fetch(outside_query("$"), FLOOR_MS, now + MAX_SKEW_MS)
+    plan = quarantine_plan(rows, lambda ts: reading_time_fault(ts, now_ms=now), now_ms=now)
+    await conn.executemany("INSERT INTO quarantine (device_id, channel, unit, reading, reason, received_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+                           plan.quarantine)
+    await conn.executemany("UPDATE chunks SET first_ms = $1, last_ms = $2, count = $3, data = $4 WHERE id = $5", plan.rewrite)
+    await conn.executemany("DELETE FROM chunks WHERE id = $1", plan.delete)
+    if plan.quarantine:
+        log.info("quarantined stored readings outside the time bounds", extra={"readings": len(plan.quarantine), "engine": "postgresql"})
 
 
 class PostgresStore(Store):
@@ -85,6 +107,8 @@ class PostgresStore(Store):
                 if version > current:
                     for statement in schema.migration_statements("postgresql", sql):
                         await conn.execute(statement)
+                    if version == schema.QUARANTINE_STORED:
+                        await _quarantine_stored(conn)
                     await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
                     log.info("applied schema migration", extra={"version": version, "engine": "postgresql"})
 
@@ -118,11 +142,11 @@ class PostgresStore(Store):
                 return decision
             status, fleet = decision
             await conn.execute(
-                "INSERT INTO devices (device_id, key_id, public_key, status, fleet, enrolled_ms, token_id, software_version)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id) DO UPDATE SET key_id = excluded.key_id,"
+                "INSERT INTO devices (device_id, key_id, public_key, status, fleet, enrolled_ms, token_id, software_version, unclean_stops, readings_dropped)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (device_id) DO UPDATE SET key_id = excluded.key_id,"
                 " public_key = excluded.public_key, status = excluded.status, fleet = excluded.fleet,"
                 " enrolled_ms = excluded.enrolled_ms, token_id = excluded.token_id, software_version = excluded.software_version",
-                device_id, key_id, public_key, status, fleet, now_ms, token[0], software_version,
+                device_id, key_id, public_key, status, fleet, now_ms, token[0], software_version, to_uint_column(0),
             )
             await conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1", token[0])
             return EnrolOutcome(device_id, key_id, status)
@@ -151,14 +175,15 @@ class PostgresStore(Store):
 
     async def store_batch(self, batch: IncomingBatch) -> str:
         counters = dumps(dict(batch.counters))
+        epoch, seq = to_uint_column(batch.boot_epoch), to_uint_column(batch.seq)
         async with self._pool.acquire() as conn, conn.transaction():
             # The primary key decides: whichever process inserts first stores the readings;
             # the other waits on the row lock and then sees the conflict.
             inserted = await conn.fetchval(
                 "INSERT INTO batches (key_id, boot_epoch, seq, device_id, created_ms, received_ms, readings, size, policy_digest, codec, counters)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING RETURNING 1",
-                batch.key_id, batch.boot_epoch, batch.seq, batch.device_id, batch.created_ms, batch.received_ms,
-                len(batch.readings), batch.size, batch.policy_digest.hex(), batch.codec, counters,
+                batch.key_id, epoch, seq, batch.device_id, to_uint_column(batch.created_ms), batch.received_ms,
+                len(batch.readings) + len(batch.quarantined), batch.size, batch.policy_digest.hex(), batch.codec, counters,
             )
             if inserted is None:
                 await conn.execute(
@@ -185,6 +210,11 @@ class PostgresStore(Store):
                 )
             rows = [(declared[name], *chunk) for name, chunks in encode_chunks(batch.readings).items() for chunk in chunks]
             await conn.executemany("INSERT INTO chunks (channel_id, first_ms, last_ms, count, data) VALUES ($1, $2, $3, $4, $5)", rows)
+            await conn.executemany(
+                "INSERT INTO quarantine (device_id, key_id, boot_epoch, seq, channel, unit, reading, reason, received_ms)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                quarantine_rows(batch),
+            )
             await conn.execute(
                 "UPDATE devices SET readings_stored = readings_stored + $1, batches_stored = batches_stored + 1,"
                 " last_seen_ms = greatest(coalesce(last_seen_ms, 0), $2) WHERE device_id = $3",
@@ -194,13 +224,17 @@ class PostgresStore(Store):
                 "UPDATE devices SET boot_epoch = $1, last_seq = $2, counters = $3, policy_digest = $4,"
                 " unclean_stops = coalesce($5, unclean_stops), readings_dropped = coalesce($6, readings_dropped)"
                 " WHERE device_id = $7 AND (boot_epoch IS NULL OR boot_epoch < $1 OR (boot_epoch = $1 AND (last_seq IS NULL OR last_seq <= $2)))",
-                batch.boot_epoch, batch.seq, counters, batch.policy_digest.hex(),
-                batch.counters.get("unclean_stops"), batch.counters.get("readings_dropped"), batch.device_id,
+                epoch, seq, counters, batch.policy_digest.hex(),
+                to_uint_column(batch.counters.get("unclean_stops")), to_uint_column(batch.counters.get("readings_dropped")), batch.device_id,
             )
             return "stored"
 
+    async def quarantined(self, device_id: str) -> dict[str, int]:
+        rows = await self._pool.fetch("SELECT reason, count(*) FROM quarantine WHERE device_id = $1 GROUP BY reason ORDER BY reason", device_id)
+        return {r[0]: r[1] for r in rows}
+
     async def record_status(self, device_id: str, report: Mapping[str, Any], *, received_ms: int) -> None:
-        cols = status_columns(report)
+        cols = status_row(report)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE devices SET software_version = $1, spool_batches = $2, spool_bytes = $3, config_digest = $4, errors = $5,"

@@ -3,19 +3,52 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import cbor2
+
 from edge.types import Channel
-from hub.store import Device, EnrolError, EnrolOutcome, IncomingBatch
+from hub.store import Device, EnrolError, EnrolOutcome, IncomingBatch, status_columns
 
 __all__ = [
     "DEVICE_COLUMNS",
     "channel_map",
     "decide_enrolment",
     "device_from_row",
+    "from_uint_column",
+    "quarantine_rows",
     "status_change_allowed",
+    "status_row",
+    "to_uint_column",
 ]
+
+# OXP uints (batch identities, counters) reach 2^64 - 1; both engines' integers are signed 64-bit.
+# Shifting by 2^63 maps 0 .. 2^64 - 1 onto the signed range exactly and keeps the order, so
+# comparisons (the newest boot epoch and sequence) and the batch primary key work in SQL as before.
+_UINT_SHIFT = 2**63
+
+
+def to_uint_column(value: int | None) -> int | None:
+    """An OXP uint as its column holds it (schema migration 4); None stays NULL."""
+    return None if value is None else value - _UINT_SHIFT
+
+
+def from_uint_column(value: int | None) -> int | None:
+    """The OXP uint a column holds (schema migration 4); NULL is None."""
+    return None if value is None else int(value) + _UINT_SHIFT
+
+
+_STATUS_UINTS = ("boot_epoch", "unclean_stops", "spool_batches", "spool_bytes", "readings_dropped")
+
+
+def status_row(report: Mapping[str, Any]) -> dict[str, Any]:
+    """status_columns with its uints as their columns hold them; a count outside 0 .. 2^64 - 1 is ignored like an ill-typed one."""
+    cols = status_columns(report)
+    for name in _STATUS_UINTS:
+        value = cols[name]
+        cols[name] = to_uint_column(value) if value is not None and 0 <= value < 2 * _UINT_SHIFT else None
+    return cols
 
 DEVICE_COLUMNS = (
     "device_id, key_id, status, fleet, enrolled_ms, last_seen_ms, software_version, boot_epoch, last_seq,"
@@ -34,12 +67,12 @@ def device_from_row(row: Sequence[Any]) -> Device:
         enrolled_ms=row[4],
         last_seen_ms=row[5],
         software_version=row[6],
-        boot_epoch=row[7],
-        last_seq=row[8],
-        unclean_stops=row[9],
-        readings_dropped=row[10],
-        spool_batches=row[11],
-        spool_bytes=row[12],
+        boot_epoch=from_uint_column(row[7]),
+        last_seq=from_uint_column(row[8]),
+        unclean_stops=from_uint_column(row[9]),
+        readings_dropped=from_uint_column(row[10]),
+        spool_batches=from_uint_column(row[11]),
+        spool_bytes=from_uint_column(row[12]),
         policy_digest=row[13],
         config_digest=row[14],
         applied_etag=row[15],
@@ -101,3 +134,13 @@ def channel_map(batch: IncomingBatch, channel_id: Callable[[Channel], int]) -> d
         if reading.channel not in ids:
             ids[reading.channel] = channel_id(Channel(reading.channel, unit=reading.unit))
     return ids
+
+
+def quarantine_rows(batch: IncomingBatch) -> list[tuple[Any, ...]]:
+    """The quarantine rows of a batch's refused readings: (device_id, key_id, boot_epoch, seq, channel, unit, reading, reason, received_ms)."""
+    return [
+        (batch.device_id, batch.key_id, to_uint_column(batch.boot_epoch), to_uint_column(batch.seq), q.reading.channel, q.reading.unit,
+         cbor2.dumps([q.reading.ts_ms, q.reading.value, None if q.reading.quality is None else int(q.reading.quality)]), q.reason,
+         batch.received_ms)
+        for q in batch.quarantined
+    ]

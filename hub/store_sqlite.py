@@ -30,10 +30,19 @@ from hub.store import (
     dumps,
     sqlite_path,
     notice_location,
-    status_columns,
 )
-from hub.chunks import Collector, collect_pages, encode_chunks
-from hub.store_sql import DEVICE_COLUMNS, channel_map, decide_enrolment, device_from_row, status_change_allowed
+from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
+from hub.chunks import Collector, collect_pages, encode_chunks, outside_query, quarantine_plan
+from hub.store_sql import (
+    DEVICE_COLUMNS,
+    channel_map,
+    decide_enrolment,
+    device_from_row,
+    quarantine_rows,
+    status_change_allowed,
+    status_row,
+    to_uint_column,
+)
 
 __all__ = ["SQLiteStore"]
 
@@ -73,12 +82,26 @@ def _migrate(conn: sqlite3.Connection) -> None:
             if version > current:
                 for statement in schema.migration_statements("sqlite", sql):
                     conn.execute(statement)
+                if version == schema.QUARANTINE_STORED:
+                    _quarantine_stored(conn)
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
                 log.info("applied schema migration", extra={"version": version, "engine": "sqlite"})
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _quarantine_stored(conn: sqlite3.Connection) -> None:
+    """Move the readings already stored outside the time bounds into quarantine (schema migration 4)."""
+    now = time.time_ns() // 1_000_000
+    rows = conn.execute(outside_query("?"), (FLOOR_MS, now + MAX_SKEW_MS)).fetchall()
+    plan = quarantine_plan(rows, lambda ts: reading_time_fault(ts, now_ms=now), now_ms=now)
+    conn.executemany("INSERT INTO quarantine (device_id, channel, unit, reading, reason, received_ms) VALUES (?, ?, ?, ?, ?, ?)", plan.quarantine)
+    conn.executemany("UPDATE chunks SET first_ms = ?, last_ms = ?, count = ?, data = ? WHERE id = ?", plan.rewrite)
+    conn.executemany("DELETE FROM chunks WHERE id = ?", plan.delete)
+    if plan.quarantine:
+        log.info("quarantined stored readings outside the time bounds", extra={"readings": len(plan.quarantine), "engine": "sqlite"})
 
 
 class SQLiteStore(Store):
@@ -225,8 +248,9 @@ class SQLiteStore(Store):
                 )
             else:
                 conn.execute(
-                    "INSERT INTO devices (device_id, key_id, public_key, status, fleet, enrolled_ms, token_id, software_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (device_id, key_id, public_key, status, fleet, now_ms, token[0], software_version),
+                    "INSERT INTO devices (device_id, key_id, public_key, status, fleet, enrolled_ms, token_id, software_version,"
+                    " unclean_stops, readings_dropped) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (device_id, key_id, public_key, status, fleet, now_ms, token[0], software_version, to_uint_column(0), to_uint_column(0)),
                 )
             conn.execute("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = ?", (token[0],))
             return EnrolOutcome(device_id, key_id, status)
@@ -277,8 +301,9 @@ class SQLiteStore(Store):
             cur = conn.execute(
                 "INSERT OR IGNORE INTO batches (key_id, boot_epoch, seq, device_id, created_ms, received_ms, readings, size, policy_digest, codec, counters)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (batch.key_id, batch.boot_epoch, batch.seq, batch.device_id, batch.created_ms, batch.received_ms,
-                 len(batch.readings), batch.size, batch.policy_digest.hex(), batch.codec, dumps(dict(batch.counters))),
+                (batch.key_id, to_uint_column(batch.boot_epoch), to_uint_column(batch.seq), batch.device_id, to_uint_column(batch.created_ms),
+                 batch.received_ms, len(batch.readings) + len(batch.quarantined), batch.size, batch.policy_digest.hex(), batch.codec,
+                 dumps(dict(batch.counters))),
             )
             if cur.rowcount == 0:
                 conn.execute(
@@ -291,26 +316,35 @@ class SQLiteStore(Store):
                 "INSERT INTO chunks (channel_id, first_ms, last_ms, count, data) VALUES (?, ?, ?, ?, ?)",
                 [(ids[name], *chunk) for name, chunks in encode_chunks(batch.readings).items() for chunk in chunks],
             )
+            conn.executemany(
+                "INSERT INTO quarantine (device_id, key_id, boot_epoch, seq, channel, unit, reading, reason, received_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                quarantine_rows(batch),
+            )
             conn.execute(
                 "UPDATE devices SET readings_stored = readings_stored + ?, batches_stored = batches_stored + 1,"
                 " last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
                 (len(batch.readings), batch.received_ms, batch.device_id),
             )
-            unclean, dropped = batch.counters.get("unclean_stops"), batch.counters.get("readings_dropped")
+            unclean, dropped = to_uint_column(batch.counters.get("unclean_stops")), to_uint_column(batch.counters.get("readings_dropped"))
+            epoch, seq = to_uint_column(batch.boot_epoch), to_uint_column(batch.seq)
             # Counters are cumulative on the device: only the newest batch (by boot epoch, sequence) speaks for it.
             conn.execute(
                 "UPDATE devices SET boot_epoch = ?, last_seq = ?, counters = ?, policy_digest = ?,"
                 " unclean_stops = coalesce(?, unclean_stops), readings_dropped = coalesce(?, readings_dropped)"
                 " WHERE device_id = ? AND (boot_epoch IS NULL OR boot_epoch < ? OR (boot_epoch = ? AND (last_seq IS NULL OR last_seq <= ?)))",
-                (batch.boot_epoch, batch.seq, dumps(dict(batch.counters)), batch.policy_digest.hex(), unclean, dropped,
-                 batch.device_id, batch.boot_epoch, batch.boot_epoch, batch.seq),
+                (epoch, seq, dumps(dict(batch.counters)), batch.policy_digest.hex(), unclean, dropped, batch.device_id, epoch, epoch, seq),
             )
             return "stored"
 
         return await self._write(run)
 
+    async def quarantined(self, device_id: str) -> dict[str, int]:
+        rows = await self._read("SELECT reason, count(*) FROM quarantine WHERE device_id = ? GROUP BY reason ORDER BY reason", (device_id,))
+        return {reason: count for reason, count in rows}
+
     async def record_status(self, device_id: str, report: Mapping[str, Any], *, received_ms: int) -> None:
-        cols = status_columns(report)
+        cols = status_row(report)
 
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(

@@ -274,7 +274,6 @@ async def test_a_database_made_by_the_previous_schema_is_upgraded_and_keeps_its_
 
     latest = schema.MIGRATIONS
     previous = [m for m in latest if m[0] < 3]
-    assert latest[-1][0] == 3
     schema.MIGRATIONS = tuple(previous)
     try:
         old = await open_store(db_url)
@@ -293,7 +292,7 @@ async def test_a_database_made_by_the_previous_schema_is_upgraded_and_keeps_its_
     ])
     current = await open_store(db_url)
     try:
-        assert await current.schema_version() == 3
+        assert await current.schema_version() == latest[-1][0]
         [channel] = await current.channels()
         assert (channel.channel, channel.personal) == ("pm-1/pm2_5", False)
         assert [r.value for r in await current.readings()] == [12.5]
