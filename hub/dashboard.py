@@ -12,6 +12,7 @@ from aiohttp import web
 
 from hub.charts import line_chart
 from hub.fleet import DesiredError, check_desired, desired_document, drift
+from hub.reports import notice_problem
 from hub.state import HUB, Hub
 from hub.store import Device
 from hub.tokens import create_token
@@ -109,7 +110,10 @@ async def transparency(request: web.Request) -> web.Response:
     latest: dict[str, Any] = {}
     for notice in notices:  # newest first: keep each gateway's current notice
         latest.setdefault(notice.device_id, notice)
-    return render(request, "transparency.html", notices=sorted(latest.values(), key=lambda n: n.device_id))
+    # A notice stored before the hub checked notices may not fit the schema the page is written for:
+    # it is named as unreadable rather than shown in part, or an older one shown as current.
+    entries = [{"notice": n, "problem": notice_problem(n.notice)} for n in sorted(latest.values(), key=lambda n: n.device_id)]
+    return render(request, "transparency.html", notices=entries)
 
 
 @routes.get("/transparency.json")

@@ -9,6 +9,7 @@ import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +20,7 @@ from edge.protocol import MAX_BATCH_BYTES, MAX_STATUS_BYTES, ProtocolError, key_
 from hub.auth import secret_hash
 from hub.bounds import split_readings
 from hub.fleet import desired_document, sign_document
+from hub.reports import ReportError, check_notice_message, check_status_report, freshness
 from hub.state import HUB, Hub
 from hub.store import DeviceKey, EnrolError, IncomingBatch
 
@@ -221,6 +223,21 @@ async def post_enrol(request: web.Request) -> web.Response:
     return compact_json({"device_id": outcome.device_id, "key_id": outcome.key_id.hex(), "status": outcome.status}, status=201)
 
 
+async def admit_report(hub: Hub, device: DeviceKey, message: dict[str, Any], check: Callable[[dict[str, Any]], None], what: str) -> web.Response | None:
+    """400 for a verified status report or notice that does not fit its schema, 409 for one not newer than the
+    last one accepted from its key (a replay, OXP §7.2); None once it is admitted and its freshness recorded."""
+    try:
+        check(message)
+    except ReportError as exc:
+        return problem(400, "malformed", exc.detail, reason=exc.reason)
+    fresh = freshness(message)
+    mark = await hub.store.claim_freshness(device.key_id, device.device_id, fresh, now_ms=now_ms())
+    if mark is None:
+        return None
+    return problem(409, "stale", f"{what} of {fresh.describe()} is not newer than the last one accepted from key id "
+                   f"{device.key_id.hex()} ({mark.describe()}): a replay, or overtaken by a newer one")
+
+
 @routes.post("/oxp/v1/status")
 async def post_status(request: web.Request) -> web.Response:
     hub = request.app[HUB]
@@ -228,6 +245,9 @@ async def post_status(request: web.Request) -> web.Response:
     if isinstance(sender, web.Response):
         return sender
     device_key, report = sender
+    refusal = await admit_report(hub, device_key, report, check_status_report, "status report")
+    if refusal is not None:
+        return refusal
     await hub.store.record_status(device_key.device_id, report, received_ms=now_ms())
     device = await hub.store.device(device_key.device_id)
     assert device is not None
@@ -245,14 +265,10 @@ async def post_notice(request: web.Request) -> web.Response:
     if isinstance(sender, web.Response):
         return sender
     device_key, message = sender
-    notice = message.get("notice")
-    if not isinstance(notice, dict):
-        return problem(400, "malformed", "field 'notice': expected the transparency notice as a map")
-    try:
-        json.dumps(notice)
-    except (TypeError, ValueError):
-        return problem(400, "malformed", "field 'notice': expected JSON-compatible values only")
-    notice_id = await hub.store.add_notice(device_key.device_id, notice, received_ms=now_ms())
+    refusal = await admit_report(hub, device_key, message, check_notice_message, "notice")
+    if refusal is not None:
+        return refusal
+    notice_id = await hub.store.add_notice(device_key.device_id, message["notice"], received_ms=now_ms())
     return compact_json({"ok": True, "id": notice_id})
 
 

@@ -159,6 +159,21 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         CREATE INDEX quarantine_by_device ON quarantine (device_id, reason);
         """,
     ),
+    (
+        5,
+        # The freshness (OXP §7.2) of the last status report or notice accepted from each device key:
+        # one not newer is a replay.  boot_epoch and report_seq are uints held as migration 4 says;
+        # NULL where the sender sent none (gateway software from before freshness).
+        """
+        CREATE TABLE report_marks (
+            key_id {blob} PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            boot_epoch BIGINT,
+            report_seq BIGINT,
+            updated_ms BIGINT NOT NULL
+        );
+        """,
+    ),
 )
 
 # After this migration's statements each store quarantines the readings already stored outside the

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge.types import Channel, Reading
 from hub.bounds import Quarantined
+from hub.reports import Freshness
 
 __all__ = [
     "Device",
@@ -227,6 +228,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int) -> int: ...
+
+    @abc.abstractmethod
+    async def claim_freshness(self, key_id: bytes, device_id: str, message: Freshness, *, now_ms: int) -> Freshness | None:
+        """Record ``message`` as the newest status-type message of ``key_id`` if it is fresh (hub.reports.is_fresh), and
+        return None; or return the recorded freshness it is not newer than (a replay).  Check and record are one
+        transaction, so of a message and its replay raced through any hub processes one is taken."""
 
     # fleet
     @abc.abstractmethod

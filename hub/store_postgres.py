@@ -26,12 +26,14 @@ from hub.store import (
     notice_location,
     postgres_schema,
 )
+from hub.reports import Freshness, is_fresh, next_mark
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.chunks import CHUNK_PAGE, Collector, encode_chunks, outside_query, quarantine_plan
 from hub.store_sql import (
     DEVICE_COLUMNS,
     decide_enrolment,
     device_from_row,
+    from_uint_column,
     quarantine_rows,
     status_change_allowed,
     status_row,
@@ -259,6 +261,27 @@ class PostgresStore(Store):
             if site or lat is not None:
                 await conn.execute("UPDATE devices SET site = $1, latitude = $2, longitude = $3 WHERE device_id = $4", site, lat, lon, device_id)
             return nid
+
+    async def claim_freshness(self, key_id: bytes, device_id: str, message: Freshness, *, now_ms: int) -> Freshness | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # A row to lock even for the first message of a key (NULLs: nothing recorded yet); the lock
+            # makes every other hub process wait here until this one commits.
+            await conn.execute(
+                "INSERT INTO report_marks (key_id, device_id, boot_epoch, report_seq, updated_ms) VALUES ($1, $2, NULL, NULL, $3)"
+                " ON CONFLICT (key_id) DO NOTHING",
+                key_id, device_id, now_ms,
+            )
+            row = await conn.fetchrow("SELECT boot_epoch, report_seq FROM report_marks WHERE key_id = $1 FOR UPDATE", key_id)
+            mark = None if row[0] is None else Freshness(from_uint_column(row[0]), from_uint_column(row[1]))
+            if not is_fresh(message, mark):
+                return mark
+            kept = next_mark(message, mark)
+            if kept is not None:
+                await conn.execute(
+                    "UPDATE report_marks SET boot_epoch = $2, report_seq = $3, updated_ms = $4 WHERE key_id = $1",
+                    key_id, to_uint_column(kept.boot_epoch), to_uint_column(kept.report_seq), now_ms,
+                )
+            return None
 
     # --- fleet ------------------------------------------------------------------------
 

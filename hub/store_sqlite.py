@@ -31,6 +31,7 @@ from hub.store import (
     sqlite_path,
     notice_location,
 )
+from hub.reports import Freshness, is_fresh, next_mark
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.chunks import Collector, collect_pages, encode_chunks, outside_query, quarantine_plan
 from hub.store_sql import (
@@ -38,6 +39,7 @@ from hub.store_sql import (
     channel_map,
     decide_enrolment,
     device_from_row,
+    from_uint_column,
     quarantine_rows,
     status_change_allowed,
     status_row,
@@ -372,6 +374,25 @@ class SQLiteStore(Store):
             if site or lat is not None:
                 conn.execute("UPDATE devices SET site = ?, latitude = ?, longitude = ? WHERE device_id = ?", (site, lat, lon, device_id))
             return int(cur.lastrowid or 0)
+
+        return await self._write(run)
+
+    async def claim_freshness(self, key_id: bytes, device_id: str, message: Freshness, *, now_ms: int) -> Freshness | None:
+        def run(conn: sqlite3.Connection) -> Freshness | None:
+            # In the writer's IMMEDIATE transaction: other hub processes on this file wait for its commit.
+            row = conn.execute("SELECT boot_epoch, report_seq FROM report_marks WHERE key_id = ?", (key_id,)).fetchone()
+            mark = None if row is None else Freshness(from_uint_column(row[0]), from_uint_column(row[1]))
+            if not is_fresh(message, mark):
+                return mark
+            kept = next_mark(message, mark)
+            if kept is not None:
+                conn.execute(
+                    "INSERT INTO report_marks (key_id, device_id, boot_epoch, report_seq, updated_ms) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (key_id) DO UPDATE SET boot_epoch = excluded.boot_epoch, report_seq = excluded.report_seq,"
+                    " updated_ms = excluded.updated_ms",
+                    (key_id, device_id, to_uint_column(kept.boot_epoch), to_uint_column(kept.report_seq), now_ms),
+                )
+            return None
 
         return await self._write(run)
 

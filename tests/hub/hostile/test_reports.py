@@ -1,0 +1,216 @@
+"""Status reports and notices: checked against their schema before they are stored, and refused when replayed (OXP §7)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from edge.protocol import seal_status
+from hub.app import RunningHub, run_hub
+from tests.hub.gateways import T0, SimGateway, enrol, post_cose
+
+NOTICE = {
+    "schema": "ocn-edge/notice/v1",
+    "place": {"gateway_id": "pole-0042", "site": "King St W & Spadina Ave", "latitude": 43.6452, "longitude": -79.3957},
+    "accountable": {"organisation": "City of Toronto", "contact": "privacy@toronto.ca"},
+    "purpose": "Air quality on King St",
+    "data": [{"channel": "pm-1/pm2_5", "what": "Fine particulate matter", "personal": False, "process": ["de-identified"],
+              "leaves_as": "1-minute averages", "purpose": "air quality"}],
+    "policy": {"name": "demo", "version": "1", "digest": "ab" * 32, "signed_by": None},
+}
+
+
+def notice(gateway: SimGateway, body: Any, **fields: Any) -> bytes:
+    """A notice message as a gateway seals it; ``fields`` add boot_epoch and report_seq (or anything else)."""
+    return seal_status({"ts_ms": T0, "notice": body, **fields}, device_id=gateway.device_id, private_key=gateway.private_key)
+
+
+async def post(http: aiohttp.ClientSession, hub: RunningHub, path: str, data: bytes) -> tuple[int, dict[str, Any]]:
+    status, body, _ = await post_cose(http, f"{hub.url}/oxp/v1/{path}", data)
+    return status, body
+
+
+# --- schema -----------------------------------------------------------------------------
+
+
+async def test_a_malformed_notice_is_refused_naming_the_field_and_the_register_still_answers(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    status, body = await post(http, running_hub, "notice", notice(gateway, {"place": "downtown", "data": [1, 2]}))
+    assert (status, body["error"]) == (400, "malformed")
+    assert "'notice.place'" in body["detail"] and "'downtown'" in body["detail"] and "map" in body["detail"]
+    assert await running_hub.store.notices() == []
+    async with http.get(f"{running_hub.url}/transparency") as resp:
+        assert resp.status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"data": [1, 2]}, "notice.data[0]"),
+        ({"place": {"latitude": "north"}}, "notice.place.latitude"),
+        ({"place": {"latitude": 91.0}}, "notice.place.latitude"),
+        ({"data": [{"process": "aggregated"}]}, "notice.data[0].process"),
+        ({"privacy_budget": {"epsilon": float("nan")}}, "notice.privacy_budget.epsilon"),
+        ({"future": {"bytes": b"\x00"}}, "notice.future.bytes"),
+        ({"future": 2**70}, "notice.future"),
+        ([1, 2], "notice"),
+    ],
+)
+async def test_a_notice_whose_field_does_not_fit_is_refused_with_that_field(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, body: Any, field: str) -> None:
+    status, answer = await post(http, running_hub, "notice", notice(gateway, body))
+    assert (status, answer["error"]) == (400, "malformed")
+    assert answer["detail"].startswith(f"field '{field}' = ")
+
+
+async def test_unknown_keys_of_a_notice_are_kept_and_published(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    body = {**NOTICE, "later_field": {"anything": [1, "two", None, True]}}
+    status, _ = await post(http, running_hub, "notice", notice(gateway, body, later_key="ignored"))
+    assert status == 200
+    async with http.get(f"{running_hub.url}/transparency.json") as resp:
+        assert (await resp.json())["notices"][0]["notice"] == body
+    async with http.get(f"{running_hub.url}/transparency") as resp:
+        assert resp.status == 200 and "King St W &amp; Spadina Ave" in await resp.text()
+
+
+async def test_a_notice_stored_before_the_checks_is_shown_as_unreadable_not_as_a_500(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    # What a hub without the checks stored; the register must still answer.
+    await running_hub.store.add_notice("pole-0042", {"place": "downtown", "data": [1, 2]}, received_ms=T0)
+    await running_hub.store.add_notice("pole-7", {**NOTICE, "place": {**NOTICE["place"], "site": "Queen St"}}, received_ms=T0)
+    async with http.get(f"{running_hub.url}/transparency") as resp:
+        page = await resp.text()
+        assert resp.status == 200
+    assert "Queen St" in page
+    assert "cannot be shown" in page and "notice.place" in page
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"spool_bytes": "lots"}, "spool_bytes"),
+        ({"errors": "pm-1 silent"}, "errors"),
+        ({"errors": ["ok", 3]}, "errors[1]"),
+        ({"boot_epoch": -1}, "boot_epoch"),
+        ({"boot_epoch": 2**64}, "boot_epoch"),
+        ({"policy_digest": "07" * 32}, "policy_digest"),
+        ({"software_version": None}, "software_version"),
+        ({"ts_ms": 2**63}, "ts_ms"),
+    ],
+)
+async def test_a_status_report_whose_field_does_not_fit_is_refused_with_that_field(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, fields: dict[str, Any], field: str) -> None:
+    status, answer = await post(http, running_hub, "status", gateway.status(**fields))
+    assert (status, answer["error"]) == (400, "malformed")
+    assert answer["detail"].startswith(f"field '{field}' = ")
+    device = await running_hub.store.device("pole-0042")
+    assert device is not None and device.status_ms is None
+
+
+async def test_a_report_seq_without_a_boot_epoch_is_refused(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    status, answer = await post(http, running_hub, "notice", notice(gateway, NOTICE, report_seq=1))
+    assert (status, answer["error"]) == (400, "malformed")
+    assert answer["detail"] == "field 'boot_epoch' = None: expected an unsigned integer (required with 'report_seq')"
+
+
+async def test_a_notice_sent_as_a_status_report_is_refused_as_the_wrong_type(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    status, answer = await post(http, running_hub, "status", notice(gateway, NOTICE))
+    assert (status, answer["error"], answer["reason"]) == (400, "malformed", "wrong_type")
+
+
+async def test_unknown_keys_of_a_status_report_are_ignored(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    status, _ = await post(http, running_hub, "status", gateway.status(spool_batches=4, later={"x": b"\x00"}, report_seq=0))
+    assert status == 200
+    device = await running_hub.store.device("pole-0042")
+    assert device is not None and device.spool_batches == 4
+
+
+# --- freshness --------------------------------------------------------------------------
+
+
+async def test_a_replayed_status_report_is_refused_and_the_tampered_state_stays(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    ok = gateway.status(errors=[], report_seq=1)
+    assert (await post(http, running_hub, "status", ok))[0] == 200
+    assert (await post(http, running_hub, "status", gateway.status(errors=["enclosure: tampered"], report_seq=2)))[0] == 200
+    status, answer = await post(http, running_hub, "status", ok)
+    assert (status, answer["error"]) == (409, "stale")
+    assert "boot 1, report 1" in answer["detail"] and "boot 1, report 2" in answer["detail"]
+    device = await running_hub.store.device("pole-0042")
+    assert device is not None and device.errors == ("enclosure: tampered",)
+
+
+async def test_a_replayed_notice_is_refused_and_the_newer_notice_stays_published(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    old = notice(gateway, {**NOTICE, "purpose": "old"}, boot_epoch=1, report_seq=0)
+    assert (await post(http, running_hub, "notice", old))[0] == 200
+    assert (await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=1)))[0] == 200
+    status, answer = await post(http, running_hub, "notice", old)
+    assert (status, answer["error"]) == (409, "stale")
+    [latest, _] = await running_hub.store.notices()
+    assert latest.notice["purpose"] == NOTICE["purpose"]
+
+
+async def test_status_reports_and_notices_share_one_sequence_per_boot(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    assert (await post(http, running_hub, "status", gateway.status(report_seq=5)))[0] == 200
+    # A notice from before that report (same boot, lower number) is refused like a status report would be.
+    assert (await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=4)))[0] == 409
+    assert (await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=6)))[0] == 200
+
+
+async def test_a_new_boot_starts_its_count_again(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    assert (await post(http, running_hub, "status", gateway.status(report_seq=50)))[0] == 200
+    gateway.boot_epoch = 2
+    assert (await post(http, running_hub, "status", gateway.status(report_seq=0)))[0] == 200
+    gateway.boot_epoch = 1
+    assert (await post(http, running_hub, "status", gateway.status(report_seq=51)))[0] == 409
+
+
+async def test_a_gateway_without_freshness_still_reports_until_it_sends_freshness(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    # A gateway one version older: no report_seq. Its reports and notices are taken, repeats included.
+    legacy = gateway.status(spool_batches=1)
+    assert (await post(http, running_hub, "status", legacy))[0] == 200
+    assert (await post(http, running_hub, "status", legacy))[0] == 200
+    assert (await post(http, running_hub, "notice", gateway.notice(NOTICE)))[0] == 200
+    # A report from an earlier boot than one already seen is a replay even without report_seq.
+    gateway.boot_epoch = 2
+    assert (await post(http, running_hub, "status", gateway.status()))[0] == 200
+    assert (await post(http, running_hub, "status", legacy))[0] == 409
+    # Once it has sent a report_seq (it was upgraded), reports without one from that boot are replays.
+    assert (await post(http, running_hub, "status", gateway.status(report_seq=0)))[0] == 200
+    assert (await post(http, running_hub, "status", gateway.status()))[0] == 409
+    assert (await post(http, running_hub, "notice", gateway.notice(NOTICE)))[0] == 409
+    # Software rolled back on a later boot reports again.
+    gateway.boot_epoch = 3
+    assert (await post(http, running_hub, "status", gateway.status()))[0] == 200
+
+
+async def test_a_gateway_with_freshness_reports_to_a_hub_that_ignores_it(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    # The other direction of one version apart: the new fields are unknown keys to an older hub,
+    # which takes any report map (§7 as it was); here the fields ride next to every field it knows.
+    report = gateway.status(report_seq=3, spool_batches=2)
+    assert (await post(http, running_hub, "status", report))[0] == 200
+    device = await running_hub.store.device("pole-0042")
+    assert device is not None and device.spool_batches == 2
+
+
+async def test_the_whole_uint_range_of_boot_epoch_and_report_seq_is_kept_exactly(db_url: str, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with run_hub(db=db_url, state_dir=tmp_path / "hub", admin_token="admin-secret") as hub:
+        gateway = SimGateway("pole-0042", boot_epoch=2**64 - 1)
+        await enrol(http, hub.url, gateway, await hub.create_token())
+        top = gateway.status(report_seq=2**64 - 2)
+        assert (await post(http, hub, "status", top))[0] == 200
+        assert (await post(http, hub, "status", gateway.status(report_seq=2**64 - 1)))[0] == 200
+        assert (await post(http, hub, "status", top))[0] == 409
+        assert (await post(http, hub, "status", gateway.status(report_seq=2**64 - 1)))[0] == 409
+
+
+async def test_a_replay_raced_against_the_original_on_two_hubs_is_stored_once(db_url: str, tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with (
+        run_hub(db=db_url, state_dir=tmp_path / "a", admin_token="admin-secret") as first,
+        run_hub(db=db_url, state_dir=tmp_path / "b", admin_token="admin-secret") as second,
+    ):
+        gateway = SimGateway("pole-0042")
+        await enrol(http, first.url, gateway, await first.create_token())
+        data = notice(gateway, NOTICE, boot_epoch=1, report_seq=0)
+        answers = await asyncio.gather(*(post(http, hub, "notice", data) for hub in (first, second) * 5))
+        assert sorted(status for status, _ in answers) == [200] + [409] * 9
+        assert len(await first.store.notices()) == 1
