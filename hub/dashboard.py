@@ -227,6 +227,7 @@ async def device_page(request: web.Request) -> web.Response:
         own_desired=json.dumps(own[0], indent=2, sort_keys=True) if own else "",
         etag=etag,
         refused=hub.faults.failing().get(device.device_id),
+        quarantined=await hub.store.quarantined(device.device_id),
         charts=charts,
         personal=personal,
         notice=notices[0] if notices else None,
