@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,27 +38,91 @@ class Motion:
     valid: bool
 
 
-def _coordinate(value: str, hemisphere: str, degree_digits: int) -> float | None:
+# The 8-bit XOR checksum lets one corrupted sentence in 256 through, and a faulty receiver can send a
+# well-formed lie: a value no receiver can measure is refused with its whole sentence, so nothing
+# from it (a position least of all) is released.  The bounds are physical, not typical:
+FIX_QUALITIES = range(0, 9)  # GGA quality indicator, NMEA 0183 4.x: 0 no fix ... 8 simulator
+MAX_SATELLITES = 99  # the GGA field has two digits; four constellations in view give some 60 at most
+MAX_DOP = 100.0  # receivers print 99.99 (or 99.9) when they have no geometry at all; a DOP is always > 0
+# Below the lowest dry land (the Dead Sea shore, -430 m) with room for vertical error, which is about
+# twice the horizontal; above 50 km no civil receiver gives a fix (u-blox's airborne ceiling is 50 km).
+ALTITUDE_M = (-1_000.0, 50_000.0)
+# Civil receivers stop reporting at 1,000 knots (515 m/s, the export "COCOM" limit); speed is never negative.
+MAX_SPEED_KNOTS = 1_000.0
+
+_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)")  # NMEA numbers: optional minus, digits, decimals; no exponent
+_COUNT = re.compile(r"\d{1,2}")
+_LATITUDE = re.compile(r"(\d{2})(\d{2}(?:\.\d+)?)")  # ddmm.mmmm
+_LONGITUDE = re.compile(r"(\d{3})(\d{2}(?:\.\d+)?)")  # dddmm.mmmm
+
+
+def _coordinate(value: str, hemisphere: str, *, latitude: bool) -> float | None:
     if not value:
         return None
-    degrees = int(value[:degree_digits])
-    minutes = float(value[degree_digits:])
-    # The XOR checksum lets one corrupted sentence in 256 through: reject what no place on Earth has.
-    if not (0 <= minutes < 60 and hemisphere in ("N", "S", "E", "W")):
-        raise ValueError("coordinate out of range")
-    result = degrees + minutes / 60
-    if not 0 <= result <= (90 if degree_digits == 2 else 180):
+    match = (_LATITUDE if latitude else _LONGITUDE).fullmatch(value)
+    if match is None or hemisphere not in (("N", "S") if latitude else ("E", "W")):
+        raise ValueError("coordinate not in NMEA form")
+    minutes = float(match.group(2))
+    result = int(match.group(1)) + minutes / 60
+    if not (minutes < 60 and result <= (90 if latitude else 180)):
         raise ValueError("coordinate out of range")
     return -result if hemisphere in ("S", "W") else result
 
 
-def _float(value: str) -> float | None:
+def _number(value: str, low: float, high: float) -> float | None:
+    """An optional decimal field within [low, high]; the error never holds the value (it may be a position)."""
     if not value:
         return None
+    if _NUMBER.fullmatch(value) is None:
+        raise ValueError("not an NMEA number")
     number = float(value)
-    if not math.isfinite(number):
-        raise ValueError("not a number")
+    if not low <= number <= high:
+        raise ValueError("out of range")
     return number
+
+
+def _count(value: str, allowed: range) -> int:
+    """A whole-number field (empty means 0) that must lie in ``allowed``."""
+    if not value:
+        return 0
+    if _COUNT.fullmatch(value) is None or int(value) not in allowed:
+        raise ValueError("out of range")
+    return int(value)
+
+
+def _dop(value: str) -> float | None:
+    dop = _number(value, 0.0, MAX_DOP)
+    if dop == 0:
+        raise ValueError("a dilution of precision is never 0")
+    return dop
+
+
+def _gga(fields: list[str]) -> Fix:
+    return Fix(
+        latitude=_coordinate(fields[2], fields[3], latitude=True),
+        longitude=_coordinate(fields[4], fields[5], latitude=False),
+        altitude=_number(fields[9], *ALTITUDE_M),
+        quality=_count(fields[6], FIX_QUALITIES),
+        satellites=_count(fields[7], range(MAX_SATELLITES + 1)),
+        hdop=_dop(fields[8]),
+    )
+
+
+def _rmc(fields: list[str]) -> Motion:
+    if fields[2] not in ("A", "V"):
+        raise ValueError("status is A or V")
+    knots = _number(fields[7], 0.0, MAX_SPEED_KNOTS)
+    return Motion(
+        latitude=_coordinate(fields[3], fields[4], latitude=True),
+        longitude=_coordinate(fields[5], fields[6], latitude=False),
+        speed=None if knots is None else knots * KNOT_M_S,
+        valid=fields[2] == "A",
+    )
+
+
+# Sentence type -> (fields it has at least, parser).  Other sentences (GSA, GSV, VTG, ...) are valid but unused:
+# GGA alone carries the position released, RMC only the speed.
+_PARSERS = {"GGA": (10, _gga), "RMC": (8, _rmc)}
 
 
 class NmeaDecoder(Decoder):
@@ -104,27 +168,14 @@ class NmeaDecoder(Decoder):
         except (ValueError, UnicodeDecodeError):
             self.stats.bad_frames += 1
             return None
-        kind = fields[0][-3:]
+        known = _PARSERS.get(fields[0][-3:])
+        if known is None:
+            return None
+        least, parse = known
         try:
-            if kind == "GGA" and len(fields) >= 10:
-                result: Fix | Motion = Fix(
-                    latitude=_coordinate(fields[2], fields[3], 2),
-                    longitude=_coordinate(fields[4], fields[5], 3),
-                    altitude=_float(fields[9]),
-                    quality=int(fields[6] or 0),
-                    satellites=int(fields[7] or 0),
-                    hdop=_float(fields[8]),
-                )
-            elif kind == "RMC" and len(fields) >= 8:
-                knots = _float(fields[7])
-                result = Motion(
-                    latitude=_coordinate(fields[3], fields[4], 2),
-                    longitude=_coordinate(fields[5], fields[6], 3),
-                    speed=None if knots is None else knots * KNOT_M_S,
-                    valid=fields[2] == "A",
-                )
-            else:
-                return None  # other sentences (GSA, GSV, VTG, ...) are valid but not used
+            if len(fields) < least:
+                raise ValueError("fields missing")
+            result = parse(fields)
         except ValueError:
             self.stats.bad_frames += 1
             return None

@@ -22,7 +22,7 @@ class DecoderStats:
 
     frames: int = 0
     bad_checksum: int = 0
-    bad_frames: int = 0  # framed correctly but not understood (wrong length, unknown sentence, bad field)
+    bad_frames: int = 0  # framed correctly but not understood (wrong length, unknown sentence, bad or impossible field)
     garbage_bytes: int = 0  # bytes skipped while looking for the start of a frame
 
 
