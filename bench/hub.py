@@ -63,8 +63,10 @@ def seal_gateway(args: tuple[int, int, int]) -> tuple[str, bytes, list[bytes], i
             for row in rows[start : start + minutes]
             for name in COLUMNS
         ]
+        # Sealed when its last reading was read, as on a gateway: the dataset is years old, and a hub holds
+        # readings against their batch's sealing time (protocol §8.5); sealed "now", it would quarantine them all.
         header = BatchHeader(device_id=device_id, key_id=key_id(key), boot_epoch=1, seq=seq, policy_digest=b"\x01" * 32,
-                             codec="zstd", created_ms=int(time.time() * 1000), counters={"readings_dropped": 0})
+                             codec="zstd", created_ms=readings[-1].ts_ms, counters={"readings_dropped": 0})
         sealed.append(seal_batch(header, channels, readings, key))
     return device_id, raw_public_key(key), sealed, minutes * len(COLUMNS)
 
