@@ -32,12 +32,14 @@ from edge.protocol.keys import (
     raw_public_key,
     write_keypair,
 )
+from edge.protocol.preauth import MAX_PROTECTED_BYTES, Envelope, read_envelope
 from edge.protocol.senml import senml_cbor, senml_json, to_senml
 
 __all__ = [
     "CODECS",
     "MAX_BATCH_BYTES",
     "MAX_PAYLOAD_BYTES",
+    "MAX_PROTECTED_BYTES",
     "MAX_READINGS",
     "MAX_STATUS_BYTES",
     "MEDIA_TYPE",
@@ -49,6 +51,7 @@ __all__ = [
     "Batch",
     "BatchHeader",
     "BatchTooLarge",
+    "Envelope",
     "KeyFileError",
     "ProtocolError",
     "decode_unverified",
@@ -60,6 +63,7 @@ __all__ = [
     "open_status",
     "peek_header",
     "raw_public_key",
+    "read_envelope",
     "seal_batch",
     "seal_status",
     "senml_cbor",

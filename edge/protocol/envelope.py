@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge.protocol.codec import CODECS, MAX_READINGS, decode_payload, encode_payload
 from edge.protocol.errors import ProtocolError, show
 from edge.protocol.keys import key_id
+from edge.protocol.preauth import ALG, COSE_SIGN1_TAG, EDDSA, KID, MESSAGE_TYPES, OXP_BATCH, OXP_STATUS, Envelope, read_envelope
 from edge.types import Channel, Reading
 
 __all__ = [
@@ -38,14 +38,6 @@ MEDIA_TYPE = 'application/cose; cose-type="cose-sign1"'
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_STATUS_BYTES = 64 * 1024
 
-COSE_SIGN1_TAG = 18
-# COSE header labels (RFC 9052 §3.1), and the private-use labels (< -65536) holding the OXP
-# header: which of the two is present says whether the message is a batch or a status report.
-ALG, CRIT, KID = 1, 2, 4
-OXP_BATCH = -65537
-OXP_STATUS = -65538
-MESSAGE_TYPES = {OXP_BATCH: "batch", OXP_STATUS: "status report"}
-EDDSA, ED25519 = -8, -19
 # Labels inside the OXP header map.
 H_VERSION, H_DEVICE, H_BOOT, H_SEQ, H_POLICY, H_CODEC, H_CREATED, H_COUNTERS = range(8)
 # Counters every gateway sends travel under small integer labels (a batch is sent thousands of
@@ -66,7 +58,6 @@ CODEC_NAMES = {label: name for name, label in CODEC_LABELS.items()}
 DEVICE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 COUNTER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 UINT64_MAX = (1 << 64) - 1
-SIGNATURE_BYTES = 64
 
 
 class BatchTooLarge(ValueError):
@@ -177,123 +168,20 @@ def seal_batch(
     return sealed
 
 
-@dataclass(frozen=True, slots=True)
-class _Message:
-    protected: bytes
-    header: dict
-    payload: bytes
-    signature: bytes
-
-
-_MAP_NESTING = 8  # protected header -> OXP header -> counters: three levels are used
-
-
-def _protected_map(protected: bytes) -> object:
-    """The protected header decoded strictly: a label given twice in any map, or bytes after
-    the header, make it malformed (RFC 9052 §3; cbor2 alone keeps the last duplicate)."""
-    stream = io.BytesIO(protected)
-    decoder = cbor2.CBORDecoder(stream)
-
-    def item(depth: int) -> object:
-        at = stream.tell()
-        if at >= len(protected):
-            raise cbor2.CBORDecodeEOF("the protected header ends inside a map")
-        initial = protected[at]
-        if initial >> 5 != 5:  # not a map: cbor2 reads it whole
-            return decoder.decode()
-        if depth >= _MAP_NESTING:
-            raise ProtocolError("malformed", f"protected header nests maps more than {_MAP_NESTING} deep")
-        stream.seek(at + 1)
-        extra = initial & 0x1F
-        if extra < 24:
-            count: int | None = extra
-        elif extra <= 27:
-            width = 1 << (extra - 24)
-            count = int.from_bytes(stream.read(width), "big")
-        elif extra == 31:
-            count = None  # indefinite length, ended by a break byte
-        else:
-            raise ProtocolError("malformed", "protected header has a map with a reserved length encoding")
-        out: dict[object, object] = {}
-        index = 0
-        while count is None or index < count:
-            if count is None and protected[stream.tell() : stream.tell() + 1] == b"\xff":
-                stream.seek(stream.tell() + 1)
-                break
-            key = item(depth + 1)
-            try:
-                duplicate = key in out
-            except TypeError:
-                raise ProtocolError("malformed", f"protected header has a label of type {type(key).__name__}") from None
-            if duplicate:
-                raise ProtocolError("malformed", f"protected header gives label {show(key)} twice")
-            out[key] = item(depth + 1)
-            index += 1
-        return out
-
-    try:
-        header = item(0)
-    except RecursionError:
-        raise ProtocolError("malformed", "protected header nests too deeply") from None
-    if stream.tell() != len(protected):
-        raise ProtocolError("malformed", f"{len(protected) - stream.tell()} bytes follow the protected header's map")
-    return header
-
-
-def _parse(data: bytes, *, limit: int, expected: int) -> _Message:
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) > limit:
-        raise ProtocolError("too_large", f"message is {len(data)} bytes, over the OXP/2 limit of {limit}")
-    if not data:
-        raise ProtocolError("truncated", "message is empty")
-    stream = io.BytesIO(data)
-    try:
-        outer = cbor2.CBORDecoder(stream).decode()
-    except cbor2.CBORDecodeEOF:
-        raise ProtocolError("truncated", f"message ends inside a CBOR item (only {len(data)} bytes)") from None
-    except (cbor2.CBORDecodeError, RecursionError) as exc:
-        raise ProtocolError("malformed", f"message is not CBOR ({exc})") from None
-    if stream.tell() != len(data):
-        raise ProtocolError("malformed", f"{len(data) - stream.tell()} bytes follow the COSE_Sign1 message")
-    if not (isinstance(outer, cbor2.CBORTag) and outer.tag == COSE_SIGN1_TAG):
-        raise ProtocolError("malformed", "message is not a tagged COSE_Sign1 (CBOR tag 18)")
-    parts = outer.value
-    if not (isinstance(parts, (list, tuple)) and len(parts) == 4):
-        raise ProtocolError("malformed", "COSE_Sign1 is not an array of 4 items")
-    protected, unprotected, payload, signature = parts
-    if not (isinstance(protected, bytes) and isinstance(unprotected, Mapping) and isinstance(payload, bytes)):
-        raise ProtocolError("malformed", "COSE_Sign1 items are not [bstr, map, bstr, bstr]")
-    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
-        raise ProtocolError("malformed", f"signature is not {SIGNATURE_BYTES} bytes")
-    try:
-        header = _protected_map(protected)
-    except cbor2.CBORDecodeError as exc:
-        raise ProtocolError("malformed", f"protected header is not CBOR ({exc})") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("malformed", "protected header is not a map")
-    if type(header.get(ALG)) is not int or header[ALG] not in (EDDSA, ED25519):
-        raise ProtocolError("unsupported_algorithm", f"alg {show(header.get(ALG))}: OXP/2 uses EdDSA (-8) or Ed25519 (-19)")
-    kid = header.get(KID)
-    if not isinstance(kid, bytes) or len(kid) != 8:
-        raise ProtocolError("malformed", "protected header kid (label 4) is not 8 bytes")
-    if CRIT in header:
-        raise ProtocolError("malformed", "protected header has crit (label 2); OXP/2 messages carry none")
-    present = [label for label in MESSAGE_TYPES if label in header]
-    if len(present) != 1:
-        raise ProtocolError("malformed", f"protected header needs exactly one OXP header map (label {OXP_BATCH} or {OXP_STATUS})")
-    if present[0] != expected:
-        raise ProtocolError("wrong_type", f"message is a {MESSAGE_TYPES[present[0]]}, expected a {MESSAGE_TYPES[expected]}")
-    oxp = header[expected]
+def _parse(data: bytes, *, limit: int, expected: int) -> Envelope:
+    # The strict reader, never a general CBOR decoder: these bytes are not yet authenticated.
+    message = read_envelope(data, limit=limit)
+    if message.message_type != expected:
+        raise ProtocolError("wrong_type", f"message is a {MESSAGE_TYPES[message.message_type]}, expected a {MESSAGE_TYPES[expected]}")
+    oxp = message.header[expected]
     if not isinstance(oxp, dict):
         raise ProtocolError("malformed", f"OXP header (label {expected}) is not a map")
     if type(oxp.get(H_VERSION)) is not int or oxp[H_VERSION] != OXP_VERSION:
         raise ProtocolError("unsupported_version", f"OXP version {show(oxp.get(H_VERSION))}: this implementation speaks {OXP_VERSION}")
-    return _Message(protected, header, payload, signature)
+    return message
 
 
-def _verify(message: _Message, public_key: Ed25519PublicKey) -> None:
+def _verify(message: Envelope, public_key: Ed25519PublicKey) -> None:
     expected = key_id(public_key)
     kid = message.header[KID]
     if kid != expected:
@@ -306,7 +194,7 @@ def _verify(message: _Message, public_key: Ed25519PublicKey) -> None:
         raise ProtocolError("bad_signature", f"signature does not verify with key id {expected.hex()}") from None
 
 
-def _batch_header(message: _Message) -> BatchHeader:
+def _batch_header(message: Envelope) -> BatchHeader:
     oxp = message.header[OXP_BATCH]
     label = oxp.get(H_CODEC)
     if type(label) is not int:
