@@ -146,6 +146,9 @@ class Uplink:
         self._budget_day = -1
         self._budget_used = 0
         self._budget_logged = False
+        self._report_lock = asyncio.Lock()
+        self._report_seq = 0  # per boot: an uplink lives within one boot epoch of its spool
+        self._stale_logged = False
 
     def stats(self) -> dict[str, Any]:
         """Counters for the status line and the local API."""
@@ -170,10 +173,16 @@ class Uplink:
                 group.create_task(self._report_forever())
 
     async def aclose(self) -> None:
-        """Close the HTTP session; unsent batches stay in the spool."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the HTTP session; unsent batches stay in the spool.
+
+        A status report or notice already waiting or on its way is let finish first: a report that
+        brings a new desired config makes the gateway restart, which closes this uplink while
+        the report queued behind it is still to be sent.
+        """
+        async with self._report_lock:
+            if self._session is not None:
+                await self._session.close()
+                self._session = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -425,20 +434,33 @@ class Uplink:
 
     async def _post_signed(self, path: str, message: Mapping[str, Any], what: str) -> dict[str, Any] | None:
         """Seal ``message`` as a signed OXP status-type message, POST it, and return the hub's JSON
-        answer when it says ok; None (logged at debug: the caller retries later) otherwise."""
-        data = seal_status(message, device_id=self.device_id, private_key=self._private_key)
-        self.counters.overhead_bytes += len(data)
-        self._spend(len(data))
-        try:
-            async with self._http().post(
-                f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE}
-            ) as resp:
-                body = await resp.content.read(_MAX_REPLY_BYTES)
-                self._spend_framing(resp, len(body))
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            log.debug(f"{what} not delivered", extra={"error": f"{type(exc).__name__}: {exc}"})
-            return None
+        answer when it says ok; None (logged at debug: the caller retries later) otherwise.
+
+        Each message carries this boot's epoch and the next number of its report sequence
+        (OXP §7.2), so the hub can refuse a captured one replayed later.  One is in flight at a
+        time and numbered when sealed: a report never overtakes the one numbered before it.
+        """
+        async with self._report_lock:
+            fresh = dict(message, boot_epoch=self._spool.boot_epoch, report_seq=self._report_seq)
+            self._report_seq += 1
+            data = seal_status(fresh, device_id=self.device_id, private_key=self._private_key)
+            self.counters.overhead_bytes += len(data)
+            self._spend(len(data))
+            try:
+                async with self._http().post(
+                    f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE}
+                ) as resp:
+                    body = await resp.content.read(_MAX_REPLY_BYTES)
+                    self._spend_framing(resp, len(body))
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                log.debug(f"{what} not delivered", extra={"error": f"{type(exc).__name__}: {exc}"})
+                return None
         document = _json_object(body)
+        if resp.status == 409 and not self._stale_logged:
+            # Not newer than one the hub already took from this key: the boot epoch went back (a spool
+            # replaced under the same key) or another gateway holds this key. Sending again cannot help.
+            self._stale_logged = True
+            log.warning(f"the hub refuses this gateway's {what} as stale", extra={"detail": str((document or {}).get("detail", ""))[:300]})
         if resp.status != 200 or document is None or document.get("ok") is not True:
             log.debug(f"{what} refused", extra={"status": resp.status})
             return None
