@@ -4,7 +4,7 @@ Pure functions with no I/O and no asyncio (except the key-file helpers), shared 
 the gateway and the hub; docs/protocol.md is the normative specification.
 """
 
-from edge.protocol.codec import CODECS, MAX_PAYLOAD_BYTES, MAX_READINGS, ZSTD_LEVEL
+from edge.protocol.codec import CODECS, MAX_PAYLOAD_BYTES, MAX_READINGS, ZSTD_LEVEL, decode_body, declared_readings
 from edge.protocol.envelope import (
     MAX_BATCH_BYTES,
     MAX_STATUS_BYTES,
@@ -19,6 +19,7 @@ from edge.protocol.envelope import (
     peek_header,
     seal_batch,
     seal_status,
+    verify_batch,
 )
 from edge.protocol.errors import REASONS, ProtocolError
 from edge.protocol.keys import (
@@ -54,6 +55,8 @@ __all__ = [
     "Envelope",
     "KeyFileError",
     "ProtocolError",
+    "decode_body",
+    "declared_readings",
     "decode_unverified",
     "generate_keypair",
     "key_id",
@@ -69,5 +72,6 @@ __all__ = [
     "senml_cbor",
     "senml_json",
     "to_senml",
+    "verify_batch",
     "write_keypair",
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "MAX_READINGS",
     "encode_payload",
     "decode_payload",
+    "declared_readings",
     "resolution_parts",
 ]
 
@@ -734,6 +735,21 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
         else:
             readings += map(Reading, [name] * count, stamps, vals, [unit] * count)
     return tuple(channels), tuple(readings)
+
+
+def declared_readings(body: bytes) -> int:
+    """How many readings an uncompressed OXP/2 body declares (the sum of its series' counts),
+    read without decoding any column: what a receiver weighs a batch by before decoding it.
+    A body too broken to say is malformed; :func:`decode_body` finds every other fault."""
+    try:
+        doc = cbor2.loads(body)
+    except cbor2.CBORDecodeEOF:
+        raise ProtocolError("truncated", "payload body ends inside a CBOR item") from None
+    except (cbor2.CBORDecodeError, RecursionError) as exc:
+        raise _fail(f"payload body is not CBOR ({exc})") from None
+    if not (isinstance(doc, list) and len(doc) == 3 and isinstance(doc[2], list)):
+        raise _fail("payload body is not [base time, [device...], [series...]]")
+    return sum(s[4] for s in doc[2] if isinstance(s, list) and len(s) >= 5 and type(s[4]) is int and s[4] > 0)
 
 
 def decode_payload(data: bytes, *, codec: str) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:

@@ -11,7 +11,7 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.protocol.codec import CODECS, MAX_READINGS, decode_payload, encode_payload
+from edge.protocol.codec import CODECS, MAX_READINGS, decode_body, decode_payload, decompress, encode_payload
 from edge.protocol.errors import ProtocolError, show
 from edge.protocol.keys import key_id
 from edge.protocol.preauth import ALG, COSE_SIGN1_TAG, EDDSA, KID, MESSAGE_TYPES, OXP_BATCH, OXP_STATUS, Envelope, read_envelope
@@ -27,6 +27,7 @@ __all__ = [
     "BatchTooLarge",
     "seal_batch",
     "open_batch",
+    "verify_batch",
     "peek_header",
     "decode_unverified",
     "seal_status",
@@ -235,12 +236,19 @@ def peek_header(data: bytes) -> BatchHeader:
     return _batch_header(_parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH))
 
 
-def open_batch(data: bytes, public_key: Ed25519PublicKey) -> Batch:
-    """Verify a sealed batch with the device's public key, then decode it; raises ProtocolError."""
+def verify_batch(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes]:
+    """Verify a sealed batch with the device's public key; its header and decompressed body,
+    not yet decoded (weigh it with ``declared_readings``, then ``decode_body``); raises ProtocolError."""
     message = _parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH)
     _verify(message, public_key)
     header = _batch_header(message)
-    channels, readings = decode_payload(message.payload, codec=header.codec)
+    return header, decompress(message.payload, header.codec)
+
+
+def open_batch(data: bytes, public_key: Ed25519PublicKey) -> Batch:
+    """Verify a sealed batch with the device's public key, then decode it; raises ProtocolError."""
+    header, body = verify_batch(data, public_key)
+    channels, readings = decode_body(body)
     return Batch(header, channels, readings)
 
 
