@@ -13,14 +13,16 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.protocol import MAX_READINGS
 from hub.auth import Admin
 from hub.fleet import check_desired, load_or_create_signing_key
-from hub.ratelimit import RateLimiter
+from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
 from hub.state import HUB, Hub, KeyCache
 from hub.store import Store, StoreError, open_store
 from hub.tokens import create_token
+from hub.workers import Workers
 
-__all__ = ["RunningHub", "build_app", "parse_listen", "run_hub"]
+__all__ = ["IngestSettings", "RunningHub", "build_app", "parse_listen", "run_hub"]
 
 log = logging.getLogger("ocn.hub")
 
@@ -52,6 +54,36 @@ def _unavailable_errors() -> tuple[type[BaseException], ...]:
 
 
 UNAVAILABLE = _unavailable_errors()
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """What bounds the work one hub process does for ingest (docs/fleet.md, "Limits under load")."""
+
+    workers: int = 2
+    """Threads verifying and decoding batches, status reports and notices."""
+    queue: int = 16
+    """Jobs that may wait for a worker; beyond them a request is answered 503 ``busy`` at once."""
+    readings_rate: float = 1000.0
+    """Readings per second each device may send (more if it has shown a higher rate)."""
+    readings_burst: int = 200_000
+    """Readings a device may send at once before its rate applies."""
+    address_rate: float = 5.0
+    """Unauthenticated requests (enrolment, messages refused before or at their signature) per second per client address."""
+    address_burst: int = 300
+    """Such requests a client address may make at once."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks of the proxies whose X-Forwarded-For names the client (e.g. ``127.0.0.1/32``)."""
+
+    def __post_init__(self) -> None:
+        for option, value, least in (("--ingest-workers", self.workers, 1), ("--ingest-queue", self.queue, 0),
+                                     ("--readings-burst", self.readings_burst, 1), ("--address-burst", self.address_burst, 1)):
+            if type(value) is not int or value < least:
+                raise ValueError(f"{option} {value!r}: expected a whole number of at least {least}")
+        for option, rate in (("--readings-rate", self.readings_rate), ("--address-rate", self.address_rate)):
+            if not 0 <= rate < float("inf"):
+                raise ValueError(f"{option} {rate!r}: expected a number of 0 (no limit) or more")
+        parse_networks(self.trusted_proxies)
 
 
 @web.middleware
@@ -154,6 +186,7 @@ async def run_hub(
     burst: int = 200,
     stale_after_s: float = 900.0,
     key_cache_s: float = 5.0,
+    ingest: IngestSettings = IngestSettings(),
 ) -> AsyncIterator[RunningHub]:
     """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key)."""
     if state_dir is None:
@@ -172,6 +205,10 @@ async def run_hub(
             signing_key=load_or_create_signing_key(state / "hub.key"),
             limiter=RateLimiter(rate=rate, burst=burst),
             keys=KeyCache(store, ttl_s=key_cache_s),
+            readings=ReadingsBudget(rate=ingest.readings_rate, burst=ingest.readings_burst, ceiling=MAX_READINGS),
+            addresses=RateLimiter(rate=ingest.address_rate, burst=ingest.address_burst),
+            workers=Workers(workers=ingest.workers, queue=ingest.queue),
+            trusted_proxies=parse_networks(ingest.trusted_proxies),
             stale_after_ms=int(stale_after_s * 1000),
         )
         app = build_app(hub)
@@ -187,4 +224,5 @@ async def run_hub(
     finally:
         if runner is not None:
             await runner.cleanup()
+            runner.app[HUB].workers.close()
         await store.close()

@@ -66,6 +66,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="admin token for the dashboard (default: $OCN_HUB_ADMIN_TOKEN, else generated and printed at first start)")
     hub.add_argument("--rate", type=float, default=50.0, metavar="N", help="batches per second each device may send (default 50)")
     hub.add_argument("--burst", type=int, default=200, metavar="N", help="batches a device may send at once above its rate (default 200)")
+    hub.add_argument("--readings-rate", type=float, default=1000.0, metavar="N",
+                     help="readings per second each device may send, more if it has shown a higher rate (default 1000)")
+    hub.add_argument("--readings-burst", type=int, default=200_000, metavar="N", help="readings a device may send at once (default 200000)")
+    hub.add_argument("--ingest-workers", type=int, default=2, metavar="N", help="threads verifying and decoding messages (default 2)")
+    hub.add_argument("--ingest-queue", type=int, default=16, metavar="N",
+                     help="messages that may wait for a worker; beyond them the hub answers 503 busy (default 16)")
+    hub.add_argument("--address-rate", type=float, default=5.0, metavar="N",
+                     help="unauthenticated or refused requests per second per client address (default 5)")
+    hub.add_argument("--address-burst", type=int, default=300, metavar="N", help="such requests a client address may make at once (default 300)")
+    hub.add_argument("--trusted-proxy", action="append", default=[], metavar="NETWORK",
+                     help="a proxy whose X-Forwarded-For names the client, e.g. 127.0.0.1/32 (repeatable; default none)")
     hub.add_argument("--stale-after", type=_duration("--stale-after"), default=900.0, metavar="DURATION",
                      help="a device unheard of for this long is shown as stale (default 15m)")
     hub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -268,7 +279,7 @@ def _login_link(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from hub.app import parse_listen, run_hub
+    from hub.app import IngestSettings, parse_listen, run_hub
     from hub.store import StoreError
 
     try:
@@ -281,6 +292,9 @@ def _serve(args: argparse.Namespace) -> int:
         logging.basicConfig(level=args.log_level.upper())
     try:
         parse_listen(args.listen)
+        ingest = IngestSettings(workers=args.ingest_workers, queue=args.ingest_queue, readings_rate=args.readings_rate,
+                                readings_burst=args.readings_burst, address_rate=args.address_rate, address_burst=args.address_burst,
+                                trusted_proxies=tuple(args.trusted_proxy))
     except ValueError as exc:
         print(f"ocn-edge hub: {exc}", file=sys.stderr)
         return 2
@@ -300,7 +314,7 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             async with run_hub(listen=args.listen, db=_db(args), state_dir=_state_dir(args), admin_token=args.admin_token,
-                               rate=args.rate, burst=args.burst, stale_after_s=args.stale_after) as running:
+                               rate=args.rate, burst=args.burst, stale_after_s=args.stale_after, ingest=ingest) as running:
                 if running.admin_token and not args.admin_token:
                     print(f"Admin token (shown once, stored hashed): {running.admin_token}", file=sys.stderr, flush=True)
                 print(f"OCN hub serving on {running.url}  (dashboard {running.url}/fleet)", file=sys.stderr, flush=True)

@@ -16,13 +16,29 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.protocol import MAX_BATCH_BYTES, MAX_STATUS_BYTES, ProtocolError, key_id, open_batch, open_status, peek_header
+from edge.protocol import (
+    MAX_BATCH_BYTES,
+    MAX_READINGS,
+    MAX_STATUS_BYTES,
+    Batch,
+    BatchHeader,
+    ProtocolError,
+    decode_body,
+    declared_readings,
+    key_id,
+    open_status,
+    read_envelope,
+    verify_batch,
+)
 from hub.auth import secret_hash
 from hub.bounds import split_readings
 from hub.fleet import desired_document, sign_document
+from hub.jsonbody import JsonBodyError, read_json
+from hub.ratelimit import client_address, retry_after
 from hub.reports import ReportError, check_notice_message, check_status_report, freshness
 from hub.state import HUB, Hub
 from hub.store import DeviceKey, EnrolError, IncomingBatch
+from hub.workers import Busy
 
 __all__ = ["routes", "MAX_NOTICE_BYTES"]
 
@@ -76,6 +92,25 @@ async def read_body(request: web.Request, limit: int) -> bytes | web.Response:
     return b"".join(parts)
 
 
+def client_of(request: web.Request) -> str:
+    """The client address the per-address limit counts (X-Forwarded-For only from a trusted proxy)."""
+    return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), request.app[HUB].trusted_proxies)
+
+
+def address_refusal(hub: Hub, address: str) -> web.Response | None:
+    """429 while ``address`` has used up its unauthenticated requests; None otherwise (nothing is charged here)."""
+    wait = hub.addresses.peek(address)
+    if wait <= 0:
+        return None
+    return problem(429, "rate_limited", f"client {address} sent more unauthenticated or refused requests than this hub allows; retry later",
+                   headers={"Retry-After": retry_after(wait)})
+
+
+def busy(exc: Busy) -> web.Response:
+    """503 busy: the ingest workers and their queue are full; a retryable answer, never a stall."""
+    return problem(503, "busy", f"the hub is at its limit of ingest work ({exc}); retry later", headers={"Retry-After": "1"})
+
+
 def public_key_of(device: DeviceKey) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(device.public_key)
 
@@ -93,13 +128,29 @@ def refuse_device(device: DeviceKey | None, kid: bytes) -> web.Response | None:
 
 async def signed_sender(request: web.Request, limit: int) -> tuple[DeviceKey, dict[str, Any]] | web.Response:
     """Read a signed status-type message (status report or notice) of at most ``limit`` bytes,
-    verify it and find its active sender; or the error answer."""
+    verify it and find its active sender; or the error answer.
+
+    Nothing costly runs before the signature verifies: the key id comes from the strict
+    envelope reader, verification and decoding run on the ingest workers. A client address
+    whose messages fail here is charged its per-address limit.
+    """
     hub = request.app[HUB]
+    address = client_of(request)
+    refusal = address_refusal(hub, address)
+    if refusal is not None:
+        return refusal
+    sender = await _verified_report(request, hub, limit)
+    if isinstance(sender, web.Response) and sender.status != 503:
+        hub.addresses.check(address)
+    return sender
+
+
+async def _verified_report(request: web.Request, hub: Hub, limit: int) -> tuple[DeviceKey, dict[str, Any]] | web.Response:
     data = await read_body(request, limit)
     if isinstance(data, web.Response):
         return data
     try:
-        kid = _status_kid(data)
+        kid = read_envelope(data, limit=limit).kid
     except ProtocolError as exc:
         return protocol_problem(exc)
     device = await hub.keys.get(kid)
@@ -108,7 +159,9 @@ async def signed_sender(request: web.Request, limit: int) -> tuple[DeviceKey, di
         return refusal
     assert device is not None
     try:
-        report = open_status(data, public_key_of(device))
+        report = await hub.workers.run(open_status, data, public_key_of(device))
+    except Busy as exc:
+        return busy(exc)
     except ProtocolError as exc:
         return protocol_problem(exc)
     if report.get("device_id") != device.device_id:
@@ -116,56 +169,76 @@ async def signed_sender(request: web.Request, limit: int) -> tuple[DeviceKey, di
     return device, report
 
 
-def _status_kid(data: bytes) -> bytes:
-    """The key id in a COSE_Sign1 protected header, read before verification only to find the key."""
-    import cbor2
-
-    try:
-        outer = cbor2.loads(data)
-        protected = cbor2.loads(outer.value[0])
-        kid = protected[4]
-    except Exception:  # noqa: BLE001 - any shape problem is a malformed message
-        raise ProtocolError("malformed", "body is not a COSE_Sign1 message with a key id (label 4)") from None
-    if not isinstance(kid, bytes) or len(kid) != 8:
-        raise ProtocolError("malformed", "protected header kid (label 4) is not 8 bytes")
-    return kid
-
-
 @routes.post("/oxp/v1/batches")
 async def post_batch(request: web.Request) -> web.Response:
     hub = request.app[HUB]
+    address = client_of(request)
+    refusal = address_refusal(hub, address)
+    if refusal is not None:
+        return refusal
     data = await read_body(request, MAX_BATCH_BYTES)
     if isinstance(data, web.Response):
+        hub.addresses.check(address)
         return data
     try:
-        header = peek_header(data)
+        kid = read_envelope(data, limit=MAX_BATCH_BYTES).kid
     except ProtocolError as exc:
+        hub.addresses.check(address)
         return protocol_problem(exc)
-    device = await hub.keys.get(header.key_id)
-    answer = await ingest(hub, data, device, header.key_id)
+    device = await hub.keys.get(kid)
+    answer = await ingest(hub, data, device, kid)
+    if answer.status in (401, 403):  # refused at the key or the signature: the sender is not authenticated
+        hub.addresses.check(address)
     if device is not None:
         if answer.status == 200:
             hub.faults.cleared(device.device_id)
-        elif answer.status != 429:  # a device catching up hits its limit by design: not a fault
+        elif answer.status not in (429, 503):  # a device catching up, or a busy hub, is not a fault of the device
             body = json.loads(answer.body)  # type: ignore[arg-type]
             hub.faults.failed(device.device_id, body["error"], body["detail"])
     return answer
 
 
+def _verify_and_weigh(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
+    """On a worker: verify, decompress, and count the readings the body declares (without decoding them)."""
+    header, body = verify_batch(data, public_key)
+    return header, body, declared_readings(body)
+
+
 async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) -> web.Response:
-    """Verify, decode and store one batch from the holder of ``kid``; the OXP answer."""
+    """Verify, decode and store one batch from the holder of ``kid``; the OXP answer.
+
+    The order bounds what a sender who is not the device can cost: the signature is checked
+    before any per-device limit is charged (a forged batch spends no device's quota), and
+    the readings a batch declares are weighed against the device's readings budget before
+    any of them is decoded.
+    """
     refusal = refuse_device(device, kid)
     if refusal is not None:
         return refusal
     assert device is not None
+    try:
+        header, body, declared = await hub.workers.run(_verify_and_weigh, data, public_key_of(device))
+    except Busy as exc:
+        return busy(exc)
+    except ProtocolError as exc:
+        return protocol_problem(exc)
     wait = hub.limiter.check(device.device_id)
     if wait > 0:
         return problem(429, "rate_limited", f"device {device.device_id!r} sends faster than this hub allows; retry later",
-                       headers={"Retry-After": hub.limiter.retry_after(wait)})
+                       headers={"Retry-After": retry_after(wait)})
+    if declared <= MAX_READINGS:  # more is malformed: decode_body says so without decoding
+        wait = hub.readings.wait(device.device_id, declared)
+        if wait > 0:
+            return problem(429, "readings_budget", f"batch declares {declared} readings, more than device {device.device_id!r} "
+                           "may send now at its readings rate; retry later", headers={"Retry-After": retry_after(wait)})
     try:
-        batch = open_batch(data, public_key_of(device))
+        channels, readings = await hub.workers.run(decode_body, body)
+    except Busy as exc:
+        return busy(exc)
     except ProtocolError as exc:
         return protocol_problem(exc)
+    hub.readings.take(device.device_id, len(readings))
+    batch = Batch(header, channels, readings)
     h = batch.header
     if h.device_id != device.device_id:
         return problem(400, "malformed", f"batch names device {h.device_id!r} but key id {h.key_id.hex()} is enrolled as {device.device_id!r}")
@@ -187,17 +260,16 @@ async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) ->
 @routes.post("/oxp/v1/enrol")
 async def post_enrol(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    if request.content_type != "application/json":
-        return problem(415, "unsupported_media_type", f"Content-Type {request.content_type!r}: expected application/json")
-    if request.content_length is not None and request.content_length > MAX_ENROL_BYTES:
-        return problem(413, "too_large", f"enrolment request is over {MAX_ENROL_BYTES} bytes")
-    raw = await request.read()
-    if len(raw) > MAX_ENROL_BYTES:
-        return problem(413, "too_large", f"enrolment request is over {MAX_ENROL_BYTES} bytes")
+    # Every enrolment attempt is unauthenticated until its token is checked: each one is charged.
+    address = client_of(request)
+    refusal = address_refusal(hub, address)
+    if refusal is not None:
+        return refusal
+    hub.addresses.check(address)
     try:
-        body = json.loads(raw)
-    except ValueError:
-        return problem(400, "malformed", "enrolment request is not JSON")
+        body = await read_json(request, limit=MAX_ENROL_BYTES, what="enrolment request")
+    except JsonBodyError as exc:
+        return problem(exc.status, exc.code, exc.detail)
     if not isinstance(body, dict):
         return problem(400, "malformed", "enrolment request is not a JSON object")
     token, device_id, public_b64 = body.get("token"), body.get("device_id"), body.get("public_key")

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.auth import Admin
 from hub.faults import DeviceFaults
-from hub.ratelimit import RateLimiter
+from hub.ratelimit import RateLimiter, ReadingsBudget
 from hub.store import DeviceKey, Store
+from hub.workers import Workers
 
 __all__ = ["HUB", "Hub", "KeyCache"]
 
@@ -48,13 +50,22 @@ class KeyCache:
 
 @dataclass
 class Hub:
-    """One hub process's shared state."""
+    """One hub process's shared state.
+
+    ``limiter`` counts batches and ``readings`` readings per device (charged once a signature
+    verifies); ``addresses`` counts what each client address makes the hub do before anything
+    is authenticated; ``trusted_proxies`` are the peers whose X-Forwarded-For names the client.
+    """
 
     store: Store
     admin: Admin
     signing_key: Ed25519PrivateKey
     limiter: RateLimiter
     keys: KeyCache
+    readings: ReadingsBudget
+    addresses: RateLimiter
+    workers: Workers
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     faults: DeviceFaults = field(default_factory=DeviceFaults)
     stale_after_ms: int = 15 * 60 * 1000
     database_down: bool = False
