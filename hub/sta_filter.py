@@ -658,6 +658,8 @@ def _strings(f: Callable[..., Any]) -> Callable[..., Any]:
 def _substring(s: Any, start: Any, length: Any = 0) -> Any:
     if not isinstance(s, str) or _kind(start) != "num" or _kind(length) != "num" or start < 0:
         return None
+    if not (math.isfinite(start) and math.isfinite(length)):  # arithmetic overflows to inf or nan: no position
+        return None
     start = int(start)
     return s[start:] if length == 0 else s[start : start + max(0, int(length))]
 
