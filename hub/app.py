@@ -66,7 +66,7 @@ class IngestSettings:
     """Jobs that may wait for a worker; beyond them a request is answered 503 ``busy`` at once."""
     readings_rate: float = 1000.0
     """Readings per second each device may send (more if it has shown a higher rate)."""
-    readings_burst: int = 200_000
+    readings_burst: int = 100_000
     """Readings a device may send at once before its rate applies."""
     address_rate: float = 5.0
     """Unauthenticated requests (enrolment, messages refused before or at their signature) per second per client address."""

@@ -47,6 +47,8 @@ log = logging.getLogger("ocn.hub.oxp")
 COSE_MEDIA = "application/cose"
 MAX_NOTICE_BYTES = 256 * 1024
 MAX_ENROL_BYTES = 16 * 1024
+# A real body takes 2 to 4 bytes per reading; one far larger than its readings is charged by its size.
+BODY_BYTES_PER_READING = 64
 DEVICE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 
 routes = web.RouteTableDef()
@@ -226,18 +228,19 @@ async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) ->
     if wait > 0:
         return problem(429, "rate_limited", f"device {device.device_id!r} sends faster than this hub allows; retry later",
                        headers={"Retry-After": retry_after(wait)})
+    weight = max(declared, len(body) // BODY_BYTES_PER_READING)
     if declared <= MAX_READINGS:  # more is malformed: decode_body says so without decoding
-        wait = hub.readings.wait(device.device_id, declared)
+        wait = hub.readings.wait(device.device_id, weight)
         if wait > 0:
-            return problem(429, "readings_budget", f"batch declares {declared} readings, more than device {device.device_id!r} "
-                           "may send now at its readings rate; retry later", headers={"Retry-After": retry_after(wait)})
+            return problem(429, "readings_budget", f"batch declares {declared} readings in {len(body)} decoded bytes, more than device "
+                           f"{device.device_id!r} may send now at its readings rate; retry later", headers={"Retry-After": retry_after(wait)})
     try:
         channels, readings = await hub.workers.run(decode_body, body)
     except Busy as exc:
         return busy(exc)
     except ProtocolError as exc:
         return protocol_problem(exc)
-    hub.readings.take(device.device_id, len(readings))
+    hub.readings.take(device.device_id, weight)
     batch = Batch(header, channels, readings)
     h = batch.header
     if h.device_id != device.device_id:

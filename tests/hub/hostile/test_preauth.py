@@ -171,9 +171,9 @@ async def test_a_full_queue_answers_503_busy_with_retry_after_and_work_resumes(t
         await still_serving(http, hub, gateway, 1)
 
 
-def huge_declared_batch(gateway: SimGateway, readings: int) -> bytes:
+def huge_declared_batch(gateway: SimGateway, readings: int, *, devices: list[str] | None = None) -> bytes:
     """A validly signed batch of a few hundred bytes whose body declares ``readings`` boolean readings at one time."""
-    body = cbor2.dumps([0, [""], [[2, "door", 0, None, readings, bytes(readings), [6, bytes((readings + 7) // 8)]]]])
+    body = cbor2.dumps([0, devices or [""], [[2, "door", 0, None, readings, bytes(readings), [6, bytes((readings + 7) // 8)]]]])
     header = {H_VERSION: 2, H_DEVICE: gateway.device_id, H_BOOT: 1, H_SEQ: 1, H_POLICY: b"", H_CODEC: 1, H_CREATED: int(time.time() * 1000)}
     return _sign({ALG: EDDSA, KID: gateway.key_id, OXP_BATCH: header}, compress(body, "zstd"), gateway.private_key)
 
@@ -187,11 +187,21 @@ async def test_a_tiny_batch_declaring_a_million_readings_is_429_without_decoding
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert (status, body["error"]) == (429, "readings_budget") and "1000000 readings" in body["detail"]
+    assert (status, body["error"]) == (429, "readings_budget") and "1000000 readings in" in body["detail"]
     assert int(headers["Retry-After"]) >= 1
     # The body (about 1.1 MB once decompressed) is weighed, not decoded: a million readings would take hundreds of MiB.
     assert peak < 16 << 20
     await still_serving(http, running_hub, gateway, 2)
+
+
+async def test_a_body_far_larger_than_its_readings_is_charged_by_its_size(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    async with run_hub(state_dir=tmp_path, admin_token="x", ingest=IngestSettings(readings_burst=1000)) as hub:
+        gateway = SimGateway("pole-0042")
+        await enrol(http, hub.url, gateway, await hub.create_token())
+        # One reading, and a megabyte of device names no series uses.
+        data = huge_declared_batch(gateway, 1, devices=[""] + ["x" * 1000] * 1000)
+        status, body, _ = await post(http, hub, "batches", data)
+        assert (status, body["error"]) == (429, "readings_budget") and "declares 1 readings" in body["detail"]
 
 
 async def test_a_gateway_over_its_readings_budget_is_slowed_and_delivers_everything(tmp_path: Path, http: aiohttp.ClientSession) -> None:
