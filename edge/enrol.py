@@ -1,9 +1,19 @@
-"""Enrols this gateway at a hub: creates the device key if missing and registers its public half with a token."""
+"""Enrols this gateway at a hub: creates the device key if missing and registers its public half with a token.
+
+`first_boot` is the unattended form a seeded card uses (`ocn-edge enrol --first-boot`): it reads the
+token cloud-init wrote to /etc/ocn-edge/enrol-token, retries while the network is not up, records the
+outcome in <state_dir>/enrolment.json (the local page shows it) and deletes the token once used.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+import os
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +23,29 @@ from edge import __version__
 from edge.protocol import PRIVATE_KEY_FILE, KeyFileError, key_id, load_private_key, raw_public_key, write_keypair
 from edge.uplink import tls_context
 
-__all__ = ["Enrolment", "EnrolError", "enrol", "ensure_device_key"]
+__all__ = [
+    "ENROLMENT_RECORD",
+    "TOKEN_FILE",
+    "Enrolment",
+    "EnrolError",
+    "FirstBoot",
+    "HubUnreachable",
+    "enrol",
+    "ensure_device_key",
+    "first_boot",
+    "read_enrolment_record",
+]
+
+TOKEN_FILE = "enrol-token"  # beside gateway.toml: /etc/ocn-edge/enrol-token on a seeded card
+ENROLMENT_RECORD = "enrolment.json"  # in the state dir: what the last enrolment attempt came to
 
 
 class EnrolError(Exception):
     """Enrolment did not happen; the message says why and what to do."""
+
+
+class HubUnreachable(EnrolError):
+    """The hub could not be reached, or was too busy or broken to answer: worth trying again later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +112,12 @@ async def enrol(
             async with session.post(url, json=body) as resp:
                 status, text = resp.status, await resp.text(errors="replace")
     except aiohttp.ClientConnectorCertificateError as exc:
-        raise EnrolError(
+        raise EnrolError(  # a wrong CA does not heal by waiting
             f"the hub at {hub_url} presented a certificate that [uplink] ca does not trust ({exc.certificate_error})"
         ) from None
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         reason = "no answer in time" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
-        raise EnrolError(f"cannot reach the hub at {hub_url} ({reason}): check [uplink] hub and the network") from None
+        raise HubUnreachable(f"cannot reach the hub at {hub_url} ({reason}): check [uplink] hub and the network") from None
     answer = _json(text)
     detail = str(answer.get("detail", "")) if answer else text[:200]
     if status == 401:
@@ -99,12 +127,107 @@ async def enrol(
             f"device id {device_id!r} is already enrolled at the hub with another key ({detail}). "
             f"Use that device's original key file, or ask city IT to revoke the old key first"
         )
+    if status in (429, 503) or status >= 500:
+        raise HubUnreachable(f"the hub answered {status} to the enrolment: {detail or 'no explanation'}")
     if status != 201 or answer is None:
         raise EnrolError(f"the hub answered {status} to the enrolment: {detail or 'no explanation'}")
     expected = key_id(key).hex()
     if answer.get("key_id") != expected or answer.get("status") not in ("active", "pending"):
         raise EnrolError(f"the hub's answer does not confirm key id {expected}: {text[:200]}")
     return Enrolment(device_id, expected, str(answer["status"]), key_path, created)
+
+
+@dataclass(frozen=True, slots=True)
+class FirstBoot:
+    """What `first_boot` did: ``enrolled`` now, ``already`` enrolled before, or ``no-token`` to present."""
+
+    outcome: str
+    enrolment: Enrolment | None = None
+
+
+async def first_boot(
+    *,
+    hub_url: str,
+    token_file: Path,
+    device_id: str,
+    key_path: Path,
+    state_dir: Path,
+    ca: Path | None = None,
+    timeout_s: float = 30.0,
+    retry_for_s: float = 900.0,
+    backoff_max_s: float = 60.0,
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    on_retry: Callable[[HubUnreachable, float], None] = lambda _exc, _delay: None,
+) -> FirstBoot:
+    """Enrol with the seeded token in ``token_file``, once: a second call is a no-op.
+
+    While the hub cannot be reached it retries, doubling the wait up to ``backoff_max_s``, for at most
+    ``retry_for_s`` seconds (then `HubUnreachable`; the token stays for the next boot). A refusal
+    (401 bad token, 409 conflict) is recorded in ``state_dir``/enrolment.json and raised at once:
+    waiting would not change the hub's mind. On success the record is written, then the token deleted.
+    """
+    record = read_enrolment_record(state_dir)
+    if record.get("status") in ("active", "pending") and key_path.exists():
+        # Enrolled before (perhaps stopped before the token was deleted): finish that, and stop.
+        _delete_token(token_file)
+        return FirstBoot("already")
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return FirstBoot("no-token")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _refused(state_dir, hub_url, f"{token_file}: cannot read the enrolment token ({exc})") from None
+    if not token:
+        raise _refused(state_dir, hub_url, f"{token_file} is empty: seed the card again with the token from city IT")
+    deadline = time.monotonic() + retry_for_s
+    delay = 1.0
+    while True:
+        try:
+            result = await enrol(hub_url=hub_url, token=token, device_id=device_id, key_path=key_path, ca=ca, timeout_s=timeout_s)
+        except HubUnreachable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            on_retry(exc, delay)
+            await sleep(delay)
+            delay = min(backoff_max_s, delay * 2)
+            continue
+        except EnrolError as exc:
+            raise _refused(state_dir, hub_url, str(exc)) from None
+        _write_record(state_dir, {"status": result.status, "key_id": result.key_id, "hub": hub_url, "at_ms": _now_ms()})
+        _delete_token(token_file)
+        return FirstBoot("enrolled", result)
+
+
+def read_enrolment_record(state_dir: Path) -> dict[str, object]:
+    """The last first-boot outcome (``status`` active, pending or refused, ``detail``, ``hub``, ``at_ms``), or {}."""
+    try:
+        document = json.loads((state_dir / ENROLMENT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+def _refused(state_dir: Path, hub_url: str, detail: str) -> EnrolError:
+    _write_record(state_dir, {"status": "refused", "detail": detail, "hub": hub_url, "at_ms": _now_ms()})
+    return EnrolError(detail)
+
+
+def _write_record(state_dir: Path, record: dict[str, object]) -> None:
+    """Whole or not at all, so the local page never reads half a record."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / ENROLMENT_RECORD
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _delete_token(token_file: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        token_file.unlink()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
 def _json(text: str) -> dict | None:  # type: ignore[type-arg]
