@@ -29,12 +29,14 @@ from drivers.registry import UnknownDriver, available, load_driver
 from drivers.scaffold import ScaffoldError, scaffold
 from drivers.sdk import DeviceContext, Driver, OptionError
 from drivers.testing import BusSettings
+from edge.commands import positive, whole
 from edge.types import Reading
 
 __all__ = ["register"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 COMMON_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+MAX_BAUD = 4_000_000  # the fastest UARTs a Pi or a USB adapter drive
 BY_ID = Path("/dev/serial/by-id")
 
 
@@ -72,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            "Probe a Modbus bus: send one small read to each unit id and report who answers.\n"
                            "A unit answering with an exception is there too. Each silent unit costs one timeout.\n\n"
                            "  ocn-edge scan --port /dev/serial/by-id/usb-FTDI-if00-port0 --baud 9600,19200\n"
-                           "  ocn-edge scan --tcp 192.0.2.10:502 --units 1-10"))
+                           "  ocn-edge scan --tcp 192.0.2.10:502 --units 1-10\n\n"
+                           "Exit status: 0 some unit answered, 1 none did or the bus cannot be opened, 2 bad options."))
     _bus_arguments(p, multi_baud=True)
     p.add_argument("--units", default="1-247", help="unit ids to try: '1-247', '1,2,10-20' (default 1-247)")
     p.add_argument("--register", default="holding:0",
@@ -88,15 +91,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            "  ocn-edge read --config /etc/ocn-edge/gateway.toml meter-1\n"
                            "  ocn-edge read --port /dev/ttyUSB0 --baud 9600 --unit 1 --profile eastron-sdm630\n"
                            "  ocn-edge read --tcp 127.0.0.1:5020 --unit 1 --profile eastron-sdm120\n"
-                           "  ocn-edge read --port /dev/ttyUSB1 --driver sds011 --option mode=query"))
+                           "  ocn-edge read --port /dev/ttyUSB1 --driver sds011 --option mode=query\n\n"
+                           "Exit status: 0 every channel read, 1 a diagnosis was printed, 2 bad options or config."))
     p.add_argument("device", nargs="?", metavar="DEVICE", help="a device name from --config")
     p.add_argument("--config", help="the gateway config to take DEVICE's driver, bus and options from")
     _bus_arguments(p, multi_baud=False)
-    p.add_argument("--unit", type=int, help="Modbus unit id 1..247")
+    p.add_argument("--unit", type=whole(1, 247), help="Modbus unit id 1..247")
     p.add_argument("--profile", help="a shipped Modbus profile name or a profile TOML path (implies --driver modbus)")
     p.add_argument("--driver", help="a driver name (see `ocn-edge drivers`)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a driver option (repeatable)")
-    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for a streaming device (default 5)")
+    p.add_argument("--wait", type=positive, default=5.0, help="seconds to wait for a streaming device (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
     p.set_defaults(func=cmd_read)
 
@@ -109,10 +113,10 @@ def _bus_arguments(p: argparse.ArgumentParser, *, multi_baud: bool) -> None:
         p.add_argument("--baud", default="9600",
                        help="baud rate(s) to try, comma-separated, or 'all' for " + ",".join(map(str, COMMON_BAUDS)))
     else:
-        p.add_argument("--baud", type=int, default=9600, help="baud rate (default 9600)")
+        p.add_argument("--baud", type=whole(1, MAX_BAUD), default=9600, help="baud rate (default 9600)")
     p.add_argument("--parity", choices=("N", "E", "O"), default="N", help="parity (default N)")
     p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="stop bits (default 1)")
-    p.add_argument("--timeout", type=float, default=0.5, help="seconds to wait for each reply (default 0.5)")
+    p.add_argument("--timeout", type=positive, default=0.5, help="seconds to wait for each reply (default 0.5)")
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> int:
@@ -264,6 +268,13 @@ def _units(text: str) -> list[int]:
     return units
 
 
+def _bauds(text: str) -> list[int]:
+    bauds = [b.strip() for b in text.split(",") if b.strip()]
+    if not bauds or not all(b.isdigit() and 0 < int(b) <= MAX_BAUD for b in bauds):
+        raise ValueError(f"--baud {text!r}: expected baud rates like 9600 or 9600,19200 (1..{MAX_BAUD}), or 'all'")
+    return [int(b) for b in bauds]
+
+
 def _register_arg(text: str) -> tuple[str, int]:
     function, _, address = text.partition(":")
     if function not in ("holding", "input", "coil", "discrete") or not address.isdigit() or int(address) > 0xFFFF:
@@ -278,8 +289,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         tcp = _tcp(args.tcp) if args.tcp else None
         if tcp is None and not args.port:
             raise ValueError("say which bus: --port DEVICE (Modbus RTU) or --tcp HOST[:PORT]")
-        bauds = [0] if tcp else (list(COMMON_BAUDS) if args.baud == "all"
-                                 else [int(b) for b in args.baud.split(",") if b.strip()])
+        bauds = [0] if tcp else (list(COMMON_BAUDS) if args.baud == "all" else _bauds(args.baud))
     except ValueError as exc:
         return _fail(str(exc))
     found = asyncio.run(_scan(tcp, args, bauds, units, function, address))
@@ -409,9 +419,10 @@ def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
     driver_name = args.driver or ("modbus" if args.profile else None)
     if driver_name is None:
         raise ValueError("say how to read the device: --profile NAME (Modbus) or --driver NAME")
-    if args.profile:
-        options["profile" if args.profile in shipped_profiles() or Path(args.profile).is_absolute()
-                else "profile_file"] = args.profile if args.profile in shipped_profiles() else Path(args.profile).resolve()
+    if args.profile in shipped_profiles():
+        options["profile"] = args.profile
+    elif args.profile:
+        options["profile_file"] = Path(args.profile).resolve()
     cls = load_driver(driver_name)
     transport = cls.manifest.transport
     if args.tcp:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from edge import __version__
+from edge.commands import EXIT_USAGE, CommandError, file_problem
+
+EXIT_BUG = 70  # sysexits EX_SOFTWARE: ocn-edge itself failed, whatever the input
 
 # Each module defines `register(subparsers)`, adding its sub-commands with
 # `set_defaults(func=handler)`; a handler takes the parsed args and returns an exit status.
@@ -33,11 +38,22 @@ Start here:
   ocn-edge init /etc/ocn-edge   write a commented gateway.toml and a policy.toml to start from
   ocn-edge check gateway.toml   validate a gateway config and print the effective settings
   ocn-edge run gateway.toml     run the gateway (what the systemd service does)
+
+Bad input (a missing or malformed file, an option out of range) ends a command
+with exit status 2 and a line naming the file, option or value; status 70 means
+a bug in ocn-edge itself.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Says what is wrong with the command line in one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ocn-edge",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -55,11 +71,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except CommandError as exc:
+        print(f"ocn-edge: {exc}", file=sys.stderr)
+        return exc.status
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named: a bug, or a fault the command should report
+            return _bug()
+        print(f"ocn-edge: {file_problem(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:
+        return _bug()
+
+
+def _bug() -> int:
+    """Anything else is a bug, never the input's fault: show where it happened, and say so once."""
+    traceback.print_exc()
+    print(f"ocn-edge: this is a bug in ocn-edge {__version__}, not a problem with the input; "
+          "please report it with the command line and the lines above", file=sys.stderr)
+    return EXIT_BUG
 
 
 if __name__ == "__main__":

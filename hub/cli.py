@@ -15,12 +15,18 @@ import tomllib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from edge.commands import file_problem, make_directory, positive, whole
+from edge.protocol.envelope import DEVICE_ID_RE
 
 __all__ = ["register", "parse_duration_s"]
 
 DEFAULT_STATE_DIR = "ocn-hub"
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
 UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TOKEN_USES = 1_000_000  # more devices than any city has: a larger number is a typo
+MAX_TOKEN_DAYS = 3650  # a token is for a roll-out, not forever
 
 
 def parse_duration_s(option: str, text: str) -> float:
@@ -31,11 +37,29 @@ def parse_duration_s(option: str, text: str) -> float:
     return float(m.group(1)) * UNITS[m.group(2)]
 
 
-def _duration(option: str) -> Callable[[str], float]:
+def _duration(option: str, *, at_most_s: float = float("inf")) -> Callable[[str], float]:
     def parse(text: str) -> float:
-        return parse_duration_s(option, text)
+        seconds = parse_duration_s(option, text)
+        if seconds > at_most_s:
+            raise argparse.ArgumentTypeError(f"{option} {text!r}: expected at most {at_most_s / 86400:g}d")
+        return seconds
 
     return parse
+
+
+def _device_id(text: str) -> str:
+    if not DEVICE_ID_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: expected a device id of 1-64 lowercase letters, digits and '-'"
+                                         " (see `ocn-edge hub device list`)")
+    return text
+
+
+def _browser_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected the hub's address as http(s)://HOST[:PORT], "
+                                         "e.g. https://hub.example.org")
+    return text
 
 
 def _store_options() -> argparse.ArgumentParser:
@@ -64,8 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     hub.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:8443)")
     hub.add_argument("--admin-token", default=os.environ.get("OCN_HUB_ADMIN_TOKEN"), metavar="TOKEN",
                      help="admin token for the dashboard (default: $OCN_HUB_ADMIN_TOKEN, else generated and printed at first start)")
-    hub.add_argument("--rate", type=float, default=50.0, metavar="N", help="batches per second each device may send (default 50)")
-    hub.add_argument("--burst", type=int, default=200, metavar="N", help="batches a device may send at once above its rate (default 200)")
+    hub.add_argument("--rate", type=positive, default=50.0, metavar="N", help="batches per second each device may send (default 50)")
+    hub.add_argument("--burst", type=whole(1, 1_000_000), default=200, metavar="N", help="batches a device may send at once above its rate (default 200)")
     hub.add_argument("--readings-rate", type=float, default=1000.0, metavar="N",
                      help="readings per second each device may send, more if it has shown a higher rate (default 1000)")
     hub.add_argument("--readings-burst", type=int, default=100_000, metavar="N", help="readings a device may send at once (default 100000)")
@@ -87,8 +111,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     group.set_defaults(func=_usage(group))
     token = group.add_subparsers(title="token commands", metavar="COMMAND")
     create = token.add_parser("create", parents=[common], help="create an enrolment token and print it (shown only once)")
-    create.add_argument("--uses", type=int, default=1, metavar="N", help="how many devices may enrol with it (default 1)")
-    create.add_argument("--expires", type=_duration("--expires"), default=7 * 86400.0, metavar="DURATION", help="valid for (default 7d)")
+    create.add_argument("--uses", type=whole(1, MAX_TOKEN_USES), default=1, metavar="N", help="how many devices may enrol with it (default 1)")
+    create.add_argument("--expires", type=_duration("--expires", at_most_s=MAX_TOKEN_DAYS * 86400.0), default=7 * 86400.0, metavar="DURATION", help="valid for (default 7d)")
     create.add_argument("--approve", action="store_true", help="devices enrolled with it are active at once (default: pending until approved)")
     create.add_argument("--fleet", default="default", help="fleet the devices join (default 'default')")
     create.add_argument("--note", default="", help="what the token is for, shown in `token list`")
@@ -106,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dlist.set_defaults(func=_device_list)
     for name, status, text in (("revoke", "revoked", "revoke a device: its key is refused from now on"), ("approve", "active", "approve a pending device")):
         action = device.add_parser(name, parents=[common], help=text)
-        action.add_argument("device_id")
+        action.add_argument("device_id", type=_device_id)
         action.set_defaults(func=_device_status, status=status)
 
     group = commands.add_parser("desired", help="desired configuration and policy")
@@ -115,17 +139,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dset = desired.add_parser("set", parents=[common], help="set the desired document of a fleet or a device from a JSON or TOML file")
     target = dset.add_mutually_exclusive_group(required=True)
     target.add_argument("--fleet", metavar="NAME")
-    target.add_argument("--device", metavar="DEVICE_ID")
+    target.add_argument("--device", metavar="DEVICE_ID", type=_device_id)
     dset.add_argument("file", help='JSON or TOML with a "config" and/or a "policy" table')
     dset.set_defaults(func=_desired_set)
     dclear = desired.add_parser("clear", parents=[common], help="remove the desired document of a fleet or a device")
     target = dclear.add_mutually_exclusive_group(required=True)
     target.add_argument("--fleet", metavar="NAME")
-    target.add_argument("--device", metavar="DEVICE_ID")
+    target.add_argument("--device", metavar="DEVICE_ID", type=_device_id)
     dclear.set_defaults(func=_desired_clear)
 
     link = commands.add_parser("login-link", parents=[common], help="print a one-time link that opens an admin session (10 minutes)")
-    link.add_argument("--url", default="http://127.0.0.1:8443", help="the hub's address as your browser reaches it")
+    link.add_argument("--url", type=_browser_url, default="http://127.0.0.1:8443", help="the hub's address as your browser reaches it")
     link.set_defaults(func=_login_link)
 
 
@@ -173,7 +197,7 @@ def _token_create(args: argparse.Namespace) -> int:
         print("# This is the only time the token is shown. On the gateway: ocn-edge enrol --token TOKEN ...", file=sys.stderr)
         return 0
 
-    _state_dir(args).mkdir(parents=True, exist_ok=True)
+    make_directory(_state_dir(args), option="--state-dir")
     return _with_store(args, work)
 
 
@@ -230,11 +254,18 @@ def _device_status(args: argparse.Namespace) -> int:
 def _read_document(path: str) -> dict[str, Any]:
     from hub.fleet import check_desired
 
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (at byte {exc.start})") from None
+    except OSError as exc:
+        raise ValueError(file_problem(exc)) from None
     try:
         document = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"{path}: not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to be a desired document") from None
     try:
         return check_desired(document)
     except ValueError as exc:
@@ -323,7 +354,10 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"ocn-edge hub: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:
-            print(f"ocn-edge hub: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+            if exc.filename is not None:  # the state directory or a file in it, not the address
+                print(f"ocn-edge hub: {file_problem(exc)}", file=sys.stderr)
+            else:
+                print(f"ocn-edge hub: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
             return 2
         return 0
 

@@ -1,0 +1,81 @@
+"""The `ocn-edge` sub-commands, and how any of them stops on bad input: raise `CommandError`.
+
+`edge.cli.main` prints a `CommandError` as one line on standard error and exits with its
+status, so a command never needs its own try/except to turn bad input into a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["EXIT_USAGE", "CommandError", "file_problem", "make_directory", "positive", "whole"]
+
+EXIT_USAGE = 2  # the command could not run with the input it was given
+
+_IN_OUR_WORDS = {
+    errno.ENOENT: "no such file or directory",
+    errno.EISDIR: "is a directory; expected a file",
+    errno.ENOTDIR: "a file is in the way where a directory is expected",
+    errno.EEXIST: "already exists",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "the file system is read-only",
+    errno.ENOSPC: "the disk is full",
+    errno.ENAMETOOLONG: "the name is too long",
+}
+
+
+class CommandError(Exception):
+    """Input a command cannot run with; the message names the file or option, the value and what would be accepted."""
+
+    def __init__(self, message: str, *, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def file_problem(exc: OSError) -> str:
+    """What went wrong with a file, in our words: "PATH: is a directory; expected a file"."""
+    what = _IN_OUR_WORDS.get(exc.errno or 0) or (exc.strerror or type(exc).__name__).lower()
+    return f"{exc.filename}: {what}" if exc.filename is not None else what
+
+
+def make_directory(path: str | Path, *, option: str) -> Path:
+    """``path`` as a directory, created with its parents if missing; a CommandError naming ``option`` if it cannot be."""
+    target = Path(path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise CommandError(f"{option} {path}: a file is in the way; expected a directory") from None
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: cannot create the directory: {file_problem(exc)}") from None
+    return target
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number above 0 (seconds, a rate); "nan", "inf" and "-1" are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number above 0") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number above 0")
+    return value
+
+
+def whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from {low} to {high}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from {low} to {high}")
+        return value
+
+    return parse

@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 
+from edge.commands import positive
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser(
@@ -31,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
             "--duration, then a summary."
         ),
     )
-    demo.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    demo.add_argument("--duration", type=positive, metavar="SECONDS", help="stop after this many seconds")
     demo.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
     demo.add_argument("--scenario", default="default", help="simulator scenario name or path (default: %(default)s)")
     demo.add_argument("--state-dir", metavar="DIR", help="keep the demo's state here (default: a temporary directory)")

@@ -28,6 +28,7 @@ from edge.protocol import (
     senml_json,
     write_keypair,
 )
+from edge.commands import file_problem, make_directory
 from edge.protocol.csvinput import CsvError, read_csv
 from edge.types import Channel, Reading
 
@@ -149,9 +150,11 @@ def _keygen(args: argparse.Namespace) -> int:
     try:
         private_path, public_path = write_keypair(args.out)
     except FileExistsError as exc:
+        if exc.filename is not None:  # from mkdir: not a key, a file where the directory should be
+            return _fail(f"--out {args.out}: a file is in the way; expected a directory for the key files")
         return _fail(f"{exc}. Delete it first only if the device is to be enrolled again.")
     except OSError as exc:
-        return _fail(f"{args.out}: cannot write the key files ({exc.strerror})")
+        return _fail(f"--out {args.out}: cannot write the key files ({file_problem(exc)})")
     print(f"private key  {private_path}  (mode 0600: keep it on the device)")
     print(f"public key   {public_path}")
     print(f"key id       {key_id(load_public_key(public_path)).hex()}")
@@ -203,8 +206,7 @@ def _encode(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not table.readings:
         return _fail(f"{args.input}: no readings to encode")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_directory(args.out, option="-o")
     seq = args.first_seq
     total_bytes = 0
     pending = split_into_batches(table.readings, span_ms=args.batch_seconds * 1000, max_readings=args.max_readings)

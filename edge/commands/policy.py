@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
+
+from edge.commands import CommandError, file_problem, make_directory
 
 __all__ = ["register"]
 
@@ -15,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     policy = sub.add_parser(
         "policy",
         help="check, sign, verify or explain a privacy policy",
-        description="Work with the privacy policy: the city's rules for what may leave the gateway, as data.",
+        description=("Work with the privacy policy: the city's rules for what may leave the gateway, as data. "
+                     "Every action exits 1 when the policy, a key or the config cannot be used (each problem "
+                     "on its own line) and 2 when the command line is wrong."),
     )
     actions = policy.add_subparsers(title="actions", metavar="ACTION")
 
@@ -77,7 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="write the gateway's transparency notice (notice.json and notice.html)",
         description=(
             "Build the public transparency notice of a gateway from its config and privacy policy: "
-            "machine-readable notice.json (DTPR taxonomy) and a plain-language notice.html for a QR code."
+            "machine-readable notice.json (DTPR taxonomy) and a plain-language notice.html for a QR code. "
+            "Exit status 1 when the config or its policy cannot be used (each problem on its own line), 2 when "
+            "the command line or the output directory is wrong."
         ),
     )
     notice.add_argument("config", metavar="CONFIG", help="the gateway's TOML config")
@@ -159,8 +164,11 @@ def _sign(args: argparse.Namespace) -> int:
         key = load_governance_private_key(args.key)
     except PolicyError as exc:
         return _fail(exc.problems)
-    except (OSError, ValueError) as exc:
-        return _fail(f"{args.key}: cannot load the governance private key: {exc}")
+    except OSError as exc:
+        return _fail(f"--key: cannot read the governance private key: {file_problem(exc)}")
+    except ValueError:
+        return _fail(f"--key {args.key}: expected an unencrypted PEM Ed25519 private key "
+                     "(`ocn-edge policy keygen` writes governance.key)")
     path = write_signature(args.policy, policy.digest, key)
     print(f"wrote {path} (digest {policy.digest.hex()})")
     return 0
@@ -199,7 +207,11 @@ def _keygen(args: argparse.Namespace) -> int:
     try:
         private_path, public_path = write_governance_keypair(args.directory)
     except FileExistsError as exc:
-        return _fail(str(exc))
+        if exc.filename is None:  # the key is there already
+            return _fail(str(exc))
+        raise CommandError(f"{args.directory}: a file is in the way; expected a directory for the key pair") from None
+    except OSError as exc:
+        raise CommandError(f"{args.directory}: cannot write the key pair: {file_problem(exc)}") from None
     key_id = governance_key_id(load_governance_public_key(public_path))
     print(f"wrote {private_path} (keep it offline) and {public_path} (key id {key_id})")
     return 0
@@ -225,8 +237,7 @@ def _notice(args: argparse.Namespace) -> int:
     if problems:
         return _fail(problems)
     notice = build_notice(policy, config, channels=channels)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_directory(args.out, option="--out")
     (out / "notice.json").write_text(json.dumps(notice, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "notice.html").write_text(render_notice_html(notice), encoding="utf-8")
     print(f"wrote {out / 'notice.json'} and {out / 'notice.html'}")

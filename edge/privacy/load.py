@@ -53,8 +53,12 @@ def load_policy(
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PolicyError([f"{p}: no such policy file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([f"{p}: cannot read the policy: {exc}"]) from None
+    except IsADirectoryError:
+        raise PolicyError([f"{p}: is a directory; expected a policy TOML file"]) from None
+    except UnicodeDecodeError as exc:
+        raise PolicyError([f"{p}: not UTF-8 text (at byte {exc.start}); save the policy as UTF-8"]) from None
+    except OSError as exc:
+        raise PolicyError([f"{p}: cannot read the policy ({exc.strerror})"]) from None
     policy = parse_policy(text, path=str(p))
     if governance_key is None:
         if require_signed:
@@ -62,8 +66,11 @@ def load_policy(
         return policy
     try:
         key = governance_key if isinstance(governance_key, Ed25519PublicKey) else load_governance_public_key(governance_key)
-    except (OSError, ValueError) as exc:
-        raise PolicyError([f"{p.name}: governance_key {governance_key}: cannot load it: {exc}"]) from None
+    except OSError as exc:
+        raise PolicyError([f"{p.name}: governance_key {governance_key}: cannot read it ({exc.strerror})"]) from None
+    except ValueError:
+        raise PolicyError([f"{p.name}: governance_key {governance_key}: expected a PEM Ed25519 public key"
+                           " (`ocn-edge policy keygen` writes governance.pub)"]) from None
     if not require_signed and not signature_path(p).exists():
         return policy
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -16,6 +17,12 @@ __all__ = ["CsvError", "CsvReadings", "parse_time", "parse_value", "read_csv"]
 _EPOCH_RE = re.compile(r"^-?\d+(\.\d+)?$")
 _NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?$")
 MAX_PROBLEMS = 20
+# Batch times are unsigned (OXP §5), and every reader of a reading turns its time into a calendar
+# date, whose years end at 9999: a time outside these is a typo, never a measurement.
+LATEST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+TIME_EXPECTED = ("expected ISO-8601 (2026-01-01T00:00:00Z) or epoch seconds with at most 3 decimals,"
+                 " from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z")
+INT64 = range(-(2**63), 2**63)  # the codec carries integers as signed 64-bit (OXP §6.4)
 
 
 class CsvError(ValueError):
@@ -36,22 +43,32 @@ class CsvReadings:
 
 
 def parse_time(text: str) -> int:
-    """UTC milliseconds from epoch seconds ("1767225600", "1767225600.25") or ISO-8601 (no zone means UTC)."""
+    """UTC milliseconds from epoch seconds ("1767225600", "1767225600.25") or ISO-8601 (no zone means UTC).
+
+    Raises ValueError for a time finer than a millisecond or outside 1970-01-01 .. 9999-12-31.
+    """
     text = text.strip()
     if _EPOCH_RE.match(text):
         ms = Decimal(text) * 1000
         if ms != ms.to_integral_value():
             raise ValueError("finer than a millisecond")
-        return int(ms)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+        result = int(ms)
+    else:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+        result = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+    if not 0 <= result <= LATEST_MS:
+        raise ValueError("outside 1970-01-01 .. 9999-12-31")
+    return result
 
 
 def parse_value(text: str) -> tuple[int | float | str | bool, int | None]:
-    """The value a cell holds and, for a decimal number, how many decimals it was written with."""
+    """The value a cell holds and, for a decimal number, how many decimals it was written with.
+
+    Raises ValueError, saying what is accepted, for a number the codec cannot carry as written.
+    """
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true", None
@@ -59,8 +76,13 @@ def parse_value(text: str) -> tuple[int | float | str | bool, int | None]:
     if _NUMBER_RE.match(stripped):
         exponent = Decimal(stripped).as_tuple().exponent
         if "." not in stripped and "e" not in lowered:
+            if int(stripped) not in INT64:
+                raise ValueError("expected a whole number from -2**63 to 2**63-1 (or write it with a decimal point)")
             return int(stripped), None
-        return float(stripped), max(0, -int(exponent))
+        number = float(stripped)
+        if math.isinf(number):
+            raise ValueError("expected a number within about ±1.8e308 (the largest binary64)")
+        return number, max(0, -int(exponent))
     return text, None
 
 
@@ -77,7 +99,7 @@ def read_csv(
     """
     resolutions = dict(resolutions or {})
     problems: list[str] = []
-    rows: list[tuple[int, str, str, str]] = []
+    rows: list[tuple[int, str, str, str, tuple[int | float | str | bool, int | None]]] = []
     empty = 0
     for line_no, row in enumerate(csv.reader(lines), start=1):
         if not row or all(not cell.strip() for cell in row):
@@ -93,10 +115,7 @@ def read_csv(
             try:
                 ts_ms = parse_time(time_text)
             except ValueError:
-                problems.append(
-                    f"{where}: column time: value {time_text!r}: expected ISO-8601 (2026-01-01T00:00:00Z)"
-                    " or epoch seconds with at most 3 decimals"
-                )
+                problems.append(f"{where}: column time: value {time_text!r}: {TIME_EXPECTED}")
                 ts_ms = 0
             if not CHANNEL_ID_RE.match(channel):
                 problems.append(
@@ -106,7 +125,10 @@ def read_csv(
             if value_text == "":
                 empty += 1
             else:
-                rows.append((ts_ms, channel, value_text, unit))
+                try:
+                    rows.append((ts_ms, channel, value_text, unit, parse_value(value_text)))
+                except ValueError as exc:
+                    problems.append(f"{where}: column value: value {value_text!r}: {exc}")
         if len(problems) >= MAX_PROBLEMS:
             problems.append(f"{filename}: stopped after {MAX_PROBLEMS} problems")
             break
@@ -116,10 +138,10 @@ def read_csv(
     if problems:
         raise CsvError(problems)
 
-    by_channel: dict[str, list[tuple[int, str]]] = {}
+    by_channel: dict[str, list[tuple[int, str, tuple[int | float | str | bool, int | None]]]] = {}
     units: dict[str, str] = {}
-    for ts_ms, channel, text, unit in rows:
-        by_channel.setdefault(channel, []).append((ts_ms, text))
+    for ts_ms, channel, text, unit, parsed_value in rows:
+        by_channel.setdefault(channel, []).append((ts_ms, text, parsed_value))
         if unit and units.setdefault(channel, unit) != unit:
             problems.append(f"{filename}: channel {channel!r}: unit {unit!r} differs from {units[channel]!r}; one unit per channel")
     if problems:
@@ -128,7 +150,7 @@ def read_csv(
     channels: list[Channel] = []
     readings: list[Reading] = []
     for channel_id, entries in by_channel.items():
-        parsed = [parse_value(text) for _, text in entries]
+        parsed = [value for _, _, value in entries]
         values = [value for value, _ in parsed]
         unit = units.get(channel_id, "")
         resolution = None
@@ -144,9 +166,9 @@ def read_csv(
                 resolution = float(Decimal(1).scaleb(-decimals))
         else:
             kind = Kind.STRING
-            values = [text for _, text in entries]  # mixed cells stay exactly as written
+            values = [text for _, text, _ in entries]  # mixed cells stay exactly as written
         if kind is not Kind.NUMBER and channel_id in resolutions:
             raise CsvError([f"--resolution {channel_id}=...: channel {channel_id!r} holds {kind.value} values, not numbers"])
         channels.append(Channel(channel_id, unit, kind, resolution))
-        readings.extend(Reading(channel_id, ts, v, unit) for (ts, _), v in zip(entries, values))
+        readings.extend(Reading(channel_id, ts, v, unit) for (ts, _, _), v in zip(entries, values))
     return CsvReadings(tuple(channels), tuple(readings), empty)

@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+from edge.commands import positive
+
 __all__ = ["register"]
 
 
@@ -27,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sim.add_argument("--json", action="store_true", help="print the endpoints as one JSON object on one line")
     sim.add_argument("--write-config", metavar="FILE", help="write a gateway config pointing at the simulated devices")
     sim.add_argument("--seed", type=int, help="seed for values, population and faults (default: the scenario's)")
-    sim.add_argument("--duration", type=float, metavar="S", help="stop after this many seconds")
+    sim.add_argument("--duration", type=positive, metavar="S", help="stop after this many seconds")
     sim.add_argument("--run-dir", metavar="DIR", help="where the device symlinks go (default: a temporary directory)")
     sim.add_argument("--hub", metavar="URL", help="put the uplink proxy in front of this hub, e.g. http://127.0.0.1:8443/")
     sim.add_argument("--state-dir", metavar="DIR", default="state",
@@ -43,10 +45,16 @@ def _sim(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, stream=sys.stderr)  # stdout carries only the endpoints
 
+    if args.write_config and Path(args.write_config).is_dir():  # found now, not after every device started
+        print(f"ocn-edge sim: --write-config {args.write_config}: is a directory; expected a file name", file=sys.stderr)
+        return 2
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as exc:
         print(f"ocn-edge sim: {exc}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as exc:
+        print(f"ocn-edge sim: {args.scenario}: not UTF-8 text (at byte {exc.start})", file=sys.stderr)
         return 2
     try:
         return asyncio.run(_serve(scenario, args))
