@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.init",
     "edge.commands.check",
     "edge.commands.enrol",
+    "edge.commands.image",
     "drivers.cli",
     "edge.commands.policy",
     "hilsim.cli",
