@@ -199,6 +199,10 @@ class Store(abc.ABC):
         """Every enrolment token (as stored: hashed), oldest first."""
 
     @abc.abstractmethod
+    async def token_devices(self) -> dict[int, list[str]]:
+        """The devices each token enrolled (a device counts for the token it last enrolled with), by token id."""
+
+    @abc.abstractmethod
     async def enrol(self, token_hash: bytes, *, device_id: str, public_key: bytes, key_id: bytes, software_version: str, now_ms: int) -> EnrolOutcome: ...
 
     @abc.abstractmethod

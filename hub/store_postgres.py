@@ -132,6 +132,13 @@ class PostgresStore(Store):
         rows = await self._pool.fetch("SELECT id, uses_left, expires_ms, approve, fleet, note, created_ms FROM tokens ORDER BY id")
         return [TokenInfo(*r) for r in rows]
 
+    async def token_devices(self) -> dict[int, list[str]]:
+        rows = await self._pool.fetch("SELECT token_id, device_id FROM devices WHERE token_id IS NOT NULL ORDER BY device_id")
+        out: dict[int, list[str]] = {}
+        for token_id, device_id in rows:
+            out.setdefault(token_id, []).append(device_id)
+        return out
+
     async def enrol(self, token_hash: bytes, *, device_id: str, public_key: bytes, key_id: bytes, software_version: str, now_ms: int) -> EnrolOutcome:
         async with self._pool.acquire() as conn, conn.transaction():
             # Row locks on the token and the device serialise concurrent enrolments on any hub process.

@@ -233,6 +233,13 @@ class SQLiteStore(Store):
         rows = await self._read("SELECT id, uses_left, expires_ms, approve, fleet, note, created_ms FROM tokens ORDER BY id")
         return [TokenInfo(r[0], r[1], r[2], bool(r[3]), r[4], r[5], r[6]) for r in rows]
 
+    async def token_devices(self) -> dict[int, list[str]]:
+        rows = await self._read("SELECT token_id, device_id FROM devices WHERE token_id IS NOT NULL ORDER BY device_id")
+        out: dict[int, list[str]] = {}
+        for token_id, device_id in rows:
+            out.setdefault(token_id, []).append(device_id)
+        return out
+
     async def enrol(self, token_hash: bytes, *, device_id: str, public_key: bytes, key_id: bytes, software_version: str, now_ms: int) -> EnrolOutcome:
         def run(conn: sqlite3.Connection) -> EnrolOutcome:
             token = conn.execute("SELECT id, uses_left, expires_ms, approve, fleet FROM tokens WHERE hash = ?", (token_hash,)).fetchone()
