@@ -245,6 +245,21 @@ async def device_action(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(f"/fleet/devices/{device_id}")
 
 
+@routes.get("/fleet/tokens")
+async def token_page(request: web.Request) -> web.Response:
+    """Each enrolment token (never the token itself) and the gateways it enrolled, with their site and status."""
+    hub = request.app[HUB]
+    await hub.admin.require(request)
+    devices = {d.device_id: d for d in await hub.store.devices()}
+    enrolled = await hub.store.token_devices()
+    now = now_ms()
+    tokens = [
+        {"t": t, "expired": t.expires_ms <= now, "devices": [devices[i] for i in enrolled.get(t.token_id, []) if i in devices]}
+        for t in reversed(await hub.store.tokens())
+    ]
+    return render(request, "tokens.html", tokens=tokens, now=now)
+
+
 # --- admin JSON API (for scripts; the CLI works on the database directly) ---------------
 
 
