@@ -413,6 +413,12 @@ class Gateway:
             out["spool"] = self.spool.stats()
         if self.uplink is not None:
             out["uplink"] = self.uplink.stats()
+        from edge.enrol import read_enrolment_record
+
+        # What first-boot enrolment came to (a refused token above all), for the technician on site.
+        enrolment = read_enrolment_record(Path(self.config.gateway.state_dir))
+        if enrolment:
+            out["enrolment"] = enrolment
         return out
 
     def status_report(self) -> dict[str, Any]:

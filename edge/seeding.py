@@ -191,7 +191,7 @@ def _problems(seed: DeviceSeed) -> list[str]:
     if url.scheme not in ("https", "http") or not url.hostname or url.query or url.fragment or any(c.isspace() for c in seed.hub):
         out.append(_at(seed, "hub", f"{seed.hub!r} is not a hub URL; expected https://host[:port][/path], e.g. https://hub.city.example/"))
     if not seed.token.strip():
-        out.append(_at(seed, "token", "missing; give the enrolment token city IT created (`ocn-hub token create`)"))
+        out.append(_at(seed, "token", "missing; give the enrolment token city IT created (`ocn-edge hub token create --uses N`)"))
     elif any(c.isspace() or not c.isprintable() for c in seed.token.strip()):
         out.append(_at(seed, "token", "contains spaces or control characters; paste the token exactly as city IT gave it"))
     if (seed.latitude is None) != (seed.longitude is None):

@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _run(args: argparse.Namespace) -> int:
+    from edge.clock import hold_until_clock_set
     from edge.config import ConfigError, load_config
     from edge.logs import setup_logging
     from edge.runtime import StartError, run_gateway
@@ -52,6 +53,8 @@ def _run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(args.log_level or config.gateway.log_level)
+    # Nothing is read or sealed before the clock can be believed (edge/clock.py).
+    asyncio.run(hold_until_clock_set(config.gateway.state_dir))
     try:
         gateway = asyncio.run(run_gateway(config))
     except StartError as exc:
