@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.notify import Notifier, watchdog_loop
 from edge.protocol import MAX_READINGS
 from hub.auth import Admin
 from hub.fleet import check_desired, load_or_create_signing_key
@@ -196,6 +198,8 @@ async def run_hub(
     host, port = parse_listen(listen)
     store = await open_store(db or f"sqlite:///{state / 'hub.db'}")
     runner: web.AppRunner | None = None
+    notifier = Notifier()
+    watchdog: asyncio.Task[None] | None = None
     try:
         admin = Admin(store)
         generated = await admin.setup(admin_token)
@@ -220,8 +224,16 @@ async def run_hub(
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         url = f"http://{shown}:{bound[1]}"
         log.info("hub listening", extra={"url": url, "db": store.url.split("@")[-1]})
+        # Under systemd (ocn-hub.service, Type=notify) say when the hub listens and ping the
+        # watchdog from this loop; without $NOTIFY_SOCKET both do nothing.
+        notifier.ready(f"serving on {url}")
+        watchdog = asyncio.create_task(watchdog_loop(notifier), name="hub-watchdog")
         yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated)
     finally:
+        if watchdog is not None:
+            notifier.stopping()
+            notifier.close()
+            watchdog.cancel()
         if runner is not None:
             await runner.cleanup()
             runner.app[HUB].workers.close()
