@@ -92,6 +92,7 @@ class DeviceSeed:
     policy: str = ""  # the policy.toml text; "" is the one `ocn-edge init` writes
     where: str = "the command line"
     fields: Mapping[str, str] = field(default_factory=dict)  # seed field -> the name the input used for it
+    problems: tuple[str, ...] = ()  # found while reading the input (a cell that is not a number), reported with the rest
 
 
 def read_batch(path: Path, defaults: DeviceSeed) -> list[DeviceSeed]:
@@ -126,14 +127,12 @@ def read_batch(path: Path, defaults: DeviceSeed) -> list[DeviceSeed]:
             fields={name: name for name in CSV_FIELDS},
         )
         lat, lon, bad = _position(cell["latitude"], cell["longitude"])
-        problems += [f"{where}, field {name}: {message}" for name, message in bad]
         seed = replace(seed, latitude=lat if cell["latitude"] else defaults.latitude,
-                       longitude=lon if cell["longitude"] else defaults.longitude)
+                       longitude=lon if cell["longitude"] else defaults.longitude,
+                       problems=tuple(f"{where}, field {name}: {message}" for name, message in bad))
         if cell["wifi_ssid"] or cell["wifi_passphrase"]:
             seed = replace(seed, wifi=Wifi(cell["wifi_ssid"], cell["wifi_passphrase"], defaults.wifi.country if defaults.wifi else ""))
         seeds.append(seed)
-    if problems:
-        raise SeedError(problems)
     return seeds
 
 
@@ -162,7 +161,7 @@ def validate(seeds: Iterable[DeviceSeed]) -> list[tuple[DeviceSeed, dict[str, by
     built = []
     first_seen: dict[str, str] = {}
     for seed in seeds:
-        mine = _problems(seed)
+        mine = list(seed.problems) + _problems(seed, position_given=not seed.problems)
         if seed.device_id in first_seen:
             mine.append(_at(seed, "device_id", f"{seed.device_id!r} is seeded twice (first at {first_seen[seed.device_id]}); "
                                                "every card needs its own device id"))
@@ -182,7 +181,7 @@ def _at(seed: DeviceSeed, name: str, message: str) -> str:
     return f"{seed.where}, {'field' if seed.fields else 'option'} {seed.fields.get(name) or '--' + name.replace('_', '-')}: {message}"
 
 
-def _problems(seed: DeviceSeed) -> list[str]:
+def _problems(seed: DeviceSeed, *, position_given: bool = True) -> list[str]:
     out = []
     if not DEVICE_ID_RE.match(seed.device_id):
         out.append(_at(seed, "device_id", f"{seed.device_id!r} is not a device id; expected 1 to 64 of a-z, 0-9 and '-', "
@@ -194,7 +193,7 @@ def _problems(seed: DeviceSeed) -> list[str]:
         out.append(_at(seed, "token", "missing; give the enrolment token city IT created (`ocn-edge hub token create --uses N`)"))
     elif any(c.isspace() or not c.isprintable() for c in seed.token.strip()):
         out.append(_at(seed, "token", "contains spaces or control characters; paste the token exactly as city IT gave it"))
-    if (seed.latitude is None) != (seed.longitude is None):
+    if position_given and (seed.latitude is None) != (seed.longitude is None):
         missing = "longitude" if seed.longitude is None else "latitude"
         out.append(_at(seed, missing, "missing; give both latitude and longitude, or neither"))
     if seed.wifi is not None:
