@@ -354,7 +354,9 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"ocn-edge hub: {exc}", file=sys.stderr)
             return 2
         except OSError as exc:
-            if exc.filename is not None:  # the state directory or a file in it, not the address
+            if isinstance(exc, FileExistsError):  # creating the state directory (exist_ok) met a file
+                print(f"ocn-edge hub: {exc.filename}: a file is in the way; expected the state directory", file=sys.stderr)
+            elif exc.filename is not None:  # the state directory or a file in it, not the address
                 print(f"ocn-edge hub: {file_problem(exc)}", file=sys.stderr)
             else:
                 print(f"ocn-edge hub: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)

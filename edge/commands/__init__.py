@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["EXIT_USAGE", "CommandError", "file_problem", "make_directory", "positive", "whole"]
+__all__ = ["EXIT_USAGE", "CommandError", "file_problem", "make_directory", "not_negative", "positive", "whole"]
 
 EXIT_USAGE = 2  # the command could not run with the input it was given
 
@@ -63,6 +63,17 @@ def positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number above 0") from None
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number above 0")
+    return value
+
+
+def not_negative(text: str) -> float:
+    """An argparse type: a finite number of 0 or more (seconds that may be none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of 0 or more") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of 0 or more")
     return value
 
 

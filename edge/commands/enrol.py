@@ -11,6 +11,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from edge.commands import not_negative
 from edge.config import ConfigError, GatewayConfig, load_config
 from edge.enrol import TOKEN_FILE, EnrolError, HubUnreachable, enrol, first_boot
 
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser.add_argument("--first-boot", action="store_true", help="unattended: token from --token-file, retried, recorded, then deleted")
     parser.add_argument("--token-file", metavar="PATH", help=f"with --first-boot: where the seeded token is (default {TOKEN_FILE} beside CONFIG)")
     parser.add_argument(
-        "--retry-for", type=float, default=900.0, metavar="SECONDS",
+        "--retry-for", type=not_negative, default=900.0, metavar="SECONDS",
         help="with --first-boot: keep trying an unreachable hub this long (default %(default)s)",
     )
     parser.set_defaults(func=run_enrol)
