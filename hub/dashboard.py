@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jinja2
@@ -12,10 +11,13 @@ from aiohttp import web
 
 from hub.charts import line_chart
 from hub.fleet import DesiredError, check_desired, desired_document, drift
+from hub.jsonbody import JsonBodyError, read_json
+from hub.params import ParamError, flag, number, whole
+from hub.render import clock
 from hub.reports import notice_problem
 from hub.state import HUB, Hub
 from hub.store import Device
-from hub.tokens import create_token
+from hub.tokens import MAX_TOKEN_DAYS, MAX_TOKEN_USES, create_token
 
 __all__ = ["routes", "device_health"]
 
@@ -31,6 +33,8 @@ _templates = jinja2.Environment(
 
 CHART_POINTS = 500
 CHART_CHANNELS = 16
+MAX_ADMIN_BODY = 64 * 1024  # an admin API body: a desired document or a token request
+MAX_ADMIN_TEXT = 200  # a token's fleet name or note
 
 
 def now_ms() -> int:
@@ -58,9 +62,8 @@ def span(ms: int) -> str:
 
 
 def utc(ts_ms: int | None) -> str:
-    if ts_ms is None:
-        return "—"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts_ms / 1000)) + " UTC"
+    """'2026-11-27 03:00:05 UTC' for any millisecond count (hub.render.clock), '—' for none."""
+    return "—" if ts_ms is None else clock(ts_ms)
 
 
 def size(n: int | None) -> str:
@@ -211,7 +214,7 @@ async def device_page(request: web.Request) -> web.Response:
         if channel.kind == "string":
             continue
         recent = await hub.store.readings(channel_id=channel.id, descending=True, limit=CHART_POINTS)
-        points = [(r.ts_ms, float(r.value)) for r in reversed(recent)]
+        points = [(r.ts_ms, r.value) for r in reversed(recent)]
         latest = recent[0] if recent else None
         charts.append({"channel": channel, "svg": line_chart(points, title=channel.channel, unit=channel.unit), "latest": latest, "count": len(recent)})
     notices = await hub.store.notices(device_id=device.device_id, limit=1)
@@ -287,8 +290,10 @@ async def api_set_desired(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await hub.admin.require(request)
     try:
-        document = check_desired(await request.json())
-    except (ValueError, DesiredError) as exc:
+        document = check_desired(await read_json(request, limit=MAX_ADMIN_BODY, what="desired document"))
+    except JsonBodyError as exc:
+        return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
+    except DesiredError as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
     await hub.store.set_desired(request.match_info["scope"], request.match_info["name"], document, now_ms=now_ms())
     return web.json_response({"ok": True})
@@ -307,11 +312,25 @@ async def api_create_token(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await hub.admin.require(request)
     try:
-        body: Mapping[str, Any] = await request.json()
+        body = await read_json(request, limit=MAX_ADMIN_BODY, what="token request")
+        if not isinstance(body, dict):
+            raise ParamError(f"token request {type(body).__name__}: expected a JSON object like {{\"uses\": 1, \"expires_s\": 86400}}")
         token = await create_token(
-            hub.store, uses=int(body.get("uses", 1)), expires_s=float(body.get("expires_s", 7 * 86400)),
-            approve=bool(body.get("approve", False)), fleet=str(body.get("fleet", "default")), note=str(body.get("note", "")),
+            hub.store, uses=whole("uses", body.get("uses"), low=1, high=MAX_TOKEN_USES, default=1),
+            expires_s=number("expires_s", body.get("expires_s"), low=1, high=MAX_TOKEN_DAYS * 86400, default=7 * 86400),
+            approve=flag("approve", body.get("approve"), default=False), fleet=_text("fleet", body.get("fleet"), default="default"),
+            note=_text("note", body.get("note"), default="", empty=True),
         )
-    except (ValueError, TypeError, AttributeError) as exc:
+    except JsonBodyError as exc:
+        return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
+    except ParamError as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
     return web.json_response({"token": token}, status=201)
+
+
+def _text(name: str, value: object, *, default: str, empty: bool = False) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > MAX_ADMIN_TEXT or (value == "" and not empty):
+        raise ParamError(f"{name}={str(value)[:40]!r}: expected {'' if empty else 'non-empty '}text of at most {MAX_ADMIN_TEXT} characters")
+    return value

@@ -8,14 +8,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import cbor2
 from aiohttp import web
 
 from edge.protocol.senml import SENML_CBOR_LABELS
+from hub.params import ParamError, whole
+from hub.render import csv_text, iso_time, json_number
 from hub.sta_filter import iso_ms
 from hub.state import HUB
 from hub.store import StoredReading
@@ -27,31 +29,35 @@ routes = web.RouteTableDef()
 DEFAULT_LIMIT = 10_000
 MAX_LIMIT = 100_000
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+TIME_MIN, TIME_MAX = -(2**63), 2**63 - 1
+_DIGITS = re.compile(r"-?[0-9]+")
 
 
-class QueryError(ValueError):
+class QueryError(ParamError):
     """A query parameter is wrong; the message names it, its value and what would be accepted."""
 
 
 def parse_time(name: str, text: str | None) -> int | None:
-    """A time parameter as UTC milliseconds: ISO 8601 (``2026-11-27T03:00:00Z``) or integer milliseconds."""
+    """A time parameter as UTC milliseconds: ISO 8601 (``2026-11-27T03:00:00Z``) or integer milliseconds (signed 64-bit, §2)."""
     if text is None or text == "":
         return None
-    if text.lstrip("-").isdigit():
-        return int(text)
+    if _DIGITS.fullmatch(text):
+        try:
+            return whole(name, text, low=TIME_MIN, high=TIME_MAX)
+        except ParamError:
+            raise QueryError(f"{name}={text[:40]!r}: expected milliseconds since 1970 from {TIME_MIN} to {TIME_MAX}, "
+                             "or ISO 8601 like 2026-11-27T03:00:00Z") from None
     try:
         return iso_ms(text)
     except (ValueError, OverflowError):
-        raise QueryError(f"{name}={text!r}: expected ISO 8601 like 2026-11-27T03:00:00Z or milliseconds since 1970") from None
+        raise QueryError(f"{name}={text[:40]!r}: expected ISO 8601 like 2026-11-27T03:00:00Z or milliseconds since 1970") from None
 
 
 def _int(name: str, text: str | None, default: int, *, high: int) -> int:
-    if text is None or text == "":
-        return default
-    if not text.isdigit() or int(text) > high:
-        raise QueryError(f"{name}={text!r}: expected a whole number from 0 to {high}")
-    return int(text)
+    try:
+        return whole(name, text, low=0, high=high, default=default)
+    except ParamError as exc:
+        raise QueryError(str(exc)) from None
 
 
 async def _query(request: web.Request) -> tuple[list[StoredReading], int, int]:
@@ -75,8 +81,12 @@ def _next_link(request: web.Request, rows: Sequence[Any], limit: int, offset: in
     return {"Link": f'<{url}>; rel="next"'}
 
 
-def to_senml_records(rows: Sequence[StoredReading]) -> list[dict[str, Any]]:
-    """SenML records; each run of one device's readings starts with its base name and base time (as the gateway's view)."""
+def to_senml_records(rows: Sequence[StoredReading], *, json_numbers: bool = False) -> list[dict[str, Any]]:
+    """SenML records; each run of one device's readings starts with its base name and base time (as the gateway's view).
+
+    With ``json_numbers`` (SenML JSON) a NaN or infinite value, which JSON cannot spell, is the
+    string value ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (``vs``); SenML CBOR keeps the float.
+    """
     records: list[dict[str, Any]] = []
     device, base_ms = None, 0
     for r in rows:
@@ -91,6 +101,8 @@ def to_senml_records(rows: Sequence[StoredReading]) -> list[dict[str, Any]]:
             record["vb"] = r.value
         elif isinstance(r.value, str):
             record["vs"] = r.value
+        elif json_numbers and json_number(r.value) is not r.value:
+            record["vs"] = json_number(r.value)
         else:
             record["v"] = r.value
         if r.ts_ms != base_ms:
@@ -137,12 +149,13 @@ async def readings_csv(request: web.Request) -> web.Response:
     except QueryError as exc:
         return _bad(exc)
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # Text cells quoted and, when a spreadsheet would run them, neutralised (hub.render.csv_text); numbers as they are.
+    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
     writer.writerow(["device_id", "channel", "time", "ts_ms", "value", "unit", "quality"])
     for r in rows:
-        stamp = (_EPOCH + timedelta(milliseconds=r.ts_ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        value = ("true" if r.value else "false") if isinstance(r.value, bool) else r.value
-        writer.writerow([r.device_id, r.channel, stamp, r.ts_ms, value, r.unit, "" if r.quality is None else r.quality])
+        value = ("true" if r.value else "false") if isinstance(r.value, bool) else csv_text(r.value) if isinstance(r.value, str) else r.value
+        writer.writerow([csv_text(r.device_id), csv_text(r.channel), iso_time(r.ts_ms), r.ts_ms, value, csv_text(r.unit),
+                         "" if r.quality is None else r.quality])
     return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8", headers=_next_link(request, rows, limit, offset))
 
 
@@ -152,7 +165,7 @@ async def readings_senml_json(request: web.Request) -> web.Response:
         rows, limit, offset = await _query(request)
     except QueryError as exc:
         return _bad(exc)
-    body = json.dumps(to_senml_records(rows), ensure_ascii=False)
+    body = json.dumps(to_senml_records(rows, json_numbers=True), ensure_ascii=False, allow_nan=False)
     return web.Response(text=body, content_type="application/senml+json", headers=_next_link(request, rows, limit, offset))
 
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 from yarl import URL
 
+from hub.params import ParamError, whole
+from hub.render import iso_time, json_number
 from hub.sta_filter import (
     FilterError,
     Getter,
@@ -52,7 +53,9 @@ DEFAULT_TOP = 100
 MAX_TOP = 10_000
 # Orderings of Observations beyond their first key are sorted here; the ties of the page's last value are fetched whole, up to this.
 MAX_TIES = 100_000
-SEGMENT = re.compile(r"(?P<name>[A-Za-z]+)(?:\((?P<id>'(?:[^']|'')*'|\d+)\))?")
+SEGMENT = re.compile(r"(?P<name>[A-Za-z]+)(?:\((?P<id>'(?:[^']|'')*'|[0-9]+)\))?")
+MAX_ID = 2**63 - 1
+MAX_OBSERVATION_ID = 2**79 - 1
 OBSERVATION_TYPES = {
     "number": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
     "bool": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_TruthObservation",
@@ -96,10 +99,6 @@ class StaError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-
-
-def iso(ts_ms: int) -> str:
-    return datetime.fromtimestamp(ts_ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def key_text(key: Any) -> str:
@@ -156,12 +155,10 @@ class Options:
             self.select = None if "*" in items else [tuple(item.split("/")) for item in items]
 
     def _int(self, name: str, default: int) -> int:
-        text = self.raw.get(name)
-        if text is None:
-            return default
-        if re.fullmatch(r"[0-9]{1,18}", text) is None:
-            raise StaError(400, f"{name}={text!r}: expected a whole number, 0 or more")
-        return int(text)
+        try:
+            return whole(name, self.raw.get(name), low=0, high=2**62, default=default)
+        except ParamError as exc:
+            raise StaError(400, str(exc)) from None
 
 
 def split_top_level(text: str, sep: str) -> list[str]:
@@ -359,7 +356,8 @@ class Catalog:
             out.update(name=obj, definition=f"urn:ocn:channel:{obj}", description=f"channel {obj}")
         elif entity_set == "Observations":
             r: StoredReading = obj
-            out.update(phenomenonTime=iso(r.ts_ms), resultTime=iso(r.ts_ms), result=r.value)
+            # Any stored time and value can be written: years past 9999 as ISO 8601 expanded years, NaN and ±inf as strings.
+            out.update(phenomenonTime=iso_time(r.ts_ms), resultTime=iso_time(r.ts_ms), result=json_number(r.value))
             quality = quality_text(r)
             if quality is not None:
                 out["resultQuality"] = quality
@@ -673,6 +671,15 @@ def next_link(url: str, options: Options) -> str:
     return str(URL(url).with_query(query))
 
 
+def entity_id(entity_set: str, raw: str) -> int:
+    """A numeric ``@iot.id`` in a path: Datastreams are channel ids (signed 64-bit), Observations a chunk id and a 16-bit position."""
+    high = MAX_OBSERVATION_ID if entity_set == "Observations" else MAX_ID
+    try:
+        return whole(f"{entity_set}(id)", raw, low=0, high=high)
+    except ParamError as exc:
+        raise StaError(400, str(exc)) from None
+
+
 def parse_path(path: str) -> list[tuple[str, Any]]:
     """``Datastreams(5)/Observations`` → [("Datastreams", 5), ("Observations", None)]."""
     steps: list[tuple[str, Any]] = []
@@ -684,7 +691,7 @@ def parse_path(path: str) -> list[tuple[str, Any]]:
         raw = m.group("id")
         key: Any = None
         if raw is not None:
-            key = int(raw) if raw.isdigit() else raw[1:-1].replace("''", "'")
+            key = entity_id(m.group("name"), raw) if raw[0] != "'" else raw[1:-1].replace("''", "'")
         steps.append((m.group("name"), key))
         pos = m.end()
         if pos < len(path):

@@ -71,6 +71,7 @@ ARITHMETIC = ("add", "sub", "mul", "div", "mod")
 KEYWORDS = {"and", "or", "not", *COMPARISONS, *ARITHMETIC, "asc", "desc"}
 MIN_MS = -62135596800000  # 0001-01-01T00:00:00Z
 MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+MAX_DIGITS = 40  # a whole-number literal: 2^64 has 20 digits, stored values fit well inside
 # A time range goes to SQLite and PostgreSQL as 64-bit integers; stored times lie far inside this.
 RANGE_LIMIT_MS = 2**62
 
@@ -254,7 +255,11 @@ class _Parser:
         if kind == "str":
             return ("lit", "str", text[1:-1].replace("''", "'"))
         if kind == "num":
-            return ("lit", "num", float(text) if any(c in text for c in ".eE") else int(text))
+            if any(c in text for c in ".eE"):
+                return ("lit", "num", float(text))
+            if len(text) > MAX_DIGITS:  # past 4,300 digits int() refuses; long before that it costs quadratic time
+                raise FilterError(f"{text[:24]}...: a whole number of {len(text)} digits; at most {MAX_DIGITS} are accepted")
+            return ("lit", "num", int(text))
         if kind == "time":
             return ("lit", "time", parse_time(text))
         if kind == "typed":

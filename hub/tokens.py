@@ -8,10 +8,12 @@ import time
 from hub.auth import secret_hash
 from hub.store import Store
 
-__all__ = ["create_token", "TOKEN_PREFIX"]
+__all__ = ["create_token", "TOKEN_PREFIX", "MAX_TOKEN_DAYS", "MAX_TOKEN_USES"]
 
 # A recognisable prefix lets secret scanners find a leaked token.
 TOKEN_PREFIX = "ocnenrol_"
+MAX_TOKEN_USES = 1_000_000  # more devices than any city has: a larger number is a typo
+MAX_TOKEN_DAYS = 3650  # a token is for a roll-out, not forever
 
 
 async def create_token(store: Store, *, uses: int = 1, expires_s: float = 7 * 86400, approve: bool = False, fleet: str = "default", note: str = "") -> str:
