@@ -435,7 +435,12 @@ def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError("say which bus: --port DEVICE or --tcp HOST[:PORT]")
     if transport == "modbus" and args.unit is None:
         raise ValueError("a Modbus device needs --unit (1..247); `ocn-edge scan` finds it")
-    cls.check_options(options)
+    try:
+        cls.check_options(options)
+    except OptionError as exc:
+        if exc.option != "profile_file":
+            raise
+        raise ValueError(f"--profile {args.profile!r}: expected {exc.expected}") from None
     return {"driver": cls, "bus": bus, "device": "device", "options": options, "address": args.unit}
 
 

@@ -119,8 +119,8 @@ def load_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     data = _read(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    except (ValueError, TypeError):  # the library's own text speaks of its internals, not of the file
+        raise KeyFileError(f"{path}: not an unencrypted PEM private key (`ocn-edge keygen` writes one)") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"{path}: holds a {type(key).__name__}; OXP device keys are Ed25519")
     return key
@@ -131,8 +131,8 @@ def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     data = _read(path, "public key")
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"{path}: not a PEM public key ({exc})") from None
+    except (ValueError, TypeError):
+        raise KeyFileError(f"{path}: not a PEM public key (`ocn-edge keygen` writes one as device.pub)") from None
     if not isinstance(key, Ed25519PublicKey):
         raise KeyFileError(f"{path}: holds a {type(key).__name__}; OXP device keys are Ed25519")
     return key
