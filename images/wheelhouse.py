@@ -1,0 +1,253 @@
+"""Build the offline release: OCN Edge's wheel and every runtime dependency's wheel, per device target, hash-pinned.
+
+`make wheelhouse` runs this. It writes one folder per target (`aarch64-cp311`, `aarch64-cp313`,
+`x86_64-cp311`, `x86_64-cp313`, named `uname -m` then the CPython tag) into `dist/wheelhouse/`,
+each holding the wheels and a `constraints.txt` of `name==version --hash=sha256:...` lines (the
+same file in every folder: each version's hash for every target), so a device installs with no
+network:
+
+    pip install --no-index --find-links dist/wheelhouse/aarch64-cp311 \\
+        --require-hashes -r dist/wheelhouse/aarch64-cp311/constraints.txt
+
+Every target gets the same versions, so what CI tests on x86_64 is what a pole runs. Each target
+is resolved with the platform tags pip has on that device (manylinux_2_36 down to manylinux2014:
+glibc 2.36, Raspberry Pi OS Bookworm; Trixie's newer glibc also runs them). pip expands only the
+legacy manylinux2014 name, not manylinux_2_28: a resolution given `manylinux2014_aarch64` alone
+never sees a wheel built for glibc 2.28 (cbor2 6 ships only those) and falls back to an older
+release a Pi would not install.
+
+Only PyPI is asked (pip runs --isolated, so a workstation's pip.conf extra index or find-links
+cannot leak into a release). The project wheel builds offline from a copy of the source tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PYPI = "https://pypi.org/simple"
+# Raspberry Pi OS Bookworm's glibc: the oldest a gateway runs, so the newest a wheel may need.
+DEVICE_GLIBC = (2, 36)
+# The oldest glibc each machine's manylinux tags go down to (as in packaging.tags).
+OLDEST_GLIBC_MINOR = {"aarch64": 17, "x86_64": 5}
+LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
+# What the project wheel is never built from (and what must not land in the copy it is built from).
+NOT_SOURCE = {".git", "build", "dist", "var", "tests", ".hypothesis", ".pytest_cache", "__pycache__"}
+CONSTRAINTS = "constraints.txt"
+MANIFEST = "dependencies.json"
+
+
+class WheelhouseError(Exception):
+    """The wheelhouse cannot be built as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A device a wheelhouse folder installs on: its machine (`uname -m`) and its CPython."""
+
+    machine: str
+    python: tuple[int, int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.machine}-cp{self.python[0]}{self.python[1]}"
+
+    def pip_options(self) -> list[str]:
+        major, minor = self.python
+        platforms = [option for tag in manylinux_platforms(self.machine) for option in ("--platform", tag)]
+        return ["--only-binary=:all:", *platforms, "--python-version", f"{major}.{minor}",
+                "--implementation", "cp", "--abi", f"cp{major}{minor}"]
+
+
+TARGETS = (Target("aarch64", (3, 11)), Target("aarch64", (3, 13)), Target("x86_64", (3, 11)), Target("x86_64", (3, 13)))
+
+
+def manylinux_platforms(machine: str, glibc: tuple[int, int] = DEVICE_GLIBC) -> list[str]:
+    """The manylinux platform tags pip accepts on a `machine` with this glibc, most specific first."""
+    major, newest = glibc
+    tags = []
+    for minor in range(newest, OLDEST_GLIBC_MINOR[machine] - 1, -1):
+        tags.append(f"manylinux_{major}_{minor}_{machine}")
+        if minor in LEGACY_MANYLINUX:
+            tags.append(f"{LEGACY_MANYLINUX[minor]}_{machine}")
+    return tags
+
+
+def runtime_requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
+    """The `dependencies` of pyproject.toml: what a device runs, without the dev and postgres extras."""
+    return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
+
+
+def canonical(name: str) -> str:
+    """A distribution name as PEP 503 compares it (`Jinja2`, `typing_extensions` -> `jinja2`, `typing-extensions`)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_name_version(wheel: Path) -> tuple[str, str]:
+    """The distribution name and version a wheel's file name states (PEP 427: name-version-tags.whl)."""
+    name, version = wheel.name.split("-")[:2]
+    return canonical(name), version
+
+
+def _pip(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "pip", "--isolated", "--quiet", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise WheelhouseError(f"pip {args[0]} failed:\n{done.stderr.strip()}")
+
+
+def resolve(target: Target, requirements: list[str], *, index_url: str, pins: dict[str, str]) -> dict[str, str]:
+    """The distribution versions pip installs for `requirements` on `target` (name -> version), downloading no wheel."""
+    with tempfile.TemporaryDirectory(prefix="ocn-wheelhouse-") as work:
+        report = Path(work) / "report.json"
+        constraints = Path(work) / "pins.txt"
+        constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
+        _pip("install", "--dry-run", "--ignore-installed", "--index-url", index_url, "--report", str(report),
+             *target.pip_options(), "-c", str(constraints), *requirements)
+        installs = json.loads(report.read_text())["install"]
+    return {canonical(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
+
+
+def resolve_for_all(targets: tuple[Target, ...], requirements: list[str], *, index_url: str) -> dict[str, str]:
+    """One version of each distribution that every target has a wheel of.
+
+    Each target first resolves on its own; where they differ (a release without a wheel for one
+    target), every target is pinned to the oldest of the versions they chose, and resolved again.
+    """
+    chosen = {target: resolve(target, requirements, index_url=index_url, pins={}) for target in targets}
+    split = _differences(chosen)
+    if split:
+        pins = {name: min(found - {None}, key=_version_key) for name, found in split.items()}
+        chosen = {target: resolve(target, requirements, index_url=index_url, pins=pins) for target in targets}
+        if _differences(chosen):
+            raise WheelhouseError(
+                "the targets need different versions even when pinned to one: "
+                + "; ".join(f"{t.name}: " + ", ".join(f"{n} {chosen[t].get(n, 'not needed')}" for n in sorted(split))
+                            for t in targets)
+                + "; pin a version that has wheels for every target in pyproject.toml")
+    return next(iter(chosen.values()))
+
+
+def _differences(chosen: dict[Target, dict[str, str]]) -> dict[str, set[str | None]]:
+    """The distributions the targets did not all resolve to one version of (None: a target does not need it)."""
+    names = {name for resolution in chosen.values() for name in resolution}
+    found = {name: {resolution.get(name) for resolution in chosen.values()} for name in names}
+    return {name: versions for name, versions in found.items() if len(versions) > 1}
+
+
+def _version_key(version: str) -> tuple[int | str, ...]:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"[.+-]", version))
+
+
+def download(target: Target, versions: dict[str, str], folder: Path, *, index_url: str) -> None:
+    """Put exactly one wheel of each pinned distribution for `target` into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _pip("download", "--no-deps", "--index-url", index_url, "--dest", str(folder), *target.pip_options(),
+         *(f"{name}=={version}" for name, version in sorted(versions.items())))
+    found = sorted(wheel_name_version(wheel) for wheel in folder.glob("*.whl"))
+    if found != sorted(versions.items()):
+        raise WheelhouseError(f"{folder}: expected one wheel each of {sorted(versions.items())}, found {found}")
+
+
+def build_project_wheel(destination: Path) -> Path:
+    """Build OCN Edge's wheel (pure Python) offline, from a copy of the source tree so the checkout gets no build/."""
+    with tempfile.TemporaryDirectory(prefix="ocn-wheelhouse-") as work:
+        source = Path(work) / "source"
+
+        def ignore(directory: str, names: list[str]) -> set[str]:
+            skipped = {n for n in names if n.endswith(".egg-info") or n == "__pycache__" or n.startswith(".venv")}
+            return skipped | (NOT_SOURCE & set(names)) if Path(directory) == REPO else skipped
+
+        shutil.copytree(REPO, source, symlinks=True, ignore=ignore)
+        built = Path(work) / "wheel"
+        done = subprocess.run([sys.executable, "-m", "pip", "--isolated", "wheel", "--quiet", "--no-deps", "--no-index",
+                               "--no-build-isolation", "--wheel-dir", str(built), str(source)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise WheelhouseError(f"building the OCN Edge wheel failed (it needs setuptools and wheel, "
+                                  f"pip install -e '.[dev]'):\n{done.stderr.strip()}")
+        (wheel,) = built.glob("ocn_edge-*.whl")
+        destination.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copy2(wheel, destination))
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_constraints(out: Path, targets: tuple[Target, ...]) -> str:
+    """Write the same constraints.txt into every target folder: each wheel's version and every target's hash of it."""
+    hashes: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for target in targets:
+        for wheel in (out / target.name).glob("*.whl"):
+            hashes[wheel_name_version(wheel)].add(sha256(wheel))
+    lines = ["# OCN Edge offline release, written by images/wheelhouse.py: every wheel of every target, pinned by hash.",
+             "# pip install --no-index --find-links <this folder> --require-hashes -r <this file>"]
+    for (name, version), digests in sorted(hashes.items()):
+        lines.append(" \\\n    ".join([f"{name}=={version}", *(f"--hash=sha256:{d}" for d in sorted(digests))]))
+    text = "\n".join(lines) + "\n"
+    for target in targets:
+        (out / target.name / CONSTRAINTS).write_text(text)
+    return text
+
+
+def build(out: Path, *, targets: tuple[Target, ...] = TARGETS, index_url: str = PYPI, keep_dependencies: bool = False) -> None:
+    """Build the wheelhouse in `out`; with keep_dependencies, reuse its dependency wheels and rebuild only ours."""
+    requirements = runtime_requirements()
+    manifest = {"requirements": requirements, "targets": [t.name for t in targets]}
+    if keep_dependencies:
+        recorded = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
+        if recorded != manifest:
+            raise WheelhouseError(f"{out}: its dependency wheels were not resolved for this pyproject.toml's dependencies "
+                                  f"and targets ({recorded} != {manifest}); build again without --keep-dependencies")
+        for stale in out.glob("*/ocn_edge-*.whl"):
+            stale.unlink()
+    else:
+        if out.exists():
+            shutil.rmtree(out)
+        versions = resolve_for_all(targets, requirements, index_url=index_url)
+        for target in targets:
+            download(target, versions, out / target.name, index_url=index_url)
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    with tempfile.TemporaryDirectory(prefix="ocn-wheelhouse-") as work:
+        ours = build_project_wheel(Path(work))
+        for target in targets:
+            shutil.copy2(ours, out / target.name)
+    write_constraints(out, targets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="images/wheelhouse.py", description=__doc__.split("\n", 1)[0])
+    parser.add_argument("out", nargs="?", type=Path, default=REPO / "dist" / "wheelhouse",
+                        help="the wheelhouse folder (default: dist/wheelhouse); replaced")
+    parser.add_argument("--index-url", default=PYPI, help=f"the package index to resolve from (default: {PYPI})")
+    parser.add_argument("--keep-dependencies", action="store_true",
+                        help="reuse the dependency wheels already in OUT and rebuild only OCN Edge's wheel (no network)")
+    args = parser.parse_args(argv)
+    try:
+        build(args.out, index_url=args.index_url, keep_dependencies=args.keep_dependencies)
+    except WheelhouseError as exc:
+        print(f"wheelhouse: {exc}", file=sys.stderr)
+        return 1
+    for target in TARGETS:
+        wheels = sorted((args.out / target.name).glob("*.whl"))
+        print(f"{args.out / target.name}: {len(wheels)} wheels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

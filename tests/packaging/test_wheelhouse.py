@@ -1,0 +1,219 @@
+"""The offline release (images/wheelhouse.py, `make wheelhouse`): what a pole installs, with no network.
+
+The dependency wheels come from PyPI once and are kept in ~/.cache/ocn-edge-wheelhouse under
+a key of pyproject.toml and the builder; OCN Edge's own wheel is rebuilt from the working tree
+every session. Building needs https://pypi.org (skipped without it, failed under OCN_REQUIRE_ALL=1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.tags import compatible_tags, cpython_tags, platform_tags
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from tests.helpers.tools import missing
+
+REPO = Path(__file__).resolve().parents[2]
+BUILDER = REPO / "images" / "wheelhouse.py"
+HOST = f"{platform.machine()}-cp{sys.version_info.major}{sys.version_info.minor}"
+DEAD = "http://127.0.0.1:9"  # the discard port: nothing answers, so any network attempt fails at once
+
+pytestmark = pytest.mark.timeout(600)  # the first session builds the wheelhouse from PyPI: about a minute
+
+
+def _load_builder():  # type: ignore[no-untyped-def]
+    # images/ is a folder of device recipes, not a package: load the builder from its path.
+    spec = importlib.util.spec_from_file_location("images_wheelhouse", BUILDER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+wheelhouse_builder = _load_builder()
+
+
+def _require_pypi() -> None:
+    try:
+        with socket.create_connection(("pypi.org", 443), timeout=5):
+            pass
+    except OSError:
+        missing("needs https://pypi.org to fetch the dependency wheels (pip download)")
+
+
+def _cache() -> Path:
+    key = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + BUILDER.read_bytes()).hexdigest()[:16]
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ocn-edge-wheelhouse" / key
+
+
+def _build(*args: str) -> None:
+    done = subprocess.run([sys.executable, str(BUILDER), *args], capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cached = _cache()
+    if not (cached / wheelhouse_builder.MANIFEST).is_file():
+        _require_pypi()
+        fresh = cached.with_name(f"{cached.name}.{os.getpid()}")
+        _build(str(fresh))
+        try:
+            fresh.rename(cached)
+        except OSError:  # another session cached the same key meanwhile: keep theirs
+            shutil.rmtree(fresh)
+    out = tmp_path_factory.mktemp("release") / "wheelhouse"
+    shutil.copytree(cached, out)
+    _build(str(out), "--keep-dependencies")  # OCN Edge's wheel from this working tree, offline
+    return out
+
+
+def _wheels(folder: Path) -> dict[str, str]:
+    return {str(canonicalize_name(parse_wheel_filename(w.name)[0])): str(parse_wheel_filename(w.name)[1])
+            for w in folder.glob("*.whl")}
+
+
+def _constraints(folder: Path) -> dict[str, tuple[str, set[str]]]:
+    """name -> (version, hashes) from a constraints.txt (continuation lines joined)."""
+    text = (folder / "constraints.txt").read_text().replace("\\\n", " ")
+    pinned = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        requirement, *options = line.split()
+        name, version = requirement.split("==")
+        pinned[name] = (version, {option.removeprefix("--hash=sha256:") for option in options})
+    return pinned
+
+
+def test_the_device_tags_are_the_ones_pip_uses_on_this_machine():
+    libc, version = platform.libc_ver()
+    assert libc == "glibc", "a gateway and CI run on glibc Linux"
+    glibc = tuple(int(part) for part in version.split(".")[:2])
+    native = [tag for tag in platform_tags() if tag.startswith("manylinux")]
+    assert wheelhouse_builder.manylinux_platforms(platform.machine(), glibc) == native
+
+
+def test_a_pi_accepts_wheels_built_for_glibc_2_28_and_none_newer_than_its_own():
+    tags = wheelhouse_builder.manylinux_platforms("aarch64")
+    assert {"manylinux_2_36_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64"} <= set(tags)
+    assert "manylinux_2_37_aarch64" not in tags and not any("x86_64" in tag for tag in tags)
+
+
+def test_every_target_has_a_wheel_it_can_install_of_every_runtime_dependency_in_one_version(wheelhouse):
+    runtime = [Requirement(r) for r in wheelhouse_builder.runtime_requirements()]
+    chosen = {}
+    for target in wheelhouse_builder.TARGETS:
+        folder = wheelhouse / target.name
+        supported = set(cpython_tags(target.python, platforms=[*wheelhouse_builder.manylinux_platforms(target.machine)]))
+        supported |= set(compatible_tags(target.python, f"cp{target.python[0]}{target.python[1]}", platforms=[]))
+        for wheel in folder.glob("*.whl"):
+            assert parse_wheel_filename(wheel.name)[3] & supported, f"{target.name} cannot install {wheel.name}"
+        chosen[target.name] = _wheels(folder)
+        for requirement in runtime:
+            version = chosen[target.name].get(canonicalize_name(requirement.name))
+            assert version is not None and requirement.specifier.contains(version), (target.name, str(requirement), version)
+    assert len({tuple(sorted(versions.items())) for versions in chosen.values()}) == 1, chosen
+    assert chosen["aarch64-cp311"]["ocn-edge"] == "0.1.0"
+
+
+def test_a_pi_gets_the_same_major_versions_as_pip_resolves_natively_here(wheelhouse):
+    _require_pypi()
+    report = wheelhouse.parent / "native.json"
+    subprocess.run([sys.executable, "-m", "pip", "--isolated", "--quiet", "install", "--dry-run", "--ignore-installed",
+                    "--only-binary=:all:", "--index-url", wheelhouse_builder.PYPI, "--report", str(report),
+                    *wheelhouse_builder.runtime_requirements()], check=True, capture_output=True, timeout=300)
+    native = {str(canonicalize_name(item["metadata"]["name"])): item["metadata"]["version"]
+              for item in json.loads(report.read_text())["install"]}
+
+    def majors(versions: dict[str, str]) -> dict[str, str]:
+        return {name: version.split(".")[0] for name, version in versions.items() if name != "ocn-edge"}
+
+    for pi in ("aarch64-cp311", "aarch64-cp313"):
+        assert majors(_wheels(wheelhouse / pi)) == majors(native), pi
+    # The regression this guards: a manylinux2014-only check resolved cbor2 5, a Pi installs 6 (glibc 2.28 wheels).
+    assert _wheels(wheelhouse / "aarch64-cp311")["cbor2"].startswith("6.")
+
+
+def test_every_wheel_is_pinned_by_its_hash_in_each_targets_constraints(wheelhouse):
+    texts = {(wheelhouse / t.name / "constraints.txt").read_text() for t in wheelhouse_builder.TARGETS}
+    assert len(texts) == 1, "one constraints file, the same in every folder"
+    for target in wheelhouse_builder.TARGETS:
+        folder = wheelhouse / target.name
+        pinned = _constraints(folder)
+        assert set(pinned) == set(_wheels(folder))
+        for wheel in folder.glob("*.whl"):
+            name = str(canonicalize_name(parse_wheel_filename(wheel.name)[0]))
+            version, hashes = pinned[name]
+            assert version == _wheels(folder)[name]
+            assert hashlib.sha256(wheel.read_bytes()).hexdigest() in hashes, wheel.name
+
+
+def test_reusing_dependency_wheels_resolved_for_other_dependencies_is_refused(tmp_path):
+    (tmp_path / "dependencies.json").write_text(json.dumps({"requirements": ["cbor2>=5.6,<6"], "targets": ["aarch64-cp311"]}))
+    done = subprocess.run([sys.executable, str(BUILDER), str(tmp_path), "--keep-dependencies"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert re.match(rf"wheelhouse: {re.escape(str(tmp_path))}: its dependency wheels were not resolved for this "
+                    r"pyproject.toml's dependencies", done.stderr)
+    assert "build again without --keep-dependencies" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def _offline_env(home: Path) -> dict[str, str]:
+    """An environment in which pip has no index, no config, no cache and any network attempt fails."""
+    home.mkdir()
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_CONFIG_DIRS": str(home / "etc"),
+        "XDG_CACHE_HOME": str(home / ".cache"),
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_INDEX_URL": f"{DEAD}/simple",
+        "http_proxy": DEAD, "https_proxy": DEAD, "HTTP_PROXY": DEAD, "HTTPS_PROXY": DEAD,
+        "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost",  # the demo's own hub, on loopback
+    }
+
+
+def test_the_release_installs_with_the_network_off_and_the_demo_loses_nothing(wheelhouse, tmp_path):
+    folder = wheelhouse / HOST
+    if not folder.is_dir():
+        pytest.fail(f"the wheelhouse has no folder for this machine ({HOST}): add it to TARGETS in images/wheelhouse.py")
+    env = _offline_env(tmp_path / "home")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=env)
+    install = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-index", "--find-links", str(folder),
+                              "--require-hashes", "-r", str(folder / "constraints.txt")],
+                             capture_output=True, text=True, timeout=300, env=env, cwd=env["HOME"])
+    assert install.returncode == 0, install.stdout + install.stderr
+
+    listed = subprocess.run([str(venv / "bin" / "python"), "-c",
+                             "import json, importlib.metadata as m; print(json.dumps({d.metadata['Name']: d.version "
+                             "for d in m.distributions() if d.metadata['Name'] not in ('pip', 'setuptools')}))"],
+                            capture_output=True, text=True, timeout=60, env=env, check=True)
+    installed = {str(canonicalize_name(name)): version for name, version in json.loads(listed.stdout).items()}
+    assert installed == {name: version for name, (version, _) in _constraints(folder).items()}
+
+    demo = subprocess.run([str(venv / "bin" / "ocn-edge"), "demo", "--duration", "10", "--json"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=env["HOME"])
+    assert demo.returncode == 0, demo.stderr
+    assert "Traceback" not in demo.stderr
+    summary = json.loads(demo.stdout.strip().splitlines()[-1])
+    assert summary["readings_acknowledged"] > 0
+    assert summary["readings_lost"] == 0
+    assert summary["duplicates"] == 0
