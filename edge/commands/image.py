@@ -50,7 +50,7 @@ first; on any problem nothing is written and every problem is listed.
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     image = sub.add_parser("image", help="prepare SD cards and disk images for gateways (seed)",
                            description="Prepare cards and disk images for gateways.")
     image_sub = image.add_subparsers(title="commands", metavar="COMMAND")
