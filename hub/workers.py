@@ -11,9 +11,10 @@ large batch held that process's GIL longer than decoding them does.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 __all__ = ["Busy", "Workers"]
 
@@ -34,6 +35,7 @@ class Workers:
         self.queue = queue
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ocn-ingest")
         self._admitted = 0
+        self._lock = threading.Lock()
 
     @property
     def admitted(self) -> int:
@@ -42,12 +44,18 @@ class Workers:
 
     async def run(self, job: Callable[..., T], *args: object) -> T:
         """``job(*args)`` in a worker thread; raises :class:`Busy` at once if the queue is full."""
-        if self._admitted >= self.workers + self.queue:
-            raise Busy(f"{self._admitted} ingest jobs running or queued, the most this hub takes")
-        self._admitted += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, job, *args)
-        finally:
+        with self._lock:
+            if self._admitted >= self.workers + self.queue:
+                raise Busy(f"{self._admitted} ingest jobs running or queued, the most this hub takes")
+            self._admitted += 1
+        # Released when the job itself ends, not when its request does: a client that hangs up
+        # must not free a place while its job still runs.
+        future = self._executor.submit(job, *args)
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def _release(self, _: Future[Any]) -> None:
+        with self._lock:
             self._admitted -= 1
 
     def close(self) -> None:
