@@ -57,23 +57,22 @@ def make_directory(path: str | Path, *, option: str) -> Path:
 
 def positive(text: str) -> float:
     """An argparse type: a finite number above 0 (seconds, a rate); "nan", "inf" and "-1" are refused."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number above 0") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number above 0")
-    return value
+    return _finite(text, zero=False)
 
 
 def not_negative(text: str) -> float:
     """An argparse type: a finite number of 0 or more (seconds that may be none)."""
+    return _finite(text, zero=True)
+
+
+def _finite(text: str, *, zero: bool) -> float:
+    expected = "a finite number of 0 or more" if zero else "a finite number above 0"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of 0 or more") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of 0 or more")
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}")
     return value
 
 
