@@ -43,9 +43,10 @@ ENCODE_HELP = """\
 Turn a CSV of readings into sealed OXP batch files, one per batch span.
 
 The CSV has the columns time,channel,value[,unit] (a header row is optional):
-  time     ISO-8601 (2026-01-01T00:00:00Z; no zone means UTC) or epoch seconds
+  time     ISO-8601 (2026-01-01T00:00:00Z; no zone means UTC) or epoch seconds,
+           from 1970-01-01 to 9999-12-31
   channel  e.g. pm-1/pm2_5
-  value    a number, true/false, or text
+  value    a number (a whole one within signed 64 bits), true/false, or text
   unit     a SenML unit, e.g. ug/m3 (optional; one unit per channel)
 
 A number channel's resolution is inferred from the most decimals written in it
