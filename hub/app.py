@@ -18,7 +18,9 @@ from edge.notify import Notifier, watchdog_loop
 from edge.protocol import MAX_READINGS
 from hub.auth import Admin
 from hub.fleet import check_desired, load_or_create_signing_key
+from hub.publicreads import PUBLIC_READS, PublicReadSettings, PublicReads
 from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
+from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
 from hub.state import HUB, Hub, KeyCache
 from hub.store import Store, StoreError, open_store
 from hub.tokens import create_token
@@ -113,12 +115,13 @@ async def short_server_header(request: web.Request, response: web.StreamResponse
     response.headers["Server"] = "ocn-hub"
 
 
-def build_app(hub: Hub) -> web.Application:
+def build_app(hub: Hub, *, public_reads: PublicReadSettings = PublicReadSettings()) -> web.Application:
     """The aiohttp application for one hub process."""
     from hub import dashboard, opendata, oxp, sensorthings
 
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[database_down])
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[body_deadline, database_down])
     app[HUB] = hub
+    app[PUBLIC_READS] = PublicReads(public_reads, lane=hub.store.public_lane)
     app.on_response_prepare.append(short_server_header)
     app.add_routes(oxp.routes)
     app.add_routes(dashboard.routes)
@@ -134,6 +137,7 @@ class RunningHub:
     url: str
     hub: Hub
     admin_token: str | None
+    app: web.Application | None = None
 
     @property
     def store(self) -> Store:
@@ -189,6 +193,8 @@ async def run_hub(
     stale_after_s: float = 900.0,
     key_cache_s: float = 5.0,
     ingest: IngestSettings = IngestSettings(),
+    public_reads: PublicReadSettings = PublicReadSettings(),
+    connections: ConnectionSettings = ConnectionSettings(),
 ) -> AsyncIterator[RunningHub]:
     """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key)."""
     if state_dir is None:
@@ -215,8 +221,8 @@ async def run_hub(
             trusted_proxies=parse_networks(ingest.trusted_proxies),
             stale_after_ms=int(stale_after_s * 1000),
         )
-        app = build_app(hub)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        app = build_app(hub, public_reads=public_reads)
+        runner = HubRunner(app, connections=open_connections(connections), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
@@ -228,7 +234,7 @@ async def run_hub(
         # watchdog from this loop; without $NOTIFY_SOCKET both do nothing.
         notifier.ready(f"serving on {url}")
         watchdog = asyncio.create_task(watchdog_loop(notifier), name="hub-watchdog")
-        yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated)
+        yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated, app=app)
     finally:
         if watchdog is not None:
             notifier.stopping()

@@ -16,7 +16,9 @@ import cbor2
 from aiohttp import web
 
 from edge.protocol.senml import SENML_CBOR_LABELS
+from hub.budget import QueryBudget
 from hub.params import ParamError, whole
+from hub.publicreads import Refused, public_read
 from hub.render import csv_text, iso_time, json_number
 from hub.sta_filter import iso_ms
 from hub.state import HUB
@@ -60,14 +62,15 @@ def _int(name: str, text: str | None, default: int, *, high: int) -> int:
         raise QueryError(str(exc)) from None
 
 
-async def _query(request: web.Request) -> tuple[list[StoredReading], int, int]:
+async def _query(request: web.Request, budget: QueryBudget) -> tuple[list[StoredReading], int, int]:
     q = request.query
     limit = _int("limit", q.get("limit"), DEFAULT_LIMIT, high=MAX_LIMIT)
     offset = _int("offset", q.get("offset"), 0, high=2**62)
     since_ms, until_ms = parse_time("since", q.get("since")), parse_time("until", q.get("until"))
     try:
         rows = await request.app[HUB].store.readings(
-            device_id=q.get("device") or None, channel=q.get("channel") or None, since_ms=since_ms, until_ms=until_ms, limit=limit, offset=offset
+            device_id=q.get("device") or None, channel=q.get("channel") or None, since_ms=since_ms, until_ms=until_ms, limit=limit, offset=offset,
+            budget=budget,
         )
     except ValueError as exc:
         raise QueryError(f"limit/offset: {exc}") from None
@@ -117,8 +120,16 @@ def _bad(exc: QueryError) -> web.Response:
     return web.json_response({"error": "bad_query", "detail": str(exc)}, status=400)
 
 
+def _refused(exc: Refused) -> web.Response:
+    return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status, headers=exc.headers)
+
+
+in_turn = public_read(_refused, narrow="narrow it with device, channel, since and until")
+
+
 @routes.get("/data")
-async def index(request: web.Request) -> web.Response:
+@in_turn
+async def index(request: web.Request, budget: QueryBudget) -> web.Response:
     channels = await request.app[HUB].store.channels()
     lines = [
         "<!doctype html><html lang=en><meta charset=utf-8><title>Open data · OCN hub</title>",
@@ -143,9 +154,10 @@ async def index(request: web.Request) -> web.Response:
 
 
 @routes.get("/data/readings.csv")
-async def readings_csv(request: web.Request) -> web.Response:
+@in_turn
+async def readings_csv(request: web.Request, budget: QueryBudget) -> web.Response:
     try:
-        rows, limit, offset = await _query(request)
+        rows, limit, offset = await _query(request, budget)
     except QueryError as exc:
         return _bad(exc)
     out = io.StringIO()
@@ -160,9 +172,10 @@ async def readings_csv(request: web.Request) -> web.Response:
 
 
 @routes.get("/data/readings.senml.json")
-async def readings_senml_json(request: web.Request) -> web.Response:
+@in_turn
+async def readings_senml_json(request: web.Request, budget: QueryBudget) -> web.Response:
     try:
-        rows, limit, offset = await _query(request)
+        rows, limit, offset = await _query(request, budget)
     except QueryError as exc:
         return _bad(exc)
     body = json.dumps(to_senml_records(rows, json_numbers=True), ensure_ascii=False, allow_nan=False)
@@ -170,9 +183,10 @@ async def readings_senml_json(request: web.Request) -> web.Response:
 
 
 @routes.get("/data/readings.senml.cbor")
-async def readings_senml_cbor(request: web.Request) -> web.Response:
+@in_turn
+async def readings_senml_cbor(request: web.Request, budget: QueryBudget) -> web.Response:
     try:
-        rows, limit, offset = await _query(request)
+        rows, limit, offset = await _query(request, budget)
     except QueryError as exc:
         return _bad(exc)
     records = [{SENML_CBOR_LABELS.get(k, k): v for k, v in record.items()} for record in to_senml_records(rows)]

@@ -23,7 +23,9 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
+from hub.budget import QueryBudget
 from hub.params import ParamError, whole
+from hub.publicreads import Refused, public_read
 from hub.render import iso_time, json_number
 from hub.sta_filter import (
     FilterError,
@@ -239,10 +241,15 @@ def sort_by(items: list[Any], keys: list[tuple[Callable[[Any], Any], bool]]) -> 
 
 
 class Catalog:
-    """One request's view of the entities (small sets in memory; observations straight from the store)."""
+    """One request's view of the entities (small sets in memory; observations straight from the store).
 
-    def __init__(self, store: Store, base: str, devices: list[Device], channels: list[StoredChannel]) -> None:
+    ``budget`` is what the request may spend on Observations (hub.publicreads); None only for
+    in-process callers (tests, the bench).
+    """
+
+    def __init__(self, store: Store, base: str, devices: list[Device], channels: list[StoredChannel], *, budget: QueryBudget | None = None) -> None:
         self.store = store
+        self.budget = budget
         self.base = base
         self.devices = {d.device_id: d for d in devices if d.status != "pending"}
         self.channels = [c for c in channels if c.device_id in self.devices]
@@ -262,8 +269,8 @@ class Catalog:
         self.observation_pages: dict[tuple[Any, ...], tuple[list[tuple[Any, Any]], bool, int | None]] = {}
 
     @classmethod
-    async def load(cls, store: Store, base: str) -> Catalog:
-        return cls(store, base, await store.devices(), await store.channels())
+    async def load(cls, store: Store, base: str, *, budget: QueryBudget | None = None) -> Catalog:
+        return cls(store, base, await store.devices(), await store.channels(), budget=budget)
 
     # --- entity sets as (key, object) lists -------------------------------------------
 
@@ -289,7 +296,7 @@ class Catalog:
         if entity_set == "Observations":
             if not isinstance(key, int):
                 raise StaError(404, f"Observations({key_text(key)}) does not exist; Observation ids are numbers")
-            rows = await self.store.readings(reading_id=key, limit=1)
+            rows = await self.store.readings(reading_id=key, limit=1, budget=self.budget)
             if not rows or rows[0].channel_id not in self.channel_by_id:
                 raise StaError(404, f"Observations({key}) does not exist")
             return rows[0]
@@ -519,14 +526,15 @@ class Catalog:
         try:
             if len(keys) == 1 or (keys[1] == ("id", keys[0][1])):
                 order, descending = keys[0]
-                rows = await self.store.readings(**query, order=order, descending=descending, limit=options.top + 1, offset=options.skip)
+                rows = await self.store.readings(**query, order=order, descending=descending, limit=options.top + 1, offset=options.skip,
+                                                 budget=self.budget)
             else:
                 rows = (await self.sorted_observations(query, keys, window))[options.skip :]
         except ValueError as exc:
             raise StaError(400, f"$top/$skip: {exc}") from None
         count = None
         if options.count:
-            count = await self.store.count_readings(**query)
+            count = await self.store.count_readings(**query, budget=self.budget)
             if count is None:
                 raise StaError(400, "$count=true: more than a million Observations would have to be examined; "
                                     "narrow the $filter with phenomenonTime (or count without a condition on result)")
@@ -536,7 +544,7 @@ class Catalog:
         """The first ``window`` Observations in a several-key order the store cannot give: the store orders by
         the first key; the rows tied with the window's last value are fetched whole and everything is sorted here."""
         first, descending = keys[0]
-        rows = await self.store.readings(**query, order=first, descending=descending, limit=window)
+        rows = await self.store.readings(**query, order=first, descending=descending, limit=window, budget=self.budget)
         getters = [(OBSERVATION_FIELD[field], desc) for field, desc in keys]
         if len(rows) < window:
             return sort_by(rows, getters)[:window]
@@ -550,7 +558,7 @@ class Catalog:
         else:
             inner = query["match"]
             tied["match"] = lambda r: sort_key(field(r)) == boundary and (inner is None or inner(r))
-        ties = await self.store.readings(**tied, order="id", limit=MAX_TIES + 1)
+        ties = await self.store.readings(**tied, order="id", limit=MAX_TIES + 1, budget=self.budget)
         if len(ties) > MAX_TIES:
             raise StaError(400, f"$orderby: more than {MAX_TIES} Observations share one {first} value; add a $filter or order by @iot.id")
         return (sort_by(before, getters) + sort_by(ties, getters))[:window]
@@ -744,13 +752,18 @@ async def service_root(request: web.Request) -> web.Response:
     )
 
 
+def refused(exc: Refused) -> web.Response:
+    return web.json_response({"code": exc.status, "type": "error", "message": exc.detail}, status=exc.status, headers=exc.headers)
+
+
 @routes.get(PREFIX + "/{path:.+}")
-async def entity(request: web.Request) -> web.Response:
+@public_read(refused, narrow="narrow the $filter with phenomenonTime or a Datastream, or order by phenomenonTime")
+async def entity(request: web.Request, budget: QueryBudget) -> web.Response:
     base = f"{request.url.origin()}{PREFIX}"
     try:
         steps = parse_path(request.match_info["path"].rstrip("/"))
         options = Options(dict(request.query))
-        catalog = await Catalog.load(request.app[HUB].store, base)
+        catalog = await Catalog.load(request.app[HUB].store, base, budget=budget)
         body = await resolve(catalog, steps, options, f"{base}/{request.match_info['path']}")
     except FilterError as exc:
         return web.json_response({"code": 400, "type": "error", "message": str(exc)}, status=400)

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge.types import Channel, Reading
 from hub.bounds import Quarantined
+from hub.budget import QueryBudget
 from hub.reports import Freshness
 
 __all__ = [
@@ -278,20 +279,26 @@ class Store(abc.ABC):
         limit: int = 1000,
         offset: int = 0,
         include_personal: bool = False,
+        budget: QueryBudget | None = None,
     ) -> list[StoredReading]:
         """Readings in ``order`` ("ts_ms", "id" or "value"), filtered by device, channel, time [since, until) and ``match``.
 
         Readings of personal channels only with ``include_personal`` (never on a public route).
+        With a ``budget`` (a public query) the query runs on the public lane, its own threads and
+        connections, and stops with :class:`hub.budget.OverBudget` once it is spent.
         """
         from hub.chunks import Collector, chunk_query, split_reading_id  # chunks imports this module
 
         chunk_id, position = split_reading_id(reading_id) if reading_id is not None else (None, None)
-        collector = Collector(since_ms=since_ms, until_ms=until_ms, match=match, order=order, descending=descending,
-                              offset=offset, limit=limit, position=position)
+        collector = Collector(since_ms=since_ms, until_ms=until_ms, match=match if budget is None else budget.meter(match),
+                              order=order, descending=descending, offset=offset, limit=limit, position=position)
         sql, params = chunk_query(self.placeholder, device_id=device_id, channel=channel, channel_id=channel_id,
                                   since_ms=since_ms, until_ms=until_ms, chunk_id=chunk_id, order=order,
                                   descending=descending, include_personal=include_personal)
-        return await self._collect_chunks(sql, params, collector)
+        if budget is None:
+            return await self._collect_chunks(sql, params, collector)
+        async with budget.on_lane():
+            return await self._collect_chunks(sql, params, collector, budget=budget)
 
     async def count_readings(
         self,
@@ -302,24 +309,38 @@ class Store(abc.ABC):
         match: Callable[[StoredReading], bool] | None = None,
         cap: int | None = None,
         include_personal: bool = False,
+        budget: QueryBudget | None = None,
     ) -> int | None:
         """How many readings of a channel (or all) in [since, until) ``match``; None if more than ``cap`` had to be decoded.
 
-        Readings of personal channels count only with ``include_personal``.
+        Readings of personal channels count only with ``include_personal``.  A ``budget`` as for :meth:`readings`
+        (chunks counted without decoding them cost nothing of it).
         """
         from hub.chunks import MAX_WINDOW, Counter, count_query
 
+        if budget is not None and match is not None:
+            match = budget.meter(match)
         counter = Counter(since_ms=since_ms, until_ms=until_ms, match=match, cap=MAX_WINDOW if cap is None else cap)
         sql, params = count_query(self.placeholder, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms,
                                   include_personal=include_personal)
-        await self._collect_chunks(sql, params, counter)
+        if budget is None:
+            await self._collect_chunks(sql, params, counter)
+        else:
+            async with budget.on_lane():
+                await self._collect_chunks(sql, params, counter, budget=budget)
         return None if counter.exceeded else counter.total
 
     placeholder: str  # the SQL parameter style chunk_query writes: "?" (SQLite) or "$" (PostgreSQL)
+    # Public queries (those with a budget) run this many at a time on threads and connections of their own,
+    # so a heavy one never holds what ingest and the dashboard read through.
+    public_lane = 2
 
     @abc.abstractmethod
-    async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Any) -> list[StoredReading]:
-        """Feed ``collector`` the chunk rows of ``sql`` page by page until it has its page; return that page."""
+    async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Any, *, budget: QueryBudget | None = None) -> list[StoredReading]:
+        """Feed ``collector`` the chunk rows of ``sql`` page by page until it has its page; return that page.
+
+        With a ``budget``: on the public lane, stopped with OverBudget ("time") once its deadline passes.
+        """
 
     # admin secrets (hashed)
     @abc.abstractmethod

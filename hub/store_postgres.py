@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from hub.store import (
     postgres_schema,
 )
 from hub.reports import Freshness, is_fresh, next_mark
+from hub.budget import QueryBudget
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.chunks import CHUNK_PAGE, Collector, encode_chunks, outside_query, quarantine_plan
 from hub.store_sql import (
@@ -69,9 +71,12 @@ class PostgresStore(Store):
 
     placeholder = "$"
 
-    def __init__(self, url: str, pool: Any) -> None:
+    def __init__(self, url: str, pool: Any, public_pool: Any) -> None:
         self.url = url
         self._pool = pool
+        # Public queries fetch through connections of their own and decode on threads of their own.
+        self._public_pool = public_pool
+        self._public = ThreadPoolExecutor(max_workers=self.public_lane, thread_name_prefix="hub-pg-public")
 
     @classmethod
     async def open(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStore:
@@ -92,9 +97,10 @@ class PostgresStore(Store):
                 finally:
                     await conn.close()
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, server_settings=settings)
+            public_pool = await asyncpg.create_pool(dsn, min_size=0, max_size=cls.public_lane, server_settings=settings)
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"--db {url!r}: cannot connect: {exc}") from exc
-        store = cls(url, pool)
+        store = cls(url, pool, public_pool)
         await store._migrate(search_path)
         return store
 
@@ -116,6 +122,8 @@ class PostgresStore(Store):
 
     async def close(self) -> None:
         await self._pool.close()
+        await self._public_pool.close()
+        self._public.shutdown(wait=True)
 
     async def schema_version(self) -> int:
         return await self._pool.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
@@ -332,15 +340,25 @@ class PostgresStore(Store):
         )
         return [StoredChannel(*r) for r in rows]
 
-    async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Collector) -> list[StoredReading]:
+    async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Collector, *, budget: QueryBudget | None = None) -> list[StoredReading]:
         # Decoding chunks and testing readings is CPU work (about 2.5 s per million readings
         # under a $filter on result): off the event loop, as the SQLite engine's reader threads
         # do it, so ingest and other requests go on meanwhile.
+        loop = asyncio.get_running_loop()
+        pool, executor = (self._pool, None) if budget is None else (self._public_pool, self._public)
         start = 0
         while True:
-            rows = await self._pool.fetch(f"{sql} LIMIT {CHUNK_PAGE} OFFSET {start}", *params)
-            if not await asyncio.to_thread(collector.feed, rows) or len(rows) < CHUNK_PAGE:
-                return await asyncio.to_thread(collector.page)
+            if budget is None:
+                rows = await pool.fetch(f"{sql} LIMIT {CHUNK_PAGE} OFFSET {start}", *params)
+            else:
+                budget.check_time()
+                try:
+                    # asyncpg cancels the statement on the server when the timeout passes.
+                    rows = await pool.fetch(f"{sql} LIMIT {CHUNK_PAGE} OFFSET {start}", *params, timeout=budget.remaining_s())
+                except TimeoutError:
+                    raise budget.out_of_time() from None
+            if not await loop.run_in_executor(executor, collector.feed, rows) or len(rows) < CHUNK_PAGE:
+                return await loop.run_in_executor(executor, collector.page)
             start += CHUNK_PAGE
 
     # --- settings and one-time secrets ------------------------------------------------

@@ -32,6 +32,7 @@ from hub.store import (
     notice_location,
 )
 from hub.reports import Freshness, is_fresh, next_mark
+from hub.budget import QueryBudget
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.chunks import Collector, collect_pages, encode_chunks, outside_query, quarantine_plan
 from hub.store_sql import (
@@ -117,6 +118,8 @@ class SQLiteStore(Store):
         self._jobs: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="hub-sqlite-read")
+        # Each thread opens its own reader connection (self._reader), so public queries never share one with ingest.
+        self._public = ThreadPoolExecutor(max_workers=self.public_lane, thread_name_prefix="hub-sqlite-public")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         # (device, channel) → (id, personal) as this process last wrote or read them.
@@ -145,6 +148,7 @@ class SQLiteStore(Store):
             await asyncio.to_thread(self._writer.join)
             self._writer = None
         self._readers.shutdown(wait=True)
+        self._public.shutdown(wait=True)
         for conn in self._reader_conns:
             conn.close()
         self._reader_conns.clear()
@@ -455,12 +459,28 @@ class SQLiteStore(Store):
         rows = await self._read(sql + " ORDER BY id", params)
         return [StoredChannel(*r[:7], personal=bool(r[7])) for r in rows]
 
-    async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Collector) -> list[StoredReading]:
+    async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Collector, *, budget: QueryBudget | None = None) -> list[StoredReading]:
         def run() -> list[StoredReading]:
             conn = self._reader()
             return collect_pages(lambda limit, offset: conn.execute(f"{sql} LIMIT {limit} OFFSET {offset}", params).fetchall(), collector)
 
-        return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        def run_within(budget: QueryBudget) -> list[StoredReading]:
+            budget.check_time()
+            conn = self._reader()
+            # SQLite calls this every 10,000 virtual machine steps; True interrupts the statement.
+            conn.set_progress_handler(budget.expired, 10_000)
+            try:
+                return run()
+            except sqlite3.OperationalError:
+                if budget.expired():
+                    raise budget.out_of_time() from None
+                raise
+            finally:
+                conn.set_progress_handler(None, 0)
+
+        if budget is None:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+        return await asyncio.get_running_loop().run_in_executor(self._public, run_within, budget)
 
     # --- settings and one-time secrets ------------------------------------------------
 

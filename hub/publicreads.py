@@ -1,0 +1,152 @@
+"""Fair public reads: open-data and SensorThings requests, a few at a time per client, their queries a few at a time per hub, each within a budget.
+
+A request is counted against its client address's share; its store queries of readings then
+take turns on the store's public lane (threads and connections ingest and the dashboard never
+use) within one :class:`hub.budget.QueryBudget`.  Requests that read no readings (Things,
+Datastreams, the /data index) never wait for the lane.  Refusals say why and what to do: 429
+when one client already has its share, 503 ``busy`` with Retry-After when the lane and its
+queue are full or a request runs out of time, 400 ``too_costly`` when a query would examine
+more readings than one may (narrow it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from hub.budget import OverBudget, QueryBudget
+from hub.oxp import client_of
+
+__all__ = ["PUBLIC_READS", "PublicReadSettings", "PublicReads", "Refused", "public_read"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+BudgetedHandler = Callable[[web.Request, QueryBudget], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class PublicReadSettings:
+    """What bounds the public reads of one hub process (docs/fleet.md, "Public reads and slow clients")."""
+
+    per_client: int = 2
+    """Public requests one client address may have running at once; one more is answered 429."""
+    queue: int = 8
+    """Store queries that may wait for the public lane; beyond them a request is answered 503 ``busy`` at once."""
+    seconds: float = 10.0
+    """Time one public request's store queries may take, waiting for the lane included; past it the answer is 503 ``busy``."""
+    max_examined: int = 1_000_000
+    """Readings one public request may examine; a query that needs more is answered 400 ``too_costly``."""
+
+    def __post_init__(self) -> None:
+        for option, value, least in (("--public-per-client", self.per_client, 1), ("--public-queue", self.queue, 0),
+                                     ("--public-max-examined", self.max_examined, 1)):
+            if type(value) is not int or value < least:
+                raise ValueError(f"{option} {value!r}: expected a whole number of at least {least}")
+        if not 0 < self.seconds < math.inf:
+            raise ValueError(f"--public-time-budget {self.seconds!r}: expected a number of seconds above 0")
+
+
+class Refused(Exception):
+    """A public request refused before or while it ran: HTTP ``status``, a ``code``, a sentence and, for retryable ones, ``retry_after`` seconds."""
+
+    def __init__(self, status: int, code: str, detail: str, *, retry_after: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
+    @classmethod
+    def over_budget(cls, exc: OverBudget, *, narrow: str) -> Refused:
+        """The answer to a query that went past its budget; ``narrow`` says how to ask for less on this route."""
+        if exc.kind == "readings":
+            return cls(400, "too_costly", f"{exc.detail}; {narrow}")
+        return cls(503, "busy", f"{exc.detail}; retry later, or {narrow}", retry_after=5)
+
+
+class PublicReads:
+    """Turns for public requests: ``per_client`` requests per client address, and ``lane`` store queries at once
+    hub-wide (the store's public lane) with at most ``queue`` more waiting."""
+
+    def __init__(self, settings: PublicReadSettings, *, lane: int) -> None:
+        self.settings = settings
+        self.lane = lane
+        self._lane = asyncio.Semaphore(lane)
+        self._waiting = 0
+        self._by_client: dict[str, int] = {}
+
+    @property
+    def by_client(self) -> dict[str, int]:
+        """Public requests running now, by client address."""
+        return dict(self._by_client)
+
+    @asynccontextmanager
+    async def turn(self, client: str) -> AsyncIterator[QueryBudget]:
+        """Count a request of ``client`` for the block, which spends the budget given; raise :class:`Refused` (429) over its share."""
+        settings = self.settings
+        held = self._by_client.get(client, 0)
+        if held >= settings.per_client:
+            raise Refused(429, "too_many_requests", f"this client address already has {held} public requests running, "
+                                                    "the most one may; wait for them to finish", retry_after=1)
+        self._by_client[client] = held + 1
+        try:
+            yield QueryBudget(max_examined=settings.max_examined, seconds=settings.seconds, lane=self.on_lane)
+        finally:
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
+
+    @asynccontextmanager
+    async def on_lane(self, budget: QueryBudget) -> AsyncIterator[None]:
+        """Hold one of the lane's places for a store query, waiting at most the budget's time; raise OverBudget "busy" when the queue is full."""
+        if self._lane.locked() and self._waiting >= self.settings.queue:
+            raise OverBudget("busy", f"{self.lane} public queries running and {self._waiting} waiting, the most this hub takes")
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(budget.remaining_s()):
+                await self._lane.acquire()
+        except TimeoutError:
+            raise budget.out_of_time() from None
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lane.release()
+
+
+PUBLIC_READS = web.AppKey("public_reads", PublicReads)
+
+
+def public_read(answer: Callable[[Refused], web.StreamResponse], *, narrow: str) -> Callable[[BudgetedHandler], Handler]:
+    """Run a public route's ``handler(request, budget)`` in a turn of the app's :class:`PublicReads`; its store queries pass ``budget``.
+
+    ``answer`` turns a refusal into the route's error format; ``narrow`` tells the client how to ask for less there.
+    """
+
+    def wrap(handler: BudgetedHandler) -> Handler:
+        @functools.wraps(handler)
+        async def run(request: web.Request) -> web.StreamResponse:
+            try:
+                async with request.app[PUBLIC_READS].turn(client_of(request)) as budget:
+                    try:
+                        return await handler(request, budget)
+                    except OverBudget as exc:
+                        raise Refused.over_budget(exc, narrow=narrow) from None
+            except Refused as exc:
+                return answer(exc)
+
+        return run
+
+    return wrap
