@@ -337,11 +337,14 @@ function openEnvelope(data, publicKeyRaw, limit, expected) {
   if (!Array.isArray(arr) || arr.length !== 4) malformed('COSE_Sign1 is not an array of 4');
   const [prot, unprot, payload, sig] = arr;
   if (!Buffer.isBuffer(prot)) malformed('protected header is not a byte string');
+  if (prot.length > 4096) fail('too_large', `protected header of ${prot.length} bytes is over the 4096-byte limit (§4.4)`);
   if (!(unprot instanceof CborMap)) malformed('unprotected header is not a map');
   if (!Buffer.isBuffer(payload)) malformed('payload is not a byte string');
   if (!Buffer.isBuffer(sig) || sig.length !== 64) malformed('signature is not a 64-byte string');
+  strictHeader(unprot, 'unprotected header');
   const ph = cborDecodeAll(prot, 'malformed', 'protected header');
   if (!(ph instanceof CborMap)) malformed('protected header is not a map');
+  strictHeader(ph, 'protected header');
   const alg = ph.get(1n);
   if (alg !== -8n && alg !== -19n) fail('unsupported_algorithm', `alg ${alg}`);
   const kid = ph.get(4n);
@@ -359,6 +362,21 @@ function openEnvelope(data, publicKeyRaw, limit, expected) {
   if (!kid.equals(keyId(publicKeyRaw))) fail('bad_signature', `kid ${hex(kid)} is not the key id of the key given`);
   if (!crypto.verify(null, tbs, publicKeyObject(publicKeyRaw), sig)) fail('bad_signature', 'Ed25519 signature does not verify');
   return { ph, kid, payload, oxp };
+}
+
+// §4.4: what a receiver may refuse in a header before verification: tags, deep nesting, many
+// items, labels that are neither integers nor text, the simple value undefined.
+function strictHeader(item, where, depth = 0, seen = { items: 0 }) {
+  if (++seen.items > 512) malformed(`${where} holds more than 512 CBOR items`);
+  if (item instanceof CborTag) malformed(`${where} has CBOR tag ${item.tag}`);
+  if (item === undefined) malformed(`${where} has the simple value undefined`);
+  const nested = Array.isArray(item) ? item : item instanceof CborMap ? item.entries.flat() : null;
+  if (nested === null) return;
+  if (depth >= 8) malformed(`${where} nests arrays and maps more than 8 deep`);
+  if (item instanceof CborMap && item.entries.some(([k]) => typeof k !== 'bigint' && typeof k !== 'string')) {
+    malformed(`${where} has a label that is neither an integer nor text`);
+  }
+  for (const v of nested) strictHeader(v, where, depth + 1, seen);
 }
 
 function messageType(ph) {

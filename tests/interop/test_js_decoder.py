@@ -219,7 +219,19 @@ def _differential_cases() -> list[tuple[str, dict]]:
         ("protected-label-twice", {"body": ok_body, "protected_bytes": lambda p: bytes([p[0] + 1]) + p[1:] + b"\x01\x27"}),
         ("bytes-after-the-protected-map", {"body": ok_body, "protected_bytes": lambda p: p + b"\x00"}),
         ("more-readings-than-the-limit", {"body": [0, [""], [[2, "x", 0, None, 1_000_001, b"", [6, b""]]]]}),
+        # What a receiver may refuse before verification (§4.4), refused alike:
+        ("tag-30-in-the-protected-header", {"body": ok_body, "protected_bytes": lambda p: _with_label(p, cbor2.CBORTag(30, [3**300, 7**200]))}),
+        ("bignum-in-the-protected-header", {"body": ok_body, "protected_bytes": lambda p: _with_label(p, 2**70)}),
+        ("protected-header-over-4-KiB", {"body": ok_body, "protected_bytes": lambda p: _with_label(p, b"\x00" * 4100)}),
+        ("protected-header-nested-9-deep", {"body": ok_body, "protected_bytes": lambda p: _with_label(p, [[[[[[[[[0]]]]]]]]])}),
+        ("protected-header-of-513-items", {"body": ok_body, "protected_bytes": lambda p: _with_label(p, list(range(510)))}),
+        ("tag-in-the-unprotected-map", {"body": ok_body, "unprotected": {5: cbor2.CBORTag(1, 0)}}),
     ]
+
+
+def _with_label(protected: bytes, value: object) -> bytes:
+    """The protected header with label 99 (one a receiver does not know) set to ``value``."""
+    return bytes([protected[0] + 1]) + protected[1:] + cbor2.dumps(99) + cbor2.dumps(value)
 
 
 def _build(case: dict, vec: dict) -> tuple[bytes, str]:
@@ -263,7 +275,7 @@ def _build(case: dict, vec: dict) -> tuple[bytes, str]:
     if case.get("status"):
         payload = cbor2.dumps({"device_id": "pole-0042"}, canonical=True)
     tbs = cbor2.dumps(["Signature1", protected, b"", payload])
-    return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signer.sign(tbs)])), verify_with
+    return cbor2.dumps(cbor2.CBORTag(18, [protected, case.get("unprotected", {}), payload, signer.sign(tbs)])), verify_with
 
 
 @pytest.mark.parametrize(("name", "case"), _differential_cases(), ids=[n for n, _ in _differential_cases()])
