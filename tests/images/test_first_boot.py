@@ -22,7 +22,7 @@ from edge.config import load_config
 from edge.runtime import Gateway
 from hilsim import run_scenario
 from hilsim.scenario import Simulation
-from hub.app import RunningHub, run_hub
+from hub import RunningHub, run_hub
 
 SITE = "King St W & Spadina Ave"
 
