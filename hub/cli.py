@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from edge.commands import file_problem, make_directory, positive, whole
+from edge.commands import CommandError, file_problem, make_directory, positive, whole
 from edge.protocol.envelope import DEVICE_ID_RE
 
 __all__ = ["register", "parse_duration_s"]
@@ -76,7 +76,13 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 
 def _db(args: argparse.Namespace) -> str:
-    return getattr(args, "db", None) or os.environ.get("OCN_HUB_DB") or f"sqlite:///{(_state_dir(args) / 'hub.db').resolve()}"
+    url = getattr(args, "db", None) or os.environ.get("OCN_HUB_DB") or f"sqlite:///{(_state_dir(args) / 'hub.db').resolve()}"
+    try:
+        urlsplit(url).port  # the store's drivers parse host and port as they like; refuse what none can read
+    except ValueError:
+        raise CommandError(f"--db {url!r}: cannot read its host or port; expected sqlite:///path.db "
+                           "or postgresql://user@host[:port]/database") from None
+    return url
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -197,7 +203,7 @@ def _token_create(args: argparse.Namespace) -> int:
         print("# This is the only time the token is shown. On the gateway: ocn-edge enrol --token TOKEN ...", file=sys.stderr)
         return 0
 
-    make_directory(_state_dir(args), option="--state-dir")
+    make_directory(_state_dir(args), option="--state-dir", private=True)
     return _with_store(args, work)
 
 

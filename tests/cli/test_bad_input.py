@@ -90,6 +90,7 @@ CASES = [
     ("hub token create", "--expires 99999999999d --state-dir {hub}", 2, ["--expires", "'99999999999d'", "at most"]),
     ("hub token create", "--state-dir {file}", 2, ["--state-dir {file}", "a file is in the way"]),
     ("hub token list", "--db nosuch://x", 2, ["--db", "'nosuch://x'"]),
+    ("hub token list", "--db postgresql://u@127.0.0.1:port/db", 2, ["--db", "'postgresql://u@127.0.0.1:port/db'"]),
     ("hub device list", "--stale-after soon --state-dir {hub}", 2, ["--stale-after", "'soon'"]),
     ("hub device revoke", "'Not A Device!' --state-dir {hub}", 2, ["'Not A Device!'", "device id"]),
     ("hub device approve", "{long_id} --state-dir {hub}", 2, ["device id"]),
