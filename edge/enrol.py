@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from edge import __version__
+from edge.private import private_directory
 from edge.protocol import PRIVATE_KEY_FILE, KeyFileError, key_id, load_private_key, raw_public_key, write_keypair
 from edge.uplink import tls_context
 
@@ -73,7 +74,7 @@ def ensure_device_key(key_path: Path) -> tuple[Path, bool]:
             f"or leave uplink.key unset so enrolment creates <state_dir>/{PRIVATE_KEY_FILE}"
         )
     try:
-        private_path, _ = write_keypair(key_path.parent)
+        private_path, _ = write_keypair(private_directory(key_path.parent))
     except (OSError, FileExistsError) as exc:
         raise EnrolError(f"{key_path.parent}: cannot create the device key there ({exc})") from None
     return private_path, True
@@ -214,7 +215,7 @@ def _refused(state_dir: Path, hub_url: str, detail: str) -> EnrolError:
 
 def _write_record(state_dir: Path, record: dict[str, object]) -> None:
     """Whole or not at all, so the local page never reads half a record."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_directory(state_dir)
     path = state_dir / ENROLMENT_RECORD
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, sort_keys=True) + "\n", encoding="utf-8")

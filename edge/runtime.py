@@ -28,6 +28,7 @@ from edge import __version__
 from edge.config import GatewayConfig
 from edge.desired import DesiredApplier, DesiredState, Reload, overlay_config
 from edge.notify import Notifier, watchdog_loop
+from edge.private import private_directory
 from edge.supervise import DeviceRunner
 from edge.types import Channel, Reading
 
@@ -170,8 +171,7 @@ class Gateway:
         from edge.spool import Spool
 
         cfg = self.config
-        state = Path(cfg.gateway.state_dir)
-        state.mkdir(parents=True, exist_ok=True)
+        state = private_directory(cfg.gateway.state_dir)
 
         key_path, created = ensure_device_key(Path(cfg.uplink.key))
         if created:

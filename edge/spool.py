@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge.private import private_database, private_directory
 from edge.protocol import peek_header
 
 __all__ = ["ACK_DELAY_S", "ACK_GROUP", "BatchId", "BootInfo", "Spool", "SpoolError", "SpoolStats", "StoredBatch", "WHEN_FULL"]
@@ -237,7 +238,8 @@ class Spool:
         if max_bytes <= 0:
             raise SpoolError(f"spool max_size = {max_bytes!r} bytes: expected a size above zero, e.g. \"200MB\"")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_directory(path.parent)
+            private_database(path)  # readings not yet sent: 0600, and its -wal and -shm follow
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":

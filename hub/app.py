@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.notify import Notifier, watchdog_loop
+from edge.private import private_directory
 from edge.protocol import MAX_READINGS
 from hub.auth import Admin
 from hub.fleet import check_desired, load_or_create_signing_key
@@ -199,8 +200,7 @@ async def run_hub(
     """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key)."""
     if state_dir is None:
         raise ValueError("run_hub: state_dir is required (it holds the hub's signing key and, by default, its database)")
-    state = Path(state_dir)
-    state.mkdir(parents=True, exist_ok=True)
+    state = private_directory(state_dir)  # the signing key and, by default, the database
     host, port = parse_listen(listen)
     store = await open_store(db or f"sqlite:///{state / 'hub.db'}")
     runner: web.AppRunner | None = None

@@ -1,4 +1,11 @@
-"""Who may see admin pages: the admin token (stored hashed), session cookies and one-time login links."""
+"""Who may see admin pages: the admin token (stored hashed), session cookies and one-time login links.
+
+A state change (POST, PUT, DELETE) made with a session cookie must also come from this hub's own
+pages: a browser sends the cookie with a form another site submits, so the request must show
+``Sec-Fetch-Site: same-origin`` or, from a browser that does not send that header, an ``Origin``
+naming this hub. A request that carries the admin token in its ``Authorization`` header is not
+checked: no browser adds that header to another site's request, so it cannot be forged that way.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import time
 from urllib.parse import quote
 
 from aiohttp import web
+from yarl import URL
 
 from hub.store import Store
 
@@ -18,6 +26,9 @@ SESSION_COOKIE = "ocn_hub_session"
 SESSION_MS = 12 * 3600 * 1000
 LOGIN_LINK_MS = 10 * 60 * 1000
 ADMIN_SETTING = "admin_token_sha256"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# "none": the user opened the URL themselves (typed, bookmarked); no other site can make a browser send that.
+OWN_SITE = frozenset({"same-origin", "none"})
 
 
 def secret_hash(secret: str) -> bytes:
@@ -27,6 +38,24 @@ def secret_hash(secret: str) -> bytes:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def from_own_pages(request: web.Request) -> bool:
+    """True when the browser says the request comes from this hub's pages (``Sec-Fetch-Site``, else ``Origin`` against ``Host``)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in OWN_SITE
+    origin = request.headers.get("Origin")
+    if origin is None or request.host == "":
+        return False
+    try:
+        claimed = URL(origin)
+        # Host read in the origin's scheme, so a default port written or left out compares equal (behind a TLS proxy too).
+        own = URL.build(scheme=claimed.scheme, authority=request.host)
+    except ValueError:
+        return False
+    return claimed.scheme in ("http", "https") and claimed.host is not None and (claimed.host.lower(), claimed.port) == (
+        (own.host or "").lower(), own.port)
 
 
 class Admin:
@@ -51,19 +80,27 @@ class Admin:
     def token_ok(self, token: str) -> bool:
         return self._token_hash is not None and hmac.compare_digest(secret_hash(token), self._token_hash)
 
-    async def allowed(self, request: web.Request) -> bool:
-        """True for a request carrying the admin token (Bearer) or a live session cookie."""
+    async def credential(self, request: web.Request) -> str | None:
+        """"token" for a request carrying the admin token (Bearer), "session" for a live session cookie, else None."""
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer ") and self.token_ok(header[7:].strip()):
-            return True
+            return "token"
         session = request.cookies.get(SESSION_COOKIE)
-        if session:
-            return await self.store.use_secret("session", secret_hash(session), now_ms=now_ms(), consume=False)
-        return False
+        if session and await self.store.use_secret("session", secret_hash(session), now_ms=now_ms(), consume=False):
+            return "session"
+        return None
 
     async def require(self, request: web.Request) -> None:
-        """Raise 401 (API) or redirect to the login page (browser) unless the request is an admin's."""
-        if await self.allowed(request):
+        """Raise 401 (API) or redirect to the login page (browser) unless the request is an admin's;
+        403 for a state change made with a session from a page that is not this hub's."""
+        credential = await self.credential(request)
+        if credential == "session" and request.method not in SAFE_METHODS and not from_own_pages(request):
+            raise web.HTTPForbidden(
+                text='{"error": "cross_site", "detail": "a change made with a session cookie must come from this hub\'s own pages '
+                     '(Sec-Fetch-Site: same-origin or an Origin naming this hub); scripts use Authorization: Bearer <admin token>"}',
+                content_type="application/json",
+            )
+        if credential is not None:
             return
         if "text/html" in request.headers.get("Accept", "") and request.method == "GET":
             raise web.HTTPSeeOther(f"/login?next={request.path_qs}")

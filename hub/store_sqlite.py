@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from edge.commands import file_problem
+from edge.private import private_database
 from edge.types import Channel
 from hub import schema
 from hub.store import (
@@ -133,8 +135,11 @@ class SQLiteStore(Store):
             raise StoreError(f"--db {url!r}: directory {parent} does not exist")
         store = cls(url, path)
         try:
+            private_database(path)  # pseudonyms, token and session hashes: 0600, and its -wal and -shm follow
             conn = await asyncio.to_thread(_connect, path)
             await asyncio.to_thread(_migrate, conn)
+        except OSError as exc:
+            raise StoreError(f"--db {url!r}: cannot create {path}: {file_problem(exc)}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"--db {url!r}: cannot open {path}: {exc}") from exc
         conn.execute("PRAGMA synchronous = FULL")

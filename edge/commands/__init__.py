@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from edge.private import private_directory
+
 __all__ = ["EXIT_USAGE", "CommandError", "file_problem", "make_directory", "not_negative", "positive", "whole"]
 
 EXIT_USAGE = 2  # the command could not run with the input it was given
@@ -43,11 +45,14 @@ def file_problem(exc: OSError) -> str:
     return f"{exc.filename}: {what}" if exc.filename is not None else what
 
 
-def make_directory(path: str | Path, *, option: str) -> Path:
-    """``path`` as a directory, created with its parents if missing; a CommandError naming ``option`` if it cannot be."""
+def make_directory(path: str | Path, *, option: str, private: bool = False) -> Path:
+    """``path`` as a directory, created with its parents if missing (0700 if ``private``, edge.private); a CommandError naming ``option`` if it cannot be."""
     target = Path(path)
     try:
-        target.mkdir(parents=True, exist_ok=True)
+        if private:
+            private_directory(target)
+        else:
+            target.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise CommandError(f"{option} {path}: a file is in the way; expected a directory") from None
     except OSError as exc:
