@@ -70,7 +70,7 @@ class IngestSettings:
     queue: int = 16
     """Jobs that may wait for a worker; beyond them a request is answered 503 ``busy`` at once."""
     readings_rate: float = 1000.0
-    """Readings per second each device may send (more if it has shown a higher rate)."""
+    """Readings per second each device may send (up to 4 times more if it has shown a higher rate over a day)."""
     readings_burst: int = 100_000
     """Readings a device may send at once before its rate applies."""
     address_rate: float = 5.0

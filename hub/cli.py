@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     hub.add_argument("--rate", type=positive, default=50.0, metavar="N", help="batches per second each device may send (default 50)")
     hub.add_argument("--burst", type=whole(1, 1_000_000), default=200, metavar="N", help="batches a device may send at once above its rate (default 200)")
     hub.add_argument("--readings-rate", type=float, default=1000.0, metavar="N",
-                     help="readings per second each device may send, more if it has shown a higher rate (default 1000)")
+                     help="readings per second each device may send, up to 4x more if it has shown a higher rate (default 1000)")
     hub.add_argument("--readings-burst", type=int, default=100_000, metavar="N", help="readings a device may send at once (default 100000)")
     hub.add_argument("--ingest-workers", type=int, default=2, metavar="N", help="threads verifying and decoding messages (default 2)")
     hub.add_argument("--ingest-queue", type=int, default=16, metavar="N",

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 __all__ = ["RateLimiter", "ReadingsBudget", "client_address", "parse_networks", "retry_after"]
 
+OBSERVE_S = 86_400.0  # the shortest span a device's rate is averaged over
 MAX_TRACKED = 100_000  # buckets kept before full ones are forgotten (an address scan must not grow memory)
 
 
@@ -66,7 +67,9 @@ class ReadingsBudget:
     """Readings each device may send: a token bucket over readings, refilled at the device's rate.
 
     The rate is ``rate`` readings per second, or ``headroom`` times the rate the device has
-    shown in this process if that is higher. A device starts with ``burst`` readings and
+    shown in this process (averaged over at least a day, so a burst does not count as a rate)
+    if that is higher, up to ``headroom`` times ``rate``: the budget follows a device that reads
+    faster than the floor without letting one ramp itself up without end. A device starts with ``burst`` readings and
     saves up to ``ceiling`` (the protocol's largest batch), so every batch the protocol allows
     is accepted after a wait: a gateway catching up after an outage is slowed, never refused
     for good, while a batch that declares far more readings than its device could have read
@@ -83,8 +86,8 @@ class ReadingsBudget:
 
     def _rate(self, device_id: str, now: float) -> float:
         first, total = self._seen.get(device_id, (now, 0))
-        observed = total / max(now - first, 60.0)
-        return max(self.rate, self.headroom * observed)
+        observed = total / max(now - first, OBSERVE_S)
+        return min(self.headroom * self.rate, max(self.rate, self.headroom * observed))
 
     def _tokens(self, device_id: str, now: float) -> float:
         tokens, last = self._buckets.get(device_id, (float(self.burst), now))
@@ -95,6 +98,7 @@ class ReadingsBudget:
         if self.rate <= 0:
             return 0.0
         now = time.monotonic() if now is None else now
+        self._buckets.setdefault(device_id, (float(self.burst), now))  # its saving starts at its first batch
         missing = min(readings, self.ceiling) - self._tokens(device_id, now)
         return 0.0 if missing <= 0 else missing / self._rate(device_id, now)
 

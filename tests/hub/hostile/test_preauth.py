@@ -22,6 +22,8 @@ from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH, OXP_STATUS
 from edge.spool import Spool
 from edge.uplink import Uplink
 from hub.app import IngestSettings, RunningHub, run_hub
+from hub.jsonbody import json_depth
+from hub.ratelimit import RateLimiter, ReadingsBudget, client_address, parse_networks
 from tests.hub.gateways import SimGateway, enrol, post_cose
 from tests.pipeline.conftest import seal_readings
 
@@ -260,3 +262,66 @@ async def test_a_gateway_answered_busy_waits_and_delivers(tmp_path: Path, http: 
             await spool.close()
         assert (await hub.counters("pole-0042"))["readings_stored"] == 20
         assert uplink.counters.batches_quarantined == 0
+
+
+# --- the limits themselves, on a given clock ------------------------------------------------
+
+
+def test_a_new_device_may_send_its_burst_then_waits_at_its_readings_rate() -> None:
+    budget = ReadingsBudget(rate=1000, burst=100_000, ceiling=1_000_000)
+    assert budget.wait("d", 100_000, now=0.0) == 0.0
+    budget.take("d", 100_000, now=0.0)
+    assert budget.wait("d", 20_000, now=0.0) == pytest.approx(20.0)
+    assert budget.wait("d", 20_000, now=20.0) == 0.0
+
+
+def test_every_batch_the_protocol_allows_is_accepted_after_a_wait() -> None:
+    budget = ReadingsBudget(rate=1000, burst=100_000, ceiling=1_000_000)
+    wait = budget.wait("d", 1_000_000, now=0.0)
+    assert wait == pytest.approx(900.0)
+    assert budget.wait("d", 1_000_000, now=wait) == 0.0
+
+
+def test_a_device_that_has_shown_a_higher_rate_refills_faster_up_to_headroom_times_the_floor() -> None:
+    budget = ReadingsBudget(rate=10, burst=1000, ceiling=1_000_000, headroom=4.0)
+    day = 86_400.0
+    for hour in range(24):  # 30 readings a second on average over a day, above the floor of 10
+        budget.take("busy", 30 * 3600, now=3600.0 * hour)
+    budget.take("quiet", 1000, now=day)  # a device that has just spent its burst
+    budget.take("busy", budget.ceiling, now=day)
+
+    def refill_rate(device: str) -> float:
+        return 400 / (budget.wait(device, 800, now=day) - budget.wait(device, 400, now=day))
+
+    # The quiet device refills at the floor, the busy one at 4 x the floor (not 4 x its 30 a second).
+    assert (refill_rate("quiet"), refill_rate("busy")) == (pytest.approx(10.0), pytest.approx(40.0))
+
+
+def test_peek_does_not_charge_and_check_does() -> None:
+    limiter = RateLimiter(rate=1.0, burst=2)
+    assert [limiter.peek("a", now=0.0) for _ in range(5)] == [0.0] * 5
+    assert [limiter.check("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 1.0]
+    assert limiter.peek("a", now=0.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        ("127.0.0.1", ["203.0.113.7"], "203.0.113.7"),
+        ("127.0.0.1", ["198.51.100.1, 203.0.113.7"], "203.0.113.7"),  # the left hop is the client's word
+        ("127.0.0.1", ["203.0.113.7", "127.0.0.1"], "203.0.113.7"),  # trusted hops are skipped
+        ("127.0.0.1", ["not-an-address"], "127.0.0.1"),
+        ("127.0.0.1", [], "127.0.0.1"),
+        ("192.0.2.5", ["203.0.113.7"], "192.0.2.5"),  # an untrusted peer's header is ignored
+    ],
+)
+def test_the_client_address_comes_from_x_forwarded_for_only_through_a_trusted_proxy(peer: str, forwarded: list[str], client: str) -> None:
+    assert client_address(peer, forwarded, parse_networks(["127.0.0.1/32"])) == client
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [(b"1", 0), (b"[]", 1), (b'{"a": [1, {"b": []}]}', 4), (b'["[[[[", "\\"[[["]', 1), (b"[" * 8000, 33)],
+)
+def test_json_depth_counts_brackets_outside_strings_and_stops_past_the_limit(text: bytes, depth: int) -> None:
+    assert json_depth(text, stop_after=32) == depth
