@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -238,3 +240,29 @@ def test_a_bad_devices_list_names_each_line_and_field_and_writes_nothing(tmp_pat
     assert f"{devices} line 5, field latitude: 'north' is not a latitude" in err
     assert f"{devices} line 2, field token: missing" in err  # no --token and an empty cell
     assert not out.exists()
+
+
+def test_batch_on_a_terminal_redraws_one_progress_bar(tmp_path: Path) -> None:
+    devices = tmp_path / "devices.csv"
+    devices.write_text("device_id\npole-0001\npole-0002\npole-0003\n")
+    terminal, child_end = os.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "edge.cli", "image", "seed", "--batch", str(devices), "--out", str(tmp_path / "cards"),
+                               "--hub", HUB, "--token", TOKEN], stderr=child_end, stdout=subprocess.PIPE, text=True, timeout=120)
+        os.close(child_end)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # the terminal's other end is closed and everything is read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(terminal)
+    assert done.returncode == 0
+    frames = [frame for frame in drawn.decode().split("\r") if frame.strip()]  # the terminal ends the line with \r\n
+    assert [frame.split()[1] for frame in frames] == ["1/3", "2/3", "3/3"]
+    assert frames[0].startswith("[" + "#" * 10 + "." * 20 + "]") and frames[2].startswith("[" + "#" * 30 + "]")
+    assert done.stdout == "seeded 3 devices\n"
