@@ -207,7 +207,8 @@ class NmeaDriver(StreamDriver):
                     description="longitude, WGS84 (an exact position is personal: the privacy policy must coarsen it)"),
             Channel(cid("altitude"), unit="m", resolution=0.1, description="altitude above mean sea level"),
             Channel(cid("fix_quality"), unit="", resolution=1.0,
-                    description="GGA fix quality: 0 none, 1 GPS, 2 DGPS, 4 RTK fixed, 5 RTK float, 6 estimated"),
+                    description="GGA fix quality: 0 none, 1 GPS, 2 DGPS, 3 PPS, 4 RTK fixed, 5 RTK float, 6 estimated, "
+                                "7 manual, 8 simulator"),
             Channel(cid("satellites"), unit="count", resolution=1.0, description="satellites used in the fix"),
             Channel(cid("speed"), unit="m/s", resolution=0.01, description="speed over ground"),
         ]
