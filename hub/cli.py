@@ -103,10 +103,24 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     hub.add_argument("--ingest-queue", type=int, default=16, metavar="N",
                      help="messages that may wait for a worker; beyond them the hub answers 503 busy (default 16)")
     hub.add_argument("--address-rate", type=float, default=5.0, metavar="N",
-                     help="unauthenticated or refused requests per second per client address (default 5)")
+                     help="refused enrolments and messages refused before or at their signature, per second per client address (default 5)")
     hub.add_argument("--address-burst", type=int, default=300, metavar="N", help="such requests a client address may make at once (default 300)")
     hub.add_argument("--trusted-proxy", action="append", default=[], metavar="NETWORK",
                      help="a proxy whose X-Forwarded-For names the client, e.g. 127.0.0.1/32 (repeatable; default none)")
+    hub.add_argument("--public-per-client", type=int, default=2, metavar="N",
+                     help="open-data and SensorThings requests one client address may run at once; more are answered 429 (default 2)")
+    hub.add_argument("--public-queue", type=int, default=8, metavar="N",
+                     help="public queries of readings that may wait for the public lane; beyond them the hub answers 503 busy (default 8)")
+    hub.add_argument("--public-time-budget", type=_duration("--public-time-budget"), default=10.0, metavar="DURATION",
+                     help="time one public request's queries of readings may take, waiting included; then 503 busy (default 10s)")
+    hub.add_argument("--public-max-examined", type=int, default=1_000_000, metavar="N",
+                     help="readings one public request may examine; a query needing more is answered 400 too_costly (default 1000000)")
+    hub.add_argument("--header-timeout", type=_duration("--header-timeout"), default=10.0, metavar="DURATION",
+                     help="a request's headers must arrive within this of the connection or the request's first byte (default 10s)")
+    hub.add_argument("--body-timeout", type=_duration("--body-timeout"), default=30.0, metavar="DURATION",
+                     help="a request's body must arrive within this, else 408 (default 30s)")
+    hub.add_argument("--max-connections", type=int, default=1024, metavar="N",
+                     help="open connections at most; more are answered 503 and closed; the hub raises its open-file limit to fit (default 1024)")
     hub.add_argument("--stale-after", type=_duration("--stale-after"), default=900.0, metavar="DURATION",
                      help="a device unheard of for this long is shown as stale (default 15m)")
     hub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -317,6 +331,8 @@ def _login_link(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from hub.app import IngestSettings, parse_listen, run_hub
+    from hub.publicreads import PublicReadSettings
+    from hub.server import ConnectionSettings
     from hub.store import StoreError
 
     try:
@@ -332,6 +348,10 @@ def _serve(args: argparse.Namespace) -> int:
         ingest = IngestSettings(workers=args.ingest_workers, queue=args.ingest_queue, readings_rate=args.readings_rate,
                                 readings_burst=args.readings_burst, address_rate=args.address_rate, address_burst=args.address_burst,
                                 trusted_proxies=tuple(args.trusted_proxy))
+        public_reads = PublicReadSettings(per_client=args.public_per_client, queue=args.public_queue, seconds=args.public_time_budget,
+                                          max_examined=args.public_max_examined)
+        connections = ConnectionSettings(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                                         max_connections=args.max_connections)
     except ValueError as exc:
         print(f"ocn-edge hub: {exc}", file=sys.stderr)
         return 2
@@ -351,7 +371,8 @@ def _serve(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         try:
             async with run_hub(listen=args.listen, db=_db(args), state_dir=_state_dir(args), admin_token=args.admin_token,
-                               rate=args.rate, burst=args.burst, stale_after_s=args.stale_after, ingest=ingest) as running:
+                               rate=args.rate, burst=args.burst, stale_after_s=args.stale_after, ingest=ingest,
+                               public_reads=public_reads, connections=connections) as running:
                 if running.admin_token and not args.admin_token:
                     print(f"Admin token (shown once, stored hashed): {running.admin_token}", file=sys.stderr, flush=True)
                 print(f"OCN hub serving on {running.url}  (dashboard {running.url}/fleet)", file=sys.stderr, flush=True)
