@@ -74,7 +74,7 @@ class IngestSettings:
     readings_burst: int = 100_000
     """Readings a device may send at once before its rate applies."""
     address_rate: float = 5.0
-    """Unauthenticated requests (enrolment, messages refused before or at their signature) per second per client address."""
+    """Refused unauthenticated requests (enrolments, messages refused before or at their signature) per second per client address."""
     address_burst: int = 300
     """Such requests a client address may make at once."""
     trusted_proxies: tuple[str, ...] = ()

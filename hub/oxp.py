@@ -263,12 +263,20 @@ async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) ->
 @routes.post("/oxp/v1/enrol")
 async def post_enrol(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    # Every enrolment attempt is unauthenticated until its token is checked: each one is charged.
     address = client_of(request)
     refusal = address_refusal(hub, address)
     if refusal is not None:
         return refusal
-    hub.addresses.check(address)
+    answer = await _enrol(request, hub)
+    # A refused attempt is charged to its address (guessing tokens costs it its budget); one that
+    # enrols spent a token, which bounds it already, so an installer enrolling a fleet from one
+    # network is not slowed.
+    if answer.status != 201:
+        hub.addresses.check(address)
+    return answer
+
+
+async def _enrol(request: web.Request, hub: Hub) -> web.Response:
     try:
         body = await read_json(request, limit=MAX_ENROL_BYTES, what="enrolment request")
     except JsonBodyError as exc:

@@ -24,7 +24,7 @@ from edge.uplink import Uplink
 from hub.app import IngestSettings, RunningHub, run_hub
 from hub.jsonbody import json_depth
 from hub.ratelimit import RateLimiter, ReadingsBudget, client_address, parse_networks
-from tests.hub.gateways import SimGateway, enrol, post_cose
+from tests.hub.gateways import SimGateway, enrol
 from tests.pipeline.conftest import seal_readings
 
 ENDPOINTS = ["batches", "status", "notice"]
@@ -142,11 +142,14 @@ async def test_without_a_trusted_proxy_x_forwarded_for_is_ignored(tmp_path: Path
         assert (status, body["error"]) == (429, "rate_limited") and "127.0.0.1" in body["detail"]
 
 
-async def test_enrolment_attempts_are_charged_to_their_address(tmp_path: Path, http: aiohttp.ClientSession) -> None:
+async def test_refused_enrolment_attempts_are_charged_to_their_address_and_enrolments_are_not(tmp_path: Path, http: aiohttp.ClientSession) -> None:
     async with run_hub(state_dir=tmp_path, admin_token="x", ingest=IngestSettings(address_rate=0.01, address_burst=2)) as hub:
+        token = await hub.create_token(uses=5)
+        for n in range(5):
+            await enrol(http, hub.url, SimGateway(f"pole-{n}"), token)
         answers = []
         for _ in range(3):
-            async with http.post(f"{hub.url}/oxp/v1/enrol", json=SimGateway("pole-1").enrol_body("wrong-token")) as resp:
+            async with http.post(f"{hub.url}/oxp/v1/enrol", json=SimGateway("pole-9").enrol_body("wrong-token")) as resp:
                 answers.append(resp.status)
         assert answers == [401, 401, 429]
 
