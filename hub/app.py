@@ -19,6 +19,7 @@ from edge.private import private_directory
 from edge.protocol import MAX_READINGS
 from hub.auth import Admin
 from hub.fleet import check_desired, load_or_create_signing_key
+from hub.looplag import start_probe
 from hub.publicreads import PUBLIC_READS, PublicReadSettings, PublicReads
 from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
 from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
@@ -234,6 +235,7 @@ async def run_hub(
         # watchdog from this loop; without $NOTIFY_SOCKET both do nothing.
         notifier.ready(f"serving on {url}")
         watchdog = asyncio.create_task(watchdog_loop(notifier), name="hub-watchdog")
+        start_probe()  # the benchmark's loop-lag probe: nothing unless $OCN_HUB_LOOP_LAG_FILE is set
         yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated, app=app)
     finally:
         if watchdog is not None:
