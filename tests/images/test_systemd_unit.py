@@ -139,3 +139,6 @@ def test_hub_still_allows_what_it_needs():
     assert service["CapabilityBoundingSet"] == [""]
     assert service["UMask"] == ["0077"]
     assert service["ProtectSystem"] == ["strict"]
+    assert "~@privileged @resources" in service["SystemCallFilter"]
+    assert int(service["LimitNOFILE"][0]) >= 1024 + 128, \
+        "--max-connections 1024 and the hub's own files fit, so the hub need not call setrlimit (in @resources)"
