@@ -112,6 +112,7 @@ def test_gateway_waits_for_the_clock_and_first_boot_enrolment():
     assert {"time-sync.target", "network-online.target", ENROL} <= _words(unit, "After")
     assert ENROL in _words(unit, "Wants"), "a refused enrolment must not stop the gateway (Wants, not Requires)"
     assert ENROL not in _words(unit, "Requires")
+    assert "time-sync.target" not in _words(unit, "Wants"), "ordered after it only; systemd-time-wait-sync pulls it in"
 
 
 def test_enrolment_runs_once_per_seeded_token():
