@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from hub.app import RunningHub, run_hub
+from hub.render import iso_time as iso
 from hub.sensorthings import Catalog, Options
 from hub.sta_filter import FilterError, compile_predicate, compile_value, parse_filter, parse_orderby
 from edge.types import Reading
@@ -35,12 +36,6 @@ def expected_readings() -> list[dict[str, Any]]:
             for r in SimGateway(device_id).readings(seq, 30):
                 out.append({"device": device_id, "name": f"{device_id}/{r.channel}", "ts": r.ts_ms, "value": r.value})
     return out
-
-
-def iso(ts_ms: int) -> str:
-    from hub.sensorthings import iso as hub_iso
-
-    return hub_iso(ts_ms)
 
 
 @pytest.fixture
