@@ -160,7 +160,7 @@ async def first_boot(
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     on_retry: Callable[[HubUnreachable, float], None] = lambda _exc, _delay: None,
 ) -> FirstBoot:
-    """Enrol with the seeded token in ``token_file``, once: a second call is a no-op.
+    """Enrol with the seeded token in ``token_file``, once: a second call for the same hub is a no-op.
 
     While the hub cannot be reached it retries, doubling the wait up to ``backoff_max_s``, for at most
     ``retry_for_s`` seconds (then `HubUnreachable`; the token stays for the next boot). A refusal
@@ -168,7 +168,7 @@ async def first_boot(
     waiting would not change the hub's mind. On success the record is written, then the token deleted.
     """
     record = read_enrolment_record(state_dir)
-    if record.get("status") in ("active", "pending") and key_path.exists():
+    if record.get("status") in ("active", "pending") and record.get("hub") == hub_url and key_path.exists():
         # Enrolled before (perhaps stopped before the token was deleted): finish that, and stop.
         _delete_token(token_file)
         return FirstBoot("already")

@@ -47,7 +47,8 @@ def boot_partition(image: BinaryIO) -> Partition:
     image.seek(0)
     mbr = image.read(SECTOR)
     if len(mbr) < SECTOR or mbr[510:512] != b"\x55\xaa":
-        raise FatError("no MBR partition table (the first sector does not end in 55 AA); expected a Raspberry Pi OS disk image")
+        raise FatError("no MBR partition table (the first sector does not end in 55 AA); expected a Raspberry Pi OS disk image, "
+                       "decompressed (unxz an .img.xz first)")
     found = []
     for number in range(1, 5):
         entry = mbr[446 + 16 * (number - 1): 446 + 16 * number]
@@ -98,6 +99,11 @@ class _Volume:
         image.seek(self.base + self.reserved * self.bps)
         self.fat = bytearray(image.read(self.fat_sectors * self.bps))
         self.eoc = 0x0FFFFFFF if self.fat32 else 0xFFFF
+        clean_bit = 0x08000000 if self.fat32 else 0x8000
+        if not (struct.unpack_from("<I" if self.fat32 else "<H", self.fat, 4 if self.fat32 else 2)[0] & clean_bit):
+            # writing into a file system that was not unmounted cleanly could compound its damage
+            raise FatError(f"partition {partition.number} was not unmounted cleanly (its FAT says so); "
+                           "check it with `fsck.fat` first, then seed again")
         self.root = self._read_root()
 
     # -- the file allocation table ----------------------------------------------------------

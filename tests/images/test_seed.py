@@ -266,3 +266,25 @@ def test_batch_on_a_terminal_redraws_one_progress_bar(tmp_path: Path) -> None:
     assert [frame.split()[1] for frame in frames] == ["1/3", "2/3", "3/3"]
     assert frames[0].startswith("[" + "#" * 10 + "." * 20 + "]") and frames[2].startswith("[" + "#" * 30 + "]")
     assert done.stdout == "seeded 3 devices\n"
+
+
+def test_a_partition_not_unmounted_cleanly_is_left_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    disk = make_disk(tmp_path)
+    with open(disk, "r+b") as f:  # clear the "clean shutdown" bit of FAT entry 1, as a card pulled while mounted has it
+        f.seek(PART_START * 512 + 14)
+        (reserved,) = struct.unpack("<H", f.read(2))
+        f.seek(PART_START * 512 + reserved * 512 + 4)
+        (entry,) = struct.unpack("<I", f.read(4))
+        f.seek(-4, 1)
+        f.write(struct.pack("<I", entry & ~0x08000000))
+    before = digest(disk)
+    assert main(seed_args(str(disk), "--device-id", "pole-0042")) == 2
+    assert "partition 1 was not unmounted cleanly" in capsys.readouterr().err
+    assert digest(disk) == before
+
+
+def test_a_compressed_image_is_refused_with_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    packed = tmp_path / "raspios.img.xz"
+    packed.write_bytes(b"\xfd7zXZ\x00" + bytes(2048))
+    assert main(seed_args(str(packed), "--device-id", "pole-0042")) == 2
+    assert "unxz an .img.xz first" in capsys.readouterr().err
