@@ -57,6 +57,7 @@ MAX_TOP = 10_000
 MAX_TIES = 100_000
 SEGMENT = re.compile(r"(?P<name>[A-Za-z]+)(?:\((?P<id>'(?:[^']|'')*'|[0-9]+)\))?")
 MAX_ID = 2**63 - 1
+MAX_TIME = 2**63 - 1  # milliseconds, OXP §2
 MAX_OBSERVATION_ID = 2**79 - 1
 OBSERVATION_TYPES = {
     "number": "http://www.opengis.net/def/observationType/OGC-OM/2.0/OM_Measurement",
@@ -554,7 +555,9 @@ class Catalog:
         before = [r for r in rows if sort_key(field(r)) != boundary]
         tied = dict(query)
         if first == "ts_ms":
-            tied.update(since_ms=rows[-1].ts_ms, until_ms=rows[-1].ts_ms + 1)
+            last = rows[-1].ts_ms
+            # [last, last + 1), but no store takes 2^63 as a bound: nothing lies after the last time there is.
+            tied.update(since_ms=last, until_ms=last + 1 if last < MAX_TIME else None)
         else:
             inner = query["match"]
             tied["match"] = lambda r: sort_key(field(r)) == boundary and (inner is None or inner(r))

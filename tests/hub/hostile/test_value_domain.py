@@ -43,6 +43,9 @@ READ_PATHS = (
     "/sta/v1.1/Observations?$top=10000", "/sta/v1.1/Observations?$orderby=phenomenonTime desc&$top=10000",
     "/sta/v1.1/Observations?$orderby=result desc,phenomenonTime&$top=10000",
     "/sta/v1.1/Observations?$orderby=result,@iot.id desc&$top=3", "/sta/v1.1/Observations?$orderby=phenomenonTime&$top=2",
+    # several keys: the readings tied with a page's last time (here the very first or last there is) are fetched apart
+    "/sta/v1.1/Observations?$orderby=phenomenonTime desc,result&$top=1", "/sta/v1.1/Observations?$orderby=phenomenonTime,result desc&$top=1",
+    "/sta/v1.1/Observations?$orderby=result,phenomenonTime&$top=1", "/sta/v1.1/Observations?$orderby=result desc,phenomenonTime&$top=1",
     "/sta/v1.1/Observations?$filter=result gt 0&$count=true", "/sta/v1.1/Observations?$filter=phenomenonTime lt 1970-01-01T00:00:00Z",
     "/sta/v1.1/Observations?$filter=phenomenonTime ge 9999-12-31T00:00:00Z", "/sta/v1.1/Observations?$filter=substringof('z', result)",
     "/sta/v1.1/Datastreams?$expand=Observations($top=1000)", "/sta/v1.1/Things?$expand=Datastreams($expand=Observations($top=1000))",
@@ -61,7 +64,8 @@ def strict_json(text: str) -> object:
 def readings() -> list[Reading]:
     out = [Reading(NUMBER.id, ts, float(i), NUMBER.unit, quality=i % 3) for i, ts in enumerate(TIMES)]
     out += [Reading(NUMBER.id, T0 + i, value, NUMBER.unit, quality=(None, 0, 1, 2)[i % 4]) for i, value in enumerate(NUMBERS)]
-    out += [Reading(FLAG.id, T0 + i, value, FLAG.unit) for i, value in enumerate((True, False))]
+    out += [Reading(FLAG.id, T0 + i, value, FLAG.unit, quality=i + 1) for i, value in enumerate((True, False))]
+    out.append(Reading(NUMBER.id, T0 + 99, 1.0, NUMBER.unit, quality=7))  # a flag the spec does not define, as an older hub kept it
     out += [Reading(TEXT.id, ts, text, TEXT.unit) for ts, text in zip((*TIMES, *TIMES), TEXTS, strict=False)]
     return out
 
