@@ -8,8 +8,8 @@ root directory, and updates every FAT copy and the FAT32 free-cluster count, so 
 it clean. Subdirectories, FAT12 and GPT disks are refused with a message.
 
 Why not a library: pyfatfs (the maintained pure-Python FAT implementation) needs PyFilesystem2 (`fs`),
-whose package imports `pkg_resources` when loaded; setuptools 81 and later no longer ship it, so
-`import fs` fails on a current Python install.
+whose package imports `pkg_resources` when loaded; current setuptools (84 in our venv) no longer ships it,
+so `import fs` fails on a current Python install.
 """
 
 from __future__ import annotations
