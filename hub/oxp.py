@@ -224,6 +224,8 @@ async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) ->
         return busy(exc)
     except ProtocolError as exc:
         return protocol_problem(exc)
+    if header.device_id != device.device_id:
+        return problem(400, "malformed", f"batch names device {header.device_id!r} but key id {kid.hex()} is enrolled as {device.device_id!r}")
     wait = hub.limiter.check(device.device_id)
     if wait > 0:
         return problem(429, "rate_limited", f"device {device.device_id!r} sends faster than this hub allows; retry later",
@@ -243,8 +245,6 @@ async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) ->
     hub.readings.take(device.device_id, weight)
     batch = Batch(header, channels, readings)
     h = batch.header
-    if h.device_id != device.device_id:
-        return problem(400, "malformed", f"batch names device {h.device_id!r} but key id {h.key_id.hex()} is enrolled as {device.device_id!r}")
     received = now_ms()
     kept, quarantined = split_readings(batch.readings, created_ms=h.created_ms, now_ms=received)
     status = await hub.store.store_batch(
