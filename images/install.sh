@@ -48,6 +48,7 @@ done
 case $slot in a|b) ;; *) usage "--slot \"$slot\": expected a or b" ;; esac
 [ -d "$root" ] || fail "--root \"$root\": no such directory" 2
 root=$(cd "$root" && pwd)
+[ "$root" != / ] || [ "$(id -u)" = 0 ] || fail "installing onto this system needs root: sudo $0" 2
 [ -d "$wheelhouse" ] || fail "no wheelhouse at \"$wheelhouse\": build one with \`make wheelhouse\` (or pass --wheelhouse DIR)" 2
 wheelhouse=$(cd "$wheelhouse" && pwd)
 [ -x "$python" ] || fail "--python \"$python\": not an executable (install python3 and python3-venv)" 2
