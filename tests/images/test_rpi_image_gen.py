@@ -95,12 +95,27 @@ def test_the_layer_installs_with_install_sh_inside_the_new_root():
     body = yaml.safe_load(LAYER.read_text())
     mmdebstrap = body["mmdebstrap"]
     assert {"python3", "python3-venv", "cloud-init"} <= set(mmdebstrap["packages"])
-    (hook,) = mmdebstrap["customize-hooks"]
+    hook = mmdebstrap["customize-hooks"][0]
     assert 'chroot "$1" /bin/sh /tmp/ocn-edge-install/images/install.sh --wheelhouse /tmp/ocn-edge-install/wheelhouse' in hook
     for variable in re.findall(r"\$IGconf_(\w+)", hook):
         prefix, _, name = variable.partition("_")
         assert prefix == "ocn" and name in _variables(_metadata()), variable
     assert mmdebstrap["cleanup-hooks"] == ['rm -rf "$1/tmp/ocn-edge-install"']
+
+
+def test_cloud_init_reads_the_seed_from_the_boot_partition(tmp_path):
+    """The second hook, run into an empty root, writes a cloud-init drop-in `cloud-init schema` accepts."""
+    hook = yaml.safe_load(LAYER.read_text())["mmdebstrap"]["customize-hooks"][1]
+    subprocess.run(["sh", "-c", hook, "sh", str(tmp_path)], check=True, timeout=10)
+    written = tmp_path / "etc/cloud/cloud.cfg.d/90-ocn-edge-seed.cfg"
+    config = yaml.safe_load(written.read_text())
+    assert config == {"datasource_list": ["NoCloud", "None"],
+                      "datasource": {"NoCloud": {"seedfrom": "file:///boot/firmware/"}}}
+    cloud_init = require_tool("cloud-init")
+    checked = tmp_path / "seed.cfg"
+    checked.write_text("#cloud-config\n" + written.read_text())
+    done = subprocess.run([cloud_init, "schema", "--config-file", str(checked)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_hooks_are_valid_shell():
