@@ -4,7 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench wheelhouse smoke clean
+
+# The smoke run on another CPython (CI: `make smoke PYTHON=python3.13`, venv .venv-3.13): install,
+# the demo, the protocol vectors, the offline release (installed with the network off, its demo
+# run) and one gateway syncing with a hub.
+SMOKE_TESTS = tests/protocol tests/packaging/test_wheelhouse.py \
+	tests/hub/test_gateway_sync.py::test_a_gateway_applies_the_fleet_policy_from_the_hub_and_the_drift_clears
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,5 +27,19 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
+# The offline release in dist/wheelhouse/<machine>-cp<version>/, see images/wheelhouse.py.
+wheelhouse: $(STAMP)
+	$(BIN)/python images/wheelhouse.py dist/wheelhouse
+
+smoke:
+	@venv=.venv-$$($(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11); print("%d.%d" % sys.version_info[:2])') \
+	    || { echo "make smoke: PYTHON=$(PYTHON) does not run, or is older than CPython 3.11" >&2; exit 1; }; \
+	set -ex; \
+	test -x $$venv/bin/python || $(PYTHON) -m venv $$venv; \
+	$$venv/bin/python -m pip install --quiet --upgrade pip; \
+	$$venv/bin/python -m pip install --quiet -e '.[dev]'; \
+	$$venv/bin/ocn-edge demo --duration 6 --json; \
+	$$venv/bin/python -m pytest $(SMOKE_TESTS) $(ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-3.* build dist *.egg-info .pytest_cache

@@ -9,7 +9,9 @@ network:
     pip install --no-index --find-links dist/wheelhouse/aarch64-cp311 \\
         --require-hashes -r dist/wheelhouse/aarch64-cp311/constraints.txt
 
-Every target gets the same versions, so what CI tests on x86_64 is what a pole runs. Each target
+Every target gets the same versions and the same distributions (a dependency only one Python
+needs, such as typing_extensions below 3.13, is in every folder), so what CI tests on x86_64 is
+what a pole runs. Each target
 is resolved with the platform tags pip has on that device (manylinux_2_36 down to manylinux2014:
 glibc 2.36, Raspberry Pi OS Bookworm; Trixie's newer glibc also runs them). pip expands only the
 legacy manylinux2014 name, not manylinux_2_28: a resolution given `manylinux2014_aarch64` alone
@@ -18,6 +20,7 @@ release a Pi would not install.
 
 Only PyPI is asked (pip runs --isolated, so a workstation's pip.conf extra index or find-links
 cannot leak into a release). The project wheel builds offline from a copy of the source tree.
+Run it with the dev venv (`make wheelhouse`): it needs `packaging`, `setuptools` and `wheel`.
 """
 
 from __future__ import annotations
@@ -25,15 +28,21 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import tomllib
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 PYPI = "https://pypi.org/simple"
@@ -46,6 +55,7 @@ LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 NOT_SOURCE = {".git", "build", "dist", "var", "tests", ".hypothesis", ".pytest_cache", "__pycache__"}
 CONSTRAINTS = "constraints.txt"
 MANIFEST = "dependencies.json"
+T = TypeVar("T")
 
 
 class WheelhouseError(Exception):
@@ -62,6 +72,13 @@ class Target:
     @property
     def name(self) -> str:
         return f"{self.machine}-cp{self.python[0]}{self.python[1]}"
+
+    def marker_environment(self) -> dict[str, str]:
+        """The PEP 508 marker values that differ between targets (the rest are the same Linux on every device)."""
+        version = "{}.{}".format(*self.python)
+        return {"python_version": version, "python_full_version": f"{version}.0", "implementation_version": f"{version}.0",
+                "implementation_name": "cpython", "platform_python_implementation": "CPython",
+                "platform_machine": self.machine, "sys_platform": "linux", "platform_system": "Linux", "os_name": "posix"}
 
     def pip_options(self) -> list[str]:
         major, minor = self.python
@@ -89,15 +106,10 @@ def runtime_requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]
     return list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
 
 
-def canonical(name: str) -> str:
-    """A distribution name as PEP 503 compares it (`Jinja2`, `typing_extensions` -> `jinja2`, `typing-extensions`)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def wheel_name_version(wheel: Path) -> tuple[str, str]:
-    """The distribution name and version a wheel's file name states (PEP 427: name-version-tags.whl)."""
-    name, version = wheel.name.split("-")[:2]
-    return canonical(name), version
+    """The distribution name (PEP 503 form) and version a wheel's file name states."""
+    name, version, _, _ = parse_wheel_filename(wheel.name)
+    return str(name), str(version)
 
 
 def _pip(*args: str) -> None:
@@ -107,35 +119,72 @@ def _pip(*args: str) -> None:
 
 
 def resolve(target: Target, requirements: list[str], *, index_url: str, pins: dict[str, str]) -> dict[str, str]:
-    """The distribution versions pip installs for `requirements` on `target` (name -> version), downloading no wheel."""
+    """The distribution versions pip installs for `requirements` on `target` (name -> version), downloading no wheel.
+
+    pip evaluates environment markers for the Python running it, not for --python-version: built
+    on 3.13, a cp311 resolution would leave out `typing_extensions; python_version < "3.13"`. Each
+    dependency the target's own markers ask for and pip left out is named, and pip resolves again.
+    """
+    wanted = list(requirements)
+    while True:
+        installs = _dry_run(target, wanted, index_url=index_url, pins=pins)
+        resolved = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
+        left_out = [str(r) for r in _needed_on(target, installs) if canonicalize_name(r.name) not in resolved]
+        if not left_out:
+            return resolved
+        wanted += left_out
+
+
+def _dry_run(target: Target, requirements: list[str], *, index_url: str, pins: dict[str, str]) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="ocn-wheelhouse-") as work:
         report = Path(work) / "report.json"
         constraints = Path(work) / "pins.txt"
         constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
         _pip("install", "--dry-run", "--ignore-installed", "--index-url", index_url, "--report", str(report),
              *target.pip_options(), "-c", str(constraints), *requirements)
-        installs = json.loads(report.read_text())["install"]
-    return {canonical(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
+        return json.loads(report.read_text())["install"]
+
+
+def _needed_on(target: Target, installs: list[dict]) -> list[Requirement]:
+    """The dependencies (markers dropped) that the resolved distributions declare for the target's environment."""
+    environment = target.marker_environment()
+    needed = []
+    for item in installs:
+        extras = ["", *item.get("requested_extras", [])]
+        for declared in item["metadata"].get("requires_dist", []):
+            requirement = Requirement(declared)
+            if requirement.marker is None or any(requirement.marker.evaluate({**environment, "extra": e}) for e in extras):
+                requirement.marker = None
+                needed.append(requirement)
+    return needed
 
 
 def resolve_for_all(targets: tuple[Target, ...], requirements: list[str], *, index_url: str) -> dict[str, str]:
-    """One version of each distribution that every target has a wheel of.
+    """One version of each distribution, with a wheel for every target; every target gets what any target needs.
 
-    Each target first resolves on its own; where they differ (a release without a wheel for one
-    target), every target is pinned to the oldest of the versions they chose, and resolved again.
+    Each target first resolves on its own. Where they differ (a release without a wheel for one
+    target, a dependency only one Python needs), every target is asked for every distribution,
+    pinned to the oldest version any target chose, and resolved again.
     """
-    chosen = {target: resolve(target, requirements, index_url=index_url, pins={}) for target in targets}
+    chosen = _for_each(targets, lambda target: resolve(target, requirements, index_url=index_url, pins={}))
     split = _differences(chosen)
     if split:
-        pins = {name: min(found - {None}, key=_version_key) for name, found in split.items()}
-        chosen = {target: resolve(target, requirements, index_url=index_url, pins=pins) for target in targets}
+        pins = {name: str(min(Version(v) for v in found if v is not None)) for name, found in split.items()}
+        everything = sorted({name for resolution in chosen.values() for name in resolution})
+        chosen = _for_each(targets, lambda target: resolve(target, [*requirements, *everything], index_url=index_url, pins=pins))
         if _differences(chosen):
             raise WheelhouseError(
                 "the targets need different versions even when pinned to one: "
-                + "; ".join(f"{t.name}: " + ", ".join(f"{n} {chosen[t].get(n, 'not needed')}" for n in sorted(split))
+                + "; ".join(f"{t.name}: " + ", ".join(f"{n} {chosen[t].get(n, 'none')}" for n in sorted(split))
                             for t in targets)
                 + "; pin a version that has wheels for every target in pyproject.toml")
     return next(iter(chosen.values()))
+
+
+def _for_each(targets: tuple[Target, ...], work: Callable[[Target], T]) -> dict[Target, T]:
+    """Run `work` for every target at once: each is a pip waiting mostly on PyPI."""
+    with ThreadPoolExecutor(max_workers=len(targets)) as pool:
+        return dict(zip(targets, pool.map(work, targets)))
 
 
 def _differences(chosen: dict[Target, dict[str, str]]) -> dict[str, set[str | None]]:
@@ -143,10 +192,6 @@ def _differences(chosen: dict[Target, dict[str, str]]) -> dict[str, set[str | No
     names = {name for resolution in chosen.values() for name in resolution}
     found = {name: {resolution.get(name) for resolution in chosen.values()} for name in names}
     return {name: versions for name, versions in found.items() if len(versions) > 1}
-
-
-def _version_key(version: str) -> tuple[int | str, ...]:
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"[.+-]", version))
 
 
 def download(target: Target, versions: dict[str, str], folder: Path, *, index_url: str) -> None:
@@ -220,8 +265,7 @@ def build(out: Path, *, targets: tuple[Target, ...] = TARGETS, index_url: str = 
         if out.exists():
             shutil.rmtree(out)
         versions = resolve_for_all(targets, requirements, index_url=index_url)
-        for target in targets:
-            download(target, versions, out / target.name, index_url=index_url)
+        _for_each(targets, lambda target: download(target, versions, out / target.name, index_url=index_url))
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="ocn-wheelhouse-") as work:
         ours = build_project_wheel(Path(work))
