@@ -26,7 +26,7 @@ from urllib.parse import quote
 import aiohttp
 import cbor2
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from edge.protocol import MEDIA_TYPE
@@ -42,8 +42,10 @@ from tests.hub.test_sensorthings import expressions
 MEMORY_BOUND = 8 * 1024 * 1024
 UINT64_MAX = 2**64 - 1
 MAX_BODY = 1024 * 1024 + 4096
-# Not shrunk: a failing example is reported as found (its message names the request), and a test marked
-# xfail while a fix is pending stays as fast as one that passes.
+# Derandomised: the same examples on every run of the same selection of tests (Hypothesis mixes in constants
+# from the project's modules loaded so far, so a different selection may draw different ones; a failure is
+# then still a real answer of the hub).  Not shrunk: a failing example is reported as found (its message
+# names the request), and a test marked xfail while a fix is pending stays as fast as one that passes.
 FUZZ = settings(
     derandomize=True, database=None, deadline=None, max_examples=30, phases=[Phase.explicit, Phase.generate], print_blob=False,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
@@ -157,28 +159,40 @@ def sign1(gateway: SimGateway, protected: bytes, payload: bytes, *, unprotected:
     return tag(18, array([bstr(protected), unprotected, bstr(payload), bstr(signature)]))
 
 
-def field(valid: bytes) -> st.SearchStrategy[bytes]:
-    """A header field: mostly its valid value, else any integer at the edges or any CBOR item."""
-    return st.one_of(st.just(valid), st.just(valid), st.sampled_from(EDGE_INTS).map(integer), cbor_items)
+UINTS = [0, 1, 2**31, 2**32, 2**53 + 1, 2**62, 2**63 - 1, 2**63, UINT64_MAX]
+uints = st.one_of(st.sampled_from(UINTS), st.integers(0, UINT64_MAX)).map(integer)
+# Mostly well-formed values of the wrong kind or range; now and then any item (malformed, tagged) at all.
+hostile_values = st.one_of(st.sampled_from(EDGE_INTS).map(integer), st.floats().map(cbor2.dumps), st.text(max_size=10).map(tstr),
+                           st.binary(max_size=80).map(bstr), st.sampled_from([b"\xf6", b"\xf5", b"\x80", b"\xa0"]), cbor_items)
 
 
 @st.composite
-def batch_headers(draw: st.DrawFn, gateway: SimGateway, seq: int) -> bytes:
-    """A protected batch header: the COSE labels right, the OXP header's fields hostile one by one."""
-    oxp = [
-        (integer(0), draw(field(integer(2)))),
-        (integer(1), draw(field(tstr(gateway.device_id)))),
-        (integer(2), draw(st.one_of(st.sampled_from(EDGE_INTS), st.just(1)).map(integer))),
-        (integer(3), draw(st.one_of(st.just(seq), st.sampled_from([n for n in EDGE_INTS if n >= 0])).map(integer))),
-        (integer(4), draw(field(bstr(b"\x07" * 32)))),
-        (integer(5), draw(field(integer(1)))),
-        (integer(6), draw(st.one_of(st.sampled_from(EDGE_INTS), st.just(T0)).map(integer))),
-    ]
-    if draw(st.booleans()):
-        oxp.append((integer(7), draw(st.one_of(cbor_items, st.dictionaries(st.one_of(st.integers(-2, 70), st.text(max_size=8)), st.sampled_from(EDGE_INTS), max_size=4)
-                                                .map(lambda d: cbor_map([(integer(k) if isinstance(k, int) else tstr(k), integer(v)) for k, v in d.items()]))))))
-    pairs = [(integer(ALG), integer(EDDSA)), (integer(KID), bstr(gateway.key_id)), (integer(OXP_BATCH), cbor_map(oxp))]
-    return cbor_map(pairs + draw(st.lists(st.tuples(cbor_items, cbor_items), max_size=2)))
+def few_hostile(draw: st.DrawFn, fields: dict[object, st.SearchStrategy[bytes]]) -> list[tuple[bytes, bytes]]:
+    """Map entries: every field valid (over its whole range) but one or two, which are hostile; any field may be left out."""
+    names = list(fields)
+    hostile = draw(st.sets(st.sampled_from(names), min_size=1, max_size=2)) if draw(st.integers(0, 2)) else set()
+    missing = draw(st.sets(st.sampled_from(names), max_size=1)) if draw(st.integers(0, 4)) == 0 else set()
+    return [(integer(name) if isinstance(name, int) else tstr(str(name)), draw(hostile_values if name in hostile else valid))
+            for name, valid in fields.items() if name not in missing]
+
+
+@st.composite
+def signed_batches(draw: st.DrawFn, gateway: SimGateway, seq: int) -> bytes:
+    """A batch signed with the device's key: the COSE labels right, its OXP header and payload valid over their whole range
+    but for one or two hostile fields, or a hostile payload."""
+    codec = draw(st.sampled_from(["zstd", "deflate"]))
+    oxp = {
+        0: st.just(integer(2)), 1: st.just(tstr(gateway.device_id)), 2: st.one_of(st.just(integer(1)), uints),
+        3: st.one_of(st.just(integer(seq)), uints), 4: st.binary(max_size=64).map(bstr), 5: st.just(integer({"zstd": 1, "deflate": 2}[codec])),
+        6: st.one_of(st.just(integer(T0)), uints),
+        7: st.dictionaries(st.one_of(st.integers(0, 70), st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True)), uints, max_size=4)
+        .map(lambda d: cbor_map([(integer(k) if isinstance(k, int) else tstr(k), v) for k, v in d.items()])),
+    }
+    header = cbor_map(draw(few_hostile(oxp)))
+    protected = cbor_map([(integer(ALG), integer(EDDSA)), (integer(KID), bstr(gateway.key_id)), (integer(OXP_BATCH), header),
+                          *draw(st.lists(st.tuples(st.integers(8, 2**32).map(integer), cbor_items), max_size=1))])
+    payload = draw(st.one_of(readings_payloads(codec), readings_payloads(codec), readings_payloads(codec), hostile_payloads(codec)))
+    return sign1(gateway, protected, payload)
 
 
 # Channels over every kind of value the codec carries: floats (NaN and infinities included), 64-bit integers, text, booleans;
@@ -205,13 +219,13 @@ def readings_payloads(codec: str) -> st.SearchStrategy[bytes]:
     return st.lists(readings, min_size=1, max_size=20).map(lambda rs: encode_payload(FUZZ_CHANNELS, rs, codec=codec))
 
 
-payloads = st.one_of(
-    readings_payloads("zstd"),
-    readings_payloads("deflate"),
-    st.tuples(cbor_bodies, st.sampled_from(["zstd", "deflate"])).map(lambda t: compress(t[0], t[1])),
-    st.integers(1, 1_000_000).map(lambda n: compress(cbor_map([(integer(0), array([]))]) + b"\x00" * n, "zstd")),
-    st.binary(max_size=200),
-)
+def hostile_payloads(codec: str) -> st.SearchStrategy[bytes]:
+    """What a payload must not be: any CBOR compressed, a small frame of a large zero run, bytes that are no frame."""
+    return st.one_of(
+        cbor_bodies.map(lambda body: compress(body, codec)),
+        st.integers(1, 1_000_000).map(lambda n: compress(cbor_map([(integer(0), array([]))]) + b"\x00" * n, codec)),
+        st.binary(max_size=200),
+    )
 
 
 json_values = st.recursive(
@@ -221,40 +235,49 @@ json_values = st.recursive(
     max_leaves=12,
 )
 
-def valid_or_hostile(valid: object) -> st.SearchStrategy[bytes]:
-    """A report field: mostly its valid value, else an integer at the edges, any JSON value, or any CBOR item."""
-    return st.one_of(st.just(cbor2.dumps(valid)), st.just(cbor2.dumps(valid)), st.sampled_from(EDGE_INTS).map(integer),
-                     json_values.map(cbor2.dumps), cbor_items)
+def json_valid(value: object) -> st.SearchStrategy[bytes]:
+    return st.just(cbor2.dumps(value))
 
 
-def some_fields(fields: dict[str, object]) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
-    return st.fixed_dictionaries({}, optional={name: valid_or_hostile(valid) for name, valid in fields.items()}).map(
-        lambda chosen: [(tstr(name), value) for name, value in chosen.items()])
+texts = st.text(max_size=30).map(tstr)
+STATUS_FIELDS: dict[object, st.SearchStrategy[bytes]] = {
+    "ts_ms": st.one_of(json_valid(T0), st.integers(0, 2**63 - 1).map(integer)), "software_version": texts,
+    **{name: uints for name in ("unclean_stops", "spool_batches", "spool_bytes", "readings_dropped", "batches_dropped",
+                                "batches_quarantined", "readings_quarantined")},
+    "spool_oldest_age_s": st.one_of(st.none(), st.floats(min_value=0)).map(cbor2.dumps), "policy_digest": st.binary(max_size=64).map(bstr),
+    "config_digest": st.binary(max_size=64).map(bstr), "applied_etag": texts, "errors": st.lists(st.text(max_size=30), max_size=3).map(cbor2.dumps),
+}
+_places = st.fixed_dictionaries({"site": st.text(max_size=20), "latitude": st.floats(-90, 90), "longitude": st.floats(-180, 180)},
+                                optional={"gateway_id": st.text(max_size=10), "extra": json_values})
+_items = st.fixed_dictionaries({"channel": st.text(max_size=20), "what": st.text(max_size=20)},
+                               optional={"personal": st.booleans(), "process": st.lists(st.text(max_size=10), max_size=3), "unit": st.text(max_size=5),
+                                         "extra": json_values})
+NOTICE_FIELDS: dict[object, st.SearchStrategy[bytes]] = {
+    "schema": texts, "generated_ms": st.integers(0, 2**63 - 1).map(integer), "site": texts, "latitude": st.floats(-90, 90).map(cbor2.dumps),
+    "longitude": st.floats(-180, 180).map(cbor2.dumps), "place": _places.map(cbor2.dumps), "operator": texts,
+    "data": st.lists(_items, max_size=3).map(cbor2.dumps), "withheld": st.lists(st.text(max_size=10), max_size=3).map(cbor2.dumps),
+    "privacy_budget": st.fixed_dictionaries({"epsilon": st.floats(min_value=0), "period": st.text(max_size=5)}).map(cbor2.dumps),
+    "policy": st.fixed_dictionaries({"name": st.text(max_size=5), "version": st.text(max_size=5), "digest": st.text(max_size=5)}).map(cbor2.dumps),
+    "unknown_key": json_values.map(cbor2.dumps),
+}
 
 
-STATUS_FIELDS = {"software_version": "0.1.0", "unclean_stops": 0, "spool_batches": 0, "spool_bytes": 0, "spool_oldest_age_s": 1.5,
-                 "readings_dropped": 0, "policy_digest": b"", "config_digest": b"", "applied_etag": "e1", "errors": ["x"]}
-NOTICE_FIELDS = {"schema": "ocn-notice/1", "generated_ms": T0, "site": "King St W", "latitude": 43.6452, "longitude": -79.3957,
-                 "place": {"site": "King St W", "latitude": 43.6, "longitude": -79.4}, "operator": "City IT",
-                 "data": [{"channel": "pm-1/pm2_5", "what": "fine dust", "personal": False, "process": ["round"]}],
-                 "withheld": ["mac"], "privacy_budget": {"epsilon": 1.0, "period": "day"}, "policy": {"name": "p", "version": "1", "digest": "ab"}}
+def status_fields(notice: bool) -> st.SearchStrategy[list[tuple[bytes, bytes]] | bytes]:
+    """A status report's or notice's fields besides its sender and freshness: valid over their whole range but for one or
+    two hostile ones, unknown keys added; or, now and then, any CBOR item to send instead of the map."""
+    fields = (few_hostile(NOTICE_FIELDS).map(lambda pairs: [(tstr("ts_ms"), integer(T0)), (tstr("notice"), cbor_map(pairs))]) if notice
+              else few_hostile(STATUS_FIELDS))
+    with_unknown = st.tuples(fields, st.lists(st.tuples(texts, cbor_items), max_size=1)).map(lambda t: t[0] + t[1])
+    return st.one_of(with_unknown, with_unknown, with_unknown, with_unknown, cbor_items)
 
 
-@st.composite
-def status_payloads(draw: st.DrawFn, gateway: SimGateway, report_seq: int, notice: bool) -> bytes:
-    """A signed status report or notice map: its freshness right (so it is not refused as a replay), the other fields
-    valid or hostile one by one, unknown keys added; or any CBOR item."""
-    pairs = [(tstr("device_id"), tstr(gateway.device_id)), (tstr("ts_ms"), draw(valid_or_hostile(T0))),
-             (tstr("boot_epoch"), integer(gateway.boot_epoch)), (tstr("report_seq"), integer(report_seq))]
-    if notice:
-        pairs.append((tstr("notice"), draw(st.one_of(some_fields(NOTICE_FIELDS).map(cbor_map), cbor_items))))
-    else:
-        pairs += draw(some_fields(STATUS_FIELDS))
-    pairs += draw(st.lists(st.tuples(cbor_items, cbor_items), max_size=2))
-    return draw(st.one_of(st.just(cbor_map(pairs)), st.just(cbor_map(pairs)), st.just(cbor_map(pairs)), cbor_items))
+def status_payload(gateway: SimGateway, report_seq: int, fields: list[tuple[bytes, bytes]] | bytes) -> bytes:
+    """The map a gateway signs: its sender and freshness right (so it is not refused as a replay), then ``fields``."""
+    if isinstance(fields, bytes):
+        return fields
+    sender = [(tstr("device_id"), tstr(gateway.device_id)), (tstr("boot_epoch"), integer(gateway.boot_epoch)), (tstr("report_seq"), integer(report_seq))]
+    return cbor_map(sender + fields)
 
-
-# --- JSON and query strings --------------------------------------------------------------------
 
 raw_json = st.one_of(
     depths.map(lambda d: "[" * d + "]" * d),
@@ -367,20 +390,31 @@ async def test_any_cbor_body_before_authentication_is_refused_with_a_4xx(target:
 @FUZZ
 @given(data=st.data())
 async def test_a_signed_batch_with_a_hostile_header_or_payload_is_answered_4xx_or_stored(target: Target, data: st.DataObject) -> None:
-    seq = target.next_seq()
-    protected = data.draw(batch_headers(target.gateway, seq))
-    message = sign1(target.gateway, protected, data.draw(payloads))
+    message = data.draw(signed_batches(target.gateway, target.next_seq()))
     if await target.send("POST", "/oxp/v1/batches", message) == 200:
         await target.read_back(READINGS_PAGES)
 
 
+@pytest.fixture
+def pending_text_fix(db_url: str, request: pytest.FixtureRequest) -> None:
+    if db_url.startswith("postgresql"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "issue 11 item 4 (report schema, hub/reports.py Text): a status report's software_version or applied_etag, or a "
+            "notice's site, holding U+0000 is stored in a PostgreSQL text column, which refuses it: 500 (SQLite stores it)")))
+
+
 @FUZZ
-@given(data=st.data(), notice=st.booleans())
-async def test_a_signed_status_report_or_notice_with_hostile_fields_is_answered_4xx_or_taken(target: Target, data: st.DataObject, notice: bool) -> None:
+@given(notice=st.booleans(), fields=st.data())
+@example(notice=True, fields=[(tstr("ts_ms"), integer(T0)), (tstr("notice"), cbor_map([(tstr("site"), tstr("King St\x00W"))]))])
+@example(notice=False, fields=[(tstr("software_version"), tstr("0.1.0\x00"))])
+async def test_a_signed_status_report_or_notice_with_hostile_fields_is_answered_4xx_or_taken(
+    target: Target, pending_text_fix: None, notice: bool, fields: st.DataObject | list[tuple[bytes, bytes]],
+) -> None:
     gateway = target.gateway
-    label, version = (OXP_STATUS, cbor_map([(integer(0), integer(2)), (integer(1), tstr(gateway.device_id))]))
-    protected = cbor_map([(integer(ALG), integer(EDDSA)), (integer(KID), bstr(gateway.key_id)), (integer(label), version)])
-    message = sign1(gateway, protected, data.draw(status_payloads(gateway, target.next_seq(), notice)))
+    drawn = fields.draw(status_fields(notice)) if isinstance(fields, st.DataObject) else fields
+    protected = cbor_map([(integer(ALG), integer(EDDSA)), (integer(KID), bstr(gateway.key_id)),
+                          (integer(OXP_STATUS), cbor_map([(integer(0), integer(2)), (integer(1), tstr(gateway.device_id))]))])
+    message = sign1(gateway, protected, status_payload(gateway, target.next_seq(), drawn))
     if await target.send("POST", "/oxp/v1/notice" if notice else "/oxp/v1/status", message) == 200:
         await target.read_back(NOTICE_PAGES if notice else DEVICE_PAGES)
 
