@@ -359,6 +359,7 @@ class Target:
 
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
+A_TOKEN = "@a-good-token@"
 READINGS_PAGES = ("/data/readings.csv", "/data/readings.senml.json", "/data/readings.senml.cbor", "/sta/v1.1/Observations",
                   "/sta/v1.1/Observations?$orderby=result desc", "/sta/v1.1/Datastreams?$expand=Observations", "/fleet/devices/fuzz-0001")
 DEVICE_PAGES = ("/fleet", "/fleet/devices/fuzz-0001", "/admin/api/devices")
@@ -396,11 +397,14 @@ async def test_a_signed_batch_with_a_hostile_header_or_payload_is_answered_4xx_o
 
 
 @pytest.fixture
-def pending_text_fix(db_url: str, request: pytest.FixtureRequest) -> None:
+def pending_nul_fix(db_url: str, request: pytest.FixtureRequest) -> None:
+    """Marks a test that finds the U+0000 bug below as expected to fail on PostgreSQL until it is fixed."""
     if db_url.startswith("postgresql"):
         request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "issue 11 item 4 (report schema, hub/reports.py Text): a status report's software_version or applied_etag, or a "
-            "notice's site, holding U+0000 is stored in a PostgreSQL text column, which refuses it: 500 (SQLite stores it)")))
+            "issue 11: text holding U+0000 reaches a PostgreSQL text column, which refuses it: 500 on that engine (SQLite "
+            "stores it). Found: a status report's software_version or applied_etag, a notice's site, an enrolment's "
+            "software_version, a token's note or fleet, a desired document's name; pending a check in the report schema "
+            "(hub/reports.py), the JSON bodies (hub/jsonbody.py) and the admin API fields")))
 
 
 @FUZZ
@@ -408,7 +412,7 @@ def pending_text_fix(db_url: str, request: pytest.FixtureRequest) -> None:
 @example(notice=True, fields=[(tstr("ts_ms"), integer(T0)), (tstr("notice"), cbor_map([(tstr("site"), tstr("King St\x00W"))]))])
 @example(notice=False, fields=[(tstr("software_version"), tstr("0.1.0\x00"))])
 async def test_a_signed_status_report_or_notice_with_hostile_fields_is_answered_4xx_or_taken(
-    target: Target, pending_text_fix: None, notice: bool, fields: st.DataObject | list[tuple[bytes, bytes]],
+    target: Target, pending_nul_fix: None, notice: bool, fields: st.DataObject | list[tuple[bytes, bytes]],
 ) -> None:
     gateway = target.gateway
     drawn = fields.draw(status_fields(notice)) if isinstance(fields, st.DataObject) else fields
@@ -420,23 +424,29 @@ async def test_a_signed_status_report_or_notice_with_hostile_fields_is_answered_
 
 
 @FUZZ
-@given(body=json_bodies({"token": st.text(max_size=30), "device_id": st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True),
+@given(body=json_bodies({"token": st.one_of(st.just(A_TOKEN), st.text(max_size=30)), "device_id": st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True),
                          "public_key": st.binary(min_size=32, max_size=32).map(lambda b: base64.urlsafe_b64encode(b).decode()),
                          "software_version": st.text(max_size=10)}))
-async def test_any_enrolment_body_is_refused_with_a_4xx(target: Target, body: bytes) -> None:
+@example(body=json.dumps({"token": A_TOKEN, "device_id": "nul-1", "public_key": base64.urlsafe_b64encode(bytes(range(32))).decode(),
+                          "software_version": "0.1\x00"}).encode())
+async def test_any_enrolment_body_is_refused_with_a_4xx_or_enrols(target: Target, pending_nul_fix: None, body: bytes) -> None:
+    # A_TOKEN stands for a token that is good, made for this example, so the enrolment can reach the store.
+    body = body.replace(json.dumps(A_TOKEN).encode(), json.dumps(await target.hub.create_token()).encode())
     await target.send("POST", "/oxp/v1/enrol", body, content_type="application/json")
 
 
 @FUZZ
 @given(body=json_bodies({"uses": st.integers(1, 5), "expires_s": st.floats(1, 1e6), "approve": st.booleans(), "fleet": st.text(max_size=10),
                          "note": st.text(max_size=20)}))
-async def test_any_token_request_body_is_answered_4xx_or_creates_a_token(target: Target, body: bytes) -> None:
+@example(body=b'{"note": "a\\u0000b"}')
+async def test_any_token_request_body_is_answered_4xx_or_creates_a_token(target: Target, pending_nul_fix: None, body: bytes) -> None:
     await target.send("POST", "/admin/api/tokens", body, content_type="application/json", headers=ADMIN)
 
 
 @FUZZ
 @given(body=json_bodies({"config": json_values, "policy": json_values}), name=st.text(min_size=1, max_size=20), scope=st.sampled_from(["fleet", "device"]))
-async def test_any_desired_document_is_answered_4xx_or_taken(target: Target, body: bytes, name: str, scope: str) -> None:
+@example(body=b'{"config": {}}', name="a\x00b", scope="fleet")
+async def test_any_desired_document_is_answered_4xx_or_taken(target: Target, pending_nul_fix: None, body: bytes, name: str, scope: str) -> None:
     await target.send("PUT", f"/admin/api/desired/{scope}/{quote(name, safe='')}", body, content_type="application/json", headers=ADMIN)
 
 
