@@ -53,20 +53,22 @@ def line_chart(points: Sequence[tuple[int, Any]], *, title: str, unit: str = "",
         parts.append(f'<text x="{left + 8}" y="{top + plot_h / 2}" class="chart-empty">no readings yet</text></svg>')
         return Markup("".join(parts))
     t0, t1 = finite[0][0], finite[-1][0]
-    lo, hi = min(v for _, v in finite), max(v for _, v in finite)
+    # Halves: hi - lo overflows for values near ±1.8e308. A flat line gets room around it, also where ±1 is lost in rounding.
+    hi, lo = max(v for _, v in finite) / 2, min(v for _, v in finite) / 2
     if hi == lo:
-        lo, hi = lo - 1, hi + 1
+        pad = max(0.5, abs(hi) / 2**20)
+        hi, lo = hi + pad, lo - pad
     span_t = max(t1 - t0, 1)
 
     def xy(t: int, v: float) -> str:
         x = left + (t - t0) / span_t * plot_w if t1 > t0 else left + plot_w / 2
-        y = top + (hi / 2 - v / 2) / (hi / 2 - lo / 2) * plot_h  # halved: hi - lo overflows for values near ±1.8e308
+        y = top + (hi - v / 2) / (hi - lo) * plot_h
         return f"{x:.1f},{y:.1f}"
 
     path = " ".join(xy(t, v) for t, v in finite)
     parts += [
-        f'<text x="{left - 6}" y="{top + 10}" class="chart-axis" text-anchor="end">{escape(_nice(hi))}</text>',
-        f'<text x="{left - 6}" y="{top + plot_h}" class="chart-axis" text-anchor="end">{escape(_nice(lo))}</text>',
+        f'<text x="{left - 6}" y="{top + 10}" class="chart-axis" text-anchor="end">{escape(_nice(hi * 2))}</text>',
+        f'<text x="{left - 6}" y="{top + plot_h}" class="chart-axis" text-anchor="end">{escape(_nice(lo * 2))}</text>',
         f'<text x="{left}" y="{height - 8}" class="chart-axis">{escape(clock(t0, seconds=False))}</text>',
         f'<text x="{left + plot_w}" y="{height - 8}" class="chart-axis" text-anchor="end">{escape(clock(t1, seconds=False))}</text>',
         f'<polyline points="{path}" class="chart-line" fill="none"/>',
