@@ -247,6 +247,8 @@ async def gateways(url: str, tally: Tally, phase: list[str], stop: asyncio.Event
             due = time.monotonic() + index / GATEWAYS
             while not stop.is_set():
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if stop.is_set():
+                    break
                 due = max(due + 1.0, time.monotonic())
                 data = gateway_batch(name, seq)
                 seq += 1
@@ -459,6 +461,10 @@ def run_engine(engine: str, db: str, args: argparse.Namespace, work: Path) -> di
     def worst_lag(start: float, end: float) -> float:
         return max((s["max_lag_ms"] for s in lags if start <= s["t"] <= end + 1.0), default=float("nan"))
 
+    def typical_lag(start: float, end: float) -> float:
+        """The median over the phase's seconds of each second's worst lag: what one descheduling of the hub does not move."""
+        return percentile([s["max_lag_ms"] for s in lags if start <= s["t"] <= end + 1.0], 0.5)
+
     def rss_at(start: float, end: float) -> list[float]:
         return [mib for t, mib in watch.samples if start <= t <= end]
 
@@ -472,6 +478,8 @@ def run_engine(engine: str, db: str, args: argparse.Namespace, work: Path) -> di
         "p50_unloaded": percentile(latencies.get("unloaded", []), 0.5) * 1000, "p99_unloaded": percentile(latencies.get("unloaded", []), 0.99) * 1000,
         "p50_attack": percentile(latencies.get("attack", []), 0.5) * 1000, "p99_attack": percentile(latencies.get("attack", []), 0.99) * 1000,
         "lag_unloaded": worst_lag(times["unloaded_start"], times["attack_start"]), "lag_attack": worst_lag(times["attack_start"], times["attack_end"]),
+        "lag_typical_unloaded": typical_lag(times["unloaded_start"], times["attack_start"]),
+        "lag_typical_attack": typical_lag(times["attack_start"], times["attack_end"]),
         "rss_hub_start": rss_start_hub, "rss_start": before_attack[-1], "rss_peak": max(during), "elapsed_s": times["attack_end"] - times["unloaded_start"],
         "hub_log": [line.rstrip() for line in logged], "attacks": args.attacks,
     }
@@ -488,17 +496,18 @@ def report(r: dict[str, Any], duration: float) -> None:
         ("legitimate ingest p99, unloaded", f"{r['p99_unloaded']:.1f} ms", ""),
         ("legitimate ingest p50, under attack", f"{r['p50_attack']:.1f} ms", ""),
         ("legitimate ingest p99, under attack", f"{r['p99_attack']:.1f} ms ({ratio:.1f}x)", f"<= {TARGETS['p99_ratio']:.0f}x unloaded", ratio <= TARGETS["p99_ratio"]),
-        ("hub loop lag, worst, unloaded", f"{r['lag_unloaded']:.0f} ms", ""),
-        ("hub loop lag, worst, under attack", f"{r['lag_attack']:.0f} ms", f"<= {TARGETS['lag_ms']:.0f} ms", r["lag_attack"] <= TARGETS["lag_ms"]),
+        ("hub loop lag, worst, unloaded", f"{r['lag_unloaded']:.0f} ms (typical second {r['lag_typical_unloaded']:.0f} ms)", ""),
+        ("hub loop lag, worst, under attack", f"{r['lag_attack']:.0f} ms (typical second {r['lag_typical_attack']:.0f} ms)",
+         f"<= {TARGETS['lag_ms']:.0f} ms", r["lag_attack"] <= TARGETS["lag_ms"]),
         ("hub RSS at start / attack start / peak", f"{r['rss_hub_start']:.0f} / {r['rss_start']:.0f} / {r['rss_peak']:.0f} MiB", ""),
         ("hub RSS growth under attack", f"{growth:.0f} MiB", f"<= {TARGETS['rss_growth_mib']:.0f} MiB", growth <= TARGETS["rss_growth_mib"]),
         ("5xx answers", f"{fives}", "0", fives == 0),
         ("hub CPU / load generator CPU", f"{r['hub_cpu_s']:.1f} s / {r['generator_cpu_s']:.1f} s over {r['elapsed_s']:.0f} s", ""),
     ]
     print(f"\n{r['engine']}: {WARM_UP_S:.0f} s warm-up, {duration:.0f} s unloaded, then {duration:.0f} s under attack ({', '.join(r['attacks'])})")
-    print(f"  {'figure':<40} {'measured':<34} {'target':<18} meets")
+    print(f"  {'figure':<40} {'measured':<42} {'target':<18} meets")
     for name, value, target, *met in rows:
-        print(f"  {name:<40} {value:<34} {target:<18} {('yes' if met[0] else 'NO') if met else ''}")
+        print(f"  {name:<40} {value:<42} {target:<18} {('yes' if met[0] else 'NO') if met else ''}")
     print("  answers by client class:")
     for who, answers in sorted(r["answers"].items()):
         shown = ", ".join(f"{status}: {n}" for status, n in sorted(answers.items(), key=lambda kv: -kv[1]))
