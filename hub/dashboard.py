@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from typing import Any
 
 import jinja2
@@ -290,12 +291,13 @@ async def api_set_desired(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await hub.admin.require(request)
     try:
+        name = _text("name", request.match_info["name"], default="")
         document = check_desired(await read_json(request, limit=MAX_ADMIN_BODY, what="desired document"))
     except JsonBodyError as exc:
         return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
-    except DesiredError as exc:
+    except (DesiredError, ParamError) as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
-    await hub.store.set_desired(request.match_info["scope"], request.match_info["name"], document, now_ms=now_ms())
+    await hub.store.set_desired(request.match_info["scope"], name, document, now_ms=now_ms())
     return web.json_response({"ok": True})
 
 
@@ -303,7 +305,11 @@ async def api_set_desired(request: web.Request) -> web.Response:
 async def api_clear_desired(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await hub.admin.require(request)
-    await hub.store.set_desired(request.match_info["scope"], request.match_info["name"], None, now_ms=now_ms())
+    try:
+        name = _text("name", request.match_info["name"], default="")
+    except ParamError as exc:
+        return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
+    await hub.store.set_desired(request.match_info["scope"], name, None, now_ms=now_ms())
     return web.json_response({"ok": True})
 
 
@@ -329,8 +335,11 @@ async def api_create_token(request: web.Request) -> web.Response:
 
 
 def _text(name: str, value: object, *, default: str, empty: bool = False) -> str:
+    """One line of text an admin gave: no control characters (PostgreSQL refuses U+0000 in text), at most MAX_ADMIN_TEXT."""
     if value is None:
         return default
-    if not isinstance(value, str) or len(value) > MAX_ADMIN_TEXT or (value == "" and not empty):
-        raise ParamError(f"{name}={str(value)[:40]!r}: expected {'' if empty else 'non-empty '}text of at most {MAX_ADMIN_TEXT} characters")
+    if (not isinstance(value, str) or len(value) > MAX_ADMIN_TEXT or (value == "" and not empty)
+            or any(unicodedata.category(c) == "Cc" for c in value)):
+        raise ParamError(f"{name}={str(value)[:40]!r}: expected {'' if empty else 'non-empty '}text of at most {MAX_ADMIN_TEXT} "
+                         "characters on one line, without control characters")
     return value

@@ -5,8 +5,6 @@ Personal channels (OXP kind + 4) are never listed or exported: the store leaves 
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 from collections.abc import Sequence
@@ -19,7 +17,7 @@ from edge.protocol.senml import SENML_CBOR_LABELS
 from hub.budget import QueryBudget
 from hub.params import ParamError, whole
 from hub.publicreads import Refused, public_read
-from hub.render import csv_text, iso_time, json_number
+from hub.render import csv_row, csv_text, iso_time, json_number
 from hub.sta_filter import iso_ms
 from hub.state import HUB
 from hub.store import StoredReading
@@ -160,15 +158,13 @@ async def readings_csv(request: web.Request, budget: QueryBudget) -> web.Respons
         rows, limit, offset = await _query(request, budget)
     except QueryError as exc:
         return _bad(exc)
-    out = io.StringIO()
-    # Text cells quoted and, when a spreadsheet would run them, neutralised (hub.render.csv_text); numbers as they are.
-    writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
-    writer.writerow(["device_id", "channel", "time", "ts_ms", "value", "unit", "quality"])
+    # Text a spreadsheet would run is neutralised and quoted (hub.render); numbers as they are.
+    lines = [csv_row(["device_id", "channel", "time", "ts_ms", "value", "unit", "quality"])]
     for r in rows:
         value = ("true" if r.value else "false") if isinstance(r.value, bool) else csv_text(r.value) if isinstance(r.value, str) else r.value
-        writer.writerow([csv_text(r.device_id), csv_text(r.channel), iso_time(r.ts_ms), r.ts_ms, value, csv_text(r.unit),
-                         "" if r.quality is None else r.quality])
-    return web.Response(text=out.getvalue(), content_type="text/csv", charset="utf-8", headers=_next_link(request, rows, limit, offset))
+        lines.append(csv_row([csv_text(r.device_id), csv_text(r.channel), iso_time(r.ts_ms), r.ts_ms, value, csv_text(r.unit),
+                              "" if r.quality is None else r.quality]))
+    return web.Response(text="".join(lines), content_type="text/csv", charset="utf-8", headers=_next_link(request, rows, limit, offset))
 
 
 @routes.get("/data/readings.senml.json")

@@ -9,14 +9,17 @@ Each function here is total over that domain; the rules are stated in docs/fleet
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["civil", "iso_time", "clock", "json_number", "csv_text", "NON_FINITE"]
+__all__ = ["civil", "iso_time", "clock", "json_number", "csv_text", "csv_row", "NON_FINITE"]
 
 MS_PER_DAY = 86_400_000
 NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 # OWASP "CSV injection": a cell starting with one of these is read as a formula by spreadsheets.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NEEDS_QUOTES = re.compile(r'[",\r\n]')
 
 
 def civil(ts_ms: int) -> tuple[int, int, int, int, int, int, int]:
@@ -69,3 +72,20 @@ def csv_text(text: str) -> str:
     Only text cells pass through here; numbers are written as they are (a minus sign is data).
     """
     return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_row(cells: Sequence[str | int | float]) -> str:
+    """One CSV line (RFC 4180, ended by LF). A text cell is quoted when it holds a quote, a comma or a line break, and
+    when it was neutralised (starts with ``'`` then a formula character), as OWASP asks; numbers are written as Python spells them.
+
+    Written here rather than with ``csv.writer``: that quotes either every text cell or only where the syntax
+    needs it, and with LF line ends it leaves a lone CR unquoted, which splits the row for every reader.
+    """
+    out = []
+    for cell in cells:
+        if isinstance(cell, str):
+            neutralised = cell[:1] == "'" and cell[1:2] in _FORMULA_START
+            out.append(f'"{cell.replace(chr(34), chr(34) * 2)}"' if neutralised or _NEEDS_QUOTES.search(cell) else cell)
+        else:
+            out.append(repr(cell) if isinstance(cell, float) else str(cell))
+    return ",".join(out) + "\n"

@@ -195,6 +195,8 @@ async def test_a_time_at_either_end_of_the_signed_64_bit_range_is_accepted(runni
     ({"approve": "yes"}, "approve"),
     ({"fleet": 7}, "fleet"),
     ({"note": "n" * 201}, "note"),
+    ({"note": "a\x00b"}, "note"),  # PostgreSQL refuses U+0000 in text: refused here, on every engine
+    ({"fleet": "north\nsouth"}, "fleet"),
     ([1, 2], "JSON object"),
 ])
 async def test_a_bad_field_in_a_token_request_is_a_400_naming_it_and_creates_nothing(
@@ -214,3 +216,10 @@ async def test_a_deeply_nested_or_oversized_admin_body_is_refused_before_parsing
             assert resp.status == 400 and "deeper" in (await resp.json())["detail"]
         async with http.request(method, running_hub.url + path, data=" " * 70_000, headers={**ADMIN, "Content-Type": "application/json"}) as resp:
             assert resp.status == 413
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE"])
+async def test_a_desired_document_name_with_a_control_character_is_a_400(running_hub: RunningHub, http: aiohttp.ClientSession, method: str) -> None:
+    async with http.request(method, f"{running_hub.url}/admin/api/desired/fleet/down%00town", json={"config": {}}, headers=ADMIN) as resp:
+        answer = await resp.json()
+    assert resp.status == 400 and "name=" in answer["detail"], answer
