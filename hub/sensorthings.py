@@ -16,6 +16,7 @@ readings out of every query made here, counts and filters included.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,7 @@ from hub.sta_filter import (
     time_range,
 )
 from hub.state import HUB
+from hub.streamed import send_json
 from hub.store import Device, Store, StoredChannel, StoredReading
 
 __all__ = ["routes"]
@@ -93,6 +95,8 @@ MAX_EXPAND_DEPTH = 6
 # Entities one response may hold, expansions included: each nested $expand multiplies by its $top
 # (Observations → Datastream → Observations … is 10,000**3 at the page size), so a response is capped.
 MAX_ENTITIES = 50_000
+# Entities rendered between two turns of the event loop (a few milliseconds).
+YIELD_EVERY = 200
 
 
 class StaError(Exception):
@@ -585,6 +589,8 @@ class Catalog:
         if self.entities > MAX_ENTITIES:
             raise StaError(400, f"the response would hold more than {MAX_ENTITIES} entities, expansions included; "
                                 "use a smaller $top inside $expand and follow each expansion's @iot.nextLink")
+        if self.entities % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # rendering 50,000 entities is seconds of Python: others get their turns meanwhile
         entity = dict(self.render(entity_set, key, obj))
         expanded: list[str] = []
         for nav, nested in self.expansions(entity_set, options):
@@ -761,7 +767,7 @@ def refused(exc: Refused) -> web.Response:
 
 @routes.get(PREFIX + "/{path:.+}")
 @public_read(refused, narrow="narrow the $filter with phenomenonTime or a Datastream, or order by phenomenonTime")
-async def entity(request: web.Request, budget: QueryBudget) -> web.Response:
+async def entity(request: web.Request, budget: QueryBudget) -> web.StreamResponse:
     base = f"{request.url.origin()}{PREFIX}"
     try:
         steps = parse_path(request.match_info["path"].rstrip("/"))
@@ -772,4 +778,4 @@ async def entity(request: web.Request, budget: QueryBudget) -> web.Response:
         return web.json_response({"code": 400, "type": "error", "message": str(exc)}, status=400)
     except StaError as exc:
         return web.json_response({"code": exc.status, "type": "error", "message": exc.detail}, status=exc.status)
-    return web.json_response(body)
+    return await send_json(request, body)
