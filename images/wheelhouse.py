@@ -11,16 +11,16 @@ network:
 
 Every target gets the same versions and the same distributions (a dependency only one Python
 needs, such as typing_extensions below 3.13, is in every folder), so what CI tests on x86_64 is
-what a pole runs. Each target
-is resolved with the platform tags pip has on that device (manylinux_2_36 down to manylinux2014:
-glibc 2.36, Raspberry Pi OS Bookworm; Trixie's newer glibc also runs them). pip expands only the
-legacy manylinux2014 name, not manylinux_2_28: a resolution given `manylinux2014_aarch64` alone
-never sees a wheel built for glibc 2.28 (cbor2 6 ships only those) and falls back to an older
-release a Pi would not install.
+what a pole runs. Each target is resolved with the platform tags pip has on that device
+(manylinux_2_36 down to manylinux2014: glibc 2.36, Raspberry Pi OS Bookworm; Trixie's newer
+glibc also runs them). pip expands only the legacy manylinux2014 name, not manylinux_2_28: a
+resolution given `manylinux2014_aarch64` alone never sees a wheel built for glibc 2.28 (cbor2 6
+ships only those) and falls back to an older release a Pi would not install.
 
 Only PyPI is asked (pip runs --isolated, so a workstation's pip.conf extra index or find-links
-cannot leak into a release). The project wheel builds offline from a copy of the source tree.
-Run it with the dev venv (`make wheelhouse`): it needs `packaging`, `setuptools` and `wheel`.
+cannot leak into a release). The project wheel builds offline from a copy of the source tree,
+with fixed timestamps (SOURCE_DATE_EPOCH), so the same source gives the same hash. Run it with
+the dev venv (`make wheelhouse`): it needs `packaging`, `setuptools` and `wheel`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,8 @@ LEGACY_MANYLINUX = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 NOT_SOURCE = {".git", "build", "dist", "var", "tests", ".hypothesis", ".pytest_cache", "__pycache__"}
 CONSTRAINTS = "constraints.txt"
 MANIFEST = "dependencies.json"
+# 1980-01-01, the earliest time a zip entry holds: the wheel's timestamps, unless SOURCE_DATE_EPOCH says otherwise.
+ZIP_EPOCH = "315532800"
 T = TypeVar("T")
 
 
@@ -204,20 +207,25 @@ def download(target: Target, versions: dict[str, str], folder: Path, *, index_ur
         raise WheelhouseError(f"{folder}: expected one wheel each of {sorted(versions.items())}, found {found}")
 
 
-def build_project_wheel(destination: Path) -> Path:
-    """Build OCN Edge's wheel (pure Python) offline, from a copy of the source tree so the checkout gets no build/."""
+def copy_source(tree: Path, destination: Path) -> None:
+    """Copy what OCN Edge's wheel is built from (no venvs, tests, build output or caches)."""
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        skipped = {n for n in names if n.endswith(".egg-info") or n == "__pycache__" or n.startswith(".venv")}
+        return skipped | (NOT_SOURCE & set(names)) if Path(directory) == tree else skipped
+
+    shutil.copytree(tree, destination, symlinks=True, ignore=ignore)
+
+
+def build_project_wheel(destination: Path, tree: Path = REPO) -> Path:
+    """Build OCN Edge's wheel (pure Python) offline, from a copy of the source tree so the tree gets no build/."""
     with tempfile.TemporaryDirectory(prefix="ocn-wheelhouse-") as work:
         source = Path(work) / "source"
-
-        def ignore(directory: str, names: list[str]) -> set[str]:
-            skipped = {n for n in names if n.endswith(".egg-info") or n == "__pycache__" or n.startswith(".venv")}
-            return skipped | (NOT_SOURCE & set(names)) if Path(directory) == REPO else skipped
-
-        shutil.copytree(REPO, source, symlinks=True, ignore=ignore)
+        copy_source(tree, source)
         built = Path(work) / "wheel"
         done = subprocess.run([sys.executable, "-m", "pip", "--isolated", "wheel", "--quiet", "--no-deps", "--no-index",
                                "--no-build-isolation", "--wheel-dir", str(built), str(source)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, env={"SOURCE_DATE_EPOCH": ZIP_EPOCH, **os.environ})
         if done.returncode != 0:
             raise WheelhouseError(f"building the OCN Edge wheel failed (it needs setuptools and wheel, "
                                   f"pip install -e '.[dev]'):\n{done.stderr.strip()}")
@@ -234,7 +242,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_constraints(out: Path, targets: tuple[Target, ...]) -> str:
+def write_constraints(out: Path, targets: tuple[Target, ...]) -> None:
     """Write the same constraints.txt into every target folder: each wheel's version and every target's hash of it."""
     hashes: dict[tuple[str, str], set[str]] = defaultdict(set)
     for target in targets:
@@ -247,7 +255,6 @@ def write_constraints(out: Path, targets: tuple[Target, ...]) -> str:
     text = "\n".join(lines) + "\n"
     for target in targets:
         (out / target.name / CONSTRAINTS).write_text(text)
-    return text
 
 
 def build(out: Path, *, targets: tuple[Target, ...] = TARGETS, index_url: str = PYPI, keep_dependencies: bool = False) -> None:

@@ -177,6 +177,14 @@ def test_every_wheel_is_pinned_by_its_hash_in_each_targets_constraints(wheelhous
             assert hashlib.sha256(wheel.read_bytes()).hexdigest() in hashes, wheel.name
 
 
+def test_the_same_source_builds_the_same_ocn_edge_wheel(tmp_path):
+    source = tmp_path / "source"  # one snapshot of the working tree, which may change while the test runs
+    wheelhouse_builder.copy_source(REPO, source)
+    first = wheelhouse_builder.build_project_wheel(tmp_path / "first", source)
+    second = wheelhouse_builder.build_project_wheel(tmp_path / "second", source)
+    assert wheelhouse_builder.sha256(first) == wheelhouse_builder.sha256(second)
+
+
 def test_reusing_dependency_wheels_resolved_for_other_dependencies_is_refused(tmp_path):
     (tmp_path / "dependencies.json").write_text(json.dumps({"requirements": ["cbor2>=5.6,<6"], "targets": ["aarch64-cp311"]}))
     done = subprocess.run([sys.executable, str(BUILDER), str(tmp_path), "--keep-dependencies"],
