@@ -486,7 +486,15 @@ def run_engine(engine: str, db: str, args: argparse.Namespace, work: Path) -> di
 
 
 def report(r: dict[str, Any], duration: float) -> None:
-    fives = sum(n for answers in r["answers"].values() for told, n in answers.items() if told[:3].isdigit() and told.startswith("5"))
+    def answered(status: str, legitimate: bool) -> int:
+        return sum(n for who, answers in r["answers"].items() if who.startswith("gateways") == legitimate
+                   for told, n in answers.items() if told[:3].isdigit() and told.startswith(status))
+
+    # 503 is a designed answer (ingest queue full, connection cap, a public query past its time budget), with
+    # Retry-After; any other 5xx is a failure.  The target counts both; they are shown apart.
+    failures = answered("5", True) + answered("5", False) - answered("503", True) - answered("503", False)
+    unavailable_legit, unavailable_attack = answered("503", True), answered("503", False)
+    fives = failures + unavailable_legit + unavailable_attack
     growth = r["rss_peak"] - r["rss_start"]
     ratio = r["p99_attack"] / r["p99_unloaded"] if r["p99_unloaded"] else float("nan")
     rows = [
@@ -501,7 +509,7 @@ def report(r: dict[str, Any], duration: float) -> None:
          f"<= {TARGETS['lag_ms']:.0f} ms", r["lag_attack"] <= TARGETS["lag_ms"]),
         ("hub RSS at start / attack start / peak", f"{r['rss_hub_start']:.0f} / {r['rss_start']:.0f} / {r['rss_peak']:.0f} MiB", ""),
         ("hub RSS growth under attack", f"{growth:.0f} MiB", f"<= {TARGETS['rss_growth_mib']:.0f} MiB", growth <= TARGETS["rss_growth_mib"]),
-        ("5xx answers", f"{fives}", "0", fives == 0),
+        ("5xx answers", f"{fives}: {failures} failures, 503 to gateways {unavailable_legit}, to attackers {unavailable_attack}", "0", fives == 0),
         ("hub CPU / load generator CPU", f"{r['hub_cpu_s']:.1f} s / {r['generator_cpu_s']:.1f} s over {r['elapsed_s']:.0f} s", ""),
     ]
     print(f"\n{r['engine']}: {WARM_UP_S:.0f} s warm-up, {duration:.0f} s unloaded, then {duration:.0f} s under attack ({', '.join(r['attacks'])})")
