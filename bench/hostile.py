@@ -513,9 +513,9 @@ def report(r: dict[str, Any], duration: float) -> None:
         ("hub CPU / load generator CPU", f"{r['hub_cpu_s']:.1f} s / {r['generator_cpu_s']:.1f} s over {r['elapsed_s']:.0f} s", ""),
     ]
     print(f"\n{r['engine']}: {WARM_UP_S:.0f} s warm-up, {duration:.0f} s unloaded, then {duration:.0f} s under attack ({', '.join(r['attacks'])})")
-    print(f"  {'figure':<40} {'measured':<42} {'target':<18} meets")
+    print(f"  {'figure':<40} {'measured':<62} {'target':<18} meets")
     for name, value, target, *met in rows:
-        print(f"  {name:<40} {value:<42} {target:<18} {('yes' if met[0] else 'NO') if met else ''}")
+        print(f"  {name:<40} {value:<62} {target:<18} {('yes' if met[0] else 'NO') if met else ''}")
     print("  answers by client class:")
     for who, answers in sorted(r["answers"].items()):
         shown = ", ".join(f"{status}: {n}" for status, n in sorted(answers.items(), key=lambda kv: -kv[1]))
