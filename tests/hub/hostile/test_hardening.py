@@ -3,6 +3,8 @@ and every number a request carries read within a stated range (400 naming it, ne
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -13,11 +15,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from edge.protocol import BatchHeader, seal_batch
 from edge.types import Channel, Reading
 from hub.app import RunningHub, run_hub
-from tests.hub.gateways import CHANNELS, T0, SimGateway, enrol, post_cose
+from tests.helpers.tools import require_tool
+from tests.hub.gateways import T0, SimGateway, enrol, post_cose
+from tests.hub.test_browser import DevTools
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 FORMULA_UNIT = '=HYPERLINK("http://evil","x")'
@@ -223,3 +228,74 @@ async def test_a_desired_document_name_with_a_control_character_is_a_400(running
     async with http.request(method, f"{running_hub.url}/admin/api/desired/fleet/down%00town", json={"config": {}}, headers=ADMIN) as resp:
         answer = await resp.json()
     assert resp.status == 400 and "name=" in answer["detail"], answer
+
+
+# --- in a real browser ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def browser_page(profile: Path) -> AsyncIterator[DevTools]:
+    """A headless Chromium with one page, driven over the DevTools protocol."""
+    proc = await asyncio.create_subprocess_exec(
+        require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+        "--remote-debugging-port=0", "about:blank", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"
+        for _ in range(300):
+            if port_file.exists() and port_file.read_text().count("\n") >= 1:
+                break
+            await asyncio.sleep(0.05)
+        port = int(port_file.read_text().split()[0])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
+                page = next(t for t in await resp.json() if t["type"] == "page")
+            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                yield DevTools(ws)
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def sibling_site(hub_url: str) -> AsyncIterator[str]:
+    """A page on another port of the same host (same-site: the SameSite=Strict cookie goes along) that posts to the hub."""
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(content_type="text/html", text=(
+            f"<form method=post action='{hub_url}/fleet/devices/pole-waiting/approve'></form>"
+            "<script>document.forms[0].submit()</script>"))
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[RunningHub]:
+    """A hub with one gateway waiting for approval."""
+    async with run_hub(state_dir=tmp_path / "hub", admin_token="admin-secret") as hub, aiohttp.ClientSession() as http:
+        await enrol(http, hub.url, SimGateway("pole-waiting"), await hub.create_token(approve=False))
+        yield hub
+
+
+async def test_in_chromium_the_approve_button_works_and_a_sibling_sites_form_changes_nothing(fleet: RunningHub, tmp_path: Path) -> None:
+    async with browser_page(tmp_path / "profile") as tools, sibling_site(fleet.url) as elsewhere:
+        await tools.open(await fleet.login_link(), "/fleet")
+        await tools.open(elsewhere, "/fleet/devices/pole-waiting/approve")  # the form submits itself, with the session cookie
+        assert "cross_site" in str(await tools.evaluate("document.body.innerText"))
+        assert (await fleet.hub.store.device("pole-waiting")).status == "pending"  # type: ignore[union-attr]
+        await tools.open(f"{fleet.url}/fleet/devices/pole-waiting", "/fleet/devices/pole-waiting")
+        await tools.evaluate("document.querySelector('form[action$=\"/approve\"] button').click()")
+        for _ in range(300):
+            if await tools.evaluate("document.readyState === 'complete' && !document.querySelector('form[action$=\"/approve\"]')"):
+                break
+            await asyncio.sleep(0.05)
+    assert (await fleet.hub.store.device("pole-waiting")).status == "active"  # type: ignore[union-attr]
