@@ -58,6 +58,9 @@ from edge.protocol import MEDIA_TYPE, BatchHeader, key_id, raw_public_key, seal_
 from edge.protocol.codec import compress
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH
 from edge.types import Channel, Reading
+from hub.auth import secret_hash
+from hub.store import IncomingBatch, open_store
+from hub.tokens import create_token
 
 GATEWAYS = 100
 READINGS_PER_BATCH = 10
@@ -102,6 +105,7 @@ def now_ms() -> int:
 
 
 def readings_at(ts_ms: int, n: int, step_ms: int = 100) -> list[Reading]:
+    """``n`` readings over the channels, ``step_ms`` apart, the last just before ``ts_ms``."""
     return [Reading(CHANNELS[i % len(CHANNELS)].id, ts_ms - (n - i) * step_ms, float((i * 37) % 500) / 10, CHANNELS[i % len(CHANNELS)].unit)
             for i in range(n)]
 
@@ -110,10 +114,6 @@ def readings_at(ts_ms: int, n: int, step_ms: int = 100) -> list[Reading]:
 
 async def prefill(db: str, readings: int) -> float:
     """Enrol every device the bench uses and store ``readings`` readings under the gateways (the last hours); seconds taken."""
-    from hub.auth import secret_hash
-    from hub.store import IncomingBatch, open_store
-    from hub.tokens import create_token
-
     started = time.perf_counter()
     store = await open_store(db)
     try:
