@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from edge.cli import main
 from edge.protocol import BatchHeader, seal_batch
 from edge.types import Channel, Reading
 from hub.app import RunningHub, run_hub
@@ -64,6 +65,12 @@ async def test_a_hub_database_an_older_hub_left_readable_is_made_private(tmp_pat
     os.chmod(state / "hub.db", 0o644)
     async with run_hub(state_dir=state, admin_token="admin-secret"):
         assert mode(state / "hub.db") == 0o600
+
+
+def test_the_first_token_created_on_the_command_line_makes_a_private_state_directory(tmp_path: Path, lenient_umask) -> None:  # type: ignore[no-untyped-def]
+    state = tmp_path / "new" / "ocn-hub"
+    assert main(["hub", "token", "create", "--state-dir", str(state)]) == 0
+    assert (mode(state), mode(state.parent), mode(state / "hub.db")) == (0o700, 0o700, 0o600)
 
 
 # --- CSV injection -----------------------------------------------------------------------
