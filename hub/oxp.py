@@ -28,6 +28,7 @@ from edge.protocol import (
     key_id,
     open_status,
     read_envelope,
+    signature_verifies,
     verify_batch,
 )
 from hub.auth import secret_hash
@@ -188,10 +189,11 @@ async def post_batch(request: web.Request) -> web.Response:
         hub.addresses.check(address)
         return protocol_problem(exc)
     device = await hub.keys.get(kid)
-    answer = await ingest(hub, data, device, kid)
-    if answer.status in (401, 403):  # refused at the key or the signature: the sender is not authenticated
+    answer, verified = await ingest(hub, data, device, kid)
+    if not verified:  # refused at the key or before the signature verified: the sender is not authenticated
         hub.addresses.check(address)
-    if device is not None:
+    if verified:  # only a batch the device signed may mark it faulty: a forged one names a kid it cannot sign for
+        assert device is not None
         if answer.status == 200:
             hub.faults.cleared(device.device_id)
         elif answer.status not in (429, 503):  # a device catching up, or a busy hub, is not a fault of the device
@@ -206,8 +208,9 @@ def _verify_and_weigh(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchH
     return header, body, declared_readings(body)
 
 
-async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) -> web.Response:
-    """Verify, decode and store one batch from the holder of ``kid``; the OXP answer.
+async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) -> tuple[web.Response, bool]:
+    """Verify, decode and store one batch from the holder of ``kid``; the OXP answer, and whether
+    the batch's signature verified (only then does the answer say anything about the device).
 
     The order bounds what a sender who is not the device can cost: the signature is checked
     before any per-device limit is charged (a forged batch spends no device's quota), and
@@ -216,32 +219,34 @@ async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) ->
     """
     refusal = refuse_device(device, kid)
     if refusal is not None:
-        return refusal
+        return refusal, False
     assert device is not None
     try:
         header, body, declared = await hub.workers.run(_verify_and_weigh, data, public_key_of(device))
     except Busy as exc:
-        return busy(exc)
+        return busy(exc), False
     except ProtocolError as exc:
-        return protocol_problem(exc)
+        # A bad signature is the sender's; anything else may be a batch the device signed badly (a second,
+        # linear check of the signature tells which).
+        return protocol_problem(exc), exc.reason != "bad_signature" and signature_verifies(data, public_key_of(device))
     if header.device_id != device.device_id:
-        return problem(400, "malformed", f"batch names device {header.device_id!r} but key id {kid.hex()} is enrolled as {device.device_id!r}")
+        return problem(400, "malformed", f"batch names device {header.device_id!r} but key id {kid.hex()} is enrolled as {device.device_id!r}"), True
     wait = hub.limiter.check(device.device_id)
     if wait > 0:
         return problem(429, "rate_limited", f"device {device.device_id!r} sends faster than this hub allows; retry later",
-                       headers={"Retry-After": retry_after(wait)})
+                       headers={"Retry-After": retry_after(wait)}), True
     weight = max(declared, len(body) // BODY_BYTES_PER_READING)
     if declared <= MAX_READINGS:  # more is malformed: decode_body says so without decoding
         wait = hub.readings.wait(device.device_id, weight)
         if wait > 0:
             return problem(429, "readings_budget", f"batch declares {declared} readings in {len(body)} decoded bytes, more than device "
-                           f"{device.device_id!r} may send now at its readings rate; retry later", headers={"Retry-After": retry_after(wait)})
+                           f"{device.device_id!r} may send now at its readings rate; retry later", headers={"Retry-After": retry_after(wait)}), True
     try:
         channels, readings = await hub.workers.run(decode_body, body)
     except Busy as exc:
-        return busy(exc)
+        return busy(exc), True
     except ProtocolError as exc:
-        return protocol_problem(exc)
+        return protocol_problem(exc), True
     hub.readings.take(device.device_id, weight)
     batch = Batch(header, channels, readings)
     h = batch.header
@@ -257,7 +262,7 @@ async def ingest(hub: Hub, data: bytes, device: DeviceKey | None, kid: bytes) ->
     ack: dict[str, Any] = {"device_id": device.device_id, "key_id": h.key_id.hex(), "boot_epoch": h.boot_epoch, "seq": h.seq, "status": status}
     if status == "stored" and quarantined:  # OXP §8.5: readings kept apart, by reason; said by the ack that stored the batch
         ack["quarantined"] = dict(sorted(Counter(q.reason for q in quarantined).items()))
-    return compact_json(ack)
+    return compact_json(ack), True
 
 
 @routes.post("/oxp/v1/enrol")

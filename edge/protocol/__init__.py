@@ -19,6 +19,7 @@ from edge.protocol.envelope import (
     peek_header,
     seal_batch,
     seal_status,
+    signature_verifies,
     verify_batch,
 )
 from edge.protocol.errors import REASONS, ProtocolError
@@ -69,6 +70,7 @@ __all__ = [
     "read_envelope",
     "seal_batch",
     "seal_status",
+    "signature_verifies",
     "senml_cbor",
     "senml_json",
     "to_senml",

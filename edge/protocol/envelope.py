@@ -32,6 +32,7 @@ __all__ = [
     "decode_unverified",
     "seal_status",
     "open_status",
+    "signature_verifies",
 ]
 
 OXP_VERSION = 2
@@ -243,6 +244,16 @@ def verify_batch(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader
     _verify(message, public_key)
     header = _batch_header(message)
     return header, decompress(message.payload, header.codec)
+
+
+def signature_verifies(data: bytes, public_key: Ed25519PublicKey) -> bool:
+    """Whether ``data`` is a batch signed by ``public_key``, whatever its header or payload hold:
+    a receiver tells a bad batch the device signed from one anybody could have sent."""
+    try:
+        _verify(_parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH), public_key)
+    except ProtocolError:
+        return False
+    return True
 
 
 def open_batch(data: bytes, public_key: Ed25519PublicKey) -> Batch:

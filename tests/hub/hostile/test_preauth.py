@@ -107,6 +107,22 @@ async def test_forged_batches_spend_no_device_quota(tmp_path: Path, http: aiohtt
         assert (status, body["error"]) == (429, "rate_limited") and int(headers["Retry-After"]) >= 1
 
 
+async def test_only_a_batch_the_device_signed_marks_it_failing(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    impostor = SimGateway(gateway.device_id)
+    forged = bytearray(impostor.batch(1))
+    at = forged.find(impostor.key_id)
+    forged[at : at + 8] = gateway.key_id
+    unsupported = _sign({ALG: EDDSA, KID: gateway.key_id, OXP_BATCH: {H_VERSION: 3, H_DEVICE: gateway.device_id}}, b"", impostor.private_key)
+    for data, answer in ((bytes(forged), (401, "bad_signature")), (unsupported, (400, "malformed"))):
+        status, body, _ = await post(http, running_hub, "batches", data)
+        assert (status, body["error"]) == answer
+        assert gateway.device_id not in running_hub.hub.faults.failing()
+    signed_but_bad = _sign(protected_for(gateway), b"", gateway.private_key)  # the device's own key, a header missing its fields
+    status, body, _ = await post(http, running_hub, "batches", signed_but_bad)
+    assert (status, body["error"]) == (400, "malformed")
+    assert running_hub.hub.faults.failing() == {gateway.device_id: "malformed"}
+
+
 async def test_an_enrolment_body_nested_8000_deep_is_400(running_hub: RunningHub, http: aiohttp.ClientSession) -> None:
     async with http.post(f"{running_hub.url}/oxp/v1/enrol", data="[" * 8000 + "]" * 8000, headers={"Content-Type": "application/json"}) as resp:
         body = await resp.json()
