@@ -89,6 +89,8 @@ async def test_a_running_gateway_and_hub_keep_their_state_private(tmp_path: Path
             spool = tmp_path / "gateway" / "spool.db"
             assert mode(tmp_path / "gateway") == 0o700
             assert sqlite_files(spool) == {spool.name: 0o600, f"{spool.name}-wal": 0o600, f"{spool.name}-shm": 0o600}
+            others = {p.name: mode(p) for p in (tmp_path / "gateway").rglob("*") if p.name != "device.pub"}  # a public key is public
+            assert others == dict.fromkeys(others, 0o600) and "device.key" in others
             assert mode(tmp_path / "hub") == 0o700
             assert sqlite_files(tmp_path / "hub" / "hub.db") == {"hub.db": 0o600, "hub.db-wal": 0o600, "hub.db-shm": 0o600}
         finally:

@@ -52,9 +52,9 @@ async def test_the_hub_database_and_its_journal_are_0600_in_a_0700_state_directo
         await enrol(http, hub.url, gateway, await hub.create_token())
         status, _, _ = await post_cose(http, f"{hub.url}/oxp/v1/batches", gateway.batch(1))
         assert status == 200
-        files = {p.name: mode(p) for p in state.iterdir() if p.name.startswith("hub.db")}
-        assert set(files) >= {"hub.db", "hub.db-wal", "hub.db-shm"}
-        assert files == dict.fromkeys(files, 0o600)
+        files = {p.name: mode(p) for p in state.iterdir()}
+        assert set(files) >= {"hub.db", "hub.db-wal", "hub.db-shm", "hub.key"}
+        assert files == dict.fromkeys(files, 0o600)  # every file in it: the database, its journal, the signing key
         assert (mode(state), mode(state.parent)) == (0o700, 0o700)
 
 
