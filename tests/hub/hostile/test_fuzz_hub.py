@@ -403,8 +403,8 @@ def pending_nul_fix(db_url: str, request: pytest.FixtureRequest) -> None:
         request.applymarker(pytest.mark.xfail(strict=True, reason=(
             "issue 11: text holding U+0000 reaches a PostgreSQL text column, which refuses it: 500 on that engine (SQLite "
             "stores it). Found: a status report's software_version or applied_etag, a notice's site, an enrolment's "
-            "software_version, a token's note or fleet, a desired document's name; pending a check in the report schema "
-            "(hub/reports.py), the JSON bodies (hub/jsonbody.py) and the admin API fields")))
+            "software_version; pending a check of text in the report schema (hub/reports.py) and the enrolment (hub/oxp.py), "
+            "as the admin API fields have")))
 
 
 @FUZZ
@@ -439,14 +439,14 @@ async def test_any_enrolment_body_is_refused_with_a_4xx_or_enrols(target: Target
 @given(body=json_bodies({"uses": st.integers(1, 5), "expires_s": st.floats(1, 1e6), "approve": st.booleans(), "fleet": st.text(max_size=10),
                          "note": st.text(max_size=20)}))
 @example(body=b'{"note": "a\\u0000b"}')
-async def test_any_token_request_body_is_answered_4xx_or_creates_a_token(target: Target, pending_nul_fix: None, body: bytes) -> None:
+async def test_any_token_request_body_is_answered_4xx_or_creates_a_token(target: Target, body: bytes) -> None:
     await target.send("POST", "/admin/api/tokens", body, content_type="application/json", headers=ADMIN)
 
 
 @FUZZ
 @given(body=json_bodies({"config": json_values, "policy": json_values}), name=st.text(min_size=1, max_size=20), scope=st.sampled_from(["fleet", "device"]))
 @example(body=b'{"config": {}}', name="a\x00b", scope="fleet")
-async def test_any_desired_document_is_answered_4xx_or_taken(target: Target, pending_nul_fix: None, body: bytes, name: str, scope: str) -> None:
+async def test_any_desired_document_is_answered_4xx_or_taken(target: Target, body: bytes, name: str, scope: str) -> None:
     await target.send("PUT", f"/admin/api/desired/{scope}/{quote(name, safe='')}", body, content_type="application/json", headers=ADMIN)
 
 
