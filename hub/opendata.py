@@ -6,8 +6,6 @@ Personal channels (OXP kind + 4) are never listed or exported: the store leaves 
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,7 +16,7 @@ from edge.protocol.senml import SENML_CBOR_LABELS
 from hub.budget import QueryBudget
 from hub.params import ParamError, whole
 from hub.publicreads import Refused, public_read
-from hub.render import csv_text, iso_time, json_number
+from hub.render import csv_row, csv_text, iso_time, json_number
 from hub.sta_filter import iso_ms
 from hub.state import HUB
 from hub.store import StoredReading
@@ -162,18 +160,12 @@ async def readings_csv(request: web.Request, budget: QueryBudget) -> web.StreamR
         return _bad(exc)
 
     def lines() -> Iterator[str]:
-        out = io.StringIO()
-        # Text cells quoted and, when a spreadsheet would run them, neutralised (hub.render.csv_text); numbers as they are.
-        writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
-        writer.writerow(["device_id", "channel", "time", "ts_ms", "value", "unit", "quality"])
-        yield out.getvalue()
+        # Text a spreadsheet would run is neutralised and quoted (hub.render); numbers as they are.
+        yield csv_row(["device_id", "channel", "time", "ts_ms", "value", "unit", "quality"])
         for r in rows:
-            out.seek(0)
-            out.truncate()
             value = ("true" if r.value else "false") if isinstance(r.value, bool) else csv_text(r.value) if isinstance(r.value, str) else r.value
-            writer.writerow([csv_text(r.device_id), csv_text(r.channel), iso_time(r.ts_ms), r.ts_ms, value, csv_text(r.unit),
-                             "" if r.quality is None else r.quality])
-            yield out.getvalue()
+            yield csv_row([csv_text(r.device_id), csv_text(r.channel), iso_time(r.ts_ms), r.ts_ms, value, csv_text(r.unit),
+                           "" if r.quality is None else r.quality])
 
     return await send_text(request, lines(), content_type="text/csv", headers=_next_link(request, rows, limit, offset))
 
