@@ -5,8 +5,9 @@ connection still waiting for its first request after ``keepalive_timeout`` (75 s
 and nothing at all bounds a body sent a byte at a time.  So the connection is aiohttp's
 ``RequestHandler`` with a timer armed when the connection opens (or a later request's first byte
 arrives) and disarmed when its headers are complete, and the body deadline is a middleware that
-fails the request's body stream when it is late, answered 408.  Both read a few of the handler's
-private counters (``_request_count``, ``_request_in_progress``; aiohttp 3.10 and later).
+fails the request's body stream when it is late, answered 408.  The connection reads two of the
+handler's private counters (``_request_count``, ``_request_in_progress``): an aiohttp upgrade is
+checked by tests/hub/hostile/test_slow_clients.py.
 """
 
 from __future__ import annotations
