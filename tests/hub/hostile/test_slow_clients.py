@@ -36,8 +36,12 @@ def port_of(hub: RunningHub) -> int:
     return int(hub.url.rsplit(":", 1)[1])
 
 
-async def trickle(port: int, head: bytes, trickled: bytes) -> tuple[int, bytes]:
-    """Send ``head`` at once, then ``trickled`` a byte every 0.2 s until the hub answers or closes: (bytes trickled, answer)."""
+async def trickle(port: int, head: bytes, trickled: bytes) -> tuple[int, bytes | None]:
+    """Send ``head`` at once, then ``trickled`` a byte every 0.2 s until the hub answers or closes: (bytes trickled, answer).
+
+    The answer is None when the connection was reset: a socket closed with unread bytes in it
+    resets, and the client may lose what was sent to it before.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(head)
     sent = 0
@@ -52,6 +56,8 @@ async def trickle(port: int, head: bytes, trickled: bytes) -> tuple[int, bytes]:
                 continue
             return sent, first + await reader.read()
         return sent, await reader.read()
+    except ConnectionResetError:
+        return sent, None
     finally:
         writer.close()
 
@@ -69,7 +75,7 @@ async def test_clients_trickling_headers_are_disconnected_while_a_gateway_is_ser
     await a_gateway_is_served(http, strict_hub)
     outcomes = await asyncio.wait_for(asyncio.gather(*slow), GUARD_S)
     for sent, answer in outcomes:
-        assert answer == b""  # closed without an answer ...
+        assert answer in (b"", None)  # closed without an answer ...
         assert sent < len(request)  # ... before its headers were complete
 
 
@@ -90,8 +96,8 @@ async def test_clients_trickling_a_body_are_answered_408_and_disconnected_while_
     outcomes = await asyncio.wait_for(asyncio.gather(*slow), GUARD_S)
     for sent, answer in outcomes:
         assert sent < 1000
-        assert answer.startswith(b"HTTP/1.1 408 ")
-        assert b"Connection: close" in answer and b'"error": "body_timeout"' in answer
+        assert answer is None or (answer.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in answer and b'"error": "body_timeout"' in answer)
+    assert any(answer is not None for _, answer in outcomes)
 
 
 async def test_a_keep_alive_connection_serves_request_after_request_and_then_times_out_a_trickled_one(strict_hub: RunningHub) -> None:
