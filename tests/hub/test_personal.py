@@ -153,7 +153,7 @@ def public_urls(personal_stream: int, personal_reading: int) -> dict[str, list[s
     }
 
 
-ADMIN_ROUTES = {"/fleet", "/fleet/devices/{device_id}", "/admin/api/devices"}
+ADMIN_ROUTES = {"/fleet", "/fleet/devices/{device_id}", "/fleet/tokens", "/admin/api/devices"}
 
 
 def leaks(url: str, body: bytes, marks: Sequence[bytes]) -> list[bytes]:
