@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,7 @@ from edge.protocol import (
     signature_verifies,
     verify_batch,
 )
+from edge.protocol.errors import show
 from hub.auth import secret_hash
 from hub.bounds import split_readings
 from hub.fleet import desired_document, sign_document
@@ -294,8 +296,8 @@ async def _enrol(request: web.Request, hub: Hub) -> web.Response:
         return problem(400, "malformed", "field 'token': expected the enrolment token city IT gave you")
     if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
         return problem(400, "malformed", f"field 'device_id' = {device_id!r}: expected 1-64 lowercase letters, digits and '-'")
-    if not isinstance(version, str) or len(version) > 100:
-        return problem(400, "malformed", "field 'software_version': expected a string of at most 100 characters")
+    if not isinstance(version, str) or len(version) > 100 or any(unicodedata.category(c) == "Cc" for c in version):
+        return problem(400, "malformed", f"field 'software_version' = {show(version)}: expected one line of at most 100 characters, without control characters")
     try:
         raw_key = base64.urlsafe_b64decode(str(public_b64) + "=" * (-len(str(public_b64)) % 4))
         public_key = Ed25519PublicKey.from_public_bytes(raw_key)

@@ -4,7 +4,9 @@ A report is checked whole before anything of it is stored or its freshness is
 recorded: a bad one is refused with the first field that is wrong, its value and
 what would be accepted.  Keys a schema does not name are ignored (a later sender
 may add fields, §13), except in a notice, which the hub stores and publishes as
-JSON: there every value must be one JSON can carry.  The register checks stored
+JSON: there every value must be one JSON can carry.  No stored text, nor a
+notice's key, may hold U+0000 (PostgreSQL refuses it in text and jsonb), and the
+one-line fields of a status report hold no control character.  The register checks stored
 notices with the same schema, so a notice stored before these checks cannot break
 the page.
 """
@@ -12,6 +14,7 @@ the page.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,10 +69,23 @@ class Shape:
 
 
 class Text(Shape):
-    expected = "text"
+    """Text without U+0000, which a PostgreSQL text or jsonb column refuses; ``one_line`` refuses every control character."""
+
+    def __init__(self, *, one_line: bool = False) -> None:
+        self.one_line = one_line
+        self.expected = "one line of text without control characters" if one_line else "text without U+0000"
 
     def fits(self, value: Any) -> bool:
-        return isinstance(value, str)
+        if not isinstance(value, str):
+            return False
+        return not any(unicodedata.category(c) == "Cc" for c in value) if self.one_line else "\x00" not in value
+
+
+def _check_key(path: str, key: Any) -> None:
+    if not isinstance(key, str):
+        raise ReportError(path, key, "text keys only")
+    if "\x00" in key:
+        raise ReportError(path, key, "keys without U+0000")
 
 
 class Flag(Shape):
@@ -150,12 +166,13 @@ class Json(Shape):
             raise ReportError(path, value, f"nesting of at most {MAX_DEPTH} levels")
         if isinstance(value, Mapping):
             for key, item in value.items():
-                if not isinstance(key, str):
-                    raise ReportError(path, key, "text keys only")
+                _check_key(path, key)
                 self.check(item, _child(path, key), depth + 1)
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 self.check(item, _child(path, index), depth + 1)
+        elif type(value) is str and "\x00" in value:
+            raise ReportError(path, value, "text without U+0000 (the hub stores notices as JSON, which PostgreSQL keeps without it)")
         elif not (value is None or type(value) in (str, bool) or _json_number(value)):
             raise ReportError(path, value, self.expected)
 
@@ -216,8 +233,7 @@ class Map(Shape):
                 shape.check(value[key], _child(path, key), depth + 1)
         if self.others is not None:
             for key, item in value.items():
-                if not isinstance(key, str):
-                    raise ReportError(path, key, "text keys only")
+                _check_key(path, key)
                 if key not in self.fields:
                     self.others.check(item, _child(path, key), depth + 1)
 
@@ -234,7 +250,7 @@ STATUS_REPORT = Map(
     {
         "device_id": Text(),
         "ts_ms": TIME,
-        "software_version": Text(),
+        "software_version": Text(one_line=True),
         **FRESHNESS_FIELDS,
         "unclean_stops": COUNT,
         "spool_batches": COUNT,
@@ -246,7 +262,7 @@ STATUS_REPORT = Map(
         "readings_quarantined": COUNT,
         "policy_digest": Digest(),
         "config_digest": Digest(),
-        "applied_etag": Text(),
+        "applied_etag": Text(one_line=True),
         "errors": ListOf(Text()),
         "notice": Absent("no 'notice' in a status report (a transparency notice goes to /oxp/v1/notice)"),
     },

@@ -396,23 +396,12 @@ async def test_a_signed_batch_with_a_hostile_header_or_payload_is_answered_4xx_o
         await target.read_back(READINGS_PAGES)
 
 
-@pytest.fixture
-def pending_nul_fix(db_url: str, request: pytest.FixtureRequest) -> None:
-    """Marks a test that finds the U+0000 bug below as expected to fail on PostgreSQL until it is fixed."""
-    if db_url.startswith("postgresql"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "issue 11: text holding U+0000 reaches a PostgreSQL text column, which refuses it: 500 on that engine (SQLite "
-            "stores it). Found: a status report's software_version or applied_etag, a notice's site, an enrolment's "
-            "software_version; pending a check of text in the report schema (hub/reports.py) and the enrolment (hub/oxp.py), "
-            "as the admin API fields have")))
-
-
 @FUZZ
 @given(notice=st.booleans(), fields=st.data())
 @example(notice=True, fields=[(tstr("ts_ms"), integer(T0)), (tstr("notice"), cbor_map([(tstr("site"), tstr("King St\x00W"))]))])
 @example(notice=False, fields=[(tstr("software_version"), tstr("0.1.0\x00"))])
 async def test_a_signed_status_report_or_notice_with_hostile_fields_is_answered_4xx_or_taken(
-    target: Target, pending_nul_fix: None, notice: bool, fields: st.DataObject | list[tuple[bytes, bytes]],
+    target: Target, notice: bool, fields: st.DataObject | list[tuple[bytes, bytes]],
 ) -> None:
     gateway = target.gateway
     drawn = fields.draw(status_fields(notice)) if isinstance(fields, st.DataObject) else fields
@@ -429,7 +418,7 @@ async def test_a_signed_status_report_or_notice_with_hostile_fields_is_answered_
                          "software_version": st.text(max_size=10)}))
 @example(body=json.dumps({"token": A_TOKEN, "device_id": "nul-1", "public_key": base64.urlsafe_b64encode(bytes(range(32))).decode(),
                           "software_version": "0.1\x00"}).encode())
-async def test_any_enrolment_body_is_refused_with_a_4xx_or_enrols(target: Target, pending_nul_fix: None, body: bytes) -> None:
+async def test_any_enrolment_body_is_refused_with_a_4xx_or_enrols(target: Target, body: bytes) -> None:
     # A_TOKEN stands for a token that is good, made for this example, so the enrolment can reach the store.
     body = body.replace(json.dumps(A_TOKEN).encode(), json.dumps(await target.hub.create_token()).encode())
     await target.send("POST", "/oxp/v1/enrol", body, content_type="application/json")

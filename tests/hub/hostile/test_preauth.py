@@ -129,6 +129,20 @@ async def test_an_enrolment_body_nested_8000_deep_is_400(running_hub: RunningHub
     assert (resp.status, body["error"]) == (400, "malformed") and "deeper" in body["detail"]
 
 
+@pytest.mark.parametrize("version", ["0.1\x00", "0.1\r\nforged: line", "\x7f"])
+async def test_an_enrolment_whose_software_version_holds_a_control_character_is_400_and_enrols_nothing(db_url: str, tmp_path: Path, http: aiohttp.ClientSession, version: str) -> None:
+    # PostgreSQL refuses U+0000 in text: without the check this was a 500 there and stored on SQLite.
+    async with run_hub(db=db_url, state_dir=tmp_path / "hub", admin_token="admin-secret") as hub:
+        gateway = SimGateway("pole-nul")
+        body = gateway.enrol_body(await hub.create_token(), software_version=version)
+        async with http.post(f"{hub.url}/oxp/v1/enrol", json=body) as resp:
+            answer = await resp.json()
+        assert (resp.status, answer["error"]) == (400, "malformed")
+        assert answer["detail"].startswith("field 'software_version' = ") and "control characters" in answer["detail"]
+        assert await hub.store.device("pole-nul") is None
+        await enrol(http, hub.url, gateway, body["token"])  # the token was not spent: the same one enrols a good body
+
+
 # --- the per-address limit -------------------------------------------------------------------
 
 

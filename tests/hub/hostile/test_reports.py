@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,63 @@ async def test_a_status_report_whose_field_does_not_fit_is_refused_with_that_fie
     assert answer["detail"].startswith(f"field '{field}' = ")
     device = await running_hub.store.device("pole-0042")
     assert device is not None and device.status_ms is None
+
+
+@pytest.fixture
+async def hub_on_either_engine(db_url: str, tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[tuple[RunningHub, SimGateway]]:
+    """A hub on SQLite or PostgreSQL with pole-0042 enrolled: U+0000 is refused by the PostgreSQL columns only."""
+    async with run_hub(db=db_url, state_dir=tmp_path / "hub", admin_token="admin-secret") as hub:
+        gateway = SimGateway("pole-0042")
+        await enrol(http, hub.url, gateway, await hub.create_token())
+        yield hub, gateway
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"software_version": "0.1.0\x00"}, "software_version"),
+        ({"software_version": "0.1.0\nforged line"}, "software_version"),
+        ({"applied_etag": "\x00"}, "applied_etag"),
+        ({"errors": ["pm-1 \x00 silent"]}, "errors[0]"),
+    ],
+)
+async def test_a_status_report_with_u0000_or_a_control_character_in_stored_text_is_400_on_either_engine(hub_on_either_engine: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession, fields: dict[str, Any], field: str) -> None:
+    # PostgreSQL refuses U+0000 in text: without the check this was a 500 there and stored on SQLite.
+    running_hub, gateway = hub_on_either_engine
+    status, answer = await post(http, running_hub, "status", gateway.status(**fields))
+    assert (status, answer["error"]) == (400, "malformed")
+    assert answer["detail"].startswith(f"field '{field}' = ")
+    assert "control characters" in answer["detail"] or "U+0000" in answer["detail"]
+    device = await running_hub.store.device("pole-0042")
+    assert device is not None and device.status_ms is None and device.software_version == "0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"site": "King St\x00W"}, "notice.site"),
+        ({**NOTICE, "place": {**NOTICE["place"], "site": "King\x00"}}, "notice.place.site"),
+        ({**NOTICE, "later": {"note": ["a", "b\x00"]}}, "notice.later.note[1]"),
+        ({**NOTICE, "later": {"k\x00ey": 1}}, "notice.later"),
+        ({**NOTICE, "k\x00ey": 1}, "notice"),
+    ],
+)
+async def test_a_notice_with_u0000_anywhere_in_its_json_is_400_and_the_register_is_unchanged(hub_on_either_engine: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession, body: Any, field: str) -> None:
+    # The notice is stored as JSON; PostgreSQL's jsonb refuses \u0000 in a string or a key.
+    running_hub, gateway = hub_on_either_engine
+    status, answer = await post(http, running_hub, "notice", notice(gateway, body))
+    assert (status, answer["error"]) == (400, "malformed")
+    assert answer["detail"].startswith(f"field '{field}' = ") and "U+0000" in answer["detail"]
+    assert await running_hub.store.notices() == []
+
+
+async def test_a_notice_with_newlines_in_its_text_is_still_taken(hub_on_either_engine: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession) -> None:
+    running_hub, gateway = hub_on_either_engine
+    body = {**NOTICE, "purpose": "Air quality on King St\nand Spadina Ave"}
+    status, _ = await post(http, running_hub, "notice", notice(gateway, body))
+    assert status == 200
+    async with http.get(f"{running_hub.url}/transparency.json") as resp:
+        assert (await resp.json())["notices"][0]["notice"] == body
 
 
 async def test_a_report_seq_without_a_boot_epoch_is_refused(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
