@@ -199,13 +199,12 @@ async def test_a_database_outage_answers_503_with_retry_after_and_the_hub_recove
 
 async def test_a_device_sending_bad_batches_is_logged_once_when_it_starts_and_once_when_it_recovers(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, caplog) -> None:
     caplog.set_level("INFO", logger="ocn.hub.ingest")
-    forged = bytearray(gateway.batch(1))
-    forged[-10] ^= 0x01
-    for _ in range(5):
-        await post_cose(http, f"{running_hub.url}/oxp/v1/batches", bytes(forged))
+    misnamed = SimGateway("another-pole", private_key=gateway.private_key)  # signed by the device, naming another
+    for seq in range(1, 6):
+        await post_cose(http, f"{running_hub.url}/oxp/v1/batches", misnamed.batch(seq))
     await post_cose(http, f"{running_hub.url}/oxp/v1/batches", gateway.batch(1))
     lines = [(r.getMessage(), getattr(r, "error", None) or getattr(r, "after_error", None)) for r in caplog.records if r.name == "ocn.hub.ingest"]
-    assert lines == [("device batches refused", "bad_signature"), ("device batches accepted again", "bad_signature")]
+    assert lines == [("device batches refused", "malformed"), ("device batches accepted again", "malformed")]
 
 
 async def test_a_batch_of_hundreds_of_kilobytes_arrives_whole_and_is_stored(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
