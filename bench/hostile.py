@@ -54,6 +54,7 @@ import aiohttp
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.hub import drop_schema
 from edge.protocol import MEDIA_TYPE, BatchHeader, key_id, raw_public_key, seal_batch
 from edge.protocol.codec import compress
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH
@@ -524,16 +525,6 @@ def report(r: dict[str, Any], duration: float) -> None:
         print("  the hub's last log lines (warnings and errors):")
         for line in r["hub_log"]:
             print(f"    {line[:200]}")
-
-
-async def drop_schema(dsn: str, schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 def raise_file_limit(needed: int) -> int:
