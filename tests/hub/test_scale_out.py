@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -59,12 +60,22 @@ async def test_two_hub_processes_store_every_batch_exactly_once(two_hubs: tuple[
         async with aiohttp.ClientSession() as http:
             await asyncio.gather(*(enrol(http, hub_a if i % 2 else hub_b, gw, token) for i, gw in enumerate(gateways)))
 
+            async def post_until_taken(url: str, data: bytes) -> tuple[int, Any, Any]:
+                # 40 batches at once overfill a hub's ingest queue: 503 busy with Retry-After is an
+                # answer a gateway waits out (protocol §8.2), as the uplink does.
+                for _ in range(60):
+                    answer = await post_cose(http, url, data)
+                    if answer[0] != 503:
+                        return answer
+                    await asyncio.sleep(float(answer[2]["Retry-After"]))
+                return answer
+
             async def sync(gw: SimGateway) -> list[str]:
                 statuses = []
                 for seq in range(10):
                     data = gw.batch(seq, n=30)
                     # Every batch reaches both hubs at once, as after a load-balancer retry.
-                    answers = await asyncio.gather(post_cose(http, f"{hub_a}/oxp/v1/batches", data), post_cose(http, f"{hub_b}/oxp/v1/batches", data))
+                    answers = await asyncio.gather(post_until_taken(f"{hub_a}/oxp/v1/batches", data), post_until_taken(f"{hub_b}/oxp/v1/batches", data))
                     assert [a[0] for a in answers] == [200, 200], answers
                     statuses += [a[1]["status"] for a in answers]
                 return statuses
