@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -123,13 +125,13 @@ class DevTools:
         raise AssertionError(f"{path} did not load")
 
 
-async def test_the_fleet_table_filters_and_sorts_in_the_browser(fleet: RunningHub, tmp_path: Path) -> None:
-    binary = require_tool("chromium")
-    profile = tmp_path / "profile"
+@contextlib.asynccontextmanager
+async def browser_page(profile: Path) -> AsyncIterator[DevTools]:
+    """A headless Chromium with one page, driven over the DevTools protocol."""
     proc = await asyncio.create_subprocess_exec(
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+        "--remote-debugging-port=0", "about:blank", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         port_file = profile / "DevToolsActivePort"
@@ -142,19 +144,24 @@ async def test_the_fleet_table_filters_and_sorts_in_the_browser(fleet: RunningHu
             async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
                 page = next(t for t in await resp.json() if t["type"] == "page")
             async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                tools = DevTools(ws)
-                await tools.open(await fleet.login_link(), "/fleet")
-                visible = "Array.from(document.querySelectorAll('#fleet tbody tr')).filter(r => !r.hidden).map(r => r.cells[0].dataset.value)"
-                assert await tools.evaluate(visible) == ["pole-busy", "pole-quiet", "pole-waiting"]
-                await tools.evaluate("const f = document.getElementById('filter'); f.value = 'STALE'; f.dispatchEvent(new Event('input'))")
-                assert await tools.evaluate(visible) == ["pole-quiet"]
-                await tools.evaluate("const g = document.getElementById('filter'); g.value = ''; g.dispatchEvent(new Event('input'))")
-                header = "Array.from(document.querySelectorAll('#fleet thead th')).find(th => th.textContent === 'Readings stored')"
-                await tools.evaluate(f"{header}.click()")
-                assert await tools.evaluate(visible) == ["pole-waiting", "pole-quiet", "pole-busy"]
-                await tools.evaluate(f"{header}.click()")
-                assert await tools.evaluate(visible) == ["pole-busy", "pole-quiet", "pole-waiting"]
-                assert await tools.evaluate(f"{header}.getAttribute('aria-sort')") == "descending"
+                yield DevTools(ws)
     finally:
         proc.terminate()
         await proc.wait()
+
+
+
+async def test_the_fleet_table_filters_and_sorts_in_the_browser(fleet: RunningHub, tmp_path: Path) -> None:
+    async with browser_page(tmp_path / "profile") as tools:
+        await tools.open(await fleet.login_link(), "/fleet")
+        visible = "Array.from(document.querySelectorAll('#fleet tbody tr')).filter(r => !r.hidden).map(r => r.cells[0].dataset.value)"
+        assert await tools.evaluate(visible) == ["pole-busy", "pole-quiet", "pole-waiting"]
+        await tools.evaluate("const f = document.getElementById('filter'); f.value = 'STALE'; f.dispatchEvent(new Event('input'))")
+        assert await tools.evaluate(visible) == ["pole-quiet"]
+        await tools.evaluate("const g = document.getElementById('filter'); g.value = ''; g.dispatchEvent(new Event('input'))")
+        header = "Array.from(document.querySelectorAll('#fleet thead th')).find(th => th.textContent === 'Readings stored')"
+        await tools.evaluate(f"{header}.click()")
+        assert await tools.evaluate(visible) == ["pole-waiting", "pole-quiet", "pole-busy"]
+        await tools.evaluate(f"{header}.click()")
+        assert await tools.evaluate(visible) == ["pole-busy", "pole-quiet", "pole-waiting"]
+        assert await tools.evaluate(f"{header}.getAttribute('aria-sort')") == "descending"

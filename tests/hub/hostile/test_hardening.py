@@ -21,9 +21,8 @@ from edge.cli import main
 from edge.protocol import BatchHeader, seal_batch
 from edge.types import Channel, Reading
 from hub.app import RunningHub, run_hub
-from tests.helpers.tools import require_tool
 from tests.hub.gateways import T0, SimGateway, enrol, post_cose
-from tests.hub.test_browser import DevTools
+from tests.hub.test_browser import browser_page
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 FORMULA_UNIT = '=HYPERLINK("http://evil","x")'
@@ -238,31 +237,6 @@ async def test_a_desired_document_name_with_a_control_character_is_a_400(running
 
 
 # --- in a real browser ----------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def browser_page(profile: Path) -> AsyncIterator[DevTools]:
-    """A headless Chromium with one page, driven over the DevTools protocol."""
-    proc = await asyncio.create_subprocess_exec(
-        require_tool("chromium"), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
-        "--remote-debugging-port=0", "about:blank", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        port_file = profile / "DevToolsActivePort"
-        for _ in range(300):
-            if port_file.exists() and port_file.read_text().count("\n") >= 1:
-                break
-            await asyncio.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/json/list") as resp:
-                page = next(t for t in await resp.json() if t["type"] == "page")
-            async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                yield DevTools(ws)
-    finally:
-        proc.terminate()
-        await proc.wait()
 
 
 @contextlib.asynccontextmanager
