@@ -12,7 +12,7 @@ from aiohttp import web
 
 from hub.charts import line_chart
 from hub.fleet import DesiredError, check_desired, desired_document, drift
-from hub.jsonbody import JsonBodyError, read_json
+from hub.jsonbody import BodyError, read_json
 from hub.params import ParamError, flag, number, whole
 from hub.render import clock
 from hub.reports import notice_problem
@@ -293,7 +293,7 @@ async def api_set_desired(request: web.Request) -> web.Response:
     try:
         name = _text("name", request.match_info["name"], default="")
         document = check_desired(await read_json(request, limit=MAX_ADMIN_BODY, what="desired document"))
-    except JsonBodyError as exc:
+    except BodyError as exc:
         return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
     except (DesiredError, ParamError) as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
@@ -327,7 +327,7 @@ async def api_create_token(request: web.Request) -> web.Response:
             approve=flag("approve", body.get("approve"), default=False), fleet=_text("fleet", body.get("fleet"), default="default"),
             note=_text("note", body.get("note"), default="", empty=True),
         )
-    except JsonBodyError as exc:
+    except BodyError as exc:
         return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
     except ParamError as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["JsonBodyError", "MAX_JSON_DEPTH", "json_depth", "read_json"]
+__all__ = ["BodyError", "MAX_JSON_DEPTH", "json_depth", "read_bounded", "read_json"]
 
 MAX_JSON_DEPTH = 32
 """Deeper than any document the hub accepts (a desired document nests a handful of levels)."""
@@ -24,8 +24,8 @@ MAX_JSON_DEPTH = 32
 _STRUCTURE = re.compile(rb'\\.|[\[\]{}"]', re.DOTALL)
 
 
-class JsonBodyError(ValueError):
-    """A JSON body the hub refuses: ``status`` is the HTTP status, ``code`` the OXP error code."""
+class BodyError(ValueError):
+    """A request body the hub refuses (too large, or JSON it will not parse): ``status`` is the HTTP status, ``code`` the OXP error code."""
 
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(detail)
@@ -58,25 +58,33 @@ def json_depth(raw: bytes, *, stop_after: int) -> int:
     return deepest
 
 
-async def read_json(request: web.Request, *, limit: int, max_depth: int = MAX_JSON_DEPTH, what: str = "request body") -> Any:
-    """The JSON value of ``request``'s body, or raise :class:`JsonBodyError` (415, 413 or 400) naming what is wrong.
+async def read_bounded(request: web.Request, *, limit: int, what: str = "body") -> bytes:
+    """The whole body of ``request``, or raise :class:`BodyError` (413) as soon as it passes ``limit`` bytes.
 
-    Stops reading as soon as the body passes ``limit`` bytes; refuses nesting deeper than ``max_depth``.
+    Whatever the body's type: the COSE endpoints read theirs with it too.
     """
-    if request.content_type != "application/json":
-        raise JsonBodyError(415, "unsupported_media_type", f"Content-Type {request.content_type!r}: expected application/json")
     if request.content_length is not None and request.content_length > limit:
-        raise JsonBodyError(413, "too_large", f"{what} is {request.content_length} bytes, over the limit of {limit}")
+        raise BodyError(413, "too_large", f"{what} is {request.content_length} bytes, over the limit of {limit}")
     parts, size = [], 0
     async for part in request.content.iter_chunked(64 * 1024):
         size += len(part)
         if size > limit:
-            raise JsonBodyError(413, "too_large", f"{what} is over the limit of {limit} bytes")
+            raise BodyError(413, "too_large", f"{what} is over the limit of {limit} bytes")
         parts.append(part)
-    raw = b"".join(parts)
+    return b"".join(parts)
+
+
+async def read_json(request: web.Request, *, limit: int, max_depth: int = MAX_JSON_DEPTH, what: str = "request body") -> Any:
+    """The JSON value of ``request``'s body, or raise :class:`BodyError` (415, 413 or 400) naming what is wrong.
+
+    Stops reading as soon as the body passes ``limit`` bytes; refuses nesting deeper than ``max_depth``.
+    """
+    if request.content_type != "application/json":
+        raise BodyError(415, "unsupported_media_type", f"Content-Type {request.content_type!r}: expected application/json")
+    raw = await read_bounded(request, limit=limit, what=what)
     if json_depth(raw, stop_after=max_depth) > max_depth:
-        raise JsonBodyError(400, "malformed", f"{what} nests arrays and objects deeper than {max_depth} levels")
+        raise BodyError(400, "malformed", f"{what} nests arrays and objects deeper than {max_depth} levels")
     try:
         return json.loads(raw)
     except ValueError:
-        raise JsonBodyError(400, "malformed", f"{what} is not JSON (UTF-8, RFC 8259)") from None
+        raise BodyError(400, "malformed", f"{what} is not JSON (UTF-8, RFC 8259)") from None

@@ -36,7 +36,7 @@ from edge.protocol.errors import show
 from hub.auth import secret_hash
 from hub.bounds import split_readings
 from hub.fleet import desired_document, sign_document
-from hub.jsonbody import JsonBodyError, read_json
+from hub.jsonbody import BodyError, read_bounded, read_json
 from hub.ratelimit import client_address, retry_after
 from hub.reports import ReportError, check_notice_message, check_status_report, freshness
 from hub.state import HUB, Hub
@@ -86,15 +86,10 @@ async def read_body(request: web.Request, limit: int) -> bytes | web.Response:
     """The whole request body, or a 415/413 answer; stops reading as soon as the body passes ``limit``."""
     if request.content_type != COSE_MEDIA:
         return problem(415, "unsupported_media_type", f"Content-Type {request.content_type!r}: expected {COSE_MEDIA}; cose-type=\"cose-sign1\"")
-    if request.content_length is not None and request.content_length > limit:
-        return problem(413, "too_large", f"body is {request.content_length} bytes, over the limit of {limit}")
-    parts, size = [], 0
-    async for part in request.content.iter_chunked(64 * 1024):
-        size += len(part)
-        if size > limit:
-            return problem(413, "too_large", f"body is over the limit of {limit} bytes")
-        parts.append(part)
-    return b"".join(parts)
+    try:
+        return await read_bounded(request, limit=limit)
+    except BodyError as exc:
+        return problem(exc.status, exc.code, exc.detail)
 
 
 def client_of(request: web.Request) -> str:
@@ -286,7 +281,7 @@ async def post_enrol(request: web.Request) -> web.Response:
 async def _enrol(request: web.Request, hub: Hub) -> web.Response:
     try:
         body = await read_json(request, limit=MAX_ENROL_BYTES, what="enrolment request")
-    except JsonBodyError as exc:
+    except BodyError as exc:
         return problem(exc.status, exc.code, exc.detail)
     if not isinstance(body, dict):
         return problem(400, "malformed", "enrolment request is not a JSON object")
