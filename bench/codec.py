@@ -43,24 +43,24 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.protocol import Batch, BatchHeader, key_id, open_batch, seal_batch, senml_cbor, to_senml
+from edge.demo import DEMO_POLICY
 from edge.privacy.load import load_policy
 from edge.privacy.stage import PrivacyStage
+from edge.protocol import Batch, BatchHeader, key_id, open_batch, seal_batch, senml_cbor, to_senml
 from edge.protocol import codec as oxp_codec
-from edge.demo import DEMO_POLICY
 from edge.types import Channel, Reading
 from hilsim.models import datasets_dir
 
 DATASETS = datasets_dir()  # $OCN_DATASETS, else ../shared/datasets beside the checkout
 SPANS = (("5 min", 300), ("1 h", 3600))
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-UTC = timezone.utc
+UTC = UTC
 
 
 @dataclass

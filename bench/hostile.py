@@ -260,7 +260,7 @@ async def gateways(url: str, tally: Tally, phase: list[str], stop: asyncio.Event
                         told = await outcome(resp)
                     tally.latencies.setdefault(who, []).append(time.perf_counter() - started)
                     tally.count(f"gateways ({who})", told)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     tally.count(f"gateways ({who})", type(exc).__name__)
 
         await asyncio.gather(*(one(i, name) for i, name in enumerate(gateway_names())))
@@ -273,7 +273,7 @@ async def back_to_back(who: str, address: str, tally: Tally, stop: asyncio.Event
         while not stop.is_set():
             try:
                 tally.count(who, await request(http, turn))
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 tally.count(who, type(exc).__name__)
                 await asyncio.sleep(0.1)
             turn += 1

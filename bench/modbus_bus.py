@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import hilsim
-
 from drivers.buses import create_bus
 from drivers.modbus.planner import ReadRequest, plan_reads
 from drivers.modbus.profile import load_profile

@@ -18,7 +18,7 @@ import csv
 import random
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from edge.privacy import PrivacyStage, parse_policy
 from edge.privacy.dp import discrete_laplace, noise_scale
@@ -62,7 +62,7 @@ CHANNELS = [
 
 
 def _ms(text: str, fmt: str) -> int:
-    return int(datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp() * 1000)
+    return int(datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def pm_readings() -> list[Reading]:

@@ -20,7 +20,7 @@ from edge.protocol import MAX_READINGS
 from hub.auth import Admin
 from hub.fleet import check_desired, load_or_create_signing_key
 from hub.looplag import start_probe
-from hub.publicreads import PUBLIC_READS, PublicReadSettings, PublicReads
+from hub.publicreads import PUBLIC_READS, PublicReads, PublicReadSettings
 from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
 from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
 from hub.state import HUB, Hub, KeyCache

@@ -36,16 +36,18 @@ from hub.sta_filter import (
     compile_predicate,
     compile_value,
     conjuncts,
-    many as flat,
     parse_filter,
     parse_orderby,
     paths,
     strip_prefix,
     time_range,
 )
+from hub.sta_filter import (
+    many as flat,
+)
 from hub.state import HUB
-from hub.streamed import send_json
 from hub.store import Device, Store, StoredChannel, StoredReading
+from hub.streamed import send_json
 
 __all__ = ["routes"]
 

@@ -24,7 +24,7 @@ import math
 import re
 import time as _time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = [
@@ -107,7 +107,7 @@ def _combinations(values: Iterable[Any]) -> Iterable[tuple[Any, ...]]:
 # --- reading the text -----------------------------------------------------------------
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utc_ms(moment: datetime) -> int:
@@ -123,7 +123,7 @@ def iso_ms(text: str) -> int:
     """Milliseconds since 1970 of an ISO 8601 date or time (no zone: UTC); ValueError if it is none."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return utc_ms(moment)
 
 
@@ -624,7 +624,7 @@ def _utc(ms: Any) -> datetime | None:
     if _kind(ms) != "num":
         return None
     try:
-        return datetime.fromtimestamp(ms / 1000, timezone.utc)
+        return datetime.fromtimestamp(ms / 1000, UTC)
     except (OverflowError, ValueError, OSError):
         return None
 

@@ -7,11 +7,15 @@ import hashlib
 import json
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hub import schema
+from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
+from hub.budget import QueryBudget
+from hub.chunks import CHUNK_PAGE, Collector, encode_chunks, outside_query, quarantine_plan
+from hub.reports import Freshness, is_fresh, next_mark
 from hub.store import (
     Device,
     DeviceKey,
@@ -27,10 +31,6 @@ from hub.store import (
     notice_location,
     postgres_schema,
 )
-from hub.reports import Freshness, is_fresh, next_mark
-from hub.budget import QueryBudget
-from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
-from hub.chunks import CHUNK_PAGE, Collector, encode_chunks, outside_query, quarantine_plan
 from hub.store_sql import (
     DEVICE_COLUMNS,
     decide_enrolment,

@@ -19,6 +19,10 @@ from edge.commands import file_problem
 from edge.private import private_database
 from edge.types import Channel
 from hub import schema
+from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
+from hub.budget import QueryBudget
+from hub.chunks import Collector, collect_pages, encode_chunks, outside_query, quarantine_plan
+from hub.reports import Freshness, is_fresh, next_mark
 from hub.store import (
     DeviceKey,
     EnrolOutcome,
@@ -30,13 +34,9 @@ from hub.store import (
     StoreError,
     TokenInfo,
     dumps,
-    sqlite_path,
     notice_location,
+    sqlite_path,
 )
-from hub.reports import Freshness, is_fresh, next_mark
-from hub.budget import QueryBudget
-from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
-from hub.chunks import Collector, collect_pages, encode_chunks, outside_query, quarantine_plan
 from hub.store_sql import (
     DEVICE_COLUMNS,
     channel_map,

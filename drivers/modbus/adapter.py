@@ -236,7 +236,7 @@ class ModbusLink:
                     raise GarbledReply(f"{why}; no reply to this request within {timeout:g} s")
                 try:
                     reply = await self._next_reply(remaining)
-                except asyncio.TimeoutError as exc:
+                except TimeoutError as exc:
                     raise GarbledReply(f"{why}; no reply to this request within {timeout:g} s") from exc
         except ConnectionException as exc:
             raise LinkDown(str(exc)) from exc
@@ -246,7 +246,7 @@ class ModbusLink:
             if self._received_during_request:
                 raise GarbledReply(f"{self._received_during_request} bytes but no valid reply frame") from exc
             raise NoReply(f"no reply within {timeout:g} s") from exc
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise NoReply(f"no reply within {timeout:g} s") from exc
         if reply.isError():
             if reply.exception_code in (10, 11):

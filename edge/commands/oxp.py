@@ -6,9 +6,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from edge.commands import file_problem, make_directory
 from edge.protocol import (
     CODECS,
     MAX_BATCH_BYTES,
@@ -28,7 +29,6 @@ from edge.protocol import (
     senml_json,
     write_keypair,
 )
-from edge.commands import file_problem, make_directory
 from edge.protocol.csvinput import CsvError, read_csv
 from edge.types import Channel, Reading
 
@@ -281,7 +281,7 @@ def _load(args: argparse.Namespace) -> tuple[Batch | None, int]:
 
 def _iso(ts_ms: int) -> str:
     try:
-        return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     except (OverflowError, OSError, ValueError):
         return f"{ts_ms} ms"
 

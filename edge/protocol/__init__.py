@@ -4,7 +4,7 @@ Pure functions with no I/O and no asyncio (except the key-file helpers), shared 
 the gateway and the hub; docs/protocol.md is the normative specification.
 """
 
-from edge.protocol.codec import CODECS, MAX_PAYLOAD_BYTES, MAX_READINGS, ZSTD_LEVEL, decode_body, declared_readings
+from edge.protocol.codec import CODECS, MAX_PAYLOAD_BYTES, MAX_READINGS, ZSTD_LEVEL, declared_readings, decode_body
 from edge.protocol.envelope import (
     MAX_BATCH_BYTES,
     MAX_STATUS_BYTES,

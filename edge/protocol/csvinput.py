@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 from edge.types import CHANNEL_ID_RE, Channel, Kind, Reading
@@ -56,8 +56,8 @@ def parse_time(text: str) -> int:
     else:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-        delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+            moment = moment.replace(tzinfo=UTC)
+        delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
         result = (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
     if not 0 <= result <= LATEST_MS:
         raise ValueError("outside 1970-01-01 .. 9999-12-31")

@@ -15,7 +15,7 @@ import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -169,7 +169,7 @@ def _parse_time(cell: str, *, path: Path, line_no: int) -> float:
             f"replay file {str(path)!r} line {line_no}: time {text!r} is neither Unix seconds nor ISO 8601"
         ) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 

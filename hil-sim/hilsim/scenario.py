@@ -13,7 +13,7 @@ import tempfile
 import tomllib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from hilsim.modbus_devices import ModbusDevice, Sdm120, Sdm630, WaterLevel, Weat
 from hilsim.models import build_model
 from hilsim.netproxy import ProxyStep, UplinkProxy
 from hilsim.pedestrian import PedestrianCounter
-from hilsim.serial_devices import NmeaGps, Pms5003, SerialDevice, Sds011
+from hilsim.serial_devices import NmeaGps, Pms5003, Sds011, SerialDevice
 
 __all__ = ["DEVICE_KINDS", "SCENARIO_DIR", "Endpoint", "Scenario", "ScenarioError", "Simulation",
            "available_scenarios", "load_scenario", "run_scenario"]
@@ -124,7 +124,7 @@ def load_scenario(scenario: str | Path) -> Scenario:
         except ValueError:
             raise ScenarioError(f"{path}: scenario.start = {start!r}: expected an ISO 8601 time like "
                                 f"\"2026-03-02T07:00:00Z\"") from None
-        start = (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+        start = (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
     buses = tuple(data.get("buses", ()))
     devices = tuple(data.get("devices", ()))
     names: set[str] = set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -309,7 +309,7 @@ class NmeaGps(SerialDevice):
         return frame[: star + 1] + f"{wrong:02X}".encode() + frame[star + 3 :]
 
     def sentences(self, tick: int, wall_s: float) -> list[bytes]:
-        moment = datetime.fromtimestamp(wall_s, tz=timezone.utc)
+        moment = datetime.fromtimestamp(wall_s, tz=UTC)
         hhmmss = moment.strftime("%H%M%S") + f".{moment.microsecond // 10000:02d}"
         ddmmyy = moment.strftime("%d%m%y")
         if self.faults.windows("no_fix", self.clock.t()):

@@ -9,9 +9,9 @@ import logging
 import time
 from pathlib import Path
 
-import hilsim
 import pytest
 
+import hilsim
 from drivers.buses import create_bus
 from drivers.registry import load_driver
 from drivers.sdk import DeviceContext

@@ -16,7 +16,6 @@ from drivers.serial.pedestrian import PedestrianCounterDriver, PedestrianDecoder
 from tests.drivers.loopback import BusConfig, SerialPeer
 from tests.helpers.datasets import dataset
 
-
 # Datasheet example (Laser Dust Sensor Control Protocol V1.3, "query data command"), device id A1 60.
 SDS011_QUERY = bytes.fromhex("AA B4 04 00 00 00 00 00 00 00 00 00 00 00 00 FF FF 02 AB")
 SDS011_REPLY = bytes.fromhex("AA C0 D4 04 3A 0A A1 60 1D AB")  # PM2.5 123.6, PM10 261.8

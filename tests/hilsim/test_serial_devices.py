@@ -6,7 +6,6 @@ import asyncio
 import errno
 import os
 import select
-from pathlib import Path
 
 import pytest
 

@@ -11,8 +11,8 @@ import pytest
 
 from hub.app import RunningHub, run_hub
 from hub.store import Store, open_store
-from tests.hub.gateways import SimGateway, enrol
 from tests.helpers.tools import require_postgres
+from tests.hub.gateways import SimGateway, enrol
 
 
 async def drop_schema(dsn: str, schema: str) -> None:

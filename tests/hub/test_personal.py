@@ -207,7 +207,7 @@ async def test_asking_for_a_personal_channel_by_name_id_or_value_finds_nothing(s
     # Empty answers, not errors: a filter must not tell whether the channel exists either.
     for query in (f"Things?$filter=Datastreams/name eq {pick}", f"Datastreams?$filter=name eq {pick}",
                   f"Observations?$filter=Datastream/name eq {pick}", f"Observations?$filter=Datastream/@iot.id eq {stream}",
-                  f"Observations?$filter=result eq '{plate(1, 0)}'", f"Observations?$filter=result gt 47.37 and result lt 47.39"):
+                  f"Observations?$filter=result eq '{plate(1, 0)}'", "Observations?$filter=result gt 47.37 and result lt 47.39"):
         async with scene.http.get(f"{sta}/{query}&$count=true") as resp:
             page = await resp.json()
         assert resp.status == 200 and page["@iot.count"] == 0 and page["value"] == [], query

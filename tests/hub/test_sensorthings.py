@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import replace
 import functools
 import random
 import re
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from edge.types import Reading
 from hub.app import RunningHub, run_hub
 from hub.render import iso_time as iso
 from hub.sensorthings import Catalog, Options
 from hub.sta_filter import FilterError, compile_predicate, compile_value, parse_filter, parse_orderby
-from edge.types import Reading
 from tests.hub.gateways import T0, SimGateway, enrol, post_cose
 
 STA = "/sta/v1.1"

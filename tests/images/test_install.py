@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.tools import require_tool
-from tests.packaging.test_wheelhouse import wheelhouse
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "images" / "install.sh"

@@ -311,6 +311,7 @@ async def test_the_daily_byte_budget_counts_a_redirected_exchange_both_times(spo
     # A hub moved behind a 308 (permanent, the body is sent again): each batch crosses the
     # link twice. The budget must count both legs, as the metered link bills them.
     from aiohttp import web
+
     from hilsim.netproxy import UplinkProxy
 
     day_ms = 86_400_000

@@ -20,7 +20,7 @@ def _name(common_name: str) -> x509.Name:
 
 def make_ca(directory: Path, name: str) -> tuple[Path, Path, Path]:
     """Write ``<name>-ca.pem``, and a server cert/key signed by it for IP 127.0.0.1; returns the three paths."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 
+import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.protocol.codec import (
-    ENC_FLOAT,
     ENC_DEC_DELTA,
     ENC_DEC_DOD,
+    ENC_FLOAT,
     decode_payload,
     encode_body,
     encode_payload,
@@ -19,8 +20,6 @@ from edge.protocol.codec import (
 )
 from edge.protocol.errors import ProtocolError
 from edge.types import Channel, Kind, Quality, Reading
-
-import cbor2
 
 
 def roundtrip(channels, readings, codec="zstd"):

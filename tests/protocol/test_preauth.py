@@ -9,8 +9,7 @@ from pathlib import Path
 import cbor2
 import pytest
 
-from edge.protocol import MAX_BATCH_BYTES, MAX_PROTECTED_BYTES, ProtocolError, generate_keypair, key_id, read_envelope, seal_status
-from edge.protocol import preauth
+from edge.protocol import MAX_BATCH_BYTES, MAX_PROTECTED_BYTES, ProtocolError, generate_keypair, key_id, preauth, read_envelope, seal_status
 from edge.protocol.preauth import OXP_BATCH, OXP_STATUS
 
 VECTORS = Path(__file__).resolve().parents[2] / "docs" / "protocol" / "vectors"

@@ -16,7 +16,7 @@ import json
 import math
 import tempfile
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -101,7 +101,7 @@ async def get(url: str) -> tuple[int, bytes]:
 
 
 def test_civil_time_agrees_with_datetime_wherever_datetime_reaches() -> None:
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     for ts in (-62_135_596_800_000, -1, 0, 1, 951_782_400_000, 951_868_799_999, 4_107_542_400_000, 253_402_300_799_999,
                *range(-10**12, 10**13, 987_654_321_013)):
         moment = epoch + timedelta(milliseconds=ts)
