@@ -54,7 +54,7 @@ from edge.privacy.load import load_policy
 from edge.privacy.stage import PrivacyStage
 from edge.protocol import Batch, BatchHeader, key_id, open_batch, seal_batch, senml_cbor, to_senml
 from edge.protocol import codec as oxp_codec
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 from hilsim.models import datasets_dir
 
 DATASETS = datasets_dir()  # $OCN_DATASETS, else ../shared/datasets beside the checkout

@@ -58,7 +58,7 @@ from bench.hub import drop_schema
 from edge.protocol import MEDIA_TYPE, BatchHeader, key_id, raw_public_key, seal_batch
 from edge.protocol.codec import compress
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 from hub.auth import secret_hash
 from hub.store import IncomingBatch, open_store
 from hub.tokens import create_token

@@ -30,7 +30,7 @@ from pathlib import Path
 import aiohttp
 
 from edge.protocol import MEDIA_TYPE, BatchHeader, generate_keypair, key_id, raw_public_key, seal_batch
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 from hilsim.models import datasets_dir
 
 DATASET = datasets_dir() / "ampds2_Electricity_B1E-11.csv"  # $OCN_DATASETS, else ../shared/datasets

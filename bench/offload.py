@@ -27,7 +27,7 @@ from edge.protocol import BatchHeader, declared_readings, generate_keypair, key_
 from edge.protocol.codec import compress, decode_payload, decompress
 from edge.protocol.envelope import H_BOOT, H_CODEC, H_CREATED, H_DEVICE, H_POLICY, H_SEQ, H_VERSION, _sign
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 CHANNEL = Channel("meter-1/voltage", "V", resolution=0.1)
 KEY = generate_keypair()

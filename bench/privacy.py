@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from edge.privacy import PrivacyStage, parse_policy
 from edge.privacy.dp import discrete_laplace, noise_scale
-from edge.types import Channel, Kind, Reading
+from edge.protocol.types import Channel, Kind, Reading
 from hilsim.models import datasets_dir
 
 DATASETS = datasets_dir()

@@ -35,8 +35,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol import BatchHeader, generate_keypair, key_id, open_batch, seal_batch
+from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
-from edge.types import Channel, Reading
 from edge.uplink import Uplink
 from hilsim.models import datasets_dir
 

@@ -21,7 +21,7 @@ import aiohttp
 
 from bench.hub import drop_schema
 from edge.protocol import generate_keypair, key_id, raw_public_key
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 from hub.app import run_hub
 from hub.sensorthings import Catalog, Options
 from hub.store import IncomingBatch

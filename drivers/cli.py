@@ -29,7 +29,7 @@ from drivers.scaffold import ScaffoldError, scaffold
 from drivers.sdk import DeviceContext, Driver, OptionError
 from drivers.testing import BusSettings
 from edge.commands import positive, whole
-from edge.types import Reading
+from edge.protocol.types import Reading
 
 __all__ = ["register"]
 

@@ -50,7 +50,7 @@ import asyncio
 
 from drivers.buses import LinkError
 from drivers.sdk import Driver, Emit, Manifest, OptionSpec
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 
 class {cls}(Driver):

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 __all__ = ["DeviceContext", "Driver", "DriverError", "Emit", "Manifest", "OptionError", "OptionSpec"]
 

@@ -12,7 +12,7 @@ from typing import Any
 from drivers.buses import ModbusBus, SerialBus, create_bus
 from drivers.registry import load_driver
 from drivers.sdk import DeviceContext, Driver
-from edge.types import Reading
+from edge.protocol.types import Reading
 
 __all__ = ["BusSettings", "RunningDevice", "bus_settings_for", "running_device"]
 

@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol import BatchHeader, BatchTooLarge, key_id, seal_batch
 from edge.protocol.codec import encode_body
+from edge.protocol.types import Channel, Kind, Reading
 from edge.spool import Spool, SpoolError, StoredBatch
-from edge.types import Channel, Kind, Reading
 
 __all__ = ["Batcher", "BatcherCounters"]
 

@@ -210,7 +210,7 @@ _DEVICE_ID = Str(
     rule="lowercase letters, digits and '-', at most 63",
     max_length=63,
 )
-# A device name starts its channels' ids ("meter-1/voltage_l1"), so it follows edge.types.CHANNEL_ID_RE.
+# A device name starts its channels' ids ("meter-1/voltage_l1"), so it follows edge.protocol.types.CHANNEL_ID_RE.
 _NAME_RULE = "letters, digits, '_', '.', ':' and '-', starting with a letter or digit"
 _NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]*"
 

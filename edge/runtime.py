@@ -29,8 +29,8 @@ from edge.config import GatewayConfig
 from edge.desired import DesiredApplier, DesiredState, Reload, overlay_config
 from edge.notify import Notifier, watchdog_loop
 from edge.private import private_directory
+from edge.protocol.types import Channel, Reading
 from edge.supervise import DeviceRunner
-from edge.types import Channel, Reading
 
 __all__ = ["Gateway", "PipelineCounters", "StartError", "run_gateway"]
 

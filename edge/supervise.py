@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from drivers.sdk import Driver, Emit
-from edge.types import Reading
+from edge.protocol.types import Reading
 
 __all__ = ["DeviceRunner"]
 

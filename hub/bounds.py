@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge.types import Reading
+from edge.protocol.types import Reading
 
 __all__ = ["FLOOR_MS", "MAX_SKEW_MS", "MAX_SPAN_MS", "Quarantined", "reading_time_fault", "split_readings"]
 

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import cbor2
 
-from edge.types import Reading
+from edge.protocol.types import Reading
 from hub.store import StoredReading
 
 __all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "Counter", "chunk_query", "count_query", "encode_chunks", "outside_query",

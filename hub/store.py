@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 from hub.bounds import Quarantined
 from hub.budget import QueryBudget
 from hub.reports import Freshness

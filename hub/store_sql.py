@@ -8,7 +8,7 @@ from typing import Any
 
 import cbor2
 
-from edge.types import Channel
+from edge.protocol.types import Channel
 from hub.store import Device, EnrolError, EnrolOutcome, IncomingBatch, status_columns
 
 __all__ = [

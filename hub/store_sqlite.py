@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from edge.commands import file_problem
 from edge.private import private_database
-from edge.types import Channel
+from edge.protocol.types import Channel
 from hub import schema
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.budget import QueryBudget

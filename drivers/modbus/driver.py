@@ -15,7 +15,7 @@ from drivers.modbus.adapter import ExceptionReply, LinkError
 from drivers.modbus.planner import ReadRequest, plan_reads
 from drivers.modbus.profile import Profile, ProfileError, load_profile, shipped_profiles
 from drivers.sdk import DeviceContext, Driver, Emit, Manifest, OptionError, OptionSpec
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 __all__ = ["ModbusDriver", "Poll"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.modbus.planner import BIT_FUNCTIONS, MAX_BITS, MAX_REGISTERS, Span
-from edge.types import CHANNEL_ID_RE, Kind
+from edge.protocol.types import CHANNEL_ID_RE, Kind
 
 __all__ = [
     "FUNCTIONS",

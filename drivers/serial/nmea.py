@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from drivers.sdk import Manifest
 from drivers.serial.stream import Decoder, StreamDriver
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 __all__ = ["Fix", "Motion", "NmeaDecoder", "NmeaDriver"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from drivers.sdk import Manifest
 from drivers.serial.stream import Decoder, StreamDriver
-from edge.types import Channel, Kind, Reading
+from edge.protocol.types import Channel, Kind, Reading
 
 __all__ = ["Heartbeat", "PedestrianCounterDriver", "PedestrianDecoder", "Sighting"]
 

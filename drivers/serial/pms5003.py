@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from drivers.sdk import Manifest, OptionSpec
 from drivers.serial.stream import Decoder, StreamDriver
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 __all__ = ["Pms5003Decoder", "Pms5003Driver", "Pms5003Frame", "command"]
 

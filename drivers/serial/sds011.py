@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from drivers.sdk import Manifest, OptionSpec
 from drivers.serial.stream import Decoder, StreamDriver
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 __all__ = ["Sds011Decoder", "Sds011Driver", "Sds011Frame", "command"]
 

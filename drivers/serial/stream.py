@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from drivers.buses import BusDown
 from drivers.sdk import DeviceContext, Driver, Emit
-from edge.types import Reading
+from edge.protocol.types import Reading
 
 __all__ = ["Decoder", "DecoderStats", "StreamDriver"]
 

@@ -30,7 +30,7 @@ from edge.protocol import (
     write_keypair,
 )
 from edge.protocol.csvinput import CsvError, read_csv
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 __all__ = ["register", "split_into_batches"]
 

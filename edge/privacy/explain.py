@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from edge.privacy.location import METRES_PER_DEGREE, geohash_cell_deg
 from edge.privacy.policy import Policy, Rule
-from edge.types import Channel
+from edge.protocol.types import Channel
 
 __all__ = ["DTPR_PROCESS", "describe_rule", "explain", "human_duration", "processes"]
 

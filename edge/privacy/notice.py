@@ -10,7 +10,7 @@ import jinja2
 
 from edge.privacy.explain import describe_rule, human_duration, processes
 from edge.privacy.policy import Policy
-from edge.types import Channel
+from edge.protocol.types import Channel
 
 __all__ = ["DEFAULT_STORAGE", "NOTICE_SCHEMA", "TECHNOLOGY", "build_notice", "render_notice_html"]
 

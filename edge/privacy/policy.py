@@ -14,7 +14,7 @@ from typing import Any
 
 import cbor2
 
-from edge.types import Channel, Kind
+from edge.protocol.types import Channel, Kind
 
 __all__ = [
     "AGGREGATE_FUNCTIONS",

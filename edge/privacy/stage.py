@@ -16,7 +16,7 @@ from edge.privacy.dp import Accountant, IntegerSource
 from edge.privacy.keys import EphemeralKey, RotatingKey
 from edge.privacy.location import geohash_cell_deg, grid_cell_deg, snap
 from edge.privacy.policy import DAY_MS, Policy, PolicyError, Rule, axis_of
-from edge.types import Channel, Kind, Quality, Reading
+from edge.protocol.types import Channel, Kind, Quality, Reading
 
 __all__ = ["BUDGET_CHANNEL", "PrivacyStage", "aggregate_channel_id", "distinct_channel_id", "window_label"]
 

@@ -17,6 +17,7 @@ import zstandard
 
 from edge.protocol.dictionary import DICTIONARY, UNIT_CODES, UNITS
 from edge.protocol.errors import ProtocolError, show
+from edge.protocol.types import Channel, Kind, Quality, Reading
 from edge.protocol.varint import (
     INT64_MAX,
     INT64_MIN,
@@ -31,7 +32,6 @@ from edge.protocol.varint import (
     wrap64,
     zigzag,
 )
-from edge.types import Channel, Kind, Quality, Reading
 
 __all__ = [
     "CODECS",

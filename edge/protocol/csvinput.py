@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from edge.types import CHANNEL_ID_RE, Channel, Kind, Reading
+from edge.protocol.types import CHANNEL_ID_RE, Channel, Kind, Reading
 
 __all__ = ["CsvError", "CsvReadings", "parse_time", "parse_value", "read_csv"]
 

@@ -15,7 +15,7 @@ from edge.protocol.codec import CODECS, MAX_READINGS, decode_body, decode_payloa
 from edge.protocol.errors import ProtocolError, show
 from edge.protocol.keys import key_id
 from edge.protocol.preauth import ALG, COSE_SIGN1_TAG, EDDSA, KID, MESSAGE_TYPES, OXP_BATCH, OXP_STATUS, Envelope, read_envelope
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 __all__ = [
     "OXP_VERSION",

@@ -17,7 +17,7 @@ from edge.protocol.dictionary import DICTIONARY, DICTIONARY_SHA256, UNITS
 from edge.protocol.envelope import OXP_VERSION, Batch, BatchHeader, open_batch, seal_batch, seal_status
 from edge.protocol.keys import key_id, raw_public_key
 from edge.protocol.senml import to_senml
-from edge.types import Channel, Kind, Quality, Reading
+from edge.protocol.types import Channel, Kind, Quality, Reading
 
 __all__ = ["VECTOR_SEED", "OTHER_SEED", "build_vectors", "write_vectors", "reading_from_json", "channel_from_json"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from drivers.registry import UnknownDriver
 from drivers.sdk import Driver, Emit, Manifest, OptionSpec
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 __all__ = ["DRIVERS", "DustSensor", "Meter", "Uptime", "lookup"]
 

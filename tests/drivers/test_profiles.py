@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from drivers.modbus.profile import ProfileError, Register, load_profile, parse_profile, shipped_profiles
-from edge.types import Channel, Kind
+from edge.protocol.types import Channel, Kind
 
 HEAD = '[profile]\nname = "test"\n'
 

@@ -10,7 +10,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol import MEDIA_TYPE, BatchHeader, generate_keypair, key_id, raw_public_key, seal_batch, seal_status
-from edge.types import Channel, Kind, Reading
+from edge.protocol.types import Channel, Kind, Reading
 
 T0 = 1_790_000_000_000
 CHANNELS = (

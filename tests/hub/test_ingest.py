@@ -211,7 +211,7 @@ async def test_a_batch_of_hundreds_of_kilobytes_arrives_whole_and_is_stored(runn
     import random
 
     from edge.protocol import BatchHeader, seal_batch
-    from edge.types import Channel, Reading
+    from edge.protocol.types import Channel, Reading
 
     rng = random.Random(1)
     channel = Channel("meter-1/noise", unit="V")  # no resolution: raw floats, which barely compress

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from edge.protocol import BatchHeader, seal_batch
-from edge.types import Channel, Kind, Reading
+from edge.protocol.types import Channel, Kind, Reading
 from hub.app import RunningHub, build_app, run_hub
 from hub.store import IncomingBatch, Store, open_store, postgres_schema, sqlite_path
 from tests.hub.gateways import CHANNELS, T0, SimGateway, enrol, post_cose

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from edge.types import Reading
+from edge.protocol.types import Reading
 from hub.app import RunningHub, run_hub
 from hub.render import iso_time as iso
 from hub.sensorthings import Catalog, Options

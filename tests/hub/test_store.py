@@ -7,7 +7,7 @@ import hashlib
 
 import pytest
 
-from edge.types import Channel, Kind, Reading
+from edge.protocol.types import Channel, Kind, Reading
 from hub.store import EnrolError, IncomingBatch, Store, open_store
 
 NOW = 1_790_000_000_000

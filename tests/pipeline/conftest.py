@@ -8,8 +8,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol import BatchHeader, generate_keypair, key_id, seal_batch
+from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
-from edge.types import Channel, Reading
 from tests.pipeline.receiver import Receiver
 
 

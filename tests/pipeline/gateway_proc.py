@@ -29,8 +29,8 @@ from pathlib import Path
 from edge.batcher import Batcher
 from edge.logs import setup_logging
 from edge.protocol import load_private_key
+from edge.protocol.types import Channel, Reading
 from edge.spool import Spool, StoredBatch
-from edge.types import Channel, Reading
 from edge.uplink import Uplink
 
 COUNTER = Channel("gen-1/counter", unit="count", resolution=1.0)

@@ -8,8 +8,8 @@ import time
 
 from edge.batcher import Batcher
 from edge.protocol import open_batch
+from edge.protocol.types import Channel, Kind, Reading
 from edge.spool import Spool
-from edge.types import Channel, Kind, Reading
 
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % 300_000  # the start of a 5-minute window
 VOLTAGE = Channel("meter-1/voltage", unit="V", resolution=0.1)

@@ -21,8 +21,8 @@ import pytest
 
 from edge.batcher import Batcher
 from edge.protocol import load_public_key, open_batch, write_keypair
+from edge.protocol.types import Channel, Kind, Reading
 from edge.spool import Spool, SpoolError
-from edge.types import Channel, Kind, Reading
 from edge.uplink import Uplink
 from tests.pipeline.conftest import seal_readings
 from tests.pipeline.receiver import Receiver

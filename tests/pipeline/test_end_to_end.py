@@ -7,7 +7,7 @@ import random
 from collections import Counter
 
 from edge.batcher import Batcher
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 from edge.uplink import Uplink
 
 FAULTS = ["fail", "stall", "garbage", "store_then_garbage", "busy", "rate", "reset", "wrong_ack"]

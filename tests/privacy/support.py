@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 from edge.privacy import Policy, parse_policy
-from edge.types import Channel, Kind
+from edge.protocol.types import Channel, Kind
 
 HEADER = """
 [policy]

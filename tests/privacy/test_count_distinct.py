@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.privacy import PrivacyStage
-from edge.types import Reading
+from edge.protocol.types import Reading
 
 from .support import MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
 

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from edge.privacy import PolicyError, PrivacyStage
-from edge.types import Channel, Kind, Reading
+from edge.protocol.types import Channel, Kind, Reading
 
 from .support import GPS_CHANNELS, MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from edge.localapi import create_app
 from edge.privacy import PrivacyStage, build_notice, parse_policy, render_notice_html
-from edge.types import Channel
+from edge.protocol.types import Channel
 
 from .support import GPS_CHANNELS, PED_CHANNELS
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from edge.privacy import PrivacyStage
 from edge.privacy.location import geohash_cell_deg, snap
-from edge.types import Channel, Kind, Quality, Reading
+from edge.protocol.types import Channel, Kind, Quality, Reading
 
 from .support import GPS_CHANNELS, MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
 

@@ -6,7 +6,7 @@ import gc
 import sys
 
 from edge.privacy import PrivacyStage
-from edge.types import Reading
+from edge.protocol.types import Reading
 
 from .support import MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
 

@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol import BatchHeader, key_id
-from edge.types import Channel, Kind, Quality, Reading
+from edge.protocol.types import Channel, Kind, Quality, Reading
 
 
 @pytest.fixture

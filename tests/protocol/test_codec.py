@@ -19,7 +19,7 @@ from edge.protocol.codec import (
     resolution_parts,
 )
 from edge.protocol.errors import ProtocolError
-from edge.types import Channel, Kind, Quality, Reading
+from edge.protocol.types import Channel, Kind, Quality, Reading
 
 
 def roundtrip(channels, readings, codec="zstd"):

@@ -6,7 +6,7 @@ import pytest
 from edge.protocol import ProtocolError, open_batch, seal_batch
 from edge.protocol.codec import compress, decode_body, encode_body
 from edge.protocol.dictionary import DICTIONARY, DICTIONARY_SHA256, UNIT_CODES, UNITS, build_dictionary
-from edge.types import Channel, Kind, Reading
+from edge.protocol.types import Channel, Kind, Reading
 
 
 def test_channels_of_one_device_share_one_device_prefix():

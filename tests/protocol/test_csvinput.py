@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edge.protocol.csvinput import CsvError, parse_time, read_csv
-from edge.types import Kind
+from edge.protocol.types import Kind
 
 
 def test_times_in_iso_8601_and_epoch_seconds_agree():

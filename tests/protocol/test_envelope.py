@@ -21,7 +21,7 @@ from edge.protocol import (
     seal_batch,
     seal_status,
 )
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 
 
 def reason(excinfo) -> str:

@@ -35,8 +35,8 @@ from edge.protocol import (
 from edge.protocol.codec import compress, decode_body, decode_payload, encode_body, encode_payload
 from edge.protocol.envelope import ALG, EDDSA, H_CODEC, H_VERSION, KID, OXP_BATCH, OXP_STATUS, _sign
 from edge.protocol.errors import MAX_DETAIL_CHARS
+from edge.protocol.types import Channel, Kind, Quality, Reading
 from edge.protocol.varint import INT64_MAX, INT64_MIN
-from edge.types import Channel, Kind, Quality, Reading
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 PUBLIC = KEY.public_key()

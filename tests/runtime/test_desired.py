@@ -264,8 +264,8 @@ async def test_a_desired_config_may_not_change_the_gateway_identity(setup):
 
 async def test_a_reading_the_privacy_stage_cannot_handle_is_dropped_and_counted_not_fatal(setup):
     from edge.privacy import parse_policy
+    from edge.protocol.types import Reading
     from edge.schema import dumps_toml
-    from edge.types import Reading
 
     hub, config = setup
     async with running_gateway(config) as gateway:

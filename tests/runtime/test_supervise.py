@@ -4,8 +4,8 @@ import asyncio
 import logging
 
 from drivers.sdk import DeviceContext, Driver, Manifest
+from edge.protocol.types import Channel, Kind, Reading
 from edge.supervise import DeviceRunner
-from edge.types import Channel, Kind, Reading
 
 
 class Ticker(Driver):

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from edge.protocol import MEDIA_TYPE
 from edge.protocol.codec import compress, encode_payload
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH, OXP_STATUS
-from edge.types import Channel, Kind, Quality, Reading
+from edge.protocol.types import Channel, Kind, Quality, Reading
 from hub.app import IngestSettings, RunningHub, run_hub
 from tests.hub.gateways import T0, SimGateway, enrol
 from tests.hub.test_sensorthings import expressions

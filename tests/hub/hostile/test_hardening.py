@@ -19,7 +19,7 @@ from aiohttp import web
 
 from edge.cli import main
 from edge.protocol import BatchHeader, seal_batch
-from edge.types import Channel, Reading
+from edge.protocol.types import Channel, Reading
 from hub.app import RunningHub, run_hub
 from tests.hub.gateways import T0, SimGateway, enrol, post_cose
 from tests.hub.test_browser import browser_page

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.types import Channel, Kind, Reading
+from edge.protocol.types import Channel, Kind, Reading
 from hub.app import RunningHub, run_hub
 from hub.render import civil, clock, csv_text, iso_time
 from hub.store import IncomingBatch

@@ -20,7 +20,7 @@ import cbor2
 import pytest
 
 from edge.protocol import BatchHeader, seal_batch
-from edge.types import Reading
+from edge.protocol.types import Reading
 from hub.app import RunningHub, run_hub
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, MAX_SPAN_MS, split_readings
 from hub.chunks import encode_chunks
