@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-BENCHES = ("codec", "oxp_state", "privacy", "serial_decode", "modbus_bus", "spool", "hub", "sta", "hostile", "sim_timing")
+BENCHES = ("codec", "pipeline", "oxp_state", "privacy", "serial_decode", "modbus_bus", "spool", "hub", "sta", "hostile", "sim_timing")
 
 
 def main(argv: list[str]) -> int:
