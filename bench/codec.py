@@ -49,18 +49,17 @@ from pathlib import Path
 import zstandard
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.datasets import datasets
 from edge.demo import DEMO_POLICY
 from edge.privacy.load import load_policy
 from edge.privacy.stage import PrivacyStage
 from edge.protocol import Batch, BatchHeader, key_id, open_batch, seal_batch, senml_cbor, to_senml
 from edge.protocol import codec as oxp_codec
 from edge.protocol.types import Channel, Reading
-from hilsim.models import datasets_dir
 
-DATASETS = datasets_dir()  # $OCN_DATASETS, else ../shared/datasets beside the checkout
+DATASETS = datasets()  # $OCN_DATASETS, else ../shared/datasets beside the checkout
 SPANS = (("5 min", 300), ("1 h", 3600))
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-UTC = UTC
 
 
 @dataclass
@@ -195,7 +194,7 @@ def gps_end_to_end(start_ms: int) -> list[Reading]:
     """Go!Track tracks laid end to end from ``start_ms``, keeping each track's own time steps."""
     readings = []
     clock = start_ms
-    last_track, last_t = None, None
+    last_track, last_t = None, 0
     for row in _gotrack_rows():
         t = _iso_ms(row["time"])
         if row["track_id"] != last_track:
@@ -393,7 +392,7 @@ def throughput(source: Source, span_s: int, repeats: int) -> tuple[float, float]
 def level_sweep(source: Source) -> None:
     print(f"\nzstd level on the {source.name}: bytes per reading and compression speed\n")
     print(f"{'level':>5} {'5 min B/rd':>11} {'1 h B/rd':>9} {'compress rd/s (1 h)':>20}")
-    bodies = {}
+    bodies: dict[int, list[tuple[bytes, int]]] = {}
     for _, span in SPANS:
         bodies[span] = []
         for seq, group in enumerate(windows(source, span), 1):

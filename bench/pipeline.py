@@ -40,13 +40,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from bench.datasets import dataset
 from drivers.sdk import DeviceContext, Driver, Emit, Manifest
 from edge.config import load_config
 from edge.demo import DEMO_POLICY
 from edge.enrol import enrol
 from edge.protocol.types import Channel, Reading
 from edge.runtime import Gateway
-from hilsim.models import datasets_dir
 
 DATASET = "ampds2_Electricity_B1E-11.csv"  # in $OCN_DATASETS, else ../shared/datasets
 # AMPds2 column -> (channel name, unit, resolution): the decimals the recording was written with.
@@ -75,17 +75,10 @@ purpose = "Energy use"
 """
 
 
-def dataset_path() -> Path:
-    directory = datasets_dir()
-    if directory is None:
-        raise SystemExit(f"bench.pipeline needs {DATASET}: set OCN_DATASETS to the directory of the shared datasets")
-    return directory / DATASET
-
-
 def meter_rows(count: int) -> list[list[float]]:
     """The first ``count`` rows of the recording (cycled if it is shorter), as numbers in COLUMNS order."""
     rows: list[list[float]] = []
-    with dataset_path().open(newline="") as f:
+    with dataset(DATASET).open(newline="") as f:
         for row in csv.DictReader(f):
             rows.append([float(row[c]) for c in COLUMNS])
             if len(rows) >= count:

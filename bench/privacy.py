@@ -20,12 +20,12 @@ import sys
 import time
 from datetime import UTC, datetime
 
+from bench.datasets import datasets
 from edge.privacy import PrivacyStage, parse_policy
 from edge.privacy.dp import discrete_laplace, noise_scale
 from edge.protocol.types import Channel, Kind, Reading
-from hilsim.models import datasets_dir
 
-DATASETS = datasets_dir()
+DATASETS = datasets()
 SDS011 = DATASETS / "sensor_community_sds011_8554_aberdeen_2019-01-10_2019-03-12.csv"
 GPS = DATASETS / "go_track_trackspoints.csv"
 
@@ -92,8 +92,9 @@ def run(rule: str, readings: list[Reading], repeat: int) -> float:
     """Best seconds per reading over ``repeat`` runs, windows closed as time passes."""
     policy = parse_policy(HEADER + RULES[rule])
     best = float("inf")
+    now = [0]
     for _ in range(repeat):
-        now = [readings[0].ts_ms]
+        now[0] = readings[0].ts_ms
         stage = PrivacyStage(policy, CHANNELS, clock_ms=lambda: now[0])
         next_tick = now[0] + 1000
         t0 = time.perf_counter()

@@ -20,15 +20,15 @@ import random
 import time
 from collections.abc import Callable
 
+from bench.datasets import datasets
 from drivers.sdk import DeviceContext
 from drivers.serial.nmea import NmeaDriver
 from drivers.serial.pedestrian import PedestrianCounterDriver
 from drivers.serial.pms5003 import Pms5003Driver
 from drivers.serial.sds011 import Sds011Driver
 from drivers.serial.stream import StreamDriver
-from hilsim.models import datasets_dir
 
-DATASETS = datasets_dir()
+DATASETS = datasets()
 SDS011_CSV = DATASETS / "sensor_community_sds011_8554_aberdeen_2019-01-10_2019-03-12.csv"
 NMEA_LOG = DATASETS / "gpsd_quectel-l76k-nmea.log"
 CHUNK = 256

@@ -65,7 +65,9 @@ async def wire_timing(baud: int, rounds: int) -> dict[str, float]:
         path = Path(tmp) / "scenario.toml"
         path.write_text(SCENARIO.format(baud=baud))
         async with hilsim.run_scenario(path, run_dir=Path(tmp) / "run") as sim:
-            fd = os.open(sim.endpoints["m"].path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            line = sim.endpoints["m"].path
+            assert line is not None, "the scenario's meter is on a serial line"
+            fd = os.open(line, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
             tty.setraw(fd)
             termios.tcflush(fd, termios.TCIOFLUSH)
             request = struct.pack(">BBHH", 1, 4, 0, 125)
@@ -98,7 +100,7 @@ async def scenario_cost(seconds: float) -> float:
 
     async with hilsim.run_scenario("default") as sim:
         fds = [os.open(e.path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
-               for e in sim.endpoints.values() if e.transport == "serial"]
+               for e in sim.endpoints.values() if e.transport == "serial" and e.path is not None]
         cpu0, wall0 = time.process_time(), time.perf_counter()
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds

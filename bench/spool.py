@@ -34,13 +34,13 @@ from pathlib import Path
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.datasets import datasets
 from edge.protocol import BatchHeader, generate_keypair, key_id, open_batch, seal_batch
 from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
 from edge.uplink import Uplink
-from hilsim.models import datasets_dir
 
-DATASETS = datasets_dir()
+DATASETS = datasets()
 METER = DATASETS / "ampds2_Electricity_B1E-11.csv"
 WEATHER = DATASETS / "data_gov_sg_weather_station_S43_2017-02_1min.csv"
 SPANS = (("30 s", 30), ("5 min", 300), ("1 h", 3600))
@@ -64,7 +64,7 @@ def load_readings(hours: float) -> tuple[list[Channel], list[Reading]]:
     channels += mchannels
     for row in rows:
         ts = int(row["unix_ts"]) * 1000
-        readings += [Reading(c.id, ts, float(row[n])) for n, c in zip(columns, mchannels)]
+        readings += [Reading(c.id, ts, float(row[n])) for n, c in zip(columns, mchannels, strict=True)]
     with WEATHER.open() as f:
         wrows = list(csv.DictReader(f))[: int(hours * 60)]
     names = [n for n in wrows[0] if n != "timestamp_sgt"]
@@ -74,7 +74,7 @@ def load_readings(hours: float) -> tuple[list[Channel], list[Reading]]:
     for row in wrows:
         t = datetime.strptime(row["timestamp_sgt"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone(timedelta(hours=8)))
         ts = start_ms + int((t - first).total_seconds() * 1000)
-        readings += [Reading(c.id, ts, float(row[n])) for n, c in zip(names, wchannels) if row[n]]
+        readings += [Reading(c.id, ts, float(row[n])) for n, c in zip(names, wchannels, strict=True) if row[n]]
     readings.sort(key=lambda r: r.ts_ms)
     return channels, readings
 

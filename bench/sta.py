@@ -23,6 +23,7 @@ from bench.hub import drop_schema
 from edge.protocol import generate_keypair, key_id, raw_public_key
 from edge.protocol.types import Channel, Reading
 from hub.app import run_hub
+from hub.render import iso_time
 from hub.sensorthings import Catalog, Options
 from hub.store import IncomingBatch
 
@@ -68,7 +69,8 @@ async def run_one(db: str | None, label: str, *, batches: int, per_channel: int,
             async with aiohttp.ClientSession() as http:
                 token = await hub.create_token()
                 public = base64.urlsafe_b64encode(raw_public_key(private)).rstrip(b"=").decode()
-                async with http.post(f"{hub.url}/oxp/v1/enrol", json={"token": token, "device_id": "bench-0001", "public_key": public, "software_version": "bench"}) as resp:
+                enrolment = {"token": token, "device_id": "bench-0001", "public_key": public, "software_version": "bench"}
+                async with http.post(f"{hub.url}/oxp/v1/enrol", json=enrolment) as resp:
                     assert resp.status == 201, await resp.text()
                 started = time.perf_counter()
                 readings = await fill(hub.store, "bench-0001", key_id(private), batches=batches, per_channel=per_channel)
@@ -77,14 +79,16 @@ async def run_one(db: str | None, label: str, *, batches: int, per_channel: int,
                 async with http.get(f"{sta}/Datastreams?$filter=endswith(name, 'power')") as resp:
                     power = (await resp.json())["value"][0]["@iot.id"]
                 end = T0 + batches * per_channel * 1000
-                last_hour = f"phenomenonTime ge {iso(end - 3_600_000)} and phenomenonTime lt {iso(end)}"
+                last_hour = f"phenomenonTime ge {iso_time(end - 3_600_000)} and phenomenonTime lt {iso_time(end)}"
+                stream = "Datastream/name eq 'bench-0001/meter-1/power'"
                 queries = {
                     "newest 100 (no filter, phenomenonTime desc)": "Observations?$orderby=phenomenonTime desc",
                     "last hour, all streams": f"Observations?$filter={last_hour}&$top=1000",
-                    "last hour, Datastream/name filter": f"Observations?$filter={last_hour} and Datastream/name eq 'bench-0001/meter-1/power'&$top=1000",
+                    "last hour, Datastream/name filter": f"Observations?$filter={last_hour} and {stream}&$top=1000",
                     "last hour, result gt 250, $count": f"Observations?$filter={last_hour} and result gt 250&$count=true&$top=1000",
-                    "last hour, result desc, phenomenonTime desc": f"Datastreams({power})/Observations?$filter={last_hour}&$orderby=result desc,phenomenonTime desc&$top=10",
-                    "newest 100 of one stream by Datastream/name": "Observations?$filter=Datastream/name eq 'bench-0001/meter-1/power'&$orderby=phenomenonTime desc",
+                    "last hour, result desc, phenomenonTime desc":
+                        f"Datastreams({power})/Observations?$filter={last_hour}&$orderby=result desc,phenomenonTime desc&$top=10",
+                    "newest 100 of one stream by Datastream/name": f"Observations?$filter={stream}&$orderby=phenomenonTime desc",
                     "$count=true, no filter": "Observations?$count=true&$top=1",
                     "result gt 259.9 (matches none: a full scan)": "Observations?$filter=result gt 259.9",
                 }
@@ -119,12 +123,6 @@ async def fleet_filters(store: object, base: str, *, gateways: int, runs: int) -
             times.append((time.perf_counter() - started) * 1000)
         shown = f"{entity_set}?$filter={condition}"
         print(f"{shown[:50]:<50} {statistics.median(times):>12.1f} {len(chosen):>7}")
-
-
-def iso(ts_ms: int) -> str:
-    from hub.sensorthings import iso as hub_iso
-
-    return hub_iso(ts_ms)
 
 
 def main() -> None:

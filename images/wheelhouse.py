@@ -131,7 +131,7 @@ def resolve(target: Target, requirements: list[str], *, index_url: str, pins: di
     wanted = list(requirements)
     while True:
         installs = _dry_run(target, wanted, index_url=index_url, pins=pins)
-        resolved = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
+        resolved: dict[str, str] = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
         left_out = [str(r) for r in _needed_on(target, installs) if canonicalize_name(r.name) not in resolved]
         if not left_out:
             return resolved
@@ -187,7 +187,7 @@ def resolve_for_all(targets: tuple[Target, ...], requirements: list[str], *, ind
 def _for_each(targets: tuple[Target, ...], work: Callable[[Target], T]) -> dict[Target, T]:
     """Run `work` for every target at once: each is a pip waiting mostly on PyPI."""
     with ThreadPoolExecutor(max_workers=len(targets)) as pool:
-        return dict(zip(targets, pool.map(work, targets)))
+        return dict(zip(targets, pool.map(work, targets), strict=True))
 
 
 def _differences(chosen: dict[Target, dict[str, str]]) -> dict[str, set[str | None]]:
