@@ -1,10 +1,10 @@
-# The two commands: `make demo` and `make test`. Both set up .venv when needed.
+# The two commands: `make demo` and `make test` (`make lint` for the guard rails alone). All set up .venv when needed.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench wheelhouse smoke clean
+.PHONY: demo test lint bench wheelhouse smoke clean
 
 # The smoke run on another CPython (CI: `make smoke PYTHON=python3.13`, venv .venv-3.13): install,
 # the demo, the protocol vectors, the offline release (installed with the network off, its demo
@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ocn-edge demo $(ARGS)
 
+# The suite includes the guard rails (tests/guardrails: ruff, mypy, import directions, suppression counts).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+# The linters alone, as tests/guardrails runs them: seconds, for before a commit.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
@@ -42,4 +48,4 @@ smoke:
 	$$venv/bin/python -m pytest $(SMOKE_TESTS) $(ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-3.* build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-3.* build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
