@@ -1,8 +1,10 @@
-"""Desired configuration and policy per fleet and per device: merging, signing, ETags and drift."""
+"""Desired configuration and policy per fleet and per device: merging, ETags, drift and the hub's signing key.
+
+The signed form a gateway receives, and the merge rule both sides share, are edge.protocol.desired.
+"""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import time
@@ -12,11 +14,9 @@ from typing import Any
 
 import cbor2
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-# The gateway verifies and merges with the very same functions: one definition of the bytes signed.
-from edge.desired import canonical_json, merge_tables
-from edge.protocol import key_id
+from edge.protocol.desired import merge_tables
 from hub.store import Device, Store, dumps
 
 __all__ = [
@@ -25,8 +25,6 @@ __all__ = [
     "desired_document",
     "drift",
     "load_or_create_signing_key",
-    "sign_document",
-    "verify_document",
 ]
 
 PARTS = ("config", "policy")
@@ -79,24 +77,6 @@ async def desired_document(
     return document, etag
 
 
-def sign_document(document: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
-    """The signed form sent to the gateway: Ed25519 over the canonical JSON bytes of ``document``."""
-    signature = private_key.sign(canonical_json(document))
-    return {
-        "document": dict(document),
-        "alg": "Ed25519",
-        "key_id": key_id(private_key).hex(),
-        "signature": base64.urlsafe_b64encode(signature).rstrip(b"=").decode(),
-    }
-
-
-def verify_document(signed: Mapping[str, Any], public_key: Ed25519PublicKey) -> dict[str, Any]:
-    """The document inside a signed desired document, after checking its signature (raises InvalidSignature)."""
-    signature = base64.urlsafe_b64decode(str(signed["signature"]) + "==")
-    public_key.verify(signature, canonical_json(signed["document"]))
-    return dict(signed["document"])
-
-
 def drift(device: Device, document: Mapping[str, Any] | None) -> list[str]:
     """What the device reports differently from what is desired: [] when in step."""
     if document is None:
@@ -127,7 +107,7 @@ def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
         if data:  # another process may be between creating and writing the file
             break
         time.sleep(0.02)
-    key = serialization.load_pem_private_key(data, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: holds a {type(key).__name__}; the hub signing key must be Ed25519")
-    return key
+    loaded = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise ValueError(f"{path}: holds a {type(loaded).__name__}; the hub signing key must be Ed25519")
+    return loaded

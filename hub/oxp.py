@@ -32,10 +32,11 @@ from edge.protocol import (
     signature_verifies,
     verify_batch,
 )
+from edge.protocol.desired import sign_document
 from edge.protocol.errors import show
 from hub.auth import secret_hash
 from hub.bounds import split_readings
-from hub.fleet import desired_document, sign_document
+from hub.fleet import desired_document
 from hub.jsonbody import BodyError, read_bounded, read_json
 from hub.ratelimit import client_address, retry_after
 from hub.reports import ReportError, check_notice_message, check_status_report, freshness

@@ -4,7 +4,8 @@ Pure functions with no I/O and no asyncio (except the key-file helpers), shared 
 the gateway and the hub; docs/protocol.md is the normative specification.
 """
 
-from edge.protocol.codec import CODECS, MAX_PAYLOAD_BYTES, MAX_READINGS, ZSTD_LEVEL, declared_readings, decode_body
+from edge.protocol.codec import MAX_READINGS, declared_readings, decode_body
+from edge.protocol.compression import CODECS, MAX_PAYLOAD_BYTES, ZSTD_LEVEL, Codec
 from edge.protocol.envelope import (
     MAX_BATCH_BYTES,
     MAX_STATUS_BYTES,
@@ -22,7 +23,7 @@ from edge.protocol.envelope import (
     signature_verifies,
     verify_batch,
 )
-from edge.protocol.errors import REASONS, ProtocolError
+from edge.protocol.errors import ProtocolError
 from edge.protocol.keys import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
@@ -35,10 +36,14 @@ from edge.protocol.keys import (
     write_keypair,
 )
 from edge.protocol.preauth import MAX_PROTECTED_BYTES, Envelope, read_envelope
+from edge.protocol.reasons import REASONS, Answer, Reason, Status
 from edge.protocol.senml import senml_cbor, senml_json, to_senml
+from edge.protocol.types import DEVICE_ID_RE, DEVICE_ID_RULE
 
 __all__ = [
     "CODECS",
+    "DEVICE_ID_RE",
+    "DEVICE_ID_RULE",
     "MAX_BATCH_BYTES",
     "MAX_PAYLOAD_BYTES",
     "MAX_PROTECTED_BYTES",
@@ -50,12 +55,16 @@ __all__ = [
     "PUBLIC_KEY_FILE",
     "REASONS",
     "ZSTD_LEVEL",
+    "Answer",
     "Batch",
     "BatchHeader",
     "BatchTooLarge",
+    "Codec",
     "Envelope",
     "KeyFileError",
     "ProtocolError",
+    "Reason",
+    "Status",
     "decode_body",
     "declared_readings",
     "decode_unverified",

@@ -1,21 +1,19 @@
-"""The OXP/2 payload: readings as columnar per-channel series, then zstd or deflate (pure functions)."""
+"""The OXP/2 payload: readings as columnar per-channel series, then compressed by the codec the header names (pure functions)."""
 
 from __future__ import annotations
 
 import functools
 import math
 import struct
-import threading
-import zlib
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from itertools import accumulate, repeat
 from operator import attrgetter, mul, sub
 
 import cbor2
-import zstandard
 
-from edge.protocol.dictionary import DICTIONARY, UNIT_CODES, UNITS
+from edge.protocol.compression import CODECS, MAX_PAYLOAD_BYTES, ZSTD_LEVEL, compress, decompress
+from edge.protocol.dictionary import UNIT_CODES, UNITS
 from edge.protocol.errors import ProtocolError, show
 from edge.protocol.types import Channel, Kind, Quality, Reading
 from edge.protocol.varint import (
@@ -44,13 +42,6 @@ __all__ = [
     "resolution_parts",
 ]
 
-# Chosen with bench/codec.py: level 19 compresses ~7x slower than level 9 for under 2% fewer
-# bytes on the reference station, and levels below 6 lose 1-2%; 9 keeps sealing fast.
-ZSTD_LEVEL = 9
-DEFLATE_LEVEL = 9
-CODECS = ("zstd", "deflate")
-# A decompressed body may not exceed this: a 1 MiB batch must not become a memory bomb.
-MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
 # Readings in one batch (the sum of its series' counts). Without it a 32 MiB body of shared
 # time columns and bool bits declares hundreds of millions of readings, gigabytes once decoded;
 # a gateway seals at most [batch] max_readings = 1,000,000.
@@ -455,121 +446,6 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
             entry.append(_quality_column(qualities))
         body_series.append(entry)
     return cbor2.dumps([t0, table.devices, body_series])
-
-
-_ZSTD_DICTIONARY = zstandard.ZstdCompressionDict(DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-_ZSTD_DICTIONARY.precompute_compress(level=ZSTD_LEVEL)
-
-
-# A ZstdCompressor may be reused (each compress() call starts a fresh frame) but not shared
-# between threads, and the batcher seals in a worker thread: one per thread.
-_zstd_local = threading.local()
-
-
-def _zstd_compressor() -> zstandard.ZstdCompressor:
-    try:
-        return _zstd_local.compressor
-    except AttributeError:
-        _zstd_local.compressor = zstandard.ZstdCompressor(
-            level=ZSTD_LEVEL,
-            dict_data=_ZSTD_DICTIONARY,
-            write_content_size=True,
-            write_checksum=False,
-            write_dict_id=False,
-        )
-        return _zstd_local.compressor
-
-
-def compress(body: bytes, codec: str, *, level: int | None = None) -> bytes:
-    """The body compressed with ``codec`` and the OXP dictionary (docs/protocol.md §6.1).
-
-    "zstd": one zstd frame with its content size, the dictionary as raw content; "deflate": a
-    zlib stream with the dictionary preset. ``level`` overrides the pinned level (ZSTD_LEVEL,
-    DEFLATE_LEVEL); the test vectors assume the pinned one.
-    """
-    if codec == "zstd":
-        if level is None or level == ZSTD_LEVEL:
-            return _zstd_compressor().compress(body)
-        compressor = zstandard.ZstdCompressor(
-            level=level,
-            dict_data=zstandard.ZstdCompressionDict(DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT),
-            write_content_size=True,
-            write_checksum=False,
-            write_dict_id=False,
-        )
-        return compressor.compress(body)
-    if codec == "deflate":
-        deflater = zlib.compressobj(DEFLATE_LEVEL if level is None else level, zdict=DICTIONARY)
-        return deflater.compress(body) + deflater.flush()
-    raise ValueError(f"codec {codec!r}: expected one of {', '.join(CODECS)}")
-
-
-def _zstd_decompressor() -> zstandard.ZstdDecompressor:
-    try:
-        return _zstd_local.decompressor
-    except AttributeError:
-        _zstd_local.decompressor = zstandard.ZstdDecompressor(dict_data=_ZSTD_DICTIONARY)
-        return _zstd_local.decompressor
-
-
-def _zstd_frame_end(data: bytes) -> int:
-    """Where the zstd frame at the start of ``data`` ends (RFC 8878 §3.1.1); ProtocolError if it is cut off.
-
-    zstd having decoded the frame is no proof that its blocks are whole: a frame that declares
-    0 bytes of content decodes to b"" without its blocks being read. Every step is therefore
-    bounded by the data, or a cut-off block header would walk on forever past the end.
-    """
-    at = zstandard.frame_header_size(data)
-    checksum = (data[4] >> 2) & 1  # Frame_Header_Descriptor: Content_Checksum_flag
-    while True:
-        if at + 3 > len(data):
-            raise ProtocolError("malformed", "zstd frame ends inside its blocks")
-        header = int.from_bytes(data[at : at + 3], "little")
-        at += 3
-        last, block_type, size = header & 1, (header >> 1) & 3, header >> 3
-        if block_type == 3:
-            raise ProtocolError("malformed", "zstd block of the reserved type")
-        at += 1 if block_type == 1 else size  # an RLE block stores its one byte
-        if last:
-            at += 4 * checksum
-            if at > len(data):
-                raise ProtocolError("malformed", "zstd frame ends inside its blocks")
-            return at
-
-
-def decompress(data: bytes, codec: str) -> bytes:
-    """Inverse of :func:`compress`, refusing bodies larger than MAX_PAYLOAD_BYTES."""
-    if codec == "zstd":
-        try:
-            size = zstandard.frame_content_size(data)
-        except zstandard.ZstdError as exc:
-            raise ProtocolError("malformed", f"payload is not a zstd frame ({exc})") from None
-        if size < 0:
-            raise ProtocolError("malformed", "zstd frame does not declare its content size")
-        if size > MAX_PAYLOAD_BYTES:
-            raise ProtocolError("too_large", f"payload decompresses to {size} bytes, over {MAX_PAYLOAD_BYTES}")
-        try:
-            body = _zstd_decompressor().decompress(data, max_output_size=MAX_PAYLOAD_BYTES)
-        except zstandard.ZstdError as exc:
-            raise ProtocolError("malformed", f"zstd payload does not decompress ({exc})") from None
-        end = _zstd_frame_end(data)
-        if end != len(data):
-            raise ProtocolError("malformed", f"{len(data) - end} bytes follow the zstd frame")
-        return body
-    if codec == "deflate":
-        inflater = zlib.decompressobj(zdict=DICTIONARY)
-        try:
-            body = inflater.decompress(data, MAX_PAYLOAD_BYTES + 1)
-        except zlib.error as exc:
-            raise ProtocolError("malformed", f"deflate payload does not decompress ({exc})") from None
-        if len(body) > MAX_PAYLOAD_BYTES:
-            raise ProtocolError("too_large", f"payload decompresses to more than {MAX_PAYLOAD_BYTES} bytes")
-        if not inflater.eof:
-            raise ProtocolError("truncated", "deflate payload ends before its final block")
-        if inflater.unused_data:
-            raise ProtocolError("malformed", "bytes follow the end of the deflate payload")
-        return body
-    raise ProtocolError("unsupported_codec", f"codec {codec!r}: this implementation knows {', '.join(CODECS)}")
 
 
 def encode_payload(channels: Sequence[Channel], readings: Iterable[Reading], *, codec: str) -> bytes:

@@ -11,11 +11,12 @@ import cbor2
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.protocol.codec import CODECS, MAX_READINGS, decode_body, decode_payload, decompress, encode_payload
+from edge.protocol.codec import MAX_READINGS, decode_body, decode_payload, encode_payload
+from edge.protocol.compression import CODECS, decompress, labelled, named
 from edge.protocol.errors import ProtocolError, show
 from edge.protocol.keys import key_id
 from edge.protocol.preauth import ALG, COSE_SIGN1_TAG, EDDSA, KID, MESSAGE_TYPES, OXP_BATCH, OXP_STATUS, Envelope, read_envelope
-from edge.protocol.types import Channel, Reading
+from edge.protocol.types import DEVICE_ID_RE, DEVICE_ID_RULE, Channel, Reading
 
 __all__ = [
     "OXP_VERSION",
@@ -53,11 +54,6 @@ COUNTER_LABELS = {
     "readings_unsealable": 5,
 }
 COUNTER_NAMES = {label: name for name, label in COUNTER_LABELS.items()}
-# The codec travels as a small integer (docs/protocol.md §6.1).
-CODEC_LABELS = {"zstd": 1, "deflate": 2}
-CODEC_NAMES = {label: name for name, label in CODEC_LABELS.items()}
-
-DEVICE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
 COUNTER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 UINT64_MAX = (1 << 64) - 1
 
@@ -91,7 +87,7 @@ class BatchHeader:
     def __post_init__(self) -> None:
         if type(self.device_id) is not str or not DEVICE_ID_RE.match(self.device_id):
             raise ValueError(
-                f"batch header device_id = {show(self.device_id)}: expected 1-64 lowercase letters, digits and '-'"
+                f"batch header device_id = {show(self.device_id)}: expected {DEVICE_ID_RULE}"
                 " (not starting or ending with '-')"
             )
         if type(self.key_id) is not bytes or len(self.key_id) != 8:
@@ -157,7 +153,7 @@ def seal_batch(
         H_BOOT: header.boot_epoch,
         H_SEQ: header.seq,
         H_POLICY: header.policy_digest,
-        H_CODEC: CODEC_LABELS[header.codec],
+        H_CODEC: named(header.codec).label,
         H_CREATED: header.created_ms,
     }
     if header.counters:  # absent means no counters: two bytes saved on every batch of a healthy device
@@ -201,11 +197,7 @@ def _batch_header(message: Envelope) -> BatchHeader:
     label = oxp.get(H_CODEC)
     if type(label) is not int:
         raise ProtocolError("malformed", f"batch header codec {show(label)} is not an integer")
-    if label not in CODEC_NAMES:
-        raise ProtocolError(
-            "unsupported_codec", f"codec {show(label)}: this implementation knows 1 (zstd) and 2 (deflate)"
-        )
-    codec = CODEC_NAMES[label]
+    codec = labelled(label).name
     counters = oxp.get(H_COUNTERS, {})
     try:
         return BatchHeader(

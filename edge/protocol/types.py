@@ -1,4 +1,4 @@
-"""The contracts every stage shares: a Reading and the declaration of the channel it belongs to."""
+"""The contracts every stage shares: a Reading, the declaration of the channel it belongs to, and the device-id rule."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import enum
 import re
 from dataclasses import dataclass
 
-__all__ = ["Kind", "Quality", "Channel", "Reading", "Value", "CHANNEL_ID_RE"]
+__all__ = ["Kind", "Quality", "Channel", "Reading", "Value", "CHANNEL_ID_RE", "DEVICE_ID_RE", "DEVICE_ID_RULE"]
 
 Value = int | float | str | bool
 
 # A channel id is "<device>/<name>": stable, readable, and valid as a SenML name suffix.
 CHANNEL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*(/[A-Za-z0-9][A-Za-z0-9_.:-]*)*$")
+# A gateway's device id (docs/protocol.md §5): what a batch, a status report and an enrolment name.
+DEVICE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+DEVICE_ID_RULE = "1-64 lowercase letters, digits and '-'"
 
 
 class Kind(enum.Enum):

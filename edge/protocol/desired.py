@@ -1,0 +1,53 @@
+"""The desired document as it travels from hub to gateway (protocol §8.4, docs/fleet.md): its canonical bytes, merge rule and signature.
+
+The hub merges a fleet's document with a device's and signs the result; the gateway merges the
+tables over its local config and verifies the signature. Both sides use these functions, so
+there is one definition of the bytes signed and of how tables merge.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.protocol.keys import key_id
+
+__all__ = ["canonical_json", "merge_tables", "sign_document", "verify_document"]
+
+
+def canonical_json(value: Any) -> bytes:
+    """The bytes the hub signs: compact JSON with sorted keys, UTF-8 (docs/fleet.md)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Tables merge key by key; values and arrays in ``override`` replace what ``base`` had (as the hub merges)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_tables(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def sign_document(document: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The signed form sent to the gateway: Ed25519 over the canonical JSON bytes of ``document``."""
+    signature = private_key.sign(canonical_json(document))
+    return {
+        "document": dict(document),
+        "alg": "Ed25519",
+        "key_id": key_id(private_key).hex(),
+        "signature": base64.urlsafe_b64encode(signature).rstrip(b"=").decode(),
+    }
+
+
+def verify_document(signed: Mapping[str, Any], public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """The document inside a signed desired document, after checking its signature (raises InvalidSignature)."""
+    signature = base64.urlsafe_b64decode(str(signed["signature"]) + "==")
+    public_key.verify(signature, canonical_json(signed["document"]))
+    return dict(signed["document"])
