@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from edge.protocol import MEDIA_TYPE
+from edge.protocol.desired import verify_document
 from hub.app import RunningHub
-from hub.fleet import verify_document
 from tests.hub.gateways import SimGateway, enrol, post_cose
 
 
