@@ -6,6 +6,7 @@ import dataclasses
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge.config import GatewayConfig, config_digest, effective_toml, load_config, parse_config
 from edge.schema import HostPort
@@ -129,7 +130,11 @@ def test_the_config_is_frozen(load: Load) -> None:
         GATEWAY + '[[buses]]\nname = "b"\ntype = "serial"\nport = "/dev/ttyS0"\n'
         '[[devices]]\nname = "d"\ndriver = "dust"\nbus = "b"\n'
     )
-    for change in (lambda: setattr(cfg.batch, "span", 1.0), lambda: cfg.devices[0].options.__setitem__("mode", "x")):
+    def set_option() -> None:
+        options: Any = cfg.devices[0].options  # typed read-only; this checks it is at run time too
+        options["mode"] = "x"
+
+    for change in (lambda: setattr(cfg.batch, "span", 1.0), set_option):
         try:
             change()
         except (AttributeError, TypeError):

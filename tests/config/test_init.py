@@ -26,7 +26,7 @@ def test_init_writes_a_config_that_checks_and_names_the_policy_written_beside_it
     # Everything but the policy line is the commented example, CHANGE marks included.
     written = (target / "gateway.toml").read_text().splitlines()
     example = EXAMPLE_CONFIG.read_text().splitlines()
-    assert [a for a, b in zip(written, example) if a != b] == [next(line for line in written if line.startswith("policy = "))]
+    assert [a for a, b in zip(written, example, strict=True) if a != b] == [next(line for line in written if line.startswith("policy = "))]
     assert main(["check", "--quiet", str(target / "gateway.toml")]) == 0
     assert stat.S_IMODE((target / "gateway.toml").stat().st_mode) & 0o002 == 0
 

@@ -12,7 +12,10 @@ __all__ = ["dataset"]
 
 def dataset(name: str) -> Path:
     """The path of one shared dataset file; skips the test (fails under OCN_REQUIRE_ALL=1) when it is absent."""
-    path = datasets_dir() / name
+    directory = datasets_dir()
+    if directory is None:
+        missing(f"needs the shared dataset {name} (set OCN_DATASETS to the directory of the shared datasets)")
+    path = directory / name
     if not path.exists():
-        missing(f"needs the shared dataset {name} in {path.parent} (set OCN_DATASETS to where it is)")
+        missing(f"needs the shared dataset {name} in {directory} (set OCN_DATASETS to where it is)")
     return path

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import NoReturn
 
 import pytest
 
@@ -18,7 +19,7 @@ def _required() -> bool:
     return os.environ.get("OCN_REQUIRE_ALL") == "1"
 
 
-def missing(reason: str) -> None:
+def missing(reason: str) -> NoReturn:
     """Skip (or fail, under OCN_REQUIRE_ALL=1) because something the test needs is absent."""
     if _required():
         pytest.fail(f"{reason} (OCN_REQUIRE_ALL=1: optional tools are required)", pytrace=False)
@@ -30,7 +31,7 @@ def require_tool(name: str, *, package: str | None = None) -> str:
     path = shutil.which(name)
     if path is None:
         missing(f"needs `{name}` (apt-get install {package or name})")
-    return path  # type: ignore[return-value]
+    return path
 
 
 def require_postgres() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from itertools import pairwise
 
 import pytest
 
@@ -148,7 +149,7 @@ async def test_rtu_split_frame_fault_pauses_inside_the_reply(hilsim_run, tmp_pat
     finally:
         port.close()
     assert crc16(reply[:-2]) == reply[-2:]  # all the bytes arrive, intact
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in pairwise(stamps)]
     assert max(gaps) >= 0.09  # but with a silence mid-frame that a strict t3.5 receiver treats as a frame end
 
 

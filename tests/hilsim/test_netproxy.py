@@ -24,9 +24,8 @@ async def hub_port():
     app.router.add_post("/oxp/v1/batches", batches)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield site._server.sockets[0].getsockname()[1]
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield runner.addresses[0][1]
     await runner.cleanup()
 
 

@@ -31,7 +31,7 @@ async def test_lines_follow_the_documented_protocol(hilsim_run, tmp_path):
     assert any(SEEN_RE.match(line) for line in lines)
     for line in lines:
         assert SEEN_RE.match(line) or HB_RE.match(line) or line.startswith(b"HELLO "), line
-    seen = {SEEN_RE.match(line).group(3).decode() for line in lines if SEEN_RE.match(line)}
+    seen = {m.group(3).decode() for m in map(SEEN_RE.match, lines) if m}
     assert seen <= sim.emitted_macs()
 
 

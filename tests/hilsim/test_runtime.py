@@ -80,6 +80,7 @@ async def test_sim_command_prints_one_json_line_when_ready_and_writes_a_config(t
         "--write-config", str(config), "--run-dir", str(tmp_path / "run"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
+        assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=20)
         ready = json.loads(line)
         assert os.path.islink(ready["devices"]["pm-1"]["path"])

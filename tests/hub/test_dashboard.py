@@ -92,7 +92,9 @@ async def test_a_notice_gives_the_gateway_its_public_position(running_hub: Runni
     assert device is not None and (device.site, device.latitude, device.longitude) == ("Queen St & Bay", 43.6525, -79.3817)
 
 
-async def test_desired_config_set_through_the_admin_api_shows_as_drift_until_the_gateway_applies_it(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_desired_config_set_through_the_admin_api_shows_as_drift_until_the_gateway_applies_it(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     auth = {"Authorization": "Bearer admin-secret"}
     async with http.put(f"{running_hub.url}/admin/api/desired/fleet/default", json={"config": {"batch": {"span": "1m"}}}, headers=auth) as resp:
         assert resp.status == 200

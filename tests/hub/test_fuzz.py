@@ -38,7 +38,8 @@ def random_cbor(rng: random.Random, depth: int = 0) -> Any:
     if choice == 8:
         return cbor2.CBORTag(18, [random_cbor(rng, depth + 1) for _ in range(4)])
     # A COSE_Sign1 whose protected header names an enrolled-looking key but whose parts are random.
-    protected = cbor2.dumps({1: -8, 3: rng.choice(["application/vnd.ocn.oxp-batch", "application/vnd.ocn.oxp-status+cbor"]), 4: rng.randbytes(8), -65537: random_cbor(rng, depth + 1)})
+    content_type = rng.choice(["application/vnd.ocn.oxp-batch", "application/vnd.ocn.oxp-status+cbor"])
+    protected = cbor2.dumps({1: -8, 3: content_type, 4: rng.randbytes(8), -65537: random_cbor(rng, depth + 1)})
     return cbor2.CBORTag(18, [protected, {}, rng.randbytes(rng.randrange(0, 200)), rng.randbytes(64)])
 
 
@@ -68,7 +69,9 @@ def bodies(kind: str, rng: random.Random, real: bytes) -> list[bytes]:
 
 @pytest.mark.parametrize("endpoint", ["batches", "status", "notice"])
 @pytest.mark.parametrize("kind", ["random bytes", "random CBOR", "truncated batches", "bit-flipped batches"])
-async def test_fuzzed_bodies_get_only_4xx_and_the_hub_stays_live(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, kind: str, endpoint: str) -> None:
+async def test_fuzzed_bodies_get_only_4xx_and_the_hub_stays_live(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, kind: str, endpoint: str
+) -> None:
     rng = random.Random(f"{kind}/{endpoint}")
     real = gateway.batch(1, n=60) if endpoint == "batches" else gateway.status(errors=["x"] * 3)
     answers = []
@@ -81,7 +84,9 @@ async def test_fuzzed_bodies_get_only_4xx_and_the_hub_stays_live(running_hub: Ru
     assert status == 200 and ack["status"] == "stored"
 
 
-async def test_batches_signed_with_a_key_not_enrolled_under_that_key_id_are_401(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_batches_signed_with_a_key_not_enrolled_under_that_key_id_are_401(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     impostor = SimGateway("pole-0042")
     data = bytearray(impostor.batch(1))
     # Put the enrolled key id in the protected header: the signature then cannot verify.

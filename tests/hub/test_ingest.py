@@ -20,7 +20,9 @@ async def test_a_batch_is_acked_as_stored_and_its_readings_are_kept(running_hub:
     assert await running_hub.counters("pole-0042") == {"readings_stored": 30, "batches_stored": 1, "duplicates": 0}
 
 
-async def test_a_replayed_batch_gets_the_same_ack_marked_duplicate_and_is_stored_once(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_a_replayed_batch_gets_the_same_ack_marked_duplicate_and_is_stored_once(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     data = gateway.batch(1)
     _, first, _ = await post_cose(http, f"{running_hub.url}/oxp/v1/batches", data)
     _, again, _ = await post_cose(http, f"{running_hub.url}/oxp/v1/batches", data)
@@ -83,7 +85,9 @@ async def test_a_device_sending_faster_than_its_rate_limit_gets_429_with_retry_a
     assert answers[2][1]["error"] == "rate_limited" and int(answers[2][2]["Retry-After"]) >= 1
 
 
-async def test_enrolment_with_a_bad_token_is_401_and_a_taken_device_id_is_409(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_enrolment_with_a_bad_token_is_401_and_a_taken_device_id_is_409(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     async with http.post(f"{running_hub.url}/oxp/v1/enrol", json=SimGateway("pole-9").enrol_body("nope")) as resp:
         assert (resp.status, (await resp.json())["error"]) == (401, "bad_token")
     token = await running_hub.create_token()
@@ -99,7 +103,9 @@ async def test_enrolment_stores_the_token_only_as_a_hash(running_hub: RunningHub
         assert token.encode() not in f.read()
 
 
-async def test_a_status_report_updates_the_fleet_and_returns_the_signed_desired_document(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_a_status_report_updates_the_fleet_and_returns_the_signed_desired_document(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     await running_hub.set_desired("fleet", "default", {"config": {"batch": {"span": "5m"}}, "policy": {"rules": {}}})
     await running_hub.set_desired("device", "pole-0042", {"config": {"batch": {"span": "1m"}}})
     status, answer, headers = await post_cose(http, f"{running_hub.url}/oxp/v1/status", gateway.status(spool_batches=3, errors=["pm-1 silent"]))
@@ -111,10 +117,13 @@ async def test_a_status_report_updates_the_fleet_and_returns_the_signed_desired_
     assert device is not None and device.spool_batches == 3 and device.errors == ("pm-1 silent",)
 
 
-async def test_a_status_report_naming_the_current_etag_gets_no_document_again(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_a_status_report_naming_the_current_etag_gets_no_document_again(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     await running_hub.set_desired("fleet", "default", {"config": {"batch": {"span": "5m"}}})
     _, first, _ = await post_cose(http, f"{running_hub.url}/oxp/v1/status", gateway.status())
-    async with http.post(f"{running_hub.url}/oxp/v1/status", data=gateway.status(), headers={"Content-Type": MEDIA_TYPE, "If-None-Match": f'"{first["etag"]}"'}) as resp:
+    headers = {"Content-Type": MEDIA_TYPE, "If-None-Match": f'"{first["etag"]}"'}
+    async with http.post(f"{running_hub.url}/oxp/v1/status", data=gateway.status(), headers=headers) as resp:
         again = await resp.json()
     assert again == {"ok": True, "desired": None, "etag": first["etag"]}
 
@@ -165,7 +174,9 @@ class PostgresLink:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-async def test_a_database_outage_answers_503_with_retry_after_and_the_hub_recovers(postgres_url: tuple[str, str, str], tmp_path, http: aiohttp.ClientSession) -> None:
+async def test_a_database_outage_answers_503_with_retry_after_and_the_hub_recovers(
+    postgres_url: tuple[str, str, str], tmp_path, http: aiohttp.ClientSession
+) -> None:
     from hub.app import run_hub
     from tests.hub.conftest import drop_schema
 
@@ -197,7 +208,9 @@ async def test_a_database_outage_answers_503_with_retry_after_and_the_hub_recove
         await drop_schema(dsn, schema)
 
 
-async def test_a_device_sending_bad_batches_is_logged_once_when_it_starts_and_once_when_it_recovers(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, caplog) -> None:
+async def test_a_device_sending_bad_batches_is_logged_once_when_it_starts_and_once_when_it_recovers(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, caplog
+) -> None:
     caplog.set_level("INFO", logger="ocn.hub.ingest")
     misnamed = SimGateway("another-pole", private_key=gateway.private_key)  # signed by the device, naming another
     for seq in range(1, 6):

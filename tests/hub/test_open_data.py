@@ -37,7 +37,10 @@ async def test_csv_export_filters_by_device_channel_and_time(with_data: RunningH
         assert resp.content_type == "text/csv"
         rows = list(csv.DictReader(io.StringIO(await resp.text())))
     assert len(rows) == 10
-    assert rows[0] == {"device_id": "pole-0042", "channel": "meter-1/voltage_l1", "time": "2026-09-21T14:14:20.000Z", "ts_ms": str(T0 + 60_000), "value": "230.0", "unit": "V", "quality": ""}
+    assert rows[0] == {
+        "device_id": "pole-0042", "channel": "meter-1/voltage_l1", "time": "2026-09-21T14:14:20.000Z", "ts_ms": str(T0 + 60_000), "value": "230.0", "unit": "V",
+        "quality": "",
+    }
 
 
 async def test_a_full_export_page_links_to_the_next_page(with_data: RunningHub, http: aiohttp.ClientSession) -> None:
@@ -67,7 +70,8 @@ async def test_sensorthings_lists_the_gateway_as_a_thing_with_its_location(with_
     (thing,) = things["value"]
     assert thing["@iot.id"] == "pole-0042" and thing["@iot.selfLink"].endswith("/Things('pole-0042')")
     assert thing["Locations"][0]["location"] == {"type": "Point", "coordinates": [-79.3957, 43.6452]}
-    assert sorted(d["name"] for d in thing["Datastreams"]) == ["pole-0042/door-1/open", "pole-0042/meter-1/power", "pole-0042/meter-1/voltage_l1", "pole-0042/pm-1/pm2_5"]
+    names = sorted(d["name"] for d in thing["Datastreams"])
+    assert names == ["pole-0042/door-1/open", "pole-0042/meter-1/power", "pole-0042/meter-1/voltage_l1", "pole-0042/pm-1/pm2_5"]
 
 
 async def test_sensorthings_observations_filter_order_and_page(with_data: RunningHub, http: aiohttp.ClientSession) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,8 @@ async def test_select_of_an_unknown_property_is_a_400_naming_it(sta: RunningHub,
         ("Things?$filter=geo.intersects(Locations/location, geography'POLYGON ((0 0, 1 0, 1 1, 0 1, 0 0))')", []),
         ("Locations?$filter=geo.distance(location, geography'POINT (-79.3957 43.6452)') lt 0.001", ["King St W"]),
         ("Locations?$filter=st_equals(location, geography'POINT(-79.3957 43.6452)') and st_disjoint(location, geography'POINT(0 0)')", ["King St W"]),
-        ("Locations?$filter=st_contains(geography'POLYGON((-80 43,-79 43,-79 44,-80 44,-80 43),(-79.5 43.6,-79.3 43.6,-79.3 43.7,-79.5 43.7,-79.5 43.6))', location)", []),
+        ("Locations?$filter=st_contains(geography'POLYGON((-80 43,-79 43,-79 44,-80 44,-80 43),"
+         "(-79.5 43.6,-79.3 43.6,-79.3 43.7,-79.5 43.7,-79.5 43.6))', location)", []),
         ("Locations?$filter=geo.length(geography'LINESTRING (0 0, 3 4)') eq 5", ["King St W"]),
         ("Things?$filter=startswith(concat(Datastreams/name, Datastreams/name), 'pole-0043/')", ["pole-0043"]),
         ("Locations?$filter=endswith(concat(Things/Datastreams/name, Things/name), 'openpole-0042')", ["King St W"]),
@@ -290,7 +291,8 @@ async def test_readings_of_a_channel_newer_than_the_requests_catalog_do_not_brea
 
 async def test_filter_and_order_inside_an_expansion_of_observations(sta: RunningHub, http: aiohttp.ClientSession) -> None:
     ids = await stream_ids(http, sta)
-    stream = await get(http, f"{sta.url}{STA}/Datastreams({ids['pole-0043/pm-1/pm2_5']})?$expand=Observations($filter=result ge 6;$orderby=result desc;$count=true;$top=2)")
+    expand = "Observations($filter=result ge 6;$orderby=result desc;$count=true;$top=2)"
+    stream = await get(http, f"{sta.url}{STA}/Datastreams({ids['pole-0043/pm-1/pm2_5']})?$expand={expand}")
     want = sorted((r["value"] for r in expected_readings() if r["name"] == "pole-0043/pm-1/pm2_5" and r["value"] >= 6), reverse=True)
     assert [o["result"] for o in stream["Observations"]] == want[:2] and stream["Observations@iot.count"] == len(want)
     rest, _ = await every_page(http, stream["Observations@iot.nextLink"])
@@ -323,11 +325,15 @@ async def test_expansions_that_come_back_to_a_datastream_read_its_observations_o
     ids = await stream_ids(http, sta)
     pm = ids["pole-0042/pm-1/pm2_5"]
     calls = {"readings": 0, "count_readings": 0}
+
+    def counting(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return counted
+
     for name in calls:
-        def counted(*args: Any, _real: Any = getattr(sta.store, name), _name: str = name, **kwargs: Any) -> Any:
-            calls[_name] += 1
-            return _real(*args, **kwargs)
-        monkeypatch.setattr(sta.store, name, counted)
+        monkeypatch.setattr(sta.store, name, counting(name, getattr(sta.store, name)))
     inner = "$top=1;$count=true;$filter=result gt 5"
     stream = await get(http, f"{sta.url}{STA}/Datastreams({pm})?$expand=Observations($top=8;$expand=Datastream($expand=Observations({inner})))")
     want = sum(1 for r in expected_readings() if r["name"] == "pole-0042/pm-1/pm2_5" and r["value"] > 5)
@@ -374,11 +380,15 @@ async def test_an_expansions_options_are_parsed_and_compiled_once_per_request(
     import hub.sensorthings
 
     calls = {"parse_filter": 0, "compile_predicate": 0}
+
+    def counting(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any) -> Any:
+            calls[name] += 1
+            return real(*args)
+        return counted
+
     for name in calls:
-        def counted(*args: Any, _real: Any = getattr(hub.sensorthings, name), _name: str = name) -> Any:
-            calls[_name] += 1
-            return _real(*args)
-        monkeypatch.setattr(hub.sensorthings, name, counted)
+        monkeypatch.setattr(hub.sensorthings, name, counting(name, getattr(hub.sensorthings, name)))
     streams = await get(http, f"{sta.url}{STA}/Datastreams?$expand=Thing($expand=Datastreams($filter=endswith(name, 'power');$select=name))")
     assert len(streams["value"]) == 8
     assert all([d["name"] for d in s["Thing"]["Datastreams"]] == [f"{s['Thing']['name']}/meter-1/power"] for s in streams["value"])
@@ -412,7 +422,8 @@ async def test_orderby_with_several_keys_on_observations_pages_through_ties(sta:
     assert pages == -(-len(want) // top)
     first = await get(http, url)
     assert first["@iot.count"] == len(want)
-    ascending, _ = await every_page(http, f"{sta.url}{STA}/Observations?$filter=Datastream/@iot.id eq {power}&$orderby=result asc,phenomenonTime desc,@iot.id&$top={top}")
+    query = f"$filter=Datastream/@iot.id eq {power}&$orderby=result asc,phenomenonTime desc,@iot.id&$top={top}"
+    ascending, _ = await every_page(http, f"{sta.url}{STA}/Observations?{query}")
     want.sort(key=lambda r: r["ts"], reverse=True)
     want.sort(key=lambda r: r["value"])
     assert [(o["result"], o["phenomenonTime"]) for o in ascending] == [(r["value"], iso(r["ts"])) for r in want]
@@ -507,8 +518,8 @@ async def test_the_documented_example_queries_answer(sta: RunningHub, http: aioh
     examples = re.findall(r"^(/sta/v1\.1/\S.*)$", section, flags=re.MULTILINE)
     assert len(examples) >= 5
     pm = (await stream_ids(http, sta))["pole-0042/pm-1/pm2_5"]
-    for example in examples:
-        page = await get(http, sta.url + example.replace("Datastreams(7)", f"Datastreams({pm})"))
+    for query in examples:
+        page = await get(http, sta.url + query.replace("Datastreams(7)", f"Datastreams({pm})"))
         assert "value" in page
 
 
@@ -517,9 +528,9 @@ async def test_any_query_answers_200_400_or_404_and_never_fails(sta: RunningHub,
     paths = ["Things", "Locations", "Datastreams", "Sensors", "ObservedProperties", "Observations", "Things('pole-0042')", "Datastreams(1)/Observations"]
     options = {
         "$filter": lambda: " ".join(rng.choice(FILTER_WORDS) for _ in range(rng.randrange(1, 9))),
-        "$select": lambda: ",".join(rng.choice(["name", "@iot.id", "result", "Datastreams", "properties/fleet", "x", "*", ""]) for _ in range(rng.randrange(1, 4))),
-        "$orderby": lambda: ",".join(rng.choice(["name", "result desc", "phenomenonTime", "@iot.id asc", "Thing/name", "length(name)", "("]) for _ in range(rng.randrange(1, 3))),
-        "$expand": lambda: rng.choice(["Datastreams", "Datastreams/Observations($top=1)", "Thing($select=name)", "Datastream", "Locations(", "Observations($filter=result gt 5;$count=true)"]),
+        "$select": lambda: ",".join(rng.choice(SELECT_WORDS) for _ in range(rng.randrange(1, 4))),
+        "$orderby": lambda: ",".join(rng.choice(ORDERBY_WORDS) for _ in range(rng.randrange(1, 3))),
+        "$expand": lambda: rng.choice(EXPANSIONS),
         "$top": lambda: rng.choice(["0", "1", "5", "x", "-1", "99999999999999999999"]),
         "$skip": lambda: rng.choice(["0", "3", "1000001"]),
         "$count": lambda: rng.choice(["true", "false", "TRUE"]),
@@ -544,7 +555,13 @@ FILTER_WORDS = [
     "unitOfMeasurement/symbol", "@iot.id", "eq", "ne", "gt", "ge", "lt", "le", "and", "or", "not", "add", "sub", "mul", "div", "mod",
     "(", ")", ",", "-", "'x'", "''''", "'", "0", "1.5", "1e308", "99999999999999999999999", "2026-09-21T14:15:00Z", "2026-02-30",
     "true", "false", "null", "substringof(", "length(", "year(", "round(", "concat(", "substring(", "now()", "geo.distance(", "desc", "asc",
-    "st_within(", "location", "Locations/location", "geography'POINT(1 2)'", "geography'POLYGON((0 0, 1 0, 1 1, 0 0))'", "geography'POINT(", "geography'LINESTRING(0 0)'",
+    "st_within(", "location", "Locations/location", "geography'POINT(1 2)'", "geography'POLYGON((0 0, 1 0, 1 1, 0 0))'", "geography'POINT(",
+    "geography'LINESTRING(0 0)'",
+]
+SELECT_WORDS = ["name", "@iot.id", "result", "Datastreams", "properties/fleet", "x", "*", ""]
+ORDERBY_WORDS = ["name", "result desc", "phenomenonTime", "@iot.id asc", "Thing/name", "length(name)", "("]
+EXPANSIONS = [
+    "Datastreams", "Datastreams/Observations($top=1)", "Thing($select=name)", "Datastream", "Locations(", "Observations($filter=result gt 5;$count=true)",
 ]
 filter_texts = st.one_of(st.text(max_size=60), st.lists(st.sampled_from(FILTER_WORDS), max_size=14).map(" ".join))
 

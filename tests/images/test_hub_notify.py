@@ -23,7 +23,7 @@ def _messages(sock: socket.socket, hub: subprocess.Popen[str], until: str) -> li
             seen.append(sock.recv(4096).decode())
         except TimeoutError:
             if hub.poll() is not None:
-                raise AssertionError(f"the hub exited {hub.returncode} before {until}: {hub.stderr.read()}") from None
+                raise AssertionError(f"the hub exited {hub.returncode} before {until}: {hub.stderr.read() if hub.stderr else ''}") from None
     return seen
 
 
@@ -38,6 +38,7 @@ def test_hub_reports_ready_pings_the_watchdog_and_says_stopping(tmp_path):
          "--admin-token", "admin-secret"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
+    assert hub.stderr is not None
     try:
         ready = _messages(sock, hub, "READY=1")
         assert any(m.startswith("READY=1") and "STATUS=serving on http://127.0.0.1:" in m for m in ready), ready

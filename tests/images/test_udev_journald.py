@@ -121,7 +121,9 @@ def _journald() -> dict[str, str]:
 
 
 def _bytes(size: str) -> int:
-    number, unit = re.fullmatch(r"(\d+)([KMG])", size).groups()
+    parsed = re.fullmatch(r"(\d+)([KMG])", size)
+    assert parsed, size
+    number, unit = parsed.groups()
     return int(number) << {"K": 10, "M": 20, "G": 30}[unit]
 
 

@@ -65,7 +65,7 @@ def same(a: object, b: object, where: str = "$") -> None:
             same(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, list):
         assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} elements"
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             same(x, y, f"{where}[{i}]")
     else:
         assert a == b, f"{where}: {a!r} vs {b!r}"

@@ -200,6 +200,7 @@ async def test_the_hub_serves_its_pages_and_dashboard_from_the_install(installed
         str(installed.venv / "bin" / "ocn-edge"), "hub", "--listen", "127.0.0.1:0", "--state-dir", str(state),
         "--admin-token", "packaging-test-admin-token", cwd=installed.home, env=installed.env,
         stdout=log, stderr=asyncio.subprocess.PIPE)
+    assert hub.stderr is not None
     try:
         url = None
         async with asyncio.timeout(20):

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from packaging.requirements import Requirement
@@ -34,7 +35,7 @@ DEAD = "http://127.0.0.1:9"  # the discard port: nothing answers, so any network
 pytestmark = pytest.mark.timeout(600)  # the first session builds the wheelhouse from PyPI: about a minute
 
 
-def _load_builder():  # type: ignore[no-untyped-def]
+def _load_builder() -> ModuleType:
     # images/ is a folder of device recipes, not a package: load the builder from its path.
     spec = importlib.util.spec_from_file_location("images_wheelhouse", BUILDER)
     assert spec is not None and spec.loader is not None

@@ -6,9 +6,11 @@ import asyncio
 import os
 import sqlite3
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.config import load_config
 from edge.demo import DEMO_POLICY
@@ -32,14 +34,14 @@ def sqlite_files(database: Path) -> dict[str, int]:
 
 
 @pytest.fixture(autouse=True)
-def lenient_umask():  # type: ignore[no-untyped-def]
+def lenient_umask() -> Iterator[None]:
     """The usual umask of a login shell (022): what made hub.db 0644."""
     previous = os.umask(0o022)
     yield
     os.umask(previous)
 
 
-async def test_a_new_spool_its_journal_and_its_new_directories_are_private(tmp_path: Path, device_key) -> None:  # type: ignore[no-untyped-def]
+async def test_a_new_spool_its_journal_and_its_new_directories_are_private(tmp_path: Path, device_key: Ed25519PrivateKey) -> None:
     path = tmp_path / "var" / "ocn" / "spool.db"
     spool = await Spool.open(path, max_bytes=1_000_000)
     try:

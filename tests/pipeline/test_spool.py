@@ -6,8 +6,15 @@ import logging
 
 import pytest
 
-from edge.spool import ACK_GROUP, Spool, SpoolError
+from edge.spool import ACK_GROUP, Spool, SpoolError, StoredBatch
 from tests.pipeline.conftest import seal_readings
+
+
+def put(spool: Spool, data: bytes, *, readings: int) -> StoredBatch:
+    """``spool.put`` where the spool has room: the batch it stored."""
+    stored = spool.put(data, readings=readings)
+    assert stored is not None, "the spool refused the batch"
+    return stored
 
 
 async def test_a_stored_batch_is_there_after_reopening_without_a_clean_shutdown(tmp_path, device_key):
@@ -98,6 +105,7 @@ async def test_drop_oldest_spares_the_batch_being_sent(tmp_path, device_key):
     spool.put(batches[0], readings=30)
     spool.put(batches[1], readings=30)
     in_flight = spool.lease_oldest()
+    assert in_flight is not None
     spool.max_bytes = len(batches[0]) + len(batches[2]) + 10
     spool.put(batches[2], readings=30)
     assert [b.data for b in spool.oldest(10)] == [in_flight.data, batches[2]]
@@ -139,7 +147,7 @@ async def test_a_file_that_is_not_a_spool_is_refused_naming_it(tmp_path):
 async def test_acks_are_committed_in_groups_with_the_next_write(tmp_path, device_key):
     spool = await Spool.open(tmp_path / "spool.db", max_bytes=10_000_000)
     await spool.begin_boot()
-    stored = [spool.put(seal_readings(device_key, spool, 2), readings=2) for _ in range(ACK_GROUP + 1)]
+    stored = [put(spool, seal_readings(device_key, spool, 2), readings=2) for _ in range(ACK_GROUP + 1)]
     observer = await Spool.open(tmp_path / "spool.db", max_bytes=10_000_000)
     for batch in stored[: ACK_GROUP - 1]:
         spool.ack(batch)
@@ -167,7 +175,7 @@ async def test_a_full_spool_is_logged_once_when_it_fills_and_once_when_it_has_ro
     batches = [seal_readings(device_key, spool, 20) for _ in range(6)]
     spool.max_bytes = len(batches[0]) * 2 + 10
     with caplog.at_level(logging.INFO, logger="ocn.spool"):
-        stored = [spool.put(data, readings=20) for data in batches]
+        stored = [put(spool, data, readings=20) for data in batches]
         for batch in stored[-2:]:
             spool.ack(batch)
         spool.put(seal_readings(device_key, spool, 20), readings=20)

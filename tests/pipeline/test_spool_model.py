@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from edge import spool as spool_module
 from edge.protocol import generate_keypair
-from edge.spool import Spool
+from edge.spool import Spool, StoredBatch
 from tests.pipeline.conftest import seal_readings
 
 KEY = generate_keypair()
@@ -28,7 +28,7 @@ class SpoolModel(RuleBasedStateMachine):
         self.spool = self._open()
         self.queue: list[tuple[int, int, int, int]] = []  # (epoch, seq, readings, size)
         self.uncommitted: list[tuple[int, int, int, int]] = []  # acked, DELETE not yet committed
-        self.leased = None
+        self.leased: tuple[int, int, StoredBatch] | None = None  # (epoch, seq, batch)
         self.held_quarantine: list[int] = []  # sizes of quarantined batches still kept (they count against the quota)
         self.dropped = 0
         self.quarantined = 0
@@ -41,15 +41,19 @@ class SpoolModel(RuleBasedStateMachine):
     def _committed(self) -> None:
         self.uncommitted.clear()
 
+    def _leased(self) -> tuple[int, int, StoredBatch]:
+        assert self.leased is not None, "only rules with the precondition that a batch is leased ask"
+        return self.leased
+
     @rule(readings=st.integers(min_value=1, max_value=300))
     def put(self, readings: int) -> None:
         data = seal_readings(KEY, self.spool, readings)
         stored = self.spool.put(data, readings=readings)
         self._committed()
-        entry = (stored.id.boot_epoch, stored.id.seq, readings, len(data)) if stored else None
         if stored is None:
             self.dropped += readings
             return
+        entry = (stored.id.boot_epoch, stored.id.seq, readings, len(data))
         # drop_oldest: quarantined batches go first, then the oldest waiting one, never the leased one.
         while sum(e[3] for e in self.queue) + sum(self.held_quarantine) + len(data) > self.spool.max_bytes:
             if self.held_quarantine:
@@ -74,8 +78,9 @@ class SpoolModel(RuleBasedStateMachine):
     @precondition(lambda self: self.leased is not None)
     @rule()
     def ack(self) -> None:
-        entry = next(e for e in self.queue if e[:2] == self.leased[:2])
-        assert self.spool.ack(self.leased[2]) is True
+        leased = self._leased()
+        entry = next(e for e in self.queue if e[:2] == leased[:2])
+        assert self.spool.ack(leased[2]) is True
         self.queue.remove(entry)
         self.uncommitted.append(entry)
         if len(self.uncommitted) >= spool_module.ACK_GROUP:
@@ -85,8 +90,9 @@ class SpoolModel(RuleBasedStateMachine):
     @precondition(lambda self: self.leased is not None)
     @rule()
     def quarantine(self) -> None:
-        entry = next(e for e in self.queue if e[:2] == self.leased[:2])
-        self.spool.quarantine(self.leased[2], reason="malformed", detail="test")
+        leased = self._leased()
+        entry = next(e for e in self.queue if e[:2] == leased[:2])
+        self.spool.quarantine(leased[2], reason="malformed", detail="test")
         self._committed()
         self.queue.remove(entry)
         self.held_quarantine.append(entry[3])
@@ -96,7 +102,7 @@ class SpoolModel(RuleBasedStateMachine):
     @precondition(lambda self: self.leased is not None)
     @rule()
     def release(self) -> None:
-        self.spool.release(self.leased[2])
+        self.spool.release(self._leased()[2])
         self.leased = None
 
     @rule()

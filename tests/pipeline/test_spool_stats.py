@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from typing import Any
 
 from edge.spool import Spool
 from tests.pipeline.conftest import seal_readings
@@ -11,7 +12,7 @@ from tests.pipeline.conftest import seal_readings
 NOW_MS = 1_790_000_900_000
 
 
-def database_figures(path) -> dict[str, object]:
+def database_figures(path) -> dict[str, Any]:
     """The figures `stats` reports, counted by a second, read-only connection from what is committed."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -73,9 +74,9 @@ async def test_stats_match_the_database_through_puts_acks_quarantines_and_drops(
             else:
                 spool.quarantine(batch, reason="malformed", detail="test")
         elif action == "lease_ack":
-            batch = spool.lease_oldest()
-            if batch is not None:
-                spool.ack(batch)
+            leased = spool.lease_oldest()
+            if leased is not None:
+                spool.ack(leased)
         elif action == "flush":
             spool.flush_acks()
         assert reported(spool, waiting_figures(spool)) == waiting_figures(spool), f"after step {step} ({action})"

@@ -97,7 +97,7 @@ def test_a_spent_budget_is_logged_once_and_its_renewal_once(caplog) -> None:
     clock = Clock()
     s = counting_stage("epsilon = 0.5\n", k=1, budget=BUDGET, clock=clock)
     with caplog.at_level("INFO", logger="ocn.privacy"):
-        for w in range(6):
+        for _ in range(6):
             s.tick(clock.advance(WINDOW))
         clock.now_ms = MIDNIGHT_MS + DAY
         s.tick(clock.advance(WINDOW))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -139,7 +141,7 @@ def test_grid_cells_are_about_as_wide_as_asked_on_the_ground() -> None:
     s = stage(GRID, GPS_CHANNELS)
     s.process(Reading("gps-1/latitude", MIDNIGHT_MS, 43.6452))
     lons = {s.process(Reading("gps-1/longitude", MIDNIGHT_MS, -79.4 + i * 1e-5))[0].value for i in range(2000)}
-    steps = sorted(b - a for a, b in zip(sorted(lons), sorted(lons)[1:]))
+    steps = sorted(b - a for a, b in pairwise(sorted(lons)))
     metres = steps[0] * 111_320 * math.cos(math.radians(43.6452))
     assert 240 < metres < 260
 

@@ -42,7 +42,7 @@ def test_the_same_mac_gets_unrelated_pseudonyms_after_the_daily_rotation() -> No
     after = pseudonyms(stage, clock.now_ms)
     assert not set(before) & set(after)
     # unrelated, not shifted: about half of the 64 bits differ between a MAC's two pseudonyms
-    flips = [bin(int(a, 16) ^ int(b, 16)).count("1") for a, b in zip(before, after)]
+    flips = [bin(int(a, 16) ^ int(b, 16)).count("1") for a, b in zip(before, after, strict=True)]
     assert 28 < sum(flips) / len(flips) < 36
 
 

@@ -239,7 +239,7 @@ def test_any_numbers_strings_and_bools_round_trip(times, data):
     decoded_channels, decoded = roundtrip(ch, readings)
     assert decoded_channels == ch
     assert by_channel(decoded) == by_channel(readings)
-    for a, b in zip(by_channel(decoded), by_channel(readings)):
+    for a, b in zip(by_channel(decoded), by_channel(readings), strict=True):
         if type(b.value) is float:
             assert math.copysign(1.0, a.value) == math.copysign(1.0, b.value)
 

@@ -151,7 +151,7 @@ def test_encode_then_decode_gives_back_every_reading_exactly(batch, codec) -> No
     for cid, wanted in expected.items():
         back = got.get(cid, [])
         assert len(back) == len(wanted), cid
-        for r, (ts, value, unit, quality, shape) in zip(back, wanted):
+        for r, (ts, value, unit, quality, shape) in zip(back, wanted, strict=True):
             assert type(r.ts_ms) is int and r.ts_ms == ts
             assert r.unit == unit and r.quality == quality
             assert _same_value(r.value, value, shape), (cid, shape, r.value, value)
@@ -174,7 +174,7 @@ def test_a_resolution_channel_keeps_every_value_within_half_a_step_and_decoding_
     readings = [Reading("a/v", i, v) for i, v in enumerate(values)]
     _, once = decode_body(encode_body((channel,), readings))
     _, twice = decode_body(encode_body((channel,), once))
-    for sent, got, again in zip(values, once, twice):
+    for sent, got, again in zip(values, once, twice, strict=True):
         if math.isnan(sent):
             assert math.isnan(got.value) and math.isnan(again.value)
             continue

@@ -1,5 +1,7 @@
 """`ocn-edge --help` and every `ocn-edge COMMAND --help` work and say what the command is for."""
 
+import argparse
+
 import pytest
 
 from edge.cli import build_parser, main
@@ -7,8 +9,8 @@ from edge.cli import build_parser, main
 
 def _commands() -> dict[str, str]:
     parser = build_parser()
-    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return {choice.dest: choice.help for choice in sub._choices_actions}
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {choice.dest: choice.help or "" for choice in sub._choices_actions}
 
 
 def test_top_level_help_starts_with_the_three_commands_a_newcomer_needs(capsys):

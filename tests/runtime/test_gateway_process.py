@@ -91,6 +91,7 @@ async def test_sigterm_flushes_every_released_reading_into_the_spool(hilsim_run,
 
     async def read_until(pattern: str) -> str:
         while True:
+            assert proc.stdout is not None
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
             assert line, "gateway exited early:\n" + "".join(lines)
             lines.append(line)
@@ -102,7 +103,9 @@ async def test_sigterm_flushes_every_released_reading_into_the_spool(hilsim_run,
     proc.send_signal(signal.SIGTERM)
     stopped = await read_until("stopped cleanly")
     assert await asyncio.wait_for(proc.wait(), 30) == 0
-    released = int(re.search(r"readings_released=(\d+)", stopped).group(1))
+    found = re.search(r"readings_released=(\d+)", stopped)
+    assert found, stopped
+    released = int(found.group(1))
     assert released > 10, stopped
     assert _spooled_readings(state) == released
 

@@ -44,7 +44,9 @@ def protected_for(gateway: SimGateway, *, status: bool = False) -> dict:
     return {ALG: EDDSA, KID: gateway.key_id, label: {H_VERSION: 2, H_DEVICE: gateway.device_id}}
 
 
-async def post(http: aiohttp.ClientSession, hub: RunningHub, endpoint: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], Any]:
+async def post(
+    http: aiohttp.ClientSession, hub: RunningHub, endpoint: str, data: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], Any]:
     async with http.post(f"{hub.url}/oxp/v1/{endpoint}", data=data, headers={"Content-Type": MEDIA_TYPE, **(headers or {})}) as resp:
         return resp.status, await resp.json(content_type=None), resp.headers
 
@@ -60,7 +62,9 @@ async def still_serving(http: aiohttp.ClientSession, hub: RunningHub, gateway: S
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-async def test_a_megabyte_of_colliding_bignum_keys_is_refused_and_the_hub_keeps_serving(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, endpoint: str) -> None:
+async def test_a_megabyte_of_colliding_bignum_keys_is_refused_and_the_hub_keeps_serving(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, endpoint: str
+) -> None:
     limit = {"batches": 1 << 20, "status": 64 << 10, "notice": 256 << 10}[endpoint]
     protected = cbor2.dumps(protected_for(gateway, status=endpoint != "batches"))
     # In the unprotected map, where no byte string bounds it: the reader stops at the first tag.
@@ -72,7 +76,9 @@ async def test_a_megabyte_of_colliding_bignum_keys_is_refused_and_the_hub_keeps_
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-async def test_a_tag_30_rational_of_huge_integers_in_the_protected_header_is_malformed(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, endpoint: str) -> None:
+async def test_a_tag_30_rational_of_huge_integers_in_the_protected_header_is_malformed(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, endpoint: str
+) -> None:
     rational = cbor2.CBORTag(30, [3**5000, 7**4000])
     data = _sign(protected_for(gateway, status=endpoint != "batches") | {99: rational}, b"", gateway.private_key)
     status, body, _ = await post(http, running_hub, endpoint, data)
@@ -81,8 +87,12 @@ async def test_a_tag_30_rational_of_huge_integers_in_the_protected_header_is_mal
 
 
 @pytest.mark.parametrize("endpoint", ["status", "notice"])
-@pytest.mark.parametrize("item", [2**70, -(2**70), cbor2.CBORTag(30, [3**3000, 7**2000]), cbor2.CBORTag(1, 1767225600)], ids=["bignum", "negative-bignum", "rational", "date"])
-async def test_big_integers_and_tagged_items_in_a_signed_status_or_notice_body_are_4xx(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, endpoint: str, item: object) -> None:
+@pytest.mark.parametrize(
+    "item", [2**70, -(2**70), cbor2.CBORTag(30, [3**3000, 7**2000]), cbor2.CBORTag(1, 1767225600)], ids=["bignum", "negative-bignum", "rational", "date"]
+)
+async def test_big_integers_and_tagged_items_in_a_signed_status_or_notice_body_are_4xx(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, endpoint: str, item: object
+) -> None:
     message = {"ts_ms": item} if endpoint == "status" else {"ts_ms": 1, "notice": {"schema": item}}
     status, body, _ = await post(http, running_hub, endpoint, seal_status(message, device_id=gateway.device_id, private_key=gateway.private_key))
     assert 400 <= status < 500, body
@@ -130,7 +140,9 @@ async def test_an_enrolment_body_nested_8000_deep_is_400(running_hub: RunningHub
 
 
 @pytest.mark.parametrize("version", ["0.1\x00", "0.1\r\nforged: line", "\x7f"])
-async def test_an_enrolment_whose_software_version_holds_a_control_character_is_400_and_enrols_nothing(db_url: str, tmp_path: Path, http: aiohttp.ClientSession, version: str) -> None:
+async def test_an_enrolment_whose_software_version_holds_a_control_character_is_400_and_enrols_nothing(
+    db_url: str, tmp_path: Path, http: aiohttp.ClientSession, version: str
+) -> None:
     # PostgreSQL refuses U+0000 in text: without the check this was a 500 there and stored on SQLite.
     async with run_hub(db=db_url, state_dir=tmp_path / "hub", admin_token="admin-secret") as hub:
         gateway = SimGateway("pole-nul")
@@ -213,7 +225,9 @@ def huge_declared_batch(gateway: SimGateway, readings: int, *, devices: list[str
     return _sign({ALG: EDDSA, KID: gateway.key_id, OXP_BATCH: header}, compress(body, "zstd"), gateway.private_key)
 
 
-async def test_a_tiny_batch_declaring_a_million_readings_is_429_without_decoding_them(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_a_tiny_batch_declaring_a_million_readings_is_429_without_decoding_them(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     data = huge_declared_batch(gateway, 1_000_000)
     assert len(data) < 1000
     tracemalloc.start()

@@ -26,7 +26,9 @@ HEAVY = f"{STA}/Observations?$top=10000&$orderby=result desc,phenomenonTime"
 PROXY = IngestSettings(trusted_proxies=("127.0.0.1/32",))
 
 
-async def hub_with_readings(tmp_path: Path, db_url: str, settings: PublicReadSettings, http: aiohttp.ClientSession) -> AsyncIterator[tuple[RunningHub, SimGateway]]:
+async def hub_with_readings(
+    tmp_path: Path, db_url: str, settings: PublicReadSettings, http: aiohttp.ClientSession
+) -> AsyncIterator[tuple[RunningHub, SimGateway]]:
     async with run_hub(db=db_url, state_dir=tmp_path / "hub", admin_token="admin-secret", public_reads=settings, ingest=PROXY) as hub:
         gateway = SimGateway("pole-0042")
         await enrol(http, hub.url, gateway, await hub.create_token())

@@ -38,7 +38,9 @@ async def post(http: aiohttp.ClientSession, hub: RunningHub, path: str, data: by
 # --- schema -----------------------------------------------------------------------------
 
 
-async def test_a_malformed_notice_is_refused_naming_the_field_and_the_register_still_answers(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_a_malformed_notice_is_refused_naming_the_field_and_the_register_still_answers(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     status, body = await post(http, running_hub, "notice", notice(gateway, {"place": "downtown", "data": [1, 2]}))
     assert (status, body["error"]) == (400, "malformed")
     assert "'notice.place'" in body["detail"] and "'downtown'" in body["detail"] and "map" in body["detail"]
@@ -60,7 +62,9 @@ async def test_a_malformed_notice_is_refused_naming_the_field_and_the_register_s
         ([1, 2], "notice"),
     ],
 )
-async def test_a_notice_whose_field_does_not_fit_is_refused_with_that_field(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, body: Any, field: str) -> None:
+async def test_a_notice_whose_field_does_not_fit_is_refused_with_that_field(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, body: Any, field: str
+) -> None:
     status, answer = await post(http, running_hub, "notice", notice(gateway, body))
     assert (status, answer["error"]) == (400, "malformed")
     assert answer["detail"].startswith(f"field '{field}' = ")
@@ -76,7 +80,9 @@ async def test_unknown_keys_of_a_notice_are_kept_and_published(running_hub: Runn
         assert resp.status == 200 and "King St W &amp; Spadina Ave" in await resp.text()
 
 
-async def test_a_notice_stored_before_the_checks_is_shown_as_unreadable_not_as_a_500(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_a_notice_stored_before_the_checks_is_shown_as_unreadable_not_as_a_500(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     # What a hub without the checks stored; the register must still answer.
     await running_hub.store.add_notice("pole-0042", {"place": "downtown", "data": [1, 2]}, received_ms=T0)
     await running_hub.store.add_notice("pole-7", {**NOTICE, "place": {**NOTICE["place"], "site": "Queen St"}}, received_ms=T0)
@@ -100,7 +106,9 @@ async def test_a_notice_stored_before_the_checks_is_shown_as_unreadable_not_as_a
         ({"ts_ms": 2**63}, "ts_ms"),
     ],
 )
-async def test_a_status_report_whose_field_does_not_fit_is_refused_with_that_field(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, fields: dict[str, Any], field: str) -> None:
+async def test_a_status_report_whose_field_does_not_fit_is_refused_with_that_field(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, fields: dict[str, Any], field: str
+) -> None:
     status, answer = await post(http, running_hub, "status", gateway.status(**fields))
     assert (status, answer["error"]) == (400, "malformed")
     assert answer["detail"].startswith(f"field '{field}' = ")
@@ -126,7 +134,9 @@ async def hub_on_either_engine(db_url: str, tmp_path: Path, http: aiohttp.Client
         ({"errors": ["pm-1 \x00 silent"]}, "errors[0]"),
     ],
 )
-async def test_a_status_report_with_u0000_or_a_control_character_in_stored_text_is_400_on_either_engine(hub_on_either_engine: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession, fields: dict[str, Any], field: str) -> None:
+async def test_a_status_report_with_u0000_or_a_control_character_in_stored_text_is_400_on_either_engine(
+    hub_on_either_engine: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession, fields: dict[str, Any], field: str
+) -> None:
     # PostgreSQL refuses U+0000 in text: without the check this was a 500 there and stored on SQLite.
     running_hub, gateway = hub_on_either_engine
     status, answer = await post(http, running_hub, "status", gateway.status(**fields))
@@ -147,7 +157,9 @@ async def test_a_status_report_with_u0000_or_a_control_character_in_stored_text_
         ({**NOTICE, "k\x00ey": 1}, "notice"),
     ],
 )
-async def test_a_notice_with_u0000_anywhere_in_its_json_is_400_and_the_register_is_unchanged(hub_on_either_engine: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession, body: Any, field: str) -> None:
+async def test_a_notice_with_u0000_anywhere_in_its_json_is_400_and_the_register_is_unchanged(
+    hub_on_either_engine: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession, body: Any, field: str
+) -> None:
     # The notice is stored as JSON; PostgreSQL's jsonb refuses \u0000 in a string or a key.
     running_hub, gateway = hub_on_either_engine
     status, answer = await post(http, running_hub, "notice", notice(gateway, body))
@@ -186,7 +198,9 @@ async def test_unknown_keys_of_a_status_report_are_ignored(running_hub: RunningH
 # --- freshness --------------------------------------------------------------------------
 
 
-async def test_a_replayed_status_report_is_refused_and_the_tampered_state_stays(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_a_replayed_status_report_is_refused_and_the_tampered_state_stays(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     ok = gateway.status(errors=[], report_seq=1)
     assert (await post(http, running_hub, "status", ok))[0] == 200
     assert (await post(http, running_hub, "status", gateway.status(errors=["enclosure: tampered"], report_seq=2)))[0] == 200
@@ -197,7 +211,9 @@ async def test_a_replayed_status_report_is_refused_and_the_tampered_state_stays(
     assert device is not None and device.errors == ("enclosure: tampered",)
 
 
-async def test_a_replayed_notice_is_refused_and_the_newer_notice_stays_published(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_a_replayed_notice_is_refused_and_the_newer_notice_stays_published(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     old = notice(gateway, {**NOTICE, "purpose": "old"}, boot_epoch=1, report_seq=0)
     assert (await post(http, running_hub, "notice", old))[0] == 200
     assert (await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=1)))[0] == 200
@@ -222,7 +238,9 @@ async def test_a_new_boot_starts_its_count_again(running_hub: RunningHub, http: 
     assert (await post(http, running_hub, "status", gateway.status(report_seq=51)))[0] == 409
 
 
-async def test_a_gateway_without_freshness_still_reports_until_it_sends_freshness(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+async def test_a_gateway_without_freshness_still_reports_until_it_sends_freshness(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
     # A gateway one version older: no report_seq. Its reports and notices are taken, repeats included.
     legacy = gateway.status(spool_batches=1)
     assert (await post(http, running_hub, "status", legacy))[0] == 200
