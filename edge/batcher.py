@@ -41,6 +41,7 @@ from edge.protocol import BatchHeader, BatchTooLarge, key_id, seal_batch
 from edge.protocol.codec import encode_body
 from edge.protocol.types import Channel, Kind, Reading
 from edge.spool import Spool, SpoolError, StoredBatch
+from edge.util.clock import now_ms
 
 __all__ = ["Batcher", "BatcherCounters"]
 
@@ -50,10 +51,6 @@ log = logging.getLogger("ocn.batcher")
 # the spool cannot write, before `add` waits for it: memory then holds at most
 # _MAX_READY + 2 batches (the one `add` closed, and the one the flush timer closed).
 _MAX_READY = 4
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(slots=True)
@@ -108,7 +105,7 @@ class Batcher:
         max_readings: int = 20000,
         codec: str = "zstd",
         channels: Iterable[Channel] = (),
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = now_ms,
         on_stored: Callable[[StoredBatch], None] | None = None,
         store_retry_s: float = 5.0,
     ) -> None:

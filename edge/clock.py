@@ -23,6 +23,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from edge.util.clock import now_ms as wall_ms
+
 __all__ = ["RELEASE_FLOOR_MS", "SYNCHRONIZED_FLAG", "clock_floor_ms", "hold_until_clock_set", "wait_for_clock"]
 
 # No reading can be older than the software that reads it: the date of this release, raised at each release.
@@ -49,7 +51,7 @@ async def wait_for_clock(
     floor_ms: int,
     *,
     synchronized: Path = SYNCHRONIZED_FLAG,
-    now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    now_ms: Callable[[], int] = wall_ms,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     on_wait: Callable[[int, int], None] = lambda _now, _floor: None,
     poll_s: float = 1.0,
@@ -93,7 +95,7 @@ async def hold_until_clock_set(state_dir: Path) -> None:
 
     try:
         if await wait_for_clock(clock_floor_ms(state_dir), on_wait=on_wait, sleep=sleep):
-            log.info("clock synchronised; starting", extra={"clock": _iso(time.time_ns() // 1_000_000)})
+            log.info("clock synchronised; starting", extra={"clock": _iso(wall_ms())})
     finally:
         notifier.close()
 

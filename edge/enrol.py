@@ -23,6 +23,8 @@ from edge import __version__
 from edge.private import private_directory
 from edge.protocol import PRIVATE_KEY_FILE, KeyFileError, key_id, load_private_key, raw_public_key, write_keypair
 from edge.uplink import tls_context
+from edge.util.backoff import Backoff
+from edge.util.clock import now_ms
 
 __all__ = [
     "ENROLMENT_RECORD",
@@ -181,20 +183,20 @@ async def first_boot(
     if not token:
         raise _refused(state_dir, hub_url, f"{token_file} is empty: seed the card again with the token from city IT")
     deadline = time.monotonic() + retry_for_s
-    delay = 1.0
+    backoff = Backoff(1.0, backoff_max_s, jitter=0)
     while True:
         try:
             result = await enrol(hub_url=hub_url, token=token, device_id=device_id, key_path=key_path, ca=ca, timeout_s=timeout_s)
         except HubUnreachable as exc:
+            delay = backoff.next()
             if time.monotonic() + delay > deadline:
                 raise
             on_retry(exc, delay)
             await sleep(delay)
-            delay = min(backoff_max_s, delay * 2)
             continue
         except EnrolError as exc:
             raise _refused(state_dir, hub_url, str(exc)) from None
-        _write_record(state_dir, {"status": result.status, "key_id": result.key_id, "hub": hub_url, "at_ms": _now_ms()})
+        _write_record(state_dir, {"status": result.status, "key_id": result.key_id, "hub": hub_url, "at_ms": now_ms()})
         _delete_token(token_file)
         return FirstBoot("enrolled", result)
 
@@ -209,7 +211,7 @@ def read_enrolment_record(state_dir: Path) -> dict[str, object]:
 
 
 def _refused(state_dir: Path, hub_url: str, detail: str) -> EnrolError:
-    _write_record(state_dir, {"status": "refused", "detail": detail, "hub": hub_url, "at_ms": _now_ms()})
+    _write_record(state_dir, {"status": "refused", "detail": detail, "hub": hub_url, "at_ms": now_ms()})
     return EnrolError(detail)
 
 
@@ -225,10 +227,6 @@ def _write_record(state_dir: Path, record: dict[str, object]) -> None:
 def _delete_token(token_file: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         token_file.unlink()
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _json(text: str) -> dict | None:  # type: ignore[type-arg]

@@ -33,6 +33,7 @@ from typing import Any
 
 from edge.private import private_database, private_directory
 from edge.protocol import peek_header
+from edge.util.clock import now_ms
 
 __all__ = ["ACK_DELAY_S", "ACK_GROUP", "BatchId", "BootInfo", "Spool", "SpoolError", "SpoolStats", "StoredBatch", "WHEN_FULL"]
 
@@ -146,10 +147,6 @@ class SpoolStats:
     unclean_stops: int
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Spool:
     """Sealed batches on disk, oldest first, with a size quota and persistent loss counters."""
 
@@ -217,7 +214,7 @@ class Spool:
         *,
         max_bytes: int,
         when_full: str = "drop_oldest",
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = now_ms,
     ) -> Spool:
         """Open (creating if needed) the spool database at ``path``."""
         return await asyncio.to_thread(cls.open_blocking, path, max_bytes=max_bytes, when_full=when_full, clock_ms=clock_ms)
@@ -229,7 +226,7 @@ class Spool:
         *,
         max_bytes: int,
         when_full: str = "drop_oldest",
-        clock_ms: Callable[[], int] = _now_ms,
+        clock_ms: Callable[[], int] = now_ms,
     ) -> Spool:
         """`open` for code without an event loop (tools, benchmarks)."""
         path = Path(path)

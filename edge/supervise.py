@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from drivers.sdk import Driver, Emit
 from edge.protocol.types import Reading
+from edge.util.backoff import Backoff
+from edge.util.logonce import LogOnce
 
 __all__ = ["DeviceRunner"]
 
@@ -46,31 +48,37 @@ class DeviceRunner:
         self.device_id = device_id
         self._make_driver = make_driver
         self._emit = emit
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
         self._stable_after = stable_after
         self._personal = personal
-        self._rng = rng or random.Random()
-        self.failing = False
+        # Jitter in [50 %, 100 %]: devices that share a failed bus do not all restart in the same instant.
+        self._backoff = Backoff(backoff_initial, backoff_max, jitter=0.5, rng=rng)
+        self._outage = LogOnce(log)
         self.failures = 0
         self.restarts = 0
         self.readings = 0
         self.last_error = ""
-        self._attempt = 0
         self._started = time.monotonic()
+
+    @property
+    def failing(self) -> bool:
+        """Failed and not yet recovered (a restarted driver has not run ``stable_after`` seconds with readings)."""
+        return self._outage.failing(self.device_id)
+
+    @property
+    def attempts(self) -> int:
+        """Restarts since the device last counted as recovered."""
+        return self._backoff.attempts
 
     async def _emit_and_watch(self, reading: Reading) -> None:
         if self.failing and time.monotonic() - self._started >= self._stable_after:
-            self.failing = False
-            self._attempt = 0
-            log.info("device recovered", extra={"device": self.device_id, "restarts": self.restarts})
+            self._backoff.reset()
+            self._outage.recovered(self.device_id, "device recovered", extra={"device": self.device_id, "restarts": self.restarts})
         self.readings += 1
         await self._emit(reading)
 
     def backoff(self, attempt: int) -> float:
         """Delay before restart number `attempt` (0-based): doubling, capped, with jitter in [50%, 100%]."""
-        ceiling = min(self._backoff_max, self._backoff_initial * (2 ** min(attempt, 30)))
-        return ceiling * (0.5 + 0.5 * self._rng.random())
+        return self._backoff.delay(attempt)
 
     def _describe(self, exc: BaseException) -> str:
         if self._personal:
@@ -93,13 +101,9 @@ class DeviceRunner:
                 exc = error
             self.failures += 1
             self.last_error = self._describe(exc)
-            delay = self.backoff(self._attempt)
+            delay = self._backoff.next()
             fields = {"device": self.device_id, "error": self.last_error, "retry_in_s": round(delay, 2)}
-            if not self.failing:
-                self.failing = True
-                log.warning("device failed; restarting with backoff", extra=fields)
-            else:
+            if not self._outage.failure(self.device_id, "device failed; restarting with backoff", extra=fields):
                 log.debug("device still failing", extra=fields)
-            self._attempt += 1
             await asyncio.sleep(delay)
             self.restarts += 1

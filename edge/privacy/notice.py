@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import jinja2
 from edge.privacy.explain import describe_rule, human_duration, processes
 from edge.privacy.policy import Policy
 from edge.protocol.types import Channel
+from edge.util.clock import now_ms
 
 __all__ = ["DEFAULT_STORAGE", "NOTICE_SCHEMA", "TECHNOLOGY", "build_notice", "render_notice_html"]
 
@@ -94,7 +94,7 @@ def build_notice(
         withheld = [r.pattern for r in policy.rules if r.rule == "drop"]
     return {
         "schema": NOTICE_SCHEMA,
-        "generated_ms": generated_ms if generated_ms is not None else time.time_ns() // 1_000_000,
+        "generated_ms": generated_ms if generated_ms is not None else now_ms(),
         "place": {
             "gateway_id": gateway.id,
             "site": getattr(gateway, "site", ""),

@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -17,6 +16,7 @@ from edge.privacy.keys import EphemeralKey, RotatingKey
 from edge.privacy.location import geohash_cell_deg, grid_cell_deg, snap
 from edge.privacy.policy import DAY_MS, Policy, PolicyError, Rule, axis_of
 from edge.protocol.types import Channel, Kind, Quality, Reading
+from edge.util.clock import now_ms
 
 __all__ = ["BUDGET_CHANNEL", "PrivacyStage", "aggregate_channel_id", "distinct_channel_id", "window_label"]
 
@@ -160,7 +160,7 @@ class PrivacyStage:
         if problems:
             raise PolicyError(problems)
         self.policy = policy
-        self._clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._clock = clock_ms or now_ms
         self._rng: IntegerSource = rng or random.SystemRandom()
         self._pseudonyms = RotatingKey(period_ms=policy.rotate_ms, offset_ms=policy.rotate_offset_ms)
         self._accountant = (

@@ -54,9 +54,9 @@ class LogOnce:
         return key
 
     def failing(self, key: object) -> bool:
-        """Whether ``key`` failed and has not been reported recovered (a flapping key counts until steady)."""
+        """Whether ``key`` failed and has not recovered since (a flapping key between failures is not failing)."""
         state = self._keys.get(self._key(key))
-        return state is not None and (state.failing or state.flapping)
+        return state is not None and state.failing
 
     def flapping(self, key: object) -> bool:
         """Whether ``key`` failed again soon after recovering and has not yet been steady for ``flap_s``."""

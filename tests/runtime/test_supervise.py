@@ -119,7 +119,7 @@ async def test_a_driver_that_crashes_after_every_reading_is_logged_once_and_back
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == [
         "device failed; restarting with backoff"
     ]
-    assert runner.backoff(runner._attempt) > 0.01 * 2 ** 3 * 0.5, "the backoff kept growing"
+    assert runner.backoff(runner.attempts) > 0.01 * 2 ** 3 * 0.5, "the backoff kept growing"
 
 
 class LeakyDriver(Driver):
