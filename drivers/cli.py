@@ -26,7 +26,7 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import ProfileError, load_profile, shipped_profiles
 from drivers.registry import UnknownDriver, available, load_driver
 from drivers.scaffold import ScaffoldError, scaffold
-from drivers.sdk import DeviceContext, Driver, OptionError
+from drivers.sdk import DeviceContext, Driver, OptionError, Options
 from drivers.testing import BusSettings
 from edge.commands import positive, whole
 from edge.protocol.types import Reading
@@ -406,7 +406,7 @@ def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
         device = devices[args.device]
         bus = next((b for b in cfg.buses if b.name == device.bus), None)
         return {"driver": load_driver(device.driver), "bus": bus, "device": device.name,
-                "options": dict(device.options), "address": device.address}
+                "options": device.options, "address": device.address}
     if args.device:
         raise ValueError("a DEVICE name needs --config; otherwise give --port/--tcp and --profile or --driver")
     options: dict[str, Any] = {}
@@ -435,12 +435,12 @@ def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
     if transport == "modbus" and args.unit is None:
         raise ValueError("a Modbus device needs --unit (1..247); `ocn-edge scan` finds it")
     try:
-        cls.check_options(options)
+        checked = Options(cls.check_options(options), cls)
     except OptionError as exc:
         if exc.option != "profile_file":
             raise
         raise ValueError(f"--profile {args.profile!r}: expected {exc.expected}") from None
-    return {"driver": cls, "bus": bus, "device": "device", "options": options, "address": args.unit}
+    return {"driver": cls, "bus": bus, "device": "device", "options": checked, "address": args.unit}
 
 
 def _option_value(text: str) -> Any:

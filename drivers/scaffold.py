@@ -48,9 +48,10 @@ from __future__ import annotations
 
 import asyncio
 
-from drivers.buses import LinkError
-from drivers.sdk import Driver, Emit, Manifest, OptionSpec
+from drivers.modbus.adapter import LinkError
+from drivers.sdk import DeviceContext, Driver, Emit, Manifest, OptionError, OptionSpec
 from edge.protocol.types import Channel, Reading
+from edge.util.logonce import LogOnce
 
 
 class {cls}(Driver):
@@ -59,15 +60,19 @@ class {cls}(Driver):
         version="0.1.0",
         summary="Air temperature and humidity from a Modbus weather station",
         hardware=("OCN hil-sim weather station",),
-        transport="modbus",  # the gateway hands this driver a Modbus bus owner as ctx.bus
+        transport="modbus",  # the gateway hands this driver a Modbus bus owner: ctx.modbus_bus()
         options={{
             "first_register": OptionSpec(int, default=0, help="holding register of the temperature"),
         }},
     )
 
-    def __init__(self, ctx) -> None:
+    def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
         self.options = self.check_options(ctx.options)
+        if not isinstance(ctx.address, int):
+            raise OptionError("address", ctx.address, "a Modbus unit id 1..247")
+        self.unit = ctx.address
+        self.notes = LogOnce(ctx.logger)  # log once when it starts failing, once when it recovers
 
     def channels(self) -> list[Channel]:
         return [
@@ -77,7 +82,7 @@ class {cls}(Driver):
 
     async def poll(self) -> list[Reading]:
         # Every transaction goes through the bus owner: it paces frames and isolates silent units.
-        raw = await self.ctx.bus.read(self.ctx.address, "holding", self.options["first_register"], 2)
+        raw = await self.ctx.modbus_bus().read(self.unit, "holding", self.options["first_register"], 2)
         temperature = (raw[0] - 0x10000 if raw[0] & 0x8000 else raw[0]) / 10  # int16, 0.1 degC
         ts = self.ctx.clock_ms()
         return [
@@ -86,19 +91,14 @@ class {cls}(Driver):
         ]
 
     async def run(self, emit: Emit) -> None:
-        await self.ctx.bus.wait_open()
-        failing = False
+        await self.ctx.modbus_bus().wait_open()
         while True:
             try:
                 readings = await self.poll()
             except LinkError as exc:
-                if not failing:  # log once when it starts failing, once when it recovers
-                    self.ctx.logger.warning("%s: %s", self.ctx.device_id, exc)
-                failing = True
+                self.notes.failure("unit", "%s: %s", self.ctx.device_id, exc)
             else:
-                if failing:
-                    self.ctx.logger.info("%s: answers again", self.ctx.device_id)
-                failing = False
+                self.notes.recovered("unit", "%s: answers again", self.ctx.device_id)
                 for reading in readings:
                     await emit(reading)
             await asyncio.sleep(self.ctx.poll_interval)

@@ -1,17 +1,34 @@
-"""The driver contract: a driver is an async source of Readings plus the channels it declares."""
+"""The driver contract: a driver is an async source of Readings plus the channels it declares.
+
+Besides the driver base class it states what a driver may ask of its bus owner (``SerialBusLike``,
+``ModbusBusLike``), so a driver written outside this tree is type-checked against the same
+interface the gateway's bus owners provide, without importing them.
+"""
 
 from __future__ import annotations
 
 import abc
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from edge.protocol.types import Channel, Reading
+from edge.util.clock import now_ms
 
-__all__ = ["DeviceContext", "Driver", "DriverError", "Emit", "Manifest", "OptionError", "OptionSpec"]
+__all__ = [
+    "BusDown",
+    "DeviceContext",
+    "Driver",
+    "DriverError",
+    "Emit",
+    "Manifest",
+    "ModbusBusLike",
+    "OptionError",
+    "OptionSpec",
+    "Options",
+    "SerialBusLike",
+]
 
 Emit = Callable[[Reading], Awaitable[None]]
 
@@ -30,6 +47,57 @@ class OptionError(ValueError):
         self.option = option
         self.value = value
         self.expected = expected
+
+
+class BusDown(Exception):
+    """The bus's port or connection is not open right now; its owner is reopening it."""
+
+
+@runtime_checkable
+class SerialBusLike(Protocol):
+    """What a driver with transport "serial" may ask of its bus owner: one port, one streaming device.
+
+    A driver re-sends its setup commands whenever :meth:`wait_open` returns a new session
+    number (each successful open is a new session: a replugged sensor forgets its mode).
+    """
+
+    @property
+    def is_open(self) -> bool: ...
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes received since the owner started (a silent line and a line of garbage differ here)."""
+        ...
+
+    async def wait_open(self) -> int:
+        """Wait until the port is open; returns the current session number."""
+        ...
+
+    async def receive(self) -> bytes:
+        """The next bytes that arrived (waits while the port is closed)."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data``; raises :class:`BusDown` when the port is not open."""
+        ...
+
+
+@runtime_checkable
+class ModbusBusLike(Protocol):
+    """What a driver with transport "modbus" may ask of its bus owner, which it shares with other devices.
+
+    :meth:`read` raises the errors of ``drivers.modbus.adapter`` (``ExceptionReply`` when the unit
+    refuses, another ``LinkError`` when it is silent, garbled, backing off or the line is down).
+    """
+
+    async def wait_open(self) -> None:
+        """Wait until the line is open (drivers call this once before their first poll)."""
+        ...
+
+    async def read(self, unit: int, function: str, address: int, count: int, *,
+                   timeout: float | None = None, used: int | None = None) -> list[int] | list[bool]:
+        """Read ``count`` registers (bits for coil and discrete) of ``unit`` from ``address``."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,21 +123,82 @@ class Manifest:
     options: Mapping[str, OptionSpec] = field(default_factory=dict)
 
 
+class Options(Mapping[str, Any]):
+    """A device's options as its driver checked them, read-only: what the gateway config holds.
+
+    It lists the options that have a value, so it writes back to TOML (which has no null) and
+    compares equal to the table it came from.  It also keeps the complete set the driver
+    returned, so that driver's ``check_options`` hands it back without checking again: options
+    are validated once, when the config is loaded, not again by the runtime or the driver.
+    """
+
+    __slots__ = ("_checked_by", "_complete")
+
+    def __init__(self, complete: Mapping[str, Any], checked_by: type[Driver]) -> None:
+        self._complete = dict(complete)
+        self._checked_by = checked_by
+
+    def complete_for(self, driver: type[Driver]) -> dict[str, Any] | None:
+        """Every option with defaults filled in, if ``driver`` is the one that checked them; else None."""
+        return _Completed(self._complete, driver) if driver is self._checked_by else None
+
+    def __getitem__(self, key: str) -> Any:
+        value = self._complete[key]
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key, value in self._complete.items() if value is not None)
+
+    def __len__(self) -> int:
+        return sum(1 for value in self._complete.values() if value is not None)
+
+    def __repr__(self) -> str:
+        return f"Options({dict(self.items())!r})"
+
+
+class _Completed(dict[str, Any]):
+    """What ``check_options`` returns: a plain dict of every option, marked with the driver that checked it.
+
+    The mark lets a second ``check_options`` by the same driver (the runtime completes the config's
+    options, then the driver's constructor asks again) return at once instead of validating again.
+    """
+
+    __slots__ = ("checked_by",)
+
+    def __init__(self, values: Mapping[str, Any], checked_by: type[Driver]) -> None:
+        super().__init__(values)
+        self.checked_by = checked_by
+
+
 @dataclass(slots=True)
 class DeviceContext:
     """Everything the runtime hands a driver instance: its name, its bus, its address and options."""
 
     device_id: str
     options: Mapping[str, Any]
-    bus: Any = None  # the bus owner object for the device's bus (None for transport "none")
+    bus: SerialBusLike | ModbusBusLike | None = None  # the device's bus owner (None for transport "none")
     address: int | str | None = None
     poll_interval: float = 10.0
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("ocn.driver"))
-    clock_ms: Callable[[], int] = field(default_factory=lambda: lambda: time.time_ns() // 1_000_000)
+    clock_ms: Callable[[], int] = now_ms
 
     def channel_id(self, local: str) -> str:
         """The gateway-wide id of one of this device's channels: ``<device>/<local>``."""
         return f"{self.device_id}/{local}"
+
+    def serial_bus(self) -> SerialBusLike:
+        """The device's bus, for a driver with transport "serial"."""
+        if not isinstance(self.bus, SerialBusLike):
+            raise DriverError(f"{self.device_id}: needs a serial bus, but was given {type(self.bus).__name__}")
+        return self.bus
+
+    def modbus_bus(self) -> ModbusBusLike:
+        """The device's bus, for a driver with transport "modbus"."""
+        if not isinstance(self.bus, ModbusBusLike):
+            raise DriverError(f"{self.device_id}: needs a Modbus bus, but was given {type(self.bus).__name__}")
+        return self.bus
 
 
 class Driver(abc.ABC):
@@ -92,8 +221,23 @@ class Driver(abc.ABC):
         """Validate raw options against the manifest; return them with defaults filled in.
 
         Raises :class:`OptionError` for the first bad option (config validation
-        calls this per device and reports every device's problem).
+        calls this per device and reports every device's problem).  Options this
+        driver already checked (the config's :class:`Options`, or what this returned)
+        are completed without checking again.  A driver
+        that checks more (a cross-field rule, a file to read) overrides
+        :meth:`validate_options`.
         """
+        if isinstance(options, Options):
+            complete = options.complete_for(cls)
+            if complete is not None:
+                return complete
+        if isinstance(options, _Completed) and options.checked_by is cls:
+            return _Completed(options, cls)
+        return _Completed(cls.validate_options(options), cls)
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The manifest's checks: known names, types, choices, required options; defaults filled in."""
         specs = cls.manifest.options
         out: dict[str, Any] = {}
         for key in options:

@@ -17,11 +17,10 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from types import MappingProxyType
 from typing import Any
 
 from drivers.registry import UnknownDriver, load_driver
-from drivers.sdk import Driver, OptionError
+from drivers.sdk import Driver, OptionError, Options
 from edge.schema import (
     INVALID,
     Address,
@@ -119,8 +118,8 @@ class BusConfig:
 class DeviceConfig:
     """One [[devices]] entry; ``options`` are checked by the device's driver, with its defaults filled in.
 
-    Options the driver leaves unset (default None) are absent, so passing ``options``
-    to ``Driver.check_options`` again gives the same result: the runtime does that.
+    Options the driver leaves unset (default None) are not listed, so the effective config
+    writes them back as TOML; the driver's ``check_options`` completes them without checking again.
     """
 
     name: str
@@ -330,9 +329,8 @@ def _devices_fit(driver_lookup: DriverLookup) -> Callable[[dict[str, Any], Conte
                 if isinstance(options, dict):
                     completed = _check_options(driver_cls, options, ctx, join(where, "options"))
                     if completed is not INVALID and isinstance(device, DeviceConfig):
-                        # Unset options are left out, so the runtime's own check_options call fills them again.
-                        kept = {key: value for key, value in completed.items() if value is not None}
-                        checked[i] = dataclasses.replace(device, options=MappingProxyType(kept))
+                        # Checked here, once: the runtime and the driver take these as they are.
+                        checked[i] = dataclasses.replace(device, options=Options(completed, driver_cls))
             if value_of(device, "enabled") is not False and isinstance(bus_name, str) and bus_name in buses:
                 users.setdefault(bus_name, []).append((i, device))
         for bus_name, on_bus in users.items():

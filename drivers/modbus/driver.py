@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivers.buses import FLAP_S
 from drivers.modbus.adapter import ExceptionReply, LinkError
+from drivers.modbus.bus import FLAP_S
 from drivers.modbus.planner import ReadRequest, plan_reads
 from drivers.modbus.profile import Profile, ProfileError, load_profile, shipped_profiles
 from drivers.sdk import DeviceContext, Driver, Emit, Manifest, OptionError, OptionSpec
 from edge.protocol.types import Channel, Reading
+from edge.util.logonce import LogOnce
 
 __all__ = ["ModbusDriver", "Poll"]
 
@@ -50,8 +51,8 @@ class ModbusDriver(Driver):
     )
 
     @classmethod
-    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        out = super().check_options(options)
+    def validate_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        out = super().validate_options(options)
         shipped = ", ".join(shipped_profiles())
         if (out["profile"] is None) == (out["profile_file"] is None):
             raise OptionError("profile", out["profile"],
@@ -88,9 +89,7 @@ class ModbusDriver(Driver):
                   if r.function == req.function and req.address <= r.address and r.address + r.count <= req.end]
             for req in self.plan
         }
-        self._failing: dict[ReadRequest, str] = {}
-        self._recovered_at: dict[ReadRequest, float] = {}
-        self._flapping: dict[ReadRequest, float] = {}  # request -> when it was last refused
+        self._refusals = LogOnce(ctx.logger, flap_s=FLAP_S)
 
     def channels(self) -> Sequence[Channel]:
         return [
@@ -103,7 +102,7 @@ class ModbusDriver(Driver):
         """Run the plan once.  After the unit fails to answer, the rest of the cycle is skipped:
         a silent unit costs the bus at most one timeout per cycle."""
         result = Poll()
-        bus = self.ctx.bus
+        bus = self.ctx.modbus_bus()
         for i, req in enumerate(self.plan):
             try:
                 words = await bus.read(self.unit, req.function, req.address, req.count,
@@ -125,7 +124,7 @@ class ModbusDriver(Driver):
 
     async def run(self, emit: Emit) -> None:
         interval = self.ctx.poll_interval
-        await self.ctx.bus.wait_open()  # no "not open" warning for the moments before the line first opens
+        await self.ctx.modbus_bus().wait_open()  # no "not open" warning for the moments before the line first opens
         next_at = time.monotonic()
         while True:
             result = await self.poll()
@@ -144,31 +143,14 @@ class ModbusDriver(Driver):
         A request refused again within FLAP_S of recovering (a busy unit: exception 06 now and
         then) is logged once as refused intermittently, and once more when steady for FLAP_S.
         A silent unit or a lost line is the bus owner's to log (once, for every device on it)."""
-        now = time.monotonic()
         failed = {req: str(exc) for req, exc in result.failures if isinstance(exc, ExceptionReply)}
         where = f"{self.ctx.device_id}: unit {self.unit}"
         for req, why in failed.items():
             span = f"{req.function} {req.address}..{req.end - 1}"
-            if req in self._flapping:
-                self._flapping[req] = now
-            elif req not in self._failing and now - self._recovered_at.get(req, -FLAP_S) < FLAP_S:
-                self._flapping[req] = now
-                self.ctx.logger.warning("%s: %s is refused intermittently (%s); next note when steady for %gs",
-                                        where, span, why, FLAP_S)
-            elif self._failing.get(req) != why:
-                self.ctx.logger.warning("%s: %s: %s", where, span, why)
-            self._failing[req] = why
+            self._refusals.failure(req, "%s: %s: %s", where, span, why, reason=why,
+                                   intermittent=("%s: %s is refused intermittently (%s); next note when steady for %gs",
+                                                 where, span, why, FLAP_S))
         answered = set(self.plan) - {req for req, _ in result.failures} - set(result.skipped)
-        for req in list(self._failing):
-            if req not in answered:
-                continue
+        for req in answered:
             span = f"{req.function} {req.address}..{req.end - 1}"
-            if req in self._flapping:
-                if now - self._flapping[req] < FLAP_S:
-                    continue
-                self.ctx.logger.info("%s: %s steady again", where, span)
-                del self._flapping[req]
-            else:
-                self.ctx.logger.info("%s: %s answers again", where, span)
-                self._recovered_at[req] = now
-            del self._failing[req]
+            self._refusals.recovered(req, "%s: %s answers again", where, span, steady=("%s: %s steady again", where, span))

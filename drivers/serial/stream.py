@@ -9,9 +9,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.buses import BusDown
-from drivers.sdk import DeviceContext, Driver, Emit
+from drivers.sdk import BusDown, DeviceContext, Driver, Emit
 from edge.protocol.types import Reading
+from edge.util.logonce import LogOnce
 
 __all__ = ["Decoder", "DecoderStats", "StreamDriver"]
 
@@ -61,20 +61,29 @@ class StreamDriver(Driver):
 
     RECOVERY_S = 60.0  # bad frames are "over" after this long with only good ones
     SILENCE_S = 30.0  # no valid frame for this long (at least three polls of a queried device) is logged once
-    FLAP_S = 60.0  # silent again this soon after frames returned: intermittent, logged once until steady this long
+    _FLAP_S = 60.0  # silent again this soon after frames returned: intermittent, logged once until steady this long
 
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
         self.options = self.check_options(ctx.options)
         self.decoder = self.make_decoder()
         self._configured_session = 0
-        self._bad_since: int | None = None  # bad-frame count when the current fault began
+        self._bad = LogOnce(ctx.logger)
+        self._bad_since = 0  # bad-frame count when the current fault began
         self._last_bad_at = 0.0
         self._last_frame_at = time.monotonic()
         self._bytes_at_last_frame = 0
-        self._silent_since: float | None = None
-        self._frames_back_at = -self.FLAP_S
-        self._flapping_since: float | None = None  # when the latest silence began, while intermittent
+        self._silence = LogOnce(ctx.logger, flap_s=self._FLAP_S)
+        self._silent_since = 0.0  # when the last frame came before the current silence
+
+    @property
+    def FLAP_S(self) -> float:
+        """The flapping window of the silence note; a property so that shortening it (tests do) takes effect."""
+        return self._silence.flap_s
+
+    @FLAP_S.setter
+    def FLAP_S(self, seconds: float) -> None:
+        self._silence.flap_s = seconds
 
     @abc.abstractmethod
     def make_decoder(self) -> Decoder: ...
@@ -98,7 +107,7 @@ class StreamDriver(Driver):
             await self._read(emit)
 
     async def _drive(self) -> None:
-        bus = self.ctx.bus
+        bus = self.ctx.serial_bus()
         query = self.query_command()
         tick = self.ctx.poll_interval if query is not None else 1.0
         while True:
@@ -120,7 +129,7 @@ class StreamDriver(Driver):
         go unreported: neither ever makes a frame with a bad checksum.  A closed port is the bus
         owner's to report, so time with the port closed does not count.
         """
-        bus = self.ctx.bus
+        bus = self.ctx.serial_bus()
         polls = 3 * self.ctx.poll_interval if self.query_command() is not None else 0.0
         while True:
             limit = max(self.SILENCE_S, polls)
@@ -129,36 +138,25 @@ class StreamDriver(Driver):
             if not bus.is_open:
                 self._last_frame_at = now
                 self._bytes_at_last_frame = bus.bytes_in
-            elif self._silent_since is None and now - self._last_frame_at >= limit:
+            elif not self._silence.failing("silence") and now - self._last_frame_at >= limit:
                 self._silent_since = self._last_frame_at
                 received = bus.bytes_in - self._bytes_at_last_frame
                 hint = "garbage: check the baud rate and wiring" if received else "check power, wiring and the port"
-                if self._flapping_since is not None:
-                    self._flapping_since = now
-                elif now - self._frames_back_at < self.FLAP_S:
-                    self._flapping_since = now
-                    self.ctx.logger.warning("%s: valid frames come only intermittently (%d bytes received, %s); "
-                                            "next note when steady for %gs", self.ctx.device_id, received, hint,
-                                            self.FLAP_S)
-                else:
-                    self.ctx.logger.warning("%s: no valid frame for %gs (%d bytes received, %s)", self.ctx.device_id,
-                                            round(now - self._last_frame_at, 1), received, hint)
+                self._silence.failure(
+                    "silence", "%s: no valid frame for %gs (%d bytes received, %s)", self.ctx.device_id,
+                    round(now - self._last_frame_at, 1), received, hint,
+                    intermittent=("%s: valid frames come only intermittently (%d bytes received, %s); "
+                                  "next note when steady for %gs", self.ctx.device_id, received, hint, self.FLAP_S))
 
     def _framed(self) -> None:
         now = time.monotonic()
-        if self._flapping_since is not None:
-            if now - self._flapping_since >= self.FLAP_S:
-                self.ctx.logger.info("%s: valid frames steady again", self.ctx.device_id)
-                self._flapping_since = None
-        elif self._silent_since is not None:
-            self.ctx.logger.info("%s: valid frames again after %.0fs", self.ctx.device_id, now - self._silent_since)
-            self._frames_back_at = now
-        self._silent_since = None
+        self._silence.recovered("silence", "%s: valid frames again after %.0fs", self.ctx.device_id,
+                                now - self._silent_since, steady=("%s: valid frames steady again", self.ctx.device_id))
         self._last_frame_at = now
-        self._bytes_at_last_frame = self.ctx.bus.bytes_in
+        self._bytes_at_last_frame = self.ctx.serial_bus().bytes_in
 
     async def _read(self, emit: Emit) -> None:
-        bus = self.ctx.bus
+        bus = self.ctx.serial_bus()
         while True:
             data = await bus.receive()
             bad_before = self._bad_count()
@@ -186,14 +184,13 @@ class StreamDriver(Driver):
         s = self.decoder.stats
         if bad_now > bad_before:
             self._last_bad_at = now
-            if self._bad_since is None:
+            if not self._bad.failing("bad frames"):
                 self._bad_since = bad_before
-                self.ctx.logger.warning("%s: bad frames from the device (checksum errors %d, unreadable frames %d)",
-                                        self.ctx.device_id, s.bad_checksum, s.bad_frames)
-        elif good and self._bad_since is not None and now - self._last_bad_at >= self.RECOVERY_S:
-            self.ctx.logger.info("%s: only good frames for %gs, after %d bad ones", self.ctx.device_id,
-                                 self.RECOVERY_S, bad_now - self._bad_since)
-            self._bad_since = None
+            self._bad.failure("bad frames", "%s: bad frames from the device (checksum errors %d, unreadable frames %d)",
+                              self.ctx.device_id, s.bad_checksum, s.bad_frames)
+        elif good and now - self._last_bad_at >= self.RECOVERY_S:
+            self._bad.recovered("bad frames", "%s: only good frames for %gs, after %d bad ones", self.ctx.device_id,
+                                self.RECOVERY_S, bad_now - self._bad_since)
 
     def stats(self) -> dict[str, int]:
         s = self.decoder.stats

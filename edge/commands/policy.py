@@ -110,7 +110,7 @@ def _declared_channels(config: Any) -> list[Any]:
         cls = load_driver(dev.driver)
         ctx = DeviceContext(
             device_id=dev.name,
-            options=cls.check_options(dev.options),
+            options=dev.options,  # checked when the config was loaded
             address=dev.address,
             poll_interval=dev.poll_interval,
             logger=logging.getLogger(f"ocn.driver.{dev.name}"),

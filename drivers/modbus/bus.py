@@ -1,0 +1,203 @@
+"""The Modbus bus owner: one task per RTU line or TCP host:port, through which every transaction goes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.line import BusConfigLike, Reopener, bits_per_char
+from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkDown, LinkError, ModbusLink, NoReply
+from drivers.sdk import BusDown
+from edge.util.backoff import Backoff
+from edge.util.logonce import LogOnce
+
+__all__ = ["FLAP_S", "ModbusBus", "ModbusBusDown", "UnitBackingOff"]
+
+log = logging.getLogger("ocn.bus")
+
+# A unit that fails again within this long of recovering is flapping: logged once, not per transition.
+FLAP_S = 60.0
+
+
+class ModbusBusDown(BusDown, LinkDown):
+    """The line is not open right now: a ``BusDown`` for the SDK, a ``LinkDown`` for a Modbus driver's handling."""
+
+
+class UnitBackingOff(LinkError):
+    """The unit stopped answering; it is skipped until its backoff ends, so it cannot hold up the bus."""
+
+
+@dataclass(slots=True)
+class _Unit:
+    backoff: Backoff
+    requests: int = 0
+    replies: int = 0
+    timeouts: int = 0
+    crc_errors: int = 0
+    exceptions: int = 0
+    skip_until: float = 0.0
+
+
+class ModbusBus:
+    """Owns one Modbus line: serialises transactions, paces frames, isolates silent units, keeps statistics."""
+
+    def __init__(self, config: BusConfigLike, *, reopen_max: float = 30.0, unit_backoff_max: float = 60.0) -> None:
+        self.config = config
+        self.name = config.name
+        self.timeout = float(config.timeout)
+        self.frame_gap = float(config.frame_gap)
+        self.unit_backoff_max = unit_backoff_max
+        if config.type == "modbus-tcp":
+            self.link = ModbusLink("tcp", host=config.host, tcp_port=config.tcp_port, timeout=self.timeout)
+            self.what = f"Modbus TCP bus {config.name!r} ({config.host}:{config.tcp_port})"
+        else:
+            self.link = ModbusLink(
+                "rtu", port=config.port, baudrate=config.baudrate, parity=config.parity,
+                stopbits=config.stopbits, bytesize=config.bytesize, timeout=self.timeout,
+            )
+            self.what = f"Modbus RTU bus {config.name!r} ({config.port})"
+        self._reopen = Reopener(self.what, reopen_max)
+        self._notes = LogOnce(log, flap_s=FLAP_S)
+        self._lock = asyncio.Lock()
+        self._open = asyncio.Event()
+        self._last_frame_end = 0.0
+        self._units: dict[int, _Unit] = {}
+        self._started = time.monotonic()
+        self._busy_s = 0.0
+        self.requests = 0
+        self.registers_read = 0
+        self.registers_used = 0
+
+    async def run(self) -> None:
+        """Keep the link open until cancelled, reopening it with capped backoff when it drops."""
+        try:
+            while True:
+                try:
+                    await self.link.open()
+                except LinkDown as exc:
+                    await asyncio.sleep(self._reopen.failed(str(exc)))
+                    continue
+                self._reopen.opened()
+                self._open.set()
+                await self.link.wait_lost()
+                self._open.clear()
+                self._reopen.failed("connection lost")
+                self.link.close()
+        finally:
+            self._open.clear()
+            self.link.close()
+
+    async def wait_open(self) -> None:
+        """Wait until the line is open (drivers call this once before their first poll)."""
+        await self._open.wait()
+
+    async def aclose(self) -> None:
+        """Close the line now (the runtime calls this at shutdown, after cancelling run())."""
+        self._open.clear()
+        self.link.close()
+
+    async def read(self, unit: int, function: str, address: int, count: int, *,
+                   timeout: float | None = None, used: int | None = None) -> list[int] | list[bool]:
+        """Read ``count`` registers (bits for coil/discrete) of ``unit`` from ``address``.
+
+        Raises :class:`BusDown` when the line is not open, :class:`UnitBackingOff`
+        while a silent unit waits out its backoff, or the adapter's ``NoReply``,
+        ``GarbledReply`` or ``ExceptionReply``.  ``used`` says how many of the
+        addresses carry wanted values (for the registers-read-vs-used statistic).
+        """
+        state = self._units.get(unit)
+        if state is None:
+            # No jitter: the units share one line and one lock, so they cannot retry in step anyway.
+            state = self._units[unit] = _Unit(Backoff(self.timeout, self.unit_backoff_max, jitter=0))
+        if time.monotonic() < state.skip_until:
+            raise UnitBackingOff(f"unit {unit} is silent; next try in {state.skip_until - time.monotonic():.1f}s")
+        async with self._lock:
+            if not self.link.connected:
+                raise ModbusBusDown(f"{self.what} is not open")
+            # Re-check after waiting for the lock: the unit may have failed meanwhile.
+            if time.monotonic() < state.skip_until:
+                raise UnitBackingOff(f"unit {unit} is silent; next try in {state.skip_until - time.monotonic():.1f}s")
+            gap = self._last_frame_end + self.frame_gap - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
+            began = time.monotonic()
+            state.requests += 1
+            self.requests += 1
+            # The timeout is how long the unit may take to answer; the bytes' own time on a slow line is added.
+            wait = (timeout or self.timeout) + self._wire_time(function, count)
+            try:
+                values = await self.link.read(function, unit, address, count, timeout=wait)
+            except NoReply as exc:
+                state.timeouts += 1
+                self._unit_failed(unit, state, exc)
+                raise
+            except GarbledReply as exc:
+                state.crc_errors += 1
+                self._unit_failed(unit, state, exc)
+                raise
+            except ExceptionReply:
+                state.exceptions += 1
+                self._unit_answered(unit, state)
+                raise
+            finally:
+                self._last_frame_end = time.monotonic()
+                self._busy_s += self._last_frame_end - began
+            self._unit_answered(unit, state)
+            self.registers_read += count
+            self.registers_used += count if used is None else used
+            return values
+
+    def _wire_time(self, function: str, count: int) -> float:
+        """Seconds an RTU read request and its reply spend on the wire (0 for TCP)."""
+        if self.config.type != "modbus-rtu":
+            return 0.0
+        data = (count + 7) // 8 if function in ("coil", "discrete") else 2 * count
+        request, reply = 8, 5 + data  # unit, function, address, count, CRC / unit, function, byte count, data, CRC
+        return (request + reply) * bits_per_char(self.config) / self.config.baudrate
+
+    def _unit_failed(self, unit: int, state: _Unit, why: LinkError) -> None:
+        self._notes.failure(unit, "%s: unit %d stopped answering (%s); backing off up to %gs", self.what, unit, why,
+                            self.unit_backoff_max,
+                            intermittent=("%s: unit %d answers only intermittently (%s); next note when steady for %gs",
+                                          self.what, unit, why, FLAP_S))
+        state.skip_until = time.monotonic() + state.backoff.next()
+
+    def _unit_answered(self, unit: int, state: _Unit) -> None:
+        state.replies += 1
+        self._notes.recovered(unit, "%s: unit %d answers again", self.what, unit,
+                              steady=("%s: unit %d steady again", self.what, unit))
+        state.backoff.reset()
+        state.skip_until = 0.0
+
+    def _unit_state(self, unit: int, state: _Unit) -> str:
+        return "backing-off" if state.backoff.attempts else "intermittent" if self._notes.flapping(unit) else "ok"
+
+    def stats(self) -> dict[str, Any]:
+        """Counters since start, plus an estimate of how busy the line is."""
+        elapsed = max(1e-9, time.monotonic() - self._started)
+        units = {u: {"requests": s.requests, "replies": s.replies, "timeouts": s.timeouts,
+                     "crc_errors": s.crc_errors, "exceptions": s.exceptions, "state": self._unit_state(u, s)}
+                 for u, s in sorted(self._units.items())}
+        out: dict[str, Any] = {
+            "bus": self.name,
+            "type": self.config.type,
+            "open": self.link.connected,
+            "requests": self.requests,
+            "timeouts": sum(s.timeouts for s in self._units.values()),
+            "crc_errors": sum(s.crc_errors for s in self._units.values()),
+            "exceptions": sum(s.exceptions for s in self._units.values()),
+            "bytes_out": self.link.bytes_out,
+            "bytes_in": self.link.bytes_in,
+            "busy_s": round(self._busy_s, 6),
+            "utilisation": round(self._busy_s / elapsed, 4),
+            "registers_read": self.registers_read,
+            "registers_used": self.registers_used,
+            "units": units,
+        }
+        if self.config.type == "modbus-rtu":
+            wire_s = (self.link.bytes_out + self.link.bytes_in) * bits_per_char(self.config) / self.config.baudrate
+            out["wire_utilisation"] = round(wire_s / elapsed, 4)
+        return out
