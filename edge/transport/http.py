@@ -1,0 +1,228 @@
+"""OXP over HTTP: one POST per message to ``<hub>/oxp/v1/…``, the hub's JSON answer read back as an ack or a refusal.
+
+The only module of the gateway that speaks aiohttp to the hub.  It also counts what HTTP
+itself carries around each message (request line, headers, the whole answer, a redirect's
+second copy), because a metered link bills those bytes like the batch.  Desired state comes
+back in the answer to a status report (OXP §7): a pull, handed to the listener like a push.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from edge import __version__
+from edge.protocol import MEDIA_TYPE
+from edge.protocol.reasons import Answer, Status
+from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused, Taken, TransportError, UplinkError
+from edge.transport.tls import tls_context
+
+__all__ = ["HttpTransport"]
+
+# A hub answers these for a message that will never be accepted, however often it is sent.
+_PERMANENT: dict[int, str] = {Status.INVALID: Answer.MALFORMED, Status.UNAUTHENTICATED: Answer.BAD_SIGNATURE, Status.TOO_LARGE: Answer.TOO_LARGE}
+_MAX_RETRY_AFTER_S = 86400.0
+# An ack is a few hundred bytes; a reply larger than this is garbage and is not read further.
+_MAX_REPLY_BYTES = 64 * 1024
+_MAX_KEY_BYTES = 16_384
+
+
+class HttpTransport:
+    """OXP v1 over HTTP(S) to one hub, through one aiohttp session opened on first use."""
+
+    def __init__(self, hub_url: str, *, ca: str | Path | None = None, timeout_s: float = 30.0) -> None:
+        if not hub_url.startswith(("http://", "https://")):
+            raise UplinkError(f"uplink hub = {hub_url!r}: expected an http:// or https:// URL")
+        self.hub_url = hub_url.rstrip("/")
+        self._ssl = tls_context(ca) if self.hub_url.startswith("https://") else None
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+        self._on_desired: DesiredListener | None = None
+
+    @property
+    def hub(self) -> str:
+        return self.hub_url
+
+    def listen(self, on_desired: DesiredListener) -> None:
+        self._on_desired = on_desired
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
+            # trust_env: a city network that only lets traffic out through a proxy sets HTTPS_PROXY.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                trust_env=True,
+                timeout=self._timeout,
+                headers={"User-Agent": f"ocn-edge/{__version__}"},
+                # The hub answers small JSON and no content negotiation happens: Accept and
+                # Accept-Encoding would only add 45 bytes to every batch on a metered link.
+                skip_auto_headers=("Accept", "Accept-Encoding"),
+            )
+        return self._session
+
+    async def _post(self, path: str, data: bytes) -> tuple[int, Mapping[str, str], bytes, int] | Refused:
+        """POST ``data``: (status, headers, body, framing bytes), or a retryable refusal when no answer came."""
+        try:
+            async with self._http().post(f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE}) as resp:
+                body = await resp.content.read(_MAX_REPLY_BYTES)
+                return resp.status, resp.headers, body, _framing(resp, len(body))
+        except TimeoutError:
+            return Refused(False, "", "timed out waiting for the hub")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            return Refused(False, "", f"TLS certificate not trusted: {exc.certificate_error}")
+        except (aiohttp.ClientError, OSError) as exc:
+            return Refused(False, "", f"{type(exc).__name__}: {exc}")
+
+    async def send_batch(self, data: bytes) -> Ack | Refused:
+        answer = await self._post("/oxp/v1/batches", data)
+        if isinstance(answer, Refused):
+            return answer
+        status, headers, body, overhead = answer
+        document = _json_object(body)
+        if status == 200:
+            if document is None:
+                return Refused(False, "", "hub answered 200 without a JSON ack", overhead_bytes=overhead)
+            ack = _ack(document, overhead)
+            if ack is None:
+                return Refused(False, "", "hub answered 200 with an ack that names no batch", overhead_bytes=overhead)
+            return ack
+        code = str(document.get("error", "")) if document else ""
+        detail = str(document.get("detail", "")) if document else body[:200].decode("utf-8", "replace")
+        if status in _PERMANENT and (code or status == Status.TOO_LARGE):
+            return Refused(True, code or _PERMANENT[status], detail, overhead_bytes=overhead)
+        retry_after = _retry_after(headers.get("Retry-After")) if status in (Status.SLOW_DOWN, Status.UNAVAILABLE) else None
+        message = f"hub answered {status}" + (f" {code}" if code else "") + (f": {detail}" if detail else "")
+        return Refused(False, code, message, retry_after=retry_after, overhead_bytes=overhead)
+
+    async def _send_report(self, path: str, data: bytes) -> tuple[Taken | Refused, dict[str, Any] | None]:
+        answer = await self._post(path, data)
+        if isinstance(answer, Refused):
+            return answer, None
+        status, _, body, overhead = answer
+        document = _json_object(body)
+        if status == 200 and document is not None and document.get("ok") is True:
+            return Taken(overhead_bytes=overhead), document
+        code = str(document.get("error", "")) if document else ""
+        if status == Status.CONFLICT:
+            code = code or Answer.STALE
+        detail = str(document.get("detail", "")) if document else ""
+        return Refused(status in _PERMANENT or status == Status.CONFLICT, code, f"hub answered {status}" + (f": {detail}" if detail else ""),
+                       overhead_bytes=overhead), None
+
+    async def send_status(self, data: bytes) -> Taken | Refused:
+        outcome, document = await self._send_report("/oxp/v1/status", data)
+        if document is not None and self._on_desired is not None:
+            self._on_desired(DesiredOffer(document.get("desired"), str(document.get("etag", ""))))
+        return outcome
+
+    async def publish_notice(self, data: bytes) -> Taken | Refused:
+        return (await self._send_report("/oxp/v1/notice", data))[0]
+
+    async def fetch_hub_key(self) -> bytes:
+        url = self.hub_url + "/oxp/v1/hub-key"
+        # Pinned on first use: only where nobody on the path can answer in the hub's place.
+        if not (url.startswith("https://") or _is_loopback(url)):
+            raise TransportError(
+                f"uplink hub {self.hub_url!r} is plain http: the hub's key is pinned only over https (or on loopback), "
+                "so desired documents are not applied"
+            )
+        try:
+            async with self._http().get(url) as resp:
+                if resp.status != 200:
+                    raise TransportError(f"GET {url} answered {resp.status}; cannot pin the hub's key yet")
+                return await resp.content.read(_MAX_KEY_BYTES)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise TransportError(f"cannot fetch the hub's key from {url}: {exc}") from None
+
+
+def _framing(resp: aiohttp.ClientResponse, body_bytes: int) -> int:
+    """What HTTP carried around a message: the request line and headers, and the whole answer.
+
+    On a metered link they are billed like the batch (about 380 bytes an exchange with the
+    reference hub). TLS records, TCP and IP headers are not counted.
+    """
+    sent = received = 0
+    # A redirect (a hub moved behind a 307/308) is one more exchange each: its request, the
+    # message sent again (counted here; the first copy is the caller's) and its answer.
+    for hop, answer in enumerate((*resp.history, resp)):
+        info = answer.request_info
+        sent += len(f"{info.method} {info.url.raw_path_qs} HTTP/1.1\r\n") + 2
+        sent += sum(len(name) + len(value) + 4 for name, value in info.headers.items())
+        if hop:
+            sent += _content_length(info.headers)
+        version = answer.version or aiohttp.HttpVersion11  # None only before an answer was read
+        received += len(f"HTTP/{version.major}.{version.minor} {answer.status} {answer.reason or ''}\r\n") + 2
+        received += sum(len(name) + len(value) + 4 for name, value in answer.raw_headers)
+        received += body_bytes if answer is resp else _content_length(answer.headers)
+    return sent + received
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _ack(document: Mapping[str, Any], overhead: int) -> Ack | None:
+    """The ack in the hub's answer, None unless every field that names the batch is there with its exact type."""
+    status, device_id, kid = document.get("status"), document.get("device_id"), document.get("key_id")
+    boot_epoch, seq = document.get("boot_epoch"), document.get("seq")
+    if status not in ("stored", "duplicate") or not isinstance(device_id, str) or not isinstance(kid, str):
+        return None
+    if type(boot_epoch) is not int or type(seq) is not int:
+        return None
+    try:
+        key = bytes.fromhex(kid)
+    except ValueError:
+        return None
+    if key.hex() != kid:  # the hub writes lowercase hex; anything else is not its ack
+        return None
+    return Ack(device_id, key, boot_epoch, seq, duplicate=status == "duplicate", overhead_bytes=overhead)
+
+
+def _content_length(headers: Mapping[str, str]) -> int:
+    """The Content-Length a message declares, 0 if none or unreadable."""
+    try:
+        return max(0, int(headers.get("Content-Length", "0")))
+    except ValueError:
+        return 0
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER_S)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
