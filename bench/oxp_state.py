@@ -153,6 +153,7 @@ async def http_overhead(source: Source, span_s: int, batches: int) -> tuple[floa
 
     from bench.hub import ocn_edge, start_hub
     from edge.spool import Spool
+    from edge.transport import open_transport
     from edge.uplink import Uplink
 
     groups = windows(source, span_s)[:batches]
@@ -184,7 +185,7 @@ async def http_overhead(source: Source, span_s: int, batches: int) -> tuple[floa
                 data = seal_batch(header, _channels_of(source, group), group, KEY)
                 spool.put(data, readings=len(group))
                 sizes += len(data)
-            uplink = Uplink(spool=spool, hub_url=f"http://127.0.0.1:{relay_port}", private_key=KEY, device_id="pole-0042",
+            uplink = Uplink(spool=spool, transport=open_transport(f"http://127.0.0.1:{relay_port}"), private_key=KEY, device_id="pole-0042",
                             status_interval_s=0, idle_poll_s=0.05)
             task = asyncio.create_task(uplink.run())
             while uplink.counters.batches_acked < len(groups):

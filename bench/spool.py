@@ -38,6 +38,7 @@ from bench.datasets import datasets
 from edge.protocol import BatchHeader, generate_keypair, key_id, open_batch, seal_batch
 from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
+from edge.transport import open_transport
 from edge.uplink import Uplink
 
 DATASETS = datasets()
@@ -195,7 +196,7 @@ async def uplink_rate(batches: list[tuple[bytes, int]], key: Ed25519PrivateKey) 
     await spool.begin_boot()
     for data, n in batches:
         spool.put(data, readings=n)
-    uplink = Uplink(spool=spool, hub_url=f"http://127.0.0.1:{port}/", private_key=key, device_id="pole-0042",
+    uplink = Uplink(spool=spool, transport=open_transport(f"http://127.0.0.1:{port}/"), private_key=key, device_id="pole-0042",
                     status_interval_s=0)
     t0 = time.perf_counter()
     task = asyncio.create_task(uplink.run())

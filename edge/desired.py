@@ -11,7 +11,7 @@ the config names.  A new document (or a cleared one: ETag "") is turned into tha
 and compared with what runs:
 
 - only the **policy** differs: the privacy stage is swapped between two readings
-  (``Gateway.swap_policy``);
+  (``RunningPipeline.swap_policy``);
 - the **config** differs: the pipeline is restarted inside the process with the new
   config (memory flushed to the spool first); if it does not start, the last good one
   is started again.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import json
 import logging
 import os
@@ -33,16 +32,17 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-if TYPE_CHECKING:
-    from edge.config import GatewayConfig
-    from edge.runtime import Gateway
+from edge.config import ConfigError, GatewayConfig, effective_toml, parse_config
+from edge.privacy import Policy, PolicyError, load_policy, parse_policy
+from edge.protocol.desired import canonical_json, merge_tables
+from edge.schema import dumps_toml
+from edge.transport import HubKeySource, TransportError
 
 __all__ = [
     "DesiredApplier",
@@ -50,8 +50,9 @@ __all__ = [
     "DesiredError",
     "DesiredState",
     "Reload",
-    "canonical_json",
-    "merge_tables",
+    "RunningPipeline",
+    "last_applied",
+    "local_policy",
     "overlay_config",
 ]
 
@@ -79,25 +80,43 @@ class Reload:
     """A validated config (and policy, None = the file the config names) to replace the running pipeline."""
 
     config: GatewayConfig
-    policy: Any
+    policy: Policy | None
     change: DesiredChange
     policy_toml: str | None
 
 
-def canonical_json(value: Any) -> bytes:
-    """The bytes the hub signs: compact JSON with sorted keys, UTF-8 (docs/fleet.md)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+class RunningPipeline(Protocol):
+    """What the applier may see and do of the running gateway: its config and policy, a policy swap, a task kept until stop."""
+
+    @property
+    def config(self) -> GatewayConfig: ...
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def stopped(self) -> bool: ...
+
+    def check_policy(self, policy: Policy) -> None:
+        """Raise PolicyError if ``policy`` does not fit the running devices' channels; changes nothing."""
+        ...
+
+    def swap_policy(self, policy: Policy) -> None:
+        """Put a policy that passed `check_policy` in force between two readings."""
+        ...
+
+    def keep_until_stop(self, task: asyncio.Task[None]) -> None:
+        """Cancel ``task`` when the pipeline stops, if it still runs."""
+        ...
 
 
-def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Tables merge key by key; values and arrays in ``override`` replace what ``base`` had (as the hub merges)."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge_tables(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+def local_policy(config: GatewayConfig) -> Policy:
+    """The policy file ``config`` names, loaded as ``[privacy]`` says (raises PolicyError)."""
+    return load_policy(
+        config.privacy.policy,
+        governance_key=config.privacy.governance_key or None,
+        require_signed=config.privacy.require_signed,
+    )
 
 
 def overlay_config(base_toml: str, overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,16 +131,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class DesiredState:
@@ -220,7 +229,7 @@ class DesiredState:
 
     # -- verification -----------------------------------------------------------------------
 
-    def verify(self, signed: Any, etag: str, hub_key: Ed25519PublicKey) -> DesiredChange:
+    def verify(self, signed: object, etag: str, hub_key: Ed25519PublicKey) -> DesiredChange:
         """The desired document inside ``signed`` after checking the hub's signature and that it is ours."""
         if not isinstance(signed, Mapping) or not isinstance(signed.get("document"), Mapping):
             raise DesiredError("the hub sent a desired document without the signed 'document' object")
@@ -250,21 +259,23 @@ class DesiredApplier:
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: RunningPipeline,
         *,
         state: DesiredState,
         base_config: GatewayConfig,
         request_reload: Callable[[Reload], None] | None,
+        hub: HubKeySource,
     ) -> None:
         self.gateway = gateway
+        self.hub = hub
         self.state = state
         self.base_config = base_config
         self._request_reload = request_reload
-        self._latest: tuple[Any, str] | None = None
+        self._latest: tuple[object, str] | None = None
         self._task: asyncio.Task[None] | None = None
         self._reload_requested: str | None = None  # the ETag whose reload the supervisor is about to do
 
-    def on_desired(self, signed: Any, etag: str) -> None:
+    def on_desired(self, signed: object, etag: str) -> None:
         """The uplink's callback for a new ETag in a status answer ("" = the hub holds no document)."""
         if self.gateway.stopped:
             return
@@ -288,7 +299,7 @@ class DesiredApplier:
             except Exception as exc:  # noqa: BLE001 - whatever it was, the last good state stays and it is reported
                 self.state.record_failure(etag, f"{type(exc).__name__}: {exc}")
 
-    async def _apply(self, signed: Any, etag: str) -> None:
+    async def _apply(self, signed: object, etag: str) -> None:
         if etag:
             change = self.state.verify(signed, etag, await self._hub_key())
         else:
@@ -310,9 +321,6 @@ class DesiredApplier:
         self.state.record_success(change, policy_toml=policy_toml)
 
     def _target_config(self, change: DesiredChange) -> GatewayConfig:
-        from edge.config import ConfigError, effective_toml, parse_config
-        from edge.schema import dumps_toml
-
         if change.config is None:
             return self.base_config
         for table, key in FIXED_KEYS:
@@ -325,10 +333,7 @@ class DesiredApplier:
         except ConfigError as exc:
             raise DesiredError("desired config: " + "; ".join(exc.problems)) from None
 
-    def _target_policy(self, change: DesiredChange, config: GatewayConfig) -> tuple[Any, str | None]:
-        from edge.privacy import PolicyError, parse_policy
-        from edge.schema import dumps_toml
-
+    def _target_policy(self, change: DesiredChange, config: GatewayConfig) -> tuple[Policy | None, str | None]:
         if change.policy is None:
             return None, None
         if config.privacy.require_signed:
@@ -346,15 +351,9 @@ class DesiredApplier:
             raise DesiredError("desired policy: " + "; ".join(exc.problems)) from None
         return policy, text
 
-    def _local_policy(self, config: GatewayConfig) -> Any:
-        from edge.privacy import PolicyError, load_policy
-
+    def _local_policy(self, config: GatewayConfig) -> Policy:
         try:
-            policy = load_policy(
-                config.privacy.policy,
-                governance_key=config.privacy.governance_key or None,
-                require_signed=config.privacy.require_signed,
-            )
+            policy = local_policy(config)
             self.gateway.check_policy(policy)
         except PolicyError as exc:
             raise DesiredError("the local policy: " + "; ".join(exc.problems)) from None
@@ -364,24 +363,28 @@ class DesiredApplier:
         key = self.state.hub_key()
         if key is not None:
             return key
-        import aiohttp
-
-        from edge.uplink import tls_context
-
-        cfg = self.gateway.config.uplink
-        url = cfg.hub.rstrip("/") + "/oxp/v1/hub-key"
-        if not (url.startswith("https://") or _is_loopback(url)):
-            raise DesiredError(
-                f"uplink hub {cfg.hub!r} is plain http: the hub's key is pinned only over https (or on loopback), "
-                "so desired documents are not applied"
-            )
-        ssl = tls_context(cfg.ca or None) if url.startswith("https://") else False
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=cfg.timeout)) as http:
-                async with http.get(url, ssl=ssl) as resp:
-                    if resp.status != 200:
-                        raise DesiredError(f"GET {url} answered {resp.status}; cannot pin the hub's key yet")
-                    pem = await resp.content.read(16_384)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise DesiredError(f"cannot fetch the hub's key from {url}: {exc}") from None
+            pem = await self.hub.fetch_hub_key()
+        except TransportError as exc:
+            raise DesiredError(str(exc)) from None
         return self.state.pin_hub_key(pem)
+
+
+def last_applied(config: GatewayConfig, desired: DesiredState) -> tuple[GatewayConfig, Policy | None]:
+    """The config and policy to start with: the hub's last applied ones when they still validate (None: the local policy)."""
+    overlay = desired.saved_config_overlay()
+    if overlay is not None:
+        try:
+            config = parse_config(dumps_toml(overlay_config(effective_toml(config), overlay)), path=config.path)
+        except ConfigError as exc:
+            desired.record_failure(
+                desired.applied_etag, "the saved desired config no longer validates: " + "; ".join(exc.problems)
+            )
+    policy = None
+    saved = desired.saved_policy_path()
+    if saved is not None and not config.privacy.require_signed:
+        try:
+            policy = parse_policy(saved.read_text(), path=str(saved))
+        except PolicyError as exc:
+            desired.record_failure(desired.applied_etag, f"the saved desired policy {saved} no longer validates: {exc}")
+    return config, policy

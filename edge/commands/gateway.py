@@ -45,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
     from edge.clock import hold_until_clock_set
     from edge.config import ConfigError, load_config
     from edge.logs import setup_logging
-    from edge.runtime import StartError, run_gateway
+    from edge.runtime import StartError
+    from edge.service import run_gateway
 
     try:
         config = load_config(args.config)

@@ -31,6 +31,7 @@ from edge.logs import setup_logging
 from edge.protocol import load_private_key
 from edge.protocol.types import Channel, Reading
 from edge.spool import Spool, StoredBatch
+from edge.transport import open_transport
 from edge.uplink import Uplink
 
 COUNTER = Channel("gen-1/counter", unit="count", resolution=1.0)
@@ -53,10 +54,9 @@ async def main(
     log_fd = os.open(sealed_log or state_dir / "sealed.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     uplink = Uplink(
         spool=spool,
-        hub_url=hub_url,
+        transport=open_transport(hub_url, timeout_s=1.0),
         private_key=key,
         device_id="pole-0042",
-        timeout_s=1.0,
         status_interval_s=0.3,
         backoff_initial_s=0.01,
         backoff_max_s=0.1,

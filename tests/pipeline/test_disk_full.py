@@ -15,6 +15,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from edge.batcher import Batcher
 from edge.protocol import load_public_key, open_batch, write_keypair
 from edge.protocol.types import Channel, Kind, Reading
 from edge.spool import Spool, SpoolError
+from edge.transport import open_transport
 from edge.uplink import Uplink
 from tests.pipeline.conftest import seal_readings
 from tests.pipeline.receiver import Receiver
@@ -38,7 +40,7 @@ HELD_AT_MOST = 6 * 40
 
 
 @pytest.fixture
-def disk(tmp_path) -> SmallDisk:
+def disk(tmp_path) -> Iterator[SmallDisk]:
     with small_disk(tmp_path / "disk", size=DISK_BYTES) as mounted:
         yield mounted
 
@@ -267,6 +269,7 @@ async def test_a_run_that_cannot_record_its_start_on_a_full_disk_is_refused_and_
     running = await Spool.open(disk.path / "spool.db", max_bytes=1_000_000)
     await running.begin_boot()
     kept = running.put(seal_readings(device_key, running, 20), readings=20)
+    assert kept is not None
     disk.fill()
     # A second start while the first never stopped (its write-ahead log is still there), as after a crash.
     restarted = await Spool.open(disk.path / "spool.db", max_bytes=1_000_000)
@@ -294,7 +297,7 @@ async def test_a_rejected_batch_that_cannot_be_quarantined_on_a_full_disk_pauses
     receiver.trust(device_key.public_key())
     await receiver.start()
     uplink = Uplink(
-        spool=spool, hub_url=receiver.url, private_key=device_key, device_id="pole-0042",
+        spool=spool, transport=open_transport(receiver.url), private_key=device_key, device_id="pole-0042",
         status_interval_s=0, backoff_initial_s=0.01, backoff_max_s=0.05, idle_poll_s=0.05,
     )
     disk.fill()

@@ -8,6 +8,7 @@ from collections import Counter
 
 from edge.batcher import Batcher
 from edge.protocol.types import Channel, Reading
+from edge.transport import open_transport
 from edge.uplink import Uplink
 
 FAULTS = ["fail", "stall", "garbage", "store_then_garbage", "busy", "rate", "reset", "wrong_ack"]
@@ -22,10 +23,9 @@ async def test_every_reading_arrives_exactly_once_through_a_misbehaving_hub(spoo
     channels = [Channel(f"meter-{i}/power", unit="W", resolution=1.0) for i in range(4)]
     uplink = Uplink(
         spool=spool,
-        hub_url=receiver.url,
+        transport=open_transport(receiver.url, timeout_s=0.3),
         private_key=device_key,
         device_id="pole-0042",
-        timeout_s=0.3,
         status_interval_s=0.2,
         backoff_initial_s=0.005,
         backoff_max_s=0.05,

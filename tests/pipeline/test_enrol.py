@@ -12,6 +12,7 @@ import pytest
 from edge.enrol import EnrolError, enrol
 from edge.protocol import key_id, load_private_key, write_keypair
 from edge.spool import Spool
+from edge.transport import open_transport
 from edge.uplink import Uplink
 from hub.app import run_hub
 from tests.pipeline.conftest import seal_readings
@@ -62,7 +63,7 @@ async def test_an_enrolled_gateway_delivers_batches_and_status_the_hub_takes(tmp
         await spool.begin_boot()
         for _ in range(3):
             spool.put(seal_readings(key, spool, 20), readings=20)
-        uplink = Uplink(spool=spool, hub_url=hub.url, private_key=key, device_id="pole-0042", status_interval_s=0)
+        uplink = Uplink(spool=spool, transport=open_transport(hub.url), private_key=key, device_id="pole-0042", status_interval_s=0)
         task = asyncio.create_task(uplink.run())
         async with asyncio.timeout(20):
             while spool.stats()["batches"]:

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from edge.spool import Spool
+from edge.transport import open_transport
 from edge.uplink import Uplink
 from hub.app import RunningHub, run_hub
 from tests.hub.gateways import SimGateway, enrol
@@ -19,7 +20,7 @@ NOTICE = {"purpose": "Air quality on King St", "place": {"site": "King St W & Sp
 
 
 def make_uplink(spool: Spool, device_key, url: str) -> Uplink:
-    return Uplink(spool=spool, hub_url=url, private_key=device_key, device_id="pole-0042", timeout_s=10.0, status_interval_s=0)
+    return Uplink(spool=spool, transport=open_transport(url, timeout_s=10.0), private_key=device_key, device_id="pole-0042", status_interval_s=0)
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ async def test_the_hub_takes_every_report_and_notice_of_a_boot_even_when_sent_to
     finally:
         await uplink.aclose()
     # One in flight at a time, numbered when sealed: none overtakes another and is refused as stale.
-    assert sent == [True, True, True, True]
+    assert list(sent) == [True, True, True, True]
     assert len(await hub.store.notices()) == 2
 
 

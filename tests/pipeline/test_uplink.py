@@ -9,19 +9,20 @@ import ssl
 import pytest
 
 from edge.spool import Spool
+from edge.statusreport import ReportFacts
+from edge.transport import open_transport
 from edge.uplink import Uplink, UplinkError
 from tests.pipeline.conftest import seal_readings
 from tests.pipeline.receiver import Receiver
 from tests.pipeline.tlsca import make_ca
 
 
-def make_uplink(spool, device_key, url, **options) -> Uplink:
+def make_uplink(spool, device_key, url, *, ca=None, timeout_s=10.0, **options) -> Uplink:
     settings = dict(
         spool=spool,
-        hub_url=url,
+        transport=open_transport(url, ca=ca, timeout_s=timeout_s),
         private_key=device_key,
         device_id="pole-0042",
-        timeout_s=10.0,
         status_interval_s=0,
         backoff_initial_s=0.01,
         backoff_max_s=0.05,
@@ -208,7 +209,7 @@ async def test_the_status_report_is_signed_and_carries_backlog_loss_and_boot(spo
         spool,
         device_key,
         receiver.url,
-        status_provider=lambda: {"policy_digest": b"\x07" * 32},
+        status_facts=lambda: ReportFacts(policy_digest=b"\x07" * 32),
         on_desired=lambda document, etag: desired.append((document, etag)),
     )
     assert await uplink.send_status() is True
@@ -328,7 +329,7 @@ async def test_the_daily_byte_budget_counts_a_redirected_exchange_both_times(spo
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        old_port = site._server.sockets[0].getsockname()[1]
+        old_port = runner.addresses[0][1]
         try:
             async with UplinkProxy(upstream_port=old_port) as old_home:
                 stored = fill(spool, device_key, 3)

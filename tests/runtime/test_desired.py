@@ -12,7 +12,8 @@ import pytest
 
 from edge.config import load_config
 from edge.enrol import enrol
-from edge.runtime import Gateway, run_gateway
+from edge.runtime import Gateway
+from edge.service import run_gateway
 from hub.app import run_hub
 
 SCENARIO = """
@@ -64,6 +65,12 @@ async def setup(hilsim_run, tmp_path):
         yield hub, config
 
 
+async def report(gateway: Gateway) -> None:
+    """A status report now: the hub answers it with its desired document."""
+    assert gateway.uplink is not None
+    await gateway.uplink.send_status()
+
+
 async def _until(predicate, timeout=20.0):
     async with asyncio.timeout(timeout):
         while not predicate():
@@ -100,12 +107,14 @@ async def test_a_desired_policy_is_swapped_in_and_reported_back(setup):
     async with running_gateway(config, drain_timeout_s=10) as gateway:
         old_digest = gateway.policy.digest
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
-        await gateway.uplink.send_status()
+        await report(gateway)
         await _until(lambda: gateway.desired.applied_etag != "")
         swapped_ms = gateway._clock_ms()
         assert gateway.policy.digest != old_digest
-        await _until(lambda: gateway.batcher.stats()["batches_sealed"] >= 2)
-        await gateway.uplink.send_status()
+        batcher = gateway.batcher
+        assert batcher is not None
+        await _until(lambda: batcher.stats()["batches_sealed"] >= 2)
+        await report(gateway)
         device = await hub.store.device("pole-7")
         assert device.policy_digest == gateway.policy.digest.hex(), "the hub sees the policy now in force"
         assert device.applied_etag == gateway.desired.applied_etag
@@ -123,11 +132,11 @@ async def test_a_policy_that_does_not_validate_is_refused_and_the_old_one_stays(
         bad = dict(QUANTIZED)
         bad["channels"] = {"pm-1/*": {"rule": "quantize", "step": -1.0, "purpose": "x"}}
         await hub.set_desired("device", "pole-7", {"policy": bad})
-        await gateway.uplink.send_status()
+        await report(gateway)
         await _until(lambda: gateway.desired.last_error != "")
         assert gateway.policy.digest == good
         assert "step" in gateway.desired.last_error
-        await gateway.uplink.send_status()
+        await report(gateway)
         device = await hub.store.device("pole-7")
         assert any("not applied" in e for e in device.errors), device.errors
         assert device.policy_digest == good.hex()
@@ -145,7 +154,7 @@ async def test_a_document_not_signed_by_the_pinned_hub_key_is_refused(setup):
         )
         good = gateway.policy.digest
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
-        await gateway.uplink.send_status()
+        await report(gateway)
         await _until(lambda: gateway.desired.last_error != "")
         assert "signature" in gateway.desired.last_error
         assert gateway.policy.digest == good
@@ -157,11 +166,12 @@ async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(se
         first = running[0]
         assert first.config.batch.max_readings == 20000
         await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 7}}})
-        await first.uplink.send_status()
+        await report(first)
         await _until(lambda: len(running) == 2)
         second = running[1]
         assert second.config.batch.max_readings == 7
         assert second.desired.applied_etag
+        assert second.boot is not None and first.boot is not None
         assert second.boot.boot_epoch == first.boot.boot_epoch + 1
         await asyncio.sleep(2)
     last = running[-1]  # the pipeline that ran last, now stopped
@@ -175,7 +185,7 @@ async def test_a_desired_config_that_does_not_validate_keeps_the_running_pipelin
     hub, config = setup
     async with supervised(config) as running:
         await hub.set_desired("device", "pole-7", {"config": {"batch": {"span": "soon"}}})
-        await running[0].uplink.send_status()
+        await report(running[0])
         await _until(lambda: running[0].desired.last_error != "")
         assert 'batch.span = "soon"' in running[0].desired.last_error
         assert len(running) == 1, "nothing was restarted"
@@ -184,16 +194,16 @@ async def test_a_desired_config_that_does_not_validate_keeps_the_running_pipelin
 async def test_the_transparency_notice_reaches_the_hub_register_and_follows_a_policy_swap(setup):
     hub, config = setup
     async with running_gateway(config) as gateway:
-        await _until(lambda: not gateway._notice_changed.is_set())
+        await _until(lambda: not gateway.notices.pending)
         notices = await hub.store.notices(device_id="pole-7")
         assert len(notices) == 1
         first = notices[0].notice
         assert first["place"]["gateway_id"] == "pole-7"
         assert first["policy"]["digest"] == gateway.policy.digest.hex()
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
-        await gateway.uplink.send_status()
+        await report(gateway)
         await _until(lambda: gateway.desired.applied_etag != "")
-        await _until(lambda: not gateway._notice_changed.is_set())
+        await _until(lambda: not gateway.notices.pending)
         notices = await hub.store.notices(device_id="pole-7")
         assert len(notices) == 2, "a new policy publishes a new notice"
         digests = {n.notice["policy"]["digest"] for n in notices}
@@ -213,13 +223,13 @@ async def test_a_desired_config_that_fails_to_start_is_tried_once_and_the_last_g
             await hub.set_desired(
                 "device", "pole-7", {"config": {"local_api": {"enabled": True, "listen": f"127.0.0.1:{port}"}}}
             )
-            await running[0].uplink.send_status()
+            await report(running[0])
             await _until(lambda: len(running) == 2)
             restored = running[1]
             assert restored.config.digest == config.digest, "the last good config runs again"
             assert "cannot listen there" in restored.desired.last_error
             for _ in range(3):  # the hub keeps answering with the same document
-                await restored.uplink.send_status()
+                await report(restored)
                 await asyncio.sleep(0.3)
             assert len(running) == 2, "a refused document is not tried again"
             device = await hub.store.device("pole-7")
@@ -232,11 +242,11 @@ async def test_clearing_the_desired_config_at_the_hub_returns_the_gateway_to_its
     hub, config = setup
     async with supervised(config) as running:
         await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 7}}})
-        await running[0].uplink.send_status()
+        await report(running[0])
         await _until(lambda: len(running) == 2)
         assert running[1].config.batch.max_readings == 7
         await hub.set_desired("device", "pole-7", None)
-        await running[1].uplink.send_status()
+        await report(running[1])
         await _until(lambda: len(running) == 3)
         assert running[2].config.batch.max_readings == 20000
         assert running[2].desired.applied_etag == ""
@@ -247,7 +257,7 @@ async def test_a_restart_keeps_the_hubs_last_applied_config(setup):
     hub, config = setup
     async with supervised(config) as running:
         await hub.set_desired("device", "pole-7", {"config": {"batch": {"max_readings": 9}}})
-        await running[0].uplink.send_status()
+        await report(running[0])
         await _until(lambda: len(running) == 2)
     async with supervised(config) as again:
         assert again[0].config.batch.max_readings == 9, "the hub's config is in force from the first second"
@@ -257,7 +267,7 @@ async def test_a_desired_config_may_not_change_the_gateway_identity(setup):
     hub, config = setup
     async with running_gateway(config) as gateway:
         await hub.set_desired("device", "pole-7", {"config": {"gateway": {"id": "pole-8"}}})
-        await gateway.uplink.send_status()
+        await report(gateway)
         await _until(lambda: gateway.desired.last_error != "")
         assert "may not change gateway.id" in gateway.desired.last_error
 

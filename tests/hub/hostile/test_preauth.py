@@ -20,6 +20,7 @@ from edge.protocol.codec import compress
 from edge.protocol.envelope import H_BOOT, H_CODEC, H_CREATED, H_DEVICE, H_POLICY, H_SEQ, H_VERSION, _sign
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH, OXP_STATUS
 from edge.spool import Spool
+from edge.transport import open_transport
 from edge.uplink import Uplink
 from hub.app import IngestSettings, RunningHub, run_hub
 from hub.jsonbody import json_depth
@@ -32,7 +33,8 @@ ENDPOINTS = ["batches", "status", "notice"]
 
 def colliding_bignum_map(size: int) -> bytes:
     """A CBOR map of big integers (tag 2) whose hashes collide in CPython: quadratic to build as a dict."""
-    keys, item = [], 0
+    keys: list[bytes] = []
+    item = 0
     while sum(map(len, keys)) < size:
         item += 1
         keys.append(cbor2.dumps(cbor2.CBORTag(2, (item * (2**61 - 1) * 2**600 + 5).to_bytes(100, "big"))) + b"\x00")
@@ -263,7 +265,7 @@ async def test_a_gateway_over_its_readings_budget_is_slowed_and_delivers_everyth
         now_ms = int(time.time() * 1000)
         for n in range(5):
             spool.put(seal_readings(gateway.private_key, spool, 50, start_ms=now_ms + n * 50_000), readings=50)
-        uplink = Uplink(spool=spool, hub_url=hub.url, private_key=gateway.private_key, device_id="pole-0042", timeout_s=10.0,
+        uplink = Uplink(spool=spool, transport=open_transport(hub.url, timeout_s=10.0), private_key=gateway.private_key, device_id="pole-0042",
                         status_interval_s=0, backoff_initial_s=0.01, backoff_max_s=0.05, idle_poll_s=0.05)
         task = asyncio.create_task(uplink.run())
         try:
@@ -289,7 +291,7 @@ async def test_a_gateway_answered_busy_waits_and_delivers(tmp_path: Path, http: 
         spool.put(seal_readings(gateway.private_key, spool, 20, start_ms=int(time.time() * 1000)), readings=20)
         release = threading.Event()
         blocker = asyncio.create_task(hub.hub.workers.run(release.wait))
-        uplink = Uplink(spool=spool, hub_url=hub.url, private_key=gateway.private_key, device_id="pole-0042", timeout_s=10.0,
+        uplink = Uplink(spool=spool, transport=open_transport(hub.url, timeout_s=10.0), private_key=gateway.private_key, device_id="pole-0042",
                         status_interval_s=0, backoff_initial_s=0.01, backoff_max_s=0.05, idle_poll_s=0.05)
         task = asyncio.create_task(uplink.run())
         try:
@@ -341,7 +343,7 @@ def test_a_device_that_has_shown_a_higher_rate_refills_faster_up_to_headroom_tim
         return 400 / (budget.wait(device, 800, now=day) - budget.wait(device, 400, now=day))
 
     # The quiet device refills at the floor, the busy one at 4 x the floor (not 4 x its 30 a second).
-    assert (refill_rate("quiet"), refill_rate("busy")) == (pytest.approx(10.0), pytest.approx(40.0))
+    assert (refill_rate("quiet"), refill_rate("busy")) == pytest.approx((10.0, 40.0))
 
 
 def test_peek_does_not_charge_and_check_does() -> None:

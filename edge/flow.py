@@ -1,0 +1,155 @@
+"""Readings from the drivers through the privacy stage to the batcher: the bounded queues and the loops between them.
+
+    drivers ─► [readings queue] ─► privacy ─► [released queue] ─► batcher
+
+Both queues are bounded, so a slow stage makes the drivers wait in ``emit`` instead of
+growing memory.  Readings move oldest first, and every reading is handled by exactly one
+privacy stage, also while a new policy's stage replaces the old one (`swap`) and while
+shutdown pushes what memory holds into the batcher (`flush`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.batcher import Batcher
+from edge.privacy import PrivacyStage
+from edge.protocol.types import Reading
+
+__all__ = ["QUEUE_SIZE", "PipelineCounters", "ReadingFlow"]
+
+log = logging.getLogger("ocn.runtime")
+
+QUEUE_SIZE = 10_000
+
+
+@dataclass
+class PipelineCounters:
+    """What moved through the pipeline since start (the demo summary and the status line read these)."""
+
+    readings_read: int = 0
+    readings_released: int = 0
+    readings_failed: int = 0  # readings a stage could not handle (a bug or an impossible value), dropped
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+
+class ReadingFlow:
+    """The queues and loops between the drivers, one privacy stage at a time, and the batcher."""
+
+    def __init__(self, privacy: PrivacyStage, batcher: Batcher, *, counters: PipelineCounters, clock_ms: Callable[[], int]) -> None:
+        self.privacy = privacy
+        self.batcher = batcher
+        self.counters = counters
+        self._clock_ms = clock_ms
+        self.readings: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_SIZE)
+        self.released: asyncio.Queue[Reading] = asyncio.Queue(QUEUE_SIZE)
+        # Released by the privacy stage but not yet in the released queue (it was full):
+        # kept here so a cancel or a policy swap can never lose or mislabel them.
+        self._unreleased: collections.deque[Reading] = collections.deque()
+        self._release_lock = asyncio.Lock()
+        self._failed_channels: set[str] = set()
+
+    def loops(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
+        """The coroutines that must run until the gateway stops, with their task names."""
+        return [
+            (self._privacy_loop(), "stage:privacy"),
+            (self._privacy_ticks(), "stage:privacy-windows"),
+            (self._batcher_loop(), "stage:batcher"),
+            (self.batcher.run(), "stage:batcher-timer"),
+        ]
+
+    def queued(self) -> dict[str, int]:
+        """Readings waiting in each queue (for the status page)."""
+        return {"readings": self.readings.qsize(), "released": self.released.qsize() + len(self._unreleased)}
+
+    async def emit(self, reading: Reading) -> None:
+        """The drivers' way in: waits while the readings queue is full."""
+        self.counters.readings_read += 1
+        await self.readings.put(reading)
+
+    async def _release(self, out: list[Reading]) -> None:
+        self.counters.readings_released += len(out)
+        self._unreleased.extend(out)
+        async with self._release_lock:
+            while self._unreleased:
+                await self.released.put(self._unreleased[0])
+                self._unreleased.popleft()
+
+    def _process(self, reading: Reading) -> list[Reading]:
+        """One reading through the privacy stage; a reading it cannot handle is dropped and counted, not fatal."""
+        try:
+            return self.privacy.process(reading)
+        except Exception as exc:  # noqa: BLE001 - one bad value must not stop every other reading
+            self.counters.readings_failed += 1
+            if reading.channel not in self._failed_channels:  # once per channel; never the value
+                self._failed_channels.add(reading.channel)
+                log.error(
+                    "privacy stage cannot handle a reading; dropped",
+                    extra={"channel": reading.channel, "error": type(exc).__name__},
+                )
+            return []
+
+    async def _privacy_loop(self) -> None:
+        while True:
+            reading = await self.readings.get()
+            await self._release(self._process(reading))
+
+    async def _privacy_ticks(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            await self._release(self.privacy.tick(self._clock_ms()))
+
+    async def _batcher_loop(self) -> None:
+        while True:
+            reading = await self.released.get()
+            await self.batcher.add(reading)
+
+    def _hand_released_to_batcher(self) -> None:
+        """Everything the privacy stage released so far, in order, straight into the batcher."""
+        while not self.released.empty():
+            self.batcher.add_nowait(self.released.get_nowait())
+        while self._unreleased:
+            self.batcher.add_nowait(self._unreleased.popleft())
+
+    def _close_privacy(self) -> None:
+        """The windows the privacy stage still holds, closed now and handed to the batcher."""
+        closing = self.privacy.flush(self._clock_ms())
+        self.counters.readings_released += len(closing)
+        for reading in closing:
+            self.batcher.add_nowait(reading)
+
+    def swap(self, new_stage: Callable[[], PrivacyStage]) -> None:
+        """Put the stage ``new_stage`` builds in place of the running one, between two readings.
+
+        Synchronous on purpose: nothing else runs on the loop meanwhile, so every reading is
+        handled by exactly one of the two stages.  What the old stage released (its last,
+        closing windows included) reaches the batcher before the policy digest changes, and
+        the new stage is built only after the old one charged its last releases to the
+        budget file it reads.
+        """
+        self._hand_released_to_batcher()
+        self._close_privacy()
+        self.privacy = new_stage()
+        self.batcher.set_policy(self.privacy.policy.digest, self.privacy.output_channels())
+
+    async def flush(self) -> None:
+        """At shutdown, once the loops are cancelled: everything in memory through privacy and the batcher into the spool."""
+        # Oldest first: what was released, then what the privacy stage had not yet taken,
+        # then the windows still open.  Nothing consumes the queues concurrently now.
+        self._hand_released_to_batcher()
+        while not self.readings.empty():
+            out = self._process(self.readings.get_nowait())
+            self.counters.readings_released += len(out)
+            for reading in out:
+                self.batcher.add_nowait(reading)
+        self._close_privacy()
+        await self.batcher.flush()
+        left = self.batcher.unsealed
+        if left:
+            log.error("readings could not be stored in the spool at shutdown", extra={"readings": left})

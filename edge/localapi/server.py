@@ -1,0 +1,53 @@
+"""The local API bound to ``[local_api] listen`` (127.0.0.1), started and stopped with the pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from edge.localapi.app import create_app
+from edge.schema import HostPort
+
+__all__ = ["LocalApi", "LocalApiError"]
+
+
+class LocalApiError(Exception):
+    """The local API cannot listen where configured; the message names the setting and what to change."""
+
+
+class LocalApi:
+    """The notice page, the notice as JSON and the status document, served while the gateway runs."""
+
+    def __init__(
+        self,
+        *,
+        notice_html: Callable[[], str],
+        notice_json: Callable[[], Mapping[str, Any]],
+        status: Callable[[], Mapping[str, Any]],
+    ) -> None:
+        self._runner = web.AppRunner(create_app(notice_html=notice_html, notice_json=notice_json, status=status), access_log=None)
+        self._set_up = False
+
+    @property
+    def addresses(self) -> list[Any]:
+        """Where it listens (host, port, …): a port of 0 in the config is known only here."""
+        return list(self._runner.addresses)
+
+    async def start(self, listen: HostPort) -> None:
+        await self._runner.setup()
+        self._set_up = True
+        try:
+            await web.TCPSite(self._runner, listen.host, listen.port).start()
+        except OSError as exc:
+            raise LocalApiError(
+                f"local_api.listen = {str(listen)!r}: cannot listen there ({exc.strerror or exc}); "
+                "change [local_api] listen or set enabled = false"
+            ) from None
+
+    async def aclose(self) -> None:
+        """Stop listening; nothing to do if it never started."""
+        if self._set_up:
+            self._set_up = False
+            await self._runner.cleanup()

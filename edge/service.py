@@ -1,0 +1,114 @@
+"""`ocn-edge run` in one process: one pipeline at a time, replaced in place when the hub's desired config asks, stopped on a signal.
+
+The pipeline started is the local config with the hub's last applied desired state laid
+over it (`edge.desired.last_applied`).  A new desired config stops the running pipeline
+(memory flushed to the spool) and starts one for the new config; if that one does not
+start, the last good one starts again and the failure is reported upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from edge.config import GatewayConfig
+from edge.desired import DesiredState, Reload, last_applied
+from edge.enrol import EnrolError
+from edge.notify import Notifier
+from edge.privacy import Policy, PolicyError
+from edge.runtime import Gateway, StartError
+from edge.spool import SpoolError
+from edge.transport import UplinkError
+
+__all__ = ["StartError", "run_gateway"]
+
+log = logging.getLogger("ocn.runtime")
+
+MakeGateway = Callable[[GatewayConfig, Policy | None], Gateway]
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    started: Callable[[Gateway], None] | None = None,
+    notifier: Notifier | None = None,
+) -> Gateway:
+    """Run until SIGTERM/SIGINT (or `stop` is set), then shut down cleanly. Returns the stopped gateway.
+
+    ``config`` is the local file's config.  If a pipeline task dies, the gateway stops
+    cleanly and ``gateway.fatal`` is set (exit non-zero).
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    notifier = notifier or Notifier()
+    desired = DesiredState(config.gateway.state_dir, device_id=config.gateway.id)
+    reloads: asyncio.Queue[Reload] = asyncio.Queue()
+    running_config, policy = last_applied(config, desired)
+
+    def make(cfg: GatewayConfig, pol: Policy | None, *, fallback: bool = False) -> Gateway:
+        return Gateway(
+            cfg, policy=pol, desired=desired, base_config=config, request_reload=reloads.put_nowait,
+            notifier=notifier, fallback_to_local_policy=fallback,
+        )
+
+    gateway = make(running_config, policy, fallback=policy is not None)
+    try:
+        try:
+            await gateway.start()
+        except (PolicyError, EnrolError, SpoolError, UplinkError) as exc:
+            raise StartError(str(exc)) from None
+        if started is not None:
+            started(gateway)
+        while True:
+            waits = {
+                asyncio.ensure_future(stop.wait()): "stop",
+                asyncio.ensure_future(gateway.fatal.wait()): "fatal",
+                asyncio.ensure_future(reloads.get()): "reload",
+            }
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for fut in pending:
+                fut.cancel()
+            outcome = {waits[f]: f for f in done}
+            if "stop" in outcome or "fatal" in outcome:
+                break
+            request = outcome["reload"].result()
+            assert isinstance(request, Reload)
+            gateway = await _reload(gateway, request, make, desired)
+            if started is not None:
+                started(gateway)
+    finally:
+        await gateway.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        notifier.close()
+    return gateway
+
+
+async def _reload(gateway: Gateway, request: Reload, make: MakeGateway, desired: DesiredState) -> Gateway:
+    """Replace the running pipeline with one for ``request``; on failure bring the last good one back."""
+    log.info("applying the hub's desired config: restarting the pipeline", extra={"etag": request.change.etag or "(local)"})
+    await gateway.stop(reloading=True)
+    candidate = make(request.config, request.policy)
+    try:
+        await candidate.start()
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the last good config comes back
+        await candidate.stop(reloading=True)
+        desired.record_failure(request.change.etag, f"the new config did not start: {exc}")
+        previous = make(gateway.config, gateway.policy)
+        try:
+            await previous.start()
+        except BaseException:
+            # Not even the last good pipeline starts: close what it opened (spool, local API)
+            # before the error ends the gateway, so the spool is not taken for a crash.
+            await previous.stop(reloading=True)
+            raise
+        return previous
+    desired.record_success(request.change, policy_toml=request.policy_toml)
+    if request.config.gateway.log_level != gateway.config.gateway.log_level:
+        logging.getLogger().setLevel(request.config.gateway.log_level.upper())
+    return candidate

@@ -1,0 +1,50 @@
+"""The signed status report's fields (OXP §7), built in one place from the spool and what the running gateway knows.
+
+The spool knows the backlog, the loss counters and the boot; only the running gateway knows
+the policy and config in force, the desired document applied and what is failing.  An uplink
+run without a gateway (tools, tests) reports the spool's part and its own delivery error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge import __version__
+from edge.spool import SpoolStats
+
+__all__ = ["ReportFacts", "status_report"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFacts:
+    """What the running gateway adds to a status report; the defaults are a gateway that knows nothing more."""
+
+    policy_digest: bytes = b""
+    config_digest: bytes = b""
+    applied_etag: str | None = None  # None: no desired state is handled here, so the field is left out
+    errors: list[str] = field(default_factory=list)
+
+
+def status_report(spool: SpoolStats, *, device_id: str, ts_ms: int, boot_epoch: int, facts: ReportFacts) -> dict[str, Any]:
+    """The status report as it would be signed now: spool backlog, loss counters, boot epoch, digests, errors."""
+    report: dict[str, Any] = {
+        "device_id": device_id,
+        "ts_ms": ts_ms,
+        "software_version": __version__,
+        "boot_epoch": boot_epoch,
+        "unclean_stops": spool.unclean_stops,
+        "spool_batches": spool.batches,
+        "spool_bytes": spool.bytes,
+        "spool_oldest_age_s": spool.oldest_age_s,
+        "readings_dropped": spool.readings_dropped,
+        "batches_dropped": spool.batches_dropped,
+        "batches_quarantined": spool.batches_quarantined,
+        "readings_quarantined": spool.readings_quarantined,
+        "policy_digest": facts.policy_digest,
+        "config_digest": facts.config_digest,
+        "errors": list(facts.errors),
+    }
+    if facts.applied_etag is not None:
+        report["applied_etag"] = facts.applied_etag
+    return report
