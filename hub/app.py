@@ -18,12 +18,15 @@ from edge.notify import Notifier, watchdog_loop
 from edge.private import private_directory
 from edge.protocol import MAX_READINGS
 from hub.auth import Admin
+from hub.faults import DeviceFaults
 from hub.fleet import check_desired, load_or_create_signing_key
+from hub.ingest import Ingest
+from hub.keycache import KeyCache
 from hub.looplag import start_probe
 from hub.publicreads import PUBLIC_READS, PublicReads, PublicReadSettings
 from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
 from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
-from hub.state import HUB, Hub, KeyCache
+from hub.state import HUB, Hub
 from hub.store import Store, StoreError, open_store
 from hub.tokens import create_token
 from hub.workers import Workers
@@ -210,15 +213,23 @@ async def run_hub(
     try:
         admin = Admin(store)
         generated = await admin.setup(admin_token)
+        signing_key = load_or_create_signing_key(state / "hub.key")
+        keys = KeyCache(store, ttl_s=key_cache_s)
+        limiter = RateLimiter(rate=rate, burst=burst)
+        readings = ReadingsBudget(rate=ingest.readings_rate, burst=ingest.readings_burst, ceiling=MAX_READINGS)
+        workers = Workers(workers=ingest.workers, queue=ingest.queue)
+        faults = DeviceFaults()
         hub = Hub(
             store=store,
             admin=admin,
-            signing_key=load_or_create_signing_key(state / "hub.key"),
-            limiter=RateLimiter(rate=rate, burst=burst),
-            keys=KeyCache(store, ttl_s=key_cache_s),
-            readings=ReadingsBudget(rate=ingest.readings_rate, burst=ingest.readings_burst, ceiling=MAX_READINGS),
+            signing_key=signing_key,
+            limiter=limiter,
+            keys=keys,
+            readings=readings,
             addresses=RateLimiter(rate=ingest.address_rate, burst=ingest.address_burst),
-            workers=Workers(workers=ingest.workers, queue=ingest.queue),
+            workers=workers,
+            ingest=Ingest(store=store, keys=keys, limiter=limiter, readings=readings, workers=workers, faults=faults, signing_key=signing_key),
+            faults=faults,
             trusted_proxies=parse_networks(ingest.trusted_proxies),
             stale_after_ms=int(stale_after_s * 1000),
         )

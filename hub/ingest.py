@@ -1,0 +1,302 @@
+"""The hub's receiving end of OXP, whatever the wire: a signed message's bytes in, a typed outcome out.
+
+A transport (HTTP in hub/oxp.py; MQTT next) reads the bytes, hands them to :class:`Ingest` and
+turns the outcome into its own answer: an :class:`Acked` batch, a :class:`ReportTaken` status
+report or :class:`NoticeTaken` notice, or a :class:`Refused` message with its answer code
+(edge.protocol.reasons), detail and wait. Nothing here knows a request, a header or a status line.
+
+The order of checks bounds what a sender who is not the device can cost: the key id comes from
+the strict envelope reader (no general CBOR decoder touches unauthenticated bytes), the
+signature is checked before any per-device limit is charged (a forged batch spends no device's
+quota), and the readings a batch declares are weighed against the device's readings budget
+before any of them is decoded. Verification and decoding run on the ingest workers. A database
+that fails raises out of these methods; the transport answers that as unavailable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.protocol import (
+    MAX_BATCH_BYTES,
+    MAX_READINGS,
+    Answer,
+    Batch,
+    BatchHeader,
+    ProtocolError,
+    Reason,
+    Status,
+    declared_readings,
+    decode_body,
+    open_status,
+    read_envelope,
+    signature_verifies,
+    verify_batch,
+)
+from edge.protocol.desired import sign_document
+from edge.util.clock import now_ms
+from hub.bounds import split_readings
+from hub.faults import DeviceFaults
+from hub.fleet import desired_document
+from hub.keycache import KeyCache
+from hub.ratelimit import RateLimiter, ReadingsBudget
+from hub.reports import ReportError, check_notice_message, check_status_report, freshness
+from hub.store import DeviceKey, IncomingBatch, Store
+from hub.workers import Busy, Workers
+
+__all__ = ["Acked", "Ingest", "NoticeTaken", "Refused", "ReportTaken", "MAX_NOTICE_BYTES"]
+
+MAX_NOTICE_BYTES = 256 * 1024
+# A real body takes 2 to 4 bytes per reading; one far larger than its readings is charged by its size.
+BODY_BYTES_PER_READING = 64
+BUSY_RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A message the hub does not take.
+
+    ``reason`` is the §4.3 reason (or the schema's) behind a ``malformed`` answer, when one
+    says more. ``retry_after_s``: how long the sender should wait before sending it again.
+    ``charged``: the refusal counts against the sender's allowance of unauthenticated or
+    refused messages (per client address over HTTP), because nothing the sender proved
+    makes it the device's.
+    """
+
+    answer: Answer
+    detail: str
+    retry_after_s: float | None = None
+    reason: str | None = None
+    charged: bool = False
+
+    @property
+    def status(self) -> Status:
+        return self.answer.status
+
+    def document(self) -> dict[str, Any]:
+        """The answer's fields (§8.2): error, detail and, for a malformed message, the reason."""
+        found: dict[str, Any] = {"error": str(self.answer), "detail": self.detail}
+        if self.reason is not None:
+            found["reason"] = str(self.reason)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
+class Acked:
+    """A batch the hub durably stored (``status`` "stored") or already held ("duplicate"), named by its identity (§8.1)."""
+
+    device_id: str
+    key_id: bytes
+    boot_epoch: int
+    seq: int
+    status: str
+    quarantined: Mapping[str, int] = field(default_factory=dict)  # readings kept apart, by reason (§8.5)
+
+    def document(self) -> dict[str, Any]:
+        """The ack's fields in the order §8.1 shows them."""
+        ack: dict[str, Any] = {"device_id": self.device_id, "key_id": self.key_id.hex(), "boot_epoch": self.boot_epoch, "seq": self.seq,
+                               "status": self.status}
+        if self.quarantined:
+            ack["quarantined"] = dict(self.quarantined)
+        return ack
+
+
+@dataclass(frozen=True, slots=True)
+class ReportTaken:
+    """A status report the hub recorded, and the device's desired document: signed if the device lacks it, else None (§8.4)."""
+
+    desired: dict[str, Any] | None
+    etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeTaken:
+    """A transparency notice the hub put in its register under ``id``."""
+
+    id: int
+
+
+def _protocol_refusal(exc: ProtocolError, *, charged: bool) -> Refused:
+    answer = Answer.of(exc.reason)
+    return Refused(answer, exc.detail, reason=exc.reason if answer is Answer.MALFORMED else None, charged=charged)
+
+
+def _busy(exc: Busy, *, charged: bool) -> Refused:
+    """The ingest workers and their queue are full: a retryable answer, never a stall."""
+    return Refused(Answer.BUSY, f"the hub is at its limit of ingest work ({exc}); retry later", retry_after_s=BUSY_RETRY_S, charged=charged)
+
+
+def _refuse_device(device: DeviceKey | None, kid: bytes) -> Refused | None:
+    """Refused unless the key belongs to an active device."""
+    if device is None:
+        return Refused(Answer.UNKNOWN_DEVICE, f"key id {kid.hex()} is not enrolled at this hub; enrol with `ocn-edge enrol`", charged=True)
+    if device.status == "revoked":
+        return Refused(Answer.REVOKED, f"key id {kid.hex()} of device {device.device_id!r} was revoked by city IT", charged=True)
+    if device.status != "active":
+        return Refused(Answer.UNKNOWN_DEVICE, f"device {device.device_id!r} is enrolled but awaits approval by city IT", charged=True)
+    return None
+
+
+def _public_key(device: DeviceKey) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(device.public_key)
+
+
+def _verify_and_weigh(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
+    """On a worker: verify, decompress, and count the readings the body declares (without decoding them)."""
+    header, body = verify_batch(data, public_key)
+    return header, body, declared_readings(body)
+
+
+class Ingest:
+    """Batches, status reports and notices from gateways, checked, limited and stored; one per hub process.
+
+    ``limiter`` counts batches and ``readings`` readings per device, charged only once a
+    signature verifies; ``faults`` hears whether each batch a device signed was taken.
+    """
+
+    def __init__(self, *, store: Store, keys: KeyCache, limiter: RateLimiter, readings: ReadingsBudget, workers: Workers,
+                 faults: DeviceFaults, signing_key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.keys = keys
+        self.limiter = limiter
+        self.readings = readings
+        self.workers = workers
+        self.faults = faults
+        self.signing_key = signing_key
+
+    async def batch(self, data: bytes) -> Acked | Refused:
+        """Verify, weigh, decode and store one sealed batch; the ack that names it, or why not."""
+        try:
+            kid = read_envelope(data, limit=MAX_BATCH_BYTES).kid
+        except ProtocolError as exc:
+            return _protocol_refusal(exc, charged=True)
+        device = await self.keys.get(kid)
+        refusal = _refuse_device(device, kid)
+        if refusal is not None:
+            return refusal
+        assert device is not None
+        outcome, verified = await self._batch(data, device, kid)
+        # Only a batch the device signed may mark it faulty: a forged one names a kid it cannot sign for.
+        if verified:
+            if isinstance(outcome, Acked):
+                self.faults.cleared(device.device_id)
+            elif outcome.status not in (Status.SLOW_DOWN, Status.UNAVAILABLE):  # a device catching up, or a busy hub, is not its fault
+                self.faults.failed(device.device_id, str(outcome.answer), outcome.detail)
+        return outcome
+
+    async def _batch(self, data: bytes, device: DeviceKey, kid: bytes) -> tuple[Acked | Refused, bool]:
+        """The outcome, and whether the batch's signature verified (only then does the outcome say anything about the device)."""
+        public_key = _public_key(device)
+        try:
+            header, body, declared = await self.workers.run(_verify_and_weigh, data, public_key)
+        except Busy as exc:
+            return _busy(exc, charged=True), False
+        except ProtocolError as exc:
+            # A bad signature is the sender's; anything else may be a batch the device signed badly (a second,
+            # linear check of the signature tells which).
+            verified = exc.reason != Reason.BAD_SIGNATURE and signature_verifies(data, public_key)
+            return _protocol_refusal(exc, charged=not verified), verified
+        if header.device_id != device.device_id:
+            return Refused(Answer.MALFORMED, f"batch names device {header.device_id!r} but key id {kid.hex()} is enrolled as {device.device_id!r}"), True
+        wait = self.limiter.check(device.device_id)
+        if wait > 0:
+            return Refused(Answer.RATE_LIMITED, f"device {device.device_id!r} sends faster than this hub allows; retry later", retry_after_s=wait), True
+        weight = max(declared, len(body) // BODY_BYTES_PER_READING)
+        if declared <= MAX_READINGS:  # more is malformed: decode_body says so without decoding
+            wait = self.readings.wait(device.device_id, weight)
+            if wait > 0:
+                return Refused(Answer.READINGS_BUDGET, f"batch declares {declared} readings in {len(body)} decoded bytes, more than device "
+                               f"{device.device_id!r} may send now at its readings rate; retry later", retry_after_s=wait), True
+        try:
+            channels, readings = await self.workers.run(decode_body, body)
+        except Busy as exc:
+            return _busy(exc, charged=False), True
+        except ProtocolError as exc:
+            return _protocol_refusal(exc, charged=False), True
+        self.readings.take(device.device_id, weight)
+        return await self._store(Batch(header, channels, readings), device, size=len(data)), True
+
+    async def _store(self, batch: Batch, device: DeviceKey, *, size: int) -> Acked:
+        h = batch.header
+        received = now_ms()
+        kept, quarantined = split_readings(batch.readings, created_ms=h.created_ms, now_ms=received)
+        status = await self.store.store_batch(
+            IncomingBatch(
+                device_id=device.device_id, key_id=h.key_id, boot_epoch=h.boot_epoch, seq=h.seq, created_ms=h.created_ms,
+                received_ms=received, policy_digest=h.policy_digest, codec=h.codec, counters=h.counters,
+                channels=batch.channels, readings=kept, size=size, quarantined=quarantined,
+            )
+        )
+        # OXP §8.5: readings kept apart, by reason; said by the ack that stored the batch only.
+        apart = dict(sorted(Counter(q.reason for q in quarantined).items())) if status == "stored" else {}
+        return Acked(device.device_id, h.key_id, h.boot_epoch, h.seq, status, apart)
+
+    async def status_report(self, data: bytes, *, limit: int, known_etag: str = "") -> ReportTaken | Refused:
+        """Verify, check and record a status report; the device's desired document unless it holds ``known_etag`` already."""
+        sender = await self._verified_report(data, limit)
+        if isinstance(sender, Refused):
+            return sender
+        device_key, report = sender
+        refusal = await self._admit(device_key, report, check_status_report, "status report")
+        if refusal is not None:
+            return refusal
+        await self.store.record_status(device_key.device_id, report, received_ms=now_ms())
+        device = await self.store.device(device_key.device_id)
+        assert device is not None
+        document, etag = await desired_document(self.store, device)
+        desired = None if document is None or known_etag == etag else sign_document(document, self.signing_key)
+        return ReportTaken(desired, etag)
+
+    async def notice(self, data: bytes) -> NoticeTaken | Refused:
+        """Verify, check and register a transparency notice: a status-type message whose map carries ``notice`` (§7.3)."""
+        sender = await self._verified_report(data, MAX_NOTICE_BYTES)
+        if isinstance(sender, Refused):
+            return sender
+        device_key, message = sender
+        refusal = await self._admit(device_key, message, check_notice_message, "notice")
+        if refusal is not None:
+            return refusal
+        return NoticeTaken(await self.store.add_notice(device_key.device_id, message["notice"], received_ms=now_ms()))
+
+    async def _verified_report(self, data: bytes, limit: int) -> tuple[DeviceKey, dict[str, Any]] | Refused:
+        """A signed status-type message of at most ``limit`` bytes, verified, and its active sender.
+
+        Every refusal here but a busy hub's is charged: the sender has not shown it is the device.
+        """
+        try:
+            kid = read_envelope(data, limit=limit).kid
+        except ProtocolError as exc:
+            return _protocol_refusal(exc, charged=True)
+        device = await self.keys.get(kid)
+        refusal = _refuse_device(device, kid)
+        if refusal is not None:
+            return refusal
+        assert device is not None
+        try:
+            report = await self.workers.run(open_status, data, _public_key(device))
+        except Busy as exc:
+            return _busy(exc, charged=False)
+        except ProtocolError as exc:
+            return _protocol_refusal(exc, charged=True)
+        if report.get("device_id") != device.device_id:
+            return Refused(Answer.MALFORMED, f"message names device {report.get('device_id')!r} but is signed by {device.device_id!r}", charged=True)
+        return device, report
+
+    async def _admit(self, device: DeviceKey, message: dict[str, Any], check: Callable[[dict[str, Any]], None], what: str) -> Refused | None:
+        """Refused for a verified message that does not fit its schema, or is not newer than the last one accepted from
+        its key (a replay, OXP §7.2); None once it is admitted and its freshness recorded."""
+        try:
+            check(message)
+        except ReportError as exc:
+            return Refused(Answer.MALFORMED, exc.detail, reason=exc.reason)
+        fresh = freshness(message)
+        mark = await self.store.claim_freshness(device.key_id, device.device_id, fresh, now_ms=now_ms())
+        if mark is None:
+            return None
+        return Refused(Answer.STALE, f"{what} of {fresh.describe()} is not newer than the last one accepted from key id "
+                       f"{device.key_id.hex()} ({mark.describe()}): a replay, or overtaken by a newer one")
