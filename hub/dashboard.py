@@ -201,7 +201,8 @@ async def device_page(request: web.Request) -> web.Response:
     await hub.admin.require(request)
     device = await hub.store.device(request.match_info["device_id"])
     if device is None:
-        return render(request, "message.html", title="No such device", message=f"No device {request.match_info['device_id']!r} is enrolled at this hub.", status=404)
+        message = f"No device {request.match_info['device_id']!r} is enrolled at this hub."
+        return render(request, "message.html", title="No such device", message=message, status=404)
     document, etag = await desired_document(hub.store, device)
     charts = []
     personal = []
