@@ -14,6 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge.config import ConfigError, load_config
+from edge.enrol import enrol
+from edge.logs import setup_logging
+from edge.runtime import Gateway
+from hilsim import ScenarioError, run_scenario
+from hub.app import RunningHub, run_hub
+
 __all__ = ["run_demo", "DEMO_POLICY"]
 
 log = logging.getLogger("ocn.demo")
@@ -36,10 +43,6 @@ async def run_demo(
     state_dir: str | None = None,
     seed: int = 1,
 ) -> int:
-    from edge.config import ConfigError
-    from edge.logs import setup_logging
-    from hilsim import ScenarioError
-
     # Warnings and errors go to stderr; stdout carries the status line and the summary.
     setup_logging("warning", stream=sys.stderr)
     if state_dir and Path(state_dir).exists() and any(Path(state_dir).iterdir()):
@@ -64,12 +67,6 @@ async def run_demo(
 
 
 async def _run(state: Path, *, duration: float | None, scenario: str, seed: int, live: bool) -> dict[str, Any]:
-    from edge.config import load_config
-    from edge.enrol import enrol
-    from edge.runtime import Gateway
-    from hilsim import run_scenario
-    from hub.app import run_hub
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -92,7 +89,7 @@ async def _run(state: Path, *, duration: float | None, scenario: str, seed: int,
             gateway = Gateway(config)
             await gateway.start()
             if live:
-                print(f"demo: {len(gateway.devices)} simulated devices -> gateway -> hub at {hub.url} (Ctrl-C to stop)")
+                print(f"demo: {len(gateway.devices or ())} simulated devices -> gateway -> hub at {hub.url} (Ctrl-C to stop)")
                 print(f"      fleet dashboard (one-time login link, 10 minutes): {await hub.login_link()}")
                 print(f"      public transparency register: {hub.url}/transparency")
             try:
@@ -116,13 +113,13 @@ async def _run(state: Path, *, duration: float | None, scenario: str, seed: int,
     return _summary(gateway, hub_counts, unique, time.monotonic() - started)
 
 
-async def _unique_readings(hub: Any, device_id: str) -> int:
+async def _unique_readings(hub: RunningHub, device_id: str) -> int:
     """Distinct (channel, time) pairs the hub stored: equal to the stored count when nothing is duplicated."""
     rows = await hub.store.readings(device_id=device_id, limit=1_000_000)
     return len({(r.channel, r.ts_ms) for r in rows})
 
 
-def _status_line(gateway: Any, acked: int, elapsed: float) -> None:
+def _status_line(gateway: Gateway, acked: int, elapsed: float) -> None:
     st = gateway.status()
     batch = st.get("batcher", {})
     spool = st.get("spool", {})
@@ -136,7 +133,7 @@ def _status_line(gateway: Any, acked: int, elapsed: float) -> None:
     sys.stdout.flush()
 
 
-def _summary(gateway: Any, hub_counts: dict[str, int], unique: int, elapsed: float) -> dict[str, Any]:
+def _summary(gateway: Gateway, hub_counts: dict[str, int], unique: int, elapsed: float) -> dict[str, Any]:
     batch = gateway.batcher.stats() if gateway.batcher else {}
     spool = gateway.spool_stats_at_stop or {}
     released = gateway.counters.readings_released
@@ -144,7 +141,7 @@ def _summary(gateway: Any, hub_counts: dict[str, int], unique: int, elapsed: flo
     in_spool = spool.get("readings", 0)
     return {
         "seconds": round(elapsed, 1),
-        "devices": len(gateway.devices),
+        "devices": len(gateway.devices or ()),
         "readings_read": gateway.counters.readings_read,
         "readings_released": released,
         "batches_sealed": batch.get("batches_sealed", 0),

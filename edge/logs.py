@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -53,8 +54,6 @@ def setup_logging(level: str = "info", *, stream: TextIO | None = None, timestam
 
     Under systemd (JOURNAL_STREAM set) journald adds its own timestamps, so ours are left out.
     """
-    import os
-
     if timestamps is None:
         timestamps = "JOURNAL_STREAM" not in os.environ
     handler = logging.StreamHandler(stream or sys.stdout)

@@ -19,18 +19,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from drivers.buses import ModbusBus, SerialBus, create_bus
 from drivers.registry import load_driver
-from drivers.sdk import DeviceContext, Driver
+from drivers.sdk import Driver
 from edge import __version__
 from edge.batcher import Batcher
-from edge.config import DeviceConfig, GatewayConfig
+from edge.config import GatewayConfig
 from edge.desired import DesiredApplier, DesiredState, Reload, local_policy
+from edge.devices import Devices
 from edge.enrol import ensure_device_key, read_enrolment_record
 from edge.flow import PipelineCounters, ReadingFlow
 from edge.localapi import LocalApi, LocalApiError
@@ -42,7 +41,6 @@ from edge.protocol import key_id, load_private_key
 from edge.protocol.types import Channel, Reading
 from edge.spool import BootInfo, Spool
 from edge.statusreport import ReportFacts, status_report
-from edge.supervise import DeviceRunner
 from edge.transport import open_transport
 from edge.uplink import Uplink
 from edge.util.clock import now_ms
@@ -56,15 +54,6 @@ STOP_TIMEOUT_S = 10.0  # for all tasks together: systemd's TimeoutStopSec is 30 
 
 class StartError(Exception):
     """The gateway cannot start: a file it needs is missing or invalid. The message says which and why."""
-
-
-@dataclass
-class _Device:
-    config: DeviceConfig
-    driver_cls: type[Driver]
-    context: DeviceContext
-    channels: list[Channel]
-    runner: DeviceRunner | None = None
 
 
 class Gateway:
@@ -94,10 +83,7 @@ class Gateway:
         self._clock_ms = clock_ms
         self.notifier = notifier or Notifier()
         self.counters = PipelineCounters()
-        self.buses: dict[str, ModbusBus | SerialBus] = {}
-        self.devices: list[_Device] = []
-        self._bus_tasks: list[asyncio.Task[None]] = []
-        self._device_tasks: list[asyncio.Task[None]] = []
+        self.devices: Devices | None = None
         self._stage_tasks: list[asyncio.Task[None]] = []
         self._service_tasks: list[asyncio.Task[None]] = []
         # Built always, started only if [local_api] enabled: its address is known once it listens.
@@ -136,30 +122,9 @@ class Gateway:
 
     # -- assembly ---------------------------------------------------------------------------
 
-    def _build_devices(self) -> None:
-        cfg = self.config
-        enabled = [d for d in cfg.devices if d.enabled]
-        used_buses = {d.bus for d in enabled if d.bus}
-        for bus_cfg in cfg.buses:
-            if bus_cfg.name in used_buses:
-                self.buses[bus_cfg.name] = create_bus(bus_cfg)
-        for dev in enabled:
-            cls = self._driver_lookup(dev.driver)
-            ctx = DeviceContext(
-                device_id=dev.name,
-                options=cls.check_options(dev.options),
-                bus=self.buses.get(dev.bus) if dev.bus else None,
-                address=dev.address,
-                poll_interval=dev.poll_interval,
-                logger=logging.getLogger(f"ocn.driver.{dev.name}"),
-                clock_ms=self._clock_ms,
-            )
-            channels = list(cls(ctx).channels())
-            self.devices.append(_Device(dev, cls, ctx, channels))
-
     def channels(self) -> list[Channel]:
         """Every channel the configured devices declare (what the privacy policy is checked against)."""
-        return [c for d in self.devices for c in d.channels]
+        return self.devices.channels() if self.devices is not None else []
 
     def _privacy_stage(self, policy: Policy, *, budget: bool = True) -> PrivacyStage:
         # The epsilon spent survives restarts and policy swaps: a restart must not refill the budget.
@@ -203,7 +168,7 @@ class Gateway:
         if self.boot.unclean_stop:
             log.warning("previous run did not stop cleanly", extra={"boot_epoch": self.boot.boot_epoch})
 
-        self._build_devices()
+        self.devices = Devices(cfg, driver_lookup=self._driver_lookup, clock_ms=self._clock_ms)
         privacy = self._first_privacy_stage()
         if cfg.uplink.hub:
             transport = open_transport(cfg.uplink.hub, ca=cfg.uplink.ca or None, timeout_s=cfg.uplink.timeout)
@@ -238,12 +203,7 @@ class Gateway:
         self.flow = ReadingFlow(privacy, self.batcher, counters=self.counters, clock_ms=self._clock_ms)
         if cfg.local_api.enabled:
             await self._start_local_api()
-        for name, bus in self.buses.items():
-            self._bus_tasks.append(asyncio.create_task(bus.run(), name=f"bus:{name}"))
-        for dev in self.devices:
-            personal = any(c.personal for c in dev.channels)
-            dev.runner = DeviceRunner(dev.config.name, self._driver_factory(dev), self._emit, personal=personal)
-            self._device_tasks.append(asyncio.create_task(dev.runner.run(), name=f"device:{dev.config.name}"))
+        self.devices.start(self._emit)
         for coro, name in self.flow.loops():
             self._watch(asyncio.create_task(coro, name=name), self._stage_tasks)
         if self.uplink is not None:
@@ -259,7 +219,7 @@ class Gateway:
                 "key_id": self.key_id.hex(),
                 "boot_epoch": self.boot.boot_epoch,
                 "devices": len(self.devices),
-                "buses": len(self.buses),
+                "buses": len(self.devices.buses),
                 "policy": self.policy.digest.hex()[:16],
             },
         )
@@ -285,9 +245,6 @@ class Gateway:
         )
         self.fatal.set()
 
-    def _driver_factory(self, dev: _Device) -> Callable[[], Driver]:
-        return lambda: dev.driver_cls(dev.context)
-
     async def _emit(self, reading: Reading) -> None:
         """What every driver's emit calls: the reading joins the flow (waits while its queue is full)."""
         assert self.flow is not None
@@ -298,7 +255,7 @@ class Gateway:
     def _build_notice(self, policy: Policy) -> dict[str, Any]:
         return build_notice(policy, self.config, channels=self.channels())
 
-    async def _send_notice(self, notice: Any) -> bool:
+    async def _send_notice(self, notice: Mapping[str, Any]) -> bool:
         assert self.uplink is not None
         return await self.uplink.send_notice(notice)
 
@@ -328,17 +285,7 @@ class Gateway:
             "readings_released": self.counters.readings_released,
             "readings_failed": self.counters.readings_failed,
             "queues": self.flow.queued() if self.flow is not None else {"readings": 0, "released": 0},
-            "devices": {
-                d.config.name: {
-                    "driver": d.config.driver,
-                    "readings": d.runner.readings if d.runner else 0,
-                    "failing": bool(d.runner and d.runner.failing),
-                    "restarts": d.runner.restarts if d.runner else 0,
-                    "last_error": d.runner.last_error if d.runner else "",
-                }
-                for d in self.devices
-            },
-            "buses": {name: bus.stats() for name, bus in self.buses.items()},
+            **(self.devices.status() if self.devices is not None else {"devices": {}, "buses": {}}),
         }
         if self.privacy is not None:
             out["privacy"] = self.privacy.stats()
@@ -356,7 +303,7 @@ class Gateway:
 
     def report_facts(self) -> ReportFacts:
         """What only the running gateway knows for the status report: policy, config, desired state, what fails."""
-        errors = [f"{d.config.name}: {d.runner.last_error}" for d in self.devices if d.runner and d.runner.failing]
+        errors = self.devices.failing() if self.devices is not None else []
         if self.uplink is not None and not self.uplink.reachable and self.uplink.counters.last_error:
             errors.append(f"uplink: {self.uplink.counters.last_error}")
         if self.desired.last_error:
@@ -407,8 +354,9 @@ class Gateway:
         if self.running:
             log.info("stopping: flushing readings in memory to the spool")
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        await _cancel(self._device_tasks, deadline)
-        await _cancel(self._bus_tasks, deadline)
+        if self.devices is not None:
+            await _cancel(self.devices.device_tasks, deadline)
+            await _cancel(self.devices.bus_tasks, deadline)
         await _cancel(self._stage_tasks, deadline)
         if self.flow is not None:
             with _step("flush readings in memory to the spool"):
@@ -427,7 +375,7 @@ class Gateway:
                 self.spool_stats_at_stop = self.spool.stats()
                 await self.spool.mark_clean_shutdown()
                 await self.spool.close()
-        for name, bus in self.buses.items():
+        for name, bus in self.devices.buses.items() if self.devices is not None else ():
             with _step(f"close bus {name}"):
                 await bus.aclose()
         if self.running:
