@@ -2,11 +2,12 @@
 
 A request is counted against its client address's share; its store queries of readings then
 take turns on the store's public lane (threads and connections ingest and the dashboard never
-use) within one :class:`hub.budget.QueryBudget`.  Requests that read no readings (Things,
-Datastreams, the /data index) never wait for the lane.  Refusals say why and what to do: 429
-when one client already has its share, 503 ``busy`` with Retry-After when the lane and its
-queue are full or a request runs out of time, 400 ``too_costly`` when a query would examine
-more readings than one may (narrow it).
+use) within one :class:`hub.budget.QueryBudget`, pacing themselves so that the lane uses at most
+its share of the process's CPU.  Requests that read no readings (Things, Datastreams, the /data
+index) never wait for the lane.  Refusals say why and what to do: 429 when one client already
+has its share, 503 ``busy`` with Retry-After when the lane and its queue are full or a request
+waits and runs past its time, 400 ``too_costly`` when a query would examine more readings, or
+need more CPU work, than one may (narrow it).
 """
 
 from __future__ import annotations
@@ -37,10 +38,14 @@ class PublicReadSettings:
     """Public requests one client address may have running at once; one more is answered 429."""
     queue: int = 8
     """Store queries that may wait for the public lane; beyond them a request is answered 503 ``busy`` at once."""
-    seconds: float = 10.0
+    seconds: float = 30.0
     """Time one public request's store queries may take, waiting for the lane included; past it the answer is 503 ``busy``."""
     max_examined: int = 1_000_000
     """Readings one public request may examine; a query that needs more is answered 400 ``too_costly``."""
+    cpu_seconds: float = 5.0
+    """CPU seconds of work one public request's store queries may use; a query that needs more is answered 400 ``too_costly``."""
+    cpu_share: float = 0.5
+    """Part of one CPU the public lane as a whole may use; its queries pause to stay within it."""
 
     def __post_init__(self) -> None:
         for option, value, least in (("--public-per-client", self.per_client, 1), ("--public-queue", self.queue, 0),
@@ -49,6 +54,10 @@ class PublicReadSettings:
                 raise ValueError(f"{option} {value!r}: expected a whole number of at least {least}")
         if not 0 < self.seconds < math.inf:
             raise ValueError(f"--public-time-budget {self.seconds!r}: expected a number of seconds above 0")
+        if not 0 < self.cpu_seconds < math.inf:
+            raise ValueError(f"--public-cpu-budget {self.cpu_seconds!r}: expected a number of seconds above 0")
+        if not 0 < self.cpu_share <= 1:
+            raise ValueError(f"--public-cpu-share {self.cpu_share!r}: expected a number above 0 and at most 1")
 
 
 class Refused(Exception):
@@ -68,7 +77,7 @@ class Refused(Exception):
     @classmethod
     def over_budget(cls, exc: OverBudget, *, narrow: str) -> Refused:
         """The answer to a query that went past its budget; ``narrow`` says how to ask for less on this route."""
-        if exc.kind == "readings":
+        if exc.kind in ("readings", "work"):
             return cls(400, "too_costly", f"{exc.detail}; {narrow}")
         return cls(503, "busy", f"{exc.detail}; retry later, or {narrow}", retry_after=5)
 
@@ -99,7 +108,8 @@ class PublicReads:
                                                     "the most one may; wait for them to finish", retry_after=1)
         self._by_client[client] = held + 1
         try:
-            yield QueryBudget(max_examined=settings.max_examined, seconds=settings.seconds, lane=self.on_lane)
+            yield QueryBudget(max_examined=settings.max_examined, seconds=settings.seconds, cpu_seconds=settings.cpu_seconds,
+                              share=settings.cpu_share / self.lane, lane=self.on_lane)
         finally:
             left = self._by_client[client] - 1
             if left:
