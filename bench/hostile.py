@@ -60,7 +60,8 @@ from edge.protocol.codec import compress
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH
 from edge.protocol.types import Channel, Reading
 from hub.auth import secret_hash
-from hub.store import IncomingBatch, open_store
+from hub.database import open_store
+from hub.models import IncomingBatch
 from hub.tokens import create_token
 
 GATEWAYS = 100

@@ -200,7 +200,7 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 async def hub_readings(db: str) -> int:
     """Readings the hub stored for the gateway (read from its database once it has stopped)."""
-    from hub.store import open_store
+    from hub.database import open_store
 
     store = await open_store(db)
     try:

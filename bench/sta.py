@@ -23,9 +23,9 @@ from bench.hub import drop_schema
 from edge.protocol import generate_keypair, key_id, raw_public_key
 from edge.protocol.types import Channel, Reading
 from hub.app import run_hub
+from hub.models import IncomingBatch
 from hub.render import iso_time
 from hub.sensorthings import Catalog, Options
-from hub.store import IncomingBatch
 
 T0 = 1_790_000_000_000
 CHANNELS = [Channel(f"meter-1/{name}", unit=unit, resolution=0.1) for name, unit in (("voltage", "V"), ("current", "A"), ("power", "W"), ("frequency", "Hz"))]

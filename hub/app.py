@@ -18,16 +18,18 @@ from edge.notify import Notifier, watchdog_loop
 from edge.private import private_directory
 from edge.protocol import MAX_READINGS
 from hub.auth import Admin
+from hub.database import open_store
 from hub.faults import DeviceFaults
 from hub.fleet import check_desired, load_or_create_signing_key
 from hub.ingest import Ingest
 from hub.keycache import KeyCache
 from hub.looplag import start_probe
+from hub.models import StoreError
 from hub.publicreads import PUBLIC_READS, PublicReads, PublicReadSettings
 from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
 from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
 from hub.state import HUB, Hub
-from hub.store import Store, StoreError, open_store
+from hub.store import Store
 from hub.tokens import create_token
 from hub.workers import Workers
 

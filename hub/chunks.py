@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import cbor2
 
 from edge.protocol.types import Reading
-from hub.store import StoredReading
+from hub.models import StoredReading
 
 __all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "Counter", "chunk_query", "count_query", "encode_chunks", "outside_query",
            "quarantine_plan", "split_chunk", "split_reading_id"]

@@ -182,7 +182,8 @@ def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], in
 
 
 def _with_store(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int:
-    from hub.store import StoreError, open_store
+    from hub.database import open_store
+    from hub.models import StoreError
 
     async def run() -> int:
         try:
@@ -331,9 +332,9 @@ def _login_link(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from hub.app import IngestSettings, parse_listen, run_hub
+    from hub.models import StoreError
     from hub.publicreads import PublicReadSettings
     from hub.server import ConnectionSettings
-    from hub.store import StoreError
 
     try:
         from edge.logs import setup_logging

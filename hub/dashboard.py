@@ -13,11 +13,11 @@ from aiohttp import web
 from hub.charts import line_chart
 from hub.fleet import DesiredError, check_desired, desired_document, drift
 from hub.jsonbody import BodyError, read_json
+from hub.models import Device
 from hub.params import ParamError, flag, number, whole
 from hub.render import clock
 from hub.reports import notice_problem
 from hub.state import HUB, Hub
-from hub.store import Device
 from hub.tokens import MAX_TOKEN_DAYS, MAX_TOKEN_USES, create_token
 
 __all__ = ["routes", "device_health"]

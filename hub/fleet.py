@@ -16,8 +16,9 @@ import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.protocol.desired import merge_tables
-from hub.store import Device, Store, dumps
+from edge.protocol.desired import canonical_json, merge_tables
+from hub.models import Device
+from hub.store import Store
 
 __all__ = [
     "DesiredError",
@@ -72,7 +73,7 @@ async def desired_document(
         if part in merged:
             document[part] = merged[part]
             document[f"{part}_digest"] = part_digest(merged[part])
-    etag = hashlib.sha256(dumps(document).encode()).hexdigest()[:32]
+    etag = hashlib.sha256(canonical_json(document)).hexdigest()[:32]
     document["etag"] = etag
     return document, etag
 

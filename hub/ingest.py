@@ -44,9 +44,10 @@ from hub.bounds import split_readings
 from hub.faults import DeviceFaults
 from hub.fleet import desired_document
 from hub.keycache import KeyCache
+from hub.models import DeviceKey, IncomingBatch
 from hub.ratelimit import RateLimiter, ReadingsBudget
 from hub.reports import ReportError, check_notice_message, check_status_report, freshness
-from hub.store import DeviceKey, IncomingBatch, Store
+from hub.store import Store
 from hub.workers import Busy, Workers
 
 __all__ = ["Acked", "Ingest", "NoticeTaken", "Refused", "ReportTaken", "MAX_NOTICE_BYTES"]

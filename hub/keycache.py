@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from hub.store import DeviceKey, Store
+from hub.models import DeviceKey
+from hub.store import Store
 
 __all__ = ["KeyCache"]
 

@@ -14,12 +14,12 @@ from aiohttp import web
 
 from edge.protocol.senml import SENML_CBOR_LABELS
 from hub.budget import QueryBudget
+from hub.models import StoredReading
 from hub.params import ParamError, whole
 from hub.publicreads import Refused, public_read
 from hub.render import csv_row, csv_text, iso_time, json_number
 from hub.sta_filter import iso_ms
 from hub.state import HUB
-from hub.store import StoredReading
 from hub.streamed import send_cbor_array, send_json, send_text
 
 __all__ = ["routes", "parse_time", "to_senml_records"]

@@ -25,9 +25,9 @@ from edge.util.clock import now_ms
 from hub.auth import secret_hash
 from hub.ingest import MAX_NOTICE_BYTES, Refused
 from hub.jsonbody import BodyError, read_bounded, read_json
+from hub.models import EnrolError
 from hub.ratelimit import client_address, retry_after
 from hub.state import HUB, Hub
-from hub.store import EnrolError
 
 __all__ = ["routes"]
 
@@ -152,7 +152,7 @@ async def _enrol(request: web.Request, hub: Hub) -> web.Response:
     try:
         outcome = await hub.store.enrol(secret_hash(token), device_id=device_id, public_key=raw_key, key_id=kid, software_version=version, now_ms=now_ms())
     except EnrolError as exc:
-        return problem(Answer(exc.code), exc.detail)
+        return problem(exc.code, exc.detail)
     hub.keys.forget(kid)
     log.info("device enrolled", extra={"device": device_id, "key_id": kid.hex(), "status": outcome.status})
     return compact_json({"device_id": outcome.device_id, "key_id": outcome.key_id.hex(), "status": outcome.status}, status=201)

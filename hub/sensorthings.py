@@ -25,6 +25,7 @@ from aiohttp import web
 from yarl import URL
 
 from hub.budget import QueryBudget
+from hub.models import Device, StoredChannel, StoredReading
 from hub.params import ParamError, whole
 from hub.publicreads import Refused, public_read
 from hub.render import iso_time, json_number
@@ -46,7 +47,7 @@ from hub.sta_filter import (
     many as flat,
 )
 from hub.state import HUB
-from hub.store import Device, Store, StoredChannel, StoredReading
+from hub.store import Store
 from hub.streamed import send_json
 
 __all__ = ["routes"]

@@ -1,169 +1,21 @@
-"""The hub's storage interface: what the hub keeps, independent of the database engine behind it."""
+"""The hub's storage interface: what the hub keeps, independent of the database engine behind it.
+
+The values it takes and returns are hub.models; the engines are hub.engines; hub.database opens
+the one a --db URL names.
+"""
 
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from edge.protocol.types import Channel, Reading
-from hub.bounds import Quarantined
 from hub.budget import QueryBudget
+from hub.chunks import MAX_WINDOW, Collector, Counter, chunk_query, count_query, split_reading_id
+from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, TokenInfo
 from hub.reports import Freshness
 
-__all__ = [
-    "Device",
-    "DeviceKey",
-    "EnrolError",
-    "EnrolOutcome",
-    "IncomingBatch",
-    "Notice",
-    "Store",
-    "StoreError",
-    "StoredChannel",
-    "StoredReading",
-    "TokenInfo",
-    "open_store",
-]
-
-
-class StoreError(Exception):
-    """The database URL or the database itself is unusable; the message says which and why."""
-
-
-class EnrolError(Exception):
-    """Enrolment refused; ``code`` is the OXP error code (bad_token, expired_token, used_token, conflict)."""
-
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceKey:
-    """What ingest needs to know about a key id: whose it is, the raw public key and whether it may send."""
-
-    device_id: str
-    key_id: bytes
-    public_key: bytes
-    status: str  # "active" | "pending" | "revoked"
-
-
-@dataclass(frozen=True, slots=True)
-class EnrolOutcome:
-    """A registered device: its id, key id and status ("active" or "pending")."""
-
-    device_id: str
-    key_id: bytes
-    status: str
-
-
-@dataclass(frozen=True, slots=True)
-class TokenInfo:
-    """An enrolment token as stored (never the token itself, only its hash)."""
-
-    token_id: int
-    uses_left: int
-    expires_ms: int
-    approve: bool
-    fleet: str
-    note: str
-    created_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class IncomingBatch:
-    """A verified batch ready to store: its identity, header facts, the readings to store and those to quarantine (hub.bounds)."""
-
-    device_id: str
-    key_id: bytes
-    boot_epoch: int
-    seq: int
-    created_ms: int
-    received_ms: int
-    policy_digest: bytes
-    codec: str
-    counters: Mapping[str, int]
-    channels: Sequence[Channel]
-    readings: Sequence[Reading]
-    size: int = 0
-    quarantined: Sequence[Quarantined] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Device:
-    """One gateway as the fleet view shows it."""
-
-    device_id: str
-    key_id: bytes
-    status: str
-    fleet: str
-    enrolled_ms: int
-    last_seen_ms: int | None
-    software_version: str
-    boot_epoch: int | None
-    last_seq: int | None
-    unclean_stops: int
-    readings_dropped: int
-    spool_batches: int | None
-    spool_bytes: int | None
-    policy_digest: str
-    config_digest: str
-    applied_etag: str
-    errors: tuple[str, ...]
-    counters: Mapping[str, int]
-    readings_stored: int
-    batches_stored: int
-    duplicates: int
-    status_ms: int | None
-    site: str = ""
-    latitude: float | None = None
-    longitude: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StoredChannel:
-    """A channel the hub has seen from a device, with the numeric id open-data APIs use.
-
-    ``personal``: some batch flagged it personal (OXP kind + 4); it stays so, and is never published.
-    """
-
-    id: int
-    device_id: str
-    channel: str
-    unit: str
-    kind: str
-    resolution: float | None
-    description: str
-    personal: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class StoredReading:
-    """One stored reading with the numeric id open-data APIs use."""
-
-    id: int
-    channel_id: int
-    device_id: str
-    channel: str
-    ts_ms: int
-    value: int | float | str | bool
-    unit: str
-    quality: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """A transparency notice a gateway published: what it senses, why, and under which policy."""
-
-    id: int
-    device_id: str
-    received_ms: int
-    notice: Mapping[str, Any] = field(default_factory=dict)
+__all__ = ["Store"]
 
 
 class Store(abc.ABC):
@@ -287,8 +139,6 @@ class Store(abc.ABC):
         With a ``budget`` (a public query) the query runs on the public lane, its own threads and
         connections, and stops with :class:`hub.budget.OverBudget` once it is spent.
         """
-        from hub.chunks import Collector, chunk_query, split_reading_id  # chunks imports this module
-
         chunk_id, position = split_reading_id(reading_id) if reading_id is not None else (None, None)
         collector = Collector(since_ms=since_ms, until_ms=until_ms, match=match if budget is None else budget.meter(match),
                               order=order, descending=descending, offset=offset, limit=limit, position=position)
@@ -316,8 +166,6 @@ class Store(abc.ABC):
         Readings of personal channels count only with ``include_personal``.  A ``budget`` as for :meth:`readings`
         (chunks counted without decoding them cost nothing of it).
         """
-        from hub.chunks import MAX_WINDOW, Counter, count_query
-
         if budget is not None and match is not None:
             match = budget.meter(match)
         counter = Counter(since_ms=since_ms, until_ms=until_ms, match=match, cap=MAX_WINDOW if cap is None else cap)
@@ -355,88 +203,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool:
         """True if an unexpired secret (session, login link) with this hash exists; ``consume`` deletes it."""
-
-
-def dumps(value: Any) -> str:
-    """Canonical compact JSON for columns that hold documents."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def sqlite_path(url: str) -> str:
-    """The file path of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL (SQLAlchemy's spelling)."""
-    if not url.startswith("sqlite:///"):
-        raise StoreError(f"--db {url!r}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db")
-    path = url[len("sqlite:///"):].split("?", 1)[0]
-    if not path or path == ":memory:":
-        raise StoreError(f"--db {url!r}: expected a file path; the hub must keep what it acknowledges")
-    return path
-
-
-def postgres_schema(url: str) -> tuple[str, str | None]:
-    """Split an optional ``?schema=NAME`` off a PostgreSQL URL (the rest goes to asyncpg as is)."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    schema = query.pop("schema", [None])[0]
-    rest = "&".join(f"{k}={v}" for k, values in query.items() for v in values)
-    dsn = parts._replace(query=rest).geturl()
-    if schema is not None and not schema.replace("_", "").isalnum():
-        raise StoreError(f"--db {url!r}: schema {schema!r} must be letters, digits and '_'")
-    return dsn, schema
-
-
-async def open_store(url: str) -> Store:
-    """Open (and migrate) the store a URL names: ``sqlite:///path.db`` or ``postgresql://user@host/db[?schema=s]``."""
-    if url.startswith("sqlite:"):
-        from hub.store_sqlite import SQLiteStore
-
-        return await SQLiteStore.open(url)
-    if url.startswith(("postgresql:", "postgres:")):
-        from hub.store_postgres import PostgresStore
-
-        return await PostgresStore.open(url)
-    raise StoreError(f"--db {url!r}: expected a sqlite:///path.db or postgresql://user@host/database URL")
-
-
-def _hex(value: object) -> str:
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).hex()
-    return str(value or "")
-
-
-def _count(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
-
-
-def status_columns(report: Mapping[str, Any]) -> dict[str, Any]:
-    """The device columns a status report updates, from its fields (unknown or ill-typed fields are ignored)."""
-    errors = report.get("errors") or []
-    if not isinstance(errors, list | tuple):
-        errors = [errors]
-    return {
-        "software_version": str(report.get("software_version") or "")[:100],
-        "boot_epoch": _count(report.get("boot_epoch")),
-        "unclean_stops": _count(report.get("unclean_stops")),
-        "spool_batches": _count(report.get("spool_batches")),
-        "spool_bytes": _count(report.get("spool_bytes")),
-        "readings_dropped": _count(report.get("readings_dropped")),
-        "policy_digest": _hex(report.get("policy_digest")),
-        "config_digest": _hex(report.get("config_digest")),
-        "applied_etag": str(report.get("applied_etag") or "")[:100],
-        "errors": dumps([str(e)[:500] for e in list(errors)[:50]]),
-    }
-
-
-def notice_location(notice: Mapping[str, Any]) -> tuple[str, float | None, float | None]:
-    """The gateway's public site name and pole position, if its transparency notice states them."""
-    site = notice.get("site")
-    lat, lon = notice.get("latitude"), notice.get("longitude")
-    for key in ("place", "location"):  # the notice's "place" table (edge.privacy.build_notice), or "location"
-        table = notice.get(key)
-        if isinstance(table, Mapping):
-            site = site or table.get("site")
-            lat = lat if lat is not None else table.get("latitude")
-            lon = lon if lon is not None else table.get("longitude")
-    ok = isinstance(lat, int | float) and isinstance(lon, int | float) and -90 <= lat <= 90 and -180 <= lon <= 180
-    return (str(site or "")[:200], float(lat) if ok else None, float(lon) if ok else None)  # type: ignore[arg-type]

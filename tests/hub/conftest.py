@@ -10,7 +10,8 @@ import aiohttp
 import pytest
 
 from hub.app import RunningHub, run_hub
-from hub.store import Store, open_store
+from hub.database import open_store
+from hub.store import Store
 from tests.helpers.tools import require_postgres
 from tests.hub.gateways import SimGateway, enrol
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from hub.store import open_store
+from hub.database import open_store
 
 
 def hub(tmp_path: Path, *args: str) -> int:

@@ -21,7 +21,9 @@ import pytest
 from edge.protocol import BatchHeader, seal_batch
 from edge.protocol.types import Channel, Kind, Reading
 from hub.app import RunningHub, build_app, run_hub
-from hub.store import IncomingBatch, Store, open_store, postgres_schema, sqlite_path
+from hub.database import open_store, postgres_schema, sqlite_path
+from hub.models import IncomingBatch
+from hub.store import Store
 from tests.hub.gateways import CHANNELS, T0, SimGateway, enrol, post_cose
 
 DEVICE = "pole-7"

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from hub.store import open_store
+from hub.database import open_store
 from hub.tokens import create_token
 from tests.hub.conftest import drop_schema
 from tests.hub.gateways import SimGateway, enrol, post_cose

@@ -8,7 +8,9 @@ import hashlib
 import pytest
 
 from edge.protocol.types import Channel, Kind, Reading
-from hub.store import EnrolError, IncomingBatch, Store, open_store
+from hub.database import open_store
+from hub.models import EnrolError, IncomingBatch
+from hub.store import Store
 
 NOW = 1_790_000_000_000
 KEY_A = hashlib.sha256(b"a").digest()

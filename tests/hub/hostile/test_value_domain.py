@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from edge.protocol.types import Channel, Kind, Reading
 from hub.app import RunningHub, run_hub
+from hub.models import IncomingBatch
 from hub.render import civil, clock, csv_text, iso_time
-from hub.store import IncomingBatch
 
 DEVICE = "pole-7"
 UINT64_MAX = 2**64 - 1

@@ -24,7 +24,9 @@ from edge.protocol.types import Reading
 from hub.app import RunningHub, run_hub
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, MAX_SPAN_MS, split_readings
 from hub.chunks import encode_chunks
-from hub.store import IncomingBatch, Store, open_store
+from hub.database import open_store
+from hub.models import IncomingBatch
+from hub.store import Store
 from tests.hub.gateways import CHANNELS, T0, SimGateway, enrol, post_cose
 from tests.hub.test_personal import run_sql
 
@@ -277,7 +279,7 @@ async def quarantine_readings(db_url: str) -> list[list[object]]:
     if db_url.startswith("sqlite:"):
         import sqlite3
 
-        from hub.store import sqlite_path
+        from hub.database import sqlite_path
 
         conn = sqlite3.connect(sqlite_path(db_url))
         try:
@@ -286,7 +288,7 @@ async def quarantine_readings(db_url: str) -> list[list[object]]:
             conn.close()
     import asyncpg
 
-    from hub.store import postgres_schema
+    from hub.database import postgres_schema
 
     dsn, search_path = postgres_schema(db_url)
     conn = await asyncpg.connect(dsn, server_settings={"search_path": search_path or "public"})

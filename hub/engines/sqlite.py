@@ -22,32 +22,22 @@ from hub import schema
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.budget import QueryBudget
 from hub.chunks import Collector, collect_pages, encode_chunks, outside_query, quarantine_plan
-from hub.reports import Freshness, is_fresh, next_mark
-from hub.store import (
-    DeviceKey,
-    EnrolOutcome,
-    IncomingBatch,
-    Notice,
-    Store,
-    StoredChannel,
-    StoredReading,
-    StoreError,
-    TokenInfo,
-    dumps,
-    notice_location,
-    sqlite_path,
-)
-from hub.store_sql import (
+from hub.engines.sql import (
     DEVICE_COLUMNS,
     channel_map,
     decide_enrolment,
     device_from_row,
+    dumps,
     from_uint_column,
+    notice_location,
     quarantine_rows,
     status_change_allowed,
     status_row,
     to_uint_column,
 )
+from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, StoreError, TokenInfo
+from hub.reports import Freshness, is_fresh, next_mark
+from hub.store import Store
 
 __all__ = ["SQLiteStore"]
 
@@ -128,8 +118,8 @@ class SQLiteStore(Store):
         self._channel_ids: dict[tuple[str, str], tuple[int, bool]] = {}
 
     @classmethod
-    async def open(cls, url: str) -> SQLiteStore:
-        path = sqlite_path(url)
+    async def open(cls, path: str, *, url: str) -> SQLiteStore:
+        """Open (and migrate) the database file at ``path``; ``url`` is the --db URL it came from, for messages."""
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             raise StoreError(f"--db {url!r}: directory {parent} does not exist")
@@ -261,7 +251,8 @@ class SQLiteStore(Store):
             status, fleet = decision
             if existing is not None:
                 conn.execute(
-                    "UPDATE devices SET key_id = ?, public_key = ?, status = ?, fleet = ?, enrolled_ms = ?, token_id = ?, software_version = ? WHERE device_id = ?",
+                    "UPDATE devices SET key_id = ?, public_key = ?, status = ?, fleet = ?, enrolled_ms = ?, token_id = ?, software_version = ?"
+                    " WHERE device_id = ?",
                     (key_id, public_key, status, fleet, now_ms, token[0], software_version, device_id),
                 )
             else:

@@ -8,11 +8,15 @@ from typing import Any
 
 import cbor2
 
+from edge.protocol import Answer
 from edge.protocol.types import Channel
-from hub.store import Device, EnrolError, EnrolOutcome, IncomingBatch, status_columns
+from hub.models import Device, EnrolError, EnrolOutcome, IncomingBatch
 
 __all__ = [
     "DEVICE_COLUMNS",
+    "dumps",
+    "notice_location",
+    "status_columns",
     "channel_map",
     "decide_enrolment",
     "device_from_row",
@@ -22,6 +26,57 @@ __all__ = [
     "status_row",
     "to_uint_column",
 ]
+
+
+def dumps(value: Any) -> str:
+    """Canonical compact JSON for columns that hold documents."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _hex(value: object) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    return str(value or "")
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def status_columns(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The device columns a status report updates, from its fields (unknown or ill-typed fields are ignored)."""
+    errors = report.get("errors") or []
+    if not isinstance(errors, list | tuple):
+        errors = [errors]
+    return {
+        "software_version": str(report.get("software_version") or "")[:100],
+        "boot_epoch": _count(report.get("boot_epoch")),
+        "unclean_stops": _count(report.get("unclean_stops")),
+        "spool_batches": _count(report.get("spool_batches")),
+        "spool_bytes": _count(report.get("spool_bytes")),
+        "readings_dropped": _count(report.get("readings_dropped")),
+        "policy_digest": _hex(report.get("policy_digest")),
+        "config_digest": _hex(report.get("config_digest")),
+        "applied_etag": str(report.get("applied_etag") or "")[:100],
+        "errors": dumps([str(e)[:500] for e in list(errors)[:50]]),
+    }
+
+
+def notice_location(notice: Mapping[str, Any]) -> tuple[str, float | None, float | None]:
+    """The gateway's public site name and pole position, if its transparency notice states them."""
+    site = notice.get("site")
+    lat, lon = notice.get("latitude"), notice.get("longitude")
+    for key in ("place", "location"):  # the notice's "place" table (edge.privacy.build_notice), or "location"
+        table = notice.get(key)
+        if isinstance(table, Mapping):
+            site = site or table.get("site")
+            lat = lat if lat is not None else table.get("latitude")
+            lon = lon if lon is not None else table.get("longitude")
+    ok = isinstance(lat, int | float) and isinstance(lon, int | float) and -90 <= lat <= 90 and -180 <= lon <= 180
+    return (str(site or "")[:200], float(lat) if ok else None, float(lon) if ok else None)  # type: ignore[arg-type]
+
 
 # OXP uints (batch identities, counters) reach 2^64 - 1; both engines' integers are signed 64-bit.
 # Shifting by 2^63 maps 0 .. 2^64 - 1 onto the signed range exactly and keeps the order, so
@@ -105,20 +160,20 @@ def decide_enrolment(
     (id, uses_left, expires_ms, approve, fleet); ``existing`` is (key_id, status).
     """
     if token is None:
-        raise EnrolError("bad_token", "the enrolment token is not known to this hub")
+        raise EnrolError(Answer.BAD_TOKEN, "the enrolment token is not known to this hub")
     if existing is not None and bytes(existing[0]) == key_id and existing[1] != "revoked":
         # A device that lost the answer retries with the same key: same answer, no token use.
         return EnrolOutcome(device_id, key_id, existing[1])
     if token[2] <= now_ms:
-        raise EnrolError("expired_token", "the enrolment token has expired; ask city IT for a new one")
+        raise EnrolError(Answer.EXPIRED_TOKEN, "the enrolment token has expired; ask city IT for a new one")
     if token[1] <= 0:
-        raise EnrolError("used_token", "the enrolment token has been used up; ask city IT for a new one")
+        raise EnrolError(Answer.USED_TOKEN, "the enrolment token has been used up; ask city IT for a new one")
     if key_revoked:
-        raise EnrolError("conflict", "this public key was revoked; generate a new key pair on the device")
+        raise EnrolError(Answer.CONFLICT, "this public key was revoked; generate a new key pair on the device")
     if existing is not None and existing[1] != "revoked":
-        raise EnrolError("conflict", f"device id {device_id!r} is already enrolled with another key; revoke it first to replace its key")
+        raise EnrolError(Answer.CONFLICT, f"device id {device_id!r} is already enrolled with another key; revoke it first to replace its key")
     if key_owner is not None and key_owner != device_id:
-        raise EnrolError("conflict", "this public key is already enrolled under another device id")
+        raise EnrolError(Answer.CONFLICT, "this public key is already enrolled under another device id")
     return ("active" if token[3] else "pending", token[4])
 
 

@@ -15,32 +15,21 @@ from hub import schema
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.budget import QueryBudget
 from hub.chunks import CHUNK_PAGE, Collector, encode_chunks, outside_query, quarantine_plan
-from hub.reports import Freshness, is_fresh, next_mark
-from hub.store import (
-    Device,
-    DeviceKey,
-    EnrolOutcome,
-    IncomingBatch,
-    Notice,
-    Store,
-    StoredChannel,
-    StoredReading,
-    StoreError,
-    TokenInfo,
-    dumps,
-    notice_location,
-    postgres_schema,
-)
-from hub.store_sql import (
+from hub.engines.sql import (
     DEVICE_COLUMNS,
     decide_enrolment,
     device_from_row,
+    dumps,
     from_uint_column,
+    notice_location,
     quarantine_rows,
     status_change_allowed,
     status_row,
     to_uint_column,
 )
+from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, StoreError, TokenInfo
+from hub.reports import Freshness, is_fresh, next_mark
+from hub.store import Store
 
 __all__ = ["PostgresStore"]
 
@@ -79,10 +68,11 @@ class PostgresStore(Store):
         self._public = ThreadPoolExecutor(max_workers=self.public_lane, thread_name_prefix="hub-pg-public")
 
     @classmethod
-    async def open(cls, url: str, *, min_size: int = 2, max_size: int = 10) -> PostgresStore:
+    async def open(cls, dsn: str, *, schema: str | None, url: str, min_size: int = 2, max_size: int = 10) -> PostgresStore:
+        """Connect to ``dsn`` (creating ``schema`` if one is named) and migrate; ``url`` is the --db URL it came from, for messages."""
         import asyncpg
 
-        dsn, search_path = postgres_schema(url)
+        search_path = schema
         # The application name lets a DBA see (and tests find) the hub's connections.
         settings = {"application_name": f"ocn-hub:{search_path or 'public'}"}
         if search_path:
