@@ -50,6 +50,7 @@ async def test_a_gateway_applies_the_fleet_policy_from_the_hub_and_the_drift_cle
             await wait_for(applied)
             device = await hub.store.device("pole-0042")
             assert device is not None and device.policy_digest != part_digest(policy)  # not reported yet: drift
+            assert gateway.uplink is not None
             await gateway.uplink.send_status()
 
             async def in_step() -> bool:
@@ -84,6 +85,7 @@ async def test_a_desired_config_the_gateway_cannot_apply_shows_as_drift_with_its
                 return bool(gateway.desired.last_error)
 
             await wait_for(refused)
+            assert gateway.uplink is not None
             await gateway.uplink.send_status()
 
             async def reported() -> bool:
