@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from aiohttp import web
 
 from edge.notify import Notifier, watchdog_loop
 from edge.private import private_directory
-from edge.protocol import MAX_READINGS
+from edge.protocol import MAX_READINGS, Answer
+from edge.util.clock import now_ms
 from hub.auth import Admin
 from hub.database import open_store
 from hub.faults import DeviceFaults
@@ -97,6 +97,12 @@ class IngestSettings:
         parse_networks(self.trusted_proxies)
 
 
+# The settings run_hub uses unless told otherwise (frozen: one instance serves every call).
+DEFAULT_INGEST = IngestSettings()
+DEFAULT_PUBLIC_READS = PublicReadSettings()
+DEFAULT_CONNECTIONS = ConnectionSettings()
+
+
 @web.middleware
 async def database_down(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """A database outage answers 503 with Retry-After, logged once when it starts and once when it ends."""
@@ -107,7 +113,8 @@ async def database_down(request: web.Request, handler: Callable[[web.Request], A
         if not hub.database_down:
             log.error("database unavailable; answering 503", extra={"error": f"{type(exc).__name__}: {exc}"})
             hub.database_down = True
-        return web.json_response({"error": "unavailable", "detail": "the hub's database is unavailable; retry later"}, status=503, headers={"Retry-After": "10"})
+        return web.json_response({"error": str(Answer.UNAVAILABLE), "detail": "the hub's database is unavailable; retry later"},
+                                 status=Answer.UNAVAILABLE.status, headers={"Retry-After": "10"})
     if hub.database_down:
         hub.database_down = False
         log.info("database available again")
@@ -122,7 +129,7 @@ async def short_server_header(request: web.Request, response: web.StreamResponse
     response.headers["Server"] = "ocn-hub"
 
 
-def build_app(hub: Hub, *, public_reads: PublicReadSettings = PublicReadSettings()) -> web.Application:
+def build_app(hub: Hub, *, public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS) -> web.Application:
     """The aiohttp application for one hub process."""
     from hub import dashboard, opendata, oxp, sensorthings
 
@@ -175,11 +182,11 @@ class RunningHub:
         """Set (or clear, with None) the desired document of a fleet (scope "fleet") or a device (scope "device")."""
         if scope not in ("fleet", "device"):
             raise ValueError(f"scope {scope!r}: expected 'fleet' or 'device'")
-        await self.hub.store.set_desired(scope, name, None if document is None else check_desired(document), now_ms=time.time_ns() // 1_000_000)
+        await self.hub.store.set_desired(scope, name, None if document is None else check_desired(document), now_ms=now_ms())
 
     async def set_device_status(self, device_id: str, status: str) -> bool:
         """Approve ("active") a pending device or revoke ("revoked") one; False if nothing changed."""
-        changed = await self.hub.store.set_device_status(device_id, status, now_ms=time.time_ns() // 1_000_000)
+        changed = await self.hub.store.set_device_status(device_id, status, now_ms=now_ms())
         self.hub.keys.forget()
         return changed
 
@@ -199,9 +206,9 @@ async def run_hub(
     burst: int = 200,
     stale_after_s: float = 900.0,
     key_cache_s: float = 5.0,
-    ingest: IngestSettings = IngestSettings(),
-    public_reads: PublicReadSettings = PublicReadSettings(),
-    connections: ConnectionSettings = ConnectionSettings(),
+    ingest: IngestSettings = DEFAULT_INGEST,
+    public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS,
+    connections: ConnectionSettings = DEFAULT_CONNECTIONS,
 ) -> AsyncIterator[RunningHub]:
     """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key)."""
     if state_dir is None:

@@ -132,7 +132,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         4,
         # Batch identities and device counters are OXP uints (up to 2^64 - 1), past a signed
         # 64-bit BIGINT/INTEGER: from here on these columns hold the value minus 2^63, exact and
-        # in the same order on both engines (hub/store_sql.py: to_uint_column, from_uint_column).
+        # in the same order on both engines (hub/engines/sql.py: to_uint_column, from_uint_column).
         # A later migration's uint column follows the same rule, and an INSERT sets such a column
         # explicitly (its DEFAULT 0 would read as 2^63).
         # Readings outside the bounds of OXP §8.5 are kept apart in quarantine with the reason;

@@ -48,7 +48,7 @@ def show(item: object) -> str:
         return repr(item)
     try:
         return _short.repr(item)
-    except Exception:  # noqa: BLE001 - a description must never fail
+    except Exception:  # a description must never fail
         return f"<{type(item).__name__}>"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, overload
 
 import cbor2
 
@@ -74,8 +74,10 @@ def notice_location(notice: Mapping[str, Any]) -> tuple[str, float | None, float
             site = site or table.get("site")
             lat = lat if lat is not None else table.get("latitude")
             lon = lon if lon is not None else table.get("longitude")
-    ok = isinstance(lat, int | float) and isinstance(lon, int | float) and -90 <= lat <= 90 and -180 <= lon <= 180
-    return (str(site or "")[:200], float(lat) if ok else None, float(lon) if ok else None)  # type: ignore[arg-type]
+    shown = str(site or "")[:200]
+    if isinstance(lat, int | float) and isinstance(lon, int | float) and -90 <= lat <= 90 and -180 <= lon <= 180:
+        return (shown, float(lat), float(lon))
+    return (shown, None, None)
 
 
 # OXP uints (batch identities, counters) reach 2^64 - 1; both engines' integers are signed 64-bit.
@@ -87,6 +89,14 @@ _UINT_SHIFT = 2**63
 def to_uint_column(value: int | None) -> int | None:
     """An OXP uint as its column holds it (schema migration 4); None stays NULL."""
     return None if value is None else value - _UINT_SHIFT
+
+
+@overload
+def from_uint_column(value: int) -> int: ...
+
+
+@overload
+def from_uint_column(value: None) -> None: ...
 
 
 def from_uint_column(value: int | None) -> int | None:

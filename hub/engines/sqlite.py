@@ -178,7 +178,7 @@ class SQLiteStore(Store):
                     try:
                         outcomes.append((True, fn(conn)))
                         conn.execute("RELEASE job")
-                    except Exception as exc:  # noqa: BLE001 - handed to the awaiting caller
+                    except Exception as exc:  # handed to the awaiting caller
                         conn.execute("ROLLBACK TO job")
                         conn.execute("RELEASE job")
                         self._channel_ids.clear()
@@ -453,7 +453,7 @@ class SQLiteStore(Store):
             sql += " AND id = ?"
             params.append(channel_id)
         rows = await self._read(sql + " ORDER BY id", params)
-        return [StoredChannel(*r[:7], personal=bool(r[7])) for r in rows]
+        return [StoredChannel(r[0], r[1], r[2], r[3], r[4], r[5], r[6], personal=bool(r[7])) for r in rows]
 
     async def _collect_chunks(self, sql: str, params: Sequence[Any], collector: Collector, *, budget: QueryBudget | None = None) -> list[StoredReading]:
         def run() -> list[StoredReading]:
