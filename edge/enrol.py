@@ -22,7 +22,7 @@ import aiohttp
 from edge import __version__
 from edge.private import private_directory
 from edge.protocol import PRIVATE_KEY_FILE, KeyFileError, key_id, load_private_key, raw_public_key, write_keypair
-from edge.uplink import tls_context
+from edge.transport import tls_context
 from edge.util.backoff import Backoff
 from edge.util.clock import now_ms
 

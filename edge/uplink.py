@@ -29,13 +29,12 @@ from edge.protocol import seal_status
 from edge.protocol.reasons import Answer
 from edge.spool import Spool, StoredBatch
 from edge.statusreport import ReportFacts, status_report
-from edge.transport import Ack, DesiredOffer, Refused, Taken, Transport, UplinkError, tls_context
+from edge.transport import Ack, DesiredOffer, Refused, Taken, Transport, UplinkError
 from edge.util.backoff import Backoff
 from edge.util.clock import now_ms
 from edge.util.logonce import LogOnce
 
-# tls_context is re-exported for edge.enrol until its import moves to edge.transport.
-__all__ = ["Uplink", "UplinkCounters", "UplinkError", "tls_context"]
+__all__ = ["Uplink", "UplinkCounters", "UplinkError"]
 
 log = logging.getLogger("ocn.uplink")
 
