@@ -72,17 +72,18 @@ class RotatingKey:
         """The key of the interval containing ``now_ms``; retires the previous interval's key."""
         epoch = self.interval(now_ms)
         if self._key is None or epoch != self._epoch:  # a clock stepped backwards also rotates
-            self.rotate(epoch)
-        return self._key  # type: ignore[return-value]
+            return self.rotate(epoch)
+        return self._key
 
-    def rotate(self, epoch: int | None = None) -> None:
-        """Destroy the current key (if any) and start a fresh one."""
+    def rotate(self, epoch: int | None = None) -> EphemeralKey:
+        """Destroy the current key (if any) and start a fresh one; returns it."""
         if self._key is not None:
             self._key.destroy()
             self.rotations += 1
-        self._key = EphemeralKey()
+        key = self._key = EphemeralKey()
         if epoch is not None:
             self._epoch = epoch
+        return key
 
     def expire(self, now_ms: int) -> None:
         """Destroy the key if its interval has ended, without creating the next one."""

@@ -9,6 +9,7 @@ import jinja2
 
 from edge.privacy.explain import describe_rule, human_duration, processes
 from edge.privacy.policy import Policy
+from edge.privacy.rules import kind_of
 from edge.protocol.types import Channel
 from edge.util.clock import now_ms
 
@@ -58,7 +59,7 @@ def build_notice(
     if channels is not None:
         for channel in channels:
             rule = policy.rule_for(channel.id)
-            if rule is None or rule.rule == "drop":
+            if rule is None or not kind_of(rule).releases:
                 continue
             labels = processes(rule)
             all_processes.update(labels)
@@ -75,10 +76,10 @@ def build_notice(
                     "purpose": rule.purpose or policy.purpose,
                 }
             )
-        withheld = [c.id for c in channels if (r := policy.rule_for(c.id)) is None or r.rule == "drop"]
+        withheld = [c.id for c in channels if (r := policy.rule_for(c.id)) is None or not kind_of(r).releases]
     else:
         for rule in sorted(policy.rules, key=lambda r: r.pattern):
-            if rule.rule == "drop":
+            if not kind_of(rule).releases:
                 continue
             labels = processes(rule)
             all_processes.update(labels)
@@ -91,7 +92,7 @@ def build_notice(
                     "purpose": rule.purpose or policy.purpose,
                 }
             )
-        withheld = [r.pattern for r in policy.rules if r.rule == "drop"]
+        withheld = [r.pattern for r in policy.rules if not kind_of(r).releases]
     return {
         "schema": NOTICE_SCHEMA,
         "generated_ms": generated_ms if generated_ms is not None else now_ms(),
