@@ -7,8 +7,9 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
-from itertools import accumulate, repeat
+from itertools import accumulate, pairwise, repeat
 from operator import attrgetter, mul, sub
+from typing import Any
 
 import cbor2
 
@@ -74,11 +75,13 @@ def resolution_parts(resolution: float) -> tuple[int, int]:
 
 def _scaled_value(mantissa: int, exponent: int, k: int) -> int | float:
     if exponent >= 0:
-        return k * mantissa * 10**exponent
-    return k * mantissa / 10**-exponent
+        scale: int = 10**exponent
+        return k * mantissa * scale
+    divisor: int = 10**-exponent
+    return k * mantissa / divisor
 
 
-def _quantize(values: list, mantissa: int, exponent: int, channel: str, *, strict: bool = True) -> list[int] | None:
+def _quantize(values: Sequence[int | float], mantissa: int, exponent: int, channel: str, *, strict: bool = True) -> list[int] | None:
     """Integers k with k * mantissa * 10**exponent nearest each value.
 
     None if a value is not finite, or (unless ``strict``) if a k exceeds 64 bits.
@@ -132,7 +135,7 @@ def _exact_decimals(values: list[float]) -> int | None:
 def _float_column(values: Sequence[float]) -> bytes:
     n = len(values)
     bits = struct.unpack(f">{n}Q", struct.pack(f">{n}d", *values))
-    return struct.pack(f">{n}Q", *[b ^ a for a, b in zip((0, *bits), bits)])
+    return struct.pack(f">{n}Q", *[b ^ a for a, b in pairwise((0, *bits))])
 
 
 def _unfloat_column(data: bytes, count: int, channel: str) -> list[float]:
@@ -169,7 +172,7 @@ def _column(ks: Sequence[int]) -> tuple[bool, bytes]:
 _SPREAD = 1 << 60
 
 
-def _scaled(ks: list[int], exponent: int | None = None) -> list:
+def _scaled(ks: Sequence[int], exponent: int | None = None) -> list[Any]:
     """The column of k, delta or delta-of-delta, whichever leaves the smaller numbers to store.
 
     ``exponent`` None means the scale is the channel's declared resolution; else 10**exponent.
@@ -183,7 +186,7 @@ def _scaled(ks: list[int], exponent: int | None = None) -> list:
 _NUMBER_TYPES = {int, float}
 
 
-def _number_values(channel: Channel, values: list) -> list:
+def _number_values(channel: Channel, values: Sequence[Any]) -> list[Any]:
     if not set(map(type, values)) <= _NUMBER_TYPES:
         for v in values:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -215,7 +218,7 @@ def _number_values(channel: Channel, values: list) -> list:
             return _scaled(ints, 0)
         places = None
     floats = [float(v) for v in values]
-    if len(floats_only) != len(values) and any(type(v) is int and f != v for f, v in zip(floats, values)):
+    if len(floats_only) != len(values) and any(type(v) is int and f != v for f, v in zip(floats, values, strict=True)):
         raise ValueError(
             f"channel {channel.id!r}: mixes integers beyond 2**53 with fractional values, which no single"
             " encoding carries exactly; declare a resolution for the channel"
@@ -227,7 +230,7 @@ def _number_values(channel: Channel, values: list) -> list:
     return [ENC_FLOAT, _float_column(floats)]
 
 
-def _string_values(channel: Channel, values: list) -> list:
+def _string_values(channel: Channel, values: Sequence[Any]) -> list[Any]:
     index: dict[str, int] = {}
     for v in values:
         if type(v) is not str:
@@ -237,7 +240,7 @@ def _string_values(channel: Channel, values: list) -> list:
     return [ENC_STRING, list(index), pack_uvarints([index[v] for v in values])]
 
 
-def _bool_values(channel: Channel, values: list) -> list:
+def _bool_values(channel: Channel, values: Sequence[Any]) -> list[Any]:
     bits = 0
     for i, v in enumerate(values):
         if type(v) is not bool:
@@ -250,7 +253,7 @@ def _bool_values(channel: Channel, values: list) -> list:
 _VALUE_ENCODERS = {Kind.NUMBER: _number_values, Kind.STRING: _string_values, Kind.BOOL: _bool_values}
 
 
-def _quality_column(qualities: list) -> bytes:
+def _quality_column(qualities: Sequence[Quality | None]) -> bytes:
     pairs: list[int] = []
     last = 0
     for i, q in enumerate(qualities):
@@ -270,7 +273,7 @@ def _resolution_item(resolution: float | None) -> None | int | list[int]:
     return exponent if mantissa == 1 else [mantissa, exponent]
 
 
-def _times(times: list[int], t0: int, index: int, sent: dict[tuple, int]) -> bytes | int | list:
+def _times(times: Sequence[int], t0: int, index: int, sent: dict[tuple[int, ...], int]) -> bytes | int | list[Any]:
     """The series' time column, or the index of an earlier series with the very same times.
 
     Times that are all whole seconds (or tenths, hundredths) after t0 are stored in that unit,
@@ -278,7 +281,7 @@ def _times(times: list[int], t0: int, index: int, sent: dict[tuple, int]) -> byt
     """
     # Equal times give equal columns and a column decodes to one list of times, so looking
     # the times up first skips encoding the columns a meter's channels share.
-    key = times if type(times) is tuple else tuple(times)
+    key = times if isinstance(times, tuple) else tuple(times)
     if key and key in sent:
         return sent[key]
     sent[key] = index
@@ -357,7 +360,7 @@ class _Table:
         self.series = tuple(series)
 
 
-_TABLES: dict[tuple, _Table] = {}
+_TABLES: dict[tuple[str, ...], _Table] = {}
 _TABLES_MAX = 64  # a gateway has a handful of channel sets; a hub decoding many never encodes
 
 
@@ -381,7 +384,7 @@ _id_of = attrgetter("id")
 _columns_of = attrgetter("ts_ms", "value", "quality", "unit")
 
 
-def _resolution_values(channel: Channel, values: Sequence, parts: tuple[int, int]) -> list:
+def _resolution_values(channel: Channel, values: Sequence[Any], parts: tuple[int, int]) -> list[Any]:
     """_number_values for a channel with a resolution, with the usual case done in one pass."""
     mantissa, exponent = parts
     if exponent < 0 and mantissa == 1 and set(map(type, values)) <= _NUMBER_TYPES:
@@ -400,7 +403,7 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
     """The uncompressed OXP/2 body (a CBOR array) for these channels and readings."""
     table = _table(channels)
     groups: list[list[Reading]] = [[] for _ in table.ids]
-    add = dict(zip(table.ids, [group.append for group in groups]))
+    add = dict(zip(table.ids, [group.append for group in groups], strict=True))
     try:
         for r in readings:
             add[r.channel](r)
@@ -408,14 +411,14 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
         raise ValueError(f"reading of channel {exc.args[0]!r}, which is not among the batch's channels") from None
     columns = []
     t0 = None
-    for (channel, _, _, _, _, units_allowed, _, _), group in zip(table.series, groups):
+    for (channel, _, _, _, _, units_allowed, _, _), group in zip(table.series, groups, strict=True):
         if not group:
             columns.append(((), (), (), None))
             continue
-        times, values, qualities, units = zip(*map(_columns_of, group))
-        units = set(units)
-        if not units <= units_allowed:
-            unit = (units - units_allowed).pop()
+        times, values, qualities, units = zip(*map(_columns_of, group), strict=True)
+        unit_set = set(units)
+        if not unit_set <= units_allowed:
+            unit = (unit_set - units_allowed).pop()
             raise ValueError(f"channel {channel.id!r}: reading unit {unit!r} differs from the declared unit {channel.unit!r}")
         first = min(times)
         if t0 is None or first < t0:
@@ -424,9 +427,9 @@ def encode_body(channels: Sequence[Channel], readings: Iterable[Reading]) -> byt
     if t0 is None:
         t0 = 0
     body_series = []
-    time_columns: dict[tuple, int] = {}  # a column already sent -> the index of its series
+    time_columns: dict[tuple[int, ...], int] = {}  # a column already sent -> the index of its series
     for index, ((channel, head, name, unit, resolution, _, encoder, parts), (times, values, qualities, first)) in enumerate(
-        zip(table.series, columns)
+        zip(table.series, columns, strict=True)
     ):
         if times and not (set(map(type, times)) == {int} and INT64_MIN <= first and max(times) <= INT64_MAX):
             bad = next(t for t in times if type(t) is not int or not INT64_MIN <= t <= INT64_MAX)
@@ -457,7 +460,7 @@ def _fail(detail: str) -> ProtocolError:
     return ProtocolError("malformed", detail)
 
 
-def _decode_values(enc: object, kind: Kind, resolution: tuple[int, int] | None, count: int, name: str) -> list:
+def _decode_values(enc: object, kind: Kind, resolution: tuple[int, int] | None, count: int, name: str) -> list[Any]:
     if not isinstance(enc, list) or not enc or type(enc[0]) is not int:
         raise _fail(f"series {show(name)}: value column is not [encoding, ...]")
     code = enc[0]
@@ -510,7 +513,7 @@ def _decode_quality(column: bytes, count: int, name: str) -> list[Quality | None
     if len(pairs) % 2:
         raise _fail(f"series {show(name)}: quality column has an odd number of varints")
     index = 0
-    for n, (step, code) in enumerate(zip(pairs[::2], pairs[1::2])):
+    for n, (step, code) in enumerate(zip(pairs[::2], pairs[1::2], strict=True)):
         if n and not step:
             raise _fail(f"series {show(name)}: quality column flags reading {index} twice")
         index += step

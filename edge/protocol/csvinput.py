@@ -170,5 +170,5 @@ def read_csv(
         if kind is not Kind.NUMBER and channel_id in resolutions:
             raise CsvError([f"--resolution {channel_id}=...: channel {channel_id!r} holds {kind.value} values, not numbers"])
         channels.append(Channel(channel_id, unit, kind, resolution))
-        readings.extend(Reading(channel_id, ts, v, unit) for (ts, _, _), v in zip(entries, values))
+        readings.extend(Reading(channel_id, ts, v, unit) for (ts, _, _), v in zip(entries, values, strict=True))
     return CsvReadings(tuple(channels), tuple(readings), empty)

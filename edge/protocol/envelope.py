@@ -124,7 +124,7 @@ def _sig_structure(protected: bytes, payload: bytes) -> bytes:
     return cbor2.dumps(["Signature1", protected, b"", payload])
 
 
-def _sign(protected_map: dict, payload: bytes, private_key: Ed25519PrivateKey) -> bytes:
+def _sign(protected_map: Mapping[int, Any], payload: bytes, private_key: Ed25519PrivateKey) -> bytes:
     protected = cbor2.dumps(protected_map, canonical=True)
     signature = private_key.sign(_sig_structure(protected, payload))
     return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature]))
@@ -214,7 +214,7 @@ def _batch_header(message: Envelope) -> BatchHeader:
         raise ProtocolError("malformed", str(exc)) from None
 
 
-def _counter_names(counters: object) -> dict:
+def _counter_names(counters: object) -> dict[str, int]:
     if not isinstance(counters, dict):
         raise ValueError("batch header counters is not a map")
     # An integer label this version does not know keeps a readable name, so newer senders still decode.
@@ -285,8 +285,11 @@ def seal_status(report: Mapping[str, Any], *, device_id: str, private_key: Ed255
     return sealed
 
 
-def open_status(data: bytes, public_key: Ed25519PublicKey) -> dict:
-    """Verify a signed status report and return its map; raises ProtocolError."""
+def open_status(data: bytes, public_key: Ed25519PublicKey) -> dict[str, Any]:
+    """Verify a signed status-type message (a status report, §7, or a transparency notice, §7.3) and return its map; raises ProtocolError.
+
+    Only the map's shape and its device_id are checked here; what a report or notice must hold is the receiver's schema.
+    """
     message = _parse(data, limit=MAX_STATUS_BYTES, expected=OXP_STATUS)
     _verify(message, public_key)
     try:

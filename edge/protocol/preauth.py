@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from edge.protocol.errors import ProtocolError, show
 
@@ -69,14 +70,16 @@ class Envelope:
     """A COSE_Sign1 message read but NOT verified: ``header`` is the decoded protected header."""
 
     protected: bytes
-    header: dict
+    header: dict[int | str, Any]
     payload: bytes
     signature: bytes
 
     @property
     def kid(self) -> bytes:
         """The key id (label 4) the message says it is signed with: only for finding the key."""
-        return self.header[KID]
+        kid = self.header[KID]
+        assert isinstance(kid, bytes)  # read_envelope refuses a message without an 8-byte kid
+        return kid
 
     @property
     def message_type(self) -> int:
@@ -113,7 +116,7 @@ class _Reader:
     def _string(self, major: int, length: int | None) -> bytes:
         if length is not None:
             return self._take(length)
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             chunk_major, _, chunk_length = self.head()
             if chunk_major == 7 and chunk_length is None:
@@ -202,7 +205,7 @@ def _cose_head(reader: _Reader) -> int | None:
     return count
 
 
-def _protected_map(data: bytes) -> dict:
+def _protected_map(data: bytes) -> dict[int | str, Any]:
     reader = _Reader(data, 0, len(data), "protected header")
     header = reader.value(0)
     if not isinstance(header, dict):

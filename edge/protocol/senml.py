@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import cbor2
 
@@ -14,7 +15,7 @@ __all__ = ["to_senml", "senml_json", "senml_cbor", "SENML_CBOR_LABELS"]
 SENML_CBOR_LABELS = {"bn": -2, "bt": -3, "bu": -4, "bv": -5, "bver": -1, "n": 0, "u": 1, "v": 2, "vs": 3, "vb": 4, "s": 5, "t": 6, "ut": 7, "vd": 8}
 
 
-def to_senml(batch: Batch) -> list[dict]:
+def to_senml(batch: Batch) -> list[dict[str, Any]]:
     """One SenML record per reading; the first carries the base name and base time.
 
     ``bn`` is ``urn:dev:ocn:<device_id>:`` so ``bn + n`` names the channel;
@@ -25,9 +26,9 @@ def to_senml(batch: Batch) -> list[dict]:
     """
     readings = batch.readings
     base_ms = min((r.ts_ms for r in readings), default=batch.header.created_ms)
-    records: list[dict] = []
+    records: list[dict[str, Any]] = []
     for r in readings:
-        record: dict = {"n": r.channel}
+        record: dict[str, Any] = {"n": r.channel}
         if r.unit:
             record["u"] = r.unit
         value = r.value

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from itertools import accumulate
+from collections.abc import Sequence
+from itertools import accumulate, pairwise
 
 from edge.protocol.errors import ProtocolError
 
@@ -98,7 +99,7 @@ def wrap64(values: list[int]) -> list[int]:
     return values
 
 
-def _small(values: list[int]) -> bool:
+def _small(values: Sequence[int]) -> bool:
     # Within +-2**61 no difference or difference of differences can leave int64: skip wrapping.
     return not values or (-_SAFE < min(values) and max(values) < _SAFE)
 
@@ -106,11 +107,11 @@ def _small(values: list[int]) -> bool:
 _SAFE = 1 << 61
 
 
-def delta(values: list[int]) -> list[int]:
+def delta(values: Sequence[int]) -> list[int]:
     """First value, then differences between neighbours, wrapping at 64 bits."""
     if not values:
         return []
-    steps = [values[0], *[b - a for a, b in zip(values, values[1:])]]
+    steps = [values[0], *[b - a for a, b in pairwise(values)]]
     return steps if _small(values) else wrap64(steps)
 
 
@@ -124,10 +125,10 @@ def delta_of_delta(values: list[int]) -> list[int]:
     if len(values) < 2:
         return wrap64(list(values))
     if _small(values):
-        steps = [b - a for a, b in zip(values, values[1:])]
-        return [values[0], steps[0], *[b - a for a, b in zip(steps, steps[1:])]]
-    steps = wrap64([b - a for a, b in zip(values, values[1:])])
-    return wrap64([values[0], steps[0], *[b - a for a, b in zip(steps, steps[1:])]])
+        steps = [b - a for a, b in pairwise(values)]
+        return [values[0], steps[0], *[b - a for a, b in pairwise(steps)]]
+    steps = wrap64([b - a for a, b in pairwise(values)])
+    return wrap64([values[0], steps[0], *[b - a for a, b in pairwise(steps)]])
 
 
 def delta_of_steps(steps: list[int]) -> list[int]:

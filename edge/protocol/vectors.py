@@ -7,12 +7,14 @@ import base64
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.protocol.codec import ZSTD_LEVEL, decompress, encode_body
+from edge.protocol.codec import encode_body
+from edge.protocol.compression import ZSTD_LEVEL, decompress
 from edge.protocol.dictionary import DICTIONARY, DICTIONARY_SHA256, UNITS
 from edge.protocol.envelope import OXP_VERSION, Batch, BatchHeader, open_batch, seal_batch, seal_status
 from edge.protocol.keys import key_id, raw_public_key
@@ -28,7 +30,7 @@ T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 POLICY = bytes.fromhex("5f1c0e2a9b3d4c6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6")
 
 
-def _header(key: Ed25519PrivateKey, *, seq: int, codec: str = "zstd", counters: dict | None = None) -> BatchHeader:
+def _header(key: Ed25519PrivateKey, *, seq: int, codec: str = "zstd", counters: dict[str, int] | None = None) -> BatchHeader:
     return BatchHeader(
         device_id="pole-0042",
         key_id=key_id(key),
@@ -122,8 +124,8 @@ CASES = {
 }
 
 
-def reading_to_json(r: Reading) -> dict:
-    doc: dict = {"channel": r.channel, "ts_ms": r.ts_ms, "value": r.value}
+def reading_to_json(r: Reading) -> dict[str, Any]:
+    doc: dict[str, Any] = {"channel": r.channel, "ts_ms": r.ts_ms, "value": r.value}
     if r.unit:
         doc["unit"] = r.unit
     if r.quality is not None:
@@ -131,25 +133,25 @@ def reading_to_json(r: Reading) -> dict:
     return doc
 
 
-def reading_from_json(doc: dict) -> Reading:
+def reading_from_json(doc: dict[str, Any]) -> Reading:
     """A Reading from its vector JSON form."""
     quality = doc.get("quality")
     return Reading(doc["channel"], doc["ts_ms"], doc["value"], doc.get("unit", ""), None if quality is None else Quality(quality))
 
 
-def channel_to_json(c: Channel) -> dict:
-    doc: dict = {"id": c.id, "unit": c.unit, "kind": c.kind.value, "resolution": c.resolution}
+def channel_to_json(c: Channel) -> dict[str, Any]:
+    doc: dict[str, Any] = {"id": c.id, "unit": c.unit, "kind": c.kind.value, "resolution": c.resolution}
     if c.personal:
         doc["personal"] = True
     return doc
 
 
-def channel_from_json(doc: dict) -> Channel:
+def channel_from_json(doc: dict[str, Any]) -> Channel:
     """A Channel from its vector JSON form."""
     return Channel(doc["id"], doc["unit"], Kind(doc["kind"]), doc["resolution"], doc.get("personal", False))
 
 
-def _header_to_json(h: BatchHeader) -> dict:
+def _header_to_json(h: BatchHeader) -> dict[str, Any]:
     return {
         "device_id": h.device_id,
         "key_id": h.key_id.hex(),
@@ -162,7 +164,7 @@ def _header_to_json(h: BatchHeader) -> dict:
     }
 
 
-def _key_json(key: Ed25519PrivateKey) -> dict:
+def _key_json(key: Ed25519PrivateKey) -> dict[str, Any]:
     return {
         "seed_hex": key.private_bytes_raw().hex(),
         "public_key_hex": raw_public_key(key).hex(),
@@ -176,14 +178,14 @@ def _key_json(key: Ed25519PrivateKey) -> dict:
     }
 
 
-def _batch_vector(name: str, key: Ed25519PrivateKey) -> tuple[dict, bytes]:
+def _batch_vector(name: str, key: Ed25519PrivateKey) -> tuple[dict[str, Any], bytes]:
     make, seq, codec, counters = CASES[name]
     description, channels, readings = make()
     header = _header(key, seq=seq, codec=codec, counters=counters)
     sealed = seal_batch(header, channels, readings, key)
     protected, _, payload, signature = cbor2.loads(sealed).value
     batch: Batch = open_batch(sealed, key.public_key())
-    doc = {
+    doc: dict[str, Any] = {
         "name": name,
         "description": description,
         "oxp_version": OXP_VERSION,
@@ -218,7 +220,7 @@ def _flip(data: bytes, index: int) -> bytes:
     return bytes(tampered)
 
 
-def _rejections(key: Ed25519PrivateKey, other: Ed25519PrivateKey, sealed: bytes, status: bytes) -> dict:
+def _rejections(key: Ed25519PrivateKey, other: Ed25519PrivateKey, sealed: bytes, status: bytes) -> dict[str, Any]:
     cases = [
         ("tampered-payload-byte", "one bit flipped in the payload", _flip(sealed, len(sealed) - 80), key, "bad_signature"),
         ("tampered-signature-byte", "one bit flipped in the signature", _flip(sealed, len(sealed) - 1), key, "bad_signature"),
@@ -236,7 +238,7 @@ def _rejections(key: Ed25519PrivateKey, other: Ed25519PrivateKey, sealed: bytes,
     }
 
 
-def _status_vector(key: Ed25519PrivateKey) -> tuple[dict, bytes]:
+def _status_vector(key: Ed25519PrivateKey) -> tuple[dict[str, Any], bytes]:
     report = {
         "ts_ms": T0 + 300_000,
         "software_version": "0.1.0",
@@ -279,7 +281,7 @@ def build_vectors() -> dict[str, str]:
     return files
 
 
-def _dictionary_doc() -> dict:
+def _dictionary_doc() -> dict[str, Any]:
     return {
         "name": "oxp-dictionary",
         "description": "The OXP/2 compression dictionary (docs/protocol.md Appendix B) and the unit codes (Appendix A).",
