@@ -14,13 +14,16 @@ import tty
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
+from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from drivers.modbus.profile import TYPES, Profile, Register
 from drivers.testing import BusSettings
 
 __all__ = ["BusConfig", "NullModem", "RegisterStore", "SerialPeer", "float32_words", "modbus_rtu_server",
@@ -55,7 +58,7 @@ class RegisterStore:
             table[(function, address + i)] = w
 
     # The pymodbus server calls these on its context.
-    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1):  # noqa: N802
+    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> list[int] | list[bool] | ExcCodes:
         function = _FC[func_code]
         self.requests.append((device_id, function, address, count))
         if device_id not in self.units or device_id in self.dead:
@@ -68,7 +71,7 @@ class RegisterStore:
         table = self.units[device_id]
         return [table.get((function, a), False if func_code in (1, 2) else 0) for a in range(address, address + count)]
 
-    async def async_setValues(self, device_id: int, func_code: int, address: int, values) -> None:  # noqa: N802
+    async def async_setValues(self, device_id: int, func_code: int, address: int, values: Iterable[int | bool]) -> None:
         self.set_words(device_id, _FC[func_code], address, values)
 
     def device_ids(self) -> list[int]:
@@ -83,9 +86,12 @@ def _placeholder() -> SimDevice:
 async def modbus_tcp_server(store: RegisterStore, *, port: int = 0) -> tuple[ModbusTcpServer, int]:
     """A pymodbus TCP server on 127.0.0.1 (an ephemeral port unless given) serving ``store``; returns it and its port."""
     server = ModbusTcpServer(_placeholder(), address=("127.0.0.1", port), ignore_missing_devices=True)
-    server.context = store  # the request handler reads and writes through server.context
+    # The request handler reads and writes through server.context, calling only what RegisterStore has.
+    server.context = cast(ModbusServerContext, store)
     await server.serve_forever(background=True)
-    port = server.transport.sockets[0].getsockname()[1]
+    listener = server.transport
+    assert isinstance(listener, asyncio.Server), listener
+    port = listener.sockets[0].getsockname()[1]
     return server, port
 
 
@@ -122,7 +128,7 @@ async def modbus_rtu_server(store: RegisterStore, port: str, *, baudrate: int = 
     """A pymodbus RTU server on serial ``port`` serving ``store``."""
     server = ModbusSerialServer(_placeholder(), framer=FramerType.RTU, port=port, baudrate=baudrate,
                                 ignore_missing_devices=True)
-    server.context = store
+    server.context = cast(ModbusServerContext, store)
     await server.serve_forever(background=True)
     return server
 
@@ -152,11 +158,11 @@ class SerialPeer:
         os.symlink(target, tmp)
         os.replace(tmp, self.path)
         self._master = master
-        asyncio.get_running_loop().add_reader(master, self._readable)
+        asyncio.get_running_loop().add_reader(master, self._readable, master)
 
-    def _readable(self) -> None:
+    def _readable(self, master: int) -> None:
         try:
-            self.received += os.read(self._master, 4096)
+            self.received += os.read(master, 4096)
         except OSError:
             pass  # the gateway side is closed for the moment
 
@@ -179,9 +185,8 @@ class SerialPeer:
                 await asyncio.sleep(0.01)
 
 
-def words_for(register, value: float | int | bool) -> list[int] | list[bool]:  # noqa: ANN001
+def words_for(register: Register, value: float | int | bool) -> list[int] | list[bool]:
     """The raw words a device holds for ``value`` of a profile register (big-endian profiles only)."""
-    from drivers.modbus.profile import TYPES
 
     if register.type == "bool":
         return [bool(value)]
@@ -194,7 +199,7 @@ def words_for(register, value: float | int | bool) -> list[int] | list[bool]:  #
     return [int.from_bytes(packed[i : i + 2], "big") for i in range(0, len(packed), 2)]
 
 
-def serve_profile(store: RegisterStore, unit: int, profile, values: dict[str, float | int | bool]) -> None:  # noqa: ANN001
+def serve_profile(store: RegisterStore, unit: int, profile: Profile, values: dict[str, float | int | bool]) -> None:
     """Put ``values`` (by channel name) into ``unit``'s tables where ``profile`` says they live."""
     for reg in profile.registers:
         if reg.channel in values:

@@ -6,6 +6,7 @@ Without OCN_REQUIRE_ALL=1 a missing tool skips the test with the reason; with it
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from typing import NoReturn
@@ -37,9 +38,7 @@ def require_tool(name: str, *, package: str | None = None) -> str:
 def require_postgres() -> str:
     """Return a PostgreSQL DSN that answers, or skip/fail saying how to provide one."""
     dsn = os.environ.get("OCN_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-    try:
-        import asyncpg  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("asyncpg") is None:
         missing("needs asyncpg (pip install 'ocn-edge[postgres]')")
     import socket
 

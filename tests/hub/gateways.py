@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from multidict import CIMultiDictProxy
 
 from edge.protocol import MEDIA_TYPE, BatchHeader, generate_keypair, key_id, raw_public_key, seal_batch, seal_status
 from edge.protocol.types import Channel, Kind, Reading
@@ -65,7 +66,7 @@ class SimGateway:
         return seal_status({"ts_ms": T0, "notice": notice}, device_id=self.device_id, private_key=self.private_key)
 
 
-async def post_cose(session: aiohttp.ClientSession, url: str, data: bytes) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+async def post_cose(session: aiohttp.ClientSession, url: str, data: bytes) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
     async with session.post(url, data=data, headers={"Content-Type": MEDIA_TYPE}) as resp:
         return resp.status, await resp.json(content_type=None), resp.headers
 

@@ -31,7 +31,7 @@ async def chromium(binary: str, profile: Path, *args: str) -> str:
 
 
 @pytest.fixture
-async def fleet(tmp_path: Path) -> RunningHub:
+async def fleet(tmp_path: Path) -> AsyncIterator[RunningHub]:
     """Three gateways with real data: one live but reporting an error, one stale (silent for over 2 s), one pending approval."""
     async with run_hub(state_dir=tmp_path / "hub", admin_token="admin-secret", stale_after_s=2.0) as hub, aiohttp.ClientSession() as http:
         quiet, busy, waiting = SimGateway("pole-quiet"), SimGateway("pole-busy"), SimGateway("pole-waiting")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
 from hub.app import RunningHub
@@ -64,7 +66,7 @@ async def test_revoking_from_the_device_page_stops_ingest_at_once(running_hub: R
     assert (status, body["error"]) == (403, "revoked")
 
 
-NOTICE = {  # the shape edge.privacy.build_notice produces
+NOTICE: dict[str, Any] = {  # the shape edge.privacy.build_notice produces
     "schema": "ocn-notice/1",
     "place": {"gateway_id": "pole-0042", "site": "Queen St & Bay", "latitude": 43.6525, "longitude": -79.3817},
     "accountable": {"organisation": "City of Toronto", "contact": "privacy@toronto.example"},

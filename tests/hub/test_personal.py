@@ -13,6 +13,7 @@ import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, unquote
 
 import aiohttp
@@ -33,7 +34,7 @@ POSITION = Channel("gnss-1/lat_exact", unit="lat", personal=True)
 PERSONAL_NAMES = ("anpr-1", "licence_plate", "gnss-1", "lat_exact")
 PER_CHANNEL = 10  # personal readings per channel per batch
 ORDINARY = 30  # ordinary readings per batch (10 on each of three channels)
-NOTICE = {  # the shape edge.privacy.build_notice gives a channel kept under a legal basis
+NOTICE: dict[str, Any] = {  # the shape edge.privacy.build_notice gives a channel kept under a legal basis
     "schema": "ocn-edge/notice/v1",
     "place": {"gateway_id": DEVICE, "site": "Bridge St", "latitude": 43.6452, "longitude": -79.3957},
     "accountable": {"organisation": "City of Example", "contact": "privacy@example.org"},
@@ -103,8 +104,8 @@ async def send(scene: Scene, batch: bytes) -> None:
     assert status == 200 and body["status"] == "stored", body
 
 
-async def get(http: aiohttp.ClientSession, url: str, **kwargs: object) -> tuple[int, bytes]:
-    async with http.get(url, allow_redirects=False, **kwargs) as resp:  # type: ignore[arg-type]
+async def get(http: aiohttp.ClientSession, url: str, **kwargs: Any) -> tuple[int, bytes]:
+    async with http.get(url, allow_redirects=False, **kwargs) as resp:
         return resp.status, await resp.read()
 
 

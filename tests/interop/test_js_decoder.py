@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import cbor2
 import pytest
@@ -50,7 +51,7 @@ def run(node: str, *args: str | Path) -> tuple[int, dict, str]:
     return proc.returncode, out, proc.stderr
 
 
-def same(a: object, b: object, where: str = "$") -> None:
+def same(a: Any, b: Any, where: str = "$") -> None:
     """Assert a == b with JSON types kept apart: int vs float, -0.0 vs 0.0, NaN == NaN."""
     if isinstance(a, float) or isinstance(b, float):
         assert type(a) is type(b), f"{where}: {a!r} vs {b!r}"

@@ -66,9 +66,8 @@ class Receiver:
         app.router.add_post("/oxp/v1/status", self._status)
         self._runner = web.AppRunner(app, shutdown_timeout=0.1)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+        port = self._runner.addresses[0][1]
         self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}/"
         return self.url
 

@@ -2,7 +2,10 @@ import socket
 
 import pytest
 
-from hilsim.pytest_plugin import hilsim_run  # noqa: F401
+from hilsim.pytest_plugin import hilsim_run
+
+# hil-sim's fixtures, offered to these tests by name.
+__all__ = ['hilsim_run']
 
 
 @pytest.fixture

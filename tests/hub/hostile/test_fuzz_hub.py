@@ -18,9 +18,10 @@ import base64
 import json
 import struct
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -167,7 +168,7 @@ hostile_values = st.one_of(st.sampled_from(EDGE_INTS).map(integer), st.floats().
 
 
 @st.composite
-def few_hostile(draw: st.DrawFn, fields: dict[object, st.SearchStrategy[bytes]]) -> list[tuple[bytes, bytes]]:
+def few_hostile(draw: st.DrawFn, fields: Mapping[Any, st.SearchStrategy[bytes]]) -> list[tuple[bytes, bytes]]:
     """Map entries: every field valid (over its whole range) but one or two, which are hostile; any field may be left out."""
     names = list(fields)
     hostile = draw(st.sets(st.sampled_from(names), min_size=1, max_size=2)) if draw(st.integers(0, 2)) else set()

@@ -10,7 +10,7 @@ import io
 import json
 import os
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -34,7 +34,7 @@ def mode(path: Path) -> int:
 
 
 @pytest.fixture
-def lenient_umask():  # type: ignore[no-untyped-def]
+def lenient_umask() -> Iterator[None]:
     """The usual umask of a login shell (022): what made hub.db 0644."""
     previous = os.umask(0o022)
     yield
@@ -44,7 +44,7 @@ def lenient_umask():  # type: ignore[no-untyped-def]
 # --- files ------------------------------------------------------------------------------
 
 
-async def test_the_hub_database_and_its_journal_are_0600_in_a_0700_state_directory(tmp_path: Path, lenient_umask) -> None:  # type: ignore[no-untyped-def]
+async def test_the_hub_database_and_its_journal_are_0600_in_a_0700_state_directory(tmp_path: Path, lenient_umask: None) -> None:
     state = tmp_path / "srv" / "ocn-hub"
     async with run_hub(state_dir=state, admin_token="admin-secret") as hub, aiohttp.ClientSession() as http:
         gateway = SimGateway("pole-1")
@@ -57,7 +57,7 @@ async def test_the_hub_database_and_its_journal_are_0600_in_a_0700_state_directo
         assert (mode(state), mode(state.parent)) == (0o700, 0o700)
 
 
-async def test_a_hub_database_an_older_hub_left_readable_is_made_private(tmp_path: Path, lenient_umask) -> None:  # type: ignore[no-untyped-def]
+async def test_a_hub_database_an_older_hub_left_readable_is_made_private(tmp_path: Path, lenient_umask: None) -> None:
     state = tmp_path / "hub"
     async with run_hub(state_dir=state, admin_token="admin-secret"):
         pass
@@ -66,7 +66,7 @@ async def test_a_hub_database_an_older_hub_left_readable_is_made_private(tmp_pat
         assert mode(state / "hub.db") == 0o600
 
 
-def test_the_first_token_created_on_the_command_line_makes_a_private_state_directory(tmp_path: Path, lenient_umask) -> None:  # type: ignore[no-untyped-def]
+def test_the_first_token_created_on_the_command_line_makes_a_private_state_directory(tmp_path: Path, lenient_umask: None) -> None:
     state = tmp_path / "new" / "ocn-hub"
     assert main(["hub", "token", "create", "--state-dir", str(state)]) == 0
     assert (mode(state), mode(state.parent), mode(state / "hub.db")) == (0o700, 0o700, 0o600)
@@ -104,9 +104,9 @@ async def browser(running_hub: RunningHub, gateway: SimGateway) -> AsyncIterator
         yield session
 
 
-async def status_of(hub: RunningHub) -> str:
-    device = await hub.hub.store.device("pole-0042")
-    assert device is not None
+async def status_of(hub: RunningHub, device_id: str = "pole-0042") -> str:
+    device = await hub.store.device(device_id)
+    assert device is not None, f"{device_id} is not enrolled"
     return device.status
 
 
@@ -272,11 +272,11 @@ async def test_in_chromium_the_approve_button_works_and_a_sibling_sites_form_cha
         await tools.open(await fleet.login_link(), "/fleet")
         await tools.open(elsewhere, "/fleet/devices/pole-waiting/approve")  # the form submits itself, with the session cookie
         assert "cross_site" in str(await tools.evaluate("document.body.innerText"))
-        assert (await fleet.hub.store.device("pole-waiting")).status == "pending"  # type: ignore[union-attr]
+        assert await status_of(fleet, "pole-waiting") == "pending"
         await tools.open(f"{fleet.url}/fleet/devices/pole-waiting", "/fleet/devices/pole-waiting")
         await tools.evaluate("document.querySelector('form[action$=\"/approve\"] button').click()")
         for _ in range(300):
             if await tools.evaluate("document.readyState === 'complete' && !document.querySelector('form[action$=\"/approve\"]')"):
                 break
             await asyncio.sleep(0.05)
-    assert (await fleet.hub.store.device("pole-waiting")).status == "active"  # type: ignore[union-attr]
+    assert await status_of(fleet, "pole-waiting") == "active"

@@ -12,9 +12,11 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from multidict import CIMultiDictProxy
 
 from hub.app import IngestSettings, RunningHub, run_hub
 from hub.budget import QueryBudget
@@ -52,7 +54,7 @@ async def one_each(tmp_path: Path, db_url: str, http: aiohttp.ClientSession) -> 
         yield running
 
 
-async def get(http: aiohttp.ClientSession, url: str, *, client: str | None = None) -> tuple[int, dict, aiohttp.typedefs.LooseHeaders]:
+async def get(http: aiohttp.ClientSession, url: str, *, client: str | None = None) -> tuple[int, dict[str, Any], CIMultiDictProxy[str]]:
     headers = {"X-Forwarded-For": client} if client else {}
     async with http.get(url, headers=headers) as resp:
         return resp.status, await resp.json(content_type=None) if resp.content_type.endswith("json") else {}, resp.headers

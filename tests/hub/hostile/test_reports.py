@@ -14,7 +14,7 @@ from edge.protocol import seal_status
 from hub.app import RunningHub, run_hub
 from tests.hub.gateways import T0, SimGateway, enrol, post_cose
 
-NOTICE = {
+NOTICE: dict[str, Any] = {
     "schema": "ocn-edge/notice/v1",
     "place": {"gateway_id": "pole-0042", "site": "King St W & Spadina Ave", "latitude": 43.6452, "longitude": -79.3957},
     "accountable": {"organisation": "City of Toronto", "contact": "privacy@toronto.ca"},

@@ -12,6 +12,7 @@ import logging
 import resource
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -140,10 +141,10 @@ async def test_the_start_up_log_gives_the_connection_cap_and_the_open_file_limit
     caplog.set_level(logging.INFO, logger="ocn.hub")
     async with run_hub(state_dir=tmp_path / "hub", connections=ConnectionSettings(max_connections=100)):
         pass
-    (record,) = [r for r in caplog.records if r.getMessage() == "connection limits"]
+    (record,) = [vars(r) for r in caplog.records if r.getMessage() == "connection limits"]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert record.max_connections == 100 and record.open_files_needed == 100 + RESERVED_FILES
-    assert record.open_files_soft in (soft, "unlimited") and record.open_files_hard in (hard, "unlimited")
+    assert record["max_connections"] == 100 and record["open_files_needed"] == 100 + RESERVED_FILES
+    assert record["open_files_soft"] in (soft, "unlimited") and record["open_files_hard"] in (hard, "unlimited")
     assert soft == resource.RLIM_INFINITY or soft >= 100 + RESERVED_FILES
 
 
@@ -155,10 +156,10 @@ async def test_a_cap_the_open_file_limit_cannot_carry_is_lowered_and_said_so(tmp
     async with run_hub(state_dir=tmp_path / "hub", connections=ConnectionSettings(max_connections=hard)) as hub:
         async with aiohttp.ClientSession() as http, http.get(f"{hub.url}/oxp/v1/hub-key") as resp:
             assert resp.status == 200
-    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING and "open-file limit" in r.getMessage()]
-    assert warning.cap == hard - RESERVED_FILES
-    (record,) = [r for r in caplog.records if r.getMessage() == "connection limits"]
-    assert record.max_connections == hard - RESERVED_FILES
+    (warning,) = [vars(r) for r in caplog.records if r.levelno == logging.WARNING and "open-file limit" in r.getMessage()]
+    assert warning["cap"] == hard - RESERVED_FILES
+    (record,) = [vars(r) for r in caplog.records if r.getMessage() == "connection limits"]
+    assert record["max_connections"] == hard - RESERVED_FILES
 
 
 @pytest.mark.parametrize(("field", "value", "option"), [
@@ -166,6 +167,6 @@ async def test_a_cap_the_open_file_limit_cannot_carry_is_lowered_and_said_so(tmp
     ("body_timeout_s", float("inf"), "--body-timeout"),
     ("max_connections", 0, "--max-connections"),
 ])
-def test_connection_settings_out_of_range_are_refused_naming_the_option(field: str, value: object, option: str) -> None:
+def test_connection_settings_out_of_range_are_refused_naming_the_option(field: str, value: Any, option: str) -> None:
     with pytest.raises(ValueError, match=f"^{option} {value!r}: expected"):
         ConnectionSettings(**{field: value})

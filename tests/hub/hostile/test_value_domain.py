@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 import aiohttp
 import cbor2
@@ -25,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.protocol.types import Channel, Kind, Reading
+from edge.protocol.types import Channel, Kind, Quality, Reading
 from hub.app import RunningHub, run_hub
 from hub.models import IncomingBatch
 from hub.render import civil, clock, csv_text, iso_time
@@ -61,7 +62,7 @@ READ_PATHS = (
 )
 
 
-def strict_json(text: str) -> object:
+def strict_json(text: str) -> Any:
     """JSON as RFC 8259 has it: NaN and Infinity literals are no part of it."""
     def refuse(name: str) -> object:
         raise AssertionError(f"{name} is not JSON")
@@ -69,10 +70,10 @@ def strict_json(text: str) -> object:
 
 
 def readings() -> list[Reading]:
-    out = [Reading(NUMBER.id, ts, float(i), NUMBER.unit, quality=i % 3) for i, ts in enumerate(TIMES)]
-    out += [Reading(NUMBER.id, T0 + i, value, NUMBER.unit, quality=(None, 0, 1, 2)[i % 4]) for i, value in enumerate(NUMBERS)]
-    out += [Reading(FLAG.id, T0 + i, value, FLAG.unit, quality=i + 1) for i, value in enumerate((True, False))]
-    out.append(Reading(NUMBER.id, T0 + 99, 1.0, NUMBER.unit, quality=7))  # a flag the spec does not define, as an older hub kept it
+    out = [Reading(NUMBER.id, ts, float(i), NUMBER.unit, quality=Quality(i % 3)) for i, ts in enumerate(TIMES)]
+    out += [Reading(NUMBER.id, T0 + i, value, NUMBER.unit, quality=(None, *Quality)[i % 4]) for i, value in enumerate(NUMBERS)]
+    out += [Reading(FLAG.id, T0 + i, value, FLAG.unit, quality=Quality(i + 1)) for i, value in enumerate((True, False))]
+    out.append(Reading(NUMBER.id, T0 + 99, 1.0, NUMBER.unit, quality=cast(Quality, 7)))  # a flag the spec does not define, as an older hub kept it
     out += [Reading(TEXT.id, ts, text, TEXT.unit) for ts, text in zip((*TIMES, *TIMES), TEXTS, strict=False)]
     return out
 
@@ -167,7 +168,7 @@ async def test_senml_json_spells_non_finite_numbers_as_strings_and_cbor_keeps_th
 
 async def test_sensorthings_writes_far_times_as_expanded_years_and_non_finite_results_as_strings(hub: RunningHub) -> None:
     _, body = await get(f"{hub.url}/sta/v1.1/Observations?$top=10000&$orderby=phenomenonTime")
-    observations = strict_json(body.decode())["value"]  # type: ignore[index]
+    observations = strict_json(body.decode())["value"]
     times = [o["phenomenonTime"] for o in observations]
     assert times[0] == "-292275055-05-16T16:47:04.192Z" and times[-1] == "+292278994-08-17T07:12:55.807Z"
     assert {"NaN", "Infinity", "-Infinity"} <= {o["result"] for o in observations if isinstance(o["result"], str)}

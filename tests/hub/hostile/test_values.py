@@ -14,13 +14,14 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import cbor2
 import pytest
 
 from edge.protocol import BatchHeader, seal_batch
-from edge.protocol.types import Reading
+from edge.protocol.types import Quality, Reading
 from hub.app import RunningHub, run_hub
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, MAX_SPAN_MS, split_readings
 from hub.chunks import encode_chunks
@@ -227,7 +228,7 @@ async def test_a_version_3_database_is_upgraded_its_counters_kept_and_its_out_of
     # What the previous hub wrote: plain BIGINT counters, and chunks holding times no read path can date.
     kid, pub = b"\x09" * 8, bytes(32)
     mixed = [Reading(PM.id, T0 + i * 1000, 5.0 + i, PM.unit) for i in range(5)] + [
-        Reading(PM.id, FAR_PAST, 1.5, PM.unit), Reading(PM.id, FAR_FUTURE, 2.5, PM.unit, 2)]
+        Reading(PM.id, FAR_PAST, 1.5, PM.unit), Reading(PM.id, FAR_FUTURE, 2.5, PM.unit, Quality.BAD)]
     [(m_first, m_last, m_count, m_data)] = encode_chunks(mixed)[PM.id]
     [(b_first, b_last, b_count, b_data)] = encode_chunks([Reading(PM.id, 1, 0.5, PM.unit), Reading(PM.id, 2, 0.25, PM.unit)])[PM.id]
     [(g_first, g_last, g_count, g_data)] = encode_chunks([Reading(PM.id, T0 + 60_000, 9.0, PM.unit)])[PM.id]
@@ -267,14 +268,15 @@ async def test_a_version_3_database_is_upgraded_its_counters_kept_and_its_out_of
     finally:
         await current.close()
     stored_quarantine = await quarantine_readings(db_url)
-    assert sorted(stored_quarantine) == sorted([[FAR_PAST, 1.5, None], [FAR_FUTURE, 2.5, 2], [1, 0.5, None], [2, 0.25, None]])
+    expected: list[list[Any]] = [[FAR_PAST, 1.5, None], [FAR_FUTURE, 2.5, 2], [1, 0.5, None], [2, 0.25, None]]
+    assert sorted(stored_quarantine) == sorted(expected)
     # The hub on the upgraded database serves every read path.
     async with run_hub(db=db_url, state_dir=tmp_path / "hub", admin_token="admin-secret") as running:
         async with aiohttp.ClientSession(headers={"Authorization": "Bearer admin-secret"}) as admin:
             await every_read_path_answers_200(Scene(running, SimGateway(DEVICE), admin))
 
 
-async def quarantine_readings(db_url: str) -> list[list[object]]:
+async def quarantine_readings(db_url: str) -> list[list[Any]]:
     """The quarantined readings as [ts_ms, value, quality], read from the database directly."""
     if db_url.startswith("sqlite:"):
         import sqlite3
