@@ -24,7 +24,8 @@ from collections.abc import Callable
 import cbor2
 
 from edge.protocol import BatchHeader, declared_readings, generate_keypair, key_id, open_batch, seal_batch, verify_batch
-from edge.protocol.codec import compress, decode_payload, decompress
+from edge.protocol.codec import decode_payload
+from edge.protocol.compression import compress, decompress
 from edge.protocol.envelope import H_BOOT, H_CODEC, H_CREATED, H_DEVICE, H_POLICY, H_SEQ, H_VERSION, _sign
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH
 from edge.protocol.types import Channel, Reading

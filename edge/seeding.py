@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edge.enrol import TOKEN_FILE
-from edge.protocol.envelope import DEVICE_ID_RE
+from edge.protocol import DEVICE_ID_RE
 
 __all__ = [
     "CONFIG_DIR",

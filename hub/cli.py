@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from edge.commands import CommandError, file_problem, make_directory, positive, whole
-from edge.protocol.envelope import DEVICE_ID_RE
+from edge.protocol import DEVICE_ID_RE
 
 __all__ = ["register", "parse_duration_s"]
 

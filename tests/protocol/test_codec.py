@@ -282,7 +282,7 @@ def test_a_zstd_frame_that_zstd_accepts_but_that_is_cut_off_is_malformed_and_nev
     # In a child process: before the fix this looped forever, and a test must fail, not hang.
     script = (
         "import sys\n"
-        "from edge.protocol.codec import decompress\n"
+        "from edge.protocol.compression import decompress\n"
         "from edge.protocol.errors import ProtocolError\n"
         "try:\n"
         f"    decompress(bytes.fromhex({_CUT_OFF_ZSTD[name]!r}), 'zstd')\n"

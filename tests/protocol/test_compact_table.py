@@ -4,7 +4,8 @@ import cbor2
 import pytest
 
 from edge.protocol import ProtocolError, open_batch, seal_batch
-from edge.protocol.codec import compress, decode_body, encode_body
+from edge.protocol.codec import decode_body, encode_body
+from edge.protocol.compression import compress
 from edge.protocol.dictionary import DICTIONARY, DICTIONARY_SHA256, UNIT_CODES, UNITS, build_dictionary
 from edge.protocol.types import Channel, Kind, Reading
 

@@ -32,9 +32,11 @@ from edge.protocol import (
     seal_batch,
     seal_status,
 )
-from edge.protocol.codec import compress, decode_body, decode_payload, encode_body, encode_payload
-from edge.protocol.envelope import ALG, EDDSA, H_CODEC, H_VERSION, KID, OXP_BATCH, OXP_STATUS, _sign
+from edge.protocol.codec import decode_body, decode_payload, encode_body, encode_payload
+from edge.protocol.compression import compress
+from edge.protocol.envelope import H_CODEC, H_VERSION, _sign
 from edge.protocol.errors import MAX_DETAIL_CHARS
+from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH, OXP_STATUS
 from edge.protocol.types import Channel, Kind, Quality, Reading
 from edge.protocol.varint import INT64_MAX, INT64_MIN
 
