@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edge.protocol import Reason
 from edge.protocol.errors import show
 
 __all__ = [
@@ -42,9 +43,9 @@ MAX_DEPTH = 16
 
 
 class ReportError(ValueError):
-    """A report does not fit its schema; ``reason`` is the OXP reason code ("malformed" or "wrong_type")."""
+    """A report does not fit its schema; ``reason`` is the OXP reason code (malformed, or wrong_type for a message of the other type)."""
 
-    def __init__(self, field: str, value: Any, expected: str, *, reason: str = "malformed") -> None:
+    def __init__(self, field: str, value: Any, expected: str, *, reason: Reason = Reason.MALFORMED) -> None:
         self.field = field
         self.reason = reason
         self.detail = f"field {field!r} = {show(value)}: expected {expected}"
@@ -153,7 +154,7 @@ class Absent(Shape):
         self.expected = expected
 
     def check(self, value: Any, path: str, depth: int = 0) -> None:
-        raise ReportError(path, value, self.expected, reason="wrong_type")
+        raise ReportError(path, value, self.expected, reason=Reason.WRONG_TYPE)
 
 
 class Json(Shape):

@@ -31,7 +31,8 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from edge.protocol import MEDIA_TYPE
-from edge.protocol.codec import compress, encode_payload
+from edge.protocol.codec import encode_payload
+from edge.protocol.compression import compress
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH, OXP_STATUS
 from edge.protocol.types import Channel, Kind, Quality, Reading
 from hub.app import IngestSettings, RunningHub, run_hub

@@ -16,7 +16,7 @@ import cbor2
 import pytest
 
 from edge.protocol import MEDIA_TYPE, seal_status
-from edge.protocol.codec import compress
+from edge.protocol.compression import compress
 from edge.protocol.envelope import H_BOOT, H_CODEC, H_CREATED, H_DEVICE, H_POLICY, H_SEQ, H_VERSION, _sign
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH, OXP_STATUS
 from edge.spool import Spool
