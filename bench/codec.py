@@ -53,7 +53,7 @@ from bench.datasets import datasets
 from edge.demo import DEMO_POLICY
 from edge.privacy.load import load_policy
 from edge.privacy.stage import PrivacyStage
-from edge.protocol import Batch, BatchHeader, key_id, open_batch, seal_batch, senml_cbor, to_senml
+from edge.protocol import Batch, BatchHeader, compression, key_id, open_batch, seal_batch, senml_cbor, to_senml
 from edge.protocol import codec as oxp_codec
 from edge.protocol.types import Channel, Reading
 
@@ -361,10 +361,10 @@ def fixed_cost(source: Source) -> None:
         for seq, group in enumerate(groups, 1):
             channels = _channels_of(source, group)
             data = seal_batch(_header(seq, "zstd", group[-1].ts_ms), channels, group, KEY)
-            payload = oxp_codec.compress(oxp_codec.encode_body(channels, group), "zstd")
+            payload = compression.compress(oxp_codec.encode_body(channels, group), "zstd")
             # the table alone: the same channels, one reading each at the batch's first time
             first = [Reading(c.id, group[0].ts_ms, next(r.value for r in group if r.channel == c.id), c.unit) for c in channels]
-            table += len(oxp_codec.compress(oxp_codec.encode_body(channels, first), "zstd"))
+            table += len(compression.compress(oxp_codec.encode_body(channels, first), "zstd"))
             sealed += len(data)
             envelope += len(data) - len(payload)
         n, b = len(source.readings), len(groups)
@@ -397,18 +397,18 @@ def level_sweep(source: Source) -> None:
         bodies[span] = []
         for seq, group in enumerate(windows(source, span), 1):
             sealed = seal_batch(_header(seq, "zstd", group[-1].ts_ms), _channels_of(source, group), group, KEY)
-            payload_len = len(oxp_codec.compress(oxp_codec.encode_body(_channels_of(source, group), group), "zstd"))
+            payload_len = len(compression.compress(oxp_codec.encode_body(_channels_of(source, group), group), "zstd"))
             bodies[span].append((oxp_codec.encode_body(_channels_of(source, group), group), len(sealed) - payload_len))
     n = len(source.readings)
     for level in (1, 3, 6, 9, 12, 15, 19):
         per_span = {}
         for _, span in SPANS:
-            per_span[span] = sum(len(oxp_codec.compress(b, "zstd", level=level)) + overhead for b, overhead in bodies[span]) / n
+            per_span[span] = sum(len(compression.compress(b, "zstd", level=level)) + overhead for b, overhead in bodies[span]) / n
         start = time.perf_counter()
         for body, _ in bodies[3600]:
-            oxp_codec.compress(body, "zstd", level=level)
+            compression.compress(body, "zstd", level=level)
         rate = n / (time.perf_counter() - start)
-        mark = "  <- pinned (ZSTD_LEVEL)" if level == oxp_codec.ZSTD_LEVEL else ""
+        mark = "  <- pinned (ZSTD_LEVEL)" if level == compression.ZSTD_LEVEL else ""
         print(f"{level:>5} {per_span[300]:>11.3f} {per_span[3600]:>9.3f} {rate:>20,.0f}{mark}")
 
 
