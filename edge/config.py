@@ -21,6 +21,7 @@ from typing import Any
 
 from drivers.registry import UnknownDriver, load_driver
 from drivers.sdk import Driver, OptionError, Options
+from edge.protocol import CODECS
 from edge.schema import (
     INVALID,
     Address,
@@ -540,7 +541,7 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
             "span": Field(Duration(at_least="1s"), "5m"),
             "flush_interval": Field(Duration(at_least="100ms"), "30s"),
             "max_readings": Field(Int(minimum=1, maximum=1_000_000), 20000),
-            "codec": Field(Choice("zstd", "deflate"), "zstd"),
+            "codec": Field(Choice(*CODECS), "zstd"),
         },
         into=BatchConfig,
         expected="a [batch] table",
