@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edge.protocol import (
     MAX_BATCH_BYTES,
     MAX_READINGS,
+    MAX_STATUS_BYTES,
     Answer,
     Batch,
     BatchHeader,
@@ -52,6 +53,7 @@ from hub.workers import Busy, Workers
 
 __all__ = ["Acked", "Ingest", "NoticeTaken", "Refused", "ReportTaken", "MAX_NOTICE_BYTES"]
 
+# A notice is a status-type message the hub takes up to this size (a status report: MAX_STATUS_BYTES).
 MAX_NOTICE_BYTES = 256 * 1024
 # A real body takes 2 to 4 bytes per reading; one far larger than its readings is charged by its size.
 BODY_BYTES_PER_READING = 64
@@ -237,9 +239,9 @@ class Ingest:
         apart = dict(sorted(Counter(q.reason for q in quarantined).items())) if status == "stored" else {}
         return Acked(device.device_id, h.key_id, h.boot_epoch, h.seq, status, apart)
 
-    async def status_report(self, data: bytes, *, limit: int, known_etag: str = "") -> ReportTaken | Refused:
+    async def status_report(self, data: bytes, *, known_etag: str = "") -> ReportTaken | Refused:
         """Verify, check and record a status report; the device's desired document unless it holds ``known_etag`` already."""
-        sender = await self._verified_report(data, limit)
+        sender = await self._verified_report(data, MAX_STATUS_BYTES)
         if isinstance(sender, Refused):
             return sender
         device_key, report = sender

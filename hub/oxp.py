@@ -162,7 +162,7 @@ async def _enrol(request: web.Request, hub: Hub) -> web.Response:
 async def post_status(request: web.Request) -> web.Response:
     known = request.headers.get("If-None-Match", "").strip('"')
     ingest = request.app[HUB].ingest
-    outcome = await signed_message(request, MAX_STATUS_BYTES, lambda data: ingest.status_report(data, limit=MAX_STATUS_BYTES, known_etag=known))
+    outcome = await signed_message(request, MAX_STATUS_BYTES, lambda data: ingest.status_report(data, known_etag=known))
     if isinstance(outcome, web.Response):
         return outcome
     return compact_json({"ok": True, "desired": outcome.desired, "etag": outcome.etag}, headers={"ETag": f'"{outcome.etag}"'} if outcome.etag else None)
