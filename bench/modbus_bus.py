@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import hilsim
-from drivers.buses import create_bus
+from drivers.modbus.bus import ModbusBus
 from drivers.modbus.planner import ReadRequest, plan_reads
 from drivers.modbus.profile import load_profile
 from drivers.testing import bus_settings_for
@@ -71,7 +71,7 @@ async def measure(baud: int, polls: int, delay: str) -> None:
             print(f"{'strategy':<40} {'requests':>8} {'registers':>9} {'bytes':>7} {'bus time':>9} "
                   f"{'wire estimate':>13}")
             for name, plan in strategies().items():
-                bus = create_bus(settings)
+                bus = ModbusBus(settings)
                 owner = asyncio.create_task(bus.run())
                 try:
                     await bus.wait_open()

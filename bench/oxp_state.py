@@ -43,7 +43,7 @@ import zstandard
 
 from bench.codec import KEY, SPANS, Source, _channels_of, _header, as_released, reference_station, windows
 from edge.protocol import codec as oxp_codec
-from edge.protocol import key_id, raw_public_key, seal_batch
+from edge.protocol import compression, key_id, raw_public_key, seal_batch
 from edge.protocol.dictionary import DICTIONARY
 
 REFERENCE_BYTES = 10  # a header key and an 8-byte digest or a (boot, seq) pair
@@ -59,7 +59,7 @@ def _without_table(body: bytes) -> bytes:
 def _compressor(prefix: bytes) -> zstandard.ZstdCompressor:
     dictionary = zstandard.ZstdCompressionDict(DICTIONARY + prefix, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
     return zstandard.ZstdCompressor(
-        level=oxp_codec.ZSTD_LEVEL, dict_data=dictionary, write_content_size=True, write_checksum=False, write_dict_id=False
+        level=compression.ZSTD_LEVEL, dict_data=dictionary, write_content_size=True, write_checksum=False, write_dict_id=False
     )
 
 
@@ -76,7 +76,7 @@ def variants(source: Source, span_s: int) -> dict[str, float]:
         channels = _channels_of(source, group)
         sealed = seal_batch(_header(seq, "zstd", group[-1].ts_ms), channels, group, KEY)
         body = oxp_codec.encode_body(channels, group)
-        envelope = len(sealed) - len(oxp_codec.compress(body, "zstd"))
+        envelope = len(sealed) - len(compression.compress(body, "zstd"))
         stripped = _without_table(body)
         totals["OXP/2 (today)"] += len(sealed)
         totals["table by reference"] += envelope + REFERENCE_BYTES + len(plain.compress(stripped))
