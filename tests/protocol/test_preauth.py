@@ -49,7 +49,7 @@ def refused(data: bytes, reason: str, *, limit: int = MAX_BATCH_BYTES) -> Protoc
 def colliding_bignum_keys(size: int) -> bytes:
     """A CBOR map of big integers (tag 2) whose hashes collide: n * 2**61-1 + 5 hash alike in CPython."""
     item = 0
-    keys = []
+    keys: list[bytes] = []
     while sum(map(len, keys)) < size:
         item += 1
         keys.append(cbor2.dumps(cbor2.CBORTag(2, (item * (2**61 - 1) * 2**600 + 5).to_bytes(100, "big"))) + b"\x00")
