@@ -12,6 +12,7 @@ past ``--public-cpu-budget`` the query is too costly (400), not the hub too busy
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
-__all__ = ["Meter", "OverBudget", "QueryBudget"]
+__all__ = ["LoopShare", "Meter", "OverBudget", "QueryBudget"]
 
 # The clock is read once per this many readings: often enough to stop within milliseconds, rarely enough to cost nothing.
 CLOCK_EVERY = 4096
@@ -43,6 +44,28 @@ class OverBudget(Exception):
         self.detail = detail
 
 
+class LoopShare:
+    """The part of the event loop's time public answers may take, hub-wide.
+
+    Rendering a public answer (10,000 SensorThings entities, 100,000 CSV lines) is Python that
+    must run on the loop, a slice at a time.  Handing the loop back after each slice is not
+    enough when several such answers take turns with each other: a device's request then waits
+    behind all of them.  So after each slice a renderer waits long enough that all public
+    rendering together stays within ``share`` of the loop's time; renderers queue behind each
+    other for it, and everything else runs in between.
+    """
+
+    def __init__(self, share: float) -> None:
+        self.share = share
+        self._next = 0.0  # loop time before which no more public rendering should start
+
+    async def pause(self, used_s: float) -> None:
+        """Wait after a slice of public rendering that took ``used_s`` seconds of the loop."""
+        now = asyncio.get_running_loop().time()
+        self._next = max(self._next, now - used_s) + used_s / self.share
+        await asyncio.sleep(max(0.0, self._next - now - used_s))
+
+
 class QueryBudget:
     """``max_examined`` readings and ``seconds`` of time for one public request, however many store queries it makes.
 
@@ -51,8 +74,10 @@ class QueryBudget:
     """
 
     def __init__(self, *, max_examined: int, seconds: float, cpu_seconds: float = math.inf, share: float = 1.0,
-                 lane: Callable[[QueryBudget], AbstractAsyncContextManager[Any]] | None = None) -> None:
-        """``share``: the part of one CPU this request's query thread may use (1.0: no pacing)."""
+                 lane: Callable[[QueryBudget], AbstractAsyncContextManager[Any]] | None = None,
+                 loop_share: LoopShare | None = None) -> None:
+        """``share``: the part of one CPU this request's query thread may use (1.0: no pacing);
+        ``loop_share``: the hub's budget of loop time for rendering public answers (None: take turns only)."""
         self.max_examined = max_examined
         self.seconds = seconds
         self.cpu_seconds = cpu_seconds
@@ -61,11 +86,19 @@ class QueryBudget:
         self.cpu_used = 0.0
         self.deadline = time.monotonic() + seconds
         self._lane = lane
+        self._loop_share = loop_share
         self._mark: tuple[int, float] | None = None  # (thread, its CPU clock) when last paced
 
     def on_lane(self) -> AbstractAsyncContextManager[Any]:
         """Hold a turn on the public lane for one store query (may raise OverBudget "busy" or "time")."""
         return nullcontext() if self._lane is None else self._lane(self)
+
+    async def pause_rendering(self, used_s: float) -> None:
+        """Hand the loop back after ``used_s`` seconds of rendering this request's answer (see :class:`LoopShare`)."""
+        if self._loop_share is None:
+            await asyncio.sleep(0)
+        else:
+            await self._loop_share.pause(used_s)
 
     def remaining_s(self) -> float:
         """Seconds left (0.0 once the deadline has passed)."""

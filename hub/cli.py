@@ -111,8 +111,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="open-data and SensorThings requests one client address may run at once; more are answered 429 (default 2)")
     hub.add_argument("--public-queue", type=int, default=8, metavar="N",
                      help="public queries of readings that may wait for the public lane; beyond them the hub answers 503 busy (default 8)")
-    hub.add_argument("--public-time-budget", type=_duration("--public-time-budget"), default=10.0, metavar="DURATION",
-                     help="time one public request's queries of readings may take, waiting included; then 503 busy (default 10s)")
+    hub.add_argument("--public-time-budget", type=_duration("--public-time-budget"), default=30.0, metavar="DURATION",
+                     help="time one public request's queries of readings may take, waiting included; then 503 busy (default 30s)")
+    hub.add_argument("--public-cpu-budget", type=_duration("--public-cpu-budget"), default=5.0, metavar="DURATION",
+                     help="CPU work one public request's queries of readings may use; a query needing more is answered 400 too_costly (default 5s)")
+    hub.add_argument("--public-cpu-share", type=float, default=0.5, metavar="FRACTION",
+                     help="part of one CPU all public queries together may use; they pause to stay within it (default 0.5)")
+    hub.add_argument("--public-loop-share", type=float, default=0.25, metavar="FRACTION",
+                     help="part of the event loop's time rendering public answers may take, all together (default 0.25)")
     hub.add_argument("--public-max-examined", type=int, default=1_000_000, metavar="N",
                      help="readings one public request may examine; a query needing more is answered 400 too_costly (default 1000000)")
     hub.add_argument("--header-timeout", type=_duration("--header-timeout"), default=10.0, metavar="DURATION",
@@ -350,7 +356,8 @@ def _serve(args: argparse.Namespace) -> int:
                                 readings_burst=args.readings_burst, address_rate=args.address_rate, address_burst=args.address_burst,
                                 trusted_proxies=tuple(args.trusted_proxy))
         public_reads = PublicReadSettings(per_client=args.public_per_client, queue=args.public_queue, seconds=args.public_time_budget,
-                                          max_examined=args.public_max_examined)
+                                          max_examined=args.public_max_examined, cpu_seconds=args.public_cpu_budget,
+                                          cpu_share=args.public_cpu_share, loop_share=args.public_loop_share)
         connections = ConnectionSettings(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                                          max_connections=args.max_connections)
     except ValueError as exc:

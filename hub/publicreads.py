@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from hub.budget import OverBudget, QueryBudget
+from hub.budget import LoopShare, OverBudget, QueryBudget
 from hub.oxp import client_of
 
-__all__ = ["PUBLIC_READS", "PublicReadSettings", "PublicReads", "Refused", "public_read"]
+__all__ = ["PUBLIC_READS", "REQUEST_BUDGET", "PublicReadSettings", "PublicReads", "Refused", "public_read"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BudgetedHandler = Callable[[web.Request, QueryBudget], Awaitable[web.StreamResponse]]
@@ -46,6 +46,8 @@ class PublicReadSettings:
     """CPU seconds of work one public request's store queries may use; a query that needs more is answered 400 ``too_costly``."""
     cpu_share: float = 0.5
     """Part of one CPU the public lane as a whole may use; its queries pause to stay within it."""
+    loop_share: float = 0.25
+    """Part of the event loop's time rendering public answers may take, all together; renderers pause to stay within it."""
 
     def __post_init__(self) -> None:
         for option, value, least in (("--public-per-client", self.per_client, 1), ("--public-queue", self.queue, 0),
@@ -56,8 +58,9 @@ class PublicReadSettings:
             raise ValueError(f"--public-time-budget {self.seconds!r}: expected a number of seconds above 0")
         if not 0 < self.cpu_seconds < math.inf:
             raise ValueError(f"--public-cpu-budget {self.cpu_seconds!r}: expected a number of seconds above 0")
-        if not 0 < self.cpu_share <= 1:
-            raise ValueError(f"--public-cpu-share {self.cpu_share!r}: expected a number above 0 and at most 1")
+        for option, share in (("--public-cpu-share", self.cpu_share), ("--public-loop-share", self.loop_share)):
+            if not 0 < share <= 1:
+                raise ValueError(f"{option} {share!r}: expected a number above 0 and at most 1")
 
 
 class Refused(Exception):
@@ -92,6 +95,7 @@ class PublicReads:
         self._lane = asyncio.Semaphore(lane)
         self._waiting = 0
         self._by_client: dict[str, int] = {}
+        self.loop_share = LoopShare(settings.loop_share)
 
     @property
     def by_client(self) -> dict[str, int]:
@@ -109,7 +113,7 @@ class PublicReads:
         self._by_client[client] = held + 1
         try:
             yield QueryBudget(max_examined=settings.max_examined, seconds=settings.seconds, cpu_seconds=settings.cpu_seconds,
-                              share=settings.cpu_share / self.lane, lane=self.on_lane)
+                              share=settings.cpu_share / self.lane, lane=self.on_lane, loop_share=self.loop_share)
         finally:
             left = self._by_client[client] - 1
             if left:
@@ -137,6 +141,8 @@ class PublicReads:
 
 
 PUBLIC_READS = web.AppKey("public_reads", PublicReads)
+# The budget of the public request being answered, for the slices that render it (hub.streamed).
+REQUEST_BUDGET = "ocn_public_budget"
 
 
 def public_read(answer: Callable[[Refused], web.StreamResponse], *, narrow: str) -> Callable[[BudgetedHandler], Handler]:
@@ -150,6 +156,7 @@ def public_read(answer: Callable[[Refused], web.StreamResponse], *, narrow: str)
         async def run(request: web.Request) -> web.StreamResponse:
             try:
                 async with request.app[PUBLIC_READS].turn(client_of(request)) as budget:
+                    request[REQUEST_BUDGET] = budget
                     try:
                         return await handler(request, budget)
                     except OverBudget as exc:

@@ -17,8 +17,10 @@ readings out of every query made here, counts and filters included.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -73,7 +75,8 @@ OBSERVATION_TYPES = {
 NAVIGATION = {
     "Things": {"Datastreams": ("Datastreams", True), "Locations": ("Locations", True)},
     "Locations": {"Things": ("Things", True)},
-    "Datastreams": {"Thing": ("Things", False), "Sensor": ("Sensors", False), "ObservedProperty": ("ObservedProperties", False), "Observations": ("Observations", True)},
+    "Datastreams": {"Thing": ("Things", False), "Sensor": ("Sensors", False), "ObservedProperty": ("ObservedProperties", False),
+                    "Observations": ("Observations", True)},
     "Sensors": {"Datastreams": ("Datastreams", True)},
     "ObservedProperties": {"Datastreams": ("Datastreams", True)},
     "Observations": {"Datastream": ("Datastreams", False)},
@@ -240,12 +243,21 @@ def sort_key(value: Any) -> tuple[Any, ...]:
     return (1, 2, str(value))
 
 
-def sort_by(items: list[Any], keys: list[tuple[Callable[[Any], Any], bool]]) -> list[Any]:
+def sort_by(items: list[Any], keys: Sequence[tuple[Callable[[Any], Any], bool]]) -> list[Any]:
     """Stable sort on several keys, each ascending or descending (last key first, Python's sort is stable)."""
     out = list(items)
     for getter, descending in reversed(keys):
-        out.sort(key=lambda item, g=getter: sort_key(g(item)), reverse=descending)
+        out.sort(key=functools.partial(_sort_key_of, getter), reverse=descending)
     return out
+
+
+def _of_member(getter: Callable[[Any], Any]) -> Callable[[tuple[Any, Any]], Any]:
+    """``getter`` applied to the entity of a (key, entity) member."""
+    return lambda member: getter(member[1])
+
+
+def _sort_key_of(getter: Callable[[Any], Any], item: Any) -> Any:
+    return sort_key(getter(item))
 
 
 class Catalog:
@@ -258,6 +270,7 @@ class Catalog:
     def __init__(self, store: Store, base: str, devices: list[Device], channels: list[StoredChannel], *, budget: QueryBudget | None = None) -> None:
         self.store = store
         self.budget = budget
+        self.slice_started = time.perf_counter()
         self.base = base
         self.devices = {d.device_id: d for d in devices if d.status != "pending"}
         self.channels = [c for c in channels if c.device_id in self.devices]
@@ -362,7 +375,8 @@ class Catalog:
             c: StoredChannel = obj
             out.update(name=f"{c.device_id}/{c.channel}", description=c.description or c.channel,
                        observationType=OBSERVATION_TYPES.get(c.kind, OBSERVATION_TYPES["number"]),
-                       unitOfMeasurement={"name": c.unit, "symbol": c.unit, "definition": "https://www.rfc-editor.org/rfc/rfc8428#section-12.1" if c.unit else ""},
+                       unitOfMeasurement={"name": c.unit, "symbol": c.unit,
+                                          "definition": "https://www.rfc-editor.org/rfc/rfc8428#section-12.1" if c.unit else ""},
                        properties={"resolution": c.resolution})
         elif entity_set == "Sensors":
             device_id, sensor = obj
@@ -421,10 +435,12 @@ class Catalog:
             if entity_set == "Observations":
                 return (lambda r: r.id), "num"
             return (lambda obj: key_of(entity_set, obj)), "num" if entity_set in NUMERIC_IDS else "str"
-        kind = PROPERTIES[entity_set].get(head)
-        if kind is None:
-            hint = ", ".join([*PROPERTIES[entity_set], "@iot.id", *(f"{n}/…" for n in NAVIGATION[entity_set] if NAVIGATION[entity_set][n][0] != "Observations")])
+        declared = PROPERTIES[entity_set].get(head)
+        if declared is None:
+            hint = ", ".join([*PROPERTIES[entity_set], "@iot.id",
+                              *(f"{n}/…" for n in NAVIGATION[entity_set] if NAVIGATION[entity_set][n][0] != "Observations")])
             raise FilterError(f"{entity_set} have no property {head!r}; expected one of {hint}")
+        kind = declared
         if rest and kind != "json":
             raise FilterError(f"{shown}: {head} has no sub-properties")
         if entity_set == "Observations":
@@ -449,13 +465,13 @@ class Catalog:
         key = ("predicate", entity_set, repr(tree))  # a tree may hold a dict (a WKT literal): its repr is the key
         if key not in self.compiled:
             self.compiled[key] = compile_predicate(tree, self.resolver(entity_set))
-        return self.compiled[key]  # type: ignore[no-any-return]
+        return self.compiled[key]
 
     def order_keys(self, entity_set: str, orderby: list[tuple[Node, bool]]) -> list[tuple[Getter, bool]]:
         key = ("order", entity_set, repr(orderby))
         if key not in self.compiled:
             self.compiled[key] = [(compile_value(expression, self.resolver(entity_set))[0], descending) for expression, descending in orderby]
-        return self.compiled[key]  # type: ignore[no-any-return]
+        return self.compiled[key]
 
     def expansions(self, entity_set: str, options: Options) -> list[tuple[str, Options]]:
         """The navigation properties ``options`` expands on ``entity_set``, each with its own options."""
@@ -463,7 +479,7 @@ class Catalog:
         if key not in self.compiled:
             self.compiled[key] = [(nav, Options(raw, where=f"$expand={nav}(…): ", depth=options.depth + 1))
                                   for nav, raw in grouped_expand(entity_set, options.expand).items()]
-        return self.compiled[key]  # type: ignore[no-any-return]
+        return self.compiled[key]
 
     # --- collections ------------------------------------------------------------------
 
@@ -475,7 +491,7 @@ class Catalog:
         # Without $orderby, by @iot.id: a stable order across pages (OGC 18-088 §9.3.3.3).
         members = sorted(members, key=lambda m: sort_key(m[0]))
         if options.orderby:
-            keys = [(lambda m, g=getter: g(m[1]), descending) for getter, descending in self.order_keys(entity_set, options.orderby)]
+            keys = [(_of_member(getter), descending) for getter, descending in self.order_keys(entity_set, options.orderby)]
             members = sort_by(members, keys)
         chosen = members[options.skip : options.skip + options.top]
         return chosen, options.skip + options.top < len(members), len(members)
@@ -573,7 +589,8 @@ class Catalog:
             raise StaError(400, f"$orderby: more than {MAX_TIES} Observations share one {first} value; add a $filter or order by @iot.id")
         return (sort_by(before, getters) + sort_by(ties, getters))[:window]
 
-    async def collection(self, entity_set: str, members: list[tuple[Any, Any]] | None, options: Options, *, url: str, channel_id: int | None = None) -> dict[str, Any]:
+    async def collection(self, entity_set: str, members: list[tuple[Any, Any]] | None, options: Options, *, url: str,
+                         channel_id: int | None = None) -> dict[str, Any]:
         if members is None:
             chosen, more, total = await self.observations(options, channel_id=channel_id)
         else:
@@ -593,7 +610,14 @@ class Catalog:
             raise StaError(400, f"the response would hold more than {MAX_ENTITIES} entities, expansions included; "
                                 "use a smaller $top inside $expand and follow each expansion's @iot.nextLink")
         if self.entities % YIELD_EVERY == 0:
-            await asyncio.sleep(0)  # rendering 50,000 entities is seconds of Python: others get their turns meanwhile
+            # Rendering 50,000 entities is seconds of Python: others get their turns meanwhile, and
+            # public rendering as a whole keeps to its share of the loop (hub.budget.LoopShare).
+            now = time.perf_counter()
+            if self.budget is None:
+                await asyncio.sleep(0)
+            else:
+                await self.budget.pause_rendering(now - self.slice_started)
+            self.slice_started = time.perf_counter()
         entity = dict(self.render(entity_set, key, obj))
         expanded: list[str] = []
         for nav, nested in self.expansions(entity_set, options):
@@ -668,7 +692,8 @@ def select_properties(entity_set: str, entity: dict[str, Any], select: list[tupl
             if len(path) == 1:
                 out[head] = entity[head]
                 continue
-            source, target = entity, out
+            source: Any = entity
+            target: Any = out
             for step in path[:-1]:
                 source = source.get(step) if isinstance(source, dict) else None
                 target = target.setdefault(step, {})
@@ -759,7 +784,9 @@ async def service_root(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "value": [{"name": name, "url": f"{base}/{name}"} for name in SETS],
-            "serverSettings": {"conformance": ["http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel", "http://www.opengis.net/spec/iot_sensing/1.1/req/resource-path/resource-path-to-entities", "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data"]},
+            "serverSettings": {"conformance": ["http://www.opengis.net/spec/iot_sensing/1.1/req/datamodel",
+                                               "http://www.opengis.net/spec/iot_sensing/1.1/req/resource-path/resource-path-to-entities",
+                                               "http://www.opengis.net/spec/iot_sensing/1.1/req/request-data"]},
         }
     )
 

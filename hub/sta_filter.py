@@ -80,7 +80,7 @@ class FilterError(ValueError):
     """The expression is outside what this server evaluates; the message names the construct and what is accepted."""
 
 
-class Many(tuple):  # type: ignore[type-arg]
+class Many(tuple[Any, ...]):
     """The values a path takes through a navigation property leading to several entities (true if any matches)."""
 
 
@@ -490,7 +490,7 @@ def _on_segment(p: list[float], a: list[float], b: list[float]) -> bool:
 def _in_ring(p: list[float], ring: list[list[float]]) -> bool:
     """Ray casting; a point on the ring counts as inside."""
     inside = False
-    for a, b in zip(ring, ring[1:]):
+    for a, b in itertools.pairwise(ring):
         if _on_segment(p, a, b):
             return True
         if (a[1] > p[1]) != (b[1] > p[1]) and p[0] < a[0] + (p[1] - a[1]) * (b[0] - a[0]) / (b[1] - a[1]):
@@ -503,9 +503,11 @@ def _point_in(point: list[float], shape: tuple[str, Any]) -> bool:
     if kind == "Point":
         return point[:2] == coordinates[:2]
     if kind == "LineString":
-        return any(_on_segment(point, a, b) for a, b in zip(coordinates, coordinates[1:]))
+        return any(_on_segment(point, a, b) for a, b in itertools.pairwise(coordinates))
     outer, *holes = coordinates
-    return _in_ring(point, outer) and not any(_in_ring(point, hole) and not any(_on_segment(point, a, b) for a, b in zip(hole, hole[1:])) for hole in holes)
+    return _in_ring(point, outer) and not any(
+        _in_ring(point, hole) and not any(_on_segment(point, a, b) for a, b in itertools.pairwise(hole)) for hole in holes
+    )
 
 
 def _geometry(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -537,7 +539,7 @@ def _distance(a: tuple[str, Any], b: tuple[str, Any]) -> float | None:
 def _length(a: tuple[str, Any]) -> float | None:
     if a[0] != "LineString":
         return None
-    return sum(math.hypot(q[0] - p[0], q[1] - p[1]) for p, q in zip(a[1], a[1][1:]))
+    return sum(math.hypot(q[0] - p[0], q[1] - p[1]) for p, q in itertools.pairwise(a[1]))
 
 
 def _within(a: tuple[str, Any], b: tuple[str, Any]) -> bool | None:
@@ -790,7 +792,7 @@ def _compile_call(node: Node, resolve: Resolve) -> tuple[Getter, str]:
     if not low <= len(arg_nodes) <= len(types):
         raise FilterError(f"{name}() takes {len(types)} argument{'s' if len(types) != 1 else ''}, got {len(arg_nodes)}")
     getters = []
-    for position, (expected, arg_node) in enumerate(zip(types, arg_nodes), start=1):
+    for position, (expected, arg_node) in enumerate(zip(types, arg_nodes, strict=True), start=1):
         getter, actual = compile_value(arg_node, resolve)
         if expected == "time" and actual == "str":
             getter, actual = _as_time(arg_node, getter, actual)
