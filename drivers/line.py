@@ -18,19 +18,40 @@ log = logging.getLogger("ocn.bus")
 
 
 class BusConfigLike(Protocol):
-    """What a bus owner needs from the gateway config's ``[[buses]]`` entry."""
+    """What a bus owner needs from the gateway config's ``[[buses]]`` entry (port for serial and RTU, host for TCP)."""
 
-    name: str
-    type: str
-    port: str
-    baudrate: int
-    parity: str
-    stopbits: int
-    bytesize: int
-    host: str
-    tcp_port: int
-    timeout: float
-    frame_gap: float
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def type(self) -> str: ...
+
+    @property
+    def port(self) -> str | None: ...
+
+    @property
+    def baudrate(self) -> int: ...
+
+    @property
+    def parity(self) -> str: ...
+
+    @property
+    def stopbits(self) -> float: ...
+
+    @property
+    def bytesize(self) -> int: ...
+
+    @property
+    def host(self) -> str | None: ...
+
+    @property
+    def tcp_port(self) -> int: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def frame_gap(self) -> float: ...
 
 
 def bits_per_char(config: BusConfigLike) -> int:

@@ -23,7 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.check",
     "edge.commands.enrol",
     "edge.commands.image",
-    "drivers.cli",
+    "edge.commands.drivers",
     "edge.commands.policy",
     "hilsim.cli",
     "hub.cli",

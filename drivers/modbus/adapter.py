@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import cast
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, NotImplementedException
 from pymodbus.framer.rtu import FramerRTU
+from pymodbus.pdu import ModbusPDU
 
 __all__ = [
     "EXCEPTION_MEANINGS",
@@ -138,7 +140,7 @@ class ModbusLink:
         tcp_port: int = 502,
         baudrate: int = 9600,
         parity: str = "N",
-        stopbits: int = 1,
+        stopbits: float = 1,
         bytesize: int = 8,
         timeout: float = 1.0,
     ) -> None:
@@ -149,19 +151,18 @@ class ModbusLink:
         self.bytes_in = 0
         self._received_during_request = 0
         self._lost = asyncio.Event()
-        common = {
-            "timeout": timeout,
-            "retries": 0,  # the bus owner decides about retries and backoff
-            "reconnect_delay": 0,  # the bus owner reopens, with its own backoff and logging
-            "trace_packet": self._count,
-            "trace_connect": self._connected,
-        }
+        # retries = 0 and reconnect_delay = 0: the bus owner decides about retries, and reopens
+        # with its own backoff and logging.
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient
         if kind == "tcp":
-            self._client = AsyncModbusTcpClient(host, port=tcp_port, **common)
+            self._client = AsyncModbusTcpClient(host, port=tcp_port, timeout=timeout, retries=0, reconnect_delay=0,
+                                                trace_packet=self._count, trace_connect=self._connected)
         else:
             self._client = AsyncModbusSerialClient(
-                port, framer=FramerType.RTU, baudrate=baudrate, parity=parity, stopbits=stopbits,
-                bytesize=bytesize, **common,
+                # pymodbus annotates stopbits as int but hands it to pyserial, which takes 1.5 as well.
+                port, framer=FramerType.RTU, baudrate=baudrate, parity=parity, stopbits=cast(int, stopbits),
+                bytesize=bytesize, timeout=timeout, retries=0, reconnect_delay=0,
+                trace_packet=self._count, trace_connect=self._connected,
             )
             self._client.ctx.framer = _HuntingFramerRTU(self._client.ctx.framer.decoder)
         # A silent unit must never make pymodbus drop a healthy shared connection.
@@ -171,12 +172,13 @@ class ModbusLink:
         protocol = self._client.ctx
         arrive = protocol.datagram_received
 
-        def received(data: bytes, addr: tuple | None) -> None:
+        def received(data: bytes, addr: tuple[str, int] | None) -> None:
             self.bytes_in += len(data)
             self._received_during_request += len(data)
             arrive(data, addr)
 
-        protocol.datagram_received = received
+        # An instance attribute shadows the method: pymodbus calls self.datagram_received.
+        vars(protocol)["datagram_received"] = received
 
     def _count(self, sending: bool, data: bytes) -> bytes:
         if sending:
@@ -256,7 +258,7 @@ class ModbusLink:
             return list(reply.bits[:count])
         return list(reply.registers)
 
-    async def _next_reply(self, timeout: float) -> object:
+    async def _next_reply(self, timeout: float) -> ModbusPDU:
         """The next frame from the unit last asked (pymodbus 3.16 hands each frame to ``response_future``)."""
         protocol = self._client.ctx
         protocol.response_future = asyncio.get_running_loop().create_future()
@@ -266,20 +268,20 @@ class ModbusLink:
         return await asyncio.wait_for(protocol.response_future, timeout)
 
 
-def _mismatch(reply: object, function: str, count: int) -> str | None:
+def _mismatch(reply: ModbusPDU, function: str, count: int) -> str | None:
     """Why ``reply`` cannot be the answer to a read of ``count`` of ``function``, or None if it can be."""
     code = _FUNCTION_CODES[function]
     got = getattr(reply, "function_code", None)
     if got is None or got & 0x7F != code:
         return f"a reply to function {got} (an earlier request) instead of function {code}"
-    if reply.isError():  # type: ignore[attr-defined]
+    if reply.isError():
         return None
     if function in ("coil", "discrete"):
-        bits = len(reply.bits)  # type: ignore[attr-defined]
+        bits = len(reply.bits)
         if bits != 8 * ((count + 7) // 8):
             return f"a reply with {bits // 8} data bytes to a read of {count} bits (an earlier request's reply?)"
         return None
-    registers = len(reply.registers)  # type: ignore[attr-defined]
+    registers = len(reply.registers)
     if registers != count:
         return f"a reply with {registers} registers to a read of {count} (an earlier request's reply?)"
     return None

@@ -51,11 +51,11 @@ class ModbusBus:
         self.frame_gap = float(config.frame_gap)
         self.unit_backoff_max = unit_backoff_max
         if config.type == "modbus-tcp":
-            self.link = ModbusLink("tcp", host=config.host, tcp_port=config.tcp_port, timeout=self.timeout)
+            self.link = ModbusLink("tcp", host=config.host or "", tcp_port=config.tcp_port, timeout=self.timeout)
             self.what = f"Modbus TCP bus {config.name!r} ({config.host}:{config.tcp_port})"
         else:
             self.link = ModbusLink(
-                "rtu", port=config.port, baudrate=config.baudrate, parity=config.parity,
+                "rtu", port=config.port or "", baudrate=config.baudrate, parity=config.parity,
                 stopbits=config.stopbits, bytesize=config.bytesize, timeout=self.timeout,
             )
             self.what = f"Modbus RTU bus {config.name!r} ({config.port})"

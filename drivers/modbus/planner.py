@@ -68,7 +68,8 @@ def plan_reads(
         limit = max_bits if function in BIT_FUNCTIONS else max_registers
         holes = sorted(blocked.get(function, ()))
         ordered = sorted(by_function[function], key=lambda s: (s.address, s.count))
-        start = end = None
+        start: int | None = None  # the request being built, from start to end
+        end = 0
         used: set[int] = set()
         for span in ordered:
             span_end = span.address + span.count

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from drivers.sdk import Manifest
@@ -122,10 +122,11 @@ def _rmc(fields: list[str]) -> Motion:
 
 # Sentence type -> (fields it has at least, parser).  Other sentences (GSA, GSV, VTG, ...) are valid but unused:
 # GGA alone carries the position released, RMC only the speed.
-_PARSERS = {"GGA": (10, _gga), "RMC": (8, _rmc)}
+# sentence type -> (fields it needs at least, its parser)
+_PARSERS: dict[str, tuple[int, Callable[[list[str]], Fix | Motion]]] = {"GGA": (10, _gga), "RMC": (8, _rmc)}
 
 
-class NmeaDecoder(Decoder):
+class NmeaDecoder(Decoder[Fix | Motion]):
     """Splits the stream into ``$...*hh`` sentences; returns Fix and Motion objects for good GGA and RMC."""
 
     def _next(self) -> Fix | Motion | None:
@@ -183,7 +184,7 @@ class NmeaDecoder(Decoder):
         return result
 
 
-class NmeaDriver(StreamDriver):
+class NmeaDriver(StreamDriver[Fix | Motion]):
     """A GNSS receiver streaming NMEA 0183 (GGA for position, altitude and fix; RMC for speed)."""
 
     manifest = Manifest(
@@ -213,7 +214,7 @@ class NmeaDriver(StreamDriver):
             Channel(cid("speed"), unit="m/s", resolution=0.01, description="speed over ground"),
         ]
 
-    def readings(self, frame: Fix | Motion, ts_ms: int) -> Sequence[Reading]:  # type: ignore[override]
+    def readings(self, frame: Fix | Motion, ts_ms: int) -> Sequence[Reading]:
         cid = self.ctx.channel_id
         out: list[Reading] = []
         if isinstance(frame, Fix):

@@ -39,7 +39,7 @@ class Heartbeat:
     uptime_s: int
 
 
-class PedestrianDecoder(Decoder):
+class PedestrianDecoder(Decoder[Sighting | Heartbeat]):
     """Splits CRLF lines; ``SEEN`` gives a Sighting, ``HB`` a Heartbeat, ``HELLO`` is noted, anything else is a bad frame."""
 
     def __init__(self) -> None:
@@ -80,7 +80,7 @@ class PedestrianDecoder(Decoder):
             self.stats.garbage_bytes += len(line)
 
 
-class PedestrianCounterDriver(StreamDriver):
+class PedestrianCounterDriver(StreamDriver[Sighting | Heartbeat]):
     """Emits ``mac`` (personal), ``rssi`` and ``radio`` for each sighting; the privacy policy must transform ``mac``."""
 
     manifest = Manifest(
@@ -104,7 +104,7 @@ class PedestrianCounterDriver(StreamDriver):
             Channel(cid("radio"), kind=Kind.STRING, description="'wifi' or 'ble'"),
         ]
 
-    def readings(self, frame: Sighting | Heartbeat, ts_ms: int) -> Sequence[Reading]:  # type: ignore[override]
+    def readings(self, frame: Sighting | Heartbeat, ts_ms: int) -> Sequence[Reading]:
         if not isinstance(frame, Sighting):
             return ()
         cid = self.ctx.channel_id

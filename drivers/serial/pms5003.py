@@ -49,7 +49,7 @@ READ = command(0xE2)
 WAKE = command(0xE4, 1)
 
 
-class Pms5003Decoder(Decoder):
+class Pms5003Decoder(Decoder[Pms5003Frame]):
     """Finds frames ``42 4D len(2) words... sum(2)``; the checksum is the sum of every byte before it."""
 
     def _next(self) -> Pms5003Frame | None:
@@ -83,7 +83,7 @@ class Pms5003Decoder(Decoder):
             return Pms5003Frame(tuple(int.from_bytes(frame[4 + 2 * i : 6 + 2 * i], "big") for i in range(12)))
 
 
-class Pms5003Driver(StreamDriver):
+class Pms5003Driver(StreamDriver[Pms5003Frame]):
     """PMS5003 on its own serial port (9600 8N1); passive mode reads once per poll interval."""
 
     manifest = Manifest(
@@ -111,6 +111,6 @@ class Pms5003Driver(StreamDriver):
     def query_command(self) -> bytes | None:
         return READ if self.options["mode"] == "passive" else None
 
-    def readings(self, frame: Pms5003Frame, ts_ms: int) -> Sequence[Reading]:  # type: ignore[override]
+    def readings(self, frame: Pms5003Frame, ts_ms: int) -> Sequence[Reading]:
         return [Reading(self.ctx.channel_id(name), ts_ms, value, unit)
                 for (name, unit, _), value in zip(FIELDS, frame.values, strict=True)]

@@ -34,7 +34,7 @@ QUERY = command(4)
 WORK = command(6, bytes([1, 1]))  # sleep/work: set, work
 
 
-class Sds011Decoder(Decoder):
+class Sds011Decoder(Decoder[Sds011Frame]):
     """Finds 10-byte frames ``AA C0 pm25L pm25H pm10L pm10H id id sum AB``; skips command replies (``AA C5``)."""
 
     def _next(self) -> Sds011Frame | None:
@@ -65,7 +65,7 @@ class Sds011Decoder(Decoder):
                                pm10=int.from_bytes(frame[4:6], "little") / 10)
 
 
-class Sds011Driver(StreamDriver):
+class Sds011Driver(StreamDriver[Sds011Frame]):
     """SDS011 on its own serial port (9600 8N1); in query mode the gateway asks once per poll interval."""
 
     manifest = Manifest(
@@ -95,6 +95,6 @@ class Sds011Driver(StreamDriver):
     def query_command(self) -> bytes | None:
         return QUERY if self.options["mode"] == "query" else None
 
-    def readings(self, frame: Sds011Frame, ts_ms: int) -> Sequence[Reading]:  # type: ignore[override]
+    def readings(self, frame: Sds011Frame, ts_ms: int) -> Sequence[Reading]:
         return (Reading(self.ctx.channel_id("pm2_5"), ts_ms, frame.pm2_5, "ug/m3"),
                 Reading(self.ctx.channel_id("pm10"), ts_ms, frame.pm10, "ug/m3"))

@@ -8,12 +8,15 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from drivers.sdk import BusDown, DeviceContext, Driver, Emit
 from edge.protocol.types import Reading
 from edge.util.logonce import LogOnce
 
 __all__ = ["Decoder", "DecoderStats", "StreamDriver"]
+
+Frame = TypeVar("Frame")
 
 
 @dataclass(slots=True)
@@ -26,17 +29,17 @@ class DecoderStats:
     garbage_bytes: int = 0  # bytes skipped while looking for the start of a frame
 
 
-class Decoder(abc.ABC):
+class Decoder(abc.ABC, Generic[Frame]):
     """Turns a byte stream into frames, resynchronising after garbage and rejecting bad checksums."""
 
     def __init__(self) -> None:
         self.stats = DecoderStats()
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[object]:
+    def feed(self, data: bytes) -> list[Frame]:
         """Add bytes from the port; returns the complete, valid frames now available, in order."""
         self._buffer += data
-        frames: list[object] = []
+        frames: list[Frame] = []
         while True:
             frame = self._next()
             if frame is None:
@@ -44,7 +47,7 @@ class Decoder(abc.ABC):
             frames.append(frame)
 
     @abc.abstractmethod
-    def _next(self) -> object | None:
+    def _next(self) -> Frame | None:
         """Take one valid frame off the front of ``self._buffer``, or None when more bytes are needed."""
 
     def _skip(self, n: int) -> None:
@@ -52,7 +55,7 @@ class Decoder(abc.ABC):
         del self._buffer[:n]
 
 
-class StreamDriver(Driver):
+class StreamDriver(Driver, Generic[Frame]):
     """A device on its own serial bus that streams frames (or answers queries) which a Decoder understands.
 
     Subclasses provide the decoder, the readings of one frame and, optionally,
@@ -86,10 +89,10 @@ class StreamDriver(Driver):
         self._silence.flap_s = seconds
 
     @abc.abstractmethod
-    def make_decoder(self) -> Decoder: ...
+    def make_decoder(self) -> Decoder[Frame]: ...
 
     @abc.abstractmethod
-    def readings(self, frame: object, ts_ms: int) -> Sequence[Reading]:
+    def readings(self, frame: Frame, ts_ms: int) -> Sequence[Reading]:
         """The readings one valid frame carries."""
 
     def setup_commands(self) -> Sequence[bytes]:

@@ -32,7 +32,7 @@ Exit status: 0 when the file is valid, 2 when it has problems.
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "check",
         help=HELP,

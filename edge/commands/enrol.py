@@ -50,7 +50,7 @@ problems, 75 (--first-boot) the hub was not reachable within --retry-for.
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "enrol",
         help="create the device key if needed and enrol the gateway at its hub with a token",

@@ -9,7 +9,7 @@ import sys
 from edge.commands import positive
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run",
         help="run the gateway described by a config file (what the systemd service runs)",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import sys
@@ -75,7 +76,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     seed.add_argument("--config", metavar="TOML", help="a gateway.toml to start from (default: the one `ocn-edge init` writes)")
     seed.add_argument("--policy", metavar="TOML", help="the city's policy.toml (default: the demo policy `ocn-edge init` writes)")
     seed.set_defaults(func=run_seed)
-    image.set_defaults(func=lambda _args: image.print_help() or EXIT_INVALID)
+    image.set_defaults(func=functools.partial(_usage, image))
+
+
+def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    parser.print_help()
+    return EXIT_INVALID
 
 
 def run_seed(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ _POLICY_PREAMBLE = """\
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("init", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", metavar="DIR", nargs="?", default="/etc/ocn-edge", help="where to write them (default /etc/ocn-edge)")
     parser.add_argument("--force", action="store_true", help="replace files that already exist")

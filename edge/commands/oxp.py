@@ -63,7 +63,7 @@ is printed), 2 the file cannot be read, 3 decoded but not verified (no --pub).
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keygen = sub.add_parser(
         "keygen",
         help="create a device key pair (device.key mode 0600, device.pub) and print its key id",

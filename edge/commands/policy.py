@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.commands import CommandError, file_problem, make_directory
+
+if TYPE_CHECKING:
+    from edge.protocol.types import Channel
 
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     policy = sub.add_parser(
         "policy",
         help="check, sign, verify or explain a privacy policy",
@@ -96,14 +99,14 @@ def _fail(lines: list[str] | str) -> int:
     return 1
 
 
-def _declared_channels(config: Any) -> list[Any]:
+def _declared_channels(config: Any) -> list[Channel]:
     """Every channel the enabled devices of ``config`` declare (drivers are created, never started)."""
     import logging
 
     from drivers.registry import load_driver
     from drivers.sdk import DeviceContext
 
-    channels = []
+    channels: list[Channel] = []
     for dev in config.devices:
         if not dev.enabled:
             continue

@@ -192,7 +192,7 @@ def test_a_driver_scaffolded_by_driver_new_installs_as_a_separate_package_and_is
 def test_ports_shows_the_stable_by_id_name_of_each_port(tmp_path, monkeypatch, capsys):
     from serial.tools import list_ports
 
-    import drivers.cli
+    import edge.commands.drivers
 
     ports = list_ports.comports()
     if not ports:
@@ -200,7 +200,7 @@ def test_ports_shows_the_stable_by_id_name_of_each_port(tmp_path, monkeypatch, c
     by_id = tmp_path / "by-id"
     by_id.mkdir()
     (by_id / "usb-FTDI_FT232R_USB_UART_A10KXYZ-if00-port0").symlink_to(ports[0].device)
-    monkeypatch.setattr(drivers.cli, "BY_ID", by_id)
+    monkeypatch.setattr(edge.commands.drivers, "BY_ID", by_id)
     assert main(["ports", "--json"]) == 0
     listed = {p["device"]: p for p in json.loads(capsys.readouterr().out)["ports"]}
     assert listed[ports[0].device]["by_id"] == str(by_id / "usb-FTDI_FT232R_USB_UART_A10KXYZ-if00-port0")

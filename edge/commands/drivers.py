@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from drivers.buses import UnitBackingOff, create_bus
+from drivers.buses import BusConfigLike, UnitBackingOff, create_bus
 from drivers.modbus.adapter import (
     ExceptionReply,
     GarbledReply,
@@ -39,7 +40,7 @@ MAX_BAUD = 4_000_000  # the fastest UARTs a Pi or a USB adapter drive
 BY_ID = Path("/dev/serial/by-id")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     raw = argparse.RawDescriptionHelpFormatter
 
     p = sub.add_parser("drivers", help="list the installed drivers and Modbus profiles", formatter_class=raw,
@@ -59,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     new.add_argument("name", metavar="NAME", help="the driver name, e.g. acme-flowmeter")
     new.add_argument("--dir", default=".", help="where to create the package (default: the current directory)")
     new.set_defaults(func=cmd_driver_new)
-    p.set_defaults(func=lambda args: (p.print_help(), EXIT_USAGE)[1])
+    p.set_defaults(func=functools.partial(_usage, p))
 
     p = sub.add_parser("ports", help="list serial ports with their stable /dev/serial/by-id names",
                        formatter_class=raw, description=(
@@ -116,6 +117,11 @@ def _bus_arguments(p: argparse.ArgumentParser, *, multi_baud: bool) -> None:
     p.add_argument("--parity", choices=("N", "E", "O"), default="N", help="parity (default N)")
     p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="stop bits (default 1)")
     p.add_argument("--timeout", type=positive, default=0.5, help="seconds to wait for each reply (default 0.5)")
+
+
+def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    parser.print_help()
+    return EXIT_USAGE
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> int:
@@ -323,6 +329,7 @@ async def _scan(tcp: tuple[str, int] | None, args: argparse.Namespace, bauds: li
         try:
             for unit in units:
                 began = time.monotonic()
+                entry: dict[str, Any]
                 try:
                     values = await link.read(function, unit, address, 1, timeout=args.timeout)
                 except NoReply:
@@ -404,7 +411,7 @@ def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
         if args.device not in devices:
             raise ValueError(f"{args.config}: no device named {args.device!r} (devices: {', '.join(devices)})")
         device = devices[args.device]
-        bus = next((b for b in cfg.buses if b.name == device.bus), None)
+        bus: BusConfigLike | None = next((b for b in cfg.buses if b.name == device.bus), None)
         return {"driver": load_driver(device.driver), "bus": bus, "device": device.name,
                 "options": device.options, "address": device.address}
     if args.device:
@@ -477,7 +484,7 @@ async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
                     problems.append(f"{len(result.skipped)} more request(s) not sent after the unit went silent")
             else:
                 readings = await _stream(driver, channels, wait)
-                stats = getattr(driver, "stats", dict)()
+                stats: dict[str, Any] = getattr(driver, "stats", dict)()
                 if not readings:
                     problems.append(_stream_diagnosis(bus.stats(), stats, wait))
                 elif stats.get("bad_checksum") or stats.get("bad_frames"):
