@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 from drivers.sdk import Driver
 
@@ -18,7 +18,7 @@ class UnknownDriver(LookupError):
         self.known = known
 
 
-def available() -> dict[str, object]:
+def available() -> dict[str, EntryPoint]:
     """Installed driver names mapped to their (not yet loaded) entry points."""
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
@@ -27,7 +27,7 @@ def load_driver(name: str) -> type[Driver]:
     eps = available()
     if name not in eps:
         raise UnknownDriver(name, sorted(eps))
-    cls = eps[name].load()  # type: ignore[attr-defined]
+    cls = eps[name].load()
     if not (isinstance(cls, type) and issubclass(cls, Driver)):
         raise TypeError(f"entry point {name!r} in group {GROUP} is {cls!r}, not a drivers.sdk.Driver subclass")
     return cls

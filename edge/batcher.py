@@ -237,7 +237,8 @@ class Batcher:
                 except TimeoutError:
                     pass
             self._wake.clear()
-            if self._open is not None and self._time_to_close() <= 0:
+            left = self._time_to_close()
+            if left is not None and left <= 0:
                 self._close_open()
             try:
                 await self._seal_ready()
@@ -379,7 +380,7 @@ class Batcher:
             try:
                 channels = tuple(self._channel(cid, subset, pending.channels) for cid in sorted({r.channel for r in subset}))
                 encode_body(channels, subset)
-            except Exception:  # noqa: BLE001 - whatever the codec refuses, the search narrows it down
+            except Exception:  # whatever the codec refuses, the search narrows it down
                 if len(part) == 1:
                     bad.add(part[0])
                 else:

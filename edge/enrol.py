@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -229,7 +230,7 @@ def _delete_token(token_file: Path) -> None:
         token_file.unlink()
 
 
-def _json(text: str) -> dict | None:  # type: ignore[type-arg]
+def _json(text: str) -> dict[str, Any] | None:
     try:
         document = json.loads(text)
     except ValueError:

@@ -520,7 +520,7 @@ class Url(Type):
             return raw
         try:
             parts = urlsplit(raw)
-            parts.port  # noqa: B018 - raises ValueError on a bad port
+            _ = parts.port  # raises ValueError on a bad port
         except ValueError:
             raise self.fail() from None
         if parts.scheme not in self._schemes or not parts.hostname or any(c.isspace() for c in raw):

@@ -347,12 +347,12 @@ class Spool:
                  header.created_ms, now, data),
             )
             row = cur.lastrowid
+            assert row is not None  # an INSERT of one row always sets it
             self._bytes += size
             self._batches += 1
             self._readings += readings
             if self._oldest is None:
                 self._oldest = (row, header.created_ms)
-        assert row is not None
         return StoredBatch(row, batch_id, readings, header.created_ms, now, bytes(data))
 
     def _make_room(self, size: int) -> bool:
@@ -652,7 +652,7 @@ class Spool:
         )
 
     @staticmethod
-    def _stored(r: tuple) -> StoredBatch:  # type: ignore[type-arg]
+    def _stored(r: tuple[Any, ...]) -> StoredBatch:
         return StoredBatch(r[0], BatchId(r[1], bytes(r[2]), r[3], r[4]), r[5], r[6], r[7], bytes(r[8]))
 
 

@@ -97,7 +97,7 @@ class DeviceRunner:
                 if task is not None and task.cancelling():
                     raise
                 exc: BaseException = RuntimeError("the driver raised CancelledError without being cancelled")
-            except Exception as error:  # noqa: BLE001 - any driver failure is isolated here
+            except Exception as error:  # any driver failure is isolated here
                 exc = error
             self.failures += 1
             self.last_error = self._describe(exc)

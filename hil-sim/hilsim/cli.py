@@ -8,13 +8,17 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.commands import positive
+
+if TYPE_CHECKING:
+    from hilsim.scenario import Scenario
 
 __all__ = ["register"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim = sub.add_parser(
         "sim",
         help="run simulated sensors, meters and faults (hil-sim) for a gateway on this machine",
@@ -63,7 +67,7 @@ def _sim(args: argparse.Namespace) -> int:
         return 2
 
 
-async def _serve(scenario, args: argparse.Namespace) -> int:  # noqa: ANN001
+async def _serve(scenario: Scenario, args: argparse.Namespace) -> int:
     from hilsim.scenario import run_scenario
 
     stop = asyncio.Event()

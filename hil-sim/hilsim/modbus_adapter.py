@@ -8,8 +8,10 @@ corrupt a frame at the byte level, which is what a simulator of faults needs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
@@ -56,7 +58,8 @@ class _Units(ModbusServerContext):
     def device_ids(self) -> list[int]:
         return []
 
-    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1):  # noqa: N802
+    # pymodbus's method names
+    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> list[int] | ExcCodes:
         read = self._lookup(device_id)
         if read is None:
             raise NoSuchIdException(f"no unit {device_id}")
@@ -66,7 +69,8 @@ class _Units(ModbusServerContext):
             raise NoSuchIdException(f"unit {device_id} stays silent") from None
         return ExcCodes(result) if isinstance(result, int) else list(result)
 
-    async def async_setValues(self, device_id: int, func_code: int, address: int, values):  # noqa: N802
+    async def async_setValues(self, device_id: int, func_code: int, address: int,
+                              values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:
         if self._lookup(device_id) is None:
             raise NoSuchIdException(f"no unit {device_id}")
         return ExcCodes.ILLEGAL_ADDRESS  # simulated registers are read-only
@@ -102,7 +106,8 @@ class TcpServer:
             _Units(self._lookup), address=(self.host, self.port), ignore_missing_devices=True
         )
         await self._server.serve_forever(background=True)
-        self.port = self._server.transport.sockets[0].getsockname()[1]
+        listening = cast(asyncio.Server, self._server.transport)  # pymodbus types it as a transport; it is the server
+        self.port = listening.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         """Stop listening and drop every connection, like a device losing power."""

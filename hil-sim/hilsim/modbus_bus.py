@@ -120,6 +120,7 @@ class RtuLine:
         if "drop_reply" in hits:
             return
         pdu = frame[1:-2]
+        response: bytes | None
         if "exception" in hits:
             response = exception_pdu(pdu[0], hits["exception"].code)
         else:

@@ -109,7 +109,7 @@ class Replay:
                              f"expected one of {', '.join(columns)}")
         times: list[float] = []
         values: list[float] = []
-        for t, cell in zip(trace_times, columns[column]):
+        for t, cell in zip(trace_times, columns[column], strict=True):
             if cell is not None:
                 times.append(t)
                 values.append(cell)

@@ -116,7 +116,8 @@ class VirtualPort:
                     try:
                         os.write(self._master, data[sent:due])
                     except BlockingIOError:
-                        termios.tcflush(self._slave, termios.TCIFLUSH)
+                        if self._slave is not None:
+                            termios.tcflush(self._slave, termios.TCIFLUSH)
                     sent = due
                 if sent < len(data):
                     await asyncio.sleep(max(0.0, start + (sent + 1) * byte_time - loop.time()))

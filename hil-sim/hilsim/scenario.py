@@ -12,7 +12,7 @@ import logging
 import tempfile
 import tomllib
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -231,23 +231,23 @@ class Simulation:
         """Where each device is now, by device name."""
         out = {}
         for name, device in self.devices.items():
-            common = {"device": name, "kind": device.kind, "driver": device.driver, "profile": device.profile,
-                      "poll_interval": self.poll_intervals[name]}
+            common = Endpoint(device=name, kind=device.kind, transport="", driver=device.driver, profile=device.profile,
+                              poll_interval=self.poll_intervals[name])
             if isinstance(device, SerialDevice):
-                out[name] = Endpoint(transport="serial", path=str(device.port.link), tty=device.port.tty_path,
-                                     baudrate=device.baudrate, parity="N", stopbits=1, **common)
+                out[name] = replace(common, transport="serial", path=str(device.port.link), tty=device.port.tty_path,
+                                    baudrate=device.baudrate, parity="N", stopbits=1)
             else:
                 assert isinstance(device, ModbusDevice)
                 line = next((b for b in self.rtu_lines.values() if device.unit in b.units
                              and b.units[device.unit] is device), None)
                 if line is not None:
-                    out[name] = Endpoint(transport="modbus-rtu", bus=line.name, path=str(line.port.link),
-                                         tty=line.port.tty_path, baudrate=line.baudrate, parity=line.parity,
-                                         stopbits=line.stopbits, unit=device.unit, **common)
+                    out[name] = replace(common, transport="modbus-rtu", bus=line.name, path=str(line.port.link),
+                                        tty=line.port.tty_path, baudrate=line.baudrate, parity=line.parity,
+                                        stopbits=line.stopbits, unit=device.unit)
                 else:
                     tcp = next(b for b in self.tcp_buses.values() if b.units.get(device.unit) is device)
-                    out[name] = Endpoint(transport="modbus-tcp", bus=tcp.name, host=tcp.host, port=tcp.port,
-                                         unit=device.unit, **common)
+                    out[name] = replace(common, transport="modbus-tcp", bus=tcp.name, host=tcp.host, port=tcp.port,
+                                        unit=device.unit)
         return out
 
     def emitted_macs(self) -> set[str]:
@@ -359,14 +359,18 @@ def _build(scenario: Scenario, sim: Simulation) -> list[Any]:
             parse_faults(spec.get("faults", ()), where=f"{here}.faults",
                          allowed=TCP_FAULTS if bus_type == "modbus-tcp" else cls.fault_kinds),
             sim.seed)
-        common = {"name": spec["name"], "models": models, "faults": faults, "clock": sim.clock, "seed": sim.seed,
-                  "options": spec.get("options", {})}
+        options = spec.get("options", {})
+        device: SimDevice
         if issubclass(cls, SerialDevice):
-            device: SimDevice = cls(run_dir=sim.run_dir, baudrate=spec.get("baudrate"), **common)
+            device = cls(run_dir=sim.run_dir, baudrate=spec.get("baudrate"), name=spec["name"], models=models,
+                         faults=faults, clock=sim.clock, seed=sim.seed, options=options)
         else:
-            device = cls(unit=spec["unit"], response_delay=parse_duration(
-                spec.get("response_delay", "20ms"), field=f"{here}.response_delay"), **common)
-            (sim.rtu_lines.get(spec["bus"]) or sim.tcp_buses[spec["bus"]]).add(device)
+            assert issubclass(cls, ModbusDevice)  # every device kind is a serial or a Modbus device
+            modbus = cls(unit=spec["unit"], response_delay=parse_duration(
+                spec.get("response_delay", "20ms"), field=f"{here}.response_delay"), name=spec["name"], models=models,
+                faults=faults, clock=sim.clock, seed=sim.seed, options=options)
+            (sim.rtu_lines.get(spec["bus"]) or sim.tcp_buses[spec["bus"]]).add(modbus)
+            device = modbus
         sim.devices[spec["name"]] = device
         sim.poll_intervals[spec["name"]] = str(spec.get("poll_interval", "10s"))
     return [*sim.devices.values(), *sim.rtu_lines.values(), *sim.tcp_buses.values()]

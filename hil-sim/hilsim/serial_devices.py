@@ -28,7 +28,7 @@ class SerialDevice(SimDevice):
 
     default_baudrate: ClassVar[int] = 9600
     link_prefix: ClassVar[str] = "ttySIM"
-    fault_kinds = _SERIAL_FAULTS
+    fault_kinds: ClassVar[tuple[str, ...]] = _SERIAL_FAULTS
 
     def __init__(self, *, run_dir: Path, baudrate: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -142,7 +142,7 @@ class Sds011(SerialDevice):
         return frame[:8] + bytes([frame[8] ^ 0x5A]) + frame[9:]
 
     def take_commands(self, buffer: bytearray) -> list[bytes]:
-        commands = []
+        commands: list[bytes] = []
         while True:
             start = buffer.find(b"\xAA\xB4")
             if start < 0:
@@ -236,7 +236,7 @@ class Pms5003(SerialDevice):
         return body + pms_checksum(body).to_bytes(2, "big")
 
     def take_commands(self, buffer: bytearray) -> list[bytes]:
-        commands = []
+        commands: list[bytes] = []
         while True:
             start = buffer.find(b"\x42\x4D")
             if start < 0:

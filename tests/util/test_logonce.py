@@ -66,7 +66,7 @@ def test_the_level_and_extra_are_the_callers(lines, caplog):
 
 
 def test_key_fn_chooses_what_identifies_a_fault(lines):
-    notes = LogOnce(LOG, key_fn=lambda req: req["unit"])
+    notes = LogOnce(LOG, key_fn=lambda req: req["unit"] if isinstance(req, dict) else req)
     notes.failure({"unit": 3, "try": 1}, "unit 3")
     notes.failure({"unit": 3, "try": 2}, "unit 3")
     assert notes.failing({"unit": 3})
