@@ -42,6 +42,7 @@ from edge.protocol.codec import encode_body
 from edge.protocol.types import Channel, Kind, Reading
 from edge.spool import Spool, SpoolError, StoredBatch
 from edge.util.clock import now_ms
+from edge.util.logonce import LogOnce
 
 __all__ = ["Batcher", "BatcherCounters"]
 
@@ -130,7 +131,7 @@ class Batcher:
         self._clock_ms = clock_ms
         self._on_stored = on_stored
         self._channels: dict[str, Channel] = {}
-        self._undeclared_logged: set[str] = set()
+        self._undeclared = LogOnce(log)  # said once per channel: a driver does not start declaring it later
         self._unsealable_logged: set[tuple[str, str]] = set()  # (channel, error kind) already said
         self._open: _Pending | None = None
         self._ready: deque[_Pending] = deque()
@@ -418,9 +419,8 @@ class Batcher:
         # Undeclared: travel without a resolution (floats), typed from the first value; logged once.
         sample = next(r for r in readings if r.channel == channel_id)
         kind = Kind.BOOL if isinstance(sample.value, bool) else Kind.STRING if isinstance(sample.value, str) else Kind.NUMBER
-        if channel_id not in self._undeclared_logged:
-            self._undeclared_logged.add(channel_id)
-            log.warning("reading of an undeclared channel: sent without a resolution", extra={"channel": channel_id})
+        self._undeclared.failure(channel_id, "reading of an undeclared channel: sent without a resolution",
+                                 extra={"channel": channel_id})
         return Channel(channel_id, unit=sample.unit, kind=kind)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 from edge.private import private_database, private_directory
 from edge.protocol import peek_header
 from edge.util.clock import now_ms
+from edge.util.logonce import LogOnce
 
 __all__ = ["ACK_DELAY_S", "ACK_GROUP", "BatchId", "BootInfo", "Spool", "SpoolError", "SpoolStats", "StoredBatch", "WHEN_FULL"]
 
@@ -171,11 +172,11 @@ class Spool:
         self._acked_since = 0.0
         self._pending_budget: tuple[int, int] | None = None
         self._last_quarantine_log = -_QUARANTINE_LOG_S
-        self._full = False  # logged once when the quota starts dropping, once when there is room again
+        self._notes = LogOnce(log)  # "full": the quota drops batches; "write": the disk refuses writes
         self._boot_epoch: int | None = None
         self._next_seq = 0
         # Since when the disk has refused writes (None: it takes them), and when pending ack deletions were last tried.
-        self._write_failing_since: float | None = None
+        self._write_failing_since = 0.0  # when the current write failure began (while "write" is failing)
         self._write_failures = 0
         self._last_ack_flush = 0.0
         self._load_figures()
@@ -358,13 +359,12 @@ class Spool:
     def _make_room(self, size: int) -> bool:
         """Apply the quota inside the caller's transaction; True if a batch of ``size`` bytes now fits."""
         if self._used() + size <= self.max_bytes:
-            if self._full:
-                self._full = False
-                log.info("spool has room again", extra=self._loss_fields())
+            if self._notes.failing("full"):
+                self._notes.recovered("full", "spool has room again", extra=self._loss_fields())
             return True
-        if not self._full:
-            self._full = True
-            log.warning(f"spool full: {self.when_full.replace('_', ' ')} batches until there is room", extra=self._loss_fields())
+        if not self._notes.failing("full"):
+            self._notes.failure("full", f"spool full: {self.when_full.replace('_', ' ')} batches until there is room",
+                                extra=self._loss_fields())
         if self.when_full == "refuse_newest" or size > self.max_bytes:
             return False
         # Quarantined batches will never be delivered: they go first, then the oldest pending ones.
@@ -490,7 +490,7 @@ class Spool:
             if not self._acked and self._pending_budget is None:
                 return True
             now = time.monotonic()
-            if self._write_failing_since is not None and now - self._last_ack_flush < ACK_DELAY_S:
+            if self._notes.failing("write") and now - self._last_ack_flush < ACK_DELAY_S:
                 return False
             self._last_ack_flush = now
             try:
@@ -621,23 +621,22 @@ class Spool:
                 yield
         except (OSError, sqlite3.Error) as exc:
             self._write_failures += 1
-            if self._write_failing_since is None:
+            if not self._notes.failing("write"):
                 self._write_failing_since = time.monotonic()
-                log.error(
-                    "spool cannot write: new batches wait in memory, acknowledged ones are deleted later",
-                    extra={"path": str(self.path), "error": _storage_problem(exc, self.path)},
+                self._notes.failure(
+                    "write", "spool cannot write: new batches wait in memory, acknowledged ones are deleted later",
+                    level=logging.ERROR, extra={"path": str(self.path), "error": _storage_problem(exc, self.path)},
                 )
             raise
-        if self._write_failing_since is not None:
-            log.info(
-                "spool writable again",
+        if self._notes.failing("write"):
+            self._notes.recovered(
+                "write", "spool writable again",
                 extra={
                     "path": str(self.path),
                     "failed_s": round(time.monotonic() - self._write_failing_since, 1),
                     "failed_writes": self._write_failures,
                 },
             )
-            self._write_failing_since = None
             self._write_failures = 0
 
     def _transaction(self) -> _Transaction:
