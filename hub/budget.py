@@ -86,6 +86,8 @@ class QueryBudget:
         self.cpu_used = 0.0
         self.deadline = time.monotonic() + seconds
         self._lane = lane
+        self.keep_lane = False  # a request's budget: its place on the lane is kept until the request ends (hub.publicreads)
+        self.holds_lane = False  # ... and it has one
         self._loop_share = loop_share
         self._mark: tuple[int, float] | None = None  # (thread, its CPU clock) when last paced
 

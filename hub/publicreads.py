@@ -111,10 +111,15 @@ class PublicReads:
             raise Refused(429, "too_many_requests", f"this client address already has {held} public requests running, "
                                                     "the most one may; wait for them to finish", retry_after=1)
         self._by_client[client] = held + 1
+        budget = QueryBudget(max_examined=settings.max_examined, seconds=settings.seconds, cpu_seconds=settings.cpu_seconds,
+                             share=settings.cpu_share / self.lane, lane=self.on_lane, loop_share=self.loop_share)
+        budget.keep_lane = True
         try:
-            yield QueryBudget(max_examined=settings.max_examined, seconds=settings.seconds, cpu_seconds=settings.cpu_seconds,
-                              share=settings.cpu_share / self.lane, lane=self.on_lane, loop_share=self.loop_share)
+            yield budget
         finally:
+            if budget.holds_lane:
+                budget.holds_lane = False
+                self._lane.release()
             left = self._by_client[client] - 1
             if left:
                 self._by_client[client] = left
@@ -123,7 +128,17 @@ class PublicReads:
 
     @asynccontextmanager
     async def on_lane(self, budget: QueryBudget) -> AsyncIterator[None]:
-        """Hold one of the lane's places for a store query, waiting at most the budget's time; raise OverBudget "busy" when the queue is full."""
+        """Take one of the lane's places for the request's store queries, waiting at most the budget's time; raise
+        OverBudget "busy" when the queue is full.
+
+        A request in a :meth:`turn` keeps its place until its answer is sent, not just while its
+        query runs: the readings it holds and the answer it renders are memory and
+        loop time too, so at most ``lane`` requests hold either at once (a hundred thousand
+        readings are about 20 MiB until sent).
+        """
+        if budget.holds_lane:
+            yield
+            return
         if self._lane.locked() and self._waiting >= self.settings.queue:
             raise OverBudget("busy", f"{self.lane} public queries running and {self._waiting} waiting, the most this hub takes")
         self._waiting += 1
@@ -134,6 +149,10 @@ class PublicReads:
             raise budget.out_of_time() from None
         finally:
             self._waiting -= 1
+        if budget.keep_lane:
+            budget.holds_lane = True  # released at the end of the request's turn
+            yield
+            return
         try:
             yield
         finally:

@@ -19,7 +19,7 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from hub.app import IngestSettings, RunningHub, run_hub
-from hub.budget import QueryBudget
+from hub.budget import OverBudget, QueryBudget
 from hub.publicreads import PUBLIC_READS, PublicReads, PublicReadSettings
 from tests.hub.gateways import SimGateway, enrol, post_cose
 
@@ -183,3 +183,20 @@ async def test_public_queries_run_on_threads_of_their_own(small_budget: tuple[Ru
     threads.clear()
     await hub.store.readings(order="value", limit=200, match=where)
     assert not any("public" in name for name in threads)
+
+
+async def test_a_public_request_keeps_its_place_on_the_lane_until_its_answer_is_sent() -> None:
+    # The readings it holds and the answer it renders cost memory and loop time until sent.
+    reads = PublicReads(PublicReadSettings(queue=0), lane=1)
+    async with reads.turn("198.51.100.1") as budget:
+        async with budget.on_lane():
+            pass  # its query is done; rendering its answer still holds the place
+        async with budget.on_lane():
+            pass  # a second query of the same request (an expansion) needs no second place
+        async with reads.turn("198.51.100.2") as other:
+            with pytest.raises(OverBudget) as busy:
+                async with other.on_lane():
+                    pass
+            assert busy.value.kind == "busy"
+    async with reads.turn("198.51.100.2") as other, other.on_lane():
+        pass
