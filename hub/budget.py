@@ -117,6 +117,11 @@ class QueryBudget:
         if self.expired():
             raise self.out_of_time()
 
+    def refuse_beyond(self, readings: int) -> None:
+        """Raise :class:`OverBudget` ("readings") now if a query must examine ``readings`` more than this budget has left."""
+        if self.examined + readings > self.max_examined:
+            raise OverBudget("readings", f"the query would examine more than {self.max_examined} readings, the most one query may")
+
     def charge(self, n: int) -> None:
         """Count ``n`` more readings examined, and pace; raise :class:`OverBudget` past what one query may, or past the deadline."""
         self.examined += n

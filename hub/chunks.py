@@ -22,7 +22,7 @@ from hub.budget import Meter
 from hub.models import StoredReading
 
 __all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "Counter", "chunk_query", "count_query", "encode_chunks", "outside_query",
-           "quarantine_plan", "split_chunk", "split_reading_id"]
+           "quarantine_plan", "Size", "size_query", "split_chunk", "split_reading_id"]
 
 MAX_CHUNK = 65536
 # offset + limit of one query: deeper pages must narrow the time range instead.
@@ -179,6 +179,39 @@ def chunk_query(
         # Descending by value too, so a reading tied with a full page's last one always ranks below it (Collector._contenders).
         sql += " ORDER BY k.id DESC" if descending else " ORDER BY k.id"
     return sql, params
+
+
+def size_query(
+    mark: str,
+    *,
+    device_id: str | None,
+    channel: str | None,
+    channel_id: int | None,
+    since_ms: int | None,
+    until_ms: int | None,
+    include_personal: bool = False,
+) -> tuple[str, list[Any]]:
+    """SELECT of how many readings the chunks a chunk_query would select hold (one row, one number), for a Size."""
+    where, params = _chunks_where(
+        mark, include_personal=include_personal, device_id=device_id, channel=channel, channel_id=channel_id,
+        since_ms=since_ms, until_ms=until_ms,
+    )
+    return "SELECT COALESCE(SUM(k.count), 0)" + _CHUNKS_FROM + where, params
+
+
+class Size:
+    """Takes the one row of a size_query: the readings a query ordered by value would have to decode, known before decoding any."""
+
+    def __init__(self) -> None:
+        self.readings = 0
+
+    def feed(self, rows: Sequence[Sequence[Any]]) -> bool:
+        for (total,) in rows:
+            self.readings = int(total)
+        return False
+
+    def page(self) -> list[StoredReading]:
+        return []
 
 
 def count_query(
