@@ -125,8 +125,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="a request's headers must arrive within this of the connection or the request's first byte (default 10s)")
     hub.add_argument("--body-timeout", type=_duration("--body-timeout"), default=30.0, metavar="DURATION",
                      help="a request's body must arrive within this, else 408 (default 30s)")
-    hub.add_argument("--max-connections", type=int, default=1024, metavar="N",
-                     help="open connections at most; more are answered 503 and closed; the hub raises its open-file limit to fit (default 1024)")
+    hub.add_argument("--max-connections", type=int, default=4096, metavar="N",
+                     help="open connections at most; more are answered 503 and closed; the hub raises its open-file limit to fit (default 4096)")
     hub.add_argument("--stale-after", type=_duration("--stale-after"), default=900.0, metavar="DURATION",
                      help="a device unheard of for this long is shown as stale (default 15m)")
     hub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

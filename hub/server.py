@@ -41,7 +41,7 @@ class ConnectionSettings:
     """A request's headers must be complete within this many seconds of the connection opening or of the request's first byte."""
     body_timeout_s: float = 30.0
     """A request's body must have arrived within this many seconds of the request reaching the hub."""
-    max_connections: int = 1024
+    max_connections: int = 4096
     """Open connections at most; one more is answered 503 and closed at once."""
 
     def __post_init__(self) -> None:
