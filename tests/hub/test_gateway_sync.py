@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import tomllib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 
-from edge.config import load_config
+from edge.config import GatewayConfig, load_config
 from edge.demo import DEMO_POLICY
 from edge.enrol import enrol
 from edge.runtime import Gateway
@@ -18,12 +19,12 @@ from hub.app import run_hub
 from hub.fleet import part_digest
 
 
-def fast_batches(config):  # type: ignore[no-untyped-def]
+def fast_batches(config: GatewayConfig) -> GatewayConfig:
     """Seal a batch every second, so a test sees readings arrive without waiting for the default 30 s flush."""
     return dataclasses.replace(config, batch=dataclasses.replace(config.batch, span=2.0, flush_interval=1.0))
 
 
-async def wait_for(condition, *, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(condition: Callable[[], Awaitable[bool]], *, timeout: float = 30.0) -> None:
     for _ in range(int(timeout / 0.1)):
         if await condition():
             return

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
-from edge.privacy import Policy, parse_policy
+from edge.privacy import Policy, PrivacyStage, parse_policy
 from edge.protocol.types import Channel, Kind
 
 HEADER = """
@@ -56,3 +57,9 @@ class Clock:
     def advance(self, ms: int) -> int:
         self.now_ms += ms
         return self.now_ms
+
+
+def budget(stage: PrivacyStage) -> dict[str, Any]:
+    """The epsilon budget figures of ``stage.stats()``: spent, the period's limit, exhausted."""
+    figures: dict[str, Any] = stage.stats()
+    return dict(figures["budget"])

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from edge.privacy import PrivacyStage
 from edge.protocol.types import Reading
 
-from .support import MIDNIGHT_MS, PED_CHANNELS, Clock, make_policy
+from .support import MIDNIGHT_MS, PED_CHANNELS, Clock, budget, make_policy
 
 WINDOW = 900_000  # 15 minutes
 DAY = 86_400_000
@@ -89,8 +89,8 @@ def test_releases_stop_when_the_budget_is_spent_and_the_batch_says_so() -> None:
         out += s.tick(clock.advance(WINDOW))
     assert [r.channel for r in out] == ["ped-1/mac.distinct_15m"] * 4 + ["ped-1/privacy.budget_exhausted"] * 2
     assert [r.ts_ms - MIDNIGHT_MS for r in out[4:]] == [4 * WINDOW, 5 * WINDOW]
-    budget = s.stats()["budget"]
-    assert (budget["spent"], budget["left"], budget["exhausted"], budget["refused"]) == (1.0, 0.0, True, 2)
+    figures = budget(s)
+    assert (figures["spent"], figures["left"], figures["exhausted"], figures["refused"]) == (1.0, 0.0, True, 2)
 
 
 def test_a_spent_budget_is_logged_once_and_its_renewal_once(caplog) -> None:
@@ -163,7 +163,7 @@ def test_the_epsilon_spent_survives_a_restart_when_given_a_state_file(tmp_path) 
         out += second.tick(clock.advance(WINDOW))
     # three windows spent 0.75 before the restart; the fourth spends the rest, the fifth is refused
     assert (out[-1].channel, out[-1].ts_ms - MIDNIGHT_MS) == ("ped-1/privacy.budget_exhausted", 4 * WINDOW)
-    assert second.stats()["budget"]["spent"] == 1.0
+    assert budget(second)["spent"] == 1.0
 
 
 def test_an_unreadable_budget_state_counts_as_spent_until_the_next_period(tmp_path, caplog) -> None:

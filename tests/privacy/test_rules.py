@@ -127,6 +127,7 @@ def test_generalize_location_releases_the_centre_of_the_grid_cell() -> None:
     (lat,) = s.process(Reading("gps-1/latitude", MIDNIGHT_MS, 43.6452123))
     (lon,) = s.process(Reading("gps-1/longitude", MIDNIGHT_MS, -79.3957123))
     cell_lat = 250 / 111_320
+    assert isinstance(lat.value, float) and isinstance(lon.value, float)
     assert abs(lat.value - 43.6452123) <= cell_lat / 2 + 1e-7
     assert lat.value != 43.6452123 and lon.value != -79.3957123
     # a nearby position in the same cell gives the same output
@@ -140,7 +141,7 @@ def test_grid_cells_are_about_as_wide_as_asked_on_the_ground() -> None:
 
     s = stage(GRID, GPS_CHANNELS)
     s.process(Reading("gps-1/latitude", MIDNIGHT_MS, 43.6452))
-    lons = {s.process(Reading("gps-1/longitude", MIDNIGHT_MS, -79.4 + i * 1e-5))[0].value for i in range(2000)}
+    lons = {float(s.process(Reading("gps-1/longitude", MIDNIGHT_MS, -79.4 + i * 1e-5))[0].value) for i in range(2000)}
     steps = sorted(b - a for a, b in pairwise(sorted(lons)))
     metres = steps[0] * 111_320 * math.cos(math.radians(43.6452))
     assert 240 < metres < 260
@@ -168,7 +169,7 @@ def test_pseudonymize_releases_a_hex_pseudonym_of_the_configured_bits_on_a_strin
     (a,) = s.process(Reading("ped-1/mac", MIDNIGHT_MS, "aa:bb:cc:dd:ee:01"))
     (b,) = s.process(Reading("ped-1/mac", MIDNIGHT_MS + 1, "aa:bb:cc:dd:ee:01"))
     (c,) = s.process(Reading("ped-1/mac", MIDNIGHT_MS + 2, "aa:bb:cc:dd:ee:02"))
-    assert len(a.value) == 16 and int(a.value, 16) >= 0
+    assert isinstance(a.value, str) and len(a.value) == 16 and int(a.value, 16) >= 0
     assert a.value == b.value != c.value
     (out,) = s.output_channels()
     # A pseudonym singles out one phone for a key period: personal data, which the hub never publishes.
@@ -203,6 +204,7 @@ def test_a_mean_is_kept_to_a_tenth_of_the_declared_resolution() -> None:
     clock = Clock()
     s = stage('[channels."weather-1/*"]\nrule = "aggregate"\nwindow = "5m"\nfunctions = ["mean"]\n', [TEMP], clock)
     [mean_channel] = s.output_channels()
+    assert TEMP.resolution is not None
     assert mean_channel.resolution == pytest.approx(TEMP.resolution / 10)
     for i, value in enumerate((20.1, 20.2, 20.2)):
         s.process(Reading(TEMP.id, MIDNIGHT_MS + i * 60_000, value))

@@ -62,6 +62,7 @@ def test_after_rotation_the_old_key_is_zeroed_and_unreachable() -> None:
     stage = PrivacyStage(make_policy(PSEUDONYMIZE), PED_CHANNELS, clock_ms=clock)
     pseudonyms(stage, clock.now_ms)
     old_key = stage._pseudonyms._key
+    assert old_key is not None
     secret = int.from_bytes(old_key._key)  # held as an int, which never matches a byte scan
     assert secret != 0
     stage.tick(MIDNIGHT_MS + DAY)  # the day ends: the key dies even if no MAC is seen after midnight
@@ -103,5 +104,6 @@ def test_no_key_bytes_appear_in_the_key_objects_repr() -> None:
     stage = PrivacyStage(make_policy(PSEUDONYMIZE), PED_CHANNELS, clock_ms=Clock())
     pseudonyms(stage, MIDNIGHT_MS)
     key = stage._pseudonyms._key
+    assert key is not None
     assert repr(key) == "<EphemeralKey active>"
     assert bytes(key._key).hex() not in repr(vars(stage)) + repr(stage.stats())
