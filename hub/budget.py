@@ -74,7 +74,7 @@ class QueryBudget:
     """
 
     def __init__(self, *, max_examined: int, seconds: float, cpu_seconds: float = math.inf, share: float = 1.0,
-                 lane: Callable[[QueryBudget], AbstractAsyncContextManager[Any]] | None = None,
+                 lane: Callable[[QueryBudget, int], AbstractAsyncContextManager[Any]] | None = None,
                  loop_share: LoopShare | None = None) -> None:
         """``share``: the part of one CPU this request's query thread may use (1.0: no pacing);
         ``loop_share``: the hub's budget of loop time for rendering public answers (None: take turns only)."""
@@ -88,12 +88,14 @@ class QueryBudget:
         self._lane = lane
         self.keep_lane = False  # a request's budget: its place on the lane is kept until the request ends (hub.publicreads)
         self.holds_lane = False  # ... and it has one
+        self.lane_readings = 0  # readings it may hold, counted against the lane's room
         self._loop_share = loop_share
         self._mark: tuple[int, float] | None = None  # (thread, its CPU clock) when last paced
 
-    def on_lane(self) -> AbstractAsyncContextManager[Any]:
-        """Hold a turn on the public lane for one store query (may raise OverBudget "busy" or "time")."""
-        return nullcontext() if self._lane is None else self._lane(self)
+    def on_lane(self, readings: int = 0) -> AbstractAsyncContextManager[Any]:
+        """Hold a turn on the public lane for one store query that may hold up to ``readings`` readings
+        (may raise OverBudget "busy" or "time")."""
+        return nullcontext() if self._lane is None else self._lane(self, readings)
 
     async def pause_rendering(self, used_s: float) -> None:
         """Hand the loop back after ``used_s`` seconds of rendering this request's answer (see :class:`LoopShare`)."""

@@ -12,6 +12,7 @@ A reading's id is ``chunk id * 65536 + position`` (``MAX_CHUNK`` readings per ch
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -275,6 +276,8 @@ def _value_key(value: Any) -> tuple[int, Any]:
     return (2, str(value))
 
 
+_BY_TIME = operator.attrgetter("ts_ms", "id")
+_BY_ID = operator.attrgetter("id")
 # Exact types: a bool is an int to isinstance, yet sorts after every number (_value_key).
 _NUMBER_TYPES = frozenset((int, float))
 
@@ -311,8 +314,9 @@ class Collector:
         self.order, self.descending = order, descending
         self.offset, self.limit, self.need = offset, limit, offset + limit
         self.position = position
-        # (sort key, reading): each key computed once, so a sort compares tuples in C and calls no Python.
-        self.items: list[tuple[tuple[Any, ...], StoredReading]] = []
+        # Ordered by value: (sort key, reading), each key computed once, so a sort compares tuples in C and calls
+        # no Python.  Ordered by time or id: the readings alone (a key tuple each would be 11 MiB per 100,000).
+        self.items: list[Any] = []
         self.bound: int | None = None
         # Ordered by value: the key of the page's last reading once the page is full.
         self.threshold: tuple[int, Any] | None = None
@@ -325,10 +329,13 @@ class Collector:
         return (_value_key(r.value), r.id)
 
     def _trim(self) -> None:
-        self.items.sort(reverse=self.descending)  # ids are unique: no two keys are equal, readings are never compared
+        if self.order == "value":
+            self.items.sort(reverse=self.descending)  # ids are unique: no two keys are equal, readings are never compared
+        else:
+            self.items.sort(key=_BY_TIME if self.order == "ts_ms" else _BY_ID, reverse=self.descending)
         del self.items[self.need :]
         if len(self.items) >= self.need and self.need > 0:
-            last = self.items[-1][1]
+            last = self.items[-1][1] if self.order == "value" else self.items[-1]
             if self.order == "value":
                 self.threshold = _value_key(last.value)
             else:
@@ -386,20 +393,28 @@ class Collector:
                 self.meter.charge(len(positions))
             if self.order == "value":
                 positions = self._contenders(values, positions)
+            elif self.order == "ts_ms" and self.bound is not None:
+                # A full page ordered by time: a reading after its last one (before, descending) cannot enter; a tie may.
+                bound = self.bound - first_ms
+                positions = ([i for i in positions if offsets[i] >= bound] if self.descending
+                             else [i for i in positions if offsets[i] <= bound])
             base_id = chunk_id << 16
+            keyed = self.order == "value"
             for i in positions:
                 reading = StoredReading(base_id | i, channel_id, device_id, name, first_ms + offsets[i], values[i], unit,
                                         None if qualities is None else qualities[i])
                 if match is None or match(reading):
-                    self.items.append((key(reading), reading))
+                    self.items.append((key(reading), reading) if keyed else reading)
             full = self.bound is not None or self.threshold is not None
-            if len(self.items) >= (2 * self.need if full else self.need):
+            # Trimmed a quarter past a full page: a few sorts of mostly sorted lists, and at most 1.25 pages held.
+            if len(self.items) >= (self.need + self.need // 4 + 1 if full else self.need):
                 self._trim()
         return True
 
     def page(self) -> list[StoredReading]:
         self._trim()
-        return [reading for _, reading in self.items[self.offset : self.offset + self.limit]]
+        page = self.items[self.offset : self.offset + self.limit]
+        return [reading for _, reading in page] if self.order == "value" else page
 
 
 def collect_pages(fetch_page: Callable[[int, int], list[Any]], collector: Collector) -> list[StoredReading]:

@@ -46,12 +46,15 @@ class PublicReadSettings:
     """CPU seconds of work one public request's store queries may use; a query that needs more is answered 400 ``too_costly``."""
     cpu_share: float = 0.5
     """Part of one CPU the public lane as a whole may use; its queries pause to stay within it."""
+    readings_in_flight: int = 150_000
+    """Readings the public requests holding the lane may hold together (each counts the page it asked for); others wait."""
     loop_share: float = 0.25
     """Part of the event loop's time rendering public answers may take, all together; renderers pause to stay within it."""
 
     def __post_init__(self) -> None:
         for option, value, least in (("--public-per-client", self.per_client, 1), ("--public-queue", self.queue, 0),
-                                     ("--public-max-examined", self.max_examined, 1)):
+                                     ("--public-max-examined", self.max_examined, 1),
+                                     ("--public-readings-in-flight", self.readings_in_flight, 1)):
             if type(value) is not int or value < least:
                 raise ValueError(f"{option} {value!r}: expected a whole number of at least {least}")
         if not 0 < self.seconds < math.inf:
@@ -92,7 +95,9 @@ class PublicReads:
     def __init__(self, settings: PublicReadSettings, *, lane: int) -> None:
         self.settings = settings
         self.lane = lane
-        self._lane = asyncio.Semaphore(lane)
+        self._running = 0  # requests holding a place on the lane
+        self._in_flight = 0  # readings those requests may hold (the limits they asked for)
+        self._changed = asyncio.Condition()
         self._waiting = 0
         self._by_client: dict[str, int] = {}
         self.loop_share = LoopShare(settings.loop_share)
@@ -118,45 +123,59 @@ class PublicReads:
             yield budget
         finally:
             if budget.holds_lane:
-                budget.holds_lane = False
-                self._lane.release()
+                await self._leave(budget)
             left = self._by_client[client] - 1
             if left:
                 self._by_client[client] = left
             else:
                 del self._by_client[client]
 
+    def _fits(self, readings: int) -> bool:
+        """A place on the lane is free, and ``readings`` more fit beside those held (one request alone always fits)."""
+        return self._running < self.lane and (self._in_flight == 0 or self._in_flight + readings <= self.settings.readings_in_flight)
+
+    async def _leave(self, budget: QueryBudget) -> None:
+        async with self._changed:
+            self._running -= 1
+            self._in_flight -= budget.lane_readings
+            budget.holds_lane, budget.lane_readings = False, 0
+            self._changed.notify_all()
+
     @asynccontextmanager
-    async def on_lane(self, budget: QueryBudget) -> AsyncIterator[None]:
-        """Take one of the lane's places for the request's store queries, waiting at most the budget's time; raise
-        OverBudget "busy" when the queue is full.
+    async def on_lane(self, budget: QueryBudget, readings: int = 0) -> AsyncIterator[None]:
+        """Take one of the lane's places for the request's store queries, which may hold up to ``readings`` readings,
+        waiting at most the budget's time; raise OverBudget "busy" when the queue is full.
 
         A request in a :meth:`turn` keeps its place until its answer is sent, not just while its
-        query runs: the readings it holds and the answer it renders are memory and
-        loop time too, so at most ``lane`` requests hold either at once (a hundred thousand
-        readings are about 20 MiB until sent).
+        query runs: the readings it holds and the answer it renders are memory and loop time too.
+        So at most ``lane`` requests hold either at once, and together at most
+        ``readings_in_flight`` readings (a hundred thousand are about 20 MiB until sent).
         """
-        if budget.holds_lane:
+        if budget.holds_lane:  # a further query of a request that has its place (an expansion)
+            self._in_flight += readings
+            budget.lane_readings += readings
             yield
             return
-        if self._lane.locked() and self._waiting >= self.settings.queue:
-            raise OverBudget("busy", f"{self.lane} public queries running and {self._waiting} waiting, the most this hub takes")
+        if not self._fits(readings) and self._waiting >= self.settings.queue:
+            raise OverBudget("busy", f"{self._running} public queries running and {self._waiting} waiting, the most this hub takes")
         self._waiting += 1
         try:
-            async with asyncio.timeout(budget.remaining_s()):
-                await self._lane.acquire()
+            async with asyncio.timeout(budget.remaining_s()), self._changed:
+                await self._changed.wait_for(lambda: self._fits(readings))
+                self._running += 1
+                self._in_flight += readings
         except TimeoutError:
             raise budget.out_of_time() from None
         finally:
             self._waiting -= 1
+        budget.holds_lane, budget.lane_readings = True, readings
         if budget.keep_lane:
-            budget.holds_lane = True  # released at the end of the request's turn
-            yield
+            yield  # the place is left at the end of the request's turn
             return
         try:
             yield
         finally:
-            self._lane.release()
+            await self._leave(budget)
 
 
 PUBLIC_READS = web.AppKey("public_reads", PublicReads)

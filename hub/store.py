@@ -147,7 +147,7 @@ class Store(abc.ABC):
                                   descending=descending, include_personal=include_personal)
         if budget is None:
             return await self._collect_chunks(sql, params, collector)
-        async with budget.on_lane():
+        async with budget.on_lane(offset + limit):
             if order == "value" and chunk_id is None:
                 # Ordered by value, every reading in the range is decoded: refuse up front what the budget cannot pay for.
                 size_sql, size_params = size_query(self.placeholder, device_id=device_id, channel=channel, channel_id=channel_id,

@@ -8,6 +8,7 @@ and devices, operators and the cheap public sets are still served.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -200,3 +201,31 @@ async def test_a_public_request_keeps_its_place_on_the_lane_until_its_answer_is_
             assert busy.value.kind == "busy"
     async with reads.turn("198.51.100.2") as other, other.on_lane():
         pass
+
+
+async def test_requests_whose_pages_do_not_fit_beside_each_other_take_turns() -> None:
+    reads = PublicReads(PublicReadSettings(readings_in_flight=100, queue=4), lane=2)
+    entered: list[str] = []
+
+    async def request(client: str, readings: int, leave: asyncio.Event) -> None:
+        async with reads.turn(client) as budget, budget.on_lane(readings):
+            entered.append(client)
+            await leave.wait()
+
+    first_done, second_done = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(request("198.51.100.1", 80, first_done))
+    second = asyncio.create_task(request("198.51.100.2", 50, second_done))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert entered == ["198.51.100.1"]  # a place is free, but 80 + 50 readings do not fit in 100
+    first_done.set()
+    await first
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert entered == ["198.51.100.1", "198.51.100.2"]
+    second_done.set()
+    await second
+    # One request alone always fits, however large its page.
+    big = asyncio.Event()
+    big.set()
+    await request("198.51.100.3", 1_000, big)
