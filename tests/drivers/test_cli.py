@@ -24,6 +24,7 @@ async def ocn_edge(*args: str, env: dict[str, str] | None = None) -> tuple[int, 
     proc = await asyncio.create_subprocess_exec(OCN_EDGE, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                 env=env)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 import hilsim
-from drivers.buses import create_bus
+from drivers.buses import ModbusBus, SerialBus, create_bus
+from drivers.modbus.driver import ModbusDriver
 from drivers.registry import load_driver
-from drivers.sdk import DeviceContext
+from drivers.sdk import DeviceContext, Driver
+from edge.protocol.types import Reading
 from tests.drivers.loopback import BusConfig
 
 SERIAL_FAULTS = """
@@ -145,7 +147,10 @@ OPTIONS = {"pm-1": {"mode": "active"}, "pm-2": {"mode": "passive"}}
 @contextlib.asynccontextmanager
 async def gateway_on(sim, *, poll_interval: float, timeout: float = 0.3):
     """Bus owners and drivers for every simulated device, wired as the runtime wires them."""
-    buses, tasks, drivers, readings = {}, [], {}, {}
+    buses: dict[str, ModbusBus | SerialBus] = {}
+    tasks: list[asyncio.Task[None]] = []
+    drivers: dict[str, Driver] = {}
+    readings: dict[str, list[tuple[float, Reading]]] = {}
     for name, e in sim.endpoints.items():
         key = e.bus or name
         if key not in buses:
@@ -249,12 +254,14 @@ response_delay = "1ms"
 """
     async with hilsim.run_scenario(scenario_file(tmp_path, text), run_dir=tmp_path / "run") as sim:
         endpoint = sim.endpoints["dev-1"]
+        assert endpoint.port is not None
         bus = create_bus(BusConfig(type="modbus-tcp", tcp_port=endpoint.port, timeout=1.0))
         task = asyncio.create_task(bus.run())
         try:
             await asyncio.wait_for(bus.wait_open(), 3)
             driver = load_driver("modbus")(DeviceContext(device_id="dev-1", options={"profile": profile}, bus=bus,
                                                          address=3))
+            assert isinstance(driver, ModbusDriver)
             result = await driver.poll()
         finally:
             task.cancel()
@@ -279,7 +286,7 @@ async def test_the_other_reporting_mode_works_against_the_simulated_sensor(tmp_p
                                   poll_interval=0.3) as device:
             readings = await device.wait_for_readings(4, timeout=5)
     assert channel in {r.channel for r in readings}
-    assert all(0 <= r.value < 1000 for r in readings if r.channel == channel)
+    assert all(isinstance(r.value, int | float) and 0 <= r.value < 1000 for r in readings if r.channel == channel)
 
 
 LATE_REPLY = """

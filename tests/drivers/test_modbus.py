@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from drivers.buses import BusDown, UnitBackingOff, create_bus
+from drivers.buses import BusDown, ModbusBus, UnitBackingOff
 from drivers.modbus.adapter import ExceptionReply, GarbledReply, NoReply, crc16
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import load_profile
@@ -176,7 +176,7 @@ async def test_the_bus_counts_requests_bytes_and_registers_read_versus_used(stor
 
 
 async def test_a_reply_with_a_bad_crc_counts_as_a_crc_error_not_a_silence(rtu_line):
-    bus = create_bus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
+    bus = ModbusBus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
     fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     loop = asyncio.get_running_loop()
 
@@ -201,7 +201,7 @@ async def test_a_reply_with_a_bad_crc_counts_as_a_crc_error_not_a_silence(rtu_li
 async def test_a_modbus_tcp_bus_reconnects_when_the_server_comes_back(store):
     server, port = await modbus_tcp_server(store)
     serve_profile(store, 1, load_profile("hilsim-water-level"), {"level": 1.0})
-    bus = create_bus(BusConfig(type="modbus-tcp", tcp_port=port, timeout=0.3), reopen_max=0.3)
+    bus = ModbusBus(BusConfig(type="modbus-tcp", tcp_port=port, timeout=0.3), reopen_max=0.3)
     driver = driver_for(bus, 1, "hilsim-water-level")
     async with running(bus):
         assert (await driver.poll()).readings
@@ -247,7 +247,7 @@ def test_a_profile_must_be_given_one_way():
 async def test_an_rtu_adapter_that_is_unplugged_and_replugged_is_reopened_and_logged_once_each_way(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     peer = SerialPeer(tmp_path)
-    bus = create_bus(BusConfig(type="modbus-rtu", port=peer.path, timeout=0.2), reopen_max=0.2)
+    bus = ModbusBus(BusConfig(type="modbus-rtu", port=peer.path, timeout=0.2), reopen_max=0.2)
     async with running(bus):
         peer.unplug()
         async with asyncio.timeout(3):
@@ -366,7 +366,7 @@ async def test_a_refused_block_is_not_reported_answering_again_when_the_unit_fal
 
 
 async def test_an_rtu_reply_behind_noise_and_another_units_frame_in_one_read_is_still_found(rtu_line):
-    bus = create_bus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
+    bus = ModbusBus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
     fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     loop = asyncio.get_running_loop()
 
@@ -387,7 +387,7 @@ async def test_an_rtu_reply_behind_noise_and_another_units_frame_in_one_read_is_
 
 
 async def test_an_rtu_reply_arriving_in_one_read_with_a_stray_reply_to_an_earlier_request_is_taken(rtu_line):
-    bus = create_bus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
+    bus = ModbusBus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
     fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     loop = asyncio.get_running_loop()
 
@@ -430,7 +430,7 @@ async def test_a_unit_a_tcp_gateway_cannot_reach_is_a_silent_unit_not_a_refused_
     serve_profile(store, 1, load_profile("eastron-sdm120"), {"voltage": 230.0})
     store.dead.add(1)
     server, port = await modbus_tcp_server(store)
-    bus = create_bus(BusConfig(type="modbus-tcp", tcp_port=port, timeout=0.3), unit_backoff_max=0.6)
+    bus = ModbusBus(BusConfig(type="modbus-tcp", tcp_port=port, timeout=0.3), unit_backoff_max=0.6)
     try:
         async with running(bus):
             driver = driver_for(bus, 1, "eastron-sdm120")

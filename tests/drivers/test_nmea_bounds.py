@@ -109,16 +109,18 @@ def test_values_at_the_bounds_are_accepted(body):
 
 def test_the_standard_example_decodes_to_its_values():
     fix, motion = NmeaDecoder().feed(nmea(GGA) + nmea(RMC))
-    assert fix == Fix(latitude=pytest.approx(48.1173), longitude=pytest.approx(11.5166667), altitude=545.4,
-                      quality=1, satellites=8, hdop=0.9)
-    assert motion == Motion(latitude=pytest.approx(48.1173), longitude=pytest.approx(11.5166667),
-                            speed=pytest.approx(22.4 * KNOT_M_S), valid=True)
+    assert isinstance(fix, Fix) and isinstance(motion, Motion)
+    assert (fix.latitude, fix.longitude) == pytest.approx((48.1173, 11.5166667))
+    assert fix == Fix(latitude=fix.latitude, longitude=fix.longitude, altitude=545.4, quality=1, satellites=8, hdop=0.9)
+    assert (motion.latitude, motion.longitude, motion.speed) == pytest.approx((48.1173, 11.5166667, 22.4 * KNOT_M_S))
+    assert motion == Motion(latitude=motion.latitude, longitude=motion.longitude, speed=motion.speed, valid=True)
 
 
 def test_a_receiver_without_a_fix_still_reports_quality_zero():
     # What u-blox receivers (and hil-sim's no_fix fault) send before the first fix: DOP 99.99, no position.
     decoder = NmeaDecoder()
     fix, motion = decoder.feed(nmea("GPGGA,123519,,,,,0,00,99.99,,,,,,") + nmea("GPRMC,123519,V,,,,,,,230394,,,N"))
+    assert isinstance(fix, Fix) and isinstance(motion, Motion)
     assert (fix.quality, fix.satellites, fix.latitude, fix.altitude) == (0, 0, None, None)
     assert motion.valid is False and motion.speed is None
 
@@ -129,7 +131,9 @@ def test_every_fix_of_a_real_receivers_capture_is_within_bounds_and_kept():
     fixes = [f for f in frames if isinstance(f, Fix)]
     assert len(fixes) == 150 and decoder.stats.bad_frames == 0
     assert {f.quality for f in fixes} == {1}
-    assert all(f.satellites > 4 and 0 < f.hdop < 5 and 70 < f.altitude < 85 for f in fixes)
+    for f in fixes:
+        assert f.satellites is not None and f.hdop is not None and f.altitude is not None, f
+        assert f.satellites > 4 and 0 < f.hdop < 5 and 70 < f.altitude < 85, f
 
 
 # --- what the driver releases and logs ---------------------------------------------------------

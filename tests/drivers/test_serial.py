@@ -11,7 +11,7 @@ import pytest
 from drivers.buses import SerialBus, create_bus
 from drivers.sdk import DeviceContext, OptionError
 from drivers.serial import pms5003, sds011
-from drivers.serial.nmea import NmeaDecoder, NmeaDriver
+from drivers.serial.nmea import Fix, NmeaDecoder, NmeaDriver
 from drivers.serial.pedestrian import PedestrianCounterDriver, PedestrianDecoder
 from tests.drivers.loopback import BusConfig, SerialPeer
 from tests.helpers.datasets import dataset
@@ -163,7 +163,7 @@ async def test_nmea_gga_and_rmc_give_position_altitude_fix_satellites_and_speed(
 def test_nmea_without_a_fix_emits_no_position():
     decoder = NmeaDecoder()
     [fix] = decoder.feed(nmea("GPGGA,123519,,,,,0,00,,,M,,M,,"))
-    assert fix.quality == 0 and fix.latitude is None
+    assert isinstance(fix, Fix) and fix.quality == 0 and fix.latitude is None
 
 
 def test_nmea_counts_bad_checksums_and_resyncs_after_a_cut_sentence():
@@ -171,7 +171,8 @@ def test_nmea_counts_bad_checksums_and_resyncs_after_a_cut_sentence():
     good = nmea("GPGGA,123519,4807.038,S,01131.000,W,1,08,0.9,545.4,M,46.9,M,,")
     bad = good.replace(b"545.4", b"545.5")
     frames = decoder.feed(b"\x00garbage$GPGGA,12" + bad + b"$GPRMC,1" + good)
-    assert len(frames) == 1 and frames[0].latitude < 0 and frames[0].longitude < 0
+    [fix] = frames
+    assert fix.latitude is not None and fix.latitude < 0 and fix.longitude is not None and fix.longitude < 0
     assert decoder.stats.bad_checksum == 1
 
 
