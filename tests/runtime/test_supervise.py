@@ -79,7 +79,10 @@ async def test_crashing_driver_is_restarted_and_isolated(caplog):
 
 
 def test_backoff_doubles_and_is_capped():
-    runner = DeviceRunner("d", lambda: None, None, backoff_initial=1.0, backoff_max=60.0)  # type: ignore[arg-type]
+    async def ignore(reading: Reading) -> None:
+        pass
+
+    runner = DeviceRunner("d", lambda: Ticker(DeviceContext("d", {})), ignore, backoff_initial=1.0, backoff_max=60.0)
     ceilings = [1, 2, 4, 8, 16, 32, 60, 60, 60]
     for attempt, ceiling in enumerate(ceilings):
         delays = [runner.backoff(attempt) for _ in range(50)]
