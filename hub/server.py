@@ -184,7 +184,13 @@ async def body_deadline(request: web.Request, handler: Callable[[web.Request], A
 
     timer = asyncio.get_running_loop().call_later(seconds, late)
     try:
-        return await handler(request)
+        response = await handler(request)
+        if not content.is_eof():
+            # Answered without reading the whole body (429 before reading, 413): close the connection
+            # rather than let aiohttp read and discard the rest, which a sender of 1 MiB bodies
+            # refused at once would otherwise make the hub do for every one of them.
+            response.force_close()
+        return response
     except BodyTimeout as exc:
         response = web.json_response({"error": "body_timeout", "detail": str(exc)}, status=408)
         response.force_close()

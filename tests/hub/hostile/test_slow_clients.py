@@ -118,6 +118,18 @@ async def test_a_keep_alive_connection_serves_request_after_request_and_then_tim
         writer.close()
 
 
+async def test_a_body_refused_unread_closes_the_connection_instead_of_being_read_and_discarded(strict_hub: RunningHub) -> None:
+    # aiohttp would otherwise read the rest of a refused 1 MiB body for up to 10 s before the next request.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(strict_hub))
+    try:
+        writer.write(b"POST /oxp/v1/batches HTTP/1.1\r\nHost: hub\r\nContent-Type: application/cose\r\n"
+                     b"Content-Length: 4194304\r\n\r\n" + b"\x00" * 1024)
+        answer = await asyncio.wait_for(reader.read(), GUARD_S)  # the whole answer, then the hub closes
+        assert answer.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in answer
+    finally:
+        writer.close()
+
+
 async def test_connections_over_the_cap_are_answered_503_and_the_hub_serves_again_below_it(tmp_path: Path) -> None:
     settings = ConnectionSettings(header_timeout_s=30.0, max_connections=5)
     async with run_hub(state_dir=tmp_path / "hub", connections=settings) as hub:
