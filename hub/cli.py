@@ -117,8 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="CPU work one public request's queries of readings may use; a query needing more is answered 400 too_costly (default 5s)")
     hub.add_argument("--public-cpu-share", type=float, default=0.5, metavar="FRACTION",
                      help="part of one CPU all public queries together may use; they pause to stay within it (default 0.5)")
-    hub.add_argument("--public-readings-in-flight", type=int, default=150_000, metavar="N",
-                     help="readings the public requests being answered may hold together; others wait for the lane (default 150000)")
+    hub.add_argument("--public-readings-in-flight", type=int, default=100_000, metavar="N",
+                     help="readings the public requests being answered may hold together; others wait for the lane (default 100000)")
     hub.add_argument("--public-loop-share", type=float, default=0.25, metavar="FRACTION",
                      help="part of the event loop's time rendering public answers may take, all together (default 0.25)")
     hub.add_argument("--public-max-examined", type=int, default=1_000_000, metavar="N",

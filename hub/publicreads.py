@@ -46,7 +46,7 @@ class PublicReadSettings:
     """CPU seconds of work one public request's store queries may use; a query that needs more is answered 400 ``too_costly``."""
     cpu_share: float = 0.5
     """Part of one CPU the public lane as a whole may use; its queries pause to stay within it."""
-    readings_in_flight: int = 150_000
+    readings_in_flight: int = 100_000
     """Readings the public requests holding the lane may hold together (each counts the page it asked for); others wait."""
     loop_share: float = 0.25
     """Part of the event loop's time rendering public answers may take, all together; renderers pause to stay within it."""
