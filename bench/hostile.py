@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench.hub import drop_schema
 from edge.protocol import MEDIA_TYPE, BatchHeader, key_id, raw_public_key, seal_batch
-from edge.protocol.codec import compress
+from edge.protocol.compression import compress
 from edge.protocol.preauth import ALG, EDDSA, KID, OXP_BATCH
 from edge.protocol.types import Channel, Reading
 from hub.auth import secret_hash
@@ -422,7 +422,8 @@ def run_engine(engine: str, db: str, args: argparse.Namespace, work: Path) -> di
     hub = subprocess.Popen([ocn_edge(), "hub", "--listen", "127.0.0.1:0", "--db", db, "--state-dir", str(work / engine), "--log-level", "warning",
                             *args.hub_arg], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert hub.stderr is not None
-    url, said = None, []
+    url: str | None = None
+    said: list[str] = []
     deadline = time.monotonic() + 120
     while url is None and time.monotonic() < deadline:
         line = hub.stderr.readline()
@@ -505,7 +506,8 @@ def report(r: dict[str, Any], duration: float) -> None:
         ("legitimate ingest p50, unloaded", f"{r['p50_unloaded']:.1f} ms", ""),
         ("legitimate ingest p99, unloaded", f"{r['p99_unloaded']:.1f} ms", ""),
         ("legitimate ingest p50, under attack", f"{r['p50_attack']:.1f} ms", ""),
-        ("legitimate ingest p99, under attack", f"{r['p99_attack']:.1f} ms ({ratio:.1f}x)", f"<= {TARGETS['p99_ratio']:.0f}x unloaded", ratio <= TARGETS["p99_ratio"]),
+        ("legitimate ingest p99, under attack", f"{r['p99_attack']:.1f} ms ({ratio:.1f}x)", f"<= {TARGETS['p99_ratio']:.0f}x unloaded",
+         ratio <= TARGETS["p99_ratio"]),
         ("hub loop lag, worst, unloaded", f"{r['lag_unloaded']:.0f} ms (typical second {r['lag_typical_unloaded']:.0f} ms)", ""),
         ("hub loop lag, worst, under attack", f"{r['lag_attack']:.0f} ms (typical second {r['lag_typical_attack']:.0f} ms)",
          f"<= {TARGETS['lag_ms']:.0f} ms", r["lag_attack"] <= TARGETS["lag_ms"]),

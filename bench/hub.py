@@ -26,14 +26,15 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from bench.datasets import dataset
 from edge.protocol import MEDIA_TYPE, BatchHeader, generate_keypair, key_id, raw_public_key, seal_batch
 from edge.protocol.types import Channel, Reading
-from hilsim.models import datasets_dir
 
-DATASET = datasets_dir() / "ampds2_Electricity_B1E-11.csv"  # $OCN_DATASETS, else ../shared/datasets
+DATASET = "ampds2_Electricity_B1E-11.csv"  # in $OCN_DATASETS, else ../shared/datasets
 COLUMNS = {"V": ("V", 0.1), "I": ("A", 0.1), "f": ("Hz", 0.01), "DPF": ("/", 0.01), "APF": ("/", 0.01), "P": ("W", 1.0),
            "Pt": ("Wh", 1.0), "Q": ("var", 1.0), "Qt": ("varh", 1.0), "S": ("VA", 1.0), "St": ("VAh", 1.0)}
 SERVING = re.compile(r"OCN hub serving on (http://\S+)")
@@ -43,7 +44,7 @@ _rows: list[dict[str, str]] = []
 
 def _load() -> list[dict[str, str]]:
     if not _rows:
-        with DATASET.open(newline="") as f:
+        with dataset(DATASET).open(newline="") as f:
             _rows.extend(csv.DictReader(f))
     return _rows
 
@@ -107,7 +108,7 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-async def run_one(db_name: str, db: str, gateways: list[tuple[str, bytes, list[bytes], int]], concurrency: int) -> dict[str, float]:
+async def run_one(db_name: str, db: str, gateways: list[tuple[str, bytes, list[bytes], int]], concurrency: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as state:
         token = subprocess.run([ocn_edge(), "hub", "token", "create", "--db", db, "--state-dir", state, "--uses", str(len(gateways)), "--approve"],
                                check=True, capture_output=True, text=True).stdout.strip()
@@ -116,7 +117,8 @@ async def run_one(db_name: str, db: str, gateways: list[tuple[str, bytes, list[b
             connector = aiohttp.TCPConnector(limit=concurrency)
             async with aiohttp.ClientSession(connector=connector) as http:
                 async def enrol(device_id: str, public: bytes) -> None:
-                    body = {"token": token, "device_id": device_id, "public_key": base64.urlsafe_b64encode(public).rstrip(b"=").decode(), "software_version": "bench"}
+                    body = {"token": token, "device_id": device_id, "public_key": base64.urlsafe_b64encode(public).rstrip(b"=").decode(),
+                            "software_version": "bench"}
                     async with http.post(f"{url}/oxp/v1/enrol", json=body) as resp:
                         assert resp.status == 201, await resp.text()
 
@@ -197,7 +199,8 @@ def main() -> None:
           f"{'p50 ms':>7} {'p99 ms':>7} {'hub CPU s':>9} {'client CPU s':>12} {'readings/hub-CPU-s':>19}")
     for r in results:
         print(f"{r['db']:<11} {r['gateways']:>8} {r['batches']:>8} {r['readings']:>10} {r['elapsed']:>8.1f} {r['readings_s']:>11,.0f} "
-              f"{r['batches_s']:>10,.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['hub_cpu_s']:>9.1f} {r['client_cpu_s']:>12.1f} {r['readings_per_cpu_s']:>19,.0f}")
+              f"{r['batches_s']:>10,.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['hub_cpu_s']:>9.1f} {r['client_cpu_s']:>12.1f} "
+              f"{r['readings_per_cpu_s']:>19,.0f}")
 
 
 if __name__ == "__main__":

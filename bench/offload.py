@@ -14,6 +14,7 @@ decoding batches of several sizes. Nothing passes or fails on time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import pickle
 import sys
@@ -98,7 +99,7 @@ async def main() -> None:
     }
     for n in (20_000, 100_000, 200_000, 1_000_000):
         data = payload if n == 1_000_000 else cbor2.loads(sealed(n)).value[2]
-        steps[f"decode_payload of {n:,} readings"] = lambda data=data: decode_payload(data, codec="zstd")
+        steps[f"decode_payload of {n:,} readings"] = functools.partial(decode_payload, data, codec="zstd")
     print("step in a worker thread                                   work ms   max loop lag ms")
     for name, step in steps.items():
         took, worst = await loop_lag(step)
@@ -121,7 +122,7 @@ async def main() -> None:
     print(f"  decoding the same batch (what the readings budget avoids):         {peak_mib(lambda: open_batch(hostile, public)):6.1f} MiB")
     for n in (20_000, 100_000, 200_000):
         data = sealed(n)
-        print(f"  verifying and decoding {n:>7,} readings ({len(data)} bytes):          {peak_mib(lambda data=data: open_batch(data, public)):6.1f} MiB")
+        print(f"  verifying and decoding {n:>7,} readings ({len(data)} bytes):          {peak_mib(functools.partial(open_batch, data, public)):6.1f} MiB")
 
 
 if __name__ == "__main__":
