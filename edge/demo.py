@@ -18,6 +18,7 @@ from edge.config import ConfigError, load_config
 from edge.enrol import enrol
 from edge.logs import setup_logging
 from edge.runtime import Gateway
+from edge.starter import DEMO_POLICY
 from hilsim import ScenarioError, run_scenario
 from hub.app import RunningHub, run_hub
 
@@ -25,9 +26,6 @@ __all__ = ["run_demo", "DEMO_POLICY"]
 
 log = logging.getLogger("ocn.demo")
 
-# The demo's policy is package data beside the example policies, so an installed wheel has it too;
-# `policies/` at the top of the source tree is a symlink to the same directory.
-DEMO_POLICY = Path(__file__).resolve().parent / "privacy" / "policies" / "demo.toml"
 
 # Short batches so readings reach the hub within seconds; a pole would use minutes.
 DEMO_BATCH_SPAN_S = 10.0

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from edge.enrol import TOKEN_FILE
 from edge.protocol import DEVICE_ID_RE
+from edge.starter import starter_files
 
 __all__ = [
     "CONFIG_DIR",
@@ -223,8 +224,6 @@ def _wifi_problems(seed: DeviceSeed, wifi: Wifi) -> list[str]:
 
 def build_seed(seed: DeviceSeed) -> dict[str, bytes]:
     """The three NoCloud files for a valid seed; the gateway config inside is loaded as `ocn-edge check` would."""
-    from edge.commands.init import starter_files
-
     starter = starter_files()
     config = seed.config_template or starter["gateway.toml"]
     settings: list[tuple[str, str, object]] = [

@@ -7,29 +7,16 @@ status, so a command never needs its own try/except to turn bad input into a mes
 from __future__ import annotations
 
 import argparse
-import errno
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 from edge.private import private_directory
+from edge.util.files import file_problem
 
 __all__ = ["EXIT_USAGE", "CommandError", "file_problem", "make_directory", "not_negative", "positive", "whole"]
 
 EXIT_USAGE = 2  # the command could not run with the input it was given
-
-_IN_OUR_WORDS = {
-    errno.ENOENT: "no such file or directory",
-    errno.EISDIR: "is a directory; expected a file",
-    errno.ENOTDIR: "a file is in the way where a directory is expected",
-    errno.EEXIST: "already exists",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "permission denied",
-    errno.EROFS: "the file system is read-only",
-    errno.ENOSPC: "the disk is full",
-    errno.ENAMETOOLONG: "the name is too long",
-}
-
 
 class CommandError(Exception):
     """Input a command cannot run with; the message names the file or option, the value and what would be accepted."""
@@ -37,12 +24,6 @@ class CommandError(Exception):
     def __init__(self, message: str, *, status: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.status = status
-
-
-def file_problem(exc: OSError) -> str:
-    """What went wrong with a file, in our words: "PATH: is a directory; expected a file"."""
-    what = _IN_OUR_WORDS.get(exc.errno or 0) or (exc.strerror or type(exc).__name__).lower()
-    return f"{exc.filename}: {what}" if exc.filename is not None else what
 
 
 def make_directory(path: str | Path, *, option: str, private: bool = False) -> Path:

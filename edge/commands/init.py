@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 from pathlib import Path
 
-__all__ = ["EXAMPLE_CONFIG", "init", "register", "starter_files"]
+from edge.starter import starter_files
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "gateway.toml"
+__all__ = ["init", "register"]
+
 
 HELP = "write a commented gateway.toml and a policy.toml to start from"
 DESCRIPTION = """\
@@ -29,32 +29,11 @@ Existing files are never replaced unless --force is given. Then:
   ocn-edge check DIR/gateway.toml
 """
 
-_POLICY_LINE = re.compile(r'^policy = "[^"]*"[^\n]*$', re.MULTILINE)
-_POLICY_SETTING = 'policy = "policy.toml"             # CHANGE: the city\'s policy; policy.toml next to this file is the demo one'
-_POLICY_PREAMBLE = """\
-# Written by `ocn-edge init`: the demo policy, to start from. Replace it with the policy
-# your city's privacy office publishes (`ocn-edge policy explain` shows what a policy lets
-# leave the pole). Anything a policy does not name never leaves the gateway.
-#
-"""
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("init", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", metavar="DIR", nargs="?", default="/etc/ocn-edge", help="where to write them (default /etc/ocn-edge)")
     parser.add_argument("--force", action="store_true", help="replace files that already exist")
     parser.set_defaults(func=init)
-
-
-def starter_files() -> dict[str, str]:
-    """File name -> text of the files `init` writes."""
-    from edge.demo import DEMO_POLICY
-
-    example = EXAMPLE_CONFIG.read_text(encoding="utf-8")
-    config, replaced = _POLICY_LINE.subn(_POLICY_SETTING, example, count=1)
-    if replaced != 1:  # the example lost its policy line: a packaging bug, not the user's
-        raise RuntimeError(f"{EXAMPLE_CONFIG}: no `policy = ...` line to point at policy.toml")
-    return {"gateway.toml": config, "policy.toml": _POLICY_PREAMBLE + DEMO_POLICY.read_text(encoding="utf-8")}
 
 
 def init(args: argparse.Namespace) -> int:

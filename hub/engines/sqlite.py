@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from edge.commands import file_problem
 from edge.private import private_database
 from edge.protocol.types import Channel
+from edge.util.files import file_problem
 from hub import schema
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.budget import QueryBudget

@@ -5,10 +5,10 @@ from __future__ import annotations
 import stat
 
 from edge.cli import main
-from edge.commands.init import EXAMPLE_CONFIG
 from edge.config import load_config
 from edge.demo import DEMO_POLICY
 from edge.privacy import load_policy
+from edge.starter import EXAMPLE_CONFIG
 
 
 def test_init_writes_a_config_that_checks_and_names_the_policy_written_beside_it(tmp_path, capsys):

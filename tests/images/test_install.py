@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.tools import require_tool
+from tests.packaging.test_wheelhouse import wheelhouse
+
+__all__ = ["wheelhouse"]  # the offline release the install script installs, a fixture shared with tests/packaging
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "images" / "install.sh"
