@@ -23,7 +23,7 @@ from hub.budget import Meter
 from hub.models import StoredReading
 
 __all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "Counter", "chunk_query", "count_query", "encode_chunks", "outside_query",
-           "quarantine_plan", "Size", "size_query", "split_chunk", "split_reading_id"]
+           "quarantine_plan", "ChunkQuery", "Size", "split_chunk", "split_reading_id"]
 
 MAX_CHUNK = 65536
 # offset + limit of one query: deeper pages must narrow the time range instead.
@@ -151,6 +151,22 @@ def _chunks_where(
 _CHUNKS_FROM = " FROM chunks k JOIN channels c ON c.id = k.channel_id"
 
 
+class ChunkQuery(NamedTuple):
+    """The chunks that may hold matching readings: their WHERE clause and parameters, and the order the Collector reads them in."""
+
+    where: str
+    params: list[Any]
+    order_by: str
+
+    def rows(self) -> str:
+        """SELECT of those chunks in order; the caller appends LIMIT/OFFSET."""
+        return "SELECT k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.last_ms, k.data" + _CHUNKS_FROM + self.where + self.order_by
+
+    def size(self) -> str:
+        """SELECT of how many readings those chunks hold (one row, one number), for a Size."""
+        return "SELECT COALESCE(SUM(k.count), 0)" + _CHUNKS_FROM + self.where
+
+
 def chunk_query(
     mark: str,
     *,
@@ -163,45 +179,26 @@ def chunk_query(
     order: str,
     descending: bool,
     include_personal: bool = False,
-) -> tuple[str, list[Any]]:
-    """SELECT of the chunks that may hold matching readings, in the order the Collector reads them.
+) -> ChunkQuery:
+    """The chunks that may hold matching readings, in the order the Collector reads them.
 
-    ``mark`` is the engine's placeholder style ("?" or "$"); the caller appends LIMIT/OFFSET.
-    Chunks of personal channels are left out unless ``include_personal``.
+    ``mark`` is the engine's placeholder style ("?" or "$").  Chunks of personal channels are
+    left out unless ``include_personal``.
     """
     where, params = _chunks_where(
         mark, include_personal=include_personal, device_id=device_id, channel=channel, channel_id=channel_id,
         since_ms=since_ms, until_ms=until_ms, chunk_id=chunk_id,
     )
-    sql = "SELECT k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.last_ms, k.data" + _CHUNKS_FROM + where
     if order == "ts_ms":
-        sql += " ORDER BY k.last_ms DESC, k.id DESC" if descending else " ORDER BY k.first_ms, k.id"
+        order_by = " ORDER BY k.last_ms DESC, k.id DESC" if descending else " ORDER BY k.first_ms, k.id"
     else:
         # Descending by value too, so a reading tied with a full page's last one always ranks below it (Collector._contenders).
-        sql += " ORDER BY k.id DESC" if descending else " ORDER BY k.id"
-    return sql, params
-
-
-def size_query(
-    mark: str,
-    *,
-    device_id: str | None,
-    channel: str | None,
-    channel_id: int | None,
-    since_ms: int | None,
-    until_ms: int | None,
-    include_personal: bool = False,
-) -> tuple[str, list[Any]]:
-    """SELECT of how many readings the chunks a chunk_query would select hold (one row, one number), for a Size."""
-    where, params = _chunks_where(
-        mark, include_personal=include_personal, device_id=device_id, channel=channel, channel_id=channel_id,
-        since_ms=since_ms, until_ms=until_ms,
-    )
-    return "SELECT COALESCE(SUM(k.count), 0)" + _CHUNKS_FROM + where, params
+        order_by = " ORDER BY k.id DESC" if descending else " ORDER BY k.id"
+    return ChunkQuery(where, params, order_by)
 
 
 class Size:
-    """Takes the one row of a size_query: the readings a query ordered by value would have to decode, known before decoding any."""
+    """Takes the one row of a ChunkQuery.size(): the readings a query ordered by value would have to decode, known before decoding any."""
 
     def __init__(self) -> None:
         self.readings = 0

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from hub.budget import QueryBudget
-from hub.chunks import MAX_WINDOW, Collector, Counter, Size, chunk_query, count_query, size_query, split_reading_id
+from hub.chunks import MAX_WINDOW, Collector, Counter, Size, chunk_query, count_query, split_reading_id
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, TokenInfo
 from hub.reports import Freshness
 
@@ -142,20 +142,18 @@ class Store(abc.ABC):
         chunk_id, position = split_reading_id(reading_id) if reading_id is not None else (None, None)
         collector = Collector(since_ms=since_ms, until_ms=until_ms, match=match if budget is None else budget.meter(match),
                               order=order, descending=descending, offset=offset, limit=limit, position=position)
-        sql, params = chunk_query(self.placeholder, device_id=device_id, channel=channel, channel_id=channel_id,
-                                  since_ms=since_ms, until_ms=until_ms, chunk_id=chunk_id, order=order,
-                                  descending=descending, include_personal=include_personal)
+        query = chunk_query(self.placeholder, device_id=device_id, channel=channel, channel_id=channel_id,
+                            since_ms=since_ms, until_ms=until_ms, chunk_id=chunk_id, order=order,
+                            descending=descending, include_personal=include_personal)
         if budget is None:
-            return await self._collect_chunks(sql, params, collector)
+            return await self._collect_chunks(query.rows(), query.params, collector)
         async with budget.on_lane(offset + limit):
             if order == "value" and chunk_id is None:
                 # Ordered by value, every reading in the range is decoded: refuse up front what the budget cannot pay for.
-                size_sql, size_params = size_query(self.placeholder, device_id=device_id, channel=channel, channel_id=channel_id,
-                                                   since_ms=since_ms, until_ms=until_ms, include_personal=include_personal)
                 size = Size()
-                await self._collect_chunks(size_sql, size_params, size, budget=budget)
+                await self._collect_chunks(query.size(), query.params, size, budget=budget)
                 budget.refuse_beyond(size.readings)
-            return await self._collect_chunks(sql, params, collector, budget=budget)
+            return await self._collect_chunks(query.rows(), query.params, collector, budget=budget)
 
     async def count_readings(
         self,
