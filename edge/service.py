@@ -12,11 +12,13 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from edge.config import GatewayConfig
 from edge.desired import DesiredState, Reload, last_applied
 from edge.enrol import EnrolError
 from edge.notify import Notifier
+from edge.portlock import remove_record, write_record
 from edge.privacy import Policy, PolicyError
 from edge.runtime import Gateway, StartError
 from edge.spool import SpoolError
@@ -57,11 +59,15 @@ async def run_gateway(
         )
 
     gateway = make(running_config, policy, fallback=policy is not None)
+    record: list[Path] = []
     try:
         try:
             await gateway.start()
         except (PolicyError, EnrolError, SpoolError, UplinkError) as exc:
             raise StartError(str(exc)) from None
+        except OSError as exc:
+            raise StartError(_os_problem(exc)) from None
+        record = write_record(gateway.config, local_page=_local_page(gateway.config))
         if started is not None:
             started(gateway)
         while True:
@@ -79,14 +85,34 @@ async def run_gateway(
             request = outcome["reload"].result()
             assert isinstance(request, Reload)
             gateway = await _reload(gateway, request, make, desired)
+            remove_record(record)  # the new config may name other ports
+            record = write_record(gateway.config, local_page=_local_page(gateway.config))
             if started is not None:
                 started(gateway)
     finally:
         await gateway.stop()
+        remove_record(record)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         notifier.close()
     return gateway
+
+
+def _local_page(config: GatewayConfig) -> str | None:
+    if not config.local_api.enabled:
+        return None
+    listen = config.local_api.listen
+    host = f"[{listen.host}]" if ":" in listen.host else listen.host
+    return f"http://{host}:{listen.port}/"
+
+
+def _os_problem(exc: OSError) -> str:
+    """A file the gateway could not create or open at start, as one line with the path and the fix."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    if isinstance(exc, PermissionError):
+        return (f"{where}permission denied ({exc.strerror}); give the gateway's user (ocn-edge) access to it, "
+                "or point gateway.state_dir at a directory it may write")
+    return f"{where}{exc.strerror or exc}"
 
 
 async def _reload(gateway: Gateway, request: Reload, make: MakeGateway, desired: DesiredState) -> Gateway:

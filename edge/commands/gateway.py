@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from pathlib import Path
 
 from edge.commands import positive
 
@@ -54,6 +56,10 @@ def _run(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(args.log_level or config.gateway.log_level)
+    problem = _state_dir_problem(config.gateway.state_dir)
+    if problem:
+        print(f"ocn-edge run: {problem}", file=sys.stderr)
+        return 2
     # Nothing is read or sealed before the clock can be believed (edge/clock.py).
     asyncio.run(hold_until_clock_set(config.gateway.state_dir))
     try:
@@ -63,6 +69,22 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     # A pipeline task died: exit non-zero so systemd (Restart=always) starts a fresh process.
     return 1 if gateway.fatal.is_set() else 0
+
+
+def _state_dir_problem(state_dir: Path) -> str | None:
+    """Why the state directory cannot be made or used, as one line with the fix; None when it can."""
+    from edge.private import private_directory
+
+    try:
+        private_directory(state_dir)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        return (f"gateway.state_dir = \"{state_dir}\": cannot create it ({why}); create it for the gateway's user "
+                f"(sudo install -d -o ocn-edge -m 0700 {state_dir}) or set state_dir to a directory it may write")
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        return (f"gateway.state_dir = \"{state_dir}\": not writable by this user; give it to the gateway's user "
+                f"(sudo chown ocn-edge {state_dir}) or set state_dir to a directory it may write")
+    return None
 
 
 def _demo(args: argparse.Namespace) -> int:
