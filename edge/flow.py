@@ -54,6 +54,9 @@ class ReadingFlow:
         self._unreleased: collections.deque[Reading] = collections.deque()
         self._release_lock = asyncio.Lock()
         self._failed_channels: set[str] = set()
+        # The last released reading of each channel and released counts by device: the technician's page and the metrics.
+        self.latest: dict[str, Reading] = {}
+        self.released_by_device: collections.Counter[str] = collections.Counter()
 
     def loops(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
         """The coroutines that must run until the gateway stops, with their task names."""
@@ -75,6 +78,9 @@ class ReadingFlow:
 
     async def _release(self, out: list[Reading]) -> None:
         self.counters.readings_released += len(out)
+        for reading in out:
+            self.latest[reading.channel] = reading
+            self.released_by_device[reading.channel.partition("/")[0]] += 1
         self._unreleased.extend(out)
         async with self._release_lock:
             while self._unreleased:

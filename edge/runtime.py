@@ -88,7 +88,8 @@ class Gateway:
         self._service_tasks: list[asyncio.Task[None]] = []
         # Built always, started only if [local_api] enabled: its address is known once it listens.
         self._local_api_runner = LocalApi(
-            notice_html=lambda: render_notice_html(self.notice()), notice_json=self.notice, status=self.status
+            notice_html=lambda: render_notice_html(self.notice()), notice_json=self.notice, status=self.status,
+            latest=lambda: self.flow.latest if self.flow is not None else {}, state_dir=config.gateway.state_dir,
         )
         self.spool: Spool | None = None
         self.flow: ReadingFlow | None = None
@@ -285,6 +286,7 @@ class Gateway:
             "readings_released": self.counters.readings_released,
             "readings_failed": self.counters.readings_failed,
             "queues": self.flow.queued() if self.flow is not None else {"readings": 0, "released": 0},
+            "released_by_device": dict(self.flow.released_by_device) if self.flow is not None else {},
             **(self.devices.status() if self.devices is not None else {"devices": {}, "buses": {}}),
         }
         if self.privacy is not None:

@@ -57,6 +57,7 @@ class UplinkCounters:
     status_sent: int = 0
     last_error: str = ""
     last_ack_ms: int = 0
+    last_latency_s: float = 0.0  # from sending a batch to the hub's answer, last delivery (the metrics' uplink latency)
 
 
 def _acks(ack: Ack, batch: StoredBatch) -> bool:
@@ -190,7 +191,9 @@ class Uplink:
             self.counters.batches_sent += 1
             self.counters.bytes_sent += len(batch.data)
             self._spend(len(batch.data))
+            sent = time.monotonic()
             outcome = await self.transport.send_batch(batch.data)
+            self.counters.last_latency_s = round(time.monotonic() - sent, 6)
             self._carried(outcome.overhead_bytes)
             if isinstance(outcome, Ack):
                 if not _acks(outcome, batch):

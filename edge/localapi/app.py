@@ -1,14 +1,27 @@
-"""The aiohttp application behind the local API: ``/``, ``/notice``, ``/notice.json`` and ``/status``."""
+"""The aiohttp application behind the local API: the public notice (``/``, ``/notice``, ``/notice.json``), and for the
+technician ``/status``, the page ``/technician`` (with ``/technician.json`` behind it) and ``/metrics``."""
 
 from __future__ import annotations
 
+import datetime
 import json
-from collections.abc import Callable, Mapping
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-__all__ = ["create_app"]
+from edge.localapi.access import COOKIE, AccessToken
+from edge.localapi.view import technician_view
+from edge.metrics import CONTENT_TYPE, GatewayMetrics
+from edge.protocol.types import Reading
+
+__all__ = ["PUBLIC_PATHS", "create_app"]
+
+# What anyone may read wherever the API listens (the notice is meant for passers-by); the rest needs the token beyond loopback.
+PUBLIC_PATHS = frozenset({"/", "/notice", "/notice.json"})
 
 # The notice page is static text: nothing may load scripts, frames or anything from elsewhere.
 _HEADERS = {
@@ -30,17 +43,95 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default, ensure_ascii=False, indent=1, sort_keys=True)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = round(seconds)
+    days, hours, minutes = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    return f"{days} d {hours} h" if days else f"{hours} h {minutes} min" if hours else f"{minutes} min {s % 60} s" if minutes else f"{s} s"
+
+
+def _when(ms: int | None) -> str:
+    if not ms:
+        return "—"
+    return datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1000 else f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB"
+
+
+def _hub(hub: Mapping[str, Any] | None) -> str:
+    if not hub:
+        return "no hub configured"
+    state = "reachable" if hub["reachable"] else "unreachable" + (f": {hub['last_error']}" if hub["last_error"] else "")
+    return f"{hub['url']} — {state}"
+
+
+def _spool(spool: Mapping[str, Any]) -> str:
+    age = f", oldest {_duration(spool['oldest_age_s'])}" if spool.get("oldest_age_s") else ""
+    return f"{spool['batches']} batches, {_size(spool['bytes'])}{age}"
+
+
+_templates = jinja2.Environment(loader=jinja2.PackageLoader("edge.localapi", "templates"), autoescape=True)
+_templates.filters.update(duration=_duration, when=_when, size=_size, hub=_hub, spool=_spool)
+
+
+def _page_headers(nonce: str) -> dict[str, str]:
+    # The page's one inline script may run (by its nonce) and fetch from this gateway; nothing else loads.
+    return {**_HEADERS, "Cache-Control": "no-store", "Content-Security-Policy":
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; connect-src 'self'; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"}
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _guard(access: AccessToken, *, public_notice: bool) -> Middleware:
+    """Beyond loopback, every route but the public notice needs the token: ``Authorization: Bearer``, or the cookie a ``?token=`` link sets."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not access.required or (public_notice and request.path in PUBLIC_PATHS):
+            return await handler(request)
+        link_token = request.query.get("token")
+        if link_token is not None and request.method == "GET" and access.accepts(link_token):
+            # The login link: the token moves into a cookie and out of the address bar and history.
+            answer = web.HTTPSeeOther(location=request.path)
+            answer.set_cookie(COOKIE, link_token, httponly=True, samesite="Strict", path="/")
+            return answer
+        header = request.headers.get("Authorization", "")
+        presented = header[len("Bearer "):].strip() if header.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+        if access.accepts(presented):
+            return await handler(request)
+        detail = ("the local API listens beyond 127.0.0.1, so it needs an access token; none is set: "
+                  "run `ocn-edge access-token create --config <gateway.toml>` on the gateway") if not access.configured() else \
+            "send the local API's access token: Authorization: Bearer <token>, or open the login link ocn-edge access-token create printed"
+        return web.json_response({"error": "unauthorized", "detail": detail}, status=401,
+                                 headers={**_HEADERS, "WWW-Authenticate": 'Bearer realm="ocn-edge"'})
+
+    return guard
+
+
 def create_app(
     *,
     notice_html: str | Callable[[], str],
     notice_json: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
     status: Callable[[], Mapping[str, Any]],
+    latest: Callable[[], Mapping[str, Reading]] = dict,
+    access: AccessToken | None = None,
+    public_notice: bool = True,
 ) -> web.Application:
-    """Build the local API; the runtime binds it to ``[local_api].listen`` (127.0.0.1 only).
+    """Build the local API; the runtime binds it to ``[local_api].listen`` (127.0.0.1 by default).
 
     ``notice_html`` and ``notice_json`` may be values or callables (so a reloaded policy
-    shows at once); ``status`` is called on every request to ``/status``.
+    shows at once); ``status`` is called on every request to ``/status``, ``/technician``
+    and ``/metrics``; ``latest`` gives the last released reading of each channel.  With
+    ``access.required`` (set when listening beyond loopback) all but the public notice need
+    the access token; ``public_notice=False`` makes the notice need it too.
     """
+    access = access or AccessToken(None)
+    metrics = GatewayMetrics(status)
 
     def html() -> str:
         return notice_html() if callable(notice_html) else notice_html
@@ -61,9 +152,26 @@ def create_app(
             headers={**_HEADERS, "Cache-Control": "no-store"},
         )
 
-    app = web.Application()
+    def view() -> dict[str, Any]:
+        return technician_view(status(), notice(), latest())
+
+    async def technician_page(request: web.Request) -> web.Response:
+        nonce = secrets.token_urlsafe(16)
+        html = _templates.get_template("technician.html").render(v=view(), nonce=nonce)
+        return web.Response(text=html, content_type="text/html", charset="utf-8", headers=_page_headers(nonce))
+
+    async def technician_document(request: web.Request) -> web.Response:
+        return web.Response(text=_dumps(view()), content_type="application/json", headers={**_HEADERS, "Cache-Control": "no-store"})
+
+    async def metrics_document(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+
+    app = web.Application(middlewares=[_guard(access, public_notice=public_notice)])
     app.router.add_get("/", page)
     app.router.add_get("/notice", page)
     app.router.add_get("/notice.json", notice_document)
     app.router.add_get("/status", status_document)
+    app.router.add_get("/technician", technician_page)
+    app.router.add_get("/technician.json", technician_document)
+    app.router.add_get("/metrics", metrics_document)
     return app

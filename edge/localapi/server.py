@@ -1,13 +1,16 @@
-"""The local API bound to ``[local_api] listen`` (127.0.0.1), started and stopped with the pipeline."""
+"""The local API bound to ``[local_api] listen`` (127.0.0.1 by default), started and stopped with the pipeline."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from edge.localapi.access import AccessToken, needs_token
 from edge.localapi.app import create_app
+from edge.protocol.types import Reading
 from edge.schema import HostPort
 
 __all__ = ["LocalApi", "LocalApiError"]
@@ -18,7 +21,10 @@ class LocalApiError(Exception):
 
 
 class LocalApi:
-    """The notice page, the notice as JSON and the status document, served while the gateway runs."""
+    """The notice, the status document, the technician's page and the metrics, served while the gateway runs.
+
+    Beyond loopback all but the notice need the access token kept (hashed) in ``state_dir``.
+    """
 
     def __init__(
         self,
@@ -26,8 +32,14 @@ class LocalApi:
         notice_html: Callable[[], str],
         notice_json: Callable[[], Mapping[str, Any]],
         status: Callable[[], Mapping[str, Any]],
+        latest: Callable[[], Mapping[str, Reading]] = dict,
+        state_dir: str | Path | None = None,
+        public_notice: bool = True,
     ) -> None:
-        self._runner = web.AppRunner(create_app(notice_html=notice_html, notice_json=notice_json, status=status), access_log=None)
+        self.access = AccessToken(state_dir)
+        app = create_app(notice_html=notice_html, notice_json=notice_json, status=status, latest=latest,
+                         access=self.access, public_notice=public_notice)
+        self._runner = web.AppRunner(app, access_log=None)
         self._set_up = False
 
     @property
@@ -36,6 +48,7 @@ class LocalApi:
         return list(self._runner.addresses)
 
     async def start(self, listen: HostPort) -> None:
+        self.access.required = needs_token(listen.host)
         await self._runner.setup()
         self._set_up = True
         try:
