@@ -71,15 +71,18 @@ class Reopener:
         self._backoff = Backoff(0.1, reopen_max, jitter=0)
         self._notes = LogOnce(log)
         self._down_since = 0.0
+        self.reason = ""  # why the port is not open now ("" while it is), for the health diagnosis
 
     def failed(self, reason: str) -> float:
         """Record a failed open (or a loss); returns how long to wait before the next try."""
         if not self._notes.failing(self.what):
             self._down_since = time.monotonic()
+        self.reason = reason
         self._notes.failure(self.what, "%s unavailable: %s; reopening with backoff up to %gs", self.what, reason,
                             self.reopen_max)
         return self._backoff.next()
 
     def opened(self) -> None:
+        self.reason = ""
         self._notes.recovered(self.what, "%s back after %.1fs", self.what, time.monotonic() - self._down_since)
         self._backoff.reset()

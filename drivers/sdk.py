@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from drivers.health import Health
 from edge.protocol.types import Channel, Reading
 from edge.util.clock import now_ms
 
@@ -266,6 +267,14 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def channels(self) -> Sequence[Channel]:
         """The channels this device emits, with gateway-wide ids (see DeviceContext.channel_id)."""
+
+    def health(self) -> Health | None:
+        """The driver's own opinion of its device (e.g. some registers refused: degraded); None: nothing to add.
+
+        The bus owner already says when the port is gone or the unit silent, and the supervisor when
+        readings stop; a driver overrides this only for what it alone can see.
+        """
+        return None
 
     @abc.abstractmethod
     async def run(self, emit: Emit) -> None:

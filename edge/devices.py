@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.buses import ModbusBus, SerialBus, create_bus
+from drivers.health import HEALTH_WORDS, OK, Health, HealthSource, assess
 from drivers.sdk import DeviceContext, Driver, Emit
 from edge.config import DeviceConfig, GatewayConfig
 from edge.protocol.types import Channel
@@ -35,6 +36,22 @@ class Device:
 
     def make_driver(self) -> Driver:
         return self.driver_cls(self.context)
+
+    def health(self) -> Health:
+        """ok, degraded or failing, with the cause and the next step (drivers.health), from its bus, driver and runner."""
+        runner = self.runner
+        if runner is None:
+            return Health()
+        bus = self.context.bus
+        name = self.config.name
+        return assess(
+            name,
+            bus=bus.health_of(name, self.config.address) if isinstance(bus, HealthSource) else None,
+            driver=runner.driver.health() if runner.driver is not None else None,
+            crashing=runner.last_error if runner.failing else "",
+            silent_s=runner.silent_s(),
+            poll_interval=self.config.poll_interval,
+        )
 
 
 class Devices:
@@ -57,6 +74,9 @@ class Devices:
                 clock_ms=clock_ms,
             )
             self.devices.append(Device(dev, cls, ctx, list(cls(ctx).channels())))
+            bus = self.buses.get(dev.bus) if dev.bus else None
+            if isinstance(bus, ModbusBus) and isinstance(dev.address, int):
+                bus.name_unit(dev.address, dev.name)
         self.bus_tasks: list[asyncio.Task[None]] = []
         self.device_tasks: list[asyncio.Task[None]] = []
 
@@ -76,22 +96,41 @@ class Devices:
             dev.runner = DeviceRunner(dev.config.name, dev.make_driver, emit, personal=personal)
             self.device_tasks.append(asyncio.create_task(dev.runner.run(), name=f"device:{dev.config.name}"))
 
+    def health(self) -> dict[str, Health]:
+        """Each device's health now, by device name."""
+        return {d.config.name: d.health() for d in self.devices}
+
     def failing(self) -> list[str]:
-        """``"<device>: <last error>"`` for each device failing now (for the status report)."""
-        return [f"{d.config.name}: {d.runner.last_error}" for d in self.devices if d.runner and d.runner.failing]
+        """One sentence per device that is not ok, ``"<device> <health>: <cause>: <next step>"`` (the status report's errors)."""
+        return [f"{name} {h.state}: {h.sentence}" for name, h in self.health().items() if h.state != OK]
+
+    def health_report(self) -> dict[str, dict[str, str]]:
+        """The status report's ``device_health``: each device's health word, diagnosis and next step."""
+        return {name: h.as_dict() for name, h in self.health().items()}
+
+    def health_counts(self) -> dict[str, int]:
+        """How many devices are ok, degraded and failing."""
+        counts: dict[str, int] = dict.fromkeys(HEALTH_WORDS, 0)
+        for h in self.health().values():
+            counts[h.state] += 1
+        return counts
 
     def status(self) -> dict[str, Any]:
-        """Each device's readings and restarts, and each bus owner's statistics (for the local status page)."""
+        """Each device's health, readings and restarts, and each bus owner's statistics (for the local status page)."""
+        devices: dict[str, Any] = {}
+        for d in self.devices:
+            health = d.health()
+            devices[d.config.name] = {
+                "driver": d.config.driver,
+                **health.as_dict(),
+                "readings": d.runner.readings if d.runner else 0,
+                # "failing" is kept for readers of the earlier /status: the device is not ok.
+                "failing": health.state != OK,
+                "restarts": d.runner.restarts if d.runner else 0,
+                "last_error": d.runner.last_error if d.runner else "",
+            }
         return {
-            "devices": {
-                d.config.name: {
-                    "driver": d.config.driver,
-                    "readings": d.runner.readings if d.runner else 0,
-                    "failing": bool(d.runner and d.runner.failing),
-                    "restarts": d.runner.restarts if d.runner else 0,
-                    "last_error": d.runner.last_error if d.runner else "",
-                }
-                for d in self.devices
-            },
+            "devices": devices,
+            "health_counts": self.health_counts(),
             "buses": {name: bus.stats() for name, bus in self.buses.items()},
         }

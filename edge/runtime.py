@@ -317,6 +317,7 @@ class Gateway:
             config_digest=self.config.digest,
             applied_etag=self.desired.applied_etag,
             errors=errors,
+            device_health=self.devices.health_report() if self.devices is not None else {},
         )
 
     def status_report(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The signed status report's fields (OXP §7), built in one place from the spool and what the running gateway knows.
 
 The spool knows the backlog, the loss counters and the boot; only the running gateway knows
-the policy and config in force, the desired document applied and what is failing.  An uplink
+the policy and config in force, the desired document applied, each device's health and what is failing.  An uplink
 run without a gateway (tools, tests) reports the spool's part and its own delivery error.
 """
 
@@ -24,6 +24,8 @@ class ReportFacts:
     config_digest: bytes = b""
     applied_etag: str | None = None  # None: no desired state is handled here, so the field is left out
     errors: list[str] = field(default_factory=list)
+    # device name -> {"health", "diagnosis", "next_step"} (drivers.health); empty: no devices known, field left out
+    device_health: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def status_report(spool: SpoolStats, *, device_id: str, ts_ms: int, boot_epoch: int, facts: ReportFacts) -> dict[str, Any]:
@@ -47,4 +49,7 @@ def status_report(spool: SpoolStats, *, device_id: str, ts_ms: int, boot_epoch: 
     }
     if facts.applied_etag is not None:
         report["applied_etag"] = facts.applied_etag
+    if facts.device_health:
+        # Added to OXP §7 as an optional key: a hub that does not know it ignores it (§7.1).
+        report["device_health"] = {name: dict(health) for name, health in facts.device_health.items()}
     return report

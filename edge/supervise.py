@@ -58,6 +58,14 @@ class DeviceRunner:
         self.readings = 0
         self.last_error = ""
         self._started = time.monotonic()
+        self.began = self._started  # when the first driver started (a device that never sent is silent since then)
+        self.last_reading_at: float | None = None  # monotonic time of the last reading
+        self.driver: Driver | None = None  # the instance running now, for its own health opinion
+
+    def silent_s(self, now: float | None = None) -> float:
+        """Seconds since the last reading, or since the device started if it never sent one."""
+        since = self.last_reading_at if self.last_reading_at is not None else self.began
+        return (time.monotonic() if now is None else now) - since
 
     @property
     def failing(self) -> bool:
@@ -74,6 +82,7 @@ class DeviceRunner:
             self._backoff.reset()
             self._outage.recovered(self.device_id, "device recovered", extra={"device": self.device_id, "restarts": self.restarts})
         self.readings += 1
+        self.last_reading_at = time.monotonic()
         await self._emit(reading)
 
     def backoff(self, attempt: int) -> float:
@@ -89,7 +98,7 @@ class DeviceRunner:
         while True:
             self._started = time.monotonic()
             try:
-                driver = self._make_driver()
+                driver = self.driver = self._make_driver()
                 await driver.run(self._emit_and_watch)
                 raise RuntimeError("driver returned; drivers must run until cancelled")
             except asyncio.CancelledError:

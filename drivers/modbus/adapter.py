@@ -51,8 +51,15 @@ _READERS = {
 }
 _FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
-# pymodbus logs every timeout at ERROR; our bus owner reports faults itself, once.
-logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+# pymodbus logs every timeout at ERROR and traces frames at DEBUG, in its own words, on every poll.
+# None of it reaches the operator: its logger is cut off from ours (a later logging setup that sets
+# levels cannot bring it back), and the bus owner says each fault once in its own words.  Raw frames
+# are on "ocn.modbus.frames" at debug, labelled.
+_library_log = logging.getLogger("pymodbus")
+_library_log.setLevel(logging.CRITICAL + 1)
+_library_log.propagate = False
+_library_log.handlers[:] = [logging.NullHandler()]
+frames_log = logging.getLogger("ocn.modbus.frames")
 
 
 class LinkError(Exception):
@@ -147,6 +154,7 @@ class ModbusLink:
         if kind not in ("tcp", "rtu"):
             raise ValueError(f"kind = {kind!r}: expected 'tcp' or 'rtu'")
         self.kind = kind
+        self._where = f"{host}:{tcp_port}" if kind == "tcp" else port
         self.bytes_out = 0
         self.bytes_in = 0
         self._received_during_request = 0
@@ -174,6 +182,8 @@ class ModbusLink:
 
         def received(data: bytes, addr: tuple[str, int] | None) -> None:
             self.bytes_in += len(data)
+            if frames_log.isEnabledFor(logging.DEBUG):
+                frames_log.debug("received bytes", extra={"link": self._where, "hex": data.hex(" ")})
             self._received_during_request += len(data)
             arrive(data, addr)
 
@@ -183,6 +193,8 @@ class ModbusLink:
     def _count(self, sending: bool, data: bytes) -> bytes:
         if sending:
             self.bytes_out += len(data)
+            if frames_log.isEnabledFor(logging.DEBUG):
+                frames_log.debug("sent frame", extra={"link": self._where, "hex": data.hex(" ")})
         return data
 
     def _connected(self, up: bool) -> None:
@@ -235,11 +247,11 @@ class ModbusLink:
                 strays += 1
                 remaining = deadline - loop.time()
                 if remaining <= 0:
-                    raise GarbledReply(f"{why}; no reply to this request within {timeout:g} s")
+                    raise GarbledReply(f"{why}; no reply to this request within {timeout:.3g} s")
                 try:
                     reply = await self._next_reply(remaining)
                 except TimeoutError as exc:
-                    raise GarbledReply(f"{why}; no reply to this request within {timeout:g} s") from exc
+                    raise GarbledReply(f"{why}; no reply to this request within {timeout:.3g} s") from exc
         except ConnectionException as exc:
             raise LinkDown(str(exc)) from exc
         except ModbusException as exc:
@@ -247,9 +259,9 @@ class ModbusLink:
                 raise LinkDown("connection lost") from exc
             if self._received_during_request:
                 raise GarbledReply(f"{self._received_during_request} bytes but no valid reply frame") from exc
-            raise NoReply(f"no reply within {timeout:g} s") from exc
+            raise NoReply(f"no reply within {timeout:.3g} s") from exc
         except TimeoutError as exc:
-            raise NoReply(f"no reply within {timeout:g} s") from exc
+            raise NoReply(f"no reply within {timeout:.3g} s") from exc
         if reply.isError():
             if reply.exception_code in (10, 11):
                 raise UnitUnreachable(reply.exception_code)

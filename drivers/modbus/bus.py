@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from drivers.health import DEGRADED, FAILING, HEALTHY, Health, HealthWord
 from drivers.line import BusConfigLike, Reopener, bits_per_char
 from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkDown, LinkError, ModbusLink, NoReply
 from drivers.sdk import BusDown
@@ -39,6 +40,8 @@ class _Unit:
     crc_errors: int = 0
     exceptions: int = 0
     skip_until: float = 0.0
+    why: str = ""  # the last failure, for the health diagnosis
+    answered_again_at: float | None = None  # when it last answered after failing (a failure soon after is a flap)
 
 
 class ModbusBus:
@@ -65,11 +68,62 @@ class ModbusBus:
         self._open = asyncio.Event()
         self._last_frame_end = 0.0
         self._units: dict[int, _Unit] = {}
+        self._devices: dict[int, list[str]] = {}
         self._started = time.monotonic()
         self._busy_s = 0.0
         self.requests = 0
         self.registers_read = 0
         self.registers_used = 0
+
+    def name_unit(self, unit: int, device: str) -> None:
+        """Say which configured device ``unit`` is, so the log and the health name it (``unit 11 on rs485-1 (weather-1)``)."""
+        names = self._devices.setdefault(unit, [])
+        if device not in names:
+            names.append(device)
+
+    def _unit_name(self, unit: int) -> str:
+        names = self._devices.get(unit)
+        return f"unit {unit} on {self.name}" + (f" ({', '.join(names)})" if names else "")
+
+    def _advice(self, unit: int, state: _Unit) -> tuple[str, str, HealthWord]:
+        """(what happened, the next step, its health word) for a unit that failed its last request."""
+        who = self._unit_name(unit)
+        rtu = self.config.type == "modbus-rtu"
+        check_unit = ("check the unit id with ocn-edge scan, baud rate and parity, A/B wiring" if rtu
+                      else "check the unit id with ocn-edge scan and the device's Modbus TCP settings")
+        if state.replies == 0:
+            if state.crc_errors and not state.timeouts:
+                return (f"{who} has never answered with a valid frame ({state.why})",
+                        "check baud rate and parity, A/B wiring and termination" if rtu
+                        else "check that the device speaks Modbus TCP on this port", FAILING)
+            if state.why.startswith("exception code"):
+                return (f"{who} has never answered: the Modbus gateway cannot reach it ({state.why})",
+                        "check the unit id with ocn-edge scan and the wiring behind the converter", FAILING)
+            return f"{who} has never answered ({state.why})", check_unit, FAILING
+        if self._notes.flapping(unit) and not state.backoff.attempts:
+            return (f"{who} answers only intermittently ({state.why})",
+                    "check termination, A/B wiring and cable length" if rtu else "check the network path", DEGRADED)
+        return (f"{who} stopped answering ({state.why})",
+                "check power to the unit and the A/B wiring" if rtu else "check power to the unit and the network path",
+                FAILING)
+
+    def health_of(self, device: str, address: int | str | None) -> Health | None:
+        """How ``device`` (unit ``address``) is doing as far as this bus can tell; None: nothing known yet."""
+        if not self.link.connected:
+            why = self._reopen.reason or "not open yet"
+            where = self.what
+            step = ("check the adapter is plugged in (ocn-edge ports) and no other program holds the port"
+                    if self.config.type == "modbus-rtu" else "check the converter's address, power and network")
+            return Health(FAILING, f"{where} for {device} is not open: {why}", step)
+        if not isinstance(address, int):
+            return None
+        state = self._units.get(address)
+        if state is None:
+            return None
+        if state.backoff.attempts or self._notes.flapping(address):
+            cause, step, word = self._advice(address, state)
+            return Health(word, cause, step)
+        return HEALTHY
 
     async def run(self) -> None:
         """Keep the link open until cancelled, reopening it with capped backoff when it drops."""
@@ -159,16 +213,23 @@ class ModbusBus:
         return (request + reply) * bits_per_char(self.config) / self.config.baudrate
 
     def _unit_failed(self, unit: int, state: _Unit, why: LinkError) -> None:
-        self._notes.failure(unit, "%s: unit %d stopped answering (%s); backing off up to %gs", self.what, unit, why,
-                            self.unit_backoff_max,
-                            intermittent=("%s: unit %d answers only intermittently (%s); next note when steady for %gs",
-                                          self.what, unit, why, FLAP_S))
+        state.why = str(why)
+        cause, step, _ = self._advice(unit, state)
+        # Silence is an error (the device delivers nothing); a unit that fails again within FLAP_S of
+        # answering again is noted as intermittent instead, a warning: its readings mostly come.
+        flap = state.answered_again_at is not None and time.monotonic() - state.answered_again_at < FLAP_S
+        self._notes.failure(unit, "%s: %s; backing off up to %gs", cause, step, self.unit_backoff_max,
+                            level=logging.WARNING if flap else logging.ERROR,
+                            intermittent=("%s answers only intermittently (%s); next note when steady for %gs",
+                                          self._unit_name(unit), why, FLAP_S))
         state.skip_until = time.monotonic() + state.backoff.next()
 
     def _unit_answered(self, unit: int, state: _Unit) -> None:
         state.replies += 1
-        self._notes.recovered(unit, "%s: unit %d answers again", self.what, unit,
-                              steady=("%s: unit %d steady again", self.what, unit))
+        if self._notes.failing(unit):
+            state.answered_again_at = time.monotonic()
+        self._notes.recovered(unit, "%s answers again", self._unit_name(unit),
+                              steady=("%s steady again", self._unit_name(unit)))
         state.backoff.reset()
         state.skip_until = 0.0
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from drivers.health import DEGRADED, Health
 from drivers.modbus.adapter import ExceptionReply, LinkError
 from drivers.modbus.bus import FLAP_S
 from drivers.modbus.planner import ReadRequest, plan_reads
@@ -90,6 +91,16 @@ class ModbusDriver(Driver):
             for req in self.plan
         }
         self._refusals = LogOnce(ctx.logger, flap_s=FLAP_S)
+        self._refused: dict[ReadRequest, str] = {}
+
+    def health(self) -> Health | None:
+        """Degraded while the unit refuses some of the profile's requests (it answers, so readings still come)."""
+        refused = [(req, why) for req, why in self._refused.items() if self._refusals.failing(req)]
+        if not refused:
+            return None
+        spans = ", ".join(f"{req.function} {req.address}..{req.end - 1} ({why})" for req, why in refused)
+        return Health(DEGRADED, f"{self.ctx.device_id}: unit {self.unit} refuses {spans}",
+                      "check that the profile matches the device's model and firmware (ocn-edge read shows each block)")
 
     def channels(self) -> Sequence[Channel]:
         return [
@@ -146,6 +157,7 @@ class ModbusDriver(Driver):
         failed = {req: str(exc) for req, exc in result.failures if isinstance(exc, ExceptionReply)}
         where = f"{self.ctx.device_id}: unit {self.unit}"
         for req, why in failed.items():
+            self._refused[req] = why
             span = f"{req.function} {req.address}..{req.end - 1}"
             self._refusals.failure(req, "%s: %s: %s", where, span, why, reason=why,
                                    intermittent=("%s: %s is refused intermittently (%s); next note when steady for %gs",

@@ -10,6 +10,7 @@ from typing import Any
 
 import serial
 
+from drivers.health import FAILING, Health
 from drivers.line import BusConfigLike, Reopener, bits_per_char
 from drivers.sdk import BusDown
 from edge.util.logonce import LogOnce
@@ -132,6 +133,24 @@ class SerialBus:
             self._lost.set()
             raise BusDown(f"{self.what}: {exc.strerror}") from exc
         self.bytes_out += len(data)
+
+    def health_of(self, device: str, address: int | str | None) -> Health | None:
+        """Failing while the port is not open, with why and what to do; no opinion while it is (the driver knows the data)."""
+        if self._port is not None:
+            return None
+        port = self.config.port or ""
+        where = f"serial port {port} (bus {self.name}, {device})"
+        if not os.path.exists(port):
+            return Health(FAILING, f"{where} is not there (adapter unplugged?)",
+                          "plug the adapter in and check its name with ocn-edge ports")
+        why = self._reopen.reason or "not open yet"
+        if "ermission" in why:
+            step = "add the gateway's user to the dialout group"
+        elif "busy" in why.lower():
+            step = "another program holds the port: stop it (ocn-edge ports shows the ports)"
+        else:
+            step = "check the adapter and its cable; ocn-edge ports lists the ports"
+        return Health(FAILING, f"{where} cannot be opened: {why}", step)
 
     def stats(self) -> dict[str, Any]:
         elapsed = max(1e-9, time.monotonic() - self._started)
