@@ -40,9 +40,10 @@ async def run_demo(
     scenario: str = "default",
     state_dir: str | None = None,
     seed: int = 1,
+    log_format: str = "logfmt",
 ) -> int:
     # Warnings and errors go to stderr; stdout carries the status line and the summary.
-    setup_logging("warning", stream=sys.stderr)
+    setup_logging("warning", stream=sys.stderr, fmt=log_format)
     if state_dir and Path(state_dir).exists() and any(Path(state_dir).iterdir()):
         # The summary counts what this run did at the hub: a hub from an earlier run would blur it.
         print(f"ocn-edge demo: --state-dir {state_dir} is not empty; give a new or empty directory", file=sys.stderr)
