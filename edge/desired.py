@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.config import ConfigError, GatewayConfig, effective_toml, parse_config
+from edge.desiredcheck import DesiredCheckError, check_desired_config, check_desired_policy
 from edge.privacy import Policy, PolicyError, load_policy, parse_policy
 from edge.protocol.desired import canonical_json, merge_tables
 from edge.schema import dumps_toml
@@ -57,10 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ocn.desired")
-
-# What a desired config may not change: the gateway's identity and where its keys and spool live.
-FIXED_KEYS = (("gateway", "id"), ("gateway", "state_dir"), ("uplink", "key"))
-
 
 class DesiredError(Exception):
     """A desired document cannot be applied; the message says why in one line."""
@@ -323,10 +320,11 @@ class DesiredApplier:
     def _target_config(self, change: DesiredChange) -> GatewayConfig:
         if change.config is None:
             return self.base_config
-        for table, key in FIXED_KEYS:
-            part = change.config.get(table)
-            if isinstance(part, Mapping) and key in part:
-                raise DesiredError(f"a desired config may not change {table}.{key} (the gateway's identity and keys stay local)")
+        try:
+            # The hub ran the same check before storing the document; a hub of another version may not have.
+            check_desired_config(change.config)
+        except DesiredCheckError as exc:
+            raise DesiredError(str(exc)) from None
         merged = overlay_config(effective_toml(self.base_config), change.config)
         try:
             return parse_config(dumps_toml(merged), path=self.base_config.path)
@@ -341,9 +339,11 @@ class DesiredApplier:
                 "privacy.require_signed = true: a policy must arrive as a file signed by the governance key, "
                 "so the hub's policy was not applied"
             )
-        text = dumps_toml(change.policy)
         try:
-            policy = parse_policy(text, path="desired-policy.toml")
+            policy, text = check_desired_policy(change.policy)
+        except DesiredCheckError as exc:
+            raise DesiredError(str(exc)) from None
+        try:
             if config.digest == self.gateway.config.digest:
                 # Same devices: check the policy against their channels before anything changes.
                 self.gateway.check_policy(policy)

@@ -8,6 +8,7 @@ import gc
 import json
 import os
 import re
+import shlex
 import signal
 import sys
 import time
@@ -169,6 +170,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     target.add_argument("--fleet", metavar="NAME")
     target.add_argument("--device", metavar="DEVICE_ID", type=_device_id)
     dset.add_argument("file", help='JSON or TOML with a "config" and/or a "policy" table')
+    dset.add_argument("--allow-unknown", action="store_true",
+                      help="store it even if no enrolled device has that id or is in that fleet (yet)")
     dset.set_defaults(func=_desired_set)
     dclear = desired.add_parser("clear", parents=[common], help="remove the desired document of a fleet or a device")
     target = dclear.add_mutually_exclusive_group(required=True)
@@ -310,8 +313,16 @@ def _desired_set(args: argparse.Namespace) -> int:
     scope, name = ("fleet", args.fleet) if args.fleet else ("device", args.device)
 
     async def work(store: Any) -> int:
+        if not args.allow_unknown:
+            devices = await store.devices()
+            if not any((d.device_id if scope == "device" else d.fleet) == name for d in devices):
+                known = sorted({d.device_id if scope == "device" else d.fleet for d in devices})
+                print(f"ocn-edge hub desired set: no enrolled device {'has id' if scope == 'device' else 'is in fleet'} {name!r} "
+                      f"(known: {', '.join(known[:10]) or 'none'}{', ...' if len(known) > 10 else ''}); "
+                      "check the name, or pass --allow-unknown to set it before the device enrols", file=sys.stderr)
+                return 2
         await store.set_desired(scope, name, document, now_ms=_now_ms())
-        print(f"desired {', '.join(sorted(document))} set for {scope} {name!r}; devices receive it at their next status report")
+        print(f"desired {', '.join(sorted(document))} set for {scope} {name!r}; running gateways apply it within seconds")
         return 0
 
     return _with_store(args, work)
@@ -387,6 +398,11 @@ def _serve(args: argparse.Namespace) -> int:
                 if running.admin_token and not args.admin_token:
                     print(f"Admin token (shown once, stored hashed): {running.admin_token}", file=sys.stderr, flush=True)
                 print(f"OCN hub serving on {running.url}  (dashboard {running.url}/fleet)", file=sys.stderr, flush=True)
+                if not running.admin_token:
+                    # The token was shown at an earlier start; a one-time link is the way in without it.
+                    where = "".join(f" --{name.replace('_', '-')} {shlex.quote(str(getattr(args, name)))}"
+                                    for name in ("state_dir", "db") if getattr(args, name, None))
+                    print(f"To sign in to the dashboard: ocn-edge hub login-link --url {running.url}{where}", file=sys.stderr, flush=True)
                 await stop.wait()
         except StoreError as exc:
             print(f"ocn-edge hub: {exc}", file=sys.stderr)

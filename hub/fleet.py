@@ -16,6 +16,7 @@ import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge.desiredcheck import DesiredCheckError, check_desired_config, check_desired_policy
 from edge.protocol.desired import canonical_json, merge_tables
 from hub.models import Device
 from hub.store import Store
@@ -36,7 +37,11 @@ class DesiredError(ValueError):
 
 
 def check_desired(document: object) -> dict[str, Any]:
-    """Validate a desired document as city IT submits it: {"config": {...}, "policy": {...}}, either part optional."""
+    """Validate a desired document as city IT submits it: {"config": {...}, "policy": {...}}, either part optional.
+
+    Each part is checked with the gateway's own schema and policy parser (edge.desiredcheck), so
+    a document a gateway would refuse is refused here with the sentence the gateway would give.
+    """
     if not isinstance(document, Mapping):
         raise DesiredError(f"desired document: expected a JSON object with 'config' and/or 'policy', got {type(document).__name__}")
     unknown = sorted(set(document) - set(PARTS))
@@ -45,6 +50,13 @@ def check_desired(document: object) -> dict[str, Any]:
     for part in PARTS:
         if part in document and not isinstance(document[part], Mapping):
             raise DesiredError(f"desired document field {part!r}: expected a JSON object (the TOML file's tables), got {document[part]!r}")
+    try:
+        if "config" in document:
+            check_desired_config(document["config"])
+        if "policy" in document:
+            check_desired_policy(document["policy"])
+    except DesiredCheckError as exc:
+        raise DesiredError(str(exc)) from None
     return dict(document)
 
 

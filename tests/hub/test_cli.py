@@ -61,7 +61,7 @@ def test_a_desired_document_with_an_unknown_table_is_refused_naming_the_file_and
 def test_a_desired_document_from_toml_is_set_for_a_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = tmp_path / "downtown.toml"
     doc.write_text('[config.batch]\nspan = "1m"\n')
-    assert hub(tmp_path, "desired", "set", "--fleet", "downtown", str(doc)) == 0
+    assert hub(tmp_path, "desired", "set", "--fleet", "downtown", "--allow-unknown", str(doc)) == 0
     assert "set for fleet 'downtown'" in capsys.readouterr().out
 
 

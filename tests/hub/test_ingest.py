@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import tomllib
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from edge.demo import DEMO_POLICY
 from edge.protocol import MEDIA_TYPE
 from edge.protocol.desired import verify_document
 from hub.app import RunningHub
@@ -106,12 +108,13 @@ async def test_enrolment_stores_the_token_only_as_a_hash(running_hub: RunningHub
 async def test_a_status_report_updates_the_fleet_and_returns_the_signed_desired_document(
     running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
 ) -> None:
-    await running_hub.set_desired("fleet", "default", {"config": {"batch": {"span": "5m"}}, "policy": {"rules": {}}})
+    policy = tomllib.loads(DEMO_POLICY.read_text())
+    await running_hub.set_desired("fleet", "default", {"config": {"batch": {"span": "5m"}}, "policy": policy})
     await running_hub.set_desired("device", "pole-0042", {"config": {"batch": {"span": "1m"}}})
     status, answer, headers = await post_cose(http, f"{running_hub.url}/oxp/v1/status", gateway.status(spool_batches=3, errors=["pm-1 silent"]))
     assert status == 200 and answer["ok"] is True and answer["etag"]
     document = verify_document(answer["desired"], running_hub.hub.signing_key.public_key())
-    assert document["config"] == {"batch": {"span": "1m"}} and document["policy"] == {"rules": {}}
+    assert document["config"] == {"batch": {"span": "1m"}} and document["policy"] == policy
     assert document["etag"] == answer["etag"]
     device = await running_hub.store.device("pole-0042")
     assert device is not None and device.spool_batches == 3 and device.errors == ("pm-1 silent",)
