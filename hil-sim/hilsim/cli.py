@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
+# The field guide's `curl http://127.0.0.1:8080/status` works against the written config.
+LOCAL_API = "127.0.0.1:8080"
+
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim = sub.add_parser(
@@ -31,7 +34,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sim.add_argument("scenario", metavar="SCENARIO",
                      help="a scenario name shipped with hil-sim (e.g. default) or a path to a scenario .toml")
     sim.add_argument("--json", action="store_true", help="print the endpoints as one JSON object on one line")
-    sim.add_argument("--write-config", metavar="FILE", help="write a gateway config pointing at the simulated devices")
+    sim.add_argument("--write-config", metavar="FILE",
+                     help="write a gateway config pointing at the simulated devices, with the local API on, and "
+                          "the demo policy as policy.toml beside it unless one is there")
     sim.add_argument("--seed", type=int, help="seed for values, population and faults (default: the scenario's)")
     sim.add_argument("--duration", type=positive, metavar="S", help="stop after this many seconds")
     sim.add_argument("--run-dir", metavar="DIR", help="where the device symlinks go (default: a temporary directory)")
@@ -76,8 +81,19 @@ async def _serve(scenario: Scenario, args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stop.set)
     async with run_scenario(scenario, seed=args.seed, run_dir=args.run_dir, hub=args.hub) as sim:
         if args.write_config:
-            Path(args.write_config).write_text(sim.gateway_config_toml(state_dir=args.state_dir), encoding="utf-8")
+            _write_config(Path(args.write_config), sim.gateway_config_toml(
+                state_dir=args.state_dir, local_api_listen=LOCAL_API))
         print(sim.to_json() if args.json else sim.to_text(), flush=True)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=args.duration)
     return 0
+
+
+def _write_config(config: Path, text: str) -> None:
+    """Write the config and, unless one is there already, the demo policy it names, so the pair passes `check`."""
+    from edge.starter import starter_files
+
+    config.write_text(text, encoding="utf-8")
+    policy = config.parent / "policy.toml"
+    if not policy.exists():
+        policy.write_text(starter_files()["policy.toml"], encoding="utf-8")
