@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument("config", metavar="CONFIG", help="the gateway's TOML config, e.g. /etc/ocn-edge/gateway.toml")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides gateway.log_level")
+    run.add_argument("--log-format", choices=("logfmt", "json"), default="logfmt",
+                     help="one key=value line per event (default) or one JSON object per line, for log shippers")
     run.set_defaults(func=_run)
 
     demo = sub.add_parser(
@@ -40,6 +42,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.add_argument("--scenario", default="default", help="simulator scenario name or path (default: %(default)s)")
     demo.add_argument("--state-dir", metavar="DIR", help="keep the demo's state here (default: a temporary directory)")
     demo.add_argument("--seed", type=int, default=1, help="simulator seed (default: %(default)s)")
+    demo.add_argument("--log-format", choices=("logfmt", "json"), default="logfmt",
+                      help="warnings on stderr as key=value lines (default) or JSON objects")
     demo.set_defaults(func=_demo)
 
 
@@ -56,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print("\n".join(map(with_hint, exc.problems)), file=sys.stderr)
         return 2
-    setup_logging(args.log_level or config.gateway.log_level)
+    setup_logging(args.log_level or config.gateway.log_level, fmt=args.log_format)
     problem = _state_dir_problem(config.gateway.state_dir)
     if problem:
         print(f"ocn-edge run: {problem}", file=sys.stderr)
@@ -98,5 +102,6 @@ def _demo(args: argparse.Namespace) -> int:
             scenario=args.scenario,
             state_dir=args.state_dir,
             seed=args.seed,
+            log_format=args.log_format,
         )
     )
