@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.gateway",
     "edge.commands.init",
     "edge.commands.check",
+    "edge.commands.status",
     "edge.commands.enrol",
     "edge.commands.image",
     "edge.commands.drivers",
