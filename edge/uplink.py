@@ -7,7 +7,9 @@ refusal short of a final one is retried with capped exponential backoff and full
 (the hub's ``Retry-After`` wins), so an outage of days ends with the backlog delivered
 oldest first.  A batch the hub refuses for good (malformed, bad signature, too large) moves
 to the spool's quarantine, counted and reported.  The hub is told about the spool backlog
-and the loss counters in a signed status report every few minutes.  Retry rules and the
+and the loss counters in a signed status report every few minutes, and at once when the hub
+names a desired ETag this gateway was not offered (in a batch ack, or the answer to the
+long poll held on it): that report's answer brings the document.  Retry rules and the
 byte budget: docs/spool-and-uplink.md.
 """
 
@@ -29,7 +31,7 @@ from edge.protocol import seal_status
 from edge.protocol.reasons import Answer
 from edge.spool import Spool, StoredBatch
 from edge.statusreport import ReportFacts, status_report
-from edge.transport import Ack, DesiredOffer, Refused, Taken, Transport, UplinkError
+from edge.transport import Ack, DesiredOffer, DesiredWatch, Refused, Taken, Transport, UplinkError
 from edge.util.backoff import Backoff
 from edge.util.clock import now_ms
 from edge.util.logonce import LogOnce
@@ -41,6 +43,11 @@ log = logging.getLogger("ocn.uplink")
 _DAY_MS = 86_400_000
 _SPOOL_RETRY_S = 5.0
 _OUTAGE_LOG_S = 300.0
+# A long poll held by the hub for under a minute (proxies commonly drop idle requests at 60 s): about
+# 350 bytes a minute, 0.5 MB a day, to learn of a new desired document within seconds.
+DESIRED_WAIT_S = 55.0
+# Polls at least this far apart, even when the hub answers at once (it holds too many, or the answer was news).
+_DESIRED_POLL_MIN_S = 5.0
 
 
 @dataclass(slots=True)
@@ -67,6 +74,11 @@ def _acks(ack: Ack, batch: StoredBatch) -> bool:
     )
 
 
+def _awaits_approval(refusal: Refused) -> bool:
+    """The hub knows this gateway's key but city IT has not approved it yet (403 unknown_device, OXP §8.2)."""
+    return refusal.code == Answer.UNKNOWN_DEVICE and "awaits approval" in refusal.message
+
+
 class Uplink:
     """Delivers the spool to one hub through ``transport`` and reports the gateway's status there."""
 
@@ -84,6 +96,7 @@ class Uplink:
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 300.0,
         idle_poll_s: float = 5.0,
+        desired_wait_s: float = DESIRED_WAIT_S,
         clock_ms: Callable[[], int] = now_ms,
         rng: random.Random | None = None,
     ) -> None:
@@ -100,6 +113,8 @@ class Uplink:
         self._status_interval_s = status_interval_s
         self._on_desired = on_desired
         self._idle_poll_s = idle_poll_s
+        self._desired_wait_s = desired_wait_s
+        self._report_now = asyncio.Event()  # the hub holds a desired document we have not seen: report (and fetch it) now
         self._clock_ms = clock_ms
         self._rng = rng or random.Random()
         # Full jitter: many gateways that lost the hub together must not come back in step.
@@ -142,6 +157,9 @@ class Uplink:
             group.create_task(self._deliver_forever())
             if self._status_interval_s > 0:
                 group.create_task(self._report_forever())
+                # The document comes with a status report's answer, so without reports there is nothing to watch for.
+                if self._on_desired is not None and isinstance(self.transport, DesiredWatch) and self._desired_wait_s > 0:
+                    group.create_task(self._watch_desired_forever(self.transport))
 
     async def aclose(self) -> None:
         """Close the transport; unsent batches stay in the spool.
@@ -204,6 +222,7 @@ class Uplink:
                     self.counters.readings_acked += batch.readings
                     self.counters.last_ack_ms = self._clock_ms()
                     self._recovered()
+                    self._desired_news(outcome.desired_etag)
                     return
             if outcome.final:
                 await asyncio.to_thread(self._spool.quarantine, batch, reason=outcome.code, detail=outcome.message)
@@ -216,7 +235,11 @@ class Uplink:
         self.counters.retries += 1
         self.counters.last_error = refusal.message
         now = time.monotonic()
-        if self._down_since is None:
+        if _awaits_approval(refusal):
+            # The hub answered: it is reachable, and the fix is city IT's approval, not the network.
+            self._faults.failure("approval", "awaiting approval at the hub; batches wait in the spool until city IT approves "
+                                 "this gateway (ocn-edge hub device approve)", extra={"hub": self.hub_url})
+        elif self._down_since is None:
             self._down_since = now
             # A flapping hub would log an outage every few seconds: at most one report per _OUTAGE_LOG_S,
             # and the ones held back are counted in the next (LogOnce would add an "intermittent" line).
@@ -239,6 +262,7 @@ class Uplink:
 
     def _recovered(self) -> None:
         self._backoff.reset()
+        self._faults.recovered("approval", "approved at the hub; delivery resumed", extra={"hub": self.hub_url})
         if self._down_since is not None:
             if self._outage_logged:
                 log.info(
@@ -307,7 +331,40 @@ class Uplink:
                 self._faults.failure("report", "cannot build the status report", level=logging.ERROR, extra={"error": str(exc)})
             else:
                 self._faults.recovered("report", "status report built again", level=logging.DEBUG)
-            await asyncio.sleep(self._status_interval_s * (0.9 + 0.2 * self._rng.random()))
+            # asyncio.timeout, not wait_for (see _deliver_forever).
+            try:
+                async with asyncio.timeout(self._status_interval_s * (0.9 + 0.2 * self._rng.random())):
+                    await self._report_now.wait()
+            except TimeoutError:
+                pass
+            self._report_now.clear()
+
+    def _desired_news(self, etag: str | None) -> None:
+        """The hub named its desired ETag (in an ack or a long poll's answer): report now if it is one we were not offered."""
+        if etag is not None and etag != self.desired_etag:
+            self._report_now.set()
+
+    async def _watch_desired_forever(self, watch: DesiredWatch) -> None:
+        """Hold a long poll on the desired ETag, so a change reaches the gateway in seconds whatever the batch span."""
+        retry = Backoff(_DESIRED_POLL_MIN_S, 300.0, jitter=1.0, rng=self._rng)
+        while True:
+            if self._over_budget():
+                await asyncio.sleep(60.0)
+                continue
+            started = time.monotonic()
+            news = await watch.watch_desired(self.device_id, self.desired_etag or "", self._desired_wait_s)
+            self._carried(news.overhead_bytes)
+            if news.unsupported:
+                log.debug("the hub offers no desired-state wait; desired documents come with status reports", extra={"hub": self.hub_url})
+                return
+            if news.error:
+                # Delivery says when the hub is unreachable; this only waits, longer each time, and asks again.
+                log.debug("desired-state wait failed", extra={"error": news.error})
+                await asyncio.sleep(retry.next())
+                continue
+            retry.reset()
+            self._desired_news(news.etag)
+            await asyncio.sleep(max(0.0, _DESIRED_POLL_MIN_S - (time.monotonic() - started)))
 
     def status_report(self) -> dict[str, Any]:
         """The status report as it would be signed now (edge.statusreport builds it)."""

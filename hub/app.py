@@ -221,7 +221,6 @@ async def run_hub(
     watchdog: asyncio.Task[None] | None = None
     try:
         admin = Admin(store)
-        generated = await admin.setup(admin_token)
         signing_key = load_or_create_signing_key(state / "hub.key")
         keys = KeyCache(store, ttl_s=key_cache_s)
         limiter = RateLimiter(rate=rate, burst=burst)
@@ -247,6 +246,8 @@ async def run_hub(
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
+        # Only a hub that listens creates the shown-once token: a start that fails (port in use) must not use it up.
+        generated = await admin.setup(admin_token)
         bound = runner.addresses[0]
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         url = f"http://{shown}:{bound[1]}"
@@ -263,6 +264,7 @@ async def run_hub(
             notifier.close()
             watchdog.cancel()
         if runner is not None:
+            runner.app[HUB].ingest.stop_watches()  # long polls answer now instead of holding the shutdown for their minute
             await runner.cleanup()
             runner.app[HUB].workers.close()
         await store.close()

@@ -15,6 +15,9 @@ that fails raises out of these methods; the transport answers that as unavailabl
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +61,10 @@ MAX_NOTICE_BYTES = 256 * 1024
 # A real body takes 2 to 4 bytes per reading; one far larger than its readings is charged by its size.
 BODY_BYTES_PER_READING = 64
 BUSY_RETRY_S = 1.0
+DESIRED_TTL_S = 2.0  # how stale a device's desired ETag may be when a batch ack or a long poll reads it
+WATCH_CHECK_S = 1.0  # how often a long poll looks again
+MAX_WATCH_S = 60.0  # the longest a long poll is held
+MAX_WATCHES = 8192  # long polls held at once; more are answered at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,7 @@ class Acked:
     seq: int
     status: str
     quarantined: Mapping[str, int] = field(default_factory=dict)  # readings kept apart, by reason (§8.5)
+    desired_etag: str = ""  # the ETag of the device's desired document, when it has one (§8.4): a gateway without it asks
 
     def document(self) -> dict[str, Any]:
         """The ack's fields in the order §8.1 shows them."""
@@ -106,6 +114,8 @@ class Acked:
                                "status": self.status}
         if self.quarantined:
             ack["quarantined"] = dict(self.quarantined)
+        if self.desired_etag:
+            ack["desired_etag"] = self.desired_etag
         return ack
 
 
@@ -171,6 +181,10 @@ class Ingest:
         self.workers = workers
         self.faults = faults
         self.signing_key = signing_key
+        # device id -> (monotonic s when read, ETag): batches and watches read a device's ETag at most every DESIRED_TTL_S.
+        self._etags: dict[str, tuple[float, str]] = {}
+        self._watching = 0
+        self._closing = asyncio.Event()
 
     async def batch(self, data: bytes) -> Acked | Refused:
         """Verify, weigh, decode and store one sealed batch; the ack that names it, or why not."""
@@ -188,6 +202,9 @@ class Ingest:
         if verified:
             if isinstance(outcome, Acked):
                 self.faults.cleared(device.device_id)
+                etag = await self.desired_etag(device.device_id)
+                if etag:
+                    outcome = dataclasses.replace(outcome, desired_etag=etag)
             elif outcome.status not in (Status.SLOW_DOWN, Status.UNAVAILABLE):  # a device catching up, or a busy hub, is not its fault
                 self.faults.failed(device.device_id, str(outcome.answer), outcome.detail)
         return outcome
@@ -252,8 +269,56 @@ class Ingest:
         device = await self.store.device(device_key.device_id)
         assert device is not None
         document, etag = await desired_document(self.store, device)
+        self._etags[device.device_id] = (time.monotonic(), etag)
         desired = None if document is None or known_etag == etag else sign_document(document, self.signing_key)
         return ReportTaken(desired, etag)
+
+    async def desired_etag(self, device_id: str) -> str | None:
+        """The ETag of an active device's desired document ("": none), read at most DESIRED_TTL_S ago; None for no such device."""
+        now = time.monotonic()
+        cached = self._etags.get(device_id)
+        if cached is not None and now - cached[0] < DESIRED_TTL_S:
+            return cached[1]
+        device = await self.store.device(device_id)
+        if device is None or device.status != "active":
+            self._etags.pop(device_id, None)
+            return None
+        _, etag = await desired_document(self.store, device)
+        self._etags[device_id] = (now, etag)
+        return etag
+
+    async def desired_changed(self, device_id: str, known_etag: str, *, wait_s: float, gone: Callable[[], bool] = lambda: False) -> str | None:
+        """The device's ETag once it differs from ``known_etag``, or ``known_etag`` after ``wait_s``; None for no such device.
+
+        A long poll (OXP §8.4): a gateway learns of a new document within seconds while sending about one
+        request a minute.  Desired documents may be set by another process (``ocn-edge hub desired set``),
+        so the store is read again every WATCH_CHECK_S (through the ETag cache).  Beyond MAX_WATCHES
+        waiting at once, or while the hub stops, the answer comes at once.
+        """
+        etag = await self.desired_etag(device_id)
+        if etag is None or etag != known_etag or self._watching >= MAX_WATCHES:
+            return etag
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(wait_s, 0.0), MAX_WATCH_S)
+        self._watching += 1
+        try:
+            while etag == known_etag and not gone() and not self._closing.is_set():
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(min(WATCH_CHECK_S, left)):
+                        await self._closing.wait()
+                except TimeoutError:
+                    pass
+                etag = await self.desired_etag(device_id)
+        finally:
+            self._watching -= 1
+        return etag
+
+    def stop_watches(self) -> None:
+        """Answer every waiting long poll now: the hub is stopping and must not wait out their minute."""
+        self._closing.set()
 
     async def notice(self, data: bytes) -> NoticeTaken | Refused:
         """Verify, check and register a transparency notice: a status-type message whose map carries ``notice`` (§7.3)."""

@@ -168,6 +168,40 @@ async def post_status(request: web.Request) -> web.Response:
     return compact_json({"ok": True, "desired": outcome.desired, "etag": outcome.etag}, headers={"ETag": f'"{outcome.etag}"'} if outcome.etag else None)
 
 
+@routes.get("/oxp/v1/desired/{device_id}")
+async def get_desired_etag(request: web.Request) -> web.Response:
+    """A long poll for a device's desired ETag (§8.4): 304 while it equals If-None-Match for up to ``wait`` seconds, else 200 {"etag"}.
+
+    Unauthenticated, so it tells only the ETag (a digest), never the document: the gateway fetches
+    that with a signed status report.  An unknown or unapproved device id is charged to the address.
+    """
+    hub = request.app[HUB]
+    address = client_of(request)
+    answer = address_refusal(hub, address)
+    if answer is not None:
+        return answer
+    device_id = request.match_info["device_id"]
+    known = request.headers.get("If-None-Match", "").strip().removeprefix("W/").strip('"')
+    try:
+        wait = float(request.query.get("wait", "0"))
+    except ValueError:
+        wait = -1.0
+    if not DEVICE_ID_RE.match(device_id) or not 0 <= wait <= 3600:
+        hub.addresses.check(address)
+        return problem(Answer.MALFORMED, f"expected /oxp/v1/desired/<device id>?wait=<seconds, 0 to 3600>, got {show(request.path_qs)}")
+
+    def gone() -> bool:
+        return request.transport is None or request.transport.is_closing()
+
+    etag = await hub.ingest.desired_changed(device_id, known, wait_s=wait, gone=gone)
+    if etag is None:
+        hub.addresses.check(address)
+        return problem(Answer.UNKNOWN_DEVICE, f"no approved device {device_id!r} is enrolled at this hub")
+    if etag == known:
+        return web.Response(status=304, headers={"ETag": f'"{etag}"'})
+    return compact_json({"etag": etag}, headers={"ETag": f'"{etag}"'})
+
+
 @routes.post("/oxp/v1/notice")
 async def post_notice(request: web.Request) -> web.Response:
     """A transparency notice: a signed COSE_Sign1 status-type message whose map carries ``notice`` (the JSON object)."""

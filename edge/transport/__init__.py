@@ -13,7 +13,9 @@ from urllib.parse import urlsplit
 from edge.transport.contract import (
     Ack,
     DesiredListener,
+    DesiredNews,
     DesiredOffer,
+    DesiredWatch,
     HubKeySource,
     Refused,
     Taken,
@@ -27,7 +29,9 @@ from edge.transport.tls import tls_context
 __all__ = [
     "Ack",
     "DesiredListener",
+    "DesiredNews",
     "DesiredOffer",
+    "DesiredWatch",
     "HubKeySource",
     "Refused",
     "Taken",

@@ -19,9 +19,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-__all__ = ["Ack", "DesiredListener", "DesiredOffer", "HubKeySource", "Refused", "Taken", "Transport", "TransportError", "UplinkError"]
+__all__ = [
+    "Ack",
+    "DesiredListener",
+    "DesiredNews",
+    "DesiredOffer",
+    "DesiredWatch",
+    "HubKeySource",
+    "Refused",
+    "Taken",
+    "Transport",
+    "TransportError",
+    "UplinkError",
+]
 
 
 class UplinkError(Exception):
@@ -42,6 +54,7 @@ class Ack:
     seq: int
     duplicate: bool  # the hub already held it: a retry of a batch whose first ack was lost
     overhead_bytes: int = 0  # what the link carried besides the batch itself, both ways
+    desired_etag: str | None = None  # the ETag of the desired document the hub holds for us; None: the ack did not say
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +91,30 @@ class DesiredOffer:
 
 
 DesiredListener = Callable[[DesiredOffer], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredNews:
+    """The answer to a wait for a new desired ETag.
+
+    ``etag``: the hub's ETag when it differs from the one known, None when it did not change
+    within the wait (or no answer came: then ``error`` says why).  ``unsupported``: this hub has
+    no such wait; do not ask again.
+    """
+
+    etag: str | None
+    overhead_bytes: int = 0
+    error: str = ""
+    unsupported: bool = False
+
+
+@runtime_checkable
+class DesiredWatch(Protocol):
+    """A transport that can wait, cheaply, for the hub's desired ETag to change (a pull transport's long poll)."""
+
+    async def watch_desired(self, device_id: str, known_etag: str, wait_s: float) -> DesiredNews:
+        """Return once the hub's desired ETag for ``device_id`` differs from ``known_etag``, or after about ``wait_s``."""
+        ...
 
 
 class HubKeySource(Protocol):

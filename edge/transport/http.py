@@ -3,7 +3,8 @@
 The only module of the gateway that speaks aiohttp to the hub.  It also counts what HTTP
 itself carries around each message (request line, headers, the whole answer, a redirect's
 second copy), because a metered link bills those bytes like the batch.  Desired state comes
-back in the answer to a status report (OXP §7): a pull, handed to the listener like a push.
+back in the answer to a status report (OXP §7): a pull, handed to the listener like a push; a
+long poll on its ETag (and the ETag in each batch ack) says when that pull is worth making.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from edge import __version__
 from edge.protocol import MEDIA_TYPE
 from edge.protocol.reasons import Answer, Status
-from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused, Taken, TransportError, UplinkError
+from edge.transport.contract import Ack, DesiredListener, DesiredNews, DesiredOffer, Refused, Taken, TransportError, UplinkError
 from edge.transport.tls import tls_context
 
 __all__ = ["HttpTransport"]
@@ -132,6 +133,27 @@ class HttpTransport:
     async def publish_notice(self, data: bytes) -> Taken | Refused:
         return (await self._send_report("/oxp/v1/notice", data))[0]
 
+    async def watch_desired(self, device_id: str, known_etag: str, wait_s: float) -> DesiredNews:
+        """GET /oxp/v1/desired/<id>?wait=… with If-None-Match: a long poll the hub holds until the ETag changes (OXP §8.4)."""
+        url = f"{self.hub_url}/oxp/v1/desired/{quote(device_id, safe='')}?wait={wait_s:g}"
+        timeout = aiohttp.ClientTimeout(total=wait_s + (self._timeout.total or 30.0))
+        try:
+            async with self._http().get(url, headers={"If-None-Match": f'"{known_etag}"'}, timeout=timeout) as resp:
+                body = await resp.content.read(_MAX_REPLY_BYTES)
+                overhead = _framing(resp, len(body))
+                if resp.status == 304:
+                    return DesiredNews(None, overhead)
+                document = _json_object(body)
+                if resp.status == 200 and document is not None and isinstance(document.get("etag"), str):
+                    return DesiredNews(str(document["etag"]), overhead)
+                # A hub from before the long poll answers 404 (or 405) without an OXP error code.
+                unsupported = resp.status in (404, 405) and not (document and document.get("error"))
+                return DesiredNews(None, overhead, error=f"hub answered {resp.status} to the desired-state wait", unsupported=unsupported)
+        except TimeoutError:
+            return DesiredNews(None, error="timed out waiting for the hub")
+        except (aiohttp.ClientError, OSError) as exc:
+            return DesiredNews(None, error=f"{type(exc).__name__}: {exc}")
+
     async def fetch_hub_key(self) -> bytes:
         url = self.hub_url + "/oxp/v1/hub-key"
         # Pinned on first use: only where nobody on the path can answer in the hub's place.
@@ -193,7 +215,9 @@ def _ack(document: Mapping[str, Any], overhead: int) -> Ack | None:
         return None
     if key.hex() != kid:  # the hub writes lowercase hex; anything else is not its ack
         return None
-    return Ack(device_id, key, boot_epoch, seq, duplicate=status == "duplicate", overhead_bytes=overhead)
+    etag = document.get("desired_etag")
+    return Ack(device_id, key, boot_epoch, seq, duplicate=status == "duplicate", overhead_bytes=overhead,
+               desired_etag=etag if isinstance(etag, str) else None)
 
 
 def _content_length(headers: Mapping[str, str]) -> int:
