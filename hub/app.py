@@ -131,16 +131,19 @@ async def short_server_header(request: web.Request, response: web.StreamResponse
 
 def build_app(hub: Hub, *, public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS) -> web.Application:
     """The aiohttp application for one hub process."""
-    from hub import dashboard, opendata, oxp, sensorthings
+    from hub import dashboard, metrics, opendata, oxp, sensorthings
 
-    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[body_deadline, database_down])
+    counted = metrics.HubMetrics()  # a registry per application: several hubs in one process keep their own series
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[metrics.timed(counted), body_deadline, database_down])
     app[HUB] = hub
+    app[metrics.METRICS] = counted
     app[PUBLIC_READS] = PublicReads(public_reads, lane=hub.store.public_lane)
     app.on_response_prepare.append(short_server_header)
     app.add_routes(oxp.routes)
     app.add_routes(dashboard.routes)
     app.add_routes(opendata.routes)
     app.add_routes(sensorthings.routes)
+    app.add_routes(metrics.routes)
     return app
 
 

@@ -106,6 +106,7 @@ class Acked:
     seq: int
     status: str
     quarantined: Mapping[str, int] = field(default_factory=dict)  # readings kept apart, by reason (§8.5)
+    readings: int = field(default=0, compare=False)  # readings this ack stored (0 for a duplicate): the hub's metrics, not the wire
     desired_etag: str = ""  # the ETag of the device's desired document, when it has one (§8.4): a gateway without it asks
 
     def document(self) -> dict[str, Any]:
@@ -254,7 +255,7 @@ class Ingest:
         )
         # OXP §8.5: readings kept apart, by reason; said by the ack that stored the batch only.
         apart = dict(sorted(Counter(q.reason for q in quarantined).items())) if status == "stored" else {}
-        return Acked(device.device_id, h.key_id, h.boot_epoch, h.seq, status, apart)
+        return Acked(device.device_id, h.key_id, h.boot_epoch, h.seq, status, apart, readings=len(kept) if status == "stored" else 0)
 
     async def status_report(self, data: bytes, *, known_etag: str = "") -> ReportTaken | Refused:
         """Verify, check and record a status report; the device's desired document unless it holds ``known_etag`` already."""

@@ -25,6 +25,7 @@ from edge.util.clock import now_ms
 from hub.auth import secret_hash
 from hub.ingest import MAX_NOTICE_BYTES, Refused
 from hub.jsonbody import BodyError, read_bounded, read_json
+from hub.metrics import METRICS
 from hub.models import EnrolError
 from hub.ratelimit import client_address, retry_after
 from hub.state import HUB, Hub
@@ -90,15 +91,19 @@ async def signed_message(request: web.Request, limit: int, take: Callable[[bytes
     or whose body is refused unread, is charged its per-address limit.
     """
     hub = request.app[HUB]
+    kind = request.path.rsplit("/", 1)[-1]  # batches, status, notice: the series' label
     address = client_of(request)
     answer = address_refusal(hub, address)
     if answer is not None:
+        request.app[METRICS].ingested(kind, answer)
         return answer
     data = await read_body(request, limit)
     if isinstance(data, web.Response):
         hub.addresses.check(address)
+        request.app[METRICS].ingested(kind, data)
         return data
     outcome = await take(data)
+    request.app[METRICS].ingested(kind, outcome)
     if isinstance(outcome, Refused):
         if outcome.charged:
             hub.addresses.check(address)
