@@ -30,6 +30,7 @@ from drivers.scaffold import ScaffoldError, scaffold
 from drivers.sdk import DeviceContext, Driver, OptionError, Options
 from drivers.testing import BusSettings
 from edge.commands import positive, whole
+from edge.portlock import find_holder, held_message, probe_locked
 from edge.protocol.types import Reading
 
 __all__ = ["register"]
@@ -232,6 +233,7 @@ def cmd_ports(args: argparse.Namespace) -> int:
             stable[os.path.realpath(link)] = str(link)
     ports = []
     for p in sorted(list_ports.comports(), key=lambda p: p.device):
+        holder = find_holder(p.device)
         ports.append({
             "device": p.device,
             "by_id": stable.get(os.path.realpath(p.device)),
@@ -239,6 +241,9 @@ def cmd_ports(args: argparse.Namespace) -> int:
             "usb": f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None,
             "manufacturer": p.manufacturer,
             "serial_number": p.serial_number,
+            "held_by": None if holder is None else {"pid": holder.pid, "unit": holder.unit,
+                                                    "local_page": holder.local_page},
+            "held": None if holder is None else held_message(holder),
         })
     if args.json:
         print(json.dumps({"ports": ports}, indent=2))
@@ -253,6 +258,8 @@ def cmd_ports(args: argparse.Namespace) -> int:
                                p["serial_number"] and f"serial {p['serial_number']}") if x]
         if details:
             print(f"  {', '.join(details)}")
+        if p["held"]:
+            print(f"  {p['held']}")
     if any(p["by_id"] for p in ports):
         print("\nUse the stable name as `port` in the gateway config: it survives replugging in another order.")
     return EXIT_OK
@@ -297,6 +304,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
         bauds = [0] if tcp else (list(COMMON_BAUDS) if args.baud == "all" else _bauds(args.baud))
     except ValueError as exc:
         return _fail(str(exc))
+    if args.port and (holder := find_holder(args.port)) is not None:
+        return _fail(f"cannot scan {args.port}: {held_message(holder)}", EXIT_FAILED)
     found = asyncio.run(_scan(tcp, args, bauds, units, function, address))
     if found is None:
         return EXIT_FAILED
@@ -321,7 +330,7 @@ async def _scan(tcp: tuple[str, int] | None, args: argparse.Namespace, bauds: li
         try:
             await link.open()
         except LinkDown as exc:
-            print(f"cannot open {where}: {exc}", file=sys.stderr)
+            print(f"cannot open {where}: {(args.port and _locked_note(args.port)) or exc}", file=sys.stderr)
             return None
         garbled = 0
         if not args.json:
@@ -369,6 +378,26 @@ def _shown(reading: Reading, channels: dict[str, Any]) -> str:
     return str(reading.value)
 
 
+_NOT_THERE = "the port or server is not there (see `ocn-edge ports`)"
+
+
+def _locked_note(port: str) -> str | None:
+    """Said when ``port`` did not open because another process, not a recorded gateway, holds it."""
+    if probe_locked(port):
+        return f"another process holds it (not a gateway that left a record); `fuser -v {port}` names it"
+    return None
+
+
+def _held_elsewhere(port: str) -> str:
+    """Why ``port`` did not open, once no gateway's record claims it: another process's lock, or absence."""
+    locked = _locked_note(port)
+    if locked:
+        return locked
+    if not os.path.exists(port):
+        return _NOT_THERE
+    return f"it exists but did not open; check that this user may use it (`ls -l {port}`, group dialout)"
+
+
 def _diagnose(exc: LinkError, unit: int | None, request: Any = None) -> str:
     span = f" ({request.function} {request.address}..{request.end - 1})" if request is not None else ""
     if isinstance(exc, ExceptionReply):
@@ -413,7 +442,7 @@ def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
         device = devices[args.device]
         bus: BusConfigLike | None = next((b for b in cfg.buses if b.name == device.bus), None)
         return {"driver": load_driver(device.driver), "bus": bus, "device": device.name,
-                "options": device.options, "address": device.address}
+                "options": device.options, "address": device.address, "state_dir": cfg.gateway.state_dir}
     if args.device:
         raise ValueError("a DEVICE name needs --config; otherwise give --port/--tcp and --profile or --driver")
     options: dict[str, Any] = {}
@@ -461,6 +490,10 @@ def _option_value(text: str) -> Any:
 
 async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
     cls: type[Driver] = plan["driver"]
+    port: str | None = getattr(plan["bus"], "port", None)
+    state_dirs = [plan["state_dir"]] if plan.get("state_dir") else []
+    if port and (holder := find_holder(port, state_dirs=state_dirs)) is not None:
+        return _fail(f"cannot open {port}: {held_message(holder)}", EXIT_FAILED)
     bus = create_bus(plan["bus"], reopen_max=1.0)
     ctx = DeviceContext(device_id=plan["device"], options=plan["options"], bus=bus, address=plan["address"],
                         poll_interval=1.0)
@@ -474,7 +507,7 @@ async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
         try:
             await asyncio.wait_for(bus.wait_open(), min(wait, 3.0))
         except TimeoutError:
-            problems.append(f"cannot open {bus.what}: the port or server is not there (see `ocn-edge ports`)")
+            problems.append(f"cannot open {bus.what}: {_held_elsewhere(port) if port else _NOT_THERE}")
         else:
             if isinstance(driver, ModbusDriver):
                 result = await driver.poll()
