@@ -25,6 +25,7 @@ __all__ = [
     "DesiredError",
     "check_desired",
     "desired_document",
+    "desired_status",
     "drift",
     "load_or_create_signing_key",
 ]
@@ -100,6 +101,26 @@ def drift(device: Device, document: Mapping[str, Any] | None) -> list[str]:
     if "config" in document and device.applied_etag != document["etag"]:
         found.append("config")
     return found
+
+
+def desired_status(device: Device, document: Mapping[str, Any] | None) -> tuple[str, str]:
+    """Where a device stands with its desired document, and the gateway's own words when it refused it.
+
+    ``("none", "")`` when nothing is desired; ``("applied", "")`` once the device reports the
+    document's ETag in force; ``("failed", reason)`` when its status report says it refused that
+    ETag (edge.desired: "desired <etag> not applied: <reason>"); ``("pending", "")`` otherwise
+    (it has not reported since the document was set).
+    """
+    if document is None:
+        return "none", ""
+    etag = str(document["etag"])
+    if device.applied_etag == etag:
+        return "applied", ""
+    refused = f"desired {etag} not applied: "
+    for error in device.errors:
+        if error.startswith(refused):
+            return "failed", error[len(refused):]
+    return "pending", ""
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:

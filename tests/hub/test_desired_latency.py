@@ -19,7 +19,7 @@ from edge.runtime import Gateway
 from hilsim import run_scenario
 from hub.app import run_hub
 from hub.fleet import DesiredError as HubDesiredError
-from hub.fleet import check_desired
+from hub.fleet import check_desired, desired_document, desired_status
 
 BOUND_S = 10.0  # issue 13: "a desired change reaches a running gateway in under 10 s"
 
@@ -57,6 +57,22 @@ async def test_a_desired_change_reaches_a_gateway_with_five_minute_batches_in_un
             assert took < BOUND_S, f"the desired policy took {took:.1f} s to reach the gateway"
             assert gateway.policy.purpose == "Plan city services (set from the hub)"
             assert uplink.counters.status_sent == reports_before + 1, "one status report fetched it, not a report loop"
+
+            # The fleet view: applied once the device reports it; a document it refuses shows as failed, in its words.
+            await uplink.send_status()
+            device = await hub.store.device("pole-0042")
+            assert device is not None
+            assert desired_status(device, (await desired_document(hub.store, device))[0]) == ("applied", "")
+            await hub.hub.store.set_desired("device", "pole-0042", {"config": {"batch": {"span": "soon"}}}, now_ms=0)  # as another hub might
+            for _ in range(int(2 * BOUND_S / 0.05)):
+                if gateway.desired.last_error:
+                    break
+                await asyncio.sleep(0.05)
+            await uplink.send_status()
+            device = await hub.store.device("pole-0042")
+            assert device is not None
+            state, reason = desired_status(device, (await desired_document(hub.store, device))[0])
+            assert state == "failed" and reason.startswith('desired config: batch.span = "soon"'), (state, reason)
         finally:
             await asyncio.wait_for(gateway.stop(drain_timeout_s=5), timeout=30)
 
