@@ -71,6 +71,7 @@ async def test_read_diagnoses_a_silent_unit():
         await server.shutdown()
     assert code == 1
     assert "problem: no reply from unit 9 (input 0..37): check the unit id (`ocn-edge scan`)" in err
+    assert ">>>>>" not in out + err and "pymodbus" not in out + err  # only our own words reach the technician
 
 
 async def test_read_names_the_exception_code_and_its_meaning():
@@ -112,11 +113,12 @@ async def test_scan_says_when_nobody_answers():
     store = RegisterStore()
     server, port = await modbus_tcp_server(store)
     try:
-        code, out, _ = await ocn_edge("scan", "--tcp", f"127.0.0.1:{port}", "--units", "1-3", "--timeout", "0.1")
+        code, out, err = await ocn_edge("scan", "--tcp", f"127.0.0.1:{port}", "--units", "1-3", "--timeout", "0.1")
     finally:
         await server.shutdown()
     assert code == 1
     assert "No unit answered" in out
+    assert ">>>>>" not in out + err and "pymodbus" not in out + err
 
 
 async def test_scan_through_a_tcp_gateway_does_not_count_its_no_such_unit_exceptions_as_units():
