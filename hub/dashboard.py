@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import unicodedata
 from typing import Any
@@ -20,7 +21,7 @@ from hub.reports import notice_problem
 from hub.state import HUB, Hub
 from hub.tokens import MAX_TOKEN_DAYS, MAX_TOKEN_USES, create_token
 
-__all__ = ["routes", "device_health"]
+__all__ = ["device_health", "routes", "sensor_health"]
 
 routes = web.RouteTableDef()
 
@@ -80,8 +81,28 @@ def size(n: int | None) -> str:
 _templates.filters.update(ago=ago, utc=utc, size=size)
 
 
+# A gateway names each of its sensors that is not ok in its status report's errors as
+# "<sensor> failing: <cause>: <next step>" or "<sensor> degraded: ..." (the gateway's health model,
+# drivers/health.py; the report's device_health carries the same per sensor).
+_SENSOR_FAULT = re.compile(r"^(\S+) (failing|degraded): ")
+
+
+def sensor_health(device: Device) -> dict[str, int]:
+    """How many of a gateway's sensors its last status report calls failing and degraded."""
+    counts = {"failing": 0, "degraded": 0}
+    for error in device.errors:
+        match = _SENSOR_FAULT.match(error)
+        if match:
+            counts[match.group(2)] += 1
+    return counts
+
+
 def device_health(device: Device, *, now: int, stale_after_ms: int) -> str:
-    """One word a person can scan for: revoked, pending, silent (never seen), stale, degraded (errors or loss) or ok."""
+    """One word a person can scan for: revoked, pending, silent (never seen), stale, degraded (errors or loss) or ok.
+
+    A gateway with a failing or degraded sensor reports it among its errors, so the gateway shows
+    degraded: it still works, and the sensor's own word and diagnosis are in the errors column.
+    """
     if device.status in ("revoked", "pending"):
         return device.status
     if device.last_seen_ms is None:
@@ -186,8 +207,11 @@ async def fleet(request: web.Request) -> web.Response:
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["health"]] = counts.get(row["health"], 0) + 1
+    sensors = [sensor_health(r["d"]) for r in rows]
     totals = {
         "devices": len(rows),
+        "sensors_failing": sum(c["failing"] for c in sensors),
+        "sensors_degraded": sum(c["degraded"] for c in sensors),
         "readings": sum(r["d"].readings_stored for r in rows),
         "dropped": sum(r["d"].readings_dropped for r in rows),
         "duplicates": sum(r["d"].duplicates for r in rows),
@@ -276,7 +300,7 @@ def _device_json(device: Device, health: str, drifts: list[str], refused: str | 
         "spool_batches": device.spool_batches, "spool_bytes": device.spool_bytes, "policy_digest": device.policy_digest,
         "config_digest": device.config_digest, "applied_etag": device.applied_etag, "errors": list(device.errors),
         "readings_stored": device.readings_stored, "batches_stored": device.batches_stored, "duplicates": device.duplicates,
-        "drift": drifts, "refused": refused,
+        "drift": drifts, "refused": refused, "sensors": sensor_health(device),
     }
 
 
