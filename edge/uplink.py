@@ -44,7 +44,7 @@ _DAY_MS = 86_400_000
 _SPOOL_RETRY_S = 5.0
 _OUTAGE_LOG_S = 300.0
 # A long poll held by the hub for under a minute (proxies commonly drop idle requests at 60 s): about
-# 350 bytes a minute, 0.5 MB a day, to learn of a new desired document within seconds.
+# 210 bytes a minute, 0.3 MB a day, to learn of a new desired document within seconds.
 DESIRED_WAIT_S = 55.0
 # Polls at least this far apart, even when the hub answers at once (it holds too many, or the answer was news).
 _DESIRED_POLL_MIN_S = 5.0
