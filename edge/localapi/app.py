@@ -97,7 +97,7 @@ def _guard(access: AccessToken, *, public_notice: bool) -> Middleware:
         link_token = request.query.get("token")
         if link_token is not None and request.method == "GET" and access.accepts(link_token):
             # The login link: the token moves into a cookie and out of the address bar and history.
-            answer = web.HTTPSeeOther(location=request.path)
+            answer = web.Response(status=303, headers={**_HEADERS, "Location": request.path})
             answer.set_cookie(COOKIE, link_token, httponly=True, samesite="Strict", path="/")
             return answer
         header = request.headers.get("Authorization", "")
