@@ -110,7 +110,9 @@ class ModbusBus:
     def health_of(self, device: str, address: int | str | None) -> Health | None:
         """How ``device`` (unit ``address``) is doing as far as this bus can tell; None: nothing known yet."""
         if not self.link.connected:
-            why = self._reopen.reason or "not open yet"
+            if not self._reopen.reason:
+                return None  # opening: nothing has failed yet
+            why = self._reopen.reason
             where = self.what
             step = ("check the adapter is plugged in (ocn-edge ports) and no other program holds the port"
                     if self.config.type == "modbus-rtu" else "check the converter's address, power and network")

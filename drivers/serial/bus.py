@@ -143,7 +143,9 @@ class SerialBus:
         if not os.path.exists(port):
             return Health(FAILING, f"{where} is not there (adapter unplugged?)",
                           "plug the adapter in and check its name with ocn-edge ports")
-        why = self._reopen.reason or "not open yet"
+        why = self._reopen.reason
+        if not why:
+            return None  # opening: nothing has failed yet
         if "ermission" in why:
             step = "add the gateway's user to the dialout group"
         elif "busy" in why.lower():
