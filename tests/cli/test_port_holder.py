@@ -6,6 +6,7 @@ real processes, so the holder is another process, as on a pole.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import pytest
 import serial
+from serial.tools import list_ports
+from serial.tools.list_ports_common import ListPortInfo
 
+from edge.cli import main
 from edge.config import load_config
 from edge.portlock import RUN_DIR_ENV, find_holder, held_message, remove_record, write_record
 from edge.starter import DEMO_POLICY
@@ -170,3 +174,19 @@ def test_under_systemd_the_message_names_the_unit_and_how_to_stop_it(tmp_path: P
     assert held_message(holder) == (
         f"held by the running gateway (ocn-edge.service, pid {os.getpid()}): use the local page "
         "(http://127.0.0.1:8080/), or stop the service (sudo systemctl stop ocn-edge.service)")
+
+
+def test_ports_marks_the_port_the_gateway_holds(tmp_path: Path, run_dir: Path, pty_port: str,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # A pty is no serial adapter, so the kernel's list of ports is told about it.
+    monkeypatch.setattr(list_ports, "comports", lambda: [ListPortInfo(pty_port, skip_link_detection=True)])
+    record = write_record(load_config(write_config(tmp_path, pty_port)))
+    try:
+        assert main(["ports", "--json"]) == 0
+    finally:
+        remove_record(record)
+
+    [port] = json.loads(capsys.readouterr().out)["ports"]
+    assert port["held_by"] == {"pid": os.getpid(), "unit": None, "local_page": None}
+    assert port["held"] == f"held by the running gateway (pid {os.getpid()}): use the local page, or stop it"
