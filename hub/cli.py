@@ -79,14 +79,14 @@ def _state_dir(args: argparse.Namespace) -> Path:
 def _db(args: argparse.Namespace) -> str:
     url = getattr(args, "db", None) or os.environ.get("OCN_HUB_DB") or f"sqlite:///{(_state_dir(args) / 'hub.db').resolve()}"
     try:
-        urlsplit(url).port  # the store's drivers parse host and port as they like; refuse what none can read
+        _ = urlsplit(url).port  # the store's drivers parse host and port as they like; refuse what none can read
     except ValueError:
         raise CommandError(f"--db {url!r}: cannot read its host or port; expected sqlite:///path.db "
                            "or postgresql://user@host[:port]/database") from None
     return url
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = _store_options()
     hub = sub.add_parser(
         "hub", parents=[common], help="run the city hub (enrolment, ingest, fleet dashboard, open data)",
@@ -141,7 +141,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     token = group.add_subparsers(title="token commands", metavar="COMMAND")
     create = token.add_parser("create", parents=[common], help="create an enrolment token and print it (shown only once)")
     create.add_argument("--uses", type=whole(1, MAX_TOKEN_USES), default=1, metavar="N", help="how many devices may enrol with it (default 1)")
-    create.add_argument("--expires", type=_duration("--expires", at_most_s=MAX_TOKEN_DAYS * 86400.0), default=7 * 86400.0, metavar="DURATION", help="valid for (default 7d)")
+    create.add_argument("--expires", type=_duration("--expires", at_most_s=MAX_TOKEN_DAYS * 86400.0), default=7 * 86400.0, metavar="DURATION",
+                        help="valid for (default 7d)")
     create.add_argument("--approve", action="store_true", help="devices enrolled with it are active at once (default: pending until approved)")
     create.add_argument("--fleet", default="default", help="fleet the devices join (default 'default')")
     create.add_argument("--note", default="", help="what the token is for, shown in `token list`")
