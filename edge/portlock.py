@@ -4,7 +4,8 @@ The bus owners open every serial port exclusively (a ``flock`` through pyserial)
 opener only learns "cannot open".  The gateway therefore writes a small JSON record (pid, unit,
 ports, start time, local page) that a technician who is not root can read: 0644 in the runtime
 directory (``RuntimeDirectory=ocn-edge`` under systemd, ``/run/ocn-edge``; ``OCN_EDGE_RUN_DIR``
-overrides) and in the state directory (0700 under systemd, so it helps root and tests only).
+overrides), and 0600 in the state directory like every file there, for a gateway run by hand
+where no runtime directory exists (`read --config` looks there too).
 A record whose pid is gone is stale and ignored: a killed gateway cannot remove it.
 """
 
@@ -26,7 +27,8 @@ __all__ = ["PortRecord", "find_holder", "held_message", "probe_locked", "record_
 RUN_DIR_ENV = "OCN_EDGE_RUN_DIR"
 DEFAULT_RUN_DIR = Path("/run/ocn-edge")
 STATE_FILE = "ports.json"
-RECORD_MODE = 0o644
+SHARED_MODE = 0o644
+PRIVATE_MODE = 0o600
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +98,16 @@ def write_record(config: GatewayConfig, *, local_page: str | None = None) -> lis
         "state_dir": str(config.gateway.state_dir), "local_page": local_page,
     }
     text = json.dumps(record, indent=2) + "\n"
-    targets = [run_dir() / f"gateway-{pid}.json", Path(config.gateway.state_dir) / STATE_FILE]
+    targets = [(run_dir() / f"gateway-{pid}.json", SHARED_MODE), (Path(config.gateway.state_dir) / STATE_FILE, PRIVATE_MODE)]
     written: list[Path] = []
-    for path in targets:
+    for path, mode in targets:
         try:
             _drop_stale(path.parent)
             tmp = path.with_name(f".{path.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, RECORD_MODE)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 out.write(text)
-            os.chmod(tmp, RECORD_MODE)  # the umask (0077 under systemd) would hide it from the technician
+            os.chmod(tmp, mode)  # the umask (0077 under systemd) would hide the shared one from the technician
             os.replace(tmp, path)
         except OSError:
             continue

@@ -190,3 +190,15 @@ def test_ports_marks_the_port_the_gateway_holds(tmp_path: Path, run_dir: Path, p
     [port] = json.loads(capsys.readouterr().out)["ports"]
     assert port["held_by"] == {"pid": os.getpid(), "unit": None, "local_page": None}
     assert port["held"] == f"held by the running gateway (pid {os.getpid()}): use the local page, or stop it"
+
+
+def test_the_record_is_public_in_the_run_directory_and_private_in_the_state_directory(tmp_path: Path, run_dir: Path,
+                                                                                      pty_port: str) -> None:
+    config = load_config(write_config(tmp_path, pty_port))
+    (tmp_path / "state").mkdir()
+    shared, private = write_record(config)
+    try:
+        assert (shared.parent, private.parent) == (run_dir, tmp_path / "state")
+        assert (shared.stat().st_mode & 0o777, private.stat().st_mode & 0o777) == (0o644, 0o600)
+    finally:
+        remove_record([shared, private])
