@@ -12,7 +12,7 @@ import jinja2
 from aiohttp import web
 
 from hub.charts import line_chart
-from hub.fleet import DesiredError, check_desired, desired_document, drift
+from hub.fleet import DesiredError, check_desired, desired_document, desired_status, drift
 from hub.jsonbody import BodyError, read_json
 from hub.models import Device
 from hub.params import ParamError, flag, number, whole
@@ -195,6 +195,7 @@ async def fleet_rows(hub: Hub) -> list[dict[str, Any]]:
     for device in await hub.store.devices():
         document, _ = await desired_document(hub.store, device, known=known)
         rows.append({"d": device, "health": device_health(device, now=now, stale_after_ms=hub.stale_after_ms), "drift": drift(device, document),
+                     "desired": desired_status(device, document),
                      "now": now, "refused": refused.get(device.device_id)})
     return rows
 
@@ -252,6 +253,7 @@ async def device_page(request: web.Request) -> web.Response:
         now=now_ms(),
         health=device_health(device, now=now_ms(), stale_after_ms=hub.stale_after_ms),
         drift=drift(device, document),
+        desired_state=desired_status(device, document),
         desired=json.dumps(document, indent=2, sort_keys=True) if document else "",
         own_desired=json.dumps(own[0], indent=2, sort_keys=True) if own else "",
         etag=etag,
@@ -308,7 +310,9 @@ def _device_json(device: Device, health: str, drifts: list[str], refused: str | 
 async def api_devices(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     await hub.admin.require(request)
-    return web.json_response({"devices": [_device_json(r["d"], r["health"], r["drift"], r["refused"]) for r in await fleet_rows(hub)]})
+    rows = await fleet_rows(hub)
+    return web.json_response({"devices": [dict(_device_json(r["d"], r["health"], r["drift"], r["refused"]),
+                                               desired={"state": r["desired"][0], "error": r["desired"][1]}) for r in rows]})
 
 
 @routes.put("/admin/api/desired/{scope:fleet|device}/{name}")

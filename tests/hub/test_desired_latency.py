@@ -73,6 +73,14 @@ async def test_a_desired_change_reaches_a_gateway_with_five_minute_batches_in_un
             assert device is not None
             state, reason = desired_status(device, (await desired_document(hub.store, device))[0])
             assert state == "failed" and reason.startswith('desired config: batch.span = "soon"'), (state, reason)
+            async with aiohttp.ClientSession(headers={"Authorization": "Bearer x"}) as http:
+                async with http.get(f"{hub.url}/admin/api/devices") as resp:
+                    (row,) = (await resp.json())["devices"]
+                assert row["desired"] == {"state": "failed", "error": reason}
+                async with http.get(f"{hub.url}/fleet") as resp:
+                    assert "desired failed" in await resp.text()
+                async with http.get(f"{hub.url}/fleet/devices/pole-0042") as resp:
+                    assert "the gateway refused it: desired config: batch.span = &#34;soon&#34;" in await resp.text()
         finally:
             await asyncio.wait_for(gateway.stop(drain_timeout_s=5), timeout=30)
 
