@@ -44,6 +44,7 @@ def run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory = tmp_path / "run"
     directory.mkdir()
     monkeypatch.setenv(RUN_DIR_ENV, str(directory))
+    monkeypatch.delenv("INVOCATION_ID", raising=False)  # as if run by hand, even when the tests run under systemd
     return directory
 
 
