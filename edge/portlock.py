@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edge.config import GatewayConfig
 
-__all__ = ["PortRecord", "find_holder", "held_message", "probe_locked", "record_dirs", "remove_record", "write_record"]
+__all__ = ["PortRecord", "find_holder", "held_message", "probe_locked", "remove_record", "write_record"]
 
 RUN_DIR_ENV = "OCN_EDGE_RUN_DIR"
 DEFAULT_RUN_DIR = Path("/run/ocn-edge")
@@ -60,11 +60,6 @@ def run_dir() -> Path:
     """Where records are shared with technicians: systemd's RuntimeDirectory, or the override, or /run/ocn-edge."""
     given = os.environ.get(RUN_DIR_ENV) or os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     return Path(given) if given else DEFAULT_RUN_DIR
-
-
-def record_dirs(state_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The places a record may be, the shared one first."""
-    return [run_dir(), *([Path(state_dir)] if state_dir is not None else [])]
 
 
 def serial_ports(config: GatewayConfig) -> tuple[str, ...]:
