@@ -198,7 +198,10 @@ def online_warnings(cfg: GatewayConfig, name: str) -> list[str]:
         return [f"{where}: {host} does not resolve ({exc.strerror if isinstance(exc, OSError) else exc}); "
                 "check the name, and this gateway's DNS (`resolvectl status`)"]
     url = urljoin(hub if hub.endswith("/") else hub + "/", "oxp/v1/hub-key")
-    context = ssl.create_default_context(cafile=str(cfg.uplink.ca) if cfg.uplink.ca else None)
+    try:
+        context = ssl.create_default_context(cafile=str(cfg.uplink.ca) if cfg.uplink.ca else None)
+    except (OSError, ssl.SSLError) as exc:
+        return [f'{name}: uplink.ca = "{cfg.uplink.ca}": cannot load it as a CA bundle ({exc}); expected PEM certificates']
     try:
         with urllib.request.urlopen(url, timeout=min(cfg.uplink.timeout, 10.0), context=context) as answer:
             answer.read(4096)
