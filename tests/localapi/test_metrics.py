@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from edge.metrics import GatewayMetrics
 from tests.localapi.conftest import LocalGateway
 
 SERIES = {
@@ -37,3 +41,22 @@ async def test_metrics_carry_readings_per_device_health_buses_spool_and_the_proc
     assert transactions["rs485-1"] > 0
     (rss,) = families["process_resident_memory_bytes"].samples
     assert rss.value > 10_000_000
+
+
+def test_every_series_the_grafana_dashboard_draws_is_one_the_gateway_or_the_hub_exports() -> None:
+    from hub.metrics import HubMetrics
+
+    status = {
+        "device_id": "pole-7", "software_version": "0.1.0", "uptime_s": 1.0, "boot_epoch": 1, "queues": {"readings": 0},
+        "devices": {"pm-1": {"driver": "sds011", "readings": 1, "health": "ok"}},
+        "buses": {"rs485-1": {"type": "modbus-rtu", "open": True, "requests": 1, "timeouts": 0, "crc_errors": 0, "exceptions": 0,
+                              "bytes_in": 1, "bytes_out": 1, "utilisation": 0.1}},
+        "spool": {"batches": 0, "bytes": 0, "oldest_age_s": None},
+        "uplink": {"reachable": True, "retries": 0, "bytes_sent": 0, "overhead_bytes": 0, "last_latency_s": 0.1},
+    }
+    exported = {f.name for f in text_string_to_metric_families(GatewayMetrics(lambda: status).render().decode())}
+    exported |= {f.name for f in text_string_to_metric_families(HubMetrics().render().decode())}
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    drawn = {re.sub(r"_(total|bucket|count|sum)$", "", name)
+             for panel in dashboard["panels"] for target in panel.get("targets", ()) for name in re.findall(r"\b(?:ocn|process)_\w+", target["expr"])}
+    assert drawn and drawn <= exported, sorted(drawn - exported)
