@@ -131,6 +131,7 @@ async def test_a_wrong_unit_id_and_an_unplugged_sensor_are_failing_with_one_erro
     assert "(bus serial-pm-1, pm-1) is not there" in unplugged["diagnosis"], unplugged
     assert "ocn-edge ports" in unplugged["next_step"], unplugged
     assert status["health_counts"] == {"ok": 0, "degraded": 0, "failing": 2}, status["health_counts"]
+    assert status["buses"]["rs485-1"]["units"]["11"]["timeouts"] >= 3  # it failed again and again, logged once
 
     errors = [line for line in lines if "level=error" in line]
     about_unit = [line for line in errors if "unit 11" in line]
