@@ -137,7 +137,7 @@ class _Volume:
                     break
         if len(free) < count:
             raise FatError(f"the boot partition is full: {count} clusters of {self.cluster_bytes} bytes needed, {len(free)} free")
-        for a, b in zip(free, free[1:] + [None]):
+        for a, b in zip(free, [*free[1:], None], strict=True):  # each cluster points to the next, the last ends the chain
             self._set(a, self.eoc if b is None else b)
         return free
 
@@ -205,8 +205,8 @@ class _Volume:
             self.f.write(chunk.ljust(self.cluster_bytes, b"\x00"))
         entries = _lfn_entries(name, short) + [_short_entry(short, clusters[0] if clusters else 0, len(data), stamp)]
         slot = self._free_run(len(entries))
-        for i, entry in enumerate(entries):
-            self.root[(slot + i) * 32: (slot + i + 1) * 32] = entry
+        for i, new_entry in enumerate(entries):
+            self.root[(slot + i) * 32: (slot + i + 1) * 32] = new_entry
 
     def _free_run(self, count: int) -> int:
         run = 0
