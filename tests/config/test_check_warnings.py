@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
+import asyncio
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from edge.cli import main
 from edge.starter import DEMO_POLICY
+from hub.app import run_hub
 
 POLICY_FOR_METERS = """\
 [policy]
@@ -155,39 +155,21 @@ def test_online_says_when_the_hubs_name_does_not_resolve(site: Path, pty_port: s
                               "resolve (")
 
 
-class _Hub(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/oxp/v1/hub-key" else 404)
-        self.end_headers()
-        self.wfile.write(b"{}")
+async def test_online_asks_the_hub_for_its_key(site: Path, pty_port: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    async with run_hub(state_dir=tmp_path / "hub", admin_token="admin-secret") as hub:
+        hub_url = hub.url.rstrip("/")
+        (site / "gateway.toml").write_text(config_text(pty_port, hub=hub_url + "/"))
+        # In a thread: check's request is answered by the hub on this test's event loop.
+        assert await asyncio.to_thread(main, ["check", "--online", "--strict", "gateway.toml"]) == 0
+        assert warnings_of(capsys.readouterr().err) == []
 
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def hub_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_online_asks_the_hub_for_its_key(site: Path, pty_port: str, hub_url: str,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    (site / "gateway.toml").write_text(config_text(pty_port, hub=hub_url + "/"))
-    assert main(["check", "--online", "--strict", "gateway.toml"]) == 0
-    assert warnings_of(capsys.readouterr().err) == []
-
-    (site / "gateway.toml").write_text(config_text(pty_port, hub=hub_url + "/not-the-hub/"))
-    assert main(["check", "--online", "gateway.toml"]) == 0
-    assert warnings_of(capsys.readouterr().err) == [
-        f'gateway.toml: uplink.hub = "{hub_url}/not-the-hub/": {hub_url}/not-the-hub/oxp/v1/hub-key answered '
-        "404 Not Found; is this the hub's address?"]
+        (site / "gateway.toml").write_text(config_text(pty_port, hub=hub_url + "/not-the-hub/"))
+        assert await asyncio.to_thread(main, ["check", "--online", "gateway.toml"]) == 0
+        [warning] = warnings_of(capsys.readouterr().err)
+    assert warning.startswith(f'gateway.toml: uplink.hub = "{hub_url}/not-the-hub/": '
+                              f"{hub_url}/not-the-hub/oxp/v1/hub-key answered 404 ")
+    assert warning.endswith("; is this the hub's address?")
 
 
 def test_sim_write_config_writes_a_pair_that_passes_strict_check_with_the_local_api_on(tmp_path: Path) -> None:
