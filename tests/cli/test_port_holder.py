@@ -6,6 +6,7 @@ real processes, so the holder is another process, as on a pole.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,9 +21,11 @@ import serial
 from serial.tools import list_ports
 from serial.tools.list_ports_common import ListPortInfo
 
+from drivers.buses import create_bus
+from drivers.testing import BusSettings
 from edge.cli import main
 from edge.config import load_config
-from edge.portlock import RUN_DIR_ENV, find_holder, held_message, remove_record, write_record
+from edge.portlock import RUN_DIR_ENV, find_holder, held_message, probe_locked, remove_record, write_record
 from edge.starter import DEMO_POLICY
 
 OCN_EDGE = [sys.executable, "-m", "edge.cli"]
@@ -203,3 +206,17 @@ def test_the_record_is_public_in_the_run_directory_and_private_in_the_state_dire
         assert (shared.stat().st_mode & 0o777, private.stat().st_mode & 0o777) == (0o644, 0o600)
     finally:
         remove_record([shared, private])
+
+
+@pytest.mark.parametrize("bus_type", ["serial", "modbus-rtu"])
+async def test_the_bus_owners_hold_their_port_exclusively(bus_type: str, pty_port: str) -> None:
+    bus = create_bus(BusSettings(name="line", type=bus_type, port=pty_port))
+    owner = asyncio.create_task(bus.run())
+    try:
+        await asyncio.wait_for(bus.wait_open(), 30)
+        assert probe_locked(pty_port), f"the {bus_type} bus owner left {pty_port} open to others"
+    finally:
+        owner.cancel()
+        await asyncio.gather(owner, return_exceptions=True)
+        await bus.aclose()
+    assert not probe_locked(pty_port)
