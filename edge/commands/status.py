@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     status.add_argument("--config", default=DEFAULT_CONFIG, help="the gateway's config, to find its local API (default: %(default)s)")
-    status.add_argument("--url", help="the local API's address instead, e.g. http://127.0.0.1:8080")
+    status.add_argument("--url", type=_local_api_url, help="the local API's address instead, e.g. http://127.0.0.1:8080")
     status.add_argument("--token", default=os.environ.get(TOKEN_ENV, ""), help=f"the local API's access token (default: ${TOKEN_ENV})")
     status.add_argument("--json", action="store_true", help="print the page's document as JSON")
     status.set_defaults(func=_status)
@@ -56,6 +57,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     create.set_defaults(func=_create_token)
 
 
+def _local_api_url(text: str) -> str:
+    """An argparse type: an http:// URL with a host (the local API speaks plain HTTP)."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme != "http" or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected the local API's address, e.g. http://127.0.0.1:8080")
+    return text.rstrip("/")
+
+
 def _config(path: str) -> Any:
     from edge.config import ConfigError, load_config
 
@@ -73,7 +82,7 @@ def _base_url(config: Any) -> str:
 
 def _status(args: argparse.Namespace) -> int:
     if args.url:
-        base = args.url.rstrip("/")
+        base = args.url
     else:
         config = _config(args.config)
         if not config.local_api.enabled:

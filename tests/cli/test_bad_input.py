@@ -48,6 +48,9 @@ CASES = [
     ("init", "{file}/sub", 2, ["{file}/sub"]),
     ("check", "{dir}", 2, ["{dir}", "is a directory"]),  # and the summary line `check` documents
     ("check", "{latin1.toml}", 2, ["{latin1.toml}", "not UTF-8"]),
+    ("status", "--config {missing}/gateway.toml", 2, ["{missing}/gateway.toml", "no such file"]),
+    ("status", "--url notaurl", 2, ["--url", "'notaurl'", "http://"]),
+    ("access-token create", "--config {bad.toml}", 2, ["{bad.toml}", "line 1"]),
     ("enrol", "{bad.toml} --token x", 2, ["{bad.toml}", "line 1"]),
     ("enrol", "{gw}/gateway.toml --first-boot --retry-for nan", 2, ["--retry-for", "'nan'"]),
     ("drivers", "no-such-driver", 2, ["'no-such-driver'"]),
