@@ -17,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
-from hub.dashboard import device_health
+from hub.dashboard import device_health, sensor_health
 from hub.ingest import Acked, Refused
 from hub.state import HUB, Hub
 
@@ -44,6 +44,7 @@ class HubMetrics:
         self.requests = Histogram("ocn_hub_request_duration_seconds", "Time to answer a request, by route and method", ["route", "method"],
                                   registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
         self.gateways = Gauge("ocn_hub_gateways", "Gateways by health (as the fleet page shows them)", ["health"], registry=r)
+        self.sensors = Gauge("ocn_hub_sensors", "Sensors the gateways' last status reports call failing or degraded", ["health"], registry=r)
         self.ingest_jobs = Gauge("ocn_hub_ingest_jobs", "Ingest jobs running or waiting for a worker", registry=r)
         self.ingest_capacity = Gauge("ocn_hub_ingest_capacity", "Ingest jobs the hub takes at once (workers plus queue); beyond it answers 503", registry=r)
         self.database_up = Gauge("ocn_hub_database_up", "1 while the database answers, 0 during an outage", registry=r)
@@ -71,12 +72,17 @@ class HubMetrics:
         self.ingest_capacity.set(hub.workers.workers + hub.workers.queue)
         self.database_up.set(0 if hub.database_down else 1)
         counts = dict.fromkeys(HEALTH_WORDS, 0)
+        sensors = {"failing": 0, "degraded": 0}
         now = int(time.time() * 1000)
         for device in await hub.store.devices():
             word = device_health(device, now=now, stale_after_ms=hub.stale_after_ms)
             counts[word] = counts.get(word, 0) + 1
+            for state, count in sensor_health(device).items():
+                sensors[state] = sensors.get(state, 0) + count
         for word, count in counts.items():
             self.gateways.labels(word).set(count)
+        for state, count in sensors.items():
+            self.sensors.labels(state).set(count)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -33,7 +33,8 @@ async def test_metrics_count_ingest_by_result_readings_gateways_by_health_and_la
             assert (await post_cose(http, f"{hub.url}/oxp/v1/batches", gw.batch(seq, n=30)))[0] == 200
         await post_cose(http, f"{hub.url}/oxp/v1/batches", gw.batch(2, n=30))  # a duplicate
         await post_cose(http, f"{hub.url}/oxp/v1/batches", b"\x00not cose")
-        await post_cose(http, f"{hub.url}/oxp/v1/status", gw.status())
+        await post_cose(http, f"{hub.url}/oxp/v1/status", gw.status(errors=["weather-1 failing: unit 11 on rs485-1 (weather-1) has never answered: "
+                                                                            "check the unit id with ocn-edge scan"]))
         series = await scrape(http, hub.url)
 
     ingest = series["ocn_hub_ingest"]
@@ -43,8 +44,9 @@ async def test_metrics_count_ingest_by_result_readings_gateways_by_health_and_la
     assert value(ingest, "ocn_hub_ingest_total", kind="status", result="taken") == 1
     assert value(series["ocn_hub_batches_stored"], "ocn_hub_batches_stored_total") == 2
     assert value(series["ocn_hub_readings_stored"], "ocn_hub_readings_stored_total") == 60
-    assert value(series["ocn_hub_gateways"], "ocn_hub_gateways", health="ok") == 1
-    assert value(series["ocn_hub_gateways"], "ocn_hub_gateways", health="stale") == 0
+    assert value(series["ocn_hub_gateways"], "ocn_hub_gateways", health="degraded") == 1  # a failing sensor makes the gateway degraded
+    assert value(series["ocn_hub_gateways"], "ocn_hub_gateways", health="ok") == 0
+    assert value(series["ocn_hub_sensors"], "ocn_hub_sensors", health="failing") == 1
     latency = series["ocn_hub_request_duration_seconds"]
     assert value(latency, "ocn_hub_request_duration_seconds_count", route="/oxp/v1/batches", method="POST") == 4
     assert "ocn_hub_ingest_jobs" in series and "ocn_hub_ingest_capacity" in series and "ocn_hub_database_up" in series
