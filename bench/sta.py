@@ -26,12 +26,13 @@ from hub.app import run_hub
 from hub.models import IncomingBatch
 from hub.render import iso_time
 from hub.sensorthings import Catalog, Options
+from hub.store import Store
 
 T0 = 1_790_000_000_000
 CHANNELS = [Channel(f"meter-1/{name}", unit=unit, resolution=0.1) for name, unit in (("voltage", "V"), ("current", "A"), ("power", "W"), ("frequency", "Hz"))]
 
 
-async def fill(store: object, device_id: str, key: bytes, *, batches: int, per_channel: int) -> int:
+async def fill(store: Store, device_id: str, key: bytes, *, batches: int, per_channel: int) -> int:
     """Store ``batches`` batches of ``per_channel`` one-second readings per channel; the number of readings."""
     total = 0
     for seq in range(batches):
@@ -41,7 +42,7 @@ async def fill(store: object, device_id: str, key: bytes, *, batches: int, per_c
             for i in range(per_channel)
             for n, ch in enumerate(CHANNELS)
         ]
-        await store.store_batch(IncomingBatch(  # type: ignore[attr-defined]
+        await store.store_batch(IncomingBatch(
             device_id=device_id, key_id=key, boot_epoch=1, seq=seq, created_ms=start, received_ms=start, policy_digest=b"\x01" * 32,
             codec="zstd", counters={}, channels=CHANNELS, readings=readings,
         ))
@@ -99,12 +100,12 @@ async def run_one(db: str | None, label: str, *, batches: int, per_channel: int,
                 await fleet_filters(hub.store, sta, gateways=1000, runs=runs)
 
 
-async def fleet_filters(store: object, base: str, *, gateways: int, runs: int) -> None:
+async def fleet_filters(store: Store, base: str, *, gateways: int, runs: int) -> None:
     """$filter through Datastreams/… on the small sets of a fleet of ``gateways`` gateways (4 channels each), in memory.
 
     These run on the hub's event loop, so their cost is time every other request waits.
     """
-    real = await Catalog.load(store, base)  # type: ignore[arg-type]
+    real = await Catalog.load(store, base)
     device = next(iter(real.devices.values()))
     devices = [replace(device, device_id=f"pole-{n:04d}") for n in range(gateways)]
     channels = [replace(c, id=n * 10 + i, device_id=f"pole-{n:04d}") for n in range(gateways) for i, c in enumerate(real.channels)]

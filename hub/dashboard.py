@@ -71,11 +71,12 @@ def utc(ts_ms: int | None) -> str:
 def size(n: int | None) -> str:
     if n is None:
         return "—"
+    scaled = float(n)
     for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
+        if scaled < 1000 or unit == "GB":
+            return f"{scaled:.0f} {unit}" if unit == "B" else f"{scaled:.1f} {unit}"
+        scaled /= 1000
+    return str(scaled)
 
 
 _templates.filters.update(ago=ago, utc=utc, size=size)

@@ -18,10 +18,10 @@ from tests.guardrails.imports import ROOT
 
 BIN = Path(sys.executable).parent
 
-# The count of each marker in the tracked Python files when the guard rails were set up (issue 12).
-# These ceilings only go down: lower one in the commit that removes markers; never raise it.
-# A finding is fixed, or the rule it breaks is changed in pyproject.toml for everyone, with a reason.
-CEILINGS = {"noqa": 21, "type: ignore": 90}
+# The count of each marker in the tracked Python files (21 and 90 when the guard rails were set up,
+# issue 12). These ceilings only go down: lower one in the commit that removes markers; never raise
+# it. A finding is fixed, or the rule it breaks is changed in pyproject.toml for everyone, with a reason.
+CEILINGS = {"noqa": 5, "type: ignore": 0}
 MARKERS = {"noqa": re.compile(r"#\s*noqa\b"), "type: ignore": re.compile(r"#\s*type:\s*ignore\b")}
 # Whole-file switches hide every finding in a file: none at all. (mypy also skips a file whose
 # first comment, before any statement, is a bare type-ignore: see _skipped_by_mypy.)

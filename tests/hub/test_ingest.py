@@ -12,6 +12,7 @@ from edge.demo import DEMO_POLICY
 from edge.protocol import MEDIA_TYPE
 from edge.protocol.desired import verify_document
 from hub.app import RunningHub
+from hub.database import sqlite_path
 from tests.hub.gateways import SimGateway, enrol, post_cose
 
 
@@ -99,7 +100,7 @@ async def test_enrolment_with_a_bad_token_is_401_and_a_taken_device_id_is_409(
 
 async def test_enrolment_stores_the_token_only_as_a_hash(running_hub: RunningHub, http: aiohttp.ClientSession) -> None:
     token = await running_hub.create_token()
-    db = running_hub.store.path  # type: ignore[attr-defined]
+    db = sqlite_path(running_hub.store.url)
     await enrol(http, running_hub.url, SimGateway("pole-3"), token)
     with open(db, "rb") as f:
         assert token.encode() not in f.read()

@@ -179,7 +179,7 @@ def files_under(root: Path, public_key) -> dict[str, bytes]:
     return out
 
 
-async def test_no_mac_address_or_exact_position_leaves_the_gateway_in_any_form(hilsim_run, tmp_path) -> None:
+async def test_no_mac_address_or_exact_position_leaves_the_gateway_in_any_form(hilsim_run, tmp_path, monkeypatch) -> None:
     scenario = tmp_path / "leak.toml"
     scenario.write_text(SCENARIO)
     sim = await hilsim_run(scenario)
@@ -215,7 +215,7 @@ async def test_no_mac_address_or_exact_position_leaves_the_gateway_in_any_form(h
                 raw_positions.add(reading.value)
             await emit(reading)
 
-        gateway._emit = tap  # type: ignore[method-assign]
+        monkeypatch.setattr(gateway, "_emit", tap)
         await gateway.start()
         try:
             await asyncio.sleep(4.0)

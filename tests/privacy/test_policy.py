@@ -7,10 +7,16 @@ import hashlib
 import cbor2
 import pytest
 
-from edge.privacy import PolicyError, PrivacyStage, load_policy, parse_policy
+from edge.privacy import Policy, PolicyError, PrivacyStage, Rule, load_policy, parse_policy
 from edge.privacy.policy import canonical_encoding
 
 from .support import HEADER, PED_CHANNELS, make_policy, policy_text
+
+
+def rule_of(policy: Policy, channel_id: str) -> Rule:
+    rule = policy.rule_for(channel_id)
+    assert rule is not None, f"no rule of the policy matches {channel_id}"
+    return rule
 
 
 def problems_of(body: str) -> list[str]:
@@ -100,8 +106,8 @@ def test_missing_policy_file_is_a_policy_error(tmp_path) -> None:
 
 def test_exact_channel_id_beats_any_glob() -> None:
     policy = make_policy('[channels."*/pm2_5"]\nrule = "drop"\n[channels."pm-1/pm2_5"]\nrule = "keep"\n')
-    assert policy.rule_for("pm-1/pm2_5").rule == "keep"  # type: ignore[union-attr]
-    assert policy.rule_for("pm-2/pm2_5").rule == "drop"  # type: ignore[union-attr]
+    assert rule_of(policy, "pm-1/pm2_5").rule == "keep"
+    assert rule_of(policy, "pm-2/pm2_5").rule == "drop"
 
 
 def test_more_literal_glob_wins_and_ties_go_to_the_lexically_first_pattern() -> None:
@@ -118,9 +124,9 @@ def test_more_literal_glob_wins_and_ties_go_to_the_lexically_first_pattern() -> 
         rule = "drop"
         """
     )
-    assert policy.rule_for("ped-1/mac").rule == "count_distinct"  # type: ignore[union-attr]
-    assert policy.rule_for("ped-1/rssi").rule == "drop"  # type: ignore[union-attr]
-    assert policy.rule_for("a-1/x").pattern == "*-1/x"  # type: ignore[union-attr]
+    assert rule_of(policy, "ped-1/mac").rule == "count_distinct"
+    assert rule_of(policy, "ped-1/rssi").rule == "drop"
+    assert rule_of(policy, "a-1/x").pattern == "*-1/x"
     assert policy.rule_for("nothing/here") is None
 
 

@@ -16,7 +16,7 @@ MACS = [f"3c:22:fb:{i >> 16 & 0xff:02x}:{i >> 8 & 0xff:02x}:{i & 0xff:02x}" for 
 
 
 def pseudonyms(stage: PrivacyStage, ts_ms: int) -> list[str]:
-    return [stage.process(Reading("ped-1/mac", ts_ms, m))[0].value for m in MACS]  # type: ignore[misc]
+    return [str(stage.process(Reading("ped-1/mac", ts_ms, m))[0].value) for m in MACS]
 
 
 def reachable_buffers() -> list[bytes | bytearray]:
