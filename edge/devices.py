@@ -122,6 +122,7 @@ class Devices:
             health = d.health()
             devices[d.config.name] = {
                 "driver": d.config.driver,
+                "bus": d.config.bus or "",
                 **health.as_dict(),
                 "readings": d.runner.readings if d.runner else 0,
                 # "failing" is kept for readers of the earlier /status: the device is not ok.

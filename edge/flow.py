@@ -57,6 +57,7 @@ class ReadingFlow:
         # The last released reading of each channel and released counts by device: the technician's page and the metrics.
         self.latest: dict[str, Reading] = {}
         self.released_by_device: collections.Counter[str] = collections.Counter()
+        self.last_read_ms: dict[str, int] = {}  # by device: when its driver last produced a reading, released or not
 
     def loops(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
         """The coroutines that must run until the gateway stops, with their task names."""
@@ -74,6 +75,7 @@ class ReadingFlow:
     async def emit(self, reading: Reading) -> None:
         """The drivers' way in: waits while the readings queue is full."""
         self.counters.readings_read += 1
+        self.last_read_ms[reading.channel.partition("/")[0]] = reading.ts_ms
         await self.readings.put(reading)
 
     async def _release(self, out: list[Reading]) -> None:

@@ -287,6 +287,7 @@ class Gateway:
             "readings_failed": self.counters.readings_failed,
             "queues": self.flow.queued() if self.flow is not None else {"readings": 0, "released": 0},
             "released_by_device": dict(self.flow.released_by_device) if self.flow is not None else {},
+            "last_reading_ms": dict(self.flow.last_read_ms) if self.flow is not None else {},
             **(self.devices.status() if self.devices is not None else {"devices": {}, "buses": {}}),
         }
         if self.privacy is not None:

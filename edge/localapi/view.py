@@ -45,6 +45,7 @@ def technician_view(status: Mapping[str, Any], notice: Mapping[str, Any], latest
         device, _, name = channel.partition("/")
         values.setdefault(device, []).append({"channel": channel, "name": name, "value": reading.value, "unit": reading.unit, "ts_ms": reading.ts_ms})
     devices = []
+    last_read = status.get("last_reading_ms") or {}
     for name, device in (status.get("devices") or {}).items():
         shown = values.get(name, [])
         devices.append({
@@ -56,7 +57,7 @@ def technician_view(status: Mapping[str, Any], notice: Mapping[str, Any], latest
             "next_step": device.get("next_step", ""),
             "readings": device.get("readings", 0),
             "restarts": device.get("restarts", 0),
-            "last_reading_ms": max((v["ts_ms"] for v in shown), default=device.get("last_reading_ms")),
+            "last_reading_ms": last_read.get(name) or max((v["ts_ms"] for v in shown), default=None),
             "values": shown,
         })
     buses = []

@@ -19,6 +19,9 @@ async def test_status_prints_the_pages_document_as_json(local_gateway: LocalGate
     assert view["overview"]["device_id"] == "pole-7"
     assert {d["name"] for d in view["devices"]} >= {"meter-1", "weather-1", "pm-1"}
     assert {b["name"] for b in view["buses"]} >= {"rs485-1", "meters-tcp"}
+    rows = {d["name"]: d for d in view["devices"]}
+    assert rows["weather-1"]["bus"] == "rs485-1"
+    assert rows["meter-1"]["last_reading_ms"]  # read, whether or not the policy has released any of it yet
 
 
 async def test_status_in_a_terminal_shows_devices_with_their_live_values(local_gateway: LocalGateway, capsys: pytest.CaptureFixture[str]) -> None:
