@@ -73,6 +73,27 @@ def test_the_hub_never_imports_the_gateway_runtime() -> None:
     assert not violations, _explain(sorted(set(violations)), rule)
 
 
+def test_nothing_the_hub_imports_brings_the_gateway_runtime_in() -> None:
+    # An allowed module that imported the pipeline would bring it into every hub process.
+    pipeline = ("edge.runtime", "edge.flow", "edge.service", "edge.devices", "edge.uplink", "edge.transport", "edge.desired",
+                "edge.localapi", "edge.batcher", "edge.spool")
+    reached: dict[str, str] = {}  # module -> the module that first imported it
+    stack = [m for m in GRAPH if _inside(m, "hub")]
+    while stack:
+        module = stack.pop()
+        for target in GRAPH.get(module, ()):
+            if target not in reached and not _inside(target, "hub"):
+                reached[target] = module
+                stack.append(target)
+    found = []
+    for target in sorted(t for t in reached if _inside(t, *pipeline)):
+        chain = [target]
+        while not _inside(chain[-1], "hub"):
+            chain.append(reached[chain[-1]])
+        found.append(" <- ".join(chain))
+    assert not found, _explain(found, "no module the hub imports, directly or not, is the gateway's pipeline")
+
+
 def test_neither_gateway_nor_drivers_import_the_hub() -> None:
     violations = _violations(("edge", "drivers"), forbidden=("hub",))
     assert not violations, _explain(violations, "nothing in edge or drivers imports hub")
