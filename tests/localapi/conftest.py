@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -12,8 +13,10 @@ import pytest
 
 from edge.config import load_config
 from edge.demo import DEMO_POLICY
+from edge.enrol import enrol
 from edge.runtime import Gateway
 from hilsim import Simulation, run_scenario
+from hub.app import run_hub
 
 
 @dataclass
@@ -58,3 +61,22 @@ async def local_gateway(tmp_path: Path) -> AsyncIterator[LocalGateway]:
 async def faulty_gateway(tmp_path: Path) -> AsyncIterator[LocalGateway]:
     async for running in start_gateway(tmp_path, wrong_unit_and_unplugged):
         yield running
+
+
+@pytest.fixture
+async def hub_gateway(tmp_path: Path) -> AsyncIterator[LocalGateway]:
+    """A gateway enrolled at a hub on loopback through hil-sim's uplink proxy (``sim.proxy.set_mode("cut")`` takes the hub away), sealing every second."""
+    async with run_hub(state_dir=tmp_path / "hub", admin_token="x") as hub, \
+            run_scenario("default", seed=5, run_dir=tmp_path / "sim", hub=hub.url) as sim:
+        path = tmp_path / "gateway.toml"
+        path.write_text(sim.gateway_config_toml(state_dir=tmp_path / "state", gateway_id="pole-7", policy=str(DEMO_POLICY),
+                                                local_api_listen="127.0.0.1:0"), encoding="utf-8")
+        config = load_config(path)
+        config = dataclasses.replace(config, batch=dataclasses.replace(config.batch, span=1.0, flush_interval=1.0))
+        await enrol(hub_url=hub.url, token=await hub.create_token(), device_id="pole-7", key_path=Path(config.uplink.key))
+        gateway = Gateway(config)
+        await gateway.start()
+        try:
+            yield LocalGateway(gateway, sim, path)
+        finally:
+            await asyncio.wait_for(gateway.stop(), timeout=30)

@@ -58,3 +58,29 @@ async def test_the_page_flags_faulty_devices_and_shows_live_values_changing_with
     path.write_bytes(base64.b64decode(str(shot["data"])))
     print(f"screenshot: {path}")
     assert path.stat().st_size > 10_000
+
+
+SPOOL = "parseInt(document.querySelector('#overview [data-field=\"spool\"]').textContent)"
+HUB = "document.querySelector('#overview [data-field=\"hub\"]').textContent"
+
+
+async def test_the_backlog_on_the_page_rises_while_the_hub_is_away_and_falls_after(hub_gateway: LocalGateway, tmp_path: Path) -> None:
+    proxy = hub_gateway.sim.proxy
+    assert proxy is not None
+
+    async def page_shows(condition: str, timeout_s: float) -> None:
+        for _ in range(int(timeout_s / 0.5)):
+            if await tools.evaluate(condition):
+                return
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"the page never showed {condition!r}: spool {await tools.evaluate(SPOOL)}, hub {await tools.evaluate(HUB)}")
+
+    async with browser_page(tmp_path / "profile") as tools:
+        await tools.open(f"{hub_gateway.url}/technician", "/technician")
+        await tools.evaluate("window.loadedOnce = true")
+        await page_shows(f"{HUB}.includes('reachable') && !{HUB}.includes('unreachable')", 30)
+        proxy.set_mode("cut")
+        await page_shows(f"{SPOOL} >= 3 && {HUB}.includes('unreachable')", 30)
+        proxy.set_mode("pass")
+        await page_shows(f"{SPOOL} <= 1 && !{HUB}.includes('unreachable')", 45)
+        assert await tools.evaluate("window.loadedOnce") is True
