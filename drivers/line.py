@@ -78,8 +78,9 @@ class Reopener:
         if not self._notes.failing(self.what):
             self._down_since = time.monotonic()
         self.reason = reason
+        # An error: every device on the port delivers nothing until it is back (journalctl -p err finds it).
         self._notes.failure(self.what, "%s unavailable: %s; reopening with backoff up to %gs", self.what, reason,
-                            self.reopen_max)
+                            self.reopen_max, level=logging.ERROR)
         return self._backoff.next()
 
     def opened(self) -> None:

@@ -52,7 +52,7 @@ async def test_never_answered_and_stopped_answering_are_different_diagnoses(stor
     assert stopped.cause.startswith("unit 1 on bus-1 (meter-1) stopped answering")
     assert "power" in stopped.next_step
 
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "ocn.bus"]
     assert len(errors) == 2, errors
     assert errors[0].startswith("unit 11 on bus-1 (weather-1) has never answered")
     assert errors[1].startswith("unit 1 on bus-1 (meter-1) stopped answering")
