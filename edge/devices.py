@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.buses import ModbusBus, SerialBus, create_bus
-from drivers.health import HEALTH_WORDS, OK, Health, HealthSource, assess
+from drivers.health import FAILING, HEALTH_WORDS, OK, Health, HealthSource, assess
 from drivers.sdk import DeviceContext, Driver, Emit
 from edge.config import DeviceConfig, GatewayConfig
 from edge.protocol.types import Channel
@@ -125,8 +125,8 @@ class Devices:
                 "bus": d.config.bus or "",
                 **health.as_dict(),
                 "readings": d.runner.readings if d.runner else 0,
-                # "failing" is kept for readers of the earlier /status: the device is not ok.
-                "failing": health.state != OK,
+                # Kept for readers of the earlier /status, now from the health model (it said false for a silent unit).
+                "failing": health.state == FAILING,
                 "restarts": d.runner.restarts if d.runner else 0,
                 "last_error": d.runner.last_error if d.runner else "",
             }
