@@ -100,7 +100,7 @@ class ModbusBus:
                 return (f"{who} has never answered: the Modbus gateway cannot reach it ({state.why})",
                         "check the unit id with ocn-edge scan and the wiring behind the converter", FAILING)
             return f"{who} has never answered ({state.why})", check_unit, FAILING
-        if self._notes.flapping(unit) and not state.backoff.attempts:
+        if self._notes.flapping(unit):  # said once as intermittent; its readings mostly come
             return (f"{who} answers only intermittently ({state.why})",
                     "check termination, A/B wiring and cable length" if rtu else "check the network path", DEGRADED)
         return (f"{who} stopped answering ({state.why})",

@@ -107,3 +107,20 @@ async def test_an_unplugged_serial_sensor_is_failing(tmp_path: Path) -> None:
         peer.unplug()
     assert health is not None and health.state == FAILING
     assert health.cause == f"serial port {peer.path} (bus pm, pm-1) is not there (adapter unplugged?)"
+
+
+async def test_a_unit_that_answers_intermittently_is_degraded_not_failing(store: RegisterStore, tcp_bus: ModbusBus) -> None:
+    serve_profile(store, 1, load_profile("hilsim-water-level"), {"level": 1.0})
+    tcp_bus.name_unit(1, "level-1")
+    driver = driver_for(tcp_bus, 1, "hilsim-water-level")
+    for _ in range(2):
+        store.dead.add(1)
+        assert (await driver.poll()).failures
+        store.dead.discard(1)
+        await asyncio.sleep(0.35)  # past the backoff after one failure (one timeout, 0.3 s)
+        assert (await driver.poll()).readings
+    store.dead.add(1)
+    assert (await driver.poll()).failures
+    health = tcp_bus.health_of("level-1", 1)
+    assert health is not None and health.state == DEGRADED
+    assert health.cause.startswith("unit 1 on bus-1 (level-1) answers only intermittently")
