@@ -176,6 +176,7 @@ class LocalApiConfig:
 
     enabled: bool
     listen: HostPort
+    public_notice: bool  # beyond loopback, the notice needs no access token (everything else does)
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,7 +568,7 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
         rules=(_ca_needs_https,),
     )
     local_api = Table(
-        {"enabled": Field(Bool(), True), "listen": Field(Address(), "127.0.0.1:8080")},
+        {"enabled": Field(Bool(), True), "listen": Field(Address(), "127.0.0.1:8080"), "public_notice": Field(Bool(), True)},
         into=LocalApiConfig,
         expected="a [local_api] table",
     )

@@ -90,6 +90,7 @@ class Gateway:
         self._local_api_runner = LocalApi(
             notice_html=lambda: render_notice_html(self.notice()), notice_json=self.notice, status=self.status,
             latest=lambda: self.flow.latest if self.flow is not None else {}, state_dir=config.gateway.state_dir,
+            public_notice=config.local_api.public_notice,
         )
         self.spool: Spool | None = None
         self.flow: ReadingFlow | None = None
