@@ -265,6 +265,10 @@ STATUS_REPORT = Map(
         "config_digest": Digest(),
         "applied_etag": Text(one_line=True),
         "errors": ListOf(Text()),
+        # Each device's health (drivers/health.py): {name: {health, diagnosis, next_step}}; unknown keys inside are ignored.
+        "device_health": Map({}, others=Map({"health": Text(one_line=True), "diagnosis": Text(), "next_step": Text()}, others=Json(),
+                                              expected="a map of health, diagnosis and next_step"),
+                             expected="a map of device names to their health"),
         "notice": Absent("no 'notice' in a status report (a transparency notice goes to /oxp/v1/notice)"),
     },
     requires={"report_seq": "boot_epoch"},

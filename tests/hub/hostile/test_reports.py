@@ -104,6 +104,9 @@ async def test_a_notice_stored_before_the_checks_is_shown_as_unreadable_not_as_a
         ({"policy_digest": "07" * 32}, "policy_digest"),
         ({"software_version": None}, "software_version"),
         ({"ts_ms": 2**63}, "ts_ms"),
+        ({"device_health": ["pm-1"]}, "device_health"),
+        ({"device_health": {"pm-1": {"health": 3}}}, "device_health.pm-1.health"),
+        ({"device_health": {"pm-1": {"health": "ok\nfailing"}}}, "device_health.pm-1.health"),
     ],
 )
 async def test_a_status_report_whose_field_does_not_fit_is_refused_with_that_field(
