@@ -94,9 +94,14 @@ def test_nothing_the_hub_imports_brings_the_gateway_runtime_in() -> None:
     assert not found, _explain(found, "no module the hub imports, directly or not, is the gateway's pipeline")
 
 
+# The one exception, on purpose: `ocn-edge demo` runs simulated devices, a gateway and a hub together on
+# loopback, so it stands above both. Nothing else in edge may import the hub.
+DEMO_IMPORTS_HUB = {"edge.demo -> hub.app"}
+
+
 def test_neither_gateway_nor_drivers_import_the_hub() -> None:
-    violations = _violations(("edge", "drivers"), forbidden=("hub",))
-    assert not violations, _explain(violations, "nothing in edge or drivers imports hub")
+    violations = [v for v in _violations(("edge", "drivers"), forbidden=("hub",)) if v not in DEMO_IMPORTS_HUB]
+    assert not violations, _explain(violations, "nothing in edge or drivers imports hub (but the demo, which runs one)")
 
 
 PACKAGES = sorted({"edge", "hub"} | {m for m in GRAPH if _inside(m, "edge", "hub") and m.count(".") == 1 and any(
