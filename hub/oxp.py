@@ -202,7 +202,7 @@ async def get_desired_etag(request: web.Request) -> web.Response:
     if etag is None:
         hub.addresses.check(address)
         return problem(Answer.UNKNOWN_DEVICE, f"no approved device {device_id!r} is enrolled at this hub")
-    if etag == known:
+    if etag == known and "If-None-Match" in request.headers:  # 304 answers a conditional request only (RFC 9110 §15.4.5)
         return web.Response(status=304, headers={"ETag": f'"{etag}"'})
     return compact_json({"etag": etag}, headers={"ETag": f'"{etag}"'})
 

@@ -120,6 +120,10 @@ def public_urls(personal_stream: int, personal_reading: int) -> dict[str, list[s
         "/login": ["/login"],
         "/login/{code}": ["/login/not-a-login-code"],
         "/oxp/v1/hub-key": ["/oxp/v1/hub-key"],
+        "/oxp/v1/desired/{device_id}": [f"/oxp/v1/desired/{DEVICE}"],
+        "/healthz": ["/healthz"],
+        "/readyz": ["/readyz"],
+        "/metrics": ["/metrics"],
         "/data": ["/data"],
         **{
             f"/data/readings.{fmt}": [
