@@ -58,6 +58,7 @@ class ReadingFlow:
         self.latest: dict[str, Reading] = {}
         self.released_by_device: collections.Counter[str] = collections.Counter()
         self.last_read_ms: dict[str, int] = {}  # by device: when its driver last produced a reading, released or not
+        self._devices_by_channel: dict[str, str] = {}
 
     def loops(self) -> list[tuple[Coroutine[Any, Any, None], str]]:
         """The coroutines that must run until the gateway stops, with their task names."""
@@ -75,14 +76,21 @@ class ReadingFlow:
     async def emit(self, reading: Reading) -> None:
         """The drivers' way in: waits while the readings queue is full."""
         self.counters.readings_read += 1
-        self.last_read_ms[reading.channel.partition("/")[0]] = reading.ts_ms
+        self.last_read_ms[self._device_of(reading.channel)] = reading.ts_ms
         await self.readings.put(reading)
+
+    def _device_of(self, channel: str) -> str:
+        """The device a channel id belongs to ("meter-1/power" -> "meter-1"), remembered: this runs for every reading."""
+        device = self._devices_by_channel.get(channel)
+        if device is None:
+            device = self._devices_by_channel[channel] = channel.partition("/")[0]
+        return device
 
     async def _release(self, out: list[Reading]) -> None:
         self.counters.readings_released += len(out)
         for reading in out:
             self.latest[reading.channel] = reading
-            self.released_by_device[reading.channel.partition("/")[0]] += 1
+            self.released_by_device[self._device_of(reading.channel)] += 1
         self._unreleased.extend(out)
         async with self._release_lock:
             while self._unreleased:

@@ -60,6 +60,7 @@ class DeviceRunner:
         self._started = time.monotonic()
         self.began = self._started  # when the first driver started (a device that never sent is silent since then)
         self.last_reading_at: float | None = None  # monotonic time of the last reading
+        self._down = False  # a failure was logged and the device has not yet run steadily since
         self.driver: Driver | None = None  # the instance running now, for its own health opinion
 
     def silent_s(self, now: float | None = None) -> float:
@@ -78,11 +79,15 @@ class DeviceRunner:
         return self._backoff.attempts
 
     async def _emit_and_watch(self, reading: Reading) -> None:
-        if self.failing and time.monotonic() - self._started >= self._stable_after:
-            self._backoff.reset()
-            self._outage.recovered(self.device_id, "device recovered", extra={"device": self.device_id, "restarts": self.restarts})
+        now = time.monotonic()
+        # Every reading passes here: a plain flag, not the LogOnce lookup, until a failure sets it.
+        if self._down and now - self._started >= self._stable_after:
+            self._down = False
+            if self.failing:
+                self._backoff.reset()
+                self._outage.recovered(self.device_id, "device recovered", extra={"device": self.device_id, "restarts": self.restarts})
         self.readings += 1
-        self.last_reading_at = time.monotonic()
+        self.last_reading_at = now
         await self._emit(reading)
 
     def backoff(self, attempt: int) -> float:
@@ -112,6 +117,7 @@ class DeviceRunner:
             self.last_error = self._describe(exc)
             delay = self._backoff.next()
             fields = {"device": self.device_id, "error": self.last_error, "retry_in_s": round(delay, 2)}
+            self._down = True
             if not self._outage.failure(self.device_id, "device failed; restarting with backoff", extra=fields):
                 log.debug("device still failing", extra=fields)
             await asyncio.sleep(delay)
