@@ -180,7 +180,7 @@ class PublicReads:
 
 PUBLIC_READS = web.AppKey("public_reads", PublicReads)
 # The budget of the public request being answered, for the slices that render it (hub.streamed).
-REQUEST_BUDGET = "ocn_public_budget"
+REQUEST_BUDGET = web.RequestKey("ocn_public_budget", QueryBudget)
 
 
 def public_read(answer: Callable[[Refused], web.StreamResponse], *, narrow: str) -> Callable[[BudgetedHandler], Handler]:
