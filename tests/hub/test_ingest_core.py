@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -87,3 +87,21 @@ async def test_a_notice_is_registered_and_a_message_without_one_is_refused_malfo
     refused = await ingest.notice(gateway.status(report_seq=5))
     assert isinstance(refused, Refused)
     assert (refused.answer, refused.reason) == (Answer.MALFORMED, "malformed")
+
+
+async def test_a_device_over_its_batch_rate_is_refused_before_its_batch_is_verified(ingest: Ingest, monkeypatch: pytest.MonkeyPatch) -> None:
+    gateway = await enrolled(ingest.store)
+    ingest.limiter = RateLimiter(rate=0.001, burst=1)  # one batch, then a long wait
+    assert isinstance(await ingest.batch(gateway.batch(1)), Acked)
+    jobs: list[object] = []
+    run = ingest.workers.run
+
+    async def counted(job: Callable[..., object], *args: object) -> object:
+        jobs.append(job)
+        return await run(job, *args)
+
+    monkeypatch.setattr(ingest.workers, "run", counted)
+    refused = await ingest.batch(gateway.batch(2))
+    assert isinstance(refused, Refused) and refused.answer == Answer.RATE_LIMITED and not refused.charged
+    assert refused.retry_after_s is not None and refused.retry_after_s > 0
+    assert jobs == []  # no signature checked, nothing decompressed: a flood under one key costs a lookup each
