@@ -36,8 +36,8 @@ class BusSettings:
 
 def bus_settings_for(endpoint: Any, **overrides: Any) -> BusSettings:
     """Bus settings for a hil-sim endpoint (``sim.endpoints[name]``)."""
-    if endpoint.transport == "modbus-tcp":
-        base = BusSettings(name=endpoint.bus or endpoint.device, type="modbus-tcp", host=endpoint.host,
+    if endpoint.transport in ("modbus-tcp", "modbus-rtu-over-tcp"):
+        base = BusSettings(name=endpoint.bus or endpoint.device, type=endpoint.transport, host=endpoint.host,
                            tcp_port=endpoint.port)
     else:
         base = BusSettings(name=endpoint.bus or endpoint.device, type=endpoint.transport, port=endpoint.path,

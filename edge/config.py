@@ -68,12 +68,12 @@ __all__ = [
 
 DriverLookup = Callable[[str], type[Driver]]
 
-BUS_TYPES = ("serial", "modbus-rtu", "modbus-tcp")
-SERIAL_BUSES = ("serial", "modbus-rtu")  # buses on a local serial port
+BUS_TYPES = ("serial", "modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp")
+SERIAL_BUSES = ("serial", "modbus-rtu")  # buses on a local serial port; the others have a host and tcp_port
 # Which bus types a driver's Manifest.transport can work over.
 TRANSPORT_BUSES: Mapping[str, tuple[str, ...]] = {
     "serial": ("serial",),
-    "modbus": ("modbus-rtu", "modbus-tcp"),
+    "modbus": ("modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp"),
     "none": (),
 }
 
@@ -100,7 +100,7 @@ class GatewaySection:
 
 @dataclass(frozen=True, slots=True)
 class BusConfig:
-    """One [[buses]] entry: a serial port, or a Modbus RTU line, or a Modbus TCP endpoint."""
+    """One [[buses]] entry: a serial port, a Modbus RTU line, a Modbus TCP endpoint, or an RTU-over-TCP converter."""
 
     name: str
     type: str
@@ -241,7 +241,8 @@ def _bus_connection(values: dict[str, Any], ctx: Context, path: str) -> None:
             ctx.report(join(path, "port"), f'missing; a "{kind}" bus needs a serial port like "/dev/ttyUSB0"')
         if values["host"] not in (None, INVALID):
             ctx.report_value(
-                join(path, "host"), values["host"], f'only a "modbus-tcp" bus has a host; this bus is "{kind}"'
+                join(path, "host"), values["host"],
+                f'only "modbus-tcp" and "modbus-rtu-over-tcp" buses have a host; this bus is "{kind}"'
             )
     else:
         if values["host"] is None:
@@ -255,7 +256,8 @@ def _bus_connection(values: dict[str, Any], ctx: Context, path: str) -> None:
 
 
 def _bus_unused_keys(bus: BusConfig) -> tuple[str, ...]:
-    if bus.type == "modbus-tcp":
+    if bus.type not in SERIAL_BUSES:
+        # An RTU-over-TCP converter's serial settings are set on the converter, not by us.
         return ("port", "baudrate", "parity", "stopbits", "bytesize")
     return ("host", "tcp_port")
 
@@ -367,7 +369,8 @@ def _lookup(driver_lookup: DriverLookup, name: Any, ctx: Context, where: str) ->
 
 
 def _needs_text(buses: tuple[str, ...]) -> str:
-    return " or ".join(f'"{b}"' for b in buses) + " bus"
+    quoted = [f'"{b}"' for b in buses]
+    return (", ".join(quoted[:-1]) + " or " if len(quoted) > 1 else "") + quoted[-1] + " bus"
 
 
 def _device_fits_driver(ctx: Context, where: str, device: Any, driver_cls: type[Driver], buses: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The one module that talks to pymodbus: open a Modbus TCP or RTU link and read from it.
+"""The one module that talks to pymodbus: open a Modbus TCP, RTU or RTU-over-TCP link and read from it.
 
 pymodbus changes its API between minor versions; it is pinned exactly in
 pyproject.toml and every other module goes through this one, so an upgrade
@@ -136,7 +136,12 @@ class _HuntingFramerRTU(FramerRTU):
 
 
 class ModbusLink:
-    """One open Modbus connection (TCP socket or RTU serial port), with byte counters."""
+    """One open Modbus connection, with byte counters.
+
+    ``kind`` is ``"tcp"`` (Modbus TCP), ``"rtu"`` (RTU on a serial port) or ``"rtu-over-tcp"``:
+    RTU frames, CRC included, on a TCP socket, as cheap RS-485-to-Ethernet converters pass
+    the line through without translating it to Modbus TCP.
+    """
 
     def __init__(
         self,
@@ -151,10 +156,10 @@ class ModbusLink:
         bytesize: int = 8,
         timeout: float = 1.0,
     ) -> None:
-        if kind not in ("tcp", "rtu"):
-            raise ValueError(f"kind = {kind!r}: expected 'tcp' or 'rtu'")
+        if kind not in ("tcp", "rtu", "rtu-over-tcp"):
+            raise ValueError(f"kind = {kind!r}: expected 'tcp', 'rtu' or 'rtu-over-tcp'")
         self.kind = kind
-        self._where = f"{host}:{tcp_port}" if kind == "tcp" else port
+        self._where = port if kind == "rtu" else f"{host}:{tcp_port}"
         self.bytes_out = 0
         self.bytes_in = 0
         self._received_during_request = 0
@@ -162,9 +167,12 @@ class ModbusLink:
         # retries = 0 and reconnect_delay = 0: the bus owner decides about retries, and reopens
         # with its own backoff and logging.
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient
-        if kind == "tcp":
-            self._client = AsyncModbusTcpClient(host, port=tcp_port, timeout=timeout, retries=0, reconnect_delay=0,
-                                                trace_packet=self._count, trace_connect=self._connected)
+        if kind != "rtu":
+            # pymodbus 3.16 frames a TCP socket with the RTU framer when asked (FramerType.RTU).
+            framer = FramerType.RTU if kind == "rtu-over-tcp" else FramerType.SOCKET
+            self._client = AsyncModbusTcpClient(host, port=tcp_port, framer=framer, timeout=timeout, retries=0,
+                                                reconnect_delay=0, trace_packet=self._count,
+                                                trace_connect=self._connected)
         else:
             self._client = AsyncModbusSerialClient(
                 # pymodbus annotates stopbits as int but hands it to pyserial, which takes 1.5 as well.
@@ -172,6 +180,8 @@ class ModbusLink:
                 bytesize=bytesize, timeout=timeout, retries=0, reconnect_delay=0,
                 trace_packet=self._count, trace_connect=self._connected,
             )
+        if kind != "tcp":
+            # A converter passes the line's noise and stray frames through just as a serial port does.
             self._client.ctx.framer = _HuntingFramerRTU(self._client.ctx.framer.decoder)
         # A silent unit must never make pymodbus drop a healthy shared connection.
         self._client.set_max_no_responses(2**31)

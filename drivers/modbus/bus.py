@@ -1,4 +1,4 @@
-"""The Modbus bus owner: one task per RTU line or TCP host:port, through which every transaction goes."""
+"""The Modbus bus owner: one task per RTU line or TCP host:port (Modbus TCP or RTU over TCP), through which every transaction goes."""
 
 from __future__ import annotations
 
@@ -56,6 +56,10 @@ class ModbusBus:
         if config.type == "modbus-tcp":
             self.link = ModbusLink("tcp", host=config.host or "", tcp_port=config.tcp_port, timeout=self.timeout)
             self.what = f"Modbus TCP bus {config.name!r} ({config.host}:{config.tcp_port})"
+        elif config.type == "modbus-rtu-over-tcp":
+            self.link = ModbusLink("rtu-over-tcp", host=config.host or "", tcp_port=config.tcp_port,
+                                   timeout=self.timeout)
+            self.what = f"Modbus RTU-over-TCP bus {config.name!r} ({config.host}:{config.tcp_port})"
         else:
             self.link = ModbusLink(
                 "rtu", port=config.port or "", baudrate=config.baudrate, parity=config.parity,
@@ -88,7 +92,8 @@ class ModbusBus:
     def _advice(self, unit: int, state: _Unit) -> tuple[str, str, HealthWord]:
         """(what happened, the next step, its health word) for a unit that failed its last request."""
         who = self._unit_name(unit)
-        rtu = self.config.type == "modbus-rtu"
+        # Behind an RTU-over-TCP converter is an RS-485 line: its faults are the line's, set on the converter.
+        rtu = self.config.type in ("modbus-rtu", "modbus-rtu-over-tcp")
         check_unit = ("check the unit id with ocn-edge scan, baud rate and parity, A/B wiring" if rtu
                       else "check the unit id with ocn-edge scan and the device's Modbus TCP settings")
         if state.replies == 0:

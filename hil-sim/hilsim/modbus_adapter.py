@@ -1,4 +1,5 @@
-"""The one module of hil-sim that uses pymodbus (pinned 3.16.1): PDU decode/encode, the RTU CRC, the TCP server.
+"""The one module of hil-sim that uses pymodbus (pinned 3.16.1): PDU decode/encode, the RTU CRC, the TCP server
+(Modbus TCP framing, or RTU framing over TCP as an RS-485-to-Ethernet converter passes it through).
 
 pymodbus changes its API between minor versions, so an upgrade touches only
 this file.  The RTU line layer itself is hil-sim's (hilsim.modbus_bus): the
@@ -13,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
@@ -92,18 +94,25 @@ async def answer_pdu(request: bytes, *, unit_id: int, read: Read) -> bytes | Non
 
 
 class TcpServer:
-    """pymodbus's Modbus TCP server on 127.0.0.1; unknown unit ids (and dropped replies) get no answer."""
+    """pymodbus's Modbus TCP server on 127.0.0.1; unknown unit ids (and dropped replies) get no answer.
 
-    def __init__(self, *, lookup: Callable[[int], Read | None], host: str = "127.0.0.1", port: int = 0) -> None:
+    ``rtu_framing``: RTU frames with their CRC on the socket instead of the Modbus TCP header,
+    as a cheap RS-485-to-Ethernet converter in transparent mode serves its line.
+    """
+
+    def __init__(self, *, lookup: Callable[[int], Read | None], host: str = "127.0.0.1", port: int = 0,
+                 rtu_framing: bool = False) -> None:
         self.host = host
         self.port = port
+        self.rtu_framing = rtu_framing
         self._lookup = lookup
         self._server: ModbusTcpServer | None = None
 
     async def start(self) -> None:
         """Listen (on the same port after the first start, so a restarted device is found where it was)."""
         self._server = ModbusTcpServer(
-            _Units(self._lookup), address=(self.host, self.port), ignore_missing_devices=True
+            _Units(self._lookup), address=(self.host, self.port), ignore_missing_devices=True,
+            framer=FramerType.RTU if self.rtu_framing else FramerType.SOCKET,
         )
         await self._server.serve_forever(background=True)
         listening = cast(asyncio.Server, self._server.transport)  # pymodbus types it as a transport; it is the server

@@ -1,4 +1,5 @@
-"""Modbus buses: an RS-485 RTU line on a pty shared by several units, and a Modbus TCP server on 127.0.0.1.
+"""Modbus buses: an RS-485 RTU line on a pty shared by several units, and a Modbus TCP server on 127.0.0.1
+(speaking Modbus TCP, or RTU frames over TCP like an RS-485-to-Ethernet converter).
 
 The RTU line behaves like a multi-drop wire: a frame ends after 3.5 character
 times of silence; a frame with a bad CRC or for a unit nobody has gets no reply
@@ -152,13 +153,21 @@ class RtuLine:
 
 
 class TcpBus:
-    """A Modbus TCP server on 127.0.0.1 serving several unit ids; a `disconnect` fault stops and restarts it."""
+    """A Modbus TCP server on 127.0.0.1 serving several unit ids; a `disconnect` fault stops and restarts it.
 
-    def __init__(self, *, name: str, port: int = 0) -> None:
+    ``rtu_framing``: it speaks RTU frames over TCP (bus type ``modbus-rtu-over-tcp``), as a converter does.
+    """
+
+    def __init__(self, *, name: str, port: int = 0, rtu_framing: bool = False) -> None:
         self.name = name
         self.units: dict[int, ModbusDevice] = {}
-        self.server = TcpServer(lookup=self._lookup, port=port)
+        self.server = TcpServer(lookup=self._lookup, port=port, rtu_framing=rtu_framing)
         self._down: set[str] = set()
+
+    @property
+    def transport(self) -> str:
+        """The gateway's bus type for this server."""
+        return "modbus-rtu-over-tcp" if self.server.rtu_framing else "modbus-tcp"
 
     @property
     def host(self) -> str:

@@ -37,7 +37,8 @@ SCENARIO_DIR = Path(__file__).parent / "scenarios"
 DEVICE_KINDS: dict[str, type[SimDevice]] = {
     cls.kind: cls for cls in (Sds011, Pms5003, NmeaGps, PedestrianCounter, Sdm630, Sdm120, WeatherStation, WaterLevel)
 }
-BUS_TYPES = ("modbus-rtu", "modbus-tcp")
+BUS_TYPES = ("modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp")
+TCP_BUSES = ("modbus-tcp", "modbus-rtu-over-tcp")
 PARITIES = ("N", "E", "O")
 
 
@@ -67,7 +68,7 @@ class Endpoint:
 
     device: str
     kind: str
-    transport: str  # "serial" | "modbus-rtu" | "modbus-tcp"
+    transport: str  # "serial" | "modbus-rtu" | "modbus-tcp" | "modbus-rtu-over-tcp"
     driver: str
     profile: str | None = None
     bus: str | None = None
@@ -174,7 +175,7 @@ def load_scenario(scenario: str | Path) -> Scenario:
                 raise ScenarioError(f"{where}.values.{quantity} = {model!r}: expected a table like "
                                     f"{{ value = 1.5 }} or {{ model = \"diurnal\", mean = 12 }}")
         bus_type = next((b.get("type") for b in buses if b.get("name") == device.get("bus")), None)
-        allowed = TCP_FAULTS if bus_type == "modbus-tcp" else cls.fault_kinds
+        allowed = TCP_FAULTS if bus_type in TCP_BUSES else cls.fault_kinds
         try:
             parse_faults(device.get("faults", ()), where=f"{where}.faults", allowed=allowed)
         except ValueError as exc:
@@ -246,8 +247,8 @@ class Simulation:
                                         stopbits=line.stopbits, unit=device.unit)
                 else:
                     tcp = next(b for b in self.tcp_buses.values() if b.units.get(device.unit) is device)
-                    out[name] = replace(common, transport="modbus-tcp", bus=tcp.name, host=tcp.host, port=tcp.port,
-                                        unit=device.unit)
+                    out[name] = replace(common, transport=tcp.transport, bus=tcp.name, host=tcp.host,
+                                        port=tcp.port, unit=device.unit)
         return out
 
     def emitted_macs(self) -> set[str]:
@@ -273,7 +274,7 @@ class Simulation:
         """The endpoints as aligned lines for a person."""
         lines = [f"hil-sim scenario {self.scenario.name!r} (seed {self.seed}) ready; run directory {self.run_dir}"]
         for e in self.endpoints.values():
-            if e.transport == "modbus-tcp":
+            if e.transport in TCP_BUSES:
                 where = f"{e.host}:{e.port} unit {e.unit}"
             else:
                 where = f"{e.path} (-> {e.tty}) {e.baudrate} 8{e.parity}{e.stopbits}"
@@ -302,7 +303,7 @@ class Simulation:
             if bus_name not in written_buses:
                 written_buses.add(bus_name)
                 out += ["[[buses]]", f"name = {q(bus_name)}", f"type = {q(e.transport)}"]
-                if e.transport == "modbus-tcp":
+                if e.transport in TCP_BUSES:
                     out += [f"host = {q(e.host)}", f"tcp_port = {e.port}", 'timeout = "1s"']
                 else:
                     out += [f"port = {q(e.path)}", f"baudrate = {e.baudrate}", f"parity = {q(e.parity)}",
@@ -346,7 +347,8 @@ def _build(scenario: Scenario, sim: Simulation) -> list[Any]:
                                                                          allowed=RTU_LINE_FAULTS), sim.seed),
                 clock=sim.clock)
         else:
-            sim.tcp_buses[bus["name"]] = TcpBus(name=bus["name"], port=int(bus.get("port", 0)))
+            sim.tcp_buses[bus["name"]] = TcpBus(name=bus["name"], port=int(bus.get("port", 0)),
+                                                rtu_framing=bus["type"] == "modbus-rtu-over-tcp")
     for index, spec in enumerate(scenario.devices):
         here = f"{where}: devices[{index}]"
         cls = DEVICE_KINDS[spec["kind"]]
@@ -357,7 +359,7 @@ def _build(scenario: Scenario, sim: Simulation) -> list[Any]:
         faults = FaultTimeline(
             spec["name"],
             parse_faults(spec.get("faults", ()), where=f"{here}.faults",
-                         allowed=TCP_FAULTS if bus_type == "modbus-tcp" else cls.fault_kinds),
+                         allowed=TCP_FAULTS if bus_type in TCP_BUSES else cls.fault_kinds),
             sim.seed)
         options = spec.get("options", {})
         device: SimDevice

@@ -78,7 +78,8 @@ def test_a_gateway_id_outside_the_allowed_characters_says_which_are_allowed(prob
 def test_a_value_outside_a_choice_lists_the_choices(problems: Problems) -> None:
     text = GATEWAY + '[[buses]]\nname = "rs485-1"\ntype = "modbus_rtu"\nport = "/dev/ttyUSB0"\n'
     assert problems(text) == [
-        'gateway.toml: buses[0].type = "modbus_rtu": expected one of "serial", "modbus-rtu", "modbus-tcp"'
+        'gateway.toml: buses[0].type = "modbus_rtu": expected one of "serial", "modbus-rtu", "modbus-tcp",'
+        ' "modbus-rtu-over-tcp"'
     ]
 
 

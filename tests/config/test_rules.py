@@ -114,8 +114,8 @@ def test_an_uninstalled_driver_is_named_with_a_suggestion_and_the_installed_ones
 
 def test_a_modbus_driver_needs_a_modbus_bus(problems: Problems) -> None:
     assert problems(GATEWAY + SERIAL + meter("meter-1", bus="ttyAMA0")) == [
-        'gateway.toml: devices[0].bus = "ttyAMA0": driver "meter" needs a "modbus-rtu" or "modbus-tcp" bus,'
-        ' but this is a "serial" bus'
+        'gateway.toml: devices[0].bus = "ttyAMA0": driver "meter" needs a "modbus-rtu", "modbus-tcp" or "modbus-rtu-over-tcp"'
+        ' bus, but this is a "serial" bus'
     ]
 
 
