@@ -15,12 +15,21 @@ from drivers.sdk import BusDown
 from edge.util.backoff import Backoff
 from edge.util.logonce import LogOnce
 
-__all__ = ["FLAP_S", "ModbusBus", "ModbusBusDown", "UnitBackingOff"]
+__all__ = ["BUSY_RETRIES", "FLAP_S", "ModbusBus", "ModbusBusDown", "UnitBackingOff"]
 
 log = logging.getLogger("ocn.bus")
 
 # A unit that fails again within this long of recovering is flapping: logged once, not per transition.
 FLAP_S = 60.0
+
+# Exception 6 (server device busy) says "ask again shortly": a meter busy with its own measurement
+# cycle or a display refresh answers the next try.  A few tries, the first after 50 ms and doubling
+# (50, 100, 200 ms: under 0.4 s in all, well within any poll interval), then the reply is reported
+# as any other exception.  The line is free for other units between tries.
+BUSY = 6
+BUSY_RETRIES = 3
+BUSY_FIRST_S = 0.05
+BUSY_MAX_S = 0.2
 
 
 class ModbusBusDown(BusDown, LinkDown):
@@ -47,12 +56,14 @@ class _Unit:
 class ModbusBus:
     """Owns one Modbus line: serialises transactions, paces frames, isolates silent units, keeps statistics."""
 
-    def __init__(self, config: BusConfigLike, *, reopen_max: float = 30.0, unit_backoff_max: float = 60.0) -> None:
+    def __init__(self, config: BusConfigLike, *, reopen_max: float = 30.0, unit_backoff_max: float = 60.0,
+                 busy_retries: int = BUSY_RETRIES) -> None:
         self.config = config
         self.name = config.name
         self.timeout = float(config.timeout)
         self.frame_gap = float(config.frame_gap)
         self.unit_backoff_max = unit_backoff_max
+        self.busy_retries = busy_retries
         if config.type == "modbus-tcp":
             self.link = ModbusLink("tcp", host=config.host or "", tcp_port=config.tcp_port, timeout=self.timeout)
             self.what = f"Modbus TCP bus {config.name!r} ({config.host}:{config.tcp_port})"
@@ -78,6 +89,7 @@ class ModbusBus:
         self.requests = 0
         self.registers_read = 0
         self.registers_used = 0
+        self.busy_retried = 0
 
     def name_unit(self, unit: int, device: str) -> None:
         """Say which configured device ``unit`` is, so the log and the health name it (``unit 11 on rs485-1 (weather-1)``)."""
@@ -168,7 +180,22 @@ class ModbusBus:
         while a silent unit waits out its backoff, or the adapter's ``NoReply``,
         ``GarbledReply`` or ``ExceptionReply``.  ``used`` says how many of the
         addresses carry wanted values (for the registers-read-vs-used statistic).
+        A unit answering "busy" (exception 6) is asked again up to ``busy_retries``
+        times, after a short backoff, before its ExceptionReply is raised.
         """
+        busy = Backoff(BUSY_FIRST_S, BUSY_MAX_S, jitter=0)
+        while True:
+            try:
+                return await self._transact(unit, function, address, count, timeout=timeout, used=used)
+            except ExceptionReply as exc:
+                if exc.code != BUSY or busy.attempts >= self.busy_retries:
+                    raise
+            self.busy_retried += 1
+            await asyncio.sleep(busy.next())
+
+    async def _transact(self, unit: int, function: str, address: int, count: int, *,
+                        timeout: float | None, used: int | None) -> list[int] | list[bool]:
+        """One request and its reply, under the line's lock."""
         state = self._units.get(unit)
         if state is None:
             # No jitter: the units share one line and one lock, so they cannot retry in step anyway.
@@ -263,6 +290,7 @@ class ModbusBus:
             "utilisation": round(self._busy_s / elapsed, 4),
             "registers_read": self.registers_read,
             "registers_used": self.registers_used,
+            "busy_retries": self.busy_retried,
             "units": units,
         }
         if self.config.type == "modbus-rtu":
