@@ -26,7 +26,7 @@ from drivers.modbus.adapter import (
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import ProfileError, load_profile, shipped_profiles
 from drivers.registry import UnknownDriver, available, load_driver
-from drivers.scaffold import ScaffoldError, scaffold
+from drivers.scaffold import KINDS, ScaffoldError, scaffold
 from drivers.sdk import DeviceContext, Driver, OptionError, Options
 from drivers.testing import BusSettings
 from edge.commands import positive, whole
@@ -59,6 +59,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                     "under the\nocn_edge.drivers entry-point group, and a test against hil-sim. "
                                     "See docs/drivers.md."))
     new.add_argument("name", metavar="NAME", help="the driver name, e.g. acme-flowmeter")
+    new.add_argument("--kind", choices=sorted(KINDS), default="modbus",
+                     help="modbus: a device on a Modbus bus (default); serial: a device streaming frames on "
+                          "its own serial port")
     new.add_argument("--dir", default=".", help="where to create the package (default: the current directory)")
     new.set_defaults(func=cmd_driver_new)
     p.set_defaults(func=functools.partial(_usage, p))
@@ -214,7 +217,7 @@ def _describe(name: str, installed: dict[str, Any], profiles: dict[str, Path], *
 
 def cmd_driver_new(args: argparse.Namespace) -> int:
     try:
-        root = scaffold(args.name, Path(args.dir))
+        root = scaffold(args.name, Path(args.dir), kind=args.kind)
     except ScaffoldError as exc:
         return _fail(str(exc))
     print(f"Wrote {root}\n\nNext:\n  cd {root}\n  pip install .\n"
