@@ -189,15 +189,10 @@ class Ingest:
 
     async def batch(self, data: bytes) -> Acked | Refused:
         """Verify, weigh, decode and store one sealed batch; the ack that names it, or why not."""
-        try:
-            kid = read_envelope(data, limit=MAX_BATCH_BYTES).kid
-        except ProtocolError as exc:
-            return _protocol_refusal(exc, charged=True)
-        device = await self.keys.get(kid)
-        refusal = _refuse_device(device, kid)
-        if refusal is not None:
-            return refusal
-        assert device is not None
+        sender = await self._claimed_sender(data, MAX_BATCH_BYTES)
+        if isinstance(sender, Refused):
+            return sender
+        device, kid = sender
         outcome, verified = await self._batch(data, device, kid)
         # Only a batch the device signed may mark it faulty: a forged one names a kid it cannot sign for.
         if verified:
@@ -344,11 +339,9 @@ class Ingest:
             return refusal
         return NoticeTaken(await self.store.add_notice(device_key.device_id, message["notice"], received_ms=now_ms()))
 
-    async def _verified_report(self, data: bytes, limit: int) -> tuple[DeviceKey, dict[str, Any]] | Refused:
-        """A signed status-type message of at most ``limit`` bytes, verified, and its active sender.
-
-        Every refusal here but a busy hub's is charged: the sender has not shown it is the device.
-        """
+    async def _claimed_sender(self, data: bytes, limit: int) -> tuple[DeviceKey, bytes] | Refused:
+        """The enrolled, active device whose key id a message of at most ``limit`` bytes names, and that key id — not yet
+        verified: the strict pre-authentication reader (OXP §4.4) and the key lookup only.  Refusals are charged."""
         try:
             kid = read_envelope(data, limit=limit).kid
         except ProtocolError as exc:
@@ -358,6 +351,17 @@ class Ingest:
         if refusal is not None:
             return refusal
         assert device is not None
+        return device, kid
+
+    async def _verified_report(self, data: bytes, limit: int) -> tuple[DeviceKey, dict[str, Any]] | Refused:
+        """A signed status-type message of at most ``limit`` bytes, verified, and its active sender.
+
+        Every refusal here but a busy hub's is charged: the sender has not shown it is the device.
+        """
+        sender = await self._claimed_sender(data, limit)
+        if isinstance(sender, Refused):
+            return sender
+        device, _ = sender
         try:
             report = await self.workers.run(open_status, data, _public_key(device))
         except Busy as exc:
