@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,17 +28,6 @@ from edge.portlock import RUN_DIR_ENV, find_holder, held_message, probe_locked, 
 from edge.starter import DEMO_POLICY
 
 OCN_EDGE = [sys.executable, "-m", "edge.cli"]
-
-
-@pytest.fixture
-def pty_port() -> Iterator[str]:
-    """A serial port nobody answers on: the slave side of a pseudo-terminal."""
-    controller, worker = os.openpty()
-    try:
-        yield os.ttyname(worker)
-    finally:
-        os.close(worker)
-        os.close(controller)
 
 
 @pytest.fixture

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,16 +56,6 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "policy.toml").write_text(DEMO_POLICY.read_text(encoding="utf-8"), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-@pytest.fixture
-def pty_port() -> Iterator[str]:
-    controller, worker = os.openpty()
-    try:
-        yield os.ttyname(worker)
-    finally:
-        os.close(worker)
-        os.close(controller)
 
 
 def warnings_of(err: str) -> list[str]:
