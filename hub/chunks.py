@@ -318,13 +318,6 @@ class Collector:
         # Ordered by value: the key of the page's last reading once the page is full.
         self.threshold: tuple[int, Any] | None = None
 
-    def _key(self, r: StoredReading) -> tuple[Any, ...]:
-        if self.order == "ts_ms":
-            return (r.ts_ms, r.id)
-        if self.order == "id":
-            return (r.id,)
-        return (_value_key(r.value), r.id)
-
     def _trim(self) -> None:
         if self.order == "value":
             self.items.sort(reverse=self.descending)  # ids are unique: no two keys are equal, readings are never compared
@@ -380,7 +373,7 @@ class Collector:
 
     def feed(self, rows: Sequence[Sequence[Any]]) -> bool:
         """Add chunk rows (as selected by chunk_query); False once no later chunk can matter."""
-        match, key = self.match, self._key
+        match = self.match
         for chunk_id, channel_id, device_id, name, unit, first_ms, last_ms, data in rows:
             if self.finished_before(first_ms, last_ms, chunk_id):
                 return False
@@ -401,7 +394,7 @@ class Collector:
                 reading = StoredReading(base_id | i, channel_id, device_id, name, first_ms + offsets[i], values[i], unit,
                                         None if qualities is None else qualities[i])
                 if match is None or match(reading):
-                    self.items.append((key(reading), reading) if keyed else reading)
+                    self.items.append(((_value_key(reading.value), reading.id), reading) if keyed else reading)
             full = self.bound is not None or self.threshold is not None
             # Trimmed a quarter past a full page: a few sorts of mostly sorted lists, and at most 1.25 pages held.
             if len(self.items) >= (self.need + self.need // 4 + 1 if full else self.need):
