@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class RtuLine:
         self._end_of_frame: asyncio.TimerHandle | None = None
         self._frames: asyncio.Queue[bytes] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        # Every well-formed request the line carried, in order: (unit id, whether a reply was sent).
+        # What a test reads to check the gateway's scheduling without timing it.
+        self.requests: deque[tuple[int, bool]] = deque(maxlen=100_000)
 
     def add(self, device: ModbusDevice) -> None:
         if device.unit in self.units:
@@ -115,10 +119,12 @@ class RtuLine:
             return  # a corrupted request is ignored by every slave on the line
         device = self.units.get(frame[0])
         if device is None or not device.present:
+            self.requests.append((frame[0], False))
             return  # nobody has this unit id: the line stays silent
         device.advance()
         hits = device.faults.draw(device.clock.t(), device.next_frame())
         if "drop_reply" in hits:
+            self.requests.append((frame[0], False))
             return
         pdu = frame[1:-2]
         response: bytes | None
@@ -126,6 +132,7 @@ class RtuLine:
             response = exception_pdu(pdu[0], hits["exception"].code)
         else:
             response = await answer_pdu(pdu, unit_id=device.unit, read=device.read)
+        self.requests.append((frame[0], response is not None))
         if response is None:
             return
         # The request's own wire time: the pty delivered it at once, a wire would not have.
