@@ -1,4 +1,6 @@
-"""The dashboard: public home and transparency register, admin fleet table and device pages (server-rendered)."""
+"""The dashboard: public home and transparency register, admin fleet table, device pages and audit log (server-rendered),
+and the admin JSON API.  Every admin route asks hub.auth for the permission it needs (hub/accounts.py) and answers 403
+with the reason when the account's roles do not give it."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from hub.accounts import NotPermitted, Permission
+from hub.audit import csv_lines, entry_json
+from hub.auth import Principal
 from hub.charts import line_chart
 from hub.fleet import DesiredError, check_desired, desired_document, desired_status, drift
 from hub.jsonbody import BodyError, read_json
@@ -115,6 +120,27 @@ def device_health(device: Device, *, now: int, stale_after_ms: int) -> str:
     return "ok"
 
 
+AUDIT_PAGE = 50  # entries per page of /audit
+MAX_AUDIT_EXPORT = 1000  # entries per page of /admin/api/audit (?before=ID for the next)
+
+
+async def allowed(request: web.Request, permission: Permission = Permission.READ) -> Principal:
+    """The principal of an admin request that may do what ``permission`` covers; else 401/redirect (hub.auth) or 403 with the reason."""
+    try:
+        return await request.app[HUB].admin.require(request, permission)
+    except NotPermitted as exc:
+        raise forbidden(request, exc) from None
+
+
+def forbidden(request: web.Request, exc: NotPermitted) -> web.HTTPForbidden:
+    """403 for a change the account's roles do not allow: a page for a browser, JSON for a script."""
+    if "text/html" in request.headers.get("Accept", ""):
+        html = _templates.get_template("message.html").render(path=request.path, title="Not allowed", message=str(exc))
+        return web.HTTPForbidden(text=html, content_type="text/html")
+    return web.HTTPForbidden(text=json.dumps({"error": "forbidden", "detail": str(exc), "needs": list(exc.permission.granted_by)}),
+                             content_type="application/json")
+
+
 def render(request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:
     html = _templates.get_template(name).render(path=request.path, **context)
     return web.Response(text=html, content_type="text/html", status=status, headers={"Cache-Control": "no-store"})
@@ -163,20 +189,23 @@ async def login(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     form = await request.post()
     target = _safe_next(str(form.get("next", "/fleet")))
-    if not hub.admin.token_ok(str(form.get("token", ""))):
-        return render(request, "login.html", next=target, error="That is not the admin token of this hub.", status=401)
+    principal = await hub.admin.by_token(str(form.get("token", "")).strip(), credential="session")
+    if principal is None:
+        return render(request, "login.html", next=target, error="That is not the admin token of this hub, nor the API token of an enabled account.",
+                      status=401)
     response = web.HTTPSeeOther(target)
-    await hub.admin.start_session(response, secure=request.secure)
+    await hub.admin.start_session(response, secure=request.secure, account=principal.name)
     raise response
 
 
 @routes.get("/login/{code}")
 async def login_link(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    if not await hub.admin.use_login_link(request.match_info["code"]):
+    account = await hub.admin.use_login_link(request.match_info["code"])
+    if account is None:
         return render(request, "login.html", next="/fleet", error="That login link was used already or has expired.", status=401)
     response = web.HTTPSeeOther(_safe_next(request.query.get("next", "/fleet")))
-    await hub.admin.start_session(response, secure=request.secure)
+    await hub.admin.start_session(response, secure=request.secure, account=account)
     raise response
 
 
@@ -204,7 +233,7 @@ async def fleet_rows(hub: Hub) -> list[dict[str, Any]]:
 @routes.get("/fleet")
 async def fleet(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await hub.admin.require(request)
+    await allowed(request)
     rows = await fleet_rows(hub)
     counts: dict[str, int] = {}
     for row in rows:
@@ -224,7 +253,7 @@ async def fleet(request: web.Request) -> web.Response:
 @routes.get("/fleet/devices/{device_id}")
 async def device_page(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await hub.admin.require(request)
+    await allowed(request)
     device = await hub.store.device(request.match_info["device_id"])
     if device is None:
         message = f"No device {request.match_info['device_id']!r} is enrolled at this hub."
@@ -269,10 +298,10 @@ async def device_page(request: web.Request) -> web.Response:
 @routes.post("/fleet/devices/{device_id}/{action:approve|revoke}")
 async def device_action(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await hub.admin.require(request)
+    principal = await allowed(request, Permission.OPERATE)
     device_id = request.match_info["device_id"]
     status = "active" if request.match_info["action"] == "approve" else "revoked"
-    await hub.store.set_device_status(device_id, status, now_ms=now_ms())
+    await hub.store.set_device_status(device_id, status, now_ms=now_ms(), actor=principal.name)
     hub.keys.forget()
     raise web.HTTPSeeOther(f"/fleet/devices/{device_id}")
 
@@ -281,7 +310,7 @@ async def device_action(request: web.Request) -> web.Response:
 async def token_page(request: web.Request) -> web.Response:
     """Each enrolment token (never the token itself) and the gateways it enrolled, with their site and status."""
     hub = request.app[HUB]
-    await hub.admin.require(request)
+    await allowed(request)
     devices = {d.device_id: d for d in await hub.store.devices()}
     enrolled = await hub.store.token_devices()
     now = now_ms()
@@ -310,7 +339,7 @@ def _device_json(device: Device, health: str, drifts: list[str], refused: str | 
 @routes.get("/admin/api/devices")
 async def api_devices(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await hub.admin.require(request)
+    await allowed(request)
     rows = await fleet_rows(hub)
     return web.json_response({"devices": [dict(_device_json(r["d"], r["health"], r["drift"], r["refused"]),
                                                desired={"state": r["desired"][0], "error": r["desired"][1]}) for r in rows]})
@@ -319,7 +348,7 @@ async def api_devices(request: web.Request) -> web.Response:
 @routes.put("/admin/api/desired/{scope:fleet|device}/{name}")
 async def api_set_desired(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await hub.admin.require(request)
+    principal = await _may_change_desired(request)
     try:
         name = _text("name", request.match_info["name"], default="")
         document = check_desired(await read_json(request, limit=MAX_ADMIN_BODY, what="desired document"))
@@ -327,26 +356,44 @@ async def api_set_desired(request: web.Request) -> web.Response:
         return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
     except (DesiredError, ParamError) as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
-    await hub.store.set_desired(request.match_info["scope"], name, document, now_ms=now_ms())
+    try:
+        await hub.store.set_desired(request.match_info["scope"], name, document, now_ms=now_ms(), actor=principal.name,
+                                    may_change=principal.parts_it_may_change())
+    except NotPermitted as exc:
+        raise forbidden(request, exc) from None
     return web.json_response({"ok": True})
+
+
+async def _may_change_desired(request: web.Request) -> Principal:
+    """The principal of a desired-document change, if its roles let it change some part (config or policy); which parts the
+    change touches is decided by the store against the document it replaces (Store.set_desired's ``may_change``)."""
+    principal = await allowed(request)
+    if not principal.parts_it_may_change():
+        raise forbidden(request, NotPermitted(Permission.OPERATE, f"{principal.name} may not change desired documents; "
+                                              f"a policy change needs the role {' or '.join(Permission.POLICY.granted_by)}"))
+    return principal
 
 
 @routes.delete("/admin/api/desired/{scope:fleet|device}/{name}")
 async def api_clear_desired(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await hub.admin.require(request)
+    principal = await _may_change_desired(request)
     try:
         name = _text("name", request.match_info["name"], default="")
     except ParamError as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
-    await hub.store.set_desired(request.match_info["scope"], name, None, now_ms=now_ms())
+    try:
+        await hub.store.set_desired(request.match_info["scope"], name, None, now_ms=now_ms(), actor=principal.name,
+                                    may_change=principal.parts_it_may_change())
+    except NotPermitted as exc:
+        raise forbidden(request, exc) from None
     return web.json_response({"ok": True})
 
 
 @routes.post("/admin/api/tokens")
 async def api_create_token(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await hub.admin.require(request)
+    principal = await allowed(request, Permission.OPERATE)
     try:
         body = await read_json(request, limit=MAX_ADMIN_BODY, what="token request")
         if not isinstance(body, dict):
@@ -355,13 +402,59 @@ async def api_create_token(request: web.Request) -> web.Response:
             hub.store, uses=whole("uses", body.get("uses"), low=1, high=MAX_TOKEN_USES, default=1),
             expires_s=number("expires_s", body.get("expires_s"), low=1, high=MAX_TOKEN_DAYS * 86400, default=7 * 86400),
             approve=flag("approve", body.get("approve"), default=False), fleet=_text("fleet", body.get("fleet"), default="default"),
-            note=_text("note", body.get("note"), default="", empty=True),
+            note=_text("note", body.get("note"), default="", empty=True), actor=principal.name,
         )
     except BodyError as exc:
         return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
     except ParamError as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
     return web.json_response({"token": token}, status=201)
+
+
+# --- the audit log ----------------------------------------------------------------------
+
+
+def _before(request: web.Request) -> int | None:
+    """The ``before`` query parameter: entries older than this id (the next page), or None for the newest."""
+    text = request.query.get("before")
+    return None if text is None else whole("before", text, low=1, high=2**63 - 1, default=None)
+
+
+@routes.get("/audit")
+async def audit_page(request: web.Request) -> web.Response:
+    """The audit log, newest first, a page at a time (``?before=ID`` for older entries)."""
+    hub = request.app[HUB]
+    await allowed(request)
+    try:
+        before = _before(request)
+    except ParamError as exc:
+        return render(request, "message.html", title="Not a page of the audit log", message=str(exc), status=400)
+    entries = await hub.store.audit_log(limit=AUDIT_PAGE + 1, before_id=before)
+    older = entries[AUDIT_PAGE - 1].id if len(entries) > AUDIT_PAGE else None
+    return render(request, "audit.html", entries=entries[:AUDIT_PAGE], older=older, newest=before is None, total=await hub.store.audit_count())
+
+
+@routes.get("/admin/api/audit")
+async def api_audit(request: web.Request) -> web.StreamResponse:
+    """The audit log for export, newest first: ``?format=json`` (default) or ``csv``; ``limit`` (at most 1000) and ``before=ID`` page through it."""
+    hub = request.app[HUB]
+    await allowed(request)
+    try:
+        form = request.query.get("format", "json")
+        if form not in ("json", "csv"):
+            raise ParamError(f"format={form[:20]!r}: expected json or csv")
+        limit = whole("limit", request.query.get("limit"), low=1, high=MAX_AUDIT_EXPORT, default=MAX_AUDIT_EXPORT)
+        before = _before(request)
+    except ParamError as exc:
+        return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
+    entries = await hub.store.audit_log(limit=limit, before_id=before)
+    headers = {"Cache-Control": "no-store"}
+    if len(entries) == limit:
+        headers["Link"] = f'</admin/api/audit?format={form}&limit={limit}&before={entries[-1].id}>; rel="next"'
+    if form == "csv":
+        headers["Content-Disposition"] = 'attachment; filename="ocn-hub-audit.csv"'
+        return web.Response(text="".join(csv_lines(entries)), content_type="text/csv", headers=headers)
+    return web.json_response({"entries": [entry_json(e) for e in entries]}, headers=headers)
 
 
 def _text(name: str, value: object, *, default: str, empty: bool = False) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "QUARANTINE_STORED", "migration_statements"]
+__all__ = ["ENGINE_STATEMENTS", "MIGRATIONS", "QUARANTINE_STORED", "engine_statements", "migration_statements"]
 
 # Each migration is applied once, in order, inside the migration lock; never edit one that
 # has shipped, add the next number instead.  {blob} and {id} are filled per engine.
@@ -174,7 +174,55 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        # People (hub/accounts.py): an account's roles as a comma-separated set and its API token as
+        # SHA-256 (NULL: none issued, e.g. after it was disabled).  Sessions and login links remember
+        # whose they are; those made before this migration belong to the built-in "admin" account of
+        # the admin token.  The audit log (hub/audit.py) takes INSERT only: each engine adds a trigger
+        # refusing UPDATE and DELETE (ENGINE_STATEMENTS below), and the store has no call that edits it.
+        """
+        CREATE TABLE accounts (
+            name TEXT PRIMARY KEY,
+            roles TEXT NOT NULL,
+            token_hash {blob} UNIQUE,
+            disabled BOOLEAN NOT NULL DEFAULT FALSE,
+            created_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL
+        );
+        ALTER TABLE secrets ADD COLUMN account TEXT NOT NULL DEFAULT 'admin';
+        CREATE TABLE audit (
+            id {id},
+            at_ms BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            before_sha256 TEXT NOT NULL,
+            after_sha256 TEXT NOT NULL,
+            detail TEXT NOT NULL
+        );
+        """,
+    ),
 )
+
+# Statements of a migration one engine needs in its own dialect, each run whole (trigger bodies hold
+# semicolons, so they cannot go through migration_statements' split).  Applied after the migration's
+# shared statements, in the same transaction.
+_APPEND_ONLY = "the audit log is append-only: entries are never changed or deleted"
+ENGINE_STATEMENTS: dict[int, dict[str, tuple[str, ...]]] = {
+    6: {
+        "sqlite": (
+            f"CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END",
+            f"CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END",
+        ),
+        "postgresql": (
+            "CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION '{_APPEND_ONLY}'; END $$",
+            "CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+            "CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only()",
+        ),
+    },
+}
 
 # After this migration's statements each store quarantines the readings already stored outside the
 # bounds (hub/chunks.py split_chunk): that takes decoding chunks, which SQL cannot do.
@@ -192,3 +240,8 @@ def migration_statements(engine: str, sql: str) -> list[str]:
     """One migration's statements for an engine ("sqlite" or "postgresql")."""
     text = sql.format(**_ENGINE[engine])
     return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def engine_statements(engine: str, version: int) -> tuple[str, ...]:
+    """The statements migration ``version`` runs on ``engine`` alone, after its shared ones (often none)."""
+    return ENGINE_STATEMENTS.get(version, {}).get(engine, ())

@@ -10,12 +10,16 @@ import abc
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from hub.accounts import BUILT_IN_ADMIN, Account
+from hub.audit import AUTOMATIC, AuditEntry
 from hub.budget import QueryBudget
 from hub.chunks import MAX_WINDOW, Collector, Counter, Size, chunk_query, count_query, split_reading_id
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, TokenInfo
 from hub.reports import Freshness
 
-__all__ = ["Store"]
+__all__ = ["DESIRED_PARTS", "Store"]
+
+DESIRED_PARTS = frozenset({"config", "policy"})
 
 
 class Store(abc.ABC):
@@ -31,6 +35,10 @@ class Store(abc.ABC):
     forgets about the flag still publishes nothing personal.  A channel is marked
     in the same transaction that stores its first personal batch, before any of
     that batch's readings can be read, and is never unmarked.
+
+    Every change an operator makes (tokens, approvals and revocations, desired documents, accounts)
+    appends one :class:`hub.audit.AuditEntry` naming ``actor`` in the transaction that makes it; the
+    audit log can only be appended to and read (:meth:`append_audit`, :meth:`audit_log`).
     """
 
     url: str
@@ -45,7 +53,10 @@ class Store(abc.ABC):
 
     # enrolment and keys
     @abc.abstractmethod
-    async def create_token(self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int) -> int: ...
+    async def create_token(
+        self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int, actor: str = AUTOMATIC
+    ) -> int:
+        """Store a new enrolment token (its hash); audited as ``token.create``.  Returns its number."""
 
     @abc.abstractmethod
     async def tokens(self) -> list[TokenInfo]:
@@ -63,8 +74,10 @@ class Store(abc.ABC):
         """Who a key id belongs to and whether it may send (a revoked key stays known as revoked)."""
 
     @abc.abstractmethod
-    async def set_device_status(self, device_id: str, status: str, *, now_ms: int) -> bool:
-        """Approve ("active") a pending device or revoke ("revoked") any; False if that change is not allowed."""
+    async def set_device_status(self, device_id: str, status: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
+        """Approve ("active") a pending device or revoke ("revoked") any; False if that change is not allowed.
+
+        A change is audited as ``device.approve`` or ``device.revoke``."""
 
     # ingest
     @abc.abstractmethod
@@ -105,7 +118,17 @@ class Store(abc.ABC):
     async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]: ...
 
     @abc.abstractmethod
-    async def set_desired(self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int) -> None: ...
+    async def set_desired(
+        self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int, actor: str = AUTOMATIC,
+        may_change: frozenset[str] = DESIRED_PARTS,
+    ) -> None:
+        """Set (or clear, with None) the desired document of a fleet or device; audited as ``desired.set`` or ``desired.clear``
+        (a clear of nothing changes nothing and is not).
+
+        ``may_change`` are the parts ("config", "policy") the actor may change: the document stored now is read in
+        the same transaction, and if another part would change :class:`hub.accounts.NotPermitted` is raised and
+        nothing is written.
+        """
 
     @abc.abstractmethod
     async def desired(self, scope: str, name: str) -> tuple[dict[str, Any], int] | None:
@@ -203,8 +226,69 @@ class Store(abc.ABC):
     async def set_setting(self, key: str, value: str, *, only_if_absent: bool = False) -> bool: ...
 
     @abc.abstractmethod
-    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int) -> None: ...
+    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int, account: str = BUILT_IN_ADMIN) -> None:
+        """Keep a session or login link (its hash) for ``account`` until ``expires_ms``."""
 
     @abc.abstractmethod
-    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool:
-        """True if an unexpired secret (session, login link) with this hash exists; ``consume`` deletes it."""
+    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> str | None:
+        """The account an unexpired secret (session, login link) with this hash belongs to, else None; ``consume`` deletes it."""
+
+    # people
+    @abc.abstractmethod
+    async def add_account(self, name: str, roles: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
+        """Create an account with ``roles`` (hub.accounts.role_text) and the hash of its API token; False if the name is taken.
+
+        Audited as ``account.add``."""
+
+    @abc.abstractmethod
+    async def accounts(self) -> list[Account]:
+        """Every account, by name."""
+
+    @abc.abstractmethod
+    async def account(self, name: str) -> Account | None: ...
+
+    @abc.abstractmethod
+    async def account_by_token(self, token_hash: bytes) -> Account | None:
+        """The account whose API token has this hash (a disabled account has none)."""
+
+    @abc.abstractmethod
+    async def set_account_roles(self, name: str, roles: str, *, now_ms: int, actor: str) -> bool:
+        """Give an enabled account these roles; False if there is no such enabled account.  Audited as ``account.roles``."""
+
+    @abc.abstractmethod
+    async def set_account_token(self, name: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
+        """Replace an enabled account's API token (the old one stops working); False if there is no such enabled account.
+
+        Audited as ``account.token``."""
+
+    @abc.abstractmethod
+    async def disable_account(self, name: str, *, now_ms: int, actor: str) -> bool:
+        """Disable an account: its token, sessions and login links stop working at once; False if none was enabled.
+
+        Audited as ``account.disable``."""
+
+    # the audit log: append and read, nothing else
+    @abc.abstractmethod
+    async def append_audit(self, entry: AuditEntry) -> int:
+        """Append an entry for something that is not a stored change (a login link issued, a retention run); returns its id."""
+
+    @abc.abstractmethod
+    async def audit_log(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+        """Entries newest first, at most ``limit``, only those older than ``before_id`` if given (the next page)."""
+
+    @abc.abstractmethod
+    async def audit_count(self) -> int: ...
+
+    # retention
+    @abc.abstractmethod
+    async def expire_readings(self, device_id: str, before_ms: int, *, max_chunks: int) -> tuple[int, int]:
+        """Delete a device's readings older than ``before_ms``, looking at no more than ``max_chunks`` chunks in one transaction.
+
+        A chunk wholly older goes; one that straddles ``before_ms`` is rewritten with its younger readings
+        (their reading ids change, as in quarantine).  Returns (readings deleted, chunks looked at): fewer than
+        ``max_chunks`` looked at means nothing older is left.
+        """
+
+    @abc.abstractmethod
+    async def expire_quarantine(self, device_id: str, before_ms: int, *, max_rows: int) -> int:
+        """Delete up to ``max_rows`` of a device's quarantined readings received before ``before_ms``; returns how many."""

@@ -12,34 +12,58 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hub import schema
+from hub.accounts import BUILT_IN_ADMIN, Account
+from hub.audit import AUTOMATIC, AuditEntry
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.budget import QueryBudget
 from hub.chunks import CHUNK_PAGE, Collector, encode_chunks, outside_query, quarantine_plan
 from hub.engines.sql import (
+    ACCOUNT_COLUMNS,
+    AUDIT_COLUMNS,
     DEVICE_COLUMNS,
+    account_from_row,
+    audit_from_row,
     decide_enrolment,
+    desired_entry,
     device_from_row,
     dumps,
+    expire_query,
+    expiry_plan,
     from_uint_column,
     notice_location,
     quarantine_rows,
     status_change_allowed,
+    status_entry,
     status_row,
     to_uint_column,
+    token_entry,
 )
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, StoreError, TokenInfo
 from hub.reports import Freshness, is_fresh, next_mark
-from hub.store import Store
+from hub.store import DESIRED_PARTS, Store
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("ocn.hub.store")
 
 
+def _desired_lock(scope: str, name: str) -> int:
+    """The advisory lock one desired document's changes take."""
+    return int.from_bytes(hashlib.sha256(f"ocn-hub-desired:{scope}:{name}".encode()).digest()[:8], "big", signed=True)
+
+
 def _lock_key(search_path: str | None) -> int:
     """The advisory lock that serialises migrations of one schema across hub processes."""
     digest = hashlib.sha256(f"ocn-hub-migrate:{search_path or 'public'}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def _audit(conn: Any, entry: AuditEntry) -> int:
+    """Append ``entry`` in the transaction of the change it records."""
+    return await conn.fetchval(
+        "INSERT INTO audit (at_ms, actor, action, target, before_sha256, after_sha256, detail) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        entry.at_ms, entry.actor, entry.action, entry.target, entry.before_sha256, entry.after_sha256, entry.detail,
+    )
 
 
 async def _quarantine_stored(conn: Any) -> None:
@@ -53,6 +77,64 @@ async def _quarantine_stored(conn: Any) -> None:
     await conn.executemany("DELETE FROM chunks WHERE id = $1", plan.delete)
     if plan.quarantine:
         log.info("quarantined stored readings outside the time bounds", extra={"readings": len(plan.quarantine), "engine": "postgresql"})
+
+
+# A batch stored in one statement (PostgresStore.store_batch).  The batches row decides: whichever
+# process inserts it first stores the readings; another inserting the same batch at once waits on
+# the row lock, then sees the conflict, and only counts a duplicate.  A channel's personal flag is
+# only ever set (sticky), in the same statement that makes its readings visible.  Sub-statements
+# of one statement cannot see each other's rows, so the devices row is updated once, for both outcomes.
+STORE_BATCH = """
+WITH batch AS (
+    INSERT INTO batches (key_id, boot_epoch, seq, device_id, created_ms, received_ms, readings, size, policy_digest, codec, counters)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING RETURNING 1
+), declared AS (
+    INSERT INTO channels (device_id, name, unit, kind, resolution, description, personal)
+    SELECT $4, c.name, c.unit, c.kind, c.resolution, c.description, c.personal
+    FROM unnest($12::text[], $13::text[], $14::text[], $15::float8[], $16::text[], $17::boolean[])
+        AS c(name, unit, kind, resolution, description, personal)
+    WHERE EXISTS (SELECT 1 FROM batch)
+    ON CONFLICT (device_id, name) DO UPDATE SET unit = excluded.unit, kind = excluded.kind, resolution = excluded.resolution,
+        description = excluded.description, personal = channels.personal OR excluded.personal
+    RETURNING id, name
+), undeclared AS (
+    INSERT INTO channels (device_id, name, unit, kind, resolution, description)
+    SELECT $4, u.name, u.unit, 'number', NULL, '' FROM unnest($18::text[], $19::text[]) AS u(name, unit)
+    WHERE EXISTS (SELECT 1 FROM batch)
+    ON CONFLICT (device_id, name) DO UPDATE SET unit = channels.unit
+    RETURNING id, name
+), chunked AS (
+    INSERT INTO chunks (channel_id, first_ms, last_ms, count, data)
+    SELECT ids.id, k.first_ms, k.last_ms, k.count, k.data
+    FROM unnest($20::text[], $21::bigint[], $22::bigint[], $23::integer[], $24::bytea[]) AS k(name, first_ms, last_ms, count, data)
+    JOIN (SELECT id, name FROM declared UNION ALL SELECT id, name FROM undeclared) AS ids ON ids.name = k.name
+), apart AS (
+    INSERT INTO quarantine (device_id, key_id, boot_epoch, seq, channel, unit, reading, reason, received_ms)
+    SELECT $4, $1, $2, $3, q.channel, q.unit, q.reading, q.reason, $6
+    FROM unnest($25::text[], $26::text[], $27::bytea[], $28::text[]) AS q(channel, unit, reading, reason)
+    WHERE EXISTS (SELECT 1 FROM batch)
+), outcome AS (
+    SELECT EXISTS (SELECT 1 FROM batch) AS stored
+), device AS (
+    UPDATE devices AS d SET
+        duplicates = d.duplicates + CASE WHEN o.stored THEN 0 ELSE 1 END,
+        last_seen_ms = greatest(coalesce(d.last_seen_ms, 0), $6),
+        readings_stored = d.readings_stored + CASE WHEN o.stored THEN $29 ELSE 0 END,
+        batches_stored = d.batches_stored + CASE WHEN o.stored THEN 1 ELSE 0 END,
+        boot_epoch = CASE WHEN {newer} THEN $2 ELSE d.boot_epoch END,
+        last_seq = CASE WHEN {newer} THEN $3 ELSE d.last_seq END,
+        counters = CASE WHEN {newer} THEN $11 ELSE d.counters END,
+        policy_digest = CASE WHEN {newer} THEN $9 ELSE d.policy_digest END,
+        unclean_stops = CASE WHEN {newer} THEN coalesce($30, d.unclean_stops) ELSE d.unclean_stops END,
+        readings_dropped = CASE WHEN {newer} THEN coalesce($31, d.readings_dropped) ELSE d.readings_dropped END
+    FROM outcome AS o
+    WHERE d.device_id = $4
+)
+SELECT stored FROM outcome
+""".format(
+    # the batch is stored and is the device's newest: its boot epoch and sequence number become the device's
+    newer="(o.stored AND (d.boot_epoch IS NULL OR d.boot_epoch < $2 OR (d.boot_epoch = $2 AND (d.last_seq IS NULL OR d.last_seq <= $3))))"
+)
 
 
 class PostgresStore(Store):
@@ -103,7 +185,7 @@ class PostgresStore(Store):
             current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
             for version, sql in schema.MIGRATIONS:
                 if version > current:
-                    for statement in schema.migration_statements("postgresql", sql):
+                    for statement in (*schema.migration_statements("postgresql", sql), *schema.engine_statements("postgresql", version)):
                         await conn.execute(statement)
                     if version == schema.QUARANTINE_STORED:
                         await _quarantine_stored(conn)
@@ -120,11 +202,16 @@ class PostgresStore(Store):
 
     # --- enrolment and keys -----------------------------------------------------------
 
-    async def create_token(self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int) -> int:
-        return await self._pool.fetchval(
-            "INSERT INTO tokens (hash, uses_left, expires_ms, approve, fleet, note, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            token_hash, uses, expires_ms, approve, fleet, note, now_ms,
-        )
+    async def create_token(
+        self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int, actor: str = AUTOMATIC
+    ) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            token_id: int = await conn.fetchval(
+                "INSERT INTO tokens (hash, uses_left, expires_ms, approve, fleet, note, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                token_hash, uses, expires_ms, approve, fleet, note, now_ms,
+            )
+            await _audit(conn, token_entry(token_id, uses=uses, expires_ms=expires_ms, approve=approve, fleet=fleet, note=note, now_ms=now_ms, actor=actor))
+            return token_id
 
     async def tokens(self) -> list[TokenInfo]:
         rows = await self._pool.fetch("SELECT id, uses_left, expires_ms, approve, fleet, note, created_ms FROM tokens ORDER BY id")
@@ -165,12 +252,13 @@ class PostgresStore(Store):
         owner = await self._pool.fetchval("SELECT device_id FROM revoked_keys WHERE key_id = $1", key_id)
         return DeviceKey(owner, key_id, b"", "revoked") if owner else None
 
-    async def set_device_status(self, device_id: str, status: str, *, now_ms: int) -> bool:
+    async def set_device_status(self, device_id: str, status: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow("SELECT key_id, status FROM devices WHERE device_id = $1 FOR UPDATE", device_id)
             if row is None or not status_change_allowed(row[1], status):
                 return False
             await conn.execute("UPDATE devices SET status = $1 WHERE device_id = $2", status, device_id)
+            await _audit(conn, status_entry(device_id, row[1], status, now_ms=now_ms, actor=actor))
             if status == "revoked":
                 await conn.execute(
                     "INSERT INTO revoked_keys (key_id, device_id, revoked_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -181,60 +269,25 @@ class PostgresStore(Store):
     # --- ingest -----------------------------------------------------------------------
 
     async def store_batch(self, batch: IncomingBatch) -> str:
-        counters = dumps(dict(batch.counters))
+        # One statement, one round trip: under load each round trip waits its turn for a CPU
+        # twice (hub, then server), so a dozen of them made a batch's latency a dozen waits.
         epoch, seq = to_uint_column(batch.boot_epoch), to_uint_column(batch.seq)
-        async with self._pool.acquire() as conn, conn.transaction():
-            # The primary key decides: whichever process inserts first stores the readings;
-            # the other waits on the row lock and then sees the conflict.
-            inserted = await conn.fetchval(
-                "INSERT INTO batches (key_id, boot_epoch, seq, device_id, created_ms, received_ms, readings, size, policy_digest, codec, counters)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING RETURNING 1",
-                batch.key_id, epoch, seq, batch.device_id, to_uint_column(batch.created_ms), batch.received_ms,
-                len(batch.readings) + len(batch.quarantined), batch.size, batch.policy_digest.hex(), batch.codec, counters,
-            )
-            if inserted is None:
-                await conn.execute(
-                    "UPDATE devices SET duplicates = duplicates + 1, last_seen_ms = greatest(coalesce(last_seen_ms, 0), $1) WHERE device_id = $2",
-                    batch.received_ms, batch.device_id,
-                )
-                return "duplicate"
-            declared = {}
-            for ch in batch.channels:
-                # The personal flag is only ever set (sticky), in this transaction, before the readings below are visible.
-                declared[ch.id] = await conn.fetchval(
-                    "INSERT INTO channels (device_id, name, unit, kind, resolution, description, personal) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                    " ON CONFLICT (device_id, name) DO UPDATE SET unit = excluded.unit, kind = excluded.kind,"
-                    " resolution = excluded.resolution, description = excluded.description,"
-                    " personal = channels.personal OR excluded.personal RETURNING id",
-                    batch.device_id, ch.id, ch.unit, ch.kind.value, ch.resolution, ch.description, ch.personal,
-                )
-            undeclared = {r.channel: r.unit for r in batch.readings if r.channel not in declared}
-            for name, unit in undeclared.items():
-                declared[name] = await conn.fetchval(
-                    "INSERT INTO channels (device_id, name, unit, kind, resolution, description) VALUES ($1, $2, $3, 'number', NULL, '')"
-                    " ON CONFLICT (device_id, name) DO UPDATE SET unit = channels.unit RETURNING id",
-                    batch.device_id, name, unit,
-                )
-            rows = [(declared[name], *chunk) for name, chunks in encode_chunks(batch.readings).items() for chunk in chunks]
-            await conn.executemany("INSERT INTO chunks (channel_id, first_ms, last_ms, count, data) VALUES ($1, $2, $3, $4, $5)", rows)
-            await conn.executemany(
-                "INSERT INTO quarantine (device_id, key_id, boot_epoch, seq, channel, unit, reading, reason, received_ms)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                quarantine_rows(batch),
-            )
-            await conn.execute(
-                "UPDATE devices SET readings_stored = readings_stored + $1, batches_stored = batches_stored + 1,"
-                " last_seen_ms = greatest(coalesce(last_seen_ms, 0), $2) WHERE device_id = $3",
-                len(batch.readings), batch.received_ms, batch.device_id,
-            )
-            await conn.execute(
-                "UPDATE devices SET boot_epoch = $1, last_seq = $2, counters = $3, policy_digest = $4,"
-                " unclean_stops = coalesce($5, unclean_stops), readings_dropped = coalesce($6, readings_dropped)"
-                " WHERE device_id = $7 AND (boot_epoch IS NULL OR boot_epoch < $1 OR (boot_epoch = $1 AND (last_seq IS NULL OR last_seq <= $2)))",
-                epoch, seq, counters, batch.policy_digest.hex(),
-                to_uint_column(batch.counters.get("unclean_stops")), to_uint_column(batch.counters.get("readings_dropped")), batch.device_id,
-            )
-            return "stored"
+        declared = {ch.id for ch in batch.channels}
+        undeclared = {r.channel: r.unit for r in batch.readings if r.channel not in declared}
+        chunks = [(name, *chunk) for name, parts in encode_chunks(batch.readings).items() for chunk in parts]
+        apart = quarantine_rows(batch)
+        stored = await self._pool.fetchval(
+            STORE_BATCH,
+            batch.key_id, epoch, seq, batch.device_id, to_uint_column(batch.created_ms), batch.received_ms,
+            len(batch.readings) + len(batch.quarantined), batch.size, batch.policy_digest.hex(), batch.codec, dumps(dict(batch.counters)),
+            [ch.id for ch in batch.channels], [ch.unit for ch in batch.channels], [ch.kind.value for ch in batch.channels],
+            [ch.resolution for ch in batch.channels], [ch.description for ch in batch.channels], [ch.personal for ch in batch.channels],
+            list(undeclared), list(undeclared.values()),
+            [c[0] for c in chunks], [c[1] for c in chunks], [c[2] for c in chunks], [c[3] for c in chunks], [c[4] for c in chunks],
+            [q[4] for q in apart], [q[5] for q in apart], [q[6] for q in apart], [q[7] for q in apart],
+            len(batch.readings), to_uint_column(batch.counters.get("unclean_stops")), to_uint_column(batch.counters.get("readings_dropped")),
+        )
+        return "stored" if stored else "duplicate"
 
     async def quarantined(self, device_id: str) -> dict[str, int]:
         rows = await self._pool.fetch("SELECT reason, count(*) FROM quarantine WHERE device_id = $1 GROUP BY reason ORDER BY reason", device_id)
@@ -306,15 +359,27 @@ class PostgresStore(Store):
             )
         return [Notice(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
-    async def set_desired(self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int) -> None:
-        if document is None:
-            await self._pool.execute("DELETE FROM desired WHERE scope = $1 AND name = $2", scope, name)
-            return
-        await self._pool.execute(
-            "INSERT INTO desired (scope, name, document, updated_ms) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (scope, name) DO UPDATE SET document = excluded.document, updated_ms = excluded.updated_ms",
-            scope, name, dumps(dict(document)), now_ms,
-        )
+    async def set_desired(
+        self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int, actor: str = AUTOMATIC,
+        may_change: frozenset[str] = DESIRED_PARTS,
+    ) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The lock on the (fleet or device) key serialises changes of one document across hub processes, the first one included,
+            # so the permission check below sees the document the change replaces.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _desired_lock(scope, name))
+            old = await conn.fetchval("SELECT document FROM desired WHERE scope = $1 AND name = $2", scope, name)
+            entry = desired_entry(scope, name, None if old is None else json.loads(old), document, may_change=may_change, now_ms=now_ms, actor=actor)
+            if entry is None:
+                return
+            await _audit(conn, entry)
+            if document is None:
+                await conn.execute("DELETE FROM desired WHERE scope = $1 AND name = $2", scope, name)
+                return
+            await conn.execute(
+                "INSERT INTO desired (scope, name, document, updated_ms) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (scope, name) DO UPDATE SET document = excluded.document, updated_ms = excluded.updated_ms",
+                scope, name, dumps(dict(document)), now_ms,
+            )
 
     async def desired(self, scope: str, name: str) -> tuple[dict[str, Any], int] | None:
         row = await self._pool.fetchrow("SELECT document, updated_ms FROM desired WHERE scope = $1 AND name = $2", scope, name)
@@ -363,13 +428,97 @@ class PostgresStore(Store):
         await self._pool.execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
         return True
 
-    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int) -> None:
-        await self._pool.execute("INSERT INTO secrets (kind, hash, expires_ms) VALUES ($1, $2, $3)", kind, secret_hash, expires_ms)
+    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int, account: str = BUILT_IN_ADMIN) -> None:
+        await self._pool.execute("INSERT INTO secrets (kind, hash, expires_ms, account) VALUES ($1, $2, $3, $4)", kind, secret_hash, expires_ms, account)
 
-    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool:
+    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> str | None:
         if consume:
-            done = await self._pool.fetchval(
-                "DELETE FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3 RETURNING 1", kind, secret_hash, now_ms
+            return await self._pool.fetchval(
+                "DELETE FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3 RETURNING account", kind, secret_hash, now_ms
             )
-            return done is not None
-        return await self._pool.fetchval("SELECT 1 FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3", kind, secret_hash, now_ms) is not None
+        return await self._pool.fetchval("SELECT account FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3", kind, secret_hash, now_ms)
+
+    # --- people -----------------------------------------------------------------------
+
+    async def add_account(self, name: str, roles: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            added = await conn.fetchval(
+                "INSERT INTO accounts (name, roles, token_hash, disabled, created_ms, updated_ms) VALUES ($1, $2, $3, FALSE, $4, $4)"
+                " ON CONFLICT DO NOTHING RETURNING 1",
+                name, roles, token_hash, now_ms,
+            )
+            if added is None:
+                return False
+            await _audit(conn, AuditEntry(at_ms=now_ms, actor=actor, action="account.add", target=f"account:{name}", detail=f"roles {roles}"))
+            return True
+
+    async def accounts(self) -> list[Account]:
+        return [account_from_row(r) for r in await self._pool.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY name")]
+
+    async def account(self, name: str) -> Account | None:
+        row = await self._pool.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = $1", name)
+        return account_from_row(row) if row else None
+
+    async def account_by_token(self, token_hash: bytes) -> Account | None:
+        row = await self._pool.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE token_hash = $1 AND NOT disabled", token_hash)
+        return account_from_row(row) if row else None
+
+    async def _change_account(self, name: str, sql: str, params: Sequence[Any], entry: AuditEntry) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            n = len(params)
+            done = await conn.fetchval(
+                f"UPDATE accounts SET {sql}, updated_ms = ${n + 1} WHERE name = ${n + 2} AND NOT disabled RETURNING 1", *params, entry.at_ms, name
+            )
+            if done is None:
+                return False
+            await _audit(conn, entry)
+            if entry.action == "account.disable":
+                await conn.execute("DELETE FROM secrets WHERE account = $1", name)
+            return True
+
+    async def set_account_roles(self, name: str, roles: str, *, now_ms: int, actor: str) -> bool:
+        return await self._change_account(name, "roles = $1", (roles,),
+                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.roles", target=f"account:{name}", detail=f"roles {roles}"))
+
+    async def set_account_token(self, name: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
+        return await self._change_account(name, "token_hash = $1", (token_hash,),
+                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.token", target=f"account:{name}",
+                                                     detail="new API token; the old one no longer works"))
+
+    async def disable_account(self, name: str, *, now_ms: int, actor: str) -> bool:
+        return await self._change_account(name, "disabled = TRUE, token_hash = NULL", (),
+                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.disable", target=f"account:{name}",
+                                                     detail="disabled; its token, sessions and login links no longer work"))
+
+    # --- the audit log ----------------------------------------------------------------
+
+    async def append_audit(self, entry: AuditEntry) -> int:
+        async with self._pool.acquire() as conn:
+            return await _audit(conn, entry)
+
+    async def audit_log(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+        rows = await self._pool.fetch(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+                                      before_id, limit)
+        return [audit_from_row(r) for r in rows]
+
+    async def audit_count(self) -> int:
+        return int(await self._pool.fetchval("SELECT count(*) FROM audit"))
+
+    # --- retention --------------------------------------------------------------------
+
+    async def expire_readings(self, device_id: str, before_ms: int, *, max_chunks: int) -> tuple[int, int]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # FOR UPDATE: a concurrent run on another hub process waits, then finds these chunks gone or rewritten.
+            rows = await conn.fetch(expire_query("$") + " FOR UPDATE OF k", device_id, before_ms, max_chunks)
+            # Splitting a straddling chunk decodes it: off the event loop.
+            plan = await asyncio.get_running_loop().run_in_executor(None, expiry_plan, rows, before_ms)
+            await conn.executemany("DELETE FROM chunks WHERE id = $1", plan.delete)
+            await conn.executemany("UPDATE chunks SET first_ms = $1, last_ms = $2, count = $3, data = $4 WHERE id = $5", plan.rewrite)
+            return plan.readings, len(rows)
+
+    async def expire_quarantine(self, device_id: str, before_ms: int, *, max_rows: int) -> int:
+        deleted = await self._pool.fetch(
+            "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE device_id = $1 AND received_ms < $2 ORDER BY id LIMIT $3) RETURNING 1",
+            device_id, before_ms, max_rows,
+        )
+        return len(deleted)

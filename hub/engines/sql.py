@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 import cbor2
 
 from edge.protocol import Answer
 from edge.protocol.types import Channel
+from hub.accounts import Account, NotPermitted, Permission
+from hub.audit import AuditEntry, document_digest
+from hub.chunks import split_chunk
 from hub.models import Device, EnrolError, EnrolOutcome, IncomingBatch
 
 __all__ = [
+    "ACCOUNT_COLUMNS",
+    "AUDIT_COLUMNS",
     "DEVICE_COLUMNS",
+    "ExpiryPlan",
+    "account_from_row",
+    "audit_from_row",
+    "desired_entry",
+    "expire_query",
+    "expiry_plan",
+    "status_entry",
+    "token_entry",
     "dumps",
     "notice_location",
     "status_columns",
@@ -209,3 +222,86 @@ def quarantine_rows(batch: IncomingBatch) -> list[tuple[Any, ...]]:
          batch.received_ms)
         for q in batch.quarantined
     ]
+
+
+# --- people and the audit log ---------------------------------------------------------
+
+ACCOUNT_COLUMNS = "name, roles, disabled, created_ms, updated_ms"
+AUDIT_COLUMNS = "id, at_ms, actor, action, target, before_sha256, after_sha256, detail"
+
+
+def account_from_row(row: Sequence[Any]) -> Account:
+    """An Account from a row selected with ACCOUNT_COLUMNS."""
+    return Account(name=row[0], roles=frozenset(r for r in str(row[1]).split(",") if r), disabled=bool(row[2]), created_ms=row[3], updated_ms=row[4])
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditEntry:
+    """An AuditEntry from a row selected with AUDIT_COLUMNS."""
+    return AuditEntry(id=row[0], at_ms=row[1], actor=row[2], action=row[3], target=row[4], before_sha256=row[5], after_sha256=row[6], detail=row[7])
+
+
+def desired_entry(
+    scope: str, name: str, old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, *, may_change: frozenset[str], now_ms: int, actor: str
+) -> AuditEntry | None:
+    """The audit entry of replacing desired document ``old`` by ``new`` (None: cleared), or None when a clear finds nothing.
+
+    Raises NotPermitted, before anything is written, when a part outside ``may_change`` would change.
+    """
+    if old is None and new is None:
+        return None
+    changed = [part for part in ("config", "policy") if (old or {}).get(part) != (new or {}).get(part)]
+    for part in changed:
+        if part not in may_change:
+            permission = Permission.POLICY if part == "policy" else Permission.OPERATE
+            raise NotPermitted(permission, f"the desired document of {scope} {name!r} would change its {part}")
+    detail = (", ".join(f"{part} changed" for part in changed) or "nothing changed") if new is not None else f"cleared ({', '.join(changed)})"
+    return AuditEntry(at_ms=now_ms, actor=actor, action="desired.set" if new is not None else "desired.clear", target=f"{scope}:{name}",
+                      before_sha256=document_digest(old), after_sha256=document_digest(new), detail=detail)
+
+
+def status_entry(device_id: str, old: str, new: str, *, now_ms: int, actor: str) -> AuditEntry:
+    """The audit entry of approving or revoking a device."""
+    return AuditEntry(at_ms=now_ms, actor=actor, action="device.approve" if new == "active" else "device.revoke", target=f"device:{device_id}",
+                      detail=f"{old} -> {new}")
+
+
+def token_entry(token_id: int, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int, actor: str) -> AuditEntry:
+    """The audit entry of creating an enrolment token (never the token itself)."""
+    return AuditEntry(at_ms=now_ms, actor=actor, action="token.create", target=f"token:{token_id}",
+                      detail=f"{uses} use(s), fleet {fleet!r}, {'approved at once' if approve else 'approval by hand'}, "
+                             f"expires at {expires_ms} ms{f', note {note!r}' if note else ''}")
+
+
+# --- retention ------------------------------------------------------------------------
+
+def expire_query(mark: str) -> str:
+    """SELECT of up to N chunks of a device holding a reading older than a time: parameters (device, before_ms, N)."""
+    a, b, c = ("?", "?", "?") if mark == "?" else ("$1", "$2", "$3")
+    return ("SELECT k.id, k.first_ms, k.last_ms, k.count, k.data FROM chunks k JOIN channels c ON c.id = k.channel_id"
+            f" WHERE c.device_id = {a} AND k.first_ms < {b} ORDER BY k.id LIMIT {c}")
+
+
+class ExpiryPlan(NamedTuple):
+    """What deleting readings older than a time writes: chunks to delete, chunks to rewrite, and the readings that go."""
+
+    delete: list[tuple[int]]  # (chunk id,)
+    rewrite: list[tuple[int, int, int, bytes, int]]  # (first_ms, last_ms, count, data, chunk id)
+    readings: int
+
+
+def expiry_plan(rows: Sequence[Sequence[Any]], before_ms: int) -> ExpiryPlan:
+    """The plan for the chunk rows of expire_query: a chunk wholly older is deleted without decoding it, one that straddles is split."""
+    plan = ExpiryPlan([], [], 0)
+    deleted = 0
+    for chunk_id, first_ms, last_ms, count, data in rows:
+        if last_ms < before_ms:
+            plan.delete.append((chunk_id,))
+            deleted += count
+            continue
+        kept, gone = split_chunk(first_ms, data, lambda ts: "expired" if ts < before_ms else None)
+        deleted += len(gone)
+        if kept is None:
+            plan.delete.append((chunk_id,))
+        else:
+            plan.rewrite.append((*kept, chunk_id))
+    return plan._replace(readings=deleted)

@@ -19,25 +19,36 @@ from edge.private import private_database
 from edge.protocol.types import Channel
 from edge.util.files import file_problem
 from hub import schema
+from hub.accounts import BUILT_IN_ADMIN, Account
+from hub.audit import AUTOMATIC, AuditEntry
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.budget import QueryBudget
 from hub.chunks import Collector, collect_pages, encode_chunks, outside_query, quarantine_plan
 from hub.engines.sql import (
+    ACCOUNT_COLUMNS,
+    AUDIT_COLUMNS,
     DEVICE_COLUMNS,
+    account_from_row,
+    audit_from_row,
     channel_map,
     decide_enrolment,
+    desired_entry,
     device_from_row,
     dumps,
+    expire_query,
+    expiry_plan,
     from_uint_column,
     notice_location,
     quarantine_rows,
     status_change_allowed,
+    status_entry,
     status_row,
     to_uint_column,
+    token_entry,
 )
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, StoreError, TokenInfo
 from hub.reports import Freshness, is_fresh, next_mark
-from hub.store import Store
+from hub.store import DESIRED_PARTS, Store
 
 __all__ = ["SQLiteStore"]
 
@@ -75,7 +86,7 @@ def _migrate(conn: sqlite3.Connection) -> None:
         current = row[0] or 0
         for version, sql in schema.MIGRATIONS:
             if version > current:
-                for statement in schema.migration_statements("sqlite", sql):
+                for statement in (*schema.migration_statements("sqlite", sql), *schema.engine_statements("sqlite", version)):
                     conn.execute(statement)
                 if version == schema.QUARANTINE_STORED:
                     _quarantine_stored(conn)
@@ -85,6 +96,15 @@ def _migrate(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _audit(conn: sqlite3.Connection, entry: AuditEntry) -> int:
+    """Append ``entry`` in the transaction of the change it records."""
+    cur = conn.execute(
+        "INSERT INTO audit (at_ms, actor, action, target, before_sha256, after_sha256, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (entry.at_ms, entry.actor, entry.action, entry.target, entry.before_sha256, entry.after_sha256, entry.detail),
+    )
+    return int(cur.lastrowid or 0)
 
 
 def _quarantine_stored(conn: sqlite3.Connection) -> None:
@@ -218,13 +238,17 @@ class SQLiteStore(Store):
 
     # --- enrolment and keys -----------------------------------------------------------
 
-    async def create_token(self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int) -> int:
+    async def create_token(
+        self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int, actor: str = AUTOMATIC
+    ) -> int:
         def run(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
                 "INSERT INTO tokens (hash, uses_left, expires_ms, approve, fleet, note, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (token_hash, uses, expires_ms, approve, fleet, note, now_ms),
             )
-            return int(cur.lastrowid or 0)
+            token_id = int(cur.lastrowid or 0)
+            _audit(conn, token_entry(token_id, uses=uses, expires_ms=expires_ms, approve=approve, fleet=fleet, note=note, now_ms=now_ms, actor=actor))
+            return token_id
 
         return await self._write(run)
 
@@ -273,12 +297,13 @@ class SQLiteStore(Store):
         rows = await self._read("SELECT device_id FROM revoked_keys WHERE key_id = ?", (key_id,))
         return DeviceKey(rows[0][0], key_id, b"", "revoked") if rows else None
 
-    async def set_device_status(self, device_id: str, status: str, *, now_ms: int) -> bool:
+    async def set_device_status(self, device_id: str, status: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT key_id, status FROM devices WHERE device_id = ?", (device_id,)).fetchone()
             if row is None or not status_change_allowed(row[1], status):
                 return False
             conn.execute("UPDATE devices SET status = ? WHERE device_id = ?", (status, device_id))
+            _audit(conn, status_entry(device_id, row[1], status, now_ms=now_ms, actor=actor))
             if status == "revoked":
                 conn.execute("INSERT OR IGNORE INTO revoked_keys (key_id, device_id, revoked_ms) VALUES (?, ?, ?)", (row[0], device_id, now_ms))
             return True
@@ -422,8 +447,16 @@ class SQLiteStore(Store):
         rows = await self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         return [Notice(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
-    async def set_desired(self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int) -> None:
+    async def set_desired(
+        self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int, actor: str = AUTOMATIC,
+        may_change: frozenset[str] = DESIRED_PARTS,
+    ) -> None:
         def run(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT document FROM desired WHERE scope = ? AND name = ?", (scope, name)).fetchone()
+            entry = desired_entry(scope, name, None if row is None else json.loads(row[0]), document, may_change=may_change, now_ms=now_ms, actor=actor)
+            if entry is None:
+                return
+            _audit(conn, entry)
             if document is None:
                 conn.execute("DELETE FROM desired WHERE scope = ? AND name = ?", (scope, name))
             else:
@@ -493,20 +526,105 @@ class SQLiteStore(Store):
 
         return await self._write(run)
 
-    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int) -> None:
-        await self._write(lambda conn: conn.execute("INSERT INTO secrets (kind, hash, expires_ms) VALUES (?, ?, ?)", (kind, secret_hash, expires_ms)))
+    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int, account: str = BUILT_IN_ADMIN) -> None:
+        await self._write(lambda conn: conn.execute(
+            "INSERT INTO secrets (kind, hash, expires_ms, account) VALUES (?, ?, ?, ?)", (kind, secret_hash, expires_ms, account)))
 
-    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
+    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> str | None:
+        def run(conn: sqlite3.Connection) -> str | None:
             conn.execute("DELETE FROM secrets WHERE expires_ms <= ?", (now_ms,))
-            if consume:
-                return conn.execute("DELETE FROM secrets WHERE kind = ? AND hash = ?", (kind, secret_hash)).rowcount == 1
-            return conn.execute("SELECT 1 FROM secrets WHERE kind = ? AND hash = ?", (kind, secret_hash)).fetchone() is not None
+            row = conn.execute("SELECT account FROM secrets WHERE kind = ? AND hash = ?", (kind, secret_hash)).fetchone()
+            if row is not None and consume:
+                conn.execute("DELETE FROM secrets WHERE kind = ? AND hash = ?", (kind, secret_hash))
+            return None if row is None else str(row[0])
 
         if consume:
             return await self._write(run)
-        rows = await self._read("SELECT 1 FROM secrets WHERE kind = ? AND hash = ? AND expires_ms > ?", (kind, secret_hash, now_ms))
-        return bool(rows)
+        rows = await self._read("SELECT account FROM secrets WHERE kind = ? AND hash = ? AND expires_ms > ?", (kind, secret_hash, now_ms))
+        return str(rows[0][0]) if rows else None
+
+    # --- people -----------------------------------------------------------------------
+
+    async def add_account(self, name: str, roles: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("INSERT OR IGNORE INTO accounts (name, roles, token_hash, disabled, created_ms, updated_ms) VALUES (?, ?, ?, FALSE, ?, ?)",
+                               (name, roles, token_hash, now_ms, now_ms))
+            if cur.rowcount == 0:
+                return False
+            _audit(conn, AuditEntry(at_ms=now_ms, actor=actor, action="account.add", target=f"account:{name}", detail=f"roles {roles}"))
+            return True
+
+        return await self._write(run)
+
+    async def accounts(self) -> list[Account]:
+        return [account_from_row(r) for r in await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY name")]
+
+    async def account(self, name: str) -> Account | None:
+        rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = ?", (name,))
+        return account_from_row(rows[0]) if rows else None
+
+    async def account_by_token(self, token_hash: bytes) -> Account | None:
+        rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE token_hash = ? AND NOT disabled", (token_hash,))
+        return account_from_row(rows[0]) if rows else None
+
+    async def _change_account(self, name: str, sql: str, params: Sequence[Any], entry: AuditEntry) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            if conn.execute(f"UPDATE accounts SET {sql}, updated_ms = ? WHERE name = ? AND NOT disabled", (*params, entry.at_ms, name)).rowcount == 0:
+                return False
+            _audit(conn, entry)
+            if entry.action == "account.disable":
+                conn.execute("DELETE FROM secrets WHERE account = ?", (name,))
+            return True
+
+        return await self._write(run)
+
+    async def set_account_roles(self, name: str, roles: str, *, now_ms: int, actor: str) -> bool:
+        return await self._change_account(name, "roles = ?", (roles,),
+                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.roles", target=f"account:{name}", detail=f"roles {roles}"))
+
+    async def set_account_token(self, name: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
+        return await self._change_account(name, "token_hash = ?", (token_hash,),
+                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.token", target=f"account:{name}",
+                                                     detail="new API token; the old one no longer works"))
+
+    async def disable_account(self, name: str, *, now_ms: int, actor: str) -> bool:
+        return await self._change_account(name, "disabled = TRUE, token_hash = NULL", (),
+                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.disable", target=f"account:{name}",
+                                                     detail="disabled; its token, sessions and login links no longer work"))
+
+    # --- the audit log ----------------------------------------------------------------
+
+    async def append_audit(self, entry: AuditEntry) -> int:
+        return await self._write(lambda conn: _audit(conn, entry))
+
+    async def audit_log(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+        rows = await self._read(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?",
+                                (2**63 - 1 if before_id is None else before_id, limit))
+        return [audit_from_row(r) for r in rows]
+
+    async def audit_count(self) -> int:
+        return int((await self._read("SELECT count(*) FROM audit"))[0][0])
+
+    # --- retention --------------------------------------------------------------------
+
+    async def expire_readings(self, device_id: str, before_ms: int, *, max_chunks: int) -> tuple[int, int]:
+        def run(conn: sqlite3.Connection) -> tuple[int, int]:
+            rows = conn.execute(expire_query("?"), (device_id, before_ms, max_chunks)).fetchall()
+            plan = expiry_plan(rows, before_ms)
+            conn.executemany("DELETE FROM chunks WHERE id = ?", plan.delete)
+            conn.executemany("UPDATE chunks SET first_ms = ?, last_ms = ?, count = ?, data = ? WHERE id = ?", plan.rewrite)
+            return plan.readings, len(rows)
+
+        return await self._write(run)
+
+    async def expire_quarantine(self, device_id: str, before_ms: int, *, max_rows: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE device_id = ? AND received_ms < ? ORDER BY id LIMIT ?)",
+                (device_id, before_ms, max_rows),
+            ).rowcount
+
+        return await self._write(run)
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
