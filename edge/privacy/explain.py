@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from edge.privacy.catalogue import Words, words
 from edge.privacy.policy import Policy
-from edge.privacy.rule import Rule, human_duration
+from edge.privacy.rule import Rule
 from edge.privacy.rules import kind_of
 from edge.protocol.types import Channel
 
-__all__ = ["describe_rule", "explain", "human_duration", "processes"]
+__all__ = ["describe_rule", "explain", "processes"]
 
 
 def processes(rule: Rule) -> list[str]:
@@ -17,9 +18,9 @@ def processes(rule: Rule) -> list[str]:
     return kind_of(rule).processes(rule)
 
 
-def describe_rule(rule: Rule, policy: Policy, unit: str = "") -> str:
-    """One sentence, for a member of the public, on what leaves the device under ``rule``."""
-    return kind_of(rule).describe(rule, policy, unit)
+def describe_rule(rule: Rule, policy: Policy, unit: str = "", language: Words | None = None) -> str:
+    """One sentence, for a member of the public, on what leaves the device under ``rule`` (in English unless ``language``)."""
+    return kind_of(rule).describe(rule, policy, unit, language or words())
 
 
 def explain(policy: Policy, channels: Sequence[Channel] | None = None) -> str:

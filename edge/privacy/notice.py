@@ -1,34 +1,29 @@
-"""The public transparency notice: DTPR-style JSON from the policy and the gateway config, and its HTML page."""
+"""The public transparency notice: DTPR-style JSON from the policy and the gateway config, and its HTML page, in each of the policy's languages.
+
+The notice's top-level texts are in the policy's default language (its first
+``notice_languages``; English when it names none, as before languages were added);
+``translations`` holds the same texts in each other language. A text the policy does not
+give in a language shows in the default language and is listed under ``untranslated``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jinja2
 
-from edge.privacy.explain import describe_rule, human_duration, processes
+from edge.privacy.catalogue import DEFAULT_LANGUAGE, LANGUAGES, Words, words
+from edge.privacy.explain import describe_rule, processes
 from edge.privacy.policy import Policy
 from edge.privacy.rules import kind_of
 from edge.protocol.types import Channel
 from edge.util.clock import now_ms
 
-__all__ = ["DEFAULT_STORAGE", "NOTICE_SCHEMA", "TECHNOLOGY", "build_notice", "render_notice_html"]
+__all__ = ["DRIVER_LANGUAGE", "NOTICE_SCHEMA", "build_notice", "notice_in", "notice_languages", "render_notice_html"]
 
 NOTICE_SCHEMA = "ocn-edge/notice/v1"
-DEFAULT_STORAGE = (
-    "Only what this policy releases is stored: on this gateway until the city's hub confirms it has it, "
-    "then on the hub."
-)
-
-# What each driver is, in DTPR "technology type" words a passer-by recognises.
-TECHNOLOGY = {
-    "sds011": "Air quality sensor (particulate matter, laser scattering)",
-    "pms5003": "Air quality sensor (particulate matter, laser scattering)",
-    "nmea-gps": "Satellite positioning receiver (GNSS)",
-    "pedestrian-counter": "Wi-Fi / Bluetooth device counter (detects phones' radio signals)",
-    "modbus": "Meter or environmental sensor (wired, Modbus)",
-}
+DRIVER_LANGUAGE = "en"  # drivers name their channels in English; a policy may name them in another language
 
 _env = jinja2.Environment(
     loader=jinja2.PackageLoader("edge.privacy", "templates"),
@@ -38,6 +33,101 @@ _env = jinja2.Environment(
 )
 
 
+class _Texts:
+    """The language-dependent part of the notice in one language, noting each text that fell back to the default language."""
+
+    def __init__(self, policy: Policy, language: str) -> None:
+        self.policy = policy
+        self.language = language
+        self.words = words(language)
+        self.untranslated: list[str] = []
+
+    def city(self, key: str, path: str, otherwise: str = "") -> str:
+        """One of the policy's texts in this language, ``otherwise`` when the policy leaves it out."""
+        text = self.policy.text(key, self.language)
+        if text is None:
+            self.untranslated.append(path)
+            return str(getattr(self.policy, key))
+        return text or otherwise
+
+    def item(self, pattern: str, purpose: str, what: str | None) -> dict[str, Any]:
+        """A data item's purpose and public name in this language, and which of them fell back."""
+        fell_back: list[str] = []
+        texts: dict[str, Any] = {}
+        if what is not None:
+            named = self.policy.channel_text(pattern, "what", self.language)
+            texts["what"] = named or what
+            if not named and self.language != DRIVER_LANGUAGE:
+                fell_back.append("what")
+        if purpose:
+            said = self.policy.channel_text(pattern, "purpose", self.language)
+            texts["purpose"] = said if said is not None else purpose
+            if said is None:
+                fell_back.append("purpose")
+        else:
+            said = self.policy.text("purpose", self.language)
+            texts["purpose"] = said if said is not None else self.policy.purpose
+            if said is None:
+                fell_back.append("purpose")
+        if fell_back:
+            texts["untranslated"] = fell_back
+        return texts
+
+
+def _view(policy: Policy, config: Any, channels: Sequence[Channel] | None, language: str) -> dict[str, Any]:
+    t = _Texts(policy, language)
+    w = t.words
+    data: list[dict[str, Any]] = []
+    if channels is not None:
+        for channel in channels:
+            rule = policy.rule_for(channel.id)
+            if rule is None or not kind_of(rule).releases:
+                continue
+            # drivers' notes to engineers come in parentheses; the public sees the name
+            what = channel.description.split(" (")[0] or channel.id.rsplit("/", 1)[-1]
+            item = {
+                "channel": channel.id,
+                "device": channel.id.rsplit("/", 1)[0],
+                "what": what,
+                "unit": channel.unit,
+                "personal": channel.personal,
+                "process": processes(rule),
+                "leaves_as": describe_rule(rule, policy, channel.unit, w),
+            }
+            data.append({**item, **t.item(rule.pattern, rule.purpose, what)})
+    else:
+        for rule in sorted(policy.rules, key=lambda r: r.pattern):
+            if not kind_of(rule).releases:
+                continue
+            item = {
+                "channel": rule.pattern,
+                "device": rule.pattern.rsplit("/", 1)[0],
+                "process": processes(rule),
+                "leaves_as": describe_rule(rule, policy, "", w),
+            }
+            data.append({**item, **t.item(rule.pattern, rule.purpose, None)})
+    view: dict[str, Any] = {
+        "accountable": {
+            "organisation": t.city("organisation", "accountable.organisation"),
+            "contact": t.city("contact", "accountable.contact"),
+        },
+        "purpose": t.city("purpose", "purpose"),
+        "technology": [{"device": d.name, "driver": d.driver, "type": w.technology(d.driver)} for d in list(getattr(config, "devices", ()) or ())],
+        "data": data,
+        "default": w("notice.default"),
+        "retention": t.city("retention", "retention", w("notice.not_stated")),
+        "storage": t.city("storage", "storage", w("notice.storage")),
+        "access": t.city("access", "access", w("notice.not_stated")),
+        "pseudonym_key_rotation": w.duration(policy.rotate_ms),
+        "privacy_budget": ({"epsilon": policy.budget.epsilon, "period": w.duration(policy.budget.period_ms)} if policy.budget else None),
+    }
+    if policy.retention_days is not None:
+        view["deletion"] = w.count("notice.deletion", policy.retention_days)
+    if language != policy.languages[0]:
+        view["untranslated"] = t.untranslated
+    return view
+
+
 def build_notice(
     policy: Policy,
     config: Any,
@@ -45,7 +135,7 @@ def build_notice(
     channels: Sequence[Channel] | None = None,
     generated_ms: int | None = None,
 ) -> dict[str, Any]:
-    """The machine-readable notice (DTPR taxonomy) for one gateway.
+    """The machine-readable notice (DTPR taxonomy) for one gateway, in every language the policy names.
 
     ``config`` needs only ``config.gateway.id``, ``.site``, ``.latitude``, ``.longitude``
     and ``config.devices``, each with ``.name`` and ``.driver`` (``edge.config.GatewayConfig``
@@ -53,47 +143,13 @@ def build_notice(
     notice lists the policy's rules by pattern.
     """
     gateway = config.gateway
-    devices = list(getattr(config, "devices", ()) or ())
-    data: list[dict[str, Any]] = []
-    all_processes: set[str] = set()
+    view = _view(policy, config, channels, policy.languages[0])
     if channels is not None:
-        for channel in channels:
-            rule = policy.rule_for(channel.id)
-            if rule is None or not kind_of(rule).releases:
-                continue
-            labels = processes(rule)
-            all_processes.update(labels)
-            data.append(
-                {
-                    "channel": channel.id,
-                    "device": channel.id.rsplit("/", 1)[0],
-                    # drivers' notes to engineers come in parentheses; the public sees the name
-                    "what": channel.description.split(" (")[0] or channel.id.rsplit("/", 1)[-1],
-                    "unit": channel.unit,
-                    "personal": channel.personal,
-                    "process": labels,
-                    "leaves_as": describe_rule(rule, policy, channel.unit),
-                    "purpose": rule.purpose or policy.purpose,
-                }
-            )
         withheld = [c.id for c in channels if (r := policy.rule_for(c.id)) is None or not kind_of(r).releases]
     else:
-        for rule in sorted(policy.rules, key=lambda r: r.pattern):
-            if not kind_of(rule).releases:
-                continue
-            labels = processes(rule)
-            all_processes.update(labels)
-            data.append(
-                {
-                    "channel": rule.pattern,
-                    "device": rule.pattern.rsplit("/", 1)[0],
-                    "process": labels,
-                    "leaves_as": describe_rule(rule, policy),
-                    "purpose": rule.purpose or policy.purpose,
-                }
-            )
         withheld = [r.pattern for r in policy.rules if not kind_of(r).releases]
-    return {
+    data = view.pop("data")
+    notice: dict[str, Any] = {
         "schema": NOTICE_SCHEMA,
         "generated_ms": generated_ms if generated_ms is not None else now_ms(),
         "place": {
@@ -102,36 +158,65 @@ def build_notice(
             "latitude": getattr(gateway, "latitude", None),
             "longitude": getattr(gateway, "longitude", None),
         },
-        "accountable": {"organisation": policy.organisation, "contact": policy.contact},
-        "purpose": policy.purpose,
-        "technology": [
-            {
-                "device": d.name,
-                "driver": d.driver,
-                "type": TECHNOLOGY.get(d.driver, "Sensor"),
-            }
-            for d in devices
-        ],
+        "accountable": view.pop("accountable"),
+        "purpose": view.pop("purpose"),
+        "technology": view.pop("technology"),
         "data": data,
         "withheld": withheld,
-        "default": "Anything the policy does not name never leaves the device and is never stored.",
-        "process": sorted(all_processes),
-        "retention": policy.retention or "Not stated in the policy.",
-        "storage": policy.storage or DEFAULT_STORAGE,
-        "access": policy.access or "Not stated in the policy.",
-        "pseudonym_key_rotation": human_duration(policy.rotate_ms),
-        "privacy_budget": (
-            {"epsilon": policy.budget.epsilon, "period": human_duration(policy.budget.period_ms)} if policy.budget else None
-        ),
+        "default": view.pop("default"),
+        "process": sorted({label for item in data for label in item["process"]}),
+        **view,
         "policy": {
             "name": policy.name,
             "version": policy.version,
             "digest": policy.digest.hex(),
             "signed_by": policy.signed_by,
         },
+        "languages": list(policy.languages),
+        "translations": {language: _view(policy, config, channels, language) for language in policy.languages[1:]},
     }
+    if policy.retention_days is not None:
+        notice["retention_days"] = policy.retention_days
+    return notice
 
 
-def render_notice_html(notice: Mapping[str, Any]) -> str:
-    """The plain-language, accessible HTML page of a notice (no scripts, no external resources)."""
-    return _env.get_template("notice.html").render(n=notice)
+def notice_languages(notice: Mapping[str, Any]) -> list[str]:
+    """The languages a notice is in, its default first (English for a notice from before languages)."""
+    languages = notice.get("languages")
+    return [str(x) for x in languages] if isinstance(languages, list) and languages else [DEFAULT_LANGUAGE]
+
+
+def notice_in(notice: Mapping[str, Any], language: str) -> dict[str, Any]:
+    """The notice with its texts in ``language`` (one of its languages; the default language for any other)."""
+    translation = (notice.get("translations") or {}).get(language)
+    if language == notice_languages(notice)[0] or not isinstance(translation, Mapping):
+        return {**notice, "untranslated": []}
+    return {**notice, **translation}
+
+
+def render_notice_html(
+    notice: Mapping[str, Any],
+    language: str | None = None,
+    *,
+    link: Callable[[str], str] = lambda language: f"?lang={language}",
+) -> str:
+    """The plain-language, accessible HTML page of a notice in ``language`` (its default when None or not one of its own).
+
+    No scripts, no external resources; ``link`` makes the address of the page in another
+    of the notice's languages (a query by default; the ``notice`` command writes files).
+    """
+    languages = notice_languages(notice)
+    shown = language if language in languages else languages[0]
+    others = [(code, _words_of(code).name, link(code)) for code in languages if code != shown]
+    return _env.get_template("notice.html").render(
+        n=notice_in(notice, shown),
+        w=_words_of(shown),
+        language=shown,
+        default=languages[0],
+        driver=DRIVER_LANGUAGE,
+        others=others,
+    )
+
+
+def _words_of(language: str) -> Words:
+    return words(language if language in LANGUAGES else DEFAULT_LANGUAGE)

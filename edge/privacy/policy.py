@@ -12,6 +12,7 @@ from typing import Any
 
 import cbor2
 
+from edge.privacy.catalogue import DEFAULT_LANGUAGE, LANGUAGES, words
 from edge.privacy.rule import DAY_MS, Reader, Rule, axis_of, parse_distance_m, parse_duration_ms, show
 from edge.privacy.rules import RULES, kind_of
 from edge.protocol.types import Channel
@@ -22,6 +23,8 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Rule",
+    "TEXTS",
+    "Translation",
     "axis_of",
     "canonical_encoding",
     "parse_distance_m",
@@ -30,6 +33,11 @@ __all__ = [
 ]
 
 _COMMON_KEYS = {"rule", "purpose", "description"}
+# The city's own texts a notice shows: written in [policy] in the notice's default language, and
+# in [policy.translations.<language>] in each other language the notice is shown in.
+TEXTS = ("organisation", "contact", "purpose", "retention", "storage", "access")
+_CHANNEL_TEXTS = ("purpose", "what")  # per rule pattern: the rule's purpose, and the channel's name for the public
+MAX_RETENTION_DAYS = 36_525  # a century: the hub turns days into a cutoff in milliseconds
 _TIME_OF_DAY_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -60,6 +68,14 @@ class Budget:
 
 
 @dataclass(frozen=True, slots=True)
+class Translation:
+    """The city's texts in one language of the notice: ``texts`` by policy field, ``channels`` by rule pattern."""
+
+    texts: Mapping[str, str] = field(default_factory=dict)
+    channels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # pattern -> {"purpose": ..., "what": ...}
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """A parsed, validated policy. ``digest`` is SHA-256 of :func:`canonical_encoding` of the document."""
 
@@ -79,6 +95,40 @@ class Policy:
     rotate_offset_ms: int = 0
     budget: Budget | None = None
     signed_by: str | None = field(default=None)  # governance key id (hex) when the signature was verified
+    languages: tuple[str, ...] = (DEFAULT_LANGUAGE,)  # the notice's languages, the default first
+    retention_days: int | None = None  # the hub deletes readings older than this; None: no scheduled deletion
+    translations: Mapping[str, Translation] = field(default_factory=dict)  # by language
+
+    def text(self, key: str, language: str) -> str | None:
+        """One of :data:`TEXTS` in ``language``: "" when the policy leaves it out, None when only the default language has it."""
+        default = str(getattr(self, key))
+        if language == self.languages[0] or not default:
+            return default
+        return self.translations.get(language, Translation()).texts.get(key)
+
+    def channel_text(self, pattern: str, key: str, language: str) -> str | None:
+        """The rule's ``purpose`` or the channel's ``what`` in ``language``, when the policy gives one."""
+        if key == "purpose" and language == self.languages[0]:
+            rule = next((r for r in self.rules if r.pattern == pattern), None)
+            return rule.purpose if rule is not None else None
+        return self.translations.get(language, Translation()).channels.get(pattern, {}).get(key)
+
+    def translation_gaps(self) -> list[str]:
+        """Warnings: a text the default language has that a declared language lacks (its notice shows the default text)."""
+        name = Path(self.path).name
+        default = words(self.languages[0]).name
+        gaps: list[str] = []
+        for language in self.languages[1:]:
+            shown = words(language).name
+            for key in TEXTS:
+                if self.text(key, language) is None:
+                    gaps.append(f"{name}: policy.translations.{language}.{key} is missing: the {shown} notice shows "
+                                f"the {default} text of policy.{key}")
+            for rule in self.rules:
+                if rule.purpose and self.channel_text(rule.pattern, "purpose", language) is None:
+                    gaps.append(f'{name}: policy.translations.{language}.channels."{rule.pattern}".purpose is missing: '
+                                f'the {shown} notice shows the {default} purpose of channels."{rule.pattern}"')
+        return gaps
 
     def rule_for(self, channel_id: str) -> Rule | None:
         """The most specific rule whose pattern matches ``channel_id``; ties go to the lexically first pattern."""
@@ -162,10 +212,17 @@ def parse_policy(text: str, *, path: str = "policy.toml") -> Policy:
         if key not in known:
             problems.append(f"{file}: {key}: unknown section (sections: {', '.join(sorted(known))})")
     head = Reader(file, "policy", document.get("policy", {}), problems)
-    meta = {k: head.text(k) for k in ("name", "version", "organisation", "contact", "purpose", "retention", "storage", "access")}
+    meta = {k: head.text(k) for k in ("name", "version", *TEXTS)}
+    languages = _languages(head)
+    retention_days = head.table.get("retention_days")
+    if retention_days is not None and (type(retention_days) is not int or not 1 <= retention_days <= MAX_RETENTION_DAYS):
+        head.bad("retention_days", retention_days, f"a whole number of days from 1 to {MAX_RETENTION_DAYS}: the hub deletes "
+                 "readings older than that (leave it out for no scheduled deletion)")
+        retention_days = None
+    settings = [*meta, "notice_languages", "retention_days", "translations"]
     for key in head.table:
-        if key not in meta:
-            head.bad(key, head.table[key], "no such setting (settings: " + ", ".join(meta) + ")")
+        if key not in settings:
+            head.bad(key, head.table[key], "no such setting (settings: " + ", ".join(settings) + ")")
     for key in ("organisation", "contact", "purpose"):
         if not meta[key].strip():
             problems.append(f"{file}: policy.{key} is missing: the public notice must say who is accountable and why")
@@ -221,6 +278,7 @@ def parse_policy(text: str, *, path: str = "policy.toml") -> Policy:
                     f"privacy_budget.epsilon = {budget.epsilon!r}; no window could ever be released"
                 )
             rules.append(rule)
+    translations = _translations(head, languages, set(channels) if isinstance(channels, dict) else set())
     if problems:
         raise PolicyError(problems)
     rules.sort(key=lambda r: (tuple(-x for x in r.specificity), r.pattern))
@@ -232,5 +290,69 @@ def parse_policy(text: str, *, path: str = "policy.toml") -> Policy:
         rotate_ms=rotate_ms,
         rotate_offset_ms=offset_ms,
         budget=budget,
+        languages=languages,
+        retention_days=retention_days,
+        translations=translations,
         **meta,
     )
+
+
+def _languages(head: Reader) -> tuple[str, ...]:
+    """``notice_languages``: the languages the notice is shown in, the default first (English alone when absent)."""
+    value = head.table.get("notice_languages", [DEFAULT_LANGUAGE])
+    if (not isinstance(value, list) or not value or any(not isinstance(v, str) or v not in LANGUAGES for v in value)
+            or len(set(value)) != len(value)):
+        head.bad("notice_languages", value, f"a list of different languages from {', '.join(LANGUAGES)}, the notice's "
+                 'default first, e.g. ["fr", "en"]')
+        return (DEFAULT_LANGUAGE,)
+    return tuple(value)
+
+
+def _translations(head: Reader, languages: Sequence[str], patterns: set[str]) -> dict[str, Translation]:
+    """``[policy.translations.<language>]``: the city's texts, and per rule pattern its purpose and the channel's name."""
+    table = head.table.get("translations", {})
+    where = f"{head.where}.translations"
+    if not isinstance(table, dict):
+        head.bad("translations", table, 'a table per language, e.g. [policy.translations.fr] purpose = "..."')
+        return {}
+    out: dict[str, Translation] = {}
+    for language, texts in table.items():
+        if language not in languages:
+            head.problems.append(f"{head.file}: {where}.{language}: not one of policy.notice_languages "
+                                 f"({', '.join(languages)}); add it there, or remove this table")
+            continue
+        if not isinstance(texts, dict):
+            head.bad(f"translations.{language}", texts, "a table of the policy's texts in that language")
+            continue
+        r = Reader(head.file, f"{where}.{language}", texts, head.problems)
+        default = language == languages[0]
+        for key in texts:
+            if key == "channels":
+                continue
+            if key not in TEXTS:
+                r.bad(key, texts[key], "no such text (texts: " + ", ".join([*TEXTS, "channels"]) + ")")
+            elif default:
+                r.bad(key, texts[key], f"nothing: {language} is the notice's default language, whose texts are "
+                      f"policy.{key} itself")
+        channels: dict[str, dict[str, str]] = {}
+        raw = texts.get("channels", {})
+        if not isinstance(raw, dict):
+            r.bad("channels", raw, 'a table per rule pattern, e.g. [policy.translations.fr.channels."ped-1/mac"]')
+            raw = {}
+        for pattern, item in raw.items():
+            rc = Reader(head.file, f'{where}.{language}.channels."{pattern}"', item if isinstance(item, dict) else {},
+                        head.problems)
+            allowed = ("what",) if default else _CHANNEL_TEXTS
+            if pattern not in patterns:
+                head.problems.append(f'{head.file}: {where}.{language}.channels."{pattern}": no rule has this pattern '
+                                     f"(patterns: {', '.join(sorted(patterns))})")
+            elif not isinstance(item, dict):
+                r.bad(f'channels."{pattern}"', item, "a table of " + " and ".join(allowed))
+            else:
+                for key in item:
+                    if key not in allowed:
+                        rc.bad(key, item[key], "one of " + ", ".join(allowed) + (
+                            f" ({language} is the default language: the rule's own purpose is its text)" if default else ""))
+                channels[pattern] = {key: rc.text(key) for key in allowed if key in item}
+        out[language] = Translation({key: r.text(key) for key in TEXTS if key in texts and not default}, channels)
+    return out

@@ -21,7 +21,6 @@ __all__ = [
     "aggregate_channel_id",
     "axis_of",
     "distinct_channel_id",
-    "human_duration",
     "parse_distance_m",
     "parse_duration_ms",
     "show",
@@ -52,15 +51,6 @@ def parse_distance_m(text: str) -> float:
     if not m or float(m.group(1)) <= 0:
         raise ValueError("expected a positive distance like \"250m\" or \"1km\"")
     return float(m.group(1)) * (1000.0 if m.group(2) == "km" else 1.0)
-
-
-def human_duration(ms: int) -> str:
-    """86_400_000 -> '1 day', 900_000 -> '15 minutes'."""
-    for name, size in (("day", 86_400_000), ("hour", 3_600_000), ("minute", 60_000), ("second", 1000)):
-        if ms % size == 0:
-            n = ms // size
-            return f"{n} {name}" + ("" if n == 1 else "s")
-    return f"{ms} milliseconds"
 
 
 def window_label(ms: int) -> str:

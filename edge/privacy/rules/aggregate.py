@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge.privacy.rule import Reader, Rule, aggregate_channel_id, human_duration, window_label
+from edge.privacy.catalogue import Words
+from edge.privacy.rule import Reader, Rule, aggregate_channel_id, window_label
 from edge.privacy.rules.base import (
     Plan,
     PolicyTerms,
@@ -22,13 +22,6 @@ from edge.protocol.types import Channel, Kind, Quality, Reading, Value
 __all__ = ["AGGREGATE_FUNCTIONS", "Aggregate"]
 
 AGGREGATE_FUNCTIONS = ("mean", "min", "max", "sum", "count", "last")
-_WORDS = {"mean": "average", "min": "minimum", "max": "maximum", "sum": "total", "count": "number of readings",
-          "last": "last value"}
-
-
-def _functions(names: Sequence[str]) -> str:
-    items = [_WORDS[n] for n in names]
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _mean_resolution(channel: Channel) -> float | None:
@@ -80,11 +73,9 @@ class Aggregate(WindowedKind):
             f"(count and last work on any value)"
         ]
 
-    def describe(self, rule: Rule, policy: PolicyTerms, unit: str) -> str:
-        return (
-            f"Only the {_functions(rule.functions)} over each {human_duration(rule.window_ms or 0)} leave; "
-            f"individual readings do not."
-        )
+    def describe(self, rule: Rule, policy: PolicyTerms, unit: str, words: Words) -> str:
+        functions = words.join([words(f"rule.{name}") for name in rule.functions])
+        return words("rule.aggregate", functions=functions, duration=words.duration(rule.window_ms or 0))
 
     def outputs(self, rule: Rule, channel: Channel, policy: PolicyTerms) -> list[Channel]:
         window_ms = rule.window_ms or 0

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeGuard
 
+from edge.privacy.catalogue import Words
 from edge.privacy.keys import EphemeralKey
 from edge.privacy.rule import DAY_MS, Reader, Rule
 from edge.protocol.types import Channel, Kind, Quality, Reading, Value
@@ -160,8 +161,8 @@ class RuleKind:
         """DTPR process labels for one rule."""
         return list(self.dtpr)
 
-    def describe(self, rule: Rule, policy: PolicyTerms, unit: str) -> str:
-        """One sentence, for a member of the public, on what leaves the device under ``rule``."""
+    def describe(self, rule: Rule, policy: PolicyTerms, unit: str, words: Words) -> str:
+        """One sentence, for a member of the public, on what leaves the device under ``rule``, in ``words``' language."""
         raise NotImplementedError
 
     def outputs(self, rule: Rule, channel: Channel, policy: PolicyTerms) -> list[Channel]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.privacy.catalogue import Words
 from edge.privacy.keys import EphemeralKey
-from edge.privacy.rule import BUDGET_CHANNEL, Reader, Rule, distinct_channel_id, human_duration, window_label
+from edge.privacy.rule import BUDGET_CHANNEL, Reader, Rule, distinct_channel_id, window_label
 from edge.privacy.rules.base import Bound, Plan, PolicyTerms, StageServices, WindowedKind, device_of, parse_window
 from edge.protocol.types import Channel, Quality, Reading, Value
 
@@ -58,22 +59,16 @@ class CountDistinct(WindowedKind):
             labels.append("differential privacy")
         return labels
 
-    def describe(self, rule: Rule, policy: PolicyTerms, unit: str) -> str:
-        text = (
-            f"Never leaves. Only the number of different values seen in each {human_duration(rule.window_ms or 0)} "
-            f"leaves"
-        )
+    def describe(self, rule: Rule, policy: PolicyTerms, unit: str, words: Words) -> str:
+        text = words("rule.count_distinct", duration=words.duration(rule.window_ms or 0))
         if rule.k > 1:
-            text += f"; a count below {rule.k} is never published"
+            text += words("rule.count_distinct_k", k=rule.k)
         if rule.epsilon is not None and policy.budget is not None:
-            text += (
-                f"; random noise is added to every count (differential privacy, epsilon {rule.epsilon:g} per count, "
-                f"at most {policy.budget.epsilon:g} per {human_duration(policy.budget.period_ms)}; when that budget is "
-                f"spent, no more counts are published until the next period)"
-            )
+            text += words("rule.count_distinct_noise", epsilon=words.number(rule.epsilon),
+                          budget=words.number(policy.budget.epsilon), period=words.duration(policy.budget.period_ms))
             if rule.max_windows is not None:
-                text += f"; each device is counted in at most {rule.max_windows} windows per period"
-        return text + "."
+                text += words.count("rule.count_distinct_bound", rule.max_windows)
+        return text + words("rule.end")
 
     def outputs(self, rule: Rule, channel: Channel, policy: PolicyTerms) -> list[Channel]:
         window_ms = rule.window_ms or 0

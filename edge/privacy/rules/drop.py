@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edge.privacy.catalogue import Words
 from edge.privacy.rule import Rule
 from edge.privacy.rules.base import PolicyTerms, RuleKind
 
@@ -14,5 +15,5 @@ class Drop(RuleKind):
     safe_for_personal = True
     dtpr = ("deleted on device",)
 
-    def describe(self, rule: Rule, policy: PolicyTerms, unit: str) -> str:
-        return "Never leaves the device and is never stored."
+    def describe(self, rule: Rule, policy: PolicyTerms, unit: str, words: Words) -> str:
+        return words("rule.drop")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from edge.privacy.catalogue import Words
 from edge.privacy.location import METRES_PER_DEGREE, geohash_cell_deg, grid_cell_deg, snap
 from edge.privacy.rule import Reader, Rule, axis_of, parse_distance_m
 from edge.privacy.rules.base import PolicyTerms, RuleKind, StageServices, device_of, is_number
@@ -66,13 +67,13 @@ class GeneralizeLocation(RuleKind):
             )
         return problems
 
-    def describe(self, rule: Rule, policy: PolicyTerms, unit: str) -> str:
+    def describe(self, rule: Rule, policy: PolicyTerms, unit: str, words: Words) -> str:
         if rule.geohash is not None:
             lat_m = geohash_cell_deg(rule.geohash, "latitude") * METRES_PER_DEGREE
-            size = f"a geohash cell of {rule.geohash} characters (about {lat_m:,.0f} m north to south)"
+            cell = words.count("rule.location_geohash", rule.geohash, metres=words.whole(lat_m))
         else:
-            size = f"a {rule.grid_m:,.0f} m grid square"
-        return f"The exact position never leaves; only the centre of {size} does."
+            cell = words("rule.location_grid", metres=words.whole(rule.grid_m or 0.0))
+        return words("rule.location", cell=cell)
 
     def outputs(self, rule: Rule, channel: Channel, policy: PolicyTerms) -> list[Channel]:
         how = rule.description or rule.purpose

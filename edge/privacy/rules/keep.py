@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from edge.privacy.catalogue import Words
 from edge.privacy.rule import Reader, Rule
 from edge.privacy.rules.base import PolicyTerms, RuleKind, StageServices, parse_personal_release
 from edge.protocol.types import Channel, Reading
@@ -21,10 +22,10 @@ class Keep(RuleKind):
     def parse(self, r: Reader, fields: dict[str, Any]) -> None:
         parse_personal_release(r, fields)
 
-    def describe(self, rule: Rule, policy: PolicyTerms, unit: str) -> str:
-        text = "Leaves the device as measured."
+    def describe(self, rule: Rule, policy: PolicyTerms, unit: str, words: Words) -> str:
+        text = words("rule.keep")
         if rule.allow_personal:
-            text += f" This is personal data, released under: {rule.legal_basis}."
+            text += words("rule.keep_personal", legal_basis=rule.legal_basis)
         return text
 
     def outputs(self, rule: Rule, channel: Channel, policy: PolicyTerms) -> list[Channel]:

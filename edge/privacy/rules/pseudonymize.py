@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.privacy.rule import Reader, Rule, human_duration, window_label
+from edge.privacy.catalogue import Words
+from edge.privacy.rule import Reader, Rule, window_label
 from edge.privacy.rules.base import PolicyTerms, RuleKind, StageServices
 from edge.protocol.types import Channel, Kind, Reading
 
@@ -24,12 +25,8 @@ class Pseudonymize(RuleKind):
         elif bits is not None:
             fields["bits"] = bits
 
-    def describe(self, rule: Rule, policy: PolicyTerms, unit: str) -> str:
-        return (
-            f"Replaced on the device by a pseudonym (a keyed hash cut to {rule.bits} bits). The key exists only in "
-            f"the device's memory and is destroyed every {human_duration(policy.rotate_ms)}, so the same device gets "
-            f"unrelated pseudonyms in different periods. Pseudonymised data can still be personal data."
-        )
+    def describe(self, rule: Rule, policy: PolicyTerms, unit: str, words: Words) -> str:
+        return words("rule.pseudonymize", bits=rule.bits, duration=words.duration(policy.rotate_ms))
 
     def outputs(self, rule: Rule, channel: Channel, policy: PolicyTerms) -> list[Channel]:
         how = rule.description or rule.purpose

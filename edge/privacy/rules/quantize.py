@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from edge.privacy.catalogue import Words
 from edge.privacy.rule import Reader, Rule
 from edge.privacy.rules.base import PolicyTerms, RuleKind, StageServices, is_number, round_to_step
 from edge.protocol.types import Channel, Kind, Reading
@@ -27,9 +28,8 @@ class Quantize(RuleKind):
             return [f"{where}: {channel.id} carries {channel.kind.value} values; {rule.rule} needs numbers"]
         return []
 
-    def describe(self, rule: Rule, policy: PolicyTerms, unit: str) -> str:
-        u = f" {unit}" if unit else ""
-        return f"Leaves rounded to steps of {rule.step:g}{u}."
+    def describe(self, rule: Rule, policy: PolicyTerms, unit: str, words: Words) -> str:
+        return words("rule.quantize", step=words.number(rule.step or 0.0), unit=f" {unit}" if unit else "")
 
     def outputs(self, rule: Rule, channel: Channel, policy: PolicyTerms) -> list[Channel]:
         return [replace(channel, resolution=rule.step, personal=False)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge.privacy.rule import Reader, Rule, human_duration
+from edge.privacy.catalogue import Words
+from edge.privacy.rule import Reader, Rule
 from edge.privacy.rules.base import PolicyTerms, RuleKind, StageServices, parse_personal_release
 from edge.protocol.types import Channel, Reading
 
@@ -23,8 +24,8 @@ class RoundTime(RuleKind):
         if "step" not in r.table:
             r.bad("step", None, 'a time step, e.g. step = "1m"')
 
-    def describe(self, rule: Rule, policy: PolicyTerms, unit: str) -> str:
-        return f"Leaves as measured, with its time rounded down to {human_duration(rule.time_step_ms or 0)}."
+    def describe(self, rule: Rule, policy: PolicyTerms, unit: str, words: Words) -> str:
+        return words("rule.round_time", duration=words.duration(rule.time_step_ms or 0))
 
     def outputs(self, rule: Rule, channel: Channel, policy: PolicyTerms) -> list[Channel]:
         return [channel]
