@@ -14,6 +14,7 @@ the page.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -97,14 +98,16 @@ class Flag(Shape):
 
 
 class Uint(Shape):
-    """An unsigned integer up to ``maximum`` (a uint of §2 by default)."""
+    """An unsigned integer from ``minimum`` up to ``maximum`` (a uint of §2 by default)."""
 
-    def __init__(self, maximum: int = UINT_MAX) -> None:
-        self.maximum = maximum
-        self.expected = "an unsigned integer" + ("" if maximum == UINT_MAX else f" up to {maximum}")
+    def __init__(self, maximum: int = UINT_MAX, *, minimum: int = 0) -> None:
+        self.minimum, self.maximum = minimum, maximum
+        self.expected = "an unsigned integer" + (
+            f" from {minimum} to {maximum}" if minimum else "" if maximum == UINT_MAX else f" up to {maximum}"
+        )
 
     def fits(self, value: Any) -> bool:
-        return type(value) is int and 0 <= value <= self.maximum
+        return type(value) is int and self.minimum <= value <= self.maximum
 
 
 class Number(Shape):
@@ -182,6 +185,20 @@ def _json_number(value: Any) -> bool:
     if type(value) is int:
         return -(2**63) <= value <= UINT_MAX
     return type(value) is float and math.isfinite(value)
+
+
+class Language(Text):
+    """A language tag as BCP 47 starts one: a primary language subtag ("fr"), perhaps a region or more ("fr-CA")."""
+
+    _TAG = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{1,8})*")
+    expected = 'a language tag like "en" or "fr"'
+
+    def __init__(self) -> None:
+        super().__init__(one_line=True)
+        self.expected = Language.expected
+
+    def fits(self, value: Any) -> bool:
+        return isinstance(value, str) and self._TAG.fullmatch(value) is not None
 
 
 class ListOf(Shape):
@@ -290,14 +307,77 @@ _DATA_ITEM = Map(
         "process": ListOf(Text()),
         "leaves_as": Text(),
         "purpose": Text(),
+        "untranslated": ListOf(Text()),
     },
     others=Json(),
     expected="a map describing one channel (channel, what, leaves_as, purpose, ...)",
 )
+_ACCOUNTABLE = Map({"organisation": Text(), "contact": Text()}, others=Json(), expected="a map of organisation and contact")
+_TECHNOLOGY = ListOf(Map({"device": Text(), "driver": Text(), "type": Text()}, others=Json(), expected="a map of device, driver and type"))
+_BUDGET = Maybe(Map({"epsilon": Number(0), "period": Text()}, others=Json(), expected="a map of epsilon and period"))
+RETENTION_DAYS = Uint(36_525, minimum=1)  # as a policy's retention_days (edge.privacy.policy.MAX_RETENTION_DAYS)
+
+# The notice's texts in one more of its languages (§7.3): the same keys and shapes as the notice's own.
+_TRANSLATION = Map(
+    {
+        "accountable": _ACCOUNTABLE,
+        "purpose": Text(),
+        "technology": _TECHNOLOGY,
+        "data": ListOf(_DATA_ITEM),
+        "default": Text(),
+        "retention": Text(),
+        "deletion": Text(),
+        "storage": Text(),
+        "access": Text(),
+        "pseudonym_key_rotation": Text(),
+        "privacy_budget": _BUDGET,
+        "untranslated": ListOf(Text()),
+    },
+    others=Json(),
+    expected="the notice's texts in one language, as a map",
+)
+
+
+class _Translations(Map):
+    """``translations``: a map from language tags to the notice's texts in that language."""
+
+    def __init__(self) -> None:
+        super().__init__({}, others=_TRANSLATION, expected="a map of language tags to the notice's texts in that language")
+
+    def check(self, value: Any, path: str, depth: int = 0) -> None:
+        super().check(value, path, depth)
+        for key in value:
+            if not Language().fits(key):
+                raise ReportError(_child(path, key), key, f"a key that is {Language.expected}")
+
+
+class _Languages(ListOf):
+    """``languages``: the notice's languages, its default first, each once."""
+
+    def __init__(self) -> None:
+        super().__init__(Language())
+        self.expected = "a list of different language tags, the default first"
+
+    def check(self, value: Any, path: str, depth: int = 0) -> None:
+        super().check(value, path, depth)
+        if not value or len(set(value)) != len(value):
+            raise ReportError(path, value, self.expected)
+
+
+class _Notice(Map):
+    """The notice's map, and the one rule between its keys: each translation is in one of its ``languages``."""
+
+    def check(self, value: Any, path: str, depth: int = 0) -> None:
+        super().check(value, path, depth)
+        languages = value.get("languages", ["en"])
+        for language in value.get("translations") or {}:
+            if language not in languages[1:]:
+                raise ReportError(_child(_child(path, "translations"), language), language,
+                                  f"one of the notice's languages after its default ({', '.join(languages)})")
 
 # The notice as edge.privacy.build_notice makes it (docs/privacy.md, "The public notice"), plus the
 # flat keys earlier notices used (site, latitude, longitude, location, operator, sensors).
-NOTICE = Map(
+NOTICE = _Notice(
     {
         "schema": Text(),
         "generated_ms": TIME,
@@ -307,19 +387,23 @@ NOTICE = Map(
         "latitude": LATITUDE,
         "longitude": LONGITUDE,
         "operator": Text(),
-        "accountable": Map({"organisation": Text(), "contact": Text()}, others=Json(), expected="a map of organisation and contact"),
+        "accountable": _ACCOUNTABLE,
         "purpose": Text(),
-        "technology": ListOf(Map({"device": Text(), "driver": Text(), "type": Text()}, others=Json(), expected="a map of device, driver and type")),
+        "technology": _TECHNOLOGY,
         "data": ListOf(_DATA_ITEM),
         "sensors": ListOf(_DATA_ITEM),
         "withheld": ListOf(Text()),
         "default": Text(),
         "process": ListOf(Text()),
         "retention": Text(),
+        "retention_days": RETENTION_DAYS,
+        "deletion": Text(),
         "storage": Text(),
         "access": Text(),
         "pseudonym_key_rotation": Text(),
-        "privacy_budget": Maybe(Map({"epsilon": Number(0), "period": Text()}, others=Json(), expected="a map of epsilon and period")),
+        "privacy_budget": _BUDGET,
+        "languages": _Languages(),
+        "translations": _Translations(),
         "policy": Map(
             {"name": Text(), "version": Text(), "digest": Text(), "signed_by": Maybe(Text())},
             others=Json(),

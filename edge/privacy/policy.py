@@ -12,7 +12,7 @@ from typing import Any
 
 import cbor2
 
-from edge.privacy.catalogue import DEFAULT_LANGUAGE, LANGUAGES, words
+from edge.privacy.catalogue import DEFAULT_LANGUAGE, LANGUAGES
 from edge.privacy.rule import DAY_MS, Reader, Rule, axis_of, parse_distance_m, parse_duration_ms, show
 from edge.privacy.rules import RULES, kind_of
 from edge.protocol.types import Channel
@@ -116,18 +116,17 @@ class Policy:
     def translation_gaps(self) -> list[str]:
         """Warnings: a text the default language has that a declared language lacks (its notice shows the default text)."""
         name = Path(self.path).name
-        default = words(self.languages[0]).name
+        default = self.languages[0]
         gaps: list[str] = []
         for language in self.languages[1:]:
-            shown = words(language).name
             for key in TEXTS:
                 if self.text(key, language) is None:
-                    gaps.append(f"{name}: policy.translations.{language}.{key} is missing: the {shown} notice shows "
-                                f"the {default} text of policy.{key}")
+                    gaps.append(f"{name}: policy.translations.{language}.{key} is missing: the notice in {language} "
+                                f"shows policy.{key} in {default} instead")
             for rule in self.rules:
                 if rule.purpose and self.channel_text(rule.pattern, "purpose", language) is None:
                     gaps.append(f'{name}: policy.translations.{language}.channels."{rule.pattern}".purpose is missing: '
-                                f'the {shown} notice shows the {default} purpose of channels."{rule.pattern}"')
+                                f'the notice in {language} shows the purpose of channels."{rule.pattern}" in {default} instead')
         return gaps
 
     def rule_for(self, channel_id: str) -> Rule | None:
