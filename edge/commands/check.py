@@ -135,7 +135,8 @@ def _placeholders() -> dict[str, set[str]]:
 
 
 def field_warnings(cfg: GatewayConfig, policy: Policy, name: str) -> list[str]:
-    """What a valid config can still get wrong on a pole: missing ports, init's placeholders, devices the policy mutes."""
+    """What a valid config can still get wrong on a pole: missing ports, init's placeholders, devices the policy mutes,
+    texts the policy lacks in a language its notice is shown in."""
     placeholders = _placeholders()
     warnings: list[str] = []
     used = {d.bus for d in cfg.devices if d.enabled and d.bus}
@@ -157,6 +158,7 @@ def field_warnings(cfg: GatewayConfig, policy: Policy, name: str) -> list[str]:
         warnings.append(f'{name}: uplink.hub = "{cfg.uplink.hub}": the placeholder from `ocn-edge init`; put your '
                         'city\'s hub URL here, or "" to keep batches on the gateway')
     warnings.extend(_muted_devices(cfg, policy, name))
+    warnings.extend(policy.translation_gaps())
     return warnings
 
 

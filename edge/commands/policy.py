@@ -143,6 +143,10 @@ def _check(args: argparse.Namespace) -> int:
         print("signature: none (the policy is not signed)")
     else:
         print("signature: not checked (give --governance-key to check it)")
+    deletion = f"the hub deletes readings after {policy.retention_days} days" if policy.retention_days else "no scheduled deletion"
+    print(f"notice in {', '.join(policy.languages)}; {deletion}")
+    for gap in policy.translation_gaps():
+        print(f"warning: {gap}", file=sys.stderr)
     if args.config:
         try:
             channels = _declared_channels(_load_config(args.config))
@@ -242,6 +246,9 @@ def _notice(args: argparse.Namespace) -> int:
     notice = build_notice(policy, config, channels=channels)
     out = make_directory(args.out, option="--out")
     (out / "notice.json").write_text(json.dumps(notice, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    (out / "notice.html").write_text(render_notice_html(notice), encoding="utf-8")
-    print(f"wrote {out / 'notice.json'} and {out / 'notice.html'}")
+    # notice.html in the default language, notice.<language>.html in each other; each links to the others
+    pages = {language: "notice.html" if i == 0 else f"notice.{language}.html" for i, language in enumerate(policy.languages)}
+    for language, page in pages.items():
+        (out / page).write_text(render_notice_html(notice, language, link=pages.__getitem__), encoding="utf-8")
+    print(f"wrote {out / 'notice.json'} and " + ", ".join(str(out / page) for page in pages.values()))
     return 0
