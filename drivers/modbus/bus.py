@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.health import DEGRADED, FAILING, HEALTHY, Health, HealthWord
@@ -15,7 +17,8 @@ from drivers.sdk import BusDown
 from edge.util.backoff import Backoff
 from edge.util.logonce import LogOnce
 
-__all__ = ["BUSY_RETRIES", "FLAP_S", "ModbusBus", "ModbusBusDown", "UnitBackingOff"]
+__all__ = ["BUSY_RETRIES", "FLAP_S", "FreshReads", "ModbusBus", "ModbusBusDown", "ScanAnswer", "ScanResult", "ScanRunning",
+           "UnitBackingOff"]
 
 log = logging.getLogger("ocn.bus")
 
@@ -38,6 +41,29 @@ class ModbusBusDown(BusDown, LinkDown):
 
 class UnitBackingOff(LinkError):
     """The unit stopped answering; it is skipped until its backoff ends, so it cannot hold up the bus."""
+
+
+class ScanRunning(Exception):
+    """A scan of this bus is under way already: one at a time, so two cannot take the line from the devices."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanAnswer:
+    """A unit that answered a scan probe: with the value read, or with an exception (it is there all the same)."""
+
+    unit: int
+    answer: str
+    reply_ms: float
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What a scan found: the units that answered, those whose replies were corrupt, and why it ended early if it did."""
+
+    tried: list[int] = field(default_factory=list)
+    answers: list[ScanAnswer] = field(default_factory=list)
+    garbled: list[int] = field(default_factory=list)
+    lost: str = ""
 
 
 @dataclass(slots=True)
@@ -90,6 +116,8 @@ class ModbusBus:
         self.registers_read = 0
         self.registers_used = 0
         self.busy_retried = 0
+        self.scan_probes = 0
+        self._scanning = False
 
     def name_unit(self, unit: int, device: str) -> None:
         """Say which configured device ``unit`` is, so the log and the health name it (``unit 11 on rs485-1 (weather-1)``)."""
@@ -183,35 +211,57 @@ class ModbusBus:
         A unit answering "busy" (exception 6) is asked again up to ``busy_retries``
         times, after a short backoff, before its ExceptionReply is raised.
         """
+        return await self._read(unit, function, address, count, timeout=timeout, used=used, fresh=False)
+
+    def fresh_reads(self) -> FreshReads:
+        """This bus as a technician's one-off read sees it: a unit waiting out its backoff is asked anyway."""
+        return FreshReads(self)
+
+    async def _read(self, unit: int, function: str, address: int, count: int, *,
+                    timeout: float | None, used: int | None, fresh: bool) -> list[int] | list[bool]:
         busy = Backoff(BUSY_FIRST_S, BUSY_MAX_S, jitter=0)
         while True:
             try:
-                return await self._transact(unit, function, address, count, timeout=timeout, used=used)
+                return await self._transact(unit, function, address, count, timeout=timeout, used=used, fresh=fresh)
             except ExceptionReply as exc:
                 if exc.code != BUSY or busy.attempts >= self.busy_retries:
                     raise
             self.busy_retried += 1
             await asyncio.sleep(busy.next())
 
-    async def _transact(self, unit: int, function: str, address: int, count: int, *,
-                        timeout: float | None, used: int | None) -> list[int] | list[bool]:
-        """One request and its reply, under the line's lock."""
-        state = self._units.get(unit)
-        if state is None:
-            # No jitter: the units share one line and one lock, so they cannot retry in step anyway.
-            state = self._units[unit] = _Unit(Backoff(self.timeout, self.unit_backoff_max, jitter=0))
-        if time.monotonic() < state.skip_until:
-            raise UnitBackingOff(f"unit {unit} is silent; next try in {state.skip_until - time.monotonic():.1f}s")
+    @contextlib.asynccontextmanager
+    async def _turn(self, ready: Callable[[], None] = lambda: None) -> AsyncIterator[None]:
+        """The line for one request and its reply: under its lock, after the frame gap; ``ready`` may still refuse."""
         async with self._lock:
             if not self.link.connected:
                 raise ModbusBusDown(f"{self.what} is not open")
-            # Re-check after waiting for the lock: the unit may have failed meanwhile.
-            if time.monotonic() < state.skip_until:
-                raise UnitBackingOff(f"unit {unit} is silent; next try in {state.skip_until - time.monotonic():.1f}s")
+            ready()
             gap = self._last_frame_end + self.frame_gap - time.monotonic()
             if gap > 0:
                 await asyncio.sleep(gap)
             began = time.monotonic()
+            try:
+                yield
+            finally:
+                self._last_frame_end = time.monotonic()
+                self._busy_s += self._last_frame_end - began
+
+    async def _transact(self, unit: int, function: str, address: int, count: int, *,
+                        timeout: float | None, used: int | None, fresh: bool) -> list[int] | list[bool]:
+        """One request and its reply, under the line's lock; ``fresh`` asks a unit that is backing off all the same."""
+        state = self._units.get(unit)
+        if state is None:
+            # No jitter: the units share one line and one lock, so they cannot retry in step anyway.
+            state = self._units[unit] = _Unit(Backoff(self.timeout, self.unit_backoff_max, jitter=0))
+        unit_state = state
+
+        def not_backing_off() -> None:
+            if not fresh and time.monotonic() < unit_state.skip_until:
+                raise UnitBackingOff(f"unit {unit} is silent; next try in {unit_state.skip_until - time.monotonic():.1f}s")
+
+        not_backing_off()
+        # Checked again once the line is ours: the unit may have failed meanwhile.
+        async with self._turn(not_backing_off):
             state.requests += 1
             self.requests += 1
             # The timeout is how long the unit may take to answer; the bytes' own time on a slow line is added.
@@ -230,13 +280,54 @@ class ModbusBus:
                 state.exceptions += 1
                 self._unit_answered(unit, state)
                 raise
-            finally:
-                self._last_frame_end = time.monotonic()
-                self._busy_s += self._last_frame_end - began
-            self._unit_answered(unit, state)
-            self.registers_read += count
-            self.registers_used += count if used is None else used
-            return values
+        self._unit_answered(unit, state)
+        self.registers_read += count
+        self.registers_used += count if used is None else used
+        return values
+
+    async def scan(self, units: Sequence[int], function: str, address: int, *, timeout: float) -> ScanResult:
+        """Probe each of ``units`` with one small read, between the devices' polls; who answers, and how.
+
+        A probe is no device's request: it changes no unit's state, health or log, only the line's
+        statistics (``scan_probes``).  After each probe the line is left to the devices for at
+        least as long as the probe held it, so a scan takes at most half the line.  One scan at a
+        time (:class:`ScanRunning` otherwise).
+        """
+        if self._scanning:
+            raise ScanRunning(f"{self.what} is being scanned already; wait for that scan to end")
+        self._scanning = True
+        result = ScanResult()
+        try:
+            for unit in units:
+                result.tried.append(unit)
+                began = time.monotonic()
+                try:
+                    answer = await self._probe(unit, function, address, timeout)
+                except NoReply:
+                    pass
+                except GarbledReply:
+                    result.garbled.append(unit)
+                except LinkDown as exc:
+                    result.lost = str(exc)
+                    break
+                else:
+                    result.answers.append(answer)
+                await asyncio.sleep(max(self.frame_gap, time.monotonic() - began))
+        finally:
+            self._scanning = False
+        return result
+
+    async def _probe(self, unit: int, function: str, address: int, timeout: float) -> ScanAnswer:
+        async with self._turn():
+            self.scan_probes += 1
+            began = time.monotonic()
+            try:
+                values = await self.link.read(function, unit, address, 1, timeout=timeout + self._wire_time(function, 1))
+            except ExceptionReply as exc:
+                answer = f"exception {exc.code}: {exc.meaning}"
+            else:
+                answer = f"{function} {address} = {values[0]}"
+            return ScanAnswer(unit, answer, round((time.monotonic() - began) * 1000, 1))
 
     def _wire_time(self, function: str, count: int) -> float:
         """Seconds an RTU read request and its reply spend on the wire (0 for TCP)."""
@@ -291,9 +382,25 @@ class ModbusBus:
             "registers_read": self.registers_read,
             "registers_used": self.registers_used,
             "busy_retries": self.busy_retried,
+            "scan_probes": self.scan_probes,
             "units": units,
         }
         if self.config.type == "modbus-rtu":
             wire_s = (self.link.bytes_out + self.link.bytes_in) * bits_per_char(self.config) / self.config.baudrate
             out["wire_utilisation"] = round(wire_s / elapsed, 4)
         return out
+
+
+class FreshReads:
+    """A bus owner seen through a technician's one-off read ("read now"): the same line, lock and statistics,
+    but a unit waiting out its backoff is asked at once, since the technician may just have fixed its wiring."""
+
+    def __init__(self, bus: ModbusBus) -> None:
+        self._bus = bus
+
+    async def wait_open(self) -> None:
+        await self._bus.wait_open()
+
+    async def read(self, unit: int, function: str, address: int, count: int, *,
+                   timeout: float | None = None, used: int | None = None) -> list[int] | list[bool]:
+        return await self._bus._read(unit, function, address, count, timeout=timeout, used=used, fresh=True)
