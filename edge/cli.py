@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "edge.commands.status",
     "edge.commands.enrol",
     "edge.commands.image",
+    "edge.commands.release",
     "edge.commands.drivers",
     "edge.commands.policy",
     "hilsim.cli",

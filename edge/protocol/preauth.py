@@ -34,6 +34,7 @@ __all__ = [
     "ED25519",
     "OXP_BATCH",
     "OXP_STATUS",
+    "OXP_RELEASE",
     "MESSAGE_TYPES",
     "COSE_SIGN1_TAG",
     "SIGNATURE_BYTES",
@@ -50,7 +51,8 @@ COSE_SIGN1_TAG = 18
 ALG, CRIT, KID = 1, 2, 4
 OXP_BATCH = -65537
 OXP_STATUS = -65538
-MESSAGE_TYPES = {OXP_BATCH: "batch", OXP_STATUS: "status report"}
+OXP_RELEASE = -65539  # a release manifest (docs/updates.md), signed by the city's release key
+MESSAGE_TYPES = {OXP_BATCH: "batch", OXP_STATUS: "status report", OXP_RELEASE: "release manifest"}
 EDDSA, ED25519 = -8, -19
 SIGNATURE_BYTES = 64
 
@@ -264,5 +266,5 @@ def read_envelope(data: bytes, *, limit: int) -> Envelope:
     if CRIT in header:
         raise ProtocolError("malformed", "protected header has crit (label 2); OXP/2 messages carry none")
     if sum(label in header for label in MESSAGE_TYPES) != 1:
-        raise ProtocolError("malformed", f"protected header needs exactly one OXP header map (label {OXP_BATCH} or {OXP_STATUS})")
+        raise ProtocolError("malformed", f"protected header needs exactly one OXP header map (label {OXP_BATCH}, {OXP_STATUS} or {OXP_RELEASE})")
     return Envelope(protected, header, payload, signature)

@@ -1,0 +1,194 @@
+"""`ocn-edge release keygen|build|verify|fetch`: city IT's release key, signed release bundles, and checking one offline.
+
+`fetch` is the gateway's part of an update run by hand: download a release from a URL into the
+state directory (only the files not already held) and ask the privileged installer to install it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.commands import EXIT_USAGE, CommandError, file_problem, make_directory, whole
+from edge.protocol.keys import KeyFileError, generate_keypair, key_id, load_private_key, load_public_key
+from edge.update.bundle import BundleError, ReleaseSpec, build_bundle
+from edge.update.fetch import FetchError, fetch_release
+from edge.update.manifest import REASONS, Refused, check_bundle, parse_version, this_target
+
+__all__ = ["register", "EXIT_REFUSED"]
+
+EXIT_REFUSED = 1  # the bundle was checked and must not be installed; the line says why
+RELEASE_KEY, RELEASE_PUB = "release.key", "release.pub"
+
+DESCRIPTION = """\
+Signed software releases (docs/updates.md).
+
+  ocn-edge release keygen --out DIR       the city's release key pair: release.key (keep it
+                                          offline) and release.pub (goes on every gateway as
+                                          /etc/ocn-edge/release.pub)
+  ocn-edge release build WHEELHOUSE --version V --min-from V --key release.key --out BUNDLE
+                                          a bundle from `make wheelhouse`, its manifest signed
+  ocn-edge release verify BUNDLE --key release.pub
+                                          every check a gateway makes, offline
+  ocn-edge release fetch URL --key release.pub --state DIR
+                                          download a release into a gateway's state directory
+                                          (what the gateway does) and ask for its install
+
+A refused bundle ends with exit status 1 and one line: the reason code, then which file,
+field or value. Reasons:
+""" + "\n".join(f"  {reason:<15} {text}" for reason, text in REASONS.items())
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    release = sub.add_parser(
+        "release", help="signed software releases: keygen, build, verify, fetch", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = release.add_subparsers(title="commands", metavar="COMMAND")
+
+    keygen = commands.add_parser("keygen", help="make the city's release key pair (release.key, release.pub)")
+    keygen.add_argument("--out", required=True, metavar="DIR", help="where release.key (0600) and release.pub are written")
+    keygen.set_defaults(func=run_keygen)
+
+    build = commands.add_parser("build", help="turn a wheelhouse into a signed release bundle")
+    build.add_argument("wheelhouse", metavar="WHEELHOUSE", help="`make wheelhouse`'s output (dist/wheelhouse) or one target's folder of it")
+    build.add_argument("--version", required=True, help="the release version, OCN Edge's wheel's own, e.g. 1.4.0")
+    build.add_argument("--min-from", required=True, metavar="VERSION", help="the oldest installed version that may upgrade to it")
+    build.add_argument("--key", required=True, metavar="PEM", help="the release private key (release.key)")
+    build.add_argument("--out", required=True, metavar="DIR", help="the bundle directory to create (must not exist)")
+    build.add_argument("--valid-days", type=whole(1, 3650), default=90, metavar="DAYS", help="days until the manifest expires (default %(default)s)")
+    build.add_argument("--allow-downgrade", action="store_true", help="let devices running a newer version install it (a deliberate step back)")
+    build.add_argument(
+        "--not-rollback-safe", action="store_true", help="the previous version cannot read what this one writes: devices install it only when approved"
+    )
+    build.add_argument("--notes", default="", help="one line about the release, shown with it")
+    build.set_defaults(func=run_build)
+
+    verify = commands.add_parser("verify", help="check a bundle offline: signature, key, expiry, platform, version, every file")
+    verify.add_argument("bundle", metavar="BUNDLE", help="the bundle directory")
+    verify.add_argument("--key", required=True, metavar="PEM", help="the release public key (release.pub)")
+    verify.add_argument("--target", help="check as a device of this target would, e.g. aarch64-cp311 ('this' = this machine)")
+    verify.add_argument("--installed", metavar="VERSION", help="check as a device running this version would (downgrade, min_from)")
+    verify.set_defaults(func=run_verify)
+
+    fetch = commands.add_parser("fetch", help="download a release into the state directory and ask the installer for it")
+    fetch.add_argument("url", metavar="URL", help="the bundle's base URL (its manifest.cose is URL/manifest.cose)")
+    fetch.add_argument("--key", required=True, metavar="PEM", help="the release public key (/etc/ocn-edge/release.pub)")
+    fetch.add_argument("--state", required=True, metavar="DIR", help="the gateway's state directory (/var/lib/ocn-edge)")
+    fetch.add_argument("--opt", default="/opt/ocn-edge", metavar="DIR", help="the slots, to reuse the wheels installed there (default %(default)s)")
+    fetch.add_argument("--max-bytes", type=whole(0, 1 << 50), default=0, metavar="N", help="stop after N bytes today, resume later (0: no limit)")
+    fetch.set_defaults(func=run_fetch)
+    release.set_defaults(func=functools.partial(_usage, release))
+
+
+def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    parser.print_help()
+    return EXIT_USAGE
+
+
+def _private_key(path: str) -> Ed25519PrivateKey:
+    if not Path(path).is_file():
+        raise CommandError(f"--key {path}: no such file (make the release key with `ocn-edge release keygen --out DIR`)")
+    try:
+        return load_private_key(path)
+    except KeyFileError as exc:
+        raise CommandError(f"--key {exc}") from None
+
+
+def _public_key(path: str) -> Ed25519PublicKey:
+    if not Path(path).is_file():
+        raise CommandError(f"--key {path}: no such file (the release public key is release.pub, from `ocn-edge release keygen`)")
+    try:
+        return load_public_key(path)
+    except KeyFileError as exc:
+        raise CommandError(f"--key {exc}") from None
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise CommandError(f"{path}: already exists; a release key is never replaced (devices trust its public half)") from None
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def run_keygen(args: argparse.Namespace) -> int:
+    out = make_directory(args.out, option="--out", private=True)
+    key = generate_keypair()
+    for name in (RELEASE_KEY, RELEASE_PUB):
+        if (out / name).exists():
+            raise CommandError(f"{out / name}: already exists; a release key is never replaced (devices trust its public half)")
+    _write_new(out / RELEASE_KEY, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()), 0o600)
+    _write_new(out / RELEASE_PUB, key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
+    print(f"release key id {key_id(key).hex()}: {out / RELEASE_KEY} (keep offline), {out / RELEASE_PUB} (install on gateways)")
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    key = _private_key(args.key)
+    spec = ReleaseSpec(
+        version=args.version,
+        min_from=args.min_from,
+        valid_days=args.valid_days,
+        allow_downgrade=args.allow_downgrade,
+        rollback_safe=not args.not_rollback_safe,
+        notes=args.notes,
+    )
+    for option, value in (("--version", spec.version), ("--min-from", spec.min_from)):
+        try:
+            parse_version(value, field=option)
+        except Refused as exc:
+            raise CommandError(str(exc).replace("manifest ", "", 1)) from None
+    wheelhouse = Path(args.wheelhouse)
+    if not wheelhouse.is_dir():
+        raise CommandError(f"{wheelhouse}: no such directory (build the wheelhouse with `make wheelhouse`)")
+    try:
+        out = build_bundle(wheelhouse, Path(args.out), spec, key)
+    except BundleError as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"--out {args.out}: {file_problem(exc)}") from None
+    print(f"release {spec.version} (from {spec.min_from}) signed by key id {key_id(key).hex()}: {out}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    key = _public_key(args.key)
+    bundle = Path(args.bundle)
+    if not bundle.is_dir():
+        raise CommandError(f"{bundle}: no such directory (a release bundle is the directory `ocn-edge release build` wrote)")
+    target = this_target() if args.target == "this" else args.target
+    try:
+        manifest = check_bundle(bundle, key, now=time.time(), target=target, installed=args.installed)
+    except Refused as exc:
+        print(f"ocn-edge: refused ({exc.reason}): {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(
+        f"release {manifest.version} verified: signed by key id {key_id(key).hex()}, expires {time.strftime('%Y-%m-%d', time.gmtime(manifest.expires))}, "
+        f"targets {', '.join(sorted(manifest.targets))}, {len(manifest.files)} files"
+    )
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    key = _public_key(args.key)
+    state = make_directory(args.state, option="--state", private=True)
+    try:
+        outcome = fetch_release(args.url, key, state=state, opt=Path(args.opt), max_bytes=args.max_bytes)
+    except Refused as exc:
+        print(f"ocn-edge: refused ({exc.reason}): {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except FetchError as exc:
+        print(f"ocn-edge: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    print(outcome.summary())
+    return 0

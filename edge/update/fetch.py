@@ -1,0 +1,269 @@
+"""The gateway's part of an update: download a release into its state directory, only what it lacks, verify it, ask for its install.
+
+The gateway is unprivileged and sandboxed: it never writes /opt. It fetches the signed manifest,
+checks it (key, expiry, platform, version), then each file its target installs, by SHA-256:
+a file already downloaded, or already installed in a slot (each slot keeps the bundle it was
+built from in ``release/``), costs no link bytes. The rest is downloaded into
+``update/blobs/<sha256>.part`` and resumed with an HTTP Range request after an interruption;
+a whole file is checked against its digest before it is kept. The bundle is then assembled in
+``update/releases/<version>/``, checked once more as a whole, and ``update/request.json`` is
+written (write, fsync, rename): the path unit ocn-edge-update.path starts the installer on it.
+
+State directory layout and write order: docs/updates.md, "On the gateway".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from http.client import HTTPResponse
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge import __version__
+from edge.protocol.release import MAX_MANIFEST_BYTES
+from edge.update.manifest import MANIFEST_FILE, FileEntry, Manifest, Refused, check_files, check_for_device, file_digest, read_manifest, this_target
+
+__all__ = ["INSTALLED_FILE", "REQUEST_FILE", "FETCHED_FILE", "FetchError", "Fetched", "fetch_release", "update_dir", "write_json"]
+
+INSTALLED_FILE = "installed.json"  # the installer's last outcome (written by root, read here and by the status report)
+REQUEST_FILE = "request.json"  # the ask to the privileged installer (the path unit watches it)
+FETCHED_FILE = "fetched.json"  # the last download's outcome, for the status report and the local page
+_CHUNK = 64 * 1024
+_TIMEOUT_S = 30.0
+
+
+class FetchError(Exception):
+    """The download stopped short (network, budget): what was fetched is kept and the next run resumes."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What one fetch did: the release, where its bundle is, and what it cost on the link."""
+
+    version: str
+    bundle: Path
+    downloaded: int  # body bytes over the link in this run (the manifest included)
+    requests: int  # HTTP requests made in this run (each costs a few hundred bytes of headers)
+    reused: int  # files found already held (downloaded before, or in a slot)
+
+    def summary(self) -> str:
+        return (
+            f"release {self.version} ready in {self.bundle}: {self.downloaded} bytes downloaded in {self.requests} requests, "
+            f"{self.reused} files already held; installation requested"
+        )
+
+
+def update_dir(state: Path) -> Path:
+    """``<state>/update``, where everything of an update on the gateway's side lives."""
+    return state / "update"
+
+
+def write_json(path: Path, value: object) -> None:
+    """Write, fsync, rename, fsync the directory: after a power cut the file is the old or the new one, whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as stream:
+        json.dump(value, stream, sort_keys=True)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Link:
+    """HTTP GETs against one base URL, counting the body bytes and requests and keeping to a byte allowance."""
+
+    def __init__(self, base: str, max_bytes: int) -> None:
+        self.base = base.rstrip("/") + "/"
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.requests = 0
+
+    def _open(self, path: str, offset: int = 0) -> tuple[HTTPResponse | None, int]:
+        request = urllib.request.Request(self.base + path)
+        if offset:
+            request.add_header("Range", f"bytes={offset}-")
+        self.requests += 1
+        try:
+            response: HTTPResponse = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and offset:  # the part is already whole: nothing more to send
+                return None, offset
+            raise FetchError(f"{self.base + path}: the server answered {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise FetchError(f"{self.base + path}: cannot download ({reason}); what was fetched is kept for the next try") from None
+        # 206: the server resumed where the part ends; 200: it sends the whole file again.
+        return response, offset if response.status == 206 else 0
+
+    def _allowance(self) -> int:
+        return self.max_bytes - self.bytes if self.max_bytes else 1 << 62
+
+    def small(self, path: str, limit: int) -> bytes:
+        response, _ = self._open(path)
+        if response is None:
+            raise FetchError(f"{self.base + path}: the server sent nothing")
+        with response:
+            data = response.read(limit + 1)
+        self.bytes += len(data)
+        if len(data) > limit:
+            raise Refused("malformed", f"{self.base + path}: over {limit} bytes, not a release manifest")
+        return data
+
+    def into(self, path: str, part: Path, size: int) -> None:
+        """Download ``path`` into ``part``, resuming from its length; FetchError if cut short or over the allowance."""
+        have = part.stat().st_size if part.exists() else 0
+        if have >= size:
+            return
+        if self._allowance() <= 0:
+            raise FetchError(f"the byte allowance of {self.max_bytes} is used up; the download resumes at {part.name} next time")
+        response, start = self._open(path, have)
+        if response is None:
+            return
+        with response, part.open("r+b" if start else "wb") as out:
+            out.seek(start)
+            out.truncate()
+            while start < size:
+                chunk = response.read(min(_CHUNK, size - start, self._allowance()))
+                if not chunk:
+                    break
+                out.write(chunk)
+                start += len(chunk)
+                self.bytes += len(chunk)
+                if self._allowance() <= 0 and start < size:
+                    break
+            out.flush()
+            os.fsync(out.fileno())
+        if start < size:
+            if self._allowance() <= 0:
+                raise FetchError(f"the byte allowance of {self.max_bytes} is used up; the download resumes at {part.name} ({start} of {size} bytes) next time")
+            raise FetchError(f"{self.base + path}: the connection ended at {start} of {size} bytes; the next try resumes there")
+
+
+def _held(entry: FileEntry, opt: Path) -> Path | None:
+    """A file with this content the device already has: in an installed slot's copy of its bundle."""
+    for slot in ("current", "a", "b"):
+        candidate = opt / slot / "release" / entry.path
+        try:
+            if candidate.stat().st_size == entry.size and file_digest(candidate)[1] == entry.sha256:
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
+def fetch_release(
+    url: str,
+    release_key: Ed25519PublicKey,
+    *,
+    state: Path,
+    opt: Path,
+    max_bytes: int = 0,
+    target: str | None = None,
+    installed: str | None = __version__,
+    now: float | None = None,
+) -> Fetched:
+    """Download the release at ``url`` (its manifest.cose beside its files) and request its install; Refused or FetchError otherwise."""
+    target = target or this_target()
+    work = update_dir(state)
+    blobs = work / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    link = _Link(url, max_bytes)
+    data = link.small(MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    try:
+        manifest = read_manifest(data, release_key)
+        check_for_device(manifest, now=time.time() if now is None else now, target=target, installed=installed)
+        _not_failed_before(work, manifest.version)
+    except Refused as exc:
+        write_json(work / FETCHED_FILE, {"state": "refused", "reason": exc.reason, "detail": str(exc), "url": url})
+        raise
+    reused = 0
+    try:
+        for entry in manifest.files_for(target):
+            blob = blobs / entry.sha256.hex()
+            if blob.exists():
+                reused += 1
+                continue
+            held = _held(entry, opt)
+            part = blobs / f"{entry.sha256.hex()}.part"
+            if held is not None:
+                shutil.copyfile(held, part)
+                reused += 1
+            else:
+                link.into(entry.path, part, entry.size)
+            size, digest = file_digest(part)
+            if size != entry.size or digest != entry.sha256:
+                part.unlink()
+                source = f"{url.rstrip('/')}/{entry.path}"
+                raise Refused("tampered", f"{source}: SHA-256 {digest.hex()[:16]}… ({size} bytes), the manifest says {entry.sha256.hex()[:16]}…")
+            os.replace(part, blob)
+    except Refused as exc:
+        write_json(work / FETCHED_FILE, {"state": "refused", "version": manifest.version, "reason": exc.reason, "detail": str(exc), "url": url})
+        raise
+    except FetchError as exc:
+        write_json(work / FETCHED_FILE, {"state": "downloading", "version": manifest.version, "detail": str(exc), "url": url})
+        raise
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            write_json(work / FETCHED_FILE, {"state": "refused", "version": manifest.version, "reason": "no_space", "detail": str(exc)})
+            raise Refused("no_space", f"{blobs}: the disk is full; the running version is untouched") from None
+        raise
+    bundle = _assemble(work, manifest, data, target)
+    write_json(work / FETCHED_FILE, {"state": "requested", "version": manifest.version, "url": url})
+    write_json(work / REQUEST_FILE, {"version": manifest.version, "bundle": str(bundle), "requested_ms": int(time.time() * 1000)})
+    _prune(blobs, manifest, target)
+    return Fetched(manifest.version, bundle, link.bytes, link.requests, reused)
+
+
+def _not_failed_before(work: Path, version: str) -> None:
+    """A version rolled back on this device is not fetched again: it would fail the same way (docs/updates.md)."""
+    try:
+        outcome = json.loads((work / INSTALLED_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return
+    if isinstance(outcome, dict) and outcome.get("state") == "rolled_back" and outcome.get("version") == version:
+        raise Refused("rolled_back", f"release {version} was rolled back on this device ({outcome.get('reason', 'no reason recorded')})")
+
+
+def _assemble(work: Path, manifest: Manifest, data: bytes, target: str) -> Path:
+    """The release's bundle for this target under ``releases/<version>``, built beside and renamed into place."""
+    releases = work / "releases"
+    releases.mkdir(exist_ok=True)
+    final = releases / manifest.version
+    building = releases / f".{manifest.version}.building"
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir()
+    (building / MANIFEST_FILE).write_bytes(data)
+    for entry in manifest.files_for(target):
+        destination = building / entry.path
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.link(work / "blobs" / entry.sha256.hex(), destination)
+    check_files(building, manifest.files_for(target))  # the assembled whole, as the installer will see it
+    shutil.rmtree(final, ignore_errors=True)
+    building.rename(final)
+    _fsync_dir(releases)
+    for old in releases.iterdir():  # one release at a time is kept on the gateway's side
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _prune(blobs: Path, manifest: Manifest, target: str) -> None:
+    keep = {entry.sha256.hex() for entry in manifest.files_for(target)}
+    for blob in blobs.iterdir():
+        if blob.name not in keep and not blob.name.endswith(".part"):
+            blob.unlink()
