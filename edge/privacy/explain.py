@@ -30,6 +30,10 @@ def explain(policy: Policy, channels: Sequence[Channel] | None = None) -> str:
     lines.append(f"Purpose: {policy.purpose}")
     if policy.retention:
         lines.append(f"Retention: {policy.retention}")
+    if policy.retention_days is not None:
+        lines.append(f"Deletion: {words().count('notice.deletion', policy.retention_days)}")
+    if len(policy.languages) > 1:
+        lines.append(f"Notice in: {', '.join(policy.languages)} (the policy's texts above are in {policy.languages[0]})")
     lines.append(f"Digest: {policy.digest.hex()}" + (f" (signed by governance key {policy.signed_by})" if policy.signed_by else ""))
     lines.append("")
     if channels is None:
