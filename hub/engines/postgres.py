@@ -12,34 +12,58 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hub import schema
+from hub.accounts import BUILT_IN_ADMIN, Account
+from hub.audit import AUTOMATIC, AuditEntry
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.budget import QueryBudget
 from hub.chunks import CHUNK_PAGE, Collector, encode_chunks, outside_query, quarantine_plan
 from hub.engines.sql import (
+    ACCOUNT_COLUMNS,
+    AUDIT_COLUMNS,
     DEVICE_COLUMNS,
+    account_from_row,
+    audit_from_row,
     decide_enrolment,
+    desired_entry,
     device_from_row,
     dumps,
+    expire_query,
+    expiry_plan,
     from_uint_column,
     notice_location,
     quarantine_rows,
     status_change_allowed,
+    status_entry,
     status_row,
     to_uint_column,
+    token_entry,
 )
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, StoreError, TokenInfo
 from hub.reports import Freshness, is_fresh, next_mark
-from hub.store import Store
+from hub.store import DESIRED_PARTS, Store
 
 __all__ = ["PostgresStore"]
 
 log = logging.getLogger("ocn.hub.store")
 
 
+def _desired_lock(scope: str, name: str) -> int:
+    """The advisory lock one desired document's changes take."""
+    return int.from_bytes(hashlib.sha256(f"ocn-hub-desired:{scope}:{name}".encode()).digest()[:8], "big", signed=True)
+
+
 def _lock_key(search_path: str | None) -> int:
     """The advisory lock that serialises migrations of one schema across hub processes."""
     digest = hashlib.sha256(f"ocn-hub-migrate:{search_path or 'public'}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+async def _audit(conn: Any, entry: AuditEntry) -> int:
+    """Append ``entry`` in the transaction of the change it records."""
+    return await conn.fetchval(
+        "INSERT INTO audit (at_ms, actor, action, target, before_sha256, after_sha256, detail) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        entry.at_ms, entry.actor, entry.action, entry.target, entry.before_sha256, entry.after_sha256, entry.detail,
+    )
 
 
 async def _quarantine_stored(conn: Any) -> None:
@@ -161,7 +185,7 @@ class PostgresStore(Store):
             current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
             for version, sql in schema.MIGRATIONS:
                 if version > current:
-                    for statement in schema.migration_statements("postgresql", sql):
+                    for statement in (*schema.migration_statements("postgresql", sql), *schema.engine_statements("postgresql", version)):
                         await conn.execute(statement)
                     if version == schema.QUARANTINE_STORED:
                         await _quarantine_stored(conn)
@@ -178,11 +202,16 @@ class PostgresStore(Store):
 
     # --- enrolment and keys -----------------------------------------------------------
 
-    async def create_token(self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int) -> int:
-        return await self._pool.fetchval(
-            "INSERT INTO tokens (hash, uses_left, expires_ms, approve, fleet, note, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            token_hash, uses, expires_ms, approve, fleet, note, now_ms,
-        )
+    async def create_token(
+        self, token_hash: bytes, *, uses: int, expires_ms: int, approve: bool, fleet: str, note: str, now_ms: int, actor: str = AUTOMATIC
+    ) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            token_id: int = await conn.fetchval(
+                "INSERT INTO tokens (hash, uses_left, expires_ms, approve, fleet, note, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                token_hash, uses, expires_ms, approve, fleet, note, now_ms,
+            )
+            await _audit(conn, token_entry(token_id, uses=uses, expires_ms=expires_ms, approve=approve, fleet=fleet, note=note, now_ms=now_ms, actor=actor))
+            return token_id
 
     async def tokens(self) -> list[TokenInfo]:
         rows = await self._pool.fetch("SELECT id, uses_left, expires_ms, approve, fleet, note, created_ms FROM tokens ORDER BY id")
@@ -223,12 +252,13 @@ class PostgresStore(Store):
         owner = await self._pool.fetchval("SELECT device_id FROM revoked_keys WHERE key_id = $1", key_id)
         return DeviceKey(owner, key_id, b"", "revoked") if owner else None
 
-    async def set_device_status(self, device_id: str, status: str, *, now_ms: int) -> bool:
+    async def set_device_status(self, device_id: str, status: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow("SELECT key_id, status FROM devices WHERE device_id = $1 FOR UPDATE", device_id)
             if row is None or not status_change_allowed(row[1], status):
                 return False
             await conn.execute("UPDATE devices SET status = $1 WHERE device_id = $2", status, device_id)
+            await _audit(conn, status_entry(device_id, row[1], status, now_ms=now_ms, actor=actor))
             if status == "revoked":
                 await conn.execute(
                     "INSERT INTO revoked_keys (key_id, device_id, revoked_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
@@ -329,15 +359,27 @@ class PostgresStore(Store):
             )
         return [Notice(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 
-    async def set_desired(self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int) -> None:
-        if document is None:
-            await self._pool.execute("DELETE FROM desired WHERE scope = $1 AND name = $2", scope, name)
-            return
-        await self._pool.execute(
-            "INSERT INTO desired (scope, name, document, updated_ms) VALUES ($1, $2, $3, $4)"
-            " ON CONFLICT (scope, name) DO UPDATE SET document = excluded.document, updated_ms = excluded.updated_ms",
-            scope, name, dumps(dict(document)), now_ms,
-        )
+    async def set_desired(
+        self, scope: str, name: str, document: Mapping[str, Any] | None, *, now_ms: int, actor: str = AUTOMATIC,
+        may_change: frozenset[str] = DESIRED_PARTS,
+    ) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # The lock on the (fleet or device) key serialises changes of one document across hub processes, the first one included,
+            # so the permission check below sees the document the change replaces.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _desired_lock(scope, name))
+            old = await conn.fetchval("SELECT document FROM desired WHERE scope = $1 AND name = $2", scope, name)
+            entry = desired_entry(scope, name, None if old is None else json.loads(old), document, may_change=may_change, now_ms=now_ms, actor=actor)
+            if entry is None:
+                return
+            await _audit(conn, entry)
+            if document is None:
+                await conn.execute("DELETE FROM desired WHERE scope = $1 AND name = $2", scope, name)
+                return
+            await conn.execute(
+                "INSERT INTO desired (scope, name, document, updated_ms) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (scope, name) DO UPDATE SET document = excluded.document, updated_ms = excluded.updated_ms",
+                scope, name, dumps(dict(document)), now_ms,
+            )
 
     async def desired(self, scope: str, name: str) -> tuple[dict[str, Any], int] | None:
         row = await self._pool.fetchrow("SELECT document, updated_ms FROM desired WHERE scope = $1 AND name = $2", scope, name)
@@ -386,13 +428,97 @@ class PostgresStore(Store):
         await self._pool.execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
         return True
 
-    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int) -> None:
-        await self._pool.execute("INSERT INTO secrets (kind, hash, expires_ms) VALUES ($1, $2, $3)", kind, secret_hash, expires_ms)
+    async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int, account: str = BUILT_IN_ADMIN) -> None:
+        await self._pool.execute("INSERT INTO secrets (kind, hash, expires_ms, account) VALUES ($1, $2, $3, $4)", kind, secret_hash, expires_ms, account)
 
-    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> bool:
+    async def use_secret(self, kind: str, secret_hash: bytes, *, now_ms: int, consume: bool) -> str | None:
         if consume:
-            done = await self._pool.fetchval(
-                "DELETE FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3 RETURNING 1", kind, secret_hash, now_ms
+            return await self._pool.fetchval(
+                "DELETE FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3 RETURNING account", kind, secret_hash, now_ms
             )
-            return done is not None
-        return await self._pool.fetchval("SELECT 1 FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3", kind, secret_hash, now_ms) is not None
+        return await self._pool.fetchval("SELECT account FROM secrets WHERE kind = $1 AND hash = $2 AND expires_ms > $3", kind, secret_hash, now_ms)
+
+    # --- people -----------------------------------------------------------------------
+
+    async def add_account(self, name: str, roles: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            added = await conn.fetchval(
+                "INSERT INTO accounts (name, roles, token_hash, disabled, created_ms, updated_ms) VALUES ($1, $2, $3, FALSE, $4, $4)"
+                " ON CONFLICT DO NOTHING RETURNING 1",
+                name, roles, token_hash, now_ms,
+            )
+            if added is None:
+                return False
+            await _audit(conn, AuditEntry(at_ms=now_ms, actor=actor, action="account.add", target=f"account:{name}", detail=f"roles {roles}"))
+            return True
+
+    async def accounts(self) -> list[Account]:
+        return [account_from_row(r) for r in await self._pool.fetch(f"SELECT {ACCOUNT_COLUMNS} FROM accounts ORDER BY name")]
+
+    async def account(self, name: str) -> Account | None:
+        row = await self._pool.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE name = $1", name)
+        return account_from_row(row) if row else None
+
+    async def account_by_token(self, token_hash: bytes) -> Account | None:
+        row = await self._pool.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE token_hash = $1 AND NOT disabled", token_hash)
+        return account_from_row(row) if row else None
+
+    async def _change_account(self, name: str, sql: str, params: Sequence[Any], entry: AuditEntry) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            n = len(params)
+            done = await conn.fetchval(
+                f"UPDATE accounts SET {sql}, updated_ms = ${n + 1} WHERE name = ${n + 2} AND NOT disabled RETURNING 1", *params, entry.at_ms, name
+            )
+            if done is None:
+                return False
+            await _audit(conn, entry)
+            if entry.action == "account.disable":
+                await conn.execute("DELETE FROM secrets WHERE account = $1", name)
+            return True
+
+    async def set_account_roles(self, name: str, roles: str, *, now_ms: int, actor: str) -> bool:
+        return await self._change_account(name, "roles = $1", (roles,),
+                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.roles", target=f"account:{name}", detail=f"roles {roles}"))
+
+    async def set_account_token(self, name: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
+        return await self._change_account(name, "token_hash = $1", (token_hash,),
+                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.token", target=f"account:{name}",
+                                                     detail="new API token; the old one no longer works"))
+
+    async def disable_account(self, name: str, *, now_ms: int, actor: str) -> bool:
+        return await self._change_account(name, "disabled = TRUE, token_hash = NULL", (),
+                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.disable", target=f"account:{name}",
+                                                     detail="disabled; its token, sessions and login links no longer work"))
+
+    # --- the audit log ----------------------------------------------------------------
+
+    async def append_audit(self, entry: AuditEntry) -> int:
+        async with self._pool.acquire() as conn:
+            return await _audit(conn, entry)
+
+    async def audit_log(self, *, limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
+        rows = await self._pool.fetch(f"SELECT {AUDIT_COLUMNS} FROM audit WHERE ($1::bigint IS NULL OR id < $1) ORDER BY id DESC LIMIT $2",
+                                      before_id, limit)
+        return [audit_from_row(r) for r in rows]
+
+    async def audit_count(self) -> int:
+        return int(await self._pool.fetchval("SELECT count(*) FROM audit"))
+
+    # --- retention --------------------------------------------------------------------
+
+    async def expire_readings(self, device_id: str, before_ms: int, *, max_chunks: int) -> tuple[int, int]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            # FOR UPDATE: a concurrent run on another hub process waits, then finds these chunks gone or rewritten.
+            rows = await conn.fetch(expire_query("$") + " FOR UPDATE OF k", device_id, before_ms, max_chunks)
+            # Splitting a straddling chunk decodes it: off the event loop.
+            plan = await asyncio.get_running_loop().run_in_executor(None, expiry_plan, rows, before_ms)
+            await conn.executemany("DELETE FROM chunks WHERE id = $1", plan.delete)
+            await conn.executemany("UPDATE chunks SET first_ms = $1, last_ms = $2, count = $3, data = $4 WHERE id = $5", plan.rewrite)
+            return plan.readings, len(rows)
+
+    async def expire_quarantine(self, device_id: str, before_ms: int, *, max_rows: int) -> int:
+        deleted = await self._pool.fetch(
+            "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE device_id = $1 AND received_ms < $2 ORDER BY id LIMIT $3) RETURNING 1",
+            device_id, before_ms, max_rows,
+        )
+        return len(deleted)
