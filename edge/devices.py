@@ -9,8 +9,9 @@ task down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from drivers.buses import ModbusBus, SerialBus, create_bus
 from drivers.health import FAILING, HEALTH_WORDS, OK, Health, HealthSource, assess
 from drivers.sdk import DeviceContext, Driver, Emit
 from edge.config import DeviceConfig, GatewayConfig
-from edge.protocol.types import Channel
+from edge.protocol.types import Channel, Reading
 from edge.supervise import DeviceRunner
 
 __all__ = ["Device", "Devices"]
@@ -79,6 +80,7 @@ class Devices:
                 bus.name_unit(dev.address, dev.name)
         self.bus_tasks: list[asyncio.Task[None]] = []
         self.device_tasks: list[asyncio.Task[None]] = []
+        self._taps: dict[str, list[asyncio.Queue[Reading]]] = {}
 
     def __len__(self) -> int:
         return len(self.devices)
@@ -88,13 +90,39 @@ class Devices:
         return [c for d in self.devices for c in d.channels]
 
     def start(self, emit: Emit) -> None:
-        """One task per bus owner and per device; every reading goes to ``emit``."""
+        """One task per bus owner and per device; every reading goes to ``emit`` (and to any :meth:`tap` of its device)."""
         for name, bus in self.buses.items():
             self.bus_tasks.append(asyncio.create_task(bus.run(), name=f"bus:{name}"))
         for dev in self.devices:
             personal = any(c.personal for c in dev.channels)
-            dev.runner = DeviceRunner(dev.config.name, dev.make_driver, emit, personal=personal)
+            dev.runner = DeviceRunner(dev.config.name, dev.make_driver, self._tapped(dev.config.name, emit), personal=personal)
             self.device_tasks.append(asyncio.create_task(dev.runner.run(), name=f"device:{dev.config.name}"))
+
+    def _tapped(self, device: str, emit: Emit) -> Emit:
+        taps = self._taps.setdefault(device, [])
+
+        async def emit_and_tap(reading: Reading) -> None:
+            for queue in taps:
+                with contextlib.suppress(asyncio.QueueFull):  # a slow onlooker misses readings; the flow never waits for it
+                    queue.put_nowait(reading)
+            await emit(reading)
+
+        return emit_and_tap
+
+    @contextlib.contextmanager
+    def tap(self, device: str, *, size: int = 256) -> Iterator[asyncio.Queue[Reading]]:
+        """The readings ``device``'s running driver emits from now on, in memory only, while the block runs.
+
+        How a technician's "read now" sees a streaming device without a second reader on its
+        port: the next frames the running bus session delivers, as the driver decoded them.
+        """
+        queue: asyncio.Queue[Reading] = asyncio.Queue(maxsize=size)
+        taps = self._taps.setdefault(device, [])
+        taps.append(queue)
+        try:
+            yield queue
+        finally:
+            taps.remove(queue)
 
     def health(self) -> dict[str, Health]:
         """Each device's health now, by device name."""

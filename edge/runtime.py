@@ -27,6 +27,7 @@ from drivers.registry import load_driver
 from drivers.sdk import Driver
 from edge import __version__
 from edge.batcher import Batcher
+from edge.commissioning import Commissioning
 from edge.config import GatewayConfig
 from edge.desired import DesiredApplier, DesiredState, Reload, local_policy
 from edge.devices import Devices
@@ -91,6 +92,7 @@ class Gateway:
             notice_html=lambda: render_notice_html(self.notice()), notice_json=self.notice, status=self.status,
             latest=lambda: self.flow.latest if self.flow is not None else {}, state_dir=config.gateway.state_dir,
             public_notice=config.local_api.public_notice,
+            commissioning=Commissioning(lambda: self.devices, lambda: self._policy),
         )
         self.spool: Spool | None = None
         self.flow: ReadingFlow | None = None
@@ -264,6 +266,11 @@ class Gateway:
     def notice(self) -> dict[str, Any]:
         """The transparency notice for the policy in force now (rebuilt when the policy changes)."""
         return self.notices.notice()
+
+    @property
+    def local_page(self) -> str | None:
+        """The local API's address as a program on this gateway reaches it (the port record names it); None when off."""
+        return self._local_api_runner.url
 
     async def _start_local_api(self) -> None:
         listen = self.config.local_api.listen

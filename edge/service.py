@@ -67,7 +67,7 @@ async def run_gateway(
             raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(_os_problem(exc)) from None
-        record = write_record(gateway.config, local_page=_local_page(gateway.config))
+        record = write_record(gateway.config, local_page=gateway.local_page)
         if started is not None:
             started(gateway)
         while True:
@@ -86,7 +86,7 @@ async def run_gateway(
             assert isinstance(request, Reload)
             gateway = await _reload(gateway, request, make, desired)
             remove_record(record)  # the new config may name other ports
-            record = write_record(gateway.config, local_page=_local_page(gateway.config))
+            record = write_record(gateway.config, local_page=gateway.local_page)
             if started is not None:
                 started(gateway)
     finally:
@@ -96,14 +96,6 @@ async def run_gateway(
             loop.remove_signal_handler(sig)
         notifier.close()
     return gateway
-
-
-def _local_page(config: GatewayConfig) -> str | None:
-    if not config.local_api.enabled:
-        return None
-    listen = config.local_api.listen
-    host = f"[{listen.host}]" if ":" in listen.host else listen.host
-    return f"http://{host}:{listen.port}/"
 
 
 def _os_problem(exc: OSError) -> str:

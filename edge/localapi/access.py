@@ -15,9 +15,14 @@ import hmac
 import ipaddress
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
-__all__ = ["COOKIE", "TOKEN_FILE", "AccessToken", "create_access_token", "needs_token"]
+__all__ = ["COOKIE", "TOKEN_FILE", "AccessToken", "create_access_token", "cross_site", "needs_token"]
+
+# "none": the person opened the address themselves; no other site can make a browser send that.
+OWN_SITE = frozenset({"same-origin", "none"})
 
 TOKEN_FILE = "local-api-token.sha256"
 COOKIE = "ocn_local_token"
@@ -31,6 +36,39 @@ def needs_token(host: str) -> bool:
         return not ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a name, or "0.0.0.0"-like wildcards spelled otherwise: assume it reaches the network
         return True
+
+
+def cross_site(headers: Mapping[str, str], host: str, *, tokenless: bool) -> str | None:
+    """Why a state-changing request (a read, a scan) may come from another site's page, or None when it cannot.
+
+    A browser sends the token's cookie, and on loopback nothing at all is asked, with a form
+    another site submits: such a request shows ``Sec-Fetch-Site: cross-site`` or an ``Origin``
+    naming that site.  A script on the gateway (curl, ``ocn-edge read``) sends neither.  On
+    loopback, where no token is asked (``tokenless``), the ``Host`` must also be an address or
+    localhost: a page whose own name was made to point at 127.0.0.1 (DNS rebinding) would
+    otherwise count as this gateway's own page.  Beyond loopback the token's cookie is not sent
+    to such a name, so the token already stops it.
+    """
+    site = headers.get("Sec-Fetch-Site")
+    if site is not None and site not in OWN_SITE:
+        return f"Sec-Fetch-Site: {site}"
+    origin = headers.get("Origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or parts.netloc.lower() != host.lower():
+            return f"Origin {origin} is not this gateway ({host})"
+    name = urlsplit(f"//{host}").hostname or ""
+    if not tokenless or name == "localhost" or _is_address(name):
+        return None
+    return f"Host {host} is neither an address nor localhost"
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _digest(token: str) -> str:

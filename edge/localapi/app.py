@@ -1,5 +1,6 @@
 """The aiohttp application behind the local API: the public notice (``/``, ``/notice``, ``/notice.json``), and for the
-technician ``/status``, the page ``/technician`` (with ``/technician.json`` behind it) and ``/metrics``."""
+technician ``/status``, the page ``/technician`` (with ``/technician.json`` behind it), ``/metrics`` and the two
+commissioning actions, ``POST /devices/{name}/read`` and ``POST /buses/{name}/scan`` (edge.commissioning)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from edge.localapi.access import COOKIE, AccessToken
+from edge.commissioning import Commissioning, CommissioningError
+from edge.localapi.access import COOKIE, AccessToken, cross_site
 from edge.localapi.view import technician_view
 from edge.metrics import CONTENT_TYPE, GatewayMetrics
 from edge.protocol.types import Reading
@@ -87,6 +89,44 @@ def _page_headers(nonce: str) -> dict[str, str]:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _problem(status: int, error: str, detail: str) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status, headers={**_HEADERS, "Cache-Control": "no-store"})
+
+
+async def _action_body(request: web.Request, access: AccessToken) -> dict[str, Any] | web.Response:
+    """The JSON body of a commissioning request, or the answer refusing it: from another site's page, or not JSON.
+
+    JSON only: a form another site submits cannot send ``Content-Type: application/json``
+    without the browser asking first, and this API answers no such question.
+    """
+    why = cross_site(request.headers, request.host, tokenless=not access.required)
+    if why is not None:
+        return _problem(403, "cross_site", f"a commissioning action must come from this gateway's own page or a script ({why})")
+    if request.content_type != "application/json":
+        return _problem(415, "json_only", "send a JSON object (Content-Type: application/json), e.g. {}")
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return _problem(400, "bad_request", "the body must be a JSON object, e.g. {}")
+    return body
+
+
+def _number(body: Mapping[str, Any], key: str) -> float | None:
+    value = body.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise CommissioningError(f"{key} = {value!r}: expected a number of seconds")
+    return None if value is None else float(value)
+
+
+def _text(body: Mapping[str, Any], key: str, default: str) -> str:
+    value = body.get(key, default)
+    if not isinstance(value, str):
+        raise CommissioningError(f"{key} = {value!r}: expected a string, e.g. {default!r}")
+    return value
+
+
 def _guard(access: AccessToken, *, public_notice: bool) -> Middleware:
     """Beyond loopback, every route but the public notice needs the token: ``Authorization: Bearer``, or the cookie a ``?token=`` link sets."""
 
@@ -121,6 +161,7 @@ def create_app(
     latest: Callable[[], Mapping[str, Reading]] = dict,
     access: AccessToken | None = None,
     public_notice: bool = True,
+    commissioning: Commissioning | None = None,
 ) -> web.Application:
     """Build the local API; the runtime binds it to ``[local_api].listen`` (127.0.0.1 by default).
 
@@ -128,7 +169,8 @@ def create_app(
     shows at once); ``status`` is called on every request to ``/status``, ``/technician``
     and ``/metrics``; ``latest`` gives the last released reading of each channel.  With
     ``access.required`` (set when listening beyond loopback) all but the public notice need
-    the access token; ``public_notice=False`` makes the notice need it too.
+    the access token; ``public_notice=False`` makes the notice need it too.  ``commissioning``
+    carries out "read now" and "scan" through the running bus owners (none: those routes answer 503).
     """
     access = access or AccessToken(None)
     metrics = GatewayMetrics(status)
@@ -166,6 +208,38 @@ def create_app(
     async def metrics_document(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
+    async def commission(request: web.Request, action: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> web.Response:
+        body = await _action_body(request, access)
+        if isinstance(body, web.Response):
+            return body
+        if commissioning is None:
+            return _problem(503, "unavailable", "this local API is not attached to a running gateway")
+        try:
+            result = await action(body)
+        except CommissioningError as exc:
+            return _problem(exc.status, "refused", str(exc))
+        return web.Response(text=_dumps(result), content_type="application/json", headers={**_HEADERS, "Cache-Control": "no-store"})
+
+    async def read_device(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        async def action(body: dict[str, Any]) -> dict[str, Any]:
+            assert commissioning is not None
+            wait = _number(body, "wait")
+            return await commissioning.read_device(name, wait=5.0 if wait is None else wait)
+
+        return await commission(request, action)
+
+    async def scan_bus(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+
+        async def action(body: dict[str, Any]) -> dict[str, Any]:
+            assert commissioning is not None
+            return await commissioning.scan_bus(name, units=_text(body, "units", "1-16"), register=_text(body, "register", "holding:0"),
+                                                timeout=_number(body, "timeout"))
+
+        return await commission(request, action)
+
     app = web.Application(middlewares=[_guard(access, public_notice=public_notice)])
     app.router.add_get("/", page)
     app.router.add_get("/notice", page)
@@ -174,4 +248,6 @@ def create_app(
     app.router.add_get("/technician", technician_page)
     app.router.add_get("/technician.json", technician_document)
     app.router.add_get("/metrics", metrics_document)
+    app.router.add_post("/devices/{name}/read", read_device)
+    app.router.add_post("/buses/{name}/scan", scan_bus)
     return app

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.commissioning import Commissioning
 from edge.localapi.access import AccessToken, needs_token
 from edge.localapi.app import create_app
 from edge.protocol.types import Reading
@@ -21,7 +22,7 @@ class LocalApiError(Exception):
 
 
 class LocalApi:
-    """The notice, the status document, the technician's page and the metrics, served while the gateway runs.
+    """The notice, the status document, the technician's page, the metrics and the commissioning actions, served while the gateway runs.
 
     Beyond loopback all but the notice need the access token kept (hashed) in ``state_dir``.
     """
@@ -35,10 +36,11 @@ class LocalApi:
         latest: Callable[[], Mapping[str, Reading]] = dict,
         state_dir: str | Path | None = None,
         public_notice: bool = True,
+        commissioning: Commissioning | None = None,
     ) -> None:
         self.access = AccessToken(state_dir)
         app = create_app(notice_html=notice_html, notice_json=notice_json, status=status, latest=latest,
-                         access=self.access, public_notice=public_notice)
+                         access=self.access, public_notice=public_notice, commissioning=commissioning)
         self._runner = web.AppRunner(app, access_log=None)
         self._set_up = False
 
@@ -46,6 +48,15 @@ class LocalApi:
     def addresses(self) -> list[Any]:
         """Where it listens (host, port, …): a port of 0 in the config is known only here."""
         return list(self._runner.addresses)
+
+    @property
+    def url(self) -> str | None:
+        """Where a program on this gateway reaches it (a wildcard listen address read as loopback), once it listens."""
+        if not self._set_up or not self._runner.addresses:
+            return None
+        host, port = self._runner.addresses[0][:2]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     async def start(self, listen: HostPort) -> None:
         self.access.required = needs_token(listen.host)
