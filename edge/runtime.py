@@ -89,7 +89,7 @@ class Gateway:
         self._service_tasks: list[asyncio.Task[None]] = []
         # Built always, started only if [local_api] enabled: its address is known once it listens.
         self._local_api_runner = LocalApi(
-            notice_html=lambda: render_notice_html(self.notice()), notice_json=self.notice, status=self.status,
+            notice_html=lambda language: render_notice_html(self.notice(), language), notice_json=self.notice, status=self.status,
             latest=lambda: self.flow.latest if self.flow is not None else {}, state_dir=config.gateway.state_dir,
             public_notice=config.local_api.public_notice,
             commissioning=Commissioning(lambda: self.devices, lambda: self._policy),

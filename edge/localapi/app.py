@@ -18,6 +18,8 @@ from edge.commissioning import Commissioning, CommissioningError
 from edge.localapi.access import COOKIE, AccessToken, cross_site
 from edge.localapi.view import technician_view
 from edge.metrics import CONTENT_TYPE, GatewayMetrics
+from edge.privacy.catalogue import best_language
+from edge.privacy.notice import notice_languages
 from edge.protocol.types import Reading
 
 __all__ = ["PUBLIC_PATHS", "create_app"]
@@ -155,7 +157,7 @@ def _guard(access: AccessToken, *, public_notice: bool) -> Middleware:
 
 def create_app(
     *,
-    notice_html: str | Callable[[], str],
+    notice_html: str | Callable[[str], str],
     notice_json: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
     status: Callable[[], Mapping[str, Any]],
     latest: Callable[[], Mapping[str, Reading]] = dict,
@@ -166,7 +168,9 @@ def create_app(
     """Build the local API; the runtime binds it to ``[local_api].listen`` (127.0.0.1 by default).
 
     ``notice_html`` and ``notice_json`` may be values or callables (so a reloaded policy
-    shows at once); ``status`` is called on every request to ``/status``, ``/technician``
+    shows at once); ``notice_html`` is called with the language the page is asked in:
+    ``?lang=``, else the one ``Accept-Language`` ranks highest of the notice's languages, else its
+    default.  ``status`` is called on every request to ``/status``, ``/technician``
     and ``/metrics``; ``latest`` gives the last released reading of each channel.  With
     ``access.required`` (set when listening beyond loopback) all but the public notice need
     the access token; ``public_notice=False`` makes the notice need it too.  ``commissioning``
@@ -175,14 +179,18 @@ def create_app(
     access = access or AccessToken(None)
     metrics = GatewayMetrics(status)
 
-    def html() -> str:
-        return notice_html() if callable(notice_html) else notice_html
+    def html(language: str) -> str:
+        return notice_html(language) if callable(notice_html) else notice_html
 
     def notice() -> Mapping[str, Any]:
         return notice_json() if callable(notice_json) else notice_json
 
     async def page(request: web.Request) -> web.Response:
-        return web.Response(text=html(), content_type="text/html", charset="utf-8", headers=_HEADERS)
+        languages = notice_languages(notice())
+        asked = request.query.get("lang", "")
+        language = asked if asked in languages else best_language(request.headers.get("Accept-Language", ""), languages) or languages[0]
+        return web.Response(text=html(language), content_type="text/html", charset="utf-8",
+                            headers={**_HEADERS, "Content-Language": language, "Vary": "Accept-Language"})
 
     async def notice_document(request: web.Request) -> web.Response:
         return web.Response(text=_dumps(notice()), content_type="application/json", headers=_HEADERS)

@@ -30,7 +30,7 @@ class LocalApi:
     def __init__(
         self,
         *,
-        notice_html: Callable[[], str],
+        notice_html: Callable[[str], str],  # the notice page in a language
         notice_json: Callable[[], Mapping[str, Any]],
         status: Callable[[], Mapping[str, Any]],
         latest: Callable[[], Mapping[str, Reading]] = dict,

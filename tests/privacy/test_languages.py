@@ -7,8 +7,11 @@ import json
 import re
 from types import SimpleNamespace
 
+import aiohttp
 import pytest
+from aiohttp import web
 
+from edge.localapi import create_app
 from edge.privacy import PolicyError, build_notice, parse_policy, render_notice_html
 from edge.protocol.types import Channel
 
@@ -234,3 +237,33 @@ def test_a_bad_language_retention_or_translation_is_refused_naming_file_field_an
     assert old in BILINGUAL
     problems = _problems(BILINGUAL.replace(old, new, 1))
     assert any(p.startswith(problem) for p in problems), problems
+
+
+async def test_the_gateway_page_answers_in_the_language_asked_for_or_the_browser_prefers(notice) -> None:
+    app = create_app(notice_html=lambda language: render_notice_html(notice, language), notice_json=notice, status=dict)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    asks = [
+        ("/", {}, "fr"),
+        ("/notice", {"Accept-Language": "en-CA,en;q=0.9,fr;q=0.5"}, "en"),
+        ("/notice", {"Accept-Language": "de-DE"}, "fr"),
+        ("/?lang=en", {"Accept-Language": "fr"}, "en"),
+        ("/notice?lang=de", {"Accept-Language": "en"}, "en"),
+    ]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for path, headers, language in asks:
+                async with http.get(base + path, headers=headers) as r:
+                    page = _Page()
+                    page.feed(await r.text())
+                    assert (r.status, r.headers["Content-Language"], page.lang) == (200, language, language), path
+                    assert r.headers["Vary"] == "Accept-Language"
+                    heading = "Capteurs sur ce poteau" if language == "fr" else "Sensors on this pole"
+                    assert heading in page.words, path
+            async with http.get(base + "/notice.json") as r:
+                document = await r.json()
+            assert document["languages"] == ["fr", "en"] and document["translations"]["en"]["deletion"].startswith("Readings older")
+    finally:
+        await runner.cleanup()

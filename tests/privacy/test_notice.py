@@ -167,7 +167,7 @@ async def test_the_local_api_serves_the_notice_page_json_and_a_fresh_status(noti
 async def test_the_local_api_shows_a_reloaded_notice_when_given_callables(notice) -> None:
     current = {"n": dict(notice, purpose="first")}
     app = create_app(
-        notice_html=lambda: render_notice_html(current["n"]), notice_json=lambda: current["n"], status=dict
+        notice_html=lambda language: render_notice_html(current["n"], language), notice_json=lambda: current["n"], status=dict
     )
     runner, base = await serve(app)
     try:
