@@ -21,8 +21,8 @@ from hub.fleet import DesiredError, check_desired, desired_document, desired_sta
 from hub.jsonbody import BodyError, read_json
 from hub.models import Device
 from hub.params import ParamError, flag, number, whole
+from hub.register import register_entry
 from hub.render import clock
-from hub.reports import notice_problem
 from hub.state import HUB, Hub
 from hub.tokens import MAX_TOKEN_DAYS, MAX_TOKEN_USES, create_token
 
@@ -164,7 +164,7 @@ async def transparency(request: web.Request) -> web.Response:
         latest.setdefault(notice.device_id, notice)
     # A notice stored before the hub checked notices may not fit the schema the page is written for:
     # it is named as unreadable rather than shown in part, or an older one shown as current.
-    entries = [{"notice": n, "problem": notice_problem(n.notice)} for n in sorted(latest.values(), key=lambda n: n.device_id)]
+    entries = [register_entry(n) for n in sorted(latest.values(), key=lambda n: n.device_id)]
     return render(request, "transparency.html", notices=entries)
 
 
