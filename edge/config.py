@@ -168,6 +168,8 @@ class UplinkConfig:
     timeout: float
     daily_budget: int
     key: Path
+    broker: str = ""  # mqtt:// or mqtts://: OXP over MQTT through this broker ("" = over HTTP to the hub)
+    broker_password: Path | None = None  # the file holding the broker password enrolment gave this gateway
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,9 +270,20 @@ def _signature_needs_key(values: dict[str, Any], ctx: Context, path: str) -> Non
 
 
 def _ca_needs_https(values: dict[str, Any], ctx: Context, path: str) -> None:
-    hub, ca = values["hub"], values["ca"]
+    hub, ca, broker = values["hub"], values["ca"], values["broker"]
+    if broker and isinstance(broker, str):
+        if ca not in (None, INVALID) and not (broker.startswith("mqtts://") or (isinstance(hub, str) and hub.startswith("https://"))):
+            ctx.report_value(join(path, "ca"), str(ca), f'a CA bundle applies only to an mqtts broker or an https hub; broker is "{broker}"')
+        return
     if ca not in (None, INVALID) and isinstance(hub, str) and not hub.startswith("https://"):
         ctx.report_value(join(path, "ca"), str(ca), f'a CA bundle applies only to an https hub; hub is "{hub}"')
+
+
+def _broker_needs_hub(values: dict[str, Any], ctx: Context, path: str) -> None:
+    # Enrolment and the hub's signing key stay on HTTP (OXP §8.6): a broker alone cannot enrol or pin.
+    broker, hub = values["broker"], values["hub"]
+    if isinstance(broker, str) and broker and hub == "":
+        ctx.report_value(join(path, "broker"), broker, 'needs [uplink] hub too, the hub\'s https URL, for enrolment and the hub\'s signing key')
 
 
 def _unique_names(section: str) -> Callable[[dict[str, Any], Context, str], None]:
@@ -299,7 +312,10 @@ def _key_default(values: dict[str, Any], ctx: Context, path: str) -> None:
     # The device key lives in the state directory unless the file says otherwise.
     uplink, gateway = values["uplink"], values["gateway"]
     if isinstance(uplink, UplinkConfig) and uplink.key is None and isinstance(gateway, GatewaySection):
-        values["uplink"] = dataclasses.replace(uplink, key=gateway.state_dir / "device.key")
+        values["uplink"] = uplink = dataclasses.replace(uplink, key=gateway.state_dir / "device.key")
+    # Enrolment writes the broker password beside the device key (edge.enrol) unless the file names another place.
+    if isinstance(uplink, UplinkConfig) and uplink.broker and uplink.broker_password is None and isinstance(gateway, GatewaySection):
+        values["uplink"] = dataclasses.replace(uplink, broker_password=uplink.key.parent / "broker.password")
 
 
 def _quoted_list(names: list[str]) -> str:
@@ -565,10 +581,12 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
             "timeout": Field(Duration(at_least="1s"), "30s"),
             "daily_budget": Field(Size(), "0"),
             "key": Field(FilePath(example="device.key", optional=True, noun="a key file"), ""),
+            "broker": Field(Url(schemes=("mqtt", "mqtts"), example="mqtts://broker.example.org:8883", optional=True), ""),
+            "broker_password": Field(FilePath(example="broker.password", optional=True, noun="a password file"), ""),
         },
         into=UplinkConfig,
         expected="a [uplink] table",
-        rules=(_ca_needs_https,),
+        rules=(_ca_needs_https, _broker_needs_hub),
     )
     local_api = Table(
         {"enabled": Field(Bool(), True), "listen": Field(Address(), "127.0.0.1:8080"), "public_notice": Field(Bool(), True)},

@@ -27,6 +27,9 @@ from edge.transport import tls_context
 from edge.util.backoff import Backoff
 from edge.util.clock import now_ms
 
+# The broker password the hub hands out at enrolment (OXP §9), kept beside the device key: [uplink] broker_password's default.
+BROKER_PASSWORD_FILE = "broker.password"
+
 __all__ = [
     "ENROLMENT_RECORD",
     "TOKEN_FILE",
@@ -138,7 +141,21 @@ async def enrol(
     expected = key_id(key).hex()
     if answer.get("key_id") != expected or answer.get("status") not in ("active", "pending"):
         raise EnrolError(f"the hub's answer does not confirm key id {expected}: {text[:200]}")
+    if isinstance(answer.get("broker_password"), str):
+        _keep_broker_password(key_path.parent / BROKER_PASSWORD_FILE, answer["broker_password"])
     return Enrolment(device_id, expected, str(answer["status"]), key_path, created)
+
+
+def _keep_broker_password(path: Path, password: str) -> None:
+    """Write the broker password the hub gave (OXP §9) beside the device key, readable by this user only."""
+    tmp = path.with_suffix(".tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise EnrolError(f"{path}: cannot write the broker password there ({exc.strerror or exc})") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,7 +175,8 @@ class Gateway:
         self.devices = Devices(cfg, driver_lookup=self._driver_lookup, clock_ms=self._clock_ms)
         privacy = self._first_privacy_stage()
         if cfg.uplink.hub:
-            transport = open_transport(cfg.uplink.hub, ca=cfg.uplink.ca or None, timeout_s=cfg.uplink.timeout)
+            transport = open_transport(cfg.uplink.hub, ca=cfg.uplink.ca or None, timeout_s=cfg.uplink.timeout, broker=cfg.uplink.broker,
+                                       device_id=cfg.gateway.id, broker_password=cfg.uplink.broker_password)
             self.applier = DesiredApplier(
                 self, state=self.desired, base_config=self._base_config, request_reload=self._request_reload, hub=transport
             )

@@ -18,6 +18,7 @@ from edge.private import private_directory
 from edge.protocol import MAX_READINGS, Answer
 from edge.util.clock import now_ms
 from hub.auth import Admin
+from hub.brokerauth import BROKER_PASSWORDS
 from hub.database import open_store
 from hub.faults import DeviceFaults
 from hub.fleet import check_desired, load_or_create_signing_key
@@ -25,6 +26,7 @@ from hub.ingest import Ingest
 from hub.keycache import KeyCache
 from hub.looplag import start_probe
 from hub.models import StoreError
+from hub.mqtt import MQTT_INGEST, MqttIngest, MqttSettings
 from hub.publicreads import PUBLIC_READS, PublicReads, PublicReadSettings
 from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
 from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
@@ -212,6 +214,7 @@ async def run_hub(
     ingest: IngestSettings = DEFAULT_INGEST,
     public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS,
     connections: ConnectionSettings = DEFAULT_CONNECTIONS,
+    mqtt: MqttSettings | None = None,
 ) -> AsyncIterator[RunningHub]:
     """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key)."""
     if state_dir is None:
@@ -222,6 +225,7 @@ async def run_hub(
     runner: web.AppRunner | None = None
     notifier = Notifier()
     watchdog: asyncio.Task[None] | None = None
+    broker: tuple[MqttIngest, asyncio.Task[None]] | None = None
     try:
         admin = Admin(store)
         signing_key = load_or_create_signing_key(state / "hub.key")
@@ -245,6 +249,9 @@ async def run_hub(
             stale_after_ms=int(stale_after_s * 1000),
         )
         app = build_app(hub, public_reads=public_reads)
+        if mqtt is not None:
+            app[BROKER_PASSWORDS] = mqtt.manage_access
+            app[MQTT_INGEST] = MqttIngest(hub, mqtt, unavailable=UNAVAILABLE)
         runner = HubRunner(app, connections=open_connections(connections), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -260,8 +267,15 @@ async def run_hub(
         notifier.ready(f"serving on {url}")
         watchdog = asyncio.create_task(watchdog_loop(notifier), name="hub-watchdog")
         start_probe()  # the benchmark's loop-lag probe: nothing unless $OCN_HUB_LOOP_LAG_FILE is set
+        if mqtt is not None:
+            taker = app[MQTT_INGEST]
+            broker = (taker, asyncio.create_task(taker.run(), name="hub-mqtt"))
         yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated, app=app)
     finally:
+        if broker is not None:
+            broker[1].cancel()
+            await asyncio.gather(broker[1], return_exceptions=True)
+            await broker[0].aclose()
         if watchdog is not None:
             notifier.stopping()
             notifier.close()

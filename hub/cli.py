@@ -132,6 +132,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      help="open connections at most; more are answered 503 and closed; the hub raises its open-file limit to fit (default 4096)")
     hub.add_argument("--stale-after", type=_duration("--stale-after"), default=900.0, metavar="DURATION",
                      help="a device unheard of for this long is shown as stale (default 15m)")
+    hub.add_argument("--mqtt-broker", default="", metavar="URL",
+                     help="also take OXP messages from this MQTT broker, mqtt://[USER@]HOST[:PORT] or mqtts://… (docs/fleet.md, Running a broker)")
+    hub.add_argument("--mqtt-client-id", default="", metavar="ID", help="MQTT client id, the same across restarts (default ocn-hub-<host>-<pid>)")
+    hub.add_argument("--mqtt-password-file", default="", metavar="FILE", help="file holding the hub's broker password")
+    hub.add_argument("--mqtt-ca", default="", metavar="FILE", help="PEM CA bundle for an mqtts broker (default: the system store)")
+    hub.add_argument("--mqtt-static-access", action="store_true",
+                     help="city IT keeps the broker's device credentials and ACLs; by default the hub keeps them (Mosquitto's dynamic-security plugin)")
     hub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     hub.set_defaults(func=_serve)
     commands = hub.add_subparsers(title="hub commands", metavar="COMMAND")
@@ -353,6 +360,7 @@ def _login_link(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from hub.app import IngestSettings, parse_listen, run_hub
     from hub.models import StoreError
+    from hub.mqtt import MqttSettings
     from hub.publicreads import PublicReadSettings
     from hub.server import ConnectionSettings
 
@@ -375,6 +383,8 @@ def _serve(args: argparse.Namespace) -> int:
                                           readings_in_flight=args.public_readings_in_flight)
         connections = ConnectionSettings(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                                          max_connections=args.max_connections)
+        mqtt = MqttSettings(args.mqtt_broker, client_id=args.mqtt_client_id, password_file=args.mqtt_password_file,
+                            ca=args.mqtt_ca, manage_access=not args.mqtt_static_access) if args.mqtt_broker else None
     except ValueError as exc:
         print(f"ocn-edge hub: {exc}", file=sys.stderr)
         return 2
@@ -395,7 +405,7 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             async with run_hub(listen=args.listen, db=_db(args), state_dir=_state_dir(args), admin_token=args.admin_token,
                                rate=args.rate, burst=args.burst, stale_after_s=args.stale_after, ingest=ingest,
-                               public_reads=public_reads, connections=connections) as running:
+                               public_reads=public_reads, connections=connections, mqtt=mqtt) as running:
                 if running.admin_token and not args.admin_token:
                     print(f"Admin token (shown once, stored hashed): {running.admin_token}", file=sys.stderr, flush=True)
                 print(f"OCN hub serving on {running.url}  (dashboard {running.url}/fleet)", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ from edge.protocol import DEVICE_ID_RE, DEVICE_ID_RULE, MAX_BATCH_BYTES, MAX_STA
 from edge.protocol.errors import show
 from edge.util.clock import now_ms
 from hub.auth import secret_hash
+from hub.brokerauth import BROKER_PASSWORDS, device_password
 from hub.ingest import MAX_NOTICE_BYTES, Refused
 from hub.jsonbody import BodyError, read_bounded, read_json
 from hub.metrics import METRICS
@@ -160,7 +161,11 @@ async def _enrol(request: web.Request, hub: Hub) -> web.Response:
         return problem(exc.code, exc.detail)
     hub.keys.forget(kid)
     log.info("device enrolled", extra={"device": device_id, "key_id": kid.hex(), "status": outcome.status})
-    return compact_json({"device_id": outcome.device_id, "key_id": outcome.key_id.hex(), "status": outcome.status}, status=201)
+    answer = {"device_id": outcome.device_id, "key_id": outcome.key_id.hex(), "status": outcome.status}
+    if request.app.get(BROKER_PASSWORDS):
+        # OXP §9: the gateway's password on the broker, valid once the device is approved (hub.brokerauth).
+        answer["broker_password"] = device_password(hub.signing_key, outcome.key_id)
+    return compact_json(answer, status=201)
 
 
 @routes.post("/oxp/v1/status")

@@ -23,6 +23,7 @@ import aiohttp
 from edge import __version__
 from edge.protocol import MEDIA_TYPE
 from edge.protocol.reasons import Answer, Status
+from edge.transport.answers import ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredNews, DesiredOffer, Refused, Taken, TransportError, UplinkError
 from edge.transport.tls import tls_context
 
@@ -97,7 +98,7 @@ class HttpTransport:
         if status == 200:
             if document is None:
                 return Refused(False, "", "hub answered 200 without a JSON ack", overhead_bytes=overhead)
-            ack = _ack(document, overhead)
+            ack = ack_of(document, overhead)
             if ack is None:
                 return Refused(False, "", "hub answered 200 with an ack that names no batch", overhead_bytes=overhead)
             return ack
@@ -199,25 +200,6 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return document if isinstance(document, dict) else None
-
-
-def _ack(document: Mapping[str, Any], overhead: int) -> Ack | None:
-    """The ack in the hub's answer, None unless every field that names the batch is there with its exact type."""
-    status, device_id, kid = document.get("status"), document.get("device_id"), document.get("key_id")
-    boot_epoch, seq = document.get("boot_epoch"), document.get("seq")
-    if status not in ("stored", "duplicate") or not isinstance(device_id, str) or not isinstance(kid, str):
-        return None
-    if type(boot_epoch) is not int or type(seq) is not int:
-        return None
-    try:
-        key = bytes.fromhex(kid)
-    except ValueError:
-        return None
-    if key.hex() != kid:  # the hub writes lowercase hex; anything else is not its ack
-        return None
-    etag = document.get("desired_etag")
-    return Ack(device_id, key, boot_epoch, seq, duplicate=status == "duplicate", overhead_bytes=overhead,
-               desired_etag=etag if isinstance(etag, str) else None)
 
 
 def _content_length(headers: Mapping[str, str]) -> int:

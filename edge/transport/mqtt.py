@@ -1,0 +1,289 @@
+"""OXP over MQTT (OXP §8.6): each message published at QoS 1 under ``oxp/v1/<device id>/…``, the hub's answer pushed back.
+
+One persistent MQTT 5 session to the broker, kept by a task this module owns: it connects on
+the first exchange, subscribes to the device's answer topics and reconnects with backoff when
+the broker goes away (the session, and answers published meanwhile, survive on the broker).
+Each message carries MQTT 5 correlation data, the first 8 bytes of its SHA-256, and the hub
+echoes it: a late answer to an earlier copy of the same bytes still answers the resend, an
+answer to anything else is ignored.  Desired state is pushed by the hub on ``…/desired`` the
+moment it changes and handed to the listener like the answer to a status report.
+
+The MQTT library (aiomqtt over paho-mqtt, see docs/architecture.md) is used here only, and its
+logger is one that writes nowhere: what reaches the operator is the uplink's words.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.protocol.reasons import Answer
+from edge.transport.answers import FINAL_BATCH_CODES, FINAL_REPORT_CODES, ack_of
+from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused, Taken, TransportError, UplinkError
+from edge.transport.http import HttpTransport
+from edge.transport.tls import tls_context
+from edge.util.backoff import Backoff
+
+__all__ = ["MqttTransport", "SESSION_EXPIRY_S", "correlation", "topic"]
+
+log = logging.getLogger("ocn.uplink")
+
+# The library's own logger: disabled and attached to no hierarchy, so none of its text reaches a log.
+_LIBRARY_LOG = logging.Logger("mqtt-library")
+_LIBRARY_LOG.disabled = True
+
+TOPIC_ROOT = "oxp/v1"
+# A broker keeps the session (subscriptions, answers not yet delivered) this long after the link drops.
+SESSION_EXPIRY_S = 7 * 86400
+# Answers and desired documents the broker may have in flight to a gateway at once (MQTT 5 receive maximum).
+RECEIVE_MAXIMUM = 8
+_MAX_ANSWER_BYTES = 64 * 1024
+_MAX_RETRY_AFTER_S = 86400.0
+_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+
+
+def topic(device_id: str, kind: str) -> str:
+    """The topic of one message kind of one device: ``oxp/v1/<device id>/<kind>`` (batch, ack, status, status/ack, notice, desired)."""
+    return f"{TOPIC_ROOT}/{device_id}/{kind}"
+
+
+def correlation(data: bytes) -> bytes:
+    """The correlation data a message carries: the same bytes sent again are the same message."""
+    return hashlib.sha256(data).digest()[:8]
+
+
+def publish_framing(topic_name: str, payload_bytes: int, properties_bytes: int) -> int:
+    """Bytes an MQTT 5 QoS 1 PUBLISH adds around its payload, plus the 4-byte PUBACK that answers it."""
+    remaining = 2 + len(topic_name.encode()) + 2 + _varint_len(properties_bytes) + properties_bytes + payload_bytes
+    return 1 + _varint_len(remaining) + remaining - payload_bytes + 4
+
+
+def _varint_len(n: int) -> int:
+    size = 1
+    while n >= 128:
+        n //= 128
+        size += 1
+    return size
+
+
+class MqttTransport:
+    """OXP over MQTT 5 for one gateway: the broker at ``broker_url``, the hub's HTTP URL for its signing key."""
+
+    def __init__(
+        self, broker_url: str, *, hub_url: str, device_id: str, password_file: str | Path | None, ca: str | Path | None = None, timeout_s: float = 30.0
+    ) -> None:
+        parts = urlsplit(broker_url)
+        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+            raise UplinkError(f'uplink broker = {broker_url!r}: expected an mqtt:// or mqtts:// URL like "mqtts://broker.example.org:8883"')
+        if not device_id:
+            raise UplinkError("uplink broker: the gateway id is needed as the MQTT client id and user name")
+        self.broker_url = broker_url
+        self._host = parts.hostname
+        self._port = parts.port or _DEFAULT_PORTS[parts.scheme]
+        self._username = unquote(parts.username) if parts.username else device_id
+        self._url_password = unquote(parts.password) if parts.password else None
+        self._password_file = Path(password_file) if password_file else None
+        self._tls = tls_context(ca) if parts.scheme == "mqtts" else None
+        self._timeout_s = timeout_s
+        self.device_id = device_id
+        self._key_source = HttpTransport(hub_url, ca=ca, timeout_s=timeout_s) if hub_url else None
+        self._on_desired: DesiredListener | None = None
+        self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        self._client: aiomqtt.Client | None = None
+        self._up = asyncio.Event()
+        self._session_task: asyncio.Task[None] | None = None
+        self.last_error = ""
+
+    @property
+    def hub(self) -> str:
+        return self.broker_url
+
+    def listen(self, on_desired: DesiredListener) -> None:
+        self._on_desired = on_desired
+
+    async def aclose(self) -> None:
+        task, self._session_task = self._session_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._key_source is not None:
+            await self._key_source.aclose()
+
+    # -- the session -------------------------------------------------------------------
+
+    def _password(self) -> str | None:
+        if self._url_password is not None or self._password_file is None:
+            return self._url_password
+        try:
+            return self._password_file.read_text().strip()
+        except OSError as exc:
+            raise _NoCredentials(
+                f"cannot read the broker password from {self._password_file} ({exc.strerror or exc}): enrol this gateway again (ocn-edge enrol) to get one"
+            ) from None
+
+    def _connect_properties(self) -> Properties:
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
+        return properties
+
+    async def _keep_session(self) -> None:
+        """Connect, subscribe to this device's answers and desired state, hand each message on; reconnect when it drops."""
+        backoff = Backoff(0.5, 60.0, jitter=1.0)
+        while True:
+            try:
+                client = aiomqtt.Client(
+                    self._host,
+                    self._port,
+                    username=self._username,
+                    password=self._password(),
+                    identifier=self.device_id,
+                    logger=_LIBRARY_LOG,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    clean_start=False,
+                    keepalive=60,
+                    timeout=self._timeout_s,
+                    properties=self._connect_properties(),
+                    tls_context=self._tls,
+                )
+                async with client:
+                    await client.subscribe([(topic(self.device_id, kind), 1) for kind in ("ack", "status/ack", "desired")])
+                    self._client = client
+                    self._up.set()
+                    self.last_error = ""
+                    backoff.reset()
+                    async for message in client.messages:
+                        self._arrived(message)
+                    raise aiomqtt.MqttError("the broker closed the connection")
+            except (aiomqtt.MqttError, _NoCredentials, OSError) as exc:
+                self.last_error = _describe(exc)
+            finally:
+                self._client = None
+                self._up.clear()
+                for future in self._pending.values():
+                    if not future.done():
+                        future.set_exception(ConnectionError(self.last_error or "the connection to the broker dropped"))
+            await asyncio.sleep(backoff.next())
+
+    async def _connected(self) -> aiomqtt.Client | Refused:
+        if self._session_task is None:
+            self._session_task = asyncio.create_task(self._keep_session(), name="mqtt-session")
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._up.wait()
+        except TimeoutError:
+            return Refused(False, "", f"cannot reach the broker at {self.broker_url}: {self.last_error or 'timed out connecting'}")
+        assert self._client is not None
+        return self._client
+
+    def _arrived(self, message: aiomqtt.Message) -> None:
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        if len(payload) > _MAX_ANSWER_BYTES:
+            return
+        try:
+            document = json.loads(payload)
+        except ValueError:
+            document = None
+        if not isinstance(document, dict):
+            log.debug("ignored an answer that is not a JSON object", extra={"topic": message.topic.value})
+            return
+        if message.topic.matches(topic(self.device_id, "desired")):
+            if self._on_desired is not None:
+                self._on_desired(DesiredOffer(document.get("desired"), str(document.get("etag", ""))))
+            return
+        key = getattr(message.properties, "CorrelationData", None)
+        future = self._pending.get(bytes(key)) if isinstance(key, bytes | bytearray) else None
+        if future is not None and not future.done():
+            future.set_result(document)
+
+    # -- exchanges ---------------------------------------------------------------------
+
+    async def _exchange(self, kind: str, data: bytes) -> tuple[dict[str, Any], int] | Refused:
+        """Publish ``data`` on this device's ``kind`` topic; the hub's answer and the framing carried both ways."""
+        client = await self._connected()
+        if isinstance(client, Refused):
+            return client
+        key = correlation(data)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.CorrelationData = key
+        name = topic(self.device_id, kind)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await client.publish(name, data, qos=1, properties=properties)
+                document = await future
+        except TimeoutError:
+            return Refused(False, "", f"no answer from the hub through the broker within {self._timeout_s:g} s")
+        except (aiomqtt.MqttError, ConnectionError) as exc:
+            return Refused(False, "", f"broker: {_describe(exc)}")
+        finally:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+        answer_bytes = len(json.dumps(document, separators=(",", ":")))
+        answer_topic = topic(self.device_id, "ack" if kind == "batch" else "status/ack")
+        overhead = publish_framing(name, len(data), 11) + publish_framing(answer_topic, 0, 11) + answer_bytes
+        return document, overhead
+
+    async def send_batch(self, data: bytes) -> Ack | Refused:
+        answer = await self._exchange("batch", data)
+        if isinstance(answer, Refused):
+            return answer
+        document, overhead = answer
+        if "error" in document:
+            return _refusal(document, overhead, FINAL_BATCH_CODES)
+        ack = ack_of(document, overhead)
+        if ack is None:
+            return Refused(False, "", "the hub answered with an ack that names no batch", overhead_bytes=overhead)
+        return ack
+
+    async def _send_report(self, kind: str, data: bytes) -> tuple[Taken | Refused, dict[str, Any] | None]:
+        answer = await self._exchange(kind, data)
+        if isinstance(answer, Refused):
+            return answer, None
+        document, overhead = answer
+        if document.get("ok") is True:
+            return Taken(overhead_bytes=overhead), document
+        return _refusal(document, overhead, FINAL_REPORT_CODES), None
+
+    async def send_status(self, data: bytes) -> Taken | Refused:
+        outcome, document = await self._send_report("status", data)
+        if document is not None and self._on_desired is not None:
+            self._on_desired(DesiredOffer(document.get("desired"), str(document.get("etag", ""))))
+        return outcome
+
+    async def publish_notice(self, data: bytes) -> Taken | Refused:
+        return (await self._send_report("notice", data))[0]
+
+    async def fetch_hub_key(self) -> bytes:
+        """From the hub's HTTP(S) URL, as over HTTP: the broker cannot vouch for the hub."""
+        if self._key_source is None:
+            raise TransportError("uplink hub is empty: the hub's key is fetched from its https URL, so desired documents are not applied")
+        return await self._key_source.fetch_hub_key()
+
+
+class _NoCredentials(Exception):
+    """The broker password cannot be read; the message says where it was looked for."""
+
+
+def _refusal(document: dict[str, Any], overhead: int, final_codes: frozenset[Answer]) -> Refused:
+    code, detail = str(document.get("error", "")), str(document.get("detail", ""))
+    wait = document.get("retry_after")
+    retry_after = min(max(float(wait), 0.0), _MAX_RETRY_AFTER_S) if isinstance(wait, int | float) and not isinstance(wait, bool) else None
+    return Refused(code in final_codes, code, f"hub refused it: {code}" + (f": {detail}" if detail else ""), retry_after=retry_after, overhead_bytes=overhead)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return text if isinstance(exc, _NoCredentials) else f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,300 @@
+"""The hub's MQTT side of OXP (§8.6): batches, status reports and notices taken from a broker, answers pushed back.
+
+Every hub process subscribes with one MQTT 5 shared subscription (``$share/ocn-hub/…``), so the
+broker hands each message to one of them; the bytes go to the same transport-free ingest core
+as HTTP's (hub.ingest), and its outcome is published on the device's answer topic with the
+message's correlation data.  The store dedupes on batch identity, so a batch a gateway sends
+twice, to two processes, is stored once.  Desired state is pushed too: each process looks at
+the desired ETag of the devices it has heard from about every second and publishes a new
+signed document, retained, on ``oxp/v1/<device id>/desired`` when it changed.
+
+The broker is trusted to enforce who may publish where (per-device credentials and ACLs,
+hub.brokerauth), but nothing here depends on it: the device a topic names must be the device
+whose key signed the message, or the message is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+from aiohttp import web
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.protocol import DEVICE_ID_RE, MAX_BATCH_BYTES, MAX_STATUS_BYTES, Answer, ProtocolError, read_envelope
+from edge.protocol.desired import sign_document
+from edge.util.backoff import Backoff
+from hub.brokerauth import BrokerAccess
+from hub.fleet import desired_document
+from hub.ingest import MAX_NOTICE_BYTES, Acked, NoticeTaken, Refused, ReportTaken
+from hub.state import Hub
+
+__all__ = ["MQTT_INGEST", "MqttIngest", "MqttSettings", "SHARE_GROUP"]
+
+log = logging.getLogger("ocn.hub.mqtt")
+
+# The library's own logger: disabled and attached to no hierarchy, so none of its text reaches a log.
+_LIBRARY_LOG = logging.Logger("mqtt-library")
+_LIBRARY_LOG.disabled = True
+
+SHARE_GROUP = "ocn-hub"
+TOPIC_ROOT = "oxp/v1"
+SESSION_EXPIRY_S = 3600
+# Messages the broker may have in flight to one hub process at once (MQTT 5 receive maximum).
+RECEIVE_MAXIMUM = 256
+# Messages taken at once; the ingest workers and their queue bound the CPU work below this.
+CONCURRENT = 64
+DESIRED_CHECK_S = 1.0
+UNAVAILABLE_RETRY_S = 10.0
+_KINDS = {"batch": ("ack", MAX_BATCH_BYTES), "status": ("status/ack", MAX_STATUS_BYTES), "notice": ("status/ack", MAX_NOTICE_BYTES)}
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    """How a hub process reaches the broker (``--mqtt-*`` options)."""
+
+    broker: str
+    """``mqtt://[user@]host[:port]`` or ``mqtts://…``; the user defaults to ``ocn-hub``."""
+    client_id: str = ""
+    """The MQTT client id; stable across restarts so the broker keeps the session. Default: ocn-hub-<host name>-<pid>."""
+    password_file: str = ""
+    """A file holding the broker password of the hub's user."""
+    ca: str = ""
+    """A PEM CA bundle to check an mqtts broker against (default: the system store)."""
+    manage_access: bool = True
+    """Keep the broker's device credentials and ACLs in step with enrolment (Mosquitto's dynamic-security plugin, hub.brokerauth)."""
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.broker)
+        try:
+            _ = parts.port
+        except ValueError:
+            parts = parts._replace(netloc="")
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"--mqtt-broker {self.broker!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. mqtts://broker.example.org:8883")
+        if parts.password:
+            raise ValueError("--mqtt-broker: a password in the URL would show in the process list; put it in a file named by --mqtt-password-file")
+        if self.password_file and not Path(self.password_file).is_file():
+            raise ValueError(f"--mqtt-password-file {self.password_file!r}: no such file")
+        if self.ca and not Path(self.ca).is_file():
+            raise ValueError(f"--mqtt-ca {self.ca!r}: no such file; expected a PEM CA bundle")
+
+    @property
+    def user(self) -> str:
+        parts = urlsplit(self.broker)
+        return unquote(parts.username) if parts.username else "ocn-hub"
+
+    def client(self) -> aiomqtt.Client:
+        parts = urlsplit(self.broker)
+        password = Path(self.password_file).read_text().strip() if self.password_file else None
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        properties.ReceiveMaximum = RECEIVE_MAXIMUM
+        return aiomqtt.Client(
+            parts.hostname or "",
+            parts.port or (8883 if parts.scheme == "mqtts" else 1883),
+            username=self.user,
+            password=password,
+            identifier=self.client_id or f"ocn-hub-{socket.gethostname()}-{os.getpid()}",
+            logger=_LIBRARY_LOG,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            keepalive=30,
+            timeout=10.0,
+            properties=properties,
+            tls_context=ssl.create_default_context(cafile=self.ca or None) if parts.scheme == "mqtts" else None,
+        )
+
+
+def _answer_properties(correlation: bytes | None) -> Properties | None:
+    if correlation is None:
+        return None
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.CorrelationData = correlation
+    return properties
+
+
+def _document(outcome: Acked | ReportTaken | NoticeTaken | Refused) -> dict[str, Any]:
+    """The answer as JSON, the fields of HTTP's answer body (§8.1, §8.4); a wait travels as ``retry_after`` (§8.6)."""
+    if isinstance(outcome, Refused):
+        document = outcome.document()
+        if outcome.retry_after_s is not None:
+            document["retry_after"] = round(outcome.retry_after_s, 3)
+        return document
+    if isinstance(outcome, Acked):
+        return outcome.document()
+    if isinstance(outcome, ReportTaken):
+        return {"ok": True, "desired": outcome.desired, "etag": outcome.etag}
+    return {"ok": True, "id": outcome.id}
+
+
+class MqttIngest:
+    """One hub process's subscription to every device's messages on the broker, and the answers and desired state it publishes."""
+
+    def __init__(self, hub: Hub, settings: MqttSettings, *, unavailable: tuple[type[BaseException], ...] = ()) -> None:
+        self.hub = hub
+        self.settings = settings
+        self._unavailable = unavailable
+        self._client: aiomqtt.Client | None = None
+        self._slots = asyncio.Semaphore(CONCURRENT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._published: dict[str, str] = {}  # device id -> the desired ETag it was last offered
+        self.access = BrokerAccess(hub.store, hub.signing_key, hub_user=settings.user) if settings.manage_access else None
+        self.connected = asyncio.Event()
+        self._down_since: float | None = None
+        self.taken = 0  # messages answered, for tests and the log
+
+    async def run(self) -> None:
+        """Keep the session with the broker until cancelled; a lost broker is logged once and reconnected to with backoff."""
+        backoff = Backoff(0.5, 30.0, jitter=1.0)
+        self._down_since = None
+        while True:
+            error = await self._session(backoff)
+            if self.access is not None and self.access.rights_changed:
+                # The broker disconnects a client whose roles change (the hub's first start on a broker): reconnect now.
+                self.access.rights_changed = False
+                continue
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                log.warning(
+                    "broker unreachable; gateways' batches wait in their spools",
+                    extra={"broker": self.settings.broker, "error": f"{type(error).__name__}: {error}"},
+                )
+            await asyncio.sleep(backoff.next())
+
+    async def _session(self, backoff: Backoff) -> BaseException:
+        """One connection to the broker, from connecting to losing it; what ended it."""
+        ended: BaseException = aiomqtt.MqttError("the broker closed the connection")
+        try:
+            async with self.settings.client() as client:
+                kinds = [(f"$share/{SHARE_GROUP}/{TOPIC_ROOT}/+/{kind}", 1) for kind in _KINDS]
+                await client.subscribe(kinds + (self.access.subscriptions() if self.access is not None else []))
+                self._client = client
+                self.connected.set()
+                backoff.reset()
+                if self._down_since is not None:
+                    log.info("broker reachable again", extra={"broker": self.settings.broker, "down_s": round(time.monotonic() - self._down_since, 1)})
+                    self._down_since = None
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._push_desired_forever(client))
+                    if self.access is not None:
+                        group.create_task(self.access.keep(client))
+                    async for message in client.messages:
+                        if self.access is not None and self.access.answered(message):
+                            continue
+                        await self._slots.acquire()
+                        task = asyncio.create_task(self._take(client, message))
+                        self._tasks.add(task)
+                        task.add_done_callback(self._done)
+                    raise aiomqtt.MqttError("the broker closed the connection")
+        except* (aiomqtt.MqttError, OSError) as group_error:
+            ended = group_error.exceptions[0]
+        finally:
+            self._client = None
+            self.connected.clear()
+        return ended
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def aclose(self) -> None:
+        """Let the messages being taken finish (their answers may not reach a broker that went away)."""
+        if self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        parts = message.topic.value.split("/")
+        if len(parts) < 4 or "/".join(parts[:2]) != TOPIC_ROOT or not DEVICE_ID_RE.match(parts[2]) or parts[3] not in _KINDS:
+            return
+        device_id, kind = parts[2], parts[3]
+        answer_kind, limit = _KINDS[kind]
+        data = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+        key = getattr(message.properties, "CorrelationData", None)
+        correlation = bytes(key) if isinstance(key, bytes | bytearray) else None
+        try:
+            outcome = await self._outcome(device_id, kind, data, limit)
+        except self._unavailable as exc:
+            if not self.hub.database_down:
+                log.error("database unavailable; answering unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+                self.hub.database_down = True
+            outcome = Refused(Answer.UNAVAILABLE, "the hub's database is unavailable; retry later", retry_after_s=UNAVAILABLE_RETRY_S)
+        document = _document(outcome)
+        if isinstance(outcome, Acked | ReportTaken):
+            # Heard from: its desired state is watched from now on, starting from what this answer offers.
+            self._published.setdefault(device_id, outcome.desired_etag if isinstance(outcome, Acked) else outcome.etag)
+        try:
+            await client.publish(
+                f"{TOPIC_ROOT}/{device_id}/{answer_kind}",
+                json.dumps(document, separators=(",", ":")).encode(),
+                qos=1,
+                properties=_answer_properties(correlation),
+            )
+        except aiomqtt.MqttError as exc:
+            # The gateway hears no answer and sends the same bytes again; the store takes them as a duplicate.
+            log.debug("answer not published", extra={"device": device_id, "error": str(exc)})
+        self.taken += 1
+
+    async def _outcome(self, device_id: str, kind: str, data: bytes, limit: int) -> Acked | ReportTaken | NoticeTaken | Refused:
+        refusal = await self._topic_refusal(device_id, data, limit)
+        if refusal is not None:
+            return refusal
+        ingest = self.hub.ingest
+        if kind == "batch":
+            return await ingest.batch(data)
+        if kind == "status":
+            return await ingest.status_report(data)
+        return await ingest.notice(data)
+
+    async def _topic_refusal(self, device_id: str, data: bytes, limit: int) -> Refused | None:
+        """Refused when the key id the message names is enrolled to another device than its topic names (a device that
+        may publish under another's id, through a broker without ACLs); the signature is checked by the ingest core."""
+        try:
+            kid = read_envelope(data, limit=limit).kid
+        except ProtocolError:
+            return None  # the core refuses it with the reason
+        device = await self.hub.keys.get(kid)
+        if device is not None and device.device_id != device_id:
+            return Refused(Answer.MALFORMED, f"topic names device {device_id!r} but key id {kid.hex()} is enrolled as another device")
+        return None
+
+    async def _push_desired_forever(self, client: aiomqtt.Client) -> None:
+        """About every second: publish a new signed desired document, retained, to each device heard from whose ETag changed."""
+        while True:
+            await asyncio.sleep(DESIRED_CHECK_S)
+            for device_id, offered in list(self._published.items()):
+                try:
+                    await self._push_desired(client, device_id, offered)
+                except self._unavailable:
+                    break  # the ingest side logs the outage; the next round looks again
+
+    async def _push_desired(self, client: aiomqtt.Client, device_id: str, offered: str) -> None:
+        etag = await self.hub.ingest.desired_etag(device_id)
+        if etag is None:
+            del self._published[device_id]  # revoked or gone: nothing more is pushed to it
+            return
+        device = await self.hub.store.device(device_id) if etag != offered else None
+        if device is None:
+            return
+        document, etag = await desired_document(self.hub.store, device)
+        signed = None if document is None else sign_document(document, self.hub.signing_key)
+        payload = json.dumps({"desired": signed, "etag": etag}, separators=(",", ":")).encode()
+        await client.publish(f"{TOPIC_ROOT}/{device_id}/desired", payload, qos=1, retain=True)
+        self._published[device_id] = etag
+        log.debug("desired state pushed", extra={"device": device_id, "etag": etag})
+
+
+MQTT_INGEST = web.AppKey("mqtt_ingest", MqttIngest)

@@ -1,0 +1,298 @@
+"""OXP over MQTT end to end: a gateway's uplink → a real Mosquitto → the hub's ingest core → the store, and back.
+
+The hub keeps the broker's credentials itself (hub.brokerauth): each gateway enrols over HTTP, gets its broker password in
+the enrolment answer, and may connect once it is approved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge.enrol import enrol
+from edge.protocol import BatchHeader, key_id, load_private_key, seal_batch
+from edge.protocol.types import Channel, Reading
+from edge.spool import Spool
+from edge.transport import open_transport
+from edge.transport.mqtt import correlation
+from edge.uplink import Uplink
+from hub.app import RunningHub, run_hub
+from hub.mqtt import MQTT_INGEST, MqttIngest
+from tests.mqtt.conftest import HUB_PASSWORD, HUB_USER, Broker
+
+CHANNEL = Channel("meter-1/voltage", unit="V", resolution=0.1)
+
+
+def seal(device_id: str, key: Ed25519PrivateKey, spool: Spool, count: int) -> bytes:
+    """A sealed batch of ``count`` readings under the spool's boot epoch and next sequence number."""
+    start_ms = 1_790_000_000_000 + spool.stats()["batches"] * 100_000
+    readings = tuple(Reading(CHANNEL.id, start_ms + i * 1000, 230.0 + (i % 7) / 10) for i in range(count))
+    header = BatchHeader(
+        device_id=device_id,
+        key_id=key_id(key.public_key()),
+        boot_epoch=spool.boot_epoch,
+        seq=spool.allocate_seq(),
+        policy_digest=b"\x01" * 32,
+        codec="zstd",
+        created_ms=start_ms,
+        counters=spool.counters(),
+    )
+    return seal_batch(header, (CHANNEL,), readings, key)
+
+
+class Gateway:
+    """One enrolled gateway: its key, its spool and an uplink over MQTT (status reports only when asked)."""
+
+    def __init__(self, directory: Path, device_id: str) -> None:
+        self.directory = directory
+        self.device_id = device_id
+        self.spool: Spool
+        self.key: Ed25519PrivateKey
+        self.uplink: Uplink
+        self.offers: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def password_file(self) -> Path:
+        return self.directory / "broker.password"
+
+    async def enrol(self, hub: RunningHub, *, approve: bool = True) -> None:
+        enrolment = await enrol(
+            hub_url=hub.url, token=await hub.create_token(approve=approve), device_id=self.device_id, key_path=self.directory / "device.key"
+        )
+        self.key = load_private_key(enrolment.key_path)
+
+    async def open(self, hub_url: str, broker: Broker) -> None:
+        self.spool = await Spool.open(self.directory / "spool.db", max_bytes=50_000_000)
+        await self.spool.begin_boot()
+        transport = open_transport(hub_url, broker=broker.url, device_id=self.device_id, broker_password=self.password_file, timeout_s=3.0)
+        self.uplink = Uplink(
+            spool=self.spool,
+            transport=transport,
+            private_key=self.key,
+            device_id=self.device_id,
+            status_interval_s=0,
+            backoff_initial_s=0.05,
+            backoff_max_s=0.5,
+            idle_poll_s=0.05,
+            on_desired=lambda _signed, etag: self.offers.append(etag),
+        )
+        self._task = asyncio.create_task(self.uplink.run())
+
+    def put(self, batches: int, readings: int = 20) -> None:
+        for _ in range(batches):
+            self.spool.put(seal(self.device_id, self.key, self.spool, readings), readings=readings)
+            self.uplink.wake()
+
+    async def delivered(self, *, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.spool.stats()["batches"]:
+                await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            await self.uplink.aclose()
+            await self.spool.close()
+
+
+@contextlib.asynccontextmanager
+async def hub_on(broker: Broker, state_dir: Path) -> AsyncIterator[tuple[RunningHub, MqttIngest]]:
+    async with run_hub(state_dir=state_dir, mqtt=broker.hub_settings(client_id="hub-a")) as hub:
+        assert hub.app is not None
+        taker = hub.app[MQTT_INGEST]
+        async with asyncio.timeout(10):
+            await taker.connected.wait()
+            assert taker.access is not None
+            await taker.access.synced.wait()
+        yield hub, taker
+
+
+async def granted(taker: MqttIngest, device_id: str, *, present: bool = True) -> None:
+    """Wait until the hub has granted (or removed) the device's broker access."""
+    assert taker.access is not None
+    async with asyncio.timeout(10):
+        while (device_id in taker.access.granted) != present:
+            await asyncio.sleep(0.05)
+
+
+def client(broker: Broker, username: str, password: str, identifier: str) -> aiomqtt.Client:
+    return aiomqtt.Client(
+        "127.0.0.1",
+        broker.port,
+        username=username,
+        password=password,
+        identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        logger=logging.Logger("quiet"),
+        timeout=5,
+    )
+
+
+async def test_readings_flow_from_the_gateway_through_the_broker_to_the_hub_and_are_stored_once(broker, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        gateway = Gateway(tmp_path / "gw", "pole-0042")
+        await gateway.enrol(hub)
+        assert gateway.password_file.read_text().strip()
+        await granted(taker, "pole-0042")
+        await gateway.open(hub.url, broker)
+        try:
+            gateway.put(5)
+            await gateway.delivered()
+            assert await gateway.uplink.send_status()
+        finally:
+            await gateway.close()
+        counters = await hub.counters("pole-0042")
+    assert (counters["batches_stored"], counters["readings_stored"], counters["duplicates"]) == (5, 100, 0)
+    assert gateway.uplink.counters.batches_acked == 5
+    # MQTT frames a message in tens of bytes, where HTTP takes about 380 (OXP §8.1).
+    assert 0 < gateway.uplink.counters.overhead_bytes
+    # Only our words: the MQTT library's logger never reaches a handler.
+    assert {record.name for record in caplog.records if not record.name.startswith("ocn")} <= {"asyncio"}
+
+
+async def test_every_released_reading_is_stored_exactly_once_when_the_broker_and_the_hub_restart_mid_stream(broker, tmp_path):
+    gateway = Gateway(tmp_path / "gw", "pole-0042")
+    sent = 0
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        await gateway.enrol(hub)
+        await granted(taker, "pole-0042")
+        await gateway.open(hub.url, broker)
+        gateway.put(10)
+        sent += 10
+        await gateway.delivered()
+        gateway.put(10)  # in flight while the broker dies without saving anything
+        sent += 10
+        broker.kill()
+        gateway.put(5)
+        sent += 5
+        await broker.start()
+        await gateway.delivered(timeout=30)
+    gateway.put(10)  # the hub is down: these wait in the spool, or in the broker's session
+    sent += 10
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        await gateway.delivered(timeout=30)
+        await gateway.close()
+        counters = await hub.counters("pole-0042")
+    assert (counters["batches_stored"], counters["readings_stored"]) == (sent, sent * 20)
+
+
+async def test_a_device_may_neither_publish_nor_read_under_another_devices_id(broker, tmp_path):
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        own, other = Gateway(tmp_path / "a", "pole-0001"), Gateway(tmp_path / "b", "pole-0002")
+        await own.enrol(hub)
+        await other.enrol(hub)
+        await granted(taker, "pole-0002")
+        spool = await Spool.open(tmp_path / "a.db", max_bytes=1_000_000)
+        await spool.begin_boot()
+        try:
+            async with client(broker, "pole-0001", own.password_file.read_text().strip(), "pole-0001") as device:
+                # The broker refuses the subscription to another device's answers...
+                codes = await device.subscribe("oxp/v1/pole-0002/ack", qos=1)
+                assert codes and all((code.value if isinstance(code, ReasonCode) else code) >= 0x80 for code in codes)
+                # ...and drops what it publishes under another device's id, so the hub never sees it.
+                await device.publish("oxp/v1/pole-0002/batch", seal("pole-0001", own.key, spool, 5), qos=1)
+                await device.publish("oxp/v1/pole-0001/batch", seal("pole-0001", own.key, spool, 5), qos=1)
+                async with asyncio.timeout(10):
+                    while taker.taken < 1:
+                        await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+            assert taker.taken == 1
+        finally:
+            await spool.close()
+        assert (await hub.counters("pole-0002"))["batches_stored"] == 0
+
+
+async def test_the_hub_refuses_a_batch_on_another_devices_topic_even_from_a_client_the_acl_lets_through(broker, tmp_path):
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        own, other = Gateway(tmp_path / "a", "pole-0001"), Gateway(tmp_path / "b", "pole-0002")
+        await own.enrol(hub)
+        await other.enrol(hub)
+        spool = await Spool.open(tmp_path / "a.db", max_bytes=1_000_000)
+        await spool.begin_boot()
+        answers: list[dict[str, object]] = []
+        try:
+            # The hub's own user may publish anywhere under oxp/v1: the ACL is out of the way.
+            async with client(broker, HUB_USER, HUB_PASSWORD, "superuser-test") as superuser:
+                await superuser.subscribe("oxp/v1/pole-0002/ack", qos=1)
+                own_batch = seal("pole-0001", own.key, spool, 5)
+                # Naming pole-0002's key id, with a signature its key did not make (the last byte is the signature's).
+                signed = seal("pole-0002", other.key, spool, 5)
+                forged = signed[:-1] + bytes([signed[-1] ^ 1])
+                for data in (own_batch, forged):
+                    properties = Properties(PacketTypes.PUBLISH)
+                    properties.CorrelationData = correlation(data)
+                    await superuser.publish("oxp/v1/pole-0002/batch", data, qos=1, properties=properties)
+                async with asyncio.timeout(10):
+                    async for message in superuser.messages:
+                        assert isinstance(message.payload, bytes)
+                        answers.append(json.loads(message.payload))
+                        if len(answers) == 2:
+                            break
+        finally:
+            await spool.close()
+        assert sorted(str(a["error"]) for a in answers) == ["bad_signature", "malformed"]
+        assert "enrolled as another device" in next(str(a["detail"]) for a in answers if a["error"] == "malformed")
+        for device_id in ("pole-0001", "pole-0002"):
+            assert (await hub.counters(device_id))["batches_stored"] == 0
+
+
+async def connect_fails(broker: Broker, device_id: str, password: str) -> bool:
+    try:
+        async with client(broker, device_id, password, device_id):
+            return False
+    except aiomqtt.MqttError:
+        return True
+
+
+async def test_approving_a_device_grants_its_broker_access_and_revoking_removes_it(broker, tmp_path):
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        gateway = Gateway(tmp_path / "gw", "pole-0042")
+        await gateway.enrol(hub, approve=False)
+        password = gateway.password_file.read_text().strip()
+        assert await connect_fails(broker, "pole-0042", password)  # pending: not on the broker yet
+
+        await hub.set_device_status("pole-0042", "active")
+        await granted(taker, "pole-0042")
+        async with client(broker, "pole-0042", password, "pole-0042") as connected:
+            await hub.set_device_status("pole-0042", "revoked")
+            # Revoking disconnects the device's session at once...
+            with pytest.raises(aiomqtt.MqttError):
+                async with asyncio.timeout(10):
+                    async for _ in connected.messages:
+                        pass
+        # ...and its credentials no longer open one.
+        await granted(taker, "pole-0042", present=False)
+        assert await connect_fails(broker, "pole-0042", password)
+
+
+async def test_a_desired_change_is_pushed_to_a_connected_gateway_without_a_status_report(broker, tmp_path):
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        gateway = Gateway(tmp_path / "gw", "pole-0042")
+        await gateway.enrol(hub)
+        await granted(taker, "pole-0042")
+        await gateway.open(hub.url, broker)
+        try:
+            gateway.put(1)
+            await gateway.delivered()
+            await hub.set_desired("device", "pole-0042", {"config": {"batch": {"span": "10s"}}})
+            async with asyncio.timeout(10):
+                while not gateway.offers:
+                    await asyncio.sleep(0.05)
+            assert gateway.uplink.counters.status_sent == 0
+            assert gateway.uplink.desired_etag == gateway.offers[-1] != ""
+        finally:
+            await gateway.close()
