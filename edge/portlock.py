@@ -2,7 +2,8 @@
 
 The bus owners open every serial port exclusively (a ``flock`` through pyserial), so a second
 opener only learns "cannot open".  The gateway therefore writes a small JSON record (pid, unit,
-ports, start time, local page) that a technician who is not root can read: 0644 in the runtime
+ports and the bus on each, start time, local page) that `read` and `scan` use to go through
+the running gateway's local API instead, and that a technician who is not root can read: 0644 in the runtime
 directory (``RuntimeDirectory=ocn-edge`` under systemd, ``/run/ocn-edge``; ``OCN_EDGE_RUN_DIR``
 overrides), and 0600 in the state directory like every file there, for a gateway run by hand
 where no runtime directory exists (`read --config` looks there too).
@@ -41,10 +42,16 @@ class PortRecord:
     started: str
     state_dir: str
     local_page: str | None = None
+    buses: tuple[tuple[str, str], ...] = ()  # (bus name, port) for each port held
 
     def holds(self, port: str) -> bool:
         wanted = os.path.realpath(port)
         return any(p == port or os.path.realpath(p) == wanted for p in self.ports)
+
+    def bus_on(self, port: str) -> str | None:
+        """The name of the gateway's bus on ``port`` (by name or resolved path), if the record says."""
+        wanted = os.path.realpath(port)
+        return next((name for name, p in self.buses if p == port or os.path.realpath(p) == wanted), None)
 
     def alive(self) -> bool:
         try:
@@ -62,10 +69,15 @@ def run_dir() -> Path:
     return Path(given) if given else DEFAULT_RUN_DIR
 
 
+def serial_buses(config: GatewayConfig) -> dict[str, str]:
+    """The ports the gateway's bus owners open, by bus name: serial and Modbus RTU buses some enabled device uses."""
+    used = {d.bus for d in config.devices if d.enabled and d.bus}
+    return {b.name: b.port for b in config.buses if b.name in used and b.port and b.type in ("serial", "modbus-rtu")}
+
+
 def serial_ports(config: GatewayConfig) -> tuple[str, ...]:
     """The ports the gateway's bus owners open: serial and Modbus RTU buses some enabled device uses."""
-    used = {d.bus for d in config.devices if d.enabled and d.bus}
-    return tuple(b.port for b in config.buses if b.name in used and b.port and b.type in ("serial", "modbus-rtu"))
+    return tuple(serial_buses(config).values())
 
 
 def _unit_name() -> str | None:
@@ -88,7 +100,7 @@ def write_record(config: GatewayConfig, *, local_page: str | None = None) -> lis
     """
     pid = os.getpid()
     record = {
-        "pid": pid, "unit": _unit_name(), "ports": list(serial_ports(config)),
+        "pid": pid, "unit": _unit_name(), "ports": list(serial_ports(config)), "buses": serial_buses(config),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "state_dir": str(config.gateway.state_dir), "local_page": local_page,
     }
@@ -133,6 +145,7 @@ def _records_in(directory: Path) -> list[tuple[Path, PortRecord]]:
                     pid=int(data["pid"]), unit=data.get("unit"), ports=tuple(map(str, data["ports"])),
                     started=str(data.get("started", "")), state_dir=str(data.get("state_dir", "")),
                     local_page=data.get("local_page"),
+                    buses=tuple((str(k), str(v)) for k, v in dict(data.get("buses") or {}).items()),
                 )))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # half-written, foreign or unreadable: not a record to act on

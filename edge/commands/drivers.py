@@ -7,22 +7,15 @@ import asyncio
 import functools
 import json
 import logging
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from drivers.buses import BusConfigLike, UnitBackingOff, create_bus
-from drivers.modbus.adapter import (
-    ExceptionReply,
-    GarbledReply,
-    LinkDown,
-    LinkError,
-    ModbusLink,
-    NoReply,
-)
+from drivers.buses import BusConfigLike, create_bus
+from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkDown, ModbusLink, NoReply
+from drivers.modbus.diagnosis import diagnose
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import ProfileError, load_profile, shipped_profiles
 from drivers.registry import UnknownDriver, available, load_driver
@@ -30,7 +23,9 @@ from drivers.scaffold import KINDS, ScaffoldError, scaffold
 from drivers.sdk import DeviceContext, Driver, OptionError, Options
 from drivers.testing import BusSettings
 from edge.commands import positive, whole
-from edge.portlock import find_holder, held_message, probe_locked
+from edge.commands.through import Refused, Unreachable, api_off, default_token, post, ranges, through_line
+from edge.commissioning import SCAN_MAX_UNITS, gather_frames, parse_register, parse_units, shown_value, stream_diagnosis
+from edge.portlock import PortRecord, find_holder, held_message, probe_locked
 from edge.protocol.types import Reading
 
 __all__ = ["register"]
@@ -76,14 +71,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scan", help="probe a Modbus bus and report which unit ids answer", formatter_class=raw,
                        description=(
                            "Probe a Modbus bus: send one small read to each unit id and report who answers.\n"
-                           "A unit answering with an exception is there too. Each silent unit costs one timeout.\n\n"
+                           "A unit answering with an exception is there too. Each silent unit costs one timeout.\n"
+                           "When the running gateway holds the port, the scan goes through it (its local API), at\n"
+                           f"its configured line settings, {SCAN_MAX_UNITS} ids per request, between its polls; --direct "
+                           "does not.\n\n"
                            "  ocn-edge scan --port /dev/serial/by-id/usb-FTDI-if00-port0 --baud 9600,19200\n"
-                           "  ocn-edge scan --tcp 192.0.2.10:502 --units 1-10\n\n"
+                           "  ocn-edge scan --tcp 192.0.2.10:502 --units 1-10\n"
+                           "  ocn-edge scan --rtu-over-tcp 192.0.2.20:4196 --units 1-10\n\n"
                            "Exit status: 0 some unit answered, 1 none did or the bus cannot be opened, 2 bad options."))
     _bus_arguments(p, multi_baud=True)
     p.add_argument("--units", default="1-247", help="unit ids to try: '1-247', '1,2,10-20' (default 1-247)")
     p.add_argument("--register", default="holding:0",
                    help="what to read: FUNCTION:ADDRESS, function holding|input|coil|discrete (default holding:0)")
+    _through_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
     p.set_defaults(func=cmd_scan)
 
@@ -91,7 +91,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        formatter_class=raw, description=(
                            "Read one device once with its driver and print every channel with value and unit,\n"
                            "or say what is wrong: no reply, wrong baud rate (CRC errors), an exception code.\n"
-                           "Personal values (MAC addresses, exact positions) are shown masked.\n\n"
+                           "Personal values (MAC addresses, exact positions) are shown masked.\n"
+                           "When the running gateway holds the port, --config DEVICE goes through it (its local API):\n"
+                           "a fresh read between its polls, showing only what its policy releases; --direct does not.\n\n"
                            "  ocn-edge read --config /etc/ocn-edge/gateway.toml meter-1\n"
                            "  ocn-edge read --port /dev/ttyUSB0 --baud 9600 --unit 1 --profile eastron-sdm630\n"
                            "  ocn-edge read --tcp 127.0.0.1:5020 --unit 1 --profile eastron-sdm120\n"
@@ -105,6 +107,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--driver", help="a driver name (see `ocn-edge drivers`)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a driver option (repeatable)")
     p.add_argument("--wait", type=positive, default=5.0, help="seconds to wait for a streaming device (default 5)")
+    _through_arguments(p)
     p.add_argument("--json", action="store_true", help="one JSON document instead of text")
     p.set_defaults(func=cmd_read)
 
@@ -113,14 +116,24 @@ def _bus_arguments(p: argparse.ArgumentParser, *, multi_baud: bool) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--port", help="serial port (RS-485 adapter), e.g. /dev/serial/by-id/...")
     where.add_argument("--tcp", metavar="HOST[:PORT]", help="Modbus TCP server or gateway (port 502 by default)")
+    where.add_argument("--rtu-over-tcp", metavar="HOST[:PORT]",
+                       help="an RS-485-to-Ethernet converter passing RTU frames over TCP (port 502 by default)")
     if multi_baud:
-        p.add_argument("--baud", default="9600",
-                       help="baud rate(s) to try, comma-separated, or 'all' for " + ",".join(map(str, COMMON_BAUDS)))
+        p.add_argument("--baud",
+                       help="baud rate(s) to try, comma-separated, or 'all' for " + ",".join(map(str, COMMON_BAUDS))
+                            + " (default 9600)")
     else:
         p.add_argument("--baud", type=whole(1, MAX_BAUD), default=9600, help="baud rate (default 9600)")
     p.add_argument("--parity", choices=("N", "E", "O"), default="N", help="parity (default N)")
     p.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="stop bits (default 1)")
     p.add_argument("--timeout", type=positive, default=0.5, help="seconds to wait for each reply (default 0.5)")
+
+
+def _through_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--direct", action="store_true",
+                   help="open the port itself even when the running gateway holds it (which then fails, naming it)")
+    p.add_argument("--token", default=default_token(),
+                   help="the running gateway's local API access token, if it listens beyond 127.0.0.1 (default: $OCN_EDGE_TOKEN)")
 
 
 def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -133,10 +146,10 @@ def _fail(message: str, status: int = EXIT_USAGE) -> int:
     return status
 
 
-def _tcp(value: str) -> tuple[str, int]:
+def _tcp(value: str, *, option: str = "--tcp") -> tuple[str, int]:
     host, _, port = value.rpartition(":") if ":" in value else (value, "", "502")
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--tcp {value!r}: expected HOST or HOST:PORT with a port 1..65535")
+        raise ValueError(f"{option} {value!r}: expected HOST or HOST:PORT with a port 1..65535")
     return host or "127.0.0.1", int(port)
 
 
@@ -270,46 +283,40 @@ def cmd_ports(args: argparse.Namespace) -> int:
 
 # --- scan --------------------------------------------------------------------------------------
 
-def _units(text: str) -> list[int]:
-    units: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        if not first.isdigit() or (last and not last.isdigit()):
-            raise ValueError(f"--units {text!r}: expected ids like '1-247' or '1,2,10-20'")
-        lo, hi = int(first), int(last or first)
-        if not 1 <= lo <= hi <= 247:
-            raise ValueError(f"--units {text!r}: unit ids are 1..247")
-        units.extend(range(lo, hi + 1))
-    return units
-
-
 def _bauds(text: str) -> list[int]:
+    if text == "all":
+        return list(COMMON_BAUDS)
     bauds = [b.strip() for b in text.split(",") if b.strip()]
     if not bauds or not all(b.isdigit() and 0 < int(b) <= MAX_BAUD for b in bauds):
         raise ValueError(f"--baud {text!r}: expected baud rates like 9600 or 9600,19200 (1..{MAX_BAUD}), or 'all'")
     return [int(b) for b in bauds]
 
 
-def _register_arg(text: str) -> tuple[str, int]:
-    function, _, address = text.partition(":")
-    if function not in ("holding", "input", "coil", "discrete") or not address.isdigit() or int(address) > 0xFFFF:
-        raise ValueError(f"--register {text!r}: expected FUNCTION:ADDRESS, e.g. holding:0 or input:0")
-    return function, int(address)
+def _endpoint(args: argparse.Namespace) -> tuple[str, tuple[str, int]] | None:
+    """("tcp" or "rtu-over-tcp", (host, port)) for a bus reached over TCP, None for a serial port."""
+    if args.tcp:
+        return "tcp", _tcp(args.tcp, option="--tcp")
+    if args.rtu_over_tcp:
+        return "rtu-over-tcp", _tcp(args.rtu_over_tcp, option="--rtu-over-tcp")
+    return None
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
     try:
-        units = _units(args.units)
-        function, address = _register_arg(args.register)
-        tcp = _tcp(args.tcp) if args.tcp else None
+        units = parse_units(args.units)
+        function, address = parse_register(args.register)
+        tcp = _endpoint(args)
         if tcp is None and not args.port:
-            raise ValueError("say which bus: --port DEVICE (Modbus RTU) or --tcp HOST[:PORT]")
-        bauds = [0] if tcp else (list(COMMON_BAUDS) if args.baud == "all" else _bauds(args.baud))
+            raise ValueError("say which bus: --port DEVICE (Modbus RTU), --tcp HOST[:PORT] or --rtu-over-tcp HOST[:PORT]")
+        bauds = [0] if tcp else _bauds(args.baud or "9600")
     except ValueError as exc:
         return _fail(str(exc))
     if args.port and (holder := find_holder(args.port)) is not None:
-        return _fail(f"cannot scan {args.port}: {held_message(holder)}", EXIT_FAILED)
-    found = asyncio.run(_scan(tcp, args, bauds, units, function, address))
+        if args.direct:
+            return _fail(f"cannot scan {args.port}: {held_message(holder)}", EXIT_FAILED)
+        found = _scan_through(holder, args, units, bauds if args.baud else None)
+    else:
+        found = asyncio.run(_scan(tcp, args, bauds, units, function, address))
     if found is None:
         return EXIT_FAILED
     if args.json:
@@ -319,13 +326,60 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK if found else EXIT_FAILED
 
 
-async def _scan(tcp: tuple[str, int] | None, args: argparse.Namespace, bauds: list[int], units: list[int],
+def _scan_through(holder: PortRecord, args: argparse.Namespace, units: list[int],
+                  bauds: list[int] | None) -> list[dict[str, Any]] | None:
+    """Scan through the running gateway's bus owner, SCAN_MAX_UNITS ids per request; None when it cannot."""
+    bus = holder.bus_on(args.port)
+    if holder.local_page is None or bus is None:
+        _fail(f"cannot scan {args.port}: {api_off(holder) if holder.local_page is None else held_message(holder)}",
+              EXIT_FAILED)
+        return None
+    print(through_line(holder), file=sys.stderr)
+    found: list[dict[str, Any]] = []
+    garbled = 0
+    for first in range(0, len(units), SCAN_MAX_UNITS):
+        part = units[first:first + SCAN_MAX_UNITS]
+        try:
+            answer = post(holder, f"buses/{bus}/scan", {"units": ranges(part), "register": args.register,
+                                                          "timeout": args.timeout},
+                          token=args.token, timeout=len(part) * args.timeout * 4 + 30)
+        except Unreachable as exc:
+            _fail(f"cannot scan {args.port}: {held_message(holder)}; {exc}", EXIT_FAILED)
+            return None
+        except Refused as exc:
+            _fail(f"cannot scan {args.port} through the running gateway: {exc}", EXIT_FAILED)
+            return None
+        if first == 0 and not args.json:
+            print(f"Scanning {answer['line']} (bus {bus}), units {units[0]}..{units[-1]} ({len(units)} ids, "
+                  f"{answer['timeout_s']:g} s each):")
+            baud = answer.get("baudrate")
+            if bauds and baud and set(bauds) != {baud}:
+                print(f"  note: the running gateway holds {args.port} at {baud} baud, so only that was scanned; "
+                      "to try other rates, stop it and scan with --direct")
+        for entry in answer["found"]:
+            entry = {**entry, "baud": answer.get("baudrate")}
+            found.append(entry)
+            if not args.json:
+                devices = f" ({', '.join(entry['devices'])})" if entry["devices"] else ""
+                print(f"  unit {entry['unit']:>3}{devices} answers ({entry['reply_ms']} ms): {entry['answer']}")
+        garbled += len(answer["garbled"])
+        for problem in answer["problems"]:
+            if "corrupt" not in problem:
+                print(f"problem: {problem}", file=sys.stderr)
+    if garbled and not args.json:
+        print(f"  {garbled} replies were corrupt (CRC errors): devices are there but at another baud rate or parity "
+              "than the gateway's bus; check its baudrate and parity")
+    return found
+
+
+async def _scan(tcp: tuple[str, tuple[str, int]] | None, args: argparse.Namespace, bauds: list[int], units: list[int],
                 function: str, address: int) -> list[dict[str, Any]] | None:
     found: list[dict[str, Any]] = []
     for baud in bauds:
         if tcp:
-            link = ModbusLink("tcp", host=tcp[0], tcp_port=tcp[1], timeout=args.timeout)
-            where = f"{tcp[0]}:{tcp[1]}"
+            kind, (host, tcp_port) = tcp
+            link = ModbusLink(kind, host=host, tcp_port=tcp_port, timeout=args.timeout)
+            where = f"{host}:{tcp_port}" + (" (RTU frames over TCP)" if kind == "rtu-over-tcp" else "")
         else:
             link = ModbusLink("rtu", port=args.port, baudrate=baud, parity=args.parity, stopbits=args.stopbits,
                               timeout=args.timeout)
@@ -370,17 +424,6 @@ async def _scan(tcp: tuple[str, int] | None, args: argparse.Namespace, bauds: li
 
 # --- read --------------------------------------------------------------------------------------
 
-def _shown(reading: Reading, channels: dict[str, Any]) -> str:
-    """The value as a technician reads it: personal values masked, numbers to the channel's resolution."""
-    channel = channels.get(reading.channel)
-    if channel is not None and channel.personal:
-        return "<personal value, not shown>"
-    if isinstance(reading.value, float) and channel is not None and channel.resolution:
-        decimals = max(0, -math.floor(math.log10(channel.resolution)))
-        return f"{reading.value:.{decimals}f}"
-    return str(reading.value)
-
-
 _NOT_THERE = "the port or server is not there (see `ocn-edge ports`)"
 
 
@@ -401,24 +444,18 @@ def _held_elsewhere(port: str) -> str:
     return f"it exists but did not open; check that this user may use it (`ls -l {port}`, group dialout)"
 
 
-def _diagnose(exc: LinkError, unit: int | None, request: Any = None) -> str:
-    span = f" ({request.function} {request.address}..{request.end - 1})" if request is not None else ""
-    if isinstance(exc, ExceptionReply):
-        return f"unit {unit} answered exception {exc.code}{span}: {exc.meaning}"
-    if isinstance(exc, GarbledReply):
-        return (f"unit {unit}: corrupt replies (CRC errors){span}: most likely the wrong baud rate or parity; "
-                "find the right one with `ocn-edge scan --baud all`")
-    if isinstance(exc, (NoReply, UnitBackingOff)):
-        return (f"no reply from unit {unit}{span}: check the unit id (`ocn-edge scan`), baud rate and parity, "
-                "A/B wiring (try swapping), termination and power")
-    return f"bus not open: {exc}"
-
-
 def cmd_read(args: argparse.Namespace) -> int:
     try:
         plan = _read_plan(args)
     except (ValueError, OptionError, ProfileError, UnknownDriver) as exc:
         return _fail(str(exc))
+    port: str | None = getattr(plan["bus"], "port", None)
+    state_dirs = [plan["state_dir"]] if plan.get("state_dir") else []
+    if port and (holder := find_holder(port, state_dirs=state_dirs)) is not None:
+        if args.direct or not args.config:
+            how = "" if args.direct else "; to read through it: ocn-edge read --config <its gateway.toml> DEVICE"
+            return _fail(f"cannot open {port}: {held_message(holder)}{how}", EXIT_FAILED)
+        return _read_through(holder, port, plan["device"], args)
     # The diagnosis printed at the end says it better than the runtime's fault log lines.
     ocn = logging.getLogger("ocn")
     level = ocn.level
@@ -427,6 +464,31 @@ def cmd_read(args: argparse.Namespace) -> int:
         return asyncio.run(_read(plan, as_json=args.json, wait=args.wait))
     finally:
         ocn.setLevel(level)
+
+
+def _read_through(holder: PortRecord, port: str, device: str, args: argparse.Namespace) -> int:
+    """Read ``device`` once through the running gateway's bus owner: only what its policy releases is shown."""
+    if holder.local_page is None:
+        return _fail(f"cannot open {port}: {api_off(holder)}", EXIT_FAILED)
+    print(through_line(holder), file=sys.stderr)
+    try:
+        answer = post(holder, f"devices/{device}/read", {"wait": args.wait}, token=args.token, timeout=args.wait + 60)
+    except Unreachable as exc:
+        return _fail(f"cannot open {port}: {held_message(holder)}; {exc}", EXIT_FAILED)
+    except Refused as exc:
+        return _fail(f"cannot read {device} through the running gateway: {exc}", EXIT_FAILED)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        names = [v["channel"] for v in answer["values"]] + [w["channel"] for w in answer["withheld"]]
+        width = max(map(len, names), default=0)
+        for v in answer["values"]:
+            print(f"{v['channel']:<{width}}  {v['text']} {v['unit']}".rstrip())
+        for w in answer["withheld"]:
+            print(f"{w['channel']:<{width}}  withheld ({w['why']})")
+        for problem in answer["problems"]:
+            print(f"problem: {problem}", file=sys.stderr)
+    return EXIT_OK if answer.get("read") and not answer["problems"] else EXIT_FAILED
 
 
 def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
@@ -447,7 +509,7 @@ def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
         return {"driver": load_driver(device.driver), "bus": bus, "device": device.name,
                 "options": device.options, "address": device.address, "state_dir": cfg.gateway.state_dir}
     if args.device:
-        raise ValueError("a DEVICE name needs --config; otherwise give --port/--tcp and --profile or --driver")
+        raise ValueError("a DEVICE name needs --config; otherwise give --port/--tcp/--rtu-over-tcp and --profile or --driver")
     options: dict[str, Any] = {}
     for item in args.option:
         key, eq, value = item.partition("=")
@@ -463,14 +525,18 @@ def _read_plan(args: argparse.Namespace) -> dict[str, Any]:
         options["profile_file"] = Path(args.profile).resolve()
     cls = load_driver(driver_name)
     transport = cls.manifest.transport
-    if args.tcp:
-        host, port = _tcp(args.tcp)
-        bus = BusSettings(name="cli", type="modbus-tcp", host=host, tcp_port=port, timeout=args.timeout)
+    endpoint = _endpoint(args)
+    if endpoint is not None:
+        kind, (host, port) = endpoint
+        if transport != "modbus":
+            raise ValueError(f"--{'tcp' if kind == 'tcp' else 'rtu-over-tcp'} reaches a Modbus device; driver "
+                             f"{driver_name!r} reads a {transport} device: give --port")
+        bus = BusSettings(name="cli", type=f"modbus-{kind}", host=host, tcp_port=port, timeout=args.timeout)
     elif args.port:
         bus = BusSettings(name="cli", type="modbus-rtu" if transport == "modbus" else "serial", port=args.port,
                           baudrate=args.baud, parity=args.parity, stopbits=args.stopbits, timeout=args.timeout)
     else:
-        raise ValueError("say which bus: --port DEVICE or --tcp HOST[:PORT]")
+        raise ValueError("say which bus: --port DEVICE, --tcp HOST[:PORT] or --rtu-over-tcp HOST[:PORT]")
     if transport == "modbus" and args.unit is None:
         raise ValueError("a Modbus device needs --unit (1..247); `ocn-edge scan` finds it")
     try:
@@ -494,9 +560,6 @@ def _option_value(text: str) -> Any:
 async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
     cls: type[Driver] = plan["driver"]
     port: str | None = getattr(plan["bus"], "port", None)
-    state_dirs = [plan["state_dir"]] if plan.get("state_dir") else []
-    if port and (holder := find_holder(port, state_dirs=state_dirs)) is not None:
-        return _fail(f"cannot open {port}: {held_message(holder)}", EXIT_FAILED)
     bus = create_bus(plan["bus"], reopen_max=1.0)
     ctx = DeviceContext(device_id=plan["device"], options=plan["options"], bus=bus, address=plan["address"],
                         poll_interval=1.0)
@@ -515,14 +578,14 @@ async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
             if isinstance(driver, ModbusDriver):
                 result = await driver.poll()
                 readings = result.readings
-                problems = [_diagnose(exc, driver.unit, req) for req, exc in result.failures]
+                problems = [diagnose(exc, driver.unit, req) for req, exc in result.failures]
                 if result.skipped:
                     problems.append(f"{len(result.skipped)} more request(s) not sent after the unit went silent")
             else:
                 readings = await _stream(driver, channels, wait)
                 stats: dict[str, Any] = getattr(driver, "stats", dict)()
                 if not readings:
-                    problems.append(_stream_diagnosis(bus.stats(), stats, wait))
+                    problems.append(stream_diagnosis(bus.stats().get("bytes_in", 0), stats, wait))
                 elif stats.get("bad_checksum") or stats.get("bad_frames"):
                     problems.append(f"some frames were bad: {stats}")
     finally:
@@ -531,13 +594,13 @@ async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
     latest = {r.channel: r for r in readings}
     if as_json:
         print(json.dumps({"device": plan["device"], "driver": cls.manifest.name,
-                          "readings": [{"channel": r.channel, "value": _shown(r, channels) if r.channel in personal
+                          "readings": [{"channel": r.channel, "value": shown_value(r, channels.get(r.channel)) if r.channel in personal
                                         else r.value, "unit": r.unit} for r in latest.values()],
                           "problems": problems}, indent=2))
     else:
         width = max((len(c) for c in latest), default=0)
         for r in latest.values():
-            print(f"{r.channel:<{width}}  {_shown(r, channels)} {r.unit}".rstrip())
+            print(f"{r.channel:<{width}}  {shown_value(r, channels.get(r.channel))} {r.unit}".rstrip())
         for problem in problems:
             print(f"problem: {problem}", file=sys.stderr)
     return EXIT_OK if latest and not problems else EXIT_FAILED
@@ -545,35 +608,14 @@ async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
 
 async def _stream(driver: Driver, channels: dict[str, Any], wait: float) -> list[Reading]:
     """Run a streaming driver until every channel was seen, or ~1 s of frames after the first, or ``wait`` s."""
-    got: list[Reading] = []
+    got: asyncio.Queue[Reading] = asyncio.Queue()
 
     async def emit(reading: Reading) -> None:
-        got.append(reading)
+        got.put_nowait(reading)
 
     task = asyncio.create_task(driver.run(emit))
-    deadline = time.monotonic() + wait
-    first_at: float | None = None
     try:
-        while time.monotonic() < deadline:
-            if got and first_at is None:
-                first_at = time.monotonic()
-            # Not every frame fills every channel (GGA vs RMC, a pedestrian counter with nobody around).
-            if first_at is not None and ({r.channel for r in got} >= set(channels)
-                                         or time.monotonic() - first_at > 1.2):
-                break
-            await asyncio.sleep(0.05)
+        return await gather_frames(got, channels, wait)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-    return got
-
-
-def _stream_diagnosis(bus_stats: dict[str, Any], stats: dict[str, Any], wait: float) -> str:
-    if not bus_stats.get("bytes_in"):
-        return (f"nothing received in {wait:g} s: check the port, the wiring (TX/RX crossed?) and that the sensor "
-                "has power")
-    if stats.get("frames", 0) == 0 and (stats.get("garbage_bytes") or stats.get("bad_checksum")):
-        return (f"{bus_stats['bytes_in']} bytes received but no valid frame: most likely the wrong baud rate, "
-                "or a different device on this port")
-    return f"no readings in {wait:g} s (decoder counters: {stats})"
-

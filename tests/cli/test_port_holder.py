@@ -112,9 +112,15 @@ def test_read_while_ocn_edge_run_holds_the_port_names_the_holder(tmp_path: Path,
         assert record.exists(), f"ocn-edge run wrote no port record (exit {gateway.poll()})"
         assert oct(record.stat().st_mode & 0o777) == "0o644"
 
-        result = ocn_edge("read", "--config", str(config), "meter-1")
+        result = ocn_edge("read", "--config", str(config), "meter-1", "--direct")
         assert result.returncode == 1
         assert f"held by the running gateway (pid {gateway.pid})" in result.stderr
+
+        # Without --direct the read goes through the gateway, whose bus owner asks the (silent) unit.
+        result = ocn_edge("read", "--config", str(config), "meter-1")
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"through the running gateway (pid {gateway.pid})\nproblem: no reply from unit 1")
+        assert "not there" not in result.stderr
     finally:
         gateway.send_signal(signal.SIGTERM)
         output, _ = gateway.communicate(timeout=60)

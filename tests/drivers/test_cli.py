@@ -164,7 +164,7 @@ async def test_read_says_when_the_port_is_not_there(tmp_path):
 
 def test_read_without_a_bus_says_how_to_name_one(capsys):
     assert main(["read", "--profile", "eastron-sdm630", "--unit", "1"]) == 2
-    assert "say which bus: --port DEVICE or --tcp HOST[:PORT]" in capsys.readouterr().err
+    assert "say which bus: --port DEVICE, --tcp HOST[:PORT] or --rtu-over-tcp HOST[:PORT]" in capsys.readouterr().err
 
 
 def test_driver_new_refuses_a_bad_name(tmp_path, capsys):
