@@ -29,6 +29,8 @@ from hub.models import StoreError
 from hub.mqtt import MQTT_INGEST, MqttIngest, MqttSettings
 from hub.publicreads import PUBLIC_READS, PublicReads, PublicReadSettings
 from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
+from hub.retention import RETENTION_FIRST_S
+from hub.retention import schedule as retention_schedule
 from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
 from hub.state import HUB, Hub
 from hub.store import Store
@@ -214,9 +216,12 @@ async def run_hub(
     ingest: IngestSettings = DEFAULT_INGEST,
     public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS,
     connections: ConnectionSettings = DEFAULT_CONNECTIONS,
+    retention_interval_s: float = 86400.0,
     mqtt: MqttSettings | None = None,
 ) -> AsyncIterator[RunningHub]:
-    """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key)."""
+    """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key).
+
+    Retention runs (hub.retention) start ``min(60 s, retention_interval_s)`` after the hub listens, then every ``retention_interval_s``."""
     if state_dir is None:
         raise ValueError("run_hub: state_dir is required (it holds the hub's signing key and, by default, its database)")
     state = private_directory(state_dir)  # the signing key and, by default, the database
@@ -225,6 +230,7 @@ async def run_hub(
     runner: web.AppRunner | None = None
     notifier = Notifier()
     watchdog: asyncio.Task[None] | None = None
+    retention: asyncio.Task[None] | None = None
     broker: tuple[MqttIngest, asyncio.Task[None]] | None = None
     try:
         admin = Admin(store)
@@ -267,11 +273,16 @@ async def run_hub(
         notifier.ready(f"serving on {url}")
         watchdog = asyncio.create_task(watchdog_loop(notifier), name="hub-watchdog")
         start_probe()  # the benchmark's loop-lag probe: nothing unless $OCN_HUB_LOOP_LAG_FILE is set
+        retention = asyncio.create_task(retention_schedule(store, interval_s=retention_interval_s,
+                                                           first_after_s=min(RETENTION_FIRST_S, retention_interval_s)), name="hub-retention")
         if mqtt is not None:
             taker = app[MQTT_INGEST]
             broker = (taker, asyncio.create_task(taker.run(), name="hub-mqtt"))
         yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated, app=app)
     finally:
+        if retention is not None:
+            retention.cancel()
+            await asyncio.gather(retention, return_exceptions=True)
         if broker is not None:
             broker[1].cancel()
             await asyncio.gather(broker[1], return_exceptions=True)

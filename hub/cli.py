@@ -1,4 +1,8 @@
-"""`ocn-edge hub`: run the hub, and manage enrolment tokens, devices and desired configuration."""
+"""`ocn-edge hub`: run the hub, and manage enrolment tokens, devices, desired configuration, accounts, the audit log and retention.
+
+Commands other than the server work on the store directly; what they change is recorded in the
+audit log as ``cli:<os user>`` (hub.audit.cli_actor).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from urllib.parse import urlsplit
 
 from edge.commands import CommandError, file_problem, make_directory, positive, whole
 from edge.protocol import DEVICE_ID_RE
+from hub.audit import cli_actor
 
 __all__ = ["register", "parse_duration_s"]
 
@@ -139,6 +144,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hub.add_argument("--mqtt-ca", default="", metavar="FILE", help="PEM CA bundle for an mqtts broker (default: the system store)")
     hub.add_argument("--mqtt-static-access", action="store_true",
                      help="city IT keeps the broker's device credentials and ACLs; by default the hub keeps them (Mosquitto's dynamic-security plugin)")
+    hub.add_argument("--retention-interval", type=_duration("--retention-interval"), default=86400.0, metavar="DURATION",
+                     help="how often readings older than each gateway's stated retention are deleted; the first run is a minute after start (default 1d)")
     hub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     hub.set_defaults(func=_serve)
     commands = hub.add_subparsers(title="hub commands", metavar="COMMAND")
@@ -187,9 +194,47 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     target.add_argument("--device", metavar="DEVICE_ID", type=_device_id)
     dclear.set_defaults(func=_desired_clear)
 
-    link = commands.add_parser("login-link", parents=[common], help="print a one-time link that opens an admin session (10 minutes)")
+    link = commands.add_parser("login-link", parents=[common], help="print a one-time link that opens a dashboard session (10 minutes)")
     link.add_argument("--url", type=_browser_url, default="http://127.0.0.1:8443", help="the hub's address as your browser reaches it")
+    link.add_argument("--user", metavar="NAME", help="the account the session is for (default: the built-in admin of the admin token)")
     link.set_defaults(func=_login_link)
+
+    group = commands.add_parser("user", help="people's accounts and their roles (viewer, operator, privacy-officer, admin)")
+    group.set_defaults(func=_usage(group))
+    user = group.add_subparsers(title="user commands", metavar="COMMAND")
+    uadd = user.add_parser("add", parents=[common], help="create an account and print its API token (shown only once)")
+    uadd.add_argument("name")
+    uadd.add_argument("--role", required=True, action="append", metavar="ROLE",
+                      help="viewer, operator, privacy-officer or admin; several as operator,privacy-officer or a repeated --role")
+    uadd.set_defaults(func=_user_add)
+    ulist = user.add_parser("list", parents=[common], help="list accounts with their roles (never their tokens)")
+    ulist.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ulist.set_defaults(func=_user_list)
+    urole = user.add_parser("role", parents=[common], help="give an account new roles (in force at its next request)")
+    urole.add_argument("name")
+    urole.add_argument("role", help="viewer, operator, privacy-officer or admin; several comma-separated")
+    urole.set_defaults(func=_user_role)
+    udisable = user.add_parser("disable", parents=[common], help="disable an account: its token, sessions and login links stop working at once")
+    udisable.add_argument("name")
+    udisable.set_defaults(func=_user_disable)
+    utoken = user.add_parser("token", parents=[common], help="give an account a new API token (the old one stops working) and print it once")
+    utoken.add_argument("name")
+    utoken.set_defaults(func=_user_token)
+
+    group = commands.add_parser("audit", help="the audit log of every change made at the hub")
+    group.set_defaults(func=_usage(group))
+    audit = group.add_subparsers(title="audit commands", metavar="COMMAND")
+    export = audit.add_parser("export", parents=[common], help="write the whole audit log, newest first, as CSV or JSON")
+    export.add_argument("--format", choices=("csv", "json"), default="csv", help="csv (default) or json")
+    export.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    export.set_defaults(func=_audit_export)
+
+    group = commands.add_parser("retention", help="delete readings older than the retention each gateway's notice states")
+    group.set_defaults(func=_usage(group))
+    retention = group.add_subparsers(title="retention commands", metavar="COMMAND")
+    rrun = retention.add_parser("run", parents=[common], help="run retention now (the hub also runs it every --retention-interval)")
+    rrun.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
+    rrun.set_defaults(func=_retention_run)
 
 
 def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
@@ -227,7 +272,8 @@ def _token_create(args: argparse.Namespace) -> int:
 
     async def work(store: Any) -> int:
         try:
-            token = await create_token(store, uses=args.uses, expires_s=args.expires, approve=args.approve, fleet=args.fleet, note=args.note)
+            token = await create_token(store, uses=args.uses, expires_s=args.expires, approve=args.approve, fleet=args.fleet, note=args.note,
+                                       actor=cli_actor())
         except ValueError as exc:
             print(f"ocn-edge hub token create: {exc}", file=sys.stderr)
             return 2
@@ -281,7 +327,7 @@ def _device_status(args: argparse.Namespace) -> int:
         if device is None:
             print(f"ocn-edge hub device: no device {args.device_id!r} is enrolled (see `ocn-edge hub device list`)", file=sys.stderr)
             return 1
-        if not await store.set_device_status(args.device_id, args.status, now_ms=_now_ms()):
+        if not await store.set_device_status(args.device_id, args.status, now_ms=_now_ms(), actor=cli_actor()):
             print(f"ocn-edge hub device: {args.device_id} is {device.status}; nothing to change", file=sys.stderr)
             return 1
         print(f"{args.device_id}: {device.status} -> {args.status}"
@@ -329,7 +375,7 @@ def _desired_set(args: argparse.Namespace) -> int:
                       f"(known: {', '.join(known[:10]) or 'none'}{', ...' if len(known) > 10 else ''}); "
                       "check the name, or pass --allow-unknown to set it before the device enrols", file=sys.stderr)
                 return 2
-        await store.set_desired(scope, name, document, now_ms=_now_ms())
+        await store.set_desired(scope, name, document, now_ms=_now_ms(), actor=cli_actor())
         print(f"desired {', '.join(sorted(document))} set for {scope} {name!r}; running gateways apply it within seconds")
         return 0
 
@@ -340,7 +386,7 @@ def _desired_clear(args: argparse.Namespace) -> int:
     scope, name = ("fleet", args.fleet) if args.fleet else ("device", args.device)
 
     async def work(store: Any) -> int:
-        await store.set_desired(scope, name, None, now_ms=_now_ms())
+        await store.set_desired(scope, name, None, now_ms=_now_ms(), actor=cli_actor())
         print(f"desired document of {scope} {name!r} cleared")
         return 0
 
@@ -348,10 +394,135 @@ def _desired_clear(args: argparse.Namespace) -> int:
 
 
 def _login_link(args: argparse.Namespace) -> int:
+    from hub.accounts import BUILT_IN_ADMIN, AccountError
     from hub.auth import Admin
 
     async def work(store: Any) -> int:
-        print(await Admin(store).login_link(args.url))
+        try:
+            print(await Admin(store).login_link(args.url, account=args.user or BUILT_IN_ADMIN, actor=cli_actor()))
+        except AccountError as exc:
+            print(f"ocn-edge hub login-link: {exc}", file=sys.stderr)
+            return 2
+        return 0
+
+    return _with_store(args, work)
+
+
+def _account_command(args: argparse.Namespace, command: str, act: Callable[[Any], Awaitable[str]]) -> int:
+    """Run an account change on the store; an AccountError is one line naming the command and what is accepted."""
+    from hub.accounts import AccountError
+
+    async def work(store: Any) -> int:
+        try:
+            out = await act(store)
+        except AccountError as exc:
+            print(f"ocn-edge hub user {command}: {exc}", file=sys.stderr)
+            return 2
+        print(out)
+        return 0
+
+    return _with_store(args, work)
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    from hub.auth import add_account
+
+    async def act(store: Any) -> str:
+        token = await add_account(store, args.name, ",".join(args.role), actor=cli_actor())
+        print(f"# account {args.name!r} created. This is the only time its API token is shown: give it to {args.name} over a private channel.\n"
+              f"# Sign in with it on the hub's login page, use it as 'Authorization: Bearer TOKEN' in scripts, or send a one-time link:\n"
+              f"#   ocn-edge hub login-link --user {args.name} --url https://HUB", file=sys.stderr)
+        return token
+
+    make_directory(_state_dir(args), option="--state-dir", private=True)
+    return _account_command(args, "add", act)
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    from hub.accounts import role_text
+
+    async def work(store: Any) -> int:
+        accounts = await store.accounts()
+        if args.json:
+            print(json.dumps([{"name": a.name, "roles": role_text(a.roles).split(","), "disabled": a.disabled, "created_ms": a.created_ms,
+                               "updated_ms": a.updated_ms} for a in accounts], indent=2))
+            return 0
+        print(f"{'account':<24} {'roles':<40} {'state':<9} {'created (UTC)':<17}")
+        for a in accounts:
+            created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(a.created_ms / 1000))
+            print(f"{a.name:<24} {role_text(a.roles):<40} {'disabled' if a.disabled else 'enabled':<9} {created:<17}")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _user_role(args: argparse.Namespace) -> int:
+    from hub.accounts import role_text
+    from hub.auth import set_roles
+
+    async def act(store: Any) -> str:
+        account = await set_roles(store, args.name, args.role, actor=cli_actor())
+        return f"{account.name}: {role_text(account.roles)} (in force at its next request)"
+
+    return _account_command(args, "role", act)
+
+
+def _user_disable(args: argparse.Namespace) -> int:
+    from hub.auth import disable
+
+    async def act(store: Any) -> str:
+        await disable(store, args.name, actor=cli_actor())
+        return f"{args.name}: disabled; its token, sessions and login links no longer work"
+
+    return _account_command(args, "disable", act)
+
+
+def _user_token(args: argparse.Namespace) -> int:
+    from hub.auth import new_account_token
+
+    async def act(store: Any) -> str:
+        token = await new_account_token(store, args.name, actor=cli_actor())
+        print(f"# new API token of {args.name!r}, shown only this once; the old one no longer works.", file=sys.stderr)
+        return token
+
+    return _account_command(args, "token", act)
+
+
+def _audit_export(args: argparse.Namespace) -> int:
+    from hub.audit import csv_lines, entry_json
+
+    async def work(store: Any) -> int:
+        entries = []
+        before = None
+        while True:  # newest first, a page at a time
+            page = await store.audit_log(limit=1000, before_id=before)
+            entries.extend(page)
+            if len(page) < 1000:
+                break
+            before = page[-1].id
+        text = "".join(csv_lines(entries)) if args.format == "csv" else json.dumps({"entries": [entry_json(e) for e in entries]}, indent=1) + "\n"
+        if args.output:
+            try:
+                Path(args.output).write_text(text, encoding="utf-8")
+            except OSError as exc:
+                print(f"ocn-edge hub audit export: {file_problem(exc)}", file=sys.stderr)
+                return 2
+            print(f"{len(entries)} audit entries written to {args.output}", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+        return 0
+
+    return _with_store(args, work)
+
+
+def _retention_run(args: argparse.Namespace) -> int:
+    from hub.retention import run_retention
+
+    async def work(store: Any) -> int:
+        run = await run_retention(store, actor=cli_actor(), dry_run=args.dry_run)
+        print(run.summary())
+        for device_id, count in sorted(run.per_gateway.items()):
+            print(f"  {device_id}: {count}")
         return 0
 
     return _with_store(args, work)
@@ -405,7 +576,7 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             async with run_hub(listen=args.listen, db=_db(args), state_dir=_state_dir(args), admin_token=args.admin_token,
                                rate=args.rate, burst=args.burst, stale_after_s=args.stale_after, ingest=ingest,
-                               public_reads=public_reads, connections=connections, mqtt=mqtt) as running:
+                               public_reads=public_reads, connections=connections, retention_interval_s=args.retention_interval, mqtt=mqtt) as running:
                 if running.admin_token and not args.admin_token:
                     print(f"Admin token (shown once, stored hashed): {running.admin_token}", file=sys.stderr, flush=True)
                 print(f"OCN hub serving on {running.url}  (dashboard {running.url}/fleet)", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ from hub.models import Device
 from hub.params import ParamError, flag, number, whole
 from hub.register import register_entry
 from hub.render import clock
+from hub.retention import last_run
 from hub.state import HUB, Hub
 from hub.tokens import MAX_TOKEN_DAYS, MAX_TOKEN_USES, create_token
 
@@ -153,7 +154,7 @@ def render(request: web.Request, name: str, *, status: int = 200, **context: Any
 async def home(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     devices = await hub.store.devices()
-    return render(request, "home.html", devices=len([d for d in devices if d.status == "active"]))
+    return render(request, "home.html", devices=len([d for d in devices if d.status == "active"]), retention=await last_run(hub.store))
 
 
 @routes.get("/transparency")
@@ -369,8 +370,8 @@ async def _may_change_desired(request: web.Request) -> Principal:
     change touches is decided by the store against the document it replaces (Store.set_desired's ``may_change``)."""
     principal = await allowed(request)
     if not principal.parts_it_may_change():
-        raise forbidden(request, NotPermitted(Permission.OPERATE, f"{principal.name} may not change desired documents; "
-                                              f"a policy change needs the role {' or '.join(Permission.POLICY.granted_by)}"))
+        raise forbidden(request, NotPermitted(Permission.OPERATE, f"{principal.name} may not change desired documents "
+                                              f"(a policy change needs the role {' or '.join(Permission.POLICY.granted_by)})"))
     return principal
 
 

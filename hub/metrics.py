@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 
 from hub.dashboard import device_health, sensor_health
 from hub.ingest import Acked, Refused
+from hub.retention import last_run
 from hub.state import HUB, Hub
 
 __all__ = ["METRICS", "HubMetrics", "routes", "timed"]
@@ -48,6 +49,10 @@ class HubMetrics:
         self.ingest_jobs = Gauge("ocn_hub_ingest_jobs", "Ingest jobs running or waiting for a worker", registry=r)
         self.ingest_capacity = Gauge("ocn_hub_ingest_capacity", "Ingest jobs the hub takes at once (workers plus queue); beyond it answers 503", registry=r)
         self.database_up = Gauge("ocn_hub_database_up", "1 while the database answers, 0 during an outage", registry=r)
+        self.retention_time = Gauge("ocn_hub_retention_last_run_timestamp_seconds",
+                                    "When the last retention run (by any hub process or command) finished, Unix time; 0 if none has", registry=r)
+        self.retention_deleted = Gauge("ocn_hub_retention_last_run_deleted", "Readings the last retention run deleted, by where they were kept",
+                                       ["store"], registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
 
     def ingested(self, kind: str, outcome: object) -> None:
@@ -81,6 +86,10 @@ class HubMetrics:
                 sensors[state] = sensors.get(state, 0) + count
         for word, count in counts.items():
             self.gateways.labels(word).set(count)
+        run = await last_run(hub.store)
+        self.retention_time.set(0 if run is None else run.finished_ms / 1000)
+        self.retention_deleted.labels("readings").set(0 if run is None else run.readings_deleted)
+        self.retention_deleted.labels("quarantine").set(0 if run is None else run.quarantined_deleted)
         for state, count in sensors.items():
             self.sensors.labels(state).set(count)
 
