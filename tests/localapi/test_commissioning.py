@@ -24,6 +24,7 @@ from edge.demo import DEMO_POLICY
 from edge.localapi import create_app
 from edge.localapi.access import AccessToken, create_access_token
 from edge.runtime import Gateway
+from tests.hub.test_browser import DevTools, browser_page
 
 # A weather station (fixed temperature) and a water level on one RS-485 line, polled every second;
 # a pedestrian counter (MAC addresses) and a GPS (exact positions) on their own serial ports.
@@ -227,3 +228,43 @@ async def test_another_sites_page_cannot_make_the_gateway_read_or_scan(running: 
                 assert resp.status == 405
         status, _ = await post(read, headers={"Sec-Fetch-Site": "same-origin", "Origin": base})
         assert status == 200
+
+
+async def wait_for(tools: DevTools, condition: str, what: str) -> None:
+    for _ in range(120):
+        if await tools.evaluate(condition):
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"the page never showed {what}")
+
+
+def result(kind: str, name: str) -> str:
+    return f"document.querySelector('[data-{kind}=\"{name}\"]')"
+
+
+async def test_the_page_reads_a_device_and_scans_a_bus_in_place(running: Gateway, tmp_path: Path) -> None:
+    async with browser_page(tmp_path / "profile") as tools:
+        await tools.send("Emulation.setDeviceMetricsOverride", width=412, height=1800, deviceScaleFactor=1, mobile=True)
+        await tools.open(f"{url_of(running)}/technician", "/technician")
+        await tools.evaluate("window.loadedOnce = true")
+
+        await tools.evaluate("document.querySelector('button.read[data-device=\"weather-1\"]').click()")
+        await wait_for(tools, f"{result('read', 'weather-1')}.dataset.state === 'done'", "weather-1's reading")
+        temperature = f"{result('read', 'weather-1')}.querySelector('[data-read-channel=\"weather-1/temperature\"]').textContent"
+        assert await tools.evaluate(temperature) == "12.5"
+
+        await tools.evaluate("document.querySelector('button.read[data-device=\"ped-1\"]').click()")
+        await wait_for(tools, f"{result('read', 'ped-1')}.dataset.state === 'done'", "ped-1's reading")
+        shown = str(await tools.evaluate(f"{result('read', 'ped-1')}.textContent"))
+        assert "ped-1/mac: withheld (personal)" in shown and not MAC.search(shown)
+
+        await tools.evaluate("document.querySelector('.scan[data-bus=\"rs485-1\"] input').value = '19-21'")
+        await tools.evaluate("document.querySelector('button.scan-bus[data-bus=\"rs485-1\"]').click()")
+        await wait_for(tools, f"{result('scan', 'rs485-1')}.dataset.state === 'done'", "the scan's result")
+        assert await tools.evaluate(f"Array.from({result('scan', 'rs485-1')}.querySelectorAll('li')).map(li => li.dataset.unit)") == ["20"]
+
+        # The cards are rebuilt every 2 s: the reading stays under its device, on the same page.
+        refreshed = await tools.evaluate("document.getElementById('refreshed').textContent")
+        await wait_for(tools, f"document.getElementById('refreshed').textContent !== {refreshed!r}", "a refresh")
+        assert await tools.evaluate(temperature) == "12.5"
+        assert await tools.evaluate("window.loadedOnce") is True
