@@ -233,7 +233,7 @@ class MqttTransport:
                 del self._pending[key]
         answer_bytes = len(json.dumps(document, separators=(",", ":")))
         answer_topic = topic(self.device_id, "ack" if kind == "batch" else "status/ack")
-        overhead = publish_framing(name, len(data), 11) + publish_framing(answer_topic, 0, 11) + answer_bytes
+        overhead = publish_framing(name, len(data), 11) + publish_framing(answer_topic, answer_bytes, 11) + answer_bytes
         return document, overhead
 
     async def send_batch(self, data: bytes) -> Ack | Refused:
