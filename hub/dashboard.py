@@ -13,9 +13,9 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from hub.accounts import NotPermitted, Permission
+from hub.accounts import Account, AccountError, NotPermitted, Permission, role_text
 from hub.audit import csv_lines, entry_json
-from hub.auth import Principal
+from hub.auth import Principal, add_account, disable, set_roles
 from hub.charts import line_chart
 from hub.fleet import DesiredError, check_desired, desired_document, desired_status, drift
 from hub.jsonbody import BodyError, read_json
@@ -410,6 +410,70 @@ async def api_create_token(request: web.Request) -> web.Response:
     except ParamError as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
     return web.json_response({"token": token}, status=201)
+
+
+# --- accounts (the admin role) -------------------------------------------------------------
+
+
+def _account_json(account: Account) -> dict[str, Any]:
+    return {"name": account.name, "roles": role_text(account.roles).split(","), "disabled": account.disabled,
+            "created_ms": account.created_ms, "updated_ms": account.updated_ms}
+
+
+@routes.get("/admin/api/accounts")
+async def api_accounts(request: web.Request) -> web.Response:
+    """Every account with its roles (never a token)."""
+    await allowed(request, Permission.ACCOUNTS)
+    return web.json_response({"accounts": [_account_json(a) for a in await request.app[HUB].store.accounts()]})
+
+
+@routes.post("/admin/api/accounts")
+async def api_add_account(request: web.Request) -> web.Response:
+    """Create an account from ``{"name": ..., "roles": "operator,privacy-officer"}``; the answer holds its API token, the only time it is shown."""
+    hub = request.app[HUB]
+    principal = await allowed(request, Permission.ACCOUNTS)
+    try:
+        body = await read_json(request, limit=MAX_ADMIN_BODY, what="account request")
+        if not isinstance(body, dict):
+            raise ParamError(f"account request {type(body).__name__}: expected a JSON object like {{\"name\": \"olga\", \"roles\": \"operator\"}}")
+        token = await add_account(hub.store, _text("name", body.get("name"), default=""), _text("roles", body.get("roles"), default=""),
+                                  actor=principal.name)
+    except BodyError as exc:
+        return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
+    except (AccountError, ParamError) as exc:
+        return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
+    account = await hub.store.account(str(body["name"]))
+    assert account is not None
+    return web.json_response({"account": _account_json(account), "token": token}, status=201)
+
+
+@routes.put("/admin/api/accounts/{name}")
+async def api_set_roles(request: web.Request) -> web.Response:
+    """Give an account new roles from ``{"roles": "viewer"}``; in force at its next request."""
+    hub = request.app[HUB]
+    principal = await allowed(request, Permission.ACCOUNTS)
+    try:
+        body = await read_json(request, limit=MAX_ADMIN_BODY, what="roles request")
+        if not isinstance(body, dict):
+            raise ParamError(f"roles request {type(body).__name__}: expected a JSON object like {{\"roles\": \"viewer\"}}")
+        account = await set_roles(hub.store, request.match_info["name"], _text("roles", body.get("roles"), default=""), actor=principal.name)
+    except BodyError as exc:
+        return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
+    except (AccountError, ParamError) as exc:
+        return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
+    return web.json_response({"account": _account_json(account)})
+
+
+@routes.delete("/admin/api/accounts/{name}")
+async def api_disable_account(request: web.Request) -> web.Response:
+    """Disable an account: its token, sessions and login links stop working at once (the account and its audit entries stay)."""
+    hub = request.app[HUB]
+    principal = await allowed(request, Permission.ACCOUNTS)
+    try:
+        await disable(hub.store, request.match_info["name"], actor=principal.name)
+    except AccountError as exc:
+        return web.json_response({"error": "not_found", "detail": str(exc)}, status=404)
+    return web.json_response({"ok": True})
 
 
 # --- the audit log ----------------------------------------------------------------------

@@ -167,3 +167,32 @@ async def test_a_login_link_for_a_person_opens_their_session_and_is_recorded(hub
         async with browser.post(f"{hub.url}/admin/api/tokens", json={}, headers={"Origin": hub.url, "Accept": "text/html"}) as resp:
             page = await resp.text()
             assert resp.status == 403 and "Not allowed" in page and "operator or admin" in page
+
+
+async def test_only_the_admin_role_manages_accounts_through_the_api(hub: RunningHub) -> None:
+    tokens = await people(hub)
+    for role in ("viewer", "operator", "privacy-officer"):
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens[role]}"}) as http:
+            async with http.post(f"{hub.url}/admin/api/accounts", json={"name": "eve", "roles": "admin"}) as resp:
+                assert resp.status == 403 and (await resp.json())["needs"] == ["admin"], role
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {tokens['admin']}"}) as http:
+        async with http.post(f"{hub.url}/admin/api/accounts", json={"name": "sam", "roles": "viewer"}) as resp:
+            created = await resp.json()
+            assert resp.status == 201 and created["account"]["roles"] == ["viewer"] and created["token"].startswith("ocnuser_")
+        async with http.post(f"{hub.url}/admin/api/accounts", json={"name": "sam", "roles": "viewer"}) as resp:
+            assert resp.status == 400 and "exists already" in (await resp.json())["detail"]
+        async with http.post(f"{hub.url}/admin/api/accounts", json={"name": "Sam!", "roles": "superuser"}) as resp:
+            assert resp.status == 400 and "account name 'Sam!'" in (await resp.json())["detail"]
+        async with http.put(f"{hub.url}/admin/api/accounts/sam", json={"roles": "operator"}) as resp:
+            assert resp.status == 200 and (await resp.json())["account"]["roles"] == ["operator"]
+        async with http.get(f"{hub.url}/admin/api/accounts") as resp:
+            listed = {a["name"]: a["roles"] for a in (await resp.json())["accounts"]}
+            assert listed["sam"] == ["operator"] and "token" not in str(listed)
+        async with http.delete(f"{hub.url}/admin/api/accounts/sam") as resp:
+            assert resp.status == 200
+        async with http.delete(f"{hub.url}/admin/api/accounts/sam") as resp:
+            assert resp.status == 404
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {created['token']}"}) as http, http.get(f"{hub.url}/admin/api/devices") as resp:
+        assert resp.status == 401
+    assert [a for a in await actions(hub) if a[2] == "account:sam"] == [
+        ("ada", "account.add", "account:sam"), ("ada", "account.roles", "account:sam"), ("ada", "account.disable", "account:sam")]

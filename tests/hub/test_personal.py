@@ -160,7 +160,7 @@ def public_urls(personal_stream: int, personal_reading: int) -> dict[str, list[s
     }
 
 
-ADMIN_ROUTES = {"/fleet", "/fleet/devices/{device_id}", "/fleet/tokens", "/admin/api/devices", "/audit", "/admin/api/audit"}
+ADMIN_ROUTES = {"/fleet", "/fleet/devices/{device_id}", "/fleet/tokens", "/admin/api/devices", "/audit", "/admin/api/audit", "/admin/api/accounts"}
 
 
 def leaks(url: str, body: bytes, marks: Sequence[bytes]) -> list[bytes]:
