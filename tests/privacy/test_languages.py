@@ -11,11 +11,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from edge.cli import main
 from edge.localapi import create_app
 from edge.privacy import PolicyError, build_notice, parse_policy, render_notice_html
 from edge.protocol.types import Channel
 
 from .support import GPS_CHANNELS, PED_CHANNELS
+from .test_commands import GATEWAY
 
 BILINGUAL = """
 [policy]
@@ -267,3 +269,25 @@ async def test_the_gateway_page_answers_in_the_language_asked_for_or_the_browser
             assert document["languages"] == ["fr", "en"] and document["translations"]["en"]["deletion"].startswith("Readings older")
     finally:
         await runner.cleanup()
+
+
+def test_policy_check_names_the_languages_and_warns_of_a_missing_text(tmp_path, capsys) -> None:
+    (tmp_path / "rue.toml").write_text(BILINGUAL, encoding="utf-8")
+    assert main(["policy", "check", str(tmp_path / "rue.toml")]) == 0
+    out, err = capsys.readouterr()
+    assert "notice in fr, en; the hub deletes readings after 730 days" in out
+    assert err == "warning: rue.toml: policy.translations.en.retention is missing: the notice in en shows policy.retention in fr instead\n"
+
+
+def test_the_notice_command_writes_one_page_per_language_linked_to_each_other(tmp_path, capsys) -> None:
+    (tmp_path / "gateway.toml").write_text(GATEWAY)
+    (tmp_path / "policy.toml").write_text(BILINGUAL, encoding="utf-8")
+    assert main(["notice", str(tmp_path / "gateway.toml"), "--out", str(tmp_path / "out")]) == 0
+    french, english = _Page(), _Page()
+    french.feed((tmp_path / "out" / "notice.html").read_text(encoding="utf-8"))
+    english.feed((tmp_path / "out" / "notice.en.html").read_text(encoding="utf-8"))
+    assert (french.lang, english.lang) == ("fr", "en")
+    assert {"href": "notice.en.html", "hreflang": "en", "lang": "en"} in french.links
+    assert {"href": "notice.html", "hreflang": "fr", "lang": "fr"} in english.links
+    assert "Compteur d'appareils Wi-Fi / Bluetooth" in french.words and "Wi-Fi / Bluetooth device counter" in english.words
+    assert json.loads((tmp_path / "out" / "notice.json").read_text(encoding="utf-8"))["languages"] == ["fr", "en"]
