@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edge.privacy.catalogue import DEFAULT_LANGUAGE, LANGUAGES, Words, words
+from edge.privacy.catalogue import Words, words_or_english
 from edge.privacy.notice import notice_in, notice_languages
 from hub.models import Notice
 from hub.reports import notice_problem
@@ -34,7 +34,7 @@ def notice_views(notice: Mapping[str, Any]) -> list[NoticeView]:
     languages = notice_languages(notice)
     translated = notice.get("translations") or {}
     return [
-        NoticeView(language, languages[0], notice_in(notice, language), words(language if language in LANGUAGES else DEFAULT_LANGUAGE))
+        NoticeView(language, languages[0], notice_in(notice, language), words_or_english(language))
         for language in languages
         if language == languages[0] or language in translated  # a language named without its texts is not shown as if it had them
     ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import jinja2
 
-from edge.privacy.catalogue import DEFAULT_LANGUAGE, LANGUAGES, Words, words
+from edge.privacy.catalogue import DEFAULT_LANGUAGE, words, words_or_english
 from edge.privacy.explain import describe_rule, processes
 from edge.privacy.policy import Policy
 from edge.privacy.rules import kind_of
@@ -207,16 +207,12 @@ def render_notice_html(
     """
     languages = notice_languages(notice)
     shown = language if language in languages else languages[0]
-    others = [(code, _words_of(code).name, link(code)) for code in languages if code != shown]
+    others = [(code, words_or_english(code).name, link(code)) for code in languages if code != shown]
     return _env.get_template("notice.html").render(
         n=notice_in(notice, shown),
-        w=_words_of(shown),
+        w=words_or_english(shown),
         language=shown,
         default=languages[0],
         driver=DRIVER_LANGUAGE,
         others=others,
     )
-
-
-def _words_of(language: str) -> Words:
-    return words(language if language in LANGUAGES else DEFAULT_LANGUAGE)

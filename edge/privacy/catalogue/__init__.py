@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
-__all__ = ["DEFAULT_LANGUAGE", "LANGUAGES", "Words", "best_language", "words"]
+__all__ = ["DEFAULT_LANGUAGE", "LANGUAGES", "Words", "best_language", "words", "words_or_english"]
 
 DEFAULT_LANGUAGE = "en"
 LANGUAGES: tuple[str, ...] = tuple(
@@ -94,6 +94,11 @@ def words(language: str = DEFAULT_LANGUAGE) -> Words:
         raise LookupError(f"no notice words for language {language!r} (languages: {', '.join(LANGUAGES)})")
     text = resources.files(__name__).joinpath(f"{language}.toml").read_text(encoding="utf-8")
     return Words(language, tomllib.loads(text))
+
+
+def words_or_english(language: str) -> Words:
+    """The words of ``language``, or English for a language without a table (a notice from a newer gateway)."""
+    return words(language if language in LANGUAGES else DEFAULT_LANGUAGE)
 
 
 def best_language(accept: str, offered: Iterable[str]) -> str | None:
