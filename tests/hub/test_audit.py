@@ -6,6 +6,7 @@ import csv
 import getpass
 import io
 import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,10 +15,15 @@ import aiohttp
 import pytest
 
 from edge.cli import main
+from edge.util.clock import now_ms
 from hub.app import RunningHub, run_hub
 from hub.audit import AuditEntry, csv_lines
+from hub.auth import add_account
+from hub.dashboard import AUDIT_PAGE
 from hub.database import postgres_schema, sqlite_path
 from hub.store import Store
+from tests.helpers.tools import require_tool
+from tests.hub.test_browser import ARTIFACTS, chromium
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
@@ -128,3 +134,19 @@ def test_user_commands_manage_accounts_and_the_export_names_the_os_user(tmp_path
     out = tmp_path / "audit.csv"
     assert hub_cli(tmp_path, "audit", "export", "--output", str(out)) == 0
     assert len(list(csv.DictReader(out.open()))) == 4
+
+
+async def test_the_audit_page_renders_in_chromium_for_a_viewer(hub: RunningHub, tmp_path: Path) -> None:
+    binary = require_tool("chromium")
+    await add_account(hub.store, "vic", "viewer", actor="cli:test")
+    for i in range(AUDIT_PAGE + 2):  # more than a page: the link to older entries shows
+        await hub.store.set_desired("fleet", "street", {"config": {"batch": {"span": f"{i + 1}m"}}}, now_ms=now_ms(), actor="cli:ops")
+    link = await hub.hub.admin.login_link(hub.url, next_path="/audit", account="vic")
+    dom = await chromium(binary, tmp_path / "profile", "--dump-dom", link)
+    rows = re.findall(r'<tr id="audit-(\d+)">', dom)
+    assert len(rows) == AUDIT_PAGE and rows[0] == str(AUDIT_PAGE + 3)  # newest first: the sets after the account
+    assert "desired.set" in dom and "fleet:street" in dom and "cli:ops" in dom and 'rel="next"' in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "hub-audit.png"
+    await chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", await hub.hub.admin.login_link(hub.url, next_path="/audit", account="vic"))
+    assert shot.stat().st_size > 10_000
