@@ -257,7 +257,9 @@ async def run_hub(
         app = build_app(hub, public_reads=public_reads)
         if mqtt is not None:
             app[BROKER_PASSWORDS] = mqtt.manage_access
-            app[MQTT_INGEST] = MqttIngest(hub, mqtt, unavailable=UNAVAILABLE)
+            from hub.metrics import METRICS  # where build_app imports it: the metrics module reads the dashboard
+
+            app[MQTT_INGEST] = MqttIngest(hub, mqtt, unavailable=UNAVAILABLE, counted=app[METRICS].ingested)
         runner = HubRunner(app, connections=open_connections(connections), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)

@@ -23,6 +23,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ RECEIVE_MAXIMUM = 256
 CONCURRENT = 64
 DESIRED_CHECK_S = 1.0
 UNAVAILABLE_RETRY_S = 10.0
+# The series label the hub's metrics give each kind, as over HTTP (the last part of the path).
+_METRIC_KINDS = {"batch": "batches", "status": "status", "notice": "notice"}
 _KINDS = {"batch": ("ack", MAX_BATCH_BYTES), "status": ("status/ack", MAX_STATUS_BYTES), "notice": ("status/ack", MAX_NOTICE_BYTES)}
 
 
@@ -143,8 +146,12 @@ def _document(outcome: Acked | ReportTaken | NoticeTaken | Refused) -> dict[str,
 class MqttIngest:
     """One hub process's subscription to every device's messages on the broker, and the answers and desired state it publishes."""
 
-    def __init__(self, hub: Hub, settings: MqttSettings, *, unavailable: tuple[type[BaseException], ...] = ()) -> None:
+    def __init__(
+        self, hub: Hub, settings: MqttSettings, *, unavailable: tuple[type[BaseException], ...] = (), counted: Callable[[str, object], None] | None = None
+    ) -> None:
+        """``unavailable``: the errors of a database that is down (answered ``unavailable``); ``counted`` hears each outcome (the hub's metrics)."""
         self.hub = hub
+        self._counted = counted
         self.settings = settings
         self._unavailable = unavailable
         self._client: aiomqtt.Client | None = None
@@ -232,6 +239,12 @@ class MqttIngest:
                 log.error("database unavailable; answering unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
                 self.hub.database_down = True
             outcome = Refused(Answer.UNAVAILABLE, "the hub's database is unavailable; retry later", retry_after_s=UNAVAILABLE_RETRY_S)
+        else:
+            if self.hub.database_down:
+                self.hub.database_down = False
+                log.info("database available again")
+        if self._counted is not None:
+            self._counted(_METRIC_KINDS[kind], outcome)
         document = _document(outcome)
         if isinstance(outcome, Acked | ReportTaken):
             # Heard from: its desired state is watched from now on, starting from what this answer offers.

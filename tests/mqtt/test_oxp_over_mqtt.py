@@ -13,6 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -156,8 +157,13 @@ async def test_readings_flow_from_the_gateway_through_the_broker_to_the_hub_and_
         finally:
             await gateway.close()
         counters = await hub.counters("pole-0042")
+        async with aiohttp.ClientSession() as http, http.get(f"{hub.url}/metrics") as resp:
+            metrics = await resp.text()
     assert (counters["batches_stored"], counters["readings_stored"], counters["duplicates"]) == (5, 100, 0)
     assert gateway.uplink.counters.batches_acked == 5
+    # The hub's metrics count what came over MQTT like what comes over HTTP.
+    assert 'ocn_hub_ingest_total{kind="batches",reason="",result="stored"} 5.0' in metrics
+    assert "ocn_hub_readings_stored_total 100.0" in metrics
     # MQTT frames a message in tens of bytes, where HTTP takes about 380 (OXP §8.1).
     assert 0 < gateway.uplink.counters.overhead_bytes
     # Only our words: the MQTT library's logger never reaches a handler.
