@@ -164,9 +164,11 @@ def find_holder(port: str, *, state_dirs: Sequence[str | os.PathLike[str]] = ())
 def held_message(record: PortRecord) -> str:
     """What a technician reads: who holds the port and the ways that do not fight it for it."""
     who = f"{record.unit}, pid {record.pid}" if record.unit else f"pid {record.pid}"
-    page = f"the local page ({record.local_page})" if record.local_page else "the local page"
     stop = f"stop the service (sudo systemctl stop {record.unit})" if record.unit else "stop it"
-    return f"held by the running gateway ({who}): use {page}, or {stop}"
+    if record.local_page:
+        return (f"held by the running gateway ({who}): read and scan go through it (`ocn-edge read --config`, "
+                f"`ocn-edge scan`, or its local page {record.local_page}), or {stop}")
+    return f"held by the running gateway ({who}); to open the port yourself, {stop}"
 
 
 def probe_locked(port: str) -> bool:

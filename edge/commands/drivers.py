@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from drivers.buses import BusConfigLike, create_bus
 from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkDown, ModbusLink, NoReply
@@ -340,7 +341,7 @@ def _scan_through(holder: PortRecord, args: argparse.Namespace, units: list[int]
     for first in range(0, len(units), SCAN_MAX_UNITS):
         part = units[first:first + SCAN_MAX_UNITS]
         try:
-            answer = post(holder, f"buses/{bus}/scan", {"units": ranges(part), "register": args.register,
+            answer = post(holder, f"buses/{quote(bus)}/scan", {"units": ranges(part), "register": args.register,
                                                           "timeout": args.timeout},
                           token=args.token, timeout=len(part) * args.timeout * 4 + 30)
         except Unreachable as exc:
@@ -472,7 +473,7 @@ def _read_through(holder: PortRecord, port: str, device: str, args: argparse.Nam
         return _fail(f"cannot open {port}: {api_off(holder)}", EXIT_FAILED)
     print(through_line(holder), file=sys.stderr)
     try:
-        answer = post(holder, f"devices/{device}/read", {"wait": args.wait}, token=args.token, timeout=args.wait + 60)
+        answer = post(holder, f"devices/{quote(device)}/read", {"wait": args.wait}, token=args.token, timeout=args.wait + 60)
     except Unreachable as exc:
         return _fail(f"cannot open {port}: {held_message(holder)}; {exc}", EXIT_FAILED)
     except Refused as exc:

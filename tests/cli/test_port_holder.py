@@ -81,12 +81,13 @@ def test_read_names_the_gateway_whose_record_holds_the_port(tmp_path: Path, run_
     config = write_config(tmp_path, pty_port)
     record = write_record(load_config(config), local_page="http://127.0.0.1:8080/")
     with serial.Serial(pty_port, exclusive=True):
-        result = ocn_edge("read", "--config", str(config), "meter-1")
+        result = ocn_edge("read", "--config", str(config), "meter-1", "--direct")
     remove_record(record)
 
     assert result.returncode == 1
     assert f"cannot open {pty_port}: held by the running gateway (pid {os.getpid()})" in result.stderr
-    assert "use the local page (http://127.0.0.1:8080/), or stop it" in result.stderr
+    assert "read and scan go through it (`ocn-edge read --config`, `ocn-edge scan`, or its local page " \
+           "http://127.0.0.1:8080/), or stop it" in result.stderr
     assert "not there" not in result.stderr
 
 
@@ -170,8 +171,9 @@ def test_under_systemd_the_message_names_the_unit_and_how_to_stop_it(tmp_path: P
 
     assert holder is not None
     assert held_message(holder) == (
-        f"held by the running gateway (ocn-edge.service, pid {os.getpid()}): use the local page "
-        "(http://127.0.0.1:8080/), or stop the service (sudo systemctl stop ocn-edge.service)")
+        f"held by the running gateway (ocn-edge.service, pid {os.getpid()}): read and scan go through it "
+        "(`ocn-edge read --config`, `ocn-edge scan`, or its local page http://127.0.0.1:8080/), "
+        "or stop the service (sudo systemctl stop ocn-edge.service)")
 
 
 def test_ports_marks_the_port_the_gateway_holds(tmp_path: Path, run_dir: Path, pty_port: str,
@@ -187,7 +189,7 @@ def test_ports_marks_the_port_the_gateway_holds(tmp_path: Path, run_dir: Path, p
 
     [port] = json.loads(capsys.readouterr().out)["ports"]
     assert port["held_by"] == {"pid": os.getpid(), "unit": None, "local_page": None}
-    assert port["held"] == f"held by the running gateway (pid {os.getpid()}): use the local page, or stop it"
+    assert port["held"] == f"held by the running gateway (pid {os.getpid()}); to open the port yourself, stop it"
 
 
 def test_the_record_is_public_in_the_run_directory_and_private_in_the_state_directory(tmp_path: Path, run_dir: Path,
