@@ -10,6 +10,7 @@ import asyncio
 import getpass
 import glob
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hub.mqtt import MqttSettings
-from tests.helpers.tools import missing, require_tool
+from tests.helpers.tools import missing, require_postgres, require_tool
 
 HUB_USER = "ocn-hub"
 HUB_PASSWORD = "hub-secret-for-tests"
@@ -87,6 +88,14 @@ def _dynsec_plugin() -> str:
     if not found:
         missing("needs Mosquitto's dynamic-security plugin (apt-get install mosquitto)")
     return found[0]
+
+
+@pytest.fixture
+def postgres_url() -> tuple[str, str, str]:
+    """A PostgreSQL URL with a fresh schema of its own, as tests/hub has it: (url, dsn, schema); the test drops the schema."""
+    dsn = require_postgres()
+    schema = f"mqtt_test_{secrets.token_hex(6)}"
+    return f"{dsn}?schema={schema}", dsn, schema
 
 
 @pytest.fixture

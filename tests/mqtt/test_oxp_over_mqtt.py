@@ -30,6 +30,7 @@ from edge.transport.mqtt import correlation
 from edge.uplink import Uplink
 from hub.app import RunningHub, run_hub
 from hub.mqtt import MQTT_INGEST, MqttIngest
+from tests.hub.conftest import drop_schema
 from tests.mqtt.conftest import HUB_PASSWORD, HUB_USER, Broker
 
 CHANNEL = Channel("meter-1/voltage", unit="V", resolution=0.1)
@@ -302,3 +303,39 @@ async def test_a_desired_change_is_pushed_to_a_connected_gateway_without_a_statu
             assert gateway.uplink.desired_etag == gateway.offers[-1] != ""
         finally:
             await gateway.close()
+
+
+async def test_two_hub_processes_share_the_subscription_and_store_each_batch_once(broker, tmp_path, postgres_url):
+    url, dsn, schema = postgres_url
+    try:
+        async with (
+            run_hub(state_dir=tmp_path / "hub", db=url, mqtt=broker.hub_settings(client_id="hub-a")) as hub_a,
+            run_hub(state_dir=tmp_path / "hub", db=url, mqtt=broker.hub_settings(client_id="hub-b")) as hub_b,
+        ):
+            assert hub_a.app is not None and hub_b.app is not None
+            takers = [hub_a.app[MQTT_INGEST], hub_b.app[MQTT_INGEST]]
+            gateway = Gateway(tmp_path / "gw", "pole-0042")
+            await gateway.enrol(hub_a)
+            await granted(takers[0], "pole-0042")
+            await gateway.open(hub_a.url, broker)
+            try:
+                gateway.put(20)
+                await gateway.delivered()
+                # The same bytes twice more, as a gateway whose ack was lost sends them: stored once all the same.
+                data = seal("pole-0042", gateway.key, gateway.spool, 10)
+                properties = Properties(PacketTypes.PUBLISH)
+                properties.CorrelationData = correlation(data)
+                async with client(broker, HUB_USER, HUB_PASSWORD, "resender") as resender:
+                    for _ in range(2):
+                        await resender.publish("oxp/v1/pole-0042/batch", data, qos=1, properties=properties)
+                async with asyncio.timeout(10):
+                    while sum(t.taken for t in takers) < 22:
+                        await asyncio.sleep(0.05)
+            finally:
+                await gateway.close()
+            counters = await hub_a.counters("pole-0042")
+    finally:
+        await drop_schema(dsn, schema)
+    assert (counters["batches_stored"], counters["readings_stored"], counters["duplicates"]) == (21, 410, 1)
+    # The broker spread the batches over both processes.
+    assert all(t.taken > 0 for t in takers)
