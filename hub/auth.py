@@ -83,7 +83,7 @@ class Principal:
 
     def parts_it_may_change(self) -> frozenset[str]:
         """The parts of a desired document ("config", "policy") this principal may change."""
-        return frozenset({"config"} if self.may(Permission.OPERATE) else set()) | frozenset({"policy"} if self.may(Permission.POLICY) else set())
+        return frozenset(part for part, needs in (("config", Permission.OPERATE), ("policy", Permission.POLICY)) if self.may(needs))
 
 
 def _refusal(status: type[web.HTTPException], error: str, detail: str) -> web.HTTPException:

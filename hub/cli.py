@@ -579,6 +579,8 @@ def _serve(args: argparse.Namespace) -> int:
                                public_reads=public_reads, connections=connections, retention_interval_s=args.retention_interval, mqtt=mqtt) as running:
                 if running.admin_token and not args.admin_token:
                     print(f"Admin token (shown once, stored hashed): {running.admin_token}", file=sys.stderr, flush=True)
+                    print("Keep it for emergencies; give each person an account: ocn-edge hub user add NAME --role operator "
+                          "(docs/fleet.md, Accounts and roles)", file=sys.stderr, flush=True)
                 print(f"OCN hub serving on {running.url}  (dashboard {running.url}/fleet)", file=sys.stderr, flush=True)
                 if not running.admin_token:
                     # The token was shown at an earlier start; a one-time link is the way in without it.

@@ -518,7 +518,7 @@ class PostgresStore(Store):
 
     async def expire_quarantine(self, device_id: str, before_ms: int, *, max_rows: int) -> int:
         deleted = await self._pool.fetch(
-            "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE device_id = $1 AND received_ms < $2 ORDER BY id LIMIT $3) RETURNING 1",
+            "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE device_id = $1 AND received_ms < $2 LIMIT $3) RETURNING 1",
             device_id, before_ms, max_rows,
         )
         return len(deleted)

@@ -275,10 +275,13 @@ def token_entry(token_id: int, *, uses: int, expires_ms: int, approve: bool, fle
 # --- retention ------------------------------------------------------------------------
 
 def expire_query(mark: str) -> str:
-    """SELECT of up to N chunks of a device holding a reading older than a time: parameters (device, before_ms, N)."""
+    """SELECT of up to N chunks of a device holding a reading older than a time: parameters (device, before_ms, N).
+
+    In no order: each step takes whichever come first along the (channel, first_ms) index, so a step costs the
+    same however many old chunks remain (an ORDER BY would sort them all each time)."""
     a, b, c = ("?", "?", "?") if mark == "?" else ("$1", "$2", "$3")
     return ("SELECT k.id, k.first_ms, k.last_ms, k.count, k.data FROM chunks k JOIN channels c ON c.id = k.channel_id"
-            f" WHERE c.device_id = {a} AND k.first_ms < {b} ORDER BY k.id LIMIT {c}")
+            f" WHERE c.device_id = {a} AND k.first_ms < {b} LIMIT {c}")
 
 
 class ExpiryPlan(NamedTuple):

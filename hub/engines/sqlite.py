@@ -620,7 +620,7 @@ class SQLiteStore(Store):
     async def expire_quarantine(self, device_id: str, before_ms: int, *, max_rows: int) -> int:
         def run(conn: sqlite3.Connection) -> int:
             return conn.execute(
-                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE device_id = ? AND received_ms < ? ORDER BY id LIMIT ?)",
+                "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE device_id = ? AND received_ms < ? LIMIT ?)",
                 (device_id, before_ms, max_rows),
             ).rowcount
 
