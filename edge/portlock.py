@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edge.config import GatewayConfig
 
-__all__ = ["PortRecord", "find_holder", "held_message", "probe_locked", "remove_record", "write_record"]
+__all__ = ["PortRecord", "find_endpoint_holder", "find_holder", "held_message", "probe_locked", "remove_record", "write_record"]
 
 RUN_DIR_ENV = "OCN_EDGE_RUN_DIR"
 DEFAULT_RUN_DIR = Path("/run/ocn-edge")
@@ -43,6 +43,7 @@ class PortRecord:
     state_dir: str
     local_page: str | None = None
     buses: tuple[tuple[str, str], ...] = ()  # (bus name, port) for each port held
+    endpoints: tuple[tuple[str, str], ...] = ()  # (bus name, "host:port") for each Modbus bus reached over TCP
 
     def holds(self, port: str) -> bool:
         wanted = os.path.realpath(port)
@@ -52,6 +53,10 @@ class PortRecord:
         """The name of the gateway's bus on ``port`` (by name or resolved path), if the record says."""
         wanted = os.path.realpath(port)
         return next((name for name, p in self.buses if p == port or os.path.realpath(p) == wanted), None)
+
+    def bus_at(self, host: str, tcp_port: int) -> str | None:
+        """The name of the gateway's Modbus bus on ``host:tcp_port``, if the record says."""
+        return next((name for name, e in self.endpoints if e.lower() == f"{host}:{tcp_port}".lower()), None)
 
     def alive(self) -> bool:
         try:
@@ -73,6 +78,14 @@ def serial_buses(config: GatewayConfig) -> dict[str, str]:
     """The ports the gateway's bus owners open, by bus name: serial and Modbus RTU buses some enabled device uses."""
     used = {d.bus for d in config.devices if d.enabled and d.bus}
     return {b.name: b.port for b in config.buses if b.name in used and b.port and b.type in ("serial", "modbus-rtu")}
+
+
+def tcp_buses(config: GatewayConfig) -> dict[str, str]:
+    """The Modbus buses the gateway reaches over TCP, as ``host:port`` by bus name: a second master there would
+    share the converter's RS-485 line (RTU over TCP) or the server's attention with the gateway's polls."""
+    used = {d.bus for d in config.devices if d.enabled and d.bus}
+    return {b.name: f"{b.host}:{b.tcp_port}" for b in config.buses
+            if b.name in used and b.host and b.type in ("modbus-tcp", "modbus-rtu-over-tcp")}
 
 
 def serial_ports(config: GatewayConfig) -> tuple[str, ...]:
@@ -101,6 +114,7 @@ def write_record(config: GatewayConfig, *, local_page: str | None = None) -> lis
     pid = os.getpid()
     record = {
         "pid": pid, "unit": _unit_name(), "ports": list(serial_ports(config)), "buses": serial_buses(config),
+        "endpoints": tcp_buses(config),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "state_dir": str(config.gateway.state_dir), "local_page": local_page,
     }
@@ -146,6 +160,7 @@ def _records_in(directory: Path) -> list[tuple[Path, PortRecord]]:
                     started=str(data.get("started", "")), state_dir=str(data.get("state_dir", "")),
                     local_page=data.get("local_page"),
                     buses=tuple((str(k), str(v)) for k, v in dict(data.get("buses") or {}).items()),
+                    endpoints=tuple((str(k), str(v)) for k, v in dict(data.get("endpoints") or {}).items()),
                 )))
             except (OSError, ValueError, KeyError, TypeError):
                 continue  # half-written, foreign or unreadable: not a record to act on
@@ -157,6 +172,15 @@ def find_holder(port: str, *, state_dirs: Sequence[str | os.PathLike[str]] = ())
     for directory in [run_dir(), *map(Path, state_dirs)]:
         for _, record in _records_in(directory):
             if record.holds(port) and record.alive():
+                return record
+    return None
+
+
+def find_endpoint_holder(host: str, tcp_port: int, *, state_dirs: Sequence[str | os.PathLike[str]] = ()) -> PortRecord | None:
+    """The running gateway whose record lists a Modbus bus on ``host:tcp_port``, if any; stale records are ignored."""
+    for directory in [run_dir(), *map(Path, state_dirs)]:
+        for _, record in _records_in(directory):
+            if record.bus_at(host, tcp_port) is not None and record.alive():
                 return record
     return None
 

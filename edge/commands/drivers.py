@@ -26,7 +26,7 @@ from drivers.testing import BusSettings
 from edge.commands import positive, whole
 from edge.commands.through import Refused, Unreachable, api_off, default_token, post, ranges, through_line
 from edge.commissioning import SCAN_MAX_UNITS, gather_frames, parse_register, parse_units, shown_value, stream_diagnosis
-from edge.portlock import PortRecord, find_holder, held_message, probe_locked
+from edge.portlock import PortRecord, find_endpoint_holder, find_holder, held_message, probe_locked
 from edge.protocol.types import Reading
 
 __all__ = ["register"]
@@ -312,10 +312,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
         bauds = [0] if tcp else _bauds(args.baud or "9600")
     except ValueError as exc:
         return _fail(str(exc))
-    if args.port and (holder := find_holder(args.port)) is not None:
-        if args.direct:
-            return _fail(f"cannot scan {args.port}: {held_message(holder)}", EXIT_FAILED)
-        found = _scan_through(holder, args, units, bauds if args.baud else None)
+    holder = _holder(args.port, tcp[1] if tcp else None)
+    if holder is not None and args.port and args.direct:
+        return _fail(f"cannot scan {args.port}: {held_message(holder)}", EXIT_FAILED)
+    if holder is not None and not args.direct:
+        found = _scan_through(holder, args, tcp[1] if tcp else None, units, bauds if args.baud else None)
     else:
         found = asyncio.run(_scan(tcp, args, bauds, units, function, address))
     if found is None:
@@ -327,12 +328,25 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return EXIT_OK if found else EXIT_FAILED
 
 
-def _scan_through(holder: PortRecord, args: argparse.Namespace, units: list[int],
+def _holder(port: str | None, endpoint: tuple[str, int] | None, state_dirs: list[str] | None = None) -> PortRecord | None:
+    """The running gateway that owns the serial ``port`` or the Modbus TCP ``endpoint``, from its port record."""
+    if port:
+        return find_holder(port, state_dirs=state_dirs or [])
+    if endpoint:
+        return find_endpoint_holder(*endpoint, state_dirs=state_dirs or [])
+    return None
+
+
+def _scan_through(holder: PortRecord, args: argparse.Namespace, endpoint: tuple[str, int] | None, units: list[int],
                   bauds: list[int] | None) -> list[dict[str, Any]] | None:
     """Scan through the running gateway's bus owner, SCAN_MAX_UNITS ids per request; None when it cannot."""
-    bus = holder.bus_on(args.port)
+    if args.port:
+        where, bus = args.port, holder.bus_on(args.port)
+    else:
+        assert endpoint is not None
+        where, bus = f"{endpoint[0]}:{endpoint[1]}", holder.bus_at(*endpoint)
     if holder.local_page is None or bus is None:
-        _fail(f"cannot scan {args.port}: {api_off(holder) if holder.local_page is None else held_message(holder)}",
+        _fail(f"cannot scan {where}: {api_off(holder) if holder.local_page is None else held_message(holder)}",
               EXIT_FAILED)
         return None
     print(through_line(holder), file=sys.stderr)
@@ -345,17 +359,17 @@ def _scan_through(holder: PortRecord, args: argparse.Namespace, units: list[int]
                                                           "timeout": args.timeout},
                           token=args.token, timeout=len(part) * args.timeout * 4 + 30)
         except Unreachable as exc:
-            _fail(f"cannot scan {args.port}: {held_message(holder)}; {exc}", EXIT_FAILED)
+            _fail(f"cannot scan {where}: {held_message(holder)}; {exc}", EXIT_FAILED)
             return None
         except Refused as exc:
-            _fail(f"cannot scan {args.port} through the running gateway: {exc}", EXIT_FAILED)
+            _fail(f"cannot scan {where} through the running gateway: {exc}", EXIT_FAILED)
             return None
         if first == 0 and not args.json:
             print(f"Scanning {answer['line']} (bus {bus}), units {units[0]}..{units[-1]} ({len(units)} ids, "
                   f"{answer['timeout_s']:g} s each):")
             baud = answer.get("baudrate")
             if bauds and baud and set(bauds) != {baud}:
-                print(f"  note: the running gateway holds {args.port} at {baud} baud, so only that was scanned; "
+                print(f"  note: the running gateway holds {where} at {baud} baud, so only that was scanned; "
                       "to try other rates, stop it and scan with --direct")
         for entry in answer["found"]:
             entry = {**entry, "baud": answer.get("baudrate")}
@@ -450,13 +464,16 @@ def cmd_read(args: argparse.Namespace) -> int:
         plan = _read_plan(args)
     except (ValueError, OptionError, ProfileError, UnknownDriver) as exc:
         return _fail(str(exc))
-    port: str | None = getattr(plan["bus"], "port", None)
+    port: str | None = getattr(plan["bus"], "port", None) or None
+    host: str | None = getattr(plan["bus"], "host", None) if port is None else None
+    endpoint = (host, int(plan["bus"].tcp_port)) if host else None
     state_dirs = [plan["state_dir"]] if plan.get("state_dir") else []
-    if port and (holder := find_holder(port, state_dirs=state_dirs)) is not None:
-        if args.direct or not args.config:
-            how = "" if args.direct else "; to read through it: ocn-edge read --config <its gateway.toml> DEVICE"
-            return _fail(f"cannot open {port}: {held_message(holder)}{how}", EXIT_FAILED)
-        return _read_through(holder, port, plan["device"], args)
+    holder = _holder(port, endpoint, state_dirs)
+    if holder is not None and port and (args.direct or not args.config):
+        how = "" if args.direct else "; to read through it: ocn-edge read --config <its gateway.toml> DEVICE"
+        return _fail(f"cannot open {port}: {held_message(holder)}{how}", EXIT_FAILED)
+    if holder is not None and args.config and not args.direct:
+        return _read_through(holder, port or f"{host}:{plan['bus'].tcp_port}", plan["device"], args)
     # The diagnosis printed at the end says it better than the runtime's fault log lines.
     ocn = logging.getLogger("ocn")
     level = ocn.level
