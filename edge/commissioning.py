@@ -170,7 +170,7 @@ class Commissioning:
 
     def _running(self) -> Devices:
         devices = self._devices()
-        if devices is None or not devices.device_tasks:
+        if devices is None:
             raise CommissioningError("the gateway is not running its devices yet; try again in a moment", status=503)
         return devices
 

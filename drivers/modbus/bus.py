@@ -297,8 +297,12 @@ class ModbusBus:
             raise ScanRunning(f"{self.what} is being scanned already; wait for that scan to end")
         self._scanning = True
         result = ScanResult()
+        held = 0.0
         try:
-            for unit in units:
+            for i, unit in enumerate(units):
+                if i:
+                    # The line to the devices' polls for at least as long as the last probe held it.
+                    await asyncio.sleep(max(self.frame_gap, held))
                 result.tried.append(unit)
                 began = time.monotonic()
                 try:
@@ -312,7 +316,8 @@ class ModbusBus:
                     break
                 else:
                     result.answers.append(answer)
-                await asyncio.sleep(max(self.frame_gap, time.monotonic() - began))
+                finally:
+                    held = time.monotonic() - began
         finally:
             self._scanning = False
         return result
