@@ -149,3 +149,54 @@ def test_the_status_report_carries_each_devices_health_only_when_a_gateway_knows
     report = status_report(spool, device_id="pole-7", ts_ms=1, boot_epoch=1, facts=ReportFacts(device_health=health))
     assert report["device_health"] == health
     assert "device_health" not in status_report(spool, device_id="pole-7", ts_ms=1, boot_epoch=1, facts=ReportFacts())
+
+
+QUIET_SCENARIO = """
+[scenario]
+name = "quiet-sensor"
+seed = 5
+
+[[devices]]
+name = "pm-1"
+kind = "sds011"
+poll_interval = "500ms"
+[devices.options]
+mode = "active"
+[[devices.faults]]
+kind = "drop_reply"
+at = "3s"
+duration = "4s"
+"""
+
+
+async def test_a_sensor_that_goes_quiet_on_a_line_that_is_there_is_logged_once_and_its_return_once(
+        hilsim_run, tmp_path: Path) -> None:
+    """Nothing else says it: the port is there and the driver runs, the sensor just stops sending (power, a wire)."""
+    scenario = tmp_path / "scenario.toml"
+    scenario.write_text(QUIET_SCENARIO)
+    sim: Simulation = await hilsim_run(scenario)
+    (tmp_path / "policy.toml").write_text(POLICY)
+    api = _free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(sim.gateway_config_toml(state_dir=tmp_path / "state", hub="", policy="policy.toml",
+                                              local_api_listen=f"127.0.0.1:{api}"))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge.cli", "run", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        await _wait_health(api, "pm-1", "ok", timeout=20)
+        quiet = await _wait_health(api, "pm-1", "failing", timeout=20)  # the sensor stops sending
+        await _wait_health(api, "pm-1", "ok", timeout=20)  # and sends again
+        await asyncio.sleep(2)  # four poll intervals more: nothing further is said
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    lines = [line for line in (out + err).decode().splitlines() if "pm-1" in line]
+
+    assert "pm-1: no reading for" in quiet["diagnosis"], quiet
+    went = [line for line in lines if "no reading for" in line]
+    back = [line for line in lines if "readings again" in line]
+    assert len(went) == 1 and "level=warning" in went[0] and "check power and wiring" in went[0], "\n".join(lines)
+    assert len(back) == 1 and "level=info" in back[0], "\n".join(lines)
+    assert lines.index(went[0]) < lines.index(back[0])
