@@ -216,14 +216,16 @@ def create_app(
     async def metrics_document(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
 
-    async def commission(request: web.Request, action: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> web.Response:
+    Action = Callable[[Commissioning, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+    async def commission(request: web.Request, action: Action) -> web.Response:
         body = await _action_body(request, access)
         if isinstance(body, web.Response):
             return body
         if commissioning is None:
             return _problem(503, "unavailable", "this local API is not attached to a running gateway")
         try:
-            result = await action(body)
+            result = await action(commissioning, body)
         except CommissioningError as exc:
             return _problem(exc.status, "refused", str(exc))
         return web.Response(text=_dumps(result), content_type="application/json", headers={**_HEADERS, "Cache-Control": "no-store"})
@@ -231,20 +233,18 @@ def create_app(
     async def read_device(request: web.Request) -> web.Response:
         name = request.match_info["name"]
 
-        async def action(body: dict[str, Any]) -> dict[str, Any]:
-            assert commissioning is not None
+        async def action(gateway: Commissioning, body: dict[str, Any]) -> dict[str, Any]:
             wait = _number(body, "wait")
-            return await commissioning.read_device(name, wait=5.0 if wait is None else wait)
+            return await gateway.read_device(name, wait=5.0 if wait is None else wait)
 
         return await commission(request, action)
 
     async def scan_bus(request: web.Request) -> web.Response:
         name = request.match_info["name"]
 
-        async def action(body: dict[str, Any]) -> dict[str, Any]:
-            assert commissioning is not None
-            return await commissioning.scan_bus(name, units=_text(body, "units", "1-16"), register=_text(body, "register", "holding:0"),
-                                                timeout=_number(body, "timeout"))
+        async def action(gateway: Commissioning, body: dict[str, Any]) -> dict[str, Any]:
+            return await gateway.scan_bus(name, units=_text(body, "units", "1-16"), register=_text(body, "register", "holding:0"),
+                                          timeout=_number(body, "timeout"))
 
         return await commission(request, action)
 
