@@ -129,7 +129,7 @@ class Devices:
                 bus = dev.bus_health()
                 if quiet_s >= STALE_POLLS * dev.config.poll_interval and not runner.failing and (bus is None or bus.state == OK):
                     silent.add(name)
-                    log.warning(dev.health().sentence, extra={"device": name})
+                    log.error(dev.health().sentence, extra={"device": name})
 
     def _tapped(self, device: str, emit: Emit) -> Emit:
         taps = self._taps.setdefault(device, [])

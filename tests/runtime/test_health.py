@@ -197,6 +197,6 @@ async def test_a_sensor_that_goes_quiet_on_a_line_that_is_there_is_logged_once_a
     assert "pm-1: no reading for" in quiet["diagnosis"], quiet
     went = [line for line in lines if "no reading for" in line]
     back = [line for line in lines if "readings again" in line]
-    assert len(went) == 1 and "level=warning" in went[0] and "check power and wiring" in went[0], "\n".join(lines)
+    assert len(went) == 1 and "level=error" in went[0] and "check power and wiring" in went[0], "\n".join(lines)
     assert len(back) == 1 and "level=info" in back[0], "\n".join(lines)
     assert lines.index(went[0]) < lines.index(back[0])
