@@ -91,8 +91,7 @@ def withheld_because(channel: Channel, policy: Policy | None) -> str | None:
 
     Personal: declared so by its driver, or decided by a rule made for personal data
     (pseudonymize, count_distinct, generalize_location): the raw value is what that rule hides.
-    Without a policy nothing is released (default deny), so nothing but personal values shows
-    only where a policy says what leaves.
+    Without a policy nothing is released (default deny), so nothing shows.
     """
     rule = policy.rule_for(channel.id) if policy is not None else None
     kind = kind_of(rule) if rule is not None else None
