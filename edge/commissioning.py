@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +45,8 @@ __all__ = [
     "stream_diagnosis",
     "withheld_because",
 ]
+
+log = logging.getLogger("ocn.commissioning")
 
 FUNCTIONS = ("holding", "input", "coil", "discrete")
 SCAN_MAX_UNITS = 64  # per request: at a 0.3 s timeout a scan of silent ids holds the request under 40 s
@@ -281,6 +284,8 @@ class Commissioning:
             if d.config.bus == name and isinstance(d.config.address, int):
                 configured.setdefault(d.config.address, []).append(d.config.name)
         answered = {a.unit for a in result.answers}
+        # One line per scan (who took part of the line, and what was there); the probes themselves log nothing.
+        log.info("bus scanned for the technician", extra={"bus": name, "units": units, "answered": sorted(answered)})
         problems = []
         if result.lost:
             problems.append(f"the scan stopped: {result.lost}")
