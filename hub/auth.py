@@ -29,7 +29,8 @@ from hub.accounts import BUILT_IN_ADMIN, ROLES, Account, AccountError, NotPermit
 from hub.audit import AuditEntry
 from hub.store import Store
 
-__all__ = ["ACCOUNT_TOKEN_PREFIX", "SESSION_COOKIE", "Admin", "Principal", "add_account", "disable", "new_account_token", "secret_hash", "set_roles"]
+__all__ = ["ACCOUNT_TOKEN_PREFIX", "SESSION_COOKIE", "Admin", "Principal", "add_account", "disable", "new_account_token", "secret_hash",
+           "set_roles", "stored_account"]
 
 # A recognisable prefix lets secret scanners find a leaked token.
 ACCOUNT_TOKEN_PREFIX = "ocnuser_"
@@ -214,8 +215,14 @@ async def set_roles(store: Store, name: str, roles: str, *, actor: str) -> Accou
     """Give an account new roles; returns it as stored.  Raises AccountError for a bad role or no such enabled account."""
     if not await store.set_account_roles(name, role_text(parse_roles(roles)), now_ms=now_ms(), actor=actor):
         raise AccountError(f"account {name!r}: no such enabled account (see `ocn-edge hub user list`)")
+    return await stored_account(store, name)
+
+
+async def stored_account(store: Store, name: str) -> Account:
+    """An account as stored now.  Raises AccountError if there is none (accounts are disabled, never deleted, so only a wrong name)."""
     account = await store.account(name)
-    assert account is not None
+    if account is None:
+        raise AccountError(f"account {name!r} does not exist (see `ocn-edge hub user list`)")
     return account
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from hub.accounts import Account, AccountError, NotPermitted, Permission, role_text
 from hub.audit import csv_lines, entry_json
-from hub.auth import Principal, add_account, disable, set_roles
+from hub.auth import Principal, add_account, disable, set_roles, stored_account
 from hub.charts import line_chart
 from hub.fleet import DesiredError, check_desired, desired_document, desired_status, drift
 from hub.jsonbody import BodyError, read_json
@@ -436,14 +436,13 @@ async def api_add_account(request: web.Request) -> web.Response:
         body = await read_json(request, limit=MAX_ADMIN_BODY, what="account request")
         if not isinstance(body, dict):
             raise ParamError(f"account request {type(body).__name__}: expected a JSON object like {{\"name\": \"olga\", \"roles\": \"operator\"}}")
-        token = await add_account(hub.store, _text("name", body.get("name"), default=""), _text("roles", body.get("roles"), default=""),
-                                  actor=principal.name)
+        name = _text("name", body.get("name"), default="")
+        token = await add_account(hub.store, name, _text("roles", body.get("roles"), default=""), actor=principal.name)
+        account = await stored_account(hub.store, name)
     except BodyError as exc:
         return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
     except (AccountError, ParamError) as exc:
         return web.json_response({"error": "malformed", "detail": str(exc)}, status=400)
-    account = await hub.store.account(str(body["name"]))
-    assert account is not None
     return web.json_response({"account": _account_json(account), "token": token}, status=201)
 
 
