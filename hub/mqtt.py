@@ -16,7 +16,6 @@ whose key signed the message, or the message is refused.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -58,6 +57,7 @@ RECEIVE_MAXIMUM = 256
 # Messages taken at once; the ingest workers and their queue bound the CPU work below this.
 CONCURRENT = 64
 DESIRED_CHECK_S = 1.0
+STOP_WAIT_S = 5.0  # how long a stopping hub lets messages being taken reach the store
 UNAVAILABLE_RETRY_S = 10.0
 # The series label the hub's metrics give each kind, as over HTTP (the last part of the path).
 _METRIC_KINDS = {"batch": "batches", "status": "status", "notice": "notice"}
@@ -157,6 +157,7 @@ class MqttIngest:
         self._client: aiomqtt.Client | None = None
         self._slots = asyncio.Semaphore(CONCURRENT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._answering: set[asyncio.Task[Any]] = set()  # tasks publishing their answer
         self._published: dict[str, str] = {}  # device id -> the desired ETag it was last offered
         self.access = BrokerAccess(hub.store, hub.signing_key, hub_user=settings.user) if settings.manage_access else None
         self.connected = asyncio.Event()
@@ -218,10 +219,15 @@ class MqttIngest:
         self._slots.release()
 
     async def aclose(self) -> None:
-        """Let the messages being taken finish (their answers may not reach a broker that went away)."""
+        """Let the messages being taken reach the store, a little while; what is left is cancelled and sent again by its gateway."""
+        for task in self._answering:
+            task.cancel()  # its connection is gone: the answer cannot go out
         if self._tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, late = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
 
     async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         parts = message.topic.value.split("/")
@@ -246,9 +252,14 @@ class MqttIngest:
         if self._counted is not None:
             self._counted(_METRIC_KINDS[kind], outcome)
         document = _document(outcome)
+        current = asyncio.current_task()
+        if self._client is not client or current is None:
+            # The connection it came on is gone: no answer can go out on it, and the gateway sends the bytes again.
+            return
         if isinstance(outcome, Acked | ReportTaken):
             # Heard from: its desired state is watched from now on, starting from what this answer offers.
             self._published.setdefault(device_id, outcome.desired_etag if isinstance(outcome, Acked) else outcome.etag)
+        self._answering.add(current)
         try:
             await client.publish(
                 f"{TOPIC_ROOT}/{device_id}/{answer_kind}",
@@ -259,6 +270,8 @@ class MqttIngest:
         except aiomqtt.MqttError as exc:
             # The gateway hears no answer and sends the same bytes again; the store takes them as a duplicate.
             log.debug("answer not published", extra={"device": device_id, "error": str(exc)})
+        finally:
+            self._answering.discard(current)
         self.taken += 1
 
     async def _outcome(self, device_id: str, kind: str, data: bytes, limit: int) -> Acked | ReportTaken | NoticeTaken | Refused:

@@ -15,7 +15,6 @@ logger is one that writes nowhere: what reaches the operator is the uplink's wor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -102,6 +101,7 @@ class MqttTransport:
         self._client: aiomqtt.Client | None = None
         self._up = asyncio.Event()
         self._session_task: asyncio.Task[None] | None = None
+        self._abandoned: set[asyncio.Task[None]] = set()
         self.last_error = ""
 
     @property
@@ -112,11 +112,10 @@ class MqttTransport:
         self._on_desired = on_desired
 
     async def aclose(self) -> None:
-        task, self._session_task = self._session_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._drop_session()
+        if self._abandoned:
+            # A session on a dead link may wait out its disconnect; shutting down does not.
+            await asyncio.wait(self._abandoned, timeout=1.0)
         if self._key_source is not None:
             await self._key_source.aclose()
 
@@ -142,6 +141,7 @@ class MqttTransport:
         """Connect, subscribe to this device's answers and desired state, hand each message on; reconnect when it drops."""
         backoff = Backoff(0.5, 60.0, jitter=1.0)
         while True:
+            client: aiomqtt.Client | None = None
             try:
                 client = aiomqtt.Client(
                     self._host,
@@ -169,12 +169,23 @@ class MqttTransport:
             except (aiomqtt.MqttError, _NoCredentials, OSError) as exc:
                 self.last_error = _describe(exc)
             finally:
-                self._client = None
-                self._up.clear()
-                for future in self._pending.values():
-                    if not future.done():
-                        future.set_exception(ConnectionError(self.last_error or "the connection to the broker dropped"))
+                if client is not None and self._client is client:
+                    self._client = None
+                    self._up.clear()
+                    for future in self._pending.values():
+                        if not future.done():
+                            future.set_exception(ConnectionError(self.last_error or "the connection to the broker dropped"))
             await asyncio.sleep(backoff.next())
+
+    def _drop_session(self) -> None:
+        """Give up on the connection: the next exchange opens a new one (the broker keeps the session for it)."""
+        task, self._session_task = self._session_task, None
+        self._client = None
+        self._up.clear()
+        if task is not None:
+            task.cancel()
+            self._abandoned.add(task)
+            task.add_done_callback(self._abandoned.discard)
 
     async def _connected(self) -> aiomqtt.Client | Refused:
         if self._session_task is None:
@@ -225,6 +236,9 @@ class MqttTransport:
                 await client.publish(name, data, qos=1, properties=properties)
                 document = await future
         except TimeoutError:
+            # A link that drops without a reset leaves the connection looking open until keep-alive notices, a
+            # minute or more later: sending the batch again on it would wait as long. Connect anew instead.
+            self._drop_session()
             return Refused(False, "", f"no answer from the hub through the broker within {self._timeout_s:g} s")
         except (aiomqtt.MqttError, ConnectionError) as exc:
             return Refused(False, "", f"broker: {_describe(exc)}")

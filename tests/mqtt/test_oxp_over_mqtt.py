@@ -28,6 +28,7 @@ from edge.spool import Spool
 from edge.transport import open_transport
 from edge.transport.mqtt import correlation
 from edge.uplink import Uplink
+from hilsim.netproxy import UplinkProxy
 from hub.app import RunningHub, run_hub
 from hub.mqtt import MQTT_INGEST, MqttIngest
 from tests.hub.conftest import drop_schema
@@ -75,10 +76,10 @@ class Gateway:
         )
         self.key = load_private_key(enrolment.key_path)
 
-    async def open(self, hub_url: str, broker: Broker) -> None:
+    async def open(self, hub_url: str, broker: Broker, *, broker_url: str = "") -> None:
         self.spool = await Spool.open(self.directory / "spool.db", max_bytes=50_000_000)
         await self.spool.begin_boot()
-        transport = open_transport(hub_url, broker=broker.url, device_id=self.device_id, broker_password=self.password_file, timeout_s=3.0)
+        transport = open_transport(hub_url, broker=broker_url or broker.url, device_id=self.device_id, broker_password=self.password_file, timeout_s=3.0)
         self.uplink = Uplink(
             spool=self.spool,
             transport=transport,
@@ -195,6 +196,29 @@ async def test_every_released_reading_is_stored_exactly_once_when_the_broker_and
         await gateway.close()
         counters = await hub.counters("pole-0042")
     assert (counters["batches_stored"], counters["readings_stored"]) == (sent, sent * 20)
+
+
+async def test_every_released_reading_is_stored_exactly_once_when_the_link_to_the_broker_is_cut_and_then_goes_silent(broker, tmp_path):
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker), UplinkProxy(upstream_port=broker.port) as link:
+        gateway = Gateway(tmp_path / "gw", "pole-0042")
+        await gateway.enrol(hub)
+        await granted(taker, "pole-0042")
+        await gateway.open(hub.url, broker, broker_url=f"mqtt://127.0.0.1:{link.port}")
+        try:
+            gateway.put(5)
+            await gateway.delivered()
+            link.set_mode("cut")  # connections reset: the link is down
+            gateway.put(5)
+            await asyncio.sleep(1.0)
+            link.set_mode("blackhole")  # connections accepted, nothing answered: a link that died without a word
+            gateway.put(5)
+            await asyncio.sleep(1.5)
+            link.set_mode("pass")
+            await gateway.delivered(timeout=30)
+        finally:
+            await gateway.close()
+        counters = await hub.counters("pole-0042")
+    assert (counters["batches_stored"], counters["readings_stored"]) == (15, 300)
 
 
 async def test_a_device_may_neither_publish_nor_read_under_another_devices_id(broker, tmp_path):
@@ -336,6 +360,7 @@ async def test_two_hub_processes_share_the_subscription_and_store_each_batch_onc
             counters = await hub_a.counters("pole-0042")
     finally:
         await drop_schema(dsn, schema)
-    assert (counters["batches_stored"], counters["readings_stored"], counters["duplicates"]) == (21, 410, 1)
+    assert (counters["batches_stored"], counters["readings_stored"]) == (21, 410)
+    assert counters["duplicates"] >= 1  # the resent copy (a gateway's own resend after a slow ack adds more)
     # The broker spread the batches over both processes.
     assert all(t.taken > 0 for t in takers)
