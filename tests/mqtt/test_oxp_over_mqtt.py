@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -150,6 +151,7 @@ async def test_readings_flow_from_the_gateway_through_the_broker_to_the_hub_and_
         gateway = Gateway(tmp_path / "gw", "pole-0042")
         await gateway.enrol(hub)
         assert gateway.password_file.read_text().strip()
+        assert stat.S_IMODE(gateway.password_file.stat().st_mode) == 0o600  # the enrolment answer's password, for this user only
         await granted(taker, "pole-0042")
         await gateway.open(hub.url, broker)
         try:
