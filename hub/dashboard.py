@@ -121,6 +121,7 @@ def device_health(device: Device, *, now: int, stale_after_ms: int) -> str:
     return "ok"
 
 
+SIGNED_IN = web.RequestKey("signed_in", Principal)  # the principal allowed() let in
 AUDIT_PAGE = 50  # entries per page of /audit
 MAX_AUDIT_EXPORT = 1000  # entries per page of /admin/api/audit (?before=ID for the next)
 
@@ -128,22 +129,24 @@ MAX_AUDIT_EXPORT = 1000  # entries per page of /admin/api/audit (?before=ID for 
 async def allowed(request: web.Request, permission: Permission = Permission.READ) -> Principal:
     """The principal of an admin request that may do what ``permission`` covers; else 401/redirect (hub.auth) or 403 with the reason."""
     try:
-        return await request.app[HUB].admin.require(request, permission)
+        principal = await request.app[HUB].admin.require(request, permission)
     except NotPermitted as exc:
         raise forbidden(request, exc) from None
+    request[SIGNED_IN] = principal  # the page header says who is signed in
+    return principal
 
 
 def forbidden(request: web.Request, exc: NotPermitted) -> web.HTTPForbidden:
     """403 for a change the account's roles do not allow: a page for a browser, JSON for a script."""
     if "text/html" in request.headers.get("Accept", ""):
-        html = _templates.get_template("message.html").render(path=request.path, title="Not allowed", message=str(exc))
+        html = _templates.get_template("message.html").render(path=request.path, signed_in=None, title="Not allowed", message=str(exc))
         return web.HTTPForbidden(text=html, content_type="text/html")
     return web.HTTPForbidden(text=json.dumps({"error": "forbidden", "detail": str(exc), "needs": list(exc.permission.granted_by)}),
                              content_type="application/json")
 
 
 def render(request: web.Request, name: str, *, status: int = 200, **context: Any) -> web.Response:
-    html = _templates.get_template(name).render(path=request.path, **context)
+    html = _templates.get_template(name).render(path=request.path, signed_in=request.get(SIGNED_IN), **context)
     return web.Response(text=html, content_type="text/html", status=status, headers={"Cache-Control": "no-store"})
 
 

@@ -146,6 +146,7 @@ async def test_the_audit_page_renders_in_chromium_for_a_viewer(hub: RunningHub, 
     rows = re.findall(r'<tr id="audit-(\d+)">', dom)
     assert len(rows) == AUDIT_PAGE and rows[0] == str(AUDIT_PAGE + 3)  # newest first: the sets after the account
     assert "desired.set" in dom and "fleet:street" in dom and "cli:ops" in dom and 'rel="next"' in dom
+    assert '<span class="who">vic <span class="roles">(viewer)</span></span>' in dom  # who is signed in, in the header
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "hub-audit.png"
     await chromium(binary, tmp_path / "profile2", f"--screenshot={shot}", await hub.hub.admin.login_link(hub.url, next_path="/audit", account="vic"))
