@@ -257,7 +257,7 @@ async def fleet(request: web.Request) -> web.Response:
 @routes.get("/fleet/devices/{device_id}")
 async def device_page(request: web.Request) -> web.Response:
     hub = request.app[HUB]
-    await allowed(request)
+    principal = await allowed(request)
     device = await hub.store.device(request.match_info["device_id"])
     if device is None:
         message = f"No device {request.match_info['device_id']!r} is enrolled at this hub."
@@ -296,6 +296,7 @@ async def device_page(request: web.Request) -> web.Response:
         charts=charts,
         personal=personal,
         notice=notices[0] if notices else None,
+        may_operate=principal.may(Permission.OPERATE),
     )
 
 
