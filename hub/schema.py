@@ -203,6 +203,25 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        8,
+        # The northbound export (hub/export.py).  export_outbox holds one row per stored chunk still to be
+        # published to the city's broker; it is written in the transaction that stores the batch, while an
+        # export lease was held within OUTBOX_GRACE_MS (hub/engines/sql.py), and a row is deleted only once
+        # the broker acknowledged every message made of it.  export_lease names the one hub process that
+        # publishes (the others wait for it to lapse).  Number 7 is kept for another change.
+        """
+        CREATE TABLE export_outbox (
+            id {id},
+            chunk_id BIGINT NOT NULL
+        );
+        CREATE TABLE export_lease (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires_ms BIGINT NOT NULL
+        );
+        """,
+    ),
 )
 
 # Statements of a migration one engine needs in its own dialect, each run whole (trigger bodies hold

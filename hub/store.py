@@ -292,3 +292,23 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def expire_quarantine(self, device_id: str, before_ms: int, *, max_rows: int) -> int:
         """Delete up to ``max_rows`` of a device's quarantined readings received before ``before_ms``; returns how many."""
+
+    # the northbound export (hub.export)
+    @abc.abstractmethod
+    async def hold_export_lease(self, holder: str, *, now_ms: int, ttl_ms: int) -> bool:
+        """Take or renew the one export lease for ``holder`` until ``now_ms + ttl_ms``; False while another holder's runs.
+
+        While some lease ran within the last day (hub.engines.sql.OUTBOX_GRACE_MS), :meth:`store_batch` writes an
+        outbox row for each chunk it stores, in the same transaction."""
+
+    @abc.abstractmethod
+    async def release_export_lease(self, holder: str, *, now_ms: int) -> None:
+        """End ``holder``'s lease now, so another hub process may take it at once."""
+
+    @abc.abstractmethod
+    async def export_pending(self, *, limit: int) -> list[tuple[Any, ...]]:
+        """The oldest ``limit`` outbox rows as hub.engines.sql.export_pending_query selects them (a personal or deleted chunk as NULLs)."""
+
+    @abc.abstractmethod
+    async def export_done(self, outbox_ids: Sequence[int]) -> None:
+        """Delete these outbox rows: the broker acknowledged every message made of them."""

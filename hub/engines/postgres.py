@@ -21,6 +21,8 @@ from hub.engines.sql import (
     ACCOUNT_COLUMNS,
     AUDIT_COLUMNS,
     DEVICE_COLUMNS,
+    EXPORT_LEASE,
+    OUTBOX_GRACE_MS,
     account_from_row,
     audit_from_row,
     decide_enrolment,
@@ -29,6 +31,7 @@ from hub.engines.sql import (
     dumps,
     expire_query,
     expiry_plan,
+    export_pending_query,
     from_uint_column,
     notice_location,
     quarantine_rows,
@@ -84,6 +87,7 @@ async def _quarantine_stored(conn: Any) -> None:
 # the row lock, then sees the conflict, and only counts a duplicate.  A channel's personal flag is
 # only ever set (sticky), in the same statement that makes its readings visible.  Sub-statements
 # of one statement cannot see each other's rows, so the devices row is updated once, for both outcomes.
+# While an export lease ran within a day, each chunk stored gets a row in the northbound export's outbox.
 STORE_BATCH = """
 WITH batch AS (
     INSERT INTO batches (key_id, boot_epoch, seq, device_id, created_ms, received_ms, readings, size, policy_digest, codec, counters)
@@ -108,6 +112,10 @@ WITH batch AS (
     SELECT ids.id, k.first_ms, k.last_ms, k.count, k.data
     FROM unnest($20::text[], $21::bigint[], $22::bigint[], $23::integer[], $24::bytea[]) AS k(name, first_ms, last_ms, count, data)
     JOIN (SELECT id, name FROM declared UNION ALL SELECT id, name FROM undeclared) AS ids ON ids.name = k.name
+    RETURNING id
+), queued AS (
+    INSERT INTO export_outbox (chunk_id)
+    SELECT id FROM chunked WHERE EXISTS (SELECT 1 FROM export_lease WHERE expires_ms > $6 - {grace}) ORDER BY id
 ), apart AS (
     INSERT INTO quarantine (device_id, key_id, boot_epoch, seq, channel, unit, reading, reason, received_ms)
     SELECT $4, $1, $2, $3, q.channel, q.unit, q.reading, q.reason, $6
@@ -132,6 +140,7 @@ WITH batch AS (
 )
 SELECT stored FROM outcome
 """.format(
+    grace=OUTBOX_GRACE_MS,
     # the batch is stored and is the device's newest: its boot epoch and sequence number become the device's
     newer="(o.stored AND (d.boot_epoch IS NULL OR d.boot_epoch < $2 OR (d.boot_epoch = $2 AND (d.last_seq IS NULL OR d.last_seq <= $3))))"
 )
@@ -182,9 +191,10 @@ class PostgresStore(Store):
             # concurrent starts apply each migration exactly once.
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _lock_key(search_path))
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            # Each migration not applied yet, by number: one numbered below a migration already applied still runs.
+            applied = {row[0] for row in await conn.fetch("SELECT version FROM schema_version")}
             for version, sql in schema.MIGRATIONS:
-                if version > current:
+                if version not in applied:
                     for statement in (*schema.migration_statements("postgresql", sql), *schema.engine_statements("postgresql", version)):
                         await conn.execute(statement)
                     if version == schema.QUARANTINE_STORED:
@@ -522,3 +532,22 @@ class PostgresStore(Store):
             device_id, before_ms, max_rows,
         )
         return len(deleted)
+
+    # --- the northbound export --------------------------------------------------------
+
+    async def hold_export_lease(self, holder: str, *, now_ms: int, ttl_ms: int) -> bool:
+        held = await self._pool.fetchval(
+            "INSERT INTO export_lease (name, holder, expires_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+            " expires_ms = excluded.expires_ms WHERE export_lease.holder = excluded.holder OR export_lease.expires_ms <= $4 RETURNING 1",
+            EXPORT_LEASE, holder, now_ms + ttl_ms, now_ms,
+        )
+        return held is not None
+
+    async def release_export_lease(self, holder: str, *, now_ms: int) -> None:
+        await self._pool.execute("UPDATE export_lease SET expires_ms = $1 WHERE name = $2 AND holder = $3", now_ms, EXPORT_LEASE, holder)
+
+    async def export_pending(self, *, limit: int) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self._pool.fetch(export_pending_query("$"), limit)]
+
+    async def export_done(self, outbox_ids: Sequence[int]) -> None:
+        await self._pool.execute("DELETE FROM export_outbox WHERE id = ANY($1::bigint[])", list(outbox_ids))

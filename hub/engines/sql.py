@@ -17,6 +17,9 @@ from hub.models import Device, EnrolError, EnrolOutcome, IncomingBatch
 
 __all__ = [
     "ACCOUNT_COLUMNS",
+    "EXPORT_LEASE",
+    "OUTBOX_GRACE_MS",
+    "export_pending_query",
     "AUDIT_COLUMNS",
     "DEVICE_COLUMNS",
     "ExpiryPlan",
@@ -308,3 +311,24 @@ def expiry_plan(rows: Sequence[Sequence[Any]], before_ms: int) -> ExpiryPlan:
         else:
             plan.rewrite.append((*kept, chunk_id))
     return plan._replace(readings=deleted)
+
+
+# --- the northbound export (hub/export.py) --------------------------------------------
+
+# A batch's chunks get outbox rows while an export lease was held within this long (by the batch's arrival):
+# a hub that exported goes on queueing through a restart or a stop of up to a day, and stops queueing a day
+# after export was switched off everywhere.
+OUTBOX_GRACE_MS = 86_400_000
+EXPORT_LEASE = "northbound"
+
+
+def export_pending_query(mark: str) -> str:
+    """SELECT of the oldest outbox rows with their chunks: (outbox id, chunk id, channel id, device, channel, unit, first_ms, data).
+
+    The chunk columns are NULL where the chunk is gone (retention) or its channel is personal: the filter is
+    here, in the SQL, as in every public read (hub.chunks), so nothing personal is ever exported.  One parameter: N.
+    """
+    limit = "?" if mark == "?" else "$1"
+    return ("SELECT o.id, k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.data FROM export_outbox o"
+            " LEFT JOIN (chunks k JOIN channels c ON c.id = k.channel_id AND NOT c.personal) ON k.id = o.chunk_id"
+            f" ORDER BY o.id LIMIT {limit}")

@@ -28,6 +28,8 @@ from hub.engines.sql import (
     ACCOUNT_COLUMNS,
     AUDIT_COLUMNS,
     DEVICE_COLUMNS,
+    EXPORT_LEASE,
+    OUTBOX_GRACE_MS,
     account_from_row,
     audit_from_row,
     channel_map,
@@ -37,6 +39,7 @@ from hub.engines.sql import (
     dumps,
     expire_query,
     expiry_plan,
+    export_pending_query,
     from_uint_column,
     notice_location,
     quarantine_rows,
@@ -82,10 +85,11 @@ def _migrate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-        current = row[0] or 0
+        # Each migration not applied yet, by number (not "above the newest"): one numbered below a
+        # migration already applied (kept for a change that landed later) still runs.
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_version")}
         for version, sql in schema.MIGRATIONS:
-            if version > current:
+            if version not in applied:
                 for statement in (*schema.migration_statements("sqlite", sql), *schema.engine_statements("sqlite", version)):
                     conn.execute(statement)
                 if version == schema.QUARANTINE_STORED:
@@ -346,10 +350,16 @@ class SQLiteStore(Store):
                 )
                 return "duplicate"
             ids = channel_map(batch, lambda ch: self._channel_id(conn, batch.device_id, ch))
+            # The northbound export's outbox (hub/export.py): this batch's chunks are the ids past the newest before it
+            # (the writer holds the database's write lock, and a new rowid is the largest plus one).
+            exporting = conn.execute("SELECT 1 FROM export_lease WHERE expires_ms > ? LIMIT 1", (batch.received_ms - OUTBOX_GRACE_MS,)).fetchone()
+            newest = conn.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0] if exporting else 0
             conn.executemany(
                 "INSERT INTO chunks (channel_id, first_ms, last_ms, count, data) VALUES (?, ?, ?, ?, ?)",
                 [(ids[name], *chunk) for name, chunks in encode_chunks(batch.readings).items() for chunk in chunks],
             )
+            if exporting:
+                conn.execute("INSERT INTO export_outbox (chunk_id) SELECT id FROM chunks WHERE id > ? ORDER BY id", (newest,))
             conn.executemany(
                 "INSERT INTO quarantine (device_id, key_id, boot_epoch, seq, channel, unit, reading, reason, received_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -625,6 +635,28 @@ class SQLiteStore(Store):
             ).rowcount
 
         return await self._write(run)
+
+    # --- the northbound export --------------------------------------------------------
+
+    async def hold_export_lease(self, holder: str, *, now_ms: int, ttl_ms: int) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT INTO export_lease (name, holder, expires_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_ms = excluded.expires_ms WHERE export_lease.holder = excluded.holder OR export_lease.expires_ms <= ?",
+                (EXPORT_LEASE, holder, now_ms + ttl_ms, now_ms),
+            )
+            return cur.rowcount == 1
+
+        return await self._write(run)
+
+    async def release_export_lease(self, holder: str, *, now_ms: int) -> None:
+        await self._write(lambda conn: conn.execute("UPDATE export_lease SET expires_ms = ? WHERE name = ? AND holder = ?", (now_ms, EXPORT_LEASE, holder)))
+
+    async def export_pending(self, *, limit: int) -> list[tuple[Any, ...]]:
+        return await self._read(export_pending_query("?"), (limit,))
+
+    async def export_done(self, outbox_ids: Sequence[int]) -> None:
+        await self._write(lambda conn: conn.executemany("DELETE FROM export_outbox WHERE id = ?", [(i,) for i in outbox_ids]))
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
