@@ -20,6 +20,7 @@ from edge.util.clock import now_ms
 from hub.auth import Admin
 from hub.brokerauth import BROKER_PASSWORDS
 from hub.database import open_store
+from hub.export import EXPORTER, Exporter, ExportSettings
 from hub.faults import DeviceFaults
 from hub.fleet import check_desired, load_or_create_signing_key
 from hub.ingest import Ingest
@@ -218,6 +219,7 @@ async def run_hub(
     connections: ConnectionSettings = DEFAULT_CONNECTIONS,
     retention_interval_s: float = 86400.0,
     mqtt: MqttSettings | None = None,
+    export: ExportSettings | None = None,
 ) -> AsyncIterator[RunningHub]:
     """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key).
 
@@ -232,6 +234,7 @@ async def run_hub(
     watchdog: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
     broker: tuple[MqttIngest, asyncio.Task[None]] | None = None
+    exporting: tuple[Exporter, asyncio.Task[None]] | None = None
     try:
         admin = Admin(store)
         signing_key = load_or_create_signing_key(state / "hub.key")
@@ -260,6 +263,10 @@ async def run_hub(
             from hub.metrics import METRICS  # where build_app imports it: the metrics module reads the dashboard
 
             app[MQTT_INGEST] = MqttIngest(hub, mqtt, unavailable=UNAVAILABLE, counted=app[METRICS].ingested)
+        if export is not None:
+            from hub.metrics import METRICS  # where build_app imports it
+
+            app[EXPORTER] = Exporter(store, export, unavailable=UNAVAILABLE, metrics=app[METRICS])
         runner = HubRunner(app, connections=open_connections(connections), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -280,11 +287,18 @@ async def run_hub(
         if mqtt is not None:
             taker = app[MQTT_INGEST]
             broker = (taker, asyncio.create_task(taker.run(), name="hub-mqtt"))
+        if export is not None:
+            exporter = app[EXPORTER]
+            exporting = (exporter, asyncio.create_task(exporter.run(public_url=url), name="hub-export"))
         yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated, app=app)
     finally:
         if retention is not None:
             retention.cancel()
             await asyncio.gather(retention, return_exceptions=True)
+        if exporting is not None:
+            exporting[1].cancel()
+            await asyncio.gather(exporting[1], return_exceptions=True)
+            await exporting[0].aclose()
         if broker is not None:
             broker[1].cancel()
             await asyncio.gather(broker[1], return_exceptions=True)

@@ -144,6 +144,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hub.add_argument("--mqtt-ca", default="", metavar="FILE", help="PEM CA bundle for an mqtts broker (default: the system store)")
     hub.add_argument("--mqtt-static-access", action="store_true",
                      help="city IT keeps the broker's device credentials and ACLs; by default the hub keeps them (Mosquitto's dynamic-security plugin)")
+    hub.add_argument("--export-broker", default="", metavar="URL",
+                     help="publish released, public readings to this MQTT broker, mqtt://[USER@]HOST[:PORT] or mqtts://… "
+                          "(docs/fleet.md, Exporting to the city's broker)")
+    hub.add_argument("--export-password-file", default="", metavar="FILE", help="file holding the password of the user --export-broker names")
+    hub.add_argument("--export-ca", default="", metavar="FILE", help="PEM CA bundle for an mqtts export broker (default: the system store)")
+    hub.add_argument("--export-client-id", default="", metavar="ID", help="MQTT client id for the export (default ocn-hub-export-<host>-<pid>)")
+    hub.add_argument("--export-topic", default="ocn/{device}/{channel}", metavar="TEMPLATE",
+                     help="topic of the SenML messages; {device} and {channel} are filled in (default ocn/{device}/{channel})")
+    hub.add_argument("--export-formats", default="senml,sensorthings", metavar="LIST",
+                     help="what to publish: senml, sensorthings (v1.1/Datastreams(<id>)/Observations) or both (default both)")
+    hub.add_argument("--export-public-url", default="", metavar="URL",
+                     help="the hub's address as SensorThings clients reach it, for @iot.selfLink (default: the address it serves on)")
     hub.add_argument("--retention-interval", type=_duration("--retention-interval"), default=86400.0, metavar="DURATION",
                      help="how often readings older than each gateway's stated retention are deleted; the first run is a minute after start (default 1d)")
     hub.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -530,6 +542,7 @@ def _retention_run(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from hub.app import IngestSettings, parse_listen, run_hub
+    from hub.export import ExportSettings, parse_formats
     from hub.models import StoreError
     from hub.mqtt import MqttSettings
     from hub.publicreads import PublicReadSettings
@@ -556,6 +569,13 @@ def _serve(args: argparse.Namespace) -> int:
                                          max_connections=args.max_connections)
         mqtt = MqttSettings(args.mqtt_broker, client_id=args.mqtt_client_id, password_file=args.mqtt_password_file,
                             ca=args.mqtt_ca, manage_access=not args.mqtt_static_access) if args.mqtt_broker else None
+        export = ExportSettings(args.export_broker, password_file=args.export_password_file, ca=args.export_ca, client_id=args.export_client_id,
+                                topic=args.export_topic, formats=parse_formats(args.export_formats),
+                                public_url=args.export_public_url) if args.export_broker else None
+        if not args.export_broker:
+            for name in ("export_password_file", "export_ca", "export_client_id", "export_public_url"):
+                if getattr(args, name):
+                    raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)!r}: no --export-broker to use it with")
     except ValueError as exc:
         print(f"ocn-edge hub: {exc}", file=sys.stderr)
         return 2
@@ -576,7 +596,8 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             async with run_hub(listen=args.listen, db=_db(args), state_dir=_state_dir(args), admin_token=args.admin_token,
                                rate=args.rate, burst=args.burst, stale_after_s=args.stale_after, ingest=ingest,
-                               public_reads=public_reads, connections=connections, retention_interval_s=args.retention_interval, mqtt=mqtt) as running:
+                               public_reads=public_reads, connections=connections, retention_interval_s=args.retention_interval, mqtt=mqtt,
+                               export=export) as running:
                 if running.admin_token and not args.admin_token:
                     print(f"Admin token (shown once, stored hashed): {running.admin_token}", file=sys.stderr, flush=True)
                     print("Keep it for emergencies; give each person an account: ocn-edge hub user add NAME --role operator "

@@ -53,6 +53,9 @@ class HubMetrics:
                                     "When the last retention run (by any hub process or command) finished, Unix time; 0 if none has", registry=r)
         self.retention_deleted = Gauge("ocn_hub_retention_last_run_deleted", "Readings the last retention run deleted, by where they were kept",
                                        ["store"], registry=r)
+        self.exported = Counter("ocn_hub_export_messages", "Messages the city's broker acknowledged (northbound export), by format",
+                                ["format"], registry=r)
+        self.export_up = Gauge("ocn_hub_export_broker_up", "1 while connected to the city's broker for the export, 0 during an outage", registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
 
     def ingested(self, kind: str, outcome: object) -> None:
