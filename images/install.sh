@@ -1,7 +1,7 @@
 #!/bin/sh
 # Install OCN Edge onto a Raspberry Pi OS root, offline, from a wheelhouse.
 #
-#   images/install.sh [--root DIR] [--wheelhouse DIR] [--slot a|b] [--python PATH]
+#   images/install.sh [--root DIR] [--wheelhouse DIR] [--slot a|b] [--python PATH] [--release-key PEM]
 #
 # --root DIR        the root filesystem to install into (default /, the running system).
 #                   With another root the slot is built with --python of this machine, so
@@ -14,14 +14,18 @@
 # --slot a|b        the slot to (re)build and make current (default a). Updates build the
 #                   slot that is not current and switch; this script never touches the other.
 # --python PATH     the interpreter the slot's venv uses (default /usr/bin/python3).
+# --release-key PEM the city's release public key (`ocn-edge release keygen`), installed as
+#                   /etc/ocn-edge/release.pub: software updates are checked against it
+#                   (docs/updates.md). Without it, updates are refused until one is there.
 #
 # What it does, each step safe to repeat (running it twice leaves the same system):
 #   users ocn-edge and ocn-hub (sysusers.d), /etc/ocn-edge (tmpfiles.d),
 #   /opt/ocn-edge/<slot>: a venv with OCN Edge from the wheelhouse, --require-hashes,
 #   /opt/ocn-edge/current -> <slot>, switched atomically (rename of a new symlink),
-#   the units, udev rules and journald limits under /etc, and enables ocn-edge.service,
-#   ocn-edge-enrol.service and systemd-time-wait-sync.service (the hub unit is installed,
-#   not enabled). Exit status: 0 installed, 1 a step failed, 2 bad usage or missing input.
+#   the wheels it was built from kept in <slot>/release/ (an update downloads only the
+#   wheels that changed), the units, udev rules and journald limits under /etc, and enables
+#   ocn-edge.service, ocn-edge-enrol.service, ocn-edge-update.path and
+#   systemd-time-wait-sync.service (the hub unit is installed, not enabled). Exit status: 0 installed, 1 a step failed, 2 bad usage or missing input.
 set -eu
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -29,6 +33,7 @@ root=/
 wheelhouse=$here/../dist/wheelhouse
 slot=a
 python=/usr/bin/python3
+release_key=
 
 say() { printf 'install.sh: %s\n' "$*" >&2; }
 fail() { say "$1"; exit "${2:-1}"; }
@@ -40,7 +45,8 @@ while [ $# -gt 0 ]; do
         --wheelhouse) [ $# -ge 2 ] || usage "--wheelhouse needs a directory"; wheelhouse=$2; shift 2 ;;
         --slot) [ $# -ge 2 ] || usage "--slot needs a or b"; slot=$2; shift 2 ;;
         --python) [ $# -ge 2 ] || usage "--python needs a path"; python=$2; shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --release-key) [ $# -ge 2 ] || usage "--release-key needs a PEM file"; release_key=$2; shift 2 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) usage "unknown argument \"$1\"" ;;
     esac
 done
@@ -51,6 +57,7 @@ root=$(cd "$root" && pwd)
 [ "$root" != / ] || [ "$(id -u)" = 0 ] || fail "installing onto this system needs root: sudo $0" 2
 [ -d "$wheelhouse" ] || fail "no wheelhouse at \"$wheelhouse\": build one with \`make wheelhouse\` (or pass --wheelhouse DIR)" 2
 wheelhouse=$(cd "$wheelhouse" && pwd)
+[ -z "$release_key" ] || [ -f "$release_key" ] || fail "--release-key \"$release_key\": no such file (make one with \`ocn-edge release keygen\`)" 2
 [ -x "$python" ] || fail "--python \"$python\": not an executable (install python3 and python3-venv)" 2
 "$python" -c 'import ensurepip, venv' 2>/dev/null || fail "\"$python\" cannot create a venv with pip: install the python3-venv package" 2
 # `make wheelhouse` writes one folder per target, named `uname -m` then the CPython tag
@@ -106,6 +113,12 @@ for script in "$building"/bin/*; do
     esac
 done
 "$building/bin/ocn-edge" --version >/dev/null || fail "the new slot's ocn-edge does not run; slot $slot is unchanged"
+# The wheels the slot was built from, laid out as in a release bundle (docs/updates.md): an
+# update fetches only the wheels whose SHA-256 is not among them.
+release_target=$("$building/bin/python" -c 'import platform, sys; print("%s-cp%d%d" % ((platform.machine(),) + sys.version_info[:2]))')
+mkdir -p "$building/release/wheels" "$building/release/targets/$release_target"
+cp "$wheelhouse"/*.whl "$building/release/wheels/"
+cp "$wheelhouse/constraints.txt" "$building/release/targets/$release_target/constraints.txt"
 rm -rf "$opt/$slot"
 mv "$building" "$opt/$slot"
 
@@ -114,12 +127,15 @@ ln -sfn "$slot" "$opt/.current.new"
 mv -T "$opt/.current.new" "$opt/current"
 
 say "units, udev rules, journald limits"
-for unit in "$here"/systemd/*.service; do
-    install -D -m 0644 "$unit" "$etc/systemd/system/$(basename "$unit")"
+for unit in "$here"/systemd/*.service "$here"/systemd/*.path "$here"/systemd/*.service.d/*.conf; do
+    install -D -m 0644 "$unit" "$etc/systemd/system/${unit#"$here"/systemd/}"
 done
+if [ -n "$release_key" ]; then
+    install -D -m 0644 "$release_key" "$etc/ocn-edge/release.pub"
+fi
 install -D -m 0644 "$here/udev/99-ocn-serial.rules" "$etc/udev/rules.d/99-ocn-serial.rules"
 install -D -m 0644 "$here/journald/ocn-edge.conf" "$etc/systemd/journald.conf.d/ocn-edge.conf"
-systemctl --root="$root" enable ocn-edge.service ocn-edge-enrol.service systemd-time-wait-sync.service
+systemctl --root="$root" enable ocn-edge.service ocn-edge-enrol.service ocn-edge-update.path systemd-time-wait-sync.service
 
 # On the running system, let systemd and udev see the new files now; the gateway restarts
 # on the new slot if it was running. journald's limits apply from its next start.

@@ -14,6 +14,7 @@ State directory layout and write order: docs/updates.md, "On the gateway".
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -134,24 +135,29 @@ class _Link:
         response, start = self._open(path, have)
         if response is None:
             return
+        dropped = False
         with response, part.open("r+b" if start else "wb") as out:
             out.seek(start)
             out.truncate()
-            while start < size:
-                chunk = response.read(min(_CHUNK, size - start, self._allowance()))
-                if not chunk:
-                    break
-                out.write(chunk)
-                start += len(chunk)
-                self.bytes += len(chunk)
-                if self._allowance() <= 0 and start < size:
-                    break
+            try:
+                while start < size and self._allowance() > 0:
+                    chunk = response.read(min(_CHUNK, size - start, self._allowance()))
+                    if not chunk:
+                        # The answer ended: early if the server announced more (the connection dropped), or
+                        # because the file there is shorter than the manifest says (the caller refuses it).
+                        dropped = bool(response.length)
+                        break
+                    out.write(chunk)
+                    start += len(chunk)
+                    self.bytes += len(chunk)
+            except (http.client.HTTPException, OSError):
+                dropped = True
             out.flush()
             os.fsync(out.fileno())
-        if start < size:
-            if self._allowance() <= 0:
-                raise FetchError(f"the byte allowance of {self.max_bytes} is used up; the download resumes at {part.name} ({start} of {size} bytes) next time")
+        if dropped:
             raise FetchError(f"{self.base + path}: the connection ended at {start} of {size} bytes; the next try resumes there")
+        if start < size and self._allowance() <= 0:
+            raise FetchError(f"the byte allowance of {self.max_bytes} is used up; the download resumes at {part.name} ({start} of {size} bytes) next time")
 
 
 def _held(entry: FileEntry, opt: Path) -> Path | None:
@@ -189,7 +195,7 @@ def fetch_release(
         check_for_device(manifest, now=time.time() if now is None else now, target=target, installed=installed)
         _not_failed_before(work, manifest.version)
     except Refused as exc:
-        write_json(work / FETCHED_FILE, {"state": "refused", "reason": exc.reason, "detail": str(exc), "url": url})
+        _fetched(work, {"state": "refused", "reason": exc.reason, "detail": str(exc), "url": url})
         raise
     reused = 0
     try:
@@ -206,27 +212,35 @@ def fetch_release(
             else:
                 link.into(entry.path, part, entry.size)
             size, digest = file_digest(part)
+            source = f"{url.rstrip('/')}/{entry.path}"
+            if size < entry.size:  # the server has nothing more to send: the file there is cut short
+                part.unlink()
+                raise Refused("truncated", f"{source}: the server has {size} of its {entry.size} bytes")
             if size != entry.size or digest != entry.sha256:
                 part.unlink()
-                source = f"{url.rstrip('/')}/{entry.path}"
                 raise Refused("tampered", f"{source}: SHA-256 {digest.hex()[:16]}… ({size} bytes), the manifest says {entry.sha256.hex()[:16]}…")
             os.replace(part, blob)
     except Refused as exc:
-        write_json(work / FETCHED_FILE, {"state": "refused", "version": manifest.version, "reason": exc.reason, "detail": str(exc), "url": url})
+        _fetched(work, {"state": "refused", "version": manifest.version, "reason": exc.reason, "detail": str(exc), "url": url})
         raise
     except FetchError as exc:
-        write_json(work / FETCHED_FILE, {"state": "downloading", "version": manifest.version, "detail": str(exc), "url": url})
+        _fetched(work, {"state": "downloading", "version": manifest.version, "detail": str(exc), "url": url})
         raise
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC
-            write_json(work / FETCHED_FILE, {"state": "refused", "version": manifest.version, "reason": "no_space", "detail": str(exc)})
+            _fetched(work, {"state": "refused", "version": manifest.version, "reason": "no_space", "detail": str(exc)})
             raise Refused("no_space", f"{blobs}: the disk is full; the running version is untouched") from None
         raise
     bundle = _assemble(work, manifest, data, target)
-    write_json(work / FETCHED_FILE, {"state": "requested", "version": manifest.version, "url": url})
+    _fetched(work, {"state": "requested", "version": manifest.version, "url": url})
     write_json(work / REQUEST_FILE, {"version": manifest.version, "bundle": str(bundle), "requested_ms": int(time.time() * 1000)})
     _prune(blobs, manifest, target)
     return Fetched(manifest.version, bundle, link.bytes, link.requests, reused)
+
+
+def _fetched(work: Path, record: dict[str, object]) -> None:
+    """The last download's outcome, with when it was reached (the status report shows the newer of this and the install's)."""
+    write_json(work / FETCHED_FILE, {**record, "ts_ms": int(time.time() * 1000)})
 
 
 def _not_failed_before(work: Path, version: str) -> None:

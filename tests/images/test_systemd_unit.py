@@ -17,6 +17,7 @@ from tests.helpers.tools import require_tool
 
 UNITS = Path(__file__).resolve().parents[2] / "images" / "systemd"
 GATEWAY, HUB, ENROL = "ocn-edge.service", "ocn-hub.service", "ocn-edge-enrol.service"
+UPDATE_UNITS = ["ocn-edge-update.service", "ocn-edge-rollback.service"]  # verified in tests/update/test_units.py
 MAX_EXPOSURE = 2.5
 OCN_EDGE = "/opt/ocn-edge/current/bin/ocn-edge"
 
@@ -40,7 +41,7 @@ def _words(directives: dict[str, list[str]], key: str) -> set[str]:
 
 
 def test_every_unit_is_listed_here():
-    assert sorted(p.name for p in UNITS.glob("*.service")) == sorted([GATEWAY, HUB, ENROL])
+    assert sorted(p.name for p in UNITS.glob("*.service")) == sorted([GATEWAY, HUB, ENROL, *UPDATE_UNITS])
 
 
 @pytest.fixture(scope="module")

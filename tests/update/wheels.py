@@ -72,17 +72,27 @@ def _repack(dist: importlib.metadata.Distribution, folder: Path) -> Path:
             continue
         files[name] = Path(str(dist.locate_file(entry))).read_bytes()
     distinfo = next(name.split("/")[0] for name in files if name.endswith(".dist-info/METADATA"))
-    tag = re.search(r"^Tag: (\S+)$", files[f"{distinfo}/WHEEL"].decode(), re.M)
-    assert tag, f"{distinfo}: no Tag in WHEEL"
+    tags = [tag.split("-") for tag in re.findall(r"^Tag: (\S+)$", files[f"{distinfo}/WHEEL"].decode(), re.M)]
+    assert tags, f"{distinfo}: no Tag in WHEEL"
+    # The compressed tag set of the file name (PEP 425): py2.py3-none-any for two Tag lines.
+    compressed = "-".join(".".join(dict.fromkeys(tag[part] for tag in tags)) for part in range(3))
     stem = distinfo.removesuffix(".dist-info")
-    return write_wheel(folder, f"{stem}-{tag[1]}.whl", files)
+    return write_wheel(folder, f"{stem}-{compressed}.whl", files)
 
 
-def runtime_wheels(folder: Path) -> list[Path]:
-    """Every runtime dependency of OCN Edge installed in this venv, as wheels in ``folder``."""
+def requirements(wheel: Path) -> list[str]:
+    """The Requires-Dist lines of a wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(name for name in archive.namelist() if name.endswith(".dist-info/METADATA"))
+        text = archive.read(metadata).decode()
+    return re.findall(r"^Requires-Dist: (.+)$", text, re.M)
+
+
+def runtime_wheels(folder: Path, requires: list[str]) -> list[Path]:
+    """Every runtime dependency in ``requires`` (and theirs) installed in this venv, as wheels in ``folder``."""
     environment = {key: str(value) for key, value in default_environment().items()}
     seen: set[str] = set()
-    wanted = [Requirement(text) for text in importlib.metadata.requires("ocn-edge") or []]
+    wanted = [Requirement(text) for text in requires]
     wheels = []
     while wanted:
         requirement = wanted.pop()

@@ -1,0 +1,329 @@
+"""The privileged installer (`python -m edge.update.install`): build the other slot from a verified bundle, switch, watch the probation, roll back.
+
+ocn-edge-update.path starts it (through ocn-edge-update.service) when the gateway writes
+``<state>/update/request.json``; ocn-edge-rollback.service starts it with ``--rollback`` when the
+gateway's service has failed for good (OnFailure=). It runs as root from the proven slot and
+trusts nothing the gateway wrote but the path of a bundle: the bundle is checked again here
+against the release key in /etc/ocn-edge/release.pub.
+
+Every step is recorded in a journal before it is taken (write, fsync, rename, fsync the
+directory), so a power cut or ``kill -9`` at any point leaves ``current`` naming a slot that
+runs, and the next start of the installer takes the step again:
+
+  build      ``previous`` is removed, the other slot emptied and built offline from the bundle
+             (a venv, pip --no-index --require-hashes), the bundle copied into it, its
+             ``ocn-edge --version`` checked, everything synced
+  switch     ``previous`` -> the running slot, then ``current`` -> the new one (two renames)
+  start      the gateway restarted on the new slot
+  probation  /status watched until the new version proves itself or fails (edge.update.probation)
+  rollback   ``current`` -> the previous slot, the gateway restarted, the failure recorded
+
+The outcome is written to ``<state>/update/installed.json`` for the gateway's status report and
+local page; the spool and every other file of the gateway's state are never touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.config import ConfigError, load_config
+from edge.logs import setup_logging
+from edge.protocol.keys import KeyFileError, load_public_key
+from edge.update.fetch import INSTALLED_FILE, REQUEST_FILE, update_dir, write_json
+from edge.update.manifest import Refused, check_bundle, this_target
+from edge.update.probation import Probation, read_status
+from edge.update.slots import CURRENT, PREVIOUS, fsync_dir, link_target, other_slot, point, slot_version
+
+__all__ = ["INSTALLED_FILE", "JOURNAL_FILE", "Installer", "main"]
+
+log = logging.getLogger("ocn.update")
+
+JOURNAL_FILE = "journal.json"  # the installer's own record of the step it is taking
+DEFAULT_RESTART = "systemctl reset-failed ocn-edge.service; systemctl restart --no-block ocn-edge.service"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Fault injection for tests (tests/update): the installer stops itself (SIGSTOP) right after it has
+# recorded this step, so a test can kill -9 it exactly there, as a power cut would.
+STOP_AT = "OCN_UPDATE_STOP_AT"
+
+
+@dataclass
+class Installer:
+    """One run of the installer over a root: the slots in ``opt``, the gateway's ``state``, its own ``journal_dir``."""
+
+    opt: Path
+    state: Path
+    journal_dir: Path
+    release_key: Path
+    status_url: str
+    restart: str = DEFAULT_RESTART
+    python: str = "/usr/bin/python3"
+    deadline_s: float = 900.0
+    start_timeout_s: float = 120.0
+    poll_s: float = 2.0
+
+    # -- records --------------------------------------------------------------------------
+
+    @property
+    def journal_path(self) -> Path:
+        return self.journal_dir / JOURNAL_FILE
+
+    def journal(self) -> dict[str, Any] | None:
+        try:
+            value = json.loads(self.journal_path.read_text())
+        except FileNotFoundError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def _record(self, entry: dict[str, Any], phase: str, **more: Any) -> dict[str, Any]:
+        entry = dict(entry, phase=phase, **more)
+        write_json(self.journal_path, entry)
+        if os.environ.get(STOP_AT) == phase:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return entry
+
+    def _outcome(self, entry: dict[str, Any], state: str, reason: str = "") -> None:
+        """Record the outcome for the gateway, then forget the request and the journal (in that order)."""
+        running = link_target(self.opt, CURRENT)
+        outcome = {
+            "state": state,
+            "version": entry["version"],
+            "from_version": entry.get("from_version"),
+            "running": slot_version(self.opt, running) if running else None,
+            "ts_ms": int(time.time() * 1000),
+        }
+        if reason:
+            outcome["reason"] = reason
+        write_json(update_dir(self.state) / INSTALLED_FILE, outcome)
+        (update_dir(self.state) / REQUEST_FILE).unlink(missing_ok=True)
+        self.journal_path.unlink(missing_ok=True)
+        fsync_dir(self.journal_dir)
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self, *, rollback_only: bool = False) -> int:
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        with (self.journal_dir / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time: the path unit's and OnFailure='s
+            entry = self.journal()
+            if rollback_only:
+                if entry is None or entry["phase"] not in ("start", "probation", "rollback"):
+                    log.info("the gateway failed, but no new version is on probation: nothing to roll back")
+                    return EXIT_OK
+                reason = entry.get("reason") or f"{entry['version']} failed: its service stopped for good during probation (a crash loop or the watchdog)"
+                return self._rollback(entry, reason)
+            if entry is None:
+                entry_or_exit = self._begin()
+                if isinstance(entry_or_exit, int):
+                    return entry_or_exit
+                entry = entry_or_exit
+            else:
+                log.info("resuming the update to %s at step %s", entry["version"], entry["phase"], extra={"version": entry["version"], "step": entry["phase"]})
+            return self._continue(entry)
+
+    def _begin(self) -> dict[str, Any] | int:
+        request_path = update_dir(self.state) / REQUEST_FILE
+        try:
+            request = json.loads(request_path.read_text())
+            bundle = Path(request["bundle"])
+        except FileNotFoundError:
+            log.info("no update requested")
+            return EXIT_OK
+        except (ValueError, KeyError, TypeError):
+            log.error('%s: not an update request (expected {"version", "bundle"}); removed', request_path)
+            request_path.unlink(missing_ok=True)
+            return EXIT_FAILED
+        running = link_target(self.opt, CURRENT)
+        from_version = slot_version(self.opt, running) if running else None
+        entry = {
+            "version": str(request.get("version")),
+            "bundle": str(bundle),
+            "from_slot": running,
+            "from_version": from_version,
+            "to_slot": other_slot(running),
+            "target": this_target(),
+        }
+        try:
+            key = load_public_key(self.release_key)
+            manifest = check_bundle(bundle, key, now=time.time(), target=entry["target"], installed=from_version, approved=bool(request.get("approved")))
+        except (Refused, KeyFileError) as exc:
+            reason = exc.reason if isinstance(exc, Refused) else "wrong_key"
+            log.error("update to %s refused (%s): %s", entry["version"], reason, exc, extra={"version": entry["version"], "reason": reason})
+            self._outcome(entry, "refused", f"{reason}: {exc}")
+            return EXIT_FAILED
+        entry["version"] = manifest.version
+        need = sum(item.size for item in manifest.files_for(this_target())) * 4
+        if shutil.disk_usage(self.opt).free < need:
+            log.error("update to %s refused (no_space): %s has less than %d bytes free", manifest.version, self.opt, need)
+            self._outcome(entry, "refused", f"no_space: {self.opt} has less than {need} bytes free; the running version is untouched")
+            return EXIT_FAILED
+        log.info(
+            "installing %s into slot %s (running %s in slot %s)",
+            manifest.version,
+            entry["to_slot"],
+            from_version,
+            running,
+            extra={"version": manifest.version, "slot": entry["to_slot"]},
+        )
+        return self._record(entry, "build")
+
+    def _continue(self, entry: dict[str, Any]) -> int:
+        phase = entry["phase"]
+        if phase == "rollback":
+            return self._rollback(entry, entry.get("reason", ""))
+        if phase == "build":
+            problem = self._build(entry)
+            if problem:
+                log.error("update to %s failed while building slot %s: %s", entry["version"], entry["to_slot"], problem)
+                self._outcome(entry, "failed", problem)
+                return EXIT_FAILED
+            entry = self._record(entry, "switch")
+            phase = "switch"
+        if phase == "switch":
+            if entry["from_slot"]:
+                point(self.opt, PREVIOUS, entry["from_slot"])
+            point(self.opt, CURRENT, entry["to_slot"])
+            entry = self._record(entry, "start")
+            phase = "start"
+        if phase == "start":
+            self._restart()  # again after a kill here: a second restart is harmless, a missed one is not
+            entry = self._record(entry, "probation", probation_started=time.time())
+        return self._probation(entry)
+
+    def _build(self, entry: dict[str, Any]) -> str:
+        """Build the new slot offline; an empty string when it runs, else what went wrong."""
+        if (self.opt / PREVIOUS).is_symlink():  # it may name the slot about to be emptied
+            (self.opt / PREVIOUS).unlink()
+            fsync_dir(self.opt)
+        slot = self.opt / entry["to_slot"]
+        bundle = Path(entry["bundle"])
+        shutil.rmtree(slot, ignore_errors=True)
+        constraints = bundle / "targets" / entry["target"] / "constraints.txt"
+        wheels = str(bundle / "wheels")
+        install = ["install", "--quiet", "--disable-pip-version-check", "--no-index", "--find-links", wheels, "--require-hashes", "-r", str(constraints)]
+        own_pip = importlib.util.find_spec("pip")
+        if own_pip is not None and own_pip.origin:
+            # This slot's pip installs into the new venv (pip --python) and is then copied into it, so every
+            # slot has the pip the next update uses: seconds, where ensurepip's own install takes ten on a Pi.
+            steps = [[self.python, "-m", "venv", "--without-pip", str(slot)], [sys.executable, "-m", "pip", "--python", str(slot / "bin" / "python"), *install]]
+        else:
+            steps = [[self.python, "-m", "venv", str(slot)], [str(slot / "bin" / "python"), "-m", "pip", *install]]
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True)
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                return f"{shlex.join(step[:3])} … exited {done.returncode}: {last}"
+        if own_pip is not None and own_pip.origin:
+            self._copy_pip(Path(own_pip.origin).parent.parent, slot)
+        shutil.copytree(bundle, slot / "release")
+        done = subprocess.run([str(slot / "bin" / "ocn-edge"), "--version"], capture_output=True, text=True)
+        if done.returncode != 0 or entry["version"] not in done.stdout:
+            return f"the new slot's ocn-edge --version said {done.stdout.strip() or done.stderr.strip()!r}, not {entry['version']}"
+        os.sync()  # every file of the slot on disk before current may name it
+        return ""
+
+    @staticmethod
+    def _copy_pip(site: Path, slot: Path) -> None:
+        """pip as installed beside this installer, copied into the new slot's site-packages (the same Python: same base)."""
+        (target,) = slot.glob("lib/python3*/site-packages")
+        shutil.copytree(site / "pip", target / "pip", ignore=shutil.ignore_patterns("__pycache__"))
+        for info in site.glob("pip-*.dist-info"):
+            shutil.copytree(info, target / info.name)
+
+    def _restart(self) -> None:
+        done = subprocess.run(["/bin/sh", "-c", self.restart], capture_output=True, text=True)
+        if done.returncode != 0:
+            log.warning("restarting the gateway (%s) exited %d: %s", self.restart, done.returncode, done.stderr.strip())
+
+    def _probation(self, entry: dict[str, Any]) -> int:
+        probation = Probation(entry["version"], started=float(entry["probation_started"]), deadline_s=self.deadline_s, start_timeout_s=self.start_timeout_s)
+        while True:
+            verdict = probation.judge(read_status(self.status_url), time.time())
+            if verdict.state == "passed":
+                log.info("%s passed its probation: %s", entry["version"], verdict.reason, extra={"version": entry["version"]})
+                self._outcome(entry, "installed")
+                return EXIT_OK
+            if verdict.state == "failed":
+                log.error(
+                    "%s failed its probation: %s; rolling back to %s",
+                    entry["version"],
+                    verdict.reason,
+                    entry["from_version"],
+                    extra={"version": entry["version"], "reason": verdict.reason},
+                )
+                return self._rollback(self._record(entry, "rollback", reason=verdict.reason), verdict.reason)
+            time.sleep(self.poll_s)
+
+    def _rollback(self, entry: dict[str, Any], reason: str) -> int:
+        if entry["phase"] != "rollback":
+            entry = self._record(entry, "rollback", reason=reason)
+        if not entry["from_slot"]:
+            log.error("%s failed (%s) and there is no previous slot to go back to", entry["version"], reason)
+            self._outcome(entry, "failed", reason)
+            return EXIT_FAILED
+        point(self.opt, CURRENT, entry["from_slot"])
+        if (self.opt / PREVIOUS).is_symlink():  # the failed slot is no place to go back to
+            (self.opt / PREVIOUS).unlink()
+            fsync_dir(self.opt)
+        self._restart()
+        log.info("rolled back to %s in slot %s", entry["from_version"], entry["from_slot"], extra={"version": entry["from_version"]})
+        self._outcome(entry, "rolled_back", reason)
+        return EXIT_OK
+
+
+def _status_url(config: Path) -> str:
+    """The gateway's /status on loopback, at the port its [local_api] listens on."""
+    try:
+        listen = load_config(config).local_api.listen
+    except (ConfigError, OSError):
+        return "http://127.0.0.1:8080/status"
+    return f"http://127.0.0.1:{listen.port}/status"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m edge.update.install", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--opt", default="/opt/ocn-edge", help="the slots a and b and the links current and previous (default %(default)s)")
+    parser.add_argument("--state", default="/var/lib/ocn-edge", help="the gateway's state directory, where it asks (default %(default)s)")
+    parser.add_argument("--journal-dir", default="/var/lib/ocn-edge-update", help="the installer's own state (default %(default)s)")
+    parser.add_argument("--key", default="/etc/ocn-edge/release.pub", help="the release public key (default %(default)s)")
+    parser.add_argument("--config", default="/etc/ocn-edge/gateway.toml", help="the gateway config, for its local API port (default %(default)s)")
+    parser.add_argument("--status-url", help="the gateway's /status (default: loopback at the config's [local_api] port)")
+    parser.add_argument("--restart", default=DEFAULT_RESTART, help="the shell command that restarts the gateway (default: %(default)s)")
+    parser.add_argument("--python", default="/usr/bin/python3", help="the interpreter new slots are built with (default %(default)s)")
+    parser.add_argument("--deadline", type=float, default=900.0, help="seconds the new version has to prove itself while the hub is reachable")
+    parser.add_argument("--start-timeout", type=float, default=120.0, help="seconds the new version has to answer /status at all")
+    parser.add_argument("--poll", type=float, default=2.0, help="seconds between two reads of /status")
+    parser.add_argument("--rollback", action="store_true", help="the gateway's service failed for good: roll back if a new version is on probation")
+    args = parser.parse_args(argv)
+    setup_logging()
+    installer = Installer(
+        opt=Path(args.opt),
+        state=Path(args.state),
+        journal_dir=Path(args.journal_dir),
+        release_key=Path(args.key),
+        status_url=args.status_url or _status_url(Path(args.config)),
+        restart=args.restart,
+        python=args.python,
+        deadline_s=args.deadline,
+        start_timeout_s=args.start_timeout,
+        poll_s=args.poll,
+    )
+    return installer.run(rollback_only=args.rollback)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The privileged installer: a refused bundle leaves the running version untouched, and kill -9 at every step leaves a slot that runs.
+
+The installer journals each step before taking it; OCN_UPDATE_STOP_AT makes it stop itself right
+after journalling one, so the test kills it exactly there, as a power cut would. After each kill
+`current` must run (the old or the new version, never nothing), and the next start of the
+installer must carry on from the journal. No gateway answers /status here, so the probation
+fails at once ("did not start") and the last steps are the rollback's.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge.update.fetch import INSTALLED_FILE, REQUEST_FILE
+from edge.update.install import STOP_AT
+from tests.update.conftest import BASE_PYTHON, Releases, copy_root
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def root(installed_v1: Path, tmp_path: Path) -> Path:
+    copy = copy_root(installed_v1, tmp_path / "root")
+    (copy / "var/lib/ocn-edge/spool.db").write_bytes(b"the gateway's spool: an update never touches it")
+    return copy
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def request(root: Path, bundle: Path, version: str) -> None:
+    update = root / "var/lib/ocn-edge/update"
+    update.mkdir(exist_ok=True)
+    (update / REQUEST_FILE).write_text(json.dumps({"version": version, "bundle": str(bundle)}))
+
+
+def installer(root: Path, *, stop_at: str | None = None) -> subprocess.Popen[str]:
+    env = dict(os.environ)
+    env.pop(STOP_AT, None)
+    if stop_at:
+        env[STOP_AT] = stop_at
+    return subprocess.Popen(
+        [
+            str(root / "opt/ocn-edge/current/bin/python"),
+            "-m",
+            "edge.update.install",
+            "--opt",
+            str(root / "opt/ocn-edge"),
+            "--state",
+            str(root / "var/lib/ocn-edge"),
+            "--journal-dir",
+            str(root / "var/lib/ocn-edge-update"),
+            "--key",
+            str(root / "etc/ocn-edge/release.pub"),
+            "--status-url",
+            f"http://127.0.0.1:{closed_port()}/status",
+            "--restart",
+            "true",
+            "--python",
+            BASE_PYTHON,
+            "--start-timeout",
+            "0",
+            "--poll",
+            "0.1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def stopped(process: subprocess.Popen[str]) -> bool:
+    """Whether the process has stopped itself (state T in /proc), or exited."""
+    try:
+        return Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        return True
+
+
+def kill_when(process: subprocess.Popen[str], condition: Callable[[], bool]) -> None:
+    for _ in range(3000):
+        if condition() or process.poll() is not None:
+            break
+        subprocess.run(["sleep", "0.02"])
+    assert process.poll() is None, f"the installer ended before it could be killed: {process.stdout.read() if process.stdout else ''}"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def runs(root: Path) -> str:
+    """The version `current` runs: ocn-edge --version from the slot, as the gateway unit would start it."""
+    done = subprocess.run([str(root / "opt/ocn-edge/current/bin/ocn-edge"), "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()[-1]
+
+
+def journal_step(root: Path) -> str:
+    return str(json.loads((root / "var/lib/ocn-edge-update/journal.json").read_text())["phase"])
+
+
+def test_kill_9_at_every_step_leaves_a_slot_that_runs_and_the_next_start_finishes_the_job(root: Path, releases: Releases) -> None:
+    opt = root / "opt/ocn-edge"
+    request(root, releases.bundles["2.0.0"], "2.0.0")
+
+    # build: killed while the new slot's venv is being made.
+    process = installer(root)
+    kill_when(process, lambda: (opt / "b/bin/python").exists())
+    assert journal_step(root) == "build" and os.readlink(opt / "current") == "a" and runs(root) == "1.0.0"
+
+    # switch: the slot is built, current not yet switched.
+    process = installer(root, stop_at="switch")
+    kill_when(process, lambda: stopped(process))
+    assert os.readlink(opt / "current") == "a" and runs(root) == "1.0.0"
+    done = subprocess.run([str(opt / "b/bin/ocn-edge"), "--version"], capture_output=True, text=True)
+    assert done.stdout.split()[-1] == "2.0.0"
+
+    # start: switched (previous -> a, current -> b), the gateway not yet restarted.
+    process = installer(root, stop_at="start")
+    kill_when(process, lambda: stopped(process))
+    assert os.readlink(opt / "current") == "b" and os.readlink(opt / "previous") == "a" and runs(root) == "2.0.0"
+
+    # probation, then the rollback it leads to here: killed after each was journalled.
+    for step in ("probation", "rollback"):
+        process = installer(root, stop_at=step)
+        kill_when(process, functools.partial(stopped, process))
+        assert journal_step(root) == step and runs(root) in ("1.0.0", "2.0.0")
+
+    process = installer(root)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, out
+    assert os.readlink(opt / "current") == "a" and runs(root) == "1.0.0" and not (opt / "previous").exists()
+    outcome = json.loads((root / "var/lib/ocn-edge/update" / INSTALLED_FILE).read_text())
+    assert outcome["state"] == "rolled_back" and outcome["version"] == "2.0.0" and outcome["running"] == "1.0.0"
+    assert "did not start" in outcome["reason"]
+    assert not (root / "var/lib/ocn-edge/update" / REQUEST_FILE).exists() and not (root / "var/lib/ocn-edge-update/journal.json").exists()
+    assert (root / "var/lib/ocn-edge/spool.db").read_bytes() == b"the gateway's spool: an update never touches it"
+
+
+@pytest.mark.parametrize(("damage", "reason"), [("tampered", "tampered"), ("downgrade", "downgrade")])
+def test_a_refused_bundle_leaves_the_running_version_untouched(root: Path, releases: Releases, tmp_path: Path, damage: str, reason: str) -> None:
+    if damage == "tampered":
+        bundle = tmp_path / "tampered"
+        shutil.copytree(releases.bundles["2.0.0"], bundle)
+        wheel = next((bundle / "wheels").glob("ocn_edge-*.whl"))
+        data = bytearray(wheel.read_bytes())
+        data[100] ^= 0xFF
+        wheel.write_bytes(bytes(data))
+        request(root, bundle, "2.0.0")
+    else:
+        request(root, releases.bundles["1.0.0"], "1.0.0")
+    process = installer(root)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 1 and f"refused ({reason})" in out, out
+    assert out.count("level=") == 1  # said once
+    outcome = json.loads((root / "var/lib/ocn-edge/update" / INSTALLED_FILE).read_text())
+    assert outcome["state"] == "refused" and outcome["reason"].startswith(f"{reason}: ")
+    assert os.readlink(root / "opt/ocn-edge/current") == "a" and runs(root) == "1.0.0" and not (root / "opt/ocn-edge/b").exists()
+    assert not (root / "var/lib/ocn-edge/update" / REQUEST_FILE).exists()

@@ -1,0 +1,200 @@
+"""A gateway updates itself end to end: real venvs in a temporary root, a real hub and simulated sensors on loopback.
+
+1.0.0 is installed by images/install.sh; the gateway runs under tests/update/supervisor.py (the
+stand-in for the shipped units), fetches 2.0.0 over HTTP with only the changed wheel on the link,
+asks, and the installer builds slot b, switches and watches the probation, which 2.0.0 passes.
+3.0.0 never delivers a batch: its probation fails and the installer rolls back to 2.0.0, which
+reports why. At the end the spool is reconciled with the hub: every batch sealed, by any version,
+is stored there once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from edge.demo import DEMO_POLICY
+from edge.enrol import enrol
+from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE
+from hilsim import run_scenario
+from hub import RunningHub, run_hub
+from tests.update.conftest import BASE_PYTHON, Releases, copy_root
+from tests.update.supervisor import Supervisor
+
+pytestmark = pytest.mark.timeout(600)
+
+SCENARIO = """\
+[scenario]
+name = "update"
+description = "two sensors that answer every second"
+seed = 7
+latitude = 43.6452
+longitude = -79.3957
+
+[[buses]]
+name = "meters-tcp"
+type = "modbus-tcp"
+
+[[devices]]
+name = "pm-2"
+kind = "pms5003"
+poll_interval = "1s"
+[devices.options]
+mode = "passive"
+
+[[devices]]
+name = "meter-2"
+kind = "eastron-sdm120"
+bus = "meters-tcp"
+unit = 1
+poll_interval = "1s"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool] | bool], what: str, *, timeout: float = 180.0) -> None:
+    for _ in range(int(timeout / 0.2)):
+        result = condition()
+        if await result if isinstance(result, Awaitable) else result:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+def outcome(root: Path, name: str = INSTALLED_FILE) -> dict[str, object]:
+    try:
+        value: dict[str, object] = json.loads((root / "var/lib/ocn-edge/update" / name).read_text())
+    except FileNotFoundError:
+        return {}
+    return value
+
+
+async def fetch(root: Path, url: str) -> tuple[int, str]:
+    """The gateway's side of an update, run with the installed version's own code."""
+    process = await asyncio.create_subprocess_exec(
+        str(root / "opt/ocn-edge/current/bin/ocn-edge"),
+        "release",
+        "fetch",
+        url,
+        "--key",
+        str(root / "etc/ocn-edge/release.pub"),
+        "--state",
+        str(root / "var/lib/ocn-edge"),
+        "--opt",
+        str(root / "opt/ocn-edge"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode()
+
+
+@pytest.fixture
+async def bundle_server(releases: Releases) -> AsyncIterator[str]:
+    """The release bundles as a city would host them: static files with HTTP Range."""
+    app = web.Application()
+    app.router.add_static("/releases/", releases.bundles["1.0.0"].parent)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/releases"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
+    async with run_hub(listen="127.0.0.1:0", state_dir=tmp_path / "hub", admin_token="admin-secret") as running:
+        yield running
+
+
+def stored_batches(hub_db: Path, device_id: str) -> dict[int, list[int]]:
+    """boot epoch -> the sequence numbers the hub stored, from its database (which keeps OXP uints shifted by 2**63, hub/schema.py)."""
+    with sqlite3.connect(f"file:{hub_db}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT boot_epoch, seq FROM batches WHERE device_id = ? ORDER BY boot_epoch, seq", (device_id,)).fetchall()
+    boots: dict[int, list[int]] = {}
+    for boot, seq in rows:
+        boots.setdefault(boot + (1 << 63), []).append(seq + (1 << 63))
+    return boots
+
+
+async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_v2(
+    tmp_path: Path, releases: Releases, installed_v1: Path, hub: RunningHub, bundle_server: str
+) -> None:
+    root = copy_root(installed_v1, tmp_path / "root")
+    state = root / "var/lib/ocn-edge"
+    (tmp_path / "scenario.toml").write_text(SCENARIO)
+    port = free_port()
+    async with run_scenario(tmp_path / "scenario.toml", run_dir=tmp_path / "sim") as sim:
+        config = root / "etc/ocn-edge/gateway.toml"
+        text = sim.gateway_config_toml(state_dir=state, hub=hub.url, gateway_id="pole-0007", policy=str(DEMO_POLICY), local_api_listen=f"127.0.0.1:{port}")
+        config.write_text(text.replace('span = "5m"', 'span = "2s"').replace('flush_interval = "30s"', 'flush_interval = "1s"'))
+        await enrol(hub_url=hub.url, token=await hub.create_token(), device_id="pole-0007", key_path=state / "device.key")
+        supervisor = Supervisor(root, config, status_url=f"http://127.0.0.1:{port}/status", python=BASE_PYTHON, deadline_s=10.0)
+        supervisor.start()
+        try:
+
+            async def reports(version: str) -> bool:
+                device = await hub.store.device("pole-0007")
+                return device is not None and device.software_version == version and device.batches_stored > 0
+
+            await wait_for(lambda: reports("1.0.0"), "1.0.0 syncs with the hub")
+
+            # 2.0.0: only OCN Edge's own wheel, the constraints and the manifest travel.
+            status, out = await fetch(root, f"{bundle_server}/ocn-edge-2.0.0")
+            assert status == 0, out
+            downloaded = int(out.split(": ")[1].split(" bytes downloaded")[0])
+            own = (releases.bundles["2.0.0"] / "wheels").glob("ocn_edge-*.whl")
+            assert downloaded < next(own).stat().st_size + 20_000, out
+            await wait_for(lambda: outcome(root).get("version") == "2.0.0", "the installer records 2.0.0's outcome")
+            assert outcome(root)["state"] == "installed", outcome(root)
+            assert os.readlink(root / "opt/ocn-edge/current") == "b" and os.readlink(root / "opt/ocn-edge/previous") == "a"
+            await wait_for(lambda: reports("2.0.0"), "2.0.0 reports to the hub")
+
+            # 3.0.0 never delivers: no batch of its boot is acknowledged, so it fails probation.
+            status, out = await fetch(root, f"{bundle_server}/ocn-edge-3.0.0")
+            assert status == 0, out
+            await wait_for(lambda: outcome(root).get("version") == "3.0.0", "the installer records 3.0.0's outcome")
+            result = outcome(root)
+            assert result["state"] == "rolled_back" and result["running"] == "2.0.0", result
+            assert "no batch acknowledged by the hub" in str(result["reason"]), result
+            assert os.readlink(root / "opt/ocn-edge/current") == "b"
+            await wait_for(lambda: reports("2.0.0"), "2.0.0 runs again and reports")
+
+            # The failed version is not fetched again, and an older one is a downgrade.
+            status, out = await fetch(root, f"{bundle_server}/ocn-edge-3.0.0")
+            assert status == 1 and "refused (rolled_back)" in out, out
+            status, out = await fetch(root, f"{bundle_server}/ocn-edge-1.0.0")
+            assert status == 1 and "refused (downgrade)" in out, out
+            assert outcome(root, FETCHED_FILE)["reason"] == "downgrade"
+        finally:
+            supervisor.stop()
+
+        # Reconcile: every batch sealed in any boot, by any version, is at the hub or still in the spool: no seq is missing.
+        at_hub = stored_batches(tmp_path / "hub/hub.db", "pole-0007")
+        with sqlite3.connect(f"file:{state / 'spool.db'}?mode=ro", uri=True) as spool:
+            waiting = spool.execute("SELECT boot_epoch, seq FROM batches").fetchall()
+        assert len(waiting) <= 1, waiting  # at most the batch sealed when the gateway was stopped
+        boots = {boot: set(seqs) for boot, seqs in at_hub.items()}
+        for boot, seq in waiting:
+            boots.setdefault(boot, set()).add(seq)
+        assert len(boots) >= 4, boots  # 1.0.0, 2.0.0, 3.0.0, 2.0.0 again
+        for boot, seqs in boots.items():
+            assert seqs == set(range(len(seqs))), (boot, sorted(seqs))
+    assert supervisor.failures == 0, supervisor.log
