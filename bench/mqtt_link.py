@@ -9,7 +9,10 @@ them from.  Between the gateway and its hub, or its broker, sits a TCP relay tha
 byte each way: what a metered link carries besides TLS, TCP and IP.  The connection's set-up
 (HTTP: none besides TCP; MQTT: CONNECT, SUBSCRIBE and their answers) is counted apart from the
 steady state, measured from the second batch on.  MQTT's keep-alive adds 4 bytes a minute
-(PINGREQ and PINGRESP), not in the figures.  Nothing passes or fails.
+(PINGREQ and PINGRESP), not in the figures.  The hub runs as a process of its own, so the CPU
+time of this process over the steady state of a second run of the same batches, straight to the
+hub or broker, is the gateway's delivery (uplink, spool, transport, and the kernel's socket work
+for them).  Nothing passes or fails.
 """
 
 from __future__ import annotations
@@ -19,24 +22,25 @@ import asyncio
 import base64
 import getpass
 import glob
+import logging
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import aiohttp
+import aiomqtt
 
 from bench.codec import KEY, Source, _channels_of, _header, reference_station, windows
+from bench.hub import SERVING, _drain, ocn_edge
 from bench.oxp_state import CountingRelay
 from edge.protocol import key_id, raw_public_key, seal_batch
 from edge.spool import Spool
 from edge.transport import open_transport
 from edge.uplink import Uplink
-from hub.app import run_hub
-from hub.brokerauth import device_password
-from hub.mqtt import MQTT_INGEST, MqttSettings
 
 SPANS = (("5 s", 5), ("60 s", 60), ("5 min", 300))
 DEVICE = "pole-0042"
@@ -93,73 +97,140 @@ def _batches(source: Source, span_s: int, count: int, spool: Spool) -> tuple[lis
     return sizes, readings
 
 
-async def _deliver(uplink: Uplink, total: int, relay: CountingRelay) -> tuple[int, int]:
-    """Run the uplink until ``total`` batches are acked; the relay's counts once the first was (the set-up)."""
+async def _deliver(uplink: Uplink, total: int, relay: CountingRelay) -> tuple[int, int, float]:
+    """Run the uplink until ``total`` batches are acked; the relay's counts and the CPU time once the first was (the set-up).
+
+    The CPU time is the process's once the first batch was acked: uplink, spool, transport, and the relay if it is in the path."""
     task = asyncio.create_task(uplink.run())
-    setup: tuple[int, int] | None = None
+    setup: tuple[int, int, float] | None = None
     while uplink.counters.batches_acked < total:
         if setup is None and uplink.counters.batches_acked >= 1:
-            setup = (relay.up, relay.down)
-        await asyncio.sleep(0.01)
+            setup = (relay.up, relay.down, time.process_time())
+        await asyncio.sleep(0.01 if setup is None else 0.2)  # seldom once measuring: this loop's CPU is not the gateway's
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await uplink.aclose()
-    return setup or (relay.up, relay.down)
+    return setup or (relay.up, relay.down, time.process_time())
+
+
+async def _hub(state: Path, broker: Mosquitto | None) -> tuple[asyncio.subprocess.Process, str]:
+    """A hub process of its own (so this process's CPU time is the gateway's), taking MQTT too when there is a broker."""
+    options = (
+        ["--mqtt-broker", f"mqtt://ocn-hub@127.0.0.1:{broker.port}", "--mqtt-password-file", str(state / "hub.password"), "--mqtt-client-id", "bench-hub"]
+        if broker is not None
+        else []
+    )
+    proc = await asyncio.create_subprocess_exec(
+        ocn_edge(),
+        "hub",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        f"sqlite:///{state}/hub.db",
+        "--state-dir",
+        str(state),
+        "--admin-token",
+        "bench",
+        "--rate",
+        "1000",
+        "--log-level",
+        "warning",
+        *options,
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stderr is not None
+    while True:
+        line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
+        if not line:
+            raise SystemExit(f"hub exited with {await proc.wait()}")
+        match = SERVING.search(line)
+        if match:
+            asyncio.get_running_loop().create_task(_drain(proc.stderr))
+            return proc, match.group(1)
+
+
+async def _granted(broker: Mosquitto, password: str) -> None:
+    """Wait until the hub has given the device its broker access (hub.brokerauth)."""
+    quiet = logging.Logger("quiet")
+    quiet.disabled = True
+    for _ in range(200):
+        try:
+            async with aiomqtt.Client(
+                "127.0.0.1", broker.port, username=DEVICE, password=password, identifier=DEVICE, logger=quiet, protocol=aiomqtt.ProtocolVersion.V5
+            ):
+                return
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.05)
+    raise SystemExit("the hub never gave the device its broker access")
 
 
 async def measure(source: Source, span_s: int, count: int, *, mqtt: bool) -> dict[str, float]:
-    """Per batch (steady state): bytes besides the batch gateway → hub, bytes hub → gateway; link bytes per reading; set-up bytes."""
+    """Per batch (steady state): bytes besides the batch gateway → hub, bytes hub → gateway; link bytes and gateway CPU per reading."""
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         broker = Mosquitto(state) if mqtt else None
         if broker is not None:
             broker.start()
             await asyncio.sleep(0.3)
-        settings = MqttSettings(f"mqtt://ocn-hub@127.0.0.1:{broker.port}", client_id="bench-hub", password_file=str(state / "hub.password")) if broker else None
+        proc: asyncio.subprocess.Process | None = None
         try:
-            async with run_hub(state_dir=state / "hub", mqtt=settings) as hub:
-                token = await hub.create_token()
-                async with aiohttp.ClientSession() as http:
-                    body = {"token": token, "device_id": DEVICE, "public_key": base64.urlsafe_b64encode(raw_public_key(KEY)).rstrip(b"=").decode()}
-                    async with http.post(f"{hub.url}/oxp/v1/enrol", json=body) as resp:
-                        assert resp.status == 201, await resp.text()
-                if broker is not None:
-                    assert hub.app is not None
-                    access = hub.app[MQTT_INGEST].access
-                    assert access is not None
-                    while DEVICE not in access.granted:
-                        await asyncio.sleep(0.05)
-                    (state / "broker.password").write_text(device_password(hub.hub.signing_key, key_id(KEY.public_key())))
-                    relay = CountingRelay("127.0.0.1", broker.port)
-                    transport = open_transport(
-                        hub.url, broker=f"mqtt://127.0.0.1:{await relay.start()}", device_id=DEVICE, broker_password=state / "broker.password"
-                    )
-                else:
-                    host, port = hub.url.removeprefix("http://").rsplit(":", 1)
-                    relay = CountingRelay(host, int(port))
-                    transport = open_transport(f"http://127.0.0.1:{await relay.start()}")
-                spool = await Spool.open(state / "spool.db", max_bytes=1 << 30)
-                await spool.begin_boot()
-                sizes, readings = _batches(source, span_s, count, spool)
-                batches = len(sizes)
-                uplink = Uplink(spool=spool, transport=transport, private_key=KEY, device_id=DEVICE, status_interval_s=0, idle_poll_s=0.01)
-                setup_up, setup_down = await _deliver(uplink, batches, relay)
-                await relay.close()
-                await spool.close()
+            token = subprocess.run(
+                [ocn_edge(), "hub", "token", "create", "--db", f"sqlite:///{state}/hub.db", "--state-dir", str(state), "--uses", "1", "--approve"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            proc, url = await _hub(state, broker)
+            async with aiohttp.ClientSession() as http:
+                body = {"token": token, "device_id": DEVICE, "public_key": base64.urlsafe_b64encode(raw_public_key(KEY)).rstrip(b"=").decode()}
+                async with http.post(f"{url}/oxp/v1/enrol", json=body) as resp:
+                    assert resp.status == 201, await resp.text()
+                    password = (await resp.json()).get("broker_password", "")
+            if broker is not None:
+                await _granted(broker, password)
+                (state / "broker.password").write_text(password)
+                relay = CountingRelay("127.0.0.1", broker.port)
+                transport = open_transport(url, broker=f"mqtt://127.0.0.1:{await relay.start()}", device_id=DEVICE, broker_password=state / "broker.password")
+            else:
+                host, port = url.removeprefix("http://").rsplit(":", 1)
+                relay = CountingRelay(host, int(port))
+                transport = open_transport(f"http://127.0.0.1:{await relay.start()}")
+            spool = await Spool.open(state / "spool.db", max_bytes=1 << 30)
+            await spool.begin_boot()
+            sizes, readings = _batches(source, span_s, count, spool)
+            batches = len(sizes)
+            uplink = Uplink(spool=spool, transport=transport, private_key=KEY, device_id=DEVICE, status_interval_s=0)
+            setup_up, setup_down, _ = await _deliver(uplink, batches, relay)
+            await relay.close()
+            # The same batches again (new sequence numbers), straight to the hub or broker: the CPU time without the relay's.
+            direct = CountingRelay("127.0.0.1", 0)
+            if broker is not None:
+                transport = open_transport(url, broker=f"mqtt://127.0.0.1:{broker.port}", device_id=DEVICE, broker_password=state / "broker.password")
+            else:
+                transport = open_transport(url)
+            _batches(source, span_s, count, spool)
+            uplink = Uplink(spool=spool, transport=transport, private_key=KEY, device_id=DEVICE, status_interval_s=0)
+            _, _, cpu = await _deliver(uplink, batches, direct)
+            cpu = time.process_time() - cpu
+            await spool.close()
         finally:
+            if proc is not None:
+                proc.terminate()
+                await proc.wait()
             if broker is not None:
                 broker.stop()
     steady = batches - 1
     first_size, size = sizes[0], sum(sizes)
-    up_besides = (relay.up - setup_up - (size - first_size)) / steady
-    down = (relay.down - setup_down) / steady
+    steady_readings = readings * steady / batches
     return {
         "batch": (size - first_size) / steady,
-        "up": up_besides,
-        "down": down,
-        "per_reading": (relay.up - setup_up + relay.down - setup_down) / (readings * steady / batches),
+        "up": (relay.up - setup_up - (size - first_size)) / steady,
+        "down": (relay.down - setup_down) / steady,
+        "per_reading": (relay.up - setup_up + relay.down - setup_down) / steady_readings,
         "readings": readings / batches,
         "setup": setup_up + setup_down - first_size,
+        "cpu_per_1000": cpu / steady_readings * 1000 * 1000,
     }
 
 
@@ -171,13 +242,16 @@ def main() -> int:
     station = reference_station(args.hours)
     print(f"{station.name}; {args.batches} batches per row; bytes counted by a relay between gateway and hub or broker (no TLS, TCP or IP)\n")
     # set-up: the bytes until the first ack, besides its batch (MQTT: CONNECT, SUBSCRIBE, their answers and the first exchange)
-    head = f"{'span':6} {'wire':5} {'rd/batch':>8} {'batch B':>8} {'framing up B':>13} {'down B':>7} {'link B/reading':>15} {'set-up B':>9}"
+    head = (
+        f"{'span':6} {'wire':5} {'rd/batch':>8} {'batch B':>8} {'framing up B':>13} {'down B':>7} {'link B/reading':>15} {'set-up B':>9} {'CPU ms/1k rd':>13}"
+    )
     print(head)
     print("-" * len(head))
     for label, span in SPANS:
         for wire in ("HTTP", "MQTT"):
             f = asyncio.run(measure(station, span, args.batches, mqtt=wire == "MQTT"))
             row = f"{f['readings']:>8.0f} {f['batch']:>8.0f} {f['up']:>13.0f} {f['down']:>7.0f} {f['per_reading']:>15.2f} {f['setup']:>9.0f}"
+            row += f" {f['cpu_per_1000']:>13.1f}"
             print(f"{label:6} {wire:5} {row}")
     return 0
 
