@@ -86,7 +86,8 @@ class MqttTransport:
             raise UplinkError(f'uplink broker = {broker_url!r}: expected an mqtt:// or mqtts:// URL like "mqtts://broker.example.org:8883"')
         if not device_id:
             raise UplinkError("uplink broker: the gateway id is needed as the MQTT client id and user name")
-        self.broker_url = broker_url
+        # What logs and the status page show: a password in the URL never.
+        self.broker_url = broker_url.replace(parts.netloc, (f"{parts.username}@" if parts.username else "") + parts.netloc.rsplit("@", 1)[-1], 1)
         self._host = parts.hostname
         self._port = parts.port or _DEFAULT_PORTS[parts.scheme]
         self._username = unquote(parts.username) if parts.username else device_id

@@ -75,3 +75,8 @@ def test_the_hub_command_says_what_is_wrong_with_its_broker_and_exits(tmp_path):
         done.stderr.strip()
         == "ocn-edge hub: --mqtt-broker 'http://broker': expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. mqtts://broker.example.org:8883"
     )
+
+
+def test_a_password_in_the_broker_url_is_never_shown():
+    transport = open_transport("https://hub.example.org/", broker="mqtts://pole-0042:s3cret@broker.example.org:8883", device_id="pole-0042")
+    assert transport.hub == "mqtts://pole-0042@broker.example.org:8883"
