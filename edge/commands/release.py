@@ -68,6 +68,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--not-rollback-safe", action="store_true", help="the previous version cannot read what this one writes: devices install it only when approved"
     )
     build.add_argument("--notes", default="", help="one line about the release, shown with it")
+    build.add_argument("--delta-from", action="append", default=[], metavar="BUNDLE",
+                       help="a bundle devices may run (repeatable): each changed wheel also travels as a small delta from its wheel")
     build.set_defaults(func=run_build)
 
     verify = commands.add_parser("verify", help="check a bundle offline: signature, key, expiry, platform, version, every file")
@@ -152,7 +154,7 @@ def run_build(args: argparse.Namespace) -> int:
     if not wheelhouse.is_dir():
         raise CommandError(f"{wheelhouse}: no such directory (build the wheelhouse with `make wheelhouse`)")
     try:
-        out = build_bundle(wheelhouse, Path(args.out), spec, key)
+        out = build_bundle(wheelhouse, Path(args.out), spec, key, delta_from=[Path(old) for old in args.delta_from])
     except BundleError as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:

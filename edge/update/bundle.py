@@ -8,6 +8,7 @@ final name and renamed into place, so a bundle directory is either whole or abse
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol.release import seal_release
+from edge.update.delta import make_delta
 from edge.update.manifest import _TARGET_RE, FORMAT, MANIFEST_FILE, PRODUCT, file_digest, parse_version
 
 __all__ = ["CONSTRAINTS", "BundleError", "ReleaseSpec", "build_bundle", "own_wheel_version"]
@@ -63,8 +65,37 @@ def own_wheel_version(folder: Path) -> str:
     return wheels[0].name.split("-")[1]
 
 
-def build_bundle(wheelhouse: Path, out: Path, spec: ReleaseSpec, private_key: Ed25519PrivateKey, *, now: float | None = None) -> Path:
-    """Write the bundle of ``spec.version`` from ``wheelhouse`` into the new directory ``out``; returns ``out``."""
+def _deltas(building: Path, files: dict[str, dict[str, object]], delta_from: list[Path]) -> dict[str, list[dict[str, object]]]:
+    """For each wheel of the new bundle that an older bundle holds in another version: a delta from that one (docs/updates.md, "Deltas")."""
+    deltas: dict[str, list[dict[str, object]]] = {}
+    for old_bundle in delta_from:
+        if not (old_bundle / "wheels").is_dir():
+            raise BundleError(f"--delta-from {old_bundle}: not a release bundle (no wheels/ in it)")
+        old_wheels = {wheel.name.split("-")[0]: wheel for wheel in (old_bundle / "wheels").glob("*.whl")}
+        for path, entry in files.items():
+            name = Path(path).name
+            old = old_wheels.get(name.split("-")[0])
+            if not path.startswith("wheels/") or old is None:
+                continue
+            base = old.read_bytes()
+            base_digest = hashlib.sha256(base).digest()
+            if base_digest == entry["sha256"]:
+                continue  # the same file: a device holding it downloads nothing
+            delta = f"deltas/{base_digest.hex()[:16]}/{name}.zst"
+            (building / delta).parent.mkdir(parents=True, exist_ok=True)
+            (building / delta).write_bytes(make_delta(base, (building / path).read_bytes()))
+            size, digest = file_digest(building / delta)
+            deltas.setdefault(path, []).append({"from": base_digest, "path": delta, "size": size, "sha256": digest})
+    return deltas
+
+
+def build_bundle(
+    wheelhouse: Path, out: Path, spec: ReleaseSpec, private_key: Ed25519PrivateKey, *, now: float | None = None, delta_from: list[Path] | None = None
+) -> Path:
+    """Write the bundle of ``spec.version`` from ``wheelhouse`` into the new directory ``out``; returns ``out``.
+
+    ``delta_from`` names bundles of releases devices may run: each changed wheel also gets a delta from theirs.
+    """
     parse_version(spec.version)
     parse_version(spec.min_from, field="min_from")
     if out.exists():
@@ -112,6 +143,9 @@ def build_bundle(wheelhouse: Path, out: Path, spec: ReleaseSpec, private_key: Ed
         }
         if spec.notes:
             manifest["notes"] = spec.notes
+        deltas = _deltas(building, files, delta_from or [])
+        if deltas:
+            manifest["deltas"] = deltas
         (building / MANIFEST_FILE).write_bytes(seal_release(manifest, private_key))
         building.rename(out)
     except BaseException:

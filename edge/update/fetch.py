@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge import __version__
 from edge.protocol.release import MAX_MANIFEST_BYTES
+from edge.update.delta import DeltaError, apply_delta
 from edge.update.manifest import MANIFEST_FILE, FileEntry, Manifest, Refused, check_files, check_for_device, file_digest, read_manifest, this_target
 
 __all__ = ["INSTALLED_FILE", "REQUEST_FILE", "FETCHED_FILE", "FetchError", "Fetched", "fetch_release", "update_dir", "write_json"]
@@ -160,16 +161,58 @@ class _Link:
             raise FetchError(f"the byte allowance of {self.max_bytes} is used up; the download resumes at {part.name} ({start} of {size} bytes) next time")
 
 
-def _held(entry: FileEntry, opt: Path) -> Path | None:
-    """A file with this content the device already has: in an installed slot's copy of its bundle."""
-    for slot in ("current", "a", "b"):
-        candidate = opt / slot / "release" / entry.path
-        try:
-            if candidate.stat().st_size == entry.size and file_digest(candidate)[1] == entry.sha256:
-                return candidate
-        except OSError:
+class _Holdings:
+    """Files the device already has, by SHA-256: downloaded blobs, and each installed slot's copy of its bundle (indexed once, when first asked)."""
+
+    def __init__(self, opt: Path, blobs: Path) -> None:
+        self.opt, self.blobs = opt, blobs
+        self._index: dict[bytes, Path] | None = None
+
+    def find(self, sha256: bytes) -> Path | None:
+        blob = self.blobs / sha256.hex()
+        if blob.exists():
+            return blob
+        if self._index is None:
+            self._index = {}
+            for slot in ("a", "b"):
+                for path in sorted((self.opt / slot / "release").glob("**/*")):
+                    if path.is_file() and not path.is_symlink():
+                        self._index.setdefault(file_digest(path)[1], path)
+        return self._index.get(sha256)
+
+
+def _keep(part: Path, entry: FileEntry, blob: Path, source: str) -> None:
+    """A fetched file kept under its digest, or Refused (and removed) if it is not what the manifest says."""
+    size, digest = file_digest(part)
+    if size < entry.size:  # the server has nothing more to send: the file there is cut short
+        part.unlink()
+        raise Refused("truncated", f"{source}: the server has {size} of its {entry.size} bytes")
+    if size != entry.size or digest != entry.sha256:
+        part.unlink()
+        raise Refused("tampered", f"{source}: SHA-256 {digest.hex()[:16]}… ({size} bytes), the manifest says {entry.sha256.hex()[:16]}…")
+    os.replace(part, blob)
+
+
+def _by_delta(manifest: Manifest, entry: FileEntry, part: Path, link: _Link, holdings: _Holdings) -> bool:
+    """Rebuild ``entry`` into ``part`` from a file the device holds and a downloaded delta; False if no delta applies."""
+    for way in manifest.deltas.get(entry.path, ()):
+        base = holdings.find(way.base)
+        if base is None:
             continue
-    return None
+        patch = holdings.blobs / way.patch.sha256.hex()
+        if not patch.exists():
+            patch_part = holdings.blobs / f"{way.patch.sha256.hex()}.part"
+            link.into(way.patch.path, patch_part, way.patch.size)
+            _keep(patch_part, way.patch, patch, f"{link.base}{way.patch.path}")
+        try:
+            rebuilt = apply_delta(base.read_bytes(), patch.read_bytes(), size=entry.size)
+        except DeltaError:
+            continue  # the file itself is downloaded instead, and checked as always
+        finally:
+            patch.unlink()
+        part.write_bytes(rebuilt)
+        return True
+    return False
 
 
 def fetch_release(
@@ -198,28 +241,23 @@ def fetch_release(
         _fetched(work, {"state": "refused", "reason": exc.reason, "detail": str(exc), "url": url})
         raise
     reused = 0
+    holdings = _Holdings(opt, blobs)
     try:
         for entry in manifest.files_for(target):
             blob = blobs / entry.sha256.hex()
             if blob.exists():
                 reused += 1
                 continue
-            held = _held(entry, opt)
+            held = holdings.find(entry.sha256)
             part = blobs / f"{entry.sha256.hex()}.part"
             if held is not None:
                 shutil.copyfile(held, part)
                 reused += 1
             else:
-                link.into(entry.path, part, entry.size)
-            size, digest = file_digest(part)
-            source = f"{url.rstrip('/')}/{entry.path}"
-            if size < entry.size:  # the server has nothing more to send: the file there is cut short
-                part.unlink()
-                raise Refused("truncated", f"{source}: the server has {size} of its {entry.size} bytes")
-            if size != entry.size or digest != entry.sha256:
-                part.unlink()
-                raise Refused("tampered", f"{source}: SHA-256 {digest.hex()[:16]}… ({size} bytes), the manifest says {entry.sha256.hex()[:16]}…")
-            os.replace(part, blob)
+                resuming = part.exists() and part.stat().st_size > 0  # a download under way is finished, not replaced
+                if resuming or not _by_delta(manifest, entry, part, link, holdings):
+                    link.into(entry.path, part, entry.size)
+            _keep(part, entry, blob, f"{link.base}{entry.path}")
     except Refused as exc:
         _fetched(work, {"state": "refused", "version": manifest.version, "reason": exc.reason, "detail": str(exc), "url": url})
         raise

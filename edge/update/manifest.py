@@ -14,7 +14,7 @@ import platform
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "MANIFEST_FILE",
     "PRODUCT",
     "REASONS",
+    "Delta",
     "FileEntry",
     "Manifest",
     "Refused",
@@ -98,6 +99,14 @@ class FileEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Delta:
+    """A smaller way to a file: ``patch`` rebuilds it from a file whose SHA-256 is ``base`` (docs/updates.md, "Deltas")."""
+
+    base: bytes
+    patch: FileEntry
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     """A verified manifest (docs/updates.md, "The manifest")."""
 
@@ -110,6 +119,7 @@ class Manifest:
     targets: Mapping[str, tuple[str, tuple[str, ...]]]  # target -> (constraints path, wheel paths)
     files: Mapping[str, FileEntry]
     notes: str = ""
+    deltas: Mapping[str, tuple[Delta, ...]] = field(default_factory=dict)  # path -> ways to rebuild it
 
     def files_for(self, target: str) -> list[FileEntry]:
         """What a device of ``target`` installs: its constraints file and its wheels."""
@@ -171,6 +181,14 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
     if not targets:
         raise Refused("malformed", "manifest targets is empty: a release installs on at least one target")
     notes = raw.get("notes", "")
+    deltas: dict[str, tuple[Delta, ...]] = {}
+    raw_deltas = raw.get("deltas", {})
+    if not isinstance(raw_deltas, dict):
+        raise Refused("malformed", f"manifest deltas = {show(raw_deltas)}: expected a map of path to a list of deltas")
+    for path, ways in raw_deltas.items():
+        if path not in files or not isinstance(ways, list):
+            raise Refused("malformed", f"manifest deltas[{show(path)}]: expected a path of files and a list of deltas")
+        deltas[path] = tuple(_delta(path, way) for way in ways)
     return Manifest(
         version=version,
         min_from=min_from,
@@ -181,7 +199,22 @@ def parse_manifest(raw: Mapping[str, Any]) -> Manifest:
         targets=targets,
         files=files,
         notes=notes if type(notes) is str else "",
+        deltas=deltas,
     )
+
+
+def _delta(path: str, way: object) -> Delta:
+    if (
+        not isinstance(way, dict)
+        or type(way.get("from")) is not bytes
+        or len(way["from"]) != 32
+        or type(way.get("size")) is not int
+        or way["size"] < 0
+        or type(way.get("sha256")) is not bytes
+        or len(way["sha256"]) != 32
+    ):
+        raise Refused("malformed", f'manifest deltas[{path!r}] item {show(way)}: expected {{"from": 32 bytes, "path": path, "size": uint, "sha256": 32 bytes}}')
+    return Delta(way["from"], FileEntry(_path(way.get("path"), f"deltas[{path!r}] path"), way["size"], way["sha256"]))
 
 
 def read_manifest(data: bytes, public_key: Ed25519PublicKey) -> Manifest:
@@ -269,7 +302,7 @@ def check_bundle(
     if target is None:
         if now >= manifest.expires:
             raise Refused("expired", f"manifest of {manifest.version} expired at {manifest.expires} (now {int(now)})")
-        check_files(bundle, list(manifest.files.values()))
+        check_files(bundle, [*manifest.files.values(), *(way.patch for ways in manifest.deltas.values() for way in ways)])
     else:
         check_for_device(manifest, now=now, target=target, installed=installed, approved=approved)
         check_files(bundle, manifest.files_for(target))

@@ -57,7 +57,8 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> Releases:
         wheel = reversioned(own, root / "own" / version, version, patches=patches)
         wheelhouses[version] = root / f"wheelhouse-{version}"
         target_folder(wheelhouses[version], [*dependencies, wheel])
-        bundles[version] = build_bundle(wheelhouses[version], root / f"ocn-edge-{version}", ReleaseSpec(version, "1.0.0"), key)
+        older = list(bundles.values())  # each release carries deltas of its changed wheels from the ones before
+        bundles[version] = build_bundle(wheelhouses[version], root / f"ocn-edge-{version}", ReleaseSpec(version, "1.0.0"), key, delta_from=older)
     shutil.rmtree(root / "own")
     return Releases(keys, wheelhouses, bundles)
 

@@ -61,7 +61,7 @@ def key() -> Ed25519PrivateKey:
     return generate_keypair()
 
 
-def release(served: Served, key: Ed25519PrivateKey, version: str) -> Path:
+def release(served: Served, key: Ed25519PrivateKey, version: str, *, delta_from: list[Path] | None = None) -> Path:
     """A bundle of ``version`` (its own wheel padded to PADDING bytes, one dependency) served under /ocn-edge-<version>."""
     source = served.root.parent / f"wheelhouse-{version}" / TARGET
     own = write_wheel(
@@ -69,14 +69,14 @@ def release(served: Served, key: Ed25519PrivateKey, version: str) -> Path:
         f"ocn_edge-{version}-py3-none-any.whl",
         {
             "edge/__init__.py": f"__version__ = {version!r}\n".encode(),
-            "edge/padding.bin": hashlib.shake_256(version.encode()).digest(PADDING),  # incompressible
+            "edge/padding.bin": hashlib.shake_256(b"code").digest(PADDING),  # incompressible, the same in every version
             f"ocn_edge-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: ocn-edge\nVersion: {version}\n".encode(),
             f"ocn_edge-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
         },
     )
     dep = tiny_wheel(source, "cbor_like", "5.6.0", text=f"# {hashlib.shake_256(b'dependency').hexdigest(25_000)}\n")
     (source / "constraints.txt").write_text(f"ocn-edge=={version}\ncbor-like==5.6.0  # {own.name} {dep.name}\n")
-    return build_bundle(source.parent, served.root / f"ocn-edge-{version}", ReleaseSpec(version, "1.0.0"), key)
+    return build_bundle(source.parent, served.root / f"ocn-edge-{version}", ReleaseSpec(version, "1.0.0"), key, delta_from=delta_from)
 
 
 def installed_slot(opt: Path, bundle: Path) -> None:
@@ -171,3 +171,26 @@ async def test_a_release_signed_by_another_key_is_refused(server: Served, key, t
     with pytest.raises(Refused) as caught:
         await fetch(server, generate_keypair(), "2.0.0", tmp_path / "state", tmp_path / "opt", installed="1.0.0")
     assert caught.value.reason == "wrong_key"
+
+
+async def test_a_changed_wheel_travels_as_a_delta_from_the_installed_one(server: Served, key, tmp_path: Path) -> None:
+    old = release(server, key, "1.0.0")
+    installed_slot(tmp_path / "opt", old)
+    bundle = release(server, key, "2.0.0", delta_from=[old])
+    fetched = await fetch(server, key, "2.0.0", tmp_path / "state", tmp_path / "opt")
+    paths = [path for path, _ in server.requests]
+    assert f"/ocn-edge-2.0.0/wheels/{own_wheel(bundle).name}" not in paths
+    assert any(path.startswith("/ocn-edge-2.0.0/deltas/") for path in paths), paths
+    assert fetched.downloaded < PADDING // 10  # the manifest, the constraints and a delta of a few kilobytes
+    assert (fetched.bundle / "wheels" / own_wheel(bundle).name).read_bytes() == own_wheel(bundle).read_bytes()
+
+
+async def test_a_tampered_delta_is_refused(server: Served, key, tmp_path: Path) -> None:
+    old = release(server, key, "1.0.0")
+    installed_slot(tmp_path / "opt", old)
+    bundle = release(server, key, "2.0.0", delta_from=[old])
+    (delta,) = (bundle / "deltas").glob("*/*.zst")
+    delta.write_bytes(delta.read_bytes()[:-1] + b"\0")
+    with pytest.raises(Refused) as caught:
+        await fetch(server, key, "2.0.0", tmp_path / "state", tmp_path / "opt")
+    assert caught.value.reason == "tampered" and "deltas/" in str(caught.value)

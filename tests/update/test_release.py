@@ -182,3 +182,14 @@ def test_build_refuses_a_version_that_is_not_the_wheel_s_own(tmp_path: Path, key
     assert "OCN Edge's wheel is version 2.0.0, not --version 2.0.1" in refusal(capsys)
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b*"))
     shutil.rmtree(source)
+
+
+def test_a_bundle_with_deltas_verifies_them_and_refuses_a_damaged_one(tmp_path: Path, keys: Path, capsys) -> None:
+    old = build(tmp_path, keys, "1.0.0")
+    bundle = build(tmp_path, keys, "2.0.0", "--delta-from", str(old))
+    (delta,) = (bundle / "deltas").glob("*/ocn_edge-2.0.0-py3-none-any.whl.zst")
+    assert verify(bundle, keys / "release.pub") == 0
+    delta.write_bytes(delta.read_bytes()[:-1] + b"\0")
+    capsys.readouterr()
+    assert verify(bundle, keys / "release.pub") == 1
+    assert refusal(capsys).startswith("ocn-edge: refused (tampered): ")
