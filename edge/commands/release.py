@@ -68,8 +68,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--not-rollback-safe", action="store_true", help="the previous version cannot read what this one writes: devices install it only when approved"
     )
     build.add_argument("--notes", default="", help="one line about the release, shown with it")
-    build.add_argument("--delta-from", action="append", default=[], metavar="BUNDLE",
-                       help="a bundle devices may run (repeatable): each changed wheel also travels as a small delta from its wheel")
+    build.add_argument(
+        "--delta-from",
+        action="append",
+        default=[],
+        metavar="BUNDLE",
+        help="a bundle devices may run (repeatable): each changed wheel also travels as a small delta from its wheel",
+    )
     build.set_defaults(func=run_build)
 
     verify = commands.add_parser("verify", help="check a bundle offline: signature, key, expiry, platform, version, every file")
