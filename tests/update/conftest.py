@@ -51,7 +51,8 @@ def releases(tmp_path_factory: pytest.TempPathFactory) -> Releases:
     done = subprocess.run([sys.executable, "-m", "edge.cli", "release", "keygen", "--out", str(keys)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     key = load_private_key(keys / "release.key")
-    wheelhouses, bundles = {}, {}
+    wheelhouses: dict[str, Path] = {}
+    bundles: dict[str, Path] = {}
     for version in ("1.0.0", "2.0.0", "3.0.0"):
         patches = {"edge/uplink.py": NEVER_DELIVERS} if version == "3.0.0" else None
         wheel = reversioned(own, root / "own" / version, version, patches=patches)
