@@ -10,7 +10,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import stat
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,7 +33,9 @@ from edge.transport.mqtt import correlation
 from edge.uplink import Uplink
 from hilsim.netproxy import UplinkProxy
 from hub.app import RunningHub, run_hub
+from hub.database import open_store
 from hub.mqtt import MQTT_INGEST, MqttIngest
+from hub.tokens import create_token
 from tests.hub.conftest import drop_schema
 from tests.mqtt.conftest import HUB_PASSWORD, HUB_USER, Broker
 
@@ -198,6 +202,69 @@ async def test_every_released_reading_is_stored_exactly_once_when_the_broker_and
         await gateway.close()
         counters = await hub.counters("pole-0042")
     assert (counters["batches_stored"], counters["readings_stored"]) == (sent, sent * 20)
+
+
+async def hub_process(broker: Broker, state_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """A real `ocn-edge hub` taking MQTT from the broker; its URL once it serves."""
+    ocn_edge = Path(sys.executable).with_name("ocn-edge")
+    proc = await asyncio.create_subprocess_exec(
+        str(ocn_edge),
+        "hub",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(state_dir),
+        "--admin-token",
+        "t",
+        "--log-level",
+        "warning",
+        "--mqtt-broker",
+        f"mqtt://{HUB_USER}@127.0.0.1:{broker.port}",
+        "--mqtt-password-file",
+        str(broker.hub_password_file),
+        "--mqtt-client-id",
+        "hub-proc",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    async with asyncio.timeout(30):
+        while (match := re.search(rb"OCN hub serving on (http://\S+)", line := await proc.stderr.readline())) is None:
+            if not line:
+                raise AssertionError(f"hub exited with {await proc.wait()}")
+    return proc, match.group(1).decode()
+
+
+async def test_every_released_reading_is_stored_exactly_once_when_the_hub_process_is_killed_mid_stream(broker, tmp_path):
+    proc, url = await hub_process(broker, tmp_path / "hub")
+    gateway = Gateway(tmp_path / "gw", "pole-0042")
+    try:
+        store = await open_store(f"sqlite:///{tmp_path / 'hub' / 'hub.db'}")
+        try:
+            token = await create_token(store, uses=1, expires_s=600, approve=True)
+        finally:
+            await store.close()
+        enrolment = await enrol(hub_url=url, token=token, device_id="pole-0042", key_path=gateway.directory / "device.key")
+        gateway.key = load_private_key(enrolment.key_path)
+        await gateway.open(url, broker)
+        gateway.put(10)
+        await gateway.delivered()
+        gateway.put(10)
+        proc.kill()  # SIGKILL while batches are on their way: no goodbye to the broker, nothing flushed
+        await proc.wait()
+        gateway.put(5)
+        proc, url = await hub_process(broker, tmp_path / "hub")
+        await gateway.delivered(timeout=30)
+    finally:
+        await gateway.close()
+        proc.terminate()
+        await proc.wait()
+    store = await open_store(f"sqlite:///{tmp_path / 'hub' / 'hub.db'}")
+    try:
+        device = await store.device("pole-0042")
+    finally:
+        await store.close()
+    assert device is not None and (device.batches_stored, device.readings_stored) == (25, 500)
 
 
 async def test_every_released_reading_is_stored_exactly_once_when_the_link_to_the_broker_is_cut_and_then_goes_silent(broker, tmp_path):
