@@ -41,7 +41,9 @@ from edge.protocol import (
     read_envelope,
     signature_verifies,
     verify_batch,
+    verify_sealed,
 )
+from edge.protocol.compression import content_size, decompress
 from edge.protocol.desired import sign_document
 from edge.util.clock import now_ms
 from hub.bounds import split_readings
@@ -62,6 +64,14 @@ MAX_NOTICE_BYTES = 256 * 1024
 BODY_BYTES_PER_READING = 64
 BUSY_RETRY_S = 1.0
 DESIRED_TTL_S = 2.0  # how stale a device's desired ETag may be when a batch ack or a long poll reads it
+# A batch this small is verified, weighed and decoded on the event loop, not in a worker: the work is a
+# fraction of a millisecond (one signature, a body of at most INLINE_BODY_BYTES and INLINE_READINGS readings),
+# less than the two hand-offs to a worker thread and back, each of which waits its turn on a loop that is busy
+# when the hub is (bench.hostile: docs/architecture.md, "Heavy work off the event loop").  Anything larger, or
+# a payload that does not say how large it decompresses, goes to the workers as before.
+INLINE_BATCH_BYTES = 4 * 1024
+INLINE_BODY_BYTES = 16 * 1024
+INLINE_READINGS = 200
 WATCH_CHECK_S = 1.0  # how often a long poll looks again
 MAX_WATCH_S = 60.0  # the longest a long poll is held
 MAX_WATCHES = 8192  # long polls held at once; more are answered at once
@@ -166,6 +176,26 @@ def _verify_and_weigh(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchH
     return header, body, declared_readings(body)
 
 
+def _weigh(payload: bytes, codec: str) -> tuple[bytes, int]:
+    """On a worker: decompress a verified payload and count the readings its body declares."""
+    body = decompress(payload, codec)
+    return body, declared_readings(body)
+
+
+async def _verified(workers: Workers, data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
+    """A batch's header, decompressed body and declared readings, checked on the loop when small (see INLINE_BATCH_BYTES),
+    else on a worker; raises ProtocolError or Busy."""
+    if len(data) > INLINE_BATCH_BYTES:
+        return await workers.run(_verify_and_weigh, data, public_key)
+    header, payload = verify_sealed(data, public_key)
+    size = content_size(payload, header.codec)
+    if size is None or size > INLINE_BODY_BYTES:
+        body, declared = await workers.run(_weigh, payload, header.codec)
+    else:
+        body, declared = _weigh(payload, header.codec)
+    return header, body, declared
+
+
 class Ingest:
     """Batches, status reports and notices from gateways, checked, limited and stored; one per hub process.
 
@@ -184,6 +214,7 @@ class Ingest:
         self.signing_key = signing_key
         # device id -> (monotonic s when read, ETag): batches and watches read a device's ETag at most every DESIRED_TTL_S.
         self._etags: dict[str, tuple[float, str]] = {}
+        self._refreshing: dict[str, asyncio.Task[str | None]] = {}  # background reads of stale ETags, one per device
         self._watching = 0
         self._closing = asyncio.Event()
 
@@ -198,7 +229,7 @@ class Ingest:
         if verified:
             if isinstance(outcome, Acked):
                 self.faults.cleared(device.device_id)
-                etag = await self.desired_etag(device.device_id)
+                etag = await self._ack_etag(device.device_id)
                 if etag:
                     outcome = dataclasses.replace(outcome, desired_etag=etag)
             elif outcome.status not in (Status.SLOW_DOWN, Status.UNAVAILABLE):  # a device catching up, or a busy hub, is not its fault
@@ -212,7 +243,7 @@ class Ingest:
             return early, False
         public_key = _public_key(device)
         try:
-            header, body, declared = await self.workers.run(_verify_and_weigh, data, public_key)
+            header, body, declared = await _verified(self.workers, data, public_key)
         except Busy as exc:
             return _busy(exc, charged=True), False
         except ProtocolError as exc:
@@ -232,7 +263,10 @@ class Ingest:
                 return Refused(Answer.READINGS_BUDGET, f"batch declares {declared} readings in {len(body)} decoded bytes, more than device "
                                f"{device.device_id!r} may send now at its readings rate; retry later", retry_after_s=wait), True
         try:
-            channels, readings = await self.workers.run(decode_body, body)
+            if declared <= INLINE_READINGS and len(body) <= INLINE_BODY_BYTES:
+                channels, readings = decode_body(body)
+            else:
+                channels, readings = await self.workers.run(decode_body, body)
         except Busy as exc:
             return _busy(exc, charged=False), True
         except ProtocolError as exc:
@@ -295,6 +329,27 @@ class Ingest:
         self._etags[device_id] = (now, etag)
         return etag
 
+    async def _ack_etag(self, device_id: str) -> str | None:
+        """The ETag a batch ack carries: the cached one at once, read again in the background once stale.
+
+        Reading it on the batch's path would add two store reads to one batch in DESIRED_TTL_S of
+        each device, each a hand-off to a reader thread that waits its turn on a busy loop; a gateway
+        that misses a change in one ack sees it in the next, or through its long poll (OXP §8.4).
+        """
+        cached = self._etags.get(device_id)
+        if cached is None:
+            return await self.desired_etag(device_id)
+        if time.monotonic() - cached[0] >= DESIRED_TTL_S and device_id not in self._refreshing:
+            task = asyncio.create_task(self.desired_etag(device_id), name=f"desired-etag:{device_id}")
+            self._refreshing[device_id] = task
+            task.add_done_callback(lambda done: self._refreshed(device_id, done))
+        return cached[1]
+
+    def _refreshed(self, device_id: str, task: asyncio.Task[str | None]) -> None:
+        self._refreshing.pop(device_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            self._etags.pop(device_id, None)  # read again, on the path, by the next batch (a store that is down says so there)
+
     async def desired_changed(self, device_id: str, known_etag: str, *, wait_s: float, gone: Callable[[], bool] = lambda: False) -> str | None:
         """The device's ETag once it differs from ``known_etag``, or ``known_etag`` after ``wait_s``; None for no such device.
 
@@ -327,6 +382,8 @@ class Ingest:
     def stop_watches(self) -> None:
         """Answer every waiting long poll now: the hub is stopping and must not wait out their minute."""
         self._closing.set()
+        for task in list(self._refreshing.values()):
+            task.cancel()
 
     async def notice(self, data: bytes) -> NoticeTaken | Refused:
         """Verify, check and register a transparency notice: a status-type message whose map carries ``notice`` (§7.3)."""

@@ -22,6 +22,7 @@ from edge.protocol.envelope import (
     seal_status,
     signature_verifies,
     verify_batch,
+    verify_sealed,
 )
 from edge.protocol.errors import ProtocolError
 from edge.protocol.keys import (
@@ -84,5 +85,6 @@ __all__ = [
     "senml_json",
     "to_senml",
     "verify_batch",
+    "verify_sealed",
     "write_keypair",
 ]

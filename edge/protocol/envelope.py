@@ -29,6 +29,7 @@ __all__ = [
     "seal_batch",
     "open_batch",
     "verify_batch",
+    "verify_sealed",
     "peek_header",
     "decode_unverified",
     "seal_status",
@@ -229,13 +230,19 @@ def peek_header(data: bytes) -> BatchHeader:
     return _batch_header(_parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH))
 
 
+def verify_sealed(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes]:
+    """Verify a sealed batch with the device's public key; its header and its payload as sent, still
+    compressed (``decompress`` it with the header's codec); raises ProtocolError."""
+    message = _parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH)
+    _verify(message, public_key)
+    return _batch_header(message), message.payload
+
+
 def verify_batch(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes]:
     """Verify a sealed batch with the device's public key; its header and decompressed body,
     not yet decoded (weigh it with ``declared_readings``, then ``decode_body``); raises ProtocolError."""
-    message = _parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH)
-    _verify(message, public_key)
-    header = _batch_header(message)
-    return header, decompress(message.payload, header.codec)
+    header, payload = verify_sealed(data, public_key)
+    return header, decompress(payload, header.codec)
 
 
 def signature_verifies(data: bytes, public_key: Ed25519PublicKey) -> bool:

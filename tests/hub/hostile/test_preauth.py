@@ -210,7 +210,8 @@ async def test_a_full_queue_answers_503_busy_with_retry_after_and_work_resumes(t
         while hub.hub.workers.admitted == 0:
             await asyncio.sleep(0)
         try:
-            for endpoint, data in (("batches", gateway.batch(1)), ("status", gateway.status())):
+            # A batch of 1,000 readings is decoded by a worker (a small one is checked on the loop: hub.ingest.INLINE_READINGS).
+            for endpoint, data in (("batches", gateway.batch(1, n=1000)), ("status", gateway.status())):
                 status, body, headers = await post(http, hub, endpoint, data)
                 assert (status, body["error"], headers["Retry-After"]) == (503, "busy", "1")
         finally:
@@ -288,7 +289,8 @@ async def test_a_gateway_answered_busy_waits_and_delivers(tmp_path: Path, http: 
         await spool.begin_boot()
         gateway = SimGateway("pole-0042")
         await enrol(http, hub.url, gateway, await hub.create_token())
-        spool.put(seal_readings(gateway.private_key, spool, 20, start_ms=int(time.time() * 1000)), readings=20)
+        # 500 readings: decoded by a worker (a small batch is checked on the loop: hub.ingest.INLINE_READINGS).
+        spool.put(seal_readings(gateway.private_key, spool, 500, start_ms=int(time.time() * 1000) - 500_000), readings=500)
         release = threading.Event()
         blocker = asyncio.create_task(hub.hub.workers.run(release.wait))
         uplink = Uplink(spool=spool, transport=open_transport(hub.url, timeout_s=10.0), private_key=gateway.private_key, device_id="pole-0042",
@@ -309,7 +311,7 @@ async def test_a_gateway_answered_busy_waits_and_delivers(tmp_path: Path, http: 
             await asyncio.gather(task, blocker, return_exceptions=True)
             await uplink.aclose()
             await spool.close()
-        assert (await hub.counters("pole-0042"))["readings_stored"] == 20
+        assert (await hub.counters("pole-0042"))["readings_stored"] == 500
         assert uplink.counters.batches_quarantined == 0
 
 
