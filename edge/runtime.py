@@ -43,6 +43,7 @@ from edge.protocol.types import Channel, Reading
 from edge.spool import BootInfo, Spool
 from edge.statusreport import ReportFacts, status_report
 from edge.transport import open_transport
+from edge.update.report import last_update
 from edge.uplink import Uplink
 from edge.util.clock import now_ms
 
@@ -311,6 +312,9 @@ class Gateway:
         enrolment = read_enrolment_record(Path(self.config.gateway.state_dir))
         if enrolment:
             out["enrolment"] = enrolment
+        update = last_update(Path(self.config.gateway.state_dir))  # a refused or rolled-back update, for the technician
+        if update:
+            out["software_update"] = update
         return out
 
     def report_facts(self) -> ReportFacts:
@@ -328,6 +332,7 @@ class Gateway:
             applied_etag=self.desired.applied_etag,
             errors=errors,
             device_health=self.devices.health_report() if self.devices is not None else {},
+            software_update=last_update(Path(self.config.gateway.state_dir)),
         )
 
     def status_report(self) -> dict[str, Any]:

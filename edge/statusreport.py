@@ -26,6 +26,8 @@ class ReportFacts:
     errors: list[str] = field(default_factory=list)
     # device name -> {"health", "diagnosis", "next_step"} (drivers.health); empty: no devices known, field left out
     device_health: dict[str, dict[str, str]] = field(default_factory=dict)
+    # the newest software update outcome (edge.update.report); None: no update tried, field left out
+    software_update: dict[str, str] | None = None
 
 
 def status_report(spool: SpoolStats, *, device_id: str, ts_ms: int, boot_epoch: int, facts: ReportFacts) -> dict[str, Any]:
@@ -52,4 +54,7 @@ def status_report(spool: SpoolStats, *, device_id: str, ts_ms: int, boot_epoch: 
     if facts.device_health:
         # Added to OXP §7 as an optional key: a hub that does not know it ignores it (§7.1).
         report["device_health"] = {name: dict(health) for name, health in facts.device_health.items()}
+    if facts.software_update:
+        # Added to OXP §7 as an optional key, like device_health: what the last update came to (docs/updates.md).
+        report["software_update"] = dict(facts.software_update)
     return report

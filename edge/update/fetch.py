@@ -287,8 +287,9 @@ def _not_failed_before(work: Path, version: str) -> None:
         outcome = json.loads((work / INSTALLED_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return
-    if isinstance(outcome, dict) and outcome.get("state") == "rolled_back" and outcome.get("version") == version:
-        raise Refused("rolled_back", f"release {version} was rolled back on this device ({outcome.get('reason', 'no reason recorded')})")
+    if isinstance(outcome, dict) and version in (outcome.get("rolled_back_versions") or ()):
+        reason = outcome.get("reason", "no reason recorded") if outcome.get("version") == version else "see the installer's log"
+        raise Refused("rolled_back", f"release {version} was rolled back on this device ({reason})")
 
 
 def _assemble(work: Path, manifest: Manifest, data: bytes, target: str) -> Path:

@@ -97,7 +97,10 @@ class Installer:
         return entry
 
     def _outcome(self, entry: dict[str, Any], state: str, reason: str = "") -> None:
-        """Record the outcome for the gateway, then forget the request and the journal (in that order)."""
+        """Record the outcome for the gateway, then forget the journal and the request, in that order.
+
+        A kill between the two leaves a request whose outcome is on record: the next run sees that and only removes it.
+        """
         running = link_target(self.opt, CURRENT)
         outcome = {
             "state": state,
@@ -108,10 +111,21 @@ class Installer:
         }
         if reason:
             outcome["reason"] = reason
+        # Every version rolled back here, kept across outcomes: neither the gateway nor the installer takes one again.
+        failed = set(_rolled_back(self._last_outcome())) | ({entry["version"]} if state == "rolled_back" else set())
+        outcome["rolled_back_versions"] = sorted(failed)
         write_json(update_dir(self.state) / INSTALLED_FILE, outcome)
-        (update_dir(self.state) / REQUEST_FILE).unlink(missing_ok=True)
         self.journal_path.unlink(missing_ok=True)
         fsync_dir(self.journal_dir)
+        (update_dir(self.state) / REQUEST_FILE).unlink(missing_ok=True)
+        fsync_dir(update_dir(self.state))
+
+    def _last_outcome(self) -> dict[str, Any]:
+        try:
+            last = json.loads((update_dir(self.state) / INSTALLED_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return last if isinstance(last, dict) else {}
 
     # -- the run --------------------------------------------------------------------------
 
@@ -147,6 +161,11 @@ class Installer:
             log.error('%s: not an update request (expected {"version", "bundle"}); removed', request_path)
             request_path.unlink(missing_ok=True)
             return EXIT_FAILED
+        last = self._last_outcome()
+        if last.get("version") == request.get("version") and last.get("ts_ms", 0) >= request.get("requested_ms", 1 << 62):
+            log.info("the request for %s was answered already (%s); removed", last["version"], last.get("state"))
+            request_path.unlink()
+            return EXIT_OK
         running = link_target(self.opt, CURRENT)
         from_version = slot_version(self.opt, running) if running else None
         entry = {
@@ -157,6 +176,10 @@ class Installer:
             "to_slot": other_slot(running),
             "target": this_target(),
         }
+        if entry["version"] in _rolled_back(last):
+            log.error("update to %s refused (rolled_back): it failed its probation here before", entry["version"])
+            self._outcome(entry, "refused", f"rolled_back: {entry['version']} failed its probation on this device before ({last.get('reason', '')})")
+            return EXIT_FAILED
         try:
             key = load_public_key(self.release_key)
             manifest = check_bundle(bundle, key, now=time.time(), target=entry["target"], installed=from_version, approved=bool(request.get("approved")))
@@ -283,6 +306,12 @@ class Installer:
         log.info("rolled back to %s in slot %s", entry["from_version"], entry["from_slot"], extra={"version": entry["from_version"]})
         self._outcome(entry, "rolled_back", reason)
         return EXIT_OK
+
+
+def _rolled_back(outcome: dict[str, Any]) -> list[str]:
+    """The versions an outcome record lists as rolled back on this device."""
+    versions = outcome.get("rolled_back_versions")
+    return [str(version) for version in versions] if isinstance(versions, list) else []
 
 
 def _status_url(config: Path) -> str:

@@ -150,6 +150,13 @@ def test_kill_9_at_every_step_leaves_a_slot_that_runs_and_the_next_start_finishe
     assert not (root / "var/lib/ocn-edge/update" / REQUEST_FILE).exists() and not (root / "var/lib/ocn-edge-update/journal.json").exists()
     assert (root / "var/lib/ocn-edge/spool.db").read_bytes() == b"the gateway's spool: an update never touches it"
 
+    # Asked again for the version that failed here, the installer refuses it and builds nothing.
+    request(root, releases.bundles["2.0.0"], "2.0.0")
+    out, _ = installer(root).communicate(timeout=120)
+    assert "refused (rolled_back)" in out, out
+    outcome = json.loads((root / "var/lib/ocn-edge/update" / INSTALLED_FILE).read_text())
+    assert outcome["state"] == "refused" and outcome["rolled_back_versions"] == ["2.0.0"] and os.readlink(opt / "current") == "a"
+
 
 @pytest.mark.parametrize(("damage", "reason"), [("tampered", "tampered"), ("downgrade", "downgrade")])
 def test_a_refused_bundle_leaves_the_running_version_untouched(root: Path, releases: Releases, tmp_path: Path, damage: str, reason: str) -> None:

@@ -18,6 +18,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -175,6 +176,9 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
             assert "no batch acknowledged by the hub" in str(result["reason"]), result
             assert os.readlink(root / "opt/ocn-edge/current") == "b"
             await wait_for(lambda: reports("2.0.0"), "2.0.0 runs again and reports")
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/status") as response:
+                local = await response.json()
+            assert local["software_update"]["state"] == "rolled_back" and local["software_update"]["version"] == "3.0.0", local
 
             # The failed version is not fetched again, and an older one is a downgrade.
             status, out = await fetch(root, f"{bundle_server}/ocn-edge-3.0.0")
