@@ -68,9 +68,12 @@ STA_TOPIC = "v1.1/Datastreams({id})/Observations"
 LEASE_TTL_S = 30.0
 LEASE_RENEW_S = 10.0
 POLL_S = 1.0
-ROUND_CHUNKS = 32
+# Chunks taken per round: a batch's chunk is typically a few KiB (a channel's readings of one batch).
+ROUND_CHUNKS = 128
 # Publishes awaiting their PUBACK at once.
 IN_FLIGHT = 64
+# A chunk of at most this many readings has its messages built on the event loop (well under a millisecond for SenML).
+INLINE_READINGS = 256
 _PLACEHOLDERS = ("{device}", "{channel}")
 
 
@@ -153,7 +156,7 @@ class ExportSettings:
 
 def _readings(row: Sequence[Any]) -> list[StoredReading]:
     """The readings of one outbox row's chunk (none for a personal or deleted chunk), ids as the open-data APIs give them."""
-    _, chunk_id, channel_id, device_id, name, unit, first_ms, data = row
+    _, chunk_id, channel_id, device_id, name, unit, first_ms, _, data = row
     if chunk_id is None:
         return []
     offsets, values, qualities = cbor2.loads(bytes(data))
@@ -179,6 +182,7 @@ class Exporter:
         self.holder = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._catalog = Catalog(store, "", [], [])
         self.holding = False
+        self._held = asyncio.Event()  # set while this process holds the lease
         self.connected = asyncio.Event()
         self.published = 0  # messages the broker acknowledged, for tests and the log
         self._down_since: float | None = None
@@ -203,12 +207,17 @@ class Exporter:
                 else:
                     log.info("another hub process exports; this one waits for its lease to lapse")
             self.holding = held
+            if held:
+                self._held.set()
+            else:
+                self._held.clear()
             await asyncio.sleep(LEASE_RENEW_S)
 
     async def aclose(self) -> None:
         """Give the lease up, so another hub process takes over at once."""
         if self.holding:
             self.holding = False
+            self._held.clear()
             try:
                 await self.store.release_export_lease(self.holder, now_ms=now_ms())
             except self._unavailable:
@@ -261,7 +270,9 @@ class Exporter:
                     log.info("exporting to the city's broker", extra={"broker": self.settings.broker, "formats": ",".join(self.settings.formats)})
                 self._ever_connected = True
                 while True:
-                    if not (self.holding and await self._round(client)):
+                    if not self.holding:
+                        await self._held.wait()
+                    elif not await self._round(client):
                         await asyncio.sleep(POLL_S)
         except (aiomqtt.MqttError, OSError) as exc:
             return exc
@@ -278,27 +289,38 @@ class Exporter:
         self._database(None)
         if not rows:
             return False
-        messages = await asyncio.to_thread(self._messages, rows)
         slots = asyncio.Semaphore(IN_FLIGHT)
 
         async def publish(topic: str, payload: bytes) -> None:
-            async with slots:
+            try:
                 await client.publish(topic, payload, qos=1)
+            finally:
+                slots.release()
 
-        # Created in outbox order, each task sends its message once it has a slot: the broker gets them in that order.
-        tasks = [[asyncio.create_task(publish(topic, payload)) for topic, payload, _ in batch] for _, batch in messages]
-        await asyncio.gather(*(task for row in tasks for task in row), return_exceptions=True)
+        # One chunk's messages are built at a time, and a message is handed over only when one of IN_FLIGHT slots is
+        # free: memory holds the round's chunks, one chunk's messages and IN_FLIGHT unacknowledged ones.  The tasks
+        # start in outbox order and each sends at once, so the broker gets the messages in that order.
+        sent: list[tuple[int, list[tuple[asyncio.Task[None], str]]]] = []
+        for row in rows:
+            tasks: list[tuple[asyncio.Task[None], str]] = []
+            # A chunk of a few hundred readings is built faster than a thread hop; a big one on a thread, off the loop.
+            messages = self._messages(row) if row[1] is None or row[7] <= INLINE_READINGS else await asyncio.to_thread(self._messages, row)
+            for topic, payload, kind in messages:
+                await slots.acquire()
+                tasks.append((asyncio.create_task(publish(topic, payload)), kind))
+            sent.append((row[0], tasks))
+        await asyncio.gather(*(task for _, tasks in sent for task, _ in tasks), return_exceptions=True)
         done: list[int] = []
         failure: BaseException | None = None
-        for (outbox_id, batch), row in zip(messages, tasks, strict=True):
-            errors = [task.exception() for task in row if task.exception() is not None]
+        for outbox_id, tasks in sent:
+            errors = [task.exception() for task, _ in tasks if task.exception() is not None]
             if errors:
                 failure = failure or errors[0]
                 continue
             done.append(outbox_id)
-            self.published += len(batch)
+            self.published += len(tasks)
             if self._metrics is not None:
-                for _, _, kind in batch:
+                for _, kind in tasks:
                     self._metrics.exported.labels(kind).inc()
         try:
             await self.store.export_done(done)
@@ -310,19 +332,18 @@ class Exporter:
             raise failure
         return True
 
-    def _messages(self, rows: Sequence[Sequence[Any]]) -> list[tuple[int, list[tuple[str, bytes, str]]]]:
-        """Per outbox row: its messages as (topic, payload, format); none for a personal or deleted chunk."""
-        out: list[tuple[int, list[tuple[str, bytes, str]]]] = []
-        for row in rows:
-            readings = _readings(row)
-            batch: list[tuple[str, bytes, str]] = []
-            if readings and "senml" in self.settings.formats:
-                first = readings[0]
-                batch.append((self.settings.senml_topic(first.device_id, first.channel), _json(to_senml_records(readings, json_numbers=True)), "senml"))
-            if readings and "sensorthings" in self.settings.formats:
-                topic = STA_TOPIC.format(id=readings[0].channel_id)
-                batch.extend((topic, _json(self._catalog.render("Observations", r.id, r)), "sensorthings") for r in readings)
-            out.append((row[0], batch))
+    def _messages(self, row: Sequence[Any]) -> list[tuple[str, bytes, str]]:
+        """One outbox row's messages as (topic, payload, format); none for a personal or deleted chunk."""
+        readings = _readings(row)
+        if not readings:
+            return []
+        first = readings[0]
+        out: list[tuple[str, bytes, str]] = []
+        if "senml" in self.settings.formats:
+            out.append((self.settings.senml_topic(first.device_id, first.channel), _json(to_senml_records(readings, json_numbers=True)), "senml"))
+        if "sensorthings" in self.settings.formats:
+            topic = STA_TOPIC.format(id=first.channel_id)
+            out.extend((topic, _json(self._catalog.render("Observations", r.id, r)), "sensorthings") for r in readings)
         return out
 
 

@@ -323,12 +323,12 @@ EXPORT_LEASE = "northbound"
 
 
 def export_pending_query(mark: str) -> str:
-    """SELECT of the oldest outbox rows with their chunks: (outbox id, chunk id, channel id, device, channel, unit, first_ms, data).
+    """SELECT of the oldest outbox rows with their chunks: (outbox id, chunk id, channel id, device, channel, unit, first_ms, count, data).
 
     The chunk columns are NULL where the chunk is gone (retention) or its channel is personal: the filter is
     here, in the SQL, as in every public read (hub.chunks), so nothing personal is ever exported.  One parameter: N.
     """
     limit = "?" if mark == "?" else "$1"
-    return ("SELECT o.id, k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.data FROM export_outbox o"
+    return ("SELECT o.id, k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.count, k.data FROM export_outbox o"
             " LEFT JOIN (chunks k JOIN channels c ON c.id = k.channel_id AND NOT c.personal) ON k.id = o.chunk_id"
             f" ORDER BY o.id LIMIT {limit}")
