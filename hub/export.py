@@ -301,15 +301,21 @@ class Exporter:
         # free: memory holds the round's chunks, one chunk's messages and IN_FLIGHT unacknowledged ones.  The tasks
         # start in outbox order and each sends at once, so the broker gets the messages in that order.
         sent: list[tuple[int, list[tuple[asyncio.Task[None], str]]]] = []
-        for row in rows:
-            tasks: list[tuple[asyncio.Task[None], str]] = []
-            # A chunk of a few hundred readings is built faster than a thread hop; a big one on a thread, off the loop.
-            messages = self._messages(row) if row[1] is None or row[7] <= INLINE_READINGS else await asyncio.to_thread(self._messages, row)
-            for topic, payload, kind in messages:
-                await slots.acquire()
-                tasks.append((asyncio.create_task(publish(topic, payload)), kind))
-            sent.append((row[0], tasks))
-        await asyncio.gather(*(task for _, tasks in sent for task, _ in tasks), return_exceptions=True)
+        try:
+            for row in rows:
+                tasks: list[tuple[asyncio.Task[None], str]] = []
+                sent.append((row[0], tasks))
+                # A chunk of a few hundred readings is built faster than a thread hop; a big one on a thread, off the loop.
+                messages = self._messages(row) if row[1] is None or row[7] <= INLINE_READINGS else await asyncio.to_thread(self._messages, row)
+                for topic, payload, kind in messages:
+                    await slots.acquire()
+                    tasks.append((asyncio.create_task(publish(topic, payload)), kind))
+            await asyncio.gather(*(task for _, tasks in sent for task, _ in tasks), return_exceptions=True)
+        except BaseException:  # cancelled (the hub stops): nothing is deleted, and no publish outlives the round
+            for _, tasks in sent:
+                for task, _ in tasks:
+                    task.cancel()
+            raise
         done: list[int] = []
         failure: BaseException | None = None
         for outbox_id, tasks in sent:
