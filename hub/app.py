@@ -30,6 +30,7 @@ from hub.models import StoreError
 from hub.mqtt import MQTT_INGEST, MqttIngest, MqttSettings
 from hub.publicreads import PUBLIC_READS, PublicReads, PublicReadSettings
 from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
+from hub.releases import RELEASES
 from hub.retention import RETENTION_FIRST_S
 from hub.retention import schedule as retention_schedule
 from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
@@ -136,7 +137,7 @@ async def short_server_header(request: web.Request, response: web.StreamResponse
 
 def build_app(hub: Hub, *, public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS) -> web.Application:
     """The aiohttp application for one hub process."""
-    from hub import dashboard, metrics, opendata, oxp, sensorthings
+    from hub import dashboard, metrics, opendata, oxp, releases, sensorthings
 
     counted = metrics.HubMetrics()  # a registry per application: several hubs in one process keep their own series
     app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[metrics.timed(counted), body_deadline, database_down])
@@ -149,6 +150,7 @@ def build_app(hub: Hub, *, public_reads: PublicReadSettings = DEFAULT_PUBLIC_REA
     app.add_routes(opendata.routes)
     app.add_routes(sensorthings.routes)
     app.add_routes(metrics.routes)
+    app.add_routes(releases.routes)
     return app
 
 
@@ -258,6 +260,7 @@ async def run_hub(
             stale_after_ms=int(stale_after_s * 1000),
         )
         app = build_app(hub, public_reads=public_reads)
+        app[RELEASES] = state / "releases"  # release bundles `ocn-edge hub release add` keeps (hub/releases.py)
         if mqtt is not None:
             app[BROKER_PASSWORDS] = mqtt.manage_access
             from hub.metrics import METRICS  # where build_app imports it: the metrics module reads the dashboard

@@ -248,6 +248,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rrun.add_argument("--dry-run", action="store_true", help="count what would be deleted, delete nothing")
     rrun.set_defaults(func=_retention_run)
 
+    group = commands.add_parser("release", help="software releases the hub keeps and serves to gateways (docs/updates.md)")
+    group.set_defaults(func=_usage(group))
+    release = group.add_subparsers(title="release commands", metavar="COMMAND")
+    radd = release.add_parser("add", parents=[common], help="check a release bundle as a gateway would and keep it, served at /releases/VERSION/")
+    radd.add_argument("bundle", metavar="BUNDLE", help="the bundle directory `ocn-edge release build` wrote")
+    radd.add_argument("--key", required=True, metavar="PEM", help="the city's release public key (release.pub)")
+    radd.set_defaults(func=_release_add)
+
 
 def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def show(args: argparse.Namespace) -> int:
@@ -525,6 +533,26 @@ def _audit_export(args: argparse.Namespace) -> int:
         return 0
 
     return _with_store(args, work)
+
+
+def _release_add(args: argparse.Namespace) -> int:
+    from edge.protocol import KeyFileError, load_public_key
+    from hub.releases import ReleaseError, add_release
+
+    try:
+        key = load_public_key(args.key)
+    except KeyFileError as exc:
+        raise CommandError(f"--key {exc}") from None
+    if not Path(args.bundle).is_dir():
+        raise CommandError(f"{args.bundle}: no such directory (a release bundle is the directory `ocn-edge release build` wrote)")
+    state = make_directory(_state_dir(args), option="--state-dir", private=True)
+    try:
+        manifest = add_release(state / "releases", Path(args.bundle), key)
+    except ReleaseError as exc:
+        print(f"ocn-edge hub release add: {exc}", file=sys.stderr)
+        return 1
+    print(f"release {manifest.version} kept; gateways fetch it from <hub URL>/releases/{manifest.version}")
+    return 0
 
 
 def _retention_run(args: argparse.Namespace) -> int:

@@ -190,7 +190,7 @@ async def test_a_tampered_delta_is_refused(server: Served, key, tmp_path: Path) 
     installed_slot(tmp_path / "opt", old)
     bundle = release(server, key, "2.0.0", delta_from=[old])
     (delta,) = (bundle / "deltas").glob("*/*.zst")
-    delta.write_bytes(delta.read_bytes()[:-1] + b"\0")
+    delta.write_bytes(delta.read_bytes()[:-1] + bytes([delta.read_bytes()[-1] ^ 0xFF]))
     with pytest.raises(Refused) as caught:
         await fetch(server, key, "2.0.0", tmp_path / "state", tmp_path / "opt")
     assert caught.value.reason == "tampered" and "deltas/" in str(caught.value)

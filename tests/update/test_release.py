@@ -189,7 +189,7 @@ def test_a_bundle_with_deltas_verifies_them_and_refuses_a_damaged_one(tmp_path: 
     bundle = build(tmp_path, keys, "2.0.0", "--delta-from", str(old))
     (delta,) = (bundle / "deltas").glob("*/ocn_edge-2.0.0-py3-none-any.whl.zst")
     assert verify(bundle, keys / "release.pub") == 0
-    delta.write_bytes(delta.read_bytes()[:-1] + b"\0")
+    delta.write_bytes(delta.read_bytes()[:-1] + bytes([delta.read_bytes()[-1] ^ 0xFF]))
     capsys.readouterr()
     assert verify(bundle, keys / "release.pub") == 1
     assert refusal(capsys).startswith("ocn-edge: refused (tampered): ")
