@@ -10,10 +10,12 @@ appear.
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
 import secrets
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -51,8 +53,6 @@ async def city_broker(tmp_path: Path) -> AsyncIterator[Broker]:
     subprocess.run([passwd, "-b", str(users), READER_USER, READER_PASSWORD], check=True, capture_output=True)
     (directory / "export.password").write_text(EXPORT_PASSWORD + "\n")
     running = Broker(directory)
-    import getpass
-
     (directory / "mosquitto.conf").write_text(
         f"listener {running.port} 127.0.0.1\n"
         f"user {getpass.getuser()}\n"
@@ -87,8 +87,22 @@ class Reader:
         self._collecting: asyncio.Task[None] | None = None
 
     def _command(self, *extra: str) -> list[str]:
-        command = [require_tool("mosquitto_sub", package="mosquitto-clients"), "-h", "127.0.0.1", "-p", str(self.broker.port),
-                   "-u", READER_USER, "-P", READER_PASSWORD, "-i", self.client_id, "-c", "-q", "1"]
+        command = [
+            require_tool("mosquitto_sub", package="mosquitto-clients"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.broker.port),
+            "-u",
+            READER_USER,
+            "-P",
+            READER_PASSWORD,
+            "-i",
+            self.client_id,
+            "-c",
+            "-q",
+            "1",
+        ]
         for topic in TOPICS:
             command += ["-t", topic]
         return command + list(extra)
@@ -97,8 +111,7 @@ class Reader:
         # The session and its subscriptions first (-E: leave once subscribed); then the reader, which may connect after the hub publishes.
         done = await asyncio.to_thread(subprocess.run, self._command("-E"), capture_output=True, timeout=20)
         assert done.returncode == 0, done.stderr
-        self._process = await asyncio.create_subprocess_exec(*self._command("-v"), stdout=asyncio.subprocess.PIPE,
-                                                             stderr=asyncio.subprocess.DEVNULL)
+        self._process = await asyncio.create_subprocess_exec(*self._command("-v"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
         self._collecting = asyncio.create_task(self._collect(self._process))
         return self
 
@@ -269,8 +282,7 @@ async def test_two_hub_processes_on_one_postgresql_export_each_reading_once(
     try:
         async with run_hub(db=url, state_dir=tmp_path / "hub-a", admin_token="admin-secret", export=settings) as a:
             await until(lambda: exporter_of(a).holding, "the first hub takes the lease")
-            async with run_hub(db=url, state_dir=tmp_path / "hub-b", admin_token="admin-secret", export=settings) as b, \
-                    aiohttp.ClientSession() as http:
+            async with run_hub(db=url, state_dir=tmp_path / "hub-b", admin_token="admin-secret", export=settings) as b, aiohttp.ClientSession() as http:
                 await enrol(http, a.url, gateway, await a.create_token())
                 for seq in (1, 2, 3, 4):  # to both processes in turn
                     await send(http, a if seq % 2 else b, with_personal(gateway, seq))
@@ -280,8 +292,7 @@ async def test_two_hub_processes_on_one_postgresql_export_each_reading_once(
                 await check_against_hub(http, a, messages, batches=4)  # a exports: its links name its address
                 await reader.nothing_more()
         # a stopped and gave the lease back: a process started now takes it at once and exports what it stores.
-        async with run_hub(db=url, state_dir=tmp_path / "hub-b", admin_token="admin-secret", export=settings) as b, \
-                aiohttp.ClientSession() as http:
+        async with run_hub(db=url, state_dir=tmp_path / "hub-b", admin_token="admin-secret", export=settings) as b, aiohttp.ClientSession() as http:
             for seq in (5, 6):
                 await send(http, b, with_personal(gateway, seq))
             await until(lambda: exporter_of(b).published == 2 * PER_BATCH, "the next process takes the lease over and exports")
@@ -310,8 +321,13 @@ async def test_two_hub_processes_on_one_postgresql_export_each_reading_once(
 def test_export_options_refused_with_the_option_and_value_named(options: dict[str, str], named: str) -> None:
     broker = options.pop("broker")
     with pytest.raises(ValueError) as refused:
-        ExportSettings(broker, password_file=options.get("password_file", ""), ca=options.get("ca", ""), topic=options.get("topic", "ocn/{device}/{channel}"),
-                       public_url=options.get("public_url", ""))
+        ExportSettings(
+            broker,
+            password_file=options.get("password_file", ""),
+            ca=options.get("ca", ""),
+            topic=options.get("topic", "ocn/{device}/{channel}"),
+            public_url=options.get("public_url", ""),
+        )
     assert str(refused.value).startswith(named), str(refused.value)
 
 
@@ -321,3 +337,17 @@ def test_export_formats() -> None:
     for bad in ("", "csv", "senml,csv"):
         with pytest.raises(ValueError, match=f"^--export-formats {bad!r}: expected one or both of senml, sensorthings"):
             parse_formats(bad)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["--export-broker", "mqtt://127.0.0.1", "--export-formats", "csv"],
+         "ocn-edge hub: --export-formats 'csv': expected one or both of senml, sensorthings, comma-separated"),
+        (["--export-ca", "/etc/ssl/ca.pem"], "ocn-edge hub: --export-ca '/etc/ssl/ca.pem': no --export-broker to use it with"),
+    ],
+)
+def test_the_hub_command_says_what_is_wrong_with_its_export_options_and_exits(tmp_path: Path, arguments: list[str], said: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "hub", "--state-dir", str(tmp_path), *arguments], capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stderr.strip()) == (2, said)
