@@ -197,11 +197,11 @@ class Exporter:
             try:
                 held = await self.store.hold_export_lease(self.holder, now_ms=now_ms(), ttl_ms=int(LEASE_TTL_S * 1000))
             except self._unavailable as exc:
-                self._database(exc)
+                self._database(exc)  # said once; the lease is not this process's until the database answers again
                 held = False
             else:
                 self._database(None)
-            if held != self.holding:
+            if held != self.holding and not self._database_down:
                 if held:
                     log.info("this hub process exports now (it holds the export lease)")
                 else:
