@@ -1,7 +1,8 @@
 """A gateway updates itself end to end: real venvs in a temporary root, a real hub and simulated sensors on loopback.
 
-1.0.0 is installed by images/install.sh; the gateway runs under tests/update/supervisor.py (the
-stand-in for the shipped units), fetches 2.0.0 over HTTP with only the changed wheel on the link,
+1.0.0 is installed by images/install.sh; the releases are registered at the hub, which serves them;
+the gateway runs under tests/update/supervisor.py (the stand-in for the shipped units), fetches
+2.0.0 from the hub with only a delta of the changed wheel on the link,
 asks, and the installer builds slot b, switches and watches the probation, which 2.0.0 passes.
 3.0.0 never delivers a batch: its probation fails and the installer rolls back to 2.0.0, which
 reports why. At the end the spool is reconciled with the hub: every batch sealed, by any version,
@@ -20,8 +21,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
+from edge.cli import main
 from edge.demo import DEMO_POLICY
 from edge.enrol import enrol
 from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE
@@ -106,20 +107,6 @@ async def fetch(root: Path, url: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-async def bundle_server(releases: Releases) -> AsyncIterator[str]:
-    """The release bundles as a city would host them: static files with HTTP Range."""
-    app = web.Application()
-    app.router.add_static("/releases/", releases.bundles["1.0.0"].parent)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}/releases"
-    await runner.cleanup()
-
-
-@pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
     async with run_hub(listen="127.0.0.1:0", state_dir=tmp_path / "hub", admin_token="admin-secret") as running:
         yield running
@@ -136,8 +123,11 @@ def stored_batches(hub_db: Path, device_id: str) -> dict[int, list[int]]:
 
 
 async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_v2(
-    tmp_path: Path, releases: Releases, installed_v1: Path, hub: RunningHub, bundle_server: str
+    tmp_path: Path, releases: Releases, installed_v1: Path, hub: RunningHub
 ) -> None:
+    for bundle in releases.bundles.values():  # city IT registers the releases at the hub, which serves them
+        assert main(["hub", "release", "add", str(bundle), "--key", str(releases.public_key), "--state-dir", str(tmp_path / "hub")]) == 0
+    served = f"{hub.url}/releases"
     root = copy_root(installed_v1, tmp_path / "root")
     state = root / "var/lib/ocn-edge"
     (tmp_path / "scenario.toml").write_text(SCENARIO)
@@ -158,7 +148,7 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
             await wait_for(lambda: reports("1.0.0"), "1.0.0 syncs with the hub")
 
             # 2.0.0 changes only OCN Edge's own wheel: the manifest, the constraints and a delta of that wheel travel.
-            status, out = await fetch(root, f"{bundle_server}/ocn-edge-2.0.0")
+            status, out = await fetch(root, f"{served}/2.0.0")
             assert status == 0, out
             downloaded = int(out.split(": ")[1].split(" bytes downloaded")[0])
             assert downloaded <= 400_000, out  # issue 15's bound for an update of OCN Edge's own code
@@ -168,7 +158,7 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
             await wait_for(lambda: reports("2.0.0"), "2.0.0 reports to the hub")
 
             # 3.0.0 never delivers: no batch of its boot is acknowledged, so it fails probation.
-            status, out = await fetch(root, f"{bundle_server}/ocn-edge-3.0.0")
+            status, out = await fetch(root, f"{served}/3.0.0")
             assert status == 0, out
             await wait_for(lambda: outcome(root).get("version") == "3.0.0", "the installer records 3.0.0's outcome")
             result = outcome(root)
@@ -181,9 +171,9 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
             assert local["software_update"]["state"] == "rolled_back" and local["software_update"]["version"] == "3.0.0", local
 
             # The failed version is not fetched again, and an older one is a downgrade.
-            status, out = await fetch(root, f"{bundle_server}/ocn-edge-3.0.0")
+            status, out = await fetch(root, f"{served}/3.0.0")
             assert status == 1 and "refused (rolled_back)" in out, out
-            status, out = await fetch(root, f"{bundle_server}/ocn-edge-1.0.0")
+            status, out = await fetch(root, f"{served}/1.0.0")
             assert status == 1 and "refused (downgrade)" in out, out
             assert outcome(root, FETCHED_FILE)["reason"] == "downgrade"
         finally:
