@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import ConfigError, load_config
+from edge.localapi.access import needs_token
 from edge.logs import setup_logging
 from edge.protocol.keys import KeyFileError, load_public_key
 from edge.update.fetch import INSTALLED_FILE, REQUEST_FILE, update_dir, write_json
@@ -49,7 +50,7 @@ from edge.update.manifest import Refused, check_bundle, this_target
 from edge.update.probation import Probation, read_status
 from edge.update.slots import CURRENT, PREVIOUS, fsync_dir, link_target, other_slot, point, slot_version
 
-__all__ = ["INSTALLED_FILE", "JOURNAL_FILE", "Installer", "main"]
+__all__ = ["JOURNAL_FILE", "STOP_AT", "Installer", "main", "status_url_of"]
 
 log = logging.getLogger("ocn.update")
 
@@ -69,7 +70,7 @@ class Installer:
     state: Path
     journal_dir: Path
     release_key: Path
-    status_url: str
+    status_url: str | None  # None: no /status the installer may read, so no probation: updates are refused
     restart: str = DEFAULT_RESTART
     python: str = "/usr/bin/python3"
     deadline_s: float = 900.0
@@ -180,6 +181,11 @@ class Installer:
             log.error("update to %s refused (rolled_back): it failed its probation here before", entry["version"])
             self._outcome(entry, "refused", f"rolled_back: {entry['version']} failed its probation on this device before ({last.get('reason', '')})")
             return EXIT_FAILED
+        if self.status_url is None:
+            reason = "no_probation: the installer judges a new version on the gateway's /status on loopback; enable [local_api] on 127.0.0.1"
+            log.error("update to %s refused (%s)", entry["version"], reason)
+            self._outcome(entry, "refused", reason)
+            return EXIT_FAILED
         try:
             key = load_public_key(self.release_key)
             manifest = check_bundle(bundle, key, now=time.time(), target=entry["target"], installed=from_version, approved=bool(request.get("approved")))
@@ -275,7 +281,7 @@ class Installer:
     def _probation(self, entry: dict[str, Any]) -> int:
         probation = Probation(entry["version"], started=float(entry["probation_started"]), deadline_s=self.deadline_s, start_timeout_s=self.start_timeout_s)
         while True:
-            verdict = probation.judge(read_status(self.status_url), time.time())
+            verdict = probation.judge(read_status(self.status_url) if self.status_url else None, time.time())
             if verdict.state == "passed":
                 log.info("%s passed its probation: %s", entry["version"], verdict.reason, extra={"version": entry["version"]})
                 self._outcome(entry, "installed")
@@ -314,13 +320,16 @@ def _rolled_back(outcome: dict[str, Any]) -> list[str]:
     return [str(version) for version in versions] if isinstance(versions, list) else []
 
 
-def _status_url(config: Path) -> str:
-    """The gateway's /status on loopback, at the port its [local_api] listens on."""
+def status_url_of(config: Path) -> str | None:
+    """The gateway's /status on loopback, at the port its [local_api] listens on; None when the installer cannot read it there
+    (the local API disabled, or listening beyond loopback, where every request needs the access token)."""
     try:
-        listen = load_config(config).local_api.listen
+        local_api = load_config(config).local_api
     except (ConfigError, OSError):
-        return "http://127.0.0.1:8080/status"
-    return f"http://127.0.0.1:{listen.port}/status"
+        return "http://127.0.0.1:8080/status"  # the default; an unreadable config fails the gateway's own start anyway
+    if not local_api.enabled or needs_token(local_api.listen.host):
+        return None
+    return f"http://127.0.0.1:{local_api.listen.port}/status"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -344,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         state=Path(args.state),
         journal_dir=Path(args.journal_dir),
         release_key=Path(args.key),
-        status_url=args.status_url or _status_url(Path(args.config)),
+        status_url=args.status_url or status_url_of(Path(args.config)),
         restart=args.restart,
         python=args.python,
         deadline_s=args.deadline,

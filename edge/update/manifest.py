@@ -61,6 +61,7 @@ REASONS = {
     "truncated": "a file is shorter than the manifest says (an interrupted download)",
     "tampered": "a file's size or SHA-256 differs from the manifest",
     "no_space": "the disk is full",
+    "no_probation": "the installer cannot read the gateway's /status on loopback to judge a new version ([local_api] off or beyond loopback)",
 }
 _VERSION_RE = re.compile(r"^(0|[1-9][0-9]{0,8})(\.(0|[1-9][0-9]{0,8})){0,3}$")
 _PATH_RE = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*(/[A-Za-z0-9_+-][A-Za-z0-9._+-]*)*$")

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from edge.cli import main
 from edge.update.fetch import INSTALLED_FILE, REQUEST_FILE
-from edge.update.install import STOP_AT
+from edge.update.install import STOP_AT, status_url_of
 from tests.update.conftest import BASE_PYTHON, Releases, copy_root
 
 pytestmark = pytest.mark.timeout(600)
@@ -178,3 +179,20 @@ def test_a_refused_bundle_leaves_the_running_version_untouched(root: Path, relea
     assert outcome["state"] == "refused" and outcome["reason"].startswith(f"{reason}: ")
     assert os.readlink(root / "opt/ocn-edge/current") == "a" and runs(root) == "1.0.0" and not (root / "opt/ocn-edge/b").exists()
     assert not (root / "var/lib/ocn-edge/update" / REQUEST_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    ("local_api", "url"),
+    [
+        ('enabled = true\nlisten = "127.0.0.1:8099"', "http://127.0.0.1:8099/status"),
+        ('enabled = true\nlisten = "0.0.0.0:8099"', None),  # beyond loopback every request needs the access token
+        ('enabled = false\nlisten = "127.0.0.1:8080"', None),
+    ],
+)
+def test_the_probation_reads_status_only_where_the_installer_may(tmp_path: Path, local_api: str, url: str | None) -> None:
+    assert main(["init", str(tmp_path / "gw")]) == 0
+    config = tmp_path / "gw/gateway.toml"
+    text = config.read_text()
+    start = text.index("[local_api]\n") + len("[local_api]\n")
+    config.write_text(text[:start] + local_api + "\n" + "\n".join(text[start:].splitlines()[2:]) + "\n")
+    assert status_url_of(config) == url
