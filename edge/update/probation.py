@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Probation", "Verdict", "read_status"]
@@ -43,12 +43,11 @@ class Probation:
 
     version: str
     started: float
-    deadline_s: float = 900.0  # everything proven within this while the hub is reachable
+    deadline_s: float = 900.0  # everything proven within this of the first answer, while the hub is reachable
     start_timeout_s: float = 120.0  # the new version must answer /status within this
     _process: tuple[Any, ...] | None = None
     _uptime: float = 0.0
-    _seen_at: float | None = None
-    _outage: bool = field(default=False)
+    _last: float = 0.0  # when the previous answer was judged
 
     def judge(self, status: dict[str, Any] | None, now: float) -> Verdict:
         if status is None or status.get("software_version") != self.version:
@@ -59,19 +58,20 @@ class Probation:
             return Verdict("pending", "waiting for the new version to answer")
         process = (status.get("boot_epoch"),)
         uptime = float(status.get("uptime_s") or 0.0)
-        if self._process is None:
-            self._process, self._seen_at = process, now
+        if self._process is None:  # the deadline runs from the first answer: starting up has start_timeout_s of its own
+            self._process, self.started, self._last = process, now, now
         elif process != self._process or uptime + 1.0 < self._uptime:
             return Verdict("failed", f"{self.version} restarted during probation (a crash or the watchdog)")
         self._uptime = uptime
+        since, self._last = self._last, now
         missing = self._missing(status)
         if not missing:
             return Verdict("passed", "every device read, a batch sealed" + (", a batch acknowledged" if "uplink" in status else ""))
         uplink = status.get("uplink")
         outage = isinstance(uplink, dict) and not uplink.get("reachable", True)
-        if outage:  # the hub is not reachable: the deadline waits for it
-            self.started = max(self.started, now - self.deadline_s / 2)
-        if now - self.started > self.deadline_s and not outage:
+        if outage:  # the hub is not reachable: the deadline's clock stands still until it is back
+            self.started += now - since
+        elif now - self.started > self.deadline_s:
             return Verdict("failed", f"{self.version} failed probation: {'; '.join(missing)} within {self.deadline_s:.0f} s")
         return Verdict("pending", "; ".join(missing))
 
