@@ -34,6 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.protocol import DEVICE_ID_RE, MAX_BATCH_BYTES, MAX_STATUS_BYTES, Answer, ProtocolError, read_envelope
+from edge.protocol.compact import compact_ack
 from edge.protocol.desired import sign_document
 from edge.util.backoff import Backoff
 from hub.brokerauth import BrokerAccess
@@ -61,6 +62,8 @@ STOP_WAIT_S = 5.0  # how long a stopping hub lets messages being taken reach the
 UNAVAILABLE_RETRY_S = 10.0
 # The series label the hub's metrics give each kind, as over HTTP (the last part of the path).
 _METRIC_KINDS = {"batch": "batches", "status": "status", "notice": "notice"}
+# Correlation data this long asks for the compact batch ack (edge.protocol.compact, OXP §8.6); 8 bytes for JSON.
+COMPACT_CORRELATION_BYTES = 4
 _KINDS = {"batch": ("ack", MAX_BATCH_BYTES), "status": ("status/ack", MAX_STATUS_BYTES), "notice": ("status/ack", MAX_NOTICE_BYTES)}
 
 
@@ -127,6 +130,15 @@ def _answer_properties(correlation: bytes | None) -> Properties | None:
     properties = Properties(PacketTypes.PUBLISH)
     properties.CorrelationData = correlation
     return properties
+
+
+def _answer(kind: str, outcome: Acked | ReportTaken | NoticeTaken | Refused, correlation: bytes | None) -> tuple[bytes, Properties | None]:
+    """The answer's payload and properties: the compact ack (without correlation data, it names the batch) to a device
+    that asked for it, else the JSON document with the message's correlation data (OXP §8.6)."""
+    if kind == "batch" and isinstance(outcome, Acked) and correlation is not None and len(correlation) == COMPACT_CORRELATION_BYTES:
+        extras = {k: v for k, v in outcome.document().items() if k in ("quarantined", "desired_etag")}
+        return compact_ack(outcome.boot_epoch, outcome.seq, outcome.status, extras), None
+    return json.dumps(_document(outcome), separators=(",", ":")).encode(), _answer_properties(correlation)
 
 
 def _document(outcome: Acked | ReportTaken | NoticeTaken | Refused) -> dict[str, Any]:
@@ -251,7 +263,7 @@ class MqttIngest:
                 log.info("database available again")
         if self._counted is not None:
             self._counted(_METRIC_KINDS[kind], outcome)
-        document = _document(outcome)
+        payload, properties = _answer(kind, outcome, correlation)
         current = asyncio.current_task()
         if self._client is not client or current is None:
             # The connection it came on is gone: no answer can go out on it, and the gateway sends the bytes again.
@@ -261,12 +273,7 @@ class MqttIngest:
             self._published.setdefault(device_id, outcome.desired_etag if isinstance(outcome, Acked) else outcome.etag)
         self._answering.add(current)
         try:
-            await client.publish(
-                f"{TOPIC_ROOT}/{device_id}/{answer_kind}",
-                json.dumps(document, separators=(",", ":")).encode(),
-                qos=1,
-                properties=_answer_properties(correlation),
-            )
+            await client.publish(f"{TOPIC_ROOT}/{device_id}/{answer_kind}", payload, qos=1, properties=properties)
         except aiomqtt.MqttError as exc:
             # The gateway hears no answer and sends the same bytes again; the store takes them as a duplicate.
             log.debug("answer not published", extra={"device": device_id, "error": str(exc)})

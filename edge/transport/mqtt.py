@@ -3,9 +3,14 @@
 One persistent MQTT 5 session to the broker, kept by a task this module owns: it connects on
 the first exchange, subscribes to the device's answer topics and reconnects with backoff when
 the broker goes away (the session, and answers published meanwhile, survive on the broker).
-Each message carries MQTT 5 correlation data, the first 8 bytes of its SHA-256, and the hub
+Each message carries MQTT 5 correlation data, the first 4 bytes of its SHA-256, and the hub
 echoes it: a late answer to an earlier copy of the same bytes still answers the resend, an
-answer to anything else is ignored.  Desired state is pushed by the hub on ``…/desired`` the
+answer to anything else is ignored.  Four bytes (not the 8 of the binding's first form) also ask
+a hub for the compact batch ack (edge.protocol.compact), which carries no correlation data but
+names the batch; a hub that does not know it answers in JSON, which is taken as before.  Once
+the broker allows topic aliases, each topic is sent once per connection and then as a 2-byte
+alias.  Together they bring the framing of a batch and its ack to about 60 bytes both ways (OXP
+§8.6, "Framing").  Desired state is pushed by the hub on ``…/desired`` the
 moment it changes and handed to the listener like the answer to a status report.
 
 The MQTT library (aiomqtt over paho-mqtt, see docs/architecture.md) is used here only, and its
@@ -26,6 +31,8 @@ import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.protocol import ProtocolError, peek_header
+from edge.protocol.compact import CompactAckError, read_compact_ack
 from edge.protocol.reasons import Answer
 from edge.transport.answers import FINAL_BATCH_CODES, FINAL_REPORT_CODES, ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused, Taken, TransportError, UplinkError
@@ -49,6 +56,10 @@ RECEIVE_MAXIMUM = 8
 _MAX_ANSWER_BYTES = 64 * 1024
 _MAX_RETRY_AFTER_S = 86400.0
 _DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+# Correlation data of this many bytes asks for the compact batch ack (OXP §8.6); the binding's first form sent 8.
+COMPACT_CORRELATION_BYTES = 4
+# The topic alias of each kind a gateway publishes (used only up to the broker's Topic Alias Maximum).
+_ALIASES = {"batch": 1, "status": 2, "notice": 3}
 
 
 def topic(device_id: str, kind: str) -> str:
@@ -56,13 +67,15 @@ def topic(device_id: str, kind: str) -> str:
     return f"{TOPIC_ROOT}/{device_id}/{kind}"
 
 
-def correlation(data: bytes) -> bytes:
-    """The correlation data a message carries: the same bytes sent again are the same message."""
-    return hashlib.sha256(data).digest()[:8]
+def correlation(data: bytes, *, compact: bool = False) -> bytes:
+    """The correlation data a message carries: the same bytes sent again are the same message.
+
+    8 bytes of its SHA-256 in the binding's first form; ``compact``: 4, which also asks for the compact batch ack."""
+    return hashlib.sha256(data).digest()[: COMPACT_CORRELATION_BYTES if compact else 8]
 
 
 def publish_framing(topic_name: str, payload_bytes: int, properties_bytes: int) -> int:
-    """Bytes an MQTT 5 QoS 1 PUBLISH adds around its payload, plus the 4-byte PUBACK that answers it."""
+    """Bytes an MQTT 5 QoS 1 PUBLISH adds around its payload, plus the 4-byte PUBACK that answers it (``topic_name`` "" for an alias)."""
     remaining = 2 + len(topic_name.encode()) + 2 + _varint_len(properties_bytes) + properties_bytes + payload_bytes
     return 1 + _varint_len(remaining) + remaining - payload_bytes + 4
 
@@ -98,8 +111,12 @@ class MqttTransport:
         self.device_id = device_id
         self._key_source = HttpTransport(hub_url, ca=ca, timeout_s=timeout_s) if hub_url else None
         self._on_desired: DesiredListener | None = None
-        self._pending: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
+        # Exchanges waiting for their answer, by correlation data: the answer, its payload's and its properties' sizes.
+        self._pending: dict[bytes, asyncio.Future[tuple[dict[str, Any], int, int]]] = {}
+        self._batches: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # (boot epoch, seq) -> (correlation, key id) of a batch in flight
         self._client: aiomqtt.Client | None = None
+        self._alias_maximum = 0  # the broker's Topic Alias Maximum on this connection (CONNACK); 0: no aliases
+        self._aliased: set[str] = set()  # topics whose alias the broker learnt on this connection
         self._up = asyncio.Event()
         self._session_task: asyncio.Task[None] | None = None
         self._abandoned: set[asyncio.Task[None]] = set()
@@ -158,6 +175,7 @@ class MqttTransport:
                     properties=self._connect_properties(),
                     tls_context=self._tls,
                 )
+                self._hear_connack(client)
                 async with client:
                     await client.subscribe([(topic(self.device_id, kind), 1) for kind in ("ack", "status/ack", "desired")])
                     self._client = client
@@ -177,6 +195,21 @@ class MqttTransport:
                         if not future.done():
                             future.set_exception(ConnectionError(self.last_error or "the connection to the broker dropped"))
             await asyncio.sleep(backoff.next())
+
+    def _hear_connack(self, client: aiomqtt.Client) -> None:
+        """Learn the broker's Topic Alias Maximum from its CONNACK, which aiomqtt does not pass on: paho's callback is
+        wrapped on the client aiomqtt drives (its ``_client``), the one place paho hands the CONNACK's properties over."""
+        paho = client._client
+        library_on_connect = paho.on_connect
+
+        def on_connect(*args: Any) -> None:
+            properties = args[4] if len(args) > 4 else None
+            self._alias_maximum = int(getattr(properties, "TopicAliasMaximum", 0) or 0)
+            self._aliased = set()
+            if library_on_connect is not None:
+                library_on_connect(*args)
+
+        paho.on_connect = on_connect
 
     def _drop_session(self) -> None:
         """Give up on the connection: the next exchange opens a new one (the broker keeps the session for it)."""
@@ -203,6 +236,10 @@ class MqttTransport:
         payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
         if len(payload) > _MAX_ANSWER_BYTES:
             return
+        key = getattr(message.properties, "CorrelationData", None)
+        if not isinstance(key, bytes | bytearray) and payload[:1] != b"{" and message.topic.matches(topic(self.device_id, "ack")):
+            self._compact_ack_arrived(bytes(payload))
+            return
         try:
             document = json.loads(payload)
         except ValueError:
@@ -214,10 +251,22 @@ class MqttTransport:
             if self._on_desired is not None:
                 self._on_desired(DesiredOffer(document.get("desired"), str(document.get("etag", ""))))
             return
-        key = getattr(message.properties, "CorrelationData", None)
         future = self._pending.get(bytes(key)) if isinstance(key, bytes | bytearray) else None
         if future is not None and not future.done():
-            future.set_result(document)
+            future.set_result((document, len(payload), 3 + len(key) if key else 0))
+
+    def _compact_ack_arrived(self, payload: bytes) -> None:
+        """A compact ack (OXP §8.6) names its batch instead of carrying correlation data: it answers the batch in flight it names."""
+        try:
+            document = read_compact_ack(payload)
+        except CompactAckError as exc:
+            log.debug("ignored an answer that is neither JSON nor a compact ack", extra={"error": str(exc)})
+            return
+        in_flight = self._batches.get((document["boot_epoch"], document["seq"]))
+        future = self._pending.get(in_flight[0]) if in_flight is not None else None
+        if in_flight is not None and future is not None and not future.done():
+            document.update(device_id=self.device_id, key_id=in_flight[1].hex())
+            future.set_result((document, len(payload), 0))
 
     # -- exchanges ---------------------------------------------------------------------
 
@@ -226,16 +275,25 @@ class MqttTransport:
         client = await self._connected()
         if isinstance(client, Refused):
             return client
-        key = correlation(data)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        key = correlation(data, compact=True)
+        future: asyncio.Future[tuple[dict[str, Any], int, int]] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
+        batch = self._in_flight(data, key) if kind == "batch" else None
         properties = Properties(PacketTypes.PUBLISH)
         properties.CorrelationData = key
         name = topic(self.device_id, kind)
+        sent_topic = name
+        alias = _ALIASES[kind]
+        aliased = alias <= self._alias_maximum
+        if aliased:
+            properties.TopicAlias = alias
+            # The first publish on a connection names the topic and its alias; the broker maps the alias from then on.
+            sent_topic = "" if name in self._aliased else name
+            self._aliased.add(name)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await client.publish(name, data, qos=1, properties=properties)
-                document = await future
+                await client.publish(sent_topic, data, qos=1, properties=properties)
+                document, answer_bytes, answer_properties = await future
         except TimeoutError:
             # A link that drops without a reset leaves the connection looking open until keep-alive notices, a
             # minute or more later: sending the batch again on it would wait as long. Connect anew instead.
@@ -246,10 +304,22 @@ class MqttTransport:
         finally:
             if self._pending.get(key) is future:
                 del self._pending[key]
-        answer_bytes = len(json.dumps(document, separators=(",", ":")))
+            if batch is not None and self._batches.get(batch, (b"",))[0] == key:
+                del self._batches[batch]
         answer_topic = topic(self.device_id, "ack" if kind == "batch" else "status/ack")
-        overhead = publish_framing(name, len(data), 11) + publish_framing(answer_topic, answer_bytes, 11) + answer_bytes
+        sent_properties = 3 + len(key) + (3 if aliased else 0)
+        overhead = publish_framing(sent_topic, len(data), sent_properties) + publish_framing(answer_topic, answer_bytes, answer_properties) + answer_bytes
         return document, overhead
+
+    def _in_flight(self, data: bytes, key: bytes) -> tuple[int, int] | None:
+        """Note a batch as in flight under its (boot epoch, seq), which a compact ack names; None if its header cannot be read
+        (the hub refuses it, with correlation data)."""
+        try:
+            header = peek_header(data)
+        except ProtocolError:
+            return None
+        self._batches[(header.boot_epoch, header.seq)] = (key, header.key_id)
+        return header.boot_epoch, header.seq
 
     async def send_batch(self, data: bytes) -> Ack | Refused:
         answer = await self._exchange("batch", data)
