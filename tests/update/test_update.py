@@ -137,7 +137,7 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
         text = sim.gateway_config_toml(state_dir=state, hub=hub.url, gateway_id="pole-0007", policy=str(DEMO_POLICY), local_api_listen=f"127.0.0.1:{port}")
         config.write_text(text.replace('span = "5m"', 'span = "2s"').replace('flush_interval = "30s"', 'flush_interval = "1s"'))
         await enrol(hub_url=hub.url, token=await hub.create_token(), device_id="pole-0007", key_path=state / "device.key")
-        supervisor = Supervisor(root, config, status_url=f"http://127.0.0.1:{port}/status", python=BASE_PYTHON, deadline_s=10.0)
+        supervisor = Supervisor(root, config, status_url=f"http://127.0.0.1:{port}/status", python=BASE_PYTHON, deadline_s=15.0)
         supervisor.start()
         try:
 
