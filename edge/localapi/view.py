@@ -34,6 +34,29 @@ def _shown(reading: Reading, personal: set[str]) -> bool:
     return not any(reading.channel == c or reading.channel.startswith(c + "/") or reading.channel.startswith(c + ":") for c in personal)
 
 
+_UPDATE_STATES = {
+    "requested": "{version} downloaded and checked; installing",
+    "downloading": "{version} downloading",
+    "refused": "{version} refused",
+    "failed": "{version} failed to install",
+    "installed": "{version} installed",
+    "rolled_back": "{version} rolled back",
+}
+
+
+def _update_line(update: Mapping[str, str] | None) -> str:
+    """The last software update in one line: "3.0.0 rolled back: <why>; running 2.0.0"; "" when none was tried."""
+    if not update:
+        return ""
+    state = update.get("state", "")
+    line = _UPDATE_STATES.get(state, "{version} " + state).format(version=update.get("version", "?"))
+    if update.get("reason"):
+        line += f": {update['reason']}"
+    if update.get("running") and state in ("rolled_back", "installed", "failed"):
+        line += f"; running {update['running']}"
+    return line
+
+
 def technician_view(status: Mapping[str, Any], notice: Mapping[str, Any], latest: Mapping[str, Reading]) -> dict[str, Any]:
     """The page's document: overview, a row per device with its live values, the buses, the policy in words and the notice."""
     personal = _personal(notice)
@@ -81,6 +104,7 @@ def technician_view(status: Mapping[str, Any], notice: Mapping[str, Any], latest
         "readings_read": status.get("readings_read", 0),
         "readings_released": status.get("readings_released", 0),
         "readings_lost": readings_lost(status),
+        "software_update": _update_line(status.get("software_update")),  # "" until an update was tried (docs/updates.md)
     }
     policy = [{"channel": item.get("channel", ""), "what": item.get("what", ""), "unit": item.get("unit", ""),
                "leaves_as": item.get("leaves_as", ""), "purpose": item.get("purpose", "")} for item in notice.get("data", ())]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from edge.localapi.view import technician_view
 from edge.spool import SpoolStats
 from edge.statusreport import ReportFacts, status_report
 from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE
@@ -46,3 +47,12 @@ def test_the_newer_of_the_download_and_the_install_outcome_is_reported(tmp_path:
     assert update == {"state": "refused", "version": "3.0.0", "reason": "rolled_back"}
     report = status_report(EMPTY, device_id="pole-1", ts_ms=1, boot_epoch=1, facts=ReportFacts(software_update=update))
     assert report["software_update"] == update
+
+
+def test_the_technician_page_says_the_outcome_in_one_line() -> None:
+    update = {"state": "rolled_back", "version": "3.0.0", "running": "2.0.0", "reason": "3.0.0 failed probation: no batch acknowledged by the hub within 900 s"}
+    view = technician_view({"device_id": "pole-1", "software_update": update}, {}, {})
+    assert view["overview"]["software_update"] == "3.0.0 rolled back: 3.0.0 failed probation: no batch acknowledged by the hub within 900 s; running 2.0.0"
+    refused = {"state": "refused", "version": "4.0.0", "reason": "tampered: wheels/x.whl: SHA-256 differs"}
+    assert technician_view({"software_update": refused}, {}, {})["overview"]["software_update"] == "4.0.0 refused: tampered: wheels/x.whl: SHA-256 differs"
+    assert technician_view({"device_id": "pole-1"}, {}, {})["overview"]["software_update"] == ""

@@ -166,9 +166,13 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
             assert "no batch acknowledged by the hub" in str(result["reason"]), result
             assert os.readlink(root / "opt/ocn-edge/current") == "b"
             await wait_for(lambda: reports("2.0.0"), "2.0.0 runs again and reports")
-            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/status") as response:
-                local = await response.json()
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{port}/status") as response:
+                    local = await response.json()
+                async with http.get(f"http://127.0.0.1:{port}/technician.json") as response:
+                    page = await response.json()
             assert local["software_update"]["state"] == "rolled_back" and local["software_update"]["version"] == "3.0.0", local
+            assert page["overview"]["software_update"].startswith("3.0.0 rolled back: 3.0.0 failed probation"), page["overview"]
 
             # The failed version is not fetched again, and an older one is a downgrade.
             status, out = await fetch(root, f"{served}/3.0.0")
