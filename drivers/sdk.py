@@ -213,6 +213,10 @@ class Driver(abc.ABC):
     """
 
     manifest: ClassVar[Manifest]
+    watches_silence: ClassVar[bool] = False
+    """True for a driver that knows itself when its device went silent (any valid frame counts, a heartbeat
+    too) and says so through :meth:`health`. The supervisor's rule, no reading for three poll intervals, is
+    then not applied: a device that speaks only when something happens (a counter) is not failing between events."""
 
     def __init__(self, ctx: DeviceContext) -> None:
         self.ctx = ctx

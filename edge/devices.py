@@ -16,15 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.buses import ModbusBus, SerialBus, create_bus
-from drivers.health import FAILING, HEALTH_WORDS, OK, STALE_POLLS, Health, HealthSource, assess
+from drivers.health import FAILING, HEALTH_WORDS, OK, Health, HealthSource, assess
 from drivers.sdk import DeviceContext, Driver, Emit
 from edge.config import DeviceConfig, GatewayConfig
 from edge.protocol.types import Channel, Reading
 from edge.supervise import DeviceRunner
 
 __all__ = ["Device", "Devices"]
-
-log = logging.getLogger("ocn.devices")
 
 
 @dataclass
@@ -40,23 +38,20 @@ class Device:
     def make_driver(self) -> Driver:
         return self.driver_cls(self.context)
 
-    def bus_health(self) -> Health | None:
-        """What the device's bus owner says of it (its port, its unit's answers); None for a device on no bus."""
-        bus = self.context.bus
-        return bus.health_of(self.config.name, self.config.address) if isinstance(bus, HealthSource) else None
-
     def health(self) -> Health:
         """ok, degraded or failing, with the cause and the next step (drivers.health), from its bus, driver and runner."""
         runner = self.runner
         if runner is None:
             return Health()
+        bus = self.context.bus
         name = self.config.name
         return assess(
             name,
-            bus=self.bus_health(),
+            bus=bus.health_of(name, self.config.address) if isinstance(bus, HealthSource) else None,
             driver=runner.driver.health() if runner.driver is not None else None,
             crashing=runner.last_error if runner.failing else "",
-            silent_s=runner.silent_s(),
+            # A driver that hears its device itself (a heartbeat counts) says when it is silent, in its own opinion.
+            silent_s=None if self.driver_cls.watches_silence else runner.silent_s(),
             poll_interval=self.config.poll_interval,
         )
 
@@ -103,33 +98,6 @@ class Devices:
             personal = any(c.personal for c in dev.channels)
             dev.runner = DeviceRunner(dev.config.name, dev.make_driver, self._tapped(dev.config.name, emit), personal=personal)
             self.device_tasks.append(asyncio.create_task(dev.runner.run(), name=f"device:{dev.config.name}"))
-        if self.devices:
-            self.device_tasks.append(asyncio.create_task(self.watch_silence(), name="devices:silence"))
-
-    async def watch_silence(self, *, every_s: float = 1.0) -> None:
-        """Log once when a device goes silent while its bus is fine, and once when its readings come back.
-
-        The bus owner logs its own failures (a port gone, a unit that never answered) and the runner
-        each restart of a crashing driver; a sensor that simply stops sending on a line that is there
-        (power, a loose wire, a sensor asleep) is said here, with the health model's words.
-        """
-        silent: set[str] = set()  # devices whose silence was logged
-        while True:
-            await asyncio.sleep(every_s)
-            for dev in self.devices:
-                runner, name = dev.runner, dev.config.name
-                if runner is None:
-                    continue
-                quiet_s = runner.silent_s()
-                if name in silent:
-                    if quiet_s < STALE_POLLS * dev.config.poll_interval:
-                        silent.discard(name)
-                        log.info("%s: readings again", name, extra={"device": name})
-                    continue
-                bus = dev.bus_health()
-                if quiet_s >= STALE_POLLS * dev.config.poll_interval and not runner.failing and (bus is None or bus.state == OK):
-                    silent.add(name)
-                    log.error(dev.health().sentence, extra={"device": name})
 
     def _tapped(self, device: str, emit: Emit) -> Emit:
         taps = self._taps.setdefault(device, [])

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from drivers.health import FAILING, Health
 from drivers.sdk import BusDown, DeviceContext, Driver, Emit
 from edge.protocol.types import Reading
 from edge.util.logonce import LogOnce
@@ -64,6 +65,7 @@ class StreamDriver(Driver, Generic[Frame]):
 
     RECOVERY_S = 60.0  # bad frames are "over" after this long with only good ones
     SILENCE_S = 30.0  # no valid frame for this long (at least three polls of a queried device) is logged once
+    watches_silence = True  # a heartbeat is a valid frame: silence is judged by frames, not readings (health below)
     _FLAP_S = 60.0  # silent again this soon after frames returned: intermittent, logged once until steady this long
 
     def __init__(self, ctx: DeviceContext) -> None:
@@ -150,6 +152,15 @@ class StreamDriver(Driver, Generic[Frame]):
                     round(now - self._last_frame_at, 1), received, hint,
                     intermittent=("%s: valid frames come only intermittently (%d bytes received, %s); "
                                   "next note when steady for %gs", self.ctx.device_id, received, hint, self.FLAP_S))
+
+    def health(self) -> Health | None:
+        """Failing while the open port delivers no valid frame (the silence :meth:`_watch` logs), with the same hint."""
+        if not self._silence.failing("silence"):
+            return None
+        received = self.ctx.serial_bus().bytes_in - self._bytes_at_last_frame
+        hint = "garbage: check the baud rate and wiring" if received else "check power, wiring and the port"
+        return Health(FAILING, f"{self.ctx.device_id}: no valid frame for {time.monotonic() - self._last_frame_at:.0f} s "
+                               f"({received} bytes received)", f"{hint}; try ocn-edge read {self.ctx.device_id}")
 
     def _framed(self) -> None:
         now = time.monotonic()

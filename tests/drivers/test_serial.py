@@ -325,11 +325,18 @@ async def test_a_line_of_only_garbage_or_silence_is_logged_once_and_its_end_once
             peer.write(bytes(range(0x10, 0x30)))
             await asyncio.sleep(0.1)
         await wait_for(lambda: bus.stats()["bytes_in"] >= 10 + 12 * 32)
+        garbage = driver.health()  # the driver's own opinion, which the health model takes instead of "no reading"
         peer.write(SDS011_REPLY)
         await wait_for(lambda: len(readings) == 4)
+        healthy = driver.health()
         await asyncio.sleep(1.2)  # silence: said once more
+        quiet = driver.health()
         peer.write(SDS011_REPLY)
         await wait_for(lambda: len(readings) == 6)
+    assert garbage is not None and garbage.state == "failing" and "garbage: check the baud rate" in garbage.next_step, garbage
+    assert healthy is None
+    assert quiet is not None and "(0 bytes received)" in quiet.cause and "check power, wiring" in quiet.next_step, quiet
+    assert "no valid frame for" in quiet.cause and "ocn-edge read" in quiet.next_step
     lines = [r.getMessage() for r in caplog.records if r.name == "ocn.driver"]
     silent = [m for m in lines if "no valid frame" in m]
     again = [m for m in lines if "valid frames again" in m]
