@@ -136,7 +136,8 @@ class Installer:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time: the path unit's and OnFailure='s
             entry = self.journal()
             if rollback_only:
-                if entry is None or entry["phase"] not in ("start", "probation", "rollback"):
+                # From "switch" on, current may name the new slot; before it, the running slot is the proven one.
+                if entry is None or entry["phase"] not in ("switch", "start", "probation", "rollback"):
                     log.info("the gateway failed, but no new version is on probation: nothing to roll back")
                     return EXIT_OK
                 reason = entry.get("reason") or f"{entry['version']} failed: its service stopped for good during probation (a crash loop or the watchdog)"
@@ -163,7 +164,8 @@ class Installer:
             request_path.unlink(missing_ok=True)
             return EXIT_FAILED
         last = self._last_outcome()
-        if last.get("version") == request.get("version") and last.get("ts_ms", 0) >= request.get("requested_ms", 1 << 62):
+        asked, answered = request.get("requested_ms"), last.get("ts_ms")
+        if last.get("version") == request.get("version") and type(asked) is int and type(answered) is int and answered >= asked:
             log.info("the request for %s was answered already (%s); removed", last["version"], last.get("state"))
             request_path.unlink()
             return EXIT_OK
@@ -177,10 +179,6 @@ class Installer:
             "to_slot": other_slot(running),
             "target": this_target(),
         }
-        if entry["version"] in _rolled_back(last):
-            log.error("update to %s refused (rolled_back): it failed its probation here before", entry["version"])
-            self._outcome(entry, "refused", f"rolled_back: {entry['version']} failed its probation on this device before ({last.get('reason', '')})")
-            return EXIT_FAILED
         if self.status_url is None:
             reason = "no_probation: the installer judges a new version on the gateway's /status on loopback; enable [local_api] on 127.0.0.1"
             log.error("update to %s refused (%s)", entry["version"], reason)
@@ -194,7 +192,11 @@ class Installer:
             log.error("update to %s refused (%s): %s", entry["version"], reason, exc, extra={"version": entry["version"], "reason": reason})
             self._outcome(entry, "refused", f"{reason}: {exc}")
             return EXIT_FAILED
-        entry["version"] = manifest.version
+        entry["version"] = manifest.version  # the signed version, whatever the request said
+        if manifest.version in _rolled_back(last):
+            log.error("update to %s refused (rolled_back): it failed its probation here before", manifest.version)
+            self._outcome(entry, "refused", f"rolled_back: {manifest.version} failed its probation on this device before ({last.get('reason', '')})")
+            return EXIT_FAILED
         need = sum(item.size for item in manifest.files_for(this_target())) * 4
         if shutil.disk_usage(self.opt).free < need:
             log.error("update to %s refused (no_space): %s has less than %d bytes free", manifest.version, self.opt, need)
