@@ -218,9 +218,11 @@ class Ingest:
         self._watching = 0
         self._closing = asyncio.Event()
 
-    async def batch(self, data: bytes) -> Acked | Refused:
-        """Verify, weigh, decode and store one sealed batch; the ack that names it, or why not."""
-        sender = await self._claimed_sender(data, MAX_BATCH_BYTES)
+    async def batch(self, data: bytes, *, topic_device: str | None = None) -> Acked | Refused:
+        """Verify, weigh, decode and store one sealed batch; the ack that names it, or why not.
+
+        ``topic_device``: the device a transport's address names (MQTT's topic), refused unless it is the key's."""
+        sender = await self._claimed_sender(data, MAX_BATCH_BYTES, topic_device)
         if isinstance(sender, Refused):
             return sender
         device, kid = sender
@@ -298,9 +300,9 @@ class Ingest:
         apart = dict(sorted(Counter(q.reason for q in quarantined).items())) if status == "stored" else {}
         return Acked(device.device_id, h.key_id, h.boot_epoch, h.seq, status, apart, readings=len(kept) if status == "stored" else 0)
 
-    async def status_report(self, data: bytes, *, known_etag: str = "") -> ReportTaken | Refused:
+    async def status_report(self, data: bytes, *, known_etag: str = "", topic_device: str | None = None) -> ReportTaken | Refused:
         """Verify, check and record a status report; the device's desired document unless it holds ``known_etag`` already."""
-        sender = await self._verified_report(data, MAX_STATUS_BYTES)
+        sender = await self._verified_report(data, MAX_STATUS_BYTES, topic_device)
         if isinstance(sender, Refused):
             return sender
         device_key, report = sender
@@ -328,6 +330,11 @@ class Ingest:
         _, etag = await desired_document(self.store, device)
         self._etags[device_id] = (now, etag)
         return etag
+
+    def remember_etag(self, device_id: str, etag: str) -> None:
+        """A device's ETag its caller has just read from the store (the MQTT side reads those of every device it serves at
+        once, every second): batch acks and long polls take it without a read of their own for DESIRED_TTL_S."""
+        self._etags[device_id] = (time.monotonic(), etag)
 
     async def _ack_etag(self, device_id: str) -> str | None:
         """The ETag a batch ack carries: the cached one at once, read again in the background once stale.
@@ -385,9 +392,9 @@ class Ingest:
         for task in list(self._refreshing.values()):
             task.cancel()
 
-    async def notice(self, data: bytes) -> NoticeTaken | Refused:
+    async def notice(self, data: bytes, *, topic_device: str | None = None) -> NoticeTaken | Refused:
         """Verify, check and register a transparency notice: a status-type message whose map carries ``notice`` (§7.3)."""
-        sender = await self._verified_report(data, MAX_NOTICE_BYTES)
+        sender = await self._verified_report(data, MAX_NOTICE_BYTES, topic_device)
         if isinstance(sender, Refused):
             return sender
         device_key, message = sender
@@ -396,26 +403,31 @@ class Ingest:
             return refusal
         return NoticeTaken(await self.store.add_notice(device_key.device_id, message["notice"], received_ms=now_ms()))
 
-    async def _claimed_sender(self, data: bytes, limit: int) -> tuple[DeviceKey, bytes] | Refused:
+    async def _claimed_sender(self, data: bytes, limit: int, topic_device: str | None = None) -> tuple[DeviceKey, bytes] | Refused:
         """The enrolled, active device whose key id a message of at most ``limit`` bytes names, and that key id — not yet
-        verified: the strict pre-authentication reader (OXP §4.4) and the key lookup only.  Refusals are charged."""
+        verified: the strict pre-authentication reader (OXP §4.4) and the key lookup only.  Refusals are charged.
+
+        A key enrolled to another device than ``topic_device`` is refused: a device that may publish under another's id,
+        through a broker without ACLs (OXP §8.6)."""
         try:
             kid = read_envelope(data, limit=limit).kid
         except ProtocolError as exc:
             return _protocol_refusal(exc, charged=True)
         device = await self.keys.get(kid)
+        if device is not None and topic_device is not None and device.device_id != topic_device:
+            return Refused(Answer.MALFORMED, f"topic names device {topic_device!r} but key id {kid.hex()} is enrolled as another device", charged=True)
         refusal = _refuse_device(device, kid)
         if refusal is not None:
             return refusal
         assert device is not None
         return device, kid
 
-    async def _verified_report(self, data: bytes, limit: int) -> tuple[DeviceKey, dict[str, Any]] | Refused:
+    async def _verified_report(self, data: bytes, limit: int, topic_device: str | None = None) -> tuple[DeviceKey, dict[str, Any]] | Refused:
         """A signed status-type message of at most ``limit`` bytes, verified, and its active sender.
 
         Every refusal here but a busy hub's is charged: the sender has not shown it is the device.
         """
-        sender = await self._claimed_sender(data, limit)
+        sender = await self._claimed_sender(data, limit, topic_device)
         if isinstance(sender, Refused):
             return sender
         device, _ = sender

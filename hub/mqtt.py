@@ -30,16 +30,17 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from aiohttp import web
+from paho.mqtt.client import MQTT_ERR_SUCCESS, error_string
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.protocol import DEVICE_ID_RE, MAX_BATCH_BYTES, MAX_STATUS_BYTES, Answer, ProtocolError, read_envelope
+from edge.protocol import DEVICE_ID_RE, Answer
 from edge.protocol.compact import compact_ack
 from edge.protocol.desired import sign_document
 from edge.util.backoff import Backoff
 from hub.brokerauth import BrokerAccess
 from hub.fleet import desired_document
-from hub.ingest import MAX_NOTICE_BYTES, Acked, NoticeTaken, Refused, ReportTaken
+from hub.ingest import Acked, NoticeTaken, Refused, ReportTaken
 from hub.state import Hub
 
 __all__ = ["MQTT_INGEST", "MqttIngest", "MqttSettings", "SHARE_GROUP"]
@@ -55,8 +56,9 @@ TOPIC_ROOT = "oxp/v1"
 SESSION_EXPIRY_S = 3600
 # Messages the broker may have in flight to one hub process at once (MQTT 5 receive maximum).
 RECEIVE_MAXIMUM = 256
-# Messages taken at once; the ingest workers and their queue bound the CPU work below this.
-CONCURRENT = 64
+# Messages taken at once, as many as the broker may have in flight to us: most of a message's time is spent waiting for
+# the store's group commit, and the ingest workers and their queue bound the CPU work below this.
+CONCURRENT = RECEIVE_MAXIMUM
 DESIRED_CHECK_S = 1.0
 STOP_WAIT_S = 5.0  # how long a stopping hub lets messages being taken reach the store
 UNAVAILABLE_RETRY_S = 10.0
@@ -64,7 +66,7 @@ UNAVAILABLE_RETRY_S = 10.0
 _METRIC_KINDS = {"batch": "batches", "status": "status", "notice": "notice"}
 # Correlation data this long asks for the compact batch ack (edge.protocol.compact, OXP §8.6); 8 bytes for JSON.
 COMPACT_CORRELATION_BYTES = 4
-_KINDS = {"batch": ("ack", MAX_BATCH_BYTES), "status": ("status/ack", MAX_STATUS_BYTES), "notice": ("status/ack", MAX_NOTICE_BYTES)}
+_KINDS = {"batch": "ack", "status": "status/ack", "notice": "status/ack"}  # the topic each kind is answered on
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,9 @@ class MqttIngest:
         self._client: aiomqtt.Client | None = None
         self._slots = asyncio.Semaphore(CONCURRENT)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._answering: set[asyncio.Task[Any]] = set()  # tasks publishing their answer
         self._published: dict[str, str] = {}  # device id -> the desired ETag it was last offered
+        # device id -> (its fleet and the two documents its desired state is made of, the document and ETag made of them)
+        self._computed: dict[str, tuple[tuple[object, ...], dict[str, Any] | None, str]] = {}
         self.access = BrokerAccess(hub.store, hub.signing_key, hub_user=settings.user) if settings.manage_access else None
         self.connected = asyncio.Event()
         self._down_since: float | None = None
@@ -232,8 +235,6 @@ class MqttIngest:
 
     async def aclose(self) -> None:
         """Let the messages being taken reach the store, a little while; what is left is cancelled and sent again by its gateway."""
-        for task in self._answering:
-            task.cancel()  # its connection is gone: the answer cannot go out
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
             for task in late:
@@ -246,12 +247,12 @@ class MqttIngest:
         if len(parts) < 4 or "/".join(parts[:2]) != TOPIC_ROOT or not DEVICE_ID_RE.match(parts[2]) or parts[3] not in _KINDS:
             return
         device_id, kind = parts[2], parts[3]
-        answer_kind, limit = _KINDS[kind]
+        answer_kind = _KINDS[kind]
         data = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
         key = getattr(message.properties, "CorrelationData", None)
         correlation = bytes(key) if isinstance(key, bytes | bytearray) else None
         try:
-            outcome = await self._outcome(device_id, kind, data, limit)
+            outcome = await self._outcome(device_id, kind, data)
         except self._unavailable as exc:
             if not self.hub.database_down:
                 log.error("database unavailable; answering unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
@@ -264,70 +265,70 @@ class MqttIngest:
         if self._counted is not None:
             self._counted(_METRIC_KINDS[kind], outcome)
         payload, properties = _answer(kind, outcome, correlation)
-        current = asyncio.current_task()
-        if self._client is not client or current is None:
+        if self._client is not client:
             # The connection it came on is gone: no answer can go out on it, and the gateway sends the bytes again.
             return
         if isinstance(outcome, Acked | ReportTaken):
             # Heard from: its desired state is watched from now on, starting from what this answer offers.
             self._published.setdefault(device_id, outcome.desired_etag if isinstance(outcome, Acked) else outcome.etag)
-        self._answering.add(current)
-        try:
-            await client.publish(f"{TOPIC_ROOT}/{device_id}/{answer_kind}", payload, qos=1, properties=properties)
-        except aiomqtt.MqttError as exc:
-            # The gateway hears no answer and sends the same bytes again; the store takes them as a duplicate.
-            log.debug("answer not published", extra={"device": device_id, "error": str(exc)})
-        finally:
-            self._answering.discard(current)
+        # Handed to the MQTT client (paho, under aiomqtt) without waiting for the broker's PUBACK, which aiomqtt's publish
+        # would: the slot is free for the next message at once, and an answer lost with the connection is no loss, since
+        # the gateway hears no answer and sends the same bytes again (the store takes them as a duplicate).
+        sent = client._client.publish(f"{TOPIC_ROOT}/{device_id}/{answer_kind}", payload, qos=1, properties=properties)
+        if sent.rc != MQTT_ERR_SUCCESS:
+            log.debug("answer not published", extra={"device": device_id, "error": error_string(sent.rc)})
         self.taken += 1
 
-    async def _outcome(self, device_id: str, kind: str, data: bytes, limit: int) -> Acked | ReportTaken | NoticeTaken | Refused:
-        refusal = await self._topic_refusal(device_id, data, limit)
-        if refusal is not None:
-            return refusal
+    async def _outcome(self, device_id: str, kind: str, data: bytes) -> Acked | ReportTaken | NoticeTaken | Refused:
+        """The ingest core's outcome; the key must be the device's the topic names, or the message is refused (``malformed``)."""
         ingest = self.hub.ingest
         if kind == "batch":
-            return await ingest.batch(data)
+            return await ingest.batch(data, topic_device=device_id)
         if kind == "status":
-            return await ingest.status_report(data)
-        return await ingest.notice(data)
-
-    async def _topic_refusal(self, device_id: str, data: bytes, limit: int) -> Refused | None:
-        """Refused when the key id the message names is enrolled to another device than its topic names (a device that
-        may publish under another's id, through a broker without ACLs); the signature is checked by the ingest core."""
-        try:
-            kid = read_envelope(data, limit=limit).kid
-        except ProtocolError:
-            return None  # the core refuses it with the reason
-        device = await self.hub.keys.get(kid)
-        if device is not None and device.device_id != device_id:
-            return Refused(Answer.MALFORMED, f"topic names device {device_id!r} but key id {kid.hex()} is enrolled as another device")
-        return None
+            return await ingest.status_report(data, topic_device=device_id)
+        return await ingest.notice(data, topic_device=device_id)
 
     async def _push_desired_forever(self, client: aiomqtt.Client) -> None:
         """About every second: publish a new signed desired document, retained, to each device heard from whose ETag changed."""
         while True:
             await asyncio.sleep(DESIRED_CHECK_S)
-            for device_id, offered in list(self._published.items()):
-                try:
-                    await self._push_desired(client, device_id, offered)
-                except self._unavailable:
-                    break  # the ingest side logs the outage; the next round looks again
+            if not self._published:
+                continue
+            try:
+                await self._push_desired(client)
+            except self._unavailable:
+                pass  # the ingest side logs the outage; the next round looks again
 
-    async def _push_desired(self, client: aiomqtt.Client, device_id: str, offered: str) -> None:
-        etag = await self.hub.ingest.desired_etag(device_id)
-        if etag is None:
-            del self._published[device_id]  # revoked or gone: nothing more is pushed to it
-            return
-        device = await self.hub.store.device(device_id) if etag != offered else None
-        if device is None:
-            return
-        document, etag = await desired_document(self.hub.store, device)
-        signed = None if document is None else sign_document(document, self.hub.signing_key)
-        payload = json.dumps({"desired": signed, "etag": etag}, separators=(",", ":")).encode()
-        await client.publish(f"{TOPIC_ROOT}/{device_id}/desired", payload, qos=1, retain=True)
-        self._published[device_id] = etag
-        log.debug("desired state pushed", extra={"device": device_id, "etag": etag})
+    async def _push_desired(self, client: aiomqtt.Client) -> None:
+        """One look at every device heard from: two reads (the devices, the desired documents) whatever their number, where
+        one read a device would cost a thousand a second at a thousand gateways.  The ETags found are handed to the ingest
+        core, so batch acks carry them without reading them again."""
+        store, ingest = self.hub.store, self.hub.ingest
+        devices = {device.device_id: device for device in await store.devices()}
+        known: dict[tuple[str, str], tuple[dict[str, Any], int] | None] = dict(await store.desired_documents())
+        for device_id, offered in list(self._published.items()):
+            device = devices.get(device_id)
+            if device is None or device.status != "active":
+                del self._published[device_id]  # revoked or gone: nothing more is pushed to it
+                self._computed.pop(device_id, None)
+                continue
+            for key in (("fleet", device.fleet), ("device", device_id)):
+                known.setdefault(key, None)  # none set: desired_document reads nothing
+            inputs = (device.fleet, known[("fleet", device.fleet)], known[("device", device_id)])
+            cached = self._computed.get(device_id)
+            if cached is not None and cached[0] == inputs:
+                document, etag = cached[1], cached[2]
+            else:
+                document, etag = await desired_document(store, device, known=known)
+                self._computed[device_id] = (inputs, document, etag)
+            ingest.remember_etag(device_id, etag)
+            if etag == offered:
+                continue
+            signed = None if document is None else sign_document(document, self.hub.signing_key)
+            payload = json.dumps({"desired": signed, "etag": etag}, separators=(",", ":")).encode()
+            await client.publish(f"{TOPIC_ROOT}/{device_id}/desired", payload, qos=1, retain=True)
+            self._published[device_id] = etag
+            log.debug("desired state pushed", extra={"device": device_id, "etag": etag})
 
 
 MQTT_INGEST = web.AppKey("mqtt_ingest", MqttIngest)

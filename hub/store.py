@@ -134,6 +134,10 @@ class Store(abc.ABC):
     async def desired(self, scope: str, name: str) -> tuple[dict[str, Any], int] | None:
         """The desired document of a fleet or device and when it was set, or None."""
 
+    @abc.abstractmethod
+    async def desired_documents(self) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
+        """Every desired document and when it was set, by (scope, name): one read for a caller that looks at every device."""
+
     # open data
     @abc.abstractmethod
     async def channels(self, *, device_id: str | None = None, channel_id: int | None = None, include_personal: bool = False) -> list[StoredChannel]:

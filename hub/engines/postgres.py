@@ -395,6 +395,10 @@ class PostgresStore(Store):
         row = await self._pool.fetchrow("SELECT document, updated_ms FROM desired WHERE scope = $1 AND name = $2", scope, name)
         return (json.loads(row[0]), row[1]) if row else None
 
+    async def desired_documents(self) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
+        rows = await self._pool.fetch("SELECT scope, name, document, updated_ms FROM desired")
+        return {(r[0], r[1]): (json.loads(r[2]), r[3]) for r in rows}
+
     # --- open data --------------------------------------------------------------------
 
     async def channels(self, *, device_id: str | None = None, channel_id: int | None = None, include_personal: bool = False) -> list[StoredChannel]:

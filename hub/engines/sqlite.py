@@ -214,8 +214,13 @@ class SQLiteStore(Store):
                         conn.execute("ROLLBACK")
                 self._channel_ids.clear()
                 outcomes = [(False, exc)] * len(group)
+            # One wake-up of each waiting loop for the whole group, not one per job: a busy hub's loop is woken
+            # through its self-pipe for each call from another thread.
+            settled: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
             for (_, future), (ok, value) in zip(group, outcomes, strict=True):
-                future.get_loop().call_soon_threadsafe(_settle, future, ok, value)
+                settled.setdefault(future.get_loop(), []).append((future, ok, value))
+            for loop, results in settled.items():
+                loop.call_soon_threadsafe(_settle_all, results)
             if stop:
                 break
         conn.close()
@@ -482,6 +487,10 @@ class SQLiteStore(Store):
         rows = await self._read("SELECT document, updated_ms FROM desired WHERE scope = ? AND name = ?", (scope, name))
         return (json.loads(rows[0][0]), rows[0][1]) if rows else None
 
+    async def desired_documents(self) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
+        rows = await self._read("SELECT scope, name, document, updated_ms FROM desired")
+        return {(r[0], r[1]): (json.loads(r[2]), r[3]) for r in rows}
+
     # --- open data --------------------------------------------------------------------
 
     async def channels(self, *, device_id: str | None = None, channel_id: int | None = None, include_personal: bool = False) -> list[StoredChannel]:
@@ -666,3 +675,8 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_result(value)
     else:
         future.set_exception(value)
+
+
+def _settle_all(results: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in results:
+        _settle(future, ok, value)
