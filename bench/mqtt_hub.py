@@ -68,7 +68,7 @@ def _broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
         raise SystemExit("needs mosquitto (apt-get install mosquitto)")
     port = _free_port()
     conf = directory / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nuser {getpass.getuser()}\n")
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nset_tcp_nodelay true\nuser {getpass.getuser()}\n")
     return subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), port
 
 

@@ -12,7 +12,10 @@ steady state, measured from the second batch on.  MQTT's keep-alive adds 4 bytes
 (PINGREQ and PINGRESP), not in the figures.  The hub runs as a process of its own, so the CPU
 time of this process over the steady state of a second run of the same batches, straight to the
 hub or broker, is the gateway's delivery (uplink, spool, transport, and the kernel's socket work
-for them).  Nothing passes or fails.
+for them).  Latency from reading to hub storage, p50 and p99 over every reading: how long the
+reading waits in its batch (from its time stamp to the end of its span, when the batcher seals
+it) plus the batch's delivery measured in the direct run (from the uplink handing it to the
+transport to the hub's ack, which the hub sends once the batch is stored).  Nothing passes or fails.
 """
 
 from __future__ import annotations
@@ -35,11 +38,12 @@ import aiohttp
 import aiomqtt
 
 from bench.codec import KEY, Source, _channels_of, _header, reference_station, windows
-from bench.hub import SERVING, _drain, ocn_edge
+from bench.hub import SERVING, _drain, ocn_edge, percentile
 from bench.oxp_state import CountingRelay
 from edge.protocol import key_id, raw_public_key, seal_batch
 from edge.spool import Spool
-from edge.transport import open_transport
+from edge.transport import Ack, Refused, Taken, Transport, open_transport
+from edge.transport.contract import DesiredListener
 from edge.uplink import Uplink
 
 SPANS = (("5 s", 5), ("60 s", 60), ("5 min", 300))
@@ -69,7 +73,8 @@ class Mosquitto:
         (self.directory / "hub.password").write_text("bench\n")
         conf = self.directory / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous false\nuser {getpass.getuser()}\n"
+            # set_tcp_nodelay: Mosquitto would hold an ack behind the PUBACK before it for the gateway's delayed TCP ack, ~40 ms.
+            f"listener {self.port} 127.0.0.1\nallow_anonymous false\nuser {getpass.getuser()}\nset_tcp_nodelay true\n"
             f"plugin {plugins[0]}\nplugin_opt_config_file {self.directory / 'dynsec.json'}\n"
         )
         self.process = subprocess.Popen(
@@ -82,11 +87,16 @@ class Mosquitto:
             self.process.wait()
 
 
-def _batches(source: Source, span_s: int, count: int, spool: Spool) -> tuple[list[int], int]:
-    """Seal ``count`` batches of ``span_s`` into ``spool``; (the size of each, readings)."""
+def _batches(source: Source, span_s: int, count: int, spool: Spool, waits: list[list[float]] | None = None) -> tuple[list[int], int]:
+    """Seal ``count`` batches of ``span_s`` into ``spool``; (the size of each, readings).  ``waits`` gets, per batch, how long
+    each of its readings waited for the end of its span (seconds)."""
     sizes: list[int] = []
     readings = 0
+    span_ms = span_s * 1000
     for group in windows(source, span_s)[:count]:
+        if waits is not None:
+            sealed_ms = (group[0].ts_ms // span_ms + 1) * span_ms
+            waits.append([(sealed_ms - r.ts_ms) / 1000 for r in group])
         seq = spool.allocate_seq()
         base = _header(seq, "zstd", group[-1].ts_ms)
         header = type(base)(base.device_id, key_id(KEY), spool.boot_epoch, seq, base.policy_digest, base.codec, base.created_ms, base.counters)
@@ -97,20 +107,14 @@ def _batches(source: Source, span_s: int, count: int, spool: Spool) -> tuple[lis
     return sizes, readings
 
 
-async def _deliver(uplink: Uplink, total: int, relay: CountingRelay) -> tuple[int, int, float]:
-    """Run the uplink until ``total`` batches are acked; the relay's counts and the CPU time once the first was (the set-up).
-
-    The CPU time is the process's once the first batch was acked: uplink, spool, transport, and the relay if it is in the path."""
+async def _deliver(uplink: Uplink, total: int) -> None:
+    """Run the uplink until ``total`` batches are acked."""
     task = asyncio.create_task(uplink.run())
-    setup: tuple[int, int, float] | None = None
     while uplink.counters.batches_acked < total:
-        if setup is None and uplink.counters.batches_acked >= 1:
-            setup = (relay.up, relay.down, time.process_time())
-        await asyncio.sleep(0.01 if setup is None else 0.2)  # seldom once measuring: this loop's CPU is not the gateway's
+        await asyncio.sleep(0.2)  # seldom: this loop's CPU is not the gateway's
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await uplink.aclose()
-    return setup or (relay.up, relay.down, time.process_time())
 
 
 async def _hub(state: Path, broker: Mosquitto | None) -> tuple[asyncio.subprocess.Process, str]:
@@ -200,8 +204,11 @@ async def measure(source: Source, span_s: int, count: int, *, mqtt: bool) -> dic
             await spool.begin_boot()
             sizes, readings = _batches(source, span_s, count, spool)
             batches = len(sizes)
-            uplink = Uplink(spool=spool, transport=transport, private_key=KEY, device_id=DEVICE, status_interval_s=0)
-            setup_up, setup_down, _ = await _deliver(uplink, batches, relay)
+            counted = _Timed(transport, relay)
+            uplink = Uplink(spool=spool, transport=counted, private_key=KEY, device_id=DEVICE, status_interval_s=0)
+            await _deliver(uplink, batches)
+            assert counted.setup is not None
+            setup_up, setup_down, _ = counted.setup
             await relay.close()
             # The same batches again (new sequence numbers), straight to the hub or broker: the CPU time without the relay's.
             direct = CountingRelay("127.0.0.1", 0)
@@ -209,10 +216,14 @@ async def measure(source: Source, span_s: int, count: int, *, mqtt: bool) -> dic
                 transport = open_transport(url, broker=f"mqtt://127.0.0.1:{broker.port}", device_id=DEVICE, broker_password=state / "broker.password")
             else:
                 transport = open_transport(url)
-            _batches(source, span_s, count, spool)
-            uplink = Uplink(spool=spool, transport=transport, private_key=KEY, device_id=DEVICE, status_interval_s=0)
-            _, _, cpu = await _deliver(uplink, batches, direct)
-            cpu = time.process_time() - cpu
+            waits: list[list[float]] = []
+            _batches(source, span_s, count, spool, waits)
+            timed = _Timed(transport, direct)
+            delivery = timed.took
+            uplink = Uplink(spool=spool, transport=timed, private_key=KEY, device_id=DEVICE, status_interval_s=0)
+            await _deliver(uplink, batches)
+            assert timed.setup is not None
+            cpu = time.process_time() - timed.setup[2]
             await spool.close()
         finally:
             if proc is not None:
@@ -222,6 +233,8 @@ async def measure(source: Source, span_s: int, count: int, *, mqtt: bool) -> dic
                 broker.stop()
     steady = batches - 1
     first_size, size = sizes[0], sum(sizes)
+    # Each reading's wait in its batch plus its batch's delivery (the first batch's includes connecting: left out).
+    latencies = sorted(wait + took for group, took in zip(waits[1:], delivery[1:], strict=False) for wait in group)
     steady_readings = readings * steady / batches
     return {
         "batch": (size - first_size) / steady,
@@ -231,7 +244,49 @@ async def measure(source: Source, span_s: int, count: int, *, mqtt: bool) -> dic
         "readings": readings / batches,
         "setup": setup_up + setup_down - first_size,
         "cpu_per_1000": cpu / steady_readings * 1000 * 1000,
+        "p50_s": percentile(latencies, 0.5),
+        "p99_s": percentile(latencies, 0.99),
+        "delivery_ms": percentile(delivery[1:], 0.5) * 1000,
     }
+
+
+class _Timed:
+    """A transport that notes how long each batch it sends takes to be acked, in order (the uplink sends one at a time), and
+    the relay's counts and the process's CPU time the moment the first is acked (the set-up, and where measuring starts)."""
+
+    def __init__(self, inner: Transport, relay: CountingRelay) -> None:
+        self.inner = inner
+        self.relay = relay
+        self.took: list[float] = []
+        self.setup: tuple[int, int, float] | None = None
+
+    @property
+    def hub(self) -> str:
+        return self.inner.hub
+
+    def listen(self, on_desired: DesiredListener) -> None:
+        self.inner.listen(on_desired)
+
+    async def send_batch(self, data: bytes) -> Ack | Refused:
+        started = time.perf_counter()
+        outcome = await self.inner.send_batch(data)
+        if isinstance(outcome, Ack):
+            self.took.append(time.perf_counter() - started)
+            if self.setup is None:
+                self.setup = (self.relay.up, self.relay.down, time.process_time())
+        return outcome
+
+    async def send_status(self, data: bytes) -> Taken | Refused:
+        return await self.inner.send_status(data)
+
+    async def publish_notice(self, data: bytes) -> Taken | Refused:
+        return await self.inner.publish_notice(data)
+
+    async def fetch_hub_key(self) -> bytes:
+        return await self.inner.fetch_hub_key()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def main() -> int:
@@ -244,6 +299,7 @@ def main() -> int:
     # set-up: the bytes until the first ack, besides its batch (MQTT: CONNECT, SUBSCRIBE, their answers and the first exchange)
     head = (
         f"{'span':6} {'wire':5} {'rd/batch':>8} {'batch B':>8} {'framing up B':>13} {'down B':>7} {'link B/reading':>15} {'set-up B':>9} {'CPU ms/1k rd':>13}"
+        f" {'delivery ms':>12} {'latency p50 s':>14} {'p99 s':>6}"
     )
     print(head)
     print("-" * len(head))
@@ -251,7 +307,7 @@ def main() -> int:
         for wire in ("HTTP", "MQTT"):
             f = asyncio.run(measure(station, span, args.batches, mqtt=wire == "MQTT"))
             row = f"{f['readings']:>8.0f} {f['batch']:>8.0f} {f['up']:>13.0f} {f['down']:>7.0f} {f['per_reading']:>15.2f} {f['setup']:>9.0f}"
-            row += f" {f['cpu_per_1000']:>13.1f}"
+            row += f" {f['cpu_per_1000']:>13.1f} {f['delivery_ms']:>12.1f} {f['p50_s']:>14.1f} {f['p99_s']:>6.1f}"
             print(f"{label:6} {wire:5} {row}")
     return 0
 

@@ -38,10 +38,12 @@ from edge.protocol import DEVICE_ID_RE, Answer
 from edge.protocol.compact import compact_ack
 from edge.protocol.desired import sign_document
 from edge.util.backoff import Backoff
+from edge.util.sockets import no_delay
 from hub.brokerauth import BrokerAccess
 from hub.fleet import desired_document
 from hub.ingest import Acked, NoticeTaken, Refused, ReportTaken
 from hub.state import Hub
+from hub.store import SOFTWARE_SCOPE
 
 __all__ = ["MQTT_INGEST", "MqttIngest", "MqttSettings", "SHARE_GROUP"]
 
@@ -202,6 +204,7 @@ class MqttIngest:
         ended: BaseException = aiomqtt.MqttError("the broker closed the connection")
         try:
             async with self.settings.client() as client:
+                no_delay(client._client.socket())  # paho's socket, under aiomqtt
                 kinds = [(f"$share/{SHARE_GROUP}/{TOPIC_ROOT}/+/{kind}", 1) for kind in _KINDS]
                 await client.subscribe(kinds + (self.access.subscriptions() if self.access is not None else []))
                 self._client = client
@@ -312,9 +315,9 @@ class MqttIngest:
                 del self._published[device_id]  # revoked or gone: nothing more is pushed to it
                 self._computed.pop(device_id, None)
                 continue
-            for key in (("fleet", device.fleet), ("device", device_id)):
+            for key in (("fleet", device.fleet), ("device", device_id), (SOFTWARE_SCOPE, device_id)):
                 known.setdefault(key, None)  # none set: desired_document reads nothing
-            inputs = (device.fleet, known[("fleet", device.fleet)], known[("device", device_id)])
+            inputs = (device.fleet, known[("fleet", device.fleet)], known[("device", device_id)], known[(SOFTWARE_SCOPE, device_id)])
             cached = self._computed.get(device_id)
             if cached is not None and cached[0] == inputs:
                 document, etag = cached[1], cached[2]

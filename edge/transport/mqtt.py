@@ -39,6 +39,7 @@ from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused,
 from edge.transport.http import HttpTransport
 from edge.transport.tls import tls_context
 from edge.util.backoff import Backoff
+from edge.util.sockets import no_delay
 
 __all__ = ["MqttTransport", "SESSION_EXPIRY_S", "correlation", "topic"]
 
@@ -177,6 +178,7 @@ class MqttTransport:
                 )
                 self._hear_connack(client)
                 async with client:
+                    no_delay(client._client.socket())  # paho's socket, under aiomqtt
                     await client.subscribe([(topic(self.device_id, kind), 1) for kind in ("ack", "status/ack", "desired")])
                     self._client = client
                     self._up.set()
