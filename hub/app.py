@@ -33,6 +33,8 @@ from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
 from hub.releases import RELEASES
 from hub.retention import RETENTION_FIRST_S
 from hub.retention import schedule as retention_schedule
+from hub.rollout import INTERVAL_S as ROLLOUT_INTERVAL_S
+from hub.rollout import schedule as rollout_schedule
 from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
 from hub.state import HUB, Hub
 from hub.store import Store
@@ -220,6 +222,7 @@ async def run_hub(
     public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS,
     connections: ConnectionSettings = DEFAULT_CONNECTIONS,
     retention_interval_s: float = 86400.0,
+    rollout_interval_s: float = ROLLOUT_INTERVAL_S,
     mqtt: MqttSettings | None = None,
     export: ExportSettings | None = None,
 ) -> AsyncIterator[RunningHub]:
@@ -235,6 +238,7 @@ async def run_hub(
     notifier = Notifier()
     watchdog: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
+    rollouts: asyncio.Task[None] | None = None
     broker: tuple[MqttIngest, asyncio.Task[None]] | None = None
     exporting: tuple[Exporter, asyncio.Task[None]] | None = None
     try:
@@ -287,6 +291,7 @@ async def run_hub(
         start_probe()  # the benchmark's loop-lag probe: nothing unless $OCN_HUB_LOOP_LAG_FILE is set
         retention = asyncio.create_task(retention_schedule(store, interval_s=retention_interval_s,
                                                            first_after_s=min(RETENTION_FIRST_S, retention_interval_s)), name="hub-retention")
+        rollouts = asyncio.create_task(rollout_schedule(store, interval_s=rollout_interval_s), name="hub-rollouts")
         if mqtt is not None:
             taker = app[MQTT_INGEST]
             broker = (taker, asyncio.create_task(taker.run(), name="hub-mqtt"))
@@ -295,9 +300,10 @@ async def run_hub(
             exporting = (exporter, asyncio.create_task(exporter.run(public_url=url), name="hub-export"))
         yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated, app=app)
     finally:
-        if retention is not None:
-            retention.cancel()
-            await asyncio.gather(retention, return_exceptions=True)
+        for scheduled in (retention, rollouts):
+            if scheduled is not None:
+                scheduled.cancel()
+                await asyncio.gather(scheduled, return_exceptions=True)
         if exporting is not None:
             exporting[1].cancel()
             await asyncio.gather(exporting[1], return_exceptions=True)

@@ -256,6 +256,28 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     radd.add_argument("--key", required=True, metavar="PEM", help="the city's release public key (release.pub)")
     radd.set_defaults(func=_release_add)
 
+    group = commands.add_parser("rollout", help="staged rollouts of a kept release to a fleet (docs/updates.md)")
+    group.set_defaults(func=_usage(group))
+    rollout = group.add_subparsers(title="rollout commands", metavar="COMMAND")
+    rstart = rollout.add_parser("start", parents=[common], help="target a kept release at a fleet, stage by stage")
+    rstart.add_argument("version", metavar="VERSION", help="a release the hub keeps (ocn-edge hub release add)")
+    rstart.add_argument("--fleet", required=True, metavar="NAME", help="the fleet whose active devices get the release")
+    rstart.add_argument("--stages", type=_rollout_option("stages"), default=(100.0,), metavar="PERCENTS",
+                        help="percentages of the fleet, e.g. 5%%,25%%,100%% (default 100%%: everyone at once)")
+    rstart.add_argument("--wait", type=_rollout_option("wait"), default=3_600_000, metavar="DURATION", help="time between stages (default 1h)")
+    rstart.add_argument("--max-failures", type=_rollout_option("max_failures"), default=0.1, metavar="PERCENT",
+                        help="halt when more than this share of a stage's devices roll back or refuse the release (default 10%%)")
+    rstart.add_argument("--url", metavar="URL", help="where gateways fetch the release, if the city hosts it (default: this hub's /releases/VERSION)")
+    rstart.set_defaults(func=_rollout_start)
+    rstatus = rollout.add_parser("status", parents=[common], help="each rollout: its state, stage and how many devices run the release")
+    rstatus.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rstatus.set_defaults(func=_rollout_status)
+    for name, text in (("halt", "halt a running rollout: devices not running the release yet lose the target"),
+                       ("resume", "resume a halted rollout at the stage it reached")):
+        action = rollout.add_parser(name, parents=[common], help=text)
+        action.add_argument("rollout_id", type=int, metavar="ID", help="the rollout's number (rollout status)")
+        action.set_defaults(func=_rollout_change, action=name)
+
 
 def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
     def show(args: argparse.Namespace) -> int:
@@ -553,6 +575,79 @@ def _release_add(args: argparse.Namespace) -> int:
         return 1
     print(f"release {manifest.version} kept; gateways fetch it from <hub URL>/releases/{manifest.version}")
     return 0
+
+
+def _rollout_option(name: str) -> Callable[[str], Any]:
+    """An argparse type for --stages, --wait or --max-failures (hub.rollout is imported only when one is given)."""
+
+    def convert(text: str) -> Any:
+        from hub.rollout import RolloutError, parse_max_failures, parse_stages, parse_wait
+
+        parse = {"stages": parse_stages, "wait": parse_wait, "max_failures": parse_max_failures}[name]
+        try:
+            return parse(text)
+        except RolloutError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def _rollout_start(args: argparse.Namespace) -> int:
+    from hub.rollout import RolloutError, start_rollout
+
+    releases = _state_dir(args) / "releases"
+
+    async def work(store: Any) -> int:
+        try:
+            rollout = await start_rollout(store, releases, version=args.version, fleet=args.fleet, stages=args.stages, wait_ms=args.wait,
+                                          max_failure=args.max_failures, url=args.url, actor=cli_actor())
+        except RolloutError as exc:
+            print(f"ocn-edge hub rollout start: {exc}", file=sys.stderr)
+            return 1
+        print(f"rollout {rollout.id} of {rollout.version} to fleet {rollout.fleet!r} started: stage 1 of {len(rollout.stages)} "
+              f"({rollout.stages[0]:g}%) targeted; the running hub advances it")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _rollout_status(args: argparse.Namespace) -> int:
+    from hub.rollout import rollout_progress
+
+    async def work(store: Any) -> int:
+        devices, updates = await store.devices(), await store.software_updates()
+        rows = [(r, rollout_progress(r, devices, updates)) for r in await store.rollouts()]
+        if args.json:
+            print(json.dumps([{"id": r.id, "version": r.version, "fleet": r.fleet, "state": r.state, "stage": r.stage + 1,
+                               "stages": [f"{s:g}%" for s in r.stages], "reason": r.reason, "progress": p} for r, p in rows], indent=2))
+            return 0
+        if not rows:
+            print("no rollout yet")
+        for r, p in rows:
+            line = (f"{r.id}  {r.version}  fleet {r.fleet}  {r.state}  stage {r.stage + 1} of {len(r.stages)} ({r.stages[r.stage]:g}%)  "
+                    f"targeted {p['targeted']} of {p['devices']}, running {p['running']}, failed {p['failed']}")
+            print(line + (f"  why: {r.reason}" if r.reason else ""))
+        return 0
+
+    return _with_store(args, work)
+
+
+def _rollout_change(args: argparse.Namespace) -> int:
+    from hub.rollout import RolloutError, halt_rollout, resume_rollout
+
+    async def work(store: Any) -> int:
+        try:
+            if args.action == "halt":
+                rollout = await halt_rollout(store, args.rollout_id, actor=cli_actor())
+            else:
+                rollout = await resume_rollout(store, args.rollout_id, actor=cli_actor())
+        except RolloutError as exc:
+            print(f"ocn-edge hub rollout {args.action}: {exc}", file=sys.stderr)
+            return 1
+        print(f"rollout {rollout.id} {rollout.state}")
+        return 0
+
+    return _with_store(args, work)
 
 
 def _retention_run(args: argparse.Namespace) -> int:

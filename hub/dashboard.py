@@ -22,9 +22,12 @@ from hub.jsonbody import BodyError, read_json
 from hub.models import Device
 from hub.params import ParamError, flag, number, whole
 from hub.register import register_entry
+from hub.releases import RELEASES
 from hub.render import clock
 from hub.retention import last_run
+from hub.rollout import RolloutError, halt_rollout, parse_max_failures, parse_stages, parse_wait, resume_rollout, rollout_progress, start_rollout
 from hub.state import HUB, Hub
+from hub.store import Rollout, SoftwareUpdate
 from hub.tokens import MAX_TOKEN_DAYS, MAX_TOKEN_USES, create_token
 
 __all__ = ["device_health", "routes", "sensor_health"]
@@ -226,11 +229,14 @@ async def fleet_rows(hub: Hub) -> list[dict[str, Any]]:
     rows = []
     known: dict[tuple[str, str], Any] = {}
     refused = hub.faults.failing()
+    known.update(await hub.store.desired_documents())
+    updates = await hub.store.software_updates()
     for device in await hub.store.devices():
         document, _ = await desired_document(hub.store, device, known=known)
+        update = updates.get(device.device_id)
         rows.append({"d": device, "health": device_health(device, now=now, stale_after_ms=hub.stale_after_ms), "drift": drift(device, document),
-                     "desired": desired_status(device, document),
-                     "now": now, "refused": refused.get(device.device_id)})
+                     "desired": desired_status(device, document), "target": (document or {}).get("software", {}).get("version", ""),
+                     "update": update, "now": now, "refused": refused.get(device.device_id)})
     return rows
 
 
@@ -280,6 +286,7 @@ async def device_page(request: web.Request) -> web.Response:
         charts.append({"channel": channel, "svg": line_chart(points, title=channel.channel, unit=channel.unit), "latest": latest, "count": len(recent)})
     notices = await hub.store.notices(device_id=device.device_id, limit=1)
     own = await hub.store.desired("device", device.device_id)
+    update = (await hub.store.software_updates()).get(device.device_id)
     return render(
         request,
         "device.html",
@@ -297,6 +304,8 @@ async def device_page(request: web.Request) -> web.Response:
         personal=personal,
         notice=notices[0] if notices else None,
         may_operate=principal.may(Permission.OPERATE),
+        target=(document or {}).get("software", {}).get("version", ""),
+        update=update,
     )
 
 
@@ -347,7 +356,104 @@ async def api_devices(request: web.Request) -> web.Response:
     await allowed(request)
     rows = await fleet_rows(hub)
     return web.json_response({"devices": [dict(_device_json(r["d"], r["health"], r["drift"], r["refused"]),
-                                               desired={"state": r["desired"][0], "error": r["desired"][1]}) for r in rows]})
+                                               desired={"state": r["desired"][0], "error": r["desired"][1]},
+                                               software={"running": r["d"].software_version, "target": r["target"],
+                                                         "update": _update_json(r["update"])}) for r in rows]})
+
+
+def _update_json(update: SoftwareUpdate | None) -> dict[str, Any] | None:
+    if update is None:
+        return None
+    return {"state": update.state, "version": update.version, "reason": update.reason, "running": update.running, "changed_ms": update.changed_ms}
+
+
+# --- software rollouts (hub.rollout) --------------------------------------------------------
+
+
+def _rollout_json(rollout: Rollout, progress: dict[str, int]) -> dict[str, Any]:
+    return {"id": rollout.id, "version": rollout.version, "fleet": rollout.fleet, "state": rollout.state, "stage": rollout.stage + 1,
+            "stages": [f"{s:g}%" for s in rollout.stages], "wait_s": rollout.wait_ms // 1000, "max_failures": f"{rollout.max_failure * 100:g}%",
+            "url": rollout.url, "key_id": rollout.key_id, "reason": rollout.reason, "stage_started_ms": rollout.stage_started_ms,
+            "created_ms": rollout.created_ms, "updated_ms": rollout.updated_ms, "progress": progress}
+
+
+async def _rollouts_with_progress(hub: Hub) -> list[tuple[Rollout, dict[str, int]]]:
+    devices = await hub.store.devices()
+    updates = await hub.store.software_updates()
+    return [(r, rollout_progress(r, devices, updates)) for r in await hub.store.rollouts()]
+
+
+@routes.get("/fleet/rollouts")
+async def rollouts_page(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    principal = await allowed(request)
+    return render(request, "rollouts.html", rollouts=await _rollouts_with_progress(hub), now=now_ms(), may_operate=principal.may(Permission.OPERATE))
+
+
+@routes.post("/fleet/rollouts/{rollout_id:[0-9]{1,12}}/{action:halt|resume}")
+async def rollout_action(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    principal = await allowed(request, Permission.OPERATE)
+    try:
+        await _change_rollout(hub, int(request.match_info["rollout_id"]), request.match_info["action"], principal.name)
+    except RolloutError as exc:
+        return render(request, "message.html", title="Rollout not changed", message=str(exc), status=409)
+    raise web.HTTPSeeOther("/fleet/rollouts")
+
+
+async def _change_rollout(hub: Hub, rollout_id: int, action: str, actor: str, reason: str = "") -> Rollout:
+    if action == "halt":
+        return await halt_rollout(hub.store, rollout_id, actor=actor, reason=reason)
+    return await resume_rollout(hub.store, rollout_id, actor=actor)
+
+
+@routes.get("/admin/api/rollouts")
+async def api_rollouts(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    await allowed(request)
+    return web.json_response({"rollouts": [_rollout_json(r, p) for r, p in await _rollouts_with_progress(hub)]})
+
+
+@routes.post("/admin/api/rollouts")
+async def api_start_rollout(request: web.Request) -> web.Response:
+    """{"version", "fleet", "stages": "5%,25%,100%", "wait": "1h", "max_failures": "10%", "url"?}: start a rollout (operator)."""
+    hub = request.app[HUB]
+    principal = await allowed(request, Permission.OPERATE)
+    try:
+        body = await read_json(request, limit=MAX_ADMIN_BODY, what="rollout")
+        if not isinstance(body, dict):
+            raise RolloutError("rollout: expected a JSON object with version, fleet, stages, wait and max_failures")
+        unknown = sorted(set(body) - {"version", "fleet", "stages", "wait", "max_failures", "url"})
+        if unknown:
+            raise RolloutError(f"rollout: unknown field(s) {', '.join(map(repr, unknown))}")
+        fields = {}
+        for name, default in (("version", None), ("fleet", None), ("stages", "100%"), ("wait", "1h"), ("max_failures", "10%"), ("url", "")):
+            value = body.get(name, default)
+            if not isinstance(value, str) or value == "" and default is None or len(value) > MAX_ADMIN_TEXT:
+                raise RolloutError(f"rollout field {name!r} = {value!r}: expected a string" + (" (required)" if default is None else ""))
+            fields[name] = value
+        releases = request.app.get(RELEASES)
+        if releases is None:
+            raise RolloutError("this hub keeps no releases (it runs without a state directory)")
+        rollout = await start_rollout(hub.store, releases, version=fields["version"], fleet=fields["fleet"], stages=parse_stages(fields["stages"]),
+                                      wait_ms=parse_wait(fields["wait"]), max_failure=parse_max_failures(fields["max_failures"]),
+                                      url=fields["url"] or None, actor=principal.name)
+    except BodyError as exc:
+        return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
+    except RolloutError as exc:
+        return web.json_response({"error": "refused", "detail": str(exc)}, status=400)
+    return web.json_response({"ok": True, "id": rollout.id}, status=201)
+
+
+@routes.post("/admin/api/rollouts/{rollout_id:[0-9]{1,12}}/{action:halt|resume}")
+async def api_rollout_action(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    principal = await allowed(request, Permission.OPERATE)
+    try:
+        rollout = await _change_rollout(hub, int(request.match_info["rollout_id"]), request.match_info["action"], principal.name)
+    except RolloutError as exc:
+        return web.json_response({"error": "refused", "detail": str(exc)}, status=409)
+    return web.json_response({"ok": True, "state": rollout.state})
 
 
 @routes.put("/admin/api/desired/{scope:fleet|device}/{name}")

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edge.desiredcheck import DesiredCheckError, check_desired_config, check_desired_policy
 from edge.protocol.desired import canonical_json, merge_tables
 from hub.models import Device
-from hub.store import Store
+from hub.store import SOFTWARE_SCOPE, Store
 
 __all__ = [
     "DesiredError",
@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 PARTS = ("config", "policy")
+SOFTWARE_FIELDS = ("version", "url", "key_id")  # of a device's software target, as signed (docs/updates.md)
 
 
 class DesiredError(ValueError):
@@ -74,11 +75,11 @@ async def desired_document(
     ``known`` remembers documents already read, for callers that look at many devices at once.
     """
     known = {} if known is None else known
-    for key in (("fleet", device.fleet), ("device", device.device_id)):
+    for key in (("fleet", device.fleet), ("device", device.device_id), (SOFTWARE_SCOPE, device.device_id)):
         if key not in known:
             known[key] = await store.desired(*key)
-    fleet, own = known[("fleet", device.fleet)], known[("device", device.device_id)]
-    if fleet is None and own is None:
+    fleet, own, software = known[("fleet", device.fleet)], known[("device", device.device_id)], known[(SOFTWARE_SCOPE, device.device_id)]
+    if fleet is None and own is None and software is None:
         return None, ""
     merged = merge_tables(fleet[0] if fleet else {}, own[0] if own else {})
     document: dict[str, Any] = {"device_id": device.device_id, "fleet": device.fleet}
@@ -86,6 +87,8 @@ async def desired_document(
         if part in merged:
             document[part] = merged[part]
             document[f"{part}_digest"] = part_digest(merged[part])
+    if software is not None:  # set by a rollout (hub.rollout); a gateway that does not know the key ignores it
+        document["software"] = {name: str(software[0][name]) for name in SOFTWARE_FIELDS}
     etag = hashlib.sha256(canonical_json(document)).hexdigest()[:32]
     document["etag"] = etag
     return document, etag

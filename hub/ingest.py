@@ -310,6 +310,10 @@ class Ingest:
         if refusal is not None:
             return refusal
         await self.store.record_status(device_key.device_id, report, received_ms=now_ms())
+        update = report.get("software_update")  # OPTIONAL (OXP §7); the rollout counts it (hub.rollout), the dashboard shows it
+        if isinstance(update, dict) and isinstance(update.get("state"), str) and update["state"]:
+            outcome = {key: value[:500] for key in ("state", "version", "reason", "running") if isinstance(value := update.get(key), str)}
+            await self.store.record_software_update(device_key.device_id, outcome, received_ms=now_ms())
         device = await self.store.device(device_key.device_id)
         assert device is not None
         document, etag = await desired_document(self.store, device)

@@ -222,6 +222,45 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        9,
+        # Staged software rollouts (hub/rollout.py, docs/updates.md).  A rollout targets one registered release
+        # at one fleet; its stages are a JSON list of percentages of the fleet's devices (a device is in a stage
+        # by a stable hash of its id, so the list is the whole plan), ``stage`` the index reached and
+        # ``stage_started_ms`` when; ``state`` is running, halted or done, ``reason`` why it halted.  Failures
+        # count from ``since_ms`` (its start or resume).  Each device's target itself is a row of ``desired`` with
+        # scope 'software', so it travels in the signed desired document and its ETag like config and policy.
+        # software_updates keeps the newest software_update outcome each device reported (OXP §7), with when
+        # it last changed (a device repeats it in every status report).
+        """
+        CREATE TABLE rollouts (
+            id {id},
+            version TEXT NOT NULL,
+            fleet TEXT NOT NULL,
+            stages TEXT NOT NULL,
+            wait_ms BIGINT NOT NULL,
+            max_failure DOUBLE PRECISION NOT NULL,
+            url TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            stage INTEGER NOT NULL,
+            stage_started_ms BIGINT NOT NULL,
+            since_ms BIGINT NOT NULL,
+            reason TEXT NOT NULL,
+            created_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL
+        );
+        CREATE INDEX rollouts_by_fleet ON rollouts (fleet, state);
+        CREATE TABLE software_updates (
+            device_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            version TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            running TEXT NOT NULL,
+            changed_ms BIGINT NOT NULL
+        );
+        """,
+    ),
 )
 
 # Statements of a migration one engine needs in its own dialect, each run whole (trigger bodies hold

@@ -7,7 +7,9 @@ the one a --db URL names.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from hub.accounts import BUILT_IN_ADMIN, Account
@@ -17,9 +19,58 @@ from hub.chunks import MAX_WINDOW, Collector, Counter, Size, chunk_query, count_
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, TokenInfo
 from hub.reports import Freshness
 
-__all__ = ["DESIRED_PARTS", "Store"]
+__all__ = ["DESIRED_PARTS", "ROLLOUT_COLUMNS", "SOFTWARE_SCOPE", "Rollout", "SoftwareUpdate", "Store", "rollout_entry", "rollout_from_row"]
 
 DESIRED_PARTS = frozenset({"config", "policy"})
+SOFTWARE_SCOPE = "software"  # desired rows (scope, device id) holding a device's software target (hub/rollout.py)
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A staged rollout of release ``version`` to ``fleet`` (hub/rollout.py, migration 9); ``id`` 0 before it is stored."""
+
+    id: int
+    version: str
+    fleet: str
+    stages: tuple[float, ...]  # percentages of the fleet, ascending, the last one 100 or less
+    wait_ms: int
+    max_failure: float  # the failure rate of a stage (0..1) past which the rollout halts
+    url: str
+    key_id: str
+    state: str  # running | halted | done
+    stage: int
+    stage_started_ms: int
+    since_ms: int
+    reason: str
+    created_ms: int
+    updated_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SoftwareUpdate:
+    """A device's newest software_update outcome (OXP §7) and when it last changed."""
+
+    device_id: str
+    state: str
+    version: str
+    reason: str
+    running: str
+    changed_ms: int
+
+
+ROLLOUT_COLUMNS = ("id, version, fleet, stages, wait_ms, max_failure, url, key_id, state, stage, stage_started_ms, since_ms, reason,"
+                   " created_ms, updated_ms")
+
+
+def rollout_entry(entry: AuditEntry, rollout_id: int) -> AuditEntry:
+    """``entry`` naming the rollout by id once it has one (a new rollout's entry is made with target "rollout:new")."""
+    return replace(entry, target=f"rollout:{rollout_id}") if entry.target == "rollout:new" else entry
+
+
+def rollout_from_row(row: Sequence[Any]) -> Rollout:
+    """A Rollout from a row selected with ROLLOUT_COLUMNS (both engines)."""
+    return Rollout(int(row[0]), row[1], row[2], tuple(float(s) for s in json.loads(row[3])), int(row[4]), float(row[5]), row[6], row[7],
+                   row[8], int(row[9]), int(row[10]), int(row[11]), row[12], int(row[13]), int(row[14]))
 
 
 class Store(abc.ABC):
@@ -137,6 +188,31 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def desired_documents(self) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
         """Every desired document and when it was set, by (scope, name): one read for a caller that looks at every device."""
+
+    # software rollouts (hub.rollout)
+    @abc.abstractmethod
+    async def save_rollout(self, rollout: Rollout, entry: AuditEntry, *, replaces_ms: int = 0) -> int:
+        """Insert (``id`` 0) or replace a rollout, appending ``entry`` to the audit log in the same transaction; its id.
+
+        A replacement is written only if the stored rollout's ``updated_ms`` is still ``replaces_ms`` (else 0 is
+        returned and nothing written): two hub processes advancing the same stage write it, and audit it, once."""
+
+    @abc.abstractmethod
+    async def rollouts(self, *, fleet: str | None = None) -> list[Rollout]:
+        """Every rollout (of one fleet), newest first."""
+
+    @abc.abstractmethod
+    async def set_software_targets(self, targets: Mapping[str, Mapping[str, Any] | None], *, now_ms: int) -> None:
+        """Set (or clear, with None) the software target of each device in one transaction: desired rows of scope
+        SOFTWARE_SCOPE.  Not audited one by one: the rollout change that caused them is (Store.save_rollout)."""
+
+    @abc.abstractmethod
+    async def record_software_update(self, device_id: str, outcome: Mapping[str, str], *, received_ms: int) -> None:
+        """Keep a status report's software_update; ``changed_ms`` moves only when the outcome differs from the one kept."""
+
+    @abc.abstractmethod
+    async def software_updates(self) -> dict[str, SoftwareUpdate]:
+        """Every device's newest software_update outcome, by device id."""
 
     # open data
     @abc.abstractmethod

@@ -43,7 +43,7 @@ from hub.engines.sql import (
 )
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, StoreError, TokenInfo
 from hub.reports import Freshness, is_fresh, next_mark
-from hub.store import DESIRED_PARTS, Store
+from hub.store import DESIRED_PARTS, ROLLOUT_COLUMNS, SOFTWARE_SCOPE, Rollout, SoftwareUpdate, Store, rollout_entry, rollout_from_row
 
 __all__ = ["PostgresStore"]
 
@@ -398,6 +398,60 @@ class PostgresStore(Store):
     async def desired_documents(self) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
         rows = await self._pool.fetch("SELECT scope, name, document, updated_ms FROM desired")
         return {(r[0], r[1]): (json.loads(r[2]), r[3]) for r in rows}
+
+    # --- software rollouts (hub.rollout) ---------------------------------------------------
+
+    async def save_rollout(self, rollout: Rollout, entry: AuditEntry, *, replaces_ms: int = 0) -> int:
+        values = (rollout.version, rollout.fleet, dumps(list(rollout.stages)), rollout.wait_ms, rollout.max_failure, rollout.url, rollout.key_id,
+                  rollout.state, rollout.stage, rollout.stage_started_ms, rollout.since_ms, rollout.reason, rollout.created_ms, rollout.updated_ms)
+        async with self._pool.acquire() as conn, conn.transaction():
+            if rollout.id == 0:
+                rid = await conn.fetchval(
+                    "INSERT INTO rollouts (version, fleet, stages, wait_ms, max_failure, url, key_id, state, stage, stage_started_ms, since_ms,"
+                    " reason, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id", *values)
+            else:
+                rid = rollout.id
+                done = await conn.execute(
+                    "UPDATE rollouts SET version = $1, fleet = $2, stages = $3, wait_ms = $4, max_failure = $5, url = $6, key_id = $7, state = $8,"
+                    " stage = $9, stage_started_ms = $10, since_ms = $11, reason = $12, created_ms = $13, updated_ms = $14"
+                    " WHERE id = $15 AND updated_ms = $16", *values, rid, replaces_ms)
+                if done == "UPDATE 0":
+                    return 0  # changed meanwhile (another hub process, another operator): nothing written
+            await _audit(conn, rollout_entry(entry, rid))
+            return int(rid)
+
+    async def rollouts(self, *, fleet: str | None = None) -> list[Rollout]:
+        if fleet is None:
+            rows = await self._pool.fetch(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY id DESC")
+        else:
+            rows = await self._pool.fetch(f"SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE fleet = $1 ORDER BY id DESC", fleet)
+        return [rollout_from_row(r) for r in rows]
+
+    async def set_software_targets(self, targets: Mapping[str, Mapping[str, Any] | None], *, now_ms: int) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            for device_id, target in sorted(targets.items()):
+                if target is None:
+                    await conn.execute("DELETE FROM desired WHERE scope = $1 AND name = $2", SOFTWARE_SCOPE, device_id)
+                else:
+                    await conn.execute(
+                        "INSERT INTO desired (scope, name, document, updated_ms) VALUES ($1, $2, $3, $4)"
+                        " ON CONFLICT (scope, name) DO UPDATE SET document = excluded.document, updated_ms = excluded.updated_ms",
+                        SOFTWARE_SCOPE, device_id, dumps(dict(target)), now_ms,
+                    )
+
+    async def record_software_update(self, device_id: str, outcome: Mapping[str, str], *, received_ms: int) -> None:
+        await self._pool.execute(
+            "INSERT INTO software_updates (device_id, state, version, reason, running, changed_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+            " ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, version = excluded.version, reason = excluded.reason,"
+            " running = excluded.running, changed_ms = excluded.changed_ms"
+            " WHERE (software_updates.state, software_updates.version, software_updates.reason, software_updates.running)"
+            " <> (excluded.state, excluded.version, excluded.reason, excluded.running)",
+            device_id, outcome.get("state", ""), outcome.get("version", ""), outcome.get("reason", ""), outcome.get("running", ""), received_ms,
+        )
+
+    async def software_updates(self) -> dict[str, SoftwareUpdate]:
+        rows = await self._pool.fetch("SELECT device_id, state, version, reason, running, changed_ms FROM software_updates")
+        return {r[0]: SoftwareUpdate(r[0], r[1], r[2], r[3], r[4], int(r[5])) for r in rows}
 
     # --- open data --------------------------------------------------------------------
 
