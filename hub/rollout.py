@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from edge.protocol.release import release_key_id
-from edge.schema import parse_duration
 from edge.update.manifest import MANIFEST_FILE
 from hub.audit import AUTOMATIC, AuditEntry
 from hub.models import Device
@@ -58,6 +58,8 @@ log = logging.getLogger("ocn.hub.rollout")
 FAILED_STATES = frozenset({"rolled_back", "refused", "failed"})  # software_update states that count against a stage
 ACTIVE = ("running", "halted")  # one such rollout per fleet at a time
 INTERVAL_S = 10.0
+_WAIT_RE = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,3})?)(ms|s|m|h|d)$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 MAX_STAGES = 10
 
 
@@ -101,13 +103,13 @@ def parse_max_failures(text: str) -> float:
 
 def parse_wait(text: str) -> int:
     """A wait between stages like "1h" or "30m" in milliseconds."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError:
-        raise RolloutError(f"--wait {text!r}: expected a duration like 30m, 1h or 1d") from None
-    if seconds < 0 or seconds > 90 * 86400:
-        raise RolloutError(f"--wait {text!r}: expected a duration from 0 to 90d")
-    return int(seconds * 1000)
+    match = _WAIT_RE.match(text.strip())
+    if match is None:
+        raise RolloutError(f"--wait {text!r}: expected a duration like 30m, 1h or 1d")
+    wait_ms = int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+    if wait_ms > 90 * 86_400_000:
+        raise RolloutError(f"--wait {text!r}: expected a duration up to 90d")
+    return wait_ms
 
 
 def in_stage(device_id: str, percent: float) -> bool:
