@@ -44,6 +44,7 @@ from edge.privacy import Policy, PolicyError, load_policy, parse_policy
 from edge.protocol.desired import canonical_json, merge_tables
 from edge.schema import dumps_toml
 from edge.transport import HubKeySource, TransportError
+from edge.update.updater import SoftwareTarget, TargetError, parse_target
 
 __all__ = [
     "DesiredApplier",
@@ -70,6 +71,7 @@ class DesiredChange:
     etag: str
     policy: Mapping[str, Any] | None
     config: Mapping[str, Any] | None
+    software: SoftwareTarget | None = None  # the release the hub wants running (docs/updates.md); None: none named
 
 
 @dataclass(frozen=True)
@@ -167,12 +169,21 @@ class DesiredState:
         record = self._read("config.json")
         return record or None
 
+    def saved_software(self) -> SoftwareTarget | None:
+        """The hub's software target last applied (None: none), for the updater at start."""
+        record = self._read("software.json")
+        try:
+            return parse_target(record) if record else None
+        except TargetError:
+            return None
+
     def record_success(self, change: DesiredChange, *, policy_toml: str | None) -> None:
         """Remember what is in force now; a part the document leaves out reverts to the local file."""
         self.dir.mkdir(parents=True, exist_ok=True)
         for name, content in (
             ("policy.toml", policy_toml.encode() if policy_toml is not None else None),
             ("config.json", canonical_json(change.config) if change.config is not None else None),
+            ("software.json", canonical_json(change.software.as_json()) if change.software is not None else None),
         ):
             if content is None:
                 (self.dir / name).unlink(missing_ok=True)
@@ -244,7 +255,13 @@ class DesiredState:
         for name, part in (("policy", policy), ("config", config)):
             if part is not None and not isinstance(part, Mapping):
                 raise DesiredError(f"desired {name}: expected a table, got {type(part).__name__}")
-        return DesiredChange(etag=etag, policy=policy, config=config)
+        software = None
+        if document.get("software") is not None:
+            try:
+                software = parse_target(document["software"])
+            except TargetError as exc:
+                raise DesiredError(str(exc)) from None
+        return DesiredChange(etag=etag, policy=policy, config=config, software=software)
 
 
 class DesiredApplier:
@@ -262,8 +279,10 @@ class DesiredApplier:
         base_config: GatewayConfig,
         request_reload: Callable[[Reload], None] | None,
         hub: HubKeySource,
+        on_software: Callable[[SoftwareTarget | None], None] | None = None,
     ) -> None:
         self.gateway = gateway
+        self._on_software = on_software  # the updater (edge.update.updater), told of each target applied
         self.hub = hub
         self.state = state
         self.base_config = base_config
@@ -316,6 +335,8 @@ class DesiredApplier:
         if policy.digest != gw.policy.digest:
             gw.swap_policy(policy)
         self.state.record_success(change, policy_toml=policy_toml)
+        if self._on_software is not None:
+            self._on_software(change.software)
 
     def _target_config(self, change: DesiredChange) -> GatewayConfig:
         if change.config is None:

@@ -44,6 +44,7 @@ from edge.spool import BootInfo, Spool
 from edge.statusreport import ReportFacts, status_report
 from edge.transport import open_transport
 from edge.update.report import last_update
+from edge.update.updater import Updater, opt_path, release_key_path
 from edge.uplink import Uplink
 from edge.util.clock import now_ms
 
@@ -100,6 +101,7 @@ class Gateway:
         self.batcher: Batcher | None = None
         self.uplink: Uplink | None = None
         self.applier: DesiredApplier | None = None
+        self.updater: Updater | None = None
         self.boot: BootInfo | None = None
         self.notices = NoticePublisher(lambda: self.policy, self._build_notice, self._send_notice)
         self.key_id = b""
@@ -178,8 +180,10 @@ class Gateway:
         if cfg.uplink.hub:
             transport = open_transport(cfg.uplink.hub, ca=cfg.uplink.ca or None, timeout_s=cfg.uplink.timeout, broker=cfg.uplink.broker,
                                        device_id=cfg.gateway.id, broker_password=cfg.uplink.broker_password)
+            self.updater = Updater(state_dir=state, hub_url=cfg.uplink.hub, release_key=release_key_path(), opt=opt_path())
             self.applier = DesiredApplier(
-                self, state=self.desired, base_config=self._base_config, request_reload=self._request_reload, hub=transport
+                self, state=self.desired, base_config=self._base_config, request_reload=self._request_reload, hub=transport,
+                on_software=self.updater.want,
             )
             self.uplink = Uplink(
                 spool=self.spool,
@@ -214,6 +218,11 @@ class Gateway:
             self._watch(asyncio.create_task(coro, name=name), self._stage_tasks)
         if self.uplink is not None:
             self._watch(asyncio.create_task(self.uplink.run(), name="uplink"), self._service_tasks)
+        if self.updater is not None and self.uplink is not None:
+            # The hub's software target fetched within what the uplink's daily budget leaves (docs/updates.md).
+            self.updater.bind_budget(self.uplink.budget_left, self.uplink.spent_elsewhere)
+            self.updater.want(self.desired.saved_software())
+            self._watch(self.updater.start(), self._service_tasks)
             self._watch(asyncio.create_task(self.notices.run(), name="notice"), self._service_tasks)
         # Not tracked: without WATCHDOG_USEC the watchdog loop has nothing to do and returns.
         self._service_tasks.append(asyncio.create_task(watchdog_loop(self.notifier), name="watchdog"))

@@ -296,6 +296,17 @@ class Uplink:
             self._refresh_budget()
             self._budget_used += size
 
+    def budget_left(self) -> int | None:
+        """Bytes today's budget still allows (None: no budget): what a software download may use (edge.update.updater)."""
+        if self.daily_budget <= 0:
+            return None
+        self._refresh_budget()
+        return max(0, self.daily_budget - self._budget_used)
+
+    def spent_elsewhere(self, size: int) -> None:
+        """Bytes another user of the link (a software download) took from today's budget."""
+        self._spend(size)
+
     async def _within_budget(self, size: int) -> None:
         """Wait for the next UTC day if sending ``size`` bytes would overspend today's budget."""
         if self.daily_budget <= 0:

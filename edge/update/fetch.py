@@ -44,6 +44,8 @@ _TIMEOUT_S = 30.0
 class FetchError(Exception):
     """The download stopped short (network, budget): what was fetched is kept and the next run resumes."""
 
+    downloaded = 0  # body bytes over the link in the run it stopped (set by fetch_release), for the caller's budget
+
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
@@ -262,6 +264,7 @@ def fetch_release(
         _fetched(work, {"state": "refused", "version": manifest.version, "reason": exc.reason, "detail": str(exc), "url": url})
         raise
     except FetchError as exc:
+        exc.downloaded = link.bytes
         _fetched(work, {"state": "downloading", "version": manifest.version, "detail": str(exc), "url": url})
         raise
     except OSError as exc:

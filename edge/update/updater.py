@@ -1,0 +1,219 @@
+"""The running gateway's updater: the hub's software target (desired state, OXP §8.4) fetched within the daily byte budget, then asked for.
+
+The hub's signed desired document may name a release (``"software": {"version", "url", "key_id"}``,
+docs/updates.md "From the hub: staged rollout"). The applier (edge.desired) keeps the target in
+``<state>/desired/software.json`` and hands it here, at start and whenever it changes. The updater
+then does what ``ocn-edge release fetch`` does by hand (edge.update.fetch), on a thread, with what
+is left of the uplink's daily byte budget as its cap: a download cut short by the budget or the
+link resumes at the next try (every ``retry_s``), a refusal is final for that version, and the
+installer's request is written once the bundle is whole. What happened shows as ``software_update``
+in /status and the status report (edge.update.report), the files fetch and the installer write.
+
+Nothing is fetched for the version already running, for a version this device rolled back (the
+installer remembers them), or for a version whose install is already requested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge import __version__
+from edge.protocol.keys import KeyFileError, key_id, load_public_key
+from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE, REQUEST_FILE, FetchError, fetch_release, update_dir, write_json
+from edge.update.manifest import Refused, parse_version
+
+__all__ = ["SoftwareTarget", "TargetError", "Updater", "opt_path", "parse_target", "release_key_path"]
+
+log = logging.getLogger("ocn.update")
+
+RETRY_S = 600.0  # after a download cut short (link, budget), the next try
+# Where the installer's defaults are (edge/update/install.py); the environment may say otherwise (a test's temporary root).
+RELEASE_KEY_ENV, OPT_ENV = "OCN_EDGE_RELEASE_KEY", "OCN_EDGE_OPT"
+
+
+def release_key_path() -> Path:
+    """The release public key the running gateway checks targets with: /etc/ocn-edge/release.pub unless $OCN_EDGE_RELEASE_KEY."""
+    return Path(os.environ.get(RELEASE_KEY_ENV) or "/etc/ocn-edge/release.pub")
+
+
+def opt_path() -> Path:
+    """The A/B slots whose bundles the gateway reuses: /opt/ocn-edge unless $OCN_EDGE_OPT."""
+    return Path(os.environ.get(OPT_ENV) or "/opt/ocn-edge")
+
+
+class TargetError(ValueError):
+    """A software target in a desired document that cannot be acted on; the message names the field and value."""
+
+
+@dataclass(frozen=True, slots=True)
+class SoftwareTarget:
+    """The release the hub wants this device to run: its version, where its bundle is, and the release key id that signs it."""
+
+    version: str
+    url: str  # absolute, or a path on the hub ("/releases/2.0.0"), resolved against the gateway's hub URL
+    key_id: str  # hex of the release key id
+
+    def as_json(self) -> dict[str, str]:
+        return {"version": self.version, "url": self.url, "key_id": self.key_id}
+
+
+def parse_target(raw: object) -> SoftwareTarget:
+    """The ``software`` object of a desired document; TargetError naming the field when it is not one."""
+    if not isinstance(raw, Mapping):
+        raise TargetError(f"desired software: expected an object with version, url and key_id, got {type(raw).__name__}")
+    fields: dict[str, str] = {}
+    for name in ("version", "url", "key_id"):
+        value = raw.get(name)
+        if not isinstance(value, str) or not value or len(value) > 2000:
+            raise TargetError(f"desired software.{name} = {value!r}: expected a non-empty string")
+        fields[name] = value
+    try:
+        parse_version(fields["version"])
+    except Refused as exc:
+        raise TargetError(f"desired software.version = {fields['version']!r}: {exc}") from None
+    try:
+        bytes.fromhex(fields["key_id"])
+    except ValueError:
+        raise TargetError(f"desired software.key_id = {fields['key_id']!r}: expected hex") from None
+    scheme = urllib.parse.urlsplit(fields["url"]).scheme
+    if scheme not in ("", "http", "https") or (not scheme and not fields["url"].startswith("/")):
+        raise TargetError(f"desired software.url = {fields['url']!r}: expected an https URL or a path on the hub")
+    return SoftwareTarget(**fields)
+
+
+class Updater:
+    """Pursues one software target at a time for a running gateway (see the module's docstring)."""
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        hub_url: str,
+        release_key: Path,
+        opt: Path,
+        allowance: Callable[[], int | None] = lambda: None,
+        spend: Callable[[int], None] = lambda size: None,
+        running: str = __version__,
+        retry_s: float = RETRY_S,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.hub_url = hub_url
+        self.release_key = release_key
+        self.opt = opt
+        self._allowance = allowance  # bytes left today (None: no budget), the uplink's
+        self._spend = spend
+        self.running = running
+        self.retry_s = retry_s
+        self._target: SoftwareTarget | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._settled: set[str] = set()  # versions refused or requested: not tried again by this process
+
+    def bind_budget(self, allowance: Callable[[], int | None], spend: Callable[[int], None]) -> None:
+        """Take the uplink's daily byte budget: what is left today, and where the download's bytes are charged."""
+        self._allowance, self._spend = allowance, spend
+
+    def want(self, target: SoftwareTarget | None) -> None:
+        """The hub's target changed (or was read at start): pursue it, dropping the one before."""
+        if target == self._target:
+            return
+        self._target = target
+        self._wake.set()
+
+    def start(self) -> asyncio.Task[None]:
+        """The updater's task; cancel it to stop (a download in its thread finishes its current piece, kept for the next try)."""
+        self._task = asyncio.create_task(self._run(), name="updater")
+        return self._task
+
+    async def _run(self) -> None:
+        while True:
+            target = self._target
+            self._wake.clear()
+            wait = None if target is None else await self.try_once(target)
+            if wait is None:
+                await self._wake.wait()
+            else:
+                try:
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+
+    async def try_once(self, target: SoftwareTarget) -> float | None:
+        """One try at ``target``: None when nothing more is to be done for it, else the seconds until the next try."""
+        if target.version == self.running or target.version in self._settled:
+            return None
+        work = update_dir(self.state_dir)
+        if _requested(work) == target.version or target.version in _rolled_back(work):
+            self._settled.add(target.version)
+            return None
+        try:
+            key = load_public_key(self.release_key)
+        except (KeyFileError, OSError) as exc:
+            self._refuse(work, target, "wrong_key", f"the release key {self.release_key} cannot be read: {exc}")
+            return None
+        if key_id(key).hex() != target.key_id.lower():
+            self._refuse(work, target, "wrong_key", f"release {target.version} is signed by key id {target.key_id}, "
+                                                    f"not by this gateway's release key (key id {key_id(key).hex()})")
+            return None
+        left = self._allowance()
+        if left is not None and left <= 0:
+            return self.retry_s  # today's budget is spent: tomorrow, or when the uplink frees some
+        url = urllib.parse.urljoin(self.hub_url.rstrip("/") + "/", target.url)
+        log.info("software update: fetching the hub's target", extra={"version": target.version, "url": url})
+        try:
+            fetched = await asyncio.to_thread(fetch_release, url, key, state=self.state_dir, opt=self.opt, max_bytes=left or 0)
+        except Refused as exc:
+            self._settled.add(target.version)  # fetch wrote the refusal for the status report
+            log.warning("software update refused", extra={"version": target.version, "reason": exc.reason, "detail": str(exc)})
+            return None
+        except FetchError as exc:
+            self._spend(exc.downloaded)
+            log.info("software update download paused; it resumes at the next try",
+                     extra={"version": target.version, "detail": str(exc), "retry_s": self.retry_s})
+            return self.retry_s
+        except OSError as exc:
+            log.warning("software update cannot write its state directory", extra={"version": target.version, "error": str(exc)})
+            return self.retry_s
+        self._spend(fetched.downloaded)
+        self._settled.add(target.version)
+        log.info("software update downloaded; installation requested",
+                 extra={"version": target.version, "bytes": fetched.downloaded, "requests": fetched.requests, "reused": fetched.reused})
+        return None
+
+    def _refuse(self, work: Path, target: SoftwareTarget, reason: str, detail: str) -> None:
+        self._settled.add(target.version)
+        log.warning("software update refused", extra={"version": target.version, "reason": reason, "detail": detail})
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+            write_json(work / FETCHED_FILE, {"state": "refused", "version": target.version, "reason": reason, "detail": detail,
+                                            "ts_ms": int(time.time() * 1000)})
+        except OSError as exc:
+            log.warning("cannot record the refusal on disk", extra={"error": str(exc)})
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _requested(work: Path) -> str:
+    """The version whose install is asked for and not yet taken by the installer ("" when none)."""
+    return str(_read(work / REQUEST_FILE).get("version", ""))
+
+
+def _rolled_back(work: Path) -> list[str]:
+    versions = _read(work / INSTALLED_FILE).get("rolled_back_versions") or []
+    return [str(v) for v in versions] if isinstance(versions, list) else []
