@@ -236,7 +236,7 @@ async def fleet_rows(hub: Hub) -> list[dict[str, Any]]:
         update = updates.get(device.device_id)
         rows.append({"d": device, "health": device_health(device, now=now, stale_after_ms=hub.stale_after_ms), "drift": drift(device, document),
                      "desired": desired_status(device, document), "target": (document or {}).get("software", {}).get("version", ""),
-                     "update": update, "now": now, "refused": refused.get(device.device_id)})
+                     "sw_update": update, "now": now, "refused": refused.get(device.device_id)})
     return rows
 
 
@@ -358,7 +358,7 @@ async def api_devices(request: web.Request) -> web.Response:
     return web.json_response({"devices": [dict(_device_json(r["d"], r["health"], r["drift"], r["refused"]),
                                                desired={"state": r["desired"][0], "error": r["desired"][1]},
                                                software={"running": r["d"].software_version, "target": r["target"],
-                                                         "update": _update_json(r["update"])}) for r in rows]})
+                                                         "update": _update_json(r["sw_update"])}) for r in rows]})
 
 
 def _update_json(update: SoftwareUpdate | None) -> dict[str, Any] | None:
