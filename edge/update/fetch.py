@@ -273,7 +273,7 @@ def fetch_release(
             raise Refused("no_space", f"{blobs}: the disk is full; the running version is untouched") from None
         raise
     bundle = _assemble(work, manifest, data, target)
-    _fetched(work, {"state": "requested", "version": manifest.version, "url": url})
+    _fetched(work, {"state": "requested", "version": manifest.version, "url": url, "bytes": link.bytes, "requests": link.requests})
     write_json(work / REQUEST_FILE, {"version": manifest.version, "bundle": str(bundle), "requested_ms": int(time.time() * 1000)})
     _prune(blobs, manifest, target)
     return Fetched(manifest.version, bundle, link.bytes, link.requests, reused)

@@ -1,12 +1,13 @@
 """A gateway updates itself end to end: real venvs in a temporary root, a real hub and simulated sensors on loopback.
 
 1.0.0 is installed by images/install.sh; the releases are registered at the hub, which serves them;
-the gateway runs under tests/update/supervisor.py (the stand-in for the shipped units), fetches
-2.0.0 from the hub with only a delta of the changed wheel on the link,
-asks, and the installer builds slot b, switches and watches the probation, which 2.0.0 passes.
-3.0.0 never delivers a batch: its probation fails and the installer rolls back to 2.0.0, which
-reports why. At the end the spool is reconciled with the hub: every batch sealed, by any version,
-is stored there once.
+the gateway runs under tests/update/supervisor.py (the stand-in for the shipped units). A hub-staged
+rollout targets 2.0.0 at its fleet: the running gateway hears of it in its signed desired document,
+fetches 2.0.0 from the hub by itself with only a delta of the changed wheel on the link, asks, and
+the installer builds slot b, switches and watches the probation, which 2.0.0 passes. A rollout of
+3.0.0, which never delivers a batch, follows: its probation fails, the installer rolls back to
+2.0.0, which reports why, and the hub halts the rollout by itself. At the end the spool is
+reconciled with the hub: every batch sealed, by any version, is stored there once.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ async def fetch(root: Path, url: str) -> tuple[int, str]:
 
 @pytest.fixture
 async def hub(tmp_path: Path) -> AsyncIterator[RunningHub]:
-    async with run_hub(listen="127.0.0.1:0", state_dir=tmp_path / "hub", admin_token="admin-secret") as running:
+    async with run_hub(listen="127.0.0.1:0", state_dir=tmp_path / "hub", admin_token="admin-secret", rollout_interval_s=0.5) as running:
         yield running
 
 
@@ -122,8 +123,13 @@ def stored_batches(hub_db: Path, device_id: str) -> dict[int, list[int]]:
     return boots
 
 
+async def rollout(tmp_path: Path, *arguments: str) -> int:
+    """`ocn-edge hub rollout ...` as city IT runs it, beside the running hub (on a thread: the command runs its own loop)."""
+    return await asyncio.to_thread(main, ["hub", "rollout", *arguments, "--state-dir", str(tmp_path / "hub")])
+
+
 async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_v2(
-    tmp_path: Path, releases: Releases, installed_v1: Path, hub: RunningHub
+    tmp_path: Path, releases: Releases, installed_v1: Path, hub: RunningHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for bundle in releases.bundles.values():  # city IT registers the releases at the hub, which serves them
         assert main(["hub", "release", "add", str(bundle), "--key", str(releases.public_key), "--state-dir", str(tmp_path / "hub")]) == 0
@@ -136,7 +142,10 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
         config = root / "etc/ocn-edge/gateway.toml"
         text = sim.gateway_config_toml(state_dir=state, hub=hub.url, gateway_id="pole-0007", policy=str(DEMO_POLICY), local_api_listen=f"127.0.0.1:{port}")
         config.write_text(text.replace('span = "5m"', 'span = "2s"').replace('flush_interval = "30s"', 'flush_interval = "1s"'))
-        await enrol(hub_url=hub.url, token=await hub.create_token(), device_id="pole-0007", key_path=state / "device.key")
+        await enrol(hub_url=hub.url, token=await hub.create_token(fleet="street"), device_id="pole-0007", key_path=state / "device.key")
+        # The running gateway checks the hub's targets with this root's release key and reuses this root's slots.
+        monkeypatch.setenv("OCN_EDGE_RELEASE_KEY", str(root / "etc/ocn-edge/release.pub"))
+        monkeypatch.setenv("OCN_EDGE_OPT", str(root / "opt/ocn-edge"))
         supervisor = Supervisor(root, config, status_url=f"http://127.0.0.1:{port}/status", python=BASE_PYTHON, deadline_s=15.0)
         supervisor.start()
         try:
@@ -147,25 +156,34 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
 
             await wait_for(lambda: reports("1.0.0"), "1.0.0 syncs with the hub")
 
-            # 2.0.0 changes only OCN Edge's own wheel: the manifest, the constraints and a delta of that wheel travel.
-            status, out = await fetch(root, f"{served}/2.0.0")
-            assert status == 0, out
-            downloaded = int(out.split(": ")[1].split(" bytes downloaded")[0])
-            assert downloaded <= 400_000, out  # issue 15's bound for an update of OCN Edge's own code
+            # City IT rolls 2.0.0 out to the fleet; the gateway fetches it by itself. 2.0.0 changes only OCN Edge's own
+            # wheel: the manifest, the constraints and a delta of that wheel travel.
+            assert await rollout(tmp_path, "start", "2.0.0", "--fleet", "street", "--stages", "100%", "--wait", "1s") == 0
             await wait_for(lambda: outcome(root).get("version") == "2.0.0", "the installer records 2.0.0's outcome")
+            fetched = outcome(root, FETCHED_FILE)
+            assert fetched["state"] == "requested" and fetched["version"] == "2.0.0", fetched
+            assert int(str(fetched["bytes"])) <= 400_000, fetched  # issue 15's bound for an update of OCN Edge's own code
             assert outcome(root)["state"] == "installed", outcome(root)
             assert os.readlink(root / "opt/ocn-edge/current") == "b" and os.readlink(root / "opt/ocn-edge/previous") == "a"
             await wait_for(lambda: reports("2.0.0"), "2.0.0 reports to the hub")
 
+            async def rollout_state(state: str) -> bool:
+                return [r.state for r in await hub.store.rollouts()][:1] == [state]
+
+            await wait_for(lambda: rollout_state("done"), "the rollout of 2.0.0 is done")
+
             # 3.0.0 never delivers: no batch of its boot is acknowledged, so it fails probation.
-            status, out = await fetch(root, f"{served}/3.0.0")
-            assert status == 0, out
+            assert await rollout(tmp_path, "start", "3.0.0", "--fleet", "street", "--stages", "100%", "--wait", "1h", "--max-failures", "0%") == 0
             await wait_for(lambda: outcome(root).get("version") == "3.0.0", "the installer records 3.0.0's outcome")
             result = outcome(root)
             assert result["state"] == "rolled_back" and result["running"] == "2.0.0", result
             assert "no batch acknowledged by the hub" in str(result["reason"]), result
             assert os.readlink(root / "opt/ocn-edge/current") == "b"
             await wait_for(lambda: reports("2.0.0"), "2.0.0 runs again and reports")
+            await wait_for(lambda: rollout_state("halted"), "the hub halts the rollout of 3.0.0")
+            [halted, _] = await hub.store.rollouts()
+            assert "pole-0007: rolled_back (3.0.0 failed probation" in halted.reason, halted
+            assert [e.actor for e in await hub.store.audit_log() if e.action == "rollout.halt"] == ["hub"]
 
             async def local_api_answers() -> bool:
                 try:
