@@ -138,7 +138,11 @@ class Updater:
         while True:
             target = self._target
             self._wake.clear()
-            wait = None if target is None else await self.try_once(target)
+            try:
+                wait = None if target is None else await self.try_once(target)
+            except Exception as exc:  # an update must never stop the gateway's pipeline: logged, tried again later
+                log.error("software update failed; trying again later", extra={"error": f"{type(exc).__name__}: {exc}", "retry_s": self.retry_s})
+                wait = self.retry_s
             if wait is None:
                 await self._wake.wait()
             else:
