@@ -8,8 +8,8 @@ echoes it: a late answer to an earlier copy of the same bytes still answers the 
 answer to anything else is ignored.  Four bytes (not the 8 of the binding's first form) also ask
 a hub for the compact batch ack (edge.protocol.compact), which carries no correlation data but
 names the batch; a hub that does not know it answers in JSON, which is taken as before.  Once
-the broker allows topic aliases, each topic is sent once per connection and then as a 2-byte
-alias.  Together they bring the framing of a batch and its ack to about 60 bytes both ways (OXP
+the broker allows topic aliases, each topic is sent once per connection and then as a 3-byte
+alias.  Together they bring the framing of a batch and its ack to 22 bytes up and 35 down (OXP
 §8.6, "Framing").  Desired state is pushed by the hub on ``…/desired`` the
 moment it changes and handed to the listener like the answer to a status report.
 
