@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,9 @@ from hub.auth import add_account
 from hub.releases import add_release
 from hub.rollout import in_stage
 from hub.store import Rollout, Store
+from tests.helpers.tools import require_tool
 from tests.hub.gateways import SimGateway, enrol, post_cose
+from tests.hub.test_browser import chromium
 from tests.update.wheels import tiny_wheel
 
 FLEET = "street"
@@ -201,3 +204,27 @@ async def test_the_store_keeps_rollouts_targets_and_update_outcomes(store: Store
     await store.record_software_update("pole-01", {**outcome, "state": "refused", "reason": "rolled_back"}, received_ms=30)
     update = (await store.software_updates())["pole-01"]
     assert (update.state, update.reason, update.running, update.changed_ms) == ("refused", "rolled_back", "1.0.0", 30)
+
+
+async def test_a_halted_rollout_and_the_rolled_back_device_as_a_person_sees_them_in_chromium(hub, tmp_path: Path) -> None:
+    binary = require_tool("chromium")
+    running, gateways = hub
+    targeted = [d for d in DEVICES if in_stage(d, float(first(2)[:-1]))]
+    async with aiohttp.ClientSession(headers={"Authorization": "Bearer admin-secret"}) as http:
+        plan = {"version": "2.0.0", "fleet": FLEET, "stages": f"{first(2)},100%", "wait": "1h", "max_failures": "10%"}
+        async with http.post(f"{running.url}/admin/api/rollouts", json=plan) as resp:
+            assert resp.status == 201
+        await report(http, running, gateways[targeted[1]])  # targeted, not yet running it
+        rolled_back = {"state": "rolled_back", "version": "2.0.0", "reason": "2.0.0 failed probation: no batch acknowledged", "running": "0.1.0"}
+        await report(http, running, gateways[targeted[0]], software_update=rolled_back)
+
+        async def halted() -> bool:
+            return [r.state for r in await running.store.rollouts()] == ["halted"]
+
+        await until(halted, "the rollout halted")
+    dom = await chromium(binary, tmp_path / "profile", "--dump-dom", await running.login_link(next_path="/fleet/rollouts"))
+    assert "<h1>Software rollouts</h1>" in dom and '<span class="badge failing">halted</span>' in dom
+    assert "1 of 2 devices of the stage failed (50%, over 10%)" in dom and ">Resume</button>" in dom
+    dom = await chromium(binary, tmp_path / "profile2", "--dump-dom", await running.login_link(next_path="/fleet"))
+    row = re.search(rf'<td data-value="{targeted[0]}">.*?</tr>', dom, re.S)
+    assert row is not None and "rolled back 2.0.0" in row.group(0) and 'title="2.0.0 failed probation: no batch acknowledged"' in row.group(0)
