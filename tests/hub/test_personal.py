@@ -124,6 +124,8 @@ def public_urls(personal_stream: int, personal_reading: int) -> dict[str, list[s
         "/healthz": ["/healthz"],
         "/readyz": ["/readyz"],
         "/metrics": ["/metrics"],
+        # release bundles gateways fetch (hub/releases.py): none kept here, and no way out of the folder to the database
+        "/releases/{version}/{path}": ["/releases/1.0.0/manifest.cbor", "/releases/1.0.0/..%2F..%2Fhub.db", "/releases/..%2F/hub.db"],
         "/data": ["/data"],
         **{
             f"/data/readings.{fmt}": [
@@ -160,7 +162,8 @@ def public_urls(personal_stream: int, personal_reading: int) -> dict[str, list[s
     }
 
 
-ADMIN_ROUTES = {"/fleet", "/fleet/devices/{device_id}", "/fleet/tokens", "/admin/api/devices", "/audit", "/admin/api/audit", "/admin/api/accounts"}
+ADMIN_ROUTES = {"/fleet", "/fleet/devices/{device_id}", "/fleet/tokens", "/admin/api/devices", "/audit", "/admin/api/audit", "/admin/api/accounts",
+                "/fleet/rollouts", "/admin/api/rollouts"}
 
 
 def leaks(url: str, body: bytes, marks: Sequence[bytes]) -> list[bytes]:
