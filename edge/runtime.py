@@ -220,7 +220,8 @@ class Gateway:
             self._watch(asyncio.create_task(self.uplink.run(), name="uplink"), self._service_tasks)
         if self.updater is not None and self.uplink is not None:
             # The hub's software target fetched within what the uplink's daily budget leaves (docs/updates.md).
-            self.updater.bind_budget(self.uplink.budget_left, self.uplink.spent_elsewhere)
+            spool = self.spool
+            self.updater.bind_budget(self.uplink.budget_left, self.uplink.spent_elsewhere, lambda: spool.stats_record().batches)
             self.updater.want(self.desired.saved_software())
             self._watch(self.updater.start(), self._service_tasks)
             self._watch(asyncio.create_task(self.notices.run(), name="notice"), self._service_tasks)

@@ -267,6 +267,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rstart.add_argument("--wait", type=_rollout_option("wait"), default=3_600_000, metavar="DURATION", help="time between stages (default 1h)")
     rstart.add_argument("--max-failures", type=_rollout_option("max_failures"), default=0.1, metavar="PERCENT",
                         help="halt when more than this share of a stage's devices roll back or refuse the release (default 10%%)")
+    rstart.add_argument("--pause-backlog", type=whole(0, 1_000_000_000), default=0, metavar="BATCHES",
+                        help="gateways hold the download back while more batches than this wait in their spool (default 0: never)")
     rstart.add_argument("--url", metavar="URL", help="where gateways fetch the release, if the city hosts it (default: this hub's /releases/VERSION)")
     rstart.set_defaults(func=_rollout_start)
     rstatus = rollout.add_parser("status", parents=[common], help="each rollout: its state, stage and how many devices run the release")
@@ -600,7 +602,7 @@ def _rollout_start(args: argparse.Namespace) -> int:
     async def work(store: Any) -> int:
         try:
             rollout = await start_rollout(store, releases, version=args.version, fleet=args.fleet, stages=args.stages, wait_ms=args.wait,
-                                          max_failure=args.max_failures, url=args.url, actor=cli_actor())
+                                          max_failure=args.max_failures, url=args.url, pause_backlog=args.pause_backlog, actor=cli_actor())
         except RolloutError as exc:
             print(f"ocn-edge hub rollout start: {exc}", file=sys.stderr)
             return 1

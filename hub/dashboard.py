@@ -374,7 +374,7 @@ def _rollout_json(rollout: Rollout, progress: dict[str, int]) -> dict[str, Any]:
     return {"id": rollout.id, "version": rollout.version, "fleet": rollout.fleet, "state": rollout.state, "stage": rollout.stage + 1,
             "stages": [f"{s:g}%" for s in rollout.stages], "wait_s": rollout.wait_ms // 1000, "max_failures": f"{rollout.max_failure * 100:g}%",
             "url": rollout.url, "key_id": rollout.key_id, "reason": rollout.reason, "stage_started_ms": rollout.stage_started_ms,
-            "created_ms": rollout.created_ms, "updated_ms": rollout.updated_ms, "progress": progress}
+            "created_ms": rollout.created_ms, "updated_ms": rollout.updated_ms, "pause_backlog": rollout.pause_backlog, "progress": progress}
 
 
 async def _rollouts_with_progress(hub: Hub) -> list[tuple[Rollout, dict[str, int]]]:
@@ -423,7 +423,7 @@ async def api_start_rollout(request: web.Request) -> web.Response:
         body = await read_json(request, limit=MAX_ADMIN_BODY, what="rollout")
         if not isinstance(body, dict):
             raise RolloutError("rollout: expected a JSON object with version, fleet, stages, wait and max_failures")
-        unknown = sorted(set(body) - {"version", "fleet", "stages", "wait", "max_failures", "url"})
+        unknown = sorted(set(body) - {"version", "fleet", "stages", "wait", "max_failures", "url", "pause_backlog"})
         if unknown:
             raise RolloutError(f"rollout: unknown field(s) {', '.join(map(repr, unknown))}")
         fields = {}
@@ -432,12 +432,15 @@ async def api_start_rollout(request: web.Request) -> web.Response:
             if not isinstance(value, str) or value == "" and default is None or len(value) > MAX_ADMIN_TEXT:
                 raise RolloutError(f"rollout field {name!r} = {value!r}: expected a string" + (" (required)" if default is None else ""))
             fields[name] = value
+        pause_backlog = body.get("pause_backlog", 0)
+        if type(pause_backlog) is not int or pause_backlog < 0:
+            raise RolloutError(f"rollout field 'pause_backlog' = {pause_backlog!r}: expected a whole number of batches (0: never pause)")
         releases = request.app.get(RELEASES)
         if releases is None:
             raise RolloutError("this hub keeps no releases (it runs without a state directory)")
         rollout = await start_rollout(hub.store, releases, version=fields["version"], fleet=fields["fleet"], stages=parse_stages(fields["stages"]),
                                       wait_ms=parse_wait(fields["wait"]), max_failure=parse_max_failures(fields["max_failures"]),
-                                      url=fields["url"] or None, actor=principal.name)
+                                      url=fields["url"] or None, pause_backlog=pause_backlog, actor=principal.name)
     except BodyError as exc:
         return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
     except RolloutError as exc:

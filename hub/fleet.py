@@ -89,6 +89,8 @@ async def desired_document(
             document[f"{part}_digest"] = part_digest(merged[part])
     if software is not None:  # set by a rollout (hub.rollout); a gateway that does not know the key ignores it
         document["software"] = {name: str(software[0][name]) for name in SOFTWARE_FIELDS}
+        if software[0].get("pause_backlog"):
+            document["software"]["pause_backlog"] = int(software[0]["pause_backlog"])
     etag = hashlib.sha256(canonical_json(document)).hexdigest()[:32]
     document["etag"] = etag
     return document, etag

@@ -145,9 +145,11 @@ def _fleet_devices(devices: Iterable[Device], fleet: str) -> list[Device]:
 
 async def start_rollout(
     store: Store, releases: Path, *, version: str, fleet: str, stages: tuple[float, ...], wait_ms: int, max_failure: float,
-    actor: str, url: str | None = None, now_ms: int | None = None,
+    actor: str, url: str | None = None, pause_backlog: int = 0, now_ms: int | None = None,
 ) -> Rollout:
-    """Start a rollout (audited ``rollout.start``) and target its first stage at once."""
+    """Start a rollout (audited ``rollout.start``) and target its first stage at once.
+
+    ``pause_backlog`` > 0: a gateway holds its download back while more batches than that wait in its spool."""
     now = _now_ms() if now_ms is None else now_ms
     target_url, kid = release_target(releases, version, url=url)
     active = [r for r in await store.rollouts(fleet=fleet) if r.state in ACTIVE]
@@ -157,9 +159,12 @@ async def start_rollout(
     if not _fleet_devices(await store.devices(), fleet):
         raise RolloutError(f"fleet {fleet!r} has no active device")
     plan = ",".join(_pct(s) for s in stages)
-    rollout = Rollout(0, version, fleet, stages, wait_ms, max_failure, target_url, kid, "running", 0, now, now, "", now, now)
+    if not 0 <= pause_backlog <= 1_000_000_000:
+        raise RolloutError(f"--pause-backlog {pause_backlog}: expected a number of batches from 0 (never pause) up")
+    rollout = Rollout(0, version, fleet, stages, wait_ms, max_failure, target_url, kid, "running", 0, now, now, "", now, now, pause_backlog)
     entry = AuditEntry(at_ms=now, actor=actor, action="rollout.start", target="rollout:new",
-                       detail=f"{version} to fleet {fleet}: stages {plan}, wait {wait_ms // 1000} s, halt past {_pct(max_failure * 100)} failures")
+                       detail=f"{version} to fleet {fleet}: stages {plan}, wait {wait_ms // 1000} s, halt past {_pct(max_failure * 100)} failures"
+                              + (f", downloads paused while over {pause_backlog} batches wait" if pause_backlog else ""))
     rid = await store.save_rollout(rollout, entry)
     started = replace(rollout, id=rid)
     log.info("rollout started", extra={"rollout": rid, "version": version, "fleet": fleet, "stages": plan, "actor": actor})
@@ -258,7 +263,9 @@ async def _step(store: Store, rollout: Rollout, devices: list[Device], updates: 
                   f"over {_pct(rollout.max_failure * 100)}): {named}{'; …' if len(failed) > 3 else ''}")
         await _halt(store, rollout, now, actor=AUTOMATIC, reason=reason, members=members)
         return
-    target = {"version": rollout.version, "url": rollout.url, "key_id": rollout.key_id, "rollout": rollout.id}
+    target: dict[str, Any] = {"version": rollout.version, "url": rollout.url, "key_id": rollout.key_id, "rollout": rollout.id}
+    if rollout.pause_backlog:
+        target["pause_backlog"] = rollout.pause_backlog
     missing = {d.device_id: target for d in members if documents.get((SOFTWARE_SCOPE, d.device_id), ({}, 0))[0] != target}
     if missing:
         await store.set_software_targets(missing, now_ms=now)

@@ -228,7 +228,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         # at one fleet; its stages are a JSON list of percentages of the fleet's devices (a device is in a stage
         # by a stable hash of its id, so the list is the whole plan), ``stage`` the index reached and
         # ``stage_started_ms`` when; ``state`` is running, halted or done, ``reason`` why it halted.  Failures
-        # count from ``since_ms`` (its start or resume).  Each device's target itself is a row of ``desired`` with
+        # count from ``since_ms`` (its start or resume); ``pause_backlog`` (0: never) is the spool backlog, in
+        # batches, above which a gateway holds its download back.  Each device's target itself is a row of ``desired`` with
         # scope 'software', so it travels in the signed desired document and its ETag like config and policy.
         # software_updates keeps the newest software_update outcome each device reported (OXP §7), with when
         # it last changed (a device repeats it in every status report).
@@ -246,6 +247,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             stage INTEGER NOT NULL,
             stage_started_ms BIGINT NOT NULL,
             since_ms BIGINT NOT NULL,
+            pause_backlog BIGINT NOT NULL,
             reason TEXT NOT NULL,
             created_ms BIGINT NOT NULL,
             updated_ms BIGINT NOT NULL

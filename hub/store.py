@@ -44,6 +44,7 @@ class Rollout:
     reason: str
     created_ms: int
     updated_ms: int
+    pause_backlog: int = 0  # batches waiting in a gateway's spool above which it holds the download back (0: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,7 @@ class SoftwareUpdate:
 
 
 ROLLOUT_COLUMNS = ("id, version, fleet, stages, wait_ms, max_failure, url, key_id, state, stage, stage_started_ms, since_ms, reason,"
-                   " created_ms, updated_ms")
+                   " created_ms, updated_ms, pause_backlog")
 
 
 def rollout_entry(entry: AuditEntry, rollout_id: int) -> AuditEntry:
@@ -70,7 +71,7 @@ def rollout_entry(entry: AuditEntry, rollout_id: int) -> AuditEntry:
 def rollout_from_row(row: Sequence[Any]) -> Rollout:
     """A Rollout from a row selected with ROLLOUT_COLUMNS (both engines)."""
     return Rollout(int(row[0]), row[1], row[2], tuple(float(s) for s in json.loads(row[3])), int(row[4]), float(row[5]), row[6], row[7],
-                   row[8], int(row[9]), int(row[10]), int(row[11]), row[12], int(row[13]), int(row[14]))
+                   row[8], int(row[9]), int(row[10]), int(row[11]), row[12], int(row[13]), int(row[14]), int(row[15]))
 
 
 class Store(abc.ABC):

@@ -61,9 +61,13 @@ class SoftwareTarget:
     version: str
     url: str  # absolute, or a path on the hub ("/releases/2.0.0"), resolved against the gateway's hub URL
     key_id: str  # hex of the release key id
+    pause_backlog: int = 0  # batches waiting in the spool above which the download is held back (0: never)
 
-    def as_json(self) -> dict[str, str]:
-        return {"version": self.version, "url": self.url, "key_id": self.key_id}
+    def as_json(self) -> dict[str, object]:
+        found: dict[str, object] = {"version": self.version, "url": self.url, "key_id": self.key_id}
+        if self.pause_backlog:
+            found["pause_backlog"] = self.pause_backlog
+        return found
 
 
 def parse_target(raw: object) -> SoftwareTarget:
@@ -84,10 +88,13 @@ def parse_target(raw: object) -> SoftwareTarget:
         bytes.fromhex(fields["key_id"])
     except ValueError:
         raise TargetError(f"desired software.key_id = {fields['key_id']!r}: expected hex") from None
+    pause = raw.get("pause_backlog", 0)
+    if type(pause) is not int or pause < 0:
+        raise TargetError(f"desired software.pause_backlog = {pause!r}: expected a whole number of batches")
     scheme = urllib.parse.urlsplit(fields["url"]).scheme
     if scheme not in ("", "http", "https") or (not scheme and not fields["url"].startswith("/")):
         raise TargetError(f"desired software.url = {fields['url']!r}: expected an https URL or a path on the hub")
-    return SoftwareTarget(**fields)
+    return SoftwareTarget(**fields, pause_backlog=pause)
 
 
 class Updater:
@@ -102,6 +109,7 @@ class Updater:
         opt: Path,
         allowance: Callable[[], int | None] = lambda: None,
         spend: Callable[[int], None] = lambda size: None,
+        backlog: Callable[[], int] = lambda: 0,
         running: str = __version__,
         retry_s: float = RETRY_S,
     ) -> None:
@@ -111,6 +119,8 @@ class Updater:
         self.opt = opt
         self._allowance = allowance  # bytes left today (None: no budget), the uplink's
         self._spend = spend
+        self._backlog = backlog  # batches waiting in the spool
+        self._held_back = ""  # the version whose download waits for the backlog (logged once)
         self.running = running
         self.retry_s = retry_s
         self._target: SoftwareTarget | None = None
@@ -118,9 +128,9 @@ class Updater:
         self._wake = asyncio.Event()
         self._settled: set[str] = set()  # versions refused or requested: not tried again by this process
 
-    def bind_budget(self, allowance: Callable[[], int | None], spend: Callable[[int], None]) -> None:
-        """Take the uplink's daily byte budget: what is left today, and where the download's bytes are charged."""
-        self._allowance, self._spend = allowance, spend
+    def bind_budget(self, allowance: Callable[[], int | None], spend: Callable[[int], None], backlog: Callable[[], int]) -> None:
+        """Take the uplink's daily byte budget (what is left today, where the download's bytes are charged) and the spool's backlog."""
+        self._allowance, self._spend, self._backlog = allowance, spend, backlog
 
     def want(self, target: SoftwareTarget | None) -> None:
         """The hub's target changed (or was read at start): pursue it, dropping the one before."""
@@ -169,6 +179,13 @@ class Updater:
             self._refuse(work, target, "wrong_key", f"release {target.version} is signed by key id {target.key_id}, "
                                                     f"not by this gateway's release key (key id {key_id(key).hex()})")
             return None
+        waiting = self._backlog()
+        if target.pause_backlog and waiting > target.pause_backlog:
+            if self._held_back != target.version:  # the readings' batches go first, as the rollout asked
+                self._held_back = target.version
+                log.info("software update held back while the spool backlog is high",
+                         extra={"version": target.version, "batches_waiting": waiting, "pause_backlog": target.pause_backlog})
+            return self.retry_s
         left = self._allowance()
         if left is not None and left <= 0:
             return self.retry_s  # today's budget is spent: tomorrow, or when the uplink frees some

@@ -403,18 +403,20 @@ class PostgresStore(Store):
 
     async def save_rollout(self, rollout: Rollout, entry: AuditEntry, *, replaces_ms: int = 0) -> int:
         values = (rollout.version, rollout.fleet, dumps(list(rollout.stages)), rollout.wait_ms, rollout.max_failure, rollout.url, rollout.key_id,
-                  rollout.state, rollout.stage, rollout.stage_started_ms, rollout.since_ms, rollout.reason, rollout.created_ms, rollout.updated_ms)
+                  rollout.state, rollout.stage, rollout.stage_started_ms, rollout.since_ms, rollout.reason, rollout.created_ms, rollout.updated_ms,
+                  rollout.pause_backlog)
         async with self._pool.acquire() as conn, conn.transaction():
             if rollout.id == 0:
                 rid = await conn.fetchval(
                     "INSERT INTO rollouts (version, fleet, stages, wait_ms, max_failure, url, key_id, state, stage, stage_started_ms, since_ms,"
-                    " reason, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING id", *values)
+                    " reason, created_ms, updated_ms, pause_backlog)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING id", *values)
             else:
                 rid = rollout.id
                 done = await conn.execute(
                     "UPDATE rollouts SET version = $1, fleet = $2, stages = $3, wait_ms = $4, max_failure = $5, url = $6, key_id = $7, state = $8,"
-                    " stage = $9, stage_started_ms = $10, since_ms = $11, reason = $12, created_ms = $13, updated_ms = $14"
-                    " WHERE id = $15 AND updated_ms = $16", *values, rid, replaces_ms)
+                    " stage = $9, stage_started_ms = $10, since_ms = $11, reason = $12, created_ms = $13, updated_ms = $14, pause_backlog = $15"
+                    " WHERE id = $16 AND updated_ms = $17", *values, rid, replaces_ms)
                 if done == "UPDATE 0":
                     return 0  # changed meanwhile (another hub process, another operator): nothing written
             await _audit(conn, rollout_entry(entry, rid))

@@ -495,19 +495,21 @@ class SQLiteStore(Store):
 
     async def save_rollout(self, rollout: Rollout, entry: AuditEntry, *, replaces_ms: int = 0) -> int:
         values = (rollout.version, rollout.fleet, dumps(list(rollout.stages)), rollout.wait_ms, rollout.max_failure, rollout.url, rollout.key_id,
-                  rollout.state, rollout.stage, rollout.stage_started_ms, rollout.since_ms, rollout.reason, rollout.created_ms, rollout.updated_ms)
+                  rollout.state, rollout.stage, rollout.stage_started_ms, rollout.since_ms, rollout.reason, rollout.created_ms, rollout.updated_ms,
+                  rollout.pause_backlog)
 
         def run(conn: sqlite3.Connection) -> int:
             if rollout.id == 0:
                 cur = conn.execute(
                     "INSERT INTO rollouts (version, fleet, stages, wait_ms, max_failure, url, key_id, state, stage, stage_started_ms, since_ms,"
-                    " reason, created_ms, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+                    " reason, created_ms, updated_ms, pause_backlog) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
                 rid = int(cur.lastrowid or 0)
             else:
                 rid = rollout.id
                 cur = conn.execute(
                     "UPDATE rollouts SET version = ?, fleet = ?, stages = ?, wait_ms = ?, max_failure = ?, url = ?, key_id = ?, state = ?,"
-                    " stage = ?, stage_started_ms = ?, since_ms = ?, reason = ?, created_ms = ?, updated_ms = ? WHERE id = ? AND updated_ms = ?",
+                    " stage = ?, stage_started_ms = ?, since_ms = ?, reason = ?, created_ms = ?, updated_ms = ?, pause_backlog = ?"
+                    " WHERE id = ? AND updated_ms = ?",
                     (*values, rid, replaces_ms))
                 if cur.rowcount == 0:
                     return 0  # changed meanwhile (another hub process, another operator): nothing written

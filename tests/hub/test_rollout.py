@@ -94,7 +94,8 @@ async def test_a_rollout_advances_stage_by_stage_while_its_gateways_report_succe
     running, gateways = hub
     admin = {"Authorization": "Bearer admin-secret"}
     async with aiohttp.ClientSession(headers=admin) as http:
-        plan = {"version": "2.0.0", "fleet": FLEET, "stages": f"{first(2)},{first(5)},100%", "wait": "300ms", "max_failures": "10%"}
+        plan = {"version": "2.0.0", "fleet": FLEET, "stages": f"{first(2)},{first(5)},100%", "wait": "300ms", "max_failures": "10%",
+                "pause_backlog": 500}
         async with http.post(f"{running.url}/admin/api/rollouts", json=plan) as resp:
             assert resp.status == 201, await resp.text()
 
@@ -105,7 +106,7 @@ async def test_a_rollout_advances_stage_by_stage_while_its_gateways_report_succe
             for device_id, gateway in gateways.items():
                 target = await report(http, running, gateway, software_version="2.0.0" if device_id in upgraded else "0.1.0")
                 if target is not None:
-                    assert target == {"version": "2.0.0", "url": "/releases/2.0.0", "key_id": key_id(release_key).hex()}
+                    assert target == {"version": "2.0.0", "url": "/releases/2.0.0", "key_id": key_id(release_key).hex(), "pause_backlog": 500}
                     upgraded.add(device_id)
             async with http.get(f"{running.url}/admin/api/rollouts") as resp:
                 [rollout] = (await resp.json())["rollouts"]
@@ -134,6 +135,8 @@ async def test_a_stage_that_rolls_back_halts_the_rollout_and_only_operators_chan
     async with aiohttp.ClientSession(headers=operator) as http:
         async with http.post(f"{running.url}/admin/api/rollouts", json={**plan, "stages": "50%,25%"}) as resp:
             assert resp.status == 400 and "each stage must reach more devices" in (await resp.json())["detail"]
+        async with http.post(f"{running.url}/admin/api/rollouts", json={**plan, "pause_backlog": "lots"}) as resp:
+            assert resp.status == 400 and "'pause_backlog' = 'lots'" in (await resp.json())["detail"]
         async with http.post(f"{running.url}/admin/api/rollouts", json={**plan, "version": "9.9.9"}) as resp:
             assert resp.status == 400 and "release '9.9.9' is not kept at this hub" in (await resp.json())["detail"]
         async with http.post(f"{running.url}/admin/api/rollouts", json=plan) as resp:
@@ -179,7 +182,7 @@ async def test_a_stage_that_rolls_back_halts_the_rollout_and_only_operators_chan
 
 
 async def test_the_store_keeps_rollouts_targets_and_update_outcomes(store: Store) -> None:
-    plan = Rollout(0, "2.0.0", FLEET, (5.0, 100.0), 1000, 0.1, "/releases/2.0.0", "ab" * 8, "running", 0, 5, 5, "", 5, 5)
+    plan = Rollout(0, "2.0.0", FLEET, (5.0, 100.0), 1000, 0.1, "/releases/2.0.0", "ab" * 8, "running", 0, 5, 5, "", 5, 5, pause_backlog=500)
     rid = await store.save_rollout(plan, AuditEntry(at_ms=5, actor="olga", action="rollout.start", target="rollout:new"))
     [kept] = await store.rollouts(fleet=FLEET)
     assert kept == replace(plan, id=rid) and await store.rollouts(fleet="elsewhere") == []

@@ -74,11 +74,13 @@ async def hub(tmp_path: Path, release_key: Ed25519PrivateKey) -> AsyncIterator[R
 
 
 async def test_the_updater_fetches_within_the_budget_and_asks_once(tmp_path: Path, release_key, hub) -> None:
-    left = [0]
+    left, waiting = [0], [40]
     spent: list[int] = []
     updater = Updater(state_dir=tmp_path / "gw", hub_url=hub.url, release_key=tmp_path / "release.pub", opt=tmp_path / "opt",
-                      allowance=lambda: left[0], spend=spent.append, running="0.1.0", retry_s=3600)
-    target = parse_target(target_of(release_key))
+                      allowance=lambda: left[0], spend=spent.append, backlog=lambda: waiting[0], running="0.1.0", retry_s=3600)
+    target = parse_target({**target_of(release_key), "pause_backlog": 30})
+    assert await updater.try_once(target) == 3600  # 40 batches wait, over the rollout's 30: the readings go first
+    waiting[0] = 30
     assert await updater.try_once(target) == 3600  # today's budget is spent: nothing travels, it tries again later
     assert not (tmp_path / "gw/update").exists() and spent == []
     left[0] = 1000  # enough for the manifest, not for the wheel: the download stops there and resumes next time
