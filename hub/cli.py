@@ -277,7 +277,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, text in (("halt", "halt a running rollout: devices not running the release yet lose the target"),
                        ("resume", "resume a halted rollout at the stage it reached")):
         action = rollout.add_parser(name, parents=[common], help=text)
-        action.add_argument("rollout_id", type=int, metavar="ID", help="the rollout's number (rollout status)")
+        action.add_argument("rollout_id", type=whole(1, 10**12), metavar="ID", help="the rollout's number (rollout status)")
         action.set_defaults(func=_rollout_change, action=name)
 
 
@@ -595,9 +595,14 @@ def _rollout_option(name: str) -> Callable[[str], Any]:
 
 
 def _rollout_start(args: argparse.Namespace) -> int:
-    from hub.rollout import RolloutError, start_rollout
+    from hub.rollout import RolloutError, release_target, start_rollout
 
     releases = _state_dir(args) / "releases"
+    try:
+        release_target(releases, args.version)  # before the database is opened: a typo is named at once
+    except RolloutError as exc:
+        print(f"ocn-edge hub rollout start: {exc}", file=sys.stderr)
+        return 1
 
     async def work(store: Any) -> int:
         try:

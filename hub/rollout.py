@@ -47,6 +47,7 @@ __all__ = [
     "parse_max_failures",
     "parse_stages",
     "parse_wait",
+    "release_target",
     "resume_rollout",
     "rollout_progress",
     "schedule",
