@@ -57,7 +57,6 @@ __all__ = [
 log = logging.getLogger("ocn.hub.rollout")
 
 FAILED_STATES = frozenset({"rolled_back", "refused", "failed"})  # software_update states that count against a stage
-ACTIVE = ("running", "halted")  # one such rollout per fleet at a time
 INTERVAL_S = 10.0
 _WAIT_RE = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,3})?)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -153,10 +152,10 @@ async def start_rollout(
     ``pause_backlog`` > 0: a gateway holds its download back while more batches than that wait in its spool."""
     now = _now_ms() if now_ms is None else now_ms
     target_url, kid = release_target(releases, version, url=url)
-    active = [r for r in await store.rollouts(fleet=fleet) if r.state in ACTIVE]
-    if active:
-        raise RolloutError(f"fleet {fleet!r} has rollout {active[0].id} of {active[0].version} {active[0].state}: "
-                           "halt it and let it finish, or wait for it to be done, before starting another")
+    running = [r for r in await store.rollouts(fleet=fleet) if r.state == "running"]
+    if running:
+        raise RolloutError(f"fleet {fleet!r} has rollout {running[0].id} of {running[0].version} running: "
+                           f"halt it first (ocn-edge hub rollout halt {running[0].id}), or wait for it to be done")
     if not _fleet_devices(await store.devices(), fleet):
         raise RolloutError(f"fleet {fleet!r} has no active device")
     plan = ",".join(_pct(s) for s in stages)
@@ -200,6 +199,10 @@ async def resume_rollout(store: Store, rollout_id: int, *, actor: str, now_ms: i
     rollout = await _find(store, rollout_id)
     if rollout.state != "halted":
         raise RolloutError(f"rollout {rollout_id} is {rollout.state}, not halted: nothing to resume")
+    newer = [r for r in await store.rollouts(fleet=rollout.fleet) if r.id > rollout.id]
+    if newer:
+        raise RolloutError(f"rollout {newer[-1].id} of {newer[-1].version} was started for fleet {rollout.fleet!r} after rollout {rollout_id}: "
+                           "it cannot be resumed")
     resumed = _changed(rollout, now, state="running", reason="", stage_started_ms=now, since_ms=now)
     entry = AuditEntry(at_ms=now, actor=actor, action="rollout.resume", target=f"rollout:{rollout.id}",
                        detail=f"stage {rollout.stage + 1} of {len(rollout.stages)} ({_pct(rollout.stages[rollout.stage])}); was halted: {rollout.reason}")
@@ -219,7 +222,9 @@ async def _halt(store: Store, rollout: Rollout, now: int, *, actor: str, reason:
     if members is None:
         members = [d for d in _fleet_devices(await store.devices(), rollout.fleet) if in_stage(d.device_id, rollout.stages[rollout.stage])]
     await store.set_software_targets({d.device_id: None for d in members if d.software_version != rollout.version}, now_ms=now)
-    log.warning("rollout halted", extra={"rollout": rollout.id, "version": rollout.version, "fleet": rollout.fleet, "reason": reason, "actor": actor})
+    # The hub's own halt is news for whoever reads the log; one by hand was just said by the one who did it.
+    (log.warning if actor == AUTOMATIC else log.info)(
+        "rollout halted", extra={"rollout": rollout.id, "version": rollout.version, "fleet": rollout.fleet, "reason": reason, "actor": actor})
     return halted
 
 

@@ -176,8 +176,16 @@ async def test_a_stage_that_rolls_back_halts_the_rollout_and_only_operators_chan
         assert await report(http, running, second_one) is not None
         async with http.post(f"{running.url}/admin/api/rollouts/{rollout_id}/halt") as resp:
             assert resp.status == 200 and (await resp.json())["state"] == "halted"
+        # A halted rollout does not stand in the way of the next one (a fixed release, say), which it cannot then resume over.
+        async with http.post(f"{running.url}/admin/api/rollouts", json=plan) as resp:
+            assert resp.status == 201
+        async with http.post(f"{running.url}/admin/api/rollouts", json=plan) as resp:
+            assert resp.status == 400 and "running: halt it first" in (await resp.json())["detail"]
+        async with http.post(f"{running.url}/admin/api/rollouts/{rollout_id}/resume") as resp:
+            assert resp.status == 409 and "cannot be resumed" in (await resp.json())["detail"]
     assert await rollout_actions(running) == [
         ("rollout.start", "operator-1"), ("rollout.halt", "hub"), ("rollout.resume", "operator-1"), ("rollout.halt", "operator-1"),
+        ("rollout.start", "operator-1"),
     ]
 
 
