@@ -27,7 +27,7 @@ from hub.render import clock
 from hub.retention import last_run
 from hub.rollout import RolloutError, halt_rollout, parse_max_failures, parse_stages, parse_wait, resume_rollout, rollout_progress, start_rollout
 from hub.state import HUB, Hub
-from hub.store import Rollout, SoftwareUpdate
+from hub.store import SOFTWARE_SCOPE, Rollout, SoftwareUpdate
 from hub.tokens import MAX_TOKEN_DAYS, MAX_TOKEN_USES, create_token
 
 __all__ = ["device_health", "routes", "sensor_health"]
@@ -232,6 +232,8 @@ async def fleet_rows(hub: Hub) -> list[dict[str, Any]]:
     known.update(await hub.store.desired_documents())
     updates = await hub.store.software_updates()
     for device in await hub.store.devices():
+        for key in (("fleet", device.fleet), ("device", device.device_id), (SOFTWARE_SCOPE, device.device_id)):
+            known.setdefault(key, None)  # every document was read above: none set means none, not another read
         document, _ = await desired_document(hub.store, device, known=known)
         update = updates.get(device.device_id)
         rows.append({"d": device, "health": device_health(device, now=now, stale_after_ms=hub.stale_after_ms), "drift": drift(device, document),
