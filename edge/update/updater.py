@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -26,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edge import __version__
 from edge.protocol.keys import KeyFileError, key_id, load_public_key
-from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE, REQUEST_FILE, FetchError, fetch_release, update_dir, write_json
+from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE, REQUEST_FILE, Fetched, FetchError, fetch_release, update_dir, write_json
 from edge.update.manifest import Refused, parse_version
 
 __all__ = ["SoftwareTarget", "TargetError", "Updater", "opt_path", "parse_target", "release_key_path"]
@@ -38,6 +41,9 @@ log = logging.getLogger("ocn.update")
 RETRY_S = 600.0  # after a download cut short (link, budget), the next try
 # Where the installer's defaults are (edge/update/install.py); the environment may say otherwise (a test's temporary root).
 RELEASE_KEY_ENV, OPT_ENV = "OCN_EDGE_RELEASE_KEY", "OCN_EDGE_OPT"
+# One download at a time in a process: a pipeline restarted in place (a desired config change) starts a new
+# updater while the old one's thread may still be downloading into the same files.
+_FETCHING = threading.Lock()
 
 
 def release_key_path() -> Path:
@@ -167,7 +173,7 @@ class Updater:
         if target.version == self.running or target.version in self._settled:
             return None
         work = update_dir(self.state_dir)
-        if _requested(work) == target.version or target.version in _rolled_back(work):
+        if _asked(work, target.version) or target.version in _rolled_back(work):
             self._settled.add(target.version)
             return None
         try:
@@ -192,7 +198,7 @@ class Updater:
         url = urllib.parse.urljoin(self.hub_url.rstrip("/") + "/", target.url)
         log.info("software update: fetching the hub's target", extra={"version": target.version, "url": url})
         try:
-            fetched = await asyncio.to_thread(fetch_release, url, key, state=self.state_dir, opt=self.opt, max_bytes=left or 0)
+            fetched = await asyncio.to_thread(_fetch_unless_asked, url, key, self.state_dir, self.opt, left or 0, target.version)
         except Refused as exc:
             self._settled.add(target.version)  # fetch wrote the refusal for the status report
             log.warning("software update refused", extra={"version": target.version, "reason": exc.reason, "detail": str(exc)})
@@ -205,8 +211,10 @@ class Updater:
         except OSError as exc:
             log.warning("software update cannot write its state directory", extra={"version": target.version, "error": str(exc)})
             return self.retry_s
-        self._spend(fetched.downloaded)
         self._settled.add(target.version)
+        if fetched is None:
+            return None  # another run of this process asked for it meanwhile
+        self._spend(fetched.downloaded)
         log.info("software update downloaded; installation requested",
                  extra={"version": target.version, "bytes": fetched.downloaded, "requests": fetched.requests, "reused": fetched.reused})
         return None
@@ -230,9 +238,17 @@ def _read(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _requested(work: Path) -> str:
-    """The version whose install is asked for and not yet taken by the installer ("" when none)."""
-    return str(_read(work / REQUEST_FILE).get("version", ""))
+def _asked(work: Path, version: str) -> bool:
+    """Whether ``version``'s install was asked for already: the request waits for the installer, or the last download asked."""
+    fetched = _read(work / FETCHED_FILE)
+    return _read(work / REQUEST_FILE).get("version") == version or (fetched.get("state") == "requested" and fetched.get("version") == version)
+
+
+def _fetch_unless_asked(url: str, key: Ed25519PublicKey, state: Path, opt: Path, max_bytes: int, version: str) -> Fetched | None:
+    with _FETCHING:
+        if _asked(update_dir(state), version):
+            return None
+        return fetch_release(url, key, state=state, opt=opt, max_bytes=max_bytes)
 
 
 def _rolled_back(work: Path) -> list[str]:
