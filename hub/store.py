@@ -333,20 +333,29 @@ class Store(abc.ABC):
         """The account whose API token has this hash (a disabled account has none)."""
 
     @abc.abstractmethod
+    async def change_account(self, name: str, changes: Mapping[str, object], entry: AuditEntry) -> bool:
+        """Set ``changes`` (column -> value) on an enabled account and append ``entry`` in the same transaction; False if there
+        is no such enabled account.  Disabling it (``account.disable``) also ends its sessions and login links."""
+
     async def set_account_roles(self, name: str, roles: str, *, now_ms: int, actor: str) -> bool:
         """Give an enabled account these roles; False if there is no such enabled account.  Audited as ``account.roles``."""
+        return await self.change_account(name, {"roles": roles}, AuditEntry(
+            at_ms=now_ms, actor=actor, action="account.roles", target=f"account:{name}", detail=f"roles {roles}"))
 
-    @abc.abstractmethod
     async def set_account_token(self, name: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
         """Replace an enabled account's API token (the old one stops working); False if there is no such enabled account.
 
         Audited as ``account.token``."""
+        return await self.change_account(name, {"token_hash": token_hash}, AuditEntry(
+            at_ms=now_ms, actor=actor, action="account.token", target=f"account:{name}", detail="new API token; the old one no longer works"))
 
-    @abc.abstractmethod
     async def disable_account(self, name: str, *, now_ms: int, actor: str) -> bool:
         """Disable an account: its token, sessions and login links stop working at once; False if none was enabled.
 
         Audited as ``account.disable``."""
+        return await self.change_account(name, {"disabled": True, "token_hash": None}, AuditEntry(
+            at_ms=now_ms, actor=actor, action="account.disable", target=f"account:{name}",
+            detail="disabled; its token, sessions and login links no longer work"))
 
     # the audit log: append and read, nothing else
     @abc.abstractmethod

@@ -533,11 +533,13 @@ class PostgresStore(Store):
         row = await self._pool.fetchrow(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE token_hash = $1 AND NOT disabled", token_hash)
         return account_from_row(row) if row else None
 
-    async def _change_account(self, name: str, sql: str, params: Sequence[Any], entry: AuditEntry) -> bool:
+    async def change_account(self, name: str, changes: Mapping[str, object], entry: AuditEntry) -> bool:
+        sets = ", ".join(f"{column} = ${n}" for n, column in enumerate(changes, start=1))
         async with self._pool.acquire() as conn, conn.transaction():
-            n = len(params)
+            n = len(changes)
             done = await conn.fetchval(
-                f"UPDATE accounts SET {sql}, updated_ms = ${n + 1} WHERE name = ${n + 2} AND NOT disabled RETURNING 1", *params, entry.at_ms, name
+                f"UPDATE accounts SET {sets}, updated_ms = ${n + 1} WHERE name = ${n + 2} AND NOT disabled RETURNING 1",
+                *changes.values(), entry.at_ms, name,
             )
             if done is None:
                 return False
@@ -545,20 +547,6 @@ class PostgresStore(Store):
             if entry.action == "account.disable":
                 await conn.execute("DELETE FROM secrets WHERE account = $1", name)
             return True
-
-    async def set_account_roles(self, name: str, roles: str, *, now_ms: int, actor: str) -> bool:
-        return await self._change_account(name, "roles = $1", (roles,),
-                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.roles", target=f"account:{name}", detail=f"roles {roles}"))
-
-    async def set_account_token(self, name: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
-        return await self._change_account(name, "token_hash = $1", (token_hash,),
-                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.token", target=f"account:{name}",
-                                                     detail="new API token; the old one no longer works"))
-
-    async def disable_account(self, name: str, *, now_ms: int, actor: str) -> bool:
-        return await self._change_account(name, "disabled = TRUE, token_hash = NULL", (),
-                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.disable", target=f"account:{name}",
-                                                     detail="disabled; its token, sessions and login links no longer work"))
 
     # --- the audit log ----------------------------------------------------------------
 

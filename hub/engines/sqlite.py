@@ -653,9 +653,12 @@ class SQLiteStore(Store):
         rows = await self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE token_hash = ? AND NOT disabled", (token_hash,))
         return account_from_row(rows[0]) if rows else None
 
-    async def _change_account(self, name: str, sql: str, params: Sequence[Any], entry: AuditEntry) -> bool:
+    async def change_account(self, name: str, changes: Mapping[str, object], entry: AuditEntry) -> bool:
+        sets = ", ".join(f"{column} = ?" for column in changes)
+
         def run(conn: sqlite3.Connection) -> bool:
-            if conn.execute(f"UPDATE accounts SET {sql}, updated_ms = ? WHERE name = ? AND NOT disabled", (*params, entry.at_ms, name)).rowcount == 0:
+            if conn.execute(f"UPDATE accounts SET {sets}, updated_ms = ? WHERE name = ? AND NOT disabled",
+                            (*changes.values(), entry.at_ms, name)).rowcount == 0:
                 return False
             _audit(conn, entry)
             if entry.action == "account.disable":
@@ -663,20 +666,6 @@ class SQLiteStore(Store):
             return True
 
         return await self._write(run)
-
-    async def set_account_roles(self, name: str, roles: str, *, now_ms: int, actor: str) -> bool:
-        return await self._change_account(name, "roles = ?", (roles,),
-                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.roles", target=f"account:{name}", detail=f"roles {roles}"))
-
-    async def set_account_token(self, name: str, token_hash: bytes, *, now_ms: int, actor: str) -> bool:
-        return await self._change_account(name, "token_hash = ?", (token_hash,),
-                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.token", target=f"account:{name}",
-                                                     detail="new API token; the old one no longer works"))
-
-    async def disable_account(self, name: str, *, now_ms: int, actor: str) -> bool:
-        return await self._change_account(name, "disabled = TRUE, token_hash = NULL", (),
-                                          AuditEntry(at_ms=now_ms, actor=actor, action="account.disable", target=f"account:{name}",
-                                                     detail="disabled; its token, sessions and login links no longer work"))
 
     # --- the audit log ----------------------------------------------------------------
 
