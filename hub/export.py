@@ -32,13 +32,11 @@ import logging
 import os
 import secrets
 import socket
-import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import aiomqtt
 import cbor2
@@ -46,6 +44,7 @@ from aiohttp import web
 
 from edge.util.backoff import Backoff
 from edge.util.clock import now_ms
+from hub.brokerurl import check_broker, connection
 from hub.models import StoredReading
 from hub.opendata import to_senml_records
 from hub.sensorthings import Catalog
@@ -106,21 +105,8 @@ class ExportSettings:
     """The hub's address as SensorThings clients reach it, for ``@iot.selfLink`` (default: the address it serves on)."""
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.broker)
-        try:
-            _ = parts.port
-        except ValueError:
-            parts = parts._replace(netloc="")
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"--export-broker {self.broker!r}: expected mqtt://[USER@]HOST[:PORT] or mqtts://…, e.g. mqtts://broker.city.example:8883")
-        if parts.password:
-            raise ValueError("--export-broker: a password in the URL would show in the process list; put it in a file named by --export-password-file")
-        if self.password_file and not parts.username:
-            raise ValueError(f"--export-password-file {self.password_file!r}: name the broker user in --export-broker, e.g. mqtt://ocn@{parts.hostname}")
-        if self.password_file and not Path(self.password_file).is_file():
-            raise ValueError(f"--export-password-file {self.password_file!r}: no such file")
-        if self.ca and not Path(self.ca).is_file():
-            raise ValueError(f"--export-ca {self.ca!r}: no such file; expected a PEM CA bundle")
+        check_broker(self.broker, options="--export", password_file=self.password_file, ca=self.ca, user_named=True,
+                     expected="mqtt://[USER@]HOST[:PORT] or mqtts://…, e.g. mqtts://broker.city.example:8883")
         bare = self.topic
         for placeholder in _PLACEHOLDERS:
             bare = bare.replace(placeholder, "x")
@@ -135,13 +121,8 @@ class ExportSettings:
         return self.topic.replace("{device}", device_id).replace("{channel}", channel)
 
     def client(self) -> aiomqtt.Client:
-        parts = urlsplit(self.broker)
-        password = Path(self.password_file).read_text().strip() if self.password_file else None
         return aiomqtt.Client(
-            parts.hostname or "",
-            parts.port or (8883 if parts.scheme == "mqtts" else 1883),
-            username=unquote(parts.username) if parts.username else None,
-            password=password,
+            **connection(self.broker, password_file=self.password_file, ca=self.ca),
             identifier=self.client_id or f"ocn-hub-export-{socket.gethostname()}-{os.getpid()}",
             logger=_LIBRARY_LOG,
             # 3.1.1: what every broker a city runs speaks (FROST's included); nothing here needs 5's properties.
@@ -150,7 +131,6 @@ class ExportSettings:
             keepalive=30,
             timeout=10.0,
             max_inflight_messages=IN_FLIGHT,
-            tls_context=ssl.create_default_context(cafile=self.ca or None) if parts.scheme == "mqtts" else None,
         )
 
 

@@ -20,11 +20,9 @@ import json
 import logging
 import os
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -40,6 +38,7 @@ from edge.protocol.desired import sign_document
 from edge.util.backoff import Backoff
 from edge.util.sockets import no_delay
 from hub.brokerauth import BrokerAccess
+from hub.brokerurl import check_broker, connection
 from hub.fleet import desired_document
 from hub.ingest import Acked, NoticeTaken, Refused, ReportTaken
 from hub.state import Hub
@@ -87,19 +86,8 @@ class MqttSettings:
     """Keep the broker's device credentials and ACLs in step with enrolment (Mosquitto's dynamic-security plugin, hub.brokerauth)."""
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.broker)
-        try:
-            _ = parts.port
-        except ValueError:
-            parts = parts._replace(netloc="")
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-            raise ValueError(f"--mqtt-broker {self.broker!r}: expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. mqtts://broker.example.org:8883")
-        if parts.password:
-            raise ValueError("--mqtt-broker: a password in the URL would show in the process list; put it in a file named by --mqtt-password-file")
-        if self.password_file and not Path(self.password_file).is_file():
-            raise ValueError(f"--mqtt-password-file {self.password_file!r}: no such file")
-        if self.ca and not Path(self.ca).is_file():
-            raise ValueError(f"--mqtt-ca {self.ca!r}: no such file; expected a PEM CA bundle")
+        check_broker(self.broker, options="--mqtt", password_file=self.password_file, ca=self.ca,
+                     expected="mqtt://HOST[:PORT] or mqtts://HOST[:PORT], e.g. mqtts://broker.example.org:8883")
 
     @property
     def user(self) -> str:
@@ -107,16 +95,11 @@ class MqttSettings:
         return unquote(parts.username) if parts.username else "ocn-hub"
 
     def client(self) -> aiomqtt.Client:
-        parts = urlsplit(self.broker)
-        password = Path(self.password_file).read_text().strip() if self.password_file else None
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = SESSION_EXPIRY_S
         properties.ReceiveMaximum = RECEIVE_MAXIMUM
         return aiomqtt.Client(
-            parts.hostname or "",
-            parts.port or (8883 if parts.scheme == "mqtts" else 1883),
-            username=self.user,
-            password=password,
+            **{**connection(self.broker, password_file=self.password_file, ca=self.ca), "username": self.user},
             identifier=self.client_id or f"ocn-hub-{socket.gethostname()}-{os.getpid()}",
             logger=_LIBRARY_LOG,
             protocol=aiomqtt.ProtocolVersion.V5,
@@ -124,7 +107,6 @@ class MqttSettings:
             keepalive=30,
             timeout=10.0,
             properties=properties,
-            tls_context=ssl.create_default_context(cafile=self.ca or None) if parts.scheme == "mqtts" else None,
         )
 
 
