@@ -26,8 +26,9 @@ from edge.schema import Context, FilePath, Table, dumps_toml, join
 
 __all__ = ["FIXED_KEYS", "DesiredCheckError", "check_desired_config", "check_desired_policy"]
 
-# What a desired config may not change: the gateway's identity and where its keys and spool live.
-FIXED_KEYS = (("gateway", "id"), ("gateway", "state_dir"), ("uplink", "key"))
+# What a desired config may not change: the gateway's identity, where its keys and spool live, and who must sign
+# its policy (else a hub could lift privacy.require_signed and send a policy of its own in the same document).
+FIXED_KEYS = (("gateway", "id"), ("gateway", "state_dir"), ("uplink", "key"), ("privacy", "require_signed"), ("privacy", "governance_key"))
 
 # The file name problems in a desired policy are reported under, on the hub and on the gateway alike.
 POLICY_SOURCE = "desired-policy.toml"
@@ -43,7 +44,7 @@ def check_desired_config(overlay: Mapping[str, Any]) -> None:
     for table, key in FIXED_KEYS:
         part = overlay.get(table)
         if isinstance(part, Mapping) and key in part:
-            raise DesiredCheckError(f"a desired config may not change {table}.{key} (the gateway's identity and keys stay local)")
+            raise DesiredCheckError(f"a desired config may not change {table}.{key} (the gateway's identity, its keys and who signs its policy stay local)")
     schema = gateway_schema()
     # Paths are resolved on the gateway, so no file is looked for here (FilePath is only type-checked below).
     ctx = Context(source=CONFIG_SOURCE, base_dir=Path("/"))
