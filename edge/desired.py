@@ -41,7 +41,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge.config import ConfigError, GatewayConfig, effective_toml, parse_config
 from edge.desiredcheck import DesiredCheckError, check_desired_config, check_desired_policy
 from edge.privacy import Policy, PolicyError, load_policy, parse_policy
+from edge.protocol import hubtrust
 from edge.protocol.desired import canonical_json, merge_tables
+from edge.protocol.keys import key_id
 from edge.schema import dumps_toml
 from edge.transport import HubKeySource, TransportError
 from edge.update.updater import SoftwareTarget, TargetError, parse_target
@@ -138,6 +140,8 @@ class DesiredState:
     def __init__(self, state_dir: str | os.PathLike[str], *, device_id: str) -> None:
         self.dir = Path(state_dir) / "desired"
         self.hub_key_path = Path(state_dir) / "hub.pub"
+        self.next_hub_key_path = Path(state_dir) / "hub.next.pub"  # announced by the hub, accepted beside hub.pub (docs/updates.md)
+        self.hub_ca_file = Path(state_dir) / "hub-ca.pem"  # the CA bundle the hub's documents carry
         self.device_id = device_id
         self.applied_etag = ""
         self.refused_etag = ""
@@ -235,6 +239,41 @@ class DesiredState:
         log.info("pinned the hub's signing key", extra={"path": str(self.hub_key_path)})
         return key
 
+    def announced_hub_key(self) -> Ed25519PublicKey | None:
+        """The key the hub announced it will sign with next (hubtrust.NEXT_KEY), accepted beside the pinned one."""
+        try:
+            return hubtrust.load_pem(self.next_hub_key_path.read_bytes(), where=str(self.next_hub_key_path))
+        except (OSError, hubtrust.TrustError):
+            return None
+
+    def hub_ca_bytes(self) -> bytes | None:
+        try:
+            return self.hub_ca_file.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def hub_ca_path(self) -> Path | None:
+        """The CA bundle the hub's signed document last gave (it replaces [uplink] ca for an https hub), or None."""
+        return self.hub_ca_file if self.hub_ca_file.exists() else None
+
+    def _keep_trust(self, trust: object) -> None:
+        """What a verified document says about trust: the hub's next key and the CA bundle; absent parts are forgotten."""
+        try:
+            announced, ca = hubtrust.parse_trust(trust)
+        except hubtrust.TrustError as exc:
+            raise DesiredError(str(exc)) from None
+        for path, content, what in ((self.next_hub_key_path, announced, "the hub's next signing key"), (self.hub_ca_file, ca, "the hub's CA bundle")):
+            old = path.read_bytes() if path.exists() else None
+            if content == old:
+                continue
+            if content is None:
+                path.unlink()
+                log.info(f"forgot {what}", extra={"path": str(path)})
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_atomically(path, content)
+                log.info(f"kept {what} from the signed desired document", extra={"path": str(path)})
+
     # -- verification -----------------------------------------------------------------------
 
     def verify(self, signed: object, etag: str, hub_key: Ed25519PublicKey) -> DesiredChange:
@@ -244,13 +283,21 @@ class DesiredState:
         if signed.get("alg") != "Ed25519":
             raise DesiredError(f"desired document alg = {signed.get('alg')!r}: expected 'Ed25519'")
         try:
+            signer = hubtrust.signing_key(signed, pinned=hub_key, announced=self.announced_hub_key())
+        except hubtrust.TrustError as exc:
+            raise DesiredError(f"{exc}; if the hub's key was replaced without `ocn-edge hub key rotate`, delete {self.hub_key_path} "
+                               "to pin the hub's key again") from None
+        try:
             sig = str(signed["signature"])
-            hub_key.verify(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)), canonical_json(signed["document"]))
+            signer.verify(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)), canonical_json(signed["document"]))
         except (KeyError, ValueError, InvalidSignature):
             raise DesiredError("the desired document's signature does not verify with the pinned hub key") from None
         document = signed["document"]
+        if key_id(signer) != key_id(hub_key):  # the hub has switched to the key it announced (or vouched for): pinned from now on
+            self.pin_hub_key(hubtrust.pem(signer))
         if document.get("device_id") != self.device_id:
             raise DesiredError(f"the desired document is for device {document.get('device_id')!r}, not {self.device_id!r}")
+        self._keep_trust(document.get("trust"))
         policy, config = document.get("policy"), document.get("config")
         for name, part in (("policy", policy), ("config", config)):
             if part is not None and not isinstance(part, Mapping):
@@ -290,6 +337,8 @@ class DesiredApplier:
         self._latest: tuple[object, str] | None = None
         self._task: asyncio.Task[None] | None = None
         self._reload_requested: str | None = None  # the ETag whose reload the supervisor is about to do
+        # The CA bundle the running transport was built with: another one from the hub restarts the pipeline to use it.
+        self._ca_in_use = state.hub_ca_bytes() if base_config.uplink.hub.startswith("https://") else None
 
     def on_desired(self, signed: object, etag: str) -> None:
         """The uplink's callback for a new ETag in a status answer ("" = the hub holds no document)."""
@@ -323,7 +372,8 @@ class DesiredApplier:
         gw = self.gateway
         config = self._target_config(change)
         policy, policy_toml = self._target_policy(change, config)
-        if config.digest != gw.config.digest:
+        ca_changed = self.base_config.uplink.hub.startswith("https://") and self.state.hub_ca_bytes() != self._ca_in_use
+        if config.digest != gw.config.digest or ca_changed:
             if self._request_reload is None:
                 raise DesiredError("this gateway cannot restart its pipeline in place")
             keep = policy if policy is not None else (gw.policy if config.privacy == gw.config.privacy and not self.state.saved_policy_path() else None)

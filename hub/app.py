@@ -23,6 +23,7 @@ from hub.database import open_store
 from hub.export import EXPORTER, Exporter, ExportSettings
 from hub.faults import DeviceFaults
 from hub.fleet import check_desired, load_or_create_signing_key
+from hub.hubkey import DesiredSigner
 from hub.ingest import Ingest
 from hub.keycache import KeyCache
 from hub.looplag import start_probe
@@ -258,7 +259,8 @@ async def run_hub(
             readings=readings,
             addresses=RateLimiter(rate=ingest.address_rate, burst=ingest.address_burst),
             workers=workers,
-            ingest=Ingest(store=store, keys=keys, limiter=limiter, readings=readings, workers=workers, faults=faults, signing_key=signing_key),
+            ingest=Ingest(store=store, keys=keys, limiter=limiter, readings=readings, workers=workers, faults=faults, signing_key=signing_key,
+                          signer=DesiredSigner(state, signing_key)),
             faults=faults,
             trusted_proxies=parse_networks(ingest.trusted_proxies),
             stale_after_ms=int(stale_after_s * 1000),

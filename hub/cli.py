@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from edge.commands import CommandError, file_problem, make_directory, positive, whole
 from edge.protocol import DEVICE_ID_RE
+from hub import keycommands
 from hub.audit import cli_actor
 
 __all__ = ["register", "parse_duration_s"]
@@ -113,6 +114,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hub.add_argument("--address-burst", type=int, default=300, metavar="N", help="such requests a client address may make at once (default 300)")
     hub.add_argument("--trusted-proxy", action="append", default=[], metavar="NETWORK",
                      help="a proxy whose X-Forwarded-For names the client, e.g. 127.0.0.1/32 (repeatable; default none)")
+    hub.add_argument("--public-process", choices=("on", "off"), default="on",
+                     help="answer open data and SensorThings in a process of their own at a lower CPU priority, so heavy public "
+                          "queries never slow devices or operators (default on; off: in the hub's process, paced by --public-loop-share)")
+    hub.add_argument("--public-nice", type=int, default=10, metavar="N",
+                     help="how much lower the public reads process's CPU priority is, 0-19 (default 10)")
     hub.add_argument("--public-per-client", type=int, default=2, metavar="N",
                      help="open-data and SensorThings requests one client address may run at once; more are answered 429 (default 2)")
     hub.add_argument("--public-queue", type=int, default=8, metavar="N",
@@ -126,7 +132,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     hub.add_argument("--public-readings-in-flight", type=int, default=100_000, metavar="N",
                      help="readings the public requests being answered may hold together; others wait for the lane (default 100000)")
     hub.add_argument("--public-loop-share", type=float, default=0.25, metavar="FRACTION",
-                     help="part of the event loop's time rendering public answers may take, all together (default 0.25)")
+                     help="with --public-process off: part of the event loop's time rendering public answers may take, all together (default 0.25)")
     hub.add_argument("--public-max-examined", type=int, default=1_000_000, metavar="N",
                      help="readings one public request may examine; a query needing more is answered 400 too_costly (default 1000000)")
     hub.add_argument("--header-timeout", type=_duration("--header-timeout"), default=10.0, metavar="DURATION",
@@ -279,6 +285,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action = rollout.add_parser(name, parents=[common], help=text)
         action.add_argument("rollout_id", type=whole(1, 10**12), metavar="ID", help="the rollout's number (rollout status)")
         action.set_defaults(func=_rollout_change, action=name)
+    keycommands.register(commands, common, with_store=_with_store, state_dir=_state_dir, usage=_usage)
 
 
 def _usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
@@ -675,6 +682,7 @@ def _serve(args: argparse.Namespace) -> int:
     from hub.export import ExportSettings, parse_formats
     from hub.models import StoreError
     from hub.mqtt import MqttSettings
+    from hub.publicprocess import PublicProcessSettings
     from hub.publicreads import PublicReadSettings
     from hub.server import ConnectionSettings
 
@@ -695,6 +703,7 @@ def _serve(args: argparse.Namespace) -> int:
                                           max_examined=args.public_max_examined, cpu_seconds=args.public_cpu_budget,
                                           cpu_share=args.public_cpu_share, loop_share=args.public_loop_share,
                                           readings_in_flight=args.public_readings_in_flight)
+        public_process = PublicProcessSettings(enabled=args.public_process == "on", nice=args.public_nice)
         connections = ConnectionSettings(header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
                                          max_connections=args.max_connections)
         mqtt = MqttSettings(args.mqtt_broker, client_id=args.mqtt_client_id, password_file=args.mqtt_password_file,
@@ -726,7 +735,8 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             async with run_hub(listen=args.listen, db=_db(args), state_dir=_state_dir(args), admin_token=args.admin_token,
                                rate=args.rate, burst=args.burst, stale_after_s=args.stale_after, ingest=ingest,
-                               public_reads=public_reads, connections=connections, retention_interval_s=args.retention_interval, mqtt=mqtt,
+                               public_reads=public_reads, public_process=public_process, connections=connections,
+                               retention_interval_s=args.retention_interval, mqtt=mqtt,
                                export=export) as running:
                 if running.admin_token and not args.admin_token:
                     print(f"Admin token (shown once, stored hashed): {running.admin_token}", file=sys.stderr, flush=True)

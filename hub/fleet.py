@@ -21,6 +21,8 @@ from edge.protocol.desired import canonical_json, merge_tables
 from hub.models import Device
 from hub.store import SOFTWARE_SCOPE, Store
 
+TRUST_KEY = ("trust", "hub")  # the desired row of the hub's trust part (hub.hubkey): the same document for every device
+
 __all__ = [
     "DesiredError",
     "check_desired",
@@ -75,11 +77,12 @@ async def desired_document(
     ``known`` remembers documents already read, for callers that look at many devices at once.
     """
     known = {} if known is None else known
-    for key in (("fleet", device.fleet), ("device", device.device_id), (SOFTWARE_SCOPE, device.device_id)):
+    for key in (("fleet", device.fleet), ("device", device.device_id), (SOFTWARE_SCOPE, device.device_id), TRUST_KEY):
         if key not in known:
             known[key] = await store.desired(*key)
     fleet, own, software = known[("fleet", device.fleet)], known[("device", device.device_id)], known[(SOFTWARE_SCOPE, device.device_id)]
-    if fleet is None and own is None and software is None:
+    trust = known[TRUST_KEY]
+    if fleet is None and own is None and software is None and trust is None:
         return None, ""
     merged = merge_tables(fleet[0] if fleet else {}, own[0] if own else {})
     document: dict[str, Any] = {"device_id": device.device_id, "fleet": device.fleet}
@@ -91,6 +94,8 @@ async def desired_document(
         document["software"] = {name: str(software[0][name]) for name in SOFTWARE_FIELDS}
         if software[0].get("pause_backlog"):
             document["software"]["pause_backlog"] = int(software[0]["pause_backlog"])
+    if trust is not None:  # the hub's next key and CA bundle (hub.hubkey), for every device; a gateway that does not know the key ignores it
+        document["trust"] = dict(trust[0])
     etag = hashlib.sha256(canonical_json(document)).hexdigest()[:32]
     document["etag"] = etag
     return document, etag

@@ -44,11 +44,11 @@ from edge.protocol import (
     verify_sealed,
 )
 from edge.protocol.compression import content_size, decompress
-from edge.protocol.desired import sign_document
 from edge.util.clock import now_ms
 from hub.bounds import split_readings
 from hub.faults import DeviceFaults
 from hub.fleet import desired_document
+from hub.hubkey import DesiredSigner
 from hub.keycache import KeyCache
 from hub.models import DeviceKey, IncomingBatch
 from hub.ratelimit import RateLimiter, ReadingsBudget
@@ -204,7 +204,7 @@ class Ingest:
     """
 
     def __init__(self, *, store: Store, keys: KeyCache, limiter: RateLimiter, readings: ReadingsBudget, workers: Workers,
-                 faults: DeviceFaults, signing_key: Ed25519PrivateKey) -> None:
+                 faults: DeviceFaults, signing_key: Ed25519PrivateKey, signer: DesiredSigner | None = None) -> None:
         self.store = store
         self.keys = keys
         self.limiter = limiter
@@ -212,6 +212,7 @@ class Ingest:
         self.workers = workers
         self.faults = faults
         self.signing_key = signing_key
+        self.signer = signer or DesiredSigner(None, signing_key)  # desired documents: the current key of a rotation (hub.hubkey)
         # device id -> (monotonic s when read, ETag): batches and watches read a device's ETag at most every DESIRED_TTL_S.
         self._etags: dict[str, tuple[float, str]] = {}
         self._refreshing: dict[str, asyncio.Task[str | None]] = {}  # background reads of stale ETags, one per device
@@ -318,7 +319,7 @@ class Ingest:
         assert device is not None
         document, etag = await desired_document(self.store, device)
         self._etags[device.device_id] = (time.monotonic(), etag)
-        desired = None if document is None or known_etag == etag else sign_document(document, self.signing_key)
+        desired = None if document is None or known_etag == etag else self.signer.sign(document)
         return ReportTaken(desired, etag)
 
     async def desired_etag(self, device_id: str) -> str | None:

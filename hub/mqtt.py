@@ -34,12 +34,11 @@ from paho.mqtt.properties import Properties
 
 from edge.protocol import DEVICE_ID_RE, Answer
 from edge.protocol.compact import compact_ack
-from edge.protocol.desired import sign_document
 from edge.util.backoff import Backoff
 from edge.util.sockets import no_delay
 from hub.brokerauth import BrokerAccess
 from hub.brokerurl import check_broker, connection
-from hub.fleet import desired_document
+from hub.fleet import TRUST_KEY, desired_document
 from hub.ingest import Acked, NoticeTaken, Refused, ReportTaken
 from hub.state import Hub
 from hub.store import SOFTWARE_SCOPE
@@ -297,9 +296,9 @@ class MqttIngest:
                 del self._published[device_id]  # revoked or gone: nothing more is pushed to it
                 self._computed.pop(device_id, None)
                 continue
-            for key in (("fleet", device.fleet), ("device", device_id), (SOFTWARE_SCOPE, device_id)):
+            for key in (("fleet", device.fleet), ("device", device_id), (SOFTWARE_SCOPE, device_id), TRUST_KEY):
                 known.setdefault(key, None)  # none set: desired_document reads nothing
-            inputs = (device.fleet, known[("fleet", device.fleet)], known[("device", device_id)], known[(SOFTWARE_SCOPE, device_id)])
+            inputs = (device.fleet, known[("fleet", device.fleet)], known[("device", device_id)], known[(SOFTWARE_SCOPE, device_id)], known[TRUST_KEY])
             cached = self._computed.get(device_id)
             if cached is not None and cached[0] == inputs:
                 document, etag = cached[1], cached[2]
@@ -309,7 +308,7 @@ class MqttIngest:
             ingest.remember_etag(device_id, etag)
             if etag == offered:
                 continue
-            signed = None if document is None else sign_document(document, self.hub.signing_key)
+            signed = None if document is None else ingest.signer.sign(document)
             payload = json.dumps({"desired": signed, "etag": etag}, separators=(",", ":")).encode()
             await client.publish(f"{TOPIC_ROOT}/{device_id}/desired", payload, qos=1, retain=True)
             self._published[device_id] = etag

@@ -222,6 +222,6 @@ async def post_notice(request: web.Request) -> web.Response:
 @routes.get("/oxp/v1/hub-key")
 async def get_hub_key(request: web.Request) -> web.Response:
     """The public key desired documents are signed with (PEM), for gateways to pin."""
-    key = request.app[HUB].signing_key.public_key()
+    key = request.app[HUB].ingest.signer.key().public_key()  # the current key of a rotation (hub.hubkey)
     pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     return web.Response(body=pem, content_type="application/x-pem-file", headers={"X-Key-Id": key_id(key).hex()})

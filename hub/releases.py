@@ -18,7 +18,8 @@ from pathlib import Path
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.update.manifest import MANIFEST_FILE, Manifest, Refused, check_bundle, read_manifest
+from edge.update.manifest import Manifest, Refused
+from edge.update.rollover import check_trusted_bundle, check_trusted_manifest
 
 __all__ = ["RELEASES", "ReleaseError", "add_release", "list_releases", "routes"]
 
@@ -34,7 +35,7 @@ class ReleaseError(Exception):
 def add_release(releases: Path, bundle: Path, release_key: Ed25519PublicKey, *, now: float | None = None) -> Manifest:
     """Check ``bundle`` and keep a copy as ``releases/<version>``; the verified manifest."""
     try:
-        manifest = check_bundle(bundle, release_key, now=time.time() if now is None else now)
+        manifest, _ = check_trusted_bundle(bundle, release_key, now=time.time() if now is None else now)
     except Refused as exc:
         raise ReleaseError(f"{bundle}: refused ({exc.reason}): {exc}") from None
     final = releases / manifest.version
@@ -53,7 +54,7 @@ def list_releases(releases: Path, release_key: Ed25519PublicKey) -> list[Manifes
     found = []
     for folder in sorted(releases.glob("[0-9]*")) if releases.is_dir() else ():
         try:
-            found.append(read_manifest((folder / MANIFEST_FILE).read_bytes(), release_key))
+            found.append(check_trusted_manifest(folder, release_key))
         except (OSError, Refused):
             continue
     return sorted(found, key=lambda manifest: tuple(int(part) for part in manifest.version.split(".")))

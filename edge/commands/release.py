@@ -13,14 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.commands import EXIT_USAGE, CommandError, file_problem, make_directory, whole
 from edge.protocol.keys import KeyFileError, generate_keypair, key_id, load_private_key, load_public_key
+from edge.protocol.release import release_key_id
 from edge.update.bundle import BundleError, ReleaseSpec, build_bundle
 from edge.update.fetch import FetchError, fetch_release
-from edge.update.manifest import REASONS, Refused, check_bundle, parse_version, this_target
+from edge.update.manifest import MANIFEST_FILE, REASONS, Refused, parse_version, this_target
+from edge.update.rollover import Trust, check_trusted_bundle, newest_key_id, read_chain, seal_rollover
 
 __all__ = ["register", "EXIT_REFUSED"]
 
@@ -37,6 +40,9 @@ Signed software releases (docs/updates.md).
                                           a bundle from `make wheelhouse`, its manifest signed
   ocn-edge release verify BUNDLE --key release.pub
                                           every check a gateway makes, offline
+  ocn-edge release rotate --key OLD.key --new NEW.pub --out rollover.cbor [--chain rollover.cbor]
+                                          retire a release key: the new key signed by the old
+                                          one; build later releases with --rollover rollover.cbor
   ocn-edge release fetch URL --key release.pub --state DIR
                                           download a release into a gateway's state directory
                                           (what the gateway does) and ask for its install
@@ -75,7 +81,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="BUNDLE",
         help="a bundle devices may run (repeatable): each changed wheel also travels as a small delta from its wheel",
     )
+    build.add_argument(
+        "--rollover", metavar="FILE", help="the rollover chain from `release rotate` (when --key is not the key gateways were installed with)"
+    )
     build.set_defaults(func=run_build)
+
+    rotate = commands.add_parser("rotate", help="retire the release key: a rollover to a new key, signed by the old one")
+    rotate.add_argument("--key", required=True, metavar="PEM", help="the release private key in use now (release.key)")
+    rotate.add_argument("--new", required=True, metavar="PEM", help="the new release public key (release.pub of `release keygen --out NEWDIR`)")
+    rotate.add_argument("--out", required=True, metavar="FILE", help="the chain to write (must not exist): --chain's rollovers, then this one")
+    rotate.add_argument("--chain", metavar="FILE", help="the chain of earlier rotations, whose newest key is --key's")
+    rotate.add_argument(
+        "--old-valid-days", type=whole(0, 3650), default=30, metavar="DAYS",
+        help="days the old key still signs releases gateways accept, once they know of the rollover (default %(default)s)",
+    )
+    rotate.set_defaults(func=run_rotate)
 
     verify = commands.add_parser("verify", help="check a bundle offline: signature, key, expiry, platform, version, every file")
     verify.add_argument("bundle", metavar="BUNDLE", help="the bundle directory")
@@ -89,6 +109,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch.add_argument("--key", required=True, metavar="PEM", help="the release public key (/etc/ocn-edge/release.pub)")
     fetch.add_argument("--state", required=True, metavar="DIR", help="the gateway's state directory (/var/lib/ocn-edge)")
     fetch.add_argument("--opt", default="/opt/ocn-edge", metavar="DIR", help="the slots, to reuse the wheels installed there (default %(default)s)")
+    fetch.add_argument("--ca", metavar="PEM", help="a CA bundle to trust for an https URL (the city's CA; default: the system's)")
     fetch.add_argument("--max-bytes", type=whole(0, 1 << 50), default=0, metavar="N", help="stop after N bytes today, resume later (0: no limit)")
     fetch.set_defaults(func=run_fetch)
     release.set_defaults(func=functools.partial(_usage, release))
@@ -158,8 +179,11 @@ def run_build(args: argparse.Namespace) -> int:
     wheelhouse = Path(args.wheelhouse)
     if not wheelhouse.is_dir():
         raise CommandError(f"{wheelhouse}: no such directory (build the wheelhouse with `make wheelhouse`)")
+    chain = _chain(args.rollover, "--rollover") if args.rollover else ()
+    if chain and key_id(key) != _chain_head(chain):
+        raise CommandError(f"--rollover {args.rollover}: its newest key is key id {_chain_head(chain).hex()}, not --key's ({key_id(key).hex()})")
     try:
-        out = build_bundle(wheelhouse, Path(args.out), spec, key, delta_from=[Path(old) for old in args.delta_from])
+        out = build_bundle(wheelhouse, Path(args.out), spec, key, delta_from=[Path(old) for old in args.delta_from], rollover=chain)
     except BundleError as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
@@ -175,22 +199,25 @@ def run_verify(args: argparse.Namespace) -> int:
         raise CommandError(f"{bundle}: no such directory (a release bundle is the directory `ocn-edge release build` wrote)")
     target = this_target() if args.target == "this" else args.target
     try:
-        manifest = check_bundle(bundle, key, now=time.time(), target=target, installed=args.installed)
+        manifest, trust = check_trusted_bundle(bundle, key, now=time.time(), target=target, installed=args.installed)
     except Refused as exc:
         print(f"ocn-edge: refused ({exc.reason}): {exc}", file=sys.stderr)
         return EXIT_REFUSED
     print(
-        f"release {manifest.version} verified: signed by key id {key_id(key).hex()}, expires {time.strftime('%Y-%m-%d', time.gmtime(manifest.expires))}, "
+        f"release {manifest.version} verified: signed by key id {release_key_id((bundle / MANIFEST_FILE).read_bytes()).hex()}{_via(trust)}, "
+        f"expires {time.strftime('%Y-%m-%d', time.gmtime(manifest.expires))}, "
         f"targets {', '.join(sorted(manifest.targets))}, {len(manifest.files)} files"
     )
     return 0
 
 
 def run_fetch(args: argparse.Namespace) -> int:
+    if args.ca and not Path(args.ca).is_file():
+        raise CommandError(f"--ca {args.ca}: no such file (a PEM bundle of the CA certificates the hub's certificate chains to)")
     key = _public_key(args.key)
     state = make_directory(args.state, option="--state", private=True)
     try:
-        outcome = fetch_release(args.url, key, state=state, opt=Path(args.opt), max_bytes=args.max_bytes)
+        outcome = fetch_release(args.url, key, state=state, opt=Path(args.opt), max_bytes=args.max_bytes, ca=args.ca)
     except Refused as exc:
         print(f"ocn-edge: refused ({exc.reason}): {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -198,4 +225,50 @@ def run_fetch(args: argparse.Namespace) -> int:
         print(f"ocn-edge: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     print(outcome.summary())
+    return 0
+
+
+def _chain(path: str, option: str) -> tuple[bytes, ...]:
+    try:
+        return read_chain(Path(path).read_bytes(), where=path)
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: {file_problem(exc)}") from None
+    except Refused as exc:
+        raise CommandError(f"{option} {exc}") from None
+
+
+def _chain_head(chain: tuple[bytes, ...]) -> bytes:
+    try:
+        return newest_key_id(chain)
+    except Refused as exc:
+        raise CommandError(f"the rollover chain: {exc}") from None
+
+
+def _via(trust: Trust) -> str:
+    return f" (through {len(trust.chain)} rollover(s) from key id {key_id(trust.anchor).hex()})" if trust.chain else ""
+
+
+def run_rotate(args: argparse.Namespace) -> int:
+    old = _private_key(args.key)
+    new = _public_key(args.new)
+    chain = _chain(args.chain, "--chain") if args.chain else ()
+    if chain and _chain_head(chain) != key_id(old):
+        raise CommandError(f"--chain {args.chain}: its newest key is key id {_chain_head(chain).hex()}, not --key's ({key_id(old).hex()})")
+    if key_id(new) == key_id(old):
+        raise CommandError(f"--new {args.new}: the same key as --key; make a new one with `ocn-edge release keygen --out NEWDIR`")
+    now = int(time.time())
+    rollover = seal_rollover(old, new, issued=now, old_key_until=now + args.old_valid_days * 86_400)
+    out = Path(args.out)
+    try:
+        with out.open("xb") as stream:
+            stream.write(cbor2.dumps([*chain, rollover]))
+    except FileExistsError:
+        raise CommandError(f"--out {args.out}: already exists; write the longer chain to a new file") from None
+    except OSError as exc:
+        raise CommandError(f"--out {args.out}: {file_problem(exc)}") from None
+    print(
+        f"rollover from key id {key_id(old).hex()} to {key_id(new).hex()} ({len(chain) + 1} in the chain): {out}; "
+        f"build releases with --key NEW.key --rollover {out}; gateways accept key id {key_id(old).hex()} for {args.old_valid_days} more day(s) "
+        "once they hold the rollover"
+    )
     return 0

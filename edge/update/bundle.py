@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol.release import seal_release
@@ -90,11 +91,14 @@ def _deltas(building: Path, files: dict[str, dict[str, object]], delta_from: lis
 
 
 def build_bundle(
-    wheelhouse: Path, out: Path, spec: ReleaseSpec, private_key: Ed25519PrivateKey, *, now: float | None = None, delta_from: list[Path] | None = None
+    wheelhouse: Path, out: Path, spec: ReleaseSpec, private_key: Ed25519PrivateKey, *, now: float | None = None, delta_from: list[Path] | None = None,
+    rollover: tuple[bytes, ...] = (),
 ) -> Path:
     """Write the bundle of ``spec.version`` from ``wheelhouse`` into the new directory ``out``; returns ``out``.
 
     ``delta_from`` names bundles of releases devices may run: each changed wheel also gets a delta from theirs.
+    ``rollover`` is the chain of release key rollovers leading to ``private_key`` (edge.update.rollover), kept
+    beside the manifest as rollover.cbor so devices installed with an older key follow it.
     """
     parse_version(spec.version)
     parse_version(spec.min_from, field="min_from")
@@ -147,6 +151,8 @@ def build_bundle(
         if deltas:
             manifest["deltas"] = deltas
         (building / MANIFEST_FILE).write_bytes(seal_release(manifest, private_key))
+        if rollover:
+            (building / "rollover.cbor").write_bytes(cbor2.dumps(list(rollover)))
         building.rename(out)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)

@@ -18,6 +18,7 @@ import http.client
 import json
 import os
 import shutil
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -25,14 +26,17 @@ from dataclasses import dataclass
 from http.client import HTTPResponse
 from pathlib import Path
 
+import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge import __version__
-from edge.protocol.release import MAX_MANIFEST_BYTES
+from edge.protocol.errors import ProtocolError
+from edge.protocol.release import MAX_MANIFEST_BYTES, release_key_id
 from edge.update.delta import DeltaError, apply_delta
 from edge.update.manifest import MANIFEST_FILE, FileEntry, Manifest, Refused, check_files, check_for_device, file_digest, read_manifest, this_target
+from edge.update.rollover import MAX_CHAIN_BYTES, ROLLOVER_FILE, Trust, extend_chain, key_for, load_chain, read_chain, trust_from
 
-__all__ = ["INSTALLED_FILE", "REQUEST_FILE", "FETCHED_FILE", "FetchError", "Fetched", "fetch_release", "update_dir", "write_json"]
+__all__ = ["INSTALLED_FILE", "REQUEST_FILE", "FETCHED_FILE", "FetchError", "Fetched", "fetch_release", "served_chain", "update_dir", "write_json"]
 
 INSTALLED_FILE = "installed.json"  # the installer's last outcome (written by root, read here and by the status report)
 REQUEST_FILE = "request.json"  # the ask to the privileged installer (the path unit watches it)
@@ -45,6 +49,7 @@ class FetchError(Exception):
     """The download stopped short (network, budget): what was fetched is kept and the next run resumes."""
 
     downloaded = 0  # body bytes over the link in the run it stopped (set by fetch_release), for the caller's budget
+    status = 0  # the HTTP status the server answered with, when it answered
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +96,10 @@ def _fsync_dir(path: Path) -> None:
 class _Link:
     """HTTP GETs against one base URL, counting the body bytes and requests and keeping to a byte allowance."""
 
-    def __init__(self, base: str, max_bytes: int) -> None:
+    def __init__(self, base: str, max_bytes: int, ca: str | Path | None = None) -> None:
         self.base = base.rstrip("/") + "/"
+        # An https hub with a certificate of the city's CA: trust that CA (and only it), as the uplink does with [uplink] ca.
+        self._tls = ssl.create_default_context(cafile=str(ca)) if ca and self.base.startswith("https://") else None
         self.max_bytes = max_bytes
         self.bytes = 0
         self.requests = 0
@@ -103,11 +110,13 @@ class _Link:
             request.add_header("Range", f"bytes={offset}-")
         self.requests += 1
         try:
-            response: HTTPResponse = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
+            response: HTTPResponse = urllib.request.urlopen(request, timeout=_TIMEOUT_S, context=self._tls)
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and offset:  # the part is already whole: nothing more to send
                 return None, offset
-            raise FetchError(f"{self.base + path}: the server answered {exc.code} {exc.reason}") from None
+            error = FetchError(f"{self.base + path}: the server answered {exc.code} {exc.reason}")
+            error.status = exc.code
+            raise error from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise FetchError(f"{self.base + path}: cannot download ({reason}); what was fetched is kept for the next try") from None
@@ -227,17 +236,22 @@ def fetch_release(
     target: str | None = None,
     installed: str | None = __version__,
     now: float | None = None,
+    ca: str | Path | None = None,
 ) -> Fetched:
-    """Download the release at ``url`` (its manifest.cose beside its files) and request its install; Refused or FetchError otherwise."""
+    """Download the release at ``url`` (its manifest.cose beside its files) and request its install; Refused or FetchError otherwise.
+
+    ``ca`` is a PEM bundle of the CAs an https server's certificate may chain to (None: the system's)."""
     target = target or this_target()
     work = update_dir(state)
     blobs = work / "blobs"
     blobs.mkdir(parents=True, exist_ok=True)
-    link = _Link(url, max_bytes)
+    link = _Link(url, max_bytes, ca)
     data = link.small(MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    now = time.time() if now is None else now
     try:
-        manifest = read_manifest(data, release_key)
-        check_for_device(manifest, now=time.time() if now is None else now, target=target, installed=installed)
+        trust = _trust(link, data, release_key, work)
+        manifest = read_manifest(data, key_for(data, trust, now=now))
+        check_for_device(manifest, now=now, target=target, installed=installed)
         _not_failed_before(work, manifest.version)
     except Refused as exc:
         _fetched(work, {"state": "refused", "reason": exc.reason, "detail": str(exc), "url": url})
@@ -272,7 +286,8 @@ def fetch_release(
             _fetched(work, {"state": "refused", "version": manifest.version, "reason": "no_space", "detail": str(exc)})
             raise Refused("no_space", f"{blobs}: the disk is full; the running version is untouched") from None
         raise
-    bundle = _assemble(work, manifest, data, target)
+    extend_chain(work / ROLLOVER_FILE, trust)
+    bundle = _assemble(work, manifest, data, target, trust.chain)
     _fetched(work, {"state": "requested", "version": manifest.version, "url": url, "bytes": link.bytes, "requests": link.requests})
     write_json(work / REQUEST_FILE, {"version": manifest.version, "bundle": str(bundle), "requested_ms": int(time.time() * 1000)})
     _prune(blobs, manifest, target)
@@ -295,7 +310,36 @@ def _not_failed_before(work: Path, version: str) -> None:
         raise Refused("rolled_back", f"release {version} was rolled back on this device ({reason})")
 
 
-def _assemble(work: Path, manifest: Manifest, data: bytes, target: str) -> Path:
+def _trust(link: _Link, data: bytes, anchor: Ed25519PublicKey, work: Path) -> Trust:
+    """The release keys trusted: from the anchor along the chain kept here, and along the release's rollover.cbor when its
+    manifest is signed by a key that chain does not reach (a rotation this device has not heard of yet)."""
+    kept = load_chain(work / ROLLOVER_FILE)
+    trust = trust_from(anchor, kept)
+    try:
+        signer = release_key_id(data)
+    except ProtocolError:
+        return trust  # read_manifest names what is wrong with it
+    if signer in trust.keys:
+        return trust
+    try:
+        served = read_chain(link.small(ROLLOVER_FILE, MAX_CHAIN_BYTES), where=link.base + ROLLOVER_FILE)
+    except FetchError:
+        return trust  # no chain there: read_manifest refuses the unknown key (wrong_key)
+    return trust_from(anchor, kept, served)
+
+
+def served_chain(url: str, *, ca: str | Path | None = None) -> tuple[bytes, ...]:
+    """The rollover chain a release's server offers beside its manifest (nothing when it has none: 404); FetchError otherwise."""
+    link = _Link(url, 0, ca)
+    try:
+        return read_chain(link.small(ROLLOVER_FILE, MAX_CHAIN_BYTES), where=link.base + ROLLOVER_FILE)
+    except FetchError as exc:
+        if exc.status == 404:
+            return ()
+        raise
+
+
+def _assemble(work: Path, manifest: Manifest, data: bytes, target: str, chain: tuple[bytes, ...]) -> Path:
     """The release's bundle for this target under ``releases/<version>``, built beside and renamed into place."""
     releases = work / "releases"
     releases.mkdir(exist_ok=True)
@@ -304,6 +348,8 @@ def _assemble(work: Path, manifest: Manifest, data: bytes, target: str) -> Path:
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir()
     (building / MANIFEST_FILE).write_bytes(data)
+    if chain:  # the installer walks it from /etc/ocn-edge/release.pub as this device did
+        (building / ROLLOVER_FILE).write_bytes(cbor2.dumps(list(chain)))
     for entry in manifest.files_for(target):
         destination = building / entry.path
         destination.parent.mkdir(parents=True, exist_ok=True)

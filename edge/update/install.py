@@ -46,8 +46,9 @@ from edge.localapi.access import needs_token
 from edge.logs import setup_logging
 from edge.protocol.keys import KeyFileError, load_public_key
 from edge.update.fetch import INSTALLED_FILE, REQUEST_FILE, update_dir, write_json
-from edge.update.manifest import Refused, check_bundle, this_target
+from edge.update.manifest import Refused, this_target
 from edge.update.probation import Probation, read_status
+from edge.update.rollover import check_trusted_bundle
 from edge.update.slots import CURRENT, PREVIOUS, fsync_dir, link_target, other_slot, point, slot_version
 
 __all__ = ["JOURNAL_FILE", "STOP_AT", "Installer", "main", "status_url_of"]
@@ -186,7 +187,8 @@ class Installer:
             return EXIT_FAILED
         try:
             key = load_public_key(self.release_key)
-            manifest = check_bundle(bundle, key, now=time.time(), target=entry["target"], installed=from_version, approved=bool(request.get("approved")))
+            manifest, _ = check_trusted_bundle(bundle, key, now=time.time(), target=entry["target"], installed=from_version,
+                                               approved=bool(request.get("approved")))
         except (Refused, KeyFileError) as exc:
             reason = exc.reason if isinstance(exc, Refused) else "wrong_key"
             log.error("update to %s refused (%s): %s", entry["version"], reason, exc, extra={"version": entry["version"], "reason": reason})

@@ -30,9 +30,10 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge import __version__
-from edge.protocol.keys import KeyFileError, key_id, load_public_key
-from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE, REQUEST_FILE, Fetched, FetchError, fetch_release, update_dir, write_json
+from edge.protocol.keys import KeyFileError, load_public_key
+from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE, REQUEST_FILE, Fetched, FetchError, fetch_release, served_chain, update_dir, write_json
 from edge.update.manifest import Refused, parse_version
+from edge.update.rollover import ROLLOVER_FILE, load_chain, trust_from
 
 __all__ = ["SoftwareTarget", "TargetError", "Updater", "opt_path", "parse_target", "release_key_path"]
 
@@ -118,6 +119,7 @@ class Updater:
         backlog: Callable[[], int] = lambda: 0,
         running: str = __version__,
         retry_s: float = RETRY_S,
+        ca: Callable[[], str | Path | None] = lambda: None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.hub_url = hub_url
@@ -129,6 +131,7 @@ class Updater:
         self._held_back = ""  # the version whose download waits for the backlog (logged once)
         self.running = running
         self.retry_s = retry_s
+        self._ca = ca  # the CA bundle an https hub's certificate chains to (the uplink's, read at each try: it may rotate)
         self._target: SoftwareTarget | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -181,9 +184,18 @@ class Updater:
         except (KeyFileError, OSError) as exc:
             self._refuse(work, target, "wrong_key", f"the release key {self.release_key} cannot be read: {exc}")
             return None
-        if key_id(key).hex() != target.key_id.lower():
+        url = urllib.parse.urljoin(self.hub_url.rstrip("/") + "/", target.url)
+        try:
+            known = await asyncio.to_thread(_known_keys, key, work, url, target.key_id.lower(), self._ca())
+        except Refused as exc:
+            self._refuse(work, target, exc.reason, str(exc))
+            return None
+        except FetchError as exc:
+            log.info("software update: the release's rollover chain cannot be read now; trying again later", extra={"detail": str(exc)})
+            return self.retry_s
+        if target.key_id.lower() not in known:
             self._refuse(work, target, "wrong_key", f"release {target.version} is signed by key id {target.key_id}, "
-                                                    f"not by this gateway's release key (key id {key_id(key).hex()})")
+                                                    f"not by a release key this gateway trusts (key ids {', '.join(sorted(known))})")
             return None
         waiting = self._backlog()
         if target.pause_backlog and waiting > target.pause_backlog:
@@ -195,10 +207,9 @@ class Updater:
         left = self._allowance()
         if left is not None and left <= 0:
             return self.retry_s  # today's budget is spent: tomorrow, or when the uplink frees some
-        url = urllib.parse.urljoin(self.hub_url.rstrip("/") + "/", target.url)
         log.info("software update: fetching the hub's target", extra={"version": target.version, "url": url})
         try:
-            fetched = await asyncio.to_thread(_fetch_unless_asked, url, key, self.state_dir, self.opt, left or 0, target.version)
+            fetched = await asyncio.to_thread(_fetch_unless_asked, url, key, self.state_dir, self.opt, left or 0, target.version, self._ca())
         except Refused as exc:
             self._settled.add(target.version)  # fetch wrote the refusal for the status report
             log.warning("software update refused", extra={"version": target.version, "reason": exc.reason, "detail": str(exc)})
@@ -244,11 +255,24 @@ def _asked(work: Path, version: str) -> bool:
     return _read(work / REQUEST_FILE).get("version") == version or (fetched.get("state") == "requested" and fetched.get("version") == version)
 
 
-def _fetch_unless_asked(url: str, key: Ed25519PublicKey, state: Path, opt: Path, max_bytes: int, version: str) -> Fetched | None:
+def _fetch_unless_asked(
+    url: str, key: Ed25519PublicKey, state: Path, opt: Path, max_bytes: int, version: str, ca: str | Path | None
+) -> Fetched | None:
     with _FETCHING:
         if _asked(update_dir(state), version):
             return None
-        return fetch_release(url, key, state=state, opt=opt, max_bytes=max_bytes)
+        return fetch_release(url, key, state=state, opt=opt, max_bytes=max_bytes, ca=ca)
+
+
+def _known_keys(anchor: Ed25519PublicKey, work: Path, url: str, wanted: str, ca: str | Path | None) -> set[str]:
+    """Ids (hex) of the release keys this gateway trusts now; when ``wanted`` is not among those its kept chain reaches, the
+    chain the release's server offers is walked too (a rotation this gateway has not heard of: docs/updates.md)."""
+    kept = load_chain(work / ROLLOVER_FILE)
+    trust = trust_from(anchor, kept)
+    if wanted not in {kid.hex() for kid in trust.keys}:
+        trust = trust_from(anchor, kept, served_chain(url, ca=ca))
+    now = time.time()
+    return {kid.hex() for kid, (_, until) in trust.keys.items() if until is None or now < until}
 
 
 def _rolled_back(work: Path) -> list[str]:

@@ -61,10 +61,11 @@ def test_drivers_import_only_drivers_the_protocol_and_util() -> None:
 # What the hub may take from edge: the protocol, the shared mechanisms, the privacy rules it explains,
 # the checks of a desired document it shares with the gateway (edge.desiredcheck),
 # and the process plumbing both commands share (command-line helpers, logging, systemd notify,
-# private files), and the checks of a release bundle it keeps for gateways (edge.update.manifest).
+# private files), and the checks of a release bundle it keeps for gateways (edge.update.manifest, and the release key
+# rollovers that lead to its key: edge.update.rollover).
 # Never the gateway's pipeline: runtime, uplink, transport, desired state, local API.
 HUB_MAY_IMPORT = ("hub", "edge.protocol", "edge.util", "edge.privacy", "edge.desiredcheck", "edge.commands", "edge.logs", "edge.notify",
-                  "edge.private", "edge.update.manifest")
+                  "edge.private", "edge.update.manifest", "edge.update.rollover")
 
 
 def test_the_hub_never_imports_the_gateway_runtime() -> None:
