@@ -376,16 +376,48 @@ def ocn_edge() -> str:
     return str(Path(sys.executable).with_name("ocn-edge"))
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it (the hub and its public reads process), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(parents.get(current, []))
+    return tree
+
+
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """The RSS of the hub's whole process tree (pages two processes share count twice: an upper bound)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        except OSError:
+            if member == pid:
+                raise
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of the hub's whole process tree (a child that exits takes its time along)."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 class RssWatch:
@@ -511,10 +543,10 @@ def report(r: dict[str, Any], duration: float) -> None:
         ("hub loop lag, worst, unloaded", f"{r['lag_unloaded']:.0f} ms (typical second {r['lag_typical_unloaded']:.0f} ms)", ""),
         ("hub loop lag, worst, under attack", f"{r['lag_attack']:.0f} ms (typical second {r['lag_typical_attack']:.0f} ms)",
          f"<= {TARGETS['lag_ms']:.0f} ms", r["lag_attack"] <= TARGETS["lag_ms"]),
-        ("hub RSS at start / attack start / peak", f"{r['rss_hub_start']:.0f} / {r['rss_start']:.0f} / {r['rss_peak']:.0f} MiB", ""),
-        ("hub RSS growth under attack", f"{growth:.0f} MiB", f"<= {TARGETS['rss_growth_mib']:.0f} MiB", growth <= TARGETS["rss_growth_mib"]),
+        ("hub RSS (its processes) at start / attack start / peak", f"{r['rss_hub_start']:.0f} / {r['rss_start']:.0f} / {r['rss_peak']:.0f} MiB", ""),
+        ("hub RSS growth under attack (its processes)", f"{growth:.0f} MiB", f"<= {TARGETS['rss_growth_mib']:.0f} MiB", growth <= TARGETS["rss_growth_mib"]),
         ("5xx answers", f"{fives}: {failures} failures, 503 to gateways {unavailable_legit}, to attackers {unavailable_attack}", "0", fives == 0),
-        ("hub CPU / load generator CPU", f"{r['hub_cpu_s']:.1f} s / {r['generator_cpu_s']:.1f} s over {r['elapsed_s']:.0f} s", ""),
+        ("hub CPU (its processes) / load generator CPU", f"{r['hub_cpu_s']:.1f} s / {r['generator_cpu_s']:.1f} s over {r['elapsed_s']:.0f} s", ""),
     ]
     print(f"\n{r['engine']}: {WARM_UP_S:.0f} s warm-up, {duration:.0f} s unloaded, then {duration:.0f} s under attack ({', '.join(r['attacks'])})")
     print(f"  {'figure':<40} {'measured':<62} {'target':<18} meets")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import sqlite3
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from edge.protocol import MAX_READINGS, Answer
 from edge.util.clock import now_ms
 from hub.auth import Admin
 from hub.brokerauth import BROKER_PASSWORDS
-from hub.database import open_store
+from hub.database import UNAVAILABLE, open_store
 from hub.export import EXPORTER, Exporter, ExportSettings
 from hub.faults import DeviceFaults
 from hub.fleet import check_desired, load_or_create_signing_key
@@ -27,16 +28,17 @@ from hub.hubkey import DesiredSigner
 from hub.ingest import Ingest
 from hub.keycache import KeyCache
 from hub.looplag import start_probe
-from hub.models import StoreError
 from hub.mqtt import MQTT_INGEST, MqttIngest, MqttSettings
-from hub.publicreads import PUBLIC_READS, PublicReads, PublicReadSettings
+from hub.oxp import client_of
+from hub.publicprocess import PUBLIC_PROCESS, PublicProcess, PublicProcessSettings, forward_routes
+from hub.publicreads import PUBLIC_CLIENT, PUBLIC_READS, READ_STORE, PublicReads, PublicReadSettings
 from hub.ratelimit import RateLimiter, ReadingsBudget, parse_networks
 from hub.releases import RELEASES
 from hub.retention import RETENTION_FIRST_S
 from hub.retention import schedule as retention_schedule
 from hub.rollout import INTERVAL_S as ROLLOUT_INTERVAL_S
 from hub.rollout import schedule as rollout_schedule
-from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections
+from hub.server import ConnectionSettings, HubRunner, body_deadline, open_connections, short_server_header
 from hub.state import HUB, Hub
 from hub.store import Store
 from hub.tokens import create_token
@@ -57,23 +59,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [sqlite3.OperationalError, StoreError, ConnectionError]
-    try:
-        import asyncpg
-
-        errors += [
-            asyncpg.PostgresConnectionError,  # the connection broke
-            asyncpg.InterfaceError,
-            asyncpg.exceptions.OperatorInterventionError,  # server shutting down or restarting
-            asyncpg.exceptions.InsufficientResourcesError,  # disk full, too many connections
-        ]
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
-UNAVAILABLE = _unavailable_errors()
 
 
 @dataclass(frozen=True)
@@ -130,16 +115,8 @@ async def database_down(request: web.Request, handler: Callable[[web.Request], A
     return response
 
 
-async def short_server_header(request: web.Request, response: web.StreamResponse) -> None:
-    """``Server: ocn-hub`` instead of aiohttp's "Python/3.x aiohttp/3.x" on every answer the
-    application makes (404s and middleware answers included): a gateway on a metered link reads
-    it once per batch. Not a hiding place for versions: the 400 aiohttp's HTTP parser sends for
-    bytes that are not HTTP never reaches the application and still names them."""
-    response.headers["Server"] = "ocn-hub"
-
-
-def build_app(hub: Hub, *, public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS) -> web.Application:
-    """The aiohttp application for one hub process."""
+def build_app(hub: Hub, *, public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS, public_process: PublicProcess | None = None) -> web.Application:
+    """The aiohttp application for one hub process; with ``public_process``, its open-data and SensorThings routes are answered there."""
     from hub import dashboard, metrics, opendata, oxp, releases, sensorthings
 
     counted = metrics.HubMetrics()  # a registry per application: several hubs in one process keep their own series
@@ -147,11 +124,17 @@ def build_app(hub: Hub, *, public_reads: PublicReadSettings = DEFAULT_PUBLIC_REA
     app[HUB] = hub
     app[metrics.METRICS] = counted
     app[PUBLIC_READS] = PublicReads(public_reads, lane=hub.store.public_lane)
+    app[READ_STORE] = hub.store
+    app[PUBLIC_CLIENT] = client_of
     app.on_response_prepare.append(short_server_header)
     app.add_routes(oxp.routes)
     app.add_routes(dashboard.routes)
-    app.add_routes(opendata.routes)
-    app.add_routes(sensorthings.routes)
+    if public_process is None:
+        app.add_routes(opendata.routes)
+        app.add_routes(sensorthings.routes)
+    else:
+        app[PUBLIC_PROCESS] = public_process
+        app.add_routes(forward_routes([opendata.routes, sensorthings.routes]))
     app.add_routes(metrics.routes)
     app.add_routes(releases.routes)
     return app
@@ -221,6 +204,7 @@ async def run_hub(
     key_cache_s: float = 5.0,
     ingest: IngestSettings = DEFAULT_INGEST,
     public_reads: PublicReadSettings = DEFAULT_PUBLIC_READS,
+    public_process: PublicProcessSettings | None = None,
     connections: ConnectionSettings = DEFAULT_CONNECTIONS,
     retention_interval_s: float = 86400.0,
     rollout_interval_s: float = ROLLOUT_INTERVAL_S,
@@ -229,13 +213,15 @@ async def run_hub(
 ) -> AsyncIterator[RunningHub]:
     """Run a hub until the block exits.  ``db`` defaults to SQLite in ``state_dir`` (which holds the signing key).
 
-    Retention runs (hub.retention) start ``min(60 s, retention_interval_s)`` after the hub listens, then every ``retention_interval_s``."""
+    Retention runs (hub.retention) start ``min(60 s, retention_interval_s)`` after the hub listens, then every ``retention_interval_s``.
+    With ``public_process`` enabled, public reads run in a process of their own (hub.publicprocess); by default in this one."""
     if state_dir is None:
         raise ValueError("run_hub: state_dir is required (it holds the hub's signing key and, by default, its database)")
     state = private_directory(state_dir)  # the signing key and, by default, the database
     host, port = parse_listen(listen)
     store = await open_store(db or f"sqlite:///{state / 'hub.db'}")
     runner: web.AppRunner | None = None
+    public: PublicProcess | None = None
     notifier = Notifier()
     watchdog: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
@@ -265,7 +251,12 @@ async def run_hub(
             trusted_proxies=parse_networks(ingest.trusted_proxies),
             stale_after_ms=int(stale_after_s * 1000),
         )
-        app = build_app(hub, public_reads=public_reads)
+        if public_process is not None and public_process.enabled:
+            # A socket path must fit in 108 bytes, which a state directory may not: a private temporary directory (0700).
+            public = PublicProcess(db=store.url, socket=Path(tempfile.mkdtemp(prefix="ocn-hub-")) / "public.sock", reads=public_reads,
+                                   settings=public_process, log_level=logging.getLevelName(logging.getLogger("ocn").getEffectiveLevel()).lower())
+            await public.start()
+        app = build_app(hub, public_reads=public_reads, public_process=public)
         app[RELEASES] = state / "releases"  # release bundles `ocn-edge hub release add` keeps (hub/releases.py)
         if mqtt is not None:
             app[BROKER_PASSWORDS] = mqtt.manage_access
@@ -322,4 +313,8 @@ async def run_hub(
             runner.app[HUB].ingest.stop_watches()  # long polls answer now instead of holding the shutdown for their minute
             await runner.cleanup()
             runner.app[HUB].workers.close()
+        if public is not None:
+            await public.stop()
+            with contextlib.suppress(OSError):
+                public.socket.parent.rmdir()
         await store.close()

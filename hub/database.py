@@ -5,6 +5,7 @@ The one place that knows which engine a URL means; the engines take what it pars
 
 from __future__ import annotations
 
+import sqlite3
 from urllib.parse import parse_qs, urlsplit
 
 from hub.engines.postgres import PostgresStore
@@ -12,7 +13,27 @@ from hub.engines.sqlite import SQLiteStore
 from hub.models import StoreError
 from hub.store import Store
 
-__all__ = ["open_store", "postgres_schema", "sqlite_path"]
+__all__ = ["UNAVAILABLE", "open_store", "postgres_schema", "sqlite_path"]
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.OperationalError, StoreError, ConnectionError]
+    try:
+        import asyncpg
+
+        errors += [
+            asyncpg.PostgresConnectionError,  # the connection broke
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.OperatorInterventionError,  # server shutting down or restarting
+            asyncpg.exceptions.InsufficientResourcesError,  # disk full, too many connections
+        ]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# Errors that mean the database is out of reach (answered 503 with Retry-After), not that a request was wrong.
+UNAVAILABLE = _unavailable_errors()
 
 
 def sqlite_path(url: str) -> str:

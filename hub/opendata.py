@@ -16,10 +16,9 @@ from edge.protocol.senml import SENML_CBOR_LABELS
 from hub.budget import QueryBudget
 from hub.models import StoredReading
 from hub.params import ParamError, whole
-from hub.publicreads import Refused, public_read
+from hub.publicreads import READ_STORE, Refused, public_read
 from hub.render import csv_row, csv_text, iso_time, json_number
 from hub.sta_filter import iso_ms
-from hub.state import HUB
 from hub.streamed import send_cbor_array, send_json, send_text
 
 __all__ = ["routes", "parse_time", "to_senml_records"]
@@ -66,7 +65,7 @@ async def _query(request: web.Request, budget: QueryBudget) -> tuple[list[Stored
     offset = _int("offset", q.get("offset"), 0, high=2**62)
     since_ms, until_ms = parse_time("since", q.get("since")), parse_time("until", q.get("until"))
     try:
-        rows = await request.app[HUB].store.readings(
+        rows = await request.app[READ_STORE].readings(
             device_id=q.get("device") or None, channel=q.get("channel") or None, since_ms=since_ms, until_ms=until_ms, limit=limit, offset=offset,
             budget=budget,
         )
@@ -128,7 +127,7 @@ in_turn = public_read(_refused, narrow="narrow it with device, channel, since an
 @routes.get("/data")
 @in_turn
 async def index(request: web.Request, budget: QueryBudget) -> web.Response:
-    channels = await request.app[HUB].store.channels()
+    channels = await request.app[READ_STORE].channels()
     lines = [
         "<!doctype html><html lang=en><meta charset=utf-8><title>Open data · OCN hub</title>",
         "<body style='font-family:system-ui,sans-serif;margin:24px'><h1>Open data</h1>",

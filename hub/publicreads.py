@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from hub.budget import LoopShare, OverBudget, QueryBudget
-from hub.oxp import client_of
+from hub.store import Store
 
-__all__ = ["PUBLIC_READS", "REQUEST_BUDGET", "PublicReadSettings", "PublicReads", "Refused", "public_read"]
+__all__ = ["PUBLIC_CLIENT", "PUBLIC_READS", "READ_STORE", "REQUEST_BUDGET", "PublicReadSettings", "PublicReads", "Refused", "public_read"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 BudgetedHandler = Callable[[web.Request, QueryBudget], Awaitable[web.StreamResponse]]
@@ -179,6 +179,10 @@ class PublicReads:
 
 
 PUBLIC_READS = web.AppKey("public_reads", PublicReads)
+# The store public routes read (the hub's own in its process, one of its own in the public reads process: hub.publicworker).
+READ_STORE = web.AppKey("read_store", Store)
+# Who a public request is counted against: the client address (hub.oxp.client_of), or what the hub's process said it was.
+PUBLIC_CLIENT: web.AppKey[Callable[[web.Request], str]] = web.AppKey("public_client")
 # The budget of the public request being answered, for the slices that render it (hub.streamed).
 REQUEST_BUDGET = web.RequestKey("ocn_public_budget", QueryBudget)
 
@@ -193,7 +197,7 @@ def public_read(answer: Callable[[Refused], web.StreamResponse], *, narrow: str)
         @functools.wraps(handler)
         async def run(request: web.Request) -> web.StreamResponse:
             try:
-                async with request.app[PUBLIC_READS].turn(client_of(request)) as budget:
+                async with request.app[PUBLIC_READS].turn(request.app[PUBLIC_CLIENT](request)) as budget:
                     request[REQUEST_BUDGET] = budget
                     try:
                         return await handler(request, budget)

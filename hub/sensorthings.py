@@ -29,7 +29,7 @@ from yarl import URL
 from hub.budget import QueryBudget
 from hub.models import Device, StoredChannel, StoredReading
 from hub.params import ParamError, whole
-from hub.publicreads import Refused, public_read
+from hub.publicreads import READ_STORE, Refused, public_read
 from hub.render import iso_time, json_number
 from hub.sta_filter import (
     FilterError,
@@ -48,7 +48,6 @@ from hub.sta_filter import (
 from hub.sta_filter import (
     many as flat,
 )
-from hub.state import HUB
 from hub.store import Store
 from hub.streamed import send_json
 
@@ -802,7 +801,7 @@ async def entity(request: web.Request, budget: QueryBudget) -> web.StreamRespons
     try:
         steps = parse_path(request.match_info["path"].rstrip("/"))
         options = Options(dict(request.query))
-        catalog = await Catalog.load(request.app[HUB].store, base, budget=budget)
+        catalog = await Catalog.load(request.app[READ_STORE], base, budget=budget)
         body = await resolve(catalog, steps, options, f"{base}/{request.match_info['path']}")
     except FilterError as exc:
         return web.json_response({"code": 400, "type": "error", "message": str(exc)}, status=400)
