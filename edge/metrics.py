@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from edge.statusreport import readings_lost
+
 __all__ = ["CONTENT_TYPE", "HEALTH_STATES", "GatewayMetrics", "readings_lost"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -31,14 +33,6 @@ _BUS_COUNTERS = (
 )
 
 
-def readings_lost(status: Mapping[str, Any]) -> int:
-    """Readings that will never reach the hub: the spool's quota dropped them, the batcher or privacy stage could not take them."""
-    spool = status.get("spool") or {}
-    batcher = status.get("batcher") or {}
-    return int(spool.get("readings_dropped", 0)) + int(batcher.get("readings_refused", 0)) \
-        + int(batcher.get("readings_unsealable", 0)) + int(status.get("readings_failed", 0))
-
-
 class GatewayMetrics:
     """The metrics of one gateway: ``render()`` gives the text exposition of a fresh snapshot."""
 
@@ -46,6 +40,8 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StatusCollector(status))
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
+
+    content_type = CONTENT_TYPE
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

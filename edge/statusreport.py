@@ -7,13 +7,14 @@ run without a gateway (tools, tests) reports the spool's part and its own delive
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge import __version__
 from edge.spool import SpoolStats
 
-__all__ = ["ReportFacts", "status_report"]
+__all__ = ["ReportFacts", "readings_lost", "status_report"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,14 @@ class ReportFacts:
     device_health: dict[str, dict[str, str]] = field(default_factory=dict)
     # the newest software update outcome (edge.update.report); None: no update tried, field left out
     software_update: dict[str, str] | None = None
+
+
+def readings_lost(status: Mapping[str, Any]) -> int:
+    """Readings that will never reach the hub: the spool's quota dropped them, the batcher or privacy stage could not take them."""
+    spool = status.get("spool") or {}
+    batcher = status.get("batcher") or {}
+    return int(spool.get("readings_dropped", 0)) + int(batcher.get("readings_refused", 0)) \
+        + int(batcher.get("readings_unsealable", 0)) + int(status.get("readings_failed", 0))
 
 
 def status_report(spool: SpoolStats, *, device_id: str, ts_ms: int, boot_epoch: int, facts: ReportFacts) -> dict[str, Any]:

@@ -49,7 +49,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from edge.clock import hold_until_clock_set
-    from edge.commands.check import with_hint
     from edge.config import ConfigError, load_config
     from edge.logs import setup_logging
     from edge.runtime import StartError
@@ -58,6 +57,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
+        from edge.commands.check import with_hint
+
         print("\n".join(map(with_hint, exc.problems)), file=sys.stderr)
         return 2
     setup_logging(args.log_level or config.gateway.log_level, fmt=args.log_format)

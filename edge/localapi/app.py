@@ -5,22 +5,26 @@ commissioning actions, ``POST /devices/{name}/read`` and ``POST /buses/{name}/sc
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from edge.commissioning import Commissioning, CommissioningError
 from edge.localapi.access import COOKIE, AccessToken, cross_site
 from edge.localapi.view import technician_view
-from edge.metrics import CONTENT_TYPE, GatewayMetrics
 from edge.privacy.catalogue import best_language
 from edge.privacy.notice import notice_languages
 from edge.protocol.types import Reading
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from edge.metrics import GatewayMetrics
 
 __all__ = ["PUBLIC_PATHS", "create_app"]
 
@@ -77,8 +81,15 @@ def _spool(spool: Mapping[str, Any]) -> str:
     return f"{spool['batches']} batches, {_size(spool['bytes'])}{age}"
 
 
-_templates = jinja2.Environment(loader=jinja2.PackageLoader("edge.localapi", "templates"), autoescape=True)
-_templates.filters.update(duration=_duration, when=_when, size=_size, hub=_hub, spool=_spool)
+@functools.cache
+def _templates() -> jinja2.Environment:
+    # jinja2 and prometheus_client load at the first page or scrape, not at start: most gateways are never
+    # looked at between restarts, and the resident set is a target (bench.gateway_load).
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("edge.localapi", "templates"), autoescape=True)
+    env.filters.update(duration=_duration, when=_when, size=_size, hub=_hub, spool=_spool)
+    return env
 
 
 def _page_headers(nonce: str) -> dict[str, str]:
@@ -177,7 +188,7 @@ def create_app(
     carries out "read now" and "scan" through the running bus owners (none: those routes answer 503).
     """
     access = access or AccessToken(None)
-    metrics = GatewayMetrics(status)
+    metrics: list[GatewayMetrics] = []  # made at the first scrape
 
     def html(language: str) -> str:
         return notice_html(language) if callable(notice_html) else notice_html
@@ -207,14 +218,18 @@ def create_app(
 
     async def technician_page(request: web.Request) -> web.Response:
         nonce = secrets.token_urlsafe(16)
-        html = _templates.get_template("technician.html").render(v=view(), nonce=nonce)
+        html = _templates().get_template("technician.html").render(v=view(), nonce=nonce)
         return web.Response(text=html, content_type="text/html", charset="utf-8", headers=_page_headers(nonce))
 
     async def technician_document(request: web.Request) -> web.Response:
         return web.Response(text=_dumps(view()), content_type="application/json", headers={**_HEADERS, "Cache-Control": "no-store"})
 
     async def metrics_document(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "no-store"})
+        if not metrics:
+            from edge.metrics import GatewayMetrics
+
+            metrics.append(GatewayMetrics(status))
+        return web.Response(body=metrics[0].render(), headers={"Content-Type": metrics[0].content_type, "Cache-Control": "no-store"})
 
     Action = Callable[[Commissioning, dict[str, Any]], Awaitable[dict[str, Any]]]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from edge.metrics import readings_lost
 from edge.protocol.types import Reading
+from edge.statusreport import readings_lost
 
 __all__ = ["technician_view"]
 

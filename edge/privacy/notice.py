@@ -8,10 +8,9 @@ give in a language shows in the default language and is listed under ``untransla
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from edge.privacy.catalogue import DEFAULT_LANGUAGE, words, words_or_english
 from edge.privacy.explain import describe_rule, processes
@@ -20,17 +19,26 @@ from edge.privacy.rules import kind_of
 from edge.protocol.types import Channel
 from edge.util.clock import now_ms
 
+if TYPE_CHECKING:
+    import jinja2
+
 __all__ = ["DRIVER_LANGUAGE", "NOTICE_SCHEMA", "build_notice", "notice_in", "notice_languages", "render_notice_html"]
 
 NOTICE_SCHEMA = "ocn-edge/notice/v1"
 DRIVER_LANGUAGE = "en"  # drivers name their channels in English; a policy may name them in another language
 
-_env = jinja2.Environment(
-    loader=jinja2.PackageLoader("edge.privacy", "templates"),
-    autoescape=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # Built at the first page, not at import: a gateway whose notice page nobody opens never loads jinja2 (bench.gateway_load).
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("edge.privacy", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 class _Texts:
@@ -208,7 +216,7 @@ def render_notice_html(
     languages = notice_languages(notice)
     shown = language if language in languages else languages[0]
     others = [(code, words_or_english(code).name, link(code)) for code in languages if code != shown]
-    return _env.get_template("notice.html").render(
+    return _environment().get_template("notice.html").render(
         n=notice_in(notice, shown),
         w=words_or_english(shown),
         language=shown,

@@ -26,7 +26,6 @@ from edge.transport.contract import (
     UplinkError,
 )
 from edge.transport.http import HttpTransport
-from edge.transport.mqtt import MqttTransport
 from edge.transport.tls import tls_context
 
 __all__ = [
@@ -72,6 +71,9 @@ def _http(link: Link) -> Transport:
 
 
 def _mqtt(link: Link) -> Transport:
+    # aiomqtt loads only for a gateway configured with a broker: the HTTP gateway's start-up and memory do not pay for it.
+    from edge.transport.mqtt import MqttTransport
+
     return MqttTransport(link.broker, hub_url=link.hub, device_id=link.device_id, password_file=link.broker_password, ca=link.ca,
                          timeout_s=link.timeout_s)
 

@@ -1,0 +1,113 @@
+"""`ocn-edge run` loads what a gateway needs and nothing it does not: the hub, the simulator and optional stacks stay out.
+
+The gateway's start-up time and resident memory are targets (issue 17, measured by
+bench/gateway_load.py): every module imported at start is paid for at every boot and restart
+and stays resident for months.  This runs the real command, `ocn-edge run` with a gateway
+that has a device, a hub to sync with and its local API on (the shipped default), under
+``python -X importtime``, lets it start, stops it with SIGTERM and reads which modules it
+imported.  Not timed: it checks names only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Imported only where used: the hub and the simulator are other programs; jinja2 renders the local
+# pages when someone opens them; prometheus_client answers a scrape; aiomqtt is for a broker the
+# config names; the other commands' modules are other commands.
+NOT_AT_START = ("hub", "hilsim", "asyncpg", "jinja2", "prometheus_client", "aiomqtt", "edge.transport.mqtt",
+                "edge.commands.check", "edge.commands.drivers", "edge.commands.image", "edge.commands.release", "edge.demo")
+# What the same run must import, so a run that never started cannot pass.
+AT_START = ("edge.runtime", "edge.uplink", "edge.spool", "drivers.modbus.driver", "edge.localapi.server")
+
+POLICY = """\
+[policy]
+name = "guard rail"
+version = "1"
+organisation = "OCN"
+contact = "it@ocn.example"
+purpose = "Test"
+retention = "None"
+access = "None"
+
+[channels."meter-*/*"]
+rule = "keep"
+purpose = "Energy use"
+"""
+
+
+def _config(tmp_path: Path) -> Path:
+    (tmp_path / "policy.toml").write_text(POLICY)
+    config = tmp_path / "gateway.toml"
+    # Nothing listens on port 9 of loopback: the bus and the hub are refused, and the gateway runs on regardless.
+    config.write_text(f"""\
+[gateway]
+id = "import-check"
+site = "test"
+latitude = 0.0
+longitude = 0.0
+state_dir = "{tmp_path / 'state'}"
+log_level = "info"
+
+[[buses]]
+name = "meters"
+type = "modbus-tcp"
+host = "127.0.0.1"
+tcp_port = 9
+
+[[devices]]
+name = "meter-1"
+driver = "modbus"
+bus = "meters"
+address = 1
+[devices.options]
+profile = "eastron-sdm120"
+
+[privacy]
+policy = "policy.toml"
+
+[uplink]
+hub = "http://127.0.0.1:9/"
+key = "{tmp_path / 'state' / 'device.key'}"
+
+[local_api]
+listen = "127.0.0.1:0"
+""")
+    return config
+
+
+def _imported_by_run(tmp_path: Path) -> set[str]:
+    """The modules `ocn-edge run` imported by the time the gateway said it was running."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "hil-sim")])}
+    log = tmp_path / "importtime.txt"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-X", "importtime", "-c", "import sys; from edge.cli import main; sys.exit(main())",
+                                 "run", str(_config(tmp_path))], stdout=subprocess.PIPE, stderr=stderr, text=True, env=env, cwd=tmp_path)
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        try:
+            for line in proc.stdout:  # ends when the process does: a failed start cannot hang the test
+                lines.append(line)
+                if "gateway running" in line or time.monotonic() > deadline:
+                    break
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert any("gateway running" in line for line in lines), "".join(lines) + log.read_text()[-2000:]
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \| +(\S+)$", log.read_text(), re.M))
+
+
+def test_ocn_edge_run_imports_neither_the_hub_nor_the_simulator_nor_optional_stacks(tmp_path: Path) -> None:
+    imported = _imported_by_run(tmp_path)
+    missing = [name for name in AT_START if name not in imported]
+    assert not missing, f"the run did not import what a gateway needs: {missing}"
+    unwanted = sorted(name for name in imported if any(name == bad or name.startswith(bad + ".") for bad in NOT_AT_START))
+    assert not unwanted, f"`ocn-edge run` imported modules it does not need at start: {unwanted}"
