@@ -190,6 +190,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     dlist.add_argument("--stale-after", type=_duration("--stale-after"), default=900.0, metavar="DURATION",
                        help="a device unheard of for this long is stale (default 15m, as the hub's)")
     dlist.set_defaults(func=_device_list)
+    dring = device.add_parser("ring", parents=[common], help="put a device in a rollout ring (docs/updates.md), or '-' for none")
+    dring.add_argument("device_id", type=_device_id)
+    dring.add_argument("ring", type=_ring, metavar="RING", help="1-32 lowercase letters, digits and '-', e.g. canary; '-' takes it out of its ring")
+    dring.set_defaults(func=_device_ring)
     for name, status, text in (("revoke", "revoked", "revoke a device: its key is refused from now on"), ("approve", "active", "approve a pending device")):
         action = device.add_parser(name, parents=[common], help=text)
         action.add_argument("device_id", type=_device_id)
@@ -268,8 +272,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rstart = rollout.add_parser("start", parents=[common], help="target a kept release at a fleet, stage by stage")
     rstart.add_argument("version", metavar="VERSION", help="a release the hub keeps (ocn-edge hub release add)")
     rstart.add_argument("--fleet", required=True, metavar="NAME", help="the fleet whose active devices get the release")
-    rstart.add_argument("--stages", type=_rollout_option("stages"), default=(100.0,), metavar="PERCENTS",
-                        help="percentages of the fleet, e.g. 5%%,25%%,100%% (default 100%%: everyone at once)")
+    rstart.add_argument("--stages", type=_rollout_option("stages"), default=(100.0,), metavar="PLAN",
+                        help="percentages of the fleet, e.g. 5%%,25%%,100%% (default 100%%: everyone at once), "
+                             "or device rings in order, e.g. canary,early,* (* = every device; `hub device ring` sets them)")
     rstart.add_argument("--wait", type=_rollout_option("wait"), default=3_600_000, metavar="DURATION", help="time between stages (default 1h)")
     rstart.add_argument("--max-failures", type=_rollout_option("max_failures"), default=0.1, metavar="PERCENT",
                         help="halt when more than this share of a stage's devices roll back or refuse the release (default 10%%)")
@@ -367,6 +372,26 @@ def _device_list(args: argparse.Namespace) -> int:
         for d in devices:
             print(f"{d.device_id:<24} {device_health(d, now=now, stale_after_ms=stale_ms):<9} {d.fleet:<12} {ago(d.last_seen_ms, now):<12} "
                   f"{d.software_version or '-':<10} {d.readings_stored:>10} {d.readings_dropped:>8}")
+        return 0
+
+    return _with_store(args, work)
+
+
+def _ring(text: str) -> str:
+    from hub.rollout import RolloutError, parse_ring
+
+    try:
+        return parse_ring("" if text == "-" else text)
+    except RolloutError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _device_ring(args: argparse.Namespace) -> int:
+    async def work(store: Any) -> int:
+        if not await store.set_device_ring(args.device_id, args.ring, now_ms=_now_ms(), actor=cli_actor()):
+            print(f"ocn-edge hub device ring: no device {args.device_id!r} is enrolled (see `ocn-edge hub device list`)", file=sys.stderr)
+            return 1
+        print(f"{args.device_id}: ring {args.ring or '(none)'}; rollouts by rings (--stages canary,early,*) target it with its ring")
         return 0
 
     return _with_store(args, work)
@@ -602,7 +627,7 @@ def _rollout_option(name: str) -> Callable[[str], Any]:
 
 
 def _rollout_start(args: argparse.Namespace) -> int:
-    from hub.rollout import RolloutError, release_target, start_rollout
+    from hub.rollout import RolloutError, release_target, stage_label, start_rollout
 
     releases = _state_dir(args) / "releases"
     try:
@@ -619,26 +644,26 @@ def _rollout_start(args: argparse.Namespace) -> int:
             print(f"ocn-edge hub rollout start: {exc}", file=sys.stderr)
             return 1
         print(f"rollout {rollout.id} of {rollout.version} to fleet {rollout.fleet!r} started: stage 1 of {len(rollout.stages)} "
-              f"({rollout.stages[0]:g}%) targeted; the running hub advances it")
+              f"({stage_label(rollout.stages[0])}) targeted; the running hub advances it")
         return 0
 
     return _with_store(args, work)
 
 
 def _rollout_status(args: argparse.Namespace) -> int:
-    from hub.rollout import rollout_progress
+    from hub.rollout import rollout_progress, stage_label
 
     async def work(store: Any) -> int:
         devices, updates = await store.devices(), await store.software_updates()
         rows = [(r, rollout_progress(r, devices, updates)) for r in await store.rollouts()]
         if args.json:
             print(json.dumps([{"id": r.id, "version": r.version, "fleet": r.fleet, "state": r.state, "stage": r.stage + 1,
-                               "stages": [f"{s:g}%" for s in r.stages], "reason": r.reason, "progress": p} for r, p in rows], indent=2))
+                               "stages": [stage_label(s) for s in r.stages], "reason": r.reason, "progress": p} for r, p in rows], indent=2))
             return 0
         if not rows:
             print("no rollout yet")
         for r, p in rows:
-            line = (f"{r.id}  {r.version}  fleet {r.fleet}  {r.state}  stage {r.stage + 1} of {len(r.stages)} ({r.stages[r.stage]:g}%)  "
+            line = (f"{r.id}  {r.version}  fleet {r.fleet}  {r.state}  stage {r.stage + 1} of {len(r.stages)} ({stage_label(r.stages[r.stage])})  "
                     f"targeted {p['targeted']} of {p['devices']}, running {p['running']}, failed {p['failed']}")
             print(line + (f"  why: {r.reason}" if r.reason else ""))
         return 0

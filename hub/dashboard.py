@@ -25,7 +25,18 @@ from hub.register import register_entry
 from hub.releases import RELEASES
 from hub.render import clock
 from hub.retention import last_run
-from hub.rollout import RolloutError, halt_rollout, parse_max_failures, parse_stages, parse_wait, resume_rollout, rollout_progress, start_rollout
+from hub.rollout import (
+    RolloutError,
+    halt_rollout,
+    parse_max_failures,
+    parse_ring,
+    parse_stages,
+    parse_wait,
+    resume_rollout,
+    rollout_progress,
+    stage_label,
+    start_rollout,
+)
 from hub.state import HUB, Hub
 from hub.store import SOFTWARE_SCOPE, Rollout, SoftwareUpdate
 from hub.tokens import MAX_TOKEN_DAYS, MAX_TOKEN_USES, create_token
@@ -348,8 +359,29 @@ def _device_json(device: Device, health: str, drifts: list[str], refused: str | 
         "spool_batches": device.spool_batches, "spool_bytes": device.spool_bytes, "policy_digest": device.policy_digest,
         "config_digest": device.config_digest, "applied_etag": device.applied_etag, "errors": list(device.errors),
         "readings_stored": device.readings_stored, "batches_stored": device.batches_stored, "duplicates": device.duplicates,
-        "drift": drifts, "refused": refused, "sensors": sensor_health(device),
+        "drift": drifts, "refused": refused, "sensors": sensor_health(device), "ring": device.ring,
     }
+
+
+@routes.put("/admin/api/devices/{device_id}/ring")
+async def api_set_ring(request: web.Request) -> web.Response:
+    """{"ring": "canary"} puts a device in a rollout ring ("" in none); operator; audited as ``device.ring`` (docs/updates.md)."""
+    hub = request.app[HUB]
+    principal = await allowed(request, Permission.OPERATE)
+    device_id = request.match_info["device_id"]
+    try:
+        body = await read_json(request, limit=MAX_ADMIN_BODY, what="ring")
+        ring = body.get("ring") if isinstance(body, dict) and set(body) == {"ring"} else None
+        if not isinstance(ring, str):
+            raise RolloutError(f"ring: expected {{\"ring\": \"NAME\"}} (\"\" for none), got {str(body)[:80]}")
+        parse_ring(ring)
+    except BodyError as exc:
+        return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status)
+    except RolloutError as exc:
+        return web.json_response({"error": "refused", "detail": str(exc)}, status=400)
+    if not await hub.store.set_device_ring(device_id, ring, now_ms=now_ms(), actor=principal.name):
+        return web.json_response({"error": "not_found", "detail": f"no device {device_id[:80]!r} at this hub"}, status=404)
+    return web.json_response({"ok": True, "device_id": device_id, "ring": ring})
 
 
 @routes.get("/admin/api/devices")
@@ -374,7 +406,7 @@ def _update_json(update: SoftwareUpdate | None) -> dict[str, Any] | None:
 
 def _rollout_json(rollout: Rollout, progress: dict[str, int]) -> dict[str, Any]:
     return {"id": rollout.id, "version": rollout.version, "fleet": rollout.fleet, "state": rollout.state, "stage": rollout.stage + 1,
-            "stages": [f"{s:g}%" for s in rollout.stages], "wait_s": rollout.wait_ms // 1000, "max_failures": f"{rollout.max_failure * 100:g}%",
+            "stages": [stage_label(s) for s in rollout.stages], "wait_s": rollout.wait_ms // 1000, "max_failures": f"{rollout.max_failure * 100:g}%",
             "url": rollout.url, "key_id": rollout.key_id, "reason": rollout.reason, "stage_started_ms": rollout.stage_started_ms,
             "created_ms": rollout.created_ms, "updated_ms": rollout.updated_ms, "pause_backlog": rollout.pause_backlog, "progress": progress}
 

@@ -121,6 +121,7 @@ class Device:
     site: str = ""
     latitude: float | None = None
     longitude: float | None = None
+    ring: str = ""  # the rollout ring an operator put it in ("": none; migration 10)
 
 
 @dataclass(frozen=True, slots=True)

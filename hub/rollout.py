@@ -43,7 +43,9 @@ __all__ = [
     "RolloutError",
     "advance",
     "halt_rollout",
+    "in_rollout_stage",
     "in_stage",
+    "parse_ring",
     "parse_max_failures",
     "parse_stages",
     "parse_wait",
@@ -51,6 +53,7 @@ __all__ = [
     "resume_rollout",
     "rollout_progress",
     "schedule",
+    "stage_label",
     "start_rollout",
 ]
 
@@ -61,6 +64,8 @@ INTERVAL_S = 10.0
 _WAIT_RE = re.compile(r"^([0-9]{1,9}(?:\.[0-9]{1,3})?)(ms|s|m|h|d)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 MAX_STAGES = 10
+EVERY_RING = "*"  # as the last ring of a plan: every device of the fleet, in a ring or not
+_RING_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
 
 class RolloutError(ValueError):
@@ -73,20 +78,51 @@ def _percent(text: str, what: str) -> float:
     try:
         value = float(number)
     except ValueError:
-        raise RolloutError(f"{what} {text!r}: expected a percentage like 5% (named rings are not supported yet)") from None
+        raise RolloutError(f"{what} {text!r}: expected a percentage like 5%, or only ring names") from None
     if not math.isfinite(value) or not 0 < value <= 100:
         raise RolloutError(f"{what} {text!r}: expected a percentage above 0% and at most 100%")
     return value
 
 
-def parse_stages(text: str) -> tuple[float, ...]:
-    """"5%,25%,100%" as (5.0, 25.0, 100.0): ascending percentages of the fleet, at most MAX_STAGES."""
-    stages = tuple(_percent(part, "--stages value") for part in text.split(","))
-    if not stages or len(stages) > MAX_STAGES:
-        raise RolloutError(f"--stages {text!r}: expected 1 to {MAX_STAGES} percentages separated by commas, e.g. 5%,25%,100%")
+def parse_ring(text: str, *, what: str = "ring") -> str:
+    """A ring name as a device carries it: 1 to 32 lowercase letters, digits and '-' ("" for none)."""
+    if text and not _RING_RE.match(text):
+        raise RolloutError(f"{what} {text[:80]!r}: expected a ring name of 1 to 32 lowercase letters, digits and '-', e.g. canary")
+    return text
+
+
+def parse_stages(text: str) -> tuple[float, ...] | tuple[str, ...]:
+    """"5%,25%,100%" as (5.0, 25.0, 100.0): ascending percentages of the fleet; or "canary,early,*" as ring names in order,
+    "*" (last) standing for every device of the fleet; at most MAX_STAGES either way."""
+    parts = [part.strip() for part in text.split(",")]
+    if not parts or len(parts) > MAX_STAGES:
+        raise RolloutError(f"--stages {text!r}: expected 1 to {MAX_STAGES} percentages (5%,25%,100%) or ring names (canary,early,*) "
+                           "separated by commas")
+    if all(not part.rstrip("%").replace(".", "", 1).isdigit() for part in parts):
+        for part in parts[:-1] if parts[-1] == EVERY_RING else parts:
+            parse_ring(part or "-", what="--stages ring")  # "-" is refused with the message an empty name needs
+        if len(set(parts)) != len(parts):
+            raise RolloutError(f"--stages {text!r}: a ring is named twice")
+        return tuple(parts)
+    stages = tuple(_percent(part, "--stages value") for part in parts)
     if any(b <= a for a, b in zip(stages, stages[1:], strict=False)):
         raise RolloutError(f"--stages {text!r}: each stage must reach more devices than the one before")
     return stages
+
+
+def stage_label(stage: float | str) -> str:
+    """How a stage is shown: "25%" or the ring's name ("*": every device)."""
+    return stage if isinstance(stage, str) else f"{stage:g}%"
+
+
+def in_rollout_stage(rollout: Rollout, device: Device, stage: int) -> bool:
+    """Whether ``device`` of the rollout's fleet is targeted once stage ``stage`` (0-based) is reached: by the hash of its id
+    for percentages (stages nest), by its ring for rings (the rings of every stage so far; "*" takes every device)."""
+    reached = rollout.stages[stage]
+    if isinstance(reached, str):
+        rings = rollout.stages[: stage + 1]
+        return EVERY_RING in rings or (bool(device.ring) and device.ring in rings)
+    return in_stage(device.device_id, reached)
 
 
 def parse_max_failures(text: str) -> float:
@@ -144,7 +180,7 @@ def _fleet_devices(devices: Iterable[Device], fleet: str) -> list[Device]:
 
 
 async def start_rollout(
-    store: Store, releases: Path, *, version: str, fleet: str, stages: tuple[float, ...], wait_ms: int, max_failure: float,
+    store: Store, releases: Path, *, version: str, fleet: str, stages: tuple[float, ...] | tuple[str, ...], wait_ms: int, max_failure: float,
     actor: str, url: str | None = None, pause_backlog: int = 0, now_ms: int | None = None,
 ) -> Rollout:
     """Start a rollout (audited ``rollout.start``) and target its first stage at once.
@@ -158,7 +194,7 @@ async def start_rollout(
                            f"halt it first (ocn-edge hub rollout halt {running[0].id}), or wait for it to be done")
     if not _fleet_devices(await store.devices(), fleet):
         raise RolloutError(f"fleet {fleet!r} has no active device")
-    plan = ",".join(_pct(s) for s in stages)
+    plan = ",".join(stage_label(s) for s in stages)
     if not 0 <= pause_backlog <= 1_000_000_000:
         raise RolloutError(f"--pause-backlog {pause_backlog}: expected a number of batches from 0 (never pause) up")
     rollout = Rollout(0, version, fleet, stages, wait_ms, max_failure, target_url, kid, "running", 0, now, now, "", now, now, pause_backlog)
@@ -205,7 +241,8 @@ async def resume_rollout(store: Store, rollout_id: int, *, actor: str, now_ms: i
                            "it cannot be resumed")
     resumed = _changed(rollout, now, state="running", reason="", stage_started_ms=now, since_ms=now)
     entry = AuditEntry(at_ms=now, actor=actor, action="rollout.resume", target=f"rollout:{rollout.id}",
-                       detail=f"stage {rollout.stage + 1} of {len(rollout.stages)} ({_pct(rollout.stages[rollout.stage])}); was halted: {rollout.reason}")
+                       detail=f"stage {rollout.stage + 1} of {len(rollout.stages)} ({stage_label(rollout.stages[rollout.stage])}); "
+                              f"was halted: {rollout.reason}")
     if not await store.save_rollout(resumed, entry, replaces_ms=rollout.updated_ms):
         raise RolloutError(f"rollout {rollout_id} changed meanwhile; look at it again")
     log.info("rollout resumed", extra={"rollout": rollout.id, "actor": actor})
@@ -216,11 +253,11 @@ async def resume_rollout(store: Store, rollout_id: int, *, actor: str, now_ms: i
 async def _halt(store: Store, rollout: Rollout, now: int, *, actor: str, reason: str, members: list[Device] | None = None) -> Rollout:
     halted = _changed(rollout, now, state="halted", reason=reason[:500])
     entry = AuditEntry(at_ms=now, actor=actor, action="rollout.halt", target=f"rollout:{rollout.id}",
-                       detail=f"stage {rollout.stage + 1} of {len(rollout.stages)} ({_pct(rollout.stages[rollout.stage])}): {reason}"[:1000])
+                       detail=f"stage {rollout.stage + 1} of {len(rollout.stages)} ({stage_label(rollout.stages[rollout.stage])}): {reason}"[:1000])
     if not await store.save_rollout(halted, entry, replaces_ms=rollout.updated_ms):
         return await _find(store, rollout.id)  # another process changed it first
     if members is None:
-        members = [d for d in _fleet_devices(await store.devices(), rollout.fleet) if in_stage(d.device_id, rollout.stages[rollout.stage])]
+        members = [d for d in _fleet_devices(await store.devices(), rollout.fleet) if in_rollout_stage(rollout, d, rollout.stage)]
     await store.set_software_targets({d.device_id: None for d in members if d.software_version != rollout.version}, now_ms=now)
     # The hub's own halt is news for whoever reads the log; one by hand was just said by the one who did it.
     (log.warning if actor == AUTOMATIC else log.info)(
@@ -240,7 +277,7 @@ def _failures(rollout: Rollout, members: list[Device], updates: dict[str, Softwa
 def rollout_progress(rollout: Rollout, devices: Iterable[Device], updates: dict[str, SoftwareUpdate]) -> dict[str, int]:
     """How a rollout stands: its fleet's active devices, those targeted so far, running the release, and failed."""
     fleet = _fleet_devices(devices, rollout.fleet)
-    members = [d for d in fleet if in_stage(d.device_id, rollout.stages[rollout.stage])]
+    members = [d for d in fleet if in_rollout_stage(rollout, d, rollout.stage)]
     return {"devices": len(fleet), "targeted": len(members), "running": sum(d.software_version == rollout.version for d in members),
             "failed": len(_failures(rollout, members, updates))}
 
@@ -261,7 +298,7 @@ async def advance(store: Store, *, now_ms: int | None = None, only: int | None =
 async def _step(store: Store, rollout: Rollout, devices: list[Device], updates: dict[str, SoftwareUpdate],
                 documents: dict[tuple[str, str], tuple[dict[str, Any], int]], now: int) -> None:
     fleet = _fleet_devices(devices, rollout.fleet)
-    members = [d for d in fleet if in_stage(d.device_id, rollout.stages[rollout.stage])]
+    members = [d for d in fleet if in_rollout_stage(rollout, d, rollout.stage)]
     failed = _failures(rollout, members, updates)
     if members and len(failed) / len(members) > rollout.max_failure:
         named = "; ".join(f"{u.device_id}: {u.state}" + (f" ({u.reason})" if u.reason else "") for u in failed[:3])
@@ -287,10 +324,10 @@ async def _step(store: Store, rollout: Rollout, devices: list[Device], updates: 
         return
     nxt = _changed(rollout, now, stage=rollout.stage + 1, stage_started_ms=now)
     entry = AuditEntry(at_ms=now, actor=AUTOMATIC, action="rollout.advance", target=f"rollout:{rollout.id}",
-                       detail=f"stage {nxt.stage + 1} of {len(rollout.stages)} ({_pct(rollout.stages[nxt.stage])}); "
+                       detail=f"stage {nxt.stage + 1} of {len(rollout.stages)} ({stage_label(rollout.stages[nxt.stage])}); "
                               f"the stage before: {len(members)} devices, {len(failed)} failed")
     if await store.save_rollout(nxt, entry, replaces_ms=rollout.updated_ms):
-        log.info("rollout advanced", extra={"rollout": rollout.id, "stage": nxt.stage + 1, "percent": rollout.stages[nxt.stage]})
+        log.info("rollout advanced", extra={"rollout": rollout.id, "stage": nxt.stage + 1, "stage_of_plan": stage_label(rollout.stages[nxt.stage])})
         await _step(store, nxt, devices, updates, await store.desired_documents(), now)
 
 

@@ -263,6 +263,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        10,
+        # Named rings for staged rollouts (hub/rollout.py, docs/updates.md): the ring a device belongs to, set by an
+        # operator (`ocn-edge hub device ring`, the admin API); '' for none.  A rollout's stages may name rings in order.
+        """
+        ALTER TABLE devices ADD COLUMN ring TEXT NOT NULL DEFAULT '';
+        """,
+    ),
 )
 
 # Statements of a migration one engine needs in its own dialect, each run whole (trigger bodies hold

@@ -32,7 +32,7 @@ class Rollout:
     id: int
     version: str
     fleet: str
-    stages: tuple[float, ...]  # percentages of the fleet, ascending, the last one 100 or less
+    stages: tuple[float, ...] | tuple[str, ...]  # percentages of the fleet, ascending; or ring names in order ("*": every device)
     wait_ms: int
     max_failure: float  # the failure rate of a stage (0..1) past which the rollout halts
     url: str
@@ -68,9 +68,14 @@ def rollout_entry(entry: AuditEntry, rollout_id: int) -> AuditEntry:
     return replace(entry, target=f"rollout:{rollout_id}") if entry.target == "rollout:new" else entry
 
 
+def _stages(raw: list[Any]) -> tuple[float, ...] | tuple[str, ...]:
+    """A rollout's stages as stored: percentages (numbers) or ring names (text)."""
+    return tuple(str(s) for s in raw) if raw and isinstance(raw[0], str) else tuple(float(s) for s in raw)
+
+
 def rollout_from_row(row: Sequence[Any]) -> Rollout:
     """A Rollout from a row selected with ROLLOUT_COLUMNS (both engines)."""
-    return Rollout(int(row[0]), row[1], row[2], tuple(float(s) for s in json.loads(row[3])), int(row[4]), float(row[5]), row[6], row[7],
+    return Rollout(int(row[0]), row[1], row[2], _stages(json.loads(row[3])), int(row[4]), float(row[5]), row[6], row[7],
                    row[8], int(row[9]), int(row[10]), int(row[11]), row[12], int(row[13]), int(row[14]), int(row[15]))
 
 
@@ -124,6 +129,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def device_key(self, key_id: bytes) -> DeviceKey | None:
         """Who a key id belongs to and whether it may send (a revoked key stays known as revoked)."""
+
+    @abc.abstractmethod
+    async def set_device_ring(self, device_id: str, ring: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
+        """Put a device in a rollout ring ("": in none); False if there is no such device.  Audited as ``device.ring`` when it changes."""
 
     @abc.abstractmethod
     async def set_device_status(self, device_id: str, status: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:

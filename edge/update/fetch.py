@@ -14,6 +14,7 @@ State directory layout and write order: docs/updates.md, "On the gateway".
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
@@ -36,12 +37,26 @@ from edge.update.delta import DeltaError, apply_delta
 from edge.update.manifest import MANIFEST_FILE, FileEntry, Manifest, Refused, check_files, check_for_device, file_digest, read_manifest, this_target
 from edge.update.rollover import MAX_CHAIN_BYTES, ROLLOVER_FILE, Trust, extend_chain, key_for, load_chain, read_chain, trust_from
 
-__all__ = ["INSTALLED_FILE", "REQUEST_FILE", "FETCHED_FILE", "FetchError", "Fetched", "fetch_release", "served_chain", "update_dir", "write_json"]
+__all__ = [
+    "FETCHED_FILE",
+    "FetchError",
+    "Fetched",
+    "INSTALLED_FILE",
+    "KEEP_FREE",
+    "REQUEST_FILE",
+    "fetch_release",
+    "record_outcome",
+    "served_chain",
+    "unwritten_outcome",
+    "update_dir",
+    "write_json",
+]
 
 INSTALLED_FILE = "installed.json"  # the installer's last outcome (written by root, read here and by the status report)
 REQUEST_FILE = "request.json"  # the ask to the privileged installer (the path unit watches it)
 FETCHED_FILE = "fetched.json"  # the last download's outcome, for the status report and the local page
 _CHUNK = 64 * 1024
+KEEP_FREE = 16 << 20  # bytes an update leaves free on the state directory's disk: the spool's room comes first
 _TIMEOUT_S = 30.0
 
 
@@ -237,10 +252,12 @@ def fetch_release(
     installed: str | None = __version__,
     now: float | None = None,
     ca: str | Path | None = None,
+    keep_free: int = KEEP_FREE,
 ) -> Fetched:
     """Download the release at ``url`` (its manifest.cose beside its files) and request its install; Refused or FetchError otherwise.
 
-    ``ca`` is a PEM bundle of the CAs an https server's certificate may chain to (None: the system's)."""
+    ``ca`` is a PEM bundle of the CAs an https server's certificate may chain to (None: the system's). A release whose files
+    would leave less than ``keep_free`` bytes free on the disk is refused (no_space) before anything is downloaded."""
     target = target or this_target()
     work = update_dir(state)
     blobs = work / "blobs"
@@ -254,11 +271,12 @@ def fetch_release(
         check_for_device(manifest, now=now, target=target, installed=installed)
         _not_failed_before(work, manifest.version)
     except Refused as exc:
-        _fetched(work, {"state": "refused", "reason": exc.reason, "detail": str(exc), "url": url})
+        record_outcome(work, {"state": "refused", "reason": exc.reason, "detail": str(exc), "url": url})
         raise
     reused = 0
     holdings = _Holdings(opt, blobs)
     try:
+        _room_for(work, manifest, target, holdings, keep_free)
         for entry in manifest.files_for(target):
             blob = blobs / entry.sha256.hex()
             if blob.exists():
@@ -275,28 +293,73 @@ def fetch_release(
                     link.into(entry.path, part, entry.size)
             _keep(part, entry, blob, f"{link.base}{entry.path}")
     except Refused as exc:
-        _fetched(work, {"state": "refused", "version": manifest.version, "reason": exc.reason, "detail": str(exc), "url": url})
+        record_outcome(work, {"state": "refused", "version": manifest.version, "reason": exc.reason, "detail": str(exc), "url": url})
         raise
     except FetchError as exc:
         exc.downloaded = link.bytes
-        _fetched(work, {"state": "downloading", "version": manifest.version, "detail": str(exc), "url": url})
+        record_outcome(work, {"state": "downloading", "version": manifest.version, "detail": str(exc), "url": url})
         raise
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
-            _fetched(work, {"state": "refused", "version": manifest.version, "reason": "no_space", "detail": str(exc)})
-            raise Refused("no_space", f"{blobs}: the disk is full; the running version is untouched") from None
+        _full_disk(work, manifest, exc)
         raise
-    extend_chain(work / ROLLOVER_FILE, trust)
-    bundle = _assemble(work, manifest, data, target, trust.chain)
-    _fetched(work, {"state": "requested", "version": manifest.version, "url": url, "bytes": link.bytes, "requests": link.requests})
-    write_json(work / REQUEST_FILE, {"version": manifest.version, "bundle": str(bundle), "requested_ms": int(time.time() * 1000)})
+    try:
+        extend_chain(work / ROLLOVER_FILE, trust)
+        bundle = _assemble(work, manifest, data, target, trust.chain)
+        record_outcome(work, {"state": "requested", "version": manifest.version, "url": url, "bytes": link.bytes, "requests": link.requests})
+        write_json(work / REQUEST_FILE, {"version": manifest.version, "bundle": str(bundle), "requested_ms": int(time.time() * 1000)})
+    except OSError as exc:
+        _full_disk(work, manifest, exc)
+        raise
     _prune(blobs, manifest, target)
     return Fetched(manifest.version, bundle, link.bytes, link.requests, reused)
 
 
-def _fetched(work: Path, record: dict[str, object]) -> None:
-    """The last download's outcome, with when it was reached (the status report shows the newer of this and the install's)."""
-    write_json(work / FETCHED_FILE, {**record, "ts_ms": int(time.time() * 1000)})
+def _room_for(work: Path, manifest: Manifest, target: str, holdings: _Holdings, keep_free: int) -> None:
+    """Refuse (no_space) before downloading when the files still to fetch would leave less than ``keep_free`` bytes on the disk:
+    the spool shares it, and the readings come first."""
+    needed = sum(entry.size for entry in manifest.files_for(target)
+                 if not (work / "blobs" / entry.sha256.hex()).exists() and holdings.find(entry.sha256) is None)
+    disk = os.statvfs(work)
+    free = disk.f_bavail * disk.f_frsize
+    if needed + keep_free > free:
+        raise Refused("no_space", f"{work}: release {manifest.version} needs {needed} bytes and {keep_free} stay free for the spool, "
+                                  f"but {free} are free; the running version is untouched")
+
+
+def _full_disk(work: Path, manifest: Manifest, exc: OSError) -> None:
+    """The disk filled up under the download: give back what this release took so far and refuse it (no_space); other errors pass."""
+    if exc.errno != errno.ENOSPC:
+        return
+    for part in (work / "blobs").glob("*.part"):
+        part.unlink(missing_ok=True)
+    shutil.rmtree(work / "releases" / f".{manifest.version}.building", ignore_errors=True)
+    detail = f"{work}: the disk filled up while release {manifest.version} was downloaded; what it took is freed, the running version is untouched"
+    record_outcome(work, {"state": "refused", "version": manifest.version, "reason": "no_space", "detail": detail})
+    raise Refused("no_space", detail) from None
+
+
+# The newest outcome a full disk kept from being written, per update directory: the status report still tells of it.
+_UNWRITTEN: dict[Path, dict[str, object]] = {}
+
+
+def record_outcome(work: Path, record: dict[str, object]) -> None:
+    """The last download's outcome in ``fetched.json``, with when it was reached (the status report shows the newer of this and the
+    install's); when the disk is too full to write it, kept in memory for this process's status reports (unwritten_outcome)."""
+    stamped = {**record, "ts_ms": int(time.time() * 1000)}
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        write_json(work / FETCHED_FILE, stamped)
+    except OSError:
+        _UNWRITTEN[work] = stamped
+        (work / f".{FETCHED_FILE}.tmp").unlink(missing_ok=True)
+    else:
+        _UNWRITTEN.pop(work, None)
+
+
+def unwritten_outcome(work: Path) -> dict[str, object] | None:
+    """An outcome record_outcome could not write to disk, if the newest one was such."""
+    return _UNWRITTEN.get(work)
+
 
 
 def _not_failed_before(work: Path, version: str) -> None:

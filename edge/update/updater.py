@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge import __version__
 from edge.protocol.keys import KeyFileError, load_public_key
-from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE, REQUEST_FILE, Fetched, FetchError, fetch_release, served_chain, update_dir, write_json
+from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE, REQUEST_FILE, Fetched, FetchError, fetch_release, record_outcome, served_chain, update_dir
 from edge.update.manifest import Refused, parse_version
 from edge.update.rollover import ROLLOVER_FILE, load_chain, trust_from
 
@@ -211,6 +211,12 @@ class Updater:
         try:
             fetched = await asyncio.to_thread(_fetch_unless_asked, url, key, self.state_dir, self.opt, left or 0, target.version, self._ca())
         except Refused as exc:
+            if exc.reason == "no_space":  # the disk may have room again later: tried again then, logged once
+                if self._held_back != f"no_space {target.version}":
+                    self._held_back = f"no_space {target.version}"
+                    log.warning("software update refused: no room on the disk; the running version is untouched, tried again later",
+                                extra={"version": target.version, "detail": str(exc), "retry_s": self.retry_s})
+                return self.retry_s
             self._settled.add(target.version)  # fetch wrote the refusal for the status report
             log.warning("software update refused", extra={"version": target.version, "reason": exc.reason, "detail": str(exc)})
             return None
@@ -233,12 +239,7 @@ class Updater:
     def _refuse(self, work: Path, target: SoftwareTarget, reason: str, detail: str) -> None:
         self._settled.add(target.version)
         log.warning("software update refused", extra={"version": target.version, "reason": reason, "detail": detail})
-        try:
-            work.mkdir(parents=True, exist_ok=True)
-            write_json(work / FETCHED_FILE, {"state": "refused", "version": target.version, "reason": reason, "detail": detail,
-                                            "ts_ms": int(time.time() * 1000)})
-        except OSError as exc:
-            log.warning("cannot record the refusal on disk", extra={"error": str(exc)})
+        record_outcome(work, {"state": "refused", "version": target.version, "reason": reason, "detail": detail})
 
 
 def _read(path: Path) -> dict[str, Any]:

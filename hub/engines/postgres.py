@@ -35,6 +35,7 @@ from hub.engines.sql import (
     from_uint_column,
     notice_location,
     quarantine_rows,
+    ring_entry,
     status_change_allowed,
     status_entry,
     status_row,
@@ -261,6 +262,16 @@ class PostgresStore(Store):
             return DeviceKey(row[0], key_id, bytes(row[1]), row[2])
         owner = await self._pool.fetchval("SELECT device_id FROM revoked_keys WHERE key_id = $1", key_id)
         return DeviceKey(owner, key_id, b"", "revoked") if owner else None
+
+    async def set_device_ring(self, device_id: str, ring: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
+        async with self._pool.acquire() as conn, conn.transaction():
+            old = await conn.fetchval("SELECT ring FROM devices WHERE device_id = $1 FOR UPDATE", device_id)
+            if old is None:
+                return False
+            if old != ring:
+                await conn.execute("UPDATE devices SET ring = $1 WHERE device_id = $2", ring, device_id)
+                await _audit(conn, ring_entry(device_id, old, ring, now_ms=now_ms, actor=actor))
+            return True
 
     async def set_device_status(self, device_id: str, status: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
         async with self._pool.acquire() as conn, conn.transaction():

@@ -28,6 +28,7 @@ __all__ = [
     "desired_entry",
     "expire_query",
     "expiry_plan",
+    "ring_entry",
     "status_entry",
     "token_entry",
     "dumps",
@@ -134,7 +135,7 @@ def status_row(report: Mapping[str, Any]) -> dict[str, Any]:
 DEVICE_COLUMNS = (
     "device_id, key_id, status, fleet, enrolled_ms, last_seen_ms, software_version, boot_epoch, last_seq,"
     " unclean_stops, readings_dropped, spool_batches, spool_bytes, policy_digest, config_digest, applied_etag, errors,"
-    " counters, readings_stored, batches_stored, duplicates, status_ms, site, latitude, longitude"
+    " counters, readings_stored, batches_stored, duplicates, status_ms, site, latitude, longitude, ring"
 )
 
 
@@ -166,6 +167,7 @@ def device_from_row(row: Sequence[Any]) -> Device:
         site=row[22],
         latitude=row[23],
         longitude=row[24],
+        ring=row[25],
     )
 
 
@@ -260,6 +262,12 @@ def desired_entry(
     detail = (", ".join(f"{part} changed" for part in changed) or "nothing changed") if new is not None else f"cleared ({', '.join(changed)})"
     return AuditEntry(at_ms=now_ms, actor=actor, action="desired.set" if new is not None else "desired.clear", target=f"{scope}:{name}",
                       before_sha256=document_digest(old), after_sha256=document_digest(new), detail=detail)
+
+
+def ring_entry(device_id: str, old: str, new: str, *, now_ms: int, actor: str) -> AuditEntry:
+    """The audit entry of putting a device in a rollout ring (or taking it out: ``new`` "")."""
+    return AuditEntry(at_ms=now_ms, actor=actor, action="device.ring", target=f"device:{device_id}",
+                      detail=f"ring {old or '(none)'} -> {new or '(none)'}")
 
 
 def status_entry(device_id: str, old: str, new: str, *, now_ms: int, actor: str) -> AuditEntry:

@@ -43,6 +43,7 @@ from hub.engines.sql import (
     from_uint_column,
     notice_location,
     quarantine_rows,
+    ring_entry,
     status_change_allowed,
     status_entry,
     status_row,
@@ -305,6 +306,18 @@ class SQLiteStore(Store):
             return DeviceKey(rows[0][0], key_id, bytes(rows[0][1]), rows[0][2])
         rows = await self._read("SELECT device_id FROM revoked_keys WHERE key_id = ?", (key_id,))
         return DeviceKey(rows[0][0], key_id, b"", "revoked") if rows else None
+
+    async def set_device_ring(self, device_id: str, ring: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT ring FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            if row is None:
+                return False
+            if row[0] != ring:
+                conn.execute("UPDATE devices SET ring = ? WHERE device_id = ?", (ring, device_id))
+                _audit(conn, ring_entry(device_id, row[0], ring, now_ms=now_ms, actor=actor))
+            return True
+
+        return await self._write(run)
 
     async def set_device_status(self, device_id: str, status: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
