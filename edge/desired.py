@@ -28,11 +28,14 @@ import base64
 import json
 import logging
 import os
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -66,6 +69,10 @@ class DesiredError(Exception):
     """A desired document cannot be applied; the message says why in one line."""
 
 
+class _TryLater(Exception):
+    """A desired document that cannot be applied now for a passing reason (the hub unreachable): not refused."""
+
+
 @dataclass(frozen=True, slots=True)
 class DesiredChange:
     """A verified desired document, split into what it asks for (None: the local one)."""
@@ -74,6 +81,7 @@ class DesiredChange:
     policy: Mapping[str, Any] | None
     config: Mapping[str, Any] | None
     software: SoftwareTarget | None = None  # the release the hub wants running (docs/updates.md); None: none named
+    ca: bytes | None = None  # the CA bundle the hub gives for its https certificate (trust.ca); None: [uplink] ca
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,19 @@ def local_policy(config: GatewayConfig) -> Policy:
 def overlay_config(base_toml: str, overlay: Mapping[str, Any]) -> dict[str, Any]:
     """The effective config's tables with the hub's desired tables laid over them."""
     return merge_tables(tomllib.loads(base_toml), overlay)
+
+
+def _replace(path: Path, content: bytes | None, what: str) -> None:
+    """``path`` holds ``content`` (None: is absent), written atomically, logged when it changes."""
+    if content == (path.read_bytes() if path.exists() else None):
+        return
+    if content is None:
+        path.unlink()
+        log.info(f"forgot {what}", extra={"path": str(path)})
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(path, content)
+        log.info(f"kept {what} from the signed desired document", extra={"path": str(path)})
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -256,23 +277,18 @@ class DesiredState:
         """The CA bundle the hub's signed document last gave (it replaces [uplink] ca for an https hub), or None."""
         return self.hub_ca_file if self.hub_ca_file.exists() else None
 
-    def _keep_trust(self, trust: object) -> None:
-        """What a verified document says about trust: the hub's next key and the CA bundle; absent parts are forgotten."""
+    def _keep_trust(self, trust: object) -> bytes | None:
+        """Keep the hub's next key a verified document announces (forget it when none is); its CA bundle, for the applier."""
         try:
             announced, ca = hubtrust.parse_trust(trust)
         except hubtrust.TrustError as exc:
             raise DesiredError(str(exc)) from None
-        for path, content, what in ((self.next_hub_key_path, announced, "the hub's next signing key"), (self.hub_ca_file, ca, "the hub's CA bundle")):
-            old = path.read_bytes() if path.exists() else None
-            if content == old:
-                continue
-            if content is None:
-                path.unlink()
-                log.info(f"forgot {what}", extra={"path": str(path)})
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _write_atomically(path, content)
-                log.info(f"kept {what} from the signed desired document", extra={"path": str(path)})
+        _replace(self.next_hub_key_path, announced, "the hub's next signing key")
+        return ca
+
+    def keep_ca(self, ca: bytes | None) -> None:
+        """Trust ``ca`` for the hub's certificate from the next pipeline start on (None: [uplink] ca again)."""
+        _replace(self.hub_ca_file, ca, "the hub's CA bundle")
 
     # -- verification -----------------------------------------------------------------------
 
@@ -297,7 +313,7 @@ class DesiredState:
             self.pin_hub_key(hubtrust.pem(signer))
         if document.get("device_id") != self.device_id:
             raise DesiredError(f"the desired document is for device {document.get('device_id')!r}, not {self.device_id!r}")
-        self._keep_trust(document.get("trust"))
+        ca = self._keep_trust(document.get("trust"))
         policy, config = document.get("policy"), document.get("config")
         for name, part in (("policy", policy), ("config", config)):
             if part is not None and not isinstance(part, Mapping):
@@ -308,7 +324,7 @@ class DesiredState:
                 software = parse_target(document["software"])
             except TargetError as exc:
                 raise DesiredError(str(exc)) from None
-        return DesiredChange(etag=etag, policy=policy, config=config, software=software)
+        return DesiredChange(etag=etag, policy=policy, config=config, software=software, ca=ca)
 
 
 class DesiredApplier:
@@ -359,6 +375,8 @@ class DesiredApplier:
             self._latest = None
             try:
                 await self._apply(signed, etag)
+            except _TryLater as exc:  # not refused: the hub offers the document again with its next answer
+                log.info("desired state not applied yet; tried again with the hub's next answer", extra={"etag": etag, "reason": str(exc)})
             except DesiredError as exc:
                 self.state.record_failure(etag, str(exc))
             except Exception as exc:  # noqa: BLE001 - whatever it was, the last good state stays and it is reported
@@ -372,7 +390,12 @@ class DesiredApplier:
         gw = self.gateway
         config = self._target_config(change)
         policy, policy_toml = self._target_policy(change, config)
-        ca_changed = self.base_config.uplink.hub.startswith("https://") and self.state.hub_ca_bytes() != self._ca_in_use
+        ca_changed = False
+        if self.base_config.uplink.hub.startswith("https://") and change.etag:
+            if change.ca is not None and change.ca != self.state.hub_ca_bytes():
+                await self._check_ca(change.ca)
+            self.state.keep_ca(change.ca)
+            ca_changed = self.state.hub_ca_bytes() != self._ca_in_use
         if config.digest != gw.config.digest or ca_changed:
             if self._request_reload is None:
                 raise DesiredError("this gateway cannot restart its pipeline in place")
@@ -387,6 +410,27 @@ class DesiredApplier:
         self.state.record_success(change, policy_toml=policy_toml)
         if self._on_software is not None:
             self._on_software(change.software)
+
+    async def _check_ca(self, ca: bytes) -> None:
+        """A CA bundle is taken only if it verifies the certificate the hub presents now: one that did not would cut this
+        gateway off from its hub for good (docs/updates.md, "The CA gateways trust")."""
+        url = urlsplit(self.base_config.uplink.hub)
+        host, port = url.hostname or "", url.port or 443
+        try:
+            context = ssl.create_default_context(cadata=ca.decode())
+        except (ssl.SSLError, ValueError) as exc:
+            raise DesiredError(f"desired trust.ca: not a CA bundle this gateway can load ({exc})") from None
+        try:
+            async with asyncio.timeout(self.base_config.uplink.timeout):
+                _, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+                writer.close()
+                with suppress(OSError):
+                    await writer.wait_closed()
+        except ssl.SSLCertVerificationError as exc:
+            raise DesiredError(f"desired trust.ca does not verify the hub's certificate at {host}:{port} ({exc.verify_message}); "
+                               "the CA bundle in use is kept") from None
+        except (OSError, TimeoutError) as exc:
+            raise _TryLater(f"cannot check the hub's CA bundle against {host}:{port} now ({exc})") from None
 
     def _target_config(self, change: DesiredChange) -> GatewayConfig:
         if change.config is None:

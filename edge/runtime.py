@@ -178,7 +178,8 @@ class Gateway:
         self.devices = Devices(cfg, driver_lookup=self._driver_lookup, clock_ms=self._clock_ms)
         privacy = self._first_privacy_stage()
         if cfg.uplink.hub:
-            ca = self.desired.hub_ca_path() or cfg.uplink.ca or None  # the hub's signed documents may have given a newer CA bundle
+            # An https hub's signed documents may have given a newer CA bundle (docs/updates.md, "The CA gateways trust").
+            ca = (self.desired.hub_ca_path() if cfg.uplink.hub.startswith("https://") else None) or cfg.uplink.ca or None
             transport = open_transport(cfg.uplink.hub, ca=ca, timeout_s=cfg.uplink.timeout, broker=cfg.uplink.broker,
                                        device_id=cfg.gateway.id, broker_password=cfg.uplink.broker_password)
             self.updater = Updater(state_dir=state, hub_url=cfg.uplink.hub, release_key=release_key_path(), opt=opt_path(), ca=lambda: ca)

@@ -15,6 +15,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -63,8 +64,13 @@ def parse_trust(trust: object) -> tuple[bytes | None, bytes | None]:
             raise TrustError(f"desired trust.{NEXT_KEY}: expected a PEM public key, got {type(announced).__name__}")
         load_pem(announced.encode(), where=f"desired trust.{NEXT_KEY}")
     ca = trust.get(CA)
-    if ca is not None and (not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca or len(ca) > MAX_CA_BYTES):
-        raise TrustError(f"desired trust.{CA}: expected PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_BYTES} bytes")
+    if ca is not None:
+        if not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca or len(ca) > MAX_CA_BYTES:
+            raise TrustError(f"desired trust.{CA}: expected PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_BYTES} bytes")
+        try:
+            x509.load_pem_x509_certificates(ca.encode())
+        except ValueError as exc:
+            raise TrustError(f"desired trust.{CA}: a certificate does not parse ({exc})") from None
     return (announced.encode() if announced else None), (ca.encode() if ca else None)
 
 

@@ -141,6 +141,14 @@ async def test_the_ca_changes_over_the_signed_documents_and_a_gateway_offline_me
                 assert await asyncio.to_thread(hub_cli, tmp_path, "key", "ca", "--bundle", str(tmp_path / "both.pem")) == 0
                 await applied(hub, gateways, "pole-0001")
                 assert (tmp_path / "pole-0001/hub-ca.pem").read_text() == old.pem() + new.pem() and len(gateways) == 2
+                # A bundle that would not verify the certificate the hub presents now would cut the gateway off: refused.
+                (tmp_path / "new-only.pem").write_text(new.pem())
+                assert await asyncio.to_thread(hub_cli, tmp_path, "key", "ca", "--bundle", str(tmp_path / "new-only.pem")) == 0
+                assert gateways[-1].uplink is not None
+                await gateways[-1].uplink.send_status()
+                await until(lambda: "does not verify the hub's certificate" in gateways[-1].desired.last_error, "the bundle refused")
+                assert (tmp_path / "pole-0001/hub-ca.pem").read_text() == old.pem() + new.pem() and len(gateways) == 2
+                assert await asyncio.to_thread(hub_cli, tmp_path, "key", "ca", "--bundle", str(tmp_path / "both.pem")) == 0
                 # The city moves the hub to a certificate of the new CA, served with the new CA cross-signed by the old one.
                 cross = old.cross_sign(new)
                 front.serve(*new.server(tmp_path, "new-server-cross", chain=(cross,)))
