@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from hilsim.faults import FaultTimeline
+from hilsim.ledger import Ledger, Value
 from hilsim.models import Model
 
 __all__ = ["SimClock", "SimDevice"]
@@ -95,6 +96,7 @@ class SimDevice:
         self.values: dict[str, float] = {}
         self.tick = -1
         self.frames = 0
+        self.ledger: Ledger | None = None  # set by run_scenario(ledger=...): every value served is written to it
         self._task: asyncio.Task[None] | None = None
 
     def model_values(self, tick: int) -> dict[str, float]:
@@ -162,3 +164,8 @@ class SimDevice:
     def next_frame(self) -> int:
         self.frames += 1
         return self.frames
+
+    def served(self, values: Mapping[str, Value], faults: Mapping[str, object]) -> None:
+        """Write the values of one frame put on the wire (or withheld by a fault) to the ledger, if there is one."""
+        if self.ledger is not None:
+            self.ledger.record(self.name, self.clock.wall_ms(), values, tuple(faults))

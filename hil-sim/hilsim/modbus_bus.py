@@ -128,10 +128,18 @@ class RtuLine:
             return
         pdu = frame[1:-2]
         response: bytes | None
+        served: list[tuple[int, Sequence[int]]] = []
+
+        async def read(function_code: int, address: int, count: int) -> Sequence[int] | int:
+            result = await device.read(function_code, address, count)
+            if not isinstance(result, int):
+                served.append((address, result))
+            return result
+
         if "exception" in hits:
             response = exception_pdu(pdu[0], hits["exception"].code)
         else:
-            response = await answer_pdu(pdu, unit_id=device.unit, read=device.read)
+            response = await answer_pdu(pdu, unit_id=device.unit, read=read)
         self.requests.append((frame[0], response is not None))
         if response is None:
             return
@@ -157,6 +165,8 @@ class RtuLine:
             await self.port.write(reply[cut:])
         else:
             await self.port.write(reply)
+        for address, words in served:
+            device.served_registers(address, words, hits)
 
 
 class TcpBus:
@@ -221,7 +231,10 @@ class TcpBus:
                 await asyncio.sleep(delay)
             if "exception" in hits:
                 return hits["exception"].code
-            return await device.read(function_code, address, count)
+            result = await device.read(function_code, address, count)
+            if not isinstance(result, int):
+                device.served_registers(address, result, hits)
+            return result
 
         return read
 

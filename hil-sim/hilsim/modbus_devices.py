@@ -9,7 +9,7 @@ physically consistent unless the scenario models them directly.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from hilsim.device import SimDevice
@@ -70,6 +70,11 @@ class ModbusDevice(SimDevice):
         if function_code != self.register_map.function_code or address + count > self.register_map.size:
             return _ILLEGAL_ADDRESS
         return self.image[address : address + count]
+
+    def served_registers(self, address: int, words: Sequence[int], faults: Mapping[str, object]) -> None:
+        """Write the registers of one reply (or one a fault withheld or spoiled) to the ledger, if there is one."""
+        if self.ledger is not None:
+            self.served(self.register_map.values_in(address, words), faults)
 
     async def disconnect(self) -> None:
         self.present = False

@@ -8,6 +8,11 @@ time with :meth:`UplinkProxy.set_mode`:
 - ``throttle``: each direction flows at most `rate` bytes per second (a congested cellular link).
 - ``blackhole``: connections are accepted and bytes are read, but nothing is forwarded or answered.
 - ``cut``: open connections are reset and new ones are closed at once (link down).
+- ``http503``: the hub seems overloaded: every request is answered ``503 Service Unavailable`` by the proxy.
+- ``garbage``: something between gateway and hub mangles answers: every request gets bytes that are not HTTP.
+
+Switching to ``cut``, ``http503`` or ``garbage`` resets the open connections, so a kept-alive
+connection does not slip past the new mode.
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from dataclasses import dataclass
 
 __all__ = ["MODES", "ProxyStep", "UplinkProxy"]
 
-MODES = ("pass", "delay", "throttle", "blackhole", "cut")
+MODES = ("pass", "delay", "throttle", "blackhole", "cut", "http503", "garbage")
+
+_ANSWERS = {
+    "http503": b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: close\r\n\r\noverloaded\r\n",
+    "garbage": bytes(range(256)) * 4,
+}
 
 log = logging.getLogger("hilsim.netproxy")
 
@@ -94,7 +104,7 @@ class UplinkProxy:
         """Switch mode now; `cut` also resets every open connection."""
         self.step = ProxyStep(0.0, mode, delay, rate)
         log.info("uplink proxy: %s", mode)
-        if mode == "cut":
+        if mode in ("cut", *_ANSWERS):
             self._reset_all()
 
     async def _follow_schedule(self) -> None:
@@ -124,6 +134,9 @@ class UplinkProxy:
         if self.mode == "blackhole":
             await self._swallow(reader, writer)
             return
+        if self.mode in _ANSWERS:
+            await self._answer(reader, writer, _ANSWERS[self.mode])
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -140,6 +153,17 @@ class UplinkProxy:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while await reader.read(65536):
                 pass
+        writer.close()
+        self._writers.discard(writer)
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes) -> None:
+        """Answer the first request on the connection with `answer` (read up to the end of its head), then close."""
+        with contextlib.suppress(OSError, asyncio.CancelledError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+            async with asyncio.timeout(10):
+                await reader.readuntil(b"\r\n\r\n")
+            self.bytes_down += len(answer)
+            writer.write(answer)
+            await writer.drain()
         writer.close()
         self._writers.discard(writer)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hilsim.durations import parse_duration
+from hilsim.ledger import Value, mac_digest
 from hilsim.serial_devices import SerialDevice
 
 __all__ = ["PedestrianCounter", "PROTOCOL_VERSION", "format_mac"]
@@ -150,6 +151,9 @@ class PedestrianCounter(SerialDevice):
     async def every_step(self) -> None:
         lines, self.outbox = self.outbox, []
         for line in lines:
+            served: dict[str, Value] = {}
             if line.startswith(b"SEEN"):
-                self.emitted.add(line.split(b" ")[3].decode("ascii"))
-            await self.transmit(line)
+                mac = line.split(b" ")[3].decode("ascii")
+                self.emitted.add(mac)
+                served["mac"] = mac_digest(mac)
+            await self.transmit(line, served=served)

@@ -9,10 +9,10 @@ hil-sim/README.md, which is what driver profiles are written from.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Register", "RegisterMap", "SDM630", "SDM120", "WEATHER", "WATER_LEVEL", "encode_value"]
+__all__ = ["Register", "RegisterMap", "SDM630", "SDM120", "WEATHER", "WATER_LEVEL", "decode_value", "encode_value"]
 
 _RANGES = {"int16": (-0x8000, 0x7FFF), "uint16": (0, 0xFFFF), "uint32": (0, 0xFFFFFFFF)}
 
@@ -44,6 +44,17 @@ def encode_value(register: Register, value: float) -> list[int]:
     return [raw & 0xFFFF]
 
 
+def decode_value(register: Register, words: Sequence[int]) -> float | int:
+    """The engineering value `words` (high word first) hold in `register`'s encoding: what a reader of them gets."""
+    if register.type == "float32":
+        value: float = struct.unpack(">f", struct.pack(">HH", words[0], words[1]))[0]
+        return value
+    raw = (words[0] << 16) | words[1] if register.type == "uint32" else words[0]
+    if register.type == "int16" and raw >= 0x8000:
+        raw -= 0x10000
+    return raw if register.scale == 1.0 else raw * register.scale
+
+
 @dataclass(frozen=True, slots=True)
 class RegisterMap:
     """A device's readable register table: function 04 (input) or 03 (holding), addresses 0..size-1."""
@@ -68,6 +79,12 @@ class RegisterMap:
 
     def names(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.registers)
+
+    def values_in(self, address: int, words: Sequence[int]) -> dict[str, float | int]:
+        """The value of every register lying wholly inside `words`, read from `address` on, by name."""
+        end = address + len(words)
+        return {r.name: decode_value(r, words[r.address - address : r.address - address + r.words])
+                for r in self.registers if address <= r.address and r.address + r.words <= end}
 
 
 def _floats(rows: list[tuple[int, str, str]]) -> tuple[Register, ...]:

@@ -20,6 +20,7 @@ from typing import Any
 from hilsim.device import SimClock, SimDevice
 from hilsim.durations import parse_duration
 from hilsim.faults import FaultTimeline, parse_faults
+from hilsim.ledger import Ledger
 from hilsim.modbus_bus import RTU_LINE_FAULTS, TCP_FAULTS, RtuLine, TcpBus
 from hilsim.modbus_devices import ModbusDevice, Sdm120, Sdm630, WaterLevel, WeatherStation
 from hilsim.models import build_model
@@ -381,14 +382,15 @@ def _build(scenario: Scenario, sim: Simulation) -> list[Any]:
 @contextlib.asynccontextmanager
 async def run_scenario(
     scenario: str | Path | Scenario, *, seed: int | None = None, run_dir: str | Path | None = None,
-    start_wall: float | None = None, hub: str | None = None,
+    start_wall: float | None = None, hub: str | None = None, ledger: str | Path | None = None,
 ) -> AsyncIterator[Simulation]:
     """Run `scenario` until the block exits; every device is ready when the block starts.
 
     `seed` overrides the scenario's seed; `run_dir` holds the device symlinks
     (a temporary directory by default); `hub` ("http://127.0.0.1:PORT/") puts
     the uplink proxy in front of that hub when the scenario has an [uplink]
-    schedule or `hub` is given.
+    schedule or `hub` is given; `ledger` (a file path) is where every value a
+    device serves is appended (`hilsim.ledger`), the ground truth of a soak.
     """
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario)
@@ -404,6 +406,11 @@ async def run_scenario(
             parts = _build(scenario, sim)
         except ValueError as exc:
             raise ScenarioError(str(exc)) from None
+        if ledger is not None:
+            book = Ledger(ledger)
+            stack.callback(book.close)
+            for device in sim.devices.values():
+                device.ledger = book
         upstream = hub or scenario.uplink.get("hub")
         if upstream:
             host_port = upstream.split("//", 1)[-1].rstrip("/")

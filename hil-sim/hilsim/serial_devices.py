@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
 from hilsim.device import SimDevice
+from hilsim.ledger import Value
 from hilsim.ports import VirtualPort
 
-__all__ = ["SerialDevice", "Sds011", "Pms5003", "NmeaGps", "nmea_sentence", "sds011_checksum", "pms_checksum"]
+__all__ = ["PMS5003_FIELDS", "SerialDevice", "Sds011", "Pms5003", "NmeaGps", "gga_values", "nmea_sentence", "sds011_checksum", "pms_checksum"]
 
 _SERIAL_FAULTS = ("bad_checksum", "drop_reply", "late_reply", "split_frame", "partial_frame", "disconnect",
                   "stuck_value", "line_noise")
@@ -79,12 +81,14 @@ class SerialDevice(SimDevice):
         """`frame` with a wrong checksum (override for the device's layout; default: flip the last byte)."""
         return frame[:-1] + bytes([frame[-1] ^ 0xFF])
 
-    async def transmit(self, frame: bytes) -> None:
-        """Send one frame through the device's fault timeline."""
+    async def transmit(self, frame: bytes, *, served: Mapping[str, Value] | None = None) -> None:
+        """Send one frame through the device's fault timeline; `served` (the values it carries) goes to the ledger."""
         if not self.port.present:
             return
         hits = self.faults.draw(self.clock.t(), self.next_frame())
         if "drop_reply" in hits:
+            if served:
+                self.served(served, hits)
             return
         if "late_reply" in hits:
             await asyncio.sleep(hits["late_reply"].delay)
@@ -101,6 +105,8 @@ class SerialDevice(SimDevice):
             await self.port.write(frame[cut:])
         else:
             await self.port.write(frame)
+        if served:
+            self.served(served, hits)
 
 
 def sds011_checksum(body: bytes) -> int:
@@ -133,6 +139,11 @@ class Sds011(SerialDevice):
         pm10 = min(9999, max(0, round(self.values.get("pm10", 0.0) * 10)))
         body = pm25.to_bytes(2, "little") + pm10.to_bytes(2, "little") + self.device_id.to_bytes(2, "big")
         return b"\xAA\xC0" + body + bytes([sds011_checksum(body), 0xAB])
+
+    async def transmit_data(self) -> None:
+        frame = self.data_frame()
+        await self.transmit(frame, served={"pm2_5": int.from_bytes(frame[2:4], "little") / 10,
+                                           "pm10": int.from_bytes(frame[4:6], "little") / 10})
 
     def reply(self, command: int, d1: int, d2: int, d3: int = 0) -> bytes:
         body = bytes([command, d1, d2, d3]) + self.device_id.to_bytes(2, "big")
@@ -170,7 +181,7 @@ class Sds011(SerialDevice):
                 self.query_mode = d3 == 1
             await self.transmit(self.reply(2, d2, int(self.query_mode)))
         elif cmd == 4:
-            await self.transmit(self.data_frame())
+            await self.transmit_data()
         elif cmd == 5:
             self.device_id = int.from_bytes(command[13:15], "big")
             await self.transmit(self.reply(5, 0, 0))
@@ -193,7 +204,12 @@ class Sds011(SerialDevice):
         now = self.clock.t()
         if now >= self._next_report:
             self._next_report = now + (self.period_min * 60.0 if self.period_min else 1.0)
-            await self.transmit(self.data_frame())
+            await self.transmit_data()
+
+
+# The 12 data words of a PMS5003 frame, by the names the gateway's pms5003 driver gives its channels.
+PMS5003_FIELDS = ("pm1_0_cf1", "pm2_5_cf1", "pm10_cf1", "pm1_0", "pm2_5", "pm10", "particles_0_3um", "particles_0_5um",
+                  "particles_1_0um", "particles_2_5um", "particles_5_0um", "particles_10um")
 
 
 def pms_checksum(data: bytes) -> int:
@@ -231,6 +247,11 @@ class Pms5003(SerialDevice):
         body = b"\x42\x4D\x00\x1C" + b"".join(min(0xFFFF, w).to_bytes(2, "big") for w in words)
         return body + pms_checksum(body).to_bytes(2, "big")
 
+    async def transmit_data(self) -> None:
+        frame = self.data_frame()
+        words = [int.from_bytes(frame[i : i + 2], "big") for i in range(4, 28, 2)]
+        await self.transmit(frame, served=dict(zip(PMS5003_FIELDS, words, strict=True)))
+
     def command_reply(self, command: int, data: int) -> bytes:
         body = bytes([0x42, 0x4D, 0x00, 0x04, command, data])
         return body + pms_checksum(body).to_bytes(2, "big")
@@ -264,7 +285,7 @@ class Pms5003(SerialDevice):
             self.passive = data == 0
             await self.transmit(self.command_reply(0xE1, data))
         elif cmd == 0xE2 and self.passive:
-            await self.transmit(self.data_frame())
+            await self.transmit_data()
 
     async def every_step(self) -> None:
         if self.passive or self.sleeping:
@@ -272,7 +293,7 @@ class Pms5003(SerialDevice):
         now = self.clock.t()
         if now >= self._next_report:
             self._next_report = now + float(self.options["interval"])
-            await self.transmit(self.data_frame())
+            await self.transmit_data()
 
 
 def nmea_sentence(body: str) -> bytes:
@@ -337,6 +358,21 @@ class NmeaGps(SerialDevice):
         tick = int(now)
         self._next_fix = tick + 1.0
         for sentence in self.sentences(tick, self.clock.start_wall + tick):
-            await self.transmit(sentence)
+            await self.transmit(sentence, served=gga_values(sentence))
+
+
+def gga_values(sentence: bytes) -> dict[str, Value]:
+    """What a `$GPGGA` sentence says (fix quality, satellites and, with a fix, the position and altitude); {} for others."""
+    fields = sentence.decode("ascii").split("*")[0].split(",")
+    if fields[0] != "$GPGGA":
+        return {}
+    out: dict[str, Value] = {"fix_quality": int(fields[6]), "satellites": int(fields[7] or 0)}
+    if out["fix_quality"] and fields[2] and fields[4]:
+        lat = int(fields[2][:2]) + float(fields[2][2:]) / 60.0
+        lon = int(fields[4][:3]) + float(fields[4][3:]) / 60.0
+        out["latitude"] = -lat if fields[3] == "S" else lat
+        out["longitude"] = -lon if fields[5] == "W" else lon
+        out["altitude"] = float(fields[9])
+    return out
 
 
