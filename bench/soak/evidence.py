@@ -1,0 +1,140 @@
+"""Reading a soak's run directory back and reconciling it: the ledger, the hub's database, the spool, soak.json.
+
+Works on a finished run only (every process stopped), so ``python -m bench.soak --reconcile DIR``
+can check a kept run again, and tests/soak can check a short real run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.soak.reconcile import Channelled, Events, Outcome, channelled, reconcile, table
+from bench.soak.run import FILLER, GATEWAY_ID, filler_readings
+from drivers.modbus.profile import load_profile
+from drivers.registry import load_driver
+from edge.config import load_config
+from edge.devices import Devices
+from edge.privacy.policy import parse_policy
+from edge.protocol import load_public_key, open_batch
+from edge.spool import Spool
+from edge.util.clock import now_ms
+from hilsim.ledger import read_ledger
+from hilsim.modbus_devices import ModbusDevice
+from hilsim.scenario import DEVICE_KINDS, load_scenario
+
+__all__ = ["Evidence", "load_evidence", "summary"]
+
+
+@dataclass
+class Evidence:
+    directory: Path
+    outcome: Outcome
+    events: Events
+    spool: dict[str, int]
+    run: dict[str, Any]
+
+
+def ledger_names(scenario: Path) -> dict[tuple[str, str], list[tuple[str, int | None]]]:
+    """(device, ledger name) -> the gateway channels it feeds: a Modbus register by the gateway's profile (same address)."""
+    names: dict[tuple[str, str], list[tuple[str, int | None]]] = defaultdict(list)
+    for spec in load_scenario(scenario).devices:
+        cls = DEVICE_KINDS[spec["kind"]]
+        if not issubclass(cls, ModbusDevice) or cls.profile is None:
+            continue
+        by_address = {r.address: r.name for r in cls.register_map.registers}
+        for register in load_profile(cls.profile).registers:
+            if register.address in by_address:
+                names[(spec["name"], by_address[register.address])].append((register.channel, register.bit))
+    return names
+
+
+async def hub_readings(db: str) -> dict[str, list[tuple[int, object]]]:
+    """Every reading the hub stored for the soak's gateway, by channel (personal channels included)."""
+    from hub.database import open_store  # only the reconciliation reads the hub's database
+
+    store = await open_store(db)
+    try:
+        out: dict[str, list[tuple[int, object]]] = {}
+        for channel in await store.channels(device_id=GATEWAY_ID, include_personal=True):
+            rows = await store.readings(device_id=GATEWAY_ID, channel=channel.channel, include_personal=True, limit=1_000_000)
+            out[channel.channel] = [(r.ts_ms, r.value) for r in rows]
+        return out
+    finally:
+        await store.close()
+
+
+def _events(raw: dict[str, Any]) -> Events:
+    return Events(
+        runs=[(start, end) for start, end in raw["runs"]],
+        kills=list(raw["kills"]),
+        unplugged={device: [(a, b) for a, b in windows] for device, windows in raw["unplugged"].items()},
+        quota=[(a, b) for a, b in raw["quota"]],
+        flush_ms=raw["flush_ms"], slack_ms=raw["slack_ms"], reopen_ms=raw["reopen_ms"], unplug_lead_ms=raw["unplug_lead_ms"],
+    )
+
+
+async def load_evidence(directory: Path, scenario: Path) -> Evidence:
+    """Reconcile the finished run in ``directory`` (whose devices came from ``scenario``)."""
+    run = json.loads((directory / "soak.json").read_text())
+    events = _events(run["events"])
+    config = load_config(directory / "gateway.toml")
+    channels = Devices(config, driver_lookup=load_driver, clock_ms=now_ms).channels()
+    policy = parse_policy((directory / "policy.toml").read_text())
+    units = {c.id: c.unit for c in channels}
+    served = channelled(read_ledger(directory / "ledger.tsv"), ledger_names(scenario), units)
+    stored = await hub_readings(f"sqlite:///{directory / 'hub.db'}")
+    spool = await Spool.open(directory / "state" / "spool.db", max_bytes=run["quota_bytes"])
+    counters = spool.counters()
+    key = load_public_key(directory / "state" / "device.pub")
+    spooled: dict[str, list[tuple[int, object]]] = defaultdict(list)
+    for batch in spool.oldest(limit=1_000_000):
+        for reading in open_batch(batch.data, key).readings:
+            spooled[reading.channel].append((reading.ts_ms, reading.value))
+    await spool.close()
+    filler = [Channelled(r, ()) for r in filler_readings(run["filler"]["start_ms"], run["filler"]["counts"])]
+    outcome = reconcile(policy=policy, channels=channels, served=served, stored=stored, events=events,
+                        counted_quota_drops=counters["readings_dropped"], presealed={FILLER.id: filler}, spooled=spooled)
+    kills = len(events.kills)
+    if counters["unclean_stops"] != kills:
+        outcome.problems.append(f"the gateway counted {counters['unclean_stops']} unclean stops; the soak killed it {kills} times")
+    lost = int(run["metrics"][-1].get("ocn_edge_readings_lost_total", 0)) if run["metrics"] else -1
+    if lost != counters["readings_dropped"]:
+        outcome.problems.append(f"the gateway's /metrics said {lost} readings lost before its last stop; its spool's quota counted "
+                                f"{counters['readings_dropped']}, and nothing else may lose a reading")
+    return Evidence(directory, outcome, events, counters, run)
+
+
+def summary(evidence: Evidence) -> str:
+    """The table, then each cause with its bound and the gateway's own count beside it."""
+    outcome, events, spool, run = evidence.outcome, evidence.events, evidence.spool, evidence.run
+    kills = len(events.kills)
+    quota = ", ".join(f"{(b - a) / 1000:.1f} s" for a, b in events.quota) or "none"
+    unplugs = ", ".join(f"{device} x{len(windows)}" for device, windows in sorted(events.unplugged.items())) or "none"
+    errors: Counter[str] = Counter()
+    for metrics in run["metrics"]:  # each run's counters start at zero: the sum is the whole soak's
+        errors.update({k.split('"')[1]: int(v) for k, v in metrics.items() if k.startswith("ocn_edge_errors_total{")})
+    lines = [
+        table(outcome),
+        "",
+        f"fault        frames a device fault hit: {outcome.missing('fault')} readings; the gateway's errors over its {len(run['metrics'])} runs: "
+        + ", ".join(f"{kind}={n}" for kind, n in errors.items()),
+        f"unplugged    USB unplugs: {unplugs}; bound {events.reopen_ms} ms after the port is back: {outcome.missing('unplugged')} readings",
+        f"at_risk      kill -9: {kills}, the gateway counted unclean_stops={spool['unclean_stops']}; bound flush interval "
+        f"{events.flush_ms} ms + {events.slack_ms} ms a kill: {outcome.missing('at_risk')} readings",
+        f"not_running  {run['gateway_runs']} gateway runs; served while none ran (start-up bound {events.slack_ms} ms): "
+        f"{outcome.missing('not_running')} readings",
+        f"quota        spool quota {run['quota_bytes']} bytes, refuse_newest, windows {quota}; the gateway counted "
+        f"readings_dropped={spool['readings_dropped']} (batches {spool['batches_dropped']}); explained by the quota alone: "
+        f"{outcome.missing('quota')}, missing in its windows: {outcome.quota_could}",
+        f"lost         the gateway's /metrics ocn_edge_readings_lost_total before its last stop: "
+        f"{int(run['metrics'][-1].get('ocn_edge_readings_lost_total', 0)) if run['metrics'] else 'not scraped'}",
+        f"link         {run['link_bytes']['up']} bytes up, {run['link_bytes']['down']} down through the uplink proxy",
+        f"clean stop   {run['summaries'][-1] if run['summaries'] else '-'}",
+    ]
+    lines.append("soak: " + ("OK: every released reading reached the hub exactly once or has a named cause within its bound"
+                             if outcome.ok else "FAILED: see the rows marked FAIL and the problems above"))
+    return "\n".join(lines)
