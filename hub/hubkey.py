@@ -146,9 +146,7 @@ async def switch_key(store: Store, state: Path, first: Ed25519PrivateKey, *, act
     chain = signer.chain()
     if not chain or chain[-1]["key"] != pem(new).decode():
         chain.append(rollover_link(signer.key(), new.public_key()))
-        tmp = state / f".{CHAIN_FILE}.tmp"
-        tmp.write_text(json.dumps(chain, indent=1))
-        os.replace(tmp, state / CHAIN_FILE)
+        _write_private(state / CHAIN_FILE, json.dumps(chain, indent=1).encode())  # public, but nobody else's to change
     os.replace(path, state / SIGNING_FILE)
     trust.pop(NEXT_KEY, None)
     # The key id in every document changes every ETag, so each gateway gets a document signed by the new key (and the

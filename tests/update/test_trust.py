@@ -38,7 +38,8 @@ async def etag_of(hub: RunningHub, device_id: str) -> str:
 
 
 async def applied(hub: RunningHub, gateways: list[Gateway], device_id: str) -> None:
-    """Tell the hub how the gateway stands (a status report; its answer carries a newer document) until it applied the newest."""
+    """Tell the hub how the gateway stands (a status report; its answer carries a newer document) until it applied the newest,
+    then report that."""
     want = await etag_of(hub, device_id)
     for _ in range(3):  # a document applied by a pipeline restart is reported by the pipeline that follows
         gateway = gateways[-1]
@@ -50,6 +51,9 @@ async def applied(hub: RunningHub, gateways: list[Gateway], device_id: str) -> N
 
         await until(settled, f"{device_id} applying {want}")
         if gateways[-1].desired.applied_etag == want:
+            uplink = gateways[-1].uplink
+            assert uplink is not None
+            await uplink.send_status()  # and tells the hub, as its next status report would
             return
     raise AssertionError(f"{device_id}: {gateways[-1].desired.last_error or 'not applied'}")
 
@@ -58,7 +62,7 @@ def pinned(state: Path) -> str:
     return key_id(load_pem((state / "hub.pub").read_bytes(), where="hub.pub")).hex()
 
 
-async def test_the_hub_key_rotates_and_a_gateway_offline_through_two_rotations_follows(tmp_path: Path) -> None:
+async def test_the_hub_key_rotates_and_a_gateway_offline_through_two_rotations_follows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async with run_hub(state_dir=tmp_path / "hub", admin_token="x") as hub, run_scenario("default", seed=5, run_dir=tmp_path / "sim") as sim:
         configs = {}
         for name in ("pole-0001", "pole-0002"):
@@ -85,7 +89,11 @@ async def test_the_hub_key_rotates_and_a_gateway_offline_through_two_rotations_f
         async with gateway_running(configs["pole-0002"]) as gateways:
             await applied(hub, gateways, "pole-0002")
         assert pinned(tmp_path / "pole-0002") == newest
+        capsys.readouterr()
         assert await asyncio.to_thread(hub_cli, tmp_path, "key", "status") == 0
+        status = capsys.readouterr().out
+        assert f"signing desired documents with key id {newest} (hub.signing.key); 2 rollover(s)" in status
+        assert "2 of 2 active devices applied their current desired document" in status
         # A gateway that pinned a key the hub never vouched for (a hub rebuilt from nothing) is told what to do.
         stranger = DesiredState(tmp_path / "stranger", device_id="pole-0001")
         stranger.pin_hub_key(generate_keypair().public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
