@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import base64
 import csv
+import json
 import os
 import re
 import secrets
@@ -184,6 +185,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3, help="batches per gateway (default 3)")
     parser.add_argument("--minutes", type=int, default=100, help="minutes of the 11-channel meter per batch (default 100 = 1100 readings)")
     parser.add_argument("--concurrency", type=int, default=64, help="HTTP connections in the client pool (default 64)")
+    parser.add_argument("--runs", type=int, default=1, help="runs per store, each against a fresh hub and database (default 1)")
+    parser.add_argument("--json", metavar="FILE", help="also write every run's figures here (python -m bench's report reads it)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -196,21 +199,24 @@ def main() -> None:
     for name in ("sqlite", "postgresql"):
         if args.db not in (name, "both"):
             continue
-        if name == "sqlite":
-            with tempfile.TemporaryDirectory() as d:
-                results.append(asyncio.run(run_one(name, f"sqlite:///{d}/hub.db", gateways, args.concurrency)))
-        else:
-            schema = f"bench_{secrets.token_hex(4)}"
-            try:
-                results.append(asyncio.run(run_one(name, f"{args.postgres}?schema={schema}", gateways, args.concurrency)))
-            finally:
-                asyncio.run(drop_schema(args.postgres, schema))
+        for _ in range(args.runs):
+            if name == "sqlite":
+                with tempfile.TemporaryDirectory() as d:
+                    results.append(asyncio.run(run_one(name, f"sqlite:///{d}/hub.db", gateways, args.concurrency)))
+            else:
+                schema = f"bench_{secrets.token_hex(4)}"
+                try:
+                    results.append(asyncio.run(run_one(name, f"{args.postgres}?schema={schema}", gateways, args.concurrency)))
+                finally:
+                    asyncio.run(drop_schema(args.postgres, schema))
     print(f"\n{'store':<11} {'gateways':>8} {'batches':>8} {'readings':>10} {'seconds':>8} {'readings/s':>11} {'batches/s':>10} "
           f"{'p50 ms':>7} {'p99 ms':>7} {'503 busy':>8} {'hub CPU s':>9} {'client CPU s':>12} {'readings/hub-CPU-s':>19}")
     for r in results:
         print(f"{r['db']:<11} {r['gateways']:>8} {r['batches']:>8} {r['readings']:>10} {r['elapsed']:>8.1f} {r['readings_s']:>11,.0f} "
               f"{r['batches_s']:>10,.0f} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} {r['busy']:>8} {r['hub_cpu_s']:>9.1f} {r['client_cpu_s']:>12.1f} "
               f"{r['readings_per_cpu_s']:>19,.0f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

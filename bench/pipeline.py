@@ -269,13 +269,18 @@ async def run_once(policy_name: str, rows: list[list[float]], directory: Path) -
 
 def measure(policy: str, readings: int, repeat: int = 1) -> Run:
     """The fastest of ``repeat`` runs of about ``readings`` readings under ``policy`` (\"keep\" or \"demo\")."""
+    return min(measure_runs(policy, readings, repeat), key=lambda r: r.seconds)
+
+
+def measure_runs(policy: str, readings: int, repeat: int) -> list[Run]:
+    """Every one of ``repeat`` runs of about ``readings`` readings under ``policy``."""
     rows = meter_rows(max(1, readings // len(COLUMNS)))
     runs = []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory(prefix="ocn-pipeline-bench-", dir=os.environ.get("OCN_BENCH_DIR")) as d:
             run = asyncio.run(run_once(policy, rows, Path(d)))
         runs.append(run)
-    return min(runs, key=lambda r: r.seconds)
+    return runs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -284,18 +289,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per policy; the fastest is shown (default 3)")
     parser.add_argument("--policy", choices=("keep", "demo", "both"), default="both")
     parser.add_argument("--quick", action="store_true", help="11,000 readings, one run per policy (a smoke test)")
+    parser.add_argument("--json", metavar="FILE", help="also write every run (not only the fastest) here, with readings/s per CPU-second")
     args = parser.parse_args(argv)
     if args.quick:
         args.readings, args.repeat = 11_000, 1
     logging.basicConfig(level=logging.ERROR)
     print(f"synthetic meter ({len(COLUMNS)} channels of {DATASET}, one row per simulated second) -> gateway -> hub (SQLite) on loopback")
     print(f"{'policy':<8}{'readings':>10}{'at hub':>10}{'seconds':>9}{'readings/s':>12}{'CPU ms/1000 rdg':>17}{'hub CPU s':>11}")
+    every: list[dict[str, object]] = []
     for policy in ("keep", "demo"):
         if args.policy not in (policy, "both"):
             continue
-        r = measure(policy, args.readings, args.repeat)
+        runs = measure_runs(policy, args.readings, args.repeat)
+        every += [{**dataclasses.asdict(run), "readings_s": run.readings_s, "readings_per_cpu_s": run.readings / run.cpu_s} for run in runs]
+        r = min(runs, key=lambda run: run.seconds)
         print(f"{r.policy:<8}{r.readings:>10}{r.stored:>10}{r.seconds:>9.2f}{r.readings_s:>12,.0f}{r.cpu_ms_per_1000:>17.1f}{r.hub_cpu_s:>11.1f}",
               flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(every, indent=2) + "\n")
 
 
 if __name__ == "__main__":
