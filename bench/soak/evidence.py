@@ -124,7 +124,8 @@ def summary(evidence: Evidence) -> str:
         + ", ".join(f"{kind}={n}" for kind, n in errors.items()),
         f"unplugged    USB unplugs: {unplugs}; bound {events.reopen_ms} ms after the port is back: {outcome.missing('unplugged')} readings",
         f"at_risk      kill -9: {kills}, the gateway counted unclean_stops={spool['unclean_stops']}; bound flush interval "
-        f"{events.flush_ms} ms + {events.slack_ms} ms a kill: {outcome.missing('at_risk')} readings",
+        f"{events.flush_ms} ms + {events.slack_ms} ms a kill: {outcome.missing('at_risk')} readings, the earliest served "
+        f"{outcome.at_risk_lead_ms} ms before its kill",
         f"not_running  {run['gateway_runs']} gateway runs; served while none ran (start-up bound {events.slack_ms} ms): "
         f"{outcome.missing('not_running')} readings",
         f"quota        spool quota {run['quota_bytes']} bytes, refuse_newest, windows {quota}; the gateway counted "

@@ -107,6 +107,8 @@ class Row:
     missing: Counter[str] = field(default_factory=Counter)
     unexplained: list[Reading] = field(default_factory=list)  # the released readings no cause explains
     quota_could: int = 0  # missing readings served in a quota window (whichever cause was named first)
+    at_risk_lead_ms: int = 0  # the longest a reading lost to a kill was served before it
+    lost: list[tuple[str, int]] = field(default_factory=list)  # (cause, served at) of every released reading the hub lacks
 
     @property
     def ok(self) -> bool:
@@ -118,6 +120,11 @@ class Outcome:
     rows: list[Row]
     problems: list[str]
     counted_quota_drops: int = 0
+
+    @property
+    def at_risk_lead_ms(self) -> int:
+        """How long before its kill -9 the earliest reading lost to it was served."""
+        return max((row.at_risk_lead_ms for row in self.rows), default=0)
 
     @property
     def quota_could(self) -> int:
@@ -235,6 +242,10 @@ def reconcile(
                     row.quota_could += 1
                 cause = events.cause(device, entry.reading.ts_ms, entry.faults)
                 row.missing[cause] += 1
+                row.lost.append((cause, entry.reading.ts_ms))
+                if cause == "at_risk":
+                    lead = min(kill - entry.reading.ts_ms for kill in events.kills if kill >= entry.reading.ts_ms)
+                    row.at_risk_lead_ms = max(row.at_risk_lead_ms, lead)
                 if cause == "unexplained":
                     row.unexplained.append(entry.reading)
         rows.append(row)

@@ -309,41 +309,48 @@ async def run_soak(minutes: float, directory: Path, seed: int) -> bool:
                 proxy.set_mode(name, **kw)
             return switch
 
-        quota_phase = max(20.0, 0.12 * duration)
-        base = quota_phase + 15.0  # the backlog has drained and the spool has room: the quota window is closed
-        span = 0.96 * duration - base
-
-        def moment(fraction: float) -> float:
-            return base + fraction * span
-
+        # The rest of the timeline starts once the quota window has closed, so no reading's cause is ambiguous.
         steps: list[Step] = [
-            (quota_phase, "link back (the backlog drains, the spool has room again)", mode("pass")),
-            (moment(0.00), "kill -9 the gateway, restart it", restart_gateway),
-            (moment(0.07), "the hub answers 503", mode("http503")),
-            (moment(0.13), "link back", mode("pass")),
-            (moment(0.18), "garbage instead of the hub's answers", mode("garbage")),
-            (moment(0.23), "link back", mode("pass")),
-            (moment(0.28), "hub down (SIGTERM)", hub_down),
-            (moment(0.35), "hub up", hub.start),
-            (moment(0.41), "kill -9 the gateway, restart it", restart_gateway),
-            (moment(0.46), "link throttled to 2 kB/s", mode("throttle", rate=2048)),
-            (moment(0.54), "link back", mode("pass")),
-            (moment(0.58), "link cut", mode("cut")),
-            (moment(0.63), "link back", mode("pass")),
-            (moment(0.67), "hub restart (SIGKILL)", hub_restart),
-            (moment(0.73), "kill -9 the gateway, restart it", restart_gateway),
-            (moment(0.78), "link black-holed", mode("blackhole")),
-            (moment(0.84), "link back", mode("pass")),
-            (moment(0.90), "kill -9 the gateway, restart it", restart_gateway),
+            (0.00, "kill -9 the gateway, restart it", restart_gateway),
+            (0.07, "the hub answers 503", mode("http503")),
+            (0.13, "link back", mode("pass")),
+            (0.18, "garbage instead of the hub's answers", mode("garbage")),
+            (0.23, "link back", mode("pass")),
+            (0.28, "hub down (SIGTERM)", hub_down),
+            (0.35, "hub up", hub.start),
+            (0.41, "kill -9 the gateway, restart it", restart_gateway),
+            (0.46, "link throttled to 2 kB/s", mode("throttle", rate=2048)),
+            (0.54, "link back", mode("pass")),
+            (0.58, "link cut", mode("cut")),
+            (0.63, "link back", mode("pass")),
+            (0.67, "hub restart (SIGKILL)", hub_restart),
+            (0.73, "kill -9 the gateway, restart it", restart_gateway),
+            (0.78, "link black-holed", mode("blackhole")),
+            (0.84, "link back", mode("pass")),
+            (0.90, "kill -9 the gateway, restart it", restart_gateway),
         ]
         print(f"soak: {minutes:g} min in {directory}; hub {hub.url}, uplink proxy {proxy.url}, {len(sim.devices)} devices", flush=True)
-        await gateway.start()
-        for at, what, action in steps:
-            await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+
+        def note(what: str) -> None:
             print(f"  {time.monotonic() - t0:6.1f} s  {what}", flush=True)
+
+        note("gateway started with its spool nearly full, the link cut")
+        await gateway.start()
+        await asyncio.sleep(max(20.0, 0.12 * duration))
+        note("link back (the backlog drains, then the spool has room again)")
+        proxy.set_mode("pass")
+        async with asyncio.timeout(max(60.0, 0.3 * duration)):
+            while gateway.full_since is not None or (await scrape(gateway.api)).get("ocn_edge_spool_bytes", quota) > quota / 2:
+                await asyncio.sleep(0.5)  # the backlog drains; the quota window closes with it
+        await asyncio.sleep(FLUSH_S + 4.0)
+        base = time.monotonic() - t0
+        span = 0.96 * duration - base
+        for fraction, what, action in steps:
+            await asyncio.sleep(max(0.0, t0 + base + fraction * span - time.monotonic()))
+            note(what)
             await action()
         await asyncio.sleep(max(0.0, t0 + 0.96 * duration - time.monotonic()))
-        print(f"  {time.monotonic() - t0:6.1f} s  SIGTERM the gateway (it flushes memory and drains its spool)", flush=True)
+        note("SIGTERM the gateway (it seals what memory holds into its spool)")
         code = await gateway.stop()
         stop_watch.set()
         await watcher
