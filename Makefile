@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench wheelhouse smoke clean
+.PHONY: demo test lint bench soak wheelhouse smoke clean
 
 # The smoke run on another CPython (CI: `make smoke PYTHON=python3.13`, venv .venv-3.13): install,
 # the demo, the protocol vectors, the offline release (installed with the network off, its demo
@@ -32,6 +32,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
+
+# The soak (docs/soak.md): every device fault, kill -9s, hub and link faults for SOAK_MINUTES, then an
+# exact reconciliation of the hub against what hil-sim served; exits 1 on any unexplained difference.
+SOAK_MINUTES ?= 10
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES) $(ARGS)
 
 # The offline release in dist/wheelhouse/<machine>-cp<version>/, see images/wheelhouse.py.
 wheelhouse: $(STAMP)
