@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -12,14 +13,19 @@ import cbor2
 import pytest
 
 from edge.cli import main
-from edge.protocol import key_id
+from edge.protocol import generate_keypair, key_id
 from edge.protocol.keys import load_private_key
+from edge.protocol.release import open_release, seal_release
 from edge.update.fetch import fetch_release
 from edge.update.manifest import Refused, this_target
 from edge.update.rollover import ROLLOVER_FILE, check_trusted_bundle, load_chain, seal_rollover
 from edge.update.updater import Updater, parse_target
 from hub.app import run_hub
+from tests.update.conftest import Releases
+from tests.update.test_installer import installer, journal_step, kill_when, request, root, stopped
 from tests.update.test_updater import tiny_bundle
+
+__all__ = ["root"]  # the fixture, from tests/update/test_installer.py
 
 
 def keygen(folder: Path) -> Path:
@@ -119,3 +125,23 @@ def test_rotate_writes_a_chain_once(tmp_path: Path, keys, capsys) -> None:
     assert main(["release", "rotate", "--key", str(keys["A"] / "release.key"), "--new", str(keys["B"] / "release.pub"),
                  "--out", str(tmp_path / "ab.cbor")]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_privileged_installer_takes_a_release_of_the_new_key_only_with_the_chain(root: Path, releases: Releases, tmp_path: Path) -> None:
+    """The installer (the slot's own code, run as the update unit runs it) walks the chain in the bundle from
+    /etc/ocn-edge/release.pub; it is stopped right after its checks, before the slow build."""
+    new = generate_keypair()
+    anchor = load_private_key(releases.keys / "release.key")
+    bundle = tmp_path / "resigned"
+    shutil.copytree(releases.bundles["2.0.0"], bundle)
+    raw = open_release((bundle / "manifest.cose").read_bytes(), anchor.public_key())
+    (bundle / "manifest.cose").write_bytes(seal_release(raw, new))  # 2.0.0 as city IT signs it after the rotation
+    request(root, bundle, "2.0.0")
+    out, _ = installer(root).communicate(timeout=120)
+    assert "refused (wrong_key)" in out, out  # without the chain, a stranger's key
+    rollover = seal_rollover(anchor, new.public_key(), issued=int(time.time()), old_key_until=int(time.time()) + 86_400)
+    (bundle / ROLLOVER_FILE).write_bytes(cbor2.dumps([rollover]))
+    request(root, bundle, "2.0.0")
+    process = installer(root, stop_at="build")
+    kill_when(process, lambda: stopped(process))
+    assert journal_step(root) == "build"  # every check passed: it was about to build the other slot
