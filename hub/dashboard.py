@@ -17,7 +17,7 @@ from hub.accounts import Account, AccountError, NotPermitted, Permission, role_t
 from hub.audit import csv_lines, entry_json
 from hub.auth import Principal, add_account, disable, set_roles, stored_account
 from hub.charts import line_chart
-from hub.fleet import DesiredError, check_desired, desired_document, desired_status, drift
+from hub.fleet import TRUST_KEY, DesiredError, check_desired, desired_document, desired_status, drift
 from hub.jsonbody import BodyError, read_json
 from hub.models import Device
 from hub.params import ParamError, flag, number, whole
@@ -243,7 +243,7 @@ async def fleet_rows(hub: Hub) -> list[dict[str, Any]]:
     known.update(await hub.store.desired_documents())
     updates = await hub.store.software_updates()
     for device in await hub.store.devices():
-        for key in (("fleet", device.fleet), ("device", device.device_id), (SOFTWARE_SCOPE, device.device_id)):
+        for key in (("fleet", device.fleet), ("device", device.device_id), (SOFTWARE_SCOPE, device.device_id), TRUST_KEY):
             known.setdefault(key, None)  # every document was read above: none set means none, not another read
         document, _ = await desired_document(hub.store, device, known=known)
         update = updates.get(device.device_id)

@@ -91,7 +91,7 @@ def _switch(args: argparse.Namespace, with_store: WithStore, state_dir: Callable
 
 
 def _status(args: argparse.Namespace, with_store: WithStore, state_dir: Callable[[argparse.Namespace], Path]) -> int:
-    from hub.fleet import desired_document
+    from hub.fleet import TRUST_KEY, desired_document
     from hub.hubkey import describe, trust_document
 
     state, first = _first_key(args, state_dir)
@@ -104,6 +104,8 @@ def _status(args: argparse.Namespace, with_store: WithStore, state_dir: Callable
         known = dict(await store.desired_documents())
         behind = []
         for device in active:
+            for key in (("fleet", device.fleet), ("device", device.device_id), ("software", device.device_id), TRUST_KEY):
+                known.setdefault(key, None)  # every document was read above: none set means none, not another read
             _, etag = await desired_document(store, device, known=known)
             if device.applied_etag != etag:
                 behind.append(device.device_id)
