@@ -13,11 +13,13 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from edge.protocol.hubtrust import CA, NEXT_KEY
 from hub.accounts import Account, AccountError, NotPermitted, Permission, role_text
 from hub.audit import csv_lines, entry_json
 from hub.auth import Principal, add_account, disable, set_roles, stored_account
 from hub.charts import line_chart
 from hub.fleet import TRUST_KEY, DesiredError, check_desired, desired_document, desired_status, drift
+from hub.hubkey import trust_document
 from hub.jsonbody import BodyError, read_json
 from hub.models import Device
 from hub.params import ParamError, flag, number, whole
@@ -270,7 +272,11 @@ async def fleet(request: web.Request) -> web.Response:
         "dropped": sum(r["d"].readings_dropped for r in rows),
         "duplicates": sum(r["d"].duplicates for r in rows),
     }
-    return render(request, "fleet.html", rows=rows, counts=counts, totals=totals, stale_after=span(hub.stale_after_ms))
+    trust = await trust_document(hub.store)  # a hub key or CA change under way (hub.hubkey): how far the gateways are
+    changing = {"next_key": bool(trust.get(NEXT_KEY)), "ca": bool(trust.get(CA)),
+                "applied": sum(1 for r in rows if r["d"].status == "active" and r["desired"][0] == "applied"),
+                "active": sum(1 for r in rows if r["d"].status == "active")}
+    return render(request, "fleet.html", rows=rows, counts=counts, totals=totals, stale_after=span(hub.stale_after_ms), trust=changing)
 
 
 @routes.get("/fleet/devices/{device_id}")

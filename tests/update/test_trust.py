@@ -9,6 +9,7 @@ import socket
 import ssl
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 
@@ -80,6 +81,9 @@ async def test_the_hub_key_rotates_and_a_gateway_offline_through_two_rotations_f
                 assert await asyncio.to_thread(hub_cli, tmp_path, "key", "rotate") == 0
                 await applied(hub, gateways, "pole-0001")
                 announced = (tmp_path / "pole-0001/hub.next.pub").read_bytes()  # kept; documents of either key are accepted
+                async with aiohttp.ClientSession() as http, http.get(f"{hub.url}/fleet", headers={"Authorization": "Bearer x"}) as resp:
+                    page = await resp.text()  # the dashboard says how far the gateways are: pole-0002 is off
+                assert "A new hub signing key is announced" in page and "1 of 2 active gateways applied" in page
                 assert await asyncio.to_thread(hub_cli, tmp_path, "key", "switch") == 0
                 await applied(hub, gateways, "pole-0001")
                 assert (tmp_path / "pole-0001/hub.pub").read_bytes() == announced and not (tmp_path / "pole-0001/hub.next.pub").exists()
