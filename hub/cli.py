@@ -365,7 +365,8 @@ def _device_list(args: argparse.Namespace) -> int:
         if args.json:
             rows = [{"device_id": d.device_id, "status": d.status, "health": device_health(d, now=now, stale_after_ms=stale_ms), "fleet": d.fleet,
                      "last_seen_ms": d.last_seen_ms, "software_version": d.software_version, "readings_stored": d.readings_stored,
-                     "readings_dropped": d.readings_dropped, "duplicates": d.duplicates, "spool_batches": d.spool_batches} for d in devices]
+                     "readings_dropped": d.readings_dropped, "duplicates": d.duplicates, "spool_batches": d.spool_batches, "ring": d.ring}
+                    for d in devices]
             print(json.dumps(rows, indent=2))
             return 0
         print(f"{'device':<24} {'health':<9} {'fleet':<12} {'last seen':<12} {'software':<10} {'stored':>10} {'lost':>8}")
