@@ -62,6 +62,8 @@ async def test_rings_are_targeted_in_order_and_every_device_last(hub) -> None:
         assert "<strong>canary</strong>, early, *" in page
         async with http.get(f"{running.url}/fleet", headers={"Accept": "text/html"}) as resp:
             assert "ring canary" in await resp.text()
+        async with http.get(f"{running.url}/fleet/devices/pole-02", headers={"Accept": "text/html"}) as resp:
+            assert "<dt>Rollout ring</dt><dd>early" in await resp.text()
     # Time passing, as the hub's schedule would see it: an hour later the early ring, two hours later everyone.
     start_ms = next(r for r in await running.store.rollouts() if r.id == rollout["id"]).stage_started_ms
     async with aiohttp.ClientSession(headers=ADMIN) as http:
