@@ -15,7 +15,6 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -67,6 +66,8 @@ def parse_trust(trust: object) -> tuple[bytes | None, bytes | None]:
     if ca is not None:
         if not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca or len(ca) > MAX_CA_BYTES:
             raise TrustError(f"desired trust.{CA}: expected PEM certificates (-----BEGIN CERTIFICATE-----), at most {MAX_CA_BYTES} bytes")
+        from cryptography import x509  # here, not at import: only a desired document that names a CA needs it (start-up time)
+
         try:
             x509.load_pem_x509_certificates(ca.encode())
         except ValueError as exc:
