@@ -25,6 +25,7 @@ local page; the spool and every other file of the gateway's state are never touc
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import importlib.util
 import json
@@ -61,6 +62,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Fault injection for tests (tests/update): the installer stops itself (SIGSTOP) right after it has
 # recorded this step, so a test can kill -9 it exactly there, as a power cut would.
 STOP_AT = "OCN_UPDATE_STOP_AT"
+NO_SPACE = "No space left on device"  # strerror(ENOSPC), as pip and venv print it
 
 
 @dataclass
@@ -219,8 +221,16 @@ class Installer:
         if phase == "rollback":
             return self._rollback(entry, entry.get("reason", ""))
         if phase == "build":
-            problem = self._build(entry)
+            try:
+                problem = self._build(entry)
+            except OSError as exc:  # the slot's files could not be written (a full disk): nothing may be left half done
+                problem, full = _write_problem(exc, self.opt)
+            else:
+                full = NO_SPACE in problem
             if problem:
+                shutil.rmtree(self.opt / entry["to_slot"], ignore_errors=True)  # the half-built slot's room goes back to the spool
+                if full:
+                    problem = f"no_space: the disk filled up while slot {entry['to_slot']} was built ({problem[:200]}); the running version is untouched"
                 log.error("update to %s failed while building slot %s: %s", entry["version"], entry["to_slot"], problem)
                 self._outcome(entry, "failed", problem)
                 return EXIT_FAILED
@@ -316,6 +326,16 @@ class Installer:
         log.info("rolled back to %s in slot %s", entry["from_version"], entry["from_slot"], extra={"version": entry["from_version"]})
         self._outcome(entry, "rolled_back", reason)
         return EXIT_OK
+
+
+def _write_problem(exc: OSError, where: Path) -> tuple[str, bool]:
+    """What a failed write says in one line, and whether it was a full disk (shutil.copytree gathers one error per file)."""
+    if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
+        errors = exc.args[0]
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more files)" if len(errors) > 1 else ""
+        return f"{first[1]}: {str(first[2]).split(':', 1)[0]}{more}", any(NO_SPACE in str(error[-1]) for error in errors)
+    return f"{exc.filename or where}: {exc.strerror or exc}", exc.errno == errno.ENOSPC
 
 
 def _rolled_back(outcome: dict[str, Any]) -> list[str]:

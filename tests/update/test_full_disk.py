@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +15,7 @@ import pytest
 from edge.config import load_config
 from edge.demo import DEMO_POLICY
 from edge.enrol import enrol
-from edge.update.fetch import fetch_release
+from edge.update.fetch import INSTALLED_FILE, REQUEST_FILE, fetch_release
 from edge.update.manifest import Refused
 from edge.update.report import last_update
 from edge.update.updater import OPT_ENV, RELEASE_KEY_ENV
@@ -22,6 +23,8 @@ from hilsim import run_scenario
 from hub.app import RunningHub
 from hub.rollout import start_rollout
 from tests.pipeline.small_disk import small_disk
+from tests.update.conftest import Releases, copy_root
+from tests.update.test_installer import installer, request, runs
 from tests.update.test_updater import hub, release_key
 from tests.update.trustkit import gateway_running, until
 
@@ -93,3 +96,22 @@ async def test_a_disk_that_fills_during_the_download_frees_what_it_took_and_the_
                                                                 opt=tmp_path / "opt", installed="0.1.0", keep_free=0))
         assert json.loads((state / "update/request.json").read_text())["version"] == fetched.version == "2.0.0"
         assert (last_update(state) or {}).get("state") == "requested"
+
+
+def test_a_disk_that_fills_while_the_installer_builds_the_other_slot_leaves_the_running_version_and_gives_the_room_back(
+    installed_v1: Path, releases: Releases, tmp_path: Path
+) -> None:
+    with small_disk(tmp_path / "disk", size=400 << 20) as disk:
+        root = copy_root(installed_v1, disk.path / "root")
+        request(root, releases.bundles["2.0.0"], "2.0.0")
+        target_files = sum(f.stat().st_size for f in releases.bundles["2.0.0"].rglob("*") if f.is_file())
+        disk.fill(leave=5 * target_files)  # the installer's check (four times the files) passes; the slot (a whole venv) does not fit
+        free_before = disk.free_bytes()
+        out, _ = installer(root).communicate(timeout=300)
+        outcome = json.loads((root / "var/lib/ocn-edge/update" / INSTALLED_FILE).read_text())
+        assert outcome["state"] == "failed" and outcome["reason"].startswith("no_space: the disk filled up while slot b was built"), out
+        assert os.readlink(root / "opt/ocn-edge/current") == "a" and runs(root) == "1.0.0" and not (root / "opt/ocn-edge/b").exists()
+        assert not (root / "var/lib/ocn-edge/update" / REQUEST_FILE).exists()  # answered once, not tried over and over
+        assert disk.free_bytes() >= free_before - (1 << 20)  # the half-built slot's room is given back
+        update = last_update(root / "var/lib/ocn-edge")
+        assert update is not None and update["reason"].startswith("no_space: ")  # what /status and the status report say
