@@ -1,6 +1,7 @@
 """The soak: the whole system on loopback under a timeline of faults, then an exact reconciliation.
 
     .venv/bin/python -m bench.soak [--minutes 10] [--keep DIR] [--seed 7]     (`make soak SOAK_MINUTES=2`)
+    .venv/bin/python -m bench.soak --transport mqtt                         (through a Mosquitto broker, restarted too)
     .venv/bin/python -m bench.soak --reconcile DIR                          (check a kept run again)
 
 hil-sim runs every device type (serial, Modbus RTU and TCP, with line noise, dead units and USB
@@ -25,11 +26,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.soak.evidence import load_evidence, summary
-from bench.soak.run import SCENARIO, run_soak
+from bench.soak.run import SCENARIO, TRANSPORTS, run_soak
 
 
-async def soak_and_check(minutes: float, directory: Path, seed: int) -> int:
-    if not await run_soak(minutes, directory, seed):
+async def soak_and_check(minutes: float, directory: Path, seed: int, transport: str) -> int:
+    if not await run_soak(minutes, directory, seed, transport=transport):
         return 1
     return await check(directory)
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="how long the timeline runs (default $SOAK_MINUTES, else 10); at least 2")
     parser.add_argument("--keep", type=Path, help="run in this directory and keep it (ledger, logs, databases, soak.json)")
     parser.add_argument("--seed", type=int, default=7, help="hil-sim's seed (values and fault draws)")
+    parser.add_argument("--transport", choices=TRANSPORTS, default="http",
+                        help="http (default), or mqtt: through a Mosquitto broker the timeline kills and restarts")
     parser.add_argument("--reconcile", type=Path, metavar="DIR", help="only reconcile the kept run in DIR again")
     args = parser.parse_args(argv)
     if args.reconcile:
@@ -57,9 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--minutes {args.minutes:g}: expected at least 2 (every device fault cycles once a minute)")
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(soak_and_check(args.minutes, args.keep, args.seed))
+        return asyncio.run(soak_and_check(args.minutes, args.keep, args.seed, args.transport))
     with tempfile.TemporaryDirectory(prefix="ocn-soak-") as d:
-        return asyncio.run(soak_and_check(args.minutes, Path(d), args.seed))
+        return asyncio.run(soak_and_check(args.minutes, Path(d), args.seed, args.transport))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,8 @@ async def load_evidence(directory: Path, scenario: Path) -> Evidence:
     filler = [Channelled(r, ()) for r in filler_readings(run["filler"]["start_ms"], run["filler"]["counts"])]
     outcome = reconcile(policy=policy, channels=channels, served=served, stored=stored, events=events,
                         counted_quota_drops=counters["readings_dropped"], presealed={FILLER.id: filler}, spooled=spooled)
+    if not events.quota:
+        outcome.problems.append("the spool never refused a batch: the timeline did not reach the quota, so its count went untested")
     kills = len(events.kills)
     if counters["unclean_stops"] != kills:
         outcome.problems.append(f"the gateway counted {counters['unclean_stops']} unclean stops; the soak killed it {kills} times")
@@ -133,7 +135,7 @@ def summary(evidence: Evidence) -> str:
         f"{outcome.missing('quota')}, missing in its windows: {outcome.quota_could}",
         f"lost         the gateway's /metrics ocn_edge_readings_lost_total before its last stop: "
         f"{int(run['metrics'][-1].get('ocn_edge_readings_lost_total', 0)) if run['metrics'] else 'not scraped'}",
-        f"link         {run['link_bytes']['up']} bytes up, {run['link_bytes']['down']} down through the uplink proxy",
+        f"link         {run.get('transport', 'http')}: {run['link_bytes']['up']} bytes up, {run['link_bytes']['down']} down through the uplink proxy",
         f"clean stop   {run['summaries'][-1] if run['summaries'] else '-'}",
     ]
     lines.append("soak: " + ("OK: every released reading reached the hub exactly once or has a named cause within its bound"

@@ -12,8 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import getpass
+import glob
 import json
+import os
 import random
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +48,8 @@ GATEWAY_ID = "soak-gw"
 FLUSH_S = 2.0  # the batch flush interval: the documented at-risk window of a kill -9
 SPOOL_QUOTA = "1MB"  # the smallest quota the config accepts
 HEADROOM = 3_000  # at most this many bytes left free by the pre-sealed backlog: a few seconds of real readings
+BROKER_ADMIN = "ocn-hub"  # the broker's dynamic-security admin: the hub's own user
+TRANSPORTS = ("http", "mqtt")
 FILLER = Channel("filler-0/noise", unit="", description="incompressible pre-sealed backlog that brings the spool to its quota")
 
 HERE = Path(__file__).resolve().parent
@@ -63,7 +70,8 @@ def wall_ms() -> int:
 class Hub:
     """The hub as a process on a fixed port, so it can go down and come back where the proxy expects it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, mqtt: list[str] | None = None) -> None:
+        self.mqtt = mqtt or []  # --mqtt-* arguments: the hub also takes OXP from the broker
         self.db = f"sqlite:///{directory / 'hub.db'}"
         self.state = directory / "hub"
         self.port = free_port()
@@ -80,7 +88,7 @@ class Hub:
         self.proc = await asyncio.create_subprocess_exec(
             *hub_command("--listen", f"127.0.0.1:{self.port}", "--db", self.db, "--state-dir", str(self.state),
                          "--admin-token", "soak-admin-token", "--rate", "100000", "--burst", "1000000", "--readings-rate", "0",
-                         "--log-level", "info"),
+                         "--log-level", "info", *self.mqtt),
             stdout=log, stderr=log, env=child_env(), cwd=ROOT)
         log.close()
         async with asyncio.timeout(60):
@@ -100,6 +108,60 @@ class Hub:
             async with asyncio.timeout(60):
                 await self.proc.wait()
         self.proc = None
+
+
+class Broker:
+    """Mosquitto on loopback with dynamic security, as docs/fleet.md sets one up: the hub is its admin and makes each gateway's client."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory / "broker"
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password_file = self.directory / "hub.password"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def hub_arguments(self) -> list[str]:
+        password = secrets.token_urlsafe(16)
+        self.password_file.write_text(password + "\n")
+        dynsec = self.directory / "dynsec.json"
+        subprocess.run([_tool("mosquitto_ctrl"), "dynsec", "init", str(dynsec), BROKER_ADMIN, password], check=True, capture_output=True)
+        os.chmod(dynsec, 0o600)
+        plugins = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so") + glob.glob("/usr/lib/mosquitto_dynamic_security.so"))
+        if not plugins:
+            raise SystemExit("soak --transport mqtt: needs Mosquitto's dynamic-security plugin (apt-get install mosquitto)")
+        (self.directory / "mosquitto.conf").write_text(
+            f"listener {self.port} 127.0.0.1\nuser {getpass.getuser()}\nallow_anonymous false\nplugin {plugins[0]}\n"
+            f"plugin_opt_config_file {dynsec}\npersistence true\npersistence_location {self.directory}/\n"
+            "log_type error\nlog_type warning\nlog_type notice\n")
+        return ["--mqtt-broker", f"mqtt://{BROKER_ADMIN}@127.0.0.1:{self.port}", "--mqtt-password-file", str(self.password_file),
+                "--mqtt-client-id", "ocn-hub-soak"]
+
+    async def start(self) -> None:
+        with open(self.directory / "mosquitto.log", "ab") as log:
+            self.proc = subprocess.Popen([_tool("mosquitto"), "-c", str(self.directory / "mosquitto.conf")], stdout=log, stderr=log)
+        async with asyncio.timeout(20):
+            while True:
+                if self.proc.poll() is not None:
+                    raise SystemExit(f"soak: mosquitto exited; see {self.directory / 'mosquitto.log'}")
+                try:
+                    _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                    writer.close()
+                    return
+                except OSError:
+                    await asyncio.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise SystemExit(f"soak --transport mqtt: needs {name} on PATH (apt-get install mosquitto)")
+    return path
 
 
 class Gateway:
@@ -263,21 +325,32 @@ async def scrape(url: str) -> dict[str, float]:
 Step = tuple[float, str, Callable[[], Awaitable[None]]]
 
 
-async def run_soak(minutes: float, directory: Path, seed: int) -> bool:
-    """Run the timeline in ``directory``; True if the gateway stopped cleanly at the end (evidence in soak.json)."""
+async def run_soak(minutes: float, directory: Path, seed: int, *, transport: str = "http") -> bool:
+    """Run the timeline in ``directory``; True if the gateway stopped cleanly at the end (evidence in soak.json).
+
+    ``transport`` "mqtt": the gateway sends through a Mosquitto broker (which the timeline kills and
+    restarts) instead of HTTP; the uplink proxy then sits between the gateway and the broker.
+    """
     duration = minutes * 60.0
     events = Events(flush_ms=int(FLUSH_S * 1000))
-    hub = Hub(directory)
+    broker = Broker(directory) if transport == "mqtt" else None
+    hub = Hub(directory, mqtt=broker.hub_arguments() if broker else None)
     token = hub.token()
+    if broker:
+        await broker.start()
     await hub.start()
     ledger = directory / "ledger.tsv"
-    async with run_scenario(load_scenario(SCENARIO), seed=seed, run_dir=directory / "sim", ledger=ledger, hub=hub.url + "/") as sim:
+    upstream = f"http://127.0.0.1:{broker.port}/" if broker else hub.url + "/"  # what the uplink proxy forwards to
+    async with run_scenario(load_scenario(SCENARIO), seed=seed, run_dir=directory / "sim", ledger=ledger, hub=upstream) as sim:
         assert sim.proxy is not None
         proxy = sim.proxy
         (directory / "policy.toml").write_text(POLICY.read_text())
         state = directory / "state"
         api = free_port()
-        text = sim.gateway_config_toml(state_dir=state, gateway_id=GATEWAY_ID, policy="policy.toml", local_api_listen=f"127.0.0.1:{api}")
+        text = sim.gateway_config_toml(state_dir=state, gateway_id=GATEWAY_ID, policy="policy.toml", local_api_listen=f"127.0.0.1:{api}",
+                                       hub=hub.url if broker else proxy.url)
+        if broker:  # enrolment and the hub's key stay on HTTP; batches, reports and acks go through the broker
+            text = text.replace("[uplink]\n", f'[uplink]\nbroker = "mqtt://127.0.0.1:{proxy.port}"\n')
         text = (text.replace('span = "5m"', 'span = "1m"').replace('flush_interval = "30s"', f'flush_interval = "{FLUSH_S:g}s"')
                 .replace('max_size = "200MB"', f'max_size = "{SPOOL_QUOTA}"').replace('when_full = "drop_oldest"', 'when_full = "refuse_newest"')
                 .replace('timeout = "30s"', 'timeout = "5s"'))
@@ -309,6 +382,19 @@ async def run_soak(minutes: float, directory: Path, seed: int) -> bool:
                 proxy.set_mode(name, **kw)
             return switch
 
+        async def broker_restart() -> None:
+            assert broker is not None
+            broker.stop(signal.SIGKILL)  # nothing saved since its last autosave: sessions and queued messages may be gone
+            await broker.start()
+
+        async def broker_down() -> None:
+            assert broker is not None
+            broker.stop(signal.SIGTERM)
+
+        async def broker_up() -> None:
+            assert broker is not None
+            await broker.start()
+
         # The rest of the timeline starts once the quota window has closed, so no reading's cause is ambiguous.
         steps: list[Step] = [
             (0.00, "kill -9 the gateway, restart it", restart_gateway),
@@ -329,7 +415,11 @@ async def run_soak(minutes: float, directory: Path, seed: int) -> bool:
             (0.84, "link back", mode("pass")),
             (0.90, "kill -9 the gateway, restart it", restart_gateway),
         ]
-        print(f"soak: {minutes:g} min in {directory}; hub {hub.url}, uplink proxy {proxy.url}, {len(sim.devices)} devices", flush=True)
+        if broker:  # the same moments, with the broker's faults where HTTP has the hub's answers
+            steps[1:5] = [(0.07, "broker killed (SIGKILL) and restarted", broker_restart), (0.13, "broker down (SIGTERM)", broker_down),
+                          (0.18, "broker up", broker_up), (0.23, "broker killed (SIGKILL) and restarted", broker_restart)]
+        print(f"soak: {minutes:g} min over {transport} in {directory}; hub {hub.url}, uplink proxy {proxy.url}, {len(sim.devices)} devices",
+              flush=True)
 
         def note(what: str) -> None:
             print(f"  {time.monotonic() - t0:6.1f} s  {what}", flush=True)
@@ -355,8 +445,10 @@ async def run_soak(minutes: float, directory: Path, seed: int) -> bool:
         stop_watch.set()
         await watcher
     await hub.stop()
+    if broker:
+        broker.stop()
     evidence = {
-        "minutes": minutes, "seed": seed, "gateway_exit": code, "events": dataclasses.asdict(events), "metrics": gateway.metrics,
+        "minutes": minutes, "seed": seed, "transport": transport, "gateway_exit": code, "events": dataclasses.asdict(events), "metrics": gateway.metrics,
         "quota_bytes": quota, "filler": {"start_ms": filler_start, "counts": filler_counts},
         "link_bytes": {"up": proxy.bytes_up, "down": proxy.bytes_down}, "summaries": gateway.summaries, "gateway_runs": gateway.runs,
     }
