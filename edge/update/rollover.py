@@ -123,25 +123,21 @@ def load_chain(path: Path) -> tuple[bytes, ...]:
 
 
 def trust_from(anchor: Ed25519PublicKey, *chains: Sequence[bytes]) -> Trust:
-    """The keys trusted from ``anchor`` along the longest of ``chains`` that it verifies; Refused naming the first bad rollover.
+    """The keys trusted from ``anchor`` along the longest of ``chains`` (the one a device kept, the one a bundle or server
+    offers); Refused naming its first bad rollover.
 
     A chain the anchor does not start (a rollover signed by a key not yet trusted) is refused
     ``wrong_key``; a changed one ``bad_signature``. Each rollover retires the key that signed it
     at its ``old_key_until``."""
-    keys: dict[bytes, tuple[Ed25519PublicKey, float | None]] = {key_id(anchor): (anchor, None)}
-    best: tuple[bytes, ...] = ()
-    for chain in sorted(chains, key=len, reverse=True):
-        if len(chain) <= len(best):
-            break
-        head: Ed25519PublicKey = anchor
-        walked: dict[bytes, tuple[Ed25519PublicKey, float | None]] = {}
-        for n, rollover in enumerate(chain):
-            new, until = _step(head, rollover, n)
-            walked[key_id(head)] = (head, until)
-            head = new
-        walked[key_id(head)] = (head, None)
-        keys, best = walked, tuple(chain)
-    return Trust(keys, best)
+    chain: tuple[bytes, ...] = max((tuple(c) for c in chains), key=len, default=())
+    head: Ed25519PublicKey = anchor
+    keys: dict[bytes, tuple[Ed25519PublicKey, float | None]] = {}
+    for n, rollover in enumerate(chain):
+        new, until = _step(head, rollover, n)
+        keys[key_id(head)] = (head, until)
+        head = new
+    keys[key_id(head)] = (head, None)
+    return Trust(keys, chain)
 
 
 def key_for(data: bytes, trust: Trust, *, now: float) -> Ed25519PublicKey:
