@@ -3,7 +3,10 @@
 The hub sends a desired document (format in docs/fleet.md) in its answer to a status
 report, signed with the hub's key.  The gateway pins that key on first use — only over
 https or on loopback, so nobody on the path can plant their own — and keeps it in
-``<state_dir>/hub.pub``.
+``<state_dir>/hub.pub``.  The hub changes that key, and the CA bundle the gateway trusts for an
+https hub, through the documents themselves: an announced next key, a chain of key rollovers and a
+CA bundle checked against the hub's certificate before it is taken (edge.protocol.hubtrust,
+docs/updates.md "Rotating keys").
 
 What the gateway runs is always: the local config file, with the hub's desired config
 tables laid over it, and the hub's desired policy if there is one, else the policy file
