@@ -80,7 +80,7 @@ class HttpTransport:
         """POST ``data``: (status, headers, body, framing bytes), or a retryable refusal when no answer came."""
         try:
             async with self._http().post(f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE}) as resp:
-                body = await resp.content.read(_MAX_REPLY_BYTES)
+                body = await _read_body(resp, _MAX_REPLY_BYTES)
                 return resp.status, resp.headers, body, _framing(resp, len(body))
         except TimeoutError:
             return Refused(False, "", "timed out waiting for the hub")
@@ -140,7 +140,7 @@ class HttpTransport:
         timeout = aiohttp.ClientTimeout(total=wait_s + (self._timeout.total or 30.0))
         try:
             async with self._http().get(url, headers={"If-None-Match": f'"{known_etag}"'}, timeout=timeout) as resp:
-                body = await resp.content.read(_MAX_REPLY_BYTES)
+                body = await _read_body(resp, _MAX_REPLY_BYTES)
                 overhead = _framing(resp, len(body))
                 if resp.status == 304:
                     return DesiredNews(None, overhead)
@@ -167,9 +167,24 @@ class HttpTransport:
             async with self._http().get(url) as resp:
                 if resp.status != 200:
                     raise TransportError(f"GET {url} answered {resp.status}; cannot pin the hub's key yet")
-                return await resp.content.read(_MAX_KEY_BYTES)
+                return await _read_body(resp, _MAX_KEY_BYTES)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise TransportError(f"cannot fetch the hub's key from {url}: {exc}") from None
+
+
+async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The answer's body up to ``limit`` bytes, however many TCP segments it came in.
+
+    ``content.read(n)`` returns as soon as some bytes are there: a body split by the network
+    (a proxy, a slow link) would otherwise be cut short and an ack taken for no answer.
+    """
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await resp.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
 
 
 def _framing(resp: aiohttp.ClientResponse, body_bytes: int) -> int:
