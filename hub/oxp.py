@@ -149,8 +149,8 @@ async def _enrol(request: web.Request, hub: Hub) -> web.Response:
     try:
         body = await read_json(request, limit=MAX_ENROL_BYTES, what="enrolment request")
     except BodyError as exc:
-        answer = compact_json({"error": exc.code, "detail": exc.detail}, status=exc.status)
-        return unread(answer) if exc.status in (413, 415) else answer
+        refused = compact_json({"error": exc.code, "detail": exc.detail}, status=exc.status)
+        return unread(refused) if exc.status in (413, 415) else refused
     if not isinstance(body, dict):
         return problem(Answer.MALFORMED, "enrolment request is not a JSON object")
     token, device_id, public_b64 = body.get("token"), body.get("device_id"), body.get("public_key")

@@ -85,7 +85,7 @@ class PublicProcess:
         return [sys.executable, "-c", WORKER_MAIN, "--socket", str(self.socket), "--nice", str(self.settings.nice),
                 "--log-level", self.log_level, "--per-client", str(r.per_client), "--queue", str(r.queue), "--seconds", repr(r.seconds),
                 "--max-examined", str(r.max_examined), "--cpu-seconds", repr(r.cpu_seconds), "--cpu-share", repr(r.cpu_share),
-                "--readings-in-flight", str(r.readings_in_flight)]
+                "--readings-in-flight", str(r.readings_in_flight), "--hub-pid", str(os.getpid())]
 
     async def start(self) -> None:
         """Start the process and wait until it answers; raise RuntimeError if it does not within 30 s."""

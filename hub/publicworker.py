@@ -108,6 +108,17 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _die_with_the_hub(hub_pid: int) -> None:
+    """Be sent SIGTERM when the hub's process ends, however it ends (``kill -9`` included): an orphan would keep the
+    hub's log stream open and its store busy.  Linux's PR_SET_PDEATHSIG; a hub already gone by now means exit at once."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != hub_pid:
+        raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ocn-hub public reads", description=__doc__.split("\n", 1)[0])
     parser.add_argument("--socket", required=True)
@@ -120,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-seconds", type=float, default=PublicReadSettings.cpu_seconds)
     parser.add_argument("--cpu-share", type=float, default=PublicReadSettings.cpu_share)
     parser.add_argument("--readings-in-flight", type=int, default=PublicReadSettings.readings_in_flight)
+    parser.add_argument("--hub-pid", type=int, required=True)
     args = parser.parse_args(argv)
+    _die_with_the_hub(args.hub_pid)
     from edge.logs import setup_logging
 
     setup_logging(args.log_level)
