@@ -267,7 +267,8 @@ async def run_hub(
             from hub.metrics import METRICS  # where build_app imports it
 
             app[EXPORTER] = Exporter(store, export, unavailable=UNAVAILABLE, metrics=app[METRICS])
-        runner = HubRunner(app, connections=open_connections(connections), access_log=None, handle_signals=False)
+        # lingering_time=0: a body answered before it was read whole is not read and discarded afterwards (hub.server.body_deadline).
+        runner = HubRunner(app, connections=open_connections(connections), access_log=None, handle_signals=False, lingering_time=0)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()

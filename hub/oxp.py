@@ -71,17 +71,6 @@ async def read_body(request: web.Request, limit: int) -> bytes | web.Response:
         return compact_json({"error": exc.code, "detail": exc.detail}, status=exc.status)
 
 
-def unread(answer: web.Response) -> web.Response:
-    """``answer`` with the connection closed after it, for a body the hub refused without reading all of it.
-
-    Otherwise aiohttp reads and discards the rest to keep the connection open: under
-    bench.hostile's 1 MiB bodies sent back to back that was the hub reading a mebibyte per
-    refusal on its event loop.  A client whose body was refused opens a new connection.
-    """
-    answer.force_close()
-    return answer
-
-
 def client_of(request: web.Request) -> str:
     """The client address the per-address limit counts (X-Forwarded-For only from a trusted proxy)."""
     return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), request.app[HUB].trusted_proxies)
@@ -108,12 +97,12 @@ async def signed_message(request: web.Request, limit: int, take: Callable[[bytes
     answer = address_refusal(hub, address)
     if answer is not None:
         request.app[METRICS].ingested(kind, answer)
-        return unread(answer)
+        return answer
     data = await read_body(request, limit)
     if isinstance(data, web.Response):
         hub.addresses.check(address)
         request.app[METRICS].ingested(kind, data)
-        return unread(data)
+        return data
     outcome = await take(data)
     request.app[METRICS].ingested(kind, outcome)
     if isinstance(outcome, Refused):
@@ -135,7 +124,7 @@ async def post_enrol(request: web.Request) -> web.Response:
     address = client_of(request)
     refused = address_refusal(hub, address)
     if refused is not None:
-        return unread(refused)
+        return refused
     answer = await _enrol(request, hub)
     # A refused attempt is charged to its address (guessing tokens costs it its budget); one that
     # enrols spent a token, which bounds it already, so an installer enrolling a fleet from one
@@ -149,8 +138,7 @@ async def _enrol(request: web.Request, hub: Hub) -> web.Response:
     try:
         body = await read_json(request, limit=MAX_ENROL_BYTES, what="enrolment request")
     except BodyError as exc:
-        refused = compact_json({"error": exc.code, "detail": exc.detail}, status=exc.status)
-        return unread(refused) if exc.status in (413, 415) else refused
+        return compact_json({"error": exc.code, "detail": exc.detail}, status=exc.status)
     if not isinstance(body, dict):
         return problem(Answer.MALFORMED, "enrolment request is not a JSON object")
     token, device_id, public_b64 = body.get("token"), body.get("device_id"), body.get("public_key")

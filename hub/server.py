@@ -188,7 +188,9 @@ async def body_deadline(request: web.Request, handler: Callable[[web.Request], A
         if not content.is_eof():
             # Answered without reading the whole body (429 before reading, 413): close the connection
             # rather than let aiohttp read and discard the rest, which a sender of 1 MiB bodies
-            # refused at once would otherwise make the hub do for every one of them.
+            # refused at once would otherwise make the hub do for every one of them.  Not keeping
+            # the connection alive is not enough: aiohttp still reads the rest for its lingering
+            # time unless that is 0, which run_hub sets (tests/hub/hostile/test_slow_clients.py).
             response.force_close()
         return response
     except BodyTimeout as exc:
