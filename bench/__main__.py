@@ -1,7 +1,7 @@
 """The performance report (`make bench`), or the benchmarks named: `python -m bench codec spool`.
 
-    .venv/bin/python -m bench            # the report, then the other short benchmarks (about 25 minutes)
-    .venv/bin/python -m bench --quick    # the report with shorter runs (about 8 minutes; rougher figures)
+    .venv/bin/python -m bench            # the report, then the other short benchmarks (about 20 minutes)
+    .venv/bin/python -m bench --quick    # the report alone, with shorter runs (about 5 minutes; rougher figures)
     .venv/bin/python -m bench NAME ...   # only those benchmarks, each printing its own figures
 
 The report runs bench.pipeline (demo policy), bench.gateway_load (a real `ocn-edge run` measured

@@ -177,18 +177,20 @@ def _drain(stream: Any, lines: list[str] | None = None) -> None:
 
 
 def _read_until(proc: subprocess.Popen[str], stream: Any, pattern: re.Pattern[str], what: str, timeout_s: float = 60) -> re.Match[str]:
-    deadline = time.monotonic() + timeout_s
+    """The first line of ``stream`` that matches; the process is killed if none came within ``timeout_s``."""
     seen: list[str] = []
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            raise SystemExit(f"{what} exited with {proc.wait()}: {''.join(seen[-20:])}")
-        seen.append(line)
-        match = pattern.search(line)
-        if match:
-            threading.Thread(target=_drain, args=(stream,), daemon=True).start()  # a full pipe must never stall it
-            return match
-    raise SystemExit(f"{what} did not start within {timeout_s} s")
+    deadline = threading.Timer(timeout_s, proc.kill)  # a silent process ends, so the read below returns
+    deadline.start()
+    try:
+        while line := stream.readline():
+            seen.append(line)
+            match = pattern.search(line)
+            if match:
+                threading.Thread(target=_drain, args=(stream,), daemon=True).start()  # a full pipe must never stall it
+                return match
+    finally:
+        deadline.cancel()
+    raise SystemExit(f"{what} exited with {proc.wait()} (killed after {timeout_s:.0f} s if it said nothing): {''.join(seen[-20:])}")
 
 
 def status(api: str) -> dict[str, Any]:
