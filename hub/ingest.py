@@ -63,6 +63,11 @@ MAX_NOTICE_BYTES = 256 * 1024
 # A real body takes 2 to 4 bytes per reading; one far larger than its readings is charged by its size.
 BODY_BYTES_PER_READING = 64
 BUSY_RETRY_S = 1.0
+# Verified status reports and notices each device may send (per second, at once): a gateway reports every minute or so
+# and sends a notice at start and after a policy change; without a limit one enrolled device stored 300 notices of
+# 60 KB in 0.8 s, all published in the register (docs/threat-model.md H26).
+REPORT_RATE, REPORT_BURST = 1.0, 60
+NOTICE_RATE, NOTICE_BURST = 1 / 60, 10
 DESIRED_TTL_S = 2.0  # how stale a device's desired ETag may be when a batch ack or a long poll reads it
 # A batch this small is verified, weighed and decoded on the event loop, not in a worker: the work is a
 # fraction of a millisecond (one signature, a body of at most INLINE_BODY_BYTES and INLINE_READINGS readings),
@@ -213,6 +218,8 @@ class Ingest:
         self.faults = faults
         self.signing_key = signing_key
         self.signer = signer or DesiredSigner(None, signing_key)  # desired documents: the current key of a rotation (hub.hubkey)
+        self.reports = RateLimiter(rate=REPORT_RATE, burst=REPORT_BURST)  # verified status reports per device
+        self.notices = RateLimiter(rate=NOTICE_RATE, burst=NOTICE_BURST)  # verified notices per device
         # device id -> (monotonic s when read, ETag): batches and watches read a device's ETag at most every DESIRED_TTL_S.
         self._etags: dict[str, tuple[float, str]] = {}
         self._refreshing: dict[str, asyncio.Task[str | None]] = {}  # background reads of stale ETags, one per device
@@ -307,7 +314,8 @@ class Ingest:
         if isinstance(sender, Refused):
             return sender
         device_key, report = sender
-        refusal = await self._admit(device_key, report, check_status_report, "status report")
+        refusal = self._over_rate(self.reports, device_key.device_id, "status reports") or await self._admit(
+            device_key, report, check_status_report, "status report")
         if refusal is not None:
             return refusal
         await self.store.record_status(device_key.device_id, report, received_ms=now_ms())
@@ -403,7 +411,8 @@ class Ingest:
         if isinstance(sender, Refused):
             return sender
         device_key, message = sender
-        refusal = await self._admit(device_key, message, check_notice_message, "notice")
+        refusal = self._over_rate(self.notices, device_key.device_id, "notices") or await self._admit(
+            device_key, message, check_notice_message, "notice")
         if refusal is not None:
             return refusal
         return NoticeTaken(await self.store.add_notice(device_key.device_id, message["notice"], received_ms=now_ms()))
@@ -445,6 +454,15 @@ class Ingest:
         if report.get("device_id") != device.device_id:
             return Refused(Answer.MALFORMED, f"message names device {report.get('device_id')!r} but is signed by {device.device_id!r}", charged=True)
         return device, report
+
+    @staticmethod
+    def _over_rate(limiter: RateLimiter, device_id: str, what: str) -> Refused | None:
+        """429 for a verified message its device sends faster than ``limiter`` allows (charged only once verified, so a
+        forged one spends nothing); None otherwise."""
+        wait = limiter.check(device_id)
+        if wait <= 0:
+            return None
+        return Refused(Answer.RATE_LIMITED, f"device {device_id!r} sends {what} faster than this hub allows; retry later", retry_after_s=wait)
 
     async def _admit(self, device: DeviceKey, message: dict[str, Any], check: Callable[[dict[str, Any]], None], what: str) -> Refused | None:
         """Refused for a verified message that does not fit its schema, or is not newer than the last one accepted from

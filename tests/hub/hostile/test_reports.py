@@ -12,6 +12,7 @@ import pytest
 
 from edge.protocol import seal_status
 from hub.app import RunningHub, run_hub
+from hub.ingest import NOTICE_BURST, REPORT_BURST
 from tests.hub.gateways import T0, SimGateway, enrol, post_cose
 
 NOTICE: dict[str, Any] = {
@@ -293,3 +294,27 @@ async def test_a_replay_raced_against_the_original_on_two_hubs_is_stored_once(db
         answers = await asyncio.gather(*(post(http, hub, "notice", data) for hub in (first, second) * 5))
         assert sorted(status for status, _ in answers) == [200] + [409] * 9
         assert len(await first.store.notices()) == 1
+
+
+# --- rate ---------------------------------------------------------------------------------
+
+
+async def test_a_device_sending_verified_reports_or_notices_faster_than_allowed_is_answered_429_and_nothing_more_is_stored(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
+    # The reproduction (docs/threat-model.md H26): one enrolled device sent 300 fresh notices in 0.8 s, all stored and published.
+    seq = 0
+    for _ in range(REPORT_BURST):
+        seq += 1
+        assert (await post(http, running_hub, "status", gateway.status(report_seq=seq)))[0] == 200
+    seq += 1
+    status, answer, headers = await post_cose(http, f"{running_hub.url}/oxp/v1/status", gateway.status(report_seq=seq))
+    assert (status, answer["error"]) == (429, "rate_limited") and int(headers["Retry-After"]) >= 1
+    assert "status reports" in answer["detail"]
+    for _ in range(NOTICE_BURST + 5):
+        seq += 1
+        await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=seq))
+    assert len(await running_hub.store.notices()) == NOTICE_BURST
+    seq += 1
+    status, body = await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=seq))
+    assert (status, body["error"]) == (429, "rate_limited") and "notices" in body["detail"]
