@@ -133,7 +133,7 @@ def _table(report: dict[str, Any]) -> str:
 def report(quick: bool) -> int:
     started = time.monotonic()
     command = "make bench ARGS=--quick" if quick else "make bench"
-    load_before = list(os.getloadavg())
+    load_before, machine = list(os.getloadavg()), _machine()  # the commit measured, not one made during the run
     raw: dict[str, Any] = {}
     failed = []
     with tempfile.TemporaryDirectory(prefix="ocn-bench-report-") as d:
@@ -156,7 +156,7 @@ def report(quick: bool) -> int:
         "command": command,
         "finished": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": time.monotonic() - started,
-        "machine": _machine(),
+        "machine": machine,
         "load_before": load_before,
         "load_after": list(os.getloadavg()),
         "figures": figures,
