@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from hub.models import DeviceKey
 from hub.store import Store
@@ -32,6 +33,19 @@ class KeyCache:
             self._keys.clear()
         self._keys[key_id] = (now, found)
         return found
+
+    async def fetch(self, key_ids: Iterable[bytes]) -> None:
+        """Read the keys among ``key_ids`` not remembered (or remembered too long) in one go: a transport that takes
+        messages in groups (hub.mqtt) asks once for a group, not once a message."""
+        now = time.monotonic()
+        stale = [kid for kid in dict.fromkeys(key_ids) if (hit := self._keys.get(kid)) is None or now - hit[0] >= self.ttl_s]
+        if len(stale) < 2:
+            return  # get reads a single one as before
+        found = await self.store.device_keys(stale)
+        if len(self._keys) > 100_000:
+            self._keys.clear()
+        for kid in stale:
+            self._keys[kid] = (now, found.get(kid))
 
     def forget(self, key_id: bytes | None = None) -> None:
         if key_id is None:

@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -59,6 +59,10 @@ RECEIVE_MAXIMUM = 256
 # Messages taken at once, as many as the broker may have in flight to us: most of a message's time is spent waiting for
 # the store's group commit, and the ingest workers and their queue bound the CPU work below this.
 CONCURRENT = RECEIVE_MAXIMUM
+# Batches are taken in groups of up to GROUP, checked and stored together (Ingest.batches), GROUPS groups at once: per
+# batch, a task, a hand-off to a worker and a store transaction each cost more than checking and storing it.
+GROUP = 64
+GROUPS = 4
 DESIRED_CHECK_S = 1.0
 STOP_WAIT_S = 5.0  # how long a stopping hub lets messages being taken reach the store
 UNAVAILABLE_RETRY_S = 10.0
@@ -109,6 +113,20 @@ class MqttSettings:
         )
 
 
+Taken = tuple[str, str, bytes, bytes | None]
+"""A message taken from the broker: its device (the topic's), kind (batch, status, notice), payload and correlation data."""
+
+
+def _taken(message: aiomqtt.Message) -> Taken | None:
+    """What a message on one of the hub's topics carries; None for any other topic."""
+    parts = message.topic.value.split("/")
+    if len(parts) < 4 or "/".join(parts[:2]) != TOPIC_ROOT or not DEVICE_ID_RE.match(parts[2]) or parts[3] not in _KINDS:
+        return None
+    data = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+    key = getattr(message.properties, "CorrelationData", None)
+    return parts[2], parts[3], data, bytes(key) if isinstance(key, bytes | bytearray) else None
+
+
 def _answer_properties(correlation: bytes | None) -> Properties | None:
     if correlation is None:
         return None
@@ -154,6 +172,8 @@ class MqttIngest:
         self._client: aiomqtt.Client | None = None
         self._slots = asyncio.Semaphore(CONCURRENT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: list[Taken] = []  # batches taken from the broker that no group has started on
+        self._groups = 0  # groups of batches on their way (_take_group)
         self._published: dict[str, str] = {}  # device id -> the desired ETag it was last offered
         # device id -> (its fleet and the two documents its desired state is made of, the document and ETag made of them)
         self._computed: dict[str, tuple[tuple[object, ...], dict[str, Any] | None, str]] = {}
@@ -201,10 +221,16 @@ class MqttIngest:
                     async for message in client.messages:
                         if self.access is not None and self.access.answered(message):
                             continue
+                        taken = _taken(message)
+                        if taken is None:
+                            continue
                         await self._slots.acquire()
-                        task = asyncio.create_task(self._take(client, message))
-                        self._tasks.add(task)
-                        task.add_done_callback(self._done)
+                        if taken[1] == "batch":
+                            self._waiting.append(taken)
+                            if self._groups < GROUPS:
+                                self._start(self._take_group(client))
+                        else:
+                            self._start(self._take(client, taken))
                     raise aiomqtt.MqttError("the broker closed the connection")
         except* (aiomqtt.MqttError, OSError) as group_error:
             ended = group_error.exceptions[0]
@@ -213,9 +239,10 @@ class MqttIngest:
             self.connected.clear()
         return ended
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
         """Let the messages being taken reach the store, a little while; what is left is cancelled and sent again by its gateway."""
@@ -226,23 +253,56 @@ class MqttIngest:
             if late:
                 await asyncio.wait(late)
 
-    async def _take(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        parts = message.topic.value.split("/")
-        if len(parts) < 4 or "/".join(parts[:2]) != TOPIC_ROOT or not DEVICE_ID_RE.match(parts[2]) or parts[3] not in _KINDS:
-            return
-        device_id, kind = parts[2], parts[3]
-        answer_kind = _KINDS[kind]
-        data = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
-        key = getattr(message.properties, "CorrelationData", None)
-        correlation = bytes(key) if isinstance(key, bytes | bytearray) else None
+    async def _take(self, client: aiomqtt.Client, taken: Taken) -> None:
+        """One status report or notice, taken and answered."""
+        device_id, kind, data, correlation = taken
         try:
-            outcome = await self._outcome(device_id, kind, data)
-        except self._unavailable as exc:
+            try:
+                outcome: Acked | ReportTaken | NoticeTaken | Refused | BaseException = await self._outcome(device_id, kind, data)
+            except self._unavailable as exc:
+                outcome = exc
+            self._answer(client, taken, outcome)
+        finally:
+            self._slots.release()
+
+    async def _take_group(self, client: aiomqtt.Client) -> None:
+        """The batches waiting, GROUP at most, until none is left: checked and stored together by the ingest core (one
+        signature-checking hand-off, one store transaction), each answered once the transaction holding it committed.
+
+        Up to GROUPS groups are on their way at once, so one is checked while another waits for its commit."""
+        self._groups += 1
+        try:
+            while self._waiting:
+                group, self._waiting = self._waiting[:GROUP], self._waiting[GROUP:]
+                try:
+                    try:
+                        outcomes: list[Acked | Refused | BaseException] = list(
+                            await self.hub.ingest.batches([(data, device_id) for device_id, _, data, _ in group])
+                        )
+                    except self._unavailable as exc:
+                        outcomes = [exc] * len(group)
+                    for taken, outcome in zip(group, outcomes, strict=True):
+                        self._answer(client, taken, outcome)
+                finally:
+                    for _ in group:
+                        self._slots.release()
+        finally:
+            self._groups -= 1
+
+    def _answer(self, client: aiomqtt.Client, taken: Taken, found: Acked | ReportTaken | NoticeTaken | Refused | BaseException) -> None:
+        """Publish the answer to one message (an error of a database that is down answered ``unavailable``, logged once)."""
+        device_id, kind, _, correlation = taken
+        if isinstance(found, BaseException):
+            if not isinstance(found, self._unavailable):
+                raise found
             if not self.hub.database_down:
-                log.error("database unavailable; answering unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+                log.error("database unavailable; answering unavailable", extra={"error": f"{type(found).__name__}: {found}"})
                 self.hub.database_down = True
-            outcome = Refused(Answer.UNAVAILABLE, "the hub's database is unavailable; retry later", retry_after_s=UNAVAILABLE_RETRY_S)
+            outcome: Acked | ReportTaken | NoticeTaken | Refused = Refused(
+                Answer.UNAVAILABLE, "the hub's database is unavailable; retry later", retry_after_s=UNAVAILABLE_RETRY_S
+            )
         else:
+            outcome = found
             if self.hub.database_down:
                 self.hub.database_down = False
                 log.info("database available again")
@@ -258,7 +318,7 @@ class MqttIngest:
         # Handed to the MQTT client (paho, under aiomqtt) without waiting for the broker's PUBACK, which aiomqtt's publish
         # would: the slot is free for the next message at once, and an answer lost with the connection is no loss, since
         # the gateway hears no answer and sends the same bytes again (the store takes them as a duplicate).
-        sent = client._client.publish(f"{TOPIC_ROOT}/{device_id}/{answer_kind}", payload, qos=1, properties=properties)
+        sent = client._client.publish(f"{TOPIC_ROOT}/{device_id}/{_KINDS[kind]}", payload, qos=1, properties=properties)
         if sent.rc != MQTT_ERR_SUCCESS:
             log.debug("answer not published", extra={"device": device_id, "error": error_string(sent.rc)})
         self.taken += 1

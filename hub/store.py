@@ -130,6 +130,11 @@ class Store(abc.ABC):
     async def device_key(self, key_id: bytes) -> DeviceKey | None:
         """Who a key id belongs to and whether it may send (a revoked key stays known as revoked)."""
 
+    async def device_keys(self, key_ids: Sequence[bytes]) -> dict[bytes, DeviceKey]:
+        """:meth:`device_key` for several key ids; an engine may read them all at once.  Ids of no device are left out."""
+        found = {kid: await self.device_key(kid) for kid in dict.fromkeys(key_ids)}
+        return {kid: device for kid, device in found.items() if device is not None}
+
     @abc.abstractmethod
     async def set_device_ring(self, device_id: str, ring: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
         """Put a device in a rollout ring ("": in none); False if there is no such device.  Audited as ``device.ring`` when it changes."""
@@ -149,6 +154,20 @@ class Store(abc.ABC):
         transaction, so a replay quarantines nothing twice.  Marks each channel the batch declares
         personal as personal for good, in the same transaction.
         """
+
+    async def store_batches(self, batches: Sequence[IncomingBatch]) -> list[str | Exception]:
+        """:meth:`store_batch` for several batches at once, each outcome (or the error storing it raised) in their order.
+
+        An engine may store them in fewer transactions and statements (the MQTT side takes batches in groups); each is
+        still stored once, a batch named twice is "stored" once and then "duplicate", and nothing is said before the
+        transaction holding it has committed."""
+        outcomes: list[str | Exception] = []
+        for batch in batches:
+            try:
+                outcomes.append(await self.store_batch(batch))
+            except Exception as exc:  # the caller answers each batch
+                outcomes.append(exc)
+        return outcomes
 
     @abc.abstractmethod
     async def quarantined(self, device_id: str) -> dict[str, int]:

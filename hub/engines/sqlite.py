@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -62,6 +63,21 @@ T = TypeVar("T")
 
 # Jobs waiting when the writer wakes are committed together: one fsync for many batches.
 MAX_GROUP = 200
+# Batches a multi-row INSERT of store_batches names at most (11 values each, well under SQLite's 32,766 variables).
+GROUP_ROWS = 256
+# Counters are cumulative on the device: only the newest batch (by boot epoch, sequence) speaks for it.
+NEWEST_BATCH = (
+    "UPDATE devices SET boot_epoch = ?, last_seq = ?, counters = ?, policy_digest = ?,"
+    " unclean_stops = coalesce(?, unclean_stops), readings_dropped = coalesce(?, readings_dropped)"
+    " WHERE device_id = ? AND (boot_epoch IS NULL OR boot_epoch < ? OR (boot_epoch = ? AND (last_seq IS NULL OR last_seq <= ?)))"
+)
+
+
+def _newest_row(batch: IncomingBatch) -> tuple[Any, ...]:
+    """NEWEST_BATCH's parameters for a stored batch."""
+    epoch, seq = to_uint_column(batch.boot_epoch), to_uint_column(batch.seq)
+    unclean, dropped = to_uint_column(batch.counters.get("unclean_stops")), to_uint_column(batch.counters.get("readings_dropped"))
+    return (epoch, seq, dumps(dict(batch.counters)), batch.policy_digest.hex(), unclean, dropped, batch.device_id, epoch, epoch, seq)
 
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
@@ -307,6 +323,24 @@ class SQLiteStore(Store):
         rows = await self._read("SELECT device_id FROM revoked_keys WHERE key_id = ?", (key_id,))
         return DeviceKey(rows[0][0], key_id, b"", "revoked") if rows else None
 
+    async def device_keys(self, key_ids: Sequence[bytes]) -> dict[bytes, DeviceKey]:
+        """One hand-off to a reader for all of them (device_key costs two a key)."""
+        wanted = list(dict.fromkeys(key_ids))
+
+        def run() -> dict[bytes, DeviceKey]:
+            conn, found = self._reader(), {}
+            for start in range(0, len(wanted), GROUP_ROWS):
+                part = wanted[start : start + GROUP_ROWS]
+                marks = ", ".join("?" * len(part))
+                for kid, device_id, public, status in conn.execute(
+                        f"SELECT key_id, device_id, public_key, status FROM devices WHERE key_id IN ({marks})", part):
+                    found[bytes(kid)] = DeviceKey(device_id, bytes(kid), bytes(public), status)
+                for kid, device_id in conn.execute(f"SELECT key_id, device_id FROM revoked_keys WHERE key_id IN ({marks})", part):
+                    found.setdefault(bytes(kid), DeviceKey(device_id, bytes(kid), b"", "revoked"))
+            return found
+
+        return await asyncio.get_running_loop().run_in_executor(self._readers, run) if wanted else {}
+
     async def set_device_ring(self, device_id: str, ring: str, *, now_ms: int, actor: str = AUTOMATIC) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT ring FROM devices WHERE device_id = ?", (device_id,)).fetchone()
@@ -388,18 +422,67 @@ class SQLiteStore(Store):
                 " last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
                 (len(batch.readings), batch.received_ms, batch.device_id),
             )
-            unclean, dropped = to_uint_column(batch.counters.get("unclean_stops")), to_uint_column(batch.counters.get("readings_dropped"))
-            epoch, seq = to_uint_column(batch.boot_epoch), to_uint_column(batch.seq)
-            # Counters are cumulative on the device: only the newest batch (by boot epoch, sequence) speaks for it.
-            conn.execute(
-                "UPDATE devices SET boot_epoch = ?, last_seq = ?, counters = ?, policy_digest = ?,"
-                " unclean_stops = coalesce(?, unclean_stops), readings_dropped = coalesce(?, readings_dropped)"
-                " WHERE device_id = ? AND (boot_epoch IS NULL OR boot_epoch < ? OR (boot_epoch = ? AND (last_seq IS NULL OR last_seq <= ?)))",
-                (epoch, seq, dumps(dict(batch.counters)), batch.policy_digest.hex(), unclean, dropped, batch.device_id, epoch, epoch, seq),
-            )
+            conn.execute(NEWEST_BATCH, _newest_row(batch))
             return "stored"
 
         return await self._write(run)
+
+    async def store_batches(self, batches: Sequence[IncomingBatch]) -> list[str | Exception]:
+        """Several batches in one job of the writer, each table written by one statement for all of them (store_batch
+        costs eight statements and a savepoint a batch); a group that fails is stored again a batch at a time."""
+        if len(batches) < 2:
+            return await super().store_batches(batches)
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            identities = [(b.key_id, to_uint_column(b.boot_epoch), to_uint_column(b.seq)) for b in batches]
+            inserted: set[tuple[bytes, int, int]] = set()
+            for start in range(0, len(batches), GROUP_ROWS):
+                part = batches[start : start + GROUP_ROWS]
+                rows = conn.execute(
+                    "INSERT OR IGNORE INTO batches (key_id, boot_epoch, seq, device_id, created_ms, received_ms, readings, size, policy_digest,"
+                    " codec, counters) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(part)) + " RETURNING key_id, boot_epoch, seq",
+                    [value for b, identity in zip(part, identities[start : start + GROUP_ROWS], strict=True) for value in (
+                        *identity, b.device_id, to_uint_column(b.created_ms), b.received_ms, len(b.readings) + len(b.quarantined), b.size,
+                        b.policy_digest.hex(), b.codec, dumps(dict(b.counters)))],
+                ).fetchall()
+                inserted.update((bytes(k), e, s) for k, e, s in rows)
+            # The first of a batch sent twice in one group is the one stored; the other is its duplicate.
+            outcomes = []
+            for identity in identities:
+                outcomes.append("stored" if identity in inserted else "duplicate")
+                inserted.discard(identity)
+            stored = [b for b, outcome in zip(batches, outcomes, strict=True) if outcome == "stored"]
+            received = min(b.received_ms for b in batches)
+            exporting = conn.execute("SELECT 1 FROM export_lease WHERE expires_ms > ? LIMIT 1", (received - OUTBOX_GRACE_MS,)).fetchone()
+            newest = conn.execute("SELECT coalesce(max(id), 0) FROM chunks").fetchone()[0] if exporting else 0
+            chunks, apart = [], []
+            for b in stored:
+                ids = channel_map(b, functools.partial(self._channel_id, conn, b.device_id))
+                chunks += [(ids[name], *chunk) for name, parts in encode_chunks(b.readings).items() for chunk in parts]
+                apart += quarantine_rows(b)
+            conn.executemany("INSERT INTO chunks (channel_id, first_ms, last_ms, count, data) VALUES (?, ?, ?, ?, ?)", chunks)
+            if exporting:
+                conn.execute("INSERT INTO export_outbox (chunk_id) SELECT id FROM chunks WHERE id > ? ORDER BY id", (newest,))
+            conn.executemany(
+                "INSERT INTO quarantine (device_id, key_id, boot_epoch, seq, channel, unit, reading, reason, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                apart,
+            )
+            conn.executemany(
+                "UPDATE devices SET duplicates = duplicates + 1, last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
+                [(b.received_ms, b.device_id) for b, outcome in zip(batches, outcomes, strict=True) if outcome == "duplicate"],
+            )
+            conn.executemany(
+                "UPDATE devices SET readings_stored = readings_stored + ?, batches_stored = batches_stored + 1,"
+                " last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
+                [(len(b.readings), b.received_ms, b.device_id) for b in stored],
+            )
+            conn.executemany(NEWEST_BATCH, [_newest_row(b) for b in stored])
+            return outcomes
+
+        try:
+            return list(await self._write(run))
+        except sqlite3.Error:
+            return await super().store_batches(batches)
 
     async def quarantined(self, device_id: str) -> dict[str, int]:
         rows = await self._read("SELECT reason, count(*) FROM quarantine WHERE device_id = ? GROUP BY reason ORDER BY reason", (device_id,))
