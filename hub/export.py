@@ -149,6 +149,13 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+async def _lost(client: aiomqtt.Client) -> None:
+    """Return never; raise aiomqtt.MqttError when the connection is lost."""
+    async for _ in client.messages:
+        pass
+    raise aiomqtt.MqttError("the broker closed the connection")
+
+
 class Exporter:
     """One hub process's side of the export: it takes the lease when it can and, holding it, empties the outbox to the broker."""
 
@@ -236,6 +243,7 @@ class Exporter:
 
     async def _session(self, backoff: Backoff) -> BaseException:
         """One connection to the broker, from connecting to losing it; what ended it."""
+        ended: BaseException = aiomqtt.MqttError("the broker closed the connection")
         try:
             async with self.settings.client() as client:
                 self.connected.set()
@@ -249,15 +257,20 @@ class Exporter:
                 elif not self._ever_connected:
                     log.info("exporting to the city's broker", extra={"broker": self.settings.broker, "formats": ",".join(self.settings.formats)})
                 self._ever_connected = True
-                while True:
-                    if not self.holding:
-                        await self._held.wait()
-                    elif not await self._round(client):
-                        await asyncio.sleep(POLL_S)
-        except (aiomqtt.MqttError, OSError) as exc:
-            return exc
+                async with asyncio.TaskGroup() as group:
+                    # The exporter subscribes to nothing: waiting for a message ends when the connection does, so a broker
+                    # lost while nothing is exported is noticed (and said, and counted) at once, not at the next publish.
+                    group.create_task(_lost(client))
+                    while True:
+                        if not self.holding:
+                            await self._held.wait()
+                        elif not await self._round(client):
+                            await asyncio.sleep(POLL_S)
+        except* (aiomqtt.MqttError, OSError) as group_error:
+            ended = group_error.exceptions[0]
         finally:
             self.connected.clear()
+        return ended
 
     async def _round(self, client: aiomqtt.Client) -> bool:
         """Publish the oldest outbox rows and delete those the broker acknowledged; False when there was nothing to do."""

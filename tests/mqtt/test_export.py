@@ -27,6 +27,7 @@ import pytest
 from hub import export as export_module
 from hub.app import RunningHub, run_hub
 from hub.export import EXPORTER, Exporter, ExportSettings, parse_formats
+from hub.mqtt import MQTT_INGEST
 from tests.helpers.tools import require_tool
 from tests.hub.conftest import drop_schema
 from tests.hub.gateways import T0, SimGateway, enrol, post_cose
@@ -434,3 +435,50 @@ def test_the_hub_command_says_what_is_wrong_with_its_export_options_and_exits(tm
     done = subprocess.run([sys.executable, "-m", "edge.cli", "hub", "--state-dir", str(tmp_path), *arguments], capture_output=True, text=True,
                           timeout=60)
     assert (done.returncode, done.stderr.strip()) == (2, said)
+
+
+async def test_the_city_broker_killed_while_the_hub_ingests_over_mqtt_holds_the_export_in_the_outbox_and_loses_nothing(
+    broker: Broker, city_broker: Broker, reader: Reader, tmp_path: Path
+) -> None:
+    """Two brokers, as a city may run them: the fleet's, through which gateways deliver, and the city platform's, to which the
+    hub exports.  Only the city's dies (SIGKILL: nothing saved) and comes back; gateways keep delivering through the fleet's
+    broker, the hub keeps storing and acking, and what it stores meanwhile waits in the outbox and is exported once."""
+    # The subscriber's session on disk (a clean stop saves it), so it outlives the kill as a city's durable subscriber does.
+    city_broker.stop()
+    await city_broker.start()
+    from tests.mqtt.test_oxp_over_mqtt import Gateway, granted  # the gateway of the MQTT end-to-end tests
+
+    settings = export_settings(city_broker, formats=("senml",))
+    async with run_hub(state_dir=tmp_path / "hub", admin_token="admin-secret", mqtt=broker.hub_settings(client_id="hub-a"), export=settings) as hub:
+        assert hub.app is not None
+        taker, exporter = hub.app[MQTT_INGEST], exporter_of(hub)
+        await until(lambda: taker.connected.is_set() and taker.access is not None and taker.access.synced.is_set(), "the hub takes MQTT")
+        gateway = Gateway(tmp_path / "gw", "pole-0042")
+        await gateway.enrol(hub)
+        assert taker is not None
+        await granted(taker, "pole-0042")
+        await gateway.open(hub.url, broker)
+        try:
+            gateway.put(2)
+            await gateway.delivered()
+            await until(lambda: exporter.published == 2, "the first batches are exported")  # one channel: a SenML pack a batch
+            first = await reader.read_distinct(2)
+            city_broker.kill()
+            await until(lambda: not exporter.connected.is_set(), "the exporter notices the city's broker is gone")
+            gateway.put(5)
+            await gateway.delivered()  # ingest goes on: stored and acked through the fleet's broker
+            assert (await hub.counters("pole-0042"))["batches_stored"] == 7
+            pending = await hub.store.export_pending(limit=100)
+            assert sum(row[1] is not None for row in pending) == 5 and exporter.published == 2
+            await city_broker.start()
+            await until(lambda: exporter.published == 7, "the outbox is exported once the city's broker is back", timeout_s=40)
+            rest = await reader.read_distinct(5)
+        finally:
+            await gateway.close()
+        async with aiohttp.ClientSession() as http:
+            stored = await get_json(http, f"{hub.url}/data/readings.senml.json?device=pole-0042")
+        exported = resolved([record for _, pack in first + rest for record in pack])
+        assert exported == resolved(stored) and len(exported) == 7 * 20  # every stored reading, each once
+        assert await hub.store.export_pending(limit=100) == []
+        await reader.nothing_more()
+        assert exporter.published == 7  # nothing exported twice
