@@ -1,0 +1,128 @@
+"""One version apart, a gateway and a hub still interoperate (the house rule; OXP §13): this tree's gateway against a hub
+of an older commit, and that commit's gateway against this tree's hub, over HTTP and over MQTT through a real Mosquitto;
+every reading is stored exactly once.
+
+The older side is the commit before the MQTT binding's newest additive change (OLD: before the compact batch ack and
+topic aliases, OXP §8.6), so the skew the binding promises is exercised both ways: an old hub echoes a new gateway's 4
+bytes of correlation data and answers in JSON; a new hub answers an old gateway's 8 bytes in JSON.  The old tree is
+taken from the repository's own history (``git archive``; nothing is written to the repository); a clone without
+that history skips, or fails under OCN_REQUIRE_ALL=1.  Each side runs as a process of its own from its tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.tools import missing
+from tests.mqtt.conftest import HUB_USER, Broker
+
+OLD = "5250a38d7b89f7bd1b9b75bcb5c61e4995957348"  # e965b06^, the parent of "OXP over MQTT: the compact batch ack ..."
+ROOT = Path(__file__).resolve().parents[2]
+GATEWAY = Path(__file__).with_name("skew_gateway.py")
+BATCHES = 6
+
+
+@pytest.fixture(scope="module")
+def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    git = shutil.which("git")
+    if git is None or not (ROOT / ".git").exists():
+        missing("needs git and this repository's history for the older commit")
+    assert git is not None
+    if subprocess.run([git, "-C", str(ROOT), "cat-file", "-e", f"{OLD}^{{commit}}"], capture_output=True).returncode != 0:
+        missing(f"needs commit {OLD[:12]} in this clone's history (a shallow clone lacks it: git fetch --unshallow)")
+    archive = subprocess.run([git, "-C", str(ROOT), "archive", "--format=tar", OLD, "edge", "hub"], capture_output=True, check=True).stdout
+    tree = tmp_path_factory.mktemp("oxp-old")
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(tree, filter="data")
+    # The skew is real: the older hub knows no compact ack, and a process started as these tests start it imports from it.
+    assert "compact" not in (tree / "hub" / "mqtt.py").read_text()
+    found = subprocess.run([sys.executable, "-c", "import hub.mqtt; print(hub.mqtt.__file__)"], cwd=tree, env=_env(tree), capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert Path(found).resolve().is_relative_to(tree.resolve()), found
+    return tree
+
+
+def _env(tree: Path) -> dict[str, str]:
+    """The environment of a process that imports from ``tree`` first."""
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+async def _hub(tree: Path, broker: Broker, state: Path) -> tuple[asyncio.subprocess.Process, str, list[bytes]]:
+    """``ocn-edge hub`` of ``tree`` taking HTTP and MQTT; its process, URL and what it wrote to stderr (read on, so it never blocks)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge.cli", "hub", "--listen", "127.0.0.1:0", "--db", f"sqlite:///{state}/hub.db", "--state-dir", str(state),
+        "--admin-token", "t", "--log-level", "warning", "--mqtt-broker", f"mqtt://{HUB_USER}@127.0.0.1:{broker.port}",
+        "--mqtt-password-file", str(broker.hub_password_file), "--mqtt-client-id", f"hub-{state.name}",
+        cwd=tree, env=_env(tree), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    said: list[bytes] = []
+    async with asyncio.timeout(30):
+        while (match := re.search(rb"OCN hub serving on (http://\S+)", line := await proc.stderr.readline())) is None:
+            if not line:
+                raise AssertionError(f"hub of {tree} exited with {await proc.wait()}: {b''.join(said).decode(errors='replace')}")
+            said.append(line)
+
+    async def drain(stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            said.append(line)
+
+    asyncio.get_running_loop().create_task(drain(proc.stderr))
+    return proc, match.group(1).decode(), said
+
+
+async def _gateway(tree: Path, url: str, token: str, device_id: str, directory: Path, broker: str = "") -> dict[str, object]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(GATEWAY), url, token, device_id, str(directory), str(BATCHES), *([broker] if broker else []),
+        cwd=directory.parent, env=_env(tree), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+def _stored(database: Path) -> dict[str, tuple[int, int, int]]:
+    """Per device: (batches stored, readings the device row counts, readings held in chunks), read from the hub's database."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT d.device_id, d.batches_stored, d.readings_stored, coalesce(sum(c.count), 0) FROM devices d"
+            " LEFT JOIN channels ch ON ch.device_id = d.device_id LEFT JOIN chunks c ON c.channel_id = ch.id GROUP BY d.device_id"
+        ).fetchall()
+    return {device: (batches, readings, held) for device, batches, readings, held in rows}
+
+
+@pytest.mark.parametrize("hub_side, gateway_side", [("old", "current"), ("current", "old")])
+async def test_a_gateway_and_a_hub_one_version_apart_store_every_reading_once_over_http_and_over_mqtt(
+    broker: Broker, tmp_path: Path, old_tree: Path, hub_side: str, gateway_side: str
+) -> None:
+    trees = {"old": old_tree, "current": ROOT}
+    state = tmp_path / f"hub-{hub_side}"
+    token = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "hub", "token", "create", "--db", f"sqlite:///{state}/hub.db", "--state-dir", str(state), "--uses", "2",
+         "--approve"], cwd=trees[hub_side], env=_env(trees[hub_side]), capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    proc, url, said = await _hub(trees[hub_side], broker, state)
+    try:
+        acked = await asyncio.gather(
+            _gateway(trees[gateway_side], url, token, "skew-http", tmp_path / "gw-http"),
+            _gateway(trees[gateway_side], url, token, "skew-mqtt", tmp_path / "gw-mqtt", broker=broker.url),
+        )
+    finally:
+        proc.terminate()
+        await proc.wait()
+    assert [a["acked"] for a in acked] == [BATCHES, BATCHES], said
+    assert {Path(str(a["source"])) for a in acked} == {trees[gateway_side].resolve()}
+    per_batch = 20  # tests/mqtt/skew_gateway.py's READINGS
+    assert _stored(state / "hub.db") == {device: (BATCHES, BATCHES * per_batch, BATCHES * per_batch) for device in ("skew-http", "skew-mqtt")}
