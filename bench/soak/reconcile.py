@@ -13,9 +13,10 @@ Pure and offline, so tests/soak can check it on cases whose answer is known.  Pe
 A released reading the hub lacks needs a named cause, tried in this order (docs/soak.md):
 
 - ``fault``: the frame carrying it was hit by a fault (checksum, cut, noise, late, dropped);
-- ``unplugged``: its device or line was unplugged (USB) within ``unplug_lead_ms`` after it was served (bytes
-  still in the pty's buffer go with it, as a UART's FIFO does), or it was served within ``reopen_ms`` after
-  the port came back, while the gateway was still reopening it;
+- ``unplugged``: its device, line or Modbus TCP server went away (a USB unplug, a unit losing power, a
+  server stopping) within ``unplug_lead_ms`` after it was served (bytes still in the pty's buffer or the
+  reply being written go with it, as a UART's FIFO does), or it was served within ``reopen_ms`` after it
+  came back, while the gateway was still reopening the port;
 - ``at_risk``: it was served within ``flush_ms`` (the batch flush interval) plus ``slack_ms`` before a ``kill -9``;
 - ``not_running``: it was served while no gateway ran (before the first start, between a kill and the
   restarted gateway's start, after the last stop's SIGTERM);

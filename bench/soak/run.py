@@ -38,6 +38,7 @@ from edge.protocol import BatchHeader, key_id, load_private_key, seal_batch
 from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
 from edge.util.clock import now_ms
+from hilsim.modbus_devices import ModbusDevice
 from hilsim.scenario import Simulation, load_scenario, run_scenario
 from hilsim.serial_devices import SerialDevice
 
@@ -94,7 +95,8 @@ class Hub:
         async with asyncio.timeout(60):
             while True:
                 if self.proc.returncode is not None:
-                    raise SystemExit(f"soak: the hub exited with {self.proc.returncode}; see {self.log}")
+                    tail = self.log.read_text(errors="replace").splitlines()[-8:]
+                    raise SystemExit(f"soak: the hub exited with {self.proc.returncode} as it started; the end of {self.log}:\n" + "\n".join(tail))
                 try:
                     _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                     writer.close()
@@ -291,8 +293,10 @@ async def prefill(state: Path, policy_digest: bytes, quota: int) -> tuple[int, l
 
 
 async def watch_unplugs(sim: Simulation, events: Events, stop: asyncio.Event) -> None:
-    """Record when each serial device's pty (and each RS-485 line's) goes and comes back."""
+    """Record when each device goes and comes back: a serial device's pty, an RS-485 line's pty or a unit's power,
+    a Modbus TCP server (down while any unit on it is: hil-sim stops the server)."""
     lines = {dev: line for line in sim.rtu_lines.values() for dev, unit in sim.devices.items() if unit in line.units.values()}
+    servers = {dev: bus for bus in sim.tcp_buses.values() for dev, unit in sim.devices.items() if unit in bus.units.values()}
     gone: dict[str, int] = {}
     while not stop.is_set():
         now = wall_ms()
@@ -300,7 +304,9 @@ async def watch_unplugs(sim: Simulation, events: Events, stop: asyncio.Event) ->
             if isinstance(device, SerialDevice):
                 present = device.port.present
             elif name in lines:
-                present = lines[name].port.present
+                present = lines[name].port.present and isinstance(device, ModbusDevice) and device.present
+            elif name in servers:
+                present = all(unit.present for unit in servers[name].units.values())
             else:
                 continue
             if not present and name not in gone:
