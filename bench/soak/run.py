@@ -58,10 +58,25 @@ SCENARIO = HERE / "scenario.toml"
 POLICY = HERE / "policy.toml"
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A free port on 127.0.0.1 below the kernel's ephemeral range, for a server that is stopped and started again.
+
+    A port from the ephemeral range may be taken, while its server is down, as the local end of some
+    outgoing connection (even one to that very port): the restarted server then cannot bind it.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low // 2), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit(f"soak: no free port on 127.0.0.1 below {low} (the ephemeral range starts there)")
 
 
 def wall_ms() -> int:
