@@ -33,7 +33,7 @@ class Supervisor:
     config: Path
     status_url: str
     python: str  # the base interpreter new slots are built with
-    deadline_s: float = 20.0
+    deadline_s: float = 20.0  # the probation's --deadline, read each time an installer is started
     start_limit: int = 3
     restart_s: float = 0.5
     failures: int = 0

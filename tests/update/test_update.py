@@ -34,6 +34,9 @@ from tests.update.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(600)
 
+# 3.0.0's probation: time enough to read both sensors and seal a batch (1 s polls, 2 s spans, 1 s flushes), none to wait.
+PROBATION_TO_FAIL_S = 6.0
+
 SCENARIO = """\
 [scenario]
 name = "update"
@@ -146,7 +149,9 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
         # The running gateway checks the hub's targets with this root's release key and reuses this root's slots.
         monkeypatch.setenv("OCN_EDGE_RELEASE_KEY", str(root / "etc/ocn-edge/release.pub"))
         monkeypatch.setenv("OCN_EDGE_OPT", str(root / "opt/ocn-edge"))
-        supervisor = Supervisor(root, config, status_url=f"http://127.0.0.1:{port}/status", python=BASE_PYTHON, deadline_s=15.0)
+        # A version that passes its probation ends it as soon as it has proven itself, so 2.0.0's deadline costs nothing and
+        # is generous (a loaded machine is slow to prove); 3.0.0 fails by running out of its deadline, so its deadline is short.
+        supervisor = Supervisor(root, config, status_url=f"http://127.0.0.1:{port}/status", python=BASE_PYTHON, deadline_s=60.0)
         supervisor.start()
         try:
 
@@ -172,7 +177,8 @@ async def test_v1_updates_to_v2_and_a_v3_that_fails_probation_is_rolled_back_to_
 
             await wait_for(lambda: rollout_state("done"), "the rollout of 2.0.0 is done")
 
-            # 3.0.0 never delivers: no batch of its boot is acknowledged, so it fails probation.
+            # 3.0.0 never delivers: no batch of its boot is acknowledged, so it fails probation when its deadline has passed.
+            supervisor.deadline_s = PROBATION_TO_FAIL_S  # read when the installer for 3.0.0 is started
             assert await rollout(tmp_path, "start", "3.0.0", "--fleet", "street", "--stages", "100%", "--wait", "1h", "--max-failures", "0%") == 0
             await wait_for(lambda: outcome(root).get("version") == "3.0.0", "the installer records 3.0.0's outcome")
             result = outcome(root)
