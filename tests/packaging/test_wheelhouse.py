@@ -232,7 +232,7 @@ def test_the_release_installs_with_the_network_off_and_the_demo_loses_nothing(wh
     installed = {str(canonicalize_name(name)): version for name, version in json.loads(listed.stdout).items()}
     assert installed == {name: version for name, (version, _) in _constraints(folder).items()}
 
-    demo = subprocess.run([str(venv / "bin" / "ocn-edge"), "demo", "--duration", "10", "--json"],
+    demo = subprocess.run([str(venv / "bin" / "ocn-edge"), "demo", "--duration", "6", "--json"],
                           capture_output=True, text=True, timeout=120, env=env, cwd=env["HOME"])
     assert demo.returncode == 0, demo.stderr
     assert "Traceback" not in demo.stderr
