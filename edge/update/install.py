@@ -281,9 +281,13 @@ class Installer:
 
     @staticmethod
     def _copy_pip(site: Path, slot: Path) -> None:
-        """pip as installed beside this installer, copied into the new slot's site-packages (the same Python: same base)."""
+        """pip as installed beside this installer, copied into the new slot's site-packages (the same Python: same base).
+
+        Its bytecode comes along (copytree keeps the sources' times, so it stays valid, and Python takes the file names from
+        where it loads it): the next update's pip starts without compiling itself, half a second here, seconds on a Pi.
+        """
         (target,) = slot.glob("lib/python3*/site-packages")
-        shutil.copytree(site / "pip", target / "pip", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(site / "pip", target / "pip")
         for info in site.glob("pip-*.dist-info"):
             shutil.copytree(info, target / info.name)
 
