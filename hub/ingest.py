@@ -240,6 +240,8 @@ class Ingest:
         self.notices = RateLimiter(rate=NOTICE_RATE, burst=NOTICE_BURST)  # verified notices per device
         # device id -> (monotonic s when read, ETag): batches and watches read a device's ETag at most every DESIRED_TTL_S.
         self._etags: dict[str, tuple[float, str]] = {}
+        # device id -> (monotonic s until which it was told to wait, readings it was told it may not send yet): see _early_refusal.
+        self._told_to_wait: dict[str, tuple[float, str]] = {}
         self._refreshing: dict[str, asyncio.Task[str | None]] = {}  # background reads of stale ETags, one per device
         self._watching = 0
         self._closing = asyncio.Event()
@@ -363,8 +365,10 @@ class Ingest:
         if declared <= MAX_READINGS:  # more is malformed: decode_body says so without decoding
             wait = self.readings.wait(device.device_id, weight)
             if wait > 0:
-                return Refused(Answer.READINGS_BUDGET, f"batch declares {declared} readings in {len(body)} decoded bytes, more than device "
-                               f"{device.device_id!r} may send now at its readings rate; retry later", retry_after_s=wait)
+                detail = (f"batch declares {declared} readings in {len(body)} decoded bytes, more than device "
+                          f"{device.device_id!r} may send now at its readings rate; retry later")
+                self._told_to_wait[device.device_id] = (time.monotonic() + wait, detail)
+                return Refused(Answer.READINGS_BUDGET, detail, retry_after_s=wait)
         try:
             if declared <= INLINE_READINGS and len(body) <= INLINE_BODY_BYTES:
                 channels, readings = decode_body(body)
@@ -378,12 +382,20 @@ class Ingest:
         return Batch(header, channels, readings)
 
     def _early_refusal(self, device_id: str) -> Refused | None:
-        """The refusal a device sending faster than its batch rate would get after verification, found before it: a
-        flood of batches under one key costs a lookup each, not a signature check and a decompression.  Only looked
-        at, never charged (a forged batch must not spend the device's allowance)."""
+        """The refusal a device would get after verification, found before it, so a flood of batches under one key costs
+        a lookup each, not a signature check and a decompression: a device sending faster than its batch rate, or sending
+        again before the wait a readings-budget refusal gave it has passed (OXP §4.4, §8.3: it must wait Retry-After;
+        what it sends meanwhile is refused the same way).  Only looked at, never charged: only a verified batch of the device
+        sets either (a forged batch must not spend the device's allowance)."""
         wait = self.limiter.peek(device_id)
         if wait > 0:
             return Refused(Answer.RATE_LIMITED, f"device {device_id!r} sends faster than this hub allows; retry later", retry_after_s=wait)
+        told = self._told_to_wait.get(device_id)
+        if told is not None:
+            left = told[0] - time.monotonic()
+            if left > 0:
+                return Refused(Answer.READINGS_BUDGET, told[1], retry_after_s=left)
+            del self._told_to_wait[device_id]
         return None
 
     async def _store(self, batch: Batch, device: DeviceKey, *, size: int) -> Acked:
