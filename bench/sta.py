@@ -50,16 +50,25 @@ async def fill(store: Store, device_id: str, key: bytes, *, batches: int, per_ch
     return total
 
 
-async def timed(http: aiohttp.ClientSession, url: str, runs: int) -> tuple[float, int]:
-    """Median milliseconds of ``runs`` GETs and the number of values in the answer."""
-    times, count = [], 0
+async def timed(http: aiohttp.ClientSession, url: str, runs: int) -> tuple[float, int | str]:
+    """Median milliseconds of ``runs`` GETs and the number of values in the answer, or how the hub refused it.
+
+    The hub runs with its default public-read budgets, as deployed: a query over them is answered
+    400 ``too_costly`` quickly, and that answer (and its time) is the figure a client gets.
+    """
+    times: list[float] = []
+    count: int | str = 0
     for _ in range(runs):
         started = time.perf_counter()
         async with http.get(url) as resp:
             body = await resp.json()
-            assert resp.status == 200, body
+            if resp.status == 200:
+                count = len(body["value"])
+            elif resp.status in (400, 503):
+                count = f"{resp.status} refused"
+            else:
+                raise AssertionError(f"{url}: {resp.status} {body}")
         times.append((time.perf_counter() - started) * 1000)
-        count = len(body["value"])
     return statistics.median(times), count
 
 
@@ -96,7 +105,7 @@ async def run_one(db: str | None, label: str, *, batches: int, per_channel: int,
                 print(f"{'query':<50} {'ms (median)':>12} {'values':>7}")
                 for name, query in queries.items():
                     ms, count = await timed(http, f"{sta}/{query}", runs)
-                    print(f"{name:<50} {ms:>12.1f} {count:>7}")
+                    print(f"{name:<50} {ms:>12.1f} {count!s:>7}")
                 await fleet_filters(hub.store, sta, gateways=1000, runs=runs)
 
 
