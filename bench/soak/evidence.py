@@ -71,9 +71,11 @@ def _events(raw: dict[str, Any]) -> Events:
     return Events(
         runs=[(start, end) for start, end in raw["runs"]],
         kills=list(raw["kills"]),
+        stops=list(raw.get("stops", ())),
         unplugged={device: [(a, b) for a, b in windows] for device, windows in raw["unplugged"].items()},
         quota=[(a, b) for a, b in raw["quota"]],
         flush_ms=raw["flush_ms"], slack_ms=raw["slack_ms"], reopen_ms=raw["reopen_ms"], unplug_lead_ms=raw["unplug_lead_ms"],
+        stop_lead_ms=raw.get("stop_lead_ms", 2_000),
     )
 
 

@@ -19,7 +19,8 @@ A released reading the hub lacks needs a named cause, tried in this order (docs/
   came back, while the gateway was still reopening the port;
 - ``at_risk``: it was served within ``flush_ms`` (the batch flush interval) plus ``slack_ms`` before a ``kill -9``;
 - ``not_running``: it was served while no gateway ran (before the first start, between a kill and the
-  restarted gateway's start, after the last stop's SIGTERM);
+  restarted gateway's start, after the last stop's SIGTERM), or within ``stop_lead_ms`` before a SIGTERM,
+  in a poll still under way (a driver is stopped before it emits the readings of an unfinished poll);
 - ``quota``: it was served while the spool refused batches, or within ``flush_ms`` plus ``slack_ms``
   before the first refusal (the readings of the first refused batch).  The gateway's ``readings_dropped``
   counter must lie between what this cause explains and every missing reading served in those windows
@@ -65,12 +66,14 @@ class Events:
 
     runs: list[tuple[int, int | None]] = field(default_factory=list)  # (gateway running from, until; None = killed at none)
     kills: list[int] = field(default_factory=list)  # when each kill -9 was sent
+    stops: list[int] = field(default_factory=list)  # when each SIGTERM was sent
     unplugged: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # device -> (unplugged at, back at)
     quota: list[tuple[int, int]] = field(default_factory=list)  # the spool refusing batches: (from, until)
     flush_ms: int = 2_000
     slack_ms: int = 3_000
     reopen_ms: int = 12_000
     unplug_lead_ms: int = 1_000
+    stop_lead_ms: int = 2_000
 
     def in_quota(self, t_ms: int) -> bool:
         return any(start - self.flush_ms - self.slack_ms <= t_ms <= end for start, end in self.quota)
@@ -84,6 +87,8 @@ class Events:
             return "at_risk"
         if not any(start <= t_ms and (end is None or t_ms < end) for start, end in self.runs):
             return "not_running"
+        if any(stop - self.stop_lead_ms <= t_ms <= stop for stop in self.stops):
+            return "not_running"  # a poll under way when SIGTERM came: the driver is stopped before it emits
         if self.in_quota(t_ms):
             return "quota"
         if any(start <= t_ms < start + self.slack_ms for start, _ in self.runs):

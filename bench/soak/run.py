@@ -254,6 +254,7 @@ class Gateway:
         assert self.proc is not None
         await self.scrape()
         self._ended()
+        self.events.stops.append(wall_ms())
         self.proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(120):
             code = await self.proc.wait()

@@ -88,6 +88,17 @@ def test_a_reading_stored_twice_is_a_duplicate():
     assert not outcome.ok
 
 
+def test_a_poll_under_way_when_sigterm_came_is_not_running_and_nothing_earlier_is():
+    ev = events()
+    ev.runs[-1] = (T0 + 24_000, T0 + 38_500)
+    ev.stops = [T0 + 38_500]
+    outcome = reconcile(policy=POLICY, channels=CHANNELS, served=served(), stored=stored_volts([i for i in range(40) if i not in (35, 38, 39)]),
+                        events=ev, counted_quota_drops=0)
+    volts = next(row for row in outcome.rows if row.channel == VOLTS.id)
+    assert dict(volts.missing) == {"unexplained": 1, "not_running": 2}  # 38 s (within 2 s of the SIGTERM) and 39 s (after it)
+    assert [r.ts_ms for r in volts.unexplained] == [T0 + 35_000]
+
+
 def test_a_reading_lost_outside_every_window_is_unexplained():
     outcome = reconcile(policy=POLICY, channels=CHANNELS, served=served(), stored=stored_volts([i for i in range(40) if i != 9]),
                         events=events(), counted_quota_drops=0)
