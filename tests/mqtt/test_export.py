@@ -332,12 +332,13 @@ async def test_two_hub_processes_on_one_postgresql_export_each_reading_once(
     """Both export; one holds the lease.  When it stops, the other takes over and exports what came since."""
     monkeypatch.setattr(export_module, "LEASE_RENEW_S", 0.2)
     url, dsn, schema = postgres_url
-    settings = export_settings(city_broker)
+    # Two processes, two client ids: here both run in this one process, whose pid the default id is made of.
+    settings, settings_b = export_settings(city_broker, client_id="export-a"), export_settings(city_broker, client_id="export-b")
     gateway = SimGateway(DEVICE)
     try:
         async with run_hub(db=url, state_dir=tmp_path / "hub-a", admin_token="admin-secret", export=settings) as a:
             await until(lambda: exporter_of(a).holding, "the first hub takes the lease")
-            async with run_hub(db=url, state_dir=tmp_path / "hub-b", admin_token="admin-secret", export=settings) as b, aiohttp.ClientSession() as http:
+            async with run_hub(db=url, state_dir=tmp_path / "hub-b", admin_token="admin-secret", export=settings_b) as b, aiohttp.ClientSession() as http:
                 await enrol(http, a.url, gateway, await a.create_token())
                 for seq in (1, 2, 3, 4):  # to both processes in turn
                     await send(http, a if seq % 2 else b, with_personal(gateway, seq))
@@ -347,7 +348,7 @@ async def test_two_hub_processes_on_one_postgresql_export_each_reading_once(
                 await check_against_hub(http, a, messages, batches=4)  # a exports: its links name its address
                 await reader.nothing_more()
         # a stopped and gave the lease back: a process started now takes it at once and exports what it stores.
-        async with run_hub(db=url, state_dir=tmp_path / "hub-b", admin_token="admin-secret", export=settings) as b, aiohttp.ClientSession() as http:
+        async with run_hub(db=url, state_dir=tmp_path / "hub-b", admin_token="admin-secret", export=settings_b) as b, aiohttp.ClientSession() as http:
             for seq in (5, 6):
                 await send(http, b, with_personal(gateway, seq))
             await until(lambda: exporter_of(b).published == 2 * PER_BATCH, "the next process takes the lease over and exports")
