@@ -300,6 +300,8 @@ _PLACE = Map(
 _DATA_ITEM = Map(
     {
         "channel": Text(),
+        "channels": ListOf(Text()),  # every channel the item describes, "channel" the first (§7.3)
+        "channel_count": COUNT,  # how many, in an abridged notice that leaves the list out
         "device": Text(),
         "what": Text(),
         "unit": Text(),
@@ -310,7 +312,7 @@ _DATA_ITEM = Map(
         "untranslated": ListOf(Text()),
     },
     others=Json(),
-    expected="a map describing one channel (channel, what, leaves_as, purpose, ...)",
+    expected="a map describing one or more channels (channel, channels, what, leaves_as, purpose, ...)",
 )
 _ACCOUNTABLE = Map({"organisation": Text(), "contact": Text()}, others=Json(), expected="a map of organisation and contact")
 _TECHNOLOGY = ListOf(Map({"device": Text(), "driver": Text(), "type": Text()}, others=Json(), expected="a map of device, driver and type"))
@@ -404,6 +406,12 @@ NOTICE = _Notice(
         "privacy_budget": _BUDGET,
         "languages": _Languages(),
         "translations": _Translations(),
+        # A notice too long for a signed message says what it leaves out and how much it describes (§7.3).
+        "abridged": Map(
+            {"left_out": ListOf(Text()), "channels": COUNT, "withheld": COUNT, "devices": COUNT, "full_bytes": COUNT, "limit_bytes": COUNT},
+            others=Json(),
+            expected="a map of left_out, channels, withheld, devices, full_bytes and limit_bytes",
+        ),
         "policy": Map(
             {"name": Text(), "version": Text(), "digest": Text(), "signed_by": Maybe(Text())},
             others=Json(),

@@ -9,7 +9,8 @@ give in a language shows in the default language and is listed under ``untransla
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from edge.privacy.catalogue import DEFAULT_LANGUAGE, words, words_or_english
@@ -22,7 +23,16 @@ from edge.util.clock import now_ms
 if TYPE_CHECKING:
     import jinja2
 
-__all__ = ["DRIVER_LANGUAGE", "NOTICE_SCHEMA", "build_notice", "notice_in", "notice_languages", "render_notice_html"]
+__all__ = [
+    "DRIVER_LANGUAGE",
+    "NOTICE_SCHEMA",
+    "abridgements",
+    "build_notice",
+    "notice_channels",
+    "notice_in",
+    "notice_languages",
+    "render_notice_html",
+]
 
 NOTICE_SCHEMA = "ocn-edge/notice/v1"
 DRIVER_LANGUAGE = "en"  # drivers name their channels in English; a policy may name them in another language
@@ -82,38 +92,61 @@ class _Texts:
         return texts
 
 
-def _view(policy: Policy, config: Any, channels: Sequence[Channel] | None, language: str) -> dict[str, Any]:
-    t = _Texts(policy, language)
-    w = t.words
-    data: list[dict[str, Any]] = []
-    if channels is not None:
-        for channel in channels:
-            rule = policy.rule_for(channel.id)
-            if rule is None or not kind_of(rule).releases:
-                continue
-            # drivers' notes to engineers come in parentheses; the public sees the name
-            what = channel.description.split(" (")[0] or channel.id.rsplit("/", 1)[-1]
-            item = {
-                "channel": channel.id,
-                "device": channel.id.rsplit("/", 1)[0],
+def _data(policy: Policy, channels: Sequence[Channel] | None, languages: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The notice's ``data`` in each language: one item per description, listing every channel it describes.
+
+    Channels whose items are the same in every language but for the channel (the same name,
+    unit, rule, purpose: twenty meters' ``voltage_l1``) share one item; its ``channel`` is the
+    first of its ``channels``, so a reader that knows only ``channel`` still reads an item of
+    the notice's first form (OXP §7.3).  Without channels, one item per releasing rule, by pattern.
+    """
+    texts = {language: _Texts(policy, language) for language in languages}
+    if channels is None:
+        return {
+            language: [
+                {
+                    "channel": rule.pattern,
+                    "device": rule.pattern.rsplit("/", 1)[0],
+                    "process": processes(rule),
+                    "leaves_as": describe_rule(rule, policy, "", t.words),
+                    **t.item(rule.pattern, rule.purpose, None),
+                }
+                for rule in sorted(policy.rules, key=lambda r: r.pattern)
+                if kind_of(rule).releases
+            ]
+            for language, t in texts.items()
+        }
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for channel in channels:
+        rule = policy.rule_for(channel.id)
+        if rule is None or not kind_of(rule).releases:
+            continue
+        # drivers' notes to engineers come in parentheses; the public sees the name
+        what = channel.description.split(" (")[0] or channel.id.rsplit("/", 1)[-1]
+        said = {
+            language: {
                 "what": what,
                 "unit": channel.unit,
                 "personal": channel.personal,
                 "process": processes(rule),
-                "leaves_as": describe_rule(rule, policy, channel.unit, w),
+                "leaves_as": describe_rule(rule, policy, channel.unit, t.words),
+                **t.item(rule.pattern, rule.purpose, what),
             }
-            data.append({**item, **t.item(rule.pattern, rule.purpose, what)})
-    else:
-        for rule in sorted(policy.rules, key=lambda r: r.pattern):
-            if not kind_of(rule).releases:
-                continue
-            item = {
-                "channel": rule.pattern,
-                "device": rule.pattern.rsplit("/", 1)[0],
-                "process": processes(rule),
-                "leaves_as": describe_rule(rule, policy, "", w),
-            }
-            data.append({**item, **t.item(rule.pattern, rule.purpose, None)})
+            for language, t in texts.items()
+        }
+        key = json.dumps(said, sort_keys=True)
+        if key in groups:
+            for item in groups[key].values():
+                item["channels"].append(channel.id)
+            continue
+        device = channel.id.rsplit("/", 1)[0]
+        groups[key] = {language: {"channel": channel.id, "channels": [channel.id], "device": device, **item} for language, item in said.items()}
+    return {language: [group[language] for group in groups.values()] for language in languages}
+
+
+def _view(policy: Policy, config: Any, data: list[dict[str, Any]], language: str) -> dict[str, Any]:
+    t = _Texts(policy, language)
+    w = t.words
     view: dict[str, Any] = {
         "accountable": {
             "organisation": t.city("organisation", "accountable.organisation"),
@@ -151,7 +184,8 @@ def build_notice(
     notice lists the policy's rules by pattern.
     """
     gateway = config.gateway
-    view = _view(policy, config, channels, policy.languages[0])
+    data_in = _data(policy, channels, policy.languages)
+    view = _view(policy, config, data_in[policy.languages[0]], policy.languages[0])
     if channels is not None:
         withheld = [c.id for c in channels if (r := policy.rule_for(c.id)) is None or not kind_of(r).releases]
     else:
@@ -181,7 +215,9 @@ def build_notice(
             "signed_by": policy.signed_by,
         },
         "languages": list(policy.languages),
-        "translations": {language: _view(policy, config, channels, language) for language in policy.languages[1:]},
+        # A translation's items are the notice's own, in the same order: their channel lists are not said twice (notice_in).
+        "translations": {language: _view(policy, config, [_without_channels(d) for d in data_in[language]], language)
+                         for language in policy.languages[1:]},
     }
     if policy.retention_days is not None:
         notice["retention_days"] = policy.retention_days
@@ -194,12 +230,77 @@ def notice_languages(notice: Mapping[str, Any]) -> list[str]:
     return [str(x) for x in languages] if isinstance(languages, list) and languages else [DEFAULT_LANGUAGE]
 
 
+def _without_channels(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k not in _SHARED}
+
+
+# What a translation's data item leaves to the notice's own item at the same place (OXP §7.3).
+_SHARED = ("channels", "channel_count")
+
+
 def notice_in(notice: Mapping[str, Any], language: str) -> dict[str, Any]:
-    """The notice with its texts in ``language`` (one of its languages; the default language for any other)."""
+    """The notice with its texts in ``language`` (one of its languages; the default language for any other).
+
+    A translation's data items leave out the channel lists of the notice's own items at the
+    same place (the same ``channel``): they are taken from there.
+    """
     translation = (notice.get("translations") or {}).get(language)
     if language == notice_languages(notice)[0] or not isinstance(translation, Mapping):
         return {**notice, "untranslated": []}
-    return {**notice, **translation}
+    translated = {**notice, **translation}
+    own, data = notice.get("data"), translation.get("data")
+    if isinstance(own, list) and isinstance(data, list):
+        translated["data"] = [
+            {**{k: mine[k] for k in _SHARED if k in mine}, **item}
+            if isinstance(item, Mapping) and isinstance(mine, Mapping) and mine.get("channel") == item.get("channel") else item
+            for item, mine in zip(data, own + [None] * (len(data) - len(own)), strict=False)
+        ]
+    return translated
+
+
+def notice_channels(item: Mapping[str, Any]) -> list[str]:
+    """The channels one data item of a notice describes: its ``channels``, or its one ``channel`` (a notice of the first form)."""
+    channels = item.get("channels")
+    if isinstance(channels, list) and channels:
+        return [str(c) for c in channels]
+    return [str(item.get("channel", ""))]
+
+
+def abridgements(notice: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Ever shorter forms of ``notice``, each still true, for a register that cannot take it whole (OXP §7.3).
+
+    Each says what it leaves out under ``abridged``, with how many channels the notice
+    describes, withholds and how many devices it names: first the lists of channels (each
+    item keeps its first channel and a ``channel_count``; ``withheld`` goes), then the
+    translations, then the items and the devices themselves.  The gateway's own notice page
+    keeps everything.
+    """
+    data = list(notice.get("data") or [])
+    counts = {
+        "channels": sum(int(d.get("channel_count") or len(notice_channels(d))) for d in data),
+        "withheld": len(notice.get("withheld") or []),
+        "devices": len(notice.get("technology") or []),
+    }
+
+    def counted(item: Mapping[str, Any]) -> dict[str, Any]:
+        lean = _without_channels(dict(item))
+        if "channels" in item:
+            lean["channel_count"] = len(notice_channels(item))
+        return lean
+
+    shorter = dict(notice, data=[counted(d) for d in data], withheld=[])
+    shorter["translations"] = {
+        language: dict(texts, data=[_without_channels(d) for d in texts.get("data") or []])
+        for language, texts in (notice.get("translations") or {}).items()
+    }
+    shorter["abridged"] = {"left_out": ["channel lists"], **counts}
+    yield shorter
+    shorter = dict(shorter, translations={}, languages=list(notice.get("languages") or [DEFAULT_LANGUAGE])[:1])
+    shorter["abridged"] = {"left_out": ["channel lists", "translations"], **counts}
+    yield shorter
+    shorter = dict(shorter, data=[], technology=[])
+    shorter["abridged"] = {"left_out": ["channel lists", "translations", "data items", "devices"], **counts}
+    yield shorter
 
 
 def render_notice_html(
@@ -216,8 +317,15 @@ def render_notice_html(
     languages = notice_languages(notice)
     shown = language if language in languages else languages[0]
     others = [(code, words_or_english(code).name, link(code)) for code in languages if code != shown]
+    n = notice_in(notice, shown)
+    # The page lists each channel under its device, as a notice of the first form had them.
+    n["data"] = [
+        {**d, "channel": channel, "device": channel.rsplit("/", 1)[0]} if "channels" in d else d
+        for d in n.get("data") or []
+        for channel in notice_channels(d)
+    ]
     return _environment().get_template("notice.html").render(
-        n=notice_in(notice, shown),
+        n=n,
         w=words_or_english(shown),
         language=shown,
         default=languages[0],
