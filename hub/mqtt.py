@@ -174,7 +174,8 @@ class MqttIngest:
         self._client: aiomqtt.Client | None = None
         self._slots = asyncio.Semaphore(CONCURRENT)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._waiting: list[Taken] = []  # batches taken from the broker that no group has started on
+        # Batches taken from the broker that no group has started on, each with the connection it came on (and is answered on).
+        self._waiting: list[tuple[aiomqtt.Client, Taken]] = []
         self._groups = 0  # groups of batches on their way (_take_group)
         self._published: dict[str, str] = {}  # device id -> the desired ETag it was last offered
         # device id -> (its fleet and the two documents its desired state is made of, the document and ETag made of them)
@@ -228,9 +229,11 @@ class MqttIngest:
                             continue
                         await self._slots.acquire()
                         if taken[1] == "batch":
-                            self._waiting.append(taken)
+                            self._waiting.append((client, taken))
                             if self._groups < GROUPS:
-                                self._start(self._take_group(client))
+                                # Counted from now, not from when it starts: a burst read before it runs starts one group.
+                                self._groups += 1
+                                self._start(self._take_group()).add_done_callback(self._group_done)
                         else:
                             self._start(self._take(client, taken))
                     raise aiomqtt.MqttError("the broker closed the connection")
@@ -241,10 +244,14 @@ class MqttIngest:
             self.connected.clear()
         return ended
 
-    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _group_done(self, _: asyncio.Task[None]) -> None:
+        self._groups -= 1
 
     async def aclose(self) -> None:
         """Let the messages being taken reach the store, a little while; what is left is cancelled and sent again by its gateway."""
@@ -267,36 +274,34 @@ class MqttIngest:
         finally:
             self._slots.release()
 
-    async def _take_group(self, client: aiomqtt.Client) -> None:
+    async def _take_group(self) -> None:
         """The batches waiting, GROUP at most, until none is left: checked and stored together by the ingest core (one
         signature-checking hand-off, one store transaction), each answered once the transaction holding it committed.
 
         Up to GROUPS groups are on their way at once, so one is checked while another waits for its commit."""
-        self._groups += 1
-        try:
-            while self._waiting:
-                group, self._waiting = self._waiting[:GROUP], self._waiting[GROUP:]
+        while self._waiting:
+            group, self._waiting = self._waiting[:GROUP], self._waiting[GROUP:]
+            try:
                 try:
-                    try:
-                        outcomes: list[Acked | Refused | BaseException] = list(
-                            await self.hub.ingest.batches([(data, device_id) for device_id, _, data, _ in group])
-                        )
-                    except self._unavailable as exc:
-                        outcomes = [exc] * len(group)
-                    for taken, outcome in zip(group, outcomes, strict=True):
-                        self._answer(client, taken, outcome)
-                finally:
-                    for _ in group:
-                        self._slots.release()
-        finally:
-            self._groups -= 1
+                    outcomes: list[Acked | Refused | BaseException] = list(
+                        await self.hub.ingest.batches([(data, device_id) for _, (device_id, _, data, _) in group])
+                    )
+                except self._unavailable as exc:
+                    outcomes = [exc] * len(group)
+                for (client, taken), outcome in zip(group, outcomes, strict=True):
+                    self._answer(client, taken, outcome)
+            finally:
+                for _ in group:
+                    self._slots.release()
 
     def _answer(self, client: aiomqtt.Client, taken: Taken, found: Acked | ReportTaken | NoticeTaken | Refused | BaseException) -> None:
         """Publish the answer to one message (an error of a database that is down answered ``unavailable``, logged once)."""
         device_id, kind, _, correlation = taken
         if isinstance(found, BaseException):
             if not isinstance(found, self._unavailable):
-                raise found
+                # A fault of the hub's, not the message's: said, and not answered (its gateway sends it again).
+                log.error("message not taken: a fault in the hub", extra={"device": device_id, "error": f"{type(found).__name__}: {found}"})
+                return
             if not self.hub.database_down:
                 log.error("database unavailable; answering unavailable", extra={"error": f"{type(found).__name__}: {found}"})
                 self.hub.database_down = True
