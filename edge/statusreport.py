@@ -11,10 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
+
 from edge import __version__
+from edge.protocol import MAX_STATUS_BYTES
 from edge.spool import SpoolStats
 
-__all__ = ["ReportFacts", "readings_lost", "status_report"]
+__all__ = ["REPORT_BYTES", "ReportFacts", "readings_lost", "status_report"]
+
+# What the report's map may take of a signed message (the envelope and report_seq take under 400 bytes).
+REPORT_BYTES = MAX_STATUS_BYTES - 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,4 +72,58 @@ def status_report(spool: SpoolStats, *, device_id: str, ts_ms: int, boot_epoch: 
     if facts.software_update:
         # Added to OXP §7 as an optional key, like device_health: what the last update came to (docs/updates.md).
         report["software_update"] = dict(facts.software_update)
+    return _fitted(report, REPORT_BYTES)
+
+
+def _bytes(value: Any) -> int:
+    return len(cbor2.dumps(value, canonical=True))
+
+
+def _fitted(report: dict[str, Any], limit: int) -> dict[str, Any]:
+    """``report``, or when it is over ``limit`` bytes (hundreds of devices failing at once) a shorter one that says so (OXP §7).
+
+    First each device's health keeps its word only (its diagnosis and next step are in
+    ``errors`` too); then ``errors`` keeps those that fit and ends with how many more there
+    are; then ``device_health`` goes.  ``abridged`` names what was left out and counts the
+    errors and devices of the whole report; the gateway's local status page keeps everything.
+    """
+    if _bytes(report) <= limit:
+        return report
+    errors: list[str] = list(report["errors"])
+    health: dict[str, Mapping[str, str]] = dict(report.get("device_health") or {})
+    left_out: list[str] = []
+    report = dict(report, abridged={"left_out": left_out, "errors": len(errors), "devices": len(health)})
+    if health:
+        report["device_health"] = {name: {"health": h.get("health", "")} for name, h in health.items()}
+        left_out.append("device diagnoses")
+        if _bytes(report) <= limit:
+            return report
+    for last in (False, True):
+        if last and "device_health" in report:
+            del report["device_health"]
+            left_out.append("device health")
+        report["errors"] = _errors_that_fit(errors, limit - _bytes(dict(report, errors=[])))
+        if report["errors"] != errors and "errors" not in left_out:
+            left_out.append("errors")
+        if _bytes(report) <= limit:
+            break
     return report
+
+
+def _more(n: int) -> str:
+    return f"... and {n:,} more: a status report holds at most {MAX_STATUS_BYTES:,} bytes; the gateway's local status page lists them all"
+
+
+def _errors_that_fit(errors: list[str], room: int) -> list[str]:
+    """The first of ``errors`` that fit ``room`` bytes (as CBOR), then a line saying how many more there are."""
+    if _bytes(errors) <= room:
+        return errors
+    kept: list[str] = []
+    used = _bytes([_more(len(errors))]) - _bytes(_more(len(errors)))  # the list's own header
+    for error in errors:
+        cost = _bytes(error)
+        if used + cost + _bytes(_more(len(errors) - len(kept) - 1)) > room:
+            break
+        kept.append(error)
+        used += cost
+    return [*kept, _more(len(errors) - len(kept))]
