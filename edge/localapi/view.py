@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from edge.privacy.notice import notice_channels
 from edge.protocol.types import Reading
 from edge.statusreport import readings_lost
 
@@ -25,7 +26,7 @@ def _health(device: Mapping[str, Any]) -> str:
 
 
 def _personal(notice: Mapping[str, Any]) -> set[str]:
-    return {str(item.get("channel")) for item in notice.get("data", ()) if item.get("personal")}
+    return {channel for item in notice.get("data", ()) if item.get("personal") for channel in notice_channels(item)}
 
 
 def _shown(reading: Reading, personal: set[str]) -> bool:
@@ -106,8 +107,9 @@ def technician_view(status: Mapping[str, Any], notice: Mapping[str, Any], latest
         "readings_lost": readings_lost(status),
         "software_update": _update_line(status.get("software_update")),  # "" until an update was tried (docs/updates.md)
     }
-    policy = [{"channel": item.get("channel", ""), "what": item.get("what", ""), "unit": item.get("unit", ""),
-               "leaves_as": item.get("leaves_as", ""), "purpose": item.get("purpose", "")} for item in notice.get("data", ())]
+    policy = [{"channel": channel, "what": item.get("what", ""), "unit": item.get("unit", ""),
+               "leaves_as": item.get("leaves_as", ""), "purpose": item.get("purpose", "")}
+              for item in notice.get("data", ()) for channel in notice_channels(item)]  # a row per channel, as the page lists them
     return {
         "overview": overview,
         "devices": devices,

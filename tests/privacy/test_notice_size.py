@@ -16,11 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers.registry import load_driver
 from drivers.sdk import DeviceContext
+from edge.localapi.view import technician_view
 from edge.notice import NOTICE_BYTES, NoticePublisher, notice_bytes
 from edge.privacy import Policy, build_notice, parse_policy, render_notice_html
 from edge.privacy.notice import abridgements, notice_channels, notice_in
 from edge.protocol import MAX_STATUS_BYTES, open_status, seal_status
-from edge.protocol.types import Channel
+from edge.protocol.types import Channel, Reading
 from hub.reports import check_notice_message, notice_problem
 
 ENGLISH = """
@@ -191,3 +192,16 @@ def test_each_abridged_form_is_shorter_than_the_one_before() -> None:
     print("whole, then abridged:", ", ".join(f"{s:,}" for s in sizes))
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
     assert all(notice_channels(d) == [d["channel"]] for d in list(abridgements(notice))[0]["data"])
+
+
+def test_the_technician_page_hides_every_personal_channel_of_an_item_and_lists_each_channel_of_the_policy() -> None:
+    receivers = [Channel(f"gps-{i}/{axis}", unit=axis[:3], resolution=1e-7, personal=True) for i in (1, 2) for axis in ("latitude", "longitude")]
+    text = ENGLISH.split("[channels.")[0] + '[channels."gps-*/*"]\nrule = "generalize_location"\ngrid = "250m"\n'
+    gps = SimpleNamespace(gateway=config(0).gateway, devices=[SimpleNamespace(name=f"gps-{i}", driver="nmea-gps") for i in (1, 2)])
+    notice = build_notice(policy(text), gps, channels=receivers, generated_ms=0)
+    assert [d["channels"] for d in notice["data"]] == [["gps-1/latitude", "gps-2/latitude"], ["gps-1/longitude", "gps-2/longitude"]]
+    latest = {c.id: Reading(c.id, 1, 43.6452, c.unit) for c in receivers}
+    status = {"devices": {"gps-1": {"driver": "nmea-gps"}, "gps-2": {"driver": "nmea-gps"}}}
+    view = technician_view(status, notice, latest)
+    assert all(not device["values"] for device in view["devices"]), "no position of either receiver is shown"
+    assert [row["channel"] for row in view["policy"]] == ["gps-1/latitude", "gps-2/latitude", "gps-1/longitude", "gps-2/longitude"]
