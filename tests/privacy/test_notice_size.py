@@ -205,3 +205,30 @@ def test_the_technician_page_hides_every_personal_channel_of_an_item_and_lists_e
     view = technician_view(status, notice, latest)
     assert all(not device["values"] for device in view["devices"]), "no position of either receiver is shown"
     assert [row["channel"] for row in view["policy"]] == ["gps-1/latitude", "gps-2/latitude", "gps-1/longitude", "gps-2/longitude"]
+
+
+def test_a_notice_the_envelope_refuses_after_all_is_said_once_and_the_publisher_runs_on(caplog) -> None:
+    calls = 0
+
+    async def send(message: Mapping[str, Any]) -> bool:
+        nonlocal calls
+        calls += 1
+        raise ValueError("status report is 70000 bytes, over the OXP/2 limit of 65536")
+
+    the_policy = policy()
+    publisher = NoticePublisher(lambda: the_policy, lambda _: notice_of(1), send)
+
+    async def run() -> bool:
+        task = asyncio.create_task(publisher.run())
+        async with asyncio.timeout(10):
+            while publisher.pending:
+                await asyncio.sleep(0.01)
+        running = not task.done()
+        task.cancel()
+        return running
+
+    with caplog.at_level(logging.ERROR, logger="ocn.notice"):
+        assert asyncio.run(run()), "the publisher still runs, waiting for the next policy"
+    assert calls == 1
+    [record] = caplog.records
+    assert record.getMessage() == "the transparency notice could not be sealed; it is not published until the policy changes"
