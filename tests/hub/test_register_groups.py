@@ -57,8 +57,8 @@ async def test_an_abridged_notice_counts_what_it_does_not_list_and_says_why_in_e
     english, french = languages(await published(hub, http, shorter))
     assert "<code>meter-1/voltage_l1</code> <span class=\"muted\">and 19 more channels</span>" in english
     assert "et 19 autres canaux" in french
-    assert "shown here shortened: the lists of channels left out. It covers 720 channels that leave the device" in english
-    assert "abrégé ici\u00a0: les listes de canaux en sont omis. Il porte sur 720 canaux" in french
+    assert "shown here shortened, without the lists of channels. It covers 720 channels that leave the device" in english
+    assert "abrégé ici, sans les listes de canaux. Il porte sur 720 canaux" in french
 
 
 async def test_a_notice_of_the_first_form_one_item_per_channel_is_shown_as_before(register) -> None:
