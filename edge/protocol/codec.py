@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from itertools import accumulate, pairwise, repeat
 from operator import attrgetter, mul, sub
@@ -63,6 +63,11 @@ ENC_STRING = 5  # [5, [dictionary...], index varints]
 ENC_BOOL = 6  # [6, bit-packed, least significant bit first]
 
 _MAX_PLACES = 9  # beyond nine decimals a float channel travels as binary64
+
+
+def _series(name: object, part: str) -> Callable[[], str]:
+    """The name of one of a series' columns for an error, built only if there is one (most batches have none)."""
+    return lambda: f"series {show(name)} {part}"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -477,7 +482,7 @@ def _decode_values(enc: object, kind: Kind, resolution: tuple[int, int] | None, 
         if not isinstance(column, bytes):
             raise _fail(f"series {show(name)}: value column is not a byte string")
         restore = undelta if code in (ENC_RES_DELTA, ENC_DEC_DELTA) else undelta_of_delta
-        ks = restore(unzigzag(unpack_uvarints(column, count, what=f"series {show(name)} values")))
+        ks = restore(unzigzag(unpack_uvarints(column, count, what=_series(name, "values"))))
         if exponent >= 0:
             step = mantissa * 10**exponent
             return [k * step for k in ks]
@@ -491,7 +496,7 @@ def _decode_values(enc: object, kind: Kind, resolution: tuple[int, int] | None, 
         _, words, column = enc
         if not isinstance(words, list) or not all(type(w) is str for w in words) or not isinstance(column, bytes):
             raise _fail(f"series {show(name)}: string column needs [{ENC_STRING}, [text...], bytes]")
-        indexes = unpack_uvarints(column, count, what=f"series {show(name)} string indexes")
+        indexes = unpack_uvarints(column, count, what=_series(name, "string indexes"))
         if indexes and max(indexes) >= len(words):
             raise _fail(f"series {show(name)}: string index {max(indexes)} beyond its {len(words)}-entry dictionary")
         return [words[i] for i in indexes]
@@ -509,7 +514,7 @@ def _decode_quality(column: bytes, count: int, name: str) -> list[Quality | None
     qualities: list[Quality | None] = [None] * count
     if not column:
         return qualities
-    pairs = unpack_uvarints(column, _count_varints(column), what=f"series {show(name)} quality")
+    pairs = unpack_uvarints(column, _count_varints(column), what=_series(name, "quality"))
     if len(pairs) % 2:
         raise _fail(f"series {show(name)}: quality column has an odd number of varints")
     index = 0
@@ -596,10 +601,10 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
             raise _fail(str(exc)) from None
         if isinstance(times, list) and len(times) == 2 and type(times[0]) is int and 1 <= times[0] <= 3 and isinstance(times[1], bytes):
             time_unit = 10 ** times[0]
-            relative = undelta_of_delta(unzigzag(unpack_uvarints(times[1], count, what=f"series {show(name)} times")))
+            relative = undelta_of_delta(unzigzag(unpack_uvarints(times[1], count, what=_series(name, "times"))))
             stamps = wrap64([t0 + t * time_unit for t in relative])
         elif isinstance(times, bytes):
-            relative = undelta_of_delta(unzigzag(unpack_uvarints(times, count, what=f"series {show(name)} times")))
+            relative = undelta_of_delta(unzigzag(unpack_uvarints(times, count, what=_series(name, "times"))))
             stamps = wrap64([t0 + t for t in relative])
         elif type(times) is int and 0 <= times < len(all_stamps) and len(all_stamps[times]) == count:
             stamps = all_stamps[times]

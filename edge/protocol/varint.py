@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import accumulate, pairwise
 
 from edge.protocol.errors import ProtocolError
@@ -55,8 +55,15 @@ def pack_uvarints(values: list[int]) -> bytes:
     return b"".join([small[v] if v < _SMALL_LIMIT else _long(v) for v in values])
 
 
-def unpack_uvarints(data: bytes, count: int, *, what: str) -> list[int]:
-    """Exactly ``count`` unsigned varints from ``data``; anything else is a ProtocolError naming ``what``."""
+def _named(what: str | Callable[[], str]) -> str:
+    return what if isinstance(what, str) else what()
+
+
+def unpack_uvarints(data: bytes, count: int, *, what: str | Callable[[], str]) -> list[int]:
+    """Exactly ``count`` unsigned varints from ``data``; anything else is a ProtocolError naming ``what``.
+
+    ``what`` may be a function giving the name, so a caller decoding thousands of columns builds the text only on error.
+    """
     if len(data) == count and (not data or max(data) < 0x80):
         return list(data)
     out: list[int] = []
@@ -66,7 +73,7 @@ def unpack_uvarints(data: bytes, count: int, *, what: str) -> list[int]:
     for byte in data:
         if byte < 0x80:
             if shift == 63 and byte > 1:
-                raise ProtocolError("malformed", f"{what}: varint of 2**64 or more")
+                raise ProtocolError("malformed", f"{_named(what)}: varint of 2**64 or more")
             append(value | (byte << shift))
             value = 0
             shift = 0
@@ -74,11 +81,11 @@ def unpack_uvarints(data: bytes, count: int, *, what: str) -> list[int]:
             value |= (byte & 0x7F) << shift
             shift += 7
             if shift > 63:
-                raise ProtocolError("malformed", f"{what}: varint longer than 10 bytes")
+                raise ProtocolError("malformed", f"{_named(what)}: varint longer than 10 bytes")
     if shift:
-        raise ProtocolError("malformed", f"{what}: last varint is cut off")
+        raise ProtocolError("malformed", f"{_named(what)}: last varint is cut off")
     if len(out) != count:
-        raise ProtocolError("malformed", f"{what}: holds {len(out)} values, the series declares {count}")
+        raise ProtocolError("malformed", f"{_named(what)}: holds {len(out)} values, the series declares {count}")
     return out
 
 
