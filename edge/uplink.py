@@ -123,6 +123,7 @@ class Uplink:
         self._wake = asyncio.Event()
         self._down_since: float | None = None
         self._outage_logged = False
+        self._outage_answered = False  # the outage under way is a hub answering "not now", not one out of reach
         self._last_outage_log = -_OUTAGE_LOG_S
         self._outages_not_logged = 0
         self._budget_day = -1
@@ -244,10 +245,13 @@ class Uplink:
             # A flapping hub would log an outage every few seconds: at most one report per _OUTAGE_LOG_S,
             # and the ones held back are counted in the next (LogOnce would add an "intermittent" line).
             self._outage_logged = now - self._last_outage_log >= _OUTAGE_LOG_S
+            # A hub that answered (503 busy or unavailable, 429) is not unreachable: the line says which, for whoever reads it.
+            self._outage_answered = bool(refusal.code)
             if self._outage_logged:
                 self._last_outage_log = now
                 log.warning(
-                    "hub unreachable; batches wait in the spool",
+                    "hub answers but takes no batches now; batches wait in the spool" if self._outage_answered
+                    else "hub unreachable; batches wait in the spool",
                     extra={"hub": self.hub_url, "error": refusal.message, "outages_not_logged": self._outages_not_logged},
                 )
                 self._outages_not_logged = 0
@@ -266,7 +270,7 @@ class Uplink:
         if self._down_since is not None:
             if self._outage_logged:
                 log.info(
-                    "hub reachable again",
+                    "hub takes batches again" if self._outage_answered else "hub reachable again",
                     extra={"hub": self.hub_url, "down_s": round(time.monotonic() - self._down_since, 1)},
                 )
             self._down_since = None

@@ -341,3 +341,14 @@ async def test_the_daily_byte_budget_counts_a_redirected_exchange_both_times(spo
     billed = old_home.bytes_up + old_home.bytes_down + new_home.bytes_up + new_home.bytes_down
     assert new_home.bytes_up > sum(len(b.data) for b in stored)  # every batch did travel twice
     assert uplink._budget_used == billed
+
+
+async def test_a_hub_that_answers_busy_is_not_called_unreachable(spool, device_key, receiver, caplog):
+    receiver.schedule = ["busy"] * 3
+    receiver.retry_after = "0"
+    fill(spool, device_key, 2)
+    uplink = make_uplink(spool, device_key, receiver.url)
+    with caplog.at_level(logging.INFO, logger="ocn.uplink"):
+        await deliver(uplink, spool)
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert messages == ["hub answers but takes no batches now; batches wait in the spool", "hub takes batches again"]
