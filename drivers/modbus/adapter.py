@@ -228,6 +228,7 @@ class ModbusLink:
             ok = await self._client.connect()
         except (OSError, ModbusException) as exc:
             raise LinkDown(str(exc)) from exc
+        raise_if_cancelled()
         if not ok:
             raise LinkDown("cannot open the port" if self.kind == "rtu" else "connection refused or timed out")
 
@@ -249,6 +250,7 @@ class ModbusLink:
         deadline = loop.time() + timeout
         try:
             reply = await reader(address, count=count, device_id=unit)
+            raise_if_cancelled()
             strays = 0
             while (why := _mismatch(reply, function, count)) is not None:
                 # RTU frames carry no transaction id: a unit's late reply to an earlier request of
@@ -262,6 +264,7 @@ class ModbusLink:
                     reply = await self._next_reply(remaining)
                 except TimeoutError as exc:
                     raise GarbledReply(f"{why}; no reply to this request within {timeout:.3g} s") from exc
+                raise_if_cancelled()
         except ConnectionException as exc:
             raise LinkDown(str(exc)) from exc
         except ModbusException as exc:
@@ -288,6 +291,20 @@ class ModbusLink:
             used = protocol.callback_data(protocol.recv_buffer, None)
             protocol.recv_buffer = protocol.recv_buffer[used:]
         return await asyncio.wait_for(protocol.response_future, timeout)
+
+
+def raise_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled and the cancellation got lost on the way.
+
+    On CPython 3.11, ``asyncio.wait_for`` (pymodbus awaits every reply and connection with it)
+    returns the result instead of raising when the cancellation arrives as the awaited future
+    completes (CPython gh-86296, fixed in 3.12).  A stopping gateway then waited its 10 s for a
+    device task that went on polling ("task did not stop when cancelled").  A task cancelled
+    meanwhile still counts the request (``Task.cancelling``), so it is raised again here.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _mismatch(reply: ModbusPDU, function: str, count: int) -> str | None:
