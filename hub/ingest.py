@@ -90,7 +90,9 @@ class Refused:
     says more. ``retry_after_s``: how long the sender should wait before sending it again.
     ``charged``: the refusal counts against the sender's allowance of unauthenticated or
     refused messages (per client address over HTTP), because nothing the sender proved
-    makes it the device's.
+    makes it the device's.  ``ignored_wait``: found before verification, for a device that
+    sends again within a wait it was told; the HTTP binding holds such an answer a moment
+    (hub.oxp), so sending them back to back costs the sender time rather than the hub work.
     """
 
     answer: Answer
@@ -98,6 +100,7 @@ class Refused:
     retry_after_s: float | None = None
     reason: str | None = None
     charged: bool = False
+    ignored_wait: bool = False
 
     @property
     def status(self) -> Status:
@@ -389,12 +392,13 @@ class Ingest:
         sets either (a forged batch must not spend the device's allowance)."""
         wait = self.limiter.peek(device_id)
         if wait > 0:
-            return Refused(Answer.RATE_LIMITED, f"device {device_id!r} sends faster than this hub allows; retry later", retry_after_s=wait)
+            return Refused(Answer.RATE_LIMITED, f"device {device_id!r} sends faster than this hub allows; retry later", retry_after_s=wait,
+                           ignored_wait=True)
         told = self._told_to_wait.get(device_id)
         if told is not None:
             left = told[0] - time.monotonic()
             if left > 0:
-                return Refused(Answer.READINGS_BUDGET, told[1], retry_after_s=left)
+                return Refused(Answer.READINGS_BUDGET, told[1], retry_after_s=left, ignored_wait=True)
             del self._told_to_wait[device_id]
         return None
 

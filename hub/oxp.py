@@ -7,6 +7,7 @@ refused requests, and writes the core's outcome as the answer §8.2 defines.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -71,6 +72,10 @@ async def read_body(request: web.Request, limit: int) -> bytes | web.Response:
         return compact_json({"error": exc.code, "detail": exc.detail}, status=exc.status)
 
 
+# How long an answer to a device that sends again within a wait it was told is held (hub.ingest.Refused.ignored_wait).
+IGNORED_WAIT_PAUSE_S = 1.0
+
+
 def client_of(request: web.Request) -> str:
     """The client address the per-address limit counts (X-Forwarded-For only from a trusted proxy)."""
     return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), request.app[HUB].trusted_proxies)
@@ -108,6 +113,10 @@ async def signed_message(request: web.Request, limit: int, take: Callable[[bytes
     if isinstance(outcome, Refused):
         if outcome.charged:
             hub.addresses.check(address)
+        if outcome.ignored_wait and outcome.retry_after_s:
+            # Sent again within a wait it was told (OXP §8.3): answered after a pause, so a sender ignoring
+            # Retry-After back to back makes a few requests a second, not hundreds (its body is read: no buffer held).
+            await asyncio.sleep(min(IGNORED_WAIT_PAUSE_S, outcome.retry_after_s))
         return refusal(outcome)
     return outcome
 
