@@ -8,6 +8,7 @@ interface the gateway's bus owners provide, without importing them.
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -184,6 +185,8 @@ class DeviceContext:
     poll_interval: float = 10.0
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("ocn.driver"))
     clock_ms: Callable[[], int] = now_ms
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the gateway stops, for a driver with ``stops_when_asked``: finish the poll under way, emit it, return."""
 
     def channel_id(self, local: str) -> str:
         """The gateway-wide id of one of this device's channels: ``<device>/<local>``."""
@@ -217,6 +220,11 @@ class Driver(abc.ABC):
     """True for a driver that knows itself when its device went silent (any valid frame counts, a heartbeat
     too) and says so through :meth:`health`. The supervisor's rule, no reading for three poll intervals, is
     then not applied: a device that speaks only when something happens (a counter) is not failing between events."""
+    stops_when_asked: ClassVar[bool] = False
+    """True for a driver whose :meth:`run` watches ``ctx.stopping`` between polls: when the gateway stops it sets
+    the event, and the driver finishes the poll under way, emits its readings and returns.  The gateway waits a
+    short grace period (``edge.runtime.STOP_GRACE_S``) for that before it cancels the driver.  Left False, the
+    driver is cancelled at once, as before: a poll under way then never emits what it had read."""
 
     def __init__(self, ctx: DeviceContext) -> None:
         self.ctx = ctx
@@ -282,4 +290,5 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def run(self, emit: Emit) -> None:
-        """Read the device and ``await emit(reading)`` for each reading, until cancelled."""
+        """Read the device and ``await emit(reading)`` for each reading, until cancelled (or, with
+        ``stops_when_asked``, until ``ctx.stopping`` is set and the poll under way is emitted)."""

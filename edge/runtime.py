@@ -53,6 +53,7 @@ __all__ = ["Gateway", "PipelineCounters", "StartError"]
 log = logging.getLogger("ocn.runtime")
 
 STOP_TIMEOUT_S = 10.0  # for all tasks together: systemd's TimeoutStopSec is 30 s
+STOP_GRACE_S = 2.0  # a poll under way at stop finishes and is emitted within this, or its driver is cancelled
 
 
 class StartError(Exception):
@@ -372,6 +373,8 @@ class Gateway:
     async def stop(self, *, drain_timeout_s: float = 0.0, reloading: bool = False) -> None:
         """Stop reading, push everything in memory through privacy and the batcher into the spool.
 
+        A driver that can (``Driver.stops_when_asked``, the Modbus driver) first finishes the poll
+        under way and emits it, within ``STOP_GRACE_S``; the others are cancelled at once.
         With ``drain_timeout_s`` the uplink keeps sending for up to that long, until the
         spool is empty; what is left stays in the spool for the next start.  With
         ``reloading`` systemd hears RELOADING=1 instead of STOPPING=1.  Each step runs
@@ -385,6 +388,8 @@ class Gateway:
             log.info("stopping: flushing readings in memory to the spool")
         deadline = time.monotonic() + STOP_TIMEOUT_S
         if self.devices is not None:
+            with _step("finish the polls under way"):
+                await _finish_polls(self.devices, STOP_GRACE_S)
             await _cancel(self.devices.device_tasks, deadline)
             await _cancel(self.devices.bus_tasks, deadline)
         await _cancel(self._stage_tasks, deadline)
@@ -438,6 +443,19 @@ def _step(what: str) -> Iterator[None]:
         yield
     except Exception as exc:  # noqa: BLE001 - shutdown goes on whatever one step did
         log.error("shutdown step failed", extra={"step": what, "error": f"{type(exc).__name__}: {exc}"[:300]})
+
+
+async def _finish_polls(devices: Devices, grace_s: float) -> None:
+    """Ask every driver that can (``Driver.stops_when_asked``) to finish the poll under way, emit it and return.
+
+    Waits for those at most ``grace_s``; their readings join the flow before its stages are
+    stopped and flushed.  Whatever is still running afterwards is cancelled by the caller.
+    """
+    # device_tasks holds one task per device, in order, once started (none if a start failed before).
+    asked = [task for dev, task in zip(devices.devices, devices.device_tasks, strict=False)
+             if dev.runner is not None and dev.runner.request_stop()]
+    if asked:
+        await asyncio.wait(asked, timeout=grace_s)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]], deadline: float) -> None:

@@ -62,6 +62,8 @@ class DeviceRunner:
         self.last_reading_at: float | None = None  # monotonic time of the last reading
         self._down = False  # a failure was logged and the device has not yet run steadily since
         self.driver: Driver | None = None  # the instance running now, for its own health opinion
+        self._stopping = False  # request_stop was called: a driver that returns now has done what it was asked
+        self._in_run = False  # the driver's run() is being awaited (not made yet, or the runner is backing off)
 
     def silent_s(self, now: float | None = None) -> float:
         """Seconds since the last reading, or since the device started if it never sent one."""
@@ -99,12 +101,32 @@ class DeviceRunner:
             return type(exc).__name__
         return f"{type(exc).__name__}: {exc}"[:300]
 
+    def request_stop(self) -> bool:
+        """Ask the running driver to finish the poll under way, emit it and return (the gateway is stopping).
+
+        True when there is something to wait for: a driver with ``stops_when_asked`` is running and
+        was asked.  False: cancel the task now (no driver running, or one that only stops when cancelled).
+        """
+        self._stopping = True
+        driver = self.driver
+        if driver is None or not self._in_run or not driver.stops_when_asked:
+            return False
+        driver.ctx.stopping.set()
+        return True
+
     async def run(self) -> None:
-        while True:
+        """Run the device's driver until cancelled, or until it returns after :meth:`request_stop`."""
+        while not self._stopping:
             self._started = time.monotonic()
             try:
                 driver = self.driver = self._make_driver()
-                await driver.run(self._emit_and_watch)
+                self._in_run = True
+                try:
+                    await driver.run(self._emit_and_watch)
+                finally:
+                    self._in_run = False
+                if self._stopping:
+                    return
                 raise RuntimeError("driver returned; drivers must run until cancelled")
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -115,6 +137,8 @@ class DeviceRunner:
                 exc = error
             self.failures += 1
             self.last_error = self._describe(exc)
+            if self._stopping:
+                return  # the gateway is stopping: no restart (the error stays in last_error)
             delay = self._backoff.next()
             fields = {"device": self.device_id, "error": self.last_error, "retry_in_s": round(delay, 2)}
             self._down = True

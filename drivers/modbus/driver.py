@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,8 @@ class Poll:
 
 class ModbusDriver(Driver):
     """Reads any Modbus device described by a profile (a shipped name or a path to a profile TOML)."""
+
+    stops_when_asked = True  # a poll under way when the gateway stops is finished and emitted (Driver.stops_when_asked)
 
     manifest = Manifest(
         name="modbus",
@@ -135,9 +138,19 @@ class ModbusDriver(Driver):
 
     async def run(self, emit: Emit) -> None:
         interval = self.ctx.poll_interval
-        await self.ctx.modbus_bus().wait_open()  # no "not open" warning for the moments before the line first opens
+        stopping = self.ctx.stopping  # set when the gateway stops: the poll under way is finished and emitted first
+        # No "not open" warning for the moments before the line first opens; a line that never opens does not hold up a stop.
+        opened = asyncio.ensure_future(self.ctx.modbus_bus().wait_open())
+        stopped = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait((opened, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            opened.cancel()
+            stopped.cancel()
+        if not opened.cancelled() and opened.done():
+            opened.result()  # wait_open's own error, if it raised one
         next_at = time.monotonic()
-        while True:
+        while not stopping.is_set():
             result = await self.poll()
             self._report(result)
             for reading in result.readings:
@@ -146,7 +159,9 @@ class ModbusDriver(Driver):
             now = time.monotonic()
             if next_at < now:  # a slow cycle skips the missed slots instead of bursting to catch up
                 next_at = now + interval - (now - next_at) % interval
-            await asyncio.sleep(next_at - now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(next_at - now):
+                    await stopping.wait()
 
     def _report(self, result: Poll) -> None:
         """Log a request the unit refuses once when it starts and once when it recovers.

@@ -1,0 +1,190 @@
+"""A SIGTERM that comes while a Modbus poll is under way: the poll finishes and its readings reach the spool.
+
+A real `ocn-edge run` process polls an SDM630 on a real Modbus TCP server on loopback.  The server
+holds one reply of a poll, the test sends SIGTERM while it is held, waits until the gateway says it
+is stopping, then lets the reply go with a value the meter never showed before.  That value must be
+in the spool after the clean stop: the runtime asks the driver to finish its poll before it stops it
+(docs/spool-and-uplink.md, "What a clean stop keeps").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pymodbus.constants import ExcCodes
+
+from drivers.modbus.profile import load_profile
+from edge.protocol import load_public_key, open_batch
+from tests.drivers.loopback import RegisterStore, modbus_tcp_server, serve_profile
+
+UNIT = 5
+PROFILE = load_profile("eastron-sdm630")
+VOLTAGE = next(r for r in PROFILE.registers if r.channel == "voltage_l1")
+
+POLICY = """
+[policy]
+name = "keep the meter"
+version = "1"
+organisation = "Test city"
+contact = "it@test.example"
+purpose = "testing a clean stop"
+retention = "none"
+
+[channels."meter-1/*"]
+rule = "keep"
+purpose = "energy"
+"""
+
+
+@dataclass
+class HeldStore(RegisterStore):
+    """A register store that, once armed, holds the next request covering voltage L1 until released."""
+
+    armed: bool = False
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # a voltage request was answered (a poll went by)
+    held: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1) -> list[int] | list[bool] | ExcCodes:
+        covers = address <= VOLTAGE.address < address + count
+        if covers and self.armed:
+            self.armed = False
+            self.held.set()
+            await self.release.wait()
+        words = await super().async_getValues(device_id, func_code, address, count)
+        if covers:
+            self.answered.set()
+        return words
+
+
+def _config(tmp_path: Path, port: int) -> Path:
+    (tmp_path / "policy.toml").write_text(POLICY)
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+id = "stop-test"
+site = "test bench"
+latitude = 43.6452
+longitude = -79.3957
+state_dir = "{tmp_path / 'state'}"
+log_level = "info"
+
+[[buses]]
+name = "meters"
+type = "modbus-tcp"
+host = "127.0.0.1"
+tcp_port = {port}
+timeout = "5s"
+
+[[devices]]
+name = "meter-1"
+driver = "modbus"
+bus = "meters"
+address = {UNIT}
+poll_interval = "1s"
+[devices.options]
+profile = "eastron-sdm630"
+
+[privacy]
+policy = "policy.toml"
+require_signed = false
+governance_key = ""
+
+[batch]
+span = "1h"
+flush_interval = "1h"
+max_readings = 20000
+codec = "zstd"
+
+[spool]
+max_size = "20MB"
+when_full = "drop_oldest"
+
+[uplink]
+hub = ""
+ca = ""
+timeout = "30s"
+daily_budget = "0"
+key = ""
+
+[local_api]
+enabled = false
+listen = "127.0.0.1:8080"
+""")
+    return config
+
+
+def _spooled_voltages(state: Path) -> list[float]:
+    key = load_public_key(state / "device.pub")
+    db = sqlite3.connect(state / "spool.db")
+    try:
+        return [float(r.value) for (data,) in db.execute("SELECT data FROM batches")
+                for r in open_batch(bytes(data), key).readings if r.channel == "meter-1/voltage_l1"]
+    finally:
+        db.close()
+
+
+async def _stop_during_a_held_poll(tmp_path: Path, *, release: bool) -> tuple[list[float], str]:
+    """Start a gateway, hold its second poll's voltage reply, SIGTERM it; the reply goes (or never does).
+
+    Returns the voltages in the spool after the clean stop and the gateway's output.
+    """
+    store = HeldStore()
+    serve_profile(store, UNIT, PROFILE, {"voltage_l1": 230.0})
+    server, port = await modbus_tcp_server(store)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "edge.cli", "run", str(_config(tmp_path, port)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(os.environ),
+    )
+    lines: list[str] = []
+
+    async def read_until(pattern: str) -> None:
+        while True:
+            assert proc.stdout is not None
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+            assert line, "gateway exited early:\n" + "".join(lines)
+            lines.append(line)
+            if re.search(pattern, line):
+                return
+
+    try:
+        await read_until("gateway running")
+        await asyncio.wait_for(store.answered.wait(), 30)  # one poll answered with 230 V
+        store.armed = True
+        await asyncio.wait_for(store.held.wait(), 30)  # a poll is under way: its voltage request is held
+        serve_profile(store, UNIT, PROFILE, {"voltage_l1": 241.5})  # what the held reply will carry
+        proc.send_signal(signal.SIGTERM)
+        await read_until("stopping: flushing")
+        if release:
+            store.release.set()
+        await read_until("stopped cleanly")
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, "".join(lines)
+    finally:
+        store.release.set()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await server.shutdown()
+    return _spooled_voltages(tmp_path / "state"), "".join(lines)
+
+
+async def test_sigterm_during_a_modbus_poll_finishes_the_poll_and_spools_its_readings(tmp_path: Path) -> None:
+    voltages, output = await _stop_during_a_held_poll(tmp_path, release=True)
+    assert 230.0 in voltages, voltages  # the polls before the stop
+    assert voltages[-1] == 241.5, (voltages, output)  # the poll under way at SIGTERM, emitted and spooled last
+    assert "task did not stop" not in output, output
+
+
+async def test_a_poll_that_never_finishes_is_cancelled_after_the_grace_and_the_stop_stays_clean(tmp_path: Path) -> None:
+    voltages, output = await _stop_during_a_held_poll(tmp_path, release=False)
+    assert 230.0 in voltages, voltages  # what was read before the stop is sealed
+    assert 241.5 not in voltages, voltages  # the unit never answered the poll under way
+    assert "task did not stop" not in output, output
+    assert "shutdown step failed" not in output, output
