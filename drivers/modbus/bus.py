@@ -219,11 +219,13 @@ class ModbusBus:
 
     async def _read(self, unit: int, function: str, address: int, count: int, *,
                     timeout: float | None, used: int | None, fresh: bool) -> list[int] | list[bool]:
-        busy = Backoff(BUSY_FIRST_S, BUSY_MAX_S, jitter=0)
+        busy = None  # made at the first "busy" only: a Backoff seeds a Random, which would cost every request
         while True:
             try:
                 return await self._transact(unit, function, address, count, timeout=timeout, used=used, fresh=fresh)
             except ExceptionReply as exc:
+                if busy is None:
+                    busy = Backoff(BUSY_FIRST_S, BUSY_MAX_S, jitter=0)
                 if exc.code != BUSY or busy.attempts >= self.busy_retries:
                     raise
             self.busy_retried += 1
@@ -356,10 +358,13 @@ class ModbusBus:
 
     def _unit_answered(self, unit: int, state: _Unit) -> None:
         state.replies += 1
-        if self._notes.failing(unit):
+        failing = self._notes.failing(unit)
+        if failing:
             state.answered_again_at = time.monotonic()
-        self._notes.recovered(unit, "%s answers again", self._unit_name(unit),
-                              steady=("%s steady again", self._unit_name(unit)))
+        # recovered() has nothing to do for a unit neither failing nor flapping: its names are not built then.
+        if failing or self._notes.flapping(unit):
+            self._notes.recovered(unit, "%s answers again", self._unit_name(unit),
+                                  steady=("%s steady again", self._unit_name(unit)))
         state.backoff.reset()
         state.skip_until = 0.0
 

@@ -16,7 +16,7 @@ from drivers.modbus.adapter import ExceptionReply, LinkError
 from drivers.modbus.bus import FLAP_S
 from drivers.modbus.planner import ReadRequest, plan_reads
 from drivers.modbus.profile import Profile, ProfileError, load_profile, shipped_profiles
-from drivers.sdk import DeviceContext, Driver, Emit, Manifest, OptionError, OptionSpec
+from drivers.sdk import DeviceContext, Driver, Emit, Manifest, ModbusBusLike, OptionError, OptionSpec
 from edge.protocol.types import Channel, Reading
 from edge.util.logonce import LogOnce
 
@@ -93,6 +93,12 @@ class ModbusDriver(Driver):
                   if r.function == req.function and req.address <= r.address and r.address + r.count <= req.end]
             for req in self.plan
         }
+        # Per request, each register with its channel's gateway-wide id and its words' slice, built once instead of every poll.
+        self._named = {
+            req: [(r, ctx.channel_id(r.channel), r.address - req.address, r.address - req.address + r.count) for r in regs]
+            for req, regs in self._by_request.items()
+        }
+        self._bus: ModbusBusLike | None = None  # the context's, type-checked at the first poll
         self._refusals = LogOnce(ctx.logger, flap_s=FLAP_S)
         self._refused: dict[ReadRequest, str] = {}
 
@@ -116,7 +122,9 @@ class ModbusDriver(Driver):
         """Run the plan once.  After the unit fails to answer, the rest of the cycle is skipped:
         a silent unit costs the bus at most one timeout per cycle."""
         result = Poll()
-        bus = self.ctx.modbus_bus()
+        bus = self._bus
+        if bus is None:  # a Protocol isinstance check costs microseconds: once, not every poll
+            bus = self._bus = self.ctx.modbus_bus()
         for i, req in enumerate(self.plan):
             try:
                 words = await bus.read(self.unit, req.function, req.address, req.count,
@@ -129,11 +137,10 @@ class ModbusDriver(Driver):
                 result.skipped.extend(self.plan[i + 1:])
                 break
             ts = self.ctx.clock_ms()
-            for reg in self._by_request[req]:
-                at = reg.address - req.address
-                value = reg.decode(words[at:at + reg.count])
+            for reg, channel, start, end in self._named[req]:
+                value = reg.decode(words[start:end])
                 if value is not None:
-                    result.readings.append(Reading(self.ctx.channel_id(reg.channel), ts, value, reg.unit))
+                    result.readings.append(Reading(channel, ts, value, reg.unit))
         return result
 
     async def run(self, emit: Emit) -> None:

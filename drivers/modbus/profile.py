@@ -99,8 +99,8 @@ class Register:
             return bool(words[0])
         # Word order is how a number spreads over registers; text always runs in register order.
         in_order = self.word_order == "big" or self.type == "string"
-        ordered = list(words) if in_order else list(reversed(words))
-        raw = b"".join(int(w).to_bytes(2, "big") for w in ordered)
+        ordered = words if in_order else words[::-1]
+        raw = struct.pack(f">{len(ordered)}H", *ordered)
         if self.byte_order == "little":
             raw = b"".join(raw[i + 1 : i + 2] + raw[i : i + 1] for i in range(0, len(raw), 2))
         if self.type == "string":
