@@ -72,8 +72,34 @@ async def read_body(request: web.Request, limit: int) -> bytes | web.Response:
         return compact_json({"error": exc.code, "detail": exc.detail}, status=exc.status)
 
 
-# How long an answer to a device that sends again within a wait it was told is held (hub.ingest.Refused.ignored_wait).
+# How long an answer to a device that sends again within a wait it was told is held (hub.ingest.Refused.ignored_wait),
+# and one to a client address over its allowance of refused requests.
 IGNORED_WAIT_PAUSE_S = 1.0
+# Answers to addresses over their allowance held at once, hub-wide in this process; beyond them they go out at once.
+# Each held request's unread body stops at aiohttp's read buffer (tens of KiB) with reading paused: 64 bound it to a few MiB.
+MAX_HELD = 64
+_held = 0
+
+
+async def _hold(request: web.Request) -> None:
+    """Hold the refusal of an address over its allowance a moment, its body left unread (the connection closes after it).
+
+    Otherwise a sender of 1 MiB bodies back to back is refused hundreds of times a second, each
+    a new connection the hub accepts, parses and closes; held, a connection makes one a second.
+    """
+    global _held
+    if _held >= MAX_HELD:
+        return
+    _held += 1
+    transport = request.transport
+    try:
+        if transport is not None:
+            transport.pause_reading()  # what it sends meanwhile waits in the kernel, not in the hub
+        await asyncio.sleep(IGNORED_WAIT_PAUSE_S)
+    finally:
+        _held -= 1
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()  # a body read whole keeps its connection for the next request
 
 
 def client_of(request: web.Request) -> str:
@@ -102,6 +128,7 @@ async def signed_message(request: web.Request, limit: int, take: Callable[[bytes
     answer = address_refusal(hub, address)
     if answer is not None:
         request.app[METRICS].ingested(kind, answer)
+        await _hold(request)
         return answer
     data = await read_body(request, limit)
     if isinstance(data, web.Response):
@@ -133,6 +160,7 @@ async def post_enrol(request: web.Request) -> web.Response:
     address = client_of(request)
     refused = address_refusal(hub, address)
     if refused is not None:
+        await _hold(request)
         return refused
     answer = await _enrol(request, hub)
     # A refused attempt is charged to its address (guessing tokens costs it its budget); one that
