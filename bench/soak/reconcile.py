@@ -20,8 +20,8 @@ A released reading the hub lacks needs a named cause, tried in this order (docs/
 - ``at_risk``: it was served within ``flush_ms`` (the batch flush interval) plus ``slack_ms`` before a ``kill -9``;
 - ``not_running``: it was served while no gateway ran (before the first start, between a kill and the
   restarted gateway's start, after the last stop's SIGTERM), or within ``stop_lead_ms`` before a SIGTERM,
-  in a frame still arriving (a serial driver is stopped at once, before it emits an unfinished frame; a Modbus
-  poll under way is finished and emitted, within 2 s, so for a Modbus device the window is slack only);
+  in a poll that outlasted the stop's grace (a poll under way is finished and emitted within 2 s, so the
+  window is slack: a 2-minute run reconciled with it at 0 came out the same);
 - ``quota``: it was served while the spool refused batches, or within ``flush_ms`` plus ``slack_ms``
   before the first refusal (the readings of the first refused batch).  The gateway's ``readings_dropped``
   counter must lie between what this cause explains and every missing reading served in those windows
@@ -89,7 +89,7 @@ class Events:
         if not any(start <= t_ms and (end is None or t_ms < end) for start, end in self.runs):
             return "not_running"
         if any(stop - self.stop_lead_ms <= t_ms <= stop for stop in self.stops):
-            return "not_running"  # a serial frame arriving when SIGTERM came: that driver is stopped before it emits
+            return "not_running"  # a poll under way at SIGTERM that outlasted the stop's 2 s grace
         if self.in_quota(t_ms):
             return "quota"
         if any(start <= t_ms < start + self.slack_ms for start, _ in self.runs):

@@ -37,6 +37,11 @@ class Decoder(abc.ABC, Generic[Frame]):
         self.stats = DecoderStats()
         self._buffer = bytearray()
 
+    @property
+    def pending(self) -> bool:
+        """Bytes of a frame not yet complete are held (more must come before it can be decoded)."""
+        return bool(self._buffer)
+
     def feed(self, data: bytes) -> list[Frame]:
         """Add bytes from the port; returns the complete, valid frames now available, in order."""
         self._buffer += data
@@ -67,6 +72,8 @@ class StreamDriver(Driver, Generic[Frame]):
     SILENCE_S = 30.0  # no valid frame for this long (at least three polls of a queried device) is logged once
     watches_silence = True  # a heartbeat is a valid frame: silence is judged by frames, not readings (health below)
     _FLAP_S = 60.0  # silent again this soon after frames returned: intermittent, logged once until steady this long
+    QUIET_S = 0.25  # at a stop: nothing sent or received this long and no frame half-read, so nothing is under way
+    stops_when_asked = True  # at a stop, a frame under way (or the reply to a query just sent) is read and emitted first
 
     def __init__(self, ctx: DeviceContext) -> None:
         super().__init__(ctx)
@@ -80,6 +87,7 @@ class StreamDriver(Driver, Generic[Frame]):
         self._bytes_at_last_frame = 0
         self._silence = LogOnce(ctx.logger, flap_s=self._FLAP_S)
         self._silent_since = 0.0  # when the last frame came before the current silence
+        self._traffic_at = 0.0  # when a query was last sent or bytes last came (a stop waits until QUIET_S after it)
 
     @property
     def FLAP_S(self) -> float:
@@ -107,9 +115,26 @@ class StreamDriver(Driver, Generic[Frame]):
 
     async def run(self, emit: Emit) -> None:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._drive())
-            tasks.create_task(self._watch())
-            await self._read(emit)
+            drive = tasks.create_task(self._drive())
+            watch = tasks.create_task(self._watch())
+            reader = tasks.create_task(self._read(emit))
+            await self.ctx.stopping.wait()
+            drive.cancel()  # no new query
+            watch.cancel()
+            await self._until_quiet()  # the frame under way is read and emitted (the runtime's grace bounds this)
+            reader.cancel()
+
+    async def _until_quiet(self) -> None:
+        """Return once nothing was sent or received for QUIET_S and no frame is half-read.
+
+        A port that never falls quiet (a stream of garbage) keeps this waiting: the runtime's grace
+        (STOP_GRACE_S) then cancels the driver.
+        """
+        while True:
+            quiet_for = time.monotonic() - self._traffic_at
+            if quiet_for >= self.QUIET_S and not self.decoder.pending:
+                return
+            await asyncio.sleep(max(self.QUIET_S - quiet_for, 0.02))
 
     async def _drive(self) -> None:
         bus = self.ctx.serial_bus()
@@ -125,6 +150,7 @@ class StreamDriver(Driver, Generic[Frame]):
                     self._configured_session = session
                 if query is not None:
                     await bus.write(query)
+                    self._traffic_at = time.monotonic()
             await asyncio.sleep(tick)
 
     async def _watch(self) -> None:
@@ -173,6 +199,7 @@ class StreamDriver(Driver, Generic[Frame]):
         bus = self.ctx.serial_bus()
         while True:
             data = await bus.receive()
+            self._traffic_at = time.monotonic()
             bad_before = self._bad_count()
             frames_before = self.decoder.stats.frames
             frames = self.decoder.feed(data)

@@ -1,10 +1,11 @@
-"""A SIGTERM that comes while a Modbus poll is under way: the poll finishes and its readings reach the spool.
+"""A SIGTERM that comes while a poll is under way: the poll finishes and its readings reach the spool.
 
 A real `ocn-edge run` process polls an SDM630 on a real Modbus TCP server on loopback.  The server
 holds one reply of a poll, the test sends SIGTERM while it is held, waits until the gateway says it
 is stopping, then lets the reply go with a value the meter never showed before.  That value must be
 in the spool after the clean stop: the runtime asks the driver to finish its poll before it stops it
-(docs/spool-and-uplink.md, "What a clean stop keeps").
+(docs/spool-and-uplink.md, "What a clean stop keeps").  The same for an SDS011 on a real pty whose
+reply frame is half on the wire when SIGTERM comes.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 from pymodbus.constants import ExcCodes
 
 from drivers.modbus.profile import load_profile
+from drivers.serial import sds011
 from edge.protocol import load_public_key, open_batch
-from tests.drivers.loopback import RegisterStore, modbus_tcp_server, serve_profile
+from tests.drivers.loopback import RegisterStore, SerialPeer, modbus_tcp_server, serve_profile
 
 UNIT = 5
 PROFILE = load_profile("eastron-sdm630")
@@ -40,6 +42,10 @@ retention = "none"
 [channels."meter-1/*"]
 rule = "keep"
 purpose = "energy"
+
+[channels."pm-1/*"]
+rule = "keep"
+purpose = "air quality"
 """
 
 
@@ -64,18 +70,7 @@ class HeldStore(RegisterStore):
         return words
 
 
-def _config(tmp_path: Path, port: int) -> Path:
-    (tmp_path / "policy.toml").write_text(POLICY)
-    config = tmp_path / "gateway.toml"
-    config.write_text(f"""
-[gateway]
-id = "stop-test"
-site = "test bench"
-latitude = 43.6452
-longitude = -79.3957
-state_dir = "{tmp_path / 'state'}"
-log_level = "info"
-
+MODBUS = """
 [[buses]]
 name = "meters"
 type = "modbus-tcp"
@@ -87,11 +82,41 @@ timeout = "5s"
 name = "meter-1"
 driver = "modbus"
 bus = "meters"
-address = {UNIT}
+address = {unit}
 poll_interval = "1s"
 [devices.options]
 profile = "eastron-sdm630"
+"""
 
+SERIAL = """
+[[buses]]
+name = "serial-pm-1"
+type = "serial"
+port = "{path}"
+baudrate = 9600
+
+[[devices]]
+name = "pm-1"
+driver = "sds011"
+bus = "serial-pm-1"
+poll_interval = "1s"
+[devices.options]
+mode = "query"
+"""
+
+
+def _config(tmp_path: Path, devices: str) -> Path:
+    (tmp_path / "policy.toml").write_text(POLICY)
+    config = tmp_path / "gateway.toml"
+    config.write_text(f"""
+[gateway]
+id = "stop-test"
+site = "test bench"
+latitude = 43.6452
+longitude = -79.3957
+state_dir = "{tmp_path / 'state'}"
+log_level = "info"
+{devices}
 [privacy]
 policy = "policy.toml"
 require_signed = false
@@ -121,14 +146,47 @@ listen = "127.0.0.1:8080"
     return config
 
 
-def _spooled_voltages(state: Path) -> list[float]:
+def _spooled(state: Path, channel: str) -> list[float]:
     key = load_public_key(state / "device.pub")
     db = sqlite3.connect(state / "spool.db")
     try:
         return [float(r.value) for (data,) in db.execute("SELECT data FROM batches")
-                for r in open_batch(bytes(data), key).readings if r.channel == "meter-1/voltage_l1"]
+                for r in open_batch(bytes(data), key).readings if r.channel == channel]
     finally:
         db.close()
+
+
+class Gateway:
+    """A real `ocn-edge run` process and its output, read line by line."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+
+    @classmethod
+    async def start(cls, config: Path) -> Gateway:
+        return cls(await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edge.cli", "run", str(config),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(os.environ),
+        ))
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    async def read_until(self, pattern: str) -> None:
+        while True:
+            assert self.proc.stdout is not None
+            line = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode()
+            assert line, "gateway exited early:\n" + self.output
+            self.lines.append(line)
+            if re.search(pattern, line):
+                return
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
 
 
 async def _stop_during_a_held_poll(tmp_path: Path, *, release: bool) -> tuple[list[float], str]:
@@ -139,40 +197,24 @@ async def _stop_during_a_held_poll(tmp_path: Path, *, release: bool) -> tuple[li
     store = HeldStore()
     serve_profile(store, UNIT, PROFILE, {"voltage_l1": 230.0})
     server, port = await modbus_tcp_server(store)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edge.cli", "run", str(_config(tmp_path, port)),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=dict(os.environ),
-    )
-    lines: list[str] = []
-
-    async def read_until(pattern: str) -> None:
-        while True:
-            assert proc.stdout is not None
-            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-            assert line, "gateway exited early:\n" + "".join(lines)
-            lines.append(line)
-            if re.search(pattern, line):
-                return
-
+    gateway = await Gateway.start(_config(tmp_path, MODBUS.format(port=port, unit=UNIT)))
     try:
-        await read_until("gateway running")
+        await gateway.read_until("gateway running")
         await asyncio.wait_for(store.answered.wait(), 30)  # one poll answered with 230 V
         store.armed = True
         await asyncio.wait_for(store.held.wait(), 30)  # a poll is under way: its voltage request is held
         serve_profile(store, UNIT, PROFILE, {"voltage_l1": 241.5})  # what the held reply will carry
-        proc.send_signal(signal.SIGTERM)
-        await read_until("stopping: flushing")
+        gateway.proc.send_signal(signal.SIGTERM)
+        await gateway.read_until("stopping: flushing")
         if release:
             store.release.set()
-        await read_until("stopped cleanly")
-        assert await asyncio.wait_for(proc.wait(), 30) == 0, "".join(lines)
+        await gateway.read_until("stopped cleanly")
+        assert await asyncio.wait_for(gateway.proc.wait(), 30) == 0, gateway.output
     finally:
         store.release.set()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await gateway.kill()
         await server.shutdown()
-    return _spooled_voltages(tmp_path / "state"), "".join(lines)
+    return _spooled(tmp_path / "state", "meter-1/voltage_l1"), gateway.output
 
 
 async def test_sigterm_during_a_modbus_poll_finishes_the_poll_and_spools_its_readings(tmp_path: Path) -> None:
@@ -188,3 +230,39 @@ async def test_a_poll_that_never_finishes_is_cancelled_after_the_grace_and_the_s
     assert 241.5 not in voltages, voltages  # the unit never answered the poll under way
     assert "task did not stop" not in output, output
     assert "shutdown step failed" not in output, output
+
+
+def _sds011_frame(pm2_5: float, pm10: float) -> bytes:
+    body = int(pm2_5 * 10).to_bytes(2, "little") + int(pm10 * 10).to_bytes(2, "little") + bytes([0xA1, 0x60])
+    return bytes([0xAA, 0xC0]) + body + bytes([sum(body) & 0xFF, 0xAB])
+
+
+async def test_sigterm_while_an_sds011_reply_is_half_on_the_wire_reads_it_whole_and_spools_it(tmp_path: Path) -> None:
+    peer = SerialPeer(tmp_path)
+    gateway = await Gateway.start(_config(tmp_path, SERIAL.format(path=peer.path)))
+    deadline = asyncio.get_running_loop().time() + 30
+
+    async def queries(n: int) -> None:  # until the gateway has asked n times
+        while peer.received.count(sds011.QUERY) < n:
+            assert asyncio.get_running_loop().time() < deadline, "the gateway stopped asking:\n" + gateway.output
+            await asyncio.sleep(0.01)
+
+    try:
+        await gateway.read_until("gateway running")
+        await queries(1)
+        peer.write(_sds011_frame(12.3, 20.0))
+        await queries(2)
+        frame = _sds011_frame(55.5, 60.0)
+        peer.write(frame[:5])  # the reply is half on the wire when SIGTERM comes
+        gateway.proc.send_signal(signal.SIGTERM)
+        await gateway.read_until("stopping: flushing")
+        peer.write(frame[5:])
+        await gateway.read_until("stopped cleanly")
+        assert await asyncio.wait_for(gateway.proc.wait(), 30) == 0, gateway.output
+    finally:
+        await gateway.kill()
+        peer.unplug()
+    values = _spooled(tmp_path / "state", "pm-1/pm2_5")
+    assert values[0] == 12.3, values  # the poll before
+    assert values[-1] == 55.5, (values, gateway.output)  # the reply under way at SIGTERM, read whole and spooled
+    assert "task did not stop" not in gateway.output, gateway.output
