@@ -5,12 +5,15 @@ holds one reply of a poll, the test sends SIGTERM while it is held, waits until 
 is stopping, then lets the reply go with a value the meter never showed before.  That value must be
 in the spool after the clean stop: the runtime asks the driver to finish its poll before it stops it
 (docs/spool-and-uplink.md, "What a clean stop keeps").  The same for an SDS011 on a real pty whose
-reply frame is half on the wire when SIGTERM comes.
+reply frame is half on the wire when SIGTERM comes.  And the contract stays additive: a driver that
+does not opt in (``Driver.stops_when_asked``) is cancelled as before; one that does returns, and that
+is no failure for its supervisor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -19,11 +22,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from pymodbus.constants import ExcCodes
 
 from drivers.modbus.profile import load_profile
+from drivers.sdk import DeviceContext, Driver, Emit, Manifest
 from drivers.serial import sds011
 from edge.protocol import load_public_key, open_batch
+from edge.protocol.types import Channel, Reading
+from edge.supervise import DeviceRunner
 from tests.drivers.loopback import RegisterStore, SerialPeer, modbus_tcp_server, serve_profile
 
 UNIT = 5
@@ -266,3 +273,64 @@ async def test_sigterm_while_an_sds011_reply_is_half_on_the_wire_reads_it_whole_
     assert values[0] == 12.3, values  # the poll before
     assert values[-1] == 55.5, (values, gateway.output)  # the reply under way at SIGTERM, read whole and spooled
     assert "task did not stop" not in gateway.output, gateway.output
+
+
+class Ticker(Driver):
+    """A driver written before ``stops_when_asked``: emits a counter until cancelled."""
+
+    manifest = Manifest(name="ticker", version="1", summary="emits a counter every 10 ms")
+
+    def channels(self) -> list[Channel]:
+        return [Channel(self.ctx.channel_id("n"))]
+
+    async def run(self, emit: Emit) -> None:
+        n = 0
+        while True:
+            await emit(Reading(self.ctx.channel_id("n"), n, n))
+            n += 1
+            await asyncio.sleep(0.01)
+
+
+class PoliteTicker(Ticker):
+    """The same driver opted in: it checks ``ctx.stopping`` between ticks and returns when it is set."""
+
+    stops_when_asked = True
+
+    async def run(self, emit: Emit) -> None:
+        n = 0
+        while not self.ctx.stopping.is_set():
+            await emit(Reading(self.ctx.channel_id("n"), n, n))
+            n += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.01):
+                    await self.ctx.stopping.wait()
+
+
+async def _running(driver: type[Ticker]) -> tuple[DeviceRunner, asyncio.Task[None], list[Reading]]:
+    got: list[Reading] = []
+
+    async def emit(reading: Reading) -> None:
+        got.append(reading)
+
+    runner = DeviceRunner("t-1", lambda: driver(DeviceContext("t-1", {})), emit)
+    task = asyncio.create_task(runner.run())
+    async with asyncio.timeout(10):
+        while not got:
+            await asyncio.sleep(0.01)
+    return runner, task, got
+
+
+async def test_a_driver_that_does_not_opt_in_is_left_to_be_cancelled_as_before() -> None:
+    runner, task, _ = await _running(Ticker)
+    assert runner.request_stop() is False  # nothing to wait for: the runtime cancels it at once
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_driver_that_opts_in_returns_when_asked_and_that_is_no_failure() -> None:
+    runner, task, got = await _running(PoliteTicker)
+    assert runner.request_stop() is True
+    await asyncio.wait_for(task, 10)  # returned by itself, not cancelled
+    assert runner.failures == 0 and runner.restarts == 0, runner.last_error
+    assert runner.readings == len(got) > 0
