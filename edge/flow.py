@@ -108,7 +108,15 @@ class ReadingFlow:
         for reading in out:
             latest[reading.channel] = reading
             released[reading.channel] += 1
-        self._unreleased.extend(out)
+        unreleased, queue = self._unreleased, self.released
+        unreleased.extend(out)
+        if not self._release_lock.locked():
+            # The usual case, room in the queue: what the locked loop below would do without waiting, minus
+            # an asyncio.Lock round and a coroutine per reading (a visible share of the gateway's CPU, py-spy).
+            while unreleased and not queue.full():
+                queue.put_nowait(unreleased.popleft())
+            if not unreleased:
+                return
         async with self._release_lock:
             while self._unreleased:
                 await self.released.put(self._unreleased[0])
