@@ -81,8 +81,9 @@ MAX_HELD = 64
 _held = 0
 
 
-async def _hold(request: web.Request) -> None:
-    """Hold the refusal of an address over its allowance a moment, its body left unread (the connection closes after it).
+async def _hold(request: web.Request, seconds: float = IGNORED_WAIT_PAUSE_S) -> None:
+    """Hold a refusal a moment (an address over its allowance, its body left unread and the connection closed after
+    it; or a device sending again within a wait it was told), at most MAX_HELD at once, with reading paused.
 
     Otherwise a sender of 1 MiB bodies back to back is refused hundreds of times a second, each
     a new connection the hub accepts, parses and closes; held, a connection makes one a second.
@@ -95,7 +96,7 @@ async def _hold(request: web.Request) -> None:
     try:
         if transport is not None:
             transport.pause_reading()  # what it sends meanwhile waits in the kernel, not in the hub
-        await asyncio.sleep(IGNORED_WAIT_PAUSE_S)
+        await asyncio.sleep(seconds)
     finally:
         _held -= 1
         if transport is not None and not transport.is_closing():
@@ -142,8 +143,9 @@ async def signed_message(request: web.Request, limit: int, take: Callable[[bytes
             hub.addresses.check(address)
         if outcome.ignored_wait and outcome.retry_after_s:
             # Sent again within a wait it was told (OXP §8.3): answered after a pause, so a sender ignoring
-            # Retry-After back to back makes a few requests a second, not hundreds (its body is read: no buffer held).
-            await asyncio.sleep(min(IGNORED_WAIT_PAUSE_S, outcome.retry_after_s))
+            # Retry-After back to back makes a few requests a second, not hundreds; held like any refusal, so the
+            # bodies read for them (up to 1 MiB each, under a key anyone can name) are bounded by MAX_HELD too.
+            await _hold(request, min(IGNORED_WAIT_PAUSE_S, outcome.retry_after_s))
         return refusal(outcome)
     return outcome
 

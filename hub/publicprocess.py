@@ -7,7 +7,8 @@ so a device's batch waited behind them.  In a process of their own at a lower CP
 (``nice`` 10 by default) they take what devices and operators leave; what stays here per public
 request is reading its headers and copying the answer's bytes.
 
-The process (hub.publicworker) listens on a Unix socket in the hub's private state directory.
+The process (hub.publicworker) listens on a Unix socket in a private temporary directory (0700;
+a state directory's path may be too long for a socket's 108 bytes).
 If it dies it is started again, with a pause that grows to a minute while it keeps dying; until
 it answers, public routes are answered 503 ``busy`` with Retry-After, and devices and the
 dashboard are not affected.
