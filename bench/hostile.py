@@ -6,7 +6,8 @@
 
 For each engine a hub is pre-filled with ``--readings`` stored readings (through the store API,
 not HTTP), then runs as its own process (``ocn-edge hub`` with its default limits, exactly as
-deployed) while a load generator, a process of its own, drives two phases on 127.0.0.1:
+deployed) while two load generators, each a process of its own (the gateways, and the attackers, as
+they would be different machines), drive two phases on 127.0.0.1:
 
 - unloaded: 100 simulated gateways each send one normal batch a second;
 - attack: the same gateways, and at the same time
@@ -25,7 +26,7 @@ sees them apart.  Nothing listens beyond 127.0.0.1, and everything stops by itse
 
 Prints legitimate ingest p50/p99 in each phase, the hub event loop's worst lag (measured inside
 the hub by hub/looplag.py), the hub's RSS (start of the attack, peak, growth), answers by status
-per client class, and the CPU time of the hub and of the load generator, beside the issue's
+per client class, and the CPU time of the hub and of each load generator, beside the issue's
 targets: p99 under attack <= 2x unloaded, loop lag <= 100 ms, RSS growth <= 64 MiB, no 5xx.
 A figure is printed, never judged by the exit status.
 """
@@ -84,6 +85,7 @@ CHANNELS = (
 )
 PREFILL_BATCH = 10_000
 WARM_UP_S = 5.0
+GENERATOR_START_S = 3.0  # for both load generators to start and build their bodies before the timeline begins
 SERVING = re.compile(r"OCN hub serving on (http://\S+)")
 ATTACKS = ("bodies", "declared", "queries", "slow")
 TARGETS = {"p99_ratio": 2.0, "lag_ms": 100.0, "rss_growth_mib": 64.0}
@@ -210,7 +212,7 @@ def gateway_batch(name: str, seq: int) -> bytes:
     return seal_batch(header, CHANNELS, readings_at(created, READINGS_PER_BATCH), key)
 
 
-# --- the load generator (a process of its own) ----------------------------------------------------
+# --- the load generators (processes of their own) --------------------------------------------------
 
 @dataclass
 class Tally:
@@ -311,12 +313,39 @@ async def slow_client(index: int, host: str, port: int, tally: Tally, stop: asyn
         await asyncio.sleep(SLOW_BYTE_EVERY_S)  # slow in coming back too: a slow client, not a connection flood
 
 
+async def until(unix_time: float) -> None:
+    await asyncio.sleep(max(0.0, unix_time - time.time()))
+
+
 async def load(config: dict[str, Any]) -> dict[str, Any]:
-    url, duration = config["url"], config["duration"]
+    """One side of the load, by ``config["role"]``: the legitimate gateways, or the attackers.
+
+    They run as two processes, as they would be two sets of machines on the internet: the
+    gateways' latencies then measure the hub, not the attackers' share of one event loop.
+    Both keep to the same wall-clock timeline from ``config["start_at"]``: warm-up, unloaded,
+    attack."""
+    url, duration, start_at = config["url"], config["duration"], config["start_at"]
     host, port = url.removeprefix("http://").rsplit(":", 1)
     tally = Tally({}, {})
     phase = ["warm-up"]
-    stop_all, stop_attack = asyncio.Event(), asyncio.Event()
+    attack_start, attack_end = start_at + WARM_UP_S + duration, start_at + WARM_UP_S + 2 * duration
+    times = {"unloaded_start": start_at + WARM_UP_S, "attack_start": attack_start, "attack_end": attack_end}
+    stop = asyncio.Event()
+    if config["role"] == "gateways":
+        await until(start_at)
+        cpu0 = time.process_time()
+        legit = asyncio.create_task(gateways(url, tally, phase, stop))
+        # The first seconds open connections and fill the hub's key cache: not counted in either phase.
+        await until(times["unloaded_start"])
+        phase[0] = "unloaded"
+        await until(attack_start)
+        phase[0] = "attack"
+        await until(attack_end)
+        stop.set()
+        await legit
+        return {"times": times, "answers": {k: dict(v) for k, v in tally.answers.items()}, "latencies": tally.latencies,
+                "cpu_s": time.process_time() - cpu0}
+
     bodies = slow_bodies()
     seqs = {name: 0 for name in declaring_names()}
 
@@ -335,37 +364,27 @@ async def load(config: dict[str, Any]) -> dict[str, Any]:
         async with http.get(url + HEAVY_QUERIES[turn % 2]) as resp:
             return await outcome(resp)
 
+    await until(attack_start)
     cpu0 = time.process_time()
-    legit = asyncio.create_task(gateways(url, tally, phase, stop_all))
-    # The first seconds open connections and fill the hub's key cache: not counted in either phase.
-    await asyncio.sleep(WARM_UP_S)
-    phase[0] = "unloaded"
-    times = {"unloaded_start": time.time()}
-    await asyncio.sleep(duration)
-    phase[0] = "attack"
-    times["attack_start"] = time.time()
     chosen = config["attacks"]
     attackers = []
     if "bodies" in chosen:
-        attackers += [back_to_back("1 MiB slow-to-decode bodies", f"127.0.2.{i + 1}", tally, stop_attack, send_body) for i in range(BODY_CONNECTIONS)]
+        attackers += [back_to_back("1 MiB slow-to-decode bodies", f"127.0.2.{i + 1}", tally, stop, send_body) for i in range(BODY_CONNECTIONS)]
     if "declared" in chosen:
-        attackers += [back_to_back("huge declared batches", f"127.0.3.{i + 1}", tally, stop_attack, declare(name)) for i, name in enumerate(declaring_names())]
+        attackers += [back_to_back("huge declared batches", f"127.0.3.{i + 1}", tally, stop, declare(name)) for i, name in enumerate(declaring_names())]
     if "queries" in chosen:
-        attackers += [back_to_back("heavy public queries", f"127.0.4.{i + 1}", tally, stop_attack, query) for i in range(QUERY_CLIENTS)]
+        attackers += [back_to_back("heavy public queries", f"127.0.4.{i + 1}", tally, stop, query) for i in range(QUERY_CLIENTS)]
     if "slow" in chosen:
-        attackers += [slow_client(i, host, int(port), tally, stop_attack) for i in range(SLOW_CLIENTS)]
+        attackers += [slow_client(i, host, int(port), tally, stop) for i in range(SLOW_CLIENTS)]
     attack = asyncio.gather(*attackers)
-    await asyncio.sleep(duration)
-    times["attack_end"] = time.time()
-    stop_attack.set()
-    stop_all.set()
-    await asyncio.gather(legit, attack)
-    return {"times": times, "answers": {k: dict(v) for k, v in tally.answers.items()}, "latencies": tally.latencies,
-            "cpu_s": time.process_time() - cpu0}
+    await until(attack_end)
+    stop.set()
+    await attack
+    return {"times": times, "answers": {k: dict(v) for k, v in tally.answers.items()}, "latencies": {}, "cpu_s": time.process_time() - cpu0}
 
 
 def load_generator(config_path: str) -> None:
-    """The load generator's entry point: read the run's settings, drive both phases, print the tally as JSON."""
+    """A load generator's entry point: read the run's settings, drive its side of the phases, print its tally as JSON."""
     config = json.loads(Path(config_path).read_text())
     print(json.dumps(asyncio.run(load(config))))
 
@@ -471,15 +490,24 @@ def run_engine(engine: str, db: str, args: argparse.Namespace, work: Path) -> di
     logged: deque[str] = deque(maxlen=5)
     threading.Thread(target=logged.extend, args=(hub.stderr,), daemon=True).start()
     watch = RssWatch(hub.pid)
-    config = work / f"{engine}-load.json"
-    config.write_text(json.dumps({"url": url, "duration": args.duration, "attacks": args.attacks}))
+    start_at = time.time() + GENERATOR_START_S
+    generators = {}
+    for role in ("gateways", "attackers"):
+        config = work / f"{engine}-{role}.json"
+        config.write_text(json.dumps({"url": url, "duration": args.duration, "attacks": args.attacks, "role": role, "start_at": start_at}))
+        generators[role] = subprocess.Popen([sys.executable, "-m", "bench.hostile", "--load-generator", str(config)],
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     rss_start_hub = rss_mib(hub.pid)
     hub_cpu0 = cpu_seconds(hub.pid)
+    outputs = {}
     try:
-        generator = subprocess.run([sys.executable, "-m", "bench.hostile", "--load-generator", str(config)], capture_output=True, text=True,
-                                   timeout=args.duration * 2 + 300)
+        for role, process in generators.items():
+            outputs[role] = process.communicate(timeout=GENERATOR_START_S + WARM_UP_S + args.duration * 2 + 300)
         hub_cpu = cpu_seconds(hub.pid) - hub_cpu0
     finally:
+        for process in generators.values():
+            if process.poll() is None:
+                process.kill()
         watch.stop()
         hub.terminate()
         try:
@@ -487,10 +515,12 @@ def run_engine(engine: str, db: str, args: argparse.Namespace, work: Path) -> di
         except subprocess.TimeoutExpired:
             hub.kill()
             hub.wait()
-    if generator.returncode != 0:
-        raise SystemExit(f"{engine}: the load generator failed ({generator.returncode}):\n{generator.stderr[-3000:]}")
-    result = json.loads(generator.stdout)
-    times = result["times"]
+    for role, process in generators.items():
+        if process.returncode != 0:
+            raise SystemExit(f"{engine}: the {role}' load generator failed ({process.returncode}):\n{outputs[role][1][-3000:]}")
+    legit, attackers = (json.loads(outputs[role][0]) for role in ("gateways", "attackers"))
+    result = {"answers": {**legit["answers"], **attackers["answers"]}, "latencies": legit["latencies"]}
+    times = legit["times"]
     lags = [json.loads(line) for line in lag_file.read_text().splitlines()] if lag_file.exists() else []
 
     def worst_lag(start: float, end: float) -> float:
@@ -507,7 +537,7 @@ def run_engine(engine: str, db: str, args: argparse.Namespace, work: Path) -> di
     during = rss_at(times["attack_start"], times["attack_end"]) or before_attack
     latencies = result["latencies"]
     return {
-        "engine": engine, "answers": result["answers"], "generator_cpu_s": result["cpu_s"], "hub_cpu_s": hub_cpu,
+        "engine": engine, "answers": result["answers"], "gateways_cpu_s": legit["cpu_s"], "attackers_cpu_s": attackers["cpu_s"], "hub_cpu_s": hub_cpu,
         "stored_s_unloaded": result["answers"].get("gateways (unloaded)", {}).get("200", 0) / args.duration,
         "stored_s_attack": result["answers"].get("gateways (attack)", {}).get("200", 0) / args.duration,
         "p50_unloaded": percentile(latencies.get("unloaded", []), 0.5) * 1000, "p99_unloaded": percentile(latencies.get("unloaded", []), 0.99) * 1000,
@@ -546,7 +576,8 @@ def report(r: dict[str, Any], duration: float) -> None:
         ("hub RSS (its processes) at start / attack start / peak", f"{r['rss_hub_start']:.0f} / {r['rss_start']:.0f} / {r['rss_peak']:.0f} MiB", ""),
         ("hub RSS growth under attack (its processes)", f"{growth:.0f} MiB", f"<= {TARGETS['rss_growth_mib']:.0f} MiB", growth <= TARGETS["rss_growth_mib"]),
         ("5xx answers", f"{fives}: {failures} failures, 503 to gateways {unavailable_legit}, to attackers {unavailable_attack}", "0", fives == 0),
-        ("hub CPU (its processes) / load generator CPU", f"{r['hub_cpu_s']:.1f} s / {r['generator_cpu_s']:.1f} s over {r['elapsed_s']:.0f} s", ""),
+        ("CPU: hub (its processes) / gateways / attackers", f"{r['hub_cpu_s']:.1f} s / {r['gateways_cpu_s']:.1f} s / "
+         f"{r['attackers_cpu_s']:.1f} s over {r['elapsed_s']:.0f} s", ""),
     ]
     print(f"\n{r['engine']}: {WARM_UP_S:.0f} s warm-up, {duration:.0f} s unloaded, then {duration:.0f} s under attack ({', '.join(r['attacks'])})")
     print(f"  {'figure':<40} {'measured':<62} {'target':<18} meets")
@@ -563,7 +594,7 @@ def report(r: dict[str, Any], duration: float) -> None:
 
 
 def raise_file_limit(needed: int) -> int:
-    """1,000 slow clients are 1,000 sockets in the load generator and 1,000 in the hub: raise the soft limit (children inherit it)."""
+    """1,000 slow clients are 1,000 sockets in the attackers' load generator and 1,000 in the hub: raise the soft limit (children inherit it)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
     if soft < wanted:
