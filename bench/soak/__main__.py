@@ -6,10 +6,13 @@
 
 hil-sim runs every device type (serial, Modbus RTU and TCP, with line noise, dead units and USB
 unplugs on a one-minute cycle) and writes every value it serves to its ledger; a real
-`ocn-edge run` process reads them and delivers through hil-sim's uplink proxy to a real hub
-process (SQLite).  The timeline cuts the link until the spool's quota refuses batches, kills the
-gateway with SIGKILL four times, answers 503 and garbage, takes the hub down, restarts it with
-SIGKILL, throttles, cuts and black-holes the link, and stops the gateway with SIGTERM.  Then the
+`ocn-edge run` process, installed by images/install.sh and run by a stand-in for its systemd units
+(bench/releases), reads them and delivers through hil-sim's uplink proxy to a real hub process
+(SQLite).  The timeline cuts the link until the spool's quota refuses batches, kills the gateway
+with SIGKILL four times, answers 503 and garbage, takes the hub down, rolls out an update through
+the hub (the gateway restarts into it) and a bad release (rolled back, the rollout halted),
+restarts the hub with SIGKILL, throttles, cuts and black-holes the link, and stops the gateway
+with SIGTERM.  Then the
 hub's database is matched against the ledger passed through the gateway's own policy code; the
 table is printed, and the exit status is 1 on any duplicate, extra or unexplained reading, or a
 loss counter of the gateway that disagrees with the causes (docs/soak.md).

@@ -26,7 +26,7 @@ from hilsim.ledger import read_ledger
 from hilsim.modbus_devices import ModbusDevice
 from hilsim.scenario import DEVICE_KINDS, load_scenario
 
-__all__ = ["Evidence", "load_evidence", "summary"]
+__all__ = ["Evidence", "load_evidence", "summary", "update_problems"]
 
 
 @dataclass
@@ -72,6 +72,7 @@ def _events(raw: dict[str, Any]) -> Events:
         runs=[(start, end) for start, end in raw["runs"]],
         kills=list(raw["kills"]),
         stops=list(raw.get("stops", ())),
+        restarts=[(term, back) for term, back in raw.get("restarts", ())],
         unplugged={device: [(a, b) for a, b in windows] for device, windows in raw["unplugged"].items()},
         quota=[(a, b) for a, b in raw["quota"]],
         flush_ms=raw["flush_ms"], slack_ms=raw["slack_ms"], reopen_ms=raw["reopen_ms"], unplug_lead_ms=raw["unplug_lead_ms"],
@@ -89,9 +90,10 @@ async def load_evidence(directory: Path, scenario: Path) -> Evidence:
     units = {c.id: c.unit for c in channels}
     served = channelled(read_ledger(directory / "ledger.tsv"), ledger_names(scenario), units)
     stored = await hub_readings(f"sqlite:///{directory / 'hub.db'}")
-    spool = await Spool.open(directory / "state" / "spool.db", max_bytes=run["quota_bytes"])
+    state = Path(run.get("state_dir", directory / "state"))
+    spool = await Spool.open(state / "spool.db", max_bytes=run["quota_bytes"])
     counters = spool.counters()
-    key = load_public_key(directory / "state" / "device.pub")
+    key = load_public_key(state / "device.pub")
     spooled: dict[str, list[tuple[int, object]]] = defaultdict(list)
     for batch in spool.oldest(limit=1_000_000):
         for reading in open_batch(batch.data, key).readings:
@@ -103,6 +105,8 @@ async def load_evidence(directory: Path, scenario: Path) -> Evidence:
     if not events.quota:
         outcome.problems.append("the spool never refused a batch: the timeline did not reach the quota, so its count went untested")
     kills = len(events.kills)
+    outcome.problems += [f"{exit}: only a kill -9, the last SIGTERM or the installer's restart may end a run" for exit in run.get("unexpected_exits", ())]
+    outcome.problems += update_problems(run.get("updates"))
     if counters["unclean_stops"] != kills:
         outcome.problems.append(f"the gateway counted {counters['unclean_stops']} unclean stops; the soak killed it {kills} times")
     lost = int(run["metrics"][-1].get("ocn_edge_readings_lost_total", 0)) if run["metrics"] else -1
@@ -110,6 +114,35 @@ async def load_evidence(directory: Path, scenario: Path) -> Evidence:
         outcome.problems.append(f"the gateway's /metrics said {lost} readings lost before its last stop; its spool's quota counted "
                                 f"{counters['readings_dropped']}, and nothing else may lose a reading")
     return Evidence(directory, outcome, events, counters, run)
+
+
+def update_problems(steps: list[dict[str, Any]] | None) -> list[str]:
+    """What the two rollouts must have done: 2.0.0 installed and proven; 3.0.0 rolled back to 2.0.0 and its rollout halted."""
+    if steps is None:
+        return []  # a run from before the timeline had updates
+    want = [("installed", "done"), ("rolled_back", "halted")]
+    problems = []
+    if len(steps) != len(want):
+        problems.append(f"the timeline rolled out {len(steps)} releases; expected {len(want)} (an update, then a bad release)")
+    for step, (state, rollout) in zip(steps, want, strict=False):
+        outcome = step["outcome"]
+        if outcome.get("state") != state or step["rollout"] != rollout or len(step["restarts"]) != len(step["labels"]):
+            problems.append(f"the rollout of {step['version']}: installer {outcome.get('state')} ({outcome.get('reason') or 'no reason'}), "
+                            f"rollout {step['rollout']}, {len(step['restarts'])} restarts; expected {state}, {rollout}, {len(step['labels'])}")
+    return problems
+
+
+def update_lines(steps: list[dict[str, Any]], outcome: Outcome, events: Events) -> list[str]:
+    """One line per rollout: what the installer did and each restart's window; then the cause's bound and count."""
+    lines = []
+    for step in steps:
+        o = step["outcome"]
+        windows = ", ".join(f"{label} {((back or term) - term) / 1000:.1f} s" for label, (term, back) in zip(step["labels"], step["restarts"], strict=False))
+        lines.append(f"update       rollout of {step['version']} ({step['seconds']:.0f} s): {o.get('state')}, running {o.get('running')}, "
+                     f"rollout {step['rollout']}; restarts: {windows or 'none'}")
+    lines.append(f"update       {len(events.restarts)} restarts by the installer; bound from its SIGTERM to the new slot running + "
+                 f"{events.slack_ms} ms, nothing before the SIGTERM: {outcome.missing('update')} readings")
+    return lines
 
 
 def summary(evidence: Evidence) -> str:
@@ -130,6 +163,7 @@ def summary(evidence: Evidence) -> str:
         f"at_risk      kill -9: {kills}, the gateway counted unclean_stops={spool['unclean_stops']}; bound flush interval "
         f"{events.flush_ms} ms + {events.slack_ms} ms a kill: {outcome.missing('at_risk')} readings, the earliest served "
         f"{outcome.at_risk_lead_ms} ms before its kill",
+        *update_lines(run.get("updates") or [], outcome, events),
         f"not_running  {run['gateway_runs']} gateway runs; served while none ran (start-up bound {events.slack_ms} ms): "
         f"{outcome.missing('not_running')} readings",
         f"quota        spool quota {run['quota_bytes']} bytes, refuse_newest, windows {quota}; the gateway counted "

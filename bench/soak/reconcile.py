@@ -18,6 +18,9 @@ A released reading the hub lacks needs a named cause, tried in this order (docs/
   reply being written go with it, as a UART's FIFO does), or it was served within ``reopen_ms`` after it
   came back, while the gateway was still reopening the port;
 - ``at_risk``: it was served within ``flush_ms`` (the batch flush interval) plus ``slack_ms`` before a ``kill -9``;
+- ``update``: it was served after the installer sent the gateway SIGTERM to restart it into another slot (an update
+  or a rollback) and before the new slot said it was running, or within ``slack_ms`` after, while its drivers were
+  opening their ports.  Nothing served before that SIGTERM: a clean stop keeps everything read (docs/spool-and-uplink.md);
 - ``not_running``: it was served while no gateway ran (before the first start, between a kill and the
   restarted gateway's start, after the last stop's SIGTERM), or within ``stop_lead_ms`` before a SIGTERM,
   in a poll that outlasted the stop's grace (a poll under way is finished and emitted within 2 s, so the
@@ -50,7 +53,7 @@ from hilsim.ledger import LedgerEntry
 
 __all__ = ["CAUSES", "Channelled", "Events", "Outcome", "Row", "reconcile", "replay", "table"]
 
-CAUSES = ("fault", "unplugged", "at_risk", "not_running", "quota", "unexplained")
+CAUSES = ("fault", "unplugged", "at_risk", "update", "not_running", "quota", "unexplained")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,7 @@ class Events:
     runs: list[tuple[int, int | None]] = field(default_factory=list)  # (gateway running from, until; None = killed at none)
     kills: list[int] = field(default_factory=list)  # when each kill -9 was sent
     stops: list[int] = field(default_factory=list)  # when each SIGTERM was sent
+    restarts: list[tuple[int, int | None]] = field(default_factory=list)  # the installer's SIGTERM (an update, a rollback), the new slot running
     unplugged: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # device -> (unplugged at, back at)
     quota: list[tuple[int, int]] = field(default_factory=list)  # the spool refusing batches: (from, until)
     flush_ms: int = 2_000
@@ -86,6 +90,8 @@ class Events:
             return "unplugged"
         if any(kill - self.flush_ms - self.slack_ms <= t_ms <= kill for kill in self.kills):
             return "at_risk"
+        if any(term <= t_ms <= (back if back is not None else term) + self.slack_ms for term, back in self.restarts):
+            return "update"  # a clean stop keeps all it read: only what came after the SIGTERM, until the new slot reads
         if not any(start <= t_ms and (end is None or t_ms < end) for start, end in self.runs):
             return "not_running"
         if any(stop - self.stop_lead_ms <= t_ms <= stop for stop in self.stops):

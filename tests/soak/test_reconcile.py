@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bench.soak.evidence import update_problems
 from bench.soak.reconcile import Channelled, Events, reconcile, table
 from edge.privacy.policy import parse_policy
 from edge.protocol.types import Channel, Reading
@@ -135,3 +136,28 @@ def test_the_policy_is_replayed_so_a_coarsened_position_matches_and_a_constant_m
     assert (row.released, row.matched, row.extra) == (10, 9, 0)
     assert dict(row.missing) == {"at_risk": 1}  # matched by nearest time, the one missing is the one at 2 s
     assert outcome.ok, table(outcome)
+
+
+def test_an_installer_restart_explains_only_what_came_after_its_sigterm_until_the_new_slot_reads():
+    ev = events()
+    ev.runs[-1] = (T0 + 24_000, T0 + 34_500)  # the installer's SIGTERM at 34.5 s (an update), the new slot running at 36.2 s
+    ev.runs.append((T0 + 36_200, None))
+    ev.restarts = [(T0 + 34_500, T0 + 36_200)]
+    lost = [34, 35, 36, 37]  # 34 s: read before the SIGTERM, which a clean stop keeps; the others are in the window (+ 1 s slack)
+    outcome = reconcile(policy=POLICY, channels=CHANNELS, served=served(), stored=stored_volts([i for i in range(40) if i not in lost]),
+                        events=ev, counted_quota_drops=0)
+    volts = next(row for row in outcome.rows if row.channel == VOLTS.id)
+    assert dict(volts.missing) == {"unexplained": 1, "update": 3}
+    assert [r.ts_ms for r in volts.unexplained] == [T0 + 34_000]
+    assert not outcome.ok
+
+
+def test_the_update_steps_must_install_then_roll_back_and_halt():
+    good = {"version": "2.0.0", "labels": ["update"], "restarts": [[1, 2]], "outcome": {"state": "installed"}, "rollout": "done"}
+    bad = {"version": "3.0.0", "labels": ["update", "rollback"], "restarts": [[3, 4], [5, 6]], "outcome": {"state": "rolled_back"},
+           "rollout": "halted"}
+    assert update_problems([good, bad]) == []
+    assert update_problems(None) == []  # a kept run from before the timeline had updates
+    [problem] = update_problems([good, {**bad, "outcome": {"state": "installed"}, "rollout": "done"}])
+    assert "3.0.0: installer installed" in problem and "expected rolled_back, halted" in problem
+    assert "rolled out 1 releases" in update_problems([good])[0]

@@ -19,11 +19,12 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench.releases.wheels import write_wheel
 from edge.protocol import generate_keypair
 from edge.update.bundle import ReleaseSpec, build_bundle
 from edge.update.fetch import FETCHED_FILE, REQUEST_FILE, Fetched, FetchError, fetch_release
 from edge.update.manifest import Refused, check_bundle, file_digest
-from tests.update.wheels import tiny_wheel, write_wheel
+from tests.update.wheels import tiny_wheel
 
 TARGET = "aarch64-cp311"
 PADDING = 200_000  # the own wheel's size, about: big enough that a resumed download is visibly shorter

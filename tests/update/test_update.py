@@ -1,7 +1,7 @@
 """A gateway updates itself end to end: real venvs in a temporary root, a real hub and simulated sensors on loopback.
 
 1.0.0 is installed by images/install.sh; the releases are registered at the hub, which serves them;
-the gateway runs under tests/update/supervisor.py (the stand-in for the shipped units). A hub-staged
+the gateway runs under bench/releases/supervisor.py (the stand-in for the shipped units). A hub-staged
 rollout targets 2.0.0 at its fleet: the running gateway hears of it in its signed desired document,
 fetches 2.0.0 from the hub by itself with only a delta of the changed wheel on the link, asks, and
 the installer builds slot b, switches and watches the probation, which 2.0.0 passes. A rollout of
@@ -23,14 +23,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.releases import BASE_PYTHON, Releases, Supervisor, copy_root
 from edge.cli import main
 from edge.demo import DEMO_POLICY
 from edge.enrol import enrol
 from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE
 from hilsim import run_scenario
 from hub import RunningHub, run_hub
-from tests.update.conftest import BASE_PYTHON, Releases, copy_root
-from tests.update.supervisor import Supervisor
 
 pytestmark = pytest.mark.timeout(600)
 
