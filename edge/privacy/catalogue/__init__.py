@@ -10,15 +10,18 @@ from __future__ import annotations
 import functools
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import resources
+from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_LANGUAGE", "LANGUAGES", "Words", "best_language", "words", "words_or_english"]
 
 DEFAULT_LANGUAGE = "en"
+# The tables are package data beside this module (as edge.starter's files are): read through the file system, not
+# importlib.resources, which brings zipfile and tempfile into every gateway's resident set (issue 17).
+_HERE = Path(__file__).resolve().parent
 LANGUAGES: tuple[str, ...] = tuple(
     sorted(
-        (entry.name.removesuffix(".toml") for entry in resources.files(__name__).iterdir() if entry.name.endswith(".toml")),
+        (entry.name.removesuffix(".toml") for entry in _HERE.iterdir() if entry.name.endswith(".toml")),
         key=lambda code: (code != DEFAULT_LANGUAGE, code),
     )
 )
@@ -92,7 +95,7 @@ def words(language: str = DEFAULT_LANGUAGE) -> Words:
     """The words of ``language`` (one of :data:`LANGUAGES`); raises LookupError for another."""
     if language not in LANGUAGES:
         raise LookupError(f"no notice words for language {language!r} (languages: {', '.join(LANGUAGES)})")
-    text = resources.files(__name__).joinpath(f"{language}.toml").read_text(encoding="utf-8")
+    text = (_HERE / f"{language}.toml").read_text(encoding="utf-8")
     return Words(language, tomllib.loads(text))
 
 
