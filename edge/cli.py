@@ -76,6 +76,9 @@ def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentP
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
+    if words == ["--version"]:  # what argparse would print, without importing every command's module (the hub's too)
+        print(f"ocn-edge {__version__}")
+        return 0
     service = SERVICE_COMMANDS.get(words[0]) if words else None
     parser = build_parser((service,) if service else COMMAND_MODULES)
     args = parser.parse_args(words)

@@ -7,12 +7,15 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
-from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.web_exceptions import HTTPMethodNotAllowed, HTTPNotFound
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import Response, StreamResponse, json_response
 
 from edge.commissioning import Commissioning, CommissioningError
 from edge.localapi.access import COOKIE, AccessToken, cross_site
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 
     from edge.metrics import GatewayMetrics
 
-__all__ = ["PUBLIC_PATHS", "create_app"]
+__all__ = ["PUBLIC_PATHS", "Handler", "create_app"]
 
 # What anyone may read wherever the API listens (the notice is meant for passers-by); the rest needs the token beyond loopback.
 PUBLIC_PATHS = frozenset({"/", "/notice", "/notice.json"})
@@ -99,14 +102,17 @@ def _page_headers(nonce: str) -> dict[str, str]:
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"}
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The local API is one handler on aiohttp's low-level server (aiohttp.web_server), with its nine routes looked up
+# below: aiohttp.web's application, router and runner (with html.entities, file responses and websockets behind
+# them) are ~1 MiB more resident in every gateway for months (issue 17's RssAnon target; bench.gateway_load).
+Handler = Callable[[BaseRequest], Awaitable[StreamResponse]]
 
 
-def _problem(status: int, error: str, detail: str) -> web.Response:
-    return web.json_response({"error": error, "detail": detail}, status=status, headers={**_HEADERS, "Cache-Control": "no-store"})
+def _problem(status: int, error: str, detail: str) -> Response:
+    return json_response({"error": error, "detail": detail}, status=status, headers={**_HEADERS, "Cache-Control": "no-store"})
 
 
-async def _action_body(request: web.Request, access: AccessToken) -> dict[str, Any] | web.Response:
+async def _action_body(request: BaseRequest, access: AccessToken) -> dict[str, Any] | Response:
     """The JSON body of a commissioning request, or the answer refusing it: from another site's page, or not JSON.
 
     JSON only: a form another site submits cannot send ``Content-Type: application/json``
@@ -140,17 +146,19 @@ def _text(body: Mapping[str, Any], key: str, default: str) -> str:
     return value
 
 
-def _guard(access: AccessToken, *, public_notice: bool) -> Middleware:
-    """Beyond loopback, every route but the public notice needs the token: ``Authorization: Bearer``, or the cookie a ``?token=`` link sets."""
+def _guard(access: AccessToken, handler: Handler, *, public_notice: bool) -> Handler:
+    """Beyond loopback, every route but the public notice needs the token: ``Authorization: Bearer``, or the cookie a ``?token=`` link sets.
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    It answers before the route is looked up, so without the token an unknown path is a 401 too.
+    """
+
+    async def guard(request: BaseRequest) -> StreamResponse:
         if not access.required or (public_notice and request.path in PUBLIC_PATHS):
             return await handler(request)
         link_token = request.query.get("token")
         if link_token is not None and request.method == "GET" and access.accepts(link_token):
             # The login link: the token moves into a cookie and out of the address bar and history.
-            answer = web.Response(status=303, headers={**_HEADERS, "Location": request.path})
+            answer = Response(status=303, headers={**_HEADERS, "Location": request.path})
             answer.set_cookie(COOKIE, link_token, httponly=True, samesite="Strict", path="/")
             return answer
         header = request.headers.get("Authorization", "")
@@ -160,7 +168,7 @@ def _guard(access: AccessToken, *, public_notice: bool) -> Middleware:
         detail = ("the local API listens beyond 127.0.0.1, so it needs an access token; none is set: "
                   "run `ocn-edge access-token create --config <gateway.toml>` on the gateway") if not access.configured() else \
             "send the local API's access token: Authorization: Bearer <token>, or open the login link ocn-edge access-token create printed"
-        return web.json_response({"error": "unauthorized", "detail": detail}, status=401,
+        return json_response({"error": "unauthorized", "detail": detail}, status=401,
                                  headers={**_HEADERS, "WWW-Authenticate": 'Bearer realm="ocn-edge"'})
 
     return guard
@@ -175,8 +183,8 @@ def create_app(
     access: AccessToken | None = None,
     public_notice: bool = True,
     commissioning: Commissioning | None = None,
-) -> web.Application:
-    """Build the local API; the runtime binds it to ``[local_api].listen`` (127.0.0.1 by default).
+) -> Handler:
+    """Build the local API, a handler for ``aiohttp.web_server.Server``; the runtime binds it to ``[local_api].listen`` (127.0.0.1 by default).
 
     ``notice_html`` and ``notice_json`` may be values or callables (so a reloaded policy
     shows at once); ``notice_html`` is called with the language the page is asked in:
@@ -196,18 +204,18 @@ def create_app(
     def notice() -> Mapping[str, Any]:
         return notice_json() if callable(notice_json) else notice_json
 
-    async def page(request: web.Request) -> web.Response:
+    async def page(request: BaseRequest) -> Response:
         languages = notice_languages(notice())
         asked = request.query.get("lang", "")
         language = asked if asked in languages else best_language(request.headers.get("Accept-Language", ""), languages) or languages[0]
-        return web.Response(text=html(language), content_type="text/html", charset="utf-8",
+        return Response(text=html(language), content_type="text/html", charset="utf-8",
                             headers={**_HEADERS, "Content-Language": language, "Vary": "Accept-Language"})
 
-    async def notice_document(request: web.Request) -> web.Response:
-        return web.Response(text=_dumps(notice()), content_type="application/json", headers=_HEADERS)
+    async def notice_document(request: BaseRequest) -> Response:
+        return Response(text=_dumps(notice()), content_type="application/json", headers=_HEADERS)
 
-    async def status_document(request: web.Request) -> web.Response:
-        return web.Response(
+    async def status_document(request: BaseRequest) -> Response:
+        return Response(
             text=_dumps(status()),
             content_type="application/json",
             headers={**_HEADERS, "Cache-Control": "no-store"},
@@ -216,26 +224,26 @@ def create_app(
     def view() -> dict[str, Any]:
         return technician_view(status(), notice(), latest())
 
-    async def technician_page(request: web.Request) -> web.Response:
+    async def technician_page(request: BaseRequest) -> Response:
         nonce = secrets.token_urlsafe(16)
         html = _templates().get_template("technician.html").render(v=view(), nonce=nonce)
-        return web.Response(text=html, content_type="text/html", charset="utf-8", headers=_page_headers(nonce))
+        return Response(text=html, content_type="text/html", charset="utf-8", headers=_page_headers(nonce))
 
-    async def technician_document(request: web.Request) -> web.Response:
-        return web.Response(text=_dumps(view()), content_type="application/json", headers={**_HEADERS, "Cache-Control": "no-store"})
+    async def technician_document(request: BaseRequest) -> Response:
+        return Response(text=_dumps(view()), content_type="application/json", headers={**_HEADERS, "Cache-Control": "no-store"})
 
-    async def metrics_document(request: web.Request) -> web.Response:
+    async def metrics_document(request: BaseRequest) -> Response:
         if not metrics:
             from edge.metrics import GatewayMetrics
 
             metrics.append(GatewayMetrics(status))
-        return web.Response(body=metrics[0].render(), headers={"Content-Type": metrics[0].content_type, "Cache-Control": "no-store"})
+        return Response(body=metrics[0].render(), headers={"Content-Type": metrics[0].content_type, "Cache-Control": "no-store"})
 
     Action = Callable[[Commissioning, dict[str, Any]], Awaitable[dict[str, Any]]]
 
-    async def commission(request: web.Request, action: Action) -> web.Response:
+    async def commission(request: BaseRequest, action: Action) -> Response:
         body = await _action_body(request, access)
-        if isinstance(body, web.Response):
+        if isinstance(body, Response):
             return body
         if commissioning is None:
             return _problem(503, "unavailable", "this local API is not attached to a running gateway")
@@ -243,34 +251,50 @@ def create_app(
             result = await action(commissioning, body)
         except CommissioningError as exc:
             return _problem(exc.status, "refused", str(exc))
-        return web.Response(text=_dumps(result), content_type="application/json", headers={**_HEADERS, "Cache-Control": "no-store"})
+        return Response(text=_dumps(result), content_type="application/json", headers={**_HEADERS, "Cache-Control": "no-store"})
 
-    async def read_device(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-
+    async def read_device(request: BaseRequest, name: str) -> Response:
         async def action(gateway: Commissioning, body: dict[str, Any]) -> dict[str, Any]:
             wait = _number(body, "wait")
             return await gateway.read_device(name, wait=5.0 if wait is None else wait)
 
         return await commission(request, action)
 
-    async def scan_bus(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-
+    async def scan_bus(request: BaseRequest, name: str) -> Response:
         async def action(gateway: Commissioning, body: dict[str, Any]) -> dict[str, Any]:
             return await gateway.scan_bus(name, units=_text(body, "units", "1-16"), register=_text(body, "register", "holding:0"),
                                           timeout=_number(body, "timeout"))
 
         return await commission(request, action)
 
-    app = web.Application(middlewares=[_guard(access, public_notice=public_notice)])
-    app.router.add_get("/", page)
-    app.router.add_get("/notice", page)
-    app.router.add_get("/notice.json", notice_document)
-    app.router.add_get("/status", status_document)
-    app.router.add_get("/technician", technician_page)
-    app.router.add_get("/technician.json", technician_document)
-    app.router.add_get("/metrics", metrics_document)
-    app.router.add_post("/devices/{name}/read", read_device)
-    app.router.add_post("/buses/{name}/scan", scan_bus)
-    return app
+    pages: dict[str, Callable[[BaseRequest], Awaitable[Response]]] = {
+        "/": page,
+        "/notice": page,
+        "/notice.json": notice_document,
+        "/status": status_document,
+        "/technician": technician_page,
+        "/technician.json": technician_document,
+        "/metrics": metrics_document,
+    }
+    actions: dict[str, Callable[[BaseRequest, str], Awaitable[Response]]] = {"devices/read": read_device, "buses/scan": scan_bus}
+
+    async def route(request: BaseRequest) -> StreamResponse:
+        # As aiohttp.web's router answered: GET (and HEAD) for the pages, POST for /devices/{name}/read and
+        # /buses/{name}/scan (a name is one percent-decoded path segment), 405 naming the method a path takes, else 404.
+        path = request.path
+        if path in pages:
+            if request.method not in ("GET", "HEAD"):
+                raise HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+            return await pages[path](request)
+        match = _ACTION.fullmatch(request.raw_path.partition("?")[0])
+        action = actions.get(f"{match['kind']}/{match['verb']}") if match else None
+        if match is None or action is None:
+            raise HTTPNotFound()
+        if request.method != "POST":
+            raise HTTPMethodNotAllowed(request.method, ["POST"])
+        return await action(request, unquote(match["name"]))
+
+    return _guard(access, route, public_notice=public_notice)
+
+
+_ACTION = re.compile(r"/(?P<kind>devices|buses)/(?P<name>[^{}/]+)/(?P<verb>read|scan)")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp.web_server import Server
 
 from edge.commissioning import Commissioning
 from edge.localapi.access import AccessToken, needs_token
@@ -15,6 +16,9 @@ from edge.protocol.types import Reading
 from edge.schema import HostPort
 
 __all__ = ["LocalApi", "LocalApiError"]
+
+
+_SHUTDOWN_S = 60.0  # what aiohttp.web's runner gave requests in flight at a stop
 
 
 class LocalApiError(Exception):
@@ -41,29 +45,28 @@ class LocalApi:
         self.access = AccessToken(state_dir)
         app = create_app(notice_html=notice_html, notice_json=notice_json, status=status, latest=latest,
                          access=self.access, public_notice=public_notice, commissioning=commissioning)
-        self._runner = web.AppRunner(app, access_log=None)
-        self._set_up = False
+        # aiohttp's low-level server, as aiohttp.web's runner would start it, without the runner (edge.localapi.app).
+        self._server = Server(app, access_log=None)
+        self._listener: asyncio.Server | None = None
 
     @property
     def addresses(self) -> list[Any]:
         """Where it listens (host, port, …): a port of 0 in the config is known only here."""
-        return list(self._runner.addresses)
+        return [sock.getsockname() for sock in self._listener.sockets] if self._listener else []
 
     @property
     def url(self) -> str | None:
         """Where a program on this gateway reaches it (a wildcard listen address read as loopback), once it listens."""
-        if not self._set_up or not self._runner.addresses:
+        if not self.addresses:
             return None
-        host, port = self._runner.addresses[0][:2]
+        host, port = self.addresses[0][:2]
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     async def start(self, listen: HostPort) -> None:
         self.access.required = needs_token(listen.host)
-        await self._runner.setup()
-        self._set_up = True
         try:
-            await web.TCPSite(self._runner, listen.host, listen.port).start()
+            self._listener = await asyncio.get_running_loop().create_server(self._server, listen.host, listen.port)
         except OSError as exc:
             raise LocalApiError(
                 f"local_api.listen = {str(listen)!r}: cannot listen there ({exc.strerror or exc}); "
@@ -72,6 +75,11 @@ class LocalApi:
 
     async def aclose(self) -> None:
         """Stop listening; nothing to do if it never started."""
-        if self._set_up:
-            self._set_up = False
-            await self._runner.cleanup()
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # As aiohttp.web's runner stops: no new connections, requests already read answered, idle ones closed.
+            listener.close()
+            await asyncio.sleep(0)
+            self._server.pre_shutdown()
+            await self._server.shutdown(_SHUTDOWN_S)
+            await listener.wait_closed()

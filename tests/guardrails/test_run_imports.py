@@ -22,8 +22,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # Imported only where used: the hub and the simulator are other programs; jinja2 renders the local
 # pages when someone opens them; prometheus_client answers a scrape; aiomqtt is for a broker the
 # config names; x509 checks a CA a desired document names; the other commands' modules are other commands.
+# The local API runs on aiohttp's low-level server, not aiohttp.web's application and router (~1 MiB resident);
+# drivers and the notice's words are found by reading files, not through importlib.metadata or importlib.resources
+# (with zipfile, csv and the rest behind them: ~0.8 MiB).
 NOT_AT_START = ("hub", "hilsim", "asyncpg", "jinja2", "prometheus_client", "aiomqtt", "edge.transport.mqtt", "cryptography.x509",
-                "edge.commands.check", "edge.commands.drivers", "edge.commands.image", "edge.commands.release", "edge.demo")
+                "edge.commands.check", "edge.commands.drivers", "edge.commands.image", "edge.commands.release", "edge.demo",
+                "aiohttp.web", "aiohttp.web_app", "aiohttp.web_runner", "aiohttp.web_urldispatcher",
+                "importlib.metadata", "importlib.resources", "zipfile", "csv")
 # What the same run must import, so a run that never started cannot pass.
 AT_START = ("edge.runtime", "edge.uplink", "edge.spool", "drivers.modbus.driver", "edge.localapi.server")
 
@@ -111,3 +116,23 @@ def test_ocn_edge_run_imports_neither_the_hub_nor_the_simulator_nor_optional_sta
     assert not missing, f"the run did not import what a gateway needs: {missing}"
     unwanted = sorted(name for name in imported if any(name == bad or name.startswith(bad + ".") for bad in NOT_AT_START))
     assert not unwanted, f"`ocn-edge run` imported modules it does not need at start: {unwanted}"
+
+
+def _imported_by(*argv: str) -> set[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "hil-sim")])}
+    done = subprocess.run([sys.executable, "-X", "importtime", *argv], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \| +(\S+)$", done.stderr, re.M))
+
+
+def test_ocn_edge_version_imports_no_command() -> None:
+    imported = _imported_by("-c", "import sys; from edge.cli import main; sys.exit(main())", "--version")
+    assert "edge.cli" in imported
+    assert not sorted(name for name in imported if name.startswith(("edge.commands.", "hub", "hilsim", "aiohttp"))), imported
+
+
+def test_the_local_api_access_token_module_loads_without_the_server() -> None:
+    # What the installer and `ocn-edge status` read: the token file's helpers, not the server behind them.
+    imported = _imported_by("-c", "import edge.localapi.access")
+    assert "edge.localapi.access" in imported
+    assert not sorted(name for name in imported if name.startswith(("aiohttp", "edge.localapi.app", "edge.localapi.server", "edge.commissioning")))

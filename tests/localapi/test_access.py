@@ -41,7 +41,7 @@ def test_the_token_is_kept_only_as_its_sha256(tmp_path: Path) -> None:
 
 async def serve(access: AccessToken, *, public_notice: bool = True) -> AsyncIterator[str]:
     app = create_app(notice_html="<p>notice</p>", notice_json=NOTICE, status=lambda: STATUS, access=access, public_notice=public_notice)
-    runner = web.AppRunner(app)
+    runner = web.ServerRunner(web.Server(app))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()  # tests bind loopback only; `required` stands for a LAN address
     try:
@@ -117,3 +117,35 @@ async def test_on_loopback_nothing_asks_for_a_token(tmp_path: Path) -> None:
             for path in GUARDED:
                 async with http.get(url + path) as resp:
                     assert resp.status == 200, path
+
+
+async def test_routes_answer_as_a_router_would_not_found_wrong_method_and_head(tmp_path: Path) -> None:
+    # The local API runs on aiohttp's low-level server with its own route table (edge.localapi.app): an unknown
+    # path is a 404, a known path asked with another method a 405 naming the one it takes, and a page answers HEAD.
+    async for url in serve(AccessToken(tmp_path)):
+        async with aiohttp.ClientSession() as http:
+            for path in ("/nope", "/status/", "/devices/x/scan", "/buses/x/read", "/devices//read", "/devices/a/b/read"):
+                async with http.get(url + path) as resp:
+                    assert resp.status == 404, path
+                async with http.post(url + path, json={}) as resp:
+                    assert resp.status == 404, path
+            async with http.post(url + "/status", json={}) as resp:
+                assert resp.status == 405 and set(resp.headers["Allow"].split(",")) == {"GET", "HEAD"}
+            async with http.get(url + "/devices/meter-1/read") as resp:
+                assert resp.status == 405 and resp.headers["Allow"] == "POST"
+            async with http.head(url + "/status") as resp:
+                assert resp.status == 200 and await resp.read() == b""
+            async with http.get(url + "/status") as resp:
+                assert resp.status == 200 and (await resp.json())["device_id"] == "pole-7"
+            # Not attached to a gateway: the action routes are found, and say so.
+            async with http.post(url + "/devices/meter%201/read", json={}) as resp:
+                assert resp.status == 503 and (await resp.json())["error"] == "unavailable"
+            async with http.post(url + "/buses/rs485-1/scan", json={}) as resp:
+                assert resp.status == 503
+
+
+async def test_beyond_loopback_an_unknown_path_is_refused_before_it_is_looked_up(lan_api: tuple[str, str]) -> None:
+    url, _ = lan_api
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "/nope") as resp:
+            assert resp.status == 401  # nothing about which paths exist is told without the token

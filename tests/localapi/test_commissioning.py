@@ -23,6 +23,7 @@ from edge.config import load_config
 from edge.demo import DEMO_POLICY
 from edge.localapi import create_app
 from edge.localapi.access import AccessToken, create_access_token
+from edge.localapi.app import Handler
 from edge.runtime import Gateway
 from tests.hub.test_browser import DevTools, browser_page
 
@@ -187,8 +188,8 @@ async def test_unknown_devices_and_buses_and_bad_requests_are_named(running: Gat
     assert (status, doc["detail"]) == (400, "units '0-3': unit ids are 1..247")
 
 
-async def serve(app: web.Application) -> AsyncIterator[str]:
-    runner = web.AppRunner(app)
+async def serve(app: Handler) -> AsyncIterator[str]:
+    runner = web.ServerRunner(web.Server(app))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()  # tests bind loopback only; `required` stands for a LAN address
     try:
@@ -198,7 +199,7 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-def app_for(gateway: Gateway, access: AccessToken) -> web.Application:
+def app_for(gateway: Gateway, access: AccessToken) -> Handler:
     return create_app(notice_html="<p>notice</p>", notice_json=gateway.notice, status=gateway.status, access=access,
                       commissioning=Commissioning(lambda: gateway.devices, lambda: gateway.policy))
 

@@ -243,7 +243,7 @@ def test_a_bad_language_retention_or_translation_is_refused_naming_file_field_an
 
 async def test_the_gateway_page_answers_in_the_language_asked_for_or_the_browser_prefers(notice) -> None:
     app = create_app(notice_html=lambda language: render_notice_html(notice, language), notice_json=notice, status=dict)
-    runner = web.AppRunner(app)
+    runner = web.ServerRunner(web.Server(app))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from edge.localapi import create_app
+from edge.localapi.app import Handler
 from edge.privacy import PrivacyStage, build_notice, parse_policy, render_notice_html
 from edge.protocol.types import Channel
 
@@ -126,8 +127,8 @@ def test_a_stage_built_from_the_same_policy_releases_what_the_notice_lists(notic
     assert released_sources == {d["channel"] for d in notice["data"]}
 
 
-async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app)
+async def serve(app: Handler) -> tuple[web.ServerRunner, str]:
+    runner = web.ServerRunner(web.Server(app))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
