@@ -34,7 +34,8 @@ A released reading the hub lacks needs a named cause, tried in this order (docs/
 - ``unexplained``: none of the above.  Any unexplained reading, duplicate or extra fails the soak.
 
 Windowed channels (a count over a window, with noise) cannot be matched value by value: for them the
-table checks duplicates only and shows the counts.
+table checks duplicates only and shows the counts; two counts of one window that a clean stop split
+(each run releases what it counted) are partial counts, not duplicates.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class Row:
     spooled: int = 0
     matched: int = 0
     duplicates: int = 0
+    split: int = 0  # a windowed channel's partial counts of one window a clean stop split (not duplicates)
     extra: int = 0
     windowed: bool = False
     missing: Counter[str] = field(default_factory=Counter)
@@ -234,6 +236,14 @@ def reconcile(
         budget_flag = rest == BUDGET_CHANNEL and any(w.startswith(device + "/") for w in windowed)  # raised by noisy counts
         if name in windowed or source in windowed or budget_flag:
             row.windowed = True
+            # A clean stop (an update's restart, the last SIGTERM) releases the window under way with what it counted so far
+            # (edge.privacy.PrivacyStage.flush), and the next run counts the rest of that window and releases it again under
+            # the same start: partial counts of one window, not a reading sent twice. Equal noisy counts would look alike.
+            window_ms = max((rule.window_ms or 0 for w in windowed if w.startswith(device + "/") and (rule := policy.rule_for(w))), default=0)
+            clean = [*events.stops, *(term for term, _ in events.restarts)]
+            same = Counter((ts, repr(v)) for ts, v in have)
+            row.split = sum(n - 1 for (ts, _), n in same.items() if n > 1 and any(ts <= t < ts + window_ms for t in clean))
+            row.duplicates -= row.split
             rows.append(row)
             continue
         want = sorted(released.get(name, ()), key=lambda c: c.reading.ts_ms)

@@ -8,7 +8,7 @@ from edge.privacy.policy import parse_policy
 from edge.protocol.types import Channel, Reading
 
 T0 = 1_790_000_000_000
-POLICY = parse_policy("""
+POLICY_TEXT = """
 [policy]
 name = "test"
 version = "1"
@@ -25,7 +25,8 @@ purpose = "energy"
 [channels."gps-1/latitude"]
 rule = "generalize_location"
 grid = "250m"
-""")
+"""
+POLICY = parse_policy(POLICY_TEXT)
 VOLTS = Channel("m-1/volts", unit="V", resolution=0.1)
 SECRET = Channel("m-1/secret", unit="", resolution=1.0)
 LATITUDE = Channel("gps-1/latitude", unit="lat", resolution=1e-7, personal=True)
@@ -161,3 +162,19 @@ def test_the_update_steps_must_install_then_roll_back_and_halt():
     [problem] = update_problems([good, {**bad, "outcome": {"state": "installed"}, "rollout": "done"}])
     assert "3.0.0: installer installed" in problem and "expected rolled_back, halted" in problem
     assert "rolled out 1 releases" in update_problems([good])[0]
+
+
+def test_a_window_a_clean_stop_split_is_two_partial_counts_and_the_same_count_twice_otherwise_a_duplicate():
+    policy = parse_policy(POLICY_TEXT + '\n[privacy_budget]\nepsilon = 1000.0\nperiod = "1d"\n\n[channels."ped-1/mac"]\nrule = "count_distinct"\nwindow = "1m"\nk = 2\nepsilon = 1.0\npurpose = "busy"\n')
+    mac = Channel("ped-1/mac", unit="", resolution=None, personal=True)
+    counts = "ped-1/mac.distinct_1m"
+    minute = T0 - T0 % 60_000
+    stored = {counts: [(minute, 3), (minute, 3)]}  # the same count for one window, twice
+    split = Events(runs=[(T0 - 60_000, T0 + 10_000), (T0 + 12_000, None)], restarts=[(T0 + 10_000, T0 + 12_000)])
+    row = next(r for r in reconcile(policy=policy, channels=[*CHANNELS, mac], served=[], stored=stored, events=split,
+                                    counted_quota_drops=0).rows if r.channel == counts)
+    assert (row.windowed, row.split, row.duplicates, row.ok) == (True, 1, 0, True)  # an update's restart split that window
+    unsplit = Events(runs=[(T0 - 60_000, None)])
+    row = next(r for r in reconcile(policy=policy, channels=[*CHANNELS, mac], served=[], stored=stored, events=unsplit,
+                                    counted_quota_drops=0).rows if r.channel == counts)
+    assert (row.split, row.duplicates, row.ok) == (0, 1, False)
