@@ -11,6 +11,7 @@ A reading's id is ``chunk id * 65536 + position`` (``MAX_CHUNK`` readings per ch
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -22,13 +23,15 @@ from edge.protocol.types import Reading
 from hub.budget import Meter
 from hub.models import StoredReading
 
-__all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "Counter", "chunk_query", "count_query", "encode_chunks", "outside_query",
-           "quarantine_plan", "ChunkQuery", "Size", "split_chunk", "split_reading_id"]
+__all__ = ["MAX_CHUNK", "MAX_WINDOW", "Collector", "Counter", "Releaser", "chunk_query", "check_window", "count_query", "encode_chunks",
+           "outside_query", "quarantine_plan", "ChunkQuery", "Size", "split_chunk", "split_reading_id"]
 
 MAX_CHUNK = 65536
 # offset + limit of one query: deeper pages must narrow the time range instead.
 MAX_WINDOW = 1_000_000
 CHUNK_PAGE = 256
+# Readings a Releaser hands on at once: a few hundred KiB of an answer, rendered while the next are read.
+RELEASE_BATCH = 2048
 
 Match = Callable[[StoredReading], bool]
 
@@ -213,14 +216,17 @@ class Size:
 
 
 def count_query(
-    mark: str, *, channel_id: int | None, since_ms: int | None, until_ms: int | None, include_personal: bool = False
+    mark: str, *, channel_id: int | None, since_ms: int | None, until_ms: int | None, include_personal: bool = False,
+    device_id: str | None = None, channel: str | None = None,
 ) -> tuple[str, list[Any]]:
-    """SELECT of the chunks that may hold readings of ``channel_id`` in [since, until), with their counts, for a Counter.
+    """SELECT of the chunks that may hold readings of ``channel_id`` (or of a device and channel name) in [since, until),
+    with their counts, for a Counter.
 
     Chunks of personal channels are left out unless ``include_personal``.
     """
     where, params = _chunks_where(
-        mark, include_personal=include_personal, channel_id=channel_id, since_ms=since_ms, until_ms=until_ms
+        mark, include_personal=include_personal, device_id=device_id, channel=channel, channel_id=channel_id, since_ms=since_ms,
+        until_ms=until_ms,
     )
     sql = "SELECT k.id, k.channel_id, c.device_id, c.name, c.unit, k.first_ms, k.last_ms, k.count, k.data" + _CHUNKS_FROM
     return sql + where + " ORDER BY k.id", params
@@ -230,18 +236,22 @@ class Counter:
     """Counts the readings in [since, until) that ``match``: chunks wholly inside count without decoding when nothing else is asked.
 
     Stops once more than ``cap`` readings had to be decoded (``exceeded``), so a count over a
-    huge store with a predicate on values costs at most what paging to the end would.
+    huge store with a predicate on values costs at most what paging to the end would; and, given
+    ``enough``, once that many are counted (a page's reader asking only whether its page is full).
     """
 
-    def __init__(self, *, since_ms: int | None, until_ms: int | None, match: Match | None, cap: int = MAX_WINDOW) -> None:
-        self.since_ms, self.until_ms, self.match, self.cap = since_ms, until_ms, match, cap
+    def __init__(self, *, since_ms: int | None, until_ms: int | None, match: Match | None, cap: int = MAX_WINDOW,
+                 enough: int | None = None) -> None:
+        self.since_ms, self.until_ms, self.match, self.cap, self.enough = since_ms, until_ms, match, cap, enough
         self.total = 0
         self.decoded = 0
         self.exceeded = False
 
     def feed(self, rows: Sequence[Sequence[Any]]) -> bool:
-        """Add chunk rows (as selected by count_query); False once the cap is passed."""
+        """Add chunk rows (as selected by count_query); False once the cap is passed, or ``enough`` are counted."""
         for chunk_id, channel_id, device_id, name, unit, first_ms, last_ms, count, data in rows:
+            if self.enough is not None and self.total >= self.enough:
+                return False
             inside = (self.since_ms is None or first_ms >= self.since_ms) and (self.until_ms is None or last_ms < self.until_ms)
             if inside and self.match is None:
                 self.total += count
@@ -259,10 +269,27 @@ class Counter:
                     StoredReading(chunk_id << 16 | i, channel_id, device_id, name, ts, values[i], unit, None if qualities is None else qualities[i])
                 ):
                     self.total += 1
-        return True
+        return self.enough is None or self.total < self.enough
 
     def page(self) -> list[StoredReading]:
         return []
+
+
+def check_window(offset: int, limit: int) -> None:
+    """Raise ValueError when a page reaches deeper than one query may read (MAX_WINDOW)."""
+    if offset + limit > MAX_WINDOW:
+        raise ValueError(f"offset + limit = {offset + limit}: at most {MAX_WINDOW}; narrow the time range to page deeper")
+
+
+def _in_range(first_ms: int, last_ms: int, offsets: Sequence[int], count: int, since: int | None, until: int | None,
+              candidates: Sequence[int] | None = None) -> Sequence[int]:
+    """Positions of a chunk's readings (or of ``candidates`` among them) whose time is in [since, until)."""
+    if candidates is None:
+        if (since is None or first_ms >= since) and (until is None or last_ms < until):
+            return range(count)
+        candidates = range(count)
+    return [i for i in candidates
+            if (since is None or first_ms + offsets[i] >= since) and (until is None or first_ms + offsets[i] < until)]
 
 
 def _value_key(value: Any) -> tuple[int, Any]:
@@ -274,6 +301,7 @@ def _value_key(value: Any) -> tuple[int, Any]:
 
 
 _BY_TIME = operator.attrgetter("ts_ms", "id")
+_TIME = operator.attrgetter("ts_ms")
 _BY_ID = operator.attrgetter("id")
 # Exact types: a bool is an int to isinstance, yet sorts after every number (_value_key).
 _NUMBER_TYPES = frozenset((int, float))
@@ -303,8 +331,7 @@ class Collector:
     ) -> None:
         if order not in ("ts_ms", "id", "value"):
             raise ValueError(f"order {order!r}: expected ts_ms, id or value")
-        if offset + limit > MAX_WINDOW:
-            raise ValueError(f"offset + limit = {offset + limit}: at most {MAX_WINDOW}; narrow the time range to page deeper")
+        check_window(offset, limit)
         self.since_ms, self.until_ms = since_ms, until_ms
         self.meter: Meter | None = match if isinstance(match, Meter) else None
         self.match: Match | None = match.match if isinstance(match, Meter) else match
@@ -343,15 +370,8 @@ class Collector:
 
     def _positions(self, first_ms: int, last_ms: int, offsets: Sequence[int], count: int) -> Sequence[int]:
         """Positions of the chunk's readings inside [since, until) (and at ``position`` when asked for one)."""
-        since, until = self.since_ms, self.until_ms
-        if self.position is not None:
-            candidates: Sequence[int] = [self.position] if self.position < count else []
-        elif (since is None or first_ms >= since) and (until is None or last_ms < until):
-            return range(count)
-        else:
-            candidates = range(count)
-        return [i for i in candidates
-                if (since is None or first_ms + offsets[i] >= since) and (until is None or first_ms + offsets[i] < until)]
+        candidates = None if self.position is None else [self.position] if self.position < count else []
+        return _in_range(first_ms, last_ms, offsets, count, self.since_ms, self.until_ms, candidates)
 
     def _contenders(self, values: Sequence[Any], positions: Sequence[int]) -> Sequence[int]:
         """Positions whose value can still enter a full page ordered by value: strictly better than the page's last.
@@ -405,6 +425,71 @@ class Collector:
         self._trim()
         page = self.items[self.offset : self.offset + self.limit]
         return [reading for _, reading in page] if self.order == "value" else page
+
+
+class Releaser:
+    """Readings of chunk rows in time order, handed to ``emit`` as soon as no chunk still to come can hold an earlier one.
+
+    Chunks come ordered by their first time (chunk_query, ascending ts_ms), so once a chunk
+    starting at t is read, every reading held from earlier chunks before t is final.  A page
+    of 100,000 readings over chunks that follow each other in time is thus held one chunk at a
+    time, not whole as a Collector holds it (28 MiB); readings of chunks that overlap in time
+    wait for each other, never more than the page still needs.  The first ``offset`` readings
+    are skipped, ``emit`` gets the next ``limit`` in lists of at most RELEASE_BATCH, and reading
+    stops there.  ``match`` as for a Collector.
+    """
+
+    def __init__(self, *, since_ms: int | None, until_ms: int | None, match: Match | None, offset: int, limit: int,
+                 emit: Callable[[list[StoredReading]], None]) -> None:
+        check_window(offset, limit)
+        self.since_ms, self.until_ms = since_ms, until_ms
+        self.meter: Meter | None = match if isinstance(match, Meter) else None
+        self.match: Match | None = match.match if isinstance(match, Meter) else match
+        self.offset, self.need = offset, offset + limit
+        self.emit = emit
+        self.pending: list[StoredReading] = []
+        self.released = 0  # readings final so far, the skipped ones included
+
+    def _release(self, before_ms: int | None) -> None:
+        """Hand on the pending readings before ``before_ms`` (None: all of them), within the page."""
+        pending = self.pending
+        pending.sort(key=_BY_TIME)
+        cut = len(pending) if before_ms is None else bisect.bisect_left(pending, before_ms, key=_TIME)
+        cut = min(cut, self.need - self.released)
+        ready = pending[max(0, self.offset - self.released) : cut]
+        del pending[:cut]
+        self.released += cut
+        for start in range(0, len(ready), RELEASE_BATCH):
+            self.emit(ready[start : start + RELEASE_BATCH])
+
+    def feed(self, rows: Sequence[Sequence[Any]]) -> bool:
+        """Add chunk rows (as selected by chunk_query in ascending time); False once the page is complete."""
+        match = self.match
+        for chunk_id, channel_id, device_id, name, unit, first_ms, last_ms, data in rows:
+            self._release(first_ms)
+            if self.released >= self.need:
+                return False
+            offsets, values, qualities = cbor2.loads(bytes(data))
+            positions = _in_range(first_ms, last_ms, offsets, len(values), self.since_ms, self.until_ms)
+            if self.meter is not None:
+                self.meter.charge(len(positions))
+            base_id = chunk_id << 16
+            for i in positions:
+                reading = StoredReading(base_id | i, channel_id, device_id, name, first_ms + offsets[i], values[i], unit,
+                                        None if qualities is None else qualities[i])
+                if match is None or match(reading):
+                    self.pending.append(reading)
+            room = self.need - self.released
+            if len(self.pending) > room + room // 4:
+                # Overlapping chunks: only the earliest ``room`` can still enter the page.
+                self.pending.sort(key=_BY_TIME)
+                del self.pending[room:]
+        return True
+
+    def page(self) -> list[StoredReading]:
+        """Hand on what is still pending (the store has no more chunks); the readings went to ``emit``, so none are returned."""
+        self._release(None)
+        return []
 
 
 def collect_pages(fetch_page: Callable[[int, int], list[Any]], collector: Collector) -> list[StoredReading]:

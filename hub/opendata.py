@@ -5,23 +5,27 @@ Personal channels (OXP kind + 4) are never listed or exported: the store leaves 
 
 from __future__ import annotations
 
-import asyncio
+import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import cbor2
 from aiohttp import web
 
 from edge.protocol.senml import SENML_CBOR_LABELS
 from hub.budget import QueryBudget
+from hub.chunks import check_window
 from hub.models import StoredReading
 from hub.params import ParamError, whole
 from hub.publicreads import READ_STORE, Refused, public_read
+from hub.readingpages import ReadingPage, reading_page
 from hub.render import csv_row, csv_text, iso_time, json_number
 from hub.sta_filter import iso_ms
-from hub.streamed import send_cbor_array, send_json, send_text
+from hub.streamed import Pieces, cbor_array_head, send_pieces
 
-__all__ = ["routes", "parse_time", "to_senml_records"]
+__all__ = ["SenmlRecords", "routes", "parse_time", "to_senml_records"]
 
 routes = web.RouteTableDef()
 
@@ -59,58 +63,71 @@ def _int(name: str, text: str | None, default: int, *, high: int) -> int:
         raise QueryError(str(exc)) from None
 
 
-async def _query(request: web.Request, budget: QueryBudget) -> tuple[list[StoredReading], int, int]:
+def _page(request: web.Request, budget: QueryBudget) -> tuple[AbstractAsyncContextManager[ReadingPage], int, int]:
+    """The page of readings a request asks for (opened by the caller), its limit and offset; QueryError for a bad parameter."""
     q = request.query
     limit = _int("limit", q.get("limit"), DEFAULT_LIMIT, high=MAX_LIMIT)
     offset = _int("offset", q.get("offset"), 0, high=2**62)
     since_ms, until_ms = parse_time("since", q.get("since")), parse_time("until", q.get("until"))
     try:
-        rows = await request.app[READ_STORE].readings(
-            device_id=q.get("device") or None, channel=q.get("channel") or None, since_ms=since_ms, until_ms=until_ms, limit=limit, offset=offset,
-            budget=budget,
-        )
+        check_window(offset, limit)
     except ValueError as exc:
         raise QueryError(f"limit/offset: {exc}") from None
-    return rows, limit, offset
+    page = reading_page(request.app[READ_STORE], device_id=q.get("device") or None, channel=q.get("channel") or None,
+                        since_ms=since_ms, until_ms=until_ms, limit=limit, offset=offset, budget=budget)
+    return page, limit, offset
 
 
-def _next_link(request: web.Request, rows: Sequence[Any], limit: int, offset: int) -> dict[str, str]:
-    if len(rows) < limit:
+def _next_link(request: web.Request, size: int, limit: int, offset: int) -> dict[str, str]:
+    if size < limit:
         return {}
     url = request.url.update_query(offset=str(offset + limit))
     return {"Link": f'<{url}>; rel="next"'}
 
 
-def to_senml_records(rows: Sequence[StoredReading], *, json_numbers: bool = False) -> list[dict[str, Any]]:
-    """SenML records; each run of one device's readings starts with its base name and base time (as the gateway's view).
+class SenmlRecords:
+    """SenML records of readings given in runs; each run of one device's readings starts with its base name and base time
+    (as the gateway's view), across the runs as within one.
 
     With ``json_numbers`` (SenML JSON) a NaN or infinite value, which JSON cannot spell, is the
     string value ``"NaN"``, ``"Infinity"`` or ``"-Infinity"`` (``vs``); SenML CBOR keeps the float.
     """
-    records: list[dict[str, Any]] = []
-    device, base_ms = None, 0
-    for r in rows:
-        record: dict[str, Any] = {}
-        if r.device_id != device:
-            device, base_ms = r.device_id, r.ts_ms
-            record.update({"bn": f"urn:dev:ocn:{device}:", "bt": base_ms / 1000})
-        record["n"] = r.channel
-        if r.unit:
-            record["u"] = r.unit
-        if isinstance(r.value, bool):
-            record["vb"] = r.value
-        elif isinstance(r.value, str):
-            record["vs"] = r.value
-        elif json_numbers and json_number(r.value) is not r.value:
-            record["vs"] = json_number(r.value)
-        else:
-            record["v"] = r.value
-        if r.ts_ms != base_ms:
-            record["t"] = (r.ts_ms - base_ms) / 1000
-        if r.quality is not None:
-            record["q"] = r.quality
-        records.append(record)
-    return records
+
+    def __init__(self, *, json_numbers: bool = False) -> None:
+        self.json_numbers = json_numbers
+        self.device: str | None = None
+        self.base_ms = 0
+
+    def records(self, rows: Iterable[StoredReading]) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        json_numbers = self.json_numbers
+        for r in rows:
+            record: dict[str, Any] = {}
+            if r.device_id != self.device:
+                self.device, self.base_ms = r.device_id, r.ts_ms
+                record.update({"bn": f"urn:dev:ocn:{r.device_id}:", "bt": r.ts_ms / 1000})
+            record["n"] = r.channel
+            if r.unit:
+                record["u"] = r.unit
+            if isinstance(r.value, bool):
+                record["vb"] = r.value
+            elif isinstance(r.value, str):
+                record["vs"] = r.value
+            elif json_numbers and json_number(r.value) is not r.value:
+                record["vs"] = json_number(r.value)
+            else:
+                record["v"] = r.value
+            if r.ts_ms != self.base_ms:
+                record["t"] = (r.ts_ms - self.base_ms) / 1000
+            if r.quality is not None:
+                record["q"] = r.quality
+            records.append(record)
+        return records
+
+
+def to_senml_records(rows: Sequence[StoredReading], *, json_numbers: bool = False) -> list[dict[str, Any]]:
+    """SenML records of ``rows`` (see :class:`SenmlRecords`)."""
+    return SenmlRecords(json_numbers=json_numbers).records(rows)
 
 
 def _bad(exc: QueryError) -> web.Response:
@@ -154,40 +171,67 @@ async def index(request: web.Request, budget: QueryBudget) -> web.Response:
 @in_turn
 async def readings_csv(request: web.Request, budget: QueryBudget) -> web.StreamResponse:
     try:
-        rows, limit, offset = await _query(request, budget)
+        opening, limit, offset = _page(request, budget)
+        async with opening as page:
+            return await send_pieces(request, _csv(page), content_type="text/csv", charset="utf-8",
+                                     headers=_next_link(request, page.size, limit, offset))
     except QueryError as exc:
         return _bad(exc)
 
-    def lines() -> Iterator[str]:
-        # Text a spreadsheet would run is neutralised and quoted (hub.render); numbers as they are.
-        yield csv_row(["device_id", "channel", "time", "ts_ms", "value", "unit", "quality"])
+
+async def _csv(page: ReadingPage) -> Pieces:
+    # Text a spreadsheet would run is neutralised and quoted (hub.render); numbers as they are.
+    yield [csv_row(["device_id", "channel", "time", "ts_ms", "value", "unit", "quality"]).encode()]
+    async for rows in page.batches():
+        lines = []
         for r in rows:
             value = ("true" if r.value else "false") if isinstance(r.value, bool) else csv_text(r.value) if isinstance(r.value, str) else r.value
-            yield csv_row([csv_text(r.device_id), csv_text(r.channel), iso_time(r.ts_ms), r.ts_ms, value, csv_text(r.unit),
-                           "" if r.quality is None else r.quality])
-
-    return await send_text(request, lines(), content_type="text/csv", headers=_next_link(request, rows, limit, offset))
+            lines.append(csv_row([csv_text(r.device_id), csv_text(r.channel), iso_time(r.ts_ms), r.ts_ms, value, csv_text(r.unit),
+                                  "" if r.quality is None else r.quality]).encode())
+        yield lines
 
 
 @routes.get("/data/readings.senml.json")
 @in_turn
 async def readings_senml_json(request: web.Request, budget: QueryBudget) -> web.StreamResponse:
     try:
-        rows, limit, offset = await _query(request, budget)
+        opening, limit, offset = _page(request, budget)
+        async with opening as page:
+            return await send_pieces(request, _senml_json(page), content_type="application/senml+json", charset="utf-8",
+                                     headers=_next_link(request, page.size, limit, offset))
     except QueryError as exc:
         return _bad(exc)
-    # Building 100,000 records is a third of a second of Python: in a thread, so the loop gets its turns meanwhile.
-    records = await asyncio.to_thread(to_senml_records, rows, json_numbers=True)
-    return await send_json(request, records, content_type="application/senml+json",
-                           headers=_next_link(request, rows, limit, offset), ensure_ascii=False, allow_nan=False)
+
+
+async def _senml_json(page: ReadingPage) -> Pieces:
+    """``json.dumps(records, ensure_ascii=False, allow_nan=False)``, the same text, a batch of readings at a time."""
+    senml, separator = SenmlRecords(json_numbers=True), "["
+    async for rows in page.batches():
+        if rows:
+            yield [separator.encode(), json.dumps(senml.records(rows), ensure_ascii=False, allow_nan=False)[1:-1].encode()]
+            separator = ", "
+    yield [b"[]" if separator == "[" else b"]"]
 
 
 @routes.get("/data/readings.senml.cbor")
 @in_turn
 async def readings_senml_cbor(request: web.Request, budget: QueryBudget) -> web.StreamResponse:
     try:
-        rows, limit, offset = await _query(request, budget)
+        opening, limit, offset = _page(request, budget)
+        async with opening as page:
+            return await send_pieces(request, _senml_cbor(page), content_type="application/senml+cbor", charset=None,
+                                     headers=_next_link(request, page.size, limit, offset))
     except QueryError as exc:
         return _bad(exc)
-    records = await asyncio.to_thread(lambda: [{SENML_CBOR_LABELS.get(k, k): v for k, v in record.items()} for record in to_senml_records(rows)])
-    return await send_cbor_array(request, records, content_type="application/senml+cbor", headers=_next_link(request, rows, limit, offset))
+
+
+async def _senml_cbor(page: ReadingPage) -> Pieces:
+    """``cbor2.dumps(records)`` with SenML's CBOR labels, the same bytes, a batch of readings at a time."""
+    yield [cbor_array_head(page.size)]
+    senml, sent = SenmlRecords(), 0
+    async for rows in page.batches():
+        yield [cbor2.dumps({SENML_CBOR_LABELS.get(k, k): v for k, v in record.items()}) for record in senml.records(rows)]
+        sent += len(rows)
+    if sent != page.size:
+        # The array's length was sent first: readings deleted meanwhile (retention) leave it short, and it must not end as if whole.
+        raise ValueError(f"the page held {sent} readings where its count said {page.size}")

@@ -3,7 +3,12 @@
 json.dumps and cbor2.dumps are single C calls that keep the GIL until they return: on a
 SensorThings answer of 40,000 entities (19 MB) the loop stood still for 2.2 s, and moving the
 call to a thread would not help.  Here the value is encoded a slice at a time, each slice sent
-before the next is encoded, with a turn for the loop in between.
+before the next is encoded, with a turn for the loop in between.  An answer made as its values
+are read (hub.readingpages) comes as an async iterable of such pieces, a batch at a time.
+
+Once the first bytes are sent the status cannot change: a failure after that (a query past its
+budget, the store gone, the client gone) closes the connection, which is how HTTP says the answer
+is incomplete.
 """
 
 from __future__ import annotations
@@ -11,16 +16,22 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import cbor2
 from aiohttp import web
 
+from hub.budget import OverBudget
 from hub.publicreads import REQUEST_BUDGET
 
-__all__ = ["send_cbor_array", "send_json", "send_text"]
+__all__ = ["Pieces", "cbor_array_head", "send_cbor_array", "send_json", "send_pieces", "send_text"]
+
+log = logging.getLogger("ocn.hub")
+
+Pieces = AsyncIterable[Iterable[bytes]]
 
 # Bytes encoded between two turns of the event loop: about 2 ms of json.dumps.
 SLICE_BYTES = 256 * 1024
@@ -62,28 +73,42 @@ def _holds_a_list(value: Any) -> bool:
     return isinstance(value, Mapping) and any((isinstance(v, list) and v) or _holds_a_list(v) for v in value.values())
 
 
-async def _send(request: web.Request, pieces: Iterable[bytes], *, content_type: str, charset: str | None,
-                headers: Mapping[str, str] | None) -> web.StreamResponse:
+async def _once(pieces: Iterable[bytes]) -> AsyncIterator[Iterable[bytes]]:
+    yield pieces
+
+
+async def send_pieces(request: web.Request, batches: Pieces, *, content_type: str, charset: str | None,
+                      headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+    """The bytes of each batch of pieces, in order, in slices; the batches may be made as they are sent."""
     response = web.StreamResponse(headers=headers)
     response.content_type = content_type
     if charset:
         response.charset = charset
     await response.prepare(request)
     buffer, size, started = [], 0, time.perf_counter()
-    for piece in pieces:
-        buffer.append(piece)
-        size += len(piece)
-        if size >= SLICE_BYTES or time.perf_counter() - started >= SLICE_S:
-            await response.write(b"".join(buffer))
-            buffer, size = [], 0
-            budget = request.get(REQUEST_BUDGET)
-            if budget is None:
-                await asyncio.sleep(0)
-            else:
-                await budget.pause_rendering(time.perf_counter() - started)
-            started = time.perf_counter()
-    await response.write(b"".join(buffer))
-    await response.write_eof()
+    try:
+        async for pieces in batches:
+            for piece in pieces:
+                buffer.append(piece)
+                size += len(piece)
+                if size >= SLICE_BYTES or time.perf_counter() - started >= SLICE_S:
+                    await response.write(b"".join(buffer))
+                    buffer, size = [], 0
+                    budget = request.get(REQUEST_BUDGET)
+                    if budget is None:
+                        await asyncio.sleep(0)
+                    else:
+                        await budget.pause_rendering(time.perf_counter() - started)
+                    started = time.perf_counter()
+        await response.write(b"".join(buffer))
+        await response.write_eof()
+    except (asyncio.CancelledError, ConnectionError):
+        raise
+    except Exception as exc:
+        log.warning("a public answer stopped after it had begun; its connection is closed",
+                    extra={"path": request.path, "error": exc.detail if isinstance(exc, OverBudget) else type(exc).__name__})
+        if request.transport is not None:
+            request.transport.close()
     return response
 
 
@@ -94,23 +119,28 @@ async def send_json(request: web.Request, value: Any, *, content_type: str = "ap
     def dumps(item: Any) -> str:
         return json.dumps(item, **dumps_options)
 
-    return await _send(request, (piece.encode() for piece in json_pieces(value, dumps)), content_type=content_type, charset="utf-8",
-                       headers=headers)
+    return await send_pieces(request, _once(piece.encode() for piece in json_pieces(value, dumps)), content_type=content_type,
+                             charset="utf-8", headers=headers)
+
+
+def cbor_array_head(length: int) -> bytes:
+    """The header of a CBOR array of ``length`` items (its items follow it)."""
+    head = io.BytesIO()
+    cbor2.CBOREncoder(head).encode_length(4, length)
+    return head.getvalue()
 
 
 async def send_cbor_array(request: web.Request, items: list[Any], *, content_type: str, headers: Mapping[str, str] | None = None) -> web.StreamResponse:
     """``cbor2.dumps(items)`` (the same bytes) in slices."""
 
     def pieces() -> Iterator[bytes]:
-        head = io.BytesIO()
-        cbor2.CBOREncoder(head).encode_length(4, len(items))  # the array's header; its items follow it
-        yield head.getvalue()
+        yield cbor_array_head(len(items))
         for start in range(0, len(items), GROUP):
             yield b"".join(cbor2.dumps(item) for item in items[start : start + GROUP])
 
-    return await _send(request, pieces(), content_type=content_type, charset=None, headers=headers)
+    return await send_pieces(request, _once(pieces()), content_type=content_type, charset=None, headers=headers)
 
 
 async def send_text(request: web.Request, lines: Iterable[str], *, content_type: str, headers: Mapping[str, str] | None = None) -> web.StreamResponse:
     """Text made line by line (``lines`` is consumed as it is sent), in UTF-8 slices."""
-    return await _send(request, (line.encode() for line in lines), content_type=content_type, charset="utf-8", headers=headers)
+    return await send_pieces(request, _once(line.encode() for line in lines), content_type=content_type, charset="utf-8", headers=headers)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hub.budget import OverBudget, QueryBudget
-from hub.chunks import Collector
+from hub.chunks import Collector, Counter, Releaser
 from hub.models import StoredReading
 
 numbers = st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -0.5, 2.0, 1e300]))
@@ -124,3 +124,49 @@ def test_a_paced_query_counts_its_cpu_and_a_query_past_its_cpu_budget_is_too_cos
     assert refused.value.kind == "work" and 0.05 < budget.cpu_used < 0.2
     # at half a CPU it paused about as long as it worked (structure, not timing: at least the work it did)
     assert time.monotonic() - started >= budget.cpu_used
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(
+    chunks=chunk_lists(),
+    offset=st.integers(0, 6),
+    limit=st.integers(0, 10),
+    since=st.none() | st.integers(0, 16),
+    span=st.none() | st.integers(0, 16),
+    page_rows=st.integers(1, 4),
+)
+def test_a_releaser_hands_on_the_collectors_page_in_order(
+    chunks: list[tuple[int, list[tuple[int, Any]]]], offset: int, limit: int, since: int | None, span: int | None, page_rows: int,
+) -> None:
+    until = None if span is None else (since or 0) + span
+    got: list[StoredReading] = []
+    releaser = Releaser(since_ms=since, until_ms=until, match=None, offset=offset, limit=limit, emit=got.extend)
+    rows = rows_in_query_order(chunks, "ts_ms", False)
+    for start in range(0, len(rows), page_rows):
+        if not releaser.feed(rows[start : start + page_rows]):
+            break
+    assert releaser.page() == []
+    assert [r.id for r in got] == expected(chunks, order="ts_ms", descending=False, offset=offset, limit=limit, since=since,
+                                           until=until, keep=None)
+
+
+def test_a_releaser_holds_one_chunk_at_a_time_when_chunks_follow_each_other_in_time() -> None:
+    # 50 chunks of 100 readings, each after the last: the page is 5,000 readings, what waits at once is one chunk.
+    chunks = [(c * 1000, [(i, float(i)) for i in range(100)]) for c in range(50)]
+    held: list[int] = []
+    releaser = Releaser(since_ms=None, until_ms=None, match=None, offset=0, limit=5000, emit=lambda batch: held.append(len(releaser.pending)))
+    for row in rows_in_query_order(chunks, "ts_ms", False):
+        releaser.feed([row])
+    releaser.page()
+    assert len(held) == 50 and max(held) <= 100
+
+
+def test_a_counter_given_enough_stops_once_it_has_counted_them() -> None:
+    rows = []
+    for chunk_id in range(1, 11):
+        data = cbor2.dumps([[0, 1, 2], [1.0, 2.0, 3.0], None])
+        rows.append((chunk_id, 7, "gw-1", "c", "u", chunk_id * 10, chunk_id * 10 + 2, 3, data))
+    counter = Counter(since_ms=None, until_ms=None, match=None, enough=7)
+    assert counter.feed(rows) is False and 7 <= counter.total < 10
+    whole = Counter(since_ms=None, until_ms=None, match=None, enough=100)
+    assert whole.feed(rows) is True and whole.total == 30
