@@ -165,7 +165,8 @@ def test_the_update_steps_must_install_then_roll_back_and_halt():
 
 
 def test_a_window_a_clean_stop_split_is_two_partial_counts_and_the_same_count_twice_otherwise_a_duplicate():
-    policy = parse_policy(POLICY_TEXT + '\n[privacy_budget]\nepsilon = 1000.0\nperiod = "1d"\n\n[channels."ped-1/mac"]\nrule = "count_distinct"\nwindow = "1m"\nk = 2\nepsilon = 1.0\npurpose = "busy"\n')
+    budget = '\n[privacy_budget]\nepsilon = 1000.0\nperiod = "1d"\n'
+    policy = parse_policy(POLICY_TEXT + budget + '\n[channels."ped-1/mac"]\nrule = "count_distinct"\nwindow = "1m"\nk = 2\nepsilon = 1.0\npurpose = "busy"\n')
     mac = Channel("ped-1/mac", unit="", resolution=None, personal=True)
     counts = "ped-1/mac.distinct_1m"
     minute = T0 - T0 % 60_000
