@@ -5,8 +5,11 @@ device id and whose password the hub derives from its own signing key and the de
 (`device_password`): nothing new is stored, every hub process that shares the signing key
 derives the same one, and enrolment hands it to the gateway (OXP §9).  The client's one role
 lets it publish only its own ``batch``, ``status`` and ``notice`` topics and subscribe only to
-its own ``ack``, ``status/ack`` and ``desired`` (OXP §8.6).  A device revoked, or no longer
-enrolled, loses its client: Mosquitto disconnects it at once and refuses it from then on.
+its own ``ack``, ``status/ack`` and ``desired``, and to ``oxp/v1/<device id>`` itself, where the
+hub answers a batch by name (OXP §8.6): being granted that topic is how a gateway knows it may ask
+for it.  A role made before that grant existed gets it added (Mosquitto then disconnects the
+device once, and its next connection asks).  A device revoked, or no longer enrolled, loses its
+client: Mosquitto disconnects it at once and refuses it from then on.
 
 Why the dynamic-security plugin and not generated password and ACL files: its commands travel
 over MQTT on the session the hub already holds, so they work wherever the broker runs, take
@@ -62,9 +65,9 @@ def device_acls(device_id: str) -> list[dict[str, Any]]:
     """What one device may do on the broker: publish its own messages, subscribe to its own answers; nothing else."""
     root = f"oxp/v1/{device_id}"
     acls = [{"acltype": "publishClientSend", "topic": f"{root}/{kind}", "allow": True} for kind in ("batch", "status", "notice")]
-    for kind in ("ack", "status/ack", "desired"):
-        acls.append({"acltype": "subscribeLiteral", "topic": f"{root}/{kind}", "allow": True})
-        acls.append({"acltype": "publishClientReceive", "topic": f"{root}/{kind}", "allow": True})
+    for answers in (f"{root}/ack", f"{root}/status/ack", f"{root}/desired", root):
+        acls.append({"acltype": "subscribeLiteral", "topic": answers, "allow": True})
+        acls.append({"acltype": "publishClientReceive", "topic": answers, "allow": True})
     return acls
 
 
@@ -145,6 +148,15 @@ class BrokerAccess:
         # A key id unknown here (b""): the next pass sets the password again.
         self.granted = {str(c["username"]): b"" for c in clients if isinstance(c, dict) and c.get("textname", c.get("textName")) == DEVICE_TEXT}
 
+    async def _complete_role(self, client: aiomqtt.Client, rolename: str, acls: list[dict[str, Any]]) -> None:
+        """Add to an existing role the ACLs it lacks (a role made by an older hub lacks the answer topic of OXP §8.6)."""
+        found = await self._command(client, {"command": "getRole", "rolename": rolename})
+        has = found.get("data", {}).get("role", {}).get("acls", [])
+        held = {(a.get("acltype"), a.get("topic"), a.get("allow")) for a in has if isinstance(a, dict)}
+        for acl in acls:
+            if (acl["acltype"], acl["topic"], acl["allow"]) not in held:
+                await self._command(client, {"command": "addRoleACL", "rolename": rolename, **acl}, tolerate=("already exists",))
+
     async def _has_role(self, client: aiomqtt.Client, username: str, rolename: str) -> bool:
         """Whether the broker's client ``username`` has the role (adding a role it has is an error in Mosquitto 2.0)."""
         found = await self._command(client, {"command": "getClient", "username": username})
@@ -187,7 +199,9 @@ class BrokerAccess:
                 continue
             password = device_password(self.signing_key, kid)
             role = DEVICE_ROLE_PREFIX + device_id
-            await self._command(client, {"command": "createRole", "rolename": role, "acls": device_acls(device_id)}, tolerate=("already exists",))
+            made = await self._command(client, {"command": "createRole", "rolename": role, "acls": device_acls(device_id)}, tolerate=("already exists",))
+            if made.get("error"):  # made before (another hub process, a restart, an older hub): give it what it lacks
+                await self._complete_role(client, role, device_acls(device_id))
             created = await self._command(
                 client,
                 {

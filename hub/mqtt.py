@@ -33,7 +33,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.protocol import DEVICE_ID_RE, Answer
-from edge.protocol.compact import compact_ack
+from edge.protocol.compact import batch_name, compact_ack, named_ack
 from edge.util.backoff import Backoff
 from edge.util.sockets import no_delay
 from hub.brokerauth import BrokerAccess
@@ -138,12 +138,17 @@ def _answer_properties(correlation: bytes | None) -> Properties | None:
     return properties
 
 
-def _answer(kind: str, outcome: Acked | ReportTaken | NoticeTaken | Refused, correlation: bytes | None) -> tuple[bytes, Properties | None]:
-    """The answer's payload and properties: the compact ack (without correlation data, it names the batch) to a device
-    that asked for it, else the JSON document with the message's correlation data (OXP §8.6)."""
-    if kind == "batch" and isinstance(outcome, Acked) and correlation is not None and len(correlation) == COMPACT_CORRELATION_BYTES:
+def _answer(kind: str, outcome: Acked | ReportTaken | NoticeTaken | Refused, correlation: bytes | None, data: bytes = b"") -> tuple[bytes, Properties | None]:
+    """The answer's payload and properties (OXP §8.6): to a batch sent without correlation data, the named ack, or a refusal
+    in JSON carrying the batch's name (its payload ``data`` hashed) as correlation data; to 4 bytes of correlation data,
+    the compact ack (without correlation data, it names the batch); else the JSON document with the message's correlation data."""
+    if kind == "batch" and isinstance(outcome, Acked) and (correlation is None or len(correlation) == COMPACT_CORRELATION_BYTES):
         extras = {k: v for k, v in outcome.document().items() if k in ("quarantined", "desired_etag")}
+        if correlation is None:
+            return named_ack(batch_name(data), outcome.boot_epoch, outcome.seq, outcome.status, extras), None
         return compact_ack(outcome.boot_epoch, outcome.seq, outcome.status, extras), None
+    if kind == "batch" and correlation is None:
+        correlation = batch_name(data)
     return json.dumps(_document(outcome), separators=(",", ":")).encode(), _answer_properties(correlation)
 
 
@@ -315,7 +320,7 @@ class MqttIngest:
 
     def _answer(self, client: aiomqtt.Client, taken: Taken, found: Acked | ReportTaken | NoticeTaken | Refused | BaseException) -> None:
         """Publish the answer to one message (an error of a database that is down answered ``unavailable``, logged once)."""
-        device_id, kind, _, correlation = taken
+        device_id, kind, data, correlation = taken
         if isinstance(found, BaseException):
             if not isinstance(found, self._unavailable):
                 # A fault of the hub's, not the message's: said, and not answered (its gateway sends it again).
@@ -334,7 +339,7 @@ class MqttIngest:
                 log.info("database available again")
         if self._counted is not None:
             self._counted(_METRIC_KINDS[kind], outcome)
-        payload, properties = _answer(kind, outcome, correlation)
+        payload, properties = _answer(kind, outcome, correlation, data)
         if self._client is not client:
             # The connection it came on is gone: no answer can go out on it, and the gateway sends the bytes again.
             return
@@ -343,8 +348,13 @@ class MqttIngest:
             self._published.setdefault(device_id, outcome.desired_etag if isinstance(outcome, Acked) else outcome.etag)
         # Handed to the MQTT client (paho, under aiomqtt) without waiting for the broker's PUBACK, which aiomqtt's publish
         # would: the slot is free for the next message at once, and an answer lost with the connection is no loss, since
-        # the gateway hears no answer and sends the same bytes again (the store takes them as a duplicate).
-        sent = client._client.publish(f"{TOPIC_ROOT}/{device_id}/{_KINDS[kind]}", payload, qos=1, properties=properties)
+        # the gateway hears no answer and sends the same bytes again (the store takes them as a duplicate).  For the same
+        # reason a batch's answer goes at QoS 0: no packet id, no PUBACK from the gateway (6 bytes a batch on its link).
+        # A batch sent without correlation data asks for its answer on the device's own topic, which the gateway subscribes
+        # to once the broker grants it (hub.brokerauth does); a hub that does not keep the broker's ACLs answers on ``…/ack``.
+        by_name = kind == "batch" and correlation is None and self.access is not None
+        answer_topic = f"{TOPIC_ROOT}/{device_id}" if by_name else f"{TOPIC_ROOT}/{device_id}/{_KINDS[kind]}"
+        sent = client._client.publish(answer_topic, payload, qos=0 if kind == "batch" else 1, properties=properties)
         if sent.rc != MQTT_ERR_SUCCESS:
             log.debug("answer not published", extra={"device": device_id, "error": error_string(sent.rc)})
         self.taken += 1

@@ -6,20 +6,28 @@ would carry ``quarantined`` or ``desired_etag``, a fourth item: a map with those
 ``status`` is 0 for "stored" and 1 for "duplicate".  The device id is the topic's and the key id the
 batch's, so neither travels; the array still names the batch, and the device matches it to the batch
 it has in flight by ``boot_epoch`` and ``seq`` (OXP §8.1: an ack names what it stored).  About 6
-bytes instead of about 95.  No I/O here: the hub encodes, the gateway decodes, both with this module.
+bytes instead of about 95.
+
+A device that sends a batch without correlation data, having been granted its answer topic
+``oxp/v1/<device id>`` (§8.6, "Answers by name"), is answered with the *named ack*: the batch's
+name, the first 4 bytes of its SHA-256 (what its correlation data would have been), alone when the
+hub stored it, else followed by its compact ack.  Four bytes whatever the sequence number.  No I/O
+here: the hub encodes, the gateway decodes, both with this module.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import cbor2
 
-__all__ = ["CompactAckError", "STATUSES", "compact_ack", "read_compact_ack"]
+__all__ = ["CompactAckError", "NAME_BYTES", "STATUSES", "batch_name", "compact_ack", "named_ack", "read_compact_ack", "read_named_ack"]
 
 STATUSES = ("stored", "duplicate")  # the status a compact ack's third item numbers
 _EXTRAS = frozenset({"quarantined", "desired_etag"})
+NAME_BYTES = 4  # a batch's name in a named ack: this many bytes of its SHA-256
 
 
 class CompactAckError(ValueError):
@@ -54,3 +62,23 @@ def read_compact_ack(data: bytes) -> dict[str, Any]:
             raise CompactAckError("the fourth item must be a map with text keys")
         ack.update((k, v) for k, v in extras.items() if k in _EXTRAS)
     return ack
+
+
+def batch_name(data: bytes) -> bytes:
+    """The name of a message's bytes: the first 4 bytes of their SHA-256 (the same bytes sent again have the same name)."""
+    return hashlib.sha256(data).digest()[:NAME_BYTES]
+
+
+def named_ack(name: bytes, boot_epoch: int, seq: int, status: str, extras: Mapping[str, Any] | None = None) -> bytes:
+    """The named ack of the batch whose name is ``name``: the name alone for "stored" with no extras, else the name and the compact ack."""
+    if status == "stored" and not extras:
+        return name
+    return name + compact_ack(boot_epoch, seq, status, extras)
+
+
+def read_named_ack(data: bytes) -> tuple[bytes, dict[str, Any] | None]:
+    """The batch's name and, if the ack says more than "stored", its compact ack read (``read_compact_ack``); raises CompactAckError."""
+    if len(data) < NAME_BYTES:
+        raise CompactAckError(f"a named ack starts with the batch's {NAME_BYTES}-byte name; got {len(data)} bytes")
+    name, rest = data[:NAME_BYTES], data[NAME_BYTES:]
+    return name, read_compact_ack(rest) if rest else None

@@ -9,9 +9,15 @@ answer to anything else is ignored.  Four bytes (not the 8 of the binding's firs
 a hub for the compact batch ack (edge.protocol.compact), which carries no correlation data but
 names the batch; a hub that does not know it answers in JSON, which is taken as before.  Once
 the broker allows topic aliases, each topic is sent once per connection and then as a 3-byte
-alias.  Together they bring the framing of a batch and its ack to 22 bytes up and 35 down (OXP
-§8.6, "Framing").  Desired state is pushed by the hub on ``…/desired`` the
-moment it changes and handed to the listener like the answer to a status report.
+alias.  When the broker lets the gateway subscribe to its own answer topic ``oxp/v1/<device id>``
+(the hub that keeps the broker's ACLs grants it), a batch goes without correlation data, which
+asks the hub to answer on that shorter topic with a named ack (the batch's 4-byte name, OXP §8.6
+"Answers by name"); a hub that does not know it answers in JSON without correlation data, and
+the gateway takes that as the sign to send correlation data again on this connection.  The hub
+answers a batch at QoS 0 (a lost answer costs a resend it dedupes).  Together these bring the
+framing of a batch and its ack to 11 bytes up and 29 down (OXP §8.6, "Framing").  Desired state
+is pushed by the hub on ``…/desired`` the moment it changes and handed to the listener like the
+answer to a status report.
 
 The MQTT library (aiomqtt over paho-mqtt, see docs/architecture.md) is used here only, and its
 logger is one that writes nowhere: what reaches the operator is the uplink's words.
@@ -24,15 +30,16 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.protocol import ProtocolError, peek_header
-from edge.protocol.compact import CompactAckError, read_compact_ack
+from edge.protocol.compact import NAME_BYTES, CompactAckError, batch_name, read_compact_ack, read_named_ack
 from edge.protocol.reasons import Answer
 from edge.transport.answers import FINAL_BATCH_CODES, FINAL_REPORT_CODES, ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused, Taken, TransportError, UplinkError
@@ -71,14 +78,21 @@ def topic(device_id: str, kind: str) -> str:
 def correlation(data: bytes, *, compact: bool = False) -> bytes:
     """The correlation data a message carries: the same bytes sent again are the same message.
 
-    8 bytes of its SHA-256 in the binding's first form; ``compact``: 4, which also asks for the compact batch ack."""
-    return hashlib.sha256(data).digest()[: COMPACT_CORRELATION_BYTES if compact else 8]
+    8 bytes of its SHA-256 in the binding's first form; ``compact``: 4 (the message's name, edge.protocol.compact), which
+    also asks for the compact batch ack."""
+    return batch_name(data) if compact else hashlib.sha256(data).digest()[:8]
 
 
-def publish_framing(topic_name: str, payload_bytes: int, properties_bytes: int) -> int:
-    """Bytes an MQTT 5 QoS 1 PUBLISH adds around its payload, plus the 4-byte PUBACK that answers it (``topic_name`` "" for an alias)."""
-    remaining = 2 + len(topic_name.encode()) + 2 + _varint_len(properties_bytes) + properties_bytes + payload_bytes
-    return 1 + _varint_len(remaining) + remaining - payload_bytes + 4
+def answers_topic(device_id: str) -> str:
+    """Where a hub answers a batch sent without correlation data (OXP §8.6, "Answers by name"): the device's own topic."""
+    return f"{TOPIC_ROOT}/{device_id}"
+
+
+def publish_framing(topic_name: str, payload_bytes: int, properties_bytes: int, *, qos: int = 1) -> int:
+    """Bytes an MQTT 5 PUBLISH adds around its payload, with the 4-byte PUBACK that answers it at QoS 1 (``topic_name`` "" for an alias)."""
+    packet_id = 2 if qos else 0
+    remaining = 2 + len(topic_name.encode()) + packet_id + _varint_len(properties_bytes) + properties_bytes + payload_bytes
+    return 1 + _varint_len(remaining) + remaining - payload_bytes + (4 if qos else 0)
 
 
 def _varint_len(n: int) -> int:
@@ -87,6 +101,34 @@ def _varint_len(n: int) -> int:
         n //= 128
         size += 1
     return size
+
+
+def _granted(code: ReasonCode | int) -> bool:
+    """Whether a SUBACK's code for one topic filter grants it (below 0x80; 0x87: not authorised)."""
+    return (code.value if isinstance(code, ReasonCode) else code) < 0x80
+
+
+class _Answer(NamedTuple):
+    """The hub's answer to one exchange, with what the transport counts of its framing."""
+
+    document: dict[str, Any]
+    payload_bytes: int
+    properties_bytes: int
+    topic: str
+    qos: int
+
+
+class _InFlight(NamedTuple):
+    """A batch waiting for its answer: the identity an ack must name, and whether it went without correlation data."""
+
+    boot_epoch: int
+    seq: int
+    key_id: bytes
+    named: bool
+
+
+class _SendAgain(Exception):
+    """The answer to a batch sent without correlation data came from a hub that does not answer by name; the message says so."""
 
 
 class MqttTransport:
@@ -112,9 +154,11 @@ class MqttTransport:
         self.device_id = device_id
         self._key_source = HttpTransport(hub_url, ca=ca, timeout_s=timeout_s) if hub_url else None
         self._on_desired: DesiredListener | None = None
-        # Exchanges waiting for their answer, by correlation data: the answer, its payload's and its properties' sizes.
-        self._pending: dict[bytes, asyncio.Future[tuple[dict[str, Any], int, int]]] = {}
-        self._batches: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # (boot epoch, seq) -> (correlation, key id) of a batch in flight
+        # Exchanges waiting for their answer, by correlation data (a batch's name, even when it is not sent).
+        self._pending: dict[bytes, asyncio.Future[_Answer]] = {}
+        self._batches: dict[bytes, _InFlight] = {}  # batches in flight, by correlation data
+        # On this connection: the broker granted the device its answer topic, and no answer showed a hub that ignores the ask.
+        self._by_name = False
         self._client: aiomqtt.Client | None = None
         self._alias_maximum = 0  # the broker's Topic Alias Maximum on this connection (CONNACK); 0: no aliases
         self._aliased: set[str] = set()  # topics whose alias the broker learnt on this connection
@@ -179,7 +223,11 @@ class MqttTransport:
                 self._hear_connack(client)
                 async with client:
                     no_delay(client._client.socket())  # paho's socket, under aiomqtt
-                    await client.subscribe([(topic(self.device_id, kind), 1) for kind in ("ack", "status/ack", "desired")])
+                    topics = [topic(self.device_id, kind) for kind in ("ack", "status/ack", "desired")] + [answers_topic(self.device_id)]
+                    codes = await client.subscribe([(name, 1) for name in topics])
+                    # A broker whose ACL does not grant the answer topic (a hub before answers by name, or an ACL kept by hand)
+                    # refuses that one filter: batches then carry correlation data, as before.
+                    self._by_name = len(codes) == len(topics) and _granted(codes[-1])
                     self._client = client
                     self._up.set()
                     self.last_error = ""
@@ -193,6 +241,7 @@ class MqttTransport:
                 if client is not None and self._client is client:
                     self._client = None
                     self._up.clear()
+                    self._by_name = False
                     for future in self._pending.values():
                         if not future.done():
                             future.set_exception(ConnectionError(self.last_error or "the connection to the broker dropped"))
@@ -235,40 +284,92 @@ class MqttTransport:
         return self._client
 
     def _arrived(self, message: aiomqtt.Message) -> None:
-        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
         if len(payload) > _MAX_ANSWER_BYTES:
             return
         key = getattr(message.properties, "CorrelationData", None)
-        if not isinstance(key, bytes | bytearray) and payload[:1] != b"{" and message.topic.matches(topic(self.device_id, "ack")):
-            self._compact_ack_arrived(bytes(payload))
+        key = bytes(key) if isinstance(key, bytes | bytearray) else None
+        on = message.topic.value
+        # A named ack comes on the answer topic, or on ``…/ack`` from a hub that does not keep the broker's ACLs; it is told
+        # by the name it starts with (which may be any 4 bytes, "{" too), not by its first byte.
+        if key is None and on in (answers_topic(self.device_id), topic(self.device_id, "ack")) and self._named_ack_arrived(payload, on, message.qos):
+            return
+        if key is None and payload[:1] != b"{":
+            if on == topic(self.device_id, "ack"):
+                self._compact_ack_arrived(payload, message.qos)
             return
         try:
             document = json.loads(payload)
         except ValueError:
             document = None
         if not isinstance(document, dict):
-            log.debug("ignored an answer that is not a JSON object", extra={"topic": message.topic.value})
+            log.debug("ignored an answer that is not a JSON object", extra={"topic": on})
             return
-        if message.topic.matches(topic(self.device_id, "desired")):
+        if on == topic(self.device_id, "desired"):
             if self._on_desired is not None:
                 self._on_desired(DesiredOffer(document.get("desired"), str(document.get("etag", ""))))
             return
-        future = self._pending.get(bytes(key)) if isinstance(key, bytes | bytearray) else None
+        if key is None:
+            if on == topic(self.device_id, "ack"):
+                self._unnamed_answer_arrived(document, len(payload), message.qos)
+            return
+        future = self._pending.get(key)
         if future is not None and not future.done():
-            future.set_result((document, len(payload), 3 + len(key) if key else 0))
+            future.set_result(_Answer(document, len(payload), 3 + len(key), on, message.qos))
 
-    def _compact_ack_arrived(self, payload: bytes) -> None:
+    def _answer_batch(self, key: bytes, in_flight: _InFlight, document: dict[str, Any], payload_bytes: int, on: str, qos: int) -> None:
+        """Answer the batch in flight under ``key`` with an ack that names it (the fields the wire left out filled in from it)."""
+        future = self._pending.get(key)
+        if future is not None and not future.done():
+            document.update(device_id=self.device_id, key_id=in_flight.key_id.hex())
+            future.set_result(_Answer(document, payload_bytes, 0, on, qos))
+
+    def _compact_ack_arrived(self, payload: bytes, qos: int) -> None:
         """A compact ack (OXP §8.6) names its batch instead of carrying correlation data: it answers the batch in flight it names."""
         try:
             document = read_compact_ack(payload)
         except CompactAckError as exc:
             log.debug("ignored an answer that is neither JSON nor a compact ack", extra={"error": str(exc)})
             return
-        in_flight = self._batches.get((document["boot_epoch"], document["seq"]))
-        future = self._pending.get(in_flight[0]) if in_flight is not None else None
-        if in_flight is not None and future is not None and not future.done():
-            document.update(device_id=self.device_id, key_id=in_flight[1].hex())
-            future.set_result((document, len(payload), 0))
+        for key, in_flight in list(self._batches.items()):
+            if (in_flight.boot_epoch, in_flight.seq) == (document["boot_epoch"], document["seq"]):
+                self._answer_batch(key, in_flight, document, len(payload), topic(self.device_id, "ack"), qos)
+
+    def _named_ack_arrived(self, payload: bytes, on: str, qos: int) -> bool:
+        """A named ack (OXP §8.6, "Answers by name") starts with the name of the batch it acks, the first 4 bytes of its
+        SHA-256: True if it names a batch in flight sent without correlation data (and answers it)."""
+        in_flight = self._batches.get(payload[:NAME_BYTES])
+        if in_flight is None or not in_flight.named:
+            return False
+        try:
+            name, compact = read_named_ack(payload)
+        except CompactAckError as exc:
+            log.debug("ignored a named ack that is not one", extra={"error": str(exc)})
+            return True
+        if compact is not None and (compact["boot_epoch"], compact["seq"]) != (in_flight.boot_epoch, in_flight.seq):
+            return True
+        document: dict[str, Any] = compact if compact is not None else {"status": "stored"}
+        document.update(boot_epoch=in_flight.boot_epoch, seq=in_flight.seq)
+        self._answer_batch(name, in_flight, document, len(payload), on, qos)
+        return True
+
+    def _unnamed_answer_arrived(self, document: dict[str, Any], payload_bytes: int, qos: int) -> None:
+        """A JSON answer on ``…/ack`` without correlation data: a hub that does not answer by name took a batch sent without it.
+
+        From now on this connection's batches carry correlation data again.  An ack that names the batch in flight is taken;
+        anything else (a refusal, which names nothing) could answer an earlier message, so the batch is sent again instead."""
+        self._by_name = False
+        for key, in_flight in list(self._batches.items()):
+            if not in_flight.named:
+                continue
+            ack = ack_of(document, 0)
+            names_it = ack is not None and (ack.key_id, ack.boot_epoch, ack.seq) == (in_flight.key_id, in_flight.boot_epoch, in_flight.seq)
+            if names_it and ack is not None and ack.device_id == self.device_id:
+                self._answer_batch(key, in_flight, document, payload_bytes, topic(self.device_id, "ack"), qos)
+                continue
+            future = self._pending.get(key)
+            if future is not None and not future.done():
+                future.set_exception(_SendAgain("the hub answered without naming the batch: sending it again with correlation data"))
 
     # -- exchanges ---------------------------------------------------------------------
 
@@ -278,11 +379,13 @@ class MqttTransport:
         if isinstance(client, Refused):
             return client
         key = correlation(data, compact=True)
-        future: asyncio.Future[tuple[dict[str, Any], int, int]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
         batch = self._in_flight(data, key) if kind == "batch" else None
+        named = batch is not None and batch.named
         properties = Properties(PacketTypes.PUBLISH)
-        properties.CorrelationData = key
+        if not named:
+            properties.CorrelationData = key
         name = topic(self.device_id, kind)
         sent_topic = name
         alias = _ALIASES[kind]
@@ -295,7 +398,7 @@ class MqttTransport:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await client.publish(sent_topic, data, qos=1, properties=properties)
-                document, answer_bytes, answer_properties = await future
+                answer = await future
         except TimeoutError:
             # A link that drops without a reset leaves the connection looking open until keep-alive notices, a
             # minute or more later: sending the batch again on it would wait as long. Connect anew instead.
@@ -303,25 +406,31 @@ class MqttTransport:
             return Refused(False, "", f"no answer from the hub through the broker within {self._timeout_s:g} s")
         except (aiomqtt.MqttError, ConnectionError) as exc:
             return Refused(False, "", f"broker: {_describe(exc)}")
+        except _SendAgain as exc:
+            return Refused(False, "", str(exc))
         finally:
             if self._pending.get(key) is future:
                 del self._pending[key]
-            if batch is not None and self._batches.get(batch, (b"",))[0] == key:
-                del self._batches[batch]
-        answer_topic = topic(self.device_id, "ack" if kind == "batch" else "status/ack")
-        sent_properties = 3 + len(key) + (3 if aliased else 0)
-        overhead = publish_framing(sent_topic, len(data), sent_properties) + publish_framing(answer_topic, answer_bytes, answer_properties) + answer_bytes
-        return document, overhead
+            if batch is not None and self._batches.get(key) is batch:
+                del self._batches[key]
+        sent_properties = (0 if named else 3 + len(key)) + (3 if aliased else 0)
+        overhead = (
+            publish_framing(sent_topic, len(data), sent_properties)
+            + publish_framing(answer.topic, answer.payload_bytes, answer.properties_bytes, qos=answer.qos)
+            + answer.payload_bytes
+        )
+        return answer.document, overhead
 
-    def _in_flight(self, data: bytes, key: bytes) -> tuple[int, int] | None:
-        """Note a batch as in flight under its (boot epoch, seq), which a compact ack names; None if its header cannot be read
-        (the hub refuses it, with correlation data)."""
+    def _in_flight(self, data: bytes, key: bytes) -> _InFlight | None:
+        """Note a batch as in flight: the (boot epoch, seq) an ack names, and whether it goes without correlation data (when the
+        broker granted the answer topic); None if its header cannot be read (the hub refuses it, with correlation data)."""
         try:
             header = peek_header(data)
         except ProtocolError:
             return None
-        self._batches[(header.boot_epoch, header.seq)] = (key, header.key_id)
-        return header.boot_epoch, header.seq
+        batch = _InFlight(header.boot_epoch, header.seq, bytes(header.key_id), self._by_name)
+        self._batches[key] = batch
+        return batch
 
     async def send_batch(self, data: bytes) -> Ack | Refused:
         answer = await self._exchange("batch", data)

@@ -1,26 +1,43 @@
-"""OXP over MQTT, compact form (§8.6): the compact batch ack and its test vector, topic aliases, and gateways of the
+"""OXP over MQTT, compact form (§8.6): the compact batch ack and its test vector, answers by name (a batch sent without
+correlation data is answered on the device's own topic at QoS 0 with its 4-byte name), topic aliases, and gateways of the
 binding's first form (8 bytes of correlation data, no aliases) still answered in JSON by this hub."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
+import aiomqtt
 import cbor2
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.protocol import peek_header
-from edge.protocol.compact import CompactAckError, compact_ack, read_compact_ack
+from edge.protocol import Answer, peek_header
+from edge.protocol.compact import CompactAckError, batch_name, compact_ack, named_ack, read_compact_ack, read_named_ack
 from edge.spool import Spool
-from edge.transport.mqtt import correlation
-from hub.ingest import Acked
+from edge.transport.mqtt import MqttTransport, correlation
+from hub.ingest import Acked, Refused
 from hub.mqtt import _answer
 from tests.mqtt.test_oxp_over_mqtt import Gateway, client, granted, hub_on, seal
 
 # OXP §8.6's test vector: the compact ack of boot epoch 7, seq 2, stored.
 VECTOR = bytes.fromhex("83070200")
+MINIMAL = Path(__file__).parents[2] / "docs" / "protocol" / "vectors" / "minimal.json"  # boot epoch 7, seq 1
+
+
+def test_the_named_ack_of_the_minimal_vector_is_its_four_byte_name_and_a_duplicate_adds_the_compact_ack():
+    data = bytes.fromhex(json.loads(MINIMAL.read_text())["expected"]["batch_hex"])
+    assert batch_name(data) == bytes.fromhex("e98aa93c")  # OXP §8.6's vector
+    assert named_ack(batch_name(data), 7, 1, "stored") == bytes.fromhex("e98aa93c")
+    assert named_ack(batch_name(data), 7, 1, "duplicate") == bytes.fromhex("e98aa93c83070101")
+    assert read_named_ack(bytes.fromhex("e98aa93c")) == (bytes.fromhex("e98aa93c"), None)
+    assert read_named_ack(bytes.fromhex("e98aa93c83070101")) == (bytes.fromhex("e98aa93c"), {"boot_epoch": 7, "seq": 1, "status": "duplicate"})
+    with pytest.raises(CompactAckError, match="4-byte name"):
+        read_named_ack(b"\xe9\x8a")
 
 
 def test_the_compact_ack_of_the_protocols_test_vector_is_four_bytes_and_reads_back():
@@ -46,6 +63,15 @@ def test_the_hub_answers_a_batch_compactly_only_to_four_bytes_of_correlation_dat
     payload, properties = _answer("batch", acked, b"\x01" * 8)
     assert json.loads(payload) == acked.document()
     assert getattr(properties, "CorrelationData", None) == b"\x01" * 8
+
+
+def test_the_hub_answers_a_batch_without_correlation_data_by_the_batchs_name():
+    data = b"the bytes of some batch"
+    acked = Acked("pole-0042", bytes.fromhex("21fe31dfa154a261"), 7, 2, "stored")
+    assert _answer("batch", acked, None, data) == (batch_name(data), None)
+    refused, properties = _answer("batch", Refused(Answer.MALFORMED, "not a batch"), None, data)
+    assert json.loads(refused)["error"] == "malformed"
+    assert getattr(properties, "CorrelationData", None) == batch_name(data)  # the name the gateway matches a refusal by
 
 
 async def test_a_gateway_of_the_first_form_gets_json_and_a_new_one_the_compact_ack_from_the_same_hub(broker, tmp_path):
@@ -95,5 +121,59 @@ async def test_a_gateway_pays_under_70_bytes_of_framing_for_a_batch_and_its_ack(
             framing = (gateway.uplink.counters.overhead_bytes - before) / 10
         finally:
             await gateway.close()
-    # Topic aliases and the compact ack: about 22 bytes up and 35 down. Full topics would add 22, a JSON ack about 90.
-    assert 40 < framing < 70
+    # Topic aliases, no correlation data, the 4-byte named ack at QoS 0 on oxp/v1/pole-0042: 11 bytes up (the batch's
+    # PUBLISH header) and 29 down (the PUBACK, the ack's PUBLISH). Full topics would add 22, a JSON ack about 90.
+    assert framing == 40
+
+
+async def test_a_batch_without_correlation_data_is_answered_on_the_devices_own_topic_at_qos_0_by_its_name(broker, tmp_path):
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        gateway = Gateway(tmp_path / "gw", "pole-0042")
+        await gateway.enrol(hub)
+        await granted(taker, "pole-0042")
+        spool = await Spool.open(tmp_path / "raw.db", max_bytes=1_000_000)
+        await spool.begin_boot()
+        try:
+            async with client(broker, "pole-0042", gateway.password_file.read_text().strip(), "pole-0042") as device:
+                codes = await device.subscribe([("oxp/v1/pole-0042", 1), ("oxp/v1/pole-0042/ack", 1)])
+                assert [code.value if isinstance(code, ReasonCode) else code for code in codes] == [1, 1]  # hub.brokerauth grants the answer topic
+                good = seal("pole-0042", gateway.key, spool, 5)
+                bad = good[:-1] + bytes([good[-1] ^ 1])  # its signature broken: refused, finally
+                answers = []
+                for data in (good, good, bad):
+                    await device.publish("oxp/v1/pole-0042/batch", data, qos=1)
+                    async with asyncio.timeout(10):
+                        answers.append(await anext(aiter(device.messages)))
+        finally:
+            await spool.close()
+    header = peek_header(good)
+    assert [(m.topic.value, m.qos, getattr(m.properties, "CorrelationData", None)) for m in answers] == [
+        ("oxp/v1/pole-0042", 0, None),
+        ("oxp/v1/pole-0042", 0, None),
+        ("oxp/v1/pole-0042", 0, batch_name(bad)),
+    ]
+    assert answers[0].payload == batch_name(good)  # stored: the name alone
+    assert read_named_ack(bytes(answers[1].payload)) == (batch_name(good), {"boot_epoch": header.boot_epoch, "seq": header.seq, "status": "duplicate"})
+    assert json.loads(bytes(answers[2].payload))["error"] == "bad_signature"
+
+
+async def test_a_named_ack_whose_name_starts_with_a_brace_is_taken_for_the_batch_not_read_as_json(tmp_path):
+    # One batch name in 256 starts with "{", which also starts a JSON answer: the name decides, not the first byte.
+    spool = await Spool.open(tmp_path / "brace.db", max_bytes=1_000_000)
+    await spool.begin_boot()
+    key = Ed25519PrivateKey.generate()
+    try:
+        data = next(d for d in (seal("pole-0042", key, spool, 3) for _ in range(5000)) if batch_name(d)[:1] == b"{")
+    finally:
+        await spool.close()
+    transport = MqttTransport("mqtt://127.0.0.1:1", hub_url="", device_id="pole-0042", password_file=None)
+    transport._by_name = True
+    name = correlation(data, compact=True)
+    future = asyncio.get_running_loop().create_future()
+    transport._pending[name] = future  # as _exchange leaves a batch sent without correlation data waiting
+    transport._in_flight(data, name)
+    transport._arrived(aiomqtt.Message("oxp/v1/pole-0042", name, 0, False, 0, None))
+    header = peek_header(data)
+    assert future.done() and future.result().document == {
+        "status": "stored", "boot_epoch": header.boot_epoch, "seq": header.seq, "device_id": "pole-0042", "key_id": header.key_id.hex(),
+    }  # fmt: skip
