@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 from typing import cast
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, NotImplementedException
 from pymodbus.framer.rtu import FramerRTU
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu.decoders import DecodePDU
 
 __all__ = [
     "EXCEPTION_MEANINGS",
@@ -101,6 +103,35 @@ def crc16(frame: bytes) -> bytes:
     return FramerRTU.compute_CRC(frame).to_bytes(2, "big")
 
 
+class _QuietDecodePDU(DecodePDU):
+    """pymodbus's reply decoder without its debug line, which it builds even with its logger off.
+
+    pymodbus 3.16's ``DecodePDU.decode`` passes ``str(pdu)`` (the reply with every register as
+    text) to a ``Log.debug`` that is never enabled here: a float32 meter's 40 registers cost more
+    to format than to decode.  Otherwise the same steps; an undecodable frame gives None, as there.
+    """
+
+    def decode(self, frame: bytes) -> ModbusPDU | None:
+        try:
+            if (function_code := int(frame[0])) > 0x80:
+                exception = ExceptionResponse(function_code & 0x7F)
+                exception.decode(frame[1:])
+                return exception
+            pdu_class = self.pdu_table.get(function_code, (None, None))[self.pdu_inx]
+            if not pdu_class:
+                return None
+            pdu = pdu_class()
+            pdu.decode(frame[1:])
+            if pdu.sub_function_code >= 0:
+                sub_class = self.pdu_sub_table.get(pdu.function_code, {}).get(pdu.sub_function_code, (None, None))[self.pdu_inx]
+                if sub_class:
+                    pdu = sub_class()
+                    pdu.decode(frame[1:])
+            return pdu
+        except (ModbusException, ValueError, IndexError, struct.error):
+            return None
+
+
 class _HuntingFramerRTU(FramerRTU):
     """pymodbus's RTU framer, but a failed CRC costs one byte, not the whole buffer.
 
@@ -180,6 +211,7 @@ class ModbusLink:
                 bytesize=bytesize, timeout=timeout, retries=0, reconnect_delay=0,
                 trace_packet=self._count, trace_connect=self._connected,
             )
+        self._client.ctx.framer.decoder = _QuietDecodePDU(is_server=False)
         if kind != "tcp":
             # A converter passes the line's noise and stray frames through just as a serial port does.
             self._client.ctx.framer = _HuntingFramerRTU(self._client.ctx.framer.decoder)

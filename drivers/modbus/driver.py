@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,29 +147,51 @@ class ModbusDriver(Driver):
         # No "not open" warning for the moments before the line first opens; a line that never opens does not hold up a stop.
         opened = asyncio.ensure_future(self.ctx.modbus_bus().wait_open())
         stopped = asyncio.ensure_future(stopping.wait())
+        # Between polls the task sleeps on a plain future that the poll timer or the stop resolves: an
+        # asyncio.timeout around stopping.wait() cost a cancellation, two exceptions and a waiter per poll.
+        loop = asyncio.get_running_loop()
+        nap: asyncio.Future[None] | None = None
+
+        def wake(_: object = None) -> None:
+            if nap is not None and not nap.done():
+                nap.set_result(None)
+
         try:
-            await asyncio.wait((opened, stopped), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                await asyncio.wait((opened, stopped), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                opened.cancel()
+            if not opened.cancelled() and opened.done():
+                opened.result()  # wait_open's own error, if it raised one
+            stopped.add_done_callback(wake)
+            next_at = loop.time()
+            while not stopping.is_set():
+                result = await self.poll()
+                if result.failures or self._refused:
+                    self._report(result)
+                for reading in result.readings:
+                    await emit(reading)
+                next_at += interval
+                now = loop.time()
+                if next_at < now:  # a slow cycle skips the missed slots instead of bursting to catch up
+                    next_at = now + interval - (now - next_at) % interval
+                if stopping.is_set():
+                    break
+                nap = loop.create_future()
+                timer = loop.call_at(next_at, wake)
+                try:
+                    await nap
+                finally:
+                    timer.cancel()
+                    nap = None
         finally:
-            opened.cancel()
             stopped.cancel()
-        if not opened.cancelled() and opened.done():
-            opened.result()  # wait_open's own error, if it raised one
-        next_at = time.monotonic()
-        while not stopping.is_set():
-            result = await self.poll()
-            self._report(result)
-            for reading in result.readings:
-                await emit(reading)
-            next_at += interval
-            now = time.monotonic()
-            if next_at < now:  # a slow cycle skips the missed slots instead of bursting to catch up
-                next_at = now + interval - (now - next_at) % interval
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(next_at - now):
-                    await stopping.wait()
 
     def _report(self, result: Poll) -> None:
         """Log a request the unit refuses once when it starts and once when it recovers.
+
+        Called only after a poll with a failure or once a request has been refused: until then there is
+        nothing to say and no recovery to note, so a healthy unit's poll costs no bookkeeping here.
 
         A request refused again within FLAP_S of recovering (a busy unit: exception 06 now and
         then) is logged once as refused intermittently, and once more when steady for FLAP_S.
