@@ -187,13 +187,18 @@ class Batcher:
         memory growing without bound.
         """
         self.add_nowait(reading)
-        # The batch in the sealing thread counts: a failed store puts it back in line.
-        while len(self._ready) + (self._in_thread is not None) > _MAX_READY:
+        while self.holding_back:
             try:
                 await self._seal_ready()
             except (OSError, sqlite3.Error, SpoolError) as exc:
                 log.debug("spool refused a batch; retrying", extra={"error": str(exc)})
                 await asyncio.sleep(self._store_retry_s)
+
+    @property
+    def holding_back(self) -> bool:
+        """True while `add` would wait: too many closed batches are not yet in the spool."""
+        # The batch in the sealing thread counts: a failed store puts it back in line.
+        return len(self._ready) + (self._in_thread is not None) > _MAX_READY
 
     def add_nowait(self, reading: Reading) -> None:
         """Take one released reading without waiting (sealing happens in `run`, `flush` or the next `add`)."""

@@ -436,6 +436,16 @@ class Spool:
             self._leased.add(r[0])
         return self._stored(r)
 
+    @property
+    def waiting(self) -> int:
+        """Batches `lease_oldest` could hand out now (not acked, not leased), from the figures in memory: no query."""
+        return self._batches - len(self._leased)
+
+    @property
+    def acks_pending(self) -> bool:
+        """Whether `flush_acks` has a deletion or a byte budget to commit."""
+        return bool(self._acked) or self._pending_budget is not None
+
     def release(self, batch: StoredBatch) -> None:
         """Give back a leased batch unsent; it stays first in line."""
         with self._lock:

@@ -178,9 +178,12 @@ class Uplink:
         while True:
             self._wake.clear()
             try:
-                batch = await asyncio.to_thread(self._spool.lease_oldest)
+                # The spool's figures in memory say whether a batch waits: an idle uplink then wakes without a
+                # worker thread's round trip (two of them every idle poll were most of its cost).
+                batch = await asyncio.to_thread(self._spool.lease_oldest) if self._spool.waiting else None
                 if batch is None:
-                    await asyncio.to_thread(self._spool.flush_acks)
+                    if self._spool.acks_pending:
+                        await asyncio.to_thread(self._spool.flush_acks)
                     # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
                     # cancel that arrives just as the event is set, and shutdown would hang.
                     try:

@@ -76,6 +76,10 @@ class PrivacyStage:
         self._suppressed = 0
         self._budget_refused = 0
         self._budget_note = LogOnce(log)
+        # Whether `tick` has anything to do: windows to close, or (once one is made) a pseudonym key to retire.
+        # ``on_ticks_needed`` is called when that becomes true after construction, so whoever ticks can sleep till then.
+        self.ticks_needed = False
+        self.on_ticks_needed: Callable[[], None] | None = None
         start = self._clock()
         self._born_ms = start
         for channel in channels:
@@ -88,6 +92,8 @@ class PrivacyStage:
             if isinstance(kind, WindowedKind):
                 kind.open(plan, start, budgeted=policy.budget is not None)
             self._plans[channel.id] = plan
+            if rule.window_ms is not None:
+                self.ticks_needed = True
         self._outputs = self._output_channels()
 
     # -- what leaves -------------------------------------------------------------------
@@ -152,6 +158,11 @@ class PrivacyStage:
         return []
 
     def pseudonym_digest(self, data: bytes) -> bytes:
+        if not self.ticks_needed:
+            # The key made now must be destroyed when its period ends, even if no reading comes then.
+            self.ticks_needed = True
+            if self.on_ticks_needed is not None:
+                self.on_ticks_needed()
         return self._pseudonyms.key(self._clock()).digest(data)
 
     def latitude_of(self, device: str) -> float | None:
