@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from hub.brokerauth import device_acls
 from tests.helpers.tools import missing
 from tests.mqtt.conftest import HUB_USER, Broker
 
@@ -103,12 +104,28 @@ def _stored(database: Path) -> dict[str, tuple[int, int, int]]:
     return {device: (batches, readings, held) for device, batches, readings, held in rows}
 
 
-@pytest.mark.parametrize("hub_side, gateway_side", [("old", "current"), ("current", "old")])
+def _grant_answer_topic(broker: Broker, device_id: str) -> None:
+    """Make the device's role before the older hub does, with the answer topic of OXP §8.6's answers by name in it (as a
+    hand-kept ACL, or a newer hub process sharing the broker, would): the older hub keeps the role it finds."""
+    ctrl = shutil.which("mosquitto_ctrl")
+    assert ctrl is not None
+    login = [ctrl, "-h", "127.0.0.1", "-p", str(broker.port), "-u", HUB_USER, "-P", broker.hub_password_file.read_text().strip(), "dynsec"]
+    role = f"oxp-device-{device_id}"
+    subprocess.run([*login, "createRole", role], check=True, capture_output=True)
+    for acl in device_acls(device_id):  # this tree's: the older hub's rights and the answer topic
+        subprocess.run([*login, "addRoleACL", role, acl["acltype"], acl["topic"], "allow"], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize("hub_side, gateway_side, by_name", [("old", "current", False), ("current", "old", False), ("old", "current", True)])
 async def test_a_gateway_and_a_hub_one_version_apart_store_every_reading_once_over_http_and_over_mqtt(
-    broker: Broker, tmp_path: Path, old_tree: Path, hub_side: str, gateway_side: str
+    broker: Broker, tmp_path: Path, old_tree: Path, hub_side: str, gateway_side: str, by_name: bool
 ) -> None:
+    """``by_name``: the broker grants this tree's gateway its answer topic although the older hub does not answer by name,
+    so the gateway sends batches without correlation data, gets JSON without it, and falls back to correlation data."""
     trees = {"old": old_tree, "current": ROOT}
     state = tmp_path / f"hub-{hub_side}"
+    if by_name:
+        _grant_answer_topic(broker, "skew-mqtt")
     token = subprocess.run(
         [sys.executable, "-m", "edge.cli", "hub", "token", "create", "--db", f"sqlite:///{state}/hub.db", "--state-dir", str(state), "--uses", "2",
          "--approve"], cwd=trees[hub_side], env=_env(trees[hub_side]), capture_output=True, text=True, check=True,
