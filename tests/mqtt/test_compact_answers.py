@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import aiomqtt
@@ -20,8 +22,10 @@ from edge.protocol import Answer, peek_header
 from edge.protocol.compact import CompactAckError, batch_name, compact_ack, named_ack, read_compact_ack, read_named_ack
 from edge.spool import Spool
 from edge.transport.mqtt import MqttTransport, correlation
+from hub.brokerauth import device_acls
 from hub.ingest import Acked, Refused
 from hub.mqtt import _answer
+from tests.mqtt.conftest import HUB_PASSWORD, HUB_USER
 from tests.mqtt.test_oxp_over_mqtt import Gateway, client, granted, hub_on, seal
 
 # OXP §8.6's test vector: the compact ack of boot epoch 7, seq 2, stored.
@@ -177,3 +181,20 @@ async def test_a_named_ack_whose_name_starts_with_a_brace_is_taken_for_the_batch
     assert future.done() and future.result().document == {
         "status": "stored", "boot_epoch": header.boot_epoch, "seq": header.seq, "device_id": "pole-0042", "key_id": header.key_id.hex(),
     }  # fmt: skip
+
+
+async def test_a_device_role_an_older_hub_made_is_given_the_answer_topic(broker, tmp_path):
+    ctrl = shutil.which("mosquitto_ctrl")
+    assert ctrl is not None
+    login = [ctrl, "-h", "127.0.0.1", "-p", str(broker.port), "-u", HUB_USER, "-P", HUB_PASSWORD, "dynsec"]
+    subprocess.run([*login, "createRole", "oxp-device-pole-0042"], check=True, capture_output=True)
+    for acl in device_acls("pole-0042"):
+        if acl["topic"] != "oxp/v1/pole-0042":  # the role as the hub before answers by name made it
+            subprocess.run([*login, "addRoleACL", "oxp-device-pole-0042", acl["acltype"], acl["topic"], "allow"], check=True, capture_output=True)
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        gateway = Gateway(tmp_path / "gw", "pole-0042")
+        await gateway.enrol(hub)
+        await granted(taker, "pole-0042")
+        async with client(broker, "pole-0042", gateway.password_file.read_text().strip(), "pole-0042") as device:
+            codes = await device.subscribe("oxp/v1/pole-0042", qos=1)
+    assert [code.value if isinstance(code, ReasonCode) else code for code in codes] == [1]
