@@ -16,7 +16,7 @@ import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
@@ -91,6 +91,9 @@ class QueryBudget:
         self.lane_readings = 0  # readings it may hold, counted against the lane's room
         self._loop_share = loop_share
         self._mark: tuple[int, float] | None = None  # (thread, its CPU clock) when last paced
+        # Ends the request's turn (hub.publicreads) once its answer is made, before its last bytes are sent:
+        # a client that asks again as soon as it has them finds its turn free.
+        self.end_turn: Callable[[], Awaitable[None]] | None = None
 
     def on_lane(self, readings: int = 0) -> AbstractAsyncContextManager[Any]:
         """Hold a turn on the public lane for one store query that may hold up to ``readings`` readings

@@ -119,9 +119,13 @@ class PublicReads:
         budget = QueryBudget(max_examined=settings.max_examined, seconds=settings.seconds, cpu_seconds=settings.cpu_seconds,
                              share=settings.cpu_share / self.lane, lane=self.on_lane, loop_share=self.loop_share)
         budget.keep_lane = True
-        try:
-            yield budget
-        finally:
+        ended = False
+
+        async def end() -> None:
+            nonlocal ended
+            if ended:
+                return
+            ended = True
             if budget.holds_lane:
                 await self._leave(budget)
             left = self._by_client[client] - 1
@@ -129,6 +133,12 @@ class PublicReads:
                 self._by_client[client] = left
             else:
                 del self._by_client[client]
+
+        budget.end_turn = end
+        try:
+            yield budget
+        finally:
+            await end()
 
     def _fits(self, readings: int) -> bool:
         """A place on the lane is free, and ``readings`` more fit beside those held (one request alone always fits)."""

@@ -111,6 +111,8 @@ async def reading_page(
         if counter.exceeded:
             raise OverBudget("readings", "counting this page would decode more than a million readings")
         page = ReadingPage(min(limit, max(0, counter.total - offset)), budget)
+        # The page examines at least the readings it skips and returns: past the budget, refuse before the answer begins.
+        budget.refuse_beyond(offset + page.size)
         if page.size:
             releaser = Releaser(since_ms=since_ms, until_ms=until_ms, match=budget.meter(None), offset=offset, limit=page.size, emit=page.put)
             query = chunk_query(

@@ -6,9 +6,10 @@ call to a thread would not help.  Here the value is encoded a slice at a time, e
 before the next is encoded, with a turn for the loop in between.  An answer made as its values
 are read (hub.readingpages) comes as an async iterable of such pieces, a batch at a time.
 
-Once the first bytes are sent the status cannot change: a failure after that (a query past its
-budget, the store gone, the client gone) closes the connection, which is how HTTP says the answer
-is incomplete.
+Nothing is sent before the first slice is full (or the answer is complete), so what fails early
+(a query past its budget, the store gone) is still answered with its status.  Once the first
+bytes are sent the status cannot change: a failure after that closes the connection, which is
+how HTTP says the answer is incomplete.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ async def send_pieces(request: web.Request, batches: Pieces, *, content_type: st
     response.content_type = content_type
     if charset:
         response.charset = charset
-    await response.prepare(request)
+    budget = request.get(REQUEST_BUDGET)
     buffer, size, started = [], 0, time.perf_counter()
     try:
         async for pieces in batches:
@@ -92,19 +93,26 @@ async def send_pieces(request: web.Request, batches: Pieces, *, content_type: st
                 buffer.append(piece)
                 size += len(piece)
                 if size >= SLICE_BYTES or time.perf_counter() - started >= SLICE_S:
+                    if not response.prepared:
+                        await response.prepare(request)
                     await response.write(b"".join(buffer))
                     buffer, size = [], 0
-                    budget = request.get(REQUEST_BUDGET)
                     if budget is None:
                         await asyncio.sleep(0)
                     else:
                         await budget.pause_rendering(time.perf_counter() - started)
                     started = time.perf_counter()
+        if budget is not None and budget.end_turn is not None:
+            await budget.end_turn()  # the answer is made: the client may ask again once it has the last bytes
+        if not response.prepared:
+            await response.prepare(request)
         await response.write(b"".join(buffer))
         await response.write_eof()
     except (asyncio.CancelledError, ConnectionError):
         raise
     except Exception as exc:
+        if not response.prepared:
+            raise  # nothing sent yet: the route answers with its error (a query past its budget: 400 or 503)
         log.warning("a public answer stopped after it had begun; its connection is closed",
                     extra={"path": request.path, "error": exc.detail if isinstance(exc, OverBudget) else type(exc).__name__})
         if request.transport is not None:

@@ -143,6 +143,22 @@ async def test_a_client_over_its_share_is_answered_429_while_another_client_is_s
     assert gate.by_client == {}
 
 
+async def test_a_streamed_answer_ends_its_turn_before_its_last_bytes_so_the_client_may_ask_again_at_once(
+    one_each: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession
+) -> None:
+    # One request a client: asking again as soon as the last answer is read is never refused 429.
+    # The turn used to end after the last bytes were sent, and waiting for them to drain (a loaded
+    # machine, a slow reader) let the client read them and ask again first; now the turn ends
+    # before the last bytes are written, so a client holding them never finds its turn taken.
+    hub, _ = one_each
+    gate = hub_app_gate(hub)
+    for path in ("/data/readings.csv", "/data/readings.senml.json", "/data/readings.senml.cbor") * 4:
+        async with http.get(hub.url + path, headers={"X-Forwarded-For": "203.0.113.9"}) as resp:
+            assert resp.status == 200, await resp.text()
+            assert len(await resp.read()) > 1000
+            assert gate.by_client == {}
+
+
 async def test_with_the_public_lane_full_devices_operators_and_cheap_public_sets_are_served(
     one_each: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession
 ) -> None:
