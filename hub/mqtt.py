@@ -16,6 +16,7 @@ whose key signed the message, or the message is refused.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -73,6 +74,7 @@ UNAVAILABLE_RETRY_S = 10.0
 _METRIC_KINDS = {"batch": "batches", "status": "status", "notice": "notice"}
 # Correlation data this long asks for the compact batch ack (edge.protocol.compact, OXP §8.6); 8 bytes for JSON.
 COMPACT_CORRELATION_BYTES = 4
+_ROOT = tuple(TOPIC_ROOT.split("/"))
 _KINDS = {"batch": "ack", "status": "status/ack", "notice": "status/ack"}  # the topic each kind is answered on
 
 
@@ -122,12 +124,16 @@ Taken = tuple[str, str, bytes, bytes | None]
 
 def _taken(topic: str, payload: object, properties: Properties | None) -> Taken | None:
     """What a message on one of the hub's topics carries; None for any other topic."""
-    parts = topic.split("/")
-    if len(parts) < 4 or "/".join(parts[:2]) != TOPIC_ROOT or not DEVICE_ID_RE.match(parts[2]) or parts[3] not in _KINDS:
-        return None
-    data = bytes(payload) if isinstance(payload, bytes | bytearray) else b""
     key = getattr(properties, "CorrelationData", None)
-    return parts[2], parts[3], data, bytes(key) if isinstance(key, bytes | bytearray) else None
+    return _taken_as(topic, payload, bytes(key) if isinstance(key, bytes | bytearray) else None)
+
+
+def _taken_as(topic: str, payload: object, correlation: bytes | None) -> Taken | None:
+    """:func:`_taken` of a message whose correlation data is read already."""
+    parts = topic.split("/")
+    if len(parts) < 4 or (parts[0], parts[1]) != _ROOT or not DEVICE_ID_RE.match(parts[2]) or parts[3] not in _KINDS:
+        return None
+    return parts[2], parts[3], bytes(payload) if isinstance(payload, bytes | bytearray) else b"", correlation
 
 
 def _answer_properties(correlation: bytes | None) -> Properties | None:
@@ -142,14 +148,24 @@ def _answer(kind: str, outcome: Acked | ReportTaken | NoticeTaken | Refused, cor
     """The answer's payload and properties (OXP §8.6): to a batch sent without correlation data, the named ack, or a refusal
     in JSON carrying the batch's name (its payload ``data`` hashed) as correlation data; to 4 bytes of correlation data,
     the compact ack (without correlation data, it names the batch); else the JSON document with the message's correlation data."""
+    payload, key = _reply(kind, outcome, correlation, data)
+    return payload, _answer_properties(key)
+
+
+def _reply(kind: str, outcome: Acked | ReportTaken | NoticeTaken | Refused, correlation: bytes | None, data: bytes) -> tuple[bytes, bytes | None]:
+    """:func:`_answer`'s payload and the correlation data its properties carry."""
     if kind == "batch" and isinstance(outcome, Acked) and (correlation is None or len(correlation) == COMPACT_CORRELATION_BYTES):
-        extras = {k: v for k, v in outcome.document().items() if k in ("quarantined", "desired_etag")}
+        extras: dict[str, Any] = {}
+        if outcome.quarantined:
+            extras["quarantined"] = dict(outcome.quarantined)
+        if outcome.desired_etag:
+            extras["desired_etag"] = outcome.desired_etag
         if correlation is None:
             return named_ack(batch_name(data), outcome.boot_epoch, outcome.seq, outcome.status, extras), None
         return compact_ack(outcome.boot_epoch, outcome.seq, outcome.status, extras), None
     if kind == "batch" and correlation is None:
         correlation = batch_name(data)
-    return json.dumps(_document(outcome), separators=(",", ":")).encode(), _answer_properties(correlation)
+    return json.dumps(_document(outcome), separators=(",", ":")).encode(), correlation
 
 
 def _document(outcome: Acked | ReportTaken | NoticeTaken | Refused) -> dict[str, Any]:
@@ -178,6 +194,7 @@ class MqttIngest:
         self.settings = settings
         self._unavailable = unavailable
         self._client: aiomqtt.Client | None = None
+        self._socket: BrokerSocket | None = None  # the current connection's socket, which batches are answered through
         self._slots = asyncio.Semaphore(CONCURRENT)
         self._tasks: set[asyncio.Task[None]] = set()
         # Batches taken from the broker that no group has started on, each with the connection it came on (and is answered on).
@@ -215,11 +232,12 @@ class MqttIngest:
         try:
             async with self.settings.client() as client:
                 no_delay(client._client.socket())  # paho's socket, under aiomqtt
-                BrokerSocket(client).install()
+                sock = BrokerSocket(client, take=functools.partial(self._offered, client))
+                sock.install()
                 self._hear(client)
                 kinds = [(f"$share/{SHARE_GROUP}/{TOPIC_ROOT}/+/{kind}", 1) for kind in _KINDS]
                 await client.subscribe(kinds + (self.access.subscriptions() if self.access is not None else []))
-                self._client = client
+                self._client, self._socket = client, sock
                 self.connected.set()
                 backoff.reset()
                 if self._down_since is not None:
@@ -240,14 +258,24 @@ class MqttIngest:
         except* (aiomqtt.MqttError, OSError) as group_error:
             ended = group_error.exceptions[0]
         finally:
-            self._client = None
+            self._client = self._socket = None
             self.connected.clear()
         return ended
+
+    def _offered(self, client: aiomqtt.Client, topic: str, payload: bytes, correlation: bytes | None) -> bool:
+        """A message the broker socket read on ``client``, before paho: taken (and acknowledged by the socket) if it is on
+        one of the hub's topics, else left to paho."""
+        taken = _taken_as(topic, payload, correlation)
+        if taken is None:
+            return False
+        self._took(client, taken)
+        return True
 
     def _hear(self, client: aiomqtt.Client) -> None:
         """Take OXP messages from paho as it reads them, straight into a group of batches or a task: aiomqtt hands each
         message on through a Message, a queue, a task and a wait of its own, about a tenth of the hub's time a batch
-        (bench.mqtt_hub).  Any other message goes on to aiomqtt as before."""
+        (bench.mqtt_hub).  Any other message goes on to aiomqtt as before.  (Most never reach paho: the broker socket
+        takes them first, _offered; those it leaves to paho, behind one it does not take, come this way.)"""
         to_aiomqtt = client._client.on_message
 
         def on_message(paho_client: Client, userdata: Any, message: MQTTMessage) -> None:
@@ -339,7 +367,7 @@ class MqttIngest:
                 log.info("database available again")
         if self._counted is not None:
             self._counted(_METRIC_KINDS[kind], outcome)
-        payload, properties = _answer(kind, outcome, correlation, data)
+        payload, key = _reply(kind, outcome, correlation, data)
         if self._client is not client:
             # The connection it came on is gone: no answer can go out on it, and the gateway sends the bytes again.
             return
@@ -354,9 +382,14 @@ class MqttIngest:
         # to once the broker grants it (hub.brokerauth does); a hub that does not keep the broker's ACLs answers on ``…/ack``.
         by_name = kind == "batch" and correlation is None and self.access is not None
         answer_topic = f"{TOPIC_ROOT}/{device_id}" if by_name else f"{TOPIC_ROOT}/{device_id}/{_KINDS[kind]}"
-        sent = client._client.publish(answer_topic, payload, qos=0 if kind == "batch" else 1, properties=properties)
-        if sent.rc != MQTT_ERR_SUCCESS:
-            log.debug("answer not published", extra={"device": device_id, "error": error_string(sent.rc)})
+        # A batch's answer is written by the broker socket itself, not through paho's packet objects (hub.mqttsocket).
+        if kind == "batch" and self._socket is not None:
+            if not self._socket.answer(answer_topic, payload, key):
+                log.debug("answer not published", extra={"device": device_id, "error": "the connection is closing"})
+        else:
+            sent = client._client.publish(answer_topic, payload, qos=0 if kind == "batch" else 1, properties=_answer_properties(key))
+            if sent.rc != MQTT_ERR_SUCCESS:
+                log.debug("answer not published", extra={"device": device_id, "error": error_string(sent.rc)})
         self.taken += 1
 
     async def _outcome(self, device_id: str, kind: str, data: bytes) -> Acked | ReportTaken | NoticeTaken | Refused:

@@ -10,28 +10,111 @@ at the end of the pass in one call (what the kernel does not take is sent when t
 writable again, before anything written later).  paho keeps all of MQTT: packets, ids, acks,
 keepalive.  aiomqtt drains paho while ``pending()`` says bytes are buffered (written for TLS), so
 no byte waits in memory for a read the event loop would never signal.
+
+The hub's own messages skip paho altogether when it gives a ``take``: each PUBLISH of QoS 0 or 1 read
+is offered to it (topic, payload, correlation data) and one it takes is acknowledged here, its PUBACK
+written after whatever paho has queued, so PUBACKs keep the order of their PUBLISHes; what it does not
+take, and everything after it in the same read, goes to paho as before.  :meth:`BrokerSocket.answer`
+writes a QoS 0 PUBLISH the same way.  paho's packet objects (a Properties decoded and a MQTTMessage a
+message read, a MQTTMessageInfo with its Condition a message written, three log calls) were a fifth of
+the hub's time a batch (bench.mqtt_hub).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
 
-__all__ = ["BrokerSocket", "READ_BYTES"]
+__all__ = ["BrokerSocket", "READ_BYTES", "Take"]
 
 READ_BYTES = 64 * 1024  # one read: a burst of a few hundred small batches
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+Take = Callable[[str, bytes, "bytes | None"], bool]
+"""Offered each PUBLISH of QoS 0 or 1 read: its topic, payload and correlation data; True once taken, False to leave it to paho."""
+
+_PUBLISH, _PUBACK = 0x30, 0x40
+# MQTT 5 PUBLISH properties (§3.3.2.3) a message may carry to be taken here, by how their value is laid out.  Any other
+# (a topic alias among them), or one given twice that may appear once, leaves the message to paho, which says what is wrong.
+_BYTE, _FOUR, _STRING, _BINARY, _VARINT, _PAIR = range(6)
+_PROPERTIES = {0x01: _BYTE, 0x02: _FOUR, 0x03: _STRING, 0x08: _STRING, 0x09: _BINARY, 0x0B: _VARINT, 0x26: _PAIR}
+_REPEATABLE = {0x0B, 0x26}
+_CORRELATION_DATA = 0x09
+
+
+def _varint(value: int) -> bytes:
+    """MQTT's variable byte integer (§1.5.5)."""
+    out = bytearray()
+    while True:
+        value, digit = value >> 7, value & 0x7F
+        out.append(digit | 0x80 if value else digit)
+        if not value:
+            return bytes(out)
+
+
+def _read_varint(data: bytes, at: int, end: int) -> tuple[int, int] | None:
+    """(value, position after it) of the variable byte integer at ``at``; None when it runs past ``end`` or over 4 bytes."""
+    value = shift = 0
+    while at < end and shift <= 21:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    return None
+
+
+def _correlation(data: bytes, at: int, end: int) -> tuple[bytes | None] | None:
+    """The correlation data of the properties in ``data[at:end]`` (in a 1-tuple), or None for properties left to paho."""
+    found: bytes | None = None
+    seen: set[int] = set()
+    try:
+        while at < end:
+            ident = data[at]
+            kind = _PROPERTIES.get(ident)
+            if kind is None or (ident in seen and ident not in _REPEATABLE):
+                return None
+            seen.add(ident)
+            at += 1
+            if kind == _BYTE:
+                at += 1
+            elif kind == _FOUR:
+                at += 4
+            elif kind == _VARINT:
+                read = _read_varint(data, at, end)
+                if read is None:
+                    return None
+                at = read[1]
+            else:
+                for _ in range(2 if kind == _PAIR else 1):
+                    size = int.from_bytes(data[at : at + 2], "big")
+                    if at + 2 + size > end:
+                        return None
+                    value = data[at + 2 : at + 2 + size]
+                    if kind == _BINARY:
+                        found = value
+                    else:
+                        value.decode()  # as paho does: a string that is not UTF-8 makes the packet malformed
+                    at += 2 + size
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return (found,) if at == end else None
 
 
 class BrokerSocket:
     """paho's socket of one connection, read ahead and written in one send a pass; it registers its own writer."""
 
-    def __init__(self, client: aiomqtt.Client) -> None:
+    def __init__(self, client: aiomqtt.Client, *, take: Take | None = None) -> None:
         self._client = client
+        self._take = take
+        self._partial = b""  # the start of a packet read but not whole yet (with ``take`` only: paho gets whole packets)
         self._paho = client._client
         sock = self._paho.socket()
         if sock is None:
@@ -62,6 +145,10 @@ class BrokerSocket:
             raise self._error
         if self._at >= len(self._read):
             data = self._sock.recv(READ_BYTES)
+            if data and self._take is not None:
+                data = self._offer(bytes(data))
+                if not data:
+                    raise BlockingIOError  # all taken: paho waits for the next read
             if len(data) <= size:
                 return bytes(data)
             self._read, self._at = data, 0
@@ -91,6 +178,7 @@ class BrokerSocket:
         self._sock.setblocking(flag)
 
     def close(self) -> None:
+        self._take = None  # nothing more is taken from, or answered on, a connection that is gone
         self._flush()  # a DISCONNECT written in the last pass goes out before the socket closes
         self._writer_off()
         self._out.clear()
@@ -98,6 +186,90 @@ class BrokerSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+    # --- the hub's own messages --------------------------------------------------------
+
+    def _offer(self, data: bytes) -> bytes:
+        """The whole packets of ``data`` (after the partial one kept from the last read) that go on to paho; the PUBLISHes
+        ``take`` takes are taken out and acknowledged.  A QoS 1 PUBLISH left to paho is acknowledged by paho when it reads
+        it, so every packet after it goes to paho too: PUBACKs keep the order of their PUBLISHes."""
+        assert self._take is not None
+        if self._partial:
+            data, self._partial = self._partial + data, b""
+        at, end, acks = 0, len(data), bytearray()
+        to_paho: list[bytes] = []
+        blocked = False
+        while at < end:
+            read = _read_varint(data, at + 1, end)
+            if read is None:
+                if end - at > 5:  # a length over 4 bytes: malformed; paho says so
+                    to_paho.append(data[at:])
+                else:
+                    self._partial = data[at:]
+                break
+            length, start = read
+            if start + length > end:
+                self._partial = data[at:]
+                break
+            first = data[at]
+            if blocked or first & 0xF0 != _PUBLISH or not self._taken(data, first, start, start + length, acks):
+                to_paho.append(data[at : start + length])
+                blocked = blocked or (first & 0xF0 == _PUBLISH and first & 0x06 == 0x02)
+            at = start + length
+        # paho's clock: what is read and written here counts for its keepalive as its own packets do.
+        now = time.monotonic()
+        self._paho._last_bytes_received = now
+        if acks:
+            self._write(bytes(acks))
+            self._paho._last_msg_out = now
+        return b"".join(to_paho)
+
+    def _taken(self, data: bytes, first: int, start: int, end: int, acks: bytearray) -> bool:
+        """Whether ``take`` took the PUBLISH in ``data[start:end]``; its PUBACK added to ``acks`` if it asked for one."""
+        assert self._take is not None
+        qos = (first >> 1) & 3
+        size = int.from_bytes(data[start : start + 2], "big")
+        at = start + 2 + size
+        if qos > 1 or size == 0 or at + 2 * qos > end:
+            return False
+        try:
+            topic = data[start + 2 : at].decode()
+        except UnicodeDecodeError:
+            return False
+        mid = data[at : at + 2 * qos]
+        if qos and mid == b"\0\0":
+            return False
+        read = _read_varint(data, at + 2 * qos, end)
+        if read is None or read[1] + read[0] > end:
+            return False
+        properties = _correlation(data, read[1], read[1] + read[0])
+        if properties is None or not self._take(topic, data[read[1] + read[0] : end], properties[0]):
+            return False
+        if qos:
+            acks += b"\x40\x02" + mid
+        return True
+
+    def answer(self, topic: str, payload: bytes, correlation: bytes | None) -> bool:
+        """Write a QoS 0 PUBLISH of ``payload`` on ``topic`` (with ``correlation`` as correlation data, when given) after
+        whatever is written before it; False on a connection that is gone."""
+        if self._take is None or self._error is not None:
+            return False
+        name = topic.encode()
+        properties = b"\0" if correlation is None else _varint(3 + len(correlation)) + b"\x09" + len(correlation).to_bytes(2, "big") + correlation
+        length = 2 + len(name) + len(properties) + len(payload)
+        self._write(b"".join((bytes((_PUBLISH,)), _varint(length), len(name).to_bytes(2, "big"), name, properties, payload)))
+        return True
+
+    def _write(self, packet: bytes) -> None:
+        """``packet`` sent at the end of this pass of the loop, after the packets paho has queued (moved here first)."""
+        if self._paho.want_write():
+            self._gathering = True
+            try:
+                self._paho.loop_write()
+            finally:
+                self._gathering = False
+        self._out += packet
+        self._writer_on()
 
     # --- writing ------------------------------------------------------------------------
 
