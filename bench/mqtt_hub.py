@@ -22,6 +22,7 @@ import asyncio
 import base64
 import getpass
 import logging
+import secrets
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench.codec import Source, _channels_of, reference_station, windows
-from bench.hub import SERVING, _drain, cpu_seconds, ocn_edge, percentile
+from bench.hub import SERVING, _drain, cpu_seconds, drop_schema, ocn_edge, percentile
 from bench.mqtt_link import _free_port
 from edge.protocol import BatchHeader, generate_keypair, key_id, raw_public_key, seal_batch
 from edge.protocol.compact import read_compact_ack
@@ -146,6 +147,9 @@ async def run(gateways: list[Gateway], connections: int, db: str) -> dict[str, f
         state = Path(tmp)
         broker, port = _broker(state)
         proc: asyncio.subprocess.Process | None = None
+        # A PostgreSQL database is used through a schema of this run's own, dropped after it (runs may follow each other).
+        schema = f"bench_{secrets.token_hex(4)}" if db.startswith("postgresql") and "schema=" not in db else ""
+        base, db = db, f"{db}{'&' if '?' in db else '?'}schema={schema}" if schema else db
         try:
             await asyncio.sleep(0.3)
             db = db or f"sqlite:///{state}/hub.db"
@@ -172,6 +176,8 @@ async def run(gateways: list[Gateway], connections: int, db: str) -> dict[str, f
                 await proc.wait()
             broker.terminate()
             broker.wait()
+            if schema:
+                await drop_schema(base, schema)
     batches = len(latencies)
     return {
         "batches": batches, "elapsed": elapsed, "batches_s": batches / elapsed, "p50_ms": percentile(latencies, 0.5) * 1000,

@@ -41,6 +41,7 @@ from hub.brokerauth import BrokerAccess
 from hub.brokerurl import check_broker, connection
 from hub.fleet import TRUST_KEY, desired_document
 from hub.ingest import Acked, NoticeTaken, Refused, ReportTaken
+from hub.models import Device
 from hub.mqttsocket import BrokerSocket
 from hub.state import Hub
 from hub.store import SOFTWARE_SCOPE
@@ -413,27 +414,30 @@ class MqttIngest:
                 pass  # the ingest side logs the outage; the next round looks again
 
     async def _push_desired(self, client: aiomqtt.Client) -> None:
-        """One look at every device heard from: two reads (the devices, the desired documents) whatever their number, where
-        one read a device would cost a thousand a second at a thousand gateways.  The ETags found are handed to the ingest
-        core, so batch acks carry them without reading them again."""
+        """One look at every device heard from: two reads (each device's status and fleet, the desired documents) whatever
+        their number, where one read a device would cost a thousand a second at a thousand gateways; the devices' whole rows
+        are read only in a round where some device's document must be made again.  The ETags found are handed to the
+        ingest core, so batch acks carry them without reading them again."""
         store, ingest = self.hub.store, self.hub.ingest
-        devices = {device.device_id: device for device in await store.devices()}
+        fleets = await store.device_fleets()
         known: dict[tuple[str, str], tuple[dict[str, Any], int] | None] = dict(await store.desired_documents())
+        devices: dict[str, Device] | None = None
         for device_id, offered in list(self._published.items()):
-            device = devices.get(device_id)
-            if device is None or device.status != "active":
-                del self._published[device_id]  # revoked or gone: nothing more is pushed to it
-                self._computed.pop(device_id, None)
-                continue
-            for key in (("fleet", device.fleet), ("device", device_id), (SOFTWARE_SCOPE, device_id), TRUST_KEY):
-                known.setdefault(key, None)  # none set: desired_document reads nothing
-            inputs = (device.fleet, known[("fleet", device.fleet)], known[("device", device_id)], known[(SOFTWARE_SCOPE, device_id)], known[TRUST_KEY])
+            status, fleet = fleets.get(device_id, ("", ""))
+            inputs = _desired_inputs(known, device_id, fleet)
             cached = self._computed.get(device_id)
-            if cached is not None and cached[0] == inputs:
+            if status == "active" and cached is not None and cached[0] == inputs:
                 document, etag = cached[1], cached[2]
             else:
+                if devices is None:
+                    devices = {device.device_id: device for device in await store.devices()}
+                device = devices.get(device_id)
+                if device is None or device.status != "active":
+                    del self._published[device_id]  # revoked or gone: nothing more is pushed to it
+                    self._computed.pop(device_id, None)
+                    continue
                 document, etag = await desired_document(store, device, known=known)
-                self._computed[device_id] = (inputs, document, etag)
+                self._computed[device_id] = (_desired_inputs(known, device_id, device.fleet), document, etag)
             ingest.remember_etag(device_id, etag)
             if etag == offered:
                 continue
@@ -442,6 +446,15 @@ class MqttIngest:
             await client.publish(f"{TOPIC_ROOT}/{device_id}/desired", payload, qos=1, retain=True)
             self._published[device_id] = etag
             log.debug("desired state pushed", extra={"device": device_id, "etag": etag})
+
+
+def _desired_inputs(known: dict[tuple[str, str], tuple[dict[str, Any], int] | None], device_id: str, fleet: str) -> tuple[object, ...]:
+    """What a device's desired document is made of: its fleet and the documents that apply to it (None for one not set,
+    so desired_document reads nothing more)."""
+    keys = (("fleet", fleet), ("device", device_id), (SOFTWARE_SCOPE, device_id), TRUST_KEY)
+    for key in keys:
+        known.setdefault(key, None)
+    return (fleet, *(known[key] for key in keys))
 
 
 MQTT_INGEST = web.AppKey("mqtt_ingest", MqttIngest)

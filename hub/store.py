@@ -195,6 +195,11 @@ class Store(abc.ABC):
         """One device, or None if it is not enrolled."""
 
     @abc.abstractmethod
+    async def device_fleets(self) -> dict[str, tuple[str, str]]:
+        """Every enrolled device's status and fleet, by id: what the MQTT side looks at every second (hub.mqtt), without
+        the rest of each device's row."""
+
+    @abc.abstractmethod
     async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]: ...
 
     @abc.abstractmethod

@@ -336,8 +336,15 @@ class PostgresStore(Store):
         outcomes: list[str | Exception] = [""] * len(batches)
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                for i in order:
-                    outcomes[i] = "stored" if await conn.fetchval(STORE_BATCH, *_store_batch_args(batches[i])) else "duplicate"
+                if hasattr(conn, "fetchmany"):
+                    # asyncpg 0.30 and later: the statements of the whole group sent at once, in this order, and their
+                    # outcomes read back together (one round trip and one await for the group, not one a batch).
+                    rows = await conn.fetchmany(STORE_BATCH, [_store_batch_args(batches[i]) for i in order])
+                    for i, row in zip(order, rows, strict=True):
+                        outcomes[i] = "stored" if row[0] else "duplicate"
+                else:
+                    for i in order:
+                        outcomes[i] = "stored" if await conn.fetchval(STORE_BATCH, *_store_batch_args(batches[i])) else "duplicate"
         except asyncpg.PostgresError:
             return await super().store_batches(batches)
         return outcomes
@@ -402,6 +409,9 @@ class PostgresStore(Store):
     async def device(self, device_id: str) -> Device | None:
         row = await self._pool.fetchrow(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1", device_id)
         return device_from_row(row) if row else None
+
+    async def device_fleets(self) -> dict[str, tuple[str, str]]:
+        return {r[0]: (r[1], r[2]) for r in await self._pool.fetch("SELECT device_id, status, fleet FROM devices")}
 
     async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]:
         if device_id is None:

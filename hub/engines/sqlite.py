@@ -79,6 +79,26 @@ def _newest_row(batch: IncomingBatch) -> tuple[Any, ...]:
     unclean, dropped = to_uint_column(batch.counters.get("unclean_stops")), to_uint_column(batch.counters.get("readings_dropped"))
     return (epoch, seq, dumps(dict(batch.counters)), batch.policy_digest.hex(), unclean, dropped, batch.device_id, epoch, epoch, seq)
 
+# A stored batch's mark on its device, in one statement: NEWEST_BATCH and the stored counts (every SET reads the row as it
+# was, so the newest test is the same in each).
+STORED_BATCH = (
+    "UPDATE devices SET readings_stored = readings_stored + ?1, batches_stored = batches_stored + 1, last_seen_ms = max(coalesce(last_seen_ms, 0), ?2),"
+    " boot_epoch = CASE WHEN {newer} THEN ?3 ELSE boot_epoch END, last_seq = CASE WHEN {newer} THEN ?4 ELSE last_seq END,"
+    " counters = CASE WHEN {newer} THEN ?5 ELSE counters END, policy_digest = CASE WHEN {newer} THEN ?6 ELSE policy_digest END,"
+    " unclean_stops = CASE WHEN {newer} THEN coalesce(?7, unclean_stops) ELSE unclean_stops END,"
+    " readings_dropped = CASE WHEN {newer} THEN coalesce(?8, readings_dropped) ELSE readings_dropped END"
+    " WHERE device_id = ?9"
+).format(newer="(boot_epoch IS NULL OR boot_epoch < ?3 OR (boot_epoch = ?3 AND (last_seq IS NULL OR last_seq <= ?4)))")
+
+
+def _stored_row(batch: IncomingBatch) -> tuple[Any, ...]:
+    """STORED_BATCH's parameters."""
+    epoch, seq = to_uint_column(batch.boot_epoch), to_uint_column(batch.seq)
+    unclean, dropped = to_uint_column(batch.counters.get("unclean_stops")), to_uint_column(batch.counters.get("readings_dropped"))
+    return (len(batch.readings), batch.received_ms, epoch, seq, dumps(dict(batch.counters)), batch.policy_digest.hex(), unclean, dropped,
+            batch.device_id)
+
+
 def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA busy_timeout = 30000")
@@ -471,12 +491,7 @@ class SQLiteStore(Store):
                 "UPDATE devices SET duplicates = duplicates + 1, last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
                 [(b.received_ms, b.device_id) for b, outcome in zip(batches, outcomes, strict=True) if outcome == "duplicate"],
             )
-            conn.executemany(
-                "UPDATE devices SET readings_stored = readings_stored + ?, batches_stored = batches_stored + 1,"
-                " last_seen_ms = max(coalesce(last_seen_ms, 0), ?) WHERE device_id = ?",
-                [(len(b.readings), b.received_ms, b.device_id) for b in stored],
-            )
-            conn.executemany(NEWEST_BATCH, [_newest_row(b) for b in stored])
+            conn.executemany(STORED_BATCH, [_stored_row(b) for b in stored])
             return outcomes
 
         try:
@@ -548,6 +563,9 @@ class SQLiteStore(Store):
     async def device(self, device_id: str) -> Device | None:
         rows = await self._read(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,))
         return device_from_row(rows[0]) if rows else None
+
+    async def device_fleets(self) -> dict[str, tuple[str, str]]:
+        return {device_id: (status, fleet) for device_id, status, fleet in await self._read("SELECT device_id, status, fleet FROM devices")}
 
     async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]:
         sql = "SELECT id, device_id, received_ms, notice FROM notices"
