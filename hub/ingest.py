@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -175,7 +176,13 @@ def _refuse_device(device: DeviceKey | None, kid: bytes) -> Refused | None:
 
 
 def _public_key(device: DeviceKey) -> Ed25519PublicKey:
-    return Ed25519PublicKey.from_public_bytes(device.public_key)
+    return _loaded_key(device.public_key)
+
+
+@functools.lru_cache(maxsize=65536)
+def _loaded_key(raw: bytes) -> Ed25519PublicKey:
+    """An enrolled device's public key, loaded once (an immutable object; a thousand devices' batches load it again otherwise)."""
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def _verify_and_weigh(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
@@ -201,11 +208,11 @@ def _verify_all(items: Sequence[tuple[bytes, Ed25519PublicKey]]) -> list[tuple[B
     return checked
 
 
-def _acked(device: DeviceKey, header: BatchHeader, incoming: IncomingBatch, status: str) -> Acked:
+def _acked(device: DeviceKey, header: BatchHeader, incoming: IncomingBatch, status: str, desired_etag: str = "") -> Acked:
     """The ack of a batch the store took: OXP §8.5's readings kept apart, by reason, said by the ack that stored it only."""
-    apart = dict(sorted(Counter(q.reason for q in incoming.quarantined).items())) if status == "stored" else {}
+    apart = dict(sorted(Counter(q.reason for q in incoming.quarantined).items())) if status == "stored" and incoming.quarantined else {}
     return Acked(device.device_id, header.key_id, header.boot_epoch, header.seq, status, apart,
-                 readings=len(incoming.readings) if status == "stored" else 0)
+                 readings=len(incoming.readings) if status == "stored" else 0, desired_etag=desired_etag)
 
 
 async def _verified(workers: Workers, data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
@@ -309,11 +316,20 @@ class Ingest:
             else:
                 storing.append((i, device, check[0], self._incoming(decoded, device, size=len(data))))
         stored = await self.store.store_batches([incoming for *_, incoming in storing]) if storing else []
-        for (i, device, header, incoming), status in zip(storing, stored, strict=True):
-            outcomes[i] = status if isinstance(status, Exception) else _acked(device, header, incoming, status)
+        taken: dict[int, tuple[BatchHeader, IncomingBatch, str]] = {}
+        for (i, _, header, incoming), status in zip(storing, stored, strict=True):
+            if isinstance(status, Exception):
+                outcomes[i] = status
+            else:
+                taken[i] = (header, incoming, status)
+        # Told to the devices' fault records in the group's order, as _heard does; an ack made once, with its ETag.
         for i, (device, signed) in verified.items():
+            if i in taken:
+                self.faults.cleared(device.device_id)
+                outcomes[i] = _acked(device, *taken[i], desired_etag=await self._ack_etag(device.device_id) or "")
+                continue
             outcome = outcomes[i]
-            if isinstance(outcome, Acked | Refused):
+            if isinstance(outcome, Refused) and signed:
                 outcomes[i] = await self._heard(device, outcome, signed)
         return [outcome for outcome in outcomes if outcome is not None]
 
