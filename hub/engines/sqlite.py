@@ -394,14 +394,14 @@ class SQLiteStore(Store):
         # A cached channel not known to be personal is written again when a batch flags it: it must be
         # marked before this batch's readings are committed.  The flag is only ever set (sticky).
         if cached is None or (channel.personal and not cached[1]):
-            conn.execute(
+            # The row inserted or updated, and its id, in one statement (an upsert's RETURNING gives the row either way).
+            [(cid, personal)] = conn.execute(
                 "INSERT INTO channels (device_id, name, unit, kind, resolution, description, personal) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (device_id, name) DO UPDATE SET unit = excluded.unit, kind = excluded.kind,"
                 " resolution = excluded.resolution, description = excluded.description,"
-                " personal = channels.personal OR excluded.personal",
+                " personal = channels.personal OR excluded.personal RETURNING id, personal",
                 (device_id, channel.id, channel.unit, channel.kind.value, channel.resolution, channel.description, channel.personal),
-            )
-            cid, personal = conn.execute("SELECT id, personal FROM channels WHERE device_id = ? AND name = ?", key).fetchone()
+            ).fetchall()
             cached = (cid, bool(personal))
             self._channel_ids[key] = cached
         return cached[0]
