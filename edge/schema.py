@@ -17,7 +17,6 @@ error (bare ``0`` excepted, which means the same in every unit).
 from __future__ import annotations
 
 import datetime
-import difflib
 import json
 import math
 import os
@@ -117,6 +116,8 @@ def join(path: str, key: str | int) -> str:
 
 def closest(word: str, candidates: Iterable[str]) -> str | None:
     """The candidate a typo most likely meant, or None."""
+    import difflib  # only when a key is misspelt: a config that loads never needs it (issue 17)
+
     found = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return found[0] if found else None
 

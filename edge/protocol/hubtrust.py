@@ -16,11 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edge.protocol.desired import canonical_json
-from edge.protocol.keys import key_id
+from edge.protocol.keys import key_id, pem_public_key, public_pem
 
 __all__ = ["CA", "KEY_ID", "MAX_CA_BYTES", "NEXT_KEY", "ROLLOVER", "TrustError", "load_pem", "parse_trust", "pem", "rollover_link", "signing_key"]
 
@@ -37,13 +36,13 @@ class TrustError(ValueError):
 
 
 def pem(key: Ed25519PublicKey | Ed25519PrivateKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    """The SubjectPublicKeyInfo PEM of the (public half of the) key, as cryptography writes it."""
+    return public_pem(key)
 
 
 def load_pem(data: bytes, *, where: str) -> Ed25519PublicKey:
     try:
-        key = serialization.load_pem_public_key(data)
+        key = pem_public_key(data)
     except ValueError as exc:
         raise TrustError(f"{where}: not a PEM public key ({exc})") from None
     if not isinstance(key, Ed25519PublicKey):

@@ -24,11 +24,12 @@ ROOT = Path(__file__).resolve().parents[2]
 # config names; x509 checks a CA a desired document names; the other commands' modules are other commands.
 # The local API runs on aiohttp's low-level server, not aiohttp.web's application and router (~1 MiB resident);
 # drivers and the notice's words are found by reading files, not through importlib.metadata or importlib.resources
-# (with zipfile, csv and the rest behind them: ~0.8 MiB).
+# (with zipfile, csv and the rest behind them: ~0.8 MiB).  edge.protocol hands out its parts when asked (PEP 562):
+# the SenML view is for the hub and `ocn-edge oxp`.
 NOT_AT_START = ("hub", "hilsim", "asyncpg", "jinja2", "prometheus_client", "aiomqtt", "edge.transport.mqtt", "cryptography.x509",
                 "edge.commands.check", "edge.commands.drivers", "edge.commands.image", "edge.commands.release", "edge.demo",
                 "aiohttp.web", "aiohttp.web_app", "aiohttp.web_runner", "aiohttp.web_urldispatcher",
-                "importlib.metadata", "importlib.resources", "zipfile", "csv")
+                "importlib.metadata", "importlib.resources", "zipfile", "csv", "edge.protocol.senml")
 # What the same run must import, so a run that never started cannot pass.
 AT_START = ("edge.runtime", "edge.uplink", "edge.spool", "drivers.modbus.driver", "edge.localapi.server")
 
@@ -136,3 +137,43 @@ def test_the_local_api_access_token_module_loads_without_the_server() -> None:
     imported = _imported_by("-c", "import edge.localapi.access")
     assert "edge.localapi.access" in imported
     assert not sorted(name for name in imported if name.startswith(("aiohttp", "edge.localapi.app", "edge.localapi.server", "edge.commissioning")))
+
+
+def test_the_protocol_and_the_config_schema_load_without_cryptographys_key_serialization_or_difflib(tmp_path: Path) -> None:
+    # A gateway reads its device key and the pinned hub key once; edge.protocol.keys takes the Ed25519 PEM apart itself,
+    # so cryptography's serialization module (its SSH, RSA, DSA, EC and legacy-cipher modules with it, ~0.8 MiB
+    # resident) is not imported for it; difflib is imported only to suggest a key for a misspelt one (issue 17).
+    from edge.protocol.keys import write_keypair
+
+    private_path, public_path = write_keypair(tmp_path)
+    code = f"""
+import sys
+import edge.schema
+from edge.protocol import load_private_key, load_public_key, seal_batch, MAX_STATUS_BYTES
+from edge.protocol import hubtrust
+key = load_private_key({str(private_path)!r})
+assert load_public_key({str(public_path)!r}).public_bytes_raw() == key.public_key().public_bytes_raw()
+assert hubtrust.load_pem(hubtrust.pem(key), where="test").public_bytes_raw() == key.public_key().public_bytes_raw()
+loaded = sorted(m for m in sys.modules if m.startswith(("cryptography.hazmat.primitives.serialization", "difflib", "edge.protocol.senml")))
+assert edge.schema.closest("gatway", ["gateway"]) == "gateway"  # what difflib is for: imported there
+print(loaded, "difflib" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "hil-sim")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[] True", done.stdout
+
+
+def test_the_varint_column_writer_holds_no_table() -> None:
+    # A table of the 16,384 one- and two-byte encodings once held 0.8 MiB for the gateway's life (issue 17).
+    code = """
+import tracemalloc
+tracemalloc.start()
+import edge.protocol.varint
+kept = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, edge.protocol.varint.__file__)])
+print(sum(stat.size for stat in kept.statistics("filename")))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) < 16 * 1024, f"edge.protocol.varint's own code keeps {int(done.stdout):,} bytes"

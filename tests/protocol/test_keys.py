@@ -93,3 +93,65 @@ def test_a_key_pair_that_does_not_fit_on_a_full_disk_leaves_no_file_behind_and_f
         created_path, created = ensure_device_key(state / "device.key")
         assert created and load_private_key(created_path) is not None
         assert sorted(p.name for p in state.iterdir()) == ["device.key", "device.pub"]
+
+
+def _pems(key):
+    from cryptography.hazmat.primitives import serialization
+
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return private, public
+
+
+def test_ed25519_pem_files_read_without_cryptographys_parser_give_the_key_it_reads(tmp_path):
+    # What a gateway reads at start (its device key, the pinned hub key) is taken apart here, not by cryptography's
+    # serialization module (issue 17); every variant of the same PEM must still give the same key, byte for byte.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    from edge.protocol.keys import pem_private_key, pem_public_key, public_pem
+
+    for _ in range(20):
+        key = generate_keypair()
+        private, public = _pems(key)
+        assert public_pem(key) == public_pem(key.public_key()) == public
+        for form in (private, private.replace(b"\n", b"\r\n"), b"\n" + private + b"\n\n"):
+            got, ref = pem_private_key(form), serialization.load_pem_private_key(form, password=None)
+            assert isinstance(got, Ed25519PrivateKey) and isinstance(ref, Ed25519PrivateKey)
+            assert got.private_bytes_raw() == ref.private_bytes_raw() == key.private_bytes_raw()
+        for form in (public, public.replace(b"\n", b"\r\n")):
+            got_public, ref_public = pem_public_key(form), serialization.load_pem_public_key(form)
+            assert isinstance(got_public, Ed25519PublicKey) and isinstance(ref_public, Ed25519PublicKey)
+            assert got_public.public_bytes_raw() == ref_public.public_bytes_raw() == raw_public_key(key)
+        (tmp_path / "k.pem").write_bytes(private)
+        (tmp_path / "k.pub").write_bytes(public)
+        assert raw_public_key(load_private_key(tmp_path / "k.pem")) == raw_public_key(load_public_key(tmp_path / "k.pub")) == raw_public_key(key)
+
+
+def test_pem_files_that_are_not_the_plain_ed25519_form_go_to_cryptographys_parser_and_fail_or_pass_as_there(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from edge.protocol.keys import pem_private_key, pem_public_key
+
+    key = generate_keypair()
+    private, public = _pems(key)
+    encrypted = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.BestAvailableEncryption(b"secret"))
+    cut = private[: len(private) // 2] + private[-26:]  # base64 cut short: not 48 bytes of DER
+    spliced = private.replace(b"-----END PRIVATE KEY-----", b"-----END PUBLIC KEY-----")
+    for bad in (encrypted, cut, spliced, b"-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n", public):
+        with pytest.raises((ValueError, TypeError)):
+            serialization.load_pem_private_key(bad, password=None)
+        with pytest.raises((ValueError, TypeError)):
+            pem_private_key(bad)
+        (tmp_path / "bad.pem").write_bytes(bad)
+        with pytest.raises(KeyFileError, match="bad.pem: not an unencrypted PEM private key"):
+            load_private_key(tmp_path / "bad.pem")
+    # A key of another type still loads as what it is, so the message can say so.
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    ec_public = ec_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert isinstance(pem_public_key(ec_public), ec.EllipticCurvePublicKey)
+    (tmp_path / "ec.pub").write_bytes(ec_public)
+    with pytest.raises(KeyFileError, match="ec.pub: holds a .*; OXP device keys are Ed25519"):
+        load_public_key(tmp_path / "ec.pub")
