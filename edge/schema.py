@@ -22,7 +22,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -96,9 +96,24 @@ def value_of(item: Any, name: str) -> Any:
         return INVALID
     if isinstance(item, Broken):
         return item.values.get(name, INVALID)
-    if isinstance(item, Mapping):
+    if _is_table(item):
         return item.get(name, INVALID)
     return getattr(item, name, INVALID)
+
+
+# TOML's plain values and the converted tables (dataclasses): told apart from a table before isinstance(value, Mapping),
+# which for a type an ABC has not seen walks every class under Mapping and leaves the answer cached in each (~0.25 MiB
+# for loading and digesting one gateway config, kept for the gateway's life: issue 17).
+_PLAIN = (str, bool, int, float, list, tuple, datetime.date, datetime.time, Path, type(None))
+
+
+def _is_table(value: Any) -> bool:
+    """A TOML table: the dict tomllib makes, or any other Mapping."""
+    if isinstance(value, dict):
+        return True
+    if isinstance(value, _PLAIN) or is_dataclass(value):
+        return False
+    return isinstance(value, Mapping)
 
 
 def render(value: Any, *, limit: int = 80) -> str:
@@ -544,7 +559,7 @@ class AnyTable(Type):
 
 
 def _drop_none(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    if _is_table(value):
         return {k: _drop_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [_drop_none(v) for v in value]
@@ -681,7 +696,7 @@ def _inline(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, Path):
         return _string(str(value))
-    if isinstance(value, Mapping):
+    if _is_table(value):
         if not value:
             return "{}"
         return "{ " + ", ".join(f"{_key(k)} = {_inline(v)}" for k, v in value.items()) + " }"
@@ -691,7 +706,7 @@ def _inline(value: Any) -> str:
 
 
 def _is_table_array(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, Mapping) for v in value)
+    return isinstance(value, (list, tuple)) and bool(value) and all(_is_table(v) for v in value)
 
 
 def dumps_toml(document: Mapping[str, Any]) -> str:
@@ -702,13 +717,13 @@ def dumps_toml(document: Mapping[str, Any]) -> str:
 
 
 def _write_table(lines: list[str], prefix: list[str], table: Mapping[str, Any]) -> None:
-    nested = {k: v for k, v in table.items() if isinstance(v, Mapping) or _is_table_array(v)}
+    nested = {k: v for k, v in table.items() if _is_table(v) or _is_table_array(v)}
     for key, value in table.items():
         if key not in nested:
             lines.append(f"{_key(key)} = {_inline(value)}")
     for key, value in nested.items():
         name = ".".join(_key(part) for part in [*prefix, key])
-        if isinstance(value, Mapping):
+        if _is_table(value):
             lines += ["", f"[{name}]"]
             _write_table(lines, [*prefix, key], value)
         else:
