@@ -48,13 +48,13 @@ from edge.protocol.compression import content_size, decompress
 from edge.util.clock import now_ms
 from hub.bounds import split_readings
 from hub.faults import DeviceFaults
-from hub.fleet import desired_document
+from hub.fleet import TRUST_KEY, desired_document
 from hub.hubkey import DesiredSigner
 from hub.keycache import KeyCache
 from hub.models import DeviceKey, IncomingBatch
 from hub.ratelimit import RateLimiter, ReadingsBudget
 from hub.reports import ReportError, check_notice_message, check_status_report, freshness
-from hub.store import Store
+from hub.store import SOFTWARE_SCOPE, Store
 from hub.workers import Busy, Workers
 
 __all__ = ["Acked", "Ingest", "NoticeTaken", "Refused", "ReportTaken", "MAX_NOTICE_BYTES"]
@@ -322,6 +322,11 @@ class Ingest:
                 outcomes[i] = status
             else:
                 taken[i] = (header, incoming, status)
+        # The desired ETags of devices none is remembered for (the first batch of each since the hub started), read for the
+        # group at once: two reads, where desired_etag reads five a device, each waiting its turn on the loop.
+        unknown = list(dict.fromkeys(verified[i][0].device_id for i in taken if verified[i][0].device_id not in self._etags))
+        if len(unknown) > 1:
+            await self._read_etags(unknown)
         # Told to the devices' fault records in the group's order, as _heard does; an ack made once, with its ETag.
         for i, (device, signed) in verified.items():
             if i in taken:
@@ -469,6 +474,21 @@ class Ingest:
         _, etag = await desired_document(self.store, device)
         self._etags[device_id] = (now, etag)
         return etag
+
+    async def _read_etags(self, device_ids: list[str]) -> None:
+        """Remember the ETags of the active devices among ``device_ids``, as desired_etag would read them one by one: their
+        rows in one read, the documents that apply to them in another.  A device not found or not active is left for
+        desired_etag to say so."""
+        devices = [device for device in await self.store.devices_named(device_ids) if device.status == "active"]
+        keys = list(dict.fromkeys(key for device in devices for key in (
+            ("fleet", device.fleet), ("device", device.device_id), (SOFTWARE_SCOPE, device.device_id), TRUST_KEY)))
+        known: dict[tuple[str, str], tuple[dict[str, Any], int] | None] = dict(await self.store.desired_for(keys))
+        for key in keys:
+            known.setdefault(key, None)  # none set: desired_document reads nothing
+        now = time.monotonic()
+        for device in devices:
+            _, etag = await desired_document(self.store, device, known=known)
+            self._etags[device.device_id] = (now, etag)
 
     def remember_etag(self, device_id: str, etag: str) -> None:
         """A device's ETag its caller has just read from the store (the MQTT side reads those of every device it serves at

@@ -195,6 +195,10 @@ class Store(abc.ABC):
         """One device, or None if it is not enrolled."""
 
     @abc.abstractmethod
+    async def devices_named(self, device_ids: Sequence[str]) -> list[Device]:
+        """The enrolled devices among ``device_ids``, in one read (ingest, for a group of batches: hub.ingest)."""
+
+    @abc.abstractmethod
     async def device_fleets(self) -> dict[str, tuple[str, str]]:
         """Every enrolled device's status and fleet, by id: what the MQTT side looks at every second (hub.mqtt), without
         the rest of each device's row."""
@@ -222,6 +226,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def desired_documents(self) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
         """Every desired document and when it was set, by (scope, name): one read for a caller that looks at every device."""
+
+    @abc.abstractmethod
+    async def desired_for(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
+        """The desired documents among ``keys`` (scope, name) and when each was set, in one read; a key without one is left out."""
 
     # software rollouts (hub.rollout)
     @abc.abstractmethod

@@ -410,6 +410,10 @@ class PostgresStore(Store):
         row = await self._pool.fetchrow(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = $1", device_id)
         return device_from_row(row) if row else None
 
+    async def devices_named(self, device_ids: Sequence[str]) -> list[Device]:
+        rows = await self._pool.fetch(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ANY($1::text[])", list(device_ids))
+        return [device_from_row(r) for r in rows]
+
     async def device_fleets(self) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in await self._pool.fetch("SELECT device_id, status, fleet FROM devices")}
 
@@ -450,6 +454,14 @@ class PostgresStore(Store):
 
     async def desired_documents(self) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
         rows = await self._pool.fetch("SELECT scope, name, document, updated_ms FROM desired")
+        return {(r[0], r[1]): (json.loads(r[2]), r[3]) for r in rows}
+
+    async def desired_for(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
+        rows = await self._pool.fetch(
+            "SELECT d.scope, d.name, d.document, d.updated_ms FROM desired AS d"
+            " JOIN unnest($1::text[], $2::text[]) AS k(scope, name) ON d.scope = k.scope AND d.name = k.name",
+            [key[0] for key in keys], [key[1] for key in keys],
+        )
         return {(r[0], r[1]): (json.loads(r[2]), r[3]) for r in rows}
 
     # --- software rollouts (hub.rollout) ---------------------------------------------------

@@ -564,6 +564,13 @@ class SQLiteStore(Store):
         rows = await self._read(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,))
         return device_from_row(rows[0]) if rows else None
 
+    async def devices_named(self, device_ids: Sequence[str]) -> list[Device]:
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(device_ids), GROUP_ROWS):
+            part = list(device_ids[start : start + GROUP_ROWS])
+            rows += await self._read(f"SELECT {DEVICE_COLUMNS} FROM devices WHERE device_id IN ({', '.join('?' * len(part))})", part)
+        return [device_from_row(r) for r in rows]
+
     async def device_fleets(self) -> dict[str, tuple[str, str]]:
         return {device_id: (status, fleet) for device_id, status, fleet in await self._read("SELECT device_id, status, fleet FROM devices")}
 
@@ -603,6 +610,14 @@ class SQLiteStore(Store):
 
     async def desired_documents(self) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
         rows = await self._read("SELECT scope, name, document, updated_ms FROM desired")
+        return {(r[0], r[1]): (json.loads(r[2]), r[3]) for r in rows}
+
+    async def desired_for(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], tuple[dict[str, Any], int]]:
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(keys), GROUP_ROWS):
+            part = keys[start : start + GROUP_ROWS]
+            rows += await self._read("SELECT scope, name, document, updated_ms FROM desired WHERE (scope, name) IN (VALUES "
+                                     + ", ".join(["(?, ?)"] * len(part)) + ")", [value for key in part for value in key])
         return {(r[0], r[1]): (json.loads(r[2]), r[3]) for r in rows}
 
     # --- software rollouts (hub.rollout) ---------------------------------------------------
