@@ -13,7 +13,7 @@ from drivers.health import DEGRADED, Health
 from drivers.modbus.adapter import ExceptionReply, LinkError
 from drivers.modbus.bus import FLAP_S
 from drivers.modbus.planner import ReadRequest, plan_reads
-from drivers.modbus.profile import Profile, ProfileError, load_profile, shipped_profiles
+from drivers.modbus.profile import BlockDecoder, Profile, ProfileError, load_profile, shipped_profiles
 from drivers.sdk import DeviceContext, Driver, Emit, Manifest, ModbusBusLike, OptionError, OptionSpec
 from edge.protocol.types import Channel, Reading
 from edge.util.logonce import LogOnce
@@ -96,6 +96,9 @@ class ModbusDriver(Driver):
             req: [(r, ctx.channel_id(r.channel), r.address - req.address, r.address - req.address + r.count) for r in regs]
             for req, regs in self._by_request.items()
         }
+        # Per request, one unpack for every value when all are plain numbers (BlockDecoder), with each value's channel.
+        self._blocks = {req: (block, [(r, channel) for r, channel, _, _ in named]) for req, named in self._named.items()
+                        if (block := BlockDecoder.build([(r, start) for r, _, start, _ in named], req.count)) is not None}
         self._bus: ModbusBusLike | None = None  # the context's, type-checked at the first poll
         self._refusals = LogOnce(ctx.logger, flap_s=FLAP_S)
         self._refused: dict[ReadRequest, str] = {}
@@ -135,10 +138,18 @@ class ModbusDriver(Driver):
                 result.skipped.extend(self.plan[i + 1:])
                 break
             ts = self.ctx.clock_ms()
+            readings = result.readings
+            block = self._blocks.get(req)
+            if block is not None:
+                decoder, named = block
+                for (reg, channel), number in zip(named, decoder.decode(words), strict=True):
+                    if number is not None:
+                        readings.append(Reading(channel, ts, number, reg.unit))
+                continue
             for reg, channel, start, end in self._named[req]:
                 value = reg.decode(words[start:end])
                 if value is not None:
-                    result.readings.append(Reading(channel, ts, value, reg.unit))
+                    readings.append(Reading(channel, ts, value, reg.unit))
         return result
 
     async def run(self, emit: Emit) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "FUNCTIONS",
     "PROFILE_DIR",
     "TYPES",
+    "BlockDecoder",
     "Profile",
     "ProfileError",
     "Register",
@@ -113,6 +114,16 @@ class Register:
         if self.bits is not None:
             start, width = self.bits
             value = (value >> start) & ((1 << width) - 1)
+        return self.finish(value)
+
+    @property
+    def plain(self) -> bool:
+        """Whether the value is its words read as one big-endian number, then scaled: no bits, no "no value", no swap."""
+        return (self.type not in ("string", "bool") and self.byte_order == "big" and self.word_order == "big"
+                and self.bit is None and self.bits is None and not self.missing)
+
+    def finish(self, value: int | float) -> int | float | None:
+        """The number unpacked from the words, as a reading's value: None for NaN or infinity, else scaled."""
         if isinstance(value, float) and not math.isfinite(value):
             return None  # meters answer NaN for a quantity they do not measure
         if self.scale == 1.0 and self.offset == 0.0:
@@ -122,6 +133,53 @@ class Register:
             return None  # a huge float64 times the scale overflows: no number to report
         # round away binary noise of the scaling (1012.8000000000001 -> 1012.8), far below any resolution
         return round(scaled, 9)
+
+
+class BlockDecoder:
+    """The values of a request's registers from its words in one unpack, when every one is `Register.plain`.
+
+    Decoding register by register packs and unpacks each value's words on their own, with a
+    format string built per value.  Here one precompiled format (pad bytes over the addresses
+    no register uses) reads them all, and each value then goes through `Register.finish` as
+    before: a 30-value SDM630 poll decodes into readings in about half the CPU time.
+    """
+
+    def __init__(self, registers: Sequence[tuple[Register, int]], words: int) -> None:
+        """``registers``: each with its first word's index in the request, in increasing order, not overlapping."""
+        fmt, at = [">"], 0
+        for reg, start in registers:
+            if start > at:
+                fmt.append(f"{2 * (start - at)}x")
+            fmt.append(TYPES[reg.type][1][1:])
+            at = start + reg.count
+        self._words = struct.Struct(f">{words}H")
+        self._values = struct.Struct("".join(fmt))
+        self._registers = tuple(reg for reg, _ in registers)
+        # Unscaled registers need no call: only the NaN / infinity check (floats only) is left to do.
+        self._scaled = tuple(not (reg.scale == 1.0 and reg.offset == 0.0) for reg in self._registers)
+
+    @classmethod
+    def build(cls, registers: Sequence[tuple[Register, int]], words: int) -> BlockDecoder | None:
+        """The decoder for ``registers`` (each with its offset in the request), or None if one block cannot read them."""
+        at = 0
+        for reg, start in registers:
+            if not reg.plain or start < at or start + reg.count > words:
+                return None
+            at = start + reg.count
+        return cls(registers, words)
+
+    def decode(self, words: Sequence[int]) -> list[int | float | None]:
+        """Each register's value, in order, as `Register.decode` gives it."""
+        isfinite = math.isfinite
+        out: list[int | float | None] = []
+        for reg, scaled, value in zip(self._registers, self._scaled, self._values.unpack_from(self._words.pack(*words)), strict=True):
+            if scaled:
+                out.append(reg.finish(value))
+            elif isinstance(value, float) and not isfinite(value):
+                out.append(None)
+            else:
+                out.append(value)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
 
-from drivers.modbus.profile import ProfileError, Register, load_profile, parse_profile, shipped_profiles
+from drivers.modbus.planner import plan_reads
+from drivers.modbus.profile import BlockDecoder, ProfileError, Register, load_profile, parse_profile, shipped_profiles
 from edge.protocol.types import Channel, Kind
 
 HEAD = '[profile]\nname = "test"\n'
@@ -173,3 +175,65 @@ def test_a_signed_sentinel_and_its_unsigned_spelling_are_the_same_raw_value():
 def test_a_float64_that_overflows_when_scaled_is_no_value():
     words = list(struct.unpack(">HHHH", struct.pack(">d", 1e308)))
     assert Register("e", "holding", 0, "float64", scale=10.0).decode(words) is None
+
+
+@pytest.mark.parametrize("name", sorted(shipped_profiles()))
+def test_a_whole_request_decoded_in_one_block_gives_what_each_register_gives(name):
+    p = load_profile(name)
+    rng = random.Random(name)
+    nan = list(struct.unpack(">2H", struct.pack(">f", float("nan"))))
+    for req in plan_reads(p.spans(), max_gap=p.max_gap, unreadable=p.unreadable):
+        regs = [(r, r.address - req.address) for r in p.registers
+                if r.function == req.function and req.address <= r.address and r.address + r.count <= req.end]
+        block = BlockDecoder.build(regs, req.count)
+        if block is None:
+            assert not all(r.plain for r, _ in regs) or req.function in ("coil", "discrete")
+            continue
+        for _ in range(50):
+            words = [rng.randrange(65536) for _ in range(req.count)]
+            for reg, start in regs[::3]:  # NaN where a float32 is: no value either way
+                if reg.type == "float32":
+                    words[start:start + 2] = nan
+            assert block.decode(words) == [r.decode(words[s:s + r.count]) for r, s in regs]
+
+
+def test_a_block_decodes_scaled_integers_floats_and_gaps_as_each_register_does():
+    p = parse_profile(profile("""
+[[registers]]
+channel = "a"
+function = "holding"
+address = 0
+type = "int16"
+scale = 0.1
+[[registers]]
+channel = "b"
+function = "holding"
+address = 3
+type = "float32"
+[[registers]]
+channel = "c"
+function = "holding"
+address = 6
+type = "uint32"
+offset = -40.0
+"""), source="test.toml")
+    regs = [(r, r.address) for r in p.registers]
+    block = BlockDecoder.build(regs, 9)  # a word past the last register too
+    assert block is not None
+    inf = list(struct.unpack(">2H", struct.pack(">f", float("inf"))))
+    for words in ([65535, 9, 9, *struct.unpack(">2H", struct.pack(">f", 1.5)), 9, 0, 100, 7],
+                  [1, 0, 0, *inf, 0, 1, 0, 7]):
+        assert block.decode(words) == [r.decode(words[s:s + r.count]) for r, s in regs]
+    assert block.decode([65535, 9, 9, *struct.unpack(">2H", struct.pack(">f", 1.5)), 9, 0, 100, 7]) == [-0.1, 1.5, 60.0]
+
+
+def test_registers_a_block_cannot_read_are_left_to_their_own_decode():
+    p = parse_profile(profile("""
+[[registers]]
+channel = "a"
+function = "holding"
+address = 0
+type = "uint32"
+word_order = "little"
+"""), source="test.toml")
+    assert BlockDecoder.build([(p.registers[0], 0)], 2) is None
