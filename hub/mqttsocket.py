@@ -7,14 +7,15 @@ thousand gateways' batches a second (bench.mqtt_hub).  :class:`BrokerSocket` sta
 socket, as paho's own websocket wrapper does: a read takes up to READ_BYTES at once and paho's
 reads are served from them; what paho writes in one pass over its packets is gathered and sent
 at the end of the pass in one call (what the kernel does not take is sent when the socket is
-writable again, before anything written later).  paho keeps all of MQTT: packets, ids, acks,
-keepalive.  aiomqtt drains paho while ``pending()`` says bytes are buffered (written for TLS), so
+writable again, before anything written later).  paho keeps the rest of MQTT: packet ids, its own
+acks, keepalive.  aiomqtt drains paho while ``pending()`` says bytes are buffered (written for TLS), so
 no byte waits in memory for a read the event loop would never signal.
 
 The hub's own messages skip paho altogether when it gives a ``take``: each PUBLISH of QoS 0 or 1 read
 is offered to it (topic, payload, correlation data) and one it takes is acknowledged here, its PUBACK
-written after whatever paho has queued, so PUBACKs keep the order of their PUBLISHes; what it does not
-take, and everything after it in the same read, goes to paho as before.  :meth:`BrokerSocket.answer`
+written after whatever paho has queued; what it does not take goes to paho as before, and after a QoS 1
+message left to paho so does everything read behind it, so PUBACKs keep the order of their PUBLISHes
+(paho sends that one's when it reads it).  :meth:`BrokerSocket.answer`
 writes a QoS 0 PUBLISH the same way.  paho's packet objects (a Properties decoded and a MQTTMessage a
 message read, a MQTTMessageInfo with its Condition a message written, three log calls) were a fifth of
 the hub's time a batch (bench.mqtt_hub).
