@@ -41,7 +41,6 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge.config import ConfigError, GatewayConfig, effective_toml, parse_config
@@ -49,7 +48,7 @@ from edge.desiredcheck import DesiredCheckError, check_desired_config, check_des
 from edge.privacy import Policy, PolicyError, load_policy, parse_policy
 from edge.protocol import hubtrust
 from edge.protocol.desired import canonical_json, merge_tables
-from edge.protocol.keys import key_id
+from edge.protocol.keys import key_id, pem_public_key
 from edge.schema import dumps_toml
 from edge.transport import HubKeySource, TransportError
 from edge.update.updater import SoftwareTarget, TargetError, parse_target
@@ -244,7 +243,7 @@ class DesiredState:
         except FileNotFoundError:
             return None
         try:
-            key = serialization.load_pem_public_key(pem)
+            key = pem_public_key(pem)
         except ValueError as exc:
             raise DesiredError(f"{self.hub_key_path}: not a PEM public key ({exc}); delete it to pin the hub's key again") from None
         if not isinstance(key, Ed25519PublicKey):
@@ -253,7 +252,7 @@ class DesiredState:
 
     def pin_hub_key(self, pem: bytes) -> Ed25519PublicKey:
         try:
-            key = serialization.load_pem_public_key(pem)
+            key = pem_public_key(pem)
         except ValueError as exc:
             raise DesiredError(f"the hub's key is not a PEM public key: {exc}") from None
         if not isinstance(key, Ed25519PublicKey):

@@ -8,8 +8,9 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from edge.protocol.keys import pem_private_key, pem_public_key
 
 __all__ = [
     "SignatureError",
@@ -41,7 +42,7 @@ def signature_path(policy_path: str | os.PathLike[str]) -> Path:
 
 def governance_key_id(public_key: Ed25519PublicKey) -> str:
     """Hex of the first 8 bytes of SHA-256 of the raw 32-byte public key (same rule as device key ids)."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    raw = public_key.public_bytes_raw()
     return hashlib.sha256(raw).digest()[:8].hex()
 
 
@@ -97,6 +98,8 @@ def write_governance_keypair(directory: str | os.PathLike[str]) -> tuple[Path, P
     if private_path.exists():
         raise FileExistsError(f"{private_path} already exists; refusing to overwrite a governance key")
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    from cryptography.hazmat.primitives import serialization
+
     with os.fdopen(fd, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     public_path.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -104,14 +107,14 @@ def write_governance_keypair(directory: str | os.PathLike[str]) -> tuple[Path, P
 
 
 def load_governance_private_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    key = pem_private_key(Path(path).read_bytes())
     if not isinstance(key, Ed25519PrivateKey):
         raise SignatureError(f"{Path(path).name}: not an Ed25519 private key")
     return key
 
 
 def load_governance_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
-    key = serialization.load_pem_public_key(Path(path).read_bytes())
+    key = pem_public_key(Path(path).read_bytes())
     if not isinstance(key, Ed25519PublicKey):
         raise SignatureError(f"{Path(path).name}: not an Ed25519 public key")
     return key
