@@ -92,10 +92,20 @@ class ReadingFlow:
         self._last_read_by_channel[reading.channel] = reading.ts_ms
         if self._unreleased or not self.readings.empty():
             await self.readings.put(reading)  # behind older readings: in line, oldest first
-        else:
-            # Nothing older waits for the privacy stage: this reading's turn is now.  What it releases
-            # waits (in order) only if the released queue is full, as the privacy loop would.
-            await self._release(self._process(reading))
+            return
+        # Nothing older waits for the privacy stage: this reading's turn is now.  What it releases
+        # waits (in order) only if the released queue is full, as the privacy loop would.
+        out = self._process(reading)
+        if not out:
+            return
+        if self._unreleased or not self.released.empty() or self.batcher.holding_back:
+            await self._release(out)
+            return
+        # `_release`'s first case inline: no coroutine per reading to reach the batcher.
+        self._count(out)
+        add = self.batcher.add_nowait
+        for released in out:
+            add(released)
 
     @property
     def released_by_device(self) -> dict[str, int]:
