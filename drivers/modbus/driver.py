@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +61,8 @@ class ModbusDriver(Driver):
         option = "profile" if out["profile"] is not None else "profile_file"
         value = out[option]
         if option == "profile" and value not in shipped_profiles() and not Path(value).is_file():
+            import difflib  # only for a "did you mean" hint
+
             near = difflib.get_close_matches(value, shipped_profiles(), n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
             raise OptionError(option, value, f"a shipped profile: {shipped}{hint}; or an absolute path to a profile "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import struct
 import tomllib
@@ -216,6 +215,8 @@ def load_profile(name_or_path: str | Path) -> Profile:
     else:
         path = Path(name_or_path)
         if not path.suffix == ".toml" or not path.is_file():
+            import difflib  # only for a "did you mean" hint
+
             near = difflib.get_close_matches(str(name_or_path), shipped, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else ""
             raise ProfileError(
@@ -382,6 +383,8 @@ def _missing(raw: Mapping[str, Any], type_: str, width: int, source: str, where:
 def _only(table: Mapping[str, Any], known: set[str], source: str, prefix: str) -> None:
     for key in table:
         if key not in known:
+            import difflib  # only for a "did you mean" hint
+
             near = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f"; known keys: {', '.join(sorted(known))}"
             raise ProfileError(f"{source}: {prefix}{key}: unknown key{hint}")
