@@ -41,10 +41,10 @@ from edge.protocol import (
     open_status,
     read_envelope,
     signature_verifies,
-    verify_batch,
-    verify_sealed,
 )
 from edge.protocol.compression import content_size, decompress
+from edge.protocol.envelope import verify_envelope
+from edge.protocol.preauth import Envelope
 from edge.util.clock import now_ms
 from hub.bounds import split_readings
 from hub.faults import DeviceFaults
@@ -185,9 +185,11 @@ def _loaded_key(raw: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
-def _verify_and_weigh(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
-    """On a worker: verify, decompress, and count the readings the body declares (without decoding them)."""
-    header, body = verify_batch(data, public_key)
+def _verify_and_weigh(envelope: Envelope, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
+    """On a worker: verify the batch's envelope (read once, by the strict reader, to find its key), decompress, and count
+    the readings the body declares (without decoding them)."""
+    header, payload = verify_envelope(envelope, public_key)
+    body = decompress(payload, header.codec)
     return header, body, declared_readings(body)
 
 
@@ -197,12 +199,12 @@ def _weigh(payload: bytes, codec: str) -> tuple[bytes, int]:
     return body, declared_readings(body)
 
 
-def _verify_all(items: Sequence[tuple[bytes, Ed25519PublicKey]]) -> list[tuple[BatchHeader, bytes, int] | ProtocolError]:
+def _verify_all(items: Sequence[tuple[Envelope, Ed25519PublicKey]]) -> list[tuple[BatchHeader, bytes, int] | ProtocolError]:
     """On a worker: :func:`_verify_and_weigh` for each of a group, its outcome or the error that refused it."""
     checked: list[tuple[BatchHeader, bytes, int] | ProtocolError] = []
-    for data, public_key in items:
+    for envelope, public_key in items:
         try:
-            checked.append(_verify_and_weigh(data, public_key))
+            checked.append(_verify_and_weigh(envelope, public_key))
         except ProtocolError as exc:
             checked.append(exc)
     return checked
@@ -215,12 +217,12 @@ def _acked(device: DeviceKey, header: BatchHeader, incoming: IncomingBatch, stat
                  readings=len(incoming.readings) if status == "stored" else 0, desired_etag=desired_etag)
 
 
-async def _verified(workers: Workers, data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
-    """A batch's header, decompressed body and declared readings, checked on the loop when small (see INLINE_BATCH_BYTES),
-    else on a worker; raises ProtocolError or Busy."""
+async def _verified(workers: Workers, data: bytes, envelope: Envelope, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
+    """A batch's header, decompressed body and declared readings (``envelope``: ``data`` as the strict reader read it),
+    checked on the loop when small (see INLINE_BATCH_BYTES), else on a worker; raises ProtocolError or Busy."""
     if len(data) > INLINE_BATCH_BYTES:
-        return await workers.run(_verify_and_weigh, data, public_key)
-    header, payload = verify_sealed(data, public_key)
+        return await workers.run(_verify_and_weigh, envelope, public_key)
+    header, payload = verify_envelope(envelope, public_key)
     size = content_size(payload, header.codec)
     if size is None or size > INLINE_BODY_BYTES:
         body, declared = await workers.run(_weigh, payload, header.codec)
@@ -263,8 +265,8 @@ class Ingest:
         sender = await self._claimed_sender(data, MAX_BATCH_BYTES, topic_device)
         if isinstance(sender, Refused):
             return sender
-        device, kid = sender
-        outcome, verified = await self._batch(data, device, kid)
+        device, envelope = sender
+        outcome, verified = await self._batch(data, device, envelope)
         return await self._heard(device, outcome, verified)
 
     async def batches(self, messages: Sequence[tuple[bytes, str | None]]) -> list[Acked | Refused | Exception]:
@@ -277,15 +279,20 @@ class Ingest:
         many small batches at once (MQTT, hub.mqtt): per batch, the hand-offs and the commits were most of the cost."""
         outcomes: list[Acked | Refused | Exception | None] = [None] * len(messages)
         claimed: list[tuple[int, DeviceKey, bytes]] = []
-        kids: list[bytes | ProtocolError] = []
+        # Each batch's envelope is read once, by the strict reader: its key id picks the key, and the signature is checked
+        # on what it read (verify_envelope), not on the bytes read again.
+        envelopes: list[Envelope | ProtocolError] = []
         for data, _ in messages:
             try:
-                kids.append(read_envelope(data, limit=MAX_BATCH_BYTES).kid)
+                envelopes.append(read_envelope(data, limit=MAX_BATCH_BYTES))
             except ProtocolError as exc:
-                kids.append(exc)
-        await self.keys.fetch(kid for kid in kids if isinstance(kid, bytes))
-        for i, ((_, topic_device), kid) in enumerate(zip(messages, kids, strict=True)):
-            sender = _protocol_refusal(kid, charged=True) if isinstance(kid, ProtocolError) else await self._sender(kid, topic_device)
+                envelopes.append(exc)
+        await self.keys.fetch(envelope.kid for envelope in envelopes if isinstance(envelope, Envelope))
+        for i, ((_, topic_device), envelope) in enumerate(zip(messages, envelopes, strict=True)):
+            if isinstance(envelope, ProtocolError):
+                sender: tuple[DeviceKey, bytes] | Refused = _protocol_refusal(envelope, charged=True)
+            else:
+                sender = await self._sender(envelope.kid, topic_device)
             early = sender if isinstance(sender, Refused) else self._early_refusal(sender[0].device_id)
             if early is not None:
                 outcomes[i] = early
@@ -294,7 +301,7 @@ class Ingest:
                 claimed.append((i, *sender))
         checks: list[tuple[BatchHeader, bytes, int] | ProtocolError] | Busy
         try:
-            checks = await self.workers.run(_verify_all, [(messages[i][0], _public_key(device)) for i, device, _ in claimed]) if claimed else []
+            checks = await self.workers.run(_verify_all, [(self._envelope(envelopes[i]), _public_key(device)) for i, device, _ in claimed]) if claimed else []
         except Busy as exc:
             checks = exc
         verified: dict[int, tuple[DeviceKey, bool]] = {}
@@ -306,7 +313,7 @@ class Ingest:
                 outcomes[i] = _busy(check, charged=True)
                 continue
             if isinstance(check, ProtocolError):
-                refused = self._unverified(check, data, _public_key(device))
+                refused = self._unverified(check, self._envelope(envelopes[i]), _public_key(device))
                 outcomes[i], verified[i] = refused, (device, not refused.charged)
                 continue
             verified[i] = (device, True)
@@ -351,31 +358,37 @@ class Ingest:
                 self.faults.failed(device.device_id, str(outcome.answer), outcome.detail)
         return outcome
 
-    async def _batch(self, data: bytes, device: DeviceKey, kid: bytes) -> tuple[Acked | Refused, bool]:
+    async def _batch(self, data: bytes, device: DeviceKey, envelope: Envelope) -> tuple[Acked | Refused, bool]:
         """The outcome, and whether the batch's signature verified (only then does the outcome say anything about the device)."""
         early = self._early_refusal(device.device_id)
         if early is not None:
             return early, False
         public_key = _public_key(device)
         try:
-            checked = await _verified(self.workers, data, public_key)
+            checked = await _verified(self.workers, data, envelope, public_key)
         except Busy as exc:
             return _busy(exc, charged=True), False
         except ProtocolError as exc:
-            refused = self._unverified(exc, data, public_key)
+            refused = self._unverified(exc, envelope, public_key)
             return refused, not refused.charged
-        decoded = await self._decoded(checked, device, kid)
+        decoded = await self._decoded(checked, device, envelope.kid)
         if isinstance(decoded, Refused):
             return decoded, True
         return await self._store(decoded, device, size=len(data)), True
 
     @staticmethod
-    def _unverified(exc: ProtocolError, data: bytes, public_key: Ed25519PublicKey) -> Refused:
+    def _unverified(exc: ProtocolError, envelope: Envelope, public_key: Ed25519PublicKey) -> Refused:
         """The refusal of a batch that failed its checks; charged unless the device signed it."""
         # A bad signature is the sender's; anything else may be a batch the device signed badly (a second,
         # linear check of the signature tells which).
-        verified = exc.reason != Reason.BAD_SIGNATURE and signature_verifies(data, public_key)
+        verified = exc.reason != Reason.BAD_SIGNATURE and signature_verifies(envelope, public_key)
         return _protocol_refusal(exc, charged=not verified)
+
+    @staticmethod
+    def _envelope(read: Envelope | ProtocolError) -> Envelope:
+        """The envelope of a batch that was claimed (only a batch whose envelope was read is)."""
+        assert isinstance(read, Envelope)
+        return read
 
     async def _decoded(self, checked: tuple[BatchHeader, bytes, int], device: DeviceKey, kid: bytes) -> Batch | Refused:
         """A verified batch limited, weighed against the device's readings budget and decoded; or why not."""
@@ -563,17 +576,18 @@ class Ingest:
             return refusal
         return NoticeTaken(await self.store.add_notice(device_key.device_id, message["notice"], received_ms=now_ms()))
 
-    async def _claimed_sender(self, data: bytes, limit: int, topic_device: str | None = None) -> tuple[DeviceKey, bytes] | Refused:
-        """The enrolled, active device whose key id a message of at most ``limit`` bytes names, and that key id — not yet
-        verified: the strict pre-authentication reader (OXP §4.4) and the key lookup only.  Refusals are charged.
+    async def _claimed_sender(self, data: bytes, limit: int, topic_device: str | None = None) -> tuple[DeviceKey, Envelope] | Refused:
+        """The enrolled, active device whose key id a message of at most ``limit`` bytes names, and the message's envelope —
+        not yet verified: the strict pre-authentication reader (OXP §4.4) and the key lookup only.  Refusals are charged.
 
         A key enrolled to another device than ``topic_device`` is refused: a device that may publish under another's id,
         through a broker without ACLs (OXP §8.6)."""
         try:
-            kid = read_envelope(data, limit=limit).kid
+            envelope = read_envelope(data, limit=limit)
         except ProtocolError as exc:
             return _protocol_refusal(exc, charged=True)
-        return await self._sender(kid, topic_device)
+        sender = await self._sender(envelope.kid, topic_device)
+        return sender if isinstance(sender, Refused) else (sender[0], envelope)
 
     async def _sender(self, kid: bytes, topic_device: str | None) -> tuple[DeviceKey, bytes] | Refused:
         """:meth:`_claimed_sender` once the key id is read."""

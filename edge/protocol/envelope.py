@@ -30,6 +30,7 @@ __all__ = [
     "open_batch",
     "verify_batch",
     "verify_sealed",
+    "verify_envelope",
     "peek_header",
     "decode_unverified",
     "seal_status",
@@ -169,7 +170,11 @@ def seal_batch(
 
 def _parse(data: bytes, *, limit: int, expected: int) -> Envelope:
     # The strict reader, never a general CBOR decoder: these bytes are not yet authenticated.
-    message = read_envelope(data, limit=limit)
+    return _expect(read_envelope(data, limit=limit), expected)
+
+
+def _expect(message: Envelope, expected: int) -> Envelope:
+    """``message`` if it is of the ``expected`` type and OXP version; raises ProtocolError."""
     if message.message_type != expected:
         raise ProtocolError("wrong_type", f"message is a {MESSAGE_TYPES[message.message_type]}, expected a {MESSAGE_TYPES[expected]}")
     oxp = message.header[expected]
@@ -233,7 +238,14 @@ def peek_header(data: bytes) -> BatchHeader:
 def verify_sealed(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes]:
     """Verify a sealed batch with the device's public key; its header and its payload as sent, still
     compressed (``decompress`` it with the header's codec); raises ProtocolError."""
-    message = _parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH)
+    return verify_envelope(_parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH), public_key)
+
+
+def verify_envelope(message: Envelope, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes]:
+    """:func:`verify_sealed` for a batch already read with ``read_envelope(data, limit=MAX_BATCH_BYTES)``
+    (a receiver reads it once to find the key): the same checks, in the same order, without reading
+    the bytes again; raises ProtocolError."""
+    _expect(message, OXP_BATCH)
     _verify(message, public_key)
     return _batch_header(message), message.payload
 
@@ -245,11 +257,12 @@ def verify_batch(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader
     return header, decompress(payload, header.codec)
 
 
-def signature_verifies(data: bytes, public_key: Ed25519PublicKey) -> bool:
-    """Whether ``data`` is a batch signed by ``public_key``, whatever its header or payload hold:
-    a receiver tells a bad batch the device signed from one anybody could have sent."""
+def signature_verifies(data: bytes | Envelope, public_key: Ed25519PublicKey) -> bool:
+    """Whether ``data`` (or the envelope read from it) is a batch signed by ``public_key``, whatever its
+    header or payload hold: a receiver tells a bad batch the device signed from one anybody could have sent."""
     try:
-        _verify(_parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH), public_key)
+        message = _expect(data, OXP_BATCH) if isinstance(data, Envelope) else _parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH)
+        _verify(message, public_key)
     except ProtocolError:
         return False
     return True

@@ -20,6 +20,7 @@ from edge.protocol import (
     raw_public_key,
     seal_batch,
     seal_status,
+    signature_verifies,
 )
 from edge.protocol.types import Channel, Reading
 
@@ -244,3 +245,49 @@ def test_decode_unverified_reads_a_batch_whose_signature_is_wrong(device_key, he
     sealed = bytearray(seal_batch(header, channels, readings, device_key))
     sealed[-1] ^= 1  # the last signature byte
     assert len(decode_unverified(bytes(sealed)).readings) == len(readings)
+
+
+def _outcome(verify, message, public_key):
+    try:
+        return verify(message, public_key)
+    except ProtocolError as exc:
+        return (exc.reason, exc.detail)
+
+
+def test_verifying_the_envelope_already_read_gives_what_verifying_the_bytes_gives(device_key, other_key, header, channels, readings):
+    """A receiver reads a batch once, with the strict reader, to find its key; verify_envelope checks that reading
+    exactly as verify_sealed checks the bytes: the same header and payload, the same refusals with the same details."""
+    from edge.protocol.envelope import verify_envelope, verify_sealed
+    from edge.protocol.preauth import read_envelope
+
+    sealed = seal_batch(header, channels, readings, device_key)
+    tampered = bytearray(sealed)
+    tampered[-80] ^= 0x01
+    protected = cbor2.loads(cbor2.loads(sealed).value[0])
+    future = dict(protected)
+    future[-65537] = dict(protected[-65537])
+    future[-65537][0] = 3
+    not_a_map = dict(protected)
+    not_a_map[-65537] = [1, 2]
+    unknown_codec = dict(protected)
+    unknown_codec[-65537] = dict(protected[-65537])
+    unknown_codec[-65537][5] = 9
+    messages = [
+        sealed,
+        bytes(tampered),
+        resign(other_key, protected, cbor2.loads(sealed).value[2]),
+        resign(device_key, future, b""),
+        resign(device_key, not_a_map, b""),
+        resign(device_key, unknown_codec, b""),
+        seal_status({"ts_ms": 1}, device_id="pole-0042", private_key=device_key),
+    ]
+    outcomes = []
+    for data in messages:
+        for key in (device_key, other_key):
+            envelope = read_envelope(data, limit=MAX_BATCH_BYTES)
+            expected = _outcome(verify_sealed, data, key.public_key())
+            assert _outcome(verify_envelope, envelope, key.public_key()) == expected
+            assert signature_verifies(envelope, key.public_key()) == signature_verifies(data, key.public_key())
+            outcomes.append(expected if isinstance(expected[0], str) else "verified")
+    assert outcomes[0] == "verified"
+    assert {outcome[0] for outcome in outcomes[1:]} >= {"bad_signature", "unsupported_version", "malformed", "unsupported_codec", "wrong_type"}
