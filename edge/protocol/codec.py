@@ -481,8 +481,9 @@ def _decode_values(enc: object, kind: Kind, resolution: tuple[int, int] | None, 
         column = enc[-1]
         if not isinstance(column, bytes):
             raise _fail(f"series {show(name)}: value column is not a byte string")
-        restore = undelta if code in (ENC_RES_DELTA, ENC_DEC_DELTA) else undelta_of_delta
-        ks = restore(unzigzag(unpack_uvarints(column, count, what=_series(name, "values"))))
+        ks = unzigzag(unpack_uvarints(column, count, what=_series(name, "values")))
+        if count > 1:  # one value is its own delta (and delta of delta), and unzigzag keeps it within 64 bits
+            ks = undelta(ks) if code in (ENC_RES_DELTA, ENC_DEC_DELTA) else undelta_of_delta(ks)
         if exponent >= 0:
             step = mantissa * 10**exponent
             return [k * step for k in ks]
@@ -549,6 +550,16 @@ def _resolution_parts_of(item: object, name: str) -> tuple[int, int] | None:
     return mantissa, exponent
 
 
+# A series' channel as decode_body made it, by what the series says of it: (device, name, kind code, unit as sent,
+# resolution as sent) -> (channel id, unit, kind, resolution parts, Channel).  A gateway sends the same channels in
+# every batch, so a hub makes each Channel (and checks its id) once, not once a batch.  Only units and resolutions of
+# exact types (text or integer, integer or null) are looked up, so no True or 1.0 stands for a 1; a series that
+# would be refused is never entered.  Emptied when full.
+_CHANNELS: dict[tuple[str, str, int, int | str, int | None], tuple[str, str, Kind, tuple[int, int] | None, Channel]] = {}
+_CHANNELS_MAX = 4096
+_UNIT_TYPES = (int, str)
+
+
 def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     """Channels and readings from an uncompressed OXP/2 body; readings come grouped per channel."""
     try:
@@ -577,28 +588,48 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
         if type(head) is not int or head < 0 or head >> 3 >= len(devices) or type(short_name) is not str:
             raise _fail(f"series {show(short_name)}: head {show(head)} names no listed device, or the name is not text")
         device = devices[head >> 3]
-        name = f"{device}/{short_name}" if device else short_name
         kind_code = head & 7
-        if type(unit) is int and 0 <= unit < len(UNITS):
-            unit = UNITS[unit]
-        if type(unit) is not str or type(count) is not int or count < 0:
-            raise _fail(f"series {show(name)}: unit {show(unit)} is not a registered code or text, or count has the wrong type")
-        if kind_code & ~PERSONAL not in KINDS or not isinstance(quality, bytes):
-            raise _fail(f"series {show(name)}: kind {kind_code!r} or quality has the wrong type")
-        total += count
-        if total > MAX_READINGS:
-            raise ProtocolError("too_large", f"payload body declares more than {MAX_READINGS} readings")
-        if name in seen:
-            raise _fail(f"series {show(name)} appears twice in one batch")
-        seen.add(name)
-        kind = KINDS[kind_code & ~PERSONAL]
-        parts = _resolution_parts_of(resolution, name)
-        try:
-            channel = Channel(
-                name, unit, kind, None if parts is None else float(_scaled_value(*parts, 1)), bool(kind_code & PERSONAL)
-            )
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
+        key = (device, short_name, kind_code, unit, resolution) if type(unit) in _UNIT_TYPES and (resolution is None or type(resolution) is int) else None
+        known = None if key is None else _CHANNELS.get(key)
+        if known is not None:
+            # The checks below that depend on this series' other items, with the same details.
+            name, unit, kind, parts, channel = known
+            if type(count) is not int or count < 0:
+                raise _fail(f"series {show(name)}: unit {show(unit)} is not a registered code or text, or count has the wrong type")
+            if not isinstance(quality, bytes):
+                raise _fail(f"series {show(name)}: kind {kind_code!r} or quality has the wrong type")
+            total += count
+            if total > MAX_READINGS:
+                raise ProtocolError("too_large", f"payload body declares more than {MAX_READINGS} readings")
+            if name in seen:
+                raise _fail(f"series {show(name)} appears twice in one batch")
+            seen.add(name)
+        else:
+            name = f"{device}/{short_name}" if device else short_name
+            if type(unit) is int and 0 <= unit < len(UNITS):
+                unit = UNITS[unit]
+            if type(unit) is not str or type(count) is not int or count < 0:
+                raise _fail(f"series {show(name)}: unit {show(unit)} is not a registered code or text, or count has the wrong type")
+            if kind_code & ~PERSONAL not in KINDS or not isinstance(quality, bytes):
+                raise _fail(f"series {show(name)}: kind {kind_code!r} or quality has the wrong type")
+            total += count
+            if total > MAX_READINGS:
+                raise ProtocolError("too_large", f"payload body declares more than {MAX_READINGS} readings")
+            if name in seen:
+                raise _fail(f"series {show(name)} appears twice in one batch")
+            seen.add(name)
+            kind = KINDS[kind_code & ~PERSONAL]
+            parts = _resolution_parts_of(resolution, name)
+            try:
+                channel = Channel(
+                    name, unit, kind, None if parts is None else float(_scaled_value(*parts, 1)), bool(kind_code & PERSONAL)
+                )
+            except ValueError as exc:
+                raise _fail(str(exc)) from None
+            if key is not None:
+                if len(_CHANNELS) >= _CHANNELS_MAX:
+                    _CHANNELS.clear()
+                _CHANNELS[key] = (name, unit, kind, parts, channel)
         if isinstance(times, list) and len(times) == 2 and type(times[0]) is int and 1 <= times[0] <= 3 and isinstance(times[1], bytes):
             time_unit = 10 ** times[0]
             relative = undelta_of_delta(unzigzag(unpack_uvarints(times[1], count, what=_series(name, "times"))))

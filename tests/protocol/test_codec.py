@@ -299,3 +299,52 @@ def test_a_zstd_frame_that_zstd_accepts_but_that_is_cut_off_is_malformed_and_nev
     reason, detail = done.stdout.strip().split(" | ")
     assert reason == "malformed"
     assert detail in ("zstd frame ends inside its blocks", "zstd block of the reserved type")
+
+
+def _decoded_or_refused(body):
+    from edge.protocol.codec import decode_body
+
+    try:
+        return repr(decode_body(body))  # repr: a NaN value equals itself
+    except ProtocolError as exc:
+        return (exc.reason, exc.detail)
+
+
+def test_a_channel_remembered_from_earlier_batches_decodes_and_refuses_exactly_as_a_new_one():
+    """decode_body keeps the Channels it made, by what each series says of its channel: with them remembered or not,
+    every body (pristine or corrupted) gives the same channels and readings, or the same refusal."""
+    import random
+
+    from edge.protocol.codec import _CHANNELS
+    from edge.protocol.vectors import _every_kind, _reference_station
+
+    rng = random.Random(7)
+    bodies = [encode_body(*make()[1:]) for make in (_every_kind, _reference_station)]
+    # A unit or resolution that equals a remembered one in Python (True == 1, 1.0 == 1) but is refused, and counts and
+    # qualities of the wrong type under a remembered channel.
+    odd = [
+        [0, ["a"], [[0, "b", 1, -1, 1, b"\x00", [0, b"\x02"]]]],
+        [0, ["a"], [[0, "b", True, -1, 1, b"\x00", [0, b"\x02"]]]],
+        [0, ["a"], [[0, "b", 1.0, -1, 1, b"\x00", [0, b"\x02"]]]],
+        [0, ["a"], [[0, "b", 1, True, 1, b"\x00", [0, b"\x02"]]]],
+        [0, ["a"], [[0, "b", 1, -1.0, 1, b"\x00", [0, b"\x02"]]]],
+        [0, ["a"], [[0, "b", 1, -1, -1, b"\x00", [0, b"\x02"]]]],
+        [0, ["a"], [[0, "b", 1, -1, 1.0, b"\x00", [0, b"\x02"]]]],
+        [0, ["a"], [[0, "b", 1, -1, 1, b"\x00", [0, b"\x02"], "x"]]],
+        [0, ["a"], [[0, "b", 1, -1, 1, b"\x00", [0, b"\x02"]], [0, "b", 1, -1, 1, 0, [0, b"\x02"]]]],
+        [0, ["a"], [[4, "b", 1, -1, 1, b"\x00", [0, b"\x02"]]]],
+    ]
+    cases = [cbor2.dumps(doc) for doc in odd] + bodies
+    for _ in range(1500):
+        corrupted = bytearray(rng.choice(bodies))
+        for _ in range(rng.randint(1, 3)):
+            corrupted[rng.randrange(len(corrupted))] = rng.randrange(256)
+        cases.append(bytes(corrupted))
+    for body in cases:
+        _CHANNELS.clear()
+        new = _decoded_or_refused(body)
+        for known in [*bodies, *(cbor2.dumps(doc) for doc in odd)]:
+            _decoded_or_refused(known)
+        assert _decoded_or_refused(body) == new
+        assert _decoded_or_refused(body) == new
+    assert _decoded_or_refused(cases[0]) != _decoded_or_refused(cases[1])  # True is not the unit code 1
