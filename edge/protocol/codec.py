@@ -598,12 +598,6 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
                 raise _fail(f"series {show(name)}: unit {show(unit)} is not a registered code or text, or count has the wrong type")
             if not isinstance(quality, bytes):
                 raise _fail(f"series {show(name)}: kind {kind_code!r} or quality has the wrong type")
-            total += count
-            if total > MAX_READINGS:
-                raise ProtocolError("too_large", f"payload body declares more than {MAX_READINGS} readings")
-            if name in seen:
-                raise _fail(f"series {show(name)} appears twice in one batch")
-            seen.add(name)
         else:
             name = f"{device}/{short_name}" if device else short_name
             if type(unit) is int and 0 <= unit < len(UNITS):
@@ -612,12 +606,13 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
                 raise _fail(f"series {show(name)}: unit {show(unit)} is not a registered code or text, or count has the wrong type")
             if kind_code & ~PERSONAL not in KINDS or not isinstance(quality, bytes):
                 raise _fail(f"series {show(name)}: kind {kind_code!r} or quality has the wrong type")
-            total += count
-            if total > MAX_READINGS:
-                raise ProtocolError("too_large", f"payload body declares more than {MAX_READINGS} readings")
-            if name in seen:
-                raise _fail(f"series {show(name)} appears twice in one batch")
-            seen.add(name)
+        total += count
+        if total > MAX_READINGS:
+            raise ProtocolError("too_large", f"payload body declares more than {MAX_READINGS} readings")
+        if name in seen:
+            raise _fail(f"series {show(name)} appears twice in one batch")
+        seen.add(name)
+        if known is None:
             kind = KINDS[kind_code & ~PERSONAL]
             parts = _resolution_parts_of(resolution, name)
             try:
