@@ -53,38 +53,36 @@ def _first_key(args: argparse.Namespace, state_dir: Callable[[argparse.Namespace
 
 
 def _rotate(args: argparse.Namespace, with_store: WithStore, state_dir: Callable[[argparse.Namespace], Path]) -> int:
-    from edge.protocol.keys import key_id
-    from hub.hubkey import KeyRotationError, announce_next_key
+    from hub.hubkey import announce_next_key
 
-    state, _ = _first_key(args, state_dir)
-
-    async def work(store: Any) -> int:
-        try:
-            new = await announce_next_key(store, state, actor=cli_actor(), now_ms=_now_ms())
-        except KeyRotationError as exc:
-            print(f"ocn-edge hub key rotate: {exc}", file=sys.stderr)
-            return 1
-        print(f"next key id {key_id(new).hex()} announced in every device's desired document; once `ocn-edge hub key status` shows "
-              "the devices took it, run `ocn-edge hub key switch`")
-        return 0
-
-    return with_store(args, work)
+    return _key_step(args, with_store, state_dir, "rotate", lambda store, state, first: announce_next_key(store, state, actor=cli_actor(), now_ms=_now_ms()),
+                     "next key id {} announced in every device's desired document; once `ocn-edge hub key status` shows "
+                     "the devices took it, run `ocn-edge hub key switch`")
 
 
 def _switch(args: argparse.Namespace, with_store: WithStore, state_dir: Callable[[argparse.Namespace], Path]) -> int:
+    from hub.hubkey import switch_key
+
+    return _key_step(args, with_store, state_dir, "switch", lambda store, state, first: switch_key(store, state, first, actor=cli_actor(), now_ms=_now_ms()),
+                     "desired documents are signed with key id {} from now on; gateways that missed the announcement "
+                     "follow the rollover every document carries")
+
+
+def _key_step(args: argparse.Namespace, with_store: WithStore, state_dir: Callable[[argparse.Namespace], Path], name: str,
+              step: Callable[[Any, Path, Any], Awaitable[Any]], done: str) -> int:
+    """One step of a key rotation: run it on the store, print `done` with the new key's id, or the refusal."""
     from edge.protocol.keys import key_id
-    from hub.hubkey import KeyRotationError, switch_key
+    from hub.hubkey import KeyRotationError
 
     state, first = _first_key(args, state_dir)
 
     async def work(store: Any) -> int:
         try:
-            new = await switch_key(store, state, first, actor=cli_actor(), now_ms=_now_ms())
+            new = await step(store, state, first)
         except KeyRotationError as exc:
-            print(f"ocn-edge hub key switch: {exc}", file=sys.stderr)
+            print(f"ocn-edge hub key {name}: {exc}", file=sys.stderr)
             return 1
-        print(f"desired documents are signed with key id {key_id(new).hex()} from now on; gateways that missed the announcement "
-              "follow the rollover every document carries")
+        print(done.format(key_id(new).hex()))
         return 0
 
     return with_store(args, work)
