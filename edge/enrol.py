@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from edge import __version__
 from edge.private import private_directory
 from edge.protocol import PRIVATE_KEY_FILE, KeyFileError, key_id, load_private_key, raw_public_key, write_keypair
@@ -110,6 +108,8 @@ async def enrol(
     }
     url = hub_url.rstrip("/") + "/oxp/v1/enrol"
     ssl_context = tls_context(ca) if url.startswith("https://") else False
+    import aiohttp  # here, not at the top: `ocn-edge run` imports this module, and its start-up does not wait for aiohttp
+
     try:
         async with aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=timeout_s),

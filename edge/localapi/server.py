@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
+import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp.web_server import Server
-
-from edge.commissioning import Commissioning
 from edge.localapi.access import AccessToken, needs_token
-from edge.localapi.app import create_app
-from edge.protocol.types import Reading
 from edge.schema import HostPort
+
+if TYPE_CHECKING:
+    from aiohttp.web_server import Server
+
+    from edge.commissioning import Commissioning
+    from edge.protocol.types import Reading
 
 __all__ = ["LocalApi", "LocalApiError"]
 
 
+log = logging.getLogger("ocn.localapi")
+
 _SHUTDOWN_S = 60.0  # what aiohttp.web's runner gave requests in flight at a stop
+_BACKLOG = 100  # asyncio's default for a listening socket
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("local API cannot answer: its HTTP server did not load", extra={"error": repr(task.exception())[:300]})
 
 
 class LocalApiError(Exception):
@@ -43,11 +55,11 @@ class LocalApi:
         commissioning: Commissioning | None = None,
     ) -> None:
         self.access = AccessToken(state_dir)
-        app = create_app(notice_html=notice_html, notice_json=notice_json, status=status, latest=latest,
-                         access=self.access, public_notice=public_notice, commissioning=commissioning)
-        # aiohttp's low-level server, as aiohttp.web's runner would start it, without the runner (edge.localapi.app).
-        self._server = Server(app, access_log=None)
+        self._app_args: dict[str, Any] = dict(notice_html=notice_html, notice_json=notice_json, status=status, latest=latest,
+                                              access=self.access, public_notice=public_notice, commissioning=commissioning)
+        self._server: Server | None = None
         self._listener: asyncio.Server | None = None
+        self._serving: asyncio.Task[None] | None = None
 
     @property
     def addresses(self) -> list[Any]:
@@ -64,22 +76,54 @@ class LocalApi:
         return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
     async def start(self, listen: HostPort) -> None:
+        """Listen at ``listen`` now (a port taken is a start error); answer once the HTTP server is loaded.
+
+        The HTTP server (aiohttp, ~0.2 s of CPU to import) is loaded in a worker thread after the
+        gateway has started, so the first reading does not wait for it (issue 17's start-up target):
+        a request made meanwhile waits in the socket's backlog and is answered when it is loaded.
+        """
         self.access.required = needs_token(listen.host)
         try:
-            self._listener = await asyncio.get_running_loop().create_server(self._server, listen.host, listen.port)
+            self._listener = await asyncio.get_running_loop().create_server(self._protocol, listen.host, listen.port, start_serving=False)
         except OSError as exc:
             raise LocalApiError(
                 f"local_api.listen = {str(listen)!r}: cannot listen there ({exc.strerror or exc}); "
                 "change [local_api] listen or set enabled = false"
             ) from None
+        for sock in self._listener.sockets:  # the kernel takes connections into the backlog from now on
+            with sock.dup() as listening:
+                listening.listen(_BACKLOG)
+        self._serving = asyncio.create_task(self._serve(self._listener), name="local API")
+        self._serving.add_done_callback(_log_failure)
+
+    async def _serve(self, listener: asyncio.Server) -> None:
+        await asyncio.to_thread(importlib.import_module, "edge.localapi.app")
+        from aiohttp.web_server import Server
+
+        from edge.localapi.app import create_app
+
+        # aiohttp's low-level server, as aiohttp.web's runner would start it, without the runner (edge.localapi.app).
+        self._server = Server(create_app(**self._app_args), access_log=None)
+        await listener.start_serving()
+
+    def _protocol(self) -> asyncio.Protocol:
+        """A connection's handler: the server's, which exists before the listener accepts anything."""
+        assert self._server is not None, "the local API accepted a connection before its server was loaded"
+        return self._server()
 
     async def aclose(self) -> None:
         """Stop listening; nothing to do if it never started."""
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
         listener, self._listener = self._listener, None
         if listener is not None:
             # As aiohttp.web's runner stops: no new connections, requests already read answered, idle ones closed.
             listener.close()
             await asyncio.sleep(0)
-            self._server.pre_shutdown()
-            await self._server.shutdown(_SHUTDOWN_S)
+            if self._server is not None:
+                self._server.pre_shutdown()
+                await self._server.shutdown(_SHUTDOWN_S)
             await listener.wait_closed()

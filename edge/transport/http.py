@@ -9,16 +9,16 @@ long poll on its ETag (and the ETag in each batch ack) says when that pull is wo
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import ipaddress
 import json
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
-
-import aiohttp
 
 from edge import __version__
 from edge.protocol import MEDIA_TYPE
@@ -26,6 +26,9 @@ from edge.protocol.reasons import Answer, Status
 from edge.transport.answers import ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredNews, DesiredOffer, Refused, Taken, TransportError, UplinkError
 from edge.transport.tls import tls_context
+
+if TYPE_CHECKING:
+    import aiohttp
 
 __all__ = ["HttpTransport"]
 
@@ -45,7 +48,7 @@ class HttpTransport:
             raise UplinkError(f"uplink hub = {hub_url!r}: expected an http:// or https:// URL")
         self.hub_url = hub_url.rstrip("/")
         self._ssl = tls_context(ca) if self.hub_url.startswith("https://") else None
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._on_desired: DesiredListener | None = None
 
@@ -61,25 +64,38 @@ class HttpTransport:
             await self._session.close()
             self._session = None
 
-    def _http(self) -> aiohttp.ClientSession:
+    async def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
-            # trust_env: a city network that only lets traffic out through a proxy sets HTTPS_PROXY.
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                trust_env=True,
-                timeout=self._timeout,
-                headers={"User-Agent": f"ocn-edge/{__version__}"},
-                # The hub answers small JSON and no content negotiation happens: Accept and
-                # Accept-Encoding would only add 45 bytes to every batch on a metered link.
-                skip_auto_headers=("Accept", "Accept-Encoding"),
-            )
+            # aiohttp (~0.2 s of CPU to import: it loads the system's CA store at import) is loaded in a worker
+            # thread at the first exchange, not at start: the loop goes on polling the devices meanwhile, and the
+            # first reading does not wait for it (issue 17's start-up target).
+            await asyncio.to_thread(importlib.import_module, "aiohttp")
+            if self._session is None:  # another exchange may have made it while this one waited
+                self._session = self._new_session()
         return self._session
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
+        # trust_env: a city network that only lets traffic out through a proxy sets HTTPS_PROXY.
+        return aiohttp.ClientSession(
+            connector=connector,
+            trust_env=True,
+            timeout=aiohttp.ClientTimeout(total=self._timeout_s),
+            headers={"User-Agent": f"ocn-edge/{__version__}"},
+            # The hub answers small JSON and no content negotiation happens: Accept and
+            # Accept-Encoding would only add 45 bytes to every batch on a metered link.
+            skip_auto_headers=("Accept", "Accept-Encoding"),
+        )
 
     async def _post(self, path: str, data: bytes) -> tuple[int, Mapping[str, str], bytes, int] | Refused:
         """POST ``data``: (status, headers, body, framing bytes), or a retryable refusal when no answer came."""
+        session = await self._http()
+        import aiohttp  # loaded by _http, in a worker thread
+
         try:
-            async with self._http().post(f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE}) as resp:
+            async with session.post(f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE}) as resp:
                 body = await _read_body(resp, _MAX_REPLY_BYTES)
                 return resp.status, resp.headers, body, _framing(resp, len(body))
         except TimeoutError:
@@ -137,9 +153,12 @@ class HttpTransport:
     async def watch_desired(self, device_id: str, known_etag: str, wait_s: float) -> DesiredNews:
         """GET /oxp/v1/desired/<id>?wait=… with If-None-Match: a long poll the hub holds until the ETag changes (OXP §8.4)."""
         url = f"{self.hub_url}/oxp/v1/desired/{quote(device_id, safe='')}?wait={wait_s:g}"
-        timeout = aiohttp.ClientTimeout(total=wait_s + (self._timeout.total or 30.0))
+        session = await self._http()
+        import aiohttp  # loaded by _http, in a worker thread
+
+        timeout = aiohttp.ClientTimeout(total=wait_s + self._timeout_s)
         try:
-            async with self._http().get(url, headers={"If-None-Match": f'"{known_etag}"'}, timeout=timeout) as resp:
+            async with session.get(url, headers={"If-None-Match": f'"{known_etag}"'}, timeout=timeout) as resp:
                 body = await _read_body(resp, _MAX_REPLY_BYTES)
                 overhead = _framing(resp, len(body))
                 if resp.status == 304:
@@ -163,8 +182,11 @@ class HttpTransport:
                 f"uplink hub {self.hub_url!r} is plain http: the hub's key is pinned only over https (or on loopback), "
                 "so desired documents are not applied"
             )
+        session = await self._http()
+        import aiohttp  # loaded by _http, in a worker thread
+
         try:
-            async with self._http().get(url) as resp:
+            async with session.get(url) as resp:
                 if resp.status != 200:
                     raise TransportError(f"GET {url} answered {resp.status}; cannot pin the hub's key yet")
                 return await _read_body(resp, _MAX_KEY_BYTES)
@@ -193,6 +215,8 @@ def _framing(resp: aiohttp.ClientResponse, body_bytes: int) -> int:
     On a metered link they are billed like the batch (about 380 bytes an exchange with the
     reference hub). TLS records, TCP and IP headers are not counted.
     """
+    from aiohttp import HttpVersion11  # an answer came: aiohttp is loaded
+
     sent = received = 0
     # A redirect (a hub moved behind a 307/308) is one more exchange each: its request, the
     # message sent again (counted here; the first copy is the caller's) and its answer.
@@ -202,7 +226,7 @@ def _framing(resp: aiohttp.ClientResponse, body_bytes: int) -> int:
         sent += sum(len(name) + len(value) + 4 for name, value in info.headers.items())
         if hop:
             sent += _content_length(info.headers)
-        version = answer.version or aiohttp.HttpVersion11  # None only before an answer was read
+        version = answer.version or HttpVersion11  # None only before an answer was read
         received += len(f"HTTP/{version.major}.{version.minor} {answer.status} {answer.reason or ''}\r\n") + 2
         received += sum(len(name) + len(value) + 4 for name, value in answer.raw_headers)
         received += body_bytes if answer is resp else _content_length(answer.headers)
