@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.protocol import (
     MAX_BATCH_BYTES,
@@ -54,6 +53,7 @@ from hub.keycache import KeyCache
 from hub.models import DeviceKey, IncomingBatch
 from hub.ratelimit import RateLimiter, ReadingsBudget
 from hub.reports import ReportError, check_notice_message, check_status_report, freshness
+from hub.signatures import DeviceKeyCheck, device_key
 from hub.store import SOFTWARE_SCOPE, Store
 from hub.workers import Busy, Workers
 
@@ -175,17 +175,12 @@ def _refuse_device(device: DeviceKey | None, kid: bytes) -> Refused | None:
     return None
 
 
-def _public_key(device: DeviceKey) -> Ed25519PublicKey:
-    return _loaded_key(device.public_key)
+def _public_key(device: DeviceKey) -> DeviceKeyCheck:
+    """An enrolled device's key as its signatures are checked (hub.signatures: libsodium, made once a key)."""
+    return device_key(device.public_key)
 
 
-@functools.lru_cache(maxsize=65536)
-def _loaded_key(raw: bytes) -> Ed25519PublicKey:
-    """An enrolled device's public key, loaded once (an immutable object; a thousand devices' batches load it again otherwise)."""
-    return Ed25519PublicKey.from_public_bytes(raw)
-
-
-def _verify_and_weigh(envelope: Envelope, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
+def _verify_and_weigh(envelope: Envelope, public_key: DeviceKeyCheck) -> tuple[BatchHeader, bytes, int]:
     """On a worker: verify the batch's envelope (read once, by the strict reader, to find its key), decompress, and count
     the readings the body declares (without decoding them)."""
     header, payload = verify_envelope(envelope, public_key)
@@ -199,7 +194,7 @@ def _weigh(payload: bytes, codec: str) -> tuple[bytes, int]:
     return body, declared_readings(body)
 
 
-def _verify_all(items: Sequence[tuple[Envelope, Ed25519PublicKey]]) -> list[tuple[BatchHeader, bytes, int] | ProtocolError]:
+def _verify_all(items: Sequence[tuple[Envelope, DeviceKeyCheck]]) -> list[tuple[BatchHeader, bytes, int] | ProtocolError]:
     """On a worker: :func:`_verify_and_weigh` for each of a group, its outcome or the error that refused it."""
     checked: list[tuple[BatchHeader, bytes, int] | ProtocolError] = []
     for envelope, public_key in items:
@@ -217,7 +212,7 @@ def _acked(device: DeviceKey, header: BatchHeader, incoming: IncomingBatch, stat
                  readings=len(incoming.readings) if status == "stored" else 0, desired_etag=desired_etag)
 
 
-async def _verified(workers: Workers, data: bytes, envelope: Envelope, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes, int]:
+async def _verified(workers: Workers, data: bytes, envelope: Envelope, public_key: DeviceKeyCheck) -> tuple[BatchHeader, bytes, int]:
     """A batch's header, decompressed body and declared readings (``envelope``: ``data`` as the strict reader read it),
     checked on the loop when small (see INLINE_BATCH_BYTES), else on a worker; raises ProtocolError or Busy."""
     if len(data) > INLINE_BATCH_BYTES:
@@ -377,7 +372,7 @@ class Ingest:
         return await self._store(decoded, device, size=len(data)), True
 
     @staticmethod
-    def _unverified(exc: ProtocolError, envelope: Envelope, public_key: Ed25519PublicKey) -> Refused:
+    def _unverified(exc: ProtocolError, envelope: Envelope, public_key: DeviceKeyCheck) -> Refused:
         """The refusal of a batch that failed its checks; charged unless the device signed it."""
         # A bad signature is the sender's; anything else may be a batch the device signed badly (a second,
         # linear check of the signature tells which).

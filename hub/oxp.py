@@ -30,6 +30,7 @@ from hub.jsonbody import BodyError, read_bounded, read_json
 from hub.metrics import METRICS
 from hub.models import EnrolError
 from hub.ratelimit import client_address, retry_after
+from hub.signatures import acceptable_key
 from hub.state import HUB, Hub
 
 __all__ = ["routes"]
@@ -193,6 +194,10 @@ async def _enrol(request: web.Request, hub: Hub) -> web.Response:
         public_key = Ed25519PublicKey.from_public_bytes(raw_key)
     except (binascii.Error, ValueError):
         return problem(Answer.MALFORMED, "field 'public_key': expected base64url of the raw 32-byte Ed25519 public key")
+    if not acceptable_key(raw_key):
+        # The hub verifies with libsodium, which refuses such a key: the device's batches could never be taken.
+        return problem(Answer.MALFORMED, "field 'public_key': not a key an Ed25519 key generator makes (a small-order or non-canonical point,"
+                       " which this hub cannot verify signatures under); make a new device key with `ocn-edge keygen`")
     kid = key_id(public_key)
     try:
         outcome = await hub.store.enrol(secret_hash(token), device_id=device_id, public_key=raw_key, key_id=kid, software_version=version, now_ms=now_ms())

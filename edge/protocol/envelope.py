@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -36,6 +36,7 @@ __all__ = [
     "seal_status",
     "open_status",
     "signature_verifies",
+    "KeyCheck",
 ]
 
 OXP_VERSION = 2
@@ -58,6 +59,25 @@ COUNTER_LABELS = {
 COUNTER_NAMES = {label: name for name, label in COUNTER_LABELS.items()}
 COUNTER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 UINT64_MAX = (1 << 64) - 1
+
+
+class KeyCheck(Protocol):
+    """A device's public key as a receiver holds it to check signatures: its key id, and a check of a signature.
+
+    What the functions here verify with, besides cryptography's Ed25519PublicKey (the gateway's): the hub checks
+    with libsodium (hub.signatures), so this module, which the gateway imports, does not import it."""
+
+    @property
+    def key_id(self) -> bytes:
+        """The key's 8-byte key id (keys.key_id)."""
+        ...
+
+    def verifies(self, signature: bytes, data: bytes) -> bool:
+        """Whether ``signature`` is this key's Ed25519 signature of ``data``."""
+        ...
+
+
+PublicKey = Ed25519PublicKey | KeyCheck
 
 
 class BatchTooLarge(ValueError):
@@ -185,17 +205,25 @@ def _expect(message: Envelope, expected: int) -> Envelope:
     return message
 
 
-def _verify(message: Envelope, public_key: Ed25519PublicKey) -> None:
-    expected = key_id(public_key)
+def _verify(message: Envelope, public_key: PublicKey) -> None:
+    expected = key_id(public_key) if isinstance(public_key, Ed25519PublicKey) else public_key.key_id
     kid = message.header[KID]
     if kid != expected:
         raise ProtocolError(
             "bad_signature", f"message is signed by key id {kid.hex()}, not by the given key (key id {expected.hex()})"
         )
+    if not _verifies(public_key, message.signature, _sig_structure(message.protected, message.payload)):
+        raise ProtocolError("bad_signature", f"signature does not verify with key id {expected.hex()}")
+
+
+def _verifies(public_key: PublicKey, signature: bytes, data: bytes) -> bool:
+    if not isinstance(public_key, Ed25519PublicKey):
+        return public_key.verifies(signature, data)
     try:
-        public_key.verify(message.signature, _sig_structure(message.protected, message.payload))
+        public_key.verify(signature, data)
     except InvalidSignature:
-        raise ProtocolError("bad_signature", f"signature does not verify with key id {expected.hex()}") from None
+        return False
+    return True
 
 
 def _batch_header(message: Envelope) -> BatchHeader:
@@ -235,13 +263,13 @@ def peek_header(data: bytes) -> BatchHeader:
     return _batch_header(_parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH))
 
 
-def verify_sealed(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes]:
+def verify_sealed(data: bytes, public_key: PublicKey) -> tuple[BatchHeader, bytes]:
     """Verify a sealed batch with the device's public key; its header and its payload as sent, still
     compressed (``decompress`` it with the header's codec); raises ProtocolError."""
     return verify_envelope(_parse(data, limit=MAX_BATCH_BYTES, expected=OXP_BATCH), public_key)
 
 
-def verify_envelope(message: Envelope, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes]:
+def verify_envelope(message: Envelope, public_key: PublicKey) -> tuple[BatchHeader, bytes]:
     """:func:`verify_sealed` for a batch already read with ``read_envelope(data, limit=MAX_BATCH_BYTES)``
     (a receiver reads it once to find the key): the same checks, in the same order, without reading
     the bytes again; raises ProtocolError."""
@@ -250,14 +278,14 @@ def verify_envelope(message: Envelope, public_key: Ed25519PublicKey) -> tuple[Ba
     return _batch_header(message), message.payload
 
 
-def verify_batch(data: bytes, public_key: Ed25519PublicKey) -> tuple[BatchHeader, bytes]:
+def verify_batch(data: bytes, public_key: PublicKey) -> tuple[BatchHeader, bytes]:
     """Verify a sealed batch with the device's public key; its header and decompressed body,
     not yet decoded (weigh it with ``declared_readings``, then ``decode_body``); raises ProtocolError."""
     header, payload = verify_sealed(data, public_key)
     return header, decompress(payload, header.codec)
 
 
-def signature_verifies(data: bytes | Envelope, public_key: Ed25519PublicKey) -> bool:
+def signature_verifies(data: bytes | Envelope, public_key: PublicKey) -> bool:
     """Whether ``data`` (or the envelope read from it) is a batch signed by ``public_key``, whatever its
     header or payload hold: a receiver tells a bad batch the device signed from one anybody could have sent."""
     try:
@@ -268,7 +296,7 @@ def signature_verifies(data: bytes | Envelope, public_key: Ed25519PublicKey) -> 
     return True
 
 
-def open_batch(data: bytes, public_key: Ed25519PublicKey) -> Batch:
+def open_batch(data: bytes, public_key: PublicKey) -> Batch:
     """Verify a sealed batch with the device's public key, then decode it; raises ProtocolError."""
     header, body = verify_batch(data, public_key)
     channels, readings = decode_body(body)
@@ -305,7 +333,7 @@ def seal_status(report: Mapping[str, Any], *, device_id: str, private_key: Ed255
     return sealed
 
 
-def open_status(data: bytes, public_key: Ed25519PublicKey) -> dict[str, Any]:
+def open_status(data: bytes, public_key: PublicKey) -> dict[str, Any]:
     """Verify a signed status-type message (a status report, §7, or a transparency notice, §7.3) and return its map; raises ProtocolError.
 
     Only the map's shape and its device_id are checked here; what a report or notice must hold is the receiver's schema.

@@ -24,6 +24,7 @@ __all__ = [
     "KeyFileError",
     "generate_keypair",
     "key_id",
+    "raw_key_id",
     "raw_public_key",
     "write_keypair",
     "load_private_key",
@@ -55,7 +56,12 @@ def raw_public_key(public_key: Ed25519PublicKey | Ed25519PrivateKey) -> bytes:
 
 def key_id(public_key: Ed25519PublicKey | Ed25519PrivateKey) -> bytes:
     """The 8-byte key id: the first 8 bytes of SHA-256 over the raw 32-byte public key."""
-    return hashlib.sha256(raw_public_key(public_key)).digest()[:8]
+    return raw_key_id(raw_public_key(public_key))
+
+
+def raw_key_id(raw: bytes) -> bytes:
+    """:func:`key_id` of a public key given as its 32 raw bytes."""
+    return hashlib.sha256(raw).digest()[:8]
 
 
 def write_keypair(
