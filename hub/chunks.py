@@ -47,13 +47,24 @@ def encode_chunks(readings: Iterable[Reading]) -> dict[str, list[tuple[int, int,
     """Per channel: (first_ms, last_ms, count, data) for each chunk of at most MAX_CHUNK readings."""
     by_channel: dict[str, list[Reading]] = {}
     for r in readings:
-        by_channel.setdefault(r.channel, []).append(r)
+        rows = by_channel.get(r.channel)
+        if rows is None:
+            by_channel[r.channel] = [r]
+        else:
+            rows.append(r)
     out: dict[str, list[tuple[int, int, int, bytes]]] = {}
     for channel, rows in by_channel.items():
-        out[channel] = []
-        for start in range(0, len(rows), MAX_CHUNK):
-            part = rows[start : start + MAX_CHUNK]
-            out[channel].append(_chunk([r.ts_ms for r in part], [r.value for r in part], [None if r.quality is None else int(r.quality) for r in part]))
+        if len(rows) == 1:
+            # A channel's one reading in a batch (a 5-second batch of a station is mostly these): _chunk's result, made
+            # without its lists and min/max (bench.mqtt_hub: 17 channels of one reading a batch, 2x faster).
+            (one,) = rows
+            quality = None if one.quality is None else [int(one.quality)]
+            out[channel] = [(one.ts_ms, one.ts_ms, 1, cbor2.dumps([[0], [one.value], quality]))]
+            continue
+        out[channel] = [
+            _chunk([r.ts_ms for r in part], [r.value for r in part], [None if r.quality is None else int(r.quality) for r in part])
+            for part in (rows[start : start + MAX_CHUNK] for start in range(0, len(rows), MAX_CHUNK))
+        ]
     return out
 
 

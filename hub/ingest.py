@@ -35,12 +35,11 @@ from edge.protocol import (
     ProtocolError,
     Reason,
     Status,
-    declared_readings,
-    decode_body,
     open_status,
     read_envelope,
     signature_verifies,
 )
+from edge.protocol.codec import WeighedBody, decode_weighed, weigh_body
 from edge.protocol.compression import content_size, decompress
 from edge.protocol.envelope import verify_envelope
 from edge.protocol.preauth import Envelope
@@ -180,23 +179,26 @@ def _public_key(device: DeviceKey) -> DeviceKeyCheck:
     return device_key(device.public_key)
 
 
-def _verify_and_weigh(envelope: Envelope, public_key: DeviceKeyCheck) -> tuple[BatchHeader, bytes, int]:
+# A verified batch's header, the size of its decompressed body and the body read once (its declared readings, to weigh).
+Checked = tuple[BatchHeader, int, WeighedBody]
+
+
+def _verify_and_weigh(envelope: Envelope, public_key: DeviceKeyCheck) -> Checked:
     """On a worker: verify the batch's envelope (read once, by the strict reader, to find its key), decompress, and count
     the readings the body declares (without decoding them)."""
     header, payload = verify_envelope(envelope, public_key)
-    body = decompress(payload, header.codec)
-    return header, body, declared_readings(body)
+    return (header, *_weigh(payload, header.codec))
 
 
-def _weigh(payload: bytes, codec: str) -> tuple[bytes, int]:
-    """On a worker: decompress a verified payload and count the readings its body declares."""
+def _weigh(payload: bytes, codec: str) -> tuple[int, WeighedBody]:
+    """On a worker: decompress a verified payload and count the readings its body declares; its CBOR is read once, here."""
     body = decompress(payload, codec)
-    return body, declared_readings(body)
+    return len(body), weigh_body(body)
 
 
-def _verify_all(items: Sequence[tuple[Envelope, DeviceKeyCheck]]) -> list[tuple[BatchHeader, bytes, int] | ProtocolError]:
+def _verify_all(items: Sequence[tuple[Envelope, DeviceKeyCheck]]) -> list[Checked | ProtocolError]:
     """On a worker: :func:`_verify_and_weigh` for each of a group, its outcome or the error that refused it."""
-    checked: list[tuple[BatchHeader, bytes, int] | ProtocolError] = []
+    checked: list[Checked | ProtocolError] = []
     for envelope, public_key in items:
         try:
             checked.append(_verify_and_weigh(envelope, public_key))
@@ -212,7 +214,7 @@ def _acked(device: DeviceKey, header: BatchHeader, incoming: IncomingBatch, stat
                  readings=len(incoming.readings) if status == "stored" else 0, desired_etag=desired_etag)
 
 
-async def _verified(workers: Workers, data: bytes, envelope: Envelope, public_key: DeviceKeyCheck) -> tuple[BatchHeader, bytes, int]:
+async def _verified(workers: Workers, data: bytes, envelope: Envelope, public_key: DeviceKeyCheck) -> Checked:
     """A batch's header, decompressed body and declared readings (``envelope``: ``data`` as the strict reader read it),
     checked on the loop when small (see INLINE_BATCH_BYTES), else on a worker; raises ProtocolError or Busy."""
     if len(data) > INLINE_BATCH_BYTES:
@@ -220,10 +222,8 @@ async def _verified(workers: Workers, data: bytes, envelope: Envelope, public_ke
     header, payload = verify_envelope(envelope, public_key)
     size = content_size(payload, header.codec)
     if size is None or size > INLINE_BODY_BYTES:
-        body, declared = await workers.run(_weigh, payload, header.codec)
-    else:
-        body, declared = _weigh(payload, header.codec)
-    return header, body, declared
+        return (header, *await workers.run(_weigh, payload, header.codec))
+    return (header, *_weigh(payload, header.codec))
 
 
 class Ingest:
@@ -294,7 +294,7 @@ class Ingest:
             else:
                 assert not isinstance(sender, Refused)
                 claimed.append((i, *sender))
-        checks: list[tuple[BatchHeader, bytes, int] | ProtocolError] | Busy
+        checks: list[Checked | ProtocolError] | Busy
         try:
             checks = await self.workers.run(_verify_all, [(self._envelope(envelopes[i]), _public_key(device)) for i, device, _ in claimed]) if claimed else []
         except Busy as exc:
@@ -385,27 +385,28 @@ class Ingest:
         assert isinstance(read, Envelope)
         return read
 
-    async def _decoded(self, checked: tuple[BatchHeader, bytes, int], device: DeviceKey, kid: bytes) -> Batch | Refused:
+    async def _decoded(self, checked: Checked, device: DeviceKey, kid: bytes) -> Batch | Refused:
         """A verified batch limited, weighed against the device's readings budget and decoded; or why not."""
-        header, body, declared = checked
+        header, size, body = checked
+        declared = body.declared
         if header.device_id != device.device_id:
             return Refused(Answer.MALFORMED, f"batch names device {header.device_id!r} but key id {kid.hex()} is enrolled as {device.device_id!r}")
         wait = self.limiter.check(device.device_id)
         if wait > 0:
             return Refused(Answer.RATE_LIMITED, f"device {device.device_id!r} sends faster than this hub allows; retry later", retry_after_s=wait)
-        weight = max(declared, len(body) // BODY_BYTES_PER_READING)
-        if declared <= MAX_READINGS:  # more is malformed: decode_body says so without decoding
+        weight = max(declared, size // BODY_BYTES_PER_READING)
+        if declared <= MAX_READINGS:  # more is malformed: decode_weighed says so without decoding
             wait = self.readings.wait(device.device_id, weight)
             if wait > 0:
-                detail = (f"batch declares {declared} readings in {len(body)} decoded bytes, more than device "
+                detail = (f"batch declares {declared} readings in {size} decoded bytes, more than device "
                           f"{device.device_id!r} may send now at its readings rate; retry later")
                 self._told_to_wait[device.device_id] = (time.monotonic() + wait, detail)
                 return Refused(Answer.READINGS_BUDGET, detail, retry_after_s=wait)
         try:
-            if declared <= INLINE_READINGS and len(body) <= INLINE_BODY_BYTES:
-                channels, readings = decode_body(body)
+            if declared <= INLINE_READINGS and size <= INLINE_BODY_BYTES:
+                channels, readings = decode_weighed(body)
             else:
-                channels, readings = await self.workers.run(decode_body, body)
+                channels, readings = await self.workers.run(decode_weighed, body)
         except Busy as exc:
             return _busy(exc, charged=False)
         except ProtocolError as exc:

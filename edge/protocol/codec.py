@@ -6,6 +6,7 @@ import functools
 import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from itertools import accumulate, pairwise, repeat
 from operator import attrgetter, mul, sub
@@ -40,7 +41,10 @@ __all__ = [
     "encode_payload",
     "decode_payload",
     "declared_readings",
+    "decode_weighed",
     "resolution_parts",
+    "weigh_body",
+    "WeighedBody",
 ]
 
 # Readings in one batch (the sum of its series' counts). Without it a 32 MiB body of shared
@@ -562,12 +566,24 @@ _UNIT_TYPES = (int, str)
 
 def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     """Channels and readings from an uncompressed OXP/2 body; readings come grouped per channel."""
+    return _decode_document(_load_body(body))
+
+
+def decode_weighed(body: WeighedBody) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
+    """:func:`decode_body` of a body :func:`weigh_body` read: the same checks and results, its CBOR not read again."""
+    return _decode_document(body.document)
+
+
+def _load_body(body: bytes) -> Any:
     try:
-        doc = cbor2.loads(body)
+        return cbor2.loads(body)
     except cbor2.CBORDecodeEOF:
         raise ProtocolError("truncated", "payload body ends inside a CBOR item") from None
     except (cbor2.CBORDecodeError, RecursionError) as exc:
         raise _fail(f"payload body is not CBOR ({exc})") from None
+
+
+def _decode_document(doc: Any) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     if not (isinstance(doc, list) and len(doc) == 3 and type(doc[0]) is int and isinstance(doc[2], list)):
         raise _fail("payload body is not [base time, [device...], [series...]]")
     if not INT64_MIN <= doc[0] <= INT64_MAX:
@@ -651,15 +667,24 @@ def declared_readings(body: bytes) -> int:
     """How many readings an uncompressed OXP/2 body declares (the sum of its series' counts),
     read without decoding any column: what a receiver weighs a batch by before decoding it.
     A body too broken to say is malformed; :func:`decode_body` finds every other fault."""
-    try:
-        doc = cbor2.loads(body)
-    except cbor2.CBORDecodeEOF:
-        raise ProtocolError("truncated", "payload body ends inside a CBOR item") from None
-    except (cbor2.CBORDecodeError, RecursionError) as exc:
-        raise _fail(f"payload body is not CBOR ({exc})") from None
+    return weigh_body(body).declared
+
+
+@dataclass(frozen=True, slots=True)
+class WeighedBody:
+    """An uncompressed body's CBOR, read once: the readings it declares (:func:`declared_readings`), and what
+    :func:`decode_weighed` decodes once the receiver has weighed them."""
+
+    document: Any
+    declared: int
+
+
+def weigh_body(body: bytes) -> WeighedBody:
+    """:func:`declared_readings` of ``body``, with its CBOR kept for :func:`decode_weighed`; the same refusals."""
+    doc = _load_body(body)
     if not (isinstance(doc, list) and len(doc) == 3 and isinstance(doc[2], list)):
         raise _fail("payload body is not [base time, [device...], [series...]]")
-    return sum(s[4] for s in doc[2] if isinstance(s, list) and len(s) >= 5 and type(s[4]) is int and s[4] > 0)
+    return WeighedBody(doc, sum(s[4] for s in doc[2] if isinstance(s, list) and len(s) >= 5 and type(s[4]) is int and s[4] > 0))
 
 
 def decode_payload(data: bytes, *, codec: str) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edge.protocol.types import Quality, Reading
 from hub.budget import OverBudget, QueryBudget
-from hub.chunks import Collector, Counter, Releaser
+from hub.chunks import Collector, Counter, Releaser, _chunk, encode_chunks
 from hub.models import StoredReading
 
 numbers = st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -0.5, 2.0, 1e300]))
@@ -170,3 +171,13 @@ def test_a_counter_given_enough_stops_once_it_has_counted_them() -> None:
     assert counter.feed(rows) is False and 7 <= counter.total < 10
     whole = Counter(since_ms=None, until_ms=None, match=None, enough=100)
     assert whole.feed(rows) is True and whole.total == 30
+
+
+def test_a_channel_with_one_reading_in_a_batch_is_chunked_as_a_longer_one_would_be() -> None:
+    """encode_chunks' short way for a channel's only reading gives _chunk's bytes, with and without a quality."""
+    readings = [Reading("a/x", 1_000, 1.5, "W"), Reading("a/y", 1_001, 7, "W", Quality.SUSPECT), Reading("a/z", 1_002, "on"),
+                Reading("a/w", 1_003, True), Reading("a/v", 1_004, float("inf")), Reading("a/x2", 5, 2.0), Reading("a/x2", 3, 1.0)]
+    chunks = encode_chunks(readings)
+    for r in readings[:5]:
+        assert chunks[r.channel] == [_chunk([r.ts_ms], [r.value], [None if r.quality is None else int(r.quality)])]
+    assert chunks["a/x2"] == [_chunk([5, 3], [2.0, 1.0], [None, None])]

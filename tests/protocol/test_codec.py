@@ -348,3 +348,42 @@ def test_a_channel_remembered_from_earlier_batches_decodes_and_refuses_exactly_a
         assert _decoded_or_refused(body) == new
         assert _decoded_or_refused(body) == new
     assert _decoded_or_refused(cases[0]) != _decoded_or_refused(cases[1])  # True is not the unit code 1
+
+
+def test_a_body_weighed_once_declares_and_decodes_as_declared_readings_and_decode_body_do():
+    """A receiver reads a body's CBOR once (weigh_body, then decode_weighed): the same count, the same channels and
+    readings, the same refusal at the same step, for pristine and corrupted bodies."""
+    import random
+
+    from edge.protocol.codec import declared_readings, decode_weighed, weigh_body
+    from edge.protocol.vectors import _every_kind, _reference_station
+
+    def twice(body):
+        try:
+            declared = declared_readings(body)
+        except ProtocolError as exc:
+            return ("weigh", exc.reason, exc.detail)
+        return (declared, _decoded_or_refused(body))
+
+    def once(body):
+        try:
+            weighed = weigh_body(body)
+        except ProtocolError as exc:
+            return ("weigh", exc.reason, exc.detail)
+        try:
+            decoded = repr(decode_weighed(weighed))
+        except ProtocolError as exc:
+            decoded = (exc.reason, exc.detail)
+        return (weighed.declared, decoded)
+
+    rng = random.Random(11)
+    bodies = [encode_body(*make()[1:]) for make in (_every_kind, _reference_station)]
+    cases = [*bodies, b"", b"\x83", cbor2.dumps([0, ["a"], 5]), cbor2.dumps([1.5, [], []]), cbor2.dumps({"a": 1})]
+    for _ in range(1500):
+        corrupted = bytearray(rng.choice(bodies))
+        for _ in range(rng.randint(1, 3)):
+            corrupted[rng.randrange(len(corrupted))] = rng.randrange(256)
+        cases.append(bytes(corrupted))
+    outcomes = [once(body) for body in cases]
+    assert outcomes == [twice(body) for body in cases]
+    assert {type(o[0]) for o in outcomes} == {int, str} and any(type(o[1]) is tuple for o in outcomes if type(o[0]) is int)
