@@ -15,10 +15,12 @@ from typing import cast
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, NotImplementedException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException, NotImplementedException
 from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest
 from pymodbus.pdu.decoders import DecodePDU
+from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInputRegistersRequest
 
 __all__ = [
     "EXCEPTION_MEANINGS",
@@ -45,11 +47,12 @@ EXCEPTION_MEANINGS = {
     11: "gateway target device failed to respond: the unit behind the gateway is silent",
 }
 
-_READERS = {
-    "holding": "read_holding_registers",
-    "input": "read_input_registers",
-    "coil": "read_coils",
-    "discrete": "read_discrete_inputs",
+# The request each function sends: what pymodbus's read_holding_registers etc. build.
+_REQUESTS: dict[str, type[ModbusPDU]] = {
+    "holding": ReadHoldingRegistersRequest,
+    "input": ReadInputRegistersRequest,
+    "coil": ReadCoilsRequest,
+    "discrete": ReadDiscreteInputsRequest,
 }
 _FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
@@ -273,16 +276,11 @@ class ModbusLink:
         """Read ``count`` registers (or bits) from ``address`` of ``unit``; raises a LinkError subclass."""
         if not self._client.connected:
             raise LinkDown("not open")
-        # pymodbus has one timeout per client; the bus owner serialises requests, so setting it
-        # per request is safe and gives each unit its own timeout.
-        self._client.ctx.comm_params.timeout_connect = timeout
         self._received_during_request = 0
-        reader = getattr(self._client, _READERS[function])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
-            reply = await reader(address, count=count, device_id=unit)
-            raise_if_cancelled()
+            reply = await self._execute(_REQUESTS[function](address=address, count=count, dev_id=unit), deadline)
             strays = 0
             while (why := _mismatch(reply, function, count)) is not None:
                 # RTU frames carry no transaction id: a unit's late reply to an earlier request of
@@ -315,6 +313,37 @@ class ModbusLink:
             return list(reply.bits[:count])
         return list(reply.registers)
 
+    async def _execute(self, request: ModbusPDU, deadline: float) -> ModbusPDU:
+        """Send ``request`` and await its reply until ``deadline`` (loop time): one try of pymodbus 3.16's
+        ``TransactionManager.execute``, with its checks and errors, but without its lock and ``wait_for``.
+
+        The bus owner already holds the line's lock and never retries here (retries = 0), and
+        ``wait_for`` cost a second future, a timer, two callbacks and an extra turn of the event loop
+        per request, a visible share of a busy bus's CPU.  A reply the framer accepts resolves
+        ``response_future`` (``callback_data``), as there; at the deadline it fails as pymodbus's
+        "no response" does (a ``ModbusIOException``).  Cancelled, the future is cancelled, and a
+        late reply is ignored, as with ``wait_for``.
+        """
+        protocol = self._client.ctx
+        if not protocol.transport:
+            raise ConnectionException(f"Not connected[{self._client!s}]")
+        request.transaction_id = protocol.getNextTID()
+        protocol.recv_buffer = b""
+        future: asyncio.Future[ModbusPDU] = asyncio.get_running_loop().create_future()
+        protocol.response_future = future
+        protocol.pdu_send(request)
+        timer = asyncio.get_running_loop().call_at(deadline, _expire, future, request)
+        try:
+            reply = await future
+        finally:
+            timer.cancel()
+        if request.dev_id and reply.dev_id != request.dev_id:
+            raise _io_error(f"request uses device id={request.dev_id} but received {reply.dev_id}", request)
+        if reply.transaction_id and reply.transaction_id != request.transaction_id:
+            raise _io_error(f"request uses transaction id={request.transaction_id} but received {reply.transaction_id}",
+                            request)
+        return reply
+
     async def _next_reply(self, timeout: float) -> ModbusPDU:
         """The next frame from the unit last asked (pymodbus 3.16 hands each frame to ``response_future``)."""
         protocol = self._client.ctx
@@ -323,6 +352,17 @@ class ModbusLink:
             used = protocol.callback_data(protocol.recv_buffer, None)
             protocol.recv_buffer = protocol.recv_buffer[used:]
         return await asyncio.wait_for(protocol.response_future, timeout)
+
+
+def _io_error(message: str, request: ModbusPDU) -> ModbusIOException:
+    return ModbusIOException(message, function_code=request.function_code, transaction_id=request.transaction_id,
+                             dev_id=request.dev_id)
+
+
+def _expire(future: asyncio.Future[ModbusPDU], request: ModbusPDU) -> None:
+    """The request's deadline passed without a reply: fail it as pymodbus's execute does."""
+    if not future.done():
+        future.set_exception(_io_error("no response received", request))
 
 
 def raise_if_cancelled() -> None:
