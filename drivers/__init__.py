@@ -5,6 +5,6 @@ A driver package registers its driver class under the entry-point group
 :func:`drivers.registry.load_driver` and never imports one by name.
 """
 
-from drivers.sdk import DeviceContext, Driver, DriverError, Emit, Manifest, OptionError, OptionSpec
+from drivers.sdk import DeviceContext, Driver, DriverError, Emit, Emitter, Manifest, OptionError, OptionSpec, emit_all_of
 
-__all__ = ["DeviceContext", "Driver", "DriverError", "Emit", "Manifest", "OptionError", "OptionSpec"]
+__all__ = ["DeviceContext", "Driver", "DriverError", "Emit", "Emitter", "Manifest", "OptionError", "OptionSpec", "emit_all_of"]

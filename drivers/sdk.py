@@ -24,17 +24,52 @@ __all__ = [
     "Driver",
     "DriverError",
     "Emit",
+    "EmitAll",
+    "Emitter",
     "Manifest",
     "ModbusBusLike",
     "OptionError",
     "OptionSpec",
     "Options",
     "SerialBusLike",
+    "emit_all_of",
 ]
 
 Emit = Callable[[Reading], Awaitable[None]]
+EmitAll = Callable[[Sequence[Reading]], Awaitable[None]]
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+class Emitter:
+    """The ``emit`` the gateway hands :meth:`Driver.run`: ``await emit(reading)`` hands over one reading,
+    ``await emit.all(readings)`` several at once (a poll's), in order, as if emitted one by one.
+
+    A poll's readings handed over together pass the gateway's layers (supervisor, taps, pipeline) once
+    instead of once a reading.  A driver that may also be run with a plain ``Emit`` (a test,
+    ``drivers.testing``) takes ``emit_all_of(emit)`` once and uses that.
+    """
+
+    __slots__ = ("all",)
+
+    def __init__(self, emit_all: EmitAll) -> None:
+        self.all = emit_all
+
+    async def __call__(self, reading: Reading) -> None:
+        await self.all((reading,))
+
+
+def emit_all_of(emit: Emit) -> EmitAll:
+    """How to hand several readings at once through ``emit``: its ``all`` if it is an :class:`Emitter`,
+    else one ``await emit(reading)`` after another."""
+    if isinstance(emit, Emitter):
+        return emit.all
+
+    async def one_by_one(readings: Sequence[Reading]) -> None:
+        for reading in readings:
+            await emit(reading)
+
+    return one_by_one
 
 
 class DriverError(Exception):
@@ -291,4 +326,7 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def run(self, emit: Emit) -> None:
         """Read the device and ``await emit(reading)`` for each reading, until cancelled (or, with
-        ``stops_when_asked``, until ``ctx.stopping`` is set and the poll under way is emitted)."""
+        ``stops_when_asked``, until ``ctx.stopping`` is set and the poll under way is emitted).
+
+        A driver that reads several values at a time may hand them over together through
+        ``emit_all_of(emit)`` (:class:`Emitter`): the same readings in the same order, for less CPU."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from drivers.buses import ModbusBus, SerialBus, create_bus
 from drivers.health import FAILING, HEALTH_WORDS, OK, Health, HealthSource, assess
-from drivers.sdk import DeviceContext, Driver, Emit
+from drivers.sdk import DeviceContext, Driver, Emit, Emitter, emit_all_of
 from edge.config import DeviceConfig, GatewayConfig
 from edge.protocol.types import Channel, Reading
 from edge.supervise import DeviceRunner
@@ -99,16 +99,18 @@ class Devices:
             dev.runner = DeviceRunner(dev.config.name, dev.make_driver, self._tapped(dev.config.name, emit), personal=personal)
             self.device_tasks.append(asyncio.create_task(dev.runner.run(), name=f"device:{dev.config.name}"))
 
-    def _tapped(self, device: str, emit: Emit) -> Emit:
+    def _tapped(self, device: str, emit: Emit) -> Emitter:
         taps = self._taps.setdefault(device, [])
+        emit_all = emit_all_of(emit)
 
-        async def emit_and_tap(reading: Reading) -> None:
+        async def emit_and_tap(readings: Sequence[Reading]) -> None:
             for queue in taps:
-                with contextlib.suppress(asyncio.QueueFull):  # a slow onlooker misses readings; the flow never waits for it
-                    queue.put_nowait(reading)
-            await emit(reading)
+                for reading in readings:
+                    with contextlib.suppress(asyncio.QueueFull):  # a slow onlooker misses readings; the flow never waits for it
+                        queue.put_nowait(reading)
+            await emit_all(readings)
 
-        return emit_and_tap
+        return Emitter(emit_and_tap)
 
     @contextlib.contextmanager
     def tap(self, device: str, *, size: int = 256) -> Iterator[asyncio.Queue[Reading]]:

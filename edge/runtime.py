@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.registry import load_driver
-from drivers.sdk import Driver
+from drivers.sdk import Driver, Emitter
 from edge import __version__
 from edge.batcher import Batcher
 from edge.commissioning import Commissioning
@@ -216,7 +216,7 @@ class Gateway:
         self.flow = ReadingFlow(privacy, self.batcher, counters=self.counters, clock_ms=self._clock_ms)
         if cfg.local_api.enabled:
             await self._start_local_api()
-        self.devices.start(self._emit)
+        self.devices.start(Emitter(self.flow.emit_all))
         for coro, name in self.flow.loops():
             self._watch(asyncio.create_task(coro, name=name), self._stage_tasks)
         if self.uplink is not None:
@@ -263,11 +263,6 @@ class Gateway:
             extra={"task": task.get_name(), "error": repr(exc)[:300] if exc else "returned"},
         )
         self.fatal.set()
-
-    async def _emit(self, reading: Reading) -> None:
-        """What every driver's emit calls: the reading joins the flow (waits while its queue is full)."""
-        assert self.flow is not None
-        await self.flow.emit(reading)
 
     # -- the notice and the local API -------------------------------------------------------
 

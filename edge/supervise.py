@@ -6,9 +6,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from drivers.sdk import Driver, Emit
+from drivers.sdk import Driver, Emit, Emitter, emit_all_of
 from edge.protocol.types import Reading
 from edge.util.backoff import Backoff
 from edge.util.logonce import LogOnce
@@ -47,7 +47,8 @@ class DeviceRunner:
     ) -> None:
         self.device_id = device_id
         self._make_driver = make_driver
-        self._emit = emit
+        self._emit_all = emit_all_of(emit)
+        self._emitter = Emitter(self._emit_all_and_watch)  # what each driver instance is given
         self._stable_after = stable_after
         self._personal = personal
         # Jitter in [50 %, 100 %]: devices that share a failed bus do not all restart in the same instant.
@@ -80,7 +81,7 @@ class DeviceRunner:
         """Restarts since the device last counted as recovered."""
         return self._backoff.attempts
 
-    async def _emit_and_watch(self, reading: Reading) -> None:
+    async def _emit_all_and_watch(self, readings: Sequence[Reading]) -> None:
         now = time.monotonic()
         # Every reading passes here: a plain flag, not the LogOnce lookup, until a failure sets it.
         if self._down and now - self._started >= self._stable_after:
@@ -88,9 +89,9 @@ class DeviceRunner:
             if self.failing:
                 self._backoff.reset()
                 self._outage.recovered(self.device_id, "device recovered", extra={"device": self.device_id, "restarts": self.restarts})
-        self.readings += 1
+        self.readings += len(readings)
         self.last_reading_at = now
-        await self._emit(reading)
+        await self._emit_all(readings)
 
     def backoff(self, attempt: int) -> float:
         """Delay before restart number `attempt` (0-based): doubling, capped, with jitter in [50%, 100%]."""
@@ -122,7 +123,7 @@ class DeviceRunner:
                 driver = self.driver = self._make_driver()
                 self._in_run = True
                 try:
-                    await driver.run(self._emit_and_watch)
+                    await driver.run(self._emitter)
                 finally:
                     self._in_run = False
                 if self._stopping:

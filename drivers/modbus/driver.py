@@ -13,7 +13,7 @@ from drivers.modbus.adapter import ExceptionReply, LinkError
 from drivers.modbus.bus import FLAP_S
 from drivers.modbus.planner import ReadRequest, plan_reads
 from drivers.modbus.profile import BlockDecoder, Profile, ProfileError, load_profile, shipped_profiles
-from drivers.sdk import DeviceContext, Driver, Emit, Manifest, ModbusBusLike, OptionError, OptionSpec
+from drivers.sdk import DeviceContext, Driver, Emit, Manifest, ModbusBusLike, OptionError, OptionSpec, emit_all_of
 from edge.protocol.types import Channel, Reading
 from edge.util.logonce import LogOnce
 
@@ -155,6 +155,7 @@ class ModbusDriver(Driver):
 
     async def run(self, emit: Emit) -> None:
         interval = self.ctx.poll_interval
+        emit_all = emit_all_of(emit)  # a poll's readings handed over at once, not one await per reading
         stopping = self.ctx.stopping  # set when the gateway stops: the poll under way is finished and emitted first
         # No "not open" warning for the moments before the line first opens; a line that never opens does not hold up a stop.
         opened = asyncio.ensure_future(self.ctx.modbus_bus().wait_open())
@@ -181,8 +182,8 @@ class ModbusDriver(Driver):
                 result = await self.poll()
                 if result.failures or self._refused:
                     self._report(result)
-                for reading in result.readings:
-                    await emit(reading)
+                if result.readings:
+                    await emit_all(result.readings)
                 next_at += interval
                 now = loop.time()
                 if next_at < now:  # a slow cycle skips the missed slots instead of bursting to catch up
