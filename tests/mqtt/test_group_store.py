@@ -108,3 +108,36 @@ async def test_a_group_is_answered_batch_by_batch_as_one_batch_at_a_time_would_b
         assert [(d.device_id, d.batches_stored) for d in await store.devices()] == [("pole-0042", 2), ("pole-0043", 1)]
     finally:
         workers.close()
+
+
+async def test_a_group_writes_new_and_newly_personal_channels_as_one_batch_at_a_time_would(tmp_path) -> None:
+    """Store.store_batches writes a group's channels in one statement: the same rows (ids, units, personal flags) and the
+    same readings as store_batch one batch after another, for channels new, repeated with other units, undeclared, and
+    flagged personal only by a later batch."""
+    import dataclasses
+
+    def variant(device: int, seq: int, *, unit: str = "W", personal: bool = False, bare: bool = False) -> IncomingBatch:
+        plain = batch(device, seq)
+        channels = (*plain.channels[:1], Channel("meter-1/power", unit=unit, resolution=1.0, personal=personal))
+        extra = (Reading("meter-1/energy", NOW + seq * 10_000, 5, "Wh"),) if bare else ()
+        return dataclasses.replace(plain, channels=channels, readings=(*plain.readings, *extra))
+
+    group = [variant(1, 1), variant(2, 1, bare=True), variant(1, 2, unit="kW"), variant(1, 3, personal=True), variant(3, 1, personal=True),
+             variant(2, 2, unit="kW", personal=True, bare=True), variant(1, 4)]
+    found = []
+    for grouped in (True, False):
+        opened = await open_store(f"sqlite:///{tmp_path}/hub-{grouped}.db")
+        try:
+            await opened.store_batch(batch(9, 1))  # a channel known before the group
+            if grouped:
+                assert await opened.store_batches([batch(9, 2), *group]) == ["stored"] * (len(group) + 1)
+            else:
+                for one in [batch(9, 2), *group]:
+                    assert await opened.store_batch(one) == "stored"
+            found.append((await opened.channels(include_personal=True), sorted(
+                (r.channel, r.ts_ms, r.value) for r in await opened.readings(include_personal=True))))
+        finally:
+            await opened.close()
+    assert found[0] == found[1]
+    assert {(c.device_id, c.channel, c.personal) for c in found[0][0] if c.personal} == {
+        ("pole-1", "meter-1/power", True), ("pole-2", "meter-1/power", True), ("pole-3", "meter-1/power", True)}
