@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge.localapi.access import AccessToken, needs_token
 from edge.schema import HostPort
+from edge.util.loading import load_module
 
 if TYPE_CHECKING:
     from aiohttp.web_server import Server
@@ -97,7 +97,7 @@ class LocalApi:
         self._serving.add_done_callback(_log_failure)
 
     async def _serve(self, listener: asyncio.Server) -> None:
-        await asyncio.to_thread(importlib.import_module, "edge.localapi.app")
+        await load_module("edge.localapi.app")
         from aiohttp.web_server import Server
 
         from edge.localapi.app import create_app

@@ -10,14 +10,12 @@ long poll on its ETag (and the ETag in each batch ack) says when that pull is wo
 from __future__ import annotations
 
 import asyncio
-import importlib
 import ipaddress
 import json
 import time
 from collections.abc import Mapping
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 from edge import __version__
@@ -26,9 +24,11 @@ from edge.protocol.reasons import Answer, Status
 from edge.transport.answers import ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredNews, DesiredOffer, Refused, Taken, TransportError, UplinkError
 from edge.transport.tls import tls_context
+from edge.util.loading import load_module
 
 if TYPE_CHECKING:
     import aiohttp
+    from yarl import URL
 
 __all__ = ["HttpTransport"]
 
@@ -38,6 +38,44 @@ _MAX_RETRY_AFTER_S = 86400.0
 # An ack is a few hundred bytes; a reply larger than this is garbage and is not read further.
 _MAX_REPLY_BYTES = 64 * 1024
 _MAX_KEY_BYTES = 16_384
+# How long an idle connection to the hub is kept for the next message.  aiohttp's 15 s closed it between two batches
+# (30 s apart by default), so every batch opened a new connection; under the idle limits of the reference hub (75 s)
+# and of common proxies and load balancers (60 s), so the gateway, not the far end, closes an idle one.
+_KEEPALIVE_S = 50.0
+
+
+class _Route(NamedTuple):
+    """How requests reach the hub, as the service's environment says: a proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) and .netrc credentials."""
+
+    proxy: URL | None
+    proxy_headers: dict[str, str] | None  # for the CONNECT to an https hub: Proxy-Authorization, from the proxy's URL or .netrc
+    headers: dict[str, str]  # on every request: Authorization for the hub (.netrc), Proxy-Authorization for an http hub
+
+
+def _route_from_environment(hub_url: str) -> _Route:
+    """Read once, in a worker thread, what aiohttp's trust_env read again before every request (twice in worker threads).
+
+    A city network that lets traffic out only through a proxy sets HTTPS_PROXY in the service's environment
+    (docs/spool-and-uplink.md); the environment of a running process does not change, and the hub's URL neither.
+    aiohttp's own readers, so the proxy chosen, NO_PROXY and .netrc are read as trust_env=True read them.
+    """
+    from aiohttp.helpers import basicauth_from_netrc, get_env_proxy_for_url, netrc_from_env
+    from yarl import URL
+
+    url = URL(hub_url)
+    try:
+        proxy, proxy_auth = get_env_proxy_for_url(url)
+    except LookupError:
+        proxy, proxy_auth = None, None
+    try:
+        auth = basicauth_from_netrc(netrc_from_env(), url.host) if url.host else None
+    except LookupError:
+        auth = None
+    to_hub = {"Authorization": auth.encode()} if auth else {}
+    to_proxy = {"Proxy-Authorization": proxy_auth.encode()} if proxy_auth else {}
+    if url.scheme == "https":  # the proxy reads its credentials on the CONNECT that opens the tunnel
+        return _Route(proxy, to_proxy or None, to_hub)
+    return _Route(proxy, None, {**to_hub, **to_proxy})  # a plain-http request goes to the proxy whole: they travel with it
 
 
 class HttpTransport:
@@ -50,6 +88,7 @@ class HttpTransport:
         self._ssl = tls_context(ca) if self.hub_url.startswith("https://") else None
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._route = _Route(None, None, {})
         self._on_desired: DesiredListener | None = None
 
     @property
@@ -69,21 +108,22 @@ class HttpTransport:
             # aiohttp (~0.2 s of CPU to import: it loads the system's CA store at import) is loaded in a worker
             # thread at the first exchange, not at start: the loop goes on polling the devices meanwhile, and the
             # first reading does not wait for it (issue 17's start-up target).
-            await asyncio.to_thread(importlib.import_module, "aiohttp")
+            await load_module("aiohttp")
+            route = await asyncio.to_thread(_route_from_environment, self.hub_url)
             if self._session is None:  # another exchange may have made it while this one waited
-                self._session = self._new_session()
+                self._route = route
+                self._session = self._new_session(route)
         return self._session
 
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _new_session(self, route: _Route) -> aiohttp.ClientSession:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False)
-        # trust_env: a city network that only lets traffic out through a proxy sets HTTPS_PROXY.
+        connector = aiohttp.TCPConnector(ssl=self._ssl if self._ssl is not None else False, keepalive_timeout=_KEEPALIVE_S)
         return aiohttp.ClientSession(
             connector=connector,
-            trust_env=True,
+            proxy=route.proxy,
             timeout=aiohttp.ClientTimeout(total=self._timeout_s),
-            headers={"User-Agent": f"ocn-edge/{__version__}"},
+            headers={"User-Agent": f"ocn-edge/{__version__}", **route.headers},
             # The hub answers small JSON and no content negotiation happens: Accept and
             # Accept-Encoding would only add 45 bytes to every batch on a metered link.
             skip_auto_headers=("Accept", "Accept-Encoding"),
@@ -95,7 +135,8 @@ class HttpTransport:
         import aiohttp  # loaded by _http, in a worker thread
 
         try:
-            async with session.post(f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE}) as resp:
+            async with session.post(f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE},
+                                    proxy_headers=self._route.proxy_headers) as resp:
                 body = await _read_body(resp, _MAX_REPLY_BYTES)
                 return resp.status, resp.headers, body, _framing(resp, len(body))
         except TimeoutError:
@@ -158,7 +199,8 @@ class HttpTransport:
 
         timeout = aiohttp.ClientTimeout(total=wait_s + self._timeout_s)
         try:
-            async with session.get(url, headers={"If-None-Match": f'"{known_etag}"'}, timeout=timeout) as resp:
+            async with session.get(url, headers={"If-None-Match": f'"{known_etag}"'}, timeout=timeout,
+                                   proxy_headers=self._route.proxy_headers) as resp:
                 body = await _read_body(resp, _MAX_REPLY_BYTES)
                 overhead = _framing(resp, len(body))
                 if resp.status == 304:
@@ -186,7 +228,7 @@ class HttpTransport:
         import aiohttp  # loaded by _http, in a worker thread
 
         try:
-            async with session.get(url) as resp:
+            async with session.get(url, proxy_headers=self._route.proxy_headers) as resp:
                 if resp.status != 200:
                     raise TransportError(f"GET {url} answered {resp.status}; cannot pin the hub's key yet")
                 return await _read_body(resp, _MAX_KEY_BYTES)
@@ -256,6 +298,8 @@ def _retry_after(value: str | None) -> float | None:
     try:
         seconds = float(value)
     except ValueError:
+        from email.utils import parsedate_to_datetime  # a hub that gives a date is rare: not loaded at start for it
+
         try:
             seconds = parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError):

@@ -15,17 +15,14 @@ State directory layout and write order: docs/updates.md, "On the gateway".
 from __future__ import annotations
 
 import errno
-import http.client
 import json
 import os
 import shutil
 import ssl
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
-from http.client import HTTPResponse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cbor2
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -36,6 +33,9 @@ from edge.protocol.release import MAX_MANIFEST_BYTES, release_key_id
 from edge.update.delta import DeltaError, apply_delta
 from edge.update.manifest import MANIFEST_FILE, FileEntry, Manifest, Refused, check_files, check_for_device, file_digest, read_manifest, this_target
 from edge.update.rollover import MAX_CHAIN_BYTES, ROLLOVER_FILE, Trust, extend_chain, key_for, load_chain, read_chain, trust_from
+
+if TYPE_CHECKING:
+    from http.client import HTTPResponse
 
 __all__ = [
     "FETCHED_FILE",
@@ -120,6 +120,10 @@ class _Link:
         self.requests = 0
 
     def _open(self, path: str, offset: int = 0) -> tuple[HTTPResponse | None, int]:
+        # Loaded here, in the worker thread that downloads, not at the gateway's start (issue 17's start-up target).
+        import urllib.error
+        import urllib.request
+
         request = urllib.request.Request(self.base + path)
         if offset:
             request.add_header("Range", f"bytes={offset}-")
@@ -162,6 +166,8 @@ class _Link:
         response, start = self._open(path, have)
         if response is None:
             return
+        import http.client  # loaded by _open
+
         dropped = False
         with response, part.open("r+b" if start else "wb") as out:
             out.seek(start)

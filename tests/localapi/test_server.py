@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +16,7 @@ from edge.localapi import LocalApi, LocalApiError
 from edge.schema import HostPort
 
 NOTICE = {"policy": "test"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _api() -> LocalApi:
@@ -60,3 +65,44 @@ async def test_a_stop_before_the_server_has_loaded_closes_the_listener() -> None
     assert api.url is None
     with pytest.raises(OSError):
         await asyncio.open_connection(host, port)
+
+
+def test_the_local_api_and_the_uplink_load_aiohttp_at_the_same_time_without_breaking_it(tmp_path: Path) -> None:
+    # Both load aiohttp in worker threads as the gateway starts; two threads importing its parts at once met its circular
+    # imports half done ("partially initialized module 'aiohttp.helpers'") and the local API never answered.
+    code = """
+import asyncio, json, sys
+from edge.localapi import LocalApi
+from edge.schema import HostPort
+from edge.transport import open_transport
+
+async def hub(reader, writer):
+    await reader.readuntil(b"\\r\\n\\r\\n")
+    writer.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: 12\\r\\nConnection: close\\r\\n\\r\\n{"ok": true}')
+    await writer.drain()
+    writer.close()
+
+async def main():
+    server = await asyncio.start_server(hub, "127.0.0.1", 0)
+    transport = open_transport(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    api = LocalApi(notice_html=lambda language: "", notice_json=lambda: {"policy": "test"}, status=dict)
+    await api.start(HostPort("127.0.0.1", 0))
+    host, port = api.addresses[0][:2]
+
+    async def notice():
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /notice.json HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+        return (await asyncio.wait_for(reader.read(), 30)).split(b"\\r\\n", 1)[0]
+
+    answer, sent = await asyncio.gather(notice(), transport.send_status(b"report"))
+    print(type(sent).__name__, answer.decode())
+    await transport.aclose()
+    await api.aclose()
+
+asyncio.run(main())
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(3):  # a race: a fresh interpreter each time, nothing imported before
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split() == ["Taken", "HTTP/1.1", "200", "OK"], done.stdout + done.stderr[-2000:]
