@@ -20,7 +20,12 @@ from pymodbus.framer.rtu import FramerRTU
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.pdu.bit_message import ReadCoilsRequest, ReadDiscreteInputsRequest
 from pymodbus.pdu.decoders import DecodePDU
-from pymodbus.pdu.register_message import ReadHoldingRegistersRequest, ReadInputRegistersRequest
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersRequest,
+    ReadInputRegistersResponse,
+)
 
 __all__ = [
     "EXCEPTION_MEANINGS",
@@ -106,12 +111,17 @@ def crc16(frame: bytes) -> bytes:
     return FramerRTU.compute_CRC(frame).to_bytes(2, "big")
 
 
+_REGISTER_REPLIES = (ReadHoldingRegistersResponse, ReadInputRegistersResponse)
+
+
 class _QuietDecodePDU(DecodePDU):
     """pymodbus's reply decoder without its debug line, which it builds even with its logger off.
 
     pymodbus 3.16's ``DecodePDU.decode`` passes ``str(pdu)`` (the reply with every register as
     text) to a ``Log.debug`` that is never enabled here: a float32 meter's 40 registers cost more
-    to format than to decode.  Otherwise the same steps; an undecodable frame gives None, as there.
+    to format than to decode.  A register reply's words are read in one unpack, where pymodbus
+    slices and unpacks each word (the same words, and the same refusal of a byte count the frame
+    does not hold).  Otherwise the same steps; an undecodable frame gives None, as there.
     """
 
     def decode(self, frame: bytes) -> ModbusPDU | None:
@@ -124,6 +134,12 @@ class _QuietDecodePDU(DecodePDU):
             if not pdu_class:
                 return None
             pdu = pdu_class()
+            if pdu_class in _REGISTER_REPLIES:
+                byte_count = frame[1]
+                if byte_count >= len(frame) - 1:
+                    return None  # pymodbus: "byte_count > length of packet"
+                pdu.registers = list(struct.unpack_from(f">{byte_count // 2}H", frame, 2))
+                return pdu
             pdu.decode(frame[1:])
             if pdu.sub_function_code >= 0:
                 sub_class = self.pdu_sub_table.get(pdu.function_code, {}).get(pdu.sub_function_code, (None, None))[self.pdu_inx]
