@@ -39,7 +39,7 @@ from edge.protocol import (
     read_envelope,
     signature_verifies,
 )
-from edge.protocol.codec import WeighedBody, decode_weighed, weigh_body
+from edge.protocol.codec import decode_weighed, weigh_body
 from edge.protocol.compression import content_size, decompress
 from edge.protocol.envelope import verify_envelope
 from edge.protocol.preauth import Envelope
@@ -179,8 +179,9 @@ def _public_key(device: DeviceKey) -> DeviceKeyCheck:
     return device_key(device.public_key)
 
 
-# A verified batch's header, the size of its decompressed body and the body read once (its declared readings, to weigh).
-Checked = tuple[BatchHeader, int, WeighedBody]
+# A verified batch's header, the size of its decompressed body, the body's CBOR document (read once) and the readings it
+# declares (what the batch is weighed by before the document is decoded).
+Checked = tuple[BatchHeader, int, Any, int]
 
 
 def _verify_and_weigh(envelope: Envelope, public_key: DeviceKeyCheck) -> Checked:
@@ -190,10 +191,10 @@ def _verify_and_weigh(envelope: Envelope, public_key: DeviceKeyCheck) -> Checked
     return (header, *_weigh(payload, header.codec))
 
 
-def _weigh(payload: bytes, codec: str) -> tuple[int, WeighedBody]:
+def _weigh(payload: bytes, codec: str) -> tuple[int, Any, int]:
     """On a worker: decompress a verified payload and count the readings its body declares; its CBOR is read once, here."""
     body = decompress(payload, codec)
-    return len(body), weigh_body(body)
+    return (len(body), *weigh_body(body))
 
 
 def _verify_all(items: Sequence[tuple[Envelope, DeviceKeyCheck]]) -> list[Checked | ProtocolError]:
@@ -387,8 +388,7 @@ class Ingest:
 
     async def _decoded(self, checked: Checked, device: DeviceKey, kid: bytes) -> Batch | Refused:
         """A verified batch limited, weighed against the device's readings budget and decoded; or why not."""
-        header, size, body = checked
-        declared = body.declared
+        header, size, body, declared = checked
         if header.device_id != device.device_id:
             return Refused(Answer.MALFORMED, f"batch names device {header.device_id!r} but key id {kid.hex()} is enrolled as {device.device_id!r}")
         wait = self.limiter.check(device.device_id)

@@ -6,7 +6,6 @@ import functools
 import math
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from itertools import accumulate, pairwise, repeat
 from operator import attrgetter, mul, sub
@@ -44,7 +43,6 @@ __all__ = [
     "decode_weighed",
     "resolution_parts",
     "weigh_body",
-    "WeighedBody",
 ]
 
 # Readings in one batch (the sum of its series' counts). Without it a 32 MiB body of shared
@@ -569,9 +567,10 @@ def decode_body(body: bytes) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
     return _decode_document(_load_body(body))
 
 
-def decode_weighed(body: WeighedBody) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
-    """:func:`decode_body` of a body :func:`weigh_body` read: the same checks and results, its CBOR not read again."""
-    return _decode_document(body.document)
+def decode_weighed(document: Any) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:
+    """:func:`decode_body` of the document :func:`weigh_body` read from a body: the same checks and results, its CBOR
+    not read again."""
+    return _decode_document(document)
 
 
 def _load_body(body: bytes) -> Any:
@@ -667,24 +666,16 @@ def declared_readings(body: bytes) -> int:
     """How many readings an uncompressed OXP/2 body declares (the sum of its series' counts),
     read without decoding any column: what a receiver weighs a batch by before decoding it.
     A body too broken to say is malformed; :func:`decode_body` finds every other fault."""
-    return weigh_body(body).declared
+    return weigh_body(body)[1]
 
 
-@dataclass(frozen=True, slots=True)
-class WeighedBody:
-    """An uncompressed body's CBOR, read once: the readings it declares (:func:`declared_readings`), and what
-    :func:`decode_weighed` decodes once the receiver has weighed them."""
-
-    document: Any
-    declared: int
-
-
-def weigh_body(body: bytes) -> WeighedBody:
-    """:func:`declared_readings` of ``body``, with its CBOR kept for :func:`decode_weighed`; the same refusals."""
+def weigh_body(body: bytes) -> tuple[Any, int]:
+    """:func:`declared_readings` of ``body`` and its CBOR document, read once: a receiver weighs the readings, then
+    decodes the same document with :func:`decode_weighed`. The same refusals as declared_readings."""
     doc = _load_body(body)
     if not (isinstance(doc, list) and len(doc) == 3 and isinstance(doc[2], list)):
         raise _fail("payload body is not [base time, [device...], [series...]]")
-    return WeighedBody(doc, sum(s[4] for s in doc[2] if isinstance(s, list) and len(s) >= 5 and type(s[4]) is int and s[4] > 0))
+    return doc, sum(s[4] for s in doc[2] if isinstance(s, list) and len(s) >= 5 and type(s[4]) is int and s[4] > 0)
 
 
 def decode_payload(data: bytes, *, codec: str) -> tuple[tuple[Channel, ...], tuple[Reading, ...]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cbor2
 from cryptography.exceptions import InvalidSignature
@@ -36,7 +36,6 @@ __all__ = [
     "seal_status",
     "open_status",
     "signature_verifies",
-    "KeyCheck",
 ]
 
 OXP_VERSION = 2
@@ -61,23 +60,25 @@ COUNTER_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 UINT64_MAX = (1 << 64) - 1
 
 
-class KeyCheck(Protocol):
-    """A device's public key as a receiver holds it to check signatures: its key id, and a check of a signature.
+if TYPE_CHECKING:
+    # Types only, so the gateway, which imports this module, makes no Protocol class at start (its memory is at its limit).
 
-    What the functions here verify with, besides cryptography's Ed25519PublicKey (the gateway's): the hub checks
-    with libsodium (hub.signatures), so this module, which the gateway imports, does not import it."""
+    class KeyCheck(Protocol):
+        """A device's public key as a receiver holds it to check signatures: its key id, and a check of a signature.
 
-    @property
-    def key_id(self) -> bytes:
-        """The key's 8-byte key id (keys.key_id)."""
-        ...
+        What the functions here verify with, besides cryptography's Ed25519PublicKey (the gateway's): the hub
+        checks with libsodium (hub.signatures), so this module does not import it."""
 
-    def verifies(self, signature: bytes, data: bytes) -> bool:
-        """Whether ``signature`` is this key's Ed25519 signature of ``data``."""
-        ...
+        @property
+        def key_id(self) -> bytes:
+            """The key's 8-byte key id (keys.key_id)."""
+            ...
 
+        def verifies(self, signature: bytes, data: bytes) -> bool:
+            """Whether ``signature`` is this key's Ed25519 signature of ``data``."""
+            ...
 
-PublicKey = Ed25519PublicKey | KeyCheck
+    PublicKey = Ed25519PublicKey | KeyCheck
 
 
 class BatchTooLarge(ValueError):

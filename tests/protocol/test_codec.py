@@ -367,14 +367,14 @@ def test_a_body_weighed_once_declares_and_decodes_as_declared_readings_and_decod
 
     def once(body):
         try:
-            weighed = weigh_body(body)
+            document, declared = weigh_body(body)
         except ProtocolError as exc:
             return ("weigh", exc.reason, exc.detail)
         try:
-            decoded = repr(decode_weighed(weighed))
+            decoded = repr(decode_weighed(document))
         except ProtocolError as exc:
             decoded = (exc.reason, exc.detail)
-        return (weighed.declared, decoded)
+        return (declared, decoded)
 
     rng = random.Random(11)
     bodies = [encode_body(*make()[1:]) for make in (_every_kind, _reference_station)]
