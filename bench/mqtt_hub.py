@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.mqtt_hub [--gateways 1000] [--batches 8] [--connections 4]
 
 A Mosquitto on loopback and a hub process (``ocn-edge hub --mqtt-broker``, SQLite unless --db)
-as deployed; each gateway is enrolled with its own key, and its batches (4 readings each, a
+as deployed; each gateway is enrolled with its own key, and its batches (17 readings each, one a channel: a
 5-second window of the reference station, bench.codec) are sealed beforehand.  The gateways are
 multiplexed over a few client connections (a bench user the broker lets publish anywhere, so the
 hub's per-device broker access is left out with --mqtt-static-access); each gateway keeps one batch
