@@ -112,7 +112,17 @@ class BusConfig:
     host: str | None
     tcp_port: int
     timeout: float
-    frame_gap: float
+    frame_gap: float  # the schema gives None where the file sets none: then the bus type's default
+
+    def __post_init__(self) -> None:
+        if self.frame_gap is None:
+            object.__setattr__(self, "frame_gap", default_frame_gap(self.type))
+
+
+def default_frame_gap(bus_type: str) -> float:
+    """Silence between frames when the config sets none: Modbus TCP frames carry their length (MBAP header), so
+    none is needed there; a serial line or an RTU-over-TCP converter's line needs its frames kept apart."""
+    return 0.0 if bus_type == "modbus-tcp" else 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,7 +536,7 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
             ),
             "tcp_port": Field(Int(minimum=1, maximum=65535), 502),
             "timeout": Field(Duration(at_least="1ms"), "500ms"),
-            "frame_gap": Field(Duration(), "5ms"),
+            "frame_gap": Field(Duration(), None),  # default_frame_gap: by the bus type
         },
         into=BusConfig,
         rules=(_bus_connection,),

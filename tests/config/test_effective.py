@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge.config import GatewayConfig, config_digest, effective_toml, load_config, parse_config
 from edge.schema import HostPort
 from tests.config.conftest import GATEWAY
@@ -102,12 +104,24 @@ def test_bus_and_device_defaults_are_filled_in(load: Load) -> None:
     assert (bus.tcp_port, bus.timeout, bus.frame_gap, bus.baudrate, bus.parity, bus.bytesize) == (
         502,
         0.5,
-        0.005,
+        0.0,
         9600,
         "N",
         8,
     )
     assert (device.poll_interval, device.enabled) == (10.0, True)
+
+
+@pytest.mark.parametrize(("bus", "gap"), [
+    ('type = "modbus-tcp"\nhost = "10.0.0.5"\n', 0.0),  # MBAP frames carry their length
+    ('type = "modbus-rtu-over-tcp"\nhost = "10.0.0.5"\n', 0.005),  # a converter's RS-485 line is a serial line
+    ('type = "modbus-rtu"\nport = "/dev/ttyUSB0"\n', 0.005),
+    ('type = "modbus-tcp"\nhost = "10.0.0.5"\nframe_gap = "20ms"\n', 0.02),  # a slow device's gap, as set
+])
+def test_the_frame_gap_defaults_by_bus_type_and_a_set_one_stands(load: Load, bus: str, gap: float) -> None:
+    cfg = load(GATEWAY + '[[buses]]\nname = "b"\n' + bus)
+    assert cfg.buses[0].frame_gap == gap
+    assert parse_config(effective_toml(cfg), path="gateway.toml", driver_lookup=lookup) == cfg  # printed as set
 
 
 def test_relative_paths_resolve_next_to_the_config_file_not_the_working_directory(config_dir: Path) -> None:
@@ -196,7 +210,7 @@ def test_the_effective_config_leaves_out_line_settings_a_bus_type_does_not_use(l
         "host": "::1",
         "tcp_port": 5020,
         "timeout": "500ms",
-        "frame_gap": "5ms",
+        "frame_gap": "0s",  # Modbus TCP frames carry their length: no silence is needed between them
     }
 
 
