@@ -23,10 +23,16 @@ from edge.privacy import Policy, PolicyError
 from edge.runtime import Gateway, StartError
 from edge.spool import SpoolError
 from edge.transport import UplinkError
+from edge.util.loading import Hold, hold_back
 
 __all__ = ["StartError", "run_gateway"]
 
 log = logging.getLogger("ocn.runtime")
+
+# How long modules needed only once the gateway runs wait for its first reading (edge.util.loading) when none comes:
+# a gateway whose devices do not answer still serves its local API and reaches its hub.
+_LOADS_WAIT_AT_MOST_S = 2.0
+_FIRST_READING_LOOK_S = 0.02
 
 MakeGateway = Callable[[GatewayConfig, Policy | None], Gateway]
 
@@ -36,9 +42,13 @@ async def run_gateway(
     *,
     stop: asyncio.Event | None = None,
     started: Callable[[Gateway], None] | None = None,
+    loaded: Callable[[], None] | None = None,
     notifier: Notifier | None = None,
 ) -> Gateway:
     """Run until SIGTERM/SIGINT (or `stop` is set), then shut down cleanly. Returns the stopped gateway.
+
+    ``started`` is called when a pipeline has started; ``loaded`` once the modules held back until
+    the first reading (edge.util.loading) have loaded.
 
     ``config`` is the local file's config.  If a pipeline task dies, the gateway stops
     cleanly and ``gateway.fatal`` is set (exit non-zero).
@@ -60,6 +70,8 @@ async def run_gateway(
 
     gateway = make(running_config, policy, fallback=policy is not None)
     record: list[Path] = []
+    held = hold_back()
+    loads: asyncio.Task[None] | None = None
     try:
         try:
             await gateway.start()
@@ -70,6 +82,7 @@ async def run_gateway(
         record = write_record(gateway.config, local_page=gateway.local_page)
         if started is not None:
             started(gateway)
+        loads = asyncio.create_task(_release_after_first_reading(gateway, held, then=loaded), name="loads after the first reading")
         while True:
             waits = {
                 asyncio.ensure_future(stop.wait()): "stop",
@@ -90,12 +103,26 @@ async def run_gateway(
             if started is not None:
                 started(gateway)
     finally:
+        if loads is not None:
+            loads.cancel()
+        held.release(load=False)
         await gateway.stop()
         remove_record(record)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         notifier.close()
     return gateway
+
+
+async def _release_after_first_reading(gateway: Gateway, held: Hold, *, then: Callable[[], None] | None) -> None:
+    """Load what was held back at start (edge.util.loading) once the first reading is in, or after a while without one; then ``then``."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + _LOADS_WAIT_AT_MOST_S
+    while gateway.counters.readings_read == 0 and loop.time() < give_up:
+        await asyncio.sleep(_FIRST_READING_LOOK_S)
+    held.release()
+    if then is not None:
+        then()
 
 
 def _os_problem(exc: OSError) -> str:

@@ -84,7 +84,8 @@ def _run(args: argparse.Namespace) -> int:
         frozen = True
 
     try:
-        gateway = asyncio.run(run_gateway(config, started=freeze))
+        # Freezing again once aiohttp has loaded, after the first reading (edge.util.loading), takes its modules in too.
+        gateway = asyncio.run(run_gateway(config, started=freeze, loaded=lambda: freeze(None)))
     except StartError as exc:
         print(f"ocn-edge run: {exc}", file=sys.stderr)
         return 2

@@ -78,9 +78,9 @@ class LocalApi:
     async def start(self, listen: HostPort) -> None:
         """Listen at ``listen`` now (a port taken is a start error); answer once the HTTP server is loaded.
 
-        The HTTP server (aiohttp, ~0.2 s of CPU to import) is loaded in a worker thread after the
-        gateway has started, so the first reading does not wait for it (issue 17's start-up target):
-        a request made meanwhile waits in the socket's backlog and is answered when it is loaded.
+        The HTTP server (aiohttp, ~0.2 s of CPU to import) is loaded after `ocn-edge run` has its first
+        reading (edge.util.loading; issue 17's start-up target): a request made meanwhile waits in the
+        socket's backlog and is answered when it is loaded.
         """
         self.access.required = needs_token(listen.host)
         try:

@@ -53,7 +53,7 @@ class _Route(NamedTuple):
 
 
 def _route_from_environment(hub_url: str) -> _Route:
-    """Read once, in a worker thread, what aiohttp's trust_env read again before every request (twice in worker threads).
+    """Read once (in a worker thread: .netrc is a file) what aiohttp's trust_env read again before every request (twice, in worker threads).
 
     A city network that lets traffic out only through a proxy sets HTTPS_PROXY in the service's environment
     (docs/spool-and-uplink.md); the environment of a running process does not change, and the hub's URL neither.
@@ -105,9 +105,8 @@ class HttpTransport:
 
     async def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
-            # aiohttp (~0.2 s of CPU to import: it loads the system's CA store at import) is loaded in a worker
-            # thread at the first exchange, not at start: the loop goes on polling the devices meanwhile, and the
-            # first reading does not wait for it (issue 17's start-up target).
+            # aiohttp (~0.2 s of CPU to import: it loads the system's CA store at import) is loaded at the first
+            # exchange, after `ocn-edge run` has its first reading (edge.util.loading; issue 17's start-up target).
             await load_module("aiohttp")
             route = await asyncio.to_thread(_route_from_environment, self.hub_url)
             if self._session is None:  # another exchange may have made it while this one waited
@@ -132,7 +131,7 @@ class HttpTransport:
     async def _post(self, path: str, data: bytes) -> tuple[int, Mapping[str, str], bytes, int] | Refused:
         """POST ``data``: (status, headers, body, framing bytes), or a retryable refusal when no answer came."""
         session = await self._http()
-        import aiohttp  # loaded by _http, in a worker thread
+        import aiohttp  # loaded by _http
 
         try:
             async with session.post(f"{self.hub_url}{path}", data=data, headers={"Content-Type": MEDIA_TYPE},
@@ -195,7 +194,7 @@ class HttpTransport:
         """GET /oxp/v1/desired/<id>?wait=… with If-None-Match: a long poll the hub holds until the ETag changes (OXP §8.4)."""
         url = f"{self.hub_url}/oxp/v1/desired/{quote(device_id, safe='')}?wait={wait_s:g}"
         session = await self._http()
-        import aiohttp  # loaded by _http, in a worker thread
+        import aiohttp  # loaded by _http
 
         timeout = aiohttp.ClientTimeout(total=wait_s + self._timeout_s)
         try:
@@ -225,7 +224,7 @@ class HttpTransport:
                 "so desired documents are not applied"
             )
         session = await self._http()
-        import aiohttp  # loaded by _http, in a worker thread
+        import aiohttp  # loaded by _http
 
         try:
             async with session.get(url, proxy_headers=self._route.proxy_headers) as resp:

@@ -34,8 +34,8 @@ NOT_AT_START = ("hub", "hilsim", "asyncpg", "jinja2", "prometheus_client", "aiom
                 "importlib.metadata", "importlib.resources", "zipfile", "csv", "edge.protocol.senml",
                 # "did you mean" hints and writing key files: a gateway whose key exists needs neither to run
                 "difflib", "cryptography.hazmat.primitives.serialization",
-                # ~0.2 s of CPU (it loads the system's CA store at import): the uplink and the local API load it in a
-                # worker thread once the gateway runs, so the first reading does not wait for it
+                # ~0.2 s of CPU (it loads the system's CA store at import): the uplink and the local API load it once
+                # the gateway has its first reading (edge.util.loading)
                 "aiohttp", "edge.localapi.app", "edge.localapi.view")
 # What the same run must import, so a run that never started cannot pass.
 AT_START = ("edge.runtime", "edge.uplink", "edge.spool", "drivers.modbus.driver", "edge.localapi.server")
@@ -102,7 +102,7 @@ def _imported_by_run(tmp_path: Path) -> set[str]:
     """The modules `ocn-edge run` had imported when the gateway said it was running.
 
     Import times (stderr) and the log (stdout) share one pipe, so the order of the lines is the order of
-    the events: what the gateway loads after it has started (aiohttp, in a worker thread) is not counted.
+    the events: what the gateway loads after it has started (aiohttp, after its first reading) is not counted.
     """
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "hil-sim")])}
     proc = subprocess.Popen([sys.executable, "-X", "importtime", "-c", "import sys; from edge.cli import main; sys.exit(main())",

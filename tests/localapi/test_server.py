@@ -1,4 +1,4 @@
-"""The local API's listener: bound at start, answering once its HTTP server has loaded in a worker thread."""
+"""The local API's listener: bound at start, answering once its HTTP server has loaded."""
 
 from __future__ import annotations
 
@@ -68,8 +68,8 @@ async def test_a_stop_before_the_server_has_loaded_closes_the_listener() -> None
 
 
 def test_the_local_api_and_the_uplink_load_aiohttp_at_the_same_time_without_breaking_it(tmp_path: Path) -> None:
-    # Both load aiohttp in worker threads as the gateway starts; two threads importing its parts at once met its circular
-    # imports half done ("partially initialized module 'aiohttp.helpers'") and the local API never answered.
+    # Both load aiohttp as the gateway starts; when they did in two worker threads, importing its parts at once met its
+    # circular imports half done ("partially initialized module 'aiohttp.helpers'") and the local API never answered.
     code = """
 import asyncio, json, sys
 from edge.localapi import LocalApi
