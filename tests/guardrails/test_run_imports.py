@@ -34,6 +34,8 @@ NOT_AT_START = ("hub", "hilsim", "asyncpg", "jinja2", "prometheus_client", "aiom
                 "importlib.metadata", "importlib.resources", "zipfile", "csv", "edge.protocol.senml",
                 # "did you mean" hints and writing key files: a gateway whose key exists needs neither to run
                 "difflib", "cryptography.hazmat.primitives.serialization",
+                # the hub's signature verifier (libsodium, hub.signatures): a gateway signs with cryptography only
+                "nacl",
                 # ~0.2 s of CPU (it loads the system's CA store at import): the uplink and the local API load it once
                 # the gateway has its first reading (edge.util.loading)
                 "aiohttp", "edge.localapi.app", "edge.localapi.view")
