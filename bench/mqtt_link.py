@@ -1,6 +1,6 @@
 """Link bytes per reading, HTTP against MQTT, at batch spans of 5 s, 60 s and 5 minutes.
 
-    .venv/bin/python -m bench.mqtt_link [--batches N] [--hours H]
+    .venv/bin/python -m bench.mqtt_link [--batches N] [--hours H] [--spans S ...]
 
 The reference station's readings (bench.codec) are sealed into real OXP/2 batches at each span
 and delivered by the gateway's own Uplink, once over HTTP to a hub on loopback and once over
@@ -293,6 +293,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=30, help="batches per span and transport (default 30)")
     parser.add_argument("--hours", type=float, default=3.0, help="hours of the reference station to draw batches from (default 3)")
+    parser.add_argument("--spans", type=int, nargs="+", choices=[s for _, s in SPANS], help="only these spans, in seconds (default all)")
     args = parser.parse_args()
     station = reference_station(args.hours)
     print(f"{station.name}; {args.batches} batches per row; bytes counted by a relay between gateway and hub or broker (no TLS, TCP or IP)\n")
@@ -304,6 +305,8 @@ def main() -> int:
     print(head)
     print("-" * len(head))
     for label, span in SPANS:
+        if args.spans and span not in args.spans:
+            continue
         for wire in ("HTTP", "MQTT"):
             f = asyncio.run(measure(station, span, args.batches, mqtt=wire == "MQTT"))
             row = f"{f['readings']:>8.0f} {f['batch']:>8.0f} {f['up']:>13.0f} {f['down']:>7.0f} {f['per_reading']:>15.2f} {f['setup']:>9.0f}"
