@@ -26,6 +26,7 @@ logger is one that writes nowhere: what reaches the operator is the uplink's wor
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -34,12 +35,15 @@ from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
+import cbor2
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.protocol import ProtocolError, peek_header
+from edge.protocol import OXP_VERSION
 from edge.protocol.compact import NAME_BYTES, CompactAckError, batch_name, read_compact_ack, read_named_ack
+from edge.protocol.envelope import H_BOOT, H_SEQ, H_VERSION
+from edge.protocol.preauth import COSE_SIGN1_TAG, KID, OXP_BATCH
 from edge.protocol.reasons import Answer
 from edge.transport.answers import FINAL_BATCH_CODES, FINAL_REPORT_CODES, ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused, Taken, TransportError, UplinkError
@@ -383,18 +387,15 @@ class MqttTransport:
         self._pending[key] = future
         batch = self._in_flight(data, key) if kind == "batch" else None
         named = batch is not None and batch.named
-        properties = Properties(PacketTypes.PUBLISH)
-        if not named:
-            properties.CorrelationData = key
         name = topic(self.device_id, kind)
         sent_topic = name
         alias = _ALIASES[kind]
         aliased = alias <= self._alias_maximum
         if aliased:
-            properties.TopicAlias = alias
             # The first publish on a connection names the topic and its alias; the broker maps the alias from then on.
             sent_topic = "" if name in self._aliased else name
             self._aliased.add(name)
+        properties = _named_properties(alias if aliased else 0) if named else _properties(key, alias if aliased else 0)
         try:
             async with asyncio.timeout(self._timeout_s):
                 await client.publish(sent_topic, data, qos=1, properties=properties)
@@ -424,11 +425,10 @@ class MqttTransport:
     def _in_flight(self, data: bytes, key: bytes) -> _InFlight | None:
         """Note a batch as in flight: the (boot epoch, seq) an ack names, and whether it goes without correlation data (when the
         broker granted the answer topic); None if its header cannot be read (the hub refuses it, with correlation data)."""
-        try:
-            header = peek_header(data)
-        except ProtocolError:
+        identity = _batch_identity(data)
+        if identity is None:
             return None
-        batch = _InFlight(header.boot_epoch, header.seq, bytes(header.key_id), self._by_name)
+        batch = _InFlight(*identity, self._by_name)
         self._batches[key] = batch
         return batch
 
@@ -467,6 +467,44 @@ class MqttTransport:
         if self._key_source is None:
             raise TransportError("uplink hub is empty: the hub's key is fetched from its https URL, so desired documents are not applied")
         return await self._key_source.fetch_hub_key()
+
+
+def _properties(key: bytes, alias: int) -> Properties:
+    """A PUBLISH's properties: its correlation data, and its topic alias unless 0."""
+    properties = Properties(PacketTypes.PUBLISH)
+    properties.CorrelationData = key
+    if alias:
+        properties.TopicAlias = alias
+    return properties
+
+
+@functools.cache
+def _named_properties(alias: int) -> Properties:
+    """The properties of a batch sent without correlation data: its topic alias (none if 0) only, so made once (paho's
+    Properties cost ~20-35 us to make, and paho only reads them)."""
+    properties = Properties(PacketTypes.PUBLISH)
+    if alias:
+        properties.TopicAlias = alias
+    return properties
+
+
+def _batch_identity(data: bytes) -> tuple[int, int, bytes] | None:
+    """(boot epoch, seq, key id) of a batch this gateway sealed, or None if ``data`` is not a batch of this OXP version.
+
+    These are the gateway's own signed bytes, read back to name their ack, so cbor2 reads them: about 3 us a batch, where
+    the strict reader behind peek_header (made for bytes not yet authenticated) takes about 70."""
+    try:
+        envelope = cbor2.loads(data)
+        if not isinstance(envelope, cbor2.CBORTag) or envelope.tag != COSE_SIGN1_TAG or len(envelope.value) != 4:
+            return None
+        protected = cbor2.loads(envelope.value[0])
+        oxp, kid = protected[OXP_BATCH], protected[KID]
+        boot_epoch, seq, version = oxp[H_BOOT], oxp[H_SEQ], oxp[H_VERSION]
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError):  # cbor2's CBORDecodeError is a ValueError
+        return None
+    if type(version) is not int or version != OXP_VERSION or type(boot_epoch) is not int or type(seq) is not int or type(kid) is not bytes:
+        return None
+    return boot_epoch, seq, kid
 
 
 class _NoCredentials(Exception):
