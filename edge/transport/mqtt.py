@@ -30,12 +30,15 @@ import functools
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import cbor2
+from paho.mqtt.client import MQTTMessage
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -164,6 +167,7 @@ class MqttTransport:
         # On this connection: the broker granted the device its answer topic, and no answer showed a hub that ignores the ask.
         self._by_name = False
         self._client: aiomqtt.Client | None = None
+        self._inbox: _Inbox | None = None  # the current connection's
         self._alias_maximum = 0  # the broker's Topic Alias Maximum on this connection (CONNACK); 0: no aliases
         self._aliased: set[str] = set()  # topics whose alias the broker learnt on this connection
         self._up = asyncio.Event()
@@ -225,6 +229,8 @@ class MqttTransport:
                     tls_context=self._tls,
                 )
                 self._hear_connack(client)
+                inbox = self._inbox = _Inbox(self._arrived)
+                client._client.on_message = inbox
                 async with client:
                     no_delay(client._client.socket())  # paho's socket, under aiomqtt
                     topics = [topic(self.device_id, kind) for kind in ("ack", "status/ack", "desired")] + [answers_topic(self.device_id)]
@@ -236,12 +242,16 @@ class MqttTransport:
                     self._up.set()
                     self.last_error = ""
                     backoff.reset()
-                    async for message in client.messages:
-                        self._arrived(message)
+                    inbox.open()
+                    # Messages are handed over by the inbox in paho's on_message; aiomqtt's iteration ends when the connection does.
+                    async for _ in client.messages:
+                        pass
                     raise aiomqtt.MqttError("the broker closed the connection")
             except (aiomqtt.MqttError, _NoCredentials, OSError) as exc:
                 self.last_error = _describe(exc)
             finally:
+                if self._inbox is not None:
+                    self._inbox.close()
                 if client is not None and self._client is client:
                     self._client = None
                     self._up.clear()
@@ -269,6 +279,8 @@ class MqttTransport:
     def _drop_session(self) -> None:
         """Give up on the connection: the next exchange opens a new one (the broker keeps the session for it)."""
         task, self._session_task = self._session_task, None
+        if self._inbox is not None:
+            self._inbox.close()
         self._client = None
         self._up.clear()
         if task is not None:
@@ -287,13 +299,13 @@ class MqttTransport:
         assert self._client is not None
         return self._client
 
-    def _arrived(self, message: aiomqtt.Message) -> None:
-        payload = bytes(message.payload) if isinstance(message.payload, bytes | bytearray) else b""
+    def _arrived(self, message: MQTTMessage) -> None:
+        payload = bytes(message.payload)
         if len(payload) > _MAX_ANSWER_BYTES:
             return
         key = getattr(message.properties, "CorrelationData", None)
         key = bytes(key) if isinstance(key, bytes | bytearray) else None
-        on = message.topic.value
+        on = message.topic
         # A named ack comes on the answer topic, or on ``…/ack`` from a hub that does not keep the broker's ACLs; it is told
         # by the name it starts with (which may be any 4 bytes, "{" too), not by its first byte.
         if key is None and on in (answers_topic(self.device_id), topic(self.device_id, "ack")) and self._named_ack_arrived(payload, on, message.qos):
@@ -397,8 +409,12 @@ class MqttTransport:
             self._aliased.add(name)
         properties = _named_properties(alias if aliased else 0) if named else _properties(key, alias if aliased else 0)
         try:
+            # Handed to paho without awaiting its PUBACK through aiomqtt (an event, a task and a timer a message): the
+            # hub's answer comes after the broker took the message, and no answer within the timeout drops the connection.
+            sent = client._client.publish(sent_topic, data, qos=1, properties=properties)
+            if sent.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise aiomqtt.MqttCodeError(sent.rc, "could not publish the message")
             async with asyncio.timeout(self._timeout_s):
-                await client.publish(sent_topic, data, qos=1, properties=properties)
                 answer = await future
         except TimeoutError:
             # A link that drops without a reset leaves the connection looking open until keep-alive notices, a
@@ -505,6 +521,34 @@ def _batch_identity(data: bytes) -> tuple[int, int, bytes] | None:
     if type(version) is not int or version != OXP_VERSION or type(boot_epoch) is not int or type(seq) is not int or type(kid) is not bytes:
         return None
     return boot_epoch, seq, kid
+
+
+class _Inbox:
+    """paho's ``on_message`` for one connection: each message handed to ``arrived`` as paho reads it, without aiomqtt's
+    Message, queue, task and wait.  Messages read before the connection is up (its subscriptions settled) are held and handed
+    over by :meth:`open`, as they waited in aiomqtt's queue; once the connection is given up, none is."""
+
+    def __init__(self, arrived: Callable[[MQTTMessage], None]) -> None:
+        self._arrived = arrived
+        self._held: list[MQTTMessage] | None = []
+        self._closed = False
+
+    def __call__(self, client: Any, userdata: Any, message: MQTTMessage) -> None:
+        if self._closed:
+            return
+        if self._held is None:
+            self._arrived(message)
+        else:
+            self._held.append(message)
+
+    def open(self) -> None:
+        held, self._held = self._held or [], None
+        for message in held:
+            if not self._closed:
+                self._arrived(message)
+
+    def close(self) -> None:
+        self._closed = True
 
 
 class _NoCredentials(Exception):

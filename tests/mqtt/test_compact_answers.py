@@ -10,10 +10,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import aiomqtt
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from paho.mqtt.client import MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -176,7 +176,9 @@ async def test_a_named_ack_whose_name_starts_with_a_brace_is_taken_for_the_batch
     future = asyncio.get_running_loop().create_future()
     transport._pending[name] = future  # as _exchange leaves a batch sent without correlation data waiting
     transport._in_flight(data, name)
-    transport._arrived(aiomqtt.Message("oxp/v1/pole-0042", name, 0, False, 0, None))
+    answer = MQTTMessage(topic=b"oxp/v1/pole-0042")  # as paho hands it to the transport's on_message
+    answer.payload = name
+    transport._arrived(answer)
     header = peek_header(data)
     assert future.done() and future.result().document == {
         "status": "stored", "boot_epoch": header.boot_epoch, "seq": header.seq, "device_id": "pole-0042", "key_id": header.key_id.hex(),
