@@ -30,6 +30,7 @@ import functools
 import hashlib
 import json
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import cbor2
+from paho.mqtt.client import Client as PahoClient
 from paho.mqtt.client import MQTTMessage
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
@@ -231,6 +233,7 @@ class MqttTransport:
                 self._hear_connack(client)
                 inbox = self._inbox = _Inbox(self._arrived)
                 client._client.on_message = inbox
+                _write_on_the_loop(client._client, asyncio.get_running_loop())
                 async with client:
                     no_delay(client._client.socket())  # paho's socket, under aiomqtt
                     topics = [topic(self.device_id, kind) for kind in ("ack", "status/ack", "desired")] + [answers_topic(self.device_id)]
@@ -521,6 +524,35 @@ def _batch_identity(data: bytes) -> tuple[int, int, bytes] | None:
     if type(version) is not int or version != OXP_VERSION or type(boot_epoch) is not int or type(seq) is not int or type(kid) is not bytes:
         return None
     return boot_epoch, seq, kid
+
+
+def _write_on_the_loop(paho: PahoClient, loop: asyncio.AbstractEventLoop) -> None:
+    """Have paho write what it queued on the event loop's thread at the loop's next turn, not through aiomqtt, which asks
+    the loop from any thread (a wake-up through the loop's self-pipe) to watch the socket for writing and then writes: two
+    turns, four system calls more a message.  What the socket does not take at once, and what paho queues from another
+    thread (CONNECT, from aiomqtt's connecting thread), still goes aiomqtt's way."""
+    library_register = paho.on_socket_register_write
+    if library_register is None:
+        return
+    loop_thread = threading.get_ident()
+
+    def write(userdata: Any, sock: Any) -> None:
+        try:
+            paho.loop_write()
+        except Exception:  # aiomqtt's writer meets it again and ends the connection with it
+            library_register(paho, userdata, sock)
+            return
+        # paho still counts the socket as watched (it asked, and nothing unwatched it), so it does not ask again.
+        if paho.want_write():
+            library_register(paho, userdata, sock)
+
+    def register_write(client: PahoClient, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() == loop_thread:
+            loop.call_soon(write, userdata, sock)
+        else:
+            library_register(client, userdata, sock)
+
+    paho.on_socket_register_write = register_write
 
 
 class _Inbox:
