@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from edge.config import load_config
+from edge.flow import ReadingFlow
 from edge.logs import setup_logging
 from edge.protocol import ProtocolError, load_public_key, open_batch, open_status, peek_header, to_senml, write_keypair
 from edge.runtime import Gateway
@@ -205,17 +206,19 @@ async def test_no_mac_address_or_exact_position_leaves_the_gateway_in_any_form(h
     raw_positions: set[float] = set()
     api: dict[str, bytes] = {}
     try:
+        emit_all = ReadingFlow.emit_all
+
+        async def tap(flow, readings):  # the ground truth: every personal value that entered the privacy stage
+            for reading in readings:
+                if reading.channel.endswith("/mac"):
+                    raw_macs.add(reading.value)
+                if reading.channel.endswith(("/latitude", "/longitude")):
+                    raw_positions.add(reading.value)
+            await emit_all(flow, readings)
+
+        # Every reading a driver hands over goes through ReadingFlow.emit_all (one reading or a poll's).
+        monkeypatch.setattr(ReadingFlow, "emit_all", tap)
         gateway = Gateway(config)
-        emit = gateway._emit
-
-        async def tap(reading):  # the ground truth: every personal value that entered the privacy stage
-            if reading.channel.endswith("/mac"):
-                raw_macs.add(reading.value)
-            if reading.channel.endswith(("/latitude", "/longitude")):
-                raw_positions.add(reading.value)
-            await emit(reading)
-
-        monkeypatch.setattr(gateway, "_emit", tap)
         await gateway.start()
         try:
             await asyncio.sleep(4.0)

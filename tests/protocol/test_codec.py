@@ -370,6 +370,7 @@ def test_a_body_weighed_once_declares_and_decodes_as_declared_readings_and_decod
             document, declared = weigh_body(body)
         except ProtocolError as exc:
             return ("weigh", exc.reason, exc.detail)
+        decoded: object
         try:
             decoded = repr(decode_weighed(document))
         except ProtocolError as exc:
