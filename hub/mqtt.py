@@ -36,13 +36,13 @@ from paho.mqtt.properties import Properties
 from edge.protocol import DEVICE_ID_RE, Answer
 from edge.protocol.compact import batch_name, compact_ack, named_ack
 from edge.util.backoff import Backoff
+from edge.util.mqttsocket import BrokerSocket
 from edge.util.sockets import no_delay
 from hub.brokerauth import BrokerAccess
 from hub.brokerurl import check_broker, connection
 from hub.fleet import TRUST_KEY, desired_document
 from hub.ingest import Acked, NoticeTaken, Refused, ReportTaken
 from hub.models import Device
-from hub.mqttsocket import BrokerSocket
 from hub.state import Hub
 from hub.store import SOFTWARE_SCOPE
 
@@ -263,7 +263,7 @@ class MqttIngest:
             self.connected.clear()
         return ended
 
-    def _offered(self, client: aiomqtt.Client, topic: str, payload: bytes, correlation: bytes | None) -> bool:
+    def _offered(self, client: aiomqtt.Client, topic: str, payload: bytes, correlation: bytes | None, qos: int) -> bool:
         """A message the broker socket read on ``client``, before paho: taken (and acknowledged by the socket) if it is on
         one of the hub's topics, else left to paho."""
         taken = _taken_as(topic, payload, correlation)
@@ -383,7 +383,7 @@ class MqttIngest:
         # to once the broker grants it (hub.brokerauth does); a hub that does not keep the broker's ACLs answers on ``…/ack``.
         by_name = kind == "batch" and correlation is None and self.access is not None
         answer_topic = f"{TOPIC_ROOT}/{device_id}" if by_name else f"{TOPIC_ROOT}/{device_id}/{_KINDS[kind]}"
-        # A batch's answer is written by the broker socket itself, not through paho's packet objects (hub.mqttsocket).
+        # A batch's answer is written by the broker socket itself, not through paho's packet objects (edge.util.mqttsocket).
         if kind == "batch" and self._socket is not None:
             if not self._socket.answer(answer_topic, payload, key):
                 log.debug("answer not published", extra={"device": device_id, "error": "the connection is closing"})

@@ -30,7 +30,6 @@ import functools
 import hashlib
 import json
 import logging
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,11 +37,10 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import cbor2
-from paho.mqtt.client import Client as PahoClient
 from paho.mqtt.client import MQTTMessage
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.protocol import OXP_VERSION
@@ -55,6 +53,7 @@ from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused,
 from edge.transport.http import HttpTransport
 from edge.transport.tls import tls_context
 from edge.util.backoff import Backoff
+from edge.util.mqttsocket import BrokerSocket
 from edge.util.sockets import no_delay
 
 __all__ = ["MqttTransport", "SESSION_EXPIRY_S", "correlation", "topic"]
@@ -232,10 +231,11 @@ class MqttTransport:
                 )
                 self._hear_connack(client)
                 inbox = self._inbox = _Inbox(self._arrived)
-                client._client.on_message = inbox
-                _write_on_the_loop(client._client, asyncio.get_running_loop())
+                client._client.on_message = inbox.from_paho
                 async with client:
                     no_delay(client._client.socket())  # paho's socket, under aiomqtt
+                    # Read ahead and written a pass at a time; the hub's answers taken before paho (edge.util.mqttsocket).
+                    BrokerSocket(client, take=inbox.take).install()
                     topics = [topic(self.device_id, kind) for kind in ("ack", "status/ack", "desired")] + [answers_topic(self.device_id)]
                     codes = await client.subscribe([(name, 1) for name in topics])
                     # A broker whose ACL does not grant the answer topic (a hub before answers by name, or an ACL kept by hand)
@@ -292,6 +292,8 @@ class MqttTransport:
             task.add_done_callback(self._abandoned.discard)
 
     async def _connected(self) -> aiomqtt.Client | Refused:
+        if self._client is not None:  # up: no timeout and wait a message
+            return self._client
         if self._session_task is None:
             self._session_task = asyncio.create_task(self._keep_session(), name="mqtt-session")
         try:
@@ -302,20 +304,17 @@ class MqttTransport:
         assert self._client is not None
         return self._client
 
-    def _arrived(self, message: MQTTMessage) -> None:
-        payload = bytes(message.payload)
+    def _arrived(self, on: str, payload: bytes, key: bytes | None, qos: int) -> None:
+        """A message on one of this device's topics: its topic, payload, correlation data and QoS."""
         if len(payload) > _MAX_ANSWER_BYTES:
             return
-        key = getattr(message.properties, "CorrelationData", None)
-        key = bytes(key) if isinstance(key, bytes | bytearray) else None
-        on = message.topic
         # A named ack comes on the answer topic, or on ``…/ack`` from a hub that does not keep the broker's ACLs; it is told
         # by the name it starts with (which may be any 4 bytes, "{" too), not by its first byte.
-        if key is None and on in (answers_topic(self.device_id), topic(self.device_id, "ack")) and self._named_ack_arrived(payload, on, message.qos):
+        if key is None and on in (answers_topic(self.device_id), topic(self.device_id, "ack")) and self._named_ack_arrived(payload, on, qos):
             return
         if key is None and payload[:1] != b"{":
             if on == topic(self.device_id, "ack"):
-                self._compact_ack_arrived(payload, message.qos)
+                self._compact_ack_arrived(payload, qos)
             return
         try:
             document = json.loads(payload)
@@ -330,11 +329,11 @@ class MqttTransport:
             return
         if key is None:
             if on == topic(self.device_id, "ack"):
-                self._unnamed_answer_arrived(document, len(payload), message.qos)
+                self._unnamed_answer_arrived(document, len(payload), qos)
             return
         future = self._pending.get(key)
         if future is not None and not future.done():
-            future.set_result(_Answer(document, len(payload), 3 + len(key), on, message.qos))
+            future.set_result(_Answer(document, len(payload), 3 + len(key), on, qos))
 
     def _answer_batch(self, key: bytes, in_flight: _InFlight, document: dict[str, Any], payload_bytes: int, on: str, qos: int) -> None:
         """Answer the batch in flight under ``key`` with an ack that names it (the fields the wire left out filled in from it)."""
@@ -488,23 +487,35 @@ class MqttTransport:
         return await self._key_source.fetch_hub_key()
 
 
+class _Packed(Properties):
+    """A PUBLISH's properties, packed once: paho packs a message's properties at each publish (about 40 attribute lookups)
+    and checks each one set against every property name; these are only ever read, by paho's ``pack``."""
+
+    def __init__(self, key: bytes | None, alias: int) -> None:
+        super().__init__(PacketTypes.PUBLISH)
+        body = b""
+        if key is not None:  # in the order paho packs them: Correlation Data (9) before Topic Alias (35)
+            object.__setattr__(self, "CorrelationData", key)
+            body += b"\x09" + len(key).to_bytes(2, "big") + key
+        if alias:
+            object.__setattr__(self, "TopicAlias", alias)
+            body += b"\x23" + alias.to_bytes(2, "big")
+        object.__setattr__(self, "_packed", VariableByteIntegers.encode(len(body)) + body)
+
+    def pack(self) -> bytes:
+        packed: bytes = object.__getattribute__(self, "_packed")
+        return packed
+
+
 def _properties(key: bytes, alias: int) -> Properties:
     """A PUBLISH's properties: its correlation data, and its topic alias unless 0."""
-    properties = Properties(PacketTypes.PUBLISH)
-    properties.CorrelationData = key
-    if alias:
-        properties.TopicAlias = alias
-    return properties
+    return _Packed(key, alias)
 
 
 @functools.cache
 def _named_properties(alias: int) -> Properties:
-    """The properties of a batch sent without correlation data: its topic alias (none if 0) only, so made once (paho's
-    Properties cost ~20-35 us to make, and paho only reads them)."""
-    properties = Properties(PacketTypes.PUBLISH)
-    if alias:
-        properties.TopicAlias = alias
-    return properties
+    """The properties of a batch sent without correlation data: its topic alias (none if 0) only, so made once."""
+    return _Packed(None, alias)
 
 
 def _batch_identity(data: bytes) -> tuple[int, int, bytes] | None:
@@ -526,58 +537,41 @@ def _batch_identity(data: bytes) -> tuple[int, int, bytes] | None:
     return boot_epoch, seq, kid
 
 
-def _write_on_the_loop(paho: PahoClient, loop: asyncio.AbstractEventLoop) -> None:
-    """Have paho write what it queued on the event loop's thread at the loop's next turn, not through aiomqtt, which asks
-    the loop from any thread (a wake-up through the loop's self-pipe) to watch the socket for writing and then writes: two
-    turns, four system calls more a message.  What the socket does not take at once, and what paho queues from another
-    thread (CONNECT, from aiomqtt's connecting thread), still goes aiomqtt's way."""
-    library_register = paho.on_socket_register_write
-    if library_register is None:
-        return
-    loop_thread = threading.get_ident()
-
-    def write(userdata: Any, sock: Any) -> None:
-        try:
-            paho.loop_write()
-        except Exception:  # aiomqtt's writer meets it again and ends the connection with it
-            library_register(paho, userdata, sock)
-            return
-        # paho still counts the socket as watched (it asked, and nothing unwatched it), so it does not ask again.
-        if paho.want_write():
-            library_register(paho, userdata, sock)
-
-    def register_write(client: PahoClient, userdata: Any, sock: Any) -> None:
-        if threading.get_ident() == loop_thread:
-            loop.call_soon(write, userdata, sock)
-        else:
-            library_register(client, userdata, sock)
-
-    paho.on_socket_register_write = register_write
-
-
 class _Inbox:
-    """paho's ``on_message`` for one connection: each message handed to ``arrived`` as paho reads it, without aiomqtt's
-    Message, queue, task and wait.  Messages read before the connection is up (its subscriptions settled) are held and handed
-    over by :meth:`open`, as they waited in aiomqtt's queue; once the connection is given up, none is."""
+    """The messages of one connection, handed to ``arrived`` as they are read: most taken by the broker socket before paho
+    (:meth:`take`), the rest from paho's ``on_message`` (:meth:`from_paho`), without aiomqtt's Message, queue, task and
+    wait.  Messages read before the connection is up (its subscriptions settled) are held and handed over by :meth:`open`,
+    as they waited in aiomqtt's queue; once the connection is given up, none is."""
 
-    def __init__(self, arrived: Callable[[MQTTMessage], None]) -> None:
+    def __init__(self, arrived: Callable[[str, bytes, bytes | None, int], None]) -> None:
         self._arrived = arrived
-        self._held: list[MQTTMessage] | None = []
+        self._held: list[tuple[str, bytes, bytes | None, int]] | None = []
         self._closed = False
 
-    def __call__(self, client: Any, userdata: Any, message: MQTTMessage) -> None:
+    def take(self, on: str, payload: bytes, key: bytes | None, qos: int) -> bool:
+        """The broker socket's offer: every message on this connection is this device's (it subscribes to nothing else)."""
         if self._closed:
-            return
+            return True  # acknowledged and dropped, as paho's on_message below drops it
         if self._held is None:
-            self._arrived(message)
+            self._arrived(on, payload, key, qos)
         else:
-            self._held.append(message)
+            self._held.append((on, payload, key, qos))
+        return True
+
+    def from_paho(self, client: Any, userdata: Any, message: MQTTMessage) -> None:
+        """paho's ``on_message``, for a message the broker socket left to paho (a property it does not read, QoS 2)."""
+        try:
+            on = message.topic
+        except UnicodeDecodeError:
+            return
+        key = getattr(message.properties, "CorrelationData", None)
+        self.take(on, bytes(message.payload), bytes(key) if isinstance(key, bytes | bytearray) else None, message.qos)
 
     def open(self) -> None:
         held, self._held = self._held or [], None
         for message in held:
             if not self._closed:
-                self._arrived(message)
+                self._arrived(*message)
 
     def close(self) -> None:
         self._closed = True

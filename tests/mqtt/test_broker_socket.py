@@ -1,4 +1,4 @@
-"""The hub's broker socket (hub.mqttsocket): paho's packets read ahead and written in one send a pass, nothing lost or reordered."""
+"""The broker socket of the hub and the gateway (edge.util.mqttsocket): paho's packets read ahead and written in one send a pass, nothing lost or reordered."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from hub.mqttsocket import BrokerSocket
+from edge.util.mqttsocket import BrokerSocket
 
 from .conftest import Broker
 

@@ -1,4 +1,4 @@
-"""The broker socket's own path (hub.mqttsocket, ``take``): the hub's messages taken and acknowledged before paho, the rest
+"""The broker socket's own path (edge.util.mqttsocket, ``take``): the hub's messages taken and acknowledged before paho, the rest
 left to paho in order, and answers written without paho; through a real broker."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from hub.mqttsocket import BrokerSocket, _correlation
+from edge.util.mqttsocket import BrokerSocket, _correlation
 
 from .conftest import Broker
 
@@ -51,10 +51,13 @@ async def test_the_hubs_messages_are_taken_before_paho_acknowledged_in_order_and
     await _grant_oxp(broker)
     taken: list[tuple[str, bytes, bytes | None]] = []
 
-    def take(topic: str, payload: bytes, correlation: bytes | None) -> bool:
+    qos_taken: dict[bytes, int] = {}
+
+    def take(topic: str, payload: bytes, correlation: bytes | None, qos: int) -> bool:
         if not topic.endswith("/batch"):
             return False
         taken.append((topic, payload, correlation))
+        qos_taken[payload] = qos
         return True
 
     sent: list[tuple[str, bytes, bytes | None]] = []
@@ -67,7 +70,7 @@ async def test_the_hubs_messages_are_taken_before_paho_acknowledged_in_order_and
 
         def on_message(paho_client: Any, userdata: Any, message: Any) -> None:
             properties = getattr(message, "properties", None)
-            if not take(message.topic, message.payload, getattr(properties, "CorrelationData", None)) and to_aiomqtt is not None:
+            if not take(message.topic, message.payload, getattr(properties, "CorrelationData", None), message.qos) and to_aiomqtt is not None:
                 to_aiomqtt(paho_client, userdata, message)
             else:
                 through_paho.append(message.topic)
@@ -105,6 +108,7 @@ async def test_the_hubs_messages_are_taken_before_paho_acknowledged_in_order_and
                     break
         # Every one, whole, and those of each QoS in the order sent (the broker keeps a publisher's order within a QoS).
         assert sorted(taken) == sorted(sent)
+        assert qos_taken == {bytes([n]) * (n * 37 % 900): n % 2 for n in range(120)}  # each with the QoS it came at
         assert [m for m in taken if m in sent[0::2]] == sent[0::2] and [m for m in taken if m in sent[1::2]] == sent[1::2]
         if answers_qos == 0:
             assert len(through_paho) < len(sent) // 2  # most are taken before paho

@@ -13,7 +13,6 @@ from pathlib import Path
 import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paho.mqtt.client import MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -21,7 +20,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge.protocol import Answer, peek_header
 from edge.protocol.compact import CompactAckError, batch_name, compact_ack, named_ack, read_compact_ack, read_named_ack
 from edge.spool import Spool
-from edge.transport.mqtt import MqttTransport, correlation
+from edge.transport.mqtt import MqttTransport, _named_properties, _properties, correlation
 from hub.brokerauth import device_acls
 from hub.ingest import Acked, Refused
 from hub.mqtt import _answer
@@ -176,9 +175,7 @@ async def test_a_named_ack_whose_name_starts_with_a_brace_is_taken_for_the_batch
     future = asyncio.get_running_loop().create_future()
     transport._pending[name] = future  # as _exchange leaves a batch sent without correlation data waiting
     transport._in_flight(data, name)
-    answer = MQTTMessage(topic=b"oxp/v1/pole-0042")  # as paho hands it to the transport's on_message
-    answer.payload = name
-    transport._arrived(answer)
+    transport._arrived("oxp/v1/pole-0042", name, None, 0)  # as the broker socket hands it over (topic, payload, correlation, QoS)
     header = peek_header(data)
     assert future.done() and future.result().document == {
         "status": "stored", "boot_epoch": header.boot_epoch, "seq": header.seq, "device_id": "pole-0042", "key_id": header.key_id.hex(),
@@ -200,3 +197,17 @@ async def test_a_device_role_an_older_hub_made_is_given_the_answer_topic(broker,
         async with client(broker, "pole-0042", gateway.password_file.read_text().strip(), "pole-0042") as device:
             codes = await device.subscribe("oxp/v1/pole-0042", qos=1)
     assert [code.value if isinstance(code, ReasonCode) else code for code in codes] == [1]
+
+
+@pytest.mark.parametrize("alias", [0, 1, 3, 300])
+@pytest.mark.parametrize("key", [None, b"\x01\x02\x03\x04", bytes(range(32)), b"k" * 200])
+def test_a_publishs_properties_packed_once_are_the_bytes_paho_packs(key: bytes | None, alias: int) -> None:
+    # The transport hands paho properties packed when made (paho would pack them at every publish): the same bytes on the wire.
+    expected = Properties(PacketTypes.PUBLISH)
+    if key is not None:
+        expected.CorrelationData = key
+    if alias:
+        expected.TopicAlias = alias
+    made = _named_properties(alias) if key is None else _properties(key, alias)
+    assert made.pack() == expected.pack()
+    assert str(made) == str(expected)  # what paho's debug log would show of them

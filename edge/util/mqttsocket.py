@@ -1,18 +1,19 @@
-"""The hub's broker connection read and written in large pieces under paho-mqtt, on the event loop.
+"""One MQTT connection's socket, read and written in large pieces under paho-mqtt, on the event loop: the hub's and the gateway's.
 
 paho reads a packet in three system calls or more (its first byte, its length a byte at a time, the
 rest) and writes each packet with a send of its own.  The hub takes a batch and sends its PUBACK
 and its answer: about five system calls a batch on the event loop, a tenth of the hub's time at a
-thousand gateways' batches a second (bench.mqtt_hub).  :class:`BrokerSocket` stands in for paho's
-socket, as paho's own websocket wrapper does: a read takes up to READ_BYTES at once and paho's
-reads are served from them; what paho writes in one pass over its packets is gathered and sent
-at the end of the pass in one call (what the kernel does not take is sent when the socket is
-writable again, before anything written later).  paho keeps the rest of MQTT: packet ids, its own
+thousand gateways' batches a second (bench.mqtt_hub); a gateway reads its broker's PUBACK and the
+hub's ack for each batch it sends.  :class:`BrokerSocket` stands in for paho's socket, as paho's own
+websocket wrapper does: a read takes up to READ_BYTES at once and paho's reads are served from
+them; what paho writes in one pass over its packets is gathered and sent at the end of the pass in
+one call, the pass run at the loop's next turn (what the kernel does not take is sent when the socket
+is writable again, before anything written later).  paho keeps the rest of MQTT: packet ids, its own
 acks, keepalive.  aiomqtt drains paho while ``pending()`` says bytes are buffered (written for TLS), so
 no byte waits in memory for a read the event loop would never signal.
 
-The hub's own messages skip paho altogether when it gives a ``take``: each PUBLISH of QoS 0 or 1 read
-is offered to it (topic, payload, correlation data) and one it takes is acknowledged here, its PUBACK
+The owner's own messages skip paho altogether when it gives a ``take``: each PUBLISH of QoS 0 or 1 read
+is offered to it (topic, payload, correlation data, QoS) and one it takes is acknowledged here, its PUBACK
 written after whatever paho has queued; what it does not take goes to paho as before, and after a QoS 1
 message left to paho so does everything read behind it, so PUBACKs keep the order of their PUBLISHes
 (paho sends that one's when it reads it).  :meth:`BrokerSocket.answer`
@@ -37,8 +38,8 @@ __all__ = ["BrokerSocket", "READ_BYTES", "Take"]
 READ_BYTES = 64 * 1024  # one read: a burst of a few hundred small batches
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
-Take = Callable[[str, bytes, "bytes | None"], bool]
-"""Offered each PUBLISH of QoS 0 or 1 read: its topic, payload and correlation data; True once taken, False to leave it to paho."""
+Take = Callable[[str, bytes, "bytes | None", int], bool]
+"""Offered each PUBLISH of QoS 0 or 1 read: its topic, payload, correlation data and QoS; True once taken, False to leave it to paho."""
 
 _PUBLISH, _PUBACK = 0x30, 0x40
 # MQTT 5 PUBLISH properties (§3.3.2.3) a message may carry to be taken here, by how their value is laid out.  Any other
@@ -127,7 +128,9 @@ class BrokerSocket:
         self._at = 0
         self._out = bytearray()
         self._gathering = False
-        self._writing = False
+        self._writing = False  # watched for writing: the kernel did not take everything
+        self._pass_due = False  # a write pass is due at the loop's next turn
+        self._closed = False
         self._error: OSError | None = None
 
     def install(self) -> None:
@@ -180,6 +183,7 @@ class BrokerSocket:
 
     def close(self) -> None:
         self._take = None  # nothing more is taken from, or answered on, a connection that is gone
+        self._closed = True
         self._flush()  # a DISCONNECT written in the last pass goes out before the socket closes
         self._writer_off()
         self._out.clear()
@@ -244,7 +248,7 @@ class BrokerSocket:
         if read is None or read[1] + read[0] > end:
             return False
         properties = _correlation(data, read[1], read[1] + read[0])
-        if properties is None or not self._take(topic, data[read[1] + read[0] : end], properties[0]):
+        if properties is None or not self._take(topic, data[read[1] + read[0] : end], properties[0], qos):
             return False
         if qos:
             acks += b"\x40\x02" + mid
@@ -289,9 +293,16 @@ class BrokerSocket:
             self._writer_off()
 
     def _writer_on(self) -> None:
-        if not self._writing and self._fd >= 0:
-            self._loop.add_writer(self._fd, self._writable)
-            self._writing = True
+        """A write pass at the loop's next turn (what paho queued in this one goes out together): a callback, not a writer
+        registration, which costs two epoll changes and a turn of its own a message."""
+        if not self._pass_due and not self._writing and not self._closed:
+            self._pass_due = True
+            self._loop.call_soon(self._write_pass)
+
+    def _write_pass(self) -> None:
+        self._pass_due = False
+        if not self._closed and not self._writing:
+            self._writable()
 
     def _writer_off(self) -> None:
         if self._writing:
@@ -299,7 +310,7 @@ class BrokerSocket:
             self._writing = False
 
     def _writable(self) -> None:
-        """paho's packets written in one pass, then sent in one call; the writer stays on while anything is left."""
+        """paho's packets written in one pass, then sent in one call; the socket is watched for writing while anything is left."""
         self._gathering = True
         try:
             self._paho.loop_write()
@@ -312,6 +323,9 @@ class BrokerSocket:
         self._flush()
         if not self._out and not self._paho.want_write():
             self._writer_off()
+        elif not self._writing and not self._closed and self._fd >= 0:
+            self._loop.add_writer(self._fd, self._writable)
+            self._writing = True
 
     def _flush(self) -> None:
         while self._out and self._error is None:
