@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 BENCHES = ("codec", "pipeline", "gateway_load", "oxp_state", "privacy", "serial_decode", "modbus_bus", "spool", "hub", "sta", "hostile",
-           "sim_timing", "mqtt_link", "mqtt_hub", "mqtt_clients", "export_outbox", "offload")
+           "sim_timing", "wakeups", "mqtt_link", "mqtt_hub", "mqtt_clients", "export_outbox", "offload")
 # Run after the report by a plain `python -m bench`: each takes seconds to a few minutes.
-AFTER_REPORT = ("codec", "oxp_state", "privacy", "serial_decode", "modbus_bus", "spool", "sta", "sim_timing")
+AFTER_REPORT = ("codec", "oxp_state", "privacy", "serial_decode", "modbus_bus", "spool", "sta", "sim_timing", "wakeups")
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = RESULTS.parent.parent
 
