@@ -38,7 +38,6 @@ from urllib.parse import unquote, urlsplit
 import aiomqtt
 import cbor2
 from paho.mqtt.client import MQTTMessage
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
@@ -167,7 +166,7 @@ class MqttTransport:
         self._batches: dict[bytes, _InFlight] = {}  # batches in flight, by correlation data
         # On this connection: the broker granted the device its answer topic, and no answer showed a hub that ignores the ask.
         self._by_name = False
-        self._client: aiomqtt.Client | None = None
+        self._socket: BrokerSocket | None = None  # the connection's, while it is up: batches are published through it
         self._inbox: _Inbox | None = None  # the current connection's
         self._alias_maximum = 0  # the broker's Topic Alias Maximum on this connection (CONNACK); 0: no aliases
         self._aliased: set[str] = set()  # topics whose alias the broker learnt on this connection
@@ -214,6 +213,7 @@ class MqttTransport:
         backoff = Backoff(0.5, 60.0, jitter=1.0)
         while True:
             client: aiomqtt.Client | None = None
+            sock: BrokerSocket | None = None
             try:
                 client = aiomqtt.Client(
                     self._host,
@@ -234,14 +234,16 @@ class MqttTransport:
                 client._client.on_message = inbox.from_paho
                 async with client:
                     no_delay(client._client.socket())  # paho's socket, under aiomqtt
-                    # Read ahead and written a pass at a time; the hub's answers taken before paho (edge.util.mqttsocket).
-                    BrokerSocket(client, take=inbox.take).install()
+                    # Read ahead and written a pass at a time; the hub's answers taken before paho, and this gateway's messages
+                    # published without it (edge.util.mqttsocket).
+                    sock = BrokerSocket(client, take=inbox.take)
+                    sock.install()
                     topics = [topic(self.device_id, kind) for kind in ("ack", "status/ack", "desired")] + [answers_topic(self.device_id)]
                     codes = await client.subscribe([(name, 1) for name in topics])
                     # A broker whose ACL does not grant the answer topic (a hub before answers by name, or an ACL kept by hand)
                     # refuses that one filter: batches then carry correlation data, as before.
                     self._by_name = len(codes) == len(topics) and _granted(codes[-1])
-                    self._client = client
+                    self._socket = sock
                     self._up.set()
                     self.last_error = ""
                     backoff.reset()
@@ -255,8 +257,8 @@ class MqttTransport:
             finally:
                 if self._inbox is not None:
                     self._inbox.close()
-                if client is not None and self._client is client:
-                    self._client = None
+                if sock is not None and self._socket is sock:
+                    self._socket = None
                     self._up.clear()
                     self._by_name = False
                     for future in self._pending.values():
@@ -284,16 +286,16 @@ class MqttTransport:
         task, self._session_task = self._session_task, None
         if self._inbox is not None:
             self._inbox.close()
-        self._client = None
+        self._socket = None
         self._up.clear()
         if task is not None:
             task.cancel()
             self._abandoned.add(task)
             task.add_done_callback(self._abandoned.discard)
 
-    async def _connected(self) -> aiomqtt.Client | Refused:
-        if self._client is not None:  # up: no timeout and wait a message
-            return self._client
+    async def _connected(self) -> BrokerSocket | Refused:
+        if self._socket is not None:  # up: no timeout and wait a message
+            return self._socket
         if self._session_task is None:
             self._session_task = asyncio.create_task(self._keep_session(), name="mqtt-session")
         try:
@@ -301,8 +303,8 @@ class MqttTransport:
                 await self._up.wait()
         except TimeoutError:
             return Refused(False, "", f"cannot reach the broker at {self.broker_url}: {self.last_error or 'timed out connecting'}")
-        assert self._client is not None
-        return self._client
+        assert self._socket is not None
+        return self._socket
 
     def _arrived(self, on: str, payload: bytes, key: bytes | None, qos: int) -> None:
         """A message on one of this device's topics: its topic, payload, correlation data and QoS."""
@@ -393,9 +395,9 @@ class MqttTransport:
 
     async def _exchange(self, kind: str, data: bytes) -> tuple[dict[str, Any], int] | Refused:
         """Publish ``data`` on this device's ``kind`` topic; the hub's answer and the framing carried both ways."""
-        client = await self._connected()
-        if isinstance(client, Refused):
-            return client
+        sock = await self._connected()
+        if isinstance(sock, Refused):
+            return sock
         key = correlation(data, compact=True)
         future: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         self._pending[key] = future
@@ -411,11 +413,10 @@ class MqttTransport:
             self._aliased.add(name)
         properties = _named_properties(alias if aliased else 0) if named else _properties(key, alias if aliased else 0)
         try:
-            # Handed to paho without awaiting its PUBACK through aiomqtt (an event, a task and a timer a message): the
-            # hub's answer comes after the broker took the message, and no answer within the timeout drops the connection.
-            sent = client._client.publish(sent_topic, data, qos=1, properties=properties)
-            if sent.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise aiomqtt.MqttCodeError(sent.rc, "could not publish the message")
+            # Written by the broker socket, not paho, and not waiting for the broker's PUBACK: the hub's answer comes after
+            # the broker took the message, and no answer within the timeout drops the connection.
+            if not sock.publish(sent_topic, data, properties, qos=1):
+                raise ConnectionError("the connection to the broker is gone")
             async with asyncio.timeout(self._timeout_s):
                 answer = await future
         except TimeoutError:
@@ -487,35 +488,17 @@ class MqttTransport:
         return await self._key_source.fetch_hub_key()
 
 
-class _Packed(Properties):
-    """A PUBLISH's properties, packed once: paho packs a message's properties at each publish (about 40 attribute lookups)
-    and checks each one set against every property name; these are only ever read, by paho's ``pack``."""
-
-    def __init__(self, key: bytes | None, alias: int) -> None:
-        super().__init__(PacketTypes.PUBLISH)
-        body = b""
-        if key is not None:  # in the order paho packs them: Correlation Data (9) before Topic Alias (35)
-            object.__setattr__(self, "CorrelationData", key)
-            body += b"\x09" + len(key).to_bytes(2, "big") + key
-        if alias:
-            object.__setattr__(self, "TopicAlias", alias)
-            body += b"\x23" + alias.to_bytes(2, "big")
-        object.__setattr__(self, "_packed", VariableByteIntegers.encode(len(body)) + body)
-
-    def pack(self) -> bytes:
-        packed: bytes = object.__getattribute__(self, "_packed")
-        return packed
-
-
-def _properties(key: bytes, alias: int) -> Properties:
-    """A PUBLISH's properties: its correlation data, and its topic alias unless 0."""
-    return _Packed(key, alias)
+def _properties(key: bytes, alias: int) -> bytes:
+    """A PUBLISH's properties, packed with their length: its correlation data, and its topic alias unless 0 (in the order
+    paho would pack them: Correlation Data (9) before Topic Alias (35))."""
+    body = b"\x09" + len(key).to_bytes(2, "big") + key + (b"\x23" + alias.to_bytes(2, "big") if alias else b"")
+    return VariableByteIntegers.encode(len(body)) + body
 
 
 @functools.cache
-def _named_properties(alias: int) -> Properties:
+def _named_properties(alias: int) -> bytes:
     """The properties of a batch sent without correlation data: its topic alias (none if 0) only, so made once."""
-    return _Packed(None, alias)
+    return b"\x03\x23" + alias.to_bytes(2, "big") if alias else b"\0"
 
 
 def _batch_identity(data: bytes) -> tuple[int, int, bytes] | None:

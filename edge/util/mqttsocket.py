@@ -16,8 +16,9 @@ The owner's own messages skip paho altogether when it gives a ``take``: each PUB
 is offered to it (topic, payload, correlation data, QoS) and one it takes is acknowledged here, its PUBACK
 written after whatever paho has queued; what it does not take goes to paho as before, and after a QoS 1
 message left to paho so does everything read behind it, so PUBACKs keep the order of their PUBLISHes
-(paho sends that one's when it reads it).  :meth:`BrokerSocket.answer`
-writes a QoS 0 PUBLISH the same way.  paho's packet objects (a Properties decoded and a MQTTMessage a
+(paho sends that one's when it reads it).  :meth:`BrokerSocket.publish` writes a PUBLISH the same way
+(the hub's answers at QoS 0, :meth:`BrokerSocket.answer`; the gateway's batches and reports at QoS 1,
+whose PUBACKs the socket takes: paho never knows those messages).  paho's packet objects (a Properties decoded and a MQTTMessage a
 message read, a MQTTMessageInfo with its Condition a message written, three log calls) were a fifth of
 the hub's time a batch (bench.mqtt_hub).
 """
@@ -131,6 +132,7 @@ class BrokerSocket:
         self._writing = False  # watched for writing: the kernel did not take everything
         self._pass_due = False  # a write pass is due at the loop's next turn
         self._closed = False
+        self._own: set[int] = set()  # packet ids of QoS 1 messages published here whose PUBACK has not come
         self._error: OSError | None = None
 
     def install(self) -> None:
@@ -217,6 +219,11 @@ class BrokerSocket:
                 self._partial = data[at:]
                 break
             first = data[at]
+            if first == _PUBACK and length >= 2 and (mid := int.from_bytes(data[start : start + 2], "big")) in self._own:
+                # The broker took a message this socket published (publish): paho never knew it, and has nothing to do.
+                self._own.discard(mid)
+                at = start + length
+                continue
             if blocked or first & 0xF0 != _PUBLISH or not self._taken(data, first, start, start + length, acks):
                 to_paho.append(data[at : start + length])
                 blocked = blocked or (first & 0xF0 == _PUBLISH and first & 0x06 == 0x02)
@@ -257,12 +264,27 @@ class BrokerSocket:
     def answer(self, topic: str, payload: bytes, correlation: bytes | None) -> bool:
         """Write a QoS 0 PUBLISH of ``payload`` on ``topic`` (with ``correlation`` as correlation data, when given) after
         whatever is written before it; False on a connection that is gone."""
+        properties = b"\0" if correlation is None else _varint(3 + len(correlation)) + b"\x09" + len(correlation).to_bytes(2, "big") + correlation
+        return self.publish(topic, payload, properties, qos=0)
+
+    def publish(self, topic: str, payload: bytes, properties: bytes, *, qos: int) -> bool:
+        """Write a PUBLISH of ``payload`` on ``topic`` at QoS 0 or 1 after whatever is written before it; ``properties`` are
+        MQTT 5's, packed with their length (``b"\\0"``: none; an empty ``topic`` with a Topic Alias among them).  A QoS 1
+        message takes its packet id from paho's, so none of paho's own packets shares it, and its PUBACK is taken here: paho
+        never knew the message (its packet objects, its in-flight bookkeeping and the PUBACK's decoding cost a gateway about
+        a tenth of its CPU a batch, bench.mqtt_link), and nothing is sent again on a new connection: the sender decides.
+        False on a connection that is gone."""
         if self._take is None or self._error is not None:
             return False
         name = topic.encode()
-        properties = b"\0" if correlation is None else _varint(3 + len(correlation)) + b"\x09" + len(correlation).to_bytes(2, "big") + correlation
-        length = 2 + len(name) + len(properties) + len(payload)
-        self._write(b"".join((bytes((_PUBLISH,)), _varint(length), len(name).to_bytes(2, "big"), name, properties, payload)))
+        mid = b""
+        if qos:
+            number = self._paho._mid_generate()
+            self._own.add(number)
+            mid = number.to_bytes(2, "big")
+        length = 2 + len(name) + len(mid) + len(properties) + len(payload)
+        self._write(b"".join((bytes((_PUBLISH | qos << 1,)), _varint(length), len(name).to_bytes(2, "big"), name, mid, properties, payload)))
+        self._paho._last_msg_out = time.monotonic()  # paho's keepalive counts it as its own
         return True
 
     def _write(self, packet: bytes) -> None:

@@ -126,6 +126,52 @@ async def test_the_hubs_messages_are_taken_before_paho_acknowledged_in_order_and
     assert again == []
 
 
+async def test_messages_published_by_the_socket_arrive_whole_and_their_pubacks_never_reach_paho(broker: Broker) -> None:
+    # As the gateway publishes its batches: QoS 1 (and 0) PUBLISHes written by the socket with packed properties, between
+    # messages paho publishes itself; the broker's PUBACK of each of the socket's is taken by the socket, paho's go to paho.
+    await _grant_oxp(broker)
+    got: list[tuple[str, bytes, bytes | None, int]] = []
+
+    def take(topic: str, payload: bytes, correlation: bytes | None, qos: int) -> bool:
+        got.append((topic, payload, correlation, qos))
+        return True
+
+    async with broker.hub_settings(client_id="publish-test").client() as client:
+        sock = BrokerSocket(client, take=take)
+        sock.install()
+        paho_pubacks: list[int] = []
+        client._client.on_publish = lambda c, userdata, mid, reason, properties: paho_pubacks.append(mid)
+        await client.subscribe("oxp/v1/dev-1/#", qos=1)
+        sent: list[tuple[str, bytes, bytes | None, int]] = []
+        for n in range(60):
+            key = n.to_bytes(4, "big") if n % 2 else None
+            packed = b"\0" if key is None else _properties(CorrelationData=key).pack()
+            topic, payload = f"oxp/v1/dev-1/batch-{n % 3}", bytes([n]) * (n * 53 % 700)
+            assert sock.publish(topic, payload, packed, qos=1 if n % 4 else 0)
+            sent.append((topic, payload, key, 1 if n % 4 else 0))
+            if n % 10 == 0:
+                info = client._client.publish("oxp/v1/dev-1/paho", f"paho-{n}", qos=1)
+                sent.append(("oxp/v1/dev-1/paho", f"paho-{n}".encode(), None, 1))
+                assert info.rc == 0
+        async with asyncio.timeout(20):
+            while len(got) < len(sent) or sock._own or len(paho_pubacks) < 6:
+                await asyncio.sleep(0.02)
+        # Each whole, with its correlation data and the QoS it was sent at, in the order sent (one publisher, one session).
+        assert got == sent
+        # The broker acknowledged every QoS 1 message of the socket's (none waits) and paho heard only of its own six.
+        assert not sock._own and len(paho_pubacks) == 6 and not client._client._out_messages
+    # Nothing is sent again to the same session: every QoS 1 delivery to it was acknowledged.
+    again: list[str] = []
+    async with broker.hub_settings(client_id="publish-test").client() as client:
+        try:
+            async with asyncio.timeout(1.5):
+                async for message in client.messages:
+                    again.append(message.topic.value)
+        except TimeoutError:
+            pass
+    assert again == []
+
+
 def test_properties_the_socket_does_not_read_are_left_to_paho() -> None:
     def packed(properties: Properties) -> bytes:
         data = properties.pack()

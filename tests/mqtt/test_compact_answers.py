@@ -201,13 +201,12 @@ async def test_a_device_role_an_older_hub_made_is_given_the_answer_topic(broker,
 
 @pytest.mark.parametrize("alias", [0, 1, 3, 300])
 @pytest.mark.parametrize("key", [None, b"\x01\x02\x03\x04", bytes(range(32)), b"k" * 200])
-def test_a_publishs_properties_packed_once_are_the_bytes_paho_packs(key: bytes | None, alias: int) -> None:
-    # The transport hands paho properties packed when made (paho would pack them at every publish): the same bytes on the wire.
+def test_a_publishs_properties_packed_by_the_transport_are_the_bytes_paho_packs(key: bytes | None, alias: int) -> None:
+    # The broker socket writes the gateway's PUBLISHes with properties the transport packs itself: paho's bytes, to the byte.
     expected = Properties(PacketTypes.PUBLISH)
     if key is not None:
         expected.CorrelationData = key
     if alias:
         expected.TopicAlias = alias
     made = _named_properties(alias) if key is None else _properties(key, alias)
-    assert made.pack() == expected.pack()
-    assert str(made) == str(expected)  # what paho's debug log would show of them
+    assert made == expected.pack()
