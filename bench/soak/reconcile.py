@@ -41,6 +41,7 @@ table checks duplicates only and shows the counts; two counts of one window that
 from __future__ import annotations
 
 import bisect
+import datetime
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -313,6 +314,14 @@ def table(outcome: Outcome) -> str:
                  f"{totals.duplicates:>5}{totals.extra:>6}" + "".join(f"{totals.missing[c]:>12}" for c in CAUSES)
                  + ("  ok" if outcome.ok else "  FAIL"))
     lines += [f"PROBLEM: {p}" for p in outcome.problems]
+    # When each unexplained reading was served (UTC, as the logs say it), its channels together: where to look in the logs.
+    unexplained: dict[int, list[str]] = {}
+    for row in outcome.rows:
+        for reading in row.unexplained:
+            unexplained.setdefault(reading.ts_ms, []).append(row.channel)
+    for ts_ms, names in sorted(unexplained.items()):
+        when = datetime.datetime.fromtimestamp(ts_ms / 1000, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        lines.append(f"UNEXPLAINED: served {when}: {', '.join(names)}")
     return "\n".join(lines)
 
 

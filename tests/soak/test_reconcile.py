@@ -108,6 +108,8 @@ def test_a_reading_lost_outside_every_window_is_unexplained():
     assert volts.missing["unexplained"] == 1
     assert [r.ts_ms for r in volts.unexplained] == [T0 + 9_000]
     assert not outcome.ok
+    # The table says when it was served (UTC, as the logs stamp their lines), so the logs can be read around it.
+    assert table(outcome).splitlines()[-1] == "UNEXPLAINED: served 2026-09-21T14:13:29.000Z: m-1/volts"
 
 
 def test_a_quota_counter_outside_what_the_windows_allow_is_a_problem():
