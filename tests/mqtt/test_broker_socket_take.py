@@ -39,6 +39,19 @@ async def _grant_oxp(broker: Broker) -> None:
         pass  # disconnected once the role changed
 
 
+async def _redelivered(broker: Broker, client_id: str) -> list[str]:
+    """The topics of what the broker delivers again to the session of ``client_id`` within 1.5 s of reconnecting."""
+    again: list[str] = []
+    async with broker.hub_settings(client_id=client_id).client() as client:
+        try:
+            async with asyncio.timeout(1.5):
+                async for message in client.messages:
+                    again.append(message.topic.value)
+        except TimeoutError:
+            pass
+    return again
+
+
 def _properties(**values: object) -> Properties:
     properties = Properties(PacketTypes.PUBLISH)
     for name, value in values.items():
@@ -115,15 +128,7 @@ async def test_the_hubs_messages_are_taken_before_paho_acknowledged_in_order_and
         assert answered == list(range(0, 120, 10))  # the commands' answers, left to paho, in order
         assert acks == [(b"\x82\x07\x02", b"\x01\x02\x03\x04"), (b'{"status":"stored"}' * 40, None)]
     # The broker got a PUBACK for each QoS 1 batch taken: nothing is sent again to the same session.
-    again: list[str] = []
-    async with broker.hub_settings(client_id=f"take-test-{answers_qos}").client() as client:
-        try:
-            async with asyncio.timeout(1.5):
-                async for message in client.messages:
-                    again.append(message.topic.value)
-        except TimeoutError:
-            pass
-    assert again == []
+    assert await _redelivered(broker, f"take-test-{answers_qos}") == []
 
 
 async def test_messages_published_by_the_socket_arrive_whole_and_their_pubacks_never_reach_paho(broker: Broker) -> None:
@@ -161,15 +166,7 @@ async def test_messages_published_by_the_socket_arrive_whole_and_their_pubacks_n
         # The broker acknowledged every QoS 1 message of the socket's (none waits) and paho heard only of its own six.
         assert not sock._own and len(paho_pubacks) == 6 and not client._client._out_messages
     # Nothing is sent again to the same session: every QoS 1 delivery to it was acknowledged.
-    again: list[str] = []
-    async with broker.hub_settings(client_id="publish-test").client() as client:
-        try:
-            async with asyncio.timeout(1.5):
-                async for message in client.messages:
-                    again.append(message.topic.value)
-        except TimeoutError:
-            pass
-    assert again == []
+    assert await _redelivered(broker, "publish-test") == []
 
 
 def test_properties_the_socket_does_not_read_are_left_to_paho() -> None:
