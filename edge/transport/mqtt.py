@@ -39,7 +39,7 @@ import aiomqtt
 import cbor2
 from paho.mqtt.client import MQTTMessage
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties, VariableByteIntegers
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.protocol import OXP_VERSION
@@ -52,7 +52,7 @@ from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused,
 from edge.transport.http import HttpTransport
 from edge.transport.tls import tls_context
 from edge.util.backoff import Backoff
-from edge.util.mqttsocket import BrokerSocket
+from edge.util.mqttsocket import BrokerSocket, publish_properties
 from edge.util.sockets import no_delay
 
 __all__ = ["MqttTransport", "SESSION_EXPIRY_S", "correlation", "topic"]
@@ -489,16 +489,14 @@ class MqttTransport:
 
 
 def _properties(key: bytes, alias: int) -> bytes:
-    """A PUBLISH's properties, packed with their length: its correlation data, and its topic alias unless 0 (in the order
-    paho would pack them: Correlation Data (9) before Topic Alias (35))."""
-    body = b"\x09" + len(key).to_bytes(2, "big") + key + (b"\x23" + alias.to_bytes(2, "big") if alias else b"")
-    return VariableByteIntegers.encode(len(body)) + body
+    """A PUBLISH's properties, packed: its correlation data, and its topic alias unless 0."""
+    return publish_properties(key, alias)
 
 
 @functools.cache
 def _named_properties(alias: int) -> bytes:
     """The properties of a batch sent without correlation data: its topic alias (none if 0) only, so made once."""
-    return b"\x03\x23" + alias.to_bytes(2, "big") if alias else b"\0"
+    return publish_properties(None, alias)
 
 
 def _batch_identity(data: bytes) -> tuple[int, int, bytes] | None:
