@@ -90,7 +90,6 @@ class ReadingFlow:
         through, the released queue).  Each reading takes the same steps as if it came alone; a poll's
         readings together cost one call here instead of one coroutine each."""
         counters, last_read, queue, add = self.counters, self._last_read_by_channel, self.readings, self.batcher.add_nowait
-        process, latest, released_by_channel = self.privacy.process, self.latest, self._released_by_channel
         for reading in readings:
             counters.readings_read += 1
             if counters.readings_read == 1:
@@ -104,21 +103,15 @@ class ReadingFlow:
                 continue
             # Nothing older waits for the privacy stage: this reading's turn is now.  What it releases
             # waits (in order) only if the released queue is full, as the privacy loop would.
-            try:
-                out = process(reading)  # `_process`, inline but for its rare failure
-            except Exception as exc:  # noqa: BLE001 - one bad value must not stop every other reading
-                self._failed(reading, exc)
-                continue
+            out = self._process(reading)
             if not out:
                 continue
             if self._unreleased or not self.released.empty() or self.batcher.holding_back:
                 await self._release(out)
                 continue
-            # `_release`'s first case inline, `_count` too: no call or coroutine per reading to reach the batcher.
-            counters.readings_released += len(out)
+            # `_release`'s first case inline: no coroutine per reading to reach the batcher.
+            self._count(out)
             for released in out:
-                latest[released.channel] = released
-                released_by_channel[released.channel] += 1
                 add(released)
 
     @property
@@ -173,17 +166,14 @@ class ReadingFlow:
         try:
             return self.privacy.process(reading)
         except Exception as exc:  # noqa: BLE001 - one bad value must not stop every other reading
-            self._failed(reading, exc)
+            self.counters.readings_failed += 1
+            if reading.channel not in self._failed_channels:  # once per channel; never the value
+                self._failed_channels.add(reading.channel)
+                log.error(
+                    "privacy stage cannot handle a reading; dropped",
+                    extra={"channel": reading.channel, "error": type(exc).__name__},
+                )
             return []
-
-    def _failed(self, reading: Reading, exc: Exception) -> None:
-        self.counters.readings_failed += 1
-        if reading.channel not in self._failed_channels:  # once per channel; never the value
-            self._failed_channels.add(reading.channel)
-            log.error(
-                "privacy stage cannot handle a reading; dropped",
-                extra={"channel": reading.channel, "error": type(exc).__name__},
-            )
 
     async def _privacy_loop(self) -> None:
         while True:
