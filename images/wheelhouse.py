@@ -18,7 +18,10 @@ resolution given `manylinux2014_aarch64` alone never sees a wheel built for glib
 ships only those) and falls back to an older release a Pi would not install.
 
 Only PyPI is asked (pip runs --isolated, so a workstation's pip.conf extra index or find-links
-cannot leak into a release). The project wheel builds offline from a copy of the source tree,
+cannot leak into a release), and only as it stood at one moment: every pip call gets the same
+--uploaded-prior-to (the build's start, or --as-of to rebuild an earlier release's choice), and
+dependencies.json records it, so what a wheelhouse holds can be resolved again and compared
+with, however long it has been kept. The project wheel builds offline from a copy of the source tree,
 with fixed timestamps (SOURCE_DATE_EPOCH), so the same source gives the same hash. Run it with
 the dev venv (`make wheelhouse`): it needs `packaging`, `setuptools` and `wheel`.
 """
@@ -26,6 +29,7 @@ the dev venv (`make wheelhouse`): it needs `packaging`, `setuptools` and `wheel`
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import os
@@ -115,14 +119,24 @@ def wheel_name_version(wheel: Path) -> tuple[str, str]:
     return str(name), str(version)
 
 
+def as_of_text(moment: datetime.datetime) -> str:
+    """The UTC ISO 8601 form (to the second) pip's --uploaded-prior-to takes and dependencies.json records."""
+    return moment.astimezone(datetime.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _pip(*args: str) -> None:
     done = subprocess.run([sys.executable, "-m", "pip", "--isolated", "--quiet", *args], capture_output=True, text=True)
     if done.returncode != 0:
+        if "--uploaded-prior-to" in done.stderr:
+            raise WheelhouseError(f"this pip cannot resolve as of a moment (--uploaded-prior-to): upgrade it, "
+                                  f"{sys.executable} -m pip install --upgrade pip:\n{done.stderr.strip()}")
         raise WheelhouseError(f"pip {args[0]} failed:\n{done.stderr.strip()}")
 
 
-def resolve(target: Target, requirements: list[str], *, index_url: str, pins: dict[str, str]) -> dict[str, str]:
+def resolve(target: Target, requirements: list[str], *, index_url: str, as_of: str, pins: dict[str, str]) -> dict[str, str]:
     """The distribution versions pip installs for `requirements` on `target` (name -> version), downloading no wheel.
+
+    Only what was uploaded before `as_of` (see `as_of_text`) is considered.
 
     pip evaluates environment markers for the Python running it, not for --python-version: built
     on 3.13, a cp311 resolution would leave out `typing_extensions; python_version < "3.13"`. Each
@@ -130,7 +144,7 @@ def resolve(target: Target, requirements: list[str], *, index_url: str, pins: di
     """
     wanted = list(requirements)
     while True:
-        installs = _dry_run(target, wanted, index_url=index_url, pins=pins)
+        installs = _dry_run(target, wanted, index_url=index_url, as_of=as_of, pins=pins)
         resolved: dict[str, str] = {canonicalize_name(item["metadata"]["name"]): item["metadata"]["version"] for item in installs}
         left_out = [str(r) for r in _needed_on(target, installs) if canonicalize_name(r.name) not in resolved]
         if not left_out:
@@ -138,13 +152,13 @@ def resolve(target: Target, requirements: list[str], *, index_url: str, pins: di
         wanted += left_out
 
 
-def _dry_run(target: Target, requirements: list[str], *, index_url: str, pins: dict[str, str]) -> list[dict]:
+def _dry_run(target: Target, requirements: list[str], *, index_url: str, as_of: str, pins: dict[str, str]) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="ocn-wheelhouse-") as work:
         report = Path(work) / "report.json"
         constraints = Path(work) / "pins.txt"
         constraints.write_text("".join(f"{name}=={version}\n" for name, version in sorted(pins.items())))
-        _pip("install", "--dry-run", "--ignore-installed", "--index-url", index_url, "--report", str(report),
-             *target.pip_options(), "-c", str(constraints), *requirements)
+        _pip("install", "--dry-run", "--ignore-installed", "--index-url", index_url, "--uploaded-prior-to", as_of,
+             "--report", str(report), *target.pip_options(), "-c", str(constraints), *requirements)
         return json.loads(report.read_text())["install"]
 
 
@@ -162,19 +176,20 @@ def _needed_on(target: Target, installs: list[dict]) -> list[Requirement]:
     return needed
 
 
-def resolve_for_all(targets: tuple[Target, ...], requirements: list[str], *, index_url: str) -> dict[str, str]:
+def resolve_for_all(targets: tuple[Target, ...], requirements: list[str], *, index_url: str, as_of: str) -> dict[str, str]:
     """One version of each distribution, with a wheel for every target; every target gets what any target needs.
 
     Each target first resolves on its own. Where they differ (a release without a wheel for one
     target, a dependency only one Python needs), every target is asked for every distribution,
     pinned to the oldest version any target chose, and resolved again.
     """
-    chosen = _for_each(targets, lambda target: resolve(target, requirements, index_url=index_url, pins={}))
+    chosen = _for_each(targets, lambda target: resolve(target, requirements, index_url=index_url, as_of=as_of, pins={}))
     split = _differences(chosen)
     if split:
         pins = {name: str(min(Version(v) for v in found if v is not None)) for name, found in split.items()}
         everything = sorted({name for resolution in chosen.values() for name in resolution})
-        chosen = _for_each(targets, lambda target: resolve(target, [*requirements, *everything], index_url=index_url, pins=pins))
+        chosen = _for_each(targets, lambda target: resolve(target, [*requirements, *everything], index_url=index_url,
+                                                            as_of=as_of, pins=pins))
         if _differences(chosen):
             raise WheelhouseError(
                 "the targets need different versions even when pinned to one: "
@@ -197,10 +212,11 @@ def _differences(chosen: dict[Target, dict[str, str]]) -> dict[str, set[str | No
     return {name: versions for name, versions in found.items() if len(versions) > 1}
 
 
-def download(target: Target, versions: dict[str, str], folder: Path, *, index_url: str) -> None:
-    """Put exactly one wheel of each pinned distribution for `target` into `folder`."""
+def download(target: Target, versions: dict[str, str], folder: Path, *, index_url: str, as_of: str) -> None:
+    """Put exactly one wheel of each pinned distribution for `target` into `folder` (one uploaded before `as_of`)."""
     folder.mkdir(parents=True, exist_ok=True)
-    _pip("download", "--no-deps", "--index-url", index_url, "--dest", str(folder), *target.pip_options(),
+    _pip("download", "--no-deps", "--index-url", index_url, "--uploaded-prior-to", as_of, "--dest", str(folder),
+         *target.pip_options(),
          *(f"{name}=={version}" for name, version in sorted(versions.items())))
     found = sorted(wheel_name_version(wheel) for wheel in folder.glob("*.whl"))
     if found != sorted(versions.items()):
@@ -257,12 +273,18 @@ def write_constraints(out: Path, targets: tuple[Target, ...]) -> None:
         (out / target.name / CONSTRAINTS).write_text(text)
 
 
-def build(out: Path, *, targets: tuple[Target, ...] = TARGETS, index_url: str = PYPI, keep_dependencies: bool = False) -> None:
-    """Build the wheelhouse in `out`; with keep_dependencies, reuse its dependency wheels and rebuild only ours."""
+def build(out: Path, *, targets: tuple[Target, ...] = TARGETS, index_url: str = PYPI, keep_dependencies: bool = False,
+          as_of: datetime.datetime | None = None) -> None:
+    """Build the wheelhouse in `out`; with keep_dependencies, reuse its dependency wheels and rebuild only ours.
+
+    The dependencies are what PyPI offered just before `as_of` (default: now), recorded in dependencies.json.
+    """
     requirements = runtime_requirements()
-    manifest = {"requirements": requirements, "targets": [t.name for t in targets]}
+    manifest: dict[str, object] = {"requirements": requirements, "targets": [t.name for t in targets]}
     if keep_dependencies:
         recorded = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
+        if recorded is not None:
+            recorded.pop("resolved_as_of", None)
         if recorded != manifest:
             raise WheelhouseError(f"{out}: its dependency wheels were not resolved for this pyproject.toml's dependencies "
                                   f"and targets ({recorded} != {manifest}); build again without --keep-dependencies")
@@ -271,8 +293,11 @@ def build(out: Path, *, targets: tuple[Target, ...] = TARGETS, index_url: str = 
     else:
         if out.exists():
             shutil.rmtree(out)
-        versions = resolve_for_all(targets, requirements, index_url=index_url)
-        _for_each(targets, lambda target: download(target, versions, out / target.name, index_url=index_url))
+        moment = as_of_text(as_of or datetime.datetime.now(datetime.UTC))
+        versions = resolve_for_all(targets, requirements, index_url=index_url, as_of=moment)
+        _for_each(targets, lambda target: download(target, versions, out / target.name, index_url=index_url,
+                                                     as_of=moment))
+        manifest["resolved_as_of"] = moment
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="ocn-wheelhouse-") as work:
         ours = build_project_wheel(Path(work))
@@ -281,16 +306,27 @@ def build(out: Path, *, targets: tuple[Target, ...] = TARGETS, index_url: str = 
     write_constraints(out, targets)
 
 
+def _moment(text: str) -> datetime.datetime:
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date and time (2026-12-01T00:00:00Z)") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=datetime.UTC)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="images/wheelhouse.py", description=__doc__.split("\n", 1)[0])
     parser.add_argument("out", nargs="?", type=Path, default=REPO / "dist" / "wheelhouse",
                         help="the wheelhouse folder (default: dist/wheelhouse); replaced")
     parser.add_argument("--index-url", default=PYPI, help=f"the package index to resolve from (default: {PYPI})")
+    parser.add_argument("--as-of", type=_moment, metavar="DATETIME",
+                        help="resolve as PyPI stood then (ISO 8601, e.g. 2026-12-01T00:00:00Z; default: now), "
+                             "as dependencies.json records every build's moment")
     parser.add_argument("--keep-dependencies", action="store_true",
                         help="reuse the dependency wheels already in OUT and rebuild only OCN Edge's wheel (no network)")
     args = parser.parse_args(argv)
     try:
-        build(args.out, index_url=args.index_url, keep_dependencies=args.keep_dependencies)
+        build(args.out, index_url=args.index_url, keep_dependencies=args.keep_dependencies, as_of=args.as_of)
     except WheelhouseError as exc:
         print(f"wheelhouse: {exc}", file=sys.stderr)
         return 1

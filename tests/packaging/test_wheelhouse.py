@@ -146,10 +146,14 @@ def test_every_target_has_a_wheel_it_can_install_of_every_runtime_dependency_in_
 
 def test_a_pi_gets_the_same_major_versions_as_pip_resolves_natively_here(wheelhouse):
     _require_pypi()
+    # PyPI as it stood when the (cached) wheelhouse was resolved: a release since then (cryptography 51 came out
+    # after a kept wheelhouse chose 50) is no difference between a Pi and this machine.
+    as_of = json.loads((wheelhouse / wheelhouse_builder.MANIFEST).read_text())["resolved_as_of"]
     report = wheelhouse.parent / "native.json"
     subprocess.run([sys.executable, "-m", "pip", "--isolated", "--quiet", "install", "--dry-run", "--ignore-installed",
-                    "--only-binary=:all:", "--index-url", wheelhouse_builder.PYPI, "--report", str(report),
-                    *wheelhouse_builder.runtime_requirements()], check=True, capture_output=True, timeout=300)
+                    "--only-binary=:all:", "--index-url", wheelhouse_builder.PYPI, "--uploaded-prior-to", as_of,
+                    "--report", str(report), *wheelhouse_builder.runtime_requirements()],
+                   check=True, capture_output=True, timeout=300)
     native = {str(canonicalize_name(item["metadata"]["name"])): item["metadata"]["version"]
               for item in json.loads(report.read_text())["install"]}
 
@@ -240,3 +244,18 @@ def test_the_release_installs_with_the_network_off_and_the_demo_loses_nothing(wh
     assert summary["readings_acknowledged"] > 0
     assert summary["readings_lost"] == 0
     assert summary["duplicates"] == 0
+
+
+def test_the_builder_resolves_as_pypi_stood_at_the_moment_it_is_given():
+    _require_pypi()
+    # cryptography 51 was uploaded in December 2026: as of 1 November the newest release was a 50.
+    before = wheelhouse_builder.resolve(wheelhouse_builder.TARGETS[0], ["cryptography>=42"], index_url=wheelhouse_builder.PYPI,
+                                        as_of="2026-11-01T00:00:00Z", pins={})
+    assert before["cryptography"].split(".")[0] == "50", before
+
+
+def test_an_as_of_that_is_not_a_moment_is_refused_with_an_example():
+    done = subprocess.run([sys.executable, str(BUILDER), "--as-of", "last tuesday"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "'last tuesday' is not an ISO 8601 date and time (2026-12-01T00:00:00Z)" in done.stderr
+    assert "Traceback" not in done.stderr
