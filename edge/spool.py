@@ -489,7 +489,7 @@ class Spool:
         return True
 
     def flush_acks(self) -> bool:
-        """Commit the deletions of acked batches now (the uplink calls this when it runs out of batches).
+        """Commit the deletions of acked batches now (the uplink calls this when no batch came for its `IDLE_POLL_S`).
 
         False if the disk refused (logged once): the deletions stay pending, are tried
         again at most every `ACK_DELAY_S` while the disk keeps refusing, and ride on

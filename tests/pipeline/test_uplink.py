@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import ssl
 
 import pytest
@@ -62,6 +63,48 @@ async def test_batches_are_delivered_oldest_first_and_forgotten_once_acked(spool
     assert list(receiver.batches) == [(b.id.key_id, b.id.boot_epoch, b.id.seq) for b in stored]
     assert (uplink.counters.batches_acked, uplink.counters.readings_acked) == (5, 50)
     assert uplink.counters.bytes_sent == sum(len(b.data) for b in stored)
+
+
+def rows_on_disk(spool) -> set[int]:
+    """The batches another reader of the spool's file sees: what the spool has committed."""
+    with sqlite3.connect(spool.path) as reader:
+        return {row for (row,) in reader.execute("SELECT row FROM batches")}
+
+
+async def test_a_gateway_keeping_up_commits_a_deletion_with_the_next_batch_not_on_its_own(spool, device_key, receiver):
+    """One commit (one fsync) per batch: the deletion of an acked batch rides on the next batch's commit."""
+    uplink = make_uplink(spool, device_key, receiver.url, idle_poll_s=3600)
+    task = asyncio.create_task(uplink.run())
+    try:
+        [first] = fill(spool, device_key, 1)
+        uplink.wake()
+        await until(lambda: uplink.counters.batches_acked == 1)
+        await asyncio.sleep(0.3)  # the uplink has run out of batches and idles
+        assert spool.acks_pending and spool.stats()["batches"] == 0
+        assert rows_on_disk(spool) == {first.row}  # acked, its deletion not committed yet
+        [second] = fill(spool, device_key, 1)  # this commit takes the deletion along
+        assert rows_on_disk(spool) == {second.row}
+        uplink.wake()
+        await until(lambda: uplink.counters.batches_acked == 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await uplink.aclose()
+
+
+async def test_an_idle_uplink_commits_the_deletions_on_its_own_after_its_idle_poll(spool, device_key, receiver):
+    uplink = make_uplink(spool, device_key, receiver.url, idle_poll_s=0.2)
+    task = asyncio.create_task(uplink.run())
+    try:
+        fill(spool, device_key, 1)
+        uplink.wake()
+        await until(lambda: uplink.counters.batches_acked == 1)
+        await until(lambda: not rows_on_disk(spool))
+        assert not spool.acks_pending
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await uplink.aclose()
 
 
 @pytest.mark.parametrize("fault", ["fail", "garbage", "wrong_ack", "reset", "busy", "rate"])
