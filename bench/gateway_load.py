@@ -259,9 +259,12 @@ def run_once(load: Load, directory: Path, *, warmup_s: float, seconds: float) ->
         first = float(_read_until(gateway, gateway.stdout, FIRST, "the gateway").group(1))
         api = f"http://127.0.0.1:{api_port}"
         time.sleep(warmup_s)
+        # The window is between the observer's two marks, and our own /status requests fall outside it: what the
+        # gateway spends answering them is the benchmark's, not the load's.
         a, mark_a = status(api), observer.mark()
         time.sleep(seconds)
-        b, mark_b = status(api), observer.mark()
+        mark_b = observer.mark()
+        b = status(api)
         window = observer.window(mark_a, mark_b)
         deadline = time.monotonic() + 60  # bytes are per reading acked: wait for the first ack if none came in the window
         while b["uplink"]["readings_acked"] == 0 and time.monotonic() < deadline:
