@@ -4,6 +4,9 @@
     .venv/bin/python -m bench.soak --transport mqtt                         (through a Mosquitto broker, restarted too)
     .venv/bin/python -m bench.soak --reconcile DIR                          (check a kept run again)
 
+Without --keep the run happens in a temporary directory, removed if the soak passes and kept (its
+path printed) if it fails.
+
 hil-sim runs every device type (serial, Modbus RTU and TCP, with line noise, dead units and USB
 unplugs on a one-minute cycle) and writes every value it serves to its ledger; a real
 `ocn-edge run` process, installed by images/install.sh and run by a stand-in for its systemd units
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -64,8 +68,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         return asyncio.run(soak_and_check(args.minutes, args.keep, args.seed, args.transport))
-    with tempfile.TemporaryDirectory(prefix="ocn-soak-") as d:
-        return asyncio.run(soak_and_check(args.minutes, Path(d), args.seed, args.transport))
+    # Without --keep the run's directory goes when the soak passes and stays when it fails: a failed soak is
+    # read in its logs and ledger (docs/soak.md), and a rare failure may not come back on the next run.
+    directory = Path(tempfile.mkdtemp(prefix="ocn-soak-"))
+    status = 1
+    try:
+        status = asyncio.run(soak_and_check(args.minutes, directory, args.seed, args.transport))
+    finally:
+        if status == 0:
+            shutil.rmtree(directory, ignore_errors=True)
+        else:
+            print(f"soak: the run is kept in {directory} (logs, ledger, databases, soak.json); "
+                  f"reconcile it again with: python -m bench.soak --reconcile {directory}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
