@@ -10,7 +10,7 @@ process and its descendants by parent id, and reads for each of them
                        the nanoseconds each of its threads has run (the scheduler's own
                        sum_exec_runtime, from which the kernel also derives utime + stime), so
                        a window of a nearly idle process is not counted in 10 ms ticks: the
-                       one-meter load spends about 60 ms in 90 s, 6 ticks give or take one
+                       one-meter load spends 60 to 90 ms in 90 s, 6 to 9 ticks give or take one
   /proc/<pid>/stat     cutime + cstime for the children it has already reaped, so a short-lived
                        helper's CPU is not lost (and utime + stime, in clock ticks, where the
                        kernel keeps no schedstat)
