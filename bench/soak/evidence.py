@@ -36,6 +36,7 @@ class Evidence:
     events: Events
     spool: dict[str, int]
     run: dict[str, Any]
+    overruns: int = 0  # replies hil-sim put out past the gateway's deadline, held up by the machine (ledger fault "overrun")
 
 
 def ledger_names(scenario: Path) -> dict[tuple[str, str], list[tuple[str, int | None]]]:
@@ -88,7 +89,9 @@ async def load_evidence(directory: Path, scenario: Path) -> Evidence:
     channels = Devices(config, driver_lookup=load_driver, clock_ms=now_ms).channels()
     policy = parse_policy((directory / "policy.toml").read_text())
     units = {c.id: c.unit for c in channels}
-    served = channelled(read_ledger(directory / "ledger.tsv"), ledger_names(scenario), units)
+    ledger = list(read_ledger(directory / "ledger.tsv"))
+    served = channelled(ledger, ledger_names(scenario), units)
+    overruns = len({(entry.device, entry.t_ms) for entry in ledger if "overrun" in entry.faults})
     stored = await hub_readings(f"sqlite:///{directory / 'hub.db'}")
     state = Path(run.get("state_dir", directory / "state"))
     spool = await Spool.open(state / "spool.db", max_bytes=run["quota_bytes"])
@@ -113,7 +116,7 @@ async def load_evidence(directory: Path, scenario: Path) -> Evidence:
     if lost != counters["readings_dropped"]:
         outcome.problems.append(f"the gateway's /metrics said {lost} readings lost before its last stop; its spool's quota counted "
                                 f"{counters['readings_dropped']}, and nothing else may lose a reading")
-    return Evidence(directory, outcome, events, counters, run)
+    return Evidence(directory, outcome, events, counters, run, overruns)
 
 
 def update_problems(steps: list[dict[str, Any]] | None) -> list[str]:
@@ -157,7 +160,8 @@ def summary(evidence: Evidence) -> str:
     lines = [
         table(outcome),
         "",
-        f"fault        frames a device fault hit: {outcome.missing('fault')} readings; the gateway's errors over its {len(run['metrics'])} runs: "
+        f"fault        frames a device fault hit: {outcome.missing('fault')} readings; hil-sim's replies past the gateway's "
+        f"deadline (overrun, the simulator held up): {evidence.overruns}; the gateway's errors over its {len(run['metrics'])} runs: "
         + ", ".join(f"{kind}={n}" for kind, n in errors.items()),
         f"unplugged    USB unplugs: {unplugs}; bound {events.reopen_ms} ms after the port is back: {outcome.missing('unplugged')} readings",
         f"at_risk      kill -9: {kills}, the gateway counted unclean_stops={spool['unclean_stops']}; bound flush interval "

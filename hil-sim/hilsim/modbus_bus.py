@@ -38,8 +38,15 @@ class RtuLine:
     def __init__(
         self, *, name: str, link: Path, baudrate: int, parity: str = "N", stopbits: int = 1,
         frame_gap: float | None = None, faults: FaultTimeline | None = None, clock: SimClock | None = None,
+        answer_within: float | None = None,
     ) -> None:
         self.name = name
+        # The gateway's timeout for a unit's answer (what `ocn-edge sim` writes in its config): a reply this
+        # simulator puts out later than that, plus the request's and the reply's wire time, after the request
+        # ended cannot have been taken.  Such a frame is marked "overrun" in the ledger (see _answer).
+        self.answer_within = answer_within
+        self.overruns = 0
+        self._overrun_noted_at: float | None = None
         self.faults = faults
         self.clock = clock
         self.units: dict[int, ModbusDevice] = {}
@@ -52,7 +59,7 @@ class RtuLine:
         self.baudrate, self.parity, self.stopbits = baudrate, parity, stopbits
         self._rx = bytearray()
         self._end_of_frame: asyncio.TimerHandle | None = None
-        self._frames: asyncio.Queue[bytes] = asyncio.Queue()
+        self._frames: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         # Every well-formed request the line carried, in order: (unit id, whether a reply was sent).
         # What a test reads to check the gateway's scheduling without timing it.
@@ -104,17 +111,17 @@ class RtuLine:
     def _frame_ended(self) -> None:
         self._end_of_frame = None
         frame, self._rx = bytes(self._rx), bytearray()
-        self._frames.put_nowait(frame)
+        self._frames.put_nowait((frame, asyncio.get_running_loop().time()))
 
     async def _serve(self) -> None:
         while True:
-            frame = await self._frames.get()
+            frame, ended = await self._frames.get()
             try:
-                await self._answer(frame)
+                await self._answer(frame, ended)
             except Exception:
                 log.exception("bus %s: failed answering a frame", self.name)
 
-    async def _answer(self, frame: bytes) -> None:
+    async def _answer(self, frame: bytes, ended: float) -> None:
         if len(frame) < 4 or crc16(frame[:-2]) != frame[-2:]:
             return  # a corrupted request is ignored by every slave on the line
         device = self.units.get(frame[0])
@@ -165,8 +172,31 @@ class RtuLine:
             await self.port.write(reply[cut:])
         else:
             await self.port.write(reply)
+        late = self._overrun(frame, reply, ended)
         for address, words in served:
-            device.served_registers(address, words, hits)
+            device.served_registers(address, words, {**hits, "overrun": late} if late is not None else hits)
+
+    def _overrun(self, frame: bytes, reply: bytes, ended: float) -> float | None:
+        """Seconds past the gateway's deadline that the reply's last byte went out, or None if it was in time.
+
+        The simulator shares the machine with the gateway and everything else a soak runs; held up (the
+        machine busy), it can answer after the gateway gave up, which no fault planned.  The gateway
+        rightly counts such a request as unanswered, and the ledger says so, so that the reading is not
+        taken for one the gateway lost.  Only a reply past the deadline counted from the request's end
+        (the gateway counts from its send, earlier) is marked: one the gateway may have taken is not.
+        """
+        if self.answer_within is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        past = now - ended - (self.answer_within + (len(frame) + len(reply)) * self.port.byte_time)
+        if past <= 0:
+            return None
+        self.overruns += 1
+        if self._overrun_noted_at is None or now - self._overrun_noted_at >= 60.0:  # a busy machine: a line a minute
+            self._overrun_noted_at = now
+            log.warning("bus %s: answered unit %d %.2f s past the gateway's deadline (the simulator was held up; "
+                        "%d such replies so far, marked overrun in the ledger)", self.name, frame[0], past, self.overruns)
+        return past
 
 
 class TcpBus:

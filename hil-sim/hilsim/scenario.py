@@ -40,6 +40,9 @@ DEVICE_KINDS: dict[str, type[SimDevice]] = {
 }
 BUS_TYPES = ("modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp")
 TCP_BUSES = ("modbus-tcp", "modbus-rtu-over-tcp")
+# The reply timeout of an RS-485 line in the gateway config `gateway_config` writes; the line marks a reply
+# it put out later than that "overrun" in the ledger (hilsim.modbus_bus.RtuLine).
+RTU_TIMEOUT_S = 0.5
 PARITIES = ("N", "E", "O")
 
 
@@ -308,7 +311,7 @@ class Simulation:
                     out += [f"host = {q(e.host)}", f"tcp_port = {e.port}", 'timeout = "1s"']
                 else:
                     out += [f"port = {q(e.path)}", f"baudrate = {e.baudrate}", f"parity = {q(e.parity)}",
-                            f"stopbits = {e.stopbits}", "bytesize = 8", 'timeout = "500ms"']
+                            f"stopbits = {e.stopbits}", "bytesize = 8", f'timeout = "{round(RTU_TIMEOUT_S * 1000)}ms"']
                     if e.transport == "modbus-rtu":
                         out.append('frame_gap = "5ms"')
                 out.append("")
@@ -346,7 +349,7 @@ def _build(scenario: Scenario, sim: Simulation) -> list[Any]:
                 frame_gap=None if gap is None else parse_duration(gap, field=f"{where}: buses.{bus['name']}.frame_gap"),
                 faults=FaultTimeline(f"bus:{bus['name']}", parse_faults(bus.get("faults", ()), where="buses.faults",
                                                                          allowed=RTU_LINE_FAULTS), sim.seed),
-                clock=sim.clock)
+                clock=sim.clock, answer_within=RTU_TIMEOUT_S)
         else:
             sim.tcp_buses[bus["name"]] = TcpBus(name=bus["name"], port=int(bus.get("port", 0)),
                                                 rtu_framing=bus["type"] == "modbus-rtu-over-tcp")

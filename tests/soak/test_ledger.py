@@ -1,4 +1,4 @@
-"""hil-sim's ledger holds what a reader of the wire gets, and the uplink proxy's 503 and garbage modes answer as they say."""
+"""hil-sim's ledger holds what a reader of the wire gets (and marks a reply it sent too late), and the uplink proxy's 503 and garbage modes answer as they say."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import struct
 
 from hilsim.ledger import read_ledger
+from hilsim.modbus_adapter import crc16
 from hilsim.netproxy import UplinkProxy
-from hilsim.scenario import run_scenario
+from hilsim.scenario import RTU_TIMEOUT_S, run_scenario
 from tests.hilsim.helpers import write_scenario
 
 SCENARIO = """
@@ -104,3 +105,57 @@ async def test_the_uplink_proxy_answers_503_or_garbage_in_place_of_the_hub():
         proxy.set_mode("garbage")
         answer = await _ask(proxy)
         assert answer and not answer.startswith(b"HTTP/")
+
+
+RTU_LINE = """
+[[buses]]
+name = "rs485-1"
+type = "modbus-rtu"
+baudrate = 19200
+
+[[devices]]
+name = "prompt"
+kind = "eastron-sdm120"
+bus = "rs485-1"
+unit = 1
+response_delay = "0ms"
+
+[[devices]]
+name = "slow"
+kind = "eastron-sdm120"
+bus = "rs485-1"
+unit = 2
+response_delay = "700ms"
+"""
+
+
+async def _ask_rtu(fd: int, unit: int) -> bytes:
+    """Read input registers 0-1 of ``unit`` on the line and wait for its whole reply (9 bytes)."""
+    request = struct.pack(">BBHH", unit, 4, 0, 2)
+    os.write(fd, request + crc16(request))
+    reply = b""
+    async with asyncio.timeout(10):
+        while len(reply) < 9:
+            try:
+                reply += os.read(fd, 64)
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+    return reply
+
+
+async def test_a_reply_the_line_put_out_past_the_gateways_timeout_is_marked_overrun_in_the_ledger(tmp_path, caplog):
+    # The simulator's reply to "slow" leaves 0.7 s after the request, past the 0.5 s timeout `ocn-edge sim` gives
+    # the gateway: a gateway cannot have taken it, so the ledger says so, and the soak does not count it lost.
+    ledger = tmp_path / "ledger.tsv"
+    async with run_scenario(write_scenario(tmp_path, RTU_LINE), run_dir=tmp_path / "run", ledger=ledger) as sim:
+        assert f'timeout = "{round(RTU_TIMEOUT_S * 1000)}ms"' in sim.gateway_config_toml(state_dir=tmp_path / "state")
+        fd = os.open(str(sim.endpoints["prompt"].path), os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            for unit in (1, 2, 1, 2):
+                assert (await _ask_rtu(fd, unit))[0] == unit
+        finally:
+            os.close(fd)
+    faults = {(e.device, e.faults) for e in read_ledger(ledger)}
+    assert faults == {("prompt", ()), ("slow", ("overrun",))}, faults
+    notes = [r.getMessage() for r in caplog.records if "past the gateway's deadline" in r.getMessage()]
+    assert len(notes) == 1 and "unit 2" in notes[0], notes  # said once, not for every late reply
