@@ -88,15 +88,29 @@ class ReadingFlow:
     async def emit_all(self, readings: Sequence[Reading]) -> None:
         """The drivers' way in, readings in order: waits while the readings queue is full (or, going straight
         through, the released queue).  Each reading takes the same steps as if it came alone; a poll's
-        readings together cost one call here instead of one coroutine each."""
-        counters, last_read, queue, add = self.counters, self._last_read_by_channel, self.readings, self.batcher.add_nowait
+        readings together cost one call here instead of one coroutine each, and when nothing older waits,
+        one call to the privacy stage and one to the batcher."""
+        counters, last_read, queue = self.counters, self._last_read_by_channel, self.readings
+        if not readings:
+            return
+        if counters.readings_read == 0:
+            # The start-up marker bench.gateway_load reads: CLOCK_MONOTONIC, the clock an outside observer shares.
+            now = time.monotonic()
+            log.info("first reading", extra={"device": readings[0].channel.partition("/")[0], "monotonic": round(now, 4),
+                                             "after_s": round(now - counters.started_monotonic, 3)})
+        if not (self._unreleased or not queue.empty() or not self.released.empty() or self.batcher.holding_back):
+            # Nothing older waits for the privacy stage or the batcher: the whole poll's turn is now, in one
+            # call to each stage instead of a few per reading (the same steps, in the same order).
+            counters.readings_read += len(readings)
+            for reading in readings:
+                last_read[reading.channel] = reading.ts_ms
+            out = self.privacy.process_all(readings, self._failed)
+            if out:
+                self._count(out)
+                self.batcher.add_all_nowait(out)
+            return
         for reading in readings:
             counters.readings_read += 1
-            if counters.readings_read == 1:
-                # The start-up marker bench.gateway_load reads: CLOCK_MONOTONIC, the clock an outside observer shares.
-                now = time.monotonic()
-                log.info("first reading", extra={"device": reading.channel.partition("/")[0], "monotonic": round(now, 4),
-                                                 "after_s": round(now - counters.started_monotonic, 3)})
             last_read[reading.channel] = reading.ts_ms
             if self._unreleased or not queue.empty():
                 await queue.put(reading)  # behind older readings: in line, oldest first
@@ -111,8 +125,7 @@ class ReadingFlow:
                 continue
             # `_release`'s first case inline: no coroutine per reading to reach the batcher.
             self._count(out)
-            for released in out:
-                add(released)
+            self.batcher.add_all_nowait(out)
 
     @property
     def released_by_device(self) -> dict[str, int]:
@@ -143,9 +156,7 @@ class ReadingFlow:
             return
         self._count(out)
         if not self._unreleased and self.released.empty() and not self.batcher.holding_back:
-            add = self.batcher.add_nowait
-            for reading in out:
-                add(reading)
+            self.batcher.add_all_nowait(out)
             return
         unreleased, queue = self._unreleased, self.released
         unreleased.extend(out)
@@ -166,14 +177,16 @@ class ReadingFlow:
         try:
             return self.privacy.process(reading)
         except Exception as exc:  # noqa: BLE001 - one bad value must not stop every other reading
-            self.counters.readings_failed += 1
-            if reading.channel not in self._failed_channels:  # once per channel; never the value
-                self._failed_channels.add(reading.channel)
-                log.error(
-                    "privacy stage cannot handle a reading; dropped",
-                    extra={"channel": reading.channel, "error": type(exc).__name__},
-                )
+            self._failed(reading, exc)
             return []
+
+    def _failed(self, reading: Reading, exc: Exception) -> None:
+        """The privacy stage raised on ``reading``: counted, logged once per channel (never the value), dropped."""
+        self.counters.readings_failed += 1
+        if reading.channel not in self._failed_channels:
+            self._failed_channels.add(reading.channel)
+            log.error("privacy stage cannot handle a reading; dropped",
+                      extra={"channel": reading.channel, "error": type(exc).__name__})
 
     async def _privacy_loop(self) -> None:
         while True:

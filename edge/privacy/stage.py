@@ -11,7 +11,7 @@ import logging
 import os
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 from edge.privacy.dp import Accountant, IntegerSource
@@ -129,15 +129,41 @@ class PrivacyStage:
 
     def process(self, reading: Reading) -> list[Reading]:
         """Apply the channel's rule; returns the readings that may leave now (often none)."""
-        self._in += 1
-        unit = self._kept.get(reading.channel)
-        if unit is not None:
-            # Keep.apply, its declared-kind check and release, without the four calls (bench.gateway_load's fleet).
-            value = reading.value
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                return self.drop("bad_value")
-            self._released += 1
-            return [reading if reading.unit or not unit else replace(reading, unit=unit)]
+        return self.process_all((reading,))
+
+    def process_all(self, readings: Iterable[Reading],
+                    failed: Callable[[Reading, Exception], None] | None = None) -> list[Reading]:
+        """:meth:`process` for each of ``readings`` in order; what they release, in order.
+
+        A poll's readings in one call: a number under a plain keep rule (most of a meter's channels) takes
+        Keep.apply's steps inline, without the calls per reading.  ``failed``: called with a reading whose
+        rule raised, and the exception, and the rest go on; without it the exception propagates.
+        """
+        out: list[Reading] = []
+        kept = self._kept
+        for reading in readings:
+            self._in += 1
+            unit = kept.get(reading.channel)
+            if unit is not None:
+                # Keep.apply, its declared-kind check and release, without the four calls (bench.gateway_load's fleet).
+                value = reading.value
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    self._dropped["bad_value"] += 1
+                    continue
+                self._released += 1
+                out.append(reading if reading.unit or not unit else replace(reading, unit=unit))
+                continue
+            if failed is None:
+                out += self._apply(reading)
+                continue
+            try:
+                out += self._apply(reading)
+            except Exception as exc:  # noqa: BLE001 - the caller counts it; the other readings go on
+                failed(reading, exc)
+        return out
+
+    def _apply(self, reading: Reading) -> list[Reading]:
+        """The rule of a channel that is not a plain keep of a number."""
         plan = self._plans.get(reading.channel)
         if plan is None:
             return self.drop(self._denied.get(reading.channel, "default_deny"))

@@ -328,3 +328,27 @@ async def test_a_batch_of_only_values_the_codec_cannot_carry_seals_nothing_and_l
     [batch] = stored(spool, device_key)
     assert len(batch.readings) == 2 and batch.header.counters["readings_unsealable"] == 3
     assert batch.header.seq == spool.allocate_seq() - 1  # the number the lost batch had, not one after it
+
+
+async def test_readings_added_at_once_make_the_batches_they_make_one_by_one(tmp_path, device_key):
+    # Across a span boundary, with max_readings reached twice, and a channel the batcher was not told of.
+    readings = volts(130, start=T0 + 300_000 - 60_000)  # 60 in one 5-minute span, 70 in the next
+    readings.insert(7, Reading("meter-1/undeclared", T0 + 300_000 - 50_000, 1.0))
+    sealed = []
+    for way in ("one by one", "at once"):
+        spool = await Spool.open(tmp_path / f"{way}.db", max_bytes=50_000_000)
+        await spool.begin_boot()
+        batcher = make_batcher(spool, device_key, max_readings=25)
+        if way == "one by one":
+            for r in readings:
+                batcher.add_nowait(r)
+        else:
+            batcher.add_all_nowait(readings[:40])
+            batcher.add_all_nowait(readings[40:])
+        await batcher.flush()
+        sealed.append(([[(r.channel, r.ts_ms, r.value) for r in b.readings] for b in stored(spool, device_key)],
+                       batcher.counters.readings_in, batcher.unsealed))
+        await spool.close()
+    assert sealed[1] == sealed[0]
+    batches, readings_in, unsealed = sealed[0]
+    assert [len(b) for b in batches] == [25, 25, 11, 25, 25, 20] and readings_in == 131 and unsealed == 0

@@ -221,3 +221,55 @@ def test_a_window_the_stage_did_not_see_whole_is_released_flagged_suspect() -> N
     [full] = s.tick(MIDNIGHT_MS + 600_000)
     [last] = s.flush(MIDNIGHT_MS + 700_000)  # stopped inside the third window
     assert (first.quality, full.quality, last.quality) == (Quality.SUSPECT, None, Quality.SUSPECT)
+
+
+MIXED = """
+[channels."pm-1/pm2_5"]
+rule = "keep"
+[channels."weather-1/temperature"]
+rule = "quantize"
+step = 0.5
+[channels."ped-1/rssi"]
+rule = "aggregate"
+window = "1m"
+functions = ["mean", "max"]
+[channels."ped-1/radio"]
+rule = "drop"
+"""
+
+
+def _mixed_poll(start_ms: int) -> list[Reading]:
+    return [
+        Reading("pm-1/pm2_5", start_ms, 12.5),  # kept, the unit filled in from the channel
+        Reading("pm-1/pm2_5", start_ms + 1, "twelve"),  # kept channel, not a number: dropped as bad_value
+        Reading("weather-1/temperature", start_ms + 2, 21.3),
+        Reading("ped-1/rssi", start_ms + 3, -70),
+        Reading("ped-1/radio", start_ms + 4, "ble"),
+        Reading("rogue/value", start_ms + 5, 1),
+        Reading("pm-1/pm2_5", start_ms + 6, 13, "ug/m3"),
+    ]
+
+
+def test_a_polls_readings_at_once_release_what_they_release_one_by_one_in_the_same_order() -> None:
+    channels = [PM, TEMP, *PED_CHANNELS]
+    one, many = stage(MIXED, channels, Clock()), stage(MIXED, channels, Clock())
+    polls = [_mixed_poll(MIDNIGHT_MS + minute * 60_000) for minute in range(3)]  # the rssi windows close as time goes on
+    singly = [out for poll in polls for reading in poll for out in one.process(reading)]
+    together = [out for poll in polls for out in many.process_all(poll)]
+    assert together == singly
+    assert [r.channel for r in together[:2]] == ["pm-1/pm2_5", "weather-1/temperature"] and together[0].unit == "ug/m3"
+    assert many.stats() == one.stats()
+    summaries = many.tick(MIDNIGHT_MS + 3 * 60_000)  # the aggregate's windows, fed the same readings
+    assert summaries == one.tick(MIDNIGHT_MS + 3 * 60_000) and len(summaries) == 6
+
+
+def test_a_reading_whose_rule_raises_is_handed_back_and_the_rest_of_the_poll_goes_on() -> None:
+    s = stage('[channels."pm-1/pm2_5"]\nrule = "quantize"\nstep = 0.001\n', [PM])
+    poll = [Reading("pm-1/pm2_5", MIDNIGHT_MS, 1.0), Reading("pm-1/pm2_5", MIDNIGHT_MS + 1, 1e308),  # overflows
+            Reading("pm-1/pm2_5", MIDNIGHT_MS + 2, 2.0)]
+    failed: list[tuple[Reading, Exception]] = []
+    out = s.process_all(poll, lambda reading, exc: failed.append((reading, exc)))
+    assert [r.value for r in out] == [1.0, 2.0]
+    assert [r.value for r, _ in failed] == [1e308] and isinstance(failed[0][1], OverflowError)
+    with pytest.raises(OverflowError):  # without a callback the exception is the caller's, as with process
+        s.process_all(poll)

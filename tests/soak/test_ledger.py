@@ -1,4 +1,4 @@
-"""hil-sim's ledger holds what a reader of the wire gets (and marks a reply it sent too late), and the uplink proxy's 503 and garbage modes answer as they say."""
+"""hil-sim's ledger holds what a reader of the wire gets (and marks a reply sent too late), and the uplink proxy's 503 and garbage modes work."""
 
 from __future__ import annotations
 
