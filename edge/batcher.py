@@ -204,31 +204,35 @@ class Batcher:
         """Take one released reading without waiting (sealing happens in `run`, `flush` or the next `add`)."""
         self.add_all_nowait((reading,))
 
-    def add_all_nowait(self, readings: Iterable[Reading]) -> None:
-        """:meth:`add_nowait` for each of ``readings``, in order, in one call (a poll's readings).
+    def add_all_nowait(self, readings: Sequence[Reading]) -> int:
+        """:meth:`add_nowait` for ``readings`` in order, in one call (a poll's readings); how many it took.
 
-        It does not stop when the readings close a batch that makes the batcher hold back: a caller
-        checks `holding_back` before, so at most the batches one call's readings close go over
-        the bound."""
-        span_ms, pending, added = self.span_ms, self._open, 0
+        It stops after a reading that closed a batch and made the batcher hold back, as a caller adding
+        one by one and checking `holding_back` before each would: the rest are the caller's to hand
+        over once the batcher has room."""
+        span_ms, pending, taken = self.span_ms, self._open, 0
         try:
             for reading in readings:
+                taken += 1
+                closed = False
                 window = reading.ts_ms // span_ms
                 if pending is not None and window > pending.window:
                     self._close_open()
-                    pending = None
+                    pending, closed = None, True
                 if pending is None:
                     pending = self._open = _Pending(window, self._policy_digest, self._channels, time.monotonic())
                     self._wake.set()  # arm run()'s flush_interval timer for the new batch
                 if reading.channel not in pending.channels:
                     pending.undeclared.add(reading.channel)
                 pending.readings.append(reading)
-                added += 1
                 if len(pending.readings) >= self.max_readings:
                     self._close_open()
-                    pending = None
+                    pending, closed = None, True
+                if closed and self.holding_back:
+                    break
         finally:
-            self.counters.readings_in += added
+            self.counters.readings_in += taken
+        return taken
 
     def stats(self) -> dict[str, int]:
         """Counters and the readings still in memory, for the status line and the local API."""

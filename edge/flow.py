@@ -107,7 +107,9 @@ class ReadingFlow:
             out = self.privacy.process_all(readings, self._failed)
             if out:
                 self._count(out)
-                self.batcher.add_all_nowait(out)
+                taken = self.batcher.add_all_nowait(out)
+                if taken < len(out):  # the poll's readings made the batcher hold back: the rest wait in line
+                    await self._pass_on(out[taken:])
             return
         for reading in readings:
             counters.readings_read += 1
@@ -117,15 +119,7 @@ class ReadingFlow:
                 continue
             # Nothing older waits for the privacy stage: this reading's turn is now.  What it releases
             # waits (in order) only if the released queue is full, as the privacy loop would.
-            out = self._process(reading)
-            if not out:
-                continue
-            if self._unreleased or not self.released.empty() or self.batcher.holding_back:
-                await self._release(out)
-                continue
-            # `_release`'s first case inline: no coroutine per reading to reach the batcher.
-            self._count(out)
-            self.batcher.add_all_nowait(out)
+            await self._release(self._process(reading))
 
     @property
     def released_by_device(self) -> dict[str, int]:
@@ -155,9 +149,16 @@ class ReadingFlow:
         if not out:
             return
         self._count(out)
+        await self._pass_on(out)
+
+    async def _pass_on(self, out: list[Reading]) -> None:
+        """Released (and counted) readings to the batcher, in order: straight in while nothing older waits and
+        it has room, else in line through the released queue, waiting while that is full."""
         if not self._unreleased and self.released.empty() and not self.batcher.holding_back:
-            self.batcher.add_all_nowait(out)
-            return
+            taken = self.batcher.add_all_nowait(out)
+            if taken == len(out):
+                return
+            out = out[taken:]
         unreleased, queue = self._unreleased, self.released
         unreleased.extend(out)
         if not self._release_lock.locked():

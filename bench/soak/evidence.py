@@ -161,7 +161,8 @@ def summary(evidence: Evidence) -> str:
         table(outcome),
         "",
         f"fault        frames a device fault hit: {outcome.missing('fault')} readings; hil-sim's replies past the gateway's "
-        f"deadline (overrun, the simulator held up): {evidence.overruns}; the gateway's errors over its {len(run['metrics'])} runs: "
+        f"deadline (overrun, the simulator held up): {evidence.overruns} frames, {outcome.overrun_taken} of their readings reached the hub "
+        f"all the same; the gateway's errors over its {len(run['metrics'])} runs: "
         + ", ".join(f"{kind}={n}" for kind, n in errors.items()),
         f"unplugged    USB unplugs: {unplugs}; bound {events.reopen_ms} ms after the port is back: {outcome.missing('unplugged')} readings",
         f"at_risk      kill -9: {kills}, the gateway counted unclean_stops={spool['unclean_stops']}; bound flush interval "

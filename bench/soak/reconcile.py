@@ -123,6 +123,7 @@ class Row:
     missing: Counter[str] = field(default_factory=Counter)
     unexplained: list[Reading] = field(default_factory=list)  # the released readings no cause explains
     quota_could: int = 0  # missing readings served in a quota window (whichever cause was named first)
+    overrun_taken: int = 0  # readings hil-sim marked overrun (answered past the gateway's deadline) that reached the hub all the same
     at_risk_lead_ms: int = 0  # the longest a reading lost to a kill was served before it
     lost: list[tuple[str, int]] = field(default_factory=list)  # (cause, served at) of every released reading the hub lacks
 
@@ -146,6 +147,12 @@ class Outcome:
     def quota_could(self) -> int:
         """Missing readings served in a quota window, whatever cause came first for them."""
         return sum(row.quota_could for row in self.rows)
+
+    @property
+    def overrun_taken(self) -> int:
+        """Readings marked overrun that reached the hub all the same: a gateway that took a reply past its deadline
+        (its own loop late), which says the mark's margin was too small for this machine's load."""
+        return sum(row.overrun_taken for row in self.rows)
 
     @property
     def ok(self) -> bool:
@@ -261,6 +268,8 @@ def reconcile(
                 row.matched += 1
         row.extra -= min(row.extra, row.duplicates)  # a duplicate is counted once, as a duplicate
         for entry, hit in zip(want, used, strict=True):
+            if hit and "overrun" in entry.faults:
+                row.overrun_taken += 1
             if not hit:
                 if events.in_quota(entry.reading.ts_ms):
                     row.quota_could += 1

@@ -142,9 +142,12 @@ class PrivacyStage:
         out: list[Reading] = []
         kept = self._kept
         for reading in readings:
-            self._in += 1
-            unit = kept.get(reading.channel)
-            if unit is not None:
+            try:
+                self._in += 1
+                unit = kept.get(reading.channel)
+                if unit is None:
+                    out += self._apply(reading)
+                    continue
                 # Keep.apply, its declared-kind check and release, without the four calls (bench.gateway_load's fleet).
                 value = reading.value
                 if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -152,14 +155,10 @@ class PrivacyStage:
                     continue
                 self._released += 1
                 out.append(reading if reading.unit or not unit else replace(reading, unit=unit))
-                continue
-            if failed is None:
-                out += self._apply(reading)
-                continue
-            try:
-                out += self._apply(reading)
-            except Exception as exc:  # noqa: BLE001 - the caller counts it; the other readings go on
-                failed(reading, exc)
+            except Exception as exc:
+                if failed is None:
+                    raise
+                failed(reading, exc)  # the caller counts it; the other readings go on
         return out
 
     def _apply(self, reading: Reading) -> list[Reading]:

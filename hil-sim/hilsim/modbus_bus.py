@@ -26,6 +26,9 @@ __all__ = ["RtuLine", "TcpBus", "RTU_LINE_FAULTS", "TCP_FAULTS", "bits_per_chara
 
 log = logging.getLogger("hilsim.modbus")
 
+# How far past the gateway's deadline a reply must leave to be marked "overrun" (RtuLine._overrun).
+OVERRUN_MARGIN_S = 0.25
+
 
 def bits_per_character(*, parity: str, stopbits: int, bytesize: int = 8) -> int:
     """Bits one character takes on the wire: start + data + parity + stop."""
@@ -177,18 +180,25 @@ class RtuLine:
             device.served_registers(address, words, {**hits, "overrun": late} if late is not None else hits)
 
     def _overrun(self, frame: bytes, reply: bytes, ended: float) -> float | None:
-        """Seconds past the gateway's deadline that the reply's last byte went out, or None if it was in time.
+        """Seconds past the gateway's deadline (and a margin) that the reply's last byte went out, or None.
 
         The simulator shares the machine with the gateway and everything else a soak runs; held up (the
         machine busy), it can answer after the gateway gave up, which no fault planned.  The gateway
         rightly counts such a request as unanswered, and the ledger says so, so that the reading is not
-        taken for one the gateway lost.  Only a reply past the deadline counted from the request's end
-        (the gateway counts from its send, earlier) is marked: one the gateway may have taken is not.
+        taken for one the gateway lost.  The deadline is the gateway's (drivers/modbus/bus.py): the
+        timeout plus the request's and the whole reply's wire time, counted here from the request's end
+        (the gateway counts from its send, earlier), and OVERRUN_MARGIN_S on top: a gateway whose own
+        event loop is late may still take a reply a little past its deadline.  The soak counts the
+        marked readings that reached the hub all the same (docs/soak.md).
         """
         if self.answer_within is None:
             return None
         now = asyncio.get_running_loop().time()
-        past = now - ended - (self.answer_within + (len(frame) + len(reply)) * self.port.byte_time)
+        function = frame[1] if len(frame) > 1 else 0
+        count = int.from_bytes(frame[4:6], "big") if len(frame) >= 8 and function in (1, 2, 3, 4) else 0
+        data = (count + 7) // 8 if function in (1, 2) else 2 * count
+        wire = (8 + 5 + data) * self.port.byte_time  # as the gateway reckons it (bus._wire_time), exceptions too
+        past = now - ended - (self.answer_within + wire + OVERRUN_MARGIN_S)
         if past <= 0:
             return None
         self.overruns += 1

@@ -331,8 +331,8 @@ async def test_a_batch_of_only_values_the_codec_cannot_carry_seals_nothing_and_l
 
 
 async def test_readings_added_at_once_make_the_batches_they_make_one_by_one(tmp_path, device_key):
-    # Across a span boundary, with max_readings reached twice, and a channel the batcher was not told of.
-    readings = volts(130, start=T0 + 300_000 - 60_000)  # 60 in one 5-minute span, 70 in the next
+    # Across a span boundary, with max_readings reached three times, and a channel the batcher was not told of.
+    readings = volts(100, start=T0 + 300_000 - 60_000)  # 60 in one 5-minute span, 40 in the next
     readings.insert(7, Reading("meter-1/undeclared", T0 + 300_000 - 50_000, 1.0))
     sealed = []
     for way in ("one by one", "at once"):
@@ -343,12 +343,23 @@ async def test_readings_added_at_once_make_the_batches_they_make_one_by_one(tmp_
             for r in readings:
                 batcher.add_nowait(r)
         else:
-            batcher.add_all_nowait(readings[:40])
-            batcher.add_all_nowait(readings[40:])
+            assert batcher.add_all_nowait(readings[:40]) == 40
+            assert batcher.add_all_nowait(readings[40:]) == 61
+        assert not batcher.holding_back  # four closed batches wait: at the bound, not over it
         await batcher.flush()
         sealed.append(([[(r.channel, r.ts_ms, r.value) for r in b.readings] for b in stored(spool, device_key)],
                        batcher.counters.readings_in, batcher.unsealed))
         await spool.close()
     assert sealed[1] == sealed[0]
     batches, readings_in, unsealed = sealed[0]
-    assert [len(b) for b in batches] == [25, 25, 11, 25, 25, 20] and readings_in == 131 and unsealed == 0
+    assert [len(b) for b in batches] == [25, 25, 11, 25, 15] and readings_in == 101 and unsealed == 0
+
+
+async def test_readings_added_at_once_stop_after_the_one_that_makes_the_batcher_hold_back(spool, device_key):
+    batcher = make_batcher(spool, device_key, max_readings=10)
+    readings = volts(80)
+    taken = batcher.add_all_nowait(readings)  # nothing seals meanwhile: the fifth closed batch is one too many
+    assert taken == 50 and batcher.holding_back and batcher.counters.readings_in == 50
+    await batcher.flush()
+    assert [r.value for b in stored(spool, device_key) for r in b.readings] == [r.value for r in readings[:50]]
+    assert not batcher.holding_back and batcher.add_all_nowait(readings[taken:]) == 30  # room again: the rest

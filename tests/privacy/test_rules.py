@@ -250,17 +250,20 @@ def _mixed_poll(start_ms: int) -> list[Reading]:
     ]
 
 
-def test_a_polls_readings_at_once_release_what_they_release_one_by_one_in_the_same_order() -> None:
-    channels = [PM, TEMP, *PED_CHANNELS]
-    one, many = stage(MIXED, channels, Clock()), stage(MIXED, channels, Clock())
-    polls = [_mixed_poll(MIDNIGHT_MS + minute * 60_000) for minute in range(3)]  # the rssi windows close as time goes on
-    singly = [out for poll in polls for reading in poll for out in one.process(reading)]
-    together = [out for poll in polls for out in many.process_all(poll)]
-    assert together == singly
-    assert [r.channel for r in together[:2]] == ["pm-1/pm2_5", "weather-1/temperature"] and together[0].unit == "ug/m3"
-    assert many.stats() == one.stats()
-    summaries = many.tick(MIDNIGHT_MS + 3 * 60_000)  # the aggregate's windows, fed the same readings
-    assert summaries == one.tick(MIDNIGHT_MS + 3 * 60_000) and len(summaries) == 6
+def test_a_polls_readings_at_once_take_each_readings_rule_in_order() -> None:
+    s = stage(MIXED, [PM, TEMP, *PED_CHANNELS], Clock())
+    for minute in range(3):
+        start = MIDNIGHT_MS + minute * 60_000
+        out = s.process_all(_mixed_poll(start))
+        assert [(r.channel, r.ts_ms - start, r.value, r.unit) for r in out] == [
+            ("pm-1/pm2_5", 0, 12.5, "ug/m3"),  # kept; the unit filled in from the declared channel
+            ("weather-1/temperature", 2, 21.5, "Cel"),  # quantized to the 0.5 step
+            ("pm-1/pm2_5", 6, 13, "ug/m3"),
+        ]
+    assert s.stats()["dropped"] == {"bad_value": 3, "drop": 3, "default_deny": 3}
+    summaries = s.tick(MIDNIGHT_MS + 3 * 60_000)  # the rssi readings went into their windows
+    assert sorted((r.channel, r.ts_ms - MIDNIGHT_MS, r.value) for r in summaries) == [
+        (f"ped-1/rssi.{f}_1m", minute * 60_000, -70) for f in ("max", "mean") for minute in range(3)]
 
 
 def test_a_reading_whose_rule_raises_is_handed_back_and_the_rest_of_the_poll_goes_on() -> None:

@@ -125,7 +125,7 @@ name = "slow"
 kind = "eastron-sdm120"
 bus = "rs485-1"
 unit = 2
-response_delay = "700ms"
+response_delay = "900ms"
 """
 
 
@@ -144,8 +144,9 @@ async def _ask_rtu(fd: int, unit: int) -> bytes:
 
 
 async def test_a_reply_the_line_put_out_past_the_gateways_timeout_is_marked_overrun_in_the_ledger(tmp_path, caplog):
-    # The simulator's reply to "slow" leaves 0.7 s after the request, past the 0.5 s timeout `ocn-edge sim` gives
-    # the gateway: a gateway cannot have taken it, so the ledger says so, and the soak does not count it lost.
+    # The simulator's reply to "slow" leaves 0.9 s after the request, past the 0.5 s timeout `ocn-edge sim` gives
+    # the gateway (and the 0.25 s margin): a gateway cannot have taken it, so the ledger says so, and the soak does not
+    # count it lost.
     ledger = tmp_path / "ledger.tsv"
     async with run_scenario(write_scenario(tmp_path, RTU_LINE), run_dir=tmp_path / "run", ledger=ledger) as sim:
         assert f'timeout = "{round(RTU_TIMEOUT_S * 1000)}ms"' in sim.gateway_config_toml(state_dir=tmp_path / "state")

@@ -181,3 +181,16 @@ def test_a_window_a_clean_stop_split_is_two_partial_counts_and_the_same_count_tw
     row = next(r for r in reconcile(policy=policy, channels=[*CHANNELS, mac], served=[], stored=stored, events=unsplit,
                                     counted_quota_drops=0).rows if r.channel == counts)
     assert (row.split, row.duplicates, row.ok) == (0, 1, False)
+
+
+def test_a_reply_marked_overrun_explains_its_missing_reading_and_is_counted_when_it_arrived_all_the_same():
+    # hil-sim answered requests 7 and 9 past the gateway's deadline (ledger fault "overrun"): 7 never arrived, a fault
+    # like any other; 9 did (a gateway whose loop was late took it), which the soak reports rather than hides.
+    readings = served()
+    marked = [Channelled(c.reading, ("overrun",)) if c.reading.ts_ms in (T0 + 7_000, T0 + 9_000) else c for c in readings]
+    outcome = reconcile(policy=POLICY, channels=CHANNELS, served=marked,
+                        stored=stored_volts([i for i in range(40) if i != 7]), events=Events(runs=[(T0, None)]),
+                        counted_quota_drops=0)
+    volts = next(row for row in outcome.rows if row.channel == VOLTS.id)
+    assert volts.missing["fault"] == 1 and volts.missing["unexplained"] == 0
+    assert outcome.overrun_taken == 1 and outcome.ok
