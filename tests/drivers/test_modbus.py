@@ -406,6 +406,30 @@ async def test_an_rtu_reply_arriving_in_one_read_with_a_stray_reply_to_an_earlie
         os.close(fd)
 
 
+async def test_a_late_reply_of_another_unit_arriving_on_its_own_is_set_aside_for_the_answer(rtu_line):
+    # On a shared RS-485 line a unit that answers after its timeout puts its reply on the wire while the next
+    # unit is being asked: that reply is not the next unit's answer, and does not cost the next unit its poll.
+    bus = ModbusBus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
+    fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    loop = asyncio.get_running_loop()
+
+    def answer_after_anothers_late_reply() -> None:
+        request = os.read(fd, 64)
+        late = bytes([9, 3, 4, 0xBE, 0xEF, 0xBE, 0xEF])  # unit 9's answer to a read of the same shape, too late
+        os.write(fd, late + crc16(late))
+        mine = bytes([request[0], 3, 4, 0x12, 0x34, 0x56, 0x78])
+        loop.call_later(0.05, os.write, fd, mine + crc16(mine))
+
+    loop.add_reader(fd, answer_after_anothers_late_reply)
+    try:
+        async with running(bus):
+            assert await bus.read(1, "holding", 0, 2) == [0x1234, 0x5678]
+            assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
 async def test_a_block_refused_now_and_then_is_logged_once_as_intermittent_not_at_every_flip(store, tcp_bus, caplog):
     caplog.set_level(logging.INFO)
     serve_profile(store, 1, load_profile("eastron-sdm120"), {"voltage": 230.0})
