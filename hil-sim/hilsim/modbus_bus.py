@@ -45,8 +45,8 @@ class RtuLine:
     ) -> None:
         self.name = name
         # The gateway's timeout for a unit's answer (what `ocn-edge sim` writes in its config): a reply this
-        # simulator puts out later than that, plus the request's and the reply's wire time, after the request
-        # ended cannot have been taken.  Such a frame is marked "overrun" in the ledger (see _answer).
+        # simulator puts out later than that, plus the request's and the reply's wire time and OVERRUN_MARGIN_S,
+        # after the request ended is marked "overrun" in the ledger (see _overrun).
         self.answer_within = answer_within
         self.overruns = 0
         self._overrun_noted_at: float | None = None

@@ -40,8 +40,8 @@ DEVICE_KINDS: dict[str, type[SimDevice]] = {
 }
 BUS_TYPES = ("modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp")
 TCP_BUSES = ("modbus-tcp", "modbus-rtu-over-tcp")
-# The reply timeout of an RS-485 line in the gateway config `gateway_config` writes; the line marks a reply
-# it put out later than that "overrun" in the ledger (hilsim.modbus_bus.RtuLine).
+# The reply timeout of an RS-485 line in the gateway config `Simulation.gateway_config_toml` writes; the line
+# marks a reply it put out well past that "overrun" in the ledger (hilsim.modbus_bus.RtuLine._overrun).
 RTU_TIMEOUT_S = 0.5
 PARITIES = ("N", "E", "O")
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
 import time
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -175,27 +177,33 @@ async def test_the_bus_counts_requests_bytes_and_registers_read_versus_used(stor
     assert 0 < stats["utilisation"] <= 1
 
 
-async def test_a_reply_with_a_bad_crc_counts_as_a_crc_error_not_a_silence(rtu_line):
+@contextlib.asynccontextmanager
+async def answered_by(rtu_line, answer: Callable[[int, bytes], None]) -> AsyncIterator[ModbusBus]:
+    """A running RTU bus on the gateway side of ``rtu_line`` whose every request ``answer(fd, request)`` answers
+    by hand on the device side (raw bytes: bad CRCs, junk, stray and late frames)."""
     bus = ModbusBus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
     fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
     loop = asyncio.get_running_loop()
+    loop.add_reader(fd, lambda: answer(fd, os.read(fd, 64)))
+    try:
+        async with running(bus):
+            yield bus
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
-    def answer_with_bad_crc() -> None:
-        request = os.read(fd, 64)
+
+async def test_a_reply_with_a_bad_crc_counts_as_a_crc_error_not_a_silence(rtu_line):
+    def answer_with_bad_crc(fd: int, request: bytes) -> None:
         frame = bytes([request[0], 3, 2, 0x12, 0x34])
         good = crc16(frame)
         os.write(fd, frame + bytes([good[0] ^ 0xFF, good[1]]))
 
-    loop.add_reader(fd, answer_with_bad_crc)
-    try:
-        async with running(bus):
-            with pytest.raises(GarbledReply):
-                await bus.read(1, "holding", 0, 1)
-            assert bus.stats()["crc_errors"] == 1
-            assert bus.stats()["timeouts"] == 0
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+    async with answered_by(rtu_line, answer_with_bad_crc) as bus:
+        with pytest.raises(GarbledReply):
+            await bus.read(1, "holding", 0, 1)
+        assert bus.stats()["crc_errors"] == 1
+        assert bus.stats()["timeouts"] == 0
 
 
 async def test_a_modbus_tcp_bus_reconnects_when_the_server_comes_back(store):
@@ -366,68 +374,38 @@ async def test_a_refused_block_is_not_reported_answering_again_when_the_unit_fal
 
 
 async def test_an_rtu_reply_behind_noise_and_another_units_frame_in_one_read_is_still_found(rtu_line):
-    bus = ModbusBus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
-    fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    loop = asyncio.get_running_loop()
-
-    def answer_behind_junk() -> None:
-        request = os.read(fd, 64)
+    def answer_behind_junk(fd: int, request: bytes) -> None:
         other = bytes([9, 3, 2, 0xBE, 0xEF])
         mine = bytes([request[0], 3, 2, 0x12, 0x34])
         os.write(fd, b"\x05\x01\x03\xfa" + other + crc16(other) + mine + crc16(mine))
 
-    loop.add_reader(fd, answer_behind_junk)
-    try:
-        async with running(bus):
-            assert await bus.read(1, "holding", 0, 1) == [0x1234]
-            assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+    async with answered_by(rtu_line, answer_behind_junk) as bus:
+        assert await bus.read(1, "holding", 0, 1) == [0x1234]
+        assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
 
 
 async def test_an_rtu_reply_arriving_in_one_read_with_a_stray_reply_to_an_earlier_request_is_taken(rtu_line):
-    bus = ModbusBus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
-    fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    loop = asyncio.get_running_loop()
-
-    def answer_after_a_stray_reply() -> None:
-        request = os.read(fd, 64)
+    def answer_after_a_stray_reply(fd: int, request: bytes) -> None:
         stray = bytes([request[0], 3, 2, 0xDE, 0xAD])  # one register: the answer to some earlier read
         mine = bytes([request[0], 3, 4, 0x12, 0x34, 0x56, 0x78])
         os.write(fd, stray + crc16(stray) + mine + crc16(mine))
 
-    loop.add_reader(fd, answer_after_a_stray_reply)
-    try:
-        async with running(bus):
-            assert await bus.read(1, "holding", 0, 2) == [0x1234, 0x5678]
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+    async with answered_by(rtu_line, answer_after_a_stray_reply) as bus:
+        assert await bus.read(1, "holding", 0, 2) == [0x1234, 0x5678]
 
 
 async def test_a_late_reply_of_another_unit_arriving_on_its_own_is_set_aside_for_the_answer(rtu_line):
     # On a shared RS-485 line a unit that answers after its timeout puts its reply on the wire while the next
     # unit is being asked: that reply is not the next unit's answer, and does not cost the next unit its poll.
-    bus = ModbusBus(BusConfig(type="modbus-rtu", port=rtu_line.b, timeout=0.3))
-    fd = os.open(rtu_line.a, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-    loop = asyncio.get_running_loop()
-
-    def answer_after_anothers_late_reply() -> None:
-        request = os.read(fd, 64)
+    def answer_after_anothers_late_reply(fd: int, request: bytes) -> None:
         late = bytes([9, 3, 4, 0xBE, 0xEF, 0xBE, 0xEF])  # unit 9's answer to a read of the same shape, too late
         os.write(fd, late + crc16(late))
         mine = bytes([request[0], 3, 4, 0x12, 0x34, 0x56, 0x78])
-        loop.call_later(0.05, os.write, fd, mine + crc16(mine))
+        asyncio.get_running_loop().call_later(0.05, os.write, fd, mine + crc16(mine))
 
-    loop.add_reader(fd, answer_after_anothers_late_reply)
-    try:
-        async with running(bus):
-            assert await bus.read(1, "holding", 0, 2) == [0x1234, 0x5678]
-            assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+    async with answered_by(rtu_line, answer_after_anothers_late_reply) as bus:
+        assert await bus.read(1, "holding", 0, 2) == [0x1234, 0x5678]
+        assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
 
 
 async def test_a_block_refused_now_and_then_is_logged_once_as_intermittent_not_at_every_flip(store, tcp_bus, caplog):
