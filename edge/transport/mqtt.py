@@ -138,6 +138,30 @@ class _SendAgain(Exception):
     """The answer to a batch sent without correlation data came from a hub that does not answer by name; the message says so."""
 
 
+class _Dropped(Exception):
+    """The broker's PUBACK says the message reaches no hub (refused, or nothing subscribes to it); the message says which."""
+
+
+# PUBACK reason codes (MQTT 5 §3.4.2.1): from 0x80 the broker did not take the message; 0x10, it took it and delivered it to no one.
+_NO_MATCHING_SUBSCRIBERS = 0x10
+_HINTS = {
+    0x87: "the broker's ACL does not let this gateway publish there; the hub grants it when city IT approves the gateway",
+    0x97: "a quota on the broker is exhausted",
+}
+
+
+def _dropped_why(kind: str, reason: int) -> str:
+    """What a person reads of a PUBACK that means no answer will come: the reason code, its MQTT name and what it points at."""
+    try:
+        name = ReasonCode(PacketTypes.PUBACK, identifier=reason).getName()
+    except (KeyError, ValueError):  # paho: a code no packet has, or one that PUBACK does not have
+        name = "a reason code MQTT 5 does not define for PUBACK"
+    if reason == _NO_MATCHING_SUBSCRIBERS:
+        return f"the broker took the {kind} but no subscriber got it (PUBACK 0x10, {name}): the hub is not connected to the broker"
+    hint = _HINTS.get(reason)
+    return f"the broker refused the {kind} (PUBACK 0x{reason:02X}, {name})" + (f": {hint}" if hint else "")
+
+
 class MqttTransport:
     """OXP over MQTT 5 for one gateway: the broker at ``broker_url``, the hub's HTTP URL for its signing key."""
 
@@ -163,6 +187,7 @@ class MqttTransport:
         self._on_desired: DesiredListener | None = None
         # Exchanges waiting for their answer, by correlation data (a batch's name, even when it is not sent).
         self._pending: dict[bytes, asyncio.Future[_Answer]] = {}
+        self._published: dict[int, tuple[bytes, str]] = {}  # by packet id, until the exchange ends: its correlation data and kind
         self._batches: dict[bytes, _InFlight] = {}  # batches in flight, by correlation data
         # On this connection: the broker granted the device its answer topic, and no answer showed a hub that ignores the ask.
         self._by_name = False
@@ -236,7 +261,7 @@ class MqttTransport:
                     no_delay(client._client.socket())  # paho's socket, under aiomqtt
                     # Read ahead and written a pass at a time; the hub's answers taken before paho, and this gateway's messages
                     # published without it (edge.util.mqttsocket).
-                    sock = BrokerSocket(client, take=inbox.take)
+                    sock = BrokerSocket(client, take=inbox.take, acked=self._puback)
                     sock.install()
                     topics = [topic(self.device_id, kind) for kind in ("ack", "status/ack", "desired")] + [answers_topic(self.device_id)]
                     codes = await client.subscribe([(name, 1) for name in topics])
@@ -412,11 +437,15 @@ class MqttTransport:
             sent_topic = "" if name in self._aliased else name
             self._aliased.add(name)
         properties = _named_properties(alias if aliased else 0) if named else _properties(key, alias if aliased else 0)
+        mid: int | None = None
         try:
             # Written by the broker socket, not paho, and not waiting for the broker's PUBACK: the hub's answer comes after
-            # the broker took the message, and no answer within the timeout drops the connection.
-            if not sock.publish(sent_topic, data, properties, qos=1):
+            # the broker took the message, and no answer within the timeout drops the connection.  A PUBACK that says no hub
+            # will see the message (_puback) ends the wait at once, with the broker's reason.
+            mid = sock.publish(sent_topic, data, properties, qos=1)
+            if mid is None:
                 raise ConnectionError("the connection to the broker is gone")
+            self._published[mid] = (key, kind)
             async with asyncio.timeout(self._timeout_s):
                 answer = await future
         except TimeoutError:
@@ -426,9 +455,11 @@ class MqttTransport:
             return Refused(False, "", f"no answer from the hub through the broker within {self._timeout_s:g} s")
         except (aiomqtt.MqttError, ConnectionError) as exc:
             return Refused(False, "", f"broker: {_describe(exc)}")
-        except _SendAgain as exc:
+        except (_SendAgain, _Dropped) as exc:
             return Refused(False, "", str(exc))
         finally:
+            if mid is not None:
+                self._published.pop(mid, None)
             if self._pending.get(key) is future:
                 del self._pending[key]
             if batch is not None and self._batches.get(key) is batch:
@@ -440,6 +471,17 @@ class MqttTransport:
             + answer.payload_bytes
         )
         return answer.document, overhead
+
+    def _puback(self, mid: int, reason: int) -> None:
+        """The broker's PUBACK of a message published here: a reason code that means no hub will answer fails the exchange now,
+        instead of at its timeout with the connection dropped (the broker is there; the batch stays in the spool and is sent again)."""
+        published = self._published.pop(mid, None)
+        if published is None or (reason < 0x80 and reason != _NO_MATCHING_SUBSCRIBERS):
+            return
+        key, kind = published
+        future = self._pending.get(key)
+        if future is not None and not future.done():
+            future.set_exception(_Dropped(_dropped_why(kind, reason)))
 
     def _in_flight(self, data: bytes, key: bytes) -> _InFlight | None:
         """Note a batch as in flight: the (boot epoch, seq) an ack names, and whether it goes without correlation data (when the

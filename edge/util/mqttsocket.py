@@ -18,9 +18,10 @@ written after whatever paho has queued; what it does not take goes to paho as be
 message left to paho so does everything read behind it, so PUBACKs keep the order of their PUBLISHes
 (paho sends that one's when it reads it).  :meth:`BrokerSocket.publish` writes a PUBLISH the same way
 (the hub's answers at QoS 0, :meth:`BrokerSocket.answer`; the gateway's batches and reports at QoS 1,
-whose PUBACKs the socket takes: paho never knows those messages).  paho's packet objects (a Properties decoded and a MQTTMessage a
-message read, a MQTTMessageInfo with its Condition a message written, three log calls) were a fifth of
-the hub's time a batch (bench.mqtt_hub).
+whose PUBACKs the socket takes, handing each one's reason code to ``acked``: paho never knows those
+messages).  paho's packet objects (a Properties decoded and a MQTTMessage a message read, a
+MQTTMessageInfo with its Condition a message written, three log calls) were a fifth of the hub's
+time a batch (bench.mqtt_hub).
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as paho
 
-__all__ = ["BrokerSocket", "READ_BYTES", "Take", "publish_properties"]
+__all__ = ["Acked", "BrokerSocket", "READ_BYTES", "Take", "publish_properties"]
 
 READ_BYTES = 64 * 1024  # one read: a burst of a few hundred small batches
 _WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 Take = Callable[[str, bytes, "bytes | None", int], bool]
 """Offered each PUBLISH of QoS 0 or 1 read: its topic, payload, correlation data and QoS; True once taken, False to leave it to paho."""
+Acked = Callable[[int, int], None]
+"""Told of each PUBACK for a message :meth:`BrokerSocket.publish` wrote at QoS 1: its packet id and the reason code (0: Success)."""
 
 _PUBLISH, _PUBACK = 0x30, 0x40
 # MQTT 5 PUBLISH properties (§3.3.2.3) a message may carry to be taken here, by how their value is laid out.  Any other
@@ -125,9 +128,10 @@ def _correlation(data: bytes, at: int, end: int) -> tuple[bytes | None] | None:
 class BrokerSocket:
     """paho's socket of one connection, read ahead and written in one send a pass; it registers its own writer."""
 
-    def __init__(self, client: aiomqtt.Client, *, take: Take | None = None) -> None:
+    def __init__(self, client: aiomqtt.Client, *, take: Take | None = None, acked: Acked | None = None) -> None:
         self._client = client
         self._take = take
+        self._acked = acked
         self._partial = b""  # the start of a packet read but not whole yet (with ``take`` only: paho gets whole packets)
         self._paho = client._client
         sock = self._paho.socket()
@@ -231,8 +235,11 @@ class BrokerSocket:
                 break
             first = data[at]
             if first == _PUBACK and length >= 2 and (mid := int.from_bytes(data[start : start + 2], "big")) in self._own:
-                # The broker took a message this socket published (publish): paho never knew it, and has nothing to do.
+                # The broker's answer to a message this socket published (publish): paho never knew it, and has nothing to do.
+                # MQTT 5 (§3.4.2.1): no reason code is Success; 0x80 and above, the broker did not take the message.
                 self._own.discard(mid)
+                if self._acked is not None:
+                    self._acked(mid, data[start + 2] if length > 2 else 0)
                 at = start + length
                 continue
             if blocked or first & 0xF0 != _PUBLISH or not self._taken(data, first, start, start + length, acks):
@@ -275,17 +282,18 @@ class BrokerSocket:
     def answer(self, topic: str, payload: bytes, correlation: bytes | None) -> bool:
         """Write a QoS 0 PUBLISH of ``payload`` on ``topic`` (with ``correlation`` as correlation data, when given) after
         whatever is written before it; False on a connection that is gone."""
-        return self.publish(topic, payload, publish_properties(correlation), qos=0)
+        return self.publish(topic, payload, publish_properties(correlation), qos=0) is not None
 
-    def publish(self, topic: str, payload: bytes, properties: bytes, *, qos: int) -> bool:
+    def publish(self, topic: str, payload: bytes, properties: bytes, *, qos: int) -> int | None:
         """Write a PUBLISH of ``payload`` on ``topic`` at QoS 0 or 1 after whatever is written before it; ``properties`` are
         MQTT 5's, packed with their length (:func:`publish_properties`; an empty ``topic`` with a Topic Alias among them).  A QoS 1
         message takes its packet id from paho's, so none of paho's own packets shares it, and its PUBACK is taken here: paho
         never knew the message (its packet objects, its in-flight bookkeeping and the PUBACK's decoding cost a gateway about
         a tenth of its CPU a batch, bench.mqtt_link), and nothing is sent again on a new connection: the sender decides.
-        False on a connection that is gone."""
+        The PUBACK's reason code goes to ``acked`` with the packet id.  The packet id (0 at QoS 0); None on a connection that
+        is gone."""
         if self._take is None or self._error is not None:
-            return False
+            return None
         name = topic.encode()
         mid = b""
         if qos:
@@ -295,7 +303,7 @@ class BrokerSocket:
         length = 2 + len(name) + len(mid) + len(properties) + len(payload)
         self._write(b"".join((bytes((_PUBLISH | qos << 1,)), _varint(length), len(name).to_bytes(2, "big"), name, mid, properties, payload)))
         self._paho._last_msg_out = time.monotonic()  # paho's keepalive counts it as its own
-        return True
+        return int.from_bytes(mid, "big")
 
     def _write(self, packet: bytes) -> None:
         """``packet`` sent at the end of this pass of the loop, after the packets paho has queued (moved here first)."""

@@ -142,9 +142,11 @@ async def test_messages_published_by_the_socket_arrive_whole_and_their_pubacks_n
         return True
 
     async with broker.hub_settings(client_id="publish-test").client() as client:
-        sock = BrokerSocket(client, take=take)
+        acked: list[tuple[int, int]] = []
+        sock = BrokerSocket(client, take=take, acked=lambda mid, reason: acked.append((mid, reason)))
         sock.install()
         paho_pubacks: list[int] = []
+        own: list[int] = []
         client._client.on_publish = lambda c, userdata, mid, reason, properties: paho_pubacks.append(mid)
         await client.subscribe("oxp/v1/dev-1/#", qos=1)
         sent: list[tuple[str, bytes, bytes | None, int]] = []
@@ -152,7 +154,10 @@ async def test_messages_published_by_the_socket_arrive_whole_and_their_pubacks_n
             key = n.to_bytes(4, "big") if n % 2 else None
             packed = b"\0" if key is None else _properties(CorrelationData=key).pack()
             topic, payload = f"oxp/v1/dev-1/batch-{n % 3}", bytes([n]) * (n * 53 % 700)
-            assert sock.publish(topic, payload, packed, qos=1 if n % 4 else 0)
+            mid = sock.publish(topic, payload, packed, qos=1 if n % 4 else 0)
+            assert mid is not None and bool(mid) == bool(n % 4)  # a packet id at QoS 1, 0 at QoS 0
+            if mid:
+                own.append(mid)
             sent.append((topic, payload, key, 1 if n % 4 else 0))
             if n % 10 == 0:
                 info = client._client.publish("oxp/v1/dev-1/paho", f"paho-{n}", qos=1)
@@ -165,8 +170,28 @@ async def test_messages_published_by_the_socket_arrive_whole_and_their_pubacks_n
         assert got == sent
         # The broker acknowledged every QoS 1 message of the socket's (none waits) and paho heard only of its own six.
         assert not sock._own and len(paho_pubacks) == 6 and not client._client._out_messages
+        # Each of the socket's PUBACKs was handed on with its packet id and reason code: Success (there is a subscriber).
+        assert sorted(acked) == sorted((mid, 0x00) for mid in own) and len(own) == 45
     # Nothing is sent again to the same session: every QoS 1 delivery to it was acknowledged.
     assert await _redelivered(broker, "publish-test") == []
+
+
+async def test_the_brokers_reason_code_for_each_message_the_socket_publishes_is_handed_on(broker: Broker) -> None:
+    # MQTT 5 PUBACK reason codes, as Mosquitto gives them: Success with a subscriber, No matching subscribers (0x10) without
+    # one, and Not authorized (0x87) on a topic the client may not publish to; the message is dropped then.
+    await _grant_oxp(broker)
+    async with broker.hub_settings(client_id="reason-test").client() as client:
+        acked: dict[int, int] = {}
+        sock = BrokerSocket(client, take=lambda *_: True, acked=acked.__setitem__)
+        sock.install()
+        await client.subscribe("oxp/v1/dev-1/#", qos=1)
+        mids = {where: sock.publish(where, b"x", b"\0", qos=1) for where in ("oxp/v1/dev-1/batch", "oxp/v1/nobody/batch", "elsewhere/batch")}
+        async with asyncio.timeout(10):
+            while len(acked) < 3:
+                await asyncio.sleep(0.02)
+        assert {where: acked[mid] for where, mid in mids.items() if mid} == {
+            "oxp/v1/dev-1/batch": 0x00, "oxp/v1/nobody/batch": 0x10, "elsewhere/batch": 0x87}
+        assert not sock._own
 
 
 def test_properties_the_socket_does_not_read_are_left_to_paho() -> None:

@@ -11,7 +11,9 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,10 +31,11 @@ from edge.protocol import BatchHeader, key_id, load_private_key, seal_batch
 from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
 from edge.transport import open_transport
-from edge.transport.mqtt import correlation
+from edge.transport.mqtt import MqttTransport, correlation
 from edge.uplink import Uplink
 from hilsim.netproxy import UplinkProxy
 from hub.app import RunningHub, run_hub
+from hub.brokerauth import DEVICE_ROLE_PREFIX
 from hub.database import open_store
 from hub.mqtt import MQTT_INGEST, MqttIngest
 from hub.tokens import create_token
@@ -81,10 +84,11 @@ class Gateway:
         )
         self.key = load_private_key(enrolment.key_path)
 
-    async def open(self, hub_url: str, broker: Broker, *, broker_url: str = "") -> None:
+    async def open(self, hub_url: str, broker: Broker, *, broker_url: str = "", timeout_s: float = 3.0) -> None:
         self.spool = await Spool.open(self.directory / "spool.db", max_bytes=50_000_000)
         await self.spool.begin_boot()
-        transport = open_transport(hub_url, broker=broker_url or broker.url, device_id=self.device_id, broker_password=self.password_file, timeout_s=3.0)
+        transport = open_transport(hub_url, broker=broker_url or broker.url, device_id=self.device_id, broker_password=self.password_file,
+                                   timeout_s=timeout_s)
         self.uplink = Uplink(
             spool=self.spool,
             transport=transport,
@@ -288,6 +292,60 @@ async def test_every_released_reading_is_stored_exactly_once_when_the_link_to_th
             await gateway.close()
         counters = await hub.counters("pole-0042")
     assert (counters["batches_stored"], counters["readings_stored"]) == (15, 300)
+
+
+async def test_a_batch_the_broker_refuses_is_refused_at_once_with_the_brokers_reason_and_sent_again_once_allowed(broker, tmp_path):
+    # An ACL that no longer lets the gateway publish its batches (kept by hand, say): Mosquitto drops each one and says so in its
+    # PUBACK (0x87).  The gateway says that, at once, instead of waiting out its 60 s for an answer and dropping a good connection
+    # each time; the batch stays in the spool and is stored once when the broker lets it through again.
+    ctrl = shutil.which("mosquitto_ctrl")
+    assert ctrl is not None
+    login = [ctrl, "-h", "127.0.0.1", "-p", str(broker.port), "-u", HUB_USER, "-P", HUB_PASSWORD, "dynsec"]
+    acl = [DEVICE_ROLE_PREFIX + "pole-0007", "publishClientSend", "oxp/v1/pole-0007/batch"]
+    async with hub_on(broker, tmp_path / "hub") as (hub, taker):
+        gateway = Gateway(tmp_path / "gw", "pole-0007")
+        await gateway.enrol(hub)
+        await granted(taker, "pole-0007")
+        await gateway.open(hub.url, broker, timeout_s=60.0)
+        try:
+            gateway.put(1)
+            await gateway.delivered()
+            subprocess.run([*login, "removeRoleACL", *acl], check=True, capture_output=True)
+            gateway.put(1)
+            async with asyncio.timeout(10):  # far within the transport's 60 s
+                while "0x87" not in gateway.uplink.counters.last_error:
+                    await asyncio.sleep(0.05)
+            assert gateway.uplink.counters.last_error == (
+                "the broker refused the batch (PUBACK 0x87, Not authorized): the broker's ACL does not let this gateway publish there; "
+                "the hub grants it when city IT approves the gateway")
+            assert gateway.spool.stats()["batches"] == 1
+            subprocess.run([*login, "addRoleACL", *acl, "allow"], check=True, capture_output=True)
+            await gateway.delivered()
+        finally:
+            await gateway.close()
+        counters = await hub.counters("pole-0007")
+    assert (counters["batches_stored"], counters["readings_stored"], counters["duplicates"]) == (2, 40, 0)
+    assert gateway.uplink.counters.batches_acked == 2
+
+
+async def test_a_puback_that_means_no_hub_will_answer_ends_the_exchange_with_the_brokers_reason() -> None:
+    transport = MqttTransport("mqtt://127.0.0.1:1", hub_url="", device_id="pole-0001", password_file=None)
+    loop = asyncio.get_running_loop()
+    waiting = {key: loop.create_future() for key in (b"a", b"b", b"c", b"d")}
+    transport._pending.update(waiting)  # as _exchange leaves each message waiting for the hub's answer, by its packet id
+    transport._published.update({1: (b"a", "status"), 2: (b"b", "batch"), 3: (b"c", "batch"), 4: (b"d", "notice")})
+    transport._puback(1, 0x10)  # No matching subscribers: the broker took it, no hub got it
+    transport._puback(2, 0x00)  # Success: the hub's answer is what counts
+    transport._puback(3, 0x97)  # Quota exceeded
+    transport._puback(4, 0x42)  # a code MQTT 5 does not define, from 0x80 or not: below it, nothing to say
+    transport._puback(9, 0x87)  # no exchange of ours waits for packet 9
+    assert str(waiting[b"a"].exception()) == (
+        "the broker took the status but no subscriber got it (PUBACK 0x10, No matching subscribers): the hub is not connected to the broker")
+    assert str(waiting[b"c"].exception()) == "the broker refused the batch (PUBACK 0x97, Quota exceeded): a quota on the broker is exhausted"
+    assert not waiting[b"b"].done() and not waiting[b"d"].done() and transport._published == {}
+    transport._published[5] = (b"d", "notice")
+    transport._puback(5, 0xA0)  # a DISCONNECT's code, not a PUBACK's
+    assert str(waiting[b"d"].exception()) == "the broker refused the notice (PUBACK 0xA0, a reason code MQTT 5 does not define for PUBACK)"
 
 
 async def test_a_device_may_neither_publish_nor_read_under_another_devices_id(broker, tmp_path):
