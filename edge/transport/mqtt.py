@@ -150,16 +150,20 @@ _HINTS = {
 }
 
 
+_NOUNS = {"batch": "batch", "status": "status report", "notice": "transparency notice"}
+
+
 def _dropped_why(kind: str, reason: int) -> str:
     """What a person reads of a PUBACK that means no answer will come: the reason code, its MQTT name and what it points at."""
+    what = _NOUNS.get(kind, kind)
     try:
         name = ReasonCode(PacketTypes.PUBACK, identifier=reason).getName()
     except (KeyError, ValueError):  # paho: a code no packet has, or one that PUBACK does not have
         name = "a reason code MQTT 5 does not define for PUBACK"
     if reason == _NO_MATCHING_SUBSCRIBERS:
-        return f"the broker took the {kind} but no subscriber got it (PUBACK 0x10, {name}): the hub is not connected to the broker"
+        return f"the broker took the {what} but no subscriber got it (PUBACK 0x10, {name}): the hub is not connected to the broker"
     hint = _HINTS.get(reason)
-    return f"the broker refused the {kind} (PUBACK 0x{reason:02X}, {name})" + (f": {hint}" if hint else "")
+    return f"the broker refused the {what} (PUBACK 0x{reason:02X}, {name})" + (f": {hint}" if hint else "")
 
 
 class MqttTransport:

@@ -340,12 +340,12 @@ async def test_a_puback_that_means_no_hub_will_answer_ends_the_exchange_with_the
     transport._puback(4, 0x42)  # a code MQTT 5 does not define, from 0x80 or not: below it, nothing to say
     transport._puback(9, 0x87)  # no exchange of ours waits for packet 9
     assert str(waiting[b"a"].exception()) == (
-        "the broker took the status but no subscriber got it (PUBACK 0x10, No matching subscribers): the hub is not connected to the broker")
+        "the broker took the status report but no subscriber got it (PUBACK 0x10, No matching subscribers): the hub is not connected to the broker")
     assert str(waiting[b"c"].exception()) == "the broker refused the batch (PUBACK 0x97, Quota exceeded): a quota on the broker is exhausted"
     assert not waiting[b"b"].done() and not waiting[b"d"].done() and transport._published == {}
     transport._published[5] = (b"d", "notice")
     transport._puback(5, 0xA0)  # a DISCONNECT's code, not a PUBACK's
-    assert str(waiting[b"d"].exception()) == "the broker refused the notice (PUBACK 0xA0, a reason code MQTT 5 does not define for PUBACK)"
+    assert str(waiting[b"d"].exception()) == "the broker refused the transparency notice (PUBACK 0xA0, a reason code MQTT 5 does not define for PUBACK)"
 
 
 async def test_a_device_may_neither_publish_nor_read_under_another_devices_id(broker, tmp_path):
