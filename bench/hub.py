@@ -82,13 +82,10 @@ def ocn_edge() -> str:
     return str(Path(sys.executable).with_name("ocn-edge"))
 
 
-async def start_hub(db: str, state_dir: str) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        ocn_edge(), "hub", "--listen", "127.0.0.1:0", "--db", db, "--state-dir", state_dir, "--admin-token", secrets.token_hex(8),
-        # No per-device limit, and a worker queue as deep as the client's pool: the bench measures capacity.
-        "--rate", "100000", "--burst", "1000000", "--ingest-queue", "256", "--log-level", "warning",
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-    )
+async def spawn_hub(*command: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[asyncio.subprocess.Process, str]:
+    """Start a hub process (``command``: its whole command line) and wait, up to 60 s a line, until it says where it serves:
+    the process and its URL.  What it says afterwards is read and dropped, so a full pipe can never stall it."""
+    proc = await asyncio.create_subprocess_exec(*command, stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=env, cwd=cwd)
     assert proc.stderr is not None
     while True:
         line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
@@ -96,9 +93,16 @@ async def start_hub(db: str, state_dir: str) -> tuple[asyncio.subprocess.Process
             raise SystemExit(f"hub exited with {await proc.wait()}")
         match = SERVING.search(line)
         if match:
-            # Keep reading what the hub says, so a full pipe can never stall it.
             asyncio.get_running_loop().create_task(_drain(proc.stderr))
             return proc, match.group(1)
+
+
+async def start_hub(db: str, state_dir: str) -> tuple[asyncio.subprocess.Process, str]:
+    return await spawn_hub(
+        ocn_edge(), "hub", "--listen", "127.0.0.1:0", "--db", db, "--state-dir", state_dir, "--admin-token", secrets.token_hex(8),
+        # No per-device limit, and a worker queue as deep as the client's pool: the bench measures capacity.
+        "--rate", "100000", "--burst", "1000000", "--ingest-queue", "256", "--log-level", "warning",
+    )
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:

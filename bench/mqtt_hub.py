@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench.codec import Source, _channels_of, reference_station, windows
-from bench.hub import SERVING, _drain, cpu_seconds, drop_schema, ocn_edge, percentile
+from bench.hub import cpu_seconds, drop_schema, ocn_edge, percentile, spawn_hub
 from bench.mqtt_link import _free_port
 from edge.protocol import BatchHeader, generate_keypair, key_id, raw_public_key, seal_batch
 from edge.protocol.compact import read_compact_ack
@@ -75,23 +75,13 @@ def _broker(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 async def _hub(state: Path, db: str, port: int) -> tuple[asyncio.subprocess.Process, str]:
     (state / "hub.password").write_text("bench\n")
-    proc = await asyncio.create_subprocess_exec(
+    return await spawn_hub(
         ocn_edge(), "hub", "--listen", "127.0.0.1:0", "--db", db, "--state-dir", str(state), "--admin-token", "bench",
         # No per-device limit (the bench measures capacity); the broker's access is the bench's (anonymous, on loopback).
         "--rate", "100000", "--burst", "1000000", "--log-level", "warning",
         "--mqtt-broker", f"mqtt://ocn-hub@127.0.0.1:{port}", "--mqtt-password-file", str(state / "hub.password"),
         "--mqtt-client-id", "bench-hub", "--mqtt-static-access",
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
-    assert proc.stderr is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
-        if not line:
-            raise SystemExit(f"hub exited with {await proc.wait()}")
-        match = SERVING.search(line)
-        if match:
-            asyncio.get_running_loop().create_task(_drain(proc.stderr))
-            return proc, match.group(1)
 
 
 async def _enrol(url: str, token: str, gateways: list[Gateway]) -> None:

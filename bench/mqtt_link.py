@@ -40,7 +40,7 @@ import aiohttp
 import aiomqtt
 
 from bench.codec import KEY, Source, _channels_of, _header, reference_station, windows
-from bench.hub import SERVING, _drain, ocn_edge, percentile
+from bench.hub import ocn_edge, percentile, spawn_hub
 from bench.oxp_state import CountingRelay
 from edge.protocol import key_id, raw_public_key, seal_batch
 from edge.spool import Spool
@@ -126,34 +126,10 @@ async def _hub(state: Path, broker: Mosquitto | None) -> tuple[asyncio.subproces
         if broker is not None
         else []
     )
-    proc = await asyncio.create_subprocess_exec(
-        ocn_edge(),
-        "hub",
-        "--listen",
-        "127.0.0.1:0",
-        "--db",
-        f"sqlite:///{state}/hub.db",
-        "--state-dir",
-        str(state),
-        "--admin-token",
-        "bench",
-        "--rate",
-        "1000",
-        "--log-level",
-        "warning",
-        *options,
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
+    return await spawn_hub(
+        ocn_edge(), "hub", "--listen", "127.0.0.1:0", "--db", f"sqlite:///{state}/hub.db", "--state-dir", str(state),
+        "--admin-token", "bench", "--rate", "1000", "--log-level", "warning", *options,
     )
-    assert proc.stderr is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
-        if not line:
-            raise SystemExit(f"hub exited with {await proc.wait()}")
-        match = SERVING.search(line)
-        if match:
-            asyncio.get_running_loop().create_task(_drain(proc.stderr))
-            return proc, match.group(1)
 
 
 async def _granted(broker: Mosquitto, password: str) -> None:

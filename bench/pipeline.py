@@ -31,7 +31,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from bench.datasets import dataset
+from bench.hub import cpu_seconds, spawn_hub
 from drivers.sdk import DeviceContext, Driver, Emit, Manifest
 from edge.config import load_config
 from edge.demo import DEMO_POLICY
@@ -56,7 +56,6 @@ COLUMNS = {"V": ("voltage", "V", 0.1), "I": ("current", "A", 0.1), "f": ("freque
 DEVICE = "meter-1"
 GATEWAY_ID = "bench-pipeline"
 STEP_MS = 1_000  # one meter row per simulated second
-SERVING = re.compile(r"OCN hub serving on (http://\S+)")
 ROOT = Path(__file__).resolve().parent.parent
 
 KEEP_POLICY = """\
@@ -162,11 +161,6 @@ enabled = false
 """
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def hub_command(*args: str) -> list[str]:
     # This tree's hub, not whichever `ocn-edge` is installed: the bench also runs in a worktree of an older commit.
     return [sys.executable, "-c", "import sys; from edge.cli import main; sys.exit(main())", "hub", *args]
@@ -177,25 +171,11 @@ def child_env() -> dict[str, str]:
 
 
 async def start_hub(db: str, state: Path) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
+    return await spawn_hub(
         *hub_command("--listen", "127.0.0.1:0", "--db", db, "--state-dir", str(state), "--admin-token", "bench-admin-token",
                      "--rate", "100000", "--burst", "1000000", "--readings-rate", "0", "--log-level", "warning"),
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=child_env(), cwd=ROOT,
+        env=child_env(), cwd=ROOT,
     )
-    assert proc.stderr is not None
-    while True:
-        line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
-        if not line:
-            raise SystemExit(f"hub exited with {await proc.wait()}")
-        match = SERVING.search(line)
-        if match:
-            asyncio.get_running_loop().create_task(_drain(proc.stderr))  # a full pipe must never stall the hub
-            return proc, match.group(1)
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    while await stream.readline():
-        pass
 
 
 async def hub_readings(db: str) -> int:
