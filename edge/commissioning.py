@@ -20,17 +20,16 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from drivers.buses import ModbusBus, SerialBus
-from drivers.modbus.adapter import LinkError
-from drivers.modbus.bus import ScanRunning
-from drivers.modbus.diagnosis import diagnose
-from drivers.modbus.driver import ModbusDriver
+from drivers.buses import SerialBus, is_modbus
 from edge.devices import Device, Devices
 from edge.privacy import Policy
 from edge.privacy.rules import kind_of
 from edge.protocol.types import Channel, Reading
+
+if TYPE_CHECKING:
+    from drivers.modbus.bus import ModbusBus
 
 __all__ = [
     "FUNCTIONS",
@@ -200,7 +199,11 @@ class Commissioning:
 
     async def _read(self, devices: Devices, device: Device, wait: float) -> tuple[list[Reading], list[str]]:
         bus = device.context.bus
-        if isinstance(bus, ModbusBus):
+        if is_modbus(bus):
+            # The Modbus stack is loaded: the bus is one of its owners.
+            from drivers.modbus.diagnosis import diagnose
+            from drivers.modbus.driver import ModbusDriver
+
             driver = device.driver_cls(dataclasses.replace(device.context, bus=bus.fresh_reads()))
             if isinstance(driver, ModbusDriver):
                 result = await driver.poll()
@@ -259,7 +262,7 @@ class Commissioning:
         if bus is None:
             known = ", ".join(devices.buses) or "none"
             raise CommissioningError(f"no bus named {name!r} in use (buses: {known})", status=404)
-        if not isinstance(bus, ModbusBus):
+        if not is_modbus(bus):
             raise CommissioningError(f"bus {name!r} is a serial line carrying one streaming device: there are no unit ids "
                                      "to scan; use Read now on its device")
         try:
@@ -273,6 +276,9 @@ class Commissioning:
         wait = min(bus.timeout, SCAN_DEFAULT_TIMEOUT_S) if timeout is None else timeout
         if not SCAN_TIMEOUT_S[0] <= wait <= SCAN_TIMEOUT_S[1]:
             raise CommissioningError(f"timeout = {timeout!r}: expected {SCAN_TIMEOUT_S[0]:g}..{SCAN_TIMEOUT_S[1]:g} seconds")
+        from drivers.modbus.adapter import LinkError
+        from drivers.modbus.bus import ScanRunning
+
         try:
             result = await bus.scan(ids, function, address, timeout=wait)
         except ScanRunning as exc:

@@ -13,14 +13,17 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from drivers.buses import ModbusBus, SerialBus, create_bus
+from drivers.buses import SerialBus, create_bus, is_modbus
 from drivers.health import FAILING, HEALTH_WORDS, OK, Health, HealthSource, assess
 from drivers.sdk import DeviceContext, Driver, Emit, Emitter, emit_all_of
 from edge.config import DeviceConfig, GatewayConfig
 from edge.protocol.types import Channel, Reading
 from edge.supervise import DeviceRunner
+
+if TYPE_CHECKING:
+    from drivers.modbus.bus import ModbusBus
 
 __all__ = ["Device", "Devices"]
 
@@ -77,7 +80,7 @@ class Devices:
             )
             self.devices.append(Device(dev, cls, ctx, list(cls(ctx).channels())))
             bus = self.buses.get(dev.bus) if dev.bus else None
-            if isinstance(bus, ModbusBus) and isinstance(dev.address, int):
+            if is_modbus(bus) and isinstance(dev.address, int):
                 bus.name_unit(dev.address, dev.name)
         self.bus_tasks: list[asyncio.Task[None]] = []
         self.device_tasks: list[asyncio.Task[None]] = []
