@@ -161,7 +161,8 @@ def _dropped_why(kind: str, reason: int) -> str:
     except (KeyError, ValueError):  # paho: a code no packet has, or one that PUBACK does not have
         name = "a reason code MQTT 5 does not define for PUBACK"
     if reason == _NO_MATCHING_SUBSCRIBERS:
-        return f"the broker took the {what} but no subscriber got it (PUBACK 0x10, {name}): the hub is not connected to the broker"
+        return (f"the broker took the {what} but no subscriber got it (PUBACK 0x10, {name}): no hub subscribes to it on the broker "
+                "(none has connected, or its session there has expired)")
     hint = _HINTS.get(reason)
     return f"the broker refused the {what} (PUBACK 0x{reason:02X}, {name})" + (f": {hint}" if hint else "")
 
@@ -191,7 +192,9 @@ class MqttTransport:
         self._on_desired: DesiredListener | None = None
         # Exchanges waiting for their answer, by correlation data (a batch's name, even when it is not sent).
         self._pending: dict[bytes, asyncio.Future[_Answer]] = {}
-        self._published: dict[int, tuple[bytes, str]] = {}  # by packet id, until the exchange ends: its correlation data and kind
+        # Exchanges whose PUBACK has not come, by connection and packet id (paho counts packet ids afresh on each connection, and an
+        # exchange on a dropped one may still wait): the exchange's own future and what it sent.
+        self._published: dict[tuple[BrokerSocket, int], tuple[asyncio.Future[_Answer], str]] = {}
         self._batches: dict[bytes, _InFlight] = {}  # batches in flight, by correlation data
         # On this connection: the broker granted the device its answer topic, and no answer showed a hub that ignores the ask.
         self._by_name = False
@@ -265,7 +268,8 @@ class MqttTransport:
                     no_delay(client._client.socket())  # paho's socket, under aiomqtt
                     # Read ahead and written a pass at a time; the hub's answers taken before paho, and this gateway's messages
                     # published without it (edge.util.mqttsocket).
-                    sock = BrokerSocket(client, take=inbox.take, acked=self._puback)
+                    sock = BrokerSocket(client, take=inbox.take)
+                    sock.acked = functools.partial(self._puback, sock)
                     sock.install()
                     topics = [topic(self.device_id, kind) for kind in ("ack", "status/ack", "desired")] + [answers_topic(self.device_id)]
                     codes = await client.subscribe([(name, 1) for name in topics])
@@ -441,7 +445,8 @@ class MqttTransport:
             sent_topic = "" if name in self._aliased else name
             self._aliased.add(name)
         properties = _named_properties(alias if aliased else 0) if named else _properties(key, alias if aliased else 0)
-        mid: int | None = None
+        sent: tuple[BrokerSocket, int] | None = None  # the connection and packet id it went with
+        entry = (future, kind)
         try:
             # Written by the broker socket, not paho, and not waiting for the broker's PUBACK: the hub's answer comes after
             # the broker took the message, and no answer within the timeout drops the connection.  A PUBACK that says no hub
@@ -449,7 +454,8 @@ class MqttTransport:
             mid = sock.publish(sent_topic, data, properties, qos=1)
             if mid is None:
                 raise ConnectionError("the connection to the broker is gone")
-            self._published[mid] = (key, kind)
+            sent = (sock, mid)
+            self._published[sent] = entry
             async with asyncio.timeout(self._timeout_s):
                 answer = await future
         except TimeoutError:
@@ -462,8 +468,8 @@ class MqttTransport:
         except (_SendAgain, _Dropped) as exc:
             return Refused(False, "", str(exc))
         finally:
-            if mid is not None:
-                self._published.pop(mid, None)
+            if sent is not None and self._published.get(sent) is entry:
+                del self._published[sent]
             if self._pending.get(key) is future:
                 del self._pending[key]
             if batch is not None and self._batches.get(key) is batch:
@@ -476,15 +482,14 @@ class MqttTransport:
         )
         return answer.document, overhead
 
-    def _puback(self, mid: int, reason: int) -> None:
+    def _puback(self, sock: BrokerSocket, mid: int, reason: int) -> None:
         """The broker's PUBACK of a message published here: a reason code that means no hub will answer fails the exchange now,
         instead of at its timeout with the connection dropped (the broker is there; the batch stays in the spool and is sent again)."""
-        published = self._published.pop(mid, None)
+        published = self._published.pop((sock, mid), None)
         if published is None or (reason < 0x80 and reason != _NO_MATCHING_SUBSCRIBERS):
             return
-        key, kind = published
-        future = self._pending.get(key)
-        if future is not None and not future.done():
+        future, kind = published
+        if not future.done():
             future.set_exception(_Dropped(_dropped_why(kind, reason)))
 
     def _in_flight(self, data: bytes, key: bytes) -> _InFlight | None:

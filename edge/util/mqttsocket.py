@@ -131,7 +131,7 @@ class BrokerSocket:
     def __init__(self, client: aiomqtt.Client, *, take: Take | None = None, acked: Acked | None = None) -> None:
         self._client = client
         self._take = take
-        self._acked = acked
+        self.acked = acked  # may be set once the socket exists (a callback that names it)
         self._partial = b""  # the start of a packet read but not whole yet (with ``take`` only: paho gets whole packets)
         self._paho = client._client
         sock = self._paho.socket()
@@ -238,8 +238,8 @@ class BrokerSocket:
                 # The broker's answer to a message this socket published (publish): paho never knew it, and has nothing to do.
                 # MQTT 5 (§3.4.2.1): no reason code is Success; 0x80 and above, the broker did not take the message.
                 self._own.discard(mid)
-                if self._acked is not None:
-                    self._acked(mid, data[start + 2] if length > 2 else 0)
+                if self.acked is not None:
+                    self.acked(mid, data[start + 2] if length > 2 else 0)
                 at = start + length
                 continue
             if blocked or first & 0xF0 != _PUBLISH or not self._taken(data, first, start, start + length, acks):

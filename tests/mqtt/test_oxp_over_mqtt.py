@@ -331,21 +331,24 @@ async def test_a_batch_the_broker_refuses_is_refused_at_once_with_the_brokers_re
 async def test_a_puback_that_means_no_hub_will_answer_ends_the_exchange_with_the_brokers_reason() -> None:
     transport = MqttTransport("mqtt://127.0.0.1:1", hub_url="", device_id="pole-0001", password_file=None)
     loop = asyncio.get_running_loop()
-    waiting = {key: loop.create_future() for key in (b"a", b"b", b"c", b"d")}
-    transport._pending.update(waiting)  # as _exchange leaves each message waiting for the hub's answer, by its packet id
-    transport._published.update({1: (b"a", "status"), 2: (b"b", "batch"), 3: (b"c", "batch"), 4: (b"d", "notice")})
-    transport._puback(1, 0x10)  # No matching subscribers: the broker took it, no hub got it
-    transport._puback(2, 0x00)  # Success: the hub's answer is what counts
-    transport._puback(3, 0x97)  # Quota exceeded
-    transport._puback(4, 0x42)  # a code MQTT 5 does not define, from 0x80 or not: below it, nothing to say
-    transport._puback(9, 0x87)  # no exchange of ours waits for packet 9
-    assert str(waiting[b"a"].exception()) == (
-        "the broker took the status report but no subscriber got it (PUBACK 0x10, No matching subscribers): the hub is not connected to the broker")
-    assert str(waiting[b"c"].exception()) == "the broker refused the batch (PUBACK 0x97, Quota exceeded): a quota on the broker is exhausted"
-    assert not waiting[b"b"].done() and not waiting[b"d"].done() and transport._published == {}
-    transport._published[5] = (b"d", "notice")
-    transport._puback(5, 0xA0)  # a DISCONNECT's code, not a PUBACK's
-    assert str(waiting[b"d"].exception()) == "the broker refused the transparency notice (PUBACK 0xA0, a reason code MQTT 5 does not define for PUBACK)"
+    old, new = object(), object()  # two connections' sockets: paho counts packet ids afresh on each
+    waiting = {name: loop.create_future() for name in ("a", "b", "c", "d", "e")}
+    # As _exchange leaves each message waiting for the hub's answer, by connection and packet id.
+    transport._published.update({(new, 1): (waiting["a"], "status"), (new, 2): (waiting["b"], "batch"), (new, 3): (waiting["c"], "batch"),
+                                 (new, 4): (waiting["d"], "notice"), (old, 1): (waiting["e"], "batch")})
+    transport._puback(new, 1, 0x10)  # No matching subscribers: the broker took it, no hub got it
+    transport._puback(new, 2, 0x00)  # Success: the hub's answer is what counts
+    transport._puback(new, 3, 0x97)  # Quota exceeded
+    transport._puback(new, 4, 0x42)  # below 0x80 and not 0x10: nothing to say
+    transport._puback(new, 9, 0x87)  # no exchange waits for packet 9 on this connection
+    assert str(waiting["a"].exception()) == (
+        "the broker took the status report but no subscriber got it (PUBACK 0x10, No matching subscribers): no hub subscribes to it "
+        "on the broker (none has connected, or its session there has expired)")
+    assert str(waiting["c"].exception()) == "the broker refused the batch (PUBACK 0x97, Quota exceeded): a quota on the broker is exhausted"
+    assert not waiting["b"].done() and not waiting["d"].done() and not waiting["e"].done()  # packet 1 of the old connection is another
+    assert transport._published == {(old, 1): (waiting["e"], "batch")}
+    transport._puback(old, 1, 0xA0)  # a DISCONNECT's code, not a PUBACK's
+    assert str(waiting["e"].exception()) == "the broker refused the batch (PUBACK 0xA0, a reason code MQTT 5 does not define for PUBACK)"
 
 
 async def test_a_device_may_neither_publish_nor_read_under_another_devices_id(broker, tmp_path):
