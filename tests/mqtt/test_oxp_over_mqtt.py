@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import aiomqtt
@@ -331,7 +332,8 @@ async def test_a_batch_the_broker_refuses_is_refused_at_once_with_the_brokers_re
 async def test_a_puback_that_means_no_hub_will_answer_ends_the_exchange_with_the_brokers_reason() -> None:
     transport = MqttTransport("mqtt://127.0.0.1:1", hub_url="", device_id="pole-0001", password_file=None)
     loop = asyncio.get_running_loop()
-    old, new = object(), object()  # two connections' sockets: paho counts packet ids afresh on each
+    old: Any = object()  # two connections' sockets: paho counts packet ids afresh on each
+    new: Any = object()
     waiting = {name: loop.create_future() for name in ("a", "b", "c", "d", "e")}
     # As _exchange leaves each message waiting for the hub's answer, by connection and packet id.
     transport._published.update({(new, 1): (waiting["a"], "status"), (new, 2): (waiting["b"], "batch"), (new, 3): (waiting["c"], "batch"),
