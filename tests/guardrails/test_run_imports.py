@@ -75,7 +75,8 @@ address = 1
 [devices.options]
 profile = "eastron-sdm120"
 """
-# A particulate sensor on a USB serial adapter that is not plugged in: the gateway runs on and says so.
+# A particulate sensor on a USB serial adapter that is not plugged in: the gateway runs on and says so.  It keeps the
+# name "meter-1" so that POLICY's one channel glob covers it as it covers the meter.
 SERIAL_SENSOR = """\
 [[buses]]
 name = "usb-dust"
