@@ -5,7 +5,8 @@
     .venv/bin/python -m bench NAME ...   # only those benchmarks, each printing its own figures
 
 The report runs bench.pipeline (demo policy), bench.gateway_load (a real `ocn-edge run` measured
-from outside, at two loads) and bench.hub (SQLite and PostgreSQL), three runs each, and writes
+from outside, at two loads), bench.floor (a bare asyncio client making the same requests: the
+floor under those CPU figures on this machine) and bench.hub (SQLite and PostgreSQL), three runs each, and writes
 bench/results/latest.json (every run's figures, the machine and its load average) and
 bench/results/latest.md (the table: median and range of the runs, beside the targets of issue 17).
 Then, without --quick, the other benchmarks print their own figures.  bench.hostile and the MQTT
@@ -28,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-BENCHES = ("codec", "pipeline", "gateway_load", "oxp_state", "privacy", "serial_decode", "modbus_bus", "spool", "hub", "sta", "hostile",
+BENCHES = ("codec", "pipeline", "gateway_load", "floor", "oxp_state", "privacy", "serial_decode", "modbus_bus", "spool", "hub", "sta", "hostile",
            "sim_timing", "wakeups", "mqtt_link", "mqtt_hub", "mqtt_clients", "export_outbox", "offload")
 # Run after the report by a plain `python -m bench`: each takes seconds to a few minutes.
 AFTER_REPORT = ("codec", "oxp_state", "privacy", "serial_decode", "modbus_bus", "spool", "sta", "sim_timing", "wakeups")
@@ -39,6 +40,7 @@ ROOT = RESULTS.parent.parent
 REPORT_RUNS = (
     ("pipeline", ["--policy", "demo", "--repeat", "3"], ["--policy", "demo", "--repeat", "3", "--readings", "110000"]),
     ("gateway_load", ["--runs", "3"], ["--runs", "3", "--quick"]),
+    ("floor", ["--runs", "3"], ["--runs", "3", "--seconds", "15"]),
     ("hub", ["--runs", "3", "--gateways", "300"], ["--runs", "3", "--gateways", "100"]),
 )
 
@@ -49,8 +51,8 @@ def _load_figures() -> list[Figure]:
     def runs(bench: str, key: str, where: Callable[[dict[str, Any]], bool] = lambda r: True) -> Callable[[dict[str, Any]], list[float]]:
         return lambda raw: [float(r[key]) for r in raw.get(bench, []) if where(r)]
 
-    def load(name: str, key: str) -> Callable[[dict[str, Any]], list[float]]:
-        return lambda raw: [float(r[key]) for r in raw.get("gateway_load", {}).get(name, {}).get("runs", [])]
+    def load(name: str, key: str, bench: str = "gateway_load") -> Callable[[dict[str, Any]], list[float]]:
+        return lambda raw: [float(r[key]) for r in raw.get(bench, {}).get(name, {}).get("runs", [])]
 
     meter, fleet = "one 30-value meter, 1 s", "20 meters, 1,000 readings/s"
     return [
@@ -58,6 +60,8 @@ def _load_figures() -> list[Figure]:
          runs("pipeline", "readings_per_cpu_s"), "{:,.0f}", "≥ 100,000"),
         ("pipeline throughput, wall clock", "demo policy, AMPds2 meter", "readings/s", runs("pipeline", "readings_s"), "{:,.0f}", ""),
         ("CPU per 1,000 readings", meter, "CPU-s", load("meter", "cpu_s_per_1000"), "{:.4f}", "≤ 0.02"),
+        ("floor: the same requests from a bare asyncio client, CPU per 1,000 readings", meter, "CPU-s",
+         load("meter", "cpu_s_per_1000", "floor"), "{:.4f}", ""),
         ("peak RssAnon", meter, "MiB", load("meter", "peak_rss_anon_mib"), "{:.1f}", "≤ 32"),
         ("peak RSS", meter, "MiB", load("meter", "peak_rss_mib"), "{:.1f}", "≤ 60"),
         ("start-up, exec to first reading", meter, "s", load("meter", "startup_s"), "{:.3f}", "≤ 0.35"),
@@ -66,6 +70,8 @@ def _load_figures() -> list[Figure]:
         ("bytes per reading, all to and from the hub (link)", meter, "B", load("meter", "link_bytes_per_reading"), "{:.2f}", ""),
         ("disk bytes written per reading", meter, "B", load("meter", "disk_bytes_per_reading"), "{:.1f}", ""),
         ("CPU, share of one core", fleet, "%", load("fleet", "cpu_pct_core"), "{:.2f}", "≤ 2"),
+        ("floor: the same requests from a bare asyncio client, share of one core", fleet, "%", load("fleet", "cpu_pct_core", "floor"),
+         "{:.2f}", ""),
         ("CPU per 1,000 readings", fleet, "CPU-s", load("fleet", "cpu_s_per_1000"), "{:.4f}", ""),
         ("peak RssAnon", fleet, "MiB", load("fleet", "peak_rss_anon_mib"), "{:.1f}", "≤ 40"),
         ("peak RSS", fleet, "MiB", load("fleet", "peak_rss_mib"), "{:.1f}", ""),
@@ -125,6 +131,9 @@ def _table(report: dict[str, Any]) -> str:
         "separate processes; CPU, RssAnon, RSS and disk writes of the gateway's process tree sampled from /proc once a second "
         "(bench/observer.py); start-up from just before exec to the gateway's `first reading` log line (CLOCK_MONOTONIC); "
         "bytes per reading the hub acked; every reading kept by the policy.",
+        "- floor: `python -m bench.floor`: the gateway's requests to the same hil-sim scenario from a bare asyncio client (one "
+        "connection under a lock, a timer per poll and a deadline per request, the values unpacked, nothing else), observed "
+        "as the gateway is: what stock asyncio costs on this machine before any of the gateway's own work.",
         "- hub: `python -m bench.hub`: simulated gateways post pre-sealed 1,100-reading batches to `ocn-edge hub` over loopback.",
     ]
     return "\n".join(lines) + "\n"

@@ -258,7 +258,9 @@ def run_once(load: Load, directory: Path, *, warmup_s: float, seconds: float) ->
         observer = TreeObserver(gateway.pid).start()
         first = float(_read_until(gateway, gateway.stdout, FIRST, "the gateway").group(1))
         api = f"http://127.0.0.1:{api_port}"
-        time.sleep(warmup_s)
+        # The window's ends half a poll interval away from the polls: the gateway polls in step with its first
+        # reading, and a window that began or ended just as a poll ran could count it or not (one meter: 1 % of the readings).
+        time.sleep(warmup_s + load.poll_s / 2)
         # The window is between the observer's two marks, and our own /status requests fall outside it: what the
         # gateway spends answering them is the benchmark's, not the load's.
         a, mark_a = status(api), observer.mark()

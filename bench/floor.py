@@ -1,0 +1,246 @@
+"""The floor under bench.gateway_load: a bare asyncio Modbus client making the gateway's requests, measured the same way.
+
+    .venv/bin/python -m bench.floor [--load meter|fleet|both] [--runs 3] [--seconds 30] [--json FILE]
+
+How much of the gateway's CPU is the gateway's?  This client does only what any asyncio Python
+program polling the same meters must do, and nothing else: the same hil-sim scenario
+(`ocn-edge sim`, pymodbus's Modbus TCP server answering as SDM630 meters after 2 ms), the same
+requests (the gateway's own planner on the same cut SDM630 profile: one request per meter per
+poll), one TCP connection shared under an asyncio.Lock as the gateway's bus owner shares its
+line, each device a task woken by a loop timer at its poll interval, a deadline timer per
+request, and the reply's values unpacked with one struct call.  No pymodbus on the client
+side (Modbus TCP frames built and parsed in a few lines), no Reading objects, no privacy
+stage, batcher, spool, uplink, hub, local API or logging.
+
+It runs as its own process (`python -m bench.floor client ...`) and bench/observer.py samples it
+once a second exactly as it samples `ocn-edge run`: CPU seconds over a steady window (after
+--warmup seconds), per 1,000 values read and as a share of one core.  The client counts its
+replies; the harness asks for the count (SIGUSR1, one line on stdout) just outside the window.
+
+On a virtual machine much of a lightly loaded process's CPU is the cost of waking up (see
+bench.wakeups): this is what stock asyncio costs on this machine for each load before a line of
+the gateway runs, so a target below it cannot be met by any change to the gateway's own code.
+Each figure is the median and range of --runs runs.  Nothing passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import gateway_load
+from bench.observer import TreeObserver
+
+FUNCTION_CODES = {"holding": 3, "input": 4}
+DEADLINE_S = 1.0  # the gateway's bus timeout in bench.gateway_load
+
+
+class _Link(asyncio.Protocol):
+    """One Modbus TCP connection: each complete frame (MBAP length) resolves the request waiting for it."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[bytes] | None = None
+        self._buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 6:
+            size = 6 + int.from_bytes(self._buffer[4:6], "big")
+            if len(self._buffer) < size:
+                return
+            frame, self._buffer = self._buffer[:size], self._buffer[size:]
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("the simulator closed the connection"))
+
+
+def _expire(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no reply"))
+
+
+async def _device(unit: int, link: _Link, lock: asyncio.Lock, requests: Sequence[tuple[int, int, int]], poll_s: float,
+                  counts: list[int]) -> None:
+    """Poll ``unit``: each request under the lock with a deadline, its registers unpacked; then sleep to the next slot."""
+    loop = asyncio.get_running_loop()
+    decoders = [struct.Struct(f">{count}H") for _, _, count in requests]
+    next_at = loop.time()
+    tid = unit << 8
+    while True:
+        for (code, address, count), decoder in zip(requests, decoders, strict=True):
+            async with lock:
+                tid = (tid + 1) & 0xFFFF
+                reply: asyncio.Future[bytes] = loop.create_future()
+                link.waiter = reply
+                assert link.transport is not None
+                link.transport.write(struct.pack(">HHHBBHH", tid, 0, 6, unit, code, address, count))
+                timer = loop.call_at(loop.time() + DEADLINE_S, _expire, reply)
+                try:
+                    frame = await reply
+                finally:
+                    timer.cancel()
+            if frame[7] != code or struct.unpack_from(">H", frame)[0] != tid:
+                raise RuntimeError(f"unit {unit}: unexpected reply {frame.hex()}")
+            decoder.unpack_from(frame, 9)
+            counts[0] += 1
+        next_at += poll_s
+        now = loop.time()
+        if next_at < now:
+            next_at = now + poll_s - (now - next_at) % poll_s
+        await asyncio.sleep(next_at - now)
+
+
+async def client(port: int, devices: int, requests: Sequence[tuple[int, int, int]], poll_s: float) -> None:
+    """Poll ``devices`` units (1..devices) of the simulator on ``port`` until SIGTERM; SIGUSR1 prints the replies so far."""
+    loop = asyncio.get_running_loop()
+    _, link = await loop.create_connection(_Link, "127.0.0.1", port)
+    counts = [0]
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps({"replies": counts[0]}), flush=True))
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    lock = asyncio.Lock()
+    tasks = [asyncio.create_task(_device(unit, link, lock, requests, poll_s, counts)) for unit in range(1, devices + 1)]
+    print(json.dumps({"started": time.monotonic()}), flush=True)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        if task.done():
+            task.result()  # a device task that failed: its error, not a silent stop
+        task.cancel()
+
+
+def plan(load: gateway_load.Load, directory: Path) -> list[tuple[int, int, int]]:
+    """The requests the gateway makes per poll of one device under ``load``: (function code, address, count)."""
+    from drivers.modbus.planner import plan_reads
+    from drivers.modbus.profile import load_profile
+
+    profile = load_profile(str(gateway_load.sdm630_profile(directory / "profile.toml", load.channels)))
+    return [(FUNCTION_CODES[r.function], r.address, r.count)
+            for r in plan_reads(profile.spans(), max_gap=profile.max_gap, unreadable=profile.unreadable)]
+
+
+def _ask(proc: subprocess.Popen[str]) -> int:
+    """The client's replies so far."""
+    proc.send_signal(signal.SIGUSR1)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"the floor client exited with {proc.wait()}")
+    return int(json.loads(line)["replies"])
+
+
+def run_once(load: gateway_load.Load, directory: Path, *, warmup_s: float, seconds: float) -> dict[str, float]:
+    env = gateway_load.installed_env()
+    requests = plan(load, directory)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        scenario = directory / "scenario.toml"
+        scenario.write_text(gateway_load.scenario_toml(load))
+        sim = subprocess.Popen(gateway_load.ocn_edge("sim", str(scenario), "--json", "--log-level", "warning",
+                                                     "--run-dir", str(directory / "sim")),
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        procs.append(sim)
+        endpoints = json.loads(gateway_load._read_until(sim, sim.stdout, re.compile(r"^\{.*\}$"), "hil-sim").group(0))
+        port = int(endpoints["devices"]["meter-1"]["port"])
+        args = ["--port", str(port), "--devices", str(load.devices), "--poll", str(load.poll_s),
+                *(a for code, address, count in requests for a in ("--request", f"{code}:{address}:{count}"))]
+        floor = subprocess.Popen([sys.executable, "-m", "bench.floor", "client", *args], stdout=subprocess.PIPE, text=True, env=env,
+                                 cwd=gateway_load.ROOT)
+        procs.append(floor)
+        observer = TreeObserver(floor.pid).start()
+        assert floor.stdout is not None
+        if not floor.stdout.readline():
+            raise SystemExit(f"the floor client exited with {floor.wait()} before it started")
+        time.sleep(warmup_s + load.poll_s / 2)  # the window's ends half a poll away from the polls (see gateway_load)
+        a = _ask(floor)
+        mark_a = observer.mark()
+        time.sleep(seconds)
+        mark_b = observer.mark()
+        b = _ask(floor)
+        window = observer.window(mark_a, mark_b)
+        observer.stop()
+    finally:
+        for proc in reversed(procs):
+            gateway_load._stop(proc)
+    values = (b - a) * load.channels / len(requests)  # every reply carries one poll's share of the device's values
+    return {
+        "readings_s": values / window.seconds,
+        "cpu_s_per_1000": window.cpu_s / values * 1000,
+        "cpu_pct_core": window.cpu_s / window.seconds * 100,
+        "window_s": window.seconds,
+    }
+
+
+def measure(load: gateway_load.Load, *, runs: int, warmup_s: float, seconds: float) -> dict[str, Any]:
+    results = []
+    for i in range(runs):
+        with tempfile.TemporaryDirectory(prefix=f"ocn-floor-{load.name}-", dir=os.environ.get("OCN_BENCH_DIR")) as d:
+            r = run_once(load, Path(d), warmup_s=warmup_s, seconds=seconds)
+        print(f"  {load.name} run {i + 1}/{runs}: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
+        results.append(r)
+    return {"load": load.title, "runs": results, "summary": gateway_load.summarise(results)}
+
+
+def _request(text: str) -> tuple[int, int, int]:
+    code, address, count = (int(x) for x in text.split(":"))
+    return code, address, count
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["client"]:
+        parser = argparse.ArgumentParser(prog="bench.floor client")
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--devices", type=int, required=True)
+        parser.add_argument("--poll", type=float, required=True)
+        parser.add_argument("--request", type=_request, action="append", required=True, help="code:address:count")
+        a = parser.parse_args(argv[1:])
+        asyncio.run(client(a.port, a.devices, a.request, a.poll))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--load", choices=("meter", "fleet", "both"), default="both")
+    parser.add_argument("--runs", type=int, default=3, help="runs per load (default 3)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="the measured window per run (default 30)")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds after the client started before the window (default 5)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    args = parser.parse_args(argv)
+    out = {}
+    for name in ("meter", "fleet"):
+        if args.load in (name, "both"):
+            load = gateway_load.LOADS[name]
+            print(f"floor, {load.title}: {args.runs} runs, {args.seconds:.0f} s window after {args.warmup:.0f} s", flush=True)
+            out[name] = measure(load, runs=args.runs, warmup_s=args.warmup, seconds=args.seconds)
+    for got in out.values():
+        s = got["summary"]
+        cpu, pct = s["cpu_s_per_1000"], s["cpu_pct_core"]
+        print(f"floor, {got['load']}: {cpu['median']:.4f} CPU-s per 1,000 readings ({cpu['min']:.4f}–{cpu['max']:.4f}), "
+              f"{pct['median']:.2f} % of one core ({pct['min']:.2f}–{pct['max']:.2f}), "
+              f"{statistics.median(r['readings_s'] for r in got['runs']):,.0f} values/s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
