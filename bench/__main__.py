@@ -1,13 +1,13 @@
 """The performance report (`make bench`), or the benchmarks named: `python -m bench codec spool`.
 
     .venv/bin/python -m bench            # the report, then the other short benchmarks (about 20 minutes)
-    .venv/bin/python -m bench --quick    # the report alone, with shorter runs (about 5 minutes; rougher figures)
+    .venv/bin/python -m bench --quick    # the report alone, with shorter runs (about 8 minutes; rougher figures)
     .venv/bin/python -m bench NAME ...   # only those benchmarks, each printing its own figures
 
 The report runs bench.pipeline (demo policy), bench.gateway_load (a real `ocn-edge run` measured
-from outside, at two loads), bench.floor (a bare asyncio client making the same requests: the
-floor under those CPU figures on this machine) and bench.hub (SQLite and PostgreSQL), three runs each, and writes
-bench/results/latest.json (every run's figures, the machine and its load average) and
+from outside, at two loads), bench.floor (a bare asyncio client polling as the gateway does: the
+floor under those CPU figures on this machine) and bench.hub (SQLite and PostgreSQL), three runs
+each, and writes bench/results/latest.json (every run's figures, the machine and its load average) and
 bench/results/latest.md (the table: median and range of the runs, beside the targets of issue 17).
 Then, without --quick, the other benchmarks print their own figures.  bench.hostile and the MQTT
 benchmarks run for many minutes and only when named; nothing passes or fails on time.
@@ -131,9 +131,10 @@ def _table(report: dict[str, Any]) -> str:
         "separate processes; CPU, RssAnon, RSS and disk writes of the gateway's process tree sampled from /proc once a second "
         "(bench/observer.py); start-up from just before exec to the gateway's `first reading` log line (CLOCK_MONOTONIC); "
         "bytes per reading the hub acked; every reading kept by the policy.",
-        "- floor: `python -m bench.floor`: the gateway's requests to the same hil-sim scenario from a bare asyncio client (one "
-        "connection under a lock, a timer per poll and a deadline per request, the values unpacked, nothing else), observed "
-        "as the gateway is: what stock asyncio costs on this machine before any of the gateway's own work.",
+        "- floor: `python -m bench.floor`: the gateway's requests to the same hil-sim scenario from a bare asyncio client polling "
+        "as the gateway does (one connection and one request in flight under a lock, a timer per poll and a deadline per "
+        "request, the registers unpacked, nothing else), observed as the gateway is (30 s windows): what this way of polling "
+        "costs in stock asyncio on this machine before any of the gateway's own work.",
         "- hub: `python -m bench.hub`: simulated gateways post pre-sealed 1,100-reading batches to `ocn-edge hub` over loopback.",
     ]
     return "\n".join(lines) + "\n"
