@@ -31,14 +31,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import signal
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -222,16 +220,6 @@ def run_once(load: gateway_load.Load, directory: Path, *, warmup_s: float, secon
     }
 
 
-def measure(load: gateway_load.Load, *, runs: int, warmup_s: float, seconds: float) -> dict[str, Any]:
-    results = []
-    for i in range(runs):
-        with tempfile.TemporaryDirectory(prefix=f"ocn-floor-{load.name}-", dir=os.environ.get("OCN_BENCH_DIR")) as d:
-            r = run_once(load, Path(d), warmup_s=warmup_s, seconds=seconds)
-        print(f"  {load.name} run {i + 1}/{runs}: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
-        results.append(r)
-    return {"load": load.title, "runs": results, "summary": gateway_load.summarise(results)}
-
-
 def _request(text: str) -> Request:
     code, address, count, values = (int(x) for x in text.split(":"))
     return code, address, count, values
@@ -260,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.load in (name, "both"):
             load = gateway_load.LOADS[name]
             print(f"floor, {load.title}: {args.runs} runs, {args.seconds:.0f} s window after {args.warmup:.0f} s", flush=True)
-            out[name] = measure(load, runs=args.runs, warmup_s=args.warmup, seconds=args.seconds)
+            out[name] = gateway_load.measure(load, runs=args.runs, warmup_s=args.warmup, seconds=args.seconds, run=run_once,
+                                             prefix="ocn-floor")
     for got in out.values():
         s = got["summary"]
         cpu, pct = s["cpu_s_per_1000"], s["cpu_pct_core"]

@@ -48,7 +48,7 @@ import threading
 import time
 import tomllib
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -321,11 +321,17 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
             for key in runs[0]}
 
 
-def measure(load: Load, *, runs: int, warmup_s: float, seconds: float) -> dict[str, Any]:
+RunOnce = Callable[..., dict[str, float]]  # (load, directory, *, warmup_s, seconds) -> one run's figures
+
+
+def measure(load: Load, *, runs: int, warmup_s: float, seconds: float, run: RunOnce | None = None,
+            prefix: str = "ocn-load") -> dict[str, Any]:
+    """``runs`` runs of ``run`` (this module's run_once unless given), each in a fresh directory; each run's figures and their summary."""
+    run = run or run_once
     results = []
     for i in range(runs):
-        with tempfile.TemporaryDirectory(prefix=f"ocn-load-{load.name}-", dir=os.environ.get("OCN_BENCH_DIR")) as d:
-            r = run_once(load, Path(d), warmup_s=warmup_s, seconds=seconds)
+        with tempfile.TemporaryDirectory(prefix=f"{prefix}-{load.name}-", dir=os.environ.get("OCN_BENCH_DIR")) as d:
+            r = run(load, Path(d), warmup_s=warmup_s, seconds=seconds)
         print(f"  {load.name} run {i + 1}/{runs}: " + ", ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
         results.append(r)
     return {"load": load.title, "runs": results, "summary": summarise(results)}
