@@ -1,6 +1,6 @@
 """The floor under bench.gateway_load: a bare asyncio Modbus client making the gateway's requests, observed the same way.
 
-    .venv/bin/python -m bench.floor [--load meter|fleet|both] [--runs 3] [--seconds 30] [--warmup 5] [--json FILE]
+    .venv/bin/python -m bench.floor [--load meter|fleet|both] [--runs 3] [--seconds 30] [--warmup 5] [--loop asyncio|uvloop] [--json FILE]
 
 How much of the gateway's CPU is the gateway's?  This client polls as the gateway does and does
 nothing else: the same hil-sim scenario (`ocn-edge sim`, pymodbus's Modbus TCP server answering
@@ -20,8 +20,9 @@ replies; the harness asks for the count (SIGUSR1, one line on stdout) just outsi
 On a virtual machine much of a lightly loaded process's CPU is the cost of waking up (see
 bench.wakeups): this is what this way of polling costs in stock asyncio on this machine, one
 request at a time per line, before a line of the gateway's own runs.  A target below it is out
-of reach of the gateway's own code; only another event loop (uvloop), several requests in flight
-on a line, or fewer wake-ups per reading would go under it.  The window is 30 s after 5 s by
+of reach of the gateway's own code; only another event loop, several requests in flight on a
+line, or fewer wake-ups per reading would go under it.  `--loop uvloop` runs the client on
+uvloop (asyncio's loop in C; not a dependency: install it by hand to compare) for the first.  The window is 30 s after 5 s by
 default (bench.gateway_load's: 90 s after 10 s; CPU is read in nanoseconds, so 30 one-second
 polls are enough).  Each figure is the median and range of --runs runs.  Nothing passes or fails.
 """
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import importlib
 import json
 import re
 import signal
@@ -39,9 +42,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench import gateway_load
 from bench.observer import TreeObserver
@@ -50,6 +53,7 @@ FUNCTION_CODES = {"holding": 3, "input": 4}
 DEADLINE_S = 1.0  # the gateway's bus timeout in bench.gateway_load
 READ_TIMEOUT_S = 60.0  # a client that says nothing for this long is killed, so the harness never hangs
 
+LOOPS = ("asyncio", "uvloop")  # uvloop only to compare: not a dependency, it must be installed by hand
 Request = tuple[int, int, int, int]  # function code, address, register count, values of the profile in it
 
 
@@ -68,8 +72,7 @@ class _Link(asyncio.Protocol):
         return self._tid
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a stream's transport (uvloop's is not an asyncio.Transport subclass)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -177,7 +180,19 @@ def _ask(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return _line(proc, "instead of its counts")
 
 
-def run_once(load: gateway_load.Load, directory: Path, *, warmup_s: float, seconds: float) -> dict[str, float]:
+def _loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to run the client on: stock asyncio's (None), or uvloop's when asked and installed."""
+    if loop == "asyncio":
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        raise SystemExit("bench.floor --loop uvloop: uvloop is not installed here (pip install uvloop; OCN Edge does not depend on it)") from None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run_once(load: gateway_load.Load, directory: Path, *, warmup_s: float, seconds: float, loop: str = "asyncio") -> dict[str, float]:
     env = gateway_load.installed_env()
     requests = plan(load, directory)
     procs: list[subprocess.Popen[str]] = []
@@ -190,7 +205,7 @@ def run_once(load: gateway_load.Load, directory: Path, *, warmup_s: float, secon
         procs.append(sim)
         endpoints = json.loads(gateway_load._read_until(sim, sim.stdout, re.compile(r"^\{.*\}$"), "hil-sim").group(0))
         port = int(endpoints["devices"]["meter-1"]["port"])
-        args = ["--port", str(port), "--devices", str(load.devices), "--poll", str(load.poll_s),
+        args = ["--port", str(port), "--devices", str(load.devices), "--poll", str(load.poll_s), "--loop", loop,
                 *(a for request in requests for a in ("--request", ":".join(map(str, request))))]
         floor = subprocess.Popen([sys.executable, "-m", "bench.floor", "client", *args], stdout=subprocess.PIPE, text=True, env=env,
                                  cwd=gateway_load.ROOT)
@@ -233,27 +248,32 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.add_argument("--devices", type=int, required=True)
         parser.add_argument("--poll", type=float, required=True)
         parser.add_argument("--request", type=_request, action="append", required=True, help="code:address:count:values")
+        parser.add_argument("--loop", choices=LOOPS, default="asyncio")
         a = parser.parse_args(argv[1:])
-        asyncio.run(client(a.port, a.devices, a.request, a.poll))
+        with asyncio.Runner(loop_factory=_loop_factory(a.loop)) as runner:
+            runner.run(client(a.port, a.devices, a.request, a.poll))
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--load", choices=("meter", "fleet", "both"), default="both")
     parser.add_argument("--runs", type=int, default=3, help="runs per load (default 3)")
     parser.add_argument("--seconds", type=float, default=30.0, help="the measured window per run (default 30)")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after the client started before the window (default 5)")
+    parser.add_argument("--loop", choices=LOOPS, default="asyncio",
+                        help="the client's event loop (default asyncio; uvloop, to compare, if installed by hand)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     args = parser.parse_args(argv)
+    _loop_factory(args.loop)  # uvloop missing: said now, not after the simulator started
     out = {}
     for name in ("meter", "fleet"):
         if args.load in (name, "both"):
             load = gateway_load.LOADS[name]
-            print(f"floor, {load.title}: {args.runs} runs, {args.seconds:.0f} s window after {args.warmup:.0f} s", flush=True)
-            out[name] = gateway_load.measure(load, runs=args.runs, warmup_s=args.warmup, seconds=args.seconds, run=run_once,
-                                             prefix="ocn-floor")
+            print(f"floor ({args.loop}), {load.title}: {args.runs} runs, {args.seconds:.0f} s window after {args.warmup:.0f} s", flush=True)
+            out[name] = gateway_load.measure(load, runs=args.runs, warmup_s=args.warmup, seconds=args.seconds,
+                                             run=functools.partial(run_once, loop=args.loop), prefix="ocn-floor")
     for got in out.values():
         s = got["summary"]
         cpu, pct = s["cpu_s_per_1000"], s["cpu_pct_core"]
-        print(f"floor, {got['load']}: {cpu['median']:.4f} CPU-s per 1,000 readings ({cpu['min']:.4f}–{cpu['max']:.4f}), "
+        print(f"floor ({args.loop}), {got['load']}: {cpu['median']:.4f} CPU-s per 1,000 readings ({cpu['min']:.4f}–{cpu['max']:.4f}), "
               f"{pct['median']:.2f} % of one core ({pct['min']:.2f}–{pct['max']:.2f}), "
               f"{statistics.median(r['readings_s'] for r in got['runs']):,.0f} values/s")
     if args.json:
