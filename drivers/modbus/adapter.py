@@ -214,6 +214,10 @@ class ModbusLink:
         self.bytes_in = 0
         self._received_during_request = 0
         self._lost = asyncio.Event()
+        # The request awaiting its reply (its future, the request, its deadline) and the one deadline timer of this link;
+        # see _execute.
+        self._awaiting: tuple[asyncio.Future[ModbusPDU], ModbusPDU, float] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         # retries = 0 and reconnect_delay = 0: the bus owner decides about retries, and reopens
         # with its own backoff and logging.
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient
@@ -339,26 +343,63 @@ class ModbusLink:
         ``response_future`` (``callback_data``), as there; at the deadline it fails as pymodbus's
         "no response" does (a ``ModbusIOException``).  Cancelled, the future is cancelled, and a
         late reply is ignored, as with ``wait_for``.
+
+        The deadline is kept by one timer per link, not one per request: a timer made and cancelled
+        for every request stayed in the loop's heap until its time came (asyncio drops cancelled
+        timers lazily), so a bus of 20 meters carried about a hundred of them, and every timer the
+        loop scheduled or ran was compared against them.  The link's timer fires at the earliest
+        deadline it was set for; a request still waiting then fails if its own deadline has passed,
+        and the timer is set again for it if not (the request now waiting came later).  So a busy
+        link makes about one timer a timeout, and each request still fails at its own deadline.
         """
         protocol = self._client.ctx
         if not protocol.transport:
             raise ConnectionException(f"Not connected[{self._client!s}]")
         request.transaction_id = protocol.getNextTID()
         protocol.recv_buffer = b""
-        future: asyncio.Future[ModbusPDU] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ModbusPDU] = loop.create_future()
         protocol.response_future = future
         protocol.pdu_send(request)
-        timer = asyncio.get_running_loop().call_at(deadline, _expire, future, request)
+        if self._awaiting is not None and not self._awaiting[0].done():
+            # Another request of this link is waiting (the bus owner's lock makes that impossible): its own timer, as before.
+            timer: asyncio.TimerHandle | None = loop.call_at(deadline, _expire, future, request)
+        else:
+            timer = None
+            self._awaiting = (future, request, deadline)
+            watchdog = self._watchdog
+            if watchdog is None or watchdog.when() > deadline:
+                if watchdog is not None:
+                    watchdog.cancel()
+                self._watchdog = loop.call_at(deadline, self._watch)
         try:
             reply = await future
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
+            elif self._awaiting is not None and self._awaiting[0] is future:
+                self._awaiting = None
         if request.dev_id and reply.dev_id != request.dev_id:
             raise _io_error(f"request uses device id={request.dev_id} but received {reply.dev_id}", request)
         if reply.transaction_id and reply.transaction_id != request.transaction_id:
             raise _io_error(f"request uses transaction id={request.transaction_id} but received {reply.transaction_id}",
                             request)
         return reply
+
+    def _watch(self) -> None:
+        """The link's deadline timer: fail the waiting request whose deadline has passed, or wait on for the one now waiting."""
+        self._watchdog = None
+        awaiting = self._awaiting
+        if awaiting is None:
+            return
+        future, request, deadline = awaiting
+        if future.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= deadline:
+            _expire(future, request)
+        else:
+            self._watchdog = loop.call_at(deadline, self._watch)
 
     async def _next_reply(self, timeout: float) -> ModbusPDU:
         """The next frame from the unit last asked (pymodbus 3.16 hands each frame to ``response_future``)."""

@@ -1,0 +1,72 @@
+"""A Modbus link keeps its requests' deadlines with one timer, and each request still fails at its own deadline.
+
+A timer per request, cancelled when the reply came, stayed in the event loop's heap until its
+time (asyncio drops cancelled timers lazily): a busy bus carried about a hundred, and every timer
+the loop scheduled or ran was compared against them.  Against a real Modbus TCP server on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from drivers.modbus.adapter import ModbusLink, NoReply
+from tests.drivers.loopback import RegisterStore, modbus_tcp_server
+
+SILENT = 9  # a unit the server has no registers for: it never answers
+
+
+@pytest.fixture
+async def link() -> AsyncIterator[ModbusLink]:
+    store = RegisterStore()
+    store.set_words(1, "holding", 0, [7, 8])
+    server, port = await modbus_tcp_server(store)
+    link = ModbusLink("tcp", tcp_port=port, timeout=2.0)
+    await link.open()
+    try:
+        yield link
+    finally:
+        link.close()
+        await server.shutdown()
+
+
+async def _silent_for(link: ModbusLink, timeout: float) -> float:
+    """Seconds until a read of the silent unit with ``timeout`` failed with NoReply."""
+    began = time.monotonic()
+    with pytest.raises(NoReply):
+        await link.read("holding", SILENT, 0, 1, timeout=timeout)
+    return time.monotonic() - began
+
+
+async def test_a_request_with_an_earlier_deadline_than_the_timer_s_fails_at_its_own(link: ModbusLink) -> None:
+    for _ in range(20):  # the link's timer is now set two seconds ahead
+        assert await link.read("holding", 1, 0, 2, timeout=2.0) == [7, 8]
+    assert 0.25 <= await _silent_for(link, 0.3) < 1.0
+
+
+async def test_a_request_with_a_later_deadline_than_the_timer_s_is_not_cut_short(link: ModbusLink) -> None:
+    for _ in range(20):  # the link's timer is now set 0.2 s ahead, before the silent read's deadline
+        assert await link.read("holding", 1, 0, 2, timeout=0.2) == [7, 8]
+    assert 0.5 <= await _silent_for(link, 0.5) < 1.5
+    # And the link goes on answering, its next silence timed again.
+    assert await link.read("holding", 1, 0, 2, timeout=0.2) == [7, 8]
+    assert 0.3 <= await _silent_for(link, 0.3) < 1.0
+
+
+async def test_a_busy_link_makes_one_deadline_timer_not_one_a_request(link: ModbusLink, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    made: list[Any] = []
+    call_at = loop.call_at
+
+    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        made.append(callback)
+        return call_at(when, callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_at", counting)
+    for _ in range(200):
+        assert await link.read("holding", 1, 0, 2, timeout=2.0) == [7, 8]
+    assert len(made) <= 2, made  # one for the first request; one more only if the reads outlasted its deadline
