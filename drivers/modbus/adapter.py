@@ -218,6 +218,7 @@ class ModbusLink:
         # see _execute.
         self._awaiting: tuple[asyncio.Future[ModbusPDU], ModbusPDU, float] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_loop: asyncio.AbstractEventLoop | None = None
         # retries = 0 and reconnect_delay = 0: the bus owner decides about retries, and reopens
         # with its own backoff and logging.
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient
@@ -345,12 +346,14 @@ class ModbusLink:
         late reply is ignored, as with ``wait_for``.
 
         The deadline is kept by one timer per link, not one per request: a timer made and cancelled
-        for every request stayed in the loop's heap until its time came (asyncio drops cancelled
-        timers lazily), so a bus of 20 meters carried about a hundred of them, and every timer the
-        loop scheduled or ran was compared against them.  The link's timer fires at the earliest
-        deadline it was set for; a request still waiting then fails if its own deadline has passed,
-        and the timer is set again for it if not (the request now waiting came later).  So a busy
-        link makes about one timer a timeout, and each request still fails at its own deadline.
+        for every request cost a call_at and a cancel, and stayed in the loop's heap until its time
+        came or asyncio compacted it (it drops cancelled timers lazily), so a bus of 20 meters
+        carried up to a hundred of them, which every push and pop of the heap compared against.
+        The link's timer fires at the earliest deadline it was set for; a request still waiting
+        then fails if its own deadline has passed, and the timer is set again for it if not (the
+        request now waiting came later).  A busy link whose requests share a timeout makes about
+        one timer a timeout (a request due sooner than the timer sets it sooner), and each
+        request still fails at its own deadline, never before it.
         """
         protocol = self._client.ctx
         if not protocol.transport:
@@ -366,12 +369,13 @@ class ModbusLink:
             timer: asyncio.TimerHandle | None = loop.call_at(deadline, _expire, future, request)
         else:
             timer = None
-            self._awaiting = (future, request, deadline)
             watchdog = self._watchdog
-            if watchdog is None or watchdog.when() > deadline:
+            # A timer of another loop (a link used again under a new asyncio.run) would never fire here.
+            if watchdog is None or self._watchdog_loop is not loop or watchdog.when() > deadline:
                 if watchdog is not None:
                     watchdog.cancel()
-                self._watchdog = loop.call_at(deadline, self._watch)
+                self._watchdog, self._watchdog_loop = loop.call_at(deadline, self._watch), loop
+            self._awaiting = (future, request, deadline)  # once the timer is sure: a failed call_at leaves nothing waiting
         try:
             reply = await future
         finally:

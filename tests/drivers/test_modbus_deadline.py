@@ -68,5 +68,15 @@ async def test_a_busy_link_makes_one_deadline_timer_not_one_a_request(link: Modb
 
     monkeypatch.setattr(loop, "call_at", counting)
     for _ in range(200):
-        assert await link.read("holding", 1, 0, 2, timeout=2.0) == [7, 8]
-    assert len(made) <= 2, made  # one for the first request; one more only if the reads outlasted its deadline
+        assert await link.read("holding", 1, 0, 2, timeout=30.0) == [7, 8]
+    assert len(made) == 1, made  # the first request's; every later one is due after it (a timer per request before)
+
+
+async def test_a_silent_read_cancelled_leaves_the_next_ones_their_own_deadlines(link: ModbusLink) -> None:
+    waiting = asyncio.create_task(link.read("holding", SILENT, 0, 1, timeout=5.0))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert 0.3 <= await _silent_for(link, 0.3) < 1.0  # due before the cancelled read's timer: it is set sooner
+    assert await link.read("holding", 1, 0, 2, timeout=0.5) == [7, 8]
