@@ -7,8 +7,9 @@
 The report runs bench.pipeline (demo policy), bench.gateway_load (a real `ocn-edge run` measured
 from outside, at two loads), bench.floor (a bare asyncio client polling as the gateway does: the
 floor under those CPU figures on this machine) and bench.hub (SQLite and PostgreSQL), three runs
-each, and writes bench/results/latest.json (every run's figures, the machine and its load average) and
-bench/results/latest.md (the table: median and range of the runs, beside the targets of issue 17).
+each, and writes bench/results/latest.json (every run's figures, the machine and its load
+average) and bench/results/latest.md (the table: median and range of the runs, beside the
+targets of issue 17).
 Then, without --quick, the other benchmarks print their own figures.  bench.hostile and the MQTT
 benchmarks run for many minutes and only when named; nothing passes or fails on time.
 """

@@ -7,8 +7,8 @@ nothing else: the same hil-sim scenario (`ocn-edge sim`, pymodbus's Modbus TCP s
 as SDM630 meters after 2 ms), the same requests (the gateway's own planner on the same cut
 SDM630 profile: one request per meter per poll), one TCP connection with one request in flight,
 shared under an asyncio.Lock as the gateway's bus owner shares its line, each device a task woken
-by a loop timer at its poll interval, a deadline timer per request, and each reply's registers
-unpacked with one struct call.  No pymodbus on the client side (Modbus TCP frames built and
+by a loop timer at its poll interval, a deadline timer per request (as the gateway had until
+4a65298; it now keeps one per link), and each reply's registers unpacked with one struct call.  No pymodbus on the client side (Modbus TCP frames built and
 parsed in a few lines), no float decoding, no Reading objects, no privacy stage, batcher, spool,
 uplink, hub, local API or logging.
 
@@ -22,9 +22,10 @@ bench.wakeups): this is what this way of polling costs in stock asyncio on this 
 request at a time per line, before a line of the gateway's own runs.  A target below it is out
 of reach of the gateway's own code; only another event loop, several requests in flight on a
 line, or fewer wake-ups per reading would go under it.  `--loop uvloop` runs the client on
-uvloop (asyncio's loop in C; not a dependency: install it by hand to compare) for the first.  The window is 30 s after 5 s by
-default (bench.gateway_load's: 90 s after 10 s; CPU is read in nanoseconds, so 30 one-second
-polls are enough).  Each figure is the median and range of --runs runs.  Nothing passes or fails.
+uvloop (asyncio's loop in C; not a dependency: install it by hand to compare) for the first.
+The window is 30 s after 5 s by default (bench.gateway_load's: 90 s after 10 s; CPU is read in
+nanoseconds, so 30 one-second polls are enough).  Each figure is the median and range of --runs
+runs.  Nothing passes or fails.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ def plan(load: gateway_load.Load, directory: Path) -> list[Request]:
 
     profile = load_profile(str(gateway_load.sdm630_profile(directory / "profile.toml", load.channels)))
     return [(FUNCTION_CODES[r.function], r.address, r.count,
-             sum(1 for reg in profile.registers if reg.function == r.function and r.address <= reg.address and reg.address + reg.count <= r.end))
+             sum(1 for reg in profile.registers if r.holds(reg.function, reg.address, reg.count)))
             for r in plan_reads(profile.spans(), max_gap=profile.max_gap, unreadable=profile.unreadable)]
 
 

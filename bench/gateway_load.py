@@ -324,10 +324,9 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 RunOnce = Callable[..., dict[str, float]]  # (load, directory, *, warmup_s, seconds) -> one run's figures
 
 
-def measure(load: Load, *, runs: int, warmup_s: float, seconds: float, run: RunOnce | None = None,
+def measure(load: Load, *, runs: int, warmup_s: float, seconds: float, run: RunOnce = run_once,
             prefix: str = "ocn-load") -> dict[str, Any]:
     """``runs`` runs of ``run`` (this module's run_once unless given), each in a fresh directory; each run's figures and their summary."""
-    run = run or run_once
     results = []
     for i in range(runs):
         with tempfile.TemporaryDirectory(prefix=f"{prefix}-{load.name}-", dir=os.environ.get("OCN_BENCH_DIR")) as d:

@@ -88,8 +88,7 @@ class ModbusDriver(Driver):
         max_gap = self.profile.max_gap if options["max_gap"] is None else options["max_gap"]
         self.plan = plan_reads(self.profile.spans(), max_gap=max_gap, unreadable=self.profile.unreadable)
         self._by_request = {
-            req: [r for r in self.profile.registers
-                  if r.function == req.function and req.address <= r.address and r.address + r.count <= req.end]
+            req: [r for r in self.profile.registers if req.holds(r.function, r.address, r.count)]
             for req in self.plan
         }
         # Per request, each register with its channel's gateway-wide id and its words' slice, built once instead of every poll.

@@ -36,6 +36,10 @@ class ReadRequest:
     def end(self) -> int:
         return self.address + self.count
 
+    def holds(self, function: str, address: int, count: int) -> bool:
+        """Whether this request reads the ``count`` addresses of ``function`` from ``address`` (a register or span)."""
+        return function == self.function and self.address <= address and address + count <= self.end
+
 
 def plan_reads(
     spans: Iterable[Span],

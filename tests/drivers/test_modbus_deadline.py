@@ -1,8 +1,9 @@
 """A Modbus link keeps its requests' deadlines with one timer, and each request still fails at its own deadline.
 
-A timer per request, cancelled when the reply came, stayed in the event loop's heap until its
-time (asyncio drops cancelled timers lazily): a busy bus carried about a hundred, and every timer
-the loop scheduled or ran was compared against them.  Against a real Modbus TCP server on loopback.
+A timer per request, cancelled when the reply came, cost a call_at and a cancel and stayed in the
+event loop's heap until its time or a compaction (asyncio drops cancelled timers lazily): a busy
+bus carried up to a hundred, which every push and pop of the heap compared against.  Against a
+real Modbus TCP server on loopback.
 """
 
 from __future__ import annotations
@@ -80,3 +81,15 @@ async def test_a_silent_read_cancelled_leaves_the_next_ones_their_own_deadlines(
         await waiting
     assert 0.3 <= await _silent_for(link, 0.3) < 1.0  # due before the cancelled read's timer: it is set sooner
     assert await link.read("holding", 1, 0, 2, timeout=0.5) == [7, 8]
+
+
+async def test_two_reads_waiting_on_one_link_at_once_each_fail_at_their_own_deadline(link: ModbusLink) -> None:
+    # The bus owner's lock never lets this happen; a link used without it still leaves no read without a deadline.
+    began = time.monotonic()
+    first = asyncio.create_task(link.read("holding", SILENT, 0, 1, timeout=0.3))
+    await asyncio.sleep(0)  # the first is sent and waiting
+    second = asyncio.create_task(link.read("holding", SILENT, 0, 1, timeout=0.6))
+    for task, due in ((first, 0.3), (second, 0.6)):
+        with pytest.raises(NoReply):
+            await asyncio.wait_for(task, 5.0)
+        assert due <= time.monotonic() - began < due + 1.0

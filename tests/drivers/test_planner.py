@@ -93,3 +93,11 @@ def test_functions_are_planned_separately():
 def test_values_sharing_a_register_count_it_once_as_used():
     plan = plan_reads([Span("holding", 8), Span("holding", 8), Span("holding", 9)])
     assert plan == [ReadRequest("holding", 8, 2, 2)]
+
+
+def test_a_request_holds_the_registers_wholly_inside_it_of_its_own_function():
+    req = ReadRequest("input", 10, 4, 4)  # addresses 10..13
+    assert req.holds("input", 10, 2) and req.holds("input", 12, 2) and req.holds("input", 13, 1)
+    assert not req.holds("input", 9, 2)  # starts before it
+    assert not req.holds("input", 13, 2)  # ends after it
+    assert not req.holds("holding", 10, 2)  # another table

@@ -183,8 +183,7 @@ def test_a_whole_request_decoded_in_one_block_gives_what_each_register_gives(nam
     rng = random.Random(name)
     nan = list(struct.unpack(">2H", struct.pack(">f", float("nan"))))
     for req in plan_reads(p.spans(), max_gap=p.max_gap, unreadable=p.unreadable):
-        regs = [(r, r.address - req.address) for r in p.registers
-                if r.function == req.function and req.address <= r.address and r.address + r.count <= req.end]
+        regs = [(r, r.address - req.address) for r in p.registers if req.holds(r.function, r.address, r.count)]
         block = BlockDecoder.build(regs, req.count)
         if block is None:
             assert not all(r.plain for r, _ in regs) or req.function in ("coil", "discrete")
