@@ -214,11 +214,6 @@ class ModbusLink:
         self.bytes_in = 0
         self._received_during_request = 0
         self._lost = asyncio.Event()
-        # The request awaiting its reply (its future, the request, its deadline) and the one deadline timer of this link;
-        # see _execute.
-        self._awaiting: tuple[asyncio.Future[ModbusPDU], ModbusPDU, float] | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._watchdog_loop: asyncio.AbstractEventLoop | None = None
         # retries = 0 and reconnect_delay = 0: the bus owner decides about retries, and reopens
         # with its own backoff and logging.
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient
@@ -345,15 +340,14 @@ class ModbusLink:
         "no response" does (a ``ModbusIOException``).  Cancelled, the future is cancelled, and a
         late reply is ignored, as with ``wait_for``.
 
-        The deadline is kept by one timer per link, not one per request: a timer made and cancelled
-        for every request cost a call_at and a cancel, and stayed in the loop's heap until its time
-        came or asyncio compacted it (it drops cancelled timers lazily), so a bus of 20 meters
-        carried up to a hundred of them, which every push and pop of the heap compared against.
-        The link's timer fires at the earliest deadline it was set for; a request still waiting
-        then fails if its own deadline has passed, and the timer is set again for it if not (the
-        request now waiting came later).  A busy link whose requests share a timeout makes about
-        one timer a timeout (a request due sooner than the timer sets it sooner), and each
-        request still fails at its own deadline, never before it.
+        Each request has its own deadline timer, cancelled when its reply comes, so a link with no
+        request out leaves nothing to wake the loop.  One timer per link, set again only when it
+        fired (4a65298), saved a call_at and a cancel per request on a busy bus but woke the loop for
+        nothing whenever the link fell idle before the timer's time: once a poll for a device polled
+        at intervals longer than its timeout (the defaults: every 10 s, a 0.5 s timeout), and for a
+        meter polled every second with a 1 s timeout, at about every other poll, just after the next
+        request went out.  Each wake from idle costs more than a hundred timers in the heap do; a cancelled
+        timer at the heap's head is dropped before the loop sleeps, never woken for.
         """
         protocol = self._client.ctx
         if not protocol.transport:
@@ -364,46 +358,17 @@ class ModbusLink:
         future: asyncio.Future[ModbusPDU] = loop.create_future()
         protocol.response_future = future
         protocol.pdu_send(request)
-        if self._awaiting is not None and not self._awaiting[0].done():
-            # Another request of this link is waiting (the bus owner's lock makes that impossible): its own timer, as before.
-            timer: asyncio.TimerHandle | None = loop.call_at(deadline, _expire, future, request)
-        else:
-            timer = None
-            watchdog = self._watchdog
-            # A timer of another loop (a link used again under a new asyncio.run) would never fire here.
-            if watchdog is None or self._watchdog_loop is not loop or watchdog.when() > deadline:
-                if watchdog is not None:
-                    watchdog.cancel()
-                self._watchdog, self._watchdog_loop = loop.call_at(deadline, self._watch), loop
-            self._awaiting = (future, request, deadline)  # once the timer is sure: a failed call_at leaves nothing waiting
+        timer = loop.call_at(deadline, _expire, future, request)
         try:
             reply = await future
         finally:
-            if timer is not None:
-                timer.cancel()
-            elif self._awaiting is not None and self._awaiting[0] is future:
-                self._awaiting = None
+            timer.cancel()
         if request.dev_id and reply.dev_id != request.dev_id:
             raise _io_error(f"request uses device id={request.dev_id} but received {reply.dev_id}", request)
         if reply.transaction_id and reply.transaction_id != request.transaction_id:
             raise _io_error(f"request uses transaction id={request.transaction_id} but received {reply.transaction_id}",
                             request)
         return reply
-
-    def _watch(self) -> None:
-        """The link's deadline timer: fail the waiting request whose deadline has passed, or wait on for the one now waiting."""
-        self._watchdog = None
-        awaiting = self._awaiting
-        if awaiting is None:
-            return
-        future, request, deadline = awaiting
-        if future.done():
-            return
-        loop = asyncio.get_running_loop()
-        if loop.time() >= deadline:
-            _expire(future, request)
-        else:
-            self._watchdog = loop.call_at(deadline, self._watch)
 
     async def _next_reply(self, timeout: float) -> ModbusPDU:
         """The next frame from the unit last asked (pymodbus 3.16 hands each frame to ``response_future``)."""

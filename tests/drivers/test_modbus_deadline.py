@@ -1,9 +1,6 @@
-"""A Modbus link keeps its requests' deadlines with one timer, and each request still fails at its own deadline.
+"""Each request on a Modbus link fails at its own deadline, and an answered one leaves nothing to wake the loop.
 
-A timer per request, cancelled when the reply came, cost a call_at and a cancel and stayed in the
-event loop's heap until its time or a compaction (asyncio drops cancelled timers lazily): a busy
-bus carried up to a hundred, which every push and pop of the heap compared against.  Against a
-real Modbus TCP server on loopback.
+Against a real Modbus TCP server on loopback.
 """
 
 from __future__ import annotations
@@ -58,19 +55,35 @@ async def test_a_request_with_a_later_deadline_than_the_timer_s_is_not_cut_short
     assert 0.3 <= await _silent_for(link, 0.3) < 1.0
 
 
-async def test_a_busy_link_makes_one_deadline_timer_not_one_a_request(link: ModbusLink, monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = asyncio.get_running_loop()
-    made: list[Any] = []
-    call_at = loop.call_at
+async def _sleeps_of_the_loop(seconds: float) -> int:
+    """How many times the loop went to sleep (a select with a timeout) while this task slept ``seconds``."""
+    loop: Any = asyncio.get_running_loop()
+    selector = loop._selector
+    select = selector.select
+    sleeps = 0
 
-    def counting(when: float, callback: Any, *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
-        made.append(callback)
-        return call_at(when, callback, *args, **kwargs)
+    def counting(timeout: float | None = None) -> Any:
+        nonlocal sleeps
+        sleeps += timeout is None or timeout > 0
+        return select(timeout)
 
-    monkeypatch.setattr(loop, "call_at", counting)
-    for _ in range(200):
-        assert await link.read("holding", 1, 0, 2, timeout=30.0) == [7, 8]
-    assert len(made) == 1, made  # the first request's; every later one is due after it (a timer per request before)
+    selector.select = counting
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        del selector.select
+    return sleeps
+
+
+async def test_an_idle_link_leaves_nothing_to_wake_the_loop(link: ModbusLink) -> None:
+    # A meter polled at its timeout, and a device polled less often than its timeout: between polls the loop sleeps
+    # once, until the next poll, and is not woken for the answered read's deadline (a timer per link, kept after the
+    # reply, woke it at every such poll: 4a65298).
+    assert await _sleeps_of_the_loop(0.05) == 1  # the loop alone
+    for pause in (0.1, 0.3):
+        for _ in range(3):
+            assert await link.read("holding", 1, 0, 2, timeout=0.1) == [7, 8]
+            assert await _sleeps_of_the_loop(pause) == 1
 
 
 async def test_a_silent_read_cancelled_leaves_the_next_ones_their_own_deadlines(link: ModbusLink) -> None:
