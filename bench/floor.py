@@ -7,10 +7,11 @@ nothing else: the same hil-sim scenario (`ocn-edge sim`, pymodbus's Modbus TCP s
 as SDM630 meters after 2 ms), the same requests (the gateway's own planner on the same cut
 SDM630 profile: one request per meter per poll), one TCP connection with one request in flight,
 shared under an asyncio.Lock as the gateway's bus owner shares its line, each device a task woken
-by a loop timer at its poll interval, a deadline timer per request (as the gateway had until
-4a65298; it now keeps one per link), and each reply's registers unpacked with one struct call.  No pymodbus on the client side (Modbus TCP frames built and
-parsed in a few lines), no float decoding, no Reading objects, no privacy stage, batcher, spool,
-uplink, hub, local API or logging.
+by a loop timer at its poll interval (all started together, so in phase, as the gateway's devices
+are on their interval's grid), a deadline timer per request cancelled by its reply (as the
+gateway's), and each reply's registers unpacked with one struct call.  No pymodbus on the client
+side (Modbus TCP frames built and parsed in a few lines), no float decoding, no Reading objects,
+no privacy stage, batcher, spool, uplink, hub, local API or logging.
 
 It runs as its own process (`python -m bench.floor client ...`) and bench/observer.py samples it
 once a second exactly as it samples `ocn-edge run`: CPU seconds over a steady window (after

@@ -176,7 +176,11 @@ class ModbusDriver(Driver):
             if not opened.cancelled() and opened.done():
                 opened.result()  # wait_open's own error, if it raised one
             stopped.add_done_callback(wake)
-            next_at = loop.time()
+            # The first poll now; the next ones on the interval's grid of the loop's clock, where every device polled
+            # at this interval has its slots: a bus's devices then wake together, at one timer's wake-up, instead of
+            # one after another a few hundred microseconds apart (each device's start), each its own wake-up.
+            now = loop.time()
+            next_at = now - now % interval
             while not stopping.is_set():
                 result = await self.poll()
                 if result.failures or self._refused:

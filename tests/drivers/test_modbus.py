@@ -9,6 +9,7 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -154,6 +155,43 @@ async def test_a_unit_that_dies_and_comes_back_is_read_again_and_logged_once_eac
     back = [r for r in caplog.records if "answers again" in r.getMessage() and "unit 1" in r.getMessage()]
     assert len(stopped) == 1
     assert len([r for r in back if r.name == "ocn.bus"]) == 1
+
+
+async def test_devices_polled_at_one_interval_poll_together_whenever_each_started(store, tcp_bus):
+    # Each device's polls after its first are on the interval's grid of the loop's clock: devices started apart (a
+    # restart, a bus that opened late) wake together, at one timer, instead of each at its own moment.
+    for unit in (1, 2):
+        serve_profile(store, unit, load_profile("eastron-sdm120"), {"voltage": 230.0})
+    loop = asyncio.get_running_loop()
+    began: dict[int, list[float]] = {1: [], 2: []}
+    tasks = []
+    for unit in (1, 2):
+        driver: Any = driver_for(tcp_bus, unit, "eastron-sdm120")
+        poll = driver.poll
+
+        async def timed(unit: int = unit, poll: Callable = poll):
+            began[unit].append(loop.time())
+            return await poll()
+
+        driver.poll = timed
+
+        async def emit(reading):
+            pass
+
+        tasks.append(asyncio.create_task(driver.run(emit)))
+        await asyncio.sleep(0.09)  # the second device starts about half an interval after the first
+    try:
+        async with asyncio.timeout(5):
+            while len(began[2]) < 5:
+                await asyncio.sleep(0.05)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert began[2][0] - began[1][0] >= 0.08  # each device's first poll is at once, not at the next slot
+    for t in began[2][1:]:
+        # The two units share the bus under its lock: the second may poll just after the first, not half an interval off.
+        assert min(abs(t - other) for other in began[1]) < 0.05, (t, began[1])
 
 
 async def test_a_silent_unit_is_skipped_without_touching_the_bus_while_it_backs_off(store, tcp_bus):
