@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import re
 import signal
@@ -223,6 +224,15 @@ def installed_env() -> dict[str, str]:
     return env
 
 
+def between_polls(after: float, poll_s: float) -> float:
+    """The first moment from ``after`` (CLOCK_MONOTONIC) half a poll interval away from the gateway's polls.
+
+    After its first poll the gateway's Modbus driver polls on the interval's grid of the event loop's clock,
+    which is CLOCK_MONOTONIC, the clock this process reads too: at whole multiples of ``poll_s``.
+    """
+    return (math.ceil(after / poll_s - 0.5) + 0.5) * poll_s
+
+
 def run_once(load: Load, directory: Path, *, warmup_s: float, seconds: float) -> dict[str, float]:
     """One run: every process started fresh; the figures of this run."""
     env = installed_env()
@@ -258,10 +268,9 @@ def run_once(load: Load, directory: Path, *, warmup_s: float, seconds: float) ->
         observer = TreeObserver(gateway.pid).start()
         first = float(_read_until(gateway, gateway.stdout, FIRST, "the gateway").group(1))
         api = f"http://127.0.0.1:{api_port}"
-        # The window's ends half a poll interval away from the polls: the gateway polls in step with its first
-        # reading, and a window that began or ended just as a poll ran could count one poll more or fewer (one meter:
-        # 1 % of a 90 s window's readings, 3 % of a 30 s one's).
-        time.sleep(warmup_s + load.poll_s / 2)
+        # The window's ends half a poll interval away from the polls: a window that began or ended just as a poll ran
+        # could count one poll more or fewer (one meter: 1 % of a 90 s window's readings, 3 % of a 30 s one's).
+        time.sleep(max(0.0, between_polls(first + warmup_s, load.poll_s) - time.monotonic()))
         # The window is between the observer's two marks, and our own /status requests fall outside it: what the
         # gateway spends answering them is the benchmark's, not the load's.
         a, mark_a = status(api), observer.mark()

@@ -346,8 +346,8 @@ class ModbusLink:
         nothing whenever the link fell idle before the timer's time: once a poll for a device polled
         at intervals longer than its timeout (the defaults: every 10 s, a 0.5 s timeout), and for a
         meter polled every second with a 1 s timeout, at about every other poll, just after the next
-        request went out.  Each wake from idle costs more than a hundred timers in the heap do; a cancelled
-        timer at the heap's head is dropped before the loop sleeps, never woken for.
+        request went out.  A cancelled timer at the heap's head is dropped before the loop sleeps, never
+        woken for.
         """
         protocol = self._client.ctx
         if not protocol.transport:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,21 +177,23 @@ class ModbusDriver(Driver):
             if not opened.cancelled() and opened.done():
                 opened.result()  # wait_open's own error, if it raised one
             stopped.add_done_callback(wake)
-            # The first poll now; the next ones on the interval's grid of the loop's clock, where every device polled
-            # at this interval has its slots: a bus's devices then wake together, at one timer's wake-up, instead of
-            # one after another a few hundred microseconds apart (each device's start), each its own wake-up.
-            now = loop.time()
-            next_at = now - now % interval
+            # The first poll now; the next ones in the slots of the interval's grid on the loop's clock (slot k at
+            # k * interval), the same times for every device polled at this interval: a bus's devices then wake
+            # together, at one timer's wake-up, instead of one after another as far apart as their starts (a restart,
+            # a late bus), which could cost a wake-up each.  A slot number, not a sum of intervals: no drift.
+            slot = math.floor(loop.time() / interval)
             while not stopping.is_set():
                 result = await self.poll()
                 if result.failures or self._refused:
                     self._report(result)
                 if result.readings:
                     await emit_all(result.readings)
-                next_at += interval
+                slot += 1
+                next_at = slot * interval
                 now = loop.time()
                 if next_at < now:  # a slow cycle skips the missed slots instead of bursting to catch up
-                    next_at = now + interval - (now - next_at) % interval
+                    slot = math.floor(now / interval) + 1
+                    next_at = slot * interval
                 if stopping.is_set():
                     break
                 nap = loop.create_future()

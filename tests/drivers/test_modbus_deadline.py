@@ -40,14 +40,14 @@ async def _silent_for(link: ModbusLink, timeout: float) -> float:
     return time.monotonic() - began
 
 
-async def test_a_request_with_an_earlier_deadline_than_the_timer_s_fails_at_its_own(link: ModbusLink) -> None:
-    for _ in range(20):  # the link's timer is now set two seconds ahead
+async def test_a_silent_read_after_reads_with_a_longer_timeout_fails_at_its_own_deadline(link: ModbusLink) -> None:
+    for _ in range(20):
         assert await link.read("holding", 1, 0, 2, timeout=2.0) == [7, 8]
     assert 0.25 <= await _silent_for(link, 0.3) < 1.0
 
 
-async def test_a_request_with_a_later_deadline_than_the_timer_s_is_not_cut_short(link: ModbusLink) -> None:
-    for _ in range(20):  # the link's timer is now set 0.2 s ahead, before the silent read's deadline
+async def test_a_silent_read_after_reads_with_a_shorter_timeout_is_not_cut_short(link: ModbusLink) -> None:
+    for _ in range(20):
         assert await link.read("holding", 1, 0, 2, timeout=0.2) == [7, 8]
     assert 0.5 <= await _silent_for(link, 0.5) < 1.5
     # And the link goes on answering, its next silence timed again.
@@ -80,9 +80,9 @@ async def test_an_idle_link_leaves_nothing_to_wake_the_loop(link: ModbusLink) ->
     # once, until the next poll, and is not woken for the answered read's deadline (a timer per link, kept after the
     # reply, woke it at every such poll: 4a65298).
     assert await _sleeps_of_the_loop(0.05) == 1  # the loop alone
-    for pause in (0.1, 0.3):
-        for _ in range(3):
-            assert await link.read("holding", 1, 0, 2, timeout=0.1) == [7, 8]
+    for pause in (0.3, 0.6):
+        for _ in range(2):
+            assert await link.read("holding", 1, 0, 2, timeout=0.3) == [7, 8]
             assert await _sleeps_of_the_loop(pause) == 1
 
 
@@ -92,7 +92,7 @@ async def test_a_silent_read_cancelled_leaves_the_next_ones_their_own_deadlines(
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    assert 0.3 <= await _silent_for(link, 0.3) < 1.0  # due before the cancelled read's timer: it is set sooner
+    assert 0.3 <= await _silent_for(link, 0.3) < 1.0  # due before the cancelled read's deadline, at its own
     assert await link.read("holding", 1, 0, 2, timeout=0.5) == [7, 8]
 
 
