@@ -50,6 +50,8 @@ __all__ = ["FILLER", "GATEWAY_ID", "POLICY", "SCENARIO", "filler_readings", "run
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_ID = "soak-gw"
 FLUSH_S = 2.0  # the batch flush interval: the documented at-risk window of a kill -9
+UPLINK_BACKOFF_MAX_S = 300.0  # edge.uplink.Uplink's backoff_max_s: the longest wait between two tries
+DRAIN_S = 10.0  # the backlog drains within this after the link is back, when the gateway tries again at once
 SPOOL_QUOTA = "1MB"  # the smallest quota the config accepts
 HEADROOM = 3_000  # at most this many bytes left free by the pre-sealed backlog: a few seconds of real readings
 BROKER_ADMIN = "ocn-hub"  # the broker's dynamic-security admin: the hub's own user
@@ -600,15 +602,22 @@ async def run_soak(minutes: float, directory: Path, seed: int, *, transport: str
 
             note("gateway started with its spool nearly full, the link cut")
             await gateway.start()
-            await asyncio.sleep(max(20.0, 0.12 * duration))
+            cut_s = max(20.0, 0.12 * duration)
+            await asyncio.sleep(cut_s)
             note("link back (the backlog drains, then the spool has room again)")
             proxy.set_mode("pass")
-            async with asyncio.timeout(max(60.0, 0.3 * duration)):
+            # The gateway tries again when its backoff says, not when the link comes back: after n failures in a row it
+            # may wait up to min(300 s, 2**(n-1) s) (full jitter), so a 20 s cut can leave it 64 s away from its next try
+            # (about one run in fifty).  The wait allows for one more step than the failures counted so far.
+            failures = (await scrape(gateway.api)).get("ocn_edge_uplink_failures_total", 0.0)
+            async with asyncio.timeout(max(60.0, 0.3 * duration) + min(UPLINK_BACKOFF_MAX_S, 2.0 ** failures)):
                 while gateway.full_since is not None or (await scrape(gateway.api)).get("ocn_edge_spool_bytes", quota) > quota / 2:
                     await asyncio.sleep(0.5)  # the backlog drains; the quota window closes with it
             await asyncio.sleep(FLUSH_S + 4.0)
             base = time.monotonic() - t0
-            span = 0.96 * duration - base
+            # The faults' timeline keeps at least the length it has when the backlog drains within DRAIN_S: a late first
+            # try makes the run longer, not the faults closer together.
+            span = max(0.96 * duration - base, 0.96 * duration - (cut_s + DRAIN_S + FLUSH_S + 4.0))
             moved = 0.0  # how much later than planned the steps run: as long as the updates took
             for fraction, what, action in steps:
                 await asyncio.sleep(max(0.0, t0 + base + fraction * span + moved - time.monotonic()))
@@ -620,7 +629,7 @@ async def run_soak(minutes: float, directory: Path, seed: int, *, transport: str
                     note(f"  done in {time.monotonic() - began:.0f} s: {updates.steps[-1]['outcome'].get('state')} "
                          f"{updates.steps[-1]['outcome'].get('version')}, running {updates.steps[-1]['outcome'].get('running')}, "
                          f"rollout {updates.steps[-1]['rollout']}")
-            await asyncio.sleep(max(0.0, t0 + 0.96 * duration + moved - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + base + span + moved - time.monotonic()))
             note("SIGTERM the gateway (it seals what memory holds into its spool)")
             code = await gateway.stop()
             stop_watch.set()
