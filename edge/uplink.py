@@ -54,6 +54,10 @@ _DESIRED_POLL_MIN_S = 5.0
 # costs ~200 µs of CPU here (bench.wakeups), and at 5 s these were ~5 % of the CPU of a gateway polling one
 # meter a second.
 IDLE_POLL_S = 60.0
+# A failed delivery is tried again after a delay drawn uniformly from 0 to BACKOFF_INITIAL_S * 2**n (n failures
+# before it), at most BACKOFF_MAX_S (see the Backoff made in Uplink.__init__).
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 300.0
 
 
 @dataclass(slots=True)
@@ -99,8 +103,8 @@ class Uplink:
         status_facts: Callable[[], ReportFacts] | None = None,
         status_interval_s: float = 300.0,
         on_desired: Callable[[object, str], None] | None = None,
-        backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 300.0,
+        backoff_initial_s: float = BACKOFF_INITIAL_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
         idle_poll_s: float = IDLE_POLL_S,
         desired_wait_s: float = DESIRED_WAIT_S,
         clock_ms: Callable[[], int] = now_ms,

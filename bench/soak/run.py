@@ -40,6 +40,8 @@ from edge.protocol import BatchHeader, key_id, load_private_key, seal_batch
 from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
 from edge.update.fetch import INSTALLED_FILE
+from edge.uplink import BACKOFF_INITIAL_S, BACKOFF_MAX_S
+from edge.util.backoff import Backoff
 from edge.util.clock import now_ms
 from hilsim.modbus_devices import ModbusDevice
 from hilsim.scenario import Simulation, load_scenario, run_scenario
@@ -50,7 +52,6 @@ __all__ = ["FILLER", "GATEWAY_ID", "POLICY", "SCENARIO", "filler_readings", "run
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_ID = "soak-gw"
 FLUSH_S = 2.0  # the batch flush interval: the documented at-risk window of a kill -9
-UPLINK_BACKOFF_MAX_S = 300.0  # edge.uplink.Uplink's backoff_max_s: the longest wait between two tries
 DRAIN_S = 10.0  # the backlog drains within this after the link is back, when the gateway tries again at once
 SPOOL_QUOTA = "1MB"  # the smallest quota the config accepts
 HEADROOM = 3_000  # at most this many bytes left free by the pre-sealed backlog: a few seconds of real readings
@@ -608,9 +609,11 @@ async def run_soak(minutes: float, directory: Path, seed: int, *, transport: str
             proxy.set_mode("pass")
             # The gateway tries again when its backoff says, not when the link comes back: after n failures in a row it
             # may wait up to min(300 s, 2**(n-1) s) (full jitter), so a 20 s cut can leave it 64 s away from its next try
-            # (about one run in fifty).  The wait allows for one more step than the failures counted so far.
-            failures = (await scrape(gateway.api)).get("ocn_edge_uplink_failures_total", 0.0)
-            async with asyncio.timeout(max(60.0, 0.3 * duration) + min(UPLINK_BACKOFF_MAX_S, 2.0 ** failures)):
+            # (about one run in fifty).  The wait allows for one more step than the failures counted so far: the
+            # uplink's own backoff, without its jitter.
+            failures = int((await scrape(gateway.api)).get("ocn_edge_uplink_failures_total", 0.0))
+            longest_wait = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S, jitter=0).delay(failures)
+            async with asyncio.timeout(max(60.0, 0.3 * duration) + longest_wait):
                 while gateway.full_since is not None or (await scrape(gateway.api)).get("ocn_edge_spool_bytes", quota) > quota / 2:
                     await asyncio.sleep(0.5)  # the backlog drains; the quota window closes with it
             await asyncio.sleep(FLUSH_S + 4.0)
