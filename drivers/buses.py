@@ -7,11 +7,12 @@ that use it (``drivers.serial.bus``, ``drivers.modbus.bus``), so neither imports
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 from drivers.line import BusConfigLike
 from drivers.sdk import BusDown
 from drivers.serial.bus import SerialBus
+from edge.util.lazy import lazy_names
 
 if TYPE_CHECKING:
     from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkError, NoReply
@@ -44,14 +45,8 @@ _MODBUS_NAMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _MODBUS_NAMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    __import__(home)  # as edge.protocol does: `python -X importtime` (tests/guardrails) sees only imports made this way
-    value = getattr(sys.modules[home], name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _MODBUS_NAMES)
+
 
 MODBUS_BUSES = ("modbus-rtu", "modbus-tcp", "modbus-rtu-over-tcp")
 

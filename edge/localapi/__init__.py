@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from edge.util.lazy import lazy_names
+
 if TYPE_CHECKING:
     from edge.localapi.app import create_app
     from edge.localapi.server import LocalApi, LocalApiError
@@ -15,13 +17,5 @@ if TYPE_CHECKING:
 __all__ = ["LocalApi", "LocalApiError", "create_app"]
 
 
-def __getattr__(name: str) -> object:
-    if name == "create_app":
-        from edge.localapi import app
-
-        return app.create_app
-    if name in ("LocalApi", "LocalApiError"):
-        from edge.localapi import server
-
-        return getattr(server, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, {"create_app": "edge.localapi.app", "LocalApi": "edge.localapi.server",
+                                      "LocalApiError": "edge.localapi.server"})

@@ -147,6 +147,7 @@ _HOME = {
 }
 
 
+# edge.util.lazy's lazy_names, written out: edge.protocol imports nothing of ours outside itself (tests/guardrails).
 def __getattr__(name: str) -> Any:
     home = _HOME.get(name)
     if home is None:
