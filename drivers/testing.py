@@ -7,12 +7,15 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from drivers.buses import ModbusBus, SerialBus, create_bus
+from drivers.buses import SerialBus, create_bus
 from drivers.registry import load_driver
 from drivers.sdk import DeviceContext, Driver
 from edge.protocol.types import Reading
+
+if TYPE_CHECKING:
+    from drivers.modbus.bus import ModbusBus  # the Modbus stack loads with a Modbus bus, not with this module
 
 __all__ = ["BusSettings", "RunningDevice", "bus_settings_for", "running_device"]
 

@@ -15,9 +15,6 @@ from typing import Any
 from urllib.parse import quote
 
 from drivers.buses import BusConfigLike, create_bus
-from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkDown, ModbusLink, NoReply
-from drivers.modbus.diagnosis import diagnose
-from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.profile import ProfileError, load_profile, shipped_profiles
 from drivers.registry import UnknownDriver, available, load_driver
 from drivers.scaffold import KINDS, ScaffoldError, scaffold
@@ -389,6 +386,10 @@ def _scan_through(holder: PortRecord, args: argparse.Namespace, endpoint: tuple[
 
 async def _scan(tcp: tuple[str, tuple[str, int]] | None, args: argparse.Namespace, bauds: list[int], units: list[int],
                 function: str, address: int) -> list[dict[str, Any]] | None:
+    # The Modbus stack (pymodbus) loads here, not with this module: `ocn-edge ports`, `drivers` and a serial device's
+    # `read` do without it.
+    from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkDown, ModbusLink, NoReply
+
     found: list[dict[str, Any]] = []
     for baud in bauds:
         if tcp:
@@ -593,7 +594,10 @@ async def _read(plan: dict[str, Any], *, as_json: bool, wait: float) -> int:
         except TimeoutError:
             problems.append(f"cannot open {bus.what}: {_held_elsewhere(port) if port else _NOT_THERE}")
         else:
-            if isinstance(driver, ModbusDriver):
+            modbus = sys.modules.get("drivers.modbus.driver")  # loaded if the driver is the Modbus one
+            if modbus is not None and isinstance(driver, modbus.ModbusDriver):
+                from drivers.modbus.diagnosis import diagnose
+
                 result = await driver.poll()
                 readings = result.readings
                 problems = [diagnose(exc, driver.unit, req) for req, exc in result.failures]
