@@ -14,9 +14,20 @@ from pathlib import Path
 from edge.private import private_directory
 from edge.util.files import file_problem
 
-__all__ = ["EXIT_USAGE", "CommandError", "file_problem", "make_directory", "not_negative", "positive", "whole"]
+__all__ = ["EXIT_USAGE", "CommandError", "file_problem", "make_directory", "not_negative", "positive", "shows_usage", "whole"]
 
 EXIT_USAGE = 2  # the command could not run with the input it was given
+
+
+def shows_usage(parser: argparse.ArgumentParser) -> None:
+    """A command of actions (``ocn-edge policy``, ``oxp``, ``image``, ...) typed without one prints its own help and
+    exits 2: without this, `edge.cli.main` would print the top-level help of only the parsers it built."""
+    def usage(_args: argparse.Namespace) -> int:
+        parser.print_help()
+        return EXIT_USAGE
+
+    parser.set_defaults(func=usage)
+
 
 class CommandError(Exception):
     """Input a command cannot run with; the message names the file or option, the value and what would be accepted."""

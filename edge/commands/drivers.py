@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -20,7 +19,7 @@ from drivers.registry import UnknownDriver, available, load_driver
 from drivers.scaffold import KINDS, ScaffoldError, scaffold
 from drivers.sdk import DeviceContext, Driver, OptionError, Options
 from drivers.testing import BusSettings
-from edge.commands import positive, whole
+from edge.commands import positive, shows_usage, whole
 from edge.commands.through import Refused, Unreachable, api_off, default_token, post, ranges, through_line
 from edge.commissioning import SCAN_MAX_UNITS, gather_frames, parse_register, parse_units, shown_value, stream_diagnosis
 from edge.portlock import PortRecord, find_endpoint_holder, find_holder, held_message, probe_locked
@@ -57,7 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                           "its own serial port")
     new.add_argument("--dir", default=".", help="where to create the package (default: the current directory)")
     new.set_defaults(func=cmd_driver_new)
-    p.set_defaults(func=functools.partial(_usage, p))
+    shows_usage(p)
 
     p = sub.add_parser("ports", help="list serial ports with their stable /dev/serial/by-id names",
                        formatter_class=raw, description=(
@@ -133,10 +132,6 @@ def _through_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=default_token(),
                    help="the running gateway's local API access token, if it listens beyond 127.0.0.1 (default: $OCN_EDGE_TOKEN)")
 
-
-def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    parser.print_help()
-    return EXIT_USAGE
 
 
 def _fail(message: str, status: int = EXIT_USAGE) -> int:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.commands import CommandError
+from edge.commands import CommandError, shows_usage
 from edge.fatimage import FatError, write_files
 from edge.seeding import Cellular, DeviceSeed, SeedError, Wifi, read_batch, validate
 
@@ -76,12 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     seed.add_argument("--config", metavar="TOML", help="a gateway.toml to start from (default: the one `ocn-edge init` writes)")
     seed.add_argument("--policy", metavar="TOML", help="the city's policy.toml (default: the demo policy `ocn-edge init` writes)")
     seed.set_defaults(func=run_seed)
-    image.set_defaults(func=functools.partial(_usage, image))
+    shows_usage(image)
 
-
-def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    parser.print_help()
-    return EXIT_INVALID
 
 
 def run_seed(args: argparse.Namespace) -> int:

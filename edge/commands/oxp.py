@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.commands import file_problem, make_directory
+from edge.commands import file_problem, make_directory, shows_usage
 from edge.protocol import (
     CODECS,
     MAX_BATCH_BYTES,
@@ -81,6 +81,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Work with batches of the open exchange protocol (docs/protocol.md).",
     )
     actions = oxp.add_subparsers(title="actions", metavar="ACTION")
+    shows_usage(oxp)
 
     encode = actions.add_parser(
         "encode",

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from edge.commands import CommandError, file_problem, make_directory
+from edge.commands import CommandError, file_problem, make_directory, shows_usage
 
 if TYPE_CHECKING:
     from edge.protocol.types import Channel
@@ -24,6 +24,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                      "on its own line) and 2 when the command line is wrong."),
     )
     actions = policy.add_subparsers(title="actions", metavar="ACTION")
+    shows_usage(policy)
 
     check = actions.add_parser(
         "check",

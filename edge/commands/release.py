@@ -7,7 +7,6 @@ state directory (only the files not already held) and ask the privileged install
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -17,7 +16,7 @@ import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge.commands import EXIT_USAGE, CommandError, file_problem, make_directory, whole
+from edge.commands import CommandError, file_problem, make_directory, shows_usage, whole
 from edge.protocol.keys import KeyFileError, generate_keypair, key_id, load_private_key, load_public_key
 from edge.protocol.release import release_key_id
 from edge.update.bundle import BundleError, ReleaseSpec, build_bundle
@@ -112,12 +111,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fetch.add_argument("--ca", metavar="PEM", help="a CA bundle to trust for an https URL (the city's CA; default: the system's)")
     fetch.add_argument("--max-bytes", type=whole(0, 1 << 50), default=0, metavar="N", help="stop after N bytes today, resume later (0: no limit)")
     fetch.set_defaults(func=run_fetch)
-    release.set_defaults(func=functools.partial(_usage, release))
+    shows_usage(release)
 
-
-def _usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    parser.print_help()
-    return EXIT_USAGE
 
 
 def _private_key(path: str) -> Ed25519PrivateKey:

@@ -61,3 +61,33 @@ def test_a_tool_command_imports_neither_the_hub_nor_the_simulator_nor_aiohttp():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("word", sorted(COMMANDS))
+def test_a_command_s_help_is_the_same_from_its_own_parser_as_from_all_of_them(word, capsys):
+    with pytest.raises(SystemExit):
+        main([word, "--help"])
+    own = capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([word, "--help"])
+    assert own == capsys.readouterr().out
+
+
+def _actions_of(word: str) -> argparse._SubParsersAction | None:
+    sub = next(a for a in build_parser((COMMANDS[word],))._actions if isinstance(a, argparse._SubParsersAction))
+    return next((a for a in sub.choices[word]._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+@pytest.mark.parametrize("word", sorted(w for w in COMMANDS if w != "hub" and _actions_of(w) is not None))
+def test_a_command_of_actions_typed_alone_says_what_it_takes_and_exits_2(word, capsys):
+    # `ocn-edge hub` alone serves.  A command whose action is optional printed the top-level help of the one module's
+    # parser main() built, which listed only that module's commands: it prints its own usage; one whose action is
+    # required (access-token) says so in argparse's one line, naming itself.
+    try:
+        status: object = main([word])
+    except SystemExit as exc:
+        status = exc.code
+        assert f"ocn-edge {word}: the following arguments are required" in capsys.readouterr().err
+    else:
+        assert capsys.readouterr().out.startswith(f"usage: ocn-edge {word} ")
+    assert status == 2

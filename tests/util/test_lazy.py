@@ -24,15 +24,19 @@ def test_a_name_loads_its_module_at_first_use_and_stays_a_plain_attribute() -> N
         import edge.protocol as protocol
         print("modbus" if "drivers.modbus.bus" in sys.modules else "-", "server" if "edge.localapi.server" in sys.modules else "-",
               "senml" if "edge.protocol.senml" in sys.modules else "-")
+        first = buses.ModbusBus, localapi.LocalApi, protocol.to_senml  # asked for: their modules load now
+        print("modbus" if "drivers.modbus.bus" in sys.modules else "-", "server" if "edge.localapi.server" in sys.modules else "-",
+              "senml" if "edge.protocol.senml" in sys.modules else "-")
         from drivers.modbus.bus import ModbusBus
         from edge.localapi.server import LocalApi
         from edge.protocol.senml import to_senml
-        print(buses.ModbusBus is ModbusBus, localapi.LocalApi is LocalApi, protocol.to_senml is to_senml)
+        print(first == (ModbusBus, LocalApi, to_senml))
         print("ModbusBus" in vars(buses), "LocalApi" in vars(localapi), "to_senml" in vars(protocol))
     """).split("\n")
     assert out[0] == "- - -"  # nothing loaded by importing the packages
-    assert out[1] == "True True True"  # the module's own objects
-    assert out[2] == "True True True"  # kept: the next use does not go through __getattr__
+    assert out[1] == "modbus server senml"  # loaded by the first use of one of their names
+    assert out[2] == "True"  # the modules' own objects
+    assert out[3] == "True True True"  # kept: the next use does not go through __getattr__
 
 
 def test_an_unknown_name_is_an_attribute_error_naming_the_package() -> None:
