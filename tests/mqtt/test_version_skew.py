@@ -43,15 +43,19 @@ def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert git is not None
     if subprocess.run([git, "-C", str(ROOT), "cat-file", "-e", f"{OLD}^{{commit}}"], capture_output=True).returncode != 0:
         missing(f"needs commit {OLD[:12]} in this clone's history (a shallow clone lacks it: git fetch --unshallow)")
-    archive = subprocess.run([git, "-C", str(ROOT), "archive", "--format=tar", OLD, "edge", "hub"], capture_output=True, check=True).stdout
+    # The drivers with them, as a release ships them together: an older edge beside this tree's drivers could miss what
+    # they import from edge (edge.util.lazy, since fbe1fd5).
+    archive = subprocess.run([git, "-C", str(ROOT), "archive", "--format=tar", OLD, "edge", "hub", "drivers"], capture_output=True,
+                             check=True).stdout
     tree = tmp_path_factory.mktemp("oxp-old")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(tree, filter="data")
     # The skew is real: the older hub knows no compact ack, and a process started as these tests start it imports from it.
     assert "compact" not in (tree / "hub" / "mqtt.py").read_text()
-    found = subprocess.run([sys.executable, "-c", "import hub.mqtt; print(hub.mqtt.__file__)"], cwd=tree, env=_env(tree), capture_output=True,
-                           text=True, check=True).stdout.strip()
-    assert Path(found).resolve().is_relative_to(tree.resolve()), found
+    for module in ("hub.mqtt", "drivers.buses"):
+        found = subprocess.run([sys.executable, "-c", f"import {module}; print({module}.__file__)"], cwd=tree, env=_env(tree),
+                               capture_output=True, text=True, check=True).stdout.strip()
+        assert Path(found).resolve().is_relative_to(tree.resolve()), found
     return tree
 
 
