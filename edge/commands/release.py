@@ -1,7 +1,8 @@
-"""`ocn-edge release keygen|build|verify|fetch`: city IT's release key, signed release bundles, and checking one offline.
+"""`ocn-edge release keygen|build|verify|fetch|rotate`: city IT's release key, signed release bundles, and checking one offline.
 
-`fetch` is the gateway's part of an update run by hand: download a release from a URL into the
-state directory (only the files not already held) and ask the privileged installer to install it.
+`rotate` signs the move from one release key to the next (a rollover chain gateways follow).  `fetch` is the
+gateway's part of an update run by hand: download a release from a URL into the state directory (only the files
+not already held) and ask the privileged installer to install it.
 """
 
 from __future__ import annotations

@@ -196,3 +196,24 @@ async def test_only_the_admin_role_manages_accounts_through_the_api(hub: Running
         assert resp.status == 401
     assert [a for a in await actions(hub) if a[2] == "account:sam"] == [
         ("ada", "account.add", "account:sam"), ("ada", "account.roles", "account:sam"), ("ada", "account.disable", "account:sam")]
+
+
+async def test_people_s_api_tokens_sessions_and_login_links_are_stored_only_as_hashes(tmp_path: Path) -> None:
+    # threat model H16: a copy of the hub's database (or its journal) gives no working secret of a person's.
+    from hub.auth import secret_hash
+
+    db = tmp_path / "hub.db"
+    async with run_hub(db=f"sqlite:///{db}", state_dir=tmp_path / "hub", admin_token="admin-secret") as running:
+        tokens = await people(running)
+        link = await running.hub.admin.login_link(running.url, account="vic", actor="cli:test")
+        code = link.rsplit("/login/", 1)[1]
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            async with browser.post(f"{running.url}/login", data={"token": tokens["operator"], "next": "/fleet"}) as resp:
+                assert resp.status == 200
+            [session] = [c.value for c in browser.cookie_jar]
+        secrets = [*tokens.values(), code, session]
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.rglob("hub.db*"))
+    assert len(secrets) == 6 and all(len(secret) >= 32 for secret in secrets)
+    for secret in secrets:
+        assert secret_hash(secret) in on_disk  # what is stored: its hash
+        assert secret.encode() not in on_disk, "a person's secret is on the disk in the clear"

@@ -117,6 +117,9 @@ async def test_the_long_poll_answers_at_once_on_change_and_304_when_nothing_chan
         ({"config": {"batch": {"spam": "1m"}}}, 'desired config: batch.spam: unknown key; did you mean "span"?'),
         ({"config": {"devices": [{"name": "m", "driver": "modbus", "poll_interval": "often"}]}}, "desired config: devices"),
         ({"config": {"gateway": {"id": "pole-8"}}}, "may not change gateway.id"),
+        # threat model H23: nor where the gateway's keys and spool live
+        ({"config": {"gateway": {"state_dir": "/tmp/elsewhere"}}}, "may not change gateway.state_dir"),
+        ({"config": {"uplink": {"key": "/tmp/elsewhere/device.key"}}}, "may not change uplink.key"),
     ],
 )
 def test_the_hub_refuses_a_desired_document_with_the_sentence_the_gateway_would_log(document: dict, expected: str, tmp_path: Path) -> None:

@@ -160,6 +160,23 @@ async def test_a_permanently_rejected_batch_is_quarantined_and_the_next_one_goes
     assert spool.stats()["readings_quarantined"] == 10
 
 
+async def test_a_batch_edited_in_the_spool_on_the_card_is_refused_for_its_signature_and_quarantined(spool, device_key, receiver):
+    # threat model G5: someone with the SD card changes a stored batch (here one byte of its payload, in the spool's
+    # own SQLite file).  The receiver verifies it against the device's key as the hub does, answers 401
+    # bad_signature, and the gateway quarantines it (final) instead of retrying it forever; the next batch goes out.
+    edited, accepted = fill(spool, device_key, 2)
+    data = bytearray(edited.data)
+    data[-80] ^= 0x01  # inside the payload, before the 64-byte signature
+    with sqlite3.connect(spool.path) as card:
+        card.execute("UPDATE batches SET data = ? WHERE row = ?", (bytes(data), edited.row))
+    uplink = make_uplink(spool, device_key, receiver.url)
+    await deliver(uplink, spool)
+    assert list(receiver.batches) == [(accepted.id.key_id, accepted.id.boot_epoch, accepted.id.seq)]
+    [(kept, kept_reason, _)] = spool.quarantined()
+    assert (kept.data, kept_reason) == (bytes(data), "bad_signature")
+    assert uplink.counters.batches_quarantined == 1
+
+
 async def test_an_outage_is_logged_once_when_it_starts_and_once_when_it_ends(spool, device_key, receiver, caplog):
     receiver.schedule = ["fail"] * 6
     fill(spool, device_key, 3)
