@@ -43,16 +43,16 @@ def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert git is not None
     if subprocess.run([git, "-C", str(ROOT), "cat-file", "-e", f"{OLD}^{{commit}}"], capture_output=True).returncode != 0:
         missing(f"needs commit {OLD[:12]} in this clone's history (a shallow clone lacks it: git fetch --unshallow)")
-    # The drivers with them, as a release ships them together: an older edge beside this tree's drivers could miss what
-    # they import from edge (edge.util.lazy, since fbe1fd5).
-    archive = subprocess.run([git, "-C", str(ROOT), "archive", "--format=tar", OLD, "edge", "hub", "drivers"], capture_output=True,
-                             check=True).stdout
+    # The drivers and hil-sim with them, as a release ships them together: an older edge beside this tree's drivers could
+    # miss what they import from edge (edge.util.lazy, since fbe1fd5), and the older CLI imports hil-sim's to build its parser.
+    archive = subprocess.run([git, "-C", str(ROOT), "archive", "--format=tar", OLD, "edge", "hub", "drivers", "hil-sim"],
+                             capture_output=True, check=True).stdout
     tree = tmp_path_factory.mktemp("oxp-old")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(tree, filter="data")
     # The skew is real: the older hub knows no compact ack, and a process started as these tests start it imports from it.
     assert "compact" not in (tree / "hub" / "mqtt.py").read_text()
-    for module in ("hub.mqtt", "drivers.buses"):
+    for module in ("hub.mqtt", "drivers.buses", "hilsim.cli"):
         found = subprocess.run([sys.executable, "-c", f"import {module}; print({module}.__file__)"], cwd=tree, env=_env(tree),
                                capture_output=True, text=True, check=True).stdout.strip()
         assert Path(found).resolve().is_relative_to(tree.resolve()), found
@@ -61,7 +61,7 @@ def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _env(tree: Path) -> dict[str, str]:
     """The environment of a process that imports from ``tree`` first."""
-    return {**os.environ, "PYTHONPATH": str(tree)}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "hil-sim")])}
 
 
 async def _hub(tree: Path, broker: Broker, state: Path) -> tuple[asyncio.subprocess.Process, str, list[bytes]]:

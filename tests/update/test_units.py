@@ -64,7 +64,7 @@ def test_the_path_unit_watches_the_request_the_gateway_writes_and_starts_the_ins
     assert path["PathExists"] == [str(update_dir(Path("/var/lib/ocn-edge")) / REQUEST_FILE)] and path["Unit"] == [UPDATE]
 
 
-def test_the_installer_runs_from_the_proven_slot_and_writes_only_the_slots_and_the_gateway_s_update_folder() -> None:
+def test_the_installer_runs_from_the_proven_slot_in_a_sandbox_that_writes_only_the_slots_and_the_gateway_s_state() -> None:
     update = directives(UNITS / UPDATE)
     assert update["Type"] == ["oneshot"] and update["ExecStart"] == ["/opt/ocn-edge/current/bin/python -m edge.update.install"]
     assert update["ProtectSystem"] == ["strict"] and update["ReadWritePaths"] == ["/opt/ocn-edge /var/lib/ocn-edge"]
