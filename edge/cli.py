@@ -14,24 +14,6 @@ from edge.commands import EXIT_USAGE, CommandError, file_problem
 
 EXIT_BUG = 70  # sysexits EX_SOFTWARE: ocn-edge itself failed, whatever the input
 
-# Each module defines `register(subparsers)`, adding its sub-commands with
-# `set_defaults(func=handler)`; a handler takes the parsed args and returns an exit status.
-COMMAND_MODULES: tuple[str, ...] = (
-    # In the order a technician meets them: run a gateway, commission it, then the tools.
-    "edge.commands.gateway",
-    "edge.commands.init",
-    "edge.commands.check",
-    "edge.commands.status",
-    "edge.commands.enrol",
-    "edge.commands.image",
-    "edge.commands.release",
-    "edge.commands.drivers",
-    "edge.commands.policy",
-    "hilsim.cli",
-    "hub.cli",
-    "edge.commands.oxp",
-)
-
 DESCRIPTION = """\
 OCN Edge gateway: reads municipal sensors, applies the city's privacy policy on
 the device, and syncs signed batches to a city-run hub.
@@ -55,12 +37,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-# The module that registers each command word.  `ocn-edge WORD ...` builds only that module's parser: `ocn-edge run`,
-# which systemd starts at every boot and restart, does not pay the hub's, the simulator's and the tools' imports in its
-# start-up time and memory (targets measured by bench/gateway_load.py; tests/guardrails/test_run_imports.py keeps them
-# out), and a technician's `ocn-edge status`, `check` or `ports` does not import the hub, hil-sim and aiohttp first
-# (0.6 s of the 0.7 s `ocn-edge drivers` took on a 2-core EPYC, a few seconds on a Pi).  Only `ocn-edge`, `--help` and
-# an unknown word build them all.  tests/runtime/test_cli.py keeps this table equal to what the modules register.
+# Each module defines `register(subparsers)`, adding its sub-commands with `set_defaults(func=handler)`; a handler
+# takes the parsed args and returns an exit status.  COMMANDS names the module that registers each command word, the
+# modules in the order a technician meets them (run a gateway, commission it, then the tools).  `ocn-edge WORD ...`
+# builds only that module's parser: `ocn-edge run`, which systemd starts at every boot and restart, does not pay the
+# hub's, the simulator's and the tools' imports in its start-up time and memory (targets measured by
+# bench/gateway_load.py; tests/guardrails/test_run_imports.py keeps them out), and a technician's `ocn-edge status`,
+# `check` or `ports` does not import the hub, hil-sim and aiohttp first (0.6 s of the 0.7 s `ocn-edge drivers` took on
+# a 2-core EPYC, a few seconds on a Pi).  Only `ocn-edge`, `--help` and an unknown word build them all.
+# tests/runtime/test_cli.py keeps this table equal to what the modules register.
 COMMANDS: dict[str, str] = {
     "run": "edge.commands.gateway",
     "demo": "edge.commands.gateway",
@@ -83,6 +68,7 @@ COMMANDS: dict[str, str] = {
     "oxp": "edge.commands.oxp",
     "keygen": "edge.commands.oxp",
 }
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))  # each once, in COMMANDS' order
 
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:

@@ -133,7 +133,6 @@ def _through_arguments(p: argparse.ArgumentParser) -> None:
                    help="the running gateway's local API access token, if it listens beyond 127.0.0.1 (default: $OCN_EDGE_TOKEN)")
 
 
-
 def _fail(message: str, status: int = EXIT_USAGE) -> int:
     print(f"ocn-edge: {message}", file=sys.stderr)
     return status

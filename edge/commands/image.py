@@ -78,7 +78,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     shows_usage(image)
 
 
-
 def run_seed(args: argparse.Namespace) -> int:
     defaults = _defaults(args)
     try:

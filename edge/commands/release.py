@@ -115,7 +115,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     shows_usage(release)
 
 
-
 def _private_key(path: str) -> Ed25519PrivateKey:
     if not Path(path).is_file():
         raise CommandError(f"--key {path}: no such file (make the release key with `ocn-edge release keygen --out DIR`)")
