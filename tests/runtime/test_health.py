@@ -93,6 +93,15 @@ async def _wait_health(port: int, device: str, word: str, *, timeout: float = 10
             await asyncio.sleep(0.2)
 
 
+async def _wait_timeouts(port: int, bus: str, unit: str, count: int, *, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(OSError, KeyError):
+                if (await _status(port))["buses"][bus]["units"][unit]["timeouts"] >= count:
+                    return
+            await asyncio.sleep(0.2)
+
+
 async def test_a_wrong_unit_id_and_an_unplugged_sensor_are_failing_with_one_error_line_and_no_pymodbus_text(
         hilsim_run, tmp_path: Path) -> None:
     scenario = tmp_path / "scenario.toml"
@@ -113,7 +122,9 @@ async def test_a_wrong_unit_id_and_an_unplugged_sensor_are_failing_with_one_erro
     try:
         weather = await _wait_health(api, "weather-1", "failing", timeout=20)
         pm = await _wait_health(api, "pm-1", "ok")
-        await asyncio.sleep(3)  # ten poll intervals of the wrong unit id, its backoff growing
+        # The wrong unit id fails again and again, its backoff growing (0.5, 1, 2 s after each timeout):
+        # wait for its third timeout rather than for a time that a loaded machine may not keep.
+        await _wait_timeouts(api, "rs485-1", "11", 3)
         sensor = sim.device("pm-1")
         assert isinstance(sensor, SerialDevice)
         await sensor.disconnect()  # the USB adapter is pulled out
