@@ -13,6 +13,7 @@ the page.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import unicodedata
@@ -20,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge.protocol import Reason
+from edge.protocol import MAX_STATUS_BYTES, Reason
 from edge.protocol.errors import show
 
 __all__ = [
     "Freshness",
+    "MAX_STORED_NOTICE_BYTES",
     "NOTICE",
     "NOTICE_MESSAGE",
     "ReportError",
@@ -35,12 +37,17 @@ __all__ = [
     "is_fresh",
     "next_mark",
     "notice_problem",
+    "stored_notice_bytes",
 ]
 
 UINT_MAX = 2**64 - 1
 TIME_MAX = 2**63 - 1  # §2: times are in the signed 64-bit range
 # Deep enough for any notice; a peer's nesting must not decide how deep the checker recurses.
 MAX_DEPTH = 16
+# The most a notice may take once stored as JSON (§7.3).  A gateway's notice is text, and its JSON is 1.1 to 1.2
+# times its CBOR (tests/hub/hostile/test_reports.py); a hostile one in a 64 KiB signed message could otherwise be
+# stored at up to seven times that (control characters escaped as \u00XX, float16 values written out in full).
+MAX_STORED_NOTICE_BYTES = 2 * MAX_STATUS_BYTES
 
 
 class ReportError(ValueError):
@@ -436,8 +443,19 @@ def check_status_report(report: Mapping[str, Any]) -> None:
 
 
 def check_notice_message(message: Mapping[str, Any]) -> None:
-    """Raise :class:`ReportError` unless ``message`` carries a notice that fits the notice schema."""
+    """Raise :class:`ReportError` unless ``message`` carries a notice that fits the notice schema and, stored as JSON,
+    takes at most :data:`MAX_STORED_NOTICE_BYTES` (reason too_large)."""
     NOTICE_MESSAGE.check(message, "")
+    stored = stored_notice_bytes(message["notice"])
+    if stored > MAX_STORED_NOTICE_BYTES:
+        raise ReportError("notice", f"{stored:,} bytes as JSON", f"at most {MAX_STORED_NOTICE_BYTES:,} bytes as the register stores it "
+                          "(twice the signed message's limit; a gateway's notice takes about as much as it did signed)",
+                          reason=Reason.TOO_LARGE)
+
+
+def stored_notice_bytes(notice: Mapping[str, Any]) -> int:
+    """How many bytes ``notice`` (which fits the schema) takes as the compact UTF-8 JSON the register stores."""
+    return len(json.dumps(notice, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def notice_problem(notice: Any) -> str | None:

@@ -10,10 +10,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edge.protocol import seal_status
+from edge.notice import NOTICE_BYTES, notice_bytes
+from edge.protocol import MAX_STATUS_BYTES, seal_status
 from hub.app import RunningHub, run_hub
 from hub.ingest import NOTICE_BURST, REPORT_BURST
+from hub.reports import MAX_STORED_NOTICE_BYTES, stored_notice_bytes
 from tests.hub.gateways import T0, SimGateway, enrol, post_cose
+from tests.privacy.test_notice_size import notice_of
 
 NOTICE: dict[str, Any] = {
     "schema": "ocn-edge/notice/v1",
@@ -181,6 +184,53 @@ async def test_a_notice_with_newlines_in_its_text_is_still_taken(hub_on_either_e
         assert (await resp.json())["notices"][0]["notice"] == body
 
 
+# --- size ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        "\x01" * 50_000,  # each control character is stored as \u0001: six bytes for one
+        [5.960464477539063e-08] * 14_000,  # a float16 in three bytes, stored as 21 characters
+    ],
+    ids=["control-characters", "float16"],
+)
+async def test_a_notice_that_would_take_more_than_twice_its_signed_limit_as_json_is_413_and_nothing_is_stored(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway, later: Any
+) -> None:
+    # docs/threat-model.md H26: a signed notice of under 64 KiB that the register would have stored as 300 KB or more.
+    body = {**NOTICE, "later": later}
+    data = notice(gateway, body, boot_epoch=1, report_seq=1)
+    assert len(data) <= MAX_STATUS_BYTES and stored_notice_bytes(body) > 2 * MAX_STORED_NOTICE_BYTES
+    status, answer = await post(http, running_hub, "notice", data)
+    assert (status, answer["error"]) == (413, "too_large")
+    assert answer["detail"].startswith("field 'notice' = ") and "bytes as JSON" in answer["detail"], answer
+    assert await running_hub.store.notices() == []
+    # Refused before its freshness was recorded: the gateway's next notice, numbered the same, is taken.
+    assert (await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=1)))[0] == 200
+
+
+async def test_the_largest_notices_a_gateway_sends_are_stored(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
+    # A gateway's notice is text: as JSON it takes 1.1 to 1.2 times its signed size (1.5 for this one, a third of whose
+    # characters are newlines, two characters each in JSON), inside twice the signed limit.
+    filled = {"schema": "ocn-edge/notice/v1", "purpose": "p\n" * ((NOTICE_BYTES - 64) // 2)}
+    bilingual = notice_of(28)  # 28 SDM630 meters, 1,008 channels, in English and French
+    for seq, body in enumerate((filled, bilingual), start=1):
+        assert notice_bytes(body) <= NOTICE_BYTES
+        assert stored_notice_bytes(body) <= MAX_STORED_NOTICE_BYTES, (seq, stored_notice_bytes(body), notice_bytes(body))
+        assert (await post(http, running_hub, "notice", notice(gateway, body, boot_epoch=1, report_seq=seq)))[0] == 200
+    assert len(await running_hub.store.notices()) == 2
+
+
+async def test_a_notice_body_over_the_signed_message_limit_is_413_before_it_is_read_as_a_message(
+    running_hub: RunningHub, http: aiohttp.ClientSession
+) -> None:
+    # §7.3: a signed notice, like a status report, is at most 64 KiB, which a receiver enforces before anything else
+    # (the hub read up to 256 KiB of a notice and parsed it before open_status refused it).
+    status, answer, _ = await post_cose(http, f"{running_hub.url}/oxp/v1/notice", b"\xd2" + b"\x00" * MAX_STATUS_BYTES)
+    assert (status, answer["error"]) == (413, "too_large"), answer
+
+
 async def test_a_report_seq_without_a_boot_epoch_is_refused(running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway) -> None:
     status, answer = await post(http, running_hub, "notice", notice(gateway, NOTICE, report_seq=1))
     assert (status, answer["error"]) == (400, "malformed")
@@ -316,5 +366,6 @@ async def test_a_device_sending_verified_reports_or_notices_faster_than_allowed_
         await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=seq))
     assert len(await running_hub.store.notices()) == NOTICE_BURST
     seq += 1
-    status, body = await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=seq))
+    status, body, headers = await post_cose(http, f"{running_hub.url}/oxp/v1/notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=seq))
     assert (status, body["error"]) == (429, "rate_limited") and "notices" in body["detail"]
+    assert 500 <= int(headers["Retry-After"]) <= 600, "after the burst, one notice in ten minutes: each is stored for good"
