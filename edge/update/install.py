@@ -3,8 +3,11 @@
 ocn-edge-update.path starts it (through ocn-edge-update.service) when the gateway writes
 ``<state>/update/request.json``; ocn-edge-rollback.service starts it with ``--rollback`` when the
 gateway's service has failed for good (OnFailure=). It runs as root from the proven slot and
-trusts nothing the gateway wrote but the path of a bundle: the bundle is checked again here
-against the release key in /etc/ocn-edge/release.pub.
+trusts nothing the gateway wrote but the path of a bundle: the bundle is copied into the
+installer's own directory, which only root can write, and that copy is checked against the
+release key in /etc/ocn-edge/release.pub and built from, so the gateway cannot change a file
+between the check and its use; in the gateway's update folder no link is followed
+(edge.update.guarded).
 
 Every step is recorded in a journal before it is taken (write, fsync, rename, fsync the
 directory), so a power cut or ``kill -9`` at any point leaves ``current`` naming a slot that
@@ -47,6 +50,7 @@ from edge.localapi.access import needs_token
 from edge.logs import setup_logging
 from edge.protocol.keys import KeyFileError, load_public_key
 from edge.update.fetch import INSTALLED_FILE, REQUEST_FILE, update_dir, write_json
+from edge.update.guarded import Folder, NotAFile, stage_tree
 from edge.update.manifest import Refused, this_target
 from edge.update.probation import Probation, read_status
 from edge.update.rollover import check_trusted_bundle
@@ -57,6 +61,9 @@ __all__ = ["JOURNAL_FILE", "STOP_AT", "Installer", "main", "status_url_of"]
 log = logging.getLogger("ocn.update")
 
 JOURNAL_FILE = "journal.json"  # the installer's own record of the step it is taking
+STAGED_DIR = "bundle"  # in the journal's directory: the copy of the requested bundle that is checked and installed
+MAX_BUNDLE_BYTES = 1 << 30  # a bundle is tens of MB: one larger is refused before it fills the disk
+MAX_RECORD_BYTES = 64 * 1024  # request.json and installed.json are a few hundred bytes
 DEFAULT_RESTART = "systemctl reset-failed ocn-edge.service; systemctl restart --no-block ocn-edge.service"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Fault injection for tests (tests/update): the installer stops itself (SIGSTOP) right after it has
@@ -118,16 +125,28 @@ class Installer:
         # Every version rolled back here, kept across outcomes: neither the gateway nor the installer takes one again.
         failed = set(_rolled_back(self._last_outcome())) | ({entry["version"]} if state == "rolled_back" else set())
         outcome["rolled_back_versions"] = sorted(failed)
-        write_json(update_dir(self.state) / INSTALLED_FILE, outcome)
+        try:
+            with Folder(update_dir(self.state)) as folder:
+                folder.write_json(INSTALLED_FILE, outcome)
+                self._forget(entry)
+                folder.unlink(REQUEST_FILE)
+                folder.sync()
+        except NotAFile as exc:  # a link put there by whoever runs as the gateway: nothing is written through it
+            log.error("the outcome of the update to %s (%s) is not recorded: %s: %s", entry["version"], state, exc.filename, exc.strerror)
+            self._forget(entry)
+
+    def _forget(self, entry: dict[str, Any]) -> None:
+        """The journal and the staged copy of the bundle go: the update is over."""
         self.journal_path.unlink(missing_ok=True)
         fsync_dir(self.journal_dir)
-        (update_dir(self.state) / REQUEST_FILE).unlink(missing_ok=True)
-        fsync_dir(update_dir(self.state))
+        shutil.rmtree(self.journal_dir / STAGED_DIR, ignore_errors=True)
 
     def _last_outcome(self) -> dict[str, Any]:
         try:
-            last = json.loads((update_dir(self.state) / INSTALLED_FILE).read_text())
-        except (FileNotFoundError, ValueError):
+            with Folder(update_dir(self.state)) as folder:
+                data = folder.read(INSTALLED_FILE, MAX_RECORD_BYTES)
+            last = json.loads(data) if data is not None else {}
+        except (FileNotFoundError, NotAFile, ValueError):
             return {}
         return last if isinstance(last, dict) else {}
 
@@ -157,20 +176,30 @@ class Installer:
     def _begin(self) -> dict[str, Any] | int:
         request_path = update_dir(self.state) / REQUEST_FILE
         try:
-            request = json.loads(request_path.read_text())
-            bundle = Path(request["bundle"])
+            with Folder(update_dir(self.state)) as folder:
+                data = folder.read(REQUEST_FILE, MAX_RECORD_BYTES)
+                if data is None:
+                    log.info("no update requested")
+                    return EXIT_OK
+                try:
+                    request = json.loads(data)
+                    bundle = Path(request["bundle"])
+                except (ValueError, KeyError, TypeError):
+                    log.error('%s: not an update request (expected {"version", "bundle"}); removed', request_path)
+                    folder.unlink(REQUEST_FILE)
+                    return EXIT_FAILED
         except FileNotFoundError:
             log.info("no update requested")
             return EXIT_OK
-        except (ValueError, KeyError, TypeError):
-            log.error('%s: not an update request (expected {"version", "bundle"}); removed', request_path)
-            request_path.unlink(missing_ok=True)
+        except NotAFile as exc:
+            log.error("%s: not an update request: %s: %s", request_path, exc.filename, exc.strerror)
             return EXIT_FAILED
         last = self._last_outcome()
         asked, answered = request.get("requested_ms"), last.get("ts_ms")
         if last.get("version") == request.get("version") and type(asked) is int and type(answered) is int and answered >= asked:
             log.info("the request for %s was answered already (%s); removed", last["version"], last.get("state"))
-            request_path.unlink()
+            with Folder(update_dir(self.state)) as folder:
+                folder.unlink(REQUEST_FILE)
             return EXIT_OK
         running = link_target(self.opt, CURRENT)
         from_version = slot_version(self.opt, running) if running else None
@@ -187,9 +216,21 @@ class Installer:
             log.error("update to %s refused (%s)", entry["version"], reason)
             self._outcome(entry, "refused", reason)
             return EXIT_FAILED
+        # What is checked is what is built: a copy only root can write, never the gateway's files read again later.
+        staged = self.journal_dir / STAGED_DIR
+        try:
+            stage_tree(bundle, staged, limit=MAX_BUNDLE_BYTES)
+        except OSError as exc:
+            problem, full = _write_problem(exc, bundle)
+            reason = "no_space" if full else "unreadable"
+            shutil.rmtree(staged, ignore_errors=True)
+            log.error("update to %s refused (%s): the bundle could not be copied: %s", entry["version"], reason, problem)
+            self._outcome(entry, "refused", f"{reason}: the bundle could not be copied: {problem}")
+            return EXIT_FAILED
+        entry["bundle"] = str(staged)
         try:
             key = load_public_key(self.release_key)
-            manifest, _ = check_trusted_bundle(bundle, key, now=time.time(), target=entry["target"], installed=from_version,
+            manifest, _ = check_trusted_bundle(staged, key, now=time.time(), target=entry["target"], installed=from_version,
                                                approved=bool(request.get("approved")))
         except (Refused, KeyFileError) as exc:
             reason = exc.reason if isinstance(exc, Refused) else "wrong_key"

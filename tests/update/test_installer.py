@@ -196,3 +196,88 @@ def test_the_probation_reads_status_only_where_the_installer_may(tmp_path: Path,
     start = text.index("[local_api]\n") + len("[local_api]\n")
     config.write_text(text[:start] + local_api + "\n" + "\n".join(text[start:].splitlines()[2:]) + "\n")
     assert status_url_of(config) == url
+
+
+# --- what the gateway's user can change: nothing the installer has checked --------------------------------------
+
+
+def test_a_bundle_changed_after_the_check_is_not_what_the_installer_builds(root: Path, releases: Releases, tmp_path: Path) -> None:
+    # Whoever runs as the gateway owns the bundle it downloaded. It waits for the installer's check, then swaps the
+    # wheels and constraints.txt for others (here 1.0.0's, which no 2.0.0 manifest lists); a power cut makes the build
+    # resume later and read them again. The installer checks and builds a copy only root can write.
+    bundle = tmp_path / "bundle"
+    shutil.copytree(releases.bundles["2.0.0"], bundle)
+    request(root, bundle, "2.0.0")
+    process = installer(root, stop_at="build")  # checked, and the build journalled: stopped right there
+    kill_when(process, lambda: stopped(process))
+    target = next((bundle / "targets").iterdir()).name
+    shutil.rmtree(bundle / "wheels")
+    shutil.copytree(releases.bundles["1.0.0"] / "wheels", bundle / "wheels")
+    shutil.copy(releases.bundles["1.0.0"] / "targets" / target / "constraints.txt", bundle / "targets" / target / "constraints.txt")
+
+    process = installer(root, stop_at="switch")  # the build resumed from the journal, and done
+    kill_when(process, lambda: stopped(process))
+    opt = root / "opt/ocn-edge"
+    done = subprocess.run([str(opt / "b/bin/ocn-edge"), "--version"], capture_output=True, text=True, timeout=60)
+    assert done.stdout.split()[-1] == "2.0.0", done
+    signed = releases.bundles["2.0.0"]
+    for path in signed.rglob("*"):
+        if path.is_file():
+            assert (opt / "b/release" / path.relative_to(signed)).read_bytes() == path.read_bytes(), path
+    assert oct((opt / "b/release").stat().st_mode & 0o777) == "0o755"  # the gateway reads a slot's bundle (its deltas' bases)
+
+
+def test_links_in_the_gateway_s_update_folder_are_not_followed(root: Path, releases: Releases, tmp_path: Path) -> None:
+    update = root / "var/lib/ocn-edge/update"
+    victim = tmp_path / "slot-file"
+    victim.write_text("a file of a slot, which root may write and the gateway may not")
+
+    # Where the installer writes its outcome, a link to a file the gateway may not write: the link goes, the file stays.
+    request(root, releases.bundles["1.0.0"], "1.0.0")  # a downgrade: refused at once
+    (update / f".{INSTALLED_FILE}.tmp").symlink_to(victim)
+    (update / INSTALLED_FILE).symlink_to(victim)
+    out, _ = installer(root).communicate(timeout=120)
+    assert "refused (downgrade)" in out, out
+    assert victim.read_text() == "a file of a slot, which root may write and the gateway may not"
+    assert not (update / INSTALLED_FILE).is_symlink() and json.loads((update / INSTALLED_FILE).read_text())["state"] == "refused"
+    assert not (update / f".{INSTALLED_FILE}.tmp").exists() and not (update / f".{INSTALLED_FILE}.tmp").is_symlink()
+
+    # A request that is a link to a file the gateway may not read: not read, not acted on.
+    elsewhere = tmp_path / "root-only.json"
+    elsewhere.write_text(json.dumps({"version": "2.0.0", "bundle": str(releases.bundles["2.0.0"])}))
+    (update / REQUEST_FILE).symlink_to(elsewhere)
+    process = installer(root)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 1 and "not an update request" in out and "symbolic link" in out, out
+    assert os.readlink(root / "opt/ocn-edge/current") == "a" and not (root / "opt/ocn-edge/b").exists()
+    (update / REQUEST_FILE).unlink()
+
+    # An outcome that is a link (to a record saying 2.0.0 was rolled back here) is not read: 2.0.0 is not refused for it.
+    elsewhere.write_text(json.dumps({"state": "rolled_back", "version": "2.0.0", "rolled_back_versions": ["2.0.0"], "ts_ms": 1}))
+    (update / INSTALLED_FILE).unlink()
+    (update / INSTALLED_FILE).symlink_to(elsewhere)
+    request(root, releases.bundles["2.0.0"], "2.0.0")
+    process = installer(root, stop_at="build")
+    kill_when(process, lambda: stopped(process))
+    assert journal_step(root) == "build"
+
+
+def test_a_fifo_or_a_link_in_a_bundle_is_left_out_of_the_copy_and_the_bundle_refused_without_hanging(
+    root: Path, releases: Releases, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(releases.bundles["2.0.0"], bundle)
+    constraints = next((bundle / "targets").iterdir()) / "constraints.txt"
+    constraints.unlink()
+    os.mkfifo(constraints)  # a reader that opened it would wait for a writer for ever
+    wheel = next((bundle / "wheels").glob("ocn_edge-*.whl"))
+    wheel.rename(tmp_path / wheel.name)
+    wheel.symlink_to(tmp_path / wheel.name)
+    request(root, bundle, "2.0.0")
+    process = installer(root)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 1 and "refused (" in out, out
+    outcome = json.loads((root / "var/lib/ocn-edge/update" / INSTALLED_FILE).read_text())
+    assert outcome["state"] == "refused", outcome
+    assert os.readlink(root / "opt/ocn-edge/current") == "a" and not (root / "opt/ocn-edge/b").exists()
+    assert not (root / "var/lib/ocn-edge-update/bundle").exists()  # the copy goes with the update
