@@ -11,11 +11,13 @@ otherwise
   root reads a file the gateway may not;
 - name a FIFO or a device as a bundle file, so the installer hangs or reads without end.
 
-So the installer copies a bundle into its own directory, which only root can write, and checks
-and builds from that copy (:func:`stage_tree`: regular files and directories only, each opened
-without following a link and read no further than its size); and it opens the update folder
-once, without following a link, and reads and writes in it by that descriptor
-(:class:`Folder`): a file is created only where nothing is, and a link there is refused.
+So the installer copies into its own directory, which only root can write, the bundle's signed
+manifest and then only the files that manifest names for this device, each no further than the
+size it signs (:meth:`Folder.copy`: every part of the path opened without following a link, a
+regular file only), and checks and builds from that copy: a file the gateway added is never
+copied, and nothing it changes afterwards is read. It opens the update folder once, without
+following a link, and reads and writes in it by that descriptor (:class:`Folder`): a file is
+read only if it is a regular one, and created only where nothing is.
 """
 
 from __future__ import annotations
@@ -23,19 +25,18 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import stat
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Folder", "NotAFile", "stage_tree"]
+__all__ = ["Folder", "NotAFile"]
 
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CHUNK = 1 << 20
 
 
 class NotAFile(OSError):
-    """A path the installer was to read is a link, a FIFO, a device or a socket, or a tree holds more than it may."""
+    """A path the installer was to read is a link, a FIFO, a device, a socket or a directory, or larger than it may be."""
 
 
 def _open_regular(name: str | Path, *, dir_fd: int | None = None) -> tuple[int, int]:
@@ -100,8 +101,15 @@ class Folder:
     def write_json(self, name: str, value: object) -> None:
         """Write ``value`` as ``name`` here: a new temporary file (created where nothing is, never through a link), fsync, rename, fsync."""
         tmp = f".{name}.tmp"
-        self.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=self.fd)
+        for attempt in (1, 2):
+            self.unlink(tmp)
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=self.fd)
+                break
+            except FileExistsError:  # something was put there between the two calls: remove it and try once more
+                if attempt == 2:
+                    raise
+        os.fchmod(fd, 0o644)  # the gateway reads it, whatever the umask
         try:
             with os.fdopen(fd, "w") as stream:
                 json.dump(value, stream, sort_keys=True)
@@ -113,6 +121,40 @@ class Folder:
         os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)  # a link named ``name`` is replaced, not followed
         os.fsync(self.fd)
 
+    def copy(self, path: str, target: Path, *, limit: int) -> None:
+        """Copy the regular file at ``path`` here ("/"-separated, no part of it a link) to ``target`` (0644, its new
+        directories 0755), no more than ``limit`` bytes of it; FileNotFoundError if it is not there, NotAFile if it or a
+        directory on its way is a link or no regular file."""
+        *folders, name = path.split("/")
+        opened: list[int] = []
+        try:
+            dir_fd = self.fd
+            for folder in folders:
+                try:
+                    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise NotAFile(exc.errno, "a symbolic link or a file, not a directory", str(self.path / path)) from None
+                    raise
+                opened.append(dir_fd)
+            source, size = _open_regular(name, dir_fd=dir_fd)
+        finally:
+            for fd in opened:
+                os.close(fd)
+        try:
+            for parent in reversed(target.parents):
+                if not parent.exists():
+                    parent.mkdir()
+                    parent.chmod(0o755)
+            with target.open("wb") as out:
+                os.fchmod(out.fileno(), 0o644)
+                left = min(size, limit)
+                while left > 0 and (chunk := os.read(source, min(left, _CHUNK))):
+                    out.write(chunk)
+                    left -= len(chunk)
+        finally:
+            os.close(source)
+
     def unlink(self, name: str) -> None:
         """Remove ``name`` here if it is there (a link is removed, not followed)."""
         try:
@@ -122,51 +164,3 @@ class Folder:
 
     def sync(self) -> None:
         os.fsync(self.fd)
-
-
-def stage_tree(source: Path, target: Path, *, limit: int) -> int:
-    """Copy the tree ``source`` to ``target`` (made anew, 0755: only its owner writes it): its directories and regular files only, read without
-    following a link, each no further than its size when opened; anything else is left out. Raises NotAFile when
-    ``source`` is not a directory or its files hold more than ``limit`` bytes. The bytes copied, synced to disk."""
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(mode=0o755, parents=True)  # a slot keeps a copy of it, which the gateway reads (edge.update.fetch)
-    budget = [limit]
-    with Folder(source) as top:
-        _stage(top.fd, target, budget, source, limit)
-    os.sync()  # a build resumed after a power cut reads this copy again
-    return limit - budget[0]
-
-
-def _stage(dir_fd: int, target: Path, budget: list[int], where: Path, limit: int) -> None:
-    with os.scandir(dir_fd) as entries:
-        names = sorted(entry.name for entry in entries)
-    for name in names:
-        try:
-            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            continue
-        if stat.S_ISDIR(info.st_mode):
-            try:
-                child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            except OSError:
-                continue  # swapped for something else meanwhile: left out
-            try:
-                (target / name).mkdir(mode=0o755)
-                _stage(child, target / name, budget, where / name, limit)
-            finally:
-                os.close(child)
-        elif stat.S_ISREG(info.st_mode):
-            try:
-                fd, size = _open_regular(name, dir_fd=dir_fd)
-            except (NotAFile, FileNotFoundError):
-                continue  # swapped for a link or something else meanwhile: left out
-            try:
-                if size > budget[0]:
-                    raise NotAFile(errno.EFBIG, f"its files hold more than the {limit} bytes a bundle may", str(where / name))
-                with (target / name).open("wb") as out:
-                    while size > 0 and (chunk := os.read(fd, min(size, _CHUNK))):
-                        out.write(chunk)
-                        size -= len(chunk)
-                        budget[0] -= len(chunk)
-            finally:
-                os.close(fd)

@@ -3,11 +3,11 @@
 ocn-edge-update.path starts it (through ocn-edge-update.service) when the gateway writes
 ``<state>/update/request.json``; ocn-edge-rollback.service starts it with ``--rollback`` when the
 gateway's service has failed for good (OnFailure=). It runs as root from the proven slot and
-trusts nothing the gateway wrote but the path of a bundle: the bundle is copied into the
-installer's own directory, which only root can write, and that copy is checked against the
-release key in /etc/ocn-edge/release.pub and built from, so the gateway cannot change a file
-between the check and its use; in the gateway's update folder no link is followed
-(edge.update.guarded).
+trusts nothing the gateway wrote but the path of a bundle: the bundle's manifest, and the files
+it signs for this device, are copied into the installer's own directory, which only root can
+write, and that copy is checked against the release key in /etc/ocn-edge/release.pub and built
+from, so the gateway can neither change a file between the check and its use nor add one; in
+the gateway's update folder no link is followed (edge.update.guarded).
 
 Every step is recorded in a journal before it is taken (write, fsync, rename, fsync the
 directory), so a power cut or ``kill -9`` at any point leaves ``current`` naming a slot that
@@ -28,6 +28,7 @@ local page; the spool and every other file of the gateway's state are never touc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import fcntl
 import importlib.util
@@ -45,15 +46,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from edge.config import ConfigError, load_config
 from edge.localapi.access import needs_token
 from edge.logs import setup_logging
 from edge.protocol.keys import KeyFileError, load_public_key
+from edge.protocol.release import MAX_MANIFEST_BYTES
 from edge.update.fetch import INSTALLED_FILE, REQUEST_FILE, update_dir, write_json
-from edge.update.guarded import Folder, NotAFile, stage_tree
-from edge.update.manifest import Refused, this_target
+from edge.update.guarded import Folder, NotAFile
+from edge.update.manifest import MANIFEST_FILE, Refused, this_target
 from edge.update.probation import Probation, read_status
-from edge.update.rollover import check_trusted_bundle
+from edge.update.rollover import MAX_CHAIN_BYTES, ROLLOVER_FILE, check_trusted_bundle, check_trusted_manifest
 from edge.update.slots import CURRENT, PREVIOUS, fsync_dir, link_target, other_slot, point, slot_version
 
 __all__ = ["JOURNAL_FILE", "STOP_AT", "Installer", "main", "status_url_of"]
@@ -62,7 +66,6 @@ log = logging.getLogger("ocn.update")
 
 JOURNAL_FILE = "journal.json"  # the installer's own record of the step it is taking
 STAGED_DIR = "bundle"  # in the journal's directory: the copy of the requested bundle that is checked and installed
-MAX_BUNDLE_BYTES = 1 << 30  # a bundle is tens of MB: one larger is refused before it fills the disk
 MAX_RECORD_BYTES = 64 * 1024  # request.json and installed.json are a few hundred bytes
 DEFAULT_RESTART = "systemctl reset-failed ocn-edge.service; systemctl restart --no-block ocn-edge.service"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -131,8 +134,11 @@ class Installer:
                 self._forget(entry)
                 folder.unlink(REQUEST_FILE)
                 folder.sync()
-        except NotAFile as exc:  # a link put there by whoever runs as the gateway: nothing is written through it
-            log.error("the outcome of the update to %s (%s) is not recorded: %s: %s", entry["version"], state, exc.filename, exc.strerror)
+        except OSError as exc:
+            # The folder gone, or a link or a directory put where the outcome goes: nothing is written through it, and
+            # the update is over all the same (a journal left behind would take the next request for this one).
+            log.error("the outcome of the update to %s (%s) is not recorded: %s: %s", entry["version"], state,
+                      exc.filename or update_dir(self.state), exc.strerror or exc)
             self._forget(entry)
 
     def _forget(self, entry: dict[str, Any]) -> None:
@@ -153,7 +159,7 @@ class Installer:
     # -- the run --------------------------------------------------------------------------
 
     def run(self, *, rollback_only: bool = False) -> int:
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        self.journal_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         with (self.journal_dir / ".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time: the path unit's and OnFailure='s
             entry = self.journal()
@@ -191,8 +197,10 @@ class Installer:
         except FileNotFoundError:
             log.info("no update requested")
             return EXIT_OK
-        except NotAFile as exc:
-            log.error("%s: not an update request: %s: %s", request_path, exc.filename, exc.strerror)
+        except (NotAFile, IsADirectoryError) as exc:
+            log.error("%s: not an update request: %s: %s; removed", request_path, exc.filename, exc.strerror)
+            with contextlib.suppress(OSError), Folder(update_dir(self.state)) as folder:
+                folder.unlink(REQUEST_FILE)  # a link, a FIFO, a file too large; a directory stays (the path unit's limit stops it)
             return EXIT_FAILED
         last = self._last_outcome()
         asked, answered = request.get("requested_ms"), last.get("ts_ms")
@@ -203,41 +211,42 @@ class Installer:
             return EXIT_OK
         running = link_target(self.opt, CURRENT)
         from_version = slot_version(self.opt, running) if running else None
+        target = this_target()
         entry = {
             "version": str(request.get("version")),
             "bundle": str(bundle),
             "from_slot": running,
             "from_version": from_version,
             "to_slot": other_slot(running),
-            "target": this_target(),
+            "target": target,
         }
         if self.status_url is None:
             reason = "no_probation: the installer judges a new version on the gateway's /status on loopback; enable [local_api] on 127.0.0.1"
             log.error("update to %s refused (%s)", entry["version"], reason)
             self._outcome(entry, "refused", reason)
             return EXIT_FAILED
-        # What is checked is what is built: a copy only root can write, never the gateway's files read again later.
         staged = self.journal_dir / STAGED_DIR
         try:
-            stage_tree(bundle, staged, limit=MAX_BUNDLE_BYTES)
-        except OSError as exc:
+            key = load_public_key(self.release_key)
+            # What is checked is what is built: a copy only root can write, never the gateway's files read again later.
+            self._stage(bundle, key, target)
+            entry["bundle"] = str(staged)
+            manifest, _ = check_trusted_bundle(staged, key, now=time.time(), target=entry["target"], installed=from_version,
+                                               approved=bool(request.get("approved")))
+        except OSError as exc:  # a full disk, or the bundle unreadable (the journal's directory unwritable)
             problem, full = _write_problem(exc, bundle)
             reason = "no_space" if full else "unreadable"
-            shutil.rmtree(staged, ignore_errors=True)
             log.error("update to %s refused (%s): the bundle could not be copied: %s", entry["version"], reason, problem)
             self._outcome(entry, "refused", f"{reason}: the bundle could not be copied: {problem}")
             return EXIT_FAILED
-        entry["bundle"] = str(staged)
-        try:
-            key = load_public_key(self.release_key)
-            manifest, _ = check_trusted_bundle(staged, key, now=time.time(), target=entry["target"], installed=from_version,
-                                               approved=bool(request.get("approved")))
         except (Refused, KeyFileError) as exc:
             reason = exc.reason if isinstance(exc, Refused) else "wrong_key"
-            log.error("update to %s refused (%s): %s", entry["version"], reason, exc, extra={"version": entry["version"], "reason": reason})
-            self._outcome(entry, "refused", f"{reason}: {exc}")
+            detail = str(exc).replace(str(staged), str(bundle))  # the copy's files are named as the bundle's
+            log.error("update to %s refused (%s): %s", entry["version"], reason, detail, extra={"version": entry["version"], "reason": reason})
+            self._outcome(entry, "refused", f"{reason}: {detail}")
             return EXIT_FAILED
         entry["version"] = manifest.version  # the signed version, whatever the request said
+        entry["constraints"] = manifest.targets[target][0]  # the path the manifest signs, not one assumed
         if manifest.version in _rolled_back(last):
             log.error("update to %s refused (rolled_back): it failed its probation here before", manifest.version)
             self._outcome(entry, "refused", f"rolled_back: {manifest.version} failed its probation on this device before ({last.get('reason', '')})")
@@ -256,6 +265,32 @@ class Installer:
             extra={"version": manifest.version, "slot": entry["to_slot"]},
         )
         return self._record(entry, "build")
+
+    def _stage(self, bundle: Path, key: Ed25519PublicKey, target: str) -> Path:
+        """Copy of ``bundle`` what the installer checks and builds from into its own directory: the manifest (and the
+        key rollovers beside it), and once the manifest's signature is checked, the files it names for ``target``, each no
+        further than the size it signs; nothing else the gateway put there. A file that is missing or no regular file
+        is left out, and check_trusted_bundle then refuses the copy naming it."""
+        staged = self.journal_dir / STAGED_DIR
+        shutil.rmtree(staged, ignore_errors=True)
+        staged.mkdir(parents=True)
+        staged.chmod(0o755)  # a slot keeps a copy of it (<slot>/release), which the gateway reads (edge.update.fetch)
+        try:
+            source = Folder(bundle)
+        except FileNotFoundError:
+            return staged  # refused as missing
+        with source:
+            for name, limit in ((MANIFEST_FILE, MAX_MANIFEST_BYTES), (ROLLOVER_FILE, MAX_CHAIN_BYTES)):
+                with contextlib.suppress(FileNotFoundError, NotAFile):
+                    source.copy(name, staged / name, limit=limit)
+            if not (staged / MANIFEST_FILE).exists():
+                return staged  # refused as missing
+            manifest = check_trusted_manifest(staged, key)
+            for item in manifest.files_for(target) if target in manifest.targets else []:
+                with contextlib.suppress(FileNotFoundError, NotAFile):
+                    source.copy(item.path, staged / item.path, limit=item.size)
+        os.sync()  # a build resumed after a power cut reads this copy again
+        return staged
 
     def _continue(self, entry: dict[str, Any]) -> int:
         phase = entry["phase"]
@@ -296,7 +331,8 @@ class Installer:
         slot = self.opt / entry["to_slot"]
         bundle = Path(entry["bundle"])
         shutil.rmtree(slot, ignore_errors=True)
-        constraints = bundle / "targets" / entry["target"] / "constraints.txt"
+        # An entry journalled before "constraints" was kept names the path every bundle so far has used.
+        constraints = bundle / entry.get("constraints", f"targets/{entry['target']}/constraints.txt")
         wheels = str(bundle / "wheels")
         install = ["install", "--quiet", "--disable-pip-version-check", "--no-index", "--find-links", wheels, "--require-hashes", "-r", str(constraints)]
         own_pip = importlib.util.find_spec("pip")

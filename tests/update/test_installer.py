@@ -24,6 +24,7 @@ import pytest
 from edge.cli import main
 from edge.update.fetch import INSTALLED_FILE, REQUEST_FILE
 from edge.update.install import STOP_AT, status_url_of
+from edge.update.slots import slot_version
 from tests.update.conftest import BASE_PYTHON, Releases, copy_root
 
 pytestmark = pytest.mark.timeout(600)
@@ -207,6 +208,9 @@ def test_a_bundle_changed_after_the_check_is_not_what_the_installer_builds(root:
     # resume later and read them again. The installer checks and builds a copy only root can write.
     bundle = tmp_path / "bundle"
     shutil.copytree(releases.bundles["2.0.0"], bundle)
+    # A file no manifest names, added before the check: a wheel whose name would make the slot look like 0.9.0, so
+    # that an older signed release would pass as an upgrade next time.
+    (bundle / "wheels/ocn_edge-0.9.0-py3-none-any.whl").write_bytes(b"not signed by anyone")
     request(root, bundle, "2.0.0")
     process = installer(root, stop_at="build")  # checked, and the build journalled: stopped right there
     kill_when(process, lambda: stopped(process))
@@ -222,9 +226,13 @@ def test_a_bundle_changed_after_the_check_is_not_what_the_installer_builds(root:
     assert done.stdout.split()[-1] == "2.0.0", done
     signed = releases.bundles["2.0.0"]
     for path in signed.rglob("*"):
-        if path.is_file():
+        if path.is_file() and "deltas" not in path.parts:  # a device keeps what it installs: no deltas
             assert (opt / "b/release" / path.relative_to(signed)).read_bytes() == path.read_bytes(), path
+    copied = {p.relative_to(opt / "b/release") for p in (opt / "b/release").rglob("*") if p.is_file()}
+    assert copied == {p.relative_to(signed) for p in signed.rglob("*") if p.is_file() and "deltas" not in p.parts}
+    assert slot_version(opt, "b") == "2.0.0"
     assert oct((opt / "b/release").stat().st_mode & 0o777) == "0o755"  # the gateway reads a slot's bundle (its deltas' bases)
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in (opt / "b/release").rglob("*") if p.is_file())
 
 
 def test_links_in_the_gateway_s_update_folder_are_not_followed(root: Path, releases: Releases, tmp_path: Path) -> None:
@@ -250,7 +258,8 @@ def test_links_in_the_gateway_s_update_folder_are_not_followed(root: Path, relea
     out, _ = process.communicate(timeout=120)
     assert process.returncode == 1 and "not an update request" in out and "symbolic link" in out, out
     assert os.readlink(root / "opt/ocn-edge/current") == "a" and not (root / "opt/ocn-edge/b").exists()
-    (update / REQUEST_FILE).unlink()
+    assert not (update / REQUEST_FILE).is_symlink(), "removed, so the path unit does not start the installer again and again"
+    assert elsewhere.exists()
 
     # An outcome that is a link (to a record saying 2.0.0 was rolled back here) is not read: 2.0.0 is not refused for it.
     elsewhere.write_text(json.dumps({"state": "rolled_back", "version": "2.0.0", "rolled_back_versions": ["2.0.0"], "ts_ms": 1}))
