@@ -53,7 +53,7 @@ from hub.models import DeviceKey, IncomingBatch
 from hub.ratelimit import RateLimiter, ReadingsBudget
 from hub.reports import ReportError, check_notice_message, check_status_report, freshness
 from hub.signatures import DeviceKeyCheck, device_key
-from hub.store import SOFTWARE_SCOPE, Store
+from hub.store import NOTICE_WINDOW_MS, SOFTWARE_SCOPE, Store
 from hub.workers import Busy, Workers
 
 __all__ = ["Acked", "Ingest", "NoticeTaken", "Refused", "ReportTaken", "MAX_NOTICE_BYTES"]
@@ -68,9 +68,12 @@ BUSY_RETRY_S = 1.0
 # and sends a notice at start and after a policy change; without a limit one enrolled device stored 300 notices of
 # 60 KB in 0.8 s, all published in the register (docs/threat-model.md H26).  Every notice taken is stored for good, so
 # after ten at once (a technician restarting a gateway while commissioning it) one in ten minutes: at most 154 a
-# day, of at most MAX_STORED_NOTICE_BYTES each (about 19 MiB a day per hub process, not 2 GiB).
+# day, of at most MAX_STORED_NOTICE_BYTES each (about 19 MiB a day, not 2 GiB).
 REPORT_RATE, REPORT_BURST = 1.0, 60
 NOTICE_RATE, NOTICE_BURST = 1 / 600, 10
+# The same bound kept in the database over 24 hours, so that it holds across hub processes and restarts (the limiter
+# above is each process's own, and a restart gives the burst again): the burst and a day's notices at NOTICE_RATE.
+NOTICES_PER_DAY = NOTICE_BURST + round(NOTICE_WINDOW_MS / 1000 * NOTICE_RATE)
 DESIRED_TTL_S = 2.0  # how stale a device's desired ETag may be when a batch ack or a long poll reads it
 # A batch this small is verified, weighed and decoded on the event loop, not in a worker: the work is a
 # fraction of a millisecond (one signature, a body of at most INLINE_BODY_BYTES and INLINE_READINGS readings),
@@ -573,7 +576,11 @@ class Ingest:
             device_key, message, check_notice_message, "notice")
         if refusal is not None:
             return refusal
-        return NoticeTaken(await self.store.add_notice(device_key.device_id, message["notice"], received_ms=now_ms()))
+        nid = await self.store.add_notice(device_key.device_id, message["notice"], received_ms=now_ms(), daily_limit=NOTICES_PER_DAY)
+        if nid is None:
+            return Refused(Answer.RATE_LIMITED, f"device {device_key.device_id!r} has published {NOTICES_PER_DAY} notices in the last 24 hours, "
+                           "as many as this hub keeps in a day; retry later", retry_after_s=1 / NOTICE_RATE)
+        return NoticeTaken(nid)
 
     async def _claimed_sender(self, data: bytes, limit: int, topic_device: str | None = None) -> tuple[DeviceKey, Envelope] | Refused:
         """The enrolled, active device whose key id a message of at most ``limit`` bytes names, and the message's envelope —

@@ -271,6 +271,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE devices ADD COLUMN ring TEXT NOT NULL DEFAULT '';
         """,
     ),
+    (
+        11,
+        # A device's notices of the last 24 hours, counted before each new one is stored (Store.add_notice's daily limit,
+        # docs/threat-model.md H26), and the register's notices of one device.
+        """
+        CREATE INDEX notices_by_device ON notices (device_id, received_ms);
+        """,
+    ),
 )
 
 # Statements of a migration one engine needs in its own dialect, each run whole (trigger bodies hold

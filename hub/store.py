@@ -19,7 +19,9 @@ from hub.chunks import MAX_WINDOW, Collector, Counter, Size, chunk_query, count_
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, TokenInfo
 from hub.reports import Freshness
 
-__all__ = ["DESIRED_PARTS", "ROLLOUT_COLUMNS", "SOFTWARE_SCOPE", "Rollout", "SoftwareUpdate", "Store", "rollout_entry", "rollout_from_row"]
+__all__ = ["DESIRED_PARTS", "NOTICE_WINDOW_MS", "ROLLOUT_COLUMNS", "SOFTWARE_SCOPE", "Rollout", "SoftwareUpdate", "Store", "rollout_entry", "rollout_from_row"]
+
+NOTICE_WINDOW_MS = 86_400_000  # add_notice counts a device's notices over the 24 hours before the new one
 
 DESIRED_PARTS = frozenset({"config", "policy"})
 SOFTWARE_SCOPE = "software"  # desired rows (scope, device id) holding a device's software target (hub/rollout.py)
@@ -177,7 +179,10 @@ class Store(abc.ABC):
     async def record_status(self, device_id: str, report: Mapping[str, Any], *, received_ms: int) -> None: ...
 
     @abc.abstractmethod
-    async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int) -> int: ...
+    async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int, daily_limit: int | None = None) -> int | None:
+        """Store ``notice`` and return its id; or, with ``daily_limit``, store nothing and return None when the device has
+        that many notices stored from the NOTICE_WINDOW_MS before ``received_ms`` (count and insert are one transaction, so every
+        hub process on this database keeps one limit, across restarts)."""
 
     @abc.abstractmethod
     async def claim_freshness(self, key_id: bytes, device_id: str, message: Freshness, *, now_ms: int) -> Freshness | None:

@@ -44,7 +44,7 @@ from hub.engines.sql import (
 )
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, StoreError, TokenInfo
 from hub.reports import Freshness, is_fresh, next_mark
-from hub.store import DESIRED_PARTS, ROLLOUT_COLUMNS, SOFTWARE_SCOPE, Rollout, SoftwareUpdate, Store, rollout_entry, rollout_from_row
+from hub.store import DESIRED_PARTS, NOTICE_WINDOW_MS, ROLLOUT_COLUMNS, SOFTWARE_SCOPE, Rollout, SoftwareUpdate, Store, rollout_entry, rollout_from_row
 
 __all__ = ["PostgresStore"]
 
@@ -370,9 +370,16 @@ class PostgresStore(Store):
                     cols["boot_epoch"], device_id,
                 )
 
-    async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int) -> int:
+    async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int, daily_limit: int | None = None) -> int | None:
         site, lat, lon = notice_location(notice)
         async with self._pool.acquire() as conn, conn.transaction():
+            if daily_limit is not None:
+                # The device's row locked: another hub process adding a notice for it waits here until this one commits.
+                await conn.execute("SELECT 1 FROM devices WHERE device_id = $1 FOR UPDATE", device_id)
+                since = received_ms - NOTICE_WINDOW_MS
+                stored = await conn.fetchval("SELECT count(*) FROM notices WHERE device_id = $1 AND received_ms > $2", device_id, since)
+                if stored >= daily_limit:
+                    return None
             nid = await conn.fetchval(
                 "INSERT INTO notices (device_id, received_ms, notice) VALUES ($1, $2, $3) RETURNING id", device_id, received_ms, dumps(dict(notice))
             )

@@ -53,7 +53,7 @@ from hub.engines.sql import (
 )
 from hub.models import Device, DeviceKey, EnrolOutcome, IncomingBatch, Notice, StoredChannel, StoredReading, StoreError, TokenInfo
 from hub.reports import Freshness, is_fresh, next_mark
-from hub.store import DESIRED_PARTS, ROLLOUT_COLUMNS, SOFTWARE_SCOPE, Rollout, SoftwareUpdate, Store, rollout_entry, rollout_from_row
+from hub.store import DESIRED_PARTS, NOTICE_WINDOW_MS, ROLLOUT_COLUMNS, SOFTWARE_SCOPE, Rollout, SoftwareUpdate, Store, rollout_entry, rollout_from_row
 
 __all__ = ["SQLiteStore"]
 
@@ -558,10 +558,15 @@ class SQLiteStore(Store):
 
         await self._write(run)
 
-    async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int) -> int:
+    async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int, daily_limit: int | None = None) -> int | None:
         site, lat, lon = notice_location(notice)
 
-        def run(conn: sqlite3.Connection) -> int:
+        def run(conn: sqlite3.Connection) -> int | None:
+            # In the writer's IMMEDIATE transaction: other hub processes on this file wait for its commit.
+            if daily_limit is not None and conn.execute(
+                "SELECT count(*) FROM notices WHERE device_id = ? AND received_ms > ?", (device_id, received_ms - NOTICE_WINDOW_MS)
+            ).fetchone()[0] >= daily_limit:
+                return None
             cur = conn.execute("INSERT INTO notices (device_id, received_ms, notice) VALUES (?, ?, ?)", (device_id, received_ms, dumps(dict(notice))))
             if site or lat is not None:
                 conn.execute("UPDATE devices SET site = ?, latitude = ?, longitude = ? WHERE device_id = ?", (site, lat, lon, device_id))

@@ -10,7 +10,7 @@ import pytest
 from edge.protocol.types import Channel, Kind, Reading
 from hub.database import open_store
 from hub.models import Device, EnrolError, IncomingBatch
-from hub.store import Store
+from hub.store import NOTICE_WINDOW_MS, Store
 
 NOW = 1_790_000_000_000
 KEY_A = hashlib.sha256(b"a").digest()
@@ -134,6 +134,25 @@ async def test_concurrent_replays_of_one_batch_store_it_exactly_once(store: Stor
     outcomes = await asyncio.gather(*(store.store_batch(batch(key_id, seq=7)) for _ in range(8)))
     assert sorted(outcomes) == ["duplicate"] * 7 + ["stored"]
     assert len(await store.readings(device_id="pole-1")) == 5
+
+
+async def test_a_daily_notice_limit_holds_for_notices_raced_through_two_stores_and_counts_only_the_last_24_hours(db_url: str) -> None:
+    # Two hub processes on one database (each its own Store): count and insert are one transaction, so the limit holds.
+    first, second = await open_store(db_url), await open_store(db_url)
+    try:
+        await enrolled(first)
+        await first.add_notice("pole-1", {"n": -1}, received_ms=NOW - NOTICE_WINDOW_MS)  # a day old: not counted
+        for n in range(5):
+            assert await first.add_notice("pole-1", {"n": n}, received_ms=NOW - 60_000, daily_limit=8) is not None
+        ids = await asyncio.gather(*(store.add_notice("pole-1", {"n": 10 + n}, received_ms=NOW, daily_limit=8)
+                                     for n, store in enumerate([first, second] * 5)))
+        assert sum(nid is not None for nid in ids) == 3 and len(await second.notices(device_id="pole-1")) == 9
+        assert await first.add_notice("pole-1", {"n": 99}, received_ms=NOW + NOTICE_WINDOW_MS - 60_000 + 1, daily_limit=8) is not None, \
+            "the five of a minute before NOW are a day old by then"
+        assert await first.add_notice("pole-2", {"n": 0}, received_ms=NOW, daily_limit=8) is not None, "each device has its own limit"
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_readings_are_queryable_by_device_channel_and_time_range(store: Store) -> None:

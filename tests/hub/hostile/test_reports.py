@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from edge.notice import NOTICE_BYTES, notice_bytes
 from edge.protocol import MAX_STATUS_BYTES, seal_status
 from hub.app import RunningHub, run_hub
-from hub.ingest import NOTICE_BURST, REPORT_BURST
+from hub.ingest import NOTICE_BURST, NOTICES_PER_DAY, REPORT_BURST
 from hub.reports import MAX_STORED_NOTICE_BYTES, stored_notice_bytes
 from tests.hub.gateways import T0, SimGateway, enrol, post_cose
 from tests.privacy.test_notice_size import notice_of
@@ -369,3 +370,20 @@ async def test_a_device_sending_verified_reports_or_notices_faster_than_allowed_
     status, body, headers = await post_cose(http, f"{running_hub.url}/oxp/v1/notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=seq))
     assert (status, body["error"]) == (429, "rate_limited") and "notices" in body["detail"]
     assert 500 <= int(headers["Retry-After"]) <= 600, "after the burst, one notice in ten minutes: each is stored for good"
+
+
+async def test_a_device_s_notices_are_limited_per_day_by_what_the_hub_has_stored_whatever_its_process_remembers(
+    hub_on_either_engine: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession
+) -> None:
+    # docs/threat-model.md H26: each hub process keeps its own burst, and a restart gives it again; what the register
+    # stored in the last 24 hours bounds it across processes and restarts. This hub's process has seen no notice yet.
+    running_hub, gateway = hub_on_either_engine
+    now = int(time.time() * 1000)
+    await running_hub.store.add_notice(gateway.device_id, NOTICE, received_ms=now - 25 * 3_600_000)  # over a day ago
+    for _ in range(NOTICES_PER_DAY - 1):
+        await running_hub.store.add_notice(gateway.device_id, NOTICE, received_ms=now - 3_600_000)
+    assert (await post(http, running_hub, "notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=1)))[0] == 200
+    status, body, headers = await post_cose(http, f"{running_hub.url}/oxp/v1/notice", notice(gateway, NOTICE, boot_epoch=1, report_seq=2))
+    assert (status, body["error"]) == (429, "rate_limited") and "in the last 24 hours" in body["detail"], body
+    assert int(headers["Retry-After"]) == 600
+    assert len(await running_hub.store.notices(device_id=gateway.device_id, limit=1000)) == NOTICES_PER_DAY + 1
