@@ -17,7 +17,7 @@ from typing import Any
 import cbor2
 
 from edge.privacy import Policy
-from edge.privacy.notice import abridgements
+from edge.privacy.notice import MAX_STORED_NOTICE_BYTES, abridgements, stored_notice_bytes
 from edge.protocol import MAX_STATUS_BYTES
 from edge.util.backoff import Backoff
 
@@ -83,15 +83,28 @@ class NoticePublisher:
             self._published = (digest, self._fit(notice))
         return self._published[1]
 
+    def _fits(self, notice: dict[str, Any]) -> bool:
+        """Within the room of a signed message, and within what a hub's register stores (OXP §7.3: 413 beyond)."""
+        return notice_bytes(notice) <= self._limit and stored_notice_bytes(notice) <= MAX_STORED_NOTICE_BYTES
+
     def _fit(self, notice: dict[str, Any]) -> dict[str, Any] | None:
         size = notice_bytes(notice)
-        if size <= self._limit:
+        if self._fits(notice):
             return notice
+        if size <= self._limit:  # it fits a signed message, but not what a register stores: its texts escape in JSON
+            stored = stored_notice_bytes(notice)
+            log.error(
+                f"the transparency notice is {size:,} bytes, but {stored:,} as the JSON a hub's register stores, over the "
+                f"{MAX_STORED_NOTICE_BYTES:,} a hub keeps (OXP §7.3): it is not published to the hub's register; this gateway's own "
+                f"notice page shows it. The policy's texts hold control characters, which JSON writes as six bytes each: remove them",
+                extra={"bytes": size, "stored_bytes": stored, "limit": MAX_STORED_NOTICE_BYTES},
+            )
+            return None
         channels = descriptions = 0
         for shorter in abridgements(notice):
             shorter["abridged"].update(full_bytes=size, limit_bytes=self._limit)
             channels, descriptions = shorter["abridged"]["channels"], len(notice.get("data") or [])
-            if notice_bytes(shorter) <= self._limit:
+            if self._fits(shorter):
                 left_out = shorter["abridged"]["left_out"]
                 log.error(
                     f"the transparency notice is {size:,} bytes, over the {self._limit:,} a notice may take of a {MAX_STATUS_BYTES:,}-byte "

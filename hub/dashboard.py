@@ -59,6 +59,7 @@ CHART_POINTS = 500
 CHART_CHANNELS = 16
 MAX_ADMIN_BODY = 64 * 1024  # an admin API body: a desired document or a token request
 MAX_ADMIN_TEXT = 200  # a token's fleet name or note
+REGISTER_MAX = 1000  # gateways the public register (/transparency and its JSON) lists, each by its latest notice
 
 
 def now_ms() -> int:
@@ -178,19 +179,17 @@ async def home(request: web.Request) -> web.Response:
 
 @routes.get("/transparency")
 async def transparency(request: web.Request) -> web.Response:
-    notices = await request.app[HUB].store.notices()
-    latest: dict[str, Any] = {}
-    for notice in notices:  # newest first: keep each gateway's current notice
-        latest.setdefault(notice.device_id, notice)
-    # A notice stored before the hub checked notices may not fit the schema the page is written for:
-    # it is named as unreadable rather than shown in part, or an older one shown as current.
-    entries = [register_entry(n) for n in sorted(latest.values(), key=lambda n: n.device_id)]
+    # Each gateway's current notice, however many one of them has sent (a device's many would push the others out of the
+    # newest 200). A notice stored before the hub checked notices may not fit the schema the page is written for: it is
+    # named as unreadable rather than shown in part, or an older one shown as current.
+    latest = await request.app[HUB].store.notices(latest=True, limit=REGISTER_MAX)
+    entries = [register_entry(n) for n in sorted(latest, key=lambda n: n.device_id)]
     return render(request, "transparency.html", notices=entries)
 
 
 @routes.get("/transparency.json")
 async def transparency_json(request: web.Request) -> web.Response:
-    notices = await request.app[HUB].store.notices(limit=1000)
+    notices = await request.app[HUB].store.notices(latest=True, limit=REGISTER_MAX)  # each gateway's latest, as the page
     return web.json_response(
         {"notices": [{"id": n.id, "device_id": n.device_id, "received_ms": n.received_ms, "notice": n.notice} for n in notices]}
     )

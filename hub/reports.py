@@ -13,7 +13,6 @@ the page.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import unicodedata
@@ -21,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge.protocol import MAX_STATUS_BYTES, Reason
+from edge.privacy.notice import MAX_STORED_NOTICE_BYTES, stored_notice_bytes
+from edge.protocol import Reason
 from edge.protocol.errors import show
 
 __all__ = [
@@ -44,10 +44,6 @@ UINT_MAX = 2**64 - 1
 TIME_MAX = 2**63 - 1  # §2: times are in the signed 64-bit range
 # Deep enough for any notice; a peer's nesting must not decide how deep the checker recurses.
 MAX_DEPTH = 16
-# The most a notice may take once stored as JSON (§7.3).  A gateway's notice is text, and its JSON is 1.1 to 1.2
-# times its CBOR (tests/hub/hostile/test_reports.py); a hostile one in a 64 KiB signed message could otherwise be
-# stored at up to seven times that (control characters escaped as \u00XX, float16 values written out in full).
-MAX_STORED_NOTICE_BYTES = 2 * MAX_STATUS_BYTES
 
 
 class ReportError(ValueError):
@@ -452,10 +448,6 @@ def check_notice_message(message: Mapping[str, Any]) -> None:
                           "(twice the signed message's limit; a gateway's notice takes about as much as it did signed)",
                           reason=Reason.TOO_LARGE)
 
-
-def stored_notice_bytes(notice: Mapping[str, Any]) -> int:
-    """How many bytes ``notice`` (which fits the schema) takes as the compact UTF-8 JSON the register stores."""
-    return len(json.dumps(notice, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def notice_problem(notice: Any) -> str | None:

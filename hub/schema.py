@@ -274,9 +274,11 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
         11,
         # A device's notices of the last 24 hours, counted before each new one is stored (Store.add_notice's daily limit,
-        # docs/threat-model.md H26), and the register's notices of one device.
+        # docs/threat-model.md H26); and a device's newest notice (the register, retention), which the first alone would
+        # find by sorting all of that device's notices.
         """
-        CREATE INDEX notices_by_device ON notices (device_id, received_ms);
+        CREATE INDEX notices_by_device_time ON notices (device_id, received_ms);
+        CREATE INDEX notices_by_device ON notices (device_id, id);
         """,
     ),
 )

@@ -209,7 +209,8 @@ class Store(abc.ABC):
         the rest of each device's row."""
 
     @abc.abstractmethod
-    async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]: ...
+    async def notices(self, *, device_id: str | None = None, limit: int = 200, latest: bool = False) -> list[Notice]:
+        """Notices newest first, of one device or all; ``latest``: each device's newest only (the public register)."""
 
     @abc.abstractmethod
     async def set_desired(

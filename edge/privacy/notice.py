@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DRIVER_LANGUAGE",
+    "MAX_STORED_NOTICE_BYTES",
     "NOTICE_SCHEMA",
     "abridgements",
     "build_notice",
@@ -32,9 +33,14 @@ __all__ = [
     "notice_in",
     "notice_languages",
     "render_notice_html",
+    "stored_notice_bytes",
 ]
 
 NOTICE_SCHEMA = "ocn-edge/notice/v1"
+# The most a notice may take as the compact JSON a hub's register stores (OXP §7.3): twice the signed message's limit
+# (64 KiB). A notice is text, and its JSON is 1.1 to 1.2 times its CBOR; a hostile one could otherwise be stored at up to
+# seven times that (control characters escaped as \u00XX, float16 values written out in full).
+MAX_STORED_NOTICE_BYTES = 2 * 64 * 1024
 DRIVER_LANGUAGE = "en"  # drivers name their channels in English; a policy may name them in another language
 
 
@@ -332,3 +338,8 @@ def render_notice_html(
         driver=DRIVER_LANGUAGE,
         others=others,
     )
+
+
+def stored_notice_bytes(notice: Mapping[str, Any]) -> int:
+    """How many bytes ``notice`` takes as the compact UTF-8 JSON a hub's register stores (keys in any order)."""
+    return len(json.dumps(notice, separators=(",", ":"), ensure_ascii=False).encode())

@@ -22,6 +22,7 @@ from hub.engines.sql import (
     AUDIT_COLUMNS,
     DEVICE_COLUMNS,
     EXPORT_LEASE,
+    LATEST_NOTICES,
     OUTBOX_GRACE_MS,
     account_from_row,
     audit_from_row,
@@ -372,7 +373,8 @@ class PostgresStore(Store):
 
     async def add_notice(self, device_id: str, notice: Mapping[str, Any], *, received_ms: int, daily_limit: int | None = None) -> int | None:
         site, lat, lon = notice_location(notice)
-        async with self._pool.acquire() as conn, conn.transaction():
+        # Read committed whatever the server's default: the count after the lock must see what the lock waited for.
+        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             if daily_limit is not None:
                 # The device's row locked: another hub process adding a notice for it waits here until this one commits.
                 await conn.execute("SELECT 1 FROM devices WHERE device_id = $1 FOR UPDATE", device_id)
@@ -388,7 +390,7 @@ class PostgresStore(Store):
             return nid
 
     async def claim_freshness(self, key_id: bytes, device_id: str, message: Freshness, *, now_ms: int) -> Freshness | None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):  # as add_notice
             # A row to lock even for the first message of a key (NULLs: nothing recorded yet); the lock
             # makes every other hub process wait here until this one commits.
             await conn.execute(
@@ -424,12 +426,13 @@ class PostgresStore(Store):
     async def device_fleets(self) -> dict[str, tuple[str, str]]:
         return {r[0]: (r[1], r[2]) for r in await self._pool.fetch("SELECT device_id, status, fleet FROM devices")}
 
-    async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]:
+    async def notices(self, *, device_id: str | None = None, limit: int = 200, latest: bool = False) -> list[Notice]:
+        newest = f" AND id IN ({LATEST_NOTICES})" if latest else ""
         if device_id is None:
-            rows = await self._pool.fetch("SELECT id, device_id, received_ms, notice FROM notices ORDER BY id DESC LIMIT $1", limit)
+            rows = await self._pool.fetch(f"SELECT id, device_id, received_ms, notice FROM notices WHERE true{newest} ORDER BY id DESC LIMIT $1", limit)
         else:
             rows = await self._pool.fetch(
-                "SELECT id, device_id, received_ms, notice FROM notices WHERE device_id = $1 ORDER BY id DESC LIMIT $2", device_id, limit
+                f"SELECT id, device_id, received_ms, notice FROM notices WHERE device_id = $1{newest} ORDER BY id DESC LIMIT $2", device_id, limit
             )
         return [Notice(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 

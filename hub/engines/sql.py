@@ -46,6 +46,10 @@ __all__ = [
 ]
 
 
+# Each device's newest notice (its id), for the public register: one device's many notices do not push the others out.
+LATEST_NOTICES = "SELECT max(id) FROM notices GROUP BY device_id"
+
+
 def dumps(value: Any) -> str:
     """Canonical compact JSON for columns that hold documents."""
     if type(value) is dict and not value:

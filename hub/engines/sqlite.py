@@ -29,6 +29,7 @@ from hub.engines.sql import (
     AUDIT_COLUMNS,
     DEVICE_COLUMNS,
     EXPORT_LEASE,
+    LATEST_NOTICES,
     OUTBOX_GRACE_MS,
     account_from_row,
     audit_from_row,
@@ -613,12 +614,14 @@ class SQLiteStore(Store):
     async def device_fleets(self) -> dict[str, tuple[str, str]]:
         return {device_id: (status, fleet) for device_id, status, fleet in await self._read("SELECT device_id, status, fleet FROM devices")}
 
-    async def notices(self, *, device_id: str | None = None, limit: int = 200) -> list[Notice]:
-        sql = "SELECT id, device_id, received_ms, notice FROM notices"
+    async def notices(self, *, device_id: str | None = None, limit: int = 200, latest: bool = False) -> list[Notice]:
+        sql = "SELECT id, device_id, received_ms, notice FROM notices WHERE 1 = 1"
         params: list[Any] = []
         if device_id is not None:
-            sql += " WHERE device_id = ?"
+            sql += " AND device_id = ?"
             params.append(device_id)
+        if latest:
+            sql += f" AND id IN ({LATEST_NOTICES})"
         rows = await self._read(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
         return [Notice(r[0], r[1], r[2], json.loads(r[3])) for r in rows]
 

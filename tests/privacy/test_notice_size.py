@@ -19,7 +19,7 @@ from drivers.sdk import DeviceContext
 from edge.localapi.view import technician_view
 from edge.notice import NOTICE_BYTES, NoticePublisher, notice_bytes
 from edge.privacy import Policy, build_notice, parse_policy, render_notice_html
-from edge.privacy.notice import abridgements, notice_channels, notice_in
+from edge.privacy.notice import MAX_STORED_NOTICE_BYTES, abridgements, notice_channels, notice_in, stored_notice_bytes
 from edge.protocol import MAX_STATUS_BYTES, open_status, seal_status
 from edge.protocol.types import Channel, Reading
 from hub.reports import check_notice_message, notice_problem
@@ -232,3 +232,16 @@ def test_a_notice_the_envelope_refuses_after_all_is_said_once_and_the_publisher_
     assert calls == 1
     [record] = caplog.records
     assert record.getMessage() == "the transparency notice could not be sealed; it is not published until the policy changes"
+
+
+def test_a_notice_that_fits_a_signed_message_but_not_what_a_register_stores_is_not_published_and_said_once(caplog) -> None:
+    # A hub refuses a notice whose JSON would exceed MAX_STORED_NOTICE_BYTES (413 too_large, OXP §7.3), and a refused
+    # notice is sent again and again: the gateway says why once instead, and keeps it on its own page.
+    notice = {**notice_of(1), "purpose": "\x02" * 25_000}  # 25 KB signed, 150 KB as JSON
+    assert notice_bytes(notice) <= NOTICE_BYTES < MAX_STORED_NOTICE_BYTES < stored_notice_bytes(notice)
+    with caplog.at_level(logging.ERROR, logger="ocn.notice"):
+        sent, publisher = publish(notice, NOTICE_BYTES)
+        assert publisher.published() is None
+    assert sent == []
+    [line] = [r.getMessage() for r in caplog.records]
+    assert f"{stored_notice_bytes(notice):,} as the JSON a hub's register stores" in line and "control characters" in line

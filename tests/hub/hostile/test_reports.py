@@ -387,3 +387,22 @@ async def test_a_device_s_notices_are_limited_per_day_by_what_the_hub_has_stored
     assert (status, body["error"]) == (429, "rate_limited") and "in the last 24 hours" in body["detail"], body
     assert int(headers["Retry-After"]) == 600
     assert len(await running_hub.store.notices(device_id=gateway.device_id, limit=1000)) == NOTICES_PER_DAY + 1
+
+
+async def test_one_device_s_many_notices_do_not_push_the_others_out_of_the_public_register(
+    hub_on_either_engine: tuple[RunningHub, SimGateway], http: aiohttp.ClientSession
+) -> None:
+    # The register lists each gateway by its latest notice; it listed the newest 200 notices (the JSON: 1000), so one
+    # device publishing within its limits could push every quieter gateway off the page in a day or two.
+    running_hub, gateway = hub_on_either_engine
+    await running_hub.store.add_notice(gateway.device_id, {**NOTICE, "purpose": "the quiet gateway's notice"}, received_ms=T0)
+    for n in range(250):
+        await running_hub.store.add_notice("pole-7", {**NOTICE, "purpose": f"notice {n}", "place": {**NOTICE["place"], "site": "Queen St"}},
+                                           received_ms=T0 + 1 + n)
+    async with http.get(f"{running_hub.url}/transparency.json") as resp:
+        listed = (await resp.json())["notices"]
+    assert [(n["device_id"], n["notice"]["purpose"]) for n in listed] == [("pole-7", "notice 249"), (gateway.device_id, "the quiet gateway's notice")]
+    async with http.get(f"{running_hub.url}/transparency") as resp:
+        page = await resp.text()
+    assert "the quiet gateway&#39;s notice" in page or "the quiet gateway's notice" in page
+    assert "notice 249" in page and "notice 248" not in page
