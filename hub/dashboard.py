@@ -17,12 +17,14 @@ from edge.protocol.hubtrust import CA, NEXT_KEY
 from hub.accounts import Account, AccountError, NotPermitted, Permission, role_text
 from hub.audit import csv_lines, entry_json
 from hub.auth import Principal, add_account, disable, set_roles, stored_account
+from hub.budget import QueryBudget
 from hub.charts import line_chart
 from hub.fleet import TRUST_KEY, DesiredError, check_desired, desired_document, desired_status, drift
 from hub.hubkey import trust_document
 from hub.jsonbody import BodyError, read_json
 from hub.models import Device
 from hub.params import ParamError, flag, number, whole
+from hub.publicreads import Refused, public_read
 from hub.register import register_entry
 from hub.releases import RELEASES
 from hub.render import clock
@@ -177,8 +179,18 @@ async def home(request: web.Request) -> web.Response:
     return render(request, "home.html", devices=len([d for d in devices if d.status == "active"]), retention=await last_run(hub.store))
 
 
+def _register_refused(exc: Refused) -> web.Response:
+    return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status, headers=exc.headers)
+
+
+# The register is public and each answer can be large (a gateway's notice is up to 128 KiB as JSON): it takes its turn
+# among the public reads, a few at a time per client address, as the open data and SensorThings do (hub.publicreads).
+register_turn = public_read(_register_refused, narrow="ask for the register again later")
+
+
 @routes.get("/transparency")
-async def transparency(request: web.Request) -> web.Response:
+@register_turn
+async def transparency(request: web.Request, budget: QueryBudget) -> web.Response:
     # Each gateway's current notice, however many one of them has sent (a device's many would push the others out of the
     # newest 200). A notice stored before the hub checked notices may not fit the schema the page is written for: it is
     # named as unreadable rather than shown in part, or an older one shown as current.
@@ -188,7 +200,8 @@ async def transparency(request: web.Request) -> web.Response:
 
 
 @routes.get("/transparency.json")
-async def transparency_json(request: web.Request) -> web.Response:
+@register_turn
+async def transparency_json(request: web.Request, budget: QueryBudget) -> web.Response:
     notices = await request.app[HUB].store.notices(latest=True, limit=REGISTER_MAX)  # each gateway's latest, as the page
     return web.json_response(
         {"notices": [{"id": n.id, "device_id": n.device_id, "received_ms": n.received_ms, "notice": n.notice} for n in notices]}

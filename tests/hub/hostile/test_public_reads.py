@@ -135,6 +135,11 @@ async def test_a_client_over_its_share_is_answered_429_while_another_client_is_s
         assert int(headers["Retry-After"]) >= 1
         status, body, headers = await get(http, f"{hub.url}/data/readings.csv", client="203.0.113.9")
         assert (status, body["error"]) == (429, "too_many_requests") and "Retry-After" in headers
+        for register in ("/transparency", "/transparency.json"):  # each answer up to 128 KiB a gateway: public reads too
+            status, body, headers = await get(http, hub.url + register, client="203.0.113.9")
+            assert (status, body["error"]) == (429, "too_many_requests") and "Retry-After" in headers, register
+            status, _, _ = await get(http, hub.url + register, client="198.51.100.7")
+            assert status == 200, register
 
         status, body, _ = await get(http, f"{hub.url}{STA}/Observations?$top=5", client="198.51.100.7")
         assert status == 200 and len(body["value"]) == 5
