@@ -179,13 +179,9 @@ async def home(request: web.Request) -> web.Response:
     return render(request, "home.html", devices=len([d for d in devices if d.status == "active"]), retention=await last_run(hub.store))
 
 
-def _register_refused(exc: Refused) -> web.Response:
-    return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status, headers=exc.headers)
-
-
 # The register is public and each answer can be large (a gateway's notice is up to 128 KiB as JSON): it takes its turn
 # among the public reads, a few at a time per client address, as the open data and SensorThings do (hub.publicreads).
-register_turn = public_read(_register_refused, narrow="ask for the register again later")
+register_turn = public_read(Refused.json_response, narrow="ask for the register again later")
 
 
 @routes.get("/transparency")

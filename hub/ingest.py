@@ -68,7 +68,7 @@ BUSY_RETRY_S = 1.0
 # and sends a notice at start and after a policy change; without a limit one enrolled device stored 300 notices of
 # 60 KB in 0.8 s, all published in the register (docs/threat-model.md H26).  Every notice taken is stored for good, so
 # after ten at once (a technician restarting a gateway while commissioning it) one in ten minutes: at most 154 a
-# day, of at most MAX_STORED_NOTICE_BYTES each (about 19 MiB a day, not 2 GiB).
+# day, of at most MAX_STORED_NOTICE_BYTES each (about 19 MiB a day).
 REPORT_RATE, REPORT_BURST = 1.0, 60
 NOTICE_RATE, NOTICE_BURST = 1 / 600, 10
 # The same bound kept in the database over 24 hours, so that it holds across hub processes and restarts (the limiter

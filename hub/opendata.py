@@ -134,11 +134,7 @@ def _bad(exc: QueryError) -> web.Response:
     return web.json_response({"error": "bad_query", "detail": str(exc)}, status=400)
 
 
-def _refused(exc: Refused) -> web.Response:
-    return web.json_response({"error": exc.code, "detail": exc.detail}, status=exc.status, headers=exc.headers)
-
-
-in_turn = public_read(_refused, narrow="narrow it with device, channel, since and until")
+in_turn = public_read(Refused.json_response, narrow="narrow it with device, channel, since and until")
 
 
 @routes.get("/data")

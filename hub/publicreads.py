@@ -80,6 +80,10 @@ class Refused(Exception):
     def headers(self) -> dict[str, str]:
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
+    def json_response(self) -> web.Response:
+        """The refusal as ``{"error", "detail"}`` JSON (the open data and the transparency register answer so)."""
+        return web.json_response({"error": self.code, "detail": self.detail}, status=self.status, headers=self.headers)
+
     @classmethod
     def over_budget(cls, exc: OverBudget, *, narrow: str) -> Refused:
         """The answer to a query that went past its budget; ``narrow`` says how to ask for less on this route."""

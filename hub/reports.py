@@ -449,7 +449,6 @@ def check_notice_message(message: Mapping[str, Any]) -> None:
                           reason=Reason.TOO_LARGE)
 
 
-
 def notice_problem(notice: Any) -> str | None:
     """Why a stored notice cannot be shown, or None when it fits the schema."""
     try:

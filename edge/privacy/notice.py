@@ -17,6 +17,7 @@ from edge.privacy.catalogue import DEFAULT_LANGUAGE, words, words_or_english
 from edge.privacy.explain import describe_rule, processes
 from edge.privacy.policy import Policy
 from edge.privacy.rules import kind_of
+from edge.protocol.envelope import MAX_STATUS_BYTES
 from edge.protocol.types import Channel
 from edge.util.clock import now_ms
 
@@ -37,10 +38,10 @@ __all__ = [
 ]
 
 NOTICE_SCHEMA = "ocn-edge/notice/v1"
-# The most a notice may take as the compact JSON a hub's register stores (OXP §7.3): twice the signed message's limit
-# (64 KiB). A notice is text, and its JSON is 1.1 to 1.2 times its CBOR; a hostile one could otherwise be stored at up to
-# seven times that (control characters escaped as \u00XX, float16 values written out in full).
-MAX_STORED_NOTICE_BYTES = 2 * 64 * 1024
+# The most a notice may take as the compact JSON a hub's register stores (OXP §7.3): twice the signed message's limit.
+# A notice is text, and its JSON is 1.1 to 1.2 times its CBOR; a hostile one could otherwise be stored at up to seven
+# times that (control characters escaped as \u00XX, float16 values written out in full).
+MAX_STORED_NOTICE_BYTES = 2 * MAX_STATUS_BYTES
 DRIVER_LANGUAGE = "en"  # drivers name their channels in English; a policy may name them in another language
 
 

@@ -96,6 +96,11 @@ class Installer:
     def journal_path(self) -> Path:
         return self.journal_dir / JOURNAL_FILE
 
+    @property
+    def staged(self) -> Path:
+        """The installer's copy of the bundle it checks and builds from (:meth:`_stage`)."""
+        return self.journal_dir / STAGED_DIR
+
     def journal(self) -> dict[str, Any] | None:
         try:
             value = json.loads(self.journal_path.read_text())
@@ -145,7 +150,7 @@ class Installer:
         """The journal and the staged copy of the bundle go: the update is over."""
         self.journal_path.unlink(missing_ok=True)
         fsync_dir(self.journal_dir)
-        shutil.rmtree(self.journal_dir / STAGED_DIR, ignore_errors=True)
+        shutil.rmtree(self.staged, ignore_errors=True)
 
     def _last_outcome(self) -> dict[str, Any]:
         try:
@@ -225,13 +230,12 @@ class Installer:
             log.error("update to %s refused (%s)", entry["version"], reason)
             self._outcome(entry, "refused", reason)
             return EXIT_FAILED
-        staged = self.journal_dir / STAGED_DIR
         try:
             key = load_public_key(self.release_key)
             # What is checked is what is built: a copy only root can write, never the gateway's files read again later.
             self._stage(bundle, key, target)
-            entry["bundle"] = str(staged)
-            manifest, _ = check_trusted_bundle(staged, key, now=time.time(), target=entry["target"], installed=from_version,
+            entry["bundle"] = str(self.staged)
+            manifest, _ = check_trusted_bundle(self.staged, key, now=time.time(), target=entry["target"], installed=from_version,
                                                approved=bool(request.get("approved")))
         except OSError as exc:  # a full disk, or the bundle unreadable (the journal's directory unwritable)
             problem, full = _write_problem(exc, bundle)
@@ -241,7 +245,7 @@ class Installer:
             return EXIT_FAILED
         except (Refused, KeyFileError) as exc:
             reason = exc.reason if isinstance(exc, Refused) else "wrong_key"
-            detail = str(exc).replace(str(staged), str(bundle))  # the copy's files are named as the bundle's
+            detail = str(exc).replace(str(self.staged), str(bundle))  # the copy's files are named as the bundle's
             log.error("update to %s refused (%s): %s", entry["version"], reason, detail, extra={"version": entry["version"], "reason": reason})
             self._outcome(entry, "refused", f"{reason}: {detail}")
             return EXIT_FAILED
@@ -266,31 +270,30 @@ class Installer:
         )
         return self._record(entry, "build")
 
-    def _stage(self, bundle: Path, key: Ed25519PublicKey, target: str) -> Path:
+    def _stage(self, bundle: Path, key: Ed25519PublicKey, target: str) -> None:
         """Copy of ``bundle`` what the installer checks and builds from into its own directory: the manifest (and the
         key rollovers beside it), and once the manifest's signature is checked, the files it names for ``target``, each no
         further than the size it signs; nothing else the gateway put there. A file that is missing or no regular file
         is left out, and check_trusted_bundle then refuses the copy naming it."""
-        staged = self.journal_dir / STAGED_DIR
+        staged = self.staged
         shutil.rmtree(staged, ignore_errors=True)
         staged.mkdir(parents=True)
         staged.chmod(0o755)  # a slot keeps a copy of it (<slot>/release), which the gateway reads (edge.update.fetch)
         try:
             source = Folder(bundle)
         except FileNotFoundError:
-            return staged  # refused as missing
+            return  # refused as missing
         with source:
             for name, limit in ((MANIFEST_FILE, MAX_MANIFEST_BYTES), (ROLLOVER_FILE, MAX_CHAIN_BYTES)):
                 with contextlib.suppress(FileNotFoundError, NotAFile):
                     source.copy(name, staged / name, limit=limit)
             if not (staged / MANIFEST_FILE).exists():
-                return staged  # refused as missing
+                return  # refused as missing
             manifest = check_trusted_manifest(staged, key)
             for item in manifest.files_for(target) if target in manifest.targets else []:
                 with contextlib.suppress(FileNotFoundError, NotAFile):
                     source.copy(item.path, staged / item.path, limit=item.size)
         os.sync()  # a build resumed after a power cut reads this copy again
-        return staged
 
     def _continue(self, entry: dict[str, Any]) -> int:
         phase = entry["phase"]
