@@ -6,11 +6,15 @@ can check a kept run again, and tests/soak can check a short real run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bench.soak.reconcile import Channelled, Events, Outcome, channelled, reconcile, table
 from bench.soak.run import FILLER, GATEWAY_ID, filler_readings
@@ -37,6 +41,7 @@ class Evidence:
     spool: dict[str, int]
     run: dict[str, Any]
     overruns: int = 0  # replies hil-sim put out past the gateway's deadline, held up by the machine (ledger fault "overrun")
+    delivered_unacked: int = 0  # batches left in the spool that the hub had stored: their ack was cut off by the last stop
 
 
 def ledger_names(scenario: Path) -> dict[tuple[str, str], list[tuple[str, int | None]]]:
@@ -68,6 +73,43 @@ async def hub_readings(db: str) -> dict[str, list[tuple[int, object]]]:
         await store.close()
 
 
+def hub_batch_ids(db: Path, device_id: str) -> set[tuple[bytes, int, int]]:
+    """The identities (key id, boot epoch, seq) of the batches the hub stored for ``device_id``.
+
+    Read from the soak's SQLite file directly: the store has no query for them, and only this check needs one.
+    """
+    from hub.engines.sql import from_uint_column  # only the reconciliation reads the hub's database
+
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        rows = conn.execute("SELECT key_id, boot_epoch, seq FROM batches WHERE device_id = ?", (device_id,)).fetchall()
+    return {(bytes(key), from_uint_column(epoch), from_uint_column(seq)) for key, epoch, seq in rows}
+
+
+async def spool_leftovers(spool_path: Path, quota: int, public_key: Ed25519PublicKey,
+                          delivered: set[tuple[bytes, int, int]]) -> tuple[dict[str, list[tuple[int, object]]], int, dict[str, int]]:
+    """What the gateway's spool still holds after the last stop, by channel; how many of its batches the hub already
+    stored; and the spool's counters.
+
+    A batch on its way when the stop came can reach the hub after the gateway stopped waiting for the answer: the hub
+    stored it, the spool kept it.  The next start sends it again and the hub answers "duplicate" (it deduplicates on
+    the batch's identity), so its readings are counted once, as stored, and not again as waiting in the spool.
+    """
+    spool = await Spool.open(spool_path, max_bytes=quota)
+    try:
+        counters = spool.counters()
+        waiting: dict[str, list[tuple[int, object]]] = defaultdict(list)
+        already = 0
+        for batch in spool.oldest(limit=1_000_000):
+            if (batch.id.key_id, batch.id.boot_epoch, batch.id.seq) in delivered:
+                already += 1
+                continue
+            for reading in open_batch(batch.data, public_key).readings:
+                waiting[reading.channel].append((reading.ts_ms, reading.value))
+        return waiting, already, counters
+    finally:
+        await spool.close()
+
+
 def _events(raw: dict[str, Any]) -> Events:
     return Events(
         runs=[(start, end) for start, end in raw["runs"]],
@@ -94,14 +136,9 @@ async def load_evidence(directory: Path, scenario: Path) -> Evidence:
     overruns = len({(entry.device, entry.t_ms) for entry in ledger if "overrun" in entry.faults})
     stored = await hub_readings(f"sqlite:///{directory / 'hub.db'}")
     state = Path(run.get("state_dir", directory / "state"))
-    spool = await Spool.open(state / "spool.db", max_bytes=run["quota_bytes"])
-    counters = spool.counters()
-    key = load_public_key(state / "device.pub")
-    spooled: dict[str, list[tuple[int, object]]] = defaultdict(list)
-    for batch in spool.oldest(limit=1_000_000):
-        for reading in open_batch(batch.data, key).readings:
-            spooled[reading.channel].append((reading.ts_ms, reading.value))
-    await spool.close()
+    delivered = hub_batch_ids(directory / "hub.db", GATEWAY_ID)
+    spooled, delivered_unacked, counters = await spool_leftovers(state / "spool.db", run["quota_bytes"], load_public_key(state / "device.pub"),
+                                                                delivered)
     filler = [Channelled(r, ()) for r in filler_readings(run["filler"]["start_ms"], run["filler"]["counts"])]
     outcome = reconcile(policy=policy, channels=channels, served=served, stored=stored, events=events,
                         counted_quota_drops=counters["readings_dropped"], presealed={FILLER.id: filler}, spooled=spooled)
@@ -116,7 +153,7 @@ async def load_evidence(directory: Path, scenario: Path) -> Evidence:
     if lost != counters["readings_dropped"]:
         outcome.problems.append(f"the gateway's /metrics said {lost} readings lost before its last stop; its spool's quota counted "
                                 f"{counters['readings_dropped']}, and nothing else may lose a reading")
-    return Evidence(directory, outcome, events, counters, run, overruns)
+    return Evidence(directory, outcome, events, counters, run, overruns, delivered_unacked)
 
 
 def update_problems(steps: list[dict[str, Any]] | None) -> list[str]:
@@ -178,6 +215,8 @@ def summary(evidence: Evidence) -> str:
         f"{int(run['metrics'][-1].get('ocn_edge_readings_lost_total', 0)) if run['metrics'] else 'not scraped'}",
         f"link         {run.get('transport', 'http')}: {run['link_bytes']['up']} bytes up, {run['link_bytes']['down']} down through the uplink proxy",
         f"clean stop   {run['summaries'][-1] if run['summaries'] else '-'}",
+        f"in flight    batches left in the spool that the hub had stored (the last stop cut off their ack; the next start sends them "
+        f"again and the hub answers duplicate): {evidence.delivered_unacked}",
     ]
     lines.append("soak: " + ("OK: every released reading reached the hub exactly once or has a named cause within its bound"
                              if outcome.ok else "FAILED: see the rows marked FAIL and the problems above"))

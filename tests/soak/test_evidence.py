@@ -1,0 +1,53 @@
+"""Reading a finished soak back: a batch the hub stored and the spool still holds is counted once, as stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench.soak.evidence import hub_batch_ids, spool_leftovers
+from edge.protocol import BatchHeader, generate_keypair, key_id, open_batch, seal_batch
+from edge.protocol.types import Channel, Reading
+from edge.spool import Spool
+from hub.database import open_store
+from hub.models import IncomingBatch
+
+T0 = 1_790_000_000_000
+VOLTS = Channel("m-1/volts", unit="V", resolution=0.1)
+GATEWAY = "soak-gw"
+
+
+async def test_a_batch_the_hub_stored_before_the_stop_cut_its_ack_is_not_counted_again_as_waiting(tmp_path: Path) -> None:
+    key = generate_keypair()
+    spool = await Spool.open(tmp_path / "spool.db", max_bytes=1_000_000)
+    boot = await spool.begin_boot()
+    sealed = []
+    for n in range(3):
+        readings = [Reading(VOLTS.id, T0 + n * 10_000 + i * 1000, 230.0 + n + i / 10, "V") for i in range(5)]
+        header = BatchHeader(device_id=GATEWAY, key_id=key_id(key), boot_epoch=boot.boot_epoch, seq=spool.allocate_seq(),
+                             policy_digest=b"\x01" * 32, codec="zstd", created_ms=readings[0].ts_ms, counters=spool.counters())
+        data = seal_batch(header, (VOLTS,), readings, key)
+        spool.put(data, readings=len(readings))
+        sealed.append(data)
+    await spool.mark_clean_shutdown()
+    await spool.close()
+
+    # The hub stored the second batch (its POST finished after the gateway stopped waiting), and a batch of another device
+    # with the same epoch and seq as the third: only this gateway's own identities count.
+    store = await open_store(f"sqlite:///{tmp_path / 'hub.db'}")
+    try:
+        for data, device in ((sealed[1], GATEWAY), (sealed[2], "another-gw")):
+            batch = open_batch(data, key.public_key())
+            h = batch.header
+            assert await store.store_batch(IncomingBatch(
+                device_id=device, key_id=h.key_id if device == GATEWAY else b"\x07" * 8, boot_epoch=h.boot_epoch, seq=h.seq,
+                created_ms=h.created_ms, received_ms=T0 + 60_000, policy_digest=h.policy_digest, codec=h.codec, counters=h.counters,
+                channels=batch.channels, readings=batch.readings, size=len(data))) == "stored"
+    finally:
+        await store.close()
+
+    delivered = hub_batch_ids(tmp_path / "hub.db", GATEWAY)
+    assert delivered == {(key_id(key), boot.boot_epoch, open_batch(sealed[1], key.public_key()).header.seq)}
+    waiting, already, counters = await spool_leftovers(tmp_path / "spool.db", 1_000_000, key.public_key(), delivered)
+    assert already == 1
+    assert [v for _, v in waiting[VOLTS.id]] == [230.0, 230.1, 230.2, 230.3, 230.4, 232.0, 232.1, 232.2, 232.3, 232.4]
+    assert counters["unclean_stops"] == 0
