@@ -22,6 +22,13 @@ and compared with what runs:
 A document that cannot be applied is refused whole, and its ETag is remembered so it
 is not tried again until city IT changes it.  Outcomes travel upstream in the status
 report: the applied ETag and the policy digest, or the reason for a refusal.
+
+A hub since 2026-12 signs the time it signed each document at (``issued_ms``) and signs its clear
+(OXP §8.4, "Freshness and a signed clear").  Once the document in force carries that time, one
+issued earlier, one without it, and an unsigned clear are ignored (said once each): whoever can
+answer in the hub's place (a hostile broker, a plain-http path) cannot play an older document again
+or return the gateway to its local config.  They are not refused: the same ETag, issued later by
+the hub, is still applied.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from edge.config import ConfigError, GatewayConfig, effective_toml, parse_config
 from edge.desiredcheck import DesiredCheckError, check_desired_config, check_desired_policy
 from edge.privacy import Policy, PolicyError, load_policy, parse_policy
 from edge.protocol import hubtrust
-from edge.protocol.desired import canonical_json, merge_tables
+from edge.protocol.desired import CLEARED, ISSUED, canonical_json, merge_tables
 from edge.protocol.keys import key_id, pem_public_key
 from edge.schema import dumps_toml
 from edge.transport import HubKeySource, TransportError
@@ -75,6 +82,10 @@ class _TryLater(Exception):
     """A desired document that cannot be applied now for a passing reason (the hub unreachable): not refused."""
 
 
+class DesiredStale(Exception):
+    """A desired document (or clear) older than the one in force, or unsigned where the hub signs: ignored, not refused."""
+
+
 @dataclass(frozen=True, slots=True)
 class DesiredChange:
     """A verified desired document, split into what it asks for (None: the local one)."""
@@ -84,6 +95,7 @@ class DesiredChange:
     config: Mapping[str, Any] | None
     software: SoftwareTarget | None = None  # the release the hub wants running (docs/updates.md); None: none named
     ca: bytes | None = None  # the CA bundle the hub gives for its https certificate (trust.ca); None: [uplink] ca
+    issued_ms: int | None = None  # when the hub signed it (OXP §8.4); None: a hub from before issue times
 
 
 @dataclass(frozen=True)
@@ -167,6 +179,7 @@ class DesiredState:
         self.hub_ca_file = Path(state_dir) / "hub-ca.pem"  # the CA bundle the hub's documents carry
         self.device_id = device_id
         self.applied_etag = ""
+        self.applied_issued_ms: int | None = None  # when the hub signed the document (or clear) in force; None: never said
         self.refused_etag = ""
         self.last_error = ""
         self._load()
@@ -181,7 +194,10 @@ class DesiredState:
         return record if isinstance(record, dict) else {}
 
     def _load(self) -> None:
-        self.applied_etag = str(self._read("applied.json").get("etag", ""))
+        applied = self._read("applied.json")
+        self.applied_etag = str(applied.get("etag", ""))
+        issued = applied.get(ISSUED)
+        self.applied_issued_ms = issued if _is_time(issued) else None
         refused = self._read("refused.json")
         self.refused_etag = str(refused.get("etag", ""))
         self.last_error = str(refused.get("error", ""))
@@ -216,9 +232,13 @@ class DesiredState:
                 (self.dir / name).unlink(missing_ok=True)
             else:
                 _write_atomically(self.dir / name, content)
-        _write_atomically(self.dir / "applied.json", canonical_json({"etag": change.etag}))
+        applied: dict[str, Any] = {"etag": change.etag}
+        if change.issued_ms is not None:
+            applied[ISSUED] = change.issued_ms
+        _write_atomically(self.dir / "applied.json", canonical_json(applied))
         (self.dir / "refused.json").unlink(missing_ok=True)
         self.applied_etag = change.etag
+        self.applied_issued_ms = change.issued_ms
         self.refused_etag = ""
         self.last_error = ""
         log.info("desired state applied", extra={"etag": change.etag or "(local config)"})
@@ -315,6 +335,18 @@ class DesiredState:
             self.pin_hub_key(hubtrust.pem(signer))
         if document.get("device_id") != self.device_id:
             raise DesiredError(f"the desired document is for device {document.get('device_id')!r}, not {self.device_id!r}")
+        issued = document.get(ISSUED)
+        if issued is not None and not _is_time(issued):
+            raise DesiredError(f"desired {ISSUED} = {issued!r}: expected milliseconds since the epoch (a whole number from 0)")
+        cleared = document.get(CLEARED) is True
+        if cleared != (etag == ""):
+            raise DesiredError("a signed clear travels with the ETag \"\" and a document with its own"
+                               if cleared else "the hub sent a document with the ETag \"\", which only a signed clear has")
+        if not cleared and "etag" in document and document["etag"] != etag:
+            raise DesiredError(f"the desired document names ETag {str(document['etag'])[:40]!r}, not the {etag!r} it came with")
+        self.check_fresh(issued, "a clear" if cleared else f"desired {etag}")
+        if cleared:
+            return DesiredChange(etag="", policy=None, config=None, issued_ms=issued)
         ca = self._keep_trust(document.get("trust"))
         policy, config = document.get("policy"), document.get("config")
         for name, part in (("policy", policy), ("config", config)):
@@ -326,7 +358,19 @@ class DesiredState:
                 software = parse_target(document["software"])
             except TargetError as exc:
                 raise DesiredError(str(exc)) from None
-        return DesiredChange(etag=etag, policy=policy, config=config, software=software, ca=ca)
+        return DesiredChange(etag=etag, policy=policy, config=config, software=software, ca=ca, issued_ms=issued)
+
+    def check_fresh(self, issued_ms: int | None, what: str) -> None:
+        """Raise DesiredStale unless a document (or clear) issued at ``issued_ms`` may replace the one in force: once that one
+        says when the hub signed it, an older one, or one that does not say, is one the hub signed before (OXP §8.4)."""
+        if self.applied_issued_ms is None:
+            return  # no signed issue time in force yet: a hub from before them, or nothing applied from a hub that has them
+        if issued_ms is None:
+            raise DesiredStale(f"{what} carries no issue time, and the document in force (issued {self.applied_issued_ms}) does: "
+                               "a document signed before the hub dated them, played again")
+        if issued_ms < self.applied_issued_ms:
+            raise DesiredStale(f"{what} was issued at {issued_ms}, before the document in force ({self.applied_issued_ms}): "
+                               "an older document played again (or the hub's clock went back)")
 
 
 class DesiredApplier:
@@ -353,6 +397,7 @@ class DesiredApplier:
         self.base_config = base_config
         self._request_reload = request_reload
         self._latest: tuple[object, str] | None = None
+        self._stale_said = ""  # the last reason a document was ignored as stale, said once
         self._task: asyncio.Task[None] | None = None
         self._reload_requested: str | None = None  # the ETag whose reload the supervisor is about to do
         # The CA bundle the running transport was built with: another one from the hub restarts the pipeline to use it.
@@ -379,16 +424,25 @@ class DesiredApplier:
                 await self._apply(signed, etag)
             except _TryLater as exc:  # not refused: the hub offers the document again with its next answer
                 log.info("desired state not applied yet; tried again with the hub's next answer", extra={"etag": etag, "reason": str(exc)})
+            except DesiredStale as exc:  # not refused either: the ETag, issued anew by the hub, is applied when it comes
+                if str(exc) != self._stale_said:
+                    log.warning("desired state ignored; the one in force stays", extra={"etag": etag or "(clear)", "reason": str(exc)})
+                self._stale_said = str(exc)
             except DesiredError as exc:
                 self.state.record_failure(etag, str(exc))
             except Exception as exc:  # noqa: BLE001 - whatever it was, the last good state stays and it is reported
                 self.state.record_failure(etag, f"{type(exc).__name__}: {exc}")
 
     async def _apply(self, signed: object, etag: str) -> None:
-        if etag:
+        if etag or signed is not None:
             change = self.state.verify(signed, etag, await self._hub_key())
         else:
-            change = DesiredChange(etag="", policy=None, config=None)  # cleared: back to the local config
+            # An unsigned clear (a hub from before signed clears): back to the local config, unless the document in force
+            # is dated, from a hub that signs its clears too.
+            if self.state.applied_issued_ms is not None:
+                raise DesiredStale("an unsigned clear, where the document in force is dated by a hub that signs its clears: "
+                                   "not the hub's answer")
+            change = DesiredChange(etag="", policy=None, config=None)
         gw = self.gateway
         config = self._target_config(change)
         policy, policy_toml = self._target_policy(change, config)
@@ -505,3 +559,7 @@ def last_applied(config: GatewayConfig, desired: DesiredState) -> tuple[GatewayC
         except PolicyError as exc:
             desired.record_failure(desired.applied_etag, f"the saved desired policy {saved} no longer validates: {exc}")
     return config, policy
+
+
+def _is_time(value: object) -> bool:
+    return type(value) is int and value >= 0

@@ -448,8 +448,11 @@ class Uplink:
         return await self._send_signed(message, "notice", self.transport.publish_notice)
 
     def _desired_offered(self, offer: DesiredOffer) -> None:
-        """The transport's listener: a new ETag goes on to the applier, the same one again does not."""
-        if offer.etag == self.desired_etag:
+        """The transport's listener: a new offer goes on to the applier, the same one again does not.
+
+        The same ETag signed again (a later issue time, OXP §8.4) goes on too: the applier skips it when it is in force,
+        and applies it when an older copy was ignored (the hub's clock was behind), or when an unsigned clear came first."""
+        if offer.etag == self.desired_etag and offer.signed == self.desired:
             return
         self.desired, self.desired_etag = offer.signed, offer.etag
         if self._on_desired is not None:

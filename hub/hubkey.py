@@ -30,9 +30,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.protocol.desired import sign_document
+from edge.protocol.desired import ISSUED, clear_document, sign_document
 from edge.protocol.hubtrust import CA, KEY_ID, NEXT_KEY, ROLLOVER, TrustError, parse_trust, pem, rollover_link
 from edge.protocol.keys import key_id
+from edge.util.clock import now_ms
 from hub.store import Store
 
 __all__ = ["CHAIN_FILE", "NEXT_FILE", "SIGNING_FILE", "TRUST_KEY", "DesiredSigner", "KeyRotationError", "announce_next_key", "describe", "set_ca", "switch_key",
@@ -73,6 +74,7 @@ class DesiredSigner:
         self._seen: tuple[int, int] | None = None
         self._key: Ed25519PrivateKey = first
         self._chain: list[dict[str, str]] = []
+        self._issued = 0  # the last issue time signed: never again a smaller one from this process, whatever its clock does
 
     def _files(self) -> tuple[int, int]:
         assert self.state is not None
@@ -101,6 +103,19 @@ class DesiredSigner:
         return list(self._chain)
 
     def sign(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        """``document`` signed, with the time it is signed at (``issued_ms``, OXP §8.4): a gateway refuses one older than the
+        document it has in force, so a document the hub signed before cannot be played to it again."""
+        return self._signed({**document, ISSUED: self._issue()})
+
+    def sign_clear(self, device_id: str) -> dict[str, Any]:
+        """The signed clear: nothing is desired for ``device_id`` any more (sent with the ETag ""), fresh like a document."""
+        return self._signed(clear_document(device_id, self._issue()))
+
+    def _issue(self) -> int:
+        self._issued = max(now_ms(), self._issued + 1)
+        return self._issued
+
+    def _signed(self, document: Mapping[str, Any]) -> dict[str, Any]:
         signed = sign_document(document, self.key())
         if self._chain:
             signed[ROLLOVER] = self._chain

@@ -473,7 +473,13 @@ class Ingest:
         assert device is not None
         document, etag = await desired_document(self.store, device)
         self._etags[device.device_id] = (time.monotonic(), etag)
-        desired = None if document is None or known_etag == etag else self.signer.sign(document)
+        if document is None:
+            # Nothing desired: a gateway that reports a document in force gets the signed clear (OXP §8.4), which a gateway
+            # that has seen a signed issue time requires; one without a document in force needs nothing.
+            applied = report.get("applied_etag")
+            desired = self.signer.sign_clear(device.device_id) if isinstance(applied, str) and applied else None
+        else:
+            desired = None if known_etag == etag else self.signer.sign(document)
         return ReportTaken(desired, etag)
 
     async def desired_etag(self, device_id: str) -> str | None:

@@ -441,7 +441,8 @@ class MqttIngest:
             ingest.remember_etag(device_id, etag)
             if etag == offered:
                 continue
-            signed = None if document is None else ingest.signer.sign(document)
+            # Nothing desired any more: the signed clear (OXP §8.4), retained like a document.
+            signed = ingest.signer.sign_clear(device_id) if document is None else ingest.signer.sign(document)
             payload = json.dumps({"desired": signed, "etag": etag}, separators=(",", ":")).encode()
             await client.publish(f"{TOPIC_ROOT}/{device_id}/desired", payload, qos=1, retain=True)
             self._published[device_id] = etag

@@ -16,7 +16,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge.protocol.keys import key_id
 
-__all__ = ["canonical_json", "merge_tables", "sign_document", "verify_document"]
+__all__ = ["CLEARED", "ISSUED", "canonical_json", "clear_document", "merge_tables", "sign_document", "verify_document"]
+
+# Within OXP/2, added 2026-12 (§8.4, "Freshness and a signed clear"): the hub's clock when it signed a document, which a
+# gateway requires to grow, and the document a hub signs to say that nothing is desired any more.
+ISSUED = "issued_ms"
+CLEARED = "cleared"
 
 
 def canonical_json(value: Any) -> bytes:
@@ -33,6 +38,11 @@ def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[s
         else:
             merged[key] = value
     return merged
+
+
+def clear_document(device_id: str, issued_ms: int) -> dict[str, Any]:
+    """What a hub signs in place of a null document: nothing is desired for ``device_id`` any more (its ETag is "")."""
+    return {"device_id": device_id, CLEARED: True, ISSUED: issued_ms}
 
 
 def sign_document(document: Mapping[str, Any], private_key: Ed25519PrivateKey) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.enrol import enrol
 from edge.protocol import BatchHeader, key_id, load_private_key, seal_batch
+from edge.protocol.desired import verify_document
 from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
 from edge.transport import open_transport
@@ -457,6 +458,18 @@ async def test_a_desired_change_is_pushed_to_a_connected_gateway_without_a_statu
                     await asyncio.sleep(0.05)
             assert gateway.uplink.counters.status_sent == 0
             assert gateway.uplink.desired_etag == gateway.offers[-1] != ""
+            pushed = gateway.uplink.desired
+            assert isinstance(pushed, dict) and isinstance(issued := pushed["document"]["issued_ms"], int)
+            # Cleared: the hub pushes its signed clear (OXP §8.4), dated after the document, not a null a broker could forge.
+            await hub.set_desired("device", "pole-0042", None)
+            async with asyncio.timeout(10):
+                while gateway.offers[-1] != "":
+                    await asyncio.sleep(0.05)
+            cleared = gateway.uplink.desired
+            assert isinstance(cleared, dict)
+            assert verify_document(cleared, hub.hub.ingest.signer.key().public_key()) == {
+                "device_id": "pole-0042", "cleared": True, "issued_ms": cleared["document"]["issued_ms"]}
+            assert cleared["document"]["issued_ms"] > issued
         finally:
             await gateway.close()
 

@@ -24,6 +24,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.brokerauth import device_acls
 from tests.helpers.tools import missing
@@ -147,3 +148,30 @@ async def test_a_gateway_and_a_hub_one_version_apart_store_every_reading_once_ov
     assert {Path(str(a["source"])) for a in acked} == {trees[gateway_side].resolve()}
     per_batch = 20  # tests/mqtt/skew_gateway.py's READINGS
     assert _stored(state / "hub.db") == {device: (BATCHES, BATCHES * per_batch, BATCHES * per_batch) for device in ("skew-http", "skew-mqtt")}
+
+
+OLD_VERIFY = """
+import json, sys
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from edge.desired import DesiredState
+signed, etag, pem, state = json.loads(sys.stdin.read())
+change = DesiredState(state, device_id="pole-1").verify(signed, etag, load_pem_public_key(pem.encode()))
+print(json.dumps({"etag": change.etag, "policy": change.policy}))
+"""
+
+
+def test_the_older_gateway_takes_a_document_this_hub_dated(old_tree: Path, tmp_path: Path) -> None:
+    """OXP §8.4's issue time is an added field: a gateway from before it verifies and applies the document as before (and a
+    signed clear travels with the ETag "", which such a gateway takes as a clear without looking at what came with it)."""
+    from edge.protocol.hubtrust import pem
+    from hub.hubkey import DesiredSigner
+
+    key = Ed25519PrivateKey.generate()
+    policy = {"policy": {"name": "t"}, "channels": {"m-1/*": {"rule": "keep"}}}
+    signed = DesiredSigner(None, key).sign({"device_id": "pole-1", "fleet": "default", "policy": policy, "etag": "e1"})
+    assert "issued_ms" in signed["document"]
+    run = subprocess.run([sys.executable, "-c", OLD_VERIFY], input=json.dumps([signed, "e1", pem(key.public_key()).decode(), str(tmp_path)]),
+                         cwd=old_tree, env=_env(old_tree), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(run.stdout) == {"etag": "e1", "policy": policy}
+    assert "if etag:" in (old_tree / "edge" / "desired.py").read_text(), "the older applier decides a clear by the ETag alone"

@@ -294,3 +294,95 @@ async def test_a_reading_the_privacy_stage_cannot_handle_is_dropped_and_counted_
         await _until(lambda: gateway.counters.readings_released > before)
         assert not gateway.fatal.is_set()
         assert any("could not handle" in e for e in gateway.status_report()["errors"])
+
+
+STEP_10 = tomllib.loads(POLICY.replace('version = "1"', 'version = "3"').replace('rule = "keep"', 'rule = "quantize"\nstep = 10.0'))
+
+
+def offer(gateway: Gateway, signed: object, etag: str) -> None:
+    """An offer as the transport hands it on, from whoever answers in the hub's place (a broker, a plain-http path)."""
+    from edge.transport.contract import DesiredOffer
+
+    assert gateway.uplink is not None
+    gateway.uplink._desired_offered(DesiredOffer(signed, etag))
+
+
+async def test_an_older_document_played_again_is_ignored_said_once_and_applied_when_the_hub_issues_it_anew(setup, caplog):
+    hub, config = setup
+    async with running_gateway(config) as gateway:
+        assert gateway.uplink is not None and gateway.applier is not None
+        await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
+        await report(gateway)
+        await _until(lambda: gateway.desired.applied_etag != "")
+        old_signed, old_etag = gateway.uplink.desired, gateway.desired.applied_etag
+        # The copy last offered: the hub signs the document in each answer, so it may be later than the one applied.
+        assert isinstance(old_signed, dict) and old_signed["document"]["issued_ms"] >= gateway.desired.applied_issued_ms
+        await hub.set_desired("device", "pole-7", {"policy": STEP_10})
+        await report(gateway)
+        await _until(lambda: gateway.desired.applied_etag not in ("", old_etag))
+        in_force, etag = gateway.policy.digest, gateway.desired.applied_etag
+        for _ in range(2):  # played twice: ignored twice, said once
+            offer(gateway, old_signed, old_etag)
+            await asyncio.sleep(0.3)
+        assert (gateway.policy.digest, gateway.desired.applied_etag) == (in_force, etag)
+        assert gateway.desired.last_error == "" and gateway.desired.refused_etag == "", "ignored, not refused"
+        said = [r for r in caplog.records if r.getMessage() == "desired state ignored; the one in force stays"]
+        assert len(said) == 1 and "before the document in force" in said[0].reason
+        # The same document again at the hub: the same ETag, signed anew, later: applied.
+        await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
+        await report(gateway)
+        await _until(lambda: gateway.desired.applied_etag == old_etag)
+        assert gateway.desired.applied_issued_ms > old_signed["document"]["issued_ms"]
+        assert gateway.policy.digest != in_force
+
+
+async def test_an_unsigned_clear_is_ignored_once_the_hub_dates_its_documents_and_its_signed_clear_returns_to_the_local_config(setup):
+    hub, config = setup
+    async with running_gateway(config) as gateway:
+        assert gateway.uplink is not None
+        local = gateway.policy.digest
+        await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
+        await report(gateway)
+        await _until(lambda: gateway.desired.applied_etag != "")
+        etag = gateway.desired.applied_etag
+        offer(gateway, None, "")
+        await asyncio.sleep(0.3)
+        assert gateway.desired.applied_etag == etag and gateway.policy.digest != local
+        # Nor is a document of the hub's sent as a clear, nor the signed clear of another gateway.
+        assert isinstance(gateway.uplink.desired, dict)
+        offer(gateway, gateway.uplink.desired, "")
+        await asyncio.sleep(0.3)
+        assert gateway.desired.applied_etag == etag
+        assert "only a signed clear has" in gateway.desired.last_error
+        offer(gateway, hub.hub.ingest.signer.sign_clear("pole-8"), "")
+        await asyncio.sleep(0.3)
+        assert gateway.desired.applied_etag == etag and "not 'pole-7'" in gateway.desired.last_error
+        await hub.set_desired("device", "pole-7", None)
+        await report(gateway)  # the hub answers the gateway's report of a document in force with its signed clear
+        await _until(lambda: gateway.desired.applied_etag == "")
+        assert gateway.policy.digest == local
+        assert gateway.uplink.desired["document"]["cleared"] is True
+        assert gateway.desired.applied_issued_ms == gateway.uplink.desired["document"]["issued_ms"]
+    # After a restart the clear's date is still in force: the hub's older document played again is ignored.
+    async with running_gateway(config) as gateway:
+        assert gateway.desired.applied_issued_ms is not None
+
+
+async def test_a_gateway_whose_hub_does_not_date_its_documents_takes_them_and_an_unsigned_clear(setup):
+    """A hub from before issue times and signed clears (OXP §8.4): its documents carry neither, and it clears with null."""
+    from edge.protocol.desired import sign_document
+    from hub.fleet import desired_document
+
+    hub, config = setup
+    async with running_gateway(config) as gateway:
+        local = gateway.policy.digest
+        await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
+        device = await hub.store.device("pole-7")
+        document, etag = await desired_document(hub.store, device)
+        assert document is not None and "issued_ms" not in document
+        offer(gateway, sign_document(document, hub.hub.ingest.signer.key()), etag)
+        await _until(lambda: gateway.desired.applied_etag == etag)
+        assert gateway.policy.digest != local and gateway.desired.applied_issued_ms is None
+        offer(gateway, None, "")
+        await _until(lambda: gateway.desired.applied_etag == "")
+        assert gateway.policy.digest == local

@@ -55,3 +55,24 @@ async def test_a_single_use_token_raced_by_20_enrolments_enrols_exactly_one_devi
         for gateway, status in zip(gateways, statuses, strict=True):
             if status != 201:
                 assert await hub.store.device(gateway.device_id) is None
+
+
+def test_the_hub_dates_each_document_it_signs_later_than_the_last_even_when_its_clock_goes_back(monkeypatch) -> None:
+    """P7: a gateway ignores a document issued before the one in force, so the hub never dates one earlier than it dated
+    the last, whatever its clock does (a step back by NTP), and dates its signed clear the same way."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    import hub.hubkey
+    from edge.protocol.desired import verify_document
+    from hub.hubkey import DesiredSigner
+
+    key = Ed25519PrivateKey.generate()
+    signer = DesiredSigner(None, key)
+    clock = iter([1_800_000_000_000, 1_799_999_000_000, 1_800_000_000_500])  # a second back, then on again
+    monkeypatch.setattr(hub.hubkey, "now_ms", lambda: next(clock))
+    first = signer.sign({"device_id": "pole-1", "etag": "a"})
+    clear = signer.sign_clear("pole-1")
+    last = signer.sign({"device_id": "pole-1", "etag": "b"})
+    issued = [verify_document(s, key.public_key())["issued_ms"] for s in (first, clear, last)]
+    assert issued == [1_800_000_000_000, 1_800_000_000_001, 1_800_000_000_500]
+    assert verify_document(clear, key.public_key()) == {"device_id": "pole-1", "cleared": True, "issued_ms": 1_800_000_000_001}
