@@ -25,10 +25,12 @@ report: the applied ETag and the policy digest, or the reason for a refusal.
 
 A hub since 2026-12 signs the time it signed each document at (``issued_ms``) and signs its clear
 (OXP §8.4, "Freshness and a signed clear").  Once the document in force carries that time, one
-issued earlier, one without it, and an unsigned clear are ignored (said once each): whoever can
-answer in the hub's place (a hostile broker, a plain-http path) cannot play an older document again
-or return the gateway to its local config.  They are not refused: the same ETag, issued later by
-the hub, is still applied.
+issued earlier, one without it, and an unsigned clear are ignored: whoever can answer in the hub's
+place (a hostile broker, a plain-http path) cannot play an older document again or return the
+gateway to its local config.  What is not the hub's answer for this gateway under that ETag (a
+signature that does not verify, another gateway's document, a document under another ETag) is
+ignored too, not refused: a refusal sticks to the ETag, and the hub's own document under it must
+still be applied when it comes.  Each is said once and reported ("desired <etag> ignored: ...").
 """
 
 from __future__ import annotations
@@ -64,9 +66,11 @@ __all__ = [
     "DesiredApplier",
     "DesiredChange",
     "DesiredError",
+    "DesiredIgnored",
     "DesiredState",
     "Reload",
     "RunningPipeline",
+    "is_older",
     "last_applied",
     "local_policy",
     "overlay_config",
@@ -82,8 +86,13 @@ class _TryLater(Exception):
     """A desired document that cannot be applied now for a passing reason (the hub unreachable): not refused."""
 
 
-class DesiredStale(Exception):
-    """A desired document (or clear) older than the one in force, or unsigned where the hub signs: ignored, not refused."""
+class DesiredIgnored(Exception):
+    """Not the hub's answer for this gateway now: unverified, another gateway's or another ETag's, or older than the
+    document in force.  Ignored and reported, not refused (a refusal would stick to an ETag whoever sent it)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind  # said once per ETag and kind, whatever numbers the reason carries
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,37 +323,41 @@ class DesiredState:
 
     # -- verification -----------------------------------------------------------------------
 
-    def verify(self, signed: object, etag: str, hub_key: Ed25519PublicKey) -> DesiredChange:
-        """The desired document inside ``signed`` after checking the hub's signature and that it is ours."""
+    def verify(self, signed: object, etag: str, hub_key: Ed25519PublicKey, *, floor_ms: int | None = None) -> DesiredChange:
+        """The desired document inside ``signed`` after checking the hub's signature, that it is ours, under ``etag``, and not
+        older than the document in force (or than ``floor_ms``: one on its way in, a reload already asked for).
+
+        Raises DesiredIgnored for what is not the hub's answer for this gateway now, DesiredError for a document of the hub's
+        that cannot be applied."""
         if not isinstance(signed, Mapping) or not isinstance(signed.get("document"), Mapping):
-            raise DesiredError("the hub sent a desired document without the signed 'document' object")
+            raise DesiredIgnored("unsigned", "the hub's answer has no signed 'document' object")
         if signed.get("alg") != "Ed25519":
-            raise DesiredError(f"desired document alg = {signed.get('alg')!r}: expected 'Ed25519'")
+            raise DesiredIgnored("unsigned", f"desired document alg = {signed.get('alg')!r}: expected 'Ed25519'")
         try:
             signer = hubtrust.signing_key(signed, pinned=hub_key, announced=self.announced_hub_key())
         except hubtrust.TrustError as exc:
-            raise DesiredError(f"{exc}; if the hub's key was replaced without `ocn-edge hub key rotate`, delete {self.hub_key_path} "
-                               "to pin the hub's key again") from None
+            raise DesiredIgnored("unsigned", f"{exc}; if the hub's key was replaced without `ocn-edge hub key rotate`, delete "
+                                 f"{self.hub_key_path} to pin the hub's key again") from None
         try:
             sig = str(signed["signature"])
             signer.verify(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)), canonical_json(signed["document"]))
         except (KeyError, ValueError, InvalidSignature):
-            raise DesiredError("the desired document's signature does not verify with the pinned hub key") from None
+            raise DesiredIgnored("unsigned", "the desired document's signature does not verify with the pinned hub key") from None
         document = signed["document"]
         if key_id(signer) != key_id(hub_key):  # the hub has switched to the key it announced (or vouched for): pinned from now on
             self.pin_hub_key(hubtrust.pem(signer))
         if document.get("device_id") != self.device_id:
-            raise DesiredError(f"the desired document is for device {document.get('device_id')!r}, not {self.device_id!r}")
+            raise DesiredIgnored("device", f"the desired document is for device {document.get('device_id')!r}, not {self.device_id!r}")
         issued = document.get(ISSUED)
         if issued is not None and not _is_time(issued):
             raise DesiredError(f"desired {ISSUED} = {issued!r}: expected milliseconds since the epoch (a whole number from 0)")
         cleared = document.get(CLEARED) is True
         if cleared != (etag == ""):
-            raise DesiredError("a signed clear travels with the ETag \"\" and a document with its own"
-                               if cleared else "the hub sent a document with the ETag \"\", which only a signed clear has")
+            raise DesiredIgnored("etag", "a signed clear travels with the ETag \"\", not another"
+                                 if cleared else "a document of the hub's sent with the ETag \"\", which only a signed clear has")
         if not cleared and "etag" in document and document["etag"] != etag:
-            raise DesiredError(f"the desired document names ETag {str(document['etag'])[:40]!r}, not the {etag!r} it came with")
-        self.check_fresh(issued, "a clear" if cleared else f"desired {etag}")
+            raise DesiredIgnored("etag", f"the desired document names ETag {str(document['etag'])[:40]!r}, not the {etag!r} it came with")
+        self.check_fresh(issued, "a clear" if cleared else "it", floor_ms=floor_ms)
         if cleared:
             return DesiredChange(etag="", policy=None, config=None, issued_ms=issued)
         ca = self._keep_trust(document.get("trust"))
@@ -360,17 +373,34 @@ class DesiredState:
                 raise DesiredError(str(exc)) from None
         return DesiredChange(etag=etag, policy=policy, config=config, software=software, ca=ca, issued_ms=issued)
 
-    def check_fresh(self, issued_ms: int | None, what: str) -> None:
-        """Raise DesiredStale unless a document (or clear) issued at ``issued_ms`` may replace the one in force: once that one
-        says when the hub signed it, an older one, or one that does not say, is one the hub signed before (OXP §8.4)."""
-        if self.applied_issued_ms is None:
+    def check_fresh(self, issued_ms: int | None, what: str, *, floor_ms: int | None = None) -> None:
+        """Raise DesiredIgnored unless a document (or clear) issued at ``issued_ms`` may replace the one in force: once that one
+        says when the hub signed it, an older one, or one that does not say, is one the hub signed before (OXP §8.4).
+        ``floor_ms``: the date of a document on its way in (a reload asked for), which must not be overtaken by an older one."""
+        dates = [d for d in (self.applied_issued_ms, floor_ms) if d is not None]
+        if not dates:
             return  # no signed issue time in force yet: a hub from before them, or nothing applied from a hub that has them
+        newest = max(dates)
         if issued_ms is None:
-            raise DesiredStale(f"{what} carries no issue time, and the document in force (issued {self.applied_issued_ms}) does: "
-                               "a document signed before the hub dated them, played again")
-        if issued_ms < self.applied_issued_ms:
-            raise DesiredStale(f"{what} was issued at {issued_ms}, before the document in force ({self.applied_issued_ms}): "
-                               "an older document played again (or the hub's clock went back)")
+            raise DesiredIgnored("undated", f"{what} carries no issue time, and the document in force (issued {newest}) does: "
+                                 "a document signed before the hub dated them, played again")
+        if issued_ms < newest:
+            raise DesiredIgnored("stale", f"{what} was issued at {issued_ms}, before the document in force ({newest}): an older "
+                                 "document played again, or one signed by a hub whose clock is behind (applied once the hub signs it later)")
+
+    def adopt_date(self, etag: str, issued_ms: int) -> None:
+        """The document in force (``etag``), undated until now, signed again by a hub that dates them: keep its date, so from now
+        on older documents are ignored as for one applied dated (a gateway that ran it before the hub was upgraded)."""
+        if etag != self.applied_etag or self.applied_issued_ms is not None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.dir / "applied.json", canonical_json({"etag": etag, ISSUED: issued_ms}))
+        self.applied_issued_ms = issued_ms
+        log.info("desired state in force now dated by the hub", extra={"etag": etag or "(local config)", "issued_ms": issued_ms})
+
+    def record_ignored(self, etag: str, reason: str) -> None:
+        """Report what was ignored (not refused: nothing sticks to the ETag); the caller says it once."""
+        self.last_error = f"desired {etag or 'clear'} ignored: {reason}"[:500]
 
 
 class DesiredApplier:
@@ -397,20 +427,25 @@ class DesiredApplier:
         self.base_config = base_config
         self._request_reload = request_reload
         self._latest: tuple[object, str] | None = None
-        self._stale_said = ""  # the last reason a document was ignored as stale, said once
+        self._ignored_said: tuple[str, str] | None = None  # (ETag, kind) of the last offer ignored: said once
+        self._clear_refused = False  # a signed clear this pipeline could not apply (its local config): not tried at every report
         self._task: asyncio.Task[None] | None = None
         self._reload_requested: str | None = None  # the ETag whose reload the supervisor is about to do
+        self._reload_issued: int | None = None  # and its date: nothing older is applied meanwhile
         # The CA bundle the running transport was built with: another one from the hub restarts the pipeline to use it.
         self._ca_in_use = state.hub_ca_bytes() if base_config.uplink.hub.startswith("https://") else None
 
     def on_desired(self, signed: object, etag: str) -> None:
-        """The uplink's callback for a new ETag in a status answer ("" = the hub holds no document)."""
+        """The uplink's callback for each new offer in the hub's answers ("" = the hub holds no document); the same ETag
+        signed again comes too (OXP §8.4: a later issue time)."""
         if self.gateway.stopped:
             return
-        if etag and etag in (self.state.applied_etag, self.state.refused_etag, self._reload_requested):
+        if etag and etag == self.state.applied_etag and self.state.applied_issued_ms is None and _dated(signed):
+            pass  # the document in force, now dated by the hub: verified and its date kept (DesiredState.adopt_date)
+        elif etag and etag in (self.state.applied_etag, self.state.refused_etag, self._reload_requested):
             return
-        if not etag and not self.state.applied_etag:
-            return  # nothing desired, nothing applied: already on the local config
+        if not etag and (not self.state.applied_etag or self._clear_refused):
+            return  # nothing desired, nothing applied: already on the local config (or this pipeline cannot go back to it)
         self._latest = (signed, etag)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._apply_newest(), name="desired")
@@ -424,24 +459,30 @@ class DesiredApplier:
                 await self._apply(signed, etag)
             except _TryLater as exc:  # not refused: the hub offers the document again with its next answer
                 log.info("desired state not applied yet; tried again with the hub's next answer", extra={"etag": etag, "reason": str(exc)})
-            except DesiredStale as exc:  # not refused either: the ETag, issued anew by the hub, is applied when it comes
-                if str(exc) != self._stale_said:
+            except DesiredIgnored as exc:  # not refused either: the hub's own document under this ETag is applied when it comes
+                if (etag, exc.kind) != self._ignored_said:
                     log.warning("desired state ignored; the one in force stays", extra={"etag": etag or "(clear)", "reason": str(exc)})
-                self._stale_said = str(exc)
+                self._ignored_said = (etag, exc.kind)
+                self.state.record_ignored(etag, str(exc))
             except DesiredError as exc:
+                self._clear_refused = not etag
                 self.state.record_failure(etag, str(exc))
             except Exception as exc:  # noqa: BLE001 - whatever it was, the last good state stays and it is reported
                 self.state.record_failure(etag, f"{type(exc).__name__}: {exc}")
 
     async def _apply(self, signed: object, etag: str) -> None:
         if etag or signed is not None:
-            change = self.state.verify(signed, etag, await self._hub_key())
+            change = self.state.verify(signed, etag, await self._hub_key(), floor_ms=self._reload_issued)
+            if change.etag and change.etag == self.state.applied_etag:
+                if change.issued_ms is not None:
+                    self.state.adopt_date(change.etag, change.issued_ms)
+                return
         else:
             # An unsigned clear (a hub from before signed clears): back to the local config, unless the document in force
             # is dated, from a hub that signs its clears too.
-            if self.state.applied_issued_ms is not None:
-                raise DesiredStale("an unsigned clear, where the document in force is dated by a hub that signs its clears: "
-                                   "not the hub's answer")
+            if self.state.applied_issued_ms is not None or self._reload_issued is not None:
+                raise DesiredIgnored("unsigned clear", "an unsigned clear, where the document in force is dated by a hub that signs "
+                                     "its clears: not the hub's answer")
             change = DesiredChange(etag="", policy=None, config=None)
         gw = self.gateway
         config = self._target_config(change)
@@ -457,6 +498,7 @@ class DesiredApplier:
                 raise DesiredError("this gateway cannot restart its pipeline in place")
             keep = policy if policy is not None else (gw.policy if config.privacy == gw.config.privacy and not self.state.saved_policy_path() else None)
             self._reload_requested = etag
+            self._reload_issued = change.issued_ms
             self._request_reload(Reload(config, keep, change, policy_toml))
             return
         if policy is None:
@@ -563,3 +605,16 @@ def last_applied(config: GatewayConfig, desired: DesiredState) -> tuple[GatewayC
 
 def _is_time(value: object) -> bool:
     return type(value) is int and value >= 0
+
+
+def _dated(signed: object) -> bool:
+    """Whether an offer carries a document with an issue time (verified only when applied)."""
+    document = signed.get("document") if isinstance(signed, Mapping) else None
+    return isinstance(document, Mapping) and _is_time(document.get(ISSUED))
+
+
+def is_older(change: DesiredChange, state: DesiredState) -> bool:
+    """Whether ``change`` is dated before the document in force (or undated after a dated one): a reload queued behind a newer one."""
+    if state.applied_issued_ms is None:
+        return False
+    return change.issued_ms is None or change.issued_ms < state.applied_issued_ms

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.config import GatewayConfig
-from edge.desired import DesiredState, Reload, last_applied
+from edge.desired import DesiredState, Reload, is_older, last_applied
 from edge.enrol import EnrolError
 from edge.notify import Notifier
 from edge.portlock import remove_record, write_record
@@ -97,6 +97,10 @@ async def run_gateway(
                 break
             request = outcome["reload"].result()
             assert isinstance(request, Reload)
+            if is_older(request.change, desired):
+                # Queued behind a newer document's reload, which is in force now: an older document never overtakes it (OXP §8.4).
+                log.info("a queued desired config is older than the one now in force: not applied", extra={"etag": request.change.etag or "(local)"})
+                continue
             gateway = await _reload(gateway, request, make, desired)
             remove_record(record)  # the new config may name other ports
             record = write_record(gateway.config, local_page=gateway.local_page)

@@ -226,6 +226,7 @@ async def run_hub(
     watchdog: asyncio.Task[None] | None = None
     retention: asyncio.Task[None] | None = None
     rollouts: asyncio.Task[None] | None = None
+    dates: asyncio.Task[None] | None = None
     broker: tuple[MqttIngest, asyncio.Task[None]] | None = None
     exporting: tuple[Exporter, asyncio.Task[None]] | None = None
     try:
@@ -256,6 +257,7 @@ async def run_hub(
             public = PublicProcess(db=store.url, socket=Path(tempfile.mkdtemp(prefix="ocn-hub-")) / "public.sock", reads=public_reads,
                                    settings=public_process, log_level=logging.getLevelName(logging.getLogger("ocn").getEffectiveLevel()).lower())
             await public.start()
+        await hub.ingest.signer.sync_dates(store)  # never date a document before the last one this hub (any process) signed
         app = build_app(hub, public_reads=public_reads, public_process=public)
         app[RELEASES] = state / "releases"  # release bundles `ocn-edge hub release add` keeps (hub/releases.py)
         if mqtt is not None:
@@ -286,6 +288,7 @@ async def run_hub(
         retention = asyncio.create_task(retention_schedule(store, interval_s=retention_interval_s,
                                                            first_after_s=min(RETENTION_FIRST_S, retention_interval_s)), name="hub-retention")
         rollouts = asyncio.create_task(rollout_schedule(store, interval_s=rollout_interval_s), name="hub-rollouts")
+        dates = asyncio.create_task(hub.ingest.signer.keep_dates(store, unavailable=UNAVAILABLE), name="hub-desired-dates")
         if mqtt is not None:
             taker = app[MQTT_INGEST]
             broker = (taker, asyncio.create_task(taker.run(), name="hub-mqtt"))
@@ -294,7 +297,7 @@ async def run_hub(
             exporting = (exporter, asyncio.create_task(exporter.run(public_url=url), name="hub-export"))
         yield RunningHub(url=url, hub=hub, admin_token=admin_token or generated, app=app)
     finally:
-        for scheduled in (retention, rollouts):
+        for scheduled in (retention, rollouts, dates):
             if scheduled is not None:
                 scheduled.cancel()
                 await asyncio.gather(scheduled, return_exceptions=True)

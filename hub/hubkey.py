@@ -20,7 +20,9 @@ every device's ETag at once, is audited like any desired document, and every hub
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import secrets
 from collections.abc import Mapping
@@ -43,6 +45,10 @@ NEXT_FILE = "hub.next.key"
 SIGNING_FILE = "hub.signing.key"  # after a switch; until then hub.key signs
 CHAIN_FILE = "hub.rollover.json"
 TRUST_KEY = ("trust", "hub")  # the desired row whose document is every device's "trust" part
+DATES_SETTING = "desired_issued_ms"  # the latest date on a desired document any hub process signed (OXP §8.4)
+DATES_SYNC_S = 10.0
+
+log = logging.getLogger("ocn.hub")
 
 
 class KeyRotationError(Exception):
@@ -74,7 +80,12 @@ class DesiredSigner:
         self._seen: tuple[int, int] | None = None
         self._key: Ed25519PrivateKey = first
         self._chain: list[dict[str, str]] = []
-        self._issued = 0  # the last issue time signed: never again a smaller one from this process, whatever its clock does
+        # Dates (OXP §8.4), whatever a clock does: after the latest date the store holds (``_stored``: what any hub process
+        # sharing it signed, this one's earlier runs included; kept there by keep_dates), not before the latest this process
+        # signed (``_latest``), and never twice the same for one device.
+        self._stored = 0
+        self._latest = 0
+        self._last: dict[str, int] = {}
 
     def _files(self) -> tuple[int, int]:
         assert self.state is not None
@@ -103,17 +114,41 @@ class DesiredSigner:
         return list(self._chain)
 
     def sign(self, document: Mapping[str, Any]) -> dict[str, Any]:
-        """``document`` signed, with the time it is signed at (``issued_ms``, OXP §8.4): a gateway refuses one older than the
-        document it has in force, so a document the hub signed before cannot be played to it again."""
-        return self._signed({**document, ISSUED: self._issue()})
+        """``document`` signed, with its date (``issued_ms``, OXP §8.4): a gateway ignores one dated before the document it
+        has in force, so a document the hub signed before cannot be played to it again."""
+        return self._signed({**document, ISSUED: self._issue(str(document["device_id"]))})
 
     def sign_clear(self, device_id: str) -> dict[str, Any]:
-        """The signed clear: nothing is desired for ``device_id`` any more (sent with the ETag ""), fresh like a document."""
-        return self._signed(clear_document(device_id, self._issue()))
+        """The signed clear: nothing is desired for ``device_id`` any more (sent with the ETag ""), dated like a document."""
+        return self._signed(clear_document(device_id, self._issue(device_id)))
 
-    def _issue(self) -> int:
-        self._issued = max(now_ms(), self._issued + 1)
-        return self._issued
+    def _issue(self, device_id: str) -> int:
+        """The hub's clock, unless that is before the latest date signed (a clock stepped back, another process's clock ahead,
+        a restart), or not after this device's last date."""
+        issued = max(now_ms(), self._stored + 1, self._latest, self._last.get(device_id, -1) + 1)
+        self._last[device_id] = issued
+        self._latest = max(self._latest, issued)
+        return issued
+
+    async def sync_dates(self, store: Store) -> None:
+        """Share the latest date signed through the store: taken from it (at start: a hub never dates before its last run did,
+        nor before its peers), and put in it when this process signed later."""
+        stored = await store.get_setting(DATES_SETTING)
+        known = int(stored) if stored is not None and stored.isdigit() else 0
+        self._stored = max(self._stored, known)
+        if self._latest > known:
+            await store.set_setting(DATES_SETTING, str(self._latest))
+            self._stored = self._latest
+
+    async def keep_dates(self, store: Store, *, unavailable: tuple[type[BaseException], ...], every_s: float = DATES_SYNC_S) -> None:
+        """sync_dates every ``every_s`` until cancelled; a store that does not answer (``unavailable``: hub.database's errors
+        of an unreachable database) is tried again at the next round, its outage said by the store's other users."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.sync_dates(store)
+            except unavailable as exc:
+                log.debug("desired dates not shared this round", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
 
     def _signed(self, document: Mapping[str, Any]) -> dict[str, Any]:
         signed = sign_document(document, self.key())

@@ -21,6 +21,7 @@ import sqlite3
 import subprocess
 import sys
 import tarfile
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -150,28 +151,93 @@ async def test_a_gateway_and_a_hub_one_version_apart_store_every_reading_once_ov
     assert _stored(state / "hub.db") == {device: (BATCHES, BATCHES * per_batch, BATCHES * per_batch) for device in ("skew-http", "skew-mqtt")}
 
 
-OLD_VERIFY = """
-import json, sys
+
+# The older tree's own code, fed what this hub sends: its DesiredState verifies a dated document, and its applier, given
+# the signed clear with the ETag "", goes back to the local policy. Argument: a JSON list [config, state dir, hub key PEM,
+# [signed, etag] of the document, signed clear].
+OLD_GATEWAY = """
+import asyncio, json, sys
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from edge.desired import DesiredState
-signed, etag, pem, state = json.loads(sys.stdin.read())
-change = DesiredState(state, device_id="pole-1").verify(signed, etag, load_pem_public_key(pem.encode()))
-print(json.dumps({"etag": change.etag, "policy": change.policy}))
+from edge.config import load_config
+from edge.desired import DesiredApplier, DesiredState, local_policy
+from edge.privacy import parse_policy
+
+config_path, state_dir, pem, (signed, etag), clear = json.loads(sys.stdin.read())
+key = load_pem_public_key(pem.encode())
+config = load_config(config_path)
+state = DesiredState(state_dir, device_id="pole-1")
+change = state.verify(signed, etag, key)
+
+
+class Pipeline:
+    stopped = False
+
+    def __init__(self, policy):
+        self.config, self.policy, self.tasks = config, policy, []
+
+    def check_policy(self, policy):
+        pass
+
+    def swap_policy(self, policy):
+        self.policy = policy
+
+    def keep_until_stop(self, task):
+        self.tasks.append(task)
+
+
+class Hub:
+    async def hub_key(self):
+        return key
+
+
+async def main():
+    from edge.schema import dumps_toml
+    hub_policy = parse_policy(dumps_toml(change.policy))
+    state.record_success(change, policy_toml=dumps_toml(change.policy))
+    pipeline = Pipeline(hub_policy)
+    applier = DesiredApplier(pipeline, state=state, base_config=config, request_reload=None, hub=Hub())
+    applier.on_desired(clear, "")
+    await asyncio.gather(*pipeline.tasks)
+    print(json.dumps({"etag": change.etag, "hub_policy": hub_policy.digest.hex(), "applied": state.applied_etag,
+                      "running": pipeline.policy.digest.hex(), "local": local_policy(config).digest.hex(), "error": state.last_error}))
+
+asyncio.run(main())
 """
 
 
-def test_the_older_gateway_takes_a_document_this_hub_dated(old_tree: Path, tmp_path: Path) -> None:
-    """OXP §8.4's issue time is an added field: a gateway from before it verifies and applies the document as before (and a
-    signed clear travels with the ETag "", which such a gateway takes as a clear without looking at what came with it)."""
+def test_the_older_gateway_takes_a_document_this_hub_dated_and_its_signed_clear(old_tree: Path, tmp_path: Path) -> None:
+    """OXP §8.4's date is an added field and the signed clear travels with the ETag "": a gateway from before them verifies
+    and applies the dated document as before, and takes the signed clear as the clear it knew."""
     from edge.protocol.hubtrust import pem
     from hub.hubkey import DesiredSigner
 
+    (tmp_path / "policy.toml").write_text(POLICY)
+    (tmp_path / "gateway.toml").write_text(f'[gateway]\nid = "pole-1"\nstate_dir = "{tmp_path}/state"\n\n[uplink]\nhub = "http://127.0.0.1:9"\n'
+                                           f'key = "{tmp_path}/state/device.key"\n\n[privacy]\npolicy = "policy.toml"\n')
     key = Ed25519PrivateKey.generate()
-    policy = {"policy": {"name": "t"}, "channels": {"m-1/*": {"rule": "keep"}}}
-    signed = DesiredSigner(None, key).sign({"device_id": "pole-1", "fleet": "default", "policy": policy, "etag": "e1"})
+    signer = DesiredSigner(None, key)
+    hub_policy = tomllib.loads(POLICY.replace('version = "1"', 'version = "2"').replace('rule = "keep"', 'rule = "quantize"\nstep = 5.0'))
+    signed = signer.sign({"device_id": "pole-1", "fleet": "default", "policy": hub_policy, "etag": "e1"})
     assert "issued_ms" in signed["document"]
-    run = subprocess.run([sys.executable, "-c", OLD_VERIFY], input=json.dumps([signed, "e1", pem(key.public_key()).decode(), str(tmp_path)]),
-                         cwd=old_tree, env=_env(old_tree), capture_output=True, text=True, timeout=60)
+    argument = [str(tmp_path / "gateway.toml"), str(tmp_path / "state"), pem(key.public_key()).decode(), [signed, "e1"], signer.sign_clear("pole-1")]
+    run = subprocess.run([sys.executable, "-c", OLD_GATEWAY], input=json.dumps(argument), cwd=old_tree, env=_env(old_tree),
+                         capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert json.loads(run.stdout) == {"etag": "e1", "policy": policy}
-    assert "if etag:" in (old_tree / "edge" / "desired.py").read_text(), "the older applier decides a clear by the ETag alone"
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (seen["etag"], seen["applied"], seen["error"]) == ("e1", "", "")
+    assert seen["running"] == seen["local"] != seen["hub_policy"], "back on its local policy"
+
+
+POLICY = """
+[policy]
+name = "t"
+version = "1"
+organisation = "Test city"
+contact = "it@test.example"
+purpose = "testing version skew"
+retention = "none"
+
+[channels."m-1/*"]
+rule = "keep"
+purpose = "energy"
+"""

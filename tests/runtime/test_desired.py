@@ -148,7 +148,7 @@ async def test_a_policy_that_does_not_validate_is_refused_and_the_old_one_stays(
         assert device.policy_digest == good.hex()
 
 
-async def test_a_document_not_signed_by_the_pinned_hub_key_is_refused(setup):
+async def test_a_document_not_signed_by_the_pinned_hub_key_is_not_applied(setup):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -164,6 +164,13 @@ async def test_a_document_not_signed_by_the_pinned_hub_key_is_refused(setup):
         await _until(lambda: gateway.desired.last_error != "")
         assert "signature" in gateway.desired.last_error
         assert gateway.policy.digest == good
+        # Not held against the ETag (whoever sent it): with the hub's key pinned again, its next answer applies.
+        assert gateway.desired.refused_etag == ""
+        gateway.desired.pin_hub_key(
+            hub.hub.ingest.signer.key().public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        )
+        await report(gateway)
+        await _until(lambda: gateway.policy.digest != good)
 
 
 async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(setup):
@@ -296,6 +303,7 @@ async def test_a_reading_the_privacy_stage_cannot_handle_is_dropped_and_counted_
         assert any("could not handle" in e for e in gateway.status_report()["errors"])
 
 
+
 STEP_10 = tomllib.loads(POLICY.replace('version = "1"', 'version = "3"').replace('rule = "keep"', 'rule = "quantize"\nstep = 10.0'))
 
 
@@ -307,6 +315,10 @@ def offer(gateway: Gateway, signed: object, etag: str) -> None:
     gateway.uplink._desired_offered(DesiredOffer(signed, etag))
 
 
+def ignored(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [str(getattr(r, "reason", "")) for r in caplog.records if r.getMessage() == "desired state ignored; the one in force stays"]
+
+
 async def test_an_older_document_played_again_is_ignored_said_once_and_applied_when_the_hub_issues_it_anew(setup, caplog):
     hub, config = setup
     async with running_gateway(config) as gateway:
@@ -314,26 +326,26 @@ async def test_an_older_document_played_again_is_ignored_said_once_and_applied_w
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
         await report(gateway)
         await _until(lambda: gateway.desired.applied_etag != "")
-        old_signed, old_etag = gateway.uplink.desired, gateway.desired.applied_etag
         # The copy last offered: the hub signs the document in each answer, so it may be later than the one applied.
+        old_signed, old_etag = gateway.uplink.desired, gateway.desired.applied_etag
         assert isinstance(old_signed, dict) and old_signed["document"]["issued_ms"] >= gateway.desired.applied_issued_ms
         await hub.set_desired("device", "pole-7", {"policy": STEP_10})
         await report(gateway)
         await _until(lambda: gateway.desired.applied_etag not in ("", old_etag))
         in_force, etag = gateway.policy.digest, gateway.desired.applied_etag
-        for _ in range(2):  # played twice: ignored twice, said once
-            offer(gateway, old_signed, old_etag)
-            await asyncio.sleep(0.3)
+        for _ in range(3):  # straight to the applier: each is looked at, said once
+            gateway.applier.on_desired(old_signed, old_etag)
+            await asyncio.sleep(0.2)
         assert (gateway.policy.digest, gateway.desired.applied_etag) == (in_force, etag)
-        assert gateway.desired.last_error == "" and gateway.desired.refused_etag == "", "ignored, not refused"
-        said = [r for r in caplog.records if r.getMessage() == "desired state ignored; the one in force stays"]
-        assert len(said) == 1 and "before the document in force" in said[0].reason
+        assert gateway.desired.refused_etag == "", "ignored, not refused: the ETag is not held against the hub"
+        assert gateway.desired.last_error.startswith(f"desired {old_etag} ignored: it was issued at ")
+        assert len(ignored(caplog)) == 1 and "before the document in force" in ignored(caplog)[0]
         # The same document again at the hub: the same ETag, signed anew, later: applied.
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
         await report(gateway)
         await _until(lambda: gateway.desired.applied_etag == old_etag)
         assert gateway.desired.applied_issued_ms > old_signed["document"]["issued_ms"]
-        assert gateway.policy.digest != in_force
+        assert gateway.policy.digest != in_force and gateway.desired.last_error == ""
 
 
 async def test_an_unsigned_clear_is_ignored_once_the_hub_dates_its_documents_and_its_signed_clear_returns_to_the_local_config(setup):
@@ -344,45 +356,70 @@ async def test_an_unsigned_clear_is_ignored_once_the_hub_dates_its_documents_and
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
         await report(gateway)
         await _until(lambda: gateway.desired.applied_etag != "")
-        etag = gateway.desired.applied_etag
+        etag, signed = gateway.desired.applied_etag, gateway.uplink.desired
+        assert isinstance(signed, dict)
         offer(gateway, None, "")
-        await asyncio.sleep(0.3)
+        await _until(lambda: "unsigned clear" in gateway.desired.last_error)
         assert gateway.desired.applied_etag == etag and gateway.policy.digest != local
-        # Nor is a document of the hub's sent as a clear, nor the signed clear of another gateway.
-        assert isinstance(gateway.uplink.desired, dict)
-        offer(gateway, gateway.uplink.desired, "")
-        await asyncio.sleep(0.3)
-        assert gateway.desired.applied_etag == etag
-        assert "only a signed clear has" in gateway.desired.last_error
+        # Nor is a document of the hub's sent as a clear, nor the signed clear of another gateway; none is held against an ETag.
+        offer(gateway, signed, "")
+        await _until(lambda: "only a signed clear has" in gateway.desired.last_error)
         offer(gateway, hub.hub.ingest.signer.sign_clear("pole-8"), "")
-        await asyncio.sleep(0.3)
-        assert gateway.desired.applied_etag == etag and "not 'pole-7'" in gateway.desired.last_error
+        await _until(lambda: "not 'pole-7'" in gateway.desired.last_error)
+        assert gateway.desired.applied_etag == etag and gateway.desired.refused_etag == ""
         await hub.set_desired("device", "pole-7", None)
         await report(gateway)  # the hub answers the gateway's report of a document in force with its signed clear
         await _until(lambda: gateway.desired.applied_etag == "")
         assert gateway.policy.digest == local
-        assert gateway.uplink.desired["document"]["cleared"] is True
-        assert gateway.desired.applied_issued_ms == gateway.uplink.desired["document"]["issued_ms"]
-    # After a restart the clear's date is still in force: the hub's older document played again is ignored.
+        cleared = gateway.uplink.desired
+        assert isinstance(cleared, dict) and cleared["document"]["cleared"] is True
+        assert gateway.desired.applied_issued_ms == cleared["document"]["issued_ms"]
+    # After a restart the clear's date is still in force: the hub's document played again is ignored.
     async with running_gateway(config) as gateway:
-        assert gateway.desired.applied_issued_ms is not None
+        assert gateway.applier is not None
+        assert gateway.desired.applied_issued_ms == cleared["document"]["issued_ms"]
+        gateway.applier.on_desired(signed, etag)
+        await _until(lambda: "ignored" in gateway.desired.last_error)
+        assert gateway.desired.applied_etag == "" and gateway.policy.digest == local
 
 
-async def test_a_gateway_whose_hub_does_not_date_its_documents_takes_them_and_an_unsigned_clear(setup):
-    """A hub from before issue times and signed clears (OXP §8.4): its documents carry neither, and it clears with null."""
+async def test_a_gateway_takes_an_undated_hubs_documents_and_unsigned_clear_then_keeps_the_date_once_its_hub_dates_them(
+        setup, monkeypatch, caplog):
+    """A hub from before issue times and signed clears (OXP §8.4): its documents carry neither, and it clears with null. Once
+    that hub is upgraded, the document in force comes back dated, and the gateway keeps its date without applying it again."""
     from edge.protocol.desired import sign_document
-    from hub.fleet import desired_document
 
     hub, config = setup
+    signer = hub.hub.ingest.signer
+    dated_sign, dated_clear = signer.sign, signer.sign_clear
+    monkeypatch.setattr(signer, "sign", lambda document: sign_document(document, signer.key()))
+    monkeypatch.setattr(signer, "sign_clear", lambda device_id: None)
     async with running_gateway(config) as gateway:
+        assert gateway.uplink is not None and gateway.applier is not None
         local = gateway.policy.digest
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
-        device = await hub.store.device("pole-7")
-        document, etag = await desired_document(hub.store, device)
-        assert document is not None and "issued_ms" not in document
-        offer(gateway, sign_document(document, hub.hub.ingest.signer.key()), etag)
-        await _until(lambda: gateway.desired.applied_etag == etag)
+        await report(gateway)
+        await _until(lambda: gateway.desired.applied_etag != "")
         assert gateway.policy.digest != local and gateway.desired.applied_issued_ms is None
-        offer(gateway, None, "")
+        undated, undated_etag = gateway.uplink.desired, gateway.desired.applied_etag
+        await hub.set_desired("device", "pole-7", None)
+        await report(gateway)
         await _until(lambda: gateway.desired.applied_etag == "")
         assert gateway.policy.digest == local
+        await hub.set_desired("device", "pole-7", {"policy": STEP_10})
+        await report(gateway)
+        await _until(lambda: gateway.desired.applied_etag not in ("", undated_etag))
+        etag, in_force = gateway.desired.applied_etag, gateway.policy.digest
+        applied = len([r for r in caplog.records if r.getMessage() == "desired state applied"])
+        # The hub upgraded while the gateway runs its document: the same ETag comes back dated.
+        monkeypatch.setattr(signer, "sign", dated_sign)
+        monkeypatch.setattr(signer, "sign_clear", dated_clear)
+        await report(gateway)
+        await _until(lambda: gateway.desired.applied_issued_ms is not None)
+        assert (gateway.desired.applied_etag, gateway.policy.digest, gateway.desired.last_error) == (etag, in_force, "")
+        assert len([r for r in caplog.records if r.getMessage() == "desired state applied"]) == applied, "its date kept, not applied again"
+        gateway.applier.on_desired(undated, undated_etag)  # the undated hub's older document played again: ignored now
+        await _until(lambda: "carries no issue time" in gateway.desired.last_error)
+        offer(gateway, None, "")
+        await _until(lambda: "unsigned clear" in gateway.desired.last_error)
+        assert (gateway.desired.applied_etag, gateway.policy.digest) == (etag, in_force)

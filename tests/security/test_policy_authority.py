@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.config import load_config
-from edge.desired import DesiredError, DesiredState
+from edge.desired import DesiredIgnored, DesiredState
 from edge.enrol import enrol
 from edge.privacy.load import load_policy
 from edge.privacy.signing import load_governance_private_key, write_governance_keypair, write_signature
@@ -149,11 +149,11 @@ async def test_the_hub_key_is_never_pinned_over_plain_http_beyond_loopback():
         await transport.aclose()
 
 
-def test_a_desired_document_the_hub_signed_for_another_gateway_is_refused(tmp_path) -> None:
+def test_a_desired_document_the_hub_signed_for_another_gateway_is_not_applied(tmp_path) -> None:
     # Whoever carries documents (a broker, a proxy) cannot hand one gateway's signed document to another.
     hub_key = Ed25519PrivateKey.generate()
     state = DesiredState(tmp_path / "state", device_id="pole-9")
     signed = sign_document({"device_id": "pole-8", "policy": KEEP_ALL}, hub_key)
-    with pytest.raises(DesiredError, match="is for device 'pole-8', not 'pole-9'"):
+    with pytest.raises(DesiredIgnored, match="is for device 'pole-8', not 'pole-9'"):  # ignored: not held against etag-1
         state.verify(signed, "etag-1", hub_key.public_key())
     assert state.verify(sign_document({"device_id": "pole-9", "policy": KEEP_ALL}, hub_key), "etag-2", hub_key.public_key()).policy == KEEP_ALL

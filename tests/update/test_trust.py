@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from edge.cli import main
 from edge.config import load_config
 from edge.demo import DEMO_POLICY
-from edge.desired import DesiredError, DesiredState
+from edge.desired import DesiredIgnored, DesiredState
 from edge.enrol import enrol
 from edge.protocol import generate_keypair, key_id
 from edge.protocol.desired import sign_document
@@ -105,7 +105,7 @@ async def test_the_hub_key_rotates_and_a_gateway_offline_through_two_rotations_f
         assert device is not None and stranger_key is not None
         document, etag = await desired_document(hub.hub.store, device)
         assert document is not None
-        with pytest.raises(DesiredError, match=r"neither the pinned hub key .* delete .*hub.pub to pin the hub's key again"):
+        with pytest.raises(DesiredIgnored, match=r"neither the pinned hub key .* delete .*hub.pub to pin the hub's key again"):
             stranger.verify(hub.hub.ingest.signer.sign(document), etag, stranger_key)
 
 
@@ -114,7 +114,7 @@ def test_a_document_signed_by_an_unannounced_key_with_a_forged_rollover_is_refus
     state = DesiredState(tmp_path, device_id="pole-7")
     signed = sign_document({"device_id": "pole-7", "fleet": "street", "etag": "e1"}, new)
     signed[ROLLOVER] = [{**rollover_link(forger, new.public_key()), "previous_key_id": key_id(old).hex()}]
-    with pytest.raises(DesiredError, match="rollover from key id .* does not verify"):
+    with pytest.raises(DesiredIgnored, match="rollover from key id .* does not verify"):
         state.verify(signed, "e1", old.public_key())
     signed[ROLLOVER] = [rollover_link(old, new.public_key())]
     assert state.verify(signed, "e1", old.public_key()).etag == "e1"

@@ -61,7 +61,7 @@ def test_the_software_target_travels_signed_and_a_document_without_one_still_app
     assert older.software is None
     state.record_success(older, policy_toml=None)
     assert state.applied_etag == "e2" and state.saved_software() is None
-    bad = {**base, "software": {**target_of(release_key), "url": "ftp://elsewhere/2.0.0"}}
+    bad = {**base, "etag": "e3", "software": {**target_of(release_key), "url": "ftp://elsewhere/2.0.0"}}
     with pytest.raises(DesiredError, match=r"desired software.url = 'ftp://elsewhere/2.0.0': expected an https URL or a path on the hub"):
         state.verify(sign_document(bad, hub_key), "e3", hub_key.public_key())
 

@@ -1,0 +1,53 @@
+"""OXP §8.4, "Freshness and a signed clear", at the hub: every document it signs is dated, never before the last date any of
+its processes signed (kept in the store, so a restart with a clock behind does not go back), and a gateway that runs a
+document when nothing is desired any more gets the signed clear; one that runs none gets null, as before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+
+import hub.hubkey
+from edge.protocol.desired import verify_document
+from hub.app import RunningHub, run_hub
+from hub.hubkey import DATES_SETTING
+from tests.hub.gateways import SimGateway, enrol, post_cose
+
+
+async def test_a_gateway_running_a_document_gets_the_signed_clear_and_one_running_none_gets_null(
+    running_hub: RunningHub, http: aiohttp.ClientSession, gateway: SimGateway
+) -> None:
+    key = running_hub.hub.ingest.signer.key().public_key()
+    url = f"{running_hub.url}/oxp/v1/status"
+    status, answer, _ = await post_cose(http, url, gateway.status(report_seq=1))
+    assert (status, answer["desired"], answer["etag"]) == (200, None, "")
+    await running_hub.set_desired("device", gateway.device_id, {"config": {"batch": {"max_readings": 7}}})
+    status, answer, _ = await post_cose(http, url, gateway.status(report_seq=2))
+    document = verify_document(answer["desired"], key)
+    assert document["etag"] == answer["etag"] != "" and isinstance(document["issued_ms"], int)
+    await running_hub.set_desired("device", gateway.device_id, None)
+    status, answer, _ = await post_cose(http, url, gateway.status(report_seq=3, applied_etag=document["etag"]))
+    cleared = verify_document(answer["desired"], key)
+    assert answer["etag"] == "" and cleared == {"device_id": gateway.device_id, "cleared": True, "issued_ms": cleared["issued_ms"]}
+    assert cleared["issued_ms"] > document["issued_ms"]
+    status, answer, _ = await post_cose(http, url, gateway.status(report_seq=4, applied_etag=""))
+    assert (status, answer["desired"], answer["etag"]) == (200, None, ""), "nothing in force: nothing to clear"
+
+
+async def test_a_hub_restarted_with_its_clock_behind_dates_after_the_last_date_it_signed(tmp_path: Path, monkeypatch) -> None:
+    gateway = SimGateway("pole-0042")
+    clock = [1_900_000_000_000]  # a clock a day ahead first, then back to now
+    monkeypatch.setattr(hub.hubkey, "now_ms", lambda: clock[0])
+    async with run_hub(listen="127.0.0.1:0", state_dir=tmp_path / "hub", admin_token="a") as first, aiohttp.ClientSession() as http:
+        await enrol(http, first.url, gateway, await first.create_token())
+        await first.set_desired("device", gateway.device_id, {"config": {"batch": {"max_readings": 7}}})
+        _, answer, _ = await post_cose(http, f"{first.url}/oxp/v1/status", gateway.status(report_seq=1))
+        ahead = answer["desired"]["document"]["issued_ms"]
+        assert ahead == clock[0]
+        await first.hub.ingest.signer.sync_dates(first.hub.store)
+        assert await first.hub.store.get_setting(DATES_SETTING) == str(ahead)
+    clock[0] = 1_800_000_000_000
+    async with run_hub(listen="127.0.0.1:0", state_dir=tmp_path / "hub", admin_token="a") as again, aiohttp.ClientSession() as http:
+        _, answer, _ = await post_cose(http, f"{again.url}/oxp/v1/status", gateway.status(report_seq=2))
+        assert answer["desired"]["document"]["issued_ms"] > ahead, "a gateway that took the document dated ahead takes the next"
