@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import ssl
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -77,6 +78,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("ocn.desired")
+
+IGNORED_S = 3600.0  # how long an ignored offer stays among the status report's errors (a refusal stays until the next success)
 
 class DesiredError(Exception):
     """A desired document cannot be applied; the message says why in one line."""
@@ -190,7 +193,9 @@ class DesiredState:
         self.applied_etag = ""
         self.applied_issued_ms: int | None = None  # when the hub signed the document (or clear) in force; None: never said
         self.refused_etag = ""
+        self.clear_refused_for: str | None = None  # the ETag in force when a clear was refused: not tried again while it is
         self.last_error = ""
+        self._ignored: tuple[float, str] | None = None  # (monotonic time, report) of the last offer ignored, reported for IGNORED_S
         self._load()
 
     # -- persistence ------------------------------------------------------------------------
@@ -210,6 +215,8 @@ class DesiredState:
         refused = self._read("refused.json")
         self.refused_etag = str(refused.get("etag", ""))
         self.last_error = str(refused.get("error", ""))
+        held = refused.get("clear_refused_for")
+        self.clear_refused_for = held if isinstance(held, str) and refused and not self.refused_etag else None
 
     def saved_policy_path(self) -> Path | None:
         """The hub's policy last applied, as a TOML file (None: the config's own policy file is in force)."""
@@ -249,18 +256,28 @@ class DesiredState:
         self.applied_etag = change.etag
         self.applied_issued_ms = change.issued_ms
         self.refused_etag = ""
+        self.clear_refused_for = None
         self.last_error = ""
+        self._ignored = None
         log.info("desired state applied", extra={"etag": change.etag or "(local config)"})
 
     def record_failure(self, etag: str, reason: str) -> None:
-        """Keep the last good state; remember the refusal and report it upstream, logged once per document."""
-        self.last_error = f"desired {etag or 'document'} not applied: {reason}"[:500]
-        if etag != self.refused_etag:
-            log.warning("desired state refused; keeping the last good one", extra={"etag": etag, "reason": reason})
+        """Keep the last good state; remember the refusal and report it upstream, logged once per document.
+
+        A refused clear (``etag`` "": the local config does not start, say) is not tried again while the document it would
+        have replaced stays in force."""
+        self.last_error = f"desired {etag or 'clear'} not applied: {reason}"[:500]
+        clear_for = self.applied_etag if not etag else None
+        if etag != self.refused_etag or clear_for != self.clear_refused_for:
+            log.warning("desired state refused; keeping the last good one", extra={"etag": etag or "(clear)", "reason": reason})
         self.refused_etag = etag
+        self.clear_refused_for = clear_for
+        record: dict[str, Any] = {"etag": etag, "error": self.last_error}
+        if clear_for is not None:
+            record["clear_refused_for"] = clear_for
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.dir / "refused.json", canonical_json({"etag": etag, "error": self.last_error}))
+            _write_atomically(self.dir / "refused.json", canonical_json(record))
         except OSError as exc:  # the refusal is still held in memory and reported
             log.warning("cannot record the refusal on disk", extra={"error": str(exc)})
 
@@ -357,7 +374,7 @@ class DesiredState:
                                  if cleared else "a document of the hub's sent with the ETag \"\", which only a signed clear has")
         if not cleared and "etag" in document and document["etag"] != etag:
             raise DesiredIgnored("etag", f"the desired document names ETag {str(document['etag'])[:40]!r}, not the {etag!r} it came with")
-        self.check_fresh(issued, "a clear" if cleared else "it", floor_ms=floor_ms)
+        self.check_fresh(issued, "a clear" if cleared else "it", etag=etag, floor_ms=floor_ms)
         if cleared:
             return DesiredChange(etag="", policy=None, config=None, issued_ms=issued)
         ca = self._keep_trust(document.get("trust"))
@@ -373,7 +390,7 @@ class DesiredState:
                 raise DesiredError(str(exc)) from None
         return DesiredChange(etag=etag, policy=policy, config=config, software=software, ca=ca, issued_ms=issued)
 
-    def check_fresh(self, issued_ms: int | None, what: str, *, floor_ms: int | None = None) -> None:
+    def check_fresh(self, issued_ms: int | None, what: str, *, etag: str | None = None, floor_ms: int | None = None) -> None:
         """Raise DesiredIgnored unless a document (or clear) issued at ``issued_ms`` may replace the one in force: once that one
         says when the hub signed it, an older one, or one that does not say, is one the hub signed before (OXP §8.4).
         ``floor_ms``: the date of a document on its way in (a reload asked for), which must not be overtaken by an older one."""
@@ -384,8 +401,8 @@ class DesiredState:
         if issued_ms is None:
             raise DesiredIgnored("undated", f"{what} carries no issue time, and the document in force (issued {newest}) does: "
                                  "a document signed before the hub dated them, played again")
-        if issued_ms < newest:
-            raise DesiredIgnored("stale", f"{what} was issued at {issued_ms}, before the document in force ({newest}): an older "
+        if issued_ms < newest or (issued_ms == newest and etag != self.applied_etag):
+            raise DesiredIgnored("stale", f"{what} was issued at {issued_ms}, not after the document in force ({newest}): an older "
                                  "document played again, or one signed by a hub whose clock is behind (applied once the hub signs it later)")
 
     def adopt_date(self, etag: str, issued_ms: int) -> None:
@@ -399,8 +416,20 @@ class DesiredState:
         log.info("desired state in force now dated by the hub", extra={"etag": etag or "(local config)", "issued_ms": issued_ms})
 
     def record_ignored(self, etag: str, reason: str) -> None:
-        """Report what was ignored (not refused: nothing sticks to the ETag); the caller says it once."""
-        self.last_error = f"desired {etag or 'clear'} ignored: {reason}"[:500]
+        """Report what was ignored for IGNORED_S (not refused: nothing sticks to the ETag, and a refusal's report stays);
+        the caller says it once."""
+        self._ignored = (time.monotonic(), f"desired {etag or 'clear'} ignored: {reason}"[:500])
+
+    @property
+    def ignored(self) -> str:
+        """The report of the last offer ignored within IGNORED_S ("" if none), for the status report's errors."""
+        if self._ignored is None or time.monotonic() - self._ignored[0] > IGNORED_S:
+            return ""
+        return self._ignored[1]
+
+    def errors(self) -> list[str]:
+        """What the status report says of desired state: the refusal in force, and the last offer ignored lately."""
+        return [e for e in (self.last_error, self.ignored) if e]
 
 
 class DesiredApplier:
@@ -428,7 +457,6 @@ class DesiredApplier:
         self._request_reload = request_reload
         self._latest: tuple[object, str] | None = None
         self._ignored_said: tuple[str, str] | None = None  # (ETag, kind) of the last offer ignored: said once
-        self._clear_refused = False  # a signed clear this pipeline could not apply (its local config): not tried at every report
         self._task: asyncio.Task[None] | None = None
         self._reload_requested: str | None = None  # the ETag whose reload the supervisor is about to do
         self._reload_issued: int | None = None  # and its date: nothing older is applied meanwhile
@@ -444,8 +472,8 @@ class DesiredApplier:
             pass  # the document in force, now dated by the hub: verified and its date kept (DesiredState.adopt_date)
         elif etag and etag in (self.state.applied_etag, self.state.refused_etag, self._reload_requested):
             return
-        if not etag and (not self.state.applied_etag or self._clear_refused):
-            return  # nothing desired, nothing applied: already on the local config (or this pipeline cannot go back to it)
+        if not etag and (not self.state.applied_etag or self.state.clear_refused_for == self.state.applied_etag):
+            return  # nothing desired, nothing applied: already on the local config (or a clear was refused while this runs)
         self._latest = (signed, etag)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._apply_newest(), name="desired")
@@ -465,18 +493,24 @@ class DesiredApplier:
                 self._ignored_said = (etag, exc.kind)
                 self.state.record_ignored(etag, str(exc))
             except DesiredError as exc:
-                self._clear_refused = not etag
                 self.state.record_failure(etag, str(exc))
             except Exception as exc:  # noqa: BLE001 - whatever it was, the last good state stays and it is reported
                 self.state.record_failure(etag, f"{type(exc).__name__}: {exc}")
 
     async def _apply(self, signed: object, etag: str) -> None:
+        if etag and etag == self.state.applied_etag:
+            # The document in force, dated by an upgraded hub: its date kept, nothing applied again. Whatever is wrong with
+            # the copy, the document stays in force as it is, and nothing is reported against it.
+            try:
+                change = self.state.verify(signed, etag, await self._hub_key())
+            except (DesiredError, DesiredIgnored) as exc:
+                log.debug("the dated copy of the desired state in force does not verify", extra={"etag": etag, "reason": str(exc)})
+                return
+            if change.issued_ms is not None:
+                self.state.adopt_date(change.etag, change.issued_ms)
+            return
         if etag or signed is not None:
             change = self.state.verify(signed, etag, await self._hub_key(), floor_ms=self._reload_issued)
-            if change.etag and change.etag == self.state.applied_etag:
-                if change.issued_ms is not None:
-                    self.state.adopt_date(change.etag, change.issued_ms)
-                return
         else:
             # An unsigned clear (a hub from before signed clears): back to the local config, unless the document in force
             # is dated, from a hub that signs its clears too.
@@ -506,6 +540,7 @@ class DesiredApplier:
         if policy.digest != gw.policy.digest:
             gw.swap_policy(policy)
         self.state.record_success(change, policy_toml=policy_toml)
+        self._ignored_said = None
         if self._on_software is not None:
             self._on_software(change.software)
 
@@ -578,9 +613,15 @@ class DesiredApplier:
             return key
         try:
             pem = await self.hub.fetch_hub_key()
-        except TransportError as exc:
-            raise DesiredError(str(exc)) from None
+        except TransportError as exc:  # not this document's fault: nothing is held against its ETag
+            raise DesiredIgnored("hub key", str(exc)) from None
         return self.state.pin_hub_key(pem)
+
+    def forget_reload(self, etag: str) -> None:
+        """The supervisor did not do the reload asked for ``etag`` (older than what came in force meanwhile): the ETag may be
+        offered again, dated later, and is then applied."""
+        if self._reload_requested == etag:
+            self._reload_requested = self._reload_issued = None
 
 
 def last_applied(config: GatewayConfig, desired: DesiredState) -> tuple[GatewayConfig, Policy | None]:

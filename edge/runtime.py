@@ -330,8 +330,7 @@ class Gateway:
         errors = self.devices.failing() if self.devices is not None else []
         if self.uplink is not None and not self.uplink.reachable and self.uplink.counters.last_error:
             errors.append(f"uplink: {self.uplink.counters.last_error}")
-        if self.desired.last_error:
-            errors.append(self.desired.last_error)
+        errors += self.desired.errors()
         if self.counters.readings_failed:
             errors.append(f"privacy stage dropped {self.counters.readings_failed} readings it could not handle")
         return ReportFacts(

@@ -100,6 +100,8 @@ async def run_gateway(
             if is_older(request.change, desired):
                 # Queued behind a newer document's reload, which is in force now: an older document never overtakes it (OXP §8.4).
                 log.info("a queued desired config is older than the one now in force: not applied", extra={"etag": request.change.etag or "(local)"})
+                if gateway.applier is not None:
+                    gateway.applier.forget_reload(request.change.etag)
                 continue
             gateway = await _reload(gateway, request, make, desired)
             remove_record(record)  # the new config may name other ports

@@ -288,7 +288,7 @@ async def run_hub(
         retention = asyncio.create_task(retention_schedule(store, interval_s=retention_interval_s,
                                                            first_after_s=min(RETENTION_FIRST_S, retention_interval_s)), name="hub-retention")
         rollouts = asyncio.create_task(rollout_schedule(store, interval_s=rollout_interval_s), name="hub-rollouts")
-        dates = asyncio.create_task(hub.ingest.signer.keep_dates(store, unavailable=UNAVAILABLE), name="hub-desired-dates")
+        dates = asyncio.create_task(hub.ingest.signer.keep_dates(store), name="hub-desired-dates")
         if mqtt is not None:
             taker = app[MQTT_INGEST]
             broker = (taker, asyncio.create_task(taker.run(), name="hub-mqtt"))
@@ -321,4 +321,6 @@ async def run_hub(
             await public.stop()
             with contextlib.suppress(OSError):
                 public.socket.parent.rmdir()
+        if runner is not None and dates is not None:  # the dates signed since the last round, for the next start (OXP §8.4)
+            await runner.app[HUB].ingest.signer.share_dates_at_stop(store)
         await store.close()

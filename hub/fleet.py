@@ -114,22 +114,28 @@ def drift(device: Device, document: Mapping[str, Any] | None) -> list[str]:
 
 
 def desired_status(device: Device, document: Mapping[str, Any] | None) -> tuple[str, str]:
-    """Where a device stands with its desired document, and the gateway's own words when it refused it.
+    """Where a device stands with its desired document, and the gateway's own words when it refused or ignored it.
 
-    ``("none", "")`` when nothing is desired; ``("applied", "")`` once the device reports the
-    document's ETag in force; ``("failed", reason)`` when its status report says it refused that
-    ETag (edge.desired: "desired <etag> not applied: <reason>"); ``("pending", "")`` otherwise
-    (it has not reported since the document was set).
+    ``("none", "")`` when nothing is desired and the device runs no document; ``("applied", "")`` once the
+    device reports the document's ETag in force; ``("failed", reason)`` when its status report says it
+    refused that ETag (edge.desired: "desired <etag> not applied: <reason>"); ``("ignored", reason)``
+    when it ignored what it was sent under that ETag as not the hub's answer, or as older than the
+    document in force ("desired <etag> ignored: <reason>", OXP §8.4); ``("pending", "")`` otherwise
+    (it has not reported since the document was set).  With nothing desired, a device that still
+    reports a document in force is clearing: the same states, for the ETag "" ("desired clear ...").
     """
     if document is None:
-        return "none", ""
-    etag = str(document["etag"])
-    if device.applied_etag == etag:
-        return "applied", ""
-    refused = f"desired {etag} not applied: "
-    for error in device.errors:
-        if error.startswith(refused):
-            return "failed", error[len(refused):]
+        if not device.applied_etag:
+            return "none", ""
+        etag, name = "", "clear"
+    else:
+        etag = name = str(document["etag"])
+        if device.applied_etag == etag:
+            return "applied", ""
+    for state, said in (("failed", f"desired {name} not applied: "), ("ignored", f"desired {name} ignored: ")):
+        for error in device.errors:
+            if error.startswith(said):
+                return state, error[len(said):]
     return "pending", ""
 
 

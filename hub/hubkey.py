@@ -132,23 +132,37 @@ class DesiredSigner:
 
     async def sync_dates(self, store: Store) -> None:
         """Share the latest date signed through the store: taken from it (at start: a hub never dates before its last run did,
-        nor before its peers), and put in it when this process signed later."""
-        stored = await store.get_setting(DATES_SETTING)
-        known = int(stored) if stored is not None and stored.isdigit() else 0
+        nor before its peers), and raised in it, never lowered, when this process signed later (Store.raise_setting)."""
+        if self._latest > self._stored:
+            known = await store.raise_setting(DATES_SETTING, self._latest)
+        else:
+            stored = await store.get_setting(DATES_SETTING)
+            known = int(stored) if stored is not None and stored.isascii() and stored.isdigit() else 0
         self._stored = max(self._stored, known)
-        if self._latest > known:
-            await store.set_setting(DATES_SETTING, str(self._latest))
-            self._stored = self._latest
 
-    async def keep_dates(self, store: Store, *, unavailable: tuple[type[BaseException], ...], every_s: float = DATES_SYNC_S) -> None:
-        """sync_dates every ``every_s`` until cancelled; a store that does not answer (``unavailable``: hub.database's errors
-        of an unreachable database) is tried again at the next round, its outage said by the store's other users."""
+    async def share_dates_at_stop(self, store: Store) -> None:
+        """sync_dates once more as the hub stops, so its next start dates after what this run signed; whatever fails is said."""
+        try:
+            await self.sync_dates(store)
+        except Exception as exc:  # a stop goes on whatever the database does
+            log.warning("desired dates not shared with the store at stop", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+
+    async def keep_dates(self, store: Store, *, every_s: float = DATES_SYNC_S) -> None:
+        """sync_dates every ``every_s`` until cancelled; a failed round is logged once, the next success once.  The hub also
+        syncs once more as it stops: only a process killed within ``every_s`` of signing can leave a date unshared."""
+        failing = False
         while True:
             await asyncio.sleep(every_s)
             try:
                 await self.sync_dates(store)
-            except unavailable as exc:
-                log.debug("desired dates not shared this round", extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
+            except Exception as exc:  # whatever the database raises, the dates must outlive it
+                if not failing:
+                    log.warning("desired dates not shared with the store; trying again", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+                    failing = True
+            else:
+                if failing:
+                    log.info("desired dates shared with the store again")
+                    failing = False
 
     def _signed(self, document: Mapping[str, Any]) -> dict[str, Any]:
         signed = sign_document(document, self.key())

@@ -354,6 +354,11 @@ class Store(abc.ABC):
     async def set_setting(self, key: str, value: str, *, only_if_absent: bool = False) -> bool: ...
 
     @abc.abstractmethod
+    async def raise_setting(self, key: str, value: int) -> int:
+        """Set a whole-number setting to ``value`` unless it holds more already, in one statement (two hub processes raising it
+        at once keep the larger); the value it holds after."""
+
+    @abc.abstractmethod
     async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int, account: str = BUILT_IN_ADMIN) -> None:
         """Keep a session or login link (its hash) for ``account`` until ``expires_ms``."""
 

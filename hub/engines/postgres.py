@@ -573,6 +573,14 @@ class PostgresStore(Store):
         await self._pool.execute("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", key, value)
         return True
 
+    async def raise_setting(self, key: str, value: int) -> int:
+        held = await self._pool.fetchval(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+            " WHERE CAST(settings.value AS BIGINT) < CAST(excluded.value AS BIGINT) RETURNING value", key, str(value))
+        if held is None:  # it held more already: nothing was written, so nothing returned
+            held = await self._pool.fetchval("SELECT value FROM settings WHERE key = $1", key)
+        return int(held)
+
     async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int, account: str = BUILT_IN_ADMIN) -> None:
         await self._pool.execute("INSERT INTO secrets (kind, hash, expires_ms, account) VALUES ($1, $2, $3, $4)", kind, secret_hash, expires_ms, account)
 

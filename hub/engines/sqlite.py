@@ -783,6 +783,14 @@ class SQLiteStore(Store):
 
         return await self._write(run)
 
+    async def raise_setting(self, key: str, value: int) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                         " WHERE CAST(settings.value AS INTEGER) < CAST(excluded.value AS INTEGER)", (key, str(value)))
+            return int(conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0])
+
+        return await self._write(run)
+
     async def add_secret(self, kind: str, secret_hash: bytes, *, expires_ms: int, account: str = BUILT_IN_ADMIN) -> None:
         await self._write(lambda conn: conn.execute(
             "INSERT INTO secrets (kind, hash, expires_ms, account) VALUES (?, ?, ?, ?)", (kind, secret_hash, expires_ms, account)))

@@ -161,8 +161,8 @@ async def test_a_document_not_signed_by_the_pinned_hub_key_is_not_applied(setup)
         good = gateway.policy.digest
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
         await report(gateway)
-        await _until(lambda: gateway.desired.last_error != "")
-        assert "signature" in gateway.desired.last_error
+        await _until(lambda: gateway.desired.ignored != "")
+        assert "signature" in gateway.desired.ignored and gateway.desired.last_error == ""
         assert gateway.policy.digest == good
         # Not held against the ETag (whoever sent it): with the hub's key pinned again, its next answer applies.
         assert gateway.desired.refused_etag == ""
@@ -338,14 +338,14 @@ async def test_an_older_document_played_again_is_ignored_said_once_and_applied_w
             await asyncio.sleep(0.2)
         assert (gateway.policy.digest, gateway.desired.applied_etag) == (in_force, etag)
         assert gateway.desired.refused_etag == "", "ignored, not refused: the ETag is not held against the hub"
-        assert gateway.desired.last_error.startswith(f"desired {old_etag} ignored: it was issued at ")
-        assert len(ignored(caplog)) == 1 and "before the document in force" in ignored(caplog)[0]
+        assert gateway.desired.ignored.startswith(f"desired {old_etag} ignored: it was issued at ")
+        assert len(ignored(caplog)) == 1 and "not after the document in force" in ignored(caplog)[0]
         # The same document again at the hub: the same ETag, signed anew, later: applied.
         await hub.set_desired("device", "pole-7", {"policy": QUANTIZED})
         await report(gateway)
         await _until(lambda: gateway.desired.applied_etag == old_etag)
         assert gateway.desired.applied_issued_ms > old_signed["document"]["issued_ms"]
-        assert gateway.policy.digest != in_force and gateway.desired.last_error == ""
+        assert gateway.policy.digest != in_force and gateway.desired.errors() == []
 
 
 async def test_an_unsigned_clear_is_ignored_once_the_hub_dates_its_documents_and_its_signed_clear_returns_to_the_local_config(setup):
@@ -359,27 +359,27 @@ async def test_an_unsigned_clear_is_ignored_once_the_hub_dates_its_documents_and
         etag, signed = gateway.desired.applied_etag, gateway.uplink.desired
         assert isinstance(signed, dict)
         offer(gateway, None, "")
-        await _until(lambda: "unsigned clear" in gateway.desired.last_error)
+        await _until(lambda: "unsigned clear" in gateway.desired.ignored)
         assert gateway.desired.applied_etag == etag and gateway.policy.digest != local
         # Nor is a document of the hub's sent as a clear, nor the signed clear of another gateway; none is held against an ETag.
         offer(gateway, signed, "")
-        await _until(lambda: "only a signed clear has" in gateway.desired.last_error)
+        await _until(lambda: "only a signed clear has" in gateway.desired.ignored)
         offer(gateway, hub.hub.ingest.signer.sign_clear("pole-8"), "")
-        await _until(lambda: "not 'pole-7'" in gateway.desired.last_error)
+        await _until(lambda: "not 'pole-7'" in gateway.desired.ignored)
+        assert gateway.desired.last_error == "" and gateway.desired.errors() == [gateway.desired.ignored], "reported, not a refusal"
         assert gateway.desired.applied_etag == etag and gateway.desired.refused_etag == ""
         await hub.set_desired("device", "pole-7", None)
         await report(gateway)  # the hub answers the gateway's report of a document in force with its signed clear
         await _until(lambda: gateway.desired.applied_etag == "")
         assert gateway.policy.digest == local
-        cleared = gateway.uplink.desired
-        assert isinstance(cleared, dict) and cleared["document"]["cleared"] is True
-        assert gateway.desired.applied_issued_ms == cleared["document"]["issued_ms"]
+        cleared_ms = gateway.desired.applied_issued_ms
+        assert cleared_ms is not None and cleared_ms > signed["document"]["issued_ms"], "the clear, dated after the document"
     # After a restart the clear's date is still in force: the hub's document played again is ignored.
     async with running_gateway(config) as gateway:
         assert gateway.applier is not None
-        assert gateway.desired.applied_issued_ms == cleared["document"]["issued_ms"]
+        assert gateway.desired.applied_issued_ms == cleared_ms
         gateway.applier.on_desired(signed, etag)
-        await _until(lambda: "ignored" in gateway.desired.last_error)
+        await _until(lambda: "ignored" in gateway.desired.ignored)
         assert gateway.desired.applied_etag == "" and gateway.policy.digest == local
 
 
@@ -419,7 +419,7 @@ async def test_a_gateway_takes_an_undated_hubs_documents_and_unsigned_clear_then
         assert (gateway.desired.applied_etag, gateway.policy.digest, gateway.desired.last_error) == (etag, in_force, "")
         assert len([r for r in caplog.records if r.getMessage() == "desired state applied"]) == applied, "its date kept, not applied again"
         gateway.applier.on_desired(undated, undated_etag)  # the undated hub's older document played again: ignored now
-        await _until(lambda: "carries no issue time" in gateway.desired.last_error)
+        await _until(lambda: "carries no issue time" in gateway.desired.ignored)
         offer(gateway, None, "")
-        await _until(lambda: "unsigned clear" in gateway.desired.last_error)
+        await _until(lambda: "unsigned clear" in gateway.desired.ignored)
         assert (gateway.desired.applied_etag, gateway.policy.digest) == (etag, in_force)

@@ -39,7 +39,9 @@ def test_older_than_the_document_in_force_or_than_a_reload_under_way_is_ignored_
     with pytest.raises(DesiredIgnored) as undated:
         again.verify(signed("e1"), "e1", HUB.public_key())
     assert undated.value.kind == "undated"
-    assert again.verify(signed("e3", 2_000), "e3", HUB.public_key()).issued_ms == 2_000  # the same date: not older
+    with pytest.raises(DesiredIgnored):  # another document of the same date: not the later of the two
+        again.verify(signed("e3", 2_000), "e3", HUB.public_key())
+    assert again.verify(signed("e3", 2_001), "e3", HUB.public_key()).issued_ms == 2_001
     with pytest.raises(DesiredIgnored):  # a reload to a document dated 3,000 was asked for: 2,500 must not overtake it
         again.verify(signed("e4", 2_500), "e4", HUB.public_key(), floor_ms=3_000)
     assert is_older(DesiredChange("e1", None, None, issued_ms=1_999), again)
@@ -72,3 +74,14 @@ def test_the_document_in_force_dated_later_keeps_its_date_and_nothing_else_chang
     state.adopt_date("e1", 9_000)  # dated already: the first date stays
     again = DesiredState(tmp_path, device_id="pole-7")
     assert (again.applied_etag, again.applied_issued_ms) == ("e1", 7_000)
+
+
+def test_a_refused_clear_is_not_tried_again_while_the_document_it_would_replace_stays_in_force(tmp_path: Path) -> None:
+    state = DesiredState(tmp_path, device_id="pole-7")
+    state.record_success(state.verify(signed("e1", 5), "e1", HUB.public_key()), policy_toml=None)
+    state.record_failure("", "the local config did not start: port in use")
+    assert (state.clear_refused_for, state.last_error) == ("e1", "desired clear not applied: the local config did not start: port in use")
+    again = DesiredState(tmp_path, device_id="pole-7")  # a restarted pipeline, or gateway, knows it too
+    assert again.clear_refused_for == "e1" and again.refused_etag == ""
+    again.record_success(again.verify(signed("e2", 6), "e2", HUB.public_key()), policy_toml=None)
+    assert again.clear_refused_for is None, "another document in force: the next clear is tried"
