@@ -193,7 +193,8 @@ class DesiredState:
         self.applied_etag = ""
         self.applied_issued_ms: int | None = None  # when the hub signed the document (or clear) in force; None: never said
         self.refused_etag = ""
-        self.clear_refused_for: str | None = None  # the ETag in force when a clear was refused: not tried again while it is
+        # The ETag in force when a clear was refused: not tried again while it is, in this process (every pipeline shares this).
+        self.clear_refused_for: str | None = None
         self.last_error = ""
         self._ignored: tuple[float, str] | None = None  # (monotonic time, report) of the last offer ignored, reported for IGNORED_S
         self._load()
@@ -215,8 +216,6 @@ class DesiredState:
         refused = self._read("refused.json")
         self.refused_etag = str(refused.get("etag", ""))
         self.last_error = str(refused.get("error", ""))
-        held = refused.get("clear_refused_for")
-        self.clear_refused_for = held if isinstance(held, str) and refused and not self.refused_etag else None
 
     def saved_policy_path(self) -> Path | None:
         """The hub's policy last applied, as a TOML file (None: the config's own policy file is in force)."""
@@ -265,19 +264,16 @@ class DesiredState:
         """Keep the last good state; remember the refusal and report it upstream, logged once per document.
 
         A refused clear (``etag`` "": the local config does not start, say) is not tried again while the document it would
-        have replaced stays in force."""
+        have replaced stays in force, until the gateway restarts (it may have been passing: a port in use)."""
         self.last_error = f"desired {etag or 'clear'} not applied: {reason}"[:500]
         clear_for = self.applied_etag if not etag else None
         if etag != self.refused_etag or clear_for != self.clear_refused_for:
             log.warning("desired state refused; keeping the last good one", extra={"etag": etag or "(clear)", "reason": reason})
         self.refused_etag = etag
         self.clear_refused_for = clear_for
-        record: dict[str, Any] = {"etag": etag, "error": self.last_error}
-        if clear_for is not None:
-            record["clear_refused_for"] = clear_for
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self.dir / "refused.json", canonical_json(record))
+            _write_atomically(self.dir / "refused.json", canonical_json({"etag": etag, "error": self.last_error}))
         except OSError as exc:  # the refusal is still held in memory and reported
             log.warning("cannot record the refusal on disk", extra={"error": str(exc)})
 
@@ -658,4 +654,6 @@ def is_older(change: DesiredChange, state: DesiredState) -> bool:
     """Whether ``change`` is dated before the document in force (or undated after a dated one): a reload queued behind a newer one."""
     if state.applied_issued_ms is None:
         return False
-    return change.issued_ms is None or change.issued_ms < state.applied_issued_ms
+    if change.issued_ms is None or change.issued_ms < state.applied_issued_ms:
+        return True
+    return change.issued_ms == state.applied_issued_ms and change.etag != state.applied_etag  # as check_fresh has it

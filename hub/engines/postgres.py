@@ -574,9 +574,11 @@ class PostgresStore(Store):
         return True
 
     async def raise_setting(self, key: str, value: int) -> int:
+        # A value that is not a number (set by hand, say) counts as none and is replaced.
         held = await self._pool.fetchval(
             "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            " WHERE CAST(settings.value AS BIGINT) < CAST(excluded.value AS BIGINT) RETURNING value", key, str(value))
+            " WHERE (CASE WHEN settings.value ~ '^[0-9]{1,18}$' THEN settings.value::bigint ELSE -1 END) < excluded.value::bigint"
+            " RETURNING value", key, str(value))
         if held is None:  # it held more already: nothing was written, so nothing returned
             held = await self._pool.fetchval("SELECT value FROM settings WHERE key = $1", key)
         return int(held)

@@ -785,8 +785,10 @@ class SQLiteStore(Store):
 
     async def raise_setting(self, key: str, value: int) -> int:
         def run(conn: sqlite3.Connection) -> int:
+            # A value that is not a number (set by hand, say) counts as none and is replaced.
             conn.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-                         " WHERE CAST(settings.value AS INTEGER) < CAST(excluded.value AS INTEGER)", (key, str(value)))
+                         " WHERE settings.value = '' OR settings.value GLOB '*[^0-9]*' OR length(settings.value) > 18"
+                         " OR CAST(settings.value AS INTEGER) < CAST(excluded.value AS INTEGER)", (key, str(value)))
             return int(conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()[0])
 
         return await self._write(run)

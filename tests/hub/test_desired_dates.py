@@ -4,6 +4,7 @@ document when nothing is desired any more gets the signed clear; one that runs n
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiohttp
@@ -12,7 +13,7 @@ import hub.hubkey
 from edge.protocol.desired import verify_document
 from hub.app import RunningHub, run_hub
 from hub.fleet import desired_document, desired_status
-from hub.hubkey import DATES_SETTING
+from hub.hubkey import DATES_SETTING, DesiredSigner
 from hub.store import Store
 from tests.hub.gateways import SimGateway, enrol, post_cose
 
@@ -39,6 +40,8 @@ async def test_a_gateway_running_a_document_gets_the_signed_clear_and_one_runnin
 
 async def test_a_hub_restarted_with_its_clock_behind_dates_after_the_last_date_it_signed(tmp_path: Path, monkeypatch) -> None:
     gateway = SimGateway("pole-0042")
+    # No sharing every 10 s: what the first hub dated reaches the store as it stops, however long the test takes.
+    monkeypatch.setattr(DesiredSigner, "keep_dates", lambda self, store: asyncio.sleep(3600))
     clock = [1_900_000_000_000]  # a clock three years ahead first (2030), then back (2027)
     monkeypatch.setattr(hub.hubkey, "now_ms", lambda: clock[0])
     async with run_hub(listen="127.0.0.1:0", state_dir=tmp_path / "hub", admin_token="a") as first, aiohttp.ClientSession() as http:
@@ -60,6 +63,9 @@ async def test_the_latest_date_is_raised_never_lowered_by_processes_sharing_the_
     assert await store.raise_setting(DATES_SETTING, 1_799_000_000_000) == 1_800_000_000_000, "a process whose clock is behind"
     assert await store.raise_setting(DATES_SETTING, 1_800_000_000_001) == 1_800_000_000_001
     assert await store.get_setting(DATES_SETTING) == "1800000000001"
+    for junk in ("", "12ab", "²", "9" * 30):  # set by hand: counts as none, and is replaced
+        await store.set_setting(DATES_SETTING, junk)
+        assert await store.raise_setting(DATES_SETTING, 1_800_000_000_002) == 1_800_000_000_002
 
 
 async def test_the_fleet_page_tells_a_document_ignored_from_one_refused_and_shows_a_clear_under_way(
@@ -86,6 +92,10 @@ async def test_the_fleet_page_tells_a_document_ignored_from_one_refused_and_show
     await post_cose(http, url, gateway.status(report_seq=9, applied_etag=etag, errors=["desired clear ignored: an unsigned clear"]))
     device = await store.device(gateway.device_id)
     assert device is not None and desired_status(device, None) == ("ignored", "an unsigned clear")
+    async with http.get(f"{running_hub.url}/fleet/devices/{gateway.device_id}", headers={"Authorization": "Bearer admin-secret"}) as resp:
+        page = await resp.text()
+        assert resp.status == 200, page
+    assert "clear ignored</span> — an unsigned clear" in page
     await post_cose(http, url, gateway.status(report_seq=10, applied_etag=""))
     device = await store.device(gateway.device_id)
     assert device is not None and desired_status(device, None) == ("none", "")
