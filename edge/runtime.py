@@ -368,7 +368,9 @@ class Gateway:
         """Stop reading, push everything in memory through privacy and the batcher into the spool.
 
         A driver that can (``Driver.stops_when_asked``, the Modbus driver) first finishes the poll
-        under way and emits it, within ``STOP_GRACE_S``; the others are cancelled at once.
+        under way and emits it, within ``STOP_GRACE_S``; the others are cancelled at once.  The uplink
+        starts no new batch, and the batch on its way gets up to ``STOP_GRACE_S`` for its answer, so
+        one the hub stored is not left in the spool to be sent again (Uplink.finish_sending).
         With ``drain_timeout_s`` the uplink keeps sending for up to that long, until the
         spool is empty; what is left stays in the spool for the next start.  With
         ``reloading`` systemd hears RELOADING=1 instead of STOPPING=1.  Each step runs
@@ -387,12 +389,16 @@ class Gateway:
             await _cancel(self.devices.device_tasks, deadline)
             await _cancel(self.devices.bus_tasks, deadline)
         await _cancel(self._stage_tasks, deadline)
+        if self.uplink is not None and drain_timeout_s <= 0:
+            with _step("let the batch on its way be answered"):
+                await self.uplink.finish_sending(STOP_GRACE_S)
         if self.flow is not None:
             with _step("flush readings in memory to the spool"):
                 await self.flow.flush()
         if self.uplink is not None and drain_timeout_s > 0:
             with _step("drain the spool to the hub"):
                 await self._drain(self.uplink, drain_timeout_s)
+                await self.uplink.finish_sending(STOP_GRACE_S)
         await _cancel(self._service_tasks, deadline)
         if self.uplink is not None:
             with _step("close the uplink"):

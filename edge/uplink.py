@@ -131,6 +131,10 @@ class Uplink:
         self._backoff = Backoff(backoff_initial_s, backoff_max_s, jitter=1.0, rng=self._rng)
         self._faults = LogOnce(log)
         self._wake = asyncio.Event()
+        # A clean stop (finish_sending): no new batch is sent, and the one on its way is let get its answer first.
+        self._stopping = False
+        self._settled = asyncio.Event()  # set while no batch is between its send and its answer's bookkeeping
+        self._settled.set()
         self._down_since: float | None = None
         self._outage_logged = False
         self._outage_answered = False  # the outage under way is a hub answering "not now", not one out of reach
@@ -172,6 +176,21 @@ class Uplink:
                 if self._on_desired is not None and isinstance(self.transport, DesiredWatch) and self._desired_wait_s > 0:
                     group.create_task(self._watch_desired_forever(self.transport))
 
+    async def finish_sending(self, grace_s: float) -> None:
+        """Send no new batch from now on, and give the batch on its way up to ``grace_s`` to be answered and its ack kept.
+
+        A clean stop calls it before it seals what memory holds: a batch cancelled after the hub stored it, before its ack
+        was kept, stays in the spool and is sent again at the next start (the hub answers "duplicate"); and the batch the
+        stop seals is not started on, only to be cancelled in the middle.  What is left waits in the spool.
+        """
+        self._stopping = True
+        self._wake.set()
+        try:
+            async with asyncio.timeout(grace_s):
+                await self._settled.wait()
+        except TimeoutError:
+            log.info("stopping: the batch on its way got no answer in time; it stays in the spool", extra={"waited_s": grace_s})
+
     async def aclose(self) -> None:
         """Close the transport; unsent batches stay in the spool.
 
@@ -186,6 +205,8 @@ class Uplink:
 
     async def _deliver_forever(self) -> None:
         while True:
+            if self._stopping:
+                await asyncio.Event().wait()  # stopping: nothing more is sent; cancelled with the uplink
             self._wake.clear()
             try:
                 # The spool's figures in memory say whether a batch waits: an idle uplink then wakes without a
@@ -219,33 +240,48 @@ class Uplink:
                 await asyncio.sleep(_SPOOL_RETRY_S)
 
     async def _deliver(self, batch: StoredBatch) -> None:
-        """Send one batch until it is acked or quarantined."""
+        """Send one batch until it is acked or quarantined (or the uplink is stopping: then it stays in the spool)."""
         while True:
             await self._within_budget(len(batch.data))
-            self.counters.batches_sent += 1
-            self.counters.bytes_sent += len(batch.data)
-            self._spend(len(batch.data))
-            sent = time.monotonic()
-            outcome = await self.transport.send_batch(batch.data)
-            self.counters.last_latency_s = round(time.monotonic() - sent, 6)
-            self._carried(outcome.overhead_bytes)
-            if isinstance(outcome, Ack):
-                if not _acks(outcome, batch):
-                    outcome = Refused(False, "", "hub acked a different batch than the one sent")
-                else:
-                    await asyncio.to_thread(self._spool.ack, batch, budget=self._budget_state())
-                    self.counters.batches_acked += 1
-                    self.counters.readings_acked += batch.readings
-                    self.counters.last_ack_ms = self._clock_ms()
-                    self._recovered()
-                    self._desired_news(outcome.desired_etag)
-                    return
-            if outcome.final:
-                await asyncio.to_thread(self._spool.quarantine, batch, reason=outcome.code, detail=outcome.message)
-                self.counters.batches_quarantined += 1
-                self._recovered()
+            if self._stopping:
                 return
-            await self._back_off(outcome, batch)
+            self._settled.clear()
+            try:
+                refusal = await self._send_once(batch)
+            finally:
+                self._settled.set()
+            if refusal is None:
+                return
+            if self._stopping:
+                return  # not acked, and the gateway stops: no backoff, the batch waits in the spool
+            await self._back_off(refusal, batch)
+
+    async def _send_once(self, batch: StoredBatch) -> Refused | None:
+        """One try and what follows from its answer: None when the batch was acked or quarantined, else the refusal."""
+        self.counters.batches_sent += 1
+        self.counters.bytes_sent += len(batch.data)
+        self._spend(len(batch.data))
+        sent = time.monotonic()
+        outcome = await self.transport.send_batch(batch.data)
+        self.counters.last_latency_s = round(time.monotonic() - sent, 6)
+        self._carried(outcome.overhead_bytes)
+        if isinstance(outcome, Ack):
+            if not _acks(outcome, batch):
+                outcome = Refused(False, "", "hub acked a different batch than the one sent")
+            else:
+                await asyncio.to_thread(self._spool.ack, batch, budget=self._budget_state())
+                self.counters.batches_acked += 1
+                self.counters.readings_acked += batch.readings
+                self.counters.last_ack_ms = self._clock_ms()
+                self._recovered()
+                self._desired_news(outcome.desired_etag)
+                return None
+        if outcome.final:
+            await asyncio.to_thread(self._spool.quarantine, batch, reason=outcome.code, detail=outcome.message)
+            self.counters.batches_quarantined += 1
+            self._recovered()
+            return None
+        return outcome
 
     async def _back_off(self, refusal: Refused, batch: StoredBatch) -> None:
         self.counters.retries += 1
