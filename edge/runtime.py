@@ -372,7 +372,8 @@ class Gateway:
         starts no new batch, and the batch on its way gets up to ``STOP_GRACE_S`` for its answer, so
         one the hub stored is not left in the spool to be sent again (Uplink.finish_sending).
         With ``drain_timeout_s`` the uplink keeps sending for up to that long, until the
-        spool is empty; what is left stays in the spool for the next start.  With
+        spool is empty (then up to ``STOP_GRACE_S`` more for the batch on its way); what is left stays in the
+        spool for the next start.  With
         ``reloading`` systemd hears RELOADING=1 instead of STOPPING=1.  Each step runs
         even when an earlier one failed, and waiting for tasks is bounded in total.
         """

@@ -181,7 +181,9 @@ class Uplink:
 
         A clean stop calls it before it seals what memory holds: a batch cancelled after the hub stored it, before its ack
         was kept, stays in the spool and is sent again at the next start (the hub answers "duplicate"); and the batch the
-        stop seals is not started on, only to be cancelled in the middle.  What is left waits in the spool.
+        stop seals is not started on, only to be cancelled in the middle.  What is left waits in the spool.  A batch "on its
+        way" includes its connection: with the hub out of reach the stop waits out ``grace_s``.  One-shot: this uplink
+        sends nothing more; ``aclose`` follows (a reload or restart builds a new one).
         """
         self._stopping = True
         self._wake.set()
@@ -226,12 +228,13 @@ class Uplink:
                             await asyncio.to_thread(self._spool.flush_acks)
                     continue
                 try:
-                    await self._deliver(batch)
+                    finished = await self._deliver(batch)
                 finally:
                     self._spool.release(batch)
                 # Only a batch taken to its end (acked, or quarantined: a write) shows the spool usable;
-                # a read that works while writes fail would announce a recovery every retry.
-                self._faults.recovered("spool", "spool usable again; delivery resumed")
+                # a read that works while writes fail would announce a recovery every retry (or a stop).
+                if finished:
+                    self._faults.recovered("spool", "spool usable again; delivery resumed")
             except (OSError, sqlite3.Error) as exc:
                 # The spool cannot be read or written (I/O error, disk full): the batches stay where they are.
                 # An ack never lands here: the spool keeps its deletion pending until the disk takes it.
@@ -239,21 +242,21 @@ class Uplink:
                                      extra={"error": str(exc)})
                 await asyncio.sleep(_SPOOL_RETRY_S)
 
-    async def _deliver(self, batch: StoredBatch) -> None:
-        """Send one batch until it is acked or quarantined (or the uplink is stopping: then it stays in the spool)."""
+    async def _deliver(self, batch: StoredBatch) -> bool:
+        """Send one batch until it is acked or quarantined (True), or the uplink is stopping (False: it stays in the spool)."""
         while True:
             await self._within_budget(len(batch.data))
             if self._stopping:
-                return
+                return False
             self._settled.clear()
             try:
                 refusal = await self._send_once(batch)
             finally:
                 self._settled.set()
             if refusal is None:
-                return
+                return True
             if self._stopping:
-                return  # not acked, and the gateway stops: no backoff, the batch waits in the spool
+                return False  # not acked, and the gateway stops: no backoff, the batch waits in the spool
             await self._back_off(refusal, batch)
 
     async def _send_once(self, batch: StoredBatch) -> Refused | None:

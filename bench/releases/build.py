@@ -30,8 +30,8 @@ INSTALL_TOOLS = ("systemctl", "systemd-sysusers", "systemd-tmpfiles")  # what im
 BASE_PYTHON = os.path.realpath(sys.executable)
 # Anchored on the method's signature, not its docstring (a reworded docstring broke every release).
 NEVER_DELIVERS = (
-    "    async def _deliver(self, batch: StoredBatch) -> None:\n",
-    "    async def _deliver(self, batch: StoredBatch) -> None:\n        await asyncio.Event().wait()  # 3.0.0's defect\n",
+    "    async def _deliver(self, batch: StoredBatch) -> bool:\n",
+    "    async def _deliver(self, batch: StoredBatch) -> bool:\n        await asyncio.Event().wait()  # 3.0.0's defect\n",
 )
 Patches = Mapping[str, tuple[str, str]]  # file in OCN Edge's wheel -> (text, replaced by)
 

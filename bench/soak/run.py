@@ -387,7 +387,7 @@ async def prefill(state: Path, policy_digest: bytes, quota: int) -> tuple[int, l
 
 async def watch_unplugs(sim: Simulation, events: Events, stop: asyncio.Event) -> None:
     """Record when each device goes and comes back: a serial device's pty, an RS-485 line's pty or a unit's power,
-    a Modbus TCP server (down while any unit on it is: hil-sim stops the server)."""
+    a Modbus TCP server (down while any unit on it is: hil-sim stops the server); one still away at ``stop``, until then."""
     lines = {dev: line for line in sim.rtu_lines.values() for dev, unit in sim.devices.items() if unit in line.units.values()}
     servers = {dev: bus for bus in sim.tcp_buses.values() for dev, unit in sim.devices.items() if unit in bus.units.values()}
     gone: dict[str, int] = {}
@@ -408,6 +408,11 @@ async def watch_unplugs(sim: Simulation, events: Events, stop: asyncio.Event) ->
                 events.unplugged.setdefault(name, []).append((gone.pop(name), now))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.1)
+    # Still away when the soak stops (the last SIGTERM came during an unplug): gone until the end, so a value served
+    # just before it went, whose reply the gateway never read, is explained like any other unplug's.
+    end = wall_ms()
+    for name, at in gone.items():
+        events.unplugged.setdefault(name, []).append((at, end))
 
 
 async def scrape(url: str) -> dict[str, float]:

@@ -16,40 +16,15 @@ from edge.enrol import enrol
 from edge.runtime import Gateway
 from edge.service import run_gateway
 from hub.app import RunningHub, run_hub
+from tests.helpers.pole import sds011_policy, sds011_scenario
 
 
 async def unchecked_desired(hub: RunningHub, document: dict) -> None:
     """Store a document the hub itself would refuse (as a hub of another version might send): the gateway's own checks are under test."""
     await hub.hub.store.set_desired("device", "pole-7", document, now_ms=time.time_ns() // 1_000_000)
 
-SCENARIO = """
-[scenario]
-name = "desired-test"
-seed = 3
-latitude = 43.6452
-longitude = -79.3957
-
-[[devices]]
-name = "pm-1"
-kind = "sds011"
-poll_interval = "1s"
-[devices.options]
-mode = "active"
-"""
-
-POLICY = """
-[policy]
-name = "air quality, kept"
-version = "1"
-organisation = "Test city"
-contact = "it@test.example"
-purpose = "testing desired state"
-retention = "none"
-
-[channels."pm-1/*"]
-rule = "keep"
-purpose = "air quality"
-"""
+SCENARIO = sds011_scenario("desired-test", seed=3)
+POLICY = sds011_policy("air quality, kept", purpose="testing desired state")
 
 QUANTIZED = tomllib.loads(
     POLICY.replace('version = "1"', 'version = "2"').replace('rule = "keep"', 'rule = "quantize"\nstep = 5.0')

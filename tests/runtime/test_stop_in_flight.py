@@ -1,9 +1,11 @@
 """A clean stop while a batch is on its way to the hub: its answer is waited for (a little while), so a batch the hub
 stored is not left in the spool to be sent again at the next start; and the stop starts no new batch.
 
-A real hub behind hil-sim's uplink proxy, which holds every chunk 0.4 s each way, so a batch is on its way for about a
-second; the gateway reads an SDS011 on a real pty and seals a batch a second.  The 2-minute soak of a clean-clone CI run
-once found such a batch in the spool and at the hub alike (docs/soak.md, "in flight")."""
+A real hub behind hil-sim's uplink proxy, which holds every chunk 0.4 s each way; the gateway reads an SDS011 on a real
+pty and seals a batch a second.  The test holds one batch at the transport until the stop has begun to wind the uplink
+down, then lets it go: it is on its way, on the wire, for about 0.8 s after the stop began, whatever the time the stop
+took to finish its polls.  The 2-minute soak of a clean-clone CI run once found such a batch in the spool and at the hub
+alike (docs/soak.md, "in flight")."""
 
 from __future__ import annotations
 
@@ -15,38 +17,14 @@ from edge.config import load_config
 from edge.enrol import enrol
 from edge.runtime import Gateway
 from edge.spool import Spool
+from edge.transport import Ack, Refused
 from hilsim.netproxy import UplinkProxy
 from hub.app import run_hub
 from hub.database import sqlite_path
+from tests.helpers.pole import sds011_policy, sds011_scenario
 
-SCENARIO = """
-[scenario]
-name = "stop-in-flight"
-seed = 5
-latitude = 43.6452
-longitude = -79.3957
-
-[[devices]]
-name = "pm-1"
-kind = "sds011"
-poll_interval = "1s"
-[devices.options]
-mode = "active"
-"""
-
-POLICY = """
-[policy]
-name = "air quality, kept"
-version = "1"
-organisation = "Test city"
-contact = "it@test.example"
-purpose = "testing a clean stop"
-retention = "none"
-
-[channels."pm-1/*"]
-rule = "keep"
-purpose = "air quality"
-"""
+SCENARIO = sds011_scenario("stop-in-flight", seed=5)
+POLICY = sds011_policy("air quality, kept", purpose="testing a clean stop")
 
 
 async def _until(predicate, timeout: float = 20.0) -> None:
@@ -72,13 +50,30 @@ async def test_a_clean_stop_waits_for_the_batch_on_its_way_and_leaves_in_the_spo
             uplink = gateway.uplink
             assert uplink is not None
             await _until(lambda: uplink.counters.batches_acked >= 1)
+            stop_began, held_one = asyncio.Event(), asyncio.Event()
+            at_stop: dict[str, int] = {}
+            finish_sending, send_batch = uplink.finish_sending, uplink.transport.send_batch
+
+            async def finishing(grace_s: float) -> None:
+                at_stop.update(sent=uplink.counters.batches_sent, acked=uplink.counters.batches_acked)
+                stop_began.set()
+                await finish_sending(grace_s)
+
+            async def held(data: bytes) -> Ack | Refused:
+                held_one.set()
+                await stop_began.wait()
+                return await send_batch(data)
+
+            uplink.finish_sending = finishing  # type: ignore[method-assign]
+            uplink.transport.send_batch = held  # type: ignore[method-assign]
             proxy.set_mode("delay", delay=0.4)
-            await _until(lambda: uplink.counters.batches_sent > uplink.counters.batches_acked)  # one on its way
-            acked = uplink.counters.batches_acked
+            async with asyncio.timeout(20):
+                await held_one.wait()  # the next batch is on its way, held (one batch is in flight at a time)
         finally:
             await gateway.stop()
-        assert uplink.counters.batches_acked == acked + 1, "the batch on its way was answered and its ack kept"
-        assert uplink.counters.batches_sent == acked + 1, "nothing started after the stop began"
+        assert at_stop["sent"] == at_stop["acked"] + 1, "one batch was on its way as the stop began"
+        assert uplink.counters.batches_acked == at_stop["sent"], "the batch on its way was answered and its ack kept"
+        assert uplink.counters.batches_sent == at_stop["sent"], "nothing started after the stop began"
         stored = hub_batch_ids(Path(sqlite_path(hub.hub.store.url)), "pole-7")
     spool = await Spool.open(Path(config.gateway.state_dir) / "spool.db", max_bytes=config.spool.max_size)
     try:
@@ -86,4 +81,4 @@ async def test_a_clean_stop_waits_for_the_batch_on_its_way_and_leaves_in_the_spo
     finally:
         await spool.close()
     assert not waiting & stored, "no batch is both at the hub and in the spool"
-    assert len(stored) == acked + 1
+    assert len(stored) == at_stop["sent"]

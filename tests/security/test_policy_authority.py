@@ -27,36 +27,10 @@ from edge.service import run_gateway
 from edge.transport import TransportError
 from edge.transport.http import HttpTransport
 from hub.app import RunningHub, run_hub
+from tests.helpers.pole import sds011_policy, sds011_scenario
 
-SCENARIO = """
-[scenario]
-name = "policy-authority"
-seed = 5
-latitude = 43.6452
-longitude = -79.3957
-
-[[devices]]
-name = "pm-1"
-kind = "sds011"
-poll_interval = "1s"
-[devices.options]
-mode = "active"
-"""
-
-POLICY = """
-[policy]
-name = "air quality, quantized"
-version = "1"
-organisation = "Test city"
-contact = "it@test.example"
-purpose = "testing who may change the policy"
-retention = "none"
-
-[channels."pm-1/*"]
-rule = "quantize"
-step = 5.0
-purpose = "air quality"
-"""
+SCENARIO = sds011_scenario("policy-authority", seed=5)
+POLICY = sds011_policy("air quality, quantized", purpose="testing who may change the policy", rule='rule = "quantize"\nstep = 5.0')
 
 # What a hub would rather have: every value as measured.
 KEEP_ALL = tomllib.loads(POLICY.replace('version = "1"', 'version = "2"').replace('rule = "quantize"\nstep = 5.0', 'rule = "keep"'))
