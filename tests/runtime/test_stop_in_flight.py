@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from bench.soak.evidence import hub_batch_ids
 from edge.config import load_config
 from edge.enrol import enrol
@@ -34,7 +36,7 @@ async def _until(predicate, timeout: float = 20.0) -> None:
 
 
 async def test_a_clean_stop_waits_for_the_batch_on_its_way_and_leaves_in_the_spool_nothing_the_hub_stored(
-        hilsim_run, tmp_path: Path) -> None:
+        hilsim_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "scenario.toml").write_text(SCENARIO)
     sim = await hilsim_run(tmp_path / "scenario.toml")
     (tmp_path / "policy.toml").write_text(POLICY)
@@ -64,8 +66,8 @@ async def test_a_clean_stop_waits_for_the_batch_on_its_way_and_leaves_in_the_spo
                 await stop_began.wait()
                 return await send_batch(data)
 
-            uplink.finish_sending = finishing  # type: ignore[method-assign]
-            uplink.transport.send_batch = held  # type: ignore[method-assign]
+            monkeypatch.setattr(uplink, "finish_sending", finishing)
+            monkeypatch.setattr(uplink.transport, "send_batch", held)
             proxy.set_mode("delay", delay=0.4)
             async with asyncio.timeout(20):
                 await held_one.wait()  # the next batch is on its way, held (one batch is in flight at a time)
