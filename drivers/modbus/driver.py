@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,53 @@ from edge.protocol.types import Channel, Reading
 from edge.util.logonce import LogOnce
 
 __all__ = ["ModbusDriver", "Poll"]
+
+
+class _Slots:
+    """One timer for every Modbus device due at the same instant, which wakes them in the order of their unit ids.
+
+    Devices with one poll interval are due at the same slot times (ModbusDriver.run).  Each with its own timer,
+    asyncio's timer heap, which keeps no order among equal deadlines, woke them in an order that changed from slot to
+    slot: a device's place in its bus's cycle, and so its readings' times, jittered by up to a whole cycle (20 units
+    at 9600 baud: over a second).  Woken here in unit order, each bus's devices take its lock in that order every slot.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._due: dict[float, tuple[asyncio.TimerHandle, list[tuple[int, asyncio.Future[None]]]]] = {}
+
+    def wake_at(self, when: float, unit: int, nap: asyncio.Future[None]) -> None:
+        """Resolve ``nap`` at ``when`` (loop time), after the naps of lower unit ids due then."""
+        due = self._due.get(when)
+        if due is None:
+            due = self._due[when] = (self._loop.call_at(when, self._fire, when), [])
+        due[1].append((unit, nap))
+
+    def forget(self, when: float, nap: asyncio.Future[None]) -> None:
+        """``nap`` is no longer waited for (its device stopped): the timer goes with the last nap due then."""
+        due = self._due.get(when)
+        if due is None:
+            return
+        timer, naps = due
+        naps[:] = [entry for entry in naps if entry[1] is not nap]
+        if not naps:
+            timer.cancel()  # a device that stopped leaves nothing to wake the loop
+            del self._due[when]
+
+    def _fire(self, when: float) -> None:
+        for _, nap in sorted(self._due.pop(when)[1], key=lambda entry: entry[0]):
+            if not nap.done():  # resolved by the stop meanwhile
+                nap.set_result(None)
+
+
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = weakref.WeakKeyDictionary()
+
+
+def _slots_of(loop: asyncio.AbstractEventLoop) -> _Slots:
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = _Slots(loop)
+    return slots
 
 
 @dataclass(slots=True)
@@ -160,7 +208,7 @@ class ModbusDriver(Driver):
         # No "not open" warning for the moments before the line first opens; a line that never opens does not hold up a stop.
         opened = asyncio.ensure_future(self.ctx.modbus_bus().wait_open())
         stopped = asyncio.ensure_future(stopping.wait())
-        # Between polls the task sleeps on a plain future that the poll timer or the stop resolves: an
+        # Between polls the task sleeps on a plain future that its slot's timer or the stop resolves: an
         # asyncio.timeout around stopping.wait() cost a cancellation, two exceptions and a waiter per poll.
         loop = asyncio.get_running_loop()
         nap: asyncio.Future[None] | None = None
@@ -181,6 +229,8 @@ class ModbusDriver(Driver):
             # k * interval), the same times for every device polled at this interval: a bus's devices then wake
             # together, at one timer's wake-up, instead of one after another as far apart as their starts (a restart,
             # a late bus), which could cost a wake-up each.  A slot number, not a sum of intervals: no drift.
+            # In each slot the devices due then are woken in the order of their unit ids, by one timer (_Slots).
+            slots = _slots_of(loop)
             slot = math.floor(loop.time() / interval)
             while not stopping.is_set():
                 result = await self.poll()
@@ -197,11 +247,11 @@ class ModbusDriver(Driver):
                 if stopping.is_set():
                     break
                 nap = loop.create_future()
-                timer = loop.call_at(next_at, wake)
+                slots.wake_at(next_at, self.unit, nap)
                 try:
                     await nap
                 finally:
-                    timer.cancel()
+                    slots.forget(next_at, nap)
                     nap = None
         finally:
             stopped.cancel()

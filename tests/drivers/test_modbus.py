@@ -198,6 +198,45 @@ async def test_devices_polled_at_one_interval_poll_together_whenever_each_starte
         assert min(abs(t - other) for other in began[1]) < 0.05, (t, began[1])  # not half an interval apart
 
 
+async def test_a_bus_s_devices_are_polled_in_the_order_of_their_unit_ids_in_every_slot(store, tcp_bus):
+    # Equal deadlines leave asyncio's timer heap free to fire them in any order: a device's place in its bus's cycle,
+    # and so its readings' spacing, must not depend on it.  Started out of order, then polled by unit id every slot.
+    units = (3, 1, 4, 2)
+    for unit in units:
+        serve_profile(store, unit, load_profile("eastron-sdm120"), {"voltage": 230.0})
+    began: list[tuple[int, int]] = []  # (slot, unit) as each poll begins
+    tasks = []
+    for unit in units:
+        driver: Any = driver_for(tcp_bus, unit, "eastron-sdm120")
+        poll = driver.poll
+
+        async def timed(unit: int = unit, poll: Callable = poll):
+            began.append((round(asyncio.get_running_loop().time() / 0.2), unit))
+            return await poll()
+
+        driver.poll = timed
+
+        async def emit(reading):
+            pass
+
+        tasks.append(asyncio.create_task(driver.run(emit)))
+    try:
+        async with asyncio.timeout(10):
+            while len(began) < 4 * 9:
+                await asyncio.sleep(0.05)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert [unit for _, unit in began[:4]] == list(units)  # the first polls at once, as each device started
+    slots: dict[int, list[int]] = {}
+    for slot, unit in began[4:]:
+        slots.setdefault(slot, []).append(unit)
+    whole = [order for order in slots.values() if len(order) == 4]
+    assert len(whole) >= 6, slots
+    assert all(order == [1, 2, 3, 4] for order in whole), slots
+
+
 async def test_a_silent_unit_is_skipped_without_touching_the_bus_while_it_backs_off(store, tcp_bus):
     with pytest.raises(NoReply):
         await tcp_bus.read(9, "holding", 0, 1)
