@@ -23,7 +23,7 @@ __all__ = ["ModbusDriver", "Poll"]
 
 
 class _Slots:
-    """One timer for every Modbus device due at the same instant, which wakes them in the order of their unit ids.
+    """One timer per deadline for the Modbus devices due then, which wakes them in the order of their unit ids.
 
     Devices with one poll interval are due at the same slot times (ModbusDriver.run).  Each with its own timer,
     asyncio's timer heap, which keeps no order among equal deadlines, woke them in an order that changed from slot to
@@ -31,15 +31,15 @@ class _Slots:
     at 9600 baud: over a second).  Woken here in unit order, each bus's devices take its lock in that order every slot.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self) -> None:
+        # No reference to the loop: the registry below holds its _Slots strongly, which would keep its loop key alive.
         self._due: dict[float, tuple[asyncio.TimerHandle, list[tuple[int, asyncio.Future[None]]]]] = {}
 
     def wake_at(self, when: float, unit: int, nap: asyncio.Future[None]) -> None:
         """Resolve ``nap`` at ``when`` (loop time), after the naps of lower unit ids due then."""
         due = self._due.get(when)
         if due is None:
-            due = self._due[when] = (self._loop.call_at(when, self._fire, when), [])
+            due = self._due[when] = (nap.get_loop().call_at(when, self._fire, when), [])
         due[1].append((unit, nap))
 
     def forget(self, when: float, nap: asyncio.Future[None]) -> None:
@@ -65,7 +65,7 @@ _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = weakref.W
 def _slots_of(loop: asyncio.AbstractEventLoop) -> _Slots:
     slots = _slots.get(loop)
     if slots is None:
-        slots = _slots[loop] = _Slots(loop)
+        slots = _slots[loop] = _Slots()
     return slots
 
 

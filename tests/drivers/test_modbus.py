@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import gc
 import logging
 import os
 import struct
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -235,6 +238,26 @@ async def test_a_bus_s_devices_are_polled_in_the_order_of_their_unit_ids_in_ever
     whole = [order for order in slots.values() if len(order) == 4]
     assert len(whole) >= 6, slots
     assert all(order == [1, 2, 3, 4] for order in whole), slots
+
+
+def test_the_slot_timers_of_a_finished_event_loop_are_let_go() -> None:
+    # The drivers' slot timers are kept per event loop (a test's, a reload's): a loop that ended must not be kept alive.
+    from drivers.modbus.driver import _slots_of
+
+    loop = asyncio.new_event_loop()
+    woken: list[int] = []
+    naps = [loop.create_future() for _ in range(3)]
+    when = loop.time() + 0.01
+    for unit, nap in zip((2, 3, 1), naps, strict=True):
+        nap.add_done_callback(functools.partial(lambda unit, _: woken.append(unit), unit))
+        _slots_of(loop).wake_at(when, unit, nap)
+    loop.run_until_complete(asyncio.gather(*naps))
+    loop.close()
+    assert woken == [1, 2, 3]
+    gone = weakref.ref(loop)
+    del loop, naps, nap
+    gc.collect()
+    assert gone() is None
 
 
 async def test_a_silent_unit_is_skipped_without_touching_the_bus_while_it_backs_off(store, tcp_bus):
