@@ -12,15 +12,15 @@ import struct
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
 from drivers.buses import BusDown, ModbusBus, UnitBackingOff
 from drivers.modbus.adapter import ExceptionReply, GarbledReply, NoReply, crc16
-from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.driver import ModbusDriver, Poll
 from drivers.modbus.profile import load_profile
 from drivers.sdk import DeviceContext, OptionError
+from edge.protocol.types import Reading
 from tests.drivers.conftest import running
 from tests.drivers.loopback import (
     BusConfig,
@@ -40,6 +40,22 @@ def driver_for(bus, unit: int, profile: str, **options) -> ModbusDriver:
     ctx = DeviceContext(device_id=f"meter-{unit}", options={"profile": profile, **options}, bus=bus, address=unit,
                         poll_interval=0.2)
     return ModbusDriver(ctx)
+
+
+def run_recording_polls(driver: ModbusDriver, began: Callable[[], object]) -> asyncio.Task[None]:
+    """``driver`` running as the gateway runs it, its readings dropped, with ``began`` called as each poll begins."""
+    poll = driver.poll
+
+    async def recorded() -> Poll:
+        began()
+        return await poll()
+
+    vars(driver)["poll"] = recorded  # an instance attribute shadows the method, as monkeypatching it would
+
+    async def drop(_reading: Reading) -> None:
+        pass
+
+    return asyncio.create_task(driver.run(drop))
 
 
 async def test_sdm630_poll_issues_the_minimum_transactions_for_the_125_register_limit_with_gap_fill(store, tcp_bus):
@@ -172,20 +188,9 @@ async def test_devices_polled_at_one_interval_poll_together_whenever_each_starte
     tasks = []
     await asyncio.sleep(interval - loop.time() % interval + 0.01)  # just after a slot: the next is 0.19 s away
     for unit in (1, 2):
-        driver: Any = driver_for(tcp_bus, unit, "eastron-sdm120")
-        poll = driver.poll
-
-        async def timed(unit: int = unit, poll: Callable = poll):
-            began[unit].append(loop.time())
-            return await poll()
-
-        driver.poll = timed
-
-        async def emit(reading):
-            pass
-
         created[unit] = loop.time()
-        tasks.append(asyncio.create_task(driver.run(emit)))
+        tasks.append(run_recording_polls(driver_for(tcp_bus, unit, "eastron-sdm120"),
+                                         functools.partial(lambda unit: began[unit].append(loop.time()), unit)))
         await asyncio.sleep(0.09)  # the second device starts about half an interval after the first
     try:
         async with asyncio.timeout(5):
@@ -208,21 +213,10 @@ async def test_a_bus_s_devices_are_polled_in_the_order_of_their_unit_ids_in_ever
     for unit in units:
         serve_profile(store, unit, load_profile("eastron-sdm120"), {"voltage": 230.0})
     began: list[tuple[int, int]] = []  # (slot, unit) as each poll begins
-    tasks = []
-    for unit in units:
-        driver: Any = driver_for(tcp_bus, unit, "eastron-sdm120")
-        poll = driver.poll
-
-        async def timed(unit: int = unit, poll: Callable = poll):
-            began.append((round(asyncio.get_running_loop().time() / 0.2), unit))
-            return await poll()
-
-        driver.poll = timed
-
-        async def emit(reading):
-            pass
-
-        tasks.append(asyncio.create_task(driver.run(emit)))
+    loop = asyncio.get_running_loop()
+    tasks = [run_recording_polls(driver_for(tcp_bus, unit, "eastron-sdm120"),
+                                 functools.partial(lambda unit: began.append((round(loop.time() / 0.2), unit)), unit))
+             for unit in units]
     try:
         async with asyncio.timeout(10):
             while len(began) < 4 * 9:
