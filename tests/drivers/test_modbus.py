@@ -8,6 +8,7 @@ import functools
 import gc
 import logging
 import os
+import random
 import struct
 import time
 import weakref
@@ -504,6 +505,66 @@ async def test_a_late_reply_of_another_unit_arriving_on_its_own_is_set_aside_for
     async with answered_by(rtu_line, answer_after_anothers_late_reply) as bus:
         assert await bus.read(1, "holding", 0, 2) == [0x1234, 0x5678]
         assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
+
+
+async def test_a_reply_arriving_in_pieces_is_taken_when_its_data_holds_another_units_valid_frame(rtu_line):
+    # A reply comes a few bytes at a time.  Before it is whole, its data may hold bytes that read as a
+    # complete frame of another unit whose CRC holds (by chance, one position in 65,536): here unit 7's
+    # exception reply.  That frame is no answer to this request, and must not take the reply's first
+    # bytes with it (it did: the request waited for its timeout and failed as garbled).
+    inner = bytes([7, 0x83, 2])
+    data = inner + crc16(inner) + bytes([0, 0, 0])
+    reply = bytes([1, 3, len(data)]) + data
+
+    def answer_in_two_pieces(fd: int, request: bytes) -> None:
+        whole = reply + crc16(reply)
+        os.write(fd, whole[:8])  # the reply's head and the other unit's whole frame
+        asyncio.get_running_loop().call_later(0.03, os.write, fd, whole[8:])
+
+    async with answered_by(rtu_line, answer_in_two_pieces) as bus:
+        assert await bus.read(1, "holding", 0, 4) == list(struct.unpack(">4H", data))
+        assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
+
+
+async def test_an_rtu_exception_reply_behind_noise_is_found_and_a_reply_of_another_length_is_not_taken(rtu_line):
+    def answer_with_a_stray_then_an_exception(fd: int, request: bytes) -> None:
+        stray = bytes([request[0], 3, 2, 0x12, 0x34])  # this unit's reply to a read of one register, late
+        refusal = bytes([request[0], 0x83, 2])
+        os.write(fd, b"\x01\x83" + stray + crc16(stray) + refusal + crc16(refusal))
+
+    async with answered_by(rtu_line, answer_with_a_stray_then_an_exception) as bus:
+        with pytest.raises(ExceptionReply) as refused:
+            await bus.read(1, "holding", 0, 2)
+        assert refused.value.code == 2
+        assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
+
+
+def test_paced_replies_of_random_float32_data_are_all_taken() -> None:
+    """2,000 replies of a 30-value float32 meter, each fed to the framer a few bytes at a time behind a
+    little noise, as a paced line or a USB adapter delivers them: every one is found.  Hunting for any
+    frame whose CRC holds lost 0.065 % of such replies (13 of 20,000) to chance matches inside their data."""
+    from pymodbus.exceptions import ModbusIOException
+
+    from drivers.modbus.adapter import _HuntingFramerRTU, _QuietDecodePDU
+
+    rng = random.Random(20261207)
+    framer = _HuntingFramerRTU(_QuietDecodePDU(is_server=False))
+    framer.expect(1, 3, 120)
+    lost = []
+    for i in range(2_000):
+        body = bytes([1, 3, 120]) + b"".join(struct.pack(">f", rng.uniform(0, 400)) for _ in range(30))
+        wire = bytes(rng.randrange(256) for _ in range(rng.randrange(3))) + body + crc16(body)
+        buffer, sent, pdu = b"", 0, None
+        while sent < len(wire) and pdu is None:
+            step = rng.randint(1, 6)
+            buffer += wire[sent:sent + step]
+            sent += step
+            with contextlib.suppress(ModbusIOException):
+                used, pdu = framer.handleFrame(buffer, 1, 0)
+                buffer = buffer[used:]
+        if pdu is None or list(pdu.registers) != list(struct.unpack(">60H", body[3:])):
+            lost.append(i)
+    assert lost == []
 
 
 async def test_a_block_refused_now_and_then_is_logged_once_as_intermittent_not_at_every_flip(store, tcp_bus, caplog):
