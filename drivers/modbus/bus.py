@@ -359,10 +359,12 @@ class ModbusBus:
         # Silence is an error (the device delivers nothing); a unit that fails again within FLAP_S of
         # answering again is noted as intermittent instead, a warning: its readings mostly come.
         flap = state.answered_again_at is not None and time.monotonic() - state.answered_again_at < FLAP_S
-        self._notes.failure(unit, "%s: %s; backing off up to %gs", cause, step, self.unit_backoff_max,
-                            level=logging.WARNING if flap else logging.ERROR,
-                            intermittent=("%s answers only intermittently (%s); next note when steady for %gs",
-                                          self._unit_name(unit), why, FLAP_S))
+        if not self._notes.failure(unit, "%s: %s; backing off up to %gs", cause, step, self.unit_backoff_max,
+                                   level=logging.WARNING if flap else logging.ERROR,
+                                   intermittent=("%s answers only intermittently (%s); next note when steady for %gs",
+                                                 self._unit_name(unit), why, FLAP_S)):
+            # Said once already; at debug each failure is there, with its time, for whoever hunts an intermittent.
+            log.debug("%s failed again (%s)", self._unit_name(unit), why)
         state.skip_until = time.monotonic() + state.backoff.next()
 
     def _unit_answered(self, unit: int, state: _Unit) -> None:

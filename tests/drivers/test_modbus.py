@@ -375,7 +375,7 @@ async def test_an_rtu_adapter_that_is_unplugged_and_replugged_is_reopened_and_lo
 
 
 async def test_a_unit_that_answers_intermittently_is_logged_once_not_at_every_transition(store, tcp_bus, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="ocn.bus")
     serve_profile(store, 1, load_profile("hilsim-water-level"), {"level": 1.0})
     driver = driver_for(tcp_bus, 1, "hilsim-water-level")
     for _ in range(4):
@@ -389,6 +389,10 @@ async def test_a_unit_that_answers_intermittently_is_logged_once_not_at_every_tr
     assert len([m for m in messages if "answers again" in m]) == 1
     assert len([m for m in messages if "intermittently" in m]) == 1
     assert tcp_bus.stats()["units"][1]["state"] == "intermittent"
+    # Each of the four failures is there at debug: two said as notes, the other two as "failed again".
+    again = [r for r in caplog.records if r.name == "ocn.bus" and "failed again" in r.getMessage()]
+    assert [r.levelno for r in again] == [logging.DEBUG] * 2, messages
+    assert again[0].getMessage() == "unit 1 on bus-1 failed again (no reply within 0.3 s)"
 
 
 
