@@ -71,6 +71,8 @@ _library_log.propagate = False
 _library_log.handlers[:] = [logging.NullHandler()]
 frames_log = logging.getLogger("ocn.modbus.frames")
 
+RTU_RECEIVE_BUFFER = 4096  # bytes an RTU link holds before a reply's frame is found (see ModbusLink)
+
 
 class LinkError(Exception):
     """A read failed; subclasses say how."""
@@ -164,14 +166,15 @@ class _HuntingFramerRTU(FramerRTU):
     whole, every position inside its data that reads as a unit id and a function code is a
     candidate; a CRC of two bytes holds by chance once in 65,536 tries.  A frame found so
     inside the reply took the reply's first bytes with it, and the request waited for its
-    timeout: about one 30-register reply in 1,500 (0.065 % of 20,000 paced replies of random
-    float32 values; ``tests/drivers/test_modbus.py``), and once in a few 10-minute
-    soaks an unexplained poll.
+    timeout: about one 30-value (60-register) reply in 1,500 (13 of 20,000 replies of random
+    float32 values fed a few bytes at a time; 4 of the 2,000 behind a little noise in
+    ``tests/drivers/test_modbus.py``), and once in a few 10-minute soaks an unexplained poll.
 
     So the link says what it expects before each request (:meth:`expect`): the unit, the
     function and the byte count of its reply.  A frame is taken only where those bytes stand
-    (or the unit and the function's exception code, a 5-byte frame) and the CRC holds; a
-    false match now needs three bytes and the CRC to agree by chance (one in 2**40 a position).
+    (or the unit and the function's exception code, a 5-byte frame, but not inside a reply
+    still arriving) and the CRC holds; a false match now needs three bytes and the CRC to
+    agree by chance (one in 2**40 a position), or an exception frame in the noise before it.
     The bytes kept are those from the earliest such start still waiting for the rest of its
     frame.  Anything else is noise, a stray frame or another unit's late reply, and is dropped;
     before the first request, everything is.
@@ -195,16 +198,21 @@ class _HuntingFramerRTU(FramerRTU):
         if not self._head:
             return len(data), 0, 0, self.EMPTY  # nothing asked yet
         pending: int | None = None
-        # The reply, then an exception reply (unit id, function code | 0x80, exception code, CRC).
+        # The reply, then an exception reply (unit id, function code | 0x80, exception code, CRC), but
+        # not one inside a reply still arriving: that would be its data, matching by chance.
         for head, size, count in ((self._head, self._size, self._count),
                                   (bytes((self._unit, self._head[1] | 0x80)), 5, -1)):
             start = data.find(head)
             while start >= 0:
+                if pending is not None and start > pending:
+                    break
                 if count >= 0 and len(data) > start + 2 and data[start + 2] != count:
                     pass  # another length: not this request's reply
                 elif start + size > len(data):
                     if pending is None or start < pending:
                         pending = start  # may be the reply, still arriving
+                    if count < 0:
+                        break  # an exception frame still arriving: none after it can come first
                 else:
                     body, crc = data[start : start + size - 2], data[start + size - 2 : start + size]
                     if FramerRTU.check_CRC(body, int.from_bytes(crc, "big")):
@@ -266,6 +274,11 @@ class ModbusLink:
         if kind != "tcp":
             # A converter passes the line's noise and stray frames through just as a serial port does.
             self._hunter = self._client.ctx.framer = _HuntingFramerRTU(self._client.ctx.framer.decoder)
+            # pymodbus wipes its receive buffer, unread, once it holds more than the largest frame (264
+            # bytes): a 255-byte reply arriving with 10 bytes of noise before it in one read was lost.
+            # The framer drops noise as it comes and keeps at most one reply's start, so the buffer
+            # holds that and one read (a serial port's reads are at most 1024 bytes).
+            self._client.ctx.max_buffer_size = RTU_RECEIVE_BUFFER
         # A silent unit must never make pymodbus drop a healthy shared connection.
         self._client.set_max_no_responses(2**31)
         # pymodbus traces its whole receive buffer on every arrival, so incoming bytes are
@@ -329,21 +342,12 @@ class ModbusLink:
         deadline = loop.time() + timeout
         try:
             reply = await self._execute(_REQUESTS[function](address=address, count=count, dev_id=unit), deadline)
-            strays = 0
-            while (why := _mismatch(reply, function, count)) is not None:
-                # RTU frames carry no transaction id: a unit's late reply to an earlier request of
-                # ours arrives as if it answered this one.  pymodbus checks only the unit id; the RTU
-                # framer takes only a frame of this request's function and length, and this is the
-                # same check for any framer: such a reply is set aside and the real one awaited.
-                strays += 1
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise GarbledReply(f"{why}; no reply to this request within {timeout:.3g} s")
-                try:
-                    reply = await self._next_reply(remaining)
-                except TimeoutError as exc:
-                    raise GarbledReply(f"{why}; no reply to this request within {timeout:.3g} s") from exc
-                raise_if_cancelled()
+            if (why := _mismatch(reply, function, count)) is not None:
+                # RTU frames carry no transaction id, and pymodbus checks only the unit id: the RTU framer
+                # takes only a frame of this request's function and length, so a unit's late reply to an
+                # earlier request never gets here.  On Modbus TCP the transaction id matched: a device
+                # that answers a read with another function or length is broken, not late.
+                raise GarbledReply(why)
         except ConnectionException as exc:
             raise LinkDown(str(exc)) from exc
         except ModbusException as exc:
@@ -351,8 +355,6 @@ class ModbusLink:
                 raise LinkDown("connection lost") from exc
             if self._received_during_request:
                 raise GarbledReply(f"{self._received_during_request} bytes but no valid reply frame") from exc
-            raise NoReply(f"no reply within {timeout:.3g} s") from exc
-        except TimeoutError as exc:
             raise NoReply(f"no reply within {timeout:.3g} s") from exc
         if reply.isError():
             if reply.exception_code in (10, 11):
@@ -407,15 +409,6 @@ class ModbusLink:
                             request)
         return reply
 
-    async def _next_reply(self, timeout: float) -> ModbusPDU:
-        """The next frame from the unit last asked (pymodbus 3.16 hands each frame to ``response_future``)."""
-        protocol = self._client.ctx
-        protocol.response_future = asyncio.get_running_loop().create_future()
-        if protocol.recv_buffer:  # the reply may have come in the same read as the stray one
-            used = protocol.callback_data(protocol.recv_buffer, None)
-            protocol.recv_buffer = protocol.recv_buffer[used:]
-        return await asyncio.wait_for(protocol.response_future, timeout)
-
 
 def _io_error(message: str, request: ModbusPDU) -> ModbusIOException:
     return ModbusIOException(message, function_code=request.function_code, transaction_id=request.transaction_id,
@@ -447,15 +440,15 @@ def _mismatch(reply: ModbusPDU, function: str, count: int) -> str | None:
     code = _FUNCTION_CODES[function]
     got = getattr(reply, "function_code", None)
     if got is None or got & 0x7F != code:
-        return f"a reply to function {got} (an earlier request) instead of function {code}"
+        return f"a reply to function {got} instead of function {code}"
     if reply.isError():
         return None
     if function in ("coil", "discrete"):
         bits = len(reply.bits)
         if bits != 8 * ((count + 7) // 8):
-            return f"a reply with {bits // 8} data bytes to a read of {count} bits (an earlier request's reply?)"
+            return f"a reply with {bits // 8} data bytes to a read of {count} bits"
         return None
     registers = len(reply.registers)
     if registers != count:
-        return f"a reply with {registers} registers to a read of {count} (an earlier request's reply?)"
+        return f"a reply with {registers} registers to a read of {count}"
     return None

@@ -530,6 +530,35 @@ async def test_a_reply_arriving_in_pieces_is_taken_when_its_data_holds_another_u
         assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
 
 
+async def test_a_reply_whose_data_holds_this_units_valid_exception_frame_is_not_taken_for_a_refusal(rtu_line):
+    # The same chance match, as this unit's exception reply: the read must not fail as refused (code 11
+    # would even send the unit into backoff as unreachable).
+    inner = bytes([1, 0x83, 11])
+    data = inner + crc16(inner) + bytes([0, 0, 0])
+    reply = bytes([1, 3, len(data)]) + data
+
+    def answer_in_two_pieces(fd: int, request: bytes) -> None:
+        whole = reply + crc16(reply)
+        os.write(fd, whole[:8])
+        asyncio.get_running_loop().call_later(0.03, os.write, fd, whole[8:])
+
+    async with answered_by(rtu_line, answer_in_two_pieces) as bus:
+        assert await bus.read(1, "holding", 0, 4) == list(struct.unpack(">4H", data))
+
+
+async def test_the_largest_reply_is_taken_with_noise_before_it_in_the_same_read(rtu_line):
+    # 125 registers make a 255-byte frame; with 10 bytes of noise before it, one read holds more than
+    # pymodbus keeps (264 bytes) before it wipes its buffer unread.
+    values = [(7 * i) & 0xFFFF for i in range(125)]
+    reply = bytes([1, 3, 250]) + struct.pack(">125H", *values)
+
+    def answer_behind_noise(fd: int, request: bytes) -> None:
+        os.write(fd, bytes(range(0xF0, 0xFA)) + reply + crc16(reply))
+
+    async with answered_by(rtu_line, answer_behind_noise) as bus:
+        assert await bus.read(1, "holding", 0, 125) == values
+
+
 async def test_an_rtu_exception_reply_behind_noise_is_found_and_a_reply_of_another_length_is_not_taken(rtu_line):
     def answer_with_a_stray_then_an_exception(fd: int, request: bytes) -> None:
         stray = bytes([request[0], 3, 2, 0x12, 0x34])  # this unit's reply to a read of one register, late
