@@ -186,6 +186,7 @@ class _HuntingFramerRTU(FramerRTU):
         self._head = b""  # unit id and function code of the expected reply
         self._size = 0  # its whole frame, CRC included
         self._count = -1  # its byte count (the third byte), -1 when it has none
+        self.other_length: int | None = None  # the byte count of a whole frame of the unit's that was not the reply
 
     def expect(self, unit: int, function_code: int, byte_count: int) -> None:
         """The reply the next frame must be: ``unit``'s to ``function_code``, carrying ``byte_count`` data bytes."""
@@ -193,6 +194,7 @@ class _HuntingFramerRTU(FramerRTU):
         self._head = bytes((unit, function_code))
         self._size = byte_count + 5
         self._count = byte_count
+        self.other_length = None
 
     def decode(self, data: bytes) -> tuple[int, int, int, bytes]:
         if not self._head:
@@ -207,7 +209,11 @@ class _HuntingFramerRTU(FramerRTU):
                 if pending is not None and start > pending:
                     break
                 if count >= 0 and len(data) > start + 2 and data[start + 2] != count:
-                    pass  # another length: not this request's reply
+                    # Another length: not this request's reply; if whole, likely the unit's late reply to
+                    # an earlier request, which the error says when this request's reply never comes.
+                    other = data[start : start + data[start + 2] + 5]
+                    if len(other) == data[start + 2] + 5 and FramerRTU.check_CRC(other[:-2], int.from_bytes(other[-2:], "big")):
+                        self.other_length = data[start + 2]
                 elif start + size > len(data):
                     if pending is None or start < pending:
                         pending = start  # may be the reply, still arriving
@@ -353,6 +359,9 @@ class ModbusLink:
         except ModbusException as exc:
             if not self._client.connected:
                 raise LinkDown("connection lost") from exc
+            if self._hunter is not None and self._hunter.other_length is not None:
+                raise GarbledReply(f"no reply within {timeout:.3g} s, only one with {self._hunter.other_length} "
+                                   "data bytes (to an earlier request?)") from exc
             if self._received_during_request:
                 raise GarbledReply(f"{self._received_during_request} bytes but no valid reply frame") from exc
             raise NoReply(f"no reply within {timeout:.3g} s") from exc

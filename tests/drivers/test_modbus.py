@@ -600,6 +600,18 @@ def test_paced_replies_of_random_float32_data_are_all_taken() -> None:
     assert lost == []
 
 
+async def test_a_units_late_reply_of_another_length_alone_is_named_in_the_error(rtu_line):
+    # The unit's reply to an earlier, larger read, and nothing more: the request fails as garbled, and says
+    # what came, for a technician whose timeout is shorter than the unit's slowest answer.
+    def answer_with_a_late_reply_only(fd: int, request: bytes) -> None:
+        late = bytes([request[0], 3, 4, 0x12, 0x34, 0x56, 0x78])
+        os.write(fd, late + crc16(late))
+
+    async with answered_by(rtu_line, answer_with_a_late_reply_only) as bus:
+        with pytest.raises(GarbledReply, match=r"no reply within 0.3\d* s, only one with 4 data bytes \(to an earlier request\?\)"):
+            await bus.read(1, "holding", 0, 1)
+
+
 async def test_a_block_refused_now_and_then_is_logged_once_as_intermittent_not_at_every_flip(store, tcp_bus, caplog):
     caplog.set_level(logging.INFO)
     serve_profile(store, 1, load_profile("eastron-sdm120"), {"voltage": 230.0})
