@@ -511,39 +511,24 @@ async def test_a_late_reply_of_another_unit_arriving_on_its_own_is_set_aside_for
         assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
 
 
-async def test_a_reply_arriving_in_pieces_is_taken_when_its_data_holds_another_units_valid_frame(rtu_line):
+@pytest.mark.parametrize("inner", [bytes([7, 0x83, 2]), bytes([1, 0x83, 11])], ids=["another unit's", "this unit's"])
+async def test_a_reply_arriving_in_pieces_is_taken_when_its_data_holds_another_units_valid_frame(rtu_line, inner):
     # A reply comes a few bytes at a time.  Before it is whole, its data may hold bytes that read as a
-    # complete frame of another unit whose CRC holds (by chance, one position in 65,536): here unit 7's
-    # exception reply.  That frame is no answer to this request, and must not take the reply's first
-    # bytes with it (it did: the request waited for its timeout and failed as garbled).
-    inner = bytes([7, 0x83, 2])
+    # complete frame whose CRC holds (by chance, one position in 65,536): here an exception reply of unit 7,
+    # or of this unit.  That frame is no answer to this request.  Unit 7's must not take the reply's first
+    # bytes with it (it did: the request waited for its timeout and failed as garbled); this unit's must not
+    # make the read fail as refused (code 11 would even send the unit into backoff as unreachable).
     data = inner + crc16(inner) + bytes([0, 0, 0])
     reply = bytes([1, 3, len(data)]) + data
 
     def answer_in_two_pieces(fd: int, request: bytes) -> None:
         whole = reply + crc16(reply)
-        os.write(fd, whole[:8])  # the reply's head and the other unit's whole frame
+        os.write(fd, whole[:8])  # the reply's head and the inner frame, whole
         asyncio.get_running_loop().call_later(0.03, os.write, fd, whole[8:])
 
     async with answered_by(rtu_line, answer_in_two_pieces) as bus:
         assert await bus.read(1, "holding", 0, 4) == list(struct.unpack(">4H", data))
-        assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
-
-
-async def test_a_reply_whose_data_holds_this_units_valid_exception_frame_is_not_taken_for_a_refusal(rtu_line):
-    # The same chance match, as this unit's exception reply: the read must not fail as refused (code 11
-    # would even send the unit into backoff as unreachable).
-    inner = bytes([1, 0x83, 11])
-    data = inner + crc16(inner) + bytes([0, 0, 0])
-    reply = bytes([1, 3, len(data)]) + data
-
-    def answer_in_two_pieces(fd: int, request: bytes) -> None:
-        whole = reply + crc16(reply)
-        os.write(fd, whole[:8])
-        asyncio.get_running_loop().call_later(0.03, os.write, fd, whole[8:])
-
-    async with answered_by(rtu_line, answer_in_two_pieces) as bus:
-        assert await bus.read(1, "holding", 0, 4) == list(struct.unpack(">4H", data))
+        assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == bus.stats()["exceptions"] == 0
 
 
 async def test_the_largest_reply_is_taken_with_noise_before_it_in_the_same_read(rtu_line):
