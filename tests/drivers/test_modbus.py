@@ -531,6 +531,26 @@ async def test_a_reply_arriving_in_pieces_is_taken_when_its_data_holds_another_u
         assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == bus.stats()["exceptions"] == 0
 
 
+# A reply hil-sim's SDM630 served in a 10-minute soak (its 80-register block, rebuilt from the soak's ledger):
+# bytes 49..53 of it read as unit 42's exception reply with a valid CRC.  The framer before d1c0e1f, fed the
+# reply a few bytes at a time, took that frame and lost the reply; one such poll in a few soaks went unexplained.
+SOAK_REPLY = bytes.fromhex(
+    "0104a04364bf424363cfd343650759415c496f41709654418013be453fe8df454dfdea455cc1574544d5fa4556189c45652aab"
+    "442f0b6b44696493447612a93f7997d53f764f3c3f769a890000000000000000000000004364877a00000000416f026a423341d0"
+    "00000000461aaa080000000046200650000000004523a0aa3f776caf00000000000000000000000042480cbb466e091400000000"
+    "452fb14300000000f1c5")
+
+
+async def test_a_reply_a_soak_served_is_taken_in_pieces_though_its_data_holds_a_valid_frame(rtu_line):
+    def answer_in_two_pieces(fd: int, request: bytes) -> None:
+        os.write(fd, SOAK_REPLY[:60])  # unit 42's chance frame whole, the reply not
+        asyncio.get_running_loop().call_later(0.03, os.write, fd, SOAK_REPLY[60:])
+
+    async with answered_by(rtu_line, answer_in_two_pieces) as bus:
+        assert await bus.read(1, "input", 0, 80) == list(struct.unpack(">80H", SOAK_REPLY[3:-2]))
+        assert bus.stats()["crc_errors"] == bus.stats()["timeouts"] == 0
+
+
 async def test_the_largest_reply_is_taken_with_noise_before_it_in_the_same_read(rtu_line):
     # 125 registers make a 255-byte frame; with 10 bytes of noise before it, one read holds more than
     # pymodbus keeps (264 bytes) before it wipes its buffer unread.
