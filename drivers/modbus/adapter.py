@@ -37,6 +37,7 @@ __all__ = [
     "NoReply",
     "UnitUnreachable",
     "crc16",
+    "reply_data_bytes",
 ]
 
 # Modbus application protocol v1.1b3, section 7.
@@ -113,6 +114,16 @@ def crc16(frame: bytes) -> bytes:
     return FramerRTU.compute_CRC(frame).to_bytes(2, "big")
 
 
+def _crc_holds(frame: bytes) -> bool:
+    """Whether the last two bytes of ``frame`` are the CRC of the rest."""
+    return FramerRTU.check_CRC(frame[:-2], int.from_bytes(frame[-2:], "big"))
+
+
+def reply_data_bytes(function: str, count: int) -> int:
+    """The data bytes of a reply to a read of ``count`` registers (or bits, for coil and discrete) of ``function``."""
+    return (count + 7) // 8 if function in ("coil", "discrete") else 2 * count
+
+
 _REGISTER_REPLIES = (ReadHoldingRegistersResponse, ReadInputRegistersResponse)
 
 
@@ -184,6 +195,7 @@ class _HuntingFramerRTU(FramerRTU):
         super().__init__(decoder)
         self._unit = -1
         self._head = b""  # unit id and function code of the expected reply
+        self._refusal = b""  # unit id and function code | 0x80 of its exception reply
         self._size = 0  # its whole frame, CRC included
         self._count = -1  # its byte count (the third byte), -1 when it has none
         self.other_length: int | None = None  # the byte count of a whole frame of the unit's that was not the reply
@@ -192,6 +204,7 @@ class _HuntingFramerRTU(FramerRTU):
         """The reply the next frame must be: ``unit``'s to ``function_code``, carrying ``byte_count`` data bytes."""
         self._unit = unit
         self._head = bytes((unit, function_code))
+        self._refusal = bytes((unit, function_code | 0x80))
         self._size = byte_count + 5
         self._count = byte_count
         self.other_length = None
@@ -203,7 +216,7 @@ class _HuntingFramerRTU(FramerRTU):
         # The reply, then an exception reply (unit id, function code | 0x80, exception code, CRC), but
         # not one inside a reply still arriving: that would be its data, matching by chance.
         for head, size, count in ((self._head, self._size, self._count),
-                                  (bytes((self._unit, self._head[1] | 0x80)), 5, -1)):
+                                  (self._refusal, 5, -1)):
             start = data.find(head)
             while start >= 0:
                 if pending is not None and start > pending:
@@ -212,17 +225,15 @@ class _HuntingFramerRTU(FramerRTU):
                     # Another length: not this request's reply; if whole, likely the unit's late reply to
                     # an earlier request, which the error says when this request's reply never comes.
                     other = data[start : start + data[start + 2] + 5]
-                    if len(other) == data[start + 2] + 5 and FramerRTU.check_CRC(other[:-2], int.from_bytes(other[-2:], "big")):
+                    if len(other) == data[start + 2] + 5 and _crc_holds(other):
                         self.other_length = data[start + 2]
                 elif start + size > len(data):
                     if pending is None or start < pending:
                         pending = start  # may be the reply, still arriving
                     if count < 0:
                         break  # an exception frame still arriving: none after it can come first
-                else:
-                    body, crc = data[start : start + size - 2], data[start + size - 2 : start + size]
-                    if FramerRTU.check_CRC(body, int.from_bytes(crc, "big")):
-                        return start + size, self._unit, 0, body[1:]
+                elif _crc_holds(frame := data[start : start + size]):
+                    return start + size, self._unit, 0, frame[1:-2]
                 start = data.find(head, start + 1)
         if pending is None:
             # Nothing to wait for but a reply whose first byte may be the last one here.
@@ -346,6 +357,8 @@ class ModbusLink:
         self._received_during_request = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if self._hunter is not None:
+            self._hunter.expect(unit, _FUNCTION_CODES[function], reply_data_bytes(function, count))
         try:
             reply = await self._execute(_REQUESTS[function](address=address, count=count, dev_id=unit), deadline)
             if (why := _mismatch(reply, function, count)) is not None:
@@ -398,10 +411,6 @@ class ModbusLink:
             raise ConnectionException(f"Not connected[{self._client!s}]")
         request.transaction_id = protocol.getNextTID()
         protocol.recv_buffer = b""
-        if self._hunter is not None:
-            count = request.count
-            self._hunter.expect(request.dev_id, request.function_code,
-                                (count + 7) // 8 if request.function_code in (1, 2) else 2 * count)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ModbusPDU] = loop.create_future()
         protocol.response_future = future
@@ -453,9 +462,8 @@ def _mismatch(reply: ModbusPDU, function: str, count: int) -> str | None:
     if reply.isError():
         return None
     if function in ("coil", "discrete"):
-        bits = len(reply.bits)
-        if bits != 8 * ((count + 7) // 8):
-            return f"a reply with {bits // 8} data bytes to a read of {count} bits"
+        if len(reply.bits) != 8 * reply_data_bytes(function, count):
+            return f"a reply with {len(reply.bits) // 8} data bytes to a read of {count} bits"
         return None
     registers = len(reply.registers)
     if registers != count:

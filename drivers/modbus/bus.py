@@ -11,7 +11,7 @@ from typing import Any
 
 from drivers.health import DEGRADED, FAILING, HEALTHY, Health, HealthWord
 from drivers.line import BusConfigLike, Reopener, bits_per_char
-from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkDown, LinkError, ModbusLink, NoReply
+from drivers.modbus.adapter import ExceptionReply, GarbledReply, LinkDown, LinkError, ModbusLink, NoReply, reply_data_bytes
 from drivers.sdk import BusDown
 from edge.util.backoff import Backoff
 from edge.util.logonce import LogOnce
@@ -349,8 +349,7 @@ class ModbusBus:
         """Seconds an RTU read request and its reply spend on the wire (0 for TCP)."""
         if self.config.type != "modbus-rtu":
             return 0.0
-        data = (count + 7) // 8 if function in ("coil", "discrete") else 2 * count
-        request, reply = 8, 5 + data  # unit, function, address, count, CRC / unit, function, byte count, data, CRC
+        request, reply = 8, 5 + reply_data_bytes(function, count)  # unit, function, address, count, CRC / unit, function, byte count, data, CRC
         return (request + reply) * bits_per_char(self.config) / self.config.baudrate
 
     def _unit_failed(self, unit: int, state: _Unit, why: LinkError) -> None:
