@@ -17,10 +17,12 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
+from types import MappingProxyType
 from typing import Any
 
 from drivers.registry import UnknownDriver, load_driver
 from drivers.sdk import Driver, OptionError, Options
+from edge.logs import DRIVER_LOGGER, LEVELS, logger_problem
 from edge.protocol import CODECS
 from edge.schema import (
     INVALID,
@@ -39,6 +41,7 @@ from edge.schema import (
     Size,
     Str,
     Table,
+    Type,
     Url,
     closest,
     dumps_toml,
@@ -96,6 +99,7 @@ class GatewaySection:
     longitude: float | None
     state_dir: Path
     log_level: str
+    log_levels: Mapping[str, str]  # a logger's own level, apart from log_level: {"ocn.bus": "debug"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +241,45 @@ _DEVICE_KEYS = ("name", "driver", "bus", "address", "poll_interval", "enabled")
 # -- cross-field rules ----------------------------------------------------------
 
 
+class LogLevels(Type):
+    """``[gateway] log_levels``: a level of its own for some of the gateway's loggers, by the name its lines carry.
+
+    A name written bare in a ``[gateway.log_levels]`` table (``ocn.bus = "debug"``) is a dotted key, which
+    TOML reads as nested tables; it is read back as the one name, as is a quoted one (``"ocn.bus" = "debug"``).
+    """
+
+    expected = 'a table of logger names and levels like { "ocn.bus" = "debug" }'
+
+    def convert(self, raw: Any, ctx: Context, path: str) -> Any:
+        if not isinstance(raw, dict):
+            ctx.invalid(path, raw, self.expected)
+            return INVALID
+        before = len(ctx.problems)
+        levels: dict[str, str] = {}
+        for name, level in _dotted(raw):
+            where = f'{path}."{name}"'
+            problem = logger_problem(name)
+            if problem is not None:
+                ctx.report(where, problem)
+            elif level not in LEVELS:
+                ctx.invalid(where, level, "one of " + ", ".join(f'"{v}"' for v in LEVELS))
+            else:
+                levels[name] = level
+        return INVALID if len(ctx.problems) != before else MappingProxyType(levels)  # read-only, as the whole config
+
+    def dump(self, value: Any) -> Any:
+        return dict(value) or None
+
+
+def _dotted(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """The (dotted name, value) pairs of a table whose dotted keys TOML nested."""
+    out: list[tuple[str, Any]] = []
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        out += _dotted(value, name + ".") if isinstance(value, dict) else [(name, value)]
+    return out
+
+
 def _position_complete(values: dict[str, Any], ctx: Context, path: str) -> None:
     lat, lon = values["latitude"], values["longitude"]
     if (lat is None) != (lon is None):
@@ -316,6 +359,21 @@ def _unique_names(section: str) -> Callable[[dict[str, Any], Context, str], None
                 first[name] = i
 
     return rule
+
+
+def _driver_loggers_name_devices(values: dict[str, Any], ctx: Context, path: str) -> None:
+    """A level for ``ocn.driver.<device>`` names a device of this file: a misspelt one would change nothing."""
+    gateway, devices = values["gateway"], values["devices"]
+    levels = value_of(gateway, "log_levels")
+    if not isinstance(levels, Mapping) or devices is INVALID:
+        return
+    names = [n for n in (value_of(d, "name") for d in devices) if isinstance(n, str)]
+    for logger in levels:
+        device = logger.removeprefix(DRIVER_LOGGER + ".")
+        if device != logger and device not in names:
+            guess = closest(device, names)
+            hint = f'did you mean "{DRIVER_LOGGER}.{guess}"?' if guess else "the devices are " + (_quoted_list(names) or "none")
+            ctx.report(f'gateway.log_levels."{logger}"', f'no device named "{device}" in [[devices]]; {hint}')
 
 
 def _key_default(values: dict[str, Any], ctx: Context, path: str) -> None:
@@ -516,7 +574,8 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
             "latitude": Field(Float(minimum=-90, maximum=90), None),
             "longitude": Field(Float(minimum=-180, maximum=180), None),
             "state_dir": Field(FilePath(example="/var/lib/ocn-edge", noun="a directory"), "/var/lib/ocn-edge"),
-            "log_level": Field(Choice("debug", "info", "warning", "error"), "info"),
+            "log_level": Field(Choice(*LEVELS), "info"),
+            "log_levels": Field(LogLevels(), {}),
         },
         into=GatewaySection,
         rules=(_position_complete,),
@@ -614,7 +673,8 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
             "uplink": Field(uplink, {}),
             "local_api": Field(local_api, {}),
         },
-        rules=(_unique_names("buses"), _unique_names("devices"), _devices_fit(driver_lookup), _key_default),
+        rules=(_unique_names("buses"), _unique_names("devices"), _devices_fit(driver_lookup), _driver_loggers_name_devices,
+               _key_default),
     )
 
 

@@ -5,14 +5,44 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
-__all__ = ["LEVELS", "LOG_FORMATS", "JsonFormatter", "LogfmtFormatter", "is_journal", "priority", "setup_logging"]
+__all__ = ["DRIVER_LOGGER", "LEVELS", "LOGGERS", "LOG_FORMATS", "JsonFormatter", "LogfmtFormatter", "apply_levels", "is_journal", "logger_problem",
+           "pin_levels", "priority", "set_logger_levels", "setup_logging"]
 
 LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("logfmt", "json")
+
+# The gateway's loggers, by the name each of its lines carries (``logger=ocn.bus``): what ``[gateway]
+# log_levels`` and ``ocn-edge run --log-level NAME=LEVEL`` may set apart from the rest.  A level set on one
+# holds for the loggers under it too: ``ocn.driver`` for every device's driver, ``ocn.driver.<device>`` for
+# one device's.  tests/guardrails/test_loggers.py keeps this list and the code's loggers the same.
+DRIVER_LOGGER = "ocn.driver"
+LOGGERS: dict[str, str] = {
+    "ocn.runtime": "the gateway's start and stop, its devices started, failing and restarted, reloads",
+    "ocn.bus": "serial and Modbus lines: a port lost, a unit that stops answering and answers again; "
+               "at debug, each failure of a unit said once already",
+    "ocn.modbus.frames": "at debug, every Modbus frame sent and every piece of bytes received, as hex",
+    DRIVER_LOGGER: "the devices' drivers; ocn.driver.<device name> is one device's",
+    "ocn.privacy": "the privacy stage: readings a rule could not take, the differential-privacy budget",
+    "ocn.batcher": "sealing readings into batches and handing them to the spool",
+    "ocn.spool": "the spool on disk: full, its quota, batches set aside",
+    "ocn.uplink": "the link to the hub (HTTP or MQTT): batches delivered, refused and retried, status reports",
+    "ocn.clock": "holding the start until the clock is set",
+    "ocn.commissioning": "a technician's one-off reads and bus scans through the running gateway",
+    "ocn.desired": "the hub's desired config and policy: verified, applied or refused",
+    "ocn.localapi": "the local API",
+    "ocn.notice": "the public transparency notice and its publication to the hub",
+    "ocn.notify": "systemd readiness and watchdog notifications",
+    "ocn.update": "software updates: download, install, probation and rollback",
+    "ocn.demo": "make demo's own lines",
+}
+_NOISY = ("aiohttp.access", "asyncio")  # third-party loggers kept at warning at least (setup_logging)
+_DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # a device name as the config allows one
 
 _STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
@@ -135,5 +165,52 @@ def setup_logging(level: str = "info", *, stream: TextIO | None = None, timestam
     root.setLevel(level.upper())
     # Third-party libraries are chatty at debug; keep them at warning unless asked.  pymodbus is not
     # among them: drivers.modbus.adapter cuts it off and says what it means in our own words.
-    for noisy in ("aiohttp.access", "asyncio"):
+    for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def logger_problem(name: str) -> str | None:
+    """Why ``name`` is not one of the gateway's loggers (with the likeliest one meant), or None if it is."""
+    if name in LOGGERS:
+        return None
+    device = name.removeprefix(DRIVER_LOGGER + ".")
+    if device != name and _DEVICE_NAME.fullmatch(device):
+        return None
+    from edge.schema import closest
+
+    guess = closest(name, LOGGERS)
+    hint = f'did you mean "{guess}"?' if guess else "the gateway's loggers are " + ", ".join(LOGGERS)
+    return f"not one of the gateway's loggers; {hint} (a device's driver: {DRIVER_LOGGER}.<device name>)"
+
+
+_set_by_us: set[str] = set()  # the loggers whose level set_logger_levels set last, cleared before it sets others
+_pinned_root: str | None = None  # ``--log-level LEVEL`` on the command line: it outlasts a reload's config
+_pinned: dict[str, str] = {}  # ``--log-level NAME=LEVEL``: likewise, for one logger
+
+
+def pin_levels(root: str | None, loggers: Mapping[str, str]) -> None:
+    """The levels set on the command line, which hold over the config's, also after a reload."""
+    global _pinned_root
+    _pinned_root = root
+    _pinned.clear()
+    _pinned.update(loggers)
+
+
+def apply_levels(log_level: str, log_levels: Mapping[str, str]) -> None:
+    """The config's ``log_level`` and ``log_levels`` in force, under what the command line pinned."""
+    root = logging.getLogger()
+    root.setLevel((_pinned_root or log_level).upper())
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    set_logger_levels({**log_levels, **_pinned})
+
+
+def set_logger_levels(levels: Mapping[str, str]) -> None:
+    """Give each named logger its own level (and the loggers under it, unless set themselves); the loggers
+    set by the previous call and not named now go back to following the gateway's level."""
+    for name in _set_by_us - set(levels):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level.upper())
+    _set_by_us.clear()
+    _set_by_us.update(levels)

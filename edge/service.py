@@ -17,6 +17,7 @@ from pathlib import Path
 from edge.config import GatewayConfig
 from edge.desired import DesiredState, Reload, is_older, last_applied
 from edge.enrol import EnrolError
+from edge.logs import apply_levels
 from edge.notify import Notifier
 from edge.portlock import remove_record, write_record
 from edge.privacy import Policy, PolicyError
@@ -160,6 +161,7 @@ async def _reload(gateway: Gateway, request: Reload, make: MakeGateway, desired:
             raise
         return previous
     desired.record_success(request.change, policy_toml=request.policy_toml)
-    if request.config.gateway.log_level != gateway.config.gateway.log_level:
-        logging.getLogger().setLevel(request.config.gateway.log_level.upper())
+    new, old = request.config.gateway, gateway.config.gateway
+    if (new.log_level, new.log_levels) != (old.log_level, old.log_levels):
+        apply_levels(new.log_level, new.log_levels)
     return candidate

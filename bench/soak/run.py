@@ -518,6 +518,9 @@ async def run_soak(minutes: float, directory: Path, seed: int, *, transport: str
             text = (text.replace('span = "5m"', 'span = "1m"').replace('flush_interval = "30s"', f'flush_interval = "{FLUSH_S:g}s"')
                     .replace('max_size = "200MB"', f'max_size = "{SPOOL_QUOTA}"').replace('when_full = "drop_oldest"', 'when_full = "refuse_newest"')
                     .replace('timeout = "30s"', 'timeout = "5s"'))
+            # Each failure of a unit is in the gateway's log with its reason and time (the lines' logger at debug, not the
+            # frames' hex): a reading the reconciliation cannot explain can be laid beside them.
+            text += '\n[gateway.log_levels]\n"ocn.bus" = "debug"\n'
             config_path = directory / "gateway.toml"
             config_path.write_text(text)
             quota = load_config(config_path).spool.max_size

@@ -8,8 +8,12 @@ import gc
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge.commands import positive
+
+if TYPE_CHECKING:
+    from edge.config import GatewayConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +28,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     run.add_argument("config", metavar="CONFIG", help="the gateway's TOML config, e.g. /etc/ocn-edge/gateway.toml")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides gateway.log_level")
+    run.add_argument("--log-level", action="append", type=_log_level, metavar="[LOGGER=]LEVEL",
+                     help="overrides gateway.log_level (debug, info, warning, error); LOGGER=LEVEL one logger's, e.g. "
+                          "ocn.bus=debug, over gateway.log_levels; may be given more than once")
     run.add_argument("--log-format", choices=("logfmt", "json"), default="logfmt",
                      help="one key=value line per event (default) or one JSON object per line, for log shippers")
     run.set_defaults(func=_run)
@@ -48,10 +54,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.set_defaults(func=_demo)
 
 
+def _log_level(text: str) -> tuple[str | None, str]:
+    """``--log-level``: a level, or a logger's name and its level (``ocn.bus=debug``)."""
+    from edge.logs import LEVELS, logger_problem
+
+    name, _, level = text.rpartition("=")
+    if level not in LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r}: the level is one of {', '.join(LEVELS)}")
+    if name and (problem := logger_problem(name)) is not None:
+        raise argparse.ArgumentTypeError(f"{text!r}: {name} is {problem}")
+    return name or None, level
+
+
+def _pinned_levels(given: list[tuple[str | None, str]]) -> tuple[str | None, dict[str, str]]:
+    """The gateway's level (the last plain ``--log-level LEVEL``, None if none) and each named logger's (the last for it)."""
+    root = next((level for name, level in reversed(given) if name is None), None)
+    return root, {name: level for name, level in given if name is not None}
+
+
+def _unknown_device_logger(loggers: dict[str, str], config: GatewayConfig) -> str | None:
+    """``ocn.driver.<device>=LEVEL`` for a device the config does not have, said as a problem; None if there is none."""
+    from edge.logs import DRIVER_LOGGER
+
+    names = {device.name for device in config.devices}
+    for name, level in loggers.items():
+        device = name.removeprefix(DRIVER_LOGGER + ".")
+        if device != name and device not in names:
+            return f"{name}={level}: no device named {device!r} in {config.path}"
+    return None
+
+
 def _run(args: argparse.Namespace) -> int:
     from edge.clock import hold_until_clock_set
     from edge.config import ConfigError, load_config
-    from edge.logs import setup_logging
+    from edge.logs import apply_levels, pin_levels, setup_logging
     from edge.runtime import StartError
     from edge.service import run_gateway
 
@@ -62,7 +98,13 @@ def _run(args: argparse.Namespace) -> int:
 
         print("\n".join(map(with_hint, exc.problems)), file=sys.stderr)
         return 2
-    setup_logging(args.log_level or config.gateway.log_level, fmt=args.log_format)
+    root, loggers = _pinned_levels(args.log_level or [])
+    if (problem := _unknown_device_logger(loggers, config)) is not None:
+        print(f"ocn-edge run: --log-level {problem}", file=sys.stderr)
+        return 2
+    setup_logging(root or config.gateway.log_level, fmt=args.log_format)
+    pin_levels(root, loggers)  # over the config's, this one's and a reload's, until the gateway stops
+    apply_levels(config.gateway.log_level, config.gateway.log_levels)
     problem = _state_dir_problem(config.gateway.state_dir)
     if problem:
         print(f"ocn-edge run: {problem}", file=sys.stderr)
@@ -89,6 +131,8 @@ def _run(args: argparse.Namespace) -> int:
     except StartError as exc:
         print(f"ocn-edge run: {exc}", file=sys.stderr)
         return 2
+    finally:
+        pin_levels(None, {})
     # A pipeline task died: exit non-zero so systemd (Restart=always) starts a fresh process.
     return 1 if gateway.fatal.is_set() else 0
 

@@ -26,6 +26,10 @@ longitude = -79.3957
 state_dir = "state"
 log_level = "debug"
 
+[gateway.log_levels]
+ocn.modbus.frames = "warning"
+"ocn.driver.meter-1" = "info"
+
 [[buses]]
 name = "rs485-1"
 type = "modbus-rtu"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import tomllib
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ import pytest
 
 from edge.config import load_config
 from edge.enrol import enrol
+from edge.logs import set_logger_levels
 from edge.runtime import Gateway
 from edge.service import run_gateway
 from hub.app import RunningHub, run_hub
@@ -167,6 +169,22 @@ async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(se
     spooled = (last.spool_stats_at_stop or {}).get("readings", 0)
     stored = (await hub.counters("pole-7"))["readings_stored"]
     assert stored + spooled == released, "every reading is at the hub or in the spool, once"
+
+
+async def test_a_desired_config_sets_a_loggers_level_when_it_restarts_the_pipeline(setup):
+    hub, config = setup
+    bus, root = logging.getLogger("ocn.bus"), logging.getLogger().level
+    try:
+        async with supervised(config) as running:
+            assert bus.level == logging.NOTSET
+            await hub.set_desired("device", "pole-7", {"config": {"gateway": {"log_levels": {"ocn.bus": "debug"}}}})
+            await report(running[0])
+            await _until(lambda: len(running) == 2)
+            assert dict(running[1].config.gateway.log_levels) == {"ocn.bus": "debug"}
+            assert bus.level == logging.DEBUG and logging.getLogger("ocn.uplink").level == logging.NOTSET
+    finally:
+        set_logger_levels({})
+        logging.getLogger().setLevel(root)
 
 
 async def test_a_desired_config_that_does_not_validate_keeps_the_running_pipeline(setup):

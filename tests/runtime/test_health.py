@@ -102,7 +102,7 @@ async def _wait_timeouts(port: int, bus: str, unit: str, count: int, *, timeout:
             await asyncio.sleep(0.2)
 
 
-async def test_a_wrong_unit_id_and_an_unplugged_sensor_are_failing_with_one_error_line_and_no_pymodbus_text(
+async def test_a_wrong_unit_id_and_an_unplugged_sensor_fail_with_one_error_line_no_pymodbus_text_and_ocn_bus_alone_at_debug(
         hilsim_run, tmp_path: Path) -> None:
     scenario = tmp_path / "scenario.toml"
     scenario.write_text(SCENARIO)
@@ -113,6 +113,8 @@ async def test_a_wrong_unit_id_and_an_unplugged_sensor_are_failing_with_one_erro
                                    local_api_listen=f"127.0.0.1:{api}")
     assert "address = 1\n" in text
     text = text.replace("address = 1\n", "address = 11\n")  # the technician typed the wrong unit id
+    # ... and, hunting it, turned the lines' log to debug, and no other: each failure is logged, no frame's hex.
+    text += '\n[gateway.log_levels]\nocn.bus = "debug"\n'
     config = tmp_path / "gateway.toml"
     config.write_text(text)
     proc = await asyncio.create_subprocess_exec(
@@ -149,6 +151,10 @@ async def test_a_wrong_unit_id_and_an_unplugged_sensor_are_failing_with_one_erro
     assert len(about_unit) == 1, "\n".join(lines)
     assert "weather-1" in about_unit[0] and "has never answered" in about_unit[0]
     assert not [line for line in lines if "pymodbus" in line or ">>>>>" in line], "\n".join(lines)
+    # At debug for ocn.bus only: the failures said once already are there, one line each, and nothing else at debug.
+    again = [line for line in lines if "level=debug" in line and "unit 11 on rs485-1 (weather-1) failed again (no reply within" in line]
+    assert len(again) >= 2, "\n".join(lines)
+    assert all("logger=ocn.bus " in line for line in lines if "level=debug" in line), "\n".join(lines)
 
 
 def test_the_status_report_carries_each_devices_health_only_when_a_gateway_knows_its_devices() -> None:
