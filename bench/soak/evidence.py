@@ -6,8 +6,11 @@ can check a kept run again, and tests/soak can check a short real run.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import datetime
 import json
+import re
 import sqlite3
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -30,7 +33,11 @@ from hilsim.ledger import read_ledger
 from hilsim.modbus_devices import ModbusDevice
 from hilsim.scenario import DEVICE_KINDS, load_scenario
 
-__all__ = ["Evidence", "load_evidence", "summary", "update_problems"]
+__all__ = ["Evidence", "load_evidence", "log_lines_near", "summary", "update_problems"]
+
+NEAR_MS = 3000  # the gateway's log lines this close to an unexplained reading's time are shown beside it
+NEAR_LINES = 12  # at most this many of them a reading, the closest first
+_TS = re.compile(r"ts=(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ")
 
 
 @dataclass
@@ -185,6 +192,40 @@ def update_lines(steps: list[dict[str, Any]], outcome: Outcome, events: Events) 
     return lines
 
 
+def log_lines_near(logs: Path, times_ms: list[int], *, within_ms: int = NEAR_MS, limit: int = NEAR_LINES) -> dict[int, list[str]]:
+    """For each of ``times_ms``, the lines of the gateway's logs (``gateway-N.log`` in ``logs``) logged within
+    ``within_ms`` of it: the ``limit`` closest, in the order they were logged, each as ``gateway-N.log: line``."""
+    stamped: list[tuple[int, str]] = []
+    for path in sorted(logs.glob("gateway-*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if (match := _TS.match(line)) is not None:
+                when = datetime.datetime.fromisoformat(match.group(1)).replace(tzinfo=datetime.UTC)
+                stamped.append((int(when.timestamp() * 1000), f"{path.name}: {line}"))
+    stamped.sort(key=lambda item: item[0])  # stable: lines of one millisecond keep their order
+    at = [ms for ms, _ in stamped]
+    near: dict[int, list[str]] = {}
+    for t in times_ms:
+        span = range(bisect.bisect_left(at, t - within_ms), bisect.bisect_right(at, t + within_ms))
+        closest = sorted(sorted(span, key=lambda i: abs(at[i] - t))[:limit])
+        near[t] = [stamped[i][1] for i in closest]
+    return near
+
+
+def unexplained_context(evidence: Evidence, *, shown: int = 20) -> list[str]:
+    """Beside the first ``shown`` times an unexplained reading was served, what the gateway logged around each
+    (its debug lines of ocn.bus included: the soak sets that logger to debug, so each failure of a unit is there
+    with its reason)."""
+    times = sorted({reading.ts_ms for row in evidence.outcome.rows for reading in row.unexplained})
+    lines = []
+    for t, near in log_lines_near(evidence.directory / "root" / "logs", times[:shown]).items():  # where the supervisor writes them
+        when = datetime.datetime.fromtimestamp(t / 1000, datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        lines.append(f"UNEXPLAINED {when}: the gateway's log within {NEAR_MS / 1000:g} s" + ("" if near else ": nothing"))
+        lines += [f"  {line}" for line in near]
+    if len(times) > shown:
+        lines.append(f"UNEXPLAINED: {len(times) - shown} more times, not shown")
+    return lines
+
+
 def summary(evidence: Evidence) -> str:
     """The table, then each cause with its bound and the gateway's own count beside it."""
     outcome, events, spool, run = evidence.outcome, evidence.events, evidence.spool, evidence.run
@@ -196,6 +237,7 @@ def summary(evidence: Evidence) -> str:
         errors.update({k.split('"')[1]: int(v) for k, v in metrics.items() if k.startswith("ocn_edge_errors_total{")})
     lines = [
         table(outcome),
+        *unexplained_context(evidence),
         "",
         f"fault        frames a device fault hit: {outcome.missing('fault')} readings; hil-sim's replies past the gateway's "
         f"deadline (overrun, the simulator held up): {evidence.overruns} frames, {outcome.overrun_taken} of their readings reached the hub "

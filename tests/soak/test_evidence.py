@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.soak.evidence import hub_batch_ids, spool_leftovers
+from bench.soak.evidence import hub_batch_ids, log_lines_near, spool_leftovers
 from edge.protocol import BatchHeader, generate_keypair, key_id, open_batch, seal_batch
 from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
@@ -51,3 +51,19 @@ async def test_a_batch_the_hub_stored_before_the_stop_cut_its_ack_is_not_counted
     assert already == 1
     assert [v for _, v in waiting[VOLTS.id]] == [230.0, 230.1, 230.2, 230.3, 230.4, 232.0, 232.1, 232.2, 232.3, 232.4]
     assert counters["unclean_stops"] == 0
+
+
+def test_beside_an_unexplained_reading_are_the_gateways_log_lines_nearest_its_time_in_the_order_logged(tmp_path: Path) -> None:
+    (tmp_path / "gateway-1.log").write_text(
+        "ts=2026-12-07T18:09:10.000Z level=info logger=ocn.runtime msg=\"gateway started\"\n"
+        "ts=2026-12-07T18:09:14.000Z level=debug logger=ocn.bus msg=\"unit 1 on rs485-1 (meter-1) failed again (no reply within 0.5 s)\"\n"
+        "a line without a time, e.g. a traceback's\n"
+        "ts=2026-12-07T18:09:14.000Z level=info logger=ocn.uplink msg=\"hub answers again\"\n")
+    (tmp_path / "gateway-2.log").write_text("ts=2026-12-07T18:09:13.500Z level=warning logger=ocn.runtime msg=\"device restarted\"\n"
+                                            "ts=2026-12-07T18:09:30.000Z level=info logger=ocn.runtime msg=\"later\"\n")
+    t = 1_796_666_954_576  # 2026-12-07T18:09:14.576Z
+    near = log_lines_near(tmp_path, [t, t + 60_000], within_ms=3000, limit=2)
+    assert near[t] == ['gateway-1.log: ts=2026-12-07T18:09:14.000Z level=debug logger=ocn.bus msg="unit 1 on rs485-1 (meter-1) failed again '
+                       '(no reply within 0.5 s)"', 'gateway-1.log: ts=2026-12-07T18:09:14.000Z level=info logger=ocn.uplink msg="hub answers again"']
+    assert near[t + 60_000] == []
+    assert len(log_lines_near(tmp_path, [t], within_ms=3000)[t]) == 3  # 18:09:10.000 is 4.6 s away
