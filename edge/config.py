@@ -259,7 +259,9 @@ class LogLevels(Type):
         for name, level in _dotted(raw):
             where = f'{path}."{name}"'
             problem = logger_problem(name)
-            if problem is not None:
+            if name in levels:
+                ctx.report(where, "set twice (written once bare, once quoted?); set it once")
+            elif problem is not None:
                 ctx.report(where, problem)
             elif level not in LEVELS:
                 ctx.invalid(where, level, "one of " + ", ".join(f'"{v}"' for v in LEVELS))
@@ -268,7 +270,7 @@ class LogLevels(Type):
         return INVALID if len(ctx.problems) != before else MappingProxyType(levels)  # read-only, as the whole config
 
     def dump(self, value: Any) -> Any:
-        return dict(value) or None
+        return dict(sorted(value.items())) or None  # in one order, so the same levels give the same config digest
 
 
 def _dotted(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

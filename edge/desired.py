@@ -57,7 +57,7 @@ from edge.config import ConfigError, GatewayConfig, effective_toml, parse_config
 from edge.desiredcheck import DesiredCheckError, check_desired_config, check_desired_policy
 from edge.privacy import Policy, PolicyError, load_policy, parse_policy
 from edge.protocol import hubtrust
-from edge.protocol.desired import CLEARED, ISSUED, canonical_json, merge_tables
+from edge.protocol.desired import CLEARED, ISSUED, canonical_json, dotted_log_levels, merge_tables
 from edge.protocol.keys import key_id, pem_public_key
 from edge.schema import dumps_toml
 from edge.transport import HubKeySource, TransportError
@@ -156,7 +156,8 @@ def local_policy(config: GatewayConfig) -> Policy:
 
 def overlay_config(base_toml: str, overlay: Mapping[str, Any]) -> dict[str, Any]:
     """The effective config's tables with the hub's desired tables laid over them."""
-    return merge_tables(tomllib.loads(base_toml), overlay)
+    # The effective config writes each logger's name whole; a hub's document does too (hub.fleet.check_desired).
+    return merge_tables(tomllib.loads(base_toml), dotted_log_levels(overlay))
 
 
 def _replace(path: Path, content: bytes | None, what: str) -> None:

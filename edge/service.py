@@ -62,6 +62,9 @@ async def run_gateway(
     desired = DesiredState(config.gateway.state_dir, device_id=config.gateway.id)
     reloads: asyncio.Queue[Reload] = asyncio.Queue()
     running_config, policy = last_applied(config, desired)
+    new, local = running_config.gateway, config.gateway
+    if (new.log_level, new.log_levels) != (local.log_level, local.log_levels):  # the hub's config in force again
+        apply_levels(new.log_level, new.log_levels)
 
     def make(cfg: GatewayConfig, pol: Policy | None, *, fallback: bool = False) -> Gateway:
         return Gateway(

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.desiredcheck import DesiredCheckError, check_desired_config, check_desired_policy
-from edge.protocol.desired import canonical_json, merge_tables
+from edge.protocol.desired import canonical_json, dotted_log_levels, merge_tables
 from hub.models import Device
 from hub.store import SOFTWARE_SCOPE, Store
 
@@ -61,6 +61,8 @@ def check_desired(document: object) -> dict[str, Any]:
             check_desired_policy(document["policy"])
     except DesiredCheckError as exc:
         raise DesiredError(str(exc)) from None
+    if "config" in document:  # one form of a logger's name, so a device's document merges over its fleet's name by name
+        return {**document, "config": dotted_log_levels(document["config"])}
     return dict(document)
 
 

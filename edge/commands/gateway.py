@@ -85,11 +85,8 @@ def _unknown_device_logger(loggers: dict[str, str], config: GatewayConfig) -> st
 
 
 def _run(args: argparse.Namespace) -> int:
-    from edge.clock import hold_until_clock_set
     from edge.config import ConfigError, load_config
     from edge.logs import apply_levels, pin_levels, setup_logging
-    from edge.runtime import StartError
-    from edge.service import run_gateway
 
     try:
         config = load_config(args.config)
@@ -104,7 +101,19 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(root or config.gateway.log_level, fmt=args.log_format)
     pin_levels(root, loggers)  # over the config's, this one's and a reload's, until the gateway stops
-    apply_levels(config.gateway.log_level, config.gateway.log_levels)
+    try:
+        apply_levels(config.gateway.log_level, config.gateway.log_levels)
+        return _run_gateway(config)
+    finally:
+        pin_levels(None, {})
+
+
+def _run_gateway(config: GatewayConfig) -> int:
+    """The gateway of ``config`` until it stops; its exit status."""
+    from edge.clock import hold_until_clock_set
+    from edge.runtime import StartError
+    from edge.service import run_gateway
+
     problem = _state_dir_problem(config.gateway.state_dir)
     if problem:
         print(f"ocn-edge run: {problem}", file=sys.stderr)
@@ -131,8 +140,6 @@ def _run(args: argparse.Namespace) -> int:
     except StartError as exc:
         print(f"ocn-edge run: {exc}", file=sys.stderr)
         return 2
-    finally:
-        pin_levels(None, {})
     # A pipeline task died: exit non-zero so systemd (Restart=always) starts a fresh process.
     return 1 if gateway.fatal.is_set() else 0
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge.protocol.keys import key_id
 
-__all__ = ["CLEARED", "ISSUED", "canonical_json", "clear_document", "merge_tables", "sign_document", "verify_document"]
+__all__ = ["CLEARED", "ISSUED", "canonical_json", "clear_document", "dotted_log_levels", "merge_tables", "sign_document", "verify_document"]
 
 # Within OXP/2, added 2026-12 (§8.4, "Freshness and a signed clear"): the hub's clock when it signed a document, which a
 # gateway requires to grow, and the document a hub signs to say that nothing is desired any more.
@@ -38,6 +38,29 @@ def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[s
         else:
             merged[key] = value
     return merged
+
+
+def dotted_log_levels(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with ``[gateway] log_levels`` written one way: a logger's name as one dotted key.
+
+    TOML reads a bare dotted key (``ocn.bus = "debug"``) as nested tables, JSON keeps ``"ocn.bus"`` whole;
+    merged key by key, the two forms of one name would both stand.  A name given in both forms in one
+    document is the schema's to refuse (edge.config.LogLevels names it); here the first stands.
+    """
+    gateway = config.get("gateway")
+    if not isinstance(gateway, Mapping) or not isinstance(levels := gateway.get("log_levels"), Mapping):
+        return dict(config)
+    flat: dict[str, Any] = {}
+
+    def walk(table: Mapping[str, Any], prefix: str) -> None:
+        for key, value in table.items():
+            if isinstance(value, Mapping):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat.setdefault(f"{prefix}{key}", value)
+
+    walk(levels, "")
+    return {**config, "gateway": {**gateway, "log_levels": flat}}
 
 
 def clear_document(device_id: str, issued_ms: int) -> dict[str, Any]:

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.config import GatewayConfig
+from edge.config import GatewayConfig, config_digest
 from edge.logs import LOGGERS, apply_levels, pin_levels
+from edge.protocol.desired import dotted_log_levels, merge_tables
+from hub.fleet import check_desired
 from tests.config.conftest import GATEWAY
 
 DEVICE = '[[buses]]\nname = "b"\ntype = "serial"\nport = "/dev/ttyS0"\n[[devices]]\nname = "pm-1"\ndriver = "dust"\nbus = "b"\n'
@@ -96,3 +98,25 @@ def test_the_command_line_refuses_the_driver_logger_of_a_device_the_config_lacks
     assert main(["run", "gateway.toml", "--log-level", "ocn.driver.pm-1=debug"]) == 2
     err = capsys.readouterr().err
     assert re.search(r"ocn-edge run: --log-level ocn\.driver\.pm-1=debug: no device named 'pm-1' in gateway\.toml", err), err
+
+
+def test_a_name_set_twice_is_refused_and_the_same_levels_in_any_order_give_one_digest(
+        load: Callable[[str], GatewayConfig], problems: Callable[[str], list[str]]) -> None:
+    assert problems(GATEWAY + 'log_levels = { "ocn.bus" = "debug", ocn.bus = "info" }\n') == [
+        'gateway.toml: gateway.log_levels."ocn.bus": set twice (written once bare, once quoted?); set it once'
+    ]
+    one = load(GATEWAY + 'log_levels = { "ocn.bus" = "debug", "ocn.uplink" = "error" }\n')
+    other = load(GATEWAY + 'log_levels = { "ocn.uplink" = "error", "ocn.bus" = "debug" }\n')
+    assert one == other and config_digest(one) == config_digest(other)
+
+
+def test_the_hub_stores_a_loggers_name_whole_so_a_devices_level_replaces_its_fleets() -> None:
+    fleet = check_desired({"config": {"gateway": {"log_levels": {"ocn": {"bus": "debug", "modbus": {"frames": "info"}}}}}})
+    device = check_desired({"config": {"gateway": {"log_levels": {"ocn.bus": "error"}}}})
+    assert fleet["config"]["gateway"]["log_levels"] == {"ocn.bus": "debug", "ocn.modbus.frames": "info"}
+    merged = merge_tables(fleet["config"], device["config"])
+    assert merged["gateway"]["log_levels"] == {"ocn.bus": "error", "ocn.modbus.frames": "info"}
+    # A gateway lays a document in the nested form (an older hub's) over its file's whole names the same way.
+    assert dotted_log_levels({"gateway": {"id": "x", "log_levels": {"ocn": {"bus": "error"}}}}) == {
+        "gateway": {"id": "x", "log_levels": {"ocn.bus": "error"}}}
+    assert dotted_log_levels({"batch": {"span": "1m"}}) == {"batch": {"span": "1m"}}

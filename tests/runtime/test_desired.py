@@ -171,17 +171,22 @@ async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(se
     assert stored + spooled == released, "every reading is at the hub or in the spool, once"
 
 
-async def test_a_desired_config_sets_a_loggers_level_when_it_restarts_the_pipeline(setup):
+async def test_a_desired_configs_logger_levels_apply_at_the_reload_and_again_when_the_gateway_starts_with_it(setup):
     hub, config = setup
     bus, root = logging.getLogger("ocn.bus"), logging.getLogger().level
     try:
         async with supervised(config) as running:
             assert bus.level == logging.NOTSET
-            await hub.set_desired("device", "pole-7", {"config": {"gateway": {"log_levels": {"ocn.bus": "debug"}}}})
+            # Written bare in TOML, a dotted name arrives nested: the hub stores it as the one name.
+            await hub.set_desired("device", "pole-7", {"config": {"gateway": {"log_levels": {"ocn": {"bus": "debug"}}}}})
             await report(running[0])
             await _until(lambda: len(running) == 2)
             assert dict(running[1].config.gateway.log_levels) == {"ocn.bus": "debug"}
             assert bus.level == logging.DEBUG and logging.getLogger("ocn.uplink").level == logging.NOTSET
+        set_logger_levels({})  # as a new process starts: nothing set
+        async with supervised(config) as running:  # the hub's config in force from the start, before the hub is asked
+            assert dict(running[0].config.gateway.log_levels) == {"ocn.bus": "debug"}
+            assert bus.level == logging.DEBUG
     finally:
         set_logger_levels({})
         logging.getLogger().setLevel(root)
