@@ -7,6 +7,7 @@ import contextlib
 import functools
 import gc
 import logging
+import math
 import os
 import random
 import struct
@@ -253,6 +254,31 @@ def test_the_slot_timers_of_a_finished_event_loop_are_let_go() -> None:
     del loop, naps, nap
     gc.collect()
     assert gone() is None
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.2, 0.3), (0.2, 0.6), (0.7, 1.0), (0.05, 0.7), (0.5, 1.0), (1.0, 10.0)])
+def test_devices_of_different_intervals_meet_at_one_deadline_so_at_one_timer(a: float, b: float) -> None:
+    from drivers.modbus.driver import _slots_of, grid_step, slot_time
+
+    step_a, step_b = grid_step(a), grid_step(b)
+    meet = step_a * step_b // math.gcd(step_a, step_b)
+    first = (10**9 // meet + 1) * meet  # past 1,000 s of loop time, in microseconds, as on a gateway up for a while
+    instants = range(first, first + 3000 * meet, meet)
+    assert all(slot_time(t // step_a, step_a) == slot_time(t // step_b, step_b) for t in instants)
+    # Slot times as ``slot * interval`` in floats miss by an ulp at many of them (e.g. 1,672 of 3,000 for 0.2 and 0.3 s).
+    missed = sum((t // step_a) * a != (t // step_b) * b for t in instants)
+    assert missed > 0 or (a, b) in ((0.5, 1.0), (1.0, 10.0))
+    loop = asyncio.new_event_loop()
+    try:
+        slots = _slots_of(loop)
+        naps = [loop.create_future(), loop.create_future()]
+        slots.wake_at(slot_time(first // step_a, step_a), 1, naps[0])
+        slots.wake_at(slot_time(first // step_b, step_b), 2, naps[1])
+        assert len(slots._due) == 1  # one timer for both
+        for nap, step in zip(naps, (step_a, step_b), strict=True):
+            slots.forget(slot_time(first // step, step), nap)
+    finally:
+        loop.close()
 
 
 async def test_a_silent_unit_is_skipped_without_touching_the_bus_while_it_backs_off(store, tcp_bus):
