@@ -63,6 +63,7 @@ __all__ = [
     "SpoolConfig",
     "UplinkConfig",
     "config_digest",
+    "only_log_levels_differ",
     "effective_toml",
     "gateway_schema",
     "load_config",
@@ -734,6 +735,14 @@ def effective_toml(cfg: GatewayConfig) -> str:
     document = gateway_schema().dump(cfg)  # dumping reads converted values only: no driver is looked up
     header = f"# Effective configuration of {cfg.path}: every default filled in, every path absolute.\n\n"
     return header + dumps_toml(document)
+
+
+def only_log_levels_differ(running: GatewayConfig, new: GatewayConfig) -> bool:
+    """Whether ``new`` is ``running`` but for ``log_level`` and ``log_levels``, which apply without a restart."""
+    if (running.gateway.log_level, running.gateway.log_levels) == (new.gateway.log_level, new.gateway.log_levels):
+        return False
+    gateway = dataclasses.replace(running.gateway, log_level=new.gateway.log_level, log_levels=new.gateway.log_levels)
+    return dataclasses.replace(running, gateway=gateway) == new
 
 
 def config_digest(cfg: GatewayConfig) -> bytes:

@@ -53,7 +53,7 @@ from urllib.parse import urlsplit
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge.config import ConfigError, GatewayConfig, effective_toml, parse_config
+from edge.config import ConfigError, GatewayConfig, effective_toml, only_log_levels_differ, parse_config
 from edge.desiredcheck import DesiredCheckError, check_desired_config, check_desired_policy
 from edge.privacy import Policy, PolicyError, load_policy, parse_policy
 from edge.protocol import hubtrust
@@ -138,6 +138,10 @@ class RunningPipeline(Protocol):
 
     def swap_policy(self, policy: Policy) -> None:
         """Put a policy that passed `check_policy` in force between two readings."""
+        ...
+
+    def take_log_levels(self, config: GatewayConfig) -> None:
+        """Run under ``config``, which differs from the running config only in its log levels: they apply at once."""
         ...
 
     def keep_until_stop(self, task: asyncio.Task[None]) -> None:
@@ -524,7 +528,9 @@ class DesiredApplier:
                 await self._check_ca(change.ca)
             self.state.keep_ca(change.ca)
             ca_changed = self.state.hub_ca_bytes() != self._ca_in_use
-        if config.digest != gw.config.digest or ca_changed:
+        if not ca_changed and only_log_levels_differ(gw.config, config):
+            gw.take_log_levels(config)  # a log level is no reason to restart the pipeline
+        elif config.digest != gw.config.digest or ca_changed:
             if self._request_reload is None:
                 raise DesiredError("this gateway cannot restart its pipeline in place")
             keep = policy if policy is not None else (gw.policy if config.privacy == gw.config.privacy and not self.state.saved_policy_path() else None)

@@ -34,6 +34,7 @@ from edge.devices import Devices
 from edge.enrol import ensure_device_key, read_enrolment_record
 from edge.flow import PipelineCounters, ReadingFlow
 from edge.localapi import LocalApi, LocalApiError
+from edge.logs import apply_levels
 from edge.notice import NoticePublisher
 from edge.notify import Notifier, watchdog_loop
 from edge.privacy import Policy, PolicyError, PrivacyStage, build_notice, render_notice_html
@@ -361,6 +362,14 @@ class Gateway:
         self._policy = policy
         self.notices.changed()
         log.info("policy swapped", extra={"policy": policy.digest.hex()[:16], "previous": previous.digest.hex()[:16]})
+
+    def take_log_levels(self, config: GatewayConfig) -> None:
+        """Run under ``config``, the running config but for its log levels (edge.config.only_log_levels_differ): the
+        levels apply at once and the status reports carry its digest; nothing restarts, no reading waits."""
+        self.config = config
+        apply_levels(config.gateway.log_level, config.gateway.log_levels)
+        log.info("log levels changed", extra={"log_level": config.gateway.log_level,
+                                              "log_levels": ",".join(f"{k}={v}" for k, v in config.gateway.log_levels.items()) or "-"})
 
     # -- shutdown ---------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge.cli import main
-from edge.config import GatewayConfig, config_digest
+from edge.config import GatewayConfig, config_digest, only_log_levels_differ
 from edge.logs import LOGGERS, apply_levels, pin_levels
 from edge.protocol.desired import dotted_log_levels, merge_tables
 from hub.fleet import check_desired
@@ -120,3 +120,12 @@ def test_the_hub_stores_a_loggers_name_whole_so_a_devices_level_replaces_its_fle
     assert dotted_log_levels({"gateway": {"id": "x", "log_levels": {"ocn": {"bus": "error"}}}}) == {
         "gateway": {"id": "x", "log_levels": {"ocn.bus": "error"}}}
     assert dotted_log_levels({"batch": {"span": "1m"}}) == {"batch": {"span": "1m"}}
+
+
+def test_only_the_log_levels_differ_when_nothing_else_does(load: Callable[[str], GatewayConfig]) -> None:
+    plain = load(GATEWAY)
+    assert only_log_levels_differ(plain, load(GATEWAY + 'log_levels = { "ocn.bus" = "debug" }\n'))
+    assert only_log_levels_differ(plain, load(GATEWAY + 'log_level = "debug"\n'))
+    assert not only_log_levels_differ(plain, load(GATEWAY))  # nothing differs
+    assert not only_log_levels_differ(plain, load(GATEWAY + 'log_level = "debug"\n[batch]\nmax_readings = 7\n'))
+    assert not only_log_levels_differ(plain, load(GATEWAY + 'site = "elsewhere"\nlog_level = "debug"\n'))

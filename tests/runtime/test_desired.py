@@ -171,22 +171,43 @@ async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(se
     assert stored + spooled == released, "every reading is at the hub or in the spool, once"
 
 
-async def test_a_desired_configs_logger_levels_apply_at_the_reload_and_again_when_the_gateway_starts_with_it(setup):
+async def test_a_desired_configs_log_levels_apply_without_a_restart_and_again_when_the_gateway_starts_with_it(setup):
     hub, config = setup
     bus, root = logging.getLogger("ocn.bus"), logging.getLogger().level
     try:
         async with supervised(config) as running:
+            gateway = running[0]
             assert bus.level == logging.NOTSET
             # Written bare in TOML, a dotted name arrives nested: the hub stores it as the one name.
             await hub.set_desired("device", "pole-7", {"config": {"gateway": {"log_levels": {"ocn": {"bus": "debug"}}}}})
-            await report(running[0])
-            await _until(lambda: len(running) == 2)
-            assert dict(running[1].config.gateway.log_levels) == {"ocn.bus": "debug"}
+            await report(gateway)
+            await _until(lambda: gateway.desired.applied_etag != "")
+            assert len(running) == 1, "a log level restarts nothing"
+            assert dict(gateway.config.gateway.log_levels) == {"ocn.bus": "debug"}
             assert bus.level == logging.DEBUG and logging.getLogger("ocn.uplink").level == logging.NOTSET
+            await report(gateway)
+            device = await hub.store.device("pole-7")
+            assert device.config_digest == gateway.config.digest.hex() and device.errors == (), "the hub sees the config in force"
         set_logger_levels({})  # as a new process starts: nothing set
         async with supervised(config) as running:  # the hub's config in force from the start, before the hub is asked
             assert dict(running[0].config.gateway.log_levels) == {"ocn.bus": "debug"}
             assert bus.level == logging.DEBUG
+    finally:
+        set_logger_levels({})
+        logging.getLogger().setLevel(root)
+
+
+async def test_a_desired_config_changing_log_levels_and_more_restarts_the_pipeline_with_both(setup):
+    hub, config = setup
+    root = logging.getLogger().level
+    try:
+        async with supervised(config) as running:
+            await hub.set_desired("device", "pole-7", {"config": {"gateway": {"log_levels": {"ocn.spool": "warning"}},
+                                                                  "batch": {"max_readings": 7}}})
+            await report(running[0])
+            await _until(lambda: len(running) == 2)
+            assert running[1].config.batch.max_readings == 7
+            assert logging.getLogger("ocn.spool").level == logging.WARNING
     finally:
         set_logger_levels({})
         logging.getLogger().setLevel(root)
