@@ -119,11 +119,15 @@ async def enrol(
             async with session.post(url, json=body) as resp:
                 status, text = resp.status, await resp.text(errors="replace")
     except aiohttp.ClientConnectorCertificateError as exc:
+        from edge.transport.words import certificate_words
+
         raise EnrolError(  # a wrong CA does not heal by waiting
-            f"the hub at {hub_url} presented a certificate that [uplink] ca does not trust ({exc.certificate_error})"
+            f"the hub at {hub_url} presented a certificate that [uplink] ca does not trust ({certificate_words(exc.certificate_error)})"
         ) from None
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        reason = "no answer in time" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
+        from edge.transport.words import link_problem
+
+        reason = "no answer in time" if isinstance(exc, TimeoutError) else link_problem(exc)
         raise HubUnreachable(f"cannot reach the hub at {hub_url} ({reason}): check [uplink] hub and the network") from None
     answer = _json(text)
     detail = str(answer.get("detail", "")) if answer else text[:200]

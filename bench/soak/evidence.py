@@ -33,10 +33,14 @@ from hilsim.ledger import read_ledger
 from hilsim.modbus_devices import ModbusDevice
 from hilsim.scenario import DEVICE_KINDS, load_scenario
 
-__all__ = ["Evidence", "load_evidence", "log_lines_near", "summary", "update_problems"]
+__all__ = ["Evidence", "library_words", "load_evidence", "log_lines_near", "summary", "update_problems"]
 
 NEAR_MS = 3000  # the gateway's log lines this close to an unexplained reading's time are shown beside it
 NEAR_LINES = 12  # at most this many of them a reading, the closest first
+# A library's words in the gateway's log: its exception class names, an OSError printed raw, the library named. Only our
+# words may reach the operator (the house rules), and the soak's faults are where a library's would come through.
+LIBRARY_WORDS = re.compile(r"\b(?:Client\w*Error|Server\w*Error|Mqtt\w*Error|Modbus\w*Exception|ConnectionException|Traceback)\b"
+                           r"|\[Errno [\w ]+\]|\b(?:pymodbus|aiohttp|aiomqtt|paho)\b")
 _TS = re.compile(r"ts=(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ")
 
 
@@ -154,6 +158,7 @@ async def load_evidence(directory: Path, scenario: Path) -> Evidence:
     kills = len(events.kills)
     outcome.problems += [f"{exit}: only a kill -9, the last SIGTERM or the installer's restart may end a run" for exit in run.get("unexpected_exits", ())]
     outcome.problems += update_problems(run.get("updates"))
+    outcome.problems += [f"a library's words, not ours, in the gateway's log: {line}" for line in library_words(directory / "root" / "logs")]
     if counters["unclean_stops"] != kills:
         outcome.problems.append(f"the gateway counted {counters['unclean_stops']} unclean stops; the soak killed it {kills} times")
     lost = int(run["metrics"][-1].get("ocn_edge_readings_lost_total", 0)) if run["metrics"] else -1
@@ -209,6 +214,12 @@ def log_lines_near(logs: Path, times_ms: list[int], *, within_ms: int = NEAR_MS,
         closest = sorted(sorted(span, key=lambda i: abs(at[i] - t))[:limit])
         near[t] = [stamped[i][1] for i in closest]
     return near
+
+
+def library_words(logs: Path) -> list[str]:
+    """The lines of the gateway's logs (``gateway-N.log`` in ``logs``) that carry a library's words, not ours."""
+    return [f"{path.name}: {line}" for path in sorted(logs.glob("gateway-*.log"))
+            for line in path.read_text(errors="replace").splitlines() if LIBRARY_WORDS.search(line)]
 
 
 def unexplained_context(evidence: Evidence, *, shown: int = 20) -> list[str]:

@@ -24,6 +24,7 @@ from edge.protocol.reasons import Answer, Status
 from edge.transport.answers import ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredNews, DesiredOffer, Refused, Taken, TransportError, UplinkError
 from edge.transport.tls import tls_context
+from edge.transport.words import link_problem
 from edge.util.loading import load_module
 
 if TYPE_CHECKING:
@@ -140,10 +141,8 @@ class HttpTransport:
                 return resp.status, resp.headers, body, _framing(resp, len(body))
         except TimeoutError:
             return Refused(False, "", "timed out waiting for the hub")
-        except aiohttp.ClientConnectorCertificateError as exc:
-            return Refused(False, "", f"TLS certificate not trusted: {exc.certificate_error}")
         except (aiohttp.ClientError, OSError) as exc:
-            return Refused(False, "", f"{type(exc).__name__}: {exc}")
+            return Refused(False, "", link_problem(exc))
 
     async def send_batch(self, data: bytes) -> Ack | Refused:
         answer = await self._post("/oxp/v1/batches", data)
@@ -213,7 +212,7 @@ class HttpTransport:
         except TimeoutError:
             return DesiredNews(None, error="timed out waiting for the hub")
         except (aiohttp.ClientError, OSError) as exc:
-            return DesiredNews(None, error=f"{type(exc).__name__}: {exc}")
+            return DesiredNews(None, error=link_problem(exc))
 
     async def fetch_hub_key(self) -> bytes:
         url = self.hub_url + "/oxp/v1/hub-key"
@@ -232,7 +231,8 @@ class HttpTransport:
                     raise TransportError(f"GET {url} answered {resp.status}; cannot pin the hub's key yet")
                 return await _read_body(resp, _MAX_KEY_BYTES)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise TransportError(f"cannot fetch the hub's key from {url}: {exc}") from None
+            why = "timed out waiting for the hub" if isinstance(exc, TimeoutError) else link_problem(exc)
+            raise TransportError(f"cannot fetch the hub's key from {url}: {why}") from None
 
 
 async def _read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -51,6 +51,7 @@ from edge.transport.answers import FINAL_BATCH_CODES, FINAL_REPORT_CODES, ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused, Taken, TransportError, UplinkError
 from edge.transport.http import HttpTransport
 from edge.transport.tls import tls_context
+from edge.transport.words import broker_problem
 from edge.util.backoff import Backoff
 from edge.util.mqttsocket import BrokerSocket, publish_properties
 from edge.util.sockets import no_delay
@@ -464,7 +465,7 @@ class MqttTransport:
             self._drop_session()
             return Refused(False, "", f"no answer from the hub through the broker within {self._timeout_s:g} s")
         except (aiomqtt.MqttError, ConnectionError) as exc:
-            return Refused(False, "", f"broker: {_describe(exc)}")
+            return Refused(False, "", _describe(exc))
         except (_SendAgain, _Dropped) as exc:
             return Refused(False, "", str(exc))
         finally:
@@ -621,5 +622,6 @@ def _refusal(document: dict[str, Any], overhead: int, final_codes: frozenset[Ans
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return text if isinstance(exc, _NoCredentials) else f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """Our words for why the broker link failed: our own messages as they are, a library's translated."""
+    ours = isinstance(exc, _NoCredentials) or (isinstance(exc, ConnectionError) and exc.errno is None and bool(exc.args))
+    return str(exc) if ours else broker_problem(exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.soak.evidence import hub_batch_ids, log_lines_near, spool_leftovers
+from bench.soak.evidence import hub_batch_ids, library_words, log_lines_near, spool_leftovers
 from edge.protocol import BatchHeader, generate_keypair, key_id, open_batch, seal_batch
 from edge.protocol.types import Channel, Reading
 from edge.spool import Spool
@@ -67,3 +67,17 @@ def test_beside_an_unexplained_reading_are_the_gateways_log_lines_nearest_its_ti
                        '(no reply within 0.5 s)"', 'gateway-1.log: ts=2026-12-07T18:09:14.000Z level=info logger=ocn.uplink msg="hub answers again"']
     assert near[t + 60_000] == []
     assert len(log_lines_near(tmp_path, [t], within_ms=3000)[t]) == 3  # 18:09:10.000 is 4.6 s away
+
+
+def test_a_librarys_words_in_the_gateways_log_are_found_and_ours_are_not(tmp_path: Path) -> None:
+    ours = ('ts=2026-12-07T20:56:44.471Z level=warning logger=ocn.uplink msg="hub unreachable; batches wait in the spool" '
+            'error="cannot connect to the hub at 127.0.0.1:38421: connection refused (nothing listens there: is it running?)"')
+    theirs = [  # as the soak at e9ed3a8 logged them, and what else a library says
+        'ts=2026-12-07T20:56:44.471Z level=warning logger=ocn.uplink msg="hub unreachable; batches wait in the spool" '
+        'error="ClientOSError: [Errno None] Can not write request body for http://127.0.0.1:38421/oxp/v1/batches"',
+        'ts=2026-12-07T21:03:46.142Z level=warning logger=ocn.uplink msg="hub unreachable" error="ClientConnectorError: Cannot connect"',
+        'ts=2026-12-07T21:03:47.000Z level=error logger=ocn.bus msg="port lost ([Errno 5] Input/output error)"',
+        'ts=2026-12-07T21:03:48.000Z level=warning logger=ocn.uplink msg="broker: MqttCodeError: [code:135] Not authorized"',
+    ]
+    (tmp_path / "gateway-1.log").write_text("\n".join([ours, *theirs]) + "\n")
+    assert library_words(tmp_path) == [f"gateway-1.log: {line}" for line in theirs]
