@@ -62,6 +62,7 @@ from edge.protocol.keys import key_id, pem_public_key
 from edge.schema import dumps_toml
 from edge.transport import HubKeySource, TransportError
 from edge.update.updater import SoftwareTarget, TargetError, parse_target
+from edge.util.linkwords import os_words
 
 __all__ = [
     "DesiredApplier",
@@ -528,9 +529,8 @@ class DesiredApplier:
                 await self._check_ca(change.ca)
             self.state.keep_ca(change.ca)
             ca_changed = self.state.hub_ca_bytes() != self._ca_in_use
-        if not ca_changed and only_log_levels_differ(gw.config, config):
-            gw.take_log_levels(config)  # a log level is no reason to restart the pipeline
-        elif config.digest != gw.config.digest or ca_changed:
+        in_place = not ca_changed and only_log_levels_differ(gw.config, config)  # a log level is no reason to restart
+        if not in_place and (config.digest != gw.config.digest or ca_changed):
             if self._request_reload is None:
                 raise DesiredError("this gateway cannot restart its pipeline in place")
             keep = policy if policy is not None else (gw.policy if config.privacy == gw.config.privacy and not self.state.saved_policy_path() else None)
@@ -542,6 +542,8 @@ class DesiredApplier:
             policy = self._local_policy(config)
         if policy.digest != gw.policy.digest:
             gw.swap_policy(policy)
+        if in_place:  # once the document's policy stands: a refused document changes nothing
+            gw.take_log_levels(config)
         self.state.record_success(change, policy_toml=policy_toml)
         self._ignored_said = None
         if self._on_software is not None:
@@ -566,7 +568,7 @@ class DesiredApplier:
             raise DesiredError(f"desired trust.ca does not verify the hub's certificate at {host}:{port} ({exc.verify_message}); "
                                "the CA bundle in use is kept") from None
         except (OSError, TimeoutError) as exc:
-            raise _TryLater(f"cannot check the hub's CA bundle against {host}:{port} now ({exc})") from None
+            raise _TryLater(f"cannot check the hub's CA bundle against {host}:{port} now ({os_words(exc)})") from None
 
     def _target_config(self, change: DesiredChange) -> GatewayConfig:
         if change.config is None:
@@ -595,7 +597,7 @@ class DesiredApplier:
         except DesiredCheckError as exc:
             raise DesiredError(str(exc)) from None
         try:
-            if config.digest == self.gateway.config.digest:
+            if config.digest == self.gateway.config.digest or only_log_levels_differ(self.gateway.config, config):
                 # Same devices: check the policy against their channels before anything changes.
                 self.gateway.check_policy(policy)
         except PolicyError as exc:

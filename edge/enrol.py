@@ -119,13 +119,13 @@ async def enrol(
             async with session.post(url, json=body) as resp:
                 status, text = resp.status, await resp.text(errors="replace")
     except aiohttp.ClientConnectorCertificateError as exc:
-        from edge.transport.words import certificate_words
+        from edge.util.linkwords import certificate_words
 
         raise EnrolError(  # a wrong CA does not heal by waiting
             f"the hub at {hub_url} presented a certificate that [uplink] ca does not trust ({certificate_words(exc.certificate_error)})"
         ) from None
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        from edge.transport.words import link_problem
+        from edge.util.linkwords import link_problem
 
         reason = "no answer in time" if isinstance(exc, TimeoutError) else link_problem(exc)
         raise HubUnreachable(f"cannot reach the hub at {hub_url} ({reason}): check [uplink] hub and the network") from None

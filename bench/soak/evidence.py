@@ -40,7 +40,8 @@ NEAR_LINES = 12  # at most this many of them a reading, the closest first
 # A library's words in the gateway's log: its exception class names, an OSError printed raw, the library named. Only our
 # words may reach the operator (the house rules), and the soak's faults are where a library's would come through.
 LIBRARY_WORDS = re.compile(r"\b(?:Client\w*Error|Server\w*Error|Mqtt\w*Error|Modbus\w*Exception|ConnectionException|Traceback)\b"
-                           r"|\[Errno [\w ]+\]|\b(?:pymodbus|aiohttp|aiomqtt|paho)\b")
+                           r"|\[Errno [-\w ]+\]|\[code:-?\d+\]|\[SSL: |Cannot connect to host|Can not write request|Modbus Error:"
+                           r"|\b(?:pymodbus|aiohttp|aiomqtt|paho)\b")
 _TS = re.compile(r"ts=(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})Z ")
 
 

@@ -27,6 +27,8 @@ from pymodbus.pdu.register_message import (
     ReadInputRegistersResponse,
 )
 
+from edge.util.linkwords import os_words
+
 __all__ = [
     "EXCEPTION_MEANINGS",
     "ExceptionReply",
@@ -339,8 +341,10 @@ class ModbusLink:
             raise LinkDown(f"{self._client.comm_params.host}: no such device (adapter unplugged?)")
         try:
             ok = await self._client.connect()
-        except (OSError, ModbusException) as exc:
-            raise LinkDown(str(exc)) from exc
+        except OSError as exc:  # the port or the connection, said in our words (not pymodbus's)
+            raise LinkDown(("cannot open the port: " if self.kind == "rtu" else "cannot connect: ") + os_words(exc)) from exc
+        except ModbusException as exc:
+            raise LinkDown("cannot open the port" if self.kind == "rtu" else "connection refused or timed out") from exc
         raise_if_cancelled()
         if not ok:
             raise LinkDown("cannot open the port" if self.kind == "rtu" else "connection refused or timed out")
@@ -368,7 +372,7 @@ class ModbusLink:
                 # that answers a read with another function or length is broken, not late.
                 raise GarbledReply(why)
         except ConnectionException as exc:
-            raise LinkDown(str(exc)) from exc
+            raise LinkDown("not connected") from exc  # _execute's: the connection is gone
         except ModbusException as exc:
             if not self._client.connected:
                 raise LinkDown("connection lost") from exc

@@ -210,6 +210,9 @@ def online_warnings(cfg: GatewayConfig, name: str) -> list[str]:
     except urllib.error.HTTPError as exc:
         return [f"{where}: {url} answered {exc.code} {exc.reason}; is this the hub's address?"]
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+        from edge.util.linkwords import link_problem
+
+        reason = getattr(exc, "reason", exc)  # a URLError's: an OSError, or a sentence
+        reason = link_problem(reason) if isinstance(reason, BaseException) else reason
         return [f"{where}: no answer from {url} ({reason}); check the hub is running, the firewall, and uplink.ca"]
     return []

@@ -24,7 +24,7 @@ from edge.protocol.reasons import Answer, Status
 from edge.transport.answers import ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredNews, DesiredOffer, Refused, Taken, TransportError, UplinkError
 from edge.transport.tls import tls_context
-from edge.transport.words import link_problem
+from edge.util.linkwords import link_problem
 from edge.util.loading import load_module
 
 if TYPE_CHECKING:

@@ -51,8 +51,8 @@ from edge.transport.answers import FINAL_BATCH_CODES, FINAL_REPORT_CODES, ack_of
 from edge.transport.contract import Ack, DesiredListener, DesiredOffer, Refused, Taken, TransportError, UplinkError
 from edge.transport.http import HttpTransport
 from edge.transport.tls import tls_context
-from edge.transport.words import broker_problem
 from edge.util.backoff import Backoff
+from edge.util.linkwords import broker_problem
 from edge.util.mqttsocket import BrokerSocket, publish_properties
 from edge.util.sockets import no_delay
 

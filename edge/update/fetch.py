@@ -137,10 +137,10 @@ class _Link:
             error.status = exc.code
             raise error from None
         except (urllib.error.URLError, OSError) as exc:
-            from edge.transport.words import link_problem
+            from edge.util.linkwords import link_problem
 
             reason = getattr(exc, "reason", exc)  # a URLError's: an OSError, or a sentence
-            reason = link_problem(reason, "the update server") if isinstance(reason, OSError) else reason
+            reason = link_problem(reason, "the update server") if isinstance(reason, BaseException) else reason
             raise FetchError(f"{self.base + path}: cannot download ({reason}); what was fetched is kept for the next try") from None
         # 206: the server resumed where the part ends; 200: it sends the whole file again.
         return response, offset if response.status == 206 else 0

@@ -197,6 +197,25 @@ async def test_a_desired_configs_log_levels_apply_without_a_restart_and_again_wh
         logging.getLogger().setLevel(root)
 
 
+async def test_log_levels_with_a_policy_that_does_not_fit_are_refused_with_it_and_change_nothing(setup):
+    hub, config = setup
+    root = logging.getLogger().level
+    try:
+        async with supervised(config) as running:
+            gateway = running[0]
+            before = gateway.config
+            misfit = tomllib.loads(POLICY.replace('rule = "keep"', 'rule = "generalize_location"\ngrid = "100m"'))
+            await unchecked_desired(hub, {"config": {"gateway": {"log_level": "debug"}}, "policy": misfit})
+            await report(gateway)
+            await _until(lambda: gateway.desired.last_error != "")
+            assert "desired policy" in gateway.desired.last_error, gateway.desired.last_error
+            assert gateway.config == before and gateway.desired.applied_etag == "" and len(running) == 1
+            assert logging.getLogger().level == root, "the refused document's level is not in force"
+    finally:
+        set_logger_levels({})
+        logging.getLogger().setLevel(root)
+
+
 async def test_a_desired_config_changing_log_levels_and_more_restarts_the_pipeline_with_both(setup):
     hub, config = setup
     root = logging.getLogger().level
@@ -208,6 +227,9 @@ async def test_a_desired_config_changing_log_levels_and_more_restarts_the_pipeli
             await _until(lambda: len(running) == 2)
             assert running[1].config.batch.max_readings == 7
             assert logging.getLogger("ocn.spool").level == logging.WARNING
+            await report(running[1])
+            await _until(lambda: running[1].desired.applied_etag != "")
+            assert len(running) == 2, "restarted once"
     finally:
         set_logger_levels({})
         logging.getLogger().setLevel(root)

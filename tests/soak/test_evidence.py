@@ -78,6 +78,12 @@ def test_a_librarys_words_in_the_gateways_log_are_found_and_ours_are_not(tmp_pat
         'ts=2026-12-07T21:03:46.142Z level=warning logger=ocn.uplink msg="hub unreachable" error="ClientConnectorError: Cannot connect"',
         'ts=2026-12-07T21:03:47.000Z level=error logger=ocn.bus msg="port lost ([Errno 5] Input/output error)"',
         'ts=2026-12-07T21:03:48.000Z level=warning logger=ocn.uplink msg="broker: MqttCodeError: [code:135] Not authorized"',
+        # and their sentences without the class name
+        'ts=2026-12-07T21:03:49.000Z level=warning logger=ocn.uplink msg="hub unreachable" error="Cannot connect to host 10.0.0.1:443"',
+        'ts=2026-12-07T21:03:50.000Z level=warning logger=ocn.uplink msg="broker unreachable" error="[code:134] Bad user name or password"',
+        'ts=2026-12-07T21:03:51.000Z level=error logger=ocn.bus msg="bus not open: Modbus Error: [Connection] Not connected"',
+        'ts=2026-12-07T21:03:52.000Z level=warning logger=ocn.uplink msg="broker unreachable" error="[Errno -2] Name or service not known"',
+        'ts=2026-12-07T21:03:53.000Z level=warning logger=ocn.uplink msg="broker unreachable" error="[SSL: CERTIFICATE_VERIFY_FAILED] x"',
     ]
     (tmp_path / "gateway-1.log").write_text("\n".join([ours, *theirs]) + "\n")
     assert library_words(tmp_path) == [f"gateway-1.log: {line}" for line in theirs]
