@@ -67,6 +67,14 @@ def certificate_words(error: BaseException) -> str:
     return str(getattr(error, "verify_message", "") or getattr(error, "reason", "") or "it does not verify")
 
 
+_AIOHTTP_FIXED = (  # aiohttp's errors that say the same whatever they carry, by class name, and ours
+    ("ServerDisconnectedError", "{peer} closed the connection before answering"),
+    ("ServerFingerprintMismatch", "{peer}'s certificate is not the one pinned"),
+    ("ClientPayloadError", "{peer}'s answer was cut off"),
+    ("TooManyRedirects", "{peer} redirected the request too many times (check the URL)"),
+)
+
+
 def link_problem(exc: BaseException, peer: str = "the hub") -> str:
     """What went wrong reaching ``peer`` (an aiohttp client error, a timeout or an OSError), in one line of our words."""
     if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError too
@@ -81,16 +89,11 @@ def link_problem(exc: BaseException, peer: str = "the hub") -> str:
             return f"cannot connect to the proxy {exc.host}:{exc.port}: {os_words(exc.os_error)}"
         if isinstance(exc, aiohttp.ClientConnectorError):
             return f"cannot connect to {peer} at {exc.host}:{exc.port}: {os_words(exc.os_error)}"
-        if isinstance(exc, aiohttp.ServerDisconnectedError):
-            return f"{peer} closed the connection before answering"
-        if isinstance(exc, aiohttp.ServerFingerprintMismatch):
-            return f"{peer}'s certificate is not the one pinned"
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return f"{peer}'s answer was cut off"
+        for name, words in _AIOHTTP_FIXED:
+            if isinstance(exc, getattr(aiohttp, name)):
+                return words.format(peer=peer)
         if isinstance(exc, aiohttp.ClientHttpProxyError):
             return f"the proxy refused to carry the request to {peer} (it answered {exc.status}: check the proxy and its credentials)"
-        if isinstance(exc, aiohttp.TooManyRedirects):
-            return f"{peer} redirected the request too many times (check the URL)"
         if isinstance(exc, aiohttp.ClientResponseError):
             return f"{peer}'s answer could not be read (status {exc.status})" if exc.status else f"{peer}'s answer could not be read"
         if isinstance(exc, aiohttp.InvalidURL):

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import time
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -171,68 +171,67 @@ async def test_a_desired_config_restarts_the_pipeline_without_losing_readings(se
     assert stored + spooled == released, "every reading is at the hub or in the spool, once"
 
 
+@pytest.fixture
+def levels_restored() -> Iterator[None]:
+    """The root logger's level as it was, and no logger's own level left set, after the test (a reload sets them)."""
+    root = logging.getLogger().level
+    yield
+    set_logger_levels({})
+    logging.getLogger().setLevel(root)
+
+
+@pytest.mark.usefixtures("levels_restored")
 async def test_a_desired_configs_log_levels_apply_without_a_restart_and_again_when_the_gateway_starts_with_it(setup):
     hub, config = setup
-    bus, root = logging.getLogger("ocn.bus"), logging.getLogger().level
-    try:
-        async with supervised(config) as running:
-            gateway = running[0]
-            assert bus.level == logging.NOTSET
-            # Written bare in TOML, a dotted name arrives nested: the hub stores it as the one name.
-            await hub.set_desired("device", "pole-7", {"config": {"gateway": {"log_levels": {"ocn": {"bus": "debug"}}}}})
-            await report(gateway)
-            await _until(lambda: gateway.desired.applied_etag != "")
-            assert len(running) == 1, "a log level restarts nothing"
-            assert dict(gateway.config.gateway.log_levels) == {"ocn.bus": "debug"}
-            assert bus.level == logging.DEBUG and logging.getLogger("ocn.uplink").level == logging.NOTSET
-            await report(gateway)
-            device = await hub.store.device("pole-7")
-            assert device.config_digest == gateway.config.digest.hex() and device.errors == (), "the hub sees the config in force"
-        set_logger_levels({})  # as a new process starts: nothing set
-        async with supervised(config) as running:  # the hub's config in force from the start, before the hub is asked
-            assert dict(running[0].config.gateway.log_levels) == {"ocn.bus": "debug"}
-            assert bus.level == logging.DEBUG
-    finally:
-        set_logger_levels({})
-        logging.getLogger().setLevel(root)
+    bus = logging.getLogger("ocn.bus")
+    async with supervised(config) as running:
+        gateway = running[0]
+        assert bus.level == logging.NOTSET
+        # Written bare in TOML, a dotted name arrives nested: the hub stores it as the one name.
+        await hub.set_desired("device", "pole-7", {"config": {"gateway": {"log_levels": {"ocn": {"bus": "debug"}}}}})
+        await report(gateway)
+        await _until(lambda: gateway.desired.applied_etag != "")
+        assert len(running) == 1, "a log level restarts nothing"
+        assert dict(gateway.config.gateway.log_levels) == {"ocn.bus": "debug"}
+        assert bus.level == logging.DEBUG and logging.getLogger("ocn.uplink").level == logging.NOTSET
+        await report(gateway)
+        device = await hub.store.device("pole-7")
+        assert device.config_digest == gateway.config.digest.hex() and device.errors == (), "the hub sees the config in force"
+    set_logger_levels({})  # as a new process starts: nothing set
+    async with supervised(config) as running:  # the hub's config in force from the start, before the hub is asked
+        assert dict(running[0].config.gateway.log_levels) == {"ocn.bus": "debug"}
+        assert bus.level == logging.DEBUG
 
 
+@pytest.mark.usefixtures("levels_restored")
 async def test_log_levels_with_a_policy_that_does_not_fit_are_refused_with_it_and_change_nothing(setup):
     hub, config = setup
     root = logging.getLogger().level
-    try:
-        async with supervised(config) as running:
-            gateway = running[0]
-            before = gateway.config
-            misfit = tomllib.loads(POLICY.replace('rule = "keep"', 'rule = "generalize_location"\ngrid = "100m"'))
-            await unchecked_desired(hub, {"config": {"gateway": {"log_level": "debug"}}, "policy": misfit})
-            await report(gateway)
-            await _until(lambda: gateway.desired.last_error != "")
-            assert "desired policy" in gateway.desired.last_error, gateway.desired.last_error
-            assert gateway.config == before and gateway.desired.applied_etag == "" and len(running) == 1
-            assert logging.getLogger().level == root, "the refused document's level is not in force"
-    finally:
-        set_logger_levels({})
-        logging.getLogger().setLevel(root)
+    async with supervised(config) as running:
+        gateway = running[0]
+        before = gateway.config
+        misfit = tomllib.loads(POLICY.replace('rule = "keep"', 'rule = "generalize_location"\ngrid = "100m"'))
+        await unchecked_desired(hub, {"config": {"gateway": {"log_level": "debug"}}, "policy": misfit})
+        await report(gateway)
+        await _until(lambda: gateway.desired.last_error != "")
+        assert "desired policy" in gateway.desired.last_error, gateway.desired.last_error
+        assert gateway.config == before and gateway.desired.applied_etag == "" and len(running) == 1
+        assert logging.getLogger().level == root, "the refused document's level is not in force"
 
 
+@pytest.mark.usefixtures("levels_restored")
 async def test_a_desired_config_changing_log_levels_and_more_restarts_the_pipeline_with_both(setup):
     hub, config = setup
-    root = logging.getLogger().level
-    try:
-        async with supervised(config) as running:
-            await hub.set_desired("device", "pole-7", {"config": {"gateway": {"log_levels": {"ocn.spool": "warning"}},
-                                                                  "batch": {"max_readings": 7}}})
-            await report(running[0])
-            await _until(lambda: len(running) == 2)
-            assert running[1].config.batch.max_readings == 7
-            assert logging.getLogger("ocn.spool").level == logging.WARNING
-            await report(running[1])
-            await _until(lambda: running[1].desired.applied_etag != "")
-            assert len(running) == 2, "restarted once"
-    finally:
-        set_logger_levels({})
-        logging.getLogger().setLevel(root)
+    async with supervised(config) as running:
+        await hub.set_desired("device", "pole-7", {"config": {"gateway": {"log_levels": {"ocn.spool": "warning"}},
+                                                              "batch": {"max_readings": 7}}})
+        await report(running[0])
+        await _until(lambda: len(running) == 2)
+        assert running[1].config.batch.max_readings == 7
+        assert logging.getLogger("ocn.spool").level == logging.WARNING
+        await report(running[1])
+        await _until(lambda: running[1].desired.applied_etag != "")
+        assert len(running) == 2, "restarted once"
 
 
 async def test_a_desired_config_that_does_not_validate_keeps_the_running_pipeline(setup):
