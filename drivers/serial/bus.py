@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -13,6 +14,7 @@ import serial
 from drivers.health import FAILING, Health
 from drivers.line import BusConfigLike, Reopener, bits_per_char
 from drivers.sdk import BusDown
+from edge.util.linkwords import os_words
 from edge.util.logonce import LogOnce
 
 __all__ = ["SerialBus"]
@@ -131,7 +133,7 @@ class SerialBus:
             os.write(self._port.fileno(), data)
         except OSError as exc:
             self._lost.set()
-            raise BusDown(f"{self.what}: {exc.strerror}") from exc
+            raise BusDown(f"{self.what}: {os_words(exc)}") from exc
         self.bytes_out += len(data)
 
     def health_of(self, device: str, address: int | str | None) -> Health | None:
@@ -171,7 +173,20 @@ class SerialBus:
 
 
 
+_OPEN_WORDS = {  # why a serial port does not open, in our words (pyserial's sentence repeats the path and the errno)
+    errno.ENOENT: "the port is not there (adapter unplugged?)",
+    errno.ENODEV: "the port is not there (adapter unplugged?)",
+    errno.EACCES: "permission denied (is the service's user in the dialout group?)",
+    errno.EBUSY: "the port is in use by another program",
+}
+
+
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc).split(":", 1)[0] if str(exc) else type(exc).__name__
+    """Why the port did not open, by the OS error's number: never pyserial's text ("could not open port …: [Errno 2] …")."""
+    if isinstance(exc, OSError) and isinstance(exc.errno, int):
+        return _OPEN_WORDS.get(exc.errno) or os_words(exc)
+    if isinstance(exc, ValueError):
+        return "the port does not take these settings (baud rate, parity, stop bits or byte size)"
+    if isinstance(exc, serial.SerialException) and "exclusive" in str(exc).lower():
+        return "the port is in use by another program"
+    return "the port does not open"

@@ -283,7 +283,8 @@ async def test_a_port_that_disappears_and_comes_back_is_reopened_reconfigured_an
     assert len(lost) == 1 and len(back) == 1
 
 
-async def test_a_serial_bus_waits_for_a_port_that_is_not_there_yet(tmp_path):
+async def test_a_serial_bus_waits_for_a_port_that_is_not_there_yet_and_says_so_in_our_words(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     bus = SerialBus(BusConfig(type="serial", port=str(tmp_path / "ttyLATE")), reopen_max=0.1)
     task = asyncio.create_task(bus.run())
     try:
@@ -295,6 +296,9 @@ async def test_a_serial_bus_waits_for_a_port_that_is_not_there_yet(tmp_path):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+    # pyserial says "could not open port …: [Errno 2] No such file or directory: '…'" (the soak's check found it)
+    [said] = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert said.endswith("unavailable: the port is not there (adapter unplugged?); reopening with backoff up to 0.1s"), said
 
 
 async def test_intermittent_bad_frames_are_logged_once_not_each_time_a_good_frame_slips_between(tmp_path, caplog):
