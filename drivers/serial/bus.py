@@ -178,6 +178,7 @@ _OPEN_WORDS = {  # why a serial port does not open, in our words (pyserial's sen
     errno.ENODEV: "the port is not there (adapter unplugged?)",
     errno.EACCES: "permission denied (is the service's user in the dialout group?)",
     errno.EBUSY: "the port is in use by another program",
+    errno.EAGAIN: "the port is in use by another program",  # EWOULDBLOCK: pyserial's exclusive lock is held elsewhere
 }
 
 
@@ -187,6 +188,4 @@ def _reason(exc: BaseException) -> str:
         return _OPEN_WORDS.get(exc.errno) or os_words(exc)
     if isinstance(exc, ValueError):
         return "the port does not take these settings (baud rate, parity, stop bits or byte size)"
-    if isinstance(exc, serial.SerialException) and "exclusive" in str(exc).lower():
-        return "the port is in use by another program"
     return "the port does not open"

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 import pytest
+import serial
 
 from drivers.buses import SerialBus, create_bus
 from drivers.sdk import DeviceContext, OptionError
@@ -299,6 +300,24 @@ async def test_a_serial_bus_waits_for_a_port_that_is_not_there_yet_and_says_so_i
     # pyserial says "could not open port …: [Errno 2] No such file or directory: '…'" (the soak's check found it)
     [said] = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
     assert said.endswith("unavailable: the port is not there (adapter unplugged?); reopening with backoff up to 0.1s"), said
+
+
+async def test_a_port_another_program_holds_is_said_to_be_in_use(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    peer = SerialPeer(tmp_path, "ttyHELD")
+    holder = serial.Serial(str(tmp_path / "ttyHELD"), exclusive=True)  # pyserial's lock: another program has the port
+    bus = SerialBus(BusConfig(type="serial", port=str(tmp_path / "ttyHELD")), reopen_max=0.1)
+    task = asyncio.create_task(bus.run())
+    try:
+        await asyncio.sleep(0.3)
+        assert not bus.is_open
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        holder.close()
+        peer.unplug()
+    [said] = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert said.endswith("unavailable: the port is in use by another program; reopening with backoff up to 0.1s"), said
 
 
 async def test_intermittent_bad_frames_are_logged_once_not_each_time_a_good_frame_slips_between(tmp_path, caplog):
