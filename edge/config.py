@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from edge.schema import (
     join,
     value_of,
 )
+from edge.util.files import toml_problem
 
 __all__ = [
     "BUS_TYPES",
@@ -681,10 +681,6 @@ def gateway_schema(*, driver_lookup: DriverLookup = load_driver) -> Table:
     )
 
 
-_TOML_POSITION = re.compile(
-    r"^(?P<message>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$", re.S
-)
-
 
 def parse_config(
     text: str, *, path: str | os.PathLike[str], driver_lookup: DriverLookup = load_driver
@@ -694,21 +690,12 @@ def parse_config(
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError([_syntax_problem(source, err)]) from None
+        raise ConfigError([toml_problem(source, err)]) from None
     ctx = Context(source=source, base_dir=Path(os.path.abspath(Path(path).parent)))
     values = gateway_schema(driver_lookup=driver_lookup).convert(document, ctx, "")
     if ctx.problems:
         raise ConfigError(ctx.problems)
     return GatewayConfig(path=Path(path), **values)
-
-
-def _syntax_problem(source: str, err: tomllib.TOMLDecodeError) -> str:
-    match = _TOML_POSITION.match(str(err))
-    if match is None:
-        return f"{source}: {err}"
-    if match["line"] is None:
-        return f"{source}: at the end of the file: {match['message']}"
-    return f"{source}: line {match['line']}, column {match['column']}: {match['message']}"
 
 
 def load_config(path: str | os.PathLike[str], *, driver_lookup: DriverLookup = load_driver) -> GatewayConfig:

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from edge.enrol import TOKEN_FILE
 from edge.protocol import DEVICE_ID_RE
 from edge.starter import starter_files
+from edge.util.files import toml_problem
 
 __all__ = [
     "CONFIG_DIR",
@@ -313,7 +314,7 @@ def _check_config(seed: DeviceSeed, files: Mapping[str, str]) -> None:
     try:
         tomllib.loads(files["gateway.toml"])
     except tomllib.TOMLDecodeError as exc:
-        raise SeedError([f"--config: the gateway config template is not TOML ({exc})"]) from None
+        raise SeedError([toml_problem("--config", exc)]) from None
     with tempfile.TemporaryDirectory(prefix="ocn-seed-check-") as scratch:
         for name, text in files.items():
             (Path(scratch) / name).write_text(text, encoding="utf-8")

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from edge.commands import CommandError, file_problem, make_directory, positive, whole
 from edge.protocol import DEVICE_ID_RE
+from edge.util.files import toml_problem
 from hub import keycommands
 from hub.audit import cli_actor
 
@@ -425,8 +426,10 @@ def _read_document(path: str) -> dict[str, Any]:
         raise ValueError(file_problem(exc)) from None
     try:
         document = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ValueError(f"{path}: not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(toml_problem(path, exc)) from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
     except RecursionError:
         raise ValueError(f"{path}: nested too deeply to be a desired document") from None
     try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from drivers.modbus.planner import BIT_FUNCTIONS, MAX_BITS, MAX_REGISTERS, Span
 from edge.protocol.types import CHANNEL_ID_RE, Kind
+from edge.util.files import toml_problem
 
 __all__ = [
     "FUNCTIONS",
@@ -235,7 +236,7 @@ def parse_profile(text: str, *, source: str) -> Profile:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ProfileError(f"{source}: {exc}") from exc
+        raise ProfileError(toml_problem(source, exc)) from None
     _only(doc, {"profile", "registers", "unreadable"}, source, "")
     head = doc.get("profile")
     if not isinstance(head, dict):

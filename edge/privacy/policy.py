@@ -16,6 +16,7 @@ from edge.privacy.catalogue import DEFAULT_LANGUAGE, LANGUAGES
 from edge.privacy.rule import DAY_MS, Reader, Rule, axis_of, parse_distance_m, parse_duration_ms, show
 from edge.privacy.rules import RULES, kind_of
 from edge.protocol.types import Channel
+from edge.util.files import toml_problem
 
 __all__ = [
     "DAY_MS",
@@ -203,7 +204,7 @@ def parse_policy(text: str, *, path: str = "policy.toml") -> Policy:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyError([f"{file}: not valid TOML: {exc}"]) from None
+        raise PolicyError([toml_problem(file, exc)]) from None
     problems: list[str] = []
     _no_datetimes(document, "", problems)
     known = {"policy", "pseudonyms", "privacy_budget", "channels"}

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge.util.files import toml_problem
 from hilsim.device import SimClock, SimDevice
 from hilsim.durations import parse_duration
 from hilsim.faults import FaultTimeline, parse_faults
@@ -118,7 +119,7 @@ def load_scenario(scenario: str | Path) -> Scenario:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(f"{path}: not valid TOML ({exc})") from None
+        raise ScenarioError(toml_problem(str(path), exc)) from None
     _check_keys(data, {"scenario", "buses", "devices", "uplink"}, where=str(path))
     head = data.get("scenario", {})
     _check_keys(head, {"name", "description", "seed", "start", "latitude", "longitude"}, where=f"{path}: scenario")

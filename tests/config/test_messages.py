@@ -140,7 +140,7 @@ def test_a_table_where_an_array_of_tables_belongs_shows_the_right_syntax(problem
 
 def test_a_toml_syntax_error_gives_line_and_column(problems: Problems) -> None:
     assert problems('[gateway]\nid = "pole-0042"\nsite = King St W\n') == [
-        "gateway.toml: line 3, column 8: Invalid value"
+        "gateway.toml: line 3, column 8: Invalid value (not valid TOML)"
     ]
 
 
