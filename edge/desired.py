@@ -62,7 +62,7 @@ from edge.protocol.keys import key_id, pem_public_key
 from edge.schema import dumps_toml
 from edge.transport import HubKeySource, TransportError
 from edge.update.updater import SoftwareTarget, TargetError, parse_target
-from edge.util.linkwords import os_words
+from edge.util.linkwords import ca_bundle_problem, os_words
 
 __all__ = [
     "DesiredApplier",
@@ -557,7 +557,7 @@ class DesiredApplier:
         try:
             context = ssl.create_default_context(cadata=ca.decode())
         except (ssl.SSLError, ValueError) as exc:
-            raise DesiredError(f"desired trust.ca: not a CA bundle this gateway can load ({exc})") from None
+            raise DesiredError(f"desired trust.ca: not a CA bundle this gateway can load ({ca_bundle_problem(exc)})") from None
         try:
             async with asyncio.timeout(self.base_config.uplink.timeout):
                 _, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)

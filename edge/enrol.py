@@ -24,6 +24,7 @@ from edge.protocol import PRIVATE_KEY_FILE, KeyFileError, key_id, load_private_k
 from edge.transport import tls_context
 from edge.util.backoff import Backoff
 from edge.util.clock import now_ms
+from edge.util.files import file_problem
 
 # The broker password the hub hands out at enrolment (OXP §9), kept beside the device key: [uplink] broker_password's default.
 BROKER_PASSWORD_FILE = "broker.password"
@@ -80,7 +81,7 @@ def ensure_device_key(key_path: Path) -> tuple[Path, bool]:
     try:
         private_path, _ = write_keypair(private_directory(key_path.parent))
     except (OSError, FileExistsError) as exc:
-        raise EnrolError(f"{key_path.parent}: cannot create the device key there ({exc})") from None
+        raise EnrolError(f"{key_path.parent}: cannot create the device key there ({file_problem(exc)})") from None
     return private_path, True
 
 
@@ -200,8 +201,10 @@ async def first_boot(
         token = token_file.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return FirstBoot("no-token")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _refused(state_dir, hub_url, f"{token_file}: cannot read the enrolment token ({exc})") from None
+    except OSError as exc:
+        raise _refused(state_dir, hub_url, f"{token_file}: cannot read the enrolment token ({file_problem(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise _refused(state_dir, hub_url, f"{token_file}: cannot read the enrolment token (not UTF-8 text at byte {exc.start})") from None
     if not token:
         raise _refused(state_dir, hub_url, f"{token_file} is empty: seed the card again with the token from city IT")
     deadline = time.monotonic() + retry_for_s

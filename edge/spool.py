@@ -34,6 +34,7 @@ from typing import Any
 from edge.private import private_database, private_directory
 from edge.protocol import peek_header
 from edge.util.clock import now_ms
+from edge.util.files import file_problem
 from edge.util.logonce import LogOnce
 
 __all__ = ["ACK_DELAY_S", "ACK_GROUP", "BatchId", "BootInfo", "Spool", "SpoolError", "SpoolStats", "StoredBatch", "WHEN_FULL"]
@@ -686,8 +687,10 @@ def _storage_problem(exc: BaseException, path: Path) -> str:
     if full or (free is not None and free < _NEARLY_FULL):
         room = "free space unknown" if free is None else f"{free} bytes free of {size}"
         return f"the filesystem holding {path.parent} is full ({room}); free space there (old logs, core dumps)"
-    name = getattr(exc, "sqlite_errorname", None)
-    return f"{type(exc).__name__}: {exc}" + (f" ({name})" if name else "")
+    if isinstance(exc, OSError):
+        return file_problem(exc)
+    name = getattr(exc, "sqlite_errorname", None)  # SQLite's own words ("disk I/O error"), with its code, never the class
+    return f"{exc}" + (f" ({name})" if name else "")
 
 
 class _Transaction:

@@ -203,7 +203,9 @@ def online_warnings(cfg: GatewayConfig, name: str) -> list[str]:
     try:
         context = ssl.create_default_context(cafile=str(cfg.uplink.ca) if cfg.uplink.ca else None)
     except (OSError, ssl.SSLError) as exc:
-        return [f'{name}: uplink.ca = "{cfg.uplink.ca}": cannot load it as a CA bundle ({exc}); expected PEM certificates']
+        from edge.util.linkwords import ca_bundle_problem
+
+        return [f'{name}: uplink.ca = "{cfg.uplink.ca}": cannot load it as a CA bundle ({ca_bundle_problem(exc)}); expected PEM certificates']
     try:
         with urllib.request.urlopen(url, timeout=min(cfg.uplink.timeout, 10.0), context=context) as answer:
             answer.read(4096)

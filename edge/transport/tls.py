@@ -6,6 +6,7 @@ import ssl
 from pathlib import Path
 
 from edge.transport.contract import UplinkError
+from edge.util.linkwords import ca_bundle_problem
 
 __all__ = ["tls_context"]
 
@@ -17,4 +18,4 @@ def tls_context(ca: str | Path | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=str(ca))
     except (OSError, ssl.SSLError) as exc:
-        raise UplinkError(f"uplink ca = {str(ca)!r}: cannot read a PEM CA bundle there ({exc})") from exc
+        raise UplinkError(f"uplink ca = {str(ca)!r}: cannot read a PEM CA bundle there ({ca_bundle_problem(exc)})") from None

@@ -18,7 +18,9 @@ import socket
 import ssl
 import sys
 
-__all__ = ["broker_problem", "certificate_words", "link_problem", "os_words"]
+from edge.util.files import file_problem
+
+__all__ = ["broker_problem", "ca_bundle_problem", "certificate_words", "link_problem", "os_words"]
 
 _ERRNO = {
     errno.ECONNREFUSED: "connection refused (nothing listens there: is it running?)",
@@ -65,6 +67,21 @@ def os_words(exc: BaseException | None) -> str:
 def certificate_words(error: BaseException) -> str:
     """Why a certificate did not verify, as OpenSSL names it ("self-signed certificate"), without CPython's framing."""
     return str(getattr(error, "verify_message", "") or getattr(error, "reason", "") or "it does not verify")
+
+
+def ca_bundle_problem(exc: BaseException) -> str:
+    """Why a CA bundle does not load (``ssl.create_default_context(cafile=…)`` or ``cadata=…``), in our words.
+
+    OpenSSL says ``[X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found (_ssl.c:4154)`` or
+    ``[X509] PEM lib (_ssl.c:4154)``; a missing file comes as a bare FileNotFoundError.
+    """
+    if isinstance(exc, ssl.SSLError):
+        if getattr(exc, "reason", None) == "NO_CERTIFICATE_OR_CRL_FOUND":
+            return "it holds no PEM certificate"
+        return "a certificate in it does not parse"
+    if isinstance(exc, OSError):
+        return file_problem(exc)
+    return "it is not PEM text"
 
 
 _AIOHTTP_FIXED = (  # aiohttp's errors that say the same whatever they carry, by class name, and ours

@@ -120,3 +120,30 @@ def test_the_brokers_failures_are_said_in_our_words(exc: BaseException, said: st
     assert ours(_describe(exc)) == said
     if not isinstance(exc, ConnectionError) or exc.errno is not None:
         assert broker_problem(exc) == said
+
+
+@pytest.mark.parametrize("content, said", [
+    (b"garbage\n", "it holds no PEM certificate"),
+    (b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "a certificate in it does not parse"),
+    (None, "no such file or directory"),
+], ids=["no certificate", "a broken certificate", "no file"])
+def test_a_ca_bundle_that_does_not_load_is_said_in_our_words(tmp_path, content: bytes | None, said: str) -> None:
+    from edge.transport import tls_context
+    from edge.transport.contract import UplinkError
+
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_bytes(content)
+    with pytest.raises(UplinkError) as caught:
+        tls_context(ca)
+    assert ours(str(caught.value)) == f"uplink ca = {str(ca)!r}: cannot read a PEM CA bundle there ({said})"
+
+
+def test_a_device_key_directory_that_cannot_be_written_is_said_in_our_words(tmp_path) -> None:
+    from edge.enrol import EnrolError, ensure_device_key
+
+    (tmp_path / "file").write_text("")  # a file where the key's directory would be
+    with pytest.raises(EnrolError) as caught:
+        ensure_device_key(tmp_path / "file" / "state" / "device.key")
+    assert "[Errno" not in ours(str(caught.value))
+    assert "a file is in the way where a directory is expected" in str(caught.value)

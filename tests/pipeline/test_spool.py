@@ -140,8 +140,10 @@ async def test_an_unknown_when_full_policy_is_refused_with_the_accepted_values(t
 async def test_a_file_that_is_not_a_spool_is_refused_naming_it(tmp_path):
     path = tmp_path / "spool.db"
     path.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(SpoolError, match=str(path)):
+    with pytest.raises(SpoolError) as refused:
         await Spool.open(path, max_bytes=1000)
+    # SQLite's words and code, not Python's class name ("DatabaseError: file is not a database").
+    assert str(refused.value) == f"spool {path}: cannot open the spool database: file is not a database (SQLITE_NOTADB)"
 
 
 async def test_acks_are_committed_in_groups_with_the_next_write(tmp_path, device_key):

@@ -85,7 +85,7 @@ def test_a_key_pair_that_does_not_fit_on_a_full_disk_leaves_no_file_behind_and_f
         state = disk.path / "state"
         state.mkdir()
         disk.fill()
-        with pytest.raises(EnrolError, match=r"cannot create the device key there .*No space left on device"):
+        with pytest.raises(EnrolError, match=r"cannot create the device key there .*the disk is full"):
             ensure_device_key(state / "device.key")
         # No half-written key (which would look like a corrupt key at the next start) and no temporary file.
         assert sorted(p.name for p in state.iterdir()) == []
