@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.soak.evidence import LIBRARY_WORDS
 from edge.cli import EXIT_BUG, build_parser, main
 
 # Files every row may name, written once per module by the `files` fixture.
@@ -230,6 +231,7 @@ def test_bad_input_ends_in_one_line_naming_it(command, arguments, status, says, 
     got, out, err = run(argv(command, arguments, files), capsys)
     lines = err.strip().splitlines()
     assert "Traceback" not in out + err
+    assert not LIBRARY_WORDS.search(err), f"a library's words reached the operator: {err}"
     assert got == status, err
     assert len(lines) == LINES.get(command, 1), err
     for fragment in says:
