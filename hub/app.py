@@ -270,7 +270,12 @@ async def run_hub(
 
             app[EXPORTER] = Exporter(store, export, unavailable=UNAVAILABLE, metrics=app[METRICS])
         # lingering_time=0: a body answered before it was read whole is not read and discarded afterwards (hub.server.body_deadline).
-        runner = HubRunner(app, connections=open_connections(connections), access_log=None, handle_signals=False, lingering_time=0)
+        counted = open_connections(connections)
+        from hub.metrics import METRICS  # where build_app imports it
+
+        malformed = app[METRICS].malformed
+        counted.bad_requests.counted = lambda reason: malformed.labels(reason).inc()
+        runner = HubRunner(app, connections=counted, access_log=None, handle_signals=False, lingering_time=0)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()

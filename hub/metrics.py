@@ -56,6 +56,8 @@ class HubMetrics:
         self.exported = Counter("ocn_hub_export_messages", "Messages the city's broker acknowledged (northbound export), by format",
                                 ["format"], registry=r)
         self.export_up = Gauge("ocn_hub_export_broker_up", "1 while connected to the city's broker for the export, 0 during an outage", registry=r)
+        self.malformed = Counter("ocn_hub_http_malformed", "Requests answered 400 before any route because they were not "
+                                 "well-formed HTTP, by what was wrong", ["reason"], registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ...
 
     def ingested(self, kind: str, outcome: object) -> None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+
+from edge.util.httpwords import BadRequests, OurWordsHandler
 
 __all__ = ["BodyTimeout", "ConnectionSettings", "Connections", "HubRunner", "body_deadline", "file_limit", "open_connections", "short_server_header"]
 
@@ -67,6 +68,7 @@ class Connections:
         self.cap = cap
         self.open = 0
         self._full = False
+        self.bad_requests = BadRequests(log)  # malformed requests, said in our words (edge.util.httpwords)
 
     def admit(self) -> bool:
         if self.open >= self.cap:
@@ -91,11 +93,11 @@ class Connections:
         return head.encode() + body
 
 
-class HubConnection(RequestHandler):
-    """aiohttp's connection with the header deadline and the connection cap."""
+class HubConnection(OurWordsHandler):
+    """aiohttp's connection with the header deadline and the connection cap, logging in our words."""
 
     def __init__(self, manager: web.Server, *, connections: Connections, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
+        super().__init__(manager, bad_requests=connections.bad_requests, **kwargs)
         self.connections = connections
         self._counted = False
         self._header_timer: asyncio.TimerHandle | None = None

@@ -58,6 +58,7 @@ class LocalApi:
         self._app_args: dict[str, Any] = dict(notice_html=notice_html, notice_json=notice_json, status=status, latest=latest,
                                               access=self.access, public_notice=public_notice, commissioning=commissioning)
         self._server: Server | None = None
+        self._connection: Callable[[], asyncio.Protocol] | None = None
         self._listener: asyncio.Server | None = None
         self._serving: asyncio.Task[None] | None = None
 
@@ -101,15 +102,21 @@ class LocalApi:
         from aiohttp.web_server import Server
 
         from edge.localapi.app import create_app
+        from edge.util.httpwords import BadRequests, OurWordsHandler
 
         # aiohttp's low-level server, as aiohttp.web's runner would start it, without the runner (edge.localapi.app).
         self._server = Server(create_app(**self._app_args), access_log=None)
+        # Its connections log in our words: a malformed request counted and said at most once a minute, never aiohttp's lines.
+        bad_requests = BadRequests(log)
+        server = self._server
+        loop = asyncio.get_running_loop()
+        self._connection = lambda: OurWordsHandler(server, bad_requests=bad_requests, loop=loop, **server._kwargs)
         await listener.start_serving()
 
     def _protocol(self) -> asyncio.Protocol:
-        """A connection's handler: the server's, which exists before the listener accepts anything."""
-        assert self._server is not None, "the local API accepted a connection before its server was loaded"
-        return self._server()
+        """A connection's handler, made as the server's would be; both exist before the listener accepts anything."""
+        assert self._connection is not None, "the local API accepted a connection before its server was loaded"
+        return self._connection()
 
     async def aclose(self) -> None:
         """Stop listening; nothing to do if it never started."""

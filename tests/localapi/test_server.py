@@ -106,3 +106,30 @@ asyncio.run(main())
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.split() == ["Taken", "HTTP/1.1", "200", "OK"], done.stdout + done.stderr[-2000:]
+
+
+async def test_malformed_requests_are_answered_400_and_said_once_in_our_words(caplog: pytest.LogCaptureFixture) -> None:
+    # aiohttp's server logged each as `logger=aiohttp.server msg="Error handling request from 127.0.0.1"` with a traceback.
+    import logging
+
+    from bench.soak.evidence import LIBRARY_WORDS
+
+    caplog.set_level(logging.DEBUG)
+    api = _api()
+    await api.start(HostPort("127.0.0.1", 0))
+    try:
+        host, port = api.addresses[0][:2]
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), timeout=30)
+            writer.close()
+            assert answer.split(b"\r\n", 1)[0].endswith(b"400 Bad Request"), answer[:100]
+        status, _ = await _get(host, port, "/notice.json")  # and it still serves
+        assert status == 200
+    finally:
+        await api.aclose()
+    said = [(r.name, r.getMessage(), r.__dict__.get("reason")) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [("ocn.localapi", "refused a malformed HTTP request (400); more are counted and said at most once a minute",
+                     "a malformed Content-Length")]
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp") or LIBRARY_WORDS.search(r.getMessage())]

@@ -1,0 +1,138 @@
+"""What aiohttp's server would log about a connection, said in our words: a client's malformed request, and a request that failed inside.
+
+aiohttp logs both under its own logger, ``aiohttp.server``, as ``Error handling request from 127.0.0.1`` with a
+traceback through its parser (``aiohttp.http_exceptions.BadHttpMessage: 400, message: Invalid character in
+Content-Length``): a line of a library's words per bad request, at level error, which any anonymous client can
+make the hub write as fast as it can send.  :class:`OurWordsHandler` is aiohttp's connection handler with those
+lines replaced: a malformed request is answered 400 as before and counted by what was wrong with it
+(:class:`BadRequests`), said once when the first comes and then at most once a minute with the count, at
+warning; an exception a request handler let escape (a bug: answered 500) is logged once under our logger with
+its traceback.  The hub's connections and the gateway's local API both use it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import http_exceptions
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+__all__ = ["BadRequests", "OurWordsHandler", "bad_request_words"]
+
+SUMMARY_S = 60.0  # malformed requests after the first are said at most this often, with their count
+
+# aiohttp's parser errors by class, most specific first, and what each means to whoever reads the log.
+_WORDS: tuple[tuple[type[Exception], str], ...] = (
+    (http_exceptions.BadHttpMethod, "not HTTP (a port scanner, or TLS sent to a plain-HTTP port)"),
+    (http_exceptions.LineTooLong, "a request line or header longer than the server reads"),
+    (http_exceptions.InvalidURLError, "a malformed URL"),
+    (http_exceptions.InvalidHeader, "a malformed header"),
+    (http_exceptions.TransferEncodingError, "a malformed chunked body"),
+    (http_exceptions.ContentLengthError, "a body that does not match its Content-Length"),
+    (http_exceptions.DecompressSizeError, "a compressed body that expands past the limit"),
+    (http_exceptions.ContentEncodingError, "a body that does not decode as its Content-Encoding says"),
+)
+
+
+_PARTS = (  # llhttp's first words ("Invalid character in chunk size", "Invalid header token", "Duplicate Content-Length")
+    ("content-length", "a malformed Content-Length"),
+    ("transfer-encoding", "a malformed Transfer-Encoding"),
+    ("chunk", "a malformed chunked body"),
+    ("version", "an HTTP version the server does not take"),
+    ("header", "a malformed header"),
+    ("method", "not HTTP (a port scanner, or TLS sent to a plain-HTTP port)"),
+    ("url", "a malformed URL"),
+)
+
+
+def bad_request_words(exc: BaseException) -> str:
+    """What was wrong with a request aiohttp's parser refused, in our words ("a malformed header")."""
+    for kind, words in _WORDS:
+        if isinstance(exc, kind):
+            return words
+    if isinstance(exc, http_exceptions.BadStatusLine):
+        return "an HTTP version the server does not take" if "version" in str(getattr(exc, "message", "")).lower() else "not an HTTP request line"
+    # The C parser (llhttp) raises the plain BadHttpMessage for most of what it refuses; its first words say which part.
+    said = str(getattr(exc, "message", "")).split(":", 1)[0].lower()
+    for part, words in _PARTS:
+        if part in said:
+            return words
+    return "a malformed HTTP request"
+
+
+class BadRequests:
+    """The malformed requests one server refused: counted by what was wrong, said once and then once a minute at most."""
+
+    def __init__(self, log: logging.Logger, *, counted: Callable[[str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = log
+        self.total: Counter[str] = Counter()
+        self.counted = counted  # the server's metrics, if it keeps any: called with the reason of each refusal
+        self._clock = clock
+        self._held: Counter[str] = Counter()  # refused since the last line
+        self._said_at: float | None = None
+
+    def refused(self, exc: BaseException) -> None:
+        words = bad_request_words(exc)
+        self.total[words] += 1
+        if self.counted is not None:
+            self.counted(words)
+        self._held[words] += 1
+        now = self._clock()
+        if self._said_at is None:
+            self.log.warning("refused a malformed HTTP request (400); more are counted and said at most once a minute",
+                             extra={"reason": words})
+        elif now - self._said_at >= SUMMARY_S:
+            self.log.warning("refused malformed HTTP requests (400)", extra={
+                "refused": sum(self._held.values()), "seconds": round(now - self._said_at),
+                "reasons": "; ".join(f"{count} {words}" for words, count in self._held.most_common())})
+        else:
+            return
+        self._said_at = now
+        self._held.clear()
+
+
+class OurWordsHandler(RequestHandler):
+    """aiohttp's connection handler, whose log lines are ours: see the module's text.
+
+    ``bad_requests`` counts and says the malformed requests; ``log`` takes an exception a request handler let escape.
+    aiohttp's own logger gets nothing: the one line it writes directly (a first request that is not HTTP, at debug)
+    goes to a logger that is switched off.
+    """
+
+    def __init__(self, manager: Any, *, bad_requests: BadRequests, **kwargs: Any) -> None:
+        kwargs["logger"] = _SILENT
+        super().__init__(manager, **kwargs)
+        self.bad_requests = bad_requests
+        self._refusing = False
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> StreamResponse:
+        refused = isinstance(exc, http_exceptions.HttpProcessingError)
+        if refused and exc is not None:
+            self.bad_requests.refused(exc)
+        self._refusing = refused
+        try:
+            return super().handle_error(request, status, exc, message)
+        finally:
+            self._refusing = False
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        if self._refusing:
+            return  # said by bad_requests
+        exc = kw.get("exc_info")
+        self.bad_requests.log.error("a request failed inside the server and was answered 500; this is a bug, please report it "
+                                    "with the traceback", exc_info=exc if isinstance(exc, BaseException) else True)
+
+    def log_debug(self, *args: Any, **kw: Any) -> None:
+        return  # aiohttp's debug lines (a client gone mid-request, an unfinished body) say nothing an operator acts on
+
+
+_SILENT = logging.Logger("aiohttp.server, silenced")  # not in logging's tree: nothing reaches a handler through it
+_SILENT.disabled = True
