@@ -45,8 +45,12 @@ OWN_SITE = frozenset({"same-origin", "none"})
 
 
 def secret_hash(secret: str) -> bytes:
-    """Secrets (tokens, sessions, links) are kept only as their SHA-256."""
-    return hashlib.sha256(secret.encode()).digest()
+    """Secrets (tokens, sessions, links) are kept only as their SHA-256.
+
+    A header's bytes that are not UTF-8 reach us as surrogate escapes: hashed as the bytes they were, they match no
+    secret (401), where a strict encode failed the request (500).
+    """
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
 
 
 def now_ms() -> int:

@@ -142,3 +142,13 @@ async def test_a_handler_that_fails_is_answered_500_and_logged_once_as_a_bug_und
         ("ocn.hub", "a request failed inside the server and was answered 500; this is a bug, please report it with the traceback")]
     assert said[0].exc_info is not None and isinstance(said[0].exc_info[1], KeyError)
     assert not [r for r in caplog.records if r.name.startswith("aiohttp")]
+
+
+@pytest.mark.parametrize("header", [b"Authorization: Bearer \xff\xfe", b"Authorization: Bearer admin-secret\xff", b"Cookie: ocn_session=\xff\xfe"],
+                         ids=["a token of bytes", "the admin token and a byte more", "a session cookie of bytes"])
+async def test_a_credential_that_is_not_utf_8_is_refused_401_not_a_500(hub: RunningHub, header: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    # A bearer token that was not UTF-8 failed hashing it (UnicodeEncodeError) and the request was answered 500.
+    port = int(hub.url.rsplit(":", 1)[1])
+    answer = await raw(port, b"GET /fleet HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n")
+    assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 401 Unauthorized", answer[:300]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
