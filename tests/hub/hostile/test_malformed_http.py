@@ -152,3 +152,27 @@ async def test_a_credential_that_is_not_utf_8_is_refused_401_not_a_500(hub: Runn
     answer = await raw(port, b"GET /fleet HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n")
     assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 401 Unauthorized", answer[:300]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+HOSTILE_HEADERS = [  # each header's value as bytes that are not UTF-8, or absurd
+    b"Authorization: Bearer \xff\xfe", b"Authorization: \xff", b"Cookie: ocn_session=\xff\xfe", b"Origin: \xff", b"Sec-Fetch-Site: \xff",
+    b"If-None-Match: \xff\xfe", b"Accept: \xff", b"Accept-Language: \xff", b"Range: bytes=\xff", b"X-Forwarded-For: \xff",
+    b"Content-Type: \xff", b"Accept-Encoding: \xff", b"Authorization: Bearer " + b"a" * 8000,
+]
+
+
+async def test_every_route_answers_hostile_header_bytes_without_a_500_or_an_error_line(hub: RunningHub, caplog: pytest.LogCaptureFixture) -> None:
+    port = int(hub.url.rsplit(":", 1)[1])
+    app = hub.app
+    assert app is not None
+    routes = sorted({(route.method, re.sub(r"\{[^}]+\}", "x", route.resource.canonical))
+                     for route in app.router.routes() if route.resource is not None and route.method != "*"})
+    assert len(routes) > 20, routes
+    failed = []
+    for (method, path), header in ((r, h) for r in routes for h in HOSTILE_HEADERS):
+        request = f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n".encode() + header + b"\r\n\r\n{}"
+        status = (await raw(port, request)).split(b"\r\n", 1)[0]
+        if not re.match(rb"HTTP/1\.[01] [234]\d\d ", status):
+            failed.append((method, path, header[:40], status))
+    assert not failed, failed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
