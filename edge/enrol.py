@@ -131,7 +131,7 @@ async def enrol(
         reason = "no answer in time" if isinstance(exc, TimeoutError) else link_problem(exc)
         raise HubUnreachable(f"cannot reach the hub at {hub_url} ({reason}): check [uplink] hub and the network") from None
     answer = _json(text)
-    detail = str(answer.get("detail", "")) if answer else text[:200]
+    detail = str(answer.get("detail", "")) if answer else _excerpt(text)
     if status == 401:
         raise EnrolError(f"the hub refused the enrolment token ({detail}): ask city IT for a new token")
     if status == 409:
@@ -141,6 +141,9 @@ async def enrol(
         )
     if status in (429, 503) or status >= 500:
         raise HubUnreachable(f"the hub answered {status} to the enrolment: {detail or 'no explanation'}")
+    if 200 <= status < 300 and not (status == 201 and answer is not None):
+        said = f"with {detail!r}" if detail else ("with a JSON document that is not an enrolment's answer" if answer else "with nothing")
+        raise EnrolError(f"what answers at {hub_url} is not an OCN hub: it answered {status} to the enrolment {said}; check [uplink] hub")
     if status != 201 or answer is None:
         raise EnrolError(f"the hub answered {status} to the enrolment: {detail or 'no explanation'}")
     expected = key_id(key).hex()
@@ -252,6 +255,12 @@ def _write_record(state_dir: Path, record: dict[str, object]) -> None:
 def _delete_token(token_file: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         token_file.unlink()
+
+
+def _excerpt(text: str) -> str:
+    """The start of an answer that is not JSON, fit for one line of a terminal: whitespace folded, control bytes as '?'."""
+    folded = " ".join(text.split())[:200]
+    return "".join(c if c.isprintable() else "?" for c in folded)
 
 
 def _json(text: str) -> dict[str, Any] | None:

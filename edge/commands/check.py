@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import socket
 import ssl
@@ -208,7 +209,7 @@ def online_warnings(cfg: GatewayConfig, name: str) -> list[str]:
         return [f'{name}: uplink.ca = "{cfg.uplink.ca}": cannot load it as a CA bundle ({ca_bundle_problem(exc)}); expected PEM certificates']
     try:
         with urllib.request.urlopen(url, timeout=min(cfg.uplink.timeout, 10.0), context=context) as answer:
-            answer.read(4096)
+            body = answer.read(4096)
     except urllib.error.HTTPError as exc:
         return [f"{where}: {url} answered {exc.code} {exc.reason}; is this the hub's address?"]
     except (urllib.error.URLError, OSError) as exc:
@@ -217,4 +218,8 @@ def online_warnings(cfg: GatewayConfig, name: str) -> list[str]:
         reason = getattr(exc, "reason", exc)  # a URLError's: an OSError, or a sentence
         reason = link_problem(reason) if isinstance(reason, BaseException) else reason
         return [f"{where}: no answer from {url} ({reason}); check the hub is running, the firewall, and uplink.ca"]
+    except http.client.HTTPException:
+        return [f"{where}: {url} answered, but not in whole HTTP; is this the hub's address?"]
+    if b"-----BEGIN PUBLIC KEY-----" not in body:  # an OCN hub answers its signing key in PEM (OXP §8.4)
+        return [f"{where}: {url} answered, but not with a hub's key; is this the hub's address?"]
     return []

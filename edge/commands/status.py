@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import http.client
 import json
 import os
 import sys
@@ -89,19 +90,37 @@ def _status(args: argparse.Namespace) -> int:
             raise CommandError(f"{args.config}: [local_api] enabled = false, so the running gateway has no page to ask; set it to true and restart")
         base = _base_url(config)
     request = urllib.request.Request(f"{base}/technician.json", headers={"Authorization": f"Bearer {args.token}"} if args.token else {})
+    not_a_gateway = f"{base}: what answers there is not a gateway's local API ({{}}); is this the gateway's address?"
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:
             view = json.load(answer)
     except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}").get("detail", "") if exc.headers.get_content_type() == "application/json" else ""
+        try:
+            detail = str(json.loads(exc.read() or b"{}").get("detail", "")) if exc.headers.get_content_type() == "application/json" else ""
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
+            detail = ""
         raise CommandError(f"{base}: the gateway answered {exc.code}{': ' + detail if detail else ''}", status=1) from None
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+        from edge.util.linkwords import link_problem, os_words
+
+        reason = getattr(exc, "reason", exc)  # a URLError's: an OSError, or a sentence
+        if isinstance(reason, BaseException):
+            reason = os_words(reason) if isinstance(reason, OSError) else link_problem(reason, "the gateway")
         raise CommandError(f"{base}: no gateway answers there ({reason}); is `ocn-edge run` running (systemctl status ocn-edge)?", status=1) from None
+    except http.client.HTTPException:
+        raise CommandError(not_a_gateway.format("its answer was cut off or is not HTTP"), status=1) from None
+    except ValueError:  # not JSON, or not UTF-8
+        raise CommandError(not_a_gateway.format("/technician.json is not JSON"), status=1) from None
     if args.json:
+        if not isinstance(view, dict):
+            raise CommandError(not_a_gateway.format("/technician.json is not a JSON object"), status=1)
         print(json.dumps(view, indent=1, ensure_ascii=False))
-    else:
-        sys.stdout.write(render(view))
+        return 0
+    try:
+        text = render(view)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise CommandError(not_a_gateway.format("/technician.json lacks the page's fields"), status=1) from None
+    sys.stdout.write(text)
     return 0
 
 

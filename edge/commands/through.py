@@ -6,6 +6,7 @@ fights it for the line.  Its port record (edge.portlock) says where its local AP
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
@@ -61,9 +62,15 @@ def post(holder: PortRecord, path: str, body: Mapping[str, Any], *, token: str, 
             raise Refused(f"the running gateway's local API needs its access token: --token TOKEN or ${TOKEN_ENV} "
                           f"(`ocn-edge access-token create` makes one){'; ' + detail if detail else ''}") from None
         raise Refused(f"the running gateway answered {exc.code}: {detail or exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+    except (urllib.error.URLError, OSError) as exc:
+        from edge.util.linkwords import link_problem, os_words
+
+        reason = getattr(exc, "reason", exc)  # a URLError's: an OSError, or a sentence
+        if isinstance(reason, BaseException):
+            reason = os_words(reason) if isinstance(reason, OSError) else link_problem(reason, "its local API")
         raise Unreachable(f"its local API ({holder.local_page}) does not answer ({reason})") from None
+    except (ValueError, http.client.HTTPException):  # not JSON, not UTF-8, cut off
+        raise Unreachable(f"its local API ({holder.local_page}) answered something other than a whole JSON document") from None
     if not isinstance(document, dict):
         raise Unreachable(f"its local API ({holder.local_page}) answered something other than a JSON object")
     return document
