@@ -21,6 +21,7 @@ from edge.util.clock import now_ms
 from hub.auth import Admin
 from hub.brokerauth import BROKER_PASSWORDS
 from hub.database import UNAVAILABLE, open_store
+from hub.dbwords import database_problem
 from hub.export import EXPORTER, Exporter, ExportSettings
 from hub.faults import DeviceFaults
 from hub.fleet import check_desired, load_or_create_signing_key
@@ -105,7 +106,7 @@ async def database_down(request: web.Request, handler: Callable[[web.Request], A
         response = await handler(request)
     except UNAVAILABLE as exc:
         if not hub.database_down:
-            log.error("database unavailable; answering 503", extra={"error": f"{type(exc).__name__}: {exc}"})
+            log.error("database unavailable; answering 503", extra={"error": database_problem(exc)})
             hub.database_down = True
         return web.json_response({"error": str(Answer.UNAVAILABLE), "detail": "the hub's database is unavailable; retry later"},
                                  status=Answer.UNAVAILABLE.status, headers={"Retry-After": "10"})

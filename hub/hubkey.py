@@ -36,6 +36,7 @@ from edge.protocol.desired import ISSUED, clear_document, sign_document
 from edge.protocol.hubtrust import CA, KEY_ID, NEXT_KEY, ROLLOVER, TrustError, parse_trust, pem, rollover_link
 from edge.protocol.keys import key_id
 from edge.util.clock import now_ms
+from hub.dbwords import database_problem
 from hub.store import Store
 
 __all__ = ["CHAIN_FILE", "NEXT_FILE", "SIGNING_FILE", "TRUST_KEY", "DesiredSigner", "KeyRotationError", "announce_next_key", "describe", "set_ca", "switch_key",
@@ -145,7 +146,7 @@ class DesiredSigner:
         try:
             await self.sync_dates(store)
         except Exception as exc:  # a stop goes on whatever the database does
-            log.warning("desired dates not shared with the store at stop", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+            log.warning("desired dates not shared with the store at stop", extra={"error": database_problem(exc)})
 
     async def keep_dates(self, store: Store, *, every_s: float = DATES_SYNC_S) -> None:
         """sync_dates every ``every_s`` until cancelled; a failed round is logged once, the next success once.  The hub also
@@ -157,7 +158,7 @@ class DesiredSigner:
                 await self.sync_dates(store)
             except Exception as exc:  # whatever the database raises, the dates must outlive it
                 if not failing:
-                    log.warning("desired dates not shared with the store; trying again", extra={"error": f"{type(exc).__name__}: {exc}"[:300]})
+                    log.warning("desired dates not shared with the store; trying again", extra={"error": database_problem(exc)})
                     failing = True
             else:
                 if failing:

@@ -21,6 +21,7 @@ from typing import Any
 
 from edge.util.clock import now_ms
 from hub.audit import AUTOMATIC, AuditEntry
+from hub.dbwords import database_problem
 from hub.store import Store
 
 __all__ = ["RETENTION_FIRST_S", "RetentionRun", "last_run", "retention_days", "run_retention", "schedule"]
@@ -130,7 +131,7 @@ async def schedule(store: Store, *, interval_s: float, first_after_s: float = RE
             run = await run_retention(store)
         except Exception as exc:  # whatever the database raises, the schedule must outlive it
             if not failing:
-                log.error("retention run failed; trying again at the next interval", extra={"error": f"{type(exc).__name__}: {exc}"})
+                log.error("retention run failed; trying again at the next interval", extra={"error": database_problem(exc)})
                 failing = True
         else:
             if failing:

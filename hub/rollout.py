@@ -35,6 +35,7 @@ from typing import Any
 from edge.protocol.release import release_key_id
 from edge.update.manifest import MANIFEST_FILE
 from hub.audit import AUTOMATIC, AuditEntry
+from hub.dbwords import database_problem
 from hub.models import Device
 from hub.store import SOFTWARE_SCOPE, Rollout, SoftwareUpdate, Store
 
@@ -339,7 +340,7 @@ async def schedule(store: Store, *, interval_s: float = INTERVAL_S) -> None:
             await advance(store)
         except Exception as exc:  # whatever the database raises, the schedule must outlive it
             if not failing:
-                log.error("rollout round failed; trying again at the next interval", extra={"error": f"{type(exc).__name__}: {exc}"})
+                log.error("rollout round failed; trying again at the next interval", extra={"error": database_problem(exc)})
                 failing = True
         else:
             if failing:

@@ -17,6 +17,7 @@ from hub.audit import AUTOMATIC, AuditEntry
 from hub.bounds import FLOOR_MS, MAX_SKEW_MS, reading_time_fault
 from hub.budget import QueryBudget
 from hub.chunks import CHUNK_PAGE, Collector, encode_chunks, outside_query, quarantine_plan
+from hub.dbwords import database_problem
 from hub.engines.sql import (
     ACCOUNT_COLUMNS,
     AUDIT_COLUMNS,
@@ -201,7 +202,7 @@ class PostgresStore(Store):
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, server_settings=settings)
             public_pool = await asyncpg.create_pool(dsn, min_size=0, max_size=cls.public_lane, server_settings=settings)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise StoreError(f"--db {url!r}: cannot connect: {exc}") from exc
+            raise StoreError(f"--db {url!r}: cannot connect: {database_problem(exc)}") from None
         store = cls(url, pool, public_pool)
         await store._migrate(search_path)
         return store

@@ -179,11 +179,12 @@ class PostgresLink:
 
 
 async def test_a_database_outage_answers_503_with_retry_after_and_the_hub_recovers(
-    postgres_url: tuple[str, str, str], tmp_path, http: aiohttp.ClientSession
+    postgres_url: tuple[str, str, str], tmp_path, http: aiohttp.ClientSession, caplog
 ) -> None:
     from hub.app import run_hub
     from tests.hub.conftest import drop_schema
 
+    caplog.set_level("INFO", logger="ocn.hub")
     url, dsn, schema = postgres_url
     parts = urlsplit(url)
     link = PostgresLink((parts.hostname or "127.0.0.1", parts.port or 5432))
@@ -206,6 +207,12 @@ async def test_a_database_outage_answers_503_with_retry_after_and_the_hub_recove
                 await asyncio.sleep(0.1)
             assert status == 200 and ack["status"] == "stored"
             assert (await hub.counters("pole-1"))["batches_stored"] == 2
+        # Said once each way, in our words: not asyncpg's "ConnectionDoesNotExistError: connection was closed in the middle of operation".
+        said = [(r.getMessage(), getattr(r, "error", None)) for r in caplog.records if r.name == "ocn.hub" and "database" in r.getMessage()]
+        assert [message for message, _ in said] == ["database unavailable; answering 503", "database available again"], said
+        assert said[0][1] in ("the connection to PostgreSQL was closed in the middle of a query (the server stopped or restarted?)",
+                              "the connection to PostgreSQL is not usable (closed, or in the middle of another operation)",
+                              "cannot reach the database: connection refused (nothing listens there: is it running?)"), said
     finally:
         if link.server is not None and link.server.is_serving():
             await link.down()
