@@ -105,6 +105,8 @@ async def database_down(request: web.Request, handler: Callable[[web.Request], A
     try:
         response = await handler(request)
     except UNAVAILABLE as exc:
+        if isinstance(exc, ConnectionError) and request.transport is None:
+            raise  # the client left while its body was read ("Connection lost"): nothing to do with the database
         if not hub.database_down:
             log.error("database unavailable; answering 503", extra={"error": database_problem(exc)})
             hub.database_down = True
@@ -323,6 +325,8 @@ async def run_hub(
             runner.app[HUB].ingest.stop_watches()  # long polls answer now instead of holding the shutdown for their minute
             await runner.cleanup()
             runner.app[HUB].workers.close()
+            if isinstance(runner, HubRunner):
+                runner.connections.bad_requests.close()  # what it refused or failed in its last minute, said
         if public is not None:
             await public.stop()
             with contextlib.suppress(OSError):

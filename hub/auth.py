@@ -47,10 +47,10 @@ OWN_SITE = frozenset({"same-origin", "none"})
 def secret_hash(secret: str) -> bytes:
     """Secrets (tokens, sessions, links) are kept only as their SHA-256.
 
-    A header's bytes that are not UTF-8 reach us as surrogate escapes: hashed as the bytes they were, they match no
-    secret (401), where a strict encode failed the request (500).
+    A header's bytes that are not UTF-8 reach us as surrogate escapes, and JSON may carry a lone surrogate ("\\ud800"):
+    hashed with the surrogates as they are, they match no secret (401), where a strict encode failed the request (500).
     """
-    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
 
 
 def now_ms() -> int:

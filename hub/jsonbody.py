@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 __all__ = ["BodyError", "MAX_JSON_DEPTH", "json_depth", "read_bounded", "read_json"]
 
@@ -66,11 +67,14 @@ async def read_bounded(request: web.Request, *, limit: int, what: str = "body") 
     if request.content_length is not None and request.content_length > limit:
         raise BodyError(413, "too_large", f"{what} is {request.content_length} bytes, over the limit of {limit}")
     parts, size = [], 0
-    async for part in request.content.iter_chunked(64 * 1024):
-        size += len(part)
-        if size > limit:
-            raise BodyError(413, "too_large", f"{what} is over the limit of {limit} bytes")
-        parts.append(part)
+    try:
+        async for part in request.content.iter_chunked(64 * 1024):
+            size += len(part)
+            if size > limit:
+                raise BodyError(413, "too_large", f"{what} is over the limit of {limit} bytes")
+            parts.append(part)
+    except RequestPayloadError:  # a chunk or a Content-Encoding that does not decode: aiohttp would answer 500
+        raise BodyError(400, "malformed", f"{what} does not decode: its chunked framing or its Content-Encoding is broken") from None
     return b"".join(parts)
 
 

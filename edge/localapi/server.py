@@ -59,6 +59,7 @@ class LocalApi:
                                               access=self.access, public_notice=public_notice, commissioning=commissioning)
         self._server: Server | None = None
         self._connection: Callable[[], asyncio.Protocol] | None = None
+        self._bad_requests: Any = None  # edge.util.httpwords.BadRequests, once the server has loaded
         self._listener: asyncio.Server | None = None
         self._serving: asyncio.Task[None] | None = None
 
@@ -107,7 +108,7 @@ class LocalApi:
         # aiohttp's low-level server, as aiohttp.web's runner would start it, without the runner (edge.localapi.app).
         self._server = Server(create_app(**self._app_args), access_log=None)
         # Its connections log in our words: a malformed request counted and said at most once a minute, never aiohttp's lines.
-        bad_requests = BadRequests(log)
+        bad_requests = self._bad_requests = BadRequests(log)
         server = self._server
         loop = asyncio.get_running_loop()
         self._connection = lambda: OurWordsHandler(server, bad_requests=bad_requests, loop=loop, **server._kwargs)
@@ -134,3 +135,5 @@ class LocalApi:
                 self._server.pre_shutdown()
                 await self._server.shutdown(_SHUTDOWN_S)
             await listener.wait_closed()
+        if self._bad_requests is not None:
+            self._bad_requests.close()

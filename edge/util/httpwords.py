@@ -12,6 +12,7 @@ its traceback.  The hub's connections and the gateway's local API both use it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import http_exceptions
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -37,6 +38,7 @@ _WORDS: tuple[tuple[type[Exception], str], ...] = (
     (http_exceptions.ContentLengthError, "a body that does not match its Content-Length"),
     (http_exceptions.DecompressSizeError, "a compressed body that expands past the limit"),
     (http_exceptions.ContentEncodingError, "a body that does not decode as its Content-Encoding says"),
+    (RequestPayloadError, "a body that broke in transit or does not decode as its Content-Encoding says"),
 )
 
 
@@ -67,16 +69,25 @@ def bad_request_words(exc: BaseException) -> str:
 
 
 class BadRequests:
-    """The malformed requests one server refused: counted by what was wrong, said once and then once a minute at most."""
+    """What one server refused or failed: malformed requests counted by what was wrong, and requests that failed inside it.
+
+    Each kind is said when its first comes, then at most once a minute with the count since (a line is also due a minute
+    after the last, if more came meanwhile, so a burst that stops is still told).  A request that failed inside the
+    server is a bug: its first is logged with its traceback, the rest of the minute counted, by the exception's class.
+    """
 
     def __init__(self, log: logging.Logger, *, counted: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.log = log
         self.total: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()  # requests that failed inside the server, by the exception's class
         self.counted = counted  # the server's metrics, if it keeps any: called with the reason of each refusal
         self._clock = clock
         self._held: Counter[str] = Counter()  # refused since the last line
         self._said_at: float | None = None
+        self._failed_held: Counter[str] = Counter()
+        self._failed_said_at: float | None = None
+        self._due: asyncio.TimerHandle | None = None
 
     def refused(self, exc: BaseException) -> None:
         words = bad_request_words(exc)
@@ -88,47 +99,119 @@ class BadRequests:
         if self._said_at is None:
             self.log.warning("refused a malformed HTTP request (400); more are counted and said at most once a minute",
                              extra={"reason": words})
+            self._said_at = now
+            self._held.clear()
         elif now - self._said_at >= SUMMARY_S:
-            self.log.warning("refused malformed HTTP requests (400)", extra={
-                "refused": sum(self._held.values()), "seconds": round(now - self._said_at),
-                "reasons": "; ".join(f"{count} {words}" for words, count in self._held.most_common())})
+            self._say_refused(now)
         else:
-            return
+            self._later()
+
+    def failed_inside(self, exc: BaseException | None, status: int, detail: str) -> None:
+        kind = type(exc).__name__ if exc is not None else "no response"
+        self.failed[kind] += 1
+        now = self._clock()
+        if self._failed_said_at is None or now - self._failed_said_at >= SUMMARY_S:
+            held = sum(self._failed_held.values())
+            extra: dict[str, Any] = {"detail": detail} if detail else {}
+            if held:
+                extra["more_since_last"] = held
+            self.log.error(f"a request failed inside the server and was answered {status}; this is a bug, please report it with "
+                           "the traceback", exc_info=exc, extra=extra)
+            self._failed_said_at = now
+            self._failed_held.clear()
+        else:
+            self._failed_held[kind] += 1
+            self._later()
+
+    def _say_refused(self, now: float) -> None:
+        assert self._said_at is not None
+        self.log.warning("refused malformed HTTP requests (400)", extra={
+            "refused": sum(self._held.values()), "seconds": round(now - self._said_at),
+            "reasons": "; ".join(f"{count} {words}" for words, count in self._held.most_common())})
         self._said_at = now
         self._held.clear()
+
+    def _later(self) -> None:
+        """A line is due when the minute since the last is up, for what came meanwhile: scheduled once on the running loop."""
+        if self._due is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a test with its own clock): said with the next one after the minute
+        self._due = loop.call_later(SUMMARY_S, self._flush)
+
+    def _flush(self) -> None:
+        self._due = None
+        now = self._clock()
+        if self._held and self._said_at is not None:
+            if now - self._said_at >= SUMMARY_S:
+                self._say_refused(now)
+            else:
+                self._later()
+        if self._failed_held:
+            self._say_failed()
+
+    def close(self) -> None:
+        """Say what is held, as the server stops."""
+        if self._due is not None:
+            self._due.cancel()
+            self._due = None
+        if self._held and self._said_at is not None:
+            self._say_refused(self._clock())
+        if self._failed_held:
+            self._say_failed()
+
+    def _say_failed(self) -> None:
+        held = sum(self._failed_held.values())
+        self.log.error("more requests failed inside the server the same way; this is a bug, please report it", extra={
+            "failed": held, "kinds": "; ".join(f"{count} {kind}" for kind, count in self._failed_held.most_common())})
+        self._failed_said_at = self._clock()
+        self._failed_held.clear()
 
 
 class OurWordsHandler(RequestHandler):
     """aiohttp's connection handler, whose log lines are ours: see the module's text.
 
-    ``bad_requests`` counts and says the malformed requests; ``log`` takes an exception a request handler let escape.
-    aiohttp's own logger gets nothing: the one line it writes directly (a first request that is not HTTP, at debug)
-    goes to a logger that is switched off.
+    ``bad_requests`` counts and says what it refused and what failed inside.  aiohttp's own logger gets nothing: the
+    one line it writes directly (a first request that is not HTTP, at debug) goes to a logger that is switched off.
+    What is the client's doing is not a bug: a malformed request (400 from aiohttp's parser), a body that breaks in
+    transit or does not decode as its Content-Encoding says (answered 400 here, where aiohttp answers 500), and a
+    client that left before its answer (nothing to answer, nothing said).
     """
 
     def __init__(self, manager: Any, *, bad_requests: BadRequests, **kwargs: Any) -> None:
         kwargs["logger"] = _SILENT
         super().__init__(manager, **kwargs)
         self.bad_requests = bad_requests
-        self._refusing = False
+        self._said = False  # the line for the error being handled is said (or is not to be said)
+        self._status = 500
 
     def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> StreamResponse:
-        refused = isinstance(exc, http_exceptions.HttpProcessingError)
-        if refused and exc is not None:
-            self.bad_requests.refused(exc)
-        self._refusing = refused
+        if status == 400 and isinstance(exc, http_exceptions.HttpProcessingError):
+            self.bad_requests.refused(exc)  # aiohttp's parser refused it
+            self._said = True
+        elif status == 500 and isinstance(exc, RequestPayloadError):
+            cause = exc.__cause__ if isinstance(exc.__cause__, http_exceptions.HttpProcessingError) else exc
+            self.bad_requests.refused(cause)
+            status, self._said = 400, True
+        elif isinstance(exc, ConnectionError) and self.transport is None:
+            self._said = True  # the client left: nobody hears the answer, and nothing is wrong here
+        self._status = status
         try:
             return super().handle_error(request, status, exc, message)
         finally:
-            self._refusing = False
+            self._said = False
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
-        if self._refusing:
-            return  # said by bad_requests
+        if self._said:
+            return
         exc = kw.get("exc_info")
-        self.bad_requests.log.error("a request failed inside the server and was answered 500; this is a bug, please report it "
-                                    "with the traceback", exc_info=exc if isinstance(exc, BaseException) else True)
+        if isinstance(exc, BaseException):
+            self.bad_requests.failed_inside(exc, self._status, "")
+        else:  # no exception: what aiohttp found wrong with the handler's answer ("Missing return statement on request handler")
+            self.bad_requests.failed_inside(None, self._status, str(args[0]) if args else "")
 
     def log_debug(self, *args: Any, **kw: Any) -> None:
         return  # aiohttp's debug lines (a client gone mid-request, an unfinished body) say nothing an operator acts on

@@ -129,7 +129,9 @@ async def test_malformed_requests_are_answered_400_and_said_once_in_our_words(ca
         assert status == 200
     finally:
         await api.aclose()
-    said = [(r.name, r.getMessage(), r.__dict__.get("reason")) for r in caplog.records if r.levelno >= logging.WARNING]
+    said = [(r.name, r.getMessage(), r.__dict__.get("reason") or r.__dict__.get("reasons")) for r in caplog.records if r.levelno >= logging.WARNING]
     assert said == [("ocn.localapi", "refused a malformed HTTP request (400); more are counted and said at most once a minute",
-                     "a malformed Content-Length")]
+                     "a malformed Content-Length"),
+                    # the other nine, said as the local API stops (else a minute later)
+                    ("ocn.localapi", "refused malformed HTTP requests (400)", "9 a malformed Content-Length")]
     assert not [r for r in caplog.records if r.name.startswith("aiohttp") or LIBRARY_WORDS.search(r.getMessage())]

@@ -176,3 +176,75 @@ async def test_every_route_answers_hostile_header_bytes_without_a_500_or_an_erro
             failed.append((method, path, header[:40], status))
     assert not failed, failed
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_an_enrolment_token_with_a_lone_surrogate_is_refused_not_a_500(hub: RunningHub, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from tests.hub.gateways import SimGateway
+
+    body = json.dumps(SimGateway("pole-1").enrol_body("\ud800")).encode()  # JSON's "\ud800": valid JSON, not valid UTF-8
+    port = int(hub.url.rsplit(":", 1)[1])
+    answer = await raw(port, b"POST /oxp/v1/enrol HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 401 Unauthorized", answer[:300]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("path, kind", [("/oxp/v1/enrol", "application/json"), ("/oxp/v1/batches", "application/cose"),
+                                        ("/login", "application/x-www-form-urlencoded")])
+async def test_a_body_that_does_not_decode_is_a_400_and_a_client_that_leaves_mid_body_is_not_a_database_outage(
+        hub: RunningHub, path: str, kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: a body marked gzip that is not was answered 500 and logged as a bug, every time; a client that closed its
+    # connection mid-body was logged as "database unavailable; answering 503" (its ConnectionResetError taken for the database's).
+    caplog.set_level(logging.INFO)
+    port = int(hub.url.rsplit(":", 1)[1])
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {kind}\r\n".encode()
+    for _ in range(5):
+        answer = await raw(port, head + b"Connection: close\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nabcd")
+        assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 400 Bad Request", answer[:300]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + b"Content-Length: 100\r\n\r\nabcd")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.close()
+        await asyncio.sleep(0.1)
+    async with aiohttp.ClientSession() as http, http.get(f"{hub.url}/healthz") as response:
+        assert response.status == 200
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if "database" in r.getMessage()]
+    assert not hub.hub.database_down
+
+
+def test_failures_inside_are_said_once_a_minute_with_their_traceback_first_and_a_count_after(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    said = BadRequests(logging.getLogger("ocn.hub"), clock=lambda: now[0])
+    for second in range(30):
+        now[0] = float(second)
+        try:
+            raise KeyError("a bug")
+        except KeyError as exc:
+            said.failed_inside(exc, 500, "")
+    said.close()  # the server stops: what it held is said
+    lines = [r for r in caplog.records if r.name == "ocn.hub"]
+    assert [r.getMessage() for r in lines] == [
+        "a request failed inside the server and was answered 500; this is a bug, please report it with the traceback",
+        "more requests failed inside the server the same way; this is a bug, please report it"]
+    assert lines[0].exc_info is not None and lines[1].__dict__["failed"] == 29 and said.failed["KeyError"] == 30
+
+
+async def test_refusals_held_after_the_last_line_are_said_a_minute_later_without_another_request(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp import http_exceptions
+
+    import edge.util.httpwords as httpwords
+
+    monkeypatch.setattr(httpwords, "SUMMARY_S", 0.2)
+    said = BadRequests(logging.getLogger("ocn.hub"))
+    for _ in range(3):
+        said.refused(http_exceptions.InvalidHeader(b"Bad Header"))
+    await asyncio.sleep(0.5)
+    lines = [r for r in caplog.records if r.name == "ocn.hub"]
+    assert [r.getMessage() for r in lines] == [
+        "refused a malformed HTTP request (400); more are counted and said at most once a minute", "refused malformed HTTP requests (400)"]
+    assert lines[1].__dict__["refused"] == 2 and lines[1].__dict__["reasons"] == "2 a malformed header"
