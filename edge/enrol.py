@@ -24,7 +24,7 @@ from edge.protocol import PRIVATE_KEY_FILE, KeyFileError, key_id, load_private_k
 from edge.transport import tls_context
 from edge.util.backoff import Backoff
 from edge.util.clock import now_ms
-from edge.util.files import file_problem
+from edge.util.files import file_words
 
 # The broker password the hub hands out at enrolment (OXP §9), kept beside the device key: [uplink] broker_password's default.
 BROKER_PASSWORD_FILE = "broker.password"
@@ -81,7 +81,7 @@ def ensure_device_key(key_path: Path) -> tuple[Path, bool]:
     try:
         private_path, _ = write_keypair(private_directory(key_path.parent))
     except (OSError, FileExistsError) as exc:
-        raise EnrolError(f"{key_path.parent}: cannot create the device key there ({file_problem(exc)})") from None
+        raise EnrolError(f"{key_path.parent}: cannot create the device key there ({file_words(exc)})") from None
     return private_path, True
 
 
@@ -131,7 +131,9 @@ async def enrol(
         reason = "no answer in time" if isinstance(exc, TimeoutError) else link_problem(exc)
         raise HubUnreachable(f"cannot reach the hub at {hub_url} ({reason}): check [uplink] hub and the network") from None
     answer = _json(text)
-    detail = str(answer.get("detail", "")) if answer else _excerpt(text)
+    from edge.util.linkwords import printable
+
+    detail = printable(str(answer.get("detail", ""))) if answer else printable(text)
     if status == 401:
         raise EnrolError(f"the hub refused the enrolment token ({detail}): ask city IT for a new token")
     if status == 409:
@@ -148,7 +150,7 @@ async def enrol(
         raise EnrolError(f"the hub answered {status} to the enrolment: {detail or 'no explanation'}")
     expected = key_id(key).hex()
     if answer.get("key_id") != expected or answer.get("status") not in ("active", "pending"):
-        raise EnrolError(f"the hub's answer does not confirm key id {expected}: {text[:200]}")
+        raise EnrolError(f"the hub's answer does not confirm key id {expected}: {printable(text)}")
     if isinstance(answer.get("broker_password"), str):
         _keep_broker_password(key_path.parent / BROKER_PASSWORD_FILE, answer["broker_password"])
     return Enrolment(device_id, expected, str(answer["status"]), key_path, created)
@@ -205,7 +207,7 @@ async def first_boot(
     except FileNotFoundError:
         return FirstBoot("no-token")
     except OSError as exc:
-        raise _refused(state_dir, hub_url, f"{token_file}: cannot read the enrolment token ({file_problem(exc)})") from None
+        raise _refused(state_dir, hub_url, f"{token_file}: cannot read the enrolment token ({file_words(exc)})") from None
     except UnicodeDecodeError as exc:
         raise _refused(state_dir, hub_url, f"{token_file}: cannot read the enrolment token (not UTF-8 text at byte {exc.start})") from None
     if not token:
@@ -255,12 +257,6 @@ def _write_record(state_dir: Path, record: dict[str, object]) -> None:
 def _delete_token(token_file: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         token_file.unlink()
-
-
-def _excerpt(text: str) -> str:
-    """The start of an answer that is not JSON, fit for one line of a terminal: whitespace folded, control bytes as '?'."""
-    folded = " ".join(text.split())[:200]
-    return "".join(c if c.isprintable() else "?" for c in folded)
 
 
 def _json(text: str) -> dict[str, Any] | None:

@@ -314,7 +314,7 @@ def _check_config(seed: DeviceSeed, files: Mapping[str, str]) -> None:
     try:
         tomllib.loads(files["gateway.toml"])
     except tomllib.TOMLDecodeError as exc:
-        raise SeedError([toml_problem("--config", exc)]) from None
+        raise SeedError([toml_problem("--config (the gateway config template)", exc)]) from None
     with tempfile.TemporaryDirectory(prefix="ocn-seed-check-") as scratch:
         for name, text in files.items():
             (Path(scratch) / name).write_text(text, encoding="utf-8")

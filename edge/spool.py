@@ -688,7 +688,7 @@ def _storage_problem(exc: BaseException, path: Path) -> str:
         room = "free space unknown" if free is None else f"{free} bytes free of {size}"
         return f"the filesystem holding {path.parent} is full ({room}); free space there (old logs, core dumps)"
     if isinstance(exc, OSError):
-        return file_problem(exc)
+        return file_problem(exc)  # may be another file than the database (its directory, the -wal): named
     name = getattr(exc, "sqlite_errorname", None)  # SQLite's own words ("disk I/O error"), with its code, never the class
     return f"{exc}" + (f" ({name})" if name else "")
 

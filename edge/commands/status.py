@@ -95,8 +95,10 @@ def _status(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=5) as answer:
             view = json.load(answer)
     except urllib.error.HTTPError as exc:
+        from edge.util.linkwords import printable
+
         try:
-            detail = str(json.loads(exc.read() or b"{}").get("detail", "")) if exc.headers.get_content_type() == "application/json" else ""
+            detail = printable(str(json.loads(exc.read() or b"{}").get("detail", ""))) if exc.headers.get_content_type() == "application/json" else ""
         except (ValueError, AttributeError, OSError, http.client.HTTPException):
             detail = ""
         raise CommandError(f"{base}: the gateway answered {exc.code}{': ' + detail if detail else ''}", status=1) from None

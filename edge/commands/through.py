@@ -54,9 +54,11 @@ def post(holder: PortRecord, path: str, body: Mapping[str, Any], *, token: str, 
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             document = json.load(answer)
     except urllib.error.HTTPError as exc:
+        from edge.util.linkwords import printable
+
         try:
-            detail = str(json.loads(exc.read() or b"{}").get("detail", ""))
-        except (ValueError, AttributeError):
+            detail = printable(str(json.loads(exc.read() or b"{}").get("detail", "")))
+        except (ValueError, AttributeError, OSError, http.client.HTTPException):
             detail = ""
         if exc.code == 401:
             raise Refused(f"the running gateway's local API needs its access token: --token TOKEN or ${TOKEN_ENV} "

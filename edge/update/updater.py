@@ -34,7 +34,7 @@ from edge.protocol.keys import KeyFileError, load_public_key
 from edge.update.fetch import FETCHED_FILE, INSTALLED_FILE, REQUEST_FILE, Fetched, FetchError, fetch_release, record_outcome, served_chain, update_dir
 from edge.update.manifest import Refused, parse_version
 from edge.update.rollover import ROLLOVER_FILE, load_chain, trust_from
-from edge.util.files import file_problem
+from edge.util.files import file_problem, file_words
 
 __all__ = ["SoftwareTarget", "TargetError", "Updater", "opt_path", "parse_target", "release_key_path"]
 
@@ -183,7 +183,7 @@ class Updater:
         try:
             key = load_public_key(self.release_key)
         except (KeyFileError, OSError) as exc:
-            said = file_problem(exc) if isinstance(exc, OSError) else str(exc)
+            said = file_words(exc) if isinstance(exc, OSError) else str(exc)
             self._refuse(work, target, "wrong_key", f"the release key {self.release_key} cannot be read: {said}")
             return None
         url = urllib.parse.urljoin(self.hub_url.rstrip("/") + "/", target.url)

@@ -6,7 +6,7 @@ import errno
 import re
 import tomllib
 
-__all__ = ["file_problem", "toml_problem"]
+__all__ = ["file_problem", "file_words", "toml_problem"]
 
 _IN_OUR_WORDS = {
     errno.ENOENT: "no such file or directory",
@@ -23,8 +23,13 @@ _IN_OUR_WORDS = {
 
 def file_problem(exc: OSError) -> str:
     """What went wrong with a file, in our words: "PATH: is a directory; expected a file"."""
-    what = _IN_OUR_WORDS.get(exc.errno or 0) or (exc.strerror or type(exc).__name__).lower()
+    what = file_words(exc)
     return f"{exc.filename}: {what}" if exc.filename is not None else what
+
+
+def file_words(exc: OSError) -> str:
+    """What went wrong, without the file's name, for a message that names the file already: "permission denied"."""
+    return _IN_OUR_WORDS.get(exc.errno or 0) or (exc.strerror or type(exc).__name__).lower()
 
 
 _TOML_POSITION = re.compile(

@@ -18,9 +18,9 @@ import socket
 import ssl
 import sys
 
-from edge.util.files import file_problem
+from edge.util.files import file_words
 
-__all__ = ["broker_problem", "ca_bundle_problem", "certificate_words", "link_problem", "os_words"]
+__all__ = ["broker_problem", "ca_bundle_problem", "certificate_words", "link_problem", "os_words", "printable"]
 
 _ERRNO = {
     errno.ECONNREFUSED: "connection refused (nothing listens there: is it running?)",
@@ -69,6 +69,13 @@ def certificate_words(error: BaseException) -> str:
     return str(getattr(error, "verify_message", "") or getattr(error, "reason", "") or "it does not verify")
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """What a peer said (an error's detail, an answer that is not one), fit for one line of a log or a terminal:
+    whitespace folded, at most ``limit`` characters, anything that is not printable (escape sequences, NUL) as '?'."""
+    folded = " ".join(text.split())[:limit]
+    return "".join(c if c.isprintable() else "?" for c in folded)
+
+
 def ca_bundle_problem(exc: BaseException) -> str:
     """Why a CA bundle does not load (``ssl.create_default_context(cafile=…)`` or ``cadata=…``), in our words.
 
@@ -76,11 +83,11 @@ def ca_bundle_problem(exc: BaseException) -> str:
     ``[X509] PEM lib (_ssl.c:4154)``; a missing file comes as a bare FileNotFoundError.
     """
     if isinstance(exc, ssl.SSLError):
-        if getattr(exc, "reason", None) == "NO_CERTIFICATE_OR_CRL_FOUND":
+        if getattr(exc, "reason", None) == "NO_CERTIFICATE_OR_CRL_FOUND" or "no start line" in str(exc):  # cafile= / cadata=
             return "it holds no PEM certificate"
         return "a certificate in it does not parse"
     if isinstance(exc, OSError):
-        return file_problem(exc)
+        return file_words(exc)
     return "it is not PEM text"
 
 

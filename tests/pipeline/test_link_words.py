@@ -147,3 +147,11 @@ def test_a_device_key_directory_that_cannot_be_written_is_said_in_our_words(tmp_
         ensure_device_key(tmp_path / "file" / "state" / "device.key")
     assert "[Errno" not in ours(str(caught.value))
     assert "a file is in the way where a directory is expected" in str(caught.value)
+
+
+def test_a_desired_ca_that_is_not_pem_says_it_holds_no_certificate() -> None:
+    from edge.util.linkwords import ca_bundle_problem
+
+    with pytest.raises(ssl.SSLError) as caught:
+        ssl.create_default_context(cadata="garbage")
+    assert ca_bundle_problem(caught.value) == "it holds no PEM certificate"
