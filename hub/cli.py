@@ -787,7 +787,9 @@ def _serve(args: argparse.Namespace) -> int:
             elif exc.filename is not None:  # the state directory or a file in it, not the address
                 print(f"ocn-edge hub: {file_problem(exc)}", file=sys.stderr)
             else:
-                print(f"ocn-edge hub: cannot listen on {args.listen}: {exc.strerror or exc}", file=sys.stderr)
+                from edge.util.linkwords import listen_problem
+
+                print(f"ocn-edge hub: cannot listen on {args.listen}: {listen_problem(exc)}", file=sys.stderr)
             return 2
         return 0
 

@@ -88,8 +88,10 @@ class LocalApi:
         try:
             self._listener = await asyncio.get_running_loop().create_server(self._protocol, listen.host, listen.port, start_serving=False)
         except OSError as exc:
+            from edge.util.linkwords import listen_problem
+
             raise LocalApiError(
-                f"local_api.listen = {str(listen)!r}: cannot listen there ({exc.strerror or exc}); "
+                f"local_api.listen = {str(listen)!r}: cannot listen there ({listen_problem(exc)}); "
                 "change [local_api] listen or set enabled = false"
             ) from None
         for sock in self._listener.sockets:  # the kernel takes connections into the backlog from now on

@@ -20,7 +20,7 @@ import sys
 
 from edge.util.files import file_words
 
-__all__ = ["broker_problem", "ca_bundle_problem", "certificate_words", "link_problem", "os_words", "printable"]
+__all__ = ["broker_problem", "ca_bundle_problem", "certificate_words", "link_problem", "listen_problem", "os_words", "printable"]
 
 _ERRNO = {
     errno.ECONNREFUSED: "connection refused (nothing listens there: is it running?)",
@@ -67,6 +67,20 @@ def os_words(exc: BaseException | None) -> str:
 def certificate_words(error: BaseException) -> str:
     """Why a certificate did not verify, as OpenSSL names it ("self-signed certificate"), without CPython's framing."""
     return str(getattr(error, "verify_message", "") or getattr(error, "reason", "") or "it does not verify")
+
+
+_LISTEN = {  # why a server cannot listen where it is told: bind's errors
+    errno.EADDRINUSE: "the address is in use (another program listens there; `ss -ltnp` names it)",
+    errno.EADDRNOTAVAIL: "this machine has no such address",
+    errno.EACCES: "permission denied (a port below 1024 needs privileges)",
+}
+
+
+def listen_problem(exc: OSError) -> str:
+    """Why a server cannot listen, in our words, never asyncio's "error while attempting to bind on address (…): …"."""
+    if isinstance(exc.errno, int) and exc.errno in _LISTEN:
+        return _LISTEN[exc.errno]
+    return os_words(exc)
 
 
 def printable(text: str, limit: int = 200) -> str:

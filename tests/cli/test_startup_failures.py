@@ -92,5 +92,18 @@ def test_a_local_api_port_in_use_is_one_line_naming_the_setting(site: Path, take
 
     assert status == 2
     [line] = lines
-    assert line.startswith(f"ocn-edge run: local_api.listen = '127.0.0.1:{taken_port}': cannot listen there (")
-    assert line.endswith("change [local_api] listen or set enabled = false")
+    # Not asyncio's "error while attempting to bind on address ('127.0.0.1', N): address already in use".
+    assert line == (f"ocn-edge run: local_api.listen = '127.0.0.1:{taken_port}': cannot listen there (the address is in use (another "
+                    "program listens there; `ss -ltnp` names it)); change [local_api] listen or set enabled = false")
+
+
+def test_a_hub_port_in_use_is_one_line_in_our_words(tmp_path: Path, taken_port: int) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "edge.cli", "hub", "--listen", f"127.0.0.1:{taken_port}", "--db",
+                           f"sqlite:///{tmp_path / 'hub.db'}", "--state-dir", str(tmp_path / "hub"), "--log-level", "warning"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (f"ocn-edge hub: cannot listen on 127.0.0.1:{taken_port}: the address is in use "
+                                                    "(another program listens there; `ss -ltnp` names it)")
