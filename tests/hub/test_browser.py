@@ -104,17 +104,30 @@ class DevTools:
         self.next_id = 0
 
     async def send(self, method: str, **params: object) -> dict:
+        message = await self._exchange(method, **params)
+        assert "error" not in message, message
+        return message["result"]
+
+    async def _exchange(self, method: str, **params: object) -> dict:
         self.next_id += 1
         await self.ws.send_json({"id": self.next_id, "method": method, "params": params})
         while True:
             message = await asyncio.wait_for(self.ws.receive_json(), timeout=30)
             if message.get("id") == self.next_id:
-                assert "error" not in message, message
-                return message["result"]
+                return message
 
     async def evaluate(self, expression: str) -> object:
-        result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"].get("value")
+        """The expression's value in the page; None while the page is between documents.
+
+        A page that navigates on by itself (a form that submits itself, a click on a button) can be between documents as
+        it is asked: Chromium answers "Inspected target navigated or closed", which means "not there yet", not a failure.
+        """
+        answer = await self._exchange("Runtime.evaluate", expression=expression, returnByValue=True)
+        error = answer.get("error")
+        if error is not None:
+            assert "navigated or closed" in str(error.get("message")), answer
+            return None
+        return answer["result"]["result"].get("value")
 
     async def open(self, url: str, path: str) -> None:
         await self.send("Page.navigate", url=url)
