@@ -263,22 +263,18 @@ async def run_hub(
         await hub.ingest.signer.sync_dates(store)  # never date a document before the last one this hub (any process) signed
         app = build_app(hub, public_reads=public_reads, public_process=public)
         app[RELEASES] = state / "releases"  # release bundles `ocn-edge hub release add` keeps (hub/releases.py)
+        from hub.metrics import METRICS  # where build_app imports it: the metrics module reads the dashboard
+
+        counted = app[METRICS]
         if mqtt is not None:
             app[BROKER_PASSWORDS] = mqtt.manage_access
-            from hub.metrics import METRICS  # where build_app imports it: the metrics module reads the dashboard
-
-            app[MQTT_INGEST] = MqttIngest(hub, mqtt, unavailable=UNAVAILABLE, counted=app[METRICS].ingested)
+            app[MQTT_INGEST] = MqttIngest(hub, mqtt, unavailable=UNAVAILABLE, counted=counted.ingested)
         if export is not None:
-            from hub.metrics import METRICS  # where build_app imports it
-
-            app[EXPORTER] = Exporter(store, export, unavailable=UNAVAILABLE, metrics=app[METRICS])
+            app[EXPORTER] = Exporter(store, export, unavailable=UNAVAILABLE, metrics=counted)
+        limits = open_connections(connections)
+        limits.bad_requests.counted = lambda reason: counted.malformed.labels(reason).inc()
         # lingering_time=0: a body answered before it was read whole is not read and discarded afterwards (hub.server.body_deadline).
-        counted = open_connections(connections)
-        from hub.metrics import METRICS  # where build_app imports it
-
-        malformed = app[METRICS].malformed
-        counted.bad_requests.counted = lambda reason: malformed.labels(reason).inc()
-        runner = HubRunner(app, connections=counted, access_log=None, handle_signals=False, lingering_time=0)
+        runner = HubRunner(app, connections=limits, access_log=None, handle_signals=False, lingering_time=0)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()

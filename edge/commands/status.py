@@ -103,11 +103,9 @@ def _status(args: argparse.Namespace) -> int:
             detail = ""
         raise CommandError(f"{base}: the gateway answered {exc.code}{': ' + detail if detail else ''}", status=1) from None
     except (urllib.error.URLError, OSError) as exc:
-        from edge.util.linkwords import link_problem, os_words
+        from edge.util.linkwords import url_problem
 
-        reason = getattr(exc, "reason", exc)  # a URLError's: an OSError, or a sentence
-        if isinstance(reason, BaseException):
-            reason = os_words(reason) if isinstance(reason, OSError) else link_problem(reason, "the gateway")
+        reason = url_problem(exc, "the gateway")
         raise CommandError(f"{base}: no gateway answers there ({reason}); is `ocn-edge run` running (systemctl status ocn-edge)?", status=1) from None
     except http.client.HTTPException:
         raise CommandError(not_a_gateway.format("its answer was cut off or is not HTTP"), status=1) from None

@@ -65,11 +65,9 @@ def post(holder: PortRecord, path: str, body: Mapping[str, Any], *, token: str, 
                           f"(`ocn-edge access-token create` makes one){'; ' + detail if detail else ''}") from None
         raise Refused(f"the running gateway answered {exc.code}: {detail or exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:
-        from edge.util.linkwords import link_problem, os_words
+        from edge.util.linkwords import url_problem
 
-        reason = getattr(exc, "reason", exc)  # a URLError's: an OSError, or a sentence
-        if isinstance(reason, BaseException):
-            reason = os_words(reason) if isinstance(reason, OSError) else link_problem(reason, "its local API")
+        reason = url_problem(exc, "its local API")
         raise Unreachable(f"its local API ({holder.local_page}) does not answer ({reason})") from None
     except (ValueError, http.client.HTTPException):  # not JSON, not UTF-8, cut off
         raise Unreachable(f"its local API ({holder.local_page}) answered something other than a whole JSON document") from None

@@ -6,8 +6,8 @@ Content-Length``): a line of a library's words per bad request, at level error, 
 make the hub write as fast as it can send.  :class:`OurWordsHandler` is aiohttp's connection handler with those
 lines replaced: a malformed request is answered 400 as before and counted by what was wrong with it
 (:class:`BadRequests`), said once when the first comes and then at most once a minute with the count, at
-warning; an exception a request handler let escape (a bug: answered 500) is logged once under our logger with
-its traceback.  The hub's connections and the gateway's local API both use it.
+warning; an exception a request handler let escape (a bug: answered 500) is logged under our logger with its
+traceback, at most once a minute, the rest counted.  The hub's connections and the gateway's local API both use it.
 """
 
 from __future__ import annotations
@@ -203,6 +203,7 @@ class OurWordsHandler(RequestHandler):
             return super().handle_error(request, status, exc, message)
         finally:
             self._said = False
+            self._status = 500  # what aiohttp answers when it logs outside handle_error (a handler that returned no response)
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         if self._said:

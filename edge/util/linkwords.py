@@ -20,7 +20,7 @@ import sys
 
 from edge.util.files import file_words
 
-__all__ = ["broker_problem", "ca_bundle_problem", "certificate_words", "link_problem", "listen_problem", "os_words", "printable"]
+__all__ = ["broker_problem", "ca_bundle_problem", "certificate_words", "link_problem", "listen_problem", "os_words", "printable", "url_problem"]
 
 _ERRNO = {
     errno.ECONNREFUSED: "connection refused (nothing listens there: is it running?)",
@@ -81,6 +81,14 @@ def listen_problem(exc: OSError) -> str:
     if isinstance(exc.errno, int) and exc.errno in _LISTEN:
         return _LISTEN[exc.errno]
     return os_words(exc)
+
+
+def url_problem(exc: BaseException, peer: str) -> str:
+    """Why urllib could not reach ``peer``: a URLError's reason (an OSError, another error, or a sentence) or an OSError."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, OSError):
+        return os_words(reason)
+    return link_problem(reason, peer) if isinstance(reason, BaseException) else str(reason)
 
 
 def printable(text: str, limit: int = 200) -> str:
